@@ -1,0 +1,28 @@
+# Two commands for users: `make demo` and `make test`. Both create .venv when it is
+# missing or older than pyproject.toml, using nothing but python3.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all typecheck vectors clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m tools.demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+typecheck: $(STAMP)
+	$(VENV)/bin/python -m mypy protocol tools meshnode
+
+vectors: $(STAMP)
+	$(VENV)/bin/python scripts/gen_vectors.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
