@@ -65,7 +65,10 @@ def _encode_into(out: bytearray, value: CborValue, depth: int) -> None:
         out += _head(2, len(value))
         out += value
     elif isinstance(value, str):
-        raw = value.encode("utf-8")
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LocalProtocolError("text with a lone surrogate cannot be encoded as UTF-8") from None
         out += _head(3, len(raw))
         out += raw
     elif isinstance(value, list):

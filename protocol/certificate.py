@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from protocol.cbor import CborKey, CborValue
 from protocol.document import Document
-from protocol.errors import SchemaError
+from protocol.errors import SchemaError, UnknownIssuerError
 from protocol.keys import PUBLIC_KEY_SIZE, PublicKey
 from protocol.schema import Fields, check_org_code, text_item
 
@@ -78,7 +78,7 @@ class Certificate(Document):
 
     def check_signer(self, signer: PublicKey) -> None:
         if signer.peer_id != self.issuer:
-            raise SchemaError("certificate issuer does not match the signing key")
+            raise UnknownIssuerError("certificate not signed by the issuer it names")
 
     def to_body(self) -> dict[CborKey, CborValue]:
         return {

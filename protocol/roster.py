@@ -55,6 +55,9 @@ class Roster(Document):
             raise SchemaError(f"roster needs 1..{MAX_AUTHORITIES} authority keys")
         if len(set(self.authorities)) != len(self.authorities):
             raise SchemaError("roster authority keys repeat")
+        # The wire form is a sorted set: hold the same order so that equal
+        # rosters compare equal and a decoded roster equals the one signed.
+        object.__setattr__(self, "authorities", tuple(sorted(self.authorities, key=lambda k: k.raw)))
 
     @property
     def authority_ids(self) -> frozenset[str]:
@@ -80,7 +83,7 @@ class Roster(Document):
             "version": self.version,
             "issued_at": self.issued_at,
             "expires_at": self.expires_at,
-            "authorities": [k.raw for k in sorted(self.authorities, key=lambda k: k.raw)],
+            "authorities": [k.raw for k in self.authorities],
             "revoked": list[CborValue](sorted(self.revoked)),
         }
 

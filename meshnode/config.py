@@ -1,0 +1,153 @@
+"""The node's configuration file (node.toml): read, validated, with clear errors."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.address_record import check_multiaddr_text
+from protocol.document import DEFAULT_SKEW
+from protocol.errors import MeshError
+from protocol.keys import PublicKey
+from protocol.schema import check_org_code
+
+
+class ConfigError(MeshError):
+    """The node configuration is missing, malformed or inconsistent."""
+
+    code = 902
+    name = "config-error"
+
+
+DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
+
+TEMPLATE = """\
+# dicom-mesh node configuration. Written by `meshnode init`; edit freely.
+
+[node]
+# Your organisation's code (as on your certificate), e.g. an ODS code.
+org = "{org}"
+# Where the node listens for other nodes (libp2p multiaddrs; TCP + Noise + Yamux).
+listen = {listen}
+
+[directory]
+# Multiaddr of the directory, ending in /p2p/<its peer ID>. The directory is
+# trusted for nothing but availability: everything it serves is verified.
+address = "{directory}"
+
+[trust]
+# Peer IDs of the authority keys this node trusts (from `meshadmin authority init`).
+authority_keys = {authority_keys}
+# Clock skew tolerated when checking validity periods, in seconds.
+clock_skew_seconds = {skew}
+# How long a signed address record of this node stays valid, in seconds.
+address_record_ttl_seconds = 86400
+"""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    org: str
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    directory: str = ""
+    authority_keys: tuple[PublicKey, ...] = field(default_factory=tuple)
+    clock_skew: int = DEFAULT_SKEW
+    address_record_ttl: int = 86400
+
+    def __post_init__(self) -> None:
+        try:
+            check_org_code(self.org, "org")
+            for addr in self.listen:
+                check_multiaddr_text(addr, "listen")
+            if self.directory:
+                check_multiaddr_text(self.directory, "directory")
+        except MeshError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def render(self) -> str:
+        def toml_list(items: tuple[str, ...]) -> str:
+            return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+        return TEMPLATE.format(
+            org=self.org,
+            listen=toml_list(self.listen),
+            directory=self.directory,
+            authority_keys=toml_list(tuple(k.peer_id for k in self.authority_keys)),
+            skew=self.clock_skew,
+        )
+
+
+def _section(doc: dict[str, object], name: str, keys: set[str]) -> dict[str, object]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    unknown = set(value) - keys
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown key(s) {sorted(unknown)}")
+    return value
+
+
+def _str_list(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings")
+    return tuple(str(v) for v in value)
+
+
+def _int(value: object, where: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{where} must be an integer in {lo}..{hi}")
+    return value
+
+
+def parse_config(text: str, source: str = "node.toml") -> NodeConfig:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    unknown = set(doc) - {"node", "directory", "trust"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
+    node = _section(doc, "node", {"org", "listen"})
+    directory = _section(doc, "directory", {"address"})
+    trust = _section(doc, "trust", {"authority_keys", "clock_skew_seconds", "address_record_ttl_seconds"})
+    org = node.get("org")
+    if not isinstance(org, str):
+        raise ConfigError(f"{source}: [node] org is required")
+    try:
+        check_org_code(org, "[node] org")
+        listen = _str_list(node.get("listen", list(DEFAULT_LISTEN)), "[node] listen")
+        for addr in listen:
+            check_multiaddr_text(addr, "[node] listen")
+        address = directory.get("address", "")
+        if not isinstance(address, str):
+            raise ConfigError("[directory] address must be a string")
+        if address:
+            check_multiaddr_text(address, "[directory] address")
+        keys = tuple(
+            PublicKey.from_peer_id(k) for k in _str_list(trust.get("authority_keys", []), "[trust] authority_keys")
+        )
+    except ConfigError:
+        raise
+    except MeshError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return NodeConfig(
+        org=org,
+        listen=listen,
+        directory=address,
+        authority_keys=keys,
+        clock_skew=_int(trust.get("clock_skew_seconds", DEFAULT_SKEW), "[trust] clock_skew_seconds", 0, 86400),
+        address_record_ttl=_int(
+            trust.get("address_record_ttl_seconds", 86400), "[trust] address_record_ttl_seconds", 60, 30 * 86400
+        ),
+    )
+
+
+def load_config(path: Path) -> NodeConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration at {path}; run `meshnode init` first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return parse_config(text, str(path))

@@ -1,0 +1,54 @@
+"""Small durable-file helpers shared by the admin tools and the node."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from protocol.errors import StorageError
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write data to path so that readers see the old or the new file, never half of one.
+
+    temp file -> fsync -> rename -> fsync of the directory.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def read_file(path: Path, what: str, *, max_bytes: int = 64 * 1024 * 1024) -> bytes:
+    """Read a whole (small) file, turning OS errors into one clear StorageError."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise StorageError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise StorageError(f"{what} {path} is larger than {max_bytes} bytes")
+    return data

@@ -1,0 +1,132 @@
+"""The directory's own folder: key, configuration, certificate, database.
+
+    DIR/directory.key      Ed25519 seed, hex, mode 0600
+    DIR/directory.toml     listen addresses and trusted authority keys
+    DIR/certificate.cbor   its certificate (role `directory`), issued by an admin
+    DIR/directory.db       SQLite: certificates, address records, roster
+    DIR/address            the multiaddrs it listens on, written once it is up
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshnode.config import ConfigError
+from meshnode.files import read_file, write_atomic
+from meshnode.keyfile import create_key_file, load_key_file
+from protocol.address_record import check_multiaddr_text
+from protocol.certificate import Certificate, Role
+from protocol.document import DEFAULT_SKEW, Signed, open_document
+from protocol.errors import DocumentError, MeshError, StorageError
+from protocol.keys import PublicKey, SigningKey
+from protocol.trust import require_role
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    listen: tuple[str, ...]
+    authority_keys: tuple[PublicKey, ...]
+    clock_skew: int = DEFAULT_SKEW
+
+    def render(self) -> str:
+        listen = ", ".join(f'"{a}"' for a in self.listen)
+        keys = ", ".join(f'"{k.peer_id}"' for k in self.authority_keys)
+        return (
+            "# dicom-mesh directory configuration (written by `meshadmin directory init`).\n"
+            "[directory]\n"
+            "# libp2p multiaddrs to listen on (TCP + Noise + Yamux)\n"
+            f"listen = [{listen}]\n"
+            "# peer IDs of the authority keys whose rosters and certificates it accepts\n"
+            f"authority_keys = [{keys}]\n"
+            f"clock_skew_seconds = {self.clock_skew}\n"
+        )
+
+
+def parse_directory_config(text: str, source: str) -> DirectoryConfig:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    section = doc.get("directory")
+    if set(doc) != {"directory"} or not isinstance(section, dict):
+        raise ConfigError(f"{source}: expected exactly one [directory] table")
+    unknown = set(section) - {"listen", "authority_keys", "clock_skew_seconds"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}")
+    listen, keys, skew = section.get("listen"), section.get("authority_keys"), section.get("clock_skew_seconds", DEFAULT_SKEW)
+    if not isinstance(listen, list) or not listen or not all(isinstance(a, str) for a in listen):
+        raise ConfigError(f"{source}: listen must be a non-empty list of multiaddrs")
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        raise ConfigError(f"{source}: authority_keys must be a non-empty list of peer IDs")
+    if isinstance(skew, bool) or not isinstance(skew, int) or not 0 <= skew <= 86400:
+        raise ConfigError(f"{source}: clock_skew_seconds must be an integer in 0..86400")
+    try:
+        for addr in listen:
+            check_multiaddr_text(addr, "listen")
+        anchors = tuple(PublicKey.from_peer_id(k) for k in keys)
+    except MeshError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return DirectoryConfig(tuple(listen), anchors, skew)
+
+
+@dataclass(frozen=True)
+class DirectoryHome:
+    path: Path
+
+    @property
+    def key_path(self) -> Path:
+        return self.path / "directory.key"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "directory.toml"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.path / "certificate.cbor"
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / "directory.db"
+
+    @property
+    def address_path(self) -> Path:
+        return self.path / "address"
+
+    @classmethod
+    def create(cls, path: Path, config: DirectoryConfig) -> tuple[DirectoryHome, SigningKey]:
+        home = cls(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from None
+        key = create_key_file(home.key_path)
+        write_atomic(home.config_path, config.render().encode("utf-8"))
+        return home, key
+
+    def signing_key(self) -> SigningKey:
+        return load_key_file(self.key_path)
+
+    def config(self) -> DirectoryConfig:
+        try:
+            text = self.config_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"no {self.config_path}; run `meshadmin directory init` first") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {self.config_path}: {exc}") from None
+        return parse_directory_config(text, str(self.config_path))
+
+    def certificate_bytes(self) -> bytes:
+        return read_file(self.cert_path, "directory certificate", max_bytes=8192)
+
+    def install_certificate(self, data: bytes) -> Signed[Certificate]:
+        signed = open_document(data, Certificate)
+        require_role(signed.document, Role.DIRECTORY)
+        if signed.document.node_key != self.signing_key().public_key:
+            raise DocumentError("this certificate is not for this directory's key")
+        write_atomic(self.cert_path, data)
+        return signed
