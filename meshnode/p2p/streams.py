@@ -1,0 +1,243 @@
+"""Length-prefixed frames over libp2p streams, and one-shot request/response.
+
+A request/response exchange uses one new stream: the client writes one
+frame and half-closes its side (a Yamux FIN), the server answers with one
+frame and closes. Anything else (a reset, an early end of stream, an
+oversized or truncated frame, a timeout) ends the exchange with a MeshError
+on the client, and a log line and a stream reset on the server.
+
+py-libp2p's ``stream.read()`` raises ``StreamEOF`` at the end of a stream
+instead of returning ``b""``, and an exception escaping a stream handler
+stops the connection from accepting further streams; both are dealt with
+here so callers see neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamReset
+from libp2p.network.stream.net_stream import NetStream
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from meshnode.p2p.dial import connect
+from protocol.errors import (
+    FrameError,
+    LocalProtocolError,
+    MeshError,
+    RemoteProtocolError,
+    UnavailableError,
+)
+from protocol.framing import ABSOLUTE_MAX_FRAME, PREFIX_SIZE, FrameDecoder, encode_frame
+
+logger = logging.getLogger(__name__)
+
+#: Largest single read from a stream while a frame body is arriving.
+READ_CHUNK = 256 * 1024
+#: Upper bound on closing or resetting a stream once an exchange is over.
+STREAM_CLOSE_TIMEOUT = 2.0
+
+RequestHandler = Callable[[ID, bytes], Awaitable[bytes]]
+
+
+class ByteSource(Protocol):
+    """What read_frame needs: an INetStream, or a test double."""
+
+    async def read(self, n: int | None = None) -> bytes: ...
+
+
+class ByteSink(Protocol):
+    """What write_frame needs: an INetStream, or a test double."""
+
+    async def write(self, data: bytes) -> None: ...
+
+
+async def _read_some(stream: ByteSource, n: int) -> bytes:
+    """Up to n bytes; b"" at end of stream, whichever way the stream signals it."""
+    try:
+        return await stream.read(n)
+    except StreamEOF:
+        return b""
+
+
+async def read_frame(stream: ByteSource, decoder_or_max: FrameDecoder | int) -> bytes | None:
+    """Read one frame; None on a clean end of stream before it starts.
+
+    Reads never go past the end of the frame, so nothing that follows it on
+    the stream is consumed. A length prefix above the maximum raises
+    LimitError as soon as its 4 bytes arrive, before any of the body is
+    read; an end of stream inside a frame raises FrameError. A reset stream
+    raises StreamReset.
+    """
+    if isinstance(decoder_or_max, FrameDecoder):
+        decoder = decoder_or_max
+    else:
+        decoder = FrameDecoder(decoder_or_max)
+    if decoder.buffered:
+        raise LocalProtocolError("read_frame needs a decoder at a frame boundary")
+
+    prefix = b""
+    while len(prefix) < PREFIX_SIZE:
+        chunk = await _read_some(stream, PREFIX_SIZE - len(prefix))
+        if not chunk:
+            if prefix:
+                decoder.feed(prefix)
+            decoder.end_of_stream()  # FrameError when cut inside the prefix
+            return None
+        prefix += chunk
+    frames = decoder.feed(prefix)  # LimitError here for an oversized length
+    (remaining,) = struct.unpack(">I", prefix)
+    while not frames:
+        chunk = await _read_some(stream, min(remaining, READ_CHUNK))
+        if not chunk:
+            decoder.end_of_stream()  # raises FrameError: the frame is incomplete
+            raise FrameError(f"stream ended {remaining} bytes before the end of a frame")
+        remaining -= len(chunk)
+        frames = decoder.feed(chunk)
+    return frames[0]
+
+
+async def write_frame(stream: ByteSink, payload: bytes, max_frame: int) -> None:
+    """Write one frame; LocalProtocolError if the payload exceeds max_frame."""
+    await stream.write(encode_frame(payload, max_frame))
+
+
+async def _finish(stream: INetStream, ok: bool) -> None:
+    """Close (ok) or reset the stream: shielded, bounded, never raising."""
+    with trio.CancelScope(deadline=trio.current_time() + STREAM_CLOSE_TIMEOUT, shield=True):
+        try:
+            if ok:
+                await stream.close()
+            else:
+                await stream.reset()
+        except Exception as exc:  # cleanup boundary: the exchange is already decided
+            logger.debug("error ending stream: %r", exc)
+
+
+async def _half_close(stream: INetStream) -> None:
+    """Signal end of request. NetStream.close_write sends a Yamux FIN and keeps
+    the read side open; other streams (none today) just keep theirs open."""
+    if isinstance(stream, NetStream):
+        await stream.close_write()
+
+
+async def request(
+    host: IHost,
+    peer: ID | PeerInfo,
+    protocol_id: str,
+    payload: bytes,
+    *,
+    max_response: int,
+    timeout: float,
+    max_request: int = ABSOLUTE_MAX_FRAME,
+) -> bytes:
+    """Send one request frame on a new stream and return the one response frame.
+
+    ``peer`` is a peer ID (an open connection, or addresses in the
+    peerstore) or a PeerInfo with addresses to dial if not yet connected.
+    Everything, dialling included, happens within ``timeout`` seconds.
+
+    Raises UnavailableError when the peer cannot be reached, does not speak
+    ``protocol_id`` or does not answer in time; RemoteProtocolError (or its
+    LimitError / FrameError subclasses) when the peer resets the stream or
+    breaks the framing; LocalProtocolError when ``payload`` exceeds
+    ``max_request``.
+    """
+    peer_id = peer.peer_id if isinstance(peer, PeerInfo) else peer
+    proto = TProtocol(protocol_id)
+    if len(payload) > max_request:
+        raise LocalProtocolError(f"request of {len(payload)} bytes exceeds maximum {max_request}")
+    try:
+        with trio.fail_after(timeout):
+            if isinstance(peer, PeerInfo):
+                await connect(host, peer, timeout=timeout)
+            try:
+                stream = await host.new_stream(peer_id, [proto])
+            except BaseLibp2pError as exc:
+                raise UnavailableError(
+                    f"cannot open {protocol_id} stream to {peer_id}: {exc}"
+                ) from exc
+            ok = False
+            try:
+                response = await _exchange(stream, payload, max_request, max_response)
+                ok = True
+            finally:
+                await _finish(stream, ok)
+    except trio.TooSlowError:
+        raise UnavailableError(
+            f"{protocol_id} request to {peer_id} timed out after {timeout:g} s"
+        ) from None
+    except (StreamReset, StreamClosed) as exc:
+        raise RemoteProtocolError(
+            f"{peer_id} reset the {protocol_id} stream before answering"
+        ) from exc
+    except BaseLibp2pError as exc:
+        raise UnavailableError(f"{protocol_id} request to {peer_id} failed: {exc!r}") from exc
+    return response
+
+
+async def _exchange(
+    stream: INetStream, payload: bytes, max_request: int, max_response: int
+) -> bytes:
+    await write_frame(stream, payload, max_request)
+    await _half_close(stream)
+    response = await read_frame(stream, max_response)
+    if response is None:
+        raise RemoteProtocolError("stream ended without a response")
+    return response
+
+
+def serve_requests(
+    host: IHost,
+    protocol_id: str,
+    handler: RequestHandler,
+    *,
+    max_request: int,
+    timeout: float,
+    max_response: int = ABSOLUTE_MAX_FRAME,
+) -> None:
+    """Answer ``protocol_id`` streams: one request frame in, one response frame out.
+
+    ``handler(remote_peer_id, request)`` returns the response bytes. Each
+    exchange (reading the request, the handler, writing the response) is
+    bounded by ``timeout`` seconds. Requests above ``max_request`` are refused
+    from their length prefix, before their body is read, and the stream is
+    reset. Whatever the handler raises is logged and the stream reset: an
+    exception escaping a py-libp2p stream handler would break later streams
+    on the same connection. Cancellation is never swallowed.
+    """
+
+    async def handle_stream(stream: INetStream) -> None:
+        peer_id = stream.muxed_conn.peer_id
+        ok = False
+        try:
+            with trio.fail_after(timeout):
+                request_bytes = await read_frame(stream, max_request)
+                if request_bytes is None:
+                    logger.debug("%s from %s: stream ended before a request", protocol_id, peer_id)
+                    ok = True
+                    return
+                response = await handler(peer_id, request_bytes)
+                await write_frame(stream, response, max_response)
+            ok = True
+        except trio.TooSlowError:
+            logger.warning("%s from %s: not answered within %g s", protocol_id, peer_id, timeout)
+        except (StreamEOF, StreamReset, StreamClosed) as exc:
+            logger.debug("%s from %s: stream ended early: %r", protocol_id, peer_id, exc)
+        except MeshError as exc:
+            logger.warning("%s from %s: %s: %s", protocol_id, peer_id, exc.name, exc)
+        except Exception:
+            logger.exception("%s from %s: handler failed", protocol_id, peer_id)
+        finally:
+            await _finish(stream, ok)
+
+    host.set_stream_handler(TProtocol(protocol_id), handle_stream)
+    logger.debug("serving %s (max request %d bytes)", protocol_id, max_request)
