@@ -25,7 +25,7 @@ def iso(ts: int) -> str:
 
 def open_any(data: bytes) -> Signed[Document]:
     """Decode any dicom-mesh signed document and verify its signature."""
-    label = parse_envelope(data).type
+    label = parse_envelope(data, max_bytes=max(c.MAX_BYTES for c in DOCUMENT_TYPES.values())).type
     cls = DOCUMENT_TYPES.get(label)
     if cls is None:
         raise SchemaError(f"unknown document type {label!r}")

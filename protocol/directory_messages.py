@@ -92,13 +92,19 @@ class Refused:
 
     @classmethod
     def from_error(cls, exc: MeshError) -> Refused:
-        return cls(exc.code, str(exc)[:512])
+        return cls(exc.code, _wire_message(str(exc))[:512])
 
     def to_error(self) -> MeshError:
         return error_from_code(self.code, f"directory refused: {self.message}")
 
 
 Response: TypeAlias = Union[Entries, RosterReply, IdentityReply, Accepted, Refused]
+
+
+def _wire_message(text: str) -> str:
+    """An error message the peer can decode: valid UTF-8, no control characters but tab."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return "".join(c if c >= " " or c == "\t" else " " for c in text)
 
 
 def encode_request(request: Request) -> bytes:

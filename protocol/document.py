@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
-from protocol.cbor import CborKey, CborValue
+from protocol.cbor import DEFAULT_MAX_ITEMS, CborKey, CborValue
 from protocol.cid import CID
 from protocol.keys import PublicKey, SigningKey
 from protocol.signing import MAX_DOCUMENT_BYTES, SignedEnvelope, decode_envelope
@@ -19,6 +19,7 @@ class Document(ABC):
 
     LABEL: ClassVar[str]
     MAX_BYTES: ClassVar[int] = MAX_DOCUMENT_BYTES
+    MAX_ITEMS: ClassVar[int] = DEFAULT_MAX_ITEMS  # CBOR items (every key and value) in one document
 
     @abstractmethod
     def to_body(self) -> dict[CborKey, CborValue]: ...
@@ -31,7 +32,10 @@ class Document(ABC):
         """Documents that name their signer override this to insist on it."""
 
     def sign(self: D, key: SigningKey) -> Signed[D]:
-        envelope = SignedEnvelope.sign(self.LABEL, self.to_body(), key)
+        """Sign this document; refuses anything its own decoder would refuse."""
+        body = self.to_body()
+        type(self).from_body(body)
+        envelope = SignedEnvelope.sign(self.LABEL, body, key)
         self.check_signer(envelope.signer)
         return Signed(self, envelope)
 
@@ -65,7 +69,7 @@ def open_document(data: bytes, cls: type[D]) -> Signed[D]:
     signature by the key in the envelope, that key matching the signer the
     document names). Whether that key is trusted is the caller's question.
     """
-    envelope = decode_envelope(data, cls.LABEL, max_bytes=cls.MAX_BYTES)
+    envelope = decode_envelope(data, cls.LABEL, max_bytes=cls.MAX_BYTES, max_items=cls.MAX_ITEMS)
     document = cls.from_body(envelope.body)
     document.check_signer(envelope.signer)
     return Signed(document, envelope)

@@ -28,6 +28,10 @@ MAX_BLOCKS_PER_INSTANCE = 65_536
 MAX_TOTAL_BLOCKS = 1_000_000
 MAX_INSTANCE_SIZE = 1 << 40
 MAX_MANIFEST_BYTES = 48 * 1024 * 1024
+# CBOR items in a manifest at every limit at once: each instance is a map of 7
+# pairs plus its blocks array (16 items) and its blocks; the envelope, body,
+# summary and recipients add fewer than 200.
+MAX_MANIFEST_ITEMS = 200 + MAX_RECIPIENTS + 16 * MAX_INSTANCES + MAX_TOTAL_BLOCKS
 
 
 class Priority(str, Enum):
@@ -142,6 +146,7 @@ class InstanceEntry:
 class Manifest(Document):
     LABEL: ClassVar[str] = MANIFEST_LABEL
     MAX_BYTES: ClassVar[int] = MAX_MANIFEST_BYTES
+    MAX_ITEMS: ClassVar[int] = MAX_MANIFEST_ITEMS
 
     study_uid: str
     sender_org: str

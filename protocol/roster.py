@@ -161,10 +161,14 @@ class RosterGuard:
 
     @property
     def trusted_keys(self) -> frozenset[PublicKey]:
-        keys = set(self.anchors)
+        """Who may sign the next roster: the current roster's authorities.
+
+        The pinned anchors are only the bootstrap: once a roster is current,
+        a key that rotation removed can no longer sign rosters.
+        """
         if self.current is not None:
-            keys.update(self.current.document.authorities)
-        return frozenset(keys)
+            return frozenset(self.current.document.authorities)
+        return self.anchors
 
     def accept(self, data: bytes, now: float) -> Signed[Roster]:
         """Verify and adopt a roster; raises without changing anything if it is refused."""
@@ -184,7 +188,10 @@ class RosterGuard:
         Its version must equal the highest accepted one: an older cached roster
         is refused exactly like a rollback.
         """
-        signed = verify_roster(data, self.trusted_keys, now, self.skew)
+        # The cached copy was verified before it was written to local state; after a
+        # rotation its signer may no longer be an anchor but is one of its own authorities.
+        claimed = open_document(data, Roster).document.authorities
+        signed = verify_roster(data, self.anchors | frozenset(claimed), now, self.skew)
         highest = self.store.highest_roster_version()
         if signed.document.version < highest:
             raise RosterRollbackError(

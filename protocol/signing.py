@@ -56,22 +56,30 @@ class SignedEnvelope:
         self.signer.verify(signing_input(label, self.body), self.signature)
 
 
-def decode_envelope(data: bytes, label: str, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> SignedEnvelope:
+def decode_envelope(
+    data: bytes,
+    label: str,
+    *,
+    max_bytes: int = MAX_DOCUMENT_BYTES,
+    max_items: int = cbor.DEFAULT_MAX_ITEMS,
+) -> SignedEnvelope:
     """Decode an envelope and verify its signature under `label`.
 
     Checks in order: size, strict canonical CBOR, envelope shape, type,
     signature. Content checks (certificate, org, times) are the caller's.
     """
-    env = parse_envelope(data, max_bytes=max_bytes)
+    env = parse_envelope(data, max_bytes=max_bytes, max_items=max_items)
     env.verify(label)
     return env
 
 
-def parse_envelope(data: bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> SignedEnvelope:
+def parse_envelope(
+    data: bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES, max_items: int = cbor.DEFAULT_MAX_ITEMS
+) -> SignedEnvelope:
     """Decode an envelope without verifying it (for inspection and dispatch)."""
     if len(data) > max_bytes:
         raise LimitError(f"document of {len(data)} bytes exceeds {max_bytes}")
-    fields = Fields(cbor.decode(data), "envelope")
+    fields = Fields(cbor.decode(data, max_items=max_items), "envelope")
     label = fields.text("type", 64)
     if not label.startswith(LABEL_PREFIX):
         raise SchemaError(f"envelope.type {label!r} is not a dicom-mesh document type")

@@ -59,12 +59,14 @@ def check_node_signature(
     now: float,
     skew: int = DEFAULT_SKEW,
 ) -> Certificate:
-    """A node-signed document: its signer holds this certificate, valid at `at`, of org_code.
+    """A node-signed document: its signer holds this certificate, of org_code, valid at `at` and now.
 
     The roster must be current at `now`; revocation is judged by it.
     """
     roster.check_current(now, skew)
     cert = check_certificate(signed_cert, roster, at, skew=skew)
+    # ...and still valid now: an expired key must not keep signing by backdating.
+    check_certificate(signed_cert, roster, now, skew=skew)
     if cert.node_key != signer:
         raise DocumentError("document signer does not hold the presented certificate")
     if cert.org_code != org_code:

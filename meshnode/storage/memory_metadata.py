@@ -1,0 +1,180 @@
+"""MetadataStore in plain dictionaries: for unit tests of the layers above storage.
+
+It follows the same contract as the SQLite store (tests/meshnode/storage run
+one suite against both) but keeps nothing across restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from meshnode.storage import audit
+from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
+from meshnode.storage.records import (
+    AddOutcome,
+    InstanceRecord,
+    ManifestRow,
+    StudyAttributes,
+    StudySummaryRow,
+    hash_uid,
+)
+from meshnode.storage.sqlite_metadata import CONFLICT_FLAG
+from protocol.cid import CID
+
+
+@dataclass
+class _Transfer:
+    state: str
+    blocks_done: int
+    bytes_done: int
+
+
+class MemoryMetadataStore:
+    def __init__(self) -> None:
+        self._studies: dict[str, StudyAttributes] = {}
+        self._instances: list[InstanceRecord] = []
+        self._blocks: dict[CID, int] = {}
+        self._manifests: dict[CID, ManifestRow] = {}
+        self._manifest_blocks: dict[CID, frozenset[CID]] = {}
+        self._transfers: dict[CID, _Transfer] = {}
+        self._peers: dict[str, tuple[str, int]] = {}
+        self._roster_version = 0
+        self._audit: list[AuditEntry] = []
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def add_instances(
+        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int
+    ) -> list[AddOutcome]:
+        outcomes = []
+        extra: list[AuditEvent] = []
+        for rec in records:
+            self._studies[rec.study_uid] = rec.study
+            same_uid = [i for i in self._instances if i.sop_instance_uid == rec.sop_instance_uid]
+            if any(i.digest == rec.digest for i in same_uid):
+                outcomes.append(AddOutcome.DUPLICATE)
+                continue
+            if same_uid:
+                self._instances = [
+                    replace(i, flags=(*i.flags, CONFLICT_FLAG))
+                    if i.sop_instance_uid == rec.sop_instance_uid and CONFLICT_FLAG not in i.flags else i
+                    for i in self._instances
+                ]
+                rec = replace(rec, flags=(*rec.flags, CONFLICT_FLAG))
+                extra.append(AuditEvent(EventCode.SECURITY_ALERT, "sop-instance-uid-conflict", Outcome.MINOR_FAILURE,
+                                        study=hash_uid(rec.study_uid),
+                                        detail="same SOP Instance UID with different bytes; both kept"))
+                outcomes.append(AddOutcome.CONFLICT)
+            else:
+                outcomes.append(AddOutcome.ADDED)
+            self._instances.append(rec)
+            for cid, size in zip(rec.blocks, rec.block_sizes):
+                self._blocks.setdefault(cid, size)
+        self.append_audit([*events, *extra], now_ms)
+        return outcomes
+
+    def _summary(self, study_uid: str) -> StudySummaryRow | None:
+        insts = [i for i in self._instances if i.study_uid == study_uid]
+        if not insts:
+            return None
+        return StudySummaryRow(
+            attributes=self._studies[study_uid],
+            modalities=tuple(sorted({i.series.modality for i in insts})),
+            series_count=len({i.series_uid for i in insts}),
+            instance_count=len(insts),
+            total_bytes=sum(i.size for i in insts),
+            sources=tuple(sorted({i.source.value for i in insts})),
+            conflicts=sum(1 for i in insts if CONFLICT_FLAG in i.flags),
+        )
+
+    def studies(self) -> list[StudySummaryRow]:
+        rows = [self._summary(uid) for uid in self._studies]
+        return sorted((r for r in rows if r), key=lambda r: (r.attributes.study_date, r.attributes.study_uid))
+
+    def study(self, study_uid: str) -> StudySummaryRow | None:
+        return self._summary(study_uid)
+
+    def instances(self, study_uid: str) -> list[InstanceRecord]:
+        insts = [i for i in self._instances if i.study_uid == study_uid]
+        return sorted(insts, key=lambda i: (i.series.series_number or 0, i.series_uid, i.instance_number or 0,
+                                            i.sop_instance_uid))
+
+    def forget_study(self, study_uid: str, events: Sequence[AuditEvent], now_ms: int) -> int:
+        before = len(self._instances)
+        self._instances = [i for i in self._instances if i.study_uid != study_uid]
+        self._studies.pop(study_uid, None)
+        self.append_audit(events, now_ms)
+        return before - len(self._instances)
+
+    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int) -> None:
+        for cid, size in blocks:
+            self._blocks.setdefault(cid, size)
+
+    def present_blocks(self, cids: Iterable[CID]) -> set[CID]:
+        return {c for c in cids if c in self._blocks}
+
+    def _live_manifests(self, now_s: int) -> list[CID]:
+        return [m.manifest_id for m in self._manifests.values() if m.state != "recalled" and m.expires_at >= now_s]
+
+    def block_refcount(self, cid: CID, now_s: int) -> int:
+        local = sum(1 for i in self._instances for b in i.blocks if b == cid)
+        return local + sum(1 for m in self._live_manifests(now_s) if cid in self._manifest_blocks.get(m, ()))
+
+    def unreferenced_blocks(self, now_s: int) -> list[CID]:
+        used = {b for i in self._instances for b in i.blocks}
+        for m in self._live_manifests(now_s):
+            used |= self._manifest_blocks.get(m, frozenset())
+        return [c for c in self._blocks if c not in used]
+
+    def forget_blocks(self, cids: Sequence[CID]) -> None:
+        for cid in cids:
+            self._blocks.pop(cid, None)
+
+    def save_manifest(self, row: ManifestRow, blocks: Iterable[CID]) -> None:
+        old = self._manifests.get(row.manifest_id)
+        self._manifests[row.manifest_id] = row if old is None else replace(old, state=row.state)
+        self._manifest_blocks[row.manifest_id] = self._manifest_blocks.get(row.manifest_id, frozenset()) | set(blocks)
+
+    def manifest(self, manifest_id: CID) -> ManifestRow | None:
+        return self._manifests.get(manifest_id)
+
+    def manifests(self, direction: str | None = None) -> list[ManifestRow]:
+        rows = [m for m in self._manifests.values() if direction is None or m.direction == direction]
+        return sorted(rows, key=lambda m: (m.created_at, m.manifest_id.to_bytes()))
+
+    def set_manifest_state(self, manifest_id: CID, state: str) -> None:
+        if manifest_id in self._manifests:
+            self._manifests[manifest_id] = replace(self._manifests[manifest_id], state=state)
+
+    def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
+        self._transfers[manifest_id] = _Transfer(state, blocks_done, bytes_done)
+
+    def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None:
+        t = self._transfers.get(manifest_id)
+        return (t.state, t.blocks_done, t.bytes_done) if t else None
+
+    def highest_roster_version(self) -> int:
+        return self._roster_version
+
+    def record_roster_version(self, version: int) -> None:
+        self._roster_version = max(self._roster_version, version)
+
+    def record_peer(self, peer_id: str, org: str, now_ms: int) -> None:
+        self._peers[peer_id] = (org, now_ms)
+
+    def peers(self) -> list[tuple[str, str, int]]:
+        return sorted(((p, o, t) for p, (o, t) in self._peers.items()), key=lambda x: (x[1], x[0]))
+
+    def append_audit(self, events: Sequence[AuditEvent], now_ms: int) -> list[AuditEntry]:
+        last = self._audit[-1] if self._audit else None
+        entries = audit.chain(last.seq if last else 0, last.hash if last else audit.GENESIS, list(events), now_ms)
+        self._audit.extend(entries)
+        return entries
+
+    def audit_entries(self) -> list[AuditEntry]:
+        return list(self._audit)
+
+    def audit_head(self) -> tuple[int, bytes] | None:
+        return (self._audit[-1].seq, self._audit[-1].hash) if self._audit else None

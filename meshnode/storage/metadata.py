@@ -1,0 +1,85 @@
+"""The node's metadata interface. Implementations: SQLite (the node) and memory (tests).
+
+Every method is synchronous and called from one thread at a time: in the
+node, the dedicated database thread (meshnode.storage.dbthread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from meshnode.storage.audit import AuditEntry, AuditEvent
+from meshnode.storage.records import AddOutcome, InstanceRecord, ManifestRow, StudySummaryRow
+from protocol.cid import CID
+
+LIVE_MANIFEST_STATES_EXCLUDED = ("recalled",)
+
+
+class MetadataStore(Protocol):
+    # -- studies and instances ------------------------------------------------
+    def add_instances(
+        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int
+    ) -> list[AddOutcome]:
+        """Add a batch of instances (their blocks already durable) and audit events, atomically."""
+        ...
+
+    def studies(self) -> list[StudySummaryRow]: ...
+
+    def study(self, study_uid: str) -> StudySummaryRow | None: ...
+
+    def instances(self, study_uid: str) -> list[InstanceRecord]: ...
+
+    def forget_study(self, study_uid: str, events: Sequence[AuditEvent], now_ms: int) -> int:
+        """Remove a study's instance records (blocks stay until GC). Returns instances removed."""
+        ...
+
+    # -- blocks -----------------------------------------------------------------
+    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int) -> None:
+        """Mark durable blocks as present."""
+        ...
+
+    def present_blocks(self, cids: Iterable[CID]) -> set[CID]: ...
+
+    def block_refcount(self, cid: CID, now_s: int) -> int:
+        """How many local instances and live manifests reference this block."""
+        ...
+
+    def unreferenced_blocks(self, now_s: int) -> list[CID]:
+        """Present blocks nothing live references (garbage)."""
+        ...
+
+    def forget_blocks(self, cids: Sequence[CID]) -> None: ...
+
+    # -- manifests and transfers ----------------------------------------------
+    def save_manifest(self, row: ManifestRow, blocks: Iterable[CID]) -> None: ...
+
+    def manifest(self, manifest_id: CID) -> ManifestRow | None: ...
+
+    def manifests(self, direction: str | None = None) -> list[ManifestRow]: ...
+
+    def set_manifest_state(self, manifest_id: CID, state: str) -> None: ...
+
+    def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None: ...
+
+    def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None: ...
+
+    # -- identity ----------------------------------------------------------------
+    def highest_roster_version(self) -> int: ...
+
+    def record_roster_version(self, version: int) -> None: ...
+
+    def record_peer(self, peer_id: str, org: str, now_ms: int) -> None: ...
+
+    def peers(self) -> list[tuple[str, str, int]]: ...
+
+    # -- audit -------------------------------------------------------------------
+    def append_audit(self, events: Sequence[AuditEvent], now_ms: int) -> list[AuditEntry]: ...
+
+    def audit_entries(self) -> list[AuditEntry]: ...
+
+    def audit_head(self) -> tuple[int, bytes] | None:
+        """(seq, hash) of the newest audit entry."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,426 @@
+"""MetadataStore on one SQLite file: WAL, synchronous=FULL, STRICT tables, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from meshnode.sqlite_db import open_database
+from meshnode.storage import audit
+from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
+from meshnode.storage.records import (
+    AddOutcome,
+    InstanceRecord,
+    ManifestRow,
+    SeriesAttributes,
+    Source,
+    StudyAttributes,
+    StudySummaryRow,
+    hash_uid,
+)
+from protocol.cid import CID
+from protocol.errors import StorageError
+
+CONFLICT_FLAG = "sop-uid-conflict"
+
+MIGRATIONS = (
+    """
+    CREATE TABLE studies (
+        study_uid TEXT PRIMARY KEY, patient_name TEXT NOT NULL, patient_id TEXT NOT NULL,
+        birth_date TEXT NOT NULL, sex TEXT NOT NULL, study_date TEXT NOT NULL, study_time TEXT NOT NULL,
+        description TEXT NOT NULL, accession TEXT NOT NULL, updated_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX studies_by_patient ON studies (patient_id);
+    CREATE INDEX studies_by_date ON studies (study_date);
+    CREATE INDEX studies_by_accession ON studies (accession);
+    CREATE TABLE series (
+        series_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL REFERENCES studies (study_uid),
+        modality TEXT NOT NULL, series_number INTEGER, description TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX series_by_study ON series (study_uid);
+    CREATE TABLE instances (
+        id INTEGER PRIMARY KEY, sop_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL,
+        series_uid TEXT NOT NULL REFERENCES series (series_uid),
+        study_uid TEXT NOT NULL REFERENCES studies (study_uid),
+        transfer_syntax TEXT NOT NULL, size INTEGER NOT NULL, digest BLOB NOT NULL,
+        instance_number INTEGER, rows INTEGER, columns INTEGER, frames INTEGER,
+        flags TEXT NOT NULL, source TEXT NOT NULL, added_ms INTEGER NOT NULL,
+        UNIQUE (sop_instance_uid, digest)
+    ) STRICT;
+    CREATE INDEX instances_by_study ON instances (study_uid);
+    CREATE INDEX instances_by_series ON instances (series_uid);
+    CREATE TABLE blocks (
+        cid BLOB PRIMARY KEY, size INTEGER NOT NULL, added_ms INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE instance_blocks (
+        instance_id INTEGER NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL, cid BLOB NOT NULL, size INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, seq)
+    ) STRICT;
+    CREATE INDEX instance_blocks_by_cid ON instance_blocks (cid);
+    CREATE TABLE manifests (
+        manifest_id BLOB PRIMARY KEY, study_uid TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('sent', 'received')),
+        sender_org TEXT NOT NULL, recipients TEXT NOT NULL, revision INTEGER NOT NULL,
+        state TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, raw BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE manifest_blocks (
+        manifest_id BLOB NOT NULL REFERENCES manifests (manifest_id) ON DELETE CASCADE,
+        cid BLOB NOT NULL, PRIMARY KEY (manifest_id, cid)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX manifest_blocks_by_cid ON manifest_blocks (cid);
+    CREATE TABLE transfers (
+        manifest_id BLOB PRIMARY KEY, state TEXT NOT NULL, blocks_done INTEGER NOT NULL,
+        bytes_done INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE peers (peer_id TEXT PRIMARY KEY, org TEXT NOT NULL, last_seen_ms INTEGER NOT NULL) STRICT;
+    CREATE TABLE roster_state (id INTEGER PRIMARY KEY CHECK (id = 1), highest_version INTEGER NOT NULL) STRICT;
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, code INTEGER NOT NULL, action TEXT NOT NULL,
+        outcome INTEGER NOT NULL, actor TEXT NOT NULL, actor_org TEXT NOT NULL, study TEXT NOT NULL,
+        manifest_id TEXT NOT NULL, detail TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL
+    ) STRICT
+    """,
+)
+
+_LIVE_REFS = """
+    SELECT count(*) FROM instance_blocks WHERE cid = :cid
+    UNION ALL
+    SELECT count(*) FROM manifest_blocks mb JOIN manifests m ON m.manifest_id = mb.manifest_id
+     WHERE mb.cid = :cid AND m.state != 'recalled' AND m.expires_at >= :now
+"""
+
+
+class SqliteMetadataStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = open_database(path, MIGRATIONS)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"database busy or unavailable: {exc}") from exc
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise StorageError(f"commit failed: {exc}") from exc
+
+    def _query(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[Any]:
+        try:
+            return list(self._db.execute(sql, params).fetchall())
+        except sqlite3.Error as exc:
+            raise StorageError(f"database query failed: {exc}") from exc
+
+    # -- studies and instances ------------------------------------------------
+    def add_instances(
+        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int
+    ) -> list[AddOutcome]:
+        outcomes: list[AddOutcome] = []
+        conflict_events: list[AuditEvent] = []
+        try:
+            with self._tx() as db:
+                for rec in records:
+                    outcome = self._add_one(db, rec, now_ms)
+                    outcomes.append(outcome)
+                    if outcome is AddOutcome.CONFLICT:
+                        conflict_events.append(
+                            AuditEvent(EventCode.SECURITY_ALERT, "sop-instance-uid-conflict", Outcome.MINOR_FAILURE,
+                                       study=hash_uid(rec.study_uid),
+                                       detail="same SOP Instance UID with different bytes; both kept")
+                        )
+                self._append_audit(db, [*events, *conflict_events], now_ms)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot record instances: {exc}") from exc
+        return outcomes
+
+    def _add_one(self, db: sqlite3.Connection, rec: InstanceRecord, now_ms: int) -> AddOutcome:
+        st, se = rec.study, rec.series
+        db.execute(
+            "INSERT INTO studies VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (study_uid) DO UPDATE SET"
+            " patient_name=excluded.patient_name, patient_id=excluded.patient_id, birth_date=excluded.birth_date,"
+            " sex=excluded.sex, study_date=excluded.study_date, study_time=excluded.study_time,"
+            " description=excluded.description, accession=excluded.accession, updated_ms=excluded.updated_ms",
+            (st.study_uid, st.patient_name, st.patient_id, st.birth_date, st.sex, st.study_date, st.study_time,
+             st.description, st.accession, now_ms),
+        )
+        db.execute(
+            "INSERT INTO series VALUES (?,?,?,?,?) ON CONFLICT (series_uid) DO UPDATE SET"
+            " modality=excluded.modality, series_number=excluded.series_number, description=excluded.description",
+            (se.series_uid, st.study_uid, se.modality, se.series_number, se.description),
+        )
+        existing = db.execute(
+            "SELECT digest FROM instances WHERE sop_instance_uid = ?", (rec.sop_instance_uid,)
+        ).fetchall()
+        if any(bytes(d) == rec.digest for (d,) in existing):
+            return AddOutcome.DUPLICATE
+        outcome = AddOutcome.CONFLICT if existing else AddOutcome.ADDED
+        flags = list(rec.flags) + ([CONFLICT_FLAG] if existing else [])
+        if existing:
+            db.execute(
+                "UPDATE instances SET flags = CASE WHEN flags = '' THEN :f ELSE flags || ',' || :f END"
+                " WHERE sop_instance_uid = :uid AND instr(flags, :f) = 0",
+                {"f": CONFLICT_FLAG, "uid": rec.sop_instance_uid},
+            )
+        cur = db.execute(
+            "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, transfer_syntax, size,"
+            " digest, instance_number, rows, columns, frames, flags, source, added_ms)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (rec.sop_instance_uid, rec.sop_class_uid, se.series_uid, st.study_uid, rec.transfer_syntax, rec.size,
+             rec.digest, rec.instance_number, rec.rows, rec.columns, rec.frames, ",".join(flags),
+             rec.source.value, now_ms),
+        )
+        instance_id = cur.lastrowid
+        db.executemany(
+            "INSERT INTO instance_blocks VALUES (?,?,?,?)",
+            [(instance_id, i, cid.to_bytes(), size) for i, (cid, size) in enumerate(zip(rec.blocks, rec.block_sizes))],
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO blocks VALUES (?,?,?)",
+            [(cid.to_bytes(), size, now_ms) for cid, size in zip(rec.blocks, rec.block_sizes)],
+        )
+        return outcome
+
+    _SUMMARY = """
+        SELECT s.study_uid, s.patient_name, s.patient_id, s.birth_date, s.sex, s.study_date, s.study_time,
+               s.description, s.accession,
+               (SELECT group_concat(DISTINCT modality) FROM series WHERE study_uid = s.study_uid
+                   AND series_uid IN (SELECT series_uid FROM instances WHERE study_uid = s.study_uid)),
+               (SELECT count(DISTINCT series_uid) FROM instances WHERE study_uid = s.study_uid),
+               (SELECT count(*) FROM instances WHERE study_uid = s.study_uid),
+               (SELECT coalesce(sum(size), 0) FROM instances WHERE study_uid = s.study_uid),
+               (SELECT group_concat(DISTINCT source) FROM instances WHERE study_uid = s.study_uid),
+               (SELECT count(*) FROM instances WHERE study_uid = s.study_uid AND instr(flags, 'sop-uid-conflict'))
+          FROM studies s
+         WHERE EXISTS (SELECT 1 FROM instances WHERE study_uid = s.study_uid)
+    """
+
+    @staticmethod
+    def _summary(row: Any) -> StudySummaryRow:
+        attrs = StudyAttributes(*(str(v) for v in row[:9]))
+        return StudySummaryRow(
+            attributes=attrs,
+            modalities=tuple(sorted(str(row[9]).split(","))) if row[9] else (),
+            series_count=int(row[10]),
+            instance_count=int(row[11]),
+            total_bytes=int(row[12]),
+            sources=tuple(sorted(str(row[13] or "").split(","))),
+            conflicts=int(row[14]),
+        )
+
+    def studies(self) -> list[StudySummaryRow]:
+        return [self._summary(r) for r in self._query(self._SUMMARY + " ORDER BY s.study_date, s.study_uid")]
+
+    def study(self, study_uid: str) -> StudySummaryRow | None:
+        rows = self._query(self._SUMMARY + " AND s.study_uid = ?", (study_uid,))
+        return self._summary(rows[0]) if rows else None
+
+    def instances(self, study_uid: str) -> list[InstanceRecord]:
+        rows = self._query(
+            "SELECT i.id, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, i.size, i.digest,"
+            " i.instance_number, i.rows, i.columns, i.frames, i.flags, i.source,"
+            " se.series_uid, se.modality, se.series_number, se.description,"
+            " st.study_uid, st.patient_name, st.patient_id, st.birth_date, st.sex, st.study_date, st.study_time,"
+            " st.description, st.accession"
+            " FROM instances i JOIN series se ON se.series_uid = i.series_uid"
+            " JOIN studies st ON st.study_uid = i.study_uid WHERE i.study_uid = ?"
+            " ORDER BY se.series_number, se.series_uid, i.instance_number, i.sop_instance_uid, i.id",
+            (study_uid,),
+        )
+        blocks: dict[int, list[tuple[CID, int]]] = {}
+        for iid, cid, size in self._query(
+            "SELECT ib.instance_id, ib.cid, ib.size FROM instance_blocks ib JOIN instances i ON i.id = ib.instance_id"
+            " WHERE i.study_uid = ? ORDER BY ib.instance_id, ib.seq",
+            (study_uid,),
+        ):
+            blocks.setdefault(int(iid), []).append((CID.from_bytes(bytes(cid)), int(size)))
+        out = []
+        for r in rows:
+            iid = int(r[0])
+            bl = blocks.get(iid, [])
+            out.append(
+                InstanceRecord(
+                    sop_instance_uid=str(r[1]), sop_class_uid=str(r[2]),
+                    series=SeriesAttributes(str(r[12]), str(r[13]), _opt_int(r[14]), str(r[15])),
+                    study=StudyAttributes(*(str(v) for v in r[16:25])),
+                    transfer_syntax=str(r[3]), size=int(r[4]), digest=bytes(r[5]),
+                    blocks=tuple(c for c, _ in bl), block_sizes=tuple(s for _, s in bl),
+                    instance_number=_opt_int(r[6]), rows=_opt_int(r[7]), columns=_opt_int(r[8]),
+                    frames=_opt_int(r[9]), flags=tuple(f for f in str(r[10]).split(",") if f),
+                    source=Source(str(r[11])),
+                )
+            )
+        return out
+
+    def forget_study(self, study_uid: str, events: Sequence[AuditEvent], now_ms: int) -> int:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
+            db.execute("DELETE FROM series WHERE study_uid = ?", (study_uid,))
+            db.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
+            self._append_audit(db, events, now_ms)
+            return cur.rowcount
+
+    # -- blocks -----------------------------------------------------------------
+    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int) -> None:
+        with self._tx() as db:
+            db.executemany("INSERT OR IGNORE INTO blocks VALUES (?,?,?)",
+                           [(c.to_bytes(), s, now_ms) for c, s in blocks])
+
+    def present_blocks(self, cids: Iterable[CID]) -> set[CID]:
+        wanted = [c.to_bytes() for c in cids]
+        found: set[CID] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(CID.from_bytes(bytes(c)) for (c,) in self._query(
+                f"SELECT cid FROM blocks WHERE cid IN ({marks})", chunk))
+        return found
+
+    def block_refcount(self, cid: CID, now_s: int) -> int:
+        rows = self._query(_LIVE_REFS, {"cid": cid.to_bytes(), "now": now_s})
+        return sum(int(n) for (n,) in rows)
+
+    def unreferenced_blocks(self, now_s: int) -> list[CID]:
+        rows = self._query(
+            "SELECT b.cid FROM blocks b WHERE NOT EXISTS (SELECT 1 FROM instance_blocks ib WHERE ib.cid = b.cid)"
+            " AND NOT EXISTS (SELECT 1 FROM manifest_blocks mb JOIN manifests m ON m.manifest_id = mb.manifest_id"
+            "   WHERE mb.cid = b.cid AND m.state != 'recalled' AND m.expires_at >= ?)",
+            (now_s,),
+        )
+        return [CID.from_bytes(bytes(c)) for (c,) in rows]
+
+    def forget_blocks(self, cids: Sequence[CID]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM blocks WHERE cid = ?", [(c.to_bytes(),) for c in cids])
+
+    # -- manifests and transfers ----------------------------------------------
+    def save_manifest(self, row: ManifestRow, blocks: Iterable[CID]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO manifests VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (manifest_id) DO UPDATE SET"
+                " state = excluded.state",
+                (row.manifest_id.to_bytes(), row.study_uid, row.direction, row.sender_org,
+                 ",".join(row.recipients), row.revision, row.state, row.created_at, row.expires_at, row.raw),
+            )
+            db.executemany("INSERT OR IGNORE INTO manifest_blocks VALUES (?,?)",
+                           [(row.manifest_id.to_bytes(), c.to_bytes()) for c in blocks])
+
+    def _manifest_rows(self, where: str, params: Sequence[object]) -> list[ManifestRow]:
+        return [
+            ManifestRow(
+                manifest_id=CID.from_bytes(bytes(r[0])), study_uid=str(r[1]), direction=str(r[2]),
+                sender_org=str(r[3]), recipients=tuple(x for x in str(r[4]).split(",") if x),
+                revision=int(r[5]), state=str(r[6]), created_at=int(r[7]), expires_at=int(r[8]),
+                raw=bytes(r[9]),
+            )
+            for r in self._query(
+                "SELECT manifest_id, study_uid, direction, sender_org, recipients, revision, state, created_at,"
+                f" expires_at, raw FROM manifests {where} ORDER BY created_at, manifest_id", params)
+        ]
+
+    def manifest(self, manifest_id: CID) -> ManifestRow | None:
+        rows = self._manifest_rows("WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+        return rows[0] if rows else None
+
+    def manifests(self, direction: str | None = None) -> list[ManifestRow]:
+        if direction is None:
+            return self._manifest_rows("", ())
+        return self._manifest_rows("WHERE direction = ?", (direction,))
+
+    def set_manifest_state(self, manifest_id: CID, state: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE manifests SET state = ? WHERE manifest_id = ?", (state, manifest_id.to_bytes()))
+
+    def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO transfers VALUES (?,?,?,?,?)",
+                       (manifest_id.to_bytes(), state, blocks_done, bytes_done, now_ms))
+
+    def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None:
+        rows = self._query("SELECT state, blocks_done, bytes_done FROM transfers WHERE manifest_id = ?",
+                           (manifest_id.to_bytes(),))
+        return (str(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
+
+    # -- identity ----------------------------------------------------------------
+    def highest_roster_version(self) -> int:
+        rows = self._query("SELECT highest_version FROM roster_state WHERE id = 1")
+        return int(rows[0][0]) if rows else 0
+
+    def record_roster_version(self, version: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO roster_state VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET"
+                " highest_version = max(highest_version, excluded.highest_version)",
+                (version,),
+            )
+
+    def record_peer(self, peer_id: str, org: str, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO peers VALUES (?,?,?)", (peer_id, org, now_ms))
+
+    def peers(self) -> list[tuple[str, str, int]]:
+        return [(str(p), str(o), int(t)) for p, o, t in
+                self._query("SELECT peer_id, org, last_seen_ms FROM peers ORDER BY org, peer_id")]
+
+    # -- audit -------------------------------------------------------------------
+    def _append_audit(self, db: sqlite3.Connection, events: Sequence[AuditEvent], now_ms: int) -> list[AuditEntry]:
+        if not events:
+            return []
+        last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        entries = audit.chain(last[0] if last else 0, bytes(last[1]) if last else audit.GENESIS,
+                              list(events), now_ms)
+        db.executemany(
+            "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(e.seq, e.at_ms, int(e.event.code), e.event.action, int(e.event.outcome), e.event.actor,
+              e.event.actor_org, e.event.study, e.event.manifest_id, e.event.detail, e.prev_hash, e.hash)
+             for e in entries],
+        )
+        return entries
+
+    def append_audit(self, events: Sequence[AuditEvent], now_ms: int) -> list[AuditEntry]:
+        with self._tx() as db:
+            return self._append_audit(db, events, now_ms)
+
+    def audit_head(self) -> tuple[int, bytes] | None:
+        rows = self._query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    def audit_entries(self) -> list[AuditEntry]:
+        out = []
+        for r in self._query("SELECT seq, at_ms, code, action, outcome, actor, actor_org, study, manifest_id,"
+                             " detail, prev_hash, hash FROM audit ORDER BY seq"):
+            event = AuditEvent(_event_code(r[2]), str(r[3]), _outcome(r[4]), str(r[5]), str(r[6]), str(r[7]),
+                               str(r[8]), str(r[9]))
+            out.append(AuditEntry(int(r[0]), int(r[1]), event, bytes(r[10]), bytes(r[11])))
+        return out
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _event_code(value: Any) -> EventCode:
+    try:
+        return EventCode(int(value))
+    except ValueError:
+        raise StorageError(f"audit entry has unknown event code {value!r}") from None
+
+
+def _outcome(value: Any) -> Outcome:
+    try:
+        return Outcome(int(value))
+    except ValueError:
+        raise StorageError(f"audit entry has unknown outcome {value!r}") from None

@@ -1,0 +1,117 @@
+"""One contract, two implementations: the SQLite store and the in-memory one behave alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from meshnode.storage.audit import AuditEvent, EventCode, verify_chain
+from meshnode.storage.memory_metadata import MemoryMetadataStore
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.records import AddOutcome, ManifestRow, hash_uid
+from meshnode.storage.sqlite_metadata import SqliteMetadataStore
+from protocol.cid import CID
+from tests.meshnode.storage.helpers import STUDY, instance
+
+NOW_MS = 1_767_225_600_000
+NOW_S = NOW_MS // 1000
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataStore]:
+    s: MetadataStore = SqliteMetadataStore(tmp_path / "node.db") if request.param == "sqlite" else MemoryMetadataStore()
+    yield s
+    s.close()
+
+
+def import_event(study: str = STUDY) -> AuditEvent:
+    return AuditEvent(EventCode.IMPORT, "ingest", actor="tester", study=hash_uid(study))
+
+
+def test_add_duplicate_and_conflict(store: MetadataStore) -> None:
+    a, b = instance(1), instance(2)
+    assert store.add_instances([a, b], [import_event()], NOW_MS) == [AddOutcome.ADDED, AddOutcome.ADDED]
+    assert store.add_instances([a], [], NOW_MS) == [AddOutcome.DUPLICATE]
+    changed = replace(instance(1, payload=b"other bytes"))
+    assert store.add_instances([changed], [], NOW_MS) == [AddOutcome.CONFLICT]
+    kept = [i for i in store.instances(STUDY) if i.sop_instance_uid == a.sop_instance_uid]
+    assert {i.digest for i in kept} == {a.digest, changed.digest}
+    assert all("sop-uid-conflict" in i.flags for i in kept)
+    alerts = [e for e in store.audit_entries() if e.event.code == EventCode.SECURITY_ALERT]
+    assert len(alerts) == 1 and alerts[0].event.study == hash_uid(STUDY)
+    summary = store.study(STUDY)
+    assert summary is not None and summary.instance_count == 3 and summary.conflicts == 2
+
+
+def test_instances_round_trip_and_summary(store: MetadataStore) -> None:
+    recs = [instance(2), instance(1), instance(1, series=2, modality="SR")]
+    store.add_instances(recs, [], NOW_MS)
+    got = store.instances(STUDY)
+    assert [i.sop_instance_uid for i in got] == [recs[1].sop_instance_uid, recs[0].sop_instance_uid,
+                                                recs[2].sop_instance_uid]
+    assert got[0] == recs[1]
+    summary = store.study(STUDY)
+    assert summary is not None
+    assert summary.series_count == 2 and summary.instance_count == 3
+    assert summary.modalities == ("CT", "SR") and summary.total_bytes == sum(r.size for r in recs)
+    assert summary.attributes.patient_id == "9434765919"
+    assert [s.attributes.study_uid for s in store.studies()] == [STUDY]
+    assert store.study("1.2.3") is None and store.instances("1.2.3") == []
+
+
+def test_blocks_refcount_and_garbage(store: MetadataStore) -> None:
+    a, b = instance(1), instance(1, study="1.2.3.4", payload=b"pixels 1" * 10)
+    store.add_instances([a, b], [], NOW_MS)
+    shared = a.blocks[1]
+    assert b.blocks[1] == shared  # same pixel bytes in two studies
+    assert store.block_refcount(shared, NOW_S) == 2
+    assert store.present_blocks(list(a.blocks) + [CID.of(b"absent")]) == set(a.blocks)
+    assert store.unreferenced_blocks(NOW_S) == []
+    assert store.forget_study(STUDY, [], NOW_MS) == 1
+    assert store.block_refcount(shared, NOW_S) == 1
+    assert store.unreferenced_blocks(NOW_S) == [a.blocks[0]]
+    store.forget_blocks([a.blocks[0]])
+    assert store.present_blocks(a.blocks) == {shared}
+
+
+def test_live_manifest_keeps_blocks_until_recalled_or_expired(store: MetadataStore) -> None:
+    block = CID.of(b"received block")
+    store.record_blocks([(block, 14)], NOW_MS)
+    assert store.unreferenced_blocks(NOW_S) == [block]
+    mid = CID.of(b"manifest bytes")
+    row = ManifestRow(mid, STUDY, "received", "RGT", 1, "fetching", NOW_S, NOW_S + 100, b"raw", ("RXX",))
+    store.save_manifest(row, [block])
+    assert store.unreferenced_blocks(NOW_S) == [] and store.block_refcount(block, NOW_S) == 1
+    assert store.unreferenced_blocks(NOW_S + 101) == [block]  # expired
+    store.set_manifest_state(mid, "recalled")
+    assert store.unreferenced_blocks(NOW_S) == [block]
+    saved = store.manifest(mid)
+    assert saved is not None and saved.state == "recalled" and saved.recipients == ("RXX",)
+    assert [m.manifest_id for m in store.manifests("received")] == [mid] and store.manifests("sent") == []
+
+
+def test_transfers_peers_roster(store: MetadataStore) -> None:
+    mid = CID.of(b"m")
+    assert store.transfer(mid) is None
+    store.set_transfer(mid, "fetching", 3, 3000, NOW_MS)
+    store.set_transfer(mid, "complete", 5, 5000, NOW_MS)
+    assert store.transfer(mid) == ("complete", 5, 5000)
+    assert store.highest_roster_version() == 0
+    store.record_roster_version(4)
+    store.record_roster_version(2)
+    assert store.highest_roster_version() == 4
+    store.record_peer("12D3KooWpeer", "RGT", NOW_MS)
+    assert store.peers() == [("12D3KooWpeer", "RGT", NOW_MS)]
+
+
+def test_audit_chain_is_valid(store: MetadataStore) -> None:
+    store.add_instances([instance(1)], [import_event()], NOW_MS)
+    store.append_audit([AuditEvent(EventCode.EXPORT, "export", actor="tester")], NOW_MS + 1)
+    entries = store.audit_entries()
+    assert [e.seq for e in entries] == [1, 2]
+    assert verify_chain(entries) == []
+    assert verify_chain(entries, (2, entries[-1].hash)) == []
+    assert verify_chain(entries[:1], (2, entries[-1].hash))[0].problem.startswith("entries 2..2 are missing")
