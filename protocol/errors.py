@@ -186,10 +186,16 @@ def _all_subclasses(cls: type[MeshError]) -> list[type[MeshError]]:
     return out
 
 
-ERRORS_BY_CODE: dict[int, type[MeshError]] = {c.code: c for c in _all_subclasses(MeshError)}
+def errors_by_code() -> dict[int, type[MeshError]]:
+    """Every MeshError class by wire code, including subclasses defined in other packages."""
+    return {c.code: c for c in _all_subclasses(MeshError)}
+
+
+#: The protocol's own errors (those defined above), as documented in docs/protocol/.
+ERRORS_BY_CODE: dict[int, type[MeshError]] = errors_by_code()
 
 
 def error_from_code(code: int, message: str) -> MeshError:
     """Rebuild the error a peer reported (unknown codes become RemoteProtocolError)."""
-    cls = ERRORS_BY_CODE.get(code, RemoteProtocolError)
+    cls = errors_by_code().get(code, RemoteProtocolError)
     return cls(message)

@@ -1,0 +1,99 @@
+"""kill -9 an ingest at random points: the store stays consistent and re-running completes it."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from meshnode.dicom import synthetic
+from meshnode.storage.node_storage import NodeStorage
+from protocol.cid import CID
+
+pytestmark = pytest.mark.e2e
+
+KILLS = 20
+SLICES = 400
+
+
+def check_consistent(home: Path) -> int:
+    """No partial block under a CID; every recorded instance complete; audit chain whole. Returns instances."""
+    db = sqlite3.connect(home / "node.db")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+    storage = NodeStorage.open(home)  # also removes temp files of the killed writer
+    try:
+        for item in storage.blocks.iter_cids():
+            assert isinstance(item, CID), f"stray file {item}"
+            assert item.matches(storage.blocks.get(item, verify=False)), f"partial block visible as {item}"
+        count = 0
+        for study in storage.metadata.studies():
+            for inst in storage.metadata.instances(study.attributes.study_uid):
+                size = sum(len(storage.blocks.get(c)) for c in inst.blocks)
+                assert size == inst.size
+                count += 1
+        assert storage.verify_audit()[1] == []
+        return count
+    finally:
+        storage.close()
+
+
+def block_files(home: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(home / "store" / "blocks"))
+
+
+def kill_after(cmd: list[str], home: Path, blocks: int, timeout: float = 60.0) -> bool:
+    """Run cmd and SIGKILL it once `blocks` block files exist. False if it finished first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None:
+            if block_files(home) >= blocks:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            if time.monotonic() > deadline:
+                raise AssertionError("ingest made no progress")
+            time.sleep(0.002)  # polling the store's state, not waiting for time to pass
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_kill_during_ingest(tmp_path: Path) -> None:
+    src = tmp_path / "ct"
+    made = synthetic.generate_ct_study(src, slices=SLICES, rows=128, columns=128, seed=11)
+    home = tmp_path / "node"
+    subprocess.run([sys.executable, "-m", "meshnode.cli.main", "init", "--home", str(home), "--org", "RGT"],
+                   check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "meshnode.cli.main", "ingest", str(src), "--home", str(home), "--no-progress",
+           "--workers", "2"]
+    rng = random.Random(20261129)
+    total_blocks = 2 * SLICES
+    targets = sorted(rng.sample(range(1, total_blocks - 40), KILLS))
+    seen_counts, killed = [], 0
+    for target in targets:
+        killed += kill_after(cmd, home, max(target, block_files(home) + 1))
+        seen_counts.append(check_consistent(home))
+    print("kills mid-ingest:", killed, "instances committed after each:", seen_counts)
+    assert killed >= KILLS - 2, f"only {killed} kills landed mid-ingest"
+    assert seen_counts == sorted(seen_counts)  # committed work is never lost
+    assert seen_counts[-1] < SLICES  # the last kill interrupted it for real
+    done = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert check_consistent(home) == SLICES
+    out = tmp_path / "out"
+    study = pydicom.dcmread(made[0], stop_before_pixels=True).StudyInstanceUID
+    subprocess.run([sys.executable, "-m", "meshnode.cli.main", "export", study, str(out), "--home", str(home)],
+                   check=True, capture_output=True)
+    assert sorted(p.read_bytes() for p in out.rglob("*.dcm")) == sorted(p.read_bytes() for p in made)

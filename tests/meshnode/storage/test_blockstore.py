@@ -1,0 +1,98 @@
+"""BlockStore: durable, content-addressed, never a partial block under a CID, clean errors when the disk fills."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError, BlockStore, DiskFullError
+from protocol.cid import CID
+
+
+def test_put_get_dedupe(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    cid = store.put(b"hello block")
+    assert cid == CID.of(b"hello block") and store.has(cid)
+    assert store.get(cid) == b"hello block"
+    mtime = store.path_of(cid).stat().st_mtime_ns
+    assert store.put(b"hello block") == cid  # stored once
+    assert store.path_of(cid).stat().st_mtime_ns == mtime
+    assert list(store.iter_cids()) == [cid]
+    assert str(store.path_of(cid)).endswith(str(cid))
+
+
+def test_put_with_expected_cid_refuses_mismatch(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    with pytest.raises(BlockCorruptError):
+        store.put(b"evil bytes", CID.of(b"good bytes"))
+    assert list(store.iter_cids()) == [] and list(store.tmp_dir.iterdir()) == []
+
+
+def test_corruption_detected_and_scrub_quarantines(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    good, bad = store.put(b"good"), store.put(b"will rot")
+    store.path_of(bad).write_bytes(b"bit rot!")
+    with pytest.raises(BlockCorruptError):
+        store.get(bad)
+    assert store.get(bad, verify=False) == b"bit rot!"
+    result = store.scrub()
+    assert result.checked == 2 and result.corrupt == (bad,)
+    assert not store.has(bad) and store.get(good) == b"good"
+    assert len(list(store.quarantine_dir.iterdir())) == 1
+    with pytest.raises(BlockMissingError):
+        store.get(bad)
+
+
+def test_recover_removes_partial_writes(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    (store.tmp_dir / "bafkreisomething.1234").write_bytes(b"half a blo")
+    assert BlockStore(tmp_path).recover() == 1
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_injected_enospc_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = BlockStore(tmp_path)
+    kept = store.put(b"already stored")
+    real_write = os.write
+
+    def full(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(DiskFullError, match="no space left"):
+        store.put(b"x" * 1000)
+    monkeypatch.undo()
+    assert list(store.tmp_dir.iterdir()) == []  # the partial temp file is gone
+    assert list(store.iter_cids()) == [kept] and store.get(kept) == b"already stored"
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_real_full_filesystem(tiny_fs: Path) -> None:
+    store = BlockStore(tiny_fs)
+    stored = [store.put(os.urandom(200_000)) for _ in range(3)]
+    with pytest.raises(DiskFullError):
+        for _ in range(10):
+            stored.append(store.put(os.urandom(200_000)))
+    assert list(store.tmp_dir.iterdir()) == []
+    assert set(store.iter_cids()) == set(stored)
+    for cid in stored:
+        assert cid.matches(store.get(cid))
