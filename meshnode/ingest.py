@@ -11,10 +11,11 @@ same ingest again completes it without rewriting blocks already on disk.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE, HashingBlocks, iter_instan
 from meshnode.dicom.errors import DicomError
 from meshnode.dicom.layout import InstancePlan, plan_instance
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
-from meshnode.storage.blockstore import BlockStore
+from meshnode.storage.blockstore import BlockStore, StagedBlock
 from meshnode.storage.node_storage import NodeStorage, local_actor
 from meshnode.storage.records import (
     AddOutcome,
@@ -38,7 +39,7 @@ from protocol.errors import MeshError, StorageError
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 64
-DEFAULT_WORKERS = 4
+DEFAULT_WORKERS = os.cpu_count() or 2
 SECURITY_FLAGS = frozenset({"executable-preamble"})
 
 
@@ -102,15 +103,34 @@ def _record(plan: InstancePlan, blocks: Sequence[CID], sizes: Sequence[int], siz
     )
 
 
-def store_file(path: Path, blocks: BlockStore, chunk_size: int, source: Source = Source.LOCAL) -> InstanceRecord:
-    """Plan one file and write its blocks durably. Raises DicomError/StorageError."""
+@dataclass(frozen=True)
+class StagedInstance:
+    record: InstanceRecord
+    staged: tuple[StagedBlock, ...]
+
+
+def stage_path(path: Path, store_root: Path, chunk_size: int) -> StagedInstance:
+    """stage_file for a worker process, which opens the block store itself."""
+    return stage_file(path, BlockStore(store_root), chunk_size)
+
+
+def stage_file(path: Path, blocks: BlockStore, chunk_size: int, source: Source = Source.LOCAL) -> StagedInstance:
+    """Plan one file and stage its blocks (not yet durable). Raises DicomError/StorageError."""
     plan = plan_instance(path)
     hashed = HashingBlocks(iter_instance_blocks(path, plan, chunk_size))
-    cids, sizes = [], []
-    for block in hashed:
-        cids.append(blocks.put(block))
-        sizes.append(len(block))
-    return _record(plan, cids, sizes, hashed.size, hashed.digest(), source)
+    cids, sizes, staged = [], [], []
+    try:
+        for block in hashed:
+            cid = CID.of(block)
+            item = blocks.stage(block, cid)
+            if item is not None:
+                staged.append(item)
+            cids.append(cid)
+            sizes.append(len(block))
+    except BaseException:
+        blocks.discard_staged(staged)
+        raise
+    return StagedInstance(_record(plan, cids, sizes, hashed.size, hashed.digest(), source), tuple(staged))
 
 
 class Ingester:
@@ -127,22 +147,31 @@ class Ingester:
         started = time.perf_counter()
         report = IngestReport()
         files = list(iter_files(paths))
-        pending: list[tuple[Path, InstanceRecord]] = []
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="ingest") as pool:
-            window: list[tuple[Path, Future[InstanceRecord]]] = []
-            for path in files:
-                window.append((path, pool.submit(store_file, path, self.storage.blocks, self.chunk_size)))
-                if len(window) >= self.workers * 4:
+        pending: list[tuple[Path, StagedInstance]] = []
+        window: list[tuple[Path, Future[StagedInstance]]] = []
+        try:
+            # Processes, not threads: planning and hashing are CPU-bound Python (the GIL).
+            with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                for path in files:
+                    window.append((path, pool.submit(stage_path, path, self.storage.blocks.root, self.chunk_size)))
+                    if len(window) >= self.workers * 32:
+                        self._collect(window.pop(0), pending, report, progress, len(files))
+                    if len(pending) >= self.batch_size:
+                        self._commit(pending, report)
+                while window:
                     self._collect(window.pop(0), pending, report, progress, len(files))
-                if len(pending) >= self.batch_size:
-                    self._commit(pending, report)
-            for item in window:
-                self._collect(item, pending, report, progress, len(files))
+        except BaseException:
+            # Nothing of an unfinished batch becomes visible; its temp files go now.
+            for _, future in window:
+                if not future.cancel() and future.exception() is None:
+                    self.storage.blocks.discard_staged(future.result().staged)
+            self.storage.blocks.discard_staged([b for _, item in pending for b in item.staged])
+            raise
         self._commit(pending, report)
         report.seconds = time.perf_counter() - started
         return report
 
-    def _collect(self, item: tuple[Path, Future[InstanceRecord]], pending: list[tuple[Path, InstanceRecord]],
+    def _collect(self, item: tuple[Path, Future[StagedInstance]], pending: list[tuple[Path, StagedInstance]],
                  report: IngestReport, progress: Callable[[int, int], None] | None, total: int) -> None:
         path, future = item
         report.files += 1
@@ -160,10 +189,12 @@ class Ingester:
         if progress is not None:
             progress(report.files, total)
 
-    def _commit(self, pending: list[tuple[Path, InstanceRecord]], report: IngestReport) -> None:
+    def _commit(self, pending: list[tuple[Path, StagedInstance]], report: IngestReport) -> None:
         if not pending:
             return
-        records = [r for _, r in pending]
+        # Blocks first (durable and visible), then the metadata that points at them.
+        self.storage.blocks.commit_staged([b for _, item in pending for b in item.staged])
+        records = [item.record for _, item in pending]
         events: list[AuditEvent] = []
         per_study: dict[str, list[InstanceRecord]] = {}
         for rec in records:
@@ -171,7 +202,7 @@ class Ingester:
         for study_uid, recs in per_study.items():
             events.append(AuditEvent(EventCode.IMPORT, "ingest", actor=self.actor, study=hash_uid(study_uid),
                                      detail=f"{len(recs)} instance(s), {sum(r.size for r in recs)} bytes"))
-        for path, rec in pending:
+        for path, rec in zip((p for p, _ in pending), records):
             bad = SECURITY_FLAGS.intersection(rec.flags)
             if bad:
                 report.flagged.append((str(path), rec.flags))

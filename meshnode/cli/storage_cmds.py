@@ -11,7 +11,7 @@ from meshnode.cli.output import EXIT_ERROR, EXIT_OK, emit
 from meshnode.cli.progress import ProgressBar
 from meshnode.export import export_study
 from meshnode.home import resolve_home
-from meshnode.ingest import Ingester
+from meshnode.ingest import DEFAULT_WORKERS, Ingester
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import StudySummaryRow, hash_uid
 from protocol.errors import NotFoundError, SchemaError
@@ -43,7 +43,7 @@ def find_study(storage: NodeStorage, key: str) -> StudySummaryRow:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     ing = sub.add_parser("ingest", parents=[common], help="ingest DICOM files and folders (recursively)")
     ing.add_argument("paths", nargs="+", type=Path)
-    ing.add_argument("--workers", type=int, default=4, help="parallel file workers (default 4)")
+    ing.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="parallel worker processes (default: one per core)")
     ing.add_argument("--no-progress", action="store_true")
     ing.add_argument("--json", action="store_true")
     ing.set_defaults(func=run_ingest)

@@ -9,12 +9,14 @@ metadata that points at a block is committed only after `put` returns.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from protocol.errors import MeshError, StorageError
 log = logging.getLogger(__name__)
 
 MAX_BLOCK_SIZE = 8 * 1024 * 1024
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 
 class BlockCorruptError(StorageError):
@@ -47,6 +50,30 @@ def _storage_error(action: str, exc: OSError) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"{action}: no space left on device")
     return StorageError(f"{action}: {exc.strerror or exc}")
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    result: Callable[[int], int] = fn
+    return result
+
+
+_SYNCFS = _load_syncfs()
+
+
+@dataclass(frozen=True)
+class StagedBlock:
+    """A block written to a temp file, not yet durable nor visible under its CID."""
+
+    cid: CID
+    tmp: Path
+    size: int
 
 
 def _fsync_dir(path: Path) -> None:
@@ -73,13 +100,27 @@ class BlockStore:
         try:
             for d in (self.blocks_dir, self.tmp_dir, self.quarantine_dir):
                 d.mkdir(parents=True, exist_ok=True)
+            self._create_fanout()
         except OSError as exc:
             raise _storage_error(f"cannot create block store at {root}", exc) from None
 
+    def _create_fanout(self) -> None:
+        """Create all 32 x 32 fan-out folders once, so storing a block never has to."""
+        marker = self.blocks_dir / ".fanout"
+        if marker.exists():
+            return
+        for a in _BASE32:
+            for b in _BASE32:
+                (self.blocks_dir / a / b).mkdir(parents=True, exist_ok=True)
+        if not self._syncfs():
+            _fsync_dir(self.blocks_dir)
+        marker.touch()
+
     def path_of(self, cid: CID) -> Path:
         text = str(cid)
-        # base32 CIDs share the 'bafkrei' prefix; fan out on the digest part.
-        return self.blocks_dir / text[-2:] / text[-4:-2] / text
+        # base32 CIDs share the 'bafkrei' prefix, and the last character carries only
+        # 3 bits: fan out on the two characters before it (32 x 32 folders).
+        return self.blocks_dir / text[-2] / text[-3] / text
 
     def recover(self) -> int:
         """Remove temp files left by a crash. Returns how many were removed."""
@@ -117,7 +158,6 @@ class BlockStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except OSError as exc:
@@ -127,6 +167,94 @@ class BlockStore:
                 pass
             raise _storage_error(f"cannot store block {actual}", exc) from None
         return actual
+
+    def stage(self, data: bytes, cid: CID | None = None) -> StagedBlock | None:
+        """Write a block to a temp file without syncing; None if it is already stored.
+
+        Staged blocks become durable and visible together in `commit_staged`,
+        which costs two filesystem syncs for the whole batch instead of two
+        fsyncs per block. `cid`, when given, must be the CID the caller has just computed of `data`.
+        """
+        if len(data) > MAX_BLOCK_SIZE:
+            raise StorageError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
+        if cid is None:
+            cid = CID.of(data)
+        final = self.path_of(cid)
+        if final.exists():
+            return None
+        tmp = self.tmp_dir / f"{final.name}.{secrets.token_hex(4)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise _storage_error(f"cannot store block {cid}", exc) from None
+        return StagedBlock(cid, tmp, len(data))
+
+    def commit_staged(self, staged: Sequence[StagedBlock]) -> None:
+        """Make staged blocks durable, then visible under their CIDs, then durably so.
+
+        Without syncfs(2) this falls back to fsync per file and per directory.
+        """
+        try:
+            # Even with nothing staged, sync once: blocks found already present may have
+            # been renamed into place by another writer whose final sync is still pending.
+            self._sync([s.tmp for s in staged])
+            parents = set()
+            for block in staged:
+                final = self.path_of(block.cid)
+                os.replace(block.tmp, final)
+                parents.add(final.parent)
+            self._sync_dirs(parents)
+        except OSError as exc:
+            self.discard_staged(staged)
+            raise _storage_error("cannot make blocks durable", exc) from None
+
+    def discard_staged(self, staged: Sequence[StagedBlock]) -> None:
+        for block in staged:
+            try:
+                block.tmp.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove temp block %s: %s", block.tmp.name, exc)
+
+    def _syncfs(self) -> bool:
+        if _SYNCFS is None:
+            return False
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+        return True
+
+    def _sync(self, files: Sequence[Path]) -> None:
+        if self._syncfs():
+            return
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _sync_dirs(self, dirs: set[Path]) -> None:
+        if self._syncfs():
+            return
+        for d in sorted(dirs):
+            _fsync_dir(d)
+            _fsync_dir(d.parent)
 
     def get(self, cid: CID, *, verify: bool = True) -> bytes:
         try:
@@ -166,7 +294,7 @@ class BlockStore:
 
     def iter_cids(self) -> Iterator[CID | str]:
         """Every block file, as its CID, or the file name when it is not a CID (stray)."""
-        for path in sorted(self.blocks_dir.glob("*/*/*")):
+        for path in sorted(self.blocks_dir.glob("*/*/b*")):
             try:
                 cid = CID.parse(path.name)
             except MeshError:

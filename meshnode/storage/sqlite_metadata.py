@@ -10,6 +10,7 @@ from pathlib import Path
 
 from meshnode.sqlite_db import open_database
 from meshnode.storage import audit
+from meshnode.storage.blockstore import DiskFullError
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
 from meshnode.storage.records import (
     AddOutcome,
@@ -107,23 +108,31 @@ class SqliteMetadataStore:
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StorageError(f"database busy or unavailable: {exc}") from exc
+            raise db_error("database busy or unavailable", exc) from exc
         try:
             yield self._db
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise db_error("database update failed", exc) from exc
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._rollback()
+            raise db_error("commit failed", exc) from exc
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back on some errors (SQLITE_FULL, SQLITE_IOERR).
+        if self._db.in_transaction:
             self._db.execute("ROLLBACK")
-            raise StorageError(f"commit failed: {exc}") from exc
 
     def _query(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[Any]:
         try:
             return list(self._db.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
-            raise StorageError(f"database query failed: {exc}") from exc
+            raise db_error("database query failed", exc) from exc
 
     # -- studies and instances ------------------------------------------------
     def add_instances(
@@ -131,20 +140,17 @@ class SqliteMetadataStore:
     ) -> list[AddOutcome]:
         outcomes: list[AddOutcome] = []
         conflict_events: list[AuditEvent] = []
-        try:
-            with self._tx() as db:
-                for rec in records:
-                    outcome = self._add_one(db, rec, now_ms)
-                    outcomes.append(outcome)
-                    if outcome is AddOutcome.CONFLICT:
-                        conflict_events.append(
-                            AuditEvent(EventCode.SECURITY_ALERT, "sop-instance-uid-conflict", Outcome.MINOR_FAILURE,
-                                       study=hash_uid(rec.study_uid),
-                                       detail="same SOP Instance UID with different bytes; both kept")
-                        )
-                self._append_audit(db, [*events, *conflict_events], now_ms)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot record instances: {exc}") from exc
+        with self._tx() as db:
+            for rec in records:
+                outcome = self._add_one(db, rec, now_ms)
+                outcomes.append(outcome)
+                if outcome is AddOutcome.CONFLICT:
+                    conflict_events.append(
+                        AuditEvent(EventCode.SECURITY_ALERT, "sop-instance-uid-conflict", Outcome.MINOR_FAILURE,
+                                   study=hash_uid(rec.study_uid),
+                                   detail="same SOP Instance UID with different bytes; both kept")
+                    )
+            self._append_audit(db, [*events, *conflict_events], now_ms)
         return outcomes
 
     def _add_one(self, db: sqlite3.Connection, rec: InstanceRecord, now_ms: int) -> AddOutcome:
@@ -406,6 +412,12 @@ class SqliteMetadataStore:
                                str(r[8]), str(r[9]))
             out.append(AuditEntry(int(r[0]), int(r[1]), event, bytes(r[10]), bytes(r[11])))
         return out
+
+
+def db_error(action: str, exc: sqlite3.Error) -> StorageError:
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+        return DiskFullError(f"{action}: no space left on device (database)")
+    return StorageError(f"{action}: {exc}")
 
 
 def _opt_int(value: Any) -> int | None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -17,7 +18,7 @@ from meshnode.storage.audit import EventCode
 from meshnode.storage.node_storage import NodeStorage
 from protocol.cid import CID
 from protocol.document import open_document
-from protocol.errors import StorageError
+from meshnode.storage.blockstore import DiskFullError
 from protocol.manifest import Manifest, Priority, Purpose
 from tests.protocol.factories import NODE_A
 
@@ -158,28 +159,40 @@ def test_manifest_from_stored_study(storage: NodeStorage, tmp_path: Path) -> Non
         assert b"".join(storage.blocks.get(c) for c in entry.blocks) == files_by_uid(made)[entry.sop_instance_uid]
 
 
-def test_disk_full_mid_ingest_leaves_store_consistent(storage: NodeStorage, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    made = synthetic.generate_ct_study(tmp_path / "ct", slices=20, rows=64, columns=64, seed=10)
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 3 MB filesystem (tmpfs), remountable larger."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_mid_ingest_leaves_store_consistent(small_fs: Path, tmp_path: Path) -> None:
+    made = synthetic.generate_ct_study(tmp_path / "ct", slices=150, rows=128, columns=128, seed=10)
     expected = files_by_uid(made)
-    real_write, calls = os.write, [0]
-
-    def filling(fd: int, data: bytes | memoryview) -> int:
-        calls[0] += 1
-        if calls[0] > 15:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", filling)
-    with pytest.raises(StorageError, match="no space left"):
-        Ingester(storage, workers=1, batch_size=4).ingest([tmp_path / "ct"])
-    monkeypatch.undo()
-    assert list(storage.blocks.tmp_dir.iterdir()) == []
-    recorded = [i for s in storage.metadata.studies() for i in storage.metadata.instances(s.attributes.study_uid)]
-    assert 0 < len(recorded) < 20  # some batches committed before the disk filled, not all
-    for inst in recorded:  # whatever was recorded is complete and readable
-        assert b"".join(storage.blocks.get(c) for c in inst.blocks) == expected[inst.sop_instance_uid]
-    report = Ingester(storage).ingest([tmp_path / "ct"])  # space is back: re-running completes it
-    assert report.added + report.duplicates == 20
-    [study] = storage.metadata.studies()
-    assert study.instance_count == 20
+    storage = NodeStorage.open(small_fs)
+    try:
+        with pytest.raises(DiskFullError, match="no space left"):
+            Ingester(storage, workers=2, batch_size=8).ingest([tmp_path / "ct"])
+        assert list(storage.blocks.tmp_dir.iterdir()) == []
+        recorded = [i for s in storage.metadata.studies() for i in storage.metadata.instances(s.attributes.study_uid)]
+        assert 0 < len(recorded) < 150  # some batches committed before the disk filled, not all
+        for inst in recorded:  # whatever was recorded is complete and readable
+            assert b"".join(storage.blocks.get(c) for c in inst.blocks) == expected[inst.sop_instance_uid]
+    finally:
+        storage.close()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
+    storage = NodeStorage.open(small_fs)
+    try:
+        report = Ingester(storage).ingest([tmp_path / "ct"])  # space is back: re-running completes it
+        assert report.added + report.duplicates == 150
+        [study] = storage.metadata.studies()
+        assert study.instance_count == 150
+    finally:
+        storage.close()
