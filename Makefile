@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all typecheck vectors clean
+.PHONY: demo test typecheck vectors bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/python -m mypy protocol tools meshnode
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/ingest.py
 
 vectors: $(STAMP)
 	$(VENV)/bin/python scripts/gen_vectors.py

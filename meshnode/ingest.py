@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE, HashingBlocks, iter_instance_blocks
-from meshnode.dicom.errors import DicomError
 from meshnode.dicom.layout import InstancePlan, plan_instance
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockStore, StagedBlock
@@ -109,9 +108,20 @@ class StagedInstance:
     staged: tuple[StagedBlock, ...]
 
 
-def stage_path(path: Path, store_root: Path, chunk_size: int) -> StagedInstance:
-    """stage_file for a worker process, which opens the block store itself."""
-    return stage_file(path, BlockStore(store_root), chunk_size)
+FileOutcome = StagedInstance | MeshError | OSError
+TASK_FILES = 8  # files per worker task: amortises the inter-process round trip
+
+
+def stage_paths(paths: list[Path], store_root: Path, chunk_size: int) -> list[FileOutcome]:
+    """stage_file for a worker process, over several files; each file's error is returned, not raised."""
+    store = BlockStore(store_root)
+    out: list[FileOutcome] = []
+    for path in paths:
+        try:
+            out.append(stage_file(path, store, chunk_size))
+        except (MeshError, OSError) as exc:
+            out.append(exc)
+    return out
 
 
 def stage_file(path: Path, blocks: BlockStore, chunk_size: int, source: Source = Source.LOCAL) -> StagedInstance:
@@ -148,44 +158,50 @@ class Ingester:
         report = IngestReport()
         files = list(iter_files(paths))
         pending: list[tuple[Path, StagedInstance]] = []
-        window: list[tuple[Path, Future[StagedInstance]]] = []
+        window: list[tuple[list[Path], Future[list[FileOutcome]]]] = []
         try:
             # Processes, not threads: planning and hashing are CPU-bound Python (the GIL).
             with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                for path in files:
-                    window.append((path, pool.submit(stage_path, path, self.storage.blocks.root, self.chunk_size)))
-                    if len(window) >= self.workers * 32:
+                for i in range(0, len(files), TASK_FILES):
+                    chunk = files[i : i + TASK_FILES]
+                    window.append((chunk, pool.submit(stage_paths, chunk, self.storage.blocks.root, self.chunk_size)))
+                    if len(window) >= self.workers * 4:
                         self._collect(window.pop(0), pending, report, progress, len(files))
-                    if len(pending) >= self.batch_size:
-                        self._commit(pending, report)
                 while window:
                     self._collect(window.pop(0), pending, report, progress, len(files))
         except BaseException:
             # Nothing of an unfinished batch becomes visible; its temp files go now.
             for _, future in window:
                 if not future.cancel() and future.exception() is None:
-                    self.storage.blocks.discard_staged(future.result().staged)
+                    self.storage.blocks.discard_staged(
+                        [b for r in future.result() if isinstance(r, StagedInstance) for b in r.staged])
             self.storage.blocks.discard_staged([b for _, item in pending for b in item.staged])
             raise
         self._commit(pending, report)
         report.seconds = time.perf_counter() - started
         return report
 
-    def _collect(self, item: tuple[Path, Future[StagedInstance]], pending: list[tuple[Path, StagedInstance]],
-                 report: IngestReport, progress: Callable[[int, int], None] | None, total: int) -> None:
-        path, future = item
-        report.files += 1
-        try:
-            pending.append((path, future.result()))
-        except DicomError as exc:
-            report.skipped.append((str(path), str(exc)))
-            log.info("skipped %s: %s", path.name, exc.name)
-        except StorageError:
-            raise
-        except MeshError as exc:
-            report.skipped.append((str(path), str(exc)))
-        except OSError as exc:
-            report.skipped.append((str(path), f"cannot read: {exc.strerror or exc}"))
+    def _collect(self, item: tuple[list[Path], Future[list[FileOutcome]]],
+                 pending: list[tuple[Path, StagedInstance]], report: IngestReport,
+                 progress: Callable[[int, int], None] | None, total: int) -> None:
+        paths, future = item
+        results = future.result()
+        storage_error = next((r for r in results if isinstance(r, StorageError)), None)
+        if storage_error is not None:
+            self.storage.blocks.discard_staged(
+                [b for r in results if isinstance(r, StagedInstance) for b in r.staged])
+            raise storage_error
+        for path, result in zip(paths, results):
+            report.files += 1
+            if isinstance(result, StagedInstance):
+                pending.append((path, result))
+            elif isinstance(result, MeshError):
+                report.skipped.append((str(path), str(result)))
+                log.info("skipped %s: %s", path.name, result.name)
+            else:
+                report.skipped.append((str(path), f"cannot read: {result.strerror or result}"))
+            if len(pending) >= self.batch_size:
+                self._commit(pending, report)
         if progress is not None:
             progress(report.files, total)
 
