@@ -13,6 +13,7 @@ from meshnode.storage import audit
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
 from meshnode.storage.records import (
     AddOutcome,
+    DeliveryRow,
     InstanceRecord,
     ManifestRow,
     StudyAttributes,
@@ -41,6 +42,8 @@ class MemoryMetadataStore:
         self._peers: dict[str, tuple[str, int]] = {}
         self._roster_version = 0
         self._audit: list[AuditEntry] = []
+        self._deliveries: dict[tuple[CID, str], DeliveryRow] = {}
+        self._served: dict[CID, dict[str, int]] = {}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -154,6 +157,24 @@ class MemoryMetadataStore:
     def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None:
         t = self._transfers.get(manifest_id)
         return (t.state, t.blocks_done, t.bytes_done) if t else None
+
+    def save_delivery(self, row: DeliveryRow) -> None:
+        self._deliveries[(row.manifest_id, row.org)] = row
+
+    def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]:
+        rows = [r for r in self._deliveries.values() if manifest_id is None or r.manifest_id == manifest_id]
+        return sorted(rows, key=lambda r: (r.manifest_id.to_bytes(), r.org))
+
+    def highest_revision(self, study_uid: str, sender_org: str) -> int:
+        return max((m.revision for m in self._manifests.values() if m.direction == "received"
+                    and m.study_uid == study_uid and m.sender_org == sender_org), default=0)
+
+    def set_served_by(self, manifest_id: CID, served_by: dict[str, int]) -> None:
+        if manifest_id in self._transfers:
+            self._served[manifest_id] = dict(served_by)
+
+    def served_by(self, manifest_id: CID) -> dict[str, int]:
+        return dict(self._served.get(manifest_id, {}))
 
     def highest_roster_version(self) -> int:
         return self._roster_version

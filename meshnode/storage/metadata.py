@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from meshnode.storage.audit import AuditEntry, AuditEvent
-from meshnode.storage.records import AddOutcome, InstanceRecord, ManifestRow, StudySummaryRow
+from meshnode.storage.records import AddOutcome, DeliveryRow, InstanceRecord, ManifestRow, StudySummaryRow
 from protocol.cid import CID
 
 LIVE_MANIFEST_STATES_EXCLUDED = ("recalled",)
@@ -63,6 +63,18 @@ class MetadataStore(Protocol):
     def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None: ...
 
     def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None: ...
+
+    def save_delivery(self, row: DeliveryRow) -> None: ...
+
+    def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]: ...
+
+    def highest_revision(self, study_uid: str, sender_org: str) -> int:
+        """Highest revision of a received manifest for this study from this sender org (0: none)."""
+        ...
+
+    def set_served_by(self, manifest_id: CID, served_by: dict[str, int]) -> None: ...
+
+    def served_by(self, manifest_id: CID) -> dict[str, int]: ...
 
     # -- identity ----------------------------------------------------------------
     def highest_roster_version(self) -> int: ...

@@ -98,3 +98,17 @@ class ManifestRow:
     expires_at: int
     raw: bytes
     recipients: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """The sender's view of one manifest's delivery to one recipient organisation."""
+
+    manifest_id: CID
+    org: str
+    state: str  # pending, announced, delivered, failed
+    attempts: int
+    next_attempt_ms: int
+    last_error: str
+    receipt: bytes | None
+    updated_ms: int

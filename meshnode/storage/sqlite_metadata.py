@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,6 +15,7 @@ from meshnode.storage.blockstore import DiskFullError
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
 from meshnode.storage.records import (
     AddOutcome,
+    DeliveryRow,
     InstanceRecord,
     ManifestRow,
     SeriesAttributes,
@@ -84,6 +86,15 @@ MIGRATIONS = (
         outcome INTEGER NOT NULL, actor TEXT NOT NULL, actor_org TEXT NOT NULL, study TEXT NOT NULL,
         manifest_id TEXT NOT NULL, detail TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL
     ) STRICT
+    """,
+    """
+    CREATE TABLE deliveries (
+        manifest_id BLOB NOT NULL REFERENCES manifests (manifest_id) ON DELETE CASCADE,
+        org TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, receipt BLOB, updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (manifest_id, org)
+    ) STRICT;
+    ALTER TABLE transfers ADD COLUMN served_by TEXT NOT NULL DEFAULT '{}'
     """,
 )
 
@@ -352,13 +363,47 @@ class SqliteMetadataStore:
 
     def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO transfers VALUES (?,?,?,?,?)",
-                       (manifest_id.to_bytes(), state, blocks_done, bytes_done, now_ms))
+            db.execute(
+                "INSERT INTO transfers (manifest_id, state, blocks_done, bytes_done, updated_ms) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (manifest_id) DO UPDATE SET state = excluded.state,"
+                " blocks_done = excluded.blocks_done, bytes_done = excluded.bytes_done,"
+                " updated_ms = excluded.updated_ms",
+                (manifest_id.to_bytes(), state, blocks_done, bytes_done, now_ms))
 
     def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None:
         rows = self._query("SELECT state, blocks_done, bytes_done FROM transfers WHERE manifest_id = ?",
                            (manifest_id.to_bytes(),))
         return (str(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
+
+    def save_delivery(self, row: DeliveryRow) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO deliveries VALUES (?,?,?,?,?,?,?,?)",
+                (row.manifest_id.to_bytes(), row.org, row.state, row.attempts, row.next_attempt_ms, row.last_error,
+                 row.receipt, row.updated_ms),
+            )
+
+    def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]:
+        where, params = ("WHERE manifest_id = ?", (manifest_id.to_bytes(),)) if manifest_id else ("", ())
+        return [
+            DeliveryRow(CID.from_bytes(bytes(r[0])), str(r[1]), str(r[2]), int(r[3]), int(r[4]), str(r[5]),
+                        bytes(r[6]) if r[6] is not None else None, int(r[7]))
+            for r in self._query(f"SELECT * FROM deliveries {where} ORDER BY manifest_id, org", params)
+        ]
+
+    def highest_revision(self, study_uid: str, sender_org: str) -> int:
+        rows = self._query("SELECT coalesce(max(revision), 0) FROM manifests WHERE direction = 'received'"
+                           " AND study_uid = ? AND sender_org = ?", (study_uid, sender_org))
+        return int(rows[0][0])
+
+    def set_served_by(self, manifest_id: CID, served_by: dict[str, int]) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE transfers SET served_by = ? WHERE manifest_id = ?",
+                       (json.dumps(served_by, sort_keys=True), manifest_id.to_bytes()))
+
+    def served_by(self, manifest_id: CID) -> dict[str, int]:
+        rows = self._query("SELECT served_by FROM transfers WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+        return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}
 
     # -- identity ----------------------------------------------------------------
     def highest_roster_version(self) -> int:

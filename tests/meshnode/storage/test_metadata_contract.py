@@ -115,3 +115,25 @@ def test_audit_chain_is_valid(store: MetadataStore) -> None:
     assert verify_chain(entries) == []
     assert verify_chain(entries, (2, entries[-1].hash)) == []
     assert verify_chain(entries[:1], (2, entries[-1].hash))[0].problem.startswith("entries 2..2 are missing")
+
+
+def test_deliveries_revisions_served_by(store: MetadataStore) -> None:
+    from meshnode.storage.records import DeliveryRow
+
+    mid = CID.of(b"sent manifest")
+    store.save_manifest(ManifestRow(mid, STUDY, "sent", "RGT", 1, "sent", NOW_S, NOW_S + 100, b"raw", ("RJ1",)), [])
+    row = DeliveryRow(mid, "RJ1", "pending", 0, NOW_MS, "", None, NOW_MS)
+    store.save_delivery(row)
+    store.save_delivery(DeliveryRow(mid, "RJ1", "delivered", 2, NOW_MS, "", b"receipt", NOW_MS + 5))
+    assert [(d.state, d.attempts, d.receipt) for d in store.deliveries(mid)] == [("delivered", 2, b"receipt")]
+    assert store.deliveries() == store.deliveries(mid)
+    assert store.highest_revision(STUDY, "RGT") == 0  # sent manifests do not count
+    for rev in (1, 3, 2):
+        rid = CID.of(f"received {rev}".encode())
+        store.save_manifest(ManifestRow(rid, STUDY, "received", "RGT", rev, "announced", NOW_S, NOW_S + 9, b"r"), [])
+    assert store.highest_revision(STUDY, "RGT") == 3 and store.highest_revision(STUDY, "XXX") == 0
+    store.set_transfer(mid, "fetching", 1, 10, NOW_MS)
+    store.set_served_by(mid, {"peer-a": 3, "peer-b": 1})
+    store.set_transfer(mid, "complete", 4, 40, NOW_MS)
+    assert store.served_by(mid) == {"peer-a": 3, "peer-b": 1}
+    assert store.served_by(CID.of(b"none")) == {}
