@@ -147,6 +147,10 @@ class MemoryMetadataStore:
         rows = [m for m in self._manifests.values() if direction is None or m.direction == direction]
         return sorted(rows, key=lambda m: (m.created_at, m.manifest_id.to_bytes()))
 
+    def not_in_manifest(self, manifest_id: CID, cids: Sequence[CID]) -> set[CID]:
+        listed = self._manifest_blocks.get(manifest_id, frozenset())
+        return {c for c in cids if c not in listed}
+
     def set_manifest_state(self, manifest_id: CID, state: str) -> None:
         if manifest_id in self._manifests:
             self._manifests[manifest_id] = replace(self._manifests[manifest_id], state=state)

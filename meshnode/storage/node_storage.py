@@ -66,7 +66,7 @@ class NodeStorage:
         self.metadata.close()
 
     # -- audit ------------------------------------------------------------------
-    def _write_head(self) -> None:
+    def write_head(self) -> None:
         head = self.metadata.audit_head()
         if head is not None:
             write_atomic(self.head_path, f"{head[0]} {head[1].hex()}\n".encode("ascii"))
@@ -82,11 +82,11 @@ class NodeStorage:
 
     def audit(self, *events: AuditEvent) -> None:
         self.metadata.append_audit(list(events), now_ms())
-        self._write_head()
+        self.write_head()
 
     def add_instances(self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent]) -> list[AddOutcome]:
         outcomes = self.metadata.add_instances(records, events, now_ms())
-        self._write_head()
+        self.write_head()
         return outcomes
 
     def verify_audit(self) -> tuple[int, list[ChainProblem]]:

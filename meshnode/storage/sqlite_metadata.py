@@ -357,6 +357,14 @@ class SqliteMetadataStore:
             return self._manifest_rows("", ())
         return self._manifest_rows("WHERE direction = ?", (direction,))
 
+    def not_in_manifest(self, manifest_id: CID, cids: Sequence[CID]) -> set[CID]:
+        wanted = {c.to_bytes(): c for c in cids}
+        marks = ",".join("?" * len(wanted))
+        found = {bytes(r[0]) for r in self._query(
+            f"SELECT cid FROM manifest_blocks WHERE manifest_id = ? AND cid IN ({marks})",
+            (manifest_id.to_bytes(), *wanted))} if wanted else set()
+        return {c for raw, c in wanted.items() if raw not in found}
+
     def set_manifest_state(self, manifest_id: CID, state: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE manifests SET state = ? WHERE manifest_id = ?", (state, manifest_id.to_bytes()))

@@ -1,0 +1,58 @@
+"""Everything a running node's services share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from meshnode.config import NodeConfig
+from meshnode.directory_client import DirectoryClient
+from meshnode.home import NodeHome
+from meshnode.node.peers import PeerRegistry
+from meshnode.storage.audit import AuditEvent
+from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.node_storage import NodeStorage, now_ms
+from protocol.certificate import Certificate
+from protocol.document import Signed
+from protocol.keys import SigningKey
+from protocol.roster import Roster
+
+
+@dataclass
+class NodeContext:
+    home: NodeHome
+    config: NodeConfig
+    key: SigningKey
+    certificate: Signed[Certificate]
+    storage: NodeStorage
+    db: DatabaseThread
+    peers: PeerRegistry
+    directory: DirectoryClient
+    clock: Callable[[], float] = time.time
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def org(self) -> str:
+        return self.certificate.document.org_code
+
+    @property
+    def peer_id(self) -> str:
+        return self.key.peer_id
+
+    def roster(self) -> Roster:
+        return self.peers.guard.roster(self.clock())
+
+    def wake(self) -> None:
+        """Tell the background loops that there is new work."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def audit(self, *events: AuditEvent) -> None:
+        def write(_: object) -> None:
+            self.storage.metadata.append_audit(list(events), now_ms())
+            self.storage.write_head()
+
+        await self.db.run(write)

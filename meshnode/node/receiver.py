@@ -1,0 +1,109 @@
+"""The recipient's side: accept announced manifests, answer availability, obey recalls."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from meshnode.node.context import NodeContext
+from meshnode.node.policy import authorise_manifest_access
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.records import ManifestRow, hash_uid
+from protocol.certificate import Certificate
+from protocol.cid import CID
+from protocol.document import Signed, open_document
+from protocol.errors import MeshError, NotFoundError, RevisionRollbackError, WrongOrganisationError
+from protocol.manifest import Manifest, verify_manifest
+from protocol.recall import Recall, verify_recall
+
+log = logging.getLogger(__name__)
+
+ManifestHook = Callable[[Signed[Manifest]], Awaitable[None]]
+
+
+def block_order(manifest: Manifest) -> list[CID]:
+    """Distinct blocks in manifest order (instances in order, blocks in order, first occurrence)."""
+    seen: dict[CID, None] = {}
+    for instance in manifest.instances:
+        for cid in instance.blocks:
+            seen.setdefault(cid, None)
+    return list(seen)
+
+
+class Receiver:
+    def __init__(self, ctx: NodeContext, on_accepted: ManifestHook, on_recalled: Callable[[CID], Awaitable[None]]):
+        self.ctx = ctx
+        self.on_accepted = on_accepted
+        self.on_recalled = on_recalled
+
+    async def accept_announce(self, peer_id: str, manifest_raw: bytes, cert_raw: bytes) -> CID:
+        """Verify and record an announced manifest; raises the MeshError to send back on refusal."""
+        ctx = self.ctx
+        now = ctx.clock()
+        try:
+            announcer = ctx.peers.authorise(peer_id, now)
+            signed = open_document(manifest_raw, Manifest)
+            sender_cert = open_document(cert_raw, Certificate)
+            verify_manifest(signed, sender_cert, ctx.roster(), now, skew=ctx.config.clock_skew)
+            manifest = signed.document
+            if announcer.org_code != manifest.sender_org:
+                raise WrongOrganisationError(f"a node of {announcer.org_code} announced {manifest.sender_org}'s manifest")
+            if ctx.org not in manifest.recipients:
+                raise WrongOrganisationError(f"{ctx.org} is not a recipient of this manifest")
+            manifest_id = signed.cid
+            known, highest = await ctx.db.run(
+                lambda s: (s.manifest(manifest_id), s.highest_revision(manifest.study_uid, manifest.sender_org)))
+            if known is not None:
+                return manifest_id  # a retried announcement: already recorded
+            if manifest.revision <= highest:
+                raise RevisionRollbackError(
+                    f"revision {manifest.revision} is not newer than revision {highest} already received")
+        except MeshError as exc:
+            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "announce-refused", Outcome.MINOR_FAILURE,
+                                       actor=peer_id, detail=f"{exc.name}: {exc}"[:300]))
+            raise
+        row = ManifestRow(manifest_id, manifest.study_uid, "received", manifest.sender_org, manifest.revision,
+                          "announced", manifest.created_at, manifest.expires_at, manifest_raw, manifest.recipients)
+        blocks = block_order(manifest)
+
+        def record(store: MetadataStore) -> None:
+            store.save_manifest(row, blocks)
+            store.set_transfer(manifest_id, "announced", 0, 0, int(now * 1000))
+
+        await ctx.db.run(record)
+        await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "manifest-received", actor=peer_id,
+                                   actor_org=manifest.sender_org, study=hash_uid(manifest.study_uid),
+                                   manifest_id=str(manifest_id),
+                                   detail=f"{manifest.priority.value}, {len(manifest.instances)} instance(s)"))
+        log.info("accepted %s manifest %s from %s", manifest.priority.value, manifest_id, manifest.sender_org)
+        await self.on_accepted(signed)
+        return manifest_id
+
+    async def availability(self, peer_id: str, manifest_id: CID) -> list[bool]:
+        """Which blocks of the manifest this node holds, in manifest block order."""
+        _, row = await authorise_manifest_access(self.ctx, peer_id, manifest_id)
+        order = block_order(open_document(row.raw, Manifest).document)
+        present = await self.ctx.db.run(lambda s: s.present_blocks(order))
+        return [cid in present for cid in order]
+
+    async def accept_recall(self, peer_id: str, recall_raw: bytes, cert_raw: bytes) -> None:
+        ctx = self.ctx
+        now = ctx.clock()
+        ctx.peers.authorise(peer_id, now)
+        signed = open_document(recall_raw, Recall)
+        verify_recall(signed, open_document(cert_raw, Certificate), ctx.roster(), now, skew=ctx.config.clock_skew)
+        recall = signed.document
+        row = await ctx.db.run(lambda s: s.manifest(recall.manifest_id))
+        if row is None or row.direction != "received":
+            raise NotFoundError("no such received manifest")
+        if row.sender_org != recall.sender_org:
+            raise WrongOrganisationError("a recall must come from the manifest's sender org")
+        if row.state == "recalled":
+            return
+        await ctx.db.run(lambda s: s.set_manifest_state(recall.manifest_id, "recalled"))
+        await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "manifest-recalled", actor=peer_id,
+                                   actor_org=recall.sender_org, study=hash_uid(row.study_uid),
+                                   manifest_id=str(recall.manifest_id),
+                                   detail=f"{recall.action.value}: {recall.reason}"[:300]))
+        await self.on_recalled(recall.manifest_id)

@@ -1,0 +1,121 @@
+"""The sender's side: share a study (sign its manifest, queue deliveries), accept receipts, recall."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from meshnode.manifest_builder import build_manifest
+from meshnode.node.context import NodeContext
+from meshnode.node.receiver import block_order
+from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.records import DeliveryRow, InstanceRecord, ManifestRow, hash_uid
+from protocol.certificate import Certificate
+from protocol.cid import CID
+from protocol.document import Signed, open_document
+from protocol.errors import LocalProtocolError, NotFoundError, WrongOrganisationError
+from protocol.manifest import Manifest, Priority, Purpose
+from protocol.recall import Recall, RecallAction
+from protocol.receipt import Receipt, verify_receipt
+from protocol.schema import check_org_code
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIFETIME_S = 30 * 86400
+MAX_BACKOFF_S = 900
+
+
+def backoff_s(attempts: int) -> float:
+    """Seconds before the next delivery attempt after `attempts` failures: 2, 4, 8 ... 900."""
+    return float(min(2 ** max(attempts, 1), MAX_BACKOFF_S))
+
+
+class Sender:
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+
+    async def share(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
+                    lifetime_s: int = DEFAULT_LIFETIME_S) -> Signed[Manifest]:
+        ctx = self.ctx
+        recipients = sorted({check_org_code(o, "recipient") for o in to})
+        if not recipients:
+            raise LocalProtocolError("share with at least one organisation")
+        if ctx.org in recipients:
+            raise LocalProtocolError("a node does not share with its own organisation")
+        now = int(ctx.clock())
+
+        def load(store: MetadataStore) -> tuple[list[InstanceRecord], int]:
+            sent = [m.revision for m in store.manifests("sent") if m.study_uid == study_uid]
+            return list(store.instances(study_uid)), max(sent, default=0)
+
+        instances, last_revision = await ctx.db.run(load)
+        if not instances:
+            raise NotFoundError(f"no study {hash_uid(study_uid)} on this node")
+        manifest = build_manifest(
+            instances,
+            sender_org=ctx.org, sender_peer=ctx.peer_id, recipients=recipients, priority=priority,
+            purpose=purpose, created_at=now, expires_at=now + lifetime_s, revision=last_revision + 1,
+        )
+        signed = manifest.sign(ctx.key)
+        manifest_id = signed.cid
+        row = ManifestRow(manifest_id, study_uid, "sent", ctx.org, manifest.revision, "sent", now,
+                          manifest.expires_at, signed.encode(), manifest.recipients)
+        blocks = block_order(manifest)
+        now_ms = int(ctx.clock() * 1000)
+
+        def record(store: MetadataStore) -> None:
+            store.save_manifest(row, blocks)
+            for org in recipients:
+                store.save_delivery(DeliveryRow(manifest_id, org, "pending", 0, now_ms, "", None, now_ms))
+
+        await ctx.db.run(record)
+        await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "share", actor=ctx.peer_id, actor_org=ctx.org,
+                                   study=hash_uid(study_uid), manifest_id=str(manifest_id),
+                                   detail=f"{priority.value} {purpose.value} to {','.join(recipients)}"))
+        ctx.wake()
+        return signed
+
+    async def accept_receipt(self, peer_id: str, receipt_raw: bytes, cert_raw: bytes) -> None:
+        """A recipient's signed receipt: the study is delivered to that org only once it verifies."""
+        ctx = self.ctx
+        now = ctx.clock()
+        ctx.peers.authorise(peer_id, now)
+        signed = open_document(receipt_raw, Receipt)
+        verify_receipt(signed, open_document(cert_raw, Certificate), ctx.roster(), now, skew=ctx.config.clock_skew)
+        receipt = signed.document
+        row, deliveries = await ctx.db.run(
+            lambda s: (s.manifest(receipt.manifest_id), s.deliveries(receipt.manifest_id)))
+        if row is None or row.direction != "sent":
+            raise NotFoundError("no such sent manifest")
+        delivery = next((d for d in deliveries if d.org == receipt.recipient_org), None)
+        if delivery is None:
+            raise WrongOrganisationError(f"{receipt.recipient_org} is not a recipient of this manifest")
+        manifest = open_document(row.raw, Manifest).document
+        if receipt.instances_verified != len(manifest.instances):
+            raise LocalProtocolError("receipt does not cover every instance")
+        if delivery.state == "delivered":
+            return
+        now_ms = int(now * 1000)
+        await ctx.db.run(lambda s: s.save_delivery(DeliveryRow(
+            receipt.manifest_id, receipt.recipient_org, "delivered", delivery.attempts, now_ms, "",
+            receipt_raw, now_ms)))
+        await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "delivered", actor=peer_id,
+                                   actor_org=receipt.recipient_org, study=hash_uid(row.study_uid),
+                                   manifest_id=str(receipt.manifest_id),
+                                   detail=f"signed receipt for {receipt.instances_verified} instance(s)"))
+        log.info("manifest %s delivered to %s (receipt verified)", receipt.manifest_id, receipt.recipient_org)
+
+    async def recall(self, manifest_id: CID, reason: str) -> Signed[Recall]:
+        ctx = self.ctx
+        row = await ctx.db.run(lambda s: s.manifest(manifest_id))
+        if row is None or row.direction != "sent":
+            raise NotFoundError("no such sent manifest")
+        recall = Recall(manifest_id, row.study_uid, ctx.org, RecallAction.WITHDRAW, None, reason[:1024],
+                        int(ctx.clock())).sign(ctx.key)
+        await ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "recalled"))
+        await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "recall", actor=ctx.peer_id, actor_org=ctx.org,
+                                   study=hash_uid(row.study_uid), manifest_id=str(manifest_id),
+                                   detail=reason[:300]))
+        ctx.wake()
+        return recall
