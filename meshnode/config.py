@@ -30,6 +30,8 @@ TEMPLATE = """\
 org = "{org}"
 # Where the node listens for other nodes (libp2p multiaddrs; TCP + Noise + Yamux).
 listen = {listen}
+# Fetch announced studies as soon as they arrive (false: wait for `meshnode fetch MANIFEST`).
+auto_fetch = {auto_fetch}
 
 [directory]
 # Multiaddr of the directory, ending in /p2p/<its peer ID>. The directory is
@@ -43,6 +45,17 @@ authority_keys = {authority_keys}
 clock_skew_seconds = {skew}
 # How long a signed address record of this node stays valid, in seconds.
 address_record_ttl_seconds = 86400
+# How often to fetch the roster from the directory (revocations take effect then).
+roster_refresh_seconds = {roster_refresh}
+
+[limits]
+# Per peer: concurrent inbound streams, and requests per second before it is cut off.
+max_streams_per_peer = {max_streams}
+max_requests_per_second = {max_rate}
+# A request that has not completed in this many seconds is abandoned (and the peer's window shrinks).
+request_timeout_seconds = {request_timeout}
+# Cap on the bytes per second this node serves to all peers together, in MB/s (0: no cap).
+upload_mb_per_s = {upload}
 """
 
 
@@ -54,6 +67,12 @@ class NodeConfig:
     authority_keys: tuple[PublicKey, ...] = field(default_factory=tuple)
     clock_skew: int = DEFAULT_SKEW
     address_record_ttl: int = 86400
+    auto_fetch: bool = True
+    roster_refresh: int = 60
+    max_streams_per_peer: int = 64
+    max_requests_per_second: int = 500
+    request_timeout: int = 30
+    upload_mb_per_s: float = 0.0
 
     def __post_init__(self) -> None:
         try:
@@ -75,6 +94,12 @@ class NodeConfig:
             directory=self.directory,
             authority_keys=toml_list(tuple(k.peer_id for k in self.authority_keys)),
             skew=self.clock_skew,
+            auto_fetch="true" if self.auto_fetch else "false",
+            roster_refresh=self.roster_refresh,
+            max_streams=self.max_streams_per_peer,
+            max_rate=self.max_requests_per_second,
+            request_timeout=self.request_timeout,
+            upload=self.upload_mb_per_s,
         )
 
 
@@ -105,12 +130,21 @@ def parse_config(text: str, source: str = "node.toml") -> NodeConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    unknown = set(doc) - {"node", "directory", "trust"}
+    unknown = set(doc) - {"node", "directory", "trust", "limits"}
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
-    node = _section(doc, "node", {"org", "listen"})
+    node = _section(doc, "node", {"org", "listen", "auto_fetch"})
+    limits = _section(doc, "limits", {"max_streams_per_peer", "max_requests_per_second", "request_timeout_seconds",
+                                      "upload_mb_per_s"})
+    upload = limits.get("upload_mb_per_s", 0)
+    if isinstance(upload, bool) or not isinstance(upload, (int, float)) or not 0 <= upload <= 100_000:
+        raise ConfigError(f"{source}: [limits] upload_mb_per_s must be a number in 0..100000")
     directory = _section(doc, "directory", {"address"})
-    trust = _section(doc, "trust", {"authority_keys", "clock_skew_seconds", "address_record_ttl_seconds"})
+    trust = _section(doc, "trust", {"authority_keys", "clock_skew_seconds", "address_record_ttl_seconds",
+                                    "roster_refresh_seconds"})
+    auto_fetch = node.get("auto_fetch", True)
+    if not isinstance(auto_fetch, bool):
+        raise ConfigError(f"{source}: [node] auto_fetch must be true or false")
     org = node.get("org")
     if not isinstance(org, str):
         raise ConfigError(f"{source}: [node] org is required")
@@ -140,6 +174,13 @@ def parse_config(text: str, source: str = "node.toml") -> NodeConfig:
         address_record_ttl=_int(
             trust.get("address_record_ttl_seconds", 86400), "[trust] address_record_ttl_seconds", 60, 30 * 86400
         ),
+        auto_fetch=auto_fetch,
+        roster_refresh=_int(trust.get("roster_refresh_seconds", 60), "[trust] roster_refresh_seconds", 1, 86400),
+        max_streams_per_peer=_int(limits.get("max_streams_per_peer", 64), "[limits] max_streams_per_peer", 1, 4096),
+        max_requests_per_second=_int(limits.get("max_requests_per_second", 500),
+                                     "[limits] max_requests_per_second", 1, 100_000),
+        request_timeout=_int(limits.get("request_timeout_seconds", 30), "[limits] request_timeout_seconds", 1, 3600),
+        upload_mb_per_s=float(upload),
     )
 
 

@@ -61,6 +61,14 @@ class FrameError(RemoteProtocolError):
     name = "frame-error"
 
 
+class UnexpectedFrameError(RemoteProtocolError):
+    """A well-formed frame the conversation did not allow at this point
+    (a block response for another CID, a frame after the last, a refusal after data)."""
+
+    code = 121
+    name = "unexpected-frame"
+
+
 class LimitError(RemoteProtocolError):
     """A size, depth or count above the documented limit."""
 

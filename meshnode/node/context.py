@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -20,6 +21,8 @@ from protocol.document import Signed
 from protocol.keys import SigningKey
 from protocol.roster import Roster
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class NodeContext:
@@ -33,6 +36,8 @@ class NodeContext:
     directory: DirectoryClient
     clock: Callable[[], float] = time.time
     changed: trio.Event = field(default_factory=trio.Event)
+    #: blocks and bytes served per requesting org, since start (for status and metrics)
+    served: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def org(self) -> str:
@@ -56,3 +61,17 @@ class NodeContext:
             self.storage.write_head()
 
         await self.db.run(write)
+
+
+async def keep_running(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Task boundary of a background loop: an unexpected error is logged and the loop restarted,
+    never allowed to take the whole node down. Cancellation passes through."""
+    failures = 0
+    while True:
+        try:
+            await loop()
+            return
+        except Exception:
+            failures += 1
+            log.exception("background task %s failed (%d); restarting", name, failures)
+            await trio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))

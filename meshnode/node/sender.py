@@ -113,7 +113,15 @@ class Sender:
             raise NotFoundError("no such sent manifest")
         recall = Recall(manifest_id, row.study_uid, ctx.org, RecallAction.WITHDRAW, None, reason[:1024],
                         int(ctx.clock())).sign(ctx.key)
-        await ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "recalled"))
+        now_ms = int(ctx.clock() * 1000)
+        recall_raw = recall.encode()
+
+        def record(store: MetadataStore) -> None:
+            store.set_manifest_state(manifest_id, "recalled")
+            for org in row.recipients:
+                store.save_delivery(DeliveryRow(manifest_id, org, "recall-pending", 0, now_ms, "", recall_raw, now_ms))
+
+        await ctx.db.run(record)
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "recall", actor=ctx.peer_id, actor_org=ctx.org,
                                    study=hash_uid(row.study_uid), manifest_id=str(manifest_id),
                                    detail=reason[:300]))

@@ -241,3 +241,72 @@ def serve_requests(
 
     host.set_stream_handler(TProtocol(protocol_id), handle_stream)
     logger.debug("serving %s (max request %d bytes)", protocol_id, max_request)
+
+
+StreamHandler = Callable[[ID, INetStream], Awaitable[None]]
+
+
+def serve_streams(host: IHost, protocol_id: str, handler: StreamHandler, *, timeout: float) -> None:
+    """Like serve_requests, for protocols that answer with several frames: the handler owns the stream.
+
+    The same boundary applies: whatever the handler raises is logged and the
+    stream reset; cancellation is never swallowed; the whole exchange is
+    bounded by `timeout` seconds.
+    """
+
+    async def handle_stream(stream: INetStream) -> None:
+        peer_id = stream.muxed_conn.peer_id
+        ok = False
+        try:
+            with trio.fail_after(timeout):
+                await handler(peer_id, stream)
+            ok = True
+        except trio.TooSlowError:
+            logger.warning("%s from %s: not finished within %g s", protocol_id, peer_id, timeout)
+        except (StreamEOF, StreamReset, StreamClosed) as exc:
+            logger.debug("%s from %s: stream ended early: %r", protocol_id, peer_id, exc)
+        except MeshError as exc:
+            logger.warning("%s from %s: refused: %s: %s", protocol_id, peer_id, exc.name, exc)
+        except Exception:
+            logger.exception("%s from %s: handler failed", protocol_id, peer_id)
+        finally:
+            await _finish(stream, ok)
+
+    host.set_stream_handler(TProtocol(protocol_id), handle_stream)
+
+
+async def open_stream(host: IHost, peer: ID, protocol_id: str) -> INetStream:
+    """A new stream to a connected peer, or UnavailableError."""
+    try:
+        return await host.new_stream(peer, [TProtocol(protocol_id)])
+    except BaseLibp2pError as exc:
+        raise UnavailableError(f"cannot open {protocol_id} stream to {peer}: {exc}") from exc
+
+
+finish_stream = _finish
+half_close = _half_close
+
+
+BULK_WINDOW = 16 * 1024 * 1024
+
+
+async def grant_receive_window(stream: INetStream, size: int = BULK_WINDOW) -> None:
+    """Let the peer send up to `size` bytes on this stream before waiting for us.
+
+    py-libp2p 0.8.1's Yamux starts every stream at 256 KiB and, when a sender
+    runs out of window, polls for an update every 10 ms. A bulk response on a
+    fresh stream (a block request answers with megabytes) then spends most of
+    its time in that poll. Yamux lets a receiver grow its window at any time
+    with a WINDOW_UPDATE; doing it as soon as the stream opens (as go-yamux's
+    auto-tuning ends up doing) removes the stall. Only our own receiving
+    streams are touched; the change is upstreamable as an initial-window option.
+    """
+    muxed = getattr(stream, "muxed_stream", None)
+    if muxed is None or not hasattr(muxed, "recv_window") or not hasattr(muxed, "send_window_update"):
+        return
+    delta = size - int(muxed.recv_window)
+    if delta <= 0:
+        return
+    muxed.recv_window += delta
+    muxed.target_recv_window = max(int(getattr(muxed, "target_recv_window", 0)), size)
+    await muxed.send_window_update(delta)

@@ -110,5 +110,5 @@ class DeliveryRow:
     attempts: int
     next_attempt_ms: int
     last_error: str
-    receipt: bytes | None
+    document: bytes | None  # the signed receipt once delivered; the signed recall while recall-pending
     updated_ms: int

@@ -388,7 +388,7 @@ class SqliteMetadataStore:
             db.execute(
                 "INSERT OR REPLACE INTO deliveries VALUES (?,?,?,?,?,?,?,?)",
                 (row.manifest_id.to_bytes(), row.org, row.state, row.attempts, row.next_attempt_ms, row.last_error,
-                 row.receipt, row.updated_ms),
+                 row.document, row.updated_ms),
             )
 
     def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]:

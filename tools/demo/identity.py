@@ -60,9 +60,9 @@ class IdentityDemo:
         return self.ws.run("meshadmin", "roster", "publish", "--dir", self.auth_dir, "--valid-hours", "24",
                            "--directory", self.directory_addr, "--json").json_dict()
 
-    def add_node(self, name: str, org: str, org_name: str) -> Node:
+    def add_node(self, name: str, org: str, org_name: str, listen: str | None = None) -> Node:
         node = Node(name, org, org_name, self.ws.root / name)
-        node.addr = f"/ip4/127.0.0.1/tcp/{free_tcp_port()}"
+        node.addr = listen or f"/ip4/127.0.0.1/tcp/{free_tcp_port()}"
         out = self.ws.run("meshnode", "init", "--home", str(node.home), "--org", org, "--authority-key",
                           self.authority_key, "--directory", self.directory_addr, "--listen", node.addr,
                           "--json").json_dict()

@@ -76,7 +76,14 @@ class Workspace:
         """Start `meshadmin directory serve` and wait for the address line it prints."""
         cmd = [sys.executable, "-m", MODULES["meshadmin"], "directory", "serve", "--home", str(home),
                "--listen", "/ip4/127.0.0.1/tcp/0"]
-        log = open(self.root / "directory.log", "a")
+        return self.start_service(cmd, "directory")
+
+    def start_node(self, home: Path, name: str) -> tuple[subprocess.Popen[str], list[str]]:
+        """Start `meshnode run` and wait until it prints the addresses it listens on."""
+        return self.start_service([sys.executable, "-m", MODULES["meshnode"], "run", "--home", str(home), "-v"], name)
+
+    def start_service(self, cmd: list[str], name: str) -> tuple[subprocess.Popen[str], list[str]]:
+        log = open(self.root / f"{name}.log", "a")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=self.env,
                                 cwd=self.root, stdin=subprocess.DEVNULL)
         self._services.append(proc)
@@ -85,7 +92,7 @@ class Workspace:
             addrs = json.loads(line)["listening"]
         except (ValueError, KeyError, TypeError):
             self.stop(proc)
-            raise UnavailableError(f"directory did not start: {line!r}; see {self.root / 'directory.log'}") from None
+            raise UnavailableError(f"{name} did not start: {line!r}; see {self.root / (name + '.log')}") from None
         return proc, [str(a) for a in addrs]
 
     def stop(self, proc: subprocess.Popen[str], timeout: float = 15.0) -> int:

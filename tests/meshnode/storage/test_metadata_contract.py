@@ -125,7 +125,7 @@ def test_deliveries_revisions_served_by(store: MetadataStore) -> None:
     row = DeliveryRow(mid, "RJ1", "pending", 0, NOW_MS, "", None, NOW_MS)
     store.save_delivery(row)
     store.save_delivery(DeliveryRow(mid, "RJ1", "delivered", 2, NOW_MS, "", b"receipt", NOW_MS + 5))
-    assert [(d.state, d.attempts, d.receipt) for d in store.deliveries(mid)] == [("delivered", 2, b"receipt")]
+    assert [(d.state, d.attempts, d.document) for d in store.deliveries(mid)] == [("delivered", 2, b"receipt")]
     assert store.deliveries() == store.deliveries(mid)
     assert store.highest_revision(STUDY, "RGT") == 0  # sent manifests do not count
     for rev in (1, 3, 2):
@@ -137,3 +137,11 @@ def test_deliveries_revisions_served_by(store: MetadataStore) -> None:
     store.set_transfer(mid, "complete", 4, 40, NOW_MS)
     assert store.served_by(mid) == {"peer-a": 3, "peer-b": 1}
     assert store.served_by(CID.of(b"none")) == {}
+
+
+def test_not_in_manifest(store: MetadataStore) -> None:
+    mid, a, b = CID.of(b"m"), CID.of(b"a"), CID.of(b"b")
+    store.save_manifest(ManifestRow(mid, STUDY, "sent", "RGT", 1, "sent", NOW_S, NOW_S + 9, b"r", ("RJ1",)), [a])
+    assert store.not_in_manifest(mid, [a, b]) == {b}
+    assert store.not_in_manifest(CID.of(b"other"), [a]) == {a}
+    assert store.not_in_manifest(mid, []) == set()

@@ -1,0 +1,137 @@
+"""meshnode run|share|inbox|outbox|fetch|recall|peers|status: the running node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import trio
+
+from meshnode.cli.output import EXIT_OK, emit
+from meshnode.control.client import ControlClient
+from meshnode.home import NodeHome, resolve_home
+from meshnode.node.runtime import Node
+from protocol.manifest import Priority, Purpose
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    run = sub.add_parser("run", parents=[common], help="run the node until SIGTERM / Ctrl-C")
+    run.set_defaults(func=run_node)
+    share = sub.add_parser("share", parents=[common], help="share a study with other organisations")
+    share.add_argument("study")
+    share.add_argument("--to", required=True, help="recipient organisation codes, comma separated")
+    share.add_argument("--priority", choices=[p.value for p in Priority], default="routine")
+    share.add_argument("--purpose", choices=[p.value for p in Purpose], default="care")
+    share.add_argument("--json", action="store_true")
+    share.set_defaults(func=run_share)
+    for name, helptext in (("inbox", "studies received or arriving"), ("outbox", "studies sent, per recipient")):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("--watch", action="store_true", help="keep showing live progress")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=run_box, box=name)
+    fetch = sub.add_parser("fetch", parents=[common], help="fetch an announced manifest (when auto-fetch is off)")
+    fetch.add_argument("manifest")
+    fetch.set_defaults(func=run_fetch)
+    recall = sub.add_parser("recall", parents=[common], help="withdraw a manifest this node sent")
+    recall.add_argument("manifest")
+    recall.add_argument("--reason", default="withdrawn by sender")
+    recall.set_defaults(func=run_recall)
+    for name, helptext in (("peers", "peers this node knows"), ("status", "the running node's state")):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=run_simple, route=name)
+
+
+async def _run(home: NodeHome) -> None:
+    async with trio.open_nursery() as nursery:
+        addrs = await nursery.start(Node(home).run)
+        sys.stdout.write(json.dumps({"listening": addrs}) + "\n")
+        sys.stdout.flush()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal %d: stopping", signum)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run_node(args: argparse.Namespace) -> int:
+    trio.run(_run, NodeHome(resolve_home(args.home)))
+    return EXIT_OK
+
+
+def client(args: argparse.Namespace) -> ControlClient:
+    return ControlClient(resolve_home(args.home))
+
+
+def run_share(args: argparse.Namespace) -> int:
+    orgs = [o.strip() for o in args.to.split(",") if o.strip()]
+    result = client(args).call("POST", "/share", {"study": args.study, "to": orgs, "priority": args.priority,
+                                                   "purpose": args.purpose})
+    emit(result, args.json, f"shared as manifest {result['manifest_id']} ({result['instances']} instances, "
+                            f"{result['bytes']:,} bytes) with {', '.join(orgs)}, {args.priority}")
+    return EXIT_OK
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    fraction = done / total if total else 1.0
+    return f"[{'#' * int(width * fraction)}{'.' * (width - int(width * fraction))}] {100 * fraction:5.1f}%"
+
+
+def _inbox_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in rows:
+        served = ", ".join(f"{p[:12]}..{p[-4:]}={n}" for p, n in sorted(r["served_by"].items())) or "-"
+        lines.append(f"{r['manifest_id'][:20]}.. {r['sender_org']:<6} {r['priority']:<7} {r['state']:<9} "
+                     f"{_bar(r['blocks_done'], r['blocks_total'])} {r['instances']} inst  served by {served}")
+    return lines or ["inbox empty"]
+
+
+def _outbox_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in rows:
+        per_org = ", ".join(f"{org}: {d['state']}" + (" (receipt verified)" if d["receipt_verified"] else "")
+                            for org, d in sorted(r["recipients"].items()))
+        lines.append(f"{r['manifest_id'][:20]}.. {r['state']:<9} {per_org}")
+    return lines or ["outbox empty"]
+
+
+def run_box(args: argparse.Namespace) -> int:
+    c = client(args)
+    render = _inbox_lines if args.box == "inbox" else _outbox_lines
+    while True:
+        rows = c.call("GET", f"/{args.box}")
+        if args.json:
+            emit(rows, True, "")
+        else:
+            if args.watch and sys.stdout.isatty():
+                sys.stdout.write("\x1b[2J\x1b[H")
+            sys.stdout.write("\n".join(render(rows)) + "\n")
+            sys.stdout.flush()
+        if not args.watch:
+            return EXIT_OK
+        time.sleep(0.5)
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    result = client(args).call("POST", "/fetch", {"manifest": args.manifest})
+    emit(result, False, f"fetching {result['fetching']}")
+    return EXIT_OK
+
+
+def run_recall(args: argparse.Namespace) -> int:
+    result = client(args).call("POST", "/recall", {"manifest": args.manifest, "reason": args.reason})
+    emit(result, False, f"recalled {result['recalled']}; recipients are being told")
+    return EXIT_OK
+
+
+def run_simple(args: argparse.Namespace) -> int:
+    result = client(args).call("GET", f"/{args.route}")
+    emit(result, args.json, json.dumps(result, indent=2, sort_keys=True))
+    return EXIT_OK

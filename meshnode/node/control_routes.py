@@ -1,0 +1,111 @@
+"""What `meshnode share|inbox|outbox|fetch|recall|peers|status` ask the running node."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from meshnode.control.app import Handler
+from meshnode.describe import iso
+from meshnode.storage.metadata import MetadataStore
+from protocol.cid import CID
+from protocol.document import open_document
+from protocol.errors import SchemaError
+from protocol.manifest import Manifest, Priority, Purpose
+
+if TYPE_CHECKING:
+    from meshnode.node.runtime import Node
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise SchemaError(f"'{key}' is required")
+    return value
+
+
+def _cid(body: dict[str, Any], key: str = "manifest") -> CID:
+    return CID.parse(_text(body, key))
+
+
+def routes(node: Node) -> dict[tuple[str, str], Handler]:
+    ctx = node.ctx
+
+    async def status(body: dict[str, Any]) -> object:
+        roster = ctx.peers.guard.current
+        studies, manifests = await ctx.db.run(lambda s: (len(s.studies()), s.manifests()))
+        return {
+            "peer_id": ctx.peer_id, "org": ctx.org, "roster_version": roster.document.version if roster else None,
+            "roster_expires": iso(roster.document.expires_at) if roster else None,
+            "certificate_expires": iso(ctx.certificate.document.not_after), "studies": studies,
+            "manifests_sent": sum(1 for m in manifests if m.direction == "sent"),
+            "manifests_received": sum(1 for m in manifests if m.direction == "received"),
+            "fetching": [str(m) for m in node.fetcher.active], "peers_known": len(ctx.peers.peers()),
+            "served": {org: {"blocks": v[0], "bytes": v[1]} for org, v in ctx.served.items()},
+        }
+
+    async def share(body: dict[str, Any]) -> object:
+        to = body.get("to")
+        if not isinstance(to, list) or not all(isinstance(o, str) for o in to):
+            raise SchemaError("'to' must be a list of organisation codes")
+        try:
+            priority = Priority(body.get("priority", "routine"))
+            purpose = Purpose(body.get("purpose", "care"))
+        except ValueError as exc:
+            raise SchemaError(str(exc)) from None
+        signed = await node.sender.share(_text(body, "study"), to, priority, purpose)
+        return {"manifest_id": str(signed.cid), "revision": signed.document.revision,
+                "instances": len(signed.document.instances), "bytes": signed.document.total_bytes}
+
+    async def inbox(body: dict[str, Any]) -> object:
+        def load(store: MetadataStore) -> list[dict[str, object]]:
+            out: list[dict[str, object]] = []
+            for row in store.manifests("received"):
+                manifest = open_document(row.raw, Manifest).document
+                transfer = store.transfer(row.manifest_id)
+                out.append({
+                    "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "sender_org": row.sender_org,
+                    "priority": manifest.priority.value, "purpose": manifest.purpose.value, "state": row.state,
+                    "revision": row.revision, "instances": len(manifest.instances),
+                    "blocks_total": len({c for i in manifest.instances for c in i.blocks}),
+                    "blocks_done": transfer[1] if transfer else 0, "bytes_total": manifest.total_bytes,
+                    "bytes_done": transfer[2] if transfer else 0, "served_by": store.served_by(row.manifest_id),
+                    "created_at": iso(row.created_at),
+                })
+            return out
+
+        return await ctx.db.run(load)
+
+    async def outbox(body: dict[str, Any]) -> object:
+        def load(store: MetadataStore) -> list[dict[str, object]]:
+            out: list[dict[str, object]] = []
+            for row in store.manifests("sent"):
+                deliveries = store.deliveries(row.manifest_id)
+                out.append({
+                    "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state,
+                    "revision": row.revision, "created_at": iso(row.created_at),
+                    "recipients": {d.org: {"state": d.state, "attempts": d.attempts, "last_error": d.last_error,
+                                           "receipt_verified": d.state == "delivered" and d.document is not None}
+                                   for d in deliveries},
+                })
+            return out
+
+        return await ctx.db.run(load)
+
+    async def fetch(body: dict[str, Any]) -> object:
+        await node.fetch(_cid(body))
+        return {"fetching": str(_cid(body))}
+
+    async def recall(body: dict[str, Any]) -> object:
+        signed = await node.sender.recall(_cid(body), str(body.get("reason", "withdrawn by sender")))
+        return {"recalled": str(signed.document.manifest_id)}
+
+    async def peers(body: dict[str, Any]) -> object:
+        return [{"peer_id": pid, "org": p.org, "serial": p.certificate.document.serial,
+                 "certificate_expires": iso(p.certificate.document.not_after),
+                 "last_seen": iso(int(p.last_seen))} for pid, p in ctx.peers.peers().items()]
+
+    return {
+        ("GET", "/status"): status, ("POST", "/share"): share, ("GET", "/inbox"): inbox,
+        ("GET", "/outbox"): outbox, ("POST", "/fetch"): fetch, ("POST", "/recall"): recall,
+        ("GET", "/peers"): peers,
+    }

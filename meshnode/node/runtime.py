@@ -1,0 +1,228 @@
+"""`meshnode run`: the node's trio process, one nursery holding every service.
+
+Start-up: open storage, start the libp2p host (TCP + Noise + Yamux) with the
+node key, serve the exchange protocols, register the signed address record
+with the directory, resume unfinished transfers, start the control API.
+Then: roster refresh (revoked peers are cut off), deliveries with retry,
+multi-source fetching, receipts. SIGTERM or Ctrl-C cancels the nursery:
+block writes in progress are discarded (their temp files), everything
+committed stays, and the next start resumes from the blocks on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+from libp2p.abc import IHost
+
+from meshnode.control.app import ControlApp
+from meshnode.control.server import serve_control
+from meshnode.control.token import create_token
+from meshnode.directory_cache import DirectoryCache, FileRosterVersionStore
+from meshnode.directory_client import DirectoryClient
+from meshnode.directory_transport import directory_peer_id, libp2p_transport
+from meshnode.home import NodeHome
+from meshnode.node.completion import verify_instances
+from meshnode.node.context import NodeContext, keep_running
+from meshnode.node.control_routes import routes
+from meshnode.node.delivery import Deliveries
+from meshnode.node.fetcher import Fetcher
+from meshnode.node.limits import PeerLimits
+from meshnode.node.peers import PeerRegistry
+from meshnode.node.receiver import Receiver
+from meshnode.node.sender import Sender, backoff_s
+from meshnode.node.sessions import Sessions
+from meshnode.node.wire import Wire
+from meshnode.p2p.host import listen_multiaddrs, running_host
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.node_storage import NodeStorage
+from meshnode.storage.records import hash_uid
+from protocol.cid import CID
+from protocol.document import Signed, open_document
+from protocol.errors import MeshError, NotFoundError
+from protocol.manifest import Manifest
+from protocol.receipt import Receipt
+from protocol.roster import RosterGuard
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, home: NodeHome) -> None:
+        self.home = home
+
+    async def run(self, *, task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        home = self.home
+        config = home.config()
+        key = home.signing_key()
+        certificate = home.certificate()
+        storage = NodeStorage.open(home.path)
+        guard = RosterGuard(config.authority_keys, FileRosterVersionStore(home.state_dir / "roster-version"),
+                            skew=config.clock_skew)
+        try:
+            async with running_host(key.seed, config.listen) as host:
+                directory = DirectoryClient(
+                    libp2p_transport(host, config.directory), guard, DirectoryCache(home.directory_cache_dir),
+                    directory_peer_id=directory_peer_id(config.directory), skew=config.clock_skew)
+                ctx = NodeContext(home, config, key, certificate, storage, DatabaseThread(storage.metadata),
+                                  PeerRegistry(guard, skew=config.clock_skew), directory)
+                await self._serve(ctx, host, task_status)
+        finally:
+            storage.close()
+
+    async def _serve(self, ctx: NodeContext, host: IHost, task_status: TaskStatus[list[str]]) -> None:
+        await ctx.directory.refresh_roster()  # fail closed at start without a valid roster
+        self.ctx = ctx
+        self.sender = Sender(ctx)
+        self.receiver = Receiver(ctx, self._accepted, self._recalled)
+        self.wire = Wire(ctx, host, self.receiver, self.sender,
+                         PeerLimits(ctx.config.max_streams_per_peer, ctx.config.max_requests_per_second))
+        self.sessions = Sessions(ctx, self.wire)
+        self.fetcher = Fetcher(ctx, self.wire, self.sessions, self._completed)
+        self.deliveries = Deliveries(ctx, self.wire, self.sessions)
+        self.wire.serve()
+        addrs = listen_multiaddrs(host)
+        await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "node-start", actor=ctx.peer_id,
+                                   actor_org=ctx.org, detail=", ".join(addrs)[:300]))
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_control, ControlApp(create_token(ctx.home.path), routes(self)), ctx.home.path)
+                listen = [a.rsplit("/p2p/", 1)[0] for a in addrs]
+                nursery.start_soon(keep_running, "directory registration", lambda: self._register_loop(listen))
+                nursery.start_soon(keep_running, "roster refresh", self._roster_loop)
+                nursery.start_soon(keep_running, "deliveries", self.deliveries.run)
+                nursery.start_soon(keep_running, "fetcher", self.fetcher.run)
+                await self._resume(nursery)
+                self.nursery = nursery
+                log.info("node %s (%s) running on %s", ctx.peer_id, ctx.org, ", ".join(addrs))
+                task_status.started(addrs)
+        finally:
+            with trio.CancelScope(shield=True):
+                await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "node-stop", actor=ctx.peer_id,
+                                           actor_org=ctx.org))
+
+    # -- background loops ------------------------------------------------------------------
+    async def _register_loop(self, addrs: list[str]) -> None:
+        ctx = self.ctx
+        attempts = 0
+        while True:
+            try:
+                await ctx.directory.register(ctx.certificate.encode(), ctx.key, tuple(addrs),
+                                             ctx.config.address_record_ttl)
+                attempts = 0
+                await trio.sleep(ctx.config.address_record_ttl / 2)
+            except MeshError as exc:
+                attempts += 1
+                log.warning("cannot register with the directory (attempt %d): %s", attempts, exc)
+                await trio.sleep(backoff_s(attempts))
+
+    async def _roster_loop(self) -> None:
+        ctx = self.ctx
+        while True:
+            await trio.sleep(ctx.config.roster_refresh)
+            try:
+                before = ctx.peers.guard.current
+                roster = await ctx.directory.refresh_roster()
+            except MeshError as exc:
+                log.warning("roster refresh failed: %s", exc)
+                continue
+            if before is None or before.document.version != roster.version:
+                dropped = ctx.peers.revalidate(ctx.clock())
+                for peer_id in dropped:
+                    self.fetcher.peer_lost(peer_id)
+                    await self.wire.disconnect(peer_id)
+                    await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "peer-revoked", Outcome.MINOR_FAILURE,
+                                               actor=peer_id, detail=f"roster v{roster.version}: disconnected"))
+                ctx.wake()
+
+    # -- hooks ----------------------------------------------------------------------------
+    async def _accepted(self, signed: Signed[Manifest]) -> None:
+        if self.ctx.config.auto_fetch:
+            await self.fetcher.start(signed, holder=signed.document.sender_peer)
+
+    async def fetch(self, manifest_id: CID) -> None:
+        row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
+        if row is None or row.direction != "received" or row.state == "recalled":
+            raise NotFoundError("no such received manifest")
+        signed = open_document(row.raw, Manifest)
+        await self.fetcher.start(signed, holder=signed.document.sender_peer)
+
+    async def _recalled(self, manifest_id: CID) -> None:
+        self.fetcher.stop(manifest_id)
+        row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
+        if row is not None:
+            study = row.study_uid
+
+            def forget(store: MetadataStore) -> int:
+                received = [i for i in store.instances(study) if i.source.value == "received"]
+                if received and len(received) == len(store.instances(study)):
+                    return store.forget_study(study, [], int(self.ctx.clock() * 1000))
+                return 0
+
+            await self.ctx.db.run(forget)
+        result = await trio.to_thread.run_sync(lambda: self.ctx.storage.gc(orphan_grace_s=3600))
+        log.info("recall of %s: %d block(s) collected", manifest_id, result.blocks_removed)
+
+    async def _completed(self, signed: Signed[Manifest]) -> None:
+        """Every block is here: verify every instance, record the study, send the signed receipt."""
+        ctx = self.ctx
+        manifest = signed.document
+        manifest_id = signed.cid
+        try:
+            records = await trio.to_thread.run_sync(verify_instances, ctx.storage.blocks, manifest)
+        except MeshError as exc:
+            log.error("manifest %s failed verification: %s", manifest_id, exc)
+            await ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "failed"))
+            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "verification-failed", Outcome.SERIOUS_FAILURE,
+                                       manifest_id=str(manifest_id), detail=str(exc)[:300]))
+            return
+        event = AuditEvent(EventCode.INSTANCES_TRANSFERRED, "received", actor=manifest.sender_peer,
+                           actor_org=manifest.sender_org, study=hash_uid(manifest.study_uid),
+                           manifest_id=str(manifest_id), detail=f"{len(records)} instance(s) verified")
+        now_ms = int(ctx.clock() * 1000)
+
+        def record(store: MetadataStore) -> None:
+            store.add_instances(records, [event], now_ms)
+            store.set_manifest_state(manifest_id, "complete")
+            previous = store.transfer(manifest_id)
+            store.set_transfer(manifest_id, "complete", previous[1] if previous else 0,
+                               manifest.total_bytes, now_ms)
+
+        await ctx.db.run(record)
+        ctx.storage.write_head()
+        receipt = Receipt(manifest_id, ctx.org, ctx.peer_id, len(records), int(ctx.clock())).sign(ctx.key)
+        await self._send_receipt(manifest, manifest_id, receipt.encode())
+
+    async def _send_receipt(self, manifest: Manifest, manifest_id: CID, receipt: bytes) -> None:
+        attempts = 0
+        while True:
+            try:
+                await self.sessions.ensure_peer_id(manifest.sender_peer)
+                await self.wire.deliver_receipt(manifest.sender_peer, receipt)
+                await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "receipted"))
+                log.info("receipt for %s delivered to %s", manifest_id, manifest.sender_org)
+                return
+            except MeshError as exc:
+                attempts += 1
+                log.warning("receipt for %s not delivered (attempt %d): %s", manifest_id, attempts, exc)
+                await trio.sleep(backoff_s(attempts))
+
+    async def _resume(self, nursery: trio.Nursery) -> None:
+        """Restart unfinished transfers and undelivered receipts from what is on disk."""
+        rows = await self.ctx.db.run(lambda s: s.manifests("received"))
+        now = self.ctx.clock()
+        for row in rows:
+            if row.expires_at < now:
+                continue
+            signed = open_document(row.raw, Manifest)
+            if row.state in ("fetching", "verifying") or (row.state == "announced" and self.ctx.config.auto_fetch):
+                await self.fetcher.start(signed, holder=signed.document.sender_peer)
+            elif row.state == "complete":
+                nursery.start_soon(self._completed, signed)

@@ -1,0 +1,58 @@
+"""Reach a peer: resolve it through the directory, dial it, exchange certificates once."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from libp2p.peer.id import ID
+
+from meshnode.directory_client import ResolvedPeer
+from meshnode.node.context import NodeContext
+from meshnode.node.wire import Wire
+from meshnode.p2p.dial import connect, is_connected
+from protocol.certificate import Certificate
+from protocol.errors import MeshError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+DIAL_TIMEOUT = 10.0
+
+
+class Sessions:
+    def __init__(self, ctx: NodeContext, wire: Wire) -> None:
+        self.ctx = ctx
+        self.wire = wire
+        self._locks: dict[str, trio.Lock] = {}
+
+    async def org_peers(self, org: str) -> list[ResolvedPeer]:
+        """Verified nodes of an org other than this one (directory, or its cache when it is down)."""
+        resolution = await self.ctx.directory.resolve_org(org)
+        return [p for p in resolution.peers if p.peer_id != self.ctx.peer_id]
+
+    async def ensure(self, peer: ResolvedPeer) -> Certificate:
+        """Connected and certificates exchanged (once per connection)."""
+        lock = self._locks.setdefault(peer.peer_id, trio.Lock())
+        async with lock:
+            pid = ID.from_base58(peer.peer_id)
+            if not is_connected(self.wire.host, pid):
+                errors = []
+                for addr in peer.addrs:
+                    try:
+                        await connect(self.wire.host, f"{addr}/p2p/{peer.peer_id}", timeout=DIAL_TIMEOUT)
+                        break
+                    except MeshError as exc:
+                        errors.append(str(exc))
+                else:
+                    raise UnavailableError(f"cannot reach {peer.peer_id} ({peer.org_code}): {'; '.join(errors)}")
+            known = self.ctx.peers.certificate_of(peer.peer_id)
+            if known is not None:
+                try:
+                    return self.ctx.peers.authorise(peer.peer_id, self.ctx.clock())
+                except MeshError:
+                    pass
+            return await self.wire.hello(peer.peer_id)
+
+    async def ensure_peer_id(self, peer_id: str) -> Certificate:
+        resolution = await self.ctx.directory.resolve_peer(peer_id)
+        return await self.ensure(resolution.require()[0])

@@ -1,0 +1,273 @@
+"""The node's libp2p protocols: thin drivers between streams and the node's services.
+
+Every inbound stream is authorised (PeerRegistry, after hello) and admitted by
+the per-peer limits before its request is acted on; every handler ends at the
+safe boundary of meshnode.p2p.streams, so one bad request never hurts the
+connection's other streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.peer.id import ID
+
+from meshnode.node.context import NodeContext
+from meshnode.node.limits import PeerLimits, UploadLimiter
+from meshnode.node.policy import authorise_manifest_access
+from meshnode.node.receiver import Receiver
+from meshnode.node.sender import Sender
+from meshnode.p2p.streams import (
+    finish_stream,
+    grant_receive_window,
+    half_close,
+    open_stream,
+    read_frame,
+    serve_requests,
+    serve_streams,
+    write_frame,
+)
+from meshnode.storage.blockstore import BlockMissingError
+from protocol.certificate import Certificate
+from protocol.cid import CID
+from protocol.document import open_document
+from protocol.errors import LimitError, MeshError, RemoteProtocolError, UnauthorisedError
+from protocol.exchange_messages import (
+    ANNOUNCE_PROTOCOL,
+    BLOCKS_PROTOCOL,
+    FRAME_LIMITS,
+    HAVE_PROTOCOL,
+    HELLO_PROTOCOL,
+    RECALL_PROTOCOL,
+    RECEIPT_PROTOCOL,
+    UNAUTHORISED,
+    Ack,
+    Announce,
+    BlockAbsent,
+    BlockData,
+    BlockFrame,
+    BlockRequest,
+    BlockResponseReader,
+    Hello,
+    HaveReply,
+    HaveRequest,
+    RecallDelivery,
+    ReceiptDelivery,
+    Refused,
+    Response,
+    decode_ack_reply,
+    decode_announce,
+    decode_block_request,
+    decode_have_reply,
+    decode_have_request,
+    decode_hello,
+    decode_hello_reply,
+    decode_recall_delivery,
+    decode_receipt_delivery,
+    encode_request,
+    encode_response,
+    pack_bitmap,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], Awaitable[Response]]
+
+
+class Wire:
+    def __init__(self, ctx: NodeContext, host: IHost, receiver: Receiver, sender: Sender, limits: PeerLimits) -> None:
+        self.ctx = ctx
+        self.host = host
+        self.receiver = receiver
+        self.sender = sender
+        self.limits = limits
+        self.timeout = float(ctx.config.request_timeout)
+        self.upload = UploadLimiter(ctx.config.upload_mb_per_s)
+
+    # -- server side ---------------------------------------------------------------
+    def serve(self) -> None:
+        handlers: dict[str, Handler] = {
+            HELLO_PROTOCOL: self._hello,
+            ANNOUNCE_PROTOCOL: self._announce,
+            HAVE_PROTOCOL: self._have,
+            RECEIPT_PROTOCOL: self._receipt,
+            RECALL_PROTOCOL: self._recall,
+        }
+        for protocol_id, handler in handlers.items():
+            limits = FRAME_LIMITS[protocol_id]
+            serve_requests(self.host, protocol_id, self._guarded(handler), max_request=limits.request,
+                           max_response=limits.response, timeout=self.timeout)
+        serve_streams(self.host, BLOCKS_PROTOCOL, self._blocks, timeout=self.timeout * 4)
+
+    def _guarded(self, handler: Handler) -> Callable[[ID, bytes], Awaitable[bytes]]:
+        async def run(peer: ID, payload: bytes) -> bytes:
+            peer_id = peer.to_base58()
+            async with self._admitted(peer_id):
+                try:
+                    response = await handler(peer_id, payload)
+                except MeshError as exc:
+                    response = Refused.from_error(exc)
+                return encode_response(response)
+
+        return run
+
+    @asynccontextmanager
+    async def _admitted(self, peer_id: str) -> AsyncIterator[None]:
+        try:
+            self.limits.enter(peer_id, self.ctx.clock())
+        except LimitError:
+            if self.limits.should_disconnect(peer_id):
+                log.warning("peer %s keeps exceeding its limits: disconnecting", peer_id)
+                await self.disconnect(peer_id)
+            raise
+        try:
+            yield
+        finally:
+            self.limits.leave(peer_id)
+
+    async def disconnect(self, peer_id: str) -> None:
+        with trio.move_on_after(5):
+            try:
+                await self.host.disconnect(ID.from_base58(peer_id))
+            except Exception as exc:  # noqa: BLE001 - disconnecting is best effort
+                log.debug("disconnect %s: %r", peer_id, exc)
+
+    async def _hello(self, peer_id: str, payload: bytes) -> Response:
+        hello = decode_hello(payload)
+        self.ctx.peers.learn(peer_id, open_document(hello.certificate, Certificate), self.ctx.clock())
+        return Hello(self.ctx.certificate.encode())
+
+    async def _announce(self, peer_id: str, payload: bytes) -> Response:
+        announce = decode_announce(payload)
+        await self.receiver.accept_announce(peer_id, announce.manifest, announce.certificate)
+        return Ack()
+
+    async def _have(self, peer_id: str, payload: bytes) -> Response:
+        request = decode_have_request(payload)
+        try:
+            return HaveReply(pack_bitmap(await self.receiver.availability(peer_id, request.manifest_id)))
+        except UnauthorisedError:
+            return UNAUTHORISED
+
+    async def _receipt(self, peer_id: str, payload: bytes) -> Response:
+        delivery = decode_receipt_delivery(payload)
+        await self.sender.accept_receipt(peer_id, delivery.receipt, delivery.certificate)
+        return Ack()
+
+    async def _recall(self, peer_id: str, payload: bytes) -> Response:
+        delivery = decode_recall_delivery(payload)
+        await self.receiver.accept_recall(peer_id, delivery.recall, delivery.certificate)
+        return Ack()
+
+    async def _blocks(self, peer: ID, stream: INetStream) -> None:
+        peer_id = peer.to_base58()
+        limits = FRAME_LIMITS[BLOCKS_PROTOCOL]
+        async with self._admitted(peer_id):
+            payload = await read_frame(stream, limits.request)
+            if payload is None:
+                return
+            request = decode_block_request(payload)
+            try:
+                cert, _ = await authorise_manifest_access(self.ctx, peer_id, request.manifest_id, request.cids)
+            except UnauthorisedError:
+                await write_frame(stream, encode_response(UNAUTHORISED), limits.response)
+                return
+            frames = await trio.to_thread.run_sync(self._read_blocks, request.cids)
+            sent = 0
+            for frame in frames:
+                if isinstance(frame, BlockData):
+                    sent += len(frame.data)
+                await write_frame(stream, encode_response(frame), limits.response)
+                await self.upload.consume(len(frame.data) if isinstance(frame, BlockData) else 0)
+            self.ctx.served.setdefault(cert.org_code, [0, 0])
+            self.ctx.served[cert.org_code][0] += len(request.cids)
+            self.ctx.served[cert.org_code][1] += sent
+
+    def _read_blocks(self, cids: tuple[CID, ...]) -> list[BlockFrame]:
+        """All the blocks of one request in one thread hop, each verified against its CID."""
+        frames: list[BlockFrame] = []
+        for cid in cids:
+            try:
+                frames.append(BlockData(cid, self.ctx.storage.blocks.get(cid, verify=True)))
+            except BlockMissingError:
+                frames.append(BlockAbsent(cid))
+        return frames
+
+    # -- client side ---------------------------------------------------------------
+    async def _call(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes:
+        limits = FRAME_LIMITS[protocol_id]
+        stream = await open_stream(self.host, ID.from_base58(peer_id), protocol_id)
+        ok = False
+        try:
+            with trio.fail_after(self.timeout):
+                await write_frame(stream, payload, limits.request)
+                await half_close(stream)
+                response = await read_frame(stream, limits.response)
+            if response is None:
+                raise RemoteProtocolError(f"{peer_id} closed the {protocol_id} stream without answering")
+            ok = True
+            return response
+        except trio.TooSlowError:
+            raise RemoteProtocolError(f"{peer_id} did not answer {protocol_id} in {self.timeout:g} s") from None
+        finally:
+            await finish_stream(stream, ok)
+
+    async def hello(self, peer_id: str) -> Certificate:
+        """Exchange certificates with a connected peer; returns its verified certificate."""
+        raw = await self._call(peer_id, HELLO_PROTOCOL, encode_request(Hello(self.ctx.certificate.encode())))
+        reply = decode_hello_reply(raw)
+        if isinstance(reply, Refused):
+            raise reply.to_error()
+        return self.ctx.peers.learn(peer_id, open_document(reply.certificate, Certificate), self.ctx.clock())
+
+    async def announce(self, peer_id: str, manifest: bytes) -> None:
+        raw = await self._call(peer_id, ANNOUNCE_PROTOCOL,
+                               encode_request(Announce(manifest, self.ctx.certificate.encode())))
+        reply = decode_ack_reply(raw)
+        if isinstance(reply, Refused):
+            raise reply.to_error()
+
+    async def have(self, peer_id: str, manifest_id: CID) -> bytes:
+        reply = decode_have_reply(await self._call(peer_id, HAVE_PROTOCOL, encode_request(HaveRequest(manifest_id))))
+        if isinstance(reply, Refused):
+            raise reply.to_error()
+        return reply.bitmap
+
+    async def deliver_receipt(self, peer_id: str, receipt: bytes) -> None:
+        raw = await self._call(peer_id, RECEIPT_PROTOCOL,
+                               encode_request(ReceiptDelivery(receipt, self.ctx.certificate.encode())))
+        reply = decode_ack_reply(raw)
+        if isinstance(reply, Refused):
+            raise reply.to_error()
+
+    async def deliver_recall(self, peer_id: str, recall: bytes) -> None:
+        raw = await self._call(peer_id, RECALL_PROTOCOL,
+                               encode_request(RecallDelivery(recall, self.ctx.certificate.encode())))
+        reply = decode_ack_reply(raw)
+        if isinstance(reply, Refused):
+            raise reply.to_error()
+
+    async def fetch_blocks(self, peer_id: str, request: BlockRequest) -> AsyncIterator[BlockFrame]:
+        """The frames answering a block request, checked for order; raises on a protocol violation."""
+        limits = FRAME_LIMITS[BLOCKS_PROTOCOL]
+        stream = await open_stream(self.host, ID.from_base58(peer_id), BLOCKS_PROTOCOL)
+        reader = BlockResponseReader(request)
+        ok = False
+        try:
+            await grant_receive_window(stream)
+            await write_frame(stream, encode_request(request), limits.request)
+            await half_close(stream)
+            while reader.expected is not None:
+                payload = await read_frame(stream, limits.response)
+                if payload is None:
+                    reader.end_of_stream()
+                    break
+                yield reader.feed(payload)
+            ok = True
+        finally:
+            await finish_stream(stream, ok)
+

@@ -1,0 +1,231 @@
+"""Outbox: the sender's retry state machine for deliveries to organisations (sans-IO).
+
+One record per delivery key (for the node: `DeliveryKey(kind, item, org)`,
+e.g. announcing manifest M to org RXX, or delivering our receipt for M to
+its sender org). The driver asks `due(now)` for the keys to attempt now,
+attempts each (resolve the org's nodes, push the document) and reports
+`succeeded(key, now)` or `failed(key, now, permanent=...)`. Transient
+failures are retried with deterministic exponential backoff (2 s, 4 s, 8 s
+... capped at 15 min; the caller may pass a jitter fraction it drew).
+
+State survives a restart: `snapshot()` gives plain records to store (and
+`changes()` only the records changed since the last call), `Outbox.restore`
+rebuilds the outbox from them. An attempt in progress when the node stopped
+is due again at once after a restore.
+
+    add -> PENDING --due--> ATTEMPTING --succeeded--> DELIVERED
+                ^               |--failed (transient)--> PENDING (after backoff)
+                |               `--failed (permanent) or max_attempts--> FAILED
+                `------ retry (operator) ------------------------------'
+
+An ATTEMPTING record whose driver never reports back within
+`attempt_timeout` counts as a transient failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Generic, Self, TypeVar
+
+from protocol.cid import CID
+from protocol.errors import LocalProtocolError
+from protocol.schema import check_org_code
+
+
+class DeliveryState(str, Enum):
+    PENDING = "pending"
+    ATTEMPTING = "attempting"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # permanently: retried only by an explicit retry()
+
+
+class DeliveryKind(str, Enum):
+    ANNOUNCE = "announce"
+    RECEIPT = "receipt"
+    RECALL = "recall"
+
+
+@dataclass(frozen=True, order=True)
+class DeliveryKey:
+    """What is delivered (a manifest announce, a receipt or recall for a manifest) to which org."""
+
+    kind: DeliveryKind
+    item: CID
+    org: str
+
+    def __post_init__(self) -> None:
+        check_org_code(self.org, "delivery org")
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class DeliveryRecord(Generic[K]):
+    """One delivery's persisted state.
+
+    next_attempt_at: PENDING -- when it is due; ATTEMPTING -- when the attempt
+    is given up as failed; DELIVERED / FAILED -- unused (the time it ended).
+    attempts: attempts started so far.
+    """
+
+    key: K
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    updated_at: float
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base: float = 2.0
+    factor: float = 2.0
+    cap: float = 15 * 60.0
+
+    def delay(self, failures: int, jitter: float = 0.0) -> float:
+        """Seconds to wait after the n-th consecutive failure (n >= 1), times (1 + jitter)."""
+        if not -0.5 <= jitter <= 0.5:
+            raise LocalProtocolError("jitter must be a fraction in -0.5..0.5")
+        exponent = max(0, failures - 1)
+        try:
+            raw = min(self.cap, self.base * self.factor**exponent)
+        except OverflowError:
+            raw = self.cap
+        return raw * (1.0 + jitter)
+
+
+class Outbox(Generic[K]):
+    def __init__(
+        self, *, backoff: Backoff | None = None, attempt_timeout: float = 300.0,
+        max_attempts: int | None = None,
+    ) -> None:
+        if not attempt_timeout > 0 or (max_attempts is not None and max_attempts < 1):
+            raise LocalProtocolError("attempt_timeout must be > 0 and max_attempts >= 1")
+        self.backoff = backoff or Backoff()
+        self.attempt_timeout = attempt_timeout
+        self.max_attempts = max_attempts
+        self._records: dict[K, DeliveryRecord[K]] = {}
+        self._changed: dict[K, None] = {}
+
+    @classmethod
+    def restore(
+        cls, records: Iterable[DeliveryRecord[K]], *, backoff: Backoff | None = None,
+        attempt_timeout: float = 300.0, max_attempts: int | None = None,
+    ) -> Self:
+        """Rebuild from stored records; attempts cut short by a stop are due again at once."""
+        outbox = cls(backoff=backoff, attempt_timeout=attempt_timeout, max_attempts=max_attempts)
+        for record in records:
+            if record.key in outbox._records:
+                raise LocalProtocolError(f"two stored records for {record.key!r}")
+            if record.state is DeliveryState.ATTEMPTING:
+                record = replace(record, state=DeliveryState.PENDING, next_attempt_at=record.updated_at)
+            outbox._records[record.key] = record
+        return outbox
+
+    # -- inputs -------------------------------------------------------------------
+
+    def add(self, key: K, now: float) -> bool:
+        """Queue a delivery, due now. False (and no change) if the key is already known."""
+        if key in self._records:
+            return False
+        self._set(DeliveryRecord(key, DeliveryState.PENDING, 0, now, now))
+        return True
+
+    def remove(self, key: K) -> None:
+        """Forget a delivery (e.g. its manifest was recalled). The caller deletes its stored row."""
+        self._records.pop(key, None)
+        self._changed.pop(key, None)
+
+    def due(self, now: float, limit: int | None = None) -> list[K]:
+        """Claim the deliveries to attempt now (oldest due first); they become ATTEMPTING."""
+        for record in list(self._records.values()):
+            if record.state is DeliveryState.ATTEMPTING and now >= record.next_attempt_at:
+                self._fail(record, now, "attempt timed out", permanent=False, jitter=0.0)
+        ready = sorted(
+            (r.next_attempt_at, i, r)
+            for i, r in enumerate(self._records.values())
+            if r.state is DeliveryState.PENDING and r.next_attempt_at <= now
+        )
+        if limit is not None:
+            ready = ready[: max(0, limit)]
+        for _, _, record in ready:
+            self._set(replace(
+                record, state=DeliveryState.ATTEMPTING, attempts=record.attempts + 1,
+                next_attempt_at=now + self.attempt_timeout, updated_at=now,
+            ))
+        return [r.key for _, _, r in ready]
+
+    def succeeded(self, key: K, now: float) -> None:
+        record = self._attempting(key)
+        if record is not None:
+            self._set(replace(record, state=DeliveryState.DELIVERED, next_attempt_at=now, updated_at=now, last_error=""))
+
+    def failed(self, key: K, now: float, *, permanent: bool = False, error: str = "", jitter: float = 0.0) -> None:
+        """The attempt failed; retried after backoff unless permanent (or max_attempts reached)."""
+        record = self._attempting(key)
+        if record is not None:
+            self._fail(record, now, error, permanent=permanent, jitter=jitter)
+
+    def wake(self, keys: Iterable[K], now: float) -> None:
+        """Make these PENDING deliveries due now (say a peer of the org just came online)."""
+        for key in keys:
+            record = self._records.get(key)
+            if record is not None and record.state is DeliveryState.PENDING and record.next_attempt_at > now:
+                self._set(replace(record, next_attempt_at=now, updated_at=now))
+
+    def retry(self, key: K, now: float) -> None:
+        """Operator asked to try a permanently failed delivery again: due now, attempts reset."""
+        record = self._records.get(key)
+        if record is not None and record.state is DeliveryState.FAILED:
+            self._set(replace(record, state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, updated_at=now))
+
+    # -- queries ------------------------------------------------------------------
+
+    def record(self, key: K) -> DeliveryRecord[K] | None:
+        return self._records.get(key)
+
+    def next_due(self) -> float | None:
+        """When due() next has something to do (a pending due time or an attempt deadline)."""
+        times = [
+            r.next_attempt_at for r in self._records.values()
+            if r.state in (DeliveryState.PENDING, DeliveryState.ATTEMPTING)
+        ]
+        return min(times) if times else None
+
+    def snapshot(self) -> list[DeliveryRecord[K]]:
+        return list(self._records.values())
+
+    def changes(self) -> list[DeliveryRecord[K]]:
+        """Records added or changed since the last call (removals are the caller's own)."""
+        changed = [self._records[k] for k in self._changed]
+        self._changed.clear()
+        return changed
+
+    # -- internals ----------------------------------------------------------------
+
+    def _attempting(self, key: K) -> DeliveryRecord[K] | None:
+        """The record if an attempt is in progress; late reports of timed-out attempts are ignored."""
+        record = self._records.get(key)
+        if record is None or record.state is not DeliveryState.ATTEMPTING:
+            return None
+        return record
+
+    def _fail(self, record: DeliveryRecord[K], now: float, error: str, *, permanent: bool, jitter: float) -> None:
+        delay = self.backoff.delay(record.attempts, jitter)
+        if permanent or (self.max_attempts is not None and record.attempts >= self.max_attempts):
+            self._set(replace(record, state=DeliveryState.FAILED, next_attempt_at=now, updated_at=now, last_error=error))
+        else:
+            self._set(replace(
+                record, state=DeliveryState.PENDING, next_attempt_at=now + delay, updated_at=now, last_error=error,
+            ))
+
+    def _set(self, record: DeliveryRecord[K]) -> None:
+        self._records[record.key] = record
+        self._changed[record.key] = None
+
+
+class AnnounceOutbox(Outbox[DeliveryKey]):
+    """The node's outbox: announces, receipts and recalls, keyed by DeliveryKey."""
