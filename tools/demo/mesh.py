@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pydicom
 
 from meshnode.dicom import synthetic
 from tools.demo.identity import IdentityDemo, Node
@@ -22,16 +25,38 @@ class MeshDemo:
     def __post_init__(self) -> None:
         self.identity = IdentityDemo(self.ws)
 
-    def setup(self, orgs: list[tuple[str, str, str]]) -> dict[str, Node]:
-        """Authority, directory, roster, and one node per (name, org, org name), each started."""
+    def setup(self, orgs: list[tuple[str, str, str]], *, start: bool = True,
+              config: dict[str, str] | None = None) -> dict[str, Node]:
+        """Authority, directory, roster, and one node per (name, org, org name), started unless start=False.
+
+        `config` overrides node.toml keys (e.g. {"roster_refresh_seconds": "2"}) for every node.
+        """
         d = self.identity
         d.create_authority()
         d.start_directory()
         d.publish_roster()
         for name, org, org_name in orgs:
             node = d.add_node(name, org, org_name, listen="/ip4/127.0.0.1/tcp/0")
-            self.start(node)
+            if config:
+                self.configure(node, config)
+            if start:
+                self.start(node)
         return d.nodes
+
+    def configure(self, node: Node, values: dict[str, str]) -> None:
+        """Set `key = value` lines in a node's node.toml (keys must already be present)."""
+        path = node.home / "node.toml"
+        lines = path.read_text().splitlines()
+        for key, value in values.items():
+            hits = [i for i, line in enumerate(lines) if line.split("=")[0].strip() == key]
+            if not hits:
+                raise KeyError(f"{key} is not in node.toml")
+            lines[hits[0]] = f"{key} = {value}"
+        path.write_text("\n".join(lines) + "\n")
+
+    def audit(self, node: Node) -> list[dict[str, Any]]:
+        out = self.ws.run("meshnode", "audit", "export", "--json", "--home", str(node.home)).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def start(self, node: Node) -> list[str]:
         proc, addrs = self.ws.start_node(node.home, node.name)
@@ -53,8 +78,9 @@ class MeshDemo:
         files = synthetic.generate_ct_study(self.ws.root / f"study-{seed}", slices=slices, seed=seed, rows=rows,
                                             columns=columns)
         self.cli(node, "ingest", str(files[0].parent), "--no-progress")
-        studies = self.cli(node, "studies")
-        uid = next(s["study_uid"] for s in studies if s["instances"] == slices)
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        if not any(s["study_uid"] == uid for s in self.cli(node, "studies")):
+            raise LookupError(f"study {uid} was not ingested")
         return uid, files
 
     def share(self, node: Node, study: str, to: list[str], priority: str = "urgent") -> str:
