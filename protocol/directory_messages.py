@@ -12,8 +12,9 @@ from typing import TypeAlias, Union
 
 from protocol import cbor
 from protocol.cbor import CborKey, CborValue
-from protocol.errors import MeshError, SchemaError, error_from_code
+from protocol.errors import SchemaError
 from protocol.keys import PublicKey
+from protocol.refusal import Refused as Refused  # re-exported: part of this protocol's messages
 from protocol.schema import Fields, check_org_code
 
 DIRECTORY_PROTOCOL = "/dicom-mesh/directory/1.0.0"
@@ -85,26 +86,7 @@ class Accepted:
     pass
 
 
-@dataclass(frozen=True)
-class Refused:
-    code: int
-    message: str
-
-    @classmethod
-    def from_error(cls, exc: MeshError) -> Refused:
-        return cls(exc.code, _wire_message(str(exc))[:512])
-
-    def to_error(self) -> MeshError:
-        return error_from_code(self.code, f"directory refused: {self.message}")
-
-
 Response: TypeAlias = Union[Entries, RosterReply, IdentityReply, Accepted, Refused]
-
-
-def _wire_message(text: str) -> str:
-    """An error message the peer can decode: valid UTF-8, no control characters but tab."""
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    return "".join(c if c >= " " or c == "\t" else " " for c in text)
 
 
 def encode_request(request: Request) -> bytes:

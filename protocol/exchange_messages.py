@@ -27,11 +27,12 @@ from protocol.errors import (
     SchemaError,
     UnauthorisedError,
     UnexpectedFrameError,
-    error_from_code,
 )
 from protocol.manifest import MAX_MANIFEST_BYTES, MAX_TOTAL_BLOCKS, Manifest
 from protocol.recall import Recall
 from protocol.receipt import Receipt
+from protocol.refusal import MAX_MESSAGE_CHARS, wire_message
+from protocol.refusal import Refused as Refused  # re-exported: part of this protocol's messages
 from protocol.schema import Fields, bytes_item
 
 HELLO_PROTOCOL = "/dicom-mesh/hello/1.0.0"
@@ -47,7 +48,6 @@ MAX_RECALL_BYTES = Recall.MAX_BYTES
 MAX_BLOCK_BYTES = 8 * 1024 * 1024
 MAX_REQUEST_BLOCKS = 64
 MAX_BITMAP_BYTES = (MAX_TOTAL_BLOCKS + 7) // 8
-MAX_MESSAGE_CHARS = 512
 
 HELLO_MAX_FRAME = 8 * 1024
 ANNOUNCE_MAX_REQUEST_FRAME = MAX_MANIFEST_BYTES + 8 * 1024
@@ -127,19 +127,6 @@ class Ack:
     pass
 
 
-@dataclass(frozen=True)
-class Refused:
-    code: int
-    message: str
-
-    @classmethod
-    def from_error(cls, exc: MeshError) -> Refused:
-        return cls(exc.code, wire_message(str(exc)))
-
-    def to_error(self) -> MeshError:
-        return error_from_code(self.code, f"peer refused: {self.message}")
-
-
 #: The one answer to any request the peer may not make (have or blocks): it
 #: does not say whether the manifest or the block exists.
 UNAUTHORISED = Refused(UnauthorisedError.code, "not authorised")
@@ -164,12 +151,6 @@ class BlockAbsent:
 Response: TypeAlias = Union[Hello, Ack, Refused, HaveReply, BlockData, BlockAbsent]
 AckReply: TypeAlias = Union[Ack, Refused]
 BlockFrame: TypeAlias = Union[BlockData, BlockAbsent, Refused]
-
-
-def wire_message(text: str) -> str:
-    """A refusal message the peer can decode: UTF-8, no control characters but tab, <= 512 chars."""
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    return "".join(c if c >= " " or c == "\t" else " " for c in text)[:MAX_MESSAGE_CHARS]
 
 
 # -- encoding ---------------------------------------------------------------

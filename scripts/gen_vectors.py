@@ -294,10 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             current = args.output.read_text(encoding="utf-8")
         except FileNotFoundError:
-            print(f"{args.output}: missing; run scripts/gen_vectors.py", file=sys.stderr)
+            sys.stderr.write(f"{args.output}: missing; run scripts/gen_vectors.py\n")
             return 1
         if current != text:
-            print(f"{args.output}: out of date; run scripts/gen_vectors.py", file=sys.stderr)
+            sys.stderr.write(f"{args.output}: out of date; run scripts/gen_vectors.py\n")
             return 1
         return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)

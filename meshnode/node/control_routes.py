@@ -70,6 +70,8 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                     "blocks_done": transfer[1] if transfer else 0, "bytes_total": manifest.total_bytes,
                     "bytes_done": transfer[2] if transfer else 0, "served_by": store.served_by(row.manifest_id),
                     "created_at": iso(row.created_at),
+                    "first_instance_ms": (round(1000 * node.fetcher.first_usable[row.manifest_id])
+                                          if row.manifest_id in node.fetcher.first_usable else None),
                 })
             return out
 

@@ -52,6 +52,10 @@ class Fetcher:
         self.active: dict[CID, Signed[Manifest]] = {}
         self._orders: dict[CID, list[CID]] = {}
         self._sizes: dict[CID, int] = {}
+        self._started: dict[CID, float] = {}
+        self._first_missing: dict[CID, set[CID]] = {}
+        #: seconds from the start of fetching to the first instance being complete on disk
+        self.first_usable: dict[CID, float] = {}
 
     # -- adding work ------------------------------------------------------------------
     async def start(self, signed: Signed[Manifest], holder: str | None = None) -> None:
@@ -66,6 +70,8 @@ class Fetcher:
         have = await self.ctx.db.run(lambda s: s.present_blocks(order))
         self.active[manifest_id] = signed
         self._orders[manifest_id] = order
+        self._started[manifest_id] = self.ctx.clock()
+        self._first_missing[manifest_id] = set(manifest.instances[0].blocks) - set(have)
         self._sizes.update(sizes)
         self.scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
                                     manifest.priority, have, self.ctx.clock())
@@ -193,6 +199,7 @@ class Fetcher:
                 return
         for cid, ok in verdicts:
             self.scheduler.block_received(request.peer, cid, ok, now)
+        self._note_first_instance({cid for cid, ok in verdicts if ok}, now)
         for cid in absent:
             self.scheduler.block_absent(request.peer, cid, now)
         unanswered = [c for c in request.cids if c not in answered]
@@ -201,6 +208,14 @@ class Fetcher:
         if request.manifest_id in self.active:
             await self._save_progress(request.manifest_id, "fetching")
         self.ctx.wake()
+
+    def _note_first_instance(self, arrived: set[CID], now: float) -> None:
+        for mid, missing in list(self._first_missing.items()):
+            missing -= arrived
+            if not missing:
+                del self._first_missing[mid]
+                self.first_usable[mid] = now - self._started.get(mid, now)
+                log.info("manifest %s: first instance usable after %.0f ms", mid, 1000 * self.first_usable[mid])
 
     def _store(self, good: list[tuple[CID, bytes]]) -> None:
         """Stage every verified block of one response and make them durable together (one thread hop)."""

@@ -28,14 +28,18 @@ class Sessions:
     async def org_peers(self, org: str) -> list[ResolvedPeer]:
         """Verified nodes of an org other than this one (directory, or its cache when it is down)."""
         resolution = await self.ctx.directory.resolve_org(org)
-        return [p for p in resolution.peers if p.peer_id != self.ctx.peer_id]
+        peers = [p for p in resolution.peers if p.peer_id != self.ctx.peer_id]
+        if not peers and resolution.rejected:  # say why (e.g. revoked), and stay retryable
+            raise UnavailableError(f"no valid node of {org}: " + "; ".join(r.reason for r in resolution.rejected))
+        return peers
 
     async def ensure(self, peer: ResolvedPeer) -> Certificate:
         """Connected and certificates exchanged (once per connection)."""
         lock = self._locks.setdefault(peer.peer_id, trio.Lock())
         async with lock:
             pid = ID.from_base58(peer.peer_id)
-            if not is_connected(self.wire.host, pid):
+            dialled = not is_connected(self.wire.host, pid)
+            if dialled:
                 errors = []
                 for addr in peer.addrs:
                     try:
@@ -46,7 +50,7 @@ class Sessions:
                 else:
                     raise UnavailableError(f"cannot reach {peer.peer_id} ({peer.org_code}): {'; '.join(errors)}")
             known = self.ctx.peers.certificate_of(peer.peer_id)
-            if known is not None:
+            if known is not None and not dialled:  # a new connection always starts with hello
                 try:
                     return self.ctx.peers.authorise(peer.peer_id, self.ctx.clock())
                 except MeshError:

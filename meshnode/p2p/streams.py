@@ -215,31 +215,15 @@ def serve_requests(
     on the same connection. Cancellation is never swallowed.
     """
 
-    async def handle_stream(stream: INetStream) -> None:
-        peer_id = stream.muxed_conn.peer_id
-        ok = False
-        try:
-            with trio.fail_after(timeout):
-                request_bytes = await read_frame(stream, max_request)
-                if request_bytes is None:
-                    logger.debug("%s from %s: stream ended before a request", protocol_id, peer_id)
-                    ok = True
-                    return
-                response = await handler(peer_id, request_bytes)
-                await write_frame(stream, response, max_response)
-            ok = True
-        except trio.TooSlowError:
-            logger.warning("%s from %s: not answered within %g s", protocol_id, peer_id, timeout)
-        except (StreamEOF, StreamReset, StreamClosed) as exc:
-            logger.debug("%s from %s: stream ended early: %r", protocol_id, peer_id, exc)
-        except MeshError as exc:
-            logger.warning("%s from %s: %s: %s", protocol_id, peer_id, exc.name, exc)
-        except Exception:
-            logger.exception("%s from %s: handler failed", protocol_id, peer_id)
-        finally:
-            await _finish(stream, ok)
+    async def exchange(peer_id: ID, stream: INetStream) -> None:
+        request_bytes = await read_frame(stream, max_request)
+        if request_bytes is None:
+            logger.debug("%s from %s: stream ended before a request", protocol_id, peer_id)
+            return
+        response = await handler(peer_id, request_bytes)
+        await write_frame(stream, response, max_response)
 
-    host.set_stream_handler(TProtocol(protocol_id), handle_stream)
+    serve_streams(host, protocol_id, exchange, timeout=timeout)
     logger.debug("serving %s (max request %d bytes)", protocol_id, max_request)
 
 

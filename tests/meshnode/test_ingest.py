@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -20,6 +18,7 @@ from protocol.cid import CID
 from protocol.document import open_document
 from meshnode.storage.blockstore import DiskFullError
 from protocol.manifest import Manifest, Priority, Purpose
+from tests.conftest import SmallFs
 from tests.protocol.factories import NODE_A
 
 
@@ -159,24 +158,11 @@ def test_manifest_from_stored_study(storage: NodeStorage, tmp_path: Path) -> Non
         assert b"".join(storage.blocks.get(c) for c in entry.blocks) == files_by_uid(made)[entry.sop_instance_uid]
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 3 MB filesystem (tmpfs), remountable larger."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def test_disk_full_mid_ingest_leaves_store_consistent(small_fs: Path, tmp_path: Path) -> None:
+def test_disk_full_mid_ingest_leaves_store_consistent(small_fs: SmallFs, tmp_path: Path) -> None:
+    mnt = small_fs("3m")
     made = synthetic.generate_ct_study(tmp_path / "ct", slices=150, rows=128, columns=128, seed=10)
     expected = files_by_uid(made)
-    storage = NodeStorage.open(small_fs)
+    storage = NodeStorage.open(mnt)
     try:
         with pytest.raises(DiskFullError, match="no space left"):
             Ingester(storage, workers=2, batch_size=8).ingest([tmp_path / "ct"])
@@ -187,8 +173,8 @@ def test_disk_full_mid_ingest_leaves_store_consistent(small_fs: Path, tmp_path: 
             assert b"".join(storage.blocks.get(c) for c in inst.blocks) == expected[inst.sop_instance_uid]
     finally:
         storage.close()
-    subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
-    storage = NodeStorage.open(small_fs)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+    storage = NodeStorage.open(mnt)
     try:
         report = Ingester(storage).ingest([tmp_path / "ct"])  # space is back: re-running completes it
         assert report.added + report.duplicates == 150

@@ -26,7 +26,8 @@ SLICES = 200
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def progress_line(demo: MeshDemo, manifest: str, names: list[str]) -> str:

@@ -20,7 +20,8 @@ from tools.demo.workspace import Result, Workspace
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def peers_of(result: Result) -> list[str]:

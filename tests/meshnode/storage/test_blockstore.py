@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError, BlockStore, DiskFullError
 from protocol.cid import CID
+from tests.conftest import SmallFs
 
 
 def test_put_get_dedupe(tmp_path: Path) -> None:
@@ -73,21 +72,8 @@ def test_injected_enospc_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.Mo
     assert list(store.iter_cids()) == [kept] and store.get(kept) == b"already stored"
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def test_real_full_filesystem(tiny_fs: Path) -> None:
-    store = BlockStore(tiny_fs)
+def test_real_full_filesystem(small_fs: SmallFs) -> None:
+    store = BlockStore(small_fs("1m"))
     stored = [store.put(os.urandom(200_000)) for _ in range(3)]
     with pytest.raises(DiskFullError):
         for _ in range(10):

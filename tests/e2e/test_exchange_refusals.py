@@ -1,0 +1,338 @@
+"""What a running node refuses, seen from the other end of a real libp2p connection.
+
+The test process runs its own trio + py-libp2p host with the key and
+certificate of a node home that was initialised and certified but never
+started (org RXH, and RXY for a second org), dials a running node and speaks
+the exchange protocols to it directly with documents it builds and signs
+itself: every refusal comes back with its error code, nothing refused shows
+up in the node's inbox, and every refusal is in the node's audit log.
+The last test revokes a node and watches the mesh shut it out.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+
+from meshnode.home import NodeHome
+from meshnode.p2p.dial import connect
+from meshnode.p2p.host import running_host
+from meshnode.p2p.streams import finish_stream, half_close, open_stream, read_frame, request, write_frame
+from protocol.certificate import Certificate
+from protocol.cid import CID
+from protocol.document import Signed
+from protocol.errors import (
+    CertificateRevokedError,
+    DocumentExpiredError,
+    RevisionRollbackError,
+    UnauthorisedError,
+    WrongOrganisationError,
+)
+from protocol.exchange_messages import (
+    ANNOUNCE_PROTOCOL,
+    BLOCKS_PROTOCOL,
+    FRAME_LIMITS,
+    HAVE_PROTOCOL,
+    HELLO_PROTOCOL,
+    UNAUTHORISED,
+    Ack,
+    Announce,
+    BlockRequest,
+    Hello,
+    HaveRequest,
+    Refused,
+    decode_ack_reply,
+    decode_block_frame,
+    decode_have_reply,
+    decode_hello_reply,
+    encode_request,
+    encode_response,
+)
+from protocol.keys import SigningKey
+from protocol.manifest import Manifest, Purpose
+from tests.protocol.factories import make_manifest
+from tools.demo.identity import Node
+from tools.demo.mesh import MeshDemo
+from tools.demo.workspace import Workspace
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+
+#: Bound on any one exchange with a node (dial, hello, a request).
+EXCHANGE_TIMEOUT = 10.0
+SECURITY_ALERT = 110113
+ORGS = [("a", "RGT", "Cambridge University Hospitals NHS FT"),
+        ("b", "RJ1", "Guy's and St Thomas' NHS FT")]
+
+
+def study_uid() -> str:
+    return f"1.2.826.0.1.3680043.8.498.{secrets.randbelow(10**12) + 1}"
+
+
+def random_cid() -> CID:
+    return CID.of(secrets.token_bytes(64))
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking MeshDemo call (a CLI process) without stalling our libp2p host."""
+    return await trio.to_thread.run_sync(lambda: fn(*args))
+
+
+async def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
+    """Poll a real process's visible state (in a thread) until `check` is truthy, within `timeout`."""
+    deadline = trio.current_time() + timeout
+    while True:
+        value = await trio.to_thread.run_sync(check)
+        if value:
+            return value
+        if trio.current_time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await trio.sleep(interval)  # polling a real process's visible state
+
+
+@dataclass
+class Client:
+    """A certified node, played by the test process: raw exchange requests to a running node."""
+
+    host: IHost
+    key: SigningKey
+    certificate: Signed[Certificate]
+
+    @property
+    def peer_id(self) -> str:
+        return self.key.peer_id
+
+    async def connect(self, node: Node) -> ID:
+        return await connect(self.host, node.addr, timeout=EXCHANGE_TIMEOUT)
+
+    async def call(self, peer: ID, protocol_id: str, payload: bytes) -> bytes:
+        limits = FRAME_LIMITS[protocol_id]
+        return await request(self.host, peer, protocol_id, payload, max_request=limits.request,
+                             max_response=limits.response, timeout=EXCHANGE_TIMEOUT)
+
+    async def hello(self, peer: ID) -> Hello | Refused:
+        return decode_hello_reply(await self.call(peer, HELLO_PROTOCOL, encode_request(Hello(self.certificate.encode()))))
+
+    async def announce(self, peer: ID, manifest: Signed[Manifest],
+                       certificate: Signed[Certificate] | None = None) -> Ack | Refused:
+        cert = (certificate or self.certificate).encode()
+        raw = await self.call(peer, ANNOUNCE_PROTOCOL, encode_request(Announce(manifest.encode(), cert)))
+        return decode_ack_reply(raw)
+
+    async def have(self, peer: ID, manifest_id: CID) -> object:
+        return decode_have_reply(await self.call(peer, HAVE_PROTOCOL, encode_request(HaveRequest(manifest_id))))
+
+    async def blocks(self, peer: ID, block_request: BlockRequest) -> list[bytes]:
+        """Every frame of the answer, up to the end of the stream (raw payloads)."""
+        limits = FRAME_LIMITS[BLOCKS_PROTOCOL]
+        frames: list[bytes] = []
+        with trio.fail_after(EXCHANGE_TIMEOUT):
+            stream = await open_stream(self.host, peer, BLOCKS_PROTOCOL)
+            try:
+                await write_frame(stream, encode_request(block_request), limits.request)
+                await half_close(stream)
+                while (payload := await read_frame(stream, limits.response)) is not None:
+                    frames.append(payload)
+            finally:
+                await finish_stream(stream, True)
+        return frames
+
+    def manifest(self, *, signer: SigningKey | None = None, **kw: Any) -> Signed[Manifest]:
+        """A well-formed manifest signed by `signer` (default: this node) naming it as sender peer."""
+        now = int(time.time())
+        key = signer or self.key
+        values: dict[str, Any] = dict(sender_org=self.certificate.document.org_code, created_at=now,
+                                      expires_at=now + 86400, study_uid=study_uid())
+        values.update(kw)
+        return make_manifest(key, **values).sign(key)
+
+
+@asynccontextmanager
+async def client_for(node: Node) -> AsyncIterator[Client]:
+    """A libp2p host in this process with the (never started) node's key and certificate."""
+    home = NodeHome(node.home)
+    key = home.signing_key()
+    async with running_host(key.seed, ["/ip4/127.0.0.1/tcp/0"]) as host:
+        yield Client(host, key, home.certificate())
+
+
+def refusals(demo: MeshDemo, node: Node, actor: str) -> list[dict[str, Any]]:
+    return [e for e in demo.audit(node)
+            if e["event_code"] == SECURITY_ALERT and e["action"] == "announce-refused" and e["actor"] == actor]
+
+
+def inbox_ids(demo: MeshDemo, node: Node) -> set[str]:
+    return {r["manifest_id"] for r in demo.cli(node, "inbox")}
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshDemo]:
+    demo = MeshDemo(Workspace(tmp_path_factory.mktemp("refusals")))
+    try:
+        demo.setup(ORGS)
+        demo.identity.add_node("x", "RXH", "Royal Example Hospital")  # certified, never started
+        demo.identity.add_node("y", "RXY", "Example Imaging Ltd")  # certified, never started
+        yield demo
+    finally:
+        demo.close()
+
+
+async def test_announce_refusals_carry_their_error_codes(mesh: MeshDemo) -> None:
+    b, x, y = mesh.node("b"), mesh.node("x"), mesh.node("y")
+    y_key, y_cert = NodeHome(y.home).signing_key(), NodeHome(y.home).certificate()
+    async with client_for(x) as cx:
+        peer = await cx.connect(b)
+        before_hello = cx.manifest(recipients=("RJ1",))
+        refused: list[tuple[Signed[Manifest], int, str]] = []
+        accepted: list[Signed[Manifest]] = []
+
+        async def refuse(signed: Signed[Manifest], error: type[Exception],
+                         certificate: Signed[Certificate] | None = None) -> None:
+            reply = await cx.announce(peer, signed, certificate)
+            code: int = error.code  # type: ignore[attr-defined]
+            assert isinstance(reply, Refused) and reply.code == code, (error.__name__, reply)
+            refused.append((signed, code, error.name))  # type: ignore[attr-defined]
+
+        async def accept(signed: Signed[Manifest]) -> None:
+            assert await cx.announce(peer, signed) == Ack()
+            accepted.append(signed)
+
+        # no request is served before hello, however valid
+        await refuse(before_hello, UnauthorisedError)
+        reply = await cx.hello(peer)
+        assert isinstance(reply, Hello) and reply.certificate == NodeHome(b.home).certificate().encode()
+        await accept(before_hello)  # the very same manifest, now that the peer is known
+
+        # replayed older revision: revision 2 accepted, then revision 1 (and another revision 2) refused
+        study = study_uid()
+        await accept(cx.manifest(recipients=("RJ1",), study_uid=study, revision=2))
+        await refuse(cx.manifest(recipients=("RJ1",), study_uid=study, revision=1), RevisionRollbackError)
+        await refuse(cx.manifest(recipients=("RJ1",), study_uid=study, revision=2, purpose=Purpose.RESEARCH),
+                     RevisionRollbackError)
+
+        # wrong organisation, every way round
+        await refuse(cx.manifest(recipients=("RJ1",), sender_org="RGT"), WrongOrganisationError)  # X signs for RGT
+        await refuse(cx.manifest(recipients=("RJ1",), signer=y_key), WrongOrganisationError, y_cert)  # Y signs for RXH
+        await refuse(cx.manifest(recipients=("RJ1",), signer=y_key, sender_org="RXY"), WrongOrganisationError,
+                     y_cert)  # Y's own manifest, announced by X
+        await refuse(cx.manifest(recipients=("RAJ", "RGT")), WrongOrganisationError)  # RJ1 is not a recipient
+
+        # expired
+        now = int(time.time())
+        await refuse(cx.manifest(recipients=("RJ1",), created_at=now - 3 * 3600, expires_at=now - 3600),
+                     DocumentExpiredError)
+
+    # every refusal is in B's audit log, in order, as a security alert naming X and the reason
+    logged = await in_thread(refusals, mesh, b, x.peer_id)
+    assert [e["detail"].split(":")[0] for e in logged] == [name for _, _, name in refused]
+    assert all(e["outcome"] != 0 for e in logged)
+    # B's inbox lists what it accepted and nothing it refused (a refused manifest is never recorded, so
+    # one look at the end covers every refusal; the first one was accepted after hello)
+    inbox = await in_thread(inbox_ids, mesh, b)
+    assert {str(s.cid) for s in accepted} <= inbox
+    assert not inbox & {str(s.cid) for s, _, _ in refused[1:]}
+
+
+async def test_non_recipient_learns_nothing_about_blocks(mesh: MeshDemo) -> None:
+    a, b, x = mesh.node("a"), mesh.node("b"), mesh.node("x")
+    uid, _ = await in_thread(mesh.generate_and_ingest, a, 12, 11, 128, 128)
+    manifest = await in_thread(mesh.share, a, uid, ["RJ1"], "routine")
+    await wait_for(lambda: mesh.delivered(a, manifest, ["RJ1"]), 30, "the study to reach RJ1")
+    shown = await in_thread(mesh.cli, a, "show", uid)
+    real = [CID.parse(c) for i in shown["instances_detail"] for c in i["blocks"]]
+    manifest_id, made_up = CID.parse(manifest), random_cid()
+    refusal = encode_response(UNAUTHORISED)
+
+    async with client_for(x) as cx:
+        peer = await cx.connect(a)
+        assert isinstance(await cx.hello(peer), Hello)  # a valid certificate: X is known, just not a recipient
+        asks = [BlockRequest(manifest_id, tuple(real[:8])),  # the real manifest, its real blocks
+                BlockRequest(manifest_id, (random_cid(),)),  # the real manifest, a block nobody has
+                BlockRequest(made_up, tuple(real[:8]))]  # real blocks under a manifest that does not exist
+        for ask in asks:
+            frames = await cx.blocks(peer, ask)
+            assert frames == [refusal], ask  # exactly one frame, byte for byte the same whatever was asked
+            assert decode_block_frame(frames[0]) == UNAUTHORISED
+        assert await cx.have(peer, manifest_id) == UNAUTHORISED
+        assert await cx.have(peer, made_up) == UNAUTHORISED
+
+    alerts = [e for e in await in_thread(mesh.audit, a)
+              if e["event_code"] == SECURITY_ALERT and e["actor"] == x.peer_id
+              and e["manifest_id"] in (manifest, str(made_up))]
+    assert len(alerts) == len(asks) + 2
+    assert {e["action"] for e in alerts} == {"unauthorised-request"}
+    assert {e["actor_org"] for e in alerts} == {"RXH"}
+    # and the recipient's own copy is untouched: B still has the study A sent it
+    assert (await in_thread(mesh.inbox_entry, b, manifest) or {}).get("state") == "receipted"
+
+
+def test_revoked_node_is_shut_out(tmp_path: Path) -> None:
+    demo = MeshDemo(Workspace(tmp_path))
+    try:
+        _revoked_scenario(demo)
+    finally:
+        demo.close()
+
+
+def _revoked_scenario(demo: MeshDemo) -> None:
+    nodes = demo.setup(ORGS, config={"roster_refresh_seconds": "2"})
+    a, b = nodes["a"], nodes["b"]
+    first, _ = demo.generate_and_ingest(a, 10, seed=21, rows=128, columns=128)
+    delivered = demo.share(a, first, ["RJ1"])
+    demo.wait_for(lambda: demo.delivered(a, delivered, ["RJ1"]), 30, "the first study to reach RJ1")
+    assert b.peer_id in {p["peer_id"] for p in demo.cli(a, "peers")}
+    b_study, _ = demo.generate_and_ingest(b, 6, seed=22, rows=128, columns=128)
+    second, _ = demo.generate_and_ingest(a, 8, seed=23, rows=128, columns=128)
+
+    assert demo.identity.revoke(b)["newly_revoked"] is True
+    assert demo.identity.publish_roster()["revoked"] == [b.serial]
+    demo.wait_for(lambda: b.peer_id not in {p["peer_id"] for p in demo.cli(a, "peers")}, 10,
+                  "A to drop the revoked peer")
+    alerts = [e for e in demo.audit(a) if e["event_code"] == SECURITY_ALERT and e["action"] == "peer-revoked"]
+    assert [e["actor"] for e in alerts] == [b.peer_id]
+
+    # B cannot announce: its share to A stays undelivered, with the revocation as the reason
+    from_b = demo.share(b, b_study, ["RGT"])
+    # A cannot get a study to B any more
+    to_b = demo.share(a, second, ["RJ1"])
+
+    def outbox_row(node: Node, manifest: str) -> dict[str, Any]:
+        return next(r for r in demo.cli(node, "outbox") if r["manifest_id"] == manifest)["recipients"]
+
+    def failed_with_revocation(node: Node, manifest: str, org: str) -> dict[str, Any] | None:
+        row = outbox_row(node, manifest)[org]
+        return row if row["attempts"] >= 1 and "revoked" in row["last_error"] else None
+
+    row_b = demo.wait_for(lambda: failed_with_revocation(b, from_b, "RGT"), 15, "B's announcement to be refused")
+    assert row_b["state"] != "delivered" and not row_b["receipt_verified"]
+    row_a = demo.wait_for(lambda: failed_with_revocation(a, to_b, "RJ1"), 15, "A's delivery to B to fail")
+    assert row_a["state"] == "pending" and not row_a["receipt_verified"]
+    assert demo.inbox_entry(a, from_b) is None
+    assert demo.inbox_entry(b, to_b) is None
+
+    # nor can B fetch, even the blocks of the study it legitimately received before: stop B and
+    # play it from this process with its own key and certificate
+    cids = [CID.parse(c) for i in demo.cli(a, "show", first)["instances_detail"] for c in i["blocks"]]
+    assert demo.stop(b) == 0
+    trio.run(_revoked_cannot_fetch, a, b, CID.parse(delivered), cids)
+    assert demo.inbox_entry(a, from_b) is None
+
+
+async def _revoked_cannot_fetch(a: Node, b: Node, manifest_id: CID, cids: list[CID]) -> None:
+    async with client_for(b) as cb:
+        peer = await cb.connect(a)
+        reply = await cb.hello(peer)
+        assert isinstance(reply, Refused) and reply.code == CertificateRevokedError.code
+        assert await cb.blocks(peer, BlockRequest(manifest_id, tuple(cids[:8]))) == [encode_response(UNAUTHORISED)]
+        assert await cb.have(peer, manifest_id) == UNAUTHORISED
