@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test typecheck vectors bench clean
+.PHONY: demo test test-slow typecheck vectors bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,10 @@ demo: $(STAMP)
 	$(VENV)/bin/python -m tools.demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m slow
 
 typecheck: $(STAMP)
 	$(VENV)/bin/python -m mypy protocol tools meshnode

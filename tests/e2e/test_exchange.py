@@ -13,7 +13,7 @@ import pytest
 from tools.demo.mesh import MeshDemo
 from tools.demo.workspace import Workspace
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORGS = [("a", "RGT", "Org A"), ("b", "RJ1", "Org B"), ("c", "RAJ", "Org C")]
 
