@@ -150,3 +150,23 @@ def test_directory_down_known_peers_keep_exchanging(mesh: MeshDemo, tmp_path: Pa
     second = mesh.share(a, study2, ["RJ1"])
     mesh.wait_for(lambda: mesh.delivered(a, second, ["RJ1"]), 60, "the receipt with the directory down")
     assert exported(mesh, "b", study2, tmp_path / "out") == sorted(f.read_bytes() for f in files2)
+
+
+def test_announcement_to_unreachable_org_retried_across_restart(mesh: MeshDemo, tmp_path: Path) -> None:
+    nodes = mesh.setup(ORGS[:2])
+    a, b = nodes["a"], nodes["b"]
+    study, files = mesh.generate_and_ingest(a, 6, rows=128, columns=128)
+    assert mesh.stop(b) == 0  # RJ1's only node is down
+    manifest = mesh.share(a, study, ["RJ1"])
+
+    def failed_attempts() -> int:
+        row = next(r for r in mesh.cli(a, "outbox") if r["manifest_id"] == manifest)
+        delivery = row["recipients"]["RJ1"]
+        return int(delivery["attempts"]) if delivery["state"] == "pending" and delivery["last_error"] else 0
+
+    mesh.wait_for(lambda: failed_attempts() >= 1, 60, "a failed announcement attempt")
+    assert mesh.stop(a) == 0  # the sender restarts while the delivery is still pending
+    mesh.start(a)
+    mesh.start(b)
+    mesh.wait_for(lambda: mesh.delivered(a, manifest, ["RJ1"]), 90, "delivery after both restarts")
+    assert exported(mesh, "b", study, tmp_path / "out") == sorted(f.read_bytes() for f in files)
