@@ -47,7 +47,7 @@ class Fetcher:
         self.wire = wire
         self.sessions = sessions
         self.on_complete = on_complete
-        self.scheduler = FetchScheduler(window_initial=32, window_max=128, request_max_blocks=16,
+        self.scheduler = FetchScheduler(window_initial=32, window_max=128, request_max_blocks=4,
                                         request_timeout=float(ctx.config.request_timeout))
         self.active: dict[CID, Signed[Manifest]] = {}
         self._orders: dict[CID, list[CID]] = {}
