@@ -159,7 +159,14 @@ class Fetcher:
         answered: set[CID] = set()
         try:
             if not is_connected(self.wire.host, ID.from_base58(request.peer)):
-                await self.sessions.ensure_peer_id(request.peer)
+                try:
+                    await self.sessions.ensure_peer_id(request.peer)
+                except MeshError as exc:
+                    # Unreachable: forget what it holds until discovery finds it again (no retry storm).
+                    log.info("holder %s unreachable: %s", request.peer, exc)
+                    self.scheduler.peer_lost(request.peer, self.ctx.clock())
+                    self.ctx.wake()
+                    return
             async for frame in self.wire.fetch_blocks(request.peer, BlockRequest(request.manifest_id, request.cids)):
                 if isinstance(frame, BlockData):
                     answered.add(frame.cid)

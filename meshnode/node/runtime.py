@@ -100,7 +100,6 @@ class Node:
                 nursery.start_soon(keep_running, "deliveries", self.deliveries.run)
                 nursery.start_soon(keep_running, "fetcher", self.fetcher.run)
                 await self._resume(nursery)
-                self.nursery = nursery
                 log.info("node %s (%s) running on %s", ctx.peer_id, ctx.org, ", ".join(addrs))
                 task_status.started(addrs)
         finally:

@@ -17,6 +17,7 @@ from protocol.errors import MeshError, UnavailableError
 log = logging.getLogger(__name__)
 
 DIAL_TIMEOUT = 10.0
+RESOLVE_TTL = 30.0  # seconds a verified org resolution is reused before asking the directory again
 
 
 class Sessions:
@@ -24,13 +25,26 @@ class Sessions:
         self.ctx = ctx
         self.wire = wire
         self._locks: dict[str, trio.Lock] = {}
+        self._resolved: dict[str, tuple[float, list[ResolvedPeer]]] = {}
 
     async def org_peers(self, org: str) -> list[ResolvedPeer]:
-        """Verified nodes of an org other than this one (directory, or its cache when it is down)."""
+        """Verified nodes of an org other than this one (directory, or its cache when it is down).
+
+        A resolution is reused for RESOLVE_TTL seconds (or until a dial to one of
+        its nodes fails); every reuse re-checks each certificate against the
+        current roster, so a revocation applies at once.
+        """
+        now = self.ctx.clock()
+        cached = self._resolved.get(org)
+        if cached is not None and cached[0] >= now:
+            roster = self.ctx.roster()
+            return [p for p in cached[1] if not roster.is_revoked(p.certificate.document.serial)
+                    and p.certificate.document.not_after >= now]
         resolution = await self.ctx.directory.resolve_org(org)
         peers = [p for p in resolution.peers if p.peer_id != self.ctx.peer_id]
         if not peers and resolution.rejected:  # say why (e.g. revoked), and stay retryable
             raise UnavailableError(f"no valid node of {org}: " + "; ".join(r.reason for r in resolution.rejected))
+        self._resolved[org] = (now + RESOLVE_TTL, peers)
         return peers
 
     async def ensure(self, peer: ResolvedPeer) -> Certificate:
@@ -48,6 +62,7 @@ class Sessions:
                     except MeshError as exc:
                         errors.append(str(exc))
                 else:
+                    self._resolved.pop(peer.org_code, None)  # its address may have changed: ask again next time
                     raise UnavailableError(f"cannot reach {peer.peer_id} ({peer.org_code}): {'; '.join(errors)}")
             known = self.ctx.peers.certificate_of(peer.peer_id)
             if known is not None and not dialled:  # a new connection always starts with hello
