@@ -38,8 +38,18 @@ class Sessions:
         cached = self._resolved.get(org)
         if cached is not None and cached[0] >= now:
             roster = self.ctx.roster()
-            return [p for p in cached[1] if not roster.is_revoked(p.certificate.document.serial)
-                    and p.certificate.document.not_after >= now]
+            valid, reasons = [], []
+            for p in cached[1]:
+                cert = p.certificate.document
+                if roster.is_revoked(cert.serial):
+                    reasons.append(f"{p.peer_id}: certificate {cert.serial} is revoked")
+                elif cert.not_after < now:
+                    reasons.append(f"{p.peer_id}: certificate {cert.serial} expired")
+                else:
+                    valid.append(p)
+            if not valid and reasons:
+                raise UnavailableError(f"no valid node of {org}: " + "; ".join(reasons))
+            return valid
         resolution = await self.ctx.directory.resolve_org(org)
         peers = [p for p in resolution.peers if p.peer_id != self.ctx.peer_id]
         if not peers and resolution.rejected:  # say why (e.g. revoked), and stay retryable

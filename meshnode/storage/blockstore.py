@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from protocol.errors import MeshError, StorageError
 log = logging.getLogger(__name__)
 
 MAX_BLOCK_SIZE = 8 * 1024 * 1024
+STALE_TEMP_S = 600.0  # a temp block file this old belongs to no live writer
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 
@@ -122,13 +124,21 @@ class BlockStore:
         # 3 bits: fan out on the two characters before it (32 x 32 folders).
         return self.blocks_dir / text[-2] / text[-3] / text
 
-    def recover(self) -> int:
-        """Remove temp files left by a crash. Returns how many were removed."""
+    def recover(self, min_age_s: float = STALE_TEMP_S) -> int:
+        """Remove temp files left by a crashed writer. Returns how many were removed.
+
+        Only files older than `min_age_s` go: another process (the running node,
+        or an ingest) may be writing the younger ones right now.
+        """
         removed = 0
+        cutoff = time.time() - min_age_s
         for entry in self.tmp_dir.iterdir():
             try:
-                entry.unlink()
-                removed += 1
+                if entry.stat().st_mtime <= cutoff:
+                    entry.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
             except OSError as exc:
                 log.warning("cannot remove stale temp file %s: %s", entry.name, exc)
         if removed:

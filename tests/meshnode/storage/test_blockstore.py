@@ -47,11 +47,16 @@ def test_corruption_detected_and_scrub_quarantines(tmp_path: Path) -> None:
         store.get(bad)
 
 
-def test_recover_removes_partial_writes(tmp_path: Path) -> None:
+def test_recover_removes_stale_partial_writes_only(tmp_path: Path) -> None:
     store = BlockStore(tmp_path)
-    (store.tmp_dir / "bafkreisomething.1234").write_bytes(b"half a blo")
+    stale = store.tmp_dir / "bafkreisomething.1234"
+    stale.write_bytes(b"half a blo")
+    os.utime(stale, (1_000_000, 1_000_000))
+    fresh = store.tmp_dir / "bafkreiother.5678"
+    fresh.write_bytes(b"being written by a live process")
     assert BlockStore(tmp_path).recover() == 1
-    assert list(store.tmp_dir.iterdir()) == []
+    assert list(store.tmp_dir.iterdir()) == [fresh]
+    assert store.recover(min_age_s=0) == 1 and list(store.tmp_dir.iterdir()) == []
 
 
 def test_injected_enospc_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
