@@ -131,7 +131,7 @@ def test_deliveries_revisions_served_by(store: MetadataStore) -> None:
     for rev in (1, 3, 2):
         rid = CID.of(f"received {rev}".encode())
         store.save_manifest(ManifestRow(rid, STUDY, "received", "RGT", rev, "announced", NOW_S, NOW_S + 9, b"r"), [])
-    assert store.highest_revision(STUDY, "RGT") == 3 and store.highest_revision(STUDY, "XXX") == 0
+    assert store.highest_revision(STUDY, "RGT") == 3 and store.highest_revision(STUDY, "NOPE") == 0
     store.set_transfer(mid, "fetching", 1, 10, NOW_MS)
     store.set_served_by(mid, {"peer-a": 3, "peer-b": 1})
     store.set_transfer(mid, "complete", 4, 40, NOW_MS)
