@@ -106,12 +106,15 @@ class Wire:
     def _guarded(self, handler: Handler) -> Callable[[ID, bytes], Awaitable[bytes]]:
         async def run(peer: ID, payload: bytes) -> bytes:
             peer_id = peer.to_base58()
-            async with self._admitted(peer_id):
-                try:
-                    response = await handler(peer_id, payload)
-                except MeshError as exc:
-                    response = Refused.from_error(exc)
-                return encode_response(response)
+            try:
+                async with self._admitted(peer_id):
+                    try:
+                        response = await handler(peer_id, payload)
+                    except MeshError as exc:
+                        response = Refused.from_error(exc)
+            except LimitError as exc:  # not admitted: say so (the connection may be closed next)
+                response = Refused.from_error(exc)
+            return encode_response(response)
 
         return run
 

@@ -25,7 +25,7 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 
 from meshnode.home import NodeHome
-from meshnode.p2p.dial import connect
+from meshnode.p2p.dial import connect, is_connected
 from meshnode.p2p.host import running_host
 from meshnode.p2p.streams import finish_stream, half_close, open_stream, read_frame, request, write_frame
 from protocol.certificate import Certificate
@@ -34,6 +34,7 @@ from protocol.document import Signed
 from protocol.errors import (
     CertificateRevokedError,
     DocumentExpiredError,
+    LimitError,
     MeshError,
     RevisionRollbackError,
     UnauthorisedError,
@@ -332,3 +333,32 @@ async def _revoked_cannot_fetch(a: Node, revoked: Node, manifest_id: CID, cids: 
         frames = await client.blocks(peer, BlockRequest(manifest_id, tuple(cids[:8])))
         assert frames == [encode_response(UNAUTHORISED)]
         assert await client.have(peer, manifest_id) == UNAUTHORISED
+
+
+async def test_flooding_peer_is_cut_off_without_hurting_others(mesh: MeshDemo) -> None:
+    a, b = mesh.node("a"), mesh.node("b")
+    async with client_for(mesh.node("x")) as x:
+        peer = await x.connect(b)
+        assert isinstance(await x.hello(peer), Hello)
+        outcomes: dict[str, int] = {}
+
+        async def one() -> None:
+            try:
+                reply = await x.have(peer, random_cid())
+                key = f"refused-{reply.code}" if isinstance(reply, Refused) else "answered"
+            except MeshError as exc:
+                key = exc.name
+            outcomes[key] = outcomes.get(key, 0) + 1
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for _ in range(1500):  # far above the 500 requests/s and 64 streams allowed per peer
+                    nursery.start_soon(one)
+        assert outcomes.get(f"refused-{LimitError.code}", 0) > 0, outcomes
+        assert outcomes.get(f"refused-{UnauthorisedError.code}", 0) > 0, outcomes  # the admitted ones
+        # after repeated violations B closes the connection
+        await wait_for(lambda: not is_connected(x.host, peer), 30, "B to cut X off")
+    # meanwhile and afterwards B serves everybody else
+    study, files = await in_thread(mesh.generate_and_ingest, a, 4, 9, 128, 128)
+    manifest = await in_thread(mesh.share, a, study, ["RJ1"])
+    await wait_for(lambda: mesh.delivered(a, manifest, ["RJ1"]), 60, "a share to B after the flood")
