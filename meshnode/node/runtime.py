@@ -166,7 +166,8 @@ class Node:
                 return 0
 
             await self.ctx.db.run(forget)
-        result = await trio.to_thread.run_sync(lambda: self.ctx.storage.gc(orphan_grace_s=3600))
+        # gc reads and writes metadata, so it runs on the database thread like every other access
+        result = await self.ctx.db.run(lambda _: self.ctx.storage.gc(orphan_grace_s=3600))
         log.info("recall of %s: %d block(s) collected", manifest_id, result.blocks_removed)
 
     async def _completed(self, signed: Signed[Manifest]) -> None:
@@ -193,9 +194,9 @@ class Node:
             previous = store.transfer(manifest_id)
             store.set_transfer(manifest_id, "complete", previous[1] if previous else 0,
                                manifest.total_bytes, now_ms)
+            ctx.storage.write_head()  # on the database thread: it reads the newest audit entry
 
         await ctx.db.run(record)
-        ctx.storage.write_head()
         receipt = Receipt(manifest_id, ctx.org, ctx.peer_id, len(records), int(ctx.clock())).sign(ctx.key)
         await self._send_receipt(manifest, manifest_id, receipt.encode())
 

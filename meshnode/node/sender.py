@@ -14,7 +14,7 @@ from meshnode.storage.records import DeliveryRow, InstanceRecord, ManifestRow, h
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed, open_document
-from protocol.errors import LocalProtocolError, NotFoundError, WrongOrganisationError
+from protocol.errors import DocumentError, LocalProtocolError, NotFoundError, WrongOrganisationError
 from protocol.manifest import Manifest, Priority, Purpose
 from protocol.recall import Recall, RecallAction
 from protocol.receipt import Receipt, verify_receipt
@@ -93,7 +93,7 @@ class Sender:
             raise WrongOrganisationError(f"{receipt.recipient_org} is not a recipient of this manifest")
         manifest = open_document(row.raw, Manifest).document
         if receipt.instances_verified != len(manifest.instances):
-            raise LocalProtocolError("receipt does not cover every instance")
+            raise DocumentError("receipt does not cover every instance")
         if delivery.state == "delivered":
             return
         now_ms = int(now * 1000)
