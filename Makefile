@@ -4,7 +4,10 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow typecheck vectors bench clean
+.PHONY: demo test test-slow typecheck vectors bench clean system-deps
+
+# Debian packages the interoperability tests run against (real dcmtk, Orthanc, Chromium).
+SYSTEM_DEPS := dcmtk orthanc orthanc-dicomweb chromium chromium-driver
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,10 +18,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/python -m tools.demo
 
-test: $(STAMP)
+system-deps:
+	scripts/install-system-deps.sh $(SYSTEM_DEPS)
+
+test: $(STAMP) system-deps
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) system-deps
 	$(VENV)/bin/python -m pytest -q -m slow
 
 typecheck: $(STAMP)

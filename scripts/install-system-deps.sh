@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages that benchmarks and interoperability tests compare against
-# (dcmtk's storescu/storescp today). Idempotent; needs root (as on CI) or sudo.
+# (dcmtk, Orthanc with its DICOMweb plugin, Chromium and ChromeDriver). Idempotent; needs root (as on CI) or sudo.
 set -euo pipefail
 packages=("$@")
 [ ${#packages[@]} -gt 0 ] || packages=(dcmtk)
