@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 ManifestHook = Callable[[Signed[Manifest]], Awaitable[None]]
 
 
+#: Manifests whose block order is kept decoded for availability queries.
+ORDER_CACHE_SIZE = 64
+
+
 def block_order(manifest: Manifest) -> list[CID]:
     """Distinct blocks in manifest order (instances in order, blocks in order, first occurrence)."""
     seen: dict[CID, None] = {}
@@ -36,6 +41,7 @@ class Receiver:
         self.ctx = ctx
         self.on_accepted = on_accepted
         self.on_recalled = on_recalled
+        self._orders: OrderedDict[CID, list[CID]] = OrderedDict()
 
     async def accept_announce(self, peer_id: str, manifest_raw: bytes, cert_raw: bytes) -> CID:
         """Verify and record an announced manifest; raises the MeshError to send back on refusal."""
@@ -83,7 +89,16 @@ class Receiver:
     async def availability(self, peer_id: str, manifest_id: CID) -> list[bool]:
         """Which blocks of the manifest this node holds, in manifest block order."""
         _, row = await authorise_manifest_access(self.ctx, peer_id, manifest_id)
-        order = block_order(open_document(row.raw, Manifest).document)
+        order = self._orders.get(manifest_id)
+        if order is None:
+            # Decoding a large manifest takes tens of milliseconds and peers ask every half second while
+            # they fetch; a manifest is named by its hash, so its block order never changes.
+            order = block_order(open_document(row.raw, Manifest).document)
+            self._orders[manifest_id] = order
+            while len(self._orders) > ORDER_CACHE_SIZE:
+                self._orders.popitem(last=False)
+        else:
+            self._orders.move_to_end(manifest_id)
         present = await self.ctx.db.run(lambda s: s.present_blocks(order))
         return [cid in present for cid in order]
 

@@ -40,7 +40,7 @@ from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
-from meshnode.storage.records import hash_uid
+from meshnode.storage.records import InstanceRecord, hash_uid
 from protocol.cid import CID
 from protocol.document import Signed, open_document
 from protocol.errors import MeshError, NotFoundError
@@ -85,7 +85,7 @@ class Node:
         self.wire = Wire(ctx, host, self.receiver, self.sender,
                          PeerLimits(ctx.config.max_streams_per_peer, ctx.config.max_requests_per_second))
         self.sessions = Sessions(ctx, self.wire)
-        self.fetcher = Fetcher(ctx, self.wire, self.sessions, self._completed)
+        self.fetcher = Fetcher(ctx, self.wire, self.sessions, self._completed, self._verification_failed)
         self.deliveries = Deliveries(ctx, self.wire, self.sessions)
         self.wire.serve()
         addrs = listen_multiaddrs(host)
@@ -170,19 +170,27 @@ class Node:
         result = await self.ctx.db.run(lambda _: self.ctx.storage.gc(orphan_grace_s=3600))
         log.info("recall of %s: %d block(s) collected", manifest_id, result.blocks_removed)
 
-    async def _completed(self, signed: Signed[Manifest]) -> None:
-        """Every block is here: verify every instance, record the study, send the signed receipt."""
+    async def _verification_failed(self, signed: Signed[Manifest], reason: str) -> None:
+        """Every block matched its CID, yet an instance does not match the manifest: the sender's document
+        is inconsistent, and fetching again cannot help."""
+        manifest_id = signed.cid
+        log.error("manifest %s failed verification: %s", manifest_id, reason)
+        await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "failed"))
+        await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "verification-failed", Outcome.SERIOUS_FAILURE,
+                                        manifest_id=str(manifest_id), detail=reason[:300]))
+
+    async def _completed(self, signed: Signed[Manifest], records: list[InstanceRecord] | None = None) -> None:
+        """Every block is here and every instance verified (`records`; verified here when None, as after a
+        restart): record the study, send the signed receipt."""
         ctx = self.ctx
         manifest = signed.document
         manifest_id = signed.cid
-        try:
-            records = await trio.to_thread.run_sync(verify_instances, ctx.storage.blocks, manifest)
-        except MeshError as exc:
-            log.error("manifest %s failed verification: %s", manifest_id, exc)
-            await ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "failed"))
-            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "verification-failed", Outcome.SERIOUS_FAILURE,
-                                       manifest_id=str(manifest_id), detail=str(exc)[:300]))
-            return
+        if records is None:
+            try:
+                records = await trio.to_thread.run_sync(verify_instances, ctx.storage.blocks, manifest)
+            except MeshError as exc:
+                await self._verification_failed(signed, str(exc))
+                return
         event = AuditEvent(EventCode.INSTANCES_TRANSFERRED, "received", actor=manifest.sender_peer,
                            actor_org=manifest.sender_org, study=hash_uid(manifest.study_uid),
                            manifest_id=str(manifest_id), detail=f"{len(records)} instance(s) verified")

@@ -68,6 +68,7 @@ from protocol.exchange_messages import (
     decode_hello_reply,
     decode_recall_delivery,
     decode_receipt_delivery,
+    encode_block_data_frame,
     encode_request,
     encode_response,
     pack_bitmap,
@@ -76,6 +77,9 @@ from protocol.exchange_messages import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[Response]]
+
+#: Blocks read from disk ahead of the one being sent, per block request.
+READ_AHEAD = 2
 
 
 class Wire:
@@ -179,26 +183,33 @@ class Wire:
             except UnauthorisedError:
                 await write_frame(stream, encode_response(UNAUTHORISED), limits.response)
                 return
-            frames = await trio.to_thread.run_sync(self._read_blocks, request.cids)
             sent = 0
-            for frame in frames:
-                if isinstance(frame, BlockData):
-                    sent += len(frame.data)
-                await write_frame(stream, encode_response(frame), limits.response)
-                await self.upload.consume(len(frame.data) if isinstance(frame, BlockData) else 0)
+            send, receive = trio.open_memory_channel[BlockFrame](READ_AHEAD)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_ahead, request.cids, send)
+                async with receive:
+                    async for frame in receive:
+                        if isinstance(frame, BlockData):
+                            await stream.write(encode_block_data_frame(frame.cid, frame.data, limits.response))
+                            sent += len(frame.data)
+                            await self.upload.consume(len(frame.data))
+                        else:
+                            await write_frame(stream, encode_response(frame), limits.response)
             self.ctx.served.setdefault(cert.org_code, [0, 0])
             self.ctx.served[cert.org_code][0] += len(request.cids)
             self.ctx.served[cert.org_code][1] += sent
 
-    def _read_blocks(self, cids: tuple[CID, ...]) -> list[BlockFrame]:
-        """All the blocks of one request in one thread hop, each verified against its CID."""
-        frames: list[BlockFrame] = []
-        for cid in cids:
-            try:
-                frames.append(BlockData(cid, self.ctx.storage.blocks.get(cid, verify=True)))
-            except BlockMissingError:
-                frames.append(BlockAbsent(cid))
-        return frames
+    async def _read_ahead(self, cids: tuple[CID, ...], send: trio.MemorySendChannel[BlockFrame]) -> None:
+        """Read the requested blocks one by one (each verified against its CID) while earlier ones are sent."""
+        async with send:
+            for cid in cids:
+                await send.send(await trio.to_thread.run_sync(self._read_block, cid))
+
+    def _read_block(self, cid: CID) -> BlockFrame:
+        try:
+            return BlockData(cid, self.ctx.storage.blocks.get(cid, verify=True))
+        except BlockMissingError:
+            return BlockAbsent(cid)
 
     # -- client side ---------------------------------------------------------------
     async def _call(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes:
