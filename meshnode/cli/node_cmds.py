@@ -15,7 +15,6 @@ import trio
 from meshnode.cli.output import EXIT_OK, emit
 from meshnode.control.client import ControlClient
 from meshnode.home import NodeHome, resolve_home
-from meshnode.node.runtime import Node
 from protocol.manifest import Priority, Purpose
 
 log = logging.getLogger(__name__)
@@ -51,6 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 async def _run(home: NodeHome) -> None:
     async with trio.open_nursery() as nursery:
+        from meshnode.node.runtime import Node  # libp2p: only when the node runs (keeps other commands quick)
+
         addrs = await nursery.start(Node(home).run)
         sys.stdout.write(json.dumps({"listening": addrs}) + "\n")
         sys.stdout.flush()
