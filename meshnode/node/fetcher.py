@@ -76,12 +76,16 @@ class Fetcher:
         self._fetched: set[CID] = set()  # every block durable; waiting for the last verifications
         self._dirty: set[CID] = set()  # progress not yet saved
         self._nursery: trio.Nursery | None = None
-        #: seconds from the start of fetching to the first instance being verified on disk
+        self._discover_now = trio.Event()
+        #: seconds from the announcement's arrival (or the start of fetching) to the first instance verified on disk
         self.first_usable: dict[CID, float] = {}
 
     # -- adding work ------------------------------------------------------------------
-    async def start(self, signed: Signed[Manifest], holder: str | None = None) -> None:
-        """Fetch everything of this manifest not verified on disk yet; `holder` has it all (the announcer)."""
+    async def start(self, signed: Signed[Manifest], holder: str | None = None, since: float | None = None) -> None:
+        """Fetch everything of this manifest not verified on disk yet; `holder` has it all (the announcer).
+
+        `since` is when the announcement arrived (time to the first usable instance counts from it);
+        by default, now."""
         manifest_id = signed.cid
         if manifest_id in self.active:
             return
@@ -92,7 +96,7 @@ class Fetcher:
         have = await self.ctx.db.run(lambda s: s.present_blocks(order))
         self.active[manifest_id] = signed
         self._orders[manifest_id] = order
-        self._started[manifest_id] = self.ctx.clock()
+        self._started[manifest_id] = self.ctx.clock() if since is None else since
         self._assembly[manifest_id] = assembly = InstanceAssembly(manifest, have)
         self._queue_ready(manifest_id, assembly)
         self.scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
@@ -102,6 +106,7 @@ class Fetcher:
         await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "fetching"))
         log.info("fetching %s manifest %s: %d of %d blocks already on disk", manifest.priority.value, manifest_id,
                  len(have), len(order))
+        self._discover_now.set()
         self.ctx.wake()
 
     def stop(self, manifest_id: CID) -> None:
@@ -162,10 +167,13 @@ class Fetcher:
             self._nursery.start_soon(self.on_complete, signed, records)
 
     async def _discover_loop(self) -> None:
+        """Ask for availability every DISCOVERY_INTERVAL, and at once when a fetch starts."""
         while True:
+            self._discover_now = trio.Event()
             for manifest_id, signed in list(self.active.items()):
                 await self._discover(manifest_id, signed.document)
-            await trio.sleep(DISCOVERY_INTERVAL)
+            with trio.move_on_after(DISCOVERY_INTERVAL):
+                await self._discover_now.wait()
 
     async def _discover(self, manifest_id: CID, manifest: Manifest) -> None:
         """Ask the sender's org and every recipient org which blocks they hold (multi-source)."""

@@ -20,7 +20,8 @@ from protocol.recall import Recall, verify_recall
 
 log = logging.getLogger(__name__)
 
-ManifestHook = Callable[[Signed[Manifest]], Awaitable[None]]
+#: Called with each newly accepted manifest and the time its announcement arrived.
+ManifestHook = Callable[[Signed[Manifest], float], Awaitable[None]]
 
 
 #: Manifests whose block order is kept decoded for availability queries.
@@ -83,7 +84,7 @@ class Receiver:
                                    manifest_id=str(manifest_id),
                                    detail=f"{manifest.priority.value}, {len(manifest.instances)} instance(s)"))
         log.info("accepted %s manifest %s from %s", manifest.priority.value, manifest_id, manifest.sender_org)
-        await self.on_accepted(signed)
+        await self.on_accepted(signed, now)
         return manifest_id
 
     async def availability(self, peer_id: str, manifest_id: CID) -> list[bool]:

@@ -142,9 +142,9 @@ class Node:
                 ctx.wake()
 
     # -- hooks ----------------------------------------------------------------------------
-    async def _accepted(self, signed: Signed[Manifest]) -> None:
+    async def _accepted(self, signed: Signed[Manifest], announced_at: float) -> None:
         if self.ctx.config.auto_fetch:
-            await self.fetcher.start(signed, holder=signed.document.sender_peer)
+            await self.fetcher.start(signed, holder=signed.document.sender_peer, since=announced_at)
 
     async def fetch(self, manifest_id: CID) -> None:
         row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
