@@ -142,6 +142,8 @@ class Fetcher:
         if isinstance(event, ManifestCompleted):
             if event.manifest_id in self.active:
                 self._fetched.add(event.manifest_id)
+                log.info("manifest %s: every block durable %.0f ms after the announcement", event.manifest_id,
+                         1000 * (self.ctx.clock() - self._started.get(event.manifest_id, self.ctx.clock())))
                 await self._maybe_finish(event.manifest_id)
         elif isinstance(event, PeerBanned):
             log.warning("peer %s banned from fetching: %s", event.peer, event.reason)
@@ -163,6 +165,10 @@ class Fetcher:
         elif manifest_id in self._fetched and assembly.all_verified:
             await self._save_progress({manifest_id}, "verifying")
             records = assembly.ordered_records()
+            seconds = self.ctx.clock() - self._started.get(manifest_id, self.ctx.clock())
+            size = signed.document.total_bytes
+            log.info("manifest %s: %d instance(s), %.1f MB verified %.0f ms after the announcement (%.0f MB/s)",
+                     manifest_id, len(records), size / 1e6, 1000 * seconds, size / 1e6 / max(seconds, 1e-6))
             self.stop(manifest_id)
             self._nursery.start_soon(self.on_complete, signed, records)
 
