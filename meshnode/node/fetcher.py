@@ -48,8 +48,8 @@ ESTIMATED_BLOCK = 1 << 20
 #: rate), and blocks per request (one stream each).
 WINDOW_INITIAL = 32
 WINDOW_MAX = 64
-REQUEST_BLOCKS = 8
-MIN_REQUEST_BLOCKS = 8
+REQUEST_BLOCKS = 16
+MIN_REQUEST_BLOCKS = 16
 
 CompletionHook = Callable[[Signed[Manifest], list[InstanceRecord]], Awaitable[None]]
 FailureHook = Callable[[Signed[Manifest], str], Awaitable[None]]

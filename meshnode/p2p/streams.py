@@ -275,7 +275,7 @@ finish_stream = _finish
 half_close = _half_close
 
 
-BULK_WINDOW = 32 * 1024 * 1024
+BULK_WINDOW = 64 * 1024 * 1024
 
 
 async def grant_receive_window(stream: INetStream, size: int = BULK_WINDOW) -> None:
@@ -294,9 +294,11 @@ async def grant_receive_window(stream: INetStream, size: int = BULK_WINDOW) -> N
     rule), one encrypted frame back per frame received: 12% of a recipient's
     CPU in a bulk transfer. Setting the target to half the granted window
     keeps the window above its target until `size / 2` bytes have been read,
-    so a response smaller than that (every block response: at most
-    REQUEST_BLOCKS MiB) needs no window update at all. Only our own receiving
-    streams are touched; the change is upstreamable as an initial-window option.
+    so a response smaller than that (a block response: at most 16 blocks,
+    normally of 1 MiB) needs no window update at all. The window bounds what a
+    peer may send, not what it does: it answers only the blocks asked for.
+    Only our own receiving streams are touched; the change is upstreamable as
+    an initial-window option.
     """
     muxed = getattr(stream, "muxed_stream", None)
     if muxed is None or not hasattr(muxed, "recv_window") or not hasattr(muxed, "send_window_update"):
