@@ -33,7 +33,7 @@ from protocol.errors import (
 from protocol.manifest import MAX_MANIFEST_BYTES, MAX_TOTAL_BLOCKS, Manifest
 from protocol.recall import Recall
 from protocol.receipt import Receipt
-from protocol.refusal import MAX_MESSAGE_CHARS, wire_message
+from protocol.refusal import MAX_MESSAGE_CHARS
 from protocol.refusal import Refused as Refused  # re-exported: part of this protocol's messages
 from protocol.schema import Fields, bytes_item
 

@@ -12,6 +12,7 @@ import trio
 from meshnode.config import NodeConfig
 from meshnode.directory_client import DirectoryClient
 from meshnode.home import NodeHome
+from meshnode.node.manifest_cache import ManifestCache
 from meshnode.node.peers import PeerRegistry
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
@@ -38,6 +39,8 @@ class NodeContext:
     changed: trio.Event = field(default_factory=trio.Event)
     #: blocks and bytes served per requesting org, since start (for status and metrics)
     served: dict[str, list[int]] = field(default_factory=dict)
+    #: stored manifests, decoded once
+    manifests: ManifestCache = field(default_factory=ManifestCache)
 
     @property
     def org(self) -> str:

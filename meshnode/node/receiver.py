@@ -92,9 +92,9 @@ class Receiver:
         _, row = await authorise_manifest_access(self.ctx, peer_id, manifest_id)
         order = self._orders.get(manifest_id)
         if order is None:
-            # Decoding a large manifest takes tens of milliseconds and peers ask every half second while
-            # they fetch; a manifest is named by its hash, so its block order never changes.
-            order = block_order(open_document(row.raw, Manifest).document)
+            # Peers ask every half second while they fetch; a manifest is named by its hash, so its
+            # block order never changes.
+            order = block_order(self.ctx.manifests.open(manifest_id, row.raw).document)
             self._orders[manifest_id] = order
             while len(self._orders) > ORDER_CACHE_SIZE:
                 self._orders.popitem(last=False)

@@ -42,7 +42,7 @@ from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord, hash_uid
 from protocol.cid import CID
-from protocol.document import Signed, open_document
+from protocol.document import Signed
 from protocol.errors import MeshError, NotFoundError
 from protocol.manifest import Manifest
 from protocol.receipt import Receipt
@@ -150,7 +150,7 @@ class Node:
         row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
         if row is None or row.direction != "received" or row.state == "recalled":
             raise NotFoundError("no such received manifest")
-        signed = open_document(row.raw, Manifest)
+        signed = self.ctx.manifests.open(row.manifest_id, row.raw)
         await self.fetcher.start(signed, holder=signed.document.sender_peer)
 
     async def _recalled(self, manifest_id: CID) -> None:
@@ -229,7 +229,7 @@ class Node:
         for row in rows:
             if row.expires_at < now:
                 continue
-            signed = open_document(row.raw, Manifest)
+            signed = self.ctx.manifests.open(row.manifest_id, row.raw)
             if row.state in ("fetching", "verifying") or (row.state == "announced" and self.ctx.config.auto_fetch):
                 await self.fetcher.start(signed, holder=signed.document.sender_peer)
             elif row.state == "complete":

@@ -91,7 +91,7 @@ class Sender:
         delivery = next((d for d in deliveries if d.org == receipt.recipient_org), None)
         if delivery is None:
             raise WrongOrganisationError(f"{receipt.recipient_org} is not a recipient of this manifest")
-        manifest = open_document(row.raw, Manifest).document
+        manifest = ctx.manifests.open(row.manifest_id, row.raw).document
         if receipt.instances_verified != len(manifest.instances):
             raise DocumentError("receipt does not cover every instance")
         if delivery.state == "delivered":
