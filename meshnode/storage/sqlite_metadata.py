@@ -96,6 +96,25 @@ MIGRATIONS = (
     ) STRICT;
     ALTER TABLE transfers ADD COLUMN served_by TEXT NOT NULL DEFAULT '{}'
     """,
+    # HTTP: DICOMweb/UI users and their API tokens (hashes only), the webhook retry queue
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY, roles TEXT NOT NULL, created_ms INTEGER NOT NULL, disabled INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE api_tokens (
+        token_hash BLOB PRIMARY KEY, token_id TEXT NOT NULL UNIQUE,
+        user_name TEXT NOT NULL REFERENCES users (name), label TEXT NOT NULL, created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL, revoked INTEGER NOT NULL, last_used_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX api_tokens_by_user ON api_tokens (user_name);
+    CREATE TABLE webhook_queue (
+        id INTEGER PRIMARY KEY, hook TEXT NOT NULL, event_key TEXT NOT NULL, event TEXT NOT NULL,
+        body BLOB NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        UNIQUE (hook, event_key)
+    ) STRICT;
+    CREATE INDEX webhook_queue_due ON webhook_queue (state, next_attempt_ms)
+    """,
 )
 
 _LIVE_REFS = """
