@@ -104,11 +104,14 @@ def run_list(args: argparse.Namespace) -> int:
     data = [{"name": u.name, "roles": list(u.roles), "disabled": u.disabled, "created": iso(u.created_ms // 1000),
              "tokens": [_token_view(t) for t in tokens if t.user == u.name]} for u in listed]
     lines = []
-    for u in data:
-        lines.append(f"{u['name']:<24} {','.join(u['roles']):<16} {'DISABLED' if u['disabled'] else ''}")
-        for t in u["tokens"]:  # type: ignore[attr-defined]
-            state = "revoked" if t["revoked"] else f"expires {t['expires']}" if t["expires"] else "no expiry"
-            lines.append(f"    token {t['token_id']}  {state:<28} last used {t['last_used'] or 'never'}  {t['label']}")
+    for u in listed:
+        lines.append(f"{u.name:<24} {','.join(u.roles):<16} {'DISABLED' if u.disabled else ''}")
+        for t in tokens:
+            if t.user != u.name:
+                continue
+            view = _token_view(t)
+            state = "revoked" if t.revoked else f"expires {view['expires']}" if t.expires_ms else "no expiry"
+            lines.append(f"    token {t.token_id}  {state:<28} last used {view['last_used'] or 'never'}  {t.label}")
     emit(data, args.json, "\n".join(lines) or "no users yet (meshnode users add NAME --role read)")
     return EXIT_OK
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from meshnode.sqlite_db import open_database
 from meshnode.storage import audit
 from meshnode.storage.blockstore import DiskFullError
+from meshnode.storage import sqlite_search
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
 from meshnode.storage.records import (
     AddOutcome,
@@ -24,6 +25,7 @@ from meshnode.storage.records import (
     StudySummaryRow,
     hash_uid,
 )
+from meshnode.storage.search import InstanceSummaryRow, Search, SeriesSummaryRow
 from protocol.cid import CID
 from protocol.errors import StorageError
 
@@ -263,6 +265,15 @@ class SqliteMetadataStore:
     def study(self, study_uid: str) -> StudySummaryRow | None:
         rows = self._query(self._SUMMARY + " AND s.study_uid = ?", (study_uid,))
         return self._summary(rows[0]) if rows else None
+
+    def search_studies(self, search: Search) -> list[StudySummaryRow]:
+        return sqlite_search.search_studies(self._query, self._SUMMARY, self._summary, search)
+
+    def search_series(self, search: Search) -> list[SeriesSummaryRow]:
+        return sqlite_search.search_series(self._query, search)
+
+    def search_instances(self, search: Search) -> list[InstanceSummaryRow]:
+        return sqlite_search.search_instances(self._query, search)
 
     def instances(self, study_uid: str) -> list[InstanceRecord]:
         rows = self._query(
