@@ -88,6 +88,10 @@ class Fetcher:
             self.scheduler.remove_manifest(manifest_id)
             self._orders.pop(manifest_id, None)
 
+    def started_at(self, manifest_id: CID) -> float | None:
+        """When fetching this manifest started (this run of the node), for transfer-duration metrics."""
+        return self._started.get(manifest_id)
+
     def peer_lost(self, peer_id: str) -> None:
         self.scheduler.peer_lost(peer_id, self.ctx.clock())
 
@@ -199,6 +203,7 @@ class Fetcher:
                 await trio.to_thread.run_sync(self._store, good)
                 ms = int(now * 1000)
                 await self.ctx.db.run(lambda s: s.record_blocks(received, ms))
+                self.ctx.count_received(request.peer, received)  # metrics hook
             except MeshError as exc:
                 log.error("cannot store received blocks: %s", exc)
                 self.scheduler.request_failed(request.peer, list(request.cids), now)

@@ -28,6 +28,7 @@ from meshnode.node.completion import verify_instances
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.control_routes import routes
 from meshnode.node.delivery import Deliveries
+from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.fetcher import Fetcher
 from meshnode.node.limits import PeerLimits
 from meshnode.node.peers import PeerRegistry
@@ -182,6 +183,9 @@ class Node:
             await ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "failed"))
             await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "verification-failed", Outcome.SERIOUS_FAILURE,
                                        manifest_id=str(manifest_id), detail=str(exc)[:300]))
+            await ctx.events.publish(StudyEvent(StudyEventKind.FAILED, str(manifest_id), manifest.study_uid,
+                                                manifest.sender_org, manifest.priority.value, "received",
+                                                detail=f"verification failed: {exc.name}"))
             return
         event = AuditEvent(EventCode.INSTANCES_TRANSFERRED, "received", actor=manifest.sender_peer,
                            actor_org=manifest.sender_org, study=hash_uid(manifest.study_uid),
@@ -197,6 +201,11 @@ class Node:
             ctx.storage.write_head()  # on the database thread: it reads the newest audit entry
 
         await ctx.db.run(record)
+        started = self.fetcher.started_at(manifest_id)
+        await ctx.events.publish(StudyEvent(
+            StudyEventKind.ARRIVED, str(manifest_id), manifest.study_uid, manifest.sender_org,
+            manifest.priority.value, "received", accession=records[0].study.accession if records else "",
+            instances=len(records), duration_s=ctx.clock() - started if started is not None else None))
         receipt = Receipt(manifest_id, ctx.org, ctx.peer_id, len(records), int(ctx.clock())).sign(ctx.key)
         await self._send_receipt(manifest, manifest_id, receipt.encode())
 
