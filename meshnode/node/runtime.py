@@ -37,6 +37,7 @@ from meshnode.node.sender import Sender, backoff_s
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from meshnode.p2p.host import listen_multiaddrs, running_host
+from meshnode.web.node_web import run_web
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
@@ -95,6 +96,8 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve_control, ControlApp(create_token(ctx.home.path), routes(self)), ctx.home.path)
+                if ctx.config.http.enabled or ctx.config.http.webhooks:
+                    await nursery.start(run_web, self)  # DICOMweb, web UI, metrics, health, webhooks
                 listen = [a.rsplit("/p2p/", 1)[0] for a in addrs]
                 nursery.start_soon(keep_running, "directory registration", lambda: self._register_loop(listen))
                 nursery.start_soon(keep_running, "roster refresh", self._roster_loop)

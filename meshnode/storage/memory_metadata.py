@@ -21,6 +21,8 @@ from meshnode.storage.records import (
     hash_uid,
 )
 from meshnode.storage.search import (
+    AuditQuery,
+    audit_matches,
     InstanceSummaryRow,
     Search,
     SeriesSummaryRow,
@@ -217,6 +219,12 @@ class MemoryMetadataStore:
 
     def audit_entries(self) -> list[AuditEntry]:
         return list(self._audit)
+
+    def search_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        return [e for e in reversed(self._audit) if audit_matches(query, e)][:query.limit]
+
+    def audit_range(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        return [e for e in self._audit if e.seq > after_seq][:limit]
 
     def audit_head(self) -> tuple[int, bytes] | None:
         return (self._audit[-1].seq, self._audit[-1].hash) if self._audit else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from meshnode.storage.audit import AuditEntry
 from meshnode.storage.records import InstanceRecord, SeriesAttributes, StudyAttributes, StudySummaryRow
 from protocol.errors import LocalProtocolError
 
@@ -105,6 +106,30 @@ class InstanceSummaryRow:
     frames: int | None
 
 
+@dataclass(frozen=True)
+class AuditQuery:
+    """Audit entries, newest first: exact code/outcome, substring of action/actor/detail, before a seq."""
+
+    code: int | None = None
+    outcome: int | None = None
+    text: str = ""
+    before_seq: int | None = None
+    limit: int = 200
+
+
+def audit_matches(q: AuditQuery, e: AuditEntry) -> bool:
+    ev = e.event
+    if q.code is not None and int(ev.code) != q.code:
+        return False
+    if q.outcome is not None and int(ev.outcome) != q.outcome:
+        return False
+    if q.before_seq is not None and e.seq >= q.before_seq:
+        return False
+    needle = q.text.lower()
+    return not needle or any(needle in f.lower() for f in (ev.action, ev.actor, ev.actor_org, ev.detail,
+                                                           ev.study, ev.manifest_id))
+
+
 class SearchableStore(Protocol):
     """The search half of MetadataStore (results in a stable order, newest studies first)."""
 
@@ -113,6 +138,12 @@ class SearchableStore(Protocol):
     def search_series(self, search: Search) -> list[SeriesSummaryRow]: ...
 
     def search_instances(self, search: Search) -> list[InstanceSummaryRow]: ...
+
+    def search_audit(self, query: AuditQuery) -> list[AuditEntry]: ...
+
+    def audit_range(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        """Entries with seq > after_seq in order, at most `limit` (to verify the chain in chunks)."""
+        ...
 
 
 def glob_pattern(pattern: str) -> str:

@@ -25,7 +25,7 @@ from meshnode.storage.records import (
     StudySummaryRow,
     hash_uid,
 )
-from meshnode.storage.search import InstanceSummaryRow, Search, SeriesSummaryRow
+from meshnode.storage.search import AuditQuery, InstanceSummaryRow, Search, SeriesSummaryRow
 from protocol.cid import CID
 from protocol.errors import StorageError
 
@@ -487,10 +487,19 @@ class SqliteMetadataStore:
         rows = self._query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
+    def search_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        return sqlite_search.search_audit(self._query, self._audit_rows, query)
+
+    def audit_range(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        return self._audit_rows("WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+
     def audit_entries(self) -> list[AuditEntry]:
+        return self._audit_rows("ORDER BY seq", ())
+
+    def _audit_rows(self, where: str, params: Sequence[object]) -> list[AuditEntry]:
         out = []
         for r in self._query("SELECT seq, at_ms, code, action, outcome, actor, actor_org, study, manifest_id,"
-                             " detail, prev_hash, hash FROM audit ORDER BY seq"):
+                             f" detail, prev_hash, hash FROM audit {where}", params):
             event = AuditEvent(_event_code(r[2]), str(r[3]), _outcome(r[4]), str(r[5]), str(r[6]), str(r[7]),
                                str(r[8]), str(r[9]))
             out.append(AuditEntry(int(r[0]), int(r[1]), event, bytes(r[10]), bytes(r[11])))

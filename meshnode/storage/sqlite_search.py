@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from meshnode.storage.audit import AuditEntry
 from meshnode.storage.records import SeriesAttributes, StudyAttributes, StudySummaryRow
 from meshnode.storage.search import (
+    AuditQuery,
     CASE_INSENSITIVE,
     InstanceSummaryRow,
     ListMatch,
@@ -114,3 +116,25 @@ def search_instances(query: Query, search: Search) -> list[InstanceSummaryRow]:
                            opt(r[20]))
         for r in query(sql, [*params, search.limit, search.offset])
     ]
+
+
+def search_audit(query: Query, rows: Callable[[str, Sequence[object]], list[AuditEntry]],
+                 q: AuditQuery) -> list[AuditEntry]:
+    parts: list[str] = []
+    params: list[object] = []
+    if q.code is not None:
+        parts.append("code = ?")
+        params.append(q.code)
+    if q.outcome is not None:
+        parts.append("outcome = ?")
+        params.append(q.outcome)
+    if q.before_seq is not None:
+        parts.append("seq < ?")
+        params.append(q.before_seq)
+    if q.text:
+        like = "%" + q.text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        parts.append("(" + " OR ".join(f"lower({c}) LIKE ? ESCAPE '\\'" for c in
+                                       ("action", "actor", "actor_org", "detail", "study", "manifest_id")) + ")")
+        params.extend([like] * 6)
+    where = ("WHERE " + " AND ".join(parts)) if parts else ""
+    return rows(f"{where} ORDER BY seq DESC LIMIT ?", [*params, q.limit])
