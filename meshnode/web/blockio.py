@@ -36,6 +36,10 @@ class InstanceReader(io.RawIOBase):
         self._pos = 0
         self._cached: tuple[int, bytes] | None = None
 
+    @property
+    def name(self) -> str:
+        return ""  # pydicom records it as the data set's filename
+
     def readable(self) -> bool:
         return True
 
