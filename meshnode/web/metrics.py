@@ -101,7 +101,7 @@ class Text:
         for key, h in sorted(hists.items()):
             counts = h.counts or [0] * len(h.buckets)
             for bound, count in zip(h.buckets, counts):
-                self.lines.append(f"{name}_bucket{_labels({label: key, 'le': _num(bound)})} {count}")
+                self.lines.append(f"{name}_bucket{_labels({label: key, 'le': repr(float(bound))})} {count}")
             self.lines.append(f"{name}_bucket{_labels({label: key, 'le': '+Inf'})} {h.n}")
             self.lines.append(f"{name}_sum{_labels({label: key})} {_num(h.total)}")
             self.lines.append(f"{name}_count{_labels({label: key})} {h.n}")
