@@ -8,14 +8,13 @@ so the CLI and the UI never disagree; the UI adds what a person needs
 from __future__ import annotations
 
 import logging
-import shutil
 from typing import TYPE_CHECKING, Any
 
-import trio
 from libp2p.peer.id import ID
 
 from meshnode.describe import iso
 from meshnode.node.control_routes import routes
+from meshnode.node.health import node_health
 from meshnode.p2p.dial import is_connected
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import hash_uid
@@ -31,8 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPIRING_S = 14 * 86400
-DISK_LOW_BYTES = 1 << 30
-HEALTH_TIMEOUT_S = 5.0
 
 Row = dict[str, Any]
 
@@ -175,39 +172,7 @@ class NodeView:
         )
 
     async def health(self) -> tuple[bool, Row]:
-        """Ready to serve? database answering, roster and certificate valid, disk not full."""
-        ctx = self.ctx
-        now = ctx.clock()
-        checks: Row = {}
-        ok = True
-        with trio.move_on_after(HEALTH_TIMEOUT_S) as scope:
-            try:
-                await ctx.db.run(lambda s: s.audit_head())
-                checks["database"] = "ok"
-            except MeshError as exc:
-                checks["database"] = f"failing: {exc}"
-                ok = False
-        if scope.cancelled_caught:
-            checks["database"] = f"no answer within {HEALTH_TIMEOUT_S:g} s"
-            ok = False
-        roster = ctx.peers.guard.current
-        if roster is None or roster.document.expires_at <= now:
-            checks["roster"] = "expired or missing: peers cannot be verified"
-            ok = False
-        else:
-            checks["roster"] = f"version {roster.document.version}, expires {iso(roster.document.expires_at)}"
-        not_after = ctx.certificate.document.not_after
-        if not_after <= now:
-            checks["certificate"] = f"expired {iso(not_after)}"
-            ok = False
-        else:
-            checks["certificate"] = f"valid until {iso(not_after)}"
-        free = shutil.disk_usage(ctx.home.path).free
-        checks["disk_free_bytes"] = free
-        if free < DISK_LOW_BYTES:
-            checks["disk"] = "less than 1 GiB free"
-            ok = False
-        return ok, checks
+        return await node_health(self.ctx)
 
 
 def _validity(not_after: int, now: float) -> str:

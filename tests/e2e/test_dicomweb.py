@@ -7,6 +7,7 @@ and roles, the audit trail of every access, /metrics and /health.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class Site:
     writer: str  # write only
     studies: dict[str, list[Path]]  # name -> files
     uids: dict[str, str]  # name -> StudyInstanceUID
+    systemd: socket.socket  # where the node sends its sd_notify messages
 
     def client(self, token: str | None = None) -> DICOMwebClient:
         headers = {"Authorization": f"Bearer {token or self.token}"} if token != "" else {}
@@ -57,6 +59,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         node = mesh.setup([("a", "RGT", "Org A")], start=False)["a"]
         enable_http(node)
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(root / "notify.sock"))
+        notify.settimeout(30)
+        mesh.ws.env.update(NOTIFY_SOCKET=str(root / "notify.sock"), WATCHDOG_USEC="1000000")
         mesh.start(node)
         studies = {
             "ct1": study_files(root, "ct1", slices=12, seed=11, patient_id="P1", patient_name="DOE^JANE",
@@ -72,9 +78,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             uids[name] = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         token = add_user(mesh, node, "alice", "read", "audit")
         writer = add_user(mesh, node, "modality", "write")
-        yield Site(mesh, node, http_url(node), token, writer, studies, uids)
+        yield Site(mesh, node, http_url(node), token, writer, studies, uids, notify)
     finally:
         mesh.close()
+        notify.close()
 
 
 def study_uids(results: list[dict[str, dict[str, object]]]) -> list[str]:
@@ -228,3 +235,9 @@ def test_metrics_and_health(site: Site) -> None:
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert set(health.json()["checks"]) >= {"database", "roster", "certificate", "disk_free_bytes"}
     assert requests.get(site.url + "/health/live", timeout=30).json() == {"status": "alive"}
+
+
+def test_systemd_ready_and_watchdog(site: Site) -> None:
+    messages = set()
+    while not {"READY=1", "WATCHDOG=1"} <= messages:
+        messages.add(site.systemd.recv(4096).decode())  # bounded by the socket's 30 s timeout
