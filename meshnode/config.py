@@ -6,6 +6,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshnode.gateway.config import SECTIONS as GATEWAY_SECTIONS
+from meshnode.gateway.config import GatewayConfig, parse_gateway
 from meshnode.web.config import HttpConfig, HttpConfigError, parse_http
 from protocol.address_record import check_multiaddr_text
 from protocol.document import DEFAULT_SKEW
@@ -74,6 +76,7 @@ class NodeConfig:
     max_requests_per_second: int = 500
     request_timeout: int = 30
     upload_mb_per_s: float = 0.0
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     #: [http] and [[webhook]]: DICOMweb, web UI, metrics, health, webhooks (meshnode.web.config)
     http: HttpConfig = field(default_factory=HttpConfig)
 
@@ -103,7 +106,7 @@ class NodeConfig:
             max_rate=self.max_requests_per_second,
             request_timeout=self.request_timeout,
             upload=self.upload_mb_per_s,
-        ) + self.http.render()
+        ) + self.gateway.render() + self.http.render()
 
 
 def _section(doc: dict[str, object], name: str, keys: set[str]) -> dict[str, object]:
@@ -133,7 +136,7 @@ def parse_config(text: str, source: str = "node.toml", home: Path | None = None)
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    unknown = set(doc) - {"node", "directory", "trust", "limits", "http", "webhook"}
+    unknown = set(doc) - {"node", "directory", "trust", "limits", "http", "webhook"} - GATEWAY_SECTIONS
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
     node = _section(doc, "node", {"org", "listen", "auto_fetch"})
@@ -164,6 +167,7 @@ def parse_config(text: str, source: str = "node.toml", home: Path | None = None)
         keys = tuple(
             PublicKey.from_peer_id(k) for k in _str_list(trust.get("authority_keys", []), "[trust] authority_keys")
         )
+        gateway = parse_gateway(doc)
         http = parse_http(doc.get("http"), doc.get("webhook"), home)
     except ConfigError:
         raise
@@ -187,6 +191,7 @@ def parse_config(text: str, source: str = "node.toml", home: Path | None = None)
                                      "[limits] max_requests_per_second", 1, 100_000),
         request_timeout=_int(limits.get("request_timeout_seconds", 30), "[limits] request_timeout_seconds", 1, 3600),
         upload_mb_per_s=float(upload),
+        gateway=gateway,
         http=http,
     )
 

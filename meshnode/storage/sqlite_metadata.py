@@ -98,7 +98,27 @@ MIGRATIONS = (
     ) STRICT;
     ALTER TABLE transfers ADD COLUMN served_by TEXT NOT NULL DEFAULT '{}'
     """,
-    # HTTP: DICOMweb/UI users and their API tokens (hashes only), the webhook retry queue
+    # 3: the gateway (meshnode.storage.sqlite_gateway): quiet-period announcements, forward queue
+    """
+    CREATE TABLE gateway_announcements (
+        study_uid TEXT NOT NULL, route TEXT NOT NULL, state TEXT NOT NULL, instances INTEGER NOT NULL,
+        first_ms INTEGER NOT NULL, last_instance_ms INTEGER NOT NULL, revision INTEGER NOT NULL,
+        manifest_id BLOB, announced_ms INTEGER, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        PRIMARY KEY (study_uid, route)
+    ) STRICT;
+    CREATE INDEX gateway_announcements_by_state ON gateway_announcements (state);
+    CREATE TABLE forward_items (
+        manifest_id BLOB NOT NULL, destination TEXT NOT NULL, seq INTEGER NOT NULL,
+        sop_instance_uid TEXT NOT NULL, digest BLOB NOT NULL, study_uid TEXT NOT NULL, priority INTEGER NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, status INTEGER, enqueued_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (manifest_id, destination, sop_instance_uid)
+    ) STRICT;
+    CREATE INDEX forward_items_due ON forward_items (destination, state, priority, next_attempt_ms);
+    CREATE INDEX forward_items_held ON forward_items (destination, sop_instance_uid, digest, state)
+    """,
+    # 4: HTTP: DICOMweb/UI users and their API tokens (hashes only), the webhook retry queue
     """
     CREATE TABLE users (
         name TEXT PRIMARY KEY, roles TEXT NOT NULL, created_ms INTEGER NOT NULL, disabled INTEGER NOT NULL
