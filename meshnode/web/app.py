@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from meshnode.dicom.errors import DicomError
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.web.auth import SESSION_COOKIE, Authenticator, Principal, bearer_or_basic
 from meshnode.web.config import HttpConfig
@@ -43,6 +44,8 @@ Handler = Callable[[Request, Send], Awaitable[None]]
 AuditFn = Callable[[AuditEvent], Awaitable[None]]
 ACCESS = ("public", "status", "metrics", "read", "write", "audit")
 FAILURE_AUDIT_EVERY_S = 10.0
+#: after refusing a request, read at most this much of the rest of its body before answering
+DRAIN_MAX = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -130,16 +133,14 @@ class WebApp:
             await self._dispatch(request, counting)
         except ClientDisconnected:
             log.info("client %s went away during %s %s", request.client, request.method, request.route_name)
-        except HttpError as exc:
+        except (HttpError, MeshError) as exc:
+            error = exc if isinstance(exc, HttpError) else mesh_http_error(exc)
             if status[0]:
                 log.warning("%s %s failed after the response started: %s", request.method, request.route_name, exc)
             else:
-                await send_error(counting, exc)
-        except MeshError as exc:
-            if status[0]:
-                log.warning("%s %s failed after the response started: %s", request.method, request.route_name, exc)
-            else:
-                await send_error(counting, mesh_http_error(exc))
+                # an unauthenticated sender is not worth reading 64 MiB for: its connection closes
+                drained = await request.drain(DRAIN_MAX if request.principal else 1 << 20)
+                await send_error(counting, error, close=not drained)
         except trio.Cancelled:
             raise
         except Exception:
@@ -204,6 +205,8 @@ class WebApp:
 
 
 def mesh_http_error(exc: MeshError) -> HttpError:
+    if isinstance(exc, DicomError):
+        return HttpError(400, f"{exc.name}: {exc}", code=exc.name)
     if isinstance(exc, UnauthorisedError):
         return HttpError(403, str(exc), code=exc.name)
     if isinstance(exc, NotFoundError):

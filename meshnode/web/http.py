@@ -54,6 +54,7 @@ class Request:
     principal: Principal | None = None
     route_name: str = ""
     _consumed: bool = False
+    _body_done: bool = False
 
     @property
     def method(self) -> str:
@@ -123,15 +124,37 @@ class Request:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
+                self._body_done = True
                 raise ClientDisconnected()
             chunk = message.get("body", b"")
             size += len(chunk)
+            if not message.get("more_body"):
+                self._body_done = True
             if size > limit:
                 raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
             if chunk:
                 yield chunk
-            if not message.get("more_body"):
+            if self._body_done:
                 return
+
+    async def drain(self, most: int) -> bool:
+        """Read and drop what is left of the body (so a client that sends all before it reads sees
+        our answer), up to `most` bytes; False if more is left (the connection should then close)."""
+        if self._body_done or (not self._consumed and self.method in ("GET", "HEAD")
+                               and not self.content_length):
+            return True
+        self._consumed = True
+        dropped = 0
+        while dropped <= most:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self._body_done = True
+                return True
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body"):
+                self._body_done = True
+                return True
+        return False
 
     async def body(self, limit: int) -> bytes:
         return b"".join([c async for c in self.chunks(limit)])
@@ -177,5 +200,6 @@ async def send_json(send: Send, status: int, value: object, content_type: str = 
     await send_bytes(send, status, json.dumps(value, sort_keys=True).encode(), content_type, headers)
 
 
-async def send_error(send: Send, error: HttpError) -> None:
-    await send_json(send, error.status, {"error": error.code, "message": error.message}, headers=error.headers)
+async def send_error(send: Send, error: HttpError, close: bool = False) -> None:
+    headers = [*error.headers, *([(b"connection", b"close")] if close else [])]
+    await send_json(send, error.status, {"error": error.code, "message": error.message}, headers=headers)
