@@ -23,6 +23,7 @@ from meshnode.control.token import create_token
 from meshnode.directory_cache import DirectoryCache, FileRosterVersionStore
 from meshnode.directory_client import DirectoryClient
 from meshnode.directory_transport import directory_peer_id, libp2p_transport
+from meshnode.gateway.service import Gateway
 from meshnode.home import NodeHome
 from meshnode.node.completion import verify_instances
 from meshnode.node.context import NodeContext, keep_running
@@ -89,6 +90,7 @@ class Node:
         self.sessions = Sessions(ctx, self.wire)
         self.fetcher = Fetcher(ctx, self.wire, self.sessions, self._completed)
         self.deliveries = Deliveries(ctx, self.wire, self.sessions)
+        self.gateway = Gateway(ctx, self.sender)
         self.wire.serve()
         addrs = listen_multiaddrs(host)
         await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "node-start", actor=ctx.peer_id,
@@ -96,6 +98,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve_control, ControlApp(create_token(ctx.home.path), routes(self)), ctx.home.path)
+                await nursery.start(self.gateway.run)
                 if ctx.config.http.enabled or ctx.config.http.webhooks:
                     await nursery.start(run_web, self)  # DICOMweb, web UI, metrics, health, webhooks
                 listen = [a.rsplit("/p2p/", 1)[0] for a in addrs]
@@ -204,6 +207,7 @@ class Node:
             ctx.storage.write_head()  # on the database thread: it reads the newest audit entry
 
         await ctx.db.run(record)
+        await self.gateway.received(signed)  # queued for the PACS, sent once the receipt is
         started = self.fetcher.started_at(manifest_id)
         await ctx.events.publish(StudyEvent(
             StudyEventKind.ARRIVED, str(manifest_id), manifest.study_uid, manifest.sender_org,
@@ -220,11 +224,13 @@ class Node:
                 await self.wire.deliver_receipt(manifest.sender_peer, receipt)
                 await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "receipted"))
                 log.info("receipt for %s delivered to %s", manifest_id, manifest.sender_org)
-                return
             except MeshError as exc:
                 attempts += 1
                 log.warning("receipt for %s not delivered (attempt %d): %s", manifest_id, attempts, exc)
                 await trio.sleep(backoff_s(attempts))
+                continue
+            await self.gateway.receipted(manifest_id)  # the PACS forward may start
+            return
 
     async def _resume(self, nursery: trio.Nursery) -> None:
         """Restart unfinished transfers and undelivered receipts from what is on disk."""
