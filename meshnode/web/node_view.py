@@ -86,10 +86,12 @@ class NodeView:
             for peer, n in r["served_by"].items():
                 org = self._peer_org(peer)
                 served[org] = served.get(org, 0) + n
-            row = {k: v for k, v in r.items() if k not in ("study_uid", "served_by")}
+            row = {k: v for k, v in r.items() if k not in ("study_uid", "served_by", "forward")}
             row["served_by_org"] = served
             row["study"] = hash_uid(r["study_uid"])
-            row.setdefault("forwarded", None)  # the PACS forward state, when a forward queue reports it
+            # the auto-forward to the local PACS, per destination (None: no PACS configured)
+            forward = r.get("forward") or {}
+            row["forwarded"] = [{"destination": dest, **progress} for dest, progress in sorted(forward.items())] or None
             fact = facts.get(r["manifest_id"])
             if fact is not None:
                 row["modality"] = fact[1].modality
@@ -143,8 +145,7 @@ class NodeView:
             "peers": peers,
         }
 
-    async def metrics_snapshot(self, webhook_counts: dict[tuple[str, str], int],
-                               forward_failures: dict[str, int]) -> MetricsSnapshot:
+    async def metrics_snapshot(self, webhook_counts: dict[tuple[str, str], int]) -> MetricsSnapshot:
         ctx = self.ctx
 
         def load(store: MetadataStore) -> tuple[int, int, dict[tuple[str, str], int], int]:
@@ -159,8 +160,13 @@ class NodeView:
         roster = ctx.peers.guard.current
         certs = [("own", ctx.org, ctx.peer_id, ctx.certificate.document.not_after)]
         certs += [("peer", p.org, pid, p.certificate.document.not_after) for pid, p in sorted(ctx.peers.peers().items())]
+        gateway = self.node.gateway
+        forward = await ctx.db.run(lambda _: gateway.state.forward_counts())
         queues = {"fetch": len(self.node.fetcher.active), "deliveries": deliveries,
-                  "webhooks": sum(n for (_, state), n in webhook_counts.items() if state == "pending")}
+                  "webhooks": sum(n for (_, state), n in webhook_counts.items() if state == "pending"),
+                  "forward": sum(n for counts in forward.values() for state, n in counts.items()
+                                 if state in ("pending", "waiting")),
+                  "announcements": len(gateway.announcer.pending())}
         return MetricsSnapshot(
             org=ctx.org, peer_id=ctx.peer_id, now=ctx.clock(), sent=dict(ctx.served), received=dict(ctx.received),
             queues=queues, certificates=certs,
@@ -168,7 +174,7 @@ class NodeView:
             roster_issued_at=roster.document.issued_at if roster else None,
             roster_expires_at=roster.document.expires_at if roster else None,
             audit_entries=audit_len, studies=studies, manifests=manifests, webhooks=webhook_counts,
-            forward_failures=forward_failures,
+            forward_failures=dict(self.node.gateway.forward_failures),
         )
 
     async def health(self) -> tuple[bool, Row]:

@@ -25,6 +25,7 @@ from meshnode.web.ops import Ops
 from meshnode.web.qido import Qido
 from meshnode.web.server import serve_http
 from meshnode.web.services import WebServices
+from meshnode.web.stow import Stow
 from meshnode.web.ui import Ui
 from meshnode.web.wado import Wado
 from meshnode.web.webhooks import Webhooks
@@ -64,12 +65,13 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
 
                 async def snapshot() -> MetricsSnapshot:
                     counts = await trio.to_thread.run_sync(queue.counts)
-                    return await view.metrics_snapshot(counts, {})
+                    return await view.metrics_snapshot(counts)
 
                 routes: list[Route] = [
                     *Ops(view.health, snapshot, events, lambda: app_holder[0]).routes(),
                     *Qido(services).routes(),
                     *Wado(services).routes(),
+                    *Stow(services, lambda: node.gateway.intake, lambda: ctx.config.gateway.routes).routes(),
                     *Ui(services, auth, view, ChainVerifier(ctx.db, ctx.storage, ctx.clock),
                         lambda: ctx.changed).routes(),
                 ]

@@ -25,7 +25,7 @@ from selenium.webdriver.common.by import By
 from meshnode.web.webhooks import verify_signature
 from tests.e2e.web import WebhookReceiver, add_user, enable_http, http_url
 from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace
+from tools.demo.workspace import Workspace, free_tcp_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -83,7 +83,9 @@ def test_inbox_live_in_chromium_and_webhooks(tmp_path: Path, browser: webdriver.
         a, b = nodes["a"], nodes["b"]
         with open(a.home / "node.toml", "a", encoding="utf-8") as f:
             f.write(webhook(at_a, SECRET_A, '["delivered", "failed"]'))
-        enable_http(b, webhook(at_b, SECRET_B, '["announced", "arrived", "failed"]'))
+        # B forwards to a PACS that is down: the inbox shows the forward retrying
+        pacs = f'\n[[pacs]]\nname = "pacs1"\nae_title = "PACS1"\nhost = "127.0.0.1"\nport = {free_tcp_port()}\n'
+        enable_http(b, webhook(at_b, SECRET_B, '["announced", "arrived", "failed"]') + pacs)
         mesh.start(a)
         mesh.start(b)
         token = add_user(mesh, b, "radiologist", "read", "audit")
@@ -114,6 +116,7 @@ def test_inbox_live_in_chromium_and_webhooks(tmp_path: Path, browser: webdriver.
         assert partial, f"no intermediate progress shown: {seen}"
         assert seen[-1].startswith("100.0"), seen
         assert browser.execute_script("return window.__loadMarker;") == "same page"  # no reload
+        wait("the PACS forward state", lambda: "pacs1: forwarding" in (row_cells(browser, manifest) or [""] * 10)[9])
         ARTIFACTS.mkdir(exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "ui-inbox.png"))
 

@@ -69,11 +69,9 @@ function study(row, identifiers) {
 }
 
 function forwarded(value) {
-  if (value === null || value === undefined) return el("span", { class: "muted" }, "\u2014");
-  if (typeof value === "string") return el("span", { class: "state-" + value }, value);
-  const state = value.state || "";
-  return el("span", { class: "state-" + state, title: value.last_error || "" },
-    state + (value.destination ? ` (${value.destination})` : ""));
+  if (!value || !value.length) return el("span", { class: "muted", title: "no PACS forward configured" }, "\u2014");
+  return el("span", {}, ...value.map((d) => el("div", { class: "state-" + d.state, title: d.last_error || "" },
+    `${d.destination}: ${d.state}`, el("span", { class: "muted" }, ` ${d.sent}/${d.total}`))));
 }
 
 const render = {
