@@ -27,7 +27,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,7 +115,6 @@ class StudyIntake:
         self.chunk_size = chunk_size
         self._clock = clock
         self._workers = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        self._pool = ThreadPoolExecutor(max_workers=2 * max(2, os.cpu_count() or 2), thread_name_prefix="intake")
         self._queue: list[_Pending] = []
         self._committing = False
         self._idle = trio.Event()
@@ -159,12 +157,8 @@ class StudyIntake:
         """Check the instance and make its blocks durable. Synchronous; safe on any thread.
 
         `expect`: the (SOP Class UID, SOP Instance UID) the data set must have (a
-        C-STORE request names them); SopMismatchError otherwise.
-
-        Once the structural scan has accepted the bytes (so nothing is written
-        for garbage), the blocks are written and synced and the hashes computed
-        on helper threads while this one reads the attributes with pydicom; an
-        instance refused by that check has its temp files removed, unnamed.
+        C-STORE request names them); SopMismatchError otherwise. Nothing is
+        written before every check has passed.
         """
         source = source[:MAX_SOURCE_CHARS]
         try:
@@ -172,22 +166,15 @@ class StudyIntake:
                 raise DicomLimitError(f"instance of {len(data)} bytes exceeds the limit of "
                                       f"{self.max_instance_bytes} bytes")
             layout = scan_layout_bytes(data)
-            ranges = block_ranges(layout, self.chunk_size)
+            plan = plan_layout(data, layout)
+            if expect is not None and (plan.attributes.sop_class_uid, plan.attributes.sop_instance_uid) != expect:
+                raise SopMismatchError("the data set's SOP Class or SOP Instance UID is not the one "
+                                       "the request names")
+            ranges = block_ranges(plan, self.chunk_size)
             view = memoryview(data)
-            hashing = self._pool.submit(_hashes, view, ranges)
-            writing = self._pool.submit(self._write_blocks, view, ranges)
-            try:
-                plan = plan_layout(data, layout)
-                if expect is not None and (plan.attributes.sop_class_uid,
-                                           plan.attributes.sop_instance_uid) != expect:
-                    raise SopMismatchError("the data set's SOP Class or SOP Instance UID is not the one "
-                                           "the request names")
-            except BaseException:
-                self._discard(writing)
-                hashing.result()
-                raise
-            cids, digest = hashing.result()
-            written = writing.result()
+            cids = [CID(hashlib.sha256(view[start:end]).digest()) for start, end in ranges]
+            digest = hashlib.sha256(view).digest()
+            written = self._write_blocks(view, ranges)
             self.storage.blocks.place(list(zip(written, cids)))
         except MeshError as exc:
             self.counters.refused += 1
@@ -208,13 +195,6 @@ class StudyIntake:
             blocks.discard_temp(written)
             raise
         return written
-
-    def _discard(self, writing: Future[list[Path]]) -> None:
-        try:
-            written = writing.result()
-        except MeshError:
-            return  # _write_blocks cleaned up after itself
-        self.storage.blocks.discard_temp(written)
 
     # -- step 2: metadata (trio) ---------------------------------------------------------------
     async def commit(self, prepared: PreparedInstance, route: Route | None) -> StoredInstance:
@@ -309,7 +289,3 @@ class StudyIntake:
                                             + (f", route {route}" if route else ", no route (kept here)")))
         return events
 
-
-def _hashes(view: memoryview, ranges: Sequence[tuple[int, int]]) -> tuple[list[CID], bytes]:
-    """The CID of every block and the sha256 of the whole instance (hashlib releases the GIL)."""
-    return [CID(hashlib.sha256(view[start:end]).digest()) for start, end in ranges], hashlib.sha256(view).digest()

@@ -71,7 +71,7 @@ class StoreScp:
             limit = self.intake.max_instance_bytes
             return self._refuse(info, OUT_OF_RESOURCES, f"instance exceeds the limit of {limit} bytes",
                                 sop_instance, EventCode.SECURITY_ALERT)
-        dataset = req.DataSet.getvalue() if req.DataSet is not None else b""
+        dataset = req.DataSet.getbuffer() if req.DataSet is not None else memoryview(b"")
         transfer_syntax = str(event.context.transfer_syntax)
         data = part10_file(dataset, sop_class, sop_instance, transfer_syntax, info.calling_ae)
         try:
