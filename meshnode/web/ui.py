@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 PAGES = ("inbox", "outbox", "peers", "audit")
 PUSH_EVERY_S = 1.0
+MIN_PUSH_S = 0.25
+MAX_ROWS = 500  # newest first; older studies are in `meshnode inbox|outbox --json`
 KEEPALIVE_S = 15.0
 CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
        b" frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -143,10 +145,10 @@ class Ui:
 
     async def page(self, page: str, request: Request) -> Any:
         if page == "inbox":
-            return {"rows": await self.view.inbox(self._identifiers(request)),
+            return {"rows": (await self.view.inbox(self._identifiers(request)))[:MAX_ROWS],
                     "identifiers": self._identifiers(request)}
         if page == "outbox":
-            return {"rows": await self.view.outbox(self._identifiers(request)),
+            return {"rows": (await self.view.outbox(self._identifiers(request)))[:MAX_ROWS],
                     "identifiers": self._identifiers(request)}
         if page == "peers":
             return await self.view.peers()
@@ -215,7 +217,9 @@ class Ui:
             elif quiet >= KEEPALIVE_S:
                 await send_body(send, b": keepalive\n\n")
                 quiet = 0.0
-            with trio.move_on_after(PUSH_EVERY_S):
+            # at most one recomputation per MIN_PUSH_S however busy the node is, at least one per PUSH_EVERY_S
+            await trio.sleep(MIN_PUSH_S)
+            with trio.move_on_after(PUSH_EVERY_S - MIN_PUSH_S):
                 await changed.wait()
             quiet += PUSH_EVERY_S
 
