@@ -79,7 +79,7 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             raise StorageError(f"{path}: no such file or folder")
 
 
-def _record(plan: InstancePlan, blocks: Sequence[CID], sizes: Sequence[int], size: int, digest: bytes,
+def instance_record(plan: InstancePlan, blocks: Sequence[CID], sizes: Sequence[int], size: int, digest: bytes,
             source: Source) -> InstanceRecord:
     a = plan.attributes
     return InstanceRecord(
@@ -140,7 +140,7 @@ def stage_file(path: Path, blocks: BlockStore, chunk_size: int, source: Source =
     except BaseException:
         blocks.discard_staged(staged)
         raise
-    return StagedInstance(_record(plan, cids, sizes, hashed.size, hashed.digest(), source), tuple(staged))
+    return StagedInstance(instance_record(plan, cids, sizes, hashed.size, hashed.digest(), source), tuple(staged))
 
 
 class Ingester:

@@ -92,6 +92,13 @@ def scan_layout(path: Path) -> FileLayout:
         return _scan(ByteSource(stream, size))
 
 
+def scan_layout_bytes(data: bytes) -> FileLayout:
+    """The byte layout of a DICOM file held in memory (a received C-STORE or STOW-RS part)."""
+    if not data:
+        raise NotDicomError("empty file")
+    return _scan(ByteSource(io.BytesIO(data), len(data)))
+
+
 def _scan(src: ByteSource) -> FileLayout:
     flags: set[str] = set()
     if src.read(128, 4) == b"DICM":

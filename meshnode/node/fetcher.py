@@ -118,6 +118,10 @@ class Fetcher:
         self._fetched.discard(manifest_id)
         self._dirty.discard(manifest_id)
 
+    def started_at(self, manifest_id: CID) -> float | None:
+        """When fetching this manifest started (this run of the node), for transfer-duration metrics."""
+        return self._started.get(manifest_id)
+
     def peer_lost(self, peer_id: str) -> None:
         self.scheduler.peer_lost(peer_id, self.ctx.clock())
 
@@ -251,6 +255,7 @@ class Fetcher:
             if s.outcome is Outcome.DURABLE:
                 self.scheduler.block_received(s.peer, s.cid, True, now)
                 durable.append(s.cid)
+                self.ctx.count_received(s.peer, [(s.cid, s.size)])  # metrics
             elif s.outcome is Outcome.CORRUPT:
                 self.scheduler.block_received(s.peer, s.cid, False, now)
                 await self.ctx.audit(AuditEvent(

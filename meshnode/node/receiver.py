@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from meshnode.node.context import NodeContext
+from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.policy import authorise_manifest_access
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
@@ -83,6 +84,9 @@ class Receiver:
                                    actor_org=manifest.sender_org, study=hash_uid(manifest.study_uid),
                                    manifest_id=str(manifest_id),
                                    detail=f"{manifest.priority.value}, {len(manifest.instances)} instance(s)"))
+        await ctx.events.publish(StudyEvent(StudyEventKind.ANNOUNCED, str(manifest_id), manifest.study_uid,
+                                            manifest.sender_org, manifest.priority.value, "received",
+                                            instances=len(manifest.instances)))
         log.info("accepted %s manifest %s from %s", manifest.priority.value, manifest_id, manifest.sender_org)
         await self.on_accepted(signed, now)
         return manifest_id

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from meshnode.manifest_builder import build_manifest
 from meshnode.node.context import NodeContext
+from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.receiver import block_order
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.metadata import MetadataStore
@@ -105,6 +106,9 @@ class Sender:
                                    manifest_id=str(receipt.manifest_id),
                                    detail=f"signed receipt for {receipt.instances_verified} instance(s)"))
         log.info("manifest %s delivered to %s (receipt verified)", receipt.manifest_id, receipt.recipient_org)
+        await ctx.events.publish(StudyEvent(StudyEventKind.DELIVERED, str(receipt.manifest_id), row.study_uid,
+                                            receipt.recipient_org, manifest.priority.value, "sent",
+                                            instances=receipt.instances_verified))
 
     async def recall(self, manifest_id: CID, reason: str) -> Signed[Recall]:
         ctx = self.ctx

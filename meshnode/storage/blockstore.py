@@ -223,6 +223,65 @@ class BlockStore:
             self.discard_staged(staged)
             raise _storage_error("cannot make blocks durable", exc) from None
 
+    def write_temp_durable(self, data: bytes | memoryview) -> Path:
+        """Write data to a new temp file in the store and fdatasync it; the CID may not be known yet.
+
+        Once durable its pages are dropped from the page cache: the block is on
+        disk, and the next write reuses that memory instead of claiming fresh
+        pages. `place` then names it by its CID. A crash leaves only the temp
+        file, which `recover()` removes.
+        """
+        if len(data) > MAX_BLOCK_SIZE:
+            raise StorageError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
+        tmp = self.tmp_dir / f"incoming.{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.discard_temp([tmp])
+            raise _storage_error("cannot store a block", exc) from None
+        return tmp
+
+    def place(self, written: Sequence[tuple[Path, CID]], present: Sequence[CID] = ()) -> None:
+        """Rename durable temp files (write_temp_durable) to their CIDs and sync their folders.
+
+        A block already stored under its CID keeps its file (the temp one goes).
+        `present` are other blocks of the same instance, already stored: their
+        folders are synced too, since the writer that renamed them into place
+        may not have synced its folder yet. The fan-out folders themselves are
+        durable since the store was created.
+        """
+        parents = {self.path_of(cid).parent for cid in present}
+        try:
+            for tmp, cid in written:
+                final = self.path_of(cid)
+                if final.exists():
+                    tmp.unlink()
+                else:
+                    os.replace(tmp, final)
+                parents.add(final.parent)
+            for folder in sorted(parents):
+                _fsync_dir(folder)
+        except OSError as exc:
+            self.discard_temp([tmp for tmp, _ in written])
+            raise _storage_error("cannot make blocks durable", exc) from None
+
+    def discard_temp(self, paths: Sequence[Path]) -> None:
+        for path in paths:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove temp block %s: %s", path.name, exc)
+
     def discard_staged(self, staged: Sequence[StagedBlock]) -> None:
         for block in staged:
             try:

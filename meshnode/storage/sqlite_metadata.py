@@ -12,6 +12,7 @@ from pathlib import Path
 from meshnode.sqlite_db import open_database
 from meshnode.storage import audit
 from meshnode.storage.blockstore import DiskFullError
+from meshnode.storage import sqlite_search
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
 from meshnode.storage.records import (
     AddOutcome,
@@ -24,6 +25,7 @@ from meshnode.storage.records import (
     StudySummaryRow,
     hash_uid,
 )
+from meshnode.storage.search import AuditQuery, InstanceSummaryRow, Search, SeriesSummaryRow
 from protocol.cid import CID
 from protocol.errors import StorageError
 
@@ -95,6 +97,45 @@ MIGRATIONS = (
         PRIMARY KEY (manifest_id, org)
     ) STRICT;
     ALTER TABLE transfers ADD COLUMN served_by TEXT NOT NULL DEFAULT '{}'
+    """,
+    # 3: the gateway (meshnode.storage.sqlite_gateway): quiet-period announcements, forward queue
+    """
+    CREATE TABLE gateway_announcements (
+        study_uid TEXT NOT NULL, route TEXT NOT NULL, state TEXT NOT NULL, instances INTEGER NOT NULL,
+        first_ms INTEGER NOT NULL, last_instance_ms INTEGER NOT NULL, revision INTEGER NOT NULL,
+        manifest_id BLOB, announced_ms INTEGER, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        PRIMARY KEY (study_uid, route)
+    ) STRICT;
+    CREATE INDEX gateway_announcements_by_state ON gateway_announcements (state);
+    CREATE TABLE forward_items (
+        manifest_id BLOB NOT NULL, destination TEXT NOT NULL, seq INTEGER NOT NULL,
+        sop_instance_uid TEXT NOT NULL, digest BLOB NOT NULL, study_uid TEXT NOT NULL, priority INTEGER NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, status INTEGER, enqueued_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (manifest_id, destination, sop_instance_uid)
+    ) STRICT;
+    CREATE INDEX forward_items_due ON forward_items (destination, state, priority, next_attempt_ms);
+    CREATE INDEX forward_items_held ON forward_items (destination, sop_instance_uid, digest, state)
+    """,
+    # 4: HTTP: DICOMweb/UI users and their API tokens (hashes only), the webhook retry queue
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY, roles TEXT NOT NULL, created_ms INTEGER NOT NULL, disabled INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE api_tokens (
+        token_hash BLOB PRIMARY KEY, token_id TEXT NOT NULL UNIQUE,
+        user_name TEXT NOT NULL REFERENCES users (name), label TEXT NOT NULL, created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL, revoked INTEGER NOT NULL, last_used_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX api_tokens_by_user ON api_tokens (user_name);
+    CREATE TABLE webhook_queue (
+        id INTEGER PRIMARY KEY, hook TEXT NOT NULL, event_key TEXT NOT NULL, event TEXT NOT NULL,
+        body BLOB NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        UNIQUE (hook, event_key)
+    ) STRICT;
+    CREATE INDEX webhook_queue_due ON webhook_queue (state, next_attempt_ms)
     """,
 )
 
@@ -244,6 +285,15 @@ class SqliteMetadataStore:
     def study(self, study_uid: str) -> StudySummaryRow | None:
         rows = self._query(self._SUMMARY + " AND s.study_uid = ?", (study_uid,))
         return self._summary(rows[0]) if rows else None
+
+    def search_studies(self, search: Search) -> list[StudySummaryRow]:
+        return sqlite_search.search_studies(self._query, self._SUMMARY, self._summary, search)
+
+    def search_series(self, search: Search) -> list[SeriesSummaryRow]:
+        return sqlite_search.search_series(self._query, search)
+
+    def search_instances(self, search: Search) -> list[InstanceSummaryRow]:
+        return sqlite_search.search_instances(self._query, search)
 
     def instances(self, study_uid: str) -> list[InstanceRecord]:
         rows = self._query(
@@ -457,10 +507,19 @@ class SqliteMetadataStore:
         rows = self._query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
+    def search_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        return sqlite_search.search_audit(self._query, self._audit_rows, query)
+
+    def audit_range(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        return self._audit_rows("WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+
     def audit_entries(self) -> list[AuditEntry]:
+        return self._audit_rows("ORDER BY seq", ())
+
+    def _audit_rows(self, where: str, params: Sequence[object]) -> list[AuditEntry]:
         out = []
         for r in self._query("SELECT seq, at_ms, code, action, outcome, actor, actor_org, study, manifest_id,"
-                             " detail, prev_hash, hash FROM audit ORDER BY seq"):
+                             f" detail, prev_hash, hash FROM audit {where}", params):
             event = AuditEvent(_event_code(r[2]), str(r[3]), _outcome(r[4]), str(r[5]), str(r[6]), str(r[7]),
                                str(r[8]), str(r[9]))
             out.append(AuditEntry(int(r[0]), int(r[1]), event, bytes(r[10]), bytes(r[11])))
