@@ -97,6 +97,7 @@ class Node:
                                    actor_org=ctx.org, detail=", ".join(addrs)[:300]))
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.wire.run)
                 await nursery.start(serve_control, ControlApp(create_token(ctx.home.path), routes(self)), ctx.home.path)
                 await nursery.start(self.gateway.run)
                 if ctx.config.http.enabled or ctx.config.http.webhooks:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -74,12 +75,17 @@ from protocol.exchange_messages import (
     pack_bitmap,
 )
 
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[Response]]
 
 #: Blocks read from disk ahead of the one being sent, per block request.
 READ_AHEAD = 2
+#: Seconds between a peer's repeated limit violations and its disconnection.
+CUT_OFF_GRACE = 1.0
 
 
 class Wire:
@@ -91,6 +97,8 @@ class Wire:
         self.limits = limits
         self.timeout = float(ctx.config.request_timeout)
         self.upload = UploadLimiter(ctx.config.upload_mb_per_s)
+        self._nursery: trio.Nursery | None = None
+        self._cutting_off: set[str] = set()
 
     # -- server side ---------------------------------------------------------------
     def serve(self) -> None:
@@ -122,19 +130,39 @@ class Wire:
 
         return run
 
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Holds the tasks that cut off peers which keep exceeding their limits."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
     @asynccontextmanager
     async def _admitted(self, peer_id: str) -> AsyncIterator[None]:
         try:
             self.limits.enter(peer_id, self.ctx.clock())
         except LimitError:
-            if self.limits.should_disconnect(peer_id):
-                log.warning("peer %s keeps exceeding its limits: disconnecting", peer_id)
-                await self.disconnect(peer_id)
+            if self.limits.should_disconnect(peer_id) and peer_id not in self._cutting_off:
+                log.warning("peer %s keeps exceeding its limits: disconnecting it in %g s", peer_id, CUT_OFF_GRACE)
+                self._cutting_off.add(peer_id)
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._cut_off, peer_id)
+                else:
+                    await self._cut_off(peer_id)
             raise
         try:
             yield
         finally:
             self.limits.leave(peer_id)
+
+    async def _cut_off(self, peer_id: str) -> None:
+        """Disconnect a flooding peer after a short grace: the refusals already written to it reach it
+        (closing at once would discard them) while everything it sends meanwhile is refused too."""
+        try:
+            await trio.sleep(CUT_OFF_GRACE)
+            await self.disconnect(peer_id)
+        finally:
+            self._cutting_off.discard(peer_id)
 
     async def disconnect(self, peer_id: str) -> None:
         with trio.move_on_after(5):

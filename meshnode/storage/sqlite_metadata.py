@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from typing import Any
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from meshnode.sqlite_db import open_database
+from meshnode.sqlite_db import SqliteConnection
 from meshnode.storage import audit
-from meshnode.storage.blockstore import DiskFullError
 from meshnode.storage import sqlite_search
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
 from meshnode.storage.records import (
@@ -147,44 +145,9 @@ _LIVE_REFS = """
 """
 
 
-class SqliteMetadataStore:
+class SqliteMetadataStore(SqliteConnection):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db = open_database(path, MIGRATIONS)
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise db_error("database busy or unavailable", exc) from exc
-        try:
-            yield self._db
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise db_error("database update failed", exc) from exc
-        except BaseException:
-            self._rollback()
-            raise
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise db_error("commit failed", exc) from exc
-
-    def _rollback(self) -> None:
-        # SQLite has already rolled back on some errors (SQLITE_FULL, SQLITE_IOERR).
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
-
-    def _query(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[Any]:
-        try:
-            return list(self._db.execute(sql, params).fetchall())
-        except sqlite3.Error as exc:
-            raise db_error("database query failed", exc) from exc
+        super().__init__(path, MIGRATIONS)
 
     # -- studies and instances ------------------------------------------------
     def add_instances(
@@ -524,12 +487,6 @@ class SqliteMetadataStore:
                                str(r[8]), str(r[9]))
             out.append(AuditEntry(int(r[0]), int(r[1]), event, bytes(r[10]), bytes(r[11])))
         return out
-
-
-def db_error(action: str, exc: sqlite3.Error) -> StorageError:
-    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
-        return DiskFullError(f"{action}: no space left on device (database)")
-    return StorageError(f"{action}: {exc}")
 
 
 def _opt_int(value: Any) -> int | None:
