@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import trio
 from libp2p.peer.id import ID
 
+from meshnode.directory_client import ResolvedPeer
 from meshnode.node.assembly import InstanceAssembly
 from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
 from meshnode.node.completion import verify_instance
@@ -180,37 +181,49 @@ class Fetcher:
         """Ask for availability every DISCOVERY_INTERVAL, and at once when a fetch starts."""
         while True:
             self._discover_now = trio.Event()
-            for manifest_id, signed in list(self.active.items()):
-                await self._discover(manifest_id, signed.document)
+            async with trio.open_nursery() as nursery:
+                for manifest_id, signed in list(self.active.items()):
+                    nursery.start_soon(self._discover, manifest_id, signed.document)
             with trio.move_on_after(DISCOVERY_INTERVAL):
                 await self._discover_now.wait()
 
     async def _discover(self, manifest_id: CID, manifest: Manifest) -> None:
-        """Ask the sender's org and every recipient org which blocks they hold (multi-source)."""
-        orgs = {manifest.sender_org, *manifest.recipients}
-        for org in sorted(orgs):
-            try:
-                peers = await self.sessions.org_peers(org)
-            except MeshError as exc:
-                log.info("cannot resolve %s: %s", org, exc)
-                continue
+        """Ask the sender's org and every recipient org which blocks they hold (multi-source).
+
+        Every org is resolved, and every node asked, concurrently: one slow or unreachable node
+        (a dial can take DIAL_TIMEOUT) must not hold up hearing from the others.
+        """
+        async with trio.open_nursery() as nursery:
+            for org in sorted({manifest.sender_org, *manifest.recipients}):
+                nursery.start_soon(self._discover_org, manifest_id, org)
+
+    async def _discover_org(self, manifest_id: CID, org: str) -> None:
+        try:
+            peers = await self.sessions.org_peers(org)
+        except MeshError as exc:
+            log.info("cannot resolve %s: %s", org, exc)
+            return
+        async with trio.open_nursery() as nursery:
             for peer in peers:
-                if manifest_id not in self.active:
-                    return
-                try:
-                    await self.sessions.ensure(peer)
-                    bitmap = await self.wire.have(peer.peer_id, manifest_id)
-                    order = self._orders.get(manifest_id)
-                    if order is None:  # completed or recalled meanwhile
-                        return
-                    held = held_blocks(order, bitmap)
-                except MeshError as exc:
-                    log.info("no availability from %s: %s", peer.peer_id, exc)
-                    continue
-                log.debug("%s (%s) holds %d block(s) of %s", peer.peer_id, peer.org_code, len(held), manifest_id)
-                if held and manifest_id in self.active:
-                    self.scheduler.peer_available(peer.peer_id, manifest_id, held)
-                    self.ctx.wake()
+                nursery.start_soon(self._ask_holder, manifest_id, peer)
+
+    async def _ask_holder(self, manifest_id: CID, peer: ResolvedPeer) -> None:
+        if manifest_id not in self.active:
+            return
+        try:
+            await self.sessions.ensure(peer)
+            bitmap = await self.wire.have(peer.peer_id, manifest_id)
+            order = self._orders.get(manifest_id)
+            if order is None:  # completed or recalled meanwhile
+                return
+            held = held_blocks(order, bitmap)
+        except MeshError as exc:
+            log.info("no availability from %s: %s", peer.peer_id, exc)
+            return
+        log.debug("%s (%s) holds %d block(s) of %s", peer.peer_id, peer.org_code, len(held), manifest_id)
+        if held and manifest_id in self.active:
+            self.scheduler.peer_available(peer.peer_id, manifest_id, held)
+            self.ctx.wake()
 
     async def _request(self, request: Request) -> None:
         absent: list[CID] = []

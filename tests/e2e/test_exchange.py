@@ -37,7 +37,9 @@ def codes(entries: list[dict[str, object]], action: str) -> list[dict[str, objec
 
 
 def test_three_node_share_multi_source_receipts_audit(mesh: MeshDemo, tmp_path: Path) -> None:
-    nodes = mesh.setup(ORGS, config={"upload_mb_per_s": "60"})
+    # Capped uplinks, so that the study takes a few seconds even on a fast machine and each recipient
+    # hears what the other holds while it still needs it.
+    nodes = mesh.setup(ORGS, config={"upload_mb_per_s": "30"})
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
     study, files = mesh.generate_and_ingest(a, 120, rows=512, columns=512)
     manifest = mesh.share(a, study, ["RJ1", "RAJ"])
