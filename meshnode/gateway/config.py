@@ -239,7 +239,7 @@ def _routes(doc: Mapping[str, object], dimse: DimseSettings) -> RouteTable:
         t = _Table(value, f"[[route]] {i}", {"name", "called_ae", "to", "priority", "purpose",
                                             "quiet_period_seconds"})
         try:
-            name = check_route_name(t.text("name"), f"[[route]] {i} name")
+            name = check_route_name(t.text("name"), "name")
             priority = Priority(t.text("priority", "routine"))
             purpose = Purpose(t.text("purpose", "care"))
             routes.append(Route(
