@@ -45,20 +45,27 @@ MIN_PDU_LIMIT = 1 << 20  # association requests are not P-DATA: allow them this 
 
 
 class Doorbell:
-    """Wakes the DUL thread (a byte on a socket pair) and the association thread (an Event)."""
+    """Wakes the DUL thread (a byte on a socket pair) and the association thread (an Event).
+
+    The byte is written only while the DUL thread is (about to be) waiting in
+    select: a socket write releases the GIL, and most puts come from the DUL
+    thread itself or while it is busy anyway.
+    """
 
     def __init__(self) -> None:
         self.reader, self.writer = socket.socketpair()
         self.reader.setblocking(False)
         self.writer.setblocking(False)
         self.event = threading.Event()
+        self.dul_waiting = False
 
     def ring(self) -> None:
         self.event.set()
-        try:
-            self.writer.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already ringing, or closed
+        if self.dul_waiting:
+            try:
+                self.writer.send(b"\0")
+            except (BlockingIOError, OSError):
+                pass  # already ringing, or closed
 
     def drain(self) -> None:
         try:
@@ -120,16 +127,25 @@ class EventDrivenDUL(DULServiceProvider):
     def _wait(self) -> None:
         """Until the peer's socket is readable or a queue was put to (or IDLE_WAIT_S)."""
         sock = self.socket.socket if self.socket is not None else None
-        watched: list[socket.socket] = [self._bell.reader]
+        bell = self._bell
+        watched: list[socket.socket] = [bell.reader]
         if sock is not None and sock.fileno() >= 0:
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return
             watched.append(sock)
+        bell.dul_waiting = True
         try:
-            select.select(watched, [], [], IDLE_WAIT_S)
+            # anything put before dul_waiting was set is seen here; anything after rings
+            if self.to_provider_queue.queue or self.event_queue.queue:
+                return
+            readable, _, _ = select.select(watched, [], [], IDLE_WAIT_S)
         except (OSError, ValueError):
             time.sleep(0.001)  # the socket went away under us: the next turn notices
-        self._bell.drain()
+            return
+        finally:
+            bell.dul_waiting = False
+        if bell.reader in readable:
+            bell.drain()
 
     def run_reactor(self) -> None:
         # pynetdicom 3.0.4 DULServiceProvider.run_reactor, with time.sleep replaced by _wait
