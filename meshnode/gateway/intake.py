@@ -50,6 +50,8 @@ from protocol.errors import MeshError
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from meshnode.gateway.dimse.streaming import StreamedBlocks
+
     from meshnode.gateway.announcer import StudyAnnouncer
     from meshnode.gateway.routes import Route
 
@@ -100,6 +102,7 @@ class IntakeCounters:
     refused: int = 0
     bytes: int = 0
     commits: int = 0
+    streamed: int = 0  # instances whose blocks were written while they arrived
     by_route: dict[str, int] = field(default_factory=dict)
 
 
@@ -153,28 +156,44 @@ class StudyIntake:
         return await self.commit(prepared, route)
 
     # -- step 1: blocks (any thread) ----------------------------------------------------------
-    def prepare(self, data: bytes, source: str, *, expect: tuple[str, str] | None = None) -> PreparedInstance:
+    def prepare(self, data: bytes, source: str, *, expect: tuple[str, str] | None = None,
+                streamed: StreamedBlocks | None = None) -> PreparedInstance:
         """Check the instance and make its blocks durable. Synchronous; safe on any thread.
 
         `expect`: the (SOP Class UID, SOP Instance UID) the data set must have (a
         C-STORE request names them); SopMismatchError otherwise. Nothing is
-        written before every check has passed.
+        written before every check has passed, except `streamed` blocks (written
+        while a C-STORE arrived, meshnode.gateway.dimse.streaming): they are
+        used only if the full check computes the same block ranges, and removed
+        otherwise.
         """
         source = source[:MAX_SOURCE_CHARS]
         try:
-            if len(data) > self.max_instance_bytes:
-                raise DicomLimitError(f"instance of {len(data)} bytes exceeds the limit of "
-                                      f"{self.max_instance_bytes} bytes")
-            layout = scan_layout_bytes(data)
-            plan = plan_layout(data, layout)
-            if expect is not None and (plan.attributes.sop_class_uid, plan.attributes.sop_instance_uid) != expect:
-                raise SopMismatchError("the data set's SOP Class or SOP Instance UID is not the one "
-                                       "the request names")
-            ranges = block_ranges(plan, self.chunk_size)
-            view = memoryview(data)
-            cids = [CID(hashlib.sha256(view[start:end]).digest()) for start, end in ranges]
-            digest = hashlib.sha256(view).digest()
-            written = self._write_blocks(view, ranges)
+            try:
+                if len(data) > self.max_instance_bytes:
+                    raise DicomLimitError(f"instance of {len(data)} bytes exceeds the limit of "
+                                          f"{self.max_instance_bytes} bytes")
+                layout = scan_layout_bytes(data)
+                plan = plan_layout(data, layout)
+                if expect is not None and (plan.attributes.sop_class_uid,
+                                           plan.attributes.sop_instance_uid) != expect:
+                    raise SopMismatchError("the data set's SOP Class or SOP Instance UID is not the one "
+                                           "the request names")
+                ranges = block_ranges(plan, self.chunk_size)
+            except BaseException:
+                if streamed is not None:
+                    self.storage.blocks.discard_temp(streamed.temps)
+                raise
+            if streamed is not None and streamed.ranges == tuple(ranges) and streamed.size == len(data):
+                cids, digest, written = list(streamed.cids), streamed.digest, list(streamed.temps)
+                self.counters.streamed += 1
+            else:
+                if streamed is not None:
+                    self.storage.blocks.discard_temp(streamed.temps)
+                view = memoryview(data)
+                cids = [CID(hashlib.sha256(view[start:end]).digest()) for start, end in ranges]
+                digest = hashlib.sha256(view).digest()
+                written = self._write_blocks(view, ranges)
             self.storage.blocks.place(list(zip(written, cids)))
         except MeshError as exc:
             self.counters.refused += 1

@@ -228,17 +228,29 @@ class BlockStore:
             self.discard_staged(staged)
             raise _storage_error("cannot make blocks durable", exc) from None
 
-    def write_temp_durable(self, data: bytes | memoryview) -> Path:
-        """Write data to a new temp file in the store and fdatasync it; the CID may not be known yet.
+    def temp_path(self) -> Path:
+        """A fresh name in the store's temp folder (recover() removes what a crash leaves there)."""
+        return self.tmp_dir / f"incoming.{secrets.token_hex(8)}"
 
-        Once durable its pages are dropped from the page cache: the block is on
-        disk, and the next write reuses that memory instead of claiming fresh
-        pages. `place` then names it by its CID. A crash leaves only the temp
-        file, which `recover()` removes.
+    def make_durable(self, paths: Sequence[Path]) -> None:
+        """fdatasync temp files written by the caller; then drop their pages from the page cache
+        (they are on disk, and the next write reuses that memory instead of claiming fresh pages)."""
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+    def write_temp_durable(self, data: bytes | memoryview) -> Path:
+        """Write data to a new temp file in the store and make it durable; the CID may not be known yet.
+
+        `place` then names it by its CID. A crash leaves only the temp file.
         """
         if len(data) > MAX_BLOCK_SIZE:
             raise StorageError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
-        tmp = self.tmp_dir / f"incoming.{secrets.token_hex(8)}"
+        tmp = self.temp_path()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:

@@ -44,7 +44,7 @@ def findscu(port: int, calling: str, called: str, keys: list[str], *, patient_ro
 
 def getscu(port: int, calling: str, called: str, out: Path, keys: list[str], host: str = "127.0.0.1") -> ToolResult:
     out.mkdir(parents=True, exist_ok=True)
-    return run_tool("getscu", "-S", "-aet", calling, "-aec", called, "-od", str(out),
+    return run_tool("getscu", "-S", "+B", "-aet", calling, "-aec", called, "-od", str(out),  # +B: as received
                     *[a for k in keys for a in ("-k", k)], host, str(port))
 
 
@@ -52,7 +52,7 @@ def movescu(port: int, calling: str, called: str, out: Path, keys: list[str], li
             host: str = "127.0.0.1") -> ToolResult:
     """C-MOVE to this movescu itself (its AE title `calling`, listening on listen_port)."""
     out.mkdir(parents=True, exist_ok=True)
-    return run_tool("movescu", "-S", "-aet", calling, "-aec", called, "-aem", calling, "--port", str(listen_port),
+    return run_tool("movescu", "-S", "+B", "-aet", calling, "-aec", called, "-aem", calling, "--port", str(listen_port),
                     "-od", str(out), *[a for k in keys for a in ("-k", k)], host, str(port))
 
 

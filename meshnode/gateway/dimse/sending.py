@@ -101,8 +101,16 @@ def send_stored(assoc: Any, original: Callable[..., Dataset], tmp_dir: Path, dat
     record: InstanceRecord = getattr(dataset, "stored_record")
     data: bytes = getattr(dataset, "stored_bytes")
     if not _accepts(assoc, record.sop_class_uid, record.transfer_syntax):
-        # the peer took another (uncompressed) syntax only: pynetdicom converts, or raises if it cannot
-        return original(dcmread(io.BytesIO(data)), msg_id, priority, originator_aet, originator_id)
+        # the peer took another syntax only: an uncompressed one, which pynetdicom converts to; a
+        # compressed instance is decompressed first (pydicom's decoders: RLE built in), or the sub-operation fails
+        decoded = dcmread(io.BytesIO(data))
+        if decoded.file_meta.TransferSyntaxUID.is_compressed:
+            try:
+                decoded.decompress(generate_instance_uid=False)  # the same instance, losslessly decoded
+            except Exception as exc:  # pydicom's decoders raise many kinds of errors
+                raise StorageError(f"cannot decompress {hash_uid(record.sop_instance_uid)} for a peer that "
+                                   f"does not accept {record.transfer_syntax}: {type(exc).__name__}") from None
+        return original(decoded, msg_id, priority, originator_aet, originator_id)
     path = tmp_dir / f"send.{secrets.token_hex(8)}.dcm"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -30,8 +30,10 @@ async def tool(*args: str) -> ToolResult:
     return await trio.to_thread.run_sync(lambda: run_tool(*args))
 
 
-async def storescu(gw: Gateway, files: list[Path], *, calling: str = CALLER, called: str = AE_TITLE) -> ToolResult:
-    return await tool("storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(gw.port), *map(str, files))
+async def storescu(gw: Gateway, files: list[Path], *, calling: str = CALLER, called: str = AE_TITLE,
+                   options: tuple[str, ...] = ()) -> ToolResult:
+    return await tool("storescu", *options, "-aet", calling, "-aec", called, "127.0.0.1", str(gw.port),
+                      *map(str, files))
 
 
 async def audit(gw: Gateway, action: str) -> list[tuple[int, str, str]]:
@@ -212,3 +214,88 @@ def _series(path: Path) -> str:
 
     ds: Any = pydicom.dcmread(path, stop_before_pixels=True)
     return str(ds.SeriesInstanceUID)
+
+
+async def test_streamed_and_ordinary_instances_both_come_back_exact(gateways: GatewayFactory, ct_study: list[Path],
+                                                                    tmp_path: Path) -> None:
+    from meshnode.dicom.synthetic import generate_compressed, generate_multiframe
+
+    gw = await gateways()
+    rle = generate_compressed(tmp_path / "rle", images=2, rows=32, columns=32, seed=5)
+    multi = generate_multiframe(tmp_path / "mf", frames=4, rows=32, columns=32, seed=6)
+    for files, options in ((ct_study, ()), (rle, ("--propose-rle",)), (multi, ())):
+        sent = await storescu(gw, files, options=options)
+        assert sent.code == 0, sent.output
+    # native pixel data is split into blocks as it arrives; encapsulated (RLE) data the ordinary way
+    assert gw.intake.counters.streamed == len(ct_study) + len(multi)
+    assert gw.intake.counters.stored == len(ct_study) + len(rle) + len(multi)
+    assert not list((gw.storage.blocks.root / "tmp").iterdir())
+    for study in await gw.db.run(lambda s: s.studies()):
+        out = tmp_path / "get" / study.attributes.study_uid
+        out.mkdir(parents=True)
+        got = await tool("getscu", "-S", "+B", "-aet", CALLER, "-aec", AE_TITLE,  # +B: files as received
+                         "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                         "-k", f"StudyInstanceUID={study.attributes.study_uid}", "127.0.0.1", str(gw.port))
+        assert got.code == 0, got.output
+    retrieved = datasets(tmp_path / "get")
+    # native pixel data comes back as the node stored it: byte for byte (for the CT, that is the files as
+    # written; dcmtk re-encodes the enhanced multi-frame's sequences when it sends it)
+    stored: list[bytes] = []
+    for study in await gw.db.run(lambda s: s.studies()):
+        for rec in await gw.db.run(lambda s, uid=study.attributes.study_uid: s.instances(uid)):  # type: ignore[misc]
+            if rec.transfer_syntax == ExplicitVRLittleEndian:
+                stored.append(dataset_bytes(b"".join(gw.storage.blocks.get(c) for c in rec.blocks)))
+    assert len(stored) == len(ct_study) + len(multi)
+    assert [d for d in retrieved if d in set(stored)] == sorted(stored)
+    assert {dataset_bytes(f) for f in ct_study} <= set(stored)
+    # getscu accepts no RLE: those came back decompressed, with the same pixels
+    import numpy as np
+    import pydicom
+
+    back = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in (tmp_path / "get").rglob("*")
+                                                  if p.is_file())}
+    for f in rle:
+        original = pydicom.dcmread(f)
+        copy = back[str(original.SOPInstanceUID)]
+        assert not copy.file_meta.TransferSyntaxUID.is_compressed
+        assert np.array_equal(copy.pixel_array, original.pixel_array)
+
+
+async def test_an_association_aborted_mid_data_set_leaves_nothing(gateways: GatewayFactory,
+                                                                  ct_study: list[Path]) -> None:
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+
+    gw = await gateways()
+    data = dataset_bytes(ct_study[0])
+
+    def half_a_store() -> None:
+        ae = AE(ae_title=CALLER)
+        ae.add_requested_context(CT, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", gw.port, ae_title=AE_TITLE, max_pdu=16384)
+        assert assoc.is_established
+        req = C_STORE()
+        req.MessageID, req.Priority = 1, 2
+        req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = CT, "1.2.826.0.1.3680043.8.498.79"
+        req.DataSet = BytesIO(data)
+        msg = C_STORE_RQ()
+        msg.primitive_to_message(req)
+        pdus = []
+        for primitive in msg.encode_msg(assoc.accepted_contexts[0].context_id, 16384):
+            pdu = P_DATA_TF()
+            pdu.from_primitive(primitive)
+            pdus.append(pdu.encode())
+        sock: socket.socket = assoc.dul.socket.socket
+        for raw in pdus[: len(pdus) // 2]:  # the command and half of the data set, then gone
+            sock.sendall(raw)
+        assoc.abort()
+
+    await trio.to_thread.run_sync(half_a_store)
+    deadline = trio.current_time() + 10
+    while list((gw.storage.blocks.root / "tmp").iterdir()) or not await audit(gw, "dimse-association-aborted"):
+        assert trio.current_time() < deadline, "temp files of the aborted data set were left behind"
+        await trio.sleep(0.05)
+    assert await held(gw) == 0 and block_files(gw) == []
