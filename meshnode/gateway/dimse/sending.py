@@ -74,14 +74,23 @@ def syntaxes_to_propose(transfer_syntax: str) -> list[str]:
     return [transfer_syntax]
 
 
-def requested_contexts(records: Iterable[InstanceRecord]) -> dict[str, list[str]]:
-    """SOP Class -> transfer syntaxes to propose, for sending these instances (at most 128 classes)."""
-    out: dict[str, list[str]] = {}
+def requested_contexts(records: Iterable[InstanceRecord]) -> list[tuple[str, list[str]]]:
+    """(SOP Class, transfer syntaxes) presentation contexts to propose for sending these instances.
+
+    Each stored syntax in a context of its own, so that a peer that supports it
+    accepts exactly it (an acceptor picks by its own preference within one
+    context); for uncompressed instances, one more context with the other
+    uncompressed syntaxes, as a fallback the instance is converted to.
+    """
+    out: list[tuple[str, list[str]]] = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()
     for rec in records:
-        syntaxes = out.setdefault(rec.sop_class_uid, [])
-        for ts in syntaxes_to_propose(rec.transfer_syntax):
-            if ts not in syntaxes:
-                syntaxes.append(ts)
+        syntaxes = syntaxes_to_propose(rec.transfer_syntax)
+        for group in ([syntaxes[0]], syntaxes[1:]):
+            key = (rec.sop_class_uid, tuple(group))
+            if group and key not in seen:
+                seen.add(key)
+                out.append((rec.sop_class_uid, list(group)))
     return out
 
 

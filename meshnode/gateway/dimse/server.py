@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENDPOINT_FILE = "dimse.json"
+# pynetdicom logs every message at INFO, C-FIND and C-MOVE identifiers included (patient names and IDs):
+# never the identifiers, and its per-message lines only when the node logs at DEBUG (-vv)
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 # A-ASSOCIATE-RJ diagnostics (result 1: rejected-permanent, source 1: service user)
 CALLING_AE_NOT_RECOGNISED = 0x03
@@ -124,6 +128,8 @@ class DimseServer:
         return ae
 
     async def run(self, *, task_status: TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        if not log.isEnabledFor(logging.DEBUG):
+            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         bridge = TrioBridge(trio.lowlevel.current_trio_token())
         store = StoreScp(self.intake, bridge, self.audit)
         ae = self._make_ae()
