@@ -89,7 +89,7 @@ class StreamedInstance:
         self._head = bytearray()
         self._layout: tuple[int, int] | None = None  # (pixel value offset, pixel value end)
         self._pos = 0
-        self._current: tuple[int, int | None, hashlib._Hash, Path] | None = None  # start, end, hash, temp
+        self._current: tuple[int, int | None, hashlib._Hash, Path, int] | None = None  # start, end, hash, temp, fd
         self._finished: list[tuple[int, int, CID, Path]] = []
         self._abandoned = False
         self._result: StreamedBlocks | None = None
@@ -126,14 +126,15 @@ class StreamedInstance:
         self._digest.update(data)
         if self._layout is None:
             self._head += data
-            found = find_native_pixel_value(bytes(self._head))
+            head = bytes(self._head)
+            found = find_native_pixel_value(head)
             if found is None:
                 if len(self._head) > MAX_HEAD:
                     self._give_up()
                 return
             value_pos, length = found
             self._layout = (value_pos, value_pos + length)
-            head, self._head = bytes(self._head), bytearray()
+            self._head = bytearray()
             self._consume(memoryview(head))
         else:
             self._consume(memoryview(data))
@@ -159,13 +160,15 @@ class StreamedInstance:
             while data:
                 if self._current is None:
                     start, end = self._block_end(self._pos)
-                    self._current = (start, end, hashlib.sha256(), self._blocks.temp_path())
-                start, end, hasher, tmp = self._current
+                    tmp = self._blocks.temp_path()
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    self._current = (start, end, hashlib.sha256(), tmp, fd)
+                start, end, hasher, tmp, fd = self._current
                 take = len(data) if end is None else min(len(data), end - self._pos)
                 piece, data = data[:take], data[take:]
                 hasher.update(piece)
-                with open(tmp, "ab") as fh:
-                    fh.write(piece)
+                while piece:
+                    piece = piece[os.write(fd, piece):]
                 self._pos += take
                 if end is not None and self._pos == end:
                     self._close_block()
@@ -175,9 +178,10 @@ class StreamedInstance:
 
     def _close_block(self) -> None:
         assert self._current is not None
-        start, _, hasher, tmp = self._current
-        self._finished.append((start, self._pos, CID(hasher.digest()), tmp))
+        start, _, hasher, tmp, fd = self._current
         self._current = None
+        os.close(fd)
+        self._finished.append((start, self._pos, CID(hasher.digest()), tmp))
 
     def _finish(self) -> None:
         try:
@@ -202,6 +206,10 @@ class StreamedInstance:
         temps = [tmp for *_, tmp in self._finished]
         if self._current is not None:
             temps.append(self._current[3])
+            try:
+                os.close(self._current[4])
+            except OSError:
+                pass
         self._blocks.discard_temp(temps)
         self._finished, self._current, self._head = [], None, bytearray()
         self._result = None
