@@ -204,12 +204,14 @@ class StudyIntake:
         return PreparedInstance(record, source, len(written))
 
     def _write_blocks(self, view: memoryview, ranges: Sequence[tuple[int, int]]) -> list[Path]:
-        """Each block to a durable temp file. On error, nothing stays."""
+        """Each block to a temp file, then all of them made durable (their flushes overlap). On error,
+        nothing stays."""
         blocks = self.storage.blocks
         written: list[Path] = []
         try:
             for start, end in ranges:
-                written.append(blocks.write_temp_durable(view[start:end]))
+                written.append(blocks.write_temp(view[start:end]))
+            blocks.make_durable(written)
         except BaseException:
             blocks.discard_temp(written)
             raise

@@ -33,6 +33,7 @@ from pathlib import Path
 from meshnode.dicom.structure import find_native_pixel_value
 from meshnode.storage.blockstore import BlockStore
 from protocol.cid import CID
+from protocol.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class StreamedInstance:
                 ranges=tuple((start, end) for start, end, _, _ in self._finished),
                 cids=tuple(cid for _, _, cid, _ in self._finished),
                 temps=tuple(tmp for *_, tmp in self._finished), digest=self._digest.digest(), size=self._pos)
-        except OSError as exc:
+        except (OSError, StorageError) as exc:
             log.warning("syncing a streamed data set failed (%s); it is stored the ordinary way", exc)
             self._give_up()
         finally:
