@@ -96,7 +96,8 @@ def requested_contexts(records: Iterable[InstanceRecord]) -> list[tuple[str, lis
 
 def _accepts(assoc: Any, sop_class: str, transfer_syntax: str) -> bool:
     for cx in assoc.accepted_contexts:
-        if str(cx.abstract_syntax) == sop_class and cx.transfer_syntax and str(cx.transfer_syntax[0]) == transfer_syntax:
+        if (str(cx.abstract_syntax) == sop_class and cx.transfer_syntax
+                and str(cx.transfer_syntax[0]) == transfer_syntax):
             if getattr(cx, "as_scu", True) in (True, None):
                 return True
     return False

@@ -97,7 +97,8 @@ class StoreScp:
         try:
             self.bridge.call(self.audit, AuditEvent(
                 audit_code, "dimse-store-refused", Outcome.MINOR_FAILURE, actor=info.source,
-                detail=f"0x{code:04X} {why} ({hash_uid(sop_instance) if sop_instance else 'no SOP instance UID'})"[:300]))
+                detail=f"0x{code:04X} {why} ({hash_uid(sop_instance) if sop_instance else 'no SOP Instance UID'})"
+                [:300]))
         except MeshError as exc:
             log.error("cannot audit a refused C-STORE: %s", exc)
         return _status(code, why)

@@ -47,7 +47,8 @@ class Shared:
 
 def config(routes: Sequence[Route] = (), callers: Sequence[Caller] = (Caller(CALLER),),
            move_destinations: Sequence[DicomPeer] = (), **dimse: object) -> GatewayConfig:
-    settings = DimseSettings(enabled=True, ae_title=AE_TITLE, host="127.0.0.1", port=0, **dimse)  # type: ignore[arg-type]
+    settings = DimseSettings(enabled=True, ae_title=AE_TITLE, host="127.0.0.1", port=0,
+                             **dimse)  # type: ignore[arg-type]
     return GatewayConfig(dimse=settings, callers=tuple(callers), routes=RouteTable(routes),
                          move_destinations=tuple(move_destinations))
 

@@ -70,7 +70,8 @@ def test_forward_queue_lifecycle(store: GatewayStore) -> None:
     assert [i.seq for i in due] == [0, 1, 2] and all(i.state is ForwardState.PENDING for i in due)
     store.record_forward([
         ForwardResult(M1, "main", due[0].sop_instance_uid, ForwardState.SENT, 1, NOW + 2, "", 0),
-        ForwardResult(M1, "main", due[1].sop_instance_uid, ForwardState.PENDING, 1, NOW + 5000, "PACS refused it", 0xA700),
+        ForwardResult(M1, "main", due[1].sop_instance_uid, ForwardState.PENDING, 1, NOW + 5000, "PACS refused it",
+                      0xA700),
     ], NOW + 2)
     assert [i.seq for i in store.forward_due("main", NOW + 3, 10)] == [2]
     assert store.next_forward_ms("main") == 0
