@@ -8,6 +8,7 @@ from pathlib import Path
 
 from meshnode.gateway.config import SECTIONS as GATEWAY_SECTIONS
 from meshnode.gateway.config import GatewayConfig, parse_gateway
+from meshnode.web.config import HttpConfig, HttpConfigError, parse_http
 from protocol.address_record import check_multiaddr_text
 from protocol.document import DEFAULT_SKEW
 from protocol.errors import MeshError
@@ -76,6 +77,8 @@ class NodeConfig:
     request_timeout: int = 30
     upload_mb_per_s: float = 0.0
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    #: [http] and [[webhook]]: DICOMweb, web UI, metrics, health, webhooks (meshnode.web.config)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -103,7 +106,7 @@ class NodeConfig:
             max_rate=self.max_requests_per_second,
             request_timeout=self.request_timeout,
             upload=self.upload_mb_per_s,
-        ) + self.gateway.render()
+        ) + self.gateway.render() + self.http.render()
 
 
 def _section(doc: dict[str, object], name: str, keys: set[str]) -> dict[str, object]:
@@ -128,12 +131,12 @@ def _int(value: object, where: str, lo: int, hi: int) -> int:
     return value
 
 
-def parse_config(text: str, source: str = "node.toml") -> NodeConfig:
+def parse_config(text: str, source: str = "node.toml", home: Path | None = None) -> NodeConfig:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    unknown = set(doc) - {"node", "directory", "trust", "limits"} - GATEWAY_SECTIONS
+    unknown = set(doc) - {"node", "directory", "trust", "limits", "http", "webhook"} - GATEWAY_SECTIONS
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
     node = _section(doc, "node", {"org", "listen", "auto_fetch"})
@@ -165,8 +168,11 @@ def parse_config(text: str, source: str = "node.toml") -> NodeConfig:
             PublicKey.from_peer_id(k) for k in _str_list(trust.get("authority_keys", []), "[trust] authority_keys")
         )
         gateway = parse_gateway(doc)
+        http = parse_http(doc.get("http"), doc.get("webhook"), home)
     except ConfigError:
         raise
+    except HttpConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     except MeshError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return NodeConfig(
@@ -186,6 +192,7 @@ def parse_config(text: str, source: str = "node.toml") -> NodeConfig:
         request_timeout=_int(limits.get("request_timeout_seconds", 30), "[limits] request_timeout_seconds", 1, 3600),
         upload_mb_per_s=float(upload),
         gateway=gateway,
+        http=http,
     )
 
 
@@ -196,4 +203,4 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"no configuration at {path}; run `meshnode init` first") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), path.parent)

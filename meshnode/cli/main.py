@@ -14,6 +14,7 @@ from meshnode.cli import (
     init_cmd,
     node_cmds,
     storage_cmds,
+    users_cmd,
 )
 from meshnode.cli.output import add_common, run_cli
 from meshnode.home import HOME_ENV
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (init_cmd, certificate_cmd, directory_cmd, node_cmds, gateway_cmd, storage_cmds, audit_cmd,
-                   generate_cmd):
+                   generate_cmd, users_cmd):
         module.register(sub, common)
     return parser
 

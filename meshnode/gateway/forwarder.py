@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -97,6 +97,8 @@ class Forwarder:
         self._wake = {d.name: trio.Event() for d in self.destinations}
         self._stopping = threading.Event()
         self.unreachable: dict[str, str] = {}  # destination -> why, while it is
+        #: told (manifest, destination, error, instances) when instances failed for good (webhooks, metrics)
+        self.failed_hook: Callable[[CID, str, str, int], Awaitable[None]] | None = None
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -309,6 +311,9 @@ class Forwarder:
                 actor=self.calling_ae, study=hash_uid(study), manifest_id=str(manifest_of[study]),
                 detail=f"{sent} of {len(rs)} instance(s) stored into PACS {dest.name} "
                        f"({dest.ae_title}@{dest.host}:{dest.port})" + (f"; {failed} not stored" if failed else "")))
+            given_up = [r for r in rs if r.state is ForwardState.FAILED]
+            if given_up and self.failed_hook is not None:
+                await self.failed_hook(manifest_of[study], dest.name, given_up[0].last_error, len(given_up))
 
 
 def _records_for(store: MetadataStore, items: Sequence[ForwardItem]) -> dict[tuple[str, bytes], InstanceRecord]:

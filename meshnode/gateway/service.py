@@ -23,11 +23,12 @@ from meshnode.gateway.dimse.server import DimseServer
 from meshnode.gateway.forwarder import Forwarder, progress_json
 from meshnode.gateway.intake import StudyIntake
 from meshnode.node.context import NodeContext, keep_running
+from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.gateway_store import AnnouncementState, GatewayStore
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from protocol.cid import CID
-from protocol.document import Signed
+from protocol.document import Signed, open_document
 from protocol.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 class Gateway:
     def __init__(self, ctx: NodeContext, sender: Sender, state: GatewayStore | None = None) -> None:
         self.ctx = ctx
+        #: instances given up on, per PACS destination, since start (for /metrics)
+        self.forward_failures: dict[str, int] = {}
         config = ctx.config.gateway
         self.config = config
         self.state: GatewayStore = state if state is not None else SqliteGatewayStore(ctx.home.path / "node.db")
@@ -51,6 +54,18 @@ class Gateway:
         self.forwarder = (Forwarder(ctx.db, self.state, ctx.storage.blocks, config.pacs, config.dimse.ae_title,
                                     self.audit, ctx.home.path / "tmp" / "forward", clock=ctx.clock)
                           if config.pacs else None)
+        if self.forwarder is not None:
+            self.forwarder.failed_hook = self._forward_failed  # webhooks and metrics (meshnode.node.events)
+
+    async def _forward_failed(self, manifest_id: CID, destination: str, error: str, instances: int) -> None:
+        row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
+        if row is None:
+            return
+        manifest = open_document(row.raw, Manifest).document
+        self.forward_failures[destination] = self.forward_failures.get(destination, 0) + instances
+        await self.ctx.events.publish(StudyEvent(
+            StudyEventKind.FAILED, str(manifest_id), row.study_uid, manifest.sender_org, manifest.priority.value,
+            "received", instances=instances, detail=f"forward to PACS {destination} failed: {error}"[:300]))
 
     async def audit(self, event: AuditEvent) -> None:
         if not event.actor_org and event.actor in ("", self.config.dimse.ae_title):

@@ -8,9 +8,8 @@ from meshnode.control.app import Handler
 from meshnode.describe import iso
 from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
-from protocol.document import open_document
 from protocol.errors import NotFoundError, SchemaError
-from protocol.manifest import Manifest, Priority, Purpose
+from protocol.manifest import Priority, Purpose
 
 if TYPE_CHECKING:
     from meshnode.node.runtime import Node
@@ -60,7 +59,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         def load(store: MetadataStore) -> list[dict[str, object]]:
             out: list[dict[str, object]] = []
             for row in store.manifests("received"):
-                manifest = open_document(row.raw, Manifest).document
+                manifest = ctx.manifests.open(row.manifest_id, row.raw).document
                 transfer = store.transfer(row.manifest_id)
                 out.append({
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "sender_org": row.sender_org,

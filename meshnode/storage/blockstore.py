@@ -1,8 +1,9 @@
 """Content-addressed block files: blocks/ab/cd/<cid>, written crash-safely.
 
 A block becomes visible under its CID only after its bytes are durable:
-temp file in blocks/tmp -> write -> fsync -> rename into place -> fsync of
-the fan-out directory. A crash leaves at most a temp file, which `recover()`
+temp file in blocks/tmp -> write (O_DIRECT where the filesystem allows it,
+meshnode.storage.direct_io) -> fsync -> rename into place -> fsync of the
+fan-out directory. A crash leaves at most a temp file, which `recover()`
 removes at start-up; a name under blocks/ always holds the whole block. The
 metadata that points at a block is committed only after `put` returns.
 """
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshnode.storage.direct_io import NewFileWriter
 from protocol.cid import CID
 from protocol.errors import MeshError, StorageError
 
@@ -134,6 +136,7 @@ class BlockStore:
         self.blocks_dir = root / "blocks"
         self.tmp_dir = root / "tmp"
         self.quarantine_dir = root / "quarantine"
+        self._writer = NewFileWriter()
         try:
             for d in (self.blocks_dir, self.tmp_dir, self.quarantine_dir):
                 d.mkdir(parents=True, exist_ok=True)
@@ -195,11 +198,9 @@ class BlockStore:
             return actual  # content-addressed: the same bytes are already durable
         tmp = self.tmp_dir / f"{final.name}.{secrets.token_hex(4)}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._writer.write_new(tmp, data)
+            fd = os.open(tmp, os.O_RDONLY)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -229,13 +230,7 @@ class BlockStore:
             return None
         tmp = self.tmp_dir / f"{final.name}.{secrets.token_hex(4)}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
+            self._writer.write_new(tmp, data)
         except OSError as exc:
             try:
                 tmp.unlink()

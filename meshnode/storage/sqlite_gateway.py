@@ -6,13 +6,11 @@ database thread; WAL and synchronous=FULL as everywhere (sqlite_db.py).
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from meshnode.sqlite_db import open_database
+from meshnode.sqlite_db import SqliteConnection
 from meshnode.storage.gateway_store import (
     Announcement,
     AnnouncementState,
@@ -23,7 +21,7 @@ from meshnode.storage.gateway_store import (
     ForwardResult,
     ForwardState,
 )
-from meshnode.storage.sqlite_metadata import MIGRATIONS, db_error
+from meshnode.storage.sqlite_metadata import MIGRATIONS
 from protocol.cid import CID
 from protocol.errors import StorageError
 
@@ -54,40 +52,9 @@ def _item(r: Any) -> ForwardItem:
         updated_ms=int(r[12]))
 
 
-class SqliteGatewayStore:
+class SqliteGatewayStore(SqliteConnection):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db = open_database(path, MIGRATIONS)
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise db_error("database busy or unavailable", exc) from exc
-        try:
-            yield self._db
-        except BaseException as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise db_error("database update failed", exc) from exc
-            raise
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise db_error("commit failed", exc) from exc
-
-    def _query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
-        try:
-            return list(self._db.execute(sql, params).fetchall())
-        except sqlite3.Error as exc:
-            raise db_error("database query failed", exc) from exc
+        super().__init__(path, MIGRATIONS)
 
     # -- announcements ---------------------------------------------------------------------
     def note_arrivals(self, arrivals: Sequence[Arrival], now_ms: int) -> None:

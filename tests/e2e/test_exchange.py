@@ -96,11 +96,11 @@ def test_corrupting_peer_is_banned_and_blocks_come_from_elsewhere(mesh: MeshDemo
     # B runs a node that flips a bit in every block it serves
     corrupting = (
         "import sys; import meshnode.node.wire as w\n"
-        "orig = w.Wire._read_blocks\n"
-        "def bad(self, cids):\n"
-        "    return [w.BlockData(f.cid, f.data[:-1] + bytes([f.data[-1] ^ 1])) if isinstance(f, w.BlockData) else f"
-        " for f in orig(self, cids)]\n"
-        "w.Wire._read_blocks = bad\n"
+        "orig = w.Wire._read_block\n"
+        "def bad(self, cid):\n"
+        "    f = orig(self, cid)\n"
+        "    return w.BlockData(f.cid, f.data[:-1] + bytes([f.data[-1] ^ 1])) if isinstance(f, w.BlockData) else f\n"
+        "w.Wire._read_block = bad\n"
         "from meshnode.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
