@@ -15,7 +15,8 @@ leaves nothing behind.
 
 The work is split in two so that a caller already on a worker thread (a
 pynetdicom association) does not hop threads twice: `prepare` (synchronous,
-any thread: parse, hash, write and sync the blocks) and `commit` (trio:
+any thread: parse, hash, write and sync the blocks; or take the blocks a
+C-STORE streamed while it arrived, once they check out) and `commit` (trio:
 metadata). Concurrent commits are grouped into one database transaction.
 When the instance came on a route, the announcer is told, so that the study
 is shared once it has been quiet for the route's quiet period.
@@ -50,9 +51,8 @@ from protocol.errors import MeshError
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
-    from meshnode.gateway.dimse.streaming import StreamedBlocks
-
     from meshnode.gateway.announcer import StudyAnnouncer
+    from meshnode.gateway.dimse.streaming import StreamedBlocks
     from meshnode.gateway.routes import Route
 
 log = logging.getLogger(__name__)
