@@ -107,10 +107,11 @@ def dimse_rows(folder: Path, work: Path, repeat: int) -> list[Row]:
         ("bare pynetdicom SCP", storescu_to_pynetdicom, "no fsync; pynetdicom's polling reactors"),
         ("meshnode C-STORE SCP", node_cstore, "durable before each C-STORE-RSP"),
     ]
-    rows = []
-    for what, fn, note in measure:
-        rows.append(Row("C-STORE from storescu", what, [fn(folder, work) for _ in range(repeat)], note))
-    return rows
+    runs: dict[str, list[TransferResult]] = {what: [] for what, _, _ in measure}
+    for _ in range(repeat):  # round robin: a change in the machine's load hits every receiver alike
+        for what, fn, _ in measure:
+            runs[what].append(fn(folder, work))
+    return [Row("C-STORE from storescu", what, runs[what], note) for what, _, note in measure]
 
 
 # -- command ---------------------------------------------------------------------------------

@@ -152,8 +152,9 @@ class StudyAnnouncer:
                 self._retry_at[key] = retry
                 log.warning("cannot announce study %s on route %s (attempt %d): %s", hash_uid(study_uid),
                             route_name, attempts, exc)
+                reason = f"{exc.name}: {exc}"  # bound now: the lambda runs on the database thread
                 await self.db.run(lambda _: self.gateway.announce_failed(
-                    study_uid, route_name, f"{exc.name}: {exc}", int(retry * 1000)))
+                    study_uid, route_name, reason, int(retry * 1000)))
                 return
             manifest_id, revision = signed.cid, signed.document.revision
             self.announced += 1

@@ -239,7 +239,7 @@ def _routes(doc: Mapping[str, object], dimse: DimseSettings) -> RouteTable:
         t = _Table(value, f"[[route]] {i}", {"name", "called_ae", "to", "priority", "purpose",
                                             "quiet_period_seconds"})
         try:
-            name = check_route_name(t.text("name"), f"[[route]] {i} name")
+            name = check_route_name(t.text("name"), "name")
             priority = Priority(t.text("priority", "routine"))
             purpose = Purpose(t.text("purpose", "care"))
             routes.append(Route(
@@ -388,7 +388,8 @@ def render_gateway(config: GatewayConfig) -> str:
     for p in config.pacs:
         calling = f"calling_ae_title = {_q(p.calling_ae_title)}\n" if p.calling_ae_title else ""
         out.append(f"\n[[pacs]]\nname = {_q(p.name)}\nae_title = {_q(p.ae_title)}\nhost = {_q(p.host)}\n"
-                   f"port = {p.port}\n{calling}from_orgs = {_toml_list(p.from_orgs)}\nretry_max_seconds = {p.retry_max_s}\n"
+                   f"port = {p.port}\n{calling}from_orgs = {_toml_list(p.from_orgs)}\n"
+                   f"retry_max_seconds = {p.retry_max_s}\n"
                    f"max_attempts = {p.max_attempts}\n")
     out.append(_EXAMPLES)
     return "".join(out)

@@ -39,6 +39,7 @@ from meshnode.gateway.dimse.sending import (
     install_raw_sending,
     read_instance,
     requested_contexts,
+    syntaxes_to_propose,
 )
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockStore
@@ -220,10 +221,12 @@ class Forwarder:
             else:
                 sendable.append((item, rec))
         contexts = requested_contexts(rec for _, rec in sendable)
-        if len(contexts) > MAX_CONTEXTS:  # keep the first 128 SOP classes; the rest go in a later batch
-            keep = set(list(contexts)[:MAX_CONTEXTS])
-            sendable = [(i, r) for i, r in sendable if r.sop_class_uid in keep]
-            contexts = {k: v for k, v in contexts.items() if k in keep}
+        if len(contexts) > MAX_CONTEXTS:  # keep what fits in one association; the rest go in a later batch
+            kept = contexts[:MAX_CONTEXTS]
+            classes = {sop for sop, _ in kept}
+            sendable = [(i, r) for i, r in sendable if r.sop_class_uid in classes
+                        and (r.sop_class_uid, syntaxes_to_propose(r.transfer_syntax)[:1]) in kept]
+            contexts = kept
         if not sendable:
             return outcome
         ae = AE(ae_title=dest.calling_ae_title or self.calling_ae)
@@ -231,7 +234,7 @@ class Forwarder:
         ae.acse_timeout = ACSE_TIMEOUT_S
         ae.dimse_timeout = DIMSE_TIMEOUT_S
         ae.network_timeout = DIMSE_TIMEOUT_S
-        for sop_class, syntaxes in contexts.items():
+        for sop_class, syntaxes in contexts:
             ae.add_requested_context(sop_class, syntaxes)
         try:
             assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)

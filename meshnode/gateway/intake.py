@@ -15,7 +15,8 @@ leaves nothing behind.
 
 The work is split in two so that a caller already on a worker thread (a
 pynetdicom association) does not hop threads twice: `prepare` (synchronous,
-any thread: parse, hash, write and sync the blocks) and `commit` (trio:
+any thread: parse, hash, write and sync the blocks; or take the blocks a
+C-STORE streamed while it arrived, once they check out) and `commit` (trio:
 metadata). Concurrent commits are grouped into one database transaction.
 When the instance came on a route, the announcer is told, so that the study
 is shared once it has been quiet for the route's quiet period.
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
     from meshnode.gateway.announcer import StudyAnnouncer
+    from meshnode.gateway.dimse.streaming import StreamedBlocks
     from meshnode.gateway.routes import Route
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ class IntakeCounters:
     refused: int = 0
     bytes: int = 0
     commits: int = 0
+    streamed: int = 0  # instances whose blocks were written while they arrived
     by_route: dict[str, int] = field(default_factory=dict)
 
 
@@ -153,28 +156,44 @@ class StudyIntake:
         return await self.commit(prepared, route)
 
     # -- step 1: blocks (any thread) ----------------------------------------------------------
-    def prepare(self, data: bytes, source: str, *, expect: tuple[str, str] | None = None) -> PreparedInstance:
+    def prepare(self, data: bytes, source: str, *, expect: tuple[str, str] | None = None,
+                streamed: StreamedBlocks | None = None) -> PreparedInstance:
         """Check the instance and make its blocks durable. Synchronous; safe on any thread.
 
         `expect`: the (SOP Class UID, SOP Instance UID) the data set must have (a
         C-STORE request names them); SopMismatchError otherwise. Nothing is
-        written before every check has passed.
+        written before every check has passed, except `streamed` blocks (written
+        while a C-STORE arrived, meshnode.gateway.dimse.streaming): they are
+        used only if the full check computes the same block ranges, and removed
+        otherwise.
         """
         source = source[:MAX_SOURCE_CHARS]
         try:
-            if len(data) > self.max_instance_bytes:
-                raise DicomLimitError(f"instance of {len(data)} bytes exceeds the limit of "
-                                      f"{self.max_instance_bytes} bytes")
-            layout = scan_layout_bytes(data)
-            plan = plan_layout(data, layout)
-            if expect is not None and (plan.attributes.sop_class_uid, plan.attributes.sop_instance_uid) != expect:
-                raise SopMismatchError("the data set's SOP Class or SOP Instance UID is not the one "
-                                       "the request names")
-            ranges = block_ranges(plan, self.chunk_size)
-            view = memoryview(data)
-            cids = [CID(hashlib.sha256(view[start:end]).digest()) for start, end in ranges]
-            digest = hashlib.sha256(view).digest()
-            written = self._write_blocks(view, ranges)
+            try:
+                if len(data) > self.max_instance_bytes:
+                    raise DicomLimitError(f"instance of {len(data)} bytes exceeds the limit of "
+                                          f"{self.max_instance_bytes} bytes")
+                layout = scan_layout_bytes(data)
+                plan = plan_layout(data, layout)
+                if expect is not None and (plan.attributes.sop_class_uid,
+                                           plan.attributes.sop_instance_uid) != expect:
+                    raise SopMismatchError("the data set's SOP Class or SOP Instance UID is not the one "
+                                           "the request names")
+                ranges = block_ranges(plan, self.chunk_size)
+            except BaseException:
+                if streamed is not None:
+                    self.storage.blocks.discard_temp(streamed.temps)
+                raise
+            if streamed is not None and streamed.ranges == tuple(ranges) and streamed.size == len(data):
+                cids, digest, written = list(streamed.cids), streamed.digest, list(streamed.temps)
+                self.counters.streamed += 1
+            else:
+                if streamed is not None:
+                    self.storage.blocks.discard_temp(streamed.temps)
+                view = memoryview(data)
+                cids = [CID(hashlib.sha256(view[start:end]).digest()) for start, end in ranges]
+                digest = hashlib.sha256(view).digest()
+                written = self._write_blocks(view, ranges)
             self.storage.blocks.place(list(zip(written, cids)))
         except MeshError as exc:
             self.counters.refused += 1
@@ -185,12 +204,14 @@ class StudyIntake:
         return PreparedInstance(record, source, len(written))
 
     def _write_blocks(self, view: memoryview, ranges: Sequence[tuple[int, int]]) -> list[Path]:
-        """Each block to a durable temp file. On error, nothing stays."""
+        """Each block to a temp file, then all of them made durable (their flushes overlap). On error,
+        nothing stays."""
         blocks = self.storage.blocks
         written: list[Path] = []
         try:
             for start, end in ranges:
-                written.append(blocks.write_temp_durable(view[start:end]))
+                written.append(blocks.write_temp(view[start:end]))
+            blocks.make_durable(written)
         except BaseException:
             blocks.discard_temp(written)
             raise

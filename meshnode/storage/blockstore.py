@@ -19,6 +19,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,40 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _datasync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+_SYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocksync")
+
+
+def _in_parallel(fn: Callable[[Path], None], paths: Sequence[Path]) -> None:
+    """fn(path) for every path, the flushes overlapping: a disk flush is latency, not bandwidth, so
+    several outstanding at once cost about one. Raises the first OSError, after all have finished."""
+    if len(paths) <= 1:
+        for path in paths:
+            fn(path)
+        return
+    futures = [_SYNC_POOL.submit(fn, path) for path in paths[1:]]
+    first: OSError | None = None
+    try:
+        fn(paths[0])
+    except OSError as exc:
+        first = exc
+    for future in futures:
+        try:
+            future.result()
+        except OSError as exc:
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 @dataclass(frozen=True)
@@ -223,25 +258,32 @@ class BlockStore:
             self.discard_staged(staged)
             raise _storage_error("cannot make blocks durable", exc) from None
 
-    def write_temp_durable(self, data: bytes | memoryview) -> Path:
-        """Write data to a new temp file in the store and fdatasync it; the CID may not be known yet.
+    def temp_path(self) -> Path:
+        """A fresh name in the store's temp folder (recover() removes what a crash leaves there)."""
+        return self.tmp_dir / f"incoming.{secrets.token_hex(8)}"
 
-        Once durable its pages are dropped from the page cache: the block is on
-        disk, and the next write reuses that memory instead of claiming fresh
-        pages. `place` then names it by its CID. A crash leaves only the temp
-        file, which `recover()` removes.
+    def make_durable(self, paths: Sequence[Path]) -> None:
+        """fdatasync temp files written by the caller, in parallel; then drop their pages from the page
+        cache (they are on disk, and the next write reuses that memory instead of claiming fresh pages)."""
+        try:
+            _in_parallel(_datasync, paths)
+        except OSError as exc:
+            raise _storage_error("cannot make blocks durable", exc) from None
+
+    def write_temp(self, data: bytes | memoryview) -> Path:
+        """Write data to a new temp file in the store, not yet durable (make_durable), its CID maybe not known yet.
+
+        `place` then names it by its CID. A crash leaves only the temp file.
         """
         if len(data) > MAX_BLOCK_SIZE:
             raise StorageError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
-        tmp = self.tmp_dir / f"incoming.{secrets.token_hex(8)}"
+        tmp = self.temp_path()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -250,7 +292,7 @@ class BlockStore:
         return tmp
 
     def place(self, written: Sequence[tuple[Path, CID]], present: Sequence[CID] = ()) -> None:
-        """Rename durable temp files (write_temp_durable) to their CIDs and sync their folders.
+        """Rename durable temp files (write_temp + make_durable) to their CIDs and sync their folders.
 
         A block already stored under its CID keeps its file (the temp one goes).
         `present` are other blocks of the same instance, already stored: their
@@ -267,8 +309,7 @@ class BlockStore:
                 else:
                     os.replace(tmp, final)
                 parents.add(final.parent)
-            for folder in sorted(parents):
-                _fsync_dir(folder)
+            _in_parallel(_fsync_dir, sorted(parents))
         except OSError as exc:
             self.discard_temp([tmp for tmp, _ in written])
             raise _storage_error("cannot make blocks durable", exc) from None

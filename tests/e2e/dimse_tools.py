@@ -19,10 +19,10 @@ class ToolResult:
     output: str
 
 
-def run_tool(*args: str) -> ToolResult:
+def run_tool(*args: str, cwd: Path | None = None) -> ToolResult:
     env = {**os.environ, "TCP_NODELAY": "1"}
     proc = subprocess.run(list(args), capture_output=True, text=True, timeout=TOOL_TIMEOUT, env=env,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, cwd=cwd)
     return ToolResult(proc.returncode, proc.stdout + proc.stderr)
 
 
@@ -44,16 +44,19 @@ def findscu(port: int, calling: str, called: str, keys: list[str], *, patient_ro
 
 def getscu(port: int, calling: str, called: str, out: Path, keys: list[str], host: str = "127.0.0.1") -> ToolResult:
     out.mkdir(parents=True, exist_ok=True)
-    return run_tool("getscu", "-S", "-aet", calling, "-aec", called, "-od", str(out),
+    return run_tool("getscu", "-S", "+B", "-aet", calling, "-aec", called, "-od", str(out),  # +B: as received
                     *[a for k in keys for a in ("-k", k)], host, str(port))
 
 
 def movescu(port: int, calling: str, called: str, out: Path, keys: list[str], listen_port: int,
             host: str = "127.0.0.1") -> ToolResult:
-    """C-MOVE to this movescu itself (its AE title `calling`, listening on listen_port)."""
+    """C-MOVE to this movescu itself (its AE title `calling`, listening on listen_port).
+
+    With +B (files exactly as received) movescu writes into its working folder, not -od's.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    return run_tool("movescu", "-S", "-aet", calling, "-aec", called, "-aem", calling, "--port", str(listen_port),
-                    "-od", str(out), *[a for k in keys for a in ("-k", k)], host, str(port))
+    return run_tool("movescu", "-S", "+B", "-aet", calling, "-aec", called, "-aem", calling, "--port", str(listen_port),
+                    "-od", str(out), *[a for k in keys for a in ("-k", k)], host, str(port), cwd=out)
 
 
 def dataset_bytes(data: bytes | Path) -> bytes:

@@ -3,6 +3,8 @@ Query/Retrieve (Patient Root and Study Root: FIND, GET, MOVE) and Verification."
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydicom.uid import (
     HEVCM10P51,
     HEVCMP51,
@@ -68,3 +70,25 @@ def add_acceptor_contexts(ae: AE) -> None:
         ae.add_supported_context(uid, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True)
     for uid in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS, Verification):
         ae.add_supported_context(uid, list(UNCOMPRESSED))
+
+
+def prefer_requestor_syntaxes(requested: list[Any], supported: list[Any], role_selected: set[str]) -> None:
+    """Let each abstract syntax's transfer syntax be the one the requestor proposed first.
+
+    pynetdicom, as acceptor, takes the first of *its own* transfer syntaxes that
+    a context proposes; a sender proposing [implicit, explicit] for an implicit
+    file would then have to transcode it. Reordering the supported lists (this
+    association's copy) to the requestor's order stores what the sender has.
+    Not for SOP classes the requestor wants to receive (SCP role selection, as
+    for C-GET): there the node's order, uncompressed first, stays.
+    """
+    order: dict[str, list[str]] = {}
+    for cx in requested:
+        if str(cx.abstract_syntax) not in role_selected:
+            order.setdefault(str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
+    for cx in supported:
+        wanted = order.get(str(cx.abstract_syntax))
+        if not wanted:
+            continue
+        ours = [str(ts) for ts in cx.transfer_syntax]
+        cx.transfer_syntax = [ts for ts in wanted if ts in ours] + [ts for ts in ours if ts not in wanted]

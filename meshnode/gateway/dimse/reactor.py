@@ -45,20 +45,27 @@ MIN_PDU_LIMIT = 1 << 20  # association requests are not P-DATA: allow them this 
 
 
 class Doorbell:
-    """Wakes the DUL thread (a byte on a socket pair) and the association thread (an Event)."""
+    """Wakes the DUL thread (a byte on a socket pair) and the association thread (an Event).
+
+    The byte is written only while the DUL thread is (about to be) waiting in
+    select: a socket write releases the GIL, and most puts come from the DUL
+    thread itself or while it is busy anyway.
+    """
 
     def __init__(self) -> None:
         self.reader, self.writer = socket.socketpair()
         self.reader.setblocking(False)
         self.writer.setblocking(False)
         self.event = threading.Event()
+        self.dul_waiting = False
 
     def ring(self) -> None:
         self.event.set()
-        try:
-            self.writer.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already ringing, or closed
+        if self.dul_waiting:
+            try:
+                self.writer.send(b"\0")
+            except (BlockingIOError, OSError):
+                pass  # already ringing, or closed
 
     def drain(self) -> None:
         try:
@@ -120,16 +127,25 @@ class EventDrivenDUL(DULServiceProvider):
     def _wait(self) -> None:
         """Until the peer's socket is readable or a queue was put to (or IDLE_WAIT_S)."""
         sock = self.socket.socket if self.socket is not None else None
-        watched: list[socket.socket] = [self._bell.reader]
+        bell = self._bell
+        watched: list[socket.socket] = [bell.reader]
         if sock is not None and sock.fileno() >= 0:
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return
             watched.append(sock)
+        bell.dul_waiting = True
         try:
-            select.select(watched, [], [], IDLE_WAIT_S)
+            # anything put before dul_waiting was set is seen here; anything after rings
+            if self.to_provider_queue.queue or self.event_queue.queue:
+                return
+            readable, _, _ = select.select(watched, [], [], IDLE_WAIT_S)
         except (OSError, ValueError):
             time.sleep(0.001)  # the socket went away under us: the next turn notices
-        self._bell.drain()
+            return
+        finally:
+            bell.dul_waiting = False
+        if bell.reader in readable:
+            bell.drain()
 
     def run_reactor(self) -> None:
         # pynetdicom 3.0.4 DULServiceProvider.run_reactor, with time.sleep replaced by _wait
@@ -181,13 +197,18 @@ class GuardedDIMSE(DIMSEServiceProvider):
         self._command_bytes = 0
         self._dataset_bytes = 0
         self._dropping = False
+        self._stream: Any = None
+        self._stream_checked = False
         #: Message IDs of requests whose data set was too large (and was discarded)
         self.oversized: set[int] = set()
+        #: C-STORE data sets being written while they arrive, by Message ID (meshnode.gateway.dimse.streaming)
+        self.streams: dict[int, Any] = {}
 
     def receive_primitive(self, primitive: Any) -> None:
         if self.message is None:
             self._command_bytes = self._dataset_bytes = 0
             self._dropping = False
+            self._stream, self._stream_checked = None, False
         values = []
         for context_id, data in primitive.presentation_data_value_list:
             if data and data[0] & 1:
@@ -199,17 +220,43 @@ class GuardedDIMSE(DIMSEServiceProvider):
                     self.dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom aborts
                     return
             elif data:
+                command_set = getattr(self.message, "command_set", None)
+                message_id = getattr(command_set, "MessageID", None)
+                if not self._stream_checked:
+                    self._stream_checked = True
+                    self._stream = self._start_stream(command_set, context_id)
+                    if self._stream is not None and isinstance(message_id, int):
+                        self.streams[message_id] = self._stream
                 self._dataset_bytes += len(data) - 1
                 if self._dataset_bytes > self.max_dataset:
                     if not self._dropping:
                         self._dropping = True
-                        message_id = getattr(getattr(self.message, "command_set", None), "MessageID", None)
                         if isinstance(message_id, int):
                             self.oversized.add(message_id)
+                            self.streams.pop(message_id, None)
+                        if self._stream is not None:
+                            self._stream.abandon()
+                            self._stream = None
                     data = data[:1]  # keep the control header: the message still completes
+                elif self._stream is not None:
+                    self._stream.feed(data[1:])
+                    data = data[:1]  # the stream keeps the bytes; pynetdicom need not
+                if data[0] & 2 and self._stream is not None:
+                    self._stream.finish()
             values.append([context_id, data])
         primitive.presentation_data_value_list = values
         super().receive_primitive(primitive)
+
+    def _start_stream(self, command_set: Any, context_id: int) -> Any:
+        """A StreamedInstance for a C-STORE-RQ's data set, when the gateway set a stream factory."""
+        factory = getattr(self.assoc, "stream_factory", None)
+        if factory is None or command_set is None or getattr(command_set, "CommandField", None) != 0x0001:
+            return None
+        context = self.assoc._accepted_cx.get(context_id)
+        if context is None:
+            return None
+        return factory(str(command_set.AffectedSOPClassUID), str(command_set.AffectedSOPInstanceUID),
+                       str(context.transfer_syntax[0]))
 
 
 class GatewayAssociation(Association):
@@ -228,6 +275,8 @@ class GatewayAssociation(Association):
         self.refusals: list[str] = []
         #: filled in once the association is accepted (meshnode.gateway.dimse.server)
         self.gateway_info: Any = None
+        #: (SOP Class, SOP Instance, transfer syntax) -> StreamedInstance, for admitted callers that store
+        self.stream_factory: Any = None
 
     def _run_reactor(self) -> None:
         # pynetdicom 3.0.4 Association._run_reactor, with the 1 ms sleep replaced by the doorbell

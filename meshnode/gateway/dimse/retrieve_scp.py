@@ -143,9 +143,10 @@ class RetrieveScp:
             except Exception as exc:  # untrusted identifier: pydicom fails in many ways
                 self._audit(bridge, info, "dimse-move", Outcome.MINOR_FAILURE, getattr(exc, "name", "bad identifier"))
                 refusal = self._refusal(exc)
-        contexts = [build_context(sop_class, syntaxes) for sop_class, syntaxes in requested_contexts(records).items()]
+        contexts = [build_context(sop_class, syntaxes) for sop_class, syntaxes in requested_contexts(records)]
         if refusal is None and len(contexts) > MAX_CONTEXTS:
-            refusal = _status(OUT_OF_RESOURCES, f"more than {MAX_CONTEXTS} SOP classes in one retrieve")
+            refusal = _status(OUT_OF_RESOURCES,
+                              f"more than {MAX_CONTEXTS} presentation contexts needed in one retrieve")
         if refusal is not None:
             # pynetdicom only answers with a status once it holds an association to the destination
             yield destination.host, destination.port, {"contexts": [build_context("1.2.840.10008.1.1")]}

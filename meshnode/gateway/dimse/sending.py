@@ -74,20 +74,30 @@ def syntaxes_to_propose(transfer_syntax: str) -> list[str]:
     return [transfer_syntax]
 
 
-def requested_contexts(records: Iterable[InstanceRecord]) -> dict[str, list[str]]:
-    """SOP Class -> transfer syntaxes to propose, for sending these instances (at most 128 classes)."""
-    out: dict[str, list[str]] = {}
+def requested_contexts(records: Iterable[InstanceRecord]) -> list[tuple[str, list[str]]]:
+    """(SOP Class, transfer syntaxes) presentation contexts to propose for sending these instances.
+
+    Each stored syntax in a context of its own, so that a peer that supports it
+    accepts exactly it (an acceptor picks by its own preference within one
+    context); for uncompressed instances, one more context with the other
+    uncompressed syntaxes, as a fallback the instance is converted to.
+    """
+    out: list[tuple[str, list[str]]] = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()
     for rec in records:
-        syntaxes = out.setdefault(rec.sop_class_uid, [])
-        for ts in syntaxes_to_propose(rec.transfer_syntax):
-            if ts not in syntaxes:
-                syntaxes.append(ts)
+        syntaxes = syntaxes_to_propose(rec.transfer_syntax)
+        for group in ([syntaxes[0]], syntaxes[1:]):
+            key = (rec.sop_class_uid, tuple(group))
+            if group and key not in seen:
+                seen.add(key)
+                out.append((rec.sop_class_uid, list(group)))
     return out
 
 
 def _accepts(assoc: Any, sop_class: str, transfer_syntax: str) -> bool:
     for cx in assoc.accepted_contexts:
-        if str(cx.abstract_syntax) == sop_class and cx.transfer_syntax and str(cx.transfer_syntax[0]) == transfer_syntax:
+        if (str(cx.abstract_syntax) == sop_class and cx.transfer_syntax
+                and str(cx.transfer_syntax[0]) == transfer_syntax):
             if getattr(cx, "as_scu", True) in (True, None):
                 return True
     return False
@@ -101,8 +111,16 @@ def send_stored(assoc: Any, original: Callable[..., Dataset], tmp_dir: Path, dat
     record: InstanceRecord = getattr(dataset, "stored_record")
     data: bytes = getattr(dataset, "stored_bytes")
     if not _accepts(assoc, record.sop_class_uid, record.transfer_syntax):
-        # the peer took another (uncompressed) syntax only: pynetdicom converts, or raises if it cannot
-        return original(dcmread(io.BytesIO(data)), msg_id, priority, originator_aet, originator_id)
+        # the peer took another syntax only: an uncompressed one, which pynetdicom converts to; a
+        # compressed instance is decompressed first (pydicom's decoders: RLE built in), or the sub-operation fails
+        decoded = dcmread(io.BytesIO(data))
+        if decoded.file_meta.TransferSyntaxUID.is_compressed:
+            try:
+                decoded.decompress(generate_instance_uid=False)  # the same instance, losslessly decoded
+            except Exception as exc:  # pydicom's decoders raise many kinds of errors
+                raise StorageError(f"cannot decompress {hash_uid(record.sop_instance_uid)} for a peer that "
+                                   f"does not accept {record.transfer_syntax}: {type(exc).__name__}") from None
+        return original(decoded, msg_id, priority, originator_aet, originator_id)
     path = tmp_dir / f"send.{secrets.token_hex(8)}.dcm"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

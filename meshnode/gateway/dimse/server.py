@@ -17,25 +17,27 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from meshnode.dicom.part10 import PREAMBLE, file_meta
 from meshnode.files import write_atomic
 from meshnode.gateway.config import GatewayConfig, GatewayConfigError
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge
-from meshnode.gateway.dimse.contexts import add_acceptor_contexts
+from meshnode.gateway.dimse.contexts import add_acceptor_contexts, prefer_requestor_syntaxes
 from meshnode.gateway.dimse.query_scp import FindScp
 from meshnode.gateway.dimse.reactor import GatewayAssociation, LimitedSocket
 from meshnode.gateway.dimse.retrieve_scp import RetrieveScp
 from meshnode.gateway.dimse.sending import install_raw_sending
 from meshnode.gateway.dimse.store_scp import StoreScp
+from meshnode.gateway.dimse.streaming import StreamedInstance, StreamWorker
 from meshnode.gateway.intake import StudyIntake
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from protocol.errors import MeshError, StorageError
@@ -46,6 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENDPOINT_FILE = "dimse.json"
+# pynetdicom logs every message at INFO, C-FIND and C-MOVE identifiers included (patient names and IDs):
+# never the identifiers, and its per-message lines only when the node logs at DEBUG (-vv)
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 # A-ASSOCIATE-RJ diagnostics (result 1: rejected-permanent, source 1: service user)
 CALLING_AE_NOT_RECOGNISED = 0x03
@@ -122,6 +128,8 @@ class DimseServer:
         return ae
 
     async def run(self, *, task_status: TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        if not log.isEnabledFor(logging.DEBUG):
+            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         bridge = TrioBridge(trio.lowlevel.current_trio_token())
         store = StoreScp(self.intake, bridge, self.audit)
         ae = self._make_ae()
@@ -130,6 +138,7 @@ class DimseServer:
             (evt.EVT_REJECTED, self._on_rejected, [bridge]),
             (evt.EVT_RELEASED, self._on_ended, [bridge, "released"]),
             (evt.EVT_ABORTED, self._on_ended, [bridge, "aborted"]),
+            (evt.EVT_CONN_CLOSE, self._release_streams),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, store.handle),
             (evt.EVT_C_FIND, self.find.handle, [bridge]),
@@ -194,6 +203,12 @@ class DimseServer:
             return
         assert caller is not None
         assoc.gateway_info = AssociationInfo(calling, called, host, port, caller, route)
+        prefer_requestor_syntaxes(rq.presentation_context_definition_list, assoc.acceptor.supported_contexts,
+                                  {str(uid) for uid in assoc.requestor.role_selection})
+        if "store" in caller.allow:
+            worker = StreamWorker(f"DimseStream@{calling}")
+            assoc.stream_worker = worker
+            assoc.stream_factory = partial(self._new_stream, worker, calling)
         log.info("association from %s@%s:%d to %s%s", calling, host, port, called,
                  f" (route {route.name})" if route else "")
 
@@ -207,7 +222,26 @@ class DimseServer:
             actor=f"dimse:{str(rq.calling_ae_title).strip()}@{assoc.requestor.address}",
             detail=f"association limit ({self.settings.max_associations}) reached or negotiation refused"))
 
+    def _new_stream(self, worker: StreamWorker, calling: str, sop_class: str, sop_instance: str,
+                    transfer_syntax: str) -> StreamedInstance:
+        prefix = PREAMBLE + file_meta(sop_class, sop_instance, transfer_syntax, calling)
+        return StreamedInstance(prefix, self.intake.storage.blocks, self.intake.chunk_size, worker)
+
+    @staticmethod
+    def _release_streams(event: Any) -> None:
+        """The association is over: streams never collected leave no temp files; the worker stops."""
+        assoc = event.assoc
+        dimse = assoc.dimse
+        for stream in list(getattr(dimse, "streams", {}).values()):
+            stream.abandon()
+        getattr(dimse, "streams", {}).clear()
+        worker = getattr(assoc, "stream_worker", None)
+        if worker is not None:
+            worker.close()
+            assoc.stream_worker = None
+
     def _on_ended(self, event: Any, bridge: TrioBridge, how: str) -> None:
+        self._release_streams(event)
         assoc = event.assoc
         info: AssociationInfo | None = getattr(assoc, "gateway_info", None)
         if info is None:

@@ -71,11 +71,16 @@ class StoreScp:
             limit = self.intake.max_instance_bytes
             return self._refuse(info, OUT_OF_RESOURCES, f"instance exceeds the limit of {limit} bytes",
                                 sop_instance, EventCode.SECURITY_ALERT)
-        dataset = req.DataSet.getbuffer() if req.DataSet is not None else memoryview(b"")
-        transfer_syntax = str(event.context.transfer_syntax)
-        data = part10_file(dataset, sop_class, sop_instance, transfer_syntax, info.calling_ae)
+        stream = assoc.dimse.streams.pop(req.MessageID, None)
+        streamed = None
+        if stream is not None:  # the data set was split into blocks while it arrived
+            data, streamed = stream.collect()
+        else:
+            dataset = req.DataSet.getbuffer() if req.DataSet is not None else memoryview(b"")
+            transfer_syntax = str(event.context.transfer_syntax)
+            data = part10_file(dataset, sop_class, sop_instance, transfer_syntax, info.calling_ae)
         try:
-            prepared = self.intake.prepare(data, info.source, expect=(sop_class, sop_instance))
+            prepared = self.intake.prepare(data, info.source, expect=(sop_class, sop_instance), streamed=streamed)
             stored = self.bridge.call(self.intake.commit, prepared, info.route)
         except MeshError as exc:
             return self._refuse(info, status_for(exc), f"{exc.name}: {exc}", sop_instance, EventCode.IMPORT)
@@ -92,7 +97,8 @@ class StoreScp:
         try:
             self.bridge.call(self.audit, AuditEvent(
                 audit_code, "dimse-store-refused", Outcome.MINOR_FAILURE, actor=info.source,
-                detail=f"0x{code:04X} {why} ({hash_uid(sop_instance) if sop_instance else 'no SOP instance UID'})"[:300]))
+                detail=f"0x{code:04X} {why} ({hash_uid(sop_instance) if sop_instance else 'no SOP Instance UID'})"
+                [:300]))
         except MeshError as exc:
             log.error("cannot audit a refused C-STORE: %s", exc)
         return _status(code, why)
