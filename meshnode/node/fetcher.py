@@ -92,7 +92,7 @@ class Fetcher:
             return
         manifest = signed.document
         order = block_order(manifest)
-        wanted = fetch_order(manifest, order, self.ctx.peer_id)
+        wanted = fetch_order(manifest, order, self.ctx.org, self.ctx.peer_id)
         sizes = _block_sizes(manifest)
         have = await self.ctx.db.run(lambda s: s.present_blocks(order))
         self.active[manifest_id] = signed
@@ -358,15 +358,25 @@ class Fetcher:
             await self.ctx.db.run(save)
 
 
-def fetch_order(manifest: Manifest, order: list[CID], peer_id: str) -> list[CID]:
-    """The first instance's blocks first (it is usable soonest), then the rest from a point that
-    depends on this node, so recipients fetching together fetch different parts and serve each other."""
+def fetch_order(manifest: Manifest, order: list[CID], org: str, peer_id: str) -> list[CID]:
+    """The first instance's blocks first (it is usable soonest), then the rest from a starting point of
+    this node's own, so that recipients fetching at the same time hold different parts and serve each other.
+
+    Every recipient knows the manifest's (sorted) recipient list, so the k-th of n recipient orgs starts
+    k/n of the way through: two recipients start half a study apart, three a third apart, whatever
+    their peer IDs. Nodes of the same org are spread within the first half of their org's share by a
+    hash of their peer ID.
+    """
     first = list(manifest.instances[0].blocks)
     first_set = set(first)
     rest = [c for c in order if c not in first_set]
     if not rest:
         return order
-    offset = int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "big") % len(rest)
+    recipients = sorted(manifest.recipients)
+    index = recipients.index(org) if org in recipients else len(recipients)
+    share = len(rest) / (len(recipients) + (org not in recipients))
+    jitter = int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "big") % max(1, int(share / 2))
+    offset = (int(index * share) + jitter) % len(rest)
     return list(dict.fromkeys(first + rest[offset:] + rest[:offset]))
 
 
