@@ -51,6 +51,8 @@ WINDOW_INITIAL = 32
 WINDOW_MAX = 64
 REQUEST_BLOCKS = 16
 MIN_REQUEST_BLOCKS = 16
+#: Manifests whose start and first-instance times are kept for status and metrics.
+REMEMBERED = 4096
 
 CompletionHook = Callable[[Signed[Manifest], list[InstanceRecord]], Awaitable[None]]
 FailureHook = Callable[[Signed[Manifest], str], Awaitable[None]]
@@ -97,7 +99,7 @@ class Fetcher:
         have = await self.ctx.db.run(lambda s: s.present_blocks(order))
         self.active[manifest_id] = signed
         self._orders[manifest_id] = order
-        self._started[manifest_id] = self.ctx.clock() if since is None else since
+        _remember(self._started, manifest_id, self.ctx.clock() if since is None else since)
         self._assembly[manifest_id] = assembly = InstanceAssembly(manifest, have)
         self._queue_ready(manifest_id, assembly)
         self.scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
@@ -310,8 +312,9 @@ class Fetcher:
                         assembly.failed(outcome)
                     else:
                         assembly.verified(index, outcome)
-                if 0 in assembly.records and manifest_id not in self.first_usable:
-                    self.first_usable[manifest_id] = self.ctx.clock() - self._started.get(manifest_id, 0.0)
+                started = self._started.get(manifest_id)
+                if 0 in assembly.records and manifest_id not in self.first_usable and started is not None:
+                    _remember(self.first_usable, manifest_id, self.ctx.clock() - started)
                     log.info("manifest %s: first instance usable after %.0f ms", manifest_id,
                              1000 * self.first_usable[manifest_id])
                 await self._maybe_finish(manifest_id)
@@ -378,6 +381,14 @@ def fetch_order(manifest: Manifest, order: list[CID], org: str, peer_id: str) ->
     jitter = int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "big") % max(1, int(share / 2))
     offset = (int(index * share) + jitter) % len(rest)
     return list(dict.fromkeys(first + rest[offset:] + rest[:offset]))
+
+
+def _remember(table: dict[CID, float], key: CID, value: float) -> None:
+    """Set table[key], keeping only the REMEMBERED most recent entries (a node runs for months)."""
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > REMEMBERED:
+        del table[next(iter(table))]
 
 
 def _block_sizes(manifest: Manifest) -> dict[CID, int]:
