@@ -31,7 +31,10 @@ typecheck: $(STAMP)
 	$(VENV)/bin/python -m mypy protocol tools meshnode
 
 bench: $(STAMP)
+	$(VENV)/bin/python bench/libp2p_stack.py
 	$(VENV)/bin/python bench/ingest.py
+	$(VENV)/bin/python bench/transfer.py
+	$(VENV)/bin/python bench/gateway.py
 
 vectors: $(STAMP)
 	$(VENV)/bin/python scripts/gen_vectors.py

@@ -13,6 +13,9 @@ table. Today's measurements (DIMSE, C-STORE of one study over loopback):
   durable (blocks fdatasync'd and renamed, metadata and audit entry committed
   with SQLite synchronous=FULL).
 
+Then WADO-RS retrieval of the same study by dicomweb-client, from the node
+and from Orthanc, in the same run (bench/wado.py; skip with --no-wado).
+
 The clock runs from storescu logging "Requesting Association" to its exit,
 the same for all three; each receiver is checked to hold every instance.
 Target: the node's durable ingest >= the bare pynetdicom SCP.
@@ -32,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ensure_system_packages, print_table  # noqa: E402
+from bench.wado import measure_wado, report_wado  # noqa: E402
 from bench.dimse_baselines import (  # noqa: E402
     TransferResult,
     dcmtk_transfer,
@@ -122,6 +126,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best is printed)")
     parser.add_argument("--folder", type=Path, help="send this study folder instead of a synthetic CT")
+    parser.add_argument("--no-wado", action="store_true", help="skip WADO-RS retrieval against Orthanc")
     args = parser.parse_args()
     ensure_system_packages("dcmtk")
     work = Path(tempfile.mkdtemp(prefix="dicom-mesh-gateway-"))
@@ -149,6 +154,10 @@ def main() -> None:
         verdict = "met" if node.images_per_s >= baseline.images_per_s else "MISSED"
         print(f"target: node durable ingest >= bare pynetdicom SCP: {node.images_per_s:,.0f} vs "
               f"{baseline.images_per_s:,.0f} images/s: {verdict}")
+        if not args.no_wado:
+            wado_work = work / "wado"
+            wado_work.mkdir()
+            report_wado(measure_wado(folder, wado_work, args.repeat), args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -190,6 +190,19 @@ def print_rows(rows: list[WadoRow], title: str) -> None:
                 [r.as_list(baseline.get(r.method)) for r in sorted(rows, key=lambda r: (r.method, r.server))])
 
 
+def report_wado(rows: list[WadoRow], repeat: int) -> None:
+    """Print the rows of measure_wado and the meshnode / Orthanc ratios."""
+    size = rows[0].bytes / 1e6
+    print_rows(rows, f"WADO-RS retrieve study: {rows[0].images} instances, {size:.1f} MB, "
+                     f"best of {repeat} (127.0.0.1, page cache warm)")
+    for name in ("client", "wire"):
+        pair = {r.server: r.mb_per_s for r in rows if r.method == name}
+        mesh = pair.get("meshnode", 0.0)
+        other = next((v for k, v in pair.items() if k != "meshnode"), 0.0)
+        print(f"{name}: meshnode / Orthanc = {mesh / other:.2f}" if other else f"{name}: no Orthanc figure")
+    print("best of N runs; the servers were measured alternately in the same run")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=300)
@@ -204,16 +217,7 @@ def main() -> None:
 
             folder = work / "study"
             synthetic.generate_ct_study(folder, slices=args.slices, seed=7)
-        rows = measure_wado(folder, work, args.repeat)
-        size = rows[0].bytes / 1e6
-        print_rows(rows, f"WADO-RS retrieve study: {rows[0].images} instances, {size:.1f} MB, "
-                         f"best of {args.repeat} (127.0.0.1, page cache warm)")
-        for name in ("client", "wire"):
-            pair = {r.server: r.mb_per_s for r in rows if r.method == name}
-            mesh = pair.get("meshnode", 0.0)
-            other = next((v for k, v in pair.items() if k != "meshnode"), 0.0)
-            print(f"{name}: meshnode / Orthanc = {mesh / other:.2f}" if other else f"{name}: no Orthanc figure")
-        print("best of N runs; the servers were measured alternately in the same run")
+        report_wado(measure_wado(folder, work, args.repeat), args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
