@@ -156,6 +156,10 @@ class _Peer:
     min_latency: float = math.inf  # lowest request-to-block time seen
     mark_time: float | None = None  # start of the current rate sample (None while idle)
     mark_count: int = 0
+    # The sample taken last: (blocks, seconds, rate before it), and when. Blocks reported at that same
+    # instant (a driver that reports a batch at once) are folded into it.
+    last_sample: tuple[int, float, float] | None = None
+    last_sample_at: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -318,7 +322,7 @@ class FetchScheduler:
                     break
                 manifest_id, cids = picked
                 if not p.in_flight:  # idle until now: a new rate sample starts
-                    p.mark_time, p.mark_count = now, 0
+                    p.mark_time, p.mark_count, p.last_sample = now, 0, None
                 number = self._next_request
                 self._next_request += 1
                 self._requests[number] = _Outstanding(p.name, dict.fromkeys(cids), now)
@@ -463,16 +467,27 @@ class FetchScheduler:
         return max(self.window_min, min(p.window, cap))
 
     def _measure(self, p: _Peer, outstanding: _Outstanding, now: float) -> None:
-        """Delivery rate while busy, sampled over at least the base latency, smoothed."""
+        """Delivery rate while busy, sampled over at least the base latency, smoothed.
+
+        A driver may report several blocks at the same instant (a whole response, or a
+        group made durable together). The first of them closes a sample; the others,
+        counted at that same instant, belong to the interval it closed, and are folded
+        into it rather than left to a next sample that going idle would discard.
+        """
         p.min_latency = min(p.min_latency, max(0.0, now - outstanding.issued_at))
         if p.mark_time is None:
             return
-        p.mark_count += 1
-        elapsed = now - p.mark_time
-        if elapsed >= max(p.min_latency, 0.01):
-            sample = p.mark_count / elapsed
-            p.rate = sample if p.rate <= 0 else 0.7 * p.rate + 0.3 * sample
-            p.mark_time, p.mark_count = now, 0
+        if p.last_sample is not None and p.last_sample_at == now:
+            blocks, seconds, before = p.last_sample
+            p.last_sample = (blocks + 1, seconds, before)
+            p.rate = _smoothed(before, (blocks + 1) / seconds)
+        else:
+            p.mark_count += 1
+            elapsed = now - p.mark_time
+            if elapsed >= max(p.min_latency, 0.01):
+                p.last_sample, p.last_sample_at = (p.mark_count, elapsed, p.rate), now
+                p.rate = _smoothed(p.rate, p.mark_count / elapsed)
+                p.mark_time, p.mark_count = now, 0
         if not p.in_flight:
             p.mark_time = None
 
@@ -569,3 +584,7 @@ class FetchScheduler:
             self._banned[peer] = f"sent {strikes} block(s) that did not match their CID"
             self._events.append(PeerBanned(peer, self._banned[peer]))
             self.peer_lost(peer, 0.0)
+
+
+def _smoothed(rate: float, sample: float) -> float:
+    return sample if rate <= 0 else 0.7 * rate + 0.3 * sample

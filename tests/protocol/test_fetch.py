@@ -387,6 +387,38 @@ def test_simulation_large_requests_still_share_by_speed_and_finish_near_the_sum_
     assert done[mid(1)] < 1000 / 500 * 1.15
 
 
+def lone_transfer(s: FetchScheduler, blocks: int, rate: float, rtt: float, *, per_response: bool) -> float:
+    """One peer serving `rate` blocks/s over `rtt`; blocks reported one by one, or a whole response at once
+    when its last block is in (as a driver that makes a response durable in one go reports them)."""
+    start(s, mid(1), wanted(range(blocks)), ["A"])
+    now, events, busy, done = 0.0, [], 0.0, 0
+    while done < blocks:
+        for r in s.next_requests(now):
+            times = []
+            for c in r.cids:
+                busy = max(busy, now + rtt / 2) + 1 / rate
+                times.append((busy + rtt / 2, c))
+            if per_response:
+                times = [(times[-1][0], c) for _, c in times]
+            events += times
+        events.sort()
+        now = events[0][0]
+        while events and events[0][0] <= now:
+            _, c = events.pop(0)
+            s.block_received("A", c, True, now)
+            done += 1
+    return now
+
+
+def test_blocks_reported_a_response_at_a_time_keep_the_window_open() -> None:
+    ideal = 134 / 25 + 0.028
+    for settings in ({}, {"window_initial": 32, "window_max": 64, "min_request_blocks": 16}):
+        one_by_one = lone_transfer(FetchScheduler(**settings), 134, 25.0, 0.028, per_response=False)
+        batched = lone_transfer(FetchScheduler(**settings), 134, 25.0, 0.028, per_response=True)
+        assert one_by_one < ideal * 1.02
+        assert batched < ideal * 1.06, (settings, batched, ideal)  # a batch's blocks count for the rate
+
+
 def test_simulation_twice_as_fast_serves_more() -> None:
     s = FetchScheduler()
     rates = {"a": 100.0, "b": 200.0}
