@@ -24,6 +24,7 @@ from simulations.scenario.errors import ScenarioError
 from simulations.scenario.model import Scenario
 from simulations.summary import across, replication_summary
 from simulations.topology import Topology, build_topology
+from simulations.workload import Studies
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def _init_worker(q: Any) -> None:
     _progress_queue = q
 
 
-def _task(scenario: Scenario, replication: int, slice_no: int, index: int, keep_rows: bool) -> SliceResult:
+def _task(scenario: Scenario, replication: int, slice_no: int, index: int, keep_rows: bool,
+          trace: Studies | None) -> SliceResult:
     last = [0.0]
 
     def report(fraction: float) -> None:
@@ -55,11 +57,11 @@ def _task(scenario: Scenario, replication: int, slice_no: int, index: int, keep_
             last[0] = fraction
             _progress_queue.put((index, fraction))
 
-    return run_slice(scenario, replication, slice_no, report, keep_rows=keep_rows)
+    return run_slice(scenario, replication, slice_no, report, keep_rows=keep_rows, trace=trace)
 
 
 def simulate(scenario: Scenario, replications: list[int], jobs: int, progress: ProgressHook | None = None,
-             keep_rows: bool = True) -> list[ReplicationResult]:
+             keep_rows: bool = True, trace: Studies | None = None) -> list[ReplicationResult]:
     """Run the given replications (every time slice of each) and merge each replication's slices."""
     k = scenario.engine.time_slices
     tasks = [(rep, sl) for rep in replications for sl in range(k)]
@@ -73,12 +75,13 @@ def simulate(scenario: Scenario, replications: list[int], jobs: int, progress: P
 
     if jobs <= 1 or len(tasks) == 1:
         for i, (rep, sl) in enumerate(tasks):
-            results[(rep, sl)] = run_slice(scenario, rep, sl, lambda f, i=i: update(i, f), keep_rows=keep_rows)
+            results[(rep, sl)] = run_slice(scenario, rep, sl, lambda f, i=i: update(i, f), keep_rows=keep_rows,
+                                           trace=trace)
     else:
         ctx = multiprocessing.get_context("fork")
         q = ctx.Queue()
         with ctx.Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(q,)) as pool:
-            pending = {i: pool.apply_async(_task, (scenario, rep, sl, i, keep_rows)) for i, (rep, sl) in enumerate(tasks)}
+            pending = {i: pool.apply_async(_task, (scenario, rep, sl, i, keep_rows, trace)) for i, (rep, sl) in enumerate(tasks)}
             while pending:
                 try:
                     index, fraction = q.get(timeout=0.2)
@@ -92,7 +95,7 @@ def simulate(scenario: Scenario, replications: list[int], jobs: int, progress: P
 
 
 def run(scenario: Scenario, out_dir: Path, *, jobs: int | None = None, progress: ProgressHook | None = None,
-        replications: list[int] | None = None) -> RunOutcome:
+        replications: list[int] | None = None, trace: Studies | None = None) -> RunOutcome:
     reps = list(range(scenario.replications)) if replications is None else replications
     for rep in reps:
         if not 0 <= rep < scenario.replications:
@@ -100,7 +103,7 @@ def run(scenario: Scenario, out_dir: Path, *, jobs: int | None = None, progress:
     out_dir.mkdir(parents=True, exist_ok=True)
     topology = build_topology(scenario)
     keep_rows = scenario.output.records != "none"
-    results = simulate(scenario, reps, jobs or default_jobs(), progress, keep_rows)
+    results = simulate(scenario, reps, jobs or default_jobs(), progress, keep_rows, trace)
     summaries = write_outputs(out_dir, scenario, topology, results)
     return RunOutcome(out_dir, summaries, results)
 

@@ -26,7 +26,7 @@ import statistics
 
 from simulations.engine.recorder import BINS_PER_DECADE, LOW_DECADE, NBINS
 from simulations.results import ReplicationResult
-from simulations.scenario.model import Scenario
+from simulations.scenario.model import DesignKind, Scenario
 from simulations.topology import Topology
 from simulations.workload import PRIORITIES
 
@@ -127,7 +127,8 @@ def replication_summary(r: ReplicationResult, scenario: Scenario, topology: Topo
         "offered_load_Bps": round(c.bytes_delivered / span, 3),
         "fairness": {"jain_transfers": round(c.jain_sum ** 2 / (c.jain_n * c.jain_sq), 6) if c.jain_sq else None,
                      "jain_upload_utilisation": _jain([v["upload_utilisation"] for v in per_org.values()])},  # type: ignore[misc]
-        "hub": {"peak_Bps": round(max(hub_total) / hub_bin, 3), "peak_in_Bps": round(max(r.hub_in) / hub_bin, 3),
+        "hub": None if scenario.design.kind is DesignKind.MESH else {
+                "peak_Bps": round(max(hub_total) / hub_bin, 3), "peak_in_Bps": round(max(r.hub_in) / hub_bin, 3),
                 "peak_out_Bps": round(max(r.hub_out) / hub_bin, 3),
                 "peak_images_per_s": round(max(r.hub_images) / hub_bin, 3),
                 "peak_concurrency": r.hub_peak, "bytes_in": round(sum(r.hub_in), 3),

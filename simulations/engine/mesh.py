@@ -23,6 +23,7 @@ import logging
 import math
 
 from protocol.cid import CID
+from protocol.errors import LocalProtocolError
 from protocol.fetch import BlockStalled, BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
 from protocol.manifest import Priority
 from protocol.outbox import DeliveryKey, DeliveryKind
@@ -40,7 +41,7 @@ PRIORITY_BY_RANK = (Priority.STAT, Priority.URGENT, Priority.ROUTINE)
 
 class Fetch:
     __slots__ = ("transfer", "study", "node", "done", "told", "tick_pending", "last_progress", "hub_added",
-                 "order", "first_blocks", "fallback_armed")
+                 "order", "first_blocks", "fallback_armed", "direct", "direct_request", "direct_at")
 
     def __init__(self, transfer: Transfer, node: MeshNode, order: list[int], first_blocks: int) -> None:
         self.transfer = transfer
@@ -54,6 +55,9 @@ class Fetch:
         self.order = order
         self.first_blocks = first_blocks
         self.fallback_armed = False
+        self.direct = False  # running without the scheduler knowing (see MeshNode.start_fetch)
+        self.direct_request: RequestState | None = None
+        self.direct_at = 0.0
 
 
 class RequestState:
@@ -82,12 +86,21 @@ class MeshNode:
                                    max_attempts=mesh.world.scenario.design.announce_max_attempts)
         self.pending: dict[DeliveryKey, Transfer] = {}
         self.offset_seed = int.from_bytes(hashlib.sha256(self.code.encode()).digest()[:4], "big")
+        self.direct: Fetch | None = None
 
     # -- announcing (sender side) ---------------------------------------------------------
     def announce(self, t: Transfer, now: float) -> None:
+        """Announce to one recipient org; failed attempts are retried by the node's Outbox."""
         s = t.study
         assert s.manifest_id is not None
-        key = DeliveryKey(DeliveryKind.ANNOUNCE, s.manifest_id, self.mesh.world.orgs[t.recipient].code)
+        world = self.mesh.world
+        if world.reachable(self.org, t.recipient):
+            # A first attempt that succeeds: Outbox.add, due, succeeded, remove leave it as it was.
+            t.attempts += 1
+            t.control += wire_sizes.manifest_bytes(s.images, s.image_bytes)
+            world.queue.after(world.one_way(self.org, t.recipient), self.mesh.announced, t)
+            return
+        key = DeliveryKey(DeliveryKind.ANNOUNCE, s.manifest_id, world.orgs[t.recipient].code)
         self.pending[key] = t
         self.outbox.outbox.add(key, now)
         self.outbox.run_due(now)
@@ -133,14 +146,47 @@ class MeshNode:
         f = Fetch(t, self, order, first)
         f.last_progress = now
         t.fetch_started = now
+        mesh = self.mesh
+        if self.direct is not None:
+            self.materialise()
+        idle = not self.fetches
         self.fetches[s.manifest_id] = f
+        mesh.register_holder(s.sender, f)
+        if idle and mesh.can_go_direct(self, f):
+            # The scheduler is empty and forgets idle peers, so for one study from one holder it would
+            # issue exactly one request for all its blocks: issue it ourselves and tell the scheduler
+            # only if something else happens before it ends (materialise), which then replays it.
+            f.direct, f.direct_at = True, now
+            self.direct = f
+            request = Request(self.mesh.world.orgs[s.sender].code, s.manifest_id, tuple(s.cids[i] for i in order))
+            mesh.issue(self, request, now)
+            return
         self._add_to_scheduler(f, now)
-        self.mesh.register_holder(s.sender, f)
         self._tell(f, s.sender)
         if len(s.recipients) > 1 or s.hub_stored:
-            self.mesh.schedule_tick(f)
-        self.mesh.arm_fallback(f)
+            mesh.schedule_tick(f)
+        mesh.arm_fallback(f)
         self.pump(now)
+
+    def materialise(self) -> None:
+        """Tell the scheduler about the fetch running directly, as if it had issued its request."""
+        f = self.direct
+        if f is None:
+            return
+        self.direct = None
+        f.direct = False
+        s = f.study
+        assert s.manifest_id is not None and f.direct_request is not None
+        at = f.direct_at
+        self._add_to_scheduler(f, at)
+        name = self.mesh.world.orgs[s.sender].code
+        self.sched.peer_available(name, s.manifest_id, list(s.cids))
+        self.refs[name] = self.refs.get(name, 0) + 1
+        f.told[s.sender] = len(s.cids)
+        requests = self.sched.next_requests(at)
+        expected = f.direct_request.request
+        if requests != [expected]:
+            raise LocalProtocolError(f"scheduler replay issued {requests!r}, not {expected!r}")
 
     def _add_to_scheduler(self, f: Fetch, now: float) -> None:
         s = f.study
@@ -175,6 +221,8 @@ class MeshNode:
     def discover(self, f: Fetch, now: float) -> None:
         """A discovery tick: ask every holder of the study what it has."""
         f.tick_pending = False
+        if f.direct:
+            self.materialise()
         if f.study.manifest_id not in self.fetches or not self.mesh.world.alive(self.org):
             return
         s = f.study
@@ -240,6 +288,9 @@ class MeshNode:
 
     # -- the node goes down and comes back ------------------------------------------------
     def go_down(self, now: float) -> None:
+        if self.direct is not None:
+            self.direct.direct = False
+            self.direct = None
         for flow, st in list(self.inbound.items()):
             self.mesh.abort_request(st, flow)
         self.inbound.clear()

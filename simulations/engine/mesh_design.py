@@ -36,6 +36,8 @@ class Mesh:
         self.tick = d.discovery_interval
         self.fallback_after = d.fallback_after
         self.verify_rate = d.verify_rate
+        self.direct_enabled = world.scenario.engine.idle_fast_path
+        self.direct_fetches = 0
         self.nodes = [MeshNode(self, o.index) for o in world.orgs]
         self.serving: list[dict[Flow, RequestState]] = [{} for _ in world.orgs]  # flows each org is serving
         self.hub_serving: dict[Flow, RequestState] = {}
@@ -53,6 +55,20 @@ class Mesh:
         return FetchScheduler(window_min=int(s["window_min"]), window_initial=int(s["window_initial"]),
                               window_max=int(s["window_max"]), request_max_blocks=int(s["request_max_blocks"]),
                               max_strikes=1, request_timeout=float(s["request_timeout"]), queue_target=0.25)
+
+    def can_go_direct(self, node: MeshNode, f: Fetch) -> bool:
+        """An idle node, one study from one ordinary holder it has no state about, in one request."""
+        if not self.direct_enabled or self.hub is not None:
+            return False
+        s = f.study
+        if len(s.recipients) != 1 or len(s.cids) > min(self.window_initial, self.request_blocks):
+            return False
+        world = self.world
+        sender = world.orgs[s.sender]
+        if sender.corrupt > 0 or sender.drop > 0 or not world.reachable(s.sender, node.org) or node.inbound:
+            return False
+        sched = node.sched
+        return sched.window(sender.code) is None and sched.strikes(sender.code) == 0 and not sched.in_flight()
 
     def name_of(self, holder: int) -> str:
         return self.world.hub_code if holder == HUB else self.world.orgs[holder].code
@@ -154,6 +170,9 @@ class Mesh:
         peer = self.index_of(request.peer)
         f = node.fetches.get(request.manifest_id)
         st = RequestState(node, request, peer, f)
+        if f is not None and f.direct:
+            f.direct_request = st
+            self.direct_fetches += 1
         if not world.reachable(peer, node.org):
             # The dial fails: forget what it holds until discovery finds it again.
             node.sched.request_failed(request.peer, list(request.cids), now)
@@ -245,8 +264,13 @@ class Mesh:
         fetch = node.fetches.get(st.request.manifest_id)
         t = fetch.transfer if fetch is not None else None
         peer = st.request.peer
-        for cid, size in zip(st.request.cids, st.sizes):
-            ok = not world.corrupts(st.peer)
+        verdicts = [not world.corrupts(st.peer) for _ in st.request.cids]
+        if fetch is not None and fetch.direct:
+            if all(verdicts):
+                self._direct_done(fetch, st, now)
+                return
+            node.materialise()
+        for cid, size, ok in zip(st.request.cids, st.sizes, verdicts):
             if not ok:
                 world.recorder.corrupt_blocks += 1
                 world.recorder.corrupt_bytes += size
@@ -269,12 +293,28 @@ class Mesh:
                 self.block_verified(fetch, b, now)
             else:
                 t.duplicate += size
-        if node.refs.get(peer, 0) <= 0 and sched.in_flight_count(peer) == 0 and peer not in sched.banned():
+        if peer not in node.refs and sched.in_flight_count(peer) == 0 and sched.window(peer) is not None:
             sched.peer_lost(peer, now)
         node.pump(now)
 
+    def _direct_done(self, f: Fetch, st: RequestState, now: float) -> None:
+        t = f.transfer
+        node = f.node
+        for cid, size in zip(st.request.cids, st.sizes):
+            b = int.from_bytes(cid.digest[9:13], "big")
+            f.done[b] = True
+            t.from_sender += size
+            self.block_verified(f, b, now)
+        assert t.study.manifest_id is not None
+        del node.fetches[t.study.manifest_id]
+        node.direct = None
+        f.direct = False
+        self.completed(f, now)
+
     def abort_request(self, st: RequestState, flow: Flow) -> None:
         """The flow is cut (a failure at either end): its bytes are lost and its blocks requeued."""
+        if st.fetch is not None and st.fetch.direct:
+            st.node.materialise()
         moved = self.world.net.abort(flow)
         self._detach(st, flow)
         if st.fetch is not None:

@@ -104,9 +104,15 @@ class Network:
             self._hit_milestones(flow, now, 0.0)
             self.queue.at(now, self._finish_empty, flow)
             return flow
+        alone = True
         for link in flow.links:
+            if link.flows and (not link.lazy or link.saturated):
+                alone = False
             link.flows[flow] = None
-        self._recompute(flow.links, now, extra=flow)
+        if alone:
+            self._start_alone(flow, now)
+        else:
+            self._recompute(flow.links, now, extra=flow)
         return flow
 
     def abort(self, flow: Flow) -> float:
@@ -116,7 +122,10 @@ class Network:
         now = self.queue.now
         self._advance(flow, now)
         self._detach(flow)
-        self._recompute(flow.links, now)
+        for link in flow.links:
+            if link.flows and (not link.lazy or link.saturated):
+                self._recompute(flow.links, now)
+                break
         return flow.moved
 
     def set_capacity(self, link: Link, capacity: float) -> None:
@@ -128,6 +137,28 @@ class Network:
             self._recompute((link,), self.queue.now, force=link)
 
     # -- internals --------------------------------------------------------------------
+    def _start_alone(self, flow: Flow, now: float) -> None:
+        """Fast path: no other flow shares a constraining link, so the rate is the tightest capacity."""
+        rate = flow.cap
+        lazy = False
+        for link in flow.links:
+            if link.lazy:
+                lazy = True
+            elif link.capacity < rate:
+                rate = link.capacity
+        if rate == math.inf:
+            rate = min(l.capacity for l in flow.links)
+        flow.rate = rate
+        flow.version = 1
+        self.queue.at(now + flow.remaining / rate, self._done, (flow, 1))
+        if lazy:
+            for link in flow.links:
+                if link.lazy:
+                    link.load += rate
+                    if link.load > link.capacity * (1 + 1e-9):
+                        link.saturated = True
+                        self._recompute((link,), now, force=link)
+
     def _finish_empty(self, flow: Flow, now: float) -> None:
         flow.on_done(flow, now)
 
@@ -138,7 +169,10 @@ class Network:
         self._advance(flow, now)
         flow.remaining = 0.0
         self._detach(flow)
-        self._recompute(flow.links, now)
+        for link in flow.links:
+            if link.flows and (not link.lazy or link.saturated):
+                self._recompute(flow.links, now)
+                break
         flow.on_done(flow, now)
 
     def _detach(self, flow: Flow) -> None:

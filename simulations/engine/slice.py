@@ -13,7 +13,7 @@ the same scenario, seed and K give the same bytes on any machine.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from simulations.engine.attacks import Attacks
@@ -24,7 +24,7 @@ from simulations.engine.world import Window, World
 from simulations.scenario.model import Scenario
 from simulations.timeline import Change, Event, Timeline
 from simulations.topology import build_topology
-from simulations.workload import WorkloadModel
+from simulations.workload import Studies, WorkloadModel
 
 Progress = Callable[[float], None]
 
@@ -64,7 +64,8 @@ def window_of(scenario: Scenario, slice_no: int) -> Window:
 
 
 def run_slice(scenario: Scenario, replication: int, slice_no: int, progress: Progress | None = None,
-              keep_rows: bool = True) -> SliceResult:
+              keep_rows: bool = True, trace: Studies | None = None) -> SliceResult:
+    """Simulate one slice; `trace` replaces the scenario's generated workload with given studies."""
     topology = build_topology(scenario)
     timeline = Timeline(scenario, topology, replication)
     window = window_of(scenario, slice_no)
@@ -79,7 +80,12 @@ def run_slice(scenario: Scenario, replication: int, slice_no: int, progress: Pro
     model = WorkloadModel(scenario, topology)
     studies = 0
     span = max(1e-9, window.arrivals_end - window.start)
-    for batch in model.window(window.start, window.arrivals_end, replication):
+    if trace is None:
+        batches: Iterable[Studies] = model.window(window.start, window.arrivals_end, replication)
+    else:
+        keep = (trace.time >= window.start) & (trace.time < window.arrivals_end)
+        batches = [trace.take(keep)]
+    for batch in batches:
         ids, times, senders = batch.id.tolist(), batch.time.tolist(), batch.sender.tolist()
         recips, mods, pris = batch.recipients.tolist(), batch.modality.tolist(), batch.priority.tolist()
         images, nbytes = batch.images.tolist(), batch.nbytes.tolist()
@@ -115,6 +121,7 @@ def run_slice(scenario: Scenario, replication: int, slice_no: int, progress: Pro
                 "request_timeouts": rec.request_timeouts, "bogus_announced": attacks.bogus_sent,
                 "bogus_fetched": rec.bogus_fetched, "bogus_bytes": rec.bogus_bytes, "fallbacks": rec.fallbacks},
         engine={"studies_simulated": studies, "flows": world.net.flows_started,
+                "direct_fetches": getattr(getattr(design, "mesh", None), "direct_fetches", 0),
                 "rate_recomputations": world.net.recomputations, "end_time": end},
         settings=design.settings(),
     )

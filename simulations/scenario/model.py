@@ -168,6 +168,7 @@ class Engine:
     slice_overlap: float = 6 * 3600.0
     per_image_events: bool = False
     drain: float = 0.0  # after `duration`, no new studies; transfers in flight may finish
+    idle_fast_path: bool = True  # exact shortcut for fetches an idle node's scheduler would issue as one request
 
 
 @dataclass(frozen=True)

@@ -365,7 +365,8 @@ def _attacker(t: Table, known: _Names) -> Attacker:
 
 def _engine(t: Table) -> Engine:
     e = Engine(time_slices=t.integer("time_slices", 1, 1, 1024), slice_overlap=t.duration("slice_overlap", 6 * 3600.0),
-               per_image_events=t.boolean("per_image_events", False), drain=t.duration("drain", 0.0))
+               per_image_events=t.boolean("per_image_events", False), drain=t.duration("drain", 0.0),
+               idle_fast_path=t.boolean("idle_fast_path", True))
     t.finish()
     return e
 
