@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from simulations import plots
@@ -47,61 +48,79 @@ def _mean_ci(cell: object) -> str:
     return fmt(mean) + ("" if ci in (None, 0, 0.0) else f" ± {fmt(ci, 2)}")
 
 
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Image:
+    src: str
+    alt: str
+
+
 class Doc:
     """A tiny document model rendered to Markdown or HTML."""
 
     def __init__(self) -> None:
-        self.parts: list[tuple[str, object]] = []
+        self.parts: list[Heading | Para | Table | Image] = []
 
     def h(self, level: int, text: str) -> None:
-        self.parts.append(("h", (level, text)))
+        self.parts.append(Heading(level, text))
 
     def p(self, text: str) -> None:
-        self.parts.append(("p", text))
+        self.parts.append(Para(text))
 
     def table(self, header: list[str], rows: list[list[str]]) -> None:
-        self.parts.append(("table", (header, rows)))
+        self.parts.append(Table(header, rows))
 
     def img(self, src: str, alt: str) -> None:
-        self.parts.append(("img", (src, alt)))
+        self.parts.append(Image(src, alt))
 
     def markdown(self) -> str:
         out: list[str] = []
-        for kind, value in self.parts:
-            if kind == "h":
-                level, text = value  # type: ignore[misc]
-                out.append("#" * level + " " + text)
-            elif kind == "p":
-                out.append(str(value))
-            elif kind == "img":
-                src, alt = value  # type: ignore[misc]
-                out.append(f"![{alt}]({src})")
+        for part in self.parts:
+            if isinstance(part, Heading):
+                out.append("#" * part.level + " " + part.text)
+            elif isinstance(part, Para):
+                out.append(part.text)
+            elif isinstance(part, Image):
+                out.append(f"![{part.alt}]({part.src})")
             else:
-                header, rows = value  # type: ignore[misc]
-                out.append("| " + " | ".join(header) + " |")
-                out.append("|" + "|".join("---" for _ in header) + "|")
-                out.extend("| " + " | ".join(r) + " |" for r in rows)
+                out.append("| " + " | ".join(part.header) + " |")
+                out.append("|" + "|".join("---" for _ in part.header) + "|")
+                out.extend("| " + " | ".join(r) + " |" for r in part.rows)
             out.append("")
         return "\n".join(out)
 
     def html(self, title: str) -> str:
-        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        esc = html.escape
+        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
                "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto}table{border-collapse:collapse}"
                "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}"
                "td:first-child{text-align:left}img{max-width:100%}</style></head><body>"]
-        for kind, value in self.parts:
-            if kind == "h":
-                level, text = value  # type: ignore[misc]
-                out.append(f"<h{level}>{html.escape(text)}</h{level}>")
-            elif kind == "p":
-                out.append(f"<p>{html.escape(str(value))}</p>")
-            elif kind == "img":
-                src, alt = value  # type: ignore[misc]
-                out.append(f"<p><img src='{html.escape(src)}' alt='{html.escape(alt)}'></p>")
+        for part in self.parts:
+            if isinstance(part, Heading):
+                out.append(f"<h{part.level}>{esc(part.text)}</h{part.level}>")
+            elif isinstance(part, Para):
+                out.append(f"<p>{esc(part.text)}</p>")
+            elif isinstance(part, Image):
+                out.append(f"<p><img src='{esc(part.src)}' alt='{esc(part.alt)}'></p>")
             else:
-                header, rows = value  # type: ignore[misc]
-                out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-                out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+                out.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in part.header) + "</tr>")
+                out.extend("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in part.rows)
                 out.append("</table>")
         out.append("</body></html>")
         return "\n".join(out) + "\n"

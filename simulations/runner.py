@@ -75,8 +75,9 @@ def simulate(scenario: Scenario, replications: list[int], jobs: int, progress: P
 
     if jobs <= 1 or len(tasks) == 1:
         for i, (rep, sl) in enumerate(tasks):
-            results[(rep, sl)] = run_slice(scenario, rep, sl, lambda f, i=i: update(i, f), keep_rows=keep_rows,
-                                           trace=trace)
+            def hook(f: float, i: int = i) -> None:
+                update(i, f)
+            results[(rep, sl)] = run_slice(scenario, rep, sl, hook, keep_rows=keep_rows, trace=trace)
     else:
         ctx = multiprocessing.get_context("fork")
         q = ctx.Queue()
@@ -118,15 +119,15 @@ def write_outputs(out_dir: Path, scenario: Scenario, topology: Topology,
             name = f"transfers-{tag}.csv" + (".gz" if scenario.output.records == "csv.gz" else "")
             outputs.write_records(out_dir / name, r, scenario, topology, scenario.output.records == "csv.gz")
             files[name] = outputs.sha256_file(out_dir / name)
-        for name, writer in ((f"timeseries-{tag}.csv", lambda p: outputs.write_timeseries(p, r, scenario, topology)),
-                             (f"hub-{tag}.csv", lambda p: outputs.write_hub_series(p, r, scenario))):
-            writer(out_dir / name)
+        outputs.write_timeseries(out_dir / f"timeseries-{tag}.csv", r, scenario, topology)
+        outputs.write_hub_series(out_dir / f"hub-{tag}.csv", r, scenario)
+        for name in (f"timeseries-{tag}.csv", f"hub-{tag}.csv"):
             files[name] = outputs.sha256_file(out_dir / name)
         name = f"distributions-{tag}.json"
         outputs.write_json(out_dir / name, outputs.distributions(r, scenario))
         files[name] = outputs.sha256_file(out_dir / name)
         per_rep.append(replication_summary(r, scenario, topology))
-    summary = {"scenario": scenario.name, "design": scenario.design.kind.value,
+    summary: dict[str, object] = {"scenario": scenario.name, "design": scenario.design.kind.value,
                "replications": per_rep, "across_replications": across(per_rep)}
     outputs.write_json(out_dir / outputs.SUMMARY, summary)
     files[outputs.SUMMARY] = outputs.sha256_file(out_dir / outputs.SUMMARY)

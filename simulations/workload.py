@@ -153,6 +153,6 @@ class WorkloadModel:
 
 
 def _cdf(p: np.ndarray) -> np.ndarray:
-    c = np.cumsum(p) / p.sum()
+    c: np.ndarray = np.cumsum(p) / p.sum()
     c[-1] = 1.0
     return c

@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     s = load(args)
     groups = [{"name": g.name, "kind": g.kind.value, "organisations": g.count, "up": format_rate(g.up),
                "down": format_rate(g.down)} for g in s.groups]
-    data = {"name": s.name, "sha256": scenario_hash(s), "design": s.design.kind.value,
+    digest = scenario_hash(s)
+    data: dict[str, object] = {"name": s.name, "sha256": digest, "design": s.design.kind.value,
             "organisations": len(s.org_codes), "groups": groups, "studies_per_year": s.workload.studies_per_year,
             "duration": format_duration(s.duration), "replications": s.replications, "seed": s.seed,
             "faults": len(s.faults), "attackers": len(s.attackers), "time_slices": s.engine.time_slices}
@@ -30,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
              f"{s.workload.studies_per_year:,.0f} studies/year, {format_duration(s.duration)} x "
              f"{s.replications} replication(s), seed {s.seed}"]
     lines += [f"  {g['name']}: {g['organisations']} {g['kind']}, up {g['up']}, down {g['down']}" for g in groups]
-    lines.append(f"  {len(s.faults)} fault(s), {len(s.attackers)} attacker(s); scenario sha256 {data['sha256'][:16]}")
+    lines.append(f"  {len(s.faults)} fault(s), {len(s.attackers)} attacker(s); scenario sha256 {digest[:16]}")
     emit(data, args.json, "\n".join(lines))
     return EXIT_OK

@@ -173,8 +173,9 @@ class HubService:
     def _start(self, job: HubJob, now: float) -> None:
         world = self.world
         s = job.study
+        milestones: tuple[float, ...] = ()
         if job.upload:
-            src, dst, milestones = s.sender, HUB, ()
+            src, dst = s.sender, HUB
         else:
             assert job.transfer is not None
             src, dst = HUB, job.transfer.recipient

@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError
@@ -33,6 +35,9 @@ from simulations.engine.network import Flow
 from simulations.engine.outboxes import OutboxDriver
 from simulations.engine.state import Status, Study, Transfer
 from simulations.engine.world import World
+
+if TYPE_CHECKING:
+    from simulations.engine.mesh_design import Mesh
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +249,7 @@ class MeshNode:
         if events:
             self._events(events, now)
 
-    def _events(self, events: list[object], now: float) -> None:
+    def _events(self, events: Sequence[object], now: float) -> None:
         mesh = self.mesh
         for ev in events:
             if isinstance(ev, ManifestCompleted):
