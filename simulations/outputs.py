@@ -112,10 +112,12 @@ def write_hub_series(path: Path, r: ReplicationResult, scenario: Scenario) -> No
     width = scenario.output.hub_bin
     with path.open("w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(("time_s", "in_bytes", "out_bytes", "images", "max_concurrency"))
-        for k, (a, b, im, c) in enumerate(zip(r.hub_in, r.hub_out, r.hub_images, r.hub_concurrency)):
-            if a > 0 or b > 0 or c > 0:
-                w.writerow((_num(k * width), _num(round(a, 3)), _num(round(b, 3)), _num(round(im, 3)), c))
+        w.writerow(("time_s", "hub_in_bytes", "hub_out_bytes", "hub_in_images", "hub_max_concurrency",
+                    "images_delivered"))
+        for k, (a, b, im, c, d) in enumerate(zip(r.hub_in, r.hub_out, r.hub_images, r.hub_concurrency, r.images)):
+            if a > 0 or b > 0 or c > 0 or d > 0:
+                w.writerow((_num(k * width), _num(round(a, 3)), _num(round(b, 3)), _num(round(im, 3)), c,
+                            _num(round(d, 3))))
 
 
 def distributions(r: ReplicationResult, scenario: Scenario) -> dict[str, object]:

@@ -136,7 +136,7 @@ def timeseries_plot(run_dir: Path, path: Path, title: str, bin_s: float, hub_bin
         with hub_path.open(encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 hub_t.append(float(row["time_s"]) / 86400.0)
-                hub_v.append((float(row["in_bytes"]) + float(row["out_bytes"])) / hub_bin_s / 1e6)
+                hub_v.append((float(row["hub_in_bytes"]) + float(row["hub_out_bytes"])) / hub_bin_s / 1e6)
     fig, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
     ts = sorted(up)
     axes[0].plot([t / 86400.0 for t in ts], [up[t] / bin_s / 1e6 for t in ts], color="#2874a6", lw=0.8)

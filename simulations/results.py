@@ -22,6 +22,7 @@ class ReplicationResult:
     hub_in: list[float]
     hub_out: list[float]
     hub_images: list[float]
+    images: list[float]
     hub_concurrency: list[int]
     hub_peak: int
     outages: list[OutageStats]
@@ -52,6 +53,7 @@ def merge(slices: list[SliceResult]) -> ReplicationResult:
     down = [list(x) for x in first.down]
     total_up, total_down = list(first.total_up), list(first.total_down)
     hub_in, hub_out, hub_images = list(first.hub_in), list(first.hub_out), list(first.hub_images)
+    images = list(first.images)
     hub_conc = list(first.hub_concurrency)
     outages = [OutageStats(o.what, o.org, o.start, o.end, o.cause) for o in first.outages]
     bans: list[tuple[float, str, str]] = []
@@ -74,6 +76,7 @@ def merge(slices: list[SliceResult]) -> ReplicationResult:
             total_up, total_down = _add_lists(total_up, s.total_up), _add_lists(total_down, s.total_down)
             hub_in, hub_out = _add_lists(hub_in, s.hub_in), _add_lists(hub_out, s.hub_out)
             hub_images = _add_lists(hub_images, s.hub_images)
+            images = _add_lists(images, s.images)
             hub_conc = [max(a, b) for a, b in zip(hub_conc, s.hub_concurrency)]
         for mine, theirs in zip(outages, s.outages):
             mine.affected += theirs.affected
@@ -86,5 +89,5 @@ def merge(slices: list[SliceResult]) -> ReplicationResult:
         for k, v in s.engine.items():
             engine[k] = max(engine.get(k, 0), v) if k == "end_time" else engine.get(k, 0) + v
     return ReplicationResult(first.replication, c, dict(sorted(delivery.items())), dict(sorted(first_image.items())),
-                             rows, up, down, total_up, total_down, hub_in, hub_out, hub_images, hub_conc,
+                             rows, up, down, total_up, total_down, hub_in, hub_out, hub_images, images, hub_conc,
                              max(s.hub_peak for s in slices), outages, bans, attack, engine, first.settings)

@@ -125,12 +125,13 @@ def replication_summary(r: ReplicationResult, scenario: Scenario, topology: Topo
         "duplicate_overhead": round((c.wasted + c.duplicate) / delivered, 9),
         "control_overhead": round(c.control / delivered, 9),
         "offered_load_Bps": round(c.bytes_delivered / span, 3),
+        "peak_images_per_s": round(max(r.images) / hub_bin, 3),
         "fairness": {"jain_transfers": round(c.jain_sum ** 2 / (c.jain_n * c.jain_sq), 6) if c.jain_sq else None,
                      "jain_upload_utilisation": _jain([v["upload_utilisation"] for v in per_org.values()])},  # type: ignore[misc]
         "hub": None if scenario.design.kind is DesignKind.MESH else {
                 "peak_Bps": round(max(hub_total) / hub_bin, 3), "peak_in_Bps": round(max(r.hub_in) / hub_bin, 3),
                 "peak_out_Bps": round(max(r.hub_out) / hub_bin, 3),
-                "peak_images_per_s": round(max(r.hub_images) / hub_bin, 3),
+                "peak_in_images_per_s": round(max(r.hub_images) / hub_bin, 3),
                 "peak_concurrency": r.hub_peak, "bytes_in": round(sum(r.hub_in), 3),
                 "bytes_out": round(sum(r.hub_out), 3)},
         "faults": {"outages_touching_transfers": len(outages), "affected_transfers": affected,
@@ -154,7 +155,7 @@ KEY_METRICS = (
     ("delivery_time_s", "by_priority", "routine", "p95"), ("time_to_first_image_s", "all", "p50"),
     ("time_to_first_image_s", "all", "p95"), ("duplicate_overhead",), ("control_overhead",),
     ("fairness", "jain_transfers"), ("fairness", "jain_upload_utilisation"), ("hub", "peak_Bps"),
-    ("hub", "peak_images_per_s"), ("hub", "peak_concurrency"), ("faults", "affected_success_rate"),
+    ("peak_images_per_s",), ("hub", "peak_in_images_per_s"), ("hub", "peak_concurrency"), ("faults", "affected_success_rate"),
     ("faults", "recovery_s_max"), ("attack", "corrupt_blocks"), ("attack", "bans"),
 )
 

@@ -30,13 +30,12 @@ UPLOAD_ATTEMPT_TIMEOUT = 30 * 86400.0  # an attempt is reported when its transfe
 
 
 class HubJob:
-    __slots__ = ("upload", "study", "transfer", "key", "flow")
+    __slots__ = ("upload", "study", "transfer", "flow")
 
-    def __init__(self, upload: bool, study: Study, transfer: Transfer | None, key: DeliveryKey) -> None:
+    def __init__(self, upload: bool, study: Study, transfer: Transfer | None) -> None:
         self.upload = upload
         self.study = study
         self.transfer = transfer
-        self.key = key
         self.flow: Flow | None = None
 
 
@@ -44,10 +43,10 @@ class HubService:
     def __init__(self, world: World, forward: bool) -> None:
         self.world = world
         self.forward = forward
-        self.uploads = [OutboxDriver(world.queue, self._attempt_upload_for(o.index), self._upload_gave_up,
+        self.uploads = [OutboxDriver(world.queue, self._attempt_upload, self._upload_gave_up,
                                      attempt_timeout=UPLOAD_ATTEMPT_TIMEOUT,
                                      max_attempts=world.scenario.design.announce_max_attempts)
-                        for o in world.orgs]
+                        for _ in world.orgs]
         self.outbox = OutboxDriver(world.queue, self._attempt_forward, self._forward_gave_up,
                                    attempt_timeout=UPLOAD_ATTEMPT_TIMEOUT,
                                    max_attempts=world.scenario.design.announce_max_attempts)
@@ -66,27 +65,39 @@ class HubService:
 
     # -- uploads -----------------------------------------------------------------------------
     def upload(self, s: Study, now: float) -> None:
+        """The sender pushes the study to the hub: at once if it can, else through its Outbox."""
+        if self.world.reachable(s.sender, HUB):
+            # A first attempt that succeeds never needs the Outbox (add, due, succeeded, remove).
+            self._count_attempt(s)
+            self._admit(HubJob(True, s, None), now)
+        else:
+            self._retry_upload(s, now)
+
+    def _count_attempt(self, s: Study) -> None:
+        if self.forward:
+            for t in s.transfers:
+                t.attempts += 1
+
+    def _retry_upload(self, s: Study, now: float) -> None:
         assert s.manifest_id is not None
-        driver = self.uploads[s.sender]
         key = DeliveryKey(DeliveryKind.ANNOUNCE, s.manifest_id, self.world.hub_code)
         self.studies[key] = s
+        driver = self.uploads[s.sender]
         driver.outbox.add(key, now)
         driver.run_due(now)
 
-    def _attempt_upload_for(self, sender: int) -> Callable[[DeliveryKey, float], None]:
-        def attempt(key: DeliveryKey, now: float) -> None:
-            s = self.studies.get(key)
-            if s is None:
-                self.uploads[sender].forget(key)
-                return
-            if self.forward:
-                for t in s.transfers:
-                    t.attempts += 1
-            if not self.world.reachable(sender, HUB):
-                self.uploads[sender].failed(key, now, "unavailable: hub unreachable")
-                return
-            self._admit(HubJob(True, s, None, key), now)
-        return attempt
+    def _attempt_upload(self, key: DeliveryKey, now: float) -> None:
+        s = self.studies.get(key)
+        if s is None:
+            return
+        driver = self.uploads[s.sender]
+        self._count_attempt(s)
+        if not self.world.reachable(s.sender, HUB):
+            driver.failed(key, now, "unavailable: hub unreachable")
+            return
+        driver.succeeded(key, now)
+        del self.studies[key]
+        self._admit(HubJob(True, s, None), now)
 
     def _upload_gave_up(self, key: DeliveryKey, now: float, error: str) -> None:
         s = self.studies.pop(key, None)
@@ -104,13 +115,19 @@ class HubService:
             self.world.queue.after(self.processing_delay, self._forward_all, s)
 
     def _forward_all(self, s: Study, now: float) -> None:
-        assert s.manifest_id is not None
         for t in s.transfers:
             if t.resolved:
                 continue
-            key = DeliveryKey(DeliveryKind.RECEIPT, s.manifest_id, self.world.orgs[t.recipient].code)
-            self.forwards[key] = t
-            self.outbox.outbox.add(key, now)
+            if self.world.hub_online and self.world.reachable(HUB, t.recipient):
+                self._admit(HubJob(False, s, t), now)
+            else:
+                self._retry_forward(t, now)
+
+    def _retry_forward(self, t: Transfer, now: float) -> None:
+        assert t.study.manifest_id is not None
+        key = DeliveryKey(DeliveryKind.RECEIPT, t.study.manifest_id, self.world.orgs[t.recipient].code)
+        self.forwards[key] = t
+        self.outbox.outbox.add(key, now)
         self.outbox.run_due(now)
 
     def _attempt_forward(self, key: DeliveryKey, now: float) -> None:
@@ -125,12 +142,21 @@ class HubService:
         if not self.world.reachable(HUB, t.recipient):
             self.outbox.failed(key, now, "unavailable: recipient unreachable")
             return
-        self._admit(HubJob(False, t.study, t, key), now)
+        self.outbox.succeeded(key, now)
+        del self.forwards[key]
+        self._admit(HubJob(False, t.study, t), now)
 
     def _forward_gave_up(self, key: DeliveryKey, now: float, error: str) -> None:
         t = self.forwards.pop(key, None) or self.relays.pop(key, None)
         if t is not None and self.forward:
             self._fail(t, now, "hub forward: " + error.split(":")[0])
+
+    def _retry(self, job: HubJob, now: float) -> None:
+        """A transfer that could not start or was cut: try again now, then with the Outbox's backoff."""
+        if job.upload:
+            self._retry_upload(job.study, now)
+        elif job.transfer is not None and not job.transfer.resolved:
+            self._retry_forward(job.transfer, now)
 
     # -- hybrid: relaying announces the sender could not deliver ------------------------------
     def relay_announce(self, t: Transfer, now: float, after: float) -> None:
@@ -199,10 +225,9 @@ class HubService:
         self.world.meter.hub_flow(-1, now)
         while self.waiting and len(self.active) < self.max_concurrent:
             _, _, job = heapq.heappop(self.waiting)
-            if job.upload and not self.world.reachable(job.study.sender, HUB):
-                self.uploads[job.study.sender].failed(job.key, now, "unavailable: hub unreachable")
-            elif not job.upload and job.transfer is not None and not self.world.reachable(HUB, job.transfer.recipient):
-                self.outbox.failed(job.key, now, "unavailable: recipient unreachable")
+            end = job.study.sender if job.upload else (job.transfer.recipient if job.transfer else HUB)
+            if not (self.world.reachable(end, HUB) if job.upload else self.world.reachable(HUB, end)):
+                self._retry(job, now)
             else:
                 self._start(job, now)
 
@@ -211,15 +236,10 @@ class HubService:
         self._release(flow, now)
         s = job.study
         if job.upload:
-            finish = now + self.world.rtt(s.sender, HUB)
-            self.uploads[s.sender].succeeded(job.key, now)
-            self.studies.pop(job.key, None)
-            self.world.queue.at(finish, self._stored_cb, s)
+            self.world.queue.at(now + self.world.rtt(s.sender, HUB), self._stored_cb, s)
         else:
             t = job.transfer
             assert t is not None
-            self.outbox.succeeded(job.key, now)
-            self.forwards.pop(job.key, None)
             t.from_hub += s.nbytes
             if t.fetch_started < 0:
                 t.fetch_started = flow.started
@@ -242,23 +262,17 @@ class HubService:
                 continue
             moved = self.world.net.abort(flow)
             self._release(flow, now)
-            if job.upload:
-                self.uploads[job.study.sender].failed(job.key, now, "unavailable: transfer cut")
-            else:
-                if job.transfer is not None:
-                    job.transfer.wasted += moved
-                self.outbox.failed(job.key, now, "unavailable: transfer cut")
+            if not job.upload and job.transfer is not None:
+                job.transfer.wasted += moved
+            self._retry(job, now)
 
     def hub_down(self, now: float) -> None:
         self.world.hub_online = False
-        self.cut(now, lambda job: True)
-        waiting, self.waiting = self.waiting, []
-        for _, _, job in waiting:
-            if job.upload:
-                self.uploads[job.study.sender].failed(job.key, now, "unavailable: hub down")
-            else:
-                self.outbox.failed(job.key, now, "unavailable: hub down")
         self.outbox.go_down()
+        waiting, self.waiting = self.waiting, []
+        self.cut(now, lambda job: True)
+        for _, _, job in waiting:
+            self._retry(job, now)
 
     def hub_up(self, now: float) -> None:
         self.world.hub_online = True

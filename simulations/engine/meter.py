@@ -28,8 +28,9 @@ class Meter:
         self.down = [[0.0] * self.nbins for _ in range(orgs)]
         self.hub_in = [0.0] * self.hub_nbins
         self.hub_out = [0.0] * self.hub_nbins
-        self.hub_images = [0.0] * self.hub_nbins
+        self.hub_images = [0.0] * self.hub_nbins  # images into the hub
         self.hub_concurrency = [0] * self.hub_nbins
+        self.images = [0.0] * self.hub_nbins  # images arriving at recipients, every design (system load)
         self.hub_active = 0
         self.hub_peak = 0
         self.total_up = [0.0] * orgs
@@ -50,9 +51,9 @@ class Meter:
         if dst >= 0:
             self.total_down[dst] += nbytes
             _spread(self.down[dst], self.bin, t0, t1, nbytes)
+            _spread(self.images, self.hub_bin, t0, t1, nbytes * flow.images_per_byte)
         if src == HUB:
             _spread(self.hub_out, self.hub_bin, t0, t1, nbytes)
-            _spread(self.hub_images, self.hub_bin, t0, t1, nbytes * flow.images_per_byte)
         elif dst == HUB:
             _spread(self.hub_in, self.hub_bin, t0, t1, nbytes)
             _spread(self.hub_images, self.hub_bin, t0, t1, nbytes * flow.images_per_byte)

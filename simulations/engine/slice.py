@@ -44,6 +44,7 @@ class SliceResult:
     hub_in: list[float]
     hub_out: list[float]
     hub_images: list[float]
+    images: list[float]
     hub_concurrency: list[int]
     hub_peak: int
     outages: list[OutageStats]
@@ -114,7 +115,7 @@ def run_slice(scenario: Scenario, replication: int, slice_no: int, progress: Pro
     return SliceResult(
         replication=replication, slice_no=slice_no, counters=rec.c, delivery=rec.delivery,
         first_image=rec.first_image, rows=rec.rows, up=m.up, down=m.down, total_up=m.total_up,
-        total_down=m.total_down, hub_in=m.hub_in, hub_out=m.hub_out, hub_images=m.hub_images,
+        total_down=m.total_down, hub_in=m.hub_in, hub_out=m.hub_out, hub_images=m.hub_images, images=m.images,
         hub_concurrency=m.hub_concurrency, hub_peak=m.hub_peak, outages=rec.outages, bans=rec.bans,
         attack={"corrupt_blocks": rec.corrupt_blocks, "corrupt_bytes": rec.corrupt_bytes,
                 "corrupt_accepted": rec.corrupt_accepted, "dropped_requests": rec.dropped_requests,
