@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Sequence
 
 from meshnode.cli.output import add_common, run_cli
-from simulations.commands import check_cmd, compare_cmd, report_cmd, run_cmd, sweep_cmd
+from simulations.commands import check_cmd, compare_cmd, emulate_cmd, report_cmd, run_cmd, sweep_cmd, validate_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshsim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     sub = parser.add_subparsers(metavar="COMMAND")
-    for module in (check_cmd, run_cmd, sweep_cmd, compare_cmd, report_cmd):
+    for module in (check_cmd, run_cmd, sweep_cmd, compare_cmd, report_cmd, emulate_cmd, validate_cmd):
         module.register(sub, common)
     return parser
 

@@ -111,6 +111,7 @@ def run(scenario: Scenario, out_dir: Path, *, jobs: int | None = None, progress:
 
 def write_outputs(out_dir: Path, scenario: Scenario, topology: Topology,
                   results: list[ReplicationResult]) -> dict[str, object]:
+    out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     per_rep = []
     for r in results:
