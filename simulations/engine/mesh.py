@@ -142,12 +142,15 @@ class MeshNode:
         if s.manifest_id in self.fetches:
             return
         n = len(s.cids)
-        first = min(n, max(1, math.ceil(s.image_bytes / s.sizes[0])))
-        order = list(range(first))
-        rest = list(range(first, n))
-        if rest:
-            k = self.offset_seed % len(rest)
-            order += rest[k:] + rest[:k]
+        if n == 1:
+            order, first = [0], 1
+        else:
+            first = min(n, max(1, math.ceil(s.image_bytes / s.sizes[0])))
+            order = list(range(first))
+            rest = list(range(first, n))
+            if rest:
+                k = self.offset_seed % len(rest)
+                order += rest[k:] + rest[:k]
         f = Fetch(t, self, order, first)
         f.last_progress = now
         t.fetch_started = now

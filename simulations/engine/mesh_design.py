@@ -213,12 +213,14 @@ class Mesh:
             return
         fetch = st.fetch
         study = fetch.study if fetch is not None else None
-        sizes = []
         milestones: tuple[float, ...] = ()
-        for cid in st.request.cids:
-            b = int.from_bytes(cid.digest[9:13], "big")
-            size = study.sizes[b] if study is not None else 0.0
-            sizes.append(size)
+        cids = st.request.cids
+        if study is None:
+            sizes = [0.0] * len(cids)
+        elif len(cids) == len(study.cids) == 1:
+            sizes = [study.sizes[0]]
+        else:
+            sizes = [study.sizes[int.from_bytes(cid.digest[9:13], "big")] for cid in cids]
         st.sizes = sizes
         total = sum(sizes)
         ipb = 0.0

@@ -13,6 +13,10 @@ class Status(IntEnum):
     FAILED = 2
 
 
+_PAD = bytes(19)
+_BLOCK0 = bytes(4) + _PAD
+
+
 class Study:
     __slots__ = ("id", "time", "sender", "recipients", "modality", "priority", "images", "nbytes", "image_bytes",
                  "transfers", "manifest_id", "cids", "sizes", "held", "recorded", "bogus", "hub_stored",
@@ -41,12 +45,15 @@ class Study:
 
     def split(self, granularity: float) -> None:
         """Scheduler blocks of at most `granularity` bytes and their CIDs (derived from the study id)."""
-        n = max(1, int(-(-self.nbytes // granularity)))
-        size = self.nbytes / n
-        self.sizes = (size,) * n
         tag = self.id.to_bytes(8, "big", signed=True) + (b"b" if self.bogus else b"s")
-        self.manifest_id = CID(tag + b"\xff\xff\xff\xff" + bytes(19))
-        self.cids = tuple(CID(tag + i.to_bytes(4, "big") + bytes(19)) for i in range(n))
+        self.manifest_id = CID(tag + b"\xff\xff\xff\xff" + _PAD)
+        if self.nbytes <= granularity:
+            self.sizes = (self.nbytes,)
+            self.cids = (CID(tag + _BLOCK0),)
+            return
+        n = int(-(-self.nbytes // granularity))
+        self.sizes = (self.nbytes / n,) * n
+        self.cids = tuple(CID(tag + i.to_bytes(4, "big") + _PAD) for i in range(n))
 
 
 class Transfer:

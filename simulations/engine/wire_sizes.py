@@ -6,6 +6,7 @@ next to images) but counts them as control overhead.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from protocol import cbor
@@ -48,6 +49,7 @@ def real_blocks(image_bytes: float) -> int:
     return 1 + max(1, math.ceil(image_bytes / REAL_BLOCK))
 
 
+@functools.lru_cache(maxsize=4096)
 def manifest_bytes(images: int, image_bytes: float) -> int:
     per_instance = _INSTANCE_1 + (real_blocks(image_bytes) - 1) * _PER_EXTRA_BLOCK
     return ANNOUNCE_BASE + images * per_instance
@@ -58,6 +60,7 @@ def have_exchange(images: int, image_bytes: float) -> int:
     return HAVE_REQUEST + HAVE_REPLY_BASE + math.ceil(blocks / 8)
 
 
+@functools.lru_cache(maxsize=4096)
 def block_traffic(nbytes: float, images: int, image_bytes: float, per_request: int) -> int:
     """Request frames and response-frame overhead for fetching `nbytes` of a study as the node would."""
     blocks = max(1, round(images * real_blocks(image_bytes) * nbytes / max(1.0, images * image_bytes)))

@@ -104,8 +104,21 @@ class World:
 
     def reachable(self, a: int, b: int) -> bool:
         """Both ends up (and not revoked) and no partition between them."""
-        if not (self.alive(a) and self.alive(b)):
+        orgs = self.orgs
+        if a >= 0:
+            o = orgs[a]
+            if not o.online or o.revoked:
+                return False
+        elif not self.hub_online:
             return False
+        if b >= 0:
+            o = orgs[b]
+            if not o.online or o.revoked:
+                return False
+        elif not self.hub_online:
+            return False
+        if not self.partitions:
+            return True
         for p in self.partitions:
             if _separates(p, a, b):
                 return False
