@@ -25,6 +25,7 @@ class ReplicationResult:
     images: list[float]
     hub_concurrency: list[int]
     hub_peak: int
+    image_events: dict[int, int]
     outages: list[OutageStats]
     bans: list[tuple[float, str, str]]
     attack: dict[str, float]
@@ -57,6 +58,7 @@ def merge(slices: list[SliceResult]) -> ReplicationResult:
     hub_conc = list(first.hub_concurrency)
     outages = [OutageStats(o.what, o.org, o.start, o.end, o.cause) for o in first.outages]
     bans: list[tuple[float, str, str]] = []
+    image_events: dict[int, int] = {}
     attack: dict[str, float] = {}
     engine: dict[str, float] = {}
     for i, s in enumerate(slices):
@@ -84,10 +86,12 @@ def merge(slices: list[SliceResult]) -> ReplicationResult:
             mine.failed += theirs.failed
             mine.last_delivered = max(mine.last_delivered, theirs.last_delivered)
         bans.extend(s.bans)
+        for second, n in s.image_events.items():
+            image_events[second] = image_events.get(second, 0) + n
         for k, v in s.attack.items():
             attack[k] = attack.get(k, 0) + v
         for k, v in s.engine.items():
             engine[k] = max(engine.get(k, 0), v) if k == "end_time" else engine.get(k, 0) + v
     return ReplicationResult(first.replication, c, dict(sorted(delivery.items())), dict(sorted(first_image.items())),
                              rows, up, down, total_up, total_down, hub_in, hub_out, hub_images, images, hub_conc,
-                             max(s.hub_peak for s in slices), outages, bans, attack, engine, first.settings)
+                             max(s.hub_peak for s in slices), dict(sorted(image_events.items())), outages, bans, attack, engine, first.settings)

@@ -124,6 +124,11 @@ def write_outputs(out_dir: Path, scenario: Scenario, topology: Topology,
         outputs.write_hub_series(out_dir / f"hub-{tag}.csv", r, scenario)
         for name in (f"timeseries-{tag}.csv", f"hub-{tag}.csv"):
             files[name] = outputs.sha256_file(out_dir / name)
+        if r.image_events:
+            name = f"images-{tag}.csv"
+            (out_dir / name).write_text("second,images\n" + "".join(f"{k},{v}\n" for k, v in r.image_events.items()),
+                                        encoding="utf-8")
+            files[name] = outputs.sha256_file(out_dir / name)
         name = f"distributions-{tag}.json"
         outputs.write_json(out_dir / name, outputs.distributions(r, scenario))
         files[name] = outputs.sha256_file(out_dir / name)

@@ -126,6 +126,7 @@ def replication_summary(r: ReplicationResult, scenario: Scenario, topology: Topo
         "control_overhead": round(c.control / delivered, 9),
         "offered_load_Bps": round(c.bytes_delivered / span, 3),
         "peak_images_per_s": round(max(r.images) / hub_bin, 3),
+        "peak_images_per_s_exact": max(r.image_events.values()) if r.image_events else None,
         "fairness": {"jain_transfers": round(c.jain_sum ** 2 / (c.jain_n * c.jain_sq), 6) if c.jain_sq else None,
                      "jain_upload_utilisation": _jain([v["upload_utilisation"] for v in per_org.values()])},  # type: ignore[misc]
         "hub": None if scenario.design.kind is DesignKind.MESH else {

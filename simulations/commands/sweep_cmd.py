@@ -8,6 +8,7 @@ from pathlib import Path
 from meshnode.cli.output import EXIT_OK, emit
 from simulations import sweep
 from simulations.commands.common import add_scenario_args, load, progress_hook
+from simulations.summary import KEY_METRICS
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -50,7 +51,8 @@ def run_collect(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace, table: list[list[str]]) -> int:
-    keep = [i for i, h in enumerate(table[0]) if i < 1 + len(table[0]) - 21 or any(r[i] for r in table[1:])]
+    varied = len(table[0]) - len(KEY_METRICS)  # the point name and the varied keys come first
+    keep = [i for i in range(len(table[0])) if i < varied or any(r[i] for r in table[1:])]
     rows = [[r[i] for i in keep] for r in table]
     widths = [max(len(r[i]) for r in rows) for i in range(len(keep))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)

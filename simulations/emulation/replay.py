@@ -264,7 +264,7 @@ def write_emulation_outputs(out_dir: Path, em: Emulation) -> None:
     result = ReplicationResult(
         0, rec.c, dict(sorted(rec.delivery.items())), dict(sorted(rec.first_image.items())), rec.rows, meter.up,
         meter.down, meter.total_up, meter.total_down, meter.hub_in, meter.hub_out, meter.hub_images, meter.images,
-        meter.hub_concurrency, 0, [], [], {"corrupt_blocks": 0.0, "corrupt_accepted": 0.0},
+        meter.hub_concurrency, 0, {}, [], [], {"corrupt_blocks": 0.0, "corrupt_accepted": 0.0},
         {"emulation_wall_s": round(em.wall_seconds, 1), "studies_simulated": len(em.planned)},
         {"emulation": {"shaping": em.shaping, "reason": em.reason, "nodes": len(topology.orgs),
                        "blocks": "the node's own: instance header + 1 MiB pixel blocks (real per-block path)",

@@ -36,5 +36,10 @@ class EventQueue:
         self.now = when
         callback(arg, when)
 
+    def compact(self, stale: Callable[[Callback, Any], bool]) -> None:
+        """Drop timers `stale(callback, arg)` says will do nothing (order of the others is kept)."""
+        self._heap[:] = [e for e in self._heap if not stale(e[2], e[3])]  # in place: callers hold the list
+        heapq.heapify(self._heap)
+
     def __len__(self) -> int:
         return len(self._heap)

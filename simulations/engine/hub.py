@@ -200,12 +200,16 @@ class HubService:
         world = self.world
         s = job.study
         milestones: tuple[float, ...] = ()
+        per_image = self.world.scenario.engine.per_image_events
         if job.upload:
             src, dst = s.sender, HUB
         else:
             assert job.transfer is not None
             src, dst = HUB, job.transfer.recipient
-            milestones = () if job.transfer.first_image_at >= 0 else (min(s.image_bytes, s.nbytes),)
+            if per_image:
+                milestones = tuple(min(s.nbytes, s.image_bytes * (k + 1)) for k in range(max(1, s.images)))
+            elif job.transfer.first_image_at < 0:
+                milestones = (min(s.image_bytes, s.nbytes),)
         ipb = s.images / s.nbytes if s.nbytes > 0 else 0.0
         # The bytes flow from now; the round trip is added when the end is observed (see _done).
         flow = world.net.start(world.links(src, dst), s.nbytes, self._done, job, src=src, dst=dst,
@@ -217,6 +221,8 @@ class HubService:
 
     def _first_image(self, flow: Flow, index: int, at: float) -> None:
         job: HubJob = flow.data
+        if self.world.scenario.engine.per_image_events and job.transfer is not None:
+            self.world.meter.image_done(at + self.world.rtt(HUB, job.transfer.recipient))
         if index == 0 and job.transfer is not None and job.transfer.first_image_at < 0:
             job.transfer.first_image_at = at + self.world.rtt(HUB, job.transfer.recipient)
 

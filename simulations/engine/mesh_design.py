@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from protocol.cid import CID
 from protocol.fetch import FetchScheduler, Request
 from simulations.engine import wire_sizes
 from simulations.engine.hub import HubService
@@ -224,15 +225,19 @@ class Mesh:
         st.sizes = sizes
         total = sum(sizes)
         ipb = 0.0
+        on_milestone = None
         if fetch is not None and study is not None:
             ipb = study.images / study.nbytes if study.nbytes > 0 else 0.0
             t = fetch.transfer
-            if t.first_image_at < 0 and int.from_bytes(st.request.cids[0].digest[9:13], "big") == fetch.order[0]:
-                milestones = self._image_marks(study) if world.scenario.engine.per_image_events else (
-                    min(study.image_bytes, total),)
+            if world.scenario.engine.per_image_events:
+                milestones, st.images = image_marks(study, cids, sizes)
+                on_milestone = self._image_done
+            elif t.first_image_at < 0 and int.from_bytes(cids[0].digest[9:13], "big") == fetch.order[0]:
+                milestones = (min(study.image_bytes, total),)
+                on_milestone = self._first_image
         flow = world.net.start(world.links(st.peer, node.org), total, self._request_done, st, src=st.peer,
                                dst=node.org, images_per_byte=ipb, milestones=milestones,
-                               on_milestone=self._first_image if milestones else None)
+                               on_milestone=on_milestone)
         st.flow = flow
         node.inbound[flow] = st
         if st.peer == HUB:
@@ -241,8 +246,12 @@ class Mesh:
         else:
             self.serving[st.peer][flow] = st
 
-    def _image_marks(self, study: Study) -> tuple[float, ...]:
-        return tuple(study.image_bytes * (i + 1) for i in range(max(1, math.floor(study.sizes[0] / study.image_bytes))))
+    def _image_done(self, flow: Flow, index: int, at: float) -> None:
+        """Per-image events: an image of the study is complete at the recipient."""
+        st: RequestState = flow.data
+        self.world.meter.image_done(at)
+        if st.fetch is not None and st.images[index] == 0 and st.fetch.transfer.first_image_at < 0:
+            st.fetch.transfer.first_image_at = at
 
     def _first_image(self, flow: Flow, index: int, at: float) -> None:
         st: RequestState = flow.data
@@ -438,3 +447,21 @@ class Mesh:
                 if f.hub_added:
                     self.schedule_tick(f)
 
+
+def image_marks(study: Study, cids: tuple[CID, ...], sizes: list[float]) -> tuple[tuple[float, ...], list[int]]:
+    """Byte offsets within a request's flow where an image of the study completes, and which image each is."""
+    marks: list[float] = []
+    images: list[int] = []
+    ib = study.image_bytes
+    offset = 0.0
+    for cid, size in zip(cids, sizes):
+        start = int.from_bytes(cid.digest[9:13], "big") * (study.sizes[0] if study.sizes else 0.0)
+        first = math.floor(start / ib) if ib > 0 else 0
+        k = first
+        while ib > 0 and k < study.images and (k + 1) * ib <= start + size + 1e-6:
+            if (k + 1) * ib > start:
+                marks.append(offset + (k + 1) * ib - start)
+                images.append(k)
+            k += 1
+        offset += size
+    return tuple(marks), images

@@ -35,6 +35,7 @@ class Meter:
         self.hub_peak = 0
         self.total_up = [0.0] * orgs
         self.total_down = [0.0] * orgs
+        self.image_events: dict[int, int] = {}  # second -> images completed at recipients (per-image events)
 
     def add(self, flow: Flow, t0: float, t1: float, nbytes: float) -> None:
         lo, hi = self.own_start, self.own_end
@@ -57,6 +58,11 @@ class Meter:
         elif dst == HUB:
             _spread(self.hub_in, self.hub_bin, t0, t1, nbytes)
             _spread(self.hub_images, self.hub_bin, t0, t1, nbytes * flow.images_per_byte)
+
+    def image_done(self, at: float) -> None:
+        if self.own_start <= at < self.own_end:
+            second = int(at)
+            self.image_events[second] = self.image_events.get(second, 0) + 1
 
     def hub_flow(self, delta: int, now: float) -> None:
         """A hub transfer started (+1) or ended (-1)."""

@@ -10,8 +10,12 @@ does not couple its flows, so a national hub does not make every update
 global. When it would saturate, it couples its flows and is filled like any
 other link; the allocation is the max-min fair one either way.
 
-Each flow's completion is a timer on the shared event queue; a rate change
-pushes a new timer and bumps the flow's version, so stale timers are skipped.
+Each flow's completion is a timer on the shared event queue. A rate change
+that makes a flow finish earlier pushes a new timer (and bumps the flow's
+version, so the old one is skipped); one that makes it finish later keeps
+the old timer, which on firing finds the flow unfinished and re-arms it. When
+skipped timers pile up (a saturated hub link changes thousands of rates per
+event), the queue is compacted.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class Meter(Protocol):
 
 
 class Link:
-    __slots__ = ("name", "capacity", "nominal", "flows", "load", "lazy", "saturated")
+    __slots__ = ("name", "capacity", "nominal", "flows", "load", "lazy", "saturated", "stamp", "index")
 
     def __init__(self, name: str, capacity: float, lazy: bool = False) -> None:
         if not capacity > 0:
@@ -43,6 +47,8 @@ class Link:
         self.load = 0.0  # sum of the rates of its flows (kept for lazy links)
         self.lazy = lazy
         self.saturated = False
+        self.stamp = 0  # marks of the current rate computation (see Network._component)
+        self.index = -1
 
     def __repr__(self) -> str:
         return f"Link({self.name}, {self.capacity:g} B/s, {len(self.flows)} flows)"
@@ -54,7 +60,8 @@ MilestoneHit = Callable[["Flow", int, float], None]
 
 class Flow:
     __slots__ = ("links", "size", "remaining", "rate", "t_last", "version", "cap", "on_done", "data", "active",
-                 "milestones", "next_milestone", "on_milestone", "src", "dst", "images_per_byte", "started")
+                 "milestones", "next_milestone", "on_milestone", "src", "dst", "images_per_byte", "started", "timer_at",
+                 "m_t0", "m_bytes", "m_next", "stamp")
 
     def __init__(self, links: tuple[Link, ...], size: float, cap: float, on_done: FlowDone, data: Any,
                  src: int, dst: int, images_per_byte: float) -> None:
@@ -65,6 +72,11 @@ class Flow:
         self.t_last = 0.0
         self.started = 0.0
         self.version = 0
+        self.timer_at = math.inf  # when its live completion timer fires
+        self.m_t0 = 0.0  # start of the stretch not yet reported to the meter, and its bytes
+        self.m_bytes = 0.0
+        self.m_next = 0.0  # the meter's next bin boundary after m_t0
+        self.stamp = 0
         self.cap = cap
         self.on_done = on_done
         self.data = data
@@ -82,11 +94,15 @@ class Flow:
 
 
 class Network:
-    def __init__(self, queue: EventQueue, meter: Meter | None = None) -> None:
+    def __init__(self, queue: EventQueue, meter: Meter | None = None, meter_bin: float = 60.0) -> None:
         self.queue = queue
         self.meter = meter
+        self.meter_bin = meter_bin  # bytes reach the meter once per bin crossed (or at the end of a flow)
         self.flows_started = 0
         self.recomputations = 0
+        self.stale_timers = 0
+        self.compactions = 0
+        self.compact_after = 50_000  # skipped timers tolerated before the queue is compacted
 
     # -- flows ------------------------------------------------------------------------
     def start(self, links: Iterable[Link], size: float, on_done: FlowDone, data: Any = None, *,
@@ -95,7 +111,8 @@ class Network:
         """Start moving `size` bytes over `links` now; `on_done(flow, t)` when the last byte is through."""
         now = self.queue.now
         flow = Flow(tuple(links), max(0.0, size), cap, on_done, data, src, dst, images_per_byte)
-        flow.t_last = flow.started = now
+        flow.t_last = flow.started = flow.m_t0 = now
+        flow.m_next = (math.floor(now / self.meter_bin) + 1) * self.meter_bin
         flow.active = True
         flow.milestones, flow.on_milestone = milestones, on_milestone
         self.flows_started += 1
@@ -150,7 +167,8 @@ class Network:
             rate = min(l.capacity for l in flow.links)
         flow.rate = rate
         flow.version = 1
-        self.queue.at(now + flow.remaining / rate, self._done, (flow, 1))
+        flow.timer_at = now + flow.remaining / rate
+        self.queue.at(flow.timer_at, self._done, (flow, 1))
         if lazy:
             for link in flow.links:
                 if link.lazy:
@@ -167,6 +185,10 @@ class Network:
         if version != flow.version or not flow.active:
             return
         self._advance(flow, now)
+        if (flow.remaining > EPS * max(1.0, flow.size) and flow.rate > 0
+                and now + flow.remaining / flow.rate > now * (1 + 1e-12)):
+            self._arm(flow, now, stale=False)  # it slowed down since this timer was set
+            return
         flow.remaining = 0.0
         self._detach(flow)
         for link in flow.links:
@@ -175,9 +197,28 @@ class Network:
                 break
         flow.on_done(flow, now)
 
+    def _arm(self, flow: Flow, now: float, stale: bool) -> None:
+        flow.version += 1
+        flow.timer_at = now + flow.remaining / flow.rate
+        self.queue.at(flow.timer_at, self._done, (flow, flow.version))
+        if stale:
+            self.stale_timers += 1
+            if self.stale_timers > self.compact_after and self.stale_timers * 2 > len(self.queue):
+                self.queue.compact(self._is_stale)
+                self.stale_timers = 0
+                self.compactions += 1
+
+    def _is_stale(self, callback: object, arg: object) -> bool:
+        if callback != self._done or not isinstance(arg, tuple):
+            return False
+        flow, version = arg
+        return bool(version != flow.version or not flow.active)
+
     def _detach(self, flow: Flow) -> None:
+        self._flush(flow, flow.t_last)
         flow.active = False
         flow.version += 1
+        flow.timer_at = math.inf
         for link in flow.links:
             del link.flows[flow]
             if link.lazy:
@@ -196,8 +237,18 @@ class Network:
             if flow.milestones and flow.next_milestone < len(flow.milestones):
                 self._hit_milestones(flow, flow.t_last, done_before)
             if self.meter is not None and moved > 0:
-                self.meter.add(flow, flow.t_last, now, moved)
+                flow.m_bytes += moved
+                if now >= flow.m_next:
+                    self._flush(flow, now)
         flow.t_last = now
+
+    def _flush(self, flow: Flow, now: float) -> None:
+        """Report the bytes moved since m_t0, spread evenly over that stretch (within a bin, or across one)."""
+        if self.meter is not None and flow.m_bytes > 0:
+            self.meter.add(flow, flow.m_t0, now, flow.m_bytes)
+        flow.m_t0 = now
+        flow.m_bytes = 0.0
+        flow.m_next = (math.floor(now / self.meter_bin) + 1) * self.meter_bin
 
     def _hit_milestones(self, flow: Flow, t0: float, done_before: float) -> None:
         done = flow.size - flow.remaining
@@ -210,30 +261,32 @@ class Network:
             flow.next_milestone += 1
 
     def _component(self, seeds: Iterable[Link], force: Link | None) -> tuple[list[Link], list[Flow], list[Link]]:
+        """Links and flows coupled to `seeds` (lazy, unsaturated links do not couple), marked with a fresh stamp."""
+        global _STAMP
+        _STAMP += 1
+        stamp = _STAMP
         links: list[Link] = []
         flows: list[Flow] = []
         lazy_seen: list[Link] = []
-        seen_links: set[int] = set()
-        seen_flows: set[int] = set()
         stack = list(seeds)
         while stack:
             link = stack.pop()
-            lid = id(link)
-            if lid in seen_links:
+            if link.stamp == stamp:
                 continue
-            seen_links.add(lid)
+            link.stamp = stamp
             if link.lazy and not link.saturated and link is not force:
+                link.index = -1
                 lazy_seen.append(link)
                 continue
+            link.index = len(links)
             links.append(link)
             for flow in link.flows:
-                fid = id(flow)
-                if fid in seen_flows:
+                if flow.stamp == stamp:
                     continue
-                seen_flows.add(fid)
+                flow.stamp = stamp
                 flows.append(flow)
                 for other in flow.links:
-                    if id(other) not in seen_links:
+                    if other.stamp != stamp:
                         stack.append(other)
         return links, flows, lazy_seen
 
@@ -241,16 +294,17 @@ class Network:
                    force: Link | None = None) -> None:
         self.recomputations += 1
         links, flows, lazy_seen = self._component(seeds, force)
-        if extra is not None and extra.active and all(f is not extra for f in flows):
+        stamp = _STAMP
+        if extra is not None and extra.active and extra.stamp != stamp:
+            extra.stamp = stamp
             flows.append(extra)
-            for link in extra.links:
-                if link.lazy and all(link is not l for l in lazy_seen):
-                    lazy_seen.append(link)
         for flow in flows:
             for link in flow.links:
-                if link.lazy and not link.saturated and all(link is not l for l in lazy_seen):
+                if link.stamp != stamp:  # a lazy link reached only through the extra flow
+                    link.stamp = stamp
+                    link.index = -1
                     lazy_seen.append(link)
-        rates = _fill(links, flows)
+        rates = _fill(links, flows, stamp)
         for flow, rate in zip(flows, rates):
             old = flow.rate
             if abs(rate - old) <= EPS * max(old, 1.0) and flow.version > 0:
@@ -260,9 +314,8 @@ class Network:
                 if link.lazy:
                     link.load += rate - old
             flow.rate = rate
-            flow.version += 1
-            if rate > 0:
-                self.queue.at(now + flow.remaining / rate, self._done, (flow, flow.version))  # type: ignore[arg-type]
+            if rate > 0 and now + flow.remaining / rate < flow.timer_at - EPS:
+                self._arm(flow, now, stale=flow.timer_at < math.inf)
         for link in lazy_seen + [l for l in links if l.lazy]:
             if not link.saturated and link.load > link.capacity * (1 + 1e-9):
                 link.saturated = True
@@ -271,38 +324,39 @@ class Network:
                 link.saturated = False
 
 
-def _fill(links: list[Link], flows: list[Flow]) -> list[float]:
-    """Max-min fair rates of `flows` under the capacities of `links` (and each flow's own cap)."""
+def _fill(links: list[Link], flows: list[Flow], stamp: int) -> list[float]:
+    """Max-min fair rates of `flows` under the capacities of `links` (and each flow's own cap).
+
+    Progressive filling: repeatedly the link with the smallest fair share (remaining capacity over
+    unfixed flows) fixes its flows at that share. Links must carry `stamp` and their `index` in `links`;
+    lazy links outside `links` have index -1 and constrain nothing.
+    """
     n = len(flows)
     if n == 0:
         return []
-    index = {id(l): i for i, l in enumerate(links)}
+    nl = len(links)
     remaining = [l.capacity for l in links]
-    count = [0] * len(links)
-    members: list[list[int]] = [[] for _ in links]
+    count = [0] * nl
+    members: list[list[int]] = [[] for _ in range(nl)]
     flow_links: list[list[int]] = []
     for fi, flow in enumerate(flows):
-        mine = [index[id(l)] for l in flow.links if id(l) in index]
+        mine = [l.index for l in flow.links if l.stamp == stamp and l.index >= 0]
         flow_links.append(mine)
         for li in mine:
             count[li] += 1
             members[li].append(fi)
     rate = [-1.0] * n
-    heap = [(remaining[li] / count[li], li) for li in range(len(links)) if count[li]]
+    heap = [(remaining[li] / count[li], li) for li in range(nl) if count[li]]
     heapq.heapify(heap)
     capped = sorted((f.cap, fi) for fi, f in enumerate(flows) if f.cap < math.inf)
     ci = 0
     fixed = 0
-
-    def fix(fi: int, r: float) -> None:
-        rate[fi] = r
-        for li in flow_links[fi]:
-            remaining[li] = max(0.0, remaining[li] - r)
-            count[li] -= 1
+    dirty: dict[int, None] = {}
+    while fixed < n:
+        for li in dirty:  # shares that changed since the last pick: one fresh heap entry each
             if count[li]:
                 heapq.heappush(heap, (remaining[li] / count[li], li))
-
-    while fixed < n:
+        dirty.clear()
         while heap:
             share, li = heap[0]
             if count[li] and abs(share - remaining[li] / count[li]) <= 1e-12 * max(share, 1.0):
@@ -312,19 +366,28 @@ def _fill(links: list[Link], flows: list[Flow]) -> list[float]:
             ci += 1
         link_share = heap[0][0] if heap else math.inf
         if ci < len(capped) and capped[ci][0] <= link_share:
-            fix(capped[ci][1], capped[ci][0])
-            fixed += 1
-            continue
-        if not heap:
+            chosen, r = [capped[ci][1]], capped[ci][0]
+            bottleneck = -1
+        elif heap:
+            r, bottleneck = heapq.heappop(heap)
+            chosen = [fi for fi in members[bottleneck] if rate[fi] < 0]
+            count[bottleneck] = 0
+        else:
             for fi in range(n):  # unconstrained (only lazy links): run at the smallest link capacity
                 if rate[fi] < 0:
                     rate[fi] = min((l.capacity for l in flows[fi].links), default=0.0)
                     fixed += 1
             break
-        share, li = heapq.heappop(heap)
-        for fi in members[li]:
-            if rate[fi] < 0:
-                fix(fi, share)
-                fixed += 1
-        count[li] = 0
+        for fi in chosen:
+            rate[fi] = r
+            fixed += 1
+            for li in flow_links[fi]:
+                if li == bottleneck:
+                    continue
+                remaining[li] = max(0.0, remaining[li] - r)
+                count[li] -= 1
+                dirty[li] = None
     return rate
+
+
+_STAMP = 0

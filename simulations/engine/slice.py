@@ -47,6 +47,7 @@ class SliceResult:
     images: list[float]
     hub_concurrency: list[int]
     hub_peak: int
+    image_events: dict[int, int]
     outages: list[OutageStats]
     bans: list[tuple[float, str, str]]
     attack: dict[str, float]
@@ -116,14 +117,15 @@ def run_slice(scenario: Scenario, replication: int, slice_no: int, progress: Pro
         replication=replication, slice_no=slice_no, counters=rec.c, delivery=rec.delivery,
         first_image=rec.first_image, rows=rec.rows, up=m.up, down=m.down, total_up=m.total_up,
         total_down=m.total_down, hub_in=m.hub_in, hub_out=m.hub_out, hub_images=m.hub_images, images=m.images,
-        hub_concurrency=m.hub_concurrency, hub_peak=m.hub_peak, outages=rec.outages, bans=rec.bans,
+        hub_concurrency=m.hub_concurrency, hub_peak=m.hub_peak, image_events=m.image_events, outages=rec.outages, bans=rec.bans,
         attack={"corrupt_blocks": rec.corrupt_blocks, "corrupt_bytes": rec.corrupt_bytes,
                 "corrupt_accepted": rec.corrupt_accepted, "dropped_requests": rec.dropped_requests,
                 "request_timeouts": rec.request_timeouts, "bogus_announced": attacks.bogus_sent,
                 "bogus_fetched": rec.bogus_fetched, "bogus_bytes": rec.bogus_bytes, "fallbacks": rec.fallbacks},
         engine={"studies_simulated": studies, "flows": world.net.flows_started,
                 "direct_fetches": getattr(getattr(design, "mesh", None), "direct_fetches", 0),
-                "rate_recomputations": world.net.recomputations, "end_time": end},
+                "rate_recomputations": world.net.recomputations, "timer_compactions": world.net.compactions,
+                "end_time": end},
         settings=design.settings(),
     )
 

@@ -64,7 +64,7 @@ class World:
         out = scenario.output
         self.meter = Meter(len(topology.orgs), window.horizon, out.timeseries_bin, out.hub_bin, window.own_start,
                            window.own_end if window.own_end < scenario.duration else window.horizon)
-        self.net = Network(self.queue, self.meter)
+        self.net = Network(self.queue, self.meter, min(out.hub_bin, out.timeseries_bin))
         self.orgs = [OrgState(o.index, o.code, Link(f"{o.code}.up", o.up), Link(f"{o.code}.down", o.down),
                               o.latency) for o in topology.orgs]
         self.code_index = {o.code: o.index for o in self.orgs}

@@ -201,3 +201,17 @@ def test_idle_fast_path_changes_nothing() -> None:
     fast, slow = runs
     assert fast.engine["direct_fetches"] > 50 and slow.engine["direct_fetches"] == 0
     assert fast.rows == slow.rows and fast.up == slow.up and fast.down == slow.down
+
+
+@pytest.mark.parametrize("design", ["mesh", "hub"])
+def test_per_image_events_count_every_image_at_its_time(design: str) -> None:
+    trace = studies([(10.0, A, [B], 100e6)])  # 200 images of 0.5 MB
+    plain = run_slice(trio(design=design), 0, 0, trace=trace)
+    exact = run_slice(trio(design=design, extra="[engine]\nper_image_events = true\n"), 0, 0, trace=trace)
+    assert not plain.image_events
+    assert sum(exact.image_events.values()) == 200
+    rate = 125e6  # 1 Gbit/s links: at most 250 images complete in any second
+    assert max(exact.image_events.values()) <= rate / 0.5e6 + 1
+    first = FIELD["first_image"]
+    assert exact.rows[0][first] == pytest.approx(plain.rows[0][first])
+    assert exact.rows == plain.rows

@@ -125,3 +125,38 @@ def test_lazy_hub_link_gives_the_same_rates_as_a_strict_one(flows: list[tuple[in
     assert rates[1] == pytest.approx(rates[3], rel=1e-6)
     hub_total = sum(r for r, (_, via, _) in zip(rates[2], flows) if via)
     assert hub_total <= hub_cap * (1 + 1e-6)
+
+
+def test_a_saturated_hub_link_keeps_the_timer_queue_small_and_the_results_exact() -> None:
+    """Every departure changes every rate on a saturated hub link; skipped timers are compacted away."""
+    ends: dict[bool, list[float]] = {}
+    for lazy in (True, False):
+        q = EventQueue()
+        net = Network(q)
+        net.compact_after = 200
+        hub = Link("hub", 100.0, lazy=lazy)
+        done: list[float] = []
+        for i in range(300):
+            q.at(i * 0.01, lambda _, t, i=i: net.start([Link(f"a{i}", 50.0), hub], 10.0 + i % 7,
+                                                       lambda f, t2: done.append(t2)))
+        peak = 0
+        while len(q):
+            q.pop_and_run()
+            peak = max(peak, len(q))
+        ends[lazy] = done
+        if lazy:
+            assert net.compactions > 0 and peak < 2000
+    assert len(ends[True]) == 300
+    assert ends[True] == pytest.approx(ends[False], rel=1e-9)
+
+
+def test_a_timer_that_fires_a_hair_early_at_a_late_time_completes_the_flow() -> None:
+    q = EventQueue(start=3.0e7)
+    net = Network(q)
+    done: list[float] = []
+    flow = net.start([Link("l", 1e9)], 1.0, lambda f, t: done.append(t))
+    q.now = 3.0e7 + 1.0
+    flow.t_last = q.now
+    flow.remaining = 1e-6  # above the tolerance (1e-9 bytes), yet 1e-15 s away: the clock cannot resolve it
+    net._done((flow, flow.version), q.now)
+    assert done == [3.0e7 + 1.0] and not flow.active
