@@ -35,7 +35,10 @@ typecheck: $(STAMP)
 	$(VENV)/bin/python -m mypy protocol tools meshnode simulations
 
 bench: $(STAMP)
+	$(VENV)/bin/python bench/libp2p_stack.py
 	$(VENV)/bin/python bench/ingest.py
+	$(VENV)/bin/python bench/transfer.py
+	$(VENV)/bin/python bench/gateway.py
 
 # meshsim speed: one simulated year of nhs-england.toml, mesh and hub (minutes)
 bench-sim: $(STAMP)

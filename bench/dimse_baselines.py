@@ -138,6 +138,40 @@ def _watch_for(stream: IO[bytes], marker: bytes, seen: queue.Queue[float], log: 
         log.append(line)
 
 
+def timed_storescu(folder: Path, port: int, called_ae: str = SCP_AET, calling_ae: str = SCU_AET) -> float:
+    """Send every file under `folder` with dcmtk storescu (TCP_NODELAY=1, -pdu 131072) to 127.0.0.1:port.
+
+    Returns the seconds from storescu logging "Requesting Association" (it has
+    scanned its input files: the first byte is about to go out) to its exit.
+    Raises when storescu fails (any C-STORE not successful makes it exit non-zero).
+    """
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    scu = subprocess.Popen(
+        ["storescu", "-v", "-aet", calling_ae, "-aec", called_ae, "-pdu", str(DCMTK_MAX_PDU),
+         "+sd", "+r", HOST, str(port), str(folder)],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert scu.stdout is not None
+        seen: queue.Queue[float] = queue.Queue()
+        lines: list[bytes] = []
+        reader = threading.Thread(target=_watch_for, args=(scu.stdout, b"Requesting Association", seen, lines),
+                                  daemon=True)
+        reader.start()
+        returncode = scu.wait(timeout=TRANSFER_TIMEOUT)
+        ended = time.perf_counter()
+        reader.join(timeout=STOP_TIMEOUT)
+    finally:
+        _stop(scu)
+    output = b"".join(lines).decode(errors="replace")
+    if returncode != 0:
+        raise RuntimeError(f"storescu failed ({returncode}): {output[-800:]}")
+    try:
+        started = seen.get_nowait()
+    except queue.Empty:
+        raise RuntimeError(f"storescu never logged 'Requesting Association': {output[-800:]}") from None
+    return ended - started
+
+
 def dcmtk_transfer(folder: Path, work: Path) -> TransferResult:
     """(b) storescu -> storescp over loopback, TCP_NODELAY=1, max PDU 131072 both ways."""
     files = study_files(folder)
@@ -154,34 +188,12 @@ def dcmtk_transfer(folder: Path, work: Path) -> TransferResult:
             env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT)
     try:
         _wait_for_echo(port, scp)
-        scu = subprocess.Popen(
-            ["storescu", "-v", "-aet", SCU_AET, "-aec", SCP_AET, "-pdu", str(DCMTK_MAX_PDU),
-             "+sd", "+r", HOST, str(port), str(folder)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            assert scu.stdout is not None
-            seen: queue.Queue[float] = queue.Queue()
-            lines: list[bytes] = []
-            reader = threading.Thread(target=_watch_for, args=(scu.stdout, b"Requesting Association", seen, lines),
-                                      daemon=True)
-            reader.start()
-            returncode = scu.wait(timeout=TRANSFER_TIMEOUT)
-            ended = time.perf_counter()
-            reader.join(timeout=STOP_TIMEOUT)
-        finally:
-            _stop(scu)
-        output = b"".join(lines).decode(errors="replace")
-        if returncode != 0:
-            raise RuntimeError(f"storescu failed ({returncode}): {output[-800:]}")
-        try:
-            started = seen.get_nowait()
-        except queue.Empty:
-            raise RuntimeError(f"storescu never logged 'Requesting Association': {output[-800:]}") from None
+        seconds = timed_storescu(folder, port)
         _check_received("storescp", received, len(files))
     finally:
         _stop(scp)
     shutil.rmtree(run, ignore_errors=True)
-    return TransferResult(ended - started, size, len(files))
+    return TransferResult(seconds, size, len(files))
 
 
 # --------------------------------------------------------------- (c) pynetdicom
@@ -277,24 +289,46 @@ def _read_line(stream: IO[str], timeout: float) -> str:
         raise RuntimeError(f"no line from child within {timeout:.0f} s") from None
 
 
+class PynetdicomReceiver:
+    """The bare pynetdicom SCP of (c) (`_receive`, a child process), for any sender."""
+
+    def __init__(self, work: Path) -> None:
+        self.run = work / f"pynetdicom-{time.monotonic_ns()}"
+        self.received = self.run / "received"
+        self.received.mkdir(parents=True)
+        self.log = self.run / "receiver.log"
+        with open(self.log, "wb") as log_fh:
+            self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "_receive",
+                                          str(self.received)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log_fh, text=True)
+        assert self.proc.stdout is not None
+        ready = _read_line(self.proc.stdout, STARTUP_TIMEOUT).split()
+        if len(ready) != 2 or ready[0] != "READY":
+            _stop(self.proc)
+            raise RuntimeError(f"receiver did not start: {ready} {_tail(self.log)}")
+        self.port = int(ready[1])
+
+    def finish(self, sent: int) -> None:
+        """Stop the receiver; raise unless it stored exactly `sent` instances."""
+        try:
+            rest, _ = self.proc.communicate(timeout=STOP_TIMEOUT)  # closes stdin: receiver stops, reports
+            reported = json.loads(rest.strip().splitlines()[-1])["received"] if rest.strip() else None
+            if reported != sent:
+                raise RuntimeError(f"pynetdicom receiver reports {reported} stores, {sent} were sent")
+            _check_received("pynetdicom receiver", self.received, sent)
+        finally:
+            _stop(self.proc)
+            shutil.rmtree(self.run, ignore_errors=True)
+
+
 def pynetdicom_transfer(folder: Path, work: Path, *, chunked: bool = False) -> TransferResult:
     """(c) pynetdicom sender process -> pynetdicom receiver process, TCP_NODELAY, unlimited PDU."""
     files = study_files(folder)
     size = sum(p.stat().st_size for p in files)
-    run = work / f"pynetdicom-{time.monotonic_ns()}"
-    received = run / "received"
-    received.mkdir(parents=True)
+    receiver = PynetdicomReceiver(work)
     me = str(Path(__file__).resolve())
-    recv_log = run / "receiver.log"
-    with open(recv_log, "wb") as log_fh:
-        receiver = subprocess.Popen([sys.executable, me, "_receive", str(received)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=log_fh, text=True)
     try:
-        assert receiver.stdout is not None
-        ready = _read_line(receiver.stdout, STARTUP_TIMEOUT).split()
-        if len(ready) != 2 or ready[0] != "READY":
-            raise RuntimeError(f"receiver did not start: {ready} {_tail(recv_log)}")
-        sender_cmd = [sys.executable, me, "_send", ready[1], str(folder), *(["--chunked"] if chunked else [])]
+        sender_cmd = [sys.executable, me, "_send", str(receiver.port), str(folder), *(["--chunked"] if chunked else [])]
         sender = subprocess.Popen(sender_cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         try:
@@ -304,15 +338,21 @@ def pynetdicom_transfer(folder: Path, work: Path, *, chunked: bool = False) -> T
         if sender.returncode != 0:
             raise RuntimeError(f"pynetdicom sender failed ({sender.returncode}): {err[-800:]}")
         report = json.loads(out.strip().splitlines()[-1])
-        rest, _ = receiver.communicate(timeout=STOP_TIMEOUT)  # closes stdin: receiver stops, reports
-        reported = json.loads(rest.strip().splitlines()[-1])["received"] if rest.strip() else None
-        if reported != len(files):
-            raise RuntimeError(f"pynetdicom receiver reports {reported} stores, {len(files)} were sent")
-        _check_received("pynetdicom receiver", received, len(files))
     finally:
-        _stop(receiver)
-    shutil.rmtree(run, ignore_errors=True)
+        receiver.finish(len(files))
     return TransferResult(float(report["seconds"]), size, len(files))
+
+
+def storescu_to_pynetdicom(folder: Path, work: Path) -> TransferResult:
+    """dcmtk storescu -> the bare pynetdicom SCP (c): what the node's C-STORE SCP is measured against."""
+    files = study_files(folder)
+    size = sum(p.stat().st_size for p in files)
+    receiver = PynetdicomReceiver(work)
+    try:
+        seconds = timed_storescu(folder, receiver.port)
+    finally:
+        receiver.finish(len(files))
+    return TransferResult(seconds, size, len(files))
 
 
 # --------------------------------------------------------------------- command

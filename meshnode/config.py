@@ -6,6 +6,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshnode.gateway.config import SECTIONS as GATEWAY_SECTIONS
+from meshnode.gateway.config import GatewayConfig, parse_gateway
+from meshnode.web.config import HttpConfig, HttpConfigError, parse_http
 from protocol.address_record import check_multiaddr_text
 from protocol.document import DEFAULT_SKEW
 from protocol.errors import MeshError
@@ -73,6 +76,9 @@ class NodeConfig:
     max_requests_per_second: int = 500
     request_timeout: int = 30
     upload_mb_per_s: float = 0.0
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    #: [http] and [[webhook]]: DICOMweb, web UI, metrics, health, webhooks (meshnode.web.config)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -100,7 +106,7 @@ class NodeConfig:
             max_rate=self.max_requests_per_second,
             request_timeout=self.request_timeout,
             upload=self.upload_mb_per_s,
-        )
+        ) + self.gateway.render() + self.http.render()
 
 
 def _section(doc: dict[str, object], name: str, keys: set[str]) -> dict[str, object]:
@@ -125,12 +131,12 @@ def _int(value: object, where: str, lo: int, hi: int) -> int:
     return value
 
 
-def parse_config(text: str, source: str = "node.toml") -> NodeConfig:
+def parse_config(text: str, source: str = "node.toml", home: Path | None = None) -> NodeConfig:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    unknown = set(doc) - {"node", "directory", "trust", "limits"}
+    unknown = set(doc) - {"node", "directory", "trust", "limits", "http", "webhook"} - GATEWAY_SECTIONS
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
     node = _section(doc, "node", {"org", "listen", "auto_fetch"})
@@ -161,8 +167,12 @@ def parse_config(text: str, source: str = "node.toml") -> NodeConfig:
         keys = tuple(
             PublicKey.from_peer_id(k) for k in _str_list(trust.get("authority_keys", []), "[trust] authority_keys")
         )
+        gateway = parse_gateway(doc)
+        http = parse_http(doc.get("http"), doc.get("webhook"), home)
     except ConfigError:
         raise
+    except HttpConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     except MeshError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return NodeConfig(
@@ -181,6 +191,8 @@ def parse_config(text: str, source: str = "node.toml") -> NodeConfig:
                                      "[limits] max_requests_per_second", 1, 100_000),
         request_timeout=_int(limits.get("request_timeout_seconds", 30), "[limits] request_timeout_seconds", 1, 3600),
         upload_mb_per_s=float(upload),
+        gateway=gateway,
+        http=http,
     )
 
 
@@ -191,4 +203,4 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"no configuration at {path}; run `meshnode init` first") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), path.parent)

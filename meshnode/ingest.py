@@ -10,9 +10,12 @@ same ingest again completes it without rewriting blocks already on disk.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -36,6 +39,8 @@ from protocol.cid import CID
 from protocol.errors import MeshError, StorageError
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 BATCH_SIZE = 64
 DEFAULT_WORKERS = os.cpu_count() or 2
@@ -79,7 +84,7 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             raise StorageError(f"{path}: no such file or folder")
 
 
-def _record(plan: InstancePlan, blocks: Sequence[CID], sizes: Sequence[int], size: int, digest: bytes,
+def instance_record(plan: InstancePlan, blocks: Sequence[CID], sizes: Sequence[int], size: int, digest: bytes,
             source: Source) -> InstanceRecord:
     a = plan.attributes
     return InstanceRecord(
@@ -140,7 +145,22 @@ def stage_file(path: Path, blocks: BlockStore, chunk_size: int, source: Source =
     except BaseException:
         blocks.discard_staged(staged)
         raise
-    return StagedInstance(_record(plan, cids, sizes, hashed.size, hashed.digest(), source), tuple(staged))
+    return StagedInstance(instance_record(plan, cids, sizes, hashed.size, hashed.digest(), source), tuple(staged))
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: a worker must not outlive its ingest, which kill -9 gives no chance to clean up.
+
+    Linux sends the worker SIGKILL when the process that forked it dies; a
+    parent already gone before that took effect is caught by its pid.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the worker ends when its task queue breaks
+        log.debug("no PR_SET_PDEATHSIG here")
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class Ingester:
@@ -161,7 +181,8 @@ class Ingester:
         window: list[tuple[list[Path], Future[list[FileOutcome]]]] = []
         try:
             # Processes, not threads: planning and hashing are CPU-bound Python (the GIL).
-            with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+                                     initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 for i in range(0, len(files), TASK_FILES):
                     chunk = files[i : i + TASK_FILES]
                     window.append((chunk, pool.submit(stage_paths, chunk, self.storage.blocks.root, self.chunk_size)))

@@ -8,10 +8,67 @@ own transaction, recorded in `schema_migrations`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from meshnode.storage.blockstore import DiskFullError
 from protocol.errors import StorageError
+
+
+def db_error(action: str, exc: sqlite3.Error) -> StorageError:
+    """A StorageError for a failed SQLite call; a full disk is DiskFullError."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+        return DiskFullError(f"{action}: no space left on device (database)")
+    return StorageError(f"{action}: {exc}")
+
+
+class SqliteConnection:
+    """One migrated connection with BEGIN IMMEDIATE transactions; errors become StorageError.
+
+    The base of every store kept in a node's SQLite file (metadata, gateway
+    state, users, webhook queue). Each instance has its own connection to the
+    same WAL file, so a CLI command and the running node can both use one.
+    """
+
+    def __init__(self, path: Path, migrations: Sequence[str]) -> None:
+        self.path = path
+        self._db = open_database(path, migrations)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise db_error("database busy or unavailable", exc) from exc
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise db_error("database update failed", exc) from exc
+        except BaseException:
+            self._rollback()
+            raise
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise db_error("commit failed", exc) from exc
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back on some errors (SQLITE_FULL, SQLITE_IOERR).
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _query(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[Any]:
+        try:
+            return list(self._db.execute(sql, params).fetchall())
+        except sqlite3.Error as exc:
+            raise db_error("database query failed", exc) from exc
 
 
 def open_database(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:

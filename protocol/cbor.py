@@ -45,6 +45,13 @@ def _head(major: int, value: int) -> bytes:
     return bytes((mt | 27,)) + struct.pack(">Q", value)
 
 
+def byte_string_head(length: int) -> bytes:
+    """The head of a byte string of `length` bytes (what precedes its content in an encoding)."""
+    if not 0 <= length <= _UINT64_MAX:
+        raise LocalProtocolError("byte string length out of range")
+    return _head(2, length)
+
+
 def _encode_into(out: bytearray, value: CborValue, depth: int) -> None:
     if depth > DEFAULT_MAX_DEPTH * 4:
         raise LocalProtocolError("value nested too deeply to encode")

@@ -37,7 +37,11 @@ Policy (docs/protocol/exchange.md, "Fetch scheduling"):
   `queue_target=None` turns the cap off.
 * A request carries at most `request_max_blocks` CIDs of one manifest, all
   of which the peer said it holds under that manifest. A block is never in
-  flight to two peers at once.
+  flight to two peers at once. While a peer has requests in flight, a new
+  one waits until `min_request_blocks` slots are free (or half the peer's
+  window, if that is less), so a driver that reports blocks a few at a time
+  still sends large requests; a peer with nothing in flight is always given
+  work at once.
 * A peer is offered the most urgent work it can serve: manifests by priority
   (stat, urgent, routine), then by the order they were added, blocks in
   manifest order (so the first instance completes first). Requests already
@@ -172,6 +176,7 @@ class FetchScheduler:
         max_strikes: int = 1,
         request_timeout: float = 30.0,
         queue_target: float | None = 0.25,
+        min_request_blocks: int = 1,
     ) -> None:
         if not 1 <= window_min <= window_initial <= window_max:
             raise LocalProtocolError("need 1 <= window_min <= window_initial <= window_max")
@@ -179,6 +184,8 @@ class FetchScheduler:
             raise LocalProtocolError(f"request_max_blocks must be in 1..{MAX_REQUEST_BLOCKS}")
         if max_strikes < 1 or not request_timeout > 0 or (queue_target is not None and not queue_target > 0):
             raise LocalProtocolError("max_strikes must be >= 1, request_timeout and queue_target > 0")
+        if not 1 <= min_request_blocks <= request_max_blocks:
+            raise LocalProtocolError("need 1 <= min_request_blocks <= request_max_blocks")
         self.window_min = window_min
         self.window_initial = window_initial
         self.window_max = window_max
@@ -186,6 +193,7 @@ class FetchScheduler:
         self.max_strikes = max_strikes
         self.request_timeout = request_timeout
         self.queue_target = queue_target
+        self.min_request_blocks = min_request_blocks
         self._blocks: dict[CID, _Block] = {}
         self._manifests: dict[CID, _Manifest] = {}
         self._ranked: list[tuple[int, int, CID]] = []  # (priority rank, added seq, id), sorted
@@ -299,8 +307,12 @@ class FetchScheduler:
         self._expire(now)
         out: list[Request] = []
         for p in self._peers.values():
-            free = self._limit(p) - len(p.in_flight)
-            while free > 0:
+            limit = self._limit(p)
+            free = limit - len(p.in_flight)
+            # With work in flight, wait until a request's worth of slots is free (never more than
+            # half the window), so requests stay large instead of trickling out a block at a time.
+            least = min(self.min_request_blocks, max(1, limit // 2))
+            while free > 0 and (free >= least or not p.in_flight):
                 picked = self._pick_for(p, min(free, self.request_max_blocks))
                 if picked is None:
                     break

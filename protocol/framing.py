@@ -41,6 +41,8 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         if self._failed:
             raise FrameError("decoder already failed; discard the stream")
+        if not self._buf:
+            return self._feed_unbuffered(data)
         self._buf += data
         frames: list[bytes] = []
         while True:
@@ -59,6 +61,31 @@ class FrameDecoder:
             frames.append(bytes(self._buf[: self._need]))
             del self._buf[: self._need]
             self._need = None
+
+    def _feed_unbuffered(self, data: bytes) -> list[bytes]:
+        """feed() with nothing buffered: frames are sliced out of `data` itself (a whole
+        frame body passed on its own is returned as the same object, not copied)."""
+        frames: list[bytes] = []
+        pos = 0
+        end = len(data)
+        while True:
+            if self._need is None:
+                if end - pos < PREFIX_SIZE:
+                    break
+                (length,) = struct.unpack_from(">I", data, pos)
+                if length > self.max_frame:
+                    self._failed = True
+                    raise LimitError(f"frame length {length} exceeds maximum {self.max_frame}")
+                pos += PREFIX_SIZE
+                self._need = length
+            if end - pos < self._need:
+                break
+            frames.append(data[pos:pos + self._need])
+            pos += self._need
+            self._need = None
+        if pos < end:
+            self._buf += data[pos:] if pos else data
+        return frames
 
     def end_of_stream(self) -> None:
         """Call at end of input: raises FrameError if a frame was cut short."""

@@ -12,6 +12,7 @@ one document has exactly one encoding and its CID is stable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from protocol import cbor
 from protocol.cbor import CborKey, CborValue
@@ -43,9 +44,16 @@ class SignedEnvelope:
         return {"type": self.type, "body": self.body, "signer": self.signer.raw, "sig": self.signature}
 
     def encode(self) -> bytes:
+        return self._encoded
+
+    @cached_property
+    def _encoded(self) -> bytes:
+        # Computed once (an envelope is never modified after it is made). An envelope decoded
+        # from the wire starts with the bytes it came from: strict decoding guarantees they are
+        # exactly its canonical encoding.
         return cbor.encode(self.to_wire())
 
-    @property
+    @cached_property
     def cid(self) -> CID:
         return CID.of(self.encode())
 
@@ -87,4 +95,6 @@ def parse_envelope(
     signer = PublicKey(fields.blob("signer", size=PUBLIC_KEY_SIZE))
     signature = fields.blob("sig", size=SIGNATURE_SIZE)
     fields.finish()
-    return SignedEnvelope(label, body, signer, signature)
+    envelope = SignedEnvelope(label, body, signer, signature)
+    envelope.__dict__["_encoded"] = bytes(data)  # the canonical encoding, as decoded (see _encoded)
+    return envelope

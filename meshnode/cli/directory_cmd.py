@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 import trio
 
 from meshnode.cli.output import EXIT_OK, emit
 from meshnode.describe import iso
-from meshnode.directory_client import Resolution
-from meshnode.directory_session import directory_session
 from meshnode.home import NodeHome, resolve_home
 from protocol.address_record import check_multiaddr_text
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from meshnode.directory_client import DirectoryClient, Resolution
+
+
+def _session(home: NodeHome) -> AbstractAsyncContextManager[DirectoryClient]:
+    from meshnode.directory_session import directory_session  # libp2p: imported only when used
+
+    return directory_session(home)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -41,7 +51,7 @@ def run_register(args: argparse.Namespace) -> int:
     key = home.signing_key()
 
     async def go() -> int:
-        async with directory_session(home) as client:
+        async with _session(home) as client:
             await client.refresh_roster()
             record = await client.register(certificate, key, addrs, config.address_record_ttl)
             return record.document.seq
@@ -70,7 +80,7 @@ def run_resolve(args: argparse.Namespace) -> int:
     home = NodeHome(resolve_home(args.home))
 
     async def go() -> Resolution:
-        async with directory_session(home) as client:
+        async with _session(home) as client:
             return await client.resolve_org(args.org)
 
     res = trio.run(go)
@@ -87,7 +97,7 @@ def run_roster(args: argparse.Namespace) -> int:
     home = NodeHome(resolve_home(args.home))
 
     async def go() -> tuple[int, int, int, bool]:
-        async with directory_session(home) as client:
+        async with _session(home) as client:
             roster = await client.refresh_roster()
             return roster.version, roster.expires_at, len(roster.revoked), client.last_roster_from_cache
 

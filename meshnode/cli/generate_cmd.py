@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from meshnode.cli.output import EXIT_OK, emit
-from meshnode.dicom import synthetic
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -22,6 +21,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshnode.dicom import synthetic  # numpy and pydicom: imported when used
+
     defaults = {"ct": (512, 512), "dx": (2048, 2048), "multiframe": (256, 256), "rle": (128, 128)}[args.kind]
     rows, columns = args.rows or defaults[0], args.columns or defaults[1]
     if args.kind == "ct":

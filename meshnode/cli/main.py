@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from meshnode.cli import audit_cmd, certificate_cmd, directory_cmd, generate_cmd, init_cmd, node_cmds, storage_cmds
+from meshnode.cli import (
+    audit_cmd,
+    certificate_cmd,
+    directory_cmd,
+    gateway_cmd,
+    generate_cmd,
+    init_cmd,
+    node_cmds,
+    storage_cmds,
+    users_cmd,
+)
 from meshnode.cli.output import add_common, run_cli
 from meshnode.home import HOME_ENV
 
@@ -19,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (init_cmd, certificate_cmd, directory_cmd, node_cmds, storage_cmds, audit_cmd, generate_cmd):
+    for module in (init_cmd, certificate_cmd, directory_cmd, node_cmds, gateway_cmd, storage_cmds, audit_cmd,
+                   generate_cmd, users_cmd):
         module.register(sub, common)
     return parser
 

@@ -15,7 +15,7 @@ import trio
 from meshnode.cli.output import EXIT_OK, emit
 from meshnode.control.client import ControlClient
 from meshnode.home import NodeHome, resolve_home
-from meshnode.node.runtime import Node
+from meshnode.node import systemd
 from protocol.manifest import Priority, Purpose
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 async def _run(home: NodeHome) -> None:
     async with trio.open_nursery() as nursery:
-        addrs = await nursery.start(Node(home).run)
+        from meshnode.node.health import node_health
+        from meshnode.node.runtime import Node  # libp2p: only when the node runs (keeps other commands quick)
+
+        node = Node(home)
+        addrs = await nursery.start(node.run)
         sys.stdout.write(json.dumps({"listening": addrs}) + "\n")
         sys.stdout.flush()
+        systemd.notify("READY=1")
+        interval = systemd.watchdog_interval()
+        if interval is not None:
+            nursery.start_soon(systemd.watchdog, lambda: node_health(node.ctx), interval)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("signal %d: stopping", signum)
@@ -90,6 +98,10 @@ def _inbox_lines(rows: list[dict[str, Any]]) -> list[str]:
         served = ", ".join(f"{p[:12]}..{p[-4:]}={n}" for p, n in sorted(r["served_by"].items())) or "-"
         lines.append(f"{r['manifest_id'][:20]}.. {r['sender_org']:<6} {r['priority']:<7} {r['state']:<9} "
                      f"{_bar(r['blocks_done'], r['blocks_total'])} {r['instances']} inst  served by {served}")
+        for pacs, f in sorted(r.get("forward", {}).items()):
+            error = f"  last error: {f['last_error']}" if f["last_error"] and f["state"] != "forwarded" else ""
+            lines.append(f"    -> PACS {pacs}: {f['state']} {f['sent']}/{f['total']}"
+                         + (f", {f['failed']} failed" if f["failed"] else "") + error)
     return lines or ["inbox empty"]
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from meshnode.cli.output import EXIT_ERROR, EXIT_OK, emit
 from meshnode.cli.progress import ProgressBar
-from meshnode.export import export_study
 from meshnode.home import resolve_home
-from meshnode.ingest import DEFAULT_WORKERS, Ingester
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import StudySummaryRow, hash_uid
 from protocol.errors import NotFoundError, SchemaError
@@ -43,7 +42,7 @@ def find_study(storage: NodeStorage, key: str) -> StudySummaryRow:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     ing = sub.add_parser("ingest", parents=[common], help="ingest DICOM files and folders (recursively)")
     ing.add_argument("paths", nargs="+", type=Path)
-    ing.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="parallel worker processes (default: one per core)")
+    ing.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel worker processes (default: one per core)")
     ing.add_argument("--no-progress", action="store_true")
     ing.add_argument("--json", action="store_true")
     ing.set_defaults(func=run_ingest)
@@ -70,6 +69,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    from meshnode.ingest import Ingester  # pydicom: imported when used, so other commands start quickly
+
     with open_storage(args) as storage:
         bar = ProgressBar("ingest", enabled=not args.no_progress and not args.json)
         report = Ingester(storage, workers=args.workers).ingest(args.paths, bar.update)
@@ -145,6 +146,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from meshnode.export import export_study  # pydicom: imported when used
+
     with open_storage(args) as storage:
         study = find_study(storage, args.study)
         report = export_study(storage, study.attributes.study_uid, args.folder)

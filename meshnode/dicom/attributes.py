@@ -10,10 +10,12 @@ of the file) and must have chosen the same encoding.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.charset import decode_bytes, default_encoding
@@ -102,14 +104,18 @@ def uid_digest(uid: str) -> str:
     return hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:16]
 
 
-def read_attributes(path: Path, layout: FileLayout) -> tuple[InstanceAttributes, frozenset[str]]:
-    """The instance's attributes and any flags raised while reading them.
+def read_attributes(path: Path | bytes, layout: FileLayout) -> tuple[InstanceAttributes, frozenset[str]]:
+    """The instance's attributes (of the file at `path`, or held in memory) and any flags raised.
 
     Raises MalformedDicomError when pydicom cannot read the header or reads
     it differently from the structural scan, MissingUidError when a Study,
     Series or SOP Instance UID is absent or invalid.
     """
-    dataset = _read_dataset(path, layout)
+    if isinstance(path, bytes):
+        dataset = _read_dataset_from(io.BytesIO(path), layout)
+    else:
+        with path.open("rb") as stream:
+            dataset = _read_dataset_from(stream, layout)
     flags: set[str] = set()
     encodings = _encodings(dataset)
 
@@ -157,24 +163,23 @@ def read_attributes(path: Path, layout: FileLayout) -> tuple[InstanceAttributes,
     return attributes, frozenset(flags)
 
 
-def _read_dataset(path: Path, layout: FileLayout) -> Dataset:
-    with path.open("rb") as stream:
-        try:
-            dataset = dcmread(
-                stream,
-                defer_size=MAX_ATTRIBUTE_BYTES,
-                stop_before_pixels=True,
-                force="no-preamble" in layout.flags,
-                specific_tags=list(TAGS),
-            )
-            stopped_at = stream.tell()
-        except RecursionError:
-            raise DicomDepthError("sequences nested too deeply for pydicom to read") from None
-        except Exception as exc:  # untrusted input: pydicom fails in many ways
-            log.debug("pydicom refused a header: %s", type(exc).__name__)
-            raise MalformedDicomError(
-                f"pydicom cannot read the header ({type(exc).__name__})"
-            ) from None
+def _read_dataset_from(stream: BinaryIO, layout: FileLayout) -> Dataset:
+    try:
+        dataset = dcmread(
+            stream,
+            defer_size=MAX_ATTRIBUTE_BYTES,
+            stop_before_pixels=True,
+            force="no-preamble" in layout.flags,
+            specific_tags=list(TAGS),
+        )
+        stopped_at = stream.tell()
+    except RecursionError:
+        raise DicomDepthError("sequences nested too deeply for pydicom to read") from None
+    except Exception as exc:  # untrusted input: pydicom fails in many ways
+        log.debug("pydicom refused a header: %s", type(exc).__name__)
+        raise MalformedDicomError(
+            f"pydicom cannot read the header ({type(exc).__name__})"
+        ) from None
     if "deflated" not in layout.flags:
         expected = layout.pixel_element_offset
         if expected is None:

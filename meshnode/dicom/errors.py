@@ -76,3 +76,10 @@ class InstanceChangedError(DicomError):
 
     code = 728
     name = "instance-changed"
+
+
+class SopMismatchError(DicomError):
+    """A data set whose SOP Class or SOP Instance UID is not the one its C-STORE request names."""
+
+    code = 729
+    name = "sop-mismatch"

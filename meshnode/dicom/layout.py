@@ -30,7 +30,7 @@ from pathlib import Path
 from meshnode.dicom.attributes import InstanceAttributes, read_attributes, uid_digest
 from meshnode.dicom.errors import PixelDataMismatchError
 from meshnode.dicom.scan import tag_text
-from meshnode.dicom.structure import FileLayout, scan_layout
+from meshnode.dicom.structure import FileLayout, scan_layout, scan_layout_bytes
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,20 @@ class InstancePlan:
         return self.layout.transfer_syntax_uid
 
 
-def plan_instance(path: Path) -> InstancePlan:
-    """Scan, read and check the DICOM file at `path`.
+def plan_instance(path: Path | bytes) -> InstancePlan:
+    """Scan, read and check the DICOM file at `path` (or held in memory: the file's bytes).
 
     Raises a DicomError subclass with a one-line reason when the file is not
     DICOM, is truncated, nests sequences too deeply, has native pixel data
     that does not match its geometry, or lacks a Study, Series or SOP
     Instance UID.
     """
-    layout = scan_layout(path)
+    layout = scan_layout_bytes(path) if isinstance(path, bytes) else scan_layout(path)
+    return plan_layout(path, layout)
+
+
+def plan_layout(path: Path | bytes, layout: FileLayout) -> InstancePlan:
+    """plan_instance for a file whose layout has been scanned already (scan_layout)."""
     attributes, attribute_flags = read_attributes(path, layout)
     _check_native_pixel_length(layout, attributes)
     flags = layout.flags | attribute_flags

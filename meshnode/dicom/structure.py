@@ -29,6 +29,7 @@ from pathlib import Path
 from pydicom.values import converters
 
 from meshnode.dicom.errors import (
+    DicomError,
     DicomLimitError,
     MalformedDicomError,
     NotDicomError,
@@ -90,6 +91,44 @@ def scan_layout(path: Path) -> FileLayout:
         if size == 0:
             raise NotDicomError("empty file")
         return _scan(ByteSource(stream, size))
+
+
+def scan_layout_bytes(data: bytes) -> FileLayout:
+    """The byte layout of a DICOM file held in memory (a received C-STORE or STOW-RS part)."""
+    if not data:
+        raise NotDicomError("empty file")
+    return _scan(ByteSource(io.BytesIO(data), len(data)))
+
+
+def find_native_pixel_value(data: bytes) -> tuple[int, int] | None:
+    """(value offset, value length) of the top-level native pixel data of a file still arriving.
+
+    For splitting a C-STORE's data set into blocks while it arrives: known as
+    soon as `data` reaches the pixel data element's header. None while it
+    does not, and for files whose blocks cannot be predicted that early
+    (deflated, encapsulated pixel data, no 'DICM' prefix, malformed): the
+    complete file is scanned and checked in full afterwards anyway.
+    """
+    src = ByteSource(io.BytesIO(data), len(data))
+    try:
+        if src.read(128, 4) != b"DICM" or struct.unpack("<H", src.read(132, 2))[0] != 0x0002:
+            return None
+        meta = DatasetScanner(src, little_endian=True).scan(
+            132, src.size, implicit=False, stop=lambda tag: tag >> 16 != 0x0002, capture=(TRANSFER_SYNTAX_TAG,))
+        if meta.stopped_at is None:
+            return None
+        ts = meta.captured.get(TRANSFER_SYNTAX_TAG, b"").decode("ascii", "replace").strip("\x00 ")
+        if not ts or ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            return None
+        implicit, little = _encoding(src, meta.end, ts, set())
+        head = DatasetScanner(src, little_endian=little).scan(meta.end, src.size, implicit=implicit,
+                                                               stop=PIXEL_DATA_TAGS.__contains__)
+    except (DicomError, struct.error):
+        return None
+    pixel = head.stopped_at
+    if pixel is None or pixel.length == UNDEFINED_LENGTH:
+        return None
+    return pixel.value_pos, pixel.length
 
 
 def _scan(src: ByteSource) -> FileLayout:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -12,6 +12,8 @@ import trio
 from meshnode.config import NodeConfig
 from meshnode.directory_client import DirectoryClient
 from meshnode.home import NodeHome
+from meshnode.node.manifest_cache import ManifestCache
+from meshnode.node.events import StudyEvents
 from meshnode.node.peers import PeerRegistry
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
@@ -38,6 +40,12 @@ class NodeContext:
     changed: trio.Event = field(default_factory=trio.Event)
     #: blocks and bytes served per requesting org, since start (for status and metrics)
     served: dict[str, list[int]] = field(default_factory=dict)
+    #: stored manifests, decoded once
+    manifests: ManifestCache = field(default_factory=ManifestCache)
+    #: blocks and bytes received per serving org, since start (for metrics)
+    received: dict[str, list[int]] = field(default_factory=dict)
+    #: arrivals, deliveries and failures, for webhooks and metrics
+    events: StudyEvents = field(default_factory=StudyEvents)
 
     @property
     def org(self) -> str:
@@ -49,6 +57,13 @@ class NodeContext:
 
     def roster(self) -> Roster:
         return self.peers.guard.roster(self.clock())
+
+    def count_received(self, peer_id: str, blocks: Sequence[tuple[object, int]]) -> None:
+        """Blocks (cid, size) a peer served us, counted per its org."""
+        known = self.peers.certificate_of(peer_id)
+        counts = self.received.setdefault(known.document.org_code if known else "unknown", [0, 0])
+        counts[0] += len(blocks)
+        counts[1] += sum(size for _, size in blocks)
 
     def wake(self) -> None:
         """Tell the background loops that there is new work."""

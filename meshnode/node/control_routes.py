@@ -8,9 +8,8 @@ from meshnode.control.app import Handler
 from meshnode.describe import iso
 from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
-from protocol.document import open_document
-from protocol.errors import SchemaError
-from protocol.manifest import Manifest, Priority, Purpose
+from protocol.errors import NotFoundError, SchemaError
+from protocol.manifest import Priority, Purpose
 
 if TYPE_CHECKING:
     from meshnode.node.runtime import Node
@@ -60,7 +59,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         def load(store: MetadataStore) -> list[dict[str, object]]:
             out: list[dict[str, object]] = []
             for row in store.manifests("received"):
-                manifest = open_document(row.raw, Manifest).document
+                manifest = ctx.manifests.open(row.manifest_id, row.raw).document
                 transfer = store.transfer(row.manifest_id)
                 out.append({
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "sender_org": row.sender_org,
@@ -72,6 +71,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                     "created_at": iso(row.created_at),
                     "first_instance_ms": (round(1000 * node.fetcher.first_usable[row.manifest_id])
                                           if row.manifest_id in node.fetcher.first_usable else None),
+                    "forward": node.gateway.forward_progress(row.manifest_id),  # to the local PACS
                 })
             return out
 
@@ -106,7 +106,20 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                  "certificate_expires": iso(p.certificate.document.not_after),
                  "last_seen": iso(int(p.last_seen))} for pid, p in ctx.peers.peers().items()]
 
+    async def gateway(body: dict[str, Any]) -> object:
+        return await ctx.db.run(lambda _: node.gateway.status())
+
+    async def forward_retry(body: dict[str, Any]) -> object:
+        if node.gateway.forwarder is None:
+            raise NotFoundError("no [[pacs]] destination is configured")
+        manifest = _cid(body) if body.get("manifest") else None
+        destination = body.get("destination")
+        if destination is not None and not isinstance(destination, str):
+            raise SchemaError("'destination' must be a string")
+        return {"requeued": await node.gateway.forwarder.retry(manifest, destination)}
+
     return {
+        ("GET", "/gateway"): gateway, ("POST", "/forward/retry"): forward_retry,
         ("GET", "/status"): status, ("POST", "/share"): share, ("GET", "/inbox"): inbox,
         ("GET", "/outbox"): outbox, ("POST", "/fetch"): fetch, ("POST", "/recall"): recall,
         ("GET", "/peers"): peers,

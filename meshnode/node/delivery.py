@@ -13,10 +13,12 @@ import logging
 import trio
 
 from meshnode.node.context import NodeContext
+from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.sender import backoff_s
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from meshnode.storage.records import DeliveryRow
+from protocol.document import open_document
 from protocol.errors import (
     CertificateError,
     DocumentError,
@@ -24,6 +26,7 @@ from protocol.errors import (
     SignatureError,
     UnavailableError,
 )
+from protocol.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,11 @@ class Deliveries:
         except PERMANENT as exc:
             state, error, attempts, next_ms = "failed", f"{exc.name}: {exc}"[:500], row.attempts + 1, 0
             log.warning("delivery of %s to %s failed for good: %s", row.manifest_id, row.org, exc)
+            if not recalling:
+                await self.ctx.events.publish(StudyEvent(
+                    StudyEventKind.FAILED, str(row.manifest_id), manifest.study_uid, row.org,
+                    open_document(manifest.raw, Manifest).document.priority.value, "sent",
+                    detail=f"delivery refused: {exc.name}"))
         except MeshError as exc:
             attempts = row.attempts + 1
             state, error = row.state, f"{exc.name}: {exc}"[:500]

@@ -1,9 +1,12 @@
-"""The trio driver of protocol.fetch.FetchScheduler: ask peers, verify, store, complete.
+"""The trio driver of protocol.fetch.FetchScheduler: ask peers, hand blocks to the sink, verify, complete.
 
-Blocks received in one response are staged as they arrive, made durable
-together (one filesystem sync per response), recorded in one database hop,
-and only then reported to the scheduler. A block whose hash does not match
-its CID is never stored: the scheduler bans the peer and asks elsewhere.
+Every block of every in-flight response goes straight to the BlockSink
+(meshnode.node.block_sink), which checks it against its CID, stages it and
+makes it durable in groups; only then is it reported to the scheduler, so a
+block counts as received only once it is verified, on disk and recorded. A
+block whose hash does not match is never stored: the scheduler bans the peer
+and asks elsewhere. Each instance is verified (reassembled, digest checked)
+as soon as its last block is durable, while the rest of the study arrives.
 After a restart, `resume` re-adds unfinished manifests with the blocks
 already on disk, so nothing verified is fetched again.
 """
@@ -17,14 +20,18 @@ from collections.abc import Awaitable, Callable
 import trio
 from libp2p.peer.id import ID
 
+from meshnode.directory_client import ResolvedPeer
+from meshnode.node.assembly import InstanceAssembly
+from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
+from meshnode.node.completion import verify_instance
 from meshnode.node.context import NodeContext
 from meshnode.node.receiver import block_order
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from meshnode.p2p.dial import is_connected
-from meshnode.storage.audit import AuditEvent, EventCode, Outcome
-from meshnode.storage.blockstore import StagedBlock
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome as AuditOutcome
 from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.records import InstanceRecord
 from protocol.cid import CID
 from protocol.document import Signed
 from protocol.errors import MeshError
@@ -36,43 +43,65 @@ log = logging.getLogger(__name__)
 
 DISCOVERY_INTERVAL = 0.5
 TICK = 0.5
+PROGRESS_INTERVAL = 0.5
 ESTIMATED_BLOCK = 1 << 20
+#: Scheduler settings: blocks in flight per peer (AIMD window, further capped by the peer's measured
+#: rate), and blocks per request (one stream each).
+WINDOW_INITIAL = 32
+WINDOW_MAX = 64
+REQUEST_BLOCKS = 16
+MIN_REQUEST_BLOCKS = 16
+#: Manifests whose start and first-instance times are kept for status and metrics.
+REMEMBERED = 4096
 
-CompletionHook = Callable[[Signed[Manifest]], Awaitable[None]]
+CompletionHook = Callable[[Signed[Manifest], list[InstanceRecord]], Awaitable[None]]
+FailureHook = Callable[[Signed[Manifest], str], Awaitable[None]]
 
 
 class Fetcher:
-    def __init__(self, ctx: NodeContext, wire: Wire, sessions: Sessions, on_complete: CompletionHook) -> None:
+    def __init__(self, ctx: NodeContext, wire: Wire, sessions: Sessions, on_complete: CompletionHook,
+                 on_failed: FailureHook) -> None:
         self.ctx = ctx
         self.wire = wire
         self.sessions = sessions
         self.on_complete = on_complete
-        self.scheduler = FetchScheduler(window_initial=32, window_max=128, request_max_blocks=4,
+        self.on_failed = on_failed
+        self.scheduler = FetchScheduler(window_initial=WINDOW_INITIAL, window_max=WINDOW_MAX,
+                                        request_max_blocks=REQUEST_BLOCKS, min_request_blocks=MIN_REQUEST_BLOCKS,
                                         request_timeout=float(ctx.config.request_timeout))
+        self.sink = BlockSink(ctx.storage.blocks, ctx.db, self._settled, clock=ctx.clock)
         self.active: dict[CID, Signed[Manifest]] = {}
         self._orders: dict[CID, list[CID]] = {}
-        self._sizes: dict[CID, int] = {}
         self._started: dict[CID, float] = {}
-        self._first_missing: dict[CID, set[CID]] = {}
-        #: seconds from the start of fetching to the first instance being complete on disk
+        self._assembly: dict[CID, InstanceAssembly] = {}
+        self._to_verify: list[tuple[CID, int]] = []
+        self._verify_wake = trio.Event()
+        self._fetched: set[CID] = set()  # every block durable; waiting for the last verifications
+        self._dirty: set[CID] = set()  # progress not yet saved
+        self._nursery: trio.Nursery | None = None
+        self._discover_now = trio.Event()
+        #: seconds from the announcement's arrival (or the start of fetching) to the first instance verified on disk
         self.first_usable: dict[CID, float] = {}
 
     # -- adding work ------------------------------------------------------------------
-    async def start(self, signed: Signed[Manifest], holder: str | None = None) -> None:
-        """Fetch everything of this manifest not verified on disk yet; `holder` has it all (the announcer)."""
+    async def start(self, signed: Signed[Manifest], holder: str | None = None, since: float | None = None) -> None:
+        """Fetch everything of this manifest not verified on disk yet; `holder` has it all (the announcer).
+
+        `since` is when the announcement arrived (time to the first usable instance counts from it);
+        by default, now."""
         manifest_id = signed.cid
         if manifest_id in self.active:
             return
         manifest = signed.document
         order = block_order(manifest)
-        wanted = fetch_order(manifest, order, self.ctx.peer_id)
+        wanted = fetch_order(manifest, order, self.ctx.org, self.ctx.peer_id)
         sizes = _block_sizes(manifest)
         have = await self.ctx.db.run(lambda s: s.present_blocks(order))
         self.active[manifest_id] = signed
         self._orders[manifest_id] = order
-        self._started[manifest_id] = self.ctx.clock()
-        self._first_missing[manifest_id] = set(manifest.instances[0].blocks) - set(have)
-        self._sizes.update(sizes)
+        _remember(self._started, manifest_id, self.ctx.clock() if since is None else since)
+        self._assembly[manifest_id] = assembly = InstanceAssembly(manifest, have)
+        self._queue_ready(manifest_id, assembly)
         self.scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
                                     manifest.priority, have, self.ctx.clock())
         if holder is not None:
@@ -80,13 +109,21 @@ class Fetcher:
         await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "fetching"))
         log.info("fetching %s manifest %s: %d of %d blocks already on disk", manifest.priority.value, manifest_id,
                  len(have), len(order))
+        self._discover_now.set()
         self.ctx.wake()
 
     def stop(self, manifest_id: CID) -> None:
-        """Recall or cancel: stop fetching (blocks in flight are ignored when they arrive)."""
+        """Recall, cancel or done: stop fetching (blocks in flight are stored but ignored when they arrive)."""
         if self.active.pop(manifest_id, None) is not None:
             self.scheduler.remove_manifest(manifest_id)
-            self._orders.pop(manifest_id, None)
+        self._orders.pop(manifest_id, None)
+        self._assembly.pop(manifest_id, None)
+        self._fetched.discard(manifest_id)
+        self._dirty.discard(manifest_id)
+
+    def started_at(self, manifest_id: CID) -> float | None:
+        """When fetching this manifest started (this run of the node), for transfer-duration metrics."""
+        return self._started.get(manifest_id)
 
     def peer_lost(self, peer_id: str) -> None:
         self.scheduler.peer_lost(peer_id, self.ctx.clock())
@@ -94,67 +131,103 @@ class Fetcher:
     # -- the loops ---------------------------------------------------------------------
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.sink.run)
             nursery.start_soon(self._discover_loop)
+            nursery.start_soon(self._verify_loop)
+            nursery.start_soon(self._progress_loop)
             while True:
                 changed = self.ctx.changed
                 for request in self.scheduler.next_requests(self.ctx.clock()):
                     nursery.start_soon(self._request, request)
                 for event in self.scheduler.events():
-                    await self._event(nursery, event)
+                    await self._event(event)
                 with trio.move_on_after(TICK):
                     await changed.wait()
 
-    async def _event(self, nursery: trio.Nursery, event: object) -> None:
+    async def _event(self, event: object) -> None:
         if isinstance(event, ManifestCompleted):
-            signed = self.active.get(event.manifest_id)
-            if signed is not None:
-                await self._save_progress(event.manifest_id, "verifying")
-                self.stop(event.manifest_id)
-                nursery.start_soon(self.on_complete, signed)
+            if event.manifest_id in self.active:
+                self._fetched.add(event.manifest_id)
+                log.info("manifest %s: every block durable %.0f ms after the announcement", event.manifest_id,
+                         1000 * (self.ctx.clock() - self._started.get(event.manifest_id, self.ctx.clock())))
+                await self._maybe_finish(event.manifest_id)
         elif isinstance(event, PeerBanned):
             log.warning("peer %s banned from fetching: %s", event.peer, event.reason)
-            await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "peer-banned", Outcome.SERIOUS_FAILURE,
+            await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "peer-banned", AuditOutcome.SERIOUS_FAILURE,
                                             actor=event.peer, detail=event.reason[:300]))
         elif isinstance(event, BlockStalled):
             log.info("manifest %s: block %s has no known holder; looking for one", event.manifest_id, event.cid)
 
+    async def _maybe_finish(self, manifest_id: CID) -> None:
+        """Hand a manifest on once it is decided: every instance verified, or one failed."""
+        signed = self.active.get(manifest_id)
+        assembly = self._assembly.get(manifest_id)
+        if signed is None or assembly is None or self._nursery is None:
+            return
+        if assembly.failure is not None:
+            reason = assembly.failure
+            self.stop(manifest_id)
+            self._nursery.start_soon(self.on_failed, signed, reason)
+        elif manifest_id in self._fetched and assembly.all_verified:
+            await self._save_progress({manifest_id}, "verifying")
+            records = assembly.ordered_records()
+            seconds = self.ctx.clock() - self._started.get(manifest_id, self.ctx.clock())
+            size = signed.document.total_bytes
+            log.info("manifest %s: %d instance(s), %.1f MB verified %.0f ms after the announcement (%.0f MB/s)",
+                     manifest_id, len(records), size / 1e6, 1000 * seconds, size / 1e6 / max(seconds, 1e-6))
+            self.stop(manifest_id)
+            self._nursery.start_soon(self.on_complete, signed, records)
+
     async def _discover_loop(self) -> None:
+        """Ask for availability every DISCOVERY_INTERVAL, and at once when a fetch starts."""
         while True:
-            for manifest_id, signed in list(self.active.items()):
-                await self._discover(manifest_id, signed.document)
-            await trio.sleep(DISCOVERY_INTERVAL)
+            self._discover_now = trio.Event()
+            async with trio.open_nursery() as nursery:
+                for manifest_id, signed in list(self.active.items()):
+                    nursery.start_soon(self._discover, manifest_id, signed.document)
+            with trio.move_on_after(DISCOVERY_INTERVAL):
+                await self._discover_now.wait()
 
     async def _discover(self, manifest_id: CID, manifest: Manifest) -> None:
-        """Ask the sender's org and every recipient org which blocks they hold (multi-source)."""
-        orgs = {manifest.sender_org, *manifest.recipients}
-        for org in sorted(orgs):
-            try:
-                peers = await self.sessions.org_peers(org)
-            except MeshError as exc:
-                log.info("cannot resolve %s: %s", org, exc)
-                continue
+        """Ask the sender's org and every recipient org which blocks they hold (multi-source).
+
+        Every org is resolved, and every node asked, concurrently: one slow or unreachable node
+        (a dial can take DIAL_TIMEOUT) must not hold up hearing from the others.
+        """
+        async with trio.open_nursery() as nursery:
+            for org in sorted({manifest.sender_org, *manifest.recipients}):
+                nursery.start_soon(self._discover_org, manifest_id, org)
+
+    async def _discover_org(self, manifest_id: CID, org: str) -> None:
+        try:
+            peers = await self.sessions.org_peers(org)
+        except MeshError as exc:
+            log.info("cannot resolve %s: %s", org, exc)
+            return
+        async with trio.open_nursery() as nursery:
             for peer in peers:
-                if manifest_id not in self.active:
-                    return
-                try:
-                    await self.sessions.ensure(peer)
-                    bitmap = await self.wire.have(peer.peer_id, manifest_id)
-                    order = self._orders.get(manifest_id)
-                    if order is None:  # completed or recalled meanwhile
-                        return
-                    held = held_blocks(order, bitmap)
-                except MeshError as exc:
-                    log.info("no availability from %s: %s", peer.peer_id, exc)
-                    continue
-                log.debug("%s (%s) holds %d block(s) of %s", peer.peer_id, peer.org_code, len(held), manifest_id)
-                if held:
-                    self.scheduler.peer_available(peer.peer_id, manifest_id, held)
-                    self.ctx.wake()
+                nursery.start_soon(self._ask_holder, manifest_id, peer)
+
+    async def _ask_holder(self, manifest_id: CID, peer: ResolvedPeer) -> None:
+        if manifest_id not in self.active:
+            return
+        try:
+            await self.sessions.ensure(peer)
+            bitmap = await self.wire.have(peer.peer_id, manifest_id)
+            order = self._orders.get(manifest_id)
+            if order is None:  # completed or recalled meanwhile
+                return
+            held = held_blocks(order, bitmap)
+        except MeshError as exc:
+            log.info("no availability from %s: %s", peer.peer_id, exc)
+            return
+        log.debug("%s (%s) holds %d block(s) of %s", peer.peer_id, peer.org_code, len(held), manifest_id)
+        if held and manifest_id in self.active:
+            self.scheduler.peer_available(peer.peer_id, manifest_id, held)
+            self.ctx.wake()
 
     async def _request(self, request: Request) -> None:
-        good: list[tuple[CID, bytes]] = []
-        received: list[tuple[CID, int]] = []
-        verdicts: list[tuple[CID, bool]] = []
         absent: list[CID] = []
         answered: set[CID] = set()
         try:
@@ -170,15 +243,7 @@ class Fetcher:
             async for frame in self.wire.fetch_blocks(request.peer, BlockRequest(request.manifest_id, request.cids)):
                 if isinstance(frame, BlockData):
                     answered.add(frame.cid)
-                    if frame.cid.matches(frame.data):
-                        good.append((frame.cid, frame.data))
-                        received.append((frame.cid, len(frame.data)))
-                        verdicts.append((frame.cid, True))
-                    else:
-                        verdicts.append((frame.cid, False))
-                        await self.ctx.audit(AuditEvent(
-                            EventCode.SECURITY_ALERT, "corrupt-block", Outcome.SERIOUS_FAILURE, actor=request.peer,
-                            manifest_id=str(request.manifest_id), detail=f"block {frame.cid} failed its hash check"))
+                    await self.sink.put(Arrival(request.peer, request.manifest_id, frame.cid, frame.data))
                 elif isinstance(frame, BlockAbsent):
                     answered.add(frame.cid)
                     absent.append(frame.cid)
@@ -188,84 +253,142 @@ class Fetcher:
         except MeshError as exc:
             log.info("block request to %s failed: %s", request.peer, exc)
         finally:
-            with trio.CancelScope(shield=True):
-                await self._settle(request, good, received, verdicts, absent, answered)
+            # Blocks handed to the sink are reported when durable; the rest is settled now.
+            now = self.ctx.clock()
+            for cid in absent:
+                self.scheduler.block_absent(request.peer, cid, now)
+            unanswered = [c for c in request.cids if c not in answered]
+            if unanswered:
+                self.scheduler.request_failed(request.peer, unanswered, now)
+            self.ctx.wake()
 
-    async def _settle(self, request: Request, good: list[tuple[CID, bytes]], received: list[tuple[CID, int]],
-                      verdicts: list[tuple[CID, bool]], absent: list[CID], answered: set[CID]) -> None:
+    async def _settled(self, settled: list[Settled]) -> None:
+        """A commit round of the sink: tell the scheduler, and queue instances that are now complete."""
         now = self.ctx.clock()
-        if received:
-            try:
-                await trio.to_thread.run_sync(self._store, good)
-                ms = int(now * 1000)
-                await self.ctx.db.run(lambda s: s.record_blocks(received, ms))
-            except MeshError as exc:
-                log.error("cannot store received blocks: %s", exc)
-                self.scheduler.request_failed(request.peer, list(request.cids), now)
-                self.ctx.wake()
-                return
-        for cid, ok in verdicts:
-            self.scheduler.block_received(request.peer, cid, ok, now)
-        self._note_first_instance({cid for cid, ok in verdicts if ok}, now)
-        for cid in absent:
-            self.scheduler.block_absent(request.peer, cid, now)
-        unanswered = [c for c in request.cids if c not in answered]
-        if unanswered:
-            self.scheduler.request_failed(request.peer, unanswered, now)
-        if request.manifest_id in self.active:
-            await self._save_progress(request.manifest_id, "fetching")
+        durable: list[CID] = []
+        for s in settled:
+            if s.outcome is Outcome.DURABLE:
+                self.scheduler.block_received(s.peer, s.cid, True, now)
+                durable.append(s.cid)
+                self.ctx.count_received(s.peer, [(s.cid, s.size)])  # metrics
+            elif s.outcome is Outcome.CORRUPT:
+                self.scheduler.block_received(s.peer, s.cid, False, now)
+                await self.ctx.audit(AuditEvent(
+                    EventCode.SECURITY_ALERT, "corrupt-block", AuditOutcome.SERIOUS_FAILURE, actor=s.peer,
+                    manifest_id=str(s.manifest_id), detail=f"block {s.cid} failed its hash check"))
+            else:
+                self.scheduler.request_failed(s.peer, [s.cid], now)
+        if durable:
+            for manifest_id, assembly in self._assembly.items():
+                assembly.durable(durable)
+                self._queue_ready(manifest_id, assembly)
+        self._dirty.update(m for m in {s.manifest_id for s in settled} if m in self.active)
         self.ctx.wake()
 
-    def _note_first_instance(self, arrived: set[CID], now: float) -> None:
-        for mid, missing in list(self._first_missing.items()):
-            missing -= arrived
-            if not missing:
-                del self._first_missing[mid]
-                self.first_usable[mid] = now - self._started.get(mid, now)
-                log.info("manifest %s: first instance usable after %.0f ms", mid, 1000 * self.first_usable[mid])
+    # -- verification --------------------------------------------------------------------
+    def _queue_ready(self, manifest_id: CID, assembly: InstanceAssembly) -> None:
+        ready = assembly.take_ready()
+        if ready:
+            self._to_verify.extend((manifest_id, i) for i in ready)
+            self._verify_wake.set()
 
-    def _store(self, good: list[tuple[CID, bytes]]) -> None:
-        """Stage every verified block of one response and make them durable together (one thread hop)."""
-        blocks = self.ctx.storage.blocks
-        staged: list[StagedBlock] = []
-        try:
-            for cid, data in good:
-                item = blocks.stage(data, cid)
-                if item is not None:
-                    staged.append(item)
-        except BaseException:
-            blocks.discard_staged(staged)
-            raise
-        blocks.commit_staged(staged)
+    async def _verify_loop(self) -> None:
+        limiter = trio.CapacityLimiter(1)
+        while True:
+            if not self._to_verify:
+                self._verify_wake = trio.Event()
+                await self._verify_wake.wait()
+            batch, self._to_verify = self._to_verify, []
+            by_manifest: dict[CID, list[int]] = {}
+            for manifest_id, index in batch:
+                by_manifest.setdefault(manifest_id, []).append(index)
+            for manifest_id, indices in by_manifest.items():
+                assembly = self._assembly.get(manifest_id)
+                if assembly is None:
+                    continue
+                results = await trio.to_thread.run_sync(self._verify, assembly.manifest, indices, limiter=limiter)
+                for index, outcome in results:
+                    if isinstance(outcome, str):
+                        assembly.failed(outcome)
+                    else:
+                        assembly.verified(index, outcome)
+                started = self._started.get(manifest_id)
+                if 0 in assembly.records and manifest_id not in self.first_usable and started is not None:
+                    _remember(self.first_usable, manifest_id, self.ctx.clock() - started)
+                    log.info("manifest %s: first instance usable after %.0f ms", manifest_id,
+                             1000 * self.first_usable[manifest_id])
+                await self._maybe_finish(manifest_id)
 
-    async def _save_progress(self, manifest_id: CID, state: str) -> None:
-        progress = self.scheduler.progress(manifest_id) if manifest_id in self.active else None
-        served = self.scheduler.served_by(manifest_id) if manifest_id in self.active else {}
+    def _verify(self, manifest: Manifest, indices: list[int]) -> list[tuple[int, InstanceRecord | str]]:
+        """Worker thread: verify instances whose blocks (each checked on arrival) are all durable."""
+        out: list[tuple[int, InstanceRecord | str]] = []
+        for index in indices:
+            try:
+                out.append((index, verify_instance(self.ctx.storage.blocks, manifest, index, check_blocks=False)))
+            except MeshError as exc:
+                out.append((index, str(exc)))
+                break
+        return out
+
+    # -- progress --------------------------------------------------------------------------
+    async def _progress_loop(self) -> None:
+        while True:
+            await trio.sleep(PROGRESS_INTERVAL)
+            dirty, self._dirty = self._dirty, set()
+            if log.isEnabledFor(logging.DEBUG):
+                for peer in {r for r in self.scheduler.in_flight().values()}:
+                    log.debug("peer %s: window %s, effective %s, in flight %d; sink pending %d bytes, %d rounds",
+                              peer, self.scheduler.window(peer), self.scheduler.effective_window(peer),
+                              self.scheduler.in_flight_count(peer), self.sink.pending_bytes, self.sink.rounds)
+            if dirty:
+                await self._save_progress(dirty, "fetching")
+
+    async def _save_progress(self, manifest_ids: set[CID], state: str) -> None:
+        rows = [(m, self.scheduler.progress(m), self.scheduler.served_by(m)) for m in manifest_ids
+                if m in self.active]
         ms = int(self.ctx.clock() * 1000)
 
         def save(store: MetadataStore) -> None:
-            previous = store.transfer(manifest_id)
-            done = progress.blocks_done if progress else (previous[1] if previous else 0)
-            done_bytes = progress.bytes_done if progress else (previous[2] if previous else 0)
-            store.set_transfer(manifest_id, state, done, done_bytes, ms)
-            if served:
-                merged = store.served_by(manifest_id)
-                for peer, n in served.items():
-                    merged[peer] = max(merged.get(peer, 0), n)
-                store.set_served_by(manifest_id, merged)
+            for manifest_id, progress, served in rows:
+                store.set_transfer(manifest_id, state, progress.blocks_done, progress.bytes_done, ms)
+                if served:
+                    merged = store.served_by(manifest_id)
+                    for peer, n in served.items():
+                        merged[peer] = max(merged.get(peer, 0), n)
+                    store.set_served_by(manifest_id, merged)
 
-        await self.ctx.db.run(save)
+        if rows:
+            await self.ctx.db.run(save)
 
 
-def fetch_order(manifest: Manifest, order: list[CID], peer_id: str) -> list[CID]:
-    """The first instance's blocks first (it is usable soonest), then the rest from a point that
-    depends on this node, so recipients fetching together fetch different parts and serve each other."""
-    first = [c for c in manifest.instances[0].blocks]
-    rest = [c for c in order if c not in set(first)]
+def fetch_order(manifest: Manifest, order: list[CID], org: str, peer_id: str) -> list[CID]:
+    """The first instance's blocks first (it is usable soonest), then the rest from a starting point of
+    this node's own, so that recipients fetching at the same time hold different parts and serve each other.
+
+    Every recipient knows the manifest's (sorted) recipient list, so the k-th of n recipient orgs starts
+    k/n of the way through: two recipients start half a study apart, three a third apart, whatever
+    their peer IDs. Nodes of the same org are spread within the first half of their org's share by a
+    hash of their peer ID.
+    """
+    first = list(manifest.instances[0].blocks)
+    first_set = set(first)
+    rest = [c for c in order if c not in first_set]
     if not rest:
         return order
-    offset = int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "big") % len(rest)
+    recipients = sorted(manifest.recipients)
+    index = recipients.index(org) if org in recipients else len(recipients)
+    share = len(rest) / (len(recipients) + (org not in recipients))
+    jitter = int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "big") % max(1, int(share / 2))
+    offset = (int(index * share) + jitter) % len(rest)
     return list(dict.fromkeys(first + rest[offset:] + rest[:offset]))
+
+
+def _remember(table: dict[CID, float], key: CID, value: float) -> None:
+    """Set table[key], keeping only the REMEMBERED most recent entries (a node runs for months)."""
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > REMEMBERED:
+        del table[next(iter(table))]
 
 
 def _block_sizes(manifest: Manifest) -> dict[CID, int]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 import logging
 from collections.abc import Awaitable, Callable
 
 from meshnode.node.context import NodeContext
+from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.policy import authorise_manifest_access
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
@@ -19,7 +21,12 @@ from protocol.recall import Recall, verify_recall
 
 log = logging.getLogger(__name__)
 
-ManifestHook = Callable[[Signed[Manifest]], Awaitable[None]]
+#: Called with each newly accepted manifest and the time its announcement arrived.
+ManifestHook = Callable[[Signed[Manifest], float], Awaitable[None]]
+
+
+#: Manifests whose block order is kept decoded for availability queries.
+ORDER_CACHE_SIZE = 64
 
 
 def block_order(manifest: Manifest) -> list[CID]:
@@ -36,6 +43,7 @@ class Receiver:
         self.ctx = ctx
         self.on_accepted = on_accepted
         self.on_recalled = on_recalled
+        self._orders: OrderedDict[CID, list[CID]] = OrderedDict()
 
     async def accept_announce(self, peer_id: str, manifest_raw: bytes, cert_raw: bytes) -> CID:
         """Verify and record an announced manifest; raises the MeshError to send back on refusal."""
@@ -76,14 +84,26 @@ class Receiver:
                                    actor_org=manifest.sender_org, study=hash_uid(manifest.study_uid),
                                    manifest_id=str(manifest_id),
                                    detail=f"{manifest.priority.value}, {len(manifest.instances)} instance(s)"))
+        await ctx.events.publish(StudyEvent(StudyEventKind.ANNOUNCED, str(manifest_id), manifest.study_uid,
+                                            manifest.sender_org, manifest.priority.value, "received",
+                                            instances=len(manifest.instances)))
         log.info("accepted %s manifest %s from %s", manifest.priority.value, manifest_id, manifest.sender_org)
-        await self.on_accepted(signed)
+        await self.on_accepted(signed, now)
         return manifest_id
 
     async def availability(self, peer_id: str, manifest_id: CID) -> list[bool]:
         """Which blocks of the manifest this node holds, in manifest block order."""
         _, row = await authorise_manifest_access(self.ctx, peer_id, manifest_id)
-        order = block_order(open_document(row.raw, Manifest).document)
+        order = self._orders.get(manifest_id)
+        if order is None:
+            # Peers ask every half second while they fetch; a manifest is named by its hash, so its
+            # block order never changes.
+            order = block_order(self.ctx.manifests.open(manifest_id, row.raw).document)
+            self._orders[manifest_id] = order
+            while len(self._orders) > ORDER_CACHE_SIZE:
+                self._orders.popitem(last=False)
+        else:
+            self._orders.move_to_end(manifest_id)
         present = await self.ctx.db.run(lambda s: s.present_blocks(order))
         return [cid in present for cid in order]
 

@@ -23,11 +23,13 @@ from meshnode.control.token import create_token
 from meshnode.directory_cache import DirectoryCache, FileRosterVersionStore
 from meshnode.directory_client import DirectoryClient
 from meshnode.directory_transport import directory_peer_id, libp2p_transport
+from meshnode.gateway.service import Gateway
 from meshnode.home import NodeHome
 from meshnode.node.completion import verify_instances
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.control_routes import routes
 from meshnode.node.delivery import Deliveries
+from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.fetcher import Fetcher
 from meshnode.node.limits import PeerLimits
 from meshnode.node.peers import PeerRegistry
@@ -36,13 +38,14 @@ from meshnode.node.sender import Sender, backoff_s
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from meshnode.p2p.host import listen_multiaddrs, running_host
+from meshnode.web.node_web import run_web
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
-from meshnode.storage.records import hash_uid
+from meshnode.storage.records import InstanceRecord, hash_uid
 from protocol.cid import CID
-from protocol.document import Signed, open_document
+from protocol.document import Signed
 from protocol.errors import MeshError, NotFoundError
 from protocol.manifest import Manifest
 from protocol.receipt import Receipt
@@ -85,15 +88,20 @@ class Node:
         self.wire = Wire(ctx, host, self.receiver, self.sender,
                          PeerLimits(ctx.config.max_streams_per_peer, ctx.config.max_requests_per_second))
         self.sessions = Sessions(ctx, self.wire)
-        self.fetcher = Fetcher(ctx, self.wire, self.sessions, self._completed)
+        self.fetcher = Fetcher(ctx, self.wire, self.sessions, self._completed, self._verification_failed)
         self.deliveries = Deliveries(ctx, self.wire, self.sessions)
+        self.gateway = Gateway(ctx, self.sender)
         self.wire.serve()
         addrs = listen_multiaddrs(host)
         await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "node-start", actor=ctx.peer_id,
                                    actor_org=ctx.org, detail=", ".join(addrs)[:300]))
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.wire.run)
                 await nursery.start(serve_control, ControlApp(create_token(ctx.home.path), routes(self)), ctx.home.path)
+                await nursery.start(self.gateway.run)
+                if ctx.config.http.enabled or ctx.config.http.webhooks:
+                    await nursery.start(run_web, self)  # DICOMweb, web UI, metrics, health, webhooks
                 listen = [a.rsplit("/p2p/", 1)[0] for a in addrs]
                 nursery.start_soon(keep_running, "directory registration", lambda: self._register_loop(listen))
                 nursery.start_soon(keep_running, "roster refresh", self._roster_loop)
@@ -142,15 +150,15 @@ class Node:
                 ctx.wake()
 
     # -- hooks ----------------------------------------------------------------------------
-    async def _accepted(self, signed: Signed[Manifest]) -> None:
+    async def _accepted(self, signed: Signed[Manifest], announced_at: float) -> None:
         if self.ctx.config.auto_fetch:
-            await self.fetcher.start(signed, holder=signed.document.sender_peer)
+            await self.fetcher.start(signed, holder=signed.document.sender_peer, since=announced_at)
 
     async def fetch(self, manifest_id: CID) -> None:
         row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
         if row is None or row.direction != "received" or row.state == "recalled":
             raise NotFoundError("no such received manifest")
-        signed = open_document(row.raw, Manifest)
+        signed = self.ctx.manifests.open(row.manifest_id, row.raw)
         await self.fetcher.start(signed, holder=signed.document.sender_peer)
 
     async def _recalled(self, manifest_id: CID) -> None:
@@ -170,19 +178,31 @@ class Node:
         result = await self.ctx.db.run(lambda _: self.ctx.storage.gc(orphan_grace_s=3600))
         log.info("recall of %s: %d block(s) collected", manifest_id, result.blocks_removed)
 
-    async def _completed(self, signed: Signed[Manifest]) -> None:
-        """Every block is here: verify every instance, record the study, send the signed receipt."""
+    async def _verification_failed(self, signed: Signed[Manifest], reason: str) -> None:
+        """Every block matched its CID, yet an instance does not match the manifest: the sender's document
+        is inconsistent, and fetching again cannot help."""
+        manifest_id = signed.cid
+        log.error("manifest %s failed verification: %s", manifest_id, reason)
+        await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "failed"))
+        await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "verification-failed", Outcome.SERIOUS_FAILURE,
+                                        manifest_id=str(manifest_id), detail=reason[:300]))
+        manifest = signed.document
+        await self.ctx.events.publish(StudyEvent(StudyEventKind.FAILED, str(manifest_id), manifest.study_uid,
+                                                 manifest.sender_org, manifest.priority.value, "received",
+                                                 detail="verification failed: the study does not match its manifest"))
+
+    async def _completed(self, signed: Signed[Manifest], records: list[InstanceRecord] | None = None) -> None:
+        """Every block is here and every instance verified (`records`; verified here when None, as after a
+        restart): record the study, send the signed receipt."""
         ctx = self.ctx
         manifest = signed.document
         manifest_id = signed.cid
-        try:
-            records = await trio.to_thread.run_sync(verify_instances, ctx.storage.blocks, manifest)
-        except MeshError as exc:
-            log.error("manifest %s failed verification: %s", manifest_id, exc)
-            await ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "failed"))
-            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "verification-failed", Outcome.SERIOUS_FAILURE,
-                                       manifest_id=str(manifest_id), detail=str(exc)[:300]))
-            return
+        if records is None:
+            try:
+                records = await trio.to_thread.run_sync(verify_instances, ctx.storage.blocks, manifest)
+            except MeshError as exc:
+                await self._verification_failed(signed, str(exc))
+                return
         event = AuditEvent(EventCode.INSTANCES_TRANSFERRED, "received", actor=manifest.sender_peer,
                            actor_org=manifest.sender_org, study=hash_uid(manifest.study_uid),
                            manifest_id=str(manifest_id), detail=f"{len(records)} instance(s) verified")
@@ -197,6 +217,12 @@ class Node:
             ctx.storage.write_head()  # on the database thread: it reads the newest audit entry
 
         await ctx.db.run(record)
+        await self.gateway.received(signed)  # queued for the PACS, sent once the receipt is
+        started = self.fetcher.started_at(manifest_id)
+        await ctx.events.publish(StudyEvent(
+            StudyEventKind.ARRIVED, str(manifest_id), manifest.study_uid, manifest.sender_org,
+            manifest.priority.value, "received", accession=records[0].study.accession if records else "",
+            instances=len(records), duration_s=ctx.clock() - started if started is not None else None))
         receipt = Receipt(manifest_id, ctx.org, ctx.peer_id, len(records), int(ctx.clock())).sign(ctx.key)
         await self._send_receipt(manifest, manifest_id, receipt.encode())
 
@@ -208,11 +234,13 @@ class Node:
                 await self.wire.deliver_receipt(manifest.sender_peer, receipt)
                 await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "receipted"))
                 log.info("receipt for %s delivered to %s", manifest_id, manifest.sender_org)
-                return
             except MeshError as exc:
                 attempts += 1
                 log.warning("receipt for %s not delivered (attempt %d): %s", manifest_id, attempts, exc)
                 await trio.sleep(backoff_s(attempts))
+                continue
+            await self.gateway.receipted(manifest_id)  # the PACS forward may start
+            return
 
     async def _resume(self, nursery: trio.Nursery) -> None:
         """Restart unfinished transfers and undelivered receipts from what is on disk."""
@@ -221,7 +249,7 @@ class Node:
         for row in rows:
             if row.expires_at < now:
                 continue
-            signed = open_document(row.raw, Manifest)
+            signed = self.ctx.manifests.open(row.manifest_id, row.raw)
             if row.state in ("fetching", "verifying") or (row.state == "announced" and self.ctx.config.auto_fetch):
                 await self.fetcher.start(signed, holder=signed.document.sender_peer)
             elif row.state == "complete":

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from meshnode.manifest_builder import build_manifest
 from meshnode.node.context import NodeContext
+from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.receiver import block_order
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.metadata import MetadataStore
@@ -91,7 +92,7 @@ class Sender:
         delivery = next((d for d in deliveries if d.org == receipt.recipient_org), None)
         if delivery is None:
             raise WrongOrganisationError(f"{receipt.recipient_org} is not a recipient of this manifest")
-        manifest = open_document(row.raw, Manifest).document
+        manifest = ctx.manifests.open(row.manifest_id, row.raw).document
         if receipt.instances_verified != len(manifest.instances):
             raise DocumentError("receipt does not cover every instance")
         if delivery.state == "delivered":
@@ -105,6 +106,9 @@ class Sender:
                                    manifest_id=str(receipt.manifest_id),
                                    detail=f"signed receipt for {receipt.instances_verified} instance(s)"))
         log.info("manifest %s delivered to %s (receipt verified)", receipt.manifest_id, receipt.recipient_org)
+        await ctx.events.publish(StudyEvent(StudyEventKind.DELIVERED, str(receipt.manifest_id), row.study_uid,
+                                            receipt.recipient_org, manifest.priority.value, "sent",
+                                            instances=receipt.instances_verified))
 
     async def recall(self, manifest_id: CID, reason: str) -> Signed[Recall]:
         ctx = self.ctx

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -68,14 +69,23 @@ from protocol.exchange_messages import (
     decode_hello_reply,
     decode_recall_delivery,
     decode_receipt_delivery,
+    encode_block_data_frame,
     encode_request,
     encode_response,
     pack_bitmap,
 )
 
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[Response]]
+
+#: Blocks read from disk ahead of the one being sent, per block request.
+READ_AHEAD = 2
+#: Seconds between a peer's repeated limit violations and its disconnection.
+CUT_OFF_GRACE = 1.0
 
 
 class Wire:
@@ -87,6 +97,8 @@ class Wire:
         self.limits = limits
         self.timeout = float(ctx.config.request_timeout)
         self.upload = UploadLimiter(ctx.config.upload_mb_per_s)
+        self._nursery: trio.Nursery | None = None
+        self._cutting_off: set[str] = set()
 
     # -- server side ---------------------------------------------------------------
     def serve(self) -> None:
@@ -118,19 +130,39 @@ class Wire:
 
         return run
 
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Holds the tasks that cut off peers which keep exceeding their limits."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
     @asynccontextmanager
     async def _admitted(self, peer_id: str) -> AsyncIterator[None]:
         try:
             self.limits.enter(peer_id, self.ctx.clock())
         except LimitError:
-            if self.limits.should_disconnect(peer_id):
-                log.warning("peer %s keeps exceeding its limits: disconnecting", peer_id)
-                await self.disconnect(peer_id)
+            if self.limits.should_disconnect(peer_id) and peer_id not in self._cutting_off:
+                log.warning("peer %s keeps exceeding its limits: disconnecting it in %g s", peer_id, CUT_OFF_GRACE)
+                self._cutting_off.add(peer_id)
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._cut_off, peer_id)
+                else:
+                    await self._cut_off(peer_id)
             raise
         try:
             yield
         finally:
             self.limits.leave(peer_id)
+
+    async def _cut_off(self, peer_id: str) -> None:
+        """Disconnect a flooding peer after a short grace: the refusals already written to it reach it
+        (closing at once would discard them) while everything it sends meanwhile is refused too."""
+        try:
+            await trio.sleep(CUT_OFF_GRACE)
+            await self.disconnect(peer_id)
+        finally:
+            self._cutting_off.discard(peer_id)
 
     async def disconnect(self, peer_id: str) -> None:
         with trio.move_on_after(5):
@@ -179,26 +211,33 @@ class Wire:
             except UnauthorisedError:
                 await write_frame(stream, encode_response(UNAUTHORISED), limits.response)
                 return
-            frames = await trio.to_thread.run_sync(self._read_blocks, request.cids)
             sent = 0
-            for frame in frames:
-                if isinstance(frame, BlockData):
-                    sent += len(frame.data)
-                await write_frame(stream, encode_response(frame), limits.response)
-                await self.upload.consume(len(frame.data) if isinstance(frame, BlockData) else 0)
+            send, receive = trio.open_memory_channel[BlockFrame](READ_AHEAD)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_ahead, request.cids, send)
+                async with receive:
+                    async for frame in receive:
+                        if isinstance(frame, BlockData):
+                            await stream.write(encode_block_data_frame(frame.cid, frame.data, limits.response))
+                            sent += len(frame.data)
+                            await self.upload.consume(len(frame.data))
+                        else:
+                            await write_frame(stream, encode_response(frame), limits.response)
             self.ctx.served.setdefault(cert.org_code, [0, 0])
             self.ctx.served[cert.org_code][0] += len(request.cids)
             self.ctx.served[cert.org_code][1] += sent
 
-    def _read_blocks(self, cids: tuple[CID, ...]) -> list[BlockFrame]:
-        """All the blocks of one request in one thread hop, each verified against its CID."""
-        frames: list[BlockFrame] = []
-        for cid in cids:
-            try:
-                frames.append(BlockData(cid, self.ctx.storage.blocks.get(cid, verify=True)))
-            except BlockMissingError:
-                frames.append(BlockAbsent(cid))
-        return frames
+    async def _read_ahead(self, cids: tuple[CID, ...], send: trio.MemorySendChannel[BlockFrame]) -> None:
+        """Read the requested blocks one by one (each verified against its CID) while earlier ones are sent."""
+        async with send:
+            for cid in cids:
+                await send.send(await trio.to_thread.run_sync(self._read_block, cid))
+
+    def _read_block(self, cid: CID) -> BlockFrame:
+        try:
+            return BlockData(cid, self.ctx.storage.blocks.get(cid, verify=True))
+        except BlockMissingError:
+            return BlockAbsent(cid)
 
     # -- client side ---------------------------------------------------------------
     async def _call(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes:

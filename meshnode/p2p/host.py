@@ -1,5 +1,8 @@
 """The node's libp2p host: Ed25519 identity from a seed, TCP + Noise + Yamux.
 
+Bulk-transfer tuning of py-libp2p (buffered reads, one Noise message per
+Yamux frame, batched window updates) is in meshnode.p2p.tuning.
+
 Only one stack is ever offered: TCP transport, Noise security, Yamux
 multiplexing (DESIGN.md, "Wire invariants"). No TLS, SECIO, plaintext or
 Mplex is advertised, so a peer cannot negotiate us down to a weaker or slower
@@ -51,8 +54,8 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-from libp2p.transport.tcp.tcp import TCP
 
+from meshnode.p2p.tuning import BufferedTCP, tune_process
 from protocol.errors import LocalProtocolError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -82,6 +85,7 @@ def connection_config() -> ConnectionConfig:
 def make_host(seed: bytes) -> IHost:
     """Build (but do not start) a host whose identity is the seed's Ed25519 key."""
     key_pair = key_pair_from_seed(seed)
+    tune_process()
     # The Noise static key is a fresh X25519 key per host, as in libp2p's own
     # new_swarm: identity is bound by the Ed25519 signature in the handshake
     # payload, not by the static key.
@@ -90,7 +94,7 @@ def make_host(seed: bytes) -> IHost:
         key_pair=key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        transports=[TCP()],
+        transports=[BufferedTCP()],
         connection_config=connection_config(),
     )
     logger.debug("built host %s", host.get_id())

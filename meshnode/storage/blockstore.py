@@ -1,8 +1,9 @@
 """Content-addressed block files: blocks/ab/cd/<cid>, written crash-safely.
 
 A block becomes visible under its CID only after its bytes are durable:
-temp file in blocks/tmp -> write -> fsync -> rename into place -> fsync of
-the fan-out directory. A crash leaves at most a temp file, which `recover()`
+temp file in blocks/tmp -> write (O_DIRECT where the filesystem allows it,
+meshnode.storage.direct_io) -> fsync -> rename into place -> fsync of the
+fan-out directory. A crash leaves at most a temp file, which `recover()`
 removes at start-up; a name under blocks/ always holds the whole block. The
 metadata that points at a block is committed only after `put` returns.
 """
@@ -18,9 +19,11 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshnode.storage.direct_io import NewFileWriter
 from protocol.cid import CID
 from protocol.errors import MeshError, StorageError
 
@@ -86,6 +89,40 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _datasync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+_SYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blocksync")
+
+
+def _in_parallel(fn: Callable[[Path], None], paths: Sequence[Path]) -> None:
+    """fn(path) for every path, the flushes overlapping: a disk flush is latency, not bandwidth, so
+    several outstanding at once cost about one. Raises the first OSError, after all have finished."""
+    if len(paths) <= 1:
+        for path in paths:
+            fn(path)
+        return
+    futures = [_SYNC_POOL.submit(fn, path) for path in paths[1:]]
+    first: OSError | None = None
+    try:
+        fn(paths[0])
+    except OSError as exc:
+        first = exc
+    for future in futures:
+        try:
+            future.result()
+        except OSError as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+
+
 @dataclass(frozen=True)
 class ScrubResult:
     checked: int
@@ -99,6 +136,7 @@ class BlockStore:
         self.blocks_dir = root / "blocks"
         self.tmp_dir = root / "tmp"
         self.quarantine_dir = root / "quarantine"
+        self._writer = NewFileWriter()
         try:
             for d in (self.blocks_dir, self.tmp_dir, self.quarantine_dir):
                 d.mkdir(parents=True, exist_ok=True)
@@ -160,11 +198,9 @@ class BlockStore:
             return actual  # content-addressed: the same bytes are already durable
         tmp = self.tmp_dir / f"{final.name}.{secrets.token_hex(4)}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._writer.write_new(tmp, data)
+            fd = os.open(tmp, os.O_RDONLY)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -194,13 +230,7 @@ class BlockStore:
             return None
         tmp = self.tmp_dir / f"{final.name}.{secrets.token_hex(4)}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
+            self._writer.write_new(tmp, data)
         except OSError as exc:
             try:
                 tmp.unlink()
@@ -227,6 +257,71 @@ class BlockStore:
         except OSError as exc:
             self.discard_staged(staged)
             raise _storage_error("cannot make blocks durable", exc) from None
+
+    def temp_path(self) -> Path:
+        """A fresh name in the store's temp folder (recover() removes what a crash leaves there)."""
+        return self.tmp_dir / f"incoming.{secrets.token_hex(8)}"
+
+    def make_durable(self, paths: Sequence[Path]) -> None:
+        """fdatasync temp files written by the caller, in parallel; then drop their pages from the page
+        cache (they are on disk, and the next write reuses that memory instead of claiming fresh pages)."""
+        try:
+            _in_parallel(_datasync, paths)
+        except OSError as exc:
+            raise _storage_error("cannot make blocks durable", exc) from None
+
+    def write_temp(self, data: bytes | memoryview) -> Path:
+        """Write data to a new temp file in the store, not yet durable (make_durable), its CID maybe not known yet.
+
+        `place` then names it by its CID. A crash leaves only the temp file.
+        """
+        if len(data) > MAX_BLOCK_SIZE:
+            raise StorageError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
+        tmp = self.temp_path()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.discard_temp([tmp])
+            raise _storage_error("cannot store a block", exc) from None
+        return tmp
+
+    def place(self, written: Sequence[tuple[Path, CID]], present: Sequence[CID] = ()) -> None:
+        """Rename durable temp files (write_temp + make_durable) to their CIDs and sync their folders.
+
+        A block already stored under its CID keeps its file (the temp one goes).
+        `present` are other blocks of the same instance, already stored: their
+        folders are synced too, since the writer that renamed them into place
+        may not have synced its folder yet. The fan-out folders themselves are
+        durable since the store was created.
+        """
+        parents = {self.path_of(cid).parent for cid in present}
+        try:
+            for tmp, cid in written:
+                final = self.path_of(cid)
+                if final.exists():
+                    tmp.unlink()
+                else:
+                    os.replace(tmp, final)
+                parents.add(final.parent)
+            _in_parallel(_fsync_dir, sorted(parents))
+        except OSError as exc:
+            self.discard_temp([tmp for tmp, _ in written])
+            raise _storage_error("cannot make blocks durable", exc) from None
+
+    def discard_temp(self, paths: Sequence[Path]) -> None:
+        for path in paths:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove temp block %s: %s", path.name, exc)
 
     def discard_staged(self, staged: Sequence[StagedBlock]) -> None:
         for block in staged:

@@ -20,6 +20,16 @@ from meshnode.storage.records import (
     StudySummaryRow,
     hash_uid,
 )
+from meshnode.storage.search import (
+    AuditQuery,
+    audit_matches,
+    InstanceSummaryRow,
+    Search,
+    SeriesSummaryRow,
+    memory_search_instances,
+    memory_search_series,
+    memory_search_studies,
+)
 from meshnode.storage.sqlite_metadata import CONFLICT_FLAG
 from protocol.cid import CID
 
@@ -98,6 +108,15 @@ class MemoryMetadataStore:
 
     def study(self, study_uid: str) -> StudySummaryRow | None:
         return self._summary(study_uid)
+
+    def search_studies(self, search: Search) -> list[StudySummaryRow]:
+        return memory_search_studies(self.studies(), self._instances, search)
+
+    def search_series(self, search: Search) -> list[SeriesSummaryRow]:
+        return memory_search_series(self._instances, search)
+
+    def search_instances(self, search: Search) -> list[InstanceSummaryRow]:
+        return memory_search_instances(self._instances, search)
 
     def instances(self, study_uid: str) -> list[InstanceRecord]:
         insts = [i for i in self._instances if i.study_uid == study_uid]
@@ -200,6 +219,12 @@ class MemoryMetadataStore:
 
     def audit_entries(self) -> list[AuditEntry]:
         return list(self._audit)
+
+    def search_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        return [e for e in reversed(self._audit) if audit_matches(query, e)][:query.limit]
+
+    def audit_range(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        return [e for e in self._audit if e.seq > after_seq][:limit]
 
     def audit_head(self) -> tuple[int, bytes] | None:
         return (self._audit[-1].seq, self._audit[-1].hash) if self._audit else None

@@ -11,12 +11,13 @@ from typing import Protocol
 
 from meshnode.storage.audit import AuditEntry, AuditEvent
 from meshnode.storage.records import AddOutcome, DeliveryRow, InstanceRecord, ManifestRow, StudySummaryRow
+from meshnode.storage.search import SearchableStore
 from protocol.cid import CID
 
 LIVE_MANIFEST_STATES_EXCLUDED = ("recalled",)
 
 
-class MetadataStore(Protocol):
+class MetadataStore(SearchableStore, Protocol):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from typing import Any
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from meshnode.sqlite_db import open_database
+from meshnode.sqlite_db import SqliteConnection
 from meshnode.storage import audit
-from meshnode.storage.blockstore import DiskFullError
+from meshnode.storage import sqlite_search
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
 from meshnode.storage.records import (
     AddOutcome,
@@ -24,6 +23,7 @@ from meshnode.storage.records import (
     StudySummaryRow,
     hash_uid,
 )
+from meshnode.storage.search import AuditQuery, InstanceSummaryRow, Search, SeriesSummaryRow
 from protocol.cid import CID
 from protocol.errors import StorageError
 
@@ -96,6 +96,45 @@ MIGRATIONS = (
     ) STRICT;
     ALTER TABLE transfers ADD COLUMN served_by TEXT NOT NULL DEFAULT '{}'
     """,
+    # 3: the gateway (meshnode.storage.sqlite_gateway): quiet-period announcements, forward queue
+    """
+    CREATE TABLE gateway_announcements (
+        study_uid TEXT NOT NULL, route TEXT NOT NULL, state TEXT NOT NULL, instances INTEGER NOT NULL,
+        first_ms INTEGER NOT NULL, last_instance_ms INTEGER NOT NULL, revision INTEGER NOT NULL,
+        manifest_id BLOB, announced_ms INTEGER, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        PRIMARY KEY (study_uid, route)
+    ) STRICT;
+    CREATE INDEX gateway_announcements_by_state ON gateway_announcements (state);
+    CREATE TABLE forward_items (
+        manifest_id BLOB NOT NULL, destination TEXT NOT NULL, seq INTEGER NOT NULL,
+        sop_instance_uid TEXT NOT NULL, digest BLOB NOT NULL, study_uid TEXT NOT NULL, priority INTEGER NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, status INTEGER, enqueued_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (manifest_id, destination, sop_instance_uid)
+    ) STRICT;
+    CREATE INDEX forward_items_due ON forward_items (destination, state, priority, next_attempt_ms);
+    CREATE INDEX forward_items_held ON forward_items (destination, sop_instance_uid, digest, state)
+    """,
+    # 4: HTTP: DICOMweb/UI users and their API tokens (hashes only), the webhook retry queue
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY, roles TEXT NOT NULL, created_ms INTEGER NOT NULL, disabled INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE api_tokens (
+        token_hash BLOB PRIMARY KEY, token_id TEXT NOT NULL UNIQUE,
+        user_name TEXT NOT NULL REFERENCES users (name), label TEXT NOT NULL, created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL, revoked INTEGER NOT NULL, last_used_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX api_tokens_by_user ON api_tokens (user_name);
+    CREATE TABLE webhook_queue (
+        id INTEGER PRIMARY KEY, hook TEXT NOT NULL, event_key TEXT NOT NULL, event TEXT NOT NULL,
+        body BLOB NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        UNIQUE (hook, event_key)
+    ) STRICT;
+    CREATE INDEX webhook_queue_due ON webhook_queue (state, next_attempt_ms)
+    """,
 )
 
 _LIVE_REFS = """
@@ -106,44 +145,9 @@ _LIVE_REFS = """
 """
 
 
-class SqliteMetadataStore:
+class SqliteMetadataStore(SqliteConnection):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db = open_database(path, MIGRATIONS)
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise db_error("database busy or unavailable", exc) from exc
-        try:
-            yield self._db
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise db_error("database update failed", exc) from exc
-        except BaseException:
-            self._rollback()
-            raise
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise db_error("commit failed", exc) from exc
-
-    def _rollback(self) -> None:
-        # SQLite has already rolled back on some errors (SQLITE_FULL, SQLITE_IOERR).
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
-
-    def _query(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[Any]:
-        try:
-            return list(self._db.execute(sql, params).fetchall())
-        except sqlite3.Error as exc:
-            raise db_error("database query failed", exc) from exc
+        super().__init__(path, MIGRATIONS)
 
     # -- studies and instances ------------------------------------------------
     def add_instances(
@@ -244,6 +248,15 @@ class SqliteMetadataStore:
     def study(self, study_uid: str) -> StudySummaryRow | None:
         rows = self._query(self._SUMMARY + " AND s.study_uid = ?", (study_uid,))
         return self._summary(rows[0]) if rows else None
+
+    def search_studies(self, search: Search) -> list[StudySummaryRow]:
+        return sqlite_search.search_studies(self._query, self._SUMMARY, self._summary, search)
+
+    def search_series(self, search: Search) -> list[SeriesSummaryRow]:
+        return sqlite_search.search_series(self._query, search)
+
+    def search_instances(self, search: Search) -> list[InstanceSummaryRow]:
+        return sqlite_search.search_instances(self._query, search)
 
     def instances(self, study_uid: str) -> list[InstanceRecord]:
         rows = self._query(
@@ -457,20 +470,23 @@ class SqliteMetadataStore:
         rows = self._query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
+    def search_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        return sqlite_search.search_audit(self._query, self._audit_rows, query)
+
+    def audit_range(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        return self._audit_rows("WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+
     def audit_entries(self) -> list[AuditEntry]:
+        return self._audit_rows("ORDER BY seq", ())
+
+    def _audit_rows(self, where: str, params: Sequence[object]) -> list[AuditEntry]:
         out = []
         for r in self._query("SELECT seq, at_ms, code, action, outcome, actor, actor_org, study, manifest_id,"
-                             " detail, prev_hash, hash FROM audit ORDER BY seq"):
+                             f" detail, prev_hash, hash FROM audit {where}", params):
             event = AuditEvent(_event_code(r[2]), str(r[3]), _outcome(r[4]), str(r[5]), str(r[6]), str(r[7]),
                                str(r[8]), str(r[9]))
             out.append(AuditEntry(int(r[0]), int(r[1]), event, bytes(r[10]), bytes(r[11])))
         return out
-
-
-def db_error(action: str, exc: sqlite3.Error) -> StorageError:
-    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
-        return DiskFullError(f"{action}: no space left on device (database)")
-    return StorageError(f"{action}: {exc}")
 
 
 def _opt_int(value: Any) -> int | None:

@@ -37,7 +37,9 @@ def codes(entries: list[dict[str, object]], action: str) -> list[dict[str, objec
 
 
 def test_three_node_share_multi_source_receipts_audit(mesh: MeshDemo, tmp_path: Path) -> None:
-    nodes = mesh.setup(ORGS, config={"upload_mb_per_s": "60"})
+    # Capped uplinks, so that the study takes a few seconds even on a fast machine and each recipient
+    # hears what the other holds while it still needs it.
+    nodes = mesh.setup(ORGS, config={"upload_mb_per_s": "30"})
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
     study, files = mesh.generate_and_ingest(a, 120, rows=512, columns=512)
     manifest = mesh.share(a, study, ["RJ1", "RAJ"])
@@ -96,11 +98,11 @@ def test_corrupting_peer_is_banned_and_blocks_come_from_elsewhere(mesh: MeshDemo
     # B runs a node that flips a bit in every block it serves
     corrupting = (
         "import sys; import meshnode.node.wire as w\n"
-        "orig = w.Wire._read_blocks\n"
-        "def bad(self, cids):\n"
-        "    return [w.BlockData(f.cid, f.data[:-1] + bytes([f.data[-1] ^ 1])) if isinstance(f, w.BlockData) else f"
-        " for f in orig(self, cids)]\n"
-        "w.Wire._read_blocks = bad\n"
+        "orig = w.Wire._read_block\n"
+        "def bad(self, cid):\n"
+        "    f = orig(self, cid)\n"
+        "    return w.BlockData(f.cid, f.data[:-1] + bytes([f.data[-1] ^ 1])) if isinstance(f, w.BlockData) else f\n"
+        "w.Wire._read_block = bad\n"
         "from meshnode.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )

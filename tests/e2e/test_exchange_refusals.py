@@ -11,23 +11,33 @@ The last test revokes a third running node (RAJ) and watches the mesh shut it ou
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 
 from meshnode.home import NodeHome
 from meshnode.p2p.dial import connect, is_connected
 from meshnode.p2p.host import running_host
-from meshnode.p2p.streams import finish_stream, half_close, open_stream, read_frame, request, write_frame
+from meshnode.p2p.streams import (
+    finish_stream,
+    half_close,
+    open_stream,
+    read_frame,
+    request,
+    serve_requests,
+    serve_streams,
+    write_frame,
+)
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed
@@ -43,6 +53,7 @@ from protocol.errors import (
 from protocol.exchange_messages import (
     ANNOUNCE_PROTOCOL,
     BLOCKS_PROTOCOL,
+    RECEIPT_PROTOCOL,
     FRAME_LIMITS,
     HAVE_PROTOCOL,
     HELLO_PROTOCOL,
@@ -55,14 +66,16 @@ from protocol.exchange_messages import (
     Refused,
     decode_ack_reply,
     decode_block_frame,
+    decode_block_request,
     decode_have_reply,
     decode_hello_reply,
+    encode_block_data_frame,
     encode_request,
     encode_response,
 )
 from protocol.keys import SigningKey
 from protocol.manifest import Manifest, Purpose
-from tests.protocol.factories import make_manifest
+from tests.protocol.factories import make_instance, make_manifest
 from tools.demo.identity import Node
 from tools.demo.mesh import MeshDemo
 from tools.demo.workspace import Workspace
@@ -276,6 +289,55 @@ async def test_non_recipient_learns_nothing_about_blocks(mesh: MeshDemo) -> None
     assert {e["actor_org"] for e in alerts} == {"RXH"}
     # and the recipient's own copy is untouched: B still has the study A sent it
     assert (await in_thread(mesh.inbox_entry, b, manifest) or {}).get("state") == "receipted"
+
+
+async def test_blocks_that_match_their_cids_but_not_the_signed_digest_fail_the_study(mesh: MeshDemo) -> None:
+    """X announces a study and serves its blocks itself; every block matches its CID, but one instance does
+    not reassemble to the digest X signed. B refuses the study: state failed, a 110113 alert, no receipt."""
+    b, x = mesh.node("b"), mesh.node("x")
+    good, bad = secrets.token_bytes(300_000), secrets.token_bytes(200_000)
+    blocks = {CID.of(good): good, CID.of(bad): bad}
+    served: list[CID] = []
+    receipts: list[bytes] = []
+
+    async def serve_blocks(peer: ID, stream: INetStream) -> None:
+        limits = FRAME_LIMITS[BLOCKS_PROTOCOL]
+        payload = await read_frame(stream, limits.request)
+        assert payload is not None
+        for cid in decode_block_request(payload).cids:
+            served.append(cid)
+            await stream.write(encode_block_data_frame(cid, blocks[cid], limits.response))
+
+    async def take_receipt(peer: ID, payload: bytes) -> bytes:
+        receipts.append(payload)
+        return encode_response(Ack())
+
+    async with client_for(x) as cx:
+        serve_streams(cx.host, BLOCKS_PROTOCOL, serve_blocks, timeout=EXCHANGE_TIMEOUT)
+        serve_requests(cx.host, RECEIPT_PROTOCOL, take_receipt, max_request=FRAME_LIMITS[RECEIPT_PROTOCOL].request,
+                       timeout=EXCHANGE_TIMEOUT)
+        peer = await cx.connect(b)
+        assert isinstance(await cx.hello(peer), Hello)
+        honest = make_instance(1, blocks=1)
+        honest = dataclasses.replace(honest, size=len(good), digest=hashlib.sha256(good).digest(),
+                                     blocks=(CID.of(good),))
+        lying = dataclasses.replace(make_instance(2, blocks=1), size=len(bad),
+                                    digest=hashlib.sha256(b"not these bytes").digest(), blocks=(CID.of(bad),))
+        signed = cx.manifest(recipients=("RJ1",), instances=(honest, lying))
+        assert await cx.announce(peer, signed) == Ack()
+
+        def failed() -> bool:
+            return any(r["manifest_id"] == str(signed.cid) and r["state"] == "failed" for r in mesh.cli(b, "inbox"))
+
+        await wait_for(failed, 30, "B to refuse the study")
+        await trio.sleep(1.0)  # not synchronisation: a receipt, were one sent, would follow at once; none may
+    assert sorted(set(served)) == sorted(blocks)  # B fetched both blocks from X
+    assert receipts == []
+    entries = [e for e in await in_thread(mesh.audit, b) if e["manifest_id"] == str(signed.cid)]
+    alerts = [e for e in entries if e["event_code"] == SECURITY_ALERT]
+    assert [e["action"] for e in alerts] == ["verification-failed"]
+    assert "does not match its manifest digest" in alerts[0]["detail"]
+    assert "received" not in [e["action"] for e in entries]  # no instance of it was recorded as received
 
 
 def test_revoked_node_is_shut_out(mesh: MeshDemo) -> None:

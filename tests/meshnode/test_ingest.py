@@ -14,7 +14,6 @@ from meshnode.ingest import Ingester
 from meshnode.manifest_builder import build_manifest
 from meshnode.storage.audit import EventCode
 from meshnode.storage.node_storage import NodeStorage
-from protocol.cid import CID
 from protocol.document import open_document
 from meshnode.storage.blockstore import DiskFullError
 from protocol.manifest import Manifest, Priority, Purpose

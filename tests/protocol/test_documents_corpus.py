@@ -32,7 +32,6 @@ from protocol.errors import (
 )
 from protocol.keys import SigningKey
 from protocol.manifest import Manifest
-from protocol.recall import Recall
 from protocol.receipt import Receipt
 from protocol.roster import MemoryRosterVersionStore, Roster, RosterGuard
 from protocol.schema import MAX_TIME

@@ -17,6 +17,7 @@ from protocol.errors import (
     CertificateRevokedError,
     DecodeError,
     LimitError,
+    LocalProtocolError,
     MeshError,
     NonCanonicalError,
     RemoteProtocolError,
@@ -24,7 +25,7 @@ from protocol.errors import (
     UnauthorisedError,
     UnexpectedFrameError,
 )
-from protocol.framing import ABSOLUTE_MAX_FRAME
+from protocol.framing import ABSOLUTE_MAX_FRAME, encode_frame
 from protocol.manifest import MAX_MANIFEST_BYTES
 
 from tests.protocol import factories as f
@@ -411,3 +412,20 @@ def test_exchange_page_matches_the_code() -> None:
     assert f"1 to {xm.MAX_REQUEST_BLOCKS} distinct CIDs" in text
     assert xm.encode_response(xm.UNAUTHORISED) == cbor.encode({"ok": False, "code": 600, "message": "not authorised"})
     assert '{"ok": false, "code": 600, "message": "not authorised"}' in text
+
+
+# -- the block frame encoder used when serving -------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(cids, st.one_of(st.binary(max_size=300), st.integers(0, 70_000).map(lambda n: bytes(n % 251 for _ in range(n)))))
+def test_block_data_frame_is_exactly_the_generic_encoding(cid: CID, data: bytes) -> None:
+    generic = encode_frame(xm.encode_response(xm.BlockData(cid, data)), xm.BLOCKS_MAX_RESPONSE_FRAME)
+    assert xm.encode_block_data_frame(cid, data, xm.BLOCKS_MAX_RESPONSE_FRAME) == generic
+    assert xm.decode_block_frame(generic[4:]) == xm.BlockData(cid, data)
+
+
+def test_block_data_frame_refuses_a_frame_above_the_maximum() -> None:
+    cid = CID.of(b"x")
+    with raises_exactly(LocalProtocolError):
+        xm.encode_block_data_frame(cid, b"x" * 100, 100)

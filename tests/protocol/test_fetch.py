@@ -283,6 +283,40 @@ def test_shared_block_fetched_once_counts_for_both() -> None:
     assert s.progress(mid(3)).blocks_done == 1
 
 
+def test_requests_stay_large_while_work_is_in_flight() -> None:
+    s = FetchScheduler(window_initial=16, window_max=16, request_max_blocks=8, min_request_blocks=8,
+                       queue_target=None)
+    start(s, mid(1), wanted(range(40)), ["A"])
+    first = s.next_requests(0)
+    assert [len(r.cids) for r in first] == [8, 8]
+    answer(s, [Request("A", mid(1), first[0].cids[:3])], 0.1)
+    assert s.next_requests(0.1) == []  # 3 free slots: wait for a request's worth
+    answer(s, [Request("A", mid(1), first[0].cids[3:])], 0.2)
+    assert [len(r.cids) for r in s.next_requests(0.2)] == [8]
+
+
+def test_a_peer_with_nothing_in_flight_always_gets_work_and_small_windows_halve_the_threshold() -> None:
+    s = FetchScheduler(window_min=1, window_initial=4, window_max=4, request_max_blocks=8, min_request_blocks=8,
+                       queue_target=None)
+    start(s, mid(1), wanted(range(3)), ["A"])
+    assert [len(r.cids) for r in s.next_requests(0)] == [3]  # fewer than 8 left: sent anyway
+    s = FetchScheduler(window_min=1, window_initial=4, window_max=4, request_max_blocks=8, min_request_blocks=8,
+                       queue_target=None)
+    start(s, mid(1), wanted(range(20)), ["A"])
+    (req,) = s.next_requests(0)
+    assert len(req.cids) == 4
+    answer(s, [Request("A", mid(1), req.cids[:1])], 0.1)
+    assert s.next_requests(0.1) == []
+    answer(s, [Request("A", mid(1), req.cids[1:2])], 0.2)
+    assert [len(r.cids) for r in s.next_requests(0.2)] == [2]  # half of a 4-block window
+
+
+@pytest.mark.parametrize("least", [0, 9])
+def test_min_request_blocks_out_of_range_is_refused(least: int) -> None:
+    with pytest.raises(LocalProtocolError):
+        FetchScheduler(request_max_blocks=8, min_request_blocks=least)
+
+
 # -- a virtual-clock simulation ---------------------------------------------------
 
 
@@ -343,6 +377,16 @@ def test_simulation_three_peers_share_by_speed() -> None:
     assert done[mid(1)] < 1400 / 700 * 1.1  # close to the sum of the rates
 
 
+def test_simulation_large_requests_still_share_by_speed_and_finish_near_the_sum_of_rates() -> None:
+    s = FetchScheduler(window_initial=32, window_max=64, request_max_blocks=8, min_request_blocks=8)
+    rates = {"fast": 400.0, "slow": 100.0}
+    start(s, mid(1), wanted(range(1000)), rates)
+    done = simulate(s, rates, [mid(1)])
+    served = s.served_by(mid(1))
+    assert served["fast"] > 2.5 * served["slow"] > 0
+    assert done[mid(1)] < 1000 / 500 * 1.15
+
+
 def test_simulation_twice_as_fast_serves_more() -> None:
     s = FetchScheduler()
     rates = {"a": 100.0, "b": 200.0}
@@ -386,10 +430,12 @@ class FetchMachine(RuleBasedStateMachine):
     and Q hold some and may send bad blocks, say absent, or fail requests.
     """
 
-    @initialize(disk=st.sets(st.integers(0, UNIVERSE - 1), max_size=3), max_strikes=st.integers(1, 2))
-    def setup(self, disk: set[int], max_strikes: int) -> None:
+    @initialize(disk=st.sets(st.integers(0, UNIVERSE - 1), max_size=3), max_strikes=st.integers(1, 2),
+                min_request=st.integers(1, 3))
+    def setup(self, disk: set[int], max_strikes: int, min_request: int) -> None:
         self.s = FetchScheduler(window_min=1, window_initial=2, window_max=5, request_max_blocks=3,
-                                max_strikes=max_strikes, request_timeout=5.0)
+                                max_strikes=max_strikes, request_timeout=5.0, min_request_blocks=min_request)
+        self.min_request = min_request
         self.now = 0.0
         self.stored = {cid(n) for n in disk}  # verified on "disk"
         self.live: dict[CID, list[CID]] = {}
@@ -512,8 +558,11 @@ class FetchMachine(RuleBasedStateMachine):
             if peer in worst:  # priority, then order added, then manifest order
                 assert all(item > worst[peer] for item in left), (peer, worst[peer], left)
             window = self.s.effective_window(peer)
-            if window is not None and self.s.in_flight_count(peer) < window:
-                assert left == [], "a peer with a free slot was not given work it could do"
+            if window is not None:
+                busy = self.s.in_flight_count(peer)
+                least = min(self.min_request, max(1, window // 2))
+                if busy == 0 or window - busy >= least:
+                    assert left == [], "a peer with a request's worth of free slots was not given work"
 
     @precondition(lambda self: bool(self.outstanding))
     @rule(data=st.data(), kind=st.sampled_from(["good", "good", "bad", "absent", "fail"]))

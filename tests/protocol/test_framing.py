@@ -135,3 +135,12 @@ def test_encode_frame_refuses_oversized_payloads() -> None:
 def test_decoder_refuses_absurd_maximum(max_frame: int) -> None:
     with raises_exactly(LocalProtocolError):
         FrameDecoder(max_frame)
+
+
+def test_a_whole_frame_fed_at_a_boundary_is_returned_without_copying() -> None:
+    decoder = FrameDecoder(MAX)
+    assert decoder.feed(struct.pack(">I", 300)) == []
+    body = bytes(range(256)) + b"x" * 44
+    (frame,) = decoder.feed(body)
+    assert frame is body
+    assert decoder.buffered == 0

@@ -92,7 +92,10 @@ class Workspace:
             addrs = json.loads(line)["listening"]
         except (ValueError, KeyError, TypeError):
             self.stop(proc)
-            raise UnavailableError(f"{name} did not start: {line!r}; see {self.root / (name + '.log')}") from None
+            path = self.root / f"{name}.log"
+            tail = path.read_text(errors="replace").splitlines()[-15:] if path.exists() else []
+            raise UnavailableError(f"{name} did not start: {line!r}; see {path}; its log ends:\n"
+                                   + "\n".join(tail)) from None
         return proc, [str(a) for a in addrs]
 
     def stop(self, proc: subprocess.Popen[str], timeout: float = 15.0) -> int:

@@ -1,0 +1,166 @@
+"""bench/gateway.py: the node's hospital gateway against the real alternatives, in one run.
+
+    .venv/bin/python bench/gateway.py [--slices 300] [--repeat 3] [--folder DIR]
+
+Each measurement is one function returning a Row; `main` prints them as one
+table. Today's measurements (DIMSE, C-STORE of one study over loopback):
+
+- dcmtk `storescu` (TCP_NODELAY=1) -> dcmtk `storescp` (no fsync),
+- `storescu` -> a bare pynetdicom SCP (bench/dimse_baselines.py (c): writes each
+  data set to a file as it arrives, no fsync),
+- `storescu` -> the node's C-STORE SCP (`meshnode run`, a real node process
+  with a routing AE title): every C-STORE answered only once the instance is
+  durable (blocks fdatasync'd and renamed, metadata and audit entry committed
+  with SQLite synchronous=FULL).
+
+Then WADO-RS retrieval of the same study by dicomweb-client, from the node
+and from Orthanc, in the same run (bench/wado.py; skip with --no-wado).
+
+The clock runs from storescu logging "Requesting Association" to its exit,
+the same for all three; each receiver is checked to hold every instance.
+Target: the node's durable ingest >= the bare pynetdicom SCP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ensure_system_packages, print_table  # noqa: E402
+from bench.wado import measure_wado, report_wado  # noqa: E402
+from bench.dimse_baselines import (  # noqa: E402
+    TransferResult,
+    dcmtk_transfer,
+    storescu_to_pynetdicom,
+    study_files,
+    timed_storescu,
+)
+from tools.demo.mesh import MeshDemo  # noqa: E402
+from tools.demo.workspace import Workspace  # noqa: E402
+
+CALLING_AE = "BENCHSCU"
+ROUTE_AE = "MESH_BENCH"
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    what: str
+    runs: list[TransferResult]
+    note: str = ""
+
+    @property
+    def best(self) -> TransferResult:
+        return min(self.runs, key=lambda r: r.seconds)
+
+
+# -- DIMSE C-STORE ---------------------------------------------------------------------------
+
+
+class GatewayNode:
+    """One real node process (authority, directory, `meshnode run`) with its DIMSE gateway on."""
+
+    def __init__(self, work: Path) -> None:
+        self.demo = MeshDemo(Workspace(work / "mesh"))
+        nodes = self.demo.setup([("a", "BENCHA", "Bench org A")], start=False)
+        self.node = nodes["a"]
+        self.demo.configure(self.node, {"enabled": "true", "port": "0"})
+        with open(self.node.home / "node.toml", "a") as fh:
+            # a route, so that the measured path includes the announcement bookkeeping; the
+            # quiet period is long enough that no share starts while the bench runs
+            fh.write(f'\n[[caller]]\nae_title = "{CALLING_AE}"\n'
+                     f'\n[[route]]\nname = "bench"\ncalled_ae = "{ROUTE_AE}"\nto = ["BENCHB"]\n'
+                     f"quiet_period_seconds = 3600\n")
+        self.demo.start(self.node)
+        info = json.loads((self.node.home / "dimse.json").read_text())
+        self.port = int(info["port"])
+
+    def instances(self) -> int:
+        studies = self.demo.cli(self.node, "studies")
+        return sum(int(s["instances"]) for s in studies)
+
+    def close(self) -> None:
+        self.demo.close()
+
+
+def node_cstore(folder: Path, work: Path) -> TransferResult:
+    """storescu -> the node's C-STORE SCP (a fresh node each run): durable before each response."""
+    files = study_files(folder)
+    node = GatewayNode(work / f"node-{len(list(work.iterdir()))}")
+    try:
+        seconds = timed_storescu(folder, node.port, called_ae=ROUTE_AE, calling_ae=CALLING_AE)
+        held = node.instances()
+        if held != len(files):
+            raise RuntimeError(f"the node holds {held} instances, {len(files)} were sent")
+    finally:
+        node.close()
+    return TransferResult(seconds, sum(p.stat().st_size for p in files), len(files))
+
+
+def dimse_rows(folder: Path, work: Path, repeat: int) -> list[Row]:
+    measure: list[tuple[str, Callable[[Path, Path], TransferResult], str]] = [
+        ("dcmtk storescp", dcmtk_transfer, "no fsync"),
+        ("bare pynetdicom SCP", storescu_to_pynetdicom, "no fsync; pynetdicom's polling reactors"),
+        ("meshnode C-STORE SCP", node_cstore, "durable before each C-STORE-RSP"),
+    ]
+    runs: dict[str, list[TransferResult]] = {what: [] for what, _, _ in measure}
+    for _ in range(repeat):  # round robin: a change in the machine's load hits every receiver alike
+        for what, fn, _ in measure:
+            runs[what].append(fn(folder, work))
+    return [Row("C-STORE from storescu", what, runs[what], note) for what, _, note in measure]
+
+
+# -- command ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best is printed)")
+    parser.add_argument("--folder", type=Path, help="send this study folder instead of a synthetic CT")
+    parser.add_argument("--no-wado", action="store_true", help="skip WADO-RS retrieval against Orthanc")
+    args = parser.parse_args()
+    ensure_system_packages("dcmtk")
+    work = Path(tempfile.mkdtemp(prefix="dicom-mesh-gateway-"))
+    try:
+        if args.folder is not None:
+            folder, name = args.folder, str(args.folder)
+        else:
+            from meshnode.dicom import synthetic
+
+            folder, name = work / "ct", f"CT {args.slices} x 512x512"
+            synthetic.generate_ct_study(folder, slices=args.slices, seed=1)
+        rows = dimse_rows(folder, work, args.repeat)
+        baseline = next(r for r in rows if r.what == "bare pynetdicom SCP").best
+        table = []
+        for row in rows:
+            best = row.best
+            ratio = best.images_per_s / baseline.images_per_s
+            table.append([row.section, row.what, f"{best.images_per_s:,.0f}", f"{best.mb_per_s:,.0f}",
+                          f"{ratio:.2f}x", " ".join(f"{r.images_per_s:,.0f}" for r in row.runs), row.note])
+        node = next(r for r in rows if r.what == "meshnode C-STORE SCP").best
+        size = rows[0].best
+        print_table(f"Gateway, {name}: {size.images} files, {size.bytes / 1e6:,.0f} MB, best of {args.repeat}",
+                    ["section", "receiver", "images/s", "MB/s", "vs bare pynetdicom", "images/s each run", "note"],
+                    table)
+        verdict = "met" if node.images_per_s >= baseline.images_per_s else "MISSED"
+        print(f"target: node durable ingest >= bare pynetdicom SCP: {node.images_per_s:,.0f} vs "
+              f"{baseline.images_per_s:,.0f} images/s: {verdict}")
+        if not args.no_wado:
+            wado_work = work / "wado"
+            wado_work.mkdir()
+            report_wado(measure_wado(folder, wado_work, args.repeat), args.repeat)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

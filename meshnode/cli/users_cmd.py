@@ -1,0 +1,143 @@
+"""meshnode users add|token|list|revoke|roles|disable: who may use DICOMweb and the web UI."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from meshnode.cli.output import EXIT_OK, emit
+from meshnode.cli.storage_cmds import open_storage
+from meshnode.describe import iso
+from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.node_storage import NodeStorage, local_actor, now_ms
+from meshnode.storage.sqlite_users import SqliteUserStore
+from meshnode.storage.users import ROLES, ApiToken, check_roles
+from meshnode.web.auth import add_user, issue_token
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("users", help="users and API tokens of DICOMweb and the web UI")
+    actions = parser.add_subparsers(dest="action", required=True)
+    role_help = f"role (repeatable): {', '.join(ROLES)}"
+    add = actions.add_parser("add", parents=[common], help="add a user and print their first API token")
+    add.add_argument("name")
+    add.add_argument("--role", action="append", choices=ROLES, help=role_help + " (default: read)")
+    add.add_argument("--label", default="", help="what the token is for, e.g. 'PACS query' or a person's name")
+    add.add_argument("--expires-days", type=int, default=0, help="token lifetime in days (default: no expiry)")
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(func=run_add)
+    token = actions.add_parser("token", parents=[common], help="issue another API token for a user")
+    token.add_argument("name")
+    token.add_argument("--label", default="")
+    token.add_argument("--expires-days", type=int, default=0)
+    token.add_argument("--json", action="store_true")
+    token.set_defaults(func=run_token)
+    listing = actions.add_parser("list", parents=[common], help="users, roles and their tokens (never the tokens)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=run_list)
+    revoke = actions.add_parser("revoke", parents=[common], help="revoke an API token by its ID")
+    revoke.add_argument("token_id", help="token ID from `meshnode users list` (or a unique prefix)")
+    revoke.add_argument("--json", action="store_true")
+    revoke.set_defaults(func=run_revoke)
+    roles = actions.add_parser("roles", parents=[common], help="set a user's roles")
+    roles.add_argument("name")
+    roles.add_argument("--role", action="append", required=True, choices=ROLES, help=role_help)
+    roles.add_argument("--json", action="store_true")
+    roles.set_defaults(func=run_roles)
+    disable = actions.add_parser("disable", parents=[common], help="disable a user and revoke all their tokens")
+    disable.add_argument("name")
+    disable.add_argument("--json", action="store_true")
+    disable.set_defaults(func=run_disable)
+
+
+@contextmanager
+def stores(args: argparse.Namespace) -> Iterator[tuple[NodeStorage, SqliteUserStore]]:
+    with open_storage(args) as storage:
+        users = SqliteUserStore(storage.home / "node.db")
+        try:
+            yield storage, users
+        finally:
+            users.close()
+
+
+def _audit(storage: NodeStorage, action: str, detail: str) -> None:
+    storage.audit(AuditEvent(EventCode.SECURITY_ALERT, action, actor=local_actor(), detail=detail[:300]))
+
+
+def _token_view(t: ApiToken) -> dict[str, object]:
+    return {"token_id": t.token_id, "user": t.user, "label": t.label, "created": iso(t.created_ms // 1000),
+            "expires": iso(t.expires_ms // 1000) if t.expires_ms else None, "revoked": t.revoked,
+            "last_used": iso(t.last_used_ms // 1000) if t.last_used_ms else None}
+
+
+def _issued(args: argparse.Namespace, token: str, record: ApiToken, roles: tuple[str, ...]) -> None:
+    emit({"user": record.user, "roles": list(roles), "token": token, "token_id": record.token_id,
+          "expires": _token_view(record)["expires"]}, args.json,
+         f"user {record.user} ({', '.join(roles)}): token {record.token_id}\n{token}\n"
+         "this token is shown once; store it now (only its hash is kept)")
+
+
+def run_add(args: argparse.Namespace) -> int:
+    roles = check_roles(tuple(args.role or ["read"]))
+    with stores(args) as (storage, users):
+        user = add_user(users, args.name, roles, now_ms())
+        token, record = issue_token(users, user.name, args.label, now_ms(), args.expires_days)
+        _audit(storage, "user-added", f"{user.name} roles={','.join(user.roles)} token={record.token_id}")
+    _issued(args, token, record, user.roles)
+    return EXIT_OK
+
+
+def run_token(args: argparse.Namespace) -> int:
+    with stores(args) as (storage, users):
+        token, record = issue_token(users, args.name, args.label, now_ms(), args.expires_days)
+        user = users.user(args.name)
+        _audit(storage, "token-issued", f"{args.name} token={record.token_id}")
+    _issued(args, token, record, user.roles if user else ())
+    return EXIT_OK
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with stores(args) as (_, users):
+        listed = users.users()
+        tokens = users.tokens()
+    data = [{"name": u.name, "roles": list(u.roles), "disabled": u.disabled, "created": iso(u.created_ms // 1000),
+             "tokens": [_token_view(t) for t in tokens if t.user == u.name]} for u in listed]
+    lines = []
+    for u in listed:
+        lines.append(f"{u.name:<24} {','.join(u.roles):<16} {'DISABLED' if u.disabled else ''}")
+        for t in tokens:
+            if t.user != u.name:
+                continue
+            view = _token_view(t)
+            state = "revoked" if t.revoked else f"expires {view['expires']}" if t.expires_ms else "no expiry"
+            lines.append(f"    token {t.token_id}  {state:<28} last used {view['last_used'] or 'never'}  {t.label}")
+    emit(data, args.json, "\n".join(lines) or "no users yet (meshnode users add NAME --role read)")
+    return EXIT_OK
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    with stores(args) as (storage, users):
+        record = users.revoke_token(args.token_id)
+        _audit(storage, "token-revoked", f"{record.user} token={record.token_id}")
+    emit(_token_view(record), args.json,
+         f"token {record.token_id} of {record.user} revoked (a running node stops accepting it within seconds)")
+    return EXIT_OK
+
+
+def run_roles(args: argparse.Namespace) -> int:
+    roles = check_roles(tuple(args.role))
+    with stores(args) as (storage, users):
+        users.set_roles(args.name, roles)
+        _audit(storage, "user-roles", f"{args.name} roles={','.join(roles)}")
+    emit({"user": args.name, "roles": list(roles)}, args.json, f"{args.name}: {', '.join(roles)}")
+    return EXIT_OK
+
+
+def run_disable(args: argparse.Namespace) -> int:
+    with stores(args) as (storage, users):
+        revoked = users.disable_user(args.name)
+        _audit(storage, "user-disabled", f"{args.name}, {revoked} token(s) revoked")
+    emit({"user": args.name, "disabled": True, "tokens_revoked": revoked}, args.json,
+         f"{args.name} disabled; {revoked} token(s) revoked")
+    return EXIT_OK

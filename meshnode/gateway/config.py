@@ -1,0 +1,395 @@
+"""The gateway's part of node.toml: [dimse], [[caller]], [[route]], [[move_destination]], [[pacs]].
+
+meshnode.config reads the file and hands the gateway's sections to
+`parse_gateway`; unknown keys are refused with the key named, and every
+error says which section (and which entry of an array) it is about.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from meshnode.gateway.routes import (
+    MAX_QUIET_PERIOD_S,
+    MIN_QUIET_PERIOD_S,
+    Route,
+    RouteError,
+    RouteTable,
+    check_ae_title,
+    check_route_name,
+)
+from protocol.errors import MeshError
+from protocol.manifest import Priority, Purpose
+from protocol.schema import check_org_code
+
+SECTIONS = frozenset({"dimse", "caller", "route", "move_destination", "pacs"})
+OPERATIONS = frozenset({"store", "find", "get", "move"})  # C-ECHO: every admitted caller
+
+
+class GatewayConfigError(MeshError):
+    """A gateway setting in node.toml that is malformed or inconsistent."""
+
+    code = 931
+    name = "gateway-config-error"
+
+
+@dataclass(frozen=True)
+class DimseSettings:
+    enabled: bool = False
+    ae_title: str = "MESHNODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    max_associations: int = 16
+    #: largest PDU this node receives (what it advertises); a bigger one aborts the association
+    max_pdu_bytes: int = 1 << 20
+    #: largest instance accepted over C-STORE; a bigger one is refused (0xA700) without being buffered
+    max_instance_mb: int = 2048
+    quiet_period_s: int = 60
+    acse_timeout_s: int = 30
+    dimse_timeout_s: int = 60
+    network_timeout_s: int = 120
+
+    @property
+    def max_instance_bytes(self) -> int:
+        return self.max_instance_mb * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A remote AE allowed to open associations with the gateway."""
+
+    ae_title: str
+    hosts: tuple[str, ...] = ()  # empty: from any address
+    allow: frozenset[str] = OPERATIONS
+
+    def admits(self, host: str) -> bool:
+        return not self.hosts or host in self.hosts
+
+
+@dataclass(frozen=True)
+class DicomPeer:
+    """A remote AE this node connects to: a C-MOVE destination."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class PacsDestination:
+    """Where received studies are forwarded (C-STORE) once verified and receipted."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str = ""  # "" : the [dimse] ae_title
+    from_orgs: tuple[str, ...] = ()  # only studies from these sender orgs (empty: every study)
+    retry_max_s: int = 300
+    max_attempts: int = 5  # per instance the PACS refuses; an unreachable PACS is retried for ever
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    dimse: DimseSettings = field(default_factory=DimseSettings)
+    callers: tuple[Caller, ...] = ()
+    routes: RouteTable = field(default_factory=RouteTable)
+    move_destinations: tuple[DicomPeer, ...] = ()
+    pacs: tuple[PacsDestination, ...] = ()
+
+    def caller(self, ae_title: str) -> Caller | None:
+        return next((c for c in self.callers if c.ae_title == ae_title.strip()), None)
+
+    def move_destination(self, ae_title: str) -> DicomPeer | None:
+        return next((d for d in self.move_destinations if d.ae_title == ae_title.strip()), None)
+
+    def render(self) -> str:
+        return render_gateway(self)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+class _Table:
+    """The keys of one TOML table, read with their types; `finish()` refuses the others."""
+
+    def __init__(self, value: object, where: str, keys: set[str]) -> None:
+        if not isinstance(value, Mapping):
+            raise GatewayConfigError(f"{where} must be a table")
+        unknown = set(value) - keys
+        if unknown:
+            raise GatewayConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+        self.value = value
+        self.where = where
+
+    def has(self, key: str) -> bool:
+        return key in self.value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.value.get(key, default)
+        if not isinstance(value, bool):
+            raise GatewayConfigError(f"{self.where} {key} must be true or false")
+        return value
+
+    def integer(self, key: str, default: int | None, lo: int, hi: int) -> int:
+        value = self.value.get(key, default)
+        if value is None:
+            raise GatewayConfigError(f"{self.where} {key} is required")
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise GatewayConfigError(f"{self.where} {key} must be an integer in {lo}..{hi}")
+        return value
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.value.get(key, default)
+        if value is None:
+            raise GatewayConfigError(f"{self.where} {key} is required")
+        if not isinstance(value, str):
+            raise GatewayConfigError(f"{self.where} {key} must be a string")
+        return value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.value.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise GatewayConfigError(f"{self.where} {key} must be a list of strings")
+        return tuple(str(v) for v in value)
+
+    def ae_title(self, key: str, default: str | None = None) -> str:
+        try:
+            return check_ae_title(self.text(key, default), f"{self.where} {key}")
+        except RouteError as exc:
+            raise GatewayConfigError(str(exc)) from None
+
+    def host(self, key: str, default: str | None = None) -> str:
+        value = self.text(key, default)
+        return _check_host(value, f"{self.where} {key}")
+
+    def orgs(self, key: str) -> tuple[str, ...]:
+        orgs = self.texts(key)
+        try:
+            for org in orgs:
+                check_org_code(org, f"{self.where} {key}")
+        except MeshError as exc:
+            raise GatewayConfigError(str(exc)) from None
+        return orgs
+
+
+def _check_host(value: str, where: str) -> str:
+    """An IP address or a plain DNS host name (no ports, no URLs)."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.split(".")
+    if not value or len(value) > 253 or not all(
+            label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
+            and not label.startswith("-") for label in labels):
+        raise GatewayConfigError(f"{where}: not an IP address or host name (got {value!r})")
+    return value
+
+
+def _array(doc: Mapping[str, object], name: str) -> list[object]:
+    value = doc.get(name, [])
+    if not isinstance(value, list):
+        raise GatewayConfigError(f"{name} must be an array of tables: write [[{name}]]")
+    return list(value)
+
+
+def _dimse(doc: Mapping[str, object]) -> DimseSettings:
+    t = _Table(doc.get("dimse", {}), "[dimse]", {
+        "enabled", "ae_title", "host", "port", "max_associations", "max_pdu_bytes", "max_instance_mb",
+        "quiet_period_seconds", "acse_timeout_seconds", "dimse_timeout_seconds", "network_timeout_seconds"})
+    d = DimseSettings()
+    return DimseSettings(
+        enabled=t.boolean("enabled", d.enabled),
+        ae_title=t.ae_title("ae_title", d.ae_title),
+        host=t.host("host", d.host),
+        port=t.integer("port", d.port, 0, 65535),
+        max_associations=t.integer("max_associations", d.max_associations, 1, 1024),
+        max_pdu_bytes=t.integer("max_pdu_bytes", d.max_pdu_bytes, 4096, 64 << 20),
+        max_instance_mb=t.integer("max_instance_mb", d.max_instance_mb, 1, 1 << 20),
+        quiet_period_s=t.integer("quiet_period_seconds", d.quiet_period_s, MIN_QUIET_PERIOD_S, MAX_QUIET_PERIOD_S),
+        acse_timeout_s=t.integer("acse_timeout_seconds", d.acse_timeout_s, 1, 3600),
+        dimse_timeout_s=t.integer("dimse_timeout_seconds", d.dimse_timeout_s, 1, 3600),
+        network_timeout_s=t.integer("network_timeout_seconds", d.network_timeout_s, 1, 86400),
+    )
+
+
+def _callers(doc: Mapping[str, object]) -> tuple[Caller, ...]:
+    out: list[Caller] = []
+    for i, value in enumerate(_array(doc, "caller"), 1):
+        t = _Table(value, f"[[caller]] {i}", {"ae_title", "hosts", "allow"})
+        hosts = tuple(_check_host(h, f"[[caller]] {i} hosts") for h in t.texts("hosts"))
+        allow = frozenset(t.texts("allow")) if t.has("allow") else OPERATIONS
+        if not allow or allow - OPERATIONS:
+            raise GatewayConfigError(f"[[caller]] {i} allow: choose from {sorted(OPERATIONS)}")
+        caller = Caller(t.ae_title("ae_title"), hosts, allow)
+        if any(c.ae_title == caller.ae_title for c in out):
+            raise GatewayConfigError(f"[[caller]] {i}: {caller.ae_title!r} is listed twice")
+        out.append(caller)
+    return tuple(out)
+
+
+def _routes(doc: Mapping[str, object], dimse: DimseSettings) -> RouteTable:
+    routes = []
+    for i, value in enumerate(_array(doc, "route"), 1):
+        t = _Table(value, f"[[route]] {i}", {"name", "called_ae", "to", "priority", "purpose",
+                                            "quiet_period_seconds"})
+        try:
+            name = check_route_name(t.text("name"), "name")
+            priority = Priority(t.text("priority", "routine"))
+            purpose = Purpose(t.text("purpose", "care"))
+            routes.append(Route(
+                name=name, to=t.orgs("to"), priority=priority, purpose=purpose,
+                called_ae=t.ae_title("called_ae") if t.has("called_ae") else "",
+                quiet_period_s=t.integer("quiet_period_seconds", dimse.quiet_period_s, MIN_QUIET_PERIOD_S,
+                                         MAX_QUIET_PERIOD_S),
+            ))
+        except ValueError as exc:
+            raise GatewayConfigError(f"[[route]] {i}: {exc}") from None
+        except RouteError as exc:
+            raise GatewayConfigError(f"[[route]] {i}: {exc}") from None
+    try:
+        table = RouteTable(routes)
+    except RouteError as exc:
+        raise GatewayConfigError(f"[[route]]: {exc}") from None
+    if dimse.ae_title in table.called_ae_titles:
+        raise GatewayConfigError(f"[[route]]: called_ae {dimse.ae_title!r} is the node's own [dimse] ae_title "
+                                 "(which stores without sharing)")
+    return table
+
+
+def _move_destinations(doc: Mapping[str, object]) -> tuple[DicomPeer, ...]:
+    out: list[DicomPeer] = []
+    for i, value in enumerate(_array(doc, "move_destination"), 1):
+        t = _Table(value, f"[[move_destination]] {i}", {"ae_title", "host", "port"})
+        peer = DicomPeer(t.ae_title("ae_title"), t.host("host"), t.integer("port", None, 1, 65535))
+        if any(d.ae_title == peer.ae_title for d in out):
+            raise GatewayConfigError(f"[[move_destination]] {i}: {peer.ae_title!r} is listed twice")
+        out.append(peer)
+    return tuple(out)
+
+
+def _pacs(doc: Mapping[str, object]) -> tuple[PacsDestination, ...]:
+    out: list[PacsDestination] = []
+    for i, value in enumerate(_array(doc, "pacs"), 1):
+        t = _Table(value, f"[[pacs]] {i}", {"name", "ae_title", "host", "port", "calling_ae_title", "from_orgs",
+                                           "retry_max_seconds", "max_attempts"})
+        try:
+            name = check_route_name(t.text("name"), f"[[pacs]] {i} name")
+        except RouteError as exc:
+            raise GatewayConfigError(str(exc)) from None
+        pacs = PacsDestination(
+            name=name, ae_title=t.ae_title("ae_title"), host=t.host("host"), port=t.integer("port", None, 1, 65535),
+            calling_ae_title=t.ae_title("calling_ae_title") if t.has("calling_ae_title") else "",
+            from_orgs=t.orgs("from_orgs"),
+            retry_max_s=t.integer("retry_max_seconds", 300, 1, 86400),
+            max_attempts=t.integer("max_attempts", 5, 1, 1000),
+        )
+        if any(p.name == pacs.name for p in out):
+            raise GatewayConfigError(f"[[pacs]] {i}: the name {pacs.name!r} is used twice")
+        out.append(pacs)
+    return tuple(out)
+
+
+def parse_gateway(doc: Mapping[str, object]) -> GatewayConfig:
+    """The gateway's sections of a parsed node.toml; GatewayConfigError naming the key at fault."""
+    dimse = _dimse(doc)
+    return GatewayConfig(dimse=dimse, callers=_callers(doc), routes=_routes(doc, dimse),
+                         move_destinations=_move_destinations(doc), pacs=_pacs(doc))
+
+
+# -- writing -------------------------------------------------------------------------------
+
+_DIMSE_TEMPLATE = """
+[dimse]
+# The DICOM (DIMSE) gateway: a PACS or modality stores studies here (C-STORE), queries
+# (C-FIND) and retrieves them (C-GET, C-MOVE). Only AEs listed as [[caller]] may connect.
+enabled = {enabled}
+# The node's own AE title: studies sent to it are stored, not shared. Routes add more titles.
+ae_title = {ae_title}
+host = {host}
+port = {port}
+max_associations = {max_associations}
+# Largest PDU accepted (advertised to callers), and largest instance accepted over C-STORE.
+max_pdu_bytes = {max_pdu_bytes}
+max_instance_mb = {max_instance_mb}
+# DICOM has no end-of-study signal: a study is announced this long after its last instance.
+quiet_period_seconds = {quiet_period}
+acse_timeout_seconds = {acse}
+dimse_timeout_seconds = {dimse}
+network_timeout_seconds = {network}
+"""
+
+_EXAMPLES = """
+# Who may connect (calling AE titles); unknown callers are rejected and audited.
+# [[caller]]
+# ae_title = "RGT_PACS"
+# hosts = ["10.20.30.40"]                        # optional: only from these addresses
+# allow = ["store", "find", "get", "move"]      # default: all (C-ECHO is always answered)
+
+# Routing rules, selected by the called AE title: a PACS sends to MESH_STROKE and the
+# study is shared, urgently, with the stroke network once no instance arrived for 20 s.
+# [[route]]
+# name = "stroke"
+# called_ae = "MESH_STROKE"
+# to = ["RJ1", "RAJ"]
+# priority = "urgent"                            # stat, urgent or routine
+# purpose = "care"                               # care, research or patient-access
+# quiet_period_seconds = 20
+
+# C-MOVE destinations (a C-MOVE names an AE title; this says where it is).
+# [[move_destination]]
+# ae_title = "RGT_PACS"
+# host = "10.20.30.40"
+# port = 104
+
+# Auto-forward: every received study, once verified and receipted, is stored into the PACS.
+# [[pacs]]
+# name = "main"
+# ae_title = "RGT_PACS"
+# host = "10.20.30.40"
+# port = 104
+# from_orgs = []                                 # only studies from these orgs (empty: all)
+# retry_max_seconds = 300                        # back-off cap while the PACS is unreachable
+"""
+
+
+def _q(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's for printable ASCII)."""
+    return json.dumps(value)
+
+
+def _toml_list(items: Iterable[str], *, sort: bool = False) -> str:
+    values = sorted(items) if sort else list(items)
+    return "[" + ", ".join(_q(v) for v in values) + "]"
+
+
+def render_gateway(config: GatewayConfig) -> str:
+    """The gateway's sections as node.toml text: the settings in force, then commented examples."""
+    d = config.dimse
+    out = [_DIMSE_TEMPLATE.format(
+        enabled="true" if d.enabled else "false", ae_title=_q(d.ae_title), host=_q(d.host), port=d.port,
+        max_associations=d.max_associations, max_pdu_bytes=d.max_pdu_bytes, max_instance_mb=d.max_instance_mb,
+        quiet_period=d.quiet_period_s, acse=d.acse_timeout_s, dimse=d.dimse_timeout_s, network=d.network_timeout_s)]
+    for c in config.callers:
+        out.append(f"\n[[caller]]\nae_title = {_q(c.ae_title)}\nhosts = {_toml_list(c.hosts)}\n"
+                   f"allow = {_toml_list(c.allow, sort=True)}\n")
+    for r in config.routes:
+        called = f"called_ae = {_q(r.called_ae)}\n" if r.called_ae else ""
+        out.append(f"\n[[route]]\nname = {_q(r.name)}\n{called}to = {_toml_list(r.to)}\n"
+                   f"priority = {_q(r.priority.value)}\npurpose = {_q(r.purpose.value)}\n"
+                   f"quiet_period_seconds = {r.quiet_period_s}\n")
+    for m in config.move_destinations:
+        out.append(f"\n[[move_destination]]\nae_title = {_q(m.ae_title)}\nhost = {_q(m.host)}\nport = {m.port}\n")
+    for p in config.pacs:
+        calling = f"calling_ae_title = {_q(p.calling_ae_title)}\n" if p.calling_ae_title else ""
+        out.append(f"\n[[pacs]]\nname = {_q(p.name)}\nae_title = {_q(p.ae_title)}\nhost = {_q(p.host)}\n"
+                   f"port = {p.port}\n{calling}from_orgs = {_toml_list(p.from_orgs)}\n"
+                   f"retry_max_seconds = {p.retry_max_s}\n"
+                   f"max_attempts = {p.max_attempts}\n")
+    out.append(_EXAMPLES)
+    return "".join(out)

@@ -1,0 +1,1 @@
+"""The DIMSE gateway: a pynetdicom AE inside the node process, bridged to trio."""

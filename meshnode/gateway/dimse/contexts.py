@@ -1,0 +1,94 @@
+"""Presentation contexts the gateway accepts: every storage SOP class, the common transfer syntaxes,
+Query/Retrieve (Patient Root and Study Root: FIND, GET, MOVE) and Verification."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.uid import (
+    HEVCM10P51,
+    HEVCMP51,
+    HTJ2K,
+    JPEG2000,
+    MPEG2MPHL,
+    MPEG2MPML,
+    MPEG4HP41,
+    MPEG4HP41BD,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian)
+#: what a C-STORE may use: stored as received, never transcoded
+STORAGE_TRANSFER_SYNTAXES = (
+    *UNCOMPRESSED,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
+    JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K, RLELossless,
+    MPEG2MPML, MPEG2MPHL, MPEG4HP41, MPEG4HP41BD, HEVCMP51, HEVCM10P51,
+)
+STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+FIND_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelFind): "PATIENT",
+    str(StudyRootQueryRetrieveInformationModelFind): "STUDY",
+}
+GET_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelGet): "PATIENT",
+    str(StudyRootQueryRetrieveInformationModelGet): "STUDY",
+}
+MOVE_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelMove): "PATIENT",
+    str(StudyRootQueryRetrieveInformationModelMove): "STUDY",
+}
+
+
+def add_acceptor_contexts(ae: AE) -> None:
+    """Everything the gateway's SCP accepts. Storage contexts also take the SCU role, for C-GET."""
+    for uid in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(uid, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True)
+    for uid in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS, Verification):
+        ae.add_supported_context(uid, list(UNCOMPRESSED))
+
+
+def prefer_requestor_syntaxes(requested: list[Any], supported: list[Any], role_selected: set[str]) -> None:
+    """Let each abstract syntax's transfer syntax be the one the requestor proposed first.
+
+    pynetdicom, as acceptor, takes the first of *its own* transfer syntaxes that
+    a context proposes; a sender proposing [implicit, explicit] for an implicit
+    file would then have to transcode it. Reordering the supported lists (this
+    association's copy) to the requestor's order stores what the sender has.
+    Not for SOP classes the requestor wants to receive (SCP role selection, as
+    for C-GET): there the node's order, uncompressed first, stays.
+    """
+    order: dict[str, list[str]] = {}
+    for cx in requested:
+        if str(cx.abstract_syntax) not in role_selected:
+            order.setdefault(str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
+    for cx in supported:
+        wanted = order.get(str(cx.abstract_syntax))
+        if not wanted:
+            continue
+        ours = [str(ts) for ts in cx.transfer_syntax]
+        cx.transfer_syntax = [ts for ts in wanted if ts in ours] + [ts for ts in ours if ts not in wanted]

@@ -1,0 +1,312 @@
+"""StudyIntake: one DICOM instance in, durable in the node's store, or refused with nothing stored.
+
+Both doors into the node from the hospital use it: the DIMSE C-STORE SCP
+and DICOMweb STOW-RS.
+
+    stored = await intake.store(part10_bytes, route, source="dimse:RGT_PACS@10.1.2.3")
+
+An instance is parsed and checked exactly as `meshnode ingest` checks a file
+(meshnode.dicom.layout.plan_instance: structure, pydicom cross-check, UIDs,
+pixel data length), split into the same content-addressed blocks, and made
+durable the same way: every block fsynced and renamed into place, then its
+metadata committed together with the audit entry. `store` returns only
+after that commit; a refused instance raises a DicomError (a MeshError) and
+leaves nothing behind.
+
+The work is split in two so that a caller already on a worker thread (a
+pynetdicom association) does not hop threads twice: `prepare` (synchronous,
+any thread: parse, hash, write and sync the blocks; or take the blocks a
+C-STORE streamed while it arrived, once they check out) and `commit` (trio:
+metadata). Concurrent commits are grouped into one database transaction.
+When the instance came on a route, the announcer is told, so that the study
+is shared once it has been quiet for the route's quiet period.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE, block_ranges
+from meshnode.dicom.errors import DicomLimitError, SopMismatchError
+from meshnode.dicom.layout import plan_layout
+from meshnode.dicom.structure import scan_layout_bytes
+from meshnode.ingest import SECURITY_FLAGS, instance_record
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.gateway_store import Arrival, GatewayStore
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.node_storage import NodeStorage, now_ms
+from meshnode.storage.records import AddOutcome, InstanceRecord, Source, hash_uid
+from protocol.cid import CID
+from protocol.errors import MeshError
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from meshnode.gateway.announcer import StudyAnnouncer
+    from meshnode.gateway.dimse.streaming import StreamedBlocks
+    from meshnode.gateway.routes import Route
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_INSTANCE_BYTES = 2 << 30
+MAX_SOURCE_CHARS = 128
+#: the audit head file (state/audit-head) is rewritten at most this often while instances stream in
+HEAD_FLUSH_S = 0.5
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An instance the node now holds durably."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    size: int
+    outcome: AddOutcome  # added, duplicate (these very bytes were held already), conflict (same UID, other bytes)
+    route: str | None
+
+
+@dataclass(frozen=True)
+class PreparedInstance:
+    """An instance whose blocks are durable on disk; its metadata is not committed yet."""
+
+    record: InstanceRecord
+    source: str
+    blocks_written: int
+
+
+@dataclass
+class _Pending:
+    prepared: PreparedInstance
+    route: Route | None
+    done: bool = False
+    result: StoredInstance | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class IntakeCounters:
+    stored: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    bytes: int = 0
+    commits: int = 0
+    streamed: int = 0  # instances whose blocks were written while they arrived
+    by_route: dict[str, int] = field(default_factory=dict)
+
+
+class StudyIntake:
+    def __init__(self, storage: NodeStorage, db: DatabaseThread, gateway: GatewayStore,
+                 announcer: StudyAnnouncer | None = None, *, max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, clock: Callable[[], float] | None = None) -> None:
+        self.storage = storage
+        self.db = db
+        self.gateway = gateway
+        self.announcer = announcer
+        self.max_instance_bytes = max_instance_bytes
+        self.chunk_size = chunk_size
+        self._clock = clock
+        self._workers = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self._queue: list[_Pending] = []
+        self._committing = False
+        self._idle = trio.Event()
+        self._head_dirty = trio.Event()
+        self.counters = IntakeCounters()
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000) if self._clock is not None else now_ms()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep state/audit-head up to date: one durable file write per HEAD_FLUSH_S, not per instance.
+
+        A crash can leave the head up to HEAD_FLUSH_S behind the log; `audit verify`
+        accepts a head older than the log (it detects a log shorter than its head).
+        """
+        task_status.started()
+        try:
+            while True:
+                await self._head_dirty.wait()
+                self._head_dirty = trio.Event()
+                await self.db.run(lambda _: self.storage.write_head())
+                await trio.sleep(HEAD_FLUSH_S)
+        finally:
+            with trio.CancelScope(shield=True):
+                if self._head_dirty.is_set():
+                    await self.db.run(lambda _: self.storage.write_head())
+
+    # -- the one-call API -----------------------------------------------------------------
+    async def store(self, data: bytes, route: Route | None, *, source: str) -> StoredInstance:
+        """Parse, check and durably store one Part 10 instance; returns once it is durable.
+
+        Raises a DicomError (bad DICOM, too large), or a StorageError (disk full, I/O):
+        in every case nothing of the instance stays visible.
+        """
+        prepared = await trio.to_thread.run_sync(self.prepare, data, source, limiter=self._workers)
+        return await self.commit(prepared, route)
+
+    # -- step 1: blocks (any thread) ----------------------------------------------------------
+    def prepare(self, data: bytes, source: str, *, expect: tuple[str, str] | None = None,
+                streamed: StreamedBlocks | None = None) -> PreparedInstance:
+        """Check the instance and make its blocks durable. Synchronous; safe on any thread.
+
+        `expect`: the (SOP Class UID, SOP Instance UID) the data set must have (a
+        C-STORE request names them); SopMismatchError otherwise. Nothing is
+        written before every check has passed, except `streamed` blocks (written
+        while a C-STORE arrived, meshnode.gateway.dimse.streaming): they are
+        used only if the full check computes the same block ranges, and removed
+        otherwise.
+        """
+        source = source[:MAX_SOURCE_CHARS]
+        try:
+            try:
+                if len(data) > self.max_instance_bytes:
+                    raise DicomLimitError(f"instance of {len(data)} bytes exceeds the limit of "
+                                          f"{self.max_instance_bytes} bytes")
+                layout = scan_layout_bytes(data)
+                plan = plan_layout(data, layout)
+                if expect is not None and (plan.attributes.sop_class_uid,
+                                           plan.attributes.sop_instance_uid) != expect:
+                    raise SopMismatchError("the data set's SOP Class or SOP Instance UID is not the one "
+                                           "the request names")
+                ranges = block_ranges(plan, self.chunk_size)
+            except BaseException:
+                if streamed is not None:
+                    self.storage.blocks.discard_temp(streamed.temps)
+                raise
+            if streamed is not None and streamed.ranges == tuple(ranges) and streamed.size == len(data):
+                cids, digest, written = list(streamed.cids), streamed.digest, list(streamed.temps)
+                self.counters.streamed += 1
+            else:
+                if streamed is not None:
+                    self.storage.blocks.discard_temp(streamed.temps)
+                view = memoryview(data)
+                cids = [CID(hashlib.sha256(view[start:end]).digest()) for start, end in ranges]
+                digest = hashlib.sha256(view).digest()
+                written = self._write_blocks(view, ranges)
+            self.storage.blocks.place(list(zip(written, cids)))
+        except MeshError as exc:
+            self.counters.refused += 1
+            log.info("instance from %s refused: %s", source, exc.name)
+            raise
+        sizes = [end - start for start, end in ranges]
+        record = instance_record(plan, cids, sizes, len(data), digest, Source.LOCAL)
+        return PreparedInstance(record, source, len(written))
+
+    def _write_blocks(self, view: memoryview, ranges: Sequence[tuple[int, int]]) -> list[Path]:
+        """Each block to a temp file, then all of them made durable (their flushes overlap). On error,
+        nothing stays."""
+        blocks = self.storage.blocks
+        written: list[Path] = []
+        try:
+            for start, end in ranges:
+                written.append(blocks.write_temp(view[start:end]))
+            blocks.make_durable(written)
+        except BaseException:
+            blocks.discard_temp(written)
+            raise
+        return written
+
+    # -- step 2: metadata (trio) ---------------------------------------------------------------
+    async def commit(self, prepared: PreparedInstance, route: Route | None) -> StoredInstance:
+        """Commit the metadata of a prepared instance (grouped with concurrent ones); durable on return."""
+        item = _Pending(prepared, route)
+        self._queue.append(item)
+        while not item.done:
+            if self._committing:
+                await self._idle.wait()
+                continue
+            self._committing = True
+            batch, self._queue = self._queue, []
+            try:
+                await self._commit_batch(batch)
+            except BaseException as exc:
+                for pending in batch:
+                    if not pending.done:
+                        pending.done, pending.error = True, exc
+                raise
+            finally:
+                self._committing = False
+                self._idle.set()
+                self._idle = trio.Event()
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        now = self._now_ms()
+        records = [p.prepared.record for p in batch]
+        events = self._audit_events(batch)
+        arrivals: dict[tuple[str, str], int] = {}
+        for p in batch:
+            if p.route is not None:
+                key = (p.prepared.record.study_uid, p.route.name)
+                arrivals[key] = arrivals.get(key, 0) + 1
+        noted = [Arrival(s, r, n) for (s, r), n in arrivals.items()]
+        to_persist = [a for a in noted if self.announcer is None or self.announcer.needs_note(a.study_uid, a.route)]
+        storage, gateway = self.storage, self.gateway
+
+        def work(_: MetadataStore) -> list[AddOutcome]:
+            # the announcement first: a crash between the two leaves a pending
+            # announcement without its instance (harmless), never the reverse
+            if to_persist:
+                gateway.note_arrivals(to_persist, now)
+            return storage.metadata.add_instances(records, events, now)
+
+        try:
+            outcomes = await self.db.run(work)
+        except MeshError as exc:
+            log.error("cannot commit %d instance(s): %s", len(batch), exc)
+            for p in batch:
+                p.done, p.error = True, exc
+            return
+        self.counters.commits += 1
+        self._head_dirty.set()
+        if self.announcer is not None:
+            for a in noted:
+                self.announcer.arrived(a.study_uid, a.route, now / 1000)
+        for p, outcome in zip(batch, outcomes):
+            rec = p.prepared.record
+            if outcome is AddOutcome.DUPLICATE:
+                self.counters.duplicates += 1
+            else:
+                self.counters.stored += 1
+                self.counters.bytes += rec.size
+            if p.route is not None:
+                self.counters.by_route[p.route.name] = self.counters.by_route.get(p.route.name, 0) + 1
+            p.result = StoredInstance(rec.sop_instance_uid, rec.sop_class_uid, rec.study_uid, rec.series_uid,
+                                      rec.transfer_syntax, rec.size, outcome, p.route.name if p.route else None)
+            p.done = True
+
+    @staticmethod
+    def _audit_events(batch: Sequence[_Pending]) -> list[AuditEvent]:
+        """One Data Import (110107) entry per study, source and route in the batch; security alerts."""
+        groups: dict[tuple[str, str, str], list[InstanceRecord]] = {}
+        events: list[AuditEvent] = []
+        for p in batch:
+            rec = p.prepared.record
+            key = (rec.study_uid, p.prepared.source, p.route.name if p.route else "")
+            groups.setdefault(key, []).append(rec)
+            bad = SECURITY_FLAGS.intersection(rec.flags)
+            if bad:
+                events.append(AuditEvent(EventCode.SECURITY_ALERT, "suspicious-instance", Outcome.MINOR_FAILURE,
+                                         actor=p.prepared.source, study=hash_uid(rec.study_uid),
+                                         detail=f"{','.join(sorted(bad))} in {hash_uid(rec.sop_instance_uid)}"
+                                                " (bytes kept unchanged)"))
+        for (study, source, route), recs in groups.items():
+            events.append(AuditEvent(EventCode.IMPORT, "gateway-store", actor=source, study=hash_uid(study),
+                                     detail=f"{len(recs)} instance(s), {sum(r.size for r in recs)} bytes"
+                                            + (f", route {route}" if route else ", no route (kept here)")))
+        return events
+

@@ -1,0 +1,131 @@
+"""Everything of the gateway a running node holds, as one service in its nursery.
+
+    gateway = Gateway(ctx, sender)                 # in Node._serve
+    await nursery.start(gateway.run)
+    await gateway.received(signed)                 # a received study is verified and recorded
+    await gateway.receipted(manifest_id)           # ... and its receipt was sent: forward it
+    await gateway.recalled(manifest_id)
+
+The intake and the announcer always run (DICOMweb STOW-RS uses the intake
+too); the DIMSE server when [dimse] enabled = true; the forwarder when at
+least one [[pacs]] is configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshnode.gateway.announcer import StudyAnnouncer
+from meshnode.gateway.dimse.server import DimseServer
+from meshnode.gateway.forwarder import Forwarder, progress_json
+from meshnode.gateway.intake import StudyIntake
+from meshnode.node.context import NodeContext, keep_running
+from meshnode.node.events import StudyEvent, StudyEventKind
+from meshnode.storage.audit import AuditEvent
+from meshnode.storage.gateway_store import AnnouncementState, GatewayStore
+from meshnode.storage.sqlite_gateway import SqliteGatewayStore
+from protocol.cid import CID
+from protocol.document import Signed, open_document
+from protocol.manifest import Manifest
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from meshnode.node.sender import Sender
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, ctx: NodeContext, sender: Sender, state: GatewayStore | None = None) -> None:
+        self.ctx = ctx
+        #: instances given up on, per PACS destination, since start (for /metrics)
+        self.forward_failures: dict[str, int] = {}
+        config = ctx.config.gateway
+        self.config = config
+        self.state: GatewayStore = state if state is not None else SqliteGatewayStore(ctx.home.path / "node.db")
+        self.announcer = StudyAnnouncer(ctx.db, self.state, config.routes, sender.share, clock=ctx.clock)
+        self.intake = StudyIntake(ctx.storage, ctx.db, self.state, self.announcer,
+                                  max_instance_bytes=config.dimse.max_instance_bytes, clock=ctx.clock)
+        self.dimse = DimseServer(config, self.intake, self.audit, ctx.home.path) if config.dimse.enabled else None
+        self.forwarder = (Forwarder(ctx.db, self.state, ctx.storage.blocks, config.pacs, config.dimse.ae_title,
+                                    self.audit, ctx.home.path / "tmp" / "forward", clock=ctx.clock)
+                          if config.pacs else None)
+        if self.forwarder is not None:
+            self.forwarder.failed_hook = self._forward_failed  # webhooks and metrics (meshnode.node.events)
+
+    async def _forward_failed(self, manifest_id: CID, destination: str, error: str, instances: int) -> None:
+        row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
+        if row is None:
+            return
+        manifest = open_document(row.raw, Manifest).document
+        self.forward_failures[destination] = self.forward_failures.get(destination, 0) + instances
+        await self.ctx.events.publish(StudyEvent(
+            StudyEventKind.FAILED, str(manifest_id), row.study_uid, manifest.sender_org, manifest.priority.value,
+            "received", instances=instances, detail=f"forward to PACS {destination} failed: {error}"[:300]))
+
+    async def audit(self, event: AuditEvent) -> None:
+        if not event.actor_org and event.actor in ("", self.config.dimse.ae_title):
+            event = AuditEvent(event.code, event.action, event.outcome, event.actor or self.ctx.peer_id,
+                               self.ctx.org, event.study, event.manifest_id, event.detail)
+        await self.ctx.audit(event)
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.intake.run)
+                nursery.start_soon(keep_running, "announcer", self.announcer.run)
+                if self.forwarder is not None:
+                    (self.ctx.home.path / "tmp" / "forward").mkdir(parents=True, exist_ok=True)
+                    await nursery.start(self.forwarder.run)
+                if self.dimse is not None:
+                    await nursery.start(self.dimse.run)
+                task_status.started()
+        finally:
+            self.state.close()
+
+    # -- hooks from the node runtime ---------------------------------------------------------
+    async def received(self, signed: Signed[Manifest]) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.enqueue(signed)
+
+    async def receipted(self, manifest_id: CID) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.release(manifest_id)
+
+    async def recalled(self, manifest_id: CID) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.cancel(manifest_id)
+
+    # -- what the control API shows (called on the database thread) ------------------------------
+    def forward_progress(self, manifest_id: CID) -> dict[str, object]:
+        return {dest: progress_json(p) for dest, p in self.state.forward_progress(manifest_id).items()}
+
+    def status(self) -> dict[str, object]:
+        """The gateway's state for `meshnode status` / `meshnode gateway` (database thread)."""
+        pending = self.announcer.pending()
+        announcements = self.state.announcements(AnnouncementState.PENDING)
+        dimse = self.dimse.address if self.dimse is not None else None
+        return {
+            "dimse": ({"ae_title": self.config.dimse.ae_title, "host": dimse[0], "port": dimse[1]}
+                      if dimse is not None else None),
+            "routes": [{"name": r.name, "called_ae": r.called_ae, "to": list(r.to), "priority": r.priority.value,
+                        "purpose": r.purpose.value, "quiet_period_seconds": r.quiet_period_s}
+                       for r in self.config.routes],
+            "pending_announcements": [
+                {"study_uid": a.study_uid, "route": a.route, "instances": a.instances,
+                 "announce_at_ms": int(1000 * pending[(a.study_uid, a.route)])
+                 if (a.study_uid, a.route) in pending else None,
+                 "revision": a.revision, "attempts": a.attempts, "last_error": a.last_error}
+                for a in announcements],
+            "intake": {"stored": self.intake.counters.stored, "duplicates": self.intake.counters.duplicates,
+                       "refused": self.intake.counters.refused, "bytes": self.intake.counters.bytes},
+            "forward": {
+                d.name: {"ae_title": d.ae_title, "host": d.host, "port": d.port,
+                         "items": self.state.forward_counts().get(d.name, {}),
+                         "unreachable": self.forwarder.unreachable.get(d.name, "") if self.forwarder else ""}
+                for d in self.config.pacs},
+        }

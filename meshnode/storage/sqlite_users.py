@@ -1,0 +1,85 @@
+"""UserStore in the node's SQLite file (tables `users` and `api_tokens`)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from meshnode.storage.sqlite_base import SqliteTables
+from meshnode.storage.users import ApiToken, User, match_token_id
+from protocol.errors import LocalProtocolError, NotFoundError
+
+_TOKEN_COLUMNS = "token_id, user_name, label, created_ms, expires_ms, revoked, last_used_ms"
+
+
+def _user(row: Any) -> User:
+    return User(str(row[0]), tuple(r for r in str(row[1]).split(",") if r), int(row[2]), bool(row[3]))
+
+
+def _token(row: Any) -> ApiToken:
+    return ApiToken(str(row[0]), str(row[1]), str(row[2]), int(row[3]), int(row[4]), bool(row[5]), int(row[6]))
+
+
+class SqliteUserStore(SqliteTables):
+    def add_user(self, user: User) -> None:
+        with self._tx() as db:
+            try:
+                db.execute("INSERT INTO users VALUES (?,?,?,?)",
+                           (user.name, ",".join(user.roles), user.created_ms, int(user.disabled)))
+            except sqlite3.IntegrityError:
+                raise LocalProtocolError(f"user {user.name!r} exists") from None
+
+    def user(self, name: str) -> User | None:
+        rows = self._query("SELECT name, roles, created_ms, disabled FROM users WHERE name = ?", (name,))
+        return _user(rows[0]) if rows else None
+
+    def users(self) -> list[User]:
+        return [_user(r) for r in self._query("SELECT name, roles, created_ms, disabled FROM users ORDER BY name")]
+
+    def set_roles(self, name: str, roles: tuple[str, ...]) -> None:
+        with self._tx() as db:
+            if db.execute("UPDATE users SET roles = ? WHERE name = ?", (",".join(roles), name)).rowcount == 0:
+                raise NotFoundError(f"no user {name!r}")
+
+    def disable_user(self, name: str) -> int:
+        with self._tx() as db:
+            if db.execute("UPDATE users SET disabled = 1 WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFoundError(f"no user {name!r}")
+            return db.execute("UPDATE api_tokens SET revoked = 1 WHERE user_name = ? AND revoked = 0",
+                              (name,)).rowcount
+
+    def add_token(self, token_hash: bytes, token: ApiToken) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM users WHERE name = ?", (token.user,)).fetchone() is None:
+                raise NotFoundError(f"no user {token.user!r}")
+            try:
+                db.execute(f"INSERT INTO api_tokens (token_hash, {_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                           (token_hash, token.token_id, token.user, token.label, token.created_ms,
+                            token.expires_ms, int(token.revoked), token.last_used_ms))
+            except sqlite3.IntegrityError:
+                raise LocalProtocolError("token exists") from None
+
+    def tokens(self, user: str | None = None) -> list[ApiToken]:
+        where, params = ("WHERE user_name = ?", (user,)) if user is not None else ("", ())
+        return [_token(r) for r in self._query(
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens {where} ORDER BY user_name, created_ms, token_id", params)]
+
+    def revoke_token(self, token_id: str) -> ApiToken:
+        token = match_token_id(self.tokens(), token_id)
+        with self._tx() as db:
+            db.execute("UPDATE api_tokens SET revoked = 1 WHERE token_id = ?", (token.token_id,))
+        return ApiToken(token.token_id, token.user, token.label, token.created_ms, token.expires_ms, True,
+                        token.last_used_ms)
+
+    def lookup(self, token_hash: bytes) -> tuple[User, ApiToken] | None:
+        rows = self._query(
+            f"SELECT u.name, u.roles, u.created_ms, u.disabled, {', '.join('t.' + c.strip() for c in _TOKEN_COLUMNS.split(','))}"
+            " FROM api_tokens t JOIN users u ON u.name = t.user_name WHERE t.token_hash = ?", (token_hash,))
+        if not rows:
+            return None
+        return _user(rows[0][:4]), _token(rows[0][4:])
+
+    def touch_token(self, token_id: str, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE api_tokens SET last_used_ms = max(last_used_ms, ?) WHERE token_id = ?",
+                       (now_ms, token_id))

@@ -1,0 +1,165 @@
+"""Local users of the HTTP listener (DICOMweb, web UI) and their API tokens.
+
+Only a token's SHA-256 is stored (tokens are 256-bit random strings, so a
+plain hash is enough: nothing to brute-force). A token is named by its
+`token_id` (the first 12 hex digits of that hash) in listings and revocation.
+Implementations: SQLite (meshnode.storage.sqlite_users) and memory (below).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from protocol.errors import LocalProtocolError, NotFoundError
+
+#: read: QIDO-RS, WADO-RS, patient identifiers in the UI; write: STOW-RS; audit: the audit page
+ROLES = ("read", "write", "audit")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
+
+
+def check_user_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise LocalProtocolError(f"user name {name!r}: 1-64 of a-z 0-9 . _ @ -, starting with a letter or digit")
+    return name
+
+
+def check_roles(roles: tuple[str, ...]) -> tuple[str, ...]:
+    bad = sorted(set(roles) - set(ROLES))
+    if bad:
+        raise LocalProtocolError(f"unknown role(s) {bad}; roles are {', '.join(ROLES)}")
+    if not roles:
+        raise LocalProtocolError(f"give a user at least one role of {', '.join(ROLES)}")
+    return tuple(r for r in ROLES if r in roles)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    roles: tuple[str, ...]
+    created_ms: int
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    token_id: str
+    user: str
+    label: str
+    created_ms: int
+    expires_ms: int  # 0: never
+    revoked: bool = False
+    last_used_ms: int = 0
+
+    def usable(self, now_ms: int) -> bool:
+        return not self.revoked and (self.expires_ms == 0 or now_ms < self.expires_ms)
+
+
+class UserStore(Protocol):
+    def add_user(self, user: User) -> None:
+        """Refuses a name that exists (LocalProtocolError)."""
+        ...
+
+    def user(self, name: str) -> User | None: ...
+
+    def users(self) -> list[User]: ...
+
+    def set_roles(self, name: str, roles: tuple[str, ...]) -> None: ...
+
+    def disable_user(self, name: str) -> int:
+        """Disable the user and revoke every token of theirs; returns the tokens revoked."""
+        ...
+
+    def add_token(self, token_hash: bytes, token: ApiToken) -> None: ...
+
+    def tokens(self, user: str | None = None) -> list[ApiToken]: ...
+
+    def revoke_token(self, token_id: str) -> ApiToken:
+        """Revoke by token_id (or a unique prefix of at least 6 characters)."""
+        ...
+
+    def lookup(self, token_hash: bytes) -> tuple[User, ApiToken] | None: ...
+
+    def touch_token(self, token_id: str, now_ms: int) -> None:
+        """Record when a token was last used (callers rate-limit this)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def match_token_id(tokens: list[ApiToken], prefix: str) -> ApiToken:
+    hits = [t for t in tokens if t.token_id == prefix] or (
+        [t for t in tokens if t.token_id.startswith(prefix)] if len(prefix) >= 6 else [])
+    if not hits:
+        raise NotFoundError(f"no token {prefix!r} (see `meshnode users list`)")
+    if len(hits) > 1:
+        raise LocalProtocolError(f"{len(hits)} tokens start with {prefix!r}; give more of the ID")
+    return hits[0]
+
+
+class MemoryUserStore:
+    def __init__(self) -> None:
+        self._users: dict[str, User] = {}
+        self._tokens: dict[bytes, ApiToken] = {}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def add_user(self, user: User) -> None:
+        if user.name in self._users:
+            raise LocalProtocolError(f"user {user.name!r} exists")
+        self._users[user.name] = user
+
+    def user(self, name: str) -> User | None:
+        return self._users.get(name)
+
+    def users(self) -> list[User]:
+        return sorted(self._users.values(), key=lambda u: u.name)
+
+    def _existing(self, name: str) -> User:
+        user = self._users.get(name)
+        if user is None:
+            raise NotFoundError(f"no user {name!r}")
+        return user
+
+    def set_roles(self, name: str, roles: tuple[str, ...]) -> None:
+        self._users[name] = replace(self._existing(name), roles=roles)
+
+    def disable_user(self, name: str) -> int:
+        self._users[name] = replace(self._existing(name), disabled=True)
+        revoked = 0
+        for key, token in self._tokens.items():
+            if token.user == name and not token.revoked:
+                self._tokens[key] = replace(token, revoked=True)
+                revoked += 1
+        return revoked
+
+    def add_token(self, token_hash: bytes, token: ApiToken) -> None:
+        self._existing(token.user)
+        if token_hash in self._tokens or any(t.token_id == token.token_id for t in self._tokens.values()):
+            raise LocalProtocolError("token exists")
+        self._tokens[token_hash] = token
+
+    def tokens(self, user: str | None = None) -> list[ApiToken]:
+        return sorted((t for t in self._tokens.values() if user is None or t.user == user),
+                      key=lambda t: (t.user, t.created_ms, t.token_id))
+
+    def revoke_token(self, token_id: str) -> ApiToken:
+        token = match_token_id(self.tokens(), token_id)
+        for key, t in self._tokens.items():
+            if t.token_id == token.token_id:
+                self._tokens[key] = replace(t, revoked=True)
+                return self._tokens[key]
+        raise NotFoundError(f"no token {token_id!r}")
+
+    def lookup(self, token_hash: bytes) -> tuple[User, ApiToken] | None:
+        token = self._tokens.get(token_hash)
+        if token is None:
+            return None
+        return self._users[token.user], token
+
+    def touch_token(self, token_id: str, now_ms: int) -> None:
+        for key, t in self._tokens.items():
+            if t.token_id == token_id:
+                self._tokens[key] = replace(t, last_used_ms=now_ms)

@@ -1,0 +1,87 @@
+"""The node's HTTP side, started by the node runtime: DICOMweb, web UI, metrics, health, webhooks.
+
+One task in the node's nursery. The HTTP listener runs when [http] listen is
+set; webhooks run when [[webhook]] receivers are configured (with or without
+the listener).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshnode.node.context import keep_running
+from meshnode.storage.audit import AuditEvent
+from meshnode.storage.sqlite_users import SqliteUserStore
+from meshnode.storage.sqlite_webhook_queue import SqliteWebhookQueue
+from meshnode.web.app import Route, WebApp
+from meshnode.web.auth import Authenticator
+from meshnode.web.chain import ChainVerifier
+from meshnode.web.metrics import EventMetrics, MetricsSnapshot
+from meshnode.web.node_view import NodeView
+from meshnode.web.ops import Ops
+from meshnode.web.qido import Qido
+from meshnode.web.server import serve_http
+from meshnode.web.services import WebServices
+from meshnode.web.stow import Stow
+from meshnode.web.ui import Ui
+from meshnode.web.wado import Wado
+from meshnode.web.webhooks import Webhooks
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from meshnode.node.runtime import Node
+
+log = logging.getLogger(__name__)
+
+
+async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    ctx = node.ctx
+    http = ctx.config.http
+    db_path = ctx.home.path / "node.db"
+    users = SqliteUserStore(db_path)
+    queue = SqliteWebhookQueue(db_path)
+    events = EventMetrics()
+    webhooks = Webhooks(http.webhooks, queue, ctx.org, ctx.peer_id, http.public_url, ctx.clock)
+    ctx.events.subscribe(events.on_event)
+    if http.webhooks:
+        ctx.events.subscribe(webhooks.on_event)
+    try:
+        async with trio.open_nursery() as nursery:
+            if http.webhooks:
+                nursery.start_soon(keep_running, "webhooks", webhooks.run)
+            url = ""
+            if http.enabled:
+                async def audit(event: AuditEvent) -> None:
+                    await ctx.audit(event)
+
+                services = WebServices(http, ctx.org, ctx.storage, ctx.db, audit, ctx.clock)
+                auth = Authenticator(users, ctx.clock)
+                view = NodeView(node)
+                app_holder: list[WebApp] = []
+
+                async def snapshot() -> MetricsSnapshot:
+                    counts = await trio.to_thread.run_sync(queue.counts)
+                    return await view.metrics_snapshot(counts)
+
+                routes: list[Route] = [
+                    *Ops(view.health, snapshot, events, lambda: app_holder[0]).routes(),
+                    *Qido(services).routes(),
+                    *Wado(services).routes(),
+                    *Stow(services, lambda: node.gateway.intake, lambda: ctx.config.gateway.routes).routes(),
+                    *Ui(services, auth, view, ChainVerifier(ctx.db, ctx.storage, ctx.clock),
+                        lambda: ctx.changed).routes(),
+                ]
+                app = WebApp(routes, auth, http, audit)
+                app_holder.append(app)
+                url = await nursery.start(serve_http, app, http, ctx.home.path)
+                services.url = url
+            task_status.started(url)
+    finally:
+        ctx.events.unsubscribe(events.on_event)
+        ctx.events.unsubscribe(webhooks.on_event)
+        users.close()
+        queue.close()

@@ -1,0 +1,226 @@
+"use strict";
+// dicom-mesh node UI: one page, four views, live updates by Server-Sent Events.
+// Every value from the server goes into the page as text (textContent), never as HTML.
+
+const PAGES = ["inbox", "outbox", "peers", "audit"];
+let session = { user: null, roles: [], public_status: true, org: "" };
+let stream = null;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k === "title") node.title = v;
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function fill(table, rows, render) {
+  const body = table.querySelector("tbody");
+  body.replaceChildren(...rows.map(render));
+  table.parentElement.querySelector(".empty").hidden = rows.length > 0;
+}
+
+function when(iso) {
+  if (!iso) return "";
+  return iso.replace("T", " ").replace("Z", "");
+}
+
+function short(text, n) {
+  text = text || "";
+  return text.length > n ? text.slice(0, n) + "\u2026" : text;
+}
+
+function bytes(n) {
+  if (n >= 1e9) return (n / 1e9).toFixed(2) + " GB";
+  if (n >= 1e6) return (n / 1e6).toFixed(1) + " MB";
+  if (n >= 1e3) return (n / 1e3).toFixed(0) + " kB";
+  return n + " B";
+}
+
+function progress(done, total, doneBytes, totalBytes) {
+  const pct = total ? Math.min(100, (100 * done) / total) : 100;
+  const bar = el("span", { class: "bar" }, el("span"));
+  bar.firstChild.style.width = pct.toFixed(1) + "%";
+  return el("span", { class: "progress", title: `${done}/${total} blocks, ${bytes(doneBytes)} of ${bytes(totalBytes)}` },
+    bar, el("span", { class: "pct" }, pct.toFixed(1) + "%"));
+}
+
+function patient(row, identifiers) {
+  if (!identifiers) return el("span", { class: "muted", title: "log in to see patient identifiers" }, "\u2014");
+  return el("span", {}, el("b", {}, row.patient_name || ""), " ", el("span", { class: "mono" }, row.patient_id || ""),
+    row.birth_date ? el("span", { class: "muted" }, ` b. ${row.birth_date}`) : null);
+}
+
+function study(row, identifiers) {
+  const parts = [el("span", { class: "pill" }, row.modality || "?")];
+  if (identifiers) {
+    parts.push(" ", row.description || "", " ");
+    if (row.accession) parts.push(el("span", { class: "muted" }, `acc. ${row.accession}`));
+  } else {
+    parts.push(" ", el("span", { class: "mono muted", title: "hashed study UID" }, short(row.study, 16)));
+  }
+  return el("span", {}, ...parts);
+}
+
+function forwarded(value) {
+  if (!value || !value.length) return el("span", { class: "muted", title: "no PACS forward configured" }, "\u2014");
+  return el("span", {}, ...value.map((d) => el("div", { class: "state-" + d.state, title: d.last_error || "" },
+    `${d.destination}: ${d.state}`, el("span", { class: "muted" }, ` ${d.sent}/${d.total}`))));
+}
+
+const render = {
+  inbox(data) {
+    fill(document.getElementById("inbox-table"), data.rows, (r) => el("tr", { "data-manifest": r.manifest_id },
+      el("td", { class: "mono" }, when(r.created_at)),
+      el("td", {}, el("b", {}, r.sender_org)),
+      el("td", {}, el("span", { class: "pill " + r.priority }, r.priority)),
+      el("td", {}, patient(r, data.identifiers)),
+      el("td", {}, study(r, data.identifiers), el("div", { class: "muted" }, `${r.instances} instances`)),
+      el("td", { class: "state state-" + r.state }, r.state),
+      el("td", {}, progress(r.blocks_done, r.blocks_total, r.bytes_done, r.bytes_total)),
+      el("td", {}, r.first_instance_ms === null ? "" : `${r.first_instance_ms} ms`),
+      el("td", {}, Object.entries(r.served_by_org || {}).map(([org, n]) => `${org}: ${n}`).join(", ")),
+      el("td", { class: "forwarded" }, forwarded(r.forwarded))));
+  },
+  outbox(data) {
+    fill(document.getElementById("outbox-table"), data.rows, (r) => el("tr", { "data-manifest": r.manifest_id },
+      el("td", { class: "mono" }, when(r.created_at)),
+      el("td", {}, el("span", { class: "pill " + (r.priority || "") }, r.priority || "")),
+      el("td", {}, patient(r, data.identifiers)),
+      el("td", {}, study(r, data.identifiers)),
+      el("td", { class: "state-" + r.state }, r.state),
+      el("td", {}, ...Object.entries(r.recipients).map(([org, d]) => el("div", { title: d.last_error || "" },
+        el("b", {}, org), ": ", el("span", { class: "state-" + d.state }, d.state),
+        d.receipt_verified ? el("span", { class: "ok" }, " \u2713 receipt verified") : null,
+        d.attempts > 1 && d.state !== "delivered" ? el("span", { class: "muted" }, ` (${d.attempts} attempts)`) : null)))));
+  },
+  peers(data) {
+    const self = data.self;
+    const cards = [el("div", { class: "card" }, el("b", {}, `This node: ${self.org} ${self.org_name}`),
+      el("div", { class: "mono" }, short(self.peer_id, 24)),
+      el("div", { class: self.certificate === "valid" ? "ok" : "bad" }, `certificate ${self.certificate} until ${when(self.certificate_expires)}`))];
+    if (data.roster) {
+      cards.push(el("div", { class: "card" }, el("b", {}, `Roster v${data.roster.version}`),
+        el("div", {}, `issued ${when(data.roster.issued_at)}`),
+        el("div", { class: data.roster.state === "valid" ? "ok" : "bad" }, `${data.roster.state}, expires ${when(data.roster.expires_at)}`)));
+    }
+    document.getElementById("self").replaceChildren(...cards);
+    fill(document.getElementById("peers-table"), data.peers, (p) => el("tr", {},
+      el("td", {}, el("b", {}, p.org)),
+      el("td", {}, p.org_name),
+      el("td", { class: "mono", title: p.peer_id }, short(p.peer_id, 20)),
+      el("td", { class: p.certificate === "valid" ? "ok" : p.certificate === "expiring" ? "warn" : "bad" },
+        `${p.certificate} (serial ${p.serial})`),
+      el("td", { class: "mono" }, when(p.certificate_expires)),
+      el("td", { class: p.connected ? "ok" : "muted" }, p.connected ? "connected" : "not connected"),
+      el("td", { class: "mono" }, when(p.last_seen))));
+  },
+  audit(data) {
+    const chain = document.getElementById("chain");
+    chain.className = "chain " + (data.chain.intact ? "ok" : "bad");
+    chain.replaceChildren(data.chain.intact
+      ? el("span", { class: "ok" }, `Chain intact: ${data.chain.verified_through} entries verified`)
+      : el("span", { class: "bad" }, `Chain BROKEN: ` + data.chain.problems.map((p) => `entry ${p.seq}: ${p.problem}`).join("; ")),
+      el("span", { class: "muted" }, ` (checked ${when(data.chain.checked_at)}, last full verification ${when(data.chain.last_full_verification)})`));
+    fill(document.getElementById("audit-table"), data.entries, (e) => el("tr", {},
+      el("td", { class: "mono" }, e.seq),
+      el("td", { class: "mono" }, when(e.time)),
+      el("td", { title: e.event }, e.code),
+      el("td", {}, e.action),
+      el("td", { class: e.outcome === 0 ? "ok" : e.outcome >= 8 ? "bad" : "warn" }, e.outcome),
+      el("td", { class: "mono", title: e.actor }, short(e.actor, 22)),
+      el("td", {}, e.actor_org),
+      el("td", { class: "mono", title: e.study }, short(e.study, 14)),
+      el("td", {}, e.detail)));
+  },
+};
+
+function notice(text) {
+  const n = document.getElementById("notice");
+  n.textContent = text || "";
+  n.hidden = !text;
+}
+
+function current() {
+  const page = location.hash.slice(1);
+  return PAGES.includes(page) ? page : "inbox";
+}
+
+function auditQuery() {
+  const form = document.getElementById("audit-filter");
+  const params = new URLSearchParams();
+  for (const [k, v] of new FormData(form).entries()) if (v) params.set(k, v);
+  return params.toString();
+}
+
+function open(page) {
+  if (stream) stream.close();
+  stream = null;
+  document.getElementById("live").classList.remove("on");
+  for (const p of PAGES) document.getElementById("page-" + p).hidden = p !== page;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
+  if (page === "audit" && !session.roles.includes("audit")) {
+    notice("The audit log needs a login with a token of a user with the audit role.");
+    return;
+  }
+  if (!session.user && !session.public_status) {
+    notice("Log in with your API token to see this node's status.");
+    return;
+  }
+  notice(session.user || page === "peers" ? "" : "Patient identifiers are shown after you log in.");
+  const query = page === "audit" ? "&" + auditQuery() : "";
+  stream = new EventSource(`/ui/api/events?page=${page}${query}`);
+  stream.addEventListener("update", (ev) => {
+    document.getElementById("live").classList.add("on");
+    render[page](JSON.parse(ev.data));
+    document.body.dataset.updated = String(Date.now());
+  });
+  stream.onerror = () => document.getElementById("live").classList.remove("on");
+}
+
+async function loadSession() {
+  const response = await fetch("/ui/api/session", { credentials: "same-origin" });
+  session = await response.json();
+  document.getElementById("org").textContent = session.org;
+  document.getElementById("who").textContent = session.user ? `${session.user} (${session.roles.join(", ")})` : "";
+  document.getElementById("login").hidden = !!session.user;
+  document.getElementById("logout").hidden = !session.user;
+}
+
+async function login(ev) {
+  ev.preventDefault();
+  const token = document.getElementById("token").value.trim();
+  const response = await fetch("/ui/login", {
+    method: "POST", credentials: "same-origin",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }),
+  });
+  document.getElementById("token").value = "";
+  if (!response.ok) {
+    notice("Login refused: unknown, revoked or expired token.");
+    return;
+  }
+  await loadSession();
+  open(current());
+}
+
+async function logout() {
+  await fetch("/ui/logout", { method: "POST", credentials: "same-origin" });
+  await loadSession();
+  open(current());
+}
+
+window.addEventListener("DOMContentLoaded", async () => {
+  document.getElementById("login").addEventListener("submit", login);
+  document.getElementById("logout").addEventListener("click", logout);
+  document.getElementById("audit-filter").addEventListener("change", () => open("audit"));
+  document.getElementById("audit-filter").addEventListener("submit", (ev) => { ev.preventDefault(); open("audit"); });
+  window.addEventListener("hashchange", () => open(current()));
+  await loadSession();
+  open(current());
+});
