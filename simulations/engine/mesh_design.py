@@ -33,6 +33,7 @@ class Mesh:
         self.window_initial = max(2, round(d.window_initial / scale))
         self.window_max = max(self.window_initial, round(d.window_max / scale))
         self.request_blocks = max(1, min(64, round(d.request_max_blocks / scale)))
+        self.min_request_blocks = max(1, min(self.request_blocks, round(d.min_request_blocks / scale)))
         self.request_timeout = d.request_timeout * max(1.0, scale)
         self.tick = d.discovery_interval
         self.fallback_after = d.fallback_after
@@ -48,14 +49,16 @@ class Mesh:
 
     def scheduler_settings(self) -> dict[str, float | int]:
         return {"window_min": min(2, self.window_initial), "window_initial": self.window_initial,
-                "window_max": self.window_max, "request_max_blocks": self.request_blocks, "max_strikes": 1,
+                "window_max": self.window_max, "request_max_blocks": self.request_blocks,
+                "min_request_blocks": self.min_request_blocks, "max_strikes": 1,
                 "request_timeout": self.request_timeout, "queue_target": 0.25}
 
     def new_scheduler(self) -> FetchScheduler:
         s = self.scheduler_settings()
         return FetchScheduler(window_min=int(s["window_min"]), window_initial=int(s["window_initial"]),
                               window_max=int(s["window_max"]), request_max_blocks=int(s["request_max_blocks"]),
-                              max_strikes=1, request_timeout=float(s["request_timeout"]), queue_target=0.25)
+                              max_strikes=1, request_timeout=float(s["request_timeout"]), queue_target=0.25,
+                              min_request_blocks=int(s["min_request_blocks"]))
 
     def can_go_direct(self, node: MeshNode, f: Fetch) -> bool:
         """An idle node, one study from one ordinary holder it has no state about, in one request."""
@@ -121,7 +124,7 @@ class Mesh:
             if holder >= 0:
                 self.can_serve[holder].pop(f, None)
         done = now + (s.nbytes / self.verify_rate if self.verify_rate > 0 else 0.0)
-        t.control += wire_sizes.RECEIPT + wire_sizes.block_traffic(s.nbytes, s.images, s.image_bytes, 4)
+        t.control += wire_sizes.RECEIPT + wire_sizes.block_traffic(s.nbytes, s.images, s.image_bytes, self.world.scenario.design.request_max_blocks)
         if done > now:
             self.world.queue.at(done, self._verified, t)
         else:

@@ -131,9 +131,10 @@ class Design:
     fallback_after: float  # hybrid: a fetch without progress this long adds the hub as a holder
     announce_max_attempts: int | None
     verify_rate: float = 0.0  # bytes/s a node checks instance digests at completion (0: instantly)
-    window_initial: int = 32  # the node's Fetcher settings, in 1 MiB blocks
-    window_max: int = 128
-    request_max_blocks: int = 4
+    window_initial: int = 32  # the node's Fetcher settings (meshnode/node/fetcher.py), in 1 MiB blocks
+    window_max: int = 64
+    request_max_blocks: int = 16
+    min_request_blocks: int = 16
     roster_refresh: float = 60.0
 
 

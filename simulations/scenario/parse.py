@@ -300,7 +300,8 @@ def _design(t: Table) -> Design:
         kind=kind, granularity=t.size("granularity", 1 << 20), discovery_interval=t.duration("discovery_interval", 0.5),
         request_timeout=t.duration("request_timeout", 30.0), fallback_after=t.duration("fallback_after", 60.0),
         announce_max_attempts=max_attempts or None, window_initial=t.integer("window_initial", 32, 1, 4096),
-        window_max=t.integer("window_max", 128, 1, 4096), request_max_blocks=t.integer("request_max_blocks", 4, 1, 64),
+        window_max=t.integer("window_max", 64, 1, 4096), request_max_blocks=t.integer("request_max_blocks", 16, 1, 64),
+        min_request_blocks=t.integer("min_request_blocks", 16, 1, 64),
         roster_refresh=t.duration("roster_refresh", 60.0),
         verify_rate=t.rate("verify_rate") if t.has("verify_rate") else 0.0,
     )
@@ -308,6 +309,8 @@ def _design(t: Table) -> Design:
         raise ScenarioError(f"{t.key('granularity')}: must be at least 1KiB")
     if design.window_max < design.window_initial:
         raise ScenarioError(f"{t.key('window_max')}: smaller than window_initial")
+    if design.min_request_blocks > design.request_max_blocks:
+        raise ScenarioError(f"{t.key('min_request_blocks')}: larger than request_max_blocks")
     for key in ("discovery_interval", "request_timeout", "roster_refresh"):
         if getattr(design, key) <= 0:
             raise ScenarioError(f"{t.key(key)}: must be positive")
