@@ -66,7 +66,7 @@ class Fetch:
 
 
 class RequestState:
-    __slots__ = ("node", "request", "peer", "fetch", "sizes", "flow", "images")
+    __slots__ = ("node", "request", "peer", "fetch", "sizes", "flow", "received")
 
     def __init__(self, node: MeshNode, request: Request, peer: int, fetch: Fetch | None) -> None:
         self.node = node
@@ -75,7 +75,7 @@ class RequestState:
         self.fetch = fetch
         self.sizes: list[float] = []
         self.flow: Flow | None = None
-        self.images: list[int] = []  # per-image events: the study's image number of each milestone
+        self.received = 0.0  # bytes of this request's blocks that have arrived whole
 
 
 class MeshNode:

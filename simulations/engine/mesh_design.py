@@ -8,6 +8,7 @@ holder (the hub announces on the sender's behalf if the sender never could).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from protocol.cid import CID
@@ -65,7 +66,7 @@ class Mesh:
         if not self.direct_enabled or self.hub is not None:
             return False
         s = f.study
-        if len(s.recipients) != 1 or len(s.cids) > min(self.window_initial, self.request_blocks):
+        if len(s.recipients) != 1 or len(s.cids) != 1:
             return False
         world = self.world
         sender = world.orgs[s.sender]
@@ -217,7 +218,6 @@ class Mesh:
             return
         fetch = st.fetch
         study = fetch.study if fetch is not None else None
-        milestones: tuple[float, ...] = ()
         cids = st.request.cids
         if study is None:
             sizes = [0.0] * len(cids)
@@ -227,20 +227,12 @@ class Mesh:
             sizes = [study.sizes[int.from_bytes(cid.digest[9:13], "big")] for cid in cids]
         st.sizes = sizes
         total = sum(sizes)
-        ipb = 0.0
-        on_milestone = None
-        if fetch is not None and study is not None:
-            ipb = study.images / study.nbytes if study.nbytes > 0 else 0.0
-            t = fetch.transfer
-            if world.scenario.engine.per_image_events:
-                milestones, st.images = image_marks(study, cids, sizes)
-                on_milestone = self._image_done
-            elif t.first_image_at < 0 and int.from_bytes(cids[0].digest[9:13], "big") == fetch.order[0]:
-                milestones = (min(study.image_bytes, total),)
-                on_milestone = self._first_image
+        ipb = study.images / study.nbytes if study is not None and study.nbytes > 0 else 0.0
+        marks = tuple(itertools.accumulate(sizes))
+        # Each block is reported to the scheduler as it arrives (the node reports blocks per commit round).
         flow = world.net.start(world.links(st.peer, node.org), total, self._request_done, st, src=st.peer,
-                               dst=node.org, images_per_byte=ipb, milestones=milestones,
-                               on_milestone=on_milestone)
+                               dst=node.org, images_per_byte=ipb, milestones=marks, on_milestone=self._block_arrived,
+                               wake_on_milestones=len(cids) > 1)
         st.flow = flow
         node.inbound[flow] = st
         if st.peer == HUB:
@@ -248,18 +240,6 @@ class Mesh:
             world.meter.hub_flow(+1, now)
         else:
             self.serving[st.peer][flow] = st
-
-    def _image_done(self, flow: Flow, index: int, at: float) -> None:
-        """Per-image events: an image of the study is complete at the recipient."""
-        st: RequestState = flow.data
-        self.world.meter.image_done(at)
-        if st.fetch is not None and st.images[index] == 0 and st.fetch.transfer.first_image_at < 0:
-            st.fetch.transfer.first_image_at = at
-
-    def _first_image(self, flow: Flow, index: int, at: float) -> None:
-        st: RequestState = flow.data
-        if index == 0 and st.fetch is not None and st.fetch.transfer.first_image_at < 0:
-            st.fetch.transfer.first_image_at = at
 
     def _detach(self, st: RequestState, flow: Flow) -> None:
         st.node.inbound.pop(flow, None)
@@ -269,44 +249,67 @@ class Mesh:
         else:
             self.serving[st.peer].pop(flow, None)
 
-    def _request_done(self, flow: Flow, now: float) -> None:
+    def _block_arrived(self, flow: Flow, k: int, at: float) -> None:
+        """Block k of a request has arrived whole: check it, tell the scheduler, ask for more."""
         st: RequestState = flow.data
-        self._detach(st, flow)
         node = st.node
         world = self.world
-        sched = node.sched
-        fetch = node.fetches.get(st.request.manifest_id)
-        t = fetch.transfer if fetch is not None else None
-        peer = st.request.peer
-        verdicts = [not world.corrupts(st.peer) for _ in st.request.cids]
+        cids = st.request.cids
+        cid, size = cids[k], st.sizes[k]
+        st.received += size
+        fetch = st.fetch if st.fetch is not None and node.fetches.get(st.request.manifest_id) is st.fetch else None
+        ok = not world.corrupts(st.peer)
         if fetch is not None and fetch.direct:
-            if all(verdicts):
-                self._direct_done(fetch, st, now)
+            if ok:
+                self._direct_done(fetch, st, at)
                 return
             node.materialise()
-        for cid, size, ok in zip(st.request.cids, st.sizes, verdicts):
-            if not ok:
-                world.recorder.corrupt_blocks += 1
-                world.recorder.corrupt_bytes += size
-                if t is not None:
-                    t.wasted += size
-            newly = sched.block_received(peer, cid, ok, now)
-            if not ok:
-                continue
-            if t is None or fetch is None:
-                continue
-            b = int.from_bytes(cid.digest[9:13], "big")
+        t = fetch.transfer if fetch is not None else None
+        if not ok:
+            world.recorder.corrupt_blocks += 1
+            world.recorder.corrupt_bytes += size
+            if t is not None:
+                t.wasted += size
+        newly = node.sched.block_received(st.request.peer, cid, ok, at)
+        if ok and t is not None and fetch is not None:
             if newly:
-                fetch.done[b] = True
+                b = int.from_bytes(cid.digest[9:13], "big")
                 if st.peer == t.study.sender:
                     t.from_sender += size
                 elif st.peer == HUB:
                     t.from_hub += size
                 else:
                     t.from_peers += size
-                self.block_verified(fetch, b, now)
+                self._images_complete(fetch, b, at)
+                self.block_verified(fetch, b, at)
             else:
                 t.duplicate += size
+        if k < len(cids) - 1:
+            node.pump(at)
+
+    def _images_complete(self, f: Fetch, b: int, at: float) -> None:
+        """Block b is verified: the first image (and, with per-image events, each image) it completes."""
+        f.done[b] = True
+        s = f.study
+        t = f.transfer
+        if t.first_image_at < 0 and b < f.first_blocks and all(f.done[:f.first_blocks]):
+            t.first_image_at = at
+        if self.world.scenario.engine.per_image_events and s.image_bytes > 0:
+            bs = s.sizes[0]
+            first = int(b * bs // s.image_bytes)
+            last = min(s.images - 1, int(((b + 1) * bs - 1e-6) // s.image_bytes))
+            for k in range(first, last + 1):
+                lo, hi = int(k * s.image_bytes // bs), int(((k + 1) * s.image_bytes - 1e-6) // bs)
+                if all(f.done[lo:min(hi, len(f.done) - 1) + 1]):
+                    self.world.meter.image_done(at)
+
+    def _request_done(self, flow: Flow, now: float) -> None:
+        """Every block of the request has arrived (and was reported): forget an idle peer, ask for more."""
+        st: RequestState = flow.data
+        self._detach(st, flow)
+        node = st.node
+        sched = node.sched
+        peer = st.request.peer
         if peer not in node.refs and sched.in_flight_count(peer) == 0 and sched.window(peer) is not None:
             sched.peer_lost(peer, now)
         node.pump(now)
@@ -314,11 +317,9 @@ class Mesh:
     def _direct_done(self, f: Fetch, st: RequestState, now: float) -> None:
         t = f.transfer
         node = f.node
-        for cid, size in zip(st.request.cids, st.sizes):
-            b = int.from_bytes(cid.digest[9:13], "big")
-            f.done[b] = True
-            t.from_sender += size
-            self.block_verified(f, b, now)
+        t.from_sender += st.sizes[0]
+        self._images_complete(f, 0, now)
+        self.block_verified(f, 0, now)
         assert t.study.manifest_id is not None
         del node.fetches[t.study.manifest_id]
         node.direct = None
@@ -332,7 +333,7 @@ class Mesh:
         moved = self.world.net.abort(flow)
         self._detach(st, flow)
         if st.fetch is not None:
-            st.fetch.transfer.wasted += moved
+            st.fetch.transfer.wasted += max(0.0, moved - st.received)
 
     # -- faults -----------------------------------------------------------------------------
     def node_down(self, org: int, now: float) -> None:
@@ -449,22 +450,3 @@ class Mesh:
             for f in node.fetches.values():
                 if f.hub_added:
                     self.schedule_tick(f)
-
-
-def image_marks(study: Study, cids: tuple[CID, ...], sizes: list[float]) -> tuple[tuple[float, ...], list[int]]:
-    """Byte offsets within a request's flow where an image of the study completes, and which image each is."""
-    marks: list[float] = []
-    images: list[int] = []
-    ib = study.image_bytes
-    offset = 0.0
-    for cid, size in zip(cids, sizes):
-        start = int.from_bytes(cid.digest[9:13], "big") * (study.sizes[0] if study.sizes else 0.0)
-        first = math.floor(start / ib) if ib > 0 else 0
-        k = first
-        while ib > 0 and k < study.images and (k + 1) * ib <= start + size + 1e-6:
-            if (k + 1) * ib > start:
-                marks.append(offset + (k + 1) * ib - start)
-                images.append(k)
-            k += 1
-        offset += size
-    return tuple(marks), images

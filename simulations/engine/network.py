@@ -61,7 +61,7 @@ MilestoneHit = Callable[["Flow", int, float], None]
 class Flow:
     __slots__ = ("links", "size", "remaining", "rate", "t_last", "version", "cap", "on_done", "data", "active",
                  "milestones", "next_milestone", "on_milestone", "src", "dst", "images_per_byte", "started", "timer_at",
-                 "m_t0", "m_bytes", "m_next", "stamp")
+                 "m_t0", "m_bytes", "m_next", "stamp", "wake_marks")
 
     def __init__(self, links: tuple[Link, ...], size: float, cap: float, on_done: FlowDone, data: Any,
                  src: int, dst: int, images_per_byte: float) -> None:
@@ -77,6 +77,7 @@ class Flow:
         self.m_bytes = 0.0
         self.m_next = 0.0  # the meter's next bin boundary after m_t0
         self.stamp = 0
+        self.wake_marks = False  # milestones get timers of their own (else they are noticed when passed)
         self.cap = cap
         self.on_done = on_done
         self.data = data
@@ -107,7 +108,8 @@ class Network:
     # -- flows ------------------------------------------------------------------------
     def start(self, links: Iterable[Link], size: float, on_done: FlowDone, data: Any = None, *,
               cap: float = math.inf, src: int = -1, dst: int = -1, images_per_byte: float = 0.0,
-              milestones: Sequence[float] = (), on_milestone: MilestoneHit | None = None) -> Flow:
+              milestones: Sequence[float] = (), on_milestone: MilestoneHit | None = None,
+              wake_on_milestones: bool = False) -> Flow:
         """Start moving `size` bytes over `links` now; `on_done(flow, t)` when the last byte is through."""
         now = self.queue.now
         flow = Flow(tuple(links), max(0.0, size), cap, on_done, data, src, dst, images_per_byte)
@@ -115,6 +117,7 @@ class Network:
         flow.m_next = (math.floor(now / self.meter_bin) + 1) * self.meter_bin
         flow.active = True
         flow.milestones, flow.on_milestone = milestones, on_milestone
+        flow.wake_marks = wake_on_milestones and bool(milestones)
         self.flows_started += 1
         if flow.size <= 0:
             flow.active = False
@@ -167,7 +170,7 @@ class Network:
             rate = min(l.capacity for l in flow.links)
         flow.rate = rate
         flow.version = 1
-        flow.timer_at = now + flow.remaining / rate
+        flow.timer_at = self._next_time(flow, now)
         self.queue.at(flow.timer_at, self._done, (flow, 1))
         if lazy:
             for link in flow.links:
@@ -185,10 +188,12 @@ class Network:
         if version != flow.version or not flow.active:
             return
         self._advance(flow, now)
-        if (flow.remaining > EPS * max(1.0, flow.size) and flow.rate > 0
-                and now + flow.remaining / flow.rate > now * (1 + 1e-12)):
-            self._arm(flow, now, stale=False)  # it slowed down since this timer was set
+        if flow.remaining > _tolerance(flow, now) and flow.rate > 0:
+            self._arm(flow, now, stale=False)  # a milestone, or it slowed down since this timer was set
             return
+        if flow.next_milestone < len(flow.milestones):
+            flow.remaining = 0.0
+            self._hit_milestones(flow, flow.t_last, flow.size)
         flow.remaining = 0.0
         self._detach(flow)
         for link in flow.links:
@@ -197,9 +202,17 @@ class Network:
                 break
         flow.on_done(flow, now)
 
+    def _next_time(self, flow: Flow, now: float) -> float:
+        """When the flow next needs attention: its end, or its next milestone if milestones wake it."""
+        t = now + flow.remaining / flow.rate
+        if flow.wake_marks and flow.next_milestone < len(flow.milestones):
+            gap = flow.milestones[flow.next_milestone] - (flow.size - flow.remaining)
+            t = min(t, now + max(0.0, gap) / flow.rate)
+        return t
+
     def _arm(self, flow: Flow, now: float, stale: bool) -> None:
         flow.version += 1
-        flow.timer_at = now + flow.remaining / flow.rate
+        flow.timer_at = self._next_time(flow, now)
         self.queue.at(flow.timer_at, self._done, (flow, flow.version))
         if stale:
             self.stale_timers += 1
@@ -253,7 +266,8 @@ class Network:
     def _hit_milestones(self, flow: Flow, t0: float, done_before: float) -> None:
         done = flow.size - flow.remaining
         marks = flow.milestones
-        while flow.next_milestone < len(marks) and marks[flow.next_milestone] <= done + EPS * max(1.0, flow.size):
+        tol = _tolerance(flow, flow.t_last)
+        while flow.next_milestone < len(marks) and marks[flow.next_milestone] <= done + tol:
             mark = marks[flow.next_milestone]
             at = t0 + max(0.0, mark - done_before) / flow.rate if flow.rate > 0 else t0
             if flow.on_milestone is not None:
@@ -314,7 +328,7 @@ class Network:
                 if link.lazy:
                     link.load += rate - old
             flow.rate = rate
-            if rate > 0 and now + flow.remaining / rate < flow.timer_at - EPS:
+            if rate > 0 and self._next_time(flow, now) < flow.timer_at - EPS:
                 self._arm(flow, now, stale=flow.timer_at < math.inf)
         for link in lazy_seen + [l for l in links if l.lazy]:
             if not link.saturated and link.load > link.capacity * (1 + 1e-9):
@@ -391,3 +405,8 @@ def _fill(links: list[Link], flows: list[Flow], stamp: int) -> list[float]:
 
 
 _STAMP = 0
+
+
+def _tolerance(flow: Flow, now: float) -> float:
+    """Bytes too few to matter: rounding, or less than the flow moves within the clock's resolution now."""
+    return EPS * max(1.0, flow.size) + flow.rate * 1e-12 * max(1.0, now)
