@@ -85,13 +85,11 @@ def write_records(path: Path, r: ReplicationResult, scenario: Scenario, topology
     with _open_text(path, compressed) as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(FIELDS)
-        for row in sorted(r.rows, key=lambda x: (x[0], x[2])):  # type: ignore[arg-type,return-value]
-            out = list(row)
-            out[1], out[2] = codes[int(out[1])], codes[int(out[2])]  # type: ignore[call-overload]
-            out[3] = modalities[int(out[3])]  # type: ignore[call-overload]
-            out[4] = priorities[int(out[4])]  # type: ignore[call-overload]
-            out[11] = statuses[int(out[11])]  # type: ignore[call-overload]
-            w.writerow([_num(x) for x in out])
+        for row in sorted(r.rows, key=lambda x: (x.study, x.recipient)):
+            cells: list[object] = list(row)
+            cells[1], cells[2] = codes[row.sender], codes[row.recipient]
+            cells[3], cells[4], cells[11] = modalities[row.modality], priorities[row.priority], statuses[row.status]
+            w.writerow([_num(x) for x in cells])
     return len(r.rows)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simulations.engine.recorder import Counters, OutageStats
+from simulations.engine.recorder import Counters, OutageStats, Record
 from simulations.engine.slice import SliceResult
 
 
@@ -14,7 +14,7 @@ class ReplicationResult:
     counters: Counters
     delivery: dict[tuple[int, int], list[int]]
     first_image: dict[tuple[int, int], list[int]]
-    rows: list[tuple[object, ...]]
+    rows: list[Record]
     up: list[list[float]]
     down: list[list[float]]
     total_up: list[float]
@@ -49,7 +49,7 @@ def merge(slices: list[SliceResult]) -> ReplicationResult:
     c = Counters()
     delivery: dict[tuple[int, int], list[int]] = {}
     first_image: dict[tuple[int, int], list[int]] = {}
-    rows: list[tuple[object, ...]] = []
+    rows: list[Record] = []
     up = [list(x) for x in first.up]
     down = [list(x) for x in first.down]
     total_up, total_down = list(first.total_up), list(first.total_down)

@@ -59,16 +59,16 @@ def validate(scenario: Scenario, out_dir: Path, shaping: str, keep: bool,
     model = model_of(em)
     trace = planning.trace(model, em.planned, em.arrivals, em.sizes)
     outcome = run(model, out_dir / "modelled", jobs=1, trace=trace)
-    modelled = {(int(str(row[0])), int(str(row[2]))): row for row in outcome.replications[0].rows}
+    modelled = {(row.study, row.recipient): row for row in outcome.replications[0].rows}
     index = {code: i for i, code in enumerate(model.org_codes)}
     pairs: list[tuple[str, str, float, float]] = []
     for m in em.measured:
         row = modelled.get((m.study, index[m.recipient]))
-        if m.delivered is None or row is None or row[11] != Status.DELIVERED:
+        if m.delivered is None or row is None or row.status != Status.DELIVERED:
             continue
         p = em.planned[m.study]
         pairs.append((p.priority, f"study {m.study} {p.sender}->{m.recipient} ({p.images} images)",
-                      m.delivered - m.shared, float(str(row[10])) - float(str(row[7]))))
+                      m.delivered - m.shared, row.delivered - row.arrival))
     out = [_median("all transfers", pairs)]
     for priority in ("stat", "urgent", "routine"):
         chosen = [x for x in pairs if x[0] == priority]

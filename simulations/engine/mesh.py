@@ -66,7 +66,7 @@ class Fetch:
 
 
 class RequestState:
-    __slots__ = ("node", "request", "peer", "fetch", "sizes", "flow", "received")
+    __slots__ = ("node", "request", "peer", "fetch", "sizes", "flow", "received", "marks")
 
     def __init__(self, node: MeshNode, request: Request, peer: int, fetch: Fetch | None) -> None:
         self.node = node
@@ -76,6 +76,7 @@ class RequestState:
         self.sizes: list[float] = []
         self.flow: Flow | None = None
         self.received = 0.0  # bytes of this request's blocks that have arrived whole
+        self.marks: list[int] = []  # per flow milestone: the block (index into request.cids) it ends
 
 
 class MeshNode:

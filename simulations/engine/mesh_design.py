@@ -22,6 +22,7 @@ from simulations.engine.state import Status, Study, Transfer
 from simulations.engine.world import World
 
 TIMEOUT_MARGIN = 1e-6
+FIRST_IMAGE = -1  # a request milestone that is not a block end: the first image's bytes are in
 
 
 class Mesh:
@@ -228,7 +229,14 @@ class Mesh:
         st.sizes = sizes
         total = sum(sizes)
         ipb = study.images / study.nbytes if study is not None and study.nbytes > 0 else 0.0
-        marks = tuple(itertools.accumulate(sizes))
+        marks = list(itertools.accumulate(sizes))
+        st.marks = list(range(len(cids)))
+        if (fetch is not None and study is not None and self.scale > 1 and fetch.transfer.first_image_at < 0
+                and int.from_bytes(cids[0].digest[9:13], "big") == 0 and study.image_bytes < sizes[0]):
+            # An aggregated block stands for many of the node's 1 MiB blocks, each verified on arrival: the
+            # first image is usable once its own bytes are in, not when the whole aggregated block is.
+            marks.insert(0, study.image_bytes)
+            st.marks.insert(0, FIRST_IMAGE)
         # Each block is reported to the scheduler as it arrives (the node reports blocks per commit round).
         flow = world.net.start(world.links(st.peer, node.org), total, self._request_done, st, src=st.peer,
                                dst=node.org, images_per_byte=ipb, milestones=marks, on_milestone=self._block_arrived,
@@ -249,9 +257,14 @@ class Mesh:
         else:
             self.serving[st.peer].pop(flow, None)
 
-    def _block_arrived(self, flow: Flow, k: int, at: float) -> None:
+    def _block_arrived(self, flow: Flow, mark: int, at: float) -> None:
         """Block k of a request has arrived whole: check it, tell the scheduler, ask for more."""
         st: RequestState = flow.data
+        k = st.marks[mark]
+        if k == FIRST_IMAGE:
+            if st.fetch is not None and st.fetch.transfer.first_image_at < 0:
+                st.fetch.transfer.first_image_at = at
+            return
         node = st.node
         world = self.world
         cids = st.request.cids

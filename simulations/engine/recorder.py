@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from simulations.engine.state import Status, Transfer
 from simulations.timeline import Interval
@@ -20,9 +21,36 @@ BINS_PER_DECADE = 200
 LOW_DECADE = -3
 HIGH_DECADE = 7
 NBINS = (HIGH_DECADE - LOW_DECADE) * BINS_PER_DECADE
-FIELDS = ("study", "sender", "recipient", "modality", "priority", "images", "bytes", "arrival", "announced",
-          "first_image", "delivered", "status", "reason", "from_sender", "from_peers", "from_hub", "wasted",
-          "duplicate", "control", "announce_attempts", "affected_by_fault", "bogus")
+
+
+class Record(NamedTuple):
+    """One transfer (study x recipient) as written to transfers-rK.csv; times in s, -1 when it did not happen."""
+
+    study: int
+    sender: int
+    recipient: int
+    modality: int
+    priority: int
+    images: int
+    bytes: float
+    arrival: float
+    announced: float
+    first_image: float
+    delivered: float
+    status: int
+    reason: str
+    from_sender: float
+    from_peers: float
+    from_hub: float
+    wasted: float
+    duplicate: float
+    control: float
+    announce_attempts: int
+    affected_by_fault: bool
+    bogus: bool
+
+
+FIELDS = Record._fields
 
 
 def bin_of(seconds: float) -> int:
@@ -79,7 +107,7 @@ class Recorder:
         self.first_image: dict[tuple[int, int], list[int]] = {}
         self.modalities = modalities
         self.c = Counters()
-        self.rows: list[tuple[object, ...]] = []
+        self.rows: list[Record] = []
         self.outages = [OutageStats(w, o, iv.start, iv.end, iv.cause) for w, o, iv in outages]
         self._by_org: dict[int, list[OutageStats]] = {}
         for st in self.outages:
@@ -210,8 +238,8 @@ def _sampled(study: int, recipient: int, fraction: float) -> bool:
     return h < fraction * 0x1000000000000
 
 
-def row(t: Transfer) -> tuple[object, ...]:
+def row(t: Transfer) -> Record:
     s = t.study
-    return (s.id, s.sender, t.recipient, s.modality, s.priority, s.images, s.nbytes, s.time, t.announced_at,
+    return Record(s.id, s.sender, t.recipient, s.modality, s.priority, s.images, s.nbytes, s.time, t.announced_at,
             t.first_image_at, t.delivered_at, int(t.status), t.reason, t.from_sender, t.from_peers, t.from_hub,
             t.wasted, t.duplicate, t.control, t.attempts, t.affected, s.bogus)

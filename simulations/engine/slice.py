@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from simulations.engine.attacks import Attacks
 from simulations.engine.designs import Design, make_design
-from simulations.engine.recorder import Counters, OutageStats
+from simulations.engine.recorder import Counters, OutageStats, Record
 from simulations.engine.state import Study
 from simulations.engine.world import Window, World
 from simulations.scenario.model import Scenario
@@ -36,7 +36,7 @@ class SliceResult:
     counters: Counters
     delivery: dict[tuple[int, int], list[int]]
     first_image: dict[tuple[int, int], list[int]]
-    rows: list[tuple[object, ...]]
+    rows: list[Record]
     up: list[list[float]]
     down: list[list[float]]
     total_up: list[float]

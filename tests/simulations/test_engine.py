@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from simulations.engine.recorder import Record
 from simulations.engine.slice import SliceResult, run_slice
 from simulations.engine.state import Status
 from tests.simulations.helpers import A, B, C, studies, trio
 
-FIELD = {name: i for i, name in enumerate(("study", "sender", "recipient", "modality", "priority", "images", "bytes",
-                                           "arrival", "announced", "first_image", "delivered", "status", "reason",
-                                           "from_sender", "from_peers", "from_hub", "wasted", "duplicate", "control",
-                                           "attempts", "affected", "bogus"))}
+def rows_by_recipient(r: SliceResult) -> dict[int, Record]:
+    return {row.recipient: row for row in r.rows}
 
 
-def rows_by_recipient(r: SliceResult) -> dict[int, tuple[object, ...]]:
-    return {int(row[FIELD["recipient"]]): row for row in r.rows}  # type: ignore[call-overload]
-
-
-def delivered_after(row: tuple[object, ...]) -> float:
-    assert row[FIELD["status"]] == Status.DELIVERED, row
-    return float(row[FIELD["delivered"]]) - float(row[FIELD["arrival"]])  # type: ignore[arg-type]
+def delivered_after(row: Record) -> float:
+    assert row.status == Status.DELIVERED, row
+    return row.delivered - row.arrival
 
 
 def test_one_mesh_transfer_takes_announce_plus_round_trip_plus_size_over_rate() -> None:
@@ -51,11 +46,11 @@ def test_urgent_overtakes_routine_at_the_scheduler() -> None:
     trace = studies([(10.0, A, [B], 100e6), (10.2, A, [B], 400e6)])
     trace.priority[:] = [2, 1]  # routine, then urgent
     r = run_slice(sc, 0, 0, trace=trace)
-    routine, urgent = sorted(r.rows, key=lambda row: row[0])  # type: ignore[arg-type,return-value]
-    assert float(urgent[FIELD["delivered"]]) < float(routine[FIELD["delivered"]])  # type: ignore[arg-type]
+    routine, urgent = sorted(r.rows, key=lambda row: row.study)
+    assert float(urgent.delivered) < float(routine.delivered)
     hub = run_slice(trio(design="hub"), 0, 0, trace=trace)
-    h_routine, h_urgent = sorted(hub.rows, key=lambda row: row[0])  # type: ignore[arg-type,return-value]
-    assert float(h_routine[FIELD["delivered"]]) < float(h_urgent[FIELD["delivered"]])  # type: ignore[arg-type]
+    h_routine, h_urgent = sorted(hub.rows, key=lambda row: row.study)
+    assert float(h_routine.delivered) < float(h_urgent.delivered)
 
 
 NODE_FAILURE = """
@@ -81,8 +76,8 @@ def test_mesh_node_failure_mid_transfer_completes_from_another_holder() -> None:
     slow = rows[C]
     assert delivered_after(rows[B]) < 5.0  # the fast recipient finished before the sender failed
     assert delivered_after(slow) < 600.0  # ... and the slow one did not wait for the sender to come back
-    assert float(slow[FIELD["from_peers"]]) > 100e6  # type: ignore[arg-type]
-    assert float(slow[FIELD["from_sender"]]) + float(slow[FIELD["from_peers"]]) == pytest.approx(400e6)  # type: ignore[arg-type]
+    assert float(slow.from_peers) > 100e6
+    assert float(slow.from_sender) + float(slow.from_peers) == pytest.approx(400e6)
     assert r.counters.delivered == 2
 
 
@@ -91,7 +86,7 @@ def test_the_same_failure_without_another_holder_waits_for_the_sender() -> None:
     r = run_slice(sc, 0, 0, trace=studies([(10.0, A, [C], 400e6)]))
     row = rows_by_recipient(r)[C]
     assert delivered_after(row) > 600.0
-    assert float(row[FIELD["affected"]]) == 1  # type: ignore[arg-type]
+    assert row.affected_by_fault
 
 
 def test_hub_outage_delays_hub_delivery_but_not_the_mesh() -> None:
@@ -110,7 +105,7 @@ def test_hybrid_falls_back_to_the_hub_when_the_sender_fails() -> None:
     r = run_slice(sc, 0, 0, trace=studies([(10.0, A, [C], 100e6)]))
     row = rows_by_recipient(r)[C]
     assert 60.0 < delivered_after(row) < 600.0
-    assert float(row[FIELD["from_hub"]]) > 0  # type: ignore[arg-type]
+    assert float(row.from_hub) > 0
     assert r.attack["fallbacks"] == 1
     mesh = run_slice(trio(design="mesh", extra=NODE_FAILURE.format(start="14s")), 0, 0,
                      trace=studies([(10.0, A, [C], 100e6)]))
@@ -131,8 +126,8 @@ def test_corrupt_blocks_are_detected_the_peer_banned_and_the_blocks_refetched() 
     assert r.attack["corrupt_accepted"] == 0
     slow = rows[C]
     assert delivered_after(slow) > 0  # delivered, and every counted byte came from an honest holder
-    assert float(slow[FIELD["wasted"]]) >= r.attack["corrupt_bytes"] > 0  # type: ignore[arg-type]
-    assert float(slow[FIELD["from_sender"]]) + float(slow[FIELD["from_peers"]]) == pytest.approx(400e6)  # type: ignore[arg-type]
+    assert float(slow.wasted) >= r.attack["corrupt_bytes"] > 0
+    assert float(slow.from_sender) + float(slow.from_peers) == pytest.approx(400e6)
     honest = run_slice(trio(), 0, 0, trace=studies([(10.0, A, [B, C], 400e6)]))
     assert honest.attack["corrupt_blocks"] == 0 and not honest.bans
 
@@ -158,8 +153,8 @@ def test_revoked_recipient_gets_nothing() -> None:
     sc = trio(extra=_attack("revoked", start='"5s"'))
     r = run_slice(sc, 0, 0, trace=studies([(100.0, A, [B], 10e6), (100.0, A, [C], 10e6)]))
     rows = rows_by_recipient(r)
-    assert rows[B][FIELD["status"]] == Status.FAILED and "wrong-organisation" in str(rows[B][FIELD["reason"]])
-    assert rows[C][FIELD["status"]] == Status.DELIVERED
+    assert rows[B].status == Status.FAILED and "wrong-organisation" in str(rows[B].reason)
+    assert rows[C].status == Status.DELIVERED
 
 
 @pytest.mark.parametrize("scenario", ["five-trusts-faults", "five-trusts-attack"])
@@ -173,17 +168,17 @@ def test_every_study_is_delivered_failed_with_a_reason_or_in_flight(scenario: st
     assert c.transfers > 50
     assert c.transfers == c.delivered + c.failed + c.in_flight
     assert len(r.rows) == c.transfers + c.warmup_excluded
-    studies_seen = {row[0] for row in r.rows}
+    studies_seen = {row.study for row in r.rows}
     assert len(studies_seen) <= len(r.rows)
     for row in r.rows:
-        status = row[FIELD["status"]]
+        status = row.status
         if status == Status.DELIVERED:
-            assert float(row[FIELD["delivered"]]) >= float(row[FIELD["arrival"]])  # type: ignore[arg-type]
-            assert row[FIELD["reason"]] == ""
+            assert float(row.delivered) >= float(row.arrival)
+            assert row.reason == ""
         elif status == Status.FAILED:
-            assert row[FIELD["reason"]] != "" and float(row[FIELD["delivered"]]) == -1.0  # type: ignore[arg-type]
+            assert row.reason != "" and float(row.delivered) == -1.0
         else:
-            assert status == Status.IN_FLIGHT and float(row[FIELD["delivered"]]) == -1.0  # type: ignore[arg-type]
+            assert status == Status.IN_FLIGHT and float(row.delivered) == -1.0
     if scenario == "five-trusts-attack":
         assert c.failed > 0 and c.in_flight > 0 and r.attack["corrupt_accepted"] == 0
 
@@ -212,6 +207,13 @@ def test_per_image_events_count_every_image_at_its_time(design: str) -> None:
     assert sum(exact.image_events.values()) == 200
     rate = 125e6  # 1 Gbit/s links: at most 250 images complete in any second
     assert max(exact.image_events.values()) <= rate / 0.5e6 + 1
-    first = FIELD["first_image"]
-    assert exact.rows[0][first] == pytest.approx(plain.rows[0][first])
+    assert exact.rows[0].first_image == pytest.approx(plain.rows[0].first_image)
     assert exact.rows == plain.rows
+
+
+@pytest.mark.parametrize("granularity", ["1MiB", "1GiB"])
+def test_first_image_comes_long_before_the_whole_study(granularity: str) -> None:
+    r = run_slice(trio(granularity=granularity), 0, 0, trace=studies([(10.0, A, [B], 400e6)]))
+    row = r.rows[0]
+    first, whole = row.first_image - row.arrival, row.delivered - row.arrival
+    assert 0 < first < 0.1 * whole and whole == pytest.approx(400e6 / 125e6, rel=0.05)
