@@ -50,6 +50,7 @@ def main() -> int:
                      f"{rep['success_rate']:.4f}", f"{rep['delivery_time_s']['all']['p50']:.1f}",
                      f"{rep['delivery_time_s']['all']['p95']:.1f}",
                      f"{rep['peak_images_per_s']:.0f}"])
+        print(f"{design}: {seconds:.1f} s wall, peak RSS {rss_mb:.0f} MB, {studies:,} studies", flush=True)
     print_table(f"meshsim: nhs-england.toml, {args.days} simulated day(s), {args.jobs} core(s)",
                 ["design", "days", "studies", "transfers", "wall s", "s per year", "core-us/study", "peak RSS MB",
                  f"vs {TARGET_S:.0f} s target", f"vs {PROTOTYPE_S:.0f} s prototype", "success", "p50 s", "p95 s",

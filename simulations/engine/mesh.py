@@ -4,10 +4,11 @@ Each simulated node holds the node's own state machines from protocol/:
 a `FetchScheduler` (which block to ask which holder for, priorities, AIMD
 windows, timeouts, bans) and, per sender, an `Outbox` (announce retries).
 The engine only moves time and bytes: a scheduler `Request` becomes a
-network flow from the holder to the requester after one round trip; when
-the flow ends, each block is reported with `block_received` (a corrupting
-attacker's blocks fail their hash check), and the scheduler is asked for
-the next requests, exactly as meshnode/node/fetcher.py drives it.
+network flow from the holder to the requester after one round trip; as
+each of its blocks arrives whole it is reported with `block_received` (a
+corrupting attacker's blocks fail their hash check) and the scheduler is
+asked for the next requests, as meshnode/node/fetcher.py does after each
+commit round of its block sink.
 
 Holders are discovered the way the node's discovery loop finds them: the
 announcer holds everything; other recipients of the same study become
@@ -34,7 +35,6 @@ from simulations.engine.meter import HUB
 from simulations.engine.network import Flow
 from simulations.engine.outboxes import OutboxDriver
 from simulations.engine.state import Status, Study, Transfer
-from simulations.engine.world import World
 
 if TYPE_CHECKING:
     from simulations.engine.mesh_design import Mesh

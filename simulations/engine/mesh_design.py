@@ -9,9 +9,7 @@ holder (the hub announces on the sender's behalf if the sender never could).
 from __future__ import annotations
 
 import itertools
-import math
 
-from protocol.cid import CID
 from protocol.fetch import FetchScheduler, Request
 from simulations.engine import wire_sizes
 from simulations.engine.hub import HubService
