@@ -292,5 +292,3 @@ class HubService:
     def node_up(self, org: int, now: float) -> None:
         self.uploads[org].come_up(now)
 
-    def live_jobs(self) -> int:
-        return len(self.active) + len(self.waiting)

@@ -7,25 +7,20 @@ stream.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
 
 from simulations import rng
 from simulations.engine.clock import EventQueue
 from simulations.engine.meter import HUB, Meter
 from simulations.engine.network import Link, Network
 from simulations.engine.recorder import Recorder
-from simulations.scenario.model import AttackKind, Attacker, Scenario
+from simulations.scenario.model import Scenario
 from simulations.timeline import Partition, Timeline
 from simulations.topology import Topology
 
 
 class OrgState:
-    __slots__ = ("index", "code", "up_link", "down_link", "latency", "online", "revoked", "corrupt", "drop",
-                 "on_down", "on_up")
+    __slots__ = ("index", "code", "up_link", "down_link", "latency", "online", "revoked", "corrupt", "drop")
 
     def __init__(self, index: int, code: str, up: Link, down: Link, latency: float) -> None:
         self.index = index
@@ -37,8 +32,6 @@ class OrgState:
         self.revoked = False  # its certificate is revoked and every node has the new roster
         self.corrupt = 0.0  # probability that a block it serves is corrupt (attacker)
         self.drop = 0.0  # probability that it never answers a block request (attacker)
-        self.on_down: list[Callable[[int, float], None]] = []
-        self.on_up: list[Callable[[int, float], None]] = []
 
 
 @dataclass(frozen=True)
@@ -79,11 +72,6 @@ class World:
         self.recorder = Recorder(len(scenario.workload.modalities), scenario.warmup, out.record_fraction,
                                  keep_rows, timeline.outages(), fair)
         self.attack_rng = rng.stream(scenario.seed, "attackers", 0, replication=replication)
-        self.on_hub_down: list[Callable[[float], None]] = []
-        self.on_hub_up: list[Callable[[float], None]] = []
-        self.on_partition: list[Callable[[float], None]] = []
-        self.on_heal: list[Callable[[float], None]] = []
-        self.on_revoked: list[Callable[[int, float], None]] = []
         self.image_bytes = [m.image_bytes for m in scenario.workload.modalities]
 
     # -- reachability -------------------------------------------------------------------
@@ -139,12 +127,6 @@ class World:
             return (self.orgs[src].up_link, self.hub_in)
         return (self.orgs[src].up_link, self.orgs[dst].down_link)
 
-    def attackers(self) -> list[Attacker]:
-        return list(self.scenario.attackers)
-
-    def attacker_orgs(self, kind: AttackKind) -> list[int]:
-        return [self.code_index[a.org] for a in self.scenario.attackers if a.kind is kind]
-
 
 def _separates(p: Partition, a: int, b: int) -> bool:
     if a < 0 or b < 0:
@@ -152,14 +134,3 @@ def _separates(p: Partition, a: int, b: int) -> bool:
     if p.others is None:
         return (a in p.side) != (b in p.side)
     return (a in p.side and b in p.others) or (b in p.side and a in p.others)
-
-
-def jain(values: list[float]) -> float:
-    xs = [v for v in values if v > 0]
-    if not xs:
-        return math.nan
-    return sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))
-
-
-def as_array(values: list[float]) -> np.ndarray:
-    return np.asarray(values, dtype=float)
