@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow typecheck vectors bench clean system-deps
+.PHONY: demo test test-slow test-emulation typecheck vectors bench bench-sim clean system-deps
 
 # Debian packages the interoperability tests run against (real dcmtk, Orthanc, Chromium).
 SYSTEM_DEPS := dcmtk orthanc orthanc-dicomweb chromium chromium-driver
@@ -22,19 +22,27 @@ system-deps:
 	scripts/install-system-deps.sh $(SYSTEM_DEPS)
 
 test: $(STAMP) system-deps
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not emulation"
 
 test-slow: $(STAMP) system-deps
 	$(VENV)/bin/python -m pytest -q -m slow
 
+# meshsim emulation with real meshnode processes (network namespaces + tc when root, else the node's limiter)
+test-emulation: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m emulation
+
 typecheck: $(STAMP)
-	$(VENV)/bin/python -m mypy protocol tools meshnode
+	$(VENV)/bin/python -m mypy protocol tools meshnode simulations
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/libp2p_stack.py
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/transfer.py
 	$(VENV)/bin/python bench/gateway.py
+
+# meshsim speed: one simulated year of nhs-england.toml, mesh and hub (minutes)
+bench-sim: $(STAMP)
+	$(VENV)/bin/python bench/sim_speed.py
 
 vectors: $(STAMP)
 	$(VENV)/bin/python scripts/gen_vectors.py

@@ -113,6 +113,21 @@ def test_node_and_tools_never_import_simulations(name: str) -> None:
     assert check_tree(name, {"simulations"}, pure=False) == []
 
 
+# The simulator may use protocol/ and the node's pure CLI helpers; it starts real nodes only as processes.
+SIMULATIONS_MAY_USE_FROM_MESHNODE = {"meshnode.cli.output", "meshnode.cli.progress"}
+
+
+def test_simulations_never_import_tools_or_the_node_runtime() -> None:
+    violations = check_tree("simulations", {"tools", "trio", "libp2p"}, pure=False)
+    for path in modules_under("simulations"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for line, module in imported_modules(tree, package_of(path)):
+            if module.split(".")[0] == "meshnode" and module not in SIMULATIONS_MAY_USE_FROM_MESHNODE:
+                violations.append(Violation(str(path.relative_to(ROOT)), line, f"imports {module}"))
+    assert len(modules_under("simulations")) >= 10
+    assert violations == []
+
+
 # The checker itself must catch what it claims to catch.
 @pytest.mark.parametrize(
     "source",

@@ -1,0 +1,59 @@
+"""Helpers shared by meshsim's subcommands: loading scenarios with overrides, progress, run folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from meshnode.cli.progress import ProgressBar
+from simulations.scenario import Scenario, ScenarioError, load_scenario
+from simulations.scenario.overrides import apply, parse_assignment
+
+BUNDLED = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def resolve_scenario_path(text: str) -> Path:
+    """A path, or the name of a bundled scenario (`five-trusts`, `nhs-england.toml`)."""
+    path = Path(text)
+    if path.exists():
+        return path
+    for candidate in (BUNDLED / text, BUNDLED / f"{text}.toml", BUNDLED / path.name):
+        if candidate.exists():
+            return candidate
+    raise ScenarioError(f"{text}: no such scenario file (bundled ones: "
+                        f"{', '.join(sorted(p.stem for p in BUNDLED.glob('*.toml')))})")
+
+
+def add_scenario_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", help="scenario TOML file, or the name of a bundled one (e.g. five-trusts)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario value, e.g. --set design.kind=hub --set hub.egress=5Gbit/s")
+
+
+def load(args: argparse.Namespace) -> Scenario:
+    scenario = load_scenario(resolve_scenario_path(args.scenario))
+    return apply(scenario, [parse_assignment(a) for a in args.overrides])
+
+
+def progress_hook(label: str, enabled: bool) -> tuple[Callable[[float], None], ProgressBar]:
+    bar = ProgressBar(label, enabled=enabled)
+
+    def hook(fraction: float) -> None:
+        bar.update(min(1000, int(fraction * 1000)), 1000)
+
+    return hook, bar
+
+
+def read_summary(run_dir: Path) -> dict[str, object]:
+    path = run_dir / "summary.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScenarioError(f"{run_dir}: not a meshsim run folder (no summary.json)") from None
+    except (OSError, ValueError) as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(value, dict):
+        raise ScenarioError(f"{path}: not a meshsim summary")
+    return value

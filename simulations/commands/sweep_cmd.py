@@ -1,0 +1,60 @@
+"""meshsim sweep: run a scenario over a grid of parameter values (or emit the commands for a cluster)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from meshnode.cli.output import EXIT_OK, emit
+from simulations import sweep
+from simulations.commands.common import add_scenario_args, load, progress_hook
+from simulations.summary import KEY_METRICS
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("sweep", parents=[common], help="one run per combination of --vary values")
+    add_scenario_args(p)
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values to sweep, e.g. --vary design.kind=hub,mesh,hybrid (repeat for a grid)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--jobs", type=int, default=None)
+    p.add_argument("--emit-commands", type=Path, default=None, metavar="FILE",
+                   help="do not run: write one `meshsim run` command per point and replication to FILE ('-': stdout)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+    c = sub.add_parser("collect", parents=[common], help="gather a sweep's cluster runs into sweep.csv")
+    c.add_argument("out", type=Path)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=run_collect)
+
+
+def run(args: argparse.Namespace) -> int:
+    base = load(args)
+    vary = sweep.parse_vary(args.vary)
+    pts = sweep.prepare(base, vary, args.out)
+    if args.emit_commands is not None:
+        lines = sweep.commands(pts, args.out)
+        sweep.write_commands(lines, None if str(args.emit_commands) == "-" else args.emit_commands)
+        if str(args.emit_commands) != "-":
+            emit({"points": len(pts), "commands": len(lines)}, args.json,
+                 f"{len(pts)} point(s), {len(lines)} command(s) written to {args.emit_commands}; "
+                 f"afterwards: meshsim collect {args.out}")
+        return EXIT_OK
+    hook, _ = progress_hook(f"sweep of {len(pts)} point(s)", enabled=not args.no_progress and not args.json)
+    sweep.run_all(pts, args.out, args.jobs, hook)
+    return _table(args, sweep.collect(args.out))
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    return _table(args, sweep.collect(args.out))
+
+
+def _table(args: argparse.Namespace, table: list[list[str]]) -> int:
+    varied = len(table[0]) - len(KEY_METRICS)  # the point name and the varied keys come first
+    keep = [i for i in range(len(table[0])) if i < varied or any(r[i] for r in table[1:])]
+    rows = [[r[i] for i in keep] for r in table]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(keep))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    emit({"header": table[0], "rows": table[1:]}, args.json, text + f"\n(also in {args.out / 'sweep.csv'})")
+    return EXIT_OK

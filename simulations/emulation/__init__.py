@@ -1,0 +1,1 @@
+"""Emulation: the scenario's workload through real meshnode processes on this machine."""

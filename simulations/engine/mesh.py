@@ -1,0 +1,323 @@
+"""The mesh design: every organisation's node announces, and recipients fetch blocks from any holder.
+
+Each simulated node holds the node's own state machines from protocol/:
+a `FetchScheduler` (which block to ask which holder for, priorities, AIMD
+windows, timeouts, bans) and, per sender, an `Outbox` (announce retries).
+The engine only moves time and bytes: a scheduler `Request` becomes a
+network flow from the holder to the requester after one round trip; as
+each of its blocks arrives whole it is reported with `block_received` (a
+corrupting attacker's blocks fail their hash check) and the scheduler is
+asked for the next requests, as meshnode/node/fetcher.py does after each
+commit round of its block sink.
+
+Holders are discovered the way the node's discovery loop finds them: the
+announcer holds everything; other recipients of the same study become
+holders of the blocks they have verified, learnt at the next discovery
+tick; a holder that fails is `peer_lost` and found again a tick after it is
+reachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from protocol.cid import CID
+from protocol.errors import LocalProtocolError
+from protocol.fetch import BlockStalled, BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
+from protocol.manifest import Priority
+from protocol.outbox import DeliveryKey, DeliveryKind
+from simulations.engine import wire_sizes
+from simulations.engine.meter import HUB
+from simulations.engine.network import Flow
+from simulations.engine.outboxes import OutboxDriver
+from simulations.engine.state import Status, Study, Transfer
+
+if TYPE_CHECKING:
+    from simulations.engine.mesh_design import Mesh
+
+log = logging.getLogger(__name__)
+
+PRIORITY_BY_RANK = (Priority.STAT, Priority.URGENT, Priority.ROUTINE)
+
+
+class Fetch:
+    __slots__ = ("transfer", "study", "node", "done", "told", "tick_pending", "last_progress", "hub_added",
+                 "order", "first_blocks", "fallback_armed", "direct", "direct_request", "direct_at")
+
+    def __init__(self, transfer: Transfer, node: MeshNode, order: list[int], first_blocks: int) -> None:
+        self.transfer = transfer
+        self.study = transfer.study
+        self.node = node
+        self.done: list[bool] = [False] * len(self.study.cids)
+        self.told: dict[int, int] = {}  # holder org -> blocks of study.held[org] reported (sender: -1 = all)
+        self.tick_pending = False
+        self.last_progress = 0.0
+        self.hub_added = False
+        self.order = order
+        self.first_blocks = first_blocks
+        self.fallback_armed = False
+        self.direct = False  # running without the scheduler knowing (see MeshNode.start_fetch)
+        self.direct_request: RequestState | None = None
+        self.direct_at = 0.0
+
+
+class RequestState:
+    __slots__ = ("node", "request", "peer", "fetch", "sizes", "flow", "received", "marks")
+
+    def __init__(self, node: MeshNode, request: Request, peer: int, fetch: Fetch | None) -> None:
+        self.node = node
+        self.request = request
+        self.peer = peer
+        self.fetch = fetch
+        self.sizes: list[float] = []
+        self.flow: Flow | None = None
+        self.received = 0.0  # bytes of this request's blocks that have arrived whole
+        self.marks: list[int] = []  # per flow milestone: the block (index into request.cids) it ends
+
+
+class MeshNode:
+    def __init__(self, mesh: Mesh, org: int) -> None:
+        self.mesh = mesh
+        self.org = org
+        self.code = mesh.world.orgs[org].code
+        self.sched: FetchScheduler = mesh.new_scheduler()
+        self.fetches: dict[CID, Fetch] = {}
+        self.refs: dict[str, int] = {}  # scheduler peer -> active fetches it is registered for
+        self.inbound: dict[Flow, RequestState] = {}
+        self.deferred: list[Study] = []  # shares that arrived while the node was down
+        self.outbox = OutboxDriver(mesh.world.queue, self._attempt_announce, self._announce_gave_up,
+                                   max_attempts=mesh.world.scenario.design.announce_max_attempts)
+        self.pending: dict[DeliveryKey, Transfer] = {}
+        self.offset_seed = int.from_bytes(hashlib.sha256(self.code.encode()).digest()[:4], "big")
+        self.direct: Fetch | None = None
+
+    # -- announcing (sender side) ---------------------------------------------------------
+    def announce(self, t: Transfer, now: float) -> None:
+        """Announce to one recipient org; failed attempts are retried by the node's Outbox."""
+        s = t.study
+        assert s.manifest_id is not None
+        world = self.mesh.world
+        if world.reachable(self.org, t.recipient):
+            # A first attempt that succeeds: Outbox.add, due, succeeded, remove leave it as it was.
+            t.attempts += 1
+            t.control += wire_sizes.manifest_bytes(s.images, s.image_bytes)
+            world.queue.after(world.one_way(self.org, t.recipient), self.mesh.announced, t)
+            return
+        key = DeliveryKey(DeliveryKind.ANNOUNCE, s.manifest_id, world.orgs[t.recipient].code)
+        self.pending[key] = t
+        self.outbox.outbox.add(key, now)
+        self.outbox.run_due(now)
+
+    def _attempt_announce(self, key: DeliveryKey, now: float) -> None:
+        t = self.pending.get(key)
+        world = self.mesh.world
+        if t is None or t.resolved:
+            self.outbox.forget(key)
+            self.pending.pop(key, None)
+            return
+        t.attempts += 1
+        t.control += wire_sizes.manifest_bytes(t.study.images, t.study.image_bytes)
+        r = world.orgs[t.recipient]
+        if r.revoked:
+            self.outbox.failed(key, now, "wrong-organisation: recipient's certificate is revoked", permanent=True)
+            return
+        if not world.reachable(self.org, t.recipient):
+            self.outbox.failed(key, now, "unavailable: no reachable node of " + r.code)
+            return
+        self.outbox.succeeded(key, now)
+        del self.pending[key]
+        world.queue.after(world.one_way(self.org, t.recipient), self.mesh.announced, t)
+
+    def _announce_gave_up(self, key: DeliveryKey, now: float, error: str) -> None:
+        t = self.pending.pop(key, None)
+        if t is not None:
+            self.mesh.world.recorder.resolve(t, Status.FAILED, now, "announce: " + error.split(":")[0])
+
+    # -- fetching (recipient side) --------------------------------------------------------
+    def start_fetch(self, t: Transfer, now: float) -> None:
+        s = t.study
+        assert s.manifest_id is not None
+        if s.manifest_id in self.fetches:
+            return
+        n = len(s.cids)
+        if n == 1:
+            order, first = [0], 1
+        else:
+            first = min(n, max(1, math.ceil(s.image_bytes / s.sizes[0])))
+            order = list(range(first))
+            rest = list(range(first, n))
+            if rest:
+                k = self.offset_seed % len(rest)
+                order += rest[k:] + rest[:k]
+        f = Fetch(t, self, order, first)
+        f.last_progress = now
+        t.fetch_started = now
+        mesh = self.mesh
+        if self.direct is not None:
+            self.materialise()
+        idle = not self.fetches
+        self.fetches[s.manifest_id] = f
+        mesh.register_holder(s.sender, f)
+        if idle and mesh.can_go_direct(self, f):
+            # The scheduler is empty and forgets idle peers, so for one study from one holder it would
+            # issue exactly one request for all its blocks: issue it ourselves and tell the scheduler
+            # only if something else happens before it ends (materialise), which then replays it.
+            f.direct, f.direct_at = True, now
+            self.direct = f
+            request = Request(self.mesh.world.orgs[s.sender].code, s.manifest_id, tuple(s.cids[i] for i in order))
+            mesh.issue(self, request, now)
+            return
+        self._add_to_scheduler(f, now)
+        self._tell(f, s.sender)
+        if len(s.recipients) > 1 or s.hub_stored:
+            mesh.schedule_tick(f)
+        mesh.arm_fallback(f)
+        self.pump(now)
+
+    def materialise(self) -> None:
+        """Tell the scheduler about the fetch running directly, as if it had issued its request."""
+        f = self.direct
+        if f is None:
+            return
+        self.direct = None
+        f.direct = False
+        s = f.study
+        assert s.manifest_id is not None and f.direct_request is not None
+        at = f.direct_at
+        self._add_to_scheduler(f, at)
+        name = self.mesh.world.orgs[s.sender].code
+        self.sched.peer_available(name, s.manifest_id, list(s.cids))
+        self.refs[name] = self.refs.get(name, 0) + 1
+        f.told[s.sender] = len(s.cids)
+        requests = self.sched.next_requests(at)
+        expected = f.direct_request.request
+        if requests != [expected]:
+            raise LocalProtocolError(f"scheduler replay issued {requests!r}, not {expected!r}")
+
+    def _add_to_scheduler(self, f: Fetch, now: float) -> None:
+        s = f.study
+        assert s.manifest_id is not None
+        wanted = [BlockWanted(s.cids[i], int(s.sizes[i])) for i in f.order]
+        have = frozenset(s.cids[i] for i, d in enumerate(f.done) if d)
+        self.sched.add_manifest(s.manifest_id, wanted, PRIORITY_BY_RANK[s.priority], have, now)
+
+    def _tell(self, f: Fetch, holder: int) -> None:
+        """Report what `holder` has of f's study to the scheduler (if it may be asked now)."""
+        world = self.mesh.world
+        s = f.study
+        assert s.manifest_id is not None
+        if holder == self.org or not world.reachable(holder, self.org):
+            return
+        if holder == HUB:
+            if not (s.hub_stored and f.hub_added):
+                return
+            told, blocks = f.told.get(HUB, 0), list(range(len(s.cids)))
+        elif holder == s.sender:
+            told, blocks = f.told.get(holder, 0), list(range(len(s.cids)))
+        else:
+            told, blocks = f.told.get(holder, 0), s.held.get(holder, [])
+        if told >= len(blocks):
+            return
+        name = world.hub_code if holder == HUB else world.orgs[holder].code
+        if told == 0:
+            self.refs[name] = self.refs.get(name, 0) + 1
+        self.sched.peer_available(name, s.manifest_id, [s.cids[i] for i in blocks[told:]])
+        f.told[holder] = len(blocks)
+
+    def discover(self, f: Fetch, now: float) -> None:
+        """A discovery tick: ask every holder of the study what it has."""
+        f.tick_pending = False
+        if f.direct:
+            self.materialise()
+        if f.study.manifest_id not in self.fetches or not self.mesh.world.alive(self.org):
+            return
+        s = f.study
+        self._tell(f, s.sender)
+        for holder in list(s.held):
+            self._tell(f, holder)
+        if f.hub_added:
+            self._tell(f, HUB)
+        t = f.transfer
+        t.control += len(s.recipients) * wire_sizes.have_exchange(s.images, s.image_bytes)
+        self.pump(now)
+
+    def pump(self, now: float) -> None:
+        """What meshnode's fetcher loop does on every wake: issue next requests, handle events."""
+        mesh = self.mesh
+        for request in self.sched.next_requests(now):
+            mesh.issue(self, request, now)
+        events = self.sched.events()
+        if events:
+            self._events(events, now)
+
+    def _events(self, events: Sequence[object], now: float) -> None:
+        mesh = self.mesh
+        for ev in events:
+            if isinstance(ev, ManifestCompleted):
+                f = self.fetches.pop(ev.manifest_id, None)
+                if f is None:
+                    continue
+                self.sched.remove_manifest(ev.manifest_id)
+                self._release_refs(f, now)
+                mesh.completed(f, now)
+            elif isinstance(ev, PeerBanned):
+                mesh.world.recorder.bans.append((now, ev.peer, self.code))
+                holder = mesh.index_of(ev.peer)
+                for f in self.fetches.values():
+                    f.told.pop(holder, None)
+                self.refs.pop(ev.peer, None)
+            elif isinstance(ev, BlockStalled):
+                f = self.fetches.get(ev.manifest_id)
+                if f is not None:
+                    mesh.arm_fallback(f)
+        for request in self.sched.next_requests(now):
+            mesh.issue(self, request, now)
+
+    def _release_refs(self, f: Fetch, now: float) -> None:
+        for holder in f.told:
+            name = self.mesh.name_of(holder)
+            left = self.refs.get(name, 0) - 1
+            if left > 0:
+                self.refs[name] = left
+                continue
+            self.refs.pop(name, None)
+            if self.sched.in_flight_count(name) == 0:
+                self.sched.peer_lost(name, now)  # nothing left to ask it for: forget it (see docs)
+        f.told.clear()
+
+    def lost_peer(self, holder: int, now: float) -> None:
+        name = self.mesh.name_of(holder)
+        self.sched.peer_lost(name, now)
+        self.refs.pop(name, None)
+        for f in self.fetches.values():
+            f.told.pop(holder, None)
+
+    # -- the node goes down and comes back ------------------------------------------------
+    def go_down(self, now: float) -> None:
+        if self.direct is not None:
+            self.direct.direct = False
+            self.direct = None
+        for flow, st in list(self.inbound.items()):
+            self.mesh.abort_request(st, flow)
+        self.inbound.clear()
+        self.outbox.go_down()
+        self.refs.clear()
+        for f in self.fetches.values():
+            f.told.clear()
+            f.tick_pending = False
+
+    def come_up(self, now: float) -> None:
+        """A restarted node resumes every unfinished fetch from the blocks verified on disk."""
+        self.sched = self.mesh.new_scheduler()
+        for f in self.fetches.values():
+            self._add_to_scheduler(f, now)
+            f.last_progress = now
+            self.mesh.schedule_tick(f, delay=0.0)
+        self.outbox.come_up(now)
+        deferred, self.deferred = self.deferred, []
+        for s in deferred:
+            self.mesh.share(s, now)

@@ -1,0 +1,463 @@
+"""The mesh as a whole: shares, requests as flows, completions, faults; optionally the hub as fallback.
+
+See simulations/engine/mesh.py for one node's part. In the hybrid design
+every study is also uploaded to the hub (simulations/engine/hub.py), and a
+fetch that makes no progress for `fallback_after` seconds adds the hub as a
+holder (the hub announces on the sender's behalf if the sender never could).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from protocol.fetch import FetchScheduler, Request
+from simulations.engine import wire_sizes
+from simulations.engine.hub import HubService
+from simulations.engine.mesh import Fetch, MeshNode, RequestState
+from simulations.engine.meter import HUB
+from simulations.engine.network import Flow
+from simulations.engine.state import Status, Study, Transfer
+from simulations.engine.world import World
+
+TIMEOUT_MARGIN = 1e-6
+FIRST_IMAGE = -1  # a request milestone that is not a block end: the first image's bytes are in
+
+
+class Mesh:
+    def __init__(self, world: World, hub: HubService | None = None) -> None:
+        self.world = world
+        self.hub = hub
+        d = world.scenario.design
+        scale = d.granularity / wire_sizes.REAL_BLOCK
+        self.scale = scale
+        self.window_initial = max(2, round(d.window_initial / scale))
+        self.window_max = max(self.window_initial, round(d.window_max / scale))
+        self.request_blocks = max(1, min(64, round(d.request_max_blocks / scale)))
+        self.min_request_blocks = max(1, min(self.request_blocks, round(d.min_request_blocks / scale)))
+        self.request_timeout = d.request_timeout * max(1.0, scale)
+        self.tick = d.discovery_interval
+        self.fallback_after = d.fallback_after
+        self.verify_rate = d.verify_rate
+        self.direct_enabled = world.scenario.engine.idle_fast_path
+        self.direct_fetches = 0
+        self.nodes = [MeshNode(self, o.index) for o in world.orgs]
+        self.serving: list[dict[Flow, RequestState]] = [{} for _ in world.orgs]  # flows each org is serving
+        self.hub_serving: dict[Flow, RequestState] = {}
+        self.can_serve: list[dict[Fetch, None]] = [{} for _ in world.orgs]  # fetches elsewhere an org holds for
+        if hub is not None:
+            hub.on_stored.append(self._hub_stored)
+
+    def scheduler_settings(self) -> dict[str, float | int]:
+        return {"window_min": min(2, self.window_initial), "window_initial": self.window_initial,
+                "window_max": self.window_max, "request_max_blocks": self.request_blocks,
+                "min_request_blocks": self.min_request_blocks, "max_strikes": 1,
+                "request_timeout": self.request_timeout, "queue_target": 0.25}
+
+    def new_scheduler(self) -> FetchScheduler:
+        s = self.scheduler_settings()
+        return FetchScheduler(window_min=int(s["window_min"]), window_initial=int(s["window_initial"]),
+                              window_max=int(s["window_max"]), request_max_blocks=int(s["request_max_blocks"]),
+                              max_strikes=1, request_timeout=float(s["request_timeout"]), queue_target=0.25,
+                              min_request_blocks=int(s["min_request_blocks"]))
+
+    def can_go_direct(self, node: MeshNode, f: Fetch) -> bool:
+        """An idle node, one study from one ordinary holder it has no state about, in one request."""
+        if not self.direct_enabled or self.hub is not None:
+            return False
+        s = f.study
+        if len(s.recipients) != 1 or len(s.cids) != 1:
+            return False
+        world = self.world
+        sender = world.orgs[s.sender]
+        if sender.corrupt > 0 or sender.drop > 0 or not world.reachable(s.sender, node.org) or node.inbound:
+            return False
+        sched = node.sched
+        return sched.window(sender.code) is None and sched.strikes(sender.code) == 0 and not sched.in_flight()
+
+    def name_of(self, holder: int) -> str:
+        return self.world.hub_code if holder == HUB else self.world.orgs[holder].code
+
+    def index_of(self, name: str) -> int:
+        return HUB if name == self.world.hub_code else self.world.code_index[name]
+
+    # -- studies ----------------------------------------------------------------------------
+    def arrive(self, s: Study, now: float) -> None:
+        """A study for these recipients reaches the sender's node (from its PACS)."""
+        s.transfers = [Transfer(s, r) for r in s.recipients]
+        self.world.recorder.open(s.transfers)
+        self.share(s, now)
+
+    def share(self, s: Study, now: float) -> None:
+        """The sender's PACS hands the study to its node, which signs and announces the manifest."""
+        world = self.world
+        if not world.orgs[s.sender].online:
+            self.nodes[s.sender].deferred.append(s)
+            return
+        s.shared_at = now
+        s.split(world.scenario.design.granularity)
+        if world.orgs[s.sender].revoked:
+            for t in s.transfers:
+                self._fail(t, now, "sender revoked")
+            return
+        node = self.nodes[s.sender]
+        for t in s.transfers:
+            node.announce(t, now)
+        if self.hub is not None and not s.bogus:
+            self.hub.upload(s, now)
+
+    def announced(self, t: Transfer, now: float) -> None:
+        """The announce reached the recipient (it verifies and records the manifest, then fetches)."""
+        world = self.world
+        if t.resolved:
+            return
+        if not world.orgs[t.recipient].online:
+            self.nodes[t.study.sender].announce(t, now)  # no Ack: the sender retries
+            return
+        if t.announced_at < 0:
+            t.announced_at = now
+        self.nodes[t.recipient].start_fetch(t, now)
+
+    def completed(self, f: Fetch, now: float) -> None:
+        t = f.transfer
+        s = f.study
+        for holder in [s.sender, *s.held, *([HUB] if f.hub_added else [])]:
+            if holder >= 0:
+                self.can_serve[holder].pop(f, None)
+        done = now + (s.nbytes / self.verify_rate if self.verify_rate > 0 else 0.0)
+        t.control += wire_sizes.RECEIPT + wire_sizes.block_traffic(s.nbytes, s.images, s.image_bytes, self.world.scenario.design.request_max_blocks)
+        if done > now:
+            self.world.queue.at(done, self._verified, t)
+        else:
+            self._verified(t, now)
+
+    def _verified(self, t: Transfer, now: float) -> None:
+        self.world.recorder.resolve(t, Status.DELIVERED, now)
+
+    def _fail(self, t: Transfer, now: float, reason: str) -> None:
+        self.world.recorder.resolve(t, Status.FAILED, now, reason)
+
+    # -- holders ----------------------------------------------------------------------------
+    def register_holder(self, holder: int, f: Fetch) -> None:
+        if holder >= 0:
+            self.can_serve[holder][f] = None
+
+    def schedule_tick(self, f: Fetch, delay: float | None = None) -> None:
+        if f.tick_pending:
+            return
+        f.tick_pending = True
+        self.world.queue.after(self.tick if delay is None else delay, self._tick, f)
+
+    def _tick(self, f: Fetch, now: float) -> None:
+        f.node.discover(f, now)
+
+    def block_verified(self, f: Fetch, block: int, now: float) -> None:
+        """f's node now holds this block: the other recipients will see it at their next tick."""
+        s = f.study
+        org = f.node.org
+        held = s.held.get(org)
+        if held is None:
+            held = s.held[org] = []
+        held.append(block)
+        f.last_progress = now
+        if len(s.transfers) > 1:
+            for other in s.transfers:
+                if other.recipient == org or other.resolved:
+                    continue
+                g = self.nodes[other.recipient].fetches.get(s.manifest_id) if s.manifest_id else None
+                if g is not None:
+                    self.can_serve[org][g] = None
+                    self.schedule_tick(g)
+
+    # -- requests as flows --------------------------------------------------------------------
+    def issue(self, node: MeshNode, request: Request, now: float) -> None:
+        world = self.world
+        peer = self.index_of(request.peer)
+        f = node.fetches.get(request.manifest_id)
+        st = RequestState(node, request, peer, f)
+        if f is not None and f.direct:
+            f.direct_request = st
+            self.direct_fetches += 1
+        if not world.reachable(peer, node.org):
+            # The dial fails: forget what it holds until discovery finds it again.
+            node.sched.request_failed(request.peer, list(request.cids), now)
+            node.lost_peer(peer, now)
+            world.queue.at(now, self._pump, node)
+            return
+        if world.drops(peer):
+            world.recorder.dropped_requests += 1
+            world.queue.at(now + self.request_timeout + TIMEOUT_MARGIN, self._expire, (node, request))
+            return
+        world.queue.after(world.rtt(peer, node.org), self._activate, st)
+
+    def _pump(self, node: MeshNode, now: float) -> None:
+        if self.world.orgs[node.org].online:
+            node.pump(now)
+
+    def _expire(self, arg: tuple[MeshNode, Request], now: float) -> None:
+        node, request = arg
+        if not self.world.orgs[node.org].online:
+            return
+        before = node.sched.in_flight_count(request.peer)
+        node.pump(now)
+        if node.sched.in_flight_count(request.peer) < before:
+            self.world.recorder.request_timeouts += 1
+        inflight = node.sched.in_flight()
+        if any(inflight.get(c) == request.peer for c in request.cids):
+            self.world.queue.at(now + self.request_timeout + TIMEOUT_MARGIN, self._expire, (node, request))
+
+    def _activate(self, st: RequestState, now: float) -> None:
+        world = self.world
+        node = st.node
+        if not world.orgs[node.org].online or node.sched is None:
+            return
+        if not world.reachable(st.peer, node.org):
+            node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+            node.lost_peer(st.peer, now)
+            node.pump(now)
+            return
+        fetch = st.fetch
+        study = fetch.study if fetch is not None else None
+        cids = st.request.cids
+        if study is None:
+            sizes = [0.0] * len(cids)
+        elif len(cids) == len(study.cids) == 1:
+            sizes = [study.sizes[0]]
+        else:
+            sizes = [study.sizes[int.from_bytes(cid.digest[9:13], "big")] for cid in cids]
+        st.sizes = sizes
+        total = sum(sizes)
+        ipb = study.images / study.nbytes if study is not None and study.nbytes > 0 else 0.0
+        marks = list(itertools.accumulate(sizes))
+        st.marks = list(range(len(cids)))
+        if (fetch is not None and study is not None and self.scale > 1 and fetch.transfer.first_image_at < 0
+                and int.from_bytes(cids[0].digest[9:13], "big") == 0 and study.image_bytes < sizes[0]):
+            # An aggregated block stands for many of the node's 1 MiB blocks, each verified on arrival: the
+            # first image is usable once its own bytes are in, not when the whole aggregated block is.
+            marks.insert(0, study.image_bytes)
+            st.marks.insert(0, FIRST_IMAGE)
+        # Each block is reported to the scheduler as it arrives (the node reports blocks per commit round).
+        flow = world.net.start(world.links(st.peer, node.org), total, self._request_done, st, src=st.peer,
+                               dst=node.org, images_per_byte=ipb, milestones=marks, on_milestone=self._block_arrived,
+                               wake_on_milestones=len(cids) > 1)
+        st.flow = flow
+        node.inbound[flow] = st
+        if st.peer == HUB:
+            self.hub_serving[flow] = st
+            world.meter.hub_flow(+1, now)
+        else:
+            self.serving[st.peer][flow] = st
+
+    def _detach(self, st: RequestState, flow: Flow) -> None:
+        st.node.inbound.pop(flow, None)
+        if st.peer == HUB:
+            if self.hub_serving.pop(flow, None) is not None:
+                self.world.meter.hub_flow(-1, self.world.queue.now)
+        else:
+            self.serving[st.peer].pop(flow, None)
+
+    def _block_arrived(self, flow: Flow, mark: int, at: float) -> None:
+        """Block k of a request has arrived whole: check it, tell the scheduler, ask for more."""
+        st: RequestState = flow.data
+        k = st.marks[mark]
+        if k == FIRST_IMAGE:
+            if st.fetch is not None and st.fetch.transfer.first_image_at < 0:
+                st.fetch.transfer.first_image_at = at
+            return
+        node = st.node
+        world = self.world
+        cids = st.request.cids
+        cid, size = cids[k], st.sizes[k]
+        st.received += size
+        fetch = st.fetch if st.fetch is not None and node.fetches.get(st.request.manifest_id) is st.fetch else None
+        ok = not world.corrupts(st.peer)
+        if fetch is not None and fetch.direct:
+            if ok:
+                self._direct_done(fetch, st, at)
+                return
+            node.materialise()
+        t = fetch.transfer if fetch is not None else None
+        if not ok:
+            world.recorder.corrupt_blocks += 1
+            world.recorder.corrupt_bytes += size
+            if t is not None:
+                t.wasted += size
+        newly = node.sched.block_received(st.request.peer, cid, ok, at)
+        if ok and t is not None and fetch is not None:
+            if newly:
+                b = int.from_bytes(cid.digest[9:13], "big")
+                if st.peer == t.study.sender:
+                    t.from_sender += size
+                elif st.peer == HUB:
+                    t.from_hub += size
+                else:
+                    t.from_peers += size
+                self._images_complete(fetch, b, at)
+                self.block_verified(fetch, b, at)
+            else:
+                t.duplicate += size
+        if k < len(cids) - 1:
+            node.pump(at)
+
+    def _images_complete(self, f: Fetch, b: int, at: float) -> None:
+        """Block b is verified: the first image (and, with per-image events, each image) it completes."""
+        f.done[b] = True
+        s = f.study
+        t = f.transfer
+        if t.first_image_at < 0 and b < f.first_blocks and all(f.done[:f.first_blocks]):
+            t.first_image_at = at
+        if self.world.scenario.engine.per_image_events and s.image_bytes > 0:
+            bs = s.sizes[0]
+            first = int(b * bs // s.image_bytes)
+            last = min(s.images - 1, int(((b + 1) * bs - 1e-6) // s.image_bytes))
+            for k in range(first, last + 1):
+                lo, hi = int(k * s.image_bytes // bs), int(((k + 1) * s.image_bytes - 1e-6) // bs)
+                if all(f.done[lo:min(hi, len(f.done) - 1) + 1]):
+                    self.world.meter.image_done(at)
+
+    def _request_done(self, flow: Flow, now: float) -> None:
+        """Every block of the request has arrived (and was reported): forget an idle peer, ask for more."""
+        st: RequestState = flow.data
+        self._detach(st, flow)
+        node = st.node
+        sched = node.sched
+        peer = st.request.peer
+        if peer not in node.refs and sched.in_flight_count(peer) == 0 and sched.window(peer) is not None:
+            sched.peer_lost(peer, now)
+        node.pump(now)
+
+    def _direct_done(self, f: Fetch, st: RequestState, now: float) -> None:
+        t = f.transfer
+        node = f.node
+        t.from_sender += st.sizes[0]
+        self._images_complete(f, 0, now)
+        self.block_verified(f, 0, now)
+        assert t.study.manifest_id is not None
+        del node.fetches[t.study.manifest_id]
+        node.direct = None
+        f.direct = False
+        self.completed(f, now)
+
+    def abort_request(self, st: RequestState, flow: Flow) -> None:
+        """The flow is cut (a failure at either end): its bytes are lost and its blocks requeued."""
+        if st.fetch is not None and st.fetch.direct:
+            st.node.materialise()
+        moved = self.world.net.abort(flow)
+        self._detach(st, flow)
+        if st.fetch is not None:
+            st.fetch.transfer.wasted += max(0.0, moved - st.received)
+
+    # -- faults -----------------------------------------------------------------------------
+    def node_down(self, org: int, now: float) -> None:
+        world = self.world
+        world.orgs[org].online = False
+        self._cut_serving(org, now)
+        self.nodes[org].go_down(now)
+
+    def _cut_serving(self, org: int, now: float) -> None:
+        requesters: dict[MeshNode, None] = {}
+        for flow, st in list(self.serving[org].items()):
+            self.abort_request(st, flow)
+            st.node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+            requesters[st.node] = None
+        for node in requesters:
+            node.lost_peer(org, now)
+            node.pump(now)
+
+    def node_up(self, org: int, now: float) -> None:
+        world = self.world
+        world.orgs[org].online = True
+        if world.orgs[org].revoked:
+            return
+        self.nodes[org].come_up(now)
+        for f in list(self.can_serve[org]):
+            self.schedule_tick(f)
+
+    def partition_changed(self, now: float, healed: bool) -> None:
+        """Cut every flow the partition separates; after a heal, every fetch looks for holders again."""
+        world = self.world
+        if not healed:
+            for org in range(len(world.orgs)):
+                for flow, st in list(self.serving[org].items()):
+                    if not world.reachable(org, st.node.org):
+                        self.abort_request(st, flow)
+                        st.node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+                        st.node.lost_peer(org, now)
+                        st.node.pump(now)
+        else:
+            for node in self.nodes:
+                for f in node.fetches.values():
+                    self.schedule_tick(f)
+
+    def revoked(self, org: int, now: float) -> None:
+        """Every node has the roster that revokes org: it is cut off, and nothing it signs is accepted."""
+        world = self.world
+        world.orgs[org].revoked = True
+        self._cut_serving(org, now)
+        node = self.nodes[org]
+        for f in list(node.fetches.values()):
+            self._fail(f.transfer, now, "recipient revoked")
+        node.go_down(now)
+        node.fetches.clear()
+        for key, t in list(node.pending.items()):
+            node.outbox.forget(key)
+            self._fail(t, now, "sender revoked")
+        node.pending.clear()
+
+    # -- hybrid: the hub as fallback --------------------------------------------------------
+    def arm_fallback(self, f: Fetch) -> None:
+        if self.hub is None or f.fallback_armed or f.hub_added:
+            return
+        f.fallback_armed = True
+        self.world.queue.after(self.fallback_after, self._fallback_check, f)
+
+    def _fallback_check(self, f: Fetch, now: float) -> None:
+        f.fallback_armed = False
+        node = f.node
+        if f.study.manifest_id not in node.fetches or f.hub_added:
+            return
+        if now - f.last_progress >= self.fallback_after - 1e-9:
+            f.hub_added = True
+            self.world.recorder.fallbacks += 1
+            if self.world.alive(node.org):
+                node.discover(f, now)
+        else:
+            self.arm_fallback(f)
+
+    def _hub_stored(self, s: Study, now: float) -> None:
+        """The hub holds the whole study: fetches already falling back can use it, and stuck announces go out."""
+        for t in s.transfers:
+            if t.resolved:
+                continue
+            f = self.nodes[t.recipient].fetches.get(s.manifest_id) if s.manifest_id else None
+            if f is not None and f.hub_added:
+                self.schedule_tick(f)
+            elif f is None and t.announced_at < 0 and self.hub is not None:
+                self.hub.relay_announce(t, now, self.fallback_after)
+
+    def hub_announced(self, t: Transfer, now: float) -> None:
+        """The hub delivered the announce on the sender's behalf: fetch, from the hub at once."""
+        if t.resolved or not self.world.orgs[t.recipient].online:
+            return
+        node = self.nodes[t.recipient]
+        if t.study.manifest_id in node.fetches:
+            return
+        t.announced_at = now
+        node.start_fetch(t, now)
+        f = node.fetches.get(t.study.manifest_id) if t.study.manifest_id else None
+        if f is not None and not f.hub_added:
+            f.hub_added = True
+            self.world.recorder.fallbacks += 1
+            self.schedule_tick(f, delay=0.0)
+
+    def hub_down(self, now: float) -> None:
+        for flow, st in list(self.hub_serving.items()):
+            self.abort_request(st, flow)
+            st.node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+            st.node.lost_peer(HUB, now)
+            st.node.pump(now)
+
+    def hub_up(self, now: float) -> None:
+        for node in self.nodes:
+            for f in node.fetches.values():
+                if f.hub_added:
+                    self.schedule_tick(f)

@@ -1,0 +1,84 @@
+"""The simulator's per-study and per-transfer state (one Transfer per study and recipient)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from protocol.cid import CID
+
+
+class Status(IntEnum):
+    IN_FLIGHT = 0
+    DELIVERED = 1
+    FAILED = 2
+
+
+_PAD = bytes(19)
+_BLOCK0 = bytes(4) + _PAD
+
+
+class Study:
+    __slots__ = ("id", "time", "sender", "recipients", "modality", "priority", "images", "nbytes", "image_bytes",
+                 "transfers", "manifest_id", "cids", "sizes", "held", "recorded", "bogus", "hub_stored",
+                 "shared_at")
+
+    def __init__(self, sid: int, time: float, sender: int, recipients: list[int], modality: int, priority: int,
+                 images: int, nbytes: float, image_bytes: float, recorded: bool, bogus: bool = False) -> None:
+        self.id = sid
+        self.time = time
+        self.sender = sender
+        self.recipients = recipients
+        self.modality = modality
+        self.priority = priority
+        self.images = images
+        self.nbytes = nbytes
+        self.image_bytes = image_bytes
+        self.transfers: list[Transfer] = []
+        self.manifest_id: CID | None = None
+        self.cids: tuple[CID, ...] = ()
+        self.sizes: tuple[float, ...] = ()
+        self.held: dict[int, list[int]] = {}  # holder org -> block numbers it holds verified, in order
+        self.recorded = recorded  # arrived inside this slice's own window: its transfers are reported
+        self.bogus = bogus  # announced by a flooding attacker
+        self.hub_stored = False  # the hub holds a complete copy
+        self.shared_at = time
+
+    def split(self, granularity: float) -> None:
+        """Scheduler blocks of at most `granularity` bytes and their CIDs (derived from the study id)."""
+        tag = self.id.to_bytes(8, "big", signed=True) + (b"b" if self.bogus else b"s")
+        self.manifest_id = CID(tag + b"\xff\xff\xff\xff" + _PAD)
+        if self.nbytes <= granularity:
+            self.sizes = (self.nbytes,)
+            self.cids = (CID(tag + _BLOCK0),)
+            return
+        n = int(-(-self.nbytes // granularity))
+        self.sizes = (self.nbytes / n,) * n
+        self.cids = tuple(CID(tag + i.to_bytes(4, "big") + _PAD) for i in range(n))
+
+
+class Transfer:
+    __slots__ = ("study", "recipient", "status", "reason", "announced_at", "first_image_at", "delivered_at",
+                 "from_sender", "from_peers", "from_hub", "wasted", "duplicate", "attempts", "control",
+                 "fetch_started", "affected")
+
+    def __init__(self, study: Study, recipient: int) -> None:
+        self.study = study
+        self.recipient = recipient
+        self.status = Status.IN_FLIGHT
+        self.reason = ""
+        self.announced_at = -1.0
+        self.first_image_at = -1.0
+        self.delivered_at = -1.0
+        self.from_sender = 0.0
+        self.from_peers = 0.0
+        self.from_hub = 0.0
+        self.wasted = 0.0  # bytes received and thrown away: corrupt blocks, requests cut by a failure
+        self.duplicate = 0.0  # bytes of blocks received twice (a late answer to a timed-out request)
+        self.attempts = 0  # announce (or hub upload) attempts
+        self.control = 0.0  # control-plane bytes: announce, have, request frames, receipt
+        self.fetch_started = -1.0
+        self.affected = False
+
+    @property
+    def resolved(self) -> bool:
+        return self.status is not Status.IN_FLIGHT

@@ -1,0 +1,223 @@
+"""What a scenario says, as frozen dataclasses (SI units: bytes, bytes/s, seconds).
+
+Built by `simulations.scenario.parse` from a TOML file and validated there;
+everything downstream (topology, workload, engine, emulation) reads these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from protocol.manifest import Priority
+
+
+class OrgKind(str, Enum):
+    ACUTE_TRUST = "acute-trust"
+    INDEPENDENT_SECTOR = "independent-sector"
+    TELERADIOLOGY = "teleradiology"
+    RESEARCH = "research"
+    STROKE_NETWORK = "stroke-network"
+
+
+class DesignKind(str, Enum):
+    HUB = "hub"
+    MESH = "mesh"
+    HYBRID = "hybrid"  # the mesh, with the hub as a fallback holder
+
+
+class FaultKind(str, Enum):
+    NODE_FAILURE = "node-failure"
+    LINK_DEGRADATION = "link-degradation"
+    PARTITION = "partition"
+    HUB_OUTAGE = "hub-outage"
+
+
+class AttackKind(str, Enum):
+    CORRUPT_BLOCKS = "corrupt-blocks"  # serves blocks whose bytes do not match their CID
+    DROP_REQUESTS = "drop-requests"  # accepts block requests and never answers
+    FLOOD_ANNOUNCEMENTS = "flood-announcements"  # announces bogus studies to make targets fetch junk
+    REVOKED = "revoked"  # an organisation whose certificate is revoked mid-run
+
+
+@dataclass(frozen=True)
+class ScheduledOutage:
+    day: int | None  # 0 Monday .. 6 Sunday; None every day
+    start: float  # seconds after midnight
+    duration: float
+
+
+@dataclass(frozen=True)
+class Availability:
+    mtbf: float | None = None  # mean time between random failures (None: none)
+    mttr: float = 4 * 3600.0  # mean time to repair
+    scheduled: tuple[ScheduledOutage, ...] = ()
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    kind: OrgKind
+    codes: tuple[str, ...]  # one organisation code per member
+    up: float  # access-link upload, bytes/s (median of the group)
+    down: float
+    latency: float  # one-way latency of the access link, s
+    bandwidth_spread: float  # lognormal sigma of per-organisation link rates (topology stream)
+    weight: float  # relative number of studies an organisation of this group sends
+    weight_spread: float  # lognormal sigma of per-organisation volume (topology stream)
+    availability: Availability
+
+    @property
+    def count(self) -> int:
+        return len(self.codes)
+
+
+@dataclass(frozen=True)
+class Hub:
+    ingress: float  # bytes/s into the hub, all senders together
+    egress: float
+    latency: float  # one-way latency from the core to the hub, s
+    max_concurrent: int  # transfers (uploads + downloads) the hub runs at once; others queue
+    processing_delay: float  # from a study fully received to forwarding it (index, notify)
+    availability: Availability
+    code: str = "HUB"
+
+
+@dataclass(frozen=True)
+class Count:
+    """A lognormal count (images per study), clipped to [minimum, maximum]."""
+
+    median: float
+    sigma: float
+    minimum: int
+    maximum: int
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    share: float
+    images: Count
+    image_bytes: float
+
+
+@dataclass(frozen=True)
+class Referral:
+    source: str  # a group name or an organisation code
+    target: str
+    share: float  # of the source organisations' studies
+    partners: int  # distinct target organisations each source organisation refers to (seeded topology)
+    copies: int  # recipients per study
+    priority: tuple[tuple[Priority, float], ...] | None  # overrides the workload's shares
+    modalities: tuple[tuple[str, float], ...] | None
+
+
+@dataclass(frozen=True)
+class Workload:
+    studies_per_year: float
+    daily_profile: tuple[float, ...]  # 24 relative hourly rates
+    weekly_profile: tuple[float, ...]  # 7 relative daily rates, Monday first
+    priority: tuple[tuple[Priority, float], ...]
+    modalities: tuple[Modality, ...]
+    referrals: tuple[Referral, ...]
+
+
+@dataclass(frozen=True)
+class Design:
+    kind: DesignKind
+    granularity: float  # bytes per scheduler block (the node uses 1 MiB blocks)
+    discovery_interval: float  # how often a fetching node asks holders what they have (node: 0.5 s)
+    request_timeout: float  # the node's request timeout (scaled with granularity, see docs)
+    fallback_after: float  # hybrid: a fetch without progress this long adds the hub as a holder
+    announce_max_attempts: int | None
+    verify_rate: float = 0.0  # bytes/s a node checks instance digests at completion (0: instantly)
+    window_initial: int = 32  # the node's Fetcher settings (meshnode/node/fetcher.py), in 1 MiB blocks
+    window_max: int = 64
+    request_max_blocks: int = 16
+    min_request_blocks: int = 16
+    roster_refresh: float = 60.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind
+    targets: tuple[str, ...]  # organisation codes or group names ("hub" for a hub outage)
+    start: float
+    duration: float
+    factor: float = 1.0  # link degradation: capacity multiplier
+    direction: str = "both"  # link degradation: up, down or both
+    others: tuple[str, ...] = ()  # partition: the other side (empty: everyone else)
+
+
+@dataclass(frozen=True)
+class Attacker:
+    kind: AttackKind
+    org: str
+    start: float
+    end: float
+    probability: float = 1.0  # corrupt-blocks / drop-requests: share of requests affected
+    rate: float = 1.0  # flood: bogus announcements per second
+    study_bytes: float = 50e6  # flood: size of each bogus study
+    priority: Priority = Priority.STAT  # flood: the priority the bogus manifests claim
+    targets: tuple[str, ...] = ()  # flood: organisations announced to (empty: the org's partners)
+    revoke_at: float | None = None  # admins revoke its certificate at this time
+
+
+@dataclass(frozen=True)
+class Engine:
+    time_slices: int = 1
+    slice_overlap: float = 6 * 3600.0
+    per_image_events: bool = False
+    drain: float = 0.0  # after `duration`, no new studies; transfers in flight may finish
+    idle_fast_path: bool = True  # exact shortcut for fetches an idle node's scheduler would issue as one request
+
+
+@dataclass(frozen=True)
+class Output:
+    records: str = "csv"  # csv | csv.gz | none
+    record_fraction: float = 1.0
+    timeseries_bin: float = 3600.0
+    hub_bin: float = 60.0
+
+
+@dataclass(frozen=True)
+class Emulation:
+    studies: int = 6  # replay the first N studies of the workload
+    max_images: int = 24  # cap on images per generated study
+    bandwidth_scale: float = 1.0  # emulated link rate = scenario rate x scale
+    min_gap: float = 2.0  # seconds between consecutive shares (compressed arrival times)
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    duration: float
+    warmup: float
+    replications: int
+    seed: int
+    groups: tuple[Group, ...]
+    hub: Hub
+    workload: Workload
+    design: Design
+    faults: tuple[Fault, ...] = ()
+    attackers: tuple[Attacker, ...] = ()
+    engine: Engine = field(default_factory=Engine)
+    output: Output = field(default_factory=Output)
+    emulation: Emulation = field(default_factory=Emulation)
+    source: str = ""  # the TOML text it was read from (hashed into the run manifest)
+
+    @property
+    def org_codes(self) -> tuple[str, ...]:
+        return tuple(c for g in self.groups for c in g.codes)
+
+    def group(self, name: str) -> Group | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+    def members(self, name: str) -> tuple[str, ...]:
+        """Organisation codes a group name or a code stands for (empty when neither)."""
+        g = self.group(name)
+        if g is not None:
+            return g.codes
+        return (name,) if name in self.org_codes else ()

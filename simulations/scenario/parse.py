@@ -1,0 +1,393 @@
+"""Read a scenario TOML file into a validated `Scenario`, or refuse it with the key and the problem.
+
+Everything is checked before a run starts: unknown keys, wrong types,
+impossible values (negative bandwidth, shares that do not sum to one) and
+references (a referral, fault or attacker naming an organisation or group
+that does not exist).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+
+from protocol.errors import MeshError
+from protocol.manifest import Priority
+from protocol.schema import check_org_code
+from simulations.scenario.errors import ScenarioError
+from simulations.scenario.model import (
+    AttackKind,
+    Attacker,
+    Availability,
+    Count,
+    Design,
+    DesignKind,
+    Emulation,
+    Engine,
+    Fault,
+    FaultKind,
+    Group,
+    Hub,
+    Modality,
+    OrgKind,
+    Output,
+    Referral,
+    Scenario,
+    ScheduledOutage,
+    Workload,
+)
+from simulations.scenario.reader import Table
+from simulations.scenario import units
+
+MAX_ORGS = 5000
+SHARE_TOLERANCE = 1e-6
+FLAT_DAY = (1.0,) * 24
+FLAT_WEEK = (1.0,) * 7
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such scenario file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc}") from None
+    return parse_scenario(text, str(path))
+
+
+def parse_scenario(text: str, source: str = "scenario") -> Scenario:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return _build(Table(doc, ""), text)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
+
+
+def _build(root: Table, text: str) -> Scenario:
+    head = root.table("scenario", required=True)
+    name = head.text("name")
+    description = head.text("description", "")
+    duration = head.duration("duration")
+    if duration <= 0:
+        raise ScenarioError(f"{head.key('duration')}: must be positive")
+    warmup = head.duration("warmup", 0.0)
+    if warmup >= duration:
+        raise ScenarioError(f"{head.key('warmup')}: must be shorter than the duration")
+    replications = head.integer("replications", 1, 1, 10_000)
+    seed = head.integer("seed", 0, 0, 2**63 - 1)
+    head.finish()
+
+    groups = tuple(_group(t) for t in root.tables("groups"))
+    if not groups:
+        raise ScenarioError("groups: at least one [[groups]] table is required")
+    _check_names(groups)
+    hub = _hub(root.table("hub"), {c for g in groups for c in g.codes} | {g.name for g in groups})
+    known = _Names(groups)
+    workload = _workload(root.table("workload", required=True), known)
+    design = _design(root.table("design", required=True))
+    faults = tuple(_fault(t, known, hub.code) for t in root.tables("faults"))
+    attackers = tuple(_attacker(t, known) for t in root.tables("attackers"))
+    engine = _engine(root.table("engine"))
+    output = _output(root.table("output"))
+    emulation = _emulation(root.table("emulation"))
+    root.finish()
+    return Scenario(name=name, description=description, duration=duration, warmup=warmup,
+                    replications=replications, seed=seed, groups=groups, hub=hub, workload=workload,
+                    design=design, faults=faults, attackers=attackers, engine=engine, output=output,
+                    emulation=emulation, source=text)
+
+
+class _Names:
+    def __init__(self, groups: tuple[Group, ...]) -> None:
+        self.groups = {g.name: g for g in groups}
+        self.codes = {c: g for g in groups for c in g.codes}
+
+    def members(self, name: str, key: str) -> tuple[str, ...]:
+        if name in self.groups:
+            return self.groups[name].codes
+        if name in self.codes:
+            return (name,)
+        raise ScenarioError(f"{key}: no organisation or group named {name!r}")
+
+
+def _availability(t: Table) -> Availability:
+    mtbf = t.duration("mtbf", None) if t.has("mtbf") else None
+    if mtbf is not None and mtbf <= 0:
+        raise ScenarioError(f"{t.key('mtbf')}: must be positive")
+    mttr = t.duration("mttr", 4 * 3600.0)
+    if mttr <= 0:
+        raise ScenarioError(f"{t.key('mttr')}: must be positive")
+    scheduled = []
+    for s in t.tables("scheduled"):
+        outage = ScheduledOutage(units.weekday(s.raw("day", "daily"), s.key("day")),
+                                 units.clock(s.raw("start"), s.key("start")), s.duration("duration"))
+        if not 0 < outage.duration <= 7 * 86400:
+            raise ScenarioError(f"{s.key('duration')}: must be positive and at most a week")
+        s.finish()
+        scheduled.append(outage)
+    t.finish()
+    return Availability(mtbf, mttr, tuple(scheduled))
+
+
+def _group(t: Table) -> Group:
+    name = t.text("name")
+    kind_text = t.text("kind", choices=tuple(k.value for k in OrgKind))
+    if t.has("codes"):
+        codes = t.names("codes")
+        if t.has("count") and t.integer("count", lo=1, hi=MAX_ORGS) != len(codes):
+            raise ScenarioError(f"{t.key('count')}: says {t.values['count']} but {len(codes)} codes are listed")
+    else:
+        count = t.integer("count", lo=1, hi=MAX_ORGS)
+        prefix = t.text("code_prefix")
+        width = max(3, len(str(count)))
+        codes = tuple(f"{prefix}{i:0{width}d}" for i in range(1, count + 1))
+    for i, code in enumerate(codes):
+        try:
+            check_org_code(code, f"{t.key('codes')}[{i}]")
+        except MeshError as exc:
+            raise ScenarioError(str(exc)) from None
+    up, down = t.rate("up"), t.rate("down")
+    for key, value in (("up", up), ("down", down)):
+        if value <= 0:
+            raise ScenarioError(f"{t.key(key)}: bandwidth must be positive")
+    group = Group(
+        name=name, kind=OrgKind(kind_text), codes=tuple(codes), up=up, down=down,
+        latency=t.duration("latency", 0.005), bandwidth_spread=t.number("bandwidth_spread", 0.0, 0.0, 3.0),
+        weight=t.number("weight", 1.0, 0.0, 1e9), weight_spread=t.number("weight_spread", 0.0, 0.0, 3.0),
+        availability=_availability(t.table("availability")),
+    )
+    t.finish()
+    return group
+
+
+def _check_names(groups: tuple[Group, ...]) -> None:
+    seen_groups: set[str] = set()
+    seen_codes: dict[str, str] = {}
+    for i, g in enumerate(groups):
+        if g.name in seen_groups:
+            raise ScenarioError(f"groups[{i}].name: group {g.name!r} is defined twice")
+        seen_groups.add(g.name)
+        for code in g.codes:
+            if code in seen_codes:
+                raise ScenarioError(f"groups[{i}]: organisation code {code} is also in group {seen_codes[code]!r}")
+            seen_codes[code] = g.name
+    clash = seen_groups & set(seen_codes)
+    if clash:
+        raise ScenarioError(f"groups: {sorted(clash)[0]!r} is both a group name and an organisation code")
+    if len(seen_codes) > MAX_ORGS:
+        raise ScenarioError(f"groups: {len(seen_codes)} organisations, more than the {MAX_ORGS} supported")
+
+
+def _hub(t: Table, taken: set[str]) -> Hub:
+    hub = Hub(
+        ingress=t.rate("ingress", "10Gbit/s"), egress=t.rate("egress", "10Gbit/s"),
+        latency=t.duration("latency", 0.002), max_concurrent=t.integer("max_concurrent", 1000, 1, 10**7),
+        processing_delay=t.duration("processing_delay", 30.0), availability=_availability(t.table("availability")),
+        code=t.text("code", "HUB"),
+    )
+    for key, value in (("ingress", hub.ingress), ("egress", hub.egress)):
+        if value <= 0:
+            raise ScenarioError(f"{t.key(key)}: bandwidth must be positive")
+    try:
+        check_org_code(hub.code, t.key("code"))
+    except MeshError as exc:
+        raise ScenarioError(str(exc)) from None
+    if hub.code in taken:
+        raise ScenarioError(f"{t.key('code')}: {hub.code!r} is already an organisation or group")
+    t.finish()
+    return hub
+
+
+def _shares(t: Table, key: str, names: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    sub = t.table(key)
+    out = tuple((n, sub.number(n, 0.0, 0.0, 1.0)) for n in names if sub.has(n))
+    sub.finish()
+    return out
+
+
+def _priority(t: Table, key: str, required: bool) -> tuple[tuple[Priority, float], ...] | None:
+    if not t.has(key) and not required:
+        return None
+    sub = t.table(key)
+    stat, urgent = sub.number("stat", 0.0, 0.0, 1.0), sub.number("urgent", 0.0, 0.0, 1.0)
+    routine = sub.number("routine", max(0.0, 1.0 - stat - urgent), 0.0, 1.0)
+    sub.finish()
+    total = stat + urgent + routine
+    if abs(total - 1.0) > SHARE_TOLERANCE:
+        raise ScenarioError(f"{t.key(key)}: stat + urgent + routine = {total:g}, not 1")
+    return ((Priority.STAT, stat), (Priority.URGENT, urgent), (Priority.ROUTINE, routine))
+
+
+def _count(t: Table) -> Count:
+    c = Count(median=t.number("median", lo=1.0, hi=1e6), sigma=t.number("sigma", 0.0, 0.0, 3.0),
+              minimum=t.integer("min", 1, 1, 10**6), maximum=t.integer("max", 100_000, 1, 10**6))
+    if c.minimum > c.maximum:
+        raise ScenarioError(f"{t.key('min')}: larger than max")
+    t.finish()
+    return c
+
+
+def _workload(t: Table, known: _Names) -> Workload:
+    per_year = t.number("studies_per_year", lo=0.0, hi=1e10)
+    daily = t.numbers("daily_profile", 24, FLAT_DAY)
+    weekly = t.numbers("weekly_profile", 7, FLAT_WEEK)
+    priority = _priority(t, "priority", required=True)
+    assert priority is not None
+    modalities = []
+    for m in t.tables("modalities"):
+        modality = Modality(m.text("name"), m.number("share", lo=0.0, hi=1.0), _count(m.table("images", True)),
+                            m.size("image_size"))
+        if modality.image_bytes <= 0:
+            raise ScenarioError(f"{m.key('image_size')}: must be positive")
+        m.finish()
+        modalities.append(modality)
+    if not modalities:
+        raise ScenarioError(f"{t.key('modalities')}: at least one [[workload.modalities]] is required")
+    names = tuple(m.name for m in modalities)
+    if len(set(names)) != len(names):
+        raise ScenarioError(f"{t.key('modalities')}: a modality name appears twice")
+    total = sum(m.share for m in modalities)
+    if abs(total - 1.0) > SHARE_TOLERANCE:
+        raise ScenarioError(f"{t.key('modalities')}: shares sum to {total:g}, not 1")
+    referrals = tuple(_referral(r, known, names) for r in t.tables("referrals"))
+    t.finish()
+    _check_referrals(referrals, known)
+    return Workload(per_year, daily, weekly, priority, tuple(modalities), referrals)
+
+
+def _referral(t: Table, known: _Names, modalities: tuple[str, ...]) -> Referral:
+    source, target = t.text("from"), t.text("to")
+    sources, targets = known.members(source, t.key("from")), known.members(target, t.key("to"))
+    r = Referral(source=source, target=target, share=t.number("share", 1.0, 0.0, 1e9),
+                 partners=t.integer("partners", 1, 1, MAX_ORGS), copies=t.integer("copies", 1, 1, 64),
+                 priority=_priority(t, "priority", required=False), modalities=None)
+    if t.has("modalities"):
+        shares = _shares(t, "modalities", modalities)
+        total = sum(s for _, s in shares)
+        if abs(total - 1.0) > SHARE_TOLERANCE:
+            raise ScenarioError(f"{t.key('modalities')}: shares sum to {total:g}, not 1")
+        r = Referral(r.source, r.target, r.share, r.partners, r.copies, r.priority, shares)
+    t.finish()
+    if r.copies > r.partners:
+        raise ScenarioError(f"{t.key('copies')}: {r.copies} recipients per study but only {r.partners} partners")
+    for code in sources:
+        possible = len([c for c in targets if c != code])
+        if possible < r.partners:
+            raise ScenarioError(f"{t.key('partners')}: {code} needs {r.partners} distinct partners in {target!r}, "
+                                f"which has {possible}")
+    return r
+
+
+def _check_referrals(referrals: tuple[Referral, ...], known: _Names) -> None:
+    covered: set[str] = set()
+    for r in referrals:
+        if r.share > 0:
+            covered.update(known.members(r.source, "workload.referrals"))
+    for code, group in known.codes.items():
+        if group.weight > 0 and code not in covered:
+            raise ScenarioError(f"groups ({group.name}): {code} sends studies (weight {group.weight:g}) "
+                                "but no workload.referrals rule starts there; set weight = 0 or add a rule")
+
+
+def _design(t: Table) -> Design:
+    kind = DesignKind(t.text("kind", choices=tuple(k.value for k in DesignKind)))
+    max_attempts = t.integer("announce_max_attempts", 0, 0, 10_000)
+    design = Design(
+        kind=kind, granularity=t.size("granularity", 1 << 20), discovery_interval=t.duration("discovery_interval", 0.5),
+        request_timeout=t.duration("request_timeout", 30.0), fallback_after=t.duration("fallback_after", 60.0),
+        announce_max_attempts=max_attempts or None, window_initial=t.integer("window_initial", 32, 1, 4096),
+        window_max=t.integer("window_max", 64, 1, 4096), request_max_blocks=t.integer("request_max_blocks", 16, 1, 64),
+        min_request_blocks=t.integer("min_request_blocks", 16, 1, 64),
+        roster_refresh=t.duration("roster_refresh", 60.0),
+        verify_rate=t.rate("verify_rate") if t.has("verify_rate") else 0.0,
+    )
+    if design.granularity < 1024:
+        raise ScenarioError(f"{t.key('granularity')}: must be at least 1KiB")
+    if design.window_max < design.window_initial:
+        raise ScenarioError(f"{t.key('window_max')}: smaller than window_initial")
+    if design.min_request_blocks > design.request_max_blocks:
+        raise ScenarioError(f"{t.key('min_request_blocks')}: larger than request_max_blocks")
+    for key in ("discovery_interval", "request_timeout", "roster_refresh"):
+        if getattr(design, key) <= 0:
+            raise ScenarioError(f"{t.key(key)}: must be positive")
+    t.finish()
+    return design
+
+
+def _fault(t: Table, known: _Names, hub_code: str) -> Fault:
+    kind = FaultKind(t.text("kind", choices=tuple(k.value for k in FaultKind)))
+    start, length = t.duration("start"), t.duration("duration")
+    if length <= 0:
+        raise ScenarioError(f"{t.key('duration')}: must be positive")
+    if kind is FaultKind.HUB_OUTAGE:
+        targets: tuple[str, ...] = (hub_code,)
+    else:
+        targets = t.names("targets")
+        for i, name in enumerate(targets):
+            if not (kind is FaultKind.LINK_DEGRADATION and name in (hub_code, "hub")):
+                known.members(name, f"{t.key('targets')}[{i}]")
+    factor = t.number("factor", 1.0, 0.0, 1.0) if kind is FaultKind.LINK_DEGRADATION else 1.0
+    if kind is FaultKind.LINK_DEGRADATION and factor <= 0:
+        raise ScenarioError(f"{t.key('factor')}: a degraded link keeps some capacity (use node-failure for none)")
+    direction = t.text("direction", "both", ("up", "down", "both")) if kind is FaultKind.LINK_DEGRADATION else "both"
+    others: tuple[str, ...] = ()
+    if kind is FaultKind.PARTITION:
+        others = t.names("others", ())
+        for i, name in enumerate(others):
+            known.members(name, f"{t.key('others')}[{i}]")
+    t.finish()
+    return Fault(kind, targets, start, length, factor, direction, others)
+
+
+def _attacker(t: Table, known: _Names) -> Attacker:
+    kind = AttackKind(t.text("kind", choices=tuple(k.value for k in AttackKind)))
+    org = t.text("org")
+    if org not in known.codes:
+        raise ScenarioError(f"{t.key('org')}: no organisation with code {org!r}")
+    start = t.duration("start", 0.0)
+    end = t.duration("end", math.inf) if t.has("end") else math.inf
+    if end <= start:
+        raise ScenarioError(f"{t.key('end')}: must be after start")
+    revoke_at = t.duration("revoke_at") if t.has("revoke_at") else None
+    if kind is AttackKind.REVOKED:
+        revoke_at = start if revoke_at is None else revoke_at
+    targets = t.names("targets", ())
+    for i, name in enumerate(targets):
+        known.members(name, f"{t.key('targets')}[{i}]")
+    priority = Priority(t.text("priority", "stat", tuple(p.value for p in Priority)))
+    attacker = Attacker(kind=kind, org=org, start=start, end=end, probability=t.number("probability", 1.0, 0.0, 1.0),
+                        rate=t.number("rate", 1.0, 0.0, 500.0), study_bytes=t.size("study_size", 50e6),
+                        priority=priority, targets=targets, revoke_at=revoke_at)
+    t.finish()
+    return attacker
+
+
+def _engine(t: Table) -> Engine:
+    e = Engine(time_slices=t.integer("time_slices", 1, 1, 1024), slice_overlap=t.duration("slice_overlap", 6 * 3600.0),
+               per_image_events=t.boolean("per_image_events", False), drain=t.duration("drain", 0.0),
+               idle_fast_path=t.boolean("idle_fast_path", True))
+    t.finish()
+    return e
+
+
+def _output(t: Table) -> Output:
+    o = Output(records=t.text("records", "csv", ("csv", "csv.gz", "none")),
+               record_fraction=t.number("record_fraction", 1.0, 0.0, 1.0),
+               timeseries_bin=t.duration("timeseries_bin", 3600.0), hub_bin=t.duration("hub_bin", 60.0))
+    for key in ("timeseries_bin", "hub_bin"):
+        if getattr(o, key) < 1.0:
+            raise ScenarioError(f"{t.key(key)}: must be at least 1s")
+    t.finish()
+    return o
+
+
+def _emulation(t: Table) -> Emulation:
+    e = Emulation(studies=t.integer("studies", 6, 1, 1000), max_images=t.integer("max_images", 24, 1, 2000),
+                  bandwidth_scale=t.number("bandwidth_scale", 1.0, 1e-6, 1.0), min_gap=t.duration("min_gap", 2.0),
+                  timeout=t.duration("timeout", 300.0))
+    t.finish()
+    return e

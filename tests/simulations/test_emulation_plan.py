@@ -1,0 +1,52 @@
+"""What emulation replays and how it shapes links, without starting nodes (default suite)."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol.errors import UnavailableError
+from simulations.commands.common import resolve_scenario_path
+from simulations.emulation import plan as planning
+from simulations.emulation import shaping
+from simulations.scenario import ScenarioError, load_scenario
+from simulations.scenario.overrides import apply, parse_assignment
+
+
+def test_plan_replays_the_first_studies_retimed_and_capped() -> None:
+    s = load_scenario(resolve_scenario_path("five-trusts"))
+    planned = planning.plan(s)
+    assert len(planned) == s.emulation.studies
+    assert [p.at for p in planned] == [i * s.emulation.min_gap for i in range(len(planned))]
+    assert all(1 <= p.images <= s.emulation.max_images for p in planned)
+    assert all(p.sender not in p.recipients and set(p.recipients) <= set(s.org_codes) for p in planned)
+    xr = [p for p in planned if p.modality == "XR"]
+    assert all(p.kind == "dx" and p.rows >= 1024 for p in xr)
+    assert planned == planning.plan(s)  # the same studies every time
+
+
+def test_emulated_scenario_is_what_the_model_must_be_told() -> None:
+    s = load_scenario(resolve_scenario_path("five-trusts"))
+    tc = planning.emulated_scenario(s, "netns", 30.0)
+    acute = tc.group("acute")
+    assert acute is not None and acute.up == pytest.approx(200e6 / 8 * 0.04 * 1448 / 1514)
+    assert acute.latency < 0.001 and tc.design.granularity == 1 << 20 and not tc.faults
+    limiter = planning.emulated_scenario(s, "limiter", 30.0)
+    assert limiter.group("acute").up == pytest.approx(200e6 / 8 * 0.04)  # type: ignore[union-attr]
+    assert limiter.group("acute").down > 1e11  # type: ignore[union-attr]  # downlinks are not shaped
+
+
+def test_only_the_mesh_can_be_emulated() -> None:
+    s = apply(load_scenario(resolve_scenario_path("five-trusts")), [parse_assignment("design.kind=hub")])
+    with pytest.raises(ScenarioError, match="emulation runs real meshnode processes"):
+        planning.plan(s)
+
+
+def test_without_root_emulation_falls_back_to_the_limiter_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shaping.os, "geteuid", lambda: 1000)
+    chosen = shaping.detect("auto")
+    assert chosen.mode == "limiter" and "not running as root" in chosen.reason
+    with pytest.raises(UnavailableError, match="--shaping netns is not possible here: not running as root"):
+        shaping.detect("netns")
+    assert shaping.detect("limiter").mode == "limiter"
+    placement, config = chosen.add_node(0, shaping.Rate(1e6, 5e6))
+    assert placement.prefix == [] and placement.host == "127.0.0.1" and config == {"upload_mb_per_s": "1.000000"}
