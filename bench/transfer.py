@@ -70,7 +70,7 @@ def mesh_pair(work: Path, slices: int) -> tuple[float, float, float, float, floa
         size = sum(f.stat().st_size for f in files)
         t0 = time.perf_counter()
         manifest = demo.share(nodes["a"], study, ["RJ1"], "urgent")
-        demo.wait_for(lambda: demo.delivered(nodes["a"], manifest, ["RJ1"]), 600, "receipt", interval=0.02)
+        demo.wait_for(lambda: demo.delivered(nodes["a"], manifest, ["RJ1"]), 600, "receipt", interval=0.25)
         wall = time.perf_counter() - t0
         seconds = node_seconds(demo, nodes["a"], manifest, "RJ1")
         first_ms = float((demo.inbox_entry(nodes["b"], manifest) or {}).get("first_instance_ms") or "nan")
@@ -107,7 +107,7 @@ def three_holders(work: Path, slices: int, rate: float) -> float:
         seed = demo.share(nodes["a"], study, ["RJ1", "RAJ"])
         demo.wait_for(lambda: demo.delivered(nodes["a"], seed, ["RJ1", "RAJ"]), 900, "holders")
         manifest = demo.share(nodes["a"], study, ["RAJ", "RJ1", "RXH"])
-        demo.wait_for(lambda: demo.delivered(nodes["a"], manifest, ["RXH"]), 900, "D's receipt", interval=0.05)
+        demo.wait_for(lambda: demo.delivered(nodes["a"], manifest, ["RXH"]), 900, "D's receipt", interval=0.25)
         return size / 1e6 / node_seconds(demo, nodes["a"], manifest, "RXH") / rate
     finally:
         demo.close()

@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, bytes], Awaitable[Response]]
 
 #: Blocks read from disk ahead of the one being sent, per block request.
-READ_AHEAD = 2
+READ_AHEAD = 4
 #: Seconds between a peer's repeated limit violations and its disconnection.
 CUT_OFF_GRACE = 1.0
 
