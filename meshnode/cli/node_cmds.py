@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -70,6 +71,14 @@ async def _run(home: NodeHome) -> None:
 
 
 def run_node(args: argparse.Namespace) -> int:
+    from meshnode.node.runtime import Node  # noqa: F401  (the node's imports, before freezing the heap)
+
+    # Everything imported so far (libp2p, pydicom, pynetdicom: over 100,000 objects) lives as long as
+    # the process. Left to the garbage collector, every full collection walks it all, and collections
+    # come often in a node (each frame, block and request allocates): decoding a 300-instance manifest
+    # took 80 ms instead of 20. Frozen objects are never scanned; what the node creates from here on
+    # is collected as usual.
+    gc.freeze()
     trio.run(_run, NodeHome(resolve_home(args.home)))
     return EXIT_OK
 
