@@ -4,6 +4,11 @@ Every delivery is a row in the database (manifest, org, state, attempts,
 next attempt), so it survives a restart; a failed attempt backs off
 exponentially (2 s doubling up to 15 min). A refusal that cannot change by
 retrying (wrong org, bad signature, rollback) marks the delivery failed.
+
+Deliveries to different orgs run concurrently (at most CONCURRENCY at once):
+a study shared with three orgs reaches all three at once rather than one
+after another, and an org whose node is slow or unreachable (a dial can take
+its full timeout) holds up nobody else.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from meshnode.node.sender import backoff_s
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from meshnode.storage.records import DeliveryRow
+from protocol.cid import CID
 from protocol.document import open_document
 from protocol.errors import (
     CertificateError,
@@ -31,6 +37,7 @@ from protocol.manifest import Manifest
 log = logging.getLogger(__name__)
 
 TICK = 1.0
+CONCURRENCY = 32
 PERMANENT = (DocumentError, SignatureError, CertificateError)
 
 
@@ -39,20 +46,34 @@ class Deliveries:
         self.ctx = ctx
         self.wire = wire
         self.sessions = sessions
+        self._limit = trio.CapacityLimiter(CONCURRENCY)
+        self._in_flight: set[tuple[CID, str]] = set()
 
     async def run(self) -> None:
-        while True:
-            changed = self.ctx.changed
-            await self.attempt_due()
-            with trio.move_on_after(TICK):
-                await changed.wait()
+        async with trio.open_nursery() as nursery:
+            while True:
+                changed = self.ctx.changed
+                await self.attempt_due(nursery)
+                with trio.move_on_after(TICK):
+                    await changed.wait()
 
-    async def attempt_due(self) -> None:
+    async def attempt_due(self, nursery: trio.Nursery) -> None:
+        """Start an attempt for every due delivery that has none in progress."""
         now_ms = int(self.ctx.clock() * 1000)
         rows = await self.ctx.db.run(lambda s: s.deliveries())
-        due = [r for r in rows if r.state in ("pending", "recall-pending") and r.next_attempt_ms <= now_ms]
-        for row in due:
-            await self._attempt(row)
+        for row in rows:
+            key = (row.manifest_id, row.org)
+            if row.state in ("pending", "recall-pending") and row.next_attempt_ms <= now_ms \
+                    and key not in self._in_flight:
+                self._in_flight.add(key)
+                nursery.start_soon(self._attempt_one, key, row)
+
+    async def _attempt_one(self, key: tuple[CID, str], row: DeliveryRow) -> None:
+        try:
+            async with self._limit:
+                await self._attempt(row)
+        finally:
+            self._in_flight.discard(key)
 
     async def _attempt(self, row: DeliveryRow) -> None:
         manifest = await self.ctx.db.run(lambda s: s.manifest(row.manifest_id))

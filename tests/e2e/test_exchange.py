@@ -154,6 +154,25 @@ def test_directory_down_known_peers_keep_exchanging(mesh: MeshDemo, tmp_path: Pa
     assert exported(mesh, "b", study2, tmp_path / "out") == sorted(f.read_bytes() for f in files2)
 
 
+def test_a_hung_recipient_does_not_hold_up_the_others(mesh: MeshDemo, tmp_path: Path) -> None:
+    nodes = mesh.setup(ORGS)
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    study, files = mesh.generate_and_ingest(a, 6, rows=128, columns=128)
+    hung = mesh.procs["c"]
+    os.kill(hung.pid, signal.SIGSTOP)  # RAJ's node accepts TCP connections but never answers
+    try:
+        manifest = mesh.share(a, study, ["RAJ", "RJ1"])
+        mesh.wait_for(lambda: mesh.delivered(a, manifest, ["RJ1"]), 60, "RJ1's receipt while RAJ hangs")
+        row = next(r for r in mesh.cli(a, "outbox") if r["manifest_id"] == manifest)
+        # RAJ's first attempt is still waiting on the hung node: RJ1 did not queue behind it
+        assert row["recipients"]["RAJ"]["state"] == "pending"
+        assert row["recipients"]["RAJ"]["attempts"] == 0, row["recipients"]["RAJ"]
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+    mesh.wait_for(lambda: mesh.delivered(a, manifest, ["RAJ", "RJ1"]), 90, "RAJ's receipt once it answers")
+    assert exported(mesh, "c", study, tmp_path / "out") == sorted(f.read_bytes() for f in files)
+
+
 def test_announcement_to_unreachable_org_retried_across_restart(mesh: MeshDemo, tmp_path: Path) -> None:
     nodes = mesh.setup(ORGS[:2])
     a, b = nodes["a"], nodes["b"]
