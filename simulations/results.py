@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from simulations.engine.recorder import Counters, OutageStats, Record
-from simulations.engine.slice import SliceResult
+from simulations.engine.slice import ReplicationResult, SliceResult
 
-
-@dataclass
-class ReplicationResult:
-    replication: int
-    counters: Counters
-    delivery: dict[tuple[int, int], list[int]]
-    first_image: dict[tuple[int, int], list[int]]
-    rows: list[Record]
-    up: list[list[float]]
-    down: list[list[float]]
-    total_up: list[float]
-    total_down: list[float]
-    hub_in: list[float]
-    hub_out: list[float]
-    hub_images: list[float]
-    images: list[float]
-    hub_concurrency: list[int]
-    hub_peak: int
-    image_events: dict[int, int]
-    outages: list[OutageStats]
-    bans: list[tuple[float, str, str]]
-    attack: dict[str, float]
-    engine: dict[str, float]
-    settings: dict[str, object] = field(default_factory=dict)
+__all__ = ["ReplicationResult", "merge"]
 
 
 def _add_lists(a: list[float], b: list[float]) -> list[float]:

@@ -30,9 +30,10 @@ Progress = Callable[[float], None]
 
 
 @dataclass
-class SliceResult:
+class ReplicationResult:
+    """What one replication measured (simulations.results.merge adds its slices up)."""
+
     replication: int
-    slice_no: int
     counters: Counters
     delivery: dict[tuple[int, int], list[int]]
     first_image: dict[tuple[int, int], list[int]]
@@ -53,6 +54,13 @@ class SliceResult:
     attack: dict[str, float]
     engine: dict[str, float]
     settings: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class SliceResult(ReplicationResult):
+    """The same measures for one time slice of a replication."""
+
+    slice_no: int = field(kw_only=True)
 
 
 def window_of(scenario: Scenario, slice_no: int) -> Window:
