@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from meshnode.asgi import Receive, Scope, Send, answer_lifespan
 from meshnode.control.token import token_matches
 from protocol.errors import MeshError, NotFoundError, UnauthorisedError
 
@@ -20,9 +21,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 Handler = Callable[[dict[str, Any]], Awaitable[object]]
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def _status_for(exc: MeshError) -> int:
@@ -40,13 +38,8 @@ class ControlApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         status, payload = await self._handle(scope, receive)

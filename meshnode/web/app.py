@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from meshnode.asgi import answer_lifespan
 from meshnode.dicom.errors import DicomError
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.web.auth import SESSION_COOKIE, Authenticator, Principal, bearer_or_basic
@@ -108,13 +109,8 @@ class WebApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         request = Request(scope, receive)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
+from meshnode.asgi import Message as Message  # re-exported for the web modules
+from meshnode.asgi import Receive as Receive
+from meshnode.asgi import Scope as Scope
+from meshnode.asgi import Send as Send
 from meshnode.web.auth import Principal
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 SECURITY_HEADERS: Headers = [
