@@ -8,6 +8,17 @@ from pathlib import Path
 from protocol.errors import StorageError
 
 
+def write_new(path: Path, data: bytes | memoryview, mode: int = 0o644) -> None:
+    """Create `path` (it must not exist) holding `data`; no sync. Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write data to path so that readers see the old or the new file, never half of one.
 

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshnode.files import write_new
 from meshnode.storage.direct_io import NewFileWriter
 from protocol.cid import CID
 from protocol.errors import MeshError, StorageError
@@ -279,13 +280,7 @@ class BlockStore:
             raise StorageError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
         tmp = self.temp_path()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
+            write_new(tmp, data)
         except OSError as exc:
             self.discard_temp([tmp])
             raise _storage_error("cannot store a block", exc) from None

@@ -27,6 +27,8 @@ import os
 import threading
 from pathlib import Path
 
+from meshnode.files import write_new
+
 log = logging.getLogger(__name__)
 
 ALIGN = 4096
@@ -56,13 +58,7 @@ class NewFileWriter:
                     log.info("%s does not support O_DIRECT; writing blocks through the page cache",
                              path.parent)
                 self.direct = False
-        fd = os.open(path, _CREATE, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        write_new(path, data)
 
     def _buffer(self, size: int) -> mmap.mmap:
         buf: mmap.mmap | None = getattr(self._local, "buf", None)

@@ -33,6 +33,7 @@ from pydicom.uid import UID
 from pynetdicom import _config
 
 from meshnode.export import DigestMismatchError
+from meshnode.files import write_new
 from meshnode.gateway.dimse.contexts import UNCOMPRESSED
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.records import InstanceRecord, hash_uid
@@ -123,13 +124,7 @@ def send_stored(assoc: Any, original: Callable[..., Dataset], tmp_dir: Path, dat
         return original(decoded, msg_id, priority, originator_aet, originator_id)
     path = tmp_dir / f"send.{secrets.token_hex(8)}.dcm"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        write_new(path, data, 0o600)
         return original(path, msg_id, priority, originator_aet, originator_id)
     except OSError as exc:
         raise StorageError(f"cannot stage an instance to send: {exc.strerror or exc}") from None
