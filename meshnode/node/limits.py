@@ -55,7 +55,8 @@ class PeerLimits:
 class UploadLimiter:
     """Caps the bytes per second this node serves (0: no cap), shared by every peer.
 
-    Used to model a hospital's real uplink on one machine (benchmarks, emulation).
+    Used to model a hospital's real uplink on one machine (benchmarks, emulation). Call `consume`
+    before sending: it waits until the cap has room for those bytes, so nothing goes out early.
     """
 
     def __init__(self, mb_per_s: float) -> None:

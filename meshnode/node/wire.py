@@ -218,9 +218,10 @@ class Wire:
                 async with receive:
                     async for frame in receive:
                         if isinstance(frame, BlockData):
+                            # paced before the write: a block is sent only once the cap has room for it
+                            await self.upload.consume(len(frame.data))
                             await stream.write(encode_block_data_frame(frame.cid, frame.data, limits.response))
                             sent += len(frame.data)
-                            await self.upload.consume(len(frame.data))
                         else:
                             await write_frame(stream, encode_response(frame), limits.response)
             self.ctx.served.setdefault(cert.org_code, [0, 0])
