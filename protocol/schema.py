@@ -15,6 +15,8 @@ from typing import TypeVar
 from protocol.cbor import CborKey, CborValue
 from protocol.errors import LimitError, SchemaError
 
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0a-\x1f]")  # C0 controls except tab
+
 T = TypeVar("T")
 
 # A DICOM UID: dot-separated numeric components, at most 64 characters (PS3.5 9.1).
@@ -96,7 +98,7 @@ class Fields:
             raise LimitError(f"{self._what}.{key}: {len(value)} characters, limit {max_len}")
         if len(value) < min_len:
             raise SchemaError(f"{self._what}.{key}: shorter than {min_len} characters")
-        if any(ord(c) < 0x20 and c not in "\t" for c in value):
+        if _CONTROL_CHARACTERS.search(value):
             raise SchemaError(f"{self._what}.{key}: control characters not allowed")
         return value
 

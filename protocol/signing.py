@@ -61,7 +61,22 @@ class SignedEnvelope:
         """Check the signature under the expected document label."""
         if self.type != label:
             raise SignatureError(f"document type {self.type!r} where {label!r} was expected")
-        self.signer.verify(signing_input(label, self.body), self.signature)
+        self.signer.verify(label.encode("ascii") + self._body_encoding(), self.signature)
+
+    def _body_encoding(self) -> bytes:
+        """cbor.encode(body), cut from the envelope's own encoding instead of computed again.
+
+        A canonical map is its head, then each key and value encoded, keys in canonical order
+        ("sig", "body", "type", "signer"): everything between the encoded "body" key and the
+        encoded "type" key is the body's encoding. Checked, not assumed: the small pieces around
+        it are encoded here and compared (an envelope built in memory gets the same bytes).
+        """
+        whole = self._encoded
+        prefix = b"\xa4" + cbor.encode("sig") + cbor.encode(self.signature) + cbor.encode("body")
+        suffix = cbor.encode("type") + cbor.encode(self.type) + cbor.encode("signer") + cbor.encode(self.signer.raw)
+        if whole.startswith(prefix) and whole.endswith(suffix) and len(whole) > len(prefix) + len(suffix):
+            return whole[len(prefix):len(whole) - len(suffix)]
+        return cbor.encode(self.body)  # the definition, should the layout ever differ
 
 
 def decode_envelope(

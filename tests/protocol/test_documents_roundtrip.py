@@ -38,6 +38,10 @@ def check_round_trip(doc: Document, key: SigningKey) -> None:
     assert set(wire) == {"type", "body", "signer", "sig"}
     # The signature is over label || canonical(body), and nothing else.
     key.public_key.verify(cls.LABEL.encode("ascii") + cbor.encode(doc.to_body()), wire["sig"])
+    # Verifying cuts the body's encoding out of the envelope's bytes: exactly canonical(body),
+    # for an envelope decoded from the wire and for one built in memory.
+    for envelope in (opened.envelope, signed.envelope):
+        assert envelope._body_encoding() == cbor.encode(doc.to_body())
 
 
 @SETTINGS
