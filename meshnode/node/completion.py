@@ -12,7 +12,7 @@ from pydicom.errors import InvalidDicomError
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.records import InstanceRecord, SeriesAttributes, Source, StudyAttributes, hash_uid
 from protocol.errors import DocumentError
-from protocol.manifest import Manifest
+from protocol.manifest import InstanceEntry, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +61,44 @@ def verify_instances(blocks: BlockStore, manifest: Manifest) -> list[InstanceRec
     return records
 
 
+def same_bytes(entry: InstanceEntry, known: InstanceRecord) -> bool:
+    """Whether a manifest entry names exactly the instance an earlier verification recorded."""
+    return (known.sop_instance_uid == entry.sop_instance_uid and known.digest == entry.digest
+            and known.size == entry.size and tuple(known.blocks) == tuple(entry.blocks)
+            and len(known.block_sizes) == len(entry.blocks))
+
+
 def verify_instance(blocks: BlockStore, manifest: Manifest, index: int, *,
-                    check_blocks: bool = True) -> InstanceRecord:
+                    check_blocks: bool = True, known: InstanceRecord | None = None) -> InstanceRecord:
     """Reassemble one instance and check its size and whole-file digest against the manifest.
 
     `check_blocks=False` skips re-hashing each block against its CID, for
     blocks verified as they arrived: the digest covers every byte anyway.
+    `known`: this node already verified these very blocks as this instance
+    (same UID, digest, size and block list; see `same_bytes`), for example
+    under an earlier revision of the manifest. Blocks are immutable and named
+    by their hash, so only the header block is read again (for the record's
+    attributes); the record is built as for a full check.
     """
     entry = manifest.instances[index]
-    digest = hashlib.sha256()
-    size = 0
-    sizes = []
-    header = b""
-    for i, cid in enumerate(entry.blocks):
-        data = blocks.get(cid, verify=check_blocks)
-        if i == 0:
-            header = data
-        digest.update(data)
-        size += len(data)
-        sizes.append(len(data))
-    if size != entry.size or digest.digest() != entry.digest:
-        raise InstanceMismatchError(
-            f"instance {hash_uid(entry.sop_instance_uid)} does not match its manifest digest")
+    if known is not None and same_bytes(entry, known):
+        header = blocks.get(entry.blocks[0], verify=check_blocks)
+        size, sizes = entry.size, list(known.block_sizes)
+    else:
+        digest = hashlib.sha256()
+        size = 0
+        sizes = []
+        header = b""
+        for i, cid in enumerate(entry.blocks):
+            data = blocks.get(cid, verify=check_blocks)
+            if i == 0:
+                header = data
+            digest.update(data)
+            size += len(data)
+            sizes.append(len(data))
+        if size != entry.size or digest.digest() != entry.digest:
+            raise InstanceMismatchError(
+                f"instance {hash_uid(entry.sop_instance_uid)} does not match its manifest digest")
     fields = _header_fields(header)
     s = manifest.summary
     return InstanceRecord(

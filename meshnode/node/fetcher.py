@@ -23,7 +23,7 @@ from libp2p.peer.id import ID
 from meshnode.directory_client import ResolvedPeer
 from meshnode.node.assembly import InstanceAssembly
 from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
-from meshnode.node.completion import verify_instance
+from meshnode.node.completion import same_bytes, verify_instance
 from meshnode.node.context import NodeContext
 from meshnode.node.receiver import block_order
 from meshnode.node.sessions import Sessions
@@ -51,6 +51,7 @@ WINDOW_INITIAL = 32
 WINDOW_MAX = 64
 REQUEST_BLOCKS = 16
 MIN_REQUEST_BLOCKS = 16
+VERIFY_BATCH = 16  # instances verified per worker-thread call
 #: Manifests whose start and first-instance times are kept for status and metrics.
 REMEMBERED = 4096
 
@@ -74,6 +75,8 @@ class Fetcher:
         self._orders: dict[CID, list[CID]] = {}
         self._started: dict[CID, float] = {}
         self._assembly: dict[CID, InstanceAssembly] = {}
+        #: instances of an active manifest this node verified before (an earlier revision, say), by index
+        self._known: dict[CID, dict[int, InstanceRecord]] = {}
         self._to_verify: list[tuple[CID, int]] = []
         self._verify_wake = trio.Event()
         self._fetched: set[CID] = set()  # every block durable; waiting for the last verifications
@@ -96,8 +99,13 @@ class Fetcher:
         order = block_order(manifest)
         wanted = fetch_order(manifest, order, self.ctx.org, self.ctx.peer_id)
         sizes = _block_sizes(manifest)
-        have = await self.ctx.db.run(lambda s: s.present_blocks(order))
+        have, earlier = await self.ctx.db.run(
+            lambda s: (s.present_blocks(order), s.instances(manifest.study_uid)))
         self.active[manifest_id] = signed
+        by_uid = {r.sop_instance_uid: r for r in earlier}
+        self._known[manifest_id] = {
+            i: by_uid[e.sop_instance_uid] for i, e in enumerate(manifest.instances)
+            if e.sop_instance_uid in by_uid and same_bytes(e, by_uid[e.sop_instance_uid])}
         self._orders[manifest_id] = order
         _remember(self._started, manifest_id, self.ctx.clock() if since is None else since)
         self._assembly[manifest_id] = assembly = InstanceAssembly(manifest, have)
@@ -118,6 +126,7 @@ class Fetcher:
             self.scheduler.remove_manifest(manifest_id)
         self._orders.pop(manifest_id, None)
         self._assembly.pop(manifest_id, None)
+        self._known.pop(manifest_id, None)
         self._fetched.discard(manifest_id)
         self._dirty.discard(manifest_id)
 
@@ -298,7 +307,9 @@ class Fetcher:
             if not self._to_verify:
                 self._verify_wake = trio.Event()
                 await self._verify_wake.wait()
-            batch, self._to_verify = self._to_verify, []
+            # a few instances per round, so the first of a study that is all on disk at once (a resumed
+            # or re-announced transfer) is usable long before the last, and other manifests get a turn
+            batch, self._to_verify = self._to_verify[:VERIFY_BATCH], self._to_verify[VERIFY_BATCH:]
             by_manifest: dict[CID, list[int]] = {}
             for manifest_id, index in batch:
                 by_manifest.setdefault(manifest_id, []).append(index)
@@ -306,7 +317,9 @@ class Fetcher:
                 assembly = self._assembly.get(manifest_id)
                 if assembly is None:
                     continue
-                results = await trio.to_thread.run_sync(self._verify, assembly.manifest, indices, limiter=limiter)
+                known = self._known.get(manifest_id, {})
+                results = await trio.to_thread.run_sync(self._verify, assembly.manifest, indices, known,
+                                                        limiter=limiter)
                 for index, outcome in results:
                     if isinstance(outcome, str):
                         assembly.failed(outcome)
@@ -319,12 +332,14 @@ class Fetcher:
                              1000 * self.first_usable[manifest_id])
                 await self._maybe_finish(manifest_id)
 
-    def _verify(self, manifest: Manifest, indices: list[int]) -> list[tuple[int, InstanceRecord | str]]:
+    def _verify(self, manifest: Manifest, indices: list[int],
+                known: dict[int, InstanceRecord]) -> list[tuple[int, InstanceRecord | str]]:
         """Worker thread: verify instances whose blocks (each checked on arrival) are all durable."""
         out: list[tuple[int, InstanceRecord | str]] = []
         for index in indices:
             try:
-                out.append((index, verify_instance(self.ctx.storage.blocks, manifest, index, check_blocks=False)))
+                out.append((index, verify_instance(self.ctx.storage.blocks, manifest, index, check_blocks=False,
+                                                   known=known.get(index))))
             except MeshError as exc:
                 out.append((index, str(exc)))
                 break
