@@ -114,11 +114,11 @@ class Fetcher:
                                     manifest.priority, have, self.ctx.clock())
         if holder is not None:
             self.scheduler.peer_available(holder, manifest_id, order)
+        self._discover_now.set()
+        self.ctx.wake()  # the first requests go out while the state below is written
         await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "fetching"))
         log.info("fetching %s manifest %s: %d of %d blocks already on disk", manifest.priority.value, manifest_id,
                  len(have), len(order))
-        self._discover_now.set()
-        self.ctx.wake()
 
     def stop(self, manifest_id: CID) -> None:
         """Recall, cancel or done: stop fetching (blocks in flight are stored but ignored when they arrive)."""
