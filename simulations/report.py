@@ -15,7 +15,8 @@ from simulations.summary import KEY_METRICS, lookup, percentile
 from simulations.workload import PRIORITIES
 
 
-def _read(path: Path) -> dict[str, object]:
+def read_run_file(path: Path) -> dict[str, object]:
+    """A JSON object a run wrote (summary.json, manifest.json), or a ScenarioError naming the problem."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -131,8 +132,8 @@ def _label(path: tuple[str, ...]) -> str:
 
 
 def report(run_dir: Path, fmt_name: str, out: Path | None = None) -> Path:
-    summary = _read(run_dir / "summary.json")
-    manifest = _read(run_dir / "manifest.json")
+    summary = read_run_file(run_dir / "summary.json")
+    manifest = read_run_file(run_dir / "manifest.json")
     scen = manifest.get("scenario", {})
     assert isinstance(scen, dict)
     name, design = str(scen.get("name")), str(scen.get("design"))
@@ -218,7 +219,7 @@ def compare(run_dirs: list[Path], out: Path | None) -> tuple[list[str], list[lis
     names: list[str] = []
     summaries = []
     for rd in run_dirs:
-        summary = _read(rd / "summary.json")
+        summary = read_run_file(rd / "summary.json")
         summaries.append(summary)
         names.append(f"{summary.get('scenario')}/{summary.get('design')} ({rd.name})")
     header = ["metric"] + names

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,16 +43,3 @@ def progress_hook(label: str, enabled: bool) -> tuple[Callable[[float], None], P
         bar.update(min(1000, int(fraction * 1000)), 1000)
 
     return hook, bar
-
-
-def read_summary(run_dir: Path) -> dict[str, object]:
-    path = run_dir / "summary.json"
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(f"{run_dir}: not a meshsim run folder (no summary.json)") from None
-    except (OSError, ValueError) as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc}") from None
-    if not isinstance(value, dict):
-        raise ScenarioError(f"{path}: not a meshsim summary")
-    return value

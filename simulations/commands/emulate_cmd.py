@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     delivered = sum(1 for m in em.measured if m.delivered is not None)
     data = {"out": str(args.out), "shaping": em.shaping, "reason": em.reason, "transfers": len(em.measured),
             "delivered": delivered, "wall_s": round(em.wall_seconds, 1)}
-    from simulations.commands.common import read_summary
+    from simulations.report import read_run_file
 
-    summary = read_summary(args.out)
+    summary = read_run_file(args.out / "summary.json")
     reps = summary["replications"]
     assert isinstance(reps, list)
     p50 = lookup(reps[0], ("delivery_time_s", "all", "p50"))

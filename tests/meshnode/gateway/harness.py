@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -119,3 +120,16 @@ async def start_gateway(nursery: trio.Nursery, home: Path, gateway_config: Gatew
     return Gateway(home, storage, db, state, intake, announcer, server, shared, share)
 
 
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+    """Poll `check` until it returns something true, for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await trio.sleep(0.05)

@@ -4,9 +4,7 @@ late instances make a new revision, a resent study none, a failed share is retri
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import trio
 
@@ -15,23 +13,9 @@ from meshnode.gateway.routes import Route, RouteTable
 from meshnode.storage.gateway_store import Announcement, AnnouncementState
 from protocol.manifest import Priority
 from tests.meshnode.gateway.conftest import GatewayFactory
-from tests.meshnode.gateway.harness import Gateway, config
+from tests.meshnode.gateway.harness import Gateway, config, eventually
 
-T = TypeVar("T")
 ROUTE = Route("stroke", ("RJ1", "RAJ"), Priority.URGENT, called_ae="MESH_STROKE", quiet_period_s=1)
-DEADLINE_S = 20.0
-
-
-async def eventually(check: Callable[[], T], what: str) -> T:
-    """Poll `check` until it returns something true (bounded by DEADLINE_S)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await trio.sleep(0.05)
 
 
 async def row(gw: Gateway, study: str) -> Announcement | None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
@@ -25,10 +25,9 @@ from meshnode.storage.gateway_store import ForwardState
 from protocol.manifest import Priority, Purpose
 from tests.e2e.dimse_tools import dataset_bytes
 from tests.meshnode.gateway.conftest import GatewayFactory
-from tests.meshnode.gateway.harness import Gateway
+from tests.meshnode.gateway.harness import Gateway, eventually
 from tools.demo.workspace import free_tcp_port
 
-T = TypeVar("T")
 PACS_AE = "TEST_PACS"
 
 
@@ -70,17 +69,6 @@ async def pacs() -> AsyncIterator[Pacs]:
         yield server
     finally:
         await trio.to_thread.run_sync(server.stop)
-
-
-async def eventually(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await trio.sleep(0.05)
 
 
 async def received_study(gw: Gateway, files: list[Path]) -> Any:
