@@ -16,6 +16,7 @@ from meshnode.storage.records import (
     DeliveryRow,
     InstanceRecord,
     ManifestRow,
+    ServedRow,
     StudyAttributes,
     StudySummaryRow,
     hash_uid,
@@ -31,6 +32,7 @@ from meshnode.storage.search import (
     memory_search_studies,
 )
 from meshnode.storage.sqlite_metadata import CONFLICT_FLAG
+from protocol.access import Holding
 from protocol.cid import CID
 
 
@@ -54,6 +56,8 @@ class MemoryMetadataStore:
         self._audit: list[AuditEntry] = []
         self._deliveries: dict[tuple[CID, str], DeliveryRow] = {}
         self._served: dict[CID, dict[str, int]] = {}
+        self._obtained: set[tuple[CID, CID]] = set()
+        self._served_to: dict[tuple[CID, str], tuple[int, int]] = {}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -130,9 +134,35 @@ class MemoryMetadataStore:
         self.append_audit(events, now_ms)
         return before - len(self._instances)
 
-    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int) -> None:
+    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int,
+                      obtained: Sequence[tuple[CID, CID, str]] = ()) -> None:
         for cid, size in blocks:
             self._blocks.setdefault(cid, size)
+        for manifest_id, cid, peer in obtained:
+            if (manifest_id, cid) in self._obtained:
+                continue
+            self._obtained.add((manifest_id, cid))
+            if manifest_id in self._transfers:
+                per_peer = self._served.setdefault(manifest_id, {})
+                per_peer[peer] = per_peer.get(peer, 0) + 1
+
+    def obtained_blocks(self, manifest_id: CID, cids: Iterable[CID]) -> set[CID]:
+        m = self._manifests.get(manifest_id)
+        if m is None or m.direction != "received":
+            return set()
+        chain = [e.manifest_id for e in self._manifests.values() if e.direction == "received"
+                 and e.study_uid == m.study_uid and e.sender_org == m.sender_org and e.revision <= m.revision]
+        return {c for c in cids if any((e, c) in self._obtained for e in chain)}
+
+    def holdings(self, cids: Iterable[CID]) -> dict[CID, list[Holding]]:
+        out: dict[CID, list[Holding]] = {}
+        for cid in cids:
+            for m in self._manifests.values():
+                if cid in self._manifest_blocks.get(m.manifest_id, frozenset()):
+                    out.setdefault(cid, []).append(Holding(
+                        m.sender_org, frozenset(m.recipients),
+                        m.direction == "sent" or (m.manifest_id, cid) in self._obtained))
+        return out
 
     def present_blocks(self, cids: Iterable[CID]) -> set[CID]:
         return {c for c in cids if c in self._blocks}
@@ -192,12 +222,17 @@ class MemoryMetadataStore:
         return max((m.revision for m in self._manifests.values() if m.direction == "received"
                     and m.study_uid == study_uid and m.sender_org == sender_org), default=0)
 
-    def set_served_by(self, manifest_id: CID, served_by: dict[str, int]) -> None:
-        if manifest_id in self._transfers:
-            self._served[manifest_id] = dict(served_by)
-
     def served_by(self, manifest_id: CID) -> dict[str, int]:
         return dict(self._served.get(manifest_id, {}))
+
+    def add_served(self, manifest_id: CID, org: str, blocks: int, nbytes: int, now_ms: int) -> None:
+        old = self._served_to.get((manifest_id, org), (0, 0))
+        self._served_to[(manifest_id, org)] = (old[0] + blocks, old[1] + nbytes)
+
+    def served(self, manifest_id: CID | None = None) -> list[ServedRow]:
+        return [ServedRow(m, org, b, n) for (m, org), (b, n) in sorted(
+            self._served_to.items(), key=lambda kv: (kv[0][0].to_bytes(), kv[0][1]))
+            if manifest_id is None or m == manifest_id]
 
     def highest_roster_version(self) -> int:
         return self._roster_version
