@@ -34,9 +34,17 @@ from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord
 from protocol.cid import CID
 from protocol.document import Signed
-from protocol.errors import MeshError
+from protocol.access import may_reuse
+from protocol.errors import MeshError, UnauthorisedError
 from protocol.exchange_messages import BlockAbsent, BlockData, BlockRequest, Refused, held_blocks
-from protocol.fetch import BlockStalled, BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
+from protocol.fetch import (
+    BlockStalled,
+    BlockWanted,
+    FetchScheduler,
+    ManifestCompleted,
+    PeerBanned,
+    Request,
+)
 from protocol.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -83,6 +91,8 @@ class Fetcher:
         self._dirty: set[CID] = set()  # progress not yet saved
         self._nursery: trio.Nursery | None = None
         self._discover_now = trio.Event()
+        #: (manifest, peer) pairs this node relayed a manifest to (at most once each, this run)
+        self._relayed: set[tuple[CID, str]] = set()
         #: seconds from the announcement's arrival (or the start of fetching) to the first instance verified on disk
         self.first_usable: dict[CID, float] = {}
 
@@ -99,8 +109,11 @@ class Fetcher:
         order = block_order(manifest)
         wanted = fetch_order(manifest, order, self.ctx.org, self.ctx.peer_id)
         sizes = _block_sizes(manifest)
-        have, earlier = await self.ctx.db.run(
-            lambda s: (s.present_blocks(order), s.instances(manifest.study_uid)))
+        present, holdings, earlier = await self.ctx.db.run(
+            lambda s: (s.present_blocks(order), s.holdings(order), s.instances(manifest.study_uid)))
+        # A block on disk counts only if the sender already knows this node holds it; the rest is fetched
+        # again, so what this node asks for never tells a sender what else it stores (protocol.access).
+        have = {c for c in present if may_reuse(holdings.get(c, ()), manifest.sender_org)}
         self.active[manifest_id] = signed
         by_uid = {r.sop_instance_uid: r for r in earlier}
         self._known[manifest_id] = {
@@ -117,8 +130,8 @@ class Fetcher:
         self._discover_now.set()
         self.ctx.wake()  # the first requests go out while the state below is written
         await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "fetching"))
-        log.info("fetching %s manifest %s: %d of %d blocks already on disk", manifest.priority.value, manifest_id,
-                 len(have), len(order))
+        log.info("fetching %s manifest %s: %d of %d blocks already on disk (%d more held, fetched again)",
+                 manifest.priority.value, manifest_id, len(have), len(order), len(present) - len(have))
 
     def stop(self, manifest_id: CID) -> None:
         """Recall, cancel or done: stop fetching (blocks in flight are stored but ignored when they arrive)."""
@@ -129,6 +142,7 @@ class Fetcher:
         self._known.pop(manifest_id, None)
         self._fetched.discard(manifest_id)
         self._dirty.discard(manifest_id)
+        self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
 
     def started_at(self, manifest_id: CID) -> float | None:
         """When fetching this manifest started (this run of the node), for transfer-duration metrics."""
@@ -228,6 +242,9 @@ class Fetcher:
             if order is None:  # completed or recalled meanwhile
                 return
             held = held_blocks(order, bitmap)
+        except UnauthorisedError:
+            await self._relay(manifest_id, peer)
+            return
         except MeshError as exc:
             log.info("no availability from %s: %s", peer.peer_id, exc)
             return
@@ -235,6 +252,25 @@ class Fetcher:
         if held and manifest_id in self.active:
             self.scheduler.peer_available(peer.peer_id, manifest_id, held)
             self.ctx.wake()
+
+    async def _relay(self, manifest_id: CID, peer: ResolvedPeer) -> None:
+        """A fellow recipient refused to say what it holds: most likely the sender's announcement has not
+        reached it yet. Relay the sender's signed manifest to it, once per peer, so it can check it and
+        answer (and start fetching) rather than wait."""
+        signed = self.active.get(manifest_id)
+        if (signed is None or peer.org_code == signed.document.sender_org
+                or peer.org_code not in signed.document.recipients or (manifest_id, peer.peer_id) in self._relayed):
+            return
+        self._relayed.add((manifest_id, peer.peer_id))
+        row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
+        if row is None or not row.certificate:
+            return
+        try:
+            await self.wire.announce(peer.peer_id, row.raw, row.certificate)
+            log.info("relayed manifest %s to fellow recipient %s (%s)", manifest_id, peer.peer_id, peer.org_code)
+            self._discover_now.set()
+        except MeshError as exc:
+            log.info("relaying manifest %s to %s: %s", manifest_id, peer.peer_id, exc)
 
     async def _request(self, request: Request) -> None:
         absent: list[CID] = []
@@ -359,18 +395,13 @@ class Fetcher:
                 await self._save_progress(dirty, "fetching")
 
     async def _save_progress(self, manifest_ids: set[CID], state: str) -> None:
-        rows = [(m, self.scheduler.progress(m), self.scheduler.served_by(m)) for m in manifest_ids
-                if m in self.active]
+        """Progress. (Blocks served per peer are counted with the blocks themselves, as they become durable.)"""
+        rows = [(m, self.scheduler.progress(m)) for m in manifest_ids if m in self.active]
         ms = int(self.ctx.clock() * 1000)
 
         def save(store: MetadataStore) -> None:
-            for manifest_id, progress, served in rows:
+            for manifest_id, progress in rows:
                 store.set_transfer(manifest_id, state, progress.blocks_done, progress.bytes_done, ms)
-                if served:
-                    merged = store.served_by(manifest_id)
-                    for peer, n in served.items():
-                        merged[peer] = max(merged.get(peer, 0), n)
-                    store.set_served_by(manifest_id, merged)
 
         if rows:
             await self.ctx.db.run(save)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from meshnode.node.context import NodeContext
 from meshnode.node.events import StudyEvent, StudyEventKind
-from meshnode.node.policy import authorise_manifest_access
+from meshnode.node.policy import authorise_manifest_access, servable_in_order
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import ManifestRow, hash_uid
@@ -55,7 +55,8 @@ class Receiver:
             sender_cert = open_document(cert_raw, Certificate)
             verify_manifest(signed, sender_cert, ctx.roster(), now, skew=ctx.config.clock_skew)
             manifest = signed.document
-            if announcer.org_code != manifest.sender_org:
+            if announcer.org_code != manifest.sender_org and announcer.org_code not in manifest.recipients:
+                # a fellow recipient may relay the sender's signed manifest (early availability requests)
                 raise WrongOrganisationError(f"a node of {announcer.org_code} announced {manifest.sender_org}'s manifest")
             if ctx.org not in manifest.recipients:
                 raise WrongOrganisationError(f"{ctx.org} is not a recipient of this manifest")
@@ -72,7 +73,8 @@ class Receiver:
                                        actor=peer_id, detail=f"{exc.name}: {exc}"[:300]))
             raise
         row = ManifestRow(manifest_id, manifest.study_uid, "received", manifest.sender_org, manifest.revision,
-                          "announced", manifest.created_at, manifest.expires_at, manifest_raw, manifest.recipients)
+                          "announced", manifest.created_at, manifest.expires_at, manifest_raw, manifest.recipients,
+                          cert_raw)
         blocks = block_order(manifest)
 
         def record(store: MetadataStore) -> None:
@@ -80,10 +82,11 @@ class Receiver:
             store.set_transfer(manifest_id, "announced", 0, 0, int(now * 1000))
 
         await ctx.db.run(record)
+        relayed = f", relayed by {announcer.org_code}" if announcer.org_code != manifest.sender_org else ""
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "manifest-received", actor=peer_id,
                                    actor_org=manifest.sender_org, study=hash_uid(manifest.study_uid),
                                    manifest_id=str(manifest_id),
-                                   detail=f"{manifest.priority.value}, {len(manifest.instances)} instance(s)"))
+                                   detail=f"{manifest.priority.value}, {len(manifest.instances)} instance(s){relayed}"))
         await ctx.events.publish(StudyEvent(StudyEventKind.ANNOUNCED, str(manifest_id), manifest.study_uid,
                                             manifest.sender_org, manifest.priority.value, "received",
                                             instances=len(manifest.instances)))
@@ -92,20 +95,20 @@ class Receiver:
         return manifest_id
 
     async def availability(self, peer_id: str, manifest_id: CID) -> list[bool]:
-        """Which blocks of the manifest this node holds, in manifest block order."""
-        _, row = await authorise_manifest_access(self.ctx, peer_id, manifest_id)
+        """Which blocks of the manifest this node would serve the peer, in manifest block order (a block
+        it holds but may not serve under this manifest is reported absent: protocol.access)."""
+        access = await authorise_manifest_access(self.ctx, peer_id, manifest_id)
         order = self._orders.get(manifest_id)
         if order is None:
             # Peers ask every half second while they fetch; a manifest is named by its hash, so its
             # block order never changes.
-            order = block_order(self.ctx.manifests.open(manifest_id, row.raw).document)
+            order = block_order(self.ctx.manifests.open(manifest_id, access.row.raw).document)
             self._orders[manifest_id] = order
             while len(self._orders) > ORDER_CACHE_SIZE:
                 self._orders.popitem(last=False)
         else:
             self._orders.move_to_end(manifest_id)
-        present = await self.ctx.db.run(lambda s: s.present_blocks(order))
-        return [cid in present for cid in order]
+        return await servable_in_order(self.ctx, access, order)
 
     async def accept_recall(self, peer_id: str, recall_raw: bytes, cert_raw: bytes) -> None:
         ctx = self.ctx
