@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from protocol.access import Share, decide, servable
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError
 from protocol.fetch import BlockStalled, BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
@@ -38,6 +39,7 @@ from simulations.engine.state import Status, Study, Transfer
 
 if TYPE_CHECKING:
     from simulations.engine.mesh_design import Mesh
+    from simulations.engine.world import World
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,16 @@ class RequestState:
         self.flow: Flow | None = None
         self.received = 0.0  # bytes of this request's blocks that have arrived whole
         self.marks: list[int] = []  # per flow milestone: the block (index into request.cids) it ends
+
+
+def study_share(world: World, s: Study) -> Share:
+    """A study's manifest as protocol.access sees it (cached on the study; live for the whole run: the
+    model has no recall, and failures end a transfer rather than the manifest)."""
+    share = s.access
+    if share is None:
+        share = s.access = Share(world.orgs[s.sender].code, frozenset(world.orgs[r].code for r in s.recipients),
+                                 "fetching", 2**62)
+    return share
 
 
 class MeshNode:
@@ -216,10 +228,17 @@ class MeshNode:
             if not (s.hub_stored and f.hub_added):
                 return
             told, blocks = f.told.get(HUB, 0), list(range(len(s.cids)))
-        elif holder == s.sender:
-            told, blocks = f.told.get(holder, 0), list(range(len(s.cids)))
         else:
-            told, blocks = f.told.get(holder, 0), s.held.get(holder, [])
+            # the node's own rule (protocol.access): a holder answers only a recipient of the manifest, with
+            # the blocks it may serve under it: all of them at the sender, at a fellow recipient those it
+            # fetched under this manifest (s.held: verified blocks of this study, from its sender or recipients)
+            share = study_share(world, s)
+            if not decide(share, world.orgs[self.org].code, 0).allowed:
+                return
+            if servable(share, world.orgs[holder].code, obtained=False):
+                told, blocks = f.told.get(holder, 0), list(range(len(s.cids)))
+            else:
+                told, blocks = f.told.get(holder, 0), s.held.get(holder, [])
         if told >= len(blocks):
             return
         name = world.hub_code if holder == HUB else world.orgs[holder].code
