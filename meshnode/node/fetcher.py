@@ -13,7 +13,6 @@ already on disk, so nothing verified is fetched again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -25,7 +24,6 @@ from meshnode.node.assembly import InstanceAssembly
 from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
 from meshnode.node.completion import same_bytes, verify_instance
 from meshnode.node.context import NodeContext
-from meshnode.node.receiver import block_order
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from meshnode.p2p.dial import is_connected
@@ -37,6 +35,7 @@ from protocol.document import Signed
 from protocol.access import may_reuse
 from protocol.errors import MeshError, UnauthorisedError
 from protocol.exchange_messages import BlockAbsent, BlockData, BlockRequest, Refused, held_blocks
+from protocol.fetch_order import fetch_order
 from protocol.fetch import (
     BlockStalled,
     BlockWanted,
@@ -106,8 +105,8 @@ class Fetcher:
         if manifest_id in self.active:
             return
         manifest = signed.document
-        order = block_order(manifest)
-        wanted = fetch_order(manifest, order, self.ctx.org, self.ctx.peer_id)
+        order = list(manifest.block_order())
+        wanted = fetch_order(manifest, self.ctx.org, self.ctx.peer_id)
         sizes = _block_sizes(manifest)
         present, holdings, earlier = await self.ctx.db.run(
             lambda s: (s.present_blocks(order), s.holdings(order), s.instances(manifest.study_uid)))
@@ -405,28 +404,6 @@ class Fetcher:
 
         if rows:
             await self.ctx.db.run(save)
-
-
-def fetch_order(manifest: Manifest, order: list[CID], org: str, peer_id: str) -> list[CID]:
-    """The first instance's blocks first (it is usable soonest), then the rest from a starting point of
-    this node's own, so that recipients fetching at the same time hold different parts and serve each other.
-
-    Every recipient knows the manifest's (sorted) recipient list, so the k-th of n recipient orgs starts
-    k/n of the way through: two recipients start half a study apart, three a third apart, whatever
-    their peer IDs. Nodes of the same org are spread within the first half of their org's share by a
-    hash of their peer ID.
-    """
-    first = list(manifest.instances[0].blocks)
-    first_set = set(first)
-    rest = [c for c in order if c not in first_set]
-    if not rest:
-        return order
-    recipients = sorted(manifest.recipients)
-    index = recipients.index(org) if org in recipients else len(recipients)
-    share = len(rest) / (len(recipients) + (org not in recipients))
-    jitter = int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "big") % max(1, int(share / 2))
-    offset = (int(index * share) + jitter) % len(rest)
-    return list(dict.fromkeys(first + rest[offset:] + rest[:offset]))
 
 
 def _remember(table: dict[CID, float], key: CID, value: float) -> None:

@@ -29,21 +29,12 @@ ManifestHook = Callable[[Signed[Manifest], float], Awaitable[None]]
 ORDER_CACHE_SIZE = 64
 
 
-def block_order(manifest: Manifest) -> list[CID]:
-    """Distinct blocks in manifest order (instances in order, blocks in order, first occurrence)."""
-    seen: dict[CID, None] = {}
-    for instance in manifest.instances:
-        for cid in instance.blocks:
-            seen.setdefault(cid, None)
-    return list(seen)
-
-
 class Receiver:
     def __init__(self, ctx: NodeContext, on_accepted: ManifestHook, on_recalled: Callable[[CID], Awaitable[None]]):
         self.ctx = ctx
         self.on_accepted = on_accepted
         self.on_recalled = on_recalled
-        self._orders: OrderedDict[CID, list[CID]] = OrderedDict()
+        self._orders: OrderedDict[CID, tuple[CID, ...]] = OrderedDict()
 
     async def accept_announce(self, peer_id: str, manifest_raw: bytes, cert_raw: bytes) -> CID:
         """Verify and record an announced manifest; raises the MeshError to send back on refusal."""
@@ -75,7 +66,7 @@ class Receiver:
         row = ManifestRow(manifest_id, manifest.study_uid, "received", manifest.sender_org, manifest.revision,
                           "announced", manifest.created_at, manifest.expires_at, manifest_raw, manifest.recipients,
                           cert_raw)
-        blocks = block_order(manifest)
+        blocks = manifest.block_order()
 
         def record(store: MetadataStore) -> None:
             store.save_manifest(row, blocks)
@@ -102,7 +93,7 @@ class Receiver:
         if order is None:
             # Peers ask every half second while they fetch; a manifest is named by its hash, so its
             # block order never changes.
-            order = block_order(self.ctx.manifests.open(manifest_id, access.row.raw).document)
+            order = self.ctx.manifests.open(manifest_id, access.row.raw).document.block_order()
             self._orders[manifest_id] = order
             while len(self._orders) > ORDER_CACHE_SIZE:
                 self._orders.popitem(last=False)

@@ -19,7 +19,6 @@ reachable.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 from protocol.access import Share, decide, servable
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError
+from protocol.fetch_order import rotated, start_offset
 from protocol.fetch import BlockStalled, BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
 from protocol.manifest import Priority
 from protocol.outbox import DeliveryKey, DeliveryKind
@@ -104,7 +104,6 @@ class MeshNode:
         self.outbox = OutboxDriver(mesh.world.queue, self._attempt_announce, self._announce_gave_up,
                                    max_attempts=mesh.world.scenario.design.announce_max_attempts)
         self.pending: dict[DeliveryKey, Transfer] = {}
-        self.offset_seed = int.from_bytes(hashlib.sha256(self.code.encode()).digest()[:4], "big")
         self.direct: Fetch | None = None
 
     # -- announcing (sender side) ---------------------------------------------------------
@@ -160,11 +159,11 @@ class MeshNode:
             order, first = [0], 1
         else:
             first = min(n, max(1, math.ceil(s.image_bytes / s.sizes[0])))
-            order = list(range(first))
+            # the node's order (protocol.fetch_order): the k-th of n recipient orgs starts k/n of the way
+            # through the rest (one node per org here, named by its org code)
             rest = list(range(first, n))
-            if rest:
-                k = self.offset_seed % len(rest)
-                order += rest[k:] + rest[:k]
+            codes = [self.mesh.world.orgs[r].code for r in s.recipients]
+            order = rotated(list(range(first)), rest, start_offset(codes, self.code, self.code, len(rest)))
         f = Fetch(t, self, order, first)
         f.last_progress = now
         t.fetch_started = now
