@@ -3,8 +3,8 @@
 A node serves block b under manifest M to a peer of org P only if
 
 1. P is one of M's recipients and is not M's sender;
-2. M is live at this node: not failed, recalled, superseded by a newer revision of the same share,
-   nor expired;
+2. M is live at this node: not failed, recalled, superseded by a newer revision of the same share (one
+   naming every org M names), nor expired;
 3. b is listed in M; and
 4. either this node's org signed M, or this node holds b because it fetched b under M (or under an
    earlier revision of the same share: same sender, same study) from M's sender or another of its
@@ -63,11 +63,20 @@ class Share:
     recipients: frozenset[str]
     state: str
     expires_at: int
-    #: a newer revision of the same share (same sender, same study) was received here
+    #: a newer revision of the same share replaces it here (`superseded`)
     superseded: bool = False
 
     def is_live(self, now: float) -> bool:
         return self.state not in DEAD_STATES and not self.superseded and self.expires_at >= now
+
+
+def superseded(revision: int, recipients: Iterable[str], others: Iterable[tuple[int, Iterable[str]]]) -> bool:
+    """Whether a newer revision of the same share (same sender, same study: `others`, as (revision,
+    recipients)) replaces this one: a higher revision naming every org this one names. A later manifest
+    for the same study to other orgs is another share, not a correction of this one, so it does not stop
+    this one's recipients from serving each other."""
+    mine = frozenset(recipients)
+    return any(r > revision and mine <= frozenset(rs) for r, rs in others)
 
 
 def entitled(share: Share, requester_org: str) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 from libp2p.peer.id import ID
@@ -48,6 +49,8 @@ from protocol.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
+V = TypeVar("V")
+
 DISCOVERY_INTERVAL = 0.5
 TICK = 0.5
 PROGRESS_INTERVAL = 0.5
@@ -74,9 +77,12 @@ class Fetcher:
         self.sessions = sessions
         self.on_complete = on_complete
         self.on_failed = on_failed
-        self.scheduler = FetchScheduler(window_initial=WINDOW_INITIAL, window_max=WINDOW_MAX,
-                                        request_max_blocks=REQUEST_BLOCKS, min_request_blocks=MIN_REQUEST_BLOCKS,
-                                        request_timeout=float(ctx.config.request_timeout))
+        #: one scheduler per sender org: a block done under one sender's manifest never counts for another
+        #: sender's (that would tell the second sender, by what this node does not ask it for, what the
+        #: node holds or is fetching: protocol.access.may_reuse applies across manifests in flight too)
+        self._schedulers: dict[str, FetchScheduler] = {}
+        #: manifest -> its sender org (kept a while after a manifest stops, for late arrivals)
+        self._sender_of: dict[CID, str] = {}
         self.sink = BlockSink(ctx.storage.blocks, ctx.db, self._settled, clock=ctx.clock)
         self.active: dict[CID, Signed[Manifest]] = {}
         self._orders: dict[CID, list[CID]] = {}
@@ -94,6 +100,19 @@ class Fetcher:
         self._relayed: set[tuple[CID, str]] = set()
         #: seconds from the announcement's arrival (or the start of fetching) to the first instance verified on disk
         self.first_usable: dict[CID, float] = {}
+
+    def _scheduler(self, sender_org: str) -> FetchScheduler:
+        sched = self._schedulers.get(sender_org)
+        if sched is None:
+            sched = self._schedulers[sender_org] = FetchScheduler(
+                window_initial=WINDOW_INITIAL, window_max=WINDOW_MAX, request_max_blocks=REQUEST_BLOCKS,
+                min_request_blocks=MIN_REQUEST_BLOCKS, request_timeout=float(self.ctx.config.request_timeout))
+        return sched
+
+    def scheduler_of(self, manifest_id: CID) -> FetchScheduler | None:
+        """The scheduler a manifest is (or was recently) fetched in."""
+        sender = self._sender_of.get(manifest_id)
+        return self._schedulers.get(sender) if sender is not None else None
 
     # -- adding work ------------------------------------------------------------------
     async def start(self, signed: Signed[Manifest], holder: str | None = None, since: float | None = None) -> None:
@@ -122,10 +141,12 @@ class Fetcher:
         _remember(self._started, manifest_id, self.ctx.clock() if since is None else since)
         self._assembly[manifest_id] = assembly = InstanceAssembly(manifest, have)
         self._queue_ready(manifest_id, assembly)
-        self.scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
-                                    manifest.priority, have, self.ctx.clock())
+        _remember(self._sender_of, manifest_id, manifest.sender_org)
+        scheduler = self._scheduler(manifest.sender_org)
+        scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
+                               manifest.priority, have, self.ctx.clock())
         if holder is not None:
-            self.scheduler.peer_available(holder, manifest_id, order)
+            scheduler.peer_available(holder, manifest_id, order)
         self._discover_now.set()
         self.ctx.wake()  # the first requests go out while the state below is written
         await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "fetching"))
@@ -134,8 +155,9 @@ class Fetcher:
 
     def stop(self, manifest_id: CID) -> None:
         """Recall, cancel or done: stop fetching (blocks in flight are stored but ignored when they arrive)."""
-        if self.active.pop(manifest_id, None) is not None:
-            self.scheduler.remove_manifest(manifest_id)
+        scheduler = self.scheduler_of(manifest_id)
+        if self.active.pop(manifest_id, None) is not None and scheduler is not None:
+            scheduler.remove_manifest(manifest_id)
         self._orders.pop(manifest_id, None)
         self._assembly.pop(manifest_id, None)
         self._known.pop(manifest_id, None)
@@ -148,7 +170,8 @@ class Fetcher:
         return self._started.get(manifest_id)
 
     def peer_lost(self, peer_id: str) -> None:
-        self.scheduler.peer_lost(peer_id, self.ctx.clock())
+        for scheduler in self._schedulers.values():
+            scheduler.peer_lost(peer_id, self.ctx.clock())
 
     # -- the loops ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -160,10 +183,11 @@ class Fetcher:
             nursery.start_soon(self._progress_loop)
             while True:
                 changed = self.ctx.changed
-                for request in self.scheduler.next_requests(self.ctx.clock()):
-                    nursery.start_soon(self._request, request)
-                for event in self.scheduler.events():
-                    await self._event(event)
+                for scheduler in list(self._schedulers.values()):
+                    for request in scheduler.next_requests(self.ctx.clock()):
+                        nursery.start_soon(self._request, scheduler, request)
+                    for event in scheduler.events():
+                        await self._event(event)
                 with trio.move_on_after(TICK):
                     await changed.wait()
 
@@ -248,8 +272,9 @@ class Fetcher:
             log.info("no availability from %s: %s", peer.peer_id, exc)
             return
         log.debug("%s (%s) holds %d block(s) of %s", peer.peer_id, peer.org_code, len(held), manifest_id)
-        if held and manifest_id in self.active:
-            self.scheduler.peer_available(peer.peer_id, manifest_id, held)
+        scheduler = self.scheduler_of(manifest_id)
+        if held and manifest_id in self.active and scheduler is not None:
+            scheduler.peer_available(peer.peer_id, manifest_id, held)
             self.ctx.wake()
 
     async def _relay(self, manifest_id: CID, peer: ResolvedPeer) -> None:
@@ -271,7 +296,7 @@ class Fetcher:
         except MeshError as exc:
             log.info("relaying manifest %s to %s: %s", manifest_id, peer.peer_id, exc)
 
-    async def _request(self, request: Request) -> None:
+    async def _request(self, scheduler: FetchScheduler, request: Request) -> None:
         absent: list[CID] = []
         answered: set[CID] = set()
         try:
@@ -281,7 +306,7 @@ class Fetcher:
                 except MeshError as exc:
                     # Unreachable: forget what it holds until discovery finds it again (no retry storm).
                     log.info("holder %s unreachable: %s", request.peer, exc)
-                    self.scheduler.peer_lost(request.peer, self.ctx.clock())
+                    scheduler.peer_lost(request.peer, self.ctx.clock())
                     self.ctx.wake()
                     return
             async for frame in self.wire.fetch_blocks(request.peer, BlockRequest(request.manifest_id, request.cids)):
@@ -300,10 +325,10 @@ class Fetcher:
             # Blocks handed to the sink are reported when durable; the rest is settled now.
             now = self.ctx.clock()
             for cid in absent:
-                self.scheduler.block_absent(request.peer, cid, now)
+                scheduler.block_absent(request.peer, cid, now)
             unanswered = [c for c in request.cids if c not in answered]
             if unanswered:
-                self.scheduler.request_failed(request.peer, unanswered, now)
+                scheduler.request_failed(request.peer, unanswered, now)
             self.ctx.wake()
 
     async def _settled(self, settled: list[Settled]) -> None:
@@ -311,17 +336,21 @@ class Fetcher:
         now = self.ctx.clock()
         durable: list[CID] = []
         for s in settled:
+            # the scheduler of the manifest the block was asked for under (none: stopped long ago)
+            scheduler = self.scheduler_of(s.manifest_id)
             if s.outcome is Outcome.DURABLE:
-                self.scheduler.block_received(s.peer, s.cid, True, now)
+                if scheduler is not None:
+                    scheduler.block_received(s.peer, s.cid, True, now)
                 durable.append(s.cid)
                 self.ctx.count_received(s.peer, [(s.cid, s.size)])  # metrics
             elif s.outcome is Outcome.CORRUPT:
-                self.scheduler.block_received(s.peer, s.cid, False, now)
+                if scheduler is not None:
+                    scheduler.block_received(s.peer, s.cid, False, now)
                 await self.ctx.audit(AuditEvent(
                     EventCode.SECURITY_ALERT, "corrupt-block", AuditOutcome.SERIOUS_FAILURE, actor=s.peer,
                     manifest_id=str(s.manifest_id), detail=f"block {s.cid} failed its hash check"))
-            else:
-                self.scheduler.request_failed(s.peer, [s.cid], now)
+            elif scheduler is not None:
+                scheduler.request_failed(s.peer, [s.cid], now)
         if durable:
             for manifest_id, assembly in self._assembly.items():
                 assembly.durable(durable)
@@ -386,16 +415,18 @@ class Fetcher:
             await trio.sleep(PROGRESS_INTERVAL)
             dirty, self._dirty = self._dirty, set()
             if log.isEnabledFor(logging.DEBUG):
-                for peer in {r for r in self.scheduler.in_flight().values()}:
-                    log.debug("peer %s: window %s, effective %s, in flight %d; sink pending %d bytes, %d rounds",
-                              peer, self.scheduler.window(peer), self.scheduler.effective_window(peer),
-                              self.scheduler.in_flight_count(peer), self.sink.pending_bytes, self.sink.rounds)
+                for org, sched in self._schedulers.items():
+                    for peer in {r for r in sched.in_flight().values()}:
+                        log.debug("%s's manifests, peer %s: window %s, effective %s, in flight %d; sink pending %d"
+                                  " bytes, %d rounds", org, peer, sched.window(peer), sched.effective_window(peer),
+                                  sched.in_flight_count(peer), self.sink.pending_bytes, self.sink.rounds)
             if dirty:
                 await self._save_progress(dirty, "fetching")
 
     async def _save_progress(self, manifest_ids: set[CID], state: str) -> None:
         """Progress. (Blocks served per peer are counted with the blocks themselves, as they become durable.)"""
-        rows = [(m, self.scheduler.progress(m)) for m in manifest_ids if m in self.active]
+        rows = [(m, sched.progress(m)) for m in manifest_ids
+                if m in self.active and (sched := self.scheduler_of(m)) is not None]
         ms = int(self.ctx.clock() * 1000)
 
         def save(store: MetadataStore) -> None:
@@ -406,7 +437,7 @@ class Fetcher:
             await self.ctx.db.run(save)
 
 
-def _remember(table: dict[CID, float], key: CID, value: float) -> None:
+def _remember(table: dict[CID, V], key: CID, value: V) -> None:
     """Set table[key], keeping only the REMEMBERED most recent entries (a node runs for months)."""
     table.pop(key, None)
     table[key] = value

@@ -15,7 +15,7 @@ from meshnode.node.context import NodeContext
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import ManifestRow
-from protocol.access import Share, Verdict, decide, servable
+from protocol.access import Share, Verdict, decide, servable, superseded
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.errors import UnauthorisedError
@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 REFUSAL = "request refused"
 
 
-def share_of(row: ManifestRow, highest_revision: int) -> Share:
-    """protocol.access's view of a stored manifest; `highest_revision`: of the same share received here."""
+def share_of(row: ManifestRow, revisions: Sequence[tuple[int, Sequence[str]]]) -> Share:
+    """protocol.access's view of a stored manifest; `revisions`: (revision, recipients) of every manifest of
+    the same study from the same sender held here in the same direction."""
     return Share(row.sender_org, frozenset(row.recipients), row.state, row.expires_at,
-                 superseded=row.direction == "received" and highest_revision > row.revision)
+                 superseded=superseded(row.revision, row.recipients, revisions))
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,18 @@ async def authorise_manifest_access(
         cert = ctx.peers.authorise(peer_id, now)
         own_org = ctx.org
 
-        def lookup(store: MetadataStore) -> tuple[ManifestRow | None, int, set[CID], set[CID], set[CID]]:
+        def lookup(store: MetadataStore) -> tuple[ManifestRow | None, list[tuple[int, tuple[str, ...]]], set[CID],
+                                                  set[CID], set[CID]]:
             found = store.manifest(manifest_id)
             if found is None:
-                return None, 0, set(), set(), set()
-            highest = store.highest_revision(found.study_uid, found.sender_org) if found.direction == "received" else 0
+                return None, [], set(), set(), set()
+            revisions = store.share_revisions(found.study_uid, found.sender_org, found.direction)
             unlisted = store.not_in_manifest(manifest_id, cids) if cids else set()
             present, obtained = _holdings(store, found, own_org, [c for c in cids if c not in unlisted])
-            return found, highest, unlisted, present, obtained
+            return found, revisions, unlisted, present, obtained
 
-        row, highest, unlisted, present, obtained = await ctx.db.run(lookup)
-        share = share_of(row, highest) if row is not None else None
+        row, revisions, unlisted, present, obtained = await ctx.db.run(lookup)
+        share = share_of(row, revisions) if row is not None else None
         verdict = decide(share, cert.org_code, now, unlisted=len(unlisted))
         if row is None or share is None or not verdict.allowed:
             raise UnauthorisedError(REFUSAL)

@@ -218,6 +218,10 @@ class MemoryMetadataStore:
         rows = [r for r in self._deliveries.values() if manifest_id is None or r.manifest_id == manifest_id]
         return sorted(rows, key=lambda r: (r.manifest_id.to_bytes(), r.org))
 
+    def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
+        return sorted((m.revision, m.recipients) for m in self._manifests.values()
+                      if m.study_uid == study_uid and m.sender_org == sender_org and m.direction == direction)
+
     def highest_revision(self, study_uid: str, sender_org: str) -> int:
         return max((m.revision for m in self._manifests.values() if m.direction == "received"
                     and m.study_uid == study_uid and m.sender_org == sender_org), default=0)

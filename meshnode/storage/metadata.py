@@ -94,6 +94,10 @@ class MetadataStore(SearchableStore, Protocol):
 
     def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]: ...
 
+    def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
+        """(revision, recipients) of every manifest of this study from this sender org, sent or received."""
+        ...
+
     def highest_revision(self, study_uid: str, sender_org: str) -> int:
         """Highest revision of a received manifest for this study from this sender org (0: none)."""
         ...

@@ -478,6 +478,11 @@ class SqliteMetadataStore(SqliteConnection):
             for r in self._query(f"SELECT * FROM deliveries {where} ORDER BY manifest_id, org", params)
         ]
 
+    def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
+        return [(int(r[0]), tuple(x for x in str(r[1]).split(",") if x)) for r in self._query(
+            "SELECT revision, recipients FROM manifests WHERE study_uid = ? AND sender_org = ? AND direction = ?"
+            " ORDER BY revision", (study_uid, sender_org, direction))]
+
     def highest_revision(self, study_uid: str, sender_org: str) -> int:
         rows = self._query("SELECT coalesce(max(revision), 0) FROM manifests WHERE direction = 'received'"
                            " AND study_uid = ? AND sender_org = ?", (study_uid, sender_org))

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from protocol.access import Holding, Share, Verdict, decide, may_reuse, may_serve, servable
+from protocol.access import Holding, Share, Verdict, decide, may_reuse, may_serve, servable, superseded
 
 NOW = 1_000_000
 
@@ -40,6 +40,13 @@ def test_decision_table() -> None:
     assert servable(share(), "RJ1", obtained=True) and not servable(share(), "RJ1", obtained=False)
     assert not may_serve(share(), "RJ1", "RAJ", NOW, listed=False, obtained=True)
     assert may_serve(share(), "RJ1", "RAJ", NOW, listed=True, obtained=True)
+
+
+def test_only_a_newer_revision_naming_every_recipient_supersedes() -> None:
+    assert superseded(1, ("RAJ", "RJ1"), [(1, ("RAJ", "RJ1")), (2, ("RAJ", "RJ1", "RXH"))])
+    assert not superseded(1, ("RAJ", "RJ1"), [(2, ("RJ1", "RXH"))])  # a share to other orgs: another share
+    assert not superseded(2, ("RJ1",), [(1, ("RJ1",)), (2, ("RJ1",))])
+    assert not superseded(1, ("RJ1",), [])
 
 
 def test_reuse_only_what_the_sender_already_knows_is_here() -> None:
@@ -93,13 +100,16 @@ class Mesh(RuleBasedStateMachine):
 
     # -- the node's facts, as meshnode.node.policy gathers them ---------------------------------------
     def facts(self, node: NodeState, m: Manifest) -> Share | None:
+        same_share = [(o.revision, o.recipients) for o in self.manifests.values()
+                      if o.study == m.study and o.sender == m.sender
+                      and (o.sender == node.org or o.mid in node.received)]
         if m.sender == node.org:
-            return Share(m.sender, m.recipients, "recalled" if m.recalled else "sent", NOW + 60)
+            return Share(m.sender, m.recipients, "recalled" if m.recalled else "sent", NOW + 60,
+                         superseded=superseded(m.revision, m.recipients, same_share))
         if m.mid not in node.received:
             return None
-        newer = any(o.study == m.study and o.sender == m.sender and o.revision > m.revision
-                    for o in self.manifests.values() if o.mid in node.received)
-        return Share(m.sender, m.recipients, node.received[m.mid], NOW + 60, superseded=newer)
+        return Share(m.sender, m.recipients, node.received[m.mid], NOW + 60,
+                     superseded=superseded(m.revision, m.recipients, same_share))
 
     def obtained(self, node: NodeState, m: Manifest, block: str) -> bool:
         chain = [o.mid for o in self.manifests.values() if o.mid in node.received and o.study == m.study
@@ -254,6 +264,21 @@ class Mesh(RuleBasedStateMachine):
     def teardown(self) -> None:
         """Every honest recipient of a live honest share (the newest revision it received) completes it
         from the sender, whatever the hostile orgs did meanwhile."""
+        # a recipient that fetched a live share whole from its sender serves all of it to a fellow recipient
+        # that has not fetched it yet, without the sender (the sender may be offline)
+        for m in self.manifests.values():
+            if m.sender not in HONEST or m.recalled:
+                continue
+            honest = sorted(m.recipients & set(HONEST))
+            for r1, r2 in itertools.permutations(honest, 2):
+                a, b = self.nodes[r1], self.nodes[r2]
+                s1, s2 = self.facts(a, m), self.facts(b, m)
+                if (s1 is None or s2 is None or not s1.is_live(NOW) or not s2.is_live(NOW)
+                        or not all(self.obtained(a, m, blk) for blk in m.blocks) or b.blocks >= set(m.blocks)):
+                    continue
+                before = set(b.blocks)
+                self.fetch(b, m, r1)
+                assert set(m.blocks) <= b.blocks, (r1, r2, m, before)
         for m in self.manifests.values():
             if m.sender not in HONEST or m.recalled:
                 continue
