@@ -317,6 +317,10 @@ async def _revoked_cannot_fetch(a: Node, revoked: Node, manifest_id: CID, cids: 
 
 async def test_flooding_peer_is_cut_off_without_hurting_others(mesh: MeshDemo) -> None:
     a, b = mesh.node("a"), mesh.node("b")
+    # X floods B with questions about a real share it is not a recipient of (each one a refusal B audits)
+    study, _ = await in_thread(mesh.generate_and_ingest, a, 2, 8, 64, 64)
+    not_for_x = CID.parse(await in_thread(mesh.share, a, study, ["RJ1"]))
+    await wait_for(lambda: mesh.inbox_entry(b, str(not_for_x)), 30, "B to receive the share")
     async with client_for(mesh.node("x")) as x:
         peer = await x.connect(b)
         assert isinstance(await x.hello(peer), Hello)
@@ -324,7 +328,7 @@ async def test_flooding_peer_is_cut_off_without_hurting_others(mesh: MeshDemo) -
 
         async def one() -> None:
             try:
-                reply = await x.have(peer, random_cid())
+                reply = await x.have(peer, not_for_x)
                 key = f"refused-{reply.code}" if isinstance(reply, Refused) else "answered"
             except MeshError as exc:
                 key = exc.name
