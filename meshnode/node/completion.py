@@ -103,8 +103,8 @@ def _header(blocks: BlockStore, entry: InstanceEntry, sizes: list[int], read: di
     try:
         return read_header_attributes(_HeaderStream(blocks, entry.blocks, sizes, read, verify))  # type: ignore[arg-type]
     except DicomError as exc:
-        raise ContentMismatchError(f"instance {hash_uid(entry.sop_instance_uid)}: its header cannot be read "
-                                   f"({exc.name})") from None
+        raise ContentMismatchError(f"instance {hash_uid(entry.sop_instance_uid)}: its header cannot be read, so it "
+                                   f"does not match its manifest ({exc.name})") from None
 
 
 def _check_header(manifest: Manifest, entry: InstanceEntry, header: InstanceAttributes, study: StudyAttributes) -> None:
@@ -121,7 +121,7 @@ def _check_header(manifest: Manifest, entry: InstanceEntry, header: InstanceAttr
             ("PatientName", s.patient_name, expected.patient_name)):
         if stated != actual:
             raise ContentMismatchError(f"instance {hash_uid(entry.sop_instance_uid)}: its header's {field_name} "
-                                       "is not the one its manifest states")
+                                       "does not match its manifest")
 
 
 def check_summary(manifest: Manifest, records: Sequence[InstanceRecord]) -> None:
