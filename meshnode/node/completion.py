@@ -30,7 +30,6 @@ from protocol.manifest import InstanceEntry, Manifest
 log = logging.getLogger(__name__)
 
 
-
 class InstanceMismatchError(DocumentError):
     """The blocks of an instance do not reassemble to the digest its manifest promises."""
 

@@ -65,7 +65,10 @@ class CorruptBlocks:
         try:
             task_status.started()
             async for cid in self._receive:
-                await self._handle(cid)
+                try:
+                    await self._handle(cid)
+                except MeshError as exc:  # the database or the audit log failing: the node's other work goes on
+                    log.error("quarantined block %s not recorded: %s", cid, exc)
         finally:
             blocks.on_quarantined = None
 

@@ -70,10 +70,12 @@ async def test_a_manifest_claiming_another_patient_for_real_blocks_fails_and_cha
         signed = lying.sign(cx.key)
         assert await cx.announce(peer, signed) == Ack()
 
-        def failed() -> bool:
-            return (mesh.inbox_entry(a, str(signed.cid)) or {}).get("state") == "failed"
+        def failed() -> dict[str, Any] | None:
+            entry = mesh.inbox_entry(a, str(signed.cid))
+            return entry if entry is not None and entry["state"] == "failed" else None
 
-        await wait_for(failed, 30, "A to fail the lying manifest")
+        entry = await wait_for(failed, 30, "A to fail the lying manifest")
+    assert "PatientID does not match its manifest" in entry["failure"]  # why, in the inbox
 
     entries = [e for e in await in_thread(mesh.audit, a) if e["manifest_id"] == str(signed.cid)]
     alerts = [e for e in entries if e["event_code"] == EventCode.SECURITY_ALERT]
