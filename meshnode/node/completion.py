@@ -72,19 +72,22 @@ class _HeaderStream(io.RawIOBase):
         return self._pos
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._pos >= self._size:
-            return 0
-        index = bisect.bisect_right(self._starts, self._pos) - 1
-        block = self._read.get(index)
-        if block is None:
-            block = self._read[index] = self._store.get(self._cids[index], verify=self._verify)
-        start = self._pos - self._starts[index]
-        n = min(len(buffer), len(block) - start)
-        if n <= 0:
-            raise OSError("an instance block is shorter than recorded")
-        buffer[:n] = block[start:start + n]
-        self._pos += n
-        return n
+        """Fills the buffer (across blocks) unless the instance ends first: pydicom takes a short read
+        for the end of the file. Only the blocks the requested bytes lie in are read."""
+        done = 0
+        while done < len(buffer) and self._pos < self._size:
+            index = bisect.bisect_right(self._starts, self._pos) - 1
+            block = self._read.get(index)
+            if block is None:
+                block = self._read[index] = self._store.get(self._cids[index], verify=self._verify)
+            start = self._pos - self._starts[index]
+            n = min(len(buffer) - done, len(block) - start)
+            if n <= 0:
+                raise OSError("an instance block is shorter than recorded")
+            buffer[done:done + n] = block[start:start + n]
+            self._pos += n
+            done += n
+        return done
 
 
 def _starts(sizes: list[int]) -> list[int]:

@@ -142,3 +142,32 @@ def test_blocks_that_are_not_dicom_fail_the_content_check(stored: tuple[NodeStor
     hostile = _with_entry(manifest, 0, blocks=(cid,), size=len(junk), digest=hashlib.sha256(junk).digest())
     with pytest.raises(ContentMismatchError, match="header cannot be read"):
         verify_instance(storage.blocks, hostile, 0)
+
+
+def test_honest_manifests_of_every_kind_of_study_pass_the_content_check(tmp_path: Path) -> None:
+    """No false alarms: compressed, multi-frame and projection studies, headers longer than a block."""
+    home = tmp_path / "node"
+    home.mkdir()
+    storage = NodeStorage.open(home)
+    try:
+        src = tmp_path / "src"
+        synthetic.generate_compressed(src / "rle", images=2, rows=64, columns=64, seed=2)
+        synthetic.generate_multiframe(src / "mf", frames=4, rows=64, columns=64, seed=3)
+        synthetic.generate_dx_study(src / "dx", images=2, rows=128, columns=128, seed=4)
+        Ingester(storage, chunk_size=512).ingest([src])  # every header spans several blocks
+        studies = storage.metadata.studies()
+        assert len(studies) == 3
+        for study in studies:
+            instances = storage.metadata.instances(study.attributes.study_uid)
+            assert len(instances[0].blocks) > 2
+            manifest = build_manifest(instances, sender_org="RGT", sender_peer=NODE_A.peer_id, recipients=["RJ1"],
+                                      priority=Priority.URGENT, purpose=Purpose.CARE, created_at=1000,
+                                      expires_at=2000)
+            records = verify_instances(storage.blocks, manifest)
+            assert [r.study for r in records] == [i.study for i in instances]
+            known = {r.sop_instance_uid: r for r in records}
+            for index, entry in enumerate(manifest.instances):
+                assert verify_instance(storage.blocks, manifest, index, check_blocks=False,
+                                       known=known[entry.sop_instance_uid]) == known[entry.sop_instance_uid]
+    finally:
+        storage.close()
