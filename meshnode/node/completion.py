@@ -128,16 +128,34 @@ def _check_header(manifest: Manifest, entry: InstanceEntry, header: InstanceAttr
 
 def check_summary(manifest: Manifest, records: Sequence[InstanceRecord]) -> None:
     """Once every instance is verified: the manifest's summary must be what the instances make up
-    (the counts, and the modalities when it states any), computed as the sender computes it."""
+    (the counts, computed as the sender computes them, and the modalities when it states any)."""
     if not records:
         raise ContentMismatchError("no instance verified")
     actual = summarise(records[0].study, records)
     s = manifest.summary
     for field_name, stated, made in (("instance count", s.instance_count, actual.instance_count),
-                                     ("series count", s.series_count, actual.series_count),
-                                     ("Modality", s.modality, actual.modality if s.modality else "")):
+                                     ("series count", s.series_count, actual.series_count)):
         if stated != made:
             raise ContentMismatchError(f"the manifest's {field_name} is not what its instances' headers make up")
+    if s.modality and not _modalities_agree(s.modality, records):
+        raise ContentMismatchError("the manifest's Modality is not what its instances' headers make up")
+
+
+def _modalities_agree(stated_text: str, records: Sequence[InstanceRecord]) -> bool:
+    """Every modality stated is some instance's, and every series has an instance of a stated modality.
+
+    Not equality: the sender lists one modality per series (from whichever of its instances it stored
+    last), so a series whose instances disagree among themselves would otherwise fail an honest manifest.
+    A summary cut at its 64-character limit may end in a partial modality, which is not checked."""
+    names = stated_text.split("\\")
+    clipped = len(stated_text) >= 64
+    stated = set(names[:-1] if clipped else names)
+    by_series: dict[str, set[str]] = {}
+    for record in records:
+        by_series.setdefault(record.series_uid, set()).add(record.series.modality)
+    present = set().union(*by_series.values())
+    return stated <= present and (clipped or all(modalities & stated or modalities <= {""}
+                                                 for modalities in by_series.values()))
 
 
 def verify_instances(blocks: BlockStore, manifest: Manifest) -> list[InstanceRecord]:

@@ -123,6 +123,15 @@ def test_the_summary_must_be_what_the_instances_make_up(stored: tuple[NodeStorag
         check_summary(two_series, [*records[:1], *(dataclasses.replace(
             r, series=dataclasses.replace(r.series, series_uid=OTHER_UID)) for r in records[1:])])
     check_summary(_with_summary(manifest, modality=""), records)  # stating no modality is no claim
+    with pytest.raises(ContentMismatchError, match="Modality"):
+        check_summary(_with_summary(manifest, modality="CT\\MR"), records)  # one not in any header
+    # a series whose instances disagree among themselves: the sender states the one it stored last
+    mixed = [records[0], *(dataclasses.replace(r, series=dataclasses.replace(r.series, modality="OT"))
+                           for r in records[1:])]
+    check_summary(_with_summary(manifest, modality="OT"), mixed)
+    check_summary(_with_summary(manifest, modality="CT"), mixed)
+    with pytest.raises(ContentMismatchError, match="Modality"):
+        check_summary(_with_summary(manifest, modality="MR"), mixed)
 
 
 def test_records_take_their_attributes_from_the_headers(stored: tuple[NodeStorage, Manifest]) -> None:
