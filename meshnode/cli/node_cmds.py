@@ -109,6 +109,8 @@ def _inbox_lines(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"{r['manifest_id'][:20]}.. {r['sender_org']:<6} {r['priority']:<7} {r['state']:<9} "
                      f"{_bar(r['blocks_done'], r['blocks_total'])} {r['instances']} inst  served by {served}"
                      + (f"  served to {onward}" if onward else ""))
+        if r.get("failure"):
+            lines.append(f"    failed: {r['failure']}")
         for pacs, f in sorted(r.get("forward", {}).items()):
             error = f"  last error: {f['last_error']}" if f["last_error"] and f["state"] != "forwarded" else ""
             lines.append(f"    -> PACS {pacs}: {f['state']} {f['sent']}/{f['total']}"

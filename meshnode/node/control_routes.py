@@ -89,6 +89,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                     "first_instance_ms": (round(1000 * node.fetcher.first_usable[row.manifest_id])
                                           if row.manifest_id in node.fetcher.first_usable else None),
                     "forward": node.gateway.forward_progress(row.manifest_id),  # to the local PACS
+                    "failure": store.manifest_failure(row.manifest_id) if row.state == "failed" else None,
                 })
             return out
 

@@ -23,7 +23,7 @@ from libp2p.peer.id import ID
 from meshnode.directory_client import ResolvedPeer
 from meshnode.node.assembly import InstanceAssembly
 from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
-from meshnode.node.completion import same_bytes, verify_instance
+from meshnode.node.completion import check_summary, same_bytes, verify_instance
 from meshnode.node.context import NodeContext
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
@@ -389,6 +389,11 @@ class Fetcher:
                         assembly.failed(outcome)
                     else:
                         assembly.verified(index, outcome)
+                if assembly.all_verified and assembly.failure is None:
+                    try:  # the summary against what the verified instances make up: cheap, no I/O
+                        check_summary(assembly.manifest, assembly.ordered_records())
+                    except MeshError as exc:
+                        assembly.failed(str(exc))
                 started = self._started.get(manifest_id)
                 if 0 in assembly.records and manifest_id not in self.first_usable and started is not None:
                     _remember(self.first_usable, manifest_id, self.ctx.clock() - started)

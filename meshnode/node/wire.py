@@ -33,12 +33,12 @@ from meshnode.p2p.streams import (
     write_frame,
 )
 from meshnode.storage.audit import AuditEvent, EventCode
-from meshnode.storage.blockstore import BlockMissingError
+from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
 from meshnode.storage.records import hash_uid
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import open_document
-from protocol.errors import LimitError, MeshError, RemoteProtocolError, UnauthorisedError
+from protocol.errors import LimitError, MeshError, RemoteProtocolError, StorageError, UnauthorisedError
 from protocol.exchange_messages import (
     ANNOUNCE_PROTOCOL,
     BLOCKS_PROTOCOL,
@@ -260,9 +260,15 @@ class Wire:
                     await send.send(await trio.to_thread.run_sync(self._read_block, cid))
 
     def _read_block(self, cid: CID) -> BlockFrame:
+        """Worker thread: the block, verified; BlockAbsent when it is not stored, or no longer matches its
+        CID (the block store has then quarantined it, and meshnode.node.corruption forgets, audits and
+        repairs it on the node's loop): the rest of the request is still served."""
         try:
             return BlockData(cid, self.ctx.storage.blocks.get(cid, verify=True))
-        except BlockMissingError:
+        except (BlockMissingError, BlockCorruptError):
+            return BlockAbsent(cid)
+        except StorageError as exc:  # EIO, say: this block cannot be served now; the rest still can
+            log.warning("cannot read block %s to serve it: %s", cid, exc)
             return BlockAbsent(cid)
 
     # -- client side ---------------------------------------------------------------

@@ -58,6 +58,7 @@ class MemoryMetadataStore:
         self._served: dict[CID, dict[str, int]] = {}
         self._obtained: set[tuple[CID, CID]] = set()
         self._served_to: dict[tuple[CID, str], tuple[int, int]] = {}
+        self._failures: dict[CID, str] = {}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -203,6 +204,13 @@ class MemoryMetadataStore:
     def set_manifest_state(self, manifest_id: CID, state: str) -> None:
         if manifest_id in self._manifests:
             self._manifests[manifest_id] = replace(self._manifests[manifest_id], state=state)
+
+    def fail_manifest(self, manifest_id: CID, reason: str, now_ms: int) -> None:
+        self.set_manifest_state(manifest_id, "failed")
+        self._failures[manifest_id] = reason
+
+    def manifest_failure(self, manifest_id: CID) -> str | None:
+        return self._failures.get(manifest_id)
 
     def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
         self._transfers[manifest_id] = _Transfer(state, blocks_done, bytes_done)

@@ -151,6 +151,12 @@ MIGRATIONS = (
         updated_ms INTEGER NOT NULL, PRIMARY KEY (manifest_id, org)
     ) STRICT
     """,
+    # 6: why a received manifest failed (its content disagrees with it), for the inbox
+    """
+    CREATE TABLE manifest_failures (
+        manifest_id BLOB PRIMARY KEY, reason TEXT NOT NULL, at_ms INTEGER NOT NULL
+    ) STRICT
+    """,
 )
 
 _LIVE_REFS = """
@@ -447,6 +453,16 @@ class SqliteMetadataStore(SqliteConnection):
     def set_manifest_state(self, manifest_id: CID, state: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE manifests SET state = ? WHERE manifest_id = ?", (state, manifest_id.to_bytes()))
+
+    def fail_manifest(self, manifest_id: CID, reason: str, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE manifests SET state = 'failed' WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+            db.execute("INSERT INTO manifest_failures VALUES (?,?,?) ON CONFLICT (manifest_id) DO UPDATE SET"
+                       " reason = excluded.reason, at_ms = excluded.at_ms", (manifest_id.to_bytes(), reason, now_ms))
+
+    def manifest_failure(self, manifest_id: CID) -> str | None:
+        rows = self._query("SELECT reason FROM manifest_failures WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+        return str(rows[0][0]) if rows else None
 
     def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
         with self._tx() as db:

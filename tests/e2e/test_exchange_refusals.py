@@ -254,7 +254,7 @@ async def test_blocks_that_match_their_cids_but_not_the_signed_digest_fail_the_s
     entries = [e for e in await in_thread(mesh.audit, b) if e["manifest_id"] == str(signed.cid)]
     alerts = [e for e in entries if e["event_code"] == SECURITY_ALERT]
     assert [e["action"] for e in alerts] == ["verification-failed"]
-    assert "does not match its manifest digest" in alerts[0]["detail"]
+    assert "does not match its manifest" in alerts[0]["detail"]
     assert "received" not in [e["action"] for e in entries]  # no instance of it was recorded as received
 
 

@@ -93,6 +93,19 @@ def test_live_manifest_keeps_blocks_until_recalled_or_expired(store: MetadataSto
     assert [m.manifest_id for m in store.manifests("received")] == [mid] and store.manifests("sent") == []
 
 
+def test_a_failed_manifest_keeps_why(store: MetadataStore) -> None:
+    mid = CID.of(b"failed manifest")
+    store.save_manifest(ManifestRow(mid, STUDY, "received", "RXH", 1, "fetching", NOW_S, NOW_S + 100, b"raw",
+                                    ("RGT",)), [])
+    assert store.manifest_failure(mid) is None
+    store.fail_manifest(mid, "instance 0123: its header's PatientName does not match its manifest", NOW_MS)
+    saved = store.manifest(mid)
+    assert saved is not None and saved.state == "failed"
+    assert store.manifest_failure(mid) == "instance 0123: its header's PatientName does not match its manifest"
+    store.fail_manifest(mid, "again", NOW_MS + 1)
+    assert store.manifest_failure(mid) == "again" and store.manifest_failure(CID.of(b"other")) is None
+
+
 def test_transfers_peers_roster(store: MetadataStore) -> None:
     mid = CID.of(b"m")
     assert store.transfer(mid) is None
