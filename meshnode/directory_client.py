@@ -144,7 +144,9 @@ class DirectoryClient:
             try:
                 guard.restore(cached, clock())
             except MeshError as exc:
-                log.warning("cached roster not usable: %s", exc)
+                # Local state is verified like the wire (anchors, rotation chain, highest version);
+                # a refused cache changes nothing and the roster is fetched from the directory.
+                log.warning("cached roster refused, fetching it from the directory: %s: %s", exc.name, exc)
 
     async def _call(self, request: Request) -> Response:
         return await call_directory(self._transport, request)
@@ -182,7 +184,7 @@ class DirectoryClient:
         except RosterRollbackError as exc:
             log.warning("directory served an old roster (replay refused): %s", exc)
             raise
-        self.cache.save_roster(response.roster)
+        self.cache.save_roster(self.guard.cache_bytes())
         log.info("accepted roster v%d", signed.document.version)
         return signed.document
 

@@ -59,7 +59,7 @@ class DirectoryService:
         self.skew = skew
         self.guard = RosterGuard(anchors, store, skew=skew)
         self.identity_certificate = identity_certificate
-        stored = store.roster()
+        stored = store.roster_chain()
         if stored is not None:
             try:
                 self.guard.restore(stored, now)
@@ -118,12 +118,12 @@ class DirectoryService:
         return Accepted()
 
     def _publish_roster(self, request: PublishRoster, now: float) -> Accepted:
-        previous = self.guard.current
+        previous = self.guard.current, self.guard.links
         signed = self.guard.accept(request.roster, now)
         try:
-            self.store.save_roster(signed.document.version, request.roster)
+            self.store.save_roster(signed.document.version, request.roster, self.guard.cache_bytes())
         except StorageError:
-            self.guard.current = previous
+            self.guard.current, self.guard.links = previous
             raise
         log.info(
             "accepted roster v%d (%d revoked serials)", signed.document.version, len(signed.document.revoked)
