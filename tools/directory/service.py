@@ -27,6 +27,8 @@ from protocol.directory_messages import (
     Request,
     Response,
     RosterReply,
+    RosterUnchanged,
+    WatchRoster,
 )
 from protocol.document import DEFAULT_SKEW, open_document
 from protocol.errors import (
@@ -76,9 +78,19 @@ class DirectoryService:
             return RosterReply(self.store.roster())
         if isinstance(request, GetIdentity):
             return IdentityReply(self.identity_certificate)
+        if isinstance(request, WatchRoster):
+            # The waiting is the driver's (it holds the stream until roster_version() moves);
+            # here the answer: the roster if it is newer than the watcher's, else "unchanged".
+            version = self.roster_version()
+            return RosterReply(self.store.roster()) if version > request.after else RosterUnchanged(version)
         if isinstance(request, Register):
             return self._register(remote_peer, request, now)
         return self._publish_roster(request, now)
+
+    def roster_version(self) -> int:
+        """The version of the roster served now (0: none yet); cheap, read without the worker thread."""
+        current = self.guard.current
+        return current.document.version if current is not None else 0
 
     def _roster(self, now: float) -> Roster:
         try:
