@@ -144,6 +144,8 @@ class DirectoryClient:
         self.skew = skew
         self.clock = clock
         self.last_roster_from_cache = False
+        #: Why the cached roster was refused at start (None: used, or none cached), for the node to audit.
+        self.cache_refused: MeshError | None = None
         cached = cache.roster()
         if cached is not None:
             try:
@@ -152,6 +154,7 @@ class DirectoryClient:
                 # Local state is verified like the wire (anchors, rotation chain, highest version);
                 # a refused cache changes nothing and the roster is fetched from the directory.
                 log.warning("cached roster refused, fetching it from the directory: %s: %s", exc.name, exc)
+                self.cache_refused = exc
 
     async def _call(self, request: Request) -> Response:
         return await call_directory(self._transport, request)

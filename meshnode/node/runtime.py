@@ -47,7 +47,7 @@ from meshnode.storage.records import InstanceRecord, hash_uid
 from protocol.cid import CID
 from protocol.directory_messages import WATCH_WAIT
 from protocol.document import Signed
-from protocol.errors import MeshError, NotFoundError
+from protocol.errors import MeshError, NotFoundError, RosterExpiredError, RosterRollbackError
 from protocol.manifest import Manifest
 from protocol.receipt import Receipt
 from protocol.roster import RosterGuard
@@ -100,6 +100,7 @@ class Node:
         addrs = listen_multiaddrs(host)
         await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "node-start", actor=ctx.peer_id,
                                    actor_org=ctx.org, detail=", ".join(addrs)[:300]))
+        await self._audit_refused_cache()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.wire.run)
@@ -163,6 +164,17 @@ class Node:
             elif trio.current_time() - started < ROSTER_WATCH_MIN_INTERVAL:
                 # answered at once (the directory is over its watch cap): poll, paced
                 await trio.sleep(ROSTER_WATCH_MIN_INTERVAL)
+
+    async def _audit_refused_cache(self) -> None:
+        """A cached roster that did not verify is local state someone changed (or a crash between writing the
+        version and the roster: an older one). An expired one is only old, and not alerted."""
+        exc = self.ctx.directory.cache_refused
+        if exc is None or isinstance(exc, RosterExpiredError):
+            return
+        outcome = Outcome.MINOR_FAILURE if isinstance(exc, RosterRollbackError) else Outcome.SERIOUS_FAILURE
+        await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "roster-cache-refused", outcome,
+                                        actor=self.ctx.peer_id, actor_org=self.ctx.org,
+                                        detail=f"{exc.name}: {exc}"[:300]))
 
     async def _cut_off_revoked(self, version: int) -> None:
         """A new roster: every peer it no longer admits is refused from now on (revalidate drops it

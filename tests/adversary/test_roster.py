@@ -104,6 +104,9 @@ def test_forged_roster_cache_is_refused_at_start(mesh: MeshDemo) -> None:
     assert version_file.read_text().strip() == "1"  # the forged v1000 did not move the rollback counter
     assert "cached roster refused" in log_text(mesh, a) and "trust anchor" in log_text(mesh, a)
 
+    alerts = [e for e in mesh.audit(a) if e["event_code"] == SECURITY_ALERT and e["action"] == "roster-cache-refused"]
+    assert len(alerts) == 1 and "trust anchor" in alerts[0]["detail"], alerts
+
     reply = trio.run(hello_with, rogue_issued(mesh.node("x"), rogue), a)
     assert isinstance(reply, Refused) and reply.code == UnknownIssuerError.code, reply
 
@@ -116,6 +119,7 @@ def test_forged_roster_cache_is_refused_at_start(mesh: MeshDemo) -> None:
     mesh.start(a)
     assert status(mesh, a)["roster_version"] == 2
     assert log_text(mesh, a).count("cached roster refused") == before
+    assert len([e for e in mesh.audit(a) if e["action"] == "roster-cache-refused"]) == 1
 
 
 @dataclass
@@ -129,11 +133,11 @@ class Fetching:
 
 
 async def fetch_until_cut_off(client: Client, peer: ID, request: BlockRequest, seen: Fetching,
-                              published: trio.Event, limit: float) -> None:
+                              publishing: trio.Event, limit: float) -> None:
     """Ask for the same blocks again and again; note when A stops serving and when it hangs up."""
     with trio.move_on_after(limit):
         while seen.refused_at is None or seen.disconnected_at is None:
-            if seen.disconnected_at is None and published.is_set() and not is_connected(client.host, peer):
+            if seen.disconnected_at is None and publishing.is_set() and not is_connected(client.host, peer):
                 seen.disconnected_at = time.time()
             if seen.refused_at is None:
                 try:
@@ -153,20 +157,20 @@ async def fetch_until_cut_off(client: Client, peer: ID, request: BlockRequest, s
 
 async def revoke_while_fetching(mesh: MeshDemo, a: Node, c: Node, request: BlockRequest) -> tuple[Fetching, float, float]:
     seen = Fetching()
-    published = trio.Event()
+    publishing = trio.Event()
     async with client_for(c) as client:
         peer = await client.connect(a)
         hello = await client.hello(peer)
         assert not isinstance(hello, Refused), hello
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(fetch_until_cut_off, client, peer, request, seen, published, 60.0)
+            nursery.start_soon(fetch_until_cut_off, client, peer, request, seen, publishing, 60.0)
             await trio.sleep(1.0)  # let it fetch for a while first
             assert seen.served, f"C was not served before the revocation: {seen.errors}"
             assert (await in_thread(mesh.identity.revoke, c))["newly_revoked"] is True
             before = time.time()
+            publishing.set()
             roster = await in_thread(mesh.identity.publish_roster)
             after = time.time()
-            published.set()
             assert roster["revoked"] == [c.serial]
         # once cut off, it is refused from the start
         reply = await client.hello(await client.connect(a))
