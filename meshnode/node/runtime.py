@@ -3,7 +3,7 @@
 Start-up: open storage, start the libp2p host (TCP + Noise + Yamux) with the
 node key, serve the exchange protocols, register the signed address record
 with the directory, resume unfinished transfers, start the control API.
-Then: roster refresh (revoked peers are cut off), deliveries with retry,
+Then: roster watch (revoked peers are cut off as soon as a roster is published), deliveries with retry,
 multi-source fetching, receipts. SIGTERM or Ctrl-C cancels the nursery:
 block writes in progress are discarded (their temp files), everything
 committed stays, and the next start resumes from the blocks on disk.
@@ -47,8 +47,9 @@ from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord, hash_uid
 from protocol.cid import CID
+from protocol.directory_messages import WATCH_WAIT
 from protocol.document import Signed
-from protocol.errors import MeshError, NotFoundError
+from protocol.errors import MeshError, NotFoundError, RosterExpiredError, RosterRollbackError
 from protocol.manifest import Manifest
 from protocol.receipt import Receipt
 from protocol.roster import RosterGuard
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
+
+#: The least time between two roster watches when the directory answers one at once.
+ROSTER_WATCH_MIN_INTERVAL = 1.0
 
 
 class Node:
@@ -75,7 +79,8 @@ class Node:
             async with running_host(key.seed, config.listen) as host:
                 directory = DirectoryClient(
                     libp2p_transport(host, config.directory), guard, DirectoryCache(home.directory_cache_dir),
-                    directory_peer_id=directory_peer_id(config.directory), skew=config.clock_skew)
+                    directory_peer_id=directory_peer_id(config.directory), skew=config.clock_skew,
+                    watch_transport=libp2p_transport(host, config.directory, timeout=WATCH_WAIT + 10))
                 ctx = NodeContext(home, config, key, certificate, storage, DatabaseThread(storage.metadata),
                                   PeerRegistry(guard, skew=config.clock_skew), directory)
                 await self._serve(ctx, host, task_status)
@@ -102,6 +107,7 @@ class Node:
         addrs = listen_multiaddrs(host)
         await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "node-start", actor=ctx.peer_id,
                                    actor_org=ctx.org, detail=", ".join(addrs)[:300]))
+        await self._audit_refused_cache()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.corrupt.run)
@@ -139,23 +145,60 @@ class Node:
                 await trio.sleep(backoff_s(attempts))
 
     async def _roster_loop(self) -> None:
+        """Keep the roster current: a watch held open on the directory hears of a new roster as soon
+        as it is published; revoked peers are then cut off at once. While the directory cannot be
+        watched (down, or too old to know watches) the roster is fetched every roster_refresh seconds
+        (the cached one serves until it expires, then every peer is refused: fail closed)."""
         ctx = self.ctx
+        failures = 0
         while True:
-            await trio.sleep(ctx.config.roster_refresh)
+            started = trio.current_time()
+            before = ctx.peers.guard.current
             try:
-                before = ctx.peers.guard.current
-                roster = await ctx.directory.refresh_roster()
+                await ctx.directory.watch_roster()
+                failures = 0
             except MeshError as exc:
-                log.warning("roster refresh failed: %s", exc)
-                continue
-            if before is None or before.document.version != roster.version:
-                dropped = ctx.peers.revalidate(ctx.clock())
-                for peer_id in dropped:
-                    self.fetcher.peer_lost(peer_id)
-                    await self.wire.disconnect(peer_id)
-                    await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "peer-revoked", Outcome.MINOR_FAILURE,
-                                               actor=peer_id, detail=f"roster v{roster.version}: disconnected"))
-                ctx.wake()
+                failures += 1
+                log.warning("roster watch failed (%d in a row), fetching it instead: %s", failures, exc)
+                try:
+                    await ctx.directory.refresh_roster()
+                except MeshError as refresh_exc:
+                    log.warning("roster refresh failed: %s", refresh_exc)
+            current = ctx.peers.guard.current
+            if current is not None and current is not before:
+                await self._cut_off_revoked(current.document.version)
+            if failures:
+                await trio.sleep(min(backoff_s(failures), ctx.config.roster_refresh))
+            elif trio.current_time() - started < ROSTER_WATCH_MIN_INTERVAL:
+                # answered at once (the directory is over its watch cap): poll, paced
+                await trio.sleep(ROSTER_WATCH_MIN_INTERVAL)
+
+    async def _audit_refused_cache(self) -> None:
+        """A cached roster that did not verify is local state someone changed (or a crash between writing the
+        version and the roster: an older one). An expired one is only old, and not alerted."""
+        exc = self.ctx.directory.cache_refused
+        if exc is None or isinstance(exc, RosterExpiredError):
+            return
+        outcome = Outcome.MINOR_FAILURE if isinstance(exc, RosterRollbackError) else Outcome.SERIOUS_FAILURE
+        await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "roster-cache-refused", outcome,
+                                        actor=self.ctx.peer_id, actor_org=self.ctx.org,
+                                        detail=f"{exc.name}: {exc}"[:300]))
+
+    async def _cut_off_revoked(self, version: int) -> None:
+        """A new roster: every peer it no longer admits is refused from now on (revalidate drops it
+        before any await) and its connections are closed, ending its block streams."""
+        ctx = self.ctx
+        dropped = ctx.peers.revalidate(ctx.clock())
+        for peer_id in dropped:
+            self.fetcher.peer_lost(peer_id)
+        async with trio.open_nursery() as nursery:
+            for peer_id in dropped:
+                nursery.start_soon(self.wire.disconnect, peer_id)
+        for peer_id in dropped:
+            log.warning("peer %s refused under roster v%d: disconnected", peer_id, version)
+            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "peer-revoked", Outcome.MINOR_FAILURE,
+                                       actor=peer_id, detail=f"roster v{version}: disconnected"))
+        ctx.wake()
 
     # -- hooks ----------------------------------------------------------------------------
     async def _accepted(self, signed: Signed[Manifest], announced_at: float) -> None:
