@@ -40,28 +40,39 @@ class Receiver:
         """Verify and record an announced manifest; raises the MeshError to send back on refusal."""
         ctx = self.ctx
         now = ctx.clock()
+        relayed_by = ""  # a fellow recipient relaying the sender's manifest
         try:
             announcer = ctx.peers.authorise(peer_id, now)
             signed = open_document(manifest_raw, Manifest)
             sender_cert = open_document(cert_raw, Certificate)
             verify_manifest(signed, sender_cert, ctx.roster(), now, skew=ctx.config.clock_skew)
             manifest = signed.document
-            if announcer.org_code != manifest.sender_org and announcer.org_code not in manifest.recipients:
-                # a fellow recipient may relay the sender's signed manifest (early availability requests)
-                raise WrongOrganisationError(f"a node of {announcer.org_code} announced {manifest.sender_org}'s manifest")
+            if announcer.org_code != manifest.sender_org:
+                if announcer.org_code not in manifest.recipients:
+                    raise WrongOrganisationError(
+                        f"a node of {announcer.org_code} announced {manifest.sender_org}'s manifest")
+                relayed_by = announcer.org_code  # a fellow recipient may relay it (early availability requests)
             if ctx.org not in manifest.recipients:
                 raise WrongOrganisationError(f"{ctx.org} is not a recipient of this manifest")
             manifest_id = signed.cid
-            known, highest = await ctx.db.run(
-                lambda s: (s.manifest(manifest_id), s.highest_revision(manifest.study_uid, manifest.sender_org)))
+            known, highest, recalled_by = await ctx.db.run(
+                lambda s: (s.manifest(manifest_id), s.highest_revision(manifest.study_uid, manifest.sender_org),
+                           s.recall_tombstone(manifest_id)))
             if known is not None:
                 return manifest_id  # a retried announcement: already recorded
+            if recalled_by == manifest.sender_org:
+                raise NotFoundError("this manifest was recalled by its sender")
             if manifest.revision <= highest:
                 raise RevisionRollbackError(
                     f"revision {manifest.revision} is not newer than revision {highest} already received")
         except MeshError as exc:
-            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "announce-refused", Outcome.MINOR_FAILURE,
-                                       actor=peer_id, detail=f"{exc.name}: {exc}"[:300]))
+            if relayed_by and isinstance(exc, (RevisionRollbackError, NotFoundError)):
+                # a fellow recipient relaying what it still fetches while this node has moved on (a newer
+                # revision, a recall): a race, not an attack
+                log.info("relayed manifest from %s (%s) refused: %s", peer_id, relayed_by, exc)
+            else:
+                await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "announce-refused", Outcome.MINOR_FAILURE,
+                                           actor=peer_id, detail=f"{exc.name}: {exc}"[:300]))
             raise
         row = ManifestRow(manifest_id, manifest.study_uid, "received", manifest.sender_org, manifest.revision,
                           "announced", manifest.created_at, manifest.expires_at, manifest_raw, manifest.recipients,
@@ -73,9 +84,9 @@ class Receiver:
             store.set_transfer(manifest_id, "announced", 0, 0, int(now * 1000))
 
         await ctx.db.run(record)
-        relayed = f", relayed by {announcer.org_code}" if announcer.org_code != manifest.sender_org else ""
+        relayed = f", {manifest.sender_org}'s manifest relayed by {relayed_by}" if relayed_by else ""
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "manifest-received", actor=peer_id,
-                                   actor_org=manifest.sender_org, study=hash_uid(manifest.study_uid),
+                                   actor_org=relayed_by or manifest.sender_org, study=hash_uid(manifest.study_uid),
                                    manifest_id=str(manifest_id),
                                    detail=f"{manifest.priority.value}, {len(manifest.instances)} instance(s){relayed}"))
         await ctx.events.publish(StudyEvent(StudyEventKind.ANNOUNCED, str(manifest_id), manifest.study_uid,
@@ -109,7 +120,16 @@ class Receiver:
         verify_recall(signed, open_document(cert_raw, Certificate), ctx.roster(), now, skew=ctx.config.clock_skew)
         recall = signed.document
         row = await ctx.db.run(lambda s: s.manifest(recall.manifest_id))
-        if row is None or row.direction != "received":
+        if row is None:
+            # recalled before it arrived here: remember it, so that a late announcement (or a fellow
+            # recipient's relay) of it is refused; only its signer's org can have recalled it
+            ms = int(now * 1000)
+            await ctx.db.run(lambda s: s.record_recall_tombstone(recall.manifest_id, recall.sender_org, ms))
+            await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "manifest-recalled", actor=peer_id,
+                                       actor_org=recall.sender_org, manifest_id=str(recall.manifest_id),
+                                       detail=f"before it arrived; {recall.action.value}: {recall.reason}"[:300]))
+            return
+        if row.direction != "received":
             raise NotFoundError("no such received manifest")
         if row.sender_org != recall.sender_org:
             raise WrongOrganisationError("a recall must come from the manifest's sender org")

@@ -235,7 +235,10 @@ class Wire:
             finally:
                 if blocks:
                     with trio.CancelScope(shield=True):
-                        await self._record_served(peer_id, access, blocks, sent)
+                        try:
+                            await self._record_served(peer_id, access, blocks, sent)
+                        except MeshError as exc:  # the disk, say: never let it escape the stream handler
+                            log.error("cannot record %d block(s) served to %s: %s", blocks, peer_id, exc)
 
     async def _record_served(self, peer_id: str, access: Access, blocks: int, nbytes: int) -> None:
         """What one block request served: counted per manifest and org (all time) and audited (110104)."""

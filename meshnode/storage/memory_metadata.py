@@ -58,6 +58,7 @@ class MemoryMetadataStore:
         self._served: dict[CID, dict[str, int]] = {}
         self._obtained: set[tuple[CID, CID]] = set()
         self._served_to: dict[tuple[CID, str], tuple[int, int]] = {}
+        self._tombstones: dict[CID, str] = {}
         self._failures: dict[CID, str] = {}
 
     def close(self) -> None:
@@ -236,6 +237,12 @@ class MemoryMetadataStore:
 
     def served_by(self, manifest_id: CID) -> dict[str, int]:
         return dict(self._served.get(manifest_id, {}))
+
+    def record_recall_tombstone(self, manifest_id: CID, sender_org: str, now_ms: int) -> None:
+        self._tombstones.setdefault(manifest_id, sender_org)
+
+    def recall_tombstone(self, manifest_id: CID) -> str | None:
+        return self._tombstones.get(manifest_id)
 
     def add_served(self, manifest_id: CID, org: str, blocks: int, nbytes: int, now_ms: int) -> None:
         old = self._served_to.get((manifest_id, org), (0, 0))

@@ -110,6 +110,14 @@ class MetadataStore(SearchableStore, Protocol):
 
     def served_by(self, manifest_id: CID) -> dict[str, int]: ...
 
+    def record_recall_tombstone(self, manifest_id: CID, sender_org: str, now_ms: int) -> None:
+        """A verified recall of a manifest not received (yet): a later announcement of it is refused."""
+        ...
+
+    def recall_tombstone(self, manifest_id: CID) -> str | None:
+        """The org that recalled this manifest before it arrived, if any."""
+        ...
+
     def add_served(self, manifest_id: CID, org: str, blocks: int, nbytes: int, now_ms: int) -> None:
         """Count blocks this node sent under a manifest to an org (adds up across restarts)."""
         ...

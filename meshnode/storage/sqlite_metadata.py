@@ -149,6 +149,9 @@ MIGRATIONS = (
     CREATE TABLE served (
         manifest_id BLOB NOT NULL, org TEXT NOT NULL, blocks INTEGER NOT NULL, bytes INTEGER NOT NULL,
         updated_ms INTEGER NOT NULL, PRIMARY KEY (manifest_id, org)
+    ) STRICT;
+    CREATE TABLE recall_tombstones (
+        manifest_id BLOB PRIMARY KEY, sender_org TEXT NOT NULL, at_ms INTEGER NOT NULL
     ) STRICT
     """,
     # 6: why a received manifest failed (its content disagrees with it), for the inbox
@@ -507,6 +510,15 @@ class SqliteMetadataStore(SqliteConnection):
     def served_by(self, manifest_id: CID) -> dict[str, int]:
         rows = self._query("SELECT served_by FROM transfers WHERE manifest_id = ?", (manifest_id.to_bytes(),))
         return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}
+
+    def record_recall_tombstone(self, manifest_id: CID, sender_org: str, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO recall_tombstones VALUES (?,?,?)",
+                       (manifest_id.to_bytes(), sender_org, now_ms))
+
+    def recall_tombstone(self, manifest_id: CID) -> str | None:
+        rows = self._query("SELECT sender_org FROM recall_tombstones WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+        return str(rows[0][0]) if rows else None
 
     def add_served(self, manifest_id: CID, org: str, blocks: int, nbytes: int, now_ms: int) -> None:
         with self._tx() as db:

@@ -29,11 +29,13 @@ from protocol.exchange_messages import (
     FRAME_LIMITS,
     HAVE_PROTOCOL,
     HELLO_PROTOCOL,
+    RECALL_PROTOCOL,
     Ack,
     Announce,
     BlockRequest,
     Hello,
     HaveRequest,
+    RecallDelivery,
     Refused,
     decode_ack_reply,
     decode_have_reply,
@@ -42,6 +44,7 @@ from protocol.exchange_messages import (
 )
 from protocol.keys import SigningKey
 from protocol.manifest import Manifest
+from protocol.recall import Recall, RecallAction
 from tests.protocol.factories import make_manifest
 from tools.demo.identity import Node
 
@@ -109,6 +112,14 @@ class Client:
                        certificate: Signed[Certificate] | None = None) -> Ack | Refused:
         cert = (certificate or self.certificate).encode()
         raw = await self.call(peer, ANNOUNCE_PROTOCOL, encode_request(Announce(manifest.encode(), cert)))
+        return decode_ack_reply(raw)
+
+    async def recall(self, peer: ID, manifest_id: CID, study: str) -> Ack | Refused:
+        """Withdraw a manifest this client signed (or claims to have)."""
+        recall = Recall(manifest_id, study, self.org, RecallAction.WITHDRAW, None, "withdrawn",
+                        int(time.time())).sign(self.key)
+        raw = await self.call(peer, RECALL_PROTOCOL,
+                              encode_request(RecallDelivery(recall.encode(), self.certificate.encode())))
         return decode_ack_reply(raw)
 
     async def have(self, peer: ID, manifest_id: CID) -> object:

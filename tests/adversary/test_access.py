@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from protocol.cid import CID
+from protocol.errors import NotFoundError
 from protocol.exchange_messages import (
     UNAUTHORISED,
     Ack,
@@ -171,6 +172,29 @@ async def test_an_early_request_raises_no_alert_and_a_relayed_manifest_lets_the_
     received = [e for e in audit if e["action"] == "manifest-received" and e["manifest_id"] == str(early.cid)]
     assert len(received) == 1 and "relayed by RXY" in received[0]["detail"]
     assert any(e["action"] == "announce-refused" and e["actor"] == y.peer_id for e in audit)
+
+
+async def test_a_manifest_recalled_before_it_arrived_is_refused_when_relayed_later(mesh: MeshDemo) -> None:
+    """The sender's recall reaches A before its announcement did (A was down, say); a fellow recipient
+    still fetching relays the manifest afterwards: A refuses it, without an alert (a race, not an attack),
+    and never lists it."""
+    a = mesh.node("a")
+    async with client_for(mesh.node("x")) as x, client_for(mesh.node("y")) as y:
+        x_peer, y_peer = await x.connect(a), await y.connect(a)
+        assert isinstance(await x.hello(x_peer), Hello) and isinstance(await y.hello(y_peer), Hello)
+        withdrawn = x.manifest(recipients=("RGT", "RXY"))
+        assert await x.recall(x_peer, withdrawn.cid, withdrawn.document.study_uid) == Ack()
+        refused = await y.announce(y_peer, withdrawn, x.certificate)
+        assert not isinstance(refused, Ack) and refused.code == NotFoundError.code
+        # a recall signed by another org does not bury somebody else's manifest
+        other = x.manifest(recipients=("RGT", "RXY"))
+        assert await y.recall(y_peer, other.cid, other.document.study_uid) == Ack()
+        assert await x.announce(x_peer, other) == Ack()
+    assert await in_thread(mesh.inbox_entry, a, str(withdrawn.cid)) is None
+    alerts = [e for e in await in_thread(mesh.audit, a) if e["event_code"] == SECURITY_ALERT
+              and (e["actor"] == y.peer_id and e["detail"].startswith("not-found") or e["manifest_id"] in
+                   (str(withdrawn.cid), str(other.cid)))]
+    assert alerts == []
 
 
 async def test_fellow_recipients_racing_the_announcement_raise_no_alerts(

@@ -23,7 +23,7 @@ from meshnode.storage.audit import EventCode
 from protocol.cid import CID
 from protocol.exchange_messages import Ack, Hello
 from protocol.manifest import InstanceEntry
-from tests.e2e.test_exchange_refusals import client_for, in_thread, wait_for
+from tests.adversary.hostile import client_for, in_thread, wait_for
 from tests.protocol.factories import make_manifest
 from tools.demo.mesh import MeshDemo
 from tools.demo.workspace import Workspace

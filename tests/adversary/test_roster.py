@@ -34,7 +34,7 @@ from protocol.errors import CertificateRevokedError, UnknownIssuerError
 from protocol.exchange_messages import UNAUTHORISED, BlockRequest, Refused, encode_response
 from protocol.keys import SigningKey
 from protocol.roster import Roster
-from tests.e2e.test_exchange_refusals import Client, client_for, in_thread
+from tests.adversary.hostile import Client, client_for, in_thread
 from tools.demo.identity import Node
 from tools.demo.mesh import MeshDemo
 from tools.demo.workspace import Workspace

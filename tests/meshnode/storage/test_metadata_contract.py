@@ -200,3 +200,11 @@ def test_not_in_manifest(store: MetadataStore) -> None:
     assert store.not_in_manifest(mid, [a, b]) == {b}
     assert store.not_in_manifest(CID.of(b"other"), [a]) == {a}
     assert store.not_in_manifest(mid, []) == set()
+
+
+def test_recall_tombstones(store: MetadataStore) -> None:
+    mid = CID.of(b"recalled before it arrived")
+    assert store.recall_tombstone(mid) is None
+    store.record_recall_tombstone(mid, "RGT", NOW_MS)
+    store.record_recall_tombstone(mid, "RXH", NOW_MS + 1)  # the first word stands
+    assert store.recall_tombstone(mid) == "RGT"
