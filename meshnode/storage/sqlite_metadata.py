@@ -463,9 +463,13 @@ class SqliteMetadataStore(SqliteConnection):
             db.execute("INSERT INTO manifest_failures VALUES (?,?,?) ON CONFLICT (manifest_id) DO UPDATE SET"
                        " reason = excluded.reason, at_ms = excluded.at_ms", (manifest_id.to_bytes(), reason, now_ms))
 
-    def manifest_failure(self, manifest_id: CID) -> str | None:
-        rows = self._query("SELECT reason FROM manifest_failures WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+    def _text_of(self, query: str, manifest_id: CID) -> str | None:
+        """The one text column `query` selects for a manifest, if it has a row."""
+        rows = self._query(query, (manifest_id.to_bytes(),))
         return str(rows[0][0]) if rows else None
+
+    def manifest_failure(self, manifest_id: CID) -> str | None:
+        return self._text_of("SELECT reason FROM manifest_failures WHERE manifest_id = ?", manifest_id)
 
     def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
         with self._tx() as db:
@@ -517,8 +521,7 @@ class SqliteMetadataStore(SqliteConnection):
                        (manifest_id.to_bytes(), sender_org, now_ms))
 
     def recall_tombstone(self, manifest_id: CID) -> str | None:
-        rows = self._query("SELECT sender_org FROM recall_tombstones WHERE manifest_id = ?", (manifest_id.to_bytes(),))
-        return str(rows[0][0]) if rows else None
+        return self._text_of("SELECT sender_org FROM recall_tombstones WHERE manifest_id = ?", manifest_id)
 
     def add_served(self, manifest_id: CID, org: str, blocks: int, nbytes: int, now_ms: int) -> None:
         with self._tx() as db:
