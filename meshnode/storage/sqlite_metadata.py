@@ -12,6 +12,14 @@ from meshnode.sqlite_db import SqliteConnection
 from meshnode.storage import audit
 from meshnode.storage import sqlite_search
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
+from meshnode.storage.audit_checkpoint import (
+    AuditCheckpoint,
+    SpoolItem,
+    decode_payload,
+    due_checkpoints,
+    spool_rows,
+    tail_vouches,
+)
 from meshnode.storage.records import (
     AddOutcome,
     DeliveryRow,
@@ -26,6 +34,7 @@ from meshnode.storage.records import (
 from meshnode.storage.search import AuditQuery, InstanceSummaryRow, Search, SeriesSummaryRow
 from protocol.cid import CID
 from protocol.errors import StorageError
+from protocol.keys import SigningKey
 
 CONFLICT_FLAG = "sop-uid-conflict"
 
@@ -135,6 +144,22 @@ MIGRATIONS = (
     ) STRICT;
     CREATE INDEX webhook_queue_due ON webhook_queue (state, next_attempt_ms)
     """,
+    # 5: tamper-evident audit: signed checkpoints of the chain, the spool for the audit repository
+    """
+    CREATE TABLE audit_checkpoints (
+        n INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL, at_ms INTEGER NOT NULL,
+        rebase_from INTEGER NOT NULL, rebase_to INTEGER NOT NULL, signature BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_checkpoints_by_seq ON audit_checkpoints (seq);
+    CREATE TABLE audit_tail (
+        id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL, at_ms INTEGER NOT NULL,
+        signature BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE audit_spool (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL CHECK (kind IN ('entry', 'checkpoint')),
+        seq INTEGER NOT NULL, payload BLOB NOT NULL, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL
+    ) STRICT
+    """,
 )
 
 _LIVE_REFS = """
@@ -148,6 +173,7 @@ _LIVE_REFS = """
 class SqliteMetadataStore(SqliteConnection):
     def __init__(self, path: Path) -> None:
         super().__init__(path, MIGRATIONS)
+        self._audit_key: SigningKey | None = None
 
     # -- studies and instances ------------------------------------------------
     def add_instances(
@@ -460,7 +486,82 @@ class SqliteMetadataStore(SqliteConnection):
               e.event.actor_org, e.event.study, e.event.manifest_id, e.event.detail, e.prev_hash, e.hash)
              for e in entries],
         )
+        if self._audit_key is not None:
+            before = (int(last[0]), bytes(last[1])) if last else None
+            tail = self._read_tail(db)
+            have_any = db.execute("SELECT 1 FROM audit_checkpoints LIMIT 1").fetchone() is not None
+            checkpoints, new_tail = due_checkpoints(entries, tail_vouches(tail, before, have_any, self._audit_key),
+                                                    have_any, self._audit_key, now_ms)
+        else:
+            checkpoints, new_tail = [], None
+        self._insert_checkpoints(db, checkpoints)
+        if new_tail is not None:
+            self._write_tail(db, new_tail)
+        self._spool(db, spool_rows(entries, checkpoints), now_ms)
         return entries
+
+    def _insert_checkpoints(self, db: sqlite3.Connection, checkpoints: Sequence[AuditCheckpoint]) -> None:
+        db.executemany("INSERT INTO audit_checkpoints (seq, hash, at_ms, rebase_from, rebase_to, signature)"
+                       " VALUES (?,?,?,?,?,?)",
+                       [(c.seq, c.hash, c.at_ms, c.rebase_from, c.rebase_to, c.signature) for c in checkpoints])
+
+    @staticmethod
+    def _spool(db: sqlite3.Connection, rows: Sequence[tuple[str, int, bytes]], now_ms: int) -> None:
+        db.executemany("INSERT INTO audit_spool (kind, seq, payload, created_ms, attempts) VALUES (?,?,?,?,0)",
+                       [(kind, seq, payload, now_ms) for kind, seq, payload in rows])
+
+    @staticmethod
+    def _read_tail(db: sqlite3.Connection) -> AuditCheckpoint | None:
+        r = db.execute("SELECT seq, hash, at_ms, signature FROM audit_tail WHERE id = 1").fetchone()
+        return AuditCheckpoint(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[3])) if r else None
+
+    @staticmethod
+    def _write_tail(db: sqlite3.Connection, tail: AuditCheckpoint) -> None:
+        db.execute("INSERT OR REPLACE INTO audit_tail VALUES (1,?,?,?,?)", (tail.seq, tail.hash, tail.at_ms,
+                                                                            tail.signature))
+
+    def set_audit_key(self, key: SigningKey | None) -> None:
+        self._audit_key = key
+
+    def audit_tail(self) -> AuditCheckpoint | None:
+        with self._tx() as db:
+            return self._read_tail(db)
+
+    def set_audit_tail(self, tail: AuditCheckpoint) -> None:
+        with self._tx() as db:
+            self._write_tail(db, tail)
+
+    def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        with self._tx() as db:
+            self._insert_checkpoints(db, [checkpoint])
+            self._spool(db, spool_rows([], [checkpoint]), checkpoint.at_ms)
+
+    def audit_checkpoints(self) -> list[AuditCheckpoint]:
+        return [AuditCheckpoint(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[5]), int(r[3]), int(r[4])) for r in
+                self._query("SELECT seq, hash, at_ms, rebase_from, rebase_to, signature FROM audit_checkpoints"
+                            " ORDER BY n")]
+
+    def audit_spool(self, limit: int) -> list[SpoolItem]:
+        out = []
+        for r in self._query("SELECT id, kind, seq, payload, attempts FROM audit_spool ORDER BY id LIMIT ?",
+                             (limit,)):
+            try:
+                payload = decode_payload(bytes(r[3]))
+            except ValueError:
+                raise StorageError(f"audit spool item {r[0]} is corrupt") from None
+            out.append(SpoolItem(int(r[0]), str(r[1]), int(r[2]), payload, int(r[4])))
+        return out
+
+    def audit_spool_sent(self, ids: Sequence[int]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM audit_spool WHERE id = ?", [(i,) for i in ids])
+
+    def audit_spool_attempted(self, ids: Sequence[int]) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE audit_spool SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in ids])
+
+    def audit_spool_size(self) -> int:
+        return int(self._query("SELECT count(*) FROM audit_spool")[0][0])
 
     def append_audit(self, events: Sequence[AuditEvent], now_ms: int) -> list[AuditEntry]:
         with self._tx() as db:
