@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -46,6 +47,9 @@ MAX_BACKOFF_S = 60.0
 
 class RepositoryClosed(Exception):
     """The repository closed the connection."""
+
+
+CONNECTION_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, RepositoryClosed)
 
 
 def backoff_s(failures: int) -> float:
@@ -101,8 +105,7 @@ class AuditExporter:
         while True:
             try:
                 await self._session(config, ssl_context)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
-                    RepositoryClosed) as exc:
+            except CONNECTION_ERRORS as exc:
                 self.failures += 1
                 reason = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
                 self.last_error = f"{type(reason).__name__}: {reason}"
@@ -126,9 +129,20 @@ class AuditExporter:
             self.connected = True
             self.failures = 0
             log.info("audit repository %s:%d connected", config.host, config.port)
+            failed: list[BaseException] = []
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_close, stream)
-                await self._drain(stream, config)
+
+                async def guarded(job: Callable[[], Awaitable[None]]) -> None:
+                    try:
+                        await job()
+                    except CONNECTION_ERRORS as exc:  # one of the two ends the session, as one error
+                        failed.append(exc)
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(guarded, lambda: self._watch_close(stream))
+                nursery.start_soon(guarded, lambda: self._drain(stream, config))
+            if failed:
+                raise failed[0]
         finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
