@@ -101,6 +101,16 @@ def due_checkpoints(entries: list[AuditEntry], vouched: bool, have_any: bool, ke
     return kept, sign_checkpoint(key, entries[-1].seq, entries[-1].hash, now_ms)
 
 
+def rebased_checkpoints(key: SigningKey, head: AuditEntry, hashes: dict[int, bytes], rebase_from: int,
+                        rebase_to: int, now_ms: int) -> list[AuditCheckpoint]:
+    """An acknowledgement's signatures: the accepted entries `hashes`, the rebase checkpoint at `head`,
+    and last the new tail."""
+    made = [sign_checkpoint(key, seq, digest, now_ms) for seq, digest in sorted(hashes.items())]
+    made.append(sign_checkpoint(key, head.seq, head.hash, now_ms, max(rebase_from, 1), max(rebase_to, 1)))
+    made.append(sign_checkpoint(key, head.seq, head.hash, now_ms))
+    return made
+
+
 def checkpoint_problems(entries: list[AuditEntry], checkpoints: list[AuditCheckpoint],
                         tail: AuditCheckpoint | None, key: PublicKey | None) -> list[ChainProblem]:
     """Every checkpoint that is forged, that the chain does not pass through, or that is missing."""

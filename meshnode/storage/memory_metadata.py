@@ -17,6 +17,7 @@ from meshnode.storage.audit_checkpoint import (
     decode_payload,
     due_checkpoints,
     spool_rows,
+    rebased_checkpoints,
     tail_vouches,
 )
 from meshnode.storage.records import (
@@ -249,8 +250,18 @@ class MemoryMetadataStore:
     def audit_tail(self) -> AuditCheckpoint | None:
         return self._tail
 
-    def set_audit_tail(self, tail: AuditCheckpoint) -> None:
-        self._tail = tail
+    def audit_snapshot(self) -> tuple[list[AuditEntry], list[AuditCheckpoint], AuditCheckpoint | None]:
+        return list(self._audit), list(self._checkpoints), self._tail
+
+    def append_audit_rebased(self, events: Sequence[AuditEvent], now_ms: int, key: SigningKey, rebase_from: int,
+                             rebase_to: int, sign_seqs: Sequence[int]) -> tuple[int, bytes]:
+        entries = self.append_audit(events, now_ms)
+        hashes = {e.seq: e.hash for e in self._audit if e.seq in set(sign_seqs)}
+        made = rebased_checkpoints(key, entries[-1], hashes, rebase_from, rebase_to, now_ms)
+        self._checkpoints.extend(made[:-1])
+        self._spool_rows(spool_rows([], made[:-1]))
+        self._tail = made[-1]
+        return entries[-1].seq, entries[-1].hash
 
     def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
         self._checkpoints.append(checkpoint)

@@ -109,7 +109,15 @@ class MetadataStore(SearchableStore, Protocol):
         """The node's signature on the newest entry it appended (replaced by every append)."""
         ...
 
-    def set_audit_tail(self, tail: AuditCheckpoint) -> None: ...
+    def audit_snapshot(self) -> tuple[list[AuditEntry], list[AuditCheckpoint], AuditCheckpoint | None]:
+        """Entries, checkpoints and tail, read consistently (one transaction)."""
+        ...
+
+    def append_audit_rebased(self, events: Sequence[AuditEvent], now_ms: int, key: SigningKey, rebase_from: int,
+                             rebase_to: int, sign_seqs: Sequence[int]) -> tuple[int, bytes]:
+        """An operator's acknowledgement, atomically: append `events`, sign the entries at `sign_seqs` as they
+        are, a rebase checkpoint (audit_checkpoint.rebased_checkpoints) and the tail at the new head."""
+        ...
 
     def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
         """Record a checkpoint and queue it for the audit repository."""

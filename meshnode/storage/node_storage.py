@@ -102,14 +102,13 @@ class NodeStorage:
 
     def audit_problems(self) -> tuple[int, list[ChainProblem]]:
         """Everything wrong with the log: its chain, the recorded head, an unacknowledged alarm, checkpoints."""
-        entries = self.metadata.audit_entries()
-        problems = verify_chain(entries, self.head.recorded())
-        alarm = self.head.alarm()
+        recorded, alarm = self.head.recorded(), self.head.alarm()  # first: the log is at least as new
+        entries, checkpoints, tail = self.metadata.audit_snapshot()
+        problems = verify_chain(entries, recorded)
         if alarm is not None:
             problems.insert(0, ChainProblem(alarm.recorded_seq, f"unacknowledged audit alert: {alarm.problem}"
                                                                 " (`meshnode audit acknowledge --reason ...`)"))
-        problems += checkpoint_problems(entries, self.metadata.audit_checkpoints(), self.metadata.audit_tail(),
-                                        self.key.public_key if self.key else None)
+        problems += checkpoint_problems(entries, checkpoints, tail, self.key.public_key if self.key else None)
         return len(entries), problems
 
     def verify_audit(self) -> tuple[int, list[ChainProblem]]:
@@ -148,32 +147,21 @@ class NodeStorage:
         if not reason:
             raise LocalProtocolError("say why: --reason is required")
         with self.head.locked():
-            entries = self.metadata.audit_entries()
-            recorded = self.head.recorded()
-            alarm = self.head.alarm()
+            recorded, alarm = self.head.recorded(), self.head.alarm()
+            entries, checkpoints, tail = self.metadata.audit_snapshot()
             head_issue = head_problem(self.metadata, recorded, self.metadata.audit_head())
-            checkpoint_issues = checkpoint_problems(entries, self.metadata.audit_checkpoints(),
-                                                    self.metadata.audit_tail(), self.key.public_key)
+            checkpoint_issues = checkpoint_problems(entries, checkpoints, tail, self.key.public_key)
             if alarm is None and head_issue is None and not checkpoint_issues:
                 raise LocalProtocolError("there is no audit alert to acknowledge")
             seqs = [p.seq for p in checkpoint_issues] + ([recorded[0]] if recorded and (alarm or head_issue) else [])
             seqs += [alarm.recorded_seq] if alarm and alarm.recorded_seq else []
-            rebase_from, rebase_to = (max(1, min(seqs)), max(seqs)) if seqs else (0, 0)
-            at = now_ms()
-            self.metadata.append_audit([AuditEvent(
+            rebase_from, rebase_to = (max(1, min(seqs)), max(seqs)) if seqs else (1, 1)
+            missing = [p.seq for p in checkpoint_issues if p.problem.startswith("no valid signed checkpoint")]
+            event = AuditEvent(
                 EventCode.SECURITY_ALERT, "audit-alert-acknowledged", actor=actor,
                 detail=(f"entries {rebase_from}..{rebase_to} accepted as they are now: "
-                        f"{alarm.problem if alarm else 'checkpoints no longer match'}; reason: {reason}")[:600])], at)
-            head = self.metadata.audit_head()
-            if head is None:
-                raise StorageError("the audit log is empty")
-            missing = [p.seq for p in checkpoint_issues if p.problem.startswith("no valid signed checkpoint")]
-            hashes = {e.seq: e.hash for e in entries}
-            for seq in missing:  # the operator accepts those entries: sign them as they are
-                self.metadata.add_audit_checkpoint(sign_checkpoint(self.key, seq, hashes[seq], at))
-            self.metadata.add_audit_checkpoint(sign_checkpoint(self.key, head[0], head[1], at,
-                                                               max(rebase_from, 1), max(rebase_to, 1)))
-            self.metadata.set_audit_tail(sign_checkpoint(self.key, head[0], head[1], at))
+                        f"{alarm.problem if alarm else 'checkpoints no longer match'}; reason: {reason}")[:600])
+            head = self.metadata.append_audit_rebased([event], now_ms(), self.key, rebase_from, rebase_to, missing)
             self.head.rebase(head)
         log.warning("audit alert acknowledged by %s: entries %d..%d accepted", actor, rebase_from, rebase_to)
         remaining = self.audit_problems()[1]

@@ -18,6 +18,7 @@ from meshnode.storage.audit_checkpoint import (
     decode_payload,
     due_checkpoints,
     spool_rows,
+    rebased_checkpoints,
     tail_vouches,
 )
 from meshnode.storage.records import (
@@ -527,9 +528,30 @@ class SqliteMetadataStore(SqliteConnection):
         with self._tx() as db:
             return self._read_tail(db)
 
-    def set_audit_tail(self, tail: AuditCheckpoint) -> None:
+    def audit_snapshot(self) -> tuple[list[AuditEntry], list[AuditCheckpoint], AuditCheckpoint | None]:
+        # one read transaction (a WAL snapshot, no write lock): a node appending meanwhile cannot skew them
+        try:
+            self._db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise StorageError(f"database unavailable: {exc}") from exc
+        try:
+            return self.audit_entries(), self.audit_checkpoints(), self._read_tail(self._db)
+        finally:
+            self._rollback()
+
+    def append_audit_rebased(self, events: Sequence[AuditEvent], now_ms: int, key: SigningKey, rebase_from: int,
+                             rebase_to: int, sign_seqs: Sequence[int]) -> tuple[int, bytes]:
         with self._tx() as db:
-            self._write_tail(db, tail)
+            entries = self._append_audit(db, events, now_ms)
+            if not entries:
+                raise StorageError("an acknowledgement needs its audit entry")
+            hashes = dict(db.execute(f"SELECT seq, hash FROM audit WHERE seq IN ({','.join('?' * len(sign_seqs))})",
+                                     list(sign_seqs)).fetchall()) if sign_seqs else {}
+            made = rebased_checkpoints(key, entries[-1], hashes, rebase_from, rebase_to, now_ms)
+            self._insert_checkpoints(db, made[:-1])
+            self._spool(db, spool_rows([], made[:-1]), now_ms)
+            self._write_tail(db, made[-1])
+            return entries[-1].seq, entries[-1].hash
 
     def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
         with self._tx() as db:

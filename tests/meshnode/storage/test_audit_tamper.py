@@ -198,3 +198,32 @@ def test_an_append_never_signs_a_chain_changed_under_it(home: Path) -> None:
     ordinary_event(home)
     ordinary_event(home)
     assert problems(home)
+
+
+def test_verify_while_the_node_appends_is_not_a_false_alarm(home: Path) -> None:
+    """The running node and `meshnode audit verify` share the database and the head file."""
+    import threading
+
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def node() -> None:
+        writer = NodeStorage.open(home)
+        try:
+            for i in range(100):
+                writer.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "served", detail=str(i)))
+        except BaseException as exc:  # reported by the test below
+            failures.append(exc)
+        finally:
+            writer.close()
+            done.set()
+
+    thread = threading.Thread(target=node)
+    thread.start()
+    seen = []
+    while not done.is_set():
+        seen.append(problems(home))
+    thread.join()
+    assert not failures
+    assert seen and all(found == [] for found in seen), [f for f in seen if f][:1]
+    assert problems(home) == [] and "audit-log-truncated" not in alerts(home)
