@@ -15,7 +15,8 @@ newest entry and a kept checkpoint at every multiple of CHECKPOINT_EVERY from
 the first one on, so deleting checkpoints is detected as well as rewriting
 entries. An append signs only when the node's tail signature is on the entry
 it follows: the node never vouches for a chain that changed under it (a node
-whose log predates checkpoints gets its first at its next append).
+whose log predates checkpoints is signed once an operator accepts it with
+`meshnode audit acknowledge`: unsigned looks the same as signatures deleted).
 
 An operator who acknowledges a truncation alert signs a rebase checkpoint:
 checkpoints made before it (by signed time) for entries in
@@ -76,17 +77,20 @@ def sign_checkpoint(key: SigningKey, seq: int, digest: bytes, at_ms: int,
     return AuditCheckpoint(seq, digest, at_ms, sig, rebase_from, rebase_to)
 
 
-def tail_vouches(tail: AuditCheckpoint | None, last: tuple[int, bytes] | None, have_any: bool,
-                 key: SigningKey | None) -> bool:
-    """May the node sign entries appended after `last`? Only when its own tail signature is on `last`
-    (or the log has no checkpoint at all yet): it never vouches for a chain changed under it."""
+def tail_vouches(tail: AuditCheckpoint | None, last: tuple[int, bytes] | None, key: SigningKey | None,
+                 trusted: AuditCheckpoint | None = None) -> bool:
+    """May the node sign entries appended after `last`? Only when its own tail signature is on `last`, or
+    the log is empty: it never vouches for a chain changed under it. A log that was never signed (kept
+    before checkpoints existed) looks exactly like one whose signatures were deleted, so the node does
+    not sign it on its own either: `meshnode audit acknowledge` does, as an audited operator decision.
+    `trusted`: the tail this process itself wrote last; finding exactly it saves checking the signature."""
     if key is None:
         return False
     if last is None:
-        return tail is None
+        return tail is None  # a new, empty log
     if tail is None:
-        return not have_any
-    return tail.seq == last[0] and tail.hash == last[1] and tail.valid_for(key.public_key)
+        return False  # never signed, or its signatures deleted: only an operator can accept it (acknowledge)
+    return tail.seq == last[0] and tail.hash == last[1] and (tail == trusted or tail.valid_for(key.public_key))
 
 
 def due_checkpoints(entries: list[AuditEntry], vouched: bool, have_any: bool, key: SigningKey | None,

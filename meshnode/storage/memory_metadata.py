@@ -232,8 +232,8 @@ class MemoryMetadataStore:
         self._audit.extend(entries)
         before = (last.seq, last.hash) if last else None
         have_any = bool(self._checkpoints)
-        checkpoints, tail = due_checkpoints(entries, tail_vouches(self._tail, before, have_any, self._audit_key),
-                                            have_any, self._audit_key, now_ms)
+        vouched = tail_vouches(self._tail, before, self._audit_key, self._tail)  # nobody else writes it
+        checkpoints, tail = due_checkpoints(entries, vouched, have_any, self._audit_key, now_ms)
         self._checkpoints.extend(checkpoints)
         self._tail = tail or self._tail
         self._spool_rows(spool_rows(entries, checkpoints))

@@ -175,6 +175,7 @@ class SqliteMetadataStore(SqliteConnection):
     def __init__(self, path: Path) -> None:
         super().__init__(path, MIGRATIONS)
         self._audit_key: SigningKey | None = None
+        self._own_tail: AuditCheckpoint | None = None  # the tail this connection last wrote
 
     # -- studies and instances ------------------------------------------------
     def add_instances(
@@ -490,9 +491,9 @@ class SqliteMetadataStore(SqliteConnection):
         if self._audit_key is not None:
             before = (int(last[0]), bytes(last[1])) if last else None
             tail = self._read_tail(db)
-            have_any = db.execute("SELECT 1 FROM audit_checkpoints LIMIT 1").fetchone() is not None
-            checkpoints, new_tail = due_checkpoints(entries, tail_vouches(tail, before, have_any, self._audit_key),
-                                                    have_any, self._audit_key, now_ms)
+            have_any = tail is not None or db.execute("SELECT 1 FROM audit_checkpoints LIMIT 1").fetchone() is not None
+            vouched = tail_vouches(tail, before, self._audit_key, self._own_tail)
+            checkpoints, new_tail = due_checkpoints(entries, vouched, have_any, self._audit_key, now_ms)
         else:
             checkpoints, new_tail = [], None
         self._insert_checkpoints(db, checkpoints)
@@ -516,8 +517,10 @@ class SqliteMetadataStore(SqliteConnection):
         r = db.execute("SELECT seq, hash, at_ms, signature FROM audit_tail WHERE id = 1").fetchone()
         return AuditCheckpoint(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[3])) if r else None
 
-    @staticmethod
-    def _write_tail(db: sqlite3.Connection, tail: AuditCheckpoint) -> None:
+    def _write_tail(self, db: sqlite3.Connection, tail: AuditCheckpoint) -> None:
+        # Remembered even if the transaction then rolls back: it is a genuine signature of ours either way,
+        # only ever used to skip re-checking that signature when the database holds exactly it.
+        self._own_tail = tail
         db.execute("INSERT OR REPLACE INTO audit_tail VALUES (1,?,?,?,?)", (tail.seq, tail.hash, tail.at_ms,
                                                                             tail.signature))
 

@@ -168,6 +168,7 @@ def test_rebuilt_chain_without_the_key_is_detected(home: Path) -> None:
 def test_rebuilt_chain_with_checkpoints_deleted_is_detected(home: Path) -> None:
     rebuild_chain(home, "UPDATE audit SET detail = 'nothing happened' WHERE seq = 2")
     tamper(home, "DELETE FROM audit_checkpoints", "DELETE FROM audit_tail")
+    ordinary_event(home)  # the node carries on: it must not take the unsigned log for a new one and sign it
     found = problems(home)
     assert any("no signed checkpoint" in p for _, p in found), found
 
@@ -227,3 +228,17 @@ def test_verify_while_the_node_appends_is_not_a_false_alarm(home: Path) -> None:
     assert not failures
     assert seen and all(found == [] for found in seen), [f for f in seen if f][:1]
     assert problems(home) == [] and "audit-log-truncated" not in alerts(home)
+
+
+def test_a_log_kept_before_signing_is_signed_only_once_an_operator_accepts_it(tmp_path: Path) -> None:
+    home = tmp_path / "node"
+    assert meshnode_main(["init", "--home", str(home), "--org", "RGT"]) == 0
+    legacy = SqliteMetadataStore(home / "node.db")  # as a node of the previous version wrote it: no key
+    legacy.append_audit([AuditEvent(EventCode.IMPORT, "ingest", detail=str(i)) for i in range(70)], 1)
+    legacy.close()
+    ordinary_event(home)
+    assert any("no signed checkpoint" in p for _, p in problems(home))  # not silently adopted
+    assert meshnode_main(["audit", "acknowledge", "--home", str(home), "--reason", "upgrade to signed audit"]) == 0
+    assert problems(home) == []
+    ordinary_event(home)
+    assert problems(home) == []
