@@ -111,6 +111,22 @@ class NodeStorage:
         problems += checkpoint_problems(entries, checkpoints, tail, self.key.public_key if self.key else None)
         return len(entries), problems
 
+    def audit_alerts(self) -> list[ChainProblem]:
+        """The cheap checks, for a status page: an unacknowledged alarm, the node's signature on the newest entry.
+        (`audit_problems` checks everything.)"""
+        out = []
+        alarm = self.head.alarm()
+        if alarm is not None:
+            out.append(ChainProblem(alarm.recorded_seq, f"unacknowledged audit alert: {alarm.problem}"))
+        head, tail = self.metadata.audit_head(), self.metadata.audit_tail()
+        if head is not None and self.key is not None:
+            if tail is None or not tail.valid_for(self.key.public_key):
+                out.append(ChainProblem(head[0], "the newest entry has no valid signed checkpoint"))
+            elif (tail.seq, tail.hash) != head:
+                out.append(ChainProblem(min(tail.seq, head[0]) + 1, f"the node's signatures end at entry "
+                                                                    f"{tail.seq} but the log at entry {head[0]}"))
+        return out
+
     def verify_audit(self) -> tuple[int, list[ChainProblem]]:
         count, problems = self.audit_problems()
         if problems:

@@ -242,3 +242,23 @@ def test_a_log_kept_before_signing_is_signed_only_once_an_operator_accepts_it(tm
     assert problems(home) == []
     ordinary_event(home)
     assert problems(home) == []
+
+
+async def test_web_ui_chain_status_shows_the_alarm_and_the_signature(home: Path) -> None:
+    from meshnode.storage.dbthread import DatabaseThread
+    from meshnode.web.chain import ChainVerifier
+
+    storage = NodeStorage.open(home)
+    try:
+        verifier = ChainVerifier(DatabaseThread(storage.metadata), storage)
+        assert (await verifier.check()).intact
+        tamper(home, "DELETE FROM audit WHERE seq >= 5")
+        storage.audit(AuditEvent(EventCode.INSTANCES_ACCESSED, "view"))
+        for _ in range(2):  # incremental checks report it once, not once more each time
+            status = await verifier.check()
+            found = [p.problem for p in status.problems]
+            assert sum("unacknowledged audit alert" in p for p in found) == 1, found
+        tamper(home, "UPDATE audit_tail SET signature = zeroblob(64)")
+        assert any("no valid signed checkpoint" in p.problem for p in (await verifier.check()).problems)
+    finally:
+        storage.close()
