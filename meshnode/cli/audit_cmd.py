@@ -43,11 +43,14 @@ def entry_view(e: AuditEntry) -> dict[str, object]:
 def run_verify(args: argparse.Namespace) -> int:
     with open_storage(args) as storage:
         count, problems = storage.verify_audit()
-    data = {"entries": count, "ok": not problems,
+        spooled = storage.metadata.audit_spool_size()
+    data = {"entries": count, "ok": not problems, "spooled_for_repository": spooled,
             "problems": [{"seq": p.seq, "problem": p.problem} for p in problems]}
-    text = (f"audit chain intact: {count} entries" if not problems else
+    text = (f"audit chain intact: {count} entries, signed" if not problems else
             f"audit chain BROKEN ({len(problems)} problem(s) in {count} entries):\n"
             + "\n".join(f"  entry {p.seq}: {p.problem}" for p in problems))
+    if spooled:
+        text += f"\n{spooled} alert(s) and checkpoint(s) waiting for the audit repository"
     emit(data, args.json, text)
     return EXIT_OK if not problems else EXIT_ERROR
 
