@@ -18,7 +18,7 @@ from pathlib import Path
 
 from meshnode.keyfile import load_key_file
 from meshnode.storage.audit import AuditEvent, ChainProblem, EventCode, Outcome, verify_chain
-from meshnode.storage.audit_checkpoint import checkpoint_problems, sign_checkpoint
+from meshnode.storage.audit_checkpoint import checkpoint_problems, sign_checkpoint, tail_vouches
 from meshnode.storage.audit_head import AuditAlarm, AuditHeadFile, head_problem
 from meshnode.storage.blockstore import BlockStore, ScrubResult
 from meshnode.storage.metadata import MetadataStore
@@ -141,9 +141,12 @@ class NodeStorage:
         return count, problems
 
     def checkpoint(self) -> bool:
-        """Sign the log's head if it is newer than the last checkpoint (and there is no unacknowledged alarm)."""
+        """Keep a checkpoint at the log's head if it is newer than the last one, there is no unacknowledged
+        alarm, and the node's own tail signature is on that head (never sign a chain changed under the node)."""
         head = self.metadata.audit_head()
         if self.key is None or head is None or self.head.alarm() is not None:
+            return False
+        if not tail_vouches(self.metadata.audit_tail(), head, self.key):
             return False
         if any(c.seq >= head[0] for c in self.metadata.audit_checkpoints()[-1:]):
             return False

@@ -194,9 +194,16 @@ def test_forged_checkpoint_is_detected(home: Path) -> None:
 
 
 def test_an_append_never_signs_a_chain_changed_under_it(home: Path) -> None:
-    """After a rebuild, the node's next append must not sign the attacker's chain into validity."""
+    """After a rebuild, neither the node's next appends nor its periodic checkpoint sign the attacker's chain."""
     rebuild_chain(home, "UPDATE audit SET actor = 'someone-else' WHERE seq = 3")
+    tamper(home, "DELETE FROM audit_tail")
     ordinary_event(home)
+    storage = NodeStorage.open(home)
+    try:
+        before = storage.metadata.audit_checkpoints()
+        assert storage.checkpoint() is False and storage.metadata.audit_checkpoints() == before
+    finally:
+        storage.close()
     ordinary_event(home)
     assert problems(home)
 
