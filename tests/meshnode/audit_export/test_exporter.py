@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from meshnode.audit_export.config import AuditRepositoryConfig
 from meshnode.audit_export.exporter import AuditExporter, audit_source
@@ -154,3 +155,23 @@ async def test_nothing_is_sent_in_clear(storage: NodeStorage, pki: Pki) -> None:
     assert raw.connections >= 1 and raw.data[:1] == b"\x16"  # a TLS handshake record
     assert b"AuditMessage" not in raw.data and b"request-refused" not in raw.data
     assert storage.metadata.audit_spool_size() == 2
+
+
+async def test_the_head_is_checkpointed_periodically_without_a_repository(storage: NodeStorage,
+                                                                         autojump_clock: trio.testing.MockClock
+                                                                         ) -> None:
+    assert storage.key is not None
+    storage.audit(*[AuditEvent(EventCode.INSTANCES_ACCESSED, "view") for _ in range(5)])
+    assert [c.seq for c in storage.metadata.audit_checkpoints()] == [5]
+    storage.audit(AuditEvent(EventCode.INSTANCES_ACCESSED, "view"))
+    exp = AuditExporter(storage, DatabaseThread(storage.metadata),
+                        audit_source(storage.key.peer_id, "RGT", storage.key.public_key.raw.hex()), None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(exp.run)
+        with trio.fail_after(10 * exp.checkpoint_s):  # virtual time; the database thread's work is real
+            while [c.seq for c in storage.metadata.audit_checkpoints()] != [5, 6]:
+                await trio.sleep(1)
+        assert trio.current_time() >= exp.checkpoint_s
+        await trio.sleep(3 * exp.checkpoint_s)  # nothing new: no new checkpoint
+        assert [c.seq for c in storage.metadata.audit_checkpoints()] == [5, 6]
+        nursery.cancel_scope.cancel()
