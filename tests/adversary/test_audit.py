@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
 import trio
 
 from meshnode.cli.main import main as meshnode_main
@@ -153,3 +154,45 @@ def test_rollback_to_an_older_signed_state_is_visible_at_the_repository(tmp_path
         details = {d.get("type"): base64.b64decode(d.get("value")) for d in doc.iter("ParticipantObjectDetail")}
         checkpoints.setdefault(int(details["seq"]), set()).add(details["hash"])
     assert len(checkpoints[CHECKPOINT_EVERY]) == 2  # two different entries signed as number 64: a rollback
+
+
+@pytest.mark.slow
+def test_running_node_exports_a_truncation_alert_to_rsyslog(tmp_path: Path) -> None:
+    """Real processes: a node with [audit_repository] pointing at a real rsyslog. Rows are deleted from
+    its audit log while it runs; the alert raised by the next write reaches rsyslog as a valid A.5
+    message, and the node keeps running."""
+    from meshnode.audit_export.atna import SECURITY_CONFIGURATION
+    from tests.meshnode.audit_export.receivers import free_port
+    from tests.meshnode.audit_export.rsyslog import Rsyslog, rsyslogd
+    from tools.demo.mesh import MeshDemo
+    from tools.demo.workspace import Workspace
+
+    if rsyslogd() is None:
+        pytest.skip("rsyslog not installed (Makefile SYSTEM_DEPS)")
+    pki = make_pki(tmp_path / "pki")
+    repository = Rsyslog(tmp_path / "rsyslog", pki, free_port())
+    repository.start()
+    mesh = MeshDemo(Workspace(tmp_path / "mesh"))
+    try:
+        node = mesh.setup([("a", "RGT", "Guy's and St Thomas'")], start=False)["a"]
+        with open(node.home / "node.toml", "a") as f:
+            f.write(f'\n[audit_repository]\naddress = "127.0.0.1:{repository.port}"\nca = "{pki.ca_cert}"\n')
+        mesh.start(node)
+        mesh.wait_for(lambda: repository.messages(), 30, "the first checkpoint at the repository")
+        mesh.wait_for(lambda: len(mesh.audit(node)) >= 2, 30, "audit entries")
+        sql(node.home, "DELETE FROM audit WHERE seq > 1")
+        assert mesh.ws.run("meshnode", "audit", "verify", "--home", str(node.home), check=False).code == 1
+
+        def alert_arrived() -> bool:
+            for raw in repository.messages():
+                doc = validate(parse_rfc5424(raw).xml)
+                codes = [c.get("csd-code") for c in doc.iter("EventTypeCode")]
+                if codes == [SECURITY_CONFIGURATION[0], "audit-log-truncated"]:
+                    return True
+            return False
+
+        mesh.wait_for(alert_arrived, 30, "the truncation alert at the repository")
+        assert mesh.procs["a"].poll() is None
+    finally:
+        mesh.close()
+        repository.stop()
