@@ -37,21 +37,27 @@ EVENT_NAMES = {
 }
 
 # PS3.15 A.5.3.11 Security Alert event type codes (CID 4 Security Alert Type Codes), chosen by the
-# entry's action.
+# entry's action. Whatever the mapping, the node's own action name follows as a second EventTypeCode.
 NODE_AUTHENTICATION = ("110126", "Node Authentication")
 SECURITY_CONFIGURATION = ("110129", "Security Configuration")
 RESTRICTED_FUNCTION = ("110132", "Use of Restricted Function")
 OBJECT_SECURITY = ("110135", "Object Security Attributes Changed")
+USER_SECURITY = ("110137", "User Security Attributes Changed")
+
+_ALERT_TYPES = (
+    (("peer-", "hello", "certificate", "roster", "dimse-association"), NODE_AUTHENTICATION),
+    (("audit-",), SECURITY_CONFIGURATION),
+    (("user-", "token-"), USER_SECURITY),
+    (("corrupt-block", "scrub", "verification-failed", "suspicious-instance", "sop-instance-uid-conflict",
+      "manifest-"), OBJECT_SECURITY),
+)
 
 
 def alert_type(action: str) -> tuple[str, str]:
-    if action.startswith(("hello", "certificate", "roster", "peer")):
-        return NODE_AUTHENTICATION
-    if action.startswith("audit"):
-        return SECURITY_CONFIGURATION
-    if action.startswith(("scrub", "block", "manifest", "sop-instance")):
-        return OBJECT_SECURITY
-    return RESTRICTED_FUNCTION
+    for prefixes, code in _ALERT_TYPES:
+        if action.startswith(prefixes):
+            return code
+    return RESTRICTED_FUNCTION  # unauthorised requests, refused announcements, DIMSE operations not permitted
 
 
 @dataclass(frozen=True)
