@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -83,9 +84,13 @@ def _detail(parent: ET.Element, kind: str, value: bytes) -> None:
     ET.SubElement(parent, "ParticipantObjectDetail", {"type": kind, "value": base64.b64encode(value).decode()})
 
 
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _clean(text: object) -> str:
-    """Attribute text: XML 1.0 allows no control characters (entries are checked, this is belt and braces)."""
-    return "".join(c if c >= " " or c in "\t" else " " for c in str(text))
+    """Only characters XML 1.0 allows (Char production); anything else, a lone surrogate included, becomes
+    U+FFFD. Details can quote what a peer sent: an alert must never fail to render because of it."""
+    return _NOT_XML_CHAR.sub("\ufffd", str(text))
 
 
 def audit_message(item: SpoolItem, source: AuditSource) -> bytes:

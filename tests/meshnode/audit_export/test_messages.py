@@ -6,6 +6,8 @@ import base64
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from meshnode.audit_export.atna import AuditSource, audit_message
 from meshnode.audit_export.config import AuditRepositoryConfigError, parse_audit_repository
@@ -93,3 +95,18 @@ def test_config_section(tmp_path: Path) -> None:
     assert node.audit_repository is not None and node.audit_repository.port == 6514
     with pytest.raises(ConfigError, match="ca is required"):
         parse_config('[node]\norg = "RGT"\n[audit_repository]\naddress = "127.0.0.1:6514"\n')
+
+
+@settings(max_examples=60, deadline=None)
+@example(detail="\ud800 lone surrogate", actor="\ufffe", study="")
+@given(detail=st.text(st.characters(blacklist_categories=()), max_size=80),  # lone surrogates, U+FFFE, controls
+       actor=st.text(st.characters(blacklist_categories=()), max_size=20), study=st.text(max_size=20))
+def test_any_text_in_an_entry_still_renders_a_valid_message(detail: str, actor: str, study: str) -> None:
+    from meshnode.storage.audit_checkpoint import SpoolItem
+
+    payload: dict[str, object] = {"seq": 7, "at_ms": NOW_MS, "code": 110113, "action": "unauthorised-request",
+                                  "outcome": 8, "actor": actor, "actor_org": "EVIL", "study": study,
+                                  "manifest_id": "", "detail": detail, "hash": "00" * 32}
+    xml = audit_message(SpoolItem(1, "entry", 7, payload), SOURCE)
+    validate(xml)
+    parse_rfc5424(syslog_message(xml, at_ms=NOW_MS, outcome=8, hostname="h", procid="1"))
