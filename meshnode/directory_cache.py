@@ -39,6 +39,7 @@ class DirectoryCache:
             raise StorageError(f"cannot create cache {path}: {exc.strerror or exc}") from None
 
     def save_roster(self, raw: bytes) -> None:
+        """Keep RosterGuard.cache_bytes(): the current roster with its rotation chain from an anchor."""
         write_atomic(self.path / _ROSTER, raw)
 
     def roster(self) -> bytes | None:

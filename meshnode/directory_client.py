@@ -35,6 +35,8 @@ from protocol.directory_messages import (
     Request,
     Response,
     RosterReply,
+    RosterUnchanged,
+    WatchRoster,
     decode_response,
     encode_request,
 )
@@ -131,20 +133,28 @@ class DirectoryClient:
         directory_peer_id: str | None = None,
         skew: int = DEFAULT_SKEW,
         clock: Callable[[], float] = time.time,
+        watch_transport: DirectoryTransport | None = None,
     ) -> None:
         self._transport = transport
+        # a roster watch is held open up to WATCH_WAIT seconds: its transport allows that long
+        self._watch_transport = watch_transport or transport
         self.guard = guard
         self.cache = cache
         self.directory_peer_id = directory_peer_id
         self.skew = skew
         self.clock = clock
         self.last_roster_from_cache = False
+        #: Why the cached roster was refused at start (None: used, or none cached), for the node to audit.
+        self.cache_refused: MeshError | None = None
         cached = cache.roster()
         if cached is not None:
             try:
                 guard.restore(cached, clock())
             except MeshError as exc:
-                log.warning("cached roster not usable: %s", exc)
+                # Local state is verified like the wire (anchors, rotation chain, highest version);
+                # a refused cache changes nothing and the roster is fetched from the directory.
+                log.warning("cached roster refused, fetching it from the directory: %s: %s", exc.name, exc)
+                self.cache_refused = exc
 
     async def _call(self, request: Request) -> Response:
         return await call_directory(self._transport, request)
@@ -172,6 +182,28 @@ class DirectoryClient:
         if not isinstance(response, RosterReply):
             raise RemoteProtocolError("directory answered a roster request with something else")
         self.last_roster_from_cache = False
+        return self._adopt(response, now)
+
+    async def watch_roster(self) -> Roster | None:
+        """Wait (up to WATCH_WAIT seconds) for the directory to publish a roster newer than ours.
+
+        Returns the new roster once verified and adopted like any other, or None
+        when the watch ended without news. Raises like refresh_roster, and with
+        the directory's refusal if it does not know watches (an older directory).
+        """
+        current = self.guard.current
+        after = current.document.version if current is not None else 0
+        response = await call_directory(self._watch_transport, WatchRoster(after))
+        if isinstance(response, RosterUnchanged):
+            return None
+        if not isinstance(response, RosterReply):
+            raise RemoteProtocolError("directory answered a roster watch with something else")
+        self.last_roster_from_cache = False
+        before = self.guard.current
+        roster = self._adopt(response, self.clock())
+        return None if before is self.guard.current else roster
+
+    def _adopt(self, response: RosterReply, now: float) -> Roster:
         if response.roster is None:
             raise UnavailableError("the directory has no roster yet")
         current = self.guard.current
@@ -182,7 +214,7 @@ class DirectoryClient:
         except RosterRollbackError as exc:
             log.warning("directory served an old roster (replay refused): %s", exc)
             raise
-        self.cache.save_roster(response.roster)
+        self.cache.save_roster(self.guard.cache_bytes())
         log.info("accepted roster v%d", signed.document.version)
         return signed.document
 

@@ -1,7 +1,8 @@
 """Export a study to a folder, byte-exact to what was ingested.
 
 Each instance is reassembled from its blocks (each verified against its
-CID), its whole-file sha256 checked against the digest recorded at ingest,
+CID; a corrupt one is quarantined, marked absent and alerted, 110113), its
+whole-file sha256 checked against the digest recorded at ingest,
 written to a temp file, fsynced and only then renamed into place. File
 names come from UIDs (digits and dots only), never from other strings.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.node_storage import NodeStorage, local_actor
 from meshnode.storage.records import InstanceRecord, hash_uid
 from protocol.errors import NotFoundError, StorageError
@@ -96,6 +98,9 @@ def export_study(storage: NodeStorage, study_uid: str, folder: Path) -> ExportRe
         finally:
             os.close(dir_fd)
     except StorageError as exc:
+        if isinstance(exc, BlockCorruptError) and exc.cid is not None:
+            # the block store has moved it to quarantine: no longer present, and alerted (110113)
+            storage.block_quarantined(exc.cid, "export")
         storage.audit(AuditEvent(EventCode.EXPORT, "export", Outcome.SERIOUS_FAILURE, actor=local_actor(),
                                  study=hash_uid(study_uid), detail=exc.name))
         raise

@@ -24,6 +24,9 @@ MAX_ENTRIES = 256
 MAX_CERT_BYTES = 4096
 MAX_RECORD_BYTES = 8192
 MAX_ROSTER_BYTES = 8 * 1024 * 1024
+#: How long the directory holds a roster watch open before answering "unchanged"
+#: (below its 30 s per-request bound; a client allows this plus its usual timeout).
+WATCH_WAIT = 20.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,17 @@ class GetIdentity:
 
 
 @dataclass(frozen=True)
+class WatchRoster:
+    """Answer once the directory holds a roster newer than `after`, or after WATCH_WAIT seconds.
+
+    A long poll: a connected node learns of a new roster (a revocation) as soon
+    as it is published, at the cost of one idle stream per node.
+    """
+
+    after: int
+
+
+@dataclass(frozen=True)
 class Register:
     certificate: bytes
     record: bytes
@@ -57,7 +71,7 @@ class PublishRoster:
     roster: bytes
 
 
-Request: TypeAlias = Union[LookupOrg, LookupPeer, GetRoster, GetIdentity, Register, PublishRoster]
+Request: TypeAlias = Union[LookupOrg, LookupPeer, GetRoster, GetIdentity, WatchRoster, Register, PublishRoster]
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,13 @@ class RosterReply:
 
 
 @dataclass(frozen=True)
+class RosterUnchanged:
+    """A watch ended without news: the directory's roster is still `version` (0: none yet)."""
+
+    version: int
+
+
+@dataclass(frozen=True)
 class IdentityReply:
     certificate: bytes
 
@@ -86,7 +107,7 @@ class Accepted:
     pass
 
 
-Response: TypeAlias = Union[Entries, RosterReply, IdentityReply, Accepted, Refused]
+Response: TypeAlias = Union[Entries, RosterReply, RosterUnchanged, IdentityReply, Accepted, Refused]
 
 
 def encode_request(request: Request) -> bytes:
@@ -99,6 +120,8 @@ def encode_request(request: Request) -> bytes:
         body = {"op": "roster"}
     elif isinstance(request, GetIdentity):
         body = {"op": "identity"}
+    elif isinstance(request, WatchRoster):
+        body = {"op": "watch-roster", "after": request.after}
     elif isinstance(request, Register):
         body = {"op": "register", "certificate": request.certificate, "record": request.record}
     else:
@@ -120,6 +143,8 @@ def decode_request(data: bytes) -> Request:
         request = GetRoster()
     elif op == "identity":
         request = GetIdentity()
+    elif op == "watch-roster":
+        request = WatchRoster(f.integer("after", 0))
     elif op == "register":
         request = Register(
             f.blob("certificate", max_len=MAX_CERT_BYTES), f.blob("record", max_len=MAX_RECORD_BYTES)
@@ -141,6 +166,8 @@ def encode_response(response: Response) -> bytes:
         }
     elif isinstance(response, RosterReply):
         body = {"ok": True, "roster": response.roster}
+    elif isinstance(response, RosterUnchanged):
+        body = {"ok": True, "unchanged": response.version}
     elif isinstance(response, IdentityReply):
         body = {"ok": True, "certificate": response.certificate}
     elif isinstance(response, Accepted):
@@ -175,6 +202,8 @@ def decode_response(data: bytes) -> Response:
         if roster is not None and (not isinstance(roster, bytes) or len(roster) > MAX_ROSTER_BYTES):
             raise SchemaError("directory response.roster: expected null or bytes")
         response = RosterReply(roster)
+    elif isinstance(raw, dict) and "unchanged" in raw:
+        response = RosterUnchanged(f.integer("unchanged", 0))
     elif isinstance(raw, dict) and "certificate" in raw:
         response = IdentityReply(f.blob("certificate", max_len=MAX_CERT_BYTES))
     else:

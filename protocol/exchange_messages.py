@@ -408,12 +408,7 @@ class BlockResponseReader:
         raise UnexpectedFrameError(message)
 
 
-# -- have: manifest block order and bitmaps ---------------------------------
-
-
-def manifest_block_order(manifest: Manifest) -> tuple[CID, ...]:
-    """The manifest's distinct blocks: instances in order, blocks in order, first occurrence."""
-    return tuple(dict.fromkeys(b for instance in manifest.instances for b in instance.blocks))
+# -- have: bitmaps over Manifest.block_order() ---------------------------------
 
 
 def pack_bitmap(flags: Sequence[bool]) -> bytes:

@@ -191,6 +191,11 @@ class Manifest(Document):
     def block_set(self) -> frozenset[CID]:
         return frozenset(b for i in self.instances for b in i.blocks)
 
+    def block_order(self) -> tuple[CID, ...]:
+        """The distinct blocks in manifest order: instances in order, each instance's blocks in order,
+        each CID at its first occurrence (the order `have` bitmaps index)."""
+        return tuple(dict.fromkeys(b for instance in self.instances for b in instance.blocks))
+
     def check_signer(self, signer: PublicKey) -> None:
         if signer.peer_id != self.sender_peer:
             raise DocumentError("manifest not signed by the sender peer it names")

@@ -9,14 +9,16 @@ version across restarts is the caller's job, through RosterVersionStore.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+from protocol import cbor
 from protocol.cbor import CborKey, CborValue
 from protocol.certificate import check_serial
 from protocol.document import DEFAULT_SKEW, Document, Signed, open_document
 from protocol.errors import (
+    RosterError,
     RosterExpiredError,
     RosterNotYetValidError,
     RosterRollbackError,
@@ -142,6 +144,85 @@ def verify_roster(
     return signed
 
 
+#: A chain longer than this is cut at its start: the cache then no longer verifies
+#: and the node fetches the roster from the directory again (add the new key to
+#: the pinned anchors long before that).
+MAX_CHAIN = 32
+_CHAIN_KEY = "roster-chain"
+_CHAIN_PREFIX = cbor.encode({_CHAIN_KEY: []})[:-1]  # map(1), the key; then the array head
+
+
+def _link_item(value: CborValue, what: str) -> bytes:
+    if not isinstance(value, bytes) or not 0 < len(value) <= Roster.MAX_BYTES:
+        raise SchemaError(f"{what}: expected a signed roster of at most {Roster.MAX_BYTES} bytes")
+    return value
+
+
+def encode_roster_chain(links: Sequence[bytes]) -> bytes:
+    """The signed rosters of a rotation chain, oldest first, as one deterministic CBOR item."""
+    return cbor.encode({_CHAIN_KEY: list[CborValue](links)})
+
+
+def decode_roster_chain(data: bytes) -> tuple[bytes, ...]:
+    """The links of an encoded chain; bytes of a single signed roster are a chain of one."""
+    if not data.startswith(_CHAIN_PREFIX):
+        return (data,)
+    f = Fields(cbor.decode(data, max_depth=3, max_items=2 * MAX_CHAIN + 4), "roster chain")
+    links = tuple(f.array(_CHAIN_KEY, _link_item, max_items=MAX_CHAIN, min_items=1))
+    f.finish()
+    return links
+
+
+def verify_roster_chain(
+    links: Sequence[bytes], anchors: Collection[PublicKey], now: float, skew: int = DEFAULT_SKEW
+) -> tuple[Signed[Roster], ...]:
+    """Verify a rotation chain exactly as the rosters were verified when they arrived one by one.
+
+    The first link must be signed by a pinned anchor, each later one by an
+    authority of the link before it with a higher version, and the last one
+    must be valid now. Earlier links may have expired since: they only carry
+    the trust forward.
+    """
+    if not 1 <= len(links) <= MAX_CHAIN:
+        raise SchemaError(f"a roster chain has 1..{MAX_CHAIN} links")
+    chain: list[Signed[Roster]] = []
+    for n, raw in enumerate(links, start=1):
+        signed = open_document(raw, Roster)
+        if not chain:
+            if signed.signer not in anchors:
+                raise UnknownIssuerError(
+                    f"roster chain link 1 (v{signed.document.version}) is signed by {signed.signer.peer_id},"
+                    " which is not a configured trust anchor"
+                )
+        else:
+            before = chain[-1].document
+            if signed.signer not in before.authorities:
+                raise UnknownIssuerError(
+                    f"roster chain link {n} (v{signed.document.version}) is signed by {signed.signer.peer_id},"
+                    f" which is not an authority of v{before.version} before it"
+                )
+            if signed.document.version <= before.version:
+                raise RosterRollbackError(f"roster chain link {n} does not have a higher version than link {n - 1}")
+        chain.append(signed)
+    chain[-1].document.check_current(now, skew)
+    return tuple(chain)
+
+
+def _extend_chain(
+    chain: tuple[Signed[Roster], ...], signed: Signed[Roster], anchors: Collection[PublicKey]
+) -> tuple[Signed[Roster], ...]:
+    """The shortest chain from an anchor-signed roster to `signed`, through the links of `chain`."""
+    if signed.signer in anchors or not chain:
+        return (signed,)
+    links = [*chain, signed]
+    path = [len(links) - 1]
+    while path[-1] > 0 and links[path[-1]].signer not in anchors:
+        signer = links[path[-1]].signer
+        # the earliest link that lists the signer: it exists, the link just before did
+        path.append(next(i for i in range(path[-1]) if signer in links[i].document.authorities))
+    return tuple(links[i] for i in reversed(path))[-MAX_CHAIN:]
+
+
 class RosterGuard:
     """Holds the current roster and accepts only newer, valid, trusted ones."""
 
@@ -158,6 +239,7 @@ class RosterGuard:
         self.store = store
         self.skew = skew
         self.current: Signed[Roster] | None = None
+        self.links: tuple[Signed[Roster], ...] = ()  # from an anchor-signed roster to current
 
     @property
     def trusted_keys(self) -> frozenset[PublicKey]:
@@ -171,35 +253,59 @@ class RosterGuard:
         return self.anchors
 
     def accept(self, data: bytes, now: float) -> Signed[Roster]:
-        """Verify and adopt a roster; raises without changing anything if it is refused."""
+        """Verify and adopt a roster; raises without changing anything if it is refused.
+
+        Its version must be higher than the highest accepted, or equal to it while no
+        roster is current (after a restart without a usable cache).
+        """
         signed = verify_roster(data, self.trusted_keys, now, self.skew)
         highest = self.store.highest_roster_version()
-        if signed.document.version <= highest:
+        version = signed.document.version
+        # With nothing current (a restart whose cache was lost or refused), the roster accepted
+        # last may be adopted again from the wire: it is verified against the anchors, not rolled back.
+        if version < highest or (version == highest and self.current is not None):
             raise RosterRollbackError(
                 f"roster v{signed.document.version} is not newer than v{highest} already accepted"
             )
         self.store.record_roster_version(signed.document.version)
         self.current = signed
+        self.links = _extend_chain(self.links, signed, self.anchors)
         return signed
 
-    def restore(self, data: bytes, now: float) -> Signed[Roster]:
-        """Re-adopt the roster that was last accepted (e.g. from a cache at start-up).
+    def restore(self, cached: bytes, now: float) -> Signed[Roster]:
+        """Re-adopt the roster that was last accepted, from local state written by cache_bytes().
 
-        Its version must equal the highest accepted one: an older cached roster
-        is refused exactly like a rollback.
+        Local state is verified like the wire: the chain must start with a roster
+        signed by a pinned anchor, every later link be signed by an authority of
+        the link before it, and the last be current. Its version must equal the
+        highest accepted one: an older cached roster is refused like a rollback,
+        a newer one was never accepted here. A refusal changes nothing.
         """
-        # The cached copy was verified before it was written to local state; after a
-        # rotation its signer may no longer be an anchor but is one of its own authorities.
-        claimed = open_document(data, Roster).document.authorities
-        signed = verify_roster(data, self.anchors | frozenset(claimed), now, self.skew)
+        links = decode_roster_chain(cached)
+        chain = verify_roster_chain(links, self.anchors, now, self.skew)
+        signed = chain[-1]
+        version = signed.document.version
         highest = self.store.highest_roster_version()
-        if signed.document.version < highest:
-            raise RosterRollbackError(
-                f"cached roster v{signed.document.version} is older than v{highest} already accepted"
+        if version < highest:
+            raise RosterRollbackError(f"cached roster v{version} is older than v{highest} already accepted")
+        if highest and version > highest:
+            raise RosterError(
+                f"cached roster v{version} is newer than v{highest}, the highest this node ever accepted:"
+                " it was never accepted here"
             )
-        self.store.record_roster_version(signed.document.version)
+        self.store.record_roster_version(version)
         self.current = signed
+        self.links = chain
         return signed
+
+    @property
+    def chain(self) -> tuple[bytes, ...]:
+        """The signed rosters from one signed by a pinned anchor to the current one."""
+        return tuple(link.encode() for link in self.links)
+
+    def cache_bytes(self) -> bytes:
+        """What to keep in local state so that restore() can verify the current roster again."""
+        return encode_roster_chain(self.chain)
 
     def roster(self, now: float) -> Roster:
         """The current roster, refusing to use it once it has expired (fail closed)."""

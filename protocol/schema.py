@@ -43,13 +43,13 @@ def _type_name(value: CborValue) -> str:
 
 
 def check_uid(value: str, what: str) -> str:
-    if len(value) > 64 or not _UID_RE.match(value):
+    if len(value) > 64 or not _UID_RE.fullmatch(value):
         raise SchemaError(f"{what}: not a valid DICOM UID")
     return value
 
 
 def check_org_code(value: str, what: str) -> str:
-    if not _ORG_RE.match(value):
+    if not _ORG_RE.fullmatch(value):
         raise SchemaError(
             f"{what}: organisation code must be 2-16 characters of A-Z, 0-9 and '-' (got {value!r})"
         )

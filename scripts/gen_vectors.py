@@ -233,6 +233,7 @@ def build() -> dict[str, Json]:
         ("lookup-peer", dm.LookupPeer(k["node-rgt"].peer_id)),
         ("roster", dm.GetRoster()),
         ("identity", dm.GetIdentity()),
+        ("watch-roster", dm.WatchRoster(1)),
         ("register", dm.Register(cert_bytes, record_bytes)),
         ("publish-roster", dm.PublishRoster(roster_bytes)),
     ]
@@ -248,6 +249,7 @@ def build() -> dict[str, Json]:
         ),
         ("roster", dm.RosterReply(roster_bytes)),
         ("roster-none", dm.RosterReply(None)),
+        ("roster-unchanged", dm.RosterUnchanged(1)),
         ("identity", dm.IdentityReply(cert_bytes)),
         ("accepted", dm.Accepted()),
         ("refused", dm.Refused.from_error(UnknownIssuerError("certificate not signed by the issuer it names"))),

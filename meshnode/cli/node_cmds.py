@@ -105,8 +105,12 @@ def _inbox_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in rows:
         served = ", ".join(f"{p[:12]}..{p[-4:]}={n}" for p, n in sorted(r["served_by"].items())) or "-"
+        onward = ", ".join(f"{org}={d['blocks']}" for org, d in sorted(r.get("served_to", {}).items()))
         lines.append(f"{r['manifest_id'][:20]}.. {r['sender_org']:<6} {r['priority']:<7} {r['state']:<9} "
-                     f"{_bar(r['blocks_done'], r['blocks_total'])} {r['instances']} inst  served by {served}")
+                     f"{_bar(r['blocks_done'], r['blocks_total'])} {r['instances']} inst  served by {served}"
+                     + (f"  served to {onward}" if onward else ""))
+        if r.get("failure"):
+            lines.append(f"    failed: {r['failure']}")
         for pacs, f in sorted(r.get("forward", {}).items()):
             error = f"  last error: {f['last_error']}" if f["last_error"] and f["state"] != "forwarded" else ""
             lines.append(f"    -> PACS {pacs}: {f['state']} {f['sent']}/{f['total']}"
@@ -118,6 +122,7 @@ def _outbox_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in rows:
         per_org = ", ".join(f"{org}: {d['state']}" + (" (receipt verified)" if d["receipt_verified"] else "")
+                            + f", {d['served']['blocks']} block(s) served"
                             for org, d in sorted(r["recipients"].items()))
         lines.append(f"{r['manifest_id'][:20]}.. {r['state']:<9} {per_org}")
     return lines or ["outbox empty"]

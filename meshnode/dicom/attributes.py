@@ -116,6 +116,34 @@ def read_attributes(path: Path | bytes, layout: FileLayout) -> tuple[InstanceAtt
     else:
         with path.open("rb") as stream:
             dataset = _read_dataset_from(stream, layout)
+    return _attributes_of(dataset, layout.transfer_syntax_uid)
+
+
+def read_header_attributes(stream: BinaryIO) -> InstanceAttributes:
+    """The attributes of an instance read from the start of its bytes, without a structural scan.
+
+    For instances already stored as blocks (a received study checked against
+    its manifest): values are decoded exactly as `read_attributes` decodes
+    them at ingest, so the two can be compared. Reading stops before the
+    pixel data. Raises MalformedDicomError when pydicom cannot read the
+    header, MissingUidError when a Study, Series or SOP Instance UID is
+    absent or invalid.
+    """
+    try:
+        dataset = dcmread(stream, defer_size=MAX_ATTRIBUTE_BYTES, stop_before_pixels=True, force=True,
+                          specific_tags=list(TAGS))
+    except RecursionError:
+        raise DicomDepthError("sequences nested too deeply for pydicom to read") from None
+    except Exception as exc:  # untrusted input: pydicom fails in many ways
+        log.debug("pydicom refused a header: %s", type(exc).__name__)
+        raise MalformedDicomError(f"pydicom cannot read the header ({type(exc).__name__})") from None
+    try:
+        return _attributes_of(dataset, "")[0]
+    except (ValueError, LookupError, TypeError) as exc:  # a character set pydicom cannot decode, say
+        raise MalformedDicomError(f"the header's attributes cannot be decoded ({type(exc).__name__})") from None
+
+
+def _attributes_of(dataset: Dataset, transfer_syntax_uid: str) -> tuple[InstanceAttributes, frozenset[str]]:
     flags: set[str] = set()
     encodings = _encodings(dataset)
 
@@ -139,7 +167,7 @@ def read_attributes(path: Path | bytes, layout: FileLayout) -> tuple[InstanceAtt
         series_instance_uid=text("series_instance_uid"),
         sop_instance_uid=text("sop_instance_uid"),
         sop_class_uid=text("sop_class_uid"),
-        transfer_syntax_uid=layout.transfer_syntax_uid,
+        transfer_syntax_uid=transfer_syntax_uid,
         patient_name=text("patient_name"),
         patient_id=text("patient_id"),
         patient_birth_date=text("patient_birth_date"),

@@ -154,12 +154,14 @@ class BlockSink:
             settled = [s for g in groups for s in g.settled]
             files = [f for g in groups for f in g.files]
             durable = [(s.cid, s.size) for s in settled if s.outcome is Outcome.DURABLE]
+            # provenance: each block was fetched under its request's manifest (protocol.access)
+            obtained = [(s.manifest_id, s.cid, s.peer) for s in settled if s.outcome is Outcome.DURABLE]
             if durable:
                 try:
                     with trio.CancelScope(shield=True):  # never leave a group half-committed
                         await trio.to_thread.run_sync(self.blocks.commit_staged, files, limiter=limiter)
                         ms = int(self.clock() * 1000)
-                        await self.db.run(lambda s: s.record_blocks(durable, ms))
+                        await self.db.run(lambda s: s.record_blocks(durable, ms, obtained))
                 except MeshError as exc:
                     log.error("cannot make %d received block(s) durable: %s", len(durable), exc)
                     self.blocks.discard_staged(files)

@@ -26,12 +26,26 @@ def _cid(body: dict[str, Any], key: str = "manifest") -> CID:
     return CID.parse(_text(body, key))
 
 
+def served_by_org(store: MetadataStore) -> dict[str, list[int]]:
+    """Blocks and bytes this node has sent to each org, all time."""
+    totals: dict[str, list[int]] = {}
+    for row in store.served():
+        t = totals.setdefault(row.org, [0, 0])
+        t[0] += row.blocks
+        t[1] += row.bytes
+    return totals
+
+
+def _served_to(store: MetadataStore, manifest_id: CID) -> dict[str, dict[str, int]]:
+    return {r.org: {"blocks": r.blocks, "bytes": r.bytes} for r in store.served(manifest_id)}
+
+
 def routes(node: Node) -> dict[tuple[str, str], Handler]:
     ctx = node.ctx
 
     async def status(body: dict[str, Any]) -> object:
         roster = ctx.peers.guard.current
-        studies, manifests = await ctx.db.run(lambda s: (len(s.studies()), s.manifests()))
+        studies, manifests, served = await ctx.db.run(lambda s: (len(s.studies()), s.manifests(), served_by_org(s)))
         return {
             "peer_id": ctx.peer_id, "org": ctx.org, "roster_version": roster.document.version if roster else None,
             "roster_expires": iso(roster.document.expires_at) if roster else None,
@@ -39,7 +53,9 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             "manifests_sent": sum(1 for m in manifests if m.direction == "sent"),
             "manifests_received": sum(1 for m in manifests if m.direction == "received"),
             "fetching": [str(m) for m in node.fetcher.active], "peers_known": len(ctx.peers.peers()),
-            "served": {org: {"blocks": v[0], "bytes": v[1]} for org, v in ctx.served.items()},
+            # blocks sent to each org, all time (they add up across restarts); and since this start
+            "served": {org: {"blocks": v[0], "bytes": v[1]} for org, v in served.items()},
+            "served_since_start": {org: {"blocks": v[0], "bytes": v[1]} for org, v in ctx.served.items()},
         }
 
     async def share(body: dict[str, Any]) -> object:
@@ -68,10 +84,12 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                     "blocks_total": len({c for i in manifest.instances for c in i.blocks}),
                     "blocks_done": transfer[1] if transfer else 0, "bytes_total": manifest.total_bytes,
                     "bytes_done": transfer[2] if transfer else 0, "served_by": store.served_by(row.manifest_id),
+                    "served_to": _served_to(store, row.manifest_id),  # fellow recipients this node served
                     "created_at": iso(row.created_at),
                     "first_instance_ms": (round(1000 * node.fetcher.first_usable[row.manifest_id])
                                           if row.manifest_id in node.fetcher.first_usable else None),
                     "forward": node.gateway.forward_progress(row.manifest_id),  # to the local PACS
+                    "failure": store.manifest_failure(row.manifest_id) if row.state == "failed" else None,
                 })
             return out
 
@@ -82,11 +100,13 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             out: list[dict[str, object]] = []
             for row in store.manifests("sent"):
                 deliveries = store.deliveries(row.manifest_id)
+                served = _served_to(store, row.manifest_id)
                 out.append({
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state,
                     "revision": row.revision, "created_at": iso(row.created_at),
                     "recipients": {d.org: {"state": d.state, "attempts": d.attempts, "last_error": d.last_error,
-                                           "receipt_verified": d.state == "delivered" and d.document is not None}
+                                           "receipt_verified": d.state == "delivered" and d.document is not None,
+                                           "served": served.get(d.org, {"blocks": 0, "bytes": 0})}
                                    for d in deliveries},
                 })
             return out

@@ -13,9 +13,9 @@ already on disk, so nothing verified is fetched again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 from libp2p.peer.id import ID
@@ -23,9 +23,8 @@ from libp2p.peer.id import ID
 from meshnode.directory_client import ResolvedPeer
 from meshnode.node.assembly import InstanceAssembly
 from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
-from meshnode.node.completion import same_bytes, verify_instance
+from meshnode.node.completion import check_summary, same_bytes, verify_instance
 from meshnode.node.context import NodeContext
-from meshnode.node.receiver import block_order
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from meshnode.p2p.dial import is_connected
@@ -34,12 +33,23 @@ from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord
 from protocol.cid import CID
 from protocol.document import Signed
-from protocol.errors import MeshError
+from protocol.access import may_reuse
+from protocol.errors import MeshError, UnauthorisedError
 from protocol.exchange_messages import BlockAbsent, BlockData, BlockRequest, Refused, held_blocks
-from protocol.fetch import BlockStalled, BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
+from protocol.fetch_order import fetch_order
+from protocol.fetch import (
+    BlockStalled,
+    BlockWanted,
+    FetchScheduler,
+    ManifestCompleted,
+    PeerBanned,
+    Request,
+)
 from protocol.manifest import Manifest
 
 log = logging.getLogger(__name__)
+
+V = TypeVar("V")
 
 DISCOVERY_INTERVAL = 0.5
 TICK = 0.5
@@ -67,9 +77,12 @@ class Fetcher:
         self.sessions = sessions
         self.on_complete = on_complete
         self.on_failed = on_failed
-        self.scheduler = FetchScheduler(window_initial=WINDOW_INITIAL, window_max=WINDOW_MAX,
-                                        request_max_blocks=REQUEST_BLOCKS, min_request_blocks=MIN_REQUEST_BLOCKS,
-                                        request_timeout=float(ctx.config.request_timeout))
+        #: one scheduler per sender org: a block done under one sender's manifest never counts for another
+        #: sender's (that would tell the second sender, by what this node does not ask it for, what the
+        #: node holds or is fetching: protocol.access.may_reuse applies across manifests in flight too)
+        self._schedulers: dict[str, FetchScheduler] = {}
+        #: manifest -> its sender org (kept a while after a manifest stops, for late arrivals)
+        self._sender_of: dict[CID, str] = {}
         self.sink = BlockSink(ctx.storage.blocks, ctx.db, self._settled, clock=ctx.clock)
         self.active: dict[CID, Signed[Manifest]] = {}
         self._orders: dict[CID, list[CID]] = {}
@@ -83,8 +96,23 @@ class Fetcher:
         self._dirty: set[CID] = set()  # progress not yet saved
         self._nursery: trio.Nursery | None = None
         self._discover_now = trio.Event()
+        #: (manifest, peer) pairs this node relayed a manifest to (at most once each, this run)
+        self._relayed: set[tuple[CID, str]] = set()
         #: seconds from the announcement's arrival (or the start of fetching) to the first instance verified on disk
         self.first_usable: dict[CID, float] = {}
+
+    def _scheduler(self, sender_org: str) -> FetchScheduler:
+        sched = self._schedulers.get(sender_org)
+        if sched is None:
+            sched = self._schedulers[sender_org] = FetchScheduler(
+                window_initial=WINDOW_INITIAL, window_max=WINDOW_MAX, request_max_blocks=REQUEST_BLOCKS,
+                min_request_blocks=MIN_REQUEST_BLOCKS, request_timeout=float(self.ctx.config.request_timeout))
+        return sched
+
+    def scheduler_of(self, manifest_id: CID) -> FetchScheduler | None:
+        """The scheduler a manifest is (or was recently) fetched in."""
+        sender = self._sender_of.get(manifest_id)
+        return self._schedulers.get(sender) if sender is not None else None
 
     # -- adding work ------------------------------------------------------------------
     async def start(self, signed: Signed[Manifest], holder: str | None = None, since: float | None = None) -> None:
@@ -96,11 +124,14 @@ class Fetcher:
         if manifest_id in self.active:
             return
         manifest = signed.document
-        order = block_order(manifest)
-        wanted = fetch_order(manifest, order, self.ctx.org, self.ctx.peer_id)
+        order = list(manifest.block_order())
+        wanted = fetch_order(manifest, self.ctx.org, self.ctx.peer_id)
         sizes = _block_sizes(manifest)
-        have, earlier = await self.ctx.db.run(
-            lambda s: (s.present_blocks(order), s.instances(manifest.study_uid)))
+        present, holdings, earlier = await self.ctx.db.run(
+            lambda s: (s.present_blocks(order), s.holdings(order), s.instances(manifest.study_uid)))
+        # A block on disk counts only if the sender already knows this node holds it; the rest is fetched
+        # again, so what this node asks for never tells a sender what else it stores (protocol.access).
+        have = {c for c in present if may_reuse(holdings.get(c, ()), manifest.sender_org)}
         self.active[manifest_id] = signed
         by_uid = {r.sop_instance_uid: r for r in earlier}
         self._known[manifest_id] = {
@@ -110,32 +141,37 @@ class Fetcher:
         _remember(self._started, manifest_id, self.ctx.clock() if since is None else since)
         self._assembly[manifest_id] = assembly = InstanceAssembly(manifest, have)
         self._queue_ready(manifest_id, assembly)
-        self.scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
-                                    manifest.priority, have, self.ctx.clock())
+        _remember(self._sender_of, manifest_id, manifest.sender_org)
+        scheduler = self._scheduler(manifest.sender_org)
+        scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
+                               manifest.priority, have, self.ctx.clock())
         if holder is not None:
-            self.scheduler.peer_available(holder, manifest_id, order)
+            scheduler.peer_available(holder, manifest_id, order)
         self._discover_now.set()
         self.ctx.wake()  # the first requests go out while the state below is written
         await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "fetching"))
-        log.info("fetching %s manifest %s: %d of %d blocks already on disk", manifest.priority.value, manifest_id,
-                 len(have), len(order))
+        log.info("fetching %s manifest %s: %d of %d blocks already on disk (%d more held, fetched again)",
+                 manifest.priority.value, manifest_id, len(have), len(order), len(present) - len(have))
 
     def stop(self, manifest_id: CID) -> None:
         """Recall, cancel or done: stop fetching (blocks in flight are stored but ignored when they arrive)."""
-        if self.active.pop(manifest_id, None) is not None:
-            self.scheduler.remove_manifest(manifest_id)
+        scheduler = self.scheduler_of(manifest_id)
+        if self.active.pop(manifest_id, None) is not None and scheduler is not None:
+            scheduler.remove_manifest(manifest_id)
         self._orders.pop(manifest_id, None)
         self._assembly.pop(manifest_id, None)
         self._known.pop(manifest_id, None)
         self._fetched.discard(manifest_id)
         self._dirty.discard(manifest_id)
+        self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
 
     def started_at(self, manifest_id: CID) -> float | None:
         """When fetching this manifest started (this run of the node), for transfer-duration metrics."""
         return self._started.get(manifest_id)
 
     def peer_lost(self, peer_id: str) -> None:
-        self.scheduler.peer_lost(peer_id, self.ctx.clock())
+        for scheduler in self._schedulers.values():
+            scheduler.peer_lost(peer_id, self.ctx.clock())
 
     # -- the loops ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -147,10 +183,11 @@ class Fetcher:
             nursery.start_soon(self._progress_loop)
             while True:
                 changed = self.ctx.changed
-                for request in self.scheduler.next_requests(self.ctx.clock()):
-                    nursery.start_soon(self._request, request)
-                for event in self.scheduler.events():
-                    await self._event(event)
+                for scheduler in list(self._schedulers.values()):
+                    for request in scheduler.next_requests(self.ctx.clock()):
+                        nursery.start_soon(self._request, scheduler, request)
+                    for event in scheduler.events():
+                        await self._event(event)
                 with trio.move_on_after(TICK):
                     await changed.wait()
 
@@ -228,15 +265,38 @@ class Fetcher:
             if order is None:  # completed or recalled meanwhile
                 return
             held = held_blocks(order, bitmap)
+        except UnauthorisedError:
+            await self._relay(manifest_id, peer)
+            return
         except MeshError as exc:
             log.info("no availability from %s: %s", peer.peer_id, exc)
             return
         log.debug("%s (%s) holds %d block(s) of %s", peer.peer_id, peer.org_code, len(held), manifest_id)
-        if held and manifest_id in self.active:
-            self.scheduler.peer_available(peer.peer_id, manifest_id, held)
+        scheduler = self.scheduler_of(manifest_id)
+        if held and manifest_id in self.active and scheduler is not None:
+            scheduler.peer_available(peer.peer_id, manifest_id, held)
             self.ctx.wake()
 
-    async def _request(self, request: Request) -> None:
+    async def _relay(self, manifest_id: CID, peer: ResolvedPeer) -> None:
+        """A fellow recipient refused to say what it holds: most likely the sender's announcement has not
+        reached it yet. Relay the sender's signed manifest to it, once per peer, so it can check it and
+        answer (and start fetching) rather than wait."""
+        signed = self.active.get(manifest_id)
+        if (signed is None or peer.org_code == signed.document.sender_org
+                or peer.org_code not in signed.document.recipients or (manifest_id, peer.peer_id) in self._relayed):
+            return
+        self._relayed.add((manifest_id, peer.peer_id))
+        row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
+        if row is None or not row.certificate:
+            return
+        try:
+            await self.wire.announce(peer.peer_id, row.raw, row.certificate)
+            log.info("relayed manifest %s to fellow recipient %s (%s)", manifest_id, peer.peer_id, peer.org_code)
+            self._discover_now.set()
+        except MeshError as exc:
+            log.info("relaying manifest %s to %s: %s", manifest_id, peer.peer_id, exc)
+
+    async def _request(self, scheduler: FetchScheduler, request: Request) -> None:
         absent: list[CID] = []
         answered: set[CID] = set()
         try:
@@ -246,7 +306,7 @@ class Fetcher:
                 except MeshError as exc:
                     # Unreachable: forget what it holds until discovery finds it again (no retry storm).
                     log.info("holder %s unreachable: %s", request.peer, exc)
-                    self.scheduler.peer_lost(request.peer, self.ctx.clock())
+                    scheduler.peer_lost(request.peer, self.ctx.clock())
                     self.ctx.wake()
                     return
             async for frame in self.wire.fetch_blocks(request.peer, BlockRequest(request.manifest_id, request.cids)):
@@ -265,10 +325,10 @@ class Fetcher:
             # Blocks handed to the sink are reported when durable; the rest is settled now.
             now = self.ctx.clock()
             for cid in absent:
-                self.scheduler.block_absent(request.peer, cid, now)
+                scheduler.block_absent(request.peer, cid, now)
             unanswered = [c for c in request.cids if c not in answered]
             if unanswered:
-                self.scheduler.request_failed(request.peer, unanswered, now)
+                scheduler.request_failed(request.peer, unanswered, now)
             self.ctx.wake()
 
     async def _settled(self, settled: list[Settled]) -> None:
@@ -276,17 +336,21 @@ class Fetcher:
         now = self.ctx.clock()
         durable: list[CID] = []
         for s in settled:
+            # the scheduler of the manifest the block was asked for under (none: stopped long ago)
+            scheduler = self.scheduler_of(s.manifest_id)
             if s.outcome is Outcome.DURABLE:
-                self.scheduler.block_received(s.peer, s.cid, True, now)
+                if scheduler is not None:
+                    scheduler.block_received(s.peer, s.cid, True, now)
                 durable.append(s.cid)
                 self.ctx.count_received(s.peer, [(s.cid, s.size)])  # metrics
             elif s.outcome is Outcome.CORRUPT:
-                self.scheduler.block_received(s.peer, s.cid, False, now)
+                if scheduler is not None:
+                    scheduler.block_received(s.peer, s.cid, False, now)
                 await self.ctx.audit(AuditEvent(
                     EventCode.SECURITY_ALERT, "corrupt-block", AuditOutcome.SERIOUS_FAILURE, actor=s.peer,
                     manifest_id=str(s.manifest_id), detail=f"block {s.cid} failed its hash check"))
-            else:
-                self.scheduler.request_failed(s.peer, [s.cid], now)
+            elif scheduler is not None:
+                scheduler.request_failed(s.peer, [s.cid], now)
         if durable:
             for manifest_id, assembly in self._assembly.items():
                 assembly.durable(durable)
@@ -325,6 +389,11 @@ class Fetcher:
                         assembly.failed(outcome)
                     else:
                         assembly.verified(index, outcome)
+                if assembly.all_verified and assembly.failure is None:
+                    try:  # the summary against what the verified instances make up: cheap, no I/O
+                        check_summary(assembly.manifest, assembly.ordered_records())
+                    except MeshError as exc:
+                        assembly.failed(str(exc))
                 started = self._started.get(manifest_id)
                 if 0 in assembly.records and manifest_id not in self.first_usable and started is not None:
                     _remember(self.first_usable, manifest_id, self.ctx.clock() - started)
@@ -351,54 +420,29 @@ class Fetcher:
             await trio.sleep(PROGRESS_INTERVAL)
             dirty, self._dirty = self._dirty, set()
             if log.isEnabledFor(logging.DEBUG):
-                for peer in {r for r in self.scheduler.in_flight().values()}:
-                    log.debug("peer %s: window %s, effective %s, in flight %d; sink pending %d bytes, %d rounds",
-                              peer, self.scheduler.window(peer), self.scheduler.effective_window(peer),
-                              self.scheduler.in_flight_count(peer), self.sink.pending_bytes, self.sink.rounds)
+                for org, sched in self._schedulers.items():
+                    for peer in {r for r in sched.in_flight().values()}:
+                        log.debug("%s's manifests, peer %s: window %s, effective %s, in flight %d; sink pending %d"
+                                  " bytes, %d rounds", org, peer, sched.window(peer), sched.effective_window(peer),
+                                  sched.in_flight_count(peer), self.sink.pending_bytes, self.sink.rounds)
             if dirty:
                 await self._save_progress(dirty, "fetching")
 
     async def _save_progress(self, manifest_ids: set[CID], state: str) -> None:
-        rows = [(m, self.scheduler.progress(m), self.scheduler.served_by(m)) for m in manifest_ids
-                if m in self.active]
+        """Progress. (Blocks served per peer are counted with the blocks themselves, as they become durable.)"""
+        rows = [(m, sched.progress(m)) for m in manifest_ids
+                if m in self.active and (sched := self.scheduler_of(m)) is not None]
         ms = int(self.ctx.clock() * 1000)
 
         def save(store: MetadataStore) -> None:
-            for manifest_id, progress, served in rows:
+            for manifest_id, progress in rows:
                 store.set_transfer(manifest_id, state, progress.blocks_done, progress.bytes_done, ms)
-                if served:
-                    merged = store.served_by(manifest_id)
-                    for peer, n in served.items():
-                        merged[peer] = max(merged.get(peer, 0), n)
-                    store.set_served_by(manifest_id, merged)
 
         if rows:
             await self.ctx.db.run(save)
 
 
-def fetch_order(manifest: Manifest, order: list[CID], org: str, peer_id: str) -> list[CID]:
-    """The first instance's blocks first (it is usable soonest), then the rest from a starting point of
-    this node's own, so that recipients fetching at the same time hold different parts and serve each other.
-
-    Every recipient knows the manifest's (sorted) recipient list, so the k-th of n recipient orgs starts
-    k/n of the way through: two recipients start half a study apart, three a third apart, whatever
-    their peer IDs. Nodes of the same org are spread within the first half of their org's share by a
-    hash of their peer ID.
-    """
-    first = list(manifest.instances[0].blocks)
-    first_set = set(first)
-    rest = [c for c in order if c not in first_set]
-    if not rest:
-        return order
-    recipients = sorted(manifest.recipients)
-    index = recipients.index(org) if org in recipients else len(recipients)
-    share = len(rest) / (len(recipients) + (org not in recipients))
-    jitter = int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "big") % max(1, int(share / 2))
-    offset = (int(index * share) + jitter) % len(rest)
-    return list(dict.fromkeys(first + rest[offset:] + rest[:offset]))
-
-
-def _remember(table: dict[CID, float], key: CID, value: float) -> None:
+def _remember(table: dict[CID, V], key: CID, value: V) -> None:
     """Set table[key], keeping only the REMEMBERED most recent entries (a node runs for months)."""
     table.pop(key, None)
     table[key] = value

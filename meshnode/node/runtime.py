@@ -3,7 +3,7 @@
 Start-up: open storage, start the libp2p host (TCP + Noise + Yamux) with the
 node key, serve the exchange protocols, register the signed address record
 with the directory, resume unfinished transfers, start the control API.
-Then: roster refresh (revoked peers are cut off), deliveries with retry,
+Then: roster watch (revoked peers are cut off as soon as a roster is published), deliveries with retry,
 multi-source fetching, receipts. SIGTERM or Ctrl-C cancels the nursery:
 block writes in progress are discarded (their temp files), everything
 committed stays, and the next start resumes from the blocks on disk.
@@ -29,6 +29,7 @@ from meshnode.home import NodeHome
 from meshnode.node.completion import verify_instances
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.control_routes import routes
+from meshnode.node.corruption import CorruptBlocks
 from meshnode.node.delivery import Deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.fetcher import Fetcher
@@ -41,13 +42,15 @@ from meshnode.node.wire import Wire
 from meshnode.p2p.host import listen_multiaddrs, running_host
 from meshnode.web.node_web import run_web
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord, hash_uid
 from protocol.cid import CID
+from protocol.directory_messages import WATCH_WAIT
 from protocol.document import Signed
-from protocol.errors import MeshError, NotFoundError
+from protocol.errors import MeshError, NotFoundError, RosterExpiredError, RosterRollbackError
 from protocol.manifest import Manifest
 from protocol.receipt import Receipt
 from protocol.roster import RosterGuard
@@ -56,6 +59,9 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
+
+#: The least time between two roster watches when the directory answers one at once.
+ROSTER_WATCH_MIN_INTERVAL = 1.0
 
 
 class Node:
@@ -74,7 +80,8 @@ class Node:
             async with running_host(key.seed, config.listen) as host:
                 directory = DirectoryClient(
                     libp2p_transport(host, config.directory), guard, DirectoryCache(home.directory_cache_dir),
-                    directory_peer_id=directory_peer_id(config.directory), skew=config.clock_skew)
+                    directory_peer_id=directory_peer_id(config.directory), skew=config.clock_skew,
+                    watch_transport=libp2p_transport(host, config.directory, timeout=WATCH_WAIT + 10))
                 ctx = NodeContext(home, config, key, certificate, storage, DatabaseThread(storage.metadata),
                                   PeerRegistry(guard, skew=config.clock_skew), directory)
                 await self._serve(ctx, host, task_status)
@@ -92,12 +99,19 @@ class Node:
         self.fetcher = Fetcher(ctx, self.wire, self.sessions, self._completed, self._verification_failed)
         self.deliveries = Deliveries(ctx, self.wire, self.sessions)
         self.gateway = Gateway(ctx, self.sender)
+        self.corrupt = CorruptBlocks(ctx.storage, ctx.db, ctx.audit, ctx.peer_id, self._repair)
+        #: received manifests being fetched again to repair a quarantined block, with their state before
+        self._repairing: dict[CID, str] = {}
+        #: received manifests being verified again after a restart (they fetch what is missing themselves)
+        self._resuming: set[CID] = set()
         self.wire.serve()
         addrs = listen_multiaddrs(host)
         await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "node-start", actor=ctx.peer_id,
                                    actor_org=ctx.org, detail=", ".join(addrs)[:300]))
+        await self._audit_refused_cache()
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.corrupt.run)
                 await nursery.start(self.wire.run)
                 await nursery.start(serve_control, ControlApp(create_token(ctx.home.path), routes(self)), ctx.home.path)
                 await nursery.start(self.gateway.run)
@@ -135,23 +149,60 @@ class Node:
                 await trio.sleep(backoff_s(attempts))
 
     async def _roster_loop(self) -> None:
+        """Keep the roster current: a watch held open on the directory hears of a new roster as soon
+        as it is published; revoked peers are then cut off at once. While the directory cannot be
+        watched (down, or too old to know watches) the roster is fetched every roster_refresh seconds
+        (the cached one serves until it expires, then every peer is refused: fail closed)."""
         ctx = self.ctx
+        failures = 0
         while True:
-            await trio.sleep(ctx.config.roster_refresh)
+            started = trio.current_time()
+            before = ctx.peers.guard.current
             try:
-                before = ctx.peers.guard.current
-                roster = await ctx.directory.refresh_roster()
+                await ctx.directory.watch_roster()
+                failures = 0
             except MeshError as exc:
-                log.warning("roster refresh failed: %s", exc)
-                continue
-            if before is None or before.document.version != roster.version:
-                dropped = ctx.peers.revalidate(ctx.clock())
-                for peer_id in dropped:
-                    self.fetcher.peer_lost(peer_id)
-                    await self.wire.disconnect(peer_id)
-                    await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "peer-revoked", Outcome.MINOR_FAILURE,
-                                               actor=peer_id, detail=f"roster v{roster.version}: disconnected"))
-                ctx.wake()
+                failures += 1
+                log.warning("roster watch failed (%d in a row), fetching it instead: %s", failures, exc)
+                try:
+                    await ctx.directory.refresh_roster()
+                except MeshError as refresh_exc:
+                    log.warning("roster refresh failed: %s", refresh_exc)
+            current = ctx.peers.guard.current
+            if current is not None and current is not before:
+                await self._cut_off_revoked(current.document.version)
+            if failures:
+                await trio.sleep(min(backoff_s(failures), ctx.config.roster_refresh))
+            elif trio.current_time() - started < ROSTER_WATCH_MIN_INTERVAL:
+                # answered at once (the directory is over its watch cap): poll, paced
+                await trio.sleep(ROSTER_WATCH_MIN_INTERVAL)
+
+    async def _audit_refused_cache(self) -> None:
+        """A cached roster that did not verify is local state someone changed (or a crash between writing the
+        version and the roster: an older one). An expired one is only old, and not alerted."""
+        exc = self.ctx.directory.cache_refused
+        if exc is None or isinstance(exc, RosterExpiredError):
+            return
+        outcome = Outcome.MINOR_FAILURE if isinstance(exc, RosterRollbackError) else Outcome.SERIOUS_FAILURE
+        await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "roster-cache-refused", outcome,
+                                        actor=self.ctx.peer_id, actor_org=self.ctx.org,
+                                        detail=f"{exc.name}: {exc}"[:300]))
+
+    async def _cut_off_revoked(self, version: int) -> None:
+        """A new roster: every peer it no longer admits is refused from now on (revalidate drops it
+        before any await) and its connections are closed, ending its block streams."""
+        ctx = self.ctx
+        dropped = ctx.peers.revalidate(ctx.clock())
+        for peer_id in dropped:
+            self.fetcher.peer_lost(peer_id)
+        async with trio.open_nursery() as nursery:
+            for peer_id in dropped:
+                nursery.start_soon(self.wire.disconnect, peer_id)
+        for peer_id in dropped:
+            log.warning("peer %s refused under roster v%d: disconnected", peer_id, version)
+            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "peer-revoked", Outcome.MINOR_FAILURE,
+                                       actor=peer_id, detail=f"roster v{version}: disconnected"))
+        ctx.wake()
 
     # -- hooks ----------------------------------------------------------------------------
     async def _accepted(self, signed: Signed[Manifest], announced_at: float) -> None:
@@ -183,11 +234,14 @@ class Node:
         log.info("recall of %s: %d block(s) collected", manifest_id, result.blocks_removed)
 
     async def _verification_failed(self, signed: Signed[Manifest], reason: str) -> None:
-        """Every block matched its CID, yet an instance does not match the manifest: the sender's document
-        is inconsistent, and fetching again cannot help."""
+        """Every block matched its CID, yet an instance does not match the manifest (its digest, or its own
+        DICOM header): the sender's document is inconsistent, and fetching again cannot help. Nothing of
+        it is recorded; blocks it shares with the node's own studies stay as they are."""
         manifest_id = signed.cid
+        self._repairing.pop(manifest_id, None)
         log.error("manifest %s failed verification: %s", manifest_id, reason)
-        await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "failed"))
+        now_ms = int(self.ctx.clock() * 1000)
+        await self.ctx.db.run(lambda s: s.fail_manifest(manifest_id, reason[:300], now_ms))
         await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "verification-failed", Outcome.SERIOUS_FAILURE,
                                         manifest_id=str(manifest_id), detail=reason[:300]))
         manifest = signed.document
@@ -195,18 +249,66 @@ class Node:
                                                  manifest.sender_org, manifest.priority.value, "received",
                                                  detail="verification failed: the study does not match its manifest"))
 
+    async def _repair(self, cid: CID) -> str:
+        """A block was quarantined (meshnode.node.corruption): when it belongs to a received manifest still
+        live and complete, fetch that manifest again. The fetch wants only what is not present (this
+        block), asks every holder (the sender and fellow recipients), checks the block against its CID
+        on arrival and re-verifies its instances; on completion the manifest gets its state back
+        (`_completed`), with no second receipt."""
+        now = self.ctx.clock()
+
+        def find(store: MetadataStore) -> list[tuple[CID, str, bytes]]:
+            return [(row.manifest_id, row.state, row.raw) for row in reversed(store.manifests("received"))
+                    if row.state in ("complete", "receipted") and row.expires_at >= now
+                    and not store.not_in_manifest(row.manifest_id, [cid])]
+
+        for manifest_id, state, raw in await self.ctx.db.run(find):
+            if manifest_id in self.fetcher.active or manifest_id in self._repairing or manifest_id in self._resuming:
+                return f"; being fetched again under manifest {manifest_id}"
+            self._repairing[manifest_id] = state
+            signed = self.ctx.manifests.open(manifest_id, raw)
+            await self.fetcher.start(signed, holder=signed.document.sender_peer)
+            return f"; fetching it again under manifest {manifest_id}"
+        return "; no live received manifest lists it: not fetched again"
+
     async def _completed(self, signed: Signed[Manifest], records: list[InstanceRecord] | None = None) -> None:
         """Every block is here and every instance verified (`records`; verified here when None, as after a
         restart): record the study, send the signed receipt."""
         ctx = self.ctx
         manifest = signed.document
         manifest_id = signed.cid
+        previous = self._repairing.pop(manifest_id, None)
+        if previous is not None:  # a repair: the study is recorded (and receipted, or its receipt on its way)
+            now = int(ctx.clock() * 1000)
+
+            def restore(store: MetadataStore) -> None:
+                store.set_manifest_state(manifest_id, previous)
+                done = store.transfer(manifest_id)
+                store.set_transfer(manifest_id, "complete", done[1] if done else 0, manifest.total_bytes, now)
+
+            await ctx.db.run(restore)
+            await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "block-repaired", actor=ctx.peer_id,
+                                       manifest_id=str(manifest_id),
+                                       detail="quarantined block(s) fetched again and verified"))
+            log.info("manifest %s: quarantined block(s) fetched again and verified", manifest_id)
+            return
         if records is None:
+            self._resuming.add(manifest_id)
             try:
                 records = await trio.to_thread.run_sync(verify_instances, ctx.storage.blocks, manifest)
+            except BlockCorruptError as exc:
+                # bit rot found on restart (the store has quarantined the block): fetch what is missing
+                # again, then complete as usual
+                rotten = exc.cid
+                if rotten is not None:
+                    await ctx.db.run(lambda s: s.forget_blocks([rotten]))
+                await self.fetcher.start(signed, holder=manifest.sender_peer)
+                return
             except MeshError as exc:
                 await self._verification_failed(signed, str(exc))
                 return
+            finally:
+                self._resuming.discard(manifest_id)
         event = AuditEvent(EventCode.INSTANCES_TRANSFERRED, "received", actor=manifest.sender_peer,
                            actor_org=manifest.sender_org, study=hash_uid(manifest.study_uid),
                            manifest_id=str(manifest_id), detail=f"{len(records)} instance(s) verified")

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from meshnode.manifest_builder import build_manifest
 from meshnode.node.context import NodeContext
 from meshnode.node.events import StudyEvent, StudyEventKind
-from meshnode.node.receiver import block_order
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import DeliveryRow, InstanceRecord, ManifestRow, hash_uid
@@ -62,7 +61,7 @@ class Sender:
         manifest_id = signed.cid
         row = ManifestRow(manifest_id, study_uid, "sent", ctx.org, manifest.revision, "sent", now,
                           manifest.expires_at, signed.encode(), manifest.recipients)
-        blocks = block_order(manifest)
+        blocks = manifest.block_order()
         now_ms = int(ctx.clock() * 1000)
 
         def record(store: MetadataStore) -> None:

@@ -19,7 +19,7 @@ from libp2p.peer.id import ID
 
 from meshnode.node.context import NodeContext
 from meshnode.node.limits import PeerLimits, UploadLimiter
-from meshnode.node.policy import authorise_manifest_access
+from meshnode.node.policy import Access, authorise_manifest_access
 from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
 from meshnode.p2p.streams import (
@@ -32,11 +32,13 @@ from meshnode.p2p.streams import (
     serve_streams,
     write_frame,
 )
-from meshnode.storage.blockstore import BlockMissingError
+from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
+from meshnode.storage.records import hash_uid
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import open_document
-from protocol.errors import LimitError, MeshError, RemoteProtocolError, UnauthorisedError
+from protocol.errors import LimitError, MeshError, RemoteProtocolError, StorageError, UnauthorisedError
 from protocol.exchange_messages import (
     ANNOUNCE_PROTOCOL,
     BLOCKS_PROTOCOL,
@@ -207,37 +209,69 @@ class Wire:
                 return
             request = decode_block_request(payload)
             try:
-                cert, _ = await authorise_manifest_access(self.ctx, peer_id, request.manifest_id, request.cids)
+                access = await authorise_manifest_access(self.ctx, peer_id, request.manifest_id, request.cids)
             except UnauthorisedError:
                 await write_frame(stream, encode_response(UNAUTHORISED), limits.response)
                 return
-            sent = 0
-            send, receive = trio.open_memory_channel[BlockFrame](READ_AHEAD)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_ahead, request.cids, send)
-                async with receive:
-                    async for frame in receive:
-                        if isinstance(frame, BlockData):
-                            # paced before the write: a block is sent only once the cap has room for it
-                            await self.upload.consume(len(frame.data))
-                            await stream.write(encode_block_data_frame(frame.cid, frame.data, limits.response))
-                            sent += len(frame.data)
-                        else:
-                            await write_frame(stream, encode_response(frame), limits.response)
-            self.ctx.served.setdefault(cert.org_code, [0, 0])
-            self.ctx.served[cert.org_code][0] += len(request.cids)
-            self.ctx.served[cert.org_code][1] += sent
+            org = access.certificate.org_code
+            counts = self.ctx.served.setdefault(org, [0, 0])
+            blocks = sent = 0
+            try:
+                send, receive = trio.open_memory_channel[BlockFrame](READ_AHEAD)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_ahead, request.cids, access.servable, send)
+                    async with receive:
+                        async for frame in receive:
+                            if isinstance(frame, BlockData):
+                                # paced before the write: a block is sent only once the cap has room for it
+                                await self.upload.consume(len(frame.data))
+                                await stream.write(encode_block_data_frame(frame.cid, frame.data, limits.response))
+                                blocks += 1
+                                sent += len(frame.data)
+                                counts[0] += 1
+                                counts[1] += len(frame.data)
+                            else:
+                                await write_frame(stream, encode_response(frame), limits.response)
+            finally:
+                if blocks:
+                    with trio.CancelScope(shield=True):
+                        try:
+                            await self._record_served(peer_id, access, blocks, sent)
+                        except MeshError as exc:  # the disk, say: never let it escape the stream handler
+                            log.error("cannot record %d block(s) served to %s: %s", blocks, peer_id, exc)
 
-    async def _read_ahead(self, cids: tuple[CID, ...], send: trio.MemorySendChannel[BlockFrame]) -> None:
-        """Read the requested blocks one by one (each verified against its CID) while earlier ones are sent."""
+    async def _record_served(self, peer_id: str, access: Access, blocks: int, nbytes: int) -> None:
+        """What one block request served: counted per manifest and org (all time) and audited (110104)."""
+        ms = int(self.ctx.clock() * 1000)
+        org = access.certificate.org_code
+        manifest_id = access.row.manifest_id
+        await self.ctx.db.run(lambda s: s.add_served(manifest_id, org, blocks, nbytes, ms))
+        await self.ctx.audit(AuditEvent(
+            EventCode.INSTANCES_TRANSFERRED, "blocks-served", actor=peer_id, actor_org=org,
+            study=hash_uid(access.row.study_uid), manifest_id=str(manifest_id),
+            detail=f"{blocks} block(s), {nbytes} bytes"))
+
+    async def _read_ahead(self, cids: tuple[CID, ...], servable: frozenset[CID],
+                          send: trio.MemorySendChannel[BlockFrame]) -> None:
+        """Read the requested blocks one by one (each verified against its CID) while earlier ones are sent.
+        A block this node may not serve under the request's manifest is answered as absent, unread."""
         async with send:
             for cid in cids:
-                await send.send(await trio.to_thread.run_sync(self._read_block, cid))
+                if cid not in servable:
+                    await send.send(BlockAbsent(cid))
+                else:
+                    await send.send(await trio.to_thread.run_sync(self._read_block, cid))
 
     def _read_block(self, cid: CID) -> BlockFrame:
+        """Worker thread: the block, verified; BlockAbsent when it is not stored, or no longer matches its
+        CID (the block store has then quarantined it, and meshnode.node.corruption forgets, audits and
+        repairs it on the node's loop): the rest of the request is still served."""
         try:
             return BlockData(cid, self.ctx.storage.blocks.get(cid, verify=True))
-        except BlockMissingError:
+        except (BlockMissingError, BlockCorruptError):
+            return BlockAbsent(cid)
+        except StorageError as exc:  # EIO, say: this block cannot be served now; the rest still can
+            log.warning("cannot read block %s to serve it: %s", cid, exc)
             return BlockAbsent(cid)
 
     # -- client side ---------------------------------------------------------------
@@ -267,9 +301,11 @@ class Wire:
             raise reply.to_error()
         return self.ctx.peers.learn(peer_id, open_document(reply.certificate, Certificate), self.ctx.clock())
 
-    async def announce(self, peer_id: str, manifest: bytes) -> None:
-        raw = await self._call(peer_id, ANNOUNCE_PROTOCOL,
-                               encode_request(Announce(manifest, self.ctx.certificate.encode())))
+    async def announce(self, peer_id: str, manifest: bytes, certificate: bytes | None = None) -> None:
+        """Announce a manifest; `certificate`: its sender's, when relaying another org's manifest to a fellow
+        recipient (default: this node's own, as the sender)."""
+        cert = certificate if certificate is not None else self.ctx.certificate.encode()
+        raw = await self._call(peer_id, ANNOUNCE_PROTOCOL, encode_request(Announce(manifest, cert)))
         reply = decode_ack_reply(raw)
         if isinstance(reply, Refused):
             raise reply.to_error()

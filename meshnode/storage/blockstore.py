@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,10 +35,19 @@ _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 
 class BlockCorruptError(StorageError):
-    """A stored block no longer hashes to its CID."""
+    """A stored block no longer hashes to its CID (found on read: it has been moved to quarantine)."""
 
     code = 701
     name = "block-corrupt"
+
+    def __init__(self, message: str, cid: CID | None = None) -> None:
+        super().__init__(message)
+        self.cid = cid
+
+
+#: Told of every block a read found corrupt and moved to quarantine (called once per block, from the
+#: reading thread, whichever it is: it must not block, and must hand work to its own loop).
+QuarantineListener = Callable[[CID], None]
 
 
 class BlockMissingError(StorageError):
@@ -124,6 +132,14 @@ def _in_parallel(fn: Callable[[Path], None], paths: Sequence[Path]) -> None:
         raise first
 
 
+#: Which file a path names: (device, inode, change time); a new file under the same name differs.
+FileIdentity = tuple[int, int, int]
+
+
+def _identity(st: os.stat_result) -> FileIdentity:
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
 @dataclass(frozen=True)
 class ScrubResult:
     checked: int
@@ -138,6 +154,7 @@ class BlockStore:
         self.tmp_dir = root / "tmp"
         self.quarantine_dir = root / "quarantine"
         self._writer = NewFileWriter()
+        self.on_quarantined: QuarantineListener | None = None
         try:
             for d in (self.blocks_dir, self.tmp_dir, self.quarantine_dir):
                 d.mkdir(parents=True, exist_ok=True)
@@ -357,16 +374,37 @@ class BlockStore:
             _fsync_dir(d.parent)
 
     def get(self, cid: CID, *, verify: bool = True) -> bytes:
+        """The block's bytes. With `verify`, a block that no longer hashes to its CID is moved to quarantine
+        at once (no reader gets it again, `has` says no), `on_quarantined` is told, and BlockCorruptError
+        raised."""
         try:
             with open(self.path_of(cid), "rb") as fh:
                 data = fh.read(MAX_BLOCK_SIZE + 1)
+                identity = _identity(os.fstat(fh.fileno()))
         except FileNotFoundError:
             raise BlockMissingError(f"block {cid} is not stored") from None
         except OSError as exc:
             raise _storage_error(f"cannot read block {cid}", exc) from None
         if verify and not cid.matches(data):
-            raise BlockCorruptError(f"block {cid} is corrupt on disk; run `meshnode scrub`")
+            self._corrupt(cid, identity)
+            raise BlockCorruptError(f"block {cid} is corrupt on disk; quarantined", cid)
         return data
+
+    def _corrupt(self, cid: CID, identity: FileIdentity) -> None:
+        try:
+            moved = self.quarantine(cid, identity=identity)
+        except StorageError as exc:
+            log.error("block %s is corrupt and cannot be quarantined: %s", cid, exc)
+            return
+        if moved is None:
+            return  # another reader moved it first (and told the listener)
+        log.warning("block %s failed its hash check on read; moved to %s", cid, moved)
+        listener = self.on_quarantined
+        if listener is not None:
+            try:
+                listener(cid)
+            except Exception:  # noqa: BLE001 - a reader's error path: the block is quarantined regardless
+                log.exception("quarantine listener failed for block %s", cid)
 
     def size_of(self, cid: CID) -> int:
         try:
@@ -383,11 +421,18 @@ class BlockStore:
         except OSError as exc:
             raise _storage_error(f"cannot delete block {cid}", exc) from None
 
-    def quarantine(self, cid: CID) -> Path:
-        """Move a corrupt block out of the store, keeping it for inspection."""
+    def quarantine(self, cid: CID, *, identity: FileIdentity | None = None) -> Path | None:
+        """Move a corrupt block out of the store, keeping it for inspection; None if it is not there (moved
+        by another reader already) or, with `identity` (of the file found corrupt), is another file now
+        (a good copy fetched again since)."""
+        path = self.path_of(cid)
         target = self.quarantine_dir / f"{cid}.{secrets.token_hex(4)}"
         try:
-            shutil.move(str(self.path_of(cid)), target)
+            if identity is not None and _identity(path.stat()) != identity:
+                return None
+            os.rename(path, target)  # same filesystem: atomic, so two readers cannot both move it
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             raise _storage_error(f"cannot quarantine block {cid}", exc) from None
         return target
@@ -411,9 +456,9 @@ class BlockStore:
                 continue
             checked += 1
             try:
-                self.get(item, verify=True)
+                self.get(item, verify=True)  # quarantines a corrupt block
             except BlockCorruptError:
-                log.warning("block %s is corrupt; quarantined", item)
-                self.quarantine(item)
                 corrupt.append(item)
+            except BlockMissingError:
+                continue  # removed meanwhile (gc, or a reader quarantined it)
         return ScrubResult(checked, tuple(corrupt), tuple(stray))

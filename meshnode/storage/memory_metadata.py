@@ -25,6 +25,7 @@ from meshnode.storage.records import (
     DeliveryRow,
     InstanceRecord,
     ManifestRow,
+    ServedRow,
     StudyAttributes,
     StudySummaryRow,
     hash_uid,
@@ -40,6 +41,7 @@ from meshnode.storage.search import (
     memory_search_studies,
 )
 from meshnode.storage.sqlite_metadata import CONFLICT_FLAG
+from protocol.access import Holding
 from protocol.cid import CID
 from protocol.keys import SigningKey
 
@@ -69,6 +71,10 @@ class MemoryMetadataStore:
         self._spool_next = 0
         self._deliveries: dict[tuple[CID, str], DeliveryRow] = {}
         self._served: dict[CID, dict[str, int]] = {}
+        self._obtained: set[tuple[CID, CID]] = set()
+        self._served_to: dict[tuple[CID, str], tuple[int, int]] = {}
+        self._tombstones: dict[CID, str] = {}
+        self._failures: dict[CID, str] = {}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -145,9 +151,35 @@ class MemoryMetadataStore:
         self.append_audit(events, now_ms)
         return before - len(self._instances)
 
-    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int) -> None:
+    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int,
+                      obtained: Sequence[tuple[CID, CID, str]] = ()) -> None:
         for cid, size in blocks:
             self._blocks.setdefault(cid, size)
+        for manifest_id, cid, peer in obtained:
+            if (manifest_id, cid) in self._obtained:
+                continue
+            self._obtained.add((manifest_id, cid))
+            if manifest_id in self._transfers:
+                per_peer = self._served.setdefault(manifest_id, {})
+                per_peer[peer] = per_peer.get(peer, 0) + 1
+
+    def obtained_blocks(self, manifest_id: CID, cids: Iterable[CID]) -> set[CID]:
+        m = self._manifests.get(manifest_id)
+        if m is None or m.direction != "received":
+            return set()
+        chain = [e.manifest_id for e in self._manifests.values() if e.direction == "received"
+                 and e.study_uid == m.study_uid and e.sender_org == m.sender_org and e.revision <= m.revision]
+        return {c for c in cids if any((e, c) in self._obtained for e in chain)}
+
+    def holdings(self, cids: Iterable[CID]) -> dict[CID, list[Holding]]:
+        out: dict[CID, list[Holding]] = {}
+        for cid in cids:
+            for m in self._manifests.values():
+                if cid in self._manifest_blocks.get(m.manifest_id, frozenset()):
+                    out.setdefault(cid, []).append(Holding(
+                        m.sender_org, frozenset(m.recipients),
+                        m.direction == "sent" or (m.manifest_id, cid) in self._obtained))
+        return out
 
     def present_blocks(self, cids: Iterable[CID]) -> set[CID]:
         return {c for c in cids if c in self._blocks}
@@ -189,6 +221,13 @@ class MemoryMetadataStore:
         if manifest_id in self._manifests:
             self._manifests[manifest_id] = replace(self._manifests[manifest_id], state=state)
 
+    def fail_manifest(self, manifest_id: CID, reason: str, now_ms: int) -> None:
+        self.set_manifest_state(manifest_id, "failed")
+        self._failures[manifest_id] = reason
+
+    def manifest_failure(self, manifest_id: CID) -> str | None:
+        return self._failures.get(manifest_id)
+
     def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
         self._transfers[manifest_id] = _Transfer(state, blocks_done, bytes_done)
 
@@ -203,16 +242,31 @@ class MemoryMetadataStore:
         rows = [r for r in self._deliveries.values() if manifest_id is None or r.manifest_id == manifest_id]
         return sorted(rows, key=lambda r: (r.manifest_id.to_bytes(), r.org))
 
+    def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
+        return sorted((m.revision, m.recipients) for m in self._manifests.values()
+                      if m.study_uid == study_uid and m.sender_org == sender_org and m.direction == direction)
+
     def highest_revision(self, study_uid: str, sender_org: str) -> int:
         return max((m.revision for m in self._manifests.values() if m.direction == "received"
                     and m.study_uid == study_uid and m.sender_org == sender_org), default=0)
 
-    def set_served_by(self, manifest_id: CID, served_by: dict[str, int]) -> None:
-        if manifest_id in self._transfers:
-            self._served[manifest_id] = dict(served_by)
-
     def served_by(self, manifest_id: CID) -> dict[str, int]:
         return dict(self._served.get(manifest_id, {}))
+
+    def record_recall_tombstone(self, manifest_id: CID, sender_org: str, now_ms: int) -> None:
+        self._tombstones.setdefault(manifest_id, sender_org)
+
+    def recall_tombstone(self, manifest_id: CID) -> str | None:
+        return self._tombstones.get(manifest_id)
+
+    def add_served(self, manifest_id: CID, org: str, blocks: int, nbytes: int, now_ms: int) -> None:
+        old = self._served_to.get((manifest_id, org), (0, 0))
+        self._served_to[(manifest_id, org)] = (old[0] + blocks, old[1] + nbytes)
+
+    def served(self, manifest_id: CID | None = None) -> list[ServedRow]:
+        return [ServedRow(m, org, b, n) for (m, org), (b, n) in sorted(
+            self._served_to.items(), key=lambda kv: (kv[0][0].to_bytes(), kv[0][1]))
+            if manifest_id is None or m == manifest_id]
 
     def highest_roster_version(self) -> int:
         return self._roster_version

@@ -11,8 +11,16 @@ from typing import Protocol
 
 from meshnode.storage.audit import AuditEntry, AuditEvent
 from meshnode.storage.audit_checkpoint import AuditCheckpoint, SpoolItem
-from meshnode.storage.records import AddOutcome, DeliveryRow, InstanceRecord, ManifestRow, StudySummaryRow
+from meshnode.storage.records import (
+    AddOutcome,
+    DeliveryRow,
+    InstanceRecord,
+    ManifestRow,
+    ServedRow,
+    StudySummaryRow,
+)
 from meshnode.storage.search import SearchableStore
+from protocol.access import Holding
 from protocol.cid import CID
 from protocol.keys import SigningKey
 
@@ -38,8 +46,21 @@ class MetadataStore(SearchableStore, Protocol):
         ...
 
     # -- blocks -----------------------------------------------------------------
-    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int) -> None:
-        """Mark durable blocks as present."""
+    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int,
+                      obtained: Sequence[tuple[CID, CID, str]] = ()) -> None:
+        """Mark durable blocks as present, atomically with `obtained`: (manifest_id, cid, peer_id) for blocks
+        fetched under a received manifest from that peer. That is their provenance (what protocol.access
+        lets this node serve under the manifest), and each block newly obtained under a manifest counts
+        once for the peer that served it (`served_by`, which so adds up across restarts)."""
+        ...
+
+    def obtained_blocks(self, manifest_id: CID, cids: Iterable[CID]) -> set[CID]:
+        """Those of `cids` this node fetched under this received manifest or an earlier revision of the same
+        share (same study, same sender org)."""
+        ...
+
+    def holdings(self, cids: Iterable[CID]) -> dict[CID, list[Holding]]:
+        """For each of `cids`, the manifests that list it and whether this node holds it first hand under them."""
         ...
 
     def present_blocks(self, cids: Iterable[CID]) -> set[CID]: ...
@@ -67,6 +88,12 @@ class MetadataStore(SearchableStore, Protocol):
 
     def set_manifest_state(self, manifest_id: CID, state: str) -> None: ...
 
+    def fail_manifest(self, manifest_id: CID, reason: str, now_ms: int) -> None:
+        """State 'failed', and why (shown in the inbox; no patient data: say which attribute, not its value)."""
+        ...
+
+    def manifest_failure(self, manifest_id: CID) -> str | None: ...
+
     def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None: ...
 
     def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None: ...
@@ -75,13 +102,29 @@ class MetadataStore(SearchableStore, Protocol):
 
     def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]: ...
 
+    def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
+        """(revision, recipients) of every manifest of this study from this sender org, sent or received."""
+        ...
+
     def highest_revision(self, study_uid: str, sender_org: str) -> int:
         """Highest revision of a received manifest for this study from this sender org (0: none)."""
         ...
 
-    def set_served_by(self, manifest_id: CID, served_by: dict[str, int]) -> None: ...
-
     def served_by(self, manifest_id: CID) -> dict[str, int]: ...
+
+    def record_recall_tombstone(self, manifest_id: CID, sender_org: str, now_ms: int) -> None:
+        """A verified recall of a manifest not received (yet): a later announcement of it is refused."""
+        ...
+
+    def recall_tombstone(self, manifest_id: CID) -> str | None:
+        """The org that recalled this manifest before it arrived, if any."""
+        ...
+
+    def add_served(self, manifest_id: CID, org: str, blocks: int, nbytes: int, now_ms: int) -> None:
+        """Count blocks this node sent under a manifest to an org (adds up across restarts)."""
+        ...
+
+    def served(self, manifest_id: CID | None = None) -> list[ServedRow]: ...
 
     # -- identity ----------------------------------------------------------------
     def highest_roster_version(self) -> int: ...

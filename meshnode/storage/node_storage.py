@@ -24,12 +24,20 @@ from meshnode.storage.blockstore import BlockStore, ScrubResult
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import AddOutcome, InstanceRecord
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
+from protocol.cid import CID
 from protocol.errors import LocalProtocolError, StorageError
 from protocol.keys import SigningKey
 
 log = logging.getLogger(__name__)
 
 ORPHAN_GRACE_S = 3600  # a block file younger than this may belong to an ingest still running
+
+
+def corrupt_block_event(cid: CID, found_by: str, *, actor: str, detail: str = "") -> AuditEvent:
+    """The 110113 alert for a stored block found corrupt on read (and quarantined)."""
+    by = f" by {found_by}" if found_by else ""
+    return AuditEvent(EventCode.SECURITY_ALERT, "corrupt-block-quarantined", Outcome.SERIOUS_FAILURE, actor=actor,
+                      detail=f"block {cid} failed its hash check when read{by}; quarantined{detail}"[:300])
 
 
 def now_ms() -> int:
@@ -94,6 +102,13 @@ class NodeStorage:
     def audit(self, *events: AuditEvent) -> None:
         self.metadata.append_audit(list(events), now_ms())
         self.write_head()
+
+    def block_quarantined(self, cid: CID, found_by: str) -> None:
+        """A read found this block corrupt and the block store moved it to quarantine: it is no longer
+        present (nothing advertises or counts it) and the alert is audited. For single-threaded callers
+        (the CLI); the running node does the same on its database thread (meshnode.node.corruption)."""
+        self.metadata.forget_blocks([cid])
+        self.audit(corrupt_block_event(cid, found_by, actor=local_actor()))
 
     def add_instances(self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent]) -> list[AddOutcome]:
         outcomes = self.metadata.add_instances(records, events, now_ms())

@@ -98,6 +98,18 @@ class ManifestRow:
     expires_at: int
     raw: bytes
     recipients: tuple[str, ...] = field(default_factory=tuple)
+    #: a received manifest: the sender's signed certificate it came with (to relay it to a fellow recipient)
+    certificate: bytes = b""
+
+
+@dataclass(frozen=True)
+class ServedRow:
+    """Blocks and bytes this node served under one manifest to one organisation (all time)."""
+
+    manifest_id: CID
+    org: str
+    blocks: int
+    bytes: int
 
 
 @dataclass(frozen=True)

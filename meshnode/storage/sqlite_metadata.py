@@ -27,12 +27,14 @@ from meshnode.storage.records import (
     InstanceRecord,
     ManifestRow,
     SeriesAttributes,
+    ServedRow,
     Source,
     StudyAttributes,
     StudySummaryRow,
     hash_uid,
 )
 from meshnode.storage.search import AuditQuery, InstanceSummaryRow, Search, SeriesSummaryRow
+from protocol.access import Holding
 from protocol.cid import CID
 from protocol.errors import StorageError
 from protocol.keys import SigningKey
@@ -145,7 +147,30 @@ MIGRATIONS = (
     ) STRICT;
     CREATE INDEX webhook_queue_due ON webhook_queue (state, next_attempt_ms)
     """,
-    # 5: tamper-evident audit: signed checkpoints of the chain, the spool for the audit repository
+    # 5: access by provenance (protocol.access): the blocks fetched under each manifest, the sender's
+    # certificate of a received manifest (to relay it to a fellow recipient), what was served to whom
+    """
+    CREATE TABLE obtained_blocks (
+        manifest_id BLOB NOT NULL, cid BLOB NOT NULL, PRIMARY KEY (manifest_id, cid)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX obtained_blocks_by_cid ON obtained_blocks (cid);
+    CREATE INDEX manifests_by_share ON manifests (study_uid, sender_org, direction);
+    ALTER TABLE manifests ADD COLUMN certificate BLOB NOT NULL DEFAULT x'';
+    CREATE TABLE served (
+        manifest_id BLOB NOT NULL, org TEXT NOT NULL, blocks INTEGER NOT NULL, bytes INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL, PRIMARY KEY (manifest_id, org)
+    ) STRICT;
+    CREATE TABLE recall_tombstones (
+        manifest_id BLOB PRIMARY KEY, sender_org TEXT NOT NULL, at_ms INTEGER NOT NULL
+    ) STRICT
+    """,
+    # 6: why a received manifest failed (its content disagrees with it), for the inbox
+    """
+    CREATE TABLE manifest_failures (
+        manifest_id BLOB PRIMARY KEY, reason TEXT NOT NULL, at_ms INTEGER NOT NULL
+    ) STRICT
+    """,
+    # 7: tamper-evident audit: signed checkpoints of the chain, the spool for the audit repository
     """
     CREATE TABLE audit_checkpoints (
         n INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL, at_ms INTEGER NOT NULL,
@@ -332,10 +357,58 @@ class SqliteMetadataStore(SqliteConnection):
             return cur.rowcount
 
     # -- blocks -----------------------------------------------------------------
-    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int) -> None:
+    def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int,
+                      obtained: Sequence[tuple[CID, CID, str]] = ()) -> None:
         with self._tx() as db:
             db.executemany("INSERT OR IGNORE INTO blocks VALUES (?,?,?)",
                            [(c.to_bytes(), s, now_ms) for c, s in blocks])
+            counts: dict[CID, dict[str, int]] = {}
+            for manifest_id, cid, peer in obtained:
+                if db.execute("INSERT OR IGNORE INTO obtained_blocks VALUES (?,?)",
+                              (manifest_id.to_bytes(), cid.to_bytes())).rowcount:
+                    per_peer = counts.setdefault(manifest_id, {})
+                    per_peer[peer] = per_peer.get(peer, 0) + 1
+            for manifest_id, per_peer in counts.items():
+                rows = db.execute("SELECT served_by FROM transfers WHERE manifest_id = ?",
+                                  (manifest_id.to_bytes(),)).fetchall()
+                if not rows:
+                    continue
+                merged = {str(k): int(v) for k, v in json.loads(rows[0][0]).items()}
+                for peer, n in per_peer.items():
+                    merged[peer] = merged.get(peer, 0) + n
+                db.execute("UPDATE transfers SET served_by = ? WHERE manifest_id = ?",
+                           (json.dumps(merged, sort_keys=True), manifest_id.to_bytes()))
+
+    def obtained_blocks(self, manifest_id: CID, cids: Iterable[CID]) -> set[CID]:
+        wanted = [c.to_bytes() for c in cids]
+        found: set[CID] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(CID.from_bytes(bytes(c)) for (c,) in self._query(
+                "SELECT DISTINCT o.cid FROM manifests m"
+                " JOIN manifests e ON e.study_uid = m.study_uid AND e.sender_org = m.sender_org"
+                "  AND e.direction = 'received' AND e.revision <= m.revision"
+                " JOIN obtained_blocks o ON o.manifest_id = e.manifest_id"
+                f" WHERE m.manifest_id = ? AND m.direction = 'received' AND o.cid IN ({marks})",
+                (manifest_id.to_bytes(), *chunk)))
+        return found
+
+    def holdings(self, cids: Iterable[CID]) -> dict[CID, list[Holding]]:
+        wanted = [c.to_bytes() for c in cids]
+        out: dict[CID, list[Holding]] = {}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for cid, sender, recipients, direction, obtained in self._query(
+                    "SELECT mb.cid, m.sender_org, m.recipients, m.direction,"
+                    " EXISTS (SELECT 1 FROM obtained_blocks o WHERE o.manifest_id = mb.manifest_id AND o.cid = mb.cid)"
+                    " FROM manifest_blocks mb JOIN manifests m ON m.manifest_id = mb.manifest_id"
+                    f" WHERE mb.cid IN ({marks})", chunk):
+                out.setdefault(CID.from_bytes(bytes(cid)), []).append(Holding(
+                    str(sender), frozenset(x for x in str(recipients).split(",") if x),
+                    direction == "sent" or bool(obtained)))
+        return out
 
     def present_blocks(self, cids: Iterable[CID]) -> set[CID]:
         wanted = [c.to_bytes() for c in cids]
@@ -368,10 +441,12 @@ class SqliteMetadataStore(SqliteConnection):
     def save_manifest(self, row: ManifestRow, blocks: Iterable[CID]) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO manifests VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (manifest_id) DO UPDATE SET"
-                " state = excluded.state",
+                "INSERT INTO manifests (manifest_id, study_uid, direction, sender_org, recipients, revision, state,"
+                " created_at, expires_at, raw, certificate) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (manifest_id) DO UPDATE SET state = excluded.state",
                 (row.manifest_id.to_bytes(), row.study_uid, row.direction, row.sender_org,
-                 ",".join(row.recipients), row.revision, row.state, row.created_at, row.expires_at, row.raw),
+                 ",".join(row.recipients), row.revision, row.state, row.created_at, row.expires_at, row.raw,
+                 row.certificate),
             )
             db.executemany("INSERT OR IGNORE INTO manifest_blocks VALUES (?,?)",
                            [(row.manifest_id.to_bytes(), c.to_bytes()) for c in blocks])
@@ -382,11 +457,11 @@ class SqliteMetadataStore(SqliteConnection):
                 manifest_id=CID.from_bytes(bytes(r[0])), study_uid=str(r[1]), direction=str(r[2]),
                 sender_org=str(r[3]), recipients=tuple(x for x in str(r[4]).split(",") if x),
                 revision=int(r[5]), state=str(r[6]), created_at=int(r[7]), expires_at=int(r[8]),
-                raw=bytes(r[9]),
+                raw=bytes(r[9]), certificate=bytes(r[10]),
             )
             for r in self._query(
                 "SELECT manifest_id, study_uid, direction, sender_org, recipients, revision, state, created_at,"
-                f" expires_at, raw FROM manifests {where} ORDER BY created_at, manifest_id", params)
+                f" expires_at, raw, certificate FROM manifests {where} ORDER BY created_at, manifest_id", params)
         ]
 
     def manifest(self, manifest_id: CID) -> ManifestRow | None:
@@ -409,6 +484,16 @@ class SqliteMetadataStore(SqliteConnection):
     def set_manifest_state(self, manifest_id: CID, state: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE manifests SET state = ? WHERE manifest_id = ?", (state, manifest_id.to_bytes()))
+
+    def fail_manifest(self, manifest_id: CID, reason: str, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE manifests SET state = 'failed' WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+            db.execute("INSERT INTO manifest_failures VALUES (?,?,?) ON CONFLICT (manifest_id) DO UPDATE SET"
+                       " reason = excluded.reason, at_ms = excluded.at_ms", (manifest_id.to_bytes(), reason, now_ms))
+
+    def manifest_failure(self, manifest_id: CID) -> str | None:
+        rows = self._query("SELECT reason FROM manifest_failures WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+        return str(rows[0][0]) if rows else None
 
     def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
         with self._tx() as db:
@@ -440,19 +525,41 @@ class SqliteMetadataStore(SqliteConnection):
             for r in self._query(f"SELECT * FROM deliveries {where} ORDER BY manifest_id, org", params)
         ]
 
+    def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
+        return [(int(r[0]), tuple(x for x in str(r[1]).split(",") if x)) for r in self._query(
+            "SELECT revision, recipients FROM manifests WHERE study_uid = ? AND sender_org = ? AND direction = ?"
+            " ORDER BY revision", (study_uid, sender_org, direction))]
+
     def highest_revision(self, study_uid: str, sender_org: str) -> int:
         rows = self._query("SELECT coalesce(max(revision), 0) FROM manifests WHERE direction = 'received'"
                            " AND study_uid = ? AND sender_org = ?", (study_uid, sender_org))
         return int(rows[0][0])
 
-    def set_served_by(self, manifest_id: CID, served_by: dict[str, int]) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE transfers SET served_by = ? WHERE manifest_id = ?",
-                       (json.dumps(served_by, sort_keys=True), manifest_id.to_bytes()))
-
     def served_by(self, manifest_id: CID) -> dict[str, int]:
         rows = self._query("SELECT served_by FROM transfers WHERE manifest_id = ?", (manifest_id.to_bytes(),))
         return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}
+
+    def record_recall_tombstone(self, manifest_id: CID, sender_org: str, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO recall_tombstones VALUES (?,?,?)",
+                       (manifest_id.to_bytes(), sender_org, now_ms))
+
+    def recall_tombstone(self, manifest_id: CID) -> str | None:
+        rows = self._query("SELECT sender_org FROM recall_tombstones WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+        return str(rows[0][0]) if rows else None
+
+    def add_served(self, manifest_id: CID, org: str, blocks: int, nbytes: int, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO served VALUES (?,?,?,?,?) ON CONFLICT (manifest_id, org) DO UPDATE SET"
+                " blocks = blocks + excluded.blocks, bytes = bytes + excluded.bytes, updated_ms = excluded.updated_ms",
+                (manifest_id.to_bytes(), org, blocks, nbytes, now_ms))
+
+    def served(self, manifest_id: CID | None = None) -> list[ServedRow]:
+        where, params = ("WHERE manifest_id = ?", (manifest_id.to_bytes(),)) if manifest_id else ("", ())
+        return [ServedRow(CID.from_bytes(bytes(r[0])), str(r[1]), int(r[2]), int(r[3]))
+                for r in self._query(f"SELECT manifest_id, org, blocks, bytes FROM served {where}"
+                                     " ORDER BY manifest_id, org", params)]
 
     # -- identity ----------------------------------------------------------------
     def highest_roster_version(self) -> int:

@@ -7,7 +7,12 @@ Instances are served byte-exact as stored (no transcoding): an Accept that
 names only other transfer syntaxes gets 406. The body is streamed from the
 blocks, each checked against its CID, with the next instance read while the
 current one is sent; Content-Length is exact, so a client notices a response
-cut short. Every retrieval is audited (110103) before the first byte goes out.
+cut short. The first instance (for a single-instance retrieve, all of it) is
+read and verified before the status line, so a corrupt block found there is
+an error status (503), never a 200 cut short; the block store quarantines it
+and the node forgets, audits (110113) and fetches it again
+(meshnode.node.corruption). Every retrieval is audited (110103) before the
+first byte goes out.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from dataclasses import dataclass
 import trio
 
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
-from meshnode.storage.blockstore import BlockCorruptError
+from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
 from meshnode.storage.records import InstanceRecord, hash_uid
 from meshnode.web.app import Handler, Route, route
 from meshnode.web.blockio import read_all_blocks, read_header
 from meshnode.web.dicomjson import Json, header_json
-from meshnode.web.http import HttpError, Request, Send, send_body, send_json, start_response
+from meshnode.web.http import ClientDisconnected, HttpError, Request, Send, send_body, send_json, start_response
 from meshnode.web.services import WebServices, actor
+from protocol.errors import MeshError
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +157,9 @@ class Wado:
         missing = await trio.to_thread.run_sync(self._missing_blocks, records, limiter=self.s.block_readers)
         if missing:
             raise HttpError(503, f"{missing} block(s) of this study are not on this node (yet)")
+        # The first instance (a single-instance retrieve: all of it) is read and verified before the status
+        # line: a block found corrupt is answered with an error, not a 200 cut short.
+        first = await self._first_instance(records[0])
         total = sum(r.size for r in records)
         study = hash_uid(request.path_params["study"])
         await self.s.audit(AuditEvent(EventCode.INSTANCES_ACCESSED, "wado-retrieve", actor=actor(request),
@@ -166,14 +175,21 @@ class Wado:
         else:
             await start_response(send, 200, f"application/dicom; transfer-syntax={records[0].transfer_syntax}",
                                  length=total)
-        try:
-            await self._stream(records, heads if negotiation.multipart else None, send)
-        except BlockCorruptError as exc:
-            await self.s.audit(AuditEvent(EventCode.SECURITY_ALERT, "corrupt-block-on-retrieve",
-                                          Outcome.SERIOUS_FAILURE, actor=actor(request), study=study,
-                                          detail=f"{exc}; response cut short; run `meshnode scrub`"[:300]))
-            raise
+        await self._stream(records, first, heads if negotiation.multipart else None, send)
         await send_body(send, tail if negotiation.multipart else b"", more=False)
+
+    async def _first_instance(self, record: InstanceRecord) -> list[bytes]:
+        try:
+            return await trio.to_thread.run_sync(read_all_blocks, self.s.storage.blocks, record,
+                                                 limiter=self.s.block_readers)
+        except BlockCorruptError:
+            # the store has quarantined it; the node forgets it, audits it (110113) and fetches it again
+            # where another node holds it (meshnode.node.corruption)
+            raise HttpError(503, "a block of this instance failed its integrity check on this node and has been "
+                                 "quarantined; retry later (it is fetched again where another node holds it)",
+                            code="block-corrupt") from None
+        except BlockMissingError:
+            raise HttpError(503, "a block of this instance is not on this node (yet)") from None
 
     def _missing_blocks(self, records: list[InstanceRecord]) -> int:
         blocks = self.s.storage.blocks
@@ -184,27 +200,51 @@ class Wado:
         return ((b"" if first else b"\r\n") + f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax="
                 f"{record.transfer_syntax}\r\nContent-Length: {record.size}\r\n\r\n".encode())
 
-    async def _stream(self, records: list[InstanceRecord], heads: list[bytes] | None, send: Send) -> None:
-        """Send every instance; a reader task keeps the next PREFETCH instances' blocks ready."""
-        sender, receiver = trio.open_memory_channel[list[bytes]](PREFETCH)
+    async def _stream(self, records: list[InstanceRecord], first: list[bytes], heads: list[bytes] | None,
+                      send: Send) -> None:
+        """Send every instance (the first already read); a reader task keeps the next PREFETCH instances'
+        blocks ready. A block that cannot be read later (corrupt: quarantined) ends the body there, short
+        of its Content-Length and without the closing boundary, so the client knows it is incomplete; the
+        error is raised here as itself (not inside an exception group) after the reader has stopped."""
+        sender, receiver = trio.open_memory_channel[list[bytes] | MeshError](PREFETCH)
 
         async def read_ahead() -> None:
             async with sender:
-                for record in records:
-                    blocks = await trio.to_thread.run_sync(read_all_blocks, self.s.storage.blocks, record,
-                                                           limiter=self.s.block_readers)
+                for record in records[1:]:
+                    try:
+                        blocks = await trio.to_thread.run_sync(read_all_blocks, self.s.storage.blocks, record,
+                                                               limiter=self.s.block_readers)
+                    except MeshError as exc:
+                        await sender.send(exc)
+                        return
                     await sender.send(blocks)
 
+        failure: MeshError | ClientDisconnected | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_ahead)
             async with receiver:
-                index = 0
-                async for blocks in receiver:
-                    if heads is not None:
-                        await send_body(send, heads[index])
-                    for block in blocks:
-                        await send_body(send, block)
-                    index += 1
+                try:
+                    await self._send_instance(send, heads[0] if heads is not None else None, first)
+                    index = 1
+                    async for item in receiver:
+                        if isinstance(item, MeshError):
+                            log.warning("WADO-RS response cut short after %d of %d instance(s): %s", index,
+                                        len(records), item.name)
+                            raise item
+                        await self._send_instance(send, heads[index] if heads is not None else None, item)
+                        index += 1
+                except (MeshError, ClientDisconnected) as exc:
+                    failure = exc
+                    nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    @staticmethod
+    async def _send_instance(send: Send, head: bytes | None, blocks: list[bytes]) -> None:
+        if head is not None:
+            await send_body(send, head)
+        for block in blocks:
+            await send_body(send, block)
 
     async def metadata(self, request: Request, send: Send) -> None:
         negotiate_json(request.header("accept"))

@@ -19,14 +19,15 @@ reachable.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from protocol.access import Share, decide, servable
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError
+from protocol.fetch_order import rotated, start_offset
 from protocol.fetch import BlockStalled, BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
 from protocol.manifest import Priority
 from protocol.outbox import DeliveryKey, DeliveryKind
@@ -38,6 +39,7 @@ from simulations.engine.state import Status, Study, Transfer
 
 if TYPE_CHECKING:
     from simulations.engine.mesh_design import Mesh
+    from simulations.engine.world import World
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,16 @@ class RequestState:
         self.marks: list[int] = []  # per flow milestone: the block (index into request.cids) it ends
 
 
+def study_share(world: World, s: Study) -> Share:
+    """A study's manifest as protocol.access sees it (cached on the study; live for the whole run: the
+    model has no recall, and failures end a transfer rather than the manifest)."""
+    share = s.access
+    if share is None:
+        share = s.access = Share(world.orgs[s.sender].code, frozenset(world.orgs[r].code for r in s.recipients),
+                                 "fetching", 2**62)
+    return share
+
+
 class MeshNode:
     def __init__(self, mesh: Mesh, org: int) -> None:
         self.mesh = mesh
@@ -92,7 +104,6 @@ class MeshNode:
         self.outbox = OutboxDriver(mesh.world.queue, self._attempt_announce, self._announce_gave_up,
                                    max_attempts=mesh.world.scenario.design.announce_max_attempts)
         self.pending: dict[DeliveryKey, Transfer] = {}
-        self.offset_seed = int.from_bytes(hashlib.sha256(self.code.encode()).digest()[:4], "big")
         self.direct: Fetch | None = None
 
     # -- announcing (sender side) ---------------------------------------------------------
@@ -148,11 +159,11 @@ class MeshNode:
             order, first = [0], 1
         else:
             first = min(n, max(1, math.ceil(s.image_bytes / s.sizes[0])))
-            order = list(range(first))
+            # the node's order (protocol.fetch_order): the k-th of n recipient orgs starts k/n of the way
+            # through the rest (one node per org here, named by its org code)
             rest = list(range(first, n))
-            if rest:
-                k = self.offset_seed % len(rest)
-                order += rest[k:] + rest[:k]
+            codes = [self.mesh.world.orgs[r].code for r in s.recipients]
+            order = rotated(list(range(first)), rest, start_offset(codes, self.code, self.code, len(rest)))
         f = Fetch(t, self, order, first)
         f.last_progress = now
         t.fetch_started = now
@@ -216,10 +227,17 @@ class MeshNode:
             if not (s.hub_stored and f.hub_added):
                 return
             told, blocks = f.told.get(HUB, 0), list(range(len(s.cids)))
-        elif holder == s.sender:
-            told, blocks = f.told.get(holder, 0), list(range(len(s.cids)))
         else:
-            told, blocks = f.told.get(holder, 0), s.held.get(holder, [])
+            # the node's own rule (protocol.access): a holder answers only a recipient of the manifest, with
+            # the blocks it may serve under it: all of them at the sender, at a fellow recipient those it
+            # fetched under this manifest (s.held: verified blocks of this study, from its sender or recipients)
+            share = study_share(world, s)
+            if not decide(share, world.orgs[self.org].code, 0).allowed:
+                return
+            if servable(share, world.orgs[holder].code, obtained=False):
+                told, blocks = f.told.get(holder, 0), list(range(len(s.cids)))
+            else:
+                told, blocks = f.told.get(holder, 0), s.held.get(holder, [])
         if told >= len(blocks):
             return
         name = world.hub_code if holder == HUB else world.orgs[holder].code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from protocol.access import Share
 from protocol.cid import CID
 
 
@@ -20,7 +21,7 @@ _BLOCK0 = bytes(4) + _PAD
 class Study:
     __slots__ = ("id", "time", "sender", "recipients", "modality", "priority", "images", "nbytes", "image_bytes",
                  "transfers", "manifest_id", "cids", "sizes", "held", "recorded", "bogus", "hub_stored",
-                 "shared_at")
+                 "shared_at", "access")
 
     def __init__(self, sid: int, time: float, sender: int, recipients: list[int], modality: int, priority: int,
                  images: int, nbytes: float, image_bytes: float, recorded: bool, bogus: bool = False) -> None:
@@ -42,6 +43,7 @@ class Study:
         self.bogus = bogus  # announced by a flooding attacker
         self.hub_stored = False  # the hub holds a complete copy
         self.shared_at = time
+        self.access: Share | None = None  # its manifest as protocol.access sees it (mesh.study_share)
 
     def split(self, granularity: float) -> None:
         """Scheduler blocks of at most `granularity` bytes and their CIDs (derived from the study id)."""

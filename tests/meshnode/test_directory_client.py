@@ -23,6 +23,7 @@ from protocol.directory_messages import (
     Request,
     Response,
     RosterReply,
+    WatchRoster,
     decode_request,
     encode_response,
 )
@@ -235,3 +236,43 @@ async def test_second_node_of_same_org_resolved(net: FakeNet, tmp_path: Path) ->
     register(net.service, NODE_A2, "RGT", 3)
     res = await new_client(net, tmp_path / "node").resolve_org("RGT")
     assert {p.peer_id for p in res.peers} == {NODE_A.peer_id, NODE_A2.peer_id}
+
+
+async def test_watch_adopts_a_new_roster_and_caches_its_chain(net: FakeNet, tmp_path: Path) -> None:
+    client = new_client(net, tmp_path / "node")
+    await client.refresh_roster()
+    assert await client.watch_roster() is None  # nothing newer
+    assert net.seen[-1] == WatchRoster(1)
+    net.service.handle("admin", PublishRoster(sign_roster(2, revoked=[serial(2)]).encode()), NOW)
+    roster = await client.watch_roster()
+    assert roster is not None and roster.version == 2 and roster.is_revoked(serial(2))
+    again = new_client(net, tmp_path / "node")  # a restart verifies the cached chain
+    assert again.guard.current is not None and again.guard.current.document.version == 2
+
+
+async def test_watch_refuses_a_forged_roster(net: FakeNet, tmp_path: Path) -> None:
+    client = new_client(net, tmp_path / "node")
+    await client.refresh_roster()
+    net.rewrite = lambda req, resp: (RosterReply(sign_roster(9, signer=ROGUE).encode())
+                                     if isinstance(req, WatchRoster) else resp)
+    with pytest.raises(UnknownIssuerError):
+        await client.watch_roster()
+    assert client.guard.current is not None and client.guard.current.document.version == 1
+
+
+async def test_forged_cache_file_is_refused_and_the_directory_roster_adopted(net: FakeNet, tmp_path: Path) -> None:
+    home = tmp_path / "node"
+    await new_client(net, home).refresh_roster()
+    forged = sign_roster(1000, authorities=(AUTHORITY.public_key, ROGUE.public_key), signer=ROGUE).encode()
+    (home / "cache" / "roster.cbor").write_bytes(forged)
+    client = new_client(net, home)
+    assert client.guard.current is None
+    assert FileRosterVersionStore(home / "roster-version").highest_roster_version() == 1
+    assert (await client.refresh_roster()).version == 1  # the genuine one, from the directory
+    rogue_cert = sign_certificate(NODE_B, issuer=ROGUE, serial_no=77)
+    net.service.store.save_registration(
+        serial(77), NODE_B.peer_id, "RXX", NOW + DAY, rogue_cert.encode(), 9,
+        NOW + DAY, make_address_record(NODE_B, seq=9).sign(NODE_B).encode())
+    resolved = await client.resolve_peer(NODE_B.peer_id)
+    assert [r.peer_id for r in resolved.rejected] == [NODE_B.peer_id]  # the rogue-issued certificate
+    assert isinstance(resolved.rejected[0].error, UnknownIssuerError)

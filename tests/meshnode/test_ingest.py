@@ -15,7 +15,7 @@ from meshnode.manifest_builder import build_manifest
 from meshnode.storage.audit import EventCode
 from meshnode.storage.node_storage import NodeStorage
 from protocol.document import open_document
-from meshnode.storage.blockstore import DiskFullError
+from meshnode.storage.blockstore import BlockCorruptError, DiskFullError
 from protocol.manifest import Manifest, Priority, Purpose
 from tests.conftest import SmallFs
 from tests.protocol.factories import NODE_A
@@ -181,3 +181,18 @@ def test_disk_full_mid_ingest_leaves_store_consistent(small_fs: SmallFs, tmp_pat
         assert study.instance_count == 150
     finally:
         storage.close()
+
+
+def test_export_quarantines_a_corrupt_block_and_alerts(storage: NodeStorage, tmp_path: Path) -> None:
+    Ingester(storage, chunk_size=4096).ingest(synthetic.generate_ct_study(tmp_path / "ct", slices=2, rows=64,
+                                                                          columns=64, seed=7))
+    [study] = storage.metadata.studies()
+    bad = storage.metadata.instances(study.attributes.study_uid)[0].blocks[-1]
+    path = storage.blocks.path_of(bad)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))
+    with pytest.raises(BlockCorruptError):
+        export_study(storage, study.attributes.study_uid, tmp_path / "out")
+    assert not storage.blocks.has(bad) and storage.metadata.present_blocks([bad]) == set()
+    alerts = [e.event for e in storage.metadata.audit_entries() if e.event.code == EventCode.SECURITY_ALERT]
+    assert len(alerts) == 1 and str(bad) in alerts[0].detail and "export" in alerts[0].detail

@@ -46,6 +46,8 @@ def test_protocol_id_and_limits() -> None:
         (dm.LookupPeer(PEER), {"op": "lookup-peer", "peer": PEER}),
         (dm.GetRoster(), {"op": "roster"}),
         (dm.GetIdentity(), {"op": "identity"}),
+        (dm.WatchRoster(0), {"op": "watch-roster", "after": 0}),
+        (dm.WatchRoster(7), {"op": "watch-roster", "after": 7}),
         (dm.Register(b"cert", b"rec"), {"op": "register", "certificate": b"cert", "record": b"rec"}),
         (dm.PublishRoster(b"roster"), {"op": "publish-roster", "roster": b"roster"}),
     ],
@@ -66,6 +68,7 @@ def test_request_wire_shapes(request_: dm.Request, wire: dict[str | int, CborVal
         ),
         (dm.RosterReply(None), {"ok": True, "roster": None}),
         (dm.RosterReply(b"r"), {"ok": True, "roster": b"r"}),
+        (dm.RosterUnchanged(3), {"ok": True, "unchanged": 3}),
         (dm.IdentityReply(b"c"), {"ok": True, "certificate": b"c"}),
         (dm.Accepted(), {"ok": True}),
         (dm.Refused(404, "revoked"), {"ok": False, "code": 404, "message": "revoked"}),
@@ -97,6 +100,9 @@ BAD_REQUESTS: list[tuple[str, CborValue, type[MeshError]]] = [
     ("publish-roster not bytes", {"op": "publish-roster", "roster": "text"}, SchemaError),
     ("publish-roster too big", {"op": "publish-roster", "roster": b"\x00" * (dm.MAX_ROSTER_BYTES + 1)}, LimitError),
     ("nested too deep", {"op": "roster", "x": [[[[[0]]]]]}, LimitError),
+    ("watch-roster missing after", {"op": "watch-roster"}, SchemaError),
+    ("watch-roster negative after", {"op": "watch-roster", "after": -1}, LimitError),
+    ("watch-roster after not int", {"op": "watch-roster", "after": "1"}, SchemaError),
 ]
 
 
@@ -126,6 +132,8 @@ BAD_RESPONSES: list[tuple[str, CborValue, type[MeshError]]] = [
     ("entry record too big", {"ok": True, "entries": [{"certificate": b"", "record": b"r" * 8193}]}, SchemaError),
     ("entry record text", {"ok": True, "entries": [{"certificate": b"", "record": "r"}]}, SchemaError),
     ("roster text", {"ok": True, "roster": "r"}, SchemaError),
+    ("unchanged negative", {"ok": True, "unchanged": -1}, LimitError),
+    ("unchanged with roster", {"ok": True, "unchanged": 1, "roster": None}, SchemaError),
     ("identity certificate too big", {"ok": True, "certificate": b"c" * 4097}, LimitError),
     ("nested too deep", {"ok": True, "x": [[[[[0]]]]]}, LimitError),
 ]

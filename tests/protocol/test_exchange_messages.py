@@ -367,7 +367,7 @@ def test_manifest_block_order_first_occurrence() -> None:
     repeat = f.make_instance(2, blocks=3)
     repeat = type(repeat)(**{**repeat.__dict__, "blocks": (repeat.blocks[0], shared.blocks[1], repeat.blocks[0])})
     manifest = f.make_manifest(instances=(shared, repeat))
-    assert xm.manifest_block_order(manifest) == (shared.blocks[0], shared.blocks[1], repeat.blocks[0])
+    assert manifest.block_order() == (shared.blocks[0], shared.blocks[1], repeat.blocks[0])
 
 
 def test_bitmap_bit_order_and_exact_length() -> None:

@@ -22,9 +22,12 @@ def test_dropped_anchor_cannot_sign_after_rotation() -> None:
         guard.accept(f.sign_roster(4, signer=f.AUTHORITY).encode(), NOW)
     assert guard.current is not None and guard.current.document.version == 3 and store.highest_roster_version() == 3
 
-    # a restart from the cached v3 (signed by the new key, which is not a pinned anchor) still works
+    # a restart from the cached chain (v3 is signed by the new key, which is not a pinned anchor; the
+    # anchor-signed v2 that introduced it comes with it) still works; v3 alone does not verify
     restarted = RosterGuard([f.AUTHORITY.public_key], store)
-    assert restarted.restore(rotated, NOW).document.version == 3
+    with raises_exactly(UnknownIssuerError):
+        restarted.restore(rotated, NOW)
+    assert restarted.restore(guard.cache_bytes(), NOW).document.version == 3
     with raises_exactly(UnknownIssuerError):
         restarted.accept(f.sign_roster(4, signer=f.AUTHORITY).encode(), NOW)
     assert restarted.accept(

@@ -17,6 +17,8 @@ from protocol.directory_messages import (
     PublishRoster,
     Register,
     RosterReply,
+    RosterUnchanged,
+    WatchRoster,
 )
 from protocol.errors import (
     CertificateExpiredError,
@@ -32,6 +34,7 @@ from protocol.errors import (
 )
 from tests.protocol.factories import (
     AUTHORITY,
+    AUTHORITY_NEW,
     DAY,
     NODE_A,
     NODE_B,
@@ -168,3 +171,29 @@ def test_roster_from_untrusted_key_refused(service: DirectoryService) -> None:
         service.handle("x", PublishRoster(sign_roster(7, signer=ROGUE).encode()), NOW)
     reply = service.handle("x", GetRoster(), NOW)
     assert isinstance(reply, RosterReply) and reply.roster == sign_roster(1).encode()
+
+
+def test_watch_answers_with_the_roster_only_when_it_is_newer(service: DirectoryService) -> None:
+    assert service.roster_version() == 1
+    assert service.handle("x", WatchRoster(1), NOW) == RosterUnchanged(1)
+    assert service.handle("x", WatchRoster(5), NOW) == RosterUnchanged(1)  # a watcher ahead of the directory
+    assert service.handle("x", WatchRoster(0), NOW) == RosterReply(sign_roster(1).encode())
+    v2 = sign_roster(2, revoked=[serial(1)]).encode()
+    service.handle("x", PublishRoster(v2), NOW)
+    assert service.handle("x", WatchRoster(1), NOW) == RosterReply(v2)
+
+
+def test_rotated_roster_survives_a_directory_restart(tmp_path: Path) -> None:
+    """The directory keeps the rotation chain: after a restart the roster signed by the new key still verifies."""
+    svc = open_service(tmp_path)
+    both = (AUTHORITY.public_key, AUTHORITY_NEW.public_key)
+    svc.handle("x", PublishRoster(sign_roster(1, authorities=both).encode()), NOW)
+    rotated = sign_roster(2, authorities=(AUTHORITY_NEW.public_key,), signer=AUTHORITY_NEW).encode()
+    svc.handle("x", PublishRoster(rotated), NOW)
+    svc.store.close()
+    restarted = open_service(tmp_path)
+    assert restarted.roster_version() == 2
+    with pytest.raises(UnknownIssuerError):
+        restarted.handle("x", PublishRoster(sign_roster(3).encode()), NOW)  # the dropped key
+    assert restarted.handle("x", PublishRoster(
+        sign_roster(3, authorities=(AUTHORITY_NEW.public_key,), signer=AUTHORITY_NEW).encode()), NOW) == Accepted()

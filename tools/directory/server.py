@@ -17,8 +17,10 @@ from protocol.directory_messages import (
     DIRECTORY_PROTOCOL,
     MAX_REQUEST_FRAME,
     MAX_RESPONSE_FRAME,
+    PublishRoster,
     Refused,
     Response,
+    WatchRoster,
     decode_request,
     encode_response,
 )
@@ -27,6 +29,7 @@ from protocol.errors import DocumentError, MeshError
 from tools.directory.home import DirectoryHome
 from tools.directory.service import DirectoryService, refusal_log_level
 from tools.directory.store import DirectoryStore
+from tools.directory.watch import RosterWatches
 
 if TYPE_CHECKING:  # trio-typing's stubs (pulled in by libp2p) shadow trio's own types
     from trio_typing import TaskStatus
@@ -51,14 +54,19 @@ async def run_directory(
     store = DirectoryStore(home.db_path)
     service = DirectoryService(store, config.authority_keys, certificate, time.time(), skew=config.clock_skew)
     limiter = trio.CapacityLimiter(1)
+    watches = RosterWatches(service.roster_version)
 
     async def handle(peer: ID, payload: bytes) -> bytes:
         response: Response
         try:
             request = decode_request(payload)
+            if isinstance(request, WatchRoster):
+                await watches.wait_newer(peer.to_base58(), request.after)  # holds no worker thread
             response = await trio.to_thread.run_sync(
                 service.handle, peer.to_base58(), request, time.time(), limiter=limiter
             )
+            if isinstance(request, PublishRoster):
+                watches.published()
         except MeshError as exc:
             log.log(refusal_log_level(exc), "refused request from %s: %s: %s", peer, exc.name, exc)
             response = Refused.from_error(exc)

@@ -27,6 +27,8 @@ from protocol.directory_messages import (
     Request,
     Response,
     RosterReply,
+    RosterUnchanged,
+    WatchRoster,
 )
 from protocol.document import DEFAULT_SKEW, open_document
 from protocol.errors import (
@@ -59,7 +61,7 @@ class DirectoryService:
         self.skew = skew
         self.guard = RosterGuard(anchors, store, skew=skew)
         self.identity_certificate = identity_certificate
-        stored = store.roster()
+        stored = store.roster_chain()
         if stored is not None:
             try:
                 self.guard.restore(stored, now)
@@ -76,9 +78,19 @@ class DirectoryService:
             return RosterReply(self.store.roster())
         if isinstance(request, GetIdentity):
             return IdentityReply(self.identity_certificate)
+        if isinstance(request, WatchRoster):
+            # The waiting is the driver's (it holds the stream until roster_version() moves);
+            # here the answer: the roster if it is newer than the watcher's, else "unchanged".
+            version = self.roster_version()
+            return RosterReply(self.store.roster()) if version > request.after else RosterUnchanged(version)
         if isinstance(request, Register):
             return self._register(remote_peer, request, now)
         return self._publish_roster(request, now)
+
+    def roster_version(self) -> int:
+        """The version of the roster served now (0: none yet); cheap, read without the worker thread."""
+        current = self.guard.current
+        return current.document.version if current is not None else 0
 
     def _roster(self, now: float) -> Roster:
         try:
@@ -118,12 +130,12 @@ class DirectoryService:
         return Accepted()
 
     def _publish_roster(self, request: PublishRoster, now: float) -> Accepted:
-        previous = self.guard.current
+        previous = self.guard.current, self.guard.links
         signed = self.guard.accept(request.roster, now)
         try:
-            self.store.save_roster(signed.document.version, request.roster)
+            self.store.save_roster(signed.document.version, request.roster, self.guard.cache_bytes())
         except StorageError:
-            self.guard.current = previous
+            self.guard.current, self.guard.links = previous
             raise
         log.info(
             "accepted roster v%d (%d revoked serials)", signed.document.version, len(signed.document.revoked)

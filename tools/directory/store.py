@@ -35,6 +35,10 @@ MIGRATIONS = (
         raw BLOB NOT NULL
     ) STRICT
     """,
+    # 2: the roster's rotation chain from a pinned anchor, so a restart can verify it again
+    """
+    ALTER TABLE roster ADD COLUMN chain BLOB
+    """,
 )
 
 
@@ -68,19 +72,25 @@ class DirectoryStore:
     def record_roster_version(self, version: int) -> None:
         """The version is recorded together with the bytes in save_roster."""
 
-    def save_roster(self, version: int, raw: bytes) -> None:
+    def save_roster(self, version: int, raw: bytes, chain: bytes) -> None:
+        """`chain` is RosterGuard.cache_bytes(): what restore() verifies at the next start."""
         try:
             self._db.execute(
-                "INSERT INTO roster (id, version, raw) VALUES (1, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET version = excluded.version, raw = excluded.raw"
-                " WHERE excluded.version > roster.version",
-                (version, raw),
+                "INSERT INTO roster (id, version, raw, chain) VALUES (1, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET version = excluded.version, raw = excluded.raw,"
+                " chain = excluded.chain WHERE excluded.version > roster.version",
+                (version, raw, chain),
             )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot store roster: {exc}") from exc
 
     def roster(self) -> bytes | None:
         row = self._db.execute("SELECT raw FROM roster WHERE id = 1").fetchone()
+        return bytes(row[0]) if row else None
+
+    def roster_chain(self) -> bytes | None:
+        """The stored roster with its rotation chain (the roster alone if stored before migration 2)."""
+        row = self._db.execute("SELECT coalesce(chain, raw) FROM roster WHERE id = 1").fetchone()
         return bytes(row[0]) if row else None
 
     def save_registration(

@@ -85,7 +85,9 @@ const render = {
       el("td", { class: "state state-" + r.state }, r.state),
       el("td", {}, progress(r.blocks_done, r.blocks_total, r.bytes_done, r.bytes_total)),
       el("td", {}, r.first_instance_ms === null ? "" : `${r.first_instance_ms} ms`),
-      el("td", {}, Object.entries(r.served_by_org || {}).map(([org, n]) => `${org}: ${n}`).join(", ")),
+      el("td", {}, Object.entries(r.served_by_org || {}).map(([org, n]) => `${org}: ${n}`).join(", "),
+        Object.keys(r.served_to || {}).length ? el("div", { class: "muted" }, "served to " +
+          Object.entries(r.served_to).map(([org, d]) => `${org}: ${d.blocks}`).join(", ")) : null),
       el("td", { class: "forwarded" }, forwarded(r.forwarded))));
   },
   outbox(data) {
@@ -98,6 +100,7 @@ const render = {
       el("td", {}, ...Object.entries(r.recipients).map(([org, d]) => el("div", { title: d.last_error || "" },
         el("b", {}, org), ": ", el("span", { class: "state-" + d.state }, d.state),
         d.receipt_verified ? el("span", { class: "ok" }, " \u2713 receipt verified") : null,
+        d.served && d.served.blocks ? el("span", { class: "muted" }, ` \u00b7 ${d.served.blocks} blocks served`) : null,
         d.attempts > 1 && d.state !== "delivered" ? el("span", { class: "muted" }, ` (${d.attempts} attempts)`) : null)))));
   },
   peers(data) {

@@ -56,39 +56,3 @@ def test_a_block_shared_by_two_instances_completes_both() -> None:
     assert assembly.take_ready() == []
     assembly.durable([shared])
     assert assembly.take_ready() == [0, 1]
-
-
-# -- where each recipient starts fetching (meshnode.node.fetcher.fetch_order) -------------------
-
-
-def _study(instances: int, recipients: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    from meshnode.node.receiver import block_order
-
-    manifest = make_manifest(instances=tuple(make_instance(i, blocks=2) for i in range(1, instances + 1)),
-                             recipients=recipients)
-    return manifest, block_order(manifest)
-
-
-def test_recipients_start_evenly_spaced_whatever_their_peer_ids() -> None:
-    from meshnode.node.fetcher import fetch_order
-
-    for recipients in (("RAJ", "RJ1"), ("RAJ", "RJ1", "RXH")):
-        manifest, order = _study(61, recipients)  # 2 first-instance blocks + 120 others
-        starts = []
-        for n, org in enumerate(sorted(recipients)):
-            wanted = fetch_order(manifest, order, org, f"12D3KooWpeer{n}")
-            assert sorted(wanted, key=str) == sorted(order, key=str)  # every block, each once
-            assert wanted[:2] == list(manifest.instances[0].blocks)  # the first instance first
-            starts.append(order.index(wanted[2]) - 2)
-        share = 120 // len(recipients)
-        for k, start in enumerate(starts):  # each within the first half of its own share
-            assert k * share <= start < k * share + share // 2 + 1, (recipients, starts)
-
-
-def test_nodes_of_one_org_start_at_different_points_within_its_share() -> None:
-    from meshnode.node.fetcher import fetch_order
-
-    manifest, order = _study(201, ("RAJ", "RJ1"))  # 2 first-instance blocks + 400 others: 200 per org
-    starts = {order.index(fetch_order(manifest, order, "RJ1", f"12D3KooWnode{i}")[2]) - 2 for i in range(6)}
-    assert len(starts) > 1
-    assert all(200 <= s < 300 for s in starts), starts  # RJ1, the second org: the first half of its share

@@ -32,19 +32,46 @@ def test_put_with_expected_cid_refuses_mismatch(tmp_path: Path) -> None:
     assert list(store.iter_cids()) == [] and list(store.tmp_dir.iterdir()) == []
 
 
-def test_corruption_detected_and_scrub_quarantines(tmp_path: Path) -> None:
+def test_scrub_quarantines_corrupt_blocks(tmp_path: Path) -> None:
     store = BlockStore(tmp_path)
     good, bad = store.put(b"good"), store.put(b"will rot")
     store.path_of(bad).write_bytes(b"bit rot!")
-    with pytest.raises(BlockCorruptError):
-        store.get(bad)
-    assert store.get(bad, verify=False) == b"bit rot!"
+    assert store.get(bad, verify=False) == b"bit rot!"  # only a verified read checks
     result = store.scrub()
     assert result.checked == 2 and result.corrupt == (bad,)
     assert not store.has(bad) and store.get(good) == b"good"
-    assert len(list(store.quarantine_dir.iterdir())) == 1
+    assert [p.read_bytes() for p in store.quarantine_dir.iterdir()] == [b"bit rot!"]
     with pytest.raises(BlockMissingError):
         store.get(bad)
+
+
+def test_a_verified_read_that_finds_corruption_quarantines_at_once_and_tells_once(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    good, bad = store.put(b"good"), store.put(b"will rot")
+    told: list[CID] = []
+    store.on_quarantined = told.append
+    path = store.path_of(bad)
+    path.write_bytes(b"bit rot!")
+    with pytest.raises(BlockCorruptError) as raised:
+        store.get(bad)
+    assert raised.value.cid == bad and told == [bad]
+    assert not store.has(bad) and [p.read_bytes() for p in store.quarantine_dir.iterdir()] == [b"bit rot!"]
+    with pytest.raises(BlockMissingError):  # no reader is handed it again, and nobody is told twice
+        store.get(bad)
+    assert told == [bad] and store.get(good) == b"good"
+    assert store.scrub().corrupt == ()
+
+
+def test_a_good_copy_fetched_again_is_not_quarantined_by_a_late_reader(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    cid = store.put(b"the block")
+    st = os.stat(store.path_of(cid))
+    stale = (st.st_dev, st.st_ino, st.st_ctime_ns)
+    store.delete(cid)
+    store.put(b"the block")  # fetched again: a new file under the same name
+    assert store.quarantine(cid, identity=stale) is None  # the reader that found the old file corrupt
+    assert store.get(cid) == b"the block"
+    assert store.quarantine(CID.of(b"never stored")) is None
 
 
 def test_recover_removes_stale_partial_writes_only(tmp_path: Path) -> None:

@@ -93,6 +93,19 @@ def test_live_manifest_keeps_blocks_until_recalled_or_expired(store: MetadataSto
     assert [m.manifest_id for m in store.manifests("received")] == [mid] and store.manifests("sent") == []
 
 
+def test_a_failed_manifest_keeps_why(store: MetadataStore) -> None:
+    mid = CID.of(b"failed manifest")
+    store.save_manifest(ManifestRow(mid, STUDY, "received", "RXH", 1, "fetching", NOW_S, NOW_S + 100, b"raw",
+                                    ("RGT",)), [])
+    assert store.manifest_failure(mid) is None
+    store.fail_manifest(mid, "instance 0123: its header's PatientName does not match its manifest", NOW_MS)
+    saved = store.manifest(mid)
+    assert saved is not None and saved.state == "failed"
+    assert store.manifest_failure(mid) == "instance 0123: its header's PatientName does not match its manifest"
+    store.fail_manifest(mid, "again", NOW_MS + 1)
+    assert store.manifest_failure(mid) == "again" and store.manifest_failure(CID.of(b"other")) is None
+
+
 def test_transfers_peers_roster(store: MetadataStore) -> None:
     mid = CID.of(b"m")
     assert store.transfer(mid) is None
@@ -133,10 +146,52 @@ def test_deliveries_revisions_served_by(store: MetadataStore) -> None:
         store.save_manifest(ManifestRow(rid, STUDY, "received", "RGT", rev, "announced", NOW_S, NOW_S + 9, b"r"), [])
     assert store.highest_revision(STUDY, "RGT") == 3 and store.highest_revision(STUDY, "NOPE") == 0
     store.set_transfer(mid, "fetching", 1, 10, NOW_MS)
-    store.set_served_by(mid, {"peer-a": 3, "peer-b": 1})
+    blocks = [CID.of(bytes([i])) for i in range(4)]
+    store.record_blocks([(c, 1) for c in blocks[:2]], NOW_MS, [(mid, blocks[0], "peer-a"), (mid, blocks[1], "peer-b")])
+    # a block obtained twice under the same manifest (a retried request) counts once
+    store.record_blocks([(c, 1) for c in blocks], NOW_MS, [(mid, c, "peer-a") for c in blocks])
     store.set_transfer(mid, "complete", 4, 40, NOW_MS)
     assert store.served_by(mid) == {"peer-a": 3, "peer-b": 1}
     assert store.served_by(CID.of(b"none")) == {}
+
+
+def test_provenance_follows_the_revisions_of_one_share(store: MetadataStore) -> None:
+    """Blocks obtained under a received manifest count for it and for later revisions of the same share
+    (same study, same sender org), never for another sender's manifest listing the same blocks."""
+    a, b, c = CID.of(b"a"), CID.of(b"b"), CID.of(b"c")
+    rev1, rev2, other = CID.of(b"rev1"), CID.of(b"rev2"), CID.of(b"other")
+    store.save_manifest(ManifestRow(rev1, STUDY, "received", "RGT", 1, "fetching", NOW_S, NOW_S + 9, b"r",
+                                    ("RJ1", "RAJ")), [a, b])
+    store.save_manifest(ManifestRow(rev2, STUDY, "received", "RGT", 2, "announced", NOW_S, NOW_S + 9, b"r",
+                                    ("RJ1",)), [a, b, c])
+    store.save_manifest(ManifestRow(other, STUDY, "received", "RXH", 1, "announced", NOW_S, NOW_S + 9, b"r",
+                                    ("RJ1",)), [a, b, c])
+    store.record_blocks([(a, 1), (b, 1), (c, 1)], NOW_MS, [(rev1, a, "p"), (rev2, c, "p")])
+    assert store.obtained_blocks(rev1, [a, b, c]) == {a}
+    assert store.obtained_blocks(rev2, [a, b, c]) == {a, c}  # a under revision 1, c under revision 2
+    assert store.obtained_blocks(other, [a, b, c]) == set()  # another sender: nothing
+    held = store.holdings([a, b])
+    assert {(h.sender_org, h.first_hand) for h in held[a]} == {("RGT", True), ("RGT", False), ("RXH", False)}
+    assert {(h.sender_org, h.first_hand) for h in held[b]} == {("RGT", False), ("RXH", False)}
+    assert {h.recipients for h in held[a] if h.first_hand} == {frozenset({"RJ1", "RAJ"})}
+
+
+def test_served_counts_add_up(store: MetadataStore) -> None:
+    m1, m2 = CID.of(b"m1"), CID.of(b"m2")
+    store.add_served(m1, "RJ1", 16, 1600, NOW_MS)
+    store.add_served(m1, "RJ1", 4, 400, NOW_MS + 1)
+    store.add_served(m1, "RAJ", 1, 10, NOW_MS + 2)
+    store.add_served(m2, "RJ1", 2, 20, NOW_MS + 3)
+    assert [(r.org, r.blocks, r.bytes) for r in store.served(m1)] == [("RAJ", 1, 10), ("RJ1", 20, 2000)]
+    assert sum(r.blocks for r in store.served()) == 23
+
+
+def test_a_received_manifest_keeps_its_senders_certificate(store: MetadataStore) -> None:
+    mid = CID.of(b"with certificate")
+    store.save_manifest(ManifestRow(mid, STUDY, "received", "RGT", 1, "announced", NOW_S, NOW_S + 9, b"r",
+                                    ("RJ1",), b"certificate bytes"), [])
+    found = store.manifest(mid)
+    assert found is not None and found.certificate == b"certificate bytes"
 
 
 def test_not_in_manifest(store: MetadataStore) -> None:
@@ -145,6 +200,14 @@ def test_not_in_manifest(store: MetadataStore) -> None:
     assert store.not_in_manifest(mid, [a, b]) == {b}
     assert store.not_in_manifest(CID.of(b"other"), [a]) == {a}
     assert store.not_in_manifest(mid, []) == set()
+
+
+def test_recall_tombstones(store: MetadataStore) -> None:
+    mid = CID.of(b"recalled before it arrived")
+    assert store.recall_tombstone(mid) is None
+    store.record_recall_tombstone(mid, "RGT", NOW_MS)
+    store.record_recall_tombstone(mid, "RXH", NOW_MS + 1)  # the first word stands
+    assert store.recall_tombstone(mid) == "RGT"
 
 
 def test_audit_checkpoints_tail_and_spool(store: MetadataStore) -> None:
