@@ -87,6 +87,10 @@ class AuditExporter:
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         ssl_context = tls_context(self.config) if self.config is not None else None
+        alarm = await self.db.run(lambda _: self.storage.head.alarm())
+        if alarm is not None:
+            log.error("unacknowledged audit alert: %s; `meshnode audit verify` fails until an operator runs "
+                      "`meshnode audit acknowledge --reason ...`", alarm.problem)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._checkpoint_loop)
             if self.config is not None and ssl_context is not None:
