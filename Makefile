@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow test-emulation typecheck vectors bench bench-sim clean system-deps
 
-# Debian packages the interoperability tests run against (real dcmtk, Orthanc, Chromium).
-SYSTEM_DEPS := dcmtk orthanc orthanc-dicomweb chromium chromium-driver
+# Debian packages the interoperability tests run against (real dcmtk, Orthanc, Chromium, and rsyslog
+# with its TLS driver as the audit repository).
+SYSTEM_DEPS := dcmtk orthanc orthanc-dicomweb chromium chromium-driver rsyslog rsyslog-gnutls
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)

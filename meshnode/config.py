@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshnode.audit_export.config import AuditRepositoryConfig, AuditRepositoryConfigError, parse_audit_repository
 from meshnode.gateway.config import SECTIONS as GATEWAY_SECTIONS
 from meshnode.gateway.config import GatewayConfig, parse_gateway
 from meshnode.web.config import HttpConfig, HttpConfigError, parse_http
@@ -59,6 +60,12 @@ max_requests_per_second = {max_rate}
 request_timeout_seconds = {request_timeout}
 # Cap on the bytes per second this node serves to all peers together, in MB/s (0: no cap).
 upload_mb_per_s = {upload}
+
+# Security alerts and signed audit checkpoints also go to an audit repository (IHE ATNA: RFC 5424
+# syslog over TLS, DICOM PS3.15 A.5 messages), spooled while it is down. See docs/operators.md.
+# [audit_repository]
+# address = "arr.example.nhs.uk:6514"
+# ca = "arr-ca.pem"
 """
 
 
@@ -79,6 +86,8 @@ class NodeConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     #: [http] and [[webhook]]: DICOMweb, web UI, metrics, health, webhooks (meshnode.web.config)
     http: HttpConfig = field(default_factory=HttpConfig)
+    #: [audit_repository]: where security alerts and audit checkpoints go (meshnode.audit_export.config)
+    audit_repository: AuditRepositoryConfig | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -136,7 +145,8 @@ def parse_config(text: str, source: str = "node.toml", home: Path | None = None)
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    unknown = set(doc) - {"node", "directory", "trust", "limits", "http", "webhook"} - GATEWAY_SECTIONS
+    sections = {"node", "directory", "trust", "limits", "http", "webhook", "audit_repository"}
+    unknown = set(doc) - sections - GATEWAY_SECTIONS
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
     node = _section(doc, "node", {"org", "listen", "auto_fetch"})
@@ -169,8 +179,11 @@ def parse_config(text: str, source: str = "node.toml", home: Path | None = None)
         )
         gateway = parse_gateway(doc)
         http = parse_http(doc.get("http"), doc.get("webhook"), home)
+        audit_repository = parse_audit_repository(doc.get("audit_repository"), home)
     except ConfigError:
         raise
+    except AuditRepositoryConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     except HttpConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     except MeshError as exc:
@@ -193,6 +206,7 @@ def parse_config(text: str, source: str = "node.toml", home: Path | None = None)
         upload_mb_per_s=float(upload),
         gateway=gateway,
         http=http,
+        audit_repository=audit_repository,
     )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import trio
 from libp2p.abc import IHost
 
+from meshnode.audit_export.exporter import AuditExporter, audit_source
 from meshnode.control.app import ControlApp
 from meshnode.control.server import serve_control
 from meshnode.control.token import create_token
@@ -114,6 +115,9 @@ class Node:
                 await nursery.start(self.wire.run)
                 await nursery.start(serve_control, ControlApp(create_token(ctx.home.path), routes(self)), ctx.home.path)
                 await nursery.start(self.gateway.run)
+                self.audit_exporter = AuditExporter(ctx.storage, ctx.db, audit_source(
+                    ctx.peer_id, ctx.org, ctx.key.public_key.raw.hex()), ctx.config.audit_repository)
+                await nursery.start(self.audit_exporter.run)  # checkpoints; alerts to the audit repository
                 if ctx.config.http.enabled or ctx.config.http.webhooks:
                     await nursery.start(run_web, self)  # DICOMweb, web UI, metrics, health, webhooks
                 listen = [a.rsplit("/p2p/", 1)[0] for a in addrs]

@@ -11,6 +11,15 @@ from dataclasses import dataclass, replace
 
 from meshnode.storage import audit
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
+from meshnode.storage.audit_checkpoint import (
+    AuditCheckpoint,
+    SpoolItem,
+    decode_payload,
+    due_checkpoints,
+    spool_rows,
+    rebased_checkpoints,
+    tail_vouches,
+)
 from meshnode.storage.records import (
     AddOutcome,
     DeliveryRow,
@@ -34,6 +43,7 @@ from meshnode.storage.search import (
 from meshnode.storage.sqlite_metadata import CONFLICT_FLAG
 from protocol.access import Holding
 from protocol.cid import CID
+from protocol.keys import SigningKey
 
 
 @dataclass
@@ -54,6 +64,11 @@ class MemoryMetadataStore:
         self._peers: dict[str, tuple[str, int]] = {}
         self._roster_version = 0
         self._audit: list[AuditEntry] = []
+        self._audit_key: SigningKey | None = None
+        self._checkpoints: list[AuditCheckpoint] = []
+        self._tail: AuditCheckpoint | None = None
+        self._spool: dict[int, SpoolItem] = {}
+        self._spool_next = 0
         self._deliveries: dict[tuple[CID, str], DeliveryRow] = {}
         self._served: dict[CID, dict[str, int]] = {}
         self._obtained: set[tuple[CID, CID]] = set()
@@ -269,7 +284,61 @@ class MemoryMetadataStore:
         last = self._audit[-1] if self._audit else None
         entries = audit.chain(last.seq if last else 0, last.hash if last else audit.GENESIS, list(events), now_ms)
         self._audit.extend(entries)
+        before = (last.seq, last.hash) if last else None
+        have_any = bool(self._checkpoints)
+        vouched = tail_vouches(self._tail, before, self._audit_key, self._tail)  # nobody else writes it
+        checkpoints, tail = due_checkpoints(entries, vouched, have_any, self._audit_key, now_ms)
+        self._checkpoints.extend(checkpoints)
+        self._tail = tail or self._tail
+        self._spool_rows(spool_rows(entries, checkpoints))
         return entries
+
+    def _spool_rows(self, rows: list[tuple[str, int, bytes]]) -> None:
+        for kind, seq, payload in rows:
+            self._spool_next += 1
+            self._spool[self._spool_next] = SpoolItem(self._spool_next, kind, seq, decode_payload(payload))
+
+    def set_audit_key(self, key: SigningKey | None) -> None:
+        self._audit_key = key
+
+    def audit_tail(self) -> AuditCheckpoint | None:
+        return self._tail
+
+    def audit_snapshot(self) -> tuple[list[AuditEntry], list[AuditCheckpoint], AuditCheckpoint | None]:
+        return list(self._audit), list(self._checkpoints), self._tail
+
+    def append_audit_rebased(self, events: Sequence[AuditEvent], now_ms: int, key: SigningKey, rebase_from: int,
+                             rebase_to: int, sign_seqs: Sequence[int]) -> tuple[int, bytes]:
+        entries = self.append_audit(events, now_ms)
+        hashes = {e.seq: e.hash for e in self._audit if e.seq in set(sign_seqs)}
+        made = rebased_checkpoints(key, entries[-1], hashes, rebase_from, rebase_to, now_ms)
+        self._checkpoints.extend(made[:-1])
+        self._spool_rows(spool_rows([], made[:-1]))
+        self._tail = made[-1]
+        return entries[-1].seq, entries[-1].hash
+
+    def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        self._checkpoints.append(checkpoint)
+        self._spool_rows(spool_rows([], [checkpoint]))
+
+    def audit_checkpoints(self) -> list[AuditCheckpoint]:
+        return list(self._checkpoints)
+
+    def audit_spool(self, limit: int) -> list[SpoolItem]:
+        return [self._spool[i] for i in sorted(self._spool)][:limit]
+
+    def audit_spool_sent(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            self._spool.pop(i, None)
+
+    def audit_spool_attempted(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            if i in self._spool:
+                item = self._spool[i]
+                self._spool[i] = replace(item, attempts=item.attempts + 1)
+
+    def audit_spool_size(self) -> int:
+        return len(self._spool)
 
     def audit_entries(self) -> list[AuditEntry]:
         return list(self._audit)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from meshnode.storage.audit import AuditEntry, AuditEvent
+from meshnode.storage.audit_checkpoint import AuditCheckpoint, SpoolItem
 from meshnode.storage.records import (
     AddOutcome,
     DeliveryRow,
@@ -21,6 +22,7 @@ from meshnode.storage.records import (
 from meshnode.storage.search import SearchableStore
 from protocol.access import Holding
 from protocol.cid import CID
+from protocol.keys import SigningKey
 
 LIVE_MANIFEST_STATES_EXCLUDED = ("recalled",)
 
@@ -141,5 +143,41 @@ class MetadataStore(SearchableStore, Protocol):
     def audit_head(self) -> tuple[int, bytes] | None:
         """(seq, hash) of the newest audit entry."""
         ...
+
+    def set_audit_key(self, key: SigningKey | None) -> None:
+        """Sign checkpoints with this key in every append that owes one (audit_checkpoint.due_checkpoints)."""
+        ...
+
+    def audit_tail(self) -> AuditCheckpoint | None:
+        """The node's signature on the newest entry it appended (replaced by every append)."""
+        ...
+
+    def audit_snapshot(self) -> tuple[list[AuditEntry], list[AuditCheckpoint], AuditCheckpoint | None]:
+        """Entries, checkpoints and tail, read consistently (one transaction)."""
+        ...
+
+    def append_audit_rebased(self, events: Sequence[AuditEvent], now_ms: int, key: SigningKey, rebase_from: int,
+                             rebase_to: int, sign_seqs: Sequence[int]) -> tuple[int, bytes]:
+        """An operator's acknowledgement, atomically: append `events`, sign the entries at `sign_seqs` as they
+        are, a rebase checkpoint (audit_checkpoint.rebased_checkpoints) and the tail at the new head."""
+        ...
+
+    def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        """Record a checkpoint and queue it for the audit repository."""
+        ...
+
+    def audit_checkpoints(self) -> list[AuditCheckpoint]:
+        """Every checkpoint, in the order recorded."""
+        ...
+
+    def audit_spool(self, limit: int) -> list[SpoolItem]:
+        """The oldest items waiting for the audit repository, in the order they must be sent."""
+        ...
+
+    def audit_spool_sent(self, ids: Sequence[int]) -> None: ...
+
+    def audit_spool_attempted(self, ids: Sequence[int]) -> None: ...
+
+    def audit_spool_size(self) -> int: ...
 
     def close(self) -> None: ...

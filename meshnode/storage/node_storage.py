@@ -2,8 +2,9 @@
 
     HOME/store/blocks/..   block files (BlockStore)
     HOME/node.db           metadata (SqliteMetadataStore)
-    HOME/state/audit-head  newest audit (seq, hash), written after each audit commit,
-                           so a truncated log is detected too
+    HOME/state/audit-head  newest audit (seq, hash), written after audit commits; it only moves
+                           forward (meshnode.storage.audit_head), so a truncated log is detected too
+    HOME/node.key          signs the audit chain's checkpoints (meshnode.storage.audit_checkpoint)
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshnode.files import read_file, write_atomic
+from meshnode.keyfile import load_key_file
 from meshnode.storage.audit import AuditEvent, ChainProblem, EventCode, Outcome, verify_chain
+from meshnode.storage.audit_checkpoint import checkpoint_problems, sign_checkpoint, tail_vouches
+from meshnode.storage.audit_head import AuditAlarm, AuditHeadFile, head_problem
 from meshnode.storage.blockstore import BlockStore, ScrubResult
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import AddOutcome, InstanceRecord
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from protocol.cid import CID
-from protocol.errors import StorageError
+from protocol.errors import LocalProtocolError, StorageError
+from protocol.keys import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,24 @@ class GcResult:
     orphans_removed: int
 
 
+@dataclass(frozen=True)
+class Acknowledged:
+    head_seq: int
+    rebase_from: int
+    rebase_to: int
+    remaining: list[ChainProblem]  # what an acknowledgement cannot excuse (entries edited in place)
+
+
 class NodeStorage:
-    def __init__(self, home: Path, metadata: MetadataStore, blocks: BlockStore) -> None:
+    def __init__(self, home: Path, metadata: MetadataStore, blocks: BlockStore,
+                 key: SigningKey | None = None) -> None:
         self.home = home
         self.metadata = metadata
         self.blocks = blocks
-        self.head_path = home / "state" / "audit-head"
+        self.key = key
+        self.head = AuditHeadFile(home / "state")
+        self.head_path = self.head.head_path
+        metadata.set_audit_key(key)
 
     @classmethod
     def open(cls, home: Path) -> NodeStorage:
@@ -68,25 +84,20 @@ class NodeStorage:
         (home / "state").mkdir(exist_ok=True)
         blocks = BlockStore(home / "store")
         blocks.recover()
-        return cls(home, SqliteMetadataStore(home / "node.db"), blocks)
+        key_path = home / "node.key"
+        key = load_key_file(key_path) if key_path.exists() else None
+        return cls(home, SqliteMetadataStore(home / "node.db"), blocks, key)
 
     def close(self) -> None:
         self.metadata.close()
 
     # -- audit ------------------------------------------------------------------
-    def write_head(self) -> None:
-        head = self.metadata.audit_head()
-        if head is not None:
-            write_atomic(self.head_path, f"{head[0]} {head[1].hex()}\n".encode("ascii"))
+    def write_head(self) -> AuditAlarm | None:
+        """Move the recorded head forward (never back: a log that went backwards raises an alarm)."""
+        return self.head.advance(self.metadata, now_ms())
 
     def recorded_head(self) -> tuple[int, bytes] | None:
-        if not self.head_path.exists():
-            return None
-        text = read_file(self.head_path, "audit head", max_bytes=256).decode("ascii", "replace").split()
-        try:
-            return int(text[0]), bytes.fromhex(text[1])
-        except (IndexError, ValueError):
-            raise StorageError(f"{self.head_path} is corrupt") from None
+        return self.head.recorded()
 
     def audit(self, *events: AuditEvent) -> None:
         self.metadata.append_audit(list(events), now_ms())
@@ -104,12 +115,91 @@ class NodeStorage:
         self.write_head()
         return outcomes
 
-    def verify_audit(self) -> tuple[int, list[ChainProblem]]:
-        entries = self.metadata.audit_entries()
-        problems = verify_chain(entries, self.recorded_head())
-        self.audit(AuditEvent(EventCode.AUDIT_LOG_USED, "audit-verify", actor=local_actor(),
-                              detail=f"{len(entries)} entries, {len(problems)} problem(s)"))
+    def audit_problems(self) -> tuple[int, list[ChainProblem]]:
+        """Everything wrong with the log: its chain, the recorded head, an unacknowledged alarm, checkpoints."""
+        recorded, alarm = self.head.recorded(), self.head.alarm()  # first: the log is at least as new
+        entries, checkpoints, tail = self.metadata.audit_snapshot()
+        problems = verify_chain(entries, recorded)
+        if alarm is not None:
+            problems.insert(0, ChainProblem(alarm.recorded_seq, f"unacknowledged audit alert: {alarm.problem}"
+                                                                " (`meshnode audit acknowledge --reason ...`)"))
+        problems += checkpoint_problems(entries, checkpoints, tail, self.key.public_key if self.key else None)
         return len(entries), problems
+
+    def audit_alerts(self) -> list[ChainProblem]:
+        """The cheap checks, for a status page: an unacknowledged alarm, the node's signature on the newest entry.
+        (`audit_problems` checks everything.)"""
+        out = []
+        alarm = self.head.alarm()
+        if alarm is not None:
+            out.append(ChainProblem(alarm.recorded_seq, f"unacknowledged audit alert: {alarm.problem}"))
+        head, tail = self.metadata.audit_head(), self.metadata.audit_tail()
+        if head is not None and self.key is not None:
+            if tail is None or not tail.valid_for(self.key.public_key):
+                out.append(ChainProblem(head[0], "the newest entry has no valid signed checkpoint"))
+            elif (tail.seq, tail.hash) != head:
+                out.append(ChainProblem(min(tail.seq, head[0]) + 1, f"the node's signatures end at entry "
+                                                                    f"{tail.seq} but the log at entry {head[0]}"))
+        return out
+
+    def verify_audit(self) -> tuple[int, list[ChainProblem]]:
+        count, problems = self.audit_problems()
+        if problems:
+            event = AuditEvent(EventCode.SECURITY_ALERT, "audit-verify", Outcome.SERIOUS_FAILURE, actor=local_actor(),
+                               detail=f"{count} entries, {len(problems)} problem(s); first: {problems[0].problem}"[:300])
+        else:
+            event = AuditEvent(EventCode.AUDIT_LOG_USED, "audit-verify", actor=local_actor(),
+                               detail=f"{count} entries, 0 problem(s)")
+        self.audit(event)
+        if not problems:
+            self.checkpoint()  # a verified log is signed at its head
+        return count, problems
+
+    def checkpoint(self) -> bool:
+        """Keep a checkpoint at the log's head if it is newer than the last one, there is no unacknowledged
+        alarm, and the node's own tail signature is on that head (never sign a chain changed under the node)."""
+        head = self.metadata.audit_head()
+        if self.key is None or head is None or self.head.alarm() is not None:
+            return False
+        if not tail_vouches(self.metadata.audit_tail(), head, self.key):
+            return False
+        if any(c.seq >= head[0] for c in self.metadata.audit_checkpoints()[-1:]):
+            return False
+        self.metadata.add_audit_checkpoint(sign_checkpoint(self.key, head[0], head[1], now_ms()))
+        return True
+
+    def acknowledge_audit(self, reason: str, actor: str) -> Acknowledged:
+        """An operator accepts the log as it now is after a truncation or rewrite alert.
+
+        Audited (110113, success, with the reason), then signed: a rebase checkpoint at the new head
+        supersedes the earlier checkpoints the log no longer passes through, and the head file and
+        alarm are reset. Entries whose content no longer matches their hash stay reported.
+        """
+        if self.key is None:
+            raise StorageError("acknowledging an audit alert needs the node key (node.key)")
+        reason = reason.strip()
+        if not reason:
+            raise LocalProtocolError("say why: --reason is required")
+        with self.head.locked():
+            recorded, alarm = self.head.recorded(), self.head.alarm()
+            entries, checkpoints, tail = self.metadata.audit_snapshot()
+            head_issue = head_problem(self.metadata, recorded, self.metadata.audit_head())
+            checkpoint_issues = checkpoint_problems(entries, checkpoints, tail, self.key.public_key)
+            if alarm is None and head_issue is None and not checkpoint_issues:
+                raise LocalProtocolError("there is no audit alert to acknowledge")
+            seqs = [p.seq for p in checkpoint_issues] + ([recorded[0]] if recorded and (alarm or head_issue) else [])
+            seqs += [alarm.recorded_seq] if alarm and alarm.recorded_seq else []
+            rebase_from, rebase_to = (max(1, min(seqs)), max(seqs)) if seqs else (1, 1)
+            missing = [p.seq for p in checkpoint_issues if p.problem.startswith("no valid signed checkpoint")]
+            event = AuditEvent(
+                EventCode.SECURITY_ALERT, "audit-alert-acknowledged", actor=actor,
+                detail=(f"entries {rebase_from}..{rebase_to} accepted as they are now: "
+                        f"{alarm.problem if alarm else 'checkpoints no longer match'}; reason: {reason}")[:600])
+            head = self.metadata.append_audit_rebased([event], now_ms(), self.key, rebase_from, rebase_to, missing)
+            self.head.rebase(head)
+        log.warning("audit alert acknowledged by %s: entries %d..%d accepted", actor, rebase_from, rebase_to)
+        remaining = self.audit_problems()[1]
+        return Acknowledged(head[0], rebase_from, rebase_to, remaining)
 
     # -- maintenance --------------------------------------------------------------
     def gc(self, *, orphan_grace_s: int = ORPHAN_GRACE_S) -> GcResult:

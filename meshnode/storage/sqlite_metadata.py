@@ -12,6 +12,15 @@ from meshnode.sqlite_db import SqliteConnection
 from meshnode.storage import audit
 from meshnode.storage import sqlite_search
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
+from meshnode.storage.audit_checkpoint import (
+    AuditCheckpoint,
+    SpoolItem,
+    decode_payload,
+    due_checkpoints,
+    spool_rows,
+    rebased_checkpoints,
+    tail_vouches,
+)
 from meshnode.storage.records import (
     AddOutcome,
     DeliveryRow,
@@ -28,6 +37,7 @@ from meshnode.storage.search import AuditQuery, InstanceSummaryRow, Search, Seri
 from protocol.access import Holding
 from protocol.cid import CID
 from protocol.errors import StorageError
+from protocol.keys import SigningKey
 
 CONFLICT_FLAG = "sop-uid-conflict"
 
@@ -160,6 +170,22 @@ MIGRATIONS = (
         manifest_id BLOB PRIMARY KEY, reason TEXT NOT NULL, at_ms INTEGER NOT NULL
     ) STRICT
     """,
+    # 7: tamper-evident audit: signed checkpoints of the chain, the spool for the audit repository
+    """
+    CREATE TABLE audit_checkpoints (
+        n INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL, at_ms INTEGER NOT NULL,
+        rebase_from INTEGER NOT NULL, rebase_to INTEGER NOT NULL, signature BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_checkpoints_by_seq ON audit_checkpoints (seq);
+    CREATE TABLE audit_tail (
+        id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL, at_ms INTEGER NOT NULL,
+        signature BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE audit_spool (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL CHECK (kind IN ('entry', 'checkpoint')),
+        seq INTEGER NOT NULL, payload BLOB NOT NULL, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL
+    ) STRICT
+    """,
 )
 
 _LIVE_REFS = """
@@ -173,6 +199,8 @@ _LIVE_REFS = """
 class SqliteMetadataStore(SqliteConnection):
     def __init__(self, path: Path) -> None:
         super().__init__(path, MIGRATIONS)
+        self._audit_key: SigningKey | None = None
+        self._own_tail: AuditCheckpoint | None = None  # the tail this connection last wrote
 
     # -- studies and instances ------------------------------------------------
     def add_instances(
@@ -570,7 +598,105 @@ class SqliteMetadataStore(SqliteConnection):
               e.event.actor_org, e.event.study, e.event.manifest_id, e.event.detail, e.prev_hash, e.hash)
              for e in entries],
         )
+        if self._audit_key is not None:
+            before = (int(last[0]), bytes(last[1])) if last else None
+            tail = self._read_tail(db)
+            have_any = tail is not None or db.execute("SELECT 1 FROM audit_checkpoints LIMIT 1").fetchone() is not None
+            vouched = tail_vouches(tail, before, self._audit_key, self._own_tail)
+            checkpoints, new_tail = due_checkpoints(entries, vouched, have_any, self._audit_key, now_ms)
+        else:
+            checkpoints, new_tail = [], None
+        self._insert_checkpoints(db, checkpoints)
+        if new_tail is not None:
+            self._write_tail(db, new_tail)
+        self._spool(db, spool_rows(entries, checkpoints), now_ms)
         return entries
+
+    def _insert_checkpoints(self, db: sqlite3.Connection, checkpoints: Sequence[AuditCheckpoint]) -> None:
+        db.executemany("INSERT INTO audit_checkpoints (seq, hash, at_ms, rebase_from, rebase_to, signature)"
+                       " VALUES (?,?,?,?,?,?)",
+                       [(c.seq, c.hash, c.at_ms, c.rebase_from, c.rebase_to, c.signature) for c in checkpoints])
+
+    @staticmethod
+    def _spool(db: sqlite3.Connection, rows: Sequence[tuple[str, int, bytes]], now_ms: int) -> None:
+        db.executemany("INSERT INTO audit_spool (kind, seq, payload, created_ms, attempts) VALUES (?,?,?,?,0)",
+                       [(kind, seq, payload, now_ms) for kind, seq, payload in rows])
+
+    @staticmethod
+    def _read_tail(db: sqlite3.Connection) -> AuditCheckpoint | None:
+        r = db.execute("SELECT seq, hash, at_ms, signature FROM audit_tail WHERE id = 1").fetchone()
+        return AuditCheckpoint(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[3])) if r else None
+
+    def _write_tail(self, db: sqlite3.Connection, tail: AuditCheckpoint) -> None:
+        # Remembered even if the transaction then rolls back: it is a genuine signature of ours either way,
+        # only ever used to skip re-checking that signature when the database holds exactly it.
+        self._own_tail = tail
+        db.execute("INSERT OR REPLACE INTO audit_tail VALUES (1,?,?,?,?)", (tail.seq, tail.hash, tail.at_ms,
+                                                                            tail.signature))
+
+    def set_audit_key(self, key: SigningKey | None) -> None:
+        self._audit_key = key
+
+    def audit_tail(self) -> AuditCheckpoint | None:
+        with self._tx() as db:
+            return self._read_tail(db)
+
+    def audit_snapshot(self) -> tuple[list[AuditEntry], list[AuditCheckpoint], AuditCheckpoint | None]:
+        # one read transaction (a WAL snapshot, no write lock): a node appending meanwhile cannot skew them
+        try:
+            self._db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise StorageError(f"database unavailable: {exc}") from exc
+        try:
+            return self.audit_entries(), self.audit_checkpoints(), self._read_tail(self._db)
+        finally:
+            self._rollback()
+
+    def append_audit_rebased(self, events: Sequence[AuditEvent], now_ms: int, key: SigningKey, rebase_from: int,
+                             rebase_to: int, sign_seqs: Sequence[int]) -> tuple[int, bytes]:
+        with self._tx() as db:
+            entries = self._append_audit(db, events, now_ms)
+            if not entries:
+                raise StorageError("an acknowledgement needs its audit entry")
+            hashes = dict(db.execute(f"SELECT seq, hash FROM audit WHERE seq IN ({','.join('?' * len(sign_seqs))})",
+                                     list(sign_seqs)).fetchall()) if sign_seqs else {}
+            made = rebased_checkpoints(key, entries[-1], hashes, rebase_from, rebase_to, now_ms)
+            self._insert_checkpoints(db, made[:-1])
+            self._spool(db, spool_rows([], made[:-1]), now_ms)
+            self._write_tail(db, made[-1])
+            return entries[-1].seq, entries[-1].hash
+
+    def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        with self._tx() as db:
+            self._insert_checkpoints(db, [checkpoint])
+            self._spool(db, spool_rows([], [checkpoint]), checkpoint.at_ms)
+
+    def audit_checkpoints(self) -> list[AuditCheckpoint]:
+        return [AuditCheckpoint(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[5]), int(r[3]), int(r[4])) for r in
+                self._query("SELECT seq, hash, at_ms, rebase_from, rebase_to, signature FROM audit_checkpoints"
+                            " ORDER BY n")]
+
+    def audit_spool(self, limit: int) -> list[SpoolItem]:
+        out = []
+        for r in self._query("SELECT id, kind, seq, payload, attempts FROM audit_spool ORDER BY id LIMIT ?",
+                             (limit,)):
+            try:
+                payload = decode_payload(bytes(r[3]))
+            except ValueError:
+                raise StorageError(f"audit spool item {r[0]} is corrupt") from None
+            out.append(SpoolItem(int(r[0]), str(r[1]), int(r[2]), payload, int(r[4])))
+        return out
+
+    def audit_spool_sent(self, ids: Sequence[int]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM audit_spool WHERE id = ?", [(i,) for i in ids])
+
+    def audit_spool_attempted(self, ids: Sequence[int]) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE audit_spool SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in ids])
+
+    def audit_spool_size(self) -> int:
+        return int(self._query("SELECT count(*) FROM audit_spool")[0][0])
 
     def append_audit(self, events: Sequence[AuditEvent], now_ms: int) -> list[AuditEntry]:
         with self._tx() as db:

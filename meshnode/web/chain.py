@@ -47,6 +47,7 @@ class ChainVerifier:
         self.full_every_s = full_every_s
         self.status = ChainStatus()
         self._lock = trio.Lock()
+        self._alerts: list[ChainProblem] = []
 
     async def check(self) -> ChainStatus:
         async with self._lock:
@@ -72,10 +73,14 @@ class ChainVerifier:
                 if len(entries) < CHUNK:
                     break
             head = await self.db.run(lambda _: self.storage.recorded_head())
-            fresh.problems = [p for p in fresh.problems if not p.problem.endswith("(log truncated)")]
+            fresh.problems = [p for p in fresh.problems
+                              if not p.problem.endswith("(log truncated)") and p not in self._alerts]
             if head is not None and head[0] > fresh.verified_through:
                 fresh.problems.append(ChainProblem(fresh.verified_through + 1,
                                                    f"entries up to {head[0]} are missing (log truncated)"))
+            # an unacknowledged truncation alarm; the node's signature on the newest entry (checked every time)
+            self._alerts = await self.db.run(lambda _: self.storage.audit_alerts())
+            fresh.problems += self._alerts
             fresh.checked_at = now
             self.status = fresh
             return fresh

@@ -208,3 +208,29 @@ def test_recall_tombstones(store: MetadataStore) -> None:
     store.record_recall_tombstone(mid, "RGT", NOW_MS)
     store.record_recall_tombstone(mid, "RXH", NOW_MS + 1)  # the first word stands
     assert store.recall_tombstone(mid) == "RGT"
+
+
+def test_audit_checkpoints_tail_and_spool(store: MetadataStore) -> None:
+    from meshnode.storage.audit import Outcome
+    from meshnode.storage.audit_checkpoint import CHECKPOINT_EVERY, checkpoint_problems
+    from protocol.keys import SigningKey
+
+    key = SigningKey(bytes(range(32)))
+    store.set_audit_key(key)
+    store.append_audit([AuditEvent(EventCode.EXPORT, "export")], NOW_MS)
+    store.append_audit([AuditEvent(EventCode.EXPORT, "export", detail=str(i)) for i in range(CHECKPOINT_EVERY)],
+                       NOW_MS + 1)
+    store.append_audit([AuditEvent(EventCode.SECURITY_ALERT, "refused", Outcome.SERIOUS_FAILURE)], NOW_MS + 2)
+    entries = store.audit_entries()
+    assert [c.seq for c in store.audit_checkpoints()] == [1, CHECKPOINT_EVERY]  # the first, then every 64th
+    tail = store.audit_tail()
+    assert tail is not None and (tail.seq, tail.hash) == (entries[-1].seq, entries[-1].hash)
+    assert checkpoint_problems(entries, store.audit_checkpoints(), tail, key.public_key) == []
+    spool = store.audit_spool(10)
+    assert [(i.kind, i.seq) for i in spool] == [("checkpoint", 1), ("checkpoint", CHECKPOINT_EVERY),
+                                                ("entry", CHECKPOINT_EVERY + 2)]
+    assert spool[2].payload["action"] == "refused" and spool[2].payload["code"] == 110113
+    store.audit_spool_attempted([spool[0].id])
+    assert store.audit_spool(1)[0].attempts == 1
+    store.audit_spool_sent([spool[0].id, spool[1].id])
+    assert store.audit_spool_size() == 1
