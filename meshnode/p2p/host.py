@@ -64,6 +64,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 
 from meshnode.p2p.dial_gate import DialGate
 from meshnode.p2p.muxer import BoundedYamux
+from meshnode.p2p.muxer import install as install_bounded_muxer
 from meshnode.p2p.tuning import BufferedTCP, tune_process
 from protocol.errors import LocalProtocolError, UnavailableError
 
@@ -117,6 +118,7 @@ def make_host(seed: bytes) -> IHost:
         transports=[BufferedTCP(gate.permits)],
         connection_config=connection_config(),
     )
+    install_bounded_muxer(host)
     network = host.get_network()
     if isinstance(network, Swarm):
         network.auto_connector = _NoAutoConnector(network)

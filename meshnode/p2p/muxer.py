@@ -17,17 +17,25 @@
    the node buffer is bounded by MAX_INBOUND_STREAMS x the window (plus the
    10 streams py-libp2p queues between the muxer and the swarm).
 
-Both are upstreamable as options of py-libp2p's Yamux; no library code is patched.
+Both are upstreamable as options of py-libp2p's Yamux; no library code is
+patched. py-libp2p 0.8.1 builds a plain Yamux whatever muxer class is
+registered (`MuxerMultistream.new_conn`), so `install` swaps in a muxer
+negotiation that builds the registered class.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
-from libp2p.abc import IMuxedStream
+from libp2p.abc import IHost, IMuxedConn, IMuxedStream, ISecureConn
 from libp2p.network.connection.exceptions import RawConnError
+from libp2p.peer.id import ID
+from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+
+from protocol.errors import LocalProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -103,3 +111,32 @@ class BoundedYamux(Yamux):
                 await stream.reset()
             except Exception as exc:  # noqa: BLE001 - the stream is dropped either way
                 logger.debug("reset of refused stream failed: %r", exc)
+
+
+class BoundedMuxerMultistream(MuxerMultistream):
+    """Muxer negotiation that builds the negotiated muxer class it was given.
+
+    py-libp2p 0.8.1's ``MuxerMultistream.new_conn`` builds a plain ``Yamux``
+    whenever Yamux is negotiated, whatever class was registered for it, so a
+    Yamux subclass passed in ``muxer_opt`` is never used. This negotiates the
+    same way (same selector, same timeout) and builds the registered class.
+    """
+
+    async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
+        protocol, transport_class = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
+        if isinstance(transport_class, type) and issubclass(transport_class, Yamux):
+            muxed: IMuxedConn = transport_class(conn, peer_id, is_initiator=conn.is_initiator)
+        else:
+            muxed = transport_class(conn, peer_id)
+        return self._annotate_connection(muxed, conn, protocol)
+
+
+def install(host: IHost) -> None:
+    """Make a host built by libp2p.new_host(muxer_opt={yamux: BoundedYamux}) actually use BoundedYamux."""
+    network = host.get_network()
+    upgrader = getattr(network, "upgrader", None)
+    current = getattr(upgrader, "muxer_multistream", None)
+    if upgrader is None or not isinstance(current, MuxerMultistream):
+        raise LocalProtocolError("this host has no muxer negotiation to bound")
+    bounded = BoundedMuxerMultistream(OrderedDict(current.transports), current.negotiate_timeout)
+    upgrader.muxer_multistream = bounded
