@@ -410,3 +410,26 @@ async def test_node_wide_byte_budget_waits_and_admits_one_oversized_frame_alone(
     assert budget.in_flight == 1000 and budget.peak == 1000
     budget.release("r", 1000)
     assert budget.in_flight == 0 and budget.of("r") == 0
+
+
+def test_limits_are_documented_with_the_numbers_the_code_uses() -> None:
+    from meshnode.config import NodeConfig as Config
+    from meshnode.node import wire
+    from meshnode.p2p import host, muxer, streams
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol" / "exchange.md").read_text(encoding="utf-8")
+    section = text.split("## Limits before trust")[1].split("\n## ")[0]
+
+    def mib(n: int) -> str:
+        return f"{n // (1024 * 1024)} MiB"
+
+    for expected in (f"{mib(wire.PEER_BYTES_IN_FLIGHT)} (`PEER_BYTES_IN_FLIGHT`)",
+                     f"{mib(wire.NODE_BYTES_IN_FLIGHT)} (`NODE_BYTES_IN_FLIGHT`)",
+                     f"{muxer.MAX_INBOUND_STREAMS} (`MAX_INBOUND_STREAMS`)",
+                     f"{host.MAX_CONNECTIONS} (`MAX_CONNECTIONS`)",
+                     f"{Config(org='RGT').max_streams_per_peer} (`max_streams_per_peer`",
+                     f"{Config(org='RGT').max_requests_per_second} (`max_requests_per_second`)",
+                     f"after {streams.REFUSAL_LINGER:g} s (`REFUSAL_LINGER`)",
+                     wire.UNKNOWN_PEER.message):
+        assert expected in section, expected
+    assert host.connection_config().max_connections_per_peer == 1
