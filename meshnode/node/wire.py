@@ -109,8 +109,9 @@ NODE_BYTES_IN_FLIGHT = 24 * 1024 * 1024
 UNKNOWN_AUDIT_INTERVAL = 60.0
 MAX_TRACKED_UNKNOWN = 4096
 AUDIT_DETAIL_CHARS = 300
-#: The one answer to any request but hello from a peer whose certificate is not verified; its request is not read.
-UNKNOWN_PEER = Refused(UnauthorisedError.code, "unknown peer: present a certificate first (hello)")
+#: The answer to any request but hello from a peer whose certificate is not verified (its request is not read):
+#: the access rule's one refusal, byte for byte, so it says nothing the peer could not know already.
+UNKNOWN_PEER = UNAUTHORISED
 
 
 class Wire:

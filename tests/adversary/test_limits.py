@@ -57,6 +57,8 @@ from protocol.errors import (
 from protocol.exchange_messages import (
     ANNOUNCE_PROTOCOL,
     FRAME_LIMITS,
+    UNAUTHORISED,
+    Announce,
     HAVE_PROTOCOL,
     HELLO_PROTOCOL,
     Hello,
@@ -148,15 +150,16 @@ async def hello(host: IHost, peer: ID, certificate: bytes) -> Hello | Refused:
 
 
 async def still_serves_legitimate_peer(target: Target) -> None:
-    """B (RXX, valid certificate) says hello and asks a question: it gets answers, not refusals of its own."""
+    """B (RXX, valid certificate) says hello and announces: its request is read and judged on its content."""
     async with peer_host(ORG_B) as b:
         peer = await connect(b, target.addr, timeout=TIMEOUT)
         reply = await hello(b, peer, _cert(ORG_B, "RXX", 20).encode())
         assert isinstance(reply, Hello), reply
-        have = decode_have_reply(await call(b, peer, HAVE_PROTOCOL, encode_request(HaveRequest(f.block_cid(1)))))
-        # a manifest B has no share in: the uniform refusal of the access rule, not "unknown peer"
-        assert isinstance(have, Refused) and have.code == UnauthorisedError.code
-        assert "certificate first" not in have.message
+        raw = await call(b, peer, ANNOUNCE_PROTOCOL,
+                         encode_request(Announce(b"not a manifest", _cert(ORG_B, "RXX", 20).encode())))
+        answer = decode_ack_reply(raw)
+        # read and decoded (a decode error about the manifest), not refused unread
+        assert isinstance(answer, Refused) and answer.code != UnauthorisedError.code, answer
 
 
 # -- finding 5: nothing larger than a hello is read before the certificate is verified ----------------------
@@ -181,9 +184,7 @@ async def test_uncertified_peer_is_refused_before_its_request_is_read(tmp_path: 
         declared = FRAME_LIMITS[ANNOUNCE_PROTOCOL].request - 16  # the largest announce there is
         answer = await _announce_prefix_only(stranger, peer, declared, b"\xa2" + b"x" * 60_000)
         assert answer is not None, "the node waited for 45 MiB from a peer with no certificate"
-        refused = decode_ack_reply(answer)
-        assert isinstance(refused, Refused) and refused.code == UnauthorisedError.code
-        assert "certificate first" in refused.message
+        assert decode_ack_reply(answer) == UNAUTHORISED
         assert target.wire.budget.peak == 0  # not one byte of it was reserved, let alone read
         # many more of them at once: each refused unread, the node's budget untouched
         answers = []
@@ -264,9 +265,10 @@ async def test_refused_hello_is_audited_with_its_reason(tmp_path: Path, case: st
         assert alert.actor == ORG_C.peer_id and alert.detail.startswith(f"{name}: ")
         assert alert.outcome != 0
         # and the refused peer is still unknown: its next request is refused unread
-        answer = await call(attacker, peer, HAVE_PROTOCOL, encode_request(HaveRequest(f.block_cid(1))))
-        refused = decode_have_reply(answer)
-        assert isinstance(refused, Refused) and "certificate first" in refused.message
+        answer = await call(attacker, peer, ANNOUNCE_PROTOCOL,
+                            encode_request(Announce(b"not a manifest", _cert(ORG_C, "TELE", 30).encode())))
+        assert decode_ack_reply(answer) == UNAUTHORISED  # not a decode error: it was never read
+        assert len(target.alerts("unknown-peer-refused")) == 1
         await still_serves_legitimate_peer(target)
 
 
@@ -430,6 +432,6 @@ def test_limits_are_documented_with_the_numbers_the_code_uses() -> None:
                      f"{Config(org='RGT').max_streams_per_peer} (`max_streams_per_peer`",
                      f"{Config(org='RGT').max_requests_per_second} (`max_requests_per_second`)",
                      f"after {streams.REFUSAL_LINGER:g} s (`REFUSAL_LINGER`)",
-                     wire.UNKNOWN_PEER.message):
+                     f'"message": "{wire.UNKNOWN_PEER.message}"'):
         assert expected in section, expected
     assert host.connection_config().max_connections_per_peer == 1
