@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 from libp2p.abc import IHost, INetStream
+from libp2p.rcmgr import Direction
 from libp2p.peer.id import ID
 
 from meshnode.node.context import NodeContext
@@ -47,6 +48,7 @@ from protocol.errors import (
     DocumentError,
     ForgedCertificateError,
     LimitError,
+    LocalProtocolError,
     MeshError,
     RemoteProtocolError,
     SignatureError,
@@ -109,6 +111,9 @@ NODE_BYTES_IN_FLIGHT = 24 * 1024 * 1024
 UNKNOWN_AUDIT_INTERVAL = 60.0
 MAX_TRACKED_UNKNOWN = 4096
 AUDIT_DETAIL_CHARS = 300
+#: Seconds an inbound connection may stay open without its peer presenting a valid certificate (hello).
+STRANGER_GRACE = 10.0
+STRANGER_CHECK_INTERVAL = 2.0
 #: The answer to any request but hello from a peer whose certificate is not verified (its request is not read):
 #: the access rule's one refusal, byte for byte, so it says nothing the peer could not know already.
 UNKNOWN_PEER = UNAUTHORISED
@@ -128,6 +133,7 @@ class Wire:
         self._nursery: trio.Nursery | None = None
         self._cutting_off: set[str] = set()
         self._unknown_audited: dict[str, float] = {}
+        self.stranger_grace = STRANGER_GRACE
 
     # -- server side ---------------------------------------------------------------
     def serve(self) -> None:
@@ -211,11 +217,43 @@ class Wire:
                                         actor=peer_id, detail=f"{protocol_id} before a valid hello; not read"))
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Holds the tasks that cut off peers which keep exceeding their limits."""
+        """Holds the tasks that cut off peers which keep exceeding their limits, and the one that closes
+        inbound connections of peers that have not presented a valid certificate in time."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._close_strangers)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _close_strangers(self) -> None:
+        """An inbound connection whose peer has no verified certificate `stranger_grace` seconds after it was
+        first seen is closed: connections are a shared, capped resource (MAX_CONNECTIONS) that a peer without
+        a certificate must not be able to hold. Outbound connections (the directory) are never closed here."""
+        first_seen: dict[str, float] = {}
+        while True:
+            await trio.sleep(min(self.stranger_grace, STRANGER_CHECK_INTERVAL))
+            now = trio.current_time()
+            strangers: set[str] = set()
+            for peer, conns in list(self.host.get_network().get_connections_map().items()):
+                peer_id = peer.to_base58()
+                if any(getattr(c, "direction", None) == Direction.INBOUND and not c.is_closed for c in conns) \
+                        and self.ctx.peers.certificate_of(peer_id) is None:
+                    strangers.add(peer_id)
+            for peer_id in list(first_seen):
+                if peer_id not in strangers:
+                    del first_seen[peer_id]
+            for peer_id in strangers:
+                seen = first_seen.setdefault(peer_id, now)
+                if now - seen >= self.stranger_grace:
+                    log.info("closing the connection of %s: no valid certificate after %g s", peer_id,
+                             self.stranger_grace)
+                    del first_seen[peer_id]
+                    self._nursery_or_raise().start_soon(self.disconnect, peer_id)
+
+    def _nursery_or_raise(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise LocalProtocolError("Wire.run is not running")
+        return self._nursery
 
     async def _enter(self, peer_id: str) -> None:
         """Admit one inbound stream under the per-peer limits, or raise LimitError (and cut off a peer

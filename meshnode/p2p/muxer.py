@@ -39,9 +39,10 @@ from protocol.errors import LocalProtocolError
 
 logger = logging.getLogger(__name__)
 
-#: Inbound streams open at once on one connection (go-yamux's MaxIncomingStreams is 1000; a node's
-#: protocols need a handful per peer: the per-peer request limit is 64).
-MAX_INBOUND_STREAMS = 64
+#: Inbound streams open at once on one connection (go-yamux's MaxIncomingStreams is 1000). A backstop
+#: behind the node's per-peer limit of 64 concurrent requests, which refuses with an error and cuts off
+#: a peer that keeps exceeding it; twice that, so that limit is the one a flooding peer meets first.
+MAX_INBOUND_STREAMS = 128
 
 
 class ReceiveWindowExceeded(RawConnError):

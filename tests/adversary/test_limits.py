@@ -344,13 +344,14 @@ async def test_peer_that_ignores_its_receive_window_is_disconnected(tmp_path: Pa
 
 
 async def test_inbound_streams_per_connection_are_capped(tmp_path: Path) -> None:
-    """100 hello streams held open, nothing written: the node resets those past its cap before any handler."""
+    """Streams held open, one byte written: past its cap the node resets them before any handler sees them."""
     from meshnode.p2p.muxer import MAX_INBOUND_STREAMS
 
     async with target_node(tmp_path) as target, peer_host(STRANGER) as stranger:
         peer = await connect(stranger, target.addr, timeout=TIMEOUT)
         opened: list[INetStream] = []
         failed: list[BaseException] = []
+        total = MAX_INBOUND_STREAMS + 64
 
         async def one() -> None:
             try:
@@ -362,7 +363,7 @@ async def test_inbound_streams_per_connection_are_capped(tmp_path: Path) -> None
 
         with trio.fail_after(TIMEOUT * 3):
             async with trio.open_nursery() as nursery:
-                for _ in range(100):
+                for _ in range(total):
                     nursery.start_soon(one)
         # open_stream may succeed for a stream the node resets later (negotiation is pipelined); a
         # stream the node still serves is one whose read has not been reset
@@ -380,7 +381,7 @@ async def test_inbound_streams_per_connection_are_capped(tmp_path: Path) -> None
                 nursery.start_soon(probe, stream)
         alive = len(opened) - len(reset)
         assert alive <= MAX_INBOUND_STREAMS, (alive, len(failed))
-        assert len(failed) + (len(opened) - alive) >= 100 - MAX_INBOUND_STREAMS
+        assert len(failed) + (len(opened) - alive) >= total - MAX_INBOUND_STREAMS
         for stream in opened:
             await finish_stream(stream, False)
         await still_serves_legitimate_peer(target)
@@ -435,3 +436,20 @@ def test_limits_are_documented_with_the_numbers_the_code_uses() -> None:
                      f'"message": "{wire.UNKNOWN_PEER.message}"'):
         assert expected in section, expected
     assert host.connection_config().max_connections_per_peer == 1
+
+
+async def test_connection_without_a_certificate_is_closed_after_a_grace(tmp_path: Path) -> None:
+    """Connections are capped node-wide; a peer that never presents a valid certificate may not keep one."""
+    async with target_node(tmp_path) as target, peer_host(STRANGER) as stranger, peer_host(ORG_C) as refused:
+        target.wire.stranger_grace = 0.3
+        silent = await connect(stranger, target.addr, timeout=TIMEOUT)  # connects, says nothing
+        peer = await connect(refused, target.addr, timeout=TIMEOUT)  # says hello with a rogue certificate
+        assert isinstance(await hello(refused, peer, _cert(ORG_C, "TELE", 30, issuer=f.ROGUE).encode()), Refused)
+        async with peer_host(ORG_B) as b:  # and a legitimate peer, connected all along
+            legit = await connect(b, target.addr, timeout=TIMEOUT)
+            assert isinstance(await hello(b, legit, _cert(ORG_B, "RXX", 20).encode()), Hello)
+            with trio.fail_after(TIMEOUT):
+                while is_connected(stranger, silent) or is_connected(refused, peer):
+                    await trio.sleep(0.05)  # the node closes them in its own task
+            assert is_connected(b, legit)
+        await still_serves_legitimate_peer(target)
