@@ -1,6 +1,6 @@
 """bench/flood.py: a node's memory under a request flood, beside a legitimate transfer.
 
-    .venv/bin/python bench/flood.py [--slices 60] [--uncertified 32] [--streams 8] [--certified 2]
+    .venv/bin/python bench/flood.py [--slices 200] [--uncertified 32] [--streams 8] [--certified 2] [--duration 30]
 
 Real processes (tools/demo/mesh.MeshDemo): an authority, a directory and two
 nodes, A (RGT) and B (RJ1). A shares a study with B once to warm B up; B's
@@ -11,7 +11,8 @@ one connection each, `--streams` streams each, every stream declaring a
 45 MiB announce and writing it as fast as B lets it; and `--certified`
 identities holding valid certificates (of organisations that are not A or B),
 each sending 45 MiB announces on `--streams` streams at once, again and
-again. B's RSS is sampled every 20 ms from /proc. Printed: normal RSS, peak
+again, for `--duration` seconds or until the transfer completes, whichever is
+later. B's RSS is sampled every 20 ms from /proc. Printed: normal RSS, peak
 RSS under the flood (target: within normal + 64 MB), and when the
 legitimate transfer completed (beside the warm-up transfer without a flood).
 Figures are printed, never asserted.
@@ -124,8 +125,9 @@ async def flood_stream(host: object, peer: object, stop: trio.Event, stats: Floo
                     answer = await read_frame(stream, limits.response)
                     stats.answered("answered" if answer is not None else "closed")
                 nursery.cancel_scope.cancel()
-        except Exception:  # noqa: BLE001 - reset by the node, or the connection closed
+        except Exception as exc:  # noqa: BLE001 - reset by the node, or the connection closed
             stats.resets += 1
+            stats.answered(f"error {type(exc).__name__}")
         finally:
             await finish_stream(stream, False)
 
@@ -186,6 +188,7 @@ async def main_async(args: argparse.Namespace, demo: MeshDemo) -> None:
                                    args.streams, stop, certified)
             await trio.sleep(3.0)  # the flood is on before the legitimate transfer starts
             during = await trio.to_thread.run_sync(lambda: share_and_wait(demo, a, second, args.timeout))
+            await trio.sleep(max(0.0, flood_start + args.duration - time.monotonic()))  # the flood lasts this long
             flood_end = time.monotonic()
             stop.set()
             nursery.cancel_scope.deadline = trio.current_time() + 15
@@ -213,11 +216,12 @@ async def main_async(args: argparse.Namespace, demo: MeshDemo) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=60, help="CT slices (512x512, 16-bit) per study")
+    parser.add_argument("--slices", type=int, default=200, help="CT slices (512x512, 16-bit) per study")
     parser.add_argument("--uncertified", type=int, default=32, help="identities without a certificate")
     parser.add_argument("--certified", type=int, default=2, choices=(0, 1, 2), help="certified identities")
     parser.add_argument("--streams", type=int, default=8, help="concurrent flooding streams per identity")
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on the transfer under flood (s)")
+    parser.add_argument("--duration", type=float, default=30.0, help="the flood lasts at least this long (s)")
     args = parser.parse_args()
     with _workspace() as ws:
         demo = MeshDemo(ws)

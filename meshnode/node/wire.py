@@ -133,6 +133,7 @@ class Wire:
         self._nursery: trio.Nursery | None = None
         self._cutting_off: set[str] = set()
         self._unknown_audited: dict[str, float] = {}
+        self._hello_refusals: dict[str, tuple[float, int]] = {}
         self.stranger_grace = STRANGER_GRACE
 
     # -- server side ---------------------------------------------------------------
@@ -301,11 +302,25 @@ class Wire:
             log.warning("hello from %s refused: %s: %s", peer_id, exc.name, exc)
             org = presented.org_code if presented is not None else ""
             serial = f" (certificate {presented.serial} of {org})" if presented is not None else ""
-            await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "hello-refused", Outcome.SERIOUS_FAILURE,
-                                            actor=peer_id, actor_org=org,
-                                            detail=f"{exc.name}: {exc}{serial}"[:AUDIT_DETAIL_CHARS]))
+            await self._audit_refused_hello(peer_id, org, f"{exc.name}: {exc}{serial}")
             raise
         return Hello(self.ctx.certificate.encode())
+
+    async def _audit_refused_hello(self, peer_id: str, org: str, reason: str) -> None:
+        """One Security Alert per refused hello, except that a peer repeating them is summarised: within
+        UNKNOWN_AUDIT_INTERVAL of its last entry they are counted, and the count goes in its next entry (so
+        every refusal is accounted for, and a flood of bad hellos is not a flood of audit writes)."""
+        now = self.ctx.clock()
+        last, held = self._hello_refusals.get(peer_id, (None, 0))
+        if last is not None and now - last < UNKNOWN_AUDIT_INTERVAL:
+            self._hello_refusals[peer_id] = (last, held + 1)
+            return
+        if len(self._hello_refusals) >= MAX_TRACKED_UNKNOWN:
+            self._hello_refusals.clear()
+        self._hello_refusals[peer_id] = (now, 0)
+        more = f" [+{held} more refused hello(s) from this peer before this one]" if held else ""
+        await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "hello-refused", Outcome.SERIOUS_FAILURE,
+                                        actor=peer_id, actor_org=org, detail=(reason + more)[:AUDIT_DETAIL_CHARS]))
 
     async def _announce(self, peer_id: str, payload: bytes) -> Response:
         announce = decode_announce(payload)

@@ -58,7 +58,8 @@ Reserve = Callable[[int], Awaitable[None]]
 class Admission:
     """What a gate decided about an inbound stream before anything was read from it."""
 
-    #: the whole answer, written at once without reading the request (for example "present a certificate first")
+    #: the whole answer, written at once without reading the request (for example: not authorised, from a peer
+    #: whose certificate has not been verified)
     refusal: bytes | None = None
     #: accounts for the request frame's bytes before its body is read (see read_frame)
     reserve: Reserve | None = None
@@ -167,8 +168,8 @@ async def _close_unread(stream: INetStream, linger: float = REFUSAL_LINGER) -> N
         muxed = getattr(stream, "muxed_stream", None)
         while muxed is not None and not getattr(muxed, "closed", True):
             await trio.sleep(0.05)  # polling the muxer's state: it offers no event for a peer's FIN
-        return
-    await _finish(stream, False)
+        return  # both sides finished within the linger
+    await _finish(stream, False)  # the linger's deadline cancelled the wait: reset
 
 
 async def _half_close(stream: INetStream) -> None:

@@ -453,3 +453,18 @@ async def test_connection_without_a_certificate_is_closed_after_a_grace(tmp_path
                     await trio.sleep(0.05)  # the node closes them in its own task
             assert is_connected(b, legit)
         await still_serves_legitimate_peer(target)
+
+
+async def test_repeated_refused_hellos_are_counted_not_written_one_by_one(tmp_path: Path) -> None:
+    async with target_node(tmp_path) as target, peer_host(ORG_C) as attacker:
+        peer = await connect(attacker, target.addr, timeout=TIMEOUT)
+        for _ in range(20):
+            assert isinstance(await hello(attacker, peer, _forged()), Refused)
+        [alert] = target.alerts("hello-refused")  # one entry: the first refusal
+        assert alert.detail.startswith("certificate-forged: ")
+        interval = 60.0
+        target.ctx.clock = lambda: float(f.NOW) + interval  # a minute on: the next one is written, with the count
+        assert isinstance(await hello(attacker, peer, _forged()), Refused)
+        alerts = target.alerts("hello-refused")
+        assert len(alerts) == 2 and "[+19 more refused hello(s) from this peer before this one]" in alerts[1].detail
+        await still_serves_legitimate_peer(target)
