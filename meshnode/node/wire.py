@@ -289,22 +289,32 @@ class Wire:
 
     async def _hello(self, peer_id: str, payload: bytes) -> Response:
         """Learn the peer's certificate. Every refusal is audited (110113) with its reason; a certificate that
-        does not decode or verify is a certificate error (ForgedCertificateError), whatever broke in it."""
+        does not decode or verify (or a hello that does not decode) is a certificate error
+        (ForgedCertificateError), whatever broke in it."""
+        try:
+            certificate = decode_hello(payload).certificate
+        except DecodeError as exc:
+            certificate = b""
+            log.debug("garbled hello from %s: %s", peer_id, exc)
+        await self._learn(peer_id, certificate)
+        return Hello(self.ctx.certificate.encode())
+
+    async def _learn(self, peer_id: str, raw: bytes) -> Certificate:
+        """The peer's certificate, verified and recorded (PeerRegistry.learn); any refusal is audited."""
         presented: Certificate | None = None
         try:
             try:
-                signed = open_document(decode_hello(payload).certificate, Certificate)
+                signed = open_document(raw, Certificate)
             except (DecodeError, SignatureError, DocumentError) as exc:
                 raise ForgedCertificateError(f"certificate does not decode or verify: {exc}") from None
             presented = signed.document
-            self.ctx.peers.learn(peer_id, signed, self.ctx.clock())
+            return self.ctx.peers.learn(peer_id, signed, self.ctx.clock())
         except MeshError as exc:
-            log.warning("hello from %s refused: %s: %s", peer_id, exc.name, exc)
+            log.warning("hello with %s refused: %s: %s", peer_id, exc.name, exc)
             org = presented.org_code if presented is not None else ""
             serial = f" (certificate {presented.serial} of {org})" if presented is not None else ""
             await self._audit_refused_hello(peer_id, org, f"{exc.name}: {exc}{serial}")
             raise
-        return Hello(self.ctx.certificate.encode())
 
     async def _audit_refused_hello(self, peer_id: str, org: str, reason: str) -> None:
         """One Security Alert per refused hello, except that a peer repeating them is summarised: within
@@ -415,7 +425,7 @@ class Wire:
         reply = decode_hello_reply(raw)
         if isinstance(reply, Refused):
             raise reply.to_error()
-        return self.ctx.peers.learn(peer_id, open_document(reply.certificate, Certificate), self.ctx.clock())
+        return await self._learn(peer_id, reply.certificate)  # the peer's answer is checked (and audited) alike
 
     async def announce(self, peer_id: str, manifest: bytes) -> None:
         raw = await self._call(peer_id, ANNOUNCE_PROTOCOL,

@@ -243,6 +243,7 @@ def _forged() -> bytes:
 
 HELLO_REFUSALS: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "garbled": (lambda: b"\x00" * 64, 406, "certificate-forged"),
+    "empty": (lambda: b"", 406, "certificate-forged"),
     "forged-signature": (_forged, 406, "certificate-forged"),
     "another-orgs-certificate": (lambda: _cert(ORG_B, "RXX", 20).encode(), 407, "certificate-not-this-peer"),
     "rogue-authority": (lambda: _cert(ORG_C, "TELE", 30, issuer=f.ROGUE).encode(),
@@ -269,6 +270,16 @@ async def test_refused_hello_is_audited_with_its_reason(tmp_path: Path, case: st
                             encode_request(Announce(b"not a manifest", _cert(ORG_C, "TELE", 30).encode())))
         assert decode_ack_reply(answer) == UNAUTHORISED  # not a decode error: it was never read
         assert len(target.alerts("unknown-peer-refused")) == 1
+        await still_serves_legitimate_peer(target)
+
+
+async def test_hello_that_is_not_cbor_is_refused_as_a_certificate_error_and_audited(tmp_path: Path) -> None:
+    async with target_node(tmp_path) as target, peer_host(STRANGER) as stranger:
+        peer = await connect(stranger, target.addr, timeout=TIMEOUT)
+        reply = decode_hello_reply(await call(stranger, peer, HELLO_PROTOCOL, b"\xff\x00 not cbor"))
+        assert isinstance(reply, Refused) and reply.code == 406, reply
+        [alert] = target.alerts("hello-refused")
+        assert alert.actor == STRANGER.peer_id and alert.detail.startswith("certificate-forged: ")
         await still_serves_legitimate_peer(target)
 
 
