@@ -10,8 +10,9 @@ from __future__ import annotations
 import secrets
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
@@ -31,7 +32,6 @@ from protocol.exchange_messages import (
     decode_hello_reply,
     encode_request,
 )
-from tests.e2e.test_exchange_refusals import wait_for
 from tools.demo.mesh import MeshDemo
 from tools.demo.workspace import Workspace
 
@@ -41,6 +41,16 @@ SECURITY_ALERT = 110113
 TIMEOUT = 10.0
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 FRAME = 45 * 1024 * 1024
+
+
+async def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll a real process's visible state (in a thread) until `check` is truthy, within `timeout`."""
+    deadline = trio.current_time() + timeout
+    while not (value := await trio.to_thread.run_sync(check)):
+        if trio.current_time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await trio.sleep(0.3)  # polling a real process's visible state
+    return value
 
 
 def rss_mb(pid: int) -> float:
