@@ -21,6 +21,7 @@ from meshnode.home import NodeHome
 from meshnode.p2p.dial import connect
 from meshnode.p2p.host import running_host
 from meshnode.p2p.streams import finish_stream, open_stream, read_frame, request
+from protocol.errors import UnavailableError
 from protocol.exchange_messages import (
     ANNOUNCE_PROTOCOL,
     FRAME_LIMITS,
@@ -87,7 +88,10 @@ async def test_uncertified_flood_of_largest_frames_leaves_memory_flat(mesh: Mesh
         from libp2p.peer.id import ID
 
         assert isinstance(host, IHost) and isinstance(peer, ID)
-        stream = await open_stream(host, peer, ANNOUNCE_PROTOCOL)
+        try:
+            stream = await open_stream(host, peer, ANNOUNCE_PROTOCOL)
+        except UnavailableError:  # reset during negotiation (a loaded node may): nothing was read either way
+            return
         try:
             async with trio.open_nursery() as nursery:
                 async def write() -> None:
