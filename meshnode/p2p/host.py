@@ -87,9 +87,12 @@ def peer_id_from_seed(seed: bytes) -> ID:
     return ID.from_pubkey(key_pair_from_seed(seed).public_key)
 
 
-#: Connections open at once, inbound and outbound together (py-libp2p's default is 300). A node keeps
-#: one connection per peer it exchanges with; past this, new inbound connections are closed at once.
-MAX_CONNECTIONS = 256
+#: Connections open at once, inbound and outbound together. A node keeps one connection per peer it
+#: exchanges with; the directory one per node (its roster watches), and a national mesh has hundreds of
+#: nodes. py-libp2p's default is 300, of which only 250 inbound (it keeps `min_connections` 50 for its own
+#: outbound dials). Past this, new inbound connections are closed at once; a node closes those of peers
+#: without a verified certificate after 10 s (meshnode.node.wire.STRANGER_GRACE).
+MAX_CONNECTIONS = 1024
 
 
 def connection_config() -> ConnectionConfig:

@@ -440,7 +440,7 @@ def test_limits_are_documented_with_the_numbers_the_code_uses() -> None:
     for expected in (f"{mib(wire.PEER_BYTES_IN_FLIGHT)} (`PEER_BYTES_IN_FLIGHT`)",
                      f"{mib(wire.NODE_BYTES_IN_FLIGHT)} (`NODE_BYTES_IN_FLIGHT`)",
                      f"{muxer.MAX_INBOUND_STREAMS} (`MAX_INBOUND_STREAMS`)",
-                     f"{host.MAX_CONNECTIONS} (`MAX_CONNECTIONS`)",
+                     f"{host.MAX_CONNECTIONS} (`MAX_CONNECTIONS`",
                      f"{wire.STRANGER_GRACE:g} s (`STRANGER_GRACE`)",
                      f"{Config(org='RGT').max_streams_per_peer} (`max_streams_per_peer`",
                      f"{Config(org='RGT').max_requests_per_second} (`max_requests_per_second`)",
