@@ -87,7 +87,8 @@ def _fetch(tuned: bool, addr: str, server_pid: int) -> None:
         host = _host(tuned, b"\x02" * 32)
         async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-            await host.connect(info)
+            from meshnode.p2p.dial import connect  # our hosts dial only what connect() is given
+            await connect(host, info, timeout=30)
             stream = await host.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
             if tuned:
                 from meshnode.p2p.streams import grant_receive_window

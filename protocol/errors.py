@@ -117,6 +117,20 @@ class RoleError(CertificateError):
     name = "role-missing"
 
 
+class ForgedCertificateError(CertificateError):
+    """Bytes presented as a certificate that do not decode as one or whose signature does not verify."""
+
+    code = 406
+    name = "certificate-forged"
+
+
+class CertificateMismatchError(CertificateError):
+    """A valid certificate presented by a peer whose key it does not name."""
+
+    code = 407
+    name = "certificate-not-this-peer"
+
+
 class RosterError(MeshError):
     """A roster that cannot be accepted."""
 

@@ -71,3 +71,57 @@ class UploadLimiter:
         self._next_free = start + nbytes / self.rate
         if self._next_free > now:
             await trio.sleep_until(self._next_free)
+
+
+class ByteBudget:
+    """Bytes of inbound request frames in flight (being read, or held while their request is handled),
+    per peer and node-wide.
+
+    A frame's bytes are reserved from its 4-byte length prefix, before any of its body is read, and
+    released when its exchange ends. A peer over its own budget is refused at once (LimitError: it is
+    the peer's doing). When the node-wide budget is full the reader waits for room (bounded by the
+    exchange's timeout), so many peers at once slow each other down instead of exhausting memory.
+    Either budget admits one frame larger than itself when nothing else is in flight, so the largest
+    frame a protocol permits (an announce, up to 48 MiB) is never refused for its size alone.
+    """
+
+    def __init__(self, per_peer: int, total: int) -> None:
+        self.per_peer = per_peer
+        self.total = total
+        self.in_flight = 0
+        self.peak = 0
+        self._peers: dict[str, int] = {}
+        self._freed = trio.Event()
+
+    def of(self, peer: str) -> int:
+        """Bytes reserved by one peer (waiting or in flight)."""
+        return self._peers.get(peer, 0)
+
+    async def acquire(self, peer: str, n: int) -> None:
+        """Reserve n bytes for `peer`; LimitError over its budget, waits while the node's is full."""
+        held = self._peers.get(peer, 0)
+        if held and held + n > self.per_peer:
+            raise LimitError(f"{held} request bytes already in flight from this peer (limit {self.per_peer})")
+        self._peers[peer] = held + n  # counted while waiting: a peer cannot queue more than its budget
+        try:
+            while self.in_flight and self.in_flight + n > self.total:
+                await self._freed.wait()
+        except BaseException:
+            self._release_peer(peer, n)
+            raise
+        self.in_flight += n
+        self.peak = max(self.peak, self.in_flight)
+
+    def release(self, peer: str, n: int) -> None:
+        """Give back what acquire(peer, n) reserved (synchronous: safe in a cancelled finally)."""
+        self._release_peer(peer, n)
+        self.in_flight -= n
+        self._freed.set()
+        self._freed = trio.Event()
+
+    def _release_peer(self, peer: str, n: int) -> None:
+        left = self._peers.get(peer, 0) - n
+        if left > 0:
+            self._peers[peer] = left
+        else:
+            self._peers.pop(peer, None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from protocol.certificate import Certificate
 from protocol.document import DEFAULT_SKEW, Signed
-from protocol.errors import CertificateError, DocumentError, RosterError, UnauthorisedError
+from protocol.errors import CertificateError, CertificateMismatchError, RosterError, UnauthorisedError
 from protocol.roster import RosterGuard
 from protocol.trust import check_certificate
 
@@ -42,7 +42,7 @@ class PeerRegistry:
         """Accept a peer's certificate if it is its own and valid now; raise otherwise."""
         cert = self._check(certificate, now)
         if cert.peer_id != peer_id:
-            raise DocumentError("the presented certificate belongs to another peer")
+            raise CertificateMismatchError(f"the presented certificate {cert.serial} belongs to another peer")
         known = self._peers.get(peer_id)
         self._peers[peer_id] = KnownPeer(certificate, known.first_seen if known else now, now)
         return cert

@@ -1,4 +1,8 @@
-"""Reach a peer: resolve it through the directory, dial it, exchange certificates once."""
+"""Reach a peer: resolve it through the directory, dial it, exchange certificates once.
+
+Only addresses from verified, live, signed address records (DirectoryClient) are dialled; the
+host refuses to dial anything else (meshnode.p2p.dial_gate).
+"""
 
 from __future__ import annotations
 
@@ -36,6 +40,10 @@ class Sessions:
         """
         now = self.ctx.clock()
         cached = self._resolved.get(org)
+        skew = self.ctx.config.clock_skew
+        if cached is not None and any(p.record is not None and now - skew > p.record.document.expires_at
+                                      for p in cached[1]):
+            cached = None  # an address record expired since: only live, verified records are dialled
         if cached is not None and cached[0] >= now:
             roster = self.ctx.roster()
             valid, reasons = [], []

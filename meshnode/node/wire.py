@@ -1,28 +1,34 @@
 """The node's libp2p protocols: thin drivers between streams and the node's services.
 
-Every inbound stream is authorised (PeerRegistry, after hello) and admitted by
-the per-peer limits before its request is acted on; every handler ends at the
-safe boundary of meshnode.p2p.streams, so one bad request never hurts the
-connection's other streams.
+Every inbound stream passes Wire._gate before its first byte is read: any
+protocol but hello needs a certificate verified by hello (PeerRegistry) or is
+refused unread; then the per-peer limits (concurrent streams, request rate);
+then the request frame's bytes, from its length prefix, against the per-peer
+and node-wide byte budgets (ByteBudget). Every refused hello is audited. Every
+handler ends at the safe boundary of meshnode.p2p.streams, so one bad request
+never hurts the connection's other streams.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
 import trio
 from libp2p.abc import IHost, INetStream
+from libp2p.rcmgr import Direction
 from libp2p.peer.id import ID
 
 from meshnode.node.context import NodeContext
-from meshnode.node.limits import PeerLimits, UploadLimiter
+from meshnode.node.limits import ByteBudget, PeerLimits, UploadLimiter
 from meshnode.node.policy import Access, authorise_manifest_access
 from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
 from meshnode.p2p.streams import (
+    Admission,
+    close_unread,
     finish_stream,
     grant_receive_window,
     half_close,
@@ -32,13 +38,24 @@ from meshnode.p2p.streams import (
     serve_streams,
     write_frame,
 )
-from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
 from meshnode.storage.records import hash_uid
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import open_document
-from protocol.errors import LimitError, MeshError, RemoteProtocolError, StorageError, UnauthorisedError
+from protocol.errors import (
+    DecodeError,
+    DocumentError,
+    ForgedCertificateError,
+    LimitError,
+    LocalProtocolError,
+    MeshError,
+    RemoteProtocolError,
+    SignatureError,
+    StorageError,
+    UnauthorisedError,
+)
 from protocol.exchange_messages import (
     ANNOUNCE_PROTOCOL,
     BLOCKS_PROTOCOL,
@@ -88,10 +105,25 @@ Handler = Callable[[str, bytes], Awaitable[Response]]
 READ_AHEAD = 4
 #: Seconds between a peer's repeated limit violations and its disconnection.
 CUT_OFF_GRACE = 1.0
+#: Request-frame bytes in flight from one peer, and from all peers together (see ByteBudget): one
+#: announce of the largest size is admitted alone; smaller requests share these.
+PEER_BYTES_IN_FLIGHT = 16 * 1024 * 1024
+NODE_BYTES_IN_FLIGHT = 24 * 1024 * 1024
+#: A peer without a verified certificate that keeps sending requests is audited at most this often (s).
+UNKNOWN_AUDIT_INTERVAL = 60.0
+MAX_TRACKED_UNKNOWN = 4096
+AUDIT_DETAIL_CHARS = 300
+#: Seconds an inbound connection may stay open without its peer presenting a valid certificate (hello).
+STRANGER_GRACE = 10.0
+STRANGER_CHECK_INTERVAL = 2.0
+#: The answer to any request but hello from a peer whose certificate is not verified (its request is not read):
+#: the access rule's one refusal, byte for byte, so it says nothing the peer could not know already.
+UNKNOWN_PEER = UNAUTHORISED
 
 
 class Wire:
-    def __init__(self, ctx: NodeContext, host: IHost, receiver: Receiver, sender: Sender, limits: PeerLimits) -> None:
+    def __init__(self, ctx: NodeContext, host: IHost, receiver: Receiver, sender: Sender, limits: PeerLimits,
+                 budget: ByteBudget | None = None) -> None:
         self.ctx = ctx
         self.host = host
         self.receiver = receiver
@@ -99,8 +131,12 @@ class Wire:
         self.limits = limits
         self.timeout = float(ctx.config.request_timeout)
         self.upload = UploadLimiter(ctx.config.upload_mb_per_s)
+        self.budget = budget or ByteBudget(PEER_BYTES_IN_FLIGHT, NODE_BYTES_IN_FLIGHT)
         self._nursery: trio.Nursery | None = None
         self._cutting_off: set[str] = set()
+        self._unknown_audited: dict[str, float] = {}
+        self._hello_refusals: dict[str, tuple[float, int]] = {}
+        self.stranger_grace = STRANGER_GRACE
 
     # -- server side ---------------------------------------------------------------
     def serve(self) -> None:
@@ -114,33 +150,117 @@ class Wire:
         for protocol_id, handler in handlers.items():
             limits = FRAME_LIMITS[protocol_id]
             serve_requests(self.host, protocol_id, self._guarded(handler), max_request=limits.request,
-                           max_response=limits.response, timeout=self.timeout)
+                           max_response=limits.response, timeout=self.timeout, gate=self._gate_for(protocol_id))
         serve_streams(self.host, BLOCKS_PROTOCOL, self._blocks, timeout=self.timeout * 4)
 
     def _guarded(self, handler: Handler) -> Callable[[ID, bytes], Awaitable[bytes]]:
+        """The handler's answer, or its refusal; admission was decided by the gate, before the request was read."""
         async def run(peer: ID, payload: bytes) -> bytes:
-            peer_id = peer.to_base58()
             try:
-                async with self._admitted(peer_id):
-                    try:
-                        response = await handler(peer_id, payload)
-                    except MeshError as exc:
-                        response = Refused.from_error(exc)
-            except LimitError as exc:  # not admitted: say so (the connection may be closed next)
+                response = await handler(peer.to_base58(), payload)
+            except MeshError as exc:
                 response = Refused.from_error(exc)
             return encode_response(response)
 
         return run
 
+    def _gate_for(self, protocol_id: str) -> Callable[[ID], AbstractAsyncContextManager[Admission]]:
+        def gate(peer: ID) -> AbstractAsyncContextManager[Admission]:
+            return self._gate(peer.to_base58(), protocol_id)
+
+        return gate
+
+    @asynccontextmanager
+    async def _gate(self, peer_id: str, protocol_id: str) -> AsyncIterator[Admission]:
+        """Every inbound stream passes here before its first byte is read (DESIGN.md, wire invariants).
+
+        Any protocol but hello: the peer must hold a certificate valid now (PeerRegistry.authorise),
+        else it is refused without reading its request. Then the per-peer limits (concurrent streams,
+        request rate), then the request frame's bytes against the per-peer and node-wide byte budgets.
+        """
+        if protocol_id != HELLO_PROTOCOL:
+            try:
+                self.ctx.peers.authorise(peer_id, self.ctx.clock())
+            except UnauthorisedError:
+                await self._refused_unknown(peer_id, protocol_id)
+                yield Admission(refusal=encode_response(UNKNOWN_PEER))
+                return
+        try:
+            await self._enter(peer_id)
+        except LimitError as exc:  # not admitted: say so (the connection may be closed next)
+            yield Admission(refusal=encode_response(Refused.from_error(exc)))
+            return
+        reserved = 0
+
+        async def reserve(n: int) -> None:
+            nonlocal reserved
+            await self.budget.acquire(peer_id, n)
+            reserved += n
+
+        try:
+            yield Admission(reserve=reserve)
+        finally:
+            self.limits.leave(peer_id)
+            if reserved:
+                self.budget.release(peer_id, reserved)
+
+    async def _refused_unknown(self, peer_id: str, protocol_id: str) -> None:
+        """A request from a peer without a verified certificate: audited once a minute per peer (a flood of
+        them must not become a flood of audit writes), logged at debug otherwise."""
+        now = self.ctx.clock()
+        last = self._unknown_audited.get(peer_id)
+        if last is not None and now - last < UNKNOWN_AUDIT_INTERVAL:
+            log.debug("%s from unknown peer %s refused", protocol_id, peer_id)
+            return
+        if len(self._unknown_audited) >= MAX_TRACKED_UNKNOWN:
+            self._unknown_audited.clear()
+        self._unknown_audited[peer_id] = now
+        log.warning("%s from %s refused: no verified certificate", protocol_id, peer_id)
+        await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "unknown-peer-refused", Outcome.MINOR_FAILURE,
+                                        actor=peer_id, detail=f"{protocol_id} before a valid hello; not read"))
+
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Holds the tasks that cut off peers which keep exceeding their limits."""
+        """Holds the tasks that cut off peers which keep exceeding their limits, and the one that closes
+        inbound connections of peers that have not presented a valid certificate in time."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._close_strangers)
             task_status.started()
             await trio.sleep_forever()
 
-    @asynccontextmanager
-    async def _admitted(self, peer_id: str) -> AsyncIterator[None]:
+    async def _close_strangers(self) -> None:
+        """An inbound connection whose peer has no verified certificate `stranger_grace` seconds after it was
+        first seen is closed: connections are a shared, capped resource (MAX_CONNECTIONS) that a peer without
+        a certificate must not be able to hold. Outbound connections (the directory) are never closed here."""
+        first_seen: dict[str, float] = {}
+        while True:
+            await trio.sleep(min(self.stranger_grace, STRANGER_CHECK_INTERVAL))
+            now = trio.current_time()
+            strangers: set[str] = set()
+            for peer, conns in list(self.host.get_network().get_connections_map().items()):
+                peer_id = peer.to_base58()
+                if any(getattr(c, "direction", None) == Direction.INBOUND and not c.is_closed for c in conns) \
+                        and self.ctx.peers.certificate_of(peer_id) is None:
+                    strangers.add(peer_id)
+            for peer_id in list(first_seen):
+                if peer_id not in strangers:
+                    del first_seen[peer_id]
+            for peer_id in strangers:
+                seen = first_seen.setdefault(peer_id, now)
+                if now - seen >= self.stranger_grace:
+                    log.info("closing the connection of %s: no valid certificate after %g s", peer_id,
+                             self.stranger_grace)
+                    del first_seen[peer_id]
+                    self._nursery_or_raise().start_soon(self.disconnect, peer_id)
+
+    def _nursery_or_raise(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise LocalProtocolError("Wire.run is not running")
+        return self._nursery
+
+    async def _enter(self, peer_id: str) -> None:
+        """Admit one inbound stream under the per-peer limits, or raise LimitError (and cut off a peer
+        that keeps exceeding them). Every successful _enter is paired with limits.leave."""
         try:
             self.limits.enter(peer_id, self.ctx.clock())
         except LimitError:
@@ -152,10 +272,6 @@ class Wire:
                 else:
                     await self._cut_off(peer_id)
             raise
-        try:
-            yield
-        finally:
-            self.limits.leave(peer_id)
 
     async def _cut_off(self, peer_id: str) -> None:
         """Disconnect a flooding peer after a short grace: the refusals already written to it reach it
@@ -174,9 +290,49 @@ class Wire:
                 log.debug("disconnect %s: %r", peer_id, exc)
 
     async def _hello(self, peer_id: str, payload: bytes) -> Response:
-        hello = decode_hello(payload)
-        self.ctx.peers.learn(peer_id, open_document(hello.certificate, Certificate), self.ctx.clock())
+        """Learn the peer's certificate. Every refusal is audited (110113) with its reason; a certificate that
+        does not decode or verify (or a hello that does not decode) is a certificate error
+        (ForgedCertificateError), whatever broke in it."""
+        try:
+            certificate = decode_hello(payload).certificate
+        except DecodeError as exc:
+            certificate = b""
+            log.debug("garbled hello from %s: %s", peer_id, exc)
+        await self._learn(peer_id, certificate)
         return Hello(self.ctx.certificate.encode())
+
+    async def _learn(self, peer_id: str, raw: bytes) -> Certificate:
+        """The peer's certificate, verified and recorded (PeerRegistry.learn); any refusal is audited."""
+        presented: Certificate | None = None
+        try:
+            try:
+                signed = open_document(raw, Certificate)
+            except (DecodeError, SignatureError, DocumentError) as exc:
+                raise ForgedCertificateError(f"certificate does not decode or verify: {exc}") from None
+            presented = signed.document
+            return self.ctx.peers.learn(peer_id, signed, self.ctx.clock())
+        except MeshError as exc:
+            log.warning("hello with %s refused: %s: %s", peer_id, exc.name, exc)
+            org = presented.org_code if presented is not None else ""
+            serial = f" (certificate {presented.serial} of {org})" if presented is not None else ""
+            await self._audit_refused_hello(peer_id, org, f"{exc.name}: {exc}{serial}")
+            raise
+
+    async def _audit_refused_hello(self, peer_id: str, org: str, reason: str) -> None:
+        """One Security Alert per refused hello, except that a peer repeating them is summarised: within
+        UNKNOWN_AUDIT_INTERVAL of its last entry they are counted, and the count goes in its next entry (so
+        every refusal is accounted for, and a flood of bad hellos is not a flood of audit writes)."""
+        now = self.ctx.clock()
+        last, held = self._hello_refusals.get(peer_id, (None, 0))
+        if last is not None and now - last < UNKNOWN_AUDIT_INTERVAL:
+            self._hello_refusals[peer_id] = (last, held + 1)
+            return
+        if len(self._hello_refusals) >= MAX_TRACKED_UNKNOWN:
+            self._hello_refusals.clear()
+        self._hello_refusals[peer_id] = (now, 0)
+        more = f" [+{held} more refused hello(s) from this peer before this one]" if held else ""
+        await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "hello-refused", Outcome.SERIOUS_FAILURE,
+                                        actor=peer_id, actor_org=org, detail=(reason + more)[:AUDIT_DETAIL_CHARS]))
 
     async def _announce(self, peer_id: str, payload: bytes) -> Response:
         announce = decode_announce(payload)
@@ -203,8 +359,12 @@ class Wire:
     async def _blocks(self, peer: ID, stream: INetStream) -> None:
         peer_id = peer.to_base58()
         limits = FRAME_LIMITS[BLOCKS_PROTOCOL]
-        async with self._admitted(peer_id):
-            payload = await read_frame(stream, limits.request)
+        async with self._gate(peer_id, BLOCKS_PROTOCOL) as admission:
+            if admission.refusal is not None:
+                await write_frame(stream, admission.refusal, limits.response)
+                await close_unread(stream)  # the request is dropped unread
+                return
+            payload = await read_frame(stream, limits.request, reserve=admission.reserve)
             if payload is None:
                 return
             request = decode_block_request(payload)
@@ -299,7 +459,7 @@ class Wire:
         reply = decode_hello_reply(raw)
         if isinstance(reply, Refused):
             raise reply.to_error()
-        return self.ctx.peers.learn(peer_id, open_document(reply.certificate, Certificate), self.ctx.clock())
+        return await self._learn(peer_id, reply.certificate)  # the peer's answer is checked (and audited) alike
 
     async def announce(self, peer_id: str, manifest: bytes, certificate: bytes | None = None) -> None:
         """Announce a manifest; `certificate`: its sender's, when relaying another org's manifest to a fellow

@@ -6,6 +6,10 @@ one address per transport, chosen from everything in the peerstore in
 insertion order, so after a peer restarts on a new port a stale address
 would be dialled instead of the fresh one, and a failure there blocks the
 peer for 60 s in the swarm's negative cache.
+
+The addresses given to ``connect`` are the only ones the host may dial
+(meshnode.p2p.dial_gate): callers pass addresses from verified, signed
+address records (or the configured directory), never ones a peer told us.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
+from meshnode.p2p.dial_gate import dial_gate
 from meshnode.p2p.host import parse_multiaddr
 from protocol.errors import LocalProtocolError, UnavailableError
 
@@ -65,6 +70,10 @@ async def connect(host: IHost, peer: str | PeerInfo, *, timeout: float) -> ID:
     network = host.get_network()
     if _has_live_connection(network, peer_id):
         return peer_id
+    gate = dial_gate(host)
+    if gate is not None:  # these, and only these, may now be dialled (see meshnode.p2p.dial_gate)
+        for addr in info.addrs:
+            gate.permit(addr)
 
     failures: list[str] = []
     try:

@@ -1,5 +1,11 @@
 """The node's libp2p host: Ed25519 identity from a seed, TCP + Noise + Yamux.
 
+Limits (docs/protocol/exchange.md, "Limits"): one connection per peer and
+MAX_CONNECTIONS in all (py-libp2p's ConnectionConfig); receive windows
+enforced and inbound streams per connection capped (meshnode.p2p.muxer);
+outbound dials only to addresses given to meshnode.p2p.dial.connect
+(meshnode.p2p.dial_gate), never to addresses learnt from peers.
+
 Bulk-transfer tuning of py-libp2p (buffered reads, one Noise message per
 Yamux frame, batched window updates) is in meshnode.p2p.tuning.
 
@@ -48,13 +54,17 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from meshnode.p2p.dial_gate import DialGate
+from meshnode.p2p.muxer import BoundedYamux
+from meshnode.p2p.muxer import install as install_bounded_muxer
 from meshnode.p2p.tuning import BufferedTCP, tune_process
 from protocol.errors import LocalProtocolError, UnavailableError
 
@@ -77,9 +87,22 @@ def peer_id_from_seed(seed: bytes) -> ID:
     return ID.from_pubkey(key_pair_from_seed(seed).public_key)
 
 
+#: Connections open at once, inbound and outbound together. A node keeps one connection per peer it
+#: exchanges with; the directory one per node (its roster watches), and a national mesh has hundreds of
+#: nodes. py-libp2p's default is 300, of which only 250 inbound (it keeps `min_connections` 50 for its own
+#: outbound dials). Past this, new inbound connections are closed at once; a node closes those of peers
+#: without a verified certificate after 10 s (meshnode.node.wire.STRANGER_GRACE).
+MAX_CONNECTIONS = 1024
+
+
 def connection_config() -> ConnectionConfig:
-    """Connection settings for our hosts; see the module docstring."""
-    return ConnectionConfig(max_connections_per_peer=1)
+    """Connection settings for our hosts; see the module docstring.
+
+    One connection per peer (a second one to the same peer is trimmed), MAX_CONNECTIONS in all
+    (`min_connections` 0, or py-libp2p keeps that many of them for outbound dials).
+    """
+    return ConnectionConfig(max_connections_per_peer=1, max_connections=MAX_CONNECTIONS,
+                            min_connections=0, low_watermark=0, high_watermark=MAX_CONNECTIONS)
 
 
 def make_host(seed: bytes) -> IHost:
@@ -90,15 +113,34 @@ def make_host(seed: bytes) -> IHost:
     # new_swarm: identity is bound by the Ed25519 signature in the handshake
     # payload, not by the static key.
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+    gate = DialGate()
     host = new_host(
         key_pair=key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
-        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        transports=[BufferedTCP()],
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): BoundedYamux},
+        transports=[BufferedTCP(gate.permits)],
         connection_config=connection_config(),
     )
+    install_bounded_muxer(host)
+    network = host.get_network()
+    if isinstance(network, Swarm):
+        network.auto_connector = _NoAutoConnector(network)
     logger.debug("built host %s", host.get_id())
     return host
+
+
+class _NoAutoConnector(AutoConnector):
+    """py-libp2p's auto-connector, never started.
+
+    It dials peers from the peerstore (where identify puts whatever listen
+    addresses a peer advertises) whenever a host has fewer connections than
+    the midpoint of its watermarks, on every disconnect and every 30 s. A node
+    dials only addresses from verified address records (meshnode.p2p.dial);
+    the dial gate would refuse these dials anyway, this saves attempting them.
+    """
+
+    async def start(self) -> None:
+        logger.debug("auto-connector disabled")
 
 
 def parse_multiaddr(addr: str) -> multiaddr.Multiaddr:

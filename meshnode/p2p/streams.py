@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 import trio
@@ -44,8 +46,28 @@ logger = logging.getLogger(__name__)
 READ_CHUNK = 1024 * 1024
 #: Upper bound on closing or resetting a stream once an exchange is over.
 STREAM_CLOSE_TIMEOUT = 2.0
+#: Seconds a stream answered without being read waits for the peer to finish its side before it is reset.
+REFUSAL_LINGER = 1.0
 
 RequestHandler = Callable[[ID, bytes], Awaitable[bytes]]
+#: Called with a frame's body length, from its prefix, before any of the body is read; may wait or raise.
+Reserve = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a gate decided about an inbound stream before anything was read from it."""
+
+    #: the whole answer, written at once without reading the request (for example: not authorised, from a peer
+    #: whose certificate has not been verified)
+    refusal: bytes | None = None
+    #: accounts for the request frame's bytes before its body is read (see read_frame)
+    reserve: Reserve | None = None
+
+
+#: Decides, per inbound stream and before its first byte is read, whether and how it is served;
+#: whatever it holds (slots, reserved bytes) it releases when the exchange ends.
+Gate = Callable[[ID], AbstractAsyncContextManager[Admission]]
 
 
 class ByteSource(Protocol):
@@ -68,14 +90,18 @@ async def _read_some(stream: ByteSource, n: int) -> bytes:
         return b""
 
 
-async def read_frame(stream: ByteSource, decoder_or_max: FrameDecoder | int) -> bytes | None:
+async def read_frame(
+    stream: ByteSource, decoder_or_max: FrameDecoder | int, *, reserve: Reserve | None = None
+) -> bytes | None:
     """Read one frame; None on a clean end of stream before it starts.
 
     Reads never go past the end of the frame, so nothing that follows it on
     the stream is consumed. A length prefix above the maximum raises
     LimitError as soon as its 4 bytes arrive, before any of the body is
     read; an end of stream inside a frame raises FrameError. A reset stream
-    raises StreamReset.
+    raises StreamReset. `reserve`, when given, is awaited with the body's
+    length once the prefix is accepted and before the body is read (a byte
+    budget: it may wait for room or raise LimitError).
     """
     if isinstance(decoder_or_max, FrameDecoder):
         decoder = decoder_or_max
@@ -97,6 +123,8 @@ async def read_frame(stream: ByteSource, decoder_or_max: FrameDecoder | int) -> 
     if frames:
         return frames[0]  # an empty frame
     (remaining,) = struct.unpack(">I", prefix)
+    if reserve is not None:
+        await reserve(remaining)
     parts: list[bytes] = []
     while remaining:
         chunk = await _read_some(stream, min(remaining, READ_CHUNK))
@@ -124,6 +152,24 @@ async def _finish(stream: INetStream, ok: bool) -> None:
                 await stream.reset()
         except Exception as exc:  # cleanup boundary: the exchange is already decided
             logger.debug("error ending stream: %r", exc)
+
+
+async def _close_unread(stream: INetStream, linger: float = REFUSAL_LINGER) -> None:
+    """End a stream whose request was answered (refused) without being read.
+
+    A reset drops whatever the peer sent at once, but a reset that arrives
+    right behind the answer can overtake it at the peer (py-libp2p reports the
+    reset before data still buffered). So: close our side, give the peer up to
+    `linger` seconds to finish its side (an honest client half-closed after its
+    request, so that is immediate), then reset. Shielded, bounded, never raising.
+    """
+    await _finish(stream, True)
+    with trio.CancelScope(deadline=trio.current_time() + linger, shield=True):
+        muxed = getattr(stream, "muxed_stream", None)
+        while muxed is not None and not getattr(muxed, "closed", True):
+            await trio.sleep(0.05)  # polling the muxer's state: it offers no event for a peer's FIN
+        return  # both sides finished within the linger
+    await _finish(stream, False)  # the linger's deadline cancelled the wait: reset
 
 
 async def _half_close(stream: INetStream) -> None:
@@ -207,6 +253,7 @@ def serve_requests(
     max_request: int,
     timeout: float,
     max_response: int = ABSOLUTE_MAX_FRAME,
+    gate: Gate | None = None,
 ) -> None:
     """Answer ``protocol_id`` streams: one request frame in, one response frame out.
 
@@ -217,10 +264,27 @@ def serve_requests(
     reset. Whatever the handler raises is logged and the stream reset: an
     exception escaping a py-libp2p stream handler would break later streams
     on the same connection. Cancellation is never swallowed.
+
+    ``gate(remote_peer_id)``, when given, is entered before a single byte of
+    the request is read: its Admission either refuses the stream outright
+    (that answer is written and nothing is read) or reserves the request
+    frame's bytes from its length prefix. The gate is left when the exchange
+    ends, whichever way.
     """
 
-    async def exchange(peer_id: ID, stream: INetStream) -> None:
-        request_bytes = await read_frame(stream, max_request)
+    async def exchange(peer_id: ID, stream: INetStream) -> bool:
+        if gate is None:
+            await answer(peer_id, stream, None)
+            return True
+        async with gate(peer_id) as admission:
+            if admission.refusal is not None:
+                await write_frame(stream, admission.refusal, max_response)
+                return False  # reset: whatever the peer sent is dropped unread
+            await answer(peer_id, stream, admission.reserve)
+            return True
+
+    async def answer(peer_id: ID, stream: INetStream, reserve: Reserve | None) -> None:
+        request_bytes = await read_frame(stream, max_request, reserve=reserve)
         if request_bytes is None:
             logger.debug("%s from %s: stream ended before a request", protocol_id, peer_id)
             return
@@ -231,7 +295,7 @@ def serve_requests(
     logger.debug("serving %s (max request %d bytes)", protocol_id, max_request)
 
 
-StreamHandler = Callable[[ID, INetStream], Awaitable[None]]
+StreamHandler = Callable[[ID, INetStream], Awaitable[bool | None]]
 
 
 def serve_streams(host: IHost, protocol_id: str, handler: StreamHandler, *, timeout: float) -> None:
@@ -239,15 +303,17 @@ def serve_streams(host: IHost, protocol_id: str, handler: StreamHandler, *, time
 
     The same boundary applies: whatever the handler raises is logged and the
     stream reset; cancellation is never swallowed; the whole exchange is
-    bounded by `timeout` seconds.
+    bounded by `timeout` seconds. A handler that returns False has the stream
+    reset instead of closed (it answered without reading what the peer sent:
+    a reset drops that at once).
     """
 
     async def handle_stream(stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id
-        ok = False
+        ok = unread = False
         try:
             with trio.fail_after(timeout):
-                await handler(peer_id, stream)
+                unread = (await handler(peer_id, stream)) is False
             ok = True
         except trio.TooSlowError:
             logger.warning("%s from %s: not finished within %g s", protocol_id, peer_id, timeout)
@@ -258,7 +324,10 @@ def serve_streams(host: IHost, protocol_id: str, handler: StreamHandler, *, time
         except Exception:
             logger.exception("%s from %s: handler failed", protocol_id, peer_id)
         finally:
-            await _finish(stream, ok)
+            if ok and unread:
+                await _close_unread(stream)
+            else:
+                await _finish(stream, ok)
 
     host.set_stream_handler(TProtocol(protocol_id), handle_stream)
 
@@ -273,6 +342,7 @@ async def open_stream(host: IHost, peer: ID, protocol_id: str) -> INetStream:
 
 finish_stream = _finish
 half_close = _half_close
+close_unread = _close_unread
 
 
 BULK_WINDOW = 64 * 1024 * 1024

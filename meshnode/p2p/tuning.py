@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import trio
 from libp2p.abc import IRawConnection
@@ -47,6 +48,7 @@ from libp2p.io.trio import TrioTCPStream
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.yamux import yamux as _yamux
+from libp2p.transport.exceptions import OpenConnectionError
 from libp2p.transport.tcp.tcp import TCP, TCPListener
 from multiaddr import Multiaddr
 
@@ -104,9 +106,24 @@ def _buffered(stream: ReadWriteCloser) -> ReadWriteCloser:
 
 
 class BufferedTCP(TCP):
-    """The stock TCP transport, with BufferedTrioTCPStream connections both ways."""
+    """The stock TCP transport, with BufferedTrioTCPStream connections both ways.
+
+    With a `permit` callable, it dials only the addresses that `permit` allows (see
+    meshnode.p2p.dial: only addresses explicitly given to `connect`); everything else py-libp2p
+    would dial on its own (addresses learnt from identify, its auto-connector, redials by peer ID)
+    fails here with OpenConnectionError before any socket is opened.
+    """
+
+    def __init__(self, permit: Callable[[Multiaddr], bool] | None = None) -> None:
+        super().__init__()
+        self.permit = permit
+        self.refused_dials = 0
 
     async def dial(self, maddr: Multiaddr) -> IRawConnection:
+        if self.permit is not None and not self.permit(maddr):
+            self.refused_dials += 1
+            logger.info("not dialling %s: not an address this node was asked to dial", maddr)
+            raise OpenConnectionError(f"{maddr} is not an address this node may dial")
         conn = await super().dial(maddr)
         if isinstance(conn, RawConnection):
             conn.stream = _buffered(conn.stream)

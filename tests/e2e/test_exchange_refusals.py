@@ -165,7 +165,11 @@ async def test_announce_refusals_carry_their_error_codes(mesh: MeshDemo) -> None
 
     # every refusal is in B's audit log, in order, as a security alert naming X and the reason
     logged = await in_thread(refusals, mesh, b, x.peer_id)
-    assert [e["detail"].split(":")[0] for e in logged] == [name for _, name in refused]
+    # the first, before hello, was refused without being read (limits before trust): audited as such
+    assert [e["detail"].split(":")[0] for e in logged] == [name for _, name in refused[1:]]
+    unread = [e for e in await in_thread(mesh.audit, b)
+              if e["event_code"] == SECURITY_ALERT and e["action"] == "unknown-peer-refused"]
+    assert x.peer_id in {e["actor"] for e in unread}
     assert all(e["outcome"] != 0 for e in logged)
     # B's inbox lists what it accepted and nothing it refused (a refused manifest is never recorded, so
     # one look at the end covers every refusal; the first one was accepted after hello)

@@ -149,7 +149,7 @@ async def test_tuned_and_stock_hosts_exchange_bulk_data_both_ways(stock: tuple[I
     with trio.fail_after(TIMEOUT):
         async with running_host(bytes(range(2, 34)), LOOPBACK) as ours:
             ours.set_stream_handler(BULK, serve_bulk)
-            await ours.connect(stock_info)
+            await connect(ours, stock_info, timeout=TIMEOUT)
             assert await fetch_bulk(ours, stock_info, grant) == PAYLOAD  # stock sends, we read buffered
             our_info = PeerInfo(ours.get_id(), [multiaddr.Multiaddr(listen_multiaddrs(ours)[0].rsplit("/p2p/", 1)[0])])
             assert await fetch_bulk(stock_host, our_info, grant) == PAYLOAD  # we send tuned frames
