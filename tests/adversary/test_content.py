@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 
 from meshnode.storage.audit import EventCode
+from libp2p.abc import INetStream
+from libp2p.peer.id import ID
+
+from meshnode.p2p.streams import read_frame, serve_streams
+from meshnode.storage.blockstore import BlockStore
 from protocol.cid import CID
+from protocol.exchange_messages import BLOCKS_PROTOCOL, FRAME_LIMITS, decode_block_request, encode_block_data_frame
 from protocol.exchange_messages import Ack, Hello
 from protocol.manifest import InstanceEntry
 from tests.adversary.hostile import client_for, in_thread, wait_for
@@ -59,7 +65,22 @@ async def test_a_manifest_claiming_another_patient_for_real_blocks_fails_and_cha
     real = next(s for s in before if s["study_uid"] == uid)
     assert CLAIMED_NAME not in (real["patient_name"], real["patient_id"])
 
+    # X holds the study's bytes (say it received it legitimately once) and serves them itself: A holds the
+    # same blocks from its own ingest, but fetches every one of them again from X rather than reveal that
+    # (protocol.access.may_reuse), so only the headers can betray the lie
+    store = BlockStore(a.home / "store")
+    asked: list[CID] = []
+
+    async def serve_blocks(peer: ID, stream: INetStream) -> None:
+        limits = FRAME_LIMITS[BLOCKS_PROTOCOL]
+        payload = await read_frame(stream, limits.request)
+        assert payload is not None
+        for cid in decode_block_request(payload).cids:
+            asked.append(cid)
+            await stream.write(encode_block_data_frame(cid, store.get(cid), limits.response))
+
     async with client_for(x) as cx:
+        serve_streams(cx.host, BLOCKS_PROTOCOL, serve_blocks, timeout=10.0)
         peer = await cx.connect(a)
         assert isinstance(await cx.hello(peer), Hello)
         honest = make_manifest(cx.key, sender_org="RXH", recipients=("RGT",), instances=_entries(shown),
@@ -76,6 +97,7 @@ async def test_a_manifest_claiming_another_patient_for_real_blocks_fails_and_cha
 
         entry = await wait_for(failed, 30, "A to fail the lying manifest")
     assert "PatientID does not match its manifest" in entry["failure"]  # why, in the inbox
+    assert set(asked) == {c for i in _entries(shown) for c in i.blocks}  # nothing taken from A's own store
 
     entries = [e for e in await in_thread(mesh.audit, a) if e["manifest_id"] == str(signed.cid)]
     alerts = [e for e in entries if e["event_code"] == EventCode.SECURITY_ALERT]
