@@ -117,8 +117,10 @@ class MultipartParser:
     def _step(self, events: list[Event]) -> None:
         buf = self._buf
         if self._state is _State.PREAMBLE:
-            # the first dash-boundary may start the body or follow a CRLF (an empty or real preamble)
-            at = 0 if buf.startswith(self.dash_boundary) else -1
+            # the first dash-boundary may start the body or follow a CRLF (an empty or real preamble);
+            # "starts the body" only while no preamble byte has been dropped, else a dash-boundary in
+            # the middle of a preamble line would count when a read happened to end just before it
+            at = 0 if self._preamble_seen == 0 and buf.startswith(self.dash_boundary) else -1
             if at < 0:
                 found = buf.find(self.delimiter)
                 at = found + 2 if found >= 0 else -1
