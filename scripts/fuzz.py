@@ -21,7 +21,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +33,7 @@ CORPUS = FUZZ / "corpus"
 CRASHERS = FUZZ / "crashers"
 HANG_SECONDS = 10  # one input taking longer than this is a finding
 RSS_LIMIT_MB = 2048
-PER_TARGET_OVERHEAD = 1.5  # seconds each target costs beyond its -max_total_time (measured: 1.3-1.8)
+PER_TARGET_OVERHEAD = 1.5  # first guess of what a target costs beyond -max_total_time (1.3-1.8 s idle)
 STARTUP_ALLOWANCE = 60  # seconds a child may take beyond its fuzzing time before it is killed
 
 
@@ -53,54 +56,104 @@ def run_target(name: str, libfuzzer_args: list[str]) -> None:
     atheris.Fuzz()
 
 
-def fuzz_all(names: list[str], seconds: int, verbose: bool) -> int:
-    # libFuzzer's -max_total_time is whole seconds and a run overshoots it by about a second,
-    # plus the child's start: leave that overhead out of each target's share
-    per_target = max(1, round(seconds / len(names) - PER_TARGET_OVERHEAD))
-    findings: list[tuple[str, list[Path], int]] = []
-    started = time.monotonic()
+class Budget:
+    """Shares the total time among the targets still to run, learning what each run costs beyond
+    its -max_total_time (whole seconds, overshot by about a second, plus the child's start-up;
+    more on a loaded machine), so that the whole run stays close to the total."""
+
+    def __init__(self, seconds: int, targets: int, jobs: int) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.left = targets
+        self.jobs = jobs
+        self.overheads: list[float] = []
+        self.lock = threading.Lock()
+
+    def next_share(self) -> int:
+        with self.lock:
+            overhead = sum(self.overheads) / len(self.overheads) if self.overheads else PER_TARGET_OVERHEAD
+            share = (self.deadline - time.monotonic()) * self.jobs / self.left - overhead
+            self.left -= 1
+            return max(1, int(share))
+
+    def finished(self, out: Outcome) -> None:
+        with self.lock:
+            self.overheads.append(max(0.0, out.seconds - out.fuzz_seconds))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    status: int
+    new: list[Path]  # inputs saved to crashers/ by this run
+    runs: str
+    fuzz_seconds: int  # the -max_total_time it was given
+    seconds: float  # how long it took
+    output: str
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
+def fuzz_one(name: str, max_len: int, seconds: int) -> Outcome:
+    """Fuzz one target for `seconds` in a child process."""
+    crashers = CRASHERS / name
+    crashers.mkdir(parents=True, exist_ok=True)
+    before = set(crashers.iterdir())
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as work:
+        args = [
+            f"-max_total_time={seconds}",
+            f"-timeout={HANG_SECONDS}",
+            f"-rss_limit_mb={RSS_LIMIT_MB}",
+            f"-max_len={max_len}",
+            f"-artifact_prefix={crashers}/",
+            "-print_final_stats=1",
+            work,  # new inputs go here (the first corpus directory), not into the committed seeds
+            str(CORPUS / name),
+            str(crashers),
+        ]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--run-target", name, "--", *args]
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=seconds + HANG_SECONDS + STARTUP_ALLOWANCE)
+            output, status = _text(proc.stdout) + _text(proc.stderr), proc.returncode
+        except subprocess.TimeoutExpired as exc:
+            output, status = _text(exc.stdout) + _text(exc.stderr), -1
+    new = sorted(set(crashers.iterdir()) - before)
+    runs = next((line.split()[-1] for line in output.splitlines() if "stat::number_of_executed_units" in line), "?")
+    return Outcome(name, status, new, runs, seconds, time.monotonic() - t0, output)
+
+
+def fuzz_all(names: list[str], seconds: int, jobs: int, verbose: bool) -> int:
     from tests.fuzz.targets import TARGETS
 
-    for name in names:
-        target = TARGETS[name]
-        seeds = CORPUS / name
-        crashers = CRASHERS / name
-        crashers.mkdir(parents=True, exist_ok=True)
-        before = set(crashers.iterdir())
-        with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as work:
-            args = [
-                f"-max_total_time={per_target}",
-                f"-timeout={HANG_SECONDS}",
-                f"-rss_limit_mb={RSS_LIMIT_MB}",
-                f"-max_len={target.max_len}",
-                f"-artifact_prefix={crashers}/",
-                "-print_final_stats=1",
-                work,  # new inputs go here (the first corpus directory), not into the committed seeds
-                str(seeds),
-                str(crashers),
-            ]
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--run-target", name, "--", *args]
-            t0 = time.monotonic()
-            try:
-                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, errors="replace",
-                                      timeout=per_target + HANG_SECONDS + STARTUP_ALLOWANCE)
-                output, status = proc.stdout + proc.stderr, proc.returncode
-            except subprocess.TimeoutExpired as exc:
-                output = (exc.stdout or "") + (exc.stderr or "") if isinstance(exc.stdout, str) else ""
-                status = -1
-        new = sorted(set(crashers.iterdir()) - before)
-        runs = next((line.split()[-1] for line in output.splitlines() if "stat::number_of_executed_units" in line), "?")
-        print(f"{name:34} {time.monotonic() - t0:5.1f} s  {runs:>8} runs  "
-              + ("ok" if status == 0 and not new else f"FINDING (status {status})"), flush=True)
-        if status != 0 or new:
-            findings.append((name, new, status))
-            print("\n".join(output.splitlines()[-40:]), file=sys.stderr)
-        elif verbose:
-            print(output, file=sys.stderr)
-    print(f"{len(names)} targets in {time.monotonic() - started:.0f} s")
-    for name, new, status in findings:
-        saved = ", ".join(str(p.relative_to(ROOT)) for p in new) or "no input saved"
-        print(f"finding in {name} (status {status}): {saved}")
+    budget = Budget(seconds, len(names), jobs)
+    findings: list[Outcome] = []
+    started = time.monotonic()
+
+    def run(name: str) -> Outcome:
+        out = fuzz_one(name, TARGETS[name].max_len, budget.next_share())
+        budget.finished(out)
+        return out
+
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(run, name) for name in names]
+        for future in as_completed(futures):
+            out = future.result()
+            ok = out.status == 0 and not out.new
+            print(f"{out.name:34} {out.seconds:5.1f} s  {out.runs:>8} runs  "
+                  + ("ok" if ok else f"FINDING (status {out.status})"), flush=True)
+            if not ok:
+                findings.append(out)
+                print("\n".join(out.output.splitlines()[-40:]), file=sys.stderr)
+            elif verbose:
+                print(out.output, file=sys.stderr)
+    print(f"{len(names)} targets, {jobs} at a time: {time.monotonic() - started:.0f} s")
+    for out in findings:
+        saved = ", ".join(str(p.relative_to(ROOT)) for p in out.new) or "no input saved"
+        print(f"finding in {out.name} (status {out.status}): {saved}")
     if findings:
         print("commit the saved inputs, fix the decoder, and check with: "
               "python -m pytest tests/fuzz/test_crashers.py")
@@ -117,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "60")),
                         help="total fuzzing time, shared by the targets (default 60)")
     parser.add_argument("--targets", help="comma-separated target names (default: all)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="targets fuzzed at the same time (default: 2, or 1 on one CPU)")
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
     parser.add_argument("--write-seeds", action="store_true", help="regenerate tests/fuzz/corpus/")
     parser.add_argument("-v", "--verbose", action="store_true", help="print libFuzzer's output for every target")
@@ -140,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("atheris") is None:
         print("atheris is not installed: pip install -e '.[test]' (Linux, CPython 3.8-3.12)", file=sys.stderr)
         return 2
-    return fuzz_all(names, args.seconds, args.verbose)
+    return fuzz_all(names, args.seconds, max(1, args.jobs), args.verbose)
 
 
 if __name__ == "__main__":
