@@ -123,6 +123,9 @@ class MultipartParser:
             at = 0 if self._preamble_seen == 0 and buf.startswith(self.dash_boundary) else -1
             if at < 0:
                 found = buf.find(self.delimiter)
+                if found >= 0 and self._preamble_seen + found > self.max_header_bytes:
+                    # the same limit whether the preamble came in one read or in many
+                    raise MultipartError("no multipart boundary where one was expected (wrong boundary?)")
                 at = found + 2 if found >= 0 else -1
             if at < 0:
                 keep = len(self.delimiter)

@@ -75,6 +75,15 @@ def _exchange() -> dict[str, list[bytes]]:
     }
 
 
+def _block_sequences() -> list[bytes]:
+    """Whole blocks responses to tests.fuzz.targets' request for block_cid(1..3), as framed streams."""
+    resp = exchange_messages.encode_response
+    cids = [f.block_cid(i) for i in (1, 2, 3)]
+    data = [resp(BlockData(cids[0], b"one")), resp(BlockAbsent(cids[1])), resp(BlockData(cids[2], b"three"))]
+    return [b"".join(encode_frame(d, 4096) for d in data),
+            encode_frame(resp(Refused(600, "not authorised")), 4096)]
+
+
 def _directory() -> tuple[list[bytes], list[bytes]]:
     vectors = json.loads(VECTORS.read_text())["directory"]
     requests = [bytes.fromhex(v["hex"]) for v in vectors["requests"]]
@@ -129,6 +138,9 @@ def seeds() -> dict[str, list[bytes]]:
                           b"\x03" + encode_frame(b"x" * 64, 64)],
         **{f"exchange_{name}": values for name, values in exchange.items()},
         **{f"document_{name}": values for name, values in documents.items()},
+        "exchange_have_bitmap": [exchange_messages.encode_response(HaveReply(b"\xa0")),
+                                 exchange_messages.encode_response(HaveReply(b"\xff\x80"))],
+        "exchange_block_response_sequence": _block_sequences(),
         "directory_request": dir_requests,
         "directory_response": dir_responses,
         "cid": [c["cid"].encode() for c in vectors["cids"]] + [bytes.fromhex(c["binary_hex"]) for c in vectors["cids"]],

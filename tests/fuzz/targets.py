@@ -165,6 +165,40 @@ def _response_target(decode: Callable[[bytes], object]) -> Callable[[bytes], obj
     return lambda data: _exchange_response(data, decode)
 
 
+def _have_reply(data: bytes) -> object:
+    """A have reply, then its bitmap read against manifests of every block count it could fit."""
+    reply = _exchange_response(data, exchange_messages.decode_have_reply)
+    if isinstance(reply, exchange_messages.HaveReply):
+        size = len(reply.bitmap)
+        for count in {max(0, size * 8 - 7), max(0, size * 8 - 1), size * 8, size * 8 + 1}:
+            try:
+                flags = exchange_messages.unpack_bitmap(reply.bitmap, count)
+            except SchemaError:
+                continue
+            if len(flags) != count or exchange_messages.pack_bitmap(flags) != reply.bitmap:
+                raise Finding(f"bitmap of {size} bytes read as {len(flags)} flags does not round-trip")
+    return reply
+
+
+#: The request a block response sequence answers: three CIDs.
+_BLOCK_REQUEST = exchange_messages.BlockRequest(factories.block_cid(0), tuple(factories.block_cid(i) for i in (1, 2, 3)))
+
+
+def _block_response_sequence(data: bytes) -> object:
+    """A blocks stream as a peer sends it: frames (4-byte length prefixes), each a block response,
+    checked in order against a request for three CIDs."""
+    frames = FrameDecoder(4096)
+    reader = exchange_messages.BlockResponseReader(_BLOCK_REQUEST)
+    accepted: list[object] = []
+    for frame in frames.feed(data):
+        accepted.append(reader.feed(frame))
+    frames.end_of_stream()
+    reader.end_of_stream()
+    if reader.state is exchange_messages.ReaderState.DONE and len(accepted) != len(_BLOCK_REQUEST.cids):
+        raise Finding("a response ended with a frame count other than the CIDs requested")
+    return accepted
+
+
 def _directory_request(data: bytes) -> object:
     value = directory_messages.decode_request(data)
     if directory_messages.encode_request(value) != data:
@@ -363,6 +397,9 @@ TARGETS: dict[str, Target] = {
         f"document_{name}": Target(f"document_{name}", _document_target(cls), _DOCUMENT_ERRORS, max_len=8192)
         for name, cls in _DOCUMENTS.items()
     },
+    "exchange_have_bitmap": Target("exchange_have_bitmap", _have_reply, (RemoteProtocolError,)),
+    "exchange_block_response_sequence": Target("exchange_block_response_sequence", _block_response_sequence,
+                                               (RemoteProtocolError,)),
     "directory_request": Target("directory_request", _directory_request, (RemoteProtocolError,)),
     "directory_response": Target("directory_response", _directory_response, (RemoteProtocolError,)),
     "cid": Target("cid", _cid, ()),

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import struct
+
 import pytest
+from pydicom import dcmwrite
+
+from meshnode.dicom.errors import DicomError
+from meshnode.dicom.layout import plan_instance
 
 from meshnode.web.auth import bearer_or_basic
-from meshnode.web.multipart import MultipartParser, PartData, PartStarted
+from meshnode.web.multipart import MultipartError, MultipartParser, PartData, PartStarted
+from tests.meshnode.dicom.helpers import minimal_dataset
 
 
 @pytest.mark.parametrize("header", ["Basic \x9c\xa7\xb1\x93", "Basic dXNlcjp0b2tlbg\xe9=", "basic \xff"])
@@ -48,3 +56,36 @@ def test_parts_do_not_depend_on_how_the_body_is_read(step: int) -> None:
             b"first\r\n--BOUNDARY\r\n\r\nsecond\r\n--BOUNDARY--")
     assert _parts(body, step) == _parts(body, len(body)) == [
         ({"content-type": "application/dicom"}, b"first"), ({}, b"second")]
+
+
+@pytest.mark.parametrize("vr", [b"U\x00", b"X\x01", b"Q\x7f"])
+@pytest.mark.parametrize("tag", [0x00280011, 0x00100010, 0x0020000D])
+def test_a_listed_attribute_with_an_unknown_vr_is_a_dicom_error_or_ignored(vr: bytes, tag: int) -> None:
+    """Found by dicom_ingest_scan: a listed attribute (here Columns, Patient's Name or Study UID)
+    with an unknown explicit VR and no value made pydicom raise NotImplementedError from inside
+    read_attributes (its get_item performs a 'deferred read' of any value it holds as None)."""
+    ds = minimal_dataset()
+    ds.add_new(tag, "LO", None)  # an empty element, in tag order; its VR bytes are replaced below
+    out = io.BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    empty = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, b"LO", 0)
+    assert out.getvalue().count(empty) == 1
+    data = out.getvalue().replace(empty, empty[:4] + vr + b"\x00\x00")
+    try:
+        plan = plan_instance(data)
+    except DicomError:
+        return
+    assert plan.attributes.columns is None and plan.attributes.patient_name == ""
+
+
+@pytest.mark.parametrize("step", [1, 7, 64, 10_000])
+def test_the_preamble_limit_does_not_depend_on_how_the_body_is_read(step: int) -> None:
+    """Found by stow_multipart: a preamble longer than the limit was refused when it arrived in
+    small reads but accepted when the delimiter came in the same read."""
+    for preamble, refused in ((b"x" * 8192, False), (b"x" * 8193, True)):
+        body = preamble + b"\r\n--BOUNDARY\r\n\r\npart\r\n--BOUNDARY--"
+        if refused:
+            with pytest.raises(MultipartError, match="no multipart boundary"):
+                _parts(body, step)
+        else:
+            assert _parts(body, step) == [({}, b"part")]
