@@ -10,7 +10,8 @@ Threat -> test (this file unless named):
     replayed older revision          test_replayed_older_revision_changes_nothing
     replayed older roster            test_replayed_older_or_equal_roster_changes_nothing
     fast-forward, compromised key    test_roster_fast_forward_by_a_rotated_out_or_rogue_key,
-                                     test_manifest_fast_forward_by_a_revoked_node_key
+                                     test_manifest_fast_forward_by_a_revoked_node_key;
+                                     OPEN, xfails: test_revision_fast_forward_before_revocation_...
     expired                          test_expired_documents_change_nothing, test_expired_roster_...
     equivocation                     test_equivocating_manifest_changes_nothing,
                                      test_equivocating_roster_changes_nothing
@@ -324,6 +325,22 @@ async def test_manifest_fast_forward_by_a_revoked_node_key(node: Recipient) -> N
     await node.refuses(UnauthorisedError, ahead, cert=COMPROMISED_CERT.encode(), peer=COMPROMISED.peer_id)
     await node.announce(manifest(2).encode())
     assert len(node.accepted) == 1
+
+
+async def test_revision_fast_forward_before_revocation_does_not_lock_the_study(node: Recipient) -> None:
+    """OPEN (xfails): a leaked node key of the sender org, used before it is revoked, announces
+    revision 10**6 of a study; revoking the key does not lower the highest revision the recipient
+    holds, so the sender's genuine later revisions are refused as rollbacks from then on
+    (Receiver.accept_announce compares with every received revision, revoked signers' included)."""
+    await node.announce(manifest(1).encode())
+    await node.announce(manifest(10**6, signer=COMPROMISED).encode(), cert=COMPROMISED_CERT.encode(),
+                        peer=COMPROMISED.peer_id)
+    node.guard.accept(f.sign_roster(2, revoked=[f.serial(3)]).encode(), NOW)  # the leak is found: revoked
+    try:
+        await node.announce(manifest(2).encode())  # the sender's genuine correction
+    except RevisionRollbackError:
+        pytest.xfail("open: revisions signed by a since-revoked key still lock the study")
+    assert len(node.accepted) == 3
 
 
 def test_replayed_older_or_equal_roster_changes_nothing() -> None:
