@@ -42,7 +42,10 @@ def run_target(name: str, libfuzzer_args: list[str]) -> None:
     import atheris  # type: ignore[import-untyped]  # only the fuzz run needs it (test_crashers.py does not)
 
     sys.path.insert(0, str(ROOT))
-    with atheris.instrument_imports(include=["protocol", "meshnode", "tests.fuzz"]):
+    # pydicom too for the DICOM target: coverage of its reader guides the fuzzer into what
+    # read_attributes does with pydicom's output
+    packages = ["protocol", "meshnode", "tests.fuzz", *(["pydicom"] if name.startswith("dicom") else [])]
+    with atheris.instrument_imports(include=packages):
         from tests.fuzz.targets import TARGETS, check
     import logging
 

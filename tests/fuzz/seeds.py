@@ -122,6 +122,18 @@ def _dicom() -> list[bytes]:
         out = io.BytesIO()
         dcmwrite(out, ds, enforce_file_format=True)
         seeds.append(out.getvalue())
+    # character sets the attribute reader decodes (UTF-8, ISO 2022 with escape sequences)
+    for charset, name in (("ISO_IR 192", "Jöhn^Ÿvès"), (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎")):
+        ds = minimal_dataset(SpecificCharacterSet=charset, PatientName=name, StudyDescription="Ünïcode")
+        out = io.BytesIO()
+        dcmwrite(out, ds, enforce_file_format=True)
+        seeds.append(out.getvalue())
+    # a bare data set: no preamble, no meta header
+    bare = minimal_dataset()
+    del bare.file_meta
+    out = io.BytesIO()
+    dcmwrite(out, bare, implicit_vr=False, little_endian=True)
+    seeds.append(out.getvalue())
     return seeds
 
 
