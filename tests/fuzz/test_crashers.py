@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.targets import TARGETS, Finding, check
+from protocol.errors import SchemaError
+from tests.fuzz.targets import TARGETS, Target, check
 
 FUZZ = Path(__file__).resolve().parent
 CORPUS = FUZZ / "corpus"
@@ -49,11 +50,12 @@ def test_crasher_gets_the_documented_outcome(target: str, path: Path) -> None:
     check(TARGETS[target], path.read_bytes())  # raises (fails) on anything else
 
 
-def test_an_undocumented_outcome_is_reported() -> None:
-    """The replay would notice: a target whose decoder misbehaves raises, it does not return."""
-    with pytest.raises(Finding):
-        check(TARGETS["frame_decoder"].__class__("broken", _inconsistent, ()), b"")
+def test_only_documented_errors_count_as_refusals() -> None:
+    """check() returns a documented error and lets anything else through (which fails the replay)."""
+    def refuse(data: bytes) -> object:
+        raise (SchemaError if data else ValueError)("refused")
 
-
-def _inconsistent(data: bytes) -> object:
-    raise Finding("deliberately inconsistent")
+    target = Target("strict", refuse, (SchemaError,))
+    assert isinstance(check(target, b"x"), SchemaError)
+    with pytest.raises(ValueError):
+        check(target, b"")
