@@ -11,9 +11,12 @@ from pydicom import dcmwrite
 from meshnode.dicom.errors import DicomError
 from meshnode.dicom.layout import plan_instance
 
+from meshnode.storage.users import MemoryUserStore
 from meshnode.web.auth import bearer_or_basic
 from meshnode.web.multipart import MultipartError, MultipartParser, PartData, PartStarted
 from tests.meshnode.dicom.helpers import minimal_dataset
+from tests.meshnode.web.asgi import call
+from tests.meshnode.web.test_app_auth import Clock, make_app
 
 
 @pytest.mark.parametrize("header", ["Basic \x9c\xa7\xb1\x93", "Basic dXNlcjp0b2tlbg\xe9=", "basic \xff"])
@@ -21,6 +24,14 @@ def test_basic_credentials_with_non_ascii_text_are_no_token(header: str) -> None
     """Found by http_auth_headers: base64 of non-ASCII text raised a plain ValueError (an HTTP 500
     that skipped the failed-authentication count) instead of giving no token."""
     assert bearer_or_basic(header) is None
+
+
+async def test_non_ascii_basic_credentials_are_a_failed_login_not_a_server_error() -> None:
+    """The same bug through the web app: 401 and a counted failure (the brute-force accounting),
+    where the ValueError escaped the app before."""
+    app, _ = make_app(MemoryUserStore(), Clock())
+    reply = await call(app, "GET", "/read/x", headers={"Authorization": "Basic \u00e9t\u00e9=="})
+    assert reply.status == 401 and app.stats.auth_failures == 1
 
 
 def _parts(body: bytes, step: int) -> list[tuple[dict[str, str], bytes]]:
