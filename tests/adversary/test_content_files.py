@@ -16,6 +16,7 @@ Threat -> test (this file unless named):
     decompression bomb         test_decompression_bomb_stops_at_the_limit
     path traversal in names    test_path_traversal_in_uids_is_refused_and_nothing_stored,
                                test_export_never_writes_outside_its_folder
+    all of them over STOW-RS   test_hostile_stow_parts_are_refused_and_nothing_stored
     UID conflict               test_same_sop_uid_in_another_study_is_kept_apart (and
                                tests/meshnode/test_ingest.py::test_same_sop_uid_different_bytes_kept_both),
                                test_manifest_listing_a_uid_twice_is_refused
@@ -67,6 +68,8 @@ from protocol.document import open_document
 from protocol.manifest import Manifest
 
 from tests.meshnode.dicom.helpers import minimal_dataset, nested_sequences, write_minimal
+from tests.meshnode.web.test_stow import Server, multipart
+from tests.meshnode.web.test_stow import server as server  # the STOW-RS fixture: a real app on 127.0.0.1
 from tests.protocol import factories as f
 from tests.protocol.assertions import raises_exactly
 
@@ -333,3 +336,44 @@ def test_oversize_stow_part_refused() -> None:
         for _ in range(64):
             passed_on += sum(len(e.data) for e in parser.feed(bytes(64 << 10)) if isinstance(e, PartData))
     assert (1 << 20) - (64 << 10) <= passed_on <= 1 << 20
+
+
+# -- the same files over STOW-RS ------------------------------------------------------
+
+
+def _dataset_bytes(tag: int | None = None, vr: bytes = b"", **attributes: object) -> bytes:
+    """minimal_dataset(**attributes) as a Part 10 file; with `tag`, that element empty and of VR `vr`."""
+    ds = minimal_dataset(**attributes)
+    if tag is not None:
+        ds.add_new(tag, "LO", None)
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, enforce_file_format=True)
+    data = out.getvalue()
+    if tag is None:
+        return data
+    empty = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, b"LO", 0)
+    return data.replace(empty, empty[:4] + vr + b"\x00\x00")
+
+
+async def test_hostile_stow_parts_are_refused_and_nothing_stored(server: Server, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every hostile file, uploaded alone: 409 with the part's reason, no study, an empty spool."""
+    monkeypatch.setattr(structure, "MAX_INFLATED_SIZE", 4 << 20)
+    minimal = _dataset_bytes()
+    cases = {
+        "decompression bomb": _deflated_bomb(64 << 20),
+        "study UID with an unknown VR": _dataset_bytes(0x0020000D, b"U\x00"),  # the fuzz crasher's shape
+        "path traversal": _dataset_bytes(SOPInstanceUID="../../../../tmp/owned"),
+        "nested too deep": minimal + nested_sequences(40, defined_length=False),
+        "an executable": b"MZ\x90\x00" + bytes(range(256)) * 8,
+        "truncated": minimal[:-7],
+    }
+    for name, data in cases.items():
+        response = await server.post(multipart([data]))
+        assert response.status_code == 409, f"{name}: {response.status_code} {response.text}"
+        assert "part 1" in response.headers["warning"], name
+    assert await server.studies() == []
+    refused = [a for _, a, _ in await server.audit() if a == "stow-refused"]
+    assert len(refused) == len(cases)
+    if server.spool.exists():
+        assert not list(server.spool.iterdir())
