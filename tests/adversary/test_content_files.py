@@ -377,3 +377,17 @@ async def test_hostile_stow_parts_are_refused_and_nothing_stored(server: Server,
     assert len(refused) == len(cases)
     if server.spool.exists():
         assert not list(server.spool.iterdir())
+
+
+def test_a_hostile_file_never_aborts_a_batch(storage: NodeStorage, tmp_path: Path) -> None:
+    """One file among good ones: skipped with its reason, the good file stored. (Before the
+    attributes.py fix the unknown-VR file raised NotImplementedError out of the whole ingest run.)"""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.dcm").write_bytes(ct_bytes(tmp_path / "src"))
+    (folder / "unknown-vr.dcm").write_bytes(_dataset_bytes(0x0020000D, b"U\x00"))
+    (folder / "unknown-vr-columns.dcm").write_bytes(_dataset_bytes(0x00280011, b"X\x01", StudyInstanceUID="1.2.9"))
+    report = Ingester(storage, workers=1).ingest([folder])
+    reasons = {Path(p).name: r for p, r in report.skipped}
+    assert report.added == 2 and set(reasons) == {"unknown-vr.dcm"}
+    assert reasons["unknown-vr.dcm"] == "missing Study Instance UID"
