@@ -17,6 +17,8 @@ Threat -> test (this file unless named):
     path traversal in names    test_path_traversal_in_uids_is_refused_and_nothing_stored,
                                test_export_never_writes_outside_its_folder
     all of them over STOW-RS   test_hostile_stow_parts_are_refused_and_nothing_stored
+    one among good files       test_a_hostile_file_never_aborts_a_batch
+    OPEN, xfails               test_an_element_with_an_unknown_vr_does_not_break_wado_metadata
     UID conflict               test_same_sop_uid_in_another_study_is_kept_apart (and
                                tests/meshnode/test_ingest.py::test_same_sop_uid_different_bytes_kept_both),
                                test_manifest_listing_a_uid_twice_is_refused
@@ -34,6 +36,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
+import trio
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from meshnode.dicom import structure
@@ -391,3 +395,19 @@ def test_a_hostile_file_never_aborts_a_batch(storage: NodeStorage, tmp_path: Pat
     reasons = {Path(p).name: r for p, r in report.skipped}
     assert report.added == 2 and set(reasons) == {"unknown-vr.dcm"}
     assert reasons["unknown-vr.dcm"] == "missing Study Instance UID"
+
+
+async def test_an_element_with_an_unknown_vr_does_not_break_wado_metadata(server: Server) -> None:
+    """OPEN (xfails): ingest reads only the attributes it lists, so a file whose other elements have
+    an unknown VR is stored; WADO-RS metadata then converts every element with pydicom, which
+    raises NotImplementedError: a 500 for that study (meshnode/web/dicomjson.py header_json)."""
+    data = _dataset_bytes(0x00091010, b"U\x00")
+    stored = await server.post(multipart([data]))
+    assert stored.status_code == 200, stored.text
+    [study] = await server.studies()
+    response = await trio.to_thread.run_sync(lambda: requests.get(
+        f"{server.url}/dicomweb/studies/{study}/metadata", headers={"Authorization": f"Bearer {server.reader}"},
+        timeout=30))
+    if response.status_code == 500:
+        pytest.xfail("open: WADO-RS metadata fails on an element pydicom cannot convert")
+    assert response.status_code == 200
