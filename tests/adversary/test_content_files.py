@@ -18,7 +18,8 @@ Threat -> test (this file unless named):
                                test_export_never_writes_outside_its_folder
     all of them over STOW-RS   test_hostile_stow_parts_are_refused_and_nothing_stored
     one among good files       test_a_hostile_file_never_aborts_a_batch
-    OPEN, xfails               test_an_element_with_an_unknown_vr_does_not_break_wado_metadata
+    OPEN, xfails               test_an_element_with_an_unknown_vr_does_not_break_wado_metadata,
+                               test_a_fetched_header_with_an_unknown_vr_is_read_or_refused
     UID conflict               test_same_sop_uid_in_another_study_is_kept_apart (and
                                tests/meshnode/test_ingest.py::test_same_sop_uid_different_bytes_kept_both),
                                test_manifest_listing_a_uid_twice_is_refused
@@ -411,3 +412,18 @@ async def test_an_element_with_an_unknown_vr_does_not_break_wado_metadata(server
     if response.status_code == 500:
         pytest.xfail("open: WADO-RS metadata fails on an element pydicom cannot convert")
     assert response.status_code == 200
+
+
+def test_a_fetched_header_with_an_unknown_vr_is_read_or_refused() -> None:
+    """OPEN (xfails): when a recipient verifies a fetched instance, completion._header_fields reads a
+    few attributes with pydicom's ds.get, which raises NotImplementedError for an unknown VR; that
+    escapes verify_instance (it catches MeshError), so the fetcher loop fails and restarts instead of
+    failing the manifest: a certified sender can keep a recipient's fetch of its study spinning."""
+    from meshnode.node.completion import _header_fields
+
+    data = _dataset_bytes(0x0008103E, b"U\x00")  # Series Description with an unknown VR
+    try:
+        fields = _header_fields(data)
+    except NotImplementedError:
+        pytest.xfail("open: an unknown VR in a fetched header escapes instance verification")
+    assert "SeriesDescription" not in fields
