@@ -166,7 +166,9 @@ class MultipartParser:
             else:
                 skip = 4
             if end < 0:
-                if len(buf) > self.max_header_bytes:
+                # over the limit only once the blank line can no longer start within it (a read may
+                # have ended inside it): the same verdict however the body is cut into reads
+                if len(buf) > self.max_header_bytes + 3:
                     raise LimitError(f"part headers longer than {self.max_header_bytes} bytes")
                 return
             if end > self.max_header_bytes:

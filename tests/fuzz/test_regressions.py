@@ -14,6 +14,7 @@ from meshnode.dicom.layout import plan_instance
 from meshnode.storage.users import MemoryUserStore
 from meshnode.web.auth import bearer_or_basic
 from meshnode.web.multipart import MultipartError, MultipartParser, PartData, PartStarted
+from protocol.errors import LimitError
 from tests.meshnode.dicom.helpers import minimal_dataset
 from tests.meshnode.web.asgi import call
 from tests.meshnode.web.test_app_auth import Clock, make_app
@@ -34,8 +35,8 @@ async def test_non_ascii_basic_credentials_are_a_failed_login_not_a_server_error
     assert reply.status == 401 and app.stats.auth_failures == 1
 
 
-def _parts(body: bytes, step: int) -> list[tuple[dict[str, str], bytes]]:
-    parser = MultipartParser(b"BOUNDARY", max_part_bytes=1024, max_parts=8)
+def _parts(body: bytes, step: int, max_header_bytes: int = 8192) -> list[tuple[dict[str, str], bytes]]:
+    parser = MultipartParser(b"BOUNDARY", max_part_bytes=1024, max_parts=8, max_header_bytes=max_header_bytes)
     events = []
     for start in range(0, len(body), step):
         events += parser.feed(body[start:start + step])
@@ -100,3 +101,18 @@ def test_the_preamble_limit_does_not_depend_on_how_the_body_is_read(step: int) -
                 _parts(body, step)
         else:
             assert _parts(body, step) == [({}, b"part")]
+
+
+@pytest.mark.parametrize("step", [1, 3, 6, 7, 10_000])
+def test_the_part_header_limit_does_not_depend_on_how_the_body_is_read(step: int) -> None:
+    """Found by stow_multipart: headers within the limit were refused when a read ended inside the
+    blank line that ends them (the limit was checked against the buffered bytes, terminator included)."""
+    parser_limit = 64
+    for size, refused in ((parser_limit, False), (parser_limit + 1, True)):
+        header = b"X-Pad: " + b"p" * (size - len(b"X-Pad: "))
+        body = b"--BOUNDARY\r\n" + header + b"\r\n\r\npart\r\n--BOUNDARY--"
+        if refused:
+            with pytest.raises(LimitError, match="part headers longer"):
+                _parts(body, step, max_header_bytes=parser_limit)
+        else:
+            assert _parts(body, step, max_header_bytes=parser_limit) == [({"x-pad": header[7:].decode()}, b"part")]
