@@ -19,6 +19,7 @@ from enum import Enum
 from protocol.errors import LimitError, RemoteProtocolError
 
 MAX_HEADER_BYTES = 8192
+MAX_PADDING_BYTES = 80  # spaces and tabs allowed between a boundary and its CRLF
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
 
 
@@ -148,9 +149,9 @@ class MultipartParser:
                 return
             # transport padding (spaces, tabs) may follow a boundary before its CRLF
             stripped = bytes(buf).lstrip(b" \t")
+            if len(buf) - len(stripped) > MAX_PADDING_BYTES:  # however the body was cut into reads
+                raise MultipartError("garbage after a multipart boundary")
             if len(stripped) < 2:
-                if len(buf) > 80:
-                    raise MultipartError("garbage after a multipart boundary")
                 return
             if not stripped.startswith(b"\r\n"):
                 raise MultipartError("a multipart boundary is not followed by CRLF")

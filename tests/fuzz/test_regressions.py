@@ -116,3 +116,16 @@ def test_the_part_header_limit_does_not_depend_on_how_the_body_is_read(step: int
                 _parts(body, step, max_header_bytes=parser_limit)
         else:
             assert _parts(body, step, max_header_bytes=parser_limit) == [({"x-pad": header[7:].decode()}, b"part")]
+
+
+@pytest.mark.parametrize("step", [1, 5, 10_000])
+def test_the_transport_padding_limit_does_not_depend_on_how_the_body_is_read(step: int) -> None:
+    """Found by reading the parser after the two limits above: padding after a boundary was refused
+    past 80 bytes when it arrived alone in the buffer, accepted at any length when its CRLF came along."""
+    for padding, refused in ((80, False), (81, True)):
+        body = b"--BOUNDARY" + b" " * padding + b"\r\n\r\npart\r\n--BOUNDARY--"
+        if refused:
+            with pytest.raises(MultipartError, match="garbage after a multipart boundary"):
+                _parts(body, step)
+        else:
+            assert _parts(body, step) == [({}, b"part")]
