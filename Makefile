@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-emulation typecheck vectors bench bench-sim clean system-deps
+.PHONY: demo test test-slow test-emulation typecheck fuzz vectors bench bench-sim clean system-deps
 
 # Debian packages the interoperability tests run against (real dcmtk, Orthanc, Chromium, and rsyslog
 # with its TLS driver as the audit repository).
@@ -31,6 +31,11 @@ test-slow: $(STAMP) system-deps
 # meshsim emulation with real meshnode processes (network namespaces + tc when root, else the node's limiter)
 test-emulation: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m emulation
+
+# coverage-guided fuzzing (atheris) of every decoder of untrusted bytes, about a minute in all;
+# new crashers land in tests/fuzz/crashers/ (commit them) and fail the run
+fuzz: $(STAMP)
+	$(VENV)/bin/python scripts/fuzz.py --seconds 60
 
 typecheck: $(STAMP)
 	$(VENV)/bin/python -m mypy protocol tools meshnode simulations

@@ -153,7 +153,7 @@ def _attributes_of(dataset: Dataset, transfer_syntax_uid: str) -> tuple[Instance
 
     def integer(name: str) -> int | None:
         tag, vr = _INTEGER[name]
-        raw = dataset.get_item(tag)
+        raw = dataset.get_item(tag, keep_deferred=True)
         data = _raw_value(dataset, tag, name, flags)
         little = raw.is_little_endian if isinstance(raw, RawDataElement) else True
         value = _integer(data, vr, little)
@@ -227,7 +227,9 @@ def _read_dataset_from(stream: BinaryIO, layout: FileLayout) -> Dataset:
 
 def _raw_value(dataset: Dataset, tag: int, name: str, flags: set[str]) -> bytes:
     """The element's undecoded value bytes; b"" when absent or not read."""
-    raw = dataset.get_item(tag)
+    # keep_deferred: without it, get_item "reads" any raw value held as None (a deferred one, and an
+    # empty one with an unknown VR), converting it and raising whatever pydicom raises
+    raw = dataset.get_item(tag, keep_deferred=True)
     if not isinstance(raw, RawDataElement):
         return b""  # absent (a sequence is never one of ours)
     if raw.value is None:

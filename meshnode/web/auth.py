@@ -9,7 +9,6 @@ held in memory (a restart logs everyone out).
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import secrets
 import time
@@ -79,7 +78,7 @@ def bearer_or_basic(header: str) -> str | None:
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text (plain ValueError)
             return None
         _, sep, password = decoded.partition(":")
         return password if sep and password else None

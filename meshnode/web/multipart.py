@@ -19,6 +19,7 @@ from enum import Enum
 from protocol.errors import LimitError, RemoteProtocolError
 
 MAX_HEADER_BYTES = 8192
+MAX_PADDING_BYTES = 80  # spaces and tabs allowed between a boundary and its CRLF
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
 
 
@@ -117,10 +118,15 @@ class MultipartParser:
     def _step(self, events: list[Event]) -> None:
         buf = self._buf
         if self._state is _State.PREAMBLE:
-            # the first dash-boundary may start the body or follow a CRLF (an empty or real preamble)
-            at = 0 if buf.startswith(self.dash_boundary) else -1
+            # the first dash-boundary may start the body or follow a CRLF (an empty or real preamble);
+            # "starts the body" only while no preamble byte has been dropped, else a dash-boundary in
+            # the middle of a preamble line would count when a read happened to end just before it
+            at = 0 if self._preamble_seen == 0 and buf.startswith(self.dash_boundary) else -1
             if at < 0:
                 found = buf.find(self.delimiter)
+                if found >= 0 and self._preamble_seen + found > self.max_header_bytes:
+                    # the same limit whether the preamble came in one read or in many
+                    raise MultipartError("no multipart boundary where one was expected (wrong boundary?)")
                 at = found + 2 if found >= 0 else -1
             if at < 0:
                 keep = len(self.delimiter)
@@ -143,9 +149,9 @@ class MultipartParser:
                 return
             # transport padding (spaces, tabs) may follow a boundary before its CRLF
             stripped = bytes(buf).lstrip(b" \t")
+            if len(buf) - len(stripped) > MAX_PADDING_BYTES:  # however the body was cut into reads
+                raise MultipartError("garbage after a multipart boundary")
             if len(stripped) < 2:
-                if len(buf) > 80:
-                    raise MultipartError("garbage after a multipart boundary")
                 return
             if not stripped.startswith(b"\r\n"):
                 raise MultipartError("a multipart boundary is not followed by CRLF")
@@ -161,7 +167,9 @@ class MultipartParser:
             else:
                 skip = 4
             if end < 0:
-                if len(buf) > self.max_header_bytes:
+                # over the limit only once the blank line can no longer start within it (a read may
+                # have ended inside it): the same verdict however the body is cut into reads
+                if len(buf) > self.max_header_bytes + 3:
                     raise LimitError(f"part headers longer than {self.max_header_bytes} bytes")
                 return
             if end > self.max_header_bytes:
