@@ -7,6 +7,8 @@ metadata come from an instance's header (pydicom's JSON conversion).
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -40,6 +42,8 @@ INSTANCE_ATTRIBUTES: dict[str, tuple[str, str]] = {
     "Columns": ("00280011", "US"), "NumberOfFrames": ("00280008", "IS"),
 }
 _NUMERIC = frozenset({"IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
+
+log = logging.getLogger(__name__)
 
 
 def element(vr: str, *values: object) -> Json:
@@ -138,19 +142,32 @@ def instance_result(row: InstanceSummaryRow, base: str, with_study: bool, with_s
     return dict(sorted(out.items()))
 
 
+#: what pydicom raises for an element it cannot decode or convert (an unknown VR, a malformed value)
+_UNCONVERTIBLE = (NotImplementedError, ValueError, TypeError, KeyError, AttributeError, OverflowError)
+
+
 def header_json(dataset: Dataset) -> Json:
-    """A header (pixel data already left out) as DICOM JSON, binary values inline (base64)."""
-    converted: Json = dataset.to_json_dict(bulk_data_threshold=1 << 30, bulk_data_element_handler=None)
-    return converted
+    """A header (pixel data already left out) as DICOM JSON, binary values inline (base64). An element that
+    cannot be converted (an unknown VR, say: ingest reads only the attributes it needs, so such a file can
+    be stored) is left out rather than failing the whole answer."""
+    try:
+        converted: Json = dataset.to_json_dict(bulk_data_threshold=1 << 30, bulk_data_element_handler=None)
+        return converted
+    except _UNCONVERTIBLE:
+        return header_fields(dataset, {f"{int(tag):08X}" for tag in dataset.keys()})
 
 
 def header_fields(dataset: Dataset, tags: set[str]) -> Json:
-    """Just these attributes of a header (those present)."""
+    """Just these attributes of a header (those present and convertible; the others are logged and left out)."""
     out: Json = {}
     for tag in sorted(tags):
         value = int(tag, 16)
         if value in dataset:
-            sub = Dataset()
-            sub.add(dataset[value])
-            out.update(sub.to_json_dict(bulk_data_threshold=1 << 30, bulk_data_element_handler=None))
+            try:
+                sub = Dataset()
+                sub.add(dataset[value])
+                out.update(sub.to_json_dict(bulk_data_threshold=1 << 30, bulk_data_element_handler=None))
+            except _UNCONVERTIBLE as exc:
+                log.warning("element %s of a stored header cannot be converted to DICOM JSON; left out (%s)",
+                            tag, type(exc).__name__)
     return out
