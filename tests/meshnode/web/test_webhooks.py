@@ -79,7 +79,10 @@ async def test_delivery_with_retries_filters_and_giving_up(queue: WebhookQueue) 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
             with trio.fail_after(30):
-                while len(good.received) < 1 or queue.counts().get((hooks[1].name, FAILED), 0) < 2:
+                # until the receiver has the event and the queue has recorded it sent (the receiver sees the
+                # request before the service reads the answer), and the other hook has given up twice
+                while (len(good.received) < 1 or queue.counts().get((hooks[0].name, SENT), 0) < 1
+                       or queue.counts().get((hooks[1].name, FAILED), 0) < 2):
                     now[0] += 60  # past every backoff
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
