@@ -129,8 +129,10 @@ async def test_uncertified_flood_of_largest_frames_leaves_memory_flat(mesh: Mesh
                         nursery.start_soon(one, stranger, peer)
             await trio.sleep(1.0)  # a little longer, for whatever the node does after answering
             stop.set()
-    # every answer is the refusal (a stream reset before its answer was read counts as refused too)
-    assert answers and all(a is not None and decode_ack_reply(a) == UNAUTHORISED for a in answers), answers
+    # every answer is the refusal; a stream the node closed before its answer was read (None) was refused
+    # too, unread: under load the node may close a stream still being written to before the answer gets out
+    refusals = [a for a in answers if a is not None]
+    assert refusals and all(decode_ack_reply(a) == UNAUTHORISED for a in refusals), answers
     assert peak - before < 64, (before, peak)
     alerts = await trio.to_thread.run_sync(lambda: [e for e in mesh.audit(b) if e["action"] == "unknown-peer-refused"])
     assert alerts and alerts[0]["event_code"] == SECURITY_ALERT
