@@ -45,6 +45,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
 
     async def status(body: dict[str, Any]) -> object:
         roster = ctx.peers.guard.current
+        await node.wire.served.flush()  # the served figures include the batch not yet written
         studies, manifests, served = await ctx.db.run(lambda s: (len(s.studies()), s.manifests(), served_by_org(s)))
         return {
             "peer_id": ctx.peer_id, "org": ctx.org, "roster_version": roster.document.version if roster else None,
@@ -72,6 +73,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                 "instances": len(signed.document.instances), "bytes": signed.document.total_bytes}
 
     async def inbox(body: dict[str, Any]) -> object:
+        await node.wire.served.flush()
         def load(store: MetadataStore) -> list[dict[str, object]]:
             out: list[dict[str, object]] = []
             for row in store.manifests("received"):
@@ -96,6 +98,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         return await ctx.db.run(load)
 
     async def outbox(body: dict[str, Any]) -> object:
+        await node.wire.served.flush()
         def load(store: MetadataStore) -> list[dict[str, object]]:
             out: list[dict[str, object]] = []
             for row in store.manifests("sent"):

@@ -23,9 +23,10 @@ from libp2p.peer.id import ID
 
 from meshnode.node.context import NodeContext
 from meshnode.node.limits import ByteBudget, PeerLimits, UploadLimiter
-from meshnode.node.policy import Access, authorise_manifest_access
+from meshnode.node.policy import authorise_manifest_access
 from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
+from meshnode.node.served import ServedLedger
 from meshnode.p2p.streams import (
     Admission,
     close_unread,
@@ -40,7 +41,6 @@ from meshnode.p2p.streams import (
 )
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
-from meshnode.storage.records import hash_uid
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import open_document
@@ -131,6 +131,7 @@ class Wire:
         self.limits = limits
         self.timeout = float(ctx.config.request_timeout)
         self.upload = UploadLimiter(ctx.config.upload_mb_per_s)
+        self.served = ServedLedger(ctx)
         self.budget = budget or ByteBudget(PEER_BYTES_IN_FLIGHT, NODE_BYTES_IN_FLIGHT)
         self._nursery: trio.Nursery | None = None
         self._cutting_off: set[str] = set()
@@ -225,6 +226,7 @@ class Wire:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._close_strangers)
+            await nursery.start(self.served.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -373,8 +375,6 @@ class Wire:
             except UnauthorisedError:
                 await write_frame(stream, encode_response(UNAUTHORISED), limits.response)
                 return
-            org = access.certificate.org_code
-            counts = self.ctx.served.setdefault(org, [0, 0])
             blocks = sent = 0
             try:
                 send, receive = trio.open_memory_channel[BlockFrame](READ_AHEAD)
@@ -388,28 +388,12 @@ class Wire:
                                 await stream.write(encode_block_data_frame(frame.cid, frame.data, limits.response))
                                 blocks += 1
                                 sent += len(frame.data)
-                                counts[0] += 1
-                                counts[1] += len(frame.data)
                             else:
                                 await write_frame(stream, encode_response(frame), limits.response)
             finally:
-                if blocks:
-                    with trio.CancelScope(shield=True):
-                        try:
-                            await self._record_served(peer_id, access, blocks, sent)
-                        except MeshError as exc:  # the disk, say: never let it escape the stream handler
-                            log.error("cannot record %d block(s) served to %s: %s", blocks, peer_id, exc)
-
-    async def _record_served(self, peer_id: str, access: Access, blocks: int, nbytes: int) -> None:
-        """What one block request served: counted per manifest and org (all time) and audited (110104)."""
-        ms = int(self.ctx.clock() * 1000)
-        org = access.certificate.org_code
-        manifest_id = access.row.manifest_id
-        await self.ctx.db.run(lambda s: s.add_served(manifest_id, org, blocks, nbytes, ms))
-        await self.ctx.audit(AuditEvent(
-            EventCode.INSTANCES_TRANSFERRED, "blocks-served", actor=peer_id, actor_org=org,
-            study=hash_uid(access.row.study_uid), manifest_id=str(manifest_id),
-            detail=f"{blocks} block(s), {nbytes} bytes"))
+                if blocks:  # every block sent, counted and (batched) audited: meshnode.node.served
+                    self.served.add(peer_id, access.certificate.org_code, access.row.manifest_id,
+                                    access.row.study_uid, blocks, sent)
 
     async def _read_ahead(self, cids: tuple[CID, ...], servable: frozenset[CID],
                           send: trio.MemorySendChannel[BlockFrame]) -> None:

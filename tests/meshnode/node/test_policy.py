@@ -100,3 +100,22 @@ async def test_this_nodes_own_share_serves_what_it_holds(ctx: NodeContext) -> No
     ctx.storage.metadata.record_blocks([(A, 1), (B, 1)], NOW * 1000)
     access = await authorise_manifest_access(ctx, FELLOW.peer_id, mine, (A, B, C))
     assert access.servable == {A, B}  # C is not stored: absent
+
+
+async def test_what_is_served_is_counted_at_once_and_written_in_one_batch(ctx: NodeContext) -> None:
+    from meshnode.node.served import ServedLedger
+
+    mid = received(ctx, b"m")
+    ledger = ServedLedger(ctx)
+    ledger.add(FELLOW.peer_id, "RAJ", mid, STUDY_UID, 16, 1600)
+    ledger.add(FELLOW.peer_id, "RAJ", mid, STUDY_UID, 4, 400)
+    assert ctx.served == {"RAJ": [20, 2000]}  # at once, for status
+    assert ctx.storage.metadata.served(mid) == []  # not written yet
+    await ledger.flush()
+    [row] = ctx.storage.metadata.served(mid)
+    assert (row.org, row.blocks, row.bytes) == ("RAJ", 20, 2000)
+    [entry] = [e.event for e in ctx.storage.metadata.audit_entries() if e.event.action == "blocks-served"]
+    assert entry.code == EventCode.INSTANCES_TRANSFERRED and entry.actor == FELLOW.peer_id
+    assert entry.detail == "20 block(s), 2000 bytes in 2 request(s)" and STUDY_UID not in entry.study
+    await ledger.flush()  # nothing pending: nothing written
+    assert len([e for e in ctx.storage.metadata.audit_entries() if e.event.action == "blocks-served"]) == 1
