@@ -33,7 +33,7 @@ from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord
 from protocol.cid import CID
 from protocol.document import Signed
-from protocol.access import may_reuse
+from protocol.access import Holding, may_reuse
 from protocol.errors import MeshError, UnauthorisedError
 from protocol.exchange_messages import BlockAbsent, BlockData, BlockRequest, Refused, held_blocks
 from protocol.fetch_order import fetch_order
@@ -127,8 +127,11 @@ class Fetcher:
         order = list(manifest.block_order())
         wanted = fetch_order(manifest, self.ctx.org, self.ctx.peer_id)
         sizes = _block_sizes(manifest)
-        present, holdings, earlier = await self.ctx.db.run(
-            lambda s: (s.present_blocks(order), s.holdings(order), s.instances(manifest.study_uid)))
+        def facts(s: MetadataStore) -> tuple[set[CID], dict[CID, list[Holding]], list[InstanceRecord]]:
+            present = s.present_blocks(order)
+            return present, s.holdings(present) if present else {}, s.instances(manifest.study_uid)
+
+        present, holdings, earlier = await self.ctx.db.run(facts)
         # A block on disk counts only if the sender already knows this node holds it; the rest is fetched
         # again, so what this node asks for never tells a sender what else it stores (protocol.access).
         have = {c for c in present if may_reuse(holdings.get(c, ()), manifest.sender_org)}

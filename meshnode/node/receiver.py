@@ -84,6 +84,9 @@ class Receiver:
             store.set_transfer(manifest_id, "announced", 0, 0, int(now * 1000))
 
         await ctx.db.run(record)
+        # fetching starts first: an urgent study's first image waits for nothing else (the audit entry
+        # below is a signed, synced write of its own)
+        await self.on_accepted(signed, now)
         relayed = f", {manifest.sender_org}'s manifest relayed by {relayed_by}" if relayed_by else ""
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "manifest-received", actor=peer_id,
                                    actor_org=relayed_by or manifest.sender_org, study=hash_uid(manifest.study_uid),
@@ -93,7 +96,6 @@ class Receiver:
                                             manifest.sender_org, manifest.priority.value, "received",
                                             instances=len(manifest.instances)))
         log.info("accepted %s manifest %s from %s", manifest.priority.value, manifest_id, manifest.sender_org)
-        await self.on_accepted(signed, now)
         return manifest_id
 
     async def availability(self, peer_id: str, manifest_id: CID) -> list[bool]:
