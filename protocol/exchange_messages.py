@@ -30,7 +30,7 @@ from protocol.errors import (
     UnauthorisedError,
     UnexpectedFrameError,
 )
-from protocol.manifest import MAX_MANIFEST_BYTES, MAX_TOTAL_BLOCKS, Manifest
+from protocol.manifest import MAX_MANIFEST_BYTES, MAX_TOTAL_BLOCKS
 from protocol.recall import Recall
 from protocol.receipt import Receipt
 from protocol.refusal import MAX_MESSAGE_CHARS

@@ -12,18 +12,16 @@ headers, never from the manifest.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
-import io
 import logging
 from collections.abc import Sequence
 
 from meshnode.dicom.attributes import InstanceAttributes, read_header_attributes
 from meshnode.dicom.errors import DicomError
 from meshnode.manifest_builder import summarise
+from meshnode.storage.block_stream import BlockStream
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.records import InstanceRecord, SeriesAttributes, Source, StudyAttributes, hash_uid
-from protocol.cid import CID
 from protocol.errors import DocumentError
 from protocol.manifest import InstanceEntry, Manifest
 
@@ -46,64 +44,12 @@ class ContentMismatchError(DocumentError):
     name = "content-mismatch"
 
 
-class _HeaderStream(io.RawIOBase):
-    """The start of an instance as a file object over its blocks, for pydicom: blocks already read are
-    passed in, any other is read only if the parser gets that far (a header longer than a block)."""
-
-    def __init__(self, blocks: BlockStore, cids: tuple[CID, ...], sizes: list[int], read: dict[int, bytes],
-                 verify: bool) -> None:
-        self._store, self._cids, self._read, self._verify = blocks, cids, read, verify
-        self._starts = _starts(sizes)
-        self._size = sum(sizes)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        """Fills the buffer (across blocks) unless the instance ends first: pydicom takes a short read
-        for the end of the file. Only the blocks the requested bytes lie in are read."""
-        done = 0
-        while done < len(buffer) and self._pos < self._size:
-            index = bisect.bisect_right(self._starts, self._pos) - 1
-            block = self._read.get(index)
-            if block is None:
-                block = self._read[index] = self._store.get(self._cids[index], verify=self._verify)
-            start = self._pos - self._starts[index]
-            n = min(len(buffer) - done, len(block) - start)
-            if n <= 0:
-                raise OSError("an instance block is shorter than recorded")
-            buffer[done:done + n] = block[start:start + n]
-            self._pos += n
-            done += n
-        return done
-
-
-def _starts(sizes: list[int]) -> list[int]:
-    out, offset = [], 0
-    for size in sizes:
-        out.append(offset)
-        offset += size
-    return out
-
-
 def _header(blocks: BlockStore, entry: InstanceEntry, sizes: list[int], read: dict[int, bytes],
             verify: bool) -> InstanceAttributes:
     """The instance's attributes from its header, decoded as ingest decodes them; ContentMismatchError
     when the header cannot be read (a manifest must describe DICOM)."""
     try:
-        return read_header_attributes(_HeaderStream(blocks, entry.blocks, sizes, read, verify))  # type: ignore[arg-type]
+        return read_header_attributes(BlockStream(blocks, entry.blocks, sizes, verify=verify, preloaded=read))  # type: ignore[arg-type]
     except DicomError as exc:
         raise ContentMismatchError(f"instance {hash_uid(entry.sop_instance_uid)}: its header cannot be read, so it "
                                    f"does not match its manifest ({exc.name})") from None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import trio
 
-from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
 from meshnode.storage.records import InstanceRecord, hash_uid
 from meshnode.web.app import Handler, Route, route

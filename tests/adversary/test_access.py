@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import trio
 
 from protocol.cid import CID
 from protocol.errors import NotFoundError

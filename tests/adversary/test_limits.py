@@ -39,7 +39,7 @@ from meshnode.node.sender import Sender
 from meshnode.node.wire import Wire
 from meshnode.p2p.dial import connect, is_connected
 from meshnode.p2p.host import listen_multiaddrs, running_host
-from meshnode.p2p.streams import finish_stream, half_close, open_stream, read_frame, request
+from meshnode.p2p.streams import finish_stream, open_stream, read_frame, request
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.dbthread import DatabaseThread

@@ -15,28 +15,20 @@ import dataclasses
 import hashlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import trio
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 
 from meshnode.home import NodeHome
-from meshnode.p2p.dial import connect, is_connected
-from meshnode.p2p.host import running_host
+from meshnode.p2p.dial import is_connected
 from meshnode.p2p.streams import (
-    finish_stream,
-    half_close,
-    open_stream,
     read_frame,
-    request,
     serve_requests,
     serve_streams,
-    write_frame,
 )
 from protocol.certificate import Certificate
 from protocol.cid import CID
@@ -51,48 +43,36 @@ from protocol.errors import (
     WrongOrganisationError,
 )
 from protocol.exchange_messages import (
-    ANNOUNCE_PROTOCOL,
     BLOCKS_PROTOCOL,
     RECEIPT_PROTOCOL,
     FRAME_LIMITS,
-    HAVE_PROTOCOL,
-    HELLO_PROTOCOL,
     UNAUTHORISED,
     Ack,
-    Announce,
     BlockRequest,
     Hello,
-    HaveRequest,
     Refused,
-    decode_ack_reply,
     decode_block_frame,
     decode_block_request,
-    decode_have_reply,
-    decode_hello_reply,
     encode_block_data_frame,
-    encode_request,
     encode_response,
 )
-from protocol.keys import SigningKey
 from protocol.manifest import Manifest, Purpose
 from tests.adversary.hostile import (
     EXCHANGE_TIMEOUT,
     SECURITY_ALERT,
-    Client,
     client_for,
     in_thread,
     random_cid,
     study_uid,
     wait_for,
 )
-from tests.protocol.factories import make_instance, make_manifest
+from tests.protocol.factories import make_instance
 from tools.demo.identity import Node
 from tools.demo.mesh import MeshDemo
 from tools.demo.workspace import Workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-T = TypeVar("T")
 
 ORGS = [("a", "RGT", "Cambridge University Hospitals NHS FT"),
         ("b", "RJ1", "Guy's and St Thomas' NHS FT")]
