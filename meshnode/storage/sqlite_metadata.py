@@ -379,46 +379,39 @@ class SqliteMetadataStore(SqliteConnection):
                 db.execute("UPDATE transfers SET served_by = ? WHERE manifest_id = ?",
                            (json.dumps(merged, sort_keys=True), manifest_id.to_bytes()))
 
-    def obtained_blocks(self, manifest_id: CID, cids: Iterable[CID]) -> set[CID]:
+    def _by_cid(self, query: str, cids: Iterable[CID], before: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Rows of `query` (whose `{marks}` is an IN list of CIDs), asked 500 CIDs at a time."""
         wanted = [c.to_bytes() for c in cids]
-        found: set[CID] = set()
+        rows: list[tuple[Any, ...]] = []
         for i in range(0, len(wanted), 500):
             chunk = wanted[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(CID.from_bytes(bytes(c)) for (c,) in self._query(
-                "SELECT DISTINCT o.cid FROM manifests m"
-                " JOIN manifests e ON e.study_uid = m.study_uid AND e.sender_org = m.sender_org"
-                "  AND e.direction = 'received' AND e.revision <= m.revision"
-                " JOIN obtained_blocks o ON o.manifest_id = e.manifest_id"
-                f" WHERE m.manifest_id = ? AND m.direction = 'received' AND o.cid IN ({marks})",
-                (manifest_id.to_bytes(), *chunk)))
-        return found
+            rows.extend(self._query(query.format(marks=",".join("?" * len(chunk))), (*before, *chunk)))
+        return rows
+
+    def obtained_blocks(self, manifest_id: CID, cids: Iterable[CID]) -> set[CID]:
+        return {CID.from_bytes(bytes(c)) for (c,) in self._by_cid(
+            "SELECT DISTINCT o.cid FROM manifests m"
+            " JOIN manifests e ON e.study_uid = m.study_uid AND e.sender_org = m.sender_org"
+            "  AND e.direction = 'received' AND e.revision <= m.revision"
+            " JOIN obtained_blocks o ON o.manifest_id = e.manifest_id"
+            " WHERE m.manifest_id = ? AND m.direction = 'received' AND o.cid IN ({marks})",
+            cids, (manifest_id.to_bytes(),))}
 
     def holdings(self, cids: Iterable[CID]) -> dict[CID, list[Holding]]:
-        wanted = [c.to_bytes() for c in cids]
         out: dict[CID, list[Holding]] = {}
-        for i in range(0, len(wanted), 500):
-            chunk = wanted[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for cid, sender, recipients, direction, obtained in self._query(
-                    "SELECT mb.cid, m.sender_org, m.recipients, m.direction,"
-                    " EXISTS (SELECT 1 FROM obtained_blocks o WHERE o.manifest_id = mb.manifest_id AND o.cid = mb.cid)"
-                    " FROM manifest_blocks mb JOIN manifests m ON m.manifest_id = mb.manifest_id"
-                    f" WHERE mb.cid IN ({marks})", chunk):
-                out.setdefault(CID.from_bytes(bytes(cid)), []).append(Holding(
-                    str(sender), frozenset(x for x in str(recipients).split(",") if x),
-                    direction == "sent" or bool(obtained)))
+        for cid, sender, recipients, direction, obtained in self._by_cid(
+                "SELECT mb.cid, m.sender_org, m.recipients, m.direction,"
+                " EXISTS (SELECT 1 FROM obtained_blocks o WHERE o.manifest_id = mb.manifest_id AND o.cid = mb.cid)"
+                " FROM manifest_blocks mb JOIN manifests m ON m.manifest_id = mb.manifest_id"
+                " WHERE mb.cid IN ({marks})", cids):
+            out.setdefault(CID.from_bytes(bytes(cid)), []).append(Holding(
+                str(sender), frozenset(x for x in str(recipients).split(",") if x),
+                direction == "sent" or bool(obtained)))
         return out
 
     def present_blocks(self, cids: Iterable[CID]) -> set[CID]:
-        wanted = [c.to_bytes() for c in cids]
-        found: set[CID] = set()
-        for i in range(0, len(wanted), 500):
-            chunk = wanted[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(CID.from_bytes(bytes(c)) for (c,) in self._query(
-                f"SELECT cid FROM blocks WHERE cid IN ({marks})", chunk))
-        return found
+        return {CID.from_bytes(bytes(c)) for (c,) in self._by_cid(
+            "SELECT cid FROM blocks WHERE cid IN ({marks})", cids)}
 
     def block_refcount(self, cid: CID, now_s: int) -> int:
         rows = self._query(_LIVE_REFS, {"cid": cid.to_bytes(), "now": now_s})
