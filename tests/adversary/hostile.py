@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import trio
 from libp2p.abc import IHost
+from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 
 from meshnode.home import NodeHome
@@ -23,6 +24,7 @@ from meshnode.p2p.streams import finish_stream, half_close, open_stream, read_fr
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed
+from protocol.errors import MeshError
 from protocol.exchange_messages import (
     ANNOUNCE_PROTOCOL,
     BLOCKS_PROTOCOL,
@@ -49,6 +51,12 @@ from tests.protocol.factories import make_manifest
 from tools.demo.identity import Node
 
 T = TypeVar("T")
+
+#: What ends a stream or connection that a node refused, reset or closed under us: py-libp2p's own errors
+#: (stream, muxer, swarm: all BaseLibp2pError), ours (MeshError), trio's and the socket's. Attack tests
+#: catch these, never a bare Exception, so an unexpected error still fails the test.
+STREAM_ENDED: tuple[type[BaseException], ...] = (
+    BaseLibp2pError, MeshError, trio.BrokenResourceError, trio.ClosedResourceError, OSError, EOFError)
 
 #: Bound on any one exchange with a node (dial, hello, a request).
 EXCHANGE_TIMEOUT = 10.0

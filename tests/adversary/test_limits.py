@@ -71,6 +71,7 @@ from protocol.exchange_messages import (
 )
 from protocol.keys import SigningKey
 from tests.protocol import factories as f
+from tests.adversary.hostile import STREAM_ENDED
 
 SECURITY_ALERT = 110113
 TIMEOUT = 10.0  # bound on any one exchange in these tests
@@ -219,7 +220,7 @@ async def test_request_bytes_in_flight_are_budgeted_per_peer(tmp_path: Path) -> 
         with trio.fail_after(TIMEOUT):  # reset by the node: over the peer's budget, and nothing answered
             try:
                 answer = await read_frame(second, FRAME_LIMITS[ANNOUNCE_PROTOCOL].response)
-            except Exception:  # noqa: BLE001 - StreamReset, however py-libp2p words it
+            except STREAM_ENDED:  # StreamReset, however py-libp2p words it
                 answer = None
             assert answer is None
         assert target.wire.budget.of(ORG_C.peer_id) == 200 * 1024
@@ -324,7 +325,7 @@ async def test_node_never_dials_an_address_a_stranger_advertised(tmp_path: Path)
             with trio.move_on_after(2.0):
                 try:
                     await target.host.new_stream(stranger_id, [TProtocol(HELLO_PROTOCOL)])
-                except Exception:  # noqa: BLE001 - the dial is expected to fail; what counts is the listener
+                except STREAM_ENDED:  # the dial is expected to fail; what counts is the listener
                     pass
             await trio.sleep(3.0)  # bounded wait for a redial that must not come (not synchronisation)
             assert attempts == []
@@ -345,7 +346,7 @@ async def test_peer_that_ignores_its_receive_window_is_disconnected(tmp_path: Pa
         with trio.move_on_after(TIMEOUT):
             try:
                 await stream.write(struct.pack(">I", 4 << 20) + b"x" * (4 << 20))
-            except Exception:  # noqa: BLE001 - the node closing the connection under the write is the point
+            except STREAM_ENDED:  # the node closing the connection under the write is the point
                 pass
             while is_connected(stranger, peer):
                 await trio.sleep(0.05)  # the node closes the connection in its own task
@@ -369,7 +370,7 @@ async def test_inbound_streams_per_connection_are_capped(tmp_path: Path) -> None
                 stream = await open_stream(stranger, peer, HELLO_PROTOCOL)
                 opened.append(stream)
                 await stream.write(b"\x00")  # one byte of a length prefix, then nothing
-            except Exception as exc:  # noqa: BLE001 - reset by the node: counted below
+            except STREAM_ENDED as exc:  # reset by the node: counted below
                 failed.append(exc)
 
         with trio.fail_after(TIMEOUT * 3):
@@ -384,7 +385,7 @@ async def test_inbound_streams_per_connection_are_capped(tmp_path: Path) -> None
             with trio.move_on_after(0.5):
                 try:
                     await stream.read(1)
-                except Exception:  # noqa: BLE001 - reset
+                except STREAM_ENDED:  # reset
                     reset.append(stream)
 
         async with trio.open_nursery() as nursery:
