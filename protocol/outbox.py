@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Generic, Self, TypeVar
 
+from protocol.backoff import Backoff
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError
 from protocol.schema import check_org_code
@@ -77,24 +78,6 @@ class DeliveryRecord(Generic[K]):
     next_attempt_at: float
     updated_at: float
     last_error: str = ""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    base: float = 2.0
-    factor: float = 2.0
-    cap: float = 15 * 60.0
-
-    def delay(self, failures: int, jitter: float = 0.0) -> float:
-        """Seconds to wait after the n-th consecutive failure (n >= 1), times (1 + jitter)."""
-        if not -0.5 <= jitter <= 0.5:
-            raise LocalProtocolError("jitter must be a fraction in -0.5..0.5")
-        exponent = max(0, failures - 1)
-        try:
-            raw = min(self.cap, self.base * self.factor**exponent)
-        except OverflowError:
-            raw = self.cap
-        return raw * (1.0 + jitter)
 
 
 class Outbox(Generic[K]):

@@ -1,4 +1,4 @@
-"""meshnode run|share|inbox|outbox|fetch|recall|peers|status: the running node."""
+"""meshnode run|share|inbox|outbox|redeliver|fetch|recall|peers|status: the running node."""
 
 from __future__ import annotations
 
@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     recall.add_argument("manifest")
     recall.add_argument("--reason", default="withdrawn by sender")
     recall.set_defaults(func=run_recall)
+    redeliver = sub.add_parser("redeliver", parents=[common],
+                               help="try announcements, recalls and receipts that failed for good again")
+    redeliver.add_argument("manifest", nargs="?", help="only this manifest's deliveries (default: all)")
+    redeliver.add_argument("--json", action="store_true")
+    redeliver.set_defaults(func=run_redeliver)
     for name, helptext in (("peers", "peers this node knows"), ("status", "the running node's state")):
         p = sub.add_parser(name, parents=[common], help=helptext)
         p.add_argument("--json", action="store_true")
@@ -121,7 +126,7 @@ def _inbox_lines(rows: list[dict[str, Any]]) -> list[str]:
 def _outbox_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in rows:
-        per_org = ", ".join(f"{org}: {d['state']}" + (" (receipt verified)" if d["receipt_verified"] else "")
+        per_org = ", ".join(f"{org}: {'recall ' if d.get('delivery') == 'recall' else ''}{d['state']}" + (" (receipt verified)" if d["receipt_verified"] else "")
                             + f", {d['served']['blocks']} block(s) served"
                             for org, d in sorted(r["recipients"].items()))
         lines.append(f"{r['manifest_id'][:20]}.. {r['state']:<9} {per_org}")
@@ -154,6 +159,13 @@ def run_fetch(args: argparse.Namespace) -> int:
 def run_recall(args: argparse.Namespace) -> int:
     result = client(args).call("POST", "/recall", {"manifest": args.manifest, "reason": args.reason})
     emit(result, False, f"recalled {result['recalled']}; recipients are being told")
+    return EXIT_OK
+
+
+def run_redeliver(args: argparse.Namespace) -> int:
+    body = {"manifest": args.manifest} if args.manifest else {}
+    result = client(args).call("POST", "/outbox/retry", body)
+    emit(result, args.json, f"{result['retried']} failed delivery(ies) queued again")
     return EXIT_OK
 
 

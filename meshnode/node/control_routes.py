@@ -10,6 +10,7 @@ from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
 from protocol.errors import NotFoundError, SchemaError
 from protocol.manifest import Priority, Purpose
+from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord
 
 if TYPE_CHECKING:
     from meshnode.node.runtime import Node
@@ -99,22 +100,29 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
 
     async def outbox(body: dict[str, Any]) -> object:
         await node.wire.served.flush()
+        per_org = _deliveries_by_manifest(node.deliveries.records())
+
         def load(store: MetadataStore) -> list[dict[str, object]]:
             out: list[dict[str, object]] = []
             for row in store.manifests("sent"):
-                deliveries = store.deliveries(row.manifest_id)
                 served = _served_to(store, row.manifest_id)
+                receipts = store.receipts(row.manifest_id)
                 out.append({
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state,
                     "revision": row.revision, "created_at": iso(row.created_at),
-                    "recipients": {d.org: {"state": d.state, "attempts": d.attempts, "last_error": d.last_error,
-                                           "receipt_verified": d.state == "delivered" and d.document is not None,
-                                           "served": served.get(d.org, {"blocks": 0, "bytes": 0})}
-                                   for d in deliveries},
+                    "recipients": {org: {"delivery": r.key.kind.value, "state": r.state.value,
+                                         "attempts": r.attempts, "last_error": r.last_error,
+                                         "receipt_verified": org in receipts,
+                                         "served": served.get(org, {"blocks": 0, "bytes": 0})}
+                                   for org, r in per_org.get(row.manifest_id, {}).items()},
                 })
             return out
 
         return await ctx.db.run(load)
+
+    async def outbox_retry(body: dict[str, Any]) -> object:
+        manifest = _cid(body) if body.get("manifest") else None
+        return {"retried": await node.deliveries.retry(manifest)}
 
     async def fetch(body: dict[str, Any]) -> object:
         await node.fetch(_cid(body))
@@ -144,6 +152,16 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
     return {
         ("GET", "/gateway"): gateway, ("POST", "/forward/retry"): forward_retry,
         ("GET", "/status"): status, ("POST", "/share"): share, ("GET", "/inbox"): inbox,
-        ("GET", "/outbox"): outbox, ("POST", "/fetch"): fetch, ("POST", "/recall"): recall,
+        ("GET", "/outbox"): outbox, ("POST", "/outbox/retry"): outbox_retry, ("POST", "/fetch"): fetch, ("POST", "/recall"): recall,
         ("GET", "/peers"): peers,
     }
+
+
+def _deliveries_by_manifest(records: list[DeliveryRecord[DeliveryKey]]) -> dict[CID, dict[str, DeliveryRecord[DeliveryKey]]]:
+    """Per sent manifest and recipient org, the delivery that counts now: the recall once there is one,
+    else the announcement (our receipts for received manifests are not the outbox's)."""
+    out: dict[CID, dict[str, DeliveryRecord[DeliveryKey]]] = {}
+    for r in sorted(records, key=lambda r: r.key.kind is DeliveryKind.RECALL):
+        if r.key.kind is not DeliveryKind.RECEIPT:
+            out.setdefault(r.key.item, {})[r.key.org] = r
+    return out

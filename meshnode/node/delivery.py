@@ -1,125 +1,228 @@
-"""Deliveries with retry: announcing manifests to recipient orgs, receipts back, recalls out.
+"""Deliveries with retry: manifests announced to recipient orgs, recalls out, our receipts back to senders.
 
-Every delivery is a row in the database (manifest, org, state, attempts,
-next attempt), so it survives a restart; a failed attempt backs off
-exponentially (2 s doubling up to 15 min). A refusal that cannot change by
-retrying (wrong org, bad signature, rollback) marks the delivery failed.
+Every delivery is an item of the node's durable retry queue "delivery"
+(meshnode.storage.retry_queue) keyed by protocol.outbox.DeliveryKey
+(kind, manifest ID, org), and its retry state is that of a
+protocol.outbox.Outbox driven by meshnode.node.retry_driver: the same state
+machine the simulator drives. A failed attempt backs off exponentially
+(2 s doubling to 15 min, with +-20% jitter), an attempt that takes longer
+than ATTEMPT_TIMEOUT counts as failed, and after MAX_ATTEMPTS a delivery
+fails for good (an operator can retry it). A refusal that cannot change by
+retrying (bad signature, wrong or revoked certificate, a malformed document)
+fails it at once.
 
-Deliveries to different orgs run concurrently (at most CONCURRENCY at once):
-a study shared with three orgs reaches all three at once rather than one
-after another, and an org whose node is slow or unreachable (a dial can take
-its full timeout) holds up nobody else.
+Data safety: a delivery is written to the database, in the same call as what
+it delivers (the sent manifest, the recall, the completed study), before it
+is attempted, so a restart resumes it; a receipt is "receipted" only once the
+sender took it.
+
+Deliveries run concurrently (at most RetryPolicy.concurrency at once): a
+study shared with three orgs reaches all three at once, and an org whose
+node is slow or unreachable holds up nobody else.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import trio
+from libp2p.exceptions import BaseLibp2pError
 
 from meshnode.node.context import NodeContext
-from meshnode.node.events import StudyEvent, StudyEventKind
-from meshnode.node.sender import backoff_s
-from meshnode.node.sessions import Sessions
-from meshnode.node.wire import Wire
-from meshnode.storage.records import DeliveryRow
+from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn
+from protocol.backoff import Backoff
 from protocol.cid import CID
-from protocol.document import open_document
 from protocol.errors import (
     CertificateError,
     DocumentError,
     MeshError,
+    NotFoundError,
     SignatureError,
+    StorageError,
     UnavailableError,
 )
-from protocol.manifest import Manifest
+from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord, DeliveryState
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from meshnode.node.sessions import Sessions
+    from meshnode.node.wire import Wire
 
 log = logging.getLogger(__name__)
 
-TICK = 1.0
-CONCURRENCY = 32
+QUEUE = "delivery"
+ATTEMPT_TIMEOUT = 120.0
+MAX_ATTEMPTS = 1000  # about ten days at the 15-minute cap
+POLICY = RetryPolicy(Backoff(base=2.0, factor=2.0, cap=900.0), attempt_timeout=ATTEMPT_TIMEOUT,
+                     max_attempts=MAX_ATTEMPTS, jitter=0.2, concurrency=32)
+#: Refusals that retrying cannot change.
 PERMANENT = (DocumentError, SignatureError, CertificateError)
+#: What the network does: a peer that went away, a reset stream, a refused dial. Logged as one line.
+NETWORK = (BaseLibp2pError, OSError, EOFError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def classify(exc: BaseException) -> Failure | None:
+    """A delivery attempt's error: expected (a refusal, the network) or None for a bug."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [classify(e) for e in exc.exceptions]
+        if all(f is not None for f in leaves):
+            return Failure("; ".join(f.error for f in leaves if f is not None)[:500],
+                           all(f is not None and f.permanent for f in leaves))
+        return None
+    if isinstance(exc, MeshError):
+        return Failure(f"{exc.name}: {exc}"[:500], isinstance(exc, PERMANENT))
+    if isinstance(exc, NETWORK):
+        return Failure(f"{type(exc).__name__}: {exc}"[:500], False)
+    return None
+
+
+class DeliveryKeys:
+    """DeliveryKey as the queue's text key `<kind> <manifest id hex> <org>`; ref: the manifest ID in hex."""
+
+    def encode(self, key: DeliveryKey) -> str:
+        return f"{key.kind.value} {key.item.to_bytes().hex()} {key.org}"
+
+    def decode(self, text: str) -> DeliveryKey:
+        try:
+            kind, item, org = text.split(" ")
+            return DeliveryKey(DeliveryKind(kind), CID.from_bytes(bytes.fromhex(item)), org)
+        except (ValueError, MeshError) as exc:
+            raise StorageError(f"malformed delivery key in the database: {text[:80]!r}") from exc
+
+    def ref(self, key: DeliveryKey) -> str:
+        return key.item.to_bytes().hex()
+
+
+KEYS = DeliveryKeys()
+
+
+class DeliveryTransport(Protocol):
+    async def deliver(self, key: DeliveryKey, payload: bytes | None) -> None:
+        """Push one delivery (payload: the signed recall or receipt; None for an announcement) or raise."""
+        ...
 
 
 class Deliveries:
-    def __init__(self, ctx: NodeContext, wire: Wire, sessions: Sessions) -> None:
+    def __init__(
+        self, db: Database, clock: Callable[[], float], transport: DeliveryTransport, *,
+        on_receipted: Callable[[CID], Awaitable[None]] | None = None,
+        on_failed: Callable[[DeliveryRecord[DeliveryKey]], Awaitable[None]] | None = None,
+        policy: RetryPolicy = POLICY, rng: random.Random | None = None,
+    ) -> None:
+        self._on_receipted = on_receipted
+        self._on_failed = on_failed
+        self.driver: RetryDriver[DeliveryKey] = RetryDriver(
+            QUEUE, KEYS, db, clock, transport.deliver, classify, policy=policy, on_ended=self._ended, rng=rng)
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.driver.run(task_status=task_status)
+
+    async def load(self) -> None:
+        await self.driver.load()
+
+    # -- what the sender and recipient queue ------------------------------------------------
+    async def announce(self, manifest_id: CID, orgs: Sequence[str], also: StoreFn | None = None) -> None:
+        await self.driver.enqueue([(DeliveryKey(DeliveryKind.ANNOUNCE, manifest_id, o), None) for o in orgs], also)
+
+    async def recall(self, manifest_id: CID, orgs: Sequence[str], recall: bytes, also: StoreFn | None = None) -> None:
+        """Queue the recall to every recipient org; announcements not yet delivered are dropped."""
+        undelivered = [r.key for r in self.driver.records() if r.key.item == manifest_id
+                       and r.key.kind is DeliveryKind.ANNOUNCE and r.state is not DeliveryState.DELIVERED]
+        await self.driver.enqueue([(DeliveryKey(DeliveryKind.RECALL, manifest_id, o), recall) for o in orgs], also)
+        if undelivered:
+            await self.driver.remove(undelivered)
+
+    async def receipt(self, manifest_id: CID, sender_org: str, receipt: bytes, also: StoreFn | None = None) -> None:
+        await self.driver.enqueue([(DeliveryKey(DeliveryKind.RECEIPT, manifest_id, sender_org), receipt)], also)
+
+    async def retry(self, manifest_id: CID | None = None) -> int:
+        """Operator: try deliveries that failed for good again (those of one manifest, or all)."""
+        keys = None if manifest_id is None else [r.key for r in self.driver.records() if r.key.item == manifest_id]
+        return await self.driver.retry(keys)
+
+    # -- queries ----------------------------------------------------------------------------
+    def records(self, manifest_id: CID | None = None) -> list[DeliveryRecord[DeliveryKey]]:
+        return [r for r in self.driver.records() if manifest_id is None or r.key.item == manifest_id]
+
+    def has_receipt(self, manifest_id: CID) -> bool:
+        """Our receipt for this received manifest is queued (or delivered)."""
+        return any(r.key.kind is DeliveryKind.RECEIPT and r.key.item == manifest_id for r in self.driver.records())
+
+    def receipted(self, manifest_id: CID) -> bool:
+        return any(r.key.kind is DeliveryKind.RECEIPT and r.key.item == manifest_id
+                   and r.state is DeliveryState.DELIVERED for r in self.driver.records())
+
+    def pending(self) -> int:
+        return sum(1 for r in self.driver.records() if r.state in (DeliveryState.PENDING, DeliveryState.ATTEMPTING))
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _ended(self, record: DeliveryRecord[DeliveryKey], payload: bytes | None
+               ) -> tuple[StoreFn | None, Callable[[], Awaitable[None]] | None]:
+        key = record.key
+        if record.state is DeliveryState.DELIVERED:
+            log.info("%s of %s delivered to %s", key.kind.value, key.item, key.org)
+            if key.kind is DeliveryKind.RECEIPT:
+                on_receipted = self._on_receipted
+                return ((lambda s: s.set_manifest_state(key.item, "receipted")),
+                        (lambda: on_receipted(key.item)) if on_receipted is not None else None)
+            return None, None
+        log.warning("%s of %s to %s failed for good after %d attempt(s): %s", key.kind.value, key.item, key.org,
+                    record.attempts, record.last_error)
+        on_failed = self._on_failed
+        return None, (lambda: on_failed(record)) if on_failed is not None else None
+
+
+class NodeTransport:
+    """Deliveries over the node's wire: announcements and recalls to every reachable node of the org (one
+    taking it is enough), receipts to the node that sent the manifest."""
+
+    def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
-        self.wire = wire
-        self.sessions = sessions
-        self._limit = trio.CapacityLimiter(CONCURRENCY)
-        self._in_flight: set[tuple[CID, str]] = set()
+        self._wire: Wire | None = None
+        self._sessions: Sessions | None = None
 
-    async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                changed = self.ctx.changed
-                await self.attempt_due(nursery)
-                with trio.move_on_after(TICK):
-                    await changed.wait()
+    def connect(self, wire: Wire, sessions: Sessions) -> None:
+        """The wire is made after the sender (which queues deliveries): it is handed over here."""
+        self._wire, self._sessions = wire, sessions
 
-    async def attempt_due(self, nursery: trio.Nursery) -> None:
-        """Start an attempt for every due delivery that has none in progress."""
-        now_ms = int(self.ctx.clock() * 1000)
-        rows = await self.ctx.db.run(lambda s: s.deliveries())
-        for row in rows:
-            key = (row.manifest_id, row.org)
-            if row.state in ("pending", "recall-pending") and row.next_attempt_ms <= now_ms \
-                    and key not in self._in_flight:
-                self._in_flight.add(key)
-                nursery.start_soon(self._attempt_one, key, row)
-
-    async def _attempt_one(self, key: tuple[CID, str], row: DeliveryRow) -> None:
-        try:
-            async with self._limit:
-                await self._attempt(row)
-        finally:
-            self._in_flight.discard(key)
-
-    async def _attempt(self, row: DeliveryRow) -> None:
-        manifest = await self.ctx.db.run(lambda s: s.manifest(row.manifest_id))
-        if manifest is None:
+    async def deliver(self, key: DeliveryKey, payload: bytes | None) -> None:
+        wire, sessions = self._wire, self._sessions
+        if wire is None or sessions is None:
+            raise UnavailableError("the node's wire is not up yet")
+        row = await self.ctx.db.run(lambda s: s.manifest(key.item))
+        if row is None:
+            raise NotFoundError(f"manifest {key.item} is not stored any more")
+        if key.kind is DeliveryKind.RECEIPT:
+            if payload is None:
+                raise DocumentError("a queued receipt without its document")
+            peer_id = self.ctx.manifests.open(row.manifest_id, row.raw).document.sender_peer
+            await sessions.ensure_peer_id(peer_id)
+            await wire.deliver_receipt(peer_id, payload)
             return
-        recalling = row.state == "recall-pending"
-        payload = row.document if recalling else manifest.raw  # a recall-pending row holds the signed recall
-        try:
-            peers = await self.sessions.org_peers(row.org)
-            if not peers:
-                raise UnavailableError(f"no reachable node of {row.org}")
-            accepted, errors = 0, []
-            for peer in peers:
-                try:
-                    await self.sessions.ensure(peer)
-                    if recalling and payload is not None:
-                        await self.wire.deliver_recall(peer.peer_id, payload)
-                    else:
-                        await self.wire.announce(peer.peer_id, manifest.raw)
-                    accepted += 1
-                except PERMANENT:
+        if key.kind is DeliveryKind.RECALL and payload is None:
+            raise DocumentError("a queued recall without its document")
+        peers = await sessions.org_peers(key.org)
+        if not peers:
+            raise UnavailableError(f"no reachable node of {key.org}")
+        accepted, errors = 0, []
+        for peer in peers:
+            try:
+                await sessions.ensure(peer)
+                if key.kind is DeliveryKind.RECALL and payload is not None:
+                    await wire.deliver_recall(peer.peer_id, payload)
+                else:
+                    await wire.announce(peer.peer_id, row.raw)
+                accepted += 1
+            except Exception as exc:  # one node of the org: the others may still take it
+                failure = classify(exc)
+                if failure is None or failure.permanent:
                     raise
-                except MeshError as exc:
-                    errors.append(f"{peer.peer_id}: {exc}")
-            if not accepted:
-                raise UnavailableError("; ".join(errors)[:500])
-            state = "recalled" if recalling else "announced"
-            error = ""
-            attempts = row.attempts + 1
-            next_ms = row.next_attempt_ms
-            log.info("%s %s to %s (%d node(s))", "recalled" if recalling else "announced", row.manifest_id,
-                     row.org, accepted)
-        except PERMANENT as exc:
-            state, error, attempts, next_ms = "failed", f"{exc.name}: {exc}"[:500], row.attempts + 1, 0
-            log.warning("delivery of %s to %s failed for good: %s", row.manifest_id, row.org, exc)
-            if not recalling:
-                await self.ctx.events.publish(StudyEvent(
-                    StudyEventKind.FAILED, str(row.manifest_id), manifest.study_uid, row.org,
-                    open_document(manifest.raw, Manifest).document.priority.value, "sent",
-                    detail=f"delivery refused: {exc.name}"))
-        except MeshError as exc:
-            attempts = row.attempts + 1
-            state, error = row.state, f"{exc.name}: {exc}"[:500]
-            next_ms = int((self.ctx.clock() + backoff_s(attempts)) * 1000)
-            log.info("delivery of %s to %s failed (attempt %d), retrying in %.0f s: %s", row.manifest_id,
-                     row.org, attempts, backoff_s(attempts), exc)
-        now_ms = int(self.ctx.clock() * 1000)
-        updated = DeliveryRow(row.manifest_id, row.org, state, attempts, next_ms, error, row.document, now_ms)
-        await self.ctx.db.run(lambda s: s.save_delivery(updated))
+                errors.append(f"{peer.peer_id}: {failure.error}")
+        if not accepted:
+            raise UnavailableError("; ".join(errors)[:500])

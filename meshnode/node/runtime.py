@@ -30,13 +30,13 @@ from meshnode.node.completion import verify_instances
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.control_routes import routes
 from meshnode.node.corruption import CorruptBlocks
-from meshnode.node.delivery import Deliveries
+from meshnode.node.delivery import Deliveries, NodeTransport
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.fetcher import Fetcher
 from meshnode.node.limits import PeerLimits
 from meshnode.node.peers import PeerRegistry
 from meshnode.node.receiver import Receiver
-from meshnode.node.sender import Sender, backoff_s
+from meshnode.node.sender import Sender
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from meshnode.p2p.host import listen_multiaddrs, running_host
@@ -52,6 +52,8 @@ from protocol.directory_messages import WATCH_WAIT
 from protocol.document import Signed
 from protocol.errors import MeshError, NotFoundError, RosterExpiredError, RosterRollbackError
 from protocol.manifest import Manifest
+from protocol.backoff import Backoff
+from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord
 from protocol.receipt import Receipt
 from protocol.roster import RosterGuard
 
@@ -62,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: The least time between two roster watches when the directory answers one at once.
 ROSTER_WATCH_MIN_INTERVAL = 1.0
+#: Between failed directory registrations or roster watches: 2 s doubling to 15 min.
+DIRECTORY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=900.0)
 
 
 class Node:
@@ -91,13 +95,16 @@ class Node:
     async def _serve(self, ctx: NodeContext, host: IHost, task_status: TaskStatus[list[str]]) -> None:
         await ctx.directory.refresh_roster()  # fail closed at start without a valid roster
         self.ctx = ctx
-        self.sender = Sender(ctx)
+        self.transport = NodeTransport(ctx)
+        self.deliveries = Deliveries(ctx.db, ctx.clock, self.transport, on_receipted=self._receipted,
+                                     on_failed=self._delivery_failed)
+        self.sender = Sender(ctx, self.deliveries)
         self.receiver = Receiver(ctx, self._accepted, self._recalled)
         self.wire = Wire(ctx, host, self.receiver, self.sender,
                          PeerLimits(ctx.config.max_streams_per_peer, ctx.config.max_requests_per_second))
         self.sessions = Sessions(ctx, self.wire)
         self.fetcher = Fetcher(ctx, self.wire, self.sessions, self._completed, self._verification_failed)
-        self.deliveries = Deliveries(ctx, self.wire, self.sessions)
+        self.transport.connect(self.wire, self.sessions)
         self.gateway = Gateway(ctx, self.sender)
         self.corrupt = CorruptBlocks(ctx.storage, ctx.db, ctx.audit, ctx.peer_id, self._repair)
         #: received manifests being fetched again to repair a quarantined block, with their state before
@@ -123,6 +130,7 @@ class Node:
                 listen = [a.rsplit("/p2p/", 1)[0] for a in addrs]
                 nursery.start_soon(keep_running, "directory registration", lambda: self._register_loop(listen))
                 nursery.start_soon(keep_running, "roster refresh", self._roster_loop)
+                await self.deliveries.load()  # before _resume, which asks it which receipts are queued
                 nursery.start_soon(keep_running, "deliveries", self.deliveries.run)
                 nursery.start_soon(keep_running, "fetcher", self.fetcher.run)
                 await self._resume(nursery)
@@ -146,7 +154,7 @@ class Node:
             except MeshError as exc:
                 attempts += 1
                 log.warning("cannot register with the directory (attempt %d): %s", attempts, exc)
-                await trio.sleep(backoff_s(attempts))
+                await trio.sleep(DIRECTORY_BACKOFF.delay(attempts))
 
     async def _roster_loop(self) -> None:
         """Keep the roster current: a watch held open on the directory hears of a new roster as soon
@@ -172,7 +180,7 @@ class Node:
             if current is not None and current is not before:
                 await self._cut_off_revoked(current.document.version)
             if failures:
-                await trio.sleep(min(backoff_s(failures), ctx.config.roster_refresh))
+                await trio.sleep(min(DIRECTORY_BACKOFF.delay(failures), ctx.config.roster_refresh))
             elif trio.current_time() - started < ROSTER_WATCH_MIN_INTERVAL:
                 # answered at once (the directory is over its watch cap): poll, paced
                 await trio.sleep(ROSTER_WATCH_MIN_INTERVAL)
@@ -322,31 +330,34 @@ class Node:
                                manifest.total_bytes, now_ms)
             ctx.storage.write_head()  # on the database thread: it reads the newest audit entry
 
-        await ctx.db.run(record)
+        receipt = Receipt(manifest_id, ctx.org, ctx.peer_id, len(records), int(ctx.clock())).sign(ctx.key)
+        # the study and the receipt to send are durable together: a restart sends the receipt, not the study again
+        await self.deliveries.receipt(manifest_id, manifest.sender_org, receipt.encode(), also=record)
         await self.gateway.received(signed)  # queued for the PACS, sent once the receipt is
+        if self.deliveries.receipted(manifest_id):  # delivered already, while the forward was being queued
+            await self.gateway.receipted(manifest_id)
         started = self.fetcher.started_at(manifest_id)
         await ctx.events.publish(StudyEvent(
             StudyEventKind.ARRIVED, str(manifest_id), manifest.study_uid, manifest.sender_org,
             manifest.priority.value, "received", accession=records[0].study.accession if records else "",
             instances=len(records), duration_s=ctx.clock() - started if started is not None else None))
-        receipt = Receipt(manifest_id, ctx.org, ctx.peer_id, len(records), int(ctx.clock())).sign(ctx.key)
-        await self._send_receipt(manifest, manifest_id, receipt.encode())
 
-    async def _send_receipt(self, manifest: Manifest, manifest_id: CID, receipt: bytes) -> None:
-        attempts = 0
-        while True:
-            try:
-                await self.sessions.ensure_peer_id(manifest.sender_peer)
-                await self.wire.deliver_receipt(manifest.sender_peer, receipt)
-                await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "receipted"))
-                log.info("receipt for %s delivered to %s", manifest_id, manifest.sender_org)
-            except MeshError as exc:
-                attempts += 1
-                log.warning("receipt for %s not delivered (attempt %d): %s", manifest_id, attempts, exc)
-                await trio.sleep(backoff_s(attempts))
-                continue
-            await self.gateway.receipted(manifest_id)  # the PACS forward may start
+    # -- deliveries (meshnode.node.delivery) -------------------------------------------------
+    async def _receipted(self, manifest_id: CID) -> None:
+        log.info("receipt for %s delivered to its sender", manifest_id)
+        await self.gateway.receipted(manifest_id)  # the PACS forward may start
+
+    async def _delivery_failed(self, record: DeliveryRecord[DeliveryKey]) -> None:
+        key = record.key
+        if key.kind is not DeliveryKind.ANNOUNCE:
             return
+        row = await self.ctx.db.run(lambda s: s.manifest(key.item))
+        if row is None:
+            return
+        manifest = self.ctx.manifests.open(row.manifest_id, row.raw).document
+        await self.ctx.events.publish(StudyEvent(
+            StudyEventKind.FAILED, str(key.item), manifest.study_uid, key.org, manifest.priority.value, "sent",
+            detail=f"delivery refused: {record.last_error.split(':', 1)[0]}"))
 
     async def _resume(self, nursery: trio.Nursery) -> None:
         """Restart unfinished transfers and undelivered receipts from what is on disk."""
@@ -358,5 +369,5 @@ class Node:
             signed = self.ctx.manifests.open(row.manifest_id, row.raw)
             if row.state in ("fetching", "verifying") or (row.state == "announced" and self.ctx.config.auto_fetch):
                 await self.fetcher.start(signed, holder=signed.document.sender_peer)
-            elif row.state == "complete":
-                nursery.start_soon(self._completed, signed)
+            elif row.state == "complete" and not self.deliveries.has_receipt(row.manifest_id):
+                nursery.start_soon(self._completed, signed)  # completed before receipts were queued durably

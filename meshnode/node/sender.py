@@ -7,10 +7,11 @@ from collections.abc import Sequence
 
 from meshnode.manifest_builder import build_manifest
 from meshnode.node.context import NodeContext
+from meshnode.node.delivery import Deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.metadata import MetadataStore
-from meshnode.storage.records import DeliveryRow, InstanceRecord, ManifestRow, hash_uid
+from meshnode.storage.records import InstanceRecord, ManifestRow, hash_uid
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed, open_document
@@ -23,17 +24,12 @@ from protocol.schema import check_org_code
 log = logging.getLogger(__name__)
 
 DEFAULT_LIFETIME_S = 30 * 86400
-MAX_BACKOFF_S = 900
-
-
-def backoff_s(attempts: int) -> float:
-    """Seconds before the next delivery attempt after `attempts` failures: 2, 4, 8 ... 900."""
-    return float(min(2 ** max(attempts, 1), MAX_BACKOFF_S))
 
 
 class Sender:
-    def __init__(self, ctx: NodeContext) -> None:
+    def __init__(self, ctx: NodeContext, deliveries: Deliveries) -> None:
         self.ctx = ctx
+        self.deliveries = deliveries
 
     async def share(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
                     lifetime_s: int = DEFAULT_LIFETIME_S) -> Signed[Manifest]:
@@ -62,18 +58,11 @@ class Sender:
         row = ManifestRow(manifest_id, study_uid, "sent", ctx.org, manifest.revision, "sent", now,
                           manifest.expires_at, signed.encode(), manifest.recipients)
         blocks = manifest.block_order()
-        now_ms = int(ctx.clock() * 1000)
-
-        def record(store: MetadataStore) -> None:
-            store.save_manifest(row, blocks)
-            for org in recipients:
-                store.save_delivery(DeliveryRow(manifest_id, org, "pending", 0, now_ms, "", None, now_ms))
-
-        await ctx.db.run(record)
+        # the manifest and its announcements are durable (one database call) before the first is attempted
+        await self.deliveries.announce(manifest_id, recipients, also=lambda s: s.save_manifest(row, blocks))
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "share", actor=ctx.peer_id, actor_org=ctx.org,
                                    study=hash_uid(study_uid), manifest_id=str(manifest_id),
                                    detail=f"{priority.value} {purpose.value} to {','.join(recipients)}"))
-        ctx.wake()
         return signed
 
     async def accept_receipt(self, peer_id: str, receipt_raw: bytes, cert_raw: bytes) -> None:
@@ -84,22 +73,19 @@ class Sender:
         signed = open_document(receipt_raw, Receipt)
         verify_receipt(signed, open_document(cert_raw, Certificate), ctx.roster(), now, skew=ctx.config.clock_skew)
         receipt = signed.document
-        row, deliveries = await ctx.db.run(
-            lambda s: (s.manifest(receipt.manifest_id), s.deliveries(receipt.manifest_id)))
+        row, receipts = await ctx.db.run(
+            lambda s: (s.manifest(receipt.manifest_id), s.receipts(receipt.manifest_id)))
         if row is None or row.direction != "sent":
             raise NotFoundError("no such sent manifest")
-        delivery = next((d for d in deliveries if d.org == receipt.recipient_org), None)
-        if delivery is None:
+        if receipt.recipient_org not in row.recipients:
             raise WrongOrganisationError(f"{receipt.recipient_org} is not a recipient of this manifest")
         manifest = ctx.manifests.open(row.manifest_id, row.raw).document
         if receipt.instances_verified != len(manifest.instances):
             raise DocumentError("receipt does not cover every instance")
-        if delivery.state == "delivered":
+        if receipt.recipient_org in receipts:
             return
         now_ms = int(now * 1000)
-        await ctx.db.run(lambda s: s.save_delivery(DeliveryRow(
-            receipt.manifest_id, receipt.recipient_org, "delivered", delivery.attempts, now_ms, "",
-            receipt_raw, now_ms)))
+        await ctx.db.run(lambda s: s.save_receipt(receipt.manifest_id, receipt.recipient_org, receipt_raw, now_ms))
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "delivered", actor=peer_id,
                                    actor_org=receipt.recipient_org, study=hash_uid(row.study_uid),
                                    manifest_id=str(receipt.manifest_id),
@@ -116,17 +102,9 @@ class Sender:
             raise NotFoundError("no such sent manifest")
         recall = Recall(manifest_id, row.study_uid, ctx.org, RecallAction.WITHDRAW, None, reason[:1024],
                         int(ctx.clock())).sign(ctx.key)
-        now_ms = int(ctx.clock() * 1000)
-        recall_raw = recall.encode()
-
-        def record(store: MetadataStore) -> None:
-            store.set_manifest_state(manifest_id, "recalled")
-            for org in row.recipients:
-                store.save_delivery(DeliveryRow(manifest_id, org, "recall-pending", 0, now_ms, "", recall_raw, now_ms))
-
-        await ctx.db.run(record)
+        await self.deliveries.recall(manifest_id, row.recipients, recall.encode(),
+                                     also=lambda s: s.set_manifest_state(manifest_id, "recalled"))
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "recall", actor=ctx.peer_id, actor_org=ctx.org,
                                    study=hash_uid(row.study_uid), manifest_id=str(manifest_id),
                                    detail=reason[:300]))
-        ctx.wake()
         return recall

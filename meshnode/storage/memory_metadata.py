@@ -22,7 +22,6 @@ from meshnode.storage.audit_checkpoint import (
 )
 from meshnode.storage.records import (
     AddOutcome,
-    DeliveryRow,
     InstanceRecord,
     ManifestRow,
     ServedRow,
@@ -30,6 +29,7 @@ from meshnode.storage.records import (
     StudySummaryRow,
     hash_uid,
 )
+from meshnode.storage.retry_queue import MemoryRetryQueue
 from meshnode.storage.search import (
     AuditQuery,
     audit_matches,
@@ -53,8 +53,9 @@ class _Transfer:
     bytes_done: int
 
 
-class MemoryMetadataStore:
+class MemoryMetadataStore(MemoryRetryQueue):
     def __init__(self) -> None:
+        super().__init__()
         self._studies: dict[str, StudyAttributes] = {}
         self._instances: list[InstanceRecord] = []
         self._blocks: dict[CID, int] = {}
@@ -69,7 +70,7 @@ class MemoryMetadataStore:
         self._tail: AuditCheckpoint | None = None
         self._spool: dict[int, SpoolItem] = {}
         self._spool_next = 0
-        self._deliveries: dict[tuple[CID, str], DeliveryRow] = {}
+        self._receipts: dict[tuple[CID, str], bytes] = {}
         self._served: dict[CID, dict[str, int]] = {}
         self._obtained: set[tuple[CID, CID]] = set()
         self._served_to: dict[tuple[CID, str], tuple[int, int]] = {}
@@ -235,12 +236,11 @@ class MemoryMetadataStore:
         t = self._transfers.get(manifest_id)
         return (t.state, t.blocks_done, t.bytes_done) if t else None
 
-    def save_delivery(self, row: DeliveryRow) -> None:
-        self._deliveries[(row.manifest_id, row.org)] = row
+    def save_receipt(self, manifest_id: CID, org: str, receipt: bytes, at_ms: int) -> None:
+        self._receipts.setdefault((manifest_id, org), receipt)
 
-    def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]:
-        rows = [r for r in self._deliveries.values() if manifest_id is None or r.manifest_id == manifest_id]
-        return sorted(rows, key=lambda r: (r.manifest_id.to_bytes(), r.org))
+    def receipts(self, manifest_id: CID) -> dict[str, bytes]:
+        return {org: r for (m, org), r in self._receipts.items() if m == manifest_id}
 
     def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
         return sorted((m.revision, m.recipients) for m in self._manifests.values()

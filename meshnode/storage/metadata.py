@@ -13,12 +13,12 @@ from meshnode.storage.audit import AuditEntry, AuditEvent
 from meshnode.storage.audit_checkpoint import AuditCheckpoint, SpoolItem
 from meshnode.storage.records import (
     AddOutcome,
-    DeliveryRow,
     InstanceRecord,
     ManifestRow,
     ServedRow,
     StudySummaryRow,
 )
+from meshnode.storage.retry_queue import RetryQueueStore
 from meshnode.storage.search import SearchableStore
 from protocol.access import Holding
 from protocol.cid import CID
@@ -27,7 +27,7 @@ from protocol.keys import SigningKey
 LIVE_MANIFEST_STATES_EXCLUDED = ("recalled",)
 
 
-class MetadataStore(SearchableStore, Protocol):
+class MetadataStore(SearchableStore, RetryQueueStore, Protocol):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int
@@ -98,9 +98,13 @@ class MetadataStore(SearchableStore, Protocol):
 
     def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None: ...
 
-    def save_delivery(self, row: DeliveryRow) -> None: ...
+    def save_receipt(self, manifest_id: CID, org: str, receipt: bytes, at_ms: int) -> None:
+        """A recipient org's verified signed receipt for a sent manifest (the first one stays)."""
+        ...
 
-    def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]: ...
+    def receipts(self, manifest_id: CID) -> dict[str, bytes]:
+        """org -> its verified signed receipt for this sent manifest."""
+        ...
 
     def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
         """(revision, recipients) of every manifest of this study from this sender org, sent or received."""

@@ -110,17 +110,3 @@ class ServedRow:
     org: str
     blocks: int
     bytes: int
-
-
-@dataclass(frozen=True)
-class DeliveryRow:
-    """The sender's view of one manifest's delivery to one recipient organisation."""
-
-    manifest_id: CID
-    org: str
-    state: str  # pending, announced, delivered, failed
-    attempts: int
-    next_attempt_ms: int
-    last_error: str
-    document: bytes | None  # the signed receipt once delivered; the signed recall while recall-pending
-    updated_ms: int

@@ -23,7 +23,6 @@ from meshnode.storage.audit_checkpoint import (
 )
 from meshnode.storage.records import (
     AddOutcome,
-    DeliveryRow,
     InstanceRecord,
     ManifestRow,
     SeriesAttributes,
@@ -33,6 +32,7 @@ from meshnode.storage.records import (
     StudySummaryRow,
     hash_uid,
 )
+from meshnode.storage.sqlite_retry_queue import SqliteRetryQueue
 from meshnode.storage.search import AuditQuery, InstanceSummaryRow, Search, SeriesSummaryRow
 from protocol.access import Holding
 from protocol.cid import CID
@@ -186,6 +186,37 @@ MIGRATIONS = (
         seq INTEGER NOT NULL, payload BLOB NOT NULL, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL
     ) STRICT
     """,
+    # 8: outbox: the node's deliveries (announcements, recalls, receipts) as items of one durable retry
+    # queue (meshnode.storage.sqlite_retry_queue) with protocol.outbox's states; verified receipts kept apart
+    """
+    CREATE TABLE retry_queue (
+        queue TEXT NOT NULL, key TEXT NOT NULL, ref TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'attempting', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, payload BLOB,
+        PRIMARY KEY (queue, key)
+    ) STRICT;
+    CREATE INDEX retry_queue_by_ref ON retry_queue (queue, ref);
+    CREATE TABLE delivery_receipts (
+        manifest_id BLOB NOT NULL, org TEXT NOT NULL, receipt BLOB NOT NULL, at_ms INTEGER NOT NULL,
+        PRIMARY KEY (manifest_id, org)
+    ) STRICT;
+    INSERT INTO retry_queue
+        SELECT 'delivery', 'announce ' || lower(hex(manifest_id)) || ' ' || org, lower(hex(manifest_id)),
+               CASE state WHEN 'pending' THEN 'pending' WHEN 'failed' THEN 'failed' ELSE 'delivered' END,
+               attempts, next_attempt_ms, updated_ms, last_error, NULL
+          FROM deliveries
+         WHERE state IN ('pending', 'announced', 'delivered') OR (state = 'failed' AND receipt IS NULL);
+    INSERT INTO retry_queue
+        SELECT 'delivery', 'recall ' || lower(hex(manifest_id)) || ' ' || org, lower(hex(manifest_id)),
+               CASE state WHEN 'recall-pending' THEN 'pending' WHEN 'recalled' THEN 'delivered' ELSE 'failed' END,
+               attempts, next_attempt_ms, updated_ms, last_error, receipt
+          FROM deliveries
+         WHERE state IN ('recall-pending', 'recalled') OR (state = 'failed' AND receipt IS NOT NULL);
+    INSERT INTO delivery_receipts
+        SELECT manifest_id, org, receipt, updated_ms FROM deliveries WHERE state = 'delivered' AND receipt IS NOT NULL;
+    DROP TABLE deliveries
+    """,
 )
 
 _LIVE_REFS = """
@@ -196,7 +227,7 @@ _LIVE_REFS = """
 """
 
 
-class SqliteMetadataStore(SqliteConnection):
+class SqliteMetadataStore(SqliteRetryQueue):
     def __init__(self, path: Path) -> None:
         super().__init__(path, MIGRATIONS)
         self._audit_key: SigningKey | None = None
@@ -506,21 +537,14 @@ class SqliteMetadataStore(SqliteConnection):
                            (manifest_id.to_bytes(),))
         return (str(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
 
-    def save_delivery(self, row: DeliveryRow) -> None:
+    def save_receipt(self, manifest_id: CID, org: str, receipt: bytes, at_ms: int) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO deliveries VALUES (?,?,?,?,?,?,?,?)",
-                (row.manifest_id.to_bytes(), row.org, row.state, row.attempts, row.next_attempt_ms, row.last_error,
-                 row.document, row.updated_ms),
-            )
+            db.execute("INSERT OR IGNORE INTO delivery_receipts VALUES (?,?,?,?)",
+                       (manifest_id.to_bytes(), org, receipt, at_ms))
 
-    def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]:
-        where, params = ("WHERE manifest_id = ?", (manifest_id.to_bytes(),)) if manifest_id else ("", ())
-        return [
-            DeliveryRow(CID.from_bytes(bytes(r[0])), str(r[1]), str(r[2]), int(r[3]), int(r[4]), str(r[5]),
-                        bytes(r[6]) if r[6] is not None else None, int(r[7]))
-            for r in self._query(f"SELECT * FROM deliveries {where} ORDER BY manifest_id, org", params)
-        ]
+    def receipts(self, manifest_id: CID) -> dict[str, bytes]:
+        return {str(r[0]): bytes(r[1]) for r in self._query(
+            "SELECT org, receipt FROM delivery_receipts WHERE manifest_id = ?", (manifest_id.to_bytes(),))}
 
     def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
         return [(int(r[0]), tuple(x for x in str(r[1]).split(",") if x)) for r in self._query(

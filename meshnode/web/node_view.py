@@ -148,12 +148,13 @@ class NodeView:
     async def metrics_snapshot(self, webhook_counts: dict[tuple[str, str], int]) -> MetricsSnapshot:
         ctx = self.ctx
 
+        pending = self.node.deliveries.pending()
+
         def load(store: MetadataStore) -> tuple[int, int, dict[tuple[str, str], int], int]:
             head = store.audit_head()
             manifests: dict[tuple[str, str], int] = {}
             for m in store.manifests():
                 manifests[(m.direction, m.state)] = manifests.get((m.direction, m.state), 0) + 1
-            pending = sum(1 for d in store.deliveries() if d.state in ("pending", "recall-pending"))
             return (head[0] if head else 0), len(store.studies()), manifests, pending
 
         audit_len, studies, manifests, deliveries = await ctx.db.run(load)

@@ -28,12 +28,15 @@ import trio
 
 from meshnode.describe import iso
 from meshnode.node.events import StudyEvent
-from meshnode.node.sender import backoff_s
 from meshnode.storage.records import hash_uid
 from meshnode.storage.webhook_queue import FAILED, PENDING, SENT, WebhookJob, WebhookQueue
 from meshnode.web.config import WebhookConfig
+from protocol.backoff import Backoff
 
 log = logging.getLogger(__name__)
+
+#: Between attempts of one notification: 2 s doubling to 15 min.
+RETRY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=900.0)
 
 TIMEOUT_S = 10.0
 CONCURRENCY = 4
@@ -170,8 +173,8 @@ class Webhooks:
                         attempts, result.error)
         else:
             self.failures += 1
-            state, next_ms, error = PENDING, now_ms + int(backoff_s(attempts) * 1000), result.error
+            state, next_ms, error = PENDING, now_ms + int(RETRY_BACKOFF.delay(attempts) * 1000), result.error
             log.info("webhook %s to %s failed (attempt %d), retrying in %.0f s: %s", job.event, hook.name, attempts,
-                     backoff_s(attempts), result.error)
+                     RETRY_BACKOFF.delay(attempts), result.error)
         await trio.to_thread.run_sync(self.queue.record_attempt, job.id, state, attempts, next_ms, error, now_ms,
                                       limiter=self._db)

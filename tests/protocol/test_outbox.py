@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.backoff import Backoff
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError, SchemaError
 from protocol.outbox import (
     AnnounceOutbox,
-    Backoff,
     DeliveryKey,
     DeliveryKind,
     DeliveryRecord,
@@ -22,15 +22,6 @@ M1, M2 = CID.of(b"manifest 1"), CID.of(b"manifest 2")
 RXX = DeliveryKey(DeliveryKind.ANNOUNCE, M1, "RXX")
 TELE = DeliveryKey(DeliveryKind.ANNOUNCE, M1, "TELE")
 RECEIPT = DeliveryKey(DeliveryKind.RECEIPT, M2, "RGT")
-
-
-def test_backoff_is_exponential_capped_and_deterministic() -> None:
-    b = Backoff()
-    assert [b.delay(n) for n in range(1, 12)] == [2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900]
-    assert b.delay(10_000) == 900
-    assert b.delay(3, jitter=0.25) == 10.0 and b.delay(3, jitter=-0.5) == 4.0
-    with pytest.raises(LocalProtocolError):
-        b.delay(1, jitter=0.6)
 
 
 def test_delivered_first_time() -> None:

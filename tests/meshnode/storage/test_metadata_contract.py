@@ -130,16 +130,13 @@ def test_audit_chain_is_valid(store: MetadataStore) -> None:
     assert verify_chain(entries[:1], (2, entries[-1].hash))[0].problem.startswith("entries 2..2 are missing")
 
 
-def test_deliveries_revisions_served_by(store: MetadataStore) -> None:
-    from meshnode.storage.records import DeliveryRow
-
+def test_receipts_revisions_served_by(store: MetadataStore) -> None:
     mid = CID.of(b"sent manifest")
     store.save_manifest(ManifestRow(mid, STUDY, "sent", "RGT", 1, "sent", NOW_S, NOW_S + 100, b"raw", ("RJ1",)), [])
-    row = DeliveryRow(mid, "RJ1", "pending", 0, NOW_MS, "", None, NOW_MS)
-    store.save_delivery(row)
-    store.save_delivery(DeliveryRow(mid, "RJ1", "delivered", 2, NOW_MS, "", b"receipt", NOW_MS + 5))
-    assert [(d.state, d.attempts, d.document) for d in store.deliveries(mid)] == [("delivered", 2, b"receipt")]
-    assert store.deliveries() == store.deliveries(mid)
+    assert store.receipts(mid) == {}
+    store.save_receipt(mid, "RJ1", b"receipt", NOW_MS)
+    store.save_receipt(mid, "RJ1", b"a second receipt", NOW_MS + 5)  # the first verified one stays
+    assert store.receipts(mid) == {"RJ1": b"receipt"} and store.receipts(CID.of(b"other")) == {}
     assert store.highest_revision(STUDY, "RGT") == 0  # sent manifests do not count
     for rev in (1, 3, 2):
         rid = CID.of(f"received {rev}".encode())

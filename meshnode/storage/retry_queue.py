@@ -1,0 +1,80 @@
+"""Durable retry queues in the node's database: one row per queued item, states from protocol.outbox.
+
+A queue (`queue`, e.g. "delivery") holds items by a text `key` unique in it,
+a `ref` to find them by (a manifest ID for deliveries) and the `payload` to
+send (a signed receipt or recall; none for an announcement, whose manifest is
+stored with the manifests). The retry state of each item is a
+protocol.outbox.DeliveryRecord: the driver (meshnode.node.retry_driver)
+restores a protocol.outbox.Outbox from `queue_rows`, and writes back what
+`Outbox.changes()` gives with `queue_save`.
+
+Implementations: SQLite (meshnode.storage.sqlite_retry_queue) and memory
+(below); both take part in MetadataStore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from protocol.outbox import DeliveryState
+
+
+@dataclass(frozen=True)
+class QueuedRow:
+    """One item of a durable retry queue: its key, what it refers to, its retry state, its payload."""
+
+    queue: str
+    key: str
+    ref: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_ms: int
+    updated_ms: int
+    last_error: str = ""
+    payload: bytes | None = None
+
+
+class RetryQueueStore(Protocol):
+    def queue_add(self, rows: Sequence[QueuedRow]) -> None:
+        """Store new items, atomically; an item whose (queue, key) is stored already is left as it is."""
+        ...
+
+    def queue_save(self, rows: Sequence[QueuedRow]) -> None:
+        """Write the retry state (state, attempts, times, error) of stored items; payload and ref stay.
+        Items not stored (removed meanwhile) are not added back."""
+        ...
+
+    def queue_remove(self, queue: str, keys: Iterable[str]) -> None: ...
+
+    def queue_rows(self, queue: str, ref: str | None = None) -> list[QueuedRow]:
+        """Every item of the queue (only those with this ref if given), by key."""
+        ...
+
+
+class MemoryRetryQueue:
+    """RetryQueueStore in a dictionary (part of MemoryMetadataStore)."""
+
+    def __init__(self) -> None:
+        self._queued: dict[tuple[str, str], QueuedRow] = {}
+
+    def queue_add(self, rows: Sequence[QueuedRow]) -> None:
+        for row in rows:
+            self._queued.setdefault((row.queue, row.key), row)
+
+    def queue_save(self, rows: Sequence[QueuedRow]) -> None:
+        for row in rows:
+            stored = self._queued.get((row.queue, row.key))
+            if stored is not None:
+                self._queued[(row.queue, row.key)] = replace(
+                    stored, state=row.state, attempts=row.attempts, next_attempt_ms=row.next_attempt_ms,
+                    updated_ms=row.updated_ms, last_error=row.last_error[:500])
+
+    def queue_remove(self, queue: str, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._queued.pop((queue, key), None)
+
+    def queue_rows(self, queue: str, ref: str | None = None) -> list[QueuedRow]:
+        return sorted((r for (q, _), r in self._queued.items() if q == queue and (ref is None or r.ref == ref)),
+                      key=lambda r: r.key)

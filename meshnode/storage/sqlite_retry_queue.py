@@ -1,0 +1,47 @@
+"""RetryQueueStore in the node's SQLite file (table `retry_queue`, migration "outbox")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from meshnode.sqlite_db import SqliteConnection
+from meshnode.storage.retry_queue import QueuedRow
+from protocol.outbox import DeliveryState
+
+_COLUMNS = "queue, key, ref, state, attempts, next_attempt_ms, updated_ms, last_error, payload"
+
+
+def _row(r: Any) -> QueuedRow:
+    return QueuedRow(str(r[0]), str(r[1]), str(r[2]), DeliveryState(str(r[3])), int(r[4]), int(r[5]), int(r[6]),
+                     str(r[7]), bytes(r[8]) if r[8] is not None else None)
+
+
+class SqliteRetryQueue(SqliteConnection):
+    """The retry-queue methods of SqliteMetadataStore (same connection, same database thread)."""
+
+    def queue_add(self, rows: Sequence[QueuedRow]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                f"INSERT OR IGNORE INTO retry_queue ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                [(r.queue, r.key, r.ref, r.state.value, r.attempts, r.next_attempt_ms, r.updated_ms,
+                  r.last_error[:500], r.payload) for r in rows])
+
+    def queue_save(self, rows: Sequence[QueuedRow]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE retry_queue SET state = ?, attempts = ?, next_attempt_ms = ?, updated_ms = ?, last_error = ?"
+                " WHERE queue = ? AND key = ?",
+                [(r.state.value, r.attempts, r.next_attempt_ms, r.updated_ms, r.last_error[:500], r.queue, r.key)
+                 for r in rows])
+
+    def queue_remove(self, queue: str, keys: Iterable[str]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM retry_queue WHERE queue = ? AND key = ?", [(queue, k) for k in keys])
+
+    def queue_rows(self, queue: str, ref: str | None = None) -> list[QueuedRow]:
+        if ref is None:
+            return [_row(r) for r in self._query(
+                f"SELECT {_COLUMNS} FROM retry_queue WHERE queue = ? ORDER BY key", (queue,))]
+        return [_row(r) for r in self._query(
+            f"SELECT {_COLUMNS} FROM retry_queue WHERE queue = ? AND ref = ? ORDER BY key", (queue, ref))]
