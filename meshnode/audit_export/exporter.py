@@ -35,6 +35,7 @@ from meshnode.audit_export.syslog import frame, syslog_message
 from meshnode.storage.audit_checkpoint import SpoolItem
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage
+from protocol.backoff import Backoff
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH = 64
-MAX_BACKOFF_S = 60.0
+#: Between connection attempts to the audit repository: 1 s doubling to 60 s.
+RETRY_BACKOFF = Backoff(base=1.0, factor=2.0, cap=60.0)
 
 
 class RepositoryClosed(Exception):
@@ -50,10 +52,6 @@ class RepositoryClosed(Exception):
 
 
 CONNECTION_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, RepositoryClosed)
-
-
-def backoff_s(failures: int) -> float:
-    return float(min(MAX_BACKOFF_S, 0.5 * 2 ** min(failures, 8)))
 
 
 def tls_context(config: AuditRepositoryConfig) -> ssl.SSLContext:
@@ -115,10 +113,10 @@ class AuditExporter:
                 self.last_error = f"{type(reason).__name__}: {reason}"
                 log.warning("audit repository %s:%d: %s; %d item(s) kept in the spool, retrying in %.0f s",
                             config.host, config.port, self.last_error, await self._spooled(),
-                            backoff_s(self.failures))
+                            RETRY_BACKOFF.delay(self.failures))
             finally:
                 self.connected = False
-            await trio.sleep(backoff_s(self.failures))
+            await trio.sleep(RETRY_BACKOFF.delay(self.failures))
 
     async def _spooled(self) -> int:
         return await self.db.run(lambda s: s.audit_spool_size())

@@ -29,6 +29,7 @@ from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.gateway_store import Announcement, AnnouncementState, Arrival, GatewayStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord, hash_uid
+from protocol.backoff import Backoff
 from protocol.document import Signed, open_document
 from protocol.errors import MeshError
 from protocol.manifest import Manifest, Priority, Purpose
@@ -39,12 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ShareFn = Callable[[str, Sequence[str], Priority, Purpose], Awaitable[Signed[Manifest]]]
-MAX_BACKOFF_S = 300.0
+#: Between attempts to announce a study: 2 s doubling to 5 min.
+RETRY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=300.0)
 IDLE_CHECK_S = 60.0
-
-
-def _backoff_s(attempts: int) -> float:
-    return min(2.0 ** max(attempts, 1), MAX_BACKOFF_S)
 
 
 def same_content(manifest: Manifest, instances: Sequence[InstanceRecord], route: Route) -> bool:
@@ -148,7 +146,7 @@ class StudyAnnouncer:
                 signed = await self.share(study_uid, route.to, route.priority, route.purpose)
             except MeshError as exc:
                 attempts = (row.attempts if row is not None else 0) + 1
-                retry = self.clock() + _backoff_s(attempts)
+                retry = self.clock() + RETRY_BACKOFF.delay(attempts)
                 self._retry_at[key] = retry
                 log.warning("cannot announce study %s on route %s (attempt %d): %s", hash_uid(study_uid),
                             route_name, attempts, exc)

@@ -54,6 +54,7 @@ from meshnode.storage.gateway_store import (
 )
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord, hash_uid
+from protocol.backoff import Backoff
 from protocol.cid import CID
 from protocol.document import Signed
 from protocol.errors import MeshError
@@ -72,8 +73,9 @@ ACSE_TIMEOUT_S = 30
 DIMSE_TIMEOUT_S = 120
 
 
-def backoff_s(attempts: int, cap: float) -> float:
-    return float(min(2 ** max(attempts, 1), cap))
+def backoff(dest: PacsDestination) -> Backoff:
+    """Between attempts to a PACS: 2 s doubling up to the destination's retry_max_seconds."""
+    return Backoff(base=2.0, factor=2.0, cap=float(dest.retry_max_s))
 
 
 @dataclass
@@ -195,7 +197,7 @@ class Forwarder:
                 await self._audit_batch(dest, due, outcome.results)
             if outcome.unreachable:
                 failures += 1
-                retry = now + int(1000 * backoff_s(failures, dest.retry_max_s))
+                retry = now + int(1000 * backoff(dest).delay(failures))
                 if dest.name not in self.unreachable or failures == 1:
                     log.warning("PACS %s (%s@%s:%d) unreachable: %s; retrying", dest.name, dest.ae_title, dest.host,
                                 dest.port, outcome.unreachable)
@@ -291,7 +293,7 @@ class Forwarder:
         attempts = item.attempts + 1
         if attempts >= dest.max_attempts:
             return self._result(item, ForwardState.FAILED, error, status, attempts, now)
-        retry = now + int(1000 * backoff_s(attempts, dest.retry_max_s))
+        retry = now + int(1000 * backoff(dest).delay(attempts))
         return self._result(item, ForwardState.PENDING, error, status, attempts, retry)
 
     async def _audit_batch(self, dest: PacsDestination, items: list[ForwardItem],

@@ -18,12 +18,16 @@ from meshnode.node.peers import PeerRegistry
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage, now_ms
+from protocol.backoff import Backoff
 from protocol.certificate import Certificate
 from protocol.document import Signed
 from protocol.keys import SigningKey
 from protocol.roster import Roster
 
 log = logging.getLogger(__name__)
+
+#: Between restarts of a failed background loop: 1 s doubling to 30 s.
+RESTART_BACKOFF = Backoff(base=1.0, factor=2.0, cap=30.0)
 
 
 @dataclass
@@ -89,4 +93,4 @@ async def keep_running(name: str, loop: Callable[[], Awaitable[None]]) -> None:
         except Exception:
             failures += 1
             log.exception("background task %s failed (%d); restarting", name, failures)
-            await trio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+            await trio.sleep(RESTART_BACKOFF.delay(failures))
