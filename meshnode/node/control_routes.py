@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshnode.control.app import Handler
 from meshnode.describe import iso
+from meshnode.node.delivery import stored_deliveries
 from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
 from protocol.errors import NotFoundError, SchemaError
@@ -100,13 +101,12 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
 
     async def outbox(body: dict[str, Any]) -> object:
         await node.wire.served.flush()
-        per_org = _deliveries_by_manifest(node.deliveries.records())
-
         def load(store: MetadataStore) -> list[dict[str, object]]:
             out: list[dict[str, object]] = []
             for row in store.manifests("sent"):
                 served = _served_to(store, row.manifest_id)
                 receipts = store.receipts(row.manifest_id)
+                per_org = _current_delivery(stored_deliveries(store, row.manifest_id))
                 out.append({
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state,
                     "revision": row.revision, "created_at": iso(row.created_at),
@@ -114,7 +114,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                                          "attempts": r.attempts, "last_error": r.last_error,
                                          "receipt_verified": org in receipts,
                                          "served": served.get(org, {"blocks": 0, "bytes": 0})}
-                                   for org, r in per_org.get(row.manifest_id, {}).items()},
+                                   for org, r in per_org.items()},
                 })
             return out
 
@@ -157,11 +157,11 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
     }
 
 
-def _deliveries_by_manifest(records: list[DeliveryRecord[DeliveryKey]]) -> dict[CID, dict[str, DeliveryRecord[DeliveryKey]]]:
-    """Per sent manifest and recipient org, the delivery that counts now: the recall once there is one,
+def _current_delivery(records: list[DeliveryRecord[DeliveryKey]]) -> dict[str, DeliveryRecord[DeliveryKey]]:
+    """Per recipient org of a sent manifest, the delivery that counts now: the recall once there is one,
     else the announcement (our receipts for received manifests are not the outbox's)."""
-    out: dict[CID, dict[str, DeliveryRecord[DeliveryKey]]] = {}
+    out: dict[str, DeliveryRecord[DeliveryKey]] = {}
     for r in sorted(records, key=lambda r: r.key.kind is DeliveryKind.RECALL):
         if r.key.kind is not DeliveryKind.RECEIPT:
-            out.setdefault(r.key.item, {})[r.key.org] = r
+            out[r.key.org] = r
     return out

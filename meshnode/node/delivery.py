@@ -32,6 +32,7 @@ import trio
 from libp2p.exceptions import BaseLibp2pError
 
 from meshnode.node.context import NodeContext
+from meshnode.storage.metadata import MetadataStore
 from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn
 from protocol.backoff import Backoff
 from protocol.cid import CID
@@ -102,6 +103,12 @@ class DeliveryKeys:
 KEYS = DeliveryKeys()
 
 
+def stored_deliveries(store: MetadataStore, manifest_id: CID) -> list[DeliveryRecord[DeliveryKey]]:
+    """A manifest's deliveries as stored, delivered ones included (on the database thread)."""
+    return [DeliveryRecord(KEYS.decode(r.key), r.state, r.attempts, r.next_attempt_ms / 1000, r.updated_ms / 1000,
+                           r.last_error) for r in store.queue_rows(QUEUE, ref=manifest_id.to_bytes().hex())]
+
+
 class DeliveryTransport(Protocol):
     async def deliver(self, key: DeliveryKey, payload: bytes | None) -> None:
         """Push one delivery (payload: the signed recall or receipt; None for an announcement) or raise."""
@@ -148,15 +155,8 @@ class Deliveries:
 
     # -- queries ----------------------------------------------------------------------------
     def records(self, manifest_id: CID | None = None) -> list[DeliveryRecord[DeliveryKey]]:
+        """Deliveries not yet delivered (in memory)."""
         return [r for r in self.driver.records() if manifest_id is None or r.key.item == manifest_id]
-
-    def has_receipt(self, manifest_id: CID) -> bool:
-        """Our receipt for this received manifest is queued (or delivered)."""
-        return any(r.key.kind is DeliveryKind.RECEIPT and r.key.item == manifest_id for r in self.driver.records())
-
-    def receipted(self, manifest_id: CID) -> bool:
-        return any(r.key.kind is DeliveryKind.RECEIPT and r.key.item == manifest_id
-                   and r.state is DeliveryState.DELIVERED for r in self.driver.records())
 
     def pending(self) -> int:
         return sum(1 for r in self.driver.records() if r.state in (DeliveryState.PENDING, DeliveryState.ATTEMPTING))

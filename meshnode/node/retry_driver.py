@@ -1,12 +1,14 @@
 """The trio driver of a protocol.outbox.Outbox whose records live in the node's database.
 
 One driver per durable retry queue (meshnode.storage.retry_queue). It restores
-the outbox from the stored rows, then loops: sleep until the outbox's next due
+the outbox from the stored rows not yet delivered, then loops: sleep until the outbox's next due
 time (woken early when an item is added or retried), claim the due keys
 (`Outbox.due`), write the claim, attempt each key (at most `concurrency` at
 once, each bounded by `attempt_timeout`), report `succeeded` or
 `failed(permanent=...)` with a jitter fraction drawn here (protocol/ has no
-randomness), and write what changed (`Outbox.changes`).
+randomness), and write what changed (`Outbox.changes`). A delivered item is
+then dropped from memory (its row stays, so its key is never queued twice):
+memory holds what is still to do, however long the node's history.
 
 Data safety: an item is written to the database before it is added to the
 outbox (`enqueue`), so nothing is attempted that a restart would forget; an
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
+
+#: The states an item is kept in memory in (FAILED: for an operator's retry).
+LIVE = (DeliveryState.PENDING, DeliveryState.ATTEMPTING, DeliveryState.FAILED)
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -131,14 +136,13 @@ class RetryDriver(Generic[K]):
 
     async def load(self) -> None:
         """Restore the outbox from the stored items (done by run() unless called before)."""
-        rows = await self.db.run(lambda s: s.queue_rows(self.queue))
+        rows = await self.db.run(lambda s: s.queue_rows(self.queue, states=LIVE))
         records = []
         for row in rows:
             key = self.codec.decode(row.key)
             self._payloads[key] = row.payload
             self._refs[key] = row.ref
-            records.append(DeliveryRecord(key, row.state, row.attempts, row.next_attempt_ms / 1000,
-                                          row.updated_ms / 1000, row.last_error))
+            records.append(_record(key, row))
         self.outbox = Outbox.restore(records, backoff=self.policy.backoff,
                                      attempt_timeout=self.policy.attempt_timeout + _BACKSTOP,
                                      max_attempts=self.policy.max_attempts)
@@ -210,8 +214,15 @@ class RetryDriver(Generic[K]):
                 write(store)
 
         await self.db.run(save)
+        if record is not None and ended is not None and record.state is DeliveryState.DELIVERED:
+            self._forget(ended)
         if action is not None:
             await action()
+
+    def _forget(self, key: K) -> None:
+        self.outbox.remove(key)
+        self._payloads.pop(key, None)
+        self._refs.pop(key, None)
 
     def _row(self, r: DeliveryRecord[K]) -> QueuedRow:
         return QueuedRow(self.queue, self.codec.encode(r.key), self._refs.get(r.key, self.codec.ref(r.key)),
@@ -222,19 +233,18 @@ class RetryDriver(Generic[K]):
         """Queue items, durably (with `also`, in the same database call) before any is attempted.
         Returns the keys newly queued (a key queued before is left as it is)."""
         now = self.clock()
-        fresh = [(k, p) for k, p in items if self.outbox.record(k) is None]
         rows = [QueuedRow(self.queue, self.codec.encode(k), self.codec.ref(k), DeliveryState.PENDING, 0, _ms(now),
-                          _ms(now), "", p) for k, p in fresh]
+                          _ms(now), "", p) for k, p in items]
 
-        def write(store: MetadataStore) -> None:
+        def write(store: MetadataStore) -> list[str]:
             if also is not None:
                 also(store)
-            store.queue_add(rows)
+            return store.queue_add(rows)
 
-        await self.db.run(write)
+        stored = set(await self.db.run(write))
         added = []
-        for key, payload in fresh:
-            if self.outbox.add(key, now):
+        for key, payload in items:
+            if self.codec.encode(key) in stored and self.outbox.add(key, now):
                 self._payloads[key] = payload
                 self._refs[key] = self.codec.ref(key)
                 added.append(key)
@@ -244,9 +254,7 @@ class RetryDriver(Generic[K]):
     async def remove(self, keys: Sequence[K]) -> None:
         """Forget items (an attempt in progress still ends; its report is ignored)."""
         for key in keys:
-            self.outbox.remove(key)
-            self._payloads.pop(key, None)
-            self._refs.pop(key, None)
+            self._forget(key)
         texts = [self.codec.encode(k) for k in keys]
         await self.db.run(lambda s: s.queue_remove(self.queue, texts))
 
@@ -262,7 +270,22 @@ class RetryDriver(Generic[K]):
         return len(failed)
 
     def records(self) -> list[DeliveryRecord[K]]:
+        """The items not yet delivered (delivered ones are only in the database: `stored`)."""
         return self.outbox.snapshot()
+
+    async def stored(self, ref: str | None = None) -> list[DeliveryRecord[K]]:
+        """Every item in the database (those with this ref), delivered ones included."""
+        rows = await self.db.run(lambda s: s.queue_rows(self.queue, ref=ref))
+        return [_record(self.codec.decode(r.key), r) for r in rows]
+
+    async def drop_payloads(self, before: float) -> int:
+        """Drop the payloads of items delivered before this time (their rows stay)."""
+        return await self.db.run(lambda s: s.queue_drop_payloads(self.queue, _ms(before)))
+
+
+def _record(key: K, row: QueuedRow) -> DeliveryRecord[K]:
+    return DeliveryRecord(key, row.state, row.attempts, row.next_attempt_ms / 1000, row.updated_ms / 1000,
+                          row.last_error)
 
 
 def _ms(t: float) -> int:

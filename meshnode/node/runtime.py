@@ -30,7 +30,7 @@ from meshnode.node.completion import verify_instances
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.control_routes import routes
 from meshnode.node.corruption import CorruptBlocks
-from meshnode.node.delivery import Deliveries, NodeTransport
+from meshnode.node.delivery import Deliveries, NodeTransport, stored_deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.fetcher import Fetcher
 from meshnode.node.limits import PeerLimits
@@ -46,7 +46,7 @@ from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
-from meshnode.storage.records import InstanceRecord, hash_uid
+from meshnode.storage.records import InstanceRecord, ManifestRow, hash_uid
 from protocol.cid import CID
 from protocol.directory_messages import WATCH_WAIT
 from protocol.document import Signed
@@ -334,7 +334,8 @@ class Node:
         # the study and the receipt to send are durable together: a restart sends the receipt, not the study again
         await self.deliveries.receipt(manifest_id, manifest.sender_org, receipt.encode(), also=record)
         await self.gateway.received(signed)  # queued for the PACS, sent once the receipt is
-        if self.deliveries.receipted(manifest_id):  # delivered already, while the forward was being queued
+        now_row = await ctx.db.run(lambda s: s.manifest(manifest_id))
+        if now_row is not None and now_row.state == "receipted":  # delivered while the forward was being queued
             await self.gateway.receipted(manifest_id)
         started = self.fetcher.started_at(manifest_id)
         await ctx.events.publish(StudyEvent(
@@ -361,7 +362,13 @@ class Node:
 
     async def _resume(self, nursery: trio.Nursery) -> None:
         """Restart unfinished transfers and undelivered receipts from what is on disk."""
-        rows = await self.ctx.db.run(lambda s: s.manifests("received"))
+        def load(store: MetadataStore) -> tuple[list[ManifestRow], set[CID]]:
+            rows = store.manifests("received")
+            receipts = {m.manifest_id for m in rows if m.state == "complete" and any(
+                d.key.kind is DeliveryKind.RECEIPT for d in stored_deliveries(store, m.manifest_id))}
+            return rows, receipts
+
+        rows, queued_receipts = await self.ctx.db.run(load)
         now = self.ctx.clock()
         for row in rows:
             if row.expires_at < now:
@@ -369,5 +376,5 @@ class Node:
             signed = self.ctx.manifests.open(row.manifest_id, row.raw)
             if row.state in ("fetching", "verifying") or (row.state == "announced" and self.ctx.config.auto_fetch):
                 await self.fetcher.start(signed, holder=signed.document.sender_peer)
-            elif row.state == "complete" and not self.deliveries.has_receipt(row.manifest_id):
+            elif row.state == "complete" and row.manifest_id not in queued_receipts:
                 nursery.start_soon(self._completed, signed)  # completed before receipts were queued durably

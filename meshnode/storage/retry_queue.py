@@ -37,8 +37,9 @@ class QueuedRow:
 
 
 class RetryQueueStore(Protocol):
-    def queue_add(self, rows: Sequence[QueuedRow]) -> None:
-        """Store new items, atomically; an item whose (queue, key) is stored already is left as it is."""
+    def queue_add(self, rows: Sequence[QueuedRow]) -> list[str]:
+        """Store new items, atomically; an item whose (queue, key) is stored already (also one delivered
+        long ago) is left as it is. Returns the keys newly stored."""
         ...
 
     def queue_save(self, rows: Sequence[QueuedRow]) -> None:
@@ -48,8 +49,14 @@ class RetryQueueStore(Protocol):
 
     def queue_remove(self, queue: str, keys: Iterable[str]) -> None: ...
 
-    def queue_rows(self, queue: str, ref: str | None = None) -> list[QueuedRow]:
-        """Every item of the queue (only those with this ref if given), by key."""
+    def queue_rows(self, queue: str, ref: str | None = None,
+                   states: Sequence[DeliveryState] | None = None) -> list[QueuedRow]:
+        """Every item of the queue (only those with this ref, in these states, if given), by key."""
+        ...
+
+    def queue_drop_payloads(self, queue: str, before_ms: int) -> int:
+        """Drop the payloads of items delivered before this time (the rows stay, so a key is never queued
+        twice); returns how many."""
         ...
 
 
@@ -59,9 +66,13 @@ class MemoryRetryQueue:
     def __init__(self) -> None:
         self._queued: dict[tuple[str, str], QueuedRow] = {}
 
-    def queue_add(self, rows: Sequence[QueuedRow]) -> None:
+    def queue_add(self, rows: Sequence[QueuedRow]) -> list[str]:
+        added = []
         for row in rows:
-            self._queued.setdefault((row.queue, row.key), row)
+            if (row.queue, row.key) not in self._queued:
+                self._queued[(row.queue, row.key)] = row
+                added.append(row.key)
+        return added
 
     def queue_save(self, rows: Sequence[QueuedRow]) -> None:
         for row in rows:
@@ -75,6 +86,14 @@ class MemoryRetryQueue:
         for key in keys:
             self._queued.pop((queue, key), None)
 
-    def queue_rows(self, queue: str, ref: str | None = None) -> list[QueuedRow]:
-        return sorted((r for (q, _), r in self._queued.items() if q == queue and (ref is None or r.ref == ref)),
-                      key=lambda r: r.key)
+    def queue_rows(self, queue: str, ref: str | None = None,
+                   states: Sequence[DeliveryState] | None = None) -> list[QueuedRow]:
+        return sorted((r for (q, _), r in self._queued.items() if q == queue and (ref is None or r.ref == ref)
+                       and (states is None or r.state in states)), key=lambda r: r.key)
+
+    def queue_drop_payloads(self, queue: str, before_ms: int) -> int:
+        gone = [k for k, r in self._queued.items() if k[0] == queue and r.state is DeliveryState.DELIVERED
+                and r.updated_ms < before_ms and r.payload]
+        for k in gone:
+            self._queued[k] = replace(self._queued[k], payload=b"")
+        return len(gone)

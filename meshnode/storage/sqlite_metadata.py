@@ -197,6 +197,7 @@ MIGRATIONS = (
         PRIMARY KEY (queue, key)
     ) STRICT;
     CREATE INDEX retry_queue_by_ref ON retry_queue (queue, ref);
+    CREATE INDEX retry_queue_by_state ON retry_queue (queue, state);
     CREATE TABLE delivery_receipts (
         manifest_id BLOB NOT NULL, org TEXT NOT NULL, receipt BLOB NOT NULL, at_ms INTEGER NOT NULL,
         PRIMARY KEY (manifest_id, org)

@@ -20,12 +20,17 @@ def _row(r: Any) -> QueuedRow:
 class SqliteRetryQueue(SqliteConnection):
     """The retry-queue methods of SqliteMetadataStore (same connection, same database thread)."""
 
-    def queue_add(self, rows: Sequence[QueuedRow]) -> None:
+    def queue_add(self, rows: Sequence[QueuedRow]) -> list[str]:
+        added = []
         with self._tx() as db:
-            db.executemany(
-                f"INSERT OR IGNORE INTO retry_queue ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                [(r.queue, r.key, r.ref, r.state.value, r.attempts, r.next_attempt_ms, r.updated_ms,
-                  r.last_error[:500], r.payload) for r in rows])
+            for r in rows:
+                cur = db.execute(
+                    f"INSERT OR IGNORE INTO retry_queue ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (r.queue, r.key, r.ref, r.state.value, r.attempts, r.next_attempt_ms, r.updated_ms,
+                     r.last_error[:500], r.payload))
+                if cur.rowcount == 1:
+                    added.append(r.key)
+        return added
 
     def queue_save(self, rows: Sequence[QueuedRow]) -> None:
         with self._tx() as db:
@@ -39,9 +44,17 @@ class SqliteRetryQueue(SqliteConnection):
         with self._tx() as db:
             db.executemany("DELETE FROM retry_queue WHERE queue = ? AND key = ?", [(queue, k) for k in keys])
 
-    def queue_rows(self, queue: str, ref: str | None = None) -> list[QueuedRow]:
-        if ref is None:
-            return [_row(r) for r in self._query(
-                f"SELECT {_COLUMNS} FROM retry_queue WHERE queue = ? ORDER BY key", (queue,))]
-        return [_row(r) for r in self._query(
-            f"SELECT {_COLUMNS} FROM retry_queue WHERE queue = ? AND ref = ? ORDER BY key", (queue, ref))]
+    def queue_rows(self, queue: str, ref: str | None = None,
+                   states: Sequence[DeliveryState] | None = None) -> list[QueuedRow]:
+        sql, params = f"SELECT {_COLUMNS} FROM retry_queue WHERE queue = ?", [queue]
+        if ref is not None:
+            sql, params = sql + " AND ref = ?", [*params, ref]
+        if states is not None:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            params += [s.value for s in states]
+        return [_row(r) for r in self._query(sql + " ORDER BY key", params)]
+
+    def queue_drop_payloads(self, queue: str, before_ms: int) -> int:
+        with self._tx() as db:
+            return db.execute("UPDATE retry_queue SET payload = x'' WHERE queue = ? AND state = 'delivered'"
+                              " AND updated_ms < ? AND length(payload) > 0", (queue, before_ms)).rowcount

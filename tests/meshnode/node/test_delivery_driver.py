@@ -248,12 +248,12 @@ async def test_a_receipt_survives_a_restart(tmp_path: Path, autojump_clock: trio
         async with trio.open_nursery() as nursery:
             d = deliveries(store, orgs2, receipted=receipted)
             await running(nursery, d)
-            assert d.has_receipt(M) and not d.receipted(M)
+            assert [r.key.kind for r in d.records(M)] == [DeliveryKind.RECEIPT]
             await until(lambda: bool(receipted))
             nursery.cancel_scope.cancel()
         key = DeliveryKey(DeliveryKind.RECEIPT, M, "RGT")
         assert [(k, p) for _, k, p in orgs2.attempts] == [(key, b"signed receipt")] * 2
-        assert receipted == [M] and d.receipted(M)
+        assert receipted == [M] and d.records() == []  # delivered: only in the database now
         row = store.manifest(M)
         assert row is not None and row.state == "receipted"  # written with the delivered state
         assert stored(store) == {key: (DeliveryState.DELIVERED, 4)}
@@ -296,3 +296,28 @@ async def test_network_failures_are_one_line_and_bugs_keep_their_traceback(
     assert len(bug) == 1 and bug[0].levelno == logging.ERROR
     assert bug[0].exc_info is not None and bug[0].exc_info[0] is KeyError
     assert len(orgs.attempts) == 3  # the bug counted as a failed attempt; the queue kept going
+
+
+async def test_delivered_items_leave_memory_and_are_never_queued_twice(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    store = SqliteMetadataStore(tmp_path / "node.db")
+    try:
+        orgs = Orgs(store)
+        async with trio.open_nursery() as nursery:
+            d = deliveries(store, orgs)
+            await running(nursery, d)
+            await d.announce(M, ["RXX"])
+            await until(lambda: stored(store).get(ANNOUNCE_RXX, (None, 0))[0] is DeliveryState.DELIVERED)
+            assert d.records() == [] and d.pending() == 0
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:  # restarted: the delivered item is not loaded ...
+            d = deliveries(store, orgs)
+            await running(nursery, d)
+            assert d.records() == []
+            await d.announce(M, ["RXX"])  # ... nor queued again
+            await trio.sleep(3600)
+            nursery.cancel_scope.cancel()
+        assert len(orgs.attempts) == 1 and d.records() == []
+        assert [r.state for r in await d.driver.stored()] == [DeliveryState.DELIVERED]
+    finally:
+        store.close()

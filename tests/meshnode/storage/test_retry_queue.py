@@ -34,8 +34,9 @@ def row(key: str, ref: str = "m1", payload: bytes | None = None) -> QueuedRow:
 
 
 def test_add_save_remove(store: MetadataStore) -> None:
-    store.queue_add([row("a", payload=b"doc"), row("b", ref="m2")])
-    store.queue_add([replace(row("a"), payload=b"other", attempts=7)])  # queued before: left as it is
+    assert store.queue_add([row("a", payload=b"doc"), row("b", ref="m2")]) == ["a", "b"]
+    assert store.queue_add([replace(row("a"), payload=b"other", attempts=7), row("c")]) == ["c"]  # "a": as it was
+    store.queue_remove("q", ["c"])
     assert store.queue_rows("q") == [row("a", payload=b"doc"), row("b", ref="m2")]
     assert store.queue_rows("q", ref="m2") == [row("b", ref="m2")] and store.queue_rows("other") == []
     saved = replace(row("a"), state=DeliveryState.FAILED, attempts=3, next_attempt_ms=NOW_MS + 9,
@@ -43,8 +44,19 @@ def test_add_save_remove(store: MetadataStore) -> None:
     store.queue_save([saved, row("gone")])  # "gone" was never added: not added by a save
     a = store.queue_rows("q", ref="m1")
     assert a == [replace(saved, ref="m1", payload=b"doc", last_error="x" * 500)]
+    assert store.queue_rows("q", states=[DeliveryState.PENDING]) == [row("b", ref="m2")]
+    assert [r.key for r in store.queue_rows("q", states=[DeliveryState.FAILED, DeliveryState.DELIVERED])] == ["a"]
     store.queue_remove("q", ["a", "never"])
     assert [r.key for r in store.queue_rows("q")] == ["b"]
+
+
+def test_payloads_of_delivered_items_are_dropped_and_their_keys_kept(store: MetadataStore) -> None:
+    store.queue_add([row("old", payload=b"body"), row("new", payload=b"body"), row("todo", payload=b"body")])
+    store.queue_save([replace(row("old"), state=DeliveryState.DELIVERED, updated_ms=NOW_MS + 1),
+                      replace(row("new"), state=DeliveryState.DELIVERED, updated_ms=NOW_MS + 9)])
+    assert store.queue_drop_payloads("q", NOW_MS + 5) == 1 and store.queue_drop_payloads("q", NOW_MS + 5) == 0
+    assert {r.key: r.payload for r in store.queue_rows("q")} == {"old": b"", "new": b"body", "todo": b"body"}
+    assert store.queue_add([row("old", payload=b"again")]) == []  # never queued twice
 
 
 def _old_database(path: Path) -> tuple[CID, CID]:
