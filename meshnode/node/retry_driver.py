@@ -198,7 +198,7 @@ class RetryDriver(Generic[K]):
 
     async def _flush(self, ended: K | None = None) -> None:
         changes = self.outbox.changes()
-        if not changes:
+        if not changes and ended is None:
             return
         rows = [self._row(r) for r in changes]
         write: StoreFn | None = None

@@ -54,6 +54,10 @@ class RetryQueueStore(Protocol):
         """Every item of the queue (only those with this ref, in these states, if given), by key."""
         ...
 
+    def queue_counts(self, prefix: str) -> dict[tuple[str, DeliveryState], int]:
+        """(queue, state) -> items, for the queues whose name starts with prefix."""
+        ...
+
     def queue_drop_payloads(self, queue: str, before_ms: int) -> int:
         """Drop the payloads of items delivered before this time (the rows stay, so a key is never queued
         twice); returns how many."""
@@ -90,6 +94,13 @@ class MemoryRetryQueue:
                    states: Sequence[DeliveryState] | None = None) -> list[QueuedRow]:
         return sorted((r for (q, _), r in self._queued.items() if q == queue and (ref is None or r.ref == ref)
                        and (states is None or r.state in states)), key=lambda r: r.key)
+
+    def queue_counts(self, prefix: str) -> dict[tuple[str, DeliveryState], int]:
+        out: dict[tuple[str, DeliveryState], int] = {}
+        for (queue, _), r in self._queued.items():
+            if queue.startswith(prefix):
+                out[(queue, r.state)] = out.get((queue, r.state), 0) + 1
+        return out
 
     def queue_drop_payloads(self, queue: str, before_ms: int) -> int:
         gone = [k for k, r in self._queued.items() if k[0] == queue and r.state is DeliveryState.DELIVERED

@@ -186,8 +186,9 @@ MIGRATIONS = (
         seq INTEGER NOT NULL, payload BLOB NOT NULL, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL
     ) STRICT
     """,
-    # 8: outbox: the node's deliveries (announcements, recalls, receipts) as items of one durable retry
-    # queue (meshnode.storage.sqlite_retry_queue) with protocol.outbox's states; verified receipts kept apart
+    # 8: outbox: the node's deliveries (announcements, recalls, receipts) and webhook notifications as items
+    # of one durable retry queue (meshnode.storage.sqlite_retry_queue) with protocol.outbox's states;
+    # verified receipts kept apart
     """
     CREATE TABLE retry_queue (
         queue TEXT NOT NULL, key TEXT NOT NULL, ref TEXT NOT NULL,
@@ -216,7 +217,13 @@ MIGRATIONS = (
          WHERE state IN ('recall-pending', 'recalled') OR (state = 'failed' AND receipt IS NOT NULL);
     INSERT INTO delivery_receipts
         SELECT manifest_id, org, receipt, updated_ms FROM deliveries WHERE state = 'delivered' AND receipt IS NOT NULL;
-    DROP TABLE deliveries
+    DROP TABLE deliveries;
+    INSERT INTO retry_queue
+        SELECT 'webhook:' || hook, event_key, event,
+               CASE state WHEN 'sent' THEN 'delivered' WHEN 'failed' THEN 'failed' ELSE 'pending' END,
+               attempts, next_attempt_ms, updated_ms, last_error, body
+          FROM webhook_queue;
+    DROP TABLE webhook_queue
     """,
 )
 

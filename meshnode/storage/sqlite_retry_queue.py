@@ -54,6 +54,11 @@ class SqliteRetryQueue(SqliteConnection):
             params += [s.value for s in states]
         return [_row(r) for r in self._query(sql + " ORDER BY key", params)]
 
+    def queue_counts(self, prefix: str) -> dict[tuple[str, DeliveryState], int]:
+        return {(str(q), DeliveryState(str(s))): int(n) for q, s, n in self._query(
+            "SELECT queue, state, count(*) FROM retry_queue WHERE substr(queue, 1, ?) = ? GROUP BY queue, state",
+            (len(prefix), prefix))}
+
     def queue_drop_payloads(self, queue: str, before_ms: int) -> int:
         with self._tx() as db:
             return db.execute("UPDATE retry_queue SET payload = x'' WHERE queue = ? AND state = 'delivered'"

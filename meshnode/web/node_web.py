@@ -15,7 +15,6 @@ import trio
 from meshnode.node.context import keep_running
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.sqlite_users import SqliteUserStore
-from meshnode.storage.sqlite_webhook_queue import SqliteWebhookQueue
 from meshnode.web.app import Route, WebApp
 from meshnode.web.auth import Authenticator
 from meshnode.web.chain import ChainVerifier
@@ -43,9 +42,8 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     http = ctx.config.http
     db_path = ctx.home.path / "node.db"
     users = SqliteUserStore(db_path)
-    queue = SqliteWebhookQueue(db_path)
     events = EventMetrics()
-    webhooks = Webhooks(http.webhooks, queue, ctx.org, ctx.peer_id, http.public_url, ctx.clock)
+    webhooks = Webhooks(http.webhooks, ctx.db, ctx.org, ctx.peer_id, http.public_url, ctx.clock)
     ctx.events.subscribe(events.on_event)
     if http.webhooks:
         ctx.events.subscribe(webhooks.on_event)
@@ -64,7 +62,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                 app_holder: list[WebApp] = []
 
                 async def snapshot() -> MetricsSnapshot:
-                    counts = await trio.to_thread.run_sync(queue.counts)
+                    counts = await webhooks.counts()
                     return await view.metrics_snapshot(counts)
 
                 routes: list[Route] = [
@@ -84,4 +82,3 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
         ctx.events.unsubscribe(events.on_event)
         ctx.events.unsubscribe(webhooks.on_event)
         users.close()
-        queue.close()

@@ -6,10 +6,13 @@ Each [[webhook]] receiver gets a JSON POST:
     X-Meshnode-Delivery: <id, the same on every retry: deduplicate on it>
     X-Meshnode-Signature: t=<unix time of this attempt>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>
 
-An event is queued in the database (one row per receiver) before the node
-goes on, so a restart loses nothing; a failed POST (no answer, or not 2xx) is
-retried with backoff (2 s doubling to 15 min) up to max_attempts, then the
-row is marked failed, logged and counted in /metrics.
+An event is queued in the database (one item per receiver, in the node's
+durable retry queue "webhook:<receiver>", meshnode.storage.retry_queue) before
+the node goes on, so a restart loses nothing; a failed POST (no answer, or not
+2xx) is retried with backoff (2 s doubling to 15 min, +-10 % jitter) up to
+max_attempts, then the item fails for good, logged and counted in /metrics.
+The retries are protocol.outbox.Outbox's, driven by meshnode.node.retry_driver,
+like the node's deliveries.
 """
 
 from __future__ import annotations
@@ -18,20 +21,28 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
 from meshnode.describe import iso
 from meshnode.node.events import StudyEvent
 from meshnode.storage.records import hash_uid
-from meshnode.storage.webhook_queue import FAILED, PENDING, SENT, WebhookJob, WebhookQueue
+from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn
 from meshnode.web.config import WebhookConfig
 from protocol.backoff import Backoff
+from protocol.errors import UnavailableError
+from protocol.outbox import DeliveryRecord, DeliveryState
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +51,8 @@ RETRY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=900.0)
 
 TIMEOUT_S = 10.0
 CONCURRENCY = 4
-TICK_S = 1.0
 KEEP_SENT_BODIES_MS = 7 * 86_400_000
+QUEUE_PREFIX = "webhook:"
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -106,17 +117,51 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float = TIMEOU
         return AttemptResult(False, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"[:300])
 
 
+class EventKeys:
+    """A notification's key in its receiver's queue: the event key (`<event>:<manifest>:<org>`); ref: the event."""
+
+    def encode(self, key: str) -> str:
+        return key
+
+    def decode(self, text: str) -> str:
+        return text
+
+    def ref(self, key: str) -> str:
+        return key.split(":", 1)[0]
+
+
+EVENT_KEYS = EventKeys()
+
+
+class NotificationRefused(UnavailableError):
+    """The receiver did not take a notification (no answer, or not 2xx)."""
+
+
+def classify(exc: BaseException) -> Failure | None:
+    return Failure(str(exc), False) if isinstance(exc, NotificationRefused) else None
+
+
+def queue_name(hook: WebhookConfig) -> str:
+    return QUEUE_PREFIX + hook.name
+
+
 class Webhooks:
-    def __init__(self, hooks: tuple[WebhookConfig, ...], queue: WebhookQueue, org: str, peer_id: str,
-                 public_url: str = "", clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, hooks: tuple[WebhookConfig, ...], db: Database, org: str, peer_id: str,
+                 public_url: str = "", clock: Callable[[], float] = time.time, *,
+                 backoff: Backoff = RETRY_BACKOFF, rng: random.Random | None = None) -> None:
         self.hooks = {h.name: h for h in hooks}
-        self.queue = queue
+        self.db = db
         self.org = org
         self.peer_id = peer_id
         self.public_url = public_url
         self.clock = clock
-        self._db = trio.CapacityLimiter(1)
-        self._wake = trio.Event()
+        self._limit = trio.CapacityLimiter(CONCURRENCY)  # POSTs at once, over every receiver
+        self.drivers: dict[str, RetryDriver[str]] = {
+            h.name: RetryDriver(queue_name(h), EVENT_KEYS, db, clock, partial(self._attempt, h), classify,
+                                policy=RetryPolicy(backoff, attempt_timeout=TIMEOUT_S + 5.0,
+                                                   max_attempts=h.max_attempts, jitter=0.1, concurrency=CONCURRENCY),
+                                on_ended=partial(self._ended, h), rng=rng)
+            for h in hooks}
         self.failures = 0
         self.sent = 0
 
@@ -128,53 +173,41 @@ class Webhooks:
             if not hook.wants(event.kind.value, event.org, event.priority, event.route):
                 continue
             body = event_body(hook, event, self.org, self.peer_id, self.public_url, event_key, now)
-            await trio.to_thread.run_sync(self.queue.enqueue, hook.name, event_key, event.kind.value, body,
-                                          int(now * 1000), limiter=self._db)
-        self._wake.set()
+            await self.drivers[hook.name].enqueue([(event_key, body)])
 
-    async def run(self) -> None:
-        limiter = trio.CapacityLimiter(CONCURRENCY)
-        last_purge = 0.0
-        while True:
-            wake = self._wake = trio.Event()
-            now_ms = int(self.clock() * 1000)
-            jobs = await trio.to_thread.run_sync(self.queue.due, now_ms, 100, limiter=self._db)
-            async with trio.open_nursery() as nursery:
-                for job in jobs:
-                    nursery.start_soon(self._attempt, job, limiter)
-            if self.clock() - last_purge > 3600:
-                last_purge = self.clock()
-                await trio.to_thread.run_sync(self.queue.purge_sent, int(last_purge * 1000) - KEEP_SENT_BODIES_MS,
-                                              limiter=self._db)
-            with trio.move_on_after(TICK_S):
-                await wake.wait()
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for driver in self.drivers.values():
+                await nursery.start(driver.run)
+            task_status.started()
+            while True:
+                before = self.clock() - KEEP_SENT_BODIES_MS / 1000
+                for driver in self.drivers.values():
+                    await driver.drop_payloads(before)
+                await trio.sleep(3600)
 
-    async def _attempt(self, job: WebhookJob, limiter: trio.CapacityLimiter) -> None:
-        hook = self.hooks.get(job.hook)
-        now_ms = int(self.clock() * 1000)
-        if hook is None:  # the receiver was removed from node.toml
-            await trio.to_thread.run_sync(self.queue.record_attempt, job.id, FAILED, job.attempts, 0,
-                                          "receiver no longer configured", now_ms, limiter=self._db)
-            return
-        headers = {"X-Meshnode-Event": job.event, "X-Meshnode-Delivery": delivery_id(hook, job.event_key),
-                   "X-Meshnode-Signature": signature(hook.secret, int(self.clock()), job.body)}
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """(receiver, state) -> notifications, for /metrics."""
+        counts = await self.db.run(lambda s: s.queue_counts(QUEUE_PREFIX))
+        return {(queue.removeprefix(QUEUE_PREFIX), state.value): n for (queue, state), n in counts.items()}
+
+    async def _attempt(self, hook: WebhookConfig, event_key: str, body: bytes | None) -> None:
+        if not body:
+            raise NotificationRefused("the notification's body was dropped")  # not reached: kept until sent
+        event = EVENT_KEYS.ref(event_key)
+        headers = {"X-Meshnode-Event": event, "X-Meshnode-Delivery": delivery_id(hook, event_key),
+                   "X-Meshnode-Signature": signature(hook.secret, int(self.clock()), body)}
         # abandon_on_cancel: a node stopping does not wait for a slow receiver (the attempt is retried)
-        result = await trio.to_thread.run_sync(post, hook.url, job.body, headers, limiter=limiter,  # type: ignore[call-arg]
+        result = await trio.to_thread.run_sync(post, hook.url, body, headers, limiter=self._limit,  # type: ignore[call-arg]
                                                abandon_on_cancel=True)
-        attempts = job.attempts + 1
-        now_ms = int(self.clock() * 1000)
-        if result.ok:
-            self.sent += 1
-            state, next_ms, error = SENT, now_ms, ""
-        elif attempts >= hook.max_attempts:
+        if not result.ok:
             self.failures += 1
-            state, next_ms, error = FAILED, 0, result.error
-            log.warning("webhook %s to %s failed for good after %d attempt(s): %s", job.event, hook.name,
-                        attempts, result.error)
-        else:
-            self.failures += 1
-            state, next_ms, error = PENDING, now_ms + int(RETRY_BACKOFF.delay(attempts) * 1000), result.error
-            log.info("webhook %s to %s failed (attempt %d), retrying in %.0f s: %s", job.event, hook.name, attempts,
-                     RETRY_BACKOFF.delay(attempts), result.error)
-        await trio.to_thread.run_sync(self.queue.record_attempt, job.id, state, attempts, next_ms, error, now_ms,
-                                      limiter=self._db)
+            raise NotificationRefused(result.error)
+        self.sent += 1
+
+    def _ended(self, hook: WebhookConfig, record: DeliveryRecord[str], body: bytes | None
+               ) -> tuple[StoreFn | None, Callable[[], Awaitable[None]] | None]:
+        if record.state is DeliveryState.FAILED:
+            log.warning("webhook %s to %s failed for good after %d attempt(s): %s", EVENT_KEYS.ref(record.key),
+                        hook.name, record.attempts, record.last_error)
+        return None, None

@@ -75,6 +75,10 @@ def _old_database(path: Path) -> tuple[CID, CID]:
     for mid, org, state, attempts, doc in rows:
         db.execute("INSERT INTO deliveries VALUES (?,?,?,?,?,?,?,?)",
                    (mid.to_bytes(), org, state, attempts, NOW_MS + attempts, f"err {org}", doc, NOW_MS))
+    for i, (hook, state) in enumerate((("https://a/h", "pending"), ("https://a/h", "sent"), ("https://b/h", "failed"))):
+        db.execute("INSERT INTO webhook_queue (hook, event_key, event, body, state, attempts, next_attempt_ms,"
+                   " last_error, created_ms, updated_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   (hook, f"arrived:m{i}:RJ1", "arrived", b"{}", state, i, NOW_MS + i, "", NOW_MS, NOW_MS))
     db.commit()
     db.close()
     return sent, recalled
@@ -105,3 +109,20 @@ def test_an_existing_nodes_deliveries_carry_over(tmp_path: Path) -> None:
         k(R, recalled, "RCC"): (F, 4, NOW_MS + 4, "err RCC", b"recall", KEYS.ref(k(R, recalled, "RCC"))),
     }
     assert receipts == {"RCC": b"rcpt"}
+
+
+def test_an_existing_nodes_webhook_notifications_carry_over(tmp_path: Path) -> None:
+    _old_database(tmp_path / "node.db")
+    store = SqliteMetadataStore(tmp_path / "node.db")
+    try:
+        got = [(r.queue, r.key, r.ref, r.state, r.attempts, r.payload) for p in ("webhook:https://a/h",
+               "webhook:https://b/h") for r in store.queue_rows(p)]
+        counts = store.queue_counts("webhook:")
+    finally:
+        store.close()
+    assert got == [("webhook:https://a/h", "arrived:m0:RJ1", "arrived", DeliveryState.PENDING, 0, b"{}"),
+                   ("webhook:https://a/h", "arrived:m1:RJ1", "arrived", DeliveryState.DELIVERED, 1, b"{}"),
+                   ("webhook:https://b/h", "arrived:m2:RJ1", "arrived", DeliveryState.FAILED, 2, b"{}")]
+    assert counts == {("webhook:https://a/h", DeliveryState.PENDING): 1,
+                      ("webhook:https://a/h", DeliveryState.DELIVERED): 1,
+                      ("webhook:https://b/h", DeliveryState.FAILED): 1}

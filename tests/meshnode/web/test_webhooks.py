@@ -1,4 +1,5 @@
-"""Webhooks: the queue contract (SQLite and memory), signing, and delivery with retries to a real receiver."""
+"""Webhooks: signing, and delivery with retries to a real receiver through the node's durable retry queue
+(SQLite and memory; the queue's own contract is tests/meshnode/storage/test_retry_queue.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import pytest
 import trio
 
 from meshnode.node.events import StudyEvent, StudyEventKind
-from meshnode.storage.sqlite_webhook_queue import SqliteWebhookQueue
-from meshnode.storage.webhook_queue import FAILED, PENDING, SENT, MemoryWebhookQueue, WebhookQueue
+from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.memory_metadata import MemoryMetadataStore
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.sqlite_metadata import SqliteMetadataStore
+from protocol.backoff import Backoff
 from meshnode.web.config import WebhookConfig
 from meshnode.web.webhooks import Webhooks, signature, verify_signature
 from tests.e2e.web import WebhookReceiver
@@ -21,28 +25,10 @@ SECRET = "0123456789abcdef-secret"
 
 
 @pytest.fixture(params=["sqlite", "memory"])
-def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WebhookQueue]:
-    q: WebhookQueue = SqliteWebhookQueue(tmp_path / "node.db") if request.param == "sqlite" else MemoryWebhookQueue()
-    yield q
-    q.close()
-
-
-def test_queue_contract(queue: WebhookQueue) -> None:
-    assert queue.enqueue("h", "arrived:m1:RJ1", "arrived", b"{}", 1000)
-    assert not queue.enqueue("h", "arrived:m1:RJ1", "arrived", b"{}", 2000)  # same event, same receiver
-    assert queue.enqueue("other", "arrived:m1:RJ1", "arrived", b"{}", 1000)
-    assert queue.enqueue("h", "failed:m2:RJ1", "failed", b"{}", 3000)
-    due = queue.due(2000, 10)
-    assert [(j.hook, j.event_key) for j in due] == [("h", "arrived:m1:RJ1"), ("other", "arrived:m1:RJ1")]
-    queue.record_attempt(due[0].id, PENDING, 1, 9000, "HTTP 500", 2000)
-    queue.record_attempt(due[1].id, SENT, 1, 2000, "", 2000)
-    assert [j.event_key for j in queue.due(5000, 10)] == ["failed:m2:RJ1"]
-    assert queue.counts() == {("h", PENDING): 2, ("other", SENT): 1}
-    queue.record_attempt(due[0].id, FAILED, 12, 0, "x" * 900, 9000)
-    assert [len(j.last_error) for j in queue.recent(10) if j.id == due[0].id] == [500]
-    assert queue.counts()[("h", FAILED)] == 1
-    assert queue.purge_sent(3000) == 1 and queue.purge_sent(3000) == 0
-    assert not queue.enqueue("other", "arrived:m1:RJ1", "arrived", b"{}", 9999)  # never re-queued after purge
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataStore]:
+    s: MetadataStore = SqliteMetadataStore(tmp_path / "node.db") if request.param == "sqlite" else MemoryMetadataStore()
+    yield s
+    s.close()
 
 
 def test_signatures() -> None:
@@ -61,7 +47,7 @@ def event(kind: StudyEventKind = StudyEventKind.ARRIVED, org: str = "RGT", prior
                       accession="ACC9", instances=3, duration_s=1.5)
 
 
-async def test_delivery_with_retries_filters_and_giving_up(queue: WebhookQueue) -> None:
+async def test_delivery_with_retries_filters_and_giving_up(store: MetadataStore) -> None:
     good = WebhookReceiver(fail_first=2)
     down = WebhookReceiver(fail_first=1000)
     try:
@@ -69,21 +55,23 @@ async def test_delivery_with_retries_filters_and_giving_up(queue: WebhookQueue) 
             WebhookConfig(good.url, SECRET, events=("arrived",), orgs=("RGT",), include_identifiers=True),
             WebhookConfig(down.url, SECRET, events=("arrived", "failed"), max_attempts=2),
         )
-        now = [time.time()]
-        service = Webhooks(hooks, queue, "RJ1", "12D3KooWpeer", "https://gw.example", clock=lambda: now[0])
+        service = Webhooks(hooks, DatabaseThread(store), "RJ1", "12D3KooWpeer", "https://gw.example",
+                           clock=time.time, backoff=Backoff(base=0.01, cap=0.05))
         await service.on_event(event())
         await service.on_event(event())  # the same event again: queued once
         await service.on_event(event(org="RAJ"))  # filtered out for the first receiver
         await service.on_event(event(StudyEventKind.DELIVERED))  # nobody wants it
-        assert sum(queue.counts().values()) == 3
+        assert await service.counts() == {(hooks[0].name, "pending"): 1, (hooks[1].name, "pending"): 2}
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(service.run)
+            await nursery.start(service.run)
             with trio.fail_after(30):
                 # until the receiver has the event and the queue has recorded it sent (the receiver sees the
                 # request before the service reads the answer), and the other hook has given up twice
-                while (len(good.received) < 1 or queue.counts().get((hooks[0].name, SENT), 0) < 1
-                       or queue.counts().get((hooks[1].name, FAILED), 0) < 2):
-                    now[0] += 60  # past every backoff
+                while True:
+                    counts = await service.counts()
+                    if (len(good.received) >= 1 and counts.get((hooks[0].name, "delivered"), 0) >= 1
+                            and counts.get((hooks[1].name, "failed"), 0) >= 2):
+                        break
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
         assert good.attempts == 3 and len(good.received) == 1
@@ -98,7 +86,29 @@ async def test_delivery_with_retries_filters_and_giving_up(queue: WebhookQueue) 
         assert body["accession"] == "ACC9" and body["link"] == "https://gw.example/ui/#inbox"
         assert got.headers["x-meshnode-delivery"] == body["id"] and got.headers["x-meshnode-event"] == "arrived"
         assert down.attempts == 4  # two events, max_attempts=2 each, then given up
-        assert queue.counts()[(hooks[0].name, SENT)] == 1
+        assert (await service.counts())[(hooks[0].name, "delivered")] == 1
     finally:
         good.close()
         down.close()
+
+
+async def test_a_queued_notification_survives_a_restart(tmp_path: Path) -> None:
+    receiver = WebhookReceiver(fail_first=0)
+    try:
+        hooks = (WebhookConfig(receiver.url, SECRET, events=("arrived",)),)
+        store = SqliteMetadataStore(tmp_path / "node.db")
+        service = Webhooks(hooks, DatabaseThread(store), "RJ1", "12D3KooWpeer")
+        await service.on_event(event())  # queued; the node stops before its webhooks run
+        store.close()
+        store = SqliteMetadataStore(tmp_path / "node.db")
+        service = Webhooks(hooks, DatabaseThread(store), "RJ1", "12D3KooWpeer")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            with trio.fail_after(30):
+                while (await service.counts()).get((hooks[0].name, "delivered"), 0) < 1:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        store.close()
+        assert len(receiver.received) == 1 and json.loads(receiver.received[0].body)["event"] == "arrived"
+    finally:
+        receiver.close()
