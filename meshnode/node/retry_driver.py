@@ -3,8 +3,8 @@
 One driver per durable retry queue (meshnode.storage.retry_queue). It restores
 the outbox from the stored rows not yet delivered, then loops: sleep until the outbox's next due
 time (woken early when an item is added or retried), claim the due keys
-(`Outbox.due`), write the claim, attempt each key (at most `concurrency` at
-once, each bounded by `attempt_timeout`), report `succeeded` or
+(`Outbox.due`, at most as many as there is room for: `concurrency` at once),
+write the claim, attempt each key (bounded by `attempt_timeout`), report `succeeded` or
 `failed(permanent=...)` with a jitter fraction drawn here (protocol/ has no
 randomness), and write what changed (`Outbox.changes`). A delivered item is
 then dropped from memory (its row stays, so its key is never queued twice):
@@ -116,7 +116,6 @@ class RetryDriver(Generic[K]):
         self._payloads: dict[K, bytes | None] = {}
         self._refs: dict[K, str] = {}
         self._in_flight: set[K] = set()
-        self._limit = trio.CapacityLimiter(policy.concurrency)
         self._wakeup = trio.Event()
         self._loaded = False
 
@@ -129,7 +128,10 @@ class RetryDriver(Generic[K]):
             while True:
                 await self._start_due(nursery)
                 next_due = self.outbox.next_due()
-                delay = math.inf if next_due is None else max(0.0, next_due - self.clock())
+                if next_due is None or len(self._in_flight) >= self.policy.concurrency:
+                    delay = math.inf  # nothing to do, or no room: an attempt ending wakes the loop
+                else:
+                    delay = max(0.0, next_due - self.clock())
                 wakeup = self._wakeup
                 with trio.move_on_after(delay):
                     await wakeup.wait()
@@ -154,7 +156,9 @@ class RetryDriver(Generic[K]):
         self._wakeup = trio.Event()
 
     async def _start_due(self, nursery: trio.Nursery) -> None:
-        keys = [k for k in self.outbox.due(self.clock()) if k not in self._in_flight]
+        # claim only what can start now: a claimed key never waits for room (its deadline runs from the claim)
+        room = max(0, self.policy.concurrency - len(self._in_flight))
+        keys = [k for k in self.outbox.due(self.clock(), limit=room) if k not in self._in_flight]
         await self._flush()  # the claim (attempts + 1) is durable before the attempt
         for key in keys:
             self._in_flight.add(key)
@@ -162,8 +166,7 @@ class RetryDriver(Generic[K]):
 
     async def _attempt_one(self, key: K) -> None:
         try:
-            async with self._limit:
-                failure = await self._try(key)
+            failure = await self._try(key)
             now = self.clock()
             if failure is None:
                 self.outbox.succeeded(key, now)

@@ -165,8 +165,8 @@ def test_a_hung_recipient_does_not_hold_up_the_others(mesh: MeshDemo, tmp_path: 
         mesh.wait_for(lambda: mesh.delivered(a, manifest, ["RJ1"]), 60, "RJ1's receipt while RAJ hangs")
         row = next(r for r in mesh.cli(a, "outbox") if r["manifest_id"] == manifest)
         # RAJ's first attempt is still waiting on the hung node: RJ1 did not queue behind it
-        assert row["recipients"]["RAJ"]["state"] == "pending"
-        assert row["recipients"]["RAJ"]["attempts"] == 0, row["recipients"]["RAJ"]
+        raj = row["recipients"]["RAJ"]
+        assert raj["state"] == "attempting" and raj["attempts"] == 1 and raj["last_error"] == "", raj
     finally:
         os.kill(hung.pid, signal.SIGCONT)
     mesh.wait_for(lambda: mesh.delivered(a, manifest, ["RAJ", "RJ1"]), 90, "RAJ's receipt once it answers")

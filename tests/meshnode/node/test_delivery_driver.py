@@ -321,3 +321,32 @@ async def test_delivered_items_leave_memory_and_are_never_queued_twice(
         assert [r.state for r in await d.driver.stored()] == [DeliveryState.DELIVERED]
     finally:
         store.close()
+
+
+async def test_no_more_than_concurrency_attempts_and_none_waits_past_its_deadline(
+        store: MetadataStore, autojump_clock: trio.testing.MockClock) -> None:
+    orgs = Orgs(store, per_org={org: ["hang"] for org in ("RAA", "RBB", "RCC", "RDD")})
+    in_flight, most = [0], [0]
+    deliver = orgs.deliver
+
+    async def counted(key: DeliveryKey, payload: bytes | None) -> None:
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        try:
+            await deliver(key, payload)
+        finally:
+            in_flight[0] -= 1
+
+    orgs.deliver = counted  # type: ignore[method-assign]
+    d = deliveries(store, orgs, policy=RetryPolicy(Backoff(), attempt_timeout=60.0, jitter=0.0, concurrency=2))
+    async with trio.open_nursery() as nursery:
+        await running(nursery, d)
+        start = trio.current_time()
+        await d.announce(M, ["RAA", "RBB", "RCC", "RDD"])
+        await until(lambda: all(s is DeliveryState.DELIVERED for s, _ in stored(store).values())
+                    and len(stored(store)) == 4)
+        nursery.cancel_scope.cancel()
+    assert most[0] == 2
+    first = sorted(round(t - start) for t, _, _ in orgs.attempts[:4])
+    assert first == [0, 0, 60, 60]  # two hang until their timeout, then the other two start
+    assert {n for _, n in stored(store).values()} == {2}  # each: one timed-out attempt, one delivered
