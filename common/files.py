@@ -1,4 +1,4 @@
-"""Small durable-file helpers shared by the admin tools and the node."""
+"""Small durable-file helpers shared by the admin tools and the node, and the error for a full disk."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 from protocol.errors import StorageError
+
+
+class DiskFullError(StorageError):
+    """No space left on the device (a block file, a key file or a database)."""
+
+    code = 703
+    name = "disk-full"
 
 
 def write_new(path: Path, data: bytes | memoryview, mode: int = 0o644) -> None:

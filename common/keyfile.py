@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from meshnode.files import read_file, write_atomic
+from common.files import read_file, write_atomic
 from protocol.errors import LocalProtocolError, MeshError, StorageError
 from protocol.keys import SEED_SIZE, SigningKey
 

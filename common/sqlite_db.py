@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from meshnode.storage.blockstore import DiskFullError
+from common.files import DiskFullError
 from protocol.errors import StorageError
 
 

@@ -201,6 +201,13 @@ class UnavailableError(MeshError):
     name = "unavailable"
 
 
+class ConfigError(MeshError):
+    """A configuration file (a node's, a directory's) is missing, malformed or inconsistent."""
+
+    code = 902
+    name = "config-error"
+
+
 def _all_subclasses(cls: type[MeshError]) -> list[type[MeshError]]:
     out: list[type[MeshError]] = [cls]
     for sub in cls.__subclasses__():

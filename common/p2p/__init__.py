@@ -1,4 +1,5 @@
-"""The node's libp2p runtime: host lifecycle, dialling, framed request/response.
+"""The libp2p runtime of nodes, the directory and meshadmin: host lifecycle, dialling, framed
+request/response.
 
 A thin layer over py-libp2p 0.8.1: TCP + Noise + Yamux only, Ed25519 identity
 from a 32-byte seed, one length-prefixed frame per request and per response.
@@ -6,8 +7,8 @@ from a 32-byte seed, one length-prefixed frame per request and per response.
 
 from __future__ import annotations
 
-from meshnode.p2p.dial import connect, is_connected, parse_peer_addr
-from meshnode.p2p.host import (
+from common.p2p.dial import connect, is_connected, parse_peer_addr
+from common.p2p.host import (
     close_host,
     key_pair_from_seed,
     listen_multiaddrs,
@@ -15,7 +16,7 @@ from meshnode.p2p.host import (
     peer_id_from_seed,
     running_host,
 )
-from meshnode.p2p.streams import (
+from common.p2p.streams import (
     RequestHandler,
     read_frame,
     request,

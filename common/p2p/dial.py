@@ -8,7 +8,7 @@ would be dialled instead of the fresh one, and a failure there blocks the
 peer for 60 s in the swarm's negative cache.
 
 The addresses given to ``connect`` are the only ones the host may dial
-(meshnode.p2p.dial_gate): callers pass addresses from verified, signed
+(common.p2p.dial_gate): callers pass addresses from verified, signed
 address records (or the configured directory), never ones a peer told us.
 """
 
@@ -22,8 +22,8 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
-from meshnode.p2p.dial_gate import dial_gate
-from meshnode.p2p.host import parse_multiaddr
+from common.p2p.dial_gate import dial_gate
+from common.p2p.host import parse_multiaddr
 from protocol.errors import LocalProtocolError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ async def connect(host: IHost, peer: str | PeerInfo, *, timeout: float) -> ID:
     if _has_live_connection(network, peer_id):
         return peer_id
     gate = dial_gate(host)
-    if gate is not None:  # these, and only these, may now be dialled (see meshnode.p2p.dial_gate)
+    if gate is not None:  # these, and only these, may now be dialled (see common.p2p.dial_gate)
         for addr in info.addrs:
             gate.permit(addr)
 

@@ -7,7 +7,7 @@ that connects once could make a node dial addresses of its choosing.
 
 Every outbound TCP connection of our hosts goes through BufferedTCP.dial,
 which asks the host's DialGate. The gate permits the transport addresses
-that `meshnode.p2p.dial.connect` was given (a node calls it only with
+that `common.p2p.dial.connect` was given (a node calls it only with
 addresses from verified, signed address records, or its configured
 directory), and nothing else.
 """
@@ -45,8 +45,8 @@ class DialGate:
 
 
 def dial_gate(host: IHost) -> DialGate | None:
-    """The gate of a host built by meshnode.p2p.host.make_host (None for other hosts)."""
-    from meshnode.p2p.tuning import BufferedTCP
+    """The gate of a host built by common.p2p.host.make_host (None for other hosts)."""
+    from common.p2p.tuning import BufferedTCP
 
     network = host.get_network()
     manager = getattr(network, "transport_manager", None)

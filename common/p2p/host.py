@@ -1,13 +1,13 @@
-"""The node's libp2p host: Ed25519 identity from a seed, TCP + Noise + Yamux.
+"""A libp2p host (a node's, the directory's, meshadmin's): Ed25519 identity from a seed, TCP + Noise + Yamux.
 
 Limits (docs/protocol/exchange.md, "Limits"): one connection per peer and
 MAX_CONNECTIONS in all (py-libp2p's ConnectionConfig); receive windows
-enforced and inbound streams per connection capped (meshnode.p2p.muxer);
-outbound dials only to addresses given to meshnode.p2p.dial.connect
-(meshnode.p2p.dial_gate), never to addresses learnt from peers.
+enforced and inbound streams per connection capped (common.p2p.muxer);
+outbound dials only to addresses given to common.p2p.dial.connect
+(common.p2p.dial_gate), never to addresses learnt from peers.
 
 Bulk-transfer tuning of py-libp2p (buffered reads, one Noise message per
-Yamux frame, batched window updates) is in meshnode.p2p.tuning.
+Yamux frame, batched window updates) is in common.p2p.tuning.
 
 Only one stack is ever offered: TCP transport, Noise security, Yamux
 multiplexing (DESIGN.md, "Wire invariants"). No TLS, SECIO, plaintext or
@@ -34,7 +34,7 @@ set the event when the attempt finishes either way (``ev.set()`` in a
 Measured on loopback, one process, TCP + Noise + Yamux, 20 dials each to a
 listening host (median, min-max): ``host.connect`` (``dial_peer``) with the
 default config 251.3 ms (250.8-253.4); with ``max_connections_per_peer=1``
-4.6 ms (4.2-7.3). ``meshnode.p2p.dial.connect`` dials the given address with
+4.6 ms (4.2-7.3). ``common.p2p.dial.connect`` dials the given address with
 ``Swarm.dial_addr``, which never had the head start (4.4-4.9 ms either
 way); the setting matters for every dial py-libp2p makes by peer ID, such
 as ``new_stream`` to a peer with no open connection.
@@ -62,10 +62,10 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 
-from meshnode.p2p.dial_gate import DialGate
-from meshnode.p2p.muxer import BoundedYamux
-from meshnode.p2p.muxer import install as install_bounded_muxer
-from meshnode.p2p.tuning import BufferedTCP, tune_process
+from common.p2p.dial_gate import DialGate
+from common.p2p.muxer import BoundedYamux
+from common.p2p.muxer import install as install_bounded_muxer
+from common.p2p.tuning import BufferedTCP, tune_process
 from protocol.errors import LocalProtocolError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class _NoAutoConnector(AutoConnector):
     It dials peers from the peerstore (where identify puts whatever listen
     addresses a peer advertises) whenever a host has fewer connections than
     the midpoint of its watermarks, on every disconnect and every 30 s. A node
-    dials only addresses from verified address records (meshnode.p2p.dial);
+    dials only addresses from verified address records (common.p2p.dial);
     the dial gate would refuse these dials anyway, this saves attempting them.
     """
 

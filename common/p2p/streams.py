@@ -30,7 +30,7 @@ from libp2p.network.stream.net_stream import NetStream
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from meshnode.p2p.dial import connect
+from common.p2p.dial import connect
 from protocol.errors import (
     FrameError,
     LocalProtocolError,

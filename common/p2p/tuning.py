@@ -109,7 +109,7 @@ class BufferedTCP(TCP):
     """The stock TCP transport, with BufferedTrioTCPStream connections both ways.
 
     With a `permit` callable, it dials only the addresses that `permit` allows (see
-    meshnode.p2p.dial: only addresses explicitly given to `connect`); everything else py-libp2p
+    common.p2p.dial: only addresses explicitly given to `connect`); everything else py-libp2p
     would dial on its own (addresses learnt from identify, its auto-connector, redials by peer ID)
     fails here with OpenConnectionError before any socket is opened.
     """

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from protocol.errors import MeshError
-from tools.demo import identity_main
-from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace
+from meshnode.demo import identity_main
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace
 
 SLICES = 200
 

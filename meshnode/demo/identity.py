@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.demo.workspace import Result, Workspace, free_tcp_port
+from meshnode.demo.workspace import Result, Workspace, free_tcp_port
 
 
 @dataclass

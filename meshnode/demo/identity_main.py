@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from protocol.errors import MeshError
-from tools.demo.identity import IdentityDemo
-from tools.demo.workspace import Result, Workspace
+from meshnode.demo.identity import IdentityDemo
+from meshnode.demo.workspace import Result, Workspace
 
 
 def say(text: str) -> None:
@@ -35,7 +35,7 @@ def check(ok: bool, what: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.demo --identity")
+    parser = argparse.ArgumentParser(prog="python -m meshnode.demo --identity")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder for inspection")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="dicom-mesh-demo-"))

@@ -13,8 +13,8 @@ import pydicom
 
 from meshnode.control.client import ControlClient
 from meshnode.dicom import synthetic
-from tools.demo.identity import IdentityDemo, Node
-from tools.demo.workspace import Workspace
+from meshnode.demo.identity import IdentityDemo, Node
+from meshnode.demo.workspace import Workspace
 
 
 @dataclass

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshnode.files import read_file, write_atomic
+from common.files import read_file, write_atomic
 from protocol import cbor
 from protocol.cbor import CborValue
 from protocol.directory_messages import Entry

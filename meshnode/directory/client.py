@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshnode.directory_cache import DirectoryCache
+from common.directory_transport import DirectoryTransport, call_directory
+from meshnode.directory.cache import DirectoryCache
 from protocol.address_record import AddressRecord
 from protocol.certificate import Certificate, Role
 from protocol.directory_messages import (
@@ -29,16 +30,12 @@ from protocol.directory_messages import (
     IdentityReply,
     LookupOrg,
     LookupPeer,
-    PublishRoster,
-    Refused,
     Register,
     Request,
     Response,
     RosterReply,
     RosterUnchanged,
     WatchRoster,
-    decode_response,
-    encode_request,
 )
 from protocol.document import DEFAULT_SKEW, Signed, open_document
 from protocol.errors import (
@@ -56,28 +53,6 @@ from protocol.roster import Roster, RosterGuard
 from protocol.trust import check_certificate, require_role
 
 log = logging.getLogger(__name__)
-
-#: Sends one encoded request to the directory and returns the encoded response.
-DirectoryTransport = Callable[[bytes], Awaitable[bytes]]
-
-
-async def call_directory(transport: DirectoryTransport, request: Request) -> Response:
-    """One request, one decoded response; a refusal becomes the error it names."""
-    raw = await transport(encode_request(request))
-    try:
-        response = decode_response(raw)
-    except MeshError as exc:
-        raise RemoteProtocolError(f"directory sent a malformed response: {exc}") from None
-    if isinstance(response, Refused):
-        raise response.to_error()
-    return response
-
-
-async def publish_roster(transport: DirectoryTransport, roster: bytes) -> None:
-    """Push a signed roster; the directory keeps it only if it is valid and newer."""
-    response = await call_directory(transport, PublishRoster(roster))
-    if not isinstance(response, Accepted):
-        raise RemoteProtocolError("directory answered a roster publication with something else")
 
 
 @dataclass(frozen=True)
@@ -322,9 +297,6 @@ class DirectoryClient:
         if not isinstance(response, Accepted):
             raise RemoteProtocolError("directory answered a registration with something else")
         return record
-
-    async def publish_roster(self, roster: bytes) -> None:
-        await publish_roster(self._transport, roster)
 
     async def check_identity(self) -> Certificate:
         """The directory's own certificate: valid, role directory, and its peer ID the one dialled."""

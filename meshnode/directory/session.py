@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from meshnode.config import ConfigError
-from meshnode.directory_cache import DirectoryCache, FileRosterVersionStore
-from meshnode.directory_client import DirectoryClient
-from meshnode.directory_transport import directory_peer_id, libp2p_transport
+from protocol.errors import ConfigError
+from meshnode.directory.cache import DirectoryCache, FileRosterVersionStore
+from meshnode.directory.client import DirectoryClient
+from common.directory_transport import directory_peer_id, libp2p_transport
 from meshnode.home import NodeHome
-from meshnode.p2p.host import running_host
+from common.p2p.host import running_host
 from protocol.roster import RosterGuard
 
 

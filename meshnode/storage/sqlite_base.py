@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshnode.sqlite_db import SqliteConnection
+from common.sqlite_db import SqliteConnection
 from meshnode.storage.sqlite_metadata import MIGRATIONS
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from meshnode.sqlite_db import SqliteConnection
+from common.sqlite_db import SqliteConnection
 from meshnode.storage.gateway_store import (
     Announcement,
     AnnouncementState,

@@ -8,7 +8,7 @@ from typing import Any
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from meshnode.sqlite_db import SqliteConnection
+from common.sqlite_db import SqliteConnection
 from meshnode.storage import audit
 from meshnode.storage import sqlite_search
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome

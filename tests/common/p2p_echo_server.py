@@ -1,6 +1,6 @@
 """A one-protocol node for the two-process test in test_p2p.py.
 
-Run as ``python -m tests.meshnode.p2p_echo_server SEED_HEX``: listens on
+Run as ``python -m tests.common.p2p_echo_server SEED_HEX``: listens on
 127.0.0.1 port 0, prints its /p2p/ multiaddr on one line of stdout, answers
 ECHO_PROTOCOL requests with b"echo:" + request, and exits with status 0
 once its stdin reaches end of file.
@@ -14,7 +14,7 @@ import sys
 import trio
 from libp2p.peer.id import ID
 
-from meshnode.p2p import listen_multiaddrs, running_host, serve_requests
+from common.p2p import listen_multiaddrs, running_host, serve_requests
 
 ECHO_PROTOCOL = "/dicom-mesh/test-echo/1.0.0"
 

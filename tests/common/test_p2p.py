@@ -1,4 +1,4 @@
-"""meshnode.p2p: host identity and stack, framing over streams, request/response."""
+"""common.p2p: host identity and stack, framing over streams, request/response."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from nacl.signing import SigningKey
 
-from meshnode.p2p.dial_gate import dial_gate
-from meshnode.p2p import (
+from common.p2p.dial_gate import dial_gate
+from common.p2p import (
     close_host,
     connect,
     is_connected,
@@ -56,7 +56,7 @@ from protocol.errors import (
     UnavailableError,
 )
 from protocol.framing import FrameDecoder, encode_frame
-from tests.meshnode.p2p_echo_server import ECHO_PROTOCOL
+from tests.common.p2p_echo_server import ECHO_PROTOCOL
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 SERVER_SEED = bytes(range(32))
@@ -166,7 +166,7 @@ async def test_dial_by_peer_id_does_not_wait_for_the_happy_eyeballs_head_start(
     client.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
     gate = dial_gate(client)
     assert gate is not None
-    for addr in info.addrs:  # a host dials only addresses it was given (meshnode.p2p.dial_gate)
+    for addr in info.addrs:  # a host dials only addresses it was given (common.p2p.dial_gate)
         gate.permit(addr)
     with trio.fail_after(TIMEOUT):
         reply = await ask(client, info.peer_id, b"by id")
@@ -271,7 +271,7 @@ async def test_connect_refuses_malformed_addresses_and_ourselves(client: IHost) 
 async def test_failing_handler_does_not_break_the_connection(
     server: IHost, client: IHost, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="meshnode.p2p.streams")
+    caplog.set_level(logging.ERROR, logger="common.p2p.streams")
     with trio.fail_after(TIMEOUT):
         peer_id = await connect(client, listen_multiaddrs(server)[0], timeout=TIMEOUT)
         (conn,) = client.get_network().get_connections(peer_id)
@@ -288,7 +288,7 @@ async def test_failing_handler_does_not_break_the_connection(
 async def test_oversized_request_is_refused_and_serving_continues(
     server: IHost, client: IHost, caplog: pytest.LogCaptureFixture, size: int
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="meshnode.p2p.streams")
+    caplog.set_level(logging.WARNING, logger="common.p2p.streams")
     with trio.fail_after(TIMEOUT):
         peer_id = await connect(client, listen_multiaddrs(server)[0], timeout=TIMEOUT)
         with pytest.raises(RemoteProtocolError):
@@ -384,7 +384,7 @@ async def test_closing_a_host_mid_request_fails_the_request_and_does_not_hang() 
 async def test_request_to_a_server_in_another_process(client: IHost) -> None:
     seed = os.urandom(32)
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "tests.meshnode.p2p_echo_server", seed.hex()],
+        [sys.executable, "-m", "tests.common.p2p_echo_server", seed.hex()],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         cwd=REPO_ROOT,

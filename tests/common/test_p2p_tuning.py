@@ -1,4 +1,4 @@
-"""meshnode.p2p.tuning: buffered socket reads, one Noise message per Yamux frame, batched window updates.
+"""common.p2p.tuning: buffered socket reads, one Noise message per Yamux frame, batched window updates.
 
 The stack stays stock on the wire: a tuned host exchanges bulk data with an
 untuned py-libp2p host in both directions, byte for byte.
@@ -22,9 +22,9 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.yamux import yamux
 
-from meshnode.p2p import connect, listen_multiaddrs, running_host
-from meshnode.p2p.streams import grant_receive_window
-from meshnode.p2p.tuning import RECEIVE_BUFFER, RELEASE_ON_READ_VARIABLE, BufferedTrioTCPStream, tune_process
+from common.p2p import connect, listen_multiaddrs, running_host
+from common.p2p.streams import grant_receive_window
+from common.p2p.tuning import RECEIVE_BUFFER, RELEASE_ON_READ_VARIABLE, BufferedTrioTCPStream, tune_process
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 BULK = TProtocol("/dicom-mesh/test-bulk/1.0.0")

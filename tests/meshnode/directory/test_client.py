@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from meshnode.directory_cache import DirectoryCache, FileRosterVersionStore
-from meshnode.directory_client import DirectoryClient
+from meshnode.directory.cache import DirectoryCache, FileRosterVersionStore
+from meshnode.directory.client import DirectoryClient
 from protocol.directory_messages import (
     Entries,
     Entry,

@@ -9,13 +9,14 @@ import pydicom
 import pytest
 
 from meshnode.dicom import synthetic
-from meshnode.export import export_study
-from meshnode.ingest import Ingester
-from meshnode.manifest_builder import build_manifest
+from meshnode.study.export import export_study
+from meshnode.study.ingest import Ingester
+from meshnode.study.manifest_builder import build_manifest
 from meshnode.storage.audit import EventCode
 from meshnode.storage.node_storage import NodeStorage
 from protocol.document import open_document
-from meshnode.storage.blockstore import BlockCorruptError, DiskFullError
+from common.files import DiskFullError
+from meshnode.storage.blockstore import BlockCorruptError
 from protocol.manifest import Manifest, Priority, Purpose
 from tests.conftest import SmallFs
 from tests.protocol.factories import NODE_A
