@@ -21,7 +21,7 @@ from meshnode.storage.gateway_store import (
     ForwardResult,
     ForwardState,
 )
-from meshnode.storage.sqlite_metadata import MIGRATIONS
+from meshnode.storage.schema import MIGRATIONS
 from protocol.cid import CID
 from protocol.errors import StorageError
 
