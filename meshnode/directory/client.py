@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.directory_transport import DirectoryTransport, call_directory
+from common.directory_transport import DirectoryTransport, call_directory, publish_roster
 from meshnode.directory.cache import DirectoryCache
 from protocol.address_record import AddressRecord
 from protocol.certificate import Certificate, Role
@@ -297,6 +297,9 @@ class DirectoryClient:
         if not isinstance(response, Accepted):
             raise RemoteProtocolError("directory answered a registration with something else")
         return record
+
+    async def publish_roster(self, roster: bytes) -> None:
+        await publish_roster(self._transport, roster)
 
     async def check_identity(self) -> Certificate:
         """The directory's own certificate: valid, role directory, and its peer ID the one dialled."""
