@@ -12,16 +12,9 @@ from meshnode.gateway.config import GatewayConfig, parse_gateway
 from meshnode.web.config import HttpConfig, HttpConfigError, parse_http
 from protocol.address_record import check_multiaddr_text
 from protocol.document import DEFAULT_SKEW
-from protocol.errors import MeshError
+from protocol.errors import ConfigError, MeshError
 from protocol.keys import PublicKey
 from protocol.schema import check_org_code
-
-
-class ConfigError(MeshError):
-    """The node configuration is missing, malformed or inconsistent."""
-
-    code = 902
-    name = "config-error"
 
 
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)

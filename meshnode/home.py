@@ -13,9 +13,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshnode.config import ConfigError, NodeConfig, load_config
-from meshnode.files import read_file, write_atomic
-from meshnode.keyfile import create_key_file, load_key_file
+from protocol.errors import ConfigError
+from meshnode.config import NodeConfig, load_config
+from common.files import read_file, write_atomic
+from common.keyfile import create_key_file, load_key_file
 from protocol.certificate import Certificate
 from protocol.document import Signed, open_document
 from protocol.errors import (

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import trio
 
 from meshnode.config import NodeConfig
-from meshnode.directory_client import DirectoryClient
+from meshnode.directory.client import DirectoryClient
 from meshnode.home import NodeHome
 from meshnode.node.manifest_cache import ManifestCache
 from meshnode.node.events import StudyEvents

@@ -5,7 +5,7 @@ protocol but hello needs a certificate verified by hello (PeerRegistry) or is
 refused unread; then the per-peer limits (concurrent streams, request rate);
 then the request frame's bytes, from its length prefix, against the per-peer
 and node-wide byte budgets (ByteBudget). Every refused hello is audited. Every
-handler ends at the safe boundary of meshnode.p2p.streams, so one bad request
+handler ends at the safe boundary of common.p2p.streams, so one bad request
 never hurts the connection's other streams.
 """
 
@@ -27,7 +27,7 @@ from meshnode.node.policy import authorise_manifest_access
 from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
 from meshnode.node.served import ServedLedger
-from meshnode.p2p.streams import (
+from common.p2p.streams import (
     Admission,
     close_unread,
     finish_stream,

@@ -1,12 +1,13 @@
-"""RetryQueueStore in the node's SQLite file (table `retry_queue`, migration "outbox")."""
+"""RetryQueueStore in the node's SQLite file (table `retry_queue`, migration "outbox" in schema.py). Mixed into
+SqliteMetadataStore (sqlite_metadata.py): same connection, same database thread."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from meshnode.sqlite_db import SqliteConnection
 from meshnode.storage.retry_queue import QueuedRow
+from meshnode.storage.sqlite_base import SqliteTables
 from protocol.outbox import DeliveryState
 
 _COLUMNS = "queue, key, ref, state, attempts, next_attempt_ms, updated_ms, last_error, payload"
@@ -17,8 +18,7 @@ def _row(r: Any) -> QueuedRow:
                      str(r[7]), bytes(r[8]) if r[8] is not None else None)
 
 
-class SqliteRetryQueue(SqliteConnection):
-    """The retry-queue methods of SqliteMetadataStore (same connection, same database thread)."""
+class SqliteRetryQueue(SqliteTables):
 
     def queue_add(self, rows: Sequence[QueuedRow]) -> list[str]:
         added = []

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from meshnode.describe import iso
+from common.describe import iso
 from meshnode.node.events import StudyEvent
 from meshnode.storage.records import hash_uid
 from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn

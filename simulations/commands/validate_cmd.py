@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from meshnode.cli.output import EXIT_ERROR, EXIT_OK, emit
+from common.cli.output import EXIT_ERROR, EXIT_OK, emit
 from simulations.commands.common import load
 from simulations.commands.emulate_cmd import add_shaping_args, say
 from simulations.validate import TARGET, validate

@@ -15,7 +15,7 @@ from protocol.document import Signed
 from protocol.errors import LocalProtocolError, NotFoundError, StorageError
 from protocol.keys import PublicKey, SigningKey
 from protocol.roster import Roster
-from meshnode.sqlite_db import open_database
+from common.sqlite_db import open_database
 
 MIGRATIONS = (
     """

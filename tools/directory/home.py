@@ -14,9 +14,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshnode.config import ConfigError
-from meshnode.files import read_file, write_atomic
-from meshnode.keyfile import create_key_file, load_key_file
+from protocol.errors import ConfigError
+from common.files import read_file, write_atomic
+from common.keyfile import create_key_file, load_key_file
 from protocol.address_record import check_multiaddr_text
 from protocol.certificate import Certificate, Role
 from protocol.document import DEFAULT_SKEW, Signed, open_document

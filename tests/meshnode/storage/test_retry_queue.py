@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from meshnode.node.delivery import KEYS, QUEUE
-from meshnode.sqlite_db import open_database
+from common.sqlite_db import open_database
 from meshnode.storage.memory_metadata import MemoryMetadataStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.retry_queue import QueuedRow
-from meshnode.storage.sqlite_metadata import MIGRATIONS, SqliteMetadataStore
+from meshnode.storage.schema import MIGRATIONS
+from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from protocol.cid import CID
 from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryState
 
