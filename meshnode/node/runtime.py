@@ -330,13 +330,12 @@ class Node:
                                manifest.total_bytes, now_ms)
             ctx.storage.write_head()  # on the database thread: it reads the newest audit entry
 
+        # queued for the PACS first (held until the receipt is delivered, which releases it): a stop before the
+        # study is recorded completes it again on restart, and queues it again (the same items)
+        await self.gateway.received(signed)
         receipt = Receipt(manifest_id, ctx.org, ctx.peer_id, len(records), int(ctx.clock())).sign(ctx.key)
         # the study and the receipt to send are durable together: a restart sends the receipt, not the study again
         await self.deliveries.receipt(manifest_id, manifest.sender_org, receipt.encode(), also=record)
-        await self.gateway.received(signed)  # queued for the PACS, sent once the receipt is
-        now_row = await ctx.db.run(lambda s: s.manifest(manifest_id))
-        if now_row is not None and now_row.state == "receipted":  # delivered while the forward was being queued
-            await self.gateway.receipted(manifest_id)
         started = self.fetcher.started_at(manifest_id)
         await ctx.events.publish(StudyEvent(
             StudyEventKind.ARRIVED, str(manifest_id), manifest.study_uid, manifest.sender_org,
