@@ -152,7 +152,8 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
     return {
         ("GET", "/gateway"): gateway, ("POST", "/forward/retry"): forward_retry,
         ("GET", "/status"): status, ("POST", "/share"): share, ("GET", "/inbox"): inbox,
-        ("GET", "/outbox"): outbox, ("POST", "/outbox/retry"): outbox_retry, ("POST", "/fetch"): fetch, ("POST", "/recall"): recall,
+        ("GET", "/outbox"): outbox, ("POST", "/outbox/retry"): outbox_retry, ("POST", "/fetch"): fetch,
+        ("POST", "/recall"): recall,
         ("GET", "/peers"): peers,
     }
 

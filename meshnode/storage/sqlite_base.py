@@ -1,7 +1,8 @@
 """A table group in the node's SQLite file (node.db; its schema is schema.py) on its own connection.
 
-The metadata store (sqlite_metadata.py and its parts) and users derive from it. The metadata store's connection is the node's, used
-from the database thread; the small stores open another connection to the
+The metadata store (sqlite_metadata.py and its parts) and users derive from
+it. The metadata store's connection is the node's, used from the database
+thread; the small stores open another connection to the
 same WAL file, so a CLI command (say `meshnode users add`) and the running
 node can both use them.
 """

@@ -1,7 +1,7 @@
 """Exchange state in the node's SQLite metadata: transfers (progress, and how many blocks each peer
 served), the verified receipts of recipient orgs, recall tombstones, and what this node served to whom
-(what this node owes other orgs, announcements, recalls and receipts, is in sqlite_retry_queue.py). Mixed into SqliteMetadataStore (sqlite_metadata.py);
-the tables are in schema.py."""
+(what this node owes other orgs, announcements, recalls and receipts, is in sqlite_retry_queue.py).
+Mixed into SqliteMetadataStore (sqlite_metadata.py); the tables are in schema.py."""
 
 from __future__ import annotations
 

@@ -164,7 +164,8 @@ class NodeView:
         gateway = self.node.gateway
         forward = await ctx.db.run(lambda _: gateway.state.forward_counts())
         queues = {"fetch": len(self.node.fetcher.active), "deliveries": deliveries,
-                  "webhooks": sum(n for (_, state), n in webhook_counts.items() if state == "pending"),
+                  "webhooks": sum(n for (_, state), n in webhook_counts.items()
+                                  if state in ("pending", "attempting")),
                   "forward": sum(n for counts in forward.values() for state, n in counts.items()
                                  if state in ("pending", "waiting")),
                   "announcements": len(gateway.announcer.pending())}
