@@ -35,6 +35,7 @@ import trio
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.retry_queue import QueuedRow
 from protocol.backoff import Backoff
+from protocol.errors import MeshError
 from protocol.outbox import DeliveryRecord, DeliveryState, Outbox
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class RetryDriver(Generic[K]):
         self._refs: dict[K, str] = {}
         self._in_flight: set[K] = set()
         self._wakeup = trio.Event()
+        self._flush_lock = trio.Lock()
         self._loaded = False
 
     # -- the loop -------------------------------------------------------------------------
@@ -141,7 +143,11 @@ class RetryDriver(Generic[K]):
         rows = await self.db.run(lambda s: s.queue_rows(self.queue, states=LIVE))
         records = []
         for row in rows:
-            key = self.codec.decode(row.key)
+            try:
+                key = self.codec.decode(row.key)
+            except MeshError as exc:  # one unreadable row must not stop the queue: left as it is, skipped
+                log.warning("%s: stored item %r skipped: %s", self.queue, row.key[:80], exc)
+                continue
             self._payloads[key] = row.payload
             self._refs[key] = row.ref
             records.append(_record(key, row))
@@ -200,6 +206,12 @@ class RetryDriver(Generic[K]):
         return failure
 
     async def _flush(self, ended: K | None = None) -> None:
+        """Write what changed; on return, every change made before the call is durable (flushes are
+        serialised: one that finds its changes taken by another still waits for that one's write)."""
+        async with self._flush_lock:
+            await self._flush_locked(ended)
+
+    async def _flush_locked(self, ended: K | None) -> None:
         changes = self.outbox.changes()
         if not changes and ended is None:
             return

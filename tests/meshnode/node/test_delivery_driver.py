@@ -18,6 +18,7 @@ from meshnode.node.delivery import KEYS, QUEUE, Deliveries
 from meshnode.node.retry_driver import RetryPolicy
 from meshnode.storage.memory_metadata import MemoryMetadataStore
 from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.retry_queue import QueuedRow
 from meshnode.storage.records import ManifestRow
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from protocol.backoff import Backoff
@@ -105,7 +106,7 @@ async def until(check: Callable[[], bool]) -> None:
 
 
 def stored(store: MetadataStore) -> dict[DeliveryKey, tuple[DeliveryState, int]]:
-    return {KEYS.decode(r.key): (r.state, r.attempts) for r in store.queue_rows(QUEUE)}
+    return {KEYS.decode(r.key): (r.state, r.attempts) for r in store.queue_rows(QUEUE) if r.ref != "x"}
 
 
 ANNOUNCE_RXX = DeliveryKey(DeliveryKind.ANNOUNCE, M, "RXX")
@@ -350,3 +351,20 @@ async def test_no_more_than_concurrency_attempts_and_none_waits_past_its_deadlin
     first = sorted(round(t - start) for t, _, _ in orgs.attempts[:4])
     assert first == [0, 0, 60, 60]  # two hang until their timeout, then the other two start
     assert {n for _, n in stored(store).values()} == {2}  # each: one timed-out attempt, one delivered
+
+
+async def test_an_unreadable_stored_item_is_skipped_not_fatal(store: MetadataStore,
+                                                               autojump_clock: trio.testing.MockClock) -> None:
+    """A row someone changed (or a bug wrote) does not stop every other delivery from being restored."""
+    bad = [QueuedRow(QUEUE, key, "x", DeliveryState.PENDING, 0, 0, 0) for key in
+           ("announce nothex RXX", "announce 00 RXX", "bogus 0155 RXX", "announce", f"receipt {M.to_bytes().hex()} r")]
+    store.queue_add(bad)
+    orgs = Orgs(store)
+    d = deliveries(store, orgs)
+    async with trio.open_nursery() as nursery:
+        await running(nursery, d)
+        await d.announce(M, ["RXX"])
+        await until(lambda: stored(store).get(ANNOUNCE_RXX, (None, 0))[0] is DeliveryState.DELIVERED)
+        nursery.cancel_scope.cancel()
+    assert [k for _, k, _ in orgs.attempts] == [ANNOUNCE_RXX]
+    assert {r.key for r in store.queue_rows(QUEUE)} >= {b.key for b in bad}  # left as they were
