@@ -59,10 +59,6 @@ def bin_of(seconds: float) -> int:
     return min(NBINS - 1, int((math.log10(seconds) - LOW_DECADE) * BINS_PER_DECADE))
 
 
-def bin_edges() -> list[float]:
-    return [10.0 ** (LOW_DECADE + i / BINS_PER_DECADE) for i in range(NBINS + 1)]
-
-
 @dataclass
 class OutageStats:
     what: str  # node | hub
@@ -218,10 +214,6 @@ class Recorder:
                     elif t.status is Status.FAILED:
                         st.failed += 1
                 i -= 1
-
-    def unresolved(self) -> int:
-        """Transfers of this slice's own studies not yet delivered or failed."""
-        return sum(1 for t in self.live if t.study.recorded and not t.study.bogus)
 
     def finish(self, now: float) -> None:
         """The end of the run: whatever is not resolved is still in flight."""
