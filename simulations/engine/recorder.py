@@ -115,11 +115,11 @@ class Recorder:
         self.bogus_fetched = 0
         self.bogus_bytes = 0.0
         self.bans: list[tuple[float, str, str]] = []  # (time, banned peer, by whom)
-        self.corrupt_blocks = 0
-        self.corrupt_bytes = 0.0
+        self.corrupt_blocks = 0  # corrupt blocks received and rejected by the node's check (verify_block)
+        self.corrupt_bytes = 0.0  # their bytes
         self.dropped_requests = 0
         self.request_timeouts = 0
-        self.corrupt_accepted = 0  # must stay 0: a bad block is never stored
+        self.corrupt_accepted = 0  # corrupt blocks the check took for the block: 0 unless the check is broken
         self.hub_design = False
         self.fallbacks = 0  # hybrid: fetches that added the hub as a holder
         self.live: dict[Transfer, None] = {}
