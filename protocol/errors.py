@@ -280,7 +280,7 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(729, "sop-mismatch", MeshError),
     _own(UnavailableError),
     ErrorCode(901, "wrong-passphrase", MeshError),  # tools/authority/keyfile.py
-    ErrorCode(902, "config-error", MeshError),  # the node's configuration files
+    _own(ConfigError),
     ErrorCode(903, "http-config-error", MeshError),
     ErrorCode(904, "audit-repository-config-error", MeshError),
     ErrorCode(910, "scenario-error", MeshError),  # simulations/scenario/errors.py

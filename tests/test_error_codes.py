@@ -15,7 +15,7 @@ import pytest
 from protocol import errors
 from protocol.errors import CODES, ERRORS_BY_CODE, REGISTRY, MeshError, RemoteProtocolError, error_from_code
 
-PACKAGES = ("protocol", "meshnode", "tools", "simulations")
+PACKAGES = ("protocol", "common", "meshnode", "tools", "simulations")
 
 
 def _import_everything() -> None:

@@ -15,7 +15,7 @@ from meshnode.home import NodeHome
 from meshnode.node.manifest_cache import ManifestCache
 from meshnode.node.events import StudyEvents
 from meshnode.node.peers import PeerRegistry
-from meshnode.p2p.streams import describe_ending, is_network_ending
+from common.p2p.streams import describe_ending, is_network_ending
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage, now_ms

@@ -1,7 +1,7 @@
 """What a network does in the ordinary course (a peer resets a stream, dies mid-transfer, a pipe breaks)
 is logged as one line, not as an error with a traceback; a bug in a handler still is one.
 
-meshnode.p2p.streams.is_network_ending is the one predicate; it looks through trio's exception groups,
+common.p2p.streams.is_network_ending is the one predicate; it looks through trio's exception groups,
 where a nursery inside a handler puts what ended it."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from libp2p.peer.id import ID
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
 
 from meshnode.node.context import keep_running
-from meshnode.p2p import close_host, connect, listen_multiaddrs, read_frame, running_host, write_frame
-from meshnode.p2p.streams import (
+from common.p2p import close_host, connect, listen_multiaddrs, read_frame, running_host, write_frame
+from common.p2p.streams import (
     describe_ending,
     is_network_ending,
     network_endings_unavailable,
@@ -86,11 +86,11 @@ async def server() -> AsyncIterator[IHost]:
 def tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     """Ours (py-libp2p logs what it logs): errors, and anything with a traceback."""
     return [r for r in caplog.records
-            if r.name.startswith("meshnode") and (r.exc_info or r.levelno >= logging.ERROR)]
+            if r.name.startswith(("meshnode", "common")) and (r.exc_info or r.levelno >= logging.ERROR)]
 
 
 async def test_a_peer_that_dies_mid_transfer_is_one_line(server: IHost, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="meshnode.p2p.streams")
+    caplog.set_level(logging.DEBUG, logger="common.p2p.streams")
     with trio.fail_after(TIMEOUT):
         async with running_host(bytes(range(100, 132)), LOOPBACK) as client:
             peer_id = await connect(client, listen_multiaddrs(server)[0], timeout=TIMEOUT)
@@ -107,7 +107,7 @@ async def test_a_peer_that_dies_mid_transfer_is_one_line(server: IHost, caplog: 
 async def test_a_bug_in_a_handler_is_still_an_error_with_its_traceback(
     server: IHost, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="meshnode.p2p.streams")
+    caplog.set_level(logging.DEBUG, logger="common.p2p.streams")
     with trio.fail_after(TIMEOUT):
         async with running_host(bytes(range(100, 132)), LOOPBACK) as client:
             peer_id = await connect(client, listen_multiaddrs(server)[0], timeout=TIMEOUT)
