@@ -1,8 +1,9 @@
-"""What the node's two ASGI apps (control API, HTTP listener) share: types, lifespan, serving.
+"""What the node's two Starlette apps (control API, HTTP listener) share: an endpoint type, serving.
 
-Both run under hypercorn's trio worker inside the node's nursery and write
-the URL they bound to a small JSON file in the node directory, so CLI
-commands and tests find them when the port was chosen by the OS.
+Both run under hypercorn's trio worker inside the node's nursery (Starlette
+runs on trio through anyio) and write the URL they bound to a small JSON file
+in the node directory, so CLI commands and tests find them when the port was
+chosen by the OS.
 """
 
 from __future__ import annotations
@@ -17,23 +18,24 @@ from typing import TYPE_CHECKING, Any
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import request_response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshnode.files import write_atomic
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 log = logging.getLogger(__name__)
+
+# the HTTP listener's hand-written plumbing (until it moves to Starlette too)
+Message = dict[str, Any]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 async def answer_lifespan(receive: Receive, send: Send) -> None:
-    """Acknowledge startup and shutdown (the apps hold no state that needs either)."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -41,6 +43,17 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+class AnyMethod:
+    """A request -> response endpoint that Starlette hands every method (a function endpoint gets only
+    those listed, and a wrong one a plain-text 405): the app answers a wrong method in its own error format."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app = request_response(endpoint)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 def hypercorn_config(bind: str, keep_alive_timeout: float) -> Config:
@@ -52,7 +65,7 @@ def hypercorn_config(bind: str, keep_alive_timeout: float) -> Config:
     return config
 
 
-async def serve_app(app: App, config: Config, endpoint_file: Path, what: str, *,
+async def serve_app(app: ASGIApp, config: Config, endpoint_file: Path, what: str, *,
                     task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until cancelled; once bound, write {"url": ...} to `endpoint_file` and report the URL."""
     async with trio.open_nursery() as nursery:
