@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config
@@ -30,20 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# the HTTP listener's hand-written plumbing (until it moves to Starlette too)
-Message = dict[str, Any]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-async def answer_lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
 
 class AnyMethod:
     """A request -> response endpoint that Starlette hands every method (a function endpoint gets only
@@ -54,6 +40,27 @@ class AnyMethod:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
+
+
+class ClosingResponse(Response):
+    """An answer sent before the request body was read (too large, or not worth reading), closing the
+    connection. While it is sent, what the client still sends is received and dropped: hypercorn queues
+    the body for the app, and with that queue full it could never deliver the end of the response (the
+    app and the server would wait on each other); the connection closes once the response is out."""
+
+    def __init__(self, content: bytes, status_code: int, headers: Mapping[str, str] | None = None,
+                 media_type: str | None = None) -> None:
+        super().__init__(content, status_code, {**(headers or {}), "connection": "close"}, media_type)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def discard() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(discard)
+            await super().__call__(scope, receive, send)
+            nursery.cancel_scope.cancel()
 
 
 def hypercorn_config(bind: str, keep_alive_timeout: float) -> Config:

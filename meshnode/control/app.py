@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from meshnode.asgi import AnyMethod
+from meshnode.asgi import AnyMethod, ClosingResponse
 from meshnode.control.token import token_matches
 from protocol.errors import LimitError, MeshError, NotFoundError, RemoteProtocolError, UnauthorisedError
 
@@ -76,7 +76,7 @@ class ControlApp:
             by_path.setdefault(path, {})[method] = handler
         # a wrong method is answered like an unknown route (404), by _endpoint
         self.router = Router([Route(path, AnyMethod(self._endpoint(handlers)))
-                              for path, handlers in by_path.items()], default=self._not_found)
+                              for path, handlers in by_path.items()], default=self._not_found, redirect_slashes=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -94,8 +94,9 @@ class ControlApp:
                 return _error(NotFoundError(f"no route {request.method} {request.url.path}"))
             try:
                 body = await _json_object(request)
-            except LimitError as exc:
-                return _error(exc, 413)
+            except LimitError as exc:  # the rest of the body is not read: the connection closes
+                return ClosingResponse(json.dumps({"error": exc.name, "code": exc.code, "message": str(exc)},
+                                                  sort_keys=True).encode(), 413, media_type="application/json")
             except MeshError as exc:
                 return _error(exc, 400)
             try:
