@@ -43,8 +43,12 @@ def _json(status: int, payload: object) -> Response:
     return Response(json.dumps(payload, sort_keys=True).encode(), status, media_type="application/json")
 
 
-def _error(exc: MeshError, status: int | None = None) -> Response:
-    return _json(status or _status_for(exc), {"error": exc.name, "code": exc.code, "message": str(exc)})
+def _error(exc: MeshError, status: int | None = None, *, unread: bool = False) -> Response:
+    """`unread`: answered before the body was read to its end (the connection then closes)."""
+    data = json.dumps({"error": exc.name, "code": exc.code, "message": str(exc)}, sort_keys=True).encode()
+    if unread:
+        return ClosingResponse(data, status or _status_for(exc), media_type="application/json")
+    return Response(data, status or _status_for(exc), media_type="application/json")
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -82,7 +86,7 @@ class ControlApp:
         if scope["type"] == "http":
             auth = Headers(scope=scope).get("authorization", "")
             if not auth.startswith("Bearer ") or not token_matches(self.token, auth[7:].strip()):
-                await _error(UnauthorisedError("missing or wrong token"), 401)(scope, receive, send)
+                await _error(UnauthorisedError("missing or wrong token"), 401, unread=True)(scope, receive, send)
                 return
         await self.router(scope, receive, send)
 
@@ -91,12 +95,11 @@ class ControlApp:
         async def endpoint(request: Request) -> Response:
             handler = handlers.get(request.method)
             if handler is None:
-                return _error(NotFoundError(f"no route {request.method} {request.url.path}"))
+                return _error(NotFoundError(f"no route {request.method} {request.url.path}"), unread=True)
             try:
                 body = await _json_object(request)
-            except LimitError as exc:  # the rest of the body is not read: the connection closes
-                return ClosingResponse(json.dumps({"error": exc.name, "code": exc.code, "message": str(exc)},
-                                                  sort_keys=True).encode(), 413, media_type="application/json")
+            except LimitError as exc:
+                return _error(exc, 413, unread=True)
             except MeshError as exc:
                 return _error(exc, 400)
             try:
@@ -108,4 +111,4 @@ class ControlApp:
     @staticmethod
     async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await _error(NotFoundError(f"no route {scope['path']}"))(scope, receive, send)
+            await _error(NotFoundError(f"no route {scope['path']}"), unread=True)(scope, receive, send)

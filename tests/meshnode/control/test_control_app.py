@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -117,6 +118,11 @@ async def test_client_against_the_served_app(tmp_path: Path) -> None:
             await trio.to_thread.run_sync(client.call, "POST", "/missing", {})
         with pytest.raises(SchemaError):
             await trio.to_thread.run_sync(client.call, "POST", "/bad", {})
+        # answered without reading the body (over a real connection: hypercorn's queue to the app fills up)
+        for headers, status in (({}, 401), (AUTH | {"Authorization": f"Bearer {token}"}, 413)):
+            answer = await trio.to_thread.run_sync(lambda: httpx.post(
+                url + "/share", content=b"{" + b" " * (8 << 20), headers=headers, timeout=10, trust_env=False))
+            assert answer.status_code == status and answer.headers["connection"] == "close"
         client.token = "forged"
         with pytest.raises(Exception) as refused:
             await trio.to_thread.run_sync(client.call, "GET", "/status")
