@@ -10,6 +10,11 @@ An event is queued in the database (one row per receiver) before the node
 goes on, so a restart loses nothing; a failed POST (no answer, or not 2xx) is
 retried with backoff (2 s doubling to 15 min) up to max_attempts, then the
 row is marked failed, logged and counted in /metrics.
+
+The POSTs run on the node's trio loop (httpx.AsyncClient, one per run, no
+proxies from the environment, no redirects followed); each attempt has a
+deadline for the whole exchange, so a receiver that answers slowly, byte by
+byte, fails it like one that does not answer; at most 4 KiB of an answer is read.
 """
 
 from __future__ import annotations
@@ -19,11 +24,10 @@ import hmac
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
 import trio
 
 from common.describe import iso
@@ -89,29 +93,34 @@ class AttemptResult:
     error: str
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float = TIMEOUT_S) -> AttemptResult:
-    """One POST (blocking: run on a worker thread)."""
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "meshnode", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read(4096)
-            return AttemptResult(200 <= response.status < 300, f"HTTP {response.status}")
-    except urllib.error.HTTPError as exc:
-        return AttemptResult(False, f"HTTP {exc.code}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return AttemptResult(False, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"[:300])
+async def post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str],
+               timeout: float = TIMEOUT_S) -> AttemptResult:
+    """One POST, all of it (connect, send, answer) within `timeout` seconds."""
+    with trio.move_on_after(timeout):
+        try:
+            async with client.stream("POST", url, content=body, headers={
+                    "Content-Type": "application/json", "User-Agent": "meshnode", **headers}) as response:
+                read = 0
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read >= 4096:
+                        break
+                return AttemptResult(200 <= response.status_code < 300, f"HTTP {response.status_code}")
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            return AttemptResult(False, f"{type(exc).__name__}: {exc}"[:300])
+    return AttemptResult(False, f"no complete answer within {timeout:g} s")
 
 
 class Webhooks:
     def __init__(self, hooks: tuple[WebhookConfig, ...], queue: WebhookQueue, org: str, peer_id: str,
-                 public_url: str = "", clock: Callable[[], float] = time.time) -> None:
+                 public_url: str = "", clock: Callable[[], float] = time.time, timeout_s: float = TIMEOUT_S) -> None:
         self.hooks = {h.name: h for h in hooks}
         self.queue = queue
         self.org = org
         self.peer_id = peer_id
         self.public_url = public_url
         self.clock = clock
+        self.timeout_s = timeout_s
         self._db = trio.CapacityLimiter(1)
         self._wake = trio.Event()
         self.failures = 0
@@ -132,21 +141,22 @@ class Webhooks:
     async def run(self) -> None:
         limiter = trio.CapacityLimiter(CONCURRENCY)
         last_purge = 0.0
-        while True:
-            wake = self._wake = trio.Event()
-            now_ms = int(self.clock() * 1000)
-            jobs = await trio.to_thread.run_sync(self.queue.due, now_ms, 100, limiter=self._db)
-            async with trio.open_nursery() as nursery:
-                for job in jobs:
-                    nursery.start_soon(self._attempt, job, limiter)
-            if self.clock() - last_purge > 3600:
-                last_purge = self.clock()
-                await trio.to_thread.run_sync(self.queue.purge_sent, int(last_purge * 1000) - KEEP_SENT_BODIES_MS,
-                                              limiter=self._db)
-            with trio.move_on_after(TICK_S):
-                await wake.wait()
+        async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=self.timeout_s) as client:
+            while True:
+                wake = self._wake = trio.Event()
+                now_ms = int(self.clock() * 1000)
+                jobs = await trio.to_thread.run_sync(self.queue.due, now_ms, 100, limiter=self._db)
+                async with trio.open_nursery() as nursery:
+                    for job in jobs:
+                        nursery.start_soon(self._attempt, client, job, limiter)
+                if self.clock() - last_purge > 3600:
+                    last_purge = self.clock()
+                    await trio.to_thread.run_sync(self.queue.purge_sent,
+                                                  int(last_purge * 1000) - KEEP_SENT_BODIES_MS, limiter=self._db)
+                with trio.move_on_after(TICK_S):
+                    await wake.wait()
 
-    async def _attempt(self, job: WebhookJob, limiter: trio.CapacityLimiter) -> None:
+    async def _attempt(self, client: httpx.AsyncClient, job: WebhookJob, limiter: trio.CapacityLimiter) -> None:
         hook = self.hooks.get(job.hook)
         now_ms = int(self.clock() * 1000)
         if hook is None:  # the receiver was removed from node.toml
@@ -155,9 +165,9 @@ class Webhooks:
             return
         headers = {"X-Meshnode-Event": job.event, "X-Meshnode-Delivery": delivery_id(hook, job.event_key),
                    "X-Meshnode-Signature": signature(hook.secret, int(self.clock()), job.body)}
-        # abandon_on_cancel: a node stopping does not wait for a slow receiver (the attempt is retried)
-        result = await trio.to_thread.run_sync(post, hook.url, job.body, headers, limiter=limiter,  # type: ignore[call-arg]
-                                               abandon_on_cancel=True)
+        # a node stopping cancels the attempt (it is retried after the restart)
+        async with limiter:
+            result = await post(client, hook.url, job.body, headers, self.timeout_s)
         attempts = job.attempts + 1
         now_ms = int(self.clock() * 1000)
         if result.ok:
