@@ -20,7 +20,7 @@ from meshnode.dicom import synthetic
 from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.intake import StudyIntake
 from meshnode.gateway.routes import RouteTable
-from meshnode.ingest import Ingester
+from meshnode.study.ingest import Ingester
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage
