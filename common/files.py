@@ -16,14 +16,18 @@ class DiskFullError(StorageError):
 
 
 def write_new(path: Path, data: bytes | memoryview, mode: int = 0o644) -> None:
-    """Create `path` (it must not exist) holding `data`; no sync. Raises OSError."""
+    """Create `path` (it must not exist) holding `data`; no sync. Raises OSError, and then leaves no
+    partial file behind (O_EXCL: the file is this call's own)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-    finally:
+    except BaseException:
         os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,10 +25,12 @@ import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
+from libp2p.io.exceptions import IOException
 from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamReset
 from libp2p.network.stream.net_stream import NetStream
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
 
 from common.p2p.dial import connect
 from protocol.errors import (
@@ -48,6 +50,50 @@ READ_CHUNK = 1024 * 1024
 STREAM_CLOSE_TIMEOUT = 2.0
 #: Seconds a stream answered without being read waits for the peer to finish its side before it is reset.
 REFUSAL_LINGER = 1.0
+
+#: What ends a stream or connection in the ordinary course of a network: the peer reset, closed or
+#: went away (py-libp2p's stream, muxer and raw-connection errors: StreamReset, StreamEOF, StreamClosed,
+#: MuxedConnUnavailable, RawConnError ...; the socket's ConnectionResetError, BrokenPipeError; trio's
+#: broken or closed resources), or did not answer in time. Logged as one line, never as an error.
+NETWORK_ENDINGS: tuple[type[BaseException], ...] = (
+    IOException, MuxedConnError, MuxedStreamError, ConnectionError, EOFError, TimeoutError,
+    trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+)
+
+
+def ending_leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or exc itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in ending_leaves(sub)]
+    return [exc]
+
+
+def is_network_ending(exc: BaseException) -> bool:
+    """Whether exc (every leaf of it, when trio's nurseries grouped several) is something a network does:
+    the one test of what is logged as a line rather than as a bug with its traceback."""
+    leaves = ending_leaves(exc)
+    return bool(leaves) and all(isinstance(leaf, NETWORK_ENDINGS) for leaf in leaves)
+
+
+def describe_ending(exc: BaseException) -> str:
+    """One line naming what ended an exchange (each leaf of a group once)."""
+    seen = dict.fromkeys(f"{type(leaf).__name__}: {leaf}".rstrip(": ") for leaf in ending_leaves(exc))
+    return "; ".join(seen)[:300]
+
+
+@contextmanager
+def network_endings_unavailable(peer: ID | str, protocol_id: str) -> Iterator[None]:
+    """Client side of an exchange: a network's ending of it (is_network_ending) becomes UnavailableError,
+    the MeshError callers already handle, instead of escaping them as py-libp2p's or the socket's."""
+    try:
+        yield
+    except MeshError:
+        raise
+    except Exception as exc:
+        if not is_network_ending(exc):
+            raise
+        raise UnavailableError(f"{protocol_id} with {peer} ended: {describe_ending(exc)}") from exc
+
 
 RequestHandler = Callable[[ID, bytes], Awaitable[bytes]]
 #: Called with a frame's body length, from its prefix, before any of the body is read; may wait or raise.
@@ -317,12 +363,13 @@ def serve_streams(host: IHost, protocol_id: str, handler: StreamHandler, *, time
             ok = True
         except trio.TooSlowError:
             logger.warning("%s from %s: not finished within %g s", protocol_id, peer_id, timeout)
-        except (StreamEOF, StreamReset, StreamClosed) as exc:
-            logger.debug("%s from %s: stream ended early: %r", protocol_id, peer_id, exc)
         except MeshError as exc:
             logger.warning("%s from %s: refused: %s: %s", protocol_id, peer_id, exc.name, exc)
-        except Exception:
-            logger.exception("%s from %s: handler failed", protocol_id, peer_id)
+        except Exception as exc:  # the handler's boundary: a network's endings are a line, the rest a bug
+            if is_network_ending(exc):
+                logger.info("%s from %s: stream ended early: %s", protocol_id, peer_id, describe_ending(exc))
+            else:
+                logger.exception("%s from %s: handler failed", protocol_id, peer_id)
         finally:
             if ok and unread:
                 await _close_unread(stream)

@@ -1,9 +1,11 @@
-"""The node's local control API: a small JSON-over-HTTP ASGI app on 127.0.0.1.
+"""The node's local control API: a small JSON-over-HTTP Starlette app on 127.0.0.1.
 
 Every request needs `Authorization: Bearer <token>` with the token from the
-node folder's control.token (mode 0600). Routes map to async handlers that
-take the parsed JSON body and return a JSON-serialisable value; a MeshError
-becomes a JSON error with its wire code and a 4xx status.
+node folder's control.token (mode 0600), checked before routing. Routes map
+to async handlers that take the parsed JSON body (a JSON object, at most
+MAX_BODY bytes: a larger declared length is refused before any of it is
+read) and return a JSON-serialisable value; a MeshError becomes a JSON error
+with its wire code and a 4xx status.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from meshnode.asgi import Receive, Scope, Send, answer_lifespan
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
+
+from meshnode.asgi import AnyMethod, ClosingResponse
 from meshnode.control.token import token_matches
-from protocol.errors import MeshError, NotFoundError, UnauthorisedError
+from protocol.errors import LimitError, MeshError, NotFoundError, RemoteProtocolError, UnauthorisedError
 
 log = logging.getLogger(__name__)
 
@@ -31,49 +39,76 @@ def _status_for(exc: MeshError) -> int:
     return 400
 
 
+def _json(status: int, payload: object) -> Response:
+    return Response(json.dumps(payload, sort_keys=True).encode(), status, media_type="application/json")
+
+
+def _error(exc: MeshError, status: int | None = None, *, unread: bool = False) -> Response:
+    """`unread`: answered before the body was read to its end (the connection then closes)."""
+    data = json.dumps({"error": exc.name, "code": exc.code, "message": str(exc)}, sort_keys=True).encode()
+    if unread:
+        return ClosingResponse(data, status or _status_for(exc), media_type="application/json")
+    return Response(data, status or _status_for(exc), media_type="application/json")
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object ({} when empty); LimitError past MAX_BODY, declared or sent."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise LimitError("request body too large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise LimitError("request body too large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise RemoteProtocolError(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RemoteProtocolError("body must be a JSON object")
+    return body
+
+
 class ControlApp:
     def __init__(self, token: str, routes: dict[tuple[str, str], Handler]) -> None:
         self.token = token
-        self.routes = routes
+        by_path: dict[str, dict[str, Handler]] = {}
+        for (method, path), handler in routes.items():
+            by_path.setdefault(path, {})[method] = handler
+        # a wrong method is answered like an unknown route (404), by _endpoint
+        self.router = Router([Route(path, AnyMethod(self._endpoint(handlers)))
+                              for path, handlers in by_path.items()], default=self._not_found, redirect_slashes=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await answer_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        status, payload = await self._handle(scope, receive)
-        body = json.dumps(payload, sort_keys=True).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        if scope["type"] == "http":
+            auth = Headers(scope=scope).get("authorization", "")
+            if not auth.startswith("Bearer ") or not token_matches(self.token, auth[7:].strip()):
+                await _error(UnauthorisedError("missing or wrong token"), 401, unread=True)(scope, receive, send)
+                return
+        await self.router(scope, receive, send)
 
-    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, object]:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        auth = headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or not token_matches(self.token, auth[7:].strip()):
-            return 401, {"error": "unauthorised", "code": UnauthorisedError.code, "message": "missing or wrong token"}
-        handler = self.routes.get((scope["method"], scope["path"]))
-        if handler is None:
-            return 404, {"error": "not-found", "code": NotFoundError.code, "message": f"no route {scope['path']}"}
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > MAX_BODY:
-                return 413, {"error": "limit-exceeded", "code": 200, "message": "request body too large"}
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        try:
-            raw = b"".join(chunks)
-            body = json.loads(raw) if raw else {}
-            if not isinstance(body, dict):
-                raise ValueError("body must be a JSON object")
-        except ValueError as exc:
-            return 400, {"error": "bad-request", "code": 102, "message": str(exc)}
-        try:
-            return 200, await handler(body)
-        except MeshError as exc:
-            return _status_for(exc), {"error": exc.name, "code": exc.code, "message": str(exc)}
+    @staticmethod
+    def _endpoint(handlers: dict[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            handler = handlers.get(request.method)
+            if handler is None:
+                return _error(NotFoundError(f"no route {request.method} {request.url.path}"), unread=True)
+            try:
+                body = await _json_object(request)
+            except LimitError as exc:
+                return _error(exc, 413, unread=True)
+            except MeshError as exc:
+                return _error(exc, 400)
+            try:
+                return _json(200, await handler(body))
+            except MeshError as exc:
+                return _error(exc)
+        return endpoint
+
+    @staticmethod
+    async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await _error(NotFoundError(f"no route {scope['path']}"), unread=True)(scope, receive, send)

@@ -1,12 +1,12 @@
-"""The CLI side of the control API: find the running node, call it with its token."""
+"""The CLI side of the control API: find the running node, call it with its token (httpx, synchronous)."""
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from meshnode.control.token import ENDPOINT_FILE, read_token
 from common.files import read_file
@@ -27,19 +27,21 @@ class ControlClient:
         self.token = read_token(home)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(body or {}).encode() if method == "POST" else None
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                error = json.loads(exc.read())
-                raise error_from_code(int(error["code"]), str(error["message"])) from None
-            except (ValueError, KeyError, TypeError):
-                raise UnavailableError(f"control API answered HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
+            # trust_env=False: a proxy configured for the user's other traffic must not see the token
+            with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+                response = client.request(
+                    method, self.url + path, content=json.dumps(body or {}).encode() if method == "POST" else None,
+                    headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
             raise UnavailableError(f"the node in {self.home} is not answering ({exc}); is it running?") from None
+        if response.is_success:
+            try:
+                return response.json()
+            except ValueError:
+                raise UnavailableError("control API answered with a body that is not JSON") from None
+        try:
+            error = response.json()
+            raise error_from_code(int(error["code"]), str(error["message"])) from None
+        except (ValueError, KeyError, TypeError):
+            raise UnavailableError(f"control API answered HTTP {response.status_code}") from None

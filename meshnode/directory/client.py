@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from common.directory_transport import DirectoryTransport, call_directory, publish_roster
 from meshnode.directory.cache import DirectoryCache
 from protocol.address_record import AddressRecord
-from protocol.certificate import Certificate, Role
+from protocol.certificate import Certificate
 from protocol.directory_messages import (
     Accepted,
     Entries,
     Entry,
-    GetIdentity,
     GetRoster,
-    IdentityReply,
     LookupOrg,
     LookupPeer,
     Register,
@@ -50,7 +48,7 @@ from protocol.errors import (
 )
 from protocol.keys import SigningKey
 from protocol.roster import Roster, RosterGuard
-from protocol.trust import check_certificate, require_role
+from protocol.trust import check_certificate
 
 log = logging.getLogger(__name__)
 
@@ -300,16 +298,3 @@ class DirectoryClient:
 
     async def publish_roster(self, roster: bytes) -> None:
         await publish_roster(self._transport, roster)
-
-    async def check_identity(self) -> Certificate:
-        """The directory's own certificate: valid, role directory, and its peer ID the one dialled."""
-        response = await self._call(GetIdentity())
-        if not isinstance(response, IdentityReply):
-            raise RemoteProtocolError("directory answered an identity request with something else")
-        roster = self.guard.roster(self.clock())
-        signed = open_document(response.certificate, Certificate)
-        cert = check_certificate(signed, roster, self.clock(), skew=self.skew)
-        require_role(cert, Role.DIRECTORY)
-        if self.directory_peer_id is not None and cert.peer_id != self.directory_peer_id:
-            raise DocumentError("the directory presented a certificate for another peer")
-        return cert

@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import trio
-from libp2p.exceptions import BaseLibp2pError
 
+from common.p2p.streams import describe_ending, is_network_ending
 from meshnode.node.context import NodeContext
 from meshnode.storage.metadata import MetadataStore
 from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn
@@ -62,24 +62,17 @@ POLICY = RetryPolicy(Backoff(base=2.0, factor=2.0, cap=900.0), attempt_timeout=A
                      max_attempts=MAX_ATTEMPTS, jitter=0.2, concurrency=32)
 #: Refusals that retrying cannot change.
 PERMANENT = (DocumentError, SignatureError, CertificateError)
-#: What the network does: a peer that went away, a reset stream, a refused dial. Logged as one line.
-NETWORK = (BaseLibp2pError, OSError, EOFError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 def classify(exc: BaseException) -> Failure | None:
-    """A delivery attempt's error: expected (a refusal, the network) or None for a bug."""
+    """A delivery attempt's error: expected (a refusal, or what a network does: common.p2p.streams'
+    one predicate) or None for a bug."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = [classify(e) for e in exc.exceptions]
-        if all(f is not None for f in leaves):
-            return Failure("; ".join(f.error for f in leaves if f is not None)[:500],
-                           all(f is not None and f.permanent for f in leaves))
-        return None
     if isinstance(exc, MeshError):
         return Failure(f"{exc.name}: {exc}"[:500], isinstance(exc, PERMANENT))
-    if isinstance(exc, NETWORK):
-        return Failure(f"{type(exc).__name__}: {exc}"[:500], False)
+    if is_network_ending(exc):
+        return Failure(describe_ending(exc), False)
     return None
 
 

@@ -33,6 +33,7 @@ from common.p2p.streams import (
     finish_stream,
     grant_receive_window,
     half_close,
+    network_endings_unavailable,
     open_stream,
     read_frame,
     serve_requests,
@@ -424,7 +425,7 @@ class Wire:
         stream = await open_stream(self.host, ID.from_base58(peer_id), protocol_id)
         ok = False
         try:
-            with trio.fail_after(self.timeout):
+            with trio.fail_after(self.timeout), network_endings_unavailable(peer_id, protocol_id):
                 await write_frame(stream, payload, limits.request)
                 await half_close(stream)
                 response = await read_frame(stream, limits.response)
@@ -481,15 +482,16 @@ class Wire:
         reader = BlockResponseReader(request)
         ok = False
         try:
-            await grant_receive_window(stream)
-            await write_frame(stream, encode_request(request), limits.request)
-            await half_close(stream)
-            while reader.expected is not None:
-                payload = await read_frame(stream, limits.response)
-                if payload is None:
-                    reader.end_of_stream()
-                    break
-                yield reader.feed(payload)
+            with network_endings_unavailable(peer_id, BLOCKS_PROTOCOL):
+                await grant_receive_window(stream)
+                await write_frame(stream, encode_request(request), limits.request)
+                await half_close(stream)
+                while reader.expected is not None:
+                    payload = await read_frame(stream, limits.response)
+                    if payload is None:
+                        reader.end_of_stream()
+                        break
+                    yield reader.feed(payload)
             ok = True
         finally:
             await finish_stream(stream, ok)

@@ -15,33 +15,37 @@ with it. A failed authentication is audited (110114), coalesced per client.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+from starlette.routing import Router
+from starlette.types import Message, Receive, Scope, Send
 
-from meshnode.asgi import answer_lifespan
+from meshnode.asgi import AnyMethod
 from meshnode.dicom.errors import DicomError
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.web.auth import SESSION_COOKIE, Authenticator, Principal, bearer_or_basic
 from meshnode.web.config import HttpConfig
 from meshnode.web.http import (
-    ClientDisconnected,
+    SECURITY_HEADERS,
     HttpError,
-    Message,
-    Receive,
-    Request,
-    Scope,
-    Send,
-    send_error,
+    client,
+    drain,
+    error_response,
+    principal,
+    set_principal,
+    set_route_name,
 )
 from protocol.errors import MeshError, NotFoundError, UnauthorisedError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Request, Send], Awaitable[None]]
+Handler = Callable[[Request], Awaitable[Response]]
 AuditFn = Callable[[AuditEvent], Awaitable[None]]
 ACCESS = ("public", "status", "metrics", "read", "write", "audit")
 FAILURE_AUDIT_EVERY_S = 10.0
@@ -52,18 +56,17 @@ DRAIN_MAX = 64 << 20
 @dataclass(frozen=True)
 class Route:
     method: str
-    pattern: re.Pattern[str]
+    path: str
     handler: Handler
     access: str
     name: str
 
 
 def route(method: str, path: str, handler: Handler, access: str, name: str) -> Route:
-    """`path` with {name} placeholders for one path segment each."""
+    """`path` with {name} placeholders for one path segment each (Starlette's syntax)."""
     if access not in ACCESS:
         raise ValueError(f"unknown access {access!r}")
-    regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$"
-    return Route(method, re.compile(regex), handler, access, name)
+    return Route(method, path, handler, access, name)
 
 
 @dataclass
@@ -99,105 +102,117 @@ class FailureAuditor:
 
 
 class WebApp:
+    """Starlette's router with this node's access levels, error answers, security headers and counters."""
+
     def __init__(self, routes: list[Route], auth: Authenticator, config: HttpConfig, audit: AuditFn) -> None:
-        self.routes = routes
         self.auth = auth
         self.config = config
         self.audit = audit
         self.failures = FailureAuditor(audit)
         self.stats = HttpStats()
+        by_path: dict[str, dict[str, Route]] = {}
+        for r in routes:
+            by_path.setdefault(r.path, {})[r.method] = r
+        # one Starlette route per path: a wrong method gets a JSON 405 naming every method of the path
+        self.router = Router([StarletteRoute(path, AnyMethod(self._endpoint(methods)))
+                              for path, methods in by_path.items()],
+                             default=AnyMethod(self._not_found), redirect_slashes=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await answer_lifespan(receive, send)
-            return
         if scope["type"] != "http":
+            await self.router(scope, receive, send)  # lifespan: Starlette answers it
             return
-        request = Request(scope, receive)
-        status = [0]
-        counted = send
+        status = 0
 
         async def counting(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
+                status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
             elif message["type"] == "http.response.body":
-                name = request.route_name or "none"
+                name = str(scope.get("meshnode.route") or "none")
                 self.stats.bytes_sent[name] = self.stats.bytes_sent.get(name, 0) + len(message.get("body", b""))
-            await counted(message)
+            await send(message)
 
         try:
-            await self._dispatch(request, counting)
-        except ClientDisconnected:
-            log.info("client %s went away during %s %s", request.client, request.method, request.route_name)
-        except (HttpError, MeshError) as exc:
-            error = exc if isinstance(exc, HttpError) else mesh_http_error(exc)
-            if status[0]:
-                log.warning("%s %s failed after the response started: %s", request.method, request.route_name, exc)
-            else:
-                # an unauthenticated sender is not worth reading 64 MiB for: its connection closes
-                drained = await request.drain(DRAIN_MAX if request.principal else 1 << 20)
-                await send_error(counting, error, close=not drained)
+            await self.router(scope, receive, counting)
+        except ClientDisconnect:
+            log.info("client %s went away during %s %s", _client(scope), scope["method"], scope.get("meshnode.route"))
+        except (HttpError, MeshError) as exc:  # from a streamed body, after the status line
+            log.warning("%s %s failed after the response started: %s", scope["method"], scope.get("meshnode.route"),
+                        exc)
         except trio.Cancelled:
             raise
         except Exception:
-            log.exception("%s %s failed", request.method, request.route_name)
-            if not status[0]:
-                await send_error(counting, HttpError(500, "internal error; see the node's log"))
-        key = (request.route_name or "none", status[0])
+            log.exception("%s %s failed", scope["method"], scope.get("meshnode.route"))
+            if not status:
+                await error_response(HttpError(500, "internal error; see the node's log"))(scope, receive, counting)
+        key = (str(scope.get("meshnode.route") or "none"), status)
         self.stats.requests[key] = self.stats.requests.get(key, 0) + 1
 
-    async def _dispatch(self, request: Request, send: Send) -> None:
-        allowed: list[str] = []
-        for r in self.routes:
-            m = r.pattern.match(request.path)
-            if m is None:
-                continue
-            if r.method != request.method:
-                allowed.append(r.method)
-                continue
-            request.path_params = m.groupdict()
-            request.route_name = r.name
-            await self._authorise(request, r)
-            await r.handler(request, send)
-            return
-        if allowed:
-            raise HttpError(405, f"{request.method} is not allowed here",
-                            headers=[(b"allow", ", ".join(sorted(set(allowed))).encode())])
-        raise HttpError(404, f"no such resource: {request.path[:200]}")
+    def _endpoint(self, methods: dict[str, Route]) -> Callable[[Request], Awaitable[Response]]:
+        allow = ", ".join(sorted(methods))
+
+        async def endpoint(request: Request) -> Response:
+            r = methods.get(request.method)
+            try:
+                if r is None:
+                    raise HttpError(405, f"{request.method} is not allowed here", headers={"allow": allow})
+                set_route_name(request, r.name)
+                await self._authorise(request, r)
+                return await r.handler(request)
+            except (HttpError, MeshError) as exc:
+                return await self._refuse(request, exc)
+        return endpoint
+
+    async def _not_found(self, request: Request) -> Response:
+        return await self._refuse(request, HttpError(404, f"no such resource: {request.url.path[:200]}"))
+
+    async def _refuse(self, request: Request, exc: HttpError | MeshError) -> Response:
+        """The error answer; what is left of the body is read first (an unauthenticated sender is not worth
+        reading 64 MiB for), except after a size refusal: then the connection closes."""
+        error = exc if isinstance(exc, HttpError) else mesh_http_error(exc)
+        drained = error.status != 413 and await drain(request, DRAIN_MAX if principal(request) else 1 << 20)
+        return error_response(error, close=not drained)
 
     async def _authorise(self, request: Request, r: Route) -> None:
-        request.principal = await self._principal(request, r)
+        p = await self._principal(request)
+        set_principal(request, p)
         if r.access == "public":
             return
-        if r.access == "status" and (self.config.public_status or request.principal is not None):
+        if r.access == "status" and (self.config.public_status or p is not None):
             return
-        if r.access == "metrics" and (self.config.public_metrics or request.principal is not None):
+        if r.access == "metrics" and (self.config.public_metrics or p is not None):
             return
-        if request.principal is None:
+        if p is None:
             raise HttpError(401, "authentication required: Authorization: Bearer <API token>",
-                            headers=[(b"www-authenticate", b'Bearer realm="meshnode"')])
-        if r.access in ("read", "write", "audit") and not request.principal.may(r.access):
+                            headers={"www-authenticate": 'Bearer realm="meshnode"'})
+        if r.access in ("read", "write", "audit") and not p.may(r.access):
             self.stats.auth_failures += 1
             await self.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "http-forbidden", Outcome.MINOR_FAILURE,
-                                        actor=f"user:{request.principal.user}",
-                                        detail=f"needs role {r.access} for {r.name}"))
-            raise HttpError(403, f"user {request.principal.user} lacks the {r.access!r} role")
+                                        actor=f"user:{p.user}", detail=f"needs role {r.access} for {r.name}"))
+            raise HttpError(403, f"user {p.user} lacks the {r.access!r} role")
 
-    async def _principal(self, request: Request, r: Route) -> Principal | None:
-        header = request.header("authorization")
+    async def _principal(self, request: Request) -> Principal | None:
+        header = request.headers.get("authorization", "")
         if header:
             token = bearer_or_basic(header)
-            principal = await self.auth.token(token) if token else None
-            if principal is None:
+            p = await self.auth.token(token) if token else None
+            if p is None:
                 self.stats.auth_failures += 1
-                await self.failures.failed(request.client, request.path, "unknown, revoked or expired token")
+                await self.failures.failed(client(request), request.url.path, "unknown, revoked or expired token")
                 raise HttpError(401, "unknown, revoked or expired token",
-                                headers=[(b"www-authenticate", b'Bearer realm="meshnode", error="invalid_token"')])
-            return principal
-        session = request.cookie(SESSION_COOKIE)
-        if session and (request.method == "GET" or request.path.startswith("/ui/")):
+                                headers={"www-authenticate": 'Bearer realm="meshnode", error="invalid_token"'})
+            return p
+        session = request.cookies.get(SESSION_COOKIE)
+        if session and (request.method == "GET" or request.url.path.startswith("/ui/")):
             return await self.auth.session(session)
         return None
+
+
+def _client(scope: Scope) -> str:
+    peer = scope.get("client")
+    return str(peer[0]) if peer else "unknown"
 
 
 def mesh_http_error(exc: MeshError) -> HttpError:

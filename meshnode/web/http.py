@@ -1,204 +1,199 @@
-"""ASGI plumbing for the HTTP listener: requests with bounded bodies, responses, errors.
+"""What the HTTP listener's handlers share on top of Starlette: bounded bodies, errors, responses.
 
-Small on purpose: hypercorn speaks HTTP; this turns an ASGI scope into a
-Request (query, headers, cookies, body with a size cap) and sends complete
-or streamed responses.
+Starlette (on trio through anyio) routes and parses; this adds what the node
+needs beyond it: a request body read with a size cap (a declared length over
+the cap is refused before any of it is read), a bounded query and form parser,
+the JSON error answer, the principal and route name a request carries, and a
+response whose streamed body is written by a producer that may run its own
+tasks (WADO-RS reads ahead while it sends).
 """
 
 from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
-from meshnode.asgi import Message as Message  # re-exported for the web modules
-from meshnode.asgi import Receive as Receive
-from meshnode.asgi import Scope as Scope
-from meshnode.asgi import Send as Send
+import trio
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
+
+from meshnode.asgi import ClosingResponse
 from meshnode.web.auth import Principal
 
-Headers = list[tuple[bytes, bytes]]
-
-SECURITY_HEADERS: Headers = [
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
+#: how long a refused request's leftover body may take to arrive before its connection is closed instead
+DRAIN_TIMEOUT_S = 5.0
+_PRINCIPAL = "meshnode.principal"
+_ROUTE = "meshnode.route"
+_BODY_DONE = "meshnode.body_done"
+_QUERY = "meshnode.query"
+
+Write = Callable[[bytes], Awaitable[None]]
 
 
 class HttpError(Exception):
     """Ends a request with this status and a short explanation (JSON)."""
 
-    def __init__(self, status: int, message: str, *, headers: Headers | None = None, code: str = "") -> None:
+    def __init__(self, status: int, message: str, *, headers: Mapping[str, str] | None = None, code: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.headers = headers or []
+        self.headers = dict(headers or {})
         self.code = code or {400: "bad-request", 401: "unauthorised", 403: "forbidden", 404: "not-found",
                              405: "method-not-allowed", 406: "not-acceptable", 409: "conflict",
                              411: "length-required", 413: "too-large", 415: "unsupported-media-type",
                              503: "unavailable"}.get(status, "error")
 
 
-class ClientDisconnected(Exception):
-    """The client went away while we were reading its request body."""
+def principal(request: Request) -> Principal | None:
+    value = request.scope.get(_PRINCIPAL)
+    return value if isinstance(value, Principal) else None
 
 
-@dataclass
-class Request:
-    scope: Scope
-    receive: Receive
-    path_params: dict[str, str] = field(default_factory=dict)
-    principal: Principal | None = None
-    route_name: str = ""
-    _consumed: bool = False
-    _body_done: bool = False
+def set_principal(request: Request, value: Principal | None) -> None:
+    request.scope[_PRINCIPAL] = value
 
-    @property
-    def method(self) -> str:
-        return str(self.scope["method"])
 
-    @property
-    def path(self) -> str:
-        return str(self.scope["path"])
+def route_name(request: Request) -> str:
+    return str(request.scope.get(_ROUTE, ""))
 
-    @property
-    def client(self) -> str:
-        client = self.scope.get("client")
-        return str(client[0]) if client else "unknown"
 
-    @property
-    def scheme(self) -> str:
-        return str(self.scope.get("scheme", "http"))
+def set_route_name(request: Request, name: str) -> None:
+    request.scope[_ROUTE] = name
 
-    @property
-    def headers(self) -> dict[str, str]:
-        cached = self.scope.get("_meshnode_headers")
-        if cached is None:
-            cached = {}
-            for k, v in self.scope.get("headers", []):
-                key = k.decode("latin-1").lower()
-                value = v.decode("latin-1")
-                cached[key] = f"{cached[key]}, {value}" if key in cached else value
-            self.scope["_meshnode_headers"] = cached
-        return dict(cached)
 
-    def header(self, name: str, default: str = "") -> str:
-        return self.headers.get(name.lower(), default)
+def client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
-    @property
-    def query(self) -> dict[str, list[str]]:
-        raw = self.scope.get("query_string", b"").decode("latin-1")
+
+def query(request: Request) -> dict[str, list[str]]:
+    """The query string, at most 200 fields (Starlette's QueryParams has no cap)."""
+    cached = request.scope.get(_QUERY)
+    if cached is None:
+        raw = request.scope.get("query_string", b"").decode("latin-1")
         try:
-            return urllib.parse.parse_qs(raw, keep_blank_values=True, strict_parsing=False, max_num_fields=200)
+            cached = urllib.parse.parse_qs(raw, keep_blank_values=True, max_num_fields=200)
         except ValueError as exc:
             raise HttpError(400, f"bad query string: {exc}") from None
+        request.scope[_QUERY] = cached
+    return dict(cached)
 
-    def cookie(self, name: str) -> str | None:
-        for part in self.header("cookie").split(";"):
-            key, sep, value = part.strip().partition("=")
-            if sep and key == name:
-                return value
+
+def content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length", "")
+    if not value:
         return None
+    if not value.isdigit():
+        raise HttpError(400, "Content-Length must be a number")
+    return int(value)
 
-    @property
-    def content_length(self) -> int | None:
-        value = self.header("content-length")
-        if not value:
-            return None
-        if not value.isdigit():
-            raise HttpError(400, "Content-Length must be a number")
-        return int(value)
 
-    async def chunks(self, limit: int) -> AsyncIterator[bytes]:
-        """The body as it arrives; HttpError(413) as soon as it would exceed `limit` bytes."""
-        if self._consumed:
-            raise HttpError(500, "request body read twice")
-        self._consumed = True
-        declared = self.content_length
-        if declared is not None and declared > limit:
-            raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self._body_done = True
-                raise ClientDisconnected()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if not message.get("more_body"):
-                self._body_done = True
-            if size > limit:
-                raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
-            if chunk:
-                yield chunk
-            if self._body_done:
-                return
+async def body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body as it arrives; HttpError(413) before reading if its declared length exceeds `limit`, and as
+    soon as what arrived would; ClientDisconnect if the client goes away."""
+    declared = content_length(request)
+    if declared is not None and declared > limit:
+        raise HttpError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+        if chunk:
+            yield chunk
+    request.scope[_BODY_DONE] = True
 
-    async def drain(self, most: int) -> bool:
-        """Read and drop what is left of the body (so a client that sends all before it reads sees
-        our answer), up to `most` bytes; False if more is left (the connection should then close)."""
-        if self._body_done or (not self._consumed and self.method in ("GET", "HEAD")
-                               and not self.content_length):
-            return True
-        self._consumed = True
-        dropped = 0
-        while dropped <= most:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self._body_done = True
-                return True
-            dropped += len(message.get("body", b""))
-            if not message.get("more_body"):
-                self._body_done = True
-                return True
-        return False
 
-    async def body(self, limit: int) -> bytes:
-        return b"".join([c async for c in self.chunks(limit)])
+async def body(request: Request, limit: int) -> bytes:
+    return b"".join([c async for c in body_chunks(request, limit)])
 
-    async def form(self, limit: int = 16384) -> dict[str, str]:
-        """An application/x-www-form-urlencoded or JSON object body, as strings."""
-        raw = await self.body(limit)
-        if self.header("content-type").startswith("application/json"):
-            try:
-                value = json.loads(raw or b"{}")
-            except ValueError:
-                raise HttpError(400, "body is not JSON") from None
-            if not isinstance(value, dict):
-                raise HttpError(400, "body must be a JSON object")
-            return {str(k): str(v) for k, v in value.items()}
+
+async def form(request: Request, limit: int = 16384) -> dict[str, str]:
+    """An application/x-www-form-urlencoded or JSON object body, as strings."""
+    raw = await body(request, limit)
+    if request.headers.get("content-type", "").startswith("application/json"):
         try:
-            parsed = urllib.parse.parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
-        except (UnicodeDecodeError, ValueError):
-            raise HttpError(400, "bad form body") from None
-        return {k: v[0] for k, v in parsed.items()}
+            value = json.loads(raw or b"{}")
+        except ValueError:
+            raise HttpError(400, "body is not JSON") from None
+        if not isinstance(value, dict):
+            raise HttpError(400, "body must be a JSON object")
+        return {str(k): str(v) for k, v in value.items()}
+    try:
+        parsed = urllib.parse.parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
+    except (UnicodeDecodeError, ValueError):
+        raise HttpError(400, "bad form body") from None
+    return {k: v[0] for k, v in parsed.items()}
 
 
-async def start_response(send: Send, status: int, content_type: str, headers: Iterable[tuple[bytes, bytes]] = (),
-                         length: int | None = None) -> None:
-    out: Headers = [(b"content-type", content_type.encode("latin-1")), *SECURITY_HEADERS, *headers]
-    if length is not None:
-        out.append((b"content-length", str(length).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": out})
+async def drain(request: Request, most: int) -> bool:
+    """Read and drop what is left of a refused request's body (so a client that sends all before it reads
+    sees the answer), up to `most` bytes and DRAIN_TIMEOUT_S; False if more is left (close the connection)."""
+    if request.scope.get(_BODY_DONE):
+        return True
+    try:
+        declared = content_length(request)
+    except HttpError:
+        return False
+    if declared == 0 or (declared is None and request.method in ("GET", "HEAD")):
+        return True
+    if declared is not None and declared > most:
+        return False
+    dropped = 0
+    with trio.move_on_after(DRAIN_TIMEOUT_S):
+        try:
+            async for chunk in request.stream():
+                dropped += len(chunk)
+                if dropped > most:
+                    return False
+        except ClientDisconnect:
+            pass
+        except RuntimeError:  # Starlette's "Stream consumed": nothing is left
+            pass
+        return True
+    return False
 
 
-async def send_body(send: Send, data: bytes, more: bool = True) -> None:
-    await send({"type": "http.response.body", "body": data, "more_body": more})
+def bytes_response(status: int, data: bytes, content_type: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(data, status, headers=headers, media_type=content_type)
 
 
-async def send_bytes(send: Send, status: int, data: bytes, content_type: str,
-                     headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    await start_response(send, status, content_type, headers, len(data))
-    await send_body(send, data, more=False)
+def json_response(status: int, value: object, content_type: str = "application/json",
+                  headers: Mapping[str, str] | None = None) -> Response:
+    return Response(json.dumps(value, sort_keys=True).encode(), status, headers=headers, media_type=content_type)
 
 
-async def send_json(send: Send, status: int, value: object, content_type: str = "application/json",
-                    headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    await send_bytes(send, status, json.dumps(value, sort_keys=True).encode(), content_type, headers)
+def error_response(error: HttpError, close: bool = False) -> Response:
+    """The JSON error; `close`: the request's body was not read to its end, so the connection closes."""
+    data = json.dumps({"error": error.code, "message": error.message}, sort_keys=True).encode()
+    if close:
+        return ClosingResponse(data, error.status, error.headers, "application/json")
+    return Response(data, error.status, headers=error.headers, media_type="application/json")
 
 
-async def send_error(send: Send, error: HttpError, close: bool = False) -> None:
-    headers = [*error.headers, *([(b"connection", b"close")] if close else [])]
-    await send_json(send, error.status, {"error": error.code, "message": error.message}, headers=headers)
+class ProducedResponse(StreamingResponse):
+    """A streamed response whose body `produce(write)` writes (it may run its own tasks, which an async
+    generator consumed by Starlette may not); Starlette stops it when the client disconnects."""
+
+    def __init__(self, produce: Callable[[Write], Awaitable[None]], status_code: int = 200,
+                 headers: Mapping[str, str] | None = None, media_type: str | None = None) -> None:
+        self.produce = produce
+        self.status_code = status_code
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(headers)
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+
+        async def write(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        await self.produce(write)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

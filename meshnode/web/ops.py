@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from meshnode.web.app import Route, WebApp, route
-from meshnode.web.http import Request, Send, send_bytes, send_json
+from meshnode.web.http import bytes_response, json_response
 from meshnode.web.metrics import CONTENT_TYPE, EventMetrics, MetricsSnapshot, render
 
 Health = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
@@ -27,15 +30,15 @@ class Ops:
             route("GET", "/metrics", self._metrics, "metrics", "metrics"),
         ]
 
-    async def _live(self, request: Request, send: Send) -> None:
-        await send_json(send, 200, {"status": "alive"})
+    async def _live(self, request: Request) -> Response:
+        return json_response(200, {"status": "alive"})
 
-    async def _ready(self, request: Request, send: Send) -> None:
+    async def _ready(self, request: Request) -> Response:
         ok, checks = await self.health()
-        await send_json(send, 200 if ok else 503, {"status": "ok" if ok else "unavailable", "checks": checks})
+        return json_response(200 if ok else 503, {"status": "ok" if ok else "unavailable", "checks": checks})
 
-    async def _metrics(self, request: Request, send: Send) -> None:
+    async def _metrics(self, request: Request) -> Response:
         app = self.app()
         text = render(await self.snapshot(), self.events, app.stats.requests, app.stats.bytes_sent,
                       app.stats.auth_failures)
-        await send_bytes(send, 200, text.encode(), CONTENT_TYPE)
+        return bytes_response(200, text.encode(), CONTENT_TYPE)

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.metadata import MetadataStore
@@ -38,7 +40,7 @@ from meshnode.web.dicomjson import (
     study_result,
     tag_of,
 )
-from meshnode.web.http import HttpError, Request, Send, send_json
+from meshnode.web.http import HttpError, client, json_response, query
 from meshnode.web.services import WebServices, actor
 
 DICOM_JSON = "application/dicom+json"
@@ -176,15 +178,15 @@ class Qido:
         return r
 
     def _handler(self, level: Level) -> Handler:
-        async def handle(request: Request, send: Send) -> None:
-            await self.search(level, request, send)
+        async def handle(request: Request) -> Response:
+            return await self.search(level, request)
         return handle
 
-    async def search(self, level: Level, request: Request, send: Send) -> None:
+    async def search(self, level: Level, request: Request) -> Response:
         fixed = {"study_uid": request.path_params["study"]} if "study" in request.path_params else {}
         if "series" in request.path_params:
             fixed["series_uid"] = request.path_params["series"]
-        parsed = parse_query(level, request.query, fixed, self.s.config.max_results)
+        parsed = parse_query(level, query(request), fixed, self.s.config.max_results)
         probe = Search(parsed.search.level, parsed.search.filters, parsed.search.modalities_in_study,
                        limit=parsed.search.limit + 1, offset=parsed.search.offset)
         base = self.s.base_url(request)
@@ -214,7 +216,7 @@ class Qido:
         wanted = set(parsed.include) - _defaults(level)
         if parsed.include_all or wanted:
             await self._add_header_fields(extra, wanted, parsed.include_all)
-        headers = []
+        headers: dict[str, str] = {}
         warnings = []
         if parsed.ignored:
             warnings.append(f'299 meshnode "The following query keys were not matched on: '
@@ -222,14 +224,14 @@ class Qido:
         if more:
             warnings.append('299 meshnode "There are additional results that can be requested"')
         if warnings:
-            headers.append((b"warning", ", ".join(warnings).encode("latin-1", "replace")))
+            headers["warning"] = ", ".join(warnings).encode("latin-1", "replace").decode("latin-1")
         studies = {hash_uid(s) for _, s, _, _ in extra}
         await self.s.audit(AuditEvent(
             EventCode.QUERY, f"qido-{level.value}", actor=actor(request),
             study=next(iter(studies)) if len(studies) == 1 else "",
             detail=f"{len(results)} result(s), keys {','.join(sorted(parsed.search.filters)) or '-'}"
-                   f"{' modalities' if parsed.search.modalities_in_study else ''} from {request.client}"))
-        await send_json(send, 200, results, DICOM_JSON, headers)
+                   f"{' modalities' if parsed.search.modalities_in_study else ''} from {client(request)}"))
+        return json_response(200, results, DICOM_JSON, headers)
 
     async def _instances(self, study_uid: str) -> list[InstanceRecord]:
         return await self.s.db.run(lambda store: store.instances(study_uid))

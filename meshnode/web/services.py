@@ -7,12 +7,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
+from starlette.requests import Request
 
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.web.config import HttpConfig
-from meshnode.web.http import Request
+from meshnode.web.http import client, principal
 
 AuditFn = Callable[[AuditEvent], Awaitable[None]]
 
@@ -34,11 +35,12 @@ class WebServices:
         """The DICOMweb root as the client sees it, for RetrieveURLs."""
         if self.config.public_url:
             return self.config.public_url + "/dicomweb"
-        host = request.header("host")
+        host = request.headers.get("host", "")
         if host and all(c.isalnum() or c in ".-:[]" for c in host):
-            return f"{request.scheme}://{host}/dicomweb"
+            return f"{request.url.scheme}://{host}/dicomweb"
         return self.url + "/dicomweb"
 
 
 def actor(request: Request) -> str:
-    return f"user:{request.principal.user}" if request.principal else f"http:{request.client}"
+    p = principal(request)
+    return f"user:{p.user}" if p else f"http:{client(request)}"

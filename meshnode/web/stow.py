@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import trio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from meshnode.dicom.errors import DicomError
 from meshnode.dicom.layout import plan_instance
@@ -38,9 +40,9 @@ from meshnode.gateway.intake import PreparedInstance, StoredInstance, StudyIntak
 from meshnode.gateway.routes import Route, RouteError, RouteTable
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.records import hash_uid
-from meshnode.web.app import Handler, Route as HttpRoute, route as http_route
+from meshnode.web.app import Route as HttpRoute, route as http_route
 from meshnode.web.dicomjson import Json, element
-from meshnode.web.http import HttpError, Request, Send, send_json
+from meshnode.web.http import HttpError, body_chunks, client, json_response, principal, query
 from meshnode.web.multipart import (
     MultipartError,
     MultipartParser,
@@ -90,11 +92,12 @@ def _failure_item(f: Failure) -> Json:
     return item
 
 
-def _warning(failures: list[Failure]) -> tuple[bytes, bytes]:
+def _warning(failures: list[Failure]) -> dict[str, str]:
     text = "; ".join(f"part {f.index + 1}: {f.why}" for f in failures[:10])
     if len(failures) > 10:
         text += f"; and {len(failures) - 10} more"
-    return b"warning", f'299 meshnode "{text}"'.replace("\r", " ").replace("\n", " ").encode("latin-1", "replace")
+    value = f'299 meshnode "{text}"'.replace("\r", " ").replace("\n", " ")
+    return {"warning": value.encode("latin-1", "replace").decode("latin-1")}
 
 
 class Stow:
@@ -106,7 +109,7 @@ class Stow:
         self.spool_root = services.storage.home / "tmp" / "stow"
 
     def routes(self) -> list[HttpRoute]:
-        handler = self._handler()
+        handler = self.store
         return [
             http_route("POST", "/dicomweb/studies", handler, "write", "stow"),
             http_route("POST", "/dicomweb/studies/{study}", handler, "write", "stow"),
@@ -114,15 +117,11 @@ class Stow:
             http_route("POST", "/dicomweb/routes/{route}/studies/{study}", handler, "write", "stow"),
         ]
 
-    def _handler(self) -> Handler:
-        async def handle(request: Request, send: Send) -> None:
-            await self.store(request, send)
-        return handle
-
     def select_route(self, request: Request) -> Route | None:
         table = self.route_table()
-        name = request.path_params.get("route") or (request.query.get("route") or [""])[-1]
-        to = (request.query.get("to") or [""])[-1]
+        params = query(request)
+        name = request.path_params.get("route") or (params.get("route") or [""])[-1]
+        to = (params.get("to") or [""])[-1]
         try:
             if name:
                 if to:
@@ -141,13 +140,13 @@ class Stow:
                             f"{','.join(sorted(wanted))}; routes: {known}")
         return matching[0]
 
-    async def store(self, request: Request, send: Send) -> None:
+    async def store(self, request: Request) -> Response:
         intake = self.intake()
         if intake is None:
             raise HttpError(503, "this node runs no study intake (the gateway is not started)")
         route = self.select_route(request)
         study = request.path_params.get("study")
-        kind, params = content_type_params(request.header("content-type"))
+        kind, params = content_type_params(request.headers.get("content-type", ""))
         if kind != "multipart/related":
             raise HttpError(415, 'STOW-RS takes multipart/related; type="application/dicom"')
         part_type = params.get("type", "application/dicom").lower()
@@ -158,7 +157,8 @@ class Stow:
         except MultipartError as exc:
             raise HttpError(400, str(exc)) from None
         spool = self.spool_root / secrets.token_hex(8)
-        source = f"stow:{request.principal.user if request.principal else '?'}@{request.client}"
+        user = principal(request)
+        source = f"stow:{user.user if user else '?'}@{client(request)}"
         try:
             try:
                 parts = await self._receive(request, boundary, spool)
@@ -172,12 +172,11 @@ class Stow:
                 await self._refused(request, route, f"{len(failures)} of {len(parts)} part(s) refused: "
                                                     + "; ".join(f.why for f in failures[:3]))
                 body: Json = {"00081198": {"vr": "SQ", "Value": [_failure_item(f) for f in failures]}}
-                await send_json(send, 409, body, DICOM_JSON, [_warning(failures)])
-                return
+                return json_response(409, body, DICOM_JSON, _warning(failures))
             stored, failed = await self._store_all(intake, parts, route, source)
         finally:
             await trio.to_thread.run_sync(shutil.rmtree, spool, True)
-        await self._answer(request, send, stored, failed)
+        return await self._answer(request, stored, failed)
 
     async def _receive(self, request: Request, boundary: bytes, spool: Path) -> list[Part]:
         """Parse the body as it arrives; every part into its own spool file."""
@@ -194,7 +193,7 @@ class Stow:
                 await trio.to_thread.run_sync(out.write, data)
 
         try:
-            async for chunk in request.chunks(self.s.config.max_request_bytes):
+            async for chunk in body_chunks(request, self.s.config.max_request_bytes):
                 for event in parser.feed(chunk):
                     if isinstance(event, PartStarted):
                         part = Part(len(parts), spool / f"part-{len(parts):05d}",
@@ -271,9 +270,9 @@ class Stow:
 
     async def _refused(self, request: Request, route: Route | None, why: str) -> None:
         await self.s.audit(AuditEvent(EventCode.IMPORT, "stow-refused", Outcome.MINOR_FAILURE, actor=actor(request),
-                                      detail=f"{why} (route {route.name if route else '-'}) from {request.client}"[:300]))
+                                      detail=f"{why} (route {route.name if route else '-'}) from {client(request)}"[:300]))
 
-    async def _answer(self, request: Request, send: Send, stored: list[StoredInstance], failed: list[Failure]) -> None:
+    async def _answer(self, request: Request, stored: list[StoredInstance], failed: list[Failure]) -> Response:
         base = self.s.base_url(request)
         body: Json = {}
         studies = sorted({s.study_uid for s in stored})
@@ -290,4 +289,4 @@ class Stow:
         status = 200 if not failed else 202 if stored else 503
         log.info("STOW-RS from %s: %d stored, %d failed, studies %s", actor(request), len(stored), len(failed),
                  ", ".join(hash_uid(s) for s in studies))
-        await send_json(send, status, body, DICOM_JSON, [_warning(failed)] if failed else [])
+        return json_response(status, body, DICOM_JSON, _warning(failed) if failed else None)

@@ -20,6 +20,8 @@ from importlib import resources
 from typing import Any
 
 import trio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from common.describe import iso
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
@@ -27,7 +29,17 @@ from meshnode.storage.search import AuditQuery
 from meshnode.web.app import Handler, Route, route
 from meshnode.web.auth import SESSION_COOKIE, Authenticator, bearer_or_basic
 from meshnode.web.chain import ChainVerifier
-from meshnode.web.http import HttpError, Request, Send, send_body, send_bytes, send_json, start_response
+from meshnode.web.http import (
+    HttpError,
+    ProducedResponse,
+    Write,
+    bytes_response,
+    client,
+    form,
+    json_response,
+    principal,
+    query,
+)
 from meshnode.web.node_view import NodeView
 from meshnode.web.services import WebServices, actor
 
@@ -39,8 +51,8 @@ PUSH_EVERY_S = 1.0
 MIN_PUSH_S = 0.25
 MAX_ROWS = 500  # newest first; older studies are in `meshnode inbox|outbox --json`
 KEEPALIVE_S = 15.0
-CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
-       b" frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
+       " frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
 def _static(name: str) -> bytes:
@@ -48,7 +60,7 @@ def _static(name: str) -> bytes:
 
 
 def _int(request: Request, name: str) -> int | None:
-    values = request.query.get(name)
+    values = query(request).get(name)
     if not values or values[-1] == "":
         return None
     if not values[-1].lstrip("-").isdigit():
@@ -81,60 +93,60 @@ class Ui:
         ]
 
     # -- pages and assets ---------------------------------------------------------------
-    async def _redirect(self, request: Request, send: Send) -> None:
-        await send_bytes(send, 302, b"", "text/plain", [(b"location", b"/ui/")])
+    async def _redirect(self, request: Request) -> Response:
+        return bytes_response(302, b"", "text/plain", {"location": "/ui/"})
 
-    async def _index(self, request: Request, send: Send) -> None:
-        await send_bytes(send, 200, self._files["index.html"], "text/html; charset=utf-8",
-                         [(b"content-security-policy", CSP), (b"x-frame-options", b"DENY")])
+    async def _index(self, request: Request) -> Response:
+        return bytes_response(200, self._files["index.html"], "text/html; charset=utf-8",
+                              {"content-security-policy": CSP, "x-frame-options": "DENY"})
 
-    async def _asset(self, request: Request, send: Send) -> None:
+    async def _asset(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC:
             raise HttpError(404, "no such file")
-        await send_bytes(send, 200, self._files[name], STATIC[name])
+        return bytes_response(200, self._files[name], STATIC[name])
 
     # -- login ------------------------------------------------------------------------------
-    async def _login(self, request: Request, send: Send) -> None:
-        form = await request.form()
-        token = form.get("token", "").strip()
+    async def _login(self, request: Request) -> Response:
+        token = (await form(request)).get("token", "").strip()
         principal = await self.auth.token(token) if token else None
         if principal is None:
             await self.s.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "ui-login", Outcome.MINOR_FAILURE,
-                                          actor=f"http:{request.client}", detail="unknown, revoked or expired token"))
+                                          actor=f"http:{client(request)}", detail="unknown, revoked or expired token"))
             raise HttpError(401, "unknown, revoked or expired token")
         session = self.auth.open_session(principal, self.s.config.session_hours)
         await self.s.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "ui-login", actor=f"user:{principal.user}",
-                                      detail=f"token {principal.token_id} from {request.client}"))
-        secure = "; Secure" if request.scheme == "https" else ""
+                                      detail=f"token {principal.token_id} from {client(request)}"))
+        secure = "; Secure" if request.url.scheme == "https" else ""
         cookie = (f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; "
                   f"Max-Age={self.s.config.session_hours * 3600}{secure}")
-        await send_json(send, 200, {"user": principal.user, "roles": list(principal.roles)},
-                        headers=[(b"set-cookie", cookie.encode())])
+        return json_response(200, {"user": principal.user, "roles": list(principal.roles)},
+                             headers={"set-cookie": cookie})
 
-    async def _logout(self, request: Request, send: Send) -> None:
-        session = request.cookie(SESSION_COOKIE)
+    async def _logout(self, request: Request) -> Response:
+        session = request.cookies.get(SESSION_COOKIE)
         if session:
             self.auth.close_session(session)
-        if request.principal is not None:
+        if principal(request) is not None:
             await self.s.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "ui-logout", actor=actor(request)))
-        await send_json(send, 200, {"user": None}, headers=[
-            (b"set-cookie", f"{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0".encode())])
+        return json_response(200, {"user": None}, headers={
+            "set-cookie": f"{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"})
 
-    async def _session(self, request: Request, send: Send) -> None:
-        p = request.principal
-        await send_json(send, 200, {"user": p.user if p else None, "roles": list(p.roles) if p else [],
+    async def _session(self, request: Request) -> Response:
+        p = principal(request)
+        return json_response(200, {"user": p.user if p else None, "roles": list(p.roles) if p else [],
                                     "org": self.s.org, "public_status": self.s.config.public_status})
 
     # -- data -------------------------------------------------------------------------------
     def _page_handler(self, page: str) -> Handler:
-        async def handle(request: Request, send: Send) -> None:
+        async def handle(request: Request) -> Response:
             await self._audit_view(request, page)
-            await send_json(send, 200, await self.page(page, request))
+            return json_response(200, await self.page(page, request))
         return handle
 
     def _identifiers(self, request: Request) -> bool:
-        return request.principal is not None and request.principal.may("read")
+        p = principal(request)
+        return p is not None and p.may("read")
 
     async def _audit_view(self, request: Request, page: str) -> None:
         if page == "audit":
@@ -159,9 +171,9 @@ class Ui:
     async def _audit_page(self, request: Request) -> Any:
         code, outcome, before = _int(request, "code"), _int(request, "outcome"), _int(request, "before")
         limit = min(max(_int(request, "limit") or 200, 1), 1000)
-        text = (request.query.get("q") or [""])[-1][:100]
-        query = AuditQuery(code, outcome, text, before, limit)
-        entries = await self.s.db.run(lambda store: store.search_audit(query))
+        text = (query(request).get("q") or [""])[-1][:100]
+        wanted = AuditQuery(code, outcome, text, before, limit)
+        entries = await self.s.db.run(lambda store: store.search_audit(wanted))
         status = await self.chain.check()
         return {
             "entries": [{"seq": e.seq, "time": iso(e.at_ms // 1000), "code": int(e.event.code),
@@ -174,36 +186,32 @@ class Ui:
                       "checked_at": iso(int(status.checked_at))},
         }
 
-    async def _events(self, request: Request, send: Send) -> None:
-        page = (request.query.get("page") or ["inbox"])[-1]
+    async def _events(self, request: Request) -> Response:
+        """Pushed until the client goes away (Starlette watches for the disconnect and cancels the push)."""
+        page = (query(request).get("page") or ["inbox"])[-1]
         if page not in PAGES:
             raise HttpError(400, f"page must be one of {', '.join(PAGES)}")
-        if page == "audit" and (request.principal is None or not request.principal.may("audit")):
-            raise HttpError(403 if request.principal else 401, "the audit page needs a user with the audit role")
+        p = principal(request)
+        if page == "audit" and (p is None or not p.may("audit")):
+            raise HttpError(403 if p else 401, "the audit page needs a user with the audit role")
         await self._audit_view(request, page)
-        await start_response(send, 200, "text/event-stream; charset=utf-8", [(b"x-accel-buffering", b"no")])
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._until_disconnect, request, nursery.cancel_scope)
-            await self._push(page, request, send)
 
-    async def _until_disconnect(self, request: Request, scope: trio.CancelScope) -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                scope.cancel()
-                return
+        async def push(write: Write) -> None:
+            await self._push(page, request, write)
+
+        return ProducedResponse(push, 200, {"x-accel-buffering": "no"}, "text/event-stream; charset=utf-8")
 
     async def _still_valid(self, request: Request) -> bool:
-        p = request.principal
+        p = principal(request)
         if p is None:
             return True
         if p.via == "session":
-            session = request.cookie(SESSION_COOKIE)
+            session = request.cookies.get(SESSION_COOKIE)
             return session is not None and await self.auth.session(session) is not None
-        token = bearer_or_basic(request.header("authorization"))
+        token = bearer_or_basic(request.headers.get("authorization", ""))
         return token is not None and await self.auth.token(token) is not None
 
-    async def _push(self, page: str, request: Request, send: Send) -> None:
+    async def _push(self, page: str, request: Request, write: Write) -> None:
         last = b""
         quiet = 0.0
         while True:
@@ -212,10 +220,10 @@ class Ui:
                 return  # logged out, revoked or expired: the page reconnects and is told
             data = json.dumps(await self.page(page, request), sort_keys=True).encode()
             if data != last:
-                await send_body(send, b"event: update\ndata: " + data + b"\n\n")
+                await write(b"event: update\ndata: " + data + b"\n\n")
                 last, quiet = data, 0.0
             elif quiet >= KEEPALIVE_S:
-                await send_body(send, b": keepalive\n\n")
+                await write(b": keepalive\n\n")
                 quiet = 0.0
             # at most one recomputation per MIN_PUSH_S however busy the node is, at least one per PUSH_EVERY_S
             await trio.sleep(MIN_PUSH_S)

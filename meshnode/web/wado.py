@@ -23,14 +23,16 @@ import secrets
 from dataclasses import dataclass
 
 import trio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
 from meshnode.storage.records import InstanceRecord, hash_uid
-from meshnode.web.app import Handler, Route, route
+from meshnode.web.app import Route, route
 from meshnode.web.blockio import read_all_blocks, read_header
 from meshnode.web.dicomjson import Json, header_json
-from meshnode.web.http import ClientDisconnected, HttpError, Request, Send, send_body, send_json, start_response
+from meshnode.web.http import HttpError, ProducedResponse, Write, client, json_response, route_name
 from meshnode.web.services import WebServices, actor
 from protocol.errors import MeshError
 
@@ -116,19 +118,9 @@ class Wado:
             ("/dicomweb/studies/{study}/series/{series}", "wado-series"),
             ("/dicomweb/studies/{study}/series/{series}/instances/{instance}", "wado-instance"),
         ):
-            out.append(route("GET", path, self._retrieve_handler(), "read", name))
-            out.append(route("GET", path + "/metadata", self._metadata_handler(), "read", name + "-metadata"))
+            out.append(route("GET", path, self.retrieve, "read", name))
+            out.append(route("GET", path + "/metadata", self.metadata, "read", name + "-metadata"))
         return out
-
-    def _retrieve_handler(self) -> Handler:
-        async def handle(request: Request, send: Send) -> None:
-            await self.retrieve(request, send)
-        return handle
-
-    def _metadata_handler(self) -> Handler:
-        async def handle(request: Request, send: Send) -> None:
-            await self.metadata(request, send)
-        return handle
 
     async def _records(self, request: Request) -> list[InstanceRecord]:
         p = request.path_params
@@ -145,9 +137,9 @@ class Wado:
             raise HttpError(404, "no such study, series or instance on this node")
         return list(unique.values())
 
-    async def retrieve(self, request: Request, send: Send) -> None:
+    async def retrieve(self, request: Request) -> Response:
         single = "instance" in request.path_params
-        negotiation = negotiate_dicom(request.header("accept"), single)
+        negotiation = negotiate_dicom(request.headers.get("accept", ""), single)
         records = await self._records(request)
         if negotiation.syntaxes is not None:
             wrong = sorted({r.transfer_syntax for r in records} - negotiation.syntaxes)
@@ -164,19 +156,23 @@ class Wado:
         study = hash_uid(request.path_params["study"])
         await self.s.audit(AuditEvent(EventCode.INSTANCES_ACCESSED, "wado-retrieve", actor=actor(request),
                                       study=study, detail=f"{len(records)} instance(s), {total} bytes "
-                                                          f"({request.route_name}) to {request.client}"))
+                                                          f"({route_name(request)}) to {client(request)}"))
         boundary = secrets.token_hex(16)
         heads = [self._part_head(boundary, r, i == 0) for i, r in enumerate(records)]
         tail = f"\r\n--{boundary}--\r\n".encode()
-        if negotiation.multipart:
+        multipart = negotiation.multipart
+
+        async def produce(write: Write) -> None:
+            await self._stream(records, first, heads if multipart else None, write)
+            if multipart:
+                await write(tail)
+
+        if multipart:
             length = sum(len(h) for h in heads) + total + len(tail)
-            await start_response(send, 200, f'multipart/related; type="application/dicom"; boundary={boundary}',
-                                 length=length)
-        else:
-            await start_response(send, 200, f"application/dicom; transfer-syntax={records[0].transfer_syntax}",
-                                 length=total)
-        await self._stream(records, first, heads if negotiation.multipart else None, send)
-        await send_body(send, tail if negotiation.multipart else b"", more=False)
+            return ProducedResponse(produce, 200, {"content-length": str(length)},
+                                    f'multipart/related; type="application/dicom"; boundary={boundary}')
+        return ProducedResponse(produce, 200, {"content-length": str(total)},
+                                f"application/dicom; transfer-syntax={records[0].transfer_syntax}")
 
     async def _first_instance(self, record: InstanceRecord) -> list[bytes]:
         try:
@@ -201,11 +197,12 @@ class Wado:
                 f"{record.transfer_syntax}\r\nContent-Length: {record.size}\r\n\r\n".encode())
 
     async def _stream(self, records: list[InstanceRecord], first: list[bytes], heads: list[bytes] | None,
-                      send: Send) -> None:
+                      write: Write) -> None:
         """Send every instance (the first already read); a reader task keeps the next PREFETCH instances'
         blocks ready. A block that cannot be read later (corrupt: quarantined) ends the body there, short
         of its Content-Length and without the closing boundary, so the client knows it is incomplete; the
-        error is raised here as itself (not inside an exception group) after the reader has stopped."""
+        error is raised here as itself (not inside an exception group) after the reader has stopped. A client
+        that goes away cancels this (Starlette watches for the disconnect)."""
         sender, receiver = trio.open_memory_channel[list[bytes] | MeshError](PREFETCH)
 
         async def read_ahead() -> None:
@@ -219,35 +216,35 @@ class Wado:
                         return
                     await sender.send(blocks)
 
-        failure: MeshError | ClientDisconnected | None = None
+        failure: MeshError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_ahead)
             async with receiver:
                 try:
-                    await self._send_instance(send, heads[0] if heads is not None else None, first)
+                    await self._send_instance(write, heads[0] if heads is not None else None, first)
                     index = 1
                     async for item in receiver:
                         if isinstance(item, MeshError):
                             log.warning("WADO-RS response cut short after %d of %d instance(s): %s", index,
                                         len(records), item.name)
                             raise item
-                        await self._send_instance(send, heads[index] if heads is not None else None, item)
+                        await self._send_instance(write, heads[index] if heads is not None else None, item)
                         index += 1
-                except (MeshError, ClientDisconnected) as exc:
+                except MeshError as exc:
                     failure = exc
                     nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
 
     @staticmethod
-    async def _send_instance(send: Send, head: bytes | None, blocks: list[bytes]) -> None:
+    async def _send_instance(write: Write, head: bytes | None, blocks: list[bytes]) -> None:
         if head is not None:
-            await send_body(send, head)
+            await write(head)
         for block in blocks:
-            await send_body(send, block)
+            await write(block)
 
-    async def metadata(self, request: Request, send: Send) -> None:
-        negotiate_json(request.header("accept"))
+    async def metadata(self, request: Request) -> Response:
+        negotiate_json(request.headers.get("accept", ""))
         records = await self._records(request)
 
         def headers() -> list[Json]:
@@ -259,5 +256,5 @@ class Wado:
         result = await trio.to_thread.run_sync(headers, limiter=self.s.block_readers)
         await self.s.audit(AuditEvent(EventCode.INSTANCES_ACCESSED, "wado-metadata", actor=actor(request),
                                       study=hash_uid(request.path_params["study"]),
-                                      detail=f"{len(records)} instance(s) ({request.route_name}) to {request.client}"))
-        await send_json(send, 200, result, DICOM_JSON)
+                                      detail=f"{len(records)} instance(s) ({route_name(request)}) to {client(request)}"))
+        return json_response(200, result, DICOM_JSON)

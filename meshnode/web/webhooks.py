@@ -13,6 +13,11 @@ the node goes on, so a restart loses nothing; a failed POST (no answer, or not
 max_attempts, then the item fails for good, logged and counted in /metrics.
 The retries are protocol.outbox.Outbox's, driven by meshnode.node.retry_driver,
 like the node's deliveries.
+
+The POSTs run on the node's trio loop (httpx.AsyncClient, one per run, no
+proxies from the environment, no redirects followed); each attempt has a
+deadline for the whole exchange, so a receiver that answers slowly, byte by
+byte, fails it like one that does not answer; at most 4 KiB of an answer is read.
 """
 
 from __future__ import annotations
@@ -23,19 +28,18 @@ import json
 import logging
 import random
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+import httpx
 import trio
 
 from common.describe import iso
 from meshnode.node.events import StudyEvent
-from meshnode.storage.records import hash_uid
 from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn
+from meshnode.storage.records import hash_uid
 from meshnode.web.config import WebhookConfig
 from protocol.backoff import Backoff
 from protocol.errors import UnavailableError
@@ -103,18 +107,22 @@ class AttemptResult:
     error: str
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float = TIMEOUT_S) -> AttemptResult:
-    """One POST (blocking: run on a worker thread)."""
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "meshnode", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read(4096)
-            return AttemptResult(200 <= response.status < 300, f"HTTP {response.status}")
-    except urllib.error.HTTPError as exc:
-        return AttemptResult(False, f"HTTP {exc.code}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return AttemptResult(False, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"[:300])
+async def post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str],
+               timeout: float = TIMEOUT_S) -> AttemptResult:
+    """One POST, all of it (connect, send, answer) within `timeout` seconds."""
+    with trio.move_on_after(timeout):
+        try:
+            async with client.stream("POST", url, content=body, headers={
+                    "Content-Type": "application/json", "User-Agent": "meshnode", **headers}) as response:
+                read = 0
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read >= 4096:
+                        break
+                return AttemptResult(200 <= response.status_code < 300, f"HTTP {response.status_code}")
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            return AttemptResult(False, f"{type(exc).__name__}: {exc}"[:300])
+    return AttemptResult(False, f"no complete answer within {timeout:g} s")
 
 
 class EventKeys:
@@ -133,12 +141,10 @@ class EventKeys:
 EVENT_KEYS = EventKeys()
 
 
-class NotificationRefused(UnavailableError):
-    """The receiver did not take a notification (no answer, or not 2xx)."""
-
-
 def classify(exc: BaseException) -> Failure | None:
-    return Failure(str(exc), False) if isinstance(exc, NotificationRefused) else None
+    """The receiver did not take a notification (UnavailableError: no complete answer, or not 2xx): retried.
+    Anything else is a bug."""
+    return Failure(str(exc), False) if isinstance(exc, UnavailableError) else None
 
 
 def queue_name(hook: WebhookConfig) -> str:
@@ -147,7 +153,7 @@ def queue_name(hook: WebhookConfig) -> str:
 
 class Webhooks:
     def __init__(self, hooks: tuple[WebhookConfig, ...], db: Database, org: str, peer_id: str,
-                 public_url: str = "", clock: Callable[[], float] = time.time, *,
+                 public_url: str = "", clock: Callable[[], float] = time.time, timeout_s: float = TIMEOUT_S, *,
                  backoff: Backoff = RETRY_BACKOFF, rng: random.Random | None = None) -> None:
         self.hooks = {h.name: h for h in hooks}
         self.db = db
@@ -155,10 +161,12 @@ class Webhooks:
         self.peer_id = peer_id
         self.public_url = public_url
         self.clock = clock
+        self.timeout_s = timeout_s
         self._limit = trio.CapacityLimiter(CONCURRENCY)  # POSTs at once, over every receiver
+        self._client: httpx.AsyncClient | None = None
         self.drivers: dict[str, RetryDriver[str]] = {
             h.name: RetryDriver(queue_name(h), EVENT_KEYS, db, clock, partial(self._attempt, h), classify,
-                                policy=RetryPolicy(backoff, attempt_timeout=TIMEOUT_S + 5.0,
+                                policy=RetryPolicy(backoff, attempt_timeout=timeout_s + 5.0,
                                                    max_attempts=h.max_attempts, jitter=0.1, concurrency=CONCURRENCY),
                                 on_ended=partial(self._ended, h), rng=rng)
             for h in hooks}
@@ -176,15 +184,20 @@ class Webhooks:
             await self.drivers[hook.name].enqueue([(event_key, body)])
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            for driver in self.drivers.values():
-                await nursery.start(driver.run)
-            task_status.started()
-            while True:
-                before = self.clock() - KEEP_SENT_BODIES_MS / 1000
-                for driver in self.drivers.values():
-                    await driver.drop_payloads(before)
-                await trio.sleep(3600)
+        async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=self.timeout_s) as client:
+            self._client = client
+            try:
+                async with trio.open_nursery() as nursery:
+                    for driver in self.drivers.values():
+                        await nursery.start(driver.run)
+                    task_status.started()
+                    while True:
+                        before = self.clock() - KEEP_SENT_BODIES_MS / 1000
+                        for driver in self.drivers.values():
+                            await driver.drop_payloads(before)
+                        await trio.sleep(3600)
+            finally:
+                self._client = None
 
     async def counts(self) -> dict[tuple[str, str], int]:
         """(receiver, state) -> notifications, for /metrics."""
@@ -192,17 +205,20 @@ class Webhooks:
         return {(queue.removeprefix(QUEUE_PREFIX), state.value): n for (queue, state), n in counts.items()}
 
     async def _attempt(self, hook: WebhookConfig, event_key: str, body: bytes | None) -> None:
+        client = self._client
+        if client is None:
+            raise UnavailableError("the webhook client is not running")
         if not body:
-            raise NotificationRefused("the notification's body was dropped")  # not reached: kept until sent
+            raise UnavailableError("the notification's body was dropped")  # not reached: kept until sent
         event = EVENT_KEYS.ref(event_key)
         headers = {"X-Meshnode-Event": event, "X-Meshnode-Delivery": delivery_id(hook, event_key),
                    "X-Meshnode-Signature": signature(hook.secret, int(self.clock()), body)}
-        # abandon_on_cancel: a node stopping does not wait for a slow receiver (the attempt is retried)
-        result = await trio.to_thread.run_sync(post, hook.url, body, headers, limiter=self._limit,  # type: ignore[call-arg]
-                                               abandon_on_cancel=True)
+        # a node stopping cancels the attempt (it is retried after the restart)
+        async with self._limit:
+            result = await post(client, hook.url, body, headers, self.timeout_s)
         if not result.ok:
             self.failures += 1
-            raise NotificationRefused(result.error)
+            raise UnavailableError(result.error)
         self.sent += 1
 
     def _ended(self, hook: WebhookConfig, record: DeliveryRecord[str], body: bytes | None

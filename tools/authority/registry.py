@@ -147,9 +147,3 @@ class AuthorityRegistry:
         )
         return signed
 
-    def latest_roster(self) -> bytes:
-        row = self._db.execute("SELECT raw FROM rosters ORDER BY version DESC LIMIT 1").fetchone()
-        if row is None:
-            raise NotFoundError("no roster has been published yet")
-        raw: bytes = row[0]
-        return raw

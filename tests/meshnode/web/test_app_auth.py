@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.sqlite_users import SqliteUserStore
@@ -14,7 +16,7 @@ from meshnode.storage.users import MemoryUserStore, UserStore
 from meshnode.web.app import FAILURE_AUDIT_EVERY_S, FailureAuditor, WebApp, route
 from meshnode.web.auth import SESSION_COOKIE, Authenticator, add_user, bearer_or_basic, issue_token
 from meshnode.web.config import HttpConfig
-from meshnode.web.http import Request, Send, send_json
+from meshnode.web.http import json_response, principal
 from protocol.errors import LocalProtocolError, NotFoundError
 from tests.meshnode.web.asgi import call
 
@@ -35,9 +37,9 @@ def make_app(store: UserStore, clock: Clock, **config: object) -> tuple[WebApp, 
     async def audit(e: AuditEvent) -> None:
         events.append(e)
 
-    async def hello(request: Request, send: Send) -> None:
-        p = request.principal
-        await send_json(send, 200, {"user": p.user if p else None, "params": request.path_params})
+    async def hello(request: Request) -> Response:
+        p = principal(request)
+        return json_response(200, {"user": p.user if p else None, "params": request.path_params})
 
     routes = [route("GET", "/read/{x}", hello, "read", "read"), route("POST", "/write", hello, "write", "write"),
               route("GET", "/status", hello, "status", "status"), route("GET", "/open", hello, "public", "open"),

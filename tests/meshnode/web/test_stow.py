@@ -217,3 +217,14 @@ async def test_credentials_and_body_limit(server: Server) -> None:
     response = await server.post(huge)
     assert response.status_code == 413 and "exceeds the limit" in response.json()["message"]
     assert await server.studies() == []
+
+
+async def test_a_refused_upload_is_answered_over_a_real_connection(server: Server) -> None:
+    # hypercorn queues the body for the app: an answer sent without reading it must not wait on that queue
+    huge = multipart([b"y" * (900 << 10)] * 24)  # 22 MB, over the cap and over what a refusal drains
+    for token, status in (("", 401), ("mnt_forged", 401), (server.reader, 403), (None, 413)):
+        response = await server.post(huge, token=token)
+        assert response.status_code == status, response.text
+        # a known user's refused body is read (up to 64 MiB) and the connection kept; the others are not read
+        assert (response.headers.get("connection") == "close") == (status != 403)
+    assert await server.studies() == []

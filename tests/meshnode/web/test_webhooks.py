@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -112,3 +114,36 @@ async def test_a_queued_notification_survives_a_restart(tmp_path: Path) -> None:
         assert len(receiver.received) == 1 and json.loads(receiver.received[0].body)["event"] == "arrived"
     finally:
         receiver.close()
+
+
+async def _dribbling_receiver(stream: trio.SocketStream) -> None:
+    """Answers 200 with a body it sends one byte at a time, for ever (each byte well inside a socket timeout)."""
+    await stream.receive_some(65536)
+    await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+    while True:
+        await stream.send_all(b"x")
+        await trio.sleep(0.05)
+
+
+async def _silent_receiver(stream: trio.SocketStream) -> None:
+    """Reads the request and never answers."""
+    while await stream.receive_some(65536):
+        pass
+
+
+@pytest.mark.parametrize("receiver", [_dribbling_receiver, _silent_receiver])
+async def test_a_receiver_that_answers_slowly_or_never_fails_the_attempt_within_its_deadline(
+        receiver: Any) -> None:
+    store = MemoryMetadataStore()
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, receiver, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        hook = WebhookConfig(f"http://127.0.0.1:{port}/hook", SECRET, max_attempts=1)
+        service = Webhooks((hook,), DatabaseThread(store), "RJ1", "12D3KooWpeer", clock=time.time, timeout_s=0.5)
+        await service.on_event(event())
+        await nursery.start(service.run)
+        with trio.fail_after(10):  # the attempt's own deadline is 0.5 s
+            while (await service.counts()).get((hook.name, "failed"), 0) < 1:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert service.failures == 1 and service.sent == 0
