@@ -26,6 +26,15 @@ class LocalProtocolError(MeshError):
     name = "local-protocol-error"
 
 
+class ConfigError(MeshError):
+    """A configuration file (node.toml, directory.toml, a scenario) that is missing, malformed or
+    inconsistent. The message names the file, the key (dotted, ``limits.max_streams_per_peer``) and
+    the problem; read by protocol.config_reader, the one reader of every TOML file."""
+
+    code = 902
+    name = "config-error"
+
+
 class RemoteProtocolError(MeshError):
     """The remote side sent something the protocol forbids."""
 

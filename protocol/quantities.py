@@ -1,9 +1,11 @@
-"""Quantities in scenario files: sizes, bandwidths, durations and times of day, with their units.
+"""Quantities in configuration files: sizes, bandwidths, durations and times of day, with their units.
 
-Written the way a network researcher writes them: ``"0.5MB"``, ``"1Gbit/s"``,
-``"30ms"``, ``"365d"``, ``"02:00"``. Everything is converted to SI base units
-(bytes, bytes per second, seconds). A value without a unit, a negative value
-or an unknown unit is a ``ScenarioError`` naming the key.
+Written the way an operator or a network researcher writes them: ``"0.5MB"``,
+``"1Gbit/s"``, ``"30ms"``, ``"365d"``, ``"02:00"``. Everything is converted to
+SI base units (bytes, bytes per second, seconds). A value without a unit, a
+negative value or an unknown unit is a ``ConfigError`` naming the key.
+The one config reader (protocol.config_reader.Table) reads them with
+``size``, ``rate``, ``duration``, ``clock`` and ``weekday``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 
-from simulations.scenario.errors import ScenarioError
+from protocol.errors import ConfigError
 
 _NUMBER = r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)"
 _SIZE_RE = re.compile(rf"^\s*{_NUMBER}\s*([KMGTP]?i?B|B)\s*$")
@@ -31,25 +33,25 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 def _finite(value: float, key: str) -> float:
     if not math.isfinite(value):
-        raise ScenarioError(f"{key}: must be a finite number (got {value!r})")
+        raise ConfigError(f"{key}: must be a finite number (got {value!r})")
     return value
 
 
 def size(value: object, key: str) -> float:
     """Bytes, from "0.5MB", "512KiB", "1.2GB" (SI and binary prefixes) or a plain number of bytes."""
     if isinstance(value, bool):
-        raise ScenarioError(f"{key}: expected a size such as \"0.5MB\", got a boolean")
+        raise ConfigError(f"{key}: expected a size such as \"0.5MB\", got a boolean")
     if isinstance(value, (int, float)):
         out = _finite(float(value), key)
     elif isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m is None or m.group(2) not in _SIZE_FACTORS:
-            raise ScenarioError(f"{key}: not a size: {value!r} (write e.g. \"0.5MB\", \"64MiB\")")
+            raise ConfigError(f"{key}: not a size: {value!r} (write e.g. \"0.5MB\", \"64MiB\")")
         out = float(m.group(1)) * _SIZE_FACTORS[m.group(2)]
     else:
-        raise ScenarioError(f"{key}: expected a size such as \"0.5MB\", got {type(value).__name__}")
+        raise ConfigError(f"{key}: expected a size such as \"0.5MB\", got {type(value).__name__}")
     if out < 0:
-        raise ScenarioError(f"{key}: a size cannot be negative (got {value!r})")
+        raise ConfigError(f"{key}: a size cannot be negative (got {value!r})")
     return out
 
 
@@ -57,16 +59,16 @@ def rate(value: object, key: str) -> float:
     """Bytes per second, from "1Gbit/s", "100Mbit/s", "20MB/s". A bare number is refused (bits or bytes?)."""
     if isinstance(value, bool) or isinstance(value, (int, float)):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise ScenarioError(f"{key}: negative bandwidth {value!r}")
-        raise ScenarioError(f"{key}: a bandwidth needs a unit, e.g. \"1Gbit/s\" or \"20MB/s\" (got {value!r})")
+            raise ConfigError(f"{key}: negative bandwidth {value!r}")
+        raise ConfigError(f"{key}: a bandwidth needs a unit, e.g. \"1Gbit/s\" or \"20MB/s\" (got {value!r})")
     if not isinstance(value, str):
-        raise ScenarioError(f"{key}: expected a bandwidth such as \"1Gbit/s\", got {type(value).__name__}")
+        raise ConfigError(f"{key}: expected a bandwidth such as \"1Gbit/s\", got {type(value).__name__}")
     text = value.strip()
     if text.startswith("-"):
-        raise ScenarioError(f"{key}: negative bandwidth {value!r}")
+        raise ConfigError(f"{key}: negative bandwidth {value!r}")
     m = _RATE_RE.match(text)
     if m is None:
-        raise ScenarioError(f"{key}: not a bandwidth: {value!r} (write e.g. \"1Gbit/s\", \"100Mbit/s\", \"20MB/s\")")
+        raise ConfigError(f"{key}: not a bandwidth: {value!r} (write e.g. \"1Gbit/s\", \"100Mbit/s\", \"20MB/s\")")
     number = float(m.group(1)) * _RATE_PREFIX[m.group(2)]
     out = number if m.group(3) == "B/s" else number / 8.0
     return _finite(out, key)
@@ -75,13 +77,13 @@ def rate(value: object, key: str) -> float:
 def duration(value: object, key: str) -> float:
     """Seconds, from "30ms", "2h", "7d", "1y" (365 days), "1h30m", or a plain number of seconds."""
     if isinstance(value, bool):
-        raise ScenarioError(f"{key}: expected a duration such as \"2h\", got a boolean")
+        raise ConfigError(f"{key}: expected a duration such as \"2h\", got a boolean")
     if isinstance(value, (int, float)):
         out = _finite(float(value), key)
     elif isinstance(value, str):
         text = value.replace(" ", "")
         if text.startswith("-"):
-            raise ScenarioError(f"{key}: a duration cannot be negative (got {value!r})")
+            raise ConfigError(f"{key}: a duration cannot be negative (got {value!r})")
         pos, out = 0, 0.0
         for m in _DURATION_PART.finditer(text):
             if m.start() != pos:
@@ -89,30 +91,30 @@ def duration(value: object, key: str) -> float:
             out += float(m.group(1)) * _DURATION_FACTORS[m.group(2)]
             pos = m.end()
         if pos != len(text) or not text:
-            raise ScenarioError(f"{key}: not a duration: {value!r} (write e.g. \"30s\", \"2h\", \"7d\")")
+            raise ConfigError(f"{key}: not a duration: {value!r} (write e.g. \"30s\", \"2h\", \"7d\")")
     else:
-        raise ScenarioError(f"{key}: expected a duration such as \"2h\", got {type(value).__name__}")
+        raise ConfigError(f"{key}: expected a duration such as \"2h\", got {type(value).__name__}")
     if out < 0:
-        raise ScenarioError(f"{key}: a duration cannot be negative (got {value!r})")
+        raise ConfigError(f"{key}: a duration cannot be negative (got {value!r})")
     return out
 
 
 def clock(value: object, key: str) -> float:
     """Seconds after midnight from "HH:MM"."""
     if not isinstance(value, str) or (m := _CLOCK_RE.match(value.strip())) is None:
-        raise ScenarioError(f"{key}: expected a time of day \"HH:MM\" (got {value!r})")
+        raise ConfigError(f"{key}: expected a time of day \"HH:MM\" (got {value!r})")
     return int(m.group(1)) * 3600.0 + int(m.group(2)) * 60.0
 
 
 def weekday(value: object, key: str) -> int | None:
     """0 (Monday) .. 6 (Sunday), or None for "daily"."""
     if not isinstance(value, str):
-        raise ScenarioError(f"{key}: expected a day name (mon..sun or daily), got {value!r}")
+        raise ConfigError(f"{key}: expected a day name (mon..sun or daily), got {value!r}")
     text = value.strip().lower()[:3]
     if text == "dai":
         return None
     if text not in DAYS:
-        raise ScenarioError(f"{key}: expected a day name (mon..sun or daily), got {value!r}")
+        raise ConfigError(f"{key}: expected a day name (mon..sun or daily), got {value!r}")
     return DAYS.index(text)
 
 
