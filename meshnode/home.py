@@ -10,13 +10,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshnode.config import ConfigError, NodeConfig, load_config
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+
+from meshnode.config import ConfigError, NodeConfig, load_config, parse_config
 from meshnode.files import read_file, write_atomic
 from meshnode.keyfile import create_key_file, load_key_file
 from protocol.certificate import Certificate
+from protocol.config_reader import MAX_CONFIG_BYTES, set_key
 from protocol.document import Signed, open_document
 from protocol.errors import (
     DocumentError,
@@ -87,8 +92,32 @@ class NodeHome:
     def config(self) -> NodeConfig:
         return load_config(self.config_path)
 
-    def save_config(self, config: NodeConfig) -> None:
-        write_atomic(self.config_path, config.render().encode("utf-8"))
+    def set_config(self, values: Mapping[str, object]) -> NodeConfig:
+        """Set node.toml keys, given dotted (``{"limits.upload_mb_per_s": 30, "dimse.enabled": True}``).
+
+        The file is edited with tomlkit, so its comments and layout stay; a table that is not there yet
+        (``[http]`` is only a comment until set) is added at the end. The result is read by the node's
+        strict reader before anything is written: a key it does not know, a wrong type or a value out of
+        range is a ConfigError and the file is unchanged. The new file replaces the old atomically.
+        """
+        path = self.config_path
+        if not path.exists():
+            raise ConfigError(f"no configuration at {path}; run `meshnode init` first")
+        try:
+            data = read_file(path, "node configuration", max_bytes=MAX_CONFIG_BYTES)
+        except StorageError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            doc = tomlkit.parse(data.decode("utf-8"))
+        except (UnicodeDecodeError, TOMLKitError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        for key, value in values.items():
+            set_key(doc, key, value)
+        text = tomlkit.dumps(doc)
+        config = parse_config(text, str(path), self.path)
+        mode = path.stat().st_mode & 0o777
+        write_atomic(path, text.encode("utf-8"), mode=mode)
+        return config
 
     def certificate(self) -> Signed[Certificate]:
         return open_document(read_file(self.cert_path, "node certificate", max_bytes=8192), Certificate)

@@ -18,10 +18,11 @@ Quantities with units ("64MiB", "1Gbit/s", "30s", "02:00") come from protocol.qu
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import tomllib
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import TypeVar
 
 from protocol import quantities
@@ -106,6 +107,28 @@ def parse_value(text: str) -> object:
         return tomllib.loads("v = " + text)["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def format_value(value: object) -> str:
+    """A value as TOML text, for a command line (`parse_value` reads it back): ``"x"``, ``30``, ``true``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{value!r} cannot be written to a configuration file")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} as a TOML value")
+
+
+def assignments(values: Mapping[str, object]) -> list[str]:
+    """``KEY=VALUE`` arguments for `meshnode config set` from {dotted key: value}."""
+    return [f"{key}={format_value(value)}" for key, value in values.items()]
 
 
 _PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\[(\d+)\])?$")
