@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 from protocol.errors import ConfigError
 
@@ -37,22 +38,37 @@ def _finite(value: float, key: str) -> float:
     return value
 
 
+def _quantity(value: object, key: str, what: str, example: str, parse: Callable[[str], float | None]) -> float:
+    """A plain number, or text `parse` reads (None: not this quantity); finite and not negative."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        kind = "a boolean" if isinstance(value, bool) else type(value).__name__
+        raise ConfigError(f"{key}: expected a {what} such as \"{example}\", got {kind}")
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("-"):
+            raise ConfigError(f"{key}: a {what} cannot be negative (got {value!r})")
+        parsed = parse(text)
+        if parsed is None:
+            raise ConfigError(f"{key}: not a {what}: {value[:40]!r} (write e.g. \"{example}\")")
+        out = parsed
+    else:
+        out = float(value)
+    _finite(out, key)
+    if out < 0:
+        raise ConfigError(f"{key}: a {what} cannot be negative (got {value!r})")
+    return out
+
+
+def _size_text(text: str) -> float | None:
+    m = _SIZE_RE.match(text)
+    if m is None or m.group(2) not in _SIZE_FACTORS:
+        return None
+    return float(m.group(1)) * _SIZE_FACTORS[m.group(2)]
+
+
 def size(value: object, key: str) -> float:
     """Bytes, from "0.5MB", "512KiB", "1.2GB" (SI and binary prefixes) or a plain number of bytes."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a size such as \"0.5MB\", got a boolean")
-    if isinstance(value, (int, float)):
-        out = _finite(float(value), key)
-    elif isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m is None or m.group(2) not in _SIZE_FACTORS:
-            raise ConfigError(f"{key}: not a size: {value!r} (write e.g. \"0.5MB\", \"64MiB\")")
-        out = float(m.group(1)) * _SIZE_FACTORS[m.group(2)]
-    else:
-        raise ConfigError(f"{key}: expected a size such as \"0.5MB\", got {type(value).__name__}")
-    if out < 0:
-        raise ConfigError(f"{key}: a size cannot be negative (got {value!r})")
-    return out
+    return _quantity(value, key, "size", "64MiB", _size_text)
 
 
 def rate(value: object, key: str) -> float:
@@ -74,29 +90,20 @@ def rate(value: object, key: str) -> float:
     return _finite(out, key)
 
 
+def _duration_text(text: str) -> float | None:
+    text = text.replace(" ", "")
+    pos, out = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        out += float(m.group(1)) * _DURATION_FACTORS[m.group(2)]
+        pos = m.end()
+    return out if text and pos == len(text) else None
+
+
 def duration(value: object, key: str) -> float:
     """Seconds, from "30ms", "2h", "7d", "1y" (365 days), "1h30m", or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration such as \"2h\", got a boolean")
-    if isinstance(value, (int, float)):
-        out = _finite(float(value), key)
-    elif isinstance(value, str):
-        text = value.replace(" ", "")
-        if text.startswith("-"):
-            raise ConfigError(f"{key}: a duration cannot be negative (got {value!r})")
-        pos, out = 0, 0.0
-        for m in _DURATION_PART.finditer(text):
-            if m.start() != pos:
-                break
-            out += float(m.group(1)) * _DURATION_FACTORS[m.group(2)]
-            pos = m.end()
-        if pos != len(text) or not text:
-            raise ConfigError(f"{key}: not a duration: {value!r} (write e.g. \"30s\", \"2h\", \"7d\")")
-    else:
-        raise ConfigError(f"{key}: expected a duration such as \"2h\", got {type(value).__name__}")
-    if out < 0:
-        raise ConfigError(f"{key}: a duration cannot be negative (got {value!r})")
-    return out
+    return _quantity(value, key, "duration", "30s", _duration_text)
 
 
 def clock(value: object, key: str) -> float:
