@@ -9,9 +9,7 @@ string (``hub``, ``1Gbit/s``). The result is validated like any scenario.
 
 from __future__ import annotations
 
-import copy
-import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, MutableMapping
 
 import tomlkit
 
@@ -31,7 +29,7 @@ def parse_assignment(text: str) -> tuple[str, object]:
     return key.strip(), parse_value(value.strip())
 
 
-def set_path(doc: dict[str, object], key: str, value: object) -> None:
+def set_path(doc: MutableMapping[str, object], key: str, value: object) -> None:
     try:
         set_key(doc, key, value)
     except ConfigError as exc:
@@ -39,7 +37,7 @@ def set_path(doc: dict[str, object], key: str, value: object) -> None:
 
 
 def apply(scenario: Scenario, assignments: Iterable[tuple[str, object]]) -> Scenario:
-    doc = copy.deepcopy(tomllib.loads(scenario.source))
+    doc = tomlkit.parse(scenario.source)  # the derived scenario.toml keeps the file's comments
     changed = False
     for key, value in assignments:
         set_path(doc, key, value)
@@ -49,6 +47,6 @@ def apply(scenario: Scenario, assignments: Iterable[tuple[str, object]]) -> Scen
     return parse_scenario(dumps(doc), f"{scenario.name} with overrides")
 
 
-def dumps(doc: dict[str, object]) -> str:
+def dumps(doc: Mapping[str, object]) -> str:
     """A parsed scenario as TOML text again (tomllib only reads; tomlkit writes)."""
     return tomlkit.dumps(doc)

@@ -157,3 +157,10 @@ def test_oversized_scenario_is_refused() -> None:
 def test_scenario_errors_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="five-trusts.toml: design.window: unknown key"):
         parse_scenario(_edit('kind = "mesh"', 'kind = "mesh"\nwindow = 3'), "five-trusts.toml")
+
+
+def test_overrides_keep_the_scenario_files_comments() -> None:
+    derived = apply(parse_scenario(FIVE), [parse_assignment("design.kind=hub")])
+    comments = [line for line in FIVE.splitlines() if line.lstrip().startswith("#")]
+    assert comments and all(line in derived.source.splitlines() for line in comments)
+    assert 'kind = "hub"' in derived.source
