@@ -161,14 +161,15 @@ def _callers(root: Table) -> tuple[Caller, ...]:
 
 
 def _routes(root: Table, dimse: DimseSettings) -> RouteTable:
+    d = defaults(Route)
     routes = []
     for t in root.tables("route"):
         try:
             routes.append(Route(
                 name=t.text("name", check=check_route_name),
                 to=t.texts("to", check=check_org_code),
-                priority=Priority(t.text("priority", Priority.ROUTINE.value, tuple(p.value for p in Priority))),
-                purpose=Purpose(t.text("purpose", Purpose.CARE.value, tuple(p.value for p in Purpose))),
+                priority=Priority(t.text("priority", Priority(d["priority"]).value, tuple(p.value for p in Priority))),
+                purpose=Purpose(t.text("purpose", Purpose(d["purpose"]).value, tuple(p.value for p in Purpose))),
                 called_ae=t.text("called_ae", "", check=check_ae_title) if t.has("called_ae") else "",
                 quiet_period_s=t.integer("quiet_period_seconds", dimse.quiet_period_s, MIN_QUIET_PERIOD_S,
                                          MAX_QUIET_PERIOD_S),
@@ -273,7 +274,7 @@ _EXAMPLES = """
 # host = "10.20.30.40"
 # port = 104
 # from_orgs = []                                 # only studies from these orgs (empty: all)
-# retry_max_seconds = 300                        # back-off cap while the PACS is unreachable
+# retry_max_seconds = {retry_max_s:<24} # back-off cap while the PACS is unreachable
 """
 
 
@@ -310,5 +311,5 @@ def render_gateway(config: GatewayConfig) -> str:
                    f"port = {p.port}\n{calling}from_orgs = {_toml_list(p.from_orgs)}\n"
                    f"retry_max_seconds = {p.retry_max_s}\n"
                    f"max_attempts = {p.max_attempts}\n")
-    out.append(_EXAMPLES)
+    out.append(_EXAMPLES.format(retry_max_s=defaults(PacsDestination)["retry_max_s"]))
     return "".join(out)

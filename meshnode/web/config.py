@@ -28,17 +28,17 @@ TEMPLATE = """
 # tls_certificate = "http-cert.pem"
 # tls_key = "http-key.pem"
 # Largest request body (a STOW-RS upload), in MB; larger requests get 413 and change nothing.
-# max_request_mb = 1024
+# max_request_mb = {max_request_mb}
 # Largest single DICOM instance in a STOW-RS upload, in MB.
-# max_instance_mb = 256
+# max_instance_mb = {max_instance_mb}
 # Most results one QIDO-RS query returns (a client pages with limit/offset).
-# max_results = 1000
+# max_results = {max_results}
 # Inbox, outbox and peers pages (no patient identifiers) without logging in; audit always needs a login.
-# public_status = true
+# public_status = {public_status}
 # /metrics without a token (it holds org codes and counters, never patient data).
-# public_metrics = true
+# public_metrics = {public_metrics}
 # How long a web UI login lasts, in hours.
-# session_hours = 12
+# session_hours = {session_hours}
 # The URL clients reach this listener at (behind a proxy), for RetrieveURLs and webhook links.
 # public_url = "https://pacs-gw.example.nhs.uk"
 
@@ -52,7 +52,7 @@ TEMPLATE = """
 # priorities = []                         # only these priorities (empty: all)
 # routes = []                             # only studies sent through these routing rules (empty: all)
 # include_identifiers = false             # add StudyInstanceUID and accession number to the body
-# max_attempts = 12                       # retried with backoff (2 s doubling, at most 15 min)
+# max_attempts = {max_attempts:<22} # retried with backoff (2 s doubling, at most 15 min)
 """
 
 
@@ -119,7 +119,8 @@ class HttpConfig:
 
     def render(self) -> str:
         if not self.enabled and not self.webhooks:
-            return TEMPLATE
+            return TEMPLATE.format(**{k: _toml_scalar(v) for k, v in defaults(HttpConfig).items()},
+                                   max_attempts=defaults(WebhookConfig)["max_attempts"])
         lines = ["", "[http]"]
         for key in ("listen", "tls_certificate", "tls_key", "public_url"):
             lines.append(f'{key} = "{getattr(self, key)}"')
@@ -139,6 +140,10 @@ class HttpConfig:
 
 def _toml_list(items: tuple[str, ...]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def _toml_scalar(value: object) -> object:
+    return ("true" if value else "false") if isinstance(value, bool) else value
 
 
 # -- reading (protocol.config_reader: unknown keys, wrong types and ranges are refused naming the key) --
