@@ -46,6 +46,26 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_ITEMS = 10_000
 
 
+#: The most parts a dotted key may have (``a.b.c`` has 3). tomllib's memory grows with the square of it:
+#: a 200 KB line ``a.a.a. ... = 1`` needs tens of GB.
+MAX_KEY_PARTS = 32
+#: Strings and comments (an unclosed one runs to the end of its line or the file: a linear scan, never a
+#: backtracking one), then what separates one dotted key from the next.
+_STRINGS_AND_COMMENTS = re.compile(r'''"""[\s\S]*?(?:"""|\Z)|\'\'\'[\s\S]*?(?:\'\'\'|\Z)|"(?:[^"\\\n]|\\.)*"?|'[^'\n]*'?|#[^\n]*''')
+_KEY_SEPARATORS = re.compile(r"[,=\[\]{}\n]")
+
+
+def _check_dotted_keys(text: str, source: str) -> None:
+    """Refuse a dotted key of more than MAX_KEY_PARTS parts before tomllib sees it.
+
+    Strings and comments are set aside; what is left between `,`, `=`, brackets, braces and line ends
+    holds at most one key (or one number, whose dot is one), so its dots count that key's parts.
+    """
+    for run in _KEY_SEPARATORS.split(_STRINGS_AND_COMMENTS.sub('""', text)):
+        if run.count(".") >= MAX_KEY_PARTS:
+            raise ConfigError(f"{source}: a dotted key of more than {MAX_KEY_PARTS} parts ({run.strip()[:40]}...)")
+
+
 class _Missing:
     def __repr__(self) -> str:
         return "MISSING"
@@ -77,10 +97,13 @@ def parse_toml(data: bytes | str, source: str) -> dict[str, object]:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    _check_dotted_keys(data, source)
     try:
         return tomllib.loads(data)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table: `a = [[[[...`
+        raise ConfigError(f"{source}: not valid TOML: values nested too deeply") from None
 
 
 def read(data: bytes | str, source: str, build: Callable[[Table], T],
@@ -115,7 +138,7 @@ def parse_value(text: str) -> object:
     """A value written on a command line: a TOML value (``0.3``, ``true``, ``"x"``, ``[1, 2]``), else the text."""
     try:
         return tomllib.loads("v = " + text)["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
 
 

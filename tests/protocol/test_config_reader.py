@@ -81,6 +81,44 @@ def test_oversized_and_binary_files_are_refused_before_parsing() -> None:
         read("\x00", "x.toml", build)
 
 
+@pytest.mark.parametrize("text", ["a = " + "[" * 100_000 + "]" * 100_000,
+                                  "a = " + "{b = " * 100_000 + "1" + "}" * 100_000])
+def test_deep_nesting_is_a_config_error(text: str) -> None:
+    """tomllib recurses per nesting level: a RecursionError escaped every reader (and the CLIs' one-line errors)."""
+    with pytest.raises(ConfigError, match="x.toml: not valid TOML: values nested too deeply"):
+        read(text, "x.toml", build)
+    assert parse_value("[" * 100_000) == "[" * 100_000
+
+
+@pytest.mark.parametrize("text", [
+    "a." * 500_000 + "b = 1",  # tomllib needs memory in the square of the parts: ~25 TB for this line
+    '"a".' * 250_000 + "b = 1",
+    "a . " * 250_000 + "b = 1",
+    "[" + "a." * 500_000 + "b]",
+    "[[" + "a." * 500_000 + "b]]",
+    "t = { " + "a." * 500_000 + "b = 1 }",
+    "a" + ".1" * 500_000 + " = 1",
+    ".".join(["k"] * 33) + " = 1",
+])
+def test_long_dotted_keys_are_refused_before_parsing(text: str) -> None:
+    with pytest.raises(ConfigError, match="x.toml: a dotted key of more than 32 parts"):
+        read(text, "x.toml", build)
+
+
+@pytest.mark.parametrize("text", [
+    ".".join(["k"] * 32) + " = 1",
+    "a = [" + ", ".join(["0.5"] * 50_000) + "]",
+    'a = "' + "1." * 50_000 + '"',
+    "a = '" + "1." * 50_000 + "'",
+    'a = """\n' + "x." * 50_000 + '\n"""',
+    "# " + "x." * 50_000,
+    'a = "\\\\"' + "\n# " + "." * 100,
+    'a = "x\\"y.' + "." * 100 + '"',
+])
+def test_dots_in_values_strings_and_comments_are_not_keys(text: str) -> None:
+    read(text, "x.toml", lambda root: root)
+
+
 def test_long_lists_are_refused() -> None:
     text = "[limits]\nnames = [" + ", ".join('"a"' for _ in range(MAX_ITEMS + 1)) + "]\n"
     with pytest.raises(ConfigError, match=f"limits.names: {MAX_ITEMS + 1} items, more than the {MAX_ITEMS}"):
