@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,9 @@ HOME_ENV = "MESHNODE_HOME"
 KEY_FILE = "node.key"
 CONFIG_FILE = "node.toml"
 CERT_FILE = "certificate.cbor"
+CONFIG_LOCK_FILE = ".node.toml.lock"
+#: flock is per open file: threads of one process also take this lock (write_atomic's temp file is per pid)
+_THREAD_LOCK = threading.Lock()
 
 
 def resolve_home(home: str | None) -> Path:
@@ -103,21 +109,37 @@ class NodeHome:
         path = self.config_path
         if not path.exists():
             raise ConfigError(f"no configuration at {path}; run `meshnode init` first")
-        try:
-            data = read_file(path, "node configuration", max_bytes=MAX_CONFIG_BYTES)
-        except StorageError as exc:
-            raise ConfigError(str(exc)) from None
-        try:
-            doc = tomlkit.parse(data.decode("utf-8"))
-        except (UnicodeDecodeError, TOMLKitError) as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        for key, value in values.items():
-            set_key(doc, key, value)
-        text = tomlkit.dumps(doc)
-        config = parse_config(text, str(path), self.path)
-        mode = path.stat().st_mode & 0o777
-        write_atomic(path, text.encode("utf-8"), mode=mode)
+        with self._config_lock():  # one edit at a time: each sees the one before it
+            try:
+                data = read_file(path, "node configuration", max_bytes=MAX_CONFIG_BYTES)
+            except StorageError as exc:
+                raise ConfigError(str(exc)) from None
+            try:
+                doc = tomlkit.parse(data.decode("utf-8"))
+            except (UnicodeDecodeError, TOMLKitError) as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+            for key, value in values.items():
+                set_key(doc, key, value)
+            text = tomlkit.dumps(doc)
+            config = parse_config(text, str(path), self.path)
+            mode = path.stat().st_mode & 0o777
+            write_atomic(path, text.encode("utf-8"), mode=mode)
         return config
+
+    @contextmanager
+    def _config_lock(self) -> Iterator[None]:
+        """An exclusive lock on node.toml's edits, held on a lock file beside it (node.toml itself is
+        replaced by each edit, so it cannot carry the lock). Threads and processes alike wait for it."""
+        with _THREAD_LOCK:
+            try:
+                fd = os.open(self.path / CONFIG_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise StorageError(f"cannot lock {self.config_path}: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
     def certificate(self) -> Signed[Certificate]:
         return open_document(read_file(self.cert_path, "node certificate", max_bytes=8192), Certificate)

@@ -69,3 +69,30 @@ def test_file_mode_is_kept_and_missing_home_is_named(home: NodeHome, tmp_path: P
     assert home.config_path.stat().st_mode & 0o777 == 0o600 and not home.config().auto_fetch
     with pytest.raises(ConfigError, match="run `meshnode init` first"):
         NodeHome(tmp_path / "nowhere").set_config({"node.auto_fetch": False})
+
+
+def test_concurrent_edits_do_not_lose_each_other(home: NodeHome) -> None:
+    """Two `meshnode config set` at once (an operator's and a script's): each read-modify-write must see
+    the other's result, or one change silently disappears."""
+    import threading
+
+    keys = ["limits.max_streams_per_peer", "limits.max_requests_per_second", "limits.request_timeout_seconds",
+            "trust.roster_refresh_seconds", "trust.clock_skew_seconds", "dimse.max_associations"]
+    errors: list[BaseException] = []
+
+    def worker(key: str) -> None:
+        try:
+            for value in range(1, 11):
+                home.set_config({key: value})
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    config = home.config()
+    assert (config.max_streams_per_peer, config.max_requests_per_second, config.request_timeout,
+            config.roster_refresh, config.clock_skew, config.gateway.dimse.max_associations) == (10,) * 6
