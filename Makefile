@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m tools.demo
+	$(VENV)/bin/python -m meshnode.demo
 
 system-deps:
 	scripts/install-system-deps.sh $(SYSTEM_DEPS)
@@ -38,7 +38,7 @@ fuzz: $(STAMP)
 	$(VENV)/bin/python scripts/fuzz.py --seconds 60
 
 typecheck: $(STAMP)
-	$(VENV)/bin/python -m mypy protocol tools meshnode simulations
+	$(VENV)/bin/python -m mypy protocol common tools meshnode simulations
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/libp2p_stack.py

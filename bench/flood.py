@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/flood.py [--slices 200] [--uncertified 32] [--streams 8] [--certified 2] [--duration 30]
 
-Real processes (tools/demo/mesh.MeshDemo): an authority, a directory and two
+Real processes (meshnode/demo/mesh.MeshDemo): an authority, a directory and two
 nodes, A (RGT) and B (RJ1). A shares a study with B once to warm B up; B's
 RSS at rest after that is its normal figure. Then, while A shares a second
 study with B, this process floods B with the largest frames there are
@@ -37,13 +37,13 @@ import trio  # noqa: E402
 
 from bench.common import print_table  # noqa: E402
 from meshnode.home import NodeHome  # noqa: E402
-from meshnode.p2p.dial import connect  # noqa: E402
-from meshnode.p2p.host import running_host  # noqa: E402
-from meshnode.p2p.streams import finish_stream, open_stream, read_frame, request  # noqa: E402
+from common.p2p.dial import connect  # noqa: E402
+from common.p2p.host import running_host  # noqa: E402
+from common.p2p.streams import finish_stream, open_stream, read_frame, request  # noqa: E402
 from protocol.exchange_messages import ANNOUNCE_PROTOCOL, FRAME_LIMITS, HELLO_PROTOCOL, Hello, encode_request  # noqa: E402
-from tools.demo.identity import Node  # noqa: E402
-from tools.demo.mesh import MeshDemo  # noqa: E402
-from tools.demo.workspace import Workspace  # noqa: E402
+from meshnode.demo.identity import Node  # noqa: E402
+from meshnode.demo.mesh import MeshDemo  # noqa: E402
+from meshnode.demo.workspace import Workspace  # noqa: E402
 
 FRAME = 45 * 1024 * 1024  # declared size of every flooding announce (the limit is 48 MiB + 8 KiB)
 CHUNK = bytes(1024 * 1024)

@@ -43,8 +43,8 @@ from bench.dimse_baselines import (  # noqa: E402
     study_files,
     timed_storescu,
 )
-from tools.demo.mesh import MeshDemo  # noqa: E402
-from tools.demo.workspace import Workspace  # noqa: E402
+from meshnode.demo.mesh import MeshDemo  # noqa: E402
+from meshnode.demo.workspace import Workspace  # noqa: E402
 
 CALLING_AE = "BENCHSCU"
 ROUTE_AE = "MESH_BENCH"

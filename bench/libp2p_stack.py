@@ -4,7 +4,7 @@
 
 Both run TCP + Noise + Yamux on loopback; "stock" is py-libp2p 0.8.1 as it
 comes (its TCP transport, its Yamux defaults), "tuned" is what every node
-uses (meshnode.p2p.tuning: buffered socket reads, one Noise message per
+uses (common.p2p.tuning: buffered socket reads, one Noise message per
 Yamux frame, batched window updates). Each side runs in its own fresh
 process, so the process-wide tuning never leaks into the stock run. The
 receiver is the bottleneck on this kind of machine; its CPU is printed too.
@@ -43,7 +43,7 @@ def _host(tuned: bool, seed: bytes):  # type: ignore[no-untyped-def]
     from libp2p.stream_muxer.yamux.yamux import Yamux
     from libp2p.transport.tcp.tcp import TCP
 
-    from meshnode.p2p.host import connection_config, key_pair_from_seed, make_host
+    from common.p2p.host import connection_config, key_pair_from_seed, make_host
 
     if tuned:
         return make_host(seed)
@@ -87,11 +87,11 @@ def _fetch(tuned: bool, addr: str, server_pid: int) -> None:
         host = _host(tuned, b"\x02" * 32)
         async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-            from meshnode.p2p.dial import connect  # our hosts dial only what connect() is given
+            from common.p2p.dial import connect  # our hosts dial only what connect() is given
             await connect(host, info, timeout=30)
             stream = await host.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
             if tuned:
-                from meshnode.p2p.streams import grant_receive_window
+                from common.p2p.streams import grant_receive_window
                 await grant_receive_window(stream)
             own, theirs, started = _cpu_seconds(), _cpu_seconds(server_pid), time.perf_counter()
             await stream.write(b"?")
@@ -154,7 +154,7 @@ def main() -> None:
         results = [measure(tuned, args.mb) for _ in range(args.runs)]
         top = max(results, key=lambda r: r["mb_per_s"])
         best[tuned] = top["mb_per_s"]
-        rows.append(["tuned (meshnode.p2p.tuning)" if tuned else "stock py-libp2p 0.8.1", f"{top['mb_per_s']:,.0f} MB/s",
+        rows.append(["tuned (common.p2p.tuning)" if tuned else "stock py-libp2p 0.8.1", f"{top['mb_per_s']:,.0f} MB/s",
                      f"{100 * top['receiver_cpu']:.0f} %", f"{100 * top['sender_cpu']:.0f} %"])
     rows.append(["ratio tuned / stock", f"{best[True] / best[False]:.2f}x", "", ""])
     print_table(f"One TCP + Noise + Yamux bulk stream, {args.mb} MiB, two processes on loopback (best of {args.runs})",

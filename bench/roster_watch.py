@@ -28,11 +28,11 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from meshnode.directory_transport import libp2p_transport  # noqa: E402
-from meshnode.p2p.host import running_host  # noqa: E402
+from common.directory_transport import libp2p_transport  # noqa: E402
+from common.p2p.host import running_host  # noqa: E402
 from protocol.directory_messages import RosterReply, WatchRoster, decode_response, encode_request  # noqa: E402
-from tools.demo.identity import IdentityDemo  # noqa: E402
-from tools.demo.workspace import Workspace  # noqa: E402
+from meshnode.demo.identity import IdentityDemo  # noqa: E402
+from meshnode.demo.workspace import Workspace  # noqa: E402
 
 
 def cpu_s(pid: int) -> float:

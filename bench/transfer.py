@@ -29,9 +29,9 @@ import pydicom  # noqa: E402
 from bench.common import ensure_system_packages, print_table  # noqa: E402
 from bench.dimse_baselines import dcmtk_transfer, pynetdicom_transfer  # noqa: E402
 from bench.libp2p_stack import measure as stack_measure  # noqa: E402
-from tools.demo.identity import Node  # noqa: E402
-from tools.demo.mesh import MeshDemo  # noqa: E402
-from tools.demo.workspace import Workspace  # noqa: E402
+from meshnode.demo.identity import Node  # noqa: E402
+from meshnode.demo.mesh import MeshDemo  # noqa: E402
+from meshnode.demo.workspace import Workspace  # noqa: E402
 
 TARGETS = {"a": ">= 270 MB/s", "d": "<= 2 %", "e": ">= 2.5", "f": "< 100 ms", "g": "<= 200 MB, flat"}
 

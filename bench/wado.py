@@ -111,8 +111,8 @@ def start_orthanc(work: Path, files: list[Path]) -> tuple[subprocess.Popen[bytes
 
 
 def start_meshnode(work: Path, folder: Path) -> tuple[Any, Server]:
-    from tools.demo.mesh import MeshDemo
-    from tools.demo.workspace import Workspace
+    from meshnode.demo.mesh import MeshDemo
+    from meshnode.demo.workspace import Workspace
 
     mesh = MeshDemo(Workspace(work / "mesh"))
     node = mesh.setup([("a", "RGT", "Bench org")], start=False)["a"]

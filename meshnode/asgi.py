@@ -18,7 +18,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from meshnode.files import write_atomic
+from common.files import write_atomic
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus

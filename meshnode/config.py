@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.files import read_file
 from meshnode.audit_export.config import AuditRepositoryConfig, parse_audit_repository
-from meshnode.files import read_file
 from meshnode.gateway.config import GatewayConfig, parse_gateway
 from meshnode.web.config import HttpConfig, parse_http
 from protocol.address_record import check_multiaddr_text

@@ -20,13 +20,14 @@ from pathlib import Path
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from meshnode.config import ConfigError, NodeConfig, load_config, parse_config
-from meshnode.files import read_file, write_atomic
-from meshnode.keyfile import create_key_file, load_key_file
+from common.files import read_file, write_atomic
+from common.keyfile import create_key_file, load_key_file
+from meshnode.config import NodeConfig, load_config, parse_config
 from protocol.certificate import Certificate
 from protocol.config_reader import MAX_CONFIG_BYTES, set_key
 from protocol.document import Signed, open_document
 from protocol.errors import (
+    ConfigError,
     DocumentError,
     LocalProtocolError,
     StorageError,

@@ -9,6 +9,7 @@ Codes are grouped: 1xx decoding/framing, 2xx limits, 3xx signatures,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 
@@ -210,23 +211,106 @@ class UnavailableError(MeshError):
     name = "unavailable"
 
 
-def _all_subclasses(cls: type[MeshError]) -> list[type[MeshError]]:
-    out: list[type[MeshError]] = [cls]
-    for sub in cls.__subclasses__():
-        out.extend(_all_subclasses(sub))
+@dataclass(frozen=True)
+class ErrorCode:
+    """One allocated wire code: its stable name, and the protocol class a peer's report of it becomes.
+
+    For the protocol's own errors `rebuilt_as` is the class itself. A code owned by a class outside
+    protocol/ (the node's, the admin tools', the simulator's) is rebuilt as the protocol class that
+    class derives from: protocol/ imports none of them."""
+
+    code: int
+    name: str
+    rebuilt_as: type[MeshError]
+
+
+def _own(cls: type[MeshError]) -> ErrorCode:
+    return ErrorCode(cls.code, cls.name, cls)
+
+
+#: Every wire code in use anywhere in dicom-mesh: the one place a code is allocated. A class defined
+#: elsewhere declares its `code` and `name` and is listed here; tests/test_error_codes.py imports
+#: every module and fails on a class missing from this table, a code used twice or an entry no class owns.
+REGISTRY: tuple[ErrorCode, ...] = (
+    _own(MeshError),
+    _own(LocalProtocolError),
+    _own(RemoteProtocolError),
+    _own(DecodeError),
+    _own(NonCanonicalError),
+    _own(SchemaError),
+    _own(FrameError),
+    _own(UnexpectedFrameError),
+    ErrorCode(122, "multipart-error", RemoteProtocolError),  # meshnode/web/multipart.py
+    _own(LimitError),
+    _own(SignatureError),
+    _own(CertificateError),
+    _own(CertificateExpiredError),
+    _own(CertificateNotYetValidError),
+    _own(UnknownIssuerError),
+    _own(CertificateRevokedError),
+    _own(RoleError),
+    _own(ForgedCertificateError),
+    _own(CertificateMismatchError),
+    _own(RosterError),
+    _own(RosterRollbackError),
+    _own(RosterExpiredError),
+    _own(RosterNotYetValidError),
+    _own(DocumentError),
+    _own(WrongOrganisationError),
+    _own(DocumentExpiredError),
+    _own(RevisionRollbackError),
+    ErrorCode(504, "instance-mismatch", DocumentError),  # meshnode/node/completion.py
+    ErrorCode(505, "content-mismatch", DocumentError),
+    _own(UnauthorisedError),
+    _own(NotFoundError),
+    _own(StorageError),
+    ErrorCode(701, "block-corrupt", StorageError),  # meshnode/storage/blockstore.py
+    ErrorCode(702, "block-missing", StorageError),
+    ErrorCode(703, "disk-full", StorageError),
+    ErrorCode(704, "digest-mismatch", StorageError),  # the node's export
+    ErrorCode(720, "bad-dicom", MeshError),  # meshnode/dicom/errors.py
+    ErrorCode(721, "not-dicom", MeshError),
+    ErrorCode(722, "truncated-dicom", MeshError),
+    ErrorCode(723, "malformed-dicom", MeshError),
+    ErrorCode(724, "dicom-too-deep", MeshError),
+    ErrorCode(725, "pixel-data-mismatch", MeshError),
+    ErrorCode(726, "missing-uid", MeshError),
+    ErrorCode(727, "dicom-too-large", MeshError),
+    ErrorCode(728, "instance-changed", MeshError),
+    ErrorCode(729, "sop-mismatch", MeshError),
+    _own(UnavailableError),
+    ErrorCode(901, "wrong-passphrase", MeshError),  # tools/authority/keyfile.py
+    _own(ConfigError),
+    ErrorCode(910, "scenario-error", ConfigError),  # simulations/scenario/errors.py (a ConfigError)
+    ErrorCode(930, "route-error", MeshError),  # meshnode/gateway/
+    ErrorCode(932, "bad-query", MeshError),
+    ErrorCode(933, "too-many-results", MeshError),
+)
+
+
+def _index(entries: tuple[ErrorCode, ...]) -> dict[int, ErrorCode]:
+    out: dict[int, ErrorCode] = {}
+    for entry in entries:
+        if entry.code in out:
+            raise LocalProtocolError(f"error code {entry.code} is allocated twice")
+        out[entry.code] = entry
     return out
 
 
-def errors_by_code() -> dict[int, type[MeshError]]:
-    """Every MeshError class by wire code, including subclasses defined in other packages."""
-    return {c.code: c for c in _all_subclasses(MeshError)}
+#: The registry by code.
+CODES: dict[int, ErrorCode] = _index(REGISTRY)
 
-
-#: The protocol's own errors (those defined above), as documented in docs/protocol/.
-ERRORS_BY_CODE: dict[int, type[MeshError]] = errors_by_code()
+#: The protocol's own errors (those defined above), as documented in docs/protocol/documents.md.
+ERRORS_BY_CODE: dict[int, type[MeshError]] = {e.code: e.rebuilt_as for e in REGISTRY if e.rebuilt_as.code == e.code}
 
 
 def error_from_code(code: int, message: str) -> MeshError:
-    """Rebuild the error a peer reported (unknown codes become RemoteProtocolError)."""
-    cls = errors_by_code().get(code, RemoteProtocolError)
-    return cls(message)
+    """Rebuild the error a peer reported: the protocol's class for its code, or for a code a class outside
+    protocol/ owns, the protocol class that one derives from, its name before the message. Unknown codes
+    become RemoteProtocolError. The same whatever modules this process has imported."""
+    entry = CODES.get(code)
+    if entry is None:
+        return RemoteProtocolError(message)
+    if entry.rebuilt_as.code == code:
+        return entry.rebuilt_as(message)
+    return entry.rebuilt_as(f"{entry.name}: {message}")

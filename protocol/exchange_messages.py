@@ -13,7 +13,7 @@ The wire spec is docs/protocol/exchange.md.
 from __future__ import annotations
 
 import struct
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import NoReturn, TypeAlias, Union
@@ -427,11 +427,6 @@ def unpack_bitmap(bitmap: bytes, count: int) -> tuple[bool, ...]:
     if count % 8 and bitmap[-1] & (0xFF >> (count % 8)):
         raise SchemaError("have bitmap has bits set past the last block")
     return tuple(bool(bitmap[i >> 3] & (0x80 >> (i & 7))) for i in range(count))
-
-
-def bitmap_for(order: Sequence[CID], held: Container[CID]) -> bytes:
-    """The bitmap a responder sends: which blocks of `order` it holds."""
-    return pack_bitmap([cid in held for cid in order])
 
 
 def held_blocks(order: Sequence[CID], bitmap: bytes) -> tuple[CID, ...]:

@@ -61,10 +61,6 @@ class Roster(Document):
         # rosters compare equal and a decoded roster equals the one signed.
         object.__setattr__(self, "authorities", tuple(sorted(self.authorities, key=lambda k: k.raw)))
 
-    @property
-    def authority_ids(self) -> frozenset[str]:
-        return frozenset(k.peer_id for k in self.authorities)
-
     def authority(self, key_id: str) -> PublicKey:
         for key in self.authorities:
             if key.peer_id == key_id:

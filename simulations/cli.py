@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from meshnode.cli.output import add_common, run_cli
+from common.cli.output import add_common, run_cli
 from simulations.commands import check_cmd, compare_cmd, emulate_cmd, report_cmd, run_cmd, sweep_cmd, validate_cmd
 
 

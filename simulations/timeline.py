@@ -96,12 +96,6 @@ class Timeline:
         for i, intervals in extra.items():
             self.node_down[i] = _merge(self.node_down[i] + intervals)
 
-    def is_down(self, org: int, t: float) -> bool:
-        return any(iv.start <= t < iv.end for iv in self.node_down[org])
-
-    def hub_is_down(self, t: float) -> bool:
-        return any(iv.start <= t < iv.end for iv in self.hub_down)
-
     def events(self, start: float, end: float) -> list[Event]:
         """Every change in [start, end), plus the state already in force at `start`, in time order."""
         out: list[Event] = []

@@ -45,17 +45,6 @@ class Studies:
         return Studies(self.id[mask], self.time[mask], self.sender[mask], self.recipients[mask],
                        self.modality[mask], self.priority[mask], self.images[mask], self.nbytes[mask])
 
-    @classmethod
-    def concat(cls, parts: list[Studies], width: int) -> Studies:
-        if not parts:
-            return empty(width)
-        recips = [np.pad(p.recipients, ((0, 0), (0, width - p.recipients.shape[1])), constant_values=-1)
-                  for p in parts]
-        return cls(np.concatenate([p.id for p in parts]), np.concatenate([p.time for p in parts]),
-                   np.concatenate([p.sender for p in parts]), np.concatenate(recips),
-                   np.concatenate([p.modality for p in parts]), np.concatenate([p.priority for p in parts]),
-                   np.concatenate([p.images for p in parts]), np.concatenate([p.nbytes for p in parts]))
-
 
 def empty(width: int = 1) -> Studies:
     return Studies(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int32), np.zeros((0, width), np.int32),

@@ -1,9 +1,14 @@
 """Imports point downward only (DESIGN.md, "Layout and layers").
 
-protocol/ is pure: it imports none of our other packages and nothing that does
-I/O, threads, clocks or randomness. meshnode/ and tools/ never import
-simulations/. Checked on the syntax tree of every module, including imports
-inside functions and `if TYPE_CHECKING:` blocks.
+    protocol/                pure: none of our other packages, nothing that does I/O, threads,
+                             clocks or randomness
+    common/                  protocol/ and libraries only (what node, tools and simulator share)
+    meshnode/, tools/        protocol/ and common/; never each other, never simulations/
+    simulations/             protocol/ and common/'s pure parts; real nodes only as processes
+
+Checked on the syntax tree of every module, including imports inside functions
+and `if TYPE_CHECKING:` blocks. The demo and the emulation drive real nodes
+through the node's CLI and control API (subprocesses, HTTP), never by import.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-OUR_OTHER_PACKAGES = {"meshnode", "tools", "simulations"}
+OUR_OTHER_PACKAGES = {"common", "meshnode", "tools", "simulations"}
 IMPURE_MODULES = {
     "trio",
     "libp2p",
@@ -108,24 +113,55 @@ def test_protocol_is_pure() -> None:
     assert check_tree("protocol", PROTOCOL_FORBIDDEN, pure=True) == []
 
 
-@pytest.mark.parametrize("name", ["meshnode", "tools"])
-def test_node_and_tools_never_import_simulations(name: str) -> None:
-    assert check_tree(name, {"simulations"}, pure=False) == []
+def forbidden_imports(name: str, forbidden: set[str]) -> list[Violation]:
+    """Imports in package `name` of a forbidden module or package (dotted prefixes: `common.p2p`)."""
+    out: list[Violation] = []
+    for path in modules_under(name):
+        out += check_module_prefixes(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)), package_of(path), forbidden)
+    return out
 
 
-# The simulator may use protocol/ and the node's pure CLI helpers; it starts real nodes only as processes.
-SIMULATIONS_MAY_USE_FROM_MESHNODE = {"meshnode.cli.output", "meshnode.cli.progress"}
+def check_module_prefixes(source: str, path: str, package: str, forbidden: set[str]) -> list[Violation]:
+    tree = ast.parse(source, filename=path)
+    return [
+        Violation(path, line, f"imports {module}")
+        for line, module in imported_modules(tree, package)
+        if module.startswith("<") or any(module == f or module.startswith(f + ".") for f in forbidden)
+    ]
 
 
-def test_simulations_never_import_tools_or_the_node_runtime() -> None:
-    violations = check_tree("simulations", {"tools", "trio", "libp2p"}, pure=False)
-    for path in modules_under("simulations"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for line, module in imported_modules(tree, package_of(path)):
-            if module.split(".")[0] == "meshnode" and module not in SIMULATIONS_MAY_USE_FROM_MESHNODE:
-                violations.append(Violation(str(path.relative_to(ROOT)), line, f"imports {module}"))
+def test_common_imports_only_protocol() -> None:
+    assert len(modules_under("common")) >= 5, "common/ not found where expected"
+    assert forbidden_imports("common", {"meshnode", "tools", "simulations"}) == []
+
+
+def test_node_never_imports_tools_or_simulations() -> None:
+    assert forbidden_imports("meshnode", {"tools", "simulations"}) == []
+
+
+def test_tools_never_import_the_node_or_simulations() -> None:
+    assert len(modules_under("tools")) >= 5
+    assert forbidden_imports("tools", {"meshnode", "simulations"}) == []
+
+
+# The simulator may use protocol/ and common/'s pure helpers; it starts real nodes only as processes,
+# so neither the node, nor the libp2p runtime (common/p2p and what is built on it), nor trio.
+SIMULATIONS_FORBIDDEN = {"meshnode", "tools", "trio", "libp2p", "common.p2p", "common.directory_transport"}
+
+
+def test_simulations_never_import_the_node_tools_or_a_runtime() -> None:
     assert len(modules_under("simulations")) >= 10
-    assert violations == []
+    assert forbidden_imports("simulations", SIMULATIONS_FORBIDDEN) == []
+
+
+# Node-wide modules only at meshnode/'s root (meshnode/__init__.py says why each is there); everything
+# else lives in the package of its concept, and what tools/ or simulations/ need is in common/.
+MESHNODE_ROOT_MODULES = {"__init__", "config", "home", "asgi"}
+
+
+def test_meshnode_root_holds_only_node_wide_modules() -> None:
+    loose = {p.stem for p in (ROOT / "meshnode").glob("*.py")} - MESHNODE_ROOT_MODULES
+    assert loose == set(), f"put {sorted(loose)} in the package of its concept (or common/), not at meshnode/'s root"
 
 
 # The checker itself must catch what it claims to catch.
@@ -184,3 +220,53 @@ def test_checker_flags_simulations_in_meshnode() -> None:
     # `..` from meshnode/sub is meshnode itself: meshnode.simulations is not the simulations package.
     assert not check_source("from ..simulations import model", "meshnode/sub/x.py", "meshnode.sub", {"simulations"}, pure=False)
     assert not check_source("from protocol import cbor", "meshnode/x.py", "meshnode", {"simulations"}, pure=False)
+
+
+@pytest.mark.parametrize(
+    ("source", "path", "package"),
+    [
+        ("from meshnode.files import read_file", "tools/cli/x.py", "tools.cli"),
+        ("import meshnode.config", "tools/x.py", "tools"),
+        ("from meshnode import demo", "tools/x.py", "tools"),
+        ("def f():\n    from meshnode.control.client import ControlClient", "tools/x.py", "tools"),
+        ("from ...meshnode import home", "tools/a/b.py", "tools.a"),
+        ("from tools.authority.home import AuthorityHome", "meshnode/demo/x.py", "meshnode.demo"),
+        ("from meshnode.cli.output import emit", "simulations/x.py", "simulations"),
+        ("from common.p2p.host import running_host", "simulations/x.py", "simulations"),
+        ("from common.p2p import streams", "simulations/x.py", "simulations"),
+        ("import common.directory_transport", "simulations/x.py", "simulations"),
+        ("import trio", "simulations/x.py", "simulations"),
+        ("from meshnode.storage.blockstore import BlockStore", "common/x.py", "common"),
+        ("from ... import tools", "common/sub/x.py", "common.sub"),
+    ],
+)
+def test_checker_flags_imports_across_layers(source: str, path: str, package: str) -> None:
+    forbidden = {
+        "tools": {"meshnode", "simulations"},
+        "meshnode": {"tools", "simulations"},
+        "simulations": SIMULATIONS_FORBIDDEN,
+        "common": {"meshnode", "tools", "simulations"},
+    }[path.split("/")[0]]
+    assert check_module_prefixes(source, path, package, forbidden) != []
+
+
+@pytest.mark.parametrize(
+    ("source", "path", "package"),
+    [
+        ("from common.files import read_file", "tools/cli/x.py", "tools.cli"),
+        ("from common.cli.output import emit", "simulations/x.py", "simulations"),
+        ("from common.cli.progress import ProgressBar", "simulations/x.py", "simulations"),
+        ("from protocol.errors import MeshError", "common/x.py", "common"),
+        ("from .files import read_file", "common/x.py", "common"),
+        ("from ..meshnode import x", "tools/a/b.py", "tools.a"),  # tools.meshnode, not the node
+        ("import common_tools_of_someone_else", "simulations/x.py", "simulations"),
+        ("from common.p2pish import x", "simulations/x.py", "simulations"),
+    ],
+)
+def test_checker_allows_imports_within_layers(source: str, path: str, package: str) -> None:
+    forbidden = {
+        "tools": {"meshnode", "simulations"},
+        "simulations": SIMULATIONS_FORBIDDEN,
+        "common": {"meshnode", "tools", "simulations"},
+    }[path.split("/")[0]]
+    assert check_module_prefixes(source, path, package, forbidden) == []

@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from meshnode.cli.output import EXIT_ERROR, EXIT_OK, emit
+from common.cli.output import EXIT_ERROR, EXIT_OK, emit
 from meshnode.cli.storage_cmds import open_storage
-from meshnode.describe import iso
+from common.describe import iso
 from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode
 from meshnode.storage.node_storage import local_actor
 

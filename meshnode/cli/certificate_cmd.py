@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from meshnode.cli.output import EXIT_OK, emit
-from meshnode.files import read_file
+from common.cli.output import EXIT_OK, emit
+from common.files import read_file
 from meshnode.home import NodeHome, resolve_home
-from meshnode.describe import describe, render_text
+from common.describe import describe, render_text
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:

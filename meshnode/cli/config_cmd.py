@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from meshnode.cli.output import EXIT_OK, emit
+from common.cli.output import EXIT_OK, emit
 from meshnode.home import NodeHome, resolve_home
 from protocol.config_reader import parse_value
 from protocol.errors import ConfigError

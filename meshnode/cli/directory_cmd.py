@@ -7,19 +7,19 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from meshnode.cli.output import EXIT_OK, emit
-from meshnode.describe import iso
+from common.cli.output import EXIT_OK, emit
+from common.describe import iso
 from meshnode.home import NodeHome, resolve_home
 from protocol.address_record import check_multiaddr_text
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
-    from meshnode.directory_client import DirectoryClient, Resolution
+    from meshnode.directory.client import DirectoryClient, Resolution
 
 
 def _session(home: NodeHome) -> AbstractAsyncContextManager[DirectoryClient]:
-    from meshnode.directory_session import directory_session  # libp2p: imported only when used
+    from meshnode.directory.session import directory_session  # libp2p: imported only when used
 
     return directory_session(home)
 

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from meshnode.cli.output import EXIT_OK, emit
+from common.cli.output import EXIT_OK, emit
 from meshnode.control.client import ControlClient
 from meshnode.home import resolve_home
 

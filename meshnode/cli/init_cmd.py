@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from meshnode.cli.output import EXIT_OK, emit
+from common.cli.output import EXIT_OK, emit
 from meshnode.config import DEFAULT_LISTEN, NodeConfig
 from meshnode.home import NodeHome, resolve_home
 from protocol.keys import PublicKey

@@ -17,7 +17,7 @@ from meshnode.cli import (
     storage_cmds,
     users_cmd,
 )
-from meshnode.cli.output import add_common, run_cli
+from common.cli.output import add_common, run_cli
 from meshnode.home import HOME_ENV
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from meshnode.cli.output import EXIT_OK, emit
+from common.cli.output import EXIT_OK, emit
 from meshnode.control.client import ControlClient
 from meshnode.home import NodeHome, resolve_home
 from meshnode.node import systemd

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from meshnode.cli.output import EXIT_ERROR, EXIT_OK, emit
-from meshnode.cli.progress import ProgressBar
+from common.cli.output import EXIT_ERROR, EXIT_OK, emit
+from common.cli.progress import ProgressBar
 from meshnode.home import resolve_home
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import StudySummaryRow, hash_uid
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    from meshnode.ingest import Ingester  # pydicom: imported when used, so other commands start quickly
+    from meshnode.study.ingest import Ingester  # pydicom: imported when used, so other commands start quickly
 
     with open_storage(args) as storage:
         bar = ProgressBar("ingest", enabled=not args.no_progress and not args.json)
@@ -146,7 +146,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from meshnode.export import export_study  # pydicom: imported when used
+    from meshnode.study.export import export_study  # pydicom: imported when used
 
     with open_storage(args) as storage:
         study = find_study(storage, args.study)

@@ -6,9 +6,9 @@ import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from meshnode.cli.output import EXIT_OK, emit
+from common.cli.output import EXIT_OK, emit
 from meshnode.cli.storage_cmds import open_storage
-from meshnode.describe import iso
+from common.describe import iso
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.node_storage import NodeStorage, local_actor, now_ms
 from meshnode.storage.sqlite_users import SqliteUserStore

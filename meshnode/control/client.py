@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from meshnode.control.token import ENDPOINT_FILE, read_token
-from meshnode.files import read_file
+from common.files import read_file
 from protocol.errors import MeshError, UnavailableError, error_from_code
 
 

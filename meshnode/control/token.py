@@ -6,7 +6,7 @@ import hmac
 import secrets
 from pathlib import Path
 
-from meshnode.files import read_file, write_atomic
+from common.files import read_file, write_atomic
 
 TOKEN_FILE = "control.token"
 ENDPOINT_FILE = "control.json"

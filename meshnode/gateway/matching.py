@@ -67,8 +67,6 @@ ATTRIBUTES: dict[str, tuple[str, Level]] = {
     "Columns": ("US", Level.IMAGE),
     "NumberOfFrames": ("IS", Level.IMAGE),
 }
-UNIQUE_KEYS = {Level.PATIENT: "PatientID", Level.STUDY: "StudyInstanceUID", Level.SERIES: "SeriesInstanceUID",
-               Level.IMAGE: "SOPInstanceUID"}
 _ORDER = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE]
 _WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _NUMERIC_VRS = frozenset({"IS", "US"})

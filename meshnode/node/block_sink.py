@@ -33,6 +33,7 @@ from meshnode.storage.blockstore import BlockStore, StagedBlock
 from meshnode.storage.dbthread import DatabaseThread
 from protocol.cid import CID
 from protocol.errors import MeshError
+from protocol.exchange_messages import verify_block
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -129,7 +130,7 @@ class BlockSink:
         """Worker thread: hash each block, write the good ones to temp files."""
         out = _Staged([], [])
         for a in batch:
-            if not a.cid.matches(a.data):
+            if not verify_block(a.cid, a.data):
                 out.settled.append(Settled(a.peer, a.manifest_id, a.cid, len(a.data), Outcome.CORRUPT))
                 continue
             try:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from meshnode.dicom.attributes import InstanceAttributes, read_header_attributes
 from meshnode.dicom.errors import DicomError
-from meshnode.manifest_builder import summarise
+from meshnode.study.manifest_builder import summarise
 from meshnode.storage.block_stream import BlockStream
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.records import InstanceRecord, SeriesAttributes, Source, StudyAttributes, hash_uid

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 import trio
 
 from meshnode.config import NodeConfig
-from meshnode.directory_client import DirectoryClient
+from meshnode.directory.client import DirectoryClient
 from meshnode.home import NodeHome
 from meshnode.node.manifest_cache import ManifestCache
 from meshnode.node.events import StudyEvents
 from meshnode.node.peers import PeerRegistry
+from common.p2p.streams import describe_ending, is_network_ending
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage, now_ms
@@ -86,7 +87,11 @@ async def keep_running(name: str, loop: Callable[[], Awaitable[None]]) -> None:
         try:
             await loop()
             return
-        except Exception:
+        except Exception as exc:
             failures += 1
-            log.exception("background task %s failed (%d); restarting", name, failures)
+            if is_network_ending(exc):  # a peer went away under a loop that did not expect it: a line
+                log.warning("background task %s ended by the network (%d): %s; restarting", name, failures,
+                            describe_ending(exc))
+            else:
+                log.exception("background task %s failed (%d); restarting", name, failures)
             await trio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))

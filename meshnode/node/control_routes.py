@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from meshnode.control.app import Handler
-from meshnode.describe import iso
+from common.describe import iso
 from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
 from protocol.errors import NotFoundError, SchemaError

@@ -20,14 +20,14 @@ from typing import TypeVar
 import trio
 from libp2p.peer.id import ID
 
-from meshnode.directory_client import ResolvedPeer
+from meshnode.directory.client import ResolvedPeer
 from meshnode.node.assembly import InstanceAssembly
 from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
 from meshnode.node.completion import check_summary, same_bytes, verify_instance
 from meshnode.node.context import NodeContext
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
-from meshnode.p2p.dial import is_connected
+from common.p2p.dial import is_connected
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome as AuditOutcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord

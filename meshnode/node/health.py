@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from meshnode.describe import iso
+from common.describe import iso
 from meshnode.node.context import NodeContext
 from protocol.errors import MeshError
 

@@ -21,9 +21,9 @@ from meshnode.audit_export.exporter import AuditExporter, audit_source
 from meshnode.control.app import ControlApp
 from meshnode.control.server import serve_control
 from meshnode.control.token import create_token
-from meshnode.directory_cache import DirectoryCache, FileRosterVersionStore
-from meshnode.directory_client import DirectoryClient
-from meshnode.directory_transport import directory_peer_id, libp2p_transport
+from meshnode.directory.cache import DirectoryCache, FileRosterVersionStore
+from meshnode.directory.client import DirectoryClient
+from common.directory_transport import directory_peer_id, libp2p_transport
 from meshnode.gateway.service import Gateway
 from meshnode.home import NodeHome
 from meshnode.node.completion import verify_instances
@@ -39,7 +39,7 @@ from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender, backoff_s
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
-from meshnode.p2p.host import listen_multiaddrs, running_host
+from common.p2p.host import listen_multiaddrs, running_host
 from meshnode.web.node_web import run_web
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockCorruptError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from meshnode.manifest_builder import build_manifest
+from meshnode.study.manifest_builder import build_manifest
 from meshnode.node.context import NodeContext
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.storage.audit import AuditEvent, EventCode

@@ -1,7 +1,7 @@
 """Reach a peer: resolve it through the directory, dial it, exchange certificates once.
 
 Only addresses from verified, live, signed address records (DirectoryClient) are dialled; the
-host refuses to dial anything else (meshnode.p2p.dial_gate).
+host refuses to dial anything else (common.p2p.dial_gate).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import logging
 import trio
 from libp2p.peer.id import ID
 
-from meshnode.directory_client import ResolvedPeer
+from meshnode.directory.client import ResolvedPeer
 from meshnode.node.context import NodeContext
 from meshnode.node.wire import Wire
-from meshnode.p2p.dial import connect, is_connected
+from common.p2p.dial import connect, is_connected
 from protocol.certificate import Certificate
 from protocol.errors import MeshError, UnavailableError
 

@@ -5,7 +5,7 @@ protocol but hello needs a certificate verified by hello (PeerRegistry) or is
 refused unread; then the per-peer limits (concurrent streams, request rate);
 then the request frame's bytes, from its length prefix, against the per-peer
 and node-wide byte budgets (ByteBudget). Every refused hello is audited. Every
-handler ends at the safe boundary of meshnode.p2p.streams, so one bad request
+handler ends at the safe boundary of common.p2p.streams, so one bad request
 never hurts the connection's other streams.
 """
 
@@ -27,12 +27,13 @@ from meshnode.node.policy import authorise_manifest_access
 from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
 from meshnode.node.served import ServedLedger
-from meshnode.p2p.streams import (
+from common.p2p.streams import (
     Admission,
     close_unread,
     finish_stream,
     grant_receive_window,
     half_close,
+    network_endings_unavailable,
     open_stream,
     read_frame,
     serve_requests,
@@ -424,7 +425,7 @@ class Wire:
         stream = await open_stream(self.host, ID.from_base58(peer_id), protocol_id)
         ok = False
         try:
-            with trio.fail_after(self.timeout):
+            with trio.fail_after(self.timeout), network_endings_unavailable(peer_id, protocol_id):
                 await write_frame(stream, payload, limits.request)
                 await half_close(stream)
                 response = await read_frame(stream, limits.response)
@@ -481,15 +482,16 @@ class Wire:
         reader = BlockResponseReader(request)
         ok = False
         try:
-            await grant_receive_window(stream)
-            await write_frame(stream, encode_request(request), limits.request)
-            await half_close(stream)
-            while reader.expected is not None:
-                payload = await read_frame(stream, limits.response)
-                if payload is None:
-                    reader.end_of_stream()
-                    break
-                yield reader.feed(payload)
+            with network_endings_unavailable(peer_id, BLOCKS_PROTOCOL):
+                await grant_receive_window(stream)
+                await write_frame(stream, encode_request(request), limits.request)
+                await half_close(stream)
+                while reader.expected is not None:
+                    payload = await read_frame(stream, limits.response)
+                    if payload is None:
+                        reader.end_of_stream()
+                        break
+                    yield reader.feed(payload)
             ok = True
         finally:
             await finish_stream(stream, ok)

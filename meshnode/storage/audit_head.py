@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from meshnode.files import read_file, write_atomic
+from common.files import read_file, write_atomic
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from protocol.errors import StorageError

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshnode.files import write_new
+from common.files import DiskFullError, write_new
 from meshnode.storage.direct_io import NewFileWriter
 from protocol.cid import CID
 from protocol.errors import MeshError, StorageError
@@ -53,11 +53,6 @@ QuarantineListener = Callable[[CID], None]
 class BlockMissingError(StorageError):
     code = 702
     name = "block-missing"
-
-
-class DiskFullError(StorageError):
-    code = 703
-    name = "disk-full"
 
 
 def _storage_error(action: str, exc: OSError) -> StorageError:

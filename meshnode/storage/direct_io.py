@@ -27,7 +27,7 @@ import os
 import threading
 from pathlib import Path
 
-from meshnode.files import write_new
+from common.files import write_new
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,6 @@ from protocol.access import Holding
 from protocol.cid import CID
 from protocol.keys import SigningKey
 
-LIVE_MANIFEST_STATES_EXCLUDED = ("recalled",)
-
-
 class MetadataStore(SearchableStore, Protocol):
     # -- studies and instances ------------------------------------------------
     def add_instances(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshnode.keyfile import load_key_file
+from common.keyfile import load_key_file
 from meshnode.storage.audit import AuditEvent, ChainProblem, EventCode, Outcome, verify_chain
 from meshnode.storage.audit_checkpoint import checkpoint_problems, sign_checkpoint, tail_vouches
 from meshnode.storage.audit_head import AuditAlarm, AuditHeadFile, head_problem

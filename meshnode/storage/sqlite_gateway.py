@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from meshnode.sqlite_db import SqliteConnection
+from common.sqlite_db import SqliteConnection
 from meshnode.storage.gateway_store import (
     Announcement,
     AnnouncementState,
@@ -21,7 +21,7 @@ from meshnode.storage.gateway_store import (
     ForwardResult,
     ForwardState,
 )
-from meshnode.storage.sqlite_metadata import MIGRATIONS
+from meshnode.storage.schema import MIGRATIONS
 from protocol.cid import CID
 from protocol.errors import StorageError
 

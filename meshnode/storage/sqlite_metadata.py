@@ -1,4 +1,10 @@
-"""MetadataStore on one SQLite file: WAL, synchronous=FULL, STRICT tables, migrations."""
+"""MetadataStore on the node's SQLite file: the catalog (studies, series, instances, blocks and their
+provenance, manifests) here, composed with the exchange state (sqlite_exchange.py), identity state
+(sqlite_identity.py) and the audit chain (sqlite_audit.py). The schema of all of them is in schema.py.
+
+WAL, synchronous=FULL, STRICT tables (common.sqlite_db). A catalog write and its audit entries commit
+in one transaction.
+"""
 
 from __future__ import annotations
 
@@ -6,187 +12,27 @@ import json
 import sqlite3
 from typing import Any
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
-from meshnode.sqlite_db import SqliteConnection
-from meshnode.storage import audit
 from meshnode.storage import sqlite_search
-from meshnode.storage.audit import AuditEntry, AuditEvent, EventCode, Outcome
-from meshnode.storage.audit_checkpoint import (
-    AuditCheckpoint,
-    SpoolItem,
-    decode_payload,
-    due_checkpoints,
-    spool_rows,
-    rebased_checkpoints,
-    tail_vouches,
-)
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.records import (
     AddOutcome,
-    DeliveryRow,
     InstanceRecord,
     ManifestRow,
     SeriesAttributes,
-    ServedRow,
     Source,
     StudyAttributes,
     StudySummaryRow,
     hash_uid,
 )
-from meshnode.storage.search import AuditQuery, InstanceSummaryRow, Search, SeriesSummaryRow
+from meshnode.storage.search import InstanceSummaryRow, Search, SeriesSummaryRow
+from meshnode.storage.sqlite_audit import SqliteAudit
+from meshnode.storage.sqlite_exchange import SqliteExchange
+from meshnode.storage.sqlite_identity import SqliteIdentity
 from protocol.access import Holding
 from protocol.cid import CID
-from protocol.errors import StorageError
-from protocol.keys import SigningKey
 
 CONFLICT_FLAG = "sop-uid-conflict"
-
-MIGRATIONS = (
-    """
-    CREATE TABLE studies (
-        study_uid TEXT PRIMARY KEY, patient_name TEXT NOT NULL, patient_id TEXT NOT NULL,
-        birth_date TEXT NOT NULL, sex TEXT NOT NULL, study_date TEXT NOT NULL, study_time TEXT NOT NULL,
-        description TEXT NOT NULL, accession TEXT NOT NULL, updated_ms INTEGER NOT NULL
-    ) STRICT;
-    CREATE INDEX studies_by_patient ON studies (patient_id);
-    CREATE INDEX studies_by_date ON studies (study_date);
-    CREATE INDEX studies_by_accession ON studies (accession);
-    CREATE TABLE series (
-        series_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL REFERENCES studies (study_uid),
-        modality TEXT NOT NULL, series_number INTEGER, description TEXT NOT NULL
-    ) STRICT;
-    CREATE INDEX series_by_study ON series (study_uid);
-    CREATE TABLE instances (
-        id INTEGER PRIMARY KEY, sop_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL,
-        series_uid TEXT NOT NULL REFERENCES series (series_uid),
-        study_uid TEXT NOT NULL REFERENCES studies (study_uid),
-        transfer_syntax TEXT NOT NULL, size INTEGER NOT NULL, digest BLOB NOT NULL,
-        instance_number INTEGER, rows INTEGER, columns INTEGER, frames INTEGER,
-        flags TEXT NOT NULL, source TEXT NOT NULL, added_ms INTEGER NOT NULL,
-        UNIQUE (sop_instance_uid, digest)
-    ) STRICT;
-    CREATE INDEX instances_by_study ON instances (study_uid);
-    CREATE INDEX instances_by_series ON instances (series_uid);
-    CREATE TABLE blocks (
-        cid BLOB PRIMARY KEY, size INTEGER NOT NULL, added_ms INTEGER NOT NULL
-    ) STRICT, WITHOUT ROWID;
-    CREATE TABLE instance_blocks (
-        instance_id INTEGER NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
-        seq INTEGER NOT NULL, cid BLOB NOT NULL, size INTEGER NOT NULL,
-        PRIMARY KEY (instance_id, seq)
-    ) STRICT;
-    CREATE INDEX instance_blocks_by_cid ON instance_blocks (cid);
-    CREATE TABLE manifests (
-        manifest_id BLOB PRIMARY KEY, study_uid TEXT NOT NULL,
-        direction TEXT NOT NULL CHECK (direction IN ('sent', 'received')),
-        sender_org TEXT NOT NULL, recipients TEXT NOT NULL, revision INTEGER NOT NULL,
-        state TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, raw BLOB NOT NULL
-    ) STRICT;
-    CREATE TABLE manifest_blocks (
-        manifest_id BLOB NOT NULL REFERENCES manifests (manifest_id) ON DELETE CASCADE,
-        cid BLOB NOT NULL, PRIMARY KEY (manifest_id, cid)
-    ) STRICT, WITHOUT ROWID;
-    CREATE INDEX manifest_blocks_by_cid ON manifest_blocks (cid);
-    CREATE TABLE transfers (
-        manifest_id BLOB PRIMARY KEY, state TEXT NOT NULL, blocks_done INTEGER NOT NULL,
-        bytes_done INTEGER NOT NULL, updated_ms INTEGER NOT NULL
-    ) STRICT;
-    CREATE TABLE peers (peer_id TEXT PRIMARY KEY, org TEXT NOT NULL, last_seen_ms INTEGER NOT NULL) STRICT;
-    CREATE TABLE roster_state (id INTEGER PRIMARY KEY CHECK (id = 1), highest_version INTEGER NOT NULL) STRICT;
-    CREATE TABLE audit (
-        seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, code INTEGER NOT NULL, action TEXT NOT NULL,
-        outcome INTEGER NOT NULL, actor TEXT NOT NULL, actor_org TEXT NOT NULL, study TEXT NOT NULL,
-        manifest_id TEXT NOT NULL, detail TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL
-    ) STRICT
-    """,
-    """
-    CREATE TABLE deliveries (
-        manifest_id BLOB NOT NULL REFERENCES manifests (manifest_id) ON DELETE CASCADE,
-        org TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
-        last_error TEXT NOT NULL, receipt BLOB, updated_ms INTEGER NOT NULL,
-        PRIMARY KEY (manifest_id, org)
-    ) STRICT;
-    ALTER TABLE transfers ADD COLUMN served_by TEXT NOT NULL DEFAULT '{}'
-    """,
-    # 3: the gateway (meshnode.storage.sqlite_gateway): quiet-period announcements, forward queue
-    """
-    CREATE TABLE gateway_announcements (
-        study_uid TEXT NOT NULL, route TEXT NOT NULL, state TEXT NOT NULL, instances INTEGER NOT NULL,
-        first_ms INTEGER NOT NULL, last_instance_ms INTEGER NOT NULL, revision INTEGER NOT NULL,
-        manifest_id BLOB, announced_ms INTEGER, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
-        last_error TEXT NOT NULL,
-        PRIMARY KEY (study_uid, route)
-    ) STRICT;
-    CREATE INDEX gateway_announcements_by_state ON gateway_announcements (state);
-    CREATE TABLE forward_items (
-        manifest_id BLOB NOT NULL, destination TEXT NOT NULL, seq INTEGER NOT NULL,
-        sop_instance_uid TEXT NOT NULL, digest BLOB NOT NULL, study_uid TEXT NOT NULL, priority INTEGER NOT NULL,
-        state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
-        last_error TEXT NOT NULL, status INTEGER, enqueued_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
-        PRIMARY KEY (manifest_id, destination, sop_instance_uid)
-    ) STRICT;
-    CREATE INDEX forward_items_due ON forward_items (destination, state, priority, next_attempt_ms);
-    CREATE INDEX forward_items_held ON forward_items (destination, sop_instance_uid, digest, state)
-    """,
-    # 4: HTTP: DICOMweb/UI users and their API tokens (hashes only), the webhook retry queue
-    """
-    CREATE TABLE users (
-        name TEXT PRIMARY KEY, roles TEXT NOT NULL, created_ms INTEGER NOT NULL, disabled INTEGER NOT NULL
-    ) STRICT;
-    CREATE TABLE api_tokens (
-        token_hash BLOB PRIMARY KEY, token_id TEXT NOT NULL UNIQUE,
-        user_name TEXT NOT NULL REFERENCES users (name), label TEXT NOT NULL, created_ms INTEGER NOT NULL,
-        expires_ms INTEGER NOT NULL, revoked INTEGER NOT NULL, last_used_ms INTEGER NOT NULL
-    ) STRICT;
-    CREATE INDEX api_tokens_by_user ON api_tokens (user_name);
-    CREATE TABLE webhook_queue (
-        id INTEGER PRIMARY KEY, hook TEXT NOT NULL, event_key TEXT NOT NULL, event TEXT NOT NULL,
-        body BLOB NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
-        last_error TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
-        UNIQUE (hook, event_key)
-    ) STRICT;
-    CREATE INDEX webhook_queue_due ON webhook_queue (state, next_attempt_ms)
-    """,
-    # 5: access by provenance (protocol.access): the blocks fetched under each manifest, the sender's
-    # certificate of a received manifest (to relay it to a fellow recipient), what was served to whom
-    """
-    CREATE TABLE obtained_blocks (
-        manifest_id BLOB NOT NULL, cid BLOB NOT NULL, PRIMARY KEY (manifest_id, cid)
-    ) STRICT, WITHOUT ROWID;
-    CREATE INDEX obtained_blocks_by_cid ON obtained_blocks (cid);
-    CREATE INDEX manifests_by_share ON manifests (study_uid, sender_org, direction);
-    ALTER TABLE manifests ADD COLUMN certificate BLOB NOT NULL DEFAULT x'';
-    CREATE TABLE served (
-        manifest_id BLOB NOT NULL, org TEXT NOT NULL, blocks INTEGER NOT NULL, bytes INTEGER NOT NULL,
-        updated_ms INTEGER NOT NULL, PRIMARY KEY (manifest_id, org)
-    ) STRICT;
-    CREATE TABLE recall_tombstones (
-        manifest_id BLOB PRIMARY KEY, sender_org TEXT NOT NULL, at_ms INTEGER NOT NULL
-    ) STRICT
-    """,
-    # 6: why a received manifest failed (its content disagrees with it), for the inbox
-    """
-    CREATE TABLE manifest_failures (
-        manifest_id BLOB PRIMARY KEY, reason TEXT NOT NULL, at_ms INTEGER NOT NULL
-    ) STRICT
-    """,
-    # 7: tamper-evident audit: signed checkpoints of the chain, the spool for the audit repository
-    """
-    CREATE TABLE audit_checkpoints (
-        n INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL, at_ms INTEGER NOT NULL,
-        rebase_from INTEGER NOT NULL, rebase_to INTEGER NOT NULL, signature BLOB NOT NULL
-    ) STRICT;
-    CREATE INDEX audit_checkpoints_by_seq ON audit_checkpoints (seq);
-    CREATE TABLE audit_tail (
-        id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL, at_ms INTEGER NOT NULL,
-        signature BLOB NOT NULL
-    ) STRICT;
-    CREATE TABLE audit_spool (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL CHECK (kind IN ('entry', 'checkpoint')),
-        seq INTEGER NOT NULL, payload BLOB NOT NULL, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL
-    ) STRICT
-    """,
-)
 
 _LIVE_REFS = """
     SELECT count(*) FROM instance_blocks WHERE cid = :cid
@@ -196,12 +42,7 @@ _LIVE_REFS = """
 """
 
 
-class SqliteMetadataStore(SqliteConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, MIGRATIONS)
-        self._audit_key: SigningKey | None = None
-        self._own_tail: AuditCheckpoint | None = None  # the tail this connection last wrote
-
+class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int
@@ -484,43 +325,8 @@ class SqliteMetadataStore(SqliteConnection):
             db.execute("INSERT INTO manifest_failures VALUES (?,?,?) ON CONFLICT (manifest_id) DO UPDATE SET"
                        " reason = excluded.reason, at_ms = excluded.at_ms", (manifest_id.to_bytes(), reason, now_ms))
 
-    def _text_of(self, query: str, manifest_id: CID) -> str | None:
-        """The one text column `query` selects for a manifest, if it has a row."""
-        rows = self._query(query, (manifest_id.to_bytes(),))
-        return str(rows[0][0]) if rows else None
-
     def manifest_failure(self, manifest_id: CID) -> str | None:
         return self._text_of("SELECT reason FROM manifest_failures WHERE manifest_id = ?", manifest_id)
-
-    def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO transfers (manifest_id, state, blocks_done, bytes_done, updated_ms) VALUES (?,?,?,?,?)"
-                " ON CONFLICT (manifest_id) DO UPDATE SET state = excluded.state,"
-                " blocks_done = excluded.blocks_done, bytes_done = excluded.bytes_done,"
-                " updated_ms = excluded.updated_ms",
-                (manifest_id.to_bytes(), state, blocks_done, bytes_done, now_ms))
-
-    def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None:
-        rows = self._query("SELECT state, blocks_done, bytes_done FROM transfers WHERE manifest_id = ?",
-                           (manifest_id.to_bytes(),))
-        return (str(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
-
-    def save_delivery(self, row: DeliveryRow) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO deliveries VALUES (?,?,?,?,?,?,?,?)",
-                (row.manifest_id.to_bytes(), row.org, row.state, row.attempts, row.next_attempt_ms, row.last_error,
-                 row.document, row.updated_ms),
-            )
-
-    def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]:
-        where, params = ("WHERE manifest_id = ?", (manifest_id.to_bytes(),)) if manifest_id else ("", ())
-        return [
-            DeliveryRow(CID.from_bytes(bytes(r[0])), str(r[1]), str(r[2]), int(r[3]), int(r[4]), str(r[5]),
-                        bytes(r[6]) if r[6] is not None else None, int(r[7]))
-            for r in self._query(f"SELECT * FROM deliveries {where} ORDER BY manifest_id, org", params)
-        ]
 
     def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
         return [(int(r[0]), tuple(x for x in str(r[1]).split(",") if x)) for r in self._query(
@@ -532,205 +338,7 @@ class SqliteMetadataStore(SqliteConnection):
                            " AND study_uid = ? AND sender_org = ?", (study_uid, sender_org))
         return int(rows[0][0])
 
-    def served_by(self, manifest_id: CID) -> dict[str, int]:
-        rows = self._query("SELECT served_by FROM transfers WHERE manifest_id = ?", (manifest_id.to_bytes(),))
-        return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}
-
-    def record_recall_tombstone(self, manifest_id: CID, sender_org: str, now_ms: int) -> None:
-        with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO recall_tombstones VALUES (?,?,?)",
-                       (manifest_id.to_bytes(), sender_org, now_ms))
-
-    def recall_tombstone(self, manifest_id: CID) -> str | None:
-        return self._text_of("SELECT sender_org FROM recall_tombstones WHERE manifest_id = ?", manifest_id)
-
-    def add_served(self, manifest_id: CID, org: str, blocks: int, nbytes: int, now_ms: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO served VALUES (?,?,?,?,?) ON CONFLICT (manifest_id, org) DO UPDATE SET"
-                " blocks = blocks + excluded.blocks, bytes = bytes + excluded.bytes, updated_ms = excluded.updated_ms",
-                (manifest_id.to_bytes(), org, blocks, nbytes, now_ms))
-
-    def served(self, manifest_id: CID | None = None) -> list[ServedRow]:
-        where, params = ("WHERE manifest_id = ?", (manifest_id.to_bytes(),)) if manifest_id else ("", ())
-        return [ServedRow(CID.from_bytes(bytes(r[0])), str(r[1]), int(r[2]), int(r[3]))
-                for r in self._query(f"SELECT manifest_id, org, blocks, bytes FROM served {where}"
-                                     " ORDER BY manifest_id, org", params)]
-
-    # -- identity ----------------------------------------------------------------
-    def highest_roster_version(self) -> int:
-        rows = self._query("SELECT highest_version FROM roster_state WHERE id = 1")
-        return int(rows[0][0]) if rows else 0
-
-    def record_roster_version(self, version: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO roster_state VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET"
-                " highest_version = max(highest_version, excluded.highest_version)",
-                (version,),
-            )
-
-    def record_peer(self, peer_id: str, org: str, now_ms: int) -> None:
-        with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO peers VALUES (?,?,?)", (peer_id, org, now_ms))
-
-    def peers(self) -> list[tuple[str, str, int]]:
-        return [(str(p), str(o), int(t)) for p, o, t in
-                self._query("SELECT peer_id, org, last_seen_ms FROM peers ORDER BY org, peer_id")]
-
-    # -- audit -------------------------------------------------------------------
-    def _append_audit(self, db: sqlite3.Connection, events: Sequence[AuditEvent], now_ms: int) -> list[AuditEntry]:
-        if not events:
-            return []
-        last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        entries = audit.chain(last[0] if last else 0, bytes(last[1]) if last else audit.GENESIS,
-                              list(events), now_ms)
-        db.executemany(
-            "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            [(e.seq, e.at_ms, int(e.event.code), e.event.action, int(e.event.outcome), e.event.actor,
-              e.event.actor_org, e.event.study, e.event.manifest_id, e.event.detail, e.prev_hash, e.hash)
-             for e in entries],
-        )
-        if self._audit_key is not None:
-            before = (int(last[0]), bytes(last[1])) if last else None
-            tail = self._read_tail(db)
-            have_any = tail is not None or db.execute("SELECT 1 FROM audit_checkpoints LIMIT 1").fetchone() is not None
-            vouched = tail_vouches(tail, before, self._audit_key, self._own_tail)
-            checkpoints, new_tail = due_checkpoints(entries, vouched, have_any, self._audit_key, now_ms)
-        else:
-            checkpoints, new_tail = [], None
-        self._insert_checkpoints(db, checkpoints)
-        if new_tail is not None:
-            self._write_tail(db, new_tail)
-        self._spool(db, spool_rows(entries, checkpoints), now_ms)
-        return entries
-
-    def _insert_checkpoints(self, db: sqlite3.Connection, checkpoints: Sequence[AuditCheckpoint]) -> None:
-        db.executemany("INSERT INTO audit_checkpoints (seq, hash, at_ms, rebase_from, rebase_to, signature)"
-                       " VALUES (?,?,?,?,?,?)",
-                       [(c.seq, c.hash, c.at_ms, c.rebase_from, c.rebase_to, c.signature) for c in checkpoints])
-
-    @staticmethod
-    def _spool(db: sqlite3.Connection, rows: Sequence[tuple[str, int, bytes]], now_ms: int) -> None:
-        db.executemany("INSERT INTO audit_spool (kind, seq, payload, created_ms, attempts) VALUES (?,?,?,?,0)",
-                       [(kind, seq, payload, now_ms) for kind, seq, payload in rows])
-
-    @staticmethod
-    def _read_tail(db: sqlite3.Connection) -> AuditCheckpoint | None:
-        r = db.execute("SELECT seq, hash, at_ms, signature FROM audit_tail WHERE id = 1").fetchone()
-        return AuditCheckpoint(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[3])) if r else None
-
-    def _write_tail(self, db: sqlite3.Connection, tail: AuditCheckpoint) -> None:
-        # Remembered even if the transaction then rolls back: it is a genuine signature of ours either way,
-        # only ever used to skip re-checking that signature when the database holds exactly it.
-        self._own_tail = tail
-        db.execute("INSERT OR REPLACE INTO audit_tail VALUES (1,?,?,?,?)", (tail.seq, tail.hash, tail.at_ms,
-                                                                            tail.signature))
-
-    def set_audit_key(self, key: SigningKey | None) -> None:
-        self._audit_key = key
-
-    def audit_tail(self) -> AuditCheckpoint | None:
-        with self._tx() as db:
-            return self._read_tail(db)
-
-    def audit_snapshot(self) -> tuple[list[AuditEntry], list[AuditCheckpoint], AuditCheckpoint | None]:
-        # one read transaction (a WAL snapshot, no write lock): a node appending meanwhile cannot skew them
-        try:
-            self._db.execute("BEGIN")
-        except sqlite3.Error as exc:
-            raise StorageError(f"database unavailable: {exc}") from exc
-        try:
-            return self.audit_entries(), self.audit_checkpoints(), self._read_tail(self._db)
-        finally:
-            self._rollback()
-
-    def append_audit_rebased(self, events: Sequence[AuditEvent], now_ms: int, key: SigningKey, rebase_from: int,
-                             rebase_to: int, sign_seqs: Sequence[int]) -> tuple[int, bytes]:
-        with self._tx() as db:
-            entries = self._append_audit(db, events, now_ms)
-            if not entries:
-                raise StorageError("an acknowledgement needs its audit entry")
-            hashes = dict(db.execute(f"SELECT seq, hash FROM audit WHERE seq IN ({','.join('?' * len(sign_seqs))})",
-                                     list(sign_seqs)).fetchall()) if sign_seqs else {}
-            made = rebased_checkpoints(key, entries[-1], hashes, rebase_from, rebase_to, now_ms)
-            self._insert_checkpoints(db, made[:-1])
-            self._spool(db, spool_rows([], made[:-1]), now_ms)
-            self._write_tail(db, made[-1])
-            return entries[-1].seq, entries[-1].hash
-
-    def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
-        with self._tx() as db:
-            self._insert_checkpoints(db, [checkpoint])
-            self._spool(db, spool_rows([], [checkpoint]), checkpoint.at_ms)
-
-    def audit_checkpoints(self) -> list[AuditCheckpoint]:
-        return [AuditCheckpoint(int(r[0]), bytes(r[1]), int(r[2]), bytes(r[5]), int(r[3]), int(r[4])) for r in
-                self._query("SELECT seq, hash, at_ms, rebase_from, rebase_to, signature FROM audit_checkpoints"
-                            " ORDER BY n")]
-
-    def audit_spool(self, limit: int) -> list[SpoolItem]:
-        out = []
-        for r in self._query("SELECT id, kind, seq, payload, attempts FROM audit_spool ORDER BY id LIMIT ?",
-                             (limit,)):
-            try:
-                payload = decode_payload(bytes(r[3]))
-            except ValueError:
-                raise StorageError(f"audit spool item {r[0]} is corrupt") from None
-            out.append(SpoolItem(int(r[0]), str(r[1]), int(r[2]), payload, int(r[4])))
-        return out
-
-    def audit_spool_sent(self, ids: Sequence[int]) -> None:
-        with self._tx() as db:
-            db.executemany("DELETE FROM audit_spool WHERE id = ?", [(i,) for i in ids])
-
-    def audit_spool_attempted(self, ids: Sequence[int]) -> None:
-        with self._tx() as db:
-            db.executemany("UPDATE audit_spool SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in ids])
-
-    def audit_spool_size(self) -> int:
-        return int(self._query("SELECT count(*) FROM audit_spool")[0][0])
-
-    def append_audit(self, events: Sequence[AuditEvent], now_ms: int) -> list[AuditEntry]:
-        with self._tx() as db:
-            return self._append_audit(db, events, now_ms)
-
-    def audit_head(self) -> tuple[int, bytes] | None:
-        rows = self._query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
-
-    def search_audit(self, query: AuditQuery) -> list[AuditEntry]:
-        return sqlite_search.search_audit(self._query, self._audit_rows, query)
-
-    def audit_range(self, after_seq: int, limit: int) -> list[AuditEntry]:
-        return self._audit_rows("WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
-
-    def audit_entries(self) -> list[AuditEntry]:
-        return self._audit_rows("ORDER BY seq", ())
-
-    def _audit_rows(self, where: str, params: Sequence[object]) -> list[AuditEntry]:
-        out = []
-        for r in self._query("SELECT seq, at_ms, code, action, outcome, actor, actor_org, study, manifest_id,"
-                             f" detail, prev_hash, hash FROM audit {where}", params):
-            event = AuditEvent(_event_code(r[2]), str(r[3]), _outcome(r[4]), str(r[5]), str(r[6]), str(r[7]),
-                               str(r[8]), str(r[9]))
-            out.append(AuditEntry(int(r[0]), int(r[1]), event, bytes(r[10]), bytes(r[11])))
-        return out
 
 
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
-
-
-def _event_code(value: Any) -> EventCode:
-    try:
-        return EventCode(int(value))
-    except ValueError:
-        raise StorageError(f"audit entry has unknown event code {value!r}") from None
-
-
-def _outcome(value: Any) -> Outcome:
-    try:
-        return Outcome(int(value))
-    except ValueError:
-        raise StorageError(f"audit entry has unknown outcome {value!r}") from None

@@ -17,7 +17,6 @@ import trio
 
 from meshnode.storage.audit import GENESIS, ChainProblem, entry_hash
 from meshnode.storage.dbthread import DatabaseThread
-from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 
 CHUNK = 5000
@@ -84,8 +83,3 @@ class ChainVerifier:
             fresh.checked_at = now
             self.status = fresh
             return fresh
-
-
-def chain_length(store: MetadataStore) -> int:
-    head = store.audit_head()
-    return head[0] if head else 0

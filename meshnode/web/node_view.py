@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from libp2p.peer.id import ID
 
-from meshnode.describe import iso
+from common.describe import iso
 from meshnode.node.control_routes import routes
 from meshnode.node.health import node_health
-from meshnode.p2p.dial import is_connected
+from common.p2p.dial import is_connected
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import hash_uid
 from meshnode.web.metrics import MetricsSnapshot

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from meshnode.describe import iso
+from common.describe import iso
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.search import AuditQuery
 from meshnode.web.app import Handler, Route, route

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
-from meshnode.describe import iso
+from common.describe import iso
 from meshnode.node.events import StudyEvent
 from meshnode.node.sender import backoff_s
 from meshnode.storage.records import hash_uid

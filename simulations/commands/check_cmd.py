@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from meshnode.cli.output import EXIT_OK, emit
+from common.cli.output import EXIT_OK, emit
 from simulations.commands.common import add_scenario_args, load
 from simulations.outputs import scenario_hash
 from protocol.quantities import format_duration, format_rate

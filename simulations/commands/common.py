@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from meshnode.cli.progress import ProgressBar
+from common.cli.progress import ProgressBar
 from simulations.scenario import Scenario, ScenarioError, load_scenario
 from simulations.scenario.overrides import apply, parse_assignment
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from meshnode.cli.output import EXIT_OK, emit
+from common.cli.output import EXIT_OK, emit
 from simulations.commands.common import add_scenario_args, load
 from simulations.emulation.replay import emulate
 from simulations.summary import lookup

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from meshnode.cli.output import EXIT_OK, emit
+from common.cli.output import EXIT_OK, emit
 from simulations.report import report
 
 

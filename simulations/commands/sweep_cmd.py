@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from meshnode.cli.output import EXIT_OK, emit
+from common.cli.output import EXIT_OK, emit
 from simulations import sweep
 from simulations.commands.common import add_scenario_args, load, progress_hook
 from simulations.summary import KEY_METRICS

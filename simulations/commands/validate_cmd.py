@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from meshnode.cli.output import EXIT_ERROR, EXIT_OK, emit
+from common.cli.output import EXIT_ERROR, EXIT_OK, emit
 from simulations.commands.common import load
 from simulations.commands.emulate_cmd import add_shaping_args, say
 from simulations.validate import TARGET, validate
@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p = sub.add_parser("validate", parents=[common], help="emulate and simulate the same studies; compare medians")
     add_shaping_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the emulated/ and modelled/ outputs")
+    # argparse %-formats help strings: a literal percent sign is written %%
     p.add_argument("--strict", action="store_true", help=f"exit 1 if the overall median differs by more than "
-                                                          f"{TARGET:.0%}")
+                                                          f"{TARGET * 100:g}%%")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 

@@ -1,6 +1,6 @@
 """An authority, a directory and one real node per organisation, each a process started through the CLIs.
 
-The same steps an operator (and tools/demo) takes, re-implemented here
+The same steps an operator (and meshnode/demo) takes, re-implemented here
 because simulations/ may not import tools/: `meshadmin authority init`,
 `meshadmin directory init|install-cert|serve`, `meshadmin roster publish`,
 `meshadmin issue`, `meshnode init`, `meshnode certificate install`,

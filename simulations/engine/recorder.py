@@ -59,10 +59,6 @@ def bin_of(seconds: float) -> int:
     return min(NBINS - 1, int((math.log10(seconds) - LOW_DECADE) * BINS_PER_DECADE))
 
 
-def bin_edges() -> list[float]:
-    return [10.0 ** (LOW_DECADE + i / BINS_PER_DECADE) for i in range(NBINS + 1)]
-
-
 @dataclass
 class OutageStats:
     what: str  # node | hub
@@ -119,11 +115,11 @@ class Recorder:
         self.bogus_fetched = 0
         self.bogus_bytes = 0.0
         self.bans: list[tuple[float, str, str]] = []  # (time, banned peer, by whom)
-        self.corrupt_blocks = 0
-        self.corrupt_bytes = 0.0
+        self.corrupt_blocks = 0  # corrupt blocks received and rejected by the node's check (verify_block)
+        self.corrupt_bytes = 0.0  # their bytes
         self.dropped_requests = 0
         self.request_timeouts = 0
-        self.corrupt_accepted = 0  # must stay 0: a bad block is never stored
+        self.corrupt_accepted = 0  # corrupt blocks the check took for the block: 0 unless the check is broken
         self.hub_design = False
         self.fallbacks = 0  # hybrid: fetches that added the hub as a holder
         self.live: dict[Transfer, None] = {}
@@ -218,10 +214,6 @@ class Recorder:
                     elif t.status is Status.FAILED:
                         st.failed += 1
                 i -= 1
-
-    def unresolved(self) -> int:
-        """Transfers of this slice's own studies not yet delivered or failed."""
-        return sum(1 for t in self.live if t.study.recorded and not t.study.bogus)
 
     def finish(self, now: float) -> None:
         """The end of the run: whatever is not resolved is still in flight."""

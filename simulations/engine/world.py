@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol.cid import CID
 from simulations import rng
 from simulations.engine.clock import EventQueue
 from simulations.engine.meter import HUB, Meter
@@ -111,6 +112,13 @@ class World:
             if _separates(p, a, b):
                 return False
         return True
+
+    @staticmethod
+    def corrupted(cid: CID) -> bytes:
+        """What a corrupting holder sends for block `cid`: bytes other than the block's. The engine models
+        blocks by size, not content, so these stand in for them; the receiving node's check
+        (protocol.exchange_messages.verify_block, the node's own) judges them like any other bytes."""
+        return b"corrupted " + cid.to_bytes()
 
     def corrupts(self, org: int) -> bool:
         p = self.orgs[org].corrupt if org >= 0 else 0.0

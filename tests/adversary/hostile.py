@@ -18,9 +18,9 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 
 from meshnode.home import NodeHome
-from meshnode.p2p.dial import connect
-from meshnode.p2p.host import running_host
-from meshnode.p2p.streams import finish_stream, half_close, open_stream, read_frame, request, write_frame
+from common.p2p.dial import connect
+from common.p2p.host import running_host
+from common.p2p.streams import finish_stream, half_close, open_stream, read_frame, request, write_frame
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed
@@ -48,7 +48,7 @@ from protocol.keys import SigningKey
 from protocol.manifest import Manifest
 from protocol.recall import Recall, RecallAction
 from tests.protocol.factories import make_manifest
-from tools.demo.identity import Node
+from meshnode.demo.identity import Node
 
 T = TypeVar("T")
 

@@ -40,9 +40,9 @@ from tests.adversary.hostile import (
     random_cid,
     wait_for,
 )
-from tools.demo.identity import Node
-from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace
+from meshnode.demo.identity import Node
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -164,8 +164,8 @@ def test_running_node_exports_a_truncation_alert_to_rsyslog(tmp_path: Path) -> N
     from meshnode.audit_export.atna import SECURITY_CONFIGURATION
     from tests.meshnode.audit_export.receivers import free_port
     from tests.meshnode.audit_export.rsyslog import Rsyslog, rsyslogd
-    from tools.demo.mesh import MeshDemo
-    from tools.demo.workspace import Workspace
+    from meshnode.demo.mesh import MeshDemo
+    from meshnode.demo.workspace import Workspace
 
     if rsyslogd() is None:
         pytest.skip("rsyslog not installed (Makefile SYSTEM_DEPS)")

@@ -23,7 +23,7 @@ from meshnode.storage.audit import EventCode
 from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 
-from meshnode.p2p.streams import read_frame, serve_streams
+from common.p2p.streams import read_frame, serve_streams
 from meshnode.storage.blockstore import BlockStore
 from protocol.cid import CID
 from protocol.exchange_messages import BLOCKS_PROTOCOL, FRAME_LIMITS, decode_block_request, encode_block_data_frame
@@ -31,8 +31,8 @@ from protocol.exchange_messages import Ack, Hello
 from protocol.manifest import InstanceEntry
 from tests.adversary.hostile import client_for, in_thread, wait_for
 from tests.protocol.factories import make_manifest
-from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ Threat -> test (this file unless named):
     malformed DICOM            test_malformed_dicom_is_refused_and_nothing_stored (and
                                tests/meshnode/dicom/test_bad_files.py, tests/fuzz dicom_ingest_scan)
     executable preamble        kept, flagged and alerted by design (meshnode/dicom/layout.py):
-                               tests/meshnode/test_ingest.py::test_executable_preamble_kept_and_audited,
+                               tests/meshnode/study/test_ingest.py::test_executable_preamble_kept_and_audited,
                                test_elf_preamble_is_flagged_and_alerted, and a bare executable:
                                test_an_executable_is_not_dicom
     decompression bomb         test_decompression_bomb_stops_at_the_limit
@@ -21,7 +21,7 @@ Threat -> test (this file unless named):
     OPEN, xfails               test_an_element_with_an_unknown_vr_does_not_break_wado_metadata,
                                test_a_fetched_header_with_an_unknown_vr_is_read_or_refused
     UID conflict               test_same_sop_uid_in_another_study_is_kept_apart (and
-                               tests/meshnode/test_ingest.py::test_same_sop_uid_different_bytes_kept_both),
+                               tests/meshnode/study/test_ingest.py::test_same_sop_uid_different_bytes_kept_both),
                                test_manifest_listing_a_uid_twice_is_refused
 """
 
@@ -54,8 +54,8 @@ from meshnode.dicom.errors import (
 )
 from meshnode.dicom.layout import plan_instance
 from meshnode.dicom.synthetic import DEFAULT_PATIENT_ID, DEFAULT_PATIENT_NAME, generate_ct_study
-from meshnode.export import export_study, instance_path, safe_name
-from meshnode.ingest import Ingester
+from meshnode.study.export import export_study, instance_path, safe_name
+from meshnode.study.ingest import Ingester
 from meshnode.storage.audit import EventCode
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.memory_metadata import MemoryMetadataStore

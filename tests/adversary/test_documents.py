@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 
 from meshnode.config import NodeConfig
-from meshnode.directory_cache import DirectoryCache
-from meshnode.directory_client import DirectoryClient
+from meshnode.directory.cache import DirectoryCache
+from meshnode.directory.client import DirectoryClient
 from meshnode.home import NodeHome
 from meshnode.node.context import NodeContext
 from meshnode.node.peers import PeerRegistry

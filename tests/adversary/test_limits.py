@@ -1,7 +1,7 @@
 """Limits before trust (issue 11, findings 5, 8 and 9), attacked in-process.
 
 The node under attack is the real thing minus its background loops: a libp2p
-host built by meshnode.p2p.host (TCP + Noise + Yamux on 127.0.0.1) serving the
+host built by common.p2p.host (TCP + Noise + Yamux on 127.0.0.1) serving the
 exchange protocols through meshnode.node.wire.Wire, with an in-memory
 metadata store and a roster on the factories' fixed clock. Attackers are
 other hosts in the same process: one with no certificate, and certified peers
@@ -28,8 +28,8 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
 from meshnode.config import NodeConfig
-from meshnode.directory_cache import DirectoryCache
-from meshnode.directory_client import DirectoryClient
+from meshnode.directory.cache import DirectoryCache
+from meshnode.directory.client import DirectoryClient
 from meshnode.home import NodeHome
 from meshnode.node.context import NodeContext
 from meshnode.node.limits import PeerLimits
@@ -37,9 +37,9 @@ from meshnode.node.peers import PeerRegistry
 from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
 from meshnode.node.wire import Wire
-from meshnode.p2p.dial import connect, is_connected
-from meshnode.p2p.host import listen_multiaddrs, running_host
-from meshnode.p2p.streams import finish_stream, open_stream, read_frame, request
+from common.p2p.dial import connect, is_connected
+from common.p2p.host import listen_multiaddrs, running_host
+from common.p2p.streams import finish_stream, open_stream, read_frame, request
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.dbthread import DatabaseThread
@@ -357,7 +357,7 @@ async def test_peer_that_ignores_its_receive_window_is_disconnected(tmp_path: Pa
 
 async def test_inbound_streams_per_connection_are_capped(tmp_path: Path) -> None:
     """Streams held open, one byte written: past its cap the node resets them before any handler sees them."""
-    from meshnode.p2p.muxer import MAX_INBOUND_STREAMS
+    from common.p2p.muxer import MAX_INBOUND_STREAMS
 
     async with target_node(tmp_path) as target, peer_host(STRANGER) as stranger:
         peer = await connect(stranger, target.addr, timeout=TIMEOUT)
@@ -430,7 +430,7 @@ async def test_node_wide_byte_budget_waits_and_admits_one_oversized_frame_alone(
 def test_limits_are_documented_with_the_numbers_the_code_uses() -> None:
     from meshnode.config import NodeConfig as Config
     from meshnode.node import wire
-    from meshnode.p2p import host, muxer, streams
+    from common.p2p import host, muxer, streams
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "protocol" / "exchange.md").read_text(encoding="utf-8")
     section = text.split("## Limits before trust")[1].split("\n## ")[0]

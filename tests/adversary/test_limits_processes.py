@@ -1,6 +1,6 @@
 """Limits before trust against a real node process (issue 11, findings 5, 8 and 9): `make test-slow`.
 
-The node runs as `meshnode run` (tools/demo/mesh.MeshDemo, with its authority and directory); the
+The node runs as `meshnode run` (meshnode/demo/mesh.MeshDemo, with its authority and directory); the
 attackers are libp2p hosts in this process. Memory is the node's RSS read from /proc; the figure for a
 whole flood with a transfer beside it is bench/flood.py's.
 """
@@ -18,9 +18,9 @@ import pytest
 import trio
 
 from meshnode.home import NodeHome
-from meshnode.p2p.dial import connect
-from meshnode.p2p.host import running_host
-from meshnode.p2p.streams import finish_stream, open_stream, read_frame, request
+from common.p2p.dial import connect
+from common.p2p.host import running_host
+from common.p2p.streams import finish_stream, open_stream, read_frame, request
 from protocol.errors import UnavailableError
 from protocol.exchange_messages import (
     ANNOUNCE_PROTOCOL,
@@ -34,8 +34,8 @@ from protocol.exchange_messages import (
     encode_request,
 )
 from tests.adversary.hostile import STREAM_ENDED
-from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

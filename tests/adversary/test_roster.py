@@ -26,8 +26,8 @@ import trio
 from libp2p.peer.id import ID
 
 from meshnode.home import NodeHome
-from meshnode.p2p.dial import is_connected
-from meshnode.p2p.host import running_host
+from common.p2p.dial import is_connected
+from common.p2p.host import running_host
 from protocol.certificate import Certificate, Role
 from protocol.cid import CID
 from protocol.errors import CertificateRevokedError, UnknownIssuerError
@@ -35,9 +35,9 @@ from protocol.exchange_messages import UNAUTHORISED, BlockRequest, Refused, enco
 from protocol.keys import SigningKey
 from protocol.roster import Roster
 from tests.adversary.hostile import Client, client_for, in_thread
-from tools.demo.identity import Node
-from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace
+from meshnode.demo.identity import Node
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.demo.workspace import free_tcp_port
+from meshnode.demo.workspace import free_tcp_port
 
 ORTHANC = "/usr/sbin/Orthanc"
 START_TIMEOUT = 60.0

@@ -20,9 +20,9 @@ from meshnode.storage.blockstore import BlockStore
 from protocol.cid import CID
 from protocol.exchange_messages import BlockAbsent, BlockData, BlockRequest, HaveReply, Hello, decode_block_frame
 from tests.e2e.test_exchange_refusals import client_for, in_thread, wait_for
-from tools.demo.identity import Node
-from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace
+from meshnode.demo.identity import Node
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

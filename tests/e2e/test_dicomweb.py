@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshnode.web.multipart import MultipartParser, PartData, PartStarted, content_type_params
 from tests.e2e.web import add_user, enable_http, http_url, study_files
-from tools.demo.identity import Node
-from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace
+from meshnode.demo.identity import Node
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace
 
 pytestmark = [pytest.mark.e2e]
 

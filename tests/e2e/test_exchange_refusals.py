@@ -24,8 +24,8 @@ from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 
 from meshnode.home import NodeHome
-from meshnode.p2p.dial import is_connected
-from meshnode.p2p.streams import (
+from common.p2p.dial import is_connected
+from common.p2p.streams import (
     read_frame,
     serve_requests,
     serve_streams,
@@ -67,9 +67,9 @@ from tests.adversary.hostile import (
     wait_for,
 )
 from tests.protocol.factories import make_instance
-from tools.demo.identity import Node
-from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace
+from meshnode.demo.identity import Node
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -30,9 +30,9 @@ from tests.e2e.dimse_tools import (
     storescu,
 )
 from tests.e2e.orthanc import Orthanc
-from tools.demo.identity import Node
-from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace, free_tcp_port
+from meshnode.demo.identity import Node
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace, free_tcp_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

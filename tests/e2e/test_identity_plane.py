@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.demo.identity import IdentityDemo
-from tools.demo.workspace import Result, Workspace
+from meshnode.demo.identity import IdentityDemo
+from meshnode.demo.workspace import Result, Workspace
 
 pytestmark = pytest.mark.e2e
 

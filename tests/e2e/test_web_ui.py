@@ -24,8 +24,8 @@ from selenium.webdriver.common.by import By
 
 from meshnode.web.webhooks import verify_signature
 from tests.e2e.web import WebhookReceiver, add_user, enable_http, http_url
-from tools.demo.mesh import MeshDemo
-from tools.demo.workspace import Workspace, free_tcp_port
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace, free_tcp_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pydicom
 
 from meshnode.dicom import synthetic
-from tools.demo.identity import Node
-from tools.demo.mesh import MeshDemo
+from meshnode.demo.identity import Node
+from meshnode.demo.mesh import MeshDemo
 
 
 def enable_http(node: Node, extra: str = "") -> None:

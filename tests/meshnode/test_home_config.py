@@ -1,5 +1,5 @@
 """NodeHome.set_config: node.toml edited through the node's own reader (comments kept, atomic, nothing
-written when the result is invalid), as `meshnode config set`, tools/demo and the emulation use it."""
+written when the result is invalid), as `meshnode config set` and the demo use it."""
 
 from __future__ import annotations
 

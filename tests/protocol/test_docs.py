@@ -10,7 +10,7 @@ import pytest
 from protocol import directory_messages as dm
 from protocol.address_record import AddressRecord
 from protocol.certificate import ROLE_NAMES, Certificate
-from protocol.errors import ERRORS_BY_CODE
+from protocol.errors import ERRORS_BY_CODE, REGISTRY
 from protocol.framing import ABSOLUTE_MAX_FRAME
 from protocol.manifest import MAX_MANIFEST_ITEMS, Manifest
 from protocol.recall import Recall
@@ -38,6 +38,17 @@ def test_error_table_matches_errors_py() -> None:
     expected = {
         code: (cls.name, cls.__name__, cls.__mro__[1].__name__) for code, cls in ERRORS_BY_CODE.items()
     }
+    assert documented == expected
+
+
+def test_other_error_table_matches_the_registry() -> None:
+    text = read("documents.md")
+    table = text.split("<!-- other-errors:begin -->")[1].split("<!-- other-errors:end -->")[0]
+    documented = {}
+    for row in table.strip().splitlines()[2:]:
+        cells = [c.strip().strip("`") for c in row.strip("|").split("|")]
+        documented[int(cells[0])] = (cells[1], cells[2])
+    expected = {e.code: (e.name, e.rebuilt_as.__name__) for e in REGISTRY if e.code not in ERRORS_BY_CODE}
     assert documented == expected
 
 

@@ -380,7 +380,7 @@ def test_bitmap_bit_order_and_exact_length() -> None:
         with raises_exactly(SchemaError):
             xm.unpack_bitmap(bitmap, count)
     order = (C1, C2, C3)
-    bitmap = xm.bitmap_for(order, {C3, C1})
+    bitmap = xm.pack_bitmap([cid in {C3, C1} for cid in order])
     assert bitmap == b"\xa0" and xm.held_blocks(order, bitmap) == (C1, C3)
     with raises_exactly(SchemaError):
         xm.held_blocks(order, b"\xa0\x00")

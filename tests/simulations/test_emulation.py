@@ -16,6 +16,7 @@ import pytest
 
 from simulations.cli import main
 from simulations.emulation.shaping import _netns_problem
+from simulations.validate import TARGET
 
 pytestmark = [pytest.mark.emulation, pytest.mark.e2e]
 
@@ -50,7 +51,9 @@ def test_validate_emulates_with_real_nodes_and_compares_with_the_model(tmp_path:
     overall = result["rows"][0]
     assert overall["label"] == "median, all transfers"
     assert overall["emulated_s"] > 0 and overall["modelled_s"] > 0
-    assert abs(overall["error"]) < 0.5  # a broad sanity bound; the achieved figure is in the report
+    # the bound docs/researchers.md states (-1.2 % to -3.6 % measured there, -1.9 % in this configuration)
+    assert result["target"] == TARGET == 0.10
+    assert abs(overall["error"]) <= TARGET, overall
 
 
 def test_emulate_with_the_nodes_upload_limiter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

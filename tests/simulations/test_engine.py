@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from simulations.engine import mesh_design
 from simulations.engine.recorder import Record
 from simulations.engine.slice import SliceResult, run_slice
 from simulations.engine.state import Status
@@ -123,13 +124,22 @@ def test_corrupt_blocks_are_detected_the_peer_banned_and_the_blocks_refetched() 
     rows = rows_by_recipient(r)
     assert r.attack["corrupt_blocks"] > 0
     assert ("BBB", "CCC") in {(peer, by) for _, peer, by in r.bans}
-    assert r.attack["corrupt_accepted"] == 0
+    assert r.attack["corrupt_accepted"] == 0  # every corrupt block was rejected by the node's check
     slow = rows[C]
     assert delivered_after(slow) > 0  # delivered, and every counted byte came from an honest holder
     assert float(slow.wasted) >= r.attack["corrupt_bytes"] > 0
     assert float(slow.from_sender) + float(slow.from_peers) == pytest.approx(400e6)
     honest = run_slice(trio(), 0, 0, trace=studies([(10.0, A, [B, C], 400e6)]))
     assert honest.attack["corrupt_blocks"] == 0 and not honest.bans
+
+
+def test_corrupt_blocks_a_weaker_check_would_take_are_counted_as_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # corrupt_accepted counts what the check lets through: with the node's check none, with a check that
+    # looks at nothing but the size of a block every corrupt one, and the corrupt holder is never banned
+    monkeypatch.setattr(mesh_design, "verify_block", lambda cid, data: len(data) > 0)
+    r = run_slice(trio(extra=_attack("corrupt-blocks")), 0, 0, trace=studies([(10.0, A, [B, C], 400e6)]))
+    assert r.attack["corrupt_accepted"] > 0 and r.attack["corrupt_blocks"] == 0
+    assert ("BBB", "CCC") not in {(peer, by) for _, peer, by in r.bans}
 
 
 def test_dropped_requests_time_out_and_go_elsewhere() -> None:

@@ -25,7 +25,7 @@ from protocol.cbor import CborKey, CborValue
 from protocol.errors import DecodeError, LocalProtocolError, MeshError, StorageError
 from protocol.keys import PublicKey, SigningKey
 from protocol.schema import Fields
-from meshnode.files import read_file, write_atomic
+from common.files import read_file, write_atomic
 
 KEY_FORMAT = "dicom-mesh/authority-key/v1"
 OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_MODERATE

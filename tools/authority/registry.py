@@ -15,7 +15,7 @@ from protocol.document import Signed
 from protocol.errors import LocalProtocolError, NotFoundError, StorageError
 from protocol.keys import PublicKey, SigningKey
 from protocol.roster import Roster
-from meshnode.sqlite_db import open_database
+from common.sqlite_db import open_database
 
 MIGRATIONS = (
     """
@@ -147,9 +147,3 @@ class AuthorityRegistry:
         )
         return signed
 
-    def latest_roster(self) -> bytes:
-        row = self._db.execute("SELECT raw FROM rosters ORDER BY version DESC LIMIT 1").fetchone()
-        if row is None:
-            raise NotFoundError("no roster has been published yet")
-        raw: bytes = row[0]
-        return raw

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import trio
 
-from meshnode.cli.output import EXIT_OK, emit
-from meshnode.files import read_file
+from common.cli.output import EXIT_OK, emit
+from common.files import read_file
 from protocol.keys import PublicKey
 from tools.directory.home import DirectoryConfig, DirectoryHome
 from tools.directory.server import run_directory

@@ -6,15 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
-from meshnode.cli.output import EXIT_OK, emit
-from meshnode.files import read_file
+from common.cli.output import EXIT_OK, emit
+from common.files import read_file
 from protocol.certificate import Certificate
 from protocol.document import open_document
 from protocol.keys import PublicKey
 from protocol.roster import Roster, verify_roster
 from protocol.signing import MAX_DOCUMENT_BYTES
 from protocol.trust import check_certificate
-from meshnode.describe import describe, open_any, render_text
+from common.describe import describe, open_any, render_text
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:

@@ -6,14 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-from meshnode.cli.output import EXIT_OK, emit
-from meshnode.files import write_atomic
+from common.cli.output import EXIT_OK, emit
+from common.files import write_atomic
 from protocol.certificate import ROLE_NAMES
 from protocol.errors import LocalProtocolError
 from protocol.keys import PublicKey
 from tools.authority.home import AuthorityHome, resolve_authority_dir
 from tools.cli.passphrase import get_passphrase
-from meshnode.describe import iso
+from common.describe import iso
 
 DAY = 86400
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from meshnode.cli.output import add_common, run_cli
+from common.cli.output import add_common, run_cli
 from tools.cli import authority_cmd, directory_cmd, inspect_cmd, issue_cmd, revoke_cmd, roster_cmd
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from meshnode.files import read_file
+from common.files import read_file
 from protocol.errors import LocalProtocolError
 
 PASSPHRASE_ENV = "MESHADMIN_PASSPHRASE"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from meshnode.cli.output import EXIT_OK, emit
+from common.cli.output import EXIT_OK, emit
 from tools.authority.home import AuthorityHome, resolve_authority_dir
-from meshnode.describe import iso
+from common.describe import iso
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:

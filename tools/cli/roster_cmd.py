@@ -9,16 +9,15 @@ from pathlib import Path
 
 import trio
 
-from meshnode.cli.output import EXIT_OK, emit
-from meshnode.directory_client import publish_roster
-from meshnode.directory_transport import libp2p_transport
-from meshnode.files import read_file, write_atomic
-from meshnode.p2p.host import running_host
+from common.cli.output import EXIT_OK, emit
+from common.directory_transport import libp2p_transport, publish_roster
+from common.files import read_file, write_atomic
+from common.p2p.host import running_host
 from protocol.errors import LocalProtocolError
 from protocol.keys import PublicKey
 from tools.authority.home import AuthorityHome, resolve_authority_dir
 from tools.cli.passphrase import get_passphrase
-from meshnode.describe import iso
+from common.describe import iso
 
 HOUR = 3600
 

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshnode.files import read_file, write_atomic
-from meshnode.keyfile import create_key_file, load_key_file
+from common.files import read_file, write_atomic
+from common.keyfile import create_key_file, load_key_file
 from protocol.address_record import check_multiaddr_text
 from protocol.certificate import Certificate, Role
 from protocol.config_reader import MAX_CONFIG_BYTES, MISSING, Table, defaults, read

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import trio
 from libp2p.peer.id import ID
 
-from meshnode.files import write_atomic
-from meshnode.p2p.host import listen_multiaddrs, running_host
-from meshnode.p2p.streams import serve_requests
+from common.files import write_atomic
+from common.p2p.host import listen_multiaddrs, running_host
+from common.p2p.streams import serve_requests
 from protocol.certificate import Certificate
 from protocol.directory_messages import (
     DIRECTORY_PROTOCOL,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import StorageError
-from meshnode.sqlite_db import open_database
+from common.sqlite_db import open_database
 
 MIGRATIONS = (
     """

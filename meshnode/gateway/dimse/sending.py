@@ -32,8 +32,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import _config
 
-from meshnode.export import DigestMismatchError
-from meshnode.files import write_new
+from meshnode.study.export import DigestMismatchError
+from common.files import write_new
 from meshnode.gateway.dimse.contexts import UNCOMPRESSED
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.records import InstanceRecord, hash_uid

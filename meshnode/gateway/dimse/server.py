@@ -28,7 +28,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from meshnode.dicom.part10 import PREAMBLE, file_meta
-from meshnode.files import write_atomic
+from common.files import write_atomic
 from meshnode.gateway.config import GatewayConfig
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge
 from meshnode.gateway.dimse.contexts import add_acceptor_contexts, prefer_requestor_syntaxes

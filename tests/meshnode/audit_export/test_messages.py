@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from meshnode.audit_export.atna import AuditSource, audit_message
 from meshnode.audit_export.config import parse_audit_repository
 from meshnode.audit_export.syslog import frame, syslog_message
-from meshnode.config import ConfigError, parse_config
+from meshnode.config import parse_config
 from protocol.config_reader import Table
+from protocol.errors import ConfigError
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.audit_checkpoint import CHECKPOINT_EVERY, AuditCheckpoint
 from meshnode.storage.memory_metadata import MemoryMetadataStore

@@ -23,7 +23,7 @@ from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
-from meshnode.manifest_builder import build_manifest
+from meshnode.study.manifest_builder import build_manifest
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord, ManifestRow
 from protocol.document import Signed

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from meshnode.config import ConfigError, NodeConfig, parse_config
+from protocol.errors import ConfigError
+from meshnode.config import NodeConfig, parse_config
 from meshnode.gateway.config import Caller, DicomPeer, DimseSettings, GatewayConfig, PacsDestination
 from meshnode.gateway.routes import Route, RouteError, RouteTable, check_ae_title
 from protocol.manifest import Priority, Purpose

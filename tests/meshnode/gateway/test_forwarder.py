@@ -26,7 +26,7 @@ from protocol.manifest import Priority, Purpose
 from tests.e2e.dimse_tools import dataset_bytes
 from tests.meshnode.gateway.conftest import GatewayFactory
 from tests.meshnode.gateway.harness import Gateway, eventually
-from tools.demo.workspace import free_tcp_port
+from meshnode.demo.workspace import free_tcp_port
 
 PACS_AE = "TEST_PACS"
 

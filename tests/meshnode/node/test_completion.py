@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from meshnode.dicom import synthetic
-from meshnode.ingest import Ingester
-from meshnode.manifest_builder import build_manifest
+from meshnode.study.ingest import Ingester
+from meshnode.study.manifest_builder import build_manifest
 from meshnode.node.completion import (
     ContentMismatchError,
     InstanceMismatchError,

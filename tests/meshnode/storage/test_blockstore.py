@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError, BlockStore, DiskFullError
+from common.files import DiskFullError
+from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError, BlockStore
 from protocol.cid import CID
 from tests.conftest import SmallFs
 

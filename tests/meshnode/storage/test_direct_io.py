@@ -97,5 +97,12 @@ def test_a_full_disk_raises_and_leaves_no_partial_file(small_fs: SmallFs) -> Non
     with pytest.raises(OSError) as caught:
         writer.write_new(folder / "block", b"y" * (2 << 20))
     assert caught.value.errno == errno.ENOSPC
-    leftover = folder / "block"
-    assert not leftover.exists() or leftover.stat().st_size < (2 << 20)
+    assert sorted(p.name for p in folder.iterdir()) == []  # not even the part that fitted
+
+
+def test_a_full_disk_in_an_ordinary_write_leaves_no_partial_file(small_fs: SmallFs) -> None:
+    folder = small_fs("1m")
+    with pytest.raises(OSError) as caught:
+        NewFileWriter(direct=False).write_new(folder / "block", b"z" * (2 << 20))
+    assert caught.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in folder.iterdir()) == []

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from meshnode.config import ConfigError, NodeConfig, parse_config
+from protocol.errors import ConfigError
+from meshnode.config import NodeConfig, parse_config
 
 BASE = NodeConfig(org="RGT").render()
 

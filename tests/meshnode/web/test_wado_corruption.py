@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from meshnode.dicom import synthetic
-from meshnode.ingest import Ingester
+from meshnode.study.ingest import Ingester
 from meshnode.node.corruption import CorruptBlocks
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.dbthread import DatabaseThread

@@ -1,0 +1,1 @@
+"""CLI plumbing shared by `meshnode`, `meshadmin` and `meshsim`."""

@@ -1,0 +1,162 @@
+"""The schema of the node's SQLite file (node.db), all of it in one place: numbered migrations.
+
+The stores kept in that file each open their own connection to it with these
+migrations (common.sqlite_db.open_database applies the ones a database has
+not seen, each in its own transaction): the metadata store (its catalog in
+sqlite_metadata.py, with sqlite_exchange.py, sqlite_identity.py and
+sqlite_audit.py), the gateway (sqlite_gateway.py), users and API tokens
+(sqlite_users.py) and the webhook queue (sqlite_webhook_queue.py).
+
+MIGRATIONS[i] is schema version i+1. Append only: a new migration goes at the
+END, with a comment `# N: <topic>`; a released one is never edited. Every
+table is STRICT (tests/meshnode/storage/test_schema.py checks both).
+"""
+
+from __future__ import annotations
+
+MIGRATIONS = (
+    """
+    CREATE TABLE studies (
+        study_uid TEXT PRIMARY KEY, patient_name TEXT NOT NULL, patient_id TEXT NOT NULL,
+        birth_date TEXT NOT NULL, sex TEXT NOT NULL, study_date TEXT NOT NULL, study_time TEXT NOT NULL,
+        description TEXT NOT NULL, accession TEXT NOT NULL, updated_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX studies_by_patient ON studies (patient_id);
+    CREATE INDEX studies_by_date ON studies (study_date);
+    CREATE INDEX studies_by_accession ON studies (accession);
+    CREATE TABLE series (
+        series_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL REFERENCES studies (study_uid),
+        modality TEXT NOT NULL, series_number INTEGER, description TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX series_by_study ON series (study_uid);
+    CREATE TABLE instances (
+        id INTEGER PRIMARY KEY, sop_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL,
+        series_uid TEXT NOT NULL REFERENCES series (series_uid),
+        study_uid TEXT NOT NULL REFERENCES studies (study_uid),
+        transfer_syntax TEXT NOT NULL, size INTEGER NOT NULL, digest BLOB NOT NULL,
+        instance_number INTEGER, rows INTEGER, columns INTEGER, frames INTEGER,
+        flags TEXT NOT NULL, source TEXT NOT NULL, added_ms INTEGER NOT NULL,
+        UNIQUE (sop_instance_uid, digest)
+    ) STRICT;
+    CREATE INDEX instances_by_study ON instances (study_uid);
+    CREATE INDEX instances_by_series ON instances (series_uid);
+    CREATE TABLE blocks (
+        cid BLOB PRIMARY KEY, size INTEGER NOT NULL, added_ms INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE instance_blocks (
+        instance_id INTEGER NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL, cid BLOB NOT NULL, size INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, seq)
+    ) STRICT;
+    CREATE INDEX instance_blocks_by_cid ON instance_blocks (cid);
+    CREATE TABLE manifests (
+        manifest_id BLOB PRIMARY KEY, study_uid TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('sent', 'received')),
+        sender_org TEXT NOT NULL, recipients TEXT NOT NULL, revision INTEGER NOT NULL,
+        state TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, raw BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE manifest_blocks (
+        manifest_id BLOB NOT NULL REFERENCES manifests (manifest_id) ON DELETE CASCADE,
+        cid BLOB NOT NULL, PRIMARY KEY (manifest_id, cid)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX manifest_blocks_by_cid ON manifest_blocks (cid);
+    CREATE TABLE transfers (
+        manifest_id BLOB PRIMARY KEY, state TEXT NOT NULL, blocks_done INTEGER NOT NULL,
+        bytes_done INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE peers (peer_id TEXT PRIMARY KEY, org TEXT NOT NULL, last_seen_ms INTEGER NOT NULL) STRICT;
+    CREATE TABLE roster_state (id INTEGER PRIMARY KEY CHECK (id = 1), highest_version INTEGER NOT NULL) STRICT;
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, code INTEGER NOT NULL, action TEXT NOT NULL,
+        outcome INTEGER NOT NULL, actor TEXT NOT NULL, actor_org TEXT NOT NULL, study TEXT NOT NULL,
+        manifest_id TEXT NOT NULL, detail TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL
+    ) STRICT
+    """,
+    """
+    CREATE TABLE deliveries (
+        manifest_id BLOB NOT NULL REFERENCES manifests (manifest_id) ON DELETE CASCADE,
+        org TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, receipt BLOB, updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (manifest_id, org)
+    ) STRICT;
+    ALTER TABLE transfers ADD COLUMN served_by TEXT NOT NULL DEFAULT '{}'
+    """,
+    # 3: the gateway (meshnode.storage.sqlite_gateway): quiet-period announcements, forward queue
+    """
+    CREATE TABLE gateway_announcements (
+        study_uid TEXT NOT NULL, route TEXT NOT NULL, state TEXT NOT NULL, instances INTEGER NOT NULL,
+        first_ms INTEGER NOT NULL, last_instance_ms INTEGER NOT NULL, revision INTEGER NOT NULL,
+        manifest_id BLOB, announced_ms INTEGER, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        PRIMARY KEY (study_uid, route)
+    ) STRICT;
+    CREATE INDEX gateway_announcements_by_state ON gateway_announcements (state);
+    CREATE TABLE forward_items (
+        manifest_id BLOB NOT NULL, destination TEXT NOT NULL, seq INTEGER NOT NULL,
+        sop_instance_uid TEXT NOT NULL, digest BLOB NOT NULL, study_uid TEXT NOT NULL, priority INTEGER NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, status INTEGER, enqueued_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (manifest_id, destination, sop_instance_uid)
+    ) STRICT;
+    CREATE INDEX forward_items_due ON forward_items (destination, state, priority, next_attempt_ms);
+    CREATE INDEX forward_items_held ON forward_items (destination, sop_instance_uid, digest, state)
+    """,
+    # 4: HTTP: DICOMweb/UI users and their API tokens (hashes only), the webhook retry queue
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY, roles TEXT NOT NULL, created_ms INTEGER NOT NULL, disabled INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE api_tokens (
+        token_hash BLOB PRIMARY KEY, token_id TEXT NOT NULL UNIQUE,
+        user_name TEXT NOT NULL REFERENCES users (name), label TEXT NOT NULL, created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL, revoked INTEGER NOT NULL, last_used_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX api_tokens_by_user ON api_tokens (user_name);
+    CREATE TABLE webhook_queue (
+        id INTEGER PRIMARY KEY, hook TEXT NOT NULL, event_key TEXT NOT NULL, event TEXT NOT NULL,
+        body BLOB NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+        UNIQUE (hook, event_key)
+    ) STRICT;
+    CREATE INDEX webhook_queue_due ON webhook_queue (state, next_attempt_ms)
+    """,
+    # 5: access by provenance (protocol.access): the blocks fetched under each manifest, the sender's
+    # certificate of a received manifest (to relay it to a fellow recipient), what was served to whom
+    """
+    CREATE TABLE obtained_blocks (
+        manifest_id BLOB NOT NULL, cid BLOB NOT NULL, PRIMARY KEY (manifest_id, cid)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX obtained_blocks_by_cid ON obtained_blocks (cid);
+    CREATE INDEX manifests_by_share ON manifests (study_uid, sender_org, direction);
+    ALTER TABLE manifests ADD COLUMN certificate BLOB NOT NULL DEFAULT x'';
+    CREATE TABLE served (
+        manifest_id BLOB NOT NULL, org TEXT NOT NULL, blocks INTEGER NOT NULL, bytes INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL, PRIMARY KEY (manifest_id, org)
+    ) STRICT;
+    CREATE TABLE recall_tombstones (
+        manifest_id BLOB PRIMARY KEY, sender_org TEXT NOT NULL, at_ms INTEGER NOT NULL
+    ) STRICT
+    """,
+    # 6: why a received manifest failed (its content disagrees with it), for the inbox
+    """
+    CREATE TABLE manifest_failures (
+        manifest_id BLOB PRIMARY KEY, reason TEXT NOT NULL, at_ms INTEGER NOT NULL
+    ) STRICT
+    """,
+    # 7: tamper-evident audit: signed checkpoints of the chain, the spool for the audit repository
+    """
+    CREATE TABLE audit_checkpoints (
+        n INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL, at_ms INTEGER NOT NULL,
+        rebase_from INTEGER NOT NULL, rebase_to INTEGER NOT NULL, signature BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_checkpoints_by_seq ON audit_checkpoints (seq);
+    CREATE TABLE audit_tail (
+        id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL, at_ms INTEGER NOT NULL,
+        signature BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE audit_spool (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL CHECK (kind IN ('entry', 'checkpoint')),
+        seq INTEGER NOT NULL, payload BLOB NOT NULL, created_ms INTEGER NOT NULL, attempts INTEGER NOT NULL
+    ) STRICT
+    """,
+)

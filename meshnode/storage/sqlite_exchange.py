@@ -1,0 +1,69 @@
+"""Exchange state in the node's SQLite metadata: transfers (progress, and how many blocks each peer
+served), deliveries (what this node owes other orgs: announcements, recalls, receipts), recall
+tombstones, and what this node served to whom. Mixed into SqliteMetadataStore (sqlite_metadata.py);
+the tables are in schema.py."""
+
+from __future__ import annotations
+
+import json
+
+from meshnode.storage.records import DeliveryRow, ServedRow
+from meshnode.storage.sqlite_base import SqliteTables
+from protocol.cid import CID
+
+
+class SqliteExchange(SqliteTables):
+    def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO transfers (manifest_id, state, blocks_done, bytes_done, updated_ms) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (manifest_id) DO UPDATE SET state = excluded.state,"
+                " blocks_done = excluded.blocks_done, bytes_done = excluded.bytes_done,"
+                " updated_ms = excluded.updated_ms",
+                (manifest_id.to_bytes(), state, blocks_done, bytes_done, now_ms))
+
+    def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None:
+        rows = self._query("SELECT state, blocks_done, bytes_done FROM transfers WHERE manifest_id = ?",
+                           (manifest_id.to_bytes(),))
+        return (str(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
+
+    def save_delivery(self, row: DeliveryRow) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO deliveries VALUES (?,?,?,?,?,?,?,?)",
+                (row.manifest_id.to_bytes(), row.org, row.state, row.attempts, row.next_attempt_ms, row.last_error,
+                 row.document, row.updated_ms),
+            )
+
+    def deliveries(self, manifest_id: CID | None = None) -> list[DeliveryRow]:
+        where, params = ("WHERE manifest_id = ?", (manifest_id.to_bytes(),)) if manifest_id else ("", ())
+        return [
+            DeliveryRow(CID.from_bytes(bytes(r[0])), str(r[1]), str(r[2]), int(r[3]), int(r[4]), str(r[5]),
+                        bytes(r[6]) if r[6] is not None else None, int(r[7]))
+            for r in self._query(f"SELECT * FROM deliveries {where} ORDER BY manifest_id, org", params)
+        ]
+
+    def served_by(self, manifest_id: CID) -> dict[str, int]:
+        rows = self._query("SELECT served_by FROM transfers WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+        return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}
+
+    def record_recall_tombstone(self, manifest_id: CID, sender_org: str, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO recall_tombstones VALUES (?,?,?)",
+                       (manifest_id.to_bytes(), sender_org, now_ms))
+
+    def recall_tombstone(self, manifest_id: CID) -> str | None:
+        return self._text_of("SELECT sender_org FROM recall_tombstones WHERE manifest_id = ?", manifest_id)
+
+    def add_served(self, manifest_id: CID, org: str, blocks: int, nbytes: int, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO served VALUES (?,?,?,?,?) ON CONFLICT (manifest_id, org) DO UPDATE SET"
+                " blocks = blocks + excluded.blocks, bytes = bytes + excluded.bytes, updated_ms = excluded.updated_ms",
+                (manifest_id.to_bytes(), org, blocks, nbytes, now_ms))
+
+    def served(self, manifest_id: CID | None = None) -> list[ServedRow]:
+        where, params = ("WHERE manifest_id = ?", (manifest_id.to_bytes(),)) if manifest_id else ("", ())
+        return [ServedRow(CID.from_bytes(bytes(r[0])), str(r[1]), int(r[2]), int(r[3]))
+                for r in self._query(f"SELECT manifest_id, org, blocks, bytes FROM served {where}"
+                                     " ORDER BY manifest_id, org", params)]

@@ -1,1 +1,0 @@
-"""The README demo (`make demo`) and the process runner its end-to-end test shares."""
