@@ -9,18 +9,16 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from common.files import read_file, write_atomic
+from common.files import exclusive_lock, read_file, write_atomic
 from common.keyfile import create_key_file, load_key_file
 from meshnode.config import NodeConfig, load_config, parse_config
 from protocol.certificate import Certificate
@@ -40,8 +38,6 @@ KEY_FILE = "node.key"
 CONFIG_FILE = "node.toml"
 CERT_FILE = "certificate.cbor"
 CONFIG_LOCK_FILE = ".node.toml.lock"
-#: flock is per open file: threads of one process also take this lock (write_atomic's temp file is per pid)
-_THREAD_LOCK = threading.Lock()
 
 
 def resolve_home(home: str | None) -> Path:
@@ -127,20 +123,10 @@ class NodeHome:
             write_atomic(path, text.encode("utf-8"), mode=mode)
         return config
 
-    @contextmanager
-    def _config_lock(self) -> Iterator[None]:
+    def _config_lock(self) -> AbstractContextManager[None]:
         """An exclusive lock on node.toml's edits, held on a lock file beside it (node.toml itself is
         replaced by each edit, so it cannot carry the lock). Threads and processes alike wait for it."""
-        with _THREAD_LOCK:
-            try:
-                fd = os.open(self.path / CONFIG_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError as exc:
-                raise StorageError(f"cannot lock {self.config_path}: {exc.strerror or exc}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+        return exclusive_lock(self.path / CONFIG_LOCK_FILE)
 
     def certificate(self) -> Signed[Certificate]:
         return open_document(read_file(self.cert_path, "node certificate", max_bytes=8192), Certificate)
