@@ -28,7 +28,6 @@ one class.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import tomllib
@@ -142,6 +141,10 @@ def parse_value(text: str) -> object:
         return text
 
 
+#: What a TOML basic string may not hold raw: the quote, the backslash, control characters but tab, DEL.
+_TOML_ESCAPE = re.compile(r'["\\\x00-\x08\x0a-\x1f\x7f]')
+
+
 def format_value(value: object) -> str:
     """A value as TOML text, for a command line (`parse_value` reads it back): ``"x"``, ``30``, ``true``."""
     if isinstance(value, bool):
@@ -153,7 +156,7 @@ def format_value(value: object) -> str:
             raise ConfigError(f"{value!r} cannot be written to a configuration file")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
+        return '"' + _TOML_ESCAPE.sub(lambda m: f"\\u{ord(m.group()):04x}", value) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     raise ConfigError(f"cannot write {type(value).__name__} as a TOML value")

@@ -6,8 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from protocol.config_reader import MAX_CONFIG_BYTES, MAX_ITEMS, Table, defaults, parse_value, read, set_key
+from protocol.config_reader import (
+    MAX_CONFIG_BYTES,
+    MAX_ITEMS,
+    Table,
+    assignments,
+    defaults,
+    format_value,
+    parse_value,
+    read,
+    set_key,
+)
 from protocol.errors import ConfigError, MeshError
 
 
@@ -158,3 +170,23 @@ def test_set_key_and_parse_value() -> None:
             set_key(doc, key, 1)
     with pytest.raises(ConfigError, match="there is no table x"):
         set_key(doc, "x.y", 1, create=False)
+
+
+@given(st.recursive(st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text()
+                    | st.floats(allow_nan=False, allow_infinity=False),
+                    lambda inner: st.lists(inner, max_size=4), max_leaves=8))
+def test_format_value_reads_back(value: object) -> None:
+    """What the emulation passes to `meshnode config set` is read back as the same value (quotes,
+    backslashes, control characters, DEL and non-ASCII text included)."""
+    assert parse_value(format_value(value)) == value
+
+
+def test_assignments() -> None:
+    assert assignments({"limits.upload_mb_per_s": 2.5, "dimse.enabled": True, "http.listen": "127.0.0.1:1",
+                        "node.listen": ["/ip4/1.2.3.4/tcp/1"]}) == [
+        "limits.upload_mb_per_s=2.5", "dimse.enabled=true", 'http.listen="127.0.0.1:1"',
+        'node.listen=["/ip4/1.2.3.4/tcp/1"]']
+    with pytest.raises(ConfigError):
+        format_value(float("nan"))
+    with pytest.raises(ConfigError):
+        format_value({"a": 1})
