@@ -138,3 +138,12 @@ def test_ae_titles_are_trimmed_and_checked() -> None:
 def test_gateway_config_defaults_are_usable_without_a_file() -> None:
     config = GatewayConfig()
     assert len(config.routes) == 0 and config.dimse.max_instance_bytes == 2048 * 1024 * 1024
+
+
+def test_oversized_gateway_arrays_are_refused() -> None:
+    callers = "".join(f'[[caller]]\nae_title = "A{i}"\n' for i in range(10_001))
+    with pytest.raises(ConfigError, match="^node.toml: caller: 10001 items, more than the 10000 allowed"):
+        parse_config(BASE + "\n" + callers)
+    hosts = "[[caller]]\nae_title = \"A\"\nhosts = [" + ", ".join(['"10.0.0.1"'] * 10_001) + "]\n"
+    with pytest.raises(ConfigError, match="caller\\[0\\].hosts: 10001 items"):
+        parse_config(BASE + "\n" + hosts)

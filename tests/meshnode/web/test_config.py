@@ -71,3 +71,11 @@ def test_bad_settings_are_named(extra: str, message: str, tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         parse_config(BASE + "\n" + extra, home=tmp_path)
     assert message in str(err.value)
+
+
+def test_oversized_webhook_settings_are_refused() -> None:
+    hooks = "".join('[[webhook]]\nurl = "https://x"\nsecret = "0123456789abcdef"\n' for _ in range(10_001))
+    with pytest.raises(ConfigError, match="^node.toml: webhook: 10001 items, more than the 10000 allowed"):
+        parse_config(BASE + "\n" + hooks)
+    with pytest.raises(ConfigError, match="^node.toml: \\d+ bytes, more than the 1048576"):
+        parse_config(BASE + "\n# " + "x" * (1 << 20))
