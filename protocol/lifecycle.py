@@ -14,7 +14,8 @@ The recipient's view of a manifest announced to it::
 A fetch starts again from `fetching` (a restart resumes it), from `failed` (an operator asks again), and
 from `complete` or `receipted` (a quarantined block is fetched again, or bit rot is found when a restart
 re-verifies the study); such a repair ends with VERIFIED and, when the receipt was delivered before,
-RECEIPT_DELIVERED again. Verification fails from `fetching`, or from `complete` when a restart re-verifies
+RECEIPT_DELIVERED again. A restart before the receipt went re-verifies a complete study (VERIFIED
+again). Verification fails from `fetching`, or from `complete` when a restart re-verifies
 the study. A recall ends every state but itself. Anything not in the table is refused with a
 LocalProtocolError: a node that tries it has lost track of its own state (or lost a race with a recall,
 which its driver must expect).
@@ -78,6 +79,7 @@ TRANSITIONS: Mapping[tuple[Side, ManifestState | None, ManifestEvent], ManifestS
     (Side.RECIPIENT, S.COMPLETE, E.FETCH_STARTED): S.FETCHING,  # a repair, or bit rot found on restart
     (Side.RECIPIENT, S.RECEIPTED, E.FETCH_STARTED): S.FETCHING,  # a repair
     (Side.RECIPIENT, S.FETCHING, E.VERIFIED): S.COMPLETE,
+    (Side.RECIPIENT, S.COMPLETE, E.VERIFIED): S.COMPLETE,  # verified again by a restart before its receipt went
     (Side.RECIPIENT, S.COMPLETE, E.RECEIPT_DELIVERED): S.RECEIPTED,
     (Side.RECIPIENT, S.FETCHING, E.VERIFICATION_FAILED): S.FAILED,
     (Side.RECIPIENT, S.COMPLETE, E.VERIFICATION_FAILED): S.FAILED,  # re-verified on restart

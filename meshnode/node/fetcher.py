@@ -21,6 +21,7 @@ import trio
 from libp2p.peer.id import ID
 
 from meshnode.directory_client import ResolvedPeer
+from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.assembly import InstanceAssembly
 from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
 from meshnode.node.completion import check_summary, same_bytes, verify_instance
@@ -34,7 +35,7 @@ from meshnode.storage.records import InstanceRecord
 from protocol.cid import CID
 from protocol.document import Signed
 from protocol.access import Holding, may_reuse
-from protocol.errors import MeshError, UnauthorisedError
+from protocol.errors import LocalProtocolError, MeshError, UnauthorisedError
 from protocol.exchange_messages import BlockAbsent, BlockData, BlockRequest, Refused, held_blocks
 from protocol.fetch_order import fetch_order
 from protocol.fetch import (
@@ -45,6 +46,7 @@ from protocol.fetch import (
     PeerBanned,
     Request,
 )
+from protocol.lifecycle import ManifestEvent, ManifestState
 from protocol.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -152,7 +154,12 @@ class Fetcher:
             scheduler.peer_available(holder, manifest_id, order)
         self._discover_now.set()
         self.ctx.wake()  # the first requests go out while the state below is written
-        await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "fetching"))
+        try:
+            await self.ctx.db.run(lambda s: node_lifecycle.advance(s, manifest_id, ManifestEvent.FETCH_STARTED))
+        except LocalProtocolError as exc:  # recalled while the facts above were read
+            self.stop(manifest_id)
+            log.info("manifest %s not fetched: %s", manifest_id, exc)
+            return
         log.info("fetching %s manifest %s: %d of %d blocks already on disk (%d more held, fetched again)",
                  manifest.priority.value, manifest_id, len(have), len(order), len(present) - len(have))
 
@@ -219,7 +226,7 @@ class Fetcher:
             self.stop(manifest_id)
             self._nursery.start_soon(self.on_failed, signed, reason)
         elif manifest_id in self._fetched and assembly.all_verified:
-            await self._save_progress({manifest_id}, "verifying")
+            await self._save_progress({manifest_id})
             records = assembly.ordered_records()
             seconds = self.ctx.clock() - self._started.get(manifest_id, self.ctx.clock())
             size = signed.document.total_bytes
@@ -429,9 +436,9 @@ class Fetcher:
                                   " bytes, %d rounds", org, peer, sched.window(peer), sched.effective_window(peer),
                                   sched.in_flight_count(peer), self.sink.pending_bytes, self.sink.rounds)
             if dirty:
-                await self._save_progress(dirty, "fetching")
+                await self._save_progress(dirty)
 
-    async def _save_progress(self, manifest_ids: set[CID], state: str) -> None:
+    async def _save_progress(self, manifest_ids: set[CID]) -> None:
         """Progress. (Blocks served per peer are counted with the blocks themselves, as they become durable.)"""
         rows = [(m, sched.progress(m)) for m in manifest_ids
                 if m in self.active and (sched := self.scheduler_of(m)) is not None]
@@ -439,7 +446,7 @@ class Fetcher:
 
         def save(store: MetadataStore) -> None:
             for manifest_id, progress in rows:
-                store.set_transfer(manifest_id, state, progress.blocks_done, progress.bytes_done, ms)
+                store.set_transfer(manifest_id, ManifestState.FETCHING, progress.blocks_done, progress.bytes_done, ms)
 
         if rows:
             await self.ctx.db.run(save)

@@ -29,6 +29,7 @@ from protocol.cid import CID
 from protocol.errors import LocalProtocolError
 from protocol.fetch_order import rotated, start_offset
 from protocol.fetch import BlockStalled, BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
+from protocol.lifecycle import ManifestState
 from protocol.manifest import Priority
 from protocol.outbox import DeliveryKey, DeliveryKind
 from simulations.engine import wire_sizes
@@ -87,7 +88,7 @@ def study_share(world: World, s: Study) -> Share:
     share = s.access
     if share is None:
         share = s.access = Share(world.orgs[s.sender].code, frozenset(world.orgs[r].code for r in s.recipients),
-                                 "fetching", 2**62)
+                                 ManifestState.FETCHING, 2**62)
     return share
 
 

@@ -15,13 +15,14 @@ S, E = ManifestState, ManifestEvent
 RECEIVING = (S.ANNOUNCED, S.FETCHING, S.COMPLETE, S.RECEIPTED, S.FAILED)
 
 #: The moves as the node makes them (written out independently of protocol.lifecycle's table).
-LEGAL = {
+LEGAL: dict[tuple[Side, ManifestState | None, ManifestEvent], ManifestState] = {
     (Side.SENDER, None, E.SIGNED): S.SENT,
     (Side.SENDER, S.SENT, E.RECALLED): S.RECALLED,
     (Side.RECIPIENT, None, E.ACCEPTED): S.ANNOUNCED,
     **{(Side.RECIPIENT, s, E.FETCH_STARTED): S.FETCHING
        for s in (S.ANNOUNCED, S.FETCHING, S.FAILED, S.COMPLETE, S.RECEIPTED)},
     (Side.RECIPIENT, S.FETCHING, E.VERIFIED): S.COMPLETE,
+    (Side.RECIPIENT, S.COMPLETE, E.VERIFIED): S.COMPLETE,
     (Side.RECIPIENT, S.COMPLETE, E.RECEIPT_DELIVERED): S.RECEIPTED,
     (Side.RECIPIENT, S.FETCHING, E.VERIFICATION_FAILED): S.FAILED,
     (Side.RECIPIENT, S.COMPLETE, E.VERIFICATION_FAILED): S.FAILED,
