@@ -97,7 +97,7 @@ class MeshNode:
         self.mesh = mesh
         self.org = org
         self.code = mesh.world.orgs[org].code
-        self.sched: FetchScheduler = mesh.new_scheduler()
+        self.sched: FetchScheduler = FetchScheduler(mesh.settings)
         self.fetches: dict[CID, Fetch] = {}
         self.refs: dict[str, int] = {}  # scheduler peer -> active fetches it is registered for
         self.inbound: dict[Flow, RequestState] = {}
@@ -331,7 +331,7 @@ class MeshNode:
 
     def come_up(self, now: float) -> None:
         """A restarted node resumes every unfinished fetch from the blocks verified on disk."""
-        self.sched = self.mesh.new_scheduler()
+        self.sched = FetchScheduler(self.mesh.settings)
         for f in self.fetches.values():
             self._add_to_scheduler(f, now)
             f.last_progress = now

@@ -8,9 +8,12 @@ holder (the hub announces on the sender's behalf if the sender never could).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from protocol.fetch import FetchScheduler, Request
+from protocol.fetch_schedulers import FetchSchedulers
+from protocol.fetch_settings import FetchSettings
 from simulations.engine import wire_sizes
 from simulations.engine.hub import HubService
 from simulations.engine.mesh import Fetch, MeshNode, RequestState
@@ -23,6 +26,18 @@ TIMEOUT_MARGIN = 1e-6
 FIRST_IMAGE = -1  # a request milestone that is not a block end: the first image's bytes are in
 
 
+def scaled(node: FetchSettings, scale: float) -> FetchSettings:
+    """The node's settings for scheduler blocks of `scale` node blocks each: block counts divided (at least a
+    window of 2 and a request of 1), the request timeout stretched for the longer blocks."""
+    window_initial = max(2, round(node.window_initial / scale))
+    request_max_blocks = max(1, min(64, round(node.request_max_blocks / scale)))
+    return dataclasses.replace(
+        node, window_min=min(node.window_min, window_initial), window_initial=window_initial,
+        window_max=max(window_initial, round(node.window_max / scale)), request_max_blocks=request_max_blocks,
+        min_request_blocks=max(1, min(request_max_blocks, round(node.min_request_blocks / scale))),
+        request_timeout=node.request_timeout * max(1.0, scale))
+
+
 class Mesh:
     def __init__(self, world: World, hub: HubService | None = None) -> None:
         self.world = world
@@ -30,12 +45,9 @@ class Mesh:
         d = world.scenario.design
         scale = d.granularity / wire_sizes.REAL_BLOCK
         self.scale = scale
-        self.window_initial = max(2, round(d.window_initial / scale))
-        self.window_max = max(self.window_initial, round(d.window_max / scale))
-        self.request_blocks = max(1, min(64, round(d.request_max_blocks / scale)))
-        self.min_request_blocks = max(1, min(self.request_blocks, round(d.min_request_blocks / scale)))
-        self.request_timeout = d.request_timeout * max(1.0, scale)
-        self.tick = d.discovery_interval
+        self.settings = scaled(d.fetch, scale)
+        self.request_timeout = self.settings.request_timeout
+        self.tick = self.settings.discovery_interval
         self.fallback_after = d.fallback_after
         self.verify_rate = d.verify_rate
         self.direct_enabled = world.scenario.engine.idle_fast_path
@@ -47,18 +59,15 @@ class Mesh:
         if hub is not None:
             hub.on_stored.append(self._hub_stored)
 
-    def scheduler_settings(self) -> dict[str, float | int]:
-        return {"window_min": min(2, self.window_initial), "window_initial": self.window_initial,
-                "window_max": self.window_max, "request_max_blocks": self.request_blocks,
-                "min_request_blocks": self.min_request_blocks, "max_strikes": 1,
-                "request_timeout": self.request_timeout, "queue_target": 0.25}
+    def scheduler_settings(self) -> dict[str, float | int | None]:
+        """The settings every scheduler runs with (scaled to the granularity), for the run's manifest."""
+        out = dataclasses.asdict(self.settings)
+        del out["discovery_interval"]  # reported on its own
+        return out
 
-    def new_scheduler(self) -> FetchScheduler:
-        s = self.scheduler_settings()
-        return FetchScheduler(window_min=int(s["window_min"]), window_initial=int(s["window_initial"]),
-                              window_max=int(s["window_max"]), request_max_blocks=int(s["request_max_blocks"]),
-                              max_strikes=1, request_timeout=float(s["request_timeout"]), queue_target=0.25,
-                              min_request_blocks=int(s["min_request_blocks"]))
+    def new_schedulers(self) -> FetchSchedulers:
+        """A node's schedulers, one per sender org, as the node runs them (protocol.fetch_schedulers)."""
+        return FetchSchedulers(self.settings)
 
     def can_go_direct(self, node: MeshNode, f: Fetch) -> bool:
         """An idle node, one study from one ordinary holder it has no state about, in one request."""
@@ -124,7 +133,8 @@ class Mesh:
             if holder >= 0:
                 self.can_serve[holder].pop(f, None)
         done = now + (s.nbytes / self.verify_rate if self.verify_rate > 0 else 0.0)
-        t.control += wire_sizes.RECEIPT + wire_sizes.block_traffic(s.nbytes, s.images, s.image_bytes, self.world.scenario.design.request_max_blocks)
+        t.control += wire_sizes.RECEIPT + wire_sizes.block_traffic(s.nbytes, s.images, s.image_bytes,
+                                                                   self.world.scenario.design.fetch.request_max_blocks)
         if done > now:
             self.world.queue.at(done, self._verified, t)
         else:

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 from protocol.errors import MeshError
+from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
 from protocol.schema import check_org_code
 from simulations.scenario.errors import ScenarioError
@@ -296,24 +297,33 @@ def _check_referrals(referrals: tuple[Referral, ...], known: _Names) -> None:
 def _design(t: Table) -> Design:
     kind = DesignKind(t.text("kind", choices=tuple(k.value for k in DesignKind)))
     max_attempts = t.integer("announce_max_attempts", 0, 0, 10_000)
-    design = Design(
-        kind=kind, granularity=t.size("granularity", 1 << 20), discovery_interval=t.duration("discovery_interval", 0.5),
-        request_timeout=t.duration("request_timeout", 30.0), fallback_after=t.duration("fallback_after", 60.0),
-        announce_max_attempts=max_attempts or None, window_initial=t.integer("window_initial", 32, 1, 4096),
-        window_max=t.integer("window_max", 64, 1, 4096), request_max_blocks=t.integer("request_max_blocks", 16, 1, 64),
-        min_request_blocks=t.integer("min_request_blocks", 16, 1, 64),
-        roster_refresh=t.duration("roster_refresh", 60.0),
-        verify_rate=t.rate("verify_rate") if t.has("verify_rate") else 0.0,
-    )
-    if design.granularity < 1024:
+    node = FetchSettings()  # the node's: each default stated once, in protocol.fetch_settings
+    window_initial = t.integer("window_initial", node.window_initial, 1, 4096)
+    window_max = t.integer("window_max", node.window_max, 1, 4096)
+    request_max_blocks = t.integer("request_max_blocks", node.request_max_blocks, 1, 64)
+    min_request_blocks = t.integer("min_request_blocks", node.min_request_blocks, 1, 64)
+    timing = {key: t.duration(key, default) for key, default in (
+        ("discovery_interval", node.discovery_interval), ("request_timeout", node.request_timeout),
+        ("roster_refresh", 60.0))}
+    granularity = t.size("granularity", 1 << 20)
+    if granularity < 1024:
         raise ScenarioError(f"{t.key('granularity')}: must be at least 1KiB")
-    if design.window_max < design.window_initial:
+    if window_max < window_initial:
         raise ScenarioError(f"{t.key('window_max')}: smaller than window_initial")
-    if design.min_request_blocks > design.request_max_blocks:
+    if min_request_blocks > request_max_blocks:
         raise ScenarioError(f"{t.key('min_request_blocks')}: larger than request_max_blocks")
-    for key in ("discovery_interval", "request_timeout", "roster_refresh"):
-        if getattr(design, key) <= 0:
+    for key, value in timing.items():
+        if not value > 0:
             raise ScenarioError(f"{t.key(key)}: must be positive")
+    fetch = FetchSettings(
+        window_min=min(node.window_min, window_initial), window_initial=window_initial, window_max=window_max,
+        request_max_blocks=request_max_blocks, min_request_blocks=min_request_blocks,
+        request_timeout=timing["request_timeout"], discovery_interval=timing["discovery_interval"])
+    design = Design(
+        kind=kind, granularity=granularity, fallback_after=t.duration("fallback_after", 60.0),
+        announce_max_attempts=max_attempts or None, roster_refresh=timing["roster_refresh"],
+        verify_rate=t.rate("verify_rate") if t.has("verify_rate") else 0.0, fetch=fetch,
+    )
     t.finish()
     return design
 
