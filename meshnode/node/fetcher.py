@@ -142,7 +142,7 @@ class Fetcher:
         self._discover_now.set()
         self.ctx.wake()  # the first requests go out while the state below is written
         try:
-            await self.ctx.db.run(lambda s: node_lifecycle.advance(s, manifest_id, ManifestEvent.FETCH_STARTED))
+            await self.ctx.db.run(lambda s: node_lifecycle.move(s, manifest_id, ManifestEvent.FETCH_STARTED))
         except LocalProtocolError as exc:  # recalled while the facts above were read
             self.stop(manifest_id)
             log.info("manifest %s not fetched: %s", manifest_id, exc)

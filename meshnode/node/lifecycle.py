@@ -1,4 +1,4 @@
-"""The node's driver of protocol.lifecycle: every change of a stored manifest's state goes through `advance`.
+"""The node's driver of protocol.lifecycle: every change of a stored manifest's state goes through `move`.
 
 Each function runs on the database thread (inside `ctx.db.run`), so reading the state, deciding the move and
 writing the new state happen with no other write in between.
@@ -22,7 +22,7 @@ def next_state(store: MetadataStore, manifest_id: CID, event: ManifestEvent) -> 
     return lifecycle.advance(Side(row.direction), row.state, event)
 
 
-def advance(store: MetadataStore, manifest_id: CID, event: ManifestEvent) -> ManifestState:
+def move(store: MetadataStore, manifest_id: CID, event: ManifestEvent) -> ManifestState:
     """Apply `event` to the stored manifest and store its new state (nothing written when refused)."""
     state = next_state(store, manifest_id, event)
     store.set_manifest_state(manifest_id, state)

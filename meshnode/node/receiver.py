@@ -77,8 +77,8 @@ class Receiver:
                                            actor=peer_id, detail=f"{exc.name}: {exc}"[:300]))
             raise
         row = ManifestRow(manifest_id, manifest.study_uid, "received", manifest.sender_org, manifest.revision,
-                          advance(Side.RECIPIENT, None, ManifestEvent.ACCEPTED), manifest.created_at, manifest.expires_at, manifest_raw, manifest.recipients,
-                          cert_raw)
+                          advance(Side.RECIPIENT, None, ManifestEvent.ACCEPTED), manifest.created_at,
+                          manifest.expires_at, manifest_raw, manifest.recipients, cert_raw)
         blocks = manifest.block_order()
 
         def record(store: MetadataStore) -> None:
@@ -139,7 +139,7 @@ class Receiver:
             raise WrongOrganisationError("a recall must come from the manifest's sender org")
         if row.state is ManifestState.RECALLED:
             return
-        await ctx.db.run(lambda s: node_lifecycle.advance(s, recall.manifest_id, ManifestEvent.RECALLED))
+        await ctx.db.run(lambda s: node_lifecycle.move(s, recall.manifest_id, ManifestEvent.RECALLED))
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "manifest-recalled", actor=peer_id,
                                    actor_org=recall.sender_org, study=hash_uid(row.study_uid),
                                    manifest_id=str(recall.manifest_id),

@@ -293,9 +293,9 @@ class Node:
             now = int(ctx.clock() * 1000)
 
             def restore(store: MetadataStore) -> None:
-                node_lifecycle.advance(store, manifest_id, ManifestEvent.VERIFIED)
+                node_lifecycle.move(store, manifest_id, ManifestEvent.VERIFIED)
                 if previous is ManifestState.RECEIPTED:  # its receipt was delivered before the repair
-                    node_lifecycle.advance(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
+                    node_lifecycle.move(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
                 done = store.transfer(manifest_id)
                 store.set_transfer(manifest_id, ManifestState.COMPLETE, done[1] if done else 0, manifest.total_bytes,
                                    now)
@@ -366,7 +366,7 @@ class Node:
                 await trio.sleep(backoff_s(attempts))
                 continue
             try:
-                await self.ctx.db.run(lambda s: node_lifecycle.advance(s, manifest_id, ManifestEvent.RECEIPT_DELIVERED))
+                await self.ctx.db.run(lambda s: node_lifecycle.move(s, manifest_id, ManifestEvent.RECEIPT_DELIVERED))
             except LocalProtocolError as exc:  # recalled (or being repaired) while the receipt was on its way
                 log.info("receipt for %s delivered to %s; not recorded: %s", manifest_id, manifest.sender_org, exc)
                 return
@@ -382,7 +382,8 @@ class Node:
             if row.expires_at < now:
                 continue
             signed = self.ctx.manifests.open(row.manifest_id, row.raw)
-            if row.state is ManifestState.FETCHING or (row.state is ManifestState.ANNOUNCED and self.ctx.config.auto_fetch):
+            auto = self.ctx.config.auto_fetch
+            if row.state is ManifestState.FETCHING or (row.state is ManifestState.ANNOUNCED and auto):
                 await self.fetcher.start(signed, holder=signed.document.sender_peer)
             elif row.state is ManifestState.COMPLETE:
                 nursery.start_soon(self._completed, signed)

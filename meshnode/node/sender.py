@@ -124,7 +124,7 @@ class Sender:
         recall_raw = recall.encode()
 
         def record(store: MetadataStore) -> None:
-            node_lifecycle.advance(store, manifest_id, ManifestEvent.RECALLED)  # refused: recalled already
+            node_lifecycle.move(store, manifest_id, ManifestEvent.RECALLED)  # refused: recalled already
             for org in row.recipients:
                 store.save_delivery(DeliveryRow(manifest_id, org, "recall-pending", 0, now_ms, "", recall_raw, now_ms))
 

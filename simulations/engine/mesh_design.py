@@ -14,6 +14,7 @@ import itertools
 from protocol.fetch import FetchScheduler, Request
 from protocol.fetch_schedulers import FetchSchedulers
 from protocol.fetch_settings import FetchSettings
+from protocol.lifecycle import ManifestEvent, Side, advance
 from simulations.engine import wire_sizes
 from simulations.engine.hub import HubService
 from simulations.engine.mesh import Fetch, MeshNode, RequestState
@@ -80,8 +81,9 @@ class Mesh:
         sender = world.orgs[s.sender]
         if sender.corrupt > 0 or sender.drop > 0 or not world.reachable(s.sender, node.org) or node.inbound:
             return False
-        sched = node.sched
-        return sched.window(sender.code) is None and sched.strikes(sender.code) == 0 and not sched.in_flight()
+        sched = node.scheds.get(sender.code)
+        return sched is None or (sched.window(sender.code) is None and sched.strikes(sender.code) == 0
+                                 and not sched.in_flight())
 
     def name_of(self, holder: int) -> str:
         return self.world.hub_code if holder == HUB else self.world.orgs[holder].code
@@ -108,6 +110,7 @@ class Mesh:
             for t in s.transfers:
                 self._fail(t, now, "sender revoked")
             return
+        s.state = advance(Side.SENDER, None, ManifestEvent.SIGNED)
         node = self.nodes[s.sender]
         for t in s.transfers:
             node.announce(t, now)
@@ -122,6 +125,9 @@ class Mesh:
         if not world.orgs[t.recipient].online:
             self.nodes[t.study.sender].announce(t, now)  # no Ack: the sender retries
             return
+        if t.state is not None:
+            return  # recorded already (the node acknowledges a repeated announcement and does nothing else)
+        t.state = advance(Side.RECIPIENT, None, ManifestEvent.ACCEPTED)
         if t.announced_at < 0:
             t.announced_at = now
         self.nodes[t.recipient].start_fetch(t, now)
@@ -141,6 +147,9 @@ class Mesh:
             self._verified(t, now)
 
     def _verified(self, t: Transfer, now: float) -> None:
+        t.state = advance(Side.RECIPIENT, t.state, ManifestEvent.VERIFIED)
+        # the receipt's bytes were counted at completion; its delivery is not modelled (it arrives)
+        t.state = advance(Side.RECIPIENT, t.state, ManifestEvent.RECEIPT_DELIVERED)
         self.world.recorder.resolve(t, Status.DELIVERED, now)
 
     def _fail(self, t: Transfer, now: float, reason: str) -> None:
@@ -179,23 +188,24 @@ class Mesh:
                     self.schedule_tick(g)
 
     # -- requests as flows --------------------------------------------------------------------
-    def issue(self, node: MeshNode, request: Request, now: float) -> None:
+    def issue(self, node: MeshNode, sender: str, request: Request, now: float) -> None:
+        """`request`, from the scheduler of `sender`'s manifests at `node`, becomes a flow after a round trip."""
         world = self.world
         peer = self.index_of(request.peer)
         f = node.fetches.get(request.manifest_id)
-        st = RequestState(node, request, peer, f)
+        st = RequestState(node, sender, request, peer, f)
         if f is not None and f.direct:
             f.direct_request = st
             self.direct_fetches += 1
         if not world.reachable(peer, node.org):
             # The dial fails: forget what it holds until discovery finds it again.
-            node.sched.request_failed(request.peer, list(request.cids), now)
+            node.sched(sender).request_failed(request.peer, list(request.cids), now)
             node.lost_peer(peer, now)
             world.queue.at(now, self._pump, node)
             return
         if world.drops(peer):
             world.recorder.dropped_requests += 1
-            world.queue.at(now + self.request_timeout + TIMEOUT_MARGIN, self._expire, (node, request))
+            world.queue.at(now + self.request_timeout + TIMEOUT_MARGIN, self._expire, (node, sender, request))
             return
         world.queue.after(world.rtt(peer, node.org), self._activate, st)
 
@@ -203,25 +213,25 @@ class Mesh:
         if self.world.orgs[node.org].online:
             node.pump(now)
 
-    def _expire(self, arg: tuple[MeshNode, Request], now: float) -> None:
-        node, request = arg
+    def _expire(self, arg: tuple[MeshNode, str, Request], now: float) -> None:
+        node, sender, request = arg
         if not self.world.orgs[node.org].online:
             return
-        before = node.sched.in_flight_count(request.peer)
+        before = node.sched(sender).in_flight_count(request.peer)
         node.pump(now)
-        if node.sched.in_flight_count(request.peer) < before:
+        if node.sched(sender).in_flight_count(request.peer) < before:
             self.world.recorder.request_timeouts += 1
-        inflight = node.sched.in_flight()
+        inflight = node.sched(sender).in_flight()
         if any(inflight.get(c) == request.peer for c in request.cids):
-            self.world.queue.at(now + self.request_timeout + TIMEOUT_MARGIN, self._expire, (node, request))
+            self.world.queue.at(now + self.request_timeout + TIMEOUT_MARGIN, self._expire, arg)
 
     def _activate(self, st: RequestState, now: float) -> None:
         world = self.world
         node = st.node
-        if not world.orgs[node.org].online or node.sched is None:
+        if not world.orgs[node.org].online:
             return
         if not world.reachable(st.peer, node.org):
-            node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+            node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
             node.lost_peer(st.peer, now)
             node.pump(now)
             return
@@ -291,7 +301,7 @@ class Mesh:
             world.recorder.corrupt_bytes += size
             if t is not None:
                 t.wasted += size
-        newly = node.sched.block_received(st.request.peer, cid, ok, at)
+        newly = node.sched(st.sender).block_received(st.request.peer, cid, ok, at)
         if ok and t is not None and fetch is not None:
             if newly:
                 b = int.from_bytes(cid.digest[9:13], "big")
@@ -329,9 +339,9 @@ class Mesh:
         st: RequestState = flow.data
         self._detach(st, flow)
         node = st.node
-        sched = node.sched
+        sched = node.sched(st.sender)
         peer = st.request.peer
-        if peer not in node.refs and sched.in_flight_count(peer) == 0 and sched.window(peer) is not None:
+        if (st.sender, peer) not in node.refs and sched.in_flight_count(peer) == 0 and sched.window(peer) is not None:
             sched.peer_lost(peer, now)
         node.pump(now)
 
@@ -367,7 +377,7 @@ class Mesh:
         requesters: dict[MeshNode, None] = {}
         for flow, st in list(self.serving[org].items()):
             self.abort_request(st, flow)
-            st.node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+            st.node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
             requesters[st.node] = None
         for node in requesters:
             node.lost_peer(org, now)
@@ -390,7 +400,7 @@ class Mesh:
                 for flow, st in list(self.serving[org].items()):
                     if not world.reachable(org, st.node.org):
                         self.abort_request(st, flow)
-                        st.node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+                        st.node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
                         st.node.lost_peer(org, now)
                         st.node.pump(now)
         else:
@@ -449,8 +459,9 @@ class Mesh:
         if t.resolved or not self.world.orgs[t.recipient].online:
             return
         node = self.nodes[t.recipient]
-        if t.study.manifest_id in node.fetches:
+        if t.study.manifest_id in node.fetches or t.state is not None:
             return
+        t.state = advance(Side.RECIPIENT, None, ManifestEvent.ACCEPTED)
         t.announced_at = now
         node.start_fetch(t, now)
         f = node.fetches.get(t.study.manifest_id) if t.study.manifest_id else None
@@ -462,7 +473,7 @@ class Mesh:
     def hub_down(self, now: float) -> None:
         for flow, st in list(self.hub_serving.items()):
             self.abort_request(st, flow)
-            st.node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+            st.node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
             st.node.lost_peer(HUB, now)
             st.node.pump(now)
 

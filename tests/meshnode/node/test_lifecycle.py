@@ -40,18 +40,18 @@ def state(store: MetadataStore, manifest_id: CID) -> S:
 def test_a_received_manifest_through_its_life(store: MetadataStore) -> None:
     for event, after in ((E.FETCH_STARTED, S.FETCHING), (E.VERIFIED, S.COMPLETE), (E.RECEIPT_DELIVERED, S.RECEIPTED),
                          (E.FETCH_STARTED, S.FETCHING), (E.VERIFIED, S.COMPLETE), (E.RECALLED, S.RECALLED)):
-        assert node_lifecycle.advance(store, MID, event) is after
+        assert node_lifecycle.move(store, MID, event) is after
         assert state(store, MID) is after
 
 
 def test_a_recall_is_not_undone_by_a_late_completion_or_receipt(store: MetadataStore) -> None:
     """The race the node's drivers meet: a recall lands while the last blocks are verified (or the receipt is on
     its way). The old code wrote 'complete' / 'receipted' over 'recalled', and so served a recalled study again."""
-    node_lifecycle.advance(store, MID, E.FETCH_STARTED)
-    node_lifecycle.advance(store, MID, E.RECALLED)
+    node_lifecycle.move(store, MID, E.FETCH_STARTED)
+    node_lifecycle.move(store, MID, E.RECALLED)
     for late in (E.VERIFIED, E.RECEIPT_DELIVERED, E.FETCH_STARTED, E.VERIFICATION_FAILED, E.RECALLED):
         with pytest.raises(LocalProtocolError):
-            node_lifecycle.advance(store, MID, late)
+            node_lifecycle.move(store, MID, late)
         with pytest.raises(LocalProtocolError):
             node_lifecycle.next_state(store, MID, late)
         assert state(store, MID) is S.RECALLED
@@ -61,13 +61,13 @@ def test_the_sides_stay_apart(store: MetadataStore) -> None:
     # the stored direction picks the machine: a sent manifest is never fetched, completed or receipted here
     for event in (E.FETCH_STARTED, E.VERIFIED, E.RECEIPT_DELIVERED, E.VERIFICATION_FAILED):
         with pytest.raises(LocalProtocolError):
-            node_lifecycle.advance(store, SENT, event)
+            node_lifecycle.move(store, SENT, event)
     assert state(store, SENT) is S.SENT
-    assert node_lifecycle.advance(store, SENT, E.RECALLED) is S.RECALLED
+    assert node_lifecycle.move(store, SENT, E.RECALLED) is S.RECALLED
     with pytest.raises(LocalProtocolError):  # recalled twice: the second is refused, nothing re-signed
-        node_lifecycle.advance(store, SENT, E.RECALLED)
+        node_lifecycle.move(store, SENT, E.RECALLED)
 
 
 def test_an_unknown_manifest_is_not_found(store: MetadataStore) -> None:
     with pytest.raises(NotFoundError):
-        node_lifecycle.advance(store, CID.of(b"never stored"), E.RECALLED)
+        node_lifecycle.move(store, CID.of(b"never stored"), E.RECALLED)
