@@ -9,6 +9,7 @@ from common.describe import iso
 from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
 from protocol.errors import NotFoundError, SchemaError
+from protocol.lifecycle import ManifestState
 from protocol.manifest import Priority, Purpose
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                 transfer = store.transfer(row.manifest_id)
                 out.append({
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "sender_org": row.sender_org,
-                    "priority": manifest.priority.value, "purpose": manifest.purpose.value, "state": row.state,
+                    "priority": manifest.priority.value, "purpose": manifest.purpose.value, "state": row.state.value,
                     "revision": row.revision, "instances": len(manifest.instances),
                     "blocks_total": len({c for i in manifest.instances for c in i.blocks}),
                     "blocks_done": transfer[1] if transfer else 0, "bytes_total": manifest.total_bytes,
@@ -91,7 +92,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                     "first_instance_ms": (round(1000 * node.fetcher.first_usable[row.manifest_id])
                                           if row.manifest_id in node.fetcher.first_usable else None),
                     "forward": node.gateway.forward_progress(row.manifest_id),  # to the local PACS
-                    "failure": store.manifest_failure(row.manifest_id) if row.state == "failed" else None,
+                    "failure": store.manifest_failure(row.manifest_id) if row.state is ManifestState.FAILED else None,
                 })
             return out
 
@@ -105,7 +106,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                 deliveries = store.deliveries(row.manifest_id)
                 served = _served_to(store, row.manifest_id)
                 out.append({
-                    "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state,
+                    "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state.value,
                     "revision": row.revision, "created_at": iso(row.created_at),
                     "recipients": {d.org: {"state": d.state, "attempts": d.attempts, "last_error": d.last_error,
                                            "receipt_verified": d.state == "delivered" and d.document is not None,

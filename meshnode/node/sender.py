@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from meshnode.study.manifest_builder import build_manifest
+from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.context import NodeContext
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.storage.audit import AuditEvent, EventCode
@@ -15,6 +16,7 @@ from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed, open_document
 from protocol.errors import DocumentError, LocalProtocolError, NotFoundError, WrongOrganisationError
+from protocol.lifecycle import ManifestEvent, Side, advance
 from protocol.manifest import Manifest, Priority, Purpose
 from protocol.recall import Recall, RecallAction
 from protocol.receipt import Receipt, verify_receipt
@@ -59,7 +61,8 @@ class Sender:
         )
         signed = manifest.sign(ctx.key)
         manifest_id = signed.cid
-        row = ManifestRow(manifest_id, study_uid, "sent", ctx.org, manifest.revision, "sent", now,
+        row = ManifestRow(manifest_id, study_uid, "sent", ctx.org, manifest.revision,
+                          advance(Side.SENDER, None, ManifestEvent.SIGNED), now,
                           manifest.expires_at, signed.encode(), manifest.recipients)
         blocks = manifest.block_order()
         now_ms = int(ctx.clock() * 1000)
@@ -114,13 +117,14 @@ class Sender:
         row = await ctx.db.run(lambda s: s.manifest(manifest_id))
         if row is None or row.direction != "sent":
             raise NotFoundError("no such sent manifest")
+        advance(Side.SENDER, row.state, ManifestEvent.RECALLED)  # a second recall is refused before it is signed
         recall = Recall(manifest_id, row.study_uid, ctx.org, RecallAction.WITHDRAW, None, reason[:1024],
                         int(ctx.clock())).sign(ctx.key)
         now_ms = int(ctx.clock() * 1000)
         recall_raw = recall.encode()
 
         def record(store: MetadataStore) -> None:
-            store.set_manifest_state(manifest_id, "recalled")
+            node_lifecycle.move(store, manifest_id, ManifestEvent.RECALLED)  # refused: recalled already
             for org in row.recipients:
                 store.save_delivery(DeliveryRow(manifest_id, org, "recall-pending", 0, now_ms, "", recall_raw, now_ms))
 

@@ -152,7 +152,7 @@ class NodeView:
             head = store.audit_head()
             manifests: dict[tuple[str, str], int] = {}
             for m in store.manifests():
-                manifests[(m.direction, m.state)] = manifests.get((m.direction, m.state), 0) + 1
+                manifests[(m.direction, m.state.value)] = manifests.get((m.direction, m.state.value), 0) + 1
             pending = sum(1 for d in store.deliveries() if d.state in ("pending", "recall-pending"))
             return (head[0] if head else 0), len(store.studies()), manifests, pending
 

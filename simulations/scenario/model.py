@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
 
 
@@ -126,16 +127,13 @@ class Workload:
 class Design:
     kind: DesignKind
     granularity: float = 1 << 20  # bytes per scheduler block (the node uses 1 MiB blocks)
-    discovery_interval: float = 0.5  # how often a fetching node asks holders what they have (node: 0.5 s)
-    request_timeout: float = 30.0  # the node's request timeout (scaled with granularity, see docs)
     fallback_after: float = 60.0  # hybrid: a fetch without progress this long adds the hub as a holder
     announce_max_attempts: int | None = None  # None (0 in the file): retried until the run ends
     verify_rate: float = 0.0  # bytes/s a node checks instance digests at completion (0: instantly)
-    window_initial: int = 32  # the node's Fetcher settings (meshnode/node/fetcher.py), in 1 MiB blocks
-    window_max: int = 64
-    request_max_blocks: int = 16
-    min_request_blocks: int = 16
     roster_refresh: float = 60.0
+    #: the node's fetch settings (protocol.fetch_settings; block counts in the node's 1 MiB blocks, scaled to
+    #: `granularity` by the engine), as the scenario changes them
+    fetch: FetchSettings = field(default_factory=FetchSettings)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from protocol.config_reader import Table, defaults, read
 from protocol.errors import ConfigError, MeshError
+from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
 from protocol.schema import check_org_code
 from simulations.scenario.errors import ScenarioError
@@ -283,27 +284,33 @@ def _design(t: Table) -> Design:
     d = defaults(Design)
     kind = DesignKind(t.text("kind", choices=tuple(k.value for k in DesignKind)))
     max_attempts = t.integer("announce_max_attempts", d["announce_max_attempts"] or 0, 0, 10_000)
-    design = Design(
-        kind=kind, granularity=t.size("granularity", d["granularity"]),
-        discovery_interval=t.duration("discovery_interval", d["discovery_interval"]),
-        request_timeout=t.duration("request_timeout", d["request_timeout"]),
-        fallback_after=t.duration("fallback_after", d["fallback_after"]),
-        announce_max_attempts=max_attempts or None, window_initial=t.integer("window_initial", d["window_initial"], 1, 4096),
-        window_max=t.integer("window_max", d["window_max"], 1, 4096),
-        request_max_blocks=t.integer("request_max_blocks", d["request_max_blocks"], 1, 64),
-        min_request_blocks=t.integer("min_request_blocks", d["min_request_blocks"], 1, 64),
-        roster_refresh=t.duration("roster_refresh", d["roster_refresh"]),
-        verify_rate=t.rate("verify_rate", d["verify_rate"]),
-    )
-    if design.granularity < 1024:
+    node = FetchSettings()  # the node's: each default stated once, in protocol.fetch_settings
+    window_initial = t.integer("window_initial", node.window_initial, 1, 4096)
+    window_max = t.integer("window_max", node.window_max, 1, 4096)
+    request_max_blocks = t.integer("request_max_blocks", node.request_max_blocks, 1, 64)
+    min_request_blocks = t.integer("min_request_blocks", node.min_request_blocks, 1, 64)
+    timing = {key: t.duration(key, default) for key, default in (
+        ("discovery_interval", node.discovery_interval), ("request_timeout", node.request_timeout),
+        ("roster_refresh", d["roster_refresh"]))}
+    granularity = t.size("granularity", d["granularity"])
+    if granularity < 1024:
         raise ConfigError(f"{t.key('granularity')}: must be at least 1KiB")
-    if design.window_max < design.window_initial:
+    if window_max < window_initial:
         raise ConfigError(f"{t.key('window_max')}: smaller than window_initial")
-    if design.min_request_blocks > design.request_max_blocks:
+    if min_request_blocks > request_max_blocks:
         raise ConfigError(f"{t.key('min_request_blocks')}: larger than request_max_blocks")
-    for key in ("discovery_interval", "request_timeout", "roster_refresh"):
-        if getattr(design, key) <= 0:
+    for key, value in timing.items():
+        if not value > 0:
             raise ConfigError(f"{t.key(key)}: must be positive")
+    fetch = FetchSettings(
+        window_min=min(node.window_min, window_initial), window_initial=window_initial, window_max=window_max,
+        request_max_blocks=request_max_blocks, min_request_blocks=min_request_blocks,
+        request_timeout=timing["request_timeout"], discovery_interval=timing["discovery_interval"])
+    design = Design(
+        kind=kind, granularity=granularity, fallback_after=t.duration("fallback_after", d["fallback_after"]),
+        announce_max_attempts=max_attempts or None, roster_refresh=timing["roster_refresh"],
+        verify_rate=t.rate("verify_rate", d["verify_rate"]), fetch=fetch,
+    )
     t.finish()
     return design
 
