@@ -17,6 +17,7 @@ from protocol.address_record import check_multiaddr_text
 from protocol.config_reader import MAX_CONFIG_BYTES, Table, defaults, read
 from protocol.document import DEFAULT_SKEW
 from protocol.errors import ConfigError, MeshError, StorageError
+from protocol.fetch_settings import FetchSettings
 from protocol.keys import PublicKey
 from protocol.schema import check_org_code
 
@@ -79,7 +80,8 @@ class NodeConfig:
     roster_refresh: int = 60
     max_streams_per_peer: int = 64
     max_requests_per_second: int = 500
-    request_timeout: int = 30
+    #: one request to a peer (the wire's calls and the fetcher's block requests): the fetch settings' default
+    request_timeout: int = int(FetchSettings.request_timeout)
     upload_mb_per_s: float = 0.0
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     #: [http] and [[webhook]]: DICOMweb, web UI, metrics, health, webhooks (meshnode.web.config)
