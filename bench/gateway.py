@@ -72,7 +72,7 @@ class GatewayNode:
         self.demo = MeshDemo(Workspace(work / "mesh"))
         nodes = self.demo.setup([("a", "BENCHA", "Bench org A")], start=False)
         self.node = nodes["a"]
-        self.demo.configure(self.node, {"enabled": "true", "port": "0"})
+        self.demo.configure(self.node, {"dimse.enabled": True, "dimse.port": 0})
         with open(self.node.home / "node.toml", "a") as fh:
             # a route, so that the measured path includes the announcement bookkeeping; the
             # quiet period is long enough that no share starts while the bench runs

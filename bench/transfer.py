@@ -99,7 +99,7 @@ def three_holders(work: Path, slices: int, rate: float) -> float:
         orgs = [("a", "RGT", "A"), ("b", "RJ1", "B"), ("c", "RAJ", "C"), ("d", "RXH", "D")]
         nodes = demo.setup(orgs, start=False)
         for name in "abc":
-            demo.configure(nodes[name], {"upload_mb_per_s": str(rate)})
+            demo.configure(nodes[name], {"limits.upload_mb_per_s": rate})
             demo.start(nodes[name])
         demo.start(nodes["d"])
         study, files = demo.generate_and_ingest(nodes["a"], slices)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from protocol.errors import StorageError
@@ -74,3 +77,18 @@ def read_file(path: Path, what: str, *, max_bytes: int = 64 * 1024 * 1024) -> by
     if len(data) > max_bytes:
         raise StorageError(f"{what} {path} is larger than {max_bytes} bytes")
     return data
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created, mode 0600, if missing): one writer at a time across
+    processes (and across threads: each call opens its own file description)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StorageError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

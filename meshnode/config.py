@@ -1,21 +1,27 @@
-"""The node's configuration file (node.toml): read, validated, with clear errors."""
+"""The node's configuration file (node.toml): read with protocol.config_reader, validated, with clear errors.
+
+Each default is stated once, on NodeConfig (and the dataclasses of the sections other modules read:
+meshnode.gateway.config, meshnode.web.config, meshnode.audit_export.config).
+"""
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshnode.audit_export.config import AuditRepositoryConfig, AuditRepositoryConfigError, parse_audit_repository
-from meshnode.gateway.config import SECTIONS as GATEWAY_SECTIONS
+from common.files import read_file
+from meshnode.audit_export.config import AuditRepositoryConfig, parse_audit_repository
 from meshnode.gateway.config import GatewayConfig, parse_gateway
-from meshnode.web.config import HttpConfig, HttpConfigError, parse_http
+from meshnode.web.config import HttpConfig, parse_http
 from protocol.address_record import check_multiaddr_text
+from protocol.config_reader import MAX_CONFIG_BYTES, Table, defaults, read
 from protocol.document import DEFAULT_SKEW
-from protocol.errors import ConfigError, MeshError
+from protocol.errors import ConfigError, MeshError, StorageError
+from protocol.fetch_settings import FetchSettings
 from protocol.keys import PublicKey
 from protocol.schema import check_org_code
 
+__all__ = ["DEFAULT_LISTEN", "ConfigError", "NodeConfig", "load_config", "parse_config"]
 
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 
@@ -41,7 +47,7 @@ authority_keys = {authority_keys}
 # Clock skew tolerated when checking validity periods, in seconds.
 clock_skew_seconds = {skew}
 # How long a signed address record of this node stays valid, in seconds.
-address_record_ttl_seconds = 86400
+address_record_ttl_seconds = {ttl}
 # How often to fetch the roster from the directory (revocations take effect then).
 roster_refresh_seconds = {roster_refresh}
 
@@ -74,7 +80,8 @@ class NodeConfig:
     roster_refresh: int = 60
     max_streams_per_peer: int = 64
     max_requests_per_second: int = 500
-    request_timeout: int = 30
+    #: one request to a peer (the wire's calls and the fetcher's block requests): the fetch settings' default
+    request_timeout: int = int(FetchSettings.request_timeout)
     upload_mb_per_s: float = 0.0
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     #: [http] and [[webhook]]: DICOMweb, web UI, metrics, health, webhooks (meshnode.web.config)
@@ -102,6 +109,7 @@ class NodeConfig:
             directory=self.directory,
             authority_keys=toml_list(tuple(k.peer_id for k in self.authority_keys)),
             skew=self.clock_skew,
+            ttl=self.address_record_ttl,
             auto_fetch="true" if self.auto_fetch else "false",
             roster_refresh=self.roster_refresh,
             max_streams=self.max_streams_per_peer,
@@ -111,103 +119,50 @@ class NodeConfig:
         ) + self.gateway.render() + self.http.render()
 
 
-def _section(doc: dict[str, object], name: str, keys: set[str]) -> dict[str, object]:
-    value = doc.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    unknown = set(value) - keys
-    if unknown:
-        raise ConfigError(f"[{name}]: unknown key(s) {sorted(unknown)}")
-    return value
-
-
-def _str_list(value: object, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} must be a list of strings")
-    return tuple(str(v) for v in value)
-
-
-def _int(value: object, where: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{where} must be an integer in {lo}..{hi}")
-    return value
-
-
-def parse_config(text: str, source: str = "node.toml", home: Path | None = None) -> NodeConfig:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    sections = {"node", "directory", "trust", "limits", "http", "webhook", "audit_repository"}
-    unknown = set(doc) - sections - GATEWAY_SECTIONS
-    if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
-    node = _section(doc, "node", {"org", "listen", "auto_fetch"})
-    limits = _section(doc, "limits", {"max_streams_per_peer", "max_requests_per_second", "request_timeout_seconds",
-                                      "upload_mb_per_s"})
-    upload = limits.get("upload_mb_per_s", 0)
-    if isinstance(upload, bool) or not isinstance(upload, (int, float)) or not 0 <= upload <= 100_000:
-        raise ConfigError(f"{source}: [limits] upload_mb_per_s must be a number in 0..100000")
-    directory = _section(doc, "directory", {"address"})
-    trust = _section(doc, "trust", {"authority_keys", "clock_skew_seconds", "address_record_ttl_seconds",
-                                    "roster_refresh_seconds"})
-    auto_fetch = node.get("auto_fetch", True)
-    if not isinstance(auto_fetch, bool):
-        raise ConfigError(f"{source}: [node] auto_fetch must be true or false")
-    org = node.get("org")
-    if not isinstance(org, str):
-        raise ConfigError(f"{source}: [node] org is required")
-    try:
-        check_org_code(org, "[node] org")
-        listen = _str_list(node.get("listen", list(DEFAULT_LISTEN)), "[node] listen")
-        for addr in listen:
-            check_multiaddr_text(addr, "[node] listen")
-        address = directory.get("address", "")
-        if not isinstance(address, str):
-            raise ConfigError("[directory] address must be a string")
-        if address:
-            check_multiaddr_text(address, "[directory] address")
-        keys = tuple(
-            PublicKey.from_peer_id(k) for k in _str_list(trust.get("authority_keys", []), "[trust] authority_keys")
-        )
-        gateway = parse_gateway(doc)
-        http = parse_http(doc.get("http"), doc.get("webhook"), home)
-        audit_repository = parse_audit_repository(doc.get("audit_repository"), home)
-    except ConfigError:
-        raise
-    except AuditRepositoryConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    except HttpConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    except MeshError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    return NodeConfig(
-        org=org,
-        listen=listen,
-        directory=address,
-        authority_keys=keys,
-        clock_skew=_int(trust.get("clock_skew_seconds", DEFAULT_SKEW), "[trust] clock_skew_seconds", 0, 86400),
-        address_record_ttl=_int(
-            trust.get("address_record_ttl_seconds", 86400), "[trust] address_record_ttl_seconds", 60, 30 * 86400
-        ),
-        auto_fetch=auto_fetch,
-        roster_refresh=_int(trust.get("roster_refresh_seconds", 60), "[trust] roster_refresh_seconds", 1, 86400),
-        max_streams_per_peer=_int(limits.get("max_streams_per_peer", 64), "[limits] max_streams_per_peer", 1, 4096),
-        max_requests_per_second=_int(limits.get("max_requests_per_second", 500),
-                                     "[limits] max_requests_per_second", 1, 100_000),
-        request_timeout=_int(limits.get("request_timeout_seconds", 30), "[limits] request_timeout_seconds", 1, 3600),
-        upload_mb_per_s=float(upload),
-        gateway=gateway,
-        http=http,
-        audit_repository=audit_repository,
+def _build(root: Table, home: Path | None) -> NodeConfig:
+    d = defaults(NodeConfig)
+    node = root.table("node")
+    org = node.text("org", check=check_org_code)
+    listen = node.texts("listen", d["listen"], check=check_multiaddr_text)
+    auto_fetch = node.boolean("auto_fetch", d["auto_fetch"])
+    node.finish()
+    directory = root.table("directory")
+    address = directory.text("address", d["directory"], check=lambda v, k: check_multiaddr_text(v, k) if v else v)
+    directory.finish()
+    trust = root.table("trust")
+    keys = tuple(PublicKey.from_peer_id(k) for k in trust.texts("authority_keys", (), check=PublicKey.check_peer_id))
+    clock_skew = trust.integer("clock_skew_seconds", d["clock_skew"], 0, 86400)
+    address_record_ttl = trust.integer("address_record_ttl_seconds", d["address_record_ttl"], 60, 30 * 86400)
+    roster_refresh = trust.integer("roster_refresh_seconds", d["roster_refresh"], 1, 86400)
+    trust.finish()
+    limits = root.table("limits")
+    config = NodeConfig(
+        org=org, listen=listen, directory=address, authority_keys=keys, clock_skew=clock_skew,
+        address_record_ttl=address_record_ttl, auto_fetch=auto_fetch, roster_refresh=roster_refresh,
+        max_streams_per_peer=limits.integer("max_streams_per_peer", d["max_streams_per_peer"], 1, 4096),
+        max_requests_per_second=limits.integer("max_requests_per_second", d["max_requests_per_second"], 1, 100_000),
+        request_timeout=limits.integer("request_timeout_seconds", d["request_timeout"], 1, 3600),
+        upload_mb_per_s=limits.number("upload_mb_per_s", d["upload_mb_per_s"], 0, 100_000),
+        gateway=parse_gateway(root),
+        http=parse_http(root, home),
+        audit_repository=parse_audit_repository(root, home),
     )
+    limits.finish()
+    root.finish()
+    return config
+
+
+def parse_config(data: str | bytes, source: str = "node.toml", home: Path | None = None) -> NodeConfig:
+    """node.toml's text (at most protocol.config_reader.MAX_CONFIG_BYTES) as a NodeConfig, or a ConfigError
+    naming `source`, the dotted key and the problem. `home` is where relative file paths point."""
+    return read(data, source, lambda root: _build(root, home))
 
 
 def load_config(path: Path) -> NodeConfig:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"no configuration at {path}; run `meshnode init` first") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    return parse_config(text, str(path), path.parent)
+        data = read_file(path, "node configuration", max_bytes=MAX_CONFIG_BYTES)
+    except StorageError as exc:
+        if not path.exists():
+            raise ConfigError(f"no configuration at {path}; run `meshnode init` first") from None
+        raise ConfigError(str(exc)) from None
+    return parse_config(data, str(path), path.parent)

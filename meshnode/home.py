@@ -10,16 +10,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import ConfigError
-from meshnode.config import NodeConfig, load_config
-from common.files import read_file, write_atomic
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+
+from common.files import exclusive_lock, read_file, write_atomic
 from common.keyfile import create_key_file, load_key_file
+from meshnode.config import NodeConfig, load_config, parse_config
 from protocol.certificate import Certificate
+from protocol.config_reader import MAX_CONFIG_BYTES, set_key
 from protocol.document import Signed, open_document
 from protocol.errors import (
+    ConfigError,
     DocumentError,
     LocalProtocolError,
     StorageError,
@@ -31,6 +37,7 @@ HOME_ENV = "MESHNODE_HOME"
 KEY_FILE = "node.key"
 CONFIG_FILE = "node.toml"
 CERT_FILE = "certificate.cbor"
+CONFIG_LOCK_FILE = ".node.toml.lock"
 
 
 def resolve_home(home: str | None) -> Path:
@@ -88,8 +95,38 @@ class NodeHome:
     def config(self) -> NodeConfig:
         return load_config(self.config_path)
 
-    def save_config(self, config: NodeConfig) -> None:
-        write_atomic(self.config_path, config.render().encode("utf-8"))
+    def set_config(self, values: Mapping[str, object]) -> NodeConfig:
+        """Set node.toml keys, given dotted (``{"limits.upload_mb_per_s": 30, "dimse.enabled": True}``).
+
+        The file is edited with tomlkit, so its comments and layout stay; a table that is not there yet
+        (``[http]`` is only a comment until set) is added at the end. The result is read by the node's
+        strict reader before anything is written: a key it does not know, a wrong type or a value out of
+        range is a ConfigError and the file is unchanged. The new file replaces the old atomically.
+        """
+        path = self.config_path
+        if not path.exists():
+            raise ConfigError(f"no configuration at {path}; run `meshnode init` first")
+        with self._config_lock():  # one edit at a time: each sees the one before it
+            try:
+                data = read_file(path, "node configuration", max_bytes=MAX_CONFIG_BYTES)
+            except StorageError as exc:
+                raise ConfigError(str(exc)) from None
+            try:
+                doc = tomlkit.parse(data.decode("utf-8"))
+            except (UnicodeDecodeError, TOMLKitError) as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+            for key, value in values.items():
+                set_key(doc, key, value)
+            text = tomlkit.dumps(doc)
+            config = parse_config(text, str(path), self.path)
+            mode = path.stat().st_mode & 0o777
+            write_atomic(path, text.encode("utf-8"), mode=mode)
+        return config
+
+    def _config_lock(self) -> AbstractContextManager[None]:
+        """An exclusive lock on node.toml's edits, held on a lock file beside it (node.toml itself is
+        replaced by each edit, so it cannot carry the lock). Threads and processes alike wait for it."""
+        return exclusive_lock(self.path / CONFIG_LOCK_FILE)
 
     def certificate(self) -> Signed[Certificate]:
         return open_document(read_file(self.cert_path, "node certificate", max_bytes=8192), Certificate)

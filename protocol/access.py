@@ -34,8 +34,10 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-#: Manifest states (as the node records them) in which a manifest is never served.
-DEAD_STATES = frozenset({"failed", "recalled"})
+from protocol.lifecycle import ManifestState
+
+#: Manifest states (protocol.lifecycle) in which a manifest is never served.
+DEAD_STATES = frozenset({ManifestState.FAILED, ManifestState.RECALLED})
 
 
 class Verdict(enum.Enum):
@@ -61,7 +63,7 @@ class Share:
 
     sender_org: str
     recipients: frozenset[str]
-    state: str
+    state: ManifestState
     expires_at: int
     #: a newer revision of the same share replaces it here (`superseded`)
     superseded: bool = False

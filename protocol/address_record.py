@@ -22,9 +22,10 @@ def _addr_item(value: CborValue, what: str) -> str:
     return addr
 
 
-def check_multiaddr_text(addr: str, what: str = "multiaddr") -> None:
+def check_multiaddr_text(addr: str, what: str = "multiaddr") -> str:
     if not addr.startswith("/") or addr.endswith("/") or "//" in addr or any(c.isspace() for c in addr):
         raise SchemaError(f"{what}: {addr[:80]!r} is not a multiaddr")
+    return addr
 
 
 @dataclass(frozen=True)

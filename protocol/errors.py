@@ -281,11 +281,8 @@ REGISTRY: tuple[ErrorCode, ...] = (
     _own(UnavailableError),
     ErrorCode(901, "wrong-passphrase", MeshError),  # tools/authority/keyfile.py
     _own(ConfigError),
-    ErrorCode(903, "http-config-error", MeshError),
-    ErrorCode(904, "audit-repository-config-error", MeshError),
-    ErrorCode(910, "scenario-error", MeshError),  # simulations/scenario/errors.py
+    ErrorCode(910, "scenario-error", ConfigError),  # simulations/scenario/errors.py (a ConfigError)
     ErrorCode(930, "route-error", MeshError),  # meshnode/gateway/
-    ErrorCode(931, "gateway-config-error", MeshError),
     ErrorCode(932, "bad-query", MeshError),
     ErrorCode(933, "too-many-results", MeshError),
 )

@@ -7,7 +7,7 @@ clock, sleeps or does I/O.
 
 Driving it::
 
-    s = FetchScheduler()
+    s = FetchScheduler(FetchSettings())          # protocol.fetch_settings: the node's settings
     s.add_manifest(mid, blocks, Priority.URGENT, have=verified_on_disk, now=t)
     s.peer_available(sender, mid, all_cids)        # the sender holds everything
     s.peer_available(other, mid, held_blocks(...)) # from a HAVE reply
@@ -72,7 +72,7 @@ from typing import TypeAlias, Union
 
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError
-from protocol.exchange_messages import MAX_REQUEST_BLOCKS
+from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
 
 
@@ -170,34 +170,17 @@ class _Outstanding:
 
 
 class FetchScheduler:
-    def __init__(
-        self,
-        *,
-        window_min: int = 2,
-        window_initial: int = 8,
-        window_max: int = 64,
-        request_max_blocks: int = 16,
-        max_strikes: int = 1,
-        request_timeout: float = 30.0,
-        queue_target: float | None = 0.25,
-        min_request_blocks: int = 1,
-    ) -> None:
-        if not 1 <= window_min <= window_initial <= window_max:
-            raise LocalProtocolError("need 1 <= window_min <= window_initial <= window_max")
-        if not 1 <= request_max_blocks <= MAX_REQUEST_BLOCKS:
-            raise LocalProtocolError(f"request_max_blocks must be in 1..{MAX_REQUEST_BLOCKS}")
-        if max_strikes < 1 or not request_timeout > 0 or (queue_target is not None and not queue_target > 0):
-            raise LocalProtocolError("max_strikes must be >= 1, request_timeout and queue_target > 0")
-        if not 1 <= min_request_blocks <= request_max_blocks:
-            raise LocalProtocolError("need 1 <= min_request_blocks <= request_max_blocks")
-        self.window_min = window_min
-        self.window_initial = window_initial
-        self.window_max = window_max
-        self.request_max_blocks = request_max_blocks
-        self.max_strikes = max_strikes
-        self.request_timeout = request_timeout
-        self.queue_target = queue_target
-        self.min_request_blocks = min_request_blocks
+    def __init__(self, settings: FetchSettings | None = None) -> None:
+        """A scheduler with these settings (by default the node's: protocol.fetch_settings)."""
+        self.settings = settings = FetchSettings() if settings is None else settings
+        self.window_min = settings.window_min
+        self.window_initial = settings.window_initial
+        self.window_max = settings.window_max
+        self.request_max_blocks = settings.request_max_blocks
+        self.max_strikes = settings.max_strikes
+        self.request_timeout = settings.request_timeout
+        self.queue_target = settings.queue_target
+        self.min_request_blocks = settings.min_request_blocks
         self._blocks: dict[CID, _Block] = {}
         self._manifests: dict[CID, _Manifest] = {}
         self._ranked: list[tuple[int, int, CID]] = []  # (priority rank, added seq, id), sorted

@@ -14,7 +14,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey as _NaclSigningKey
 from nacl.signing import VerifyKey as _NaclVerifyKey
 
-from protocol.errors import SchemaError, SignatureError
+from protocol.errors import MeshError, SchemaError, SignatureError
 
 SEED_SIZE = 32
 PUBLIC_KEY_SIZE = 32
@@ -76,6 +76,15 @@ class PublicKey:
         if key.peer_id != peer_id:
             raise SchemaError("peer ID is not in canonical form")
         return key
+
+    @classmethod
+    def check_peer_id(cls, peer_id: str, what: str) -> str:
+        """`peer_id` if it is an Ed25519 peer ID (a configuration check: the error names `what`)."""
+        try:
+            cls.from_peer_id(peer_id)
+        except MeshError as exc:
+            raise SchemaError(f"{what}: {exc} (got {peer_id[:64]!r})") from None
+        return peer_id
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """Raise SignatureError unless signature is this key's over message."""

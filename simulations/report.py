@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import html
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from simulations import plots
 from simulations.scenario.errors import ScenarioError
-from simulations.scenario.units import duration
+from simulations.scenario.parse import load_scenario
 from simulations.summary import KEY_METRICS, lookup, percentile
 from simulations.workload import PRIORITIES
 
@@ -141,11 +140,8 @@ def report(run_dir: Path, fmt_name: str, out: Path | None = None) -> Path:
     title = f"{name}: {design}"
     plots.cdf_plot(dist, run_dir / "report-cdf.png", title)
     plots.box_plot(dist, run_dir / "report-box.png", title)
-    scenario_doc = tomllib.loads((run_dir / "scenario.toml").read_text(encoding="utf-8"))
-    output = scenario_doc.get("output", {})
-    bin_s = duration(output.get("timeseries_bin", "1h"), "output.timeseries_bin")
-    hub_bin_s = duration(output.get("hub_bin", "1min"), "output.hub_bin")
-    plots.timeseries_plot(run_dir, run_dir / "report-timeseries.png", title, bin_s, hub_bin_s)
+    output = load_scenario(run_dir / "scenario.toml").output  # the run's own copy, read like any scenario
+    plots.timeseries_plot(run_dir, run_dir / "report-timeseries.png", title, output.timeseries_bin, output.hub_bin)
     reps = summary.get("replications", [])
     assert isinstance(reps, list)
     across = summary.get("across_replications", {})

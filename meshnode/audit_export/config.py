@@ -16,16 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import MeshError
+from protocol.config_reader import Table, defaults
+from protocol.errors import ConfigError
 
 DEFAULT_CHECKPOINT_S = 300
-
-
-class AuditRepositoryConfigError(MeshError):
-    """[audit_repository] in node.toml is malformed or inconsistent."""
-
-    code = 904
-    name = "audit-repository-config-error"
 
 
 @dataclass(frozen=True)
@@ -44,53 +38,40 @@ class AuditRepositoryConfig:
         return self.server_name or self.host
 
 
-KEYS = frozenset({"address", "ca", "client_cert", "client_key", "server_name", "checkpoint_seconds",
-                  "connect_timeout_seconds"})
+def _file(value: str, key: str) -> str:
+    if not value:
+        raise ConfigError(f"{key}: must be a file path")
+    return value
 
 
-def _path(value: object, key: str, home: Path | None) -> Path:
-    if not isinstance(value, str) or not value:
-        raise AuditRepositoryConfigError(f"[audit_repository] {key} must be a file path")
+def _path(value: str, home: Path | None) -> Path:
     path = Path(value)
     return path if path.is_absolute() or home is None else home / path
 
 
-def _int(section: dict[str, object], key: str, default: int, lo: int, hi: int) -> int:
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise AuditRepositoryConfigError(f"[audit_repository] {key} must be an integer in {lo}..{hi}")
-    return value
-
-
-def parse_audit_repository(value: object, home: Path | None) -> AuditRepositoryConfig | None:
-    if value is None:
+def parse_audit_repository(root: Table, home: Path | None) -> AuditRepositoryConfig | None:
+    """node.toml's [audit_repository] table, or None when there is none."""
+    if not root.has("audit_repository"):
         return None
-    if not isinstance(value, dict):
-        raise AuditRepositoryConfigError("[audit_repository] must be a table")
-    section: dict[str, object] = value
-    unknown = set(section) - KEYS
-    if unknown:
-        raise AuditRepositoryConfigError(f"[audit_repository]: unknown key(s) {sorted(unknown)}")
-    address = section.get("address")
-    if not isinstance(address, str) or ":" not in address:
-        raise AuditRepositoryConfigError('[audit_repository] address must be "host:port"')
+    t = root.table("audit_repository")
+    d = defaults(AuditRepositoryConfig)
+    address = t.text("address")
     host, _, port_text = address.rpartition(":")
     host = host.strip("[]")
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise AuditRepositoryConfigError('[audit_repository] address must be "host:port" with a port in 1..65535')
-    if "ca" not in section:
-        raise AuditRepositoryConfigError("[audit_repository] ca is required: the repository's certificate is "
-                                         "always verified (nothing is sent in clear)")
-    cert = _path(section["client_cert"], "client_cert", home) if "client_cert" in section else None
-    key = _path(section["client_key"], "client_key", home) if "client_key" in section else None
-    if (cert is None) != (key is None):
-        raise AuditRepositoryConfigError("[audit_repository] client_cert and client_key go together")
-    server_name = section.get("server_name", "")
-    if not isinstance(server_name, str):
-        raise AuditRepositoryConfigError("[audit_repository] server_name must be a string")
-    return AuditRepositoryConfig(
-        host=host, port=int(port_text), ca=_path(section["ca"], "ca", home), client_cert=cert, client_key=key,
-        server_name=server_name,
-        checkpoint_seconds=_int(section, "checkpoint_seconds", DEFAULT_CHECKPOINT_S, 1, 86400),
-        connect_timeout_seconds=_int(section, "connect_timeout_seconds", 10, 1, 300),
+        raise t.error("address", f'must be "host:port" with a port in 1..65535 (got {address[:80]!r})')
+    if not t.has("ca"):
+        raise t.error("ca", "required: the repository's certificate is always verified (nothing is sent in clear)")
+    cert = t.text("client_cert", "", check=_file) if t.has("client_cert") else ""
+    key = t.text("client_key", "", check=_file) if t.has("client_key") else ""
+    if bool(cert) != bool(key):
+        raise t.error("client_key" if cert else "client_cert", "client_cert and client_key go together")
+    config = AuditRepositoryConfig(
+        host=host, port=int(port_text), ca=_path(t.text("ca", check=_file), home),
+        client_cert=_path(cert, home) if cert else None, client_key=_path(key, home) if key else None,
+        server_name=t.text("server_name", d["server_name"]),
+        checkpoint_seconds=t.integer("checkpoint_seconds", d["checkpoint_seconds"], 1, 86400),
+        connect_timeout_seconds=t.integer("connect_timeout_seconds", d["connect_timeout_seconds"], 1, 300),
     )
+    t.finish()
+    return config

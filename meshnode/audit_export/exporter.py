@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from meshnode.audit_export.atna import AuditSource, audit_message
-from meshnode.audit_export.config import AuditRepositoryConfig, AuditRepositoryConfigError, DEFAULT_CHECKPOINT_S
+from meshnode.audit_export.config import DEFAULT_CHECKPOINT_S, AuditRepositoryConfig
 from meshnode.audit_export.syslog import frame, syslog_message
 from meshnode.storage.audit_checkpoint import SpoolItem
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage
 from protocol.backoff import Backoff
+from protocol.errors import ConfigError
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -62,7 +63,7 @@ def tls_context(config: AuditRepositoryConfig) -> ssl.SSLContext:
         if config.client_cert is not None and config.client_key is not None:
             ctx.load_cert_chain(str(config.client_cert), str(config.client_key))
     except (OSError, ssl.SSLError) as exc:
-        raise AuditRepositoryConfigError(f"[audit_repository]: cannot load the TLS files: {exc}") from None
+        raise ConfigError(f"audit_repository: cannot load the TLS files: {exc}") from None
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx

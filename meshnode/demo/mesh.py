@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from meshnode.control.client import ControlClient
 from meshnode.dicom import synthetic
 from meshnode.demo.identity import IdentityDemo, Node
 from meshnode.demo.workspace import Workspace
+from meshnode.home import NodeHome
 
 
 @dataclass
@@ -27,10 +29,10 @@ class MeshDemo:
         self.identity = IdentityDemo(self.ws)
 
     def setup(self, orgs: list[tuple[str, str, str]], *, start: bool = True,
-              config: dict[str, str] | None = None) -> dict[str, Node]:
+              config: Mapping[str, object] | None = None) -> dict[str, Node]:
         """Authority, directory, roster, and one node per (name, org, org name), started unless start=False.
 
-        `config` overrides node.toml keys (e.g. {"roster_refresh_seconds": "2"}) for every node.
+        `config` sets node.toml keys (dotted, e.g. {"trust.roster_refresh_seconds": 2}) for every node.
         """
         d = self.identity
         d.create_authority()
@@ -44,16 +46,10 @@ class MeshDemo:
                 self.start(node)
         return d.nodes
 
-    def configure(self, node: Node, values: dict[str, str]) -> None:
-        """Set `key = value` lines in a node's node.toml (keys must already be present)."""
-        path = node.home / "node.toml"
-        lines = path.read_text().splitlines()
-        for key, value in values.items():
-            hits = [i for i, line in enumerate(lines) if line.split("=")[0].strip() == key]
-            if not hits:
-                raise KeyError(f"{key} is not in node.toml")
-            lines[hits[0]] = f"{key} = {value}"
-        path.write_text("\n".join(lines) + "\n")
+    def configure(self, node: Node, values: Mapping[str, object]) -> None:
+        """Set node.toml keys, dotted ({"limits.upload_mb_per_s": 30}), as `meshnode config set` does: the
+        node's own reader checks them before the file is written (comments kept); a ConfigError otherwise."""
+        NodeHome(node.home).set_config(values)
 
     def audit(self, node: Node) -> list[dict[str, Any]]:
         out = self.ws.run("meshnode", "audit", "export", "--json", "--home", str(node.home)).stdout

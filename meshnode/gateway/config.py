@@ -1,16 +1,17 @@
 """The gateway's part of node.toml: [dimse], [[caller]], [[route]], [[move_destination]], [[pacs]].
 
-meshnode.config reads the file and hands the gateway's sections to
-`parse_gateway`; unknown keys are refused with the key named, and every
-error says which section (and which entry of an array) it is about.
+meshnode.config reads the file and hands its root table to `parse_gateway`, which reads the
+gateway's tables with protocol.config_reader: unknown keys are refused with the key named, and
+every error names the dotted key (``route[1].name``: the second [[route]]).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from meshnode.gateway.routes import (
     MAX_QUIET_PERIOD_S,
@@ -21,19 +22,13 @@ from meshnode.gateway.routes import (
     check_ae_title,
     check_route_name,
 )
-from protocol.errors import MeshError
+from protocol.config_reader import Table, defaults
+from protocol.errors import ConfigError
 from protocol.manifest import Priority, Purpose
 from protocol.schema import check_org_code
 
-SECTIONS = frozenset({"dimse", "caller", "route", "move_destination", "pacs"})
+T = TypeVar("T")
 OPERATIONS = frozenset({"store", "find", "get", "move"})  # C-ECHO: every admitted caller
-
-
-class GatewayConfigError(MeshError):
-    """A gateway setting in node.toml that is malformed or inconsistent."""
-
-    code = 931
-    name = "gateway-config-error"
 
 
 @dataclass(frozen=True)
@@ -110,70 +105,7 @@ class GatewayConfig:
         return render_gateway(self)
 
 
-# -- reading -------------------------------------------------------------------------------
-
-
-class _Table:
-    """The keys of one TOML table, read with their types; `finish()` refuses the others."""
-
-    def __init__(self, value: object, where: str, keys: set[str]) -> None:
-        if not isinstance(value, Mapping):
-            raise GatewayConfigError(f"{where} must be a table")
-        unknown = set(value) - keys
-        if unknown:
-            raise GatewayConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
-        self.value = value
-        self.where = where
-
-    def has(self, key: str) -> bool:
-        return key in self.value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.value.get(key, default)
-        if not isinstance(value, bool):
-            raise GatewayConfigError(f"{self.where} {key} must be true or false")
-        return value
-
-    def integer(self, key: str, default: int | None, lo: int, hi: int) -> int:
-        value = self.value.get(key, default)
-        if value is None:
-            raise GatewayConfigError(f"{self.where} {key} is required")
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise GatewayConfigError(f"{self.where} {key} must be an integer in {lo}..{hi}")
-        return value
-
-    def text(self, key: str, default: str | None = None) -> str:
-        value = self.value.get(key, default)
-        if value is None:
-            raise GatewayConfigError(f"{self.where} {key} is required")
-        if not isinstance(value, str):
-            raise GatewayConfigError(f"{self.where} {key} must be a string")
-        return value
-
-    def texts(self, key: str) -> tuple[str, ...]:
-        value = self.value.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise GatewayConfigError(f"{self.where} {key} must be a list of strings")
-        return tuple(str(v) for v in value)
-
-    def ae_title(self, key: str, default: str | None = None) -> str:
-        try:
-            return check_ae_title(self.text(key, default), f"{self.where} {key}")
-        except RouteError as exc:
-            raise GatewayConfigError(str(exc)) from None
-
-    def host(self, key: str, default: str | None = None) -> str:
-        value = self.text(key, default)
-        return _check_host(value, f"{self.where} {key}")
-
-    def orgs(self, key: str) -> tuple[str, ...]:
-        orgs = self.texts(key)
-        try:
-            for org in orgs:
-                check_org_code(org, f"{self.where} {key}")
-        except MeshError as exc:
-            raise GatewayConfigError(str(exc)) from None
-        return orgs
+# -- reading (protocol.config_reader: unknown keys, wrong types and ranges are refused naming the key) --
 
 
 def _check_host(value: str, where: str) -> str:
@@ -187,119 +119,107 @@ def _check_host(value: str, where: str) -> str:
     if not value or len(value) > 253 or not all(
             label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
             and not label.startswith("-") for label in labels):
-        raise GatewayConfigError(f"{where}: not an IP address or host name (got {value!r})")
+        raise ConfigError(f"{where}: not an IP address or host name (got {value[:80]!r})")
     return value
 
 
-def _array(doc: Mapping[str, object], name: str) -> list[object]:
-    value = doc.get(name, [])
-    if not isinstance(value, list):
-        raise GatewayConfigError(f"{name} must be an array of tables: write [[{name}]]")
-    return list(value)
+def _unique(items: list[T], name: Callable[[T], str], t: Table, what: str) -> None:
+    if sum(1 for item in items if name(item) == name(items[-1])) > 1:
+        raise ConfigError(f"{t.path}: {name(items[-1])!r} is {what}")
 
 
-def _dimse(doc: Mapping[str, object]) -> DimseSettings:
-    t = _Table(doc.get("dimse", {}), "[dimse]", {
-        "enabled", "ae_title", "host", "port", "max_associations", "max_pdu_bytes", "max_instance_mb",
-        "quiet_period_seconds", "acse_timeout_seconds", "dimse_timeout_seconds", "network_timeout_seconds"})
-    d = DimseSettings()
-    return DimseSettings(
-        enabled=t.boolean("enabled", d.enabled),
-        ae_title=t.ae_title("ae_title", d.ae_title),
-        host=t.host("host", d.host),
-        port=t.integer("port", d.port, 0, 65535),
-        max_associations=t.integer("max_associations", d.max_associations, 1, 1024),
-        max_pdu_bytes=t.integer("max_pdu_bytes", d.max_pdu_bytes, 4096, 64 << 20),
-        max_instance_mb=t.integer("max_instance_mb", d.max_instance_mb, 1, 1 << 20),
-        quiet_period_s=t.integer("quiet_period_seconds", d.quiet_period_s, MIN_QUIET_PERIOD_S, MAX_QUIET_PERIOD_S),
-        acse_timeout_s=t.integer("acse_timeout_seconds", d.acse_timeout_s, 1, 3600),
-        dimse_timeout_s=t.integer("dimse_timeout_seconds", d.dimse_timeout_s, 1, 3600),
-        network_timeout_s=t.integer("network_timeout_seconds", d.network_timeout_s, 1, 86400),
+def _dimse(root: Table) -> DimseSettings:
+    t = root.table("dimse")
+    d = defaults(DimseSettings)
+    dimse = DimseSettings(
+        enabled=t.boolean("enabled", d["enabled"]),
+        ae_title=t.text("ae_title", d["ae_title"], check=check_ae_title),
+        host=t.text("host", d["host"], check=_check_host),
+        port=t.integer("port", d["port"], 0, 65535),
+        max_associations=t.integer("max_associations", d["max_associations"], 1, 1024),
+        max_pdu_bytes=t.integer("max_pdu_bytes", d["max_pdu_bytes"], 4096, 64 << 20),
+        max_instance_mb=t.integer("max_instance_mb", d["max_instance_mb"], 1, 1 << 20),
+        quiet_period_s=t.integer("quiet_period_seconds", d["quiet_period_s"], MIN_QUIET_PERIOD_S, MAX_QUIET_PERIOD_S),
+        acse_timeout_s=t.integer("acse_timeout_seconds", d["acse_timeout_s"], 1, 3600),
+        dimse_timeout_s=t.integer("dimse_timeout_seconds", d["dimse_timeout_s"], 1, 3600),
+        network_timeout_s=t.integer("network_timeout_seconds", d["network_timeout_s"], 1, 86400),
     )
+    t.finish()
+    return dimse
 
 
-def _callers(doc: Mapping[str, object]) -> tuple[Caller, ...]:
+def _callers(root: Table) -> tuple[Caller, ...]:
     out: list[Caller] = []
-    for i, value in enumerate(_array(doc, "caller"), 1):
-        t = _Table(value, f"[[caller]] {i}", {"ae_title", "hosts", "allow"})
-        hosts = tuple(_check_host(h, f"[[caller]] {i} hosts") for h in t.texts("hosts"))
-        allow = frozenset(t.texts("allow")) if t.has("allow") else OPERATIONS
-        if not allow or allow - OPERATIONS:
-            raise GatewayConfigError(f"[[caller]] {i} allow: choose from {sorted(OPERATIONS)}")
-        caller = Caller(t.ae_title("ae_title"), hosts, allow)
-        if any(c.ae_title == caller.ae_title for c in out):
-            raise GatewayConfigError(f"[[caller]] {i}: {caller.ae_title!r} is listed twice")
-        out.append(caller)
+    for t in root.tables("caller"):
+        allow = frozenset(t.texts("allow", tuple(OPERATIONS), tuple(sorted(OPERATIONS))))
+        if not allow:
+            raise t.error("allow", f"choose from {sorted(OPERATIONS)}")
+        out.append(Caller(t.text("ae_title", check=check_ae_title), t.texts("hosts", (), check=_check_host), allow))
+        t.finish()
+        _unique(out, lambda c: c.ae_title, t, "listed twice")
     return tuple(out)
 
 
-def _routes(doc: Mapping[str, object], dimse: DimseSettings) -> RouteTable:
+def _routes(root: Table, dimse: DimseSettings) -> RouteTable:
+    d = defaults(Route)
     routes = []
-    for i, value in enumerate(_array(doc, "route"), 1):
-        t = _Table(value, f"[[route]] {i}", {"name", "called_ae", "to", "priority", "purpose",
-                                            "quiet_period_seconds"})
+    for t in root.tables("route"):
         try:
-            name = check_route_name(t.text("name"), "name")
-            priority = Priority(t.text("priority", "routine"))
-            purpose = Purpose(t.text("purpose", "care"))
             routes.append(Route(
-                name=name, to=t.orgs("to"), priority=priority, purpose=purpose,
-                called_ae=t.ae_title("called_ae") if t.has("called_ae") else "",
+                name=t.text("name", check=check_route_name),
+                to=t.texts("to", check=check_org_code),
+                priority=Priority(t.text("priority", Priority(d["priority"]).value, tuple(p.value for p in Priority))),
+                purpose=Purpose(t.text("purpose", Purpose(d["purpose"]).value, tuple(p.value for p in Purpose))),
+                called_ae=t.text("called_ae", "", check=check_ae_title) if t.has("called_ae") else "",
                 quiet_period_s=t.integer("quiet_period_seconds", dimse.quiet_period_s, MIN_QUIET_PERIOD_S,
                                          MAX_QUIET_PERIOD_S),
             ))
-        except ValueError as exc:
-            raise GatewayConfigError(f"[[route]] {i}: {exc}") from None
         except RouteError as exc:
-            raise GatewayConfigError(f"[[route]] {i}: {exc}") from None
+            raise ConfigError(f"{t.path}: {exc}") from None
+        t.finish()
     try:
         table = RouteTable(routes)
     except RouteError as exc:
-        raise GatewayConfigError(f"[[route]]: {exc}") from None
+        raise ConfigError(f"route: {exc}") from None
     if dimse.ae_title in table.called_ae_titles:
-        raise GatewayConfigError(f"[[route]]: called_ae {dimse.ae_title!r} is the node's own [dimse] ae_title "
-                                 "(which stores without sharing)")
+        raise ConfigError(f"route: called_ae {dimse.ae_title!r} is the node's own [dimse] ae_title "
+                          "(which stores without sharing)")
     return table
 
 
-def _move_destinations(doc: Mapping[str, object]) -> tuple[DicomPeer, ...]:
+def _move_destinations(root: Table) -> tuple[DicomPeer, ...]:
     out: list[DicomPeer] = []
-    for i, value in enumerate(_array(doc, "move_destination"), 1):
-        t = _Table(value, f"[[move_destination]] {i}", {"ae_title", "host", "port"})
-        peer = DicomPeer(t.ae_title("ae_title"), t.host("host"), t.integer("port", None, 1, 65535))
-        if any(d.ae_title == peer.ae_title for d in out):
-            raise GatewayConfigError(f"[[move_destination]] {i}: {peer.ae_title!r} is listed twice")
-        out.append(peer)
+    for t in root.tables("move_destination"):
+        out.append(DicomPeer(t.text("ae_title", check=check_ae_title), t.text("host", check=_check_host),
+                             t.integer("port", lo=1, hi=65535)))
+        t.finish()
+        _unique(out, lambda d: d.ae_title, t, "listed twice")
     return tuple(out)
 
 
-def _pacs(doc: Mapping[str, object]) -> tuple[PacsDestination, ...]:
+def _pacs(root: Table) -> tuple[PacsDestination, ...]:
     out: list[PacsDestination] = []
-    for i, value in enumerate(_array(doc, "pacs"), 1):
-        t = _Table(value, f"[[pacs]] {i}", {"name", "ae_title", "host", "port", "calling_ae_title", "from_orgs",
-                                           "retry_max_seconds", "max_attempts"})
-        try:
-            name = check_route_name(t.text("name"), f"[[pacs]] {i} name")
-        except RouteError as exc:
-            raise GatewayConfigError(str(exc)) from None
-        pacs = PacsDestination(
-            name=name, ae_title=t.ae_title("ae_title"), host=t.host("host"), port=t.integer("port", None, 1, 65535),
-            calling_ae_title=t.ae_title("calling_ae_title") if t.has("calling_ae_title") else "",
-            from_orgs=t.orgs("from_orgs"),
-            retry_max_s=t.integer("retry_max_seconds", 300, 1, 86400),
-            max_attempts=t.integer("max_attempts", 5, 1, 1000),
-        )
-        if any(p.name == pacs.name for p in out):
-            raise GatewayConfigError(f"[[pacs]] {i}: the name {pacs.name!r} is used twice")
-        out.append(pacs)
+    for t in root.tables("pacs"):
+        d = defaults(PacsDestination)
+        out.append(PacsDestination(
+            name=t.text("name", check=check_route_name), ae_title=t.text("ae_title", check=check_ae_title),
+            host=t.text("host", check=_check_host), port=t.integer("port", lo=1, hi=65535),
+            calling_ae_title=t.text("calling_ae_title", d["calling_ae_title"], check=check_ae_title)
+            if t.has("calling_ae_title") else "",
+            from_orgs=t.texts("from_orgs", d["from_orgs"], check=check_org_code),
+            retry_max_s=t.integer("retry_max_seconds", d["retry_max_s"], 1, 86400),
+            max_attempts=t.integer("max_attempts", d["max_attempts"], 1, 1000),
+        ))
+        t.finish()
+        _unique(out, lambda p: p.name, t, "used twice as a name")
     return tuple(out)
 
 
-def parse_gateway(doc: Mapping[str, object]) -> GatewayConfig:
-    """The gateway's sections of a parsed node.toml; GatewayConfigError naming the key at fault."""
-    dimse = _dimse(doc)
-    return GatewayConfig(dimse=dimse, callers=_callers(doc), routes=_routes(doc, dimse),
-                         move_destinations=_move_destinations(doc), pacs=_pacs(doc))
+def parse_gateway(root: Table) -> GatewayConfig:
+    """The gateway's tables of node.toml ([dimse], [[caller]], [[route]], [[move_destination]], [[pacs]])."""
+    dimse = _dimse(root)
+    return GatewayConfig(dimse=dimse, callers=_callers(root), routes=_routes(root, dimse),
+                         move_destinations=_move_destinations(root), pacs=_pacs(root))
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -354,7 +274,7 @@ _EXAMPLES = """
 # host = "10.20.30.40"
 # port = 104
 # from_orgs = []                                 # only studies from these orgs (empty: all)
-# retry_max_seconds = 300                        # back-off cap while the PACS is unreachable
+# retry_max_seconds = {retry_max_s:<24} # back-off cap while the PACS is unreachable
 """
 
 
@@ -391,5 +311,5 @@ def render_gateway(config: GatewayConfig) -> str:
                    f"port = {p.port}\n{calling}from_orgs = {_toml_list(p.from_orgs)}\n"
                    f"retry_max_seconds = {p.retry_max_s}\n"
                    f"max_attempts = {p.max_attempts}\n")
-    out.append(_EXAMPLES)
+    out.append(_EXAMPLES.format(retry_max_s=defaults(PacsDestination)["retry_max_s"]))
     return "".join(out)

@@ -58,6 +58,7 @@ from protocol.backoff import Backoff
 from protocol.cid import CID
 from protocol.document import Signed
 from protocol.errors import MeshError
+from protocol.lifecycle import ManifestState
 from protocol.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -167,9 +168,9 @@ class Forwarder:
             out = []
             for manifest_id in self.state.waiting_manifests():
                 row = store.manifest(manifest_id)
-                if row is not None and row.state == "receipted":
+                if row is not None and row.state is ManifestState.RECEIPTED:
                     out.append(manifest_id)
-                elif row is not None and row.state == "recalled":
+                elif row is not None and row.state is ManifestState.RECALLED:
                     self.state.cancel_forward(manifest_id, self._now_ms())
             return out
 

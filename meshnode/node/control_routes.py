@@ -10,6 +10,7 @@ from meshnode.node.delivery import stored_deliveries
 from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
 from protocol.errors import NotFoundError, SchemaError
+from protocol.lifecycle import ManifestState
 from protocol.manifest import Priority, Purpose
 from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord
 
@@ -83,7 +84,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                 transfer = store.transfer(row.manifest_id)
                 out.append({
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "sender_org": row.sender_org,
-                    "priority": manifest.priority.value, "purpose": manifest.purpose.value, "state": row.state,
+                    "priority": manifest.priority.value, "purpose": manifest.purpose.value, "state": row.state.value,
                     "revision": row.revision, "instances": len(manifest.instances),
                     "blocks_total": len({c for i in manifest.instances for c in i.blocks}),
                     "blocks_done": transfer[1] if transfer else 0, "bytes_total": manifest.total_bytes,
@@ -93,7 +94,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                     "first_instance_ms": (round(1000 * node.fetcher.first_usable[row.manifest_id])
                                           if row.manifest_id in node.fetcher.first_usable else None),
                     "forward": node.gateway.forward_progress(row.manifest_id),  # to the local PACS
-                    "failure": store.manifest_failure(row.manifest_id) if row.state == "failed" else None,
+                    "failure": store.manifest_failure(row.manifest_id) if row.state is ManifestState.FAILED else None,
                 })
             return out
 
@@ -108,7 +109,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                 receipts = store.receipts(row.manifest_id)
                 per_org = _current_delivery(stored_deliveries(store, row.manifest_id))
                 out.append({
-                    "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state,
+                    "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state.value,
                     "revision": row.revision, "created_at": iso(row.created_at),
                     "recipients": {org: {"delivery": r.key.kind.value, "state": r.state.value,
                                          "attempts": r.attempts, "last_error": r.last_error,

@@ -26,11 +26,13 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from common.p2p.streams import describe_ending, is_network_ending
+from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.context import NodeContext
 from meshnode.storage.metadata import MetadataStore
 from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn
@@ -39,12 +41,14 @@ from protocol.cid import CID
 from protocol.errors import (
     CertificateError,
     DocumentError,
+    LocalProtocolError,
     MeshError,
     NotFoundError,
     SignatureError,
     StorageError,
     UnavailableError,
 )
+from protocol.lifecycle import ManifestEvent
 from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord, DeliveryState
 
 if TYPE_CHECKING:
@@ -162,13 +166,22 @@ class Deliveries:
             log.info("%s of %s delivered to %s", key.kind.value, key.item, key.org)
             if key.kind is DeliveryKind.RECEIPT:
                 on_receipted = self._on_receipted
-                return ((lambda s: s.set_manifest_state(key.item, "receipted")),
+                return (partial(_receipt_delivered, key.item),
                         (lambda: on_receipted(key.item)) if on_receipted is not None else None)
             return None, None
         log.warning("%s of %s to %s failed for good after %d attempt(s): %s", key.kind.value, key.item, key.org,
                     record.attempts, record.last_error)
         on_failed = self._on_failed
         return None, (lambda: on_failed(record)) if on_failed is not None else None
+
+
+def _receipt_delivered(manifest_id: CID, store: MetadataStore) -> None:
+    """Our receipt reached the sender: the manifest is receipted, unless it was recalled (or is being repaired)
+    meanwhile, which protocol.lifecycle refuses (the delivery stays delivered)."""
+    try:
+        node_lifecycle.move(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
+    except (LocalProtocolError, NotFoundError) as exc:
+        log.info("receipt for %s delivered; not recorded: %s", manifest_id, exc)
 
 
 class NodeTransport:

@@ -21,6 +21,7 @@ import trio
 from libp2p.peer.id import ID
 
 from meshnode.directory.client import ResolvedPeer
+from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.assembly import InstanceAssembly
 from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
 from meshnode.node.completion import check_summary, same_bytes, verify_instance
@@ -34,7 +35,7 @@ from meshnode.storage.records import InstanceRecord
 from protocol.cid import CID
 from protocol.document import Signed
 from protocol.access import Holding, may_reuse
-from protocol.errors import MeshError, UnauthorisedError
+from protocol.errors import LocalProtocolError, MeshError, UnauthorisedError
 from protocol.exchange_messages import BlockAbsent, BlockData, BlockRequest, Refused, held_blocks
 from protocol.fetch_order import fetch_order
 from protocol.fetch import (
@@ -45,22 +46,18 @@ from protocol.fetch import (
     PeerBanned,
     Request,
 )
+from protocol.fetch_schedulers import FetchSchedulers
+from protocol.fetch_settings import FetchSettings
+from protocol.lifecycle import ManifestEvent, ManifestState
 from protocol.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
 
-DISCOVERY_INTERVAL = 0.5
 TICK = 0.5
 PROGRESS_INTERVAL = 0.5
 ESTIMATED_BLOCK = 1 << 20
-#: Scheduler settings: blocks in flight per peer (AIMD window, further capped by the peer's measured
-#: rate), and blocks per request (one stream each).
-WINDOW_INITIAL = 32
-WINDOW_MAX = 64
-REQUEST_BLOCKS = 16
-MIN_REQUEST_BLOCKS = 16
 VERIFY_BATCH = 16  # instances verified per worker-thread call
 #: Manifests whose start and first-instance times are kept for status and metrics.
 REMEMBERED = 4096
@@ -77,10 +74,10 @@ class Fetcher:
         self.sessions = sessions
         self.on_complete = on_complete
         self.on_failed = on_failed
-        #: one scheduler per sender org: a block done under one sender's manifest never counts for another
-        #: sender's (that would tell the second sender, by what this node does not ask it for, what the
-        #: node holds or is fetching: protocol.access.may_reuse applies across manifests in flight too)
-        self._schedulers: dict[str, FetchScheduler] = {}
+        #: the scheduler settings (protocol.fetch_settings), with this node's request timeout
+        self.settings = FetchSettings(request_timeout=float(ctx.config.request_timeout))
+        #: one scheduler per sender org (protocol.fetch_schedulers says why)
+        self._schedulers = FetchSchedulers(self.settings)
         #: manifest -> its sender org (kept a while after a manifest stops, for late arrivals)
         self._sender_of: dict[CID, str] = {}
         self.sink = BlockSink(ctx.storage.blocks, ctx.db, self._settled, clock=ctx.clock)
@@ -100,14 +97,6 @@ class Fetcher:
         self._relayed: set[tuple[CID, str]] = set()
         #: seconds from the announcement's arrival (or the start of fetching) to the first instance verified on disk
         self.first_usable: dict[CID, float] = {}
-
-    def _scheduler(self, sender_org: str) -> FetchScheduler:
-        sched = self._schedulers.get(sender_org)
-        if sched is None:
-            sched = self._schedulers[sender_org] = FetchScheduler(
-                window_initial=WINDOW_INITIAL, window_max=WINDOW_MAX, request_max_blocks=REQUEST_BLOCKS,
-                min_request_blocks=MIN_REQUEST_BLOCKS, request_timeout=float(self.ctx.config.request_timeout))
-        return sched
 
     def scheduler_of(self, manifest_id: CID) -> FetchScheduler | None:
         """The scheduler a manifest is (or was recently) fetched in."""
@@ -145,14 +134,19 @@ class Fetcher:
         self._assembly[manifest_id] = assembly = InstanceAssembly(manifest, have)
         self._queue_ready(manifest_id, assembly)
         _remember(self._sender_of, manifest_id, manifest.sender_org)
-        scheduler = self._scheduler(manifest.sender_org)
+        scheduler = self._schedulers.for_sender(manifest.sender_org)
         scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
                                manifest.priority, have, self.ctx.clock())
         if holder is not None:
             scheduler.peer_available(holder, manifest_id, order)
         self._discover_now.set()
         self.ctx.wake()  # the first requests go out while the state below is written
-        await self.ctx.db.run(lambda s: s.set_manifest_state(manifest_id, "fetching"))
+        try:
+            await self.ctx.db.run(lambda s: node_lifecycle.move(s, manifest_id, ManifestEvent.FETCH_STARTED))
+        except LocalProtocolError as exc:  # recalled while the facts above were read
+            self.stop(manifest_id)
+            log.info("manifest %s not fetched: %s", manifest_id, exc)
+            return
         log.info("fetching %s manifest %s: %d of %d blocks already on disk (%d more held, fetched again)",
                  manifest.priority.value, manifest_id, len(have), len(order), len(present) - len(have))
 
@@ -173,8 +167,7 @@ class Fetcher:
         return self._started.get(manifest_id)
 
     def peer_lost(self, peer_id: str) -> None:
-        for scheduler in self._schedulers.values():
-            scheduler.peer_lost(peer_id, self.ctx.clock())
+        self._schedulers.peer_lost(peer_id, self.ctx.clock())
 
     # -- the loops ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -186,7 +179,7 @@ class Fetcher:
             nursery.start_soon(self._progress_loop)
             while True:
                 changed = self.ctx.changed
-                for scheduler in list(self._schedulers.values()):
+                for scheduler in self._schedulers:
                     for request in scheduler.next_requests(self.ctx.clock()):
                         nursery.start_soon(self._request, scheduler, request)
                     for event in scheduler.events():
@@ -219,7 +212,7 @@ class Fetcher:
             self.stop(manifest_id)
             self._nursery.start_soon(self.on_failed, signed, reason)
         elif manifest_id in self._fetched and assembly.all_verified:
-            await self._save_progress({manifest_id}, "verifying")
+            await self._save_progress({manifest_id})
             records = assembly.ordered_records()
             seconds = self.ctx.clock() - self._started.get(manifest_id, self.ctx.clock())
             size = signed.document.total_bytes
@@ -229,13 +222,13 @@ class Fetcher:
             self._nursery.start_soon(self.on_complete, signed, records)
 
     async def _discover_loop(self) -> None:
-        """Ask for availability every DISCOVERY_INTERVAL, and at once when a fetch starts."""
+        """Ask for availability every discovery interval (FetchSettings), and at once when a fetch starts."""
         while True:
             self._discover_now = trio.Event()
             async with trio.open_nursery() as nursery:
                 for manifest_id, signed in list(self.active.items()):
                     nursery.start_soon(self._discover, manifest_id, signed.document)
-            with trio.move_on_after(DISCOVERY_INTERVAL):
+            with trio.move_on_after(self.settings.discovery_interval):
                 await self._discover_now.wait()
 
     async def _discover(self, manifest_id: CID, manifest: Manifest) -> None:
@@ -429,9 +422,9 @@ class Fetcher:
                                   " bytes, %d rounds", org, peer, sched.window(peer), sched.effective_window(peer),
                                   sched.in_flight_count(peer), self.sink.pending_bytes, self.sink.rounds)
             if dirty:
-                await self._save_progress(dirty, "fetching")
+                await self._save_progress(dirty)
 
-    async def _save_progress(self, manifest_ids: set[CID], state: str) -> None:
+    async def _save_progress(self, manifest_ids: set[CID]) -> None:
         """Progress. (Blocks served per peer are counted with the blocks themselves, as they become durable.)"""
         rows = [(m, sched.progress(m)) for m in manifest_ids
                 if m in self.active and (sched := self.scheduler_of(m)) is not None]
@@ -439,7 +432,7 @@ class Fetcher:
 
         def save(store: MetadataStore) -> None:
             for manifest_id, progress in rows:
-                store.set_transfer(manifest_id, state, progress.blocks_done, progress.bytes_done, ms)
+                store.set_transfer(manifest_id, ManifestState.FETCHING, progress.blocks_done, progress.bytes_done, ms)
 
         if rows:
             await self.ctx.db.run(save)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from meshnode.node.context import NodeContext
+from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.policy import authorise_manifest_access, servable_in_order
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
@@ -15,6 +16,7 @@ from meshnode.storage.records import ManifestRow, hash_uid
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed, open_document
+from protocol.lifecycle import ManifestEvent, ManifestState, Side, advance
 from protocol.errors import MeshError, NotFoundError, RevisionRollbackError, WrongOrganisationError
 from protocol.manifest import Manifest, verify_manifest
 from protocol.recall import Recall, verify_recall
@@ -75,13 +77,13 @@ class Receiver:
                                            actor=peer_id, detail=f"{exc.name}: {exc}"[:300]))
             raise
         row = ManifestRow(manifest_id, manifest.study_uid, "received", manifest.sender_org, manifest.revision,
-                          "announced", manifest.created_at, manifest.expires_at, manifest_raw, manifest.recipients,
-                          cert_raw)
+                          advance(Side.RECIPIENT, None, ManifestEvent.ACCEPTED), manifest.created_at,
+                          manifest.expires_at, manifest_raw, manifest.recipients, cert_raw)
         blocks = manifest.block_order()
 
         def record(store: MetadataStore) -> None:
             store.save_manifest(row, blocks)
-            store.set_transfer(manifest_id, "announced", 0, 0, int(now * 1000))
+            store.set_transfer(manifest_id, row.state, 0, 0, int(now * 1000))
 
         await ctx.db.run(record)
         # fetching starts first: an urgent study's first image waits for nothing else (the audit entry
@@ -135,9 +137,9 @@ class Receiver:
             raise NotFoundError("no such received manifest")
         if row.sender_org != recall.sender_org:
             raise WrongOrganisationError("a recall must come from the manifest's sender org")
-        if row.state == "recalled":
+        if row.state is ManifestState.RECALLED:
             return
-        await ctx.db.run(lambda s: s.set_manifest_state(recall.manifest_id, "recalled"))
+        await ctx.db.run(lambda s: node_lifecycle.move(s, recall.manifest_id, ManifestEvent.RECALLED))
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "manifest-recalled", actor=peer_id,
                                    actor_org=recall.sender_org, study=hash_uid(row.study_uid),
                                    manifest_id=str(recall.manifest_id),

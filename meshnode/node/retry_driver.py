@@ -48,7 +48,7 @@ LIVE = (DeliveryState.PENDING, DeliveryState.ATTEMPTING, DeliveryState.FAILED)
 
 K = TypeVar("K")
 T = TypeVar("T")
-StoreFn = Callable[[MetadataStore], None]
+StoreFn = Callable[[MetadataStore], object]
 
 
 class Database(Protocol):

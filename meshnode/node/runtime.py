@@ -26,6 +26,7 @@ from meshnode.directory.client import DirectoryClient
 from common.directory_transport import directory_peer_id, libp2p_transport
 from meshnode.gateway.service import Gateway
 from meshnode.home import NodeHome
+from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.completion import verify_instances
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.control_routes import routes
@@ -50,7 +51,8 @@ from meshnode.storage.records import InstanceRecord, ManifestRow, hash_uid
 from protocol.cid import CID
 from protocol.directory_messages import WATCH_WAIT
 from protocol.document import Signed
-from protocol.errors import MeshError, NotFoundError, RosterExpiredError, RosterRollbackError
+from protocol.errors import LocalProtocolError, MeshError, NotFoundError, RosterExpiredError, RosterRollbackError
+from protocol.lifecycle import ManifestEvent, ManifestState
 from protocol.manifest import Manifest
 from protocol.backoff import Backoff
 from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord
@@ -108,7 +110,7 @@ class Node:
         self.gateway = Gateway(ctx, self.sender)
         self.corrupt = CorruptBlocks(ctx.storage, ctx.db, ctx.audit, ctx.peer_id, self._repair)
         #: received manifests being fetched again to repair a quarantined block, with their state before
-        self._repairing: dict[CID, str] = {}
+        self._repairing: dict[CID, ManifestState] = {}
         #: received manifests being verified again after a restart (they fetch what is missing themselves)
         self._resuming: set[CID] = set()
         self.wire.serve()
@@ -219,7 +221,7 @@ class Node:
 
     async def fetch(self, manifest_id: CID) -> None:
         row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
-        if row is None or row.direction != "received" or row.state == "recalled":
+        if row is None or row.direction != "received" or row.state is ManifestState.RECALLED:
             raise NotFoundError("no such received manifest")
         signed = self.ctx.manifests.open(row.manifest_id, row.raw)
         await self.fetcher.start(signed, holder=signed.document.sender_peer)
@@ -249,7 +251,16 @@ class Node:
         self._repairing.pop(manifest_id, None)
         log.error("manifest %s failed verification: %s", manifest_id, reason)
         now_ms = int(self.ctx.clock() * 1000)
-        await self.ctx.db.run(lambda s: s.fail_manifest(manifest_id, reason[:300], now_ms))
+
+        def fail(store: MetadataStore) -> None:
+            node_lifecycle.next_state(store, manifest_id, ManifestEvent.VERIFICATION_FAILED)
+            store.fail_manifest(manifest_id, reason[:300], now_ms)
+
+        try:
+            await self.ctx.db.run(fail)
+        except LocalProtocolError as exc:  # recalled meanwhile: nothing left to fail
+            log.info("manifest %s: verification failure not recorded: %s", manifest_id, exc)
+            return
         await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "verification-failed", Outcome.SERIOUS_FAILURE,
                                         manifest_id=str(manifest_id), detail=reason[:300]))
         manifest = signed.document
@@ -265,9 +276,9 @@ class Node:
         (`_completed`), with no second receipt."""
         now = self.ctx.clock()
 
-        def find(store: MetadataStore) -> list[tuple[CID, str, bytes]]:
+        def find(store: MetadataStore) -> list[tuple[CID, ManifestState, bytes]]:
             return [(row.manifest_id, row.state, row.raw) for row in reversed(store.manifests("received"))
-                    if row.state in ("complete", "receipted") and row.expires_at >= now
+                    if row.state in (ManifestState.COMPLETE, ManifestState.RECEIPTED) and row.expires_at >= now
                     and not store.not_in_manifest(row.manifest_id, [cid])]
 
         for manifest_id, state, raw in await self.ctx.db.run(find):
@@ -290,11 +301,18 @@ class Node:
             now = int(ctx.clock() * 1000)
 
             def restore(store: MetadataStore) -> None:
-                store.set_manifest_state(manifest_id, previous)
+                node_lifecycle.move(store, manifest_id, ManifestEvent.VERIFIED)
+                if previous is ManifestState.RECEIPTED:  # its receipt was delivered before the repair
+                    node_lifecycle.move(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
                 done = store.transfer(manifest_id)
-                store.set_transfer(manifest_id, "complete", done[1] if done else 0, manifest.total_bytes, now)
+                store.set_transfer(manifest_id, ManifestState.COMPLETE, done[1] if done else 0, manifest.total_bytes,
+                                   now)
 
-            await ctx.db.run(restore)
+            try:
+                await ctx.db.run(restore)
+            except LocalProtocolError as exc:  # recalled during the repair
+                log.info("manifest %s: repair not recorded: %s", manifest_id, exc)
+                return
             await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "block-repaired", actor=ctx.peer_id,
                                        manifest_id=str(manifest_id),
                                        detail="quarantined block(s) fetched again and verified"))
@@ -323,19 +341,24 @@ class Node:
         now_ms = int(ctx.clock() * 1000)
 
         def record(store: MetadataStore) -> None:
+            state = node_lifecycle.next_state(store, manifest_id, ManifestEvent.VERIFIED)  # refused: nothing written
             store.add_instances(records, [event], now_ms)
-            store.set_manifest_state(manifest_id, "complete")
+            store.set_manifest_state(manifest_id, state)
             previous = store.transfer(manifest_id)
-            store.set_transfer(manifest_id, "complete", previous[1] if previous else 0,
-                               manifest.total_bytes, now_ms)
+            store.set_transfer(manifest_id, state, previous[1] if previous else 0, manifest.total_bytes, now_ms)
             ctx.storage.write_head()  # on the database thread: it reads the newest audit entry
 
         # queued for the PACS first (held until the receipt is delivered, which releases it): a stop before the
         # study is recorded completes it again on restart, and queues it again (the same items)
         await self.gateway.received(signed)
         receipt = Receipt(manifest_id, ctx.org, ctx.peer_id, len(records), int(ctx.clock())).sign(ctx.key)
-        # the study and the receipt to send are durable together: a restart sends the receipt, not the study again
-        await self.deliveries.receipt(manifest_id, manifest.sender_org, receipt.encode(), also=record)
+        try:
+            # the study and the receipt to send are durable together: a restart sends the receipt, not the study
+            await self.deliveries.receipt(manifest_id, manifest.sender_org, receipt.encode(), also=record)
+        except LocalProtocolError as exc:  # recalled while its last blocks were verified
+            log.info("manifest %s: completion not recorded: %s", manifest_id, exc)
+            await self.gateway.recalled(manifest_id)  # what was just queued for the PACS goes
+            return
         started = self.fetcher.started_at(manifest_id)
         await ctx.events.publish(StudyEvent(
             StudyEventKind.ARRIVED, str(manifest_id), manifest.study_uid, manifest.sender_org,
@@ -344,8 +367,9 @@ class Node:
 
     # -- deliveries (meshnode.node.delivery) -------------------------------------------------
     async def _receipted(self, manifest_id: CID) -> None:
-        log.info("receipt for %s delivered to its sender", manifest_id)
-        await self.gateway.receipted(manifest_id)  # the PACS forward may start
+        row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
+        if row is not None and row.state is ManifestState.RECEIPTED:  # not recalled (or repaired) meanwhile
+            await self.gateway.receipted(manifest_id)  # the PACS forward may start
 
     async def _delivery_failed(self, record: DeliveryRecord[DeliveryKey]) -> None:
         key = record.key
@@ -363,7 +387,7 @@ class Node:
         """Restart unfinished transfers and undelivered receipts from what is on disk."""
         def load(store: MetadataStore) -> tuple[list[ManifestRow], set[CID]]:
             rows = store.manifests("received")
-            receipts = {m.manifest_id for m in rows if m.state == "complete" and any(
+            receipts = {m.manifest_id for m in rows if m.state is ManifestState.COMPLETE and any(
                 d.key.kind is DeliveryKind.RECEIPT for d in stored_deliveries(store, m.manifest_id))}
             return rows, receipts
 
@@ -373,7 +397,8 @@ class Node:
             if row.expires_at < now:
                 continue
             signed = self.ctx.manifests.open(row.manifest_id, row.raw)
-            if row.state in ("fetching", "verifying") or (row.state == "announced" and self.ctx.config.auto_fetch):
+            auto = self.ctx.config.auto_fetch
+            if row.state is ManifestState.FETCHING or (row.state is ManifestState.ANNOUNCED and auto):
                 await self.fetcher.start(signed, holder=signed.document.sender_peer)
-            elif row.state == "complete" and row.manifest_id not in queued_receipts:
+            elif row.state is ManifestState.COMPLETE and row.manifest_id not in queued_receipts:
                 nursery.start_soon(self._completed, signed)  # completed before receipts were queued durably

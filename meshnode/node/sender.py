@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from meshnode.study.manifest_builder import build_manifest
+from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.context import NodeContext
 from meshnode.node.delivery import Deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
@@ -16,6 +17,7 @@ from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed, open_document
 from protocol.errors import DocumentError, LocalProtocolError, NotFoundError, WrongOrganisationError
+from protocol.lifecycle import ManifestEvent, Side, advance
 from protocol.manifest import Manifest, Priority, Purpose
 from protocol.recall import Recall, RecallAction
 from protocol.receipt import Receipt, verify_receipt
@@ -55,7 +57,8 @@ class Sender:
         )
         signed = manifest.sign(ctx.key)
         manifest_id = signed.cid
-        row = ManifestRow(manifest_id, study_uid, "sent", ctx.org, manifest.revision, "sent", now,
+        row = ManifestRow(manifest_id, study_uid, "sent", ctx.org, manifest.revision,
+                          advance(Side.SENDER, None, ManifestEvent.SIGNED), now,
                           manifest.expires_at, signed.encode(), manifest.recipients)
         blocks = manifest.block_order()
         # the manifest and its announcements are durable (one database call) before the first is attempted
@@ -100,10 +103,11 @@ class Sender:
         row = await ctx.db.run(lambda s: s.manifest(manifest_id))
         if row is None or row.direction != "sent":
             raise NotFoundError("no such sent manifest")
+        advance(Side.SENDER, row.state, ManifestEvent.RECALLED)  # a second recall is refused before it is signed
         recall = Recall(manifest_id, row.study_uid, ctx.org, RecallAction.WITHDRAW, None, reason[:1024],
                         int(ctx.clock())).sign(ctx.key)
         await self.deliveries.recall(manifest_id, row.recipients, recall.encode(),
-                                     also=lambda s: s.set_manifest_state(manifest_id, "recalled"))
+                                     also=lambda s: node_lifecycle.move(s, manifest_id, ManifestEvent.RECALLED))
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "recall", actor=ctx.peer_id, actor_org=ctx.org,
                                    study=hash_uid(row.study_uid), manifest_id=str(manifest_id),
                                    detail=reason[:300]))

@@ -15,16 +15,13 @@ events keep being recorded meanwhile; only one alert is raised per alarm.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common.files import read_file, write_atomic
+from common.files import exclusive_lock, read_file, write_atomic
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from protocol.errors import StorageError
@@ -62,18 +59,9 @@ class AuditHeadFile:
         self.alarm_path = state_dir / "audit-alarm"
         self.lock_path = state_dir / "audit-head.lock"
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> AbstractContextManager[None]:
         """One writer at a time across processes (the node and a CLI command)."""
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StorageError(f"cannot open {self.lock_path}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return exclusive_lock(self.lock_path)
 
     def recorded(self) -> tuple[int, bytes] | None:
         if not self.head_path.exists():

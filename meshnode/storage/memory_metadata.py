@@ -44,6 +44,7 @@ from meshnode.storage.sqlite_metadata import CONFLICT_FLAG
 from protocol.access import Holding
 from protocol.cid import CID
 from protocol.keys import SigningKey
+from protocol.lifecycle import ManifestState
 
 
 @dataclass
@@ -186,7 +187,7 @@ class MemoryMetadataStore(MemoryRetryQueue):
         return {c for c in cids if c in self._blocks}
 
     def _live_manifests(self, now_s: int) -> list[CID]:
-        return [m.manifest_id for m in self._manifests.values() if m.state != "recalled" and m.expires_at >= now_s]
+        return [m.manifest_id for m in self._manifests.values() if m.state is not ManifestState.RECALLED and m.expires_at >= now_s]
 
     def block_refcount(self, cid: CID, now_s: int) -> int:
         local = sum(1 for i in self._instances for b in i.blocks if b == cid)
@@ -218,19 +219,19 @@ class MemoryMetadataStore(MemoryRetryQueue):
         listed = self._manifest_blocks.get(manifest_id, frozenset())
         return {c for c in cids if c not in listed}
 
-    def set_manifest_state(self, manifest_id: CID, state: str) -> None:
+    def set_manifest_state(self, manifest_id: CID, state: ManifestState) -> None:
         if manifest_id in self._manifests:
             self._manifests[manifest_id] = replace(self._manifests[manifest_id], state=state)
 
     def fail_manifest(self, manifest_id: CID, reason: str, now_ms: int) -> None:
-        self.set_manifest_state(manifest_id, "failed")
+        self.set_manifest_state(manifest_id, ManifestState.FAILED)
         self._failures[manifest_id] = reason
 
     def manifest_failure(self, manifest_id: CID) -> str | None:
         return self._failures.get(manifest_id)
 
-    def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
-        self._transfers[manifest_id] = _Transfer(state, blocks_done, bytes_done)
+    def set_transfer(self, manifest_id: CID, state: ManifestState, blocks_done: int, bytes_done: int, now_ms: int) -> None:
+        self._transfers[manifest_id] = _Transfer(state.value, blocks_done, bytes_done)
 
     def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None:
         t = self._transfers.get(manifest_id)

@@ -23,6 +23,8 @@ from meshnode.storage.search import SearchableStore
 from protocol.access import Holding
 from protocol.cid import CID
 from protocol.keys import SigningKey
+from protocol.lifecycle import ManifestState
+
 
 class MetadataStore(SearchableStore, RetryQueueStore, Protocol):
     # -- studies and instances ------------------------------------------------
@@ -83,15 +85,17 @@ class MetadataStore(SearchableStore, RetryQueueStore, Protocol):
         """Those of `cids` the manifest does not list."""
         ...
 
-    def set_manifest_state(self, manifest_id: CID, state: str) -> None: ...
+    def set_manifest_state(self, manifest_id: CID, state: ManifestState) -> None:
+        """Store a state the caller reached with protocol.lifecycle.advance (meshnode.node.lifecycle)."""
+        ...
 
     def fail_manifest(self, manifest_id: CID, reason: str, now_ms: int) -> None:
-        """State 'failed', and why (shown in the inbox; no patient data: say which attribute, not its value)."""
+        """State failed (protocol.lifecycle), and why (shown in the inbox; no patient data: say which attribute, not its value)."""
         ...
 
     def manifest_failure(self, manifest_id: CID) -> str | None: ...
 
-    def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None: ...
+    def set_transfer(self, manifest_id: CID, state: ManifestState, blocks_done: int, bytes_done: int, now_ms: int) -> None: ...
 
     def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None: ...
 

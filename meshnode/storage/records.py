@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from protocol.cid import CID
+from protocol.lifecycle import ManifestState
 
 
 def hash_uid(uid: str) -> str:
@@ -93,7 +94,7 @@ class ManifestRow:
     direction: str  # "sent" or "received"
     sender_org: str
     revision: int
-    state: str
+    state: ManifestState  # protocol.lifecycle (stored as its value)
     created_at: int
     expires_at: int
     raw: bytes

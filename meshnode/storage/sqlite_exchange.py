@@ -10,17 +10,18 @@ import json
 from meshnode.storage.records import ServedRow
 from meshnode.storage.sqlite_base import SqliteTables
 from protocol.cid import CID
+from protocol.lifecycle import ManifestState
 
 
 class SqliteExchange(SqliteTables):
-    def set_transfer(self, manifest_id: CID, state: str, blocks_done: int, bytes_done: int, now_ms: int) -> None:
+    def set_transfer(self, manifest_id: CID, state: ManifestState, blocks_done: int, bytes_done: int, now_ms: int) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO transfers (manifest_id, state, blocks_done, bytes_done, updated_ms) VALUES (?,?,?,?,?)"
                 " ON CONFLICT (manifest_id) DO UPDATE SET state = excluded.state,"
                 " blocks_done = excluded.blocks_done, bytes_done = excluded.bytes_done,"
                 " updated_ms = excluded.updated_ms",
-                (manifest_id.to_bytes(), state, blocks_done, bytes_done, now_ms))
+                (manifest_id.to_bytes(), state.value, blocks_done, bytes_done, now_ms))
 
     def transfer(self, manifest_id: CID) -> tuple[str, int, int] | None:
         rows = self._query("SELECT state, blocks_done, bytes_done FROM transfers WHERE manifest_id = ?",

@@ -32,6 +32,7 @@ from meshnode.storage.sqlite_identity import SqliteIdentity
 from meshnode.storage.sqlite_retry_queue import SqliteRetryQueue
 from protocol.access import Holding
 from protocol.cid import CID
+from protocol.lifecycle import ManifestState, parse_state
 
 CONFLICT_FLAG = "sop-uid-conflict"
 
@@ -39,7 +40,7 @@ _LIVE_REFS = """
     SELECT count(*) FROM instance_blocks WHERE cid = :cid
     UNION ALL
     SELECT count(*) FROM manifest_blocks mb JOIN manifests m ON m.manifest_id = mb.manifest_id
-     WHERE mb.cid = :cid AND m.state != 'recalled' AND m.expires_at >= :now
+     WHERE mb.cid = :cid AND m.state != :recalled AND m.expires_at >= :now
 """
 
 
@@ -256,15 +257,16 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRet
             "SELECT cid FROM blocks WHERE cid IN ({marks})", cids)}
 
     def block_refcount(self, cid: CID, now_s: int) -> int:
-        rows = self._query(_LIVE_REFS, {"cid": cid.to_bytes(), "now": now_s})
+        rows = self._query(_LIVE_REFS,
+                           {"cid": cid.to_bytes(), "now": now_s, "recalled": ManifestState.RECALLED.value})
         return sum(int(n) for (n,) in rows)
 
     def unreferenced_blocks(self, now_s: int) -> list[CID]:
         rows = self._query(
             "SELECT b.cid FROM blocks b WHERE NOT EXISTS (SELECT 1 FROM instance_blocks ib WHERE ib.cid = b.cid)"
             " AND NOT EXISTS (SELECT 1 FROM manifest_blocks mb JOIN manifests m ON m.manifest_id = mb.manifest_id"
-            "   WHERE mb.cid = b.cid AND m.state != 'recalled' AND m.expires_at >= ?)",
-            (now_s,),
+            "   WHERE mb.cid = b.cid AND m.state != ? AND m.expires_at >= ?)",
+            (ManifestState.RECALLED.value, now_s),
         )
         return [CID.from_bytes(bytes(c)) for (c,) in rows]
 
@@ -280,7 +282,7 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRet
                 " created_at, expires_at, raw, certificate) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (manifest_id) DO UPDATE SET state = excluded.state",
                 (row.manifest_id.to_bytes(), row.study_uid, row.direction, row.sender_org,
-                 ",".join(row.recipients), row.revision, row.state, row.created_at, row.expires_at, row.raw,
+                 ",".join(row.recipients), row.revision, row.state.value, row.created_at, row.expires_at, row.raw,
                  row.certificate),
             )
             db.executemany("INSERT OR IGNORE INTO manifest_blocks VALUES (?,?)",
@@ -291,7 +293,7 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRet
             ManifestRow(
                 manifest_id=CID.from_bytes(bytes(r[0])), study_uid=str(r[1]), direction=str(r[2]),
                 sender_org=str(r[3]), recipients=tuple(x for x in str(r[4]).split(",") if x),
-                revision=int(r[5]), state=str(r[6]), created_at=int(r[7]), expires_at=int(r[8]),
+                revision=int(r[5]), state=parse_state(str(r[6])), created_at=int(r[7]), expires_at=int(r[8]),
                 raw=bytes(r[9]), certificate=bytes(r[10]),
             )
             for r in self._query(
@@ -316,13 +318,14 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRet
             (manifest_id.to_bytes(), *wanted))} if wanted else set()
         return {c for raw, c in wanted.items() if raw not in found}
 
-    def set_manifest_state(self, manifest_id: CID, state: str) -> None:
+    def set_manifest_state(self, manifest_id: CID, state: ManifestState) -> None:
         with self._tx() as db:
-            db.execute("UPDATE manifests SET state = ? WHERE manifest_id = ?", (state, manifest_id.to_bytes()))
+            db.execute("UPDATE manifests SET state = ? WHERE manifest_id = ?", (state.value, manifest_id.to_bytes()))
 
     def fail_manifest(self, manifest_id: CID, reason: str, now_ms: int) -> None:
         with self._tx() as db:
-            db.execute("UPDATE manifests SET state = 'failed' WHERE manifest_id = ?", (manifest_id.to_bytes(),))
+            db.execute("UPDATE manifests SET state = ? WHERE manifest_id = ?",
+                       (ManifestState.FAILED.value, manifest_id.to_bytes()))
             db.execute("INSERT INTO manifest_failures VALUES (?,?,?) ON CONFLICT (manifest_id) DO UPDATE SET"
                        " reason = excluded.reason, at_ms = excluded.at_ms", (manifest_id.to_bytes(), reason, now_ms))
 

@@ -1,7 +1,7 @@
 """node.toml's [http] section and [[webhook]] tables: the DICOMweb/UI/metrics listener and notifications.
 
-meshnode.config delegates these to this module; every unknown key is refused
-with its name, like the rest of node.toml.
+meshnode.config delegates these to this module; they are read with protocol.config_reader like
+the rest of node.toml (unknown keys, wrong types and out-of-range values refused, naming the key).
 """
 
 from __future__ import annotations
@@ -10,16 +10,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protocol.errors import MeshError
+from protocol.config_reader import Table, defaults
+from protocol.errors import ConfigError
 from protocol.manifest import Priority
-
-
-class HttpConfigError(MeshError):
-    """[http] or [[webhook]] settings that are missing, malformed or inconsistent."""
-
-    code = 903
-    name = "http-config-error"
-
 
 WEBHOOK_EVENTS = ("announced", "arrived", "delivered", "failed")
 PRIORITIES = tuple(p.value for p in Priority)
@@ -35,17 +28,17 @@ TEMPLATE = """
 # tls_certificate = "http-cert.pem"
 # tls_key = "http-key.pem"
 # Largest request body (a STOW-RS upload), in MB; larger requests get 413 and change nothing.
-# max_request_mb = 1024
+# max_request_mb = {max_request_mb}
 # Largest single DICOM instance in a STOW-RS upload, in MB.
-# max_instance_mb = 256
+# max_instance_mb = {max_instance_mb}
 # Most results one QIDO-RS query returns (a client pages with limit/offset).
-# max_results = 1000
+# max_results = {max_results}
 # Inbox, outbox and peers pages (no patient identifiers) without logging in; audit always needs a login.
-# public_status = true
+# public_status = {public_status}
 # /metrics without a token (it holds org codes and counters, never patient data).
-# public_metrics = true
+# public_metrics = {public_metrics}
 # How long a web UI login lasts, in hours.
-# session_hours = 12
+# session_hours = {session_hours}
 # The URL clients reach this listener at (behind a proxy), for RetrieveURLs and webhook links.
 # public_url = "https://pacs-gw.example.nhs.uk"
 
@@ -59,7 +52,7 @@ TEMPLATE = """
 # priorities = []                         # only these priorities (empty: all)
 # routes = []                             # only studies sent through these routing rules (empty: all)
 # include_identifiers = false             # add StudyInstanceUID and accession number to the body
-# max_attempts = 12                       # retried with backoff (2 s doubling, at most 15 min)
+# max_attempts = {max_attempts:<22} # retried with backoff (2 s doubling, at most 15 min)
 """
 
 
@@ -108,7 +101,7 @@ class HttpConfig:
     def host_port(self) -> tuple[str, int]:
         m = _HOST_PORT.match(self.listen)
         if m is None:
-            raise HttpConfigError(f"[http] listen must be HOST:PORT, not {self.listen!r}")
+            raise ConfigError(f"http.listen: must be HOST:PORT, not {self.listen!r}")
         return m["host"].strip("[]"), int(m["port"])
 
     @property
@@ -126,7 +119,8 @@ class HttpConfig:
 
     def render(self) -> str:
         if not self.enabled and not self.webhooks:
-            return TEMPLATE
+            return TEMPLATE.format(**{k: _toml_scalar(v) for k, v in defaults(HttpConfig).items()},
+                                   max_attempts=defaults(WebhookConfig)["max_attempts"])
         lines = ["", "[http]"]
         for key in ("listen", "tls_certificate", "tls_key", "public_url"):
             lines.append(f'{key} = "{getattr(self, key)}"')
@@ -148,60 +142,42 @@ def _toml_list(items: tuple[str, ...]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
-HTTP_KEYS = {"listen", "tls_certificate", "tls_key", "max_request_mb", "max_instance_mb", "max_results",
-             "public_status", "public_metrics", "session_hours", "public_url"}
-WEBHOOK_KEYS = {"url", "secret", "secret_file", "events", "orgs", "priorities", "routes", "include_identifiers",
-                "max_attempts"}
+def _toml_scalar(value: object) -> object:
+    return ("true" if value else "false") if isinstance(value, bool) else value
 
 
-def _str(table: dict[str, object], key: str, where: str, default: str = "") -> str:
-    value = table.get(key, default)
-    if not isinstance(value, str):
-        raise HttpConfigError(f"{where} {key} must be a string")
+# -- reading (protocol.config_reader: unknown keys, wrong types and ranges are refused naming the key) --
+
+
+def _url(value: str, key: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ConfigError(f"{key}: must be an http:// or https:// URL (got {value[:80]!r})")
     return value
 
 
-def _bool(table: dict[str, object], key: str, where: str, default: bool) -> bool:
-    value = table.get(key, default)
-    if not isinstance(value, bool):
-        raise HttpConfigError(f"{where} {key} must be true or false")
+def _optional_url(value: str, key: str) -> str:
+    return _url(value, key).rstrip("/") if value else value
+
+
+def _listen(value: str, key: str) -> str:
+    if not value:
+        return value
+    m = _HOST_PORT.match(value)
+    if m is None:
+        raise ConfigError(f"{key}: must be HOST:PORT, e.g. \"127.0.0.1:8042\" (got {value[:80]!r})")
+    if int(m["port"]) > 65535:
+        raise ConfigError(f"{key}: the port must be at most 65535 (got {m['port']})")
     return value
 
 
-def _int(table: dict[str, object], key: str, where: str, default: int, lo: int, hi: int) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise HttpConfigError(f"{where} {key} must be an integer in {lo}..{hi}")
-    return value
-
-
-def _list(table: dict[str, object], key: str, where: str, allowed: tuple[str, ...] | None = None,
-          default: tuple[str, ...] = ()) -> tuple[str, ...]:
-    value = table.get(key, list(default))
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise HttpConfigError(f"{where} {key} must be a list of strings")
-    items = tuple(str(v) for v in value)
-    if allowed is not None:
-        bad = sorted(set(items) - set(allowed))
-        if bad:
-            raise HttpConfigError(f"{where} {key}: unknown value(s) {bad}; expected some of {list(allowed)}")
-    return items
-
-
-def parse_webhook(table: object, index: int, home: Path | None) -> WebhookConfig:
-    where = f"[[webhook]] #{index + 1}"
-    if not isinstance(table, dict):
-        raise HttpConfigError(f"{where} must be a table")
-    unknown = set(table) - WEBHOOK_KEYS
-    if unknown:
-        raise HttpConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
-    url = _str(table, "url", where)
-    if not re.match(r"^https?://[^\s/]+", url):
-        raise HttpConfigError(f"{where} url must be an http:// or https:// URL")
-    secret = _str(table, "secret", where)
-    secret_file = _str(table, "secret_file", where)
+def parse_webhook(t: Table, home: Path | None) -> WebhookConfig:
+    """One [[webhook]] table (its secret_file read from the node folder)."""
+    d = defaults(WebhookConfig)
+    url = t.text("url", check=_url)
+    secret = t.text("secret", "")
+    secret_file = t.text("secret_file", d["secret_file"])
     if secret and secret_file:
-        raise HttpConfigError(f"{where}: give secret or secret_file, not both")
+        raise t.error("secret_file", "give secret or secret_file, not both")
     if secret_file:
         path = Path(secret_file)
         if not path.is_absolute() and home is not None:
@@ -209,53 +185,39 @@ def parse_webhook(table: object, index: int, home: Path | None) -> WebhookConfig
         try:
             secret = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise HttpConfigError(f"{where}: cannot read secret_file {path}: {exc}") from None
+            raise t.error("secret_file", f"cannot read secret_file {path}: {exc}") from None
     if len(secret) < 16:
-        raise HttpConfigError(f"{where}: the HMAC secret must be at least 16 characters")
-    return WebhookConfig(
+        raise t.error("secret", "the HMAC secret must be at least 16 characters")
+    hook = WebhookConfig(
         url=url, secret=secret, secret_file=secret_file,
-        events=_list(table, "events", where, WEBHOOK_EVENTS, default=("arrived", "delivered", "failed")),
-        orgs=_list(table, "orgs", where), priorities=_list(table, "priorities", where, PRIORITIES),
-        routes=_list(table, "routes", where),
-        include_identifiers=_bool(table, "include_identifiers", where, False),
-        max_attempts=_int(table, "max_attempts", where, 12, 1, 100),
+        events=t.texts("events", d["events"], WEBHOOK_EVENTS), orgs=t.texts("orgs", d["orgs"]),
+        priorities=t.texts("priorities", d["priorities"], PRIORITIES), routes=t.texts("routes", d["routes"]),
+        include_identifiers=t.boolean("include_identifiers", d["include_identifiers"]),
+        max_attempts=t.integer("max_attempts", d["max_attempts"], 1, 100),
     )
+    t.finish()
+    return hook
 
 
-def parse_http(section: object, webhooks: object, home: Path | None = None) -> HttpConfig:
-    """The [http] table (may be absent) and the [[webhook]] array of tables (may be absent)."""
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        raise HttpConfigError("[http] must be a table")
-    unknown = set(section) - HTTP_KEYS
-    if unknown:
-        raise HttpConfigError(f"[http]: unknown key(s) {sorted(unknown)}")
-    hooks: list[WebhookConfig] = []
-    if webhooks is not None:
-        if not isinstance(webhooks, list):
-            raise HttpConfigError("webhook must be an array of tables: write [[webhook]]")
-        hooks = [parse_webhook(t, i, home) for i, t in enumerate(webhooks)]
-    where = "[http]"
+def parse_http(root: Table, home: Path | None = None) -> HttpConfig:
+    """node.toml's [http] table (may be absent) and [[webhook]] array of tables (may be absent)."""
+    d = defaults(HttpConfig)
+    t = root.table("http")
     config = HttpConfig(
-        listen=_str(section, "listen", where),
-        tls_certificate=_str(section, "tls_certificate", where),
-        tls_key=_str(section, "tls_key", where),
-        max_request_mb=_int(section, "max_request_mb", where, 1024, 1, 1 << 20),
-        max_instance_mb=_int(section, "max_instance_mb", where, 256, 1, 4096),
-        max_results=_int(section, "max_results", where, 1000, 1, 100_000),
-        public_status=_bool(section, "public_status", where, True),
-        public_metrics=_bool(section, "public_metrics", where, True),
-        session_hours=_int(section, "session_hours", where, 12, 1, 24 * 30),
-        public_url=_str(section, "public_url", where).rstrip("/"),
-        webhooks=tuple(hooks),
+        listen=t.text("listen", d["listen"], check=_listen),
+        tls_certificate=t.text("tls_certificate", d["tls_certificate"]),
+        tls_key=t.text("tls_key", d["tls_key"]),
+        max_request_mb=t.integer("max_request_mb", d["max_request_mb"], 1, 1 << 20),
+        max_instance_mb=t.integer("max_instance_mb", d["max_instance_mb"], 1, 4096),
+        max_results=t.integer("max_results", d["max_results"], 1, 100_000),
+        public_status=t.boolean("public_status", d["public_status"]),
+        public_metrics=t.boolean("public_metrics", d["public_metrics"]),
+        session_hours=t.integer("session_hours", d["session_hours"], 1, 24 * 30),
+        public_url=t.text("public_url", d["public_url"], check=_optional_url),
+        webhooks=tuple(parse_webhook(w, home) for w in root.tables("webhook")),
     )
-    if config.listen:
-        _, port = config.host_port
-        if port > 65535:
-            raise HttpConfigError("[http] listen port must be at most 65535")
     if bool(config.tls_certificate) != bool(config.tls_key):
-        raise HttpConfigError("[http] tls_certificate and tls_key go together")
-    if config.public_url and not re.match(r"^https?://[^\s/]+", config.public_url):
-        raise HttpConfigError("[http] public_url must be an http:// or https:// URL")
+        raise t.error("tls_key" if config.tls_certificate else "tls_certificate",
+                      "tls_certificate and tls_key go together")
+    t.finish()
     return config

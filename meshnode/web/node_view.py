@@ -154,7 +154,7 @@ class NodeView:
             head = store.audit_head()
             manifests: dict[tuple[str, str], int] = {}
             for m in store.manifests():
-                manifests[(m.direction, m.state)] = manifests.get((m.direction, m.state), 0) + 1
+                manifests[(m.direction, m.state.value)] = manifests.get((m.direction, m.state.value), 0) + 1
             return (head[0] if head else 0), len(store.studies()), manifests, pending
 
         audit_len, studies, manifests, deliveries = await ctx.db.run(load)

@@ -9,7 +9,8 @@ import trio
 
 from meshnode.asgi import hypercorn_config, serve_app
 from meshnode.web.app import WebApp
-from meshnode.web.config import HttpConfig, HttpConfigError
+from meshnode.web.config import HttpConfig
+from protocol.errors import ConfigError
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -26,7 +27,7 @@ async def serve_http(app: WebApp, config: HttpConfig, home: Path, *,
     if tls is not None:
         for path in tls:
             if not path.is_file():
-                raise HttpConfigError(f"[http] TLS file {path} does not exist")
+                raise ConfigError(f"http.tls_certificate, http.tls_key: TLS file {path} does not exist")
         hc.certfile, hc.keyfile = str(tls[0]), str(tls[1])
     hc.include_server_header = False
     hc.graceful_timeout = 2.0

@@ -7,7 +7,7 @@ import argparse
 from common.cli.output import EXIT_OK, emit
 from simulations.commands.common import add_scenario_args, load
 from simulations.outputs import scenario_hash
-from simulations.scenario.units import format_duration, format_rate
+from protocol.quantities import format_duration, format_rate
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:

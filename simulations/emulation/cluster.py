@@ -17,10 +17,12 @@ import selectors
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from protocol.config_reader import assignments
 from protocol.errors import UnavailableError
 from simulations.emulation.shaping import Placement
 
@@ -103,7 +105,7 @@ class Cluster:
         self.run(placement, "meshadmin", "roster", "publish", "--dir", self.auth_dir, "--valid-hours", "24",
                  "--directory", self.directory_addr, "--json")
 
-    def add_node(self, node: NodeProc, config: dict[str, str]) -> None:
+    def add_node(self, node: NodeProc, config: Mapping[str, object]) -> None:
         p = node.placement
         out = self.run(p, "meshnode", "init", "--home", str(node.home), "--org", node.org, "--authority-key",
                        self.authority_key, "--directory", self.directory_addr, "--listen",
@@ -114,7 +116,12 @@ class Cluster:
                  "--org-name", f"{node.org} (meshsim emulation)", "--role", node.kind, "--out", cert, "--json")
         self.run(p, "meshnode", "certificate", "install", "--home", str(node.home), cert)
         if config:
-            configure(node.home / "node.toml", config)
+            self.configure(node, config)
+
+    def configure(self, node: NodeProc, config: Mapping[str, object]) -> None:
+        """Set node.toml keys (dotted: {"limits.upload_mb_per_s": 0.5}) through the node's CLI, whose reader
+        checks them before the file is written (comments kept)."""
+        self.run(node.placement, "meshnode", "config", "set", "--home", str(node.home), *assignments(config))
 
     def start_node(self, node: NodeProc) -> None:
         node.proc, _ = self.start_service(node.placement, [MODULES["meshnode"], "run", "--home", str(node.home), "-v"],
@@ -155,17 +162,6 @@ class Cluster:
                 proc.kill()
                 proc.wait()
         self.services.clear()
-
-
-def configure(path: Path, values: dict[str, str]) -> None:
-    """Set `key = value` lines in node.toml (the keys are in the template `meshnode init` writes)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for key, value in values.items():
-        hits = [i for i, line in enumerate(lines) if line.split("=")[0].strip() == key]
-        if not hits:
-            raise UnavailableError(f"{key} is not in {path}")
-        lines[hits[0]] = f"{key} = {value}"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _readline(proc: subprocess.Popen[str], stream: IO[str] | None, timeout: float) -> str:

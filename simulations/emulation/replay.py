@@ -112,7 +112,6 @@ def _start(scenario: Scenario, shaper: Shaper, cluster: Cluster, say: Callable[[
         for code in g.codes:
             placement, config = shaper.add_node(i, Rate(g.up * scale, g.down * scale))
             node = NodeProc(code, g.kind.value, cluster.root / f"node-{code}", placement)
-            config.setdefault("request_timeout_seconds", "30")
             cluster.add_node(node, config)
             nodes[code] = node
             i += 1

@@ -74,10 +74,10 @@ class Shaper:
         _ns(self.core, "ip", "addr", "add", f"{CORE_IP}/{PREFIX_LEN}", "dev", "br0")
         _ns(self.core, "ip", "link", "set", "br0", "up")
 
-    def add_node(self, index: int, rate: Rate) -> tuple[Placement, dict[str, str]]:
+    def add_node(self, index: int, rate: Rate) -> tuple[Placement, dict[str, object]]:
         """Place node `index` with these link rates; returns where it runs and node.toml overrides."""
         if self.mode != "netns":
-            return Placement([], "127.0.0.1"), {"upload_mb_per_s": f"{rate.up / 1e6:.6f}"}
+            return Placement([], "127.0.0.1"), {"limits.upload_mb_per_s": round(rate.up / 1e6, 6)}
         ns = f"msim{self.tag}n{index}"
         inner, outer = f"vi{self.tag}{index}", f"vo{self.tag}{index}"
         _ip("netns", "add", ns)

@@ -1,8 +1,10 @@
 """The mesh design: every organisation's node announces, and recipients fetch blocks from any holder.
 
 Each simulated node holds the node's own state machines from protocol/:
-a `FetchScheduler` (which block to ask which holder for, priorities, AIMD
-windows, timeouts, bans) and, per sender, an `Outbox` (announce retries).
+a `FetchScheduler` per sender org, as the node runs them
+(protocol.fetch_schedulers: which block to ask which holder for,
+priorities, AIMD windows, timeouts, bans), an `Outbox` (announce retries),
+and each study's manifest lifecycle (protocol.lifecycle).
 The engine only moves time and bytes: a scheduler `Request` becomes a
 network flow from the holder to the requester after one round trip; as
 each of its blocks arrives whole it is reported with `block_received` (a
@@ -29,6 +31,8 @@ from protocol.cid import CID
 from protocol.errors import LocalProtocolError
 from protocol.fetch_order import rotated, start_offset
 from protocol.fetch import BlockStalled, BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
+from protocol.fetch_schedulers import FetchSchedulers
+from protocol.lifecycle import ManifestEvent, ManifestState, Side, advance
 from protocol.manifest import Priority
 from protocol.outbox import DeliveryKey, DeliveryKind
 from simulations.engine import wire_sizes
@@ -68,10 +72,11 @@ class Fetch:
 
 
 class RequestState:
-    __slots__ = ("node", "request", "peer", "fetch", "sizes", "flow", "received", "marks")
+    __slots__ = ("node", "sender", "request", "peer", "fetch", "sizes", "flow", "received", "marks")
 
-    def __init__(self, node: MeshNode, request: Request, peer: int, fetch: Fetch | None) -> None:
+    def __init__(self, node: MeshNode, sender: str, request: Request, peer: int, fetch: Fetch | None) -> None:
         self.node = node
+        self.sender = sender  # the sender org whose scheduler issued the request
         self.request = request
         self.peer = peer
         self.fetch = fetch
@@ -87,7 +92,7 @@ def study_share(world: World, s: Study) -> Share:
     share = s.access
     if share is None:
         share = s.access = Share(world.orgs[s.sender].code, frozenset(world.orgs[r].code for r in s.recipients),
-                                 "fetching", 2**62)
+                                 ManifestState.FETCHING, 2**62)
     return share
 
 
@@ -96,9 +101,10 @@ class MeshNode:
         self.mesh = mesh
         self.org = org
         self.code = mesh.world.orgs[org].code
-        self.sched: FetchScheduler = mesh.new_scheduler()
+        self.scheds: FetchSchedulers = mesh.new_schedulers()
         self.fetches: dict[CID, Fetch] = {}
-        self.refs: dict[str, int] = {}  # scheduler peer -> active fetches it is registered for
+        #: (sender org, scheduler peer) -> active fetches of that sender's manifests the peer is registered for
+        self.refs: dict[tuple[str, str], int] = {}
         self.inbound: dict[Flow, RequestState] = {}
         self.deferred: list[Study] = []  # shares that arrived while the node was down
         self.outbox = OutboxDriver(mesh.world.queue, self._attempt_announce, self._announce_gave_up,
@@ -149,11 +155,19 @@ class MeshNode:
             self.mesh.world.recorder.resolve(t, Status.FAILED, now, "announce: " + error.split(":")[0])
 
     # -- fetching (recipient side) --------------------------------------------------------
+    def sched(self, sender: str) -> FetchScheduler:
+        """The scheduler of this sender org's manifests (the node's rule: protocol.fetch_schedulers)."""
+        return self.scheds.for_sender(sender)
+
+    def sender_of(self, s: Study) -> str:
+        return self.mesh.world.orgs[s.sender].code
+
     def start_fetch(self, t: Transfer, now: float) -> None:
         s = t.study
         assert s.manifest_id is not None
         if s.manifest_id in self.fetches:
             return
+        t.state = advance(Side.RECIPIENT, t.state, ManifestEvent.FETCH_STARTED)
         n = len(s.cids)
         if n == 1:
             order, first = [0], 1
@@ -180,7 +194,7 @@ class MeshNode:
             f.direct, f.direct_at = True, now
             self.direct = f
             request = Request(self.mesh.world.orgs[s.sender].code, s.manifest_id, tuple(s.cids[i] for i in order))
-            mesh.issue(self, request, now)
+            mesh.issue(self, self.sender_of(s), request, now)
             return
         self._add_to_scheduler(f, now)
         self._tell(f, s.sender)
@@ -200,11 +214,12 @@ class MeshNode:
         assert s.manifest_id is not None and f.direct_request is not None
         at = f.direct_at
         self._add_to_scheduler(f, at)
-        name = self.mesh.world.orgs[s.sender].code
-        self.sched.peer_available(name, s.manifest_id, list(s.cids))
-        self.refs[name] = self.refs.get(name, 0) + 1
+        name = self.sender_of(s)
+        sched = self.sched(name)
+        sched.peer_available(name, s.manifest_id, list(s.cids))
+        self.refs[(name, name)] = self.refs.get((name, name), 0) + 1
         f.told[s.sender] = len(s.cids)
-        requests = self.sched.next_requests(at)
+        requests = sched.next_requests(at)
         expected = f.direct_request.request
         if requests != [expected]:
             raise LocalProtocolError(f"scheduler replay issued {requests!r}, not {expected!r}")
@@ -214,7 +229,7 @@ class MeshNode:
         assert s.manifest_id is not None
         wanted = [BlockWanted(s.cids[i], int(s.sizes[i])) for i in f.order]
         have = frozenset(s.cids[i] for i, d in enumerate(f.done) if d)
-        self.sched.add_manifest(s.manifest_id, wanted, PRIORITY_BY_RANK[s.priority], have, now)
+        self.sched(self.sender_of(s)).add_manifest(s.manifest_id, wanted, PRIORITY_BY_RANK[s.priority], have, now)
 
     def _tell(self, f: Fetch, holder: int) -> None:
         """Report what `holder` has of f's study to the scheduler (if it may be asked now)."""
@@ -241,9 +256,10 @@ class MeshNode:
         if told >= len(blocks):
             return
         name = world.hub_code if holder == HUB else world.orgs[holder].code
+        sender = self.sender_of(s)
         if told == 0:
-            self.refs[name] = self.refs.get(name, 0) + 1
-        self.sched.peer_available(name, s.manifest_id, [s.cids[i] for i in blocks[told:]])
+            self.refs[(sender, name)] = self.refs.get((sender, name), 0) + 1
+        self.sched(sender).peer_available(name, s.manifest_id, [s.cids[i] for i in blocks[told:]])
         f.told[holder] = len(blocks)
 
     def discover(self, f: Fetch, now: float) -> None:
@@ -266,51 +282,56 @@ class MeshNode:
     def pump(self, now: float) -> None:
         """What meshnode's fetcher loop does on every wake: issue next requests, handle events."""
         mesh = self.mesh
-        for request in self.sched.next_requests(now):
-            mesh.issue(self, request, now)
-        events = self.sched.events()
-        if events:
-            self._events(events, now)
+        for sender, sched in self.scheds.items():
+            for request in sched.next_requests(now):
+                mesh.issue(self, sender, request, now)
+            events = sched.events()
+            if events:
+                self._events(sender, sched, events, now)
 
-    def _events(self, events: Sequence[object], now: float) -> None:
+    def _events(self, sender: str, sched: FetchScheduler, events: Sequence[object], now: float) -> None:
         mesh = self.mesh
         for ev in events:
             if isinstance(ev, ManifestCompleted):
                 f = self.fetches.pop(ev.manifest_id, None)
                 if f is None:
                     continue
-                self.sched.remove_manifest(ev.manifest_id)
+                sched.remove_manifest(ev.manifest_id)
                 self._release_refs(f, now)
                 mesh.completed(f, now)
-            elif isinstance(ev, PeerBanned):
+            elif isinstance(ev, PeerBanned):  # banned from this sender's manifests (its scheduler's)
                 mesh.world.recorder.bans.append((now, ev.peer, self.code))
                 holder = mesh.index_of(ev.peer)
                 for f in self.fetches.values():
-                    f.told.pop(holder, None)
-                self.refs.pop(ev.peer, None)
+                    if self.sender_of(f.study) == sender:
+                        f.told.pop(holder, None)
+                self.refs.pop((sender, ev.peer), None)
             elif isinstance(ev, BlockStalled):
                 f = self.fetches.get(ev.manifest_id)
                 if f is not None:
                     mesh.arm_fallback(f)
-        for request in self.sched.next_requests(now):
-            mesh.issue(self, request, now)
+        for request in sched.next_requests(now):
+            mesh.issue(self, sender, request, now)
 
     def _release_refs(self, f: Fetch, now: float) -> None:
+        sender = self.sender_of(f.study)
+        sched = self.sched(sender)
         for holder in f.told:
-            name = self.mesh.name_of(holder)
-            left = self.refs.get(name, 0) - 1
+            key = (sender, self.mesh.name_of(holder))
+            left = self.refs.get(key, 0) - 1
             if left > 0:
-                self.refs[name] = left
+                self.refs[key] = left
                 continue
-            self.refs.pop(name, None)
-            if self.sched.in_flight_count(name) == 0:
-                self.sched.peer_lost(name, now)  # nothing left to ask it for: forget it (see docs)
+            self.refs.pop(key, None)
+            if sched.in_flight_count(key[1]) == 0:
+                sched.peer_lost(key[1], now)  # nothing left to ask it for: forget it (see docs)
         f.told.clear()
 
     def lost_peer(self, holder: int, now: float) -> None:
         name = self.mesh.name_of(holder)
-        self.sched.peer_lost(name, now)
-        self.refs.pop(name, None)
+        self.scheds.peer_lost(name, now)
+        for key in [k for k in self.refs if k[1] == name]:
+            del self.refs[key]
         for f in self.fetches.values():
             f.told.pop(holder, None)
 
@@ -330,8 +351,9 @@ class MeshNode:
 
     def come_up(self, now: float) -> None:
         """A restarted node resumes every unfinished fetch from the blocks verified on disk."""
-        self.sched = self.mesh.new_scheduler()
+        self.scheds = self.mesh.new_schedulers()
         for f in self.fetches.values():
+            f.transfer.state = advance(Side.RECIPIENT, f.transfer.state, ManifestEvent.FETCH_STARTED)  # resumed
             self._add_to_scheduler(f, now)
             f.last_progress = now
             self.mesh.schedule_tick(f, delay=0.0)

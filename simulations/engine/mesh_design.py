@@ -8,10 +8,14 @@ holder (the hub announces on the sender's behalf if the sender never could).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from protocol.exchange_messages import verify_block
 from protocol.fetch import FetchScheduler, Request
+from protocol.fetch_schedulers import FetchSchedulers
+from protocol.fetch_settings import FetchSettings
+from protocol.lifecycle import ManifestEvent, Side, advance
 from simulations.engine import wire_sizes
 from simulations.engine.hub import HubService
 from simulations.engine.mesh import Fetch, MeshNode, RequestState
@@ -24,6 +28,18 @@ TIMEOUT_MARGIN = 1e-6
 FIRST_IMAGE = -1  # a request milestone that is not a block end: the first image's bytes are in
 
 
+def scaled(node: FetchSettings, scale: float) -> FetchSettings:
+    """The node's settings for scheduler blocks of `scale` node blocks each: block counts divided (at least a
+    window of 2 and a request of 1), the request timeout stretched for the longer blocks."""
+    window_initial = max(2, round(node.window_initial / scale))
+    request_max_blocks = max(1, min(64, round(node.request_max_blocks / scale)))
+    return dataclasses.replace(
+        node, window_min=min(node.window_min, window_initial), window_initial=window_initial,
+        window_max=max(window_initial, round(node.window_max / scale)), request_max_blocks=request_max_blocks,
+        min_request_blocks=max(1, min(request_max_blocks, round(node.min_request_blocks / scale))),
+        request_timeout=node.request_timeout * max(1.0, scale))
+
+
 class Mesh:
     def __init__(self, world: World, hub: HubService | None = None) -> None:
         self.world = world
@@ -31,12 +47,9 @@ class Mesh:
         d = world.scenario.design
         scale = d.granularity / wire_sizes.REAL_BLOCK
         self.scale = scale
-        self.window_initial = max(2, round(d.window_initial / scale))
-        self.window_max = max(self.window_initial, round(d.window_max / scale))
-        self.request_blocks = max(1, min(64, round(d.request_max_blocks / scale)))
-        self.min_request_blocks = max(1, min(self.request_blocks, round(d.min_request_blocks / scale)))
-        self.request_timeout = d.request_timeout * max(1.0, scale)
-        self.tick = d.discovery_interval
+        self.settings = scaled(d.fetch, scale)
+        self.request_timeout = self.settings.request_timeout
+        self.tick = self.settings.discovery_interval
         self.fallback_after = d.fallback_after
         self.verify_rate = d.verify_rate
         self.direct_enabled = world.scenario.engine.idle_fast_path
@@ -48,18 +61,15 @@ class Mesh:
         if hub is not None:
             hub.on_stored.append(self._hub_stored)
 
-    def scheduler_settings(self) -> dict[str, float | int]:
-        return {"window_min": min(2, self.window_initial), "window_initial": self.window_initial,
-                "window_max": self.window_max, "request_max_blocks": self.request_blocks,
-                "min_request_blocks": self.min_request_blocks, "max_strikes": 1,
-                "request_timeout": self.request_timeout, "queue_target": 0.25}
+    def scheduler_settings(self) -> dict[str, float | int | None]:
+        """The settings every scheduler runs with (scaled to the granularity), for the run's manifest."""
+        out = dataclasses.asdict(self.settings)
+        del out["discovery_interval"]  # reported on its own
+        return out
 
-    def new_scheduler(self) -> FetchScheduler:
-        s = self.scheduler_settings()
-        return FetchScheduler(window_min=int(s["window_min"]), window_initial=int(s["window_initial"]),
-                              window_max=int(s["window_max"]), request_max_blocks=int(s["request_max_blocks"]),
-                              max_strikes=1, request_timeout=float(s["request_timeout"]), queue_target=0.25,
-                              min_request_blocks=int(s["min_request_blocks"]))
+    def new_schedulers(self) -> FetchSchedulers:
+        """A node's schedulers, one per sender org, as the node runs them (protocol.fetch_schedulers)."""
+        return FetchSchedulers(self.settings)
 
     def can_go_direct(self, node: MeshNode, f: Fetch) -> bool:
         """An idle node, one study from one ordinary holder it has no state about, in one request."""
@@ -72,8 +82,9 @@ class Mesh:
         sender = world.orgs[s.sender]
         if sender.corrupt > 0 or sender.drop > 0 or not world.reachable(s.sender, node.org) or node.inbound:
             return False
-        sched = node.sched
-        return sched.window(sender.code) is None and sched.strikes(sender.code) == 0 and not sched.in_flight()
+        sched = node.scheds.get(sender.code)
+        return sched is None or (sched.window(sender.code) is None and sched.strikes(sender.code) == 0
+                                 and not sched.in_flight())
 
     def name_of(self, holder: int) -> str:
         return self.world.hub_code if holder == HUB else self.world.orgs[holder].code
@@ -100,6 +111,7 @@ class Mesh:
             for t in s.transfers:
                 self._fail(t, now, "sender revoked")
             return
+        s.state = advance(Side.SENDER, None, ManifestEvent.SIGNED)
         node = self.nodes[s.sender]
         for t in s.transfers:
             node.announce(t, now)
@@ -114,6 +126,9 @@ class Mesh:
         if not world.orgs[t.recipient].online:
             self.nodes[t.study.sender].announce(t, now)  # no Ack: the sender retries
             return
+        if t.state is not None:
+            return  # recorded already (the node acknowledges a repeated announcement and does nothing else)
+        t.state = advance(Side.RECIPIENT, None, ManifestEvent.ACCEPTED)
         if t.announced_at < 0:
             t.announced_at = now
         self.nodes[t.recipient].start_fetch(t, now)
@@ -125,13 +140,17 @@ class Mesh:
             if holder >= 0:
                 self.can_serve[holder].pop(f, None)
         done = now + (s.nbytes / self.verify_rate if self.verify_rate > 0 else 0.0)
-        t.control += wire_sizes.RECEIPT + wire_sizes.block_traffic(s.nbytes, s.images, s.image_bytes, self.world.scenario.design.request_max_blocks)
+        t.control += wire_sizes.RECEIPT + wire_sizes.block_traffic(s.nbytes, s.images, s.image_bytes,
+                                                                   self.world.scenario.design.fetch.request_max_blocks)
         if done > now:
             self.world.queue.at(done, self._verified, t)
         else:
             self._verified(t, now)
 
     def _verified(self, t: Transfer, now: float) -> None:
+        t.state = advance(Side.RECIPIENT, t.state, ManifestEvent.VERIFIED)
+        # the receipt's bytes were counted at completion; its delivery is not modelled (it arrives)
+        t.state = advance(Side.RECIPIENT, t.state, ManifestEvent.RECEIPT_DELIVERED)
         self.world.recorder.resolve(t, Status.DELIVERED, now)
 
     def _fail(self, t: Transfer, now: float, reason: str) -> None:
@@ -170,23 +189,24 @@ class Mesh:
                     self.schedule_tick(g)
 
     # -- requests as flows --------------------------------------------------------------------
-    def issue(self, node: MeshNode, request: Request, now: float) -> None:
+    def issue(self, node: MeshNode, sender: str, request: Request, now: float) -> None:
+        """`request`, from the scheduler of `sender`'s manifests at `node`, becomes a flow after a round trip."""
         world = self.world
         peer = self.index_of(request.peer)
         f = node.fetches.get(request.manifest_id)
-        st = RequestState(node, request, peer, f)
+        st = RequestState(node, sender, request, peer, f)
         if f is not None and f.direct:
             f.direct_request = st
             self.direct_fetches += 1
         if not world.reachable(peer, node.org):
             # The dial fails: forget what it holds until discovery finds it again.
-            node.sched.request_failed(request.peer, list(request.cids), now)
+            node.sched(sender).request_failed(request.peer, list(request.cids), now)
             node.lost_peer(peer, now)
             world.queue.at(now, self._pump, node)
             return
         if world.drops(peer):
             world.recorder.dropped_requests += 1
-            world.queue.at(now + self.request_timeout + TIMEOUT_MARGIN, self._expire, (node, request))
+            world.queue.at(now + self.request_timeout + TIMEOUT_MARGIN, self._expire, (node, sender, request))
             return
         world.queue.after(world.rtt(peer, node.org), self._activate, st)
 
@@ -194,25 +214,25 @@ class Mesh:
         if self.world.orgs[node.org].online:
             node.pump(now)
 
-    def _expire(self, arg: tuple[MeshNode, Request], now: float) -> None:
-        node, request = arg
+    def _expire(self, arg: tuple[MeshNode, str, Request], now: float) -> None:
+        node, sender, request = arg
         if not self.world.orgs[node.org].online:
             return
-        before = node.sched.in_flight_count(request.peer)
+        before = node.sched(sender).in_flight_count(request.peer)
         node.pump(now)
-        if node.sched.in_flight_count(request.peer) < before:
+        if node.sched(sender).in_flight_count(request.peer) < before:
             self.world.recorder.request_timeouts += 1
-        inflight = node.sched.in_flight()
+        inflight = node.sched(sender).in_flight()
         if any(inflight.get(c) == request.peer for c in request.cids):
-            self.world.queue.at(now + self.request_timeout + TIMEOUT_MARGIN, self._expire, (node, request))
+            self.world.queue.at(now + self.request_timeout + TIMEOUT_MARGIN, self._expire, arg)
 
     def _activate(self, st: RequestState, now: float) -> None:
         world = self.world
         node = st.node
-        if not world.orgs[node.org].online or node.sched is None:
+        if not world.orgs[node.org].online:
             return
         if not world.reachable(st.peer, node.org):
-            node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+            node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
             node.lost_peer(st.peer, now)
             node.pump(now)
             return
@@ -286,7 +306,7 @@ class Mesh:
             world.recorder.corrupt_bytes += size
             if t is not None:
                 t.wasted += size
-        newly = node.sched.block_received(st.request.peer, cid, ok, at)
+        newly = node.sched(st.sender).block_received(st.request.peer, cid, ok, at)
         if ok and t is not None and fetch is not None:
             if newly:
                 b = int.from_bytes(cid.digest[9:13], "big")
@@ -324,9 +344,9 @@ class Mesh:
         st: RequestState = flow.data
         self._detach(st, flow)
         node = st.node
-        sched = node.sched
+        sched = node.sched(st.sender)
         peer = st.request.peer
-        if peer not in node.refs and sched.in_flight_count(peer) == 0 and sched.window(peer) is not None:
+        if (st.sender, peer) not in node.refs and sched.in_flight_count(peer) == 0 and sched.window(peer) is not None:
             sched.peer_lost(peer, now)
         node.pump(now)
 
@@ -362,7 +382,7 @@ class Mesh:
         requesters: dict[MeshNode, None] = {}
         for flow, st in list(self.serving[org].items()):
             self.abort_request(st, flow)
-            st.node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+            st.node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
             requesters[st.node] = None
         for node in requesters:
             node.lost_peer(org, now)
@@ -385,7 +405,7 @@ class Mesh:
                 for flow, st in list(self.serving[org].items()):
                     if not world.reachable(org, st.node.org):
                         self.abort_request(st, flow)
-                        st.node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+                        st.node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
                         st.node.lost_peer(org, now)
                         st.node.pump(now)
         else:
@@ -444,8 +464,9 @@ class Mesh:
         if t.resolved or not self.world.orgs[t.recipient].online:
             return
         node = self.nodes[t.recipient]
-        if t.study.manifest_id in node.fetches:
+        if t.study.manifest_id in node.fetches or t.state is not None:
             return
+        t.state = advance(Side.RECIPIENT, None, ManifestEvent.ACCEPTED)
         t.announced_at = now
         node.start_fetch(t, now)
         f = node.fetches.get(t.study.manifest_id) if t.study.manifest_id else None
@@ -457,7 +478,7 @@ class Mesh:
     def hub_down(self, now: float) -> None:
         for flow, st in list(self.hub_serving.items()):
             self.abort_request(st, flow)
-            st.node.sched.request_failed(st.request.peer, list(st.request.cids), now)
+            st.node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
             st.node.lost_peer(HUB, now)
             st.node.pump(now)
 

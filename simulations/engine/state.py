@@ -6,6 +6,7 @@ from enum import IntEnum
 
 from protocol.access import Share
 from protocol.cid import CID
+from protocol.lifecycle import ManifestState
 
 
 class Status(IntEnum):
@@ -21,7 +22,7 @@ _BLOCK0 = bytes(4) + _PAD
 class Study:
     __slots__ = ("id", "time", "sender", "recipients", "modality", "priority", "images", "nbytes", "image_bytes",
                  "transfers", "manifest_id", "cids", "sizes", "held", "recorded", "bogus", "hub_stored",
-                 "shared_at", "access")
+                 "shared_at", "access", "state")
 
     def __init__(self, sid: int, time: float, sender: int, recipients: list[int], modality: int, priority: int,
                  images: int, nbytes: float, image_bytes: float, recorded: bool, bogus: bool = False) -> None:
@@ -44,6 +45,7 @@ class Study:
         self.hub_stored = False  # the hub holds a complete copy
         self.shared_at = time
         self.access: Share | None = None  # its manifest as protocol.access sees it (mesh.study_share)
+        self.state: ManifestState | None = None  # the sender's view of its manifest (protocol.lifecycle)
 
     def split(self, granularity: float) -> None:
         """Scheduler blocks of at most `granularity` bytes and their CIDs (derived from the study id)."""
@@ -61,7 +63,7 @@ class Study:
 class Transfer:
     __slots__ = ("study", "recipient", "status", "reason", "announced_at", "first_image_at", "delivered_at",
                  "from_sender", "from_peers", "from_hub", "wasted", "duplicate", "attempts", "control",
-                 "fetch_started", "affected")
+                 "fetch_started", "affected", "state")
 
     def __init__(self, study: Study, recipient: int) -> None:
         self.study = study
@@ -80,6 +82,9 @@ class Transfer:
         self.control = 0.0  # control-plane bytes: announce, have, request frames, receipt
         self.fetch_started = -1.0
         self.affected = False
+        #: the recipient's view of the study's manifest (protocol.lifecycle; None: not accepted yet). Status is
+        #: the measured outcome of the transfer, which also ends when the sender or recipient is revoked.
+        self.state: ManifestState | None = None
 
     @property
     def resolved(self) -> bool:

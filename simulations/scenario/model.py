@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
 
 
@@ -74,12 +75,12 @@ class Group:
 
 @dataclass(frozen=True)
 class Hub:
-    ingress: float  # bytes/s into the hub, all senders together
-    egress: float
-    latency: float  # one-way latency from the core to the hub, s
-    max_concurrent: int  # transfers (uploads + downloads) the hub runs at once; others queue
-    processing_delay: float  # from a study fully received to forwarding it (index, notify)
-    availability: Availability
+    ingress: float = 10e9 / 8  # bytes/s into the hub, all senders together (10 Gbit/s)
+    egress: float = 10e9 / 8
+    latency: float = 0.002  # one-way latency from the core to the hub, s
+    max_concurrent: int = 1000  # transfers (uploads + downloads) the hub runs at once; others queue
+    processing_delay: float = 30.0  # from a study fully received to forwarding it (index, notify)
+    availability: Availability = field(default_factory=Availability)
     code: str = "HUB"
 
 
@@ -88,9 +89,9 @@ class Count:
     """A lognormal count (images per study), clipped to [minimum, maximum]."""
 
     median: float
-    sigma: float
-    minimum: int
-    maximum: int
+    sigma: float = 0.0
+    minimum: int = 1
+    maximum: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -125,17 +126,14 @@ class Workload:
 @dataclass(frozen=True)
 class Design:
     kind: DesignKind
-    granularity: float  # bytes per scheduler block (the node uses 1 MiB blocks)
-    discovery_interval: float  # how often a fetching node asks holders what they have (node: 0.5 s)
-    request_timeout: float  # the node's request timeout (scaled with granularity, see docs)
-    fallback_after: float  # hybrid: a fetch without progress this long adds the hub as a holder
-    announce_max_attempts: int | None
+    granularity: float = 1 << 20  # bytes per scheduler block (the node uses 1 MiB blocks)
+    fallback_after: float = 60.0  # hybrid: a fetch without progress this long adds the hub as a holder
+    announce_max_attempts: int | None = None  # None (0 in the file): retried until the run ends
     verify_rate: float = 0.0  # bytes/s a node checks instance digests at completion (0: instantly)
-    window_initial: int = 32  # the node's Fetcher settings (meshnode/node/fetcher.py), in 1 MiB blocks
-    window_max: int = 64
-    request_max_blocks: int = 16
-    min_request_blocks: int = 16
     roster_refresh: float = 60.0
+    #: the node's fetch settings (protocol.fetch_settings; block counts in the node's 1 MiB blocks, scaled to
+    #: `granularity` by the engine), as the scenario changes them
+    fetch: FetchSettings = field(default_factory=FetchSettings)
 
 
 @dataclass(frozen=True)

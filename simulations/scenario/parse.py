@@ -9,10 +9,11 @@ that does not exist).
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 
-from protocol.errors import MeshError
+from protocol.config_reader import Table, defaults, read
+from protocol.errors import ConfigError, MeshError
+from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
 from protocol.schema import check_org_code
 from simulations.scenario.errors import ScenarioError
@@ -37,8 +38,6 @@ from simulations.scenario.model import (
     ScheduledOutage,
     Workload,
 )
-from simulations.scenario.reader import Table
-from simulations.scenario import units
 
 MAX_ORGS = 5000
 SHARE_TOLERANCE = 1e-6
@@ -57,14 +56,7 @@ def load_scenario(path: Path) -> Scenario:
 
 
 def parse_scenario(text: str, source: str = "scenario") -> Scenario:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{source}: not valid TOML: {exc}") from None
-    try:
-        return _build(Table(doc, ""), text)
-    except ScenarioError as exc:
-        raise ScenarioError(f"{source}: {exc}") from None
+    return read(text, source, lambda root: _build(root, text), ScenarioError)
 
 
 def _build(root: Table, text: str) -> Scenario:
@@ -73,17 +65,17 @@ def _build(root: Table, text: str) -> Scenario:
     description = head.text("description", "")
     duration = head.duration("duration")
     if duration <= 0:
-        raise ScenarioError(f"{head.key('duration')}: must be positive")
+        raise ConfigError(f"{head.key('duration')}: must be positive")
     warmup = head.duration("warmup", 0.0)
     if warmup >= duration:
-        raise ScenarioError(f"{head.key('warmup')}: must be shorter than the duration")
+        raise ConfigError(f"{head.key('warmup')}: must be shorter than the duration")
     replications = head.integer("replications", 1, 1, 10_000)
     seed = head.integer("seed", 0, 0, 2**63 - 1)
     head.finish()
 
     groups = tuple(_group(t) for t in root.tables("groups"))
     if not groups:
-        raise ScenarioError("groups: at least one [[groups]] table is required")
+        raise ConfigError("groups: at least one [[groups]] table is required")
     _check_names(groups)
     hub = _hub(root.table("hub"), {c for g in groups for c in g.codes} | {g.name for g in groups})
     known = _Names(groups)
@@ -111,22 +103,21 @@ class _Names:
             return self.groups[name].codes
         if name in self.codes:
             return (name,)
-        raise ScenarioError(f"{key}: no organisation or group named {name!r}")
+        raise ConfigError(f"{key}: no organisation or group named {name!r}")
 
 
 def _availability(t: Table) -> Availability:
     mtbf = t.duration("mtbf", None) if t.has("mtbf") else None
     if mtbf is not None and mtbf <= 0:
-        raise ScenarioError(f"{t.key('mtbf')}: must be positive")
-    mttr = t.duration("mttr", 4 * 3600.0)
+        raise ConfigError(f"{t.key('mtbf')}: must be positive")
+    mttr = t.duration("mttr", defaults(Availability)["mttr"])
     if mttr <= 0:
-        raise ScenarioError(f"{t.key('mttr')}: must be positive")
+        raise ConfigError(f"{t.key('mttr')}: must be positive")
     scheduled = []
     for s in t.tables("scheduled"):
-        outage = ScheduledOutage(units.weekday(s.raw("day", "daily"), s.key("day")),
-                                 units.clock(s.raw("start"), s.key("start")), s.duration("duration"))
+        outage = ScheduledOutage(s.weekday("day", None), s.clock("start"), s.duration("duration"))
         if not 0 < outage.duration <= 7 * 86400:
-            raise ScenarioError(f"{s.key('duration')}: must be positive and at most a week")
+            raise ConfigError(f"{s.key('duration')}: must be positive and at most a week")
         s.finish()
         scheduled.append(outage)
     t.finish()
@@ -139,21 +130,18 @@ def _group(t: Table) -> Group:
     if t.has("codes"):
         codes = t.names("codes")
         if t.has("count") and t.integer("count", lo=1, hi=MAX_ORGS) != len(codes):
-            raise ScenarioError(f"{t.key('count')}: says {t.values['count']} but {len(codes)} codes are listed")
+            raise ConfigError(f"{t.key('count')}: says {t.values['count']} but {len(codes)} codes are listed")
     else:
         count = t.integer("count", lo=1, hi=MAX_ORGS)
         prefix = t.text("code_prefix")
         width = max(3, len(str(count)))
         codes = tuple(f"{prefix}{i:0{width}d}" for i in range(1, count + 1))
     for i, code in enumerate(codes):
-        try:
-            check_org_code(code, f"{t.key('codes')}[{i}]")
-        except MeshError as exc:
-            raise ScenarioError(str(exc)) from None
+        check_org_code(code, f"{t.key('codes')}[{i}]")
     up, down = t.rate("up"), t.rate("down")
     for key, value in (("up", up), ("down", down)):
         if value <= 0:
-            raise ScenarioError(f"{t.key(key)}: bandwidth must be positive")
+            raise ConfigError(f"{t.key(key)}: bandwidth must be positive")
     group = Group(
         name=name, kind=OrgKind(kind_text), codes=tuple(codes), up=up, down=down,
         latency=t.duration("latency", 0.005), bandwidth_spread=t.number("bandwidth_spread", 0.0, 0.0, 3.0),
@@ -169,35 +157,33 @@ def _check_names(groups: tuple[Group, ...]) -> None:
     seen_codes: dict[str, str] = {}
     for i, g in enumerate(groups):
         if g.name in seen_groups:
-            raise ScenarioError(f"groups[{i}].name: group {g.name!r} is defined twice")
+            raise ConfigError(f"groups[{i}].name: group {g.name!r} is defined twice")
         seen_groups.add(g.name)
         for code in g.codes:
             if code in seen_codes:
-                raise ScenarioError(f"groups[{i}]: organisation code {code} is also in group {seen_codes[code]!r}")
+                raise ConfigError(f"groups[{i}]: organisation code {code} is also in group {seen_codes[code]!r}")
             seen_codes[code] = g.name
     clash = seen_groups & set(seen_codes)
     if clash:
-        raise ScenarioError(f"groups: {sorted(clash)[0]!r} is both a group name and an organisation code")
+        raise ConfigError(f"groups: {sorted(clash)[0]!r} is both a group name and an organisation code")
     if len(seen_codes) > MAX_ORGS:
-        raise ScenarioError(f"groups: {len(seen_codes)} organisations, more than the {MAX_ORGS} supported")
+        raise ConfigError(f"groups: {len(seen_codes)} organisations, more than the {MAX_ORGS} supported")
 
 
 def _hub(t: Table, taken: set[str]) -> Hub:
+    d = defaults(Hub)
     hub = Hub(
-        ingress=t.rate("ingress", "10Gbit/s"), egress=t.rate("egress", "10Gbit/s"),
-        latency=t.duration("latency", 0.002), max_concurrent=t.integer("max_concurrent", 1000, 1, 10**7),
-        processing_delay=t.duration("processing_delay", 30.0), availability=_availability(t.table("availability")),
-        code=t.text("code", "HUB"),
+        ingress=t.rate("ingress", d["ingress"]), egress=t.rate("egress", d["egress"]),
+        latency=t.duration("latency", d["latency"]), max_concurrent=t.integer("max_concurrent", d["max_concurrent"],
+                                                                               1, 10**7),
+        processing_delay=t.duration("processing_delay", d["processing_delay"]),
+        availability=_availability(t.table("availability")), code=t.text("code", d["code"], check=check_org_code),
     )
     for key, value in (("ingress", hub.ingress), ("egress", hub.egress)):
         if value <= 0:
-            raise ScenarioError(f"{t.key(key)}: bandwidth must be positive")
-    try:
-        check_org_code(hub.code, t.key("code"))
-    except MeshError as exc:
-        raise ScenarioError(str(exc)) from None
+            raise ConfigError(f"{t.key(key)}: bandwidth must be positive")
     if hub.code in taken:
-        raise ScenarioError(f"{t.key('code')}: {hub.code!r} is already an organisation or group")
+        raise ConfigError(f"{t.key('code')}: {hub.code!r} is already an organisation or group")
     t.finish()
     return hub
 
@@ -218,15 +204,16 @@ def _priority(t: Table, key: str, required: bool) -> tuple[tuple[Priority, float
     sub.finish()
     total = stat + urgent + routine
     if abs(total - 1.0) > SHARE_TOLERANCE:
-        raise ScenarioError(f"{t.key(key)}: stat + urgent + routine = {total:g}, not 1")
+        raise ConfigError(f"{t.key(key)}: stat + urgent + routine = {total:g}, not 1")
     return ((Priority.STAT, stat), (Priority.URGENT, urgent), (Priority.ROUTINE, routine))
 
 
 def _count(t: Table) -> Count:
-    c = Count(median=t.number("median", lo=1.0, hi=1e6), sigma=t.number("sigma", 0.0, 0.0, 3.0),
-              minimum=t.integer("min", 1, 1, 10**6), maximum=t.integer("max", 100_000, 1, 10**6))
+    d = defaults(Count)
+    c = Count(median=t.number("median", lo=1.0, hi=1e6), sigma=t.number("sigma", d["sigma"], 0.0, 3.0),
+              minimum=t.integer("min", d["minimum"], 1, 10**6), maximum=t.integer("max", d["maximum"], 1, 10**6))
     if c.minimum > c.maximum:
-        raise ScenarioError(f"{t.key('min')}: larger than max")
+        raise ConfigError(f"{t.key('min')}: larger than max")
     t.finish()
     return c
 
@@ -242,17 +229,17 @@ def _workload(t: Table, known: _Names) -> Workload:
         modality = Modality(m.text("name"), m.number("share", lo=0.0, hi=1.0), _count(m.table("images", True)),
                             m.size("image_size"))
         if modality.image_bytes <= 0:
-            raise ScenarioError(f"{m.key('image_size')}: must be positive")
+            raise ConfigError(f"{m.key('image_size')}: must be positive")
         m.finish()
         modalities.append(modality)
     if not modalities:
-        raise ScenarioError(f"{t.key('modalities')}: at least one [[workload.modalities]] is required")
+        raise ConfigError(f"{t.key('modalities')}: at least one [[workload.modalities]] is required")
     names = tuple(m.name for m in modalities)
     if len(set(names)) != len(names):
-        raise ScenarioError(f"{t.key('modalities')}: a modality name appears twice")
+        raise ConfigError(f"{t.key('modalities')}: a modality name appears twice")
     total = sum(m.share for m in modalities)
     if abs(total - 1.0) > SHARE_TOLERANCE:
-        raise ScenarioError(f"{t.key('modalities')}: shares sum to {total:g}, not 1")
+        raise ConfigError(f"{t.key('modalities')}: shares sum to {total:g}, not 1")
     referrals = tuple(_referral(r, known, names) for r in t.tables("referrals"))
     t.finish()
     _check_referrals(referrals, known)
@@ -269,15 +256,15 @@ def _referral(t: Table, known: _Names, modalities: tuple[str, ...]) -> Referral:
         shares = _shares(t, "modalities", modalities)
         total = sum(s for _, s in shares)
         if abs(total - 1.0) > SHARE_TOLERANCE:
-            raise ScenarioError(f"{t.key('modalities')}: shares sum to {total:g}, not 1")
+            raise ConfigError(f"{t.key('modalities')}: shares sum to {total:g}, not 1")
         r = Referral(r.source, r.target, r.share, r.partners, r.copies, r.priority, shares)
     t.finish()
     if r.copies > r.partners:
-        raise ScenarioError(f"{t.key('copies')}: {r.copies} recipients per study but only {r.partners} partners")
+        raise ConfigError(f"{t.key('copies')}: {r.copies} recipients per study but only {r.partners} partners")
     for code in sources:
         possible = len([c for c in targets if c != code])
         if possible < r.partners:
-            raise ScenarioError(f"{t.key('partners')}: {code} needs {r.partners} distinct partners in {target!r}, "
+            raise ConfigError(f"{t.key('partners')}: {code} needs {r.partners} distinct partners in {target!r}, "
                                 f"which has {possible}")
     return r
 
@@ -289,31 +276,41 @@ def _check_referrals(referrals: tuple[Referral, ...], known: _Names) -> None:
             covered.update(known.members(r.source, "workload.referrals"))
     for code, group in known.codes.items():
         if group.weight > 0 and code not in covered:
-            raise ScenarioError(f"groups ({group.name}): {code} sends studies (weight {group.weight:g}) "
+            raise ConfigError(f"groups ({group.name}): {code} sends studies (weight {group.weight:g}) "
                                 "but no workload.referrals rule starts there; set weight = 0 or add a rule")
 
 
 def _design(t: Table) -> Design:
+    d = defaults(Design)
     kind = DesignKind(t.text("kind", choices=tuple(k.value for k in DesignKind)))
-    max_attempts = t.integer("announce_max_attempts", 0, 0, 10_000)
+    max_attempts = t.integer("announce_max_attempts", d["announce_max_attempts"] or 0, 0, 10_000)
+    node = FetchSettings()  # the node's: each default stated once, in protocol.fetch_settings
+    window_initial = t.integer("window_initial", node.window_initial, 1, 4096)
+    window_max = t.integer("window_max", node.window_max, 1, 4096)
+    request_max_blocks = t.integer("request_max_blocks", node.request_max_blocks, 1, 64)
+    min_request_blocks = t.integer("min_request_blocks", node.min_request_blocks, 1, 64)
+    timing = {key: t.duration(key, default) for key, default in (
+        ("discovery_interval", node.discovery_interval), ("request_timeout", node.request_timeout),
+        ("roster_refresh", d["roster_refresh"]))}
+    granularity = t.size("granularity", d["granularity"])
+    if granularity < 1024:
+        raise ConfigError(f"{t.key('granularity')}: must be at least 1KiB")
+    if window_max < window_initial:
+        raise ConfigError(f"{t.key('window_max')}: smaller than window_initial")
+    if min_request_blocks > request_max_blocks:
+        raise ConfigError(f"{t.key('min_request_blocks')}: larger than request_max_blocks")
+    for key, value in timing.items():
+        if not value > 0:
+            raise ConfigError(f"{t.key(key)}: must be positive")
+    fetch = FetchSettings(
+        window_min=min(node.window_min, window_initial), window_initial=window_initial, window_max=window_max,
+        request_max_blocks=request_max_blocks, min_request_blocks=min_request_blocks,
+        request_timeout=timing["request_timeout"], discovery_interval=timing["discovery_interval"])
     design = Design(
-        kind=kind, granularity=t.size("granularity", 1 << 20), discovery_interval=t.duration("discovery_interval", 0.5),
-        request_timeout=t.duration("request_timeout", 30.0), fallback_after=t.duration("fallback_after", 60.0),
-        announce_max_attempts=max_attempts or None, window_initial=t.integer("window_initial", 32, 1, 4096),
-        window_max=t.integer("window_max", 64, 1, 4096), request_max_blocks=t.integer("request_max_blocks", 16, 1, 64),
-        min_request_blocks=t.integer("min_request_blocks", 16, 1, 64),
-        roster_refresh=t.duration("roster_refresh", 60.0),
-        verify_rate=t.rate("verify_rate") if t.has("verify_rate") else 0.0,
+        kind=kind, granularity=granularity, fallback_after=t.duration("fallback_after", d["fallback_after"]),
+        announce_max_attempts=max_attempts or None, roster_refresh=timing["roster_refresh"],
+        verify_rate=t.rate("verify_rate", d["verify_rate"]), fetch=fetch,
     )
-    if design.granularity < 1024:
-        raise ScenarioError(f"{t.key('granularity')}: must be at least 1KiB")
-    if design.window_max < design.window_initial:
-        raise ScenarioError(f"{t.key('window_max')}: smaller than window_initial")
-    if design.min_request_blocks > design.request_max_blocks:
-        raise ScenarioError(f"{t.key('min_request_blocks')}: larger than request_max_blocks")
-    for key in ("discovery_interval", "request_timeout", "roster_refresh"):
-        if getattr(design, key) <= 0:
-            raise ScenarioError(f"{t.key(key)}: must be positive")
     t.finish()
     return design
 
@@ -322,7 +319,7 @@ def _fault(t: Table, known: _Names, hub_code: str) -> Fault:
     kind = FaultKind(t.text("kind", choices=tuple(k.value for k in FaultKind)))
     start, length = t.duration("start"), t.duration("duration")
     if length <= 0:
-        raise ScenarioError(f"{t.key('duration')}: must be positive")
+        raise ConfigError(f"{t.key('duration')}: must be positive")
     if kind is FaultKind.HUB_OUTAGE:
         targets: tuple[str, ...] = (hub_code,)
     else:
@@ -330,10 +327,13 @@ def _fault(t: Table, known: _Names, hub_code: str) -> Fault:
         for i, name in enumerate(targets):
             if not (kind is FaultKind.LINK_DEGRADATION and name in (hub_code, "hub")):
                 known.members(name, f"{t.key('targets')}[{i}]")
-    factor = t.number("factor", 1.0, 0.0, 1.0) if kind is FaultKind.LINK_DEGRADATION else 1.0
+    d = defaults(Fault)
+    factor = t.number("factor", d["factor"], 0.0, 1.0) if kind is FaultKind.LINK_DEGRADATION else 1.0
     if kind is FaultKind.LINK_DEGRADATION and factor <= 0:
-        raise ScenarioError(f"{t.key('factor')}: a degraded link keeps some capacity (use node-failure for none)")
-    direction = t.text("direction", "both", ("up", "down", "both")) if kind is FaultKind.LINK_DEGRADATION else "both"
+        raise ConfigError(f"{t.key('factor')}: a degraded link keeps some capacity (use node-failure for none)")
+    direction = str(d["direction"])
+    if kind is FaultKind.LINK_DEGRADATION:
+        direction = t.text("direction", direction, ("up", "down", "both"))
     others: tuple[str, ...] = ()
     if kind is FaultKind.PARTITION:
         others = t.names("others", ())
@@ -347,47 +347,55 @@ def _attacker(t: Table, known: _Names) -> Attacker:
     kind = AttackKind(t.text("kind", choices=tuple(k.value for k in AttackKind)))
     org = t.text("org")
     if org not in known.codes:
-        raise ScenarioError(f"{t.key('org')}: no organisation with code {org!r}")
+        raise ConfigError(f"{t.key('org')}: no organisation with code {org!r}")
     start = t.duration("start", 0.0)
     end = t.duration("end", math.inf) if t.has("end") else math.inf
     if end <= start:
-        raise ScenarioError(f"{t.key('end')}: must be after start")
+        raise ConfigError(f"{t.key('end')}: must be after start")
     revoke_at = t.duration("revoke_at") if t.has("revoke_at") else None
     if kind is AttackKind.REVOKED:
         revoke_at = start if revoke_at is None else revoke_at
     targets = t.names("targets", ())
     for i, name in enumerate(targets):
         known.members(name, f"{t.key('targets')}[{i}]")
-    priority = Priority(t.text("priority", "stat", tuple(p.value for p in Priority)))
-    attacker = Attacker(kind=kind, org=org, start=start, end=end, probability=t.number("probability", 1.0, 0.0, 1.0),
-                        rate=t.number("rate", 1.0, 0.0, 500.0), study_bytes=t.size("study_size", 50e6),
+    d = defaults(Attacker)
+    priority = Priority(t.text("priority", Priority(d["priority"]).value, tuple(p.value for p in Priority)))
+    attacker = Attacker(kind=kind, org=org, start=start, end=end,
+                        probability=t.number("probability", d["probability"], 0.0, 1.0),
+                        rate=t.number("rate", d["rate"], 0.0, 500.0), study_bytes=t.size("study_size", d["study_bytes"]),
                         priority=priority, targets=targets, revoke_at=revoke_at)
     t.finish()
     return attacker
 
 
 def _engine(t: Table) -> Engine:
-    e = Engine(time_slices=t.integer("time_slices", 1, 1, 1024), slice_overlap=t.duration("slice_overlap", 6 * 3600.0),
-               per_image_events=t.boolean("per_image_events", False), drain=t.duration("drain", 0.0),
-               idle_fast_path=t.boolean("idle_fast_path", True))
+    d = defaults(Engine)
+    e = Engine(time_slices=t.integer("time_slices", d["time_slices"], 1, 1024),
+               slice_overlap=t.duration("slice_overlap", d["slice_overlap"]),
+               per_image_events=t.boolean("per_image_events", d["per_image_events"]),
+               drain=t.duration("drain", d["drain"]), idle_fast_path=t.boolean("idle_fast_path", d["idle_fast_path"]))
     t.finish()
     return e
 
 
 def _output(t: Table) -> Output:
-    o = Output(records=t.text("records", "csv", ("csv", "csv.gz", "none")),
-               record_fraction=t.number("record_fraction", 1.0, 0.0, 1.0),
-               timeseries_bin=t.duration("timeseries_bin", 3600.0), hub_bin=t.duration("hub_bin", 60.0))
+    d = defaults(Output)
+    o = Output(records=t.text("records", d["records"], ("csv", "csv.gz", "none")),
+               record_fraction=t.number("record_fraction", d["record_fraction"], 0.0, 1.0),
+               timeseries_bin=t.duration("timeseries_bin", d["timeseries_bin"]),
+               hub_bin=t.duration("hub_bin", d["hub_bin"]))
     for key in ("timeseries_bin", "hub_bin"):
         if getattr(o, key) < 1.0:
-            raise ScenarioError(f"{t.key(key)}: must be at least 1s")
+            raise ConfigError(f"{t.key(key)}: must be at least 1s")
     t.finish()
     return o
 
 
 def _emulation(t: Table) -> Emulation:
-    e = Emulation(studies=t.integer("studies", 6, 1, 1000), max_images=t.integer("max_images", 24, 1, 2000),
-                  bandwidth_scale=t.number("bandwidth_scale", 1.0, 1e-6, 1.0), min_gap=t.duration("min_gap", 2.0),
-                  timeout=t.duration("timeout", 300.0))
+    d = defaults(Emulation)
+    e = Emulation(studies=t.integer("studies", d["studies"], 1, 1000),
+                  max_images=t.integer("max_images", d["max_images"], 1, 2000),
+                  bandwidth_scale=t.number("bandwidth_scale", d["bandwidth_scale"], 1e-6, 1.0),
+                  min_gap=t.duration("min_gap", d["min_gap"]), timeout=t.duration("timeout", d["timeout"]))
     t.finish()
     return e

@@ -39,7 +39,7 @@ def codes(entries: list[dict[str, object]], action: str) -> list[dict[str, objec
 def test_three_node_share_multi_source_receipts_audit(mesh: MeshDemo, tmp_path: Path) -> None:
     # Capped uplinks, so that the study takes a few seconds even on a fast machine and each recipient
     # hears what the other holds while it still needs it.
-    nodes = mesh.setup(ORGS, config={"upload_mb_per_s": "30"})
+    nodes = mesh.setup(ORGS, config={"limits.upload_mb_per_s": 30})
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
     study, files = mesh.generate_and_ingest(a, 120, rows=512, columns=512)
     manifest = mesh.share(a, study, ["RJ1", "RAJ"])
@@ -66,7 +66,7 @@ def test_three_node_share_multi_source_receipts_audit(mesh: MeshDemo, tmp_path: 
 
 
 def test_recipient_killed_mid_transfer_resumes_without_refetching(mesh: MeshDemo, tmp_path: Path) -> None:
-    nodes = mesh.setup(ORGS[:2], config={"upload_mb_per_s": "25"})
+    nodes = mesh.setup(ORGS[:2], config={"limits.upload_mb_per_s": 25})
     a, b = nodes["a"], nodes["b"]
     study, files = mesh.generate_and_ingest(a, 100, rows=512, columns=512)
     size = sum(f.stat().st_size for f in files)
@@ -91,7 +91,7 @@ def test_recipient_killed_mid_transfer_resumes_without_refetching(mesh: MeshDemo
 
 
 def test_corrupting_peer_is_banned_and_blocks_come_from_elsewhere(mesh: MeshDemo, tmp_path: Path) -> None:
-    nodes = mesh.setup(ORGS, start=False, config={"upload_mb_per_s": "20"})
+    nodes = mesh.setup(ORGS, start=False, config={"limits.upload_mb_per_s": 20})
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
     mesh.start(a)
     mesh.start(c)

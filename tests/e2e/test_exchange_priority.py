@@ -44,7 +44,7 @@ def _rows(demo: MeshDemo, node: Node) -> dict[str, dict[str, Any]]:
 def _scenario(demo: MeshDemo, tmp_path: Path) -> None:
     nodes = demo.setup(ORGS, start=False)
     a, b = nodes["a"], nodes["b"]
-    demo.configure(a, {"upload_mb_per_s": str(UPLOAD_MB_PER_S)})
+    demo.configure(a, {"limits.upload_mb_per_s": UPLOAD_MB_PER_S})
     demo.start(a)
     demo.start(b)
     routine_uid, routine_files = demo.generate_and_ingest(a, ROUTINE_SLICES, seed=31)

@@ -91,7 +91,7 @@ def inbox_ids(demo: MeshDemo, node: Node) -> set[str]:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshDemo]:
     demo = MeshDemo(Workspace(tmp_path_factory.mktemp("refusals")))
     try:
-        demo.setup([*ORGS, ("c", "RAJ", "Mid and South Essex NHS FT")], config={"roster_refresh_seconds": "2"})
+        demo.setup([*ORGS, ("c", "RAJ", "Mid and South Essex NHS FT")], config={"trust.roster_refresh_seconds": 2})
         demo.identity.add_node("x", "RXH", "Royal Example Hospital")  # certified, never started
         demo.identity.add_node("y", "RXY", "Example Imaging Ltd")  # certified, never started
         yield demo

@@ -64,7 +64,7 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
 
 
 def enable_gateway(demo: MeshDemo, node: Node, extra: str) -> None:
-    demo.configure(node, {"enabled": "true", "port": "0"})
+    demo.configure(node, {"dimse.enabled": True, "dimse.port": 0})
     with open(node.home / "node.toml", "a") as fh:
         fh.write(extra)
 

@@ -20,7 +20,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshDemo]:
     try:
         demo.setup([("a", "RGT", "Cambridge University Hospitals NHS FT")], start=False)
         a = demo.node("a")
-        demo.configure(a, {"upload_mb_per_s": "3"})  # slow enough to stop the recipient halfway
+        demo.configure(a, {"limits.upload_mb_per_s": 3})  # slow enough to stop the recipient halfway
         demo.start(a)
         demo.identity.add_node("b", "RJ1", "Guy's and St Thomas' NHS FT", listen="/ip4/127.0.0.1/tcp/0")
         demo.start(demo.node("b"))

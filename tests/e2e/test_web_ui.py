@@ -79,7 +79,7 @@ def test_inbox_live_in_chromium_and_webhooks(tmp_path: Path, browser: webdriver.
     mesh = MeshDemo(Workspace(tmp_path))
     try:
         nodes = mesh.setup([("a", "RGT", "Org A"), ("b", "RJ1", "Org B")], start=False,
-                           config={"upload_mb_per_s": "3"})
+                           config={"limits.upload_mb_per_s": 3})
         a, b = nodes["a"], nodes["b"]
         with open(a.home / "node.toml", "a", encoding="utf-8") as f:
             f.write(webhook(at_a, SECRET_A, '["delivered", "failed"]'))

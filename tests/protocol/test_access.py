@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from protocol.access import Holding, Share, Verdict, decide, may_reuse, may_serve, servable, superseded
+from protocol.lifecycle import ManifestState
 
 NOW = 1_000_000
 
 
 def share(**kw: object) -> Share:
-    values: dict[str, object] = dict(sender_org="RGT", recipients=frozenset({"RJ1", "RAJ"}), state="fetching",
+    values: dict[str, object] = dict(sender_org="RGT", recipients=frozenset({"RJ1", "RAJ"}), state=ManifestState.FETCHING,
                                      expires_at=NOW + 60)
     values.update(kw)
     return Share(**values)  # type: ignore[arg-type]
@@ -32,7 +33,7 @@ def test_decision_table() -> None:
     assert decide(share(sender_org="RJ1"), "RJ1", NOW) is Verdict.NOT_ENTITLED  # sender listed as recipient too
     assert decide(share(), "RJ1", NOW, unlisted=1) is Verdict.UNLISTED
     assert decide(share(), "RXH", NOW, unlisted=1) is Verdict.NOT_ENTITLED
-    for dead in (share(state="failed"), share(state="recalled"), share(superseded=True), share(expires_at=NOW - 1)):
+    for dead in (share(state=ManifestState.FAILED), share(state=ManifestState.RECALLED), share(superseded=True), share(expires_at=NOW - 1)):
         assert decide(dead, "RJ1", NOW) is Verdict.NOT_LIVE
     hostile = {v for v in Verdict if v.hostile}
     assert hostile == {Verdict.NOT_ENTITLED, Verdict.UNLISTED}  # early and races never raise alerts
@@ -84,7 +85,7 @@ class Manifest:
 class NodeState:
     org: str
     blocks: set[str] = field(default_factory=set)
-    received: dict[int, str] = field(default_factory=dict)  # manifest -> state
+    received: dict[int, ManifestState] = field(default_factory=dict)  # manifest -> state
     obtained: set[tuple[int, str]] = field(default_factory=set)
 
 
@@ -104,7 +105,7 @@ class Mesh(RuleBasedStateMachine):
                       if o.study == m.study and o.sender == m.sender
                       and (o.sender == node.org or o.mid in node.received)]
         if m.sender == node.org:
-            return Share(m.sender, m.recipients, "recalled" if m.recalled else "sent", NOW + 60,
+            return Share(m.sender, m.recipients, ManifestState.RECALLED if m.recalled else ManifestState.SENT, NOW + 60,
                          superseded=superseded(m.revision, m.recipients, same_share))
         if m.mid not in node.received:
             return None
@@ -153,12 +154,12 @@ class Mesh(RuleBasedStateMachine):
         for org in m.recipients:
             node = self.nodes[org]
             if org in HOSTILE:
-                node.received[m.mid] = "fetching"
+                node.received[m.mid] = ManifestState.FETCHING
                 continue
             revisions = [o.revision for o in self.manifests.values() if o.mid in node.received
                          and o.study == m.study and o.sender == m.sender]
             if m.revision > max(revisions, default=0):
-                node.received[m.mid] = "fetching"
+                node.received[m.mid] = ManifestState.FETCHING
 
     # -- rules ---------------------------------------------------------------------------------------------
     @rule(sender=st.sampled_from(HONEST), recipients=st.sets(st.sampled_from(ORGS), min_size=1, max_size=3),
@@ -193,7 +194,7 @@ class Mesh(RuleBasedStateMachine):
     def honest_fetch(self, data: st.DataObject) -> None:
         org = data.draw(st.sampled_from(HONEST))
         node = self.nodes[org]
-        live = [mid for mid, state in node.received.items() if state == "fetching"]
+        live = [mid for mid, state in node.received.items() if state is ManifestState.FETCHING]
         if not live:
             return
         m = self.manifests[data.draw(st.sampled_from(sorted(live)))]
@@ -228,11 +229,11 @@ class Mesh(RuleBasedStateMachine):
             m.recalled = True
             for org in m.recipients:
                 if m.mid in self.nodes[org].received:
-                    self.nodes[org].received[m.mid] = "recalled"
+                    self.nodes[org].received[m.mid] = ManifestState.RECALLED
         else:  # a recipient's verification failed
             org = data.draw(st.sampled_from(sorted(m.recipients)))
             if m.mid in self.nodes[org].received and org in HONEST:
-                self.nodes[org].received[m.mid] = "failed"
+                self.nodes[org].received[m.mid] = ManifestState.FAILED
 
     # -- what must always hold ----------------------------------------------------------------------------
     def entitled(self) -> set[str]:
@@ -284,7 +285,7 @@ class Mesh(RuleBasedStateMachine):
                 continue
             for org in m.recipients & set(HONEST):
                 node = self.nodes[org]
-                if node.received.get(m.mid) != "fetching" or (s := self.facts(node, m)) is None or s.superseded:
+                if node.received.get(m.mid) is not ManifestState.FETCHING or (s := self.facts(node, m)) is None or s.superseded:
                     continue
                 self.fetch(node, m, m.sender)
                 assert set(m.blocks) <= node.blocks, (org, m)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -22,9 +23,17 @@ from protocol.fetch import (
     Progress,
     Request,
 )
+from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
 
 ROUTINE, URGENT, STAT = Priority.ROUTINE, Priority.URGENT, Priority.STAT
+
+
+def scheduler(**changes: int | float | None) -> FetchScheduler:
+    """A scheduler with the generic settings these tests were written against (a window of 8, requests of any
+    size), changed as a test says; the node's own settings are FetchSettings() (tested below)."""
+    base = FetchSettings(window_initial=8, min_request_blocks=1)
+    return FetchScheduler(replace(base, **changes))  # type: ignore[arg-type]
 
 
 def cid(n: int) -> CID:
@@ -50,7 +59,7 @@ def answer(s: FetchScheduler, requests: Sequence[Request], now: float, ok: bool 
 
 
 def test_fetches_everything_in_manifest_order_within_window() -> None:
-    s = FetchScheduler(window_initial=8, request_max_blocks=4)
+    s = scheduler(window_initial=8, request_max_blocks=4)
     s.add_manifest(mid(1), wanted(range(20)), ROUTINE, have=(), now=0)
     assert s.next_requests(0) == []  # nobody holds anything yet
     assert s.progress(mid(1)) == Progress(0, 20, 0, 2000, complete=False, stalled=True)
@@ -72,7 +81,7 @@ def test_fetches_everything_in_manifest_order_within_window() -> None:
 
 
 def test_blocks_already_verified_are_never_requested() -> None:
-    s = FetchScheduler()
+    s = scheduler()
     s.add_manifest(mid(1), wanted(range(6)), ROUTINE, have={cid(0), cid(3), cid(99)}, now=0)
     assert s.progress(mid(1)).blocks_done == 2
     s.peer_available("A", mid(1), [cid(n) for n in range(6)])
@@ -83,7 +92,7 @@ def test_blocks_already_verified_are_never_requested() -> None:
 
 
 def test_duplicate_blocks_in_a_manifest_count_once_and_bad_input_is_refused() -> None:
-    s = FetchScheduler()
+    s = scheduler()
     s.add_manifest(mid(1), wanted([1, 2, 1]), ROUTINE, have=(), now=0)
     assert s.progress(mid(1)).blocks_total == 2
     with pytest.raises(LocalProtocolError):
@@ -93,14 +102,14 @@ def test_duplicate_blocks_in_a_manifest_count_once_and_bad_input_is_refused() ->
     with pytest.raises(LocalProtocolError):
         s.progress(mid(9))
     with pytest.raises(LocalProtocolError):
-        FetchScheduler(window_min=4, window_initial=2)
+        scheduler(window_min=4, window_initial=2)
     with pytest.raises(LocalProtocolError):
-        FetchScheduler(request_max_blocks=65)
+        scheduler(request_max_blocks=65)
     s.peer_available("A", mid(9), [cid(1)])  # unknown manifest: ignored
 
 
 def test_window_grows_on_time_and_halves_on_failure_and_timeout() -> None:
-    s = FetchScheduler(
+    s = scheduler(
         window_min=2, window_initial=4, window_max=6, request_max_blocks=64, request_timeout=10, queue_target=None
     )
     s.add_manifest(mid(1), wanted(range(100)), ROUTINE, have=(), now=0)
@@ -126,7 +135,7 @@ def test_window_grows_on_time_and_halves_on_failure_and_timeout() -> None:
 
 
 def test_a_block_arriving_after_its_request_expired_is_kept_without_reward() -> None:
-    s = FetchScheduler(window_min=1, window_initial=2, request_timeout=10)
+    s = scheduler(window_min=1, window_initial=2, request_timeout=10)
     s.add_manifest(mid(1), wanted(range(2)), ROUTINE, have=(), now=0)
     s.peer_available("A", mid(1), [cid(0), cid(1)])
     assert cids_of(s.next_requests(0)) == [cid(0), cid(1)]
@@ -141,7 +150,7 @@ def test_a_block_arriving_after_its_request_expired_is_kept_without_reward() -> 
 
 
 def test_urgent_overtakes_routine_without_cancelling() -> None:
-    s = FetchScheduler(window_initial=8, request_max_blocks=4)
+    s = scheduler(window_initial=8, request_max_blocks=4)
     s.add_manifest(mid(1), wanted(range(100)), ROUTINE, have=(), now=0)
     for peer in "AB":
         s.peer_available(peer, mid(1), [cid(n) for n in range(100)])
@@ -165,7 +174,7 @@ def test_urgent_overtakes_routine_without_cancelling() -> None:
 
 
 def test_earlier_manifest_first_within_a_priority() -> None:
-    s = FetchScheduler(window_initial=4, request_max_blocks=4)
+    s = scheduler(window_initial=4, request_max_blocks=4)
     s.add_manifest(mid(1), wanted(range(4)), URGENT, have=(), now=0)
     s.add_manifest(mid(2), wanted(range(10, 14)), URGENT, have=(), now=0)
     s.peer_available("A", mid(2), [cid(n) for n in range(10, 14)])
@@ -174,7 +183,7 @@ def test_earlier_manifest_first_within_a_priority() -> None:
 
 
 def test_two_holders_both_get_requests_and_a_block_is_never_in_flight_twice() -> None:
-    s = FetchScheduler(window_initial=4, request_max_blocks=4)
+    s = scheduler(window_initial=4, request_max_blocks=4)
     s.add_manifest(mid(1), wanted(range(10)), ROUTINE, have=(), now=0)
     for peer in "AB":
         s.peer_available(peer, mid(1), [cid(n) for n in range(10)])
@@ -185,7 +194,7 @@ def test_two_holders_both_get_requests_and_a_block_is_never_in_flight_twice() ->
 
 
 def test_bad_block_bans_the_peer_and_the_block_is_fetched_elsewhere() -> None:
-    s = FetchScheduler(window_initial=2, request_max_blocks=2)
+    s = scheduler(window_initial=2, request_max_blocks=2)
     s.add_manifest(mid(1), wanted(range(4)), ROUTINE, have=(), now=0)
     s.peer_available("evil", mid(1), [cid(n) for n in range(4)])
     (r,) = s.next_requests(0)
@@ -205,7 +214,7 @@ def test_bad_block_bans_the_peer_and_the_block_is_fetched_elsewhere() -> None:
 
 
 def test_below_max_strikes_the_peer_is_not_asked_for_that_block_again() -> None:
-    s = FetchScheduler(window_initial=4, request_max_blocks=1, max_strikes=2)
+    s = scheduler(window_initial=4, request_max_blocks=1, max_strikes=2)
     s.add_manifest(mid(1), wanted(range(3)), ROUTINE, have=(), now=0)
     s.peer_available("A", mid(1), [cid(n) for n in range(3)])
     first = s.next_requests(0)
@@ -220,7 +229,7 @@ def test_below_max_strikes_the_peer_is_not_asked_for_that_block_again() -> None:
 
 
 def test_absent_block_is_fetched_elsewhere_or_stalls() -> None:
-    s = FetchScheduler(window_initial=2, request_max_blocks=2)
+    s = scheduler(window_initial=2, request_max_blocks=2)
     s.add_manifest(mid(1), wanted(range(2)), ROUTINE, have=(), now=0)
     s.peer_available("A", mid(1), [cid(0), cid(1)])
     s.peer_available("B", mid(1), [cid(1)])
@@ -237,7 +246,7 @@ def test_absent_block_is_fetched_elsewhere_or_stalls() -> None:
 
 
 def test_peer_lost_requeues_its_blocks_and_forgets_it() -> None:
-    s = FetchScheduler(window_initial=4, request_max_blocks=4)
+    s = scheduler(window_initial=4, request_max_blocks=4)
     s.add_manifest(mid(1), wanted(range(4)), ROUTINE, have=(), now=0)
     s.peer_available("A", mid(1), [cid(n) for n in range(4)])
     s.next_requests(0)
@@ -251,7 +260,7 @@ def test_peer_lost_requeues_its_blocks_and_forgets_it() -> None:
 
 
 def test_removed_manifest_is_dropped_and_late_blocks_ignored() -> None:
-    s = FetchScheduler(window_initial=2, request_max_blocks=2, queue_target=None)
+    s = scheduler(window_initial=2, request_max_blocks=2, queue_target=None)
     s.add_manifest(mid(1), wanted(range(10)), ROUTINE, have=(), now=0)
     s.add_manifest(mid(2), wanted(range(20, 24)), ROUTINE, have=(), now=0)
     s.peer_available("A", mid(1), [cid(n) for n in range(10)])
@@ -268,7 +277,7 @@ def test_removed_manifest_is_dropped_and_late_blocks_ignored() -> None:
 
 
 def test_shared_block_fetched_once_counts_for_both() -> None:
-    s = FetchScheduler(window_initial=8, request_max_blocks=8)
+    s = scheduler(window_initial=8, request_max_blocks=8)
     s.add_manifest(mid(1), wanted([1, 2, 3]), ROUTINE, have=(), now=0)
     s.add_manifest(mid(2), wanted([3, 4]), URGENT, have=(), now=0)
     s.peer_available("A", mid(1), [cid(1), cid(2), cid(3)])
@@ -284,7 +293,7 @@ def test_shared_block_fetched_once_counts_for_both() -> None:
 
 
 def test_requests_stay_large_while_work_is_in_flight() -> None:
-    s = FetchScheduler(window_initial=16, window_max=16, request_max_blocks=8, min_request_blocks=8,
+    s = scheduler(window_initial=16, window_max=16, request_max_blocks=8, min_request_blocks=8,
                        queue_target=None)
     start(s, mid(1), wanted(range(40)), ["A"])
     first = s.next_requests(0)
@@ -296,11 +305,11 @@ def test_requests_stay_large_while_work_is_in_flight() -> None:
 
 
 def test_a_peer_with_nothing_in_flight_always_gets_work_and_small_windows_halve_the_threshold() -> None:
-    s = FetchScheduler(window_min=1, window_initial=4, window_max=4, request_max_blocks=8, min_request_blocks=8,
+    s = scheduler(window_min=1, window_initial=4, window_max=4, request_max_blocks=8, min_request_blocks=8,
                        queue_target=None)
     start(s, mid(1), wanted(range(3)), ["A"])
     assert [len(r.cids) for r in s.next_requests(0)] == [3]  # fewer than 8 left: sent anyway
-    s = FetchScheduler(window_min=1, window_initial=4, window_max=4, request_max_blocks=8, min_request_blocks=8,
+    s = scheduler(window_min=1, window_initial=4, window_max=4, request_max_blocks=8, min_request_blocks=8,
                        queue_target=None)
     start(s, mid(1), wanted(range(20)), ["A"])
     (req,) = s.next_requests(0)
@@ -314,7 +323,7 @@ def test_a_peer_with_nothing_in_flight_always_gets_work_and_small_windows_halve_
 @pytest.mark.parametrize("least", [0, 9])
 def test_min_request_blocks_out_of_range_is_refused(least: int) -> None:
     with pytest.raises(LocalProtocolError):
-        FetchScheduler(request_max_blocks=8, min_request_blocks=least)
+        scheduler(request_max_blocks=8, min_request_blocks=least)
 
 
 # -- a virtual-clock simulation ---------------------------------------------------
@@ -366,7 +375,7 @@ def start(s: FetchScheduler, manifest_id: CID, blocks: list[BlockWanted], peers:
 
 
 def test_simulation_three_peers_share_by_speed() -> None:
-    s = FetchScheduler()
+    s = scheduler()
     rates = {"fast": 400.0, "medium": 200.0, "slow": 100.0}
     start(s, mid(1), wanted(range(1400)), rates)
     done = simulate(s, rates, [mid(1)])
@@ -378,7 +387,7 @@ def test_simulation_three_peers_share_by_speed() -> None:
 
 
 def test_simulation_large_requests_still_share_by_speed_and_finish_near_the_sum_of_rates() -> None:
-    s = FetchScheduler(window_initial=32, window_max=64, request_max_blocks=8, min_request_blocks=8)
+    s = scheduler(window_initial=32, window_max=64, request_max_blocks=8, min_request_blocks=8)
     rates = {"fast": 400.0, "slow": 100.0}
     start(s, mid(1), wanted(range(1000)), rates)
     done = simulate(s, rates, [mid(1)])
@@ -413,14 +422,14 @@ def lone_transfer(s: FetchScheduler, blocks: int, rate: float, rtt: float, *, pe
 def test_blocks_reported_a_response_at_a_time_keep_the_window_open() -> None:
     ideal = 134 / 25 + 0.028
     for settings in ({}, {"window_initial": 32, "window_max": 64, "min_request_blocks": 16}):
-        one_by_one = lone_transfer(FetchScheduler(**settings), 134, 25.0, 0.028, per_response=False)
-        batched = lone_transfer(FetchScheduler(**settings), 134, 25.0, 0.028, per_response=True)
+        one_by_one = lone_transfer(scheduler(**settings), 134, 25.0, 0.028, per_response=False)
+        batched = lone_transfer(scheduler(**settings), 134, 25.0, 0.028, per_response=True)
         assert one_by_one < ideal * 1.02
         assert batched < ideal * 1.06, (settings, batched, ideal)  # a batch's blocks count for the rate
 
 
 def test_simulation_twice_as_fast_serves_more() -> None:
-    s = FetchScheduler()
+    s = scheduler()
     rates = {"a": 100.0, "b": 200.0}
     start(s, mid(1), wanted(range(600)), rates)
     simulate(s, rates, [mid(1)])
@@ -429,7 +438,7 @@ def test_simulation_twice_as_fast_serves_more() -> None:
 
 
 def test_simulation_corrupt_peer_is_banned_and_transfer_completes() -> None:
-    s = FetchScheduler()
+    s = scheduler()
     rates = {"honest": 100.0, "liar": 1000.0}
     start(s, mid(1), wanted(range(200)), rates)
     simulate(s, rates, [mid(1)], corrupt=frozenset({"liar"}))
@@ -438,7 +447,7 @@ def test_simulation_corrupt_peer_is_banned_and_transfer_completes() -> None:
 
 
 def test_simulation_urgent_study_overtakes_a_routine_transfer() -> None:
-    s = FetchScheduler()
+    s = scheduler()
     rates = {"sender": 200.0, "other": 200.0}
     start(s, mid(1), wanted(range(2000)), rates)
     done = simulate(s, rates, [mid(1)], arrivals=[(1.0, mid(2), wanted(range(5000, 5100)), URGENT)])
@@ -465,7 +474,7 @@ class FetchMachine(RuleBasedStateMachine):
     @initialize(disk=st.sets(st.integers(0, UNIVERSE - 1), max_size=3), max_strikes=st.integers(1, 2),
                 min_request=st.integers(1, 3))
     def setup(self, disk: set[int], max_strikes: int, min_request: int) -> None:
-        self.s = FetchScheduler(window_min=1, window_initial=2, window_max=5, request_max_blocks=3,
+        self.s = scheduler(window_min=1, window_initial=2, window_max=5, request_max_blocks=3,
                                 max_strikes=max_strikes, request_timeout=5.0, min_request_blocks=min_request)
         self.min_request = min_request
         self.now = 0.0

@@ -52,7 +52,7 @@ def test_without_root_emulation_falls_back_to_the_limiter_with_a_reason(monkeypa
         shaping.detect("netns")
     assert shaping.detect("limiter").mode == "limiter"
     placement, config = chosen.add_node(0, shaping.Rate(1e6, 5e6))
-    assert placement.prefix == [] and placement.host == "127.0.0.1" and config == {"upload_mb_per_s": "1.000000"}
+    assert placement.prefix == [] and placement.host == "127.0.0.1" and config == {"limits.upload_mb_per_s": 1.0}
 
 
 def test_the_researchers_guide_states_the_bound_the_emulation_test_asserts() -> None:

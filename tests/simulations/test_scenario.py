@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from protocol import quantities as units
+from protocol.errors import ConfigError
 from simulations.scenario import ScenarioError, load_scenario, parse_scenario
-from simulations.scenario import units
 from simulations.scenario.overrides import apply, dumps, parse_assignment
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "simulations" / "scenarios"
@@ -115,10 +116,13 @@ def test_units(func: object, text: object, value: float) -> None:
 
 @pytest.mark.parametrize(("func", "text"), [(units.size, "-1MB"), (units.size, "1 parsec"), (units.rate, "1Gbit"),
                                             (units.duration, "-5s"), (units.duration, "5 fortnights"),
-                                            (units.clock, "25:00"), (units.size, True), (units.rate, None)])
+                                            (units.clock, "25:00"), (units.size, True), (units.rate, None),
+                                            # infinite: accepted as inf before (the text path skipped the check)
+                                            (units.size, "1e999MB"), (units.duration, "1e999s"),
+                                            (units.rate, "1e999Gbit/s"), (units.duration, "-"), (units.size, "")])
 def test_bad_units(func: object, text: object) -> None:
     assert callable(func)
-    with pytest.raises(ScenarioError, match="^k: "):
+    with pytest.raises(ConfigError, match="^k: "):
         func(text, "k")
 
 
@@ -135,3 +139,28 @@ def test_overrides_round_trip_and_validate() -> None:
         apply(base, [parse_assignment("design.colour=red")])
     with pytest.raises(ScenarioError, match="expected KEY=VALUE"):
         parse_assignment("design.kind")
+
+
+def test_hub_defaults_apply_when_the_hub_table_leaves_keys_out() -> None:
+    """The reader returned the default "10Gbit/s" unconverted, so a [hub] without ingress crashed with a
+    TypeError (str <= int) instead of using 10 Gbit/s: defaults now live once, on the model's dataclasses."""
+    text = _edit('ingress = "1Gbit/s"\n', "")
+    hub = parse_scenario(text).hub
+    assert hub.ingress == 10e9 / 8 and hub.egress == 1e9 / 8
+
+
+def test_oversized_scenario_is_refused() -> None:
+    with pytest.raises(ScenarioError, match="big.toml: .* more than the 1048576"):
+        parse_scenario(FIVE + "#" * (1 << 20), "big.toml")
+
+
+def test_scenario_errors_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="five-trusts.toml: design.window: unknown key"):
+        parse_scenario(_edit('kind = "mesh"', 'kind = "mesh"\nwindow = 3'), "five-trusts.toml")
+
+
+def test_overrides_keep_the_scenario_files_comments() -> None:
+    derived = apply(parse_scenario(FIVE), [parse_assignment("design.kind=hub")])
+    comments = [line for line in FIVE.splitlines() if line.lstrip().startswith("#")]
+    assert comments and all(line in derived.source.splitlines() for line in comments)
+    assert 'kind = "hub"' in derived.source

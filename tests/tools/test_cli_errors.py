@@ -215,9 +215,12 @@ def test_meshnode_bad_config(tmp_path: Path, cli: Callable[..., tuple[int, str, 
     assert code == 0, err
     (home / "node.toml").write_text("[node]\norg = 'RGT'\nsurprise = 1\n")
     code, _, err = cli(meshnode_main, "directory", "roster", "--home", str(home))
-    one_line_error(code, err, "unknown key(s) ['surprise']")
+    one_line_error(code, err, "node.toml: node.surprise: unknown key (known: auto_fetch, listen, org)")
     (home / "node.toml").write_text("[node\n")
     code, _, err = cli(meshnode_main, "directory", "roster", "--home", str(home))
     one_line_error(code, err, "config-error")
+    (home / "node.toml").write_text("[node]\norg = 'RGT'\nlisten = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    code, _, err = cli(meshnode_main, "config", "check", "--home", str(home))
+    one_line_error(code, err, "node.toml: not valid TOML: values nested too deeply")  # was a RecursionError
     code, _, err = cli(meshnode_main, "init", "--home", str(tmp_path / "n2"), "--org", "bad org")
     one_line_error(code, err, "organisation code")

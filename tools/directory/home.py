@@ -10,17 +10,16 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import ConfigError
 from common.files import read_file, write_atomic
 from common.keyfile import create_key_file, load_key_file
 from protocol.address_record import check_multiaddr_text
 from protocol.certificate import Certificate, Role
+from protocol.config_reader import MAX_CONFIG_BYTES, MISSING, Table, defaults, read
 from protocol.document import DEFAULT_SKEW, Signed, open_document
-from protocol.errors import DocumentError, MeshError, StorageError
+from protocol.errors import ConfigError, DocumentError, StorageError
 from protocol.keys import PublicKey, SigningKey
 from protocol.trust import require_role
 
@@ -45,31 +44,22 @@ class DirectoryConfig:
         )
 
 
-def parse_directory_config(text: str, source: str) -> DirectoryConfig:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    section = doc.get("directory")
-    if set(doc) != {"directory"} or not isinstance(section, dict):
-        raise ConfigError(f"{source}: expected exactly one [directory] table")
-    unknown = set(section) - {"listen", "authority_keys", "clock_skew_seconds"}
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}")
-    listen, keys, skew = section.get("listen"), section.get("authority_keys"), section.get("clock_skew_seconds", DEFAULT_SKEW)
-    if not isinstance(listen, list) or not listen or not all(isinstance(a, str) for a in listen):
-        raise ConfigError(f"{source}: listen must be a non-empty list of multiaddrs")
-    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
-        raise ConfigError(f"{source}: authority_keys must be a non-empty list of peer IDs")
-    if isinstance(skew, bool) or not isinstance(skew, int) or not 0 <= skew <= 86400:
-        raise ConfigError(f"{source}: clock_skew_seconds must be an integer in 0..86400")
-    try:
-        for addr in listen:
-            check_multiaddr_text(addr, "listen")
-        anchors = tuple(PublicKey.from_peer_id(k) for k in keys)
-    except MeshError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    return DirectoryConfig(tuple(listen), anchors, skew)
+def _build(root: Table) -> DirectoryConfig:
+    t = root.table("directory", required=True)
+    config = DirectoryConfig(
+        listen=t.texts("listen", MISSING, check=check_multiaddr_text, nonempty=True),
+        authority_keys=tuple(PublicKey.from_peer_id(k)
+                             for k in t.texts("authority_keys", MISSING, check=PublicKey.check_peer_id, nonempty=True)),
+        clock_skew=t.integer("clock_skew_seconds", defaults(DirectoryConfig)["clock_skew"], 0, 86400),
+    )
+    t.finish()
+    root.finish()
+    return config
+
+
+def parse_directory_config(data: str | bytes, source: str) -> DirectoryConfig:
+    """directory.toml's text as a DirectoryConfig, or a ConfigError naming `source` and the key."""
+    return read(data, source, _build)
 
 
 @dataclass(frozen=True)
@@ -113,12 +103,12 @@ class DirectoryHome:
 
     def config(self) -> DirectoryConfig:
         try:
-            text = self.config_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"no {self.config_path}; run `meshadmin directory init` first") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read {self.config_path}: {exc}") from None
-        return parse_directory_config(text, str(self.config_path))
+            data = read_file(self.config_path, "directory configuration", max_bytes=MAX_CONFIG_BYTES)
+        except StorageError as exc:
+            if not self.config_path.exists():
+                raise ConfigError(f"no {self.config_path}; run `meshadmin directory init` first") from None
+            raise ConfigError(str(exc)) from None
+        return parse_directory_config(data, str(self.config_path))
 
     def certificate_bytes(self) -> bytes:
         return read_file(self.cert_path, "directory certificate", max_bytes=8192)

@@ -29,7 +29,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from meshnode.dicom.part10 import PREAMBLE, file_meta
 from common.files import write_atomic
-from meshnode.gateway.config import GatewayConfig, GatewayConfigError
+from meshnode.gateway.config import GatewayConfig
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge
 from meshnode.gateway.dimse.contexts import add_acceptor_contexts, prefer_requestor_syntaxes
 from meshnode.gateway.dimse.query_scp import FindScp
@@ -40,7 +40,7 @@ from meshnode.gateway.dimse.store_scp import StoreScp
 from meshnode.gateway.dimse.streaming import StreamedInstance, StreamWorker
 from meshnode.gateway.intake import StudyIntake
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
-from protocol.errors import MeshError, StorageError
+from protocol.errors import ConfigError, MeshError, StorageError
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -151,8 +151,8 @@ class DimseServer:
                                     contexts=ae.supported_contexts, evt_handlers=handlers,
                                     server_class=GatewayServer, request_handler=GatewayRequestHandler)
         except OSError as exc:
-            raise GatewayConfigError(f"[dimse] cannot listen on {self.settings.host}:{self.settings.port}: "
-                                     f"{exc.strerror or exc}") from None
+            raise ConfigError(f"dimse: cannot listen on {self.settings.host}:{self.settings.port}: "
+                              f"{exc.strerror or exc}") from None
         assert isinstance(server, GatewayServer)
         server.max_pdu = self.settings.max_pdu_bytes
         server.max_dataset = self.intake.max_instance_bytes

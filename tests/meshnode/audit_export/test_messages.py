@@ -10,10 +10,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from meshnode.audit_export.atna import AuditSource, audit_message
-from meshnode.audit_export.config import AuditRepositoryConfigError, parse_audit_repository
+from meshnode.audit_export.config import parse_audit_repository
 from meshnode.audit_export.syslog import frame, syslog_message
-from protocol.errors import ConfigError
 from meshnode.config import parse_config
+from protocol.config_reader import Table
+from protocol.errors import ConfigError
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.audit_checkpoint import CHECKPOINT_EVERY, AuditCheckpoint
 from meshnode.storage.memory_metadata import MemoryMetadataStore
@@ -81,20 +82,28 @@ def test_rfc5424_envelope_and_rfc5425_framing() -> None:
 
 
 def test_config_section(tmp_path: Path) -> None:
-    cfg = parse_audit_repository({"address": "arr.example:6514", "ca": "ca.pem"}, tmp_path)
+    def section(values: dict[str, object]) -> Table:
+        return Table({"audit_repository": values}, "")
+
+    cfg = parse_audit_repository(section({"address": "arr.example:6514", "ca": "ca.pem"}), tmp_path)
     assert cfg is not None and (cfg.host, cfg.port, cfg.ca, cfg.tls_name) == ("arr.example", 6514,
                                                                               tmp_path / "ca.pem", "arr.example")
-    for bad, message in [({"address": "arr.example"}, "host:port"),
+    cases: list[tuple[dict[str, object], str]] = [
+                         ({"address": "arr.example"}, "host:port"),
                          ({"address": "arr.example:0", "ca": "x"}, "port in 1..65535"),
-                         ({"address": "arr.example:6514"}, "ca is required"),
+                         ({"address": "arr.example:6514"}, "audit_repository.ca: required"),
+                         ({"address": 6514, "ca": "x"}, "audit_repository.address: expected a string"),
+                         ({"address": "a:1", "ca": ""}, "audit_repository.ca: must be a file path"),
+                         ({"address": "a:1", "ca": "x", "checkpoint_seconds": 0}, "0 is outside 1..86400"),
                          ({"address": "a:1", "ca": "x", "client_cert": "c"}, "go together"),
-                         ({"address": "a:1", "ca": "x", "plaintext": True}, "unknown key")]:
-        with pytest.raises(AuditRepositoryConfigError, match=message):
-            parse_audit_repository(bad, tmp_path)
+                         ({"address": "a:1", "ca": "x", "plaintext": True}, "audit_repository.plaintext: unknown key")]
+    for bad, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            parse_audit_repository(section(bad), tmp_path)
     text = '[node]\norg = "RGT"\n[audit_repository]\naddress = "127.0.0.1:6514"\nca = "/etc/arr.pem"\n'
     node = parse_config(text)
     assert node.audit_repository is not None and node.audit_repository.port == 6514
-    with pytest.raises(ConfigError, match="ca is required"):
+    with pytest.raises(ConfigError, match="^node.toml: audit_repository.ca: required"):
         parse_config('[node]\norg = "RGT"\n[audit_repository]\naddress = "127.0.0.1:6514"\n')
 
 

@@ -29,6 +29,7 @@ from meshnode.storage.records import InstanceRecord, ManifestRow
 from protocol.document import Signed
 from protocol.errors import UnavailableError
 from protocol.keys import SigningKey
+from protocol.lifecycle import ManifestState
 from protocol.manifest import Manifest, Priority, Purpose
 
 KEY = SigningKey(bytes([7]) * 32)
@@ -100,7 +101,7 @@ async def start_gateway(nursery: trio.Nursery, home: Path, gateway_config: Gatew
                                   priority=priority, purpose=purpose, created_at=now, expires_at=now + 86400,
                                   revision=last + 1)
         signed = manifest.sign(KEY)
-        row = ManifestRow(signed.cid, study, "sent", "RGT", manifest.revision, "sent", now, manifest.expires_at,
+        row = ManifestRow(signed.cid, study, "sent", "RGT", manifest.revision, ManifestState.SENT, now, manifest.expires_at,
                           signed.encode(), manifest.recipients)
         await db.run(lambda s: s.save_manifest(row, []))
         shared.manifests.append(signed)

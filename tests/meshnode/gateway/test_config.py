@@ -77,14 +77,14 @@ def test_route_lookup_errors_name_the_known_routes() -> None:
 
 @pytest.mark.parametrize("extra, message", [
     ("[dimse]\nenabled = true\n", "declare .* twice"),  # a second [dimse] table is a TOML error
-    ("[[route]]\nname = \"x\"\nto = [\"RJ1\"]\nbogus = 1\n", "unknown key\\(s\\) \\['bogus'\\]"),
-    ("[[caller]]\nae_title = \"A\"\nallowed = [\"store\"]\n", "unknown key\\(s\\) \\['allowed'\\]"),
+    ("[[route]]\nname = \"x\"\nto = [\"RJ1\"]\nbogus = 1\n", "route\\[0\\].bogus: unknown key \\(known: called_ae, name, priority, purpose"),
+    ("[[caller]]\nae_title = \"A\"\nallowed = [\"store\"]\n", "caller\\[0\\].allowed: unknown key \\(known: ae_title, allow, hosts\\)"),
     ("[[pacs]]\nname = \"m\"\nae_title = \"P\"\nhost = \"h\"\nport = 104\nretry = 1\n", "unknown key"),
     ("[route]\nname = \"x\"\n", "array of tables"),
     ("[[route]]\nname = \"x\"\nto = []\n", "at least one organisation"),
     ("[[route]]\nname = \"x\"\nto = [\"rj1\"]\n", "organisation code"),
     ("[[route]]\nname = \"x\"\nto = [\"RJ1\", \"RJ1\"]\n", "listed twice"),
-    ("[[route]]\nname = \"X Y\"\nto = [\"RJ1\"]\n", "\\[\\[route\\]\\] 1: name: 1-32 characters"),
+    ("[[route]]\nname = \"X Y\"\nto = [\"RJ1\"]\n", "route\\[0\\].name: 1-32 characters"),
     ("[[route]]\nname = \"x\"\nto = [\"RJ1\"]\npriority = \"asap\"\n", "asap"),
     ("[[route]]\nname = \"x\"\nto = [\"RJ1\"]\nquiet_period_seconds = 0\n", "quiet_period_seconds"),
     ("[[route]]\nname = \"x\"\nto = [\"RJ1\"]\ncalled_ae = \"THIS_TITLE_IS_TOO_LONG\"\n", "AE title"),
@@ -94,13 +94,20 @@ def test_route_lookup_errors_name_the_known_routes() -> None:
     ("[[route]]\nname = \"x\"\nto = [\"RJ1\"]\ncalled_ae = \"A\"\n[[route]]\nname = \"y\"\nto = [\"RAJ\"]\n"
      "called_ae = \"A\"\n", "share the called AE title"),
     ("[[caller]]\nae_title = \"A\"\nhosts = [\"http://x\"]\n", "not an IP address or host name"),
-    ("[[caller]]\nae_title = \"A\"\nallow = [\"delete\"]\n", "choose from"),
+    ("[[caller]]\nae_title = \"A\"\nallow = [\"delete\"]\n", "caller\\[0\\].allow: unknown value\\(s\\) \\['delete'\\]; expected some of"),
     ("[[caller]]\nae_title = \"A\"\n[[caller]]\nae_title = \"A\"\n", "listed twice"),
-    ("[[move_destination]]\nae_title = \"A\"\nhost = \"10.0.0.1\"\n", "port is required"),
-    ("[[move_destination]]\nae_title = \"A\"\nhost = \"10.0.0.1\"\nport = 70000\n", "port must be an integer"),
-    ("[[pacs]]\nname = \"m\"\nae_title = \"P\"\nhost = \"h\"\nport = true\n", "port must be an integer"),
+    ("[[move_destination]]\nae_title = \"A\"\nhost = \"10.0.0.1\"\n", "move_destination\\[0\\].port: required key is missing"),
+    ("[[move_destination]]\nae_title = \"A\"\nhost = \"10.0.0.1\"\nport = 70000\n", "move_destination\\[0\\].port: 70000 is outside 1..65535"),
+    ("[[pacs]]\nname = \"m\"\nae_title = \"P\"\nhost = \"h\"\nport = true\n", "pacs\\[0\\].port: expected an integer in 1..65535, got a boolean"),
     ("[[pacs]]\nname = \"m\"\nae_title = \"P\"\nhost = \"h\"\nport = 104\n[[pacs]]\nname = \"m\"\n"
      "ae_title = \"Q\"\nhost = \"h\"\nport = 105\n", "used twice"),
+    ("[[caller]]\nae_title = 5\n", "caller\\[0\\].ae_title: expected a string, got an integer"),
+    ("[[caller]]\nae_title = \"A\"\nhosts = \"10.0.0.1\"\n", "caller\\[0\\].hosts: expected a list of strings"),
+    ("[[pacs]]\nname = \"m\"\nae_title = \"P\"\nhost = \"h\"\nport = 104\nfrom_orgs = [\"rj1\"]\n",
+     "pacs\\[0\\].from_orgs\\[0\\]: organisation code"),
+    ("[[pacs]]\nname = \"m\"\nae_title = \"P\"\nhost = \"h\"\nport = 104\nmax_attempts = 1001\n",
+     "pacs\\[0\\].max_attempts: 1001 is outside 1..1000"),
+    ("[[route]]\nname = \"x\"\nto = \"RJ1\"\n", "route\\[0\\].to: expected a list of strings"),
 ])
 def test_bad_gateway_settings_are_refused_with_the_key_named(extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -108,8 +115,8 @@ def test_bad_gateway_settings_are_refused_with_the_key_named(extra: str, message
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("enabled", "1", "enabled must be true or false"),
-    ("port", "-1", "port must be an integer"),
+    ("enabled", "1", "dimse.enabled: expected true or false, got an integer"),
+    ("port", "-1", "dimse.port: -1 is outside 0..65535"),
     ("ae_title", '""', "AE title"),
     ("host", '"not a host!"', "host"),
     ("max_pdu_bytes", "100", "max_pdu_bytes"),
@@ -131,3 +138,12 @@ def test_ae_titles_are_trimmed_and_checked() -> None:
 def test_gateway_config_defaults_are_usable_without_a_file() -> None:
     config = GatewayConfig()
     assert len(config.routes) == 0 and config.dimse.max_instance_bytes == 2048 * 1024 * 1024
+
+
+def test_oversized_gateway_arrays_are_refused() -> None:
+    callers = "".join(f'[[caller]]\nae_title = "A{i}"\n' for i in range(10_001))
+    with pytest.raises(ConfigError, match="^node.toml: caller: 10001 items, more than the 10000 allowed"):
+        parse_config(BASE + "\n" + callers)
+    hosts = "[[caller]]\nae_title = \"A\"\nhosts = [" + ", ".join(['"10.0.0.1"'] * 10_001) + "]\n"
+    with pytest.raises(ConfigError, match="caller\\[0\\].hosts: 10001 items"):
+        parse_config(BASE + "\n" + hosts)

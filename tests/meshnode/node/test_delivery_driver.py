@@ -24,6 +24,7 @@ from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from protocol.backoff import Backoff
 from protocol.cid import CID
 from protocol.errors import SignatureError, UnavailableError
+from protocol.lifecycle import ManifestState
 from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord, DeliveryState
 
 T = TypeVar("T")
@@ -227,11 +228,11 @@ async def test_a_receipt_survives_a_restart(tmp_path: Path, autojump_clock: trio
     """The finding: a receipt lived only in a coroutine retrying it in memory; a stop lost it."""
     path = tmp_path / "node.db"
     store = SqliteMetadataStore(path)
-    store.save_manifest(ManifestRow(M, "1.2.3", "received", "RGT", 1, "announced", 0, 10**10, b"raw"), [])
+    store.save_manifest(ManifestRow(M, "1.2.3", "received", "RGT", 1, ManifestState.FETCHING, 0, 10**10, b"raw"), [])
     orgs = Orgs(store, ["down"] * 3)
 
     def complete(s: MetadataStore) -> None:
-        s.set_manifest_state(M, "complete")
+        s.set_manifest_state(M, ManifestState.COMPLETE)
 
     async with trio.open_nursery() as nursery:
         d = deliveries(store, orgs)
@@ -243,7 +244,7 @@ async def test_a_receipt_survives_a_restart(tmp_path: Path, autojump_clock: trio
     store = SqliteMetadataStore(path)
     try:
         row = store.manifest(M)
-        assert row is not None and row.state == "complete"
+        assert row is not None and row.state is ManifestState.COMPLETE
         receipted: list[CID] = []
         orgs2 = Orgs(store, ["down"])
         async with trio.open_nursery() as nursery:
@@ -256,7 +257,7 @@ async def test_a_receipt_survives_a_restart(tmp_path: Path, autojump_clock: trio
         assert [(k, p) for _, k, p in orgs2.attempts] == [(key, b"signed receipt")] * 2
         assert receipted == [M] and d.records() == []  # delivered: only in the database now
         row = store.manifest(M)
-        assert row is not None and row.state == "receipted"  # written with the delivered state
+        assert row is not None and row.state is ManifestState.RECEIPTED  # written with the delivered state
         assert stored(store) == {key: (DeliveryState.DELIVERED, 4)}
     finally:
         store.close()

@@ -19,6 +19,7 @@ from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import ManifestRow
 from protocol.cid import CID
 from protocol.errors import UnauthorisedError
+from protocol.lifecycle import ManifestState
 from tests.protocol.factories import NOW, STUDY_UID, guard_with_roster, key, sign_certificate
 
 ME, SENDER, FELLOW, STRANGER = key(40), key(41), key(42), key(43)
@@ -39,7 +40,7 @@ def ctx(tmp_path: Path) -> Iterator[NodeContext]:
     storage.close()
 
 
-def received(ctx: NodeContext, name: bytes, *, revision: int = 1, state: str = "fetching",
+def received(ctx: NodeContext, name: bytes, *, revision: int = 1, state: ManifestState = ManifestState.FETCHING,
              recipients: tuple[str, ...] = ("RAJ", "RJ1"), sender: str = "RGT", blocks: tuple[CID, ...] = (A, B, C),
              direction: str = "received") -> CID:
     mid = CID.of(name)
@@ -77,8 +78,8 @@ async def test_the_sender_and_strangers_are_refused_with_an_alert(ctx: NodeConte
 
 
 async def test_early_and_dead_manifests_are_refused_without_an_alert(ctx: NodeContext) -> None:
-    failed = received(ctx, b"failed", state="failed")
-    recalled = received(ctx, b"recalled", state="recalled")
+    failed = received(ctx, b"failed", state=ManifestState.FAILED)
+    recalled = received(ctx, b"recalled", state=ManifestState.RECALLED)
     old = received(ctx, b"rev1", revision=1)
     received(ctx, b"rev2", revision=2, recipients=("RAJ", "RJ1", "RXH"))  # names every org rev1 names
     for mid in (CID.of(b"never received"), failed, recalled, old):
@@ -96,7 +97,7 @@ async def test_a_later_share_to_other_orgs_does_not_supersede(ctx: NodeContext) 
 
 
 async def test_this_nodes_own_share_serves_what_it_holds(ctx: NodeContext) -> None:
-    mine = received(ctx, b"mine", sender="RJ1", recipients=("RAJ",), direction="sent", state="sent")
+    mine = received(ctx, b"mine", sender="RJ1", recipients=("RAJ",), direction="sent", state=ManifestState.SENT)
     ctx.storage.metadata.record_blocks([(A, 1), (B, 1)], NOW * 1000)
     access = await authorise_manifest_access(ctx, FELLOW.peer_id, mine, (A, B, C))
     assert access.servable == {A, B}  # C is not stored: absent

@@ -14,6 +14,7 @@ from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import AddOutcome, ManifestRow, hash_uid
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from protocol.cid import CID
+from protocol.lifecycle import ManifestState
 from tests.meshnode.storage.helpers import STUDY, instance
 
 NOW_MS = 1_767_225_600_000
@@ -82,25 +83,25 @@ def test_live_manifest_keeps_blocks_until_recalled_or_expired(store: MetadataSto
     store.record_blocks([(block, 14)], NOW_MS)
     assert store.unreferenced_blocks(NOW_S) == [block]
     mid = CID.of(b"manifest bytes")
-    row = ManifestRow(mid, STUDY, "received", "RGT", 1, "fetching", NOW_S, NOW_S + 100, b"raw", ("RXX",))
+    row = ManifestRow(mid, STUDY, "received", "RGT", 1, ManifestState.FETCHING, NOW_S, NOW_S + 100, b"raw", ("RXX",))
     store.save_manifest(row, [block])
     assert store.unreferenced_blocks(NOW_S) == [] and store.block_refcount(block, NOW_S) == 1
     assert store.unreferenced_blocks(NOW_S + 101) == [block]  # expired
-    store.set_manifest_state(mid, "recalled")
+    store.set_manifest_state(mid, ManifestState.RECALLED)
     assert store.unreferenced_blocks(NOW_S) == [block]
     saved = store.manifest(mid)
-    assert saved is not None and saved.state == "recalled" and saved.recipients == ("RXX",)
+    assert saved is not None and saved.state is ManifestState.RECALLED and saved.recipients == ("RXX",)
     assert [m.manifest_id for m in store.manifests("received")] == [mid] and store.manifests("sent") == []
 
 
 def test_a_failed_manifest_keeps_why(store: MetadataStore) -> None:
     mid = CID.of(b"failed manifest")
-    store.save_manifest(ManifestRow(mid, STUDY, "received", "RXH", 1, "fetching", NOW_S, NOW_S + 100, b"raw",
-                                    ("RGT",)), [])
+    store.save_manifest(ManifestRow(mid, STUDY, "received", "RXH", 1, ManifestState.FETCHING,
+                                    NOW_S, NOW_S + 100, b"raw", ("RGT",)), [])
     assert store.manifest_failure(mid) is None
     store.fail_manifest(mid, "instance 0123: its header's PatientName does not match its manifest", NOW_MS)
     saved = store.manifest(mid)
-    assert saved is not None and saved.state == "failed"
+    assert saved is not None and saved.state is ManifestState.FAILED
     assert store.manifest_failure(mid) == "instance 0123: its header's PatientName does not match its manifest"
     store.fail_manifest(mid, "again", NOW_MS + 1)
     assert store.manifest_failure(mid) == "again" and store.manifest_failure(CID.of(b"other")) is None
@@ -109,8 +110,8 @@ def test_a_failed_manifest_keeps_why(store: MetadataStore) -> None:
 def test_transfers_peers_roster(store: MetadataStore) -> None:
     mid = CID.of(b"m")
     assert store.transfer(mid) is None
-    store.set_transfer(mid, "fetching", 3, 3000, NOW_MS)
-    store.set_transfer(mid, "complete", 5, 5000, NOW_MS)
+    store.set_transfer(mid, ManifestState.FETCHING, 3, 3000, NOW_MS)
+    store.set_transfer(mid, ManifestState.COMPLETE, 5, 5000, NOW_MS)
     assert store.transfer(mid) == ("complete", 5, 5000)
     assert store.highest_roster_version() == 0
     store.record_roster_version(4)
@@ -132,7 +133,8 @@ def test_audit_chain_is_valid(store: MetadataStore) -> None:
 
 def test_receipts_revisions_served_by(store: MetadataStore) -> None:
     mid = CID.of(b"sent manifest")
-    store.save_manifest(ManifestRow(mid, STUDY, "sent", "RGT", 1, "sent", NOW_S, NOW_S + 100, b"raw", ("RJ1",)), [])
+    store.save_manifest(ManifestRow(mid, STUDY, "sent", "RGT", 1, ManifestState.SENT,
+                                    NOW_S, NOW_S + 100, b"raw", ("RJ1",)), [])
     assert store.receipts(mid) == {}
     store.save_receipt(mid, "RJ1", b"receipt", NOW_MS)
     store.save_receipt(mid, "RJ1", b"a second receipt", NOW_MS + 5)  # the first verified one stays
@@ -140,14 +142,15 @@ def test_receipts_revisions_served_by(store: MetadataStore) -> None:
     assert store.highest_revision(STUDY, "RGT") == 0  # sent manifests do not count
     for rev in (1, 3, 2):
         rid = CID.of(f"received {rev}".encode())
-        store.save_manifest(ManifestRow(rid, STUDY, "received", "RGT", rev, "announced", NOW_S, NOW_S + 9, b"r"), [])
+        store.save_manifest(ManifestRow(rid, STUDY, "received", "RGT", rev, ManifestState.ANNOUNCED,
+                                        NOW_S, NOW_S + 9, b"r"), [])
     assert store.highest_revision(STUDY, "RGT") == 3 and store.highest_revision(STUDY, "NOPE") == 0
-    store.set_transfer(mid, "fetching", 1, 10, NOW_MS)
+    store.set_transfer(mid, ManifestState.FETCHING, 1, 10, NOW_MS)
     blocks = [CID.of(bytes([i])) for i in range(4)]
     store.record_blocks([(c, 1) for c in blocks[:2]], NOW_MS, [(mid, blocks[0], "peer-a"), (mid, blocks[1], "peer-b")])
     # a block obtained twice under the same manifest (a retried request) counts once
     store.record_blocks([(c, 1) for c in blocks], NOW_MS, [(mid, c, "peer-a") for c in blocks])
-    store.set_transfer(mid, "complete", 4, 40, NOW_MS)
+    store.set_transfer(mid, ManifestState.COMPLETE, 4, 40, NOW_MS)
     assert store.served_by(mid) == {"peer-a": 3, "peer-b": 1}
     assert store.served_by(CID.of(b"none")) == {}
 
@@ -157,11 +160,11 @@ def test_provenance_follows_the_revisions_of_one_share(store: MetadataStore) -> 
     (same study, same sender org), never for another sender's manifest listing the same blocks."""
     a, b, c = CID.of(b"a"), CID.of(b"b"), CID.of(b"c")
     rev1, rev2, other = CID.of(b"rev1"), CID.of(b"rev2"), CID.of(b"other")
-    store.save_manifest(ManifestRow(rev1, STUDY, "received", "RGT", 1, "fetching", NOW_S, NOW_S + 9, b"r",
+    store.save_manifest(ManifestRow(rev1, STUDY, "received", "RGT", 1, ManifestState.FETCHING, NOW_S, NOW_S + 9, b"r",
                                     ("RJ1", "RAJ")), [a, b])
-    store.save_manifest(ManifestRow(rev2, STUDY, "received", "RGT", 2, "announced", NOW_S, NOW_S + 9, b"r",
+    store.save_manifest(ManifestRow(rev2, STUDY, "received", "RGT", 2, ManifestState.ANNOUNCED, NOW_S, NOW_S + 9, b"r",
                                     ("RJ1",)), [a, b, c])
-    store.save_manifest(ManifestRow(other, STUDY, "received", "RXH", 1, "announced", NOW_S, NOW_S + 9, b"r",
+    store.save_manifest(ManifestRow(other, STUDY, "received", "RXH", 1, ManifestState.ANNOUNCED, NOW_S, NOW_S + 9, b"r",
                                     ("RJ1",)), [a, b, c])
     store.record_blocks([(a, 1), (b, 1), (c, 1)], NOW_MS, [(rev1, a, "p"), (rev2, c, "p")])
     assert store.obtained_blocks(rev1, [a, b, c]) == {a}
@@ -185,7 +188,7 @@ def test_served_counts_add_up(store: MetadataStore) -> None:
 
 def test_a_received_manifest_keeps_its_senders_certificate(store: MetadataStore) -> None:
     mid = CID.of(b"with certificate")
-    store.save_manifest(ManifestRow(mid, STUDY, "received", "RGT", 1, "announced", NOW_S, NOW_S + 9, b"r",
+    store.save_manifest(ManifestRow(mid, STUDY, "received", "RGT", 1, ManifestState.ANNOUNCED, NOW_S, NOW_S + 9, b"r",
                                     ("RJ1",), b"certificate bytes"), [])
     found = store.manifest(mid)
     assert found is not None and found.certificate == b"certificate bytes"
@@ -193,7 +196,8 @@ def test_a_received_manifest_keeps_its_senders_certificate(store: MetadataStore)
 
 def test_not_in_manifest(store: MetadataStore) -> None:
     mid, a, b = CID.of(b"m"), CID.of(b"a"), CID.of(b"b")
-    store.save_manifest(ManifestRow(mid, STUDY, "sent", "RGT", 1, "sent", NOW_S, NOW_S + 9, b"r", ("RJ1",)), [a])
+    store.save_manifest(ManifestRow(mid, STUDY, "sent", "RGT", 1, ManifestState.SENT,
+                                    NOW_S, NOW_S + 9, b"r", ("RJ1",)), [a])
     assert store.not_in_manifest(mid, [a, b]) == {b}
     assert store.not_in_manifest(CID.of(b"other"), [a]) == {a}
     assert store.not_in_manifest(mid, []) == set()

@@ -43,7 +43,7 @@ def test_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("extra, message", [
     ('[http]\nlisten = "nonsense"\n', "HOST:PORT"),
     ('[http]\nlisten = "127.0.0.1:99999"\n', "65535"),
-    ('[http]\nlisten = "127.0.0.1:0"\nverbose = true\n', "unknown key(s) ['verbose']"),
+    ('[http]\nlisten = "127.0.0.1:0"\nverbose = true\n', "http.verbose: unknown key (known: listen, "),
     ('[http]\nmax_request_mb = 0\n', "max_request_mb"),
     ('[http]\npublic_status = "yes"\n', "public_status"),
     ('[http]\ntls_certificate = "c.pem"\n', "go together"),
@@ -51,13 +51,31 @@ def test_round_trip(tmp_path: Path) -> None:
     ('[http]\n[[webhook]]\nurl = "https://x"\nsecret = "short"\n', "at least 16"),
     ('[[webhook]]\nurl = "mailto:x"\nsecret = "0123456789abcdef"\n', "http:// or https://"),
     ('[[webhook]]\nurl = "https://x"\nsecret = "0123456789abcdef"\nevents = ["arrival"]\n', "unknown value(s)"),
-    ('[[webhook]]\nurl = "https://x"\nsecret = "0123456789abcdef"\nretries = 3\n', "unknown key(s) ['retries']"),
+    ('[[webhook]]\nurl = "https://x"\nsecret = "0123456789abcdef"\nretries = 3\n', "webhook[0].retries: unknown key (known: events, "),
     ('[[webhook]]\nurl = "https://x"\nsecret_file = "missing"\n', "cannot read secret_file"),
     ('[[webhook]]\nurl = "https://x"\nsecret = "0123456789abcdef"\nsecret_file = "f"\n', "not both"),
     ('[webhook]\nurl = "https://x"\n', "array of tables"),
-    ('[htp]\nlisten = "x"\n', "unknown section(s) ['htp']"),
+    ('[http]\nmax_results = "10"\n', "http.max_results: expected an integer in 1..100000, got a string ('10')"),
+    ('[http]\nsession_hours = 100000\n', "http.session_hours: 100000 is outside 1..720"),
+    ('[http]\nlisten = ["127.0.0.1:1"]\n', "http.listen: expected a string, got a list"),
+    ('[[webhook]]\nurl = 3\nsecret = "0123456789abcdef"\n', "webhook[0].url: expected a string, got an integer"),
+    ('[[webhook]]\nurl = "https://x"\nsecret = "0123456789abcdef"\nevents = "arrived"\n',
+     "webhook[0].events: expected a list of strings"),
+    ('[[webhook]]\nurl = "https://x"\nsecret = "0123456789abcdef"\nmax_attempts = 0\n',
+     "webhook[0].max_attempts: 0 is outside 1..100"),
+    ('[[webhook]]\nurl = "https://x"\n[[webhook]]\nurl = "https://y"\nsecret = "0123456789abcdef"\nx = 1\n',
+     "webhook[0].secret: the HMAC secret must be at least 16 characters"),
+    ('[htp]\nlisten = "x"\n', "htp: unknown key (known: audit_repository, caller, dimse, directory, http, "),
 ])
 def test_bad_settings_are_named(extra: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(BASE + "\n" + extra, home=tmp_path)
     assert message in str(err.value)
+
+
+def test_oversized_webhook_settings_are_refused() -> None:
+    hooks = "".join('[[webhook]]\nurl = "https://x"\nsecret = "0123456789abcdef"\n' for _ in range(10_001))
+    with pytest.raises(ConfigError, match="^node.toml: webhook: 10001 items, more than the 10000 allowed"):
+        parse_config(BASE + "\n" + hooks)
+    with pytest.raises(ConfigError, match="^node.toml: \\d+ bytes, more than the 1048576"):
+        parse_config(BASE + "\n# " + "x" * (1 << 20))

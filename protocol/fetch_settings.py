@@ -1,0 +1,44 @@
+"""FetchSettings: how a node fetches (the scheduler's knobs and the driver's discovery interval), stated once.
+
+The node's fetcher (meshnode/node/fetcher.py) runs with these settings (its request timeout from its
+config); the simulator's scenarios default to them (simulations/scenario) and scale the block counts to
+their own block granularity. What each knob does: protocol/fetch.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.errors import LocalProtocolError
+from protocol.exchange_messages import MAX_REQUEST_BLOCKS
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    #: blocks in flight per peer: an AIMD window between these bounds, starting at window_initial
+    window_min: int = 2
+    window_initial: int = 32
+    window_max: int = 64
+    #: blocks per request (one stream each), and the fewest a peer with requests in flight is sent
+    request_max_blocks: int = 16
+    min_request_blocks: int = 16
+    #: bad blocks (hash mismatch) before a peer is banned
+    max_strikes: int = 1
+    #: seconds a request may deliver nothing before its blocks are asked of someone else
+    request_timeout: float = 30.0
+    #: seconds of queueing a peer's window is capped to at its measured rate (None: no cap)
+    queue_target: float | None = 0.25
+    #: seconds between availability queries to the holders of a study being fetched
+    discovery_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.window_min <= self.window_initial <= self.window_max:
+            raise LocalProtocolError("need 1 <= window_min <= window_initial <= window_max")
+        if not 1 <= self.request_max_blocks <= MAX_REQUEST_BLOCKS:
+            raise LocalProtocolError(f"request_max_blocks must be in 1..{MAX_REQUEST_BLOCKS}")
+        if not 1 <= self.min_request_blocks <= self.request_max_blocks:
+            raise LocalProtocolError("need 1 <= min_request_blocks <= request_max_blocks")
+        if self.max_strikes < 1 or not self.request_timeout > 0 or not self.discovery_interval > 0 \
+                or (self.queue_target is not None and not self.queue_target > 0):
+            raise LocalProtocolError("max_strikes must be >= 1; request_timeout, discovery_interval and "
+                                     "queue_target > 0")
