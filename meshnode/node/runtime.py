@@ -55,7 +55,7 @@ from protocol.errors import LocalProtocolError, MeshError, NotFoundError, Roster
 from protocol.lifecycle import ManifestEvent, ManifestState
 from protocol.manifest import Manifest
 from protocol.backoff import Backoff
-from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord
+from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord, DeliveryState
 from protocol.receipt import Receipt
 from protocol.roster import RosterGuard
 
@@ -300,19 +300,25 @@ class Node:
         if previous is not None:  # a repair: the study is recorded (and receipted, or its receipt on its way)
             now = int(ctx.clock() * 1000)
 
-            def restore(store: MetadataStore) -> None:
+            def restore(store: MetadataStore) -> bool:
                 node_lifecycle.move(store, manifest_id, ManifestEvent.VERIFIED)
-                if previous is ManifestState.RECEIPTED:  # its receipt was delivered before the repair
+                delivered = any(d.key.kind is DeliveryKind.RECEIPT and d.state is DeliveryState.DELIVERED
+                                for d in stored_deliveries(store, manifest_id))
+                # its receipt was delivered before the repair, or while it went on (the move was refused then)
+                if previous is ManifestState.RECEIPTED or delivered:
                     node_lifecycle.move(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
                 done = store.transfer(manifest_id)
                 store.set_transfer(manifest_id, ManifestState.COMPLETE, done[1] if done else 0, manifest.total_bytes,
                                    now)
+                return previous is not ManifestState.RECEIPTED and delivered
 
             try:
-                await ctx.db.run(restore)
+                receipted_meanwhile = await ctx.db.run(restore)
             except LocalProtocolError as exc:  # recalled during the repair
                 log.info("manifest %s: repair not recorded: %s", manifest_id, exc)
                 return
+            if receipted_meanwhile:
+                await self.gateway.receipted(manifest_id)  # the PACS forward may start
             await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "block-repaired", actor=ctx.peer_id,
                                        manifest_id=str(manifest_id),
                                        detail="quarantined block(s) fetched again and verified"))
