@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from meshnode.node.worker import ThreadWorker, Worker
 from meshnode.storage.blockstore import BlockStore, StagedBlock
 from meshnode.storage.dbthread import DatabaseThread
 from protocol.cid import CID
@@ -76,8 +77,9 @@ SettledHook = Callable[[list[Settled]], Awaitable[None]]
 
 class BlockSink:
     def __init__(self, blocks: BlockStore, db: DatabaseThread, on_settled: SettledHook, *,
-                 clock: Callable[[], float], max_pending: int = MAX_PENDING) -> None:
+                 clock: Callable[[], float], max_pending: int = MAX_PENDING, worker: Worker | None = None) -> None:
         self.blocks = blocks
+        self.worker: Worker = worker or ThreadWorker()
         self.db = db
         self.on_settled = on_settled
         self.clock = clock
@@ -117,7 +119,7 @@ class BlockSink:
                 await self._arrived.wait()
             batch, self._arrivals = self._arrivals, []
             try:
-                staged = await trio.to_thread.run_sync(self._stage, batch, limiter=limiter)
+                staged = await self.worker.run(lambda: self._stage(batch), limiter)
             finally:
                 self._pending_bytes -= sum(len(a.data) for a in batch)
                 self._space.set()
@@ -159,7 +161,7 @@ class BlockSink:
             if durable:
                 try:
                     with trio.CancelScope(shield=True):  # never leave a group half-committed
-                        await trio.to_thread.run_sync(self.blocks.commit_staged, files, limiter=limiter)
+                        await self.worker.run(lambda: self.blocks.commit_staged(files), limiter)
                         ms = int(self.clock() * 1000)
                         await self.db.run(lambda s: s.record_blocks(durable, ms, obtained))
                 except MeshError as exc:
@@ -169,3 +171,4 @@ class BlockSink:
                                Settled(s.peer, s.manifest_id, s.cid, s.size, Outcome.NOT_STORED) for s in settled]
             self.rounds += 1
             await self.on_settled(settled)
+
