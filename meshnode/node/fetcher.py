@@ -8,7 +8,9 @@ block whose hash does not match is never stored: the scheduler bans the peer
 and asks elsewhere. Each instance is verified (reassembled, digest checked)
 as soon as its last block is durable, while the rest of the study arrives.
 After a restart, `resume` re-adds unfinished manifests with the blocks
-already on disk, so nothing verified is fetched again.
+already on disk, so nothing verified is fetched again: before the first
+fetch starts, the blocks of a commit group the crash interrupted (durable,
+not yet recorded) are checked and adopted (BlockSink.adopt_interrupted).
 Peers are reached through a PeerLink (meshnode.node.peer_link): libp2p in
 the node, an in-memory link in the tests.
 """
@@ -81,6 +83,8 @@ class Fetcher:
         #: manifest -> its sender org (kept a while after a manifest stops, for late arrivals)
         self._sender_of: dict[CID, str] = {}
         self.sink = BlockSink(ctx.storage.blocks, ctx.db, self._settled, clock=ctx.clock, worker=ctx.worker)
+        self._adopting = trio.Lock()
+        self._adopted = False
         self.active: dict[CID, Signed[Manifest]] = {}
         self._orders: dict[CID, list[CID]] = {}
         self._started: dict[CID, float] = {}
@@ -118,6 +122,10 @@ class Fetcher:
         `since` is when the announcement arrived (time to the first usable instance counts from it);
         by default, now."""
         manifest_id = signed.cid
+        async with self._adopting:  # once, before the first fetch: what a crash left on disk (BlockSink)
+            if not self._adopted:
+                await self.sink.adopt_interrupted()
+                self._adopted = True
         if manifest_id in self.active:
             return
         manifest = signed.document

@@ -1,6 +1,6 @@
 """The fetcher driven in one process on trio's MockClock (tests/meshnode/node/harness.py): real node contexts
 and drivers, an in-memory link instead of libp2p. Fetch from one holder and from two; a holder that serves
-corrupt blocks; a holder that stops answering."""
+corrupt blocks; a holder that stops answering; a restart that finds blocks durable but not recorded."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import trio
 from trio.testing import MockClock
 
 from meshnode.dicom import synthetic
+from meshnode.node.block_sink import encode_note
 from meshnode.node.fetcher import REQUEST_BLOCKS
 from meshnode.storage.audit import EventCode
 from protocol.cid import CID
@@ -170,3 +171,59 @@ async def test_a_holder_that_stops_answering_times_out_and_the_blocks_come_from_
     assert set(from_c) <= set(asked(requests, a))  # every block asked of C was asked of A after
     assert took >= b.ctx.config.request_timeout  # the blocks C held up waited for the request timeout
     assert b.store.served_by(signed.cid) == {a.peer_id: len(signed.document.block_order())}
+
+
+async def interrupted_group(mesh: MemoryMesh, study: str, *, torn: int = 0, stray: int = 0) -> tuple[
+        HarnessNode, HarnessNode, HarnessNode, Signed[Manifest], list[CID]]:
+    """B as a kill between a commit group's rename and its database transaction leaves it: the group's ten
+    blocks (B's first ten of A's manifest) on disk, named in the group's note, not in the blocks table;
+    then `torn` more named in the note but not whole at their CID path, and `stray` more on disk, unrecorded,
+    not in the note (an interrupted ingest, say). Returns A, B, C, the manifest and B's fetch order."""
+    a, b, c = mesh.add("a", "RGT", 50), mesh.add("b", "RJ1", 51), mesh.add("c", "RAJ", 52)
+    signed = await mesh.share(a, study, ["RAJ", "RJ1"])
+    order = fetch_order(signed.document, "RJ1", b.peer_id)
+    group, torn_ones, strays = order[:10], order[10:10 + torn], order[10 + torn:10 + torn + stray]
+    source, blocks = a.ctx.storage.blocks, b.ctx.storage.blocks
+    staged = [blocks.stage(source.get(cid), cid) for cid in group]
+    blocks.commit_staged([s for s in staged if s is not None],
+                         encode_note([(signed.cid, cid, a.peer_id) for cid in [*group, *torn_ones]]))
+    for cid in torn_ones:
+        blocks.path_of(cid).write_bytes(source.get(cid)[:-7])
+    for cid in strays:
+        blocks.put(source.get(cid), cid)
+    assert b.store.present_blocks(order) == set()
+    return a, b, c, signed, order
+
+
+async def test_blocks_a_crash_left_durable_but_unrecorded_are_adopted_not_fetched_again(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    a, b, c, signed, order = await interrupted_group(mesh, study)
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        await mesh.announce(a, b, signed)  # B's fetcher starts: the restart's resume
+        await fetched_by(mesh, b, signed)
+        nursery.cancel_scope.cancel()
+    group = order[:10]
+    requested = asked(mesh.requests_by(b))
+    assert not set(group) & set(requested), "blocks verified on disk were fetched again"
+    assert sorted(requested) == sorted(order[10:])
+    # adopted with their provenance (fetched under the manifest, from A): B may serve them to C
+    assert b.store.obtained_blocks(signed.cid, group) == set(group)
+    await mesh.hello(c, b)
+    assert all(await b.receiver.availability(c.peer_id, signed.cid))
+
+
+async def test_a_torn_block_is_deleted_and_an_unnamed_one_fetched_again_never_adopted(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    a, b, c, signed, order = await interrupted_group(mesh, study, torn=1, stray=1)
+    torn, stray = order[10], order[11]
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        await mesh.announce(a, b, signed)
+        await fetched_by(mesh, b, signed)
+        nursery.cancel_scope.cancel()
+    requested = asked(mesh.requests_by(b))
+    assert sorted(requested) == sorted(order[10:])  # the torn block and the stray one were fetched
+    assert b.ctx.storage.blocks.get(torn) == a.ctx.storage.blocks.get(torn)  # whole now
+    assert b.ctx.storage.blocks.scrub().corrupt == ()
+    assert stray in b.store.obtained_blocks(signed.cid, [stray])  # recorded as fetched, once it was
