@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from functools import partial
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -135,7 +136,7 @@ class BlockSink:
             return [e for e in entries if e[1] not in present and e[0] in received]
 
         candidates = await self.db.run(unrecorded)
-        adopted = await self.worker.run(lambda: self._check_on_disk(candidates))
+        adopted = await self.worker.run(partial(self._check_on_disk, candidates))
         if adopted:
             ms = int(self.clock() * 1000)
             await self.db.run(lambda s: s.record_blocks(list({c: n for _, c, n, _ in adopted}.items()), ms,
@@ -180,7 +181,7 @@ class BlockSink:
                 await self._arrived.wait()
             batch, self._arrivals = self._arrivals, []
             try:
-                staged = await self.worker.run(lambda: self._stage(batch), limiter)
+                staged = await self.worker.run(partial(self._stage, batch), limiter)
             finally:
                 self._pending_bytes -= sum(len(a.data) for a in batch)
                 self._space.set()
@@ -223,7 +224,7 @@ class BlockSink:
                 try:
                     with trio.CancelScope(shield=True):  # never leave a group half-committed
                         note = encode_note(obtained)
-                        await self.worker.run(lambda: self.blocks.commit_staged(files, note), limiter)
+                        await self.worker.run(partial(self.blocks.commit_staged, files, note), limiter)
                         ms = int(self.clock() * 1000)
                         await self.db.run(lambda s: s.record_blocks(durable, ms, obtained))
                 except MeshError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 import trio
@@ -389,8 +390,7 @@ class Fetcher:
                 if assembly is None:
                     continue
                 known = self._known.get(manifest_id, {})
-                results = await self.ctx.worker.run(
-                    lambda: self._verify(assembly.manifest, indices, known), limiter)
+                results = await self.ctx.worker.run(partial(self._verify, assembly.manifest, indices, known), limiter)
                 for index, outcome in results:
                     if isinstance(outcome, str):
                         assembly.failed(outcome)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -435,7 +436,7 @@ class Wire:
                 if cid not in servable:
                     await send.send(BlockAbsent(cid))
                 else:
-                    await send.send(await self.ctx.worker.run(lambda: self._read_block(cid)))
+                    await send.send(await self.ctx.worker.run(partial(self._read_block, cid)))
 
     def _read_block(self, cid: CID) -> BlockFrame:
         """Worker thread: the block, verified; BlockAbsent when it is not stored, or no longer matches its

@@ -26,9 +26,7 @@ import trio
 from trio.testing import MockClock
 
 from meshnode.dicom import synthetic
-from protocol.cid import CID
 from protocol.errors import UnauthorisedError
-from protocol.exchange_messages import held_blocks
 from protocol.fetch import Request
 from protocol.manifest import Manifest
 from simulations.engine.mesh import Fetch, MeshNode
@@ -39,7 +37,7 @@ from simulations.engine.world import World
 from simulations.scenario import Scenario, parse_scenario
 from simulations.timeline import Timeline
 from simulations.topology import build_topology
-from tests.meshnode.node.harness import HarnessNode, MemoryMesh, SeenRequest, ingest_study, wait_done
+from tests.meshnode.node.harness import HarnessNode, MemoryMesh, ingest_study, wait_done
 
 SENDER, RECIPIENTS, STRANGER = "RGT", ("RJ1", "RAJ", "RXH"), "RYJ"
 CHUNK = 1024
@@ -120,14 +118,15 @@ async def node_decisions(mesh: MemoryMesh) -> tuple[Manifest, dict[str, HarnessN
         order = signed.document.block_order()
         for org in RECIPIENTS:
             await mesh.announce(a, nodes[org], signed)
-        # the first wave: every request issued before virtual time moves (blocks take time to arrive)
-        await trio.sleep(0)
-        await trio.testing.wait_all_tasks_blocked()
         for org, node in nodes.items():
-            waves[org] = sorted((names[r.holder], [order.index(c) for c in r.cids]) for r in mesh.requests_by(node))
-        for node in nodes.values():
             await wait_done(node, signed.cid, 600)
         nursery.cancel_scope.cancel()
+    # each recipient's first wave: the requests it issued when its fetch started, before any block arrived
+    # (blocks take virtual time to come: every holder's upload is capped)
+    for org, node in nodes.items():
+        requests = mesh.requests_by(node)
+        waves[org] = sorted((names[r.holder], [order.index(c) for c in r.cids]) for r in requests
+                            if r.at == requests[0].at)
     # who answers whom, and with what, once every recipient holds the study
     for asker in [a, *nodes.values(), stranger]:
         for holder in [a, *nodes.values(), stranger]:

@@ -35,6 +35,7 @@ from meshnode.node.peers import PeerRegistry
 from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
 from meshnode.node.wire import Wire
+from meshnode.storage.audit import EventCode
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
@@ -95,6 +96,8 @@ class SeenRequest:
     holder: str
     manifest_id: CID
     cids: tuple[CID, ...]
+    #: when it left (trio's clock)
+    at: float
 
 
 @dataclass
@@ -271,7 +274,7 @@ class MemoryLink:
         """The holder answers in a task of its own (paced by its upload cap, as over a stream), while the
         frames are read and checked here as they come."""
         mesh = self.mesh
-        mesh.requests.append(SeenRequest(self.me, peer_id, request.manifest_id, request.cids))
+        mesh.requests.append(SeenRequest(self.me, peer_id, request.manifest_id, request.cids, trio.current_time()))
         holder = mesh.nodes.get(peer_id)
         if holder is None:
             raise RemoteProtocolError(f"no route to {peer_id}")
@@ -328,3 +331,9 @@ async def wait_done(node: HarnessNode, manifest_id: CID, timeout: float) -> None
         while manifest_id not in node.completed and manifest_id not in node.failed:
             await node.done.wait()
             node.done = trio.Event()
+
+
+def alerts(node: HarnessNode, action: str) -> list[str]:
+    """The actors of the node's Security Alert (110113) audit entries for `action`, oldest first."""
+    return [e.event.actor for e in node.store.audit_entries()
+            if e.event.code == EventCode.SECURITY_ALERT and e.event.action == action]

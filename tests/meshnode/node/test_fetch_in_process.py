@@ -4,50 +4,16 @@ corrupt blocks; a holder that stops answering; a restart that finds blocks durab
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import trio
 from trio.testing import MockClock
 
-from meshnode.dicom import synthetic
 from meshnode.node.block_sink import encode_note
 from meshnode.node.fetcher import REQUEST_BLOCKS
-from meshnode.storage.audit import EventCode
 from protocol.cid import CID
 from protocol.document import Signed
 from protocol.fetch_order import fetch_order
 from protocol.manifest import Manifest
-from tests.meshnode.node.harness import HarnessNode, MemoryMesh, SeenRequest, ingest_study, wait_done
-
-#: A multi-block study: 12 CT slices of 64 x 64, cut into 1 KiB blocks (about ten per instance).
-CHUNK = 1024
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("study")
-    synthetic.generate_ct_study(out, slices=12, rows=64, columns=64, seed=5)
-    return out
-
-
-@pytest.fixture
-def study(tmp_path: Path, source: Path) -> str:
-    """The sender's node home (tmp_path/a) holds the ingested study."""
-    return ingest_study(tmp_path / "a", source, chunk_size=CHUNK)
-
-
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[MemoryMesh]:
-    m = MemoryMesh(tmp_path)
-    yield m
-    m.close()
-
-
-def alerts(node: HarnessNode, action: str) -> list[str]:
-    return [e.event.actor for e in node.store.audit_entries()
-            if e.event.code == EventCode.SECURITY_ALERT and e.event.action == action]
+from tests.meshnode.node.harness import HarnessNode, MemoryMesh, SeenRequest, alerts, wait_done
 
 
 def asked(requests: list[SeenRequest], holder: HarnessNode | None = None) -> list[CID]:
@@ -215,7 +181,7 @@ async def test_blocks_a_crash_left_durable_but_unrecorded_are_adopted_not_fetche
 
 async def test_a_torn_block_is_deleted_and_an_unnamed_one_fetched_again_never_adopted(
         autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
-    a, b, c, signed, order = await interrupted_group(mesh, study, torn=1, stray=1)
+    a, b, _, signed, order = await interrupted_group(mesh, study, torn=1, stray=1)
     torn, stray = order[10], order[11]
     async with trio.open_nursery() as nursery:
         await mesh.run(nursery)
