@@ -125,8 +125,11 @@ class Fetcher:
         manifest_id = signed.cid
         async with self._adopting:  # once, before the first fetch: what a crash left on disk (BlockSink)
             if not self._adopted:
-                await self.sink.adopt_interrupted()
                 self._adopted = True
+                try:
+                    await self.sink.adopt_interrupted()
+                except MeshError as exc:  # nothing adopted: those blocks are fetched again, as before
+                    log.error("cannot adopt the blocks of an interrupted commit: %s", exc)
         if manifest_id in self.active:
             return
         manifest = signed.document

@@ -9,6 +9,7 @@ from trio.testing import MockClock
 
 from meshnode.node.block_sink import encode_note
 from meshnode.node.fetcher import REQUEST_BLOCKS
+from meshnode.storage.blockstore import COMMIT_NOTE
 from protocol.cid import CID
 from protocol.document import Signed
 from protocol.fetch_order import fetch_order
@@ -193,3 +194,18 @@ async def test_a_torn_block_is_deleted_and_an_unnamed_one_fetched_again_never_ad
     assert b.ctx.storage.blocks.get(torn) == a.ctx.storage.blocks.get(torn)  # whole now
     assert b.ctx.storage.blocks.scrub().corrupt == ()
     assert stray in b.store.obtained_blocks(signed.cid, [stray])  # recorded as fetched, once it was
+
+
+async def test_a_garbled_note_adopts_nothing_and_everything_is_fetched(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    a, b, _, signed, order = await interrupted_group(mesh, study)
+    note = b.ctx.storage.blocks.root / COMMIT_NOTE
+    lines = note.read_bytes().splitlines()
+    # torn, foreign and swapped lines: none names a (manifest, block, peer) as written
+    note.write_bytes(b"\xff\x00garbage\n" + lines[0][:30] + b"\n" + b" ".join(lines[1].split(b" ")[::-1]) + b"\n")
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        await mesh.announce(a, b, signed)
+        await fetched_by(mesh, b, signed)
+        nursery.cancel_scope.cancel()
+    assert sorted(asked(mesh.requests_by(b))) == sorted(order)  # nothing adopted: everything fetched
