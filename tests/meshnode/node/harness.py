@@ -142,13 +142,13 @@ class MemoryMesh:
         self._serial = 100
         self._nursery: trio.Nursery | None = None
 
-    def add(self, name: str, org: str, seed: int, *, storage: NodeStorage | None = None) -> HarnessNode:
+    def add(self, name: str, org: str, seed: int) -> HarnessNode:
+        """A node of `org` with key(seed), its home at root/name (which may hold an ingested study)."""
         k = key(seed)
         self._serial += 1
-        if storage is None:
-            home = self.root / name
-            home.mkdir(parents=True, exist_ok=True)
-            storage = NodeStorage.open(home)
+        home = self.root / name
+        home.mkdir(parents=True, exist_ok=True)
+        storage = NodeStorage.open(home)
         config = NodeConfig(org=org, request_timeout=self.request_timeout, upload_mb_per_s=self.upload_mb_per_s)
         ctx = NodeContext(home=None, config=config, key=k,  # type: ignore[arg-type]  # no node home: not used
                           certificate=sign_certificate(k, org=org, serial_no=self._serial), storage=storage,
