@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from trio.testing import MockClock
 
-from meshnode.manifest_builder import build_manifest
+from meshnode.study.manifest_builder import build_manifest
 from meshnode.node.wire import UNKNOWN_PEER
 from protocol.cid import CID
 from protocol.document import Signed
