@@ -149,9 +149,9 @@ class RecordingMesh(Mesh):
         super().__init__(world)
         self.issued: list[tuple[float, str, Request]] = []
 
-    def issue(self, node: MeshNode, request: Request, now: float) -> None:
+    def issue(self, node: MeshNode, sender: str, request: Request, now: float) -> None:
         self.issued.append((now, node.code, request))
-        super().issue(node, request, now)
+        super().issue(node, sender, request, now)
 
 
 def sim_world() -> World:
@@ -190,7 +190,7 @@ def sim_decisions(manifest: Manifest, peer_ids: dict[str, str]) -> tuple[
     codes = (SENDER, *RECIPIENTS, STRANGER)
     for asker in codes:
         node = mesh.nodes[world.code_index[asker]]
-        node.sched = mesh.new_scheduler()
+        node.scheds = mesh.new_schedulers()
         for holder in codes:
             if holder == asker:
                 continue
@@ -200,7 +200,7 @@ def sim_decisions(manifest: Manifest, peer_ids: dict[str, str]) -> tuple[
             told = f.told.get(world.code_index[holder])
             answers[(asker, holder)] = None if told is None else list(range(told))
             if study.manifest_id is not None:
-                node.sched.remove_manifest(study.manifest_id)
+                node.scheds.for_sender(SENDER).remove_manifest(study.manifest_id)
     return {org: sorted(w) for org, w in waves.items()}, answers, study, mesh
 
 

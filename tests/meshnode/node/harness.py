@@ -28,6 +28,7 @@ import trio
 from meshnode.config import NodeConfig
 from meshnode.directory.client import ResolvedPeer
 from meshnode.study.ingest import Ingester
+from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.context import NodeContext
 from meshnode.node.fetcher import Fetcher
 from meshnode.node.limits import PeerLimits
@@ -42,6 +43,7 @@ from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord
 from protocol.certificate import Certificate
 from protocol.cid import CID
+from protocol.lifecycle import ManifestEvent
 from protocol.document import Signed, open_document
 from protocol.errors import MeshError, RemoteProtocolError
 from protocol.exchange_messages import (
@@ -169,7 +171,7 @@ class MemoryMesh:
 
             def record(store: MetadataStore) -> None:
                 store.add_instances(records, [], ms)
-                store.set_manifest_state(signed.cid, "complete")
+                node_lifecycle.move(store, signed.cid, ManifestEvent.VERIFIED)  # as the runtime does
 
             await ctx.db.run(record)
             node.completed[signed.cid] = records
