@@ -16,6 +16,7 @@ from meshnode.node.manifest_cache import ManifestCache
 from meshnode.node.events import StudyEvents
 from meshnode.node.peers import PeerRegistry
 from common.p2p.streams import describe_ending, is_network_ending
+from meshnode.node.worker import ThreadWorker, Worker
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage, now_ms
@@ -51,6 +52,8 @@ class NodeContext:
     received: dict[str, list[int]] = field(default_factory=dict)
     #: arrivals, deliveries and failures, for webhooks and metrics
     events: StudyEvents = field(default_factory=StudyEvents)
+    #: where blocking work (disk, hashing) runs: worker threads (inline in the in-process tests)
+    worker: Worker = field(default_factory=ThreadWorker)
 
     @property
     def org(self) -> str:

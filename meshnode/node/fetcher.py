@@ -8,17 +8,21 @@ block whose hash does not match is never stored: the scheduler bans the peer
 and asks elsewhere. Each instance is verified (reassembled, digest checked)
 as soon as its last block is durable, while the rest of the study arrives.
 After a restart, `resume` re-adds unfinished manifests with the blocks
-already on disk, so nothing verified is fetched again.
+already on disk, so nothing verified is fetched again: before the first
+fetch starts, the blocks of a commit group the crash interrupted (durable,
+not yet recorded) are checked and adopted (BlockSink.adopt_interrupted).
+Peers are reached through a PeerLink (meshnode.node.peer_link): libp2p in
+the node, an in-memory link in the tests.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 import trio
-from libp2p.peer.id import ID
 
 from meshnode.directory.client import ResolvedPeer
 from meshnode.node import lifecycle as node_lifecycle
@@ -26,9 +30,7 @@ from meshnode.node.assembly import InstanceAssembly
 from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
 from meshnode.node.completion import check_summary, same_bytes, verify_instance
 from meshnode.node.context import NodeContext
-from meshnode.node.sessions import Sessions
-from meshnode.node.wire import Wire
-from common.p2p.dial import is_connected
+from meshnode.node.peer_link import PeerLink
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome as AuditOutcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord
@@ -67,11 +69,9 @@ FailureHook = Callable[[Signed[Manifest], str], Awaitable[None]]
 
 
 class Fetcher:
-    def __init__(self, ctx: NodeContext, wire: Wire, sessions: Sessions, on_complete: CompletionHook,
-                 on_failed: FailureHook) -> None:
+    def __init__(self, ctx: NodeContext, link: PeerLink, on_complete: CompletionHook, on_failed: FailureHook) -> None:
         self.ctx = ctx
-        self.wire = wire
-        self.sessions = sessions
+        self.link = link
         self.on_complete = on_complete
         self.on_failed = on_failed
         #: the scheduler settings (protocol.fetch_settings), with this node's request timeout
@@ -80,7 +80,9 @@ class Fetcher:
         self._schedulers = FetchSchedulers(self.settings)
         #: manifest -> its sender org (kept a while after a manifest stops, for late arrivals)
         self._sender_of: dict[CID, str] = {}
-        self.sink = BlockSink(ctx.storage.blocks, ctx.db, self._settled, clock=ctx.clock)
+        self.sink = BlockSink(ctx.storage.blocks, ctx.db, self._settled, clock=ctx.clock, worker=ctx.worker)
+        self._adopting = trio.Lock()
+        self._adopted = False
         self.active: dict[CID, Signed[Manifest]] = {}
         self._orders: dict[CID, list[CID]] = {}
         self._started: dict[CID, float] = {}
@@ -110,6 +112,13 @@ class Fetcher:
         `since` is when the announcement arrived (time to the first usable instance counts from it);
         by default, now."""
         manifest_id = signed.cid
+        async with self._adopting:  # once, before the first fetch: what a crash left on disk (BlockSink)
+            if not self._adopted:
+                self._adopted = True
+                try:
+                    await self.sink.adopt_interrupted()
+                except MeshError as exc:  # nothing adopted: those blocks are fetched again, as before
+                    log.error("cannot adopt the blocks of an interrupted commit: %s", exc)
         if manifest_id in self.active:
             return
         manifest = signed.document
@@ -243,7 +252,7 @@ class Fetcher:
 
     async def _discover_org(self, manifest_id: CID, org: str) -> None:
         try:
-            peers = await self.sessions.org_peers(org)
+            peers = await self.link.org_peers(org)
         except MeshError as exc:
             log.info("cannot resolve %s: %s", org, exc)
             return
@@ -255,8 +264,8 @@ class Fetcher:
         if manifest_id not in self.active:
             return
         try:
-            await self.sessions.ensure(peer)
-            bitmap = await self.wire.have(peer.peer_id, manifest_id)
+            await self.link.ensure(peer)
+            bitmap = await self.link.have(peer.peer_id, manifest_id)
             order = self._orders.get(manifest_id)
             if order is None:  # completed or recalled meanwhile
                 return
@@ -286,7 +295,7 @@ class Fetcher:
         if row is None or not row.certificate:
             return
         try:
-            await self.wire.announce(peer.peer_id, row.raw, row.certificate)
+            await self.link.announce(peer.peer_id, row.raw, row.certificate)
             log.info("relayed manifest %s to fellow recipient %s (%s)", manifest_id, peer.peer_id, peer.org_code)
             self._discover_now.set()
         except MeshError as exc:
@@ -296,16 +305,15 @@ class Fetcher:
         absent: list[CID] = []
         answered: set[CID] = set()
         try:
-            if not is_connected(self.wire.host, ID.from_base58(request.peer)):
-                try:
-                    await self.sessions.ensure_peer_id(request.peer)
-                except MeshError as exc:
-                    # Unreachable: forget what it holds until discovery finds it again (no retry storm).
-                    log.info("holder %s unreachable: %s", request.peer, exc)
-                    scheduler.peer_lost(request.peer, self.ctx.clock())
-                    self.ctx.wake()
-                    return
-            async for frame in self.wire.fetch_blocks(request.peer, BlockRequest(request.manifest_id, request.cids)):
+            try:
+                await self.link.ensure_peer_id(request.peer)
+            except MeshError as exc:
+                # Unreachable: forget what it holds until discovery finds it again (no retry storm).
+                log.info("holder %s unreachable: %s", request.peer, exc)
+                scheduler.peer_lost(request.peer, self.ctx.clock())
+                self.ctx.wake()
+                return
+            async for frame in self.link.fetch_blocks(request.peer, BlockRequest(request.manifest_id, request.cids)):
                 if isinstance(frame, BlockData):
                     answered.add(frame.cid)
                     await self.sink.put(Arrival(request.peer, request.manifest_id, frame.cid, frame.data))
@@ -378,8 +386,7 @@ class Fetcher:
                 if assembly is None:
                     continue
                 known = self._known.get(manifest_id, {})
-                results = await trio.to_thread.run_sync(self._verify, assembly.manifest, indices, known,
-                                                        limiter=limiter)
+                results = await self.ctx.worker.run(partial(self._verify, assembly.manifest, indices, known), limiter)
                 for index, outcome in results:
                     if isinstance(outcome, str):
                         assembly.failed(outcome)

@@ -35,6 +35,7 @@ from meshnode.node.delivery import Deliveries, NodeTransport, stored_deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.fetcher import Fetcher
 from meshnode.node.limits import PeerLimits
+from meshnode.node.peer_link import Libp2pLink
 from meshnode.node.peers import PeerRegistry
 from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
@@ -105,7 +106,8 @@ class Node:
         self.wire = Wire(ctx, host, self.receiver, self.sender,
                          PeerLimits(ctx.config.max_streams_per_peer, ctx.config.max_requests_per_second))
         self.sessions = Sessions(ctx, self.wire)
-        self.fetcher = Fetcher(ctx, self.wire, self.sessions, self._completed, self._verification_failed)
+        self.fetcher = Fetcher(ctx, Libp2pLink(self.wire, self.sessions), self._completed,
+                               self._verification_failed)
         self.transport.connect(self.wire, self.sessions)
         self.gateway = Gateway(ctx, self.sender)
         self.corrupt = CorruptBlocks(ctx.storage, ctx.db, ctx.audit, ctx.peer_id, self._repair)

@@ -1,6 +1,6 @@
 """The node's libp2p protocols: thin drivers between streams and the node's services.
 
-Every inbound stream passes Wire._gate before its first byte is read: any
+Every inbound stream passes Wire.gate before its first byte is read: any
 protocol but hello needs a certificate verified by hello (PeerRegistry) or is
 refused unread; then the per-peer limits (concurrent streams, request rate);
 then the request frame's bytes, from its length prefix, against the per-peer
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -141,15 +142,17 @@ class Wire:
         self.stranger_grace = STRANGER_GRACE
 
     # -- server side ---------------------------------------------------------------
-    def serve(self) -> None:
-        handlers: dict[str, Handler] = {
+    def _handlers(self) -> dict[str, Handler]:
+        return {
             HELLO_PROTOCOL: self._hello,
             ANNOUNCE_PROTOCOL: self._announce,
             HAVE_PROTOCOL: self._have,
             RECEIPT_PROTOCOL: self._receipt,
             RECALL_PROTOCOL: self._recall,
         }
-        for protocol_id, handler in handlers.items():
+
+    def serve(self) -> None:
+        for protocol_id, handler in self._handlers().items():
             limits = FRAME_LIMITS[protocol_id]
             serve_requests(self.host, protocol_id, self._guarded(handler), max_request=limits.request,
                            max_response=limits.response, timeout=self.timeout, gate=self._gate_for(protocol_id))
@@ -158,22 +161,39 @@ class Wire:
     def _guarded(self, handler: Handler) -> Callable[[ID, bytes], Awaitable[bytes]]:
         """The handler's answer, or its refusal; admission was decided by the gate, before the request was read."""
         async def run(peer: ID, payload: bytes) -> bytes:
-            try:
-                response = await handler(peer.to_base58(), payload)
-            except MeshError as exc:
-                response = Refused.from_error(exc)
-            return encode_response(response)
+            return await self._answer(handler, peer.to_base58(), payload)
 
         return run
 
+    async def _answer(self, handler: Handler, peer_id: str, payload: bytes) -> bytes:
+        try:
+            response = await handler(peer_id, payload)
+        except MeshError as exc:
+            response = Refused.from_error(exc)
+        return encode_response(response)
+
+    async def answer(self, protocol_id: str, peer_id: str, payload: bytes) -> bytes:
+        """The encoded answer to one request frame's payload of a request/response protocol, past the same gate
+        and handler a stream of it passes (frame size and stream limits aside): what an in-process transport
+        delivers instead of a libp2p stream."""
+        handler = self._handlers().get(protocol_id)
+        if handler is None:
+            raise LocalProtocolError(f"no request/response protocol {protocol_id}")
+        async with self.gate(peer_id, protocol_id) as admission:
+            if admission.refusal is not None:
+                return admission.refusal
+            if admission.reserve is not None:
+                await admission.reserve(len(payload))
+            return await self._answer(handler, peer_id, payload)
+
     def _gate_for(self, protocol_id: str) -> Callable[[ID], AbstractAsyncContextManager[Admission]]:
         def gate(peer: ID) -> AbstractAsyncContextManager[Admission]:
-            return self._gate(peer.to_base58(), protocol_id)
+            return self.gate(peer.to_base58(), protocol_id)
 
         return gate
 
     @asynccontextmanager
-    async def _gate(self, peer_id: str, protocol_id: str) -> AsyncIterator[Admission]:
+    async def gate(self, peer_id: str, protocol_id: str) -> AsyncIterator[Admission]:
         """Every inbound stream passes here before its first byte is read (DESIGN.md, wire invariants).
 
         Any protocol but hello: the peer must hold a certificate valid now (PeerRegistry.authorise),
@@ -362,7 +382,7 @@ class Wire:
     async def _blocks(self, peer: ID, stream: INetStream) -> None:
         peer_id = peer.to_base58()
         limits = FRAME_LIMITS[BLOCKS_PROTOCOL]
-        async with self._gate(peer_id, BLOCKS_PROTOCOL) as admission:
+        async with self.gate(peer_id, BLOCKS_PROTOCOL) as admission:
             if admission.refusal is not None:
                 await write_frame(stream, admission.refusal, limits.response)
                 await close_unread(stream)  # the request is dropped unread
@@ -370,31 +390,43 @@ class Wire:
             payload = await read_frame(stream, limits.request, reserve=admission.reserve)
             if payload is None:
                 return
-            request = decode_block_request(payload)
-            try:
-                access = await authorise_manifest_access(self.ctx, peer_id, request.manifest_id, request.cids)
-            except UnauthorisedError:
-                await write_frame(stream, encode_response(UNAUTHORISED), limits.response)
-                return
-            blocks = sent = 0
-            try:
-                send, receive = trio.open_memory_channel[BlockFrame](READ_AHEAD)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read_ahead, request.cids, access.servable, send)
-                    async with receive:
-                        async for frame in receive:
-                            if isinstance(frame, BlockData):
-                                # paced before the write: a block is sent only once the cap has room for it
-                                await self.upload.consume(len(frame.data))
-                                await stream.write(encode_block_data_frame(frame.cid, frame.data, limits.response))
-                                blocks += 1
-                                sent += len(frame.data)
-                            else:
-                                await write_frame(stream, encode_response(frame), limits.response)
-            finally:
-                if blocks:  # every block sent, counted and (batched) audited: meshnode.node.served
-                    self.served.add(peer_id, access.certificate.org_code, access.row.manifest_id,
-                                    access.row.study_uid, blocks, sent)
+
+            async def write(frame: BlockFrame) -> None:
+                if isinstance(frame, BlockData):
+                    await stream.write(encode_block_data_frame(frame.cid, frame.data, limits.response))
+                else:
+                    await write_frame(stream, encode_response(frame), limits.response)
+
+            await self.answer_blocks(peer_id, payload, write)
+
+    async def answer_blocks(self, peer_id: str, payload: bytes, write: Callable[[BlockFrame], Awaitable[None]]) -> None:
+        """Answer an admitted block request (its frame's payload): the access rule's refusal, or one frame per
+        requested block in order, each paced by the upload cap before `write`; every block sent is counted."""
+        request = decode_block_request(payload)
+        try:
+            access = await authorise_manifest_access(self.ctx, peer_id, request.manifest_id, request.cids)
+        except UnauthorisedError:
+            await write(UNAUTHORISED)
+            return
+        blocks = sent = 0
+        try:
+            send, receive = trio.open_memory_channel[BlockFrame](READ_AHEAD)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_ahead, request.cids, access.servable, send)
+                async with receive:
+                    async for frame in receive:
+                        if isinstance(frame, BlockData):
+                            # paced before the write: a block is sent only once the cap has room for it
+                            await self.upload.consume(len(frame.data))
+                            await write(frame)
+                            blocks += 1
+                            sent += len(frame.data)
+                        else:
+                            await write(frame)
+        finally:
+            if blocks:  # every block sent, counted and (batched) audited: meshnode.node.served
+                self.served.add(peer_id, access.certificate.org_code, access.row.manifest_id,
+                                access.row.study_uid, blocks, sent)
 
     async def _read_ahead(self, cids: tuple[CID, ...], servable: frozenset[CID],
                           send: trio.MemorySendChannel[BlockFrame]) -> None:
@@ -405,7 +437,7 @@ class Wire:
                 if cid not in servable:
                     await send.send(BlockAbsent(cid))
                 else:
-                    await send.send(await trio.to_thread.run_sync(self._read_block, cid))
+                    await send.send(await self.ctx.worker.run(partial(self._read_block, cid)))
 
     def _read_block(self, cid: CID) -> BlockFrame:
         """Worker thread: the block, verified; BlockAbsent when it is not stored, or no longer matches its

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 MAX_BLOCK_SIZE = 8 * 1024 * 1024
 STALE_TEMP_S = 600.0  # a temp block file this old belongs to no live writer
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+#: What the last group of staged blocks was for (BlockStore.commit_staged).
+COMMIT_NOTE = "last-commit"
 
 
 class BlockCorruptError(StorageError):
@@ -252,16 +254,28 @@ class BlockStore:
             raise _storage_error(f"cannot store block {cid}", exc) from None
         return StagedBlock(cid, tmp, len(data))
 
-    def commit_staged(self, staged: Sequence[StagedBlock]) -> None:
+    def commit_staged(self, staged: Sequence[StagedBlock], note: bytes | None = None) -> None:
         """Make staged blocks durable, then visible under their CIDs, then durably so.
+
+        `note` (the caller's words on what the group is for) replaces the previous group's note, durable
+        with the group's blocks and in place before any of them is renamed: after a crash, `commit_note`
+        says what the last group was for, the only one whose blocks can be in place but not yet recorded
+        by a caller that commits groups one after another.
 
         Without syncfs(2) this falls back to fsync per file and per directory.
         """
+        note_tmp: list[Path] = []
         try:
+            if note is not None:
+                note_tmp.append(self.temp_path())
+                write_new(note_tmp[0], note)
             # Even with nothing staged, sync once: blocks found already present may have
             # been renamed into place by another writer whose final sync is still pending.
-            self._sync([s.tmp for s in staged])
+            self._sync([s.tmp for s in staged] + note_tmp)
             parents = set()
+            if note_tmp:
+                os.replace(note_tmp.pop(), self.root / COMMIT_NOTE)
+                parents.add(self.root)
             for block in staged:
                 final = self.path_of(block.cid)
                 os.replace(block.tmp, final)
@@ -269,7 +283,17 @@ class BlockStore:
             self._sync_dirs(parents)
         except OSError as exc:
             self.discard_staged(staged)
+            self.discard_temp(note_tmp)
             raise _storage_error("cannot make blocks durable", exc) from None
+
+    def commit_note(self) -> bytes | None:
+        """The note of the last group committed with one (commit_staged), or None."""
+        try:
+            return (self.root / COMMIT_NOTE).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _storage_error("cannot read the last commit's note", exc) from None
 
     def temp_path(self) -> Path:
         """A fresh name in the store's temp folder (recover() removes what a crash leaves there)."""

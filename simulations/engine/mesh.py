@@ -101,6 +101,9 @@ class MeshNode:
         self.mesh = mesh
         self.org = org
         self.code = mesh.world.orgs[org].code
+        #: what protocol.fetch_order hashes for this node's place within its org's share: the node's peer ID;
+        #: one node per org here, named by its code unless a caller names it (the node-vs-sim test does)
+        self.name = self.code
         self.scheds: FetchSchedulers = mesh.new_schedulers()
         self.fetches: dict[CID, Fetch] = {}
         #: (sender org, scheduler peer) -> active fetches of that sender's manifests the peer is registered for
@@ -177,7 +180,7 @@ class MeshNode:
             # through the rest (one node per org here, named by its org code)
             rest = list(range(first, n))
             codes = [self.mesh.world.orgs[r].code for r in s.recipients]
-            order = rotated(list(range(first)), rest, start_offset(codes, self.code, self.code, len(rest)))
+            order = rotated(list(range(first)), rest, start_offset(codes, self.code, self.name, len(rest)))
         f = Fetch(t, self, order, first)
         f.last_progress = now
         t.fetch_started = now

@@ -32,6 +32,7 @@ from meshnode.directory.cache import DirectoryCache
 from meshnode.directory.client import DirectoryClient
 from meshnode.home import NodeHome
 from meshnode.node.context import NodeContext
+from meshnode.node.delivery import Deliveries, NodeTransport
 from meshnode.node.limits import PeerLimits
 from meshnode.node.peers import PeerRegistry
 from meshnode.node.receiver import Receiver
@@ -126,7 +127,8 @@ async def target_node(tmp: Path) -> AsyncIterator[Target]:
             PeerRegistry(guard), DirectoryClient(_unavailable, guard, DirectoryCache(tmp / "cache")),
             clock=lambda: float(f.NOW))
         receiver = Receiver(ctx, _nothing, _nothing)
-        wire = Wire(ctx, host, receiver, Sender(ctx), PeerLimits(64, 500))
+        wire = Wire(ctx, host, receiver, Sender(ctx, Deliveries(ctx.db, ctx.clock, NodeTransport(ctx))),
+                    PeerLimits(64, 500))
         wire.serve()
         async with trio.open_nursery() as nursery:
             await nursery.start(wire.run)

@@ -119,7 +119,7 @@ async def test_put_waits_while_too_many_received_bytes_are_not_staged(tmp_path: 
 
 async def test_a_local_storage_failure_is_not_the_peers_fault_and_leaves_nothing_behind(tmp_path: Path) -> None:
     class FullDisk(BlockStore):
-        def commit_staged(self, staged: list[StagedBlock]) -> None:  # type: ignore[override]
+        def commit_staged(self, staged: list[StagedBlock], note: bytes | None = None) -> None:  # type: ignore[override]
             self.discard_staged(staged)
             raise StorageError("no space left on device")
 

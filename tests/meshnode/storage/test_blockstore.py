@@ -115,3 +115,16 @@ def test_real_full_filesystem(small_fs: SmallFs) -> None:
     assert set(store.iter_cids()) == set(stored)
     for cid in stored:
         assert cid.matches(store.get(cid))
+
+
+def test_a_commit_note_is_the_last_groups_and_durable_with_it(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path / "store")
+    assert store.commit_note() is None
+    store.commit_staged([s for s in (store.stage(b"one"), store.stage(b"two")) if s is not None], b"group 1")
+    assert store.commit_note() == b"group 1"
+    store.commit_staged([s for s in (store.stage(b"three"),) if s is not None], b"group 2")
+    assert store.commit_note() == b"group 2"  # replaced: only the last group can be in place but unrecorded
+    store.commit_staged([s for s in (store.stage(b"four"),) if s is not None])
+    assert store.commit_note() == b"group 2"  # a group committed without a note (ingest) leaves it
+    assert list(store.tmp_dir.iterdir()) == []  # no temp file left behind
+    assert {store.get(c) for c in (CID.of(b"one"), CID.of(b"three"), CID.of(b"four"))} == {b"one", b"three", b"four"}
