@@ -35,6 +35,16 @@ from protocol.errors import LocalProtocolError
 from protocol.schema import check_org_code
 
 
+#: The node's policy for deliveries (meshnode.node.delivery), stated here so a model of the node (the
+#: simulator) can import it: 2 s doubling to 15 min, each wait times 1 + u (u uniform in +-DELIVERY_JITTER,
+#: drawn by the driver), an attempt given up after DELIVERY_ATTEMPT_TIMEOUT s, failed for good after
+#: DELIVERY_MAX_ATTEMPTS attempts (about ten days at the cap).
+DELIVERY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=15 * 60.0)
+DELIVERY_ATTEMPT_TIMEOUT = 120.0
+DELIVERY_MAX_ATTEMPTS = 1000
+DELIVERY_JITTER = 0.2
+
+
 class DeliveryState(str, Enum):
     PENDING = "pending"
     ATTEMPTING = "attempting"

@@ -6,8 +6,8 @@ Every delivery is an item of the node's durable retry queue "delivery"
 protocol.outbox.Outbox driven by meshnode.node.retry_driver: the same state
 machine the simulator drives. A failed attempt backs off exponentially
 (2 s doubling to 15 min, with +-20% jitter), an attempt that takes longer
-than ATTEMPT_TIMEOUT counts as failed, and after MAX_ATTEMPTS a delivery
-fails for good (an operator can retry it). A refusal that cannot change by
+than DELIVERY_ATTEMPT_TIMEOUT counts as failed, and after DELIVERY_MAX_ATTEMPTS
+a delivery fails for good (protocol.outbox states the policy) (an operator can retry it). A refusal that cannot change by
 retrying (bad signature, wrong or revoked certificate, a malformed document)
 fails it at once.
 
@@ -36,7 +36,6 @@ from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.context import NodeContext
 from meshnode.storage.metadata import MetadataStore
 from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn
-from protocol.backoff import Backoff
 from protocol.cid import CID
 from protocol.errors import (
     CertificateError,
@@ -49,7 +48,16 @@ from protocol.errors import (
     UnavailableError,
 )
 from protocol.lifecycle import ManifestEvent
-from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord, DeliveryState
+from protocol.outbox import (
+    DELIVERY_ATTEMPT_TIMEOUT,
+    DELIVERY_BACKOFF,
+    DELIVERY_JITTER,
+    DELIVERY_MAX_ATTEMPTS,
+    DeliveryKey,
+    DeliveryKind,
+    DeliveryRecord,
+    DeliveryState,
+)
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -60,10 +68,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUEUE = "delivery"
-ATTEMPT_TIMEOUT = 120.0
-MAX_ATTEMPTS = 1000  # about ten days at the 15-minute cap
-POLICY = RetryPolicy(Backoff(base=2.0, factor=2.0, cap=900.0), attempt_timeout=ATTEMPT_TIMEOUT,
-                     max_attempts=MAX_ATTEMPTS, jitter=0.2, concurrency=32)
+POLICY = RetryPolicy(DELIVERY_BACKOFF, attempt_timeout=DELIVERY_ATTEMPT_TIMEOUT, max_attempts=DELIVERY_MAX_ATTEMPTS,
+                     jitter=DELIVERY_JITTER, concurrency=32)
 #: Refusals that retrying cannot change.
 PERMANENT = (DocumentError, SignatureError, CertificateError)
 

@@ -369,3 +369,17 @@ async def test_an_unreadable_stored_item_is_skipped_not_fatal(store: MetadataSto
         nursery.cancel_scope.cancel()
     assert [k for _, k, _ in orgs.attempts] == [ANNOUNCE_RXX]
     assert {r.key for r in store.queue_rows(QUEUE)} >= {b.key for b in bad}  # left as they were
+
+
+def test_the_node_retries_with_protocols_outbox_and_policy() -> None:
+    """The state machine and the numbers are protocol/'s, so the simulator can import the same ones."""
+    from meshnode.node import delivery
+    from protocol import outbox
+    from simulations.engine import outboxes
+
+    d = deliveries(MemoryMetadataStore(), Orgs(MemoryMetadataStore()), policy=delivery.POLICY)
+    assert type(d.driver.outbox) is outbox.Outbox and vars(outboxes)["Outbox"] is outbox.Outbox
+    assert (delivery.POLICY.backoff, delivery.POLICY.attempt_timeout, delivery.POLICY.max_attempts,
+            delivery.POLICY.jitter) == (outbox.DELIVERY_BACKOFF, outbox.DELIVERY_ATTEMPT_TIMEOUT,
+                                        outbox.DELIVERY_MAX_ATTEMPTS, outbox.DELIVERY_JITTER)
+    assert d.driver.outbox.max_attempts == outbox.DELIVERY_MAX_ATTEMPTS
