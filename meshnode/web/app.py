@@ -119,6 +119,10 @@ class WebApp:
                              default=AnyMethod(self._not_found), redirect_slashes=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # no route speaks WebSocket: refuse the handshake (the server answers 403) before any route runs
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.router(scope, receive, send)  # lifespan: Starlette answers it
             return

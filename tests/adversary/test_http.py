@@ -241,3 +241,28 @@ async def test_wado_is_streamed_and_stops_when_the_client_goes_away(node: Node) 
     body = sum(len(m.get("body", b"")) for m in sent[1:])
     assert 0 < body < length  # streamed (not one buffered message), and stopped once the client left
     assert body < sum(r.size for r in node.records[:4])
+
+
+async def test_a_websocket_upgrade_is_closed_without_reaching_a_route(node: Node,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # no route speaks WebSocket: the handshake is refused (the server answers 403), nothing is logged as a
+    # failure of the app and no handler runs
+    sent: list[Message] = []
+    incoming = [{"type": "websocket.connect"}]
+
+    async def receive() -> Message:
+        if incoming:
+            return incoming.pop(0)
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws", "path": "/studies",
+             "raw_path": b"/studies", "query_string": b"", "headers": [(b"host", b"node")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80), "subprotocols": []}
+    with trio.fail_after(5):
+        await node.app(scope, receive, send)
+    assert [m["type"] for m in sent] == ["websocket.close"]
+    assert not [r for r in caplog.records if r.levelno >= 40]
