@@ -126,7 +126,7 @@ def _inbox_lines(rows: list[dict[str, Any]]) -> list[str]:
 def _outbox_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in rows:
-        per_org = ", ".join(f"{org}: {'recall ' if d.get('delivery') == 'recall' else ''}{d['state']}" + (" (receipt verified)" if d["receipt_verified"] else "")
+        per_org = ", ".join(f"{org}: {d['status']}" + (" (receipt verified)" if d["receipt_verified"] else "")
                             + f", {d['served']['blocks']} block(s) served"
                             for org, d in sorted(r["recipients"].items()))
         lines.append(f"{r['manifest_id'][:20]}.. {r['state']:<9} {per_org}")

@@ -12,7 +12,7 @@ from protocol.cid import CID
 from protocol.errors import NotFoundError, SchemaError
 from protocol.lifecycle import ManifestState
 from protocol.manifest import Priority, Purpose
-from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord
+from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord, DeliveryState
 
 if TYPE_CHECKING:
     from meshnode.node.runtime import Node
@@ -112,6 +112,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state.value,
                     "revision": row.revision, "created_at": iso(row.created_at),
                     "recipients": {org: {"delivery": r.key.kind.value, "state": r.state.value,
+                                         "status": recipient_status(r, org in receipts),
                                          "attempts": r.attempts, "last_error": r.last_error,
                                          "receipt_verified": org in receipts,
                                          "served": served.get(org, {"blocks": 0, "bytes": 0})}
@@ -157,6 +158,22 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         ("POST", "/recall"): recall,
         ("GET", "/peers"): peers,
     }
+
+
+def recipient_status(record: DeliveryRecord[DeliveryKey], receipt_verified: bool) -> str:
+    """What a sender's staff need to know of one recipient org, in one word: "announcing" until the
+    announcement is accepted, "announced" until the org's receipt is verified, "delivered" only then;
+    "recalling" and "recalled" once a recall replaced the announcement; "failed" / "recall-failed" when
+    the outbox gave up (an operator can retry). The delivery state alone says "delivered" as soon as the
+    announcement is accepted, which is not a delivered study."""
+    recall = record.key.kind is DeliveryKind.RECALL
+    if record.state is DeliveryState.FAILED:
+        return "recall-failed" if recall else "failed"
+    if record.state is not DeliveryState.DELIVERED:
+        return "recalling" if recall else "announcing"
+    if recall:
+        return "recalled"
+    return "delivered" if receipt_verified else "announced"
 
 
 def _current_delivery(records: list[DeliveryRecord[DeliveryKey]]) -> dict[str, DeliveryRecord[DeliveryKey]]:

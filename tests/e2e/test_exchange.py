@@ -58,6 +58,7 @@ def test_three_node_share_multi_source_receipts_audit(mesh: MeshDemo, tmp_path: 
         assert served.get(a.peer_id, 0) > 0 and served.get(other.peer_id, 0) > 0, served
     outbox = next(r for r in mesh.cli(a, "outbox") if r["manifest_id"] == manifest)
     assert {org: d["state"] for org, d in outbox["recipients"].items()} == {"RJ1": "delivered", "RAJ": "delivered"}
+    assert {org: d["status"] for org, d in outbox["recipients"].items()} == {"RJ1": "delivered", "RAJ": "delivered"}
     # audit entries on all three (110104 Instances Transferred), chains intact
     sent = mesh.audit(a)
     assert codes(sent, "share") and len(codes(sent, "delivered")) == 2

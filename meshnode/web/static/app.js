@@ -98,7 +98,7 @@ const render = {
       el("td", {}, study(r, data.identifiers)),
       el("td", { class: "state-" + r.state }, r.state),
       el("td", {}, ...Object.entries(r.recipients).map(([org, d]) => el("div", { title: d.last_error || "" },
-        el("b", {}, org), ": ", el("span", { class: "state-" + d.state }, d.state),
+        el("b", {}, org), ": ", el("span", { class: "state-" + d.status }, d.status),
         d.receipt_verified ? el("span", { class: "ok" }, " \u2713 receipt verified") : null,
         d.served && d.served.blocks ? el("span", { class: "muted" }, ` \u00b7 ${d.served.blocks} blocks served`) : null,
         d.attempts > 1 && d.state !== "delivered" ? el("span", { class: "muted" }, ` (${d.attempts} attempts)`) : null)))));
