@@ -38,7 +38,7 @@ class OutboxDriver:
         self.outbox: Outbox[DeliveryKey] = policy.outbox()
         self.attempt = attempt
         self.gave_up = gave_up
-        self.uniform = uniform
+        self._draw = uniform
         self.armed = math.inf
         self.online = True
         self.generation = 0  # a restart makes the attempt deadlines armed before it stale
@@ -57,7 +57,7 @@ class OutboxDriver:
         record = self.outbox.record(key)
         if record is None or record.state is not DeliveryState.ATTEMPTING:
             return  # a late report of an attempt already ended (timed out): the node ignores it too
-        jitter = jitter_fraction(self.policy, self.uniform())
+        jitter = jitter_fraction(self.policy, self._draw())
         self.outbox.failed(key, now, permanent=permanent, error=error, jitter=jitter)
         record = self.outbox.record(key)
         if record is not None and record.state is DeliveryState.FAILED:
