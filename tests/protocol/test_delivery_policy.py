@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from protocol.backoff import Backoff
 from protocol.delivery_policy import ATTEMPT_BACKSTOP, DeliveryPolicy, jitter_fraction
 from protocol.errors import LocalProtocolError, MeshError
-from protocol.outbox import DeliveryRecord, DeliveryState
+from protocol.outbox import DeliveryRecord, DeliveryState, Outbox
 
 
 def test_the_nodes_policy() -> None:
@@ -57,7 +57,7 @@ def test_every_draw_gives_a_delay_within_the_jitter(u: float, failures: int, spr
 
 def test_the_outbox_of_a_policy_leaves_the_attempt_deadline_to_the_driver() -> None:
     p = DeliveryPolicy(attempt_timeout=60.0, max_attempts=5)
-    o = p.outbox()
+    o: Outbox[str] = p.outbox()
     assert (o.backoff, o.attempt_timeout, o.max_attempts) == (p.backoff, 60.0 + ATTEMPT_BACKSTOP, 5)
     o.add("k", 0.0)
     assert o.due(0.0) == ["k"]
