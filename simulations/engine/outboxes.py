@@ -41,7 +41,6 @@ class OutboxDriver:
         self._draw = uniform
         self.armed = math.inf
         self.online = True
-        self.generation = 0  # a restart makes the attempt deadlines armed before it stale
 
     def add(self, kind: DeliveryKind, item: CID, org: str, now: float) -> DeliveryKey:
         key = DeliveryKey(kind, item, org)
@@ -82,7 +81,7 @@ class OutboxDriver:
             record = self.outbox.record(key)
             if record is not None and record.state is DeliveryState.ATTEMPTING and record.attempts == attempts:
                 # still running (it reports later, or never): ended at its timeout as the node's driver does
-                self.queue.at(now + self.policy.attempt_timeout, self._deadline, (key, attempts, self.generation))
+                self.queue.at(now + self.policy.attempt_timeout, self._deadline, (key, attempts))
         self._arm()
 
     def go_down(self) -> None:
@@ -91,17 +90,17 @@ class OutboxDriver:
     def come_up(self, now: float) -> None:
         """The owner restarted: attempts it was making are due again at once."""
         self.online = True
-        self.generation += 1
         self.outbox = self.policy.outbox(self.outbox.snapshot())
         self.armed = math.inf
         self.run_due(now)
 
-    def _deadline(self, claim: tuple[DeliveryKey, int, int], now: float) -> None:
-        """The node's driver ends an attempt at its timeout (trio.fail_after): a transient failure."""
-        key, attempts, generation = claim
+    def _deadline(self, claim: tuple[DeliveryKey, int], now: float) -> None:
+        """The node's driver ends an attempt at its timeout (trio.fail_after): a transient failure. A deadline
+        of an attempt that ended, or that a restart cut short (a new attempt has a higher count), does nothing."""
+        key, attempts = claim
         record = self.outbox.record(key)
-        if generation != self.generation or not self.online or record is None \
-                or record.state is not DeliveryState.ATTEMPTING or record.attempts != attempts:
+        if not self.online or record is None or record.state is not DeliveryState.ATTEMPTING \
+                or record.attempts != attempts:
             return
         self.failed(key, now, f"no answer within {self.policy.attempt_timeout:g} s")
 

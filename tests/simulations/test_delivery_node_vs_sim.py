@@ -139,3 +139,30 @@ def test_the_jitter_is_drawn_not_fixed() -> None:
         assert sim_outcome(script, policy).times != first.times
     finally:
         DRAWS.reverse()
+
+
+def test_a_restart_voids_the_deadline_of_the_attempt_it_cut_short() -> None:
+    """The owner goes down during a hanging attempt and comes back: the attempt is due again at once (as the
+    node's Outbox.restore makes it), and the old attempt's deadline does not end the new one early."""
+    policy = DeliveryPolicy(jitter=0.0)
+    queue = EventQueue(0.0)
+    times: list[float] = []
+    errors: list[str] = []
+
+    def attempt(key: DeliveryKey, now: float) -> None:
+        times.append(now)
+        if len(times) == 3:
+            driver.succeeded(key, now)
+
+    def gave_up(key: DeliveryKey, now: float, error: str) -> None:
+        errors.append(error)
+
+    driver = OutboxDriver(queue, attempt, gave_up, policy=policy, uniform=lambda: 0.5)
+    driver.add(KEY.kind, KEY.item, KEY.org, 0.0)
+    queue.at(10.0, lambda _, now: driver.go_down())
+    queue.at(50.0, lambda _, now: driver.come_up(now))
+    while len(queue):
+        queue.pop_and_run()
+    # 0: hangs; 50: again at once after the restart, hangs, ended at 170 (not at the old deadline, 120); 172
+    assert times == [0.0, 50.0, 50.0 + policy.attempt_timeout + policy.backoff.delay(2)]
+    assert errors == [] and driver.outbox.record(KEY) is None
