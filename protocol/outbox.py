@@ -5,8 +5,10 @@ e.g. announcing manifest M to org RXX, or delivering our receipt for M to
 its sender org). The driver asks `due(now)` for the keys to attempt now,
 attempts each (resolve the org's nodes, push the document) and reports
 `succeeded(key, now)` or `failed(key, now, permanent=...)`. Transient
-failures are retried with deterministic exponential backoff (2 s, 4 s, 8 s
-... capped at 15 min; the caller may pass a jitter fraction it drew).
+failures are retried with deterministic exponential backoff (a
+protocol.backoff.Backoff; the caller may pass a jitter fraction it drew).
+The numbers the node and the simulator run it with are a
+protocol.delivery_policy.DeliveryPolicy (`policy.outbox()` builds one).
 
 State survives a restart: `snapshot()` gives plain records to store (and
 `changes()` only the records changed since the last call), `Outbox.restore`
@@ -33,16 +35,6 @@ from protocol.backoff import Backoff
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError
 from protocol.schema import check_org_code
-
-
-#: The node's policy for deliveries (meshnode.node.delivery), stated here so a model of the node (the
-#: simulator) can import it: 2 s doubling to 15 min, each wait times 1 + u (u uniform in +-DELIVERY_JITTER,
-#: drawn by the driver), an attempt given up after DELIVERY_ATTEMPT_TIMEOUT s, failed for good after
-#: DELIVERY_MAX_ATTEMPTS attempts (about ten days at the cap).
-DELIVERY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=15 * 60.0)
-DELIVERY_ATTEMPT_TIMEOUT = 120.0
-DELIVERY_MAX_ATTEMPTS = 1000
-DELIVERY_JITTER = 0.2
 
 
 class DeliveryState(str, Enum):

@@ -1,6 +1,6 @@
 """Named random streams split from one master seed.
 
-Each stream (topology, workload, faults, attackers, engine) is its own
+Each stream (topology, workload, faults, attackers, engine, deliveries) is its own
 numpy SeedSequence child, keyed by (replication, stream, sub-keys...), so
 changing how much one stream draws (a new fault, a longer run) never shifts
 the numbers another stream draws. Workload streams are further keyed by day
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STREAMS = {"topology": 1, "workload": 2, "faults": 3, "attackers": 4, "engine": 5}
+STREAMS = {"topology": 1, "workload": 2, "faults": 3, "attackers": 4, "engine": 5, "deliveries": 6}
 
 
 def stream(seed: int, name: str, *keys: int, replication: int = 0) -> np.random.Generator:
@@ -36,4 +36,4 @@ def describe(seed: int, replication: int) -> dict[str, object]:
 
 _SUB_KEYS = {"topology": "none (shared by every replication: spawn_key [0, 1])", "workload": "day number",
              "faults": "organisation index (hub: number of organisations)", "attackers": "attacker index",
-             "engine": "none"}
+             "engine": "none", "deliveries": "organisation index (the jitter of its nodes' delivery retries)"}

@@ -6,8 +6,9 @@ Every delivery is an item of the node's durable retry queue "delivery"
 protocol.outbox.Outbox driven by meshnode.node.retry_driver: the same state
 machine the simulator drives. A failed attempt backs off exponentially
 (2 s doubling to 15 min, with +-20% jitter), an attempt that takes longer
-than DELIVERY_ATTEMPT_TIMEOUT counts as failed, and after DELIVERY_MAX_ATTEMPTS
-a delivery fails for good (protocol.outbox states the policy) (an operator can retry it). A refusal that cannot change by
+than 120 s counts as failed, and after 1000 attempts a delivery fails for good
+(an operator can retry it): protocol.delivery_policy.DeliveryPolicy states the
+policy, and the simulator's nodes run the same one. A refusal that cannot change by
 retrying (bad signature, wrong or revoked certificate, a malformed document)
 fails it at once.
 
@@ -48,11 +49,8 @@ from protocol.errors import (
     UnavailableError,
 )
 from protocol.lifecycle import ManifestEvent
+from protocol.delivery_policy import DeliveryPolicy
 from protocol.outbox import (
-    DELIVERY_ATTEMPT_TIMEOUT,
-    DELIVERY_BACKOFF,
-    DELIVERY_JITTER,
-    DELIVERY_MAX_ATTEMPTS,
     DeliveryKey,
     DeliveryKind,
     DeliveryRecord,
@@ -68,8 +66,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUEUE = "delivery"
-POLICY = RetryPolicy(DELIVERY_BACKOFF, attempt_timeout=DELIVERY_ATTEMPT_TIMEOUT, max_attempts=DELIVERY_MAX_ATTEMPTS,
-                     jitter=DELIVERY_JITTER, concurrency=32)
+#: The node's delivery policy (protocol's, as the simulator runs it), at most 32 attempts at once.
+POLICY = RetryPolicy(**vars(DeliveryPolicy()), concurrency=32)
 #: Refusals that retrying cannot change.
 PERMANENT = (DocumentError, SignatureError, CertificateError)
 

@@ -5,8 +5,8 @@ the outbox from the stored rows not yet delivered, then loops: sleep until the o
 time (woken early when an item is added or retried), claim the due keys
 (`Outbox.due`, at most as many as there is room for: `concurrency` at once),
 write the claim, attempt each key (bounded by `attempt_timeout`), report `succeeded` or
-`failed(permanent=...)` with a jitter fraction drawn here (protocol/ has no
-randomness), and write what changed (`Outbox.changes`). A delivered item is
+`failed(permanent=...)` with a jitter fraction (protocol.delivery_policy.jitter_fraction
+of a uniform draw from `random` made here: protocol/ has no randomness), and write what changed (`Outbox.changes`). A delivered item is
 then dropped from memory (its row stays, so its key is never queued twice):
 memory holds what is still to do, however long the node's history.
 
@@ -34,8 +34,8 @@ import trio
 
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.retry_queue import QueuedRow
-from protocol.backoff import Backoff
-from protocol.errors import MeshError
+from protocol.errors import LocalProtocolError, MeshError
+from protocol.delivery_policy import DeliveryPolicy, jitter_fraction
 from protocol.outbox import DeliveryRecord, DeliveryState, Outbox
 
 if TYPE_CHECKING:
@@ -68,13 +68,15 @@ class KeyCodec(Protocol[K]):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    backoff: Backoff = Backoff()
-    attempt_timeout: float = 120.0
-    max_attempts: int | None = None
-    #: each retry waits the backoff times (1 + u), u uniform in -jitter..+jitter
-    jitter: float = 0.2
+class RetryPolicy(DeliveryPolicy):
+    """A DeliveryPolicy (its defaults: the node's deliveries') and how many attempts run at once."""
+
     concurrency: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.concurrency, bool) or self.concurrency < 1:
+            raise LocalProtocolError("concurrency must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,6 @@ ClassifyFn = Callable[[BaseException], "Failure | None"]
 #: After an item ended (DELIVERED, or FAILED for good): a write in the same database call, then an action.
 EndedFn = Callable[[DeliveryRecord[K], "bytes | None"], "tuple[StoreFn | None, Callable[[], Awaitable[None]] | None]"]
 
-# Outbox's own attempt deadline is a backstop for attempts the driver lost (its task restarted): it is
-# later than the driver's, so a running attempt is always ended by the driver first.
-_BACKSTOP = 30.0
-
-
 class RetryDriver(Generic[K]):
     def __init__(
         self, queue: str, codec: KeyCodec[K], db: Database, clock: Callable[[], float], attempt: AttemptFn[K],
@@ -112,8 +109,8 @@ class RetryDriver(Generic[K]):
         self._classify = classify
         self._on_ended = on_ended
         self._rng = rng or random.Random()
-        self.outbox: Outbox[K] = Outbox(backoff=policy.backoff, attempt_timeout=policy.attempt_timeout + _BACKSTOP,
-                                        max_attempts=policy.max_attempts)
+        # the Outbox's own attempt deadline is a backstop (protocol.delivery_policy): this driver ends attempts
+        self.outbox: Outbox[K] = policy.outbox()
         self._payloads: dict[K, bytes | None] = {}
         self._refs: dict[K, str] = {}
         self._in_flight: set[K] = set()
@@ -151,9 +148,7 @@ class RetryDriver(Generic[K]):
             self._payloads[key] = row.payload
             self._refs[key] = row.ref
             records.append(_record(key, row))
-        self.outbox = Outbox.restore(records, backoff=self.policy.backoff,
-                                     attempt_timeout=self.policy.attempt_timeout + _BACKSTOP,
-                                     max_attempts=self.policy.max_attempts)
+        self.outbox = self.policy.outbox(records)
         self._loaded = True
         self.wake()
 
@@ -177,7 +172,7 @@ class RetryDriver(Generic[K]):
             if failure is None:
                 self.outbox.succeeded(key, now)
             else:
-                jitter = self._rng.uniform(-self.policy.jitter, self.policy.jitter)
+                jitter = jitter_fraction(self.policy, self._rng.random())
                 self.outbox.failed(key, now, permanent=failure.permanent, error=failure.error[:500], jitter=jitter)
             await self._flush(key)
         finally:

@@ -100,9 +100,15 @@ class MeshDesign:
             self.hub.on_relayed = self.mesh.hub_announced
 
     def settings(self) -> dict[str, object]:
+        delivery = self.world.scenario.design.delivery  # the node's DeliveryPolicy, as the scenario changes it
         out: dict[str, object] = {"scheduler": self.mesh.scheduler_settings(),
                                   "discovery_interval_s": self.mesh.tick,
-                                  "granularity_bytes": self.world.scenario.design.granularity}
+                                  "granularity_bytes": self.world.scenario.design.granularity,
+                                  "delivery": {"backoff_base_s": delivery.backoff.base,
+                                               "backoff_factor": delivery.backoff.factor,
+                                               "backoff_cap_s": delivery.backoff.cap,
+                                               "attempt_timeout_s": delivery.attempt_timeout,
+                                               "max_attempts": delivery.max_attempts, "jitter": delivery.jitter}}
         if self.hub is not None:
             out["fallback_after_s"] = self.mesh.fallback_after
         return out

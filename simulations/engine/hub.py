@@ -6,8 +6,8 @@ ingress); once the hub has stored it and spent `processing_delay` on it
 egress, the recipient's downlink). The hub runs at most `max_concurrent`
 transfers at once, the others wait in priority order. A transfer cut by an
 outage at either end starts again from the first byte. Senders retry
-uploads, and the hub retries forwards, through protocol.outbox.Outbox (the
-same backoff the mesh's announces use).
+uploads, and the hub retries forwards, through protocol.outbox.Outbox with
+the hub's own policy (HUB_POLICY), not the node's.
 
 In the hybrid design the same service only stores (forward=False): the mesh
 fetches from it as a fallback holder and it relays announces a sender could
@@ -19,6 +19,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 
+from protocol.backoff import Backoff
+from protocol.delivery_policy import DeliveryPolicy
 from protocol.outbox import DeliveryKey, DeliveryKind
 from simulations.engine.meter import HUB
 from simulations.engine.network import Flow
@@ -26,7 +28,13 @@ from simulations.engine.outboxes import OutboxDriver
 from simulations.engine.state import Status, Study, Transfer
 from simulations.engine.world import World
 
-UPLOAD_ATTEMPT_TIMEOUT = 30 * 86400.0  # an attempt is reported when its transfer ends, however long it takes
+#: The hub's own retry policy (the portal's and its uploaders', not the node's): 2 s doubling to 15 min, no
+#: jitter, no attempt limit, and an attempt is reported when its transfer ends, however long it takes.
+HUB_POLICY = DeliveryPolicy(Backoff(), attempt_timeout=30 * 86400.0, max_attempts=None, jitter=0.0)
+
+
+def _no_draw() -> float:
+    return 0.5  # HUB_POLICY has no jitter: any draw gives none, so nothing is drawn
 
 
 class HubJob:
@@ -43,13 +51,11 @@ class HubService:
     def __init__(self, world: World, forward: bool) -> None:
         self.world = world
         self.forward = forward
-        self.uploads = [OutboxDriver(world.queue, self._attempt_upload, self._upload_gave_up,
-                                     attempt_timeout=UPLOAD_ATTEMPT_TIMEOUT,
-                                     max_attempts=world.scenario.design.announce_max_attempts)
+        self.uploads = [OutboxDriver(world.queue, self._attempt_upload, self._upload_gave_up, policy=HUB_POLICY,
+                                     uniform=_no_draw)
                         for _ in world.orgs]
-        self.outbox = OutboxDriver(world.queue, self._attempt_forward, self._forward_gave_up,
-                                   attempt_timeout=UPLOAD_ATTEMPT_TIMEOUT,
-                                   max_attempts=world.scenario.design.announce_max_attempts)
+        self.outbox = OutboxDriver(world.queue, self._attempt_forward, self._forward_gave_up, policy=HUB_POLICY,
+                                   uniform=_no_draw)
         self.studies: dict[DeliveryKey, Study] = {}
         self.forwards: dict[DeliveryKey, Transfer] = {}
         self.relays: dict[DeliveryKey, Transfer] = {}

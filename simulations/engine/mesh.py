@@ -35,6 +35,7 @@ from protocol.fetch_schedulers import FetchSchedulers
 from protocol.lifecycle import ManifestEvent, ManifestState, Side, advance
 from protocol.manifest import Priority
 from protocol.outbox import DeliveryKey, DeliveryKind
+from simulations import rng
 from simulations.engine import wire_sizes
 from simulations.engine.meter import HUB
 from simulations.engine.network import Flow
@@ -110,8 +111,11 @@ class MeshNode:
         self.refs: dict[tuple[str, str], int] = {}
         self.inbound: dict[Flow, RequestState] = {}
         self.deferred: list[Study] = []  # shares that arrived while the node was down
-        self.outbox = OutboxDriver(mesh.world.queue, self._attempt_announce, self._announce_gave_up,
-                                   max_attempts=mesh.world.scenario.design.announce_max_attempts)
+        # the node's delivery policy (or the scenario's change of it); jitter drawn from this org's own stream
+        world = mesh.world
+        draws = rng.stream(world.scenario.seed, "deliveries", org, replication=world.replication)
+        self.outbox = OutboxDriver(world.queue, self._attempt_announce, self._announce_gave_up,
+                                   policy=world.scenario.design.delivery, uniform=lambda: float(draws.random()))
         self.pending: dict[DeliveryKey, Transfer] = {}
         self.direct: Fetch | None = None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from protocol.delivery_policy import DeliveryPolicy
 from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
 
@@ -128,12 +129,14 @@ class Design:
     kind: DesignKind
     granularity: float = 1 << 20  # bytes per scheduler block (the node uses 1 MiB blocks)
     fallback_after: float = 60.0  # hybrid: a fetch without progress this long adds the hub as a holder
-    announce_max_attempts: int | None = None  # None (0 in the file): retried until the run ends
     verify_rate: float = 0.0  # bytes/s a node checks instance digests at completion (0: instantly)
     roster_refresh: float = 60.0
     #: the node's fetch settings (protocol.fetch_settings; block counts in the node's 1 MiB blocks, scaled to
     #: `granularity` by the engine), as the scenario changes them
     fetch: FetchSettings = field(default_factory=FetchSettings)
+    #: the node's delivery policy (protocol.delivery_policy: announces' backoff, attempt timeout, attempt limit,
+    #: jitter), as the scenario's [design.delivery] changes it
+    delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
 
 
 @dataclass(frozen=True)

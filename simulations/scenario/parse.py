@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from protocol.backoff import MAX_JITTER, Backoff
 from protocol.config_reader import Table, defaults, read
-from protocol.errors import ConfigError, MeshError
+from protocol.delivery_policy import DeliveryPolicy
+from protocol.errors import ConfigError, LocalProtocolError, MeshError
 from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
 from protocol.schema import check_org_code
@@ -283,7 +285,10 @@ def _check_referrals(referrals: tuple[Referral, ...], known: _Names) -> None:
 def _design(t: Table) -> Design:
     d = defaults(Design)
     kind = DesignKind(t.text("kind", choices=tuple(k.value for k in DesignKind)))
-    max_attempts = t.integer("announce_max_attempts", d["announce_max_attempts"] or 0, 0, 10_000)
+    if t.has("announce_max_attempts"):
+        raise ConfigError(f"{t.key('announce_max_attempts')}: moved to [design.delivery] max_attempts "
+                          "(default: the node's; 0: no limit)")
+    delivery = _delivery(t.table("delivery"))
     node = FetchSettings()  # the node's: each default stated once, in protocol.fetch_settings
     window_initial = t.integer("window_initial", node.window_initial, 1, 4096)
     window_max = t.integer("window_max", node.window_max, 1, 4096)
@@ -308,11 +313,31 @@ def _design(t: Table) -> Design:
         request_timeout=timing["request_timeout"], discovery_interval=timing["discovery_interval"])
     design = Design(
         kind=kind, granularity=granularity, fallback_after=t.duration("fallback_after", d["fallback_after"]),
-        announce_max_attempts=max_attempts or None, roster_refresh=timing["roster_refresh"],
-        verify_rate=t.rate("verify_rate", d["verify_rate"]), fetch=fetch,
+        roster_refresh=timing["roster_refresh"], verify_rate=t.rate("verify_rate", d["verify_rate"]), fetch=fetch,
+        delivery=delivery,
     )
     t.finish()
     return design
+
+
+def _delivery(t: Table) -> DeliveryPolicy:
+    """[design.delivery]: the node's delivery policy (protocol.delivery_policy), field by field."""
+    node = DeliveryPolicy()  # each default stated once, there
+    timing = {key: t.duration(key, default) for key, default in (
+        ("backoff_base", node.backoff.base), ("backoff_cap", node.backoff.cap),
+        ("attempt_timeout", node.attempt_timeout))}
+    for key, value in timing.items():
+        if not 0 < value < math.inf:
+            raise t.error(key, "must be a positive, finite duration")
+    factor = t.number("backoff_factor", node.backoff.factor, 1.0, 100.0)
+    max_attempts = t.integer("max_attempts", node.max_attempts or 0, 0, 1_000_000)  # 0: no limit
+    jitter = t.number("jitter", node.jitter, 0.0, MAX_JITTER)
+    t.finish()
+    try:
+        return DeliveryPolicy(Backoff(timing["backoff_base"], factor, timing["backoff_cap"]),
+                              timing["attempt_timeout"], max_attempts or None, jitter)
+    except LocalProtocolError as exc:
+        raise ConfigError(f"{t.path}: {exc}") from exc
 
 
 def _fault(t: Table, known: _Names, hub_code: str) -> Fault:

@@ -164,3 +164,34 @@ def test_overrides_keep_the_scenario_files_comments() -> None:
     comments = [line for line in FIVE.splitlines() if line.lstrip().startswith("#")]
     assert comments and all(line in derived.source.splitlines() for line in comments)
     assert 'kind = "hub"' in derived.source
+
+
+def test_a_scenario_delivers_with_the_node_policy_unless_it_says_otherwise() -> None:
+    from protocol.backoff import Backoff
+    from protocol.delivery_policy import DeliveryPolicy
+
+    assert parse_scenario(FIVE).design.delivery == DeliveryPolicy()
+    text = _edit('fallback_after = "60s"\n', 'fallback_after = "60s"\n\n[design.delivery]\nattempt_timeout = "5m"\n'
+                 'max_attempts = 0\njitter = 0\nbackoff_cap = "1h"\n')
+    assert parse_scenario(text).design.delivery == DeliveryPolicy(Backoff(2.0, 2.0, 3600.0), 300.0, None, 0.0)
+
+
+@pytest.mark.parametrize(("lines", "key", "problem"), [
+    ('attempt_timeout = "0s"', "design.delivery.attempt_timeout", "positive"),
+    ('backoff_base = "0s"', "design.delivery.backoff_base", "positive"),
+    ('backoff_factor = 0.5', "design.delivery.backoff_factor", "outside"),
+    ('jitter = 0.6', "design.delivery.jitter", "outside"),
+    ('max_attempts = -1', "design.delivery.max_attempts", "outside"),
+    ('max_attempts = 2.5', "design.delivery.max_attempts", "expected an integer"),
+    ('retries = 3', "design.delivery.retries", "unknown key"),
+])
+def test_a_bad_delivery_policy_is_refused_naming_the_key(lines: str, key: str, problem: str) -> None:
+    text = _edit('fallback_after = "60s"\n', f'fallback_after = "60s"\n\n[design.delivery]\n{lines}\n')
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario(text)
+    assert key in str(err.value) and problem in str(err.value), str(err.value)
+
+
+def test_announce_max_attempts_moved_to_the_delivery_policy() -> None:
+    with pytest.raises(ScenarioError, match=r"design.announce_max_attempts: moved to \[design.delivery\]"):
+        parse_scenario(_edit('kind = "mesh"', 'kind = "mesh"\nannounce_max_attempts = 5'))

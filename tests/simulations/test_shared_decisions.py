@@ -22,8 +22,11 @@ import meshnode.node.fetcher as node_fetcher
 import meshnode.node.lifecycle as node_lifecycle
 import meshnode.node.policy as node_policy
 import meshnode.node.receiver as node_receiver
+import meshnode.node.retry_driver as node_retry_driver
 import meshnode.node.sender as node_sender
 import protocol.access as access
+import protocol.backoff as backoff
+import protocol.delivery_policy as delivery_policy
 import protocol.exchange_messages as exchange_messages
 import protocol.fetch as fetch
 import protocol.fetch_order as fetch_order
@@ -34,6 +37,7 @@ import protocol.outbox as outbox
 import simulations.engine.mesh as sim_mesh
 import simulations.engine.mesh_design as sim_mesh_design
 import simulations.engine.outboxes as sim_outboxes
+import simulations.engine.hub as sim_hub
 import simulations.engine.state as sim_state
 import simulations.scenario.model as sim_model
 from simulations.scenario import load_scenario
@@ -73,9 +77,16 @@ DECISIONS = [
                   (sim_state, "ManifestState"))),
 ]
 
-OUTBOX = Decision("delivery retries", (outbox,), ("Outbox", "Backoff", "DeliveryState", "DeliveryKey"),
-                  node=((node_delivery, "Outbox"),),
-                  sim=((sim_outboxes, "Outbox"), (sim_outboxes, "DeliveryState")))
+#: Delivery retries: the node's retry driver and the simulator's OutboxDriver run the same Outbox, built from a
+#: DeliveryPolicy, and turn a uniform draw into a retry's jitter with the same function.
+OUTBOX = Decision("delivery retries", (outbox, delivery_policy, backoff),
+                  ("Outbox", "DeliveryPolicy", "jitter_fraction", "Backoff", "DeliveryState", "DeliveryKey"),
+                  node=((node_retry_driver, "Outbox"), (node_retry_driver, "DeliveryPolicy"),
+                        (node_retry_driver, "jitter_fraction"), (node_retry_driver, "DeliveryState"),
+                        (node_delivery, "DeliveryPolicy"), (node_delivery, "DeliveryKey")),
+                  sim=((sim_outboxes, "Outbox"), (sim_outboxes, "DeliveryPolicy"), (sim_outboxes, "jitter_fraction"),
+                       (sim_outboxes, "DeliveryState"), (sim_outboxes, "DeliveryKey"), (sim_model, "DeliveryPolicy"),
+                       (sim_hub, "DeliveryPolicy"), (sim_hub, "Backoff")))
 
 
 def _origin(decision: Decision, name: str) -> object:
@@ -101,10 +112,31 @@ def test_node_and_simulator_use_the_same_protocol_object(decision: Decision) -> 
             or not callable(_origin(decision, name))
 
 
-@pytest.mark.xfail(strict=True, reason="node deliveries move onto protocol.outbox (branch outbox)")
 def test_node_and_simulator_retry_deliveries_with_the_same_outbox() -> None:
     _check_shared(OUTBOX)
     assert "backoff_s" not in vars(node_delivery)  # no second backoff beside the Outbox's
+    # the node's deliveries run with protocol's policy (plus how many at once), and so does a scenario unless it
+    # says otherwise; the simulator's hub has a policy of its own (the portal's, not the node's)
+    node = delivery_policy.DeliveryPolicy()
+    assert issubclass(node_retry_driver.RetryPolicy, delivery_policy.DeliveryPolicy)
+    assert delivery_policy.DeliveryPolicy(**{f.name: getattr(node_delivery.POLICY, f.name)
+                                             for f in dataclasses.fields(node)}) == node
+    assert sim_model.Design(sim_model.DesignKind.MESH).delivery == node
+    assert load_scenario(ROOT / "simulations" / "scenarios" / "five-trusts-faults.toml").design.delivery == node
+    field = {f.name: f for f in dataclasses.fields(sim_model.Design)}["delivery"]
+    assert field.default_factory is delivery_policy.DeliveryPolicy
+    assert isinstance(sim_hub.HUB_POLICY, delivery_policy.DeliveryPolicy)
+
+
+def test_both_drivers_draw_their_jitter_through_protocol() -> None:
+    """Each driver's code calls jitter_fraction and builds its Outbox from the policy (no uniform(-j, j) of its
+    own, no Outbox(...) with numbers of its own)."""
+    for module in (node_retry_driver, sim_outboxes):
+        tree = ast.parse(Path(module.__file__ or "").read_text())
+        calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        names = {f.id for f in calls if isinstance(f, ast.Name)} | {f.attr for f in calls if isinstance(f, ast.Attribute)}
+        assert "jitter_fraction" in names and "outbox" in names, module.__name__
+        assert not names & {"uniform", "Outbox", "restore"}, module.__name__
 
 
 def test_the_node_builds_its_order_from_the_pieces_the_simulator_uses() -> None:

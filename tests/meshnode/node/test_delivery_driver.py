@@ -374,12 +374,13 @@ async def test_an_unreadable_stored_item_is_skipped_not_fatal(store: MetadataSto
 def test_the_node_retries_with_protocols_outbox_and_policy() -> None:
     """The state machine and the numbers are protocol/'s, so the simulator can import the same ones."""
     from meshnode.node import delivery
-    from protocol import outbox
-    from simulations.engine import outboxes
+    from protocol.delivery_policy import ATTEMPT_BACKSTOP, DeliveryPolicy
 
     d = deliveries(MemoryMetadataStore(), Orgs(MemoryMetadataStore()), policy=delivery.POLICY)
-    assert type(d.driver.outbox) is outbox.Outbox and vars(outboxes)["Outbox"] is outbox.Outbox
+    node = DeliveryPolicy()
+    assert isinstance(delivery.POLICY, DeliveryPolicy)
     assert (delivery.POLICY.backoff, delivery.POLICY.attempt_timeout, delivery.POLICY.max_attempts,
-            delivery.POLICY.jitter) == (outbox.DELIVERY_BACKOFF, outbox.DELIVERY_ATTEMPT_TIMEOUT,
-                                        outbox.DELIVERY_MAX_ATTEMPTS, outbox.DELIVERY_JITTER)
-    assert d.driver.outbox.max_attempts == outbox.DELIVERY_MAX_ATTEMPTS
+            delivery.POLICY.jitter) == (node.backoff, node.attempt_timeout, node.max_attempts, node.jitter)
+    outbox = d.driver.outbox
+    assert (outbox.backoff, outbox.attempt_timeout, outbox.max_attempts) == (
+        node.backoff, node.attempt_timeout + ATTEMPT_BACKSTOP, node.max_attempts)
