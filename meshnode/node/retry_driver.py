@@ -392,6 +392,25 @@ class RetryDriver(Generic[K]):
         self.wake()
         return added
 
+    async def adopt(self, key_prefix: str) -> list[K]:
+        """Take on the pending items whose keys start with key_prefix that another write stored (say in the
+        same database call as the event that queued them) and this driver does not hold yet."""
+        rows = await self.db.run(lambda s: s.queue_rows(self.queue, states=(DeliveryState.PENDING,),
+                                                        key_prefix=key_prefix))
+        added = []
+        for row in rows:
+            try:
+                key = self.codec.decode(row.key)
+            except MeshError as exc:
+                log.warning("%s: stored item %r skipped: %s", self.queue, row.key[:80], exc)
+                continue
+            if self.outbox.add(key, row.updated_ms / 1000, not_before=row.next_attempt_ms / 1000):
+                self._payloads[key] = row.payload
+                self._refs[key] = row.ref
+                added.append(key)
+        self.wake()
+        return added
+
     async def remove(self, keys: Sequence[K]) -> None:
         """Forget items (an attempt in progress still ends; its report is ignored)."""
         for key in keys:
