@@ -141,25 +141,26 @@ class Outbox(Generic[K]):
         self._records.pop(key, None)
         self._changed.pop(key, None)
 
-    def due(self, now: float, limit: int | None = None, *, where: Callable[[K], bool] | None = None) -> list[K]:
-        """Claim the deliveries to attempt now (oldest due first; only keys `where` accepts, if given);
-        they become ATTEMPTING."""
+    def due(self, now: float, limit: int | None = None, *, where: Callable[[K], bool] | None = None,
+            rank: Callable[[K], int] | None = None) -> list[K]:
+        """Claim the deliveries to attempt now (lowest rank first, if given, then oldest due first; only keys
+        `where` accepts, if given); they become ATTEMPTING."""
         for record in list(self._records.values()):
             if record.state is DeliveryState.ATTEMPTING and now >= record.next_attempt_at:
                 self._fail(record, now, "attempt timed out", permanent=False, jitter=0.0)
         ready = sorted(
-            (r.next_attempt_at, i, r)
+            (rank(r.key) if rank is not None else 0, r.next_attempt_at, i, r)
             for i, r in enumerate(self._records.values())
             if r.state is DeliveryState.PENDING and r.next_attempt_at <= now and (where is None or where(r.key))
         )
         if limit is not None:
             ready = ready[: max(0, limit)]
-        for _, _, record in ready:
+        for _, _, _, record in ready:
             self._set(replace(
                 record, state=DeliveryState.ATTEMPTING, attempts=record.attempts + 1,
                 next_attempt_at=now + self.attempt_timeout, updated_at=now,
             ))
-        return [r.key for _, _, r in ready]
+        return [r.key for _, _, _, r in ready]
 
     def succeeded(self, key: K, now: float) -> None:
         record = self._attempting(key)

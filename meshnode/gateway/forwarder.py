@@ -55,6 +55,7 @@ from meshnode.gateway.pacs_queue import (
     progress,
     queue_name,
     queue_received,
+    urgency,
 )
 from meshnode.node.retry_driver import BatchMode, BatchOutcome, Database, Failure, RetryDriver, RetryPolicy
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
@@ -126,7 +127,7 @@ class Forwarder:
             self.drivers[dest.name] = RetryDriver(
                 queue_name(dest.name), KEYS, db, clock, None, _classify, policy=policy, rng=rng,
                 batch=BatchMode(group=partial(_destination, dest.name), attempt=partial(self._attempt, dest), size=BATCH,
-                                after=partial(self._after_batch, dest)))
+                                rank=urgency, after=partial(self._after_batch, dest)))
         #: told (manifest, destination, error, instances) when instances failed for good (webhooks, metrics)
         self.failed_hook: Callable[[CID, str, str, int], Awaitable[None]] | None = None
 
@@ -142,14 +143,19 @@ class Forwarder:
         return {name: why for name, d in self.drivers.items() for why in d.unreachable.values()}
 
     # -- the lifecycle of a received study -------------------------------------------------------
-    def queue_write(self, store: MetadataStore, manifest_id: CID) -> None:
-        """In the database call that records the receipt delivered: queue the study (database thread)."""
-        queue_received(store, manifest_id, self.destinations, int(self.clock() * 1000))
+    def queue_write(self, store: MetadataStore, manifest_id: CID, *, receipt_delivered: bool = True) -> None:
+        """In the database call that records the receipt delivered: queue the study (database thread). A stored
+        manifest that cannot be read is logged and not forwarded: it must not undo the receipt's record."""
+        try:
+            queue_received(store, manifest_id, self.destinations, int(self.clock() * 1000),
+                           receipt_delivered=receipt_delivered)
+        except MeshError as exc:
+            log.error("manifest %s: not forwarded to the PACS, its stored copy is unreadable: %s", manifest_id, exc)
 
     async def release(self, manifest_id: CID) -> int:
         """The receipt was delivered: forward the study now (queued here if the receipt's write did not).
         Returns how many items were newly handed to the drivers."""
-        await self.db.run(partial(self.queue_write, manifest_id=manifest_id))
+        await self.db.run(partial(self.queue_write, manifest_id=manifest_id, receipt_delivered=False))
         added = 0
         for driver in self.drivers.values():
             added += len(await driver.adopt(manifest_prefix(manifest_id)))

@@ -14,7 +14,8 @@ protocol.outbox.DeliveryState:
 
 Key: `<manifest hex> <SOP Instance UID> <digest hex>`; ref: `<SOP Instance UID>
 <digest hex>`, so an instance this PACS already holds (the same bytes sent under
-an earlier revision) is found by ref and recorded as delivered at once.
+an earlier revision) is found by ref and recorded as delivered at once; payload:
+one byte, the manifest's Priority.rank (the most urgent study goes first).
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ class ForwardKeys:
 KEYS = ForwardKeys()
 
 
+def urgency(_key: ForwardKey, payload: bytes | None) -> int:
+    """An item's payload is its manifest's Priority.rank (0 stat, 1 urgent, 2 routine): the most urgent go first."""
+    return payload[0] if payload else 2
+
+
 def manifest_prefix(manifest_id: CID) -> str:
     return manifest_id.to_bytes().hex() + " "
 
@@ -97,12 +103,14 @@ def received_manifest(store: MetadataStore, manifest_id: CID) -> tuple[ManifestS
 
 
 def queue_received(store: MetadataStore, manifest_id: CID, destinations: Sequence[PacsDestination],
-                   now_ms: int) -> dict[str, list[ForwardKey]]:
+                   now_ms: int, *, receipt_delivered: bool = False) -> dict[str, list[ForwardKey]]:
     """The receipt of a received study was delivered: queue its instances for every destination that takes
     studies from its sender (database thread; idempotent). Only a RECEIPTED manifest is queued (not one
-    recalled meanwhile). Returns the keys newly queued to be sent, per destination."""
+    recalled meanwhile), or a COMPLETE one whose receipt the caller saw delivered (written just before the
+    manifest moves to RECEIPTED). Returns the keys newly queued to be sent, per destination."""
     found = received_manifest(store, manifest_id)
-    if found is None or found[0] is not ManifestState.RECEIPTED:
+    ready = (ManifestState.RECEIPTED, ManifestState.COMPLETE) if receipt_delivered else (ManifestState.RECEIPTED,)
+    if found is None or found[0] not in ready:
         return {}
     manifest = found[1]
     out: dict[str, list[ForwardKey]] = {}
@@ -116,7 +124,7 @@ def queue_received(store: MetadataStore, manifest_id: CID, destinations: Sequenc
             held = store.queue_rows(queue, ref=ref, states=(DeliveryState.DELIVERED,))
             rows.append(QueuedRow(queue, KEYS.encode(key), ref,
                                   DeliveryState.DELIVERED if held else DeliveryState.PENDING, 0, now_ms, now_ms,
-                                  ALREADY_HELD if held else ""))
+                                  ALREADY_HELD if held else "", bytes([manifest.priority.rank])))
         added = set(store.queue_add(rows))
         out[dest.name] = [KEYS.decode(r.key) for r in rows if r.key in added and r.state is DeliveryState.PENDING]
     return out

@@ -185,15 +185,17 @@ class Deliveries:
 
 def _receipt_delivered(manifest_id: CID, store: MetadataStore, *,
                        also: Callable[[MetadataStore, CID], None] | None = None) -> None:
-    """Our receipt reached the sender: the manifest is receipted (and `also` written), unless it was recalled
-    (or is being repaired) meanwhile, which protocol.lifecycle refuses (the delivery stays delivered)."""
+    """Our receipt reached the sender: `also` is written (the PACS forward), then the manifest is receipted,
+    unless it was recalled (or is being repaired) meanwhile, which protocol.lifecycle refuses (the delivery
+    stays delivered, nothing else is written). `also` goes first so a stop between the two still forwards."""
     try:
-        node_lifecycle.move(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
+        node_lifecycle.next_state(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
     except (LocalProtocolError, NotFoundError) as exc:
         log.info("receipt for %s delivered; not recorded: %s", manifest_id, exc)
         return
     if also is not None:
         also(store, manifest_id)
+    node_lifecycle.move(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
 
 
 class NodeTransport:

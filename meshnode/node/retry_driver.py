@@ -112,6 +112,8 @@ class BatchMode(Generic[K]):
     size: int = 64
     #: the backoff after the n-th consecutive unreachable batch of a group (the policy's by default)
     backoff: Callable[[str], Backoff] | None = None
+    #: which due keys go first (lowest first, then the oldest due), from the key and its payload
+    rank: Callable[[K, bytes | None], int] | None = None
     #: after a batch's outcome is durable (audit, hooks)
     after: Callable[[str, Sequence[K], BatchOutcome[K]], Awaitable[None]] | None = None
 
@@ -228,13 +230,18 @@ class RetryDriver(Generic[K]):
             def in_group(key: K, group: str = group) -> bool:
                 return batch.group(key) == group
 
-            keys = self.outbox.due(now, limit=batch.size, where=in_group)
+            keys = self.outbox.due(now, limit=batch.size, where=in_group,
+                                   rank=self._rank if batch.rank is not None else None)
             if keys:
                 claims.append((group, keys))
         await self._flush()  # the claims (attempts + 1) are durable before the attempts
         for group, keys in claims:
             self._busy.add(group)
             nursery.start_soon(self._attempt_batch, batch, group, keys)
+
+    def _rank(self, key: K) -> int:
+        rank = self._batch.rank if self._batch is not None else None
+        return rank(key, self._payloads.get(key)) if rank is not None else 0
 
     async def _attempt_batch(self, batch: BatchMode[K], group: str, keys: list[K]) -> None:
         try:

@@ -51,3 +51,13 @@ def test_add_not_before() -> None:
     assert o.add(A1, 5.0, not_before=65.0)
     assert o.record(A1) == DeliveryRecord(A1, DeliveryState.PENDING, 0, 65.0, 5.0)
     assert o.due(64.0) == [] and o.due(65.0) == [A1]
+
+
+def test_due_ranks_before_age() -> None:
+    o: Outbox[tuple[str, str]] = Outbox()
+    o.add(A1, 0.0)
+    o.add(A2, 5.0)  # younger but more urgent
+    o.add(B1, 1.0)
+    rank = {A1: 2, A2: 0, B1: 2}
+    assert o.due(10.0, limit=2, rank=rank.__getitem__) == [A2, A1]
+    assert o.due(10.0, rank=rank.__getitem__) == [B1]

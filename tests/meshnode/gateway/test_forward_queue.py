@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,16 +19,19 @@ import trio.testing
 from meshnode.gateway.config import PacsDestination
 from meshnode.gateway.forwarder import Forwarder
 from meshnode.gateway.pacs_queue import ForwardKey, queue_name
+from meshnode.node.delivery import Deliveries
 from meshnode.node.retry_driver import BatchOutcome, Failure
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.memory_metadata import MemoryMetadataStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import ManifestRow
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
+from protocol.cid import CID
 from protocol.document import Signed
+from protocol.errors import StorageError
 from protocol.lifecycle import ManifestState
-from protocol.manifest import Manifest
-from protocol.outbox import DeliveryState
+from protocol.manifest import Manifest, Priority
+from protocol.outbox import DeliveryKey, DeliveryState
 from tests.protocol.factories import NODE_A, make_instance, make_manifest
 
 T = TypeVar("T")
@@ -237,3 +241,79 @@ async def test_an_instance_the_pacs_holds_is_not_sent_again(store: MetadataStore
     assert len(pacs.stored) == 4
     progress = fwd.progress(store, revision.cid)["main"]
     assert (progress.total, progress.sent, progress.state) == (4, 4, "forwarded")
+
+
+async def test_the_most_urgent_study_goes_first(store: MetadataStore, autojump_clock: trio.testing.MockClock) -> None:
+    routine = make_manifest(priority=Priority.ROUTINE).sign(NODE_A)
+    stat = make_manifest(priority=Priority.STAT, instances=(make_instance(7),), study_uid="1.2.7").sign(NODE_A)
+    for signed in (routine, stat):
+        store.save_manifest(ManifestRow(signed.cid, signed.document.study_uid, "received", "RGT", 1,
+                                        ManifestState.RECEIPTED, 0, 10**10, signed.encode()), [])
+    pacs = ScriptedPacs()
+    fwd = forwarder(store, pacs, dest=PacsDestination("main", "PACS", "127.0.0.1", 11112))
+    await fwd.release(routine.cid)  # queued first, before the driver runs
+    await fwd.release(stat.cid)
+    batches: list[list[str]] = []
+    send = pacs.send
+
+    async def one_at_a_time(dest: PacsDestination, keys: Sequence[ForwardKey]) -> BatchOutcome[ForwardKey]:
+        batches.append([k.sop_instance_uid for k in keys])
+        return await send(dest, keys)
+
+    fwd._send = one_at_a_time
+    for driver in fwd.drivers.values():
+        driver._batch = replace(driver._batch, size=2)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fwd.run)
+        await until(lambda: len(pacs.stored) == 4)
+        nursery.cancel_scope.cancel()
+    assert batches[0][0] == stat.document.instances[0].sop_instance_uid and len(batches[0]) == 2
+
+
+class FlakyMove(MemoryMetadataStore):
+    """A store whose move to RECEIPTED fails once (a stop between the writes of the receipt's delivery)."""
+
+    fail_receipted = True
+
+    def set_manifest_state(self, manifest_id: CID, state: ManifestState) -> None:
+        if state is ManifestState.RECEIPTED and self.fail_receipted:
+            self.fail_receipted = False
+            raise StorageError("the node stopped here")
+        super().set_manifest_state(manifest_id, state)
+
+
+async def test_the_receipts_delivery_queues_the_forward_first(autojump_clock: trio.testing.MockClock) -> None:
+    """The finding: the forward is queued by the write that records the receipt delivered, before the manifest
+    moves to RECEIPTED, so a stop between the two still forwards (and a recalled manifest queues nothing)."""
+    store = FlakyMove()
+    signed = received(store, ManifestState.COMPLETE)
+    recalled = make_manifest(study_uid="1.2.8", instances=(make_instance(8),)).sign(NODE_A)
+    store.save_manifest(ManifestRow(recalled.cid, "1.2.8", "received", "RGT", 1, ManifestState.RECALLED, 0, 10**10,
+                                    recalled.encode()), [])
+    pacs = ScriptedPacs()
+    fwd = forwarder(store, pacs)
+
+    class Sender:
+        async def deliver(self, key: DeliveryKey, payload: bytes | None) -> None:
+            return None
+
+    deliveries = Deliveries(InlineDb(store), trio.current_time, Sender(), on_receipted=fwd.release)
+    deliveries.receipted_write = fwd.queue_write
+    with pytest.raises(ExceptionGroup):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(deliveries.run)
+            await deliveries.receipt(signed.cid, "RGT", b"receipt")
+            await trio.sleep(60)
+    assert store.manifest(signed.cid).state is ManifestState.COMPLETE  # type: ignore[union-attr]
+    assert {s for s, _ in states(store).values()} == {DeliveryState.PENDING}  # queued before the stop
+    async with trio.open_nursery() as nursery:  # the restart: the forward goes ahead
+        await nursery.start(fwd.run)
+        await deliveries.receipt(recalled.cid, "RGT", b"receipt")
+        d2 = Deliveries(InlineDb(store), trio.current_time, Sender(), on_receipted=fwd.release)
+        d2.receipted_write = fwd.queue_write
+        await nursery.start(d2.run)
+        await until(lambda: len(pacs.stored) == 3)
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert sorted(pacs.stored) == sorted(i.sop_instance_uid for i in signed.document.instances)
+    assert store.manifest(recalled.cid).state is ManifestState.RECALLED  # type: ignore[union-attr]

@@ -55,6 +55,7 @@ def test_an_existing_nodes_pacs_forwards_carry_over(tmp_path: Path) -> None:
     try:
         got = {(q, KEYS.decode(r.key)): (r.state, r.attempts, r.next_attempt_ms, r.last_error, r.ref)
                for q in ("main", "other") for r in store.queue_rows(queue_name(q))}
+        payloads = {r.payload for q in ("main", "other") for r in store.queue_rows(queue_name(q))}
         tables = {str(r[0]) for r in store._query("SELECT name FROM sqlite_master WHERE type = 'table'")}
     finally:
         store.close()
@@ -72,6 +73,7 @@ def test_an_existing_nodes_pacs_forwards_carry_over(tmp_path: Path) -> None:
         # waiting for a receipt not yet delivered: not queued (its delivery queues it); cancelled: removed
         ("main", k(RECALLED, "3.2", 6)): (D, 1, 0, "err 3.2", f"3.2 {digest(6).hex()}"),
     }
+    assert payloads == {bytes([1])}  # the priority rank (urgent), for the order of the queue
     assert "forward_items" not in tables
 
 
