@@ -57,7 +57,14 @@ from meshnode.gateway.pacs_queue import (
     queue_received,
     urgency,
 )
-from meshnode.node.retry_driver import BatchMode, BatchOutcome, Database, Failure, RetryDriver, RetryPolicy
+from meshnode.node.retry_driver import (
+    BatchMode,
+    BatchOutcome,
+    Database,
+    Failure,
+    RetryDriver,
+    RetryPolicy,
+)
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.metadata import MetadataStore

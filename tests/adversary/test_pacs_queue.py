@@ -14,7 +14,14 @@ from meshnode.storage.retry_queue import QueuedRow
 from protocol.cid import CID
 from protocol.lifecycle import ManifestState
 from protocol.outbox import DeliveryKey, DeliveryState
-from tests.meshnode.gateway.test_forward_queue import InlineDb, ScriptedPacs, forwarder, received, states, until
+from tests.meshnode.gateway.test_forward_queue import (
+    InlineDb,
+    ScriptedPacs,
+    forwarder,
+    received,
+    states,
+    until,
+)
 
 
 async def test_a_garbled_stored_item_is_skipped_and_the_rest_forwarded(autojump_clock: trio.testing.MockClock
