@@ -257,10 +257,17 @@ class RetryDriver(Generic[K]):
                         self.outbox.failed(key, now, permanent=failure.permanent, error=failure.error[:500],
                                            jitter=jitter)
             until = now
-            if outcome.unreachable:
-                failures = self._unreachable_count[group] = self._unreachable_count.get(group, 0) + 1
+            failures = self._unreachable_count.get(group, 0) + 1 if outcome.unreachable else 0
+            if failures:
                 backoff = batch.backoff(group) if batch.backoff is not None else self.policy.backoff
                 until = now + backoff.delay(failures, self._rng.uniform(-self.policy.jitter, self.policy.jitter))
+            for key in keys:
+                if key not in outcome.results:
+                    self.outbox.postpone(key, now, until, outcome.unreachable[:500])
+            await self._flush(keys)
+            # shown once the outcome is durable (what the operator reads next agrees with it)
+            if failures:
+                self._unreachable_count[group] = failures
                 if failures == 1:
                     log.warning("%s: %s unreachable: %s; retrying", self.queue, group, outcome.unreachable)
                 self.unreachable[group] = outcome.unreachable
@@ -269,10 +276,6 @@ class RetryDriver(Generic[K]):
                     log.info("%s: %s reachable again", self.queue, group)
                 self._unreachable_count.pop(group, None)
                 self.unreachable.pop(group, None)
-            for key in keys:
-                if key not in outcome.results:
-                    self.outbox.postpone(key, now, until, outcome.unreachable[:500])
-            await self._flush(keys)
             if batch.after is not None:
                 await batch.after(group, keys, outcome)
         finally:
