@@ -22,11 +22,18 @@ is due again at once after a restore.
 
 An ATTEMPTING record whose driver never reports back within
 `attempt_timeout` counts as a transient failure.
+
+Batch senders (one PACS association for many items) claim the due keys of
+one destination (`due(now, where=...)`); when the destination could not be
+reached at all, `postpone(key, now, until)` puts a claimed key back to
+PENDING without counting the attempt (it never took place). `add(key, now,
+not_before=t)` queues an item not due before t (a debounce); `postpone` on a
+PENDING key pushes its due time later.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Generic, Self, TypeVar
@@ -112,11 +119,13 @@ class Outbox(Generic[K]):
 
     # -- inputs -------------------------------------------------------------------
 
-    def add(self, key: K, now: float) -> bool:
-        """Queue a delivery, due now. False (and no change) if the key is already known."""
+    def add(self, key: K, now: float, *, not_before: float | None = None) -> bool:
+        """Queue a delivery, due now (or at not_before, if later). False (and no change) if the key is
+        already known."""
         if key in self._records:
             return False
-        self._set(DeliveryRecord(key, DeliveryState.PENDING, 0, now, now))
+        due_at = now if not_before is None else max(now, not_before)
+        self._set(DeliveryRecord(key, DeliveryState.PENDING, 0, due_at, now))
         return True
 
     def remove(self, key: K) -> None:
@@ -124,24 +133,26 @@ class Outbox(Generic[K]):
         self._records.pop(key, None)
         self._changed.pop(key, None)
 
-    def due(self, now: float, limit: int | None = None) -> list[K]:
-        """Claim the deliveries to attempt now (oldest due first); they become ATTEMPTING."""
+    def due(self, now: float, limit: int | None = None, *, where: Callable[[K], bool] | None = None,
+            rank: Callable[[K], int] | None = None) -> list[K]:
+        """Claim the deliveries to attempt now (lowest rank first, if given, then oldest due first; only keys
+        `where` accepts, if given); they become ATTEMPTING."""
         for record in list(self._records.values()):
             if record.state is DeliveryState.ATTEMPTING and now >= record.next_attempt_at:
                 self._fail(record, now, "attempt timed out", permanent=False, jitter=0.0)
         ready = sorted(
-            (r.next_attempt_at, i, r)
+            (rank(r.key) if rank is not None else 0, r.next_attempt_at, i, r)
             for i, r in enumerate(self._records.values())
-            if r.state is DeliveryState.PENDING and r.next_attempt_at <= now
+            if r.state is DeliveryState.PENDING and r.next_attempt_at <= now and (where is None or where(r.key))
         )
         if limit is not None:
             ready = ready[: max(0, limit)]
-        for _, _, record in ready:
+        for _, _, _, record in ready:
             self._set(replace(
                 record, state=DeliveryState.ATTEMPTING, attempts=record.attempts + 1,
                 next_attempt_at=now + self.attempt_timeout, updated_at=now,
             ))
-        return [r.key for _, _, r in ready]
+        return [r.key for _, _, _, r in ready]
 
     def succeeded(self, key: K, now: float) -> None:
         record = self._attempting(key)
@@ -153,6 +164,19 @@ class Outbox(Generic[K]):
         record = self._attempting(key)
         if record is not None:
             self._fail(record, now, error, permanent=permanent, jitter=jitter)
+
+    def postpone(self, key: K, now: float, until: float, error: str = "") -> None:
+        """Not before `until`. A claimed (ATTEMPTING) key whose attempt never took place (its destination
+        could not be reached) goes back to PENDING with the claim not counted; a PENDING key is deferred
+        (never made earlier). Ended keys are left as they are."""
+        record = self._records.get(key)
+        if record is None:
+            return
+        if record.state is DeliveryState.ATTEMPTING:
+            self._set(replace(record, state=DeliveryState.PENDING, attempts=max(0, record.attempts - 1),
+                              next_attempt_at=max(now, until), updated_at=now, last_error=error))
+        elif record.state is DeliveryState.PENDING and until > record.next_attempt_at:
+            self._set(replace(record, next_attempt_at=until, updated_at=now, last_error=error or record.last_error))
 
     def wake(self, keys: Iterable[K], now: float) -> None:
         """Make these PENDING deliveries due now (say a peer of the org just came online)."""

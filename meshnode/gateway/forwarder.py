@@ -1,28 +1,34 @@
 """Auto-forward: every received study, once verified and receipted, is stored into the local PACS.
 
-The queue is durable (forward_items in node.db, one row per manifest,
-destination and instance), so forwarding survives a restart. Per [[pacs]]
-destination one task sends what is due, most urgent first, a batch per
-association, as the bytes the node holds (meshnode.gateway.dimse.sending):
+The queue is the node's shared durable retry queue (meshnode.gateway.pacs_queue:
+one `pacs:<destination>` queue, one item per manifest and instance, the states
+of protocol.outbox.DeliveryState), driven per [[pacs]] destination by a
+meshnode.node.retry_driver.RetryDriver in batch mode: the due items of a
+destination go in one association (at most BATCH), as the bytes the node holds
+(meshnode.gateway.dimse.sending):
 
-- the PACS cannot be reached or refuses the association: every pending item
-  of that destination waits, 2 s doubling up to retry_max_seconds, for ever;
-- the PACS answers a C-STORE with a failure status: that instance is retried
-  with back-off, and marked failed after max_attempts (`meshnode forward
-  retry` queues it again); warning statuses count as stored;
+- the PACS cannot be reached or refuses the association: the batch's items are
+  put back without counting an attempt (Outbox.postpone), 2 s doubling up to
+  retry_max_seconds, for ever;
+- the PACS answers a C-STORE with a failure status: a transient one (out of
+  resources, processing failure) is retried with back-off and failed after
+  max_attempts, any other fails at once; `meshnode gateway retry` queues failed
+  items again; warning statuses count as stored;
 - each batch is audited (Instances Transferred, 110104), per study.
 
-Lifecycle of a study: `enqueue` when it is verified and recorded (items wait
-for the receipt), `release` once the receipt is sent, `cancel` on recall.
+Lifecycle of a study: nothing is queued until its receipt is delivered; the
+receipt's delivery queues it in the same database call (`queue_write`, wired by
+the node runtime), `release` then hands it to the driver (and queues it itself
+if needed: idempotent); `cancel` on recall removes what was not sent.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +38,6 @@ from pynetdicom import AE
 
 from meshnode.gateway.config import PacsDestination
 from meshnode.gateway.dimse.bridge import AuditFn
-from meshnode.node.context import keep_running
 from meshnode.gateway.dimse.sending import (
     MAX_CONTEXTS,
     RawInstance,
@@ -41,25 +46,34 @@ from meshnode.gateway.dimse.sending import (
     requested_contexts,
     syntaxes_to_propose,
 )
+from meshnode.gateway.pacs_queue import (
+    KEYS,
+    ForwardKey,
+    ForwardProgress,
+    counts,
+    manifest_prefix,
+    progress,
+    queue_name,
+    queue_received,
+    urgency,
+)
+from meshnode.node.retry_driver import (
+    BatchMode,
+    BatchOutcome,
+    Database,
+    Failure,
+    RetryDriver,
+    RetryPolicy,
+)
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockStore
-from meshnode.storage.dbthread import DatabaseThread
-from meshnode.storage.gateway_store import (
-    ForwardInstance,
-    ForwardItem,
-    ForwardProgress,
-    ForwardResult,
-    ForwardState,
-    GatewayStore,
-)
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord, hash_uid
+from meshnode.storage.retry_queue import QueuedRow
 from protocol.backoff import Backoff
 from protocol.cid import CID
-from protocol.document import Signed
 from protocol.errors import MeshError
-from protocol.lifecycle import ManifestState
-from protocol.manifest import Manifest
+from protocol.outbox import DeliveryState
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -67,11 +81,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH = 64
-IDLE_S = 60.0
 WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
+#: C-STORE failures worth retrying: out of resources (A7xx), processing failure, resource limitation
+TRANSIENT_STATUSES = frozenset({0x0110, 0x0213})
 CONNECT_TIMEOUT_S = 10
 ACSE_TIMEOUT_S = 30
 DIMSE_TIMEOUT_S = 120
+#: a batch's bound (pynetdicom's own timeouts end each step sooner)
+BATCH_TIMEOUT_S = CONNECT_TIMEOUT_S + ACSE_TIMEOUT_S + BATCH * DIMSE_TIMEOUT_S
+
+#: one association: the keys' outcomes (meshnode.node.retry_driver.BatchOutcome)
+SendFn = Callable[[PacsDestination, Sequence[ForwardKey]], Awaitable[BatchOutcome[ForwardKey]]]
 
 
 def backoff(dest: PacsDestination) -> Backoff:
@@ -79,155 +99,178 @@ def backoff(dest: PacsDestination) -> Backoff:
     return Backoff(base=2.0, factor=2.0, cap=float(dest.retry_max_s))
 
 
-@dataclass
-class BatchOutcome:
-    results: list[ForwardResult] = field(default_factory=list)
-    unreachable: str = ""  # why the destination could not take the rest (empty: it could)
+def _destination(name: str, _key: ForwardKey) -> str:
+    """A destination's driver has one group: the destination."""
+    return name
+
+
+def _rows(store: MetadataStore, queue: str, key_prefix: str) -> list[QueuedRow]:
+    return store.queue_rows(queue, key_prefix=key_prefix)
+
+
+def _classify(exc: BaseException) -> Failure | None:
+    if isinstance(exc, MeshError):
+        return Failure(f"{exc.name}: {exc}", False)
+    return None
 
 
 class Forwarder:
-    def __init__(self, db: DatabaseThread, state: GatewayStore, blocks: BlockStore,
-                 destinations: Sequence[PacsDestination], calling_ae: str, audit: AuditFn, tmp_dir: Path,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, blocks: BlockStore | None, destinations: Sequence[PacsDestination],
+                 calling_ae: str, audit: AuditFn, tmp_dir: Path, clock: Callable[[], float] = time.time, *,
+                 rng: random.Random | None = None, send: SendFn | None = None, jitter: float = 0.2) -> None:
         self.db = db
-        self.state = state
         self.blocks = blocks
         self.destinations = tuple(destinations)
         self.calling_ae = calling_ae
         self.audit = audit
         self.tmp_dir = tmp_dir
         self.clock = clock
-        self._wake = {d.name: trio.Event() for d in self.destinations}
+        self._send = send or self._send_dimse
         self._stopping = threading.Event()
-        self.unreachable: dict[str, str] = {}  # destination -> why, while it is
+        self.drivers: dict[str, RetryDriver[ForwardKey]] = {}
+        for dest in self.destinations:
+            policy = RetryPolicy(backoff(dest), attempt_timeout=BATCH_TIMEOUT_S, max_attempts=dest.max_attempts,
+                                 jitter=jitter, concurrency=1)
+            self.drivers[dest.name] = RetryDriver(
+                queue_name(dest.name), KEYS, db, clock, None, _classify, policy=policy, rng=rng,
+                batch=BatchMode(group=partial(_destination, dest.name), attempt=partial(self._attempt, dest), size=BATCH,
+                                rank=urgency, after=partial(self._after_batch, dest)))
         #: told (manifest, destination, error, instances) when instances failed for good (webhooks, metrics)
         self.failed_hook: Callable[[CID, str, str, int], Awaitable[None]] | None = None
 
-    def _now_ms(self) -> int:
-        return int(self.clock() * 1000)
+    @staticmethod
+    def refusal(code: int, comment: str) -> Failure:
+        """A C-STORE failure status: transient (retried up to max_attempts) or not (failed at once)."""
+        transient = (code & 0xFF00) == 0xA700 or code in TRANSIENT_STATUSES
+        return Failure(f"PACS refused it: 0x{code:04X} {comment}".strip(), not transient)
 
-    def wake(self) -> None:
-        for event in self._wake.values():
-            event.set()
+    @property
+    def unreachable(self) -> dict[str, str]:
+        """Destination -> why, while it cannot be reached."""
+        return {name: why for name, d in self.drivers.items() for why in d.unreachable.values()}
 
     # -- the lifecycle of a received study -------------------------------------------------------
-    async def enqueue(self, signed: Signed[Manifest]) -> int:
-        """Queue a verified study for every destination that takes studies from its sender."""
-        manifest = signed.document
-        instances = [ForwardInstance(i.sop_instance_uid, i.digest) for i in manifest.instances]
-        now = self._now_ms()
-        queued = 0
-        for dest in self.destinations:
-            if dest.from_orgs and manifest.sender_org not in dest.from_orgs:
-                continue
-            queued += await self.db.run(partial(self._enqueue, signed.cid, manifest, dest.name, instances, now))
-        return queued
+    def queue_write(self, store: MetadataStore, manifest_id: CID, *, receipt_delivered: bool = True) -> None:
+        """In the database call that records the receipt delivered: queue the study (database thread). A stored
+        manifest that cannot be read is logged and not forwarded: it must not undo the receipt's record."""
+        try:
+            queue_received(store, manifest_id, self.destinations, int(self.clock() * 1000),
+                           receipt_delivered=receipt_delivered)
+        except MeshError as exc:
+            log.error("manifest %s: not forwarded to the PACS, its stored copy is unreadable: %s", manifest_id, exc)
 
-    def _enqueue(self, manifest_id: CID, manifest: Manifest, destination: str, instances: list[ForwardInstance],
-                 now: int, _: object) -> int:
-        return self.state.enqueue_forward(manifest_id, manifest.study_uid, destination, manifest.priority.rank,
-                                          instances, now)
-
-    async def release(self, manifest_id: CID) -> None:
-        """The receipt was sent: forward the study now."""
-        if await self.db.run(lambda _: self.state.release_forward(manifest_id, self._now_ms())):
-            self.wake()
+    async def release(self, manifest_id: CID) -> int:
+        """The receipt was delivered: forward the study now (queued here if the receipt's write did not).
+        Returns how many items were newly handed to the drivers."""
+        await self.db.run(partial(self.queue_write, manifest_id=manifest_id, receipt_delivered=False))
+        added = 0
+        for driver in self.drivers.values():
+            added += len(await driver.adopt(manifest_prefix(manifest_id)))
+        return added
 
     async def cancel(self, manifest_id: CID) -> None:
-        progress = await self.db.run(lambda _: self.state.forward_progress(manifest_id))
-        cancelled = await self.db.run(lambda _: self.state.cancel_forward(manifest_id, self._now_ms()))
-        sent = {dest: p.sent for dest, p in progress.items() if p.sent}
+        """The manifest was recalled: what was not sent is removed (a batch in progress still ends)."""
+        prefix = manifest_prefix(manifest_id)
+        sent: dict[str, int] = {}
+        removed = 0
+        for name, driver in self.drivers.items():
+            rows = await self.db.run(partial(_rows, queue=driver.queue, key_prefix=prefix))
+            live = [KEYS.decode(r.key) for r in rows if r.state is not DeliveryState.DELIVERED]
+            n_sent = sum(1 for r in rows if r.state is DeliveryState.DELIVERED)
+            if n_sent:
+                sent[name] = n_sent
+            if live:
+                await driver.remove(live)
+                removed += len(live)
         if sent:
             log.warning("manifest %s was recalled after %s instance(s) had been forwarded (%s): remove them from "
                         "the PACS by hand", manifest_id, sum(sent.values()), ", ".join(sorted(sent)))
             await self.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "forward-recalled", Outcome.MINOR_FAILURE,
                                         manifest_id=str(manifest_id),
                                         detail=f"recalled after forwarding to {', '.join(sorted(sent))}; "
-                                               f"{cancelled} item(s) not yet sent cancelled"))
+                                               f"{removed} item(s) not yet sent cancelled"))
 
     async def retry(self, manifest_id: CID | None, destination: str | None) -> int:
-        n = await self.db.run(lambda _: self.state.retry_forward(manifest_id, destination, self._now_ms()))
-        self.wake()
+        """Operator: failed items (of one manifest / destination, or all) are queued again."""
+        n = 0
+        for name, driver in self.drivers.items():
+            if destination is not None and name != destination:
+                continue
+            keys = [r.key for r in driver.records() if r.state is DeliveryState.FAILED
+                    and (manifest_id is None or r.key.manifest_id == manifest_id)]
+            if keys:
+                n += await driver.retry(keys)
         return n
+
+    # -- what the operator sees (database thread) --------------------------------------------------
+    def progress(self, store: MetadataStore, manifest_id: CID) -> dict[str, ForwardProgress]:
+        return progress(store, manifest_id, self.destinations)
+
+    def counts(self, store: MetadataStore) -> dict[str, dict[str, int]]:
+        return counts(store)
 
     # -- the service -------------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._reconcile()
         try:
             async with trio.open_nursery() as nursery:
-                for dest in self.destinations:
-                    nursery.start_soon(keep_running, f"forward to {dest.name}", partial(self._loop, dest))
+                for driver in self.drivers.values():
+                    await nursery.start(driver.run)
                 task_status.started()
         finally:
             self._stopping.set()
 
-    async def _reconcile(self) -> None:
-        """Items still waiting for a receipt that was sent before a crash are released."""
+    async def _attempt(self, dest: PacsDestination, _group: str,
+                       items: Sequence[tuple[ForwardKey, bytes | None]]) -> BatchOutcome[ForwardKey]:
+        return await self._send(dest, [k for k, _ in items])
 
-        def find(store: MetadataStore) -> list[CID]:
-            out = []
-            for manifest_id in self.state.waiting_manifests():
-                row = store.manifest(manifest_id)
-                if row is not None and row.state is ManifestState.RECEIPTED:
-                    out.append(manifest_id)
-                elif row is not None and row.state is ManifestState.RECALLED:
-                    self.state.cancel_forward(manifest_id, self._now_ms())
-            return out
+    async def _send_dimse(self, dest: PacsDestination, keys: Sequence[ForwardKey]) -> BatchOutcome[ForwardKey]:
+        records = await self.db.run(partial(_records_for, keys=keys))
+        return await trio.to_thread.run_sync(partial(self._send_batch, dest, keys, records),
+                                             abandon_on_cancel=True)  # type: ignore[call-arg]
 
-        for manifest_id in await self.db.run(find):
-            await self.release(manifest_id)
-
-    async def _loop(self, dest: PacsDestination) -> None:
-        failures = 0
-        while True:
-            wake = self._wake[dest.name] = trio.Event()
-            now = self._now_ms()
-            due = await self.db.run(lambda _: self.state.forward_due(dest.name, now, BATCH))
-            if not due:
-                nxt = await self.db.run(lambda _: self.state.next_forward_ms(dest.name))
-                delay = IDLE_S if nxt is None else max(0.05, (nxt - self._now_ms()) / 1000)
-                with trio.move_on_after(min(delay, IDLE_S)):
-                    await wake.wait()
-                continue
-            records = await self.db.run(partial(_records_for, items=due))
-            outcome = await trio.to_thread.run_sync(partial(self._send_batch, dest, due, records),
-                                                    abandon_on_cancel=True)  # type: ignore[call-arg]
-            now = self._now_ms()
-            if outcome.results:
-                await self.db.run(lambda _: self.state.record_forward(outcome.results, now))
-                await self._audit_batch(dest, due, outcome.results)
-            if outcome.unreachable:
-                failures += 1
-                retry = now + int(1000 * backoff(dest).delay(failures))
-                if dest.name not in self.unreachable or failures == 1:
-                    log.warning("PACS %s (%s@%s:%d) unreachable: %s; retrying", dest.name, dest.ae_title, dest.host,
-                                dest.port, outcome.unreachable)
-                self.unreachable[dest.name] = outcome.unreachable
-                await self.db.run(lambda _: self.state.defer_forward(dest.name, retry, outcome.unreachable, now))
-            else:
-                if dest.name in self.unreachable:
-                    log.info("PACS %s reachable again", dest.name)
-                failures = 0
-                self.unreachable.pop(dest.name, None)
+    async def _after_batch(self, dest: PacsDestination, _group: str, keys: Sequence[ForwardKey],
+                           outcome: BatchOutcome[ForwardKey]) -> None:
+        if not outcome.results:
+            return
+        driver = self.drivers[dest.name]
+        by_manifest: dict[CID, list[ForwardKey]] = {}
+        for key in outcome.results:
+            by_manifest.setdefault(key.manifest_id, []).append(key)
+        studies = await self.db.run(lambda s: {m: (row.study_uid if (row := s.manifest(m)) is not None else "")
+                                               for m in by_manifest})
+        for manifest_id, ks in by_manifest.items():
+            failures = [outcome.results[k] for k in ks if outcome.results[k] is not None]
+            sent = len(ks) - len(failures)
+            await self.audit(AuditEvent(
+                EventCode.INSTANCES_TRANSFERRED, "forward", Outcome.SUCCESS if not failures else Outcome.MINOR_FAILURE,
+                actor=self.calling_ae, study=hash_uid(studies.get(manifest_id, "")), manifest_id=str(manifest_id),
+                detail=f"{sent} of {len(ks)} instance(s) stored into PACS {dest.name} "
+                       f"({dest.ae_title}@{dest.host}:{dest.port})" + (f"; {len(failures)} not stored"
+                                                                       if failures else "")))
+            given_up = [r for k in ks if (r := driver.outbox.record(k)) is not None
+                        and r.state is DeliveryState.FAILED]
+            if given_up and self.failed_hook is not None:
+                await self.failed_hook(manifest_id, dest.name, given_up[0].last_error, len(given_up))
 
     # -- one association (worker thread) ----------------------------------------------------------
-    def _send_batch(self, dest: PacsDestination, items: list[ForwardItem],
-                    records: dict[tuple[str, bytes], InstanceRecord]) -> BatchOutcome:
-        outcome = BatchOutcome()
-        now = self._now_ms()
-        sendable: list[tuple[ForwardItem, InstanceRecord]] = []
-        for item in items:
-            rec = records.get((item.sop_instance_uid, item.digest))
+    def _send_batch(self, dest: PacsDestination, keys: Sequence[ForwardKey],
+                    records: dict[tuple[str, bytes], InstanceRecord]) -> BatchOutcome[ForwardKey]:
+        outcome: BatchOutcome[ForwardKey] = BatchOutcome()
+        results = outcome.results
+        if self.blocks is None:
+            raise RuntimeError("a forwarder without a block store cannot send")
+        sendable: list[tuple[ForwardKey, InstanceRecord]] = []
+        for key in keys:
+            rec = records.get((key.sop_instance_uid, key.digest))
             if rec is None:
-                outcome.results.append(self._result(item, ForwardState.FAILED, "instance no longer stored here",
-                                                    None, item.attempts + 1, now))
+                results[key] = Failure("instance no longer stored here", True)
             else:
-                sendable.append((item, rec))
+                sendable.append((key, rec))
         contexts = requested_contexts(rec for _, rec in sendable)
         if len(contexts) > MAX_CONTEXTS:  # keep what fits in one association; the rest go in a later batch
             kept = contexts[:MAX_CONTEXTS]
             classes = {sop for sop, _ in kept}
-            sendable = [(i, r) for i, r in sendable if r.sop_class_uid in classes
+            sendable = [(k, r) for k, r in sendable if r.sop_class_uid in classes
                         and (r.sop_class_uid, syntaxes_to_propose(r.transfer_syntax)[:1]) in kept]
             contexts = kept
         if not sendable:
@@ -242,94 +285,54 @@ class Forwarder:
         try:
             assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         except (OSError, RuntimeError, ValueError) as exc:
-            outcome.unreachable = f"cannot connect: {exc}"
-            return outcome
+            return BatchOutcome(results, f"cannot connect: {exc}")
         if not assoc.is_established:
-            outcome.unreachable = ("association rejected by the PACS" if assoc.is_rejected
-                                   else "no association (connection refused, closed or timed out)")
-            return outcome
+            return BatchOutcome(results, "association rejected by the PACS" if assoc.is_rejected
+                                else "no association (connection refused, closed or timed out)")
         install_raw_sending(assoc, self.tmp_dir)
+        unreachable = ""
         try:
-            for item, rec in sendable:
+            for key, rec in sendable:
                 if self._stopping.is_set():
                     break
                 try:
                     data = read_instance(self.blocks, rec)
                 except MeshError as exc:
-                    outcome.results.append(self._result(item, ForwardState.FAILED, f"local: {exc.name}: {exc}",
-                                                        None, item.attempts + 1, now))
+                    results[key] = Failure(f"local: {exc.name}: {exc}", True)
                     continue
                 try:
                     status = assoc.send_c_store(RawInstance(rec, data))
                 except (ValueError, RuntimeError, AttributeError) as exc:
                     if not assoc.is_established:
-                        outcome.unreachable = f"association lost: {exc}"
+                        unreachable = f"association lost: {exc}"
                         break
-                    outcome.results.append(self._failure(dest, item, f"not sent: {exc}", None, now))
+                    results[key] = Failure(f"not sent: {exc}", False)
                     continue
                 code = getattr(status, "Status", None)
                 if code is None:
-                    outcome.unreachable = "no C-STORE response (timed out or association aborted)"
+                    unreachable = "no C-STORE response (timed out or association aborted)"
                     break
                 if code == 0x0000 or code in WARNING_STATUSES:
-                    note = "" if code == 0 else f"stored with warning 0x{code:04X}"
-                    outcome.results.append(self._result(item, ForwardState.SENT, note, code, item.attempts + 1, now))
+                    if code:
+                        log.info("PACS %s stored an instance with warning 0x%04X", dest.name, code)
+                    results[key] = None
                 else:
-                    comment = str(getattr(status, "ErrorComment", "") or "")
-                    outcome.results.append(self._failure(dest, item, f"PACS refused it: 0x{code:04X} {comment}".strip(),
-                                                         code, now))
+                    results[key] = self.refusal(code, str(getattr(status, "ErrorComment", "") or ""))
         finally:
             if assoc.is_established:
                 assoc.release()
-        return outcome
-
-    @staticmethod
-    def _result(item: ForwardItem, state: ForwardState, error: str, status: int | None, attempts: int,
-                next_ms: int) -> ForwardResult:
-        return ForwardResult(item.manifest_id, item.destination, item.sop_instance_uid, state, attempts, next_ms,
-                             error, status)
-
-    def _failure(self, dest: PacsDestination, item: ForwardItem, error: str, status: int | None,
-                 now: int) -> ForwardResult:
-        attempts = item.attempts + 1
-        if attempts >= dest.max_attempts:
-            return self._result(item, ForwardState.FAILED, error, status, attempts, now)
-        retry = now + int(1000 * backoff(dest).delay(attempts))
-        return self._result(item, ForwardState.PENDING, error, status, attempts, retry)
-
-    async def _audit_batch(self, dest: PacsDestination, items: list[ForwardItem],
-                           results: list[ForwardResult]) -> None:
-        by_study: dict[str, list[ForwardResult]] = {}
-        study_of = {(i.manifest_id, i.sop_instance_uid): i.study_uid for i in items}
-        manifest_of: dict[str, CID] = {}
-        for r in results:
-            study = study_of.get((r.manifest_id, r.sop_instance_uid), "")
-            by_study.setdefault(study, []).append(r)
-            manifest_of[study] = r.manifest_id
-        for study, rs in by_study.items():
-            sent = sum(1 for r in rs if r.state is ForwardState.SENT)
-            failed = len(rs) - sent
-            await self.audit(AuditEvent(
-                EventCode.INSTANCES_TRANSFERRED, "forward", Outcome.SUCCESS if not failed else Outcome.MINOR_FAILURE,
-                actor=self.calling_ae, study=hash_uid(study), manifest_id=str(manifest_of[study]),
-                detail=f"{sent} of {len(rs)} instance(s) stored into PACS {dest.name} "
-                       f"({dest.ae_title}@{dest.host}:{dest.port})" + (f"; {failed} not stored" if failed else "")))
-            given_up = [r for r in rs if r.state is ForwardState.FAILED]
-            if given_up and self.failed_hook is not None:
-                await self.failed_hook(manifest_of[study], dest.name, given_up[0].last_error, len(given_up))
+        return BatchOutcome(results, unreachable)
 
 
-def _records_for(store: MetadataStore, items: Sequence[ForwardItem]) -> dict[tuple[str, bytes], InstanceRecord]:
-    """The stored instance records of the items, by (SOP Instance UID, digest)."""
+def _records_for(store: MetadataStore, keys: Sequence[ForwardKey]) -> dict[tuple[str, bytes], InstanceRecord]:
+    """The stored instance records of the keys, by (SOP Instance UID, digest)."""
     out: dict[tuple[str, bytes], InstanceRecord] = {}
-    for study in {i.study_uid for i in items}:
+    studies = set()
+    for manifest_id in {k.manifest_id for k in keys}:
+        row = store.manifest(manifest_id)
+        if row is not None:
+            studies.add(row.study_uid)
+    for study in studies:
         for rec in store.instances(study):
             out[(rec.sop_instance_uid, rec.digest)] = rec
     return out
-
-
-def progress_json(progress: ForwardProgress) -> dict[str, object]:
-    """A ForwardProgress as the control API shows it."""
-    return {"state": progress.state, "total": progress.total, "sent": progress.sent, "pending": progress.pending,
-            "waiting": progress.waiting, "failed": progress.failed, "cancelled": progress.cancelled,
-            "last_error": progress.last_error}

@@ -20,15 +20,16 @@ import trio
 
 from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.dimse.server import DimseServer
-from meshnode.gateway.forwarder import Forwarder, progress_json
+from meshnode.gateway.forwarder import Forwarder
 from meshnode.gateway.intake import StudyIntake
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.gateway_store import AnnouncementState, GatewayStore
+from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from protocol.cid import CID
-from protocol.document import Signed, open_document
+from protocol.document import open_document
 from protocol.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class Gateway:
         self.intake = StudyIntake(ctx.storage, ctx.db, self.state, self.announcer,
                                   max_instance_bytes=config.dimse.max_instance_bytes, clock=ctx.clock)
         self.dimse = DimseServer(config, self.intake, self.audit, ctx.home.path) if config.dimse.enabled else None
-        self.forwarder = (Forwarder(ctx.db, self.state, ctx.storage.blocks, config.pacs, config.dimse.ae_title,
+        self.forwarder = (Forwarder(ctx.db, ctx.storage.blocks, config.pacs, config.dimse.ae_title,
                                     self.audit, ctx.home.path / "tmp" / "forward", clock=ctx.clock)
                           if config.pacs else None)
         if self.forwarder is not None:
@@ -88,9 +89,10 @@ class Gateway:
             self.state.close()
 
     # -- hooks from the node runtime ---------------------------------------------------------
-    async def received(self, signed: Signed[Manifest]) -> None:
+    def queue_write(self, store: MetadataStore, manifest_id: CID) -> None:
+        """In the database call that records our receipt delivered: queue the study for the PACS."""
         if self.forwarder is not None:
-            await self.forwarder.enqueue(signed)
+            self.forwarder.queue_write(store, manifest_id)
 
     async def receipted(self, manifest_id: CID) -> None:
         if self.forwarder is not None:
@@ -101,14 +103,20 @@ class Gateway:
             await self.forwarder.cancel(manifest_id)
 
     # -- what the control API shows (called on the database thread) ------------------------------
-    def forward_progress(self, manifest_id: CID) -> dict[str, object]:
-        return {dest: progress_json(p) for dest, p in self.state.forward_progress(manifest_id).items()}
+    def forward_progress(self, store: MetadataStore, manifest_id: CID) -> dict[str, object]:
+        if self.forwarder is None:
+            return {}
+        return {dest: p.json() for dest, p in self.forwarder.progress(store, manifest_id).items()}
 
-    def status(self) -> dict[str, object]:
+    def forward_counts(self, store: MetadataStore) -> dict[str, dict[str, int]]:
+        return self.forwarder.counts(store) if self.forwarder is not None else {}
+
+    def status(self, store: MetadataStore) -> dict[str, object]:
         """The gateway's state for `meshnode status` / `meshnode gateway` (database thread)."""
         pending = self.announcer.pending()
         announcements = self.state.announcements(AnnouncementState.PENDING)
         dimse = self.dimse.address if self.dimse is not None else None
+        counts = self.forward_counts(store)
         return {
             "dimse": ({"ae_title": self.config.dimse.ae_title, "host": dimse[0], "port": dimse[1]}
                       if dimse is not None else None),
@@ -125,7 +133,7 @@ class Gateway:
                        "refused": self.intake.counters.refused, "bytes": self.intake.counters.bytes},
             "forward": {
                 d.name: {"ae_title": d.ae_title, "host": d.host, "port": d.port,
-                         "items": self.state.forward_counts().get(d.name, {}),
+                         "items": counts.get(d.name, {}),
                          "unreachable": self.forwarder.unreachable.get(d.name, "") if self.forwarder else ""}
                 for d in self.config.pacs},
         }

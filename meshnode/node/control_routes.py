@@ -93,7 +93,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                     "created_at": iso(row.created_at),
                     "first_instance_ms": (round(1000 * node.fetcher.first_usable[row.manifest_id])
                                           if row.manifest_id in node.fetcher.first_usable else None),
-                    "forward": node.gateway.forward_progress(row.manifest_id),  # to the local PACS
+                    "forward": node.gateway.forward_progress(store, row.manifest_id),  # to the local PACS
                     "failure": store.manifest_failure(row.manifest_id) if row.state is ManifestState.FAILED else None,
                 })
             return out
@@ -140,7 +140,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                  "last_seen": iso(int(p.last_seen))} for pid, p in ctx.peers.peers().items()]
 
     async def gateway(body: dict[str, Any]) -> object:
-        return await ctx.db.run(lambda _: node.gateway.status())
+        return await ctx.db.run(node.gateway.status)
 
     async def forward_retry(body: dict[str, Any]) -> object:
         if node.gateway.forwarder is None:

@@ -125,6 +125,8 @@ class Deliveries:
     ) -> None:
         self._on_receipted = on_receipted
         self._on_failed = on_failed
+        #: written in the same database call that records our receipt delivered (the PACS forward's queue)
+        self.receipted_write: Callable[[MetadataStore, CID], None] | None = None
         self.driver: RetryDriver[DeliveryKey] = RetryDriver(
             QUEUE, KEYS, db, clock, transport.deliver, classify, policy=policy, on_ended=self._ended, rng=rng)
 
@@ -170,7 +172,7 @@ class Deliveries:
             log.info("%s of %s delivered to %s", key.kind.value, key.item, key.org)
             if key.kind is DeliveryKind.RECEIPT:
                 on_receipted = self._on_receipted
-                return (partial(_receipt_delivered, key.item),
+                return (partial(_receipt_delivered, key.item, also=self.receipted_write),
                         (lambda: on_receipted(key.item)) if on_receipted is not None else None)
             return None, None
         log.warning("%s of %s to %s failed for good after %d attempt(s): %s", key.kind.value, key.item, key.org,
@@ -179,13 +181,19 @@ class Deliveries:
         return None, (lambda: on_failed(record)) if on_failed is not None else None
 
 
-def _receipt_delivered(manifest_id: CID, store: MetadataStore) -> None:
-    """Our receipt reached the sender: the manifest is receipted, unless it was recalled (or is being repaired)
-    meanwhile, which protocol.lifecycle refuses (the delivery stays delivered)."""
+def _receipt_delivered(manifest_id: CID, store: MetadataStore, *,
+                       also: Callable[[MetadataStore, CID], None] | None = None) -> None:
+    """Our receipt reached the sender: `also` is written (the PACS forward), then the manifest is receipted,
+    unless it was recalled (or is being repaired) meanwhile, which protocol.lifecycle refuses (the delivery
+    stays delivered, nothing else is written). `also` goes first so a stop between the two still forwards."""
     try:
-        node_lifecycle.move(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
+        node_lifecycle.next_state(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
     except (LocalProtocolError, NotFoundError) as exc:
         log.info("receipt for %s delivered; not recorded: %s", manifest_id, exc)
+        return
+    if also is not None:
+        also(store, manifest_id)
+    node_lifecycle.move(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
 
 
 class NodeTransport:

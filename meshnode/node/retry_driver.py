@@ -16,6 +16,14 @@ attempt cut short by a stop is due again at once after the restart
 (`Outbox.restore`). A success hook runs in the same database call that
 records the success.
 
+Batch mode (`batch=BatchMode(...)`, for the PACS forwarder: one DICOM
+association carries many items) attempts the due keys of one group (a
+destination) together, one batch per group at a time (`Outbox.due(where=)`):
+the attempt reports each key it tried as succeeded or failed; when the
+destination could not be reached at all, the keys it did not try are
+postponed (`Outbox.postpone`: the attempt is not counted) by the group's
+backoff, which grows with the group's consecutive unreachable batches.
+
 Expected failures (the caller's `expected` exception types: the network, a
 refusal) are logged as one line; anything else is a bug and is logged with its
 traceback, then counted as a transient failure so the queue keeps moving.
@@ -27,7 +35,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import trio
@@ -87,6 +95,31 @@ class Failure:
     permanent: bool
 
 
+@dataclass(frozen=True)
+class BatchOutcome(Generic[K]):
+    """What one batch attempt came to: for each key attempted, None (succeeded) or its Failure.
+    `unreachable`: why the group's destination took none of the rest (empty: it was reached). Keys not
+    reported were not attempted: postponed by the group's backoff if unreachable, else due again at once."""
+
+    results: dict[K, Failure | None] = field(default_factory=dict)
+    unreachable: str = ""
+
+
+@dataclass(frozen=True)
+class BatchMode(Generic[K]):
+    """Attempt the due keys of one group (`group(key)`, e.g. a PACS destination) together, at most `size`."""
+
+    group: Callable[[K], str]
+    attempt: Callable[[str, Sequence[tuple[K, bytes | None]]], Awaitable[BatchOutcome[K]]]
+    size: int = 64
+    #: the backoff after the n-th consecutive unreachable batch of a group (the policy's by default)
+    backoff: Callable[[str], Backoff] | None = None
+    #: which due keys go first (lowest first, then the oldest due), from the key and its payload
+    rank: Callable[[K, bytes | None], int] | None = None
+    #: after a batch's outcome is durable (audit, hooks)
+    after: Callable[[str, Sequence[K], BatchOutcome[K]], Awaitable[None]] | None = None
+
+
 #: Attempt one key (its payload given); raise to fail. The classify function says whether an error is
 #: expected (a Failure) or a bug (None).
 AttemptFn = Callable[[K, "bytes | None"], Awaitable[None]]
@@ -96,10 +129,12 @@ EndedFn = Callable[[DeliveryRecord[K], "bytes | None"], "tuple[StoreFn | None, C
 
 class RetryDriver(Generic[K]):
     def __init__(
-        self, queue: str, codec: KeyCodec[K], db: Database, clock: Callable[[], float], attempt: AttemptFn[K],
-        classify: ClassifyFn, *, policy: RetryPolicy = RetryPolicy(), on_ended: EndedFn[K] | None = None,
-        rng: random.Random | None = None,
+        self, queue: str, codec: KeyCodec[K], db: Database, clock: Callable[[], float],
+        attempt: AttemptFn[K] | None, classify: ClassifyFn, *, policy: RetryPolicy = RetryPolicy(),
+        on_ended: EndedFn[K] | None = None, rng: random.Random | None = None, batch: BatchMode[K] | None = None,
     ) -> None:
+        if (attempt is None) == (batch is None):
+            raise ValueError("a retry driver attempts one key at a time or in batches: give one of the two")
         self.queue = queue
         self.codec = codec
         self.db = db
@@ -108,6 +143,11 @@ class RetryDriver(Generic[K]):
         self._attempt_fn = attempt
         self._classify = classify
         self._on_ended = on_ended
+        self._batch = batch
+        #: batch mode: groups with a batch in progress; consecutive unreachable batches and why, per group
+        self._busy: set[str] = set()
+        self._unreachable_count: dict[str, int] = {}
+        self.unreachable: dict[str, str] = {}
         self._rng = rng or random.Random()
         # the Outbox's own attempt deadline is a backstop (protocol.delivery_policy): this driver ends attempts
         self.outbox: Outbox[K] = policy.outbox()
@@ -125,8 +165,11 @@ class RetryDriver(Generic[K]):
         task_status.started()
         async with trio.open_nursery() as nursery:
             while True:
-                await self._start_due(nursery)
-                next_due = self.outbox.next_due()
+                if self._batch is not None:
+                    await self._start_batches(nursery, self._batch)
+                else:
+                    await self._start_due(nursery)
+                next_due = self._next_due()
                 if next_due is None or len(self._in_flight) >= self.policy.concurrency:
                     delay = math.inf  # nothing to do, or no room: an attempt ending wakes the loop
                 else:
@@ -165,6 +208,91 @@ class RetryDriver(Generic[K]):
             self._in_flight.add(key)
             nursery.start_soon(self._attempt_one, key)
 
+    def _next_due(self) -> float | None:
+        if self._batch is None or not self._busy:
+            return self.outbox.next_due()
+        group = self._batch.group  # a busy group's keys wait for its batch to end (which wakes the loop)
+        times = [r.next_attempt_at for r in self.outbox.snapshot()
+                 if r.state in (DeliveryState.PENDING, DeliveryState.ATTEMPTING) and group(r.key) not in self._busy]
+        return min(times) if times else None
+
+    async def _start_batches(self, nursery: trio.Nursery, batch: BatchMode[K]) -> None:
+        now = self.clock()
+        ready = {batch.group(r.key) for r in self.outbox.snapshot()
+                 if r.state is DeliveryState.PENDING and r.next_attempt_at <= now} - self._busy
+        claims = []
+        for group in sorted(ready):
+            def in_group(key: K, group: str = group) -> bool:
+                return batch.group(key) == group
+
+            keys = self.outbox.due(now, limit=batch.size, where=in_group,
+                                   rank=self._rank if batch.rank is not None else None)
+            if keys:
+                claims.append((group, keys))
+        await self._flush()  # the claims (attempts + 1) are durable before the attempts
+        for group, keys in claims:
+            self._busy.add(group)
+            nursery.start_soon(self._attempt_batch, batch, group, keys)
+
+    def _rank(self, key: K) -> int:
+        rank = self._batch.rank if self._batch is not None else None
+        return rank(key, self._payloads.get(key)) if rank is not None else 0
+
+    async def _attempt_batch(self, batch: BatchMode[K], group: str, keys: list[K]) -> None:
+        try:
+            outcome = await self._try_batch(batch, group, keys)
+            now = self.clock()
+            for key in keys:
+                if key in outcome.results:
+                    failure = outcome.results[key]
+                    if failure is None:
+                        self.outbox.succeeded(key, now)
+                    else:
+                        jitter = self._rng.uniform(-self.policy.jitter, self.policy.jitter)
+                        self.outbox.failed(key, now, permanent=failure.permanent, error=failure.error[:500],
+                                           jitter=jitter)
+            until = now
+            failures = self._unreachable_count.get(group, 0) + 1 if outcome.unreachable else 0
+            if failures:
+                backoff = batch.backoff(group) if batch.backoff is not None else self.policy.backoff
+                until = now + backoff.delay(failures, self._rng.uniform(-self.policy.jitter, self.policy.jitter))
+            for key in keys:
+                if key not in outcome.results:
+                    self.outbox.postpone(key, now, until, outcome.unreachable[:500])
+            await self._flush(keys)
+            # shown once the outcome is durable (what the operator reads next agrees with it)
+            if failures:
+                self._unreachable_count[group] = failures
+                if failures == 1:
+                    log.warning("%s: %s unreachable: %s; retrying", self.queue, group, outcome.unreachable)
+                self.unreachable[group] = outcome.unreachable
+            else:
+                if group in self.unreachable:
+                    log.info("%s: %s reachable again", self.queue, group)
+                self._unreachable_count.pop(group, None)
+                self.unreachable.pop(group, None)
+            if batch.after is not None:
+                await batch.after(group, keys, outcome)
+        finally:
+            self._busy.discard(group)
+            self.wake()
+
+    async def _try_batch(self, batch: BatchMode[K], group: str, keys: list[K]) -> BatchOutcome[K]:
+        try:
+            with trio.fail_after(self.policy.attempt_timeout):
+                return await batch.attempt(group, [(k, self._payloads.get(k)) for k in keys])
+        except trio.TooSlowError:
+            failure = Failure(f"no answer within {self.policy.attempt_timeout:g} s", False)
+        except Exception as exc:  # the batch's task boundary: classified, never propagated
+            classified = self._classify(exc)
+            if classified is None:
+                log.exception("%s: a batch to %s failed with an unexpected error", self.queue, group)
+                classified = Failure(f"internal error: {type(exc).__name__}", False)
+            failure = classified
+        log.log(logging.WARNING if failure.permanent else logging.INFO, "%s: a batch of %d to %s failed: %s",
+                self.queue, len(keys), group, failure.error)
+        return BatchOutcome({k: failure for k in keys})
+
     async def _attempt_one(self, key: K) -> None:
         try:
             failure = await self._try(key)
@@ -174,7 +302,7 @@ class RetryDriver(Generic[K]):
             else:
                 jitter = jitter_fraction(self.policy, self._rng.random())
                 self.outbox.failed(key, now, permanent=failure.permanent, error=failure.error[:500], jitter=jitter)
-            await self._flush(key)
+            await self._flush((key,))
         finally:
             self._in_flight.discard(key)
             self.wake()
@@ -182,6 +310,8 @@ class RetryDriver(Generic[K]):
     async def _try(self, key: K) -> Failure | None:
         record = self.outbox.record(key)
         attempts = record.attempts if record is not None else 0
+        if self._attempt_fn is None:  # cannot happen: __init__ checked it
+            raise RuntimeError("no attempt function")
         try:
             with trio.fail_after(self.policy.attempt_timeout):
                 await self._attempt_fn(key, self._payloads.get(key))
@@ -200,33 +330,39 @@ class RetryDriver(Generic[K]):
                 failure.error)
         return failure
 
-    async def _flush(self, ended: K | None = None) -> None:
+    async def _flush(self, ended: Sequence[K] = ()) -> None:
         """Write what changed; on return, every change made before the call is durable (flushes are
         serialised: one that finds its changes taken by another still waits for that one's write)."""
         async with self._flush_lock:
             await self._flush_locked(ended)
 
-    async def _flush_locked(self, ended: K | None) -> None:
+    async def _flush_locked(self, ended: Sequence[K]) -> None:
         changes = self.outbox.changes()
-        if not changes and ended is None:
+        if not changes and not ended:
             return
         rows = [self._row(r) for r in changes]
-        write: StoreFn | None = None
-        action: Callable[[], Awaitable[None]] | None = None
-        record = self.outbox.record(ended) if ended is not None else None
-        if record is not None and ended is not None and self._on_ended is not None \
-                and record.state in (DeliveryState.DELIVERED, DeliveryState.FAILED):
-            write, action = self._on_ended(record, self._payloads.get(ended))
+        records = [r for r in (self.outbox.record(k) for k in ended)
+                   if r is not None and r.state in (DeliveryState.DELIVERED, DeliveryState.FAILED)]
+        writes: list[StoreFn] = []
+        actions: list[Callable[[], Awaitable[None]]] = []
+        if self._on_ended is not None:
+            for record in records:
+                write, action = self._on_ended(record, self._payloads.get(record.key))
+                if write is not None:
+                    writes.append(write)
+                if action is not None:
+                    actions.append(action)
 
         def save(store: MetadataStore) -> None:
             store.queue_save(rows)
-            if write is not None:
+            for write in writes:
                 write(store)
 
         await self.db.run(save)
-        if record is not None and ended is not None and record.state is DeliveryState.DELIVERED:
-            self._forget(ended)
-        if action is not None:
+        for record in records:
+            if record.state is DeliveryState.DELIVERED:
+                self._forget(record.key)
+        for action in actions:
             await action()
 
     def _forget(self, key: K) -> None:
@@ -257,6 +393,25 @@ class RetryDriver(Generic[K]):
             if self.codec.encode(key) in stored and self.outbox.add(key, now):
                 self._payloads[key] = payload
                 self._refs[key] = self.codec.ref(key)
+                added.append(key)
+        self.wake()
+        return added
+
+    async def adopt(self, key_prefix: str) -> list[K]:
+        """Take on the pending items whose keys start with key_prefix that another write stored (say in the
+        same database call as the event that queued them) and this driver does not hold yet."""
+        rows = await self.db.run(lambda s: s.queue_rows(self.queue, states=(DeliveryState.PENDING,),
+                                                        key_prefix=key_prefix))
+        added = []
+        for row in rows:
+            try:
+                key = self.codec.decode(row.key)
+            except MeshError as exc:
+                log.warning("%s: stored item %r skipped: %s", self.queue, row.key[:80], exc)
+                continue
+            if self.outbox.add(key, row.updated_ms / 1000, not_before=row.next_attempt_ms / 1000):
+                self._payloads[key] = row.payload
+                self._refs[key] = row.ref
                 added.append(key)
         self.wake()
         return added

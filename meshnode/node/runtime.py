@@ -110,6 +110,7 @@ class Node:
                                self._verification_failed)
         self.transport.connect(self.wire, self.sessions)
         self.gateway = Gateway(ctx, self.sender)
+        self.deliveries.receipted_write = self.gateway.queue_write  # the PACS forward, with the receipt
         self.corrupt = CorruptBlocks(ctx.storage, ctx.db, ctx.audit, ctx.peer_id, self._repair)
         #: received manifests being fetched again to repair a quarantined block, with their state before
         self._repairing: dict[CID, ManifestState] = {}
@@ -309,6 +310,7 @@ class Node:
                 # its receipt was delivered before the repair, or while it went on (the move was refused then)
                 if previous is ManifestState.RECEIPTED or delivered:
                     node_lifecycle.move(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
+                    self.gateway.queue_write(store, manifest_id)  # (idempotent: what was sent stays sent)
                 done = store.transfer(manifest_id)
                 store.set_transfer(manifest_id, ManifestState.COMPLETE, done[1] if done else 0, manifest.total_bytes,
                                    now)
@@ -356,16 +358,13 @@ class Node:
             store.set_transfer(manifest_id, state, previous[1] if previous else 0, manifest.total_bytes, now_ms)
             ctx.storage.write_head()  # on the database thread: it reads the newest audit entry
 
-        # queued for the PACS first (held until the receipt is delivered, which releases it): a stop before the
-        # study is recorded completes it again on restart, and queues it again (the same items)
-        await self.gateway.received(signed)
+        # the PACS forward is queued when the receipt is delivered (meshnode.gateway.pacs_queue)
         receipt = Receipt(manifest_id, ctx.org, ctx.peer_id, len(records), int(ctx.clock())).sign(ctx.key)
         try:
             # the study and the receipt to send are durable together: a restart sends the receipt, not the study
             await self.deliveries.receipt(manifest_id, manifest.sender_org, receipt.encode(), also=record)
         except LocalProtocolError as exc:  # recalled while its last blocks were verified
             log.info("manifest %s: completion not recorded: %s", manifest_id, exc)
-            await self.gateway.recalled(manifest_id)  # what was just queued for the PACS goes
             return
         started = self.fetcher.started_at(manifest_id)
         await ctx.events.publish(StudyEvent(

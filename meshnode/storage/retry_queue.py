@@ -50,8 +50,9 @@ class RetryQueueStore(Protocol):
     def queue_remove(self, queue: str, keys: Iterable[str]) -> None: ...
 
     def queue_rows(self, queue: str, ref: str | None = None,
-                   states: Sequence[DeliveryState] | None = None) -> list[QueuedRow]:
-        """Every item of the queue (only those with this ref, in these states, if given), by key."""
+                   states: Sequence[DeliveryState] | None = None, key_prefix: str | None = None) -> list[QueuedRow]:
+        """Every item of the queue (only those with this ref, in these states, whose key starts with
+        key_prefix, if given), by key."""
         ...
 
     def queue_counts(self, prefix: str) -> dict[tuple[str, DeliveryState], int]:
@@ -91,9 +92,10 @@ class MemoryRetryQueue:
             self._queued.pop((queue, key), None)
 
     def queue_rows(self, queue: str, ref: str | None = None,
-                   states: Sequence[DeliveryState] | None = None) -> list[QueuedRow]:
+                   states: Sequence[DeliveryState] | None = None, key_prefix: str | None = None) -> list[QueuedRow]:
         return sorted((r for (q, _), r in self._queued.items() if q == queue and (ref is None or r.ref == ref)
-                       and (states is None or r.state in states)), key=lambda r: r.key)
+                       and (states is None or r.state in states) and r.key.startswith(key_prefix or "")),
+                      key=lambda r: r.key)
 
     def queue_counts(self, prefix: str) -> dict[tuple[str, DeliveryState], int]:
         out: dict[tuple[str, DeliveryState], int] = {}

@@ -199,4 +199,23 @@ MIGRATIONS = (
           FROM webhook_queue;
     DROP TABLE webhook_queue
     """,
+    # 9: pacs queue: the PACS forward items (forward_items) move into the shared retry queue, one queue
+    # 'pacs:<destination>' (meshnode.gateway.pacs_queue); 'waiting' for a receipt already delivered becomes
+    # pending (due now), waiting for one not yet delivered is not queued (the receipt's delivery queues it),
+    # cancelled is removed; the payload is the manifest's priority rank (one byte)
+    """
+    INSERT OR IGNORE INTO retry_queue
+        SELECT 'pacs:' || f.destination,
+               lower(hex(f.manifest_id)) || ' ' || f.sop_instance_uid || ' ' || lower(hex(f.digest)),
+               f.sop_instance_uid || ' ' || lower(hex(f.digest)),
+               CASE f.state WHEN 'sent' THEN 'delivered' WHEN 'failed' THEN 'failed' ELSE 'pending' END,
+               CASE f.state WHEN 'waiting' THEN 0 ELSE f.attempts END,
+               CASE f.state WHEN 'waiting' THEN 0 ELSE f.next_attempt_ms END,
+               f.updated_ms, f.last_error, CAST(char(f.priority) AS BLOB)
+          FROM forward_items f
+         WHERE f.state IN ('pending', 'sent', 'failed')
+            OR (f.state = 'waiting' AND EXISTS (SELECT 1 FROM manifests m
+                                                 WHERE m.manifest_id = f.manifest_id AND m.state = 'receipted'));
+    DROP TABLE forward_items
+    """,
 )

@@ -45,10 +45,12 @@ class SqliteRetryQueue(SqliteTables):
             db.executemany("DELETE FROM retry_queue WHERE queue = ? AND key = ?", [(queue, k) for k in keys])
 
     def queue_rows(self, queue: str, ref: str | None = None,
-                   states: Sequence[DeliveryState] | None = None) -> list[QueuedRow]:
+                   states: Sequence[DeliveryState] | None = None, key_prefix: str | None = None) -> list[QueuedRow]:
         sql, params = f"SELECT {_COLUMNS} FROM retry_queue WHERE queue = ?", [queue]
         if ref is not None:
             sql, params = sql + " AND ref = ?", [*params, ref]
+        if key_prefix:  # a range on the primary key (queue, key): LIKE would need escaping and no index
+            sql, params = sql + " AND key >= ? AND key < ?", [*params, key_prefix, key_prefix + "\U0010ffff"]
         if states is not None:
             sql += f" AND state IN ({','.join('?' * len(states))})"
             params += [s.value for s in states]

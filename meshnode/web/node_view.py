@@ -162,12 +162,12 @@ class NodeView:
         certs = [("own", ctx.org, ctx.peer_id, ctx.certificate.document.not_after)]
         certs += [("peer", p.org, pid, p.certificate.document.not_after) for pid, p in sorted(ctx.peers.peers().items())]
         gateway = self.node.gateway
-        forward = await ctx.db.run(lambda _: gateway.state.forward_counts())
+        forward = await ctx.db.run(gateway.forward_counts)
         queues = {"fetch": len(self.node.fetcher.active), "deliveries": deliveries,
                   "webhooks": sum(n for (_, state), n in webhook_counts.items()
                                   if state in ("pending", "attempting")),
                   "forward": sum(n for counts in forward.values() for state, n in counts.items()
-                                 if state in ("pending", "waiting")),
+                                 if state == "pending"),
                   "announcements": len(gateway.announcer.pending())}
         return MetricsSnapshot(
             org=ctx.org, peer_id=ctx.peer_id, now=ctx.clock(), sent=dict(ctx.served), received=dict(ctx.received),

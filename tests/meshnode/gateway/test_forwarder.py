@@ -1,8 +1,9 @@
 """The forwarder against a real DICOM SCP acting as the PACS (pynetdicom, on 127.0.0.1:0).
 
 The PACS can be down, refuse some instances with a failure status, or take
-everything; the forward queue (real SQLite) must wait, retry, give up on
-what keeps being refused (until `retry`), and deliver the stored bytes.
+everything; the forward queue (the node's retry queue, real SQLite) must wait,
+retry, give up on what keeps being refused (until `retry`), and deliver the
+stored bytes. (The queue's timing, on trio's MockClock: test_forward_queue.py.)
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from meshnode.gateway.config import PacsDestination
 from meshnode.gateway.forwarder import Forwarder
 from meshnode.storage.audit import AuditEvent
-from meshnode.storage.gateway_store import ForwardState
+from meshnode.gateway.pacs_queue import queue_name
+from meshnode.storage.records import ManifestRow
+from meshnode.study.manifest_builder import build_manifest
+from protocol.lifecycle import ManifestState
 from protocol.manifest import Priority, Purpose
+from protocol.outbox import DeliveryState
 from tests.e2e.dimse_tools import dataset_bytes
 from tests.meshnode.gateway.conftest import GatewayFactory
-from tests.meshnode.gateway.harness import Gateway, eventually
+from tests.meshnode.gateway.harness import KEY, Gateway, eventually
 from meshnode.demo.workspace import free_tcp_port
 
 PACS_AE = "TEST_PACS"
@@ -71,12 +76,23 @@ async def pacs() -> AsyncIterator[Pacs]:
         await trio.to_thread.run_sync(server.stop)
 
 
-async def received_study(gw: Gateway, files: list[Path]) -> Any:
-    """Store the files and sign a manifest of them, as if this study had been received and verified."""
+async def received_study(gw: Gateway, files: list[Path], state: ManifestState = ManifestState.COMPLETE) -> Any:
+    """Store the files and record a signed manifest of them, as if this study had been received and verified."""
     for path in files:
         await gw.intake.store(path.read_bytes(), None, source="test")
     study = (await gw.db.run(lambda s: s.studies()))[0].attributes.study_uid
-    return await gw.share(study, ["RJ1"], Priority.URGENT, Purpose.CARE)
+    records = await gw.db.run(lambda s: s.instances(study))
+    now = int(time.time())
+    signed = build_manifest(records, sender_org="RGT", sender_peer=KEY.peer_id, recipients=["RJ1"],
+                            priority=Priority.URGENT, purpose=Purpose.CARE, created_at=now, expires_at=now + 86400,
+                            revision=1).sign(KEY)
+    row = ManifestRow(signed.cid, study, "received", "RGT", 1, state, now, now + 86400, signed.encode(), ("RJ1",))
+    await gw.db.run(lambda s: s.save_manifest(row, []))
+    return signed
+
+
+async def receipt_delivered(gw: Gateway, signed: Any) -> None:
+    await gw.db.run(lambda s: s.set_manifest_state(signed.cid, ManifestState.RECEIPTED))
 
 
 def forwarder(gw: Gateway, pacs: Pacs, audits: list[AuditEvent], **options: Any) -> Forwarder:
@@ -85,12 +101,17 @@ def forwarder(gw: Gateway, pacs: Pacs, audits: list[AuditEvent], **options: Any)
 
     (gw.home / "tmp" / "forward").mkdir(parents=True, exist_ok=True)
     dest = PacsDestination("main", PACS_AE, "127.0.0.1", pacs.port, retry_max_s=1, **options)
-    return Forwarder(gw.db, gw.state, gw.storage.blocks, [dest], "MESHTEST", audit, gw.home / "tmp" / "forward")
+    return Forwarder(gw.db, gw.storage.blocks, [dest], "MESHTEST", audit, gw.home / "tmp" / "forward")
 
 
-async def states(gw: Gateway, signed: Any) -> dict[str, ForwardState]:
-    items = await gw.db.run(lambda _: gw.state.forward_items(signed.cid))
-    return {i.sop_instance_uid: i.state for i in items}
+async def states(gw: Gateway, signed: Any) -> dict[str, DeliveryState]:
+    rows = await gw.db.run(lambda s: s.queue_rows(queue_name("main"), key_prefix=signed.cid.to_bytes().hex()))
+    return {r.key.split(" ")[1]: r.state for r in rows}
+
+
+async def attempts(gw: Gateway, signed: Any) -> dict[str, tuple[int, str]]:
+    rows = await gw.db.run(lambda s: s.queue_rows(queue_name("main"), key_prefix=signed.cid.to_bytes().hex()))
+    return {r.key.split(" ")[1]: (r.attempts, r.last_error) for r in rows}
 
 
 async def test_forward_waits_for_the_receipt_then_for_the_pacs(gateways: GatewayFactory, ct_study: list[Path],
@@ -101,17 +122,20 @@ async def test_forward_waits_for_the_receipt_then_for_the_pacs(gateways: Gateway
     fwd = forwarder(gw, pacs, audits)
     async with trio.open_nursery() as nursery:
         await nursery.start(fwd.run)
-        assert await fwd.enqueue(signed) == len(ct_study)
-        assert set((await states(gw, signed)).values()) == {ForwardState.WAITING}
-        await fwd.release(signed.cid)  # the receipt was sent; the PACS is not running yet
+        assert await fwd.release(signed.cid) == 0  # verified, the receipt not yet delivered: not queued
+        assert await states(gw, signed) == {}
+        progress = await gw.db.run(lambda s: fwd.progress(s, signed.cid))
+        assert progress["main"].state == "waiting-for-receipt"
+        await receipt_delivered(gw, signed)
+        assert await fwd.release(signed.cid) == len(ct_study)  # the PACS is not running yet
         await eventually(lambda: fwd.unreachable.get("main"), "the PACS to be found unreachable")
-        progress = await gw.db.run(lambda _: gw.state.forward_progress(signed.cid))
+        progress = await gw.db.run(lambda s: fwd.progress(s, signed.cid))
         assert progress["main"].state == "forwarding" and progress["main"].last_error
         await trio.to_thread.run_sync(pacs.start)
         await eventually(lambda: len(pacs.received) == len(ct_study), "every instance in the PACS")
         await eventually(lambda: "main" not in fwd.unreachable, "the PACS to count as reachable")
         nursery.cancel_scope.cancel()
-    assert set((await states(gw, signed)).values()) == {ForwardState.SENT}
+    assert set((await states(gw, signed)).values()) == {DeliveryState.DELIVERED}
     assert sorted(pacs.received.values()) == sorted(dataset_bytes(f) for f in ct_study)
     assert sum(int(e.detail.split(" of ")[0]) for e in audits if e.action == "forward") == len(ct_study)
     assert all(int(e.code) == 110104 for e in audits)
@@ -120,7 +144,7 @@ async def test_forward_waits_for_the_receipt_then_for_the_pacs(gateways: Gateway
 async def test_refused_instances_are_retried_then_failed_then_requeued(gateways: GatewayFactory,
                                                                       ct_study: list[Path], pacs: Pacs) -> None:
     gw = await gateways(dimse=False, announce=False)
-    signed = await received_study(gw, ct_study[:3])
+    signed = await received_study(gw, ct_study[:3], ManifestState.RECEIPTED)
     refused = signed.document.instances[0].sop_instance_uid
     pacs.refuse[refused] = 0xA700  # out of resources
     await trio.to_thread.run_sync(pacs.start)
@@ -128,38 +152,38 @@ async def test_refused_instances_are_retried_then_failed_then_requeued(gateways:
     fwd = forwarder(gw, pacs, audits, max_attempts=2)
     async with trio.open_nursery() as nursery:
         await nursery.start(fwd.run)
-        await fwd.enqueue(signed)
         await fwd.release(signed.cid)
         await eventually(lambda: len(pacs.received) == 2, "the two accepted instances")
 
         async def failed() -> bool:
-            return (await states(gw, signed))[refused] is ForwardState.FAILED
+            return (await states(gw, signed))[refused] is DeliveryState.FAILED
 
         deadline = time.monotonic() + 30
         while not await failed():
             assert time.monotonic() < deadline, "the refused instance was not given up on"
             await trio.sleep(0.05)
-        items = {i.sop_instance_uid: i for i in await gw.db.run(lambda _: gw.state.forward_items(signed.cid))}
-        assert items[refused].attempts == 2 and items[refused].status == 0xA700
-        assert "0xA700" in items[refused].last_error
-        progress = await gw.db.run(lambda _: gw.state.forward_progress(signed.cid))
+        tried, error = (await attempts(gw, signed))[refused]
+        assert tried == 2 and "0xA700" in error  # out of resources: transient, retried up to max_attempts
+        progress = await gw.db.run(lambda s: fwd.progress(s, signed.cid))
         assert progress["main"].state == "failed" and progress["main"].failed == 1
         del pacs.refuse[refused]  # the PACS administrator fixed it
         assert await fwd.retry(signed.cid, None) == 1
         await eventually(lambda: len(pacs.received) == 3, "the requeued instance")
         nursery.cancel_scope.cancel()
-    assert set((await states(gw, signed)).values()) == {ForwardState.SENT}
+    assert set((await states(gw, signed)).values()) == {DeliveryState.DELIVERED}
     assert any(e.outcome != 0 and "not stored" in e.detail for e in audits if e.action == "forward")
 
 
-async def test_recall_cancels_what_was_not_sent(gateways: GatewayFactory, ct_study: list[Path], pacs: Pacs) -> None:
+async def test_recall_before_the_receipt_queues_nothing(gateways: GatewayFactory, ct_study: list[Path],
+                                                       pacs: Pacs) -> None:
     gw = await gateways(dimse=False, announce=False)
     signed = await received_study(gw, ct_study[:2])
     audits: list[AuditEvent] = []
     fwd = forwarder(gw, pacs, audits)
-    await fwd.enqueue(signed)
+    await gw.db.run(lambda s: s.set_manifest_state(signed.cid, ManifestState.RECALLED))
     await fwd.cancel(signed.cid)  # recalled before the receipt went out
-    assert set((await states(gw, signed)).values()) == {ForwardState.CANCELLED}
-    await fwd.release(signed.cid)
-    assert set((await states(gw, signed)).values()) == {ForwardState.CANCELLED}
+    assert await fwd.release(signed.cid) == 0
+    assert await states(gw, signed) == {}
+    progress = await gw.db.run(lambda s: fwd.progress(s, signed.cid))
+    assert (progress["main"].state, progress["main"].cancelled) == ("cancelled", 2)
     assert not audits  # nothing had been forwarded, so nothing to remove from the PACS by hand
