@@ -42,6 +42,7 @@ import trio
 
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.retry_queue import QueuedRow
+from protocol.backoff import Backoff
 from protocol.errors import LocalProtocolError, MeshError
 from protocol.delivery_policy import DeliveryPolicy, jitter_fraction
 from protocol.outbox import DeliveryRecord, DeliveryState, Outbox
@@ -248,14 +249,14 @@ class RetryDriver(Generic[K]):
                     if failure is None:
                         self.outbox.succeeded(key, now)
                     else:
-                        jitter = self._rng.uniform(-self.policy.jitter, self.policy.jitter)
+                        jitter = jitter_fraction(self.policy, self._rng.random())
                         self.outbox.failed(key, now, permanent=failure.permanent, error=failure.error[:500],
                                            jitter=jitter)
             until = now
             failures = self._unreachable_count.get(group, 0) + 1 if outcome.unreachable else 0
             if failures:
                 backoff = batch.backoff(group) if batch.backoff is not None else self.policy.backoff
-                until = now + backoff.delay(failures, self._rng.uniform(-self.policy.jitter, self.policy.jitter))
+                until = now + backoff.delay(failures, jitter_fraction(self.policy, self._rng.random()))
             for key in keys:
                 if key not in outcome.results:
                     self.outbox.postpone(key, now, until, outcome.unreachable[:500])
