@@ -28,7 +28,9 @@ one destination (`due(now, where=...)`); when the destination could not be
 reached at all, `postpone(key, now, until)` puts a claimed key back to
 PENDING without counting the attempt (it never took place). `add(key, now,
 not_before=t)` queues an item not due before t (a debounce); `postpone` on a
-PENDING key pushes its due time later.
+PENDING key pushes its due time later; `reopen(key, now, not_before=t)` queues
+again a key that ended (DELIVERED or FAILED: something new to send, say a late
+instance of an announced study), with its attempts reset.
 """
 
 from __future__ import annotations
@@ -127,6 +129,22 @@ class Outbox(Generic[K]):
         due_at = now if not_before is None else max(now, not_before)
         self._set(DeliveryRecord(key, DeliveryState.PENDING, 0, due_at, now))
         return True
+
+    def reopen(self, key: K, now: float, *, not_before: float | None = None) -> bool:
+        """There is something new to send for this key: an unknown key is added, an ended one (DELIVERED or
+        FAILED) becomes PENDING again with its attempts reset, due at not_before (or now); a PENDING one is
+        pushed to not_before (never made earlier). An ATTEMPTING key is left as it is: the caller decides
+        after the attempt. Returns whether the key is now pending from an ended or unknown state."""
+        due_at = now if not_before is None else max(now, not_before)
+        record = self._records.get(key)
+        if record is None:
+            return self.add(key, now, not_before=not_before)
+        if record.state in (DeliveryState.DELIVERED, DeliveryState.FAILED):
+            self._set(DeliveryRecord(key, DeliveryState.PENDING, 0, due_at, now))
+            return True
+        if record.state is DeliveryState.PENDING:
+            self.postpone(key, now, due_at)
+        return False
 
     def remove(self, key: K) -> None:
         """Forget a delivery (e.g. its manifest was recalled). The caller deletes its stored row."""
