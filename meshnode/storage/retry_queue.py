@@ -42,6 +42,13 @@ class RetryQueueStore(Protocol):
         long ago) is left as it is. Returns the keys newly stored."""
         ...
 
+    def queue_reopen(self, rows: Sequence[QueuedRow]) -> list[str]:
+        """Queue items again that may have ended: an item not stored is stored as given; one DELIVERED or
+        FAILED takes the given retry state (state, attempts, times; error cleared); a PENDING one is pushed
+        to the given due time if later; an ATTEMPTING one is left as it is. Returns the keys stored or
+        reopened (protocol.outbox.Outbox.reopen, durably)."""
+        ...
+
     def queue_save(self, rows: Sequence[QueuedRow]) -> None:
         """Write the retry state (state, attempts, times, error) of stored items; payload and ref stay.
         Items not stored (removed meanwhile) are not added back."""
@@ -78,6 +85,19 @@ class MemoryRetryQueue:
                 self._queued[(row.queue, row.key)] = row
                 added.append(row.key)
         return added
+
+    def queue_reopen(self, rows: Sequence[QueuedRow]) -> list[str]:
+        changed = []
+        for row in rows:
+            stored = self._queued.get((row.queue, row.key))
+            if stored is None or stored.state in (DeliveryState.DELIVERED, DeliveryState.FAILED):
+                self._queued[(row.queue, row.key)] = replace(row, last_error="", payload=(
+                    row.payload if stored is None else stored.payload))
+                changed.append(row.key)
+            elif stored.state is DeliveryState.PENDING and row.next_attempt_ms > stored.next_attempt_ms:
+                self._queued[(row.queue, row.key)] = replace(stored, next_attempt_ms=row.next_attempt_ms,
+                                                             updated_ms=row.updated_ms)
+        return changed
 
     def queue_save(self, rows: Sequence[QueuedRow]) -> None:
         for row in rows:

@@ -32,6 +32,24 @@ class SqliteRetryQueue(SqliteTables):
                     added.append(r.key)
         return added
 
+    def queue_reopen(self, rows: Sequence[QueuedRow]) -> list[str]:
+        changed = []
+        with self._tx() as db:
+            for r in rows:
+                cur = db.execute(
+                    f"INSERT INTO retry_queue ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,'',?)"
+                    " ON CONFLICT (queue, key) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
+                    "  next_attempt_ms = excluded.next_attempt_ms, updated_ms = excluded.updated_ms, last_error = ''"
+                    " WHERE state IN ('delivered', 'failed')",
+                    (r.queue, r.key, r.ref, r.state.value, r.attempts, r.next_attempt_ms, r.updated_ms, r.payload))
+                if cur.rowcount == 1:
+                    changed.append(r.key)
+                else:
+                    db.execute("UPDATE retry_queue SET next_attempt_ms = ?, updated_ms = ? WHERE queue = ? AND key = ?"
+                               " AND state = 'pending' AND next_attempt_ms < ?",
+                               (r.next_attempt_ms, r.updated_ms, r.queue, r.key, r.next_attempt_ms))
+        return changed
+
     def queue_save(self, rows: Sequence[QueuedRow]) -> None:
         with self._tx() as db:
             db.executemany(
