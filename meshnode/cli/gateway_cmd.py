@@ -45,6 +45,10 @@ def status_lines(s: dict[str, Any]) -> list[str]:
                      f"({r['priority']}, {r['purpose']}, quiet {r['quiet_period_seconds']} s)")
     for a in s["pending_announcements"]:
         error = f", last error: {a['last_error']}" if a["last_error"] else ""
+        if a.get("state") == "failed":  # given up after the policy's attempts: a new instance queues it again
+            lines.append(f"NOT ANNOUNCED: study {a['study_uid']} on {a['route']}: {a['instances']} instance(s), "
+                         f"given up after {a['attempts']} attempt(s){error}")
+            continue
         lines.append(f"pending: study {a['study_uid']} on {a['route']}: {a['instances']} instance(s), "
                      f"announced {_when(a['announce_at_ms'])}{error}")
     for name, d in sorted(s["forward"].items()):

@@ -1,38 +1,55 @@
 """Announce a study once it is complete: when no instance has arrived for its route's quiet period.
 
 DICOM has no end-of-study signal. Every (study, route) that instances
-arrive on becomes a pending announcement (durable: gateway_announcements);
-once `quiet_period_s` passed since its last instance, the study is shared
-with the route's organisations through the node's ordinary share path
-(Sender.share: signed manifest, durable deliveries with retry). An instance
-that arrives later re-opens it, and the next announcement is a new manifest
+arrive on is an item of the node's shared retry queue (queue
+`gateway-announce`, key "<study> <route>": meshnode.node.retry_driver over
+protocol.outbox, states protocol.outbox.DeliveryState), due one quiet
+period after its last instance: each new instance pushes it later
+(`Outbox.postpone`). Once due, the attempt shares the study with the
+route's organisations through the node's ordinary share path (Sender.share:
+signed manifest, durable deliveries with retry); a local failure is retried
+with the shared delivery backoff (ANNOUNCE_POLICY). An instance that arrives
+after the announcement queues the item again (`Outbox.reopen`,
+`RetryQueueStore.queue_reopen`), and the next announcement is a new manifest
 revision (the recipients fetch only the blocks they do not have). When
 nothing changed since the last announcement (a PACS sending the same study
-again) no new revision is made.
+again) no new revision is made: the attempt succeeds without a share.
 
-Restart: pending rows are loaded and announced one quiet period after the
-start (instances that arrived since the row was written are on disk; the
+What the announcer keeps beyond the queue item (instances counted, the last
+manifest shared and its revision) is data in gateway_announcements
+(meshnode.storage.gateway_store).
+
+Restart: pending items are loaded and announced one quiet period after the
+start (instances that arrived since the item was written are on disk; the
 association that carried them is gone).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
 
-from meshnode.gateway.routes import Route, RouteTable
-from meshnode.storage.dbthread import DatabaseThread
-from meshnode.storage.gateway_store import Announcement, AnnouncementState, Arrival, GatewayStore
+from meshnode.gateway.routes import Route, RouteTable, check_route_name
+from meshnode.node.retry_driver import (
+    Database,
+    Failure,
+    RetryDriver,
+    RetryPolicy,
+    StoreFn,
+)
+from meshnode.storage.gateway_store import Arrival, GatewayStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord, hash_uid
-from protocol.backoff import Backoff
+from meshnode.storage.retry_queue import QueuedRow
 from protocol.document import Signed, open_document
-from protocol.errors import MeshError
+from protocol.errors import MeshError, StorageError
 from protocol.manifest import Manifest, Priority, Purpose
+from protocol.outbox import DeliveryRecord, DeliveryState
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -40,9 +57,35 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ShareFn = Callable[[str, Sequence[str], Priority, Purpose], Awaitable[Signed[Manifest]]]
-#: Between attempts to announce a study: 2 s doubling to 5 min.
-RETRY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=300.0)
+AnnounceKey = tuple[str, str]  # (study UID, route name)
+
+ANNOUNCE_QUEUE = "gateway-announce"
+#: The node's delivery policy (backoff 2 s doubling to 15 min, jitter), a few shares at once.
+ANNOUNCE_POLICY = RetryPolicy(concurrency=4)
+#: The quiet period of a (study, route) whose route is no longer configured (its attempt drops it).
 IDLE_CHECK_S = 60.0
+
+
+class AnnounceKeys:
+    """The queue's keys as text: "<study UID> <route>" (a UID has no space, a route name neither)."""
+
+    def encode(self, key: AnnounceKey) -> str:
+        return f"{key[0]} {key[1]}"
+
+    def decode(self, text: str) -> AnnounceKey:
+        study, sep, route = text.partition(" ")
+        try:
+            if not sep or not study or len(study) > 64 or " " in route:
+                raise ValueError("not '<study UID> <route>'")
+            return study, check_route_name(route)
+        except (ValueError, MeshError) as exc:
+            raise StorageError(f"unreadable announcement item {text[:80]!r}: {exc}") from None
+
+    def ref(self, key: AnnounceKey) -> str:
+        return key[0]
+
+
+KEYS = AnnounceKeys()
 
 
 def same_content(manifest: Manifest, instances: Sequence[InstanceRecord], route: Route) -> bool:
@@ -53,74 +96,82 @@ def same_content(manifest: Manifest, instances: Sequence[InstanceRecord], route:
             and route.priority is manifest.priority and route.purpose is manifest.purpose)
 
 
+def _classify(exc: BaseException) -> Failure | None:
+    """A refused or failed share (MeshError) is retried; anything else is a bug (logged with its traceback)."""
+    if isinstance(exc, MeshError):
+        return Failure(f"{exc.name}: {exc}", False)
+    return None
+
+
 class StudyAnnouncer:
-    def __init__(self, db: DatabaseThread, gateway: GatewayStore, routes: RouteTable, share: ShareFn,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, gateway: GatewayStore, routes: RouteTable, share: ShareFn,
+                 clock: Callable[[], float] = time.time, *, policy: RetryPolicy = ANNOUNCE_POLICY,
+                 rng: random.Random | None = None) -> None:
         self.db = db
         self.gateway = gateway
         self.routes = routes
         self.share = share
         self.clock = clock
-        self._last: dict[tuple[str, str], float] = {}  # pending (study, route) -> last arrival, seconds
-        self._retry_at: dict[tuple[str, str], float] = {}
-        self._wake = trio.Event()
+        self.driver: RetryDriver[AnnounceKey] = RetryDriver(
+            ANNOUNCE_QUEUE, KEYS, db, clock, self._attempt, _classify, policy=policy, on_ended=self._ended, rng=rng)
+        self._last: dict[AnnounceKey, float] = {}  # the last arrival seen in this run, seconds
+        self._covered: dict[AnnounceKey, float] = {}  # arrivals up to this time are in the attempt in progress
         self.announced = 0
 
-    # -- called by the intake (on the trio thread) --------------------------------------------
+    def quiet_period(self, route: str) -> float:
+        r = self.routes.get(route)
+        return float(r.quiet_period_s) if r is not None else IDLE_CHECK_S
+
+    # -- called by the intake ------------------------------------------------------------------
     def needs_note(self, study_uid: str, route: str) -> bool:
-        """Must an arrival be written down? Not when the (study, route) is pending already."""
-        return (study_uid, route) not in self._last
+        """Must an arrival be written down? Not when the (study, route) is pending already (the arrival only
+        pushes its due time, in memory: a restart announces it one quiet period after the start anyway)."""
+        record = self.driver.outbox.record((study_uid, route))
+        return record is None or record.state is not DeliveryState.PENDING
+
+    def note(self, store: MetadataStore, arrivals: Sequence[Arrival], now_ms: int) -> None:
+        """On the database thread, in the intake's commit: count the arrivals and (re)open their items."""
+        self.gateway.note_arrivals(arrivals, now_ms)
+        store.queue_reopen([self._row((a.study_uid, a.route), now_ms, now_ms + int(1000 * self.quiet_period(a.route)))
+                            for a in arrivals])
 
     def arrived(self, study_uid: str, route: str, at_s: float) -> None:
+        """After the commit (trio thread): the item is due one quiet period from this arrival."""
         key = (study_uid, route)
         self._last[key] = max(self._last.get(key, 0.0), at_s)
-        self._wake.set()
+        self.driver.outbox.reopen(key, self.clock(), not_before=at_s + self.quiet_period(route))
+        self.driver.wake()
 
-    def pending(self) -> dict[tuple[str, str], float]:
+    # -- what the operator sees -------------------------------------------------------------------
+    def pending(self) -> dict[AnnounceKey, float]:
         """Pending (study, route) -> when it will be announced (seconds since the epoch)."""
-        return {key: max(self._deadline(key, last), self._retry_at.get(key, 0.0))
-                for key, last in self._last.items()}
-
-    def _deadline(self, key: tuple[str, str], last: float) -> float:
-        route = self.routes.get(key[1])
-        return last + (route.quiet_period_s if route is not None else IDLE_CHECK_S)
+        return {r.key: r.next_attempt_at for r in self.driver.records()
+                if r.state in (DeliveryState.PENDING, DeliveryState.ATTEMPTING)}
 
     # -- the service ---------------------------------------------------------------------------
     async def load(self) -> int:
-        """Pick up the pending announcements a previous run left (announced a quiet period from now)."""
-        rows: list[Announcement] = await self.db.run(
-            lambda _: self.gateway.announcements(AnnouncementState.PENDING))
+        """Pick up the pending announcements a previous run left: announced a quiet period from now."""
+        await self.driver.load()
         now = self.clock()
-        for row in rows:
-            self._last[(row.study_uid, row.route)] = max(row.last_instance_ms / 1000, now)
-        if rows:
-            log.info("%d pending study announcement(s) resumed", len(rows))
-        return len(rows)
+        resumed = [r.key for r in self.driver.records() if r.state is DeliveryState.PENDING]
+        for key in resumed:
+            self.driver.outbox.postpone(key, now, now + self.quiet_period(key[1]))
+        if resumed:
+            log.info("%d pending study announcement(s) resumed", len(resumed))
+        return len(resumed)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.load()
-        task_status.started()
-        while True:
-            wake = self._wake = trio.Event()
-            now = self.clock()
-            due = sorted((deadline, key) for key, deadline in self.pending().items() if deadline <= now)
-            for _, key in due:
-                await self._announce(key)
-            upcoming = [d for d in self.pending().values() if d > self.clock()]
-            delay = min(upcoming, default=now + IDLE_CHECK_S) - self.clock()
-            if not due:
-                with trio.move_on_after(max(0.01, delay)):
-                    await wake.wait()
+        await self.driver.run(task_status=task_status)
 
-    async def _announce(self, key: tuple[str, str]) -> None:
+    async def _attempt(self, key: AnnounceKey, _payload: bytes | None) -> None:
         study_uid, route_name = key
-        covered = self._last[key]
+        covered = self._covered[key] = self.clock()
         route = self.routes.get(route_name)
         if route is None:
             log.warning("study %s is pending on route %r, which is no longer configured; dropped",
                         hash_uid(study_uid), route_name)
             await self.db.run(lambda _: self.gateway.forget_announcement(study_uid, route_name))
-            self._forget(key)
             return
         row = await self.db.run(lambda _: self.gateway.announcement(study_uid, route_name))
 
@@ -129,46 +180,50 @@ class StudyAnnouncer:
             return store.instances(study_uid), previous.raw if previous else None
 
         instances, previous_raw = await self.db.run(load)
-        now_ms = int(self.clock() * 1000)
         if not instances:
             log.warning("study %s pending on route %s has no instances any more; dropped",
                         hash_uid(study_uid), route_name)
             await self.db.run(lambda _: self.gateway.forget_announcement(study_uid, route_name))
-            self._forget(key)
             return
         previous = open_document(previous_raw, Manifest) if previous_raw is not None else None
-        if previous is not None and row is not None and same_content(previous.document, instances, route):
+        if previous is not None and same_content(previous.document, instances, route):
             manifest_id, revision = previous.cid, previous.document.revision
             log.info("study %s on route %s: nothing new since revision %d; not announced again",
                      hash_uid(study_uid), route_name, revision)
         else:
-            try:
-                signed = await self.share(study_uid, route.to, route.priority, route.purpose)
-            except MeshError as exc:
-                attempts = (row.attempts if row is not None else 0) + 1
-                retry = self.clock() + RETRY_BACKOFF.delay(attempts)
-                self._retry_at[key] = retry
-                log.warning("cannot announce study %s on route %s (attempt %d): %s", hash_uid(study_uid),
-                            route_name, attempts, exc)
-                reason = f"{exc.name}: {exc}"  # bound now: the lambda runs on the database thread
-                await self.db.run(lambda _: self.gateway.announce_failed(
-                    study_uid, route_name, reason, int(retry * 1000)))
-                return
+            signed = await self.share(study_uid, route.to, route.priority, route.purpose)  # raises: retried
             manifest_id, revision = signed.cid, signed.document.revision
             self.announced += 1
             log.info("study %s announced on route %s to %s (%s), revision %d, %d instance(s)", hash_uid(study_uid),
                      route_name, ",".join(route.to), route.priority.value, revision, len(signed.document.instances))
-        covered_ms = int(covered * 1000)
+        now_ms, covered_ms = int(self.clock() * 1000), int(covered * 1000)
         await self.db.run(lambda _: self.gateway.mark_announced(study_uid, route_name, manifest_id, revision,
                                                                 covered_ms, now_ms))
-        if self._last.get(key, 0.0) > covered:
-            # an instance arrived while this was being shared: re-open, durably, for the next revision
-            await self.db.run(lambda _: self.gateway.note_arrivals([Arrival(study_uid, route_name, 0)],
-                                                                   int(self._last[key] * 1000)))
-            self._retry_at.pop(key, None)
-        else:
-            self._forget(key)
 
-    def _forget(self, key: tuple[str, str]) -> None:
-        self._last.pop(key, None)
-        self._retry_at.pop(key, None)
+    def _ended(self, record: DeliveryRecord[AnnounceKey], _payload: bytes | None
+               ) -> tuple[StoreFn | None, Callable[[], Awaitable[None]] | None]:
+        key = record.key
+        covered = self._covered.pop(key, None)
+        if record.state is DeliveryState.FAILED:
+            log.warning("study %s on route %s: announcing given up after %d attempts (%s); a new instance "
+                        "queues it again", hash_uid(key[0]), key[1], record.attempts, record.last_error)
+
+        async def after() -> None:
+            # an instance that arrived while this was being shared (or its outcome written): queue it again,
+            # durably, for the next revision
+            last = self._last.get(key)
+            if last is None or covered is None or last <= covered or record.state is not DeliveryState.DELIVERED:
+                self._last.pop(key, None)
+                return
+            now = self.clock()
+            due = last + self.quiet_period(key[1])
+            row = self._row(key, int(now * 1000), int(due * 1000))
+            await self.db.run(lambda s: s.queue_reopen([row]))
+            self.driver.outbox.reopen(key, now, not_before=due)
+            self.driver.wake()
+
+        return None, after
+
+    @staticmethod
+    def _row(key: AnnounceKey, now_ms: int, due_ms: int) -> QueuedRow:
+        return QueuedRow(ANNOUNCE_QUEUE, KEYS.encode(key), KEYS.ref(key), DeliveryState.PENDING, 0, due_ms, now_ms, "")

@@ -257,10 +257,14 @@ class StudyIntake:
         to_persist = [a for a in noted if self.announcer is None or self.announcer.needs_note(a.study_uid, a.route)]
         storage, gateway = self.storage, self.gateway
 
-        def work(_: MetadataStore) -> list[AddOutcome]:
+        announcer = self.announcer
+
+        def work(store: MetadataStore) -> list[AddOutcome]:
             # the announcement first: a crash between the two leaves a pending
             # announcement without its instance (harmless), never the reverse
-            if to_persist:
+            if to_persist and announcer is not None:
+                announcer.note(store, to_persist, now)
+            elif to_persist:
                 gateway.note_arrivals(to_persist, now)
             return storage.metadata.add_instances(records, events, now)
 

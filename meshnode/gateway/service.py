@@ -18,19 +18,21 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from meshnode.gateway.announcer import StudyAnnouncer
+from meshnode.gateway.announcer import ANNOUNCE_QUEUE, KEYS, StudyAnnouncer
 from meshnode.gateway.dimse.server import DimseServer
 from meshnode.gateway.forwarder import Forwarder
 from meshnode.gateway.intake import StudyIntake
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.storage.audit import AuditEvent
-from meshnode.storage.gateway_store import AnnouncementState, GatewayStore
+from meshnode.storage.gateway_store import GatewayStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from protocol.cid import CID
 from protocol.document import open_document
+from protocol.errors import MeshError
 from protocol.manifest import Manifest
+from protocol.outbox import DeliveryState
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -114,7 +116,20 @@ class Gateway:
     def status(self, store: MetadataStore) -> dict[str, object]:
         """The gateway's state for `meshnode status` / `meshnode gateway` (database thread)."""
         pending = self.announcer.pending()
-        announcements = self.state.announcements(AnnouncementState.PENDING)
+        data = {(a.study_uid, a.route): a for a in self.state.announcements()}
+        items = []  # the announcements not done: their queue items, with the announcer's data
+        for q in store.queue_rows(ANNOUNCE_QUEUE, states=(DeliveryState.PENDING, DeliveryState.ATTEMPTING,
+                                                          DeliveryState.FAILED)):
+            try:
+                key = KEYS.decode(q.key)
+            except MeshError:
+                continue  # unreadable: skipped by the announcer too
+            a = data.get(key)
+            items.append({"study_uid": key[0], "route": key[1], "state": q.state.value,
+                          "instances": a.instances if a is not None else 0,
+                          "announce_at_ms": int(1000 * pending[key]) if key in pending else q.next_attempt_ms,
+                          "revision": a.revision if a is not None else 0, "attempts": q.attempts,
+                          "last_error": q.last_error})
         dimse = self.dimse.address if self.dimse is not None else None
         counts = self.forward_counts(store)
         return {
@@ -123,12 +138,7 @@ class Gateway:
             "routes": [{"name": r.name, "called_ae": r.called_ae, "to": list(r.to), "priority": r.priority.value,
                         "purpose": r.purpose.value, "quiet_period_seconds": r.quiet_period_s}
                        for r in self.config.routes],
-            "pending_announcements": [
-                {"study_uid": a.study_uid, "route": a.route, "instances": a.instances,
-                 "announce_at_ms": int(1000 * pending[(a.study_uid, a.route)])
-                 if (a.study_uid, a.route) in pending else None,
-                 "revision": a.revision, "attempts": a.attempts, "last_error": a.last_error}
-                for a in announcements],
+            "pending_announcements": items,
             "intake": {"stored": self.intake.counters.stored, "duplicates": self.intake.counters.duplicates,
                        "refused": self.intake.counters.refused, "bytes": self.intake.counters.bytes},
             "forward": {

@@ -5,40 +5,31 @@ Implementations: SQLite (sqlite_gateway.py, tables in node.db, migration 3)
 and memory (memory_gateway.py, for tests). Like MetadataStore, every method
 is synchronous and is called from the node's one database thread.
 
-Announcements, one row per (study, route):
-    pending    instances arrived; announce once `quiet period` passed since the last one
-    announced  shared (manifest_id, revision); a later instance makes it pending again
+Announcements, one row per (study, route): the data the announcer keeps (instances arrived since the
+last announcement, the last manifest shared and its revision). Whether an announcement is pending, being
+attempted or done, its attempts and error, are its item in the node's shared retry queue
+(meshnode.gateway.announcer: queue `gateway-announce`, states protocol.outbox.DeliveryState).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Protocol
 
 from protocol.cid import CID
-
-
-class AnnouncementState(str, Enum):
-    PENDING = "pending"
-    ANNOUNCED = "announced"
 
 
 @dataclass(frozen=True)
 class Announcement:
     study_uid: str
     route: str
-    state: AnnouncementState
-    instances: int  # instances arrived on this route since the last announcement
+    instances: int  # instances arrived on this route that no announcement covered yet
     first_ms: int  # first of those instances
     last_instance_ms: int
     revision: int  # revision of the last manifest shared for it (0: none yet)
     manifest_id: CID | None
     announced_ms: int | None
-    attempts: int  # failed share attempts since the last success
-    next_attempt_ms: int  # earliest retry after a failed share
-    last_error: str
 
 
 @dataclass(frozen=True)
@@ -53,10 +44,10 @@ class Arrival:
 class GatewayStore(Protocol):
     # -- announcements ---------------------------------------------------------------------
     def note_arrivals(self, arrivals: Sequence[Arrival], now_ms: int) -> None:
-        """Record instances arrived: creates or re-opens (after an announcement) a pending row."""
+        """Record instances arrived (creates the row, or counts them in)."""
         ...
 
-    def announcements(self, state: AnnouncementState | None = None) -> list[Announcement]: ...
+    def announcements(self) -> list[Announcement]: ...
 
     def announcement(self, study_uid: str, route: str) -> Announcement | None: ...
 
@@ -64,12 +55,10 @@ class GatewayStore(Protocol):
                        now_ms: int) -> bool:
         """The study was shared with every instance that arrived up to `covered_ms`.
 
-        Becomes `announced` unless an instance arrived after covered_ms (then it
-        stays pending, for the next revision). Returns whether it became announced.
+        Its instances count restarts unless an instance arrived after covered_ms (then the
+        count stays, for the next revision). Returns whether everything arrived was covered.
         """
         ...
-
-    def announce_failed(self, study_uid: str, route: str, error: str, next_attempt_ms: int) -> None: ...
 
     def forget_announcement(self, study_uid: str, route: str) -> None:
         """Drop the row (the study is gone, or its route is no longer configured)."""

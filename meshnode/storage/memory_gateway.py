@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from meshnode.storage.gateway_store import (
-    Announcement,
-    AnnouncementState,
-    Arrival,
-)
+from meshnode.storage.gateway_store import Announcement, Arrival
 from protocol.cid import CID
 
 
@@ -26,18 +22,14 @@ class MemoryGatewayStore:
             key = (a.study_uid, a.route)
             old = self._announcements.get(key)
             if old is None:
-                self._announcements[key] = Announcement(a.study_uid, a.route, AnnouncementState.PENDING, a.count,
-                                                        now_ms, now_ms, 0, None, None, 0, 0, "")
-            elif old.state is AnnouncementState.ANNOUNCED:
-                self._announcements[key] = replace(old, state=AnnouncementState.PENDING, instances=a.count,
-                                                   first_ms=now_ms, last_instance_ms=max(old.last_instance_ms, now_ms))
+                self._announcements[key] = Announcement(a.study_uid, a.route, a.count, now_ms, now_ms, 0, None, None)
             else:
                 self._announcements[key] = replace(old, instances=old.instances + a.count,
+                                                   first_ms=now_ms if old.instances == 0 else old.first_ms,
                                                    last_instance_ms=max(old.last_instance_ms, now_ms))
 
-    def announcements(self, state: AnnouncementState | None = None) -> list[Announcement]:
-        rows = [a for a in self._announcements.values() if state is None or a.state is state]
-        return sorted(rows, key=lambda a: (a.last_instance_ms, a.study_uid, a.route))
+    def announcements(self) -> list[Announcement]:
+        return sorted(self._announcements.values(), key=lambda a: (a.last_instance_ms, a.study_uid, a.route))
 
     def announcement(self, study_uid: str, route: str) -> Announcement | None:
         return self._announcements.get((study_uid, route))
@@ -49,15 +41,8 @@ class MemoryGatewayStore:
             return False
         done = old.last_instance_ms <= covered_ms
         self._announcements[(study_uid, route)] = replace(
-            old, manifest_id=manifest_id, revision=revision, announced_ms=now_ms, attempts=0, next_attempt_ms=0,
-            last_error="", state=AnnouncementState.ANNOUNCED if done else old.state)
+            old, manifest_id=manifest_id, revision=revision, announced_ms=now_ms, instances=0 if done else old.instances)
         return done
-
-    def announce_failed(self, study_uid: str, route: str, error: str, next_attempt_ms: int) -> None:
-        old = self._announcements.get((study_uid, route))
-        if old is not None:
-            self._announcements[(study_uid, route)] = replace(old, attempts=old.attempts + 1,
-                                                              next_attempt_ms=next_attempt_ms, last_error=error[:300])
 
     def forget_announcement(self, study_uid: str, route: str) -> None:
         self._announcements.pop((study_uid, route), None)

@@ -218,4 +218,22 @@ MIGRATIONS = (
                                                  WHERE m.manifest_id = f.manifest_id AND m.state = 'receipted'));
     DROP TABLE forward_items
     """,
+    # 10: announcer queue: the gateway's pending announcements move into the shared retry queue, queue
+    # 'gateway-announce', key '<study> <route>' (meshnode.gateway.announcer), attempts and error kept; announced
+    # ones are stored delivered (a late instance reopens them); gateway_announcements keeps the data (counts,
+    # last manifest and revision), its state and retry columns go (one state enum: protocol.outbox's)
+    """
+    INSERT OR IGNORE INTO retry_queue
+        SELECT 'gateway-announce', study_uid || ' ' || route, study_uid,
+               CASE state WHEN 'announced' THEN 'delivered' ELSE 'pending' END,
+               CASE state WHEN 'announced' THEN 0 ELSE attempts END,
+               max(last_instance_ms, next_attempt_ms), coalesce(announced_ms, last_instance_ms),
+               CASE state WHEN 'announced' THEN '' ELSE last_error END, NULL
+          FROM gateway_announcements;
+    DROP INDEX gateway_announcements_by_state;
+    ALTER TABLE gateway_announcements DROP COLUMN state;
+    ALTER TABLE gateway_announcements DROP COLUMN attempts;
+    ALTER TABLE gateway_announcements DROP COLUMN next_attempt_ms;
+    ALTER TABLE gateway_announcements DROP COLUMN last_error
+    """,
 )

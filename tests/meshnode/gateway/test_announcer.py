@@ -8,10 +8,12 @@ from pathlib import Path
 
 import trio
 
-from meshnode.gateway.announcer import StudyAnnouncer
+from meshnode.gateway.announcer import ANNOUNCE_QUEUE, KEYS, StudyAnnouncer
 from meshnode.gateway.routes import Route, RouteTable
-from meshnode.storage.gateway_store import Announcement, AnnouncementState
+from meshnode.storage.gateway_store import Announcement
+from meshnode.storage.retry_queue import QueuedRow
 from protocol.manifest import Priority
+from protocol.outbox import DeliveryState
 from tests.meshnode.gateway.conftest import GatewayFactory
 from tests.meshnode.gateway.harness import Gateway, config, eventually
 
@@ -20,6 +22,12 @@ ROUTE = Route("stroke", ("RJ1", "RAJ"), Priority.URGENT, called_ae="MESH_STROKE"
 
 async def row(gw: Gateway, study: str) -> Announcement | None:
     return await gw.db.run(lambda _: gw.state.announcement(study, ROUTE.name))
+
+
+async def item(gw: Gateway, study: str) -> QueuedRow:
+    """The announcement's item in the shared retry queue (its state, attempts, error)."""
+    (row,) = await gw.db.run(lambda s: s.queue_rows(ANNOUNCE_QUEUE, key_prefix=KEYS.encode((study, ROUTE.name))))
+    return row
 
 
 async def store(gw: Gateway, files: list[Path]) -> str:
@@ -40,8 +48,8 @@ async def test_quiet_study_is_announced_and_late_instances_make_a_new_revision(
     assert (manifest.revision, len(manifest.instances), manifest.recipients, manifest.priority) == (
         1, 3, ("RAJ", "RJ1"), Priority.URGENT)
     announced = await row(gw, study)
-    assert announced is not None and announced.state is AnnouncementState.ANNOUNCED
-    assert announced.manifest_id == first[0].cid
+    assert (await item(gw, study)).state is DeliveryState.DELIVERED
+    assert announced is not None and announced.manifest_id == first[0].cid
 
     await store(gw, ct_study[3:5])  # late instances
     second = await eventually(lambda: gw.shared.manifests[1:2], "the second revision")
@@ -51,7 +59,8 @@ async def test_quiet_study_is_announced_and_late_instances_make_a_new_revision(
     await store(gw, ct_study[:5])  # the PACS sends the whole study again: nothing new
     await eventually(lambda: len(gw.announcer.pending()) == 0, "the resent study to be settled")
     settled = await row(gw, study)
-    assert settled is not None and settled.state is AnnouncementState.ANNOUNCED and settled.revision == 2
+    assert (await item(gw, study)).state is DeliveryState.DELIVERED
+    assert settled is not None and settled.revision == 2
     assert len(gw.shared.manifests) == 2 and len(gw.shared.calls) == 2
 
 
@@ -61,11 +70,12 @@ async def test_a_failed_share_is_retried(gateways: GatewayFactory, ct_study: lis
     study = await store(gw, ct_study[:2])
     failed = await eventually(lambda: gw.shared.calls[:1], "the first (failing) attempt")
     assert failed and not gw.shared.manifests
-    state = await row(gw, study)
-    assert state is not None and state.attempts == 1 and "unavailable" in state.last_error
+    state = await item(gw, study)
+    assert state.state is DeliveryState.PENDING and state.attempts == 1 and "unavailable" in state.last_error
     await eventually(lambda: gw.shared.manifests[:1], "the retried announcement")
-    done = await row(gw, study)
-    assert done is not None and done.state is AnnouncementState.ANNOUNCED and done.attempts == 0
+    await eventually(lambda: not gw.announcer.pending(), "the announcement to be settled")
+    done = await item(gw, study)
+    assert done.state is DeliveryState.DELIVERED and done.attempts == 2 and done.last_error == ""
     assert len(gw.shared.calls) == 2
 
 
@@ -79,5 +89,5 @@ async def test_pending_announcements_survive_a_restart(gateways: GatewayFactory,
         (signed,) = await eventually(lambda: gw.shared.manifests[:1], "the announcement after the restart")
         nursery.cancel_scope.cancel()
     assert signed.document.study_uid == study and len(signed.document.instances) == 4
-    after = await row(gw, study)
-    assert after is not None and after.state is AnnouncementState.ANNOUNCED
+    await eventually(lambda: not restarted.pending(), "the announcement to be settled")
+    assert (await item(gw, study)).state is DeliveryState.DELIVERED

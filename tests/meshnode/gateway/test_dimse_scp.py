@@ -14,10 +14,17 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from meshnode.dicom.part10 import part10_file
+from meshnode.gateway.announcer import ANNOUNCE_QUEUE, KEYS
 from meshnode.gateway.config import Caller, DicomPeer
 from meshnode.gateway.routes import Route
-from meshnode.storage.gateway_store import AnnouncementState
-from tests.e2e.dimse_tools import ToolResult, dataset_bytes, datasets, find_answers, run_tool
+from protocol.outbox import DeliveryState
+from tests.e2e.dimse_tools import (
+    ToolResult,
+    dataset_bytes,
+    datasets,
+    find_answers,
+    run_tool,
+)
 from tests.meshnode.gateway.conftest import GatewayFactory
 from tests.meshnode.gateway.harness import AE_TITLE, CALLER, Gateway, config
 
@@ -73,9 +80,10 @@ async def test_echo_store_on_a_route_and_find(gateways: GatewayFactory, ct_study
     sent = await storescu(gw, ct_study, called="MESH_RJ1")
     assert sent.code == 0, sent.output
     assert await held(gw) == len(ct_study)
-    pending = await gw.db.run(lambda _: gw.state.announcements(AnnouncementState.PENDING))
-    assert [a.route for a in pending] == ["rj1"]
-    study = pending[0].study_uid
+    pending = [KEYS.decode(r.key) for r in await gw.db.run(
+        lambda s: s.queue_rows(ANNOUNCE_QUEUE, states=(DeliveryState.PENDING,)))]
+    assert [route for _, route in pending] == ["rj1"]
+    study = pending[0][0]
     found = await tool("findscu", "-P", "-aet", CALLER, "-aec", AE_TITLE, "-k", "QueryRetrieveLevel=PATIENT",
                        "-k", "PatientID", "-k", "NumberOfPatientRelatedInstances", "127.0.0.1", str(gw.port))
     assert [a["NumberOfPatientRelatedInstances"] for a in find_answers(found.output)] == [str(len(ct_study))]

@@ -7,11 +7,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from meshnode.dicom.errors import DicomError, DicomLimitError, MissingUidError, SopMismatchError
+from meshnode.dicom.errors import (
+    DicomError,
+    DicomLimitError,
+    MissingUidError,
+    SopMismatchError,
+)
+from meshnode.gateway.announcer import ANNOUNCE_QUEUE, KEYS
 from meshnode.gateway.routes import Route
-from meshnode.storage.gateway_store import AnnouncementState
 from meshnode.storage.records import AddOutcome, Source
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
+from protocol.outbox import DeliveryState
 from tests.meshnode.gateway.conftest import GatewayFactory
 from tests.meshnode.gateway.harness import Gateway, config
 
@@ -45,8 +51,8 @@ async def test_a_stored_instance_is_durable_and_exact(gateways: GatewayFactory, 
     # audited as a data import, with the route; the announcement is pending, durably
     actions = [(code, action) for code, action, _ in await gw.audit_actions()]
     assert (110107, "gateway-store") in actions
-    pending = await gw.db.run(lambda _: gw.state.announcements(AnnouncementState.PENDING))
-    assert [(a.study_uid, a.route) for a in pending] == [(stored.study_uid, "rj1")]
+    pending = await gw.db.run(lambda s: s.queue_rows(ANNOUNCE_QUEUE, states=(DeliveryState.PENDING,)))
+    assert [KEYS.decode(r.key) for r in pending] == [(stored.study_uid, "rj1")]
 
 
 async def test_concurrent_stores_share_commits(gateways: GatewayFactory, ct_study: list[Path]) -> None:

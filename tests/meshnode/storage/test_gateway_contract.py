@@ -7,11 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshnode.storage.gateway_store import (
-    AnnouncementState,
-    Arrival,
-    GatewayStore,
-)
+from meshnode.storage.gateway_store import Arrival, GatewayStore
 from meshnode.storage.memory_gateway import MemoryGatewayStore
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from protocol.cid import CID
@@ -28,26 +24,22 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewaySto
     s.close()
 
 
-def test_arrivals_open_and_reopen_an_announcement(store: GatewayStore) -> None:
+def test_arrivals_are_counted_until_an_announcement_covers_them(store: GatewayStore) -> None:
     store.note_arrivals([Arrival(STUDY, "stroke", 3)], NOW)
     store.note_arrivals([Arrival(STUDY, "stroke", 2)], NOW + 10)
     row = store.announcement(STUDY, "stroke")
-    assert row is not None and row.state is AnnouncementState.PENDING
+    assert row is not None
     assert (row.instances, row.first_ms, row.last_instance_ms, row.revision) == (5, NOW, NOW + 10, 0)
-    # an instance arrived after what the share covered: stays pending
+    # an instance arrived after what the share covered: its count stays, for the next revision
     assert not store.mark_announced(STUDY, "stroke", M1, 1, NOW + 5, NOW + 20)
-    assert store.announcement(STUDY, "stroke").state is AnnouncementState.PENDING  # type: ignore[union-attr]
+    assert store.announcement(STUDY, "stroke").instances == 5  # type: ignore[union-attr]
     assert store.mark_announced(STUDY, "stroke", M1, 1, NOW + 10, NOW + 20)
     row = store.announcement(STUDY, "stroke")
-    assert row is not None and row.state is AnnouncementState.ANNOUNCED and row.manifest_id == M1
-    assert store.announcements(AnnouncementState.PENDING) == []
-    store.note_arrivals([Arrival(STUDY, "stroke", 1)], NOW + 30)  # a late instance re-opens it
+    assert row is not None and row.manifest_id == M1 and row.instances == 0 and row.announced_ms == NOW + 20
+    store.note_arrivals([Arrival(STUDY, "stroke", 1)], NOW + 30)  # a late instance: counted from scratch
     row = store.announcement(STUDY, "stroke")
-    assert row is not None and row.state is AnnouncementState.PENDING and row.instances == 1 and row.revision == 1
-    store.announce_failed(STUDY, "stroke", "unavailable: no node", NOW + 40)
-    row = store.announcement(STUDY, "stroke")
-    assert row is not None and (row.attempts, row.next_attempt_ms, row.last_error) == (1, NOW + 40,
-                                                                                      "unavailable: no node")
+    assert row is not None and (row.instances, row.first_ms, row.revision) == (1, NOW + 30, 1)
+    assert [a.study_uid for a in store.announcements()] == [STUDY]
     store.forget_announcement(STUDY, "stroke")
     assert store.announcement(STUDY, "stroke") is None
 
@@ -57,5 +49,5 @@ def test_sqlite_state_survives_a_reopen(tmp_path: Path) -> None:
     s.note_arrivals([Arrival(STUDY, "rgt", 7)], NOW)
     s.close()
     again = SqliteGatewayStore(tmp_path / "node.db")
-    assert [a.instances for a in again.announcements(AnnouncementState.PENDING)] == [7]
+    assert [a.instances for a in again.announcements()] == [7]
     again.close()
