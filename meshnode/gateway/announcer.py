@@ -115,7 +115,10 @@ class StudyAnnouncer:
         self.driver: RetryDriver[AnnounceKey] = RetryDriver(
             ANNOUNCE_QUEUE, KEYS, db, clock, self._attempt, _classify, policy=policy, on_ended=self._ended, rng=rng)
         self._last: dict[AnnounceKey, float] = {}  # the last arrival seen in this run, seconds
-        self._covered: dict[AnnounceKey, float] = {}  # arrivals up to this time are in the attempt in progress
+        #: arrivals seen in this run, and how many of them an attempt in progress started after (a count, not a
+        #: time: an arrival's time is the intake's, in whole milliseconds)
+        self._seen: dict[AnnounceKey, int] = {}
+        self._covered: dict[AnnounceKey, int] = {}
         self.announced = 0
 
     def quiet_period(self, route: str) -> float:
@@ -139,6 +142,7 @@ class StudyAnnouncer:
         """After the commit (trio thread): the item is due one quiet period from this arrival."""
         key = (study_uid, route)
         self._last[key] = max(self._last.get(key, 0.0), at_s)
+        self._seen[key] = self._seen.get(key, 0) + 1
         self.driver.outbox.reopen(key, self.clock(), not_before=at_s + self.quiet_period(route))
         self.driver.wake()
 
@@ -166,7 +170,8 @@ class StudyAnnouncer:
 
     async def _attempt(self, key: AnnounceKey, _payload: bytes | None) -> None:
         study_uid, route_name = key
-        covered = self._covered[key] = self.clock()
+        self._covered[key] = self._seen.get(key, 0)
+        covered = self.clock()
         route = self.routes.get(route_name)
         if route is None:
             log.warning("study %s is pending on route %r, which is no longer configured; dropped",
@@ -212,8 +217,10 @@ class StudyAnnouncer:
             # an instance that arrived while this was being shared (or its outcome written): queue it again,
             # durably, for the next revision
             last = self._last.get(key)
-            if last is None or covered is None or last <= covered or record.state is not DeliveryState.DELIVERED:
+            if (last is None or covered is None or self._seen.get(key, 0) <= covered
+                    or record.state is not DeliveryState.DELIVERED):
                 self._last.pop(key, None)
+                self._seen.pop(key, None)
                 return
             now = self.clock()
             due = last + self.quiet_period(key[1])

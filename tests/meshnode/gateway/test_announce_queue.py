@@ -68,9 +68,12 @@ class Bench:
     manifests: list[Signed[Manifest]]
     calls: list[float]
     failures: int = 0
+    gate: trio.Event | None = None  # when set, a share waits for it (an instance can arrive meanwhile)
 
     async def share(self, study: str, to: Sequence[str], priority: Priority, purpose: Purpose) -> Signed[Manifest]:
         self.calls.append(now())
+        if self.gate is not None:
+            await self.gate.wait()
         if self.failures:
             self.failures -= 1
             raise UnavailableError("no node of the recipient org is reachable (bench)")
@@ -212,4 +215,25 @@ async def test_a_pending_announcement_survives_a_restart(
     assert bench.calls and bench.calls[0] == pytest.approx(start + QUIET, abs=0.3)
     (signed,) = bench.manifests
     assert signed.document.study_uid == study and len(signed.document.instances) == 4
+    assert [r.state for r in await bench.rows()] == [DeliveryState.DELIVERED]
+
+
+async def test_an_instance_that_arrives_during_the_share_reopens_it(
+        bench: Bench, ct_study: list[Path], mock_clock: trio.testing.MockClock) -> None:
+    await bench.nursery.start(bench.announcer.run)
+    await bench.store(ct_study[:2])
+    bench.gate = trio.Event()
+    await bench.advance(QUIET)  # exactly to the due time: the attempt starts, the clock stays there
+    assert len(bench.calls) == 1 and not bench.manifests  # the share is under way
+    assert bench.calls[0] == now()
+    await bench.store(ct_study[2:3])  # at the attempt's start time (in whole ms): the order still counts
+    bench.gate.set()
+    bench.gate = None
+    await trio.testing.wait_all_tasks_blocked()
+    assert [(m.document.revision, len(m.document.instances)) for m in bench.manifests] == [(1, 3)]
+    (row,) = await bench.rows()
+    assert (row.state, row.attempts) == (DeliveryState.PENDING, 0)  # queued again, durably
+    await bench.advance(QUIET + 1)
+    # attempted again: the share had read the late instance already, so nothing new (no share, no revision)
+    assert len(bench.calls) == 1 and len(bench.manifests) == 1
     assert [r.state for r in await bench.rows()] == [DeliveryState.DELIVERED]
