@@ -127,16 +127,18 @@ class StudyAnnouncer:
 
     # -- called by the intake ------------------------------------------------------------------
     def needs_note(self, study_uid: str, route: str) -> bool:
-        """Must an arrival be written down? Not when the (study, route) is pending already (the arrival only
-        pushes its due time, in memory: a restart announces it one quiet period after the start anyway)."""
+        """Must an arrival's queue item be written? Not when the (study, route) is pending already (the arrival
+        only pushes its due time, in memory: a restart announces it one quiet period after the start anyway)."""
         record = self.driver.outbox.record((study_uid, route))
         return record is None or record.state is not DeliveryState.PENDING
 
-    def note(self, store: MetadataStore, arrivals: Sequence[Arrival], now_ms: int) -> None:
-        """On the database thread, in the intake's commit: count the arrivals and (re)open their items."""
+    def note(self, store: MetadataStore, arrivals: Sequence[Arrival], now_ms: int,
+             reopen: Sequence[Arrival] | None = None) -> None:
+        """On the database thread, in the intake's commit: count the arrivals and (re)open the items of
+        `reopen` (those `needs_note` asked for; all by default)."""
         self.gateway.note_arrivals(arrivals, now_ms)
         store.queue_reopen([self._row((a.study_uid, a.route), now_ms, now_ms + int(1000 * self.quiet_period(a.route)))
-                            for a in arrivals])
+                            for a in (arrivals if reopen is None else reopen)])
 
     def arrived(self, study_uid: str, route: str, at_s: float) -> None:
         """After the commit (trio thread): the item is due one quiet period from this arrival."""
@@ -151,6 +153,26 @@ class StudyAnnouncer:
         """Pending (study, route) -> when it will be announced (seconds since the epoch)."""
         return {r.key: r.next_attempt_at for r in self.driver.records()
                 if r.state in (DeliveryState.PENDING, DeliveryState.ATTEMPTING)}
+
+    def status(self, store: MetadataStore) -> list[dict[str, object]]:
+        """The announcements not done (pending, being shared, given up), for `meshnode gateway` (database
+        thread): their queue items with the announcer's data."""
+        pending = self.pending()
+        data = {(a.study_uid, a.route): a for a in self.gateway.announcements()}
+        items: list[dict[str, object]] = []
+        for q in store.queue_rows(ANNOUNCE_QUEUE, states=(DeliveryState.PENDING, DeliveryState.ATTEMPTING,
+                                                          DeliveryState.FAILED)):
+            try:
+                key = KEYS.decode(q.key)
+            except MeshError:
+                continue  # unreadable: skipped by the driver too (it logged it)
+            a = data.get(key)
+            items.append({"study_uid": key[0], "route": key[1], "state": q.state.value,
+                          "instances": a.instances if a is not None else 0,
+                          "announce_at_ms": int(1000 * pending[key]) if key in pending else q.next_attempt_ms,
+                          "revision": a.revision if a is not None else 0, "attempts": q.attempts,
+                          "last_error": q.last_error})
+        return items
 
     # -- the service ---------------------------------------------------------------------------
     async def load(self) -> int:

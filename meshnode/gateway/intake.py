@@ -262,8 +262,8 @@ class StudyIntake:
         def work(store: MetadataStore) -> list[AddOutcome]:
             # the announcement first: a crash between the two leaves a pending
             # announcement without its instance (harmless), never the reverse
-            if to_persist and announcer is not None:
-                announcer.note(store, to_persist, now)
+            if noted and announcer is not None:
+                announcer.note(store, noted, now, reopen=to_persist)
             elif to_persist:
                 gateway.note_arrivals(to_persist, now)
             return storage.metadata.add_instances(records, events, now)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from meshnode.gateway.announcer import ANNOUNCE_QUEUE, KEYS, StudyAnnouncer
+from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.dimse.server import DimseServer
 from meshnode.gateway.forwarder import Forwarder
 from meshnode.gateway.intake import StudyIntake
@@ -30,9 +30,7 @@ from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from protocol.cid import CID
 from protocol.document import open_document
-from protocol.errors import MeshError
 from protocol.manifest import Manifest
-from protocol.outbox import DeliveryState
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -115,21 +113,6 @@ class Gateway:
 
     def status(self, store: MetadataStore) -> dict[str, object]:
         """The gateway's state for `meshnode status` / `meshnode gateway` (database thread)."""
-        pending = self.announcer.pending()
-        data = {(a.study_uid, a.route): a for a in self.state.announcements()}
-        items = []  # the announcements not done: their queue items, with the announcer's data
-        for q in store.queue_rows(ANNOUNCE_QUEUE, states=(DeliveryState.PENDING, DeliveryState.ATTEMPTING,
-                                                          DeliveryState.FAILED)):
-            try:
-                key = KEYS.decode(q.key)
-            except MeshError:
-                continue  # unreadable: skipped by the announcer too
-            a = data.get(key)
-            items.append({"study_uid": key[0], "route": key[1], "state": q.state.value,
-                          "instances": a.instances if a is not None else 0,
-                          "announce_at_ms": int(1000 * pending[key]) if key in pending else q.next_attempt_ms,
-                          "revision": a.revision if a is not None else 0, "attempts": q.attempts,
-                          "last_error": q.last_error})
         dimse = self.dimse.address if self.dimse is not None else None
         counts = self.forward_counts(store)
         return {
@@ -138,7 +121,7 @@ class Gateway:
             "routes": [{"name": r.name, "called_ae": r.called_ae, "to": list(r.to), "priority": r.priority.value,
                         "purpose": r.purpose.value, "quiet_period_seconds": r.quiet_period_s}
                        for r in self.config.routes],
-            "pending_announcements": items,
+            "pending_announcements": self.announcer.status(store),
             "intake": {"stored": self.intake.counters.stored, "duplicates": self.intake.counters.duplicates,
                        "refused": self.intake.counters.refused, "bytes": self.intake.counters.bytes},
             "forward": {

@@ -187,6 +187,11 @@ async def test_a_failing_share_is_retried_with_the_shared_backoff(
     assert len(bench.calls) == 1 and not bench.manifests
     (row,) = await bench.rows()
     assert (row.state, row.attempts) == (DeliveryState.PENDING, 1) and "unavailable" in row.last_error
+    (shown,) = await bench.db.run(bench.announcer.status)  # what `meshnode gateway` lists
+    assert (shown["study_uid"], shown["route"], shown["state"], shown["attempts"], shown["instances"]) == (
+        study, "stroke", "pending", 1, 2)
+    assert "unavailable" in str(shown["last_error"])
+    assert shown["announce_at_ms"] == int(1000 * bench.announcer.pending()[(study, "stroke")])
     draws = random.Random(SEED)
     first = ANNOUNCE_POLICY.backoff.delay(1, jitter_fraction(ANNOUNCE_POLICY, draws.random()))
     second = ANNOUNCE_POLICY.backoff.delay(2, jitter_fraction(ANNOUNCE_POLICY, draws.random()))
@@ -198,6 +203,7 @@ async def test_a_failing_share_is_retried_with_the_shared_backoff(
     (row,) = await bench.rows()
     assert (row.state, row.last_error) == (DeliveryState.DELIVERED, "")
     assert bench.state.announcement(study, "stroke").revision == 1  # type: ignore[union-attr]
+    assert await bench.db.run(bench.announcer.status) == []
 
 
 async def test_a_pending_announcement_survives_a_restart(
