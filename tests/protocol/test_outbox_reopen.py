@@ -3,6 +3,9 @@ that got a late instance), which `add` refuses (a key is never queued twice)."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from protocol.backoff import Backoff
 from protocol.outbox import DeliveryState, Outbox
 
@@ -57,3 +60,52 @@ def test_a_pending_key_is_only_pushed_later_and_an_attempt_is_left_alone() -> No
     outbox.changes()
     outbox.succeeded(KEY, 52.0)
     assert [r.state for r in outbox.changes()] == [DeliveryState.DELIVERED]
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "reopen", "due", "ok", "fail", "fail-permanent", "restart"]),
+        st.sampled_from([KEY, ("1.2.4", "rgt")]),
+        st.sampled_from([0.0, 0.5, 2.0, 30.0, 400.0]),
+        st.sampled_from([None, 0.0, 10.0, 100.0]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_reopen_in_any_sequence(steps: list[tuple[str, tuple[str, str], float, float | None]]) -> None:
+    o: Outbox[tuple[str, str]] = Outbox(attempt_timeout=100.0, max_attempts=3)
+    now = 0.0
+    for op, key, dt, later in steps:
+        now += dt
+        not_before = None if later is None else now + later
+        before = o.record(key)
+        if op == "add":
+            o.add(key, now, not_before=not_before)
+        elif op == "reopen":
+            reopened = o.reopen(key, now, not_before=not_before)
+            after = o.record(key)
+            assert after is not None
+            if before is None or before.state in (DeliveryState.DELIVERED, DeliveryState.FAILED):
+                assert reopened and (after.state, after.attempts) == (DeliveryState.PENDING, 0)
+                assert after.next_attempt_at == (now if not_before is None else max(now, not_before))
+            elif before.state is DeliveryState.PENDING:
+                assert not reopened and after.state is DeliveryState.PENDING
+                assert after.next_attempt_at == max(before.next_attempt_at, now if not_before is None else not_before)
+            else:
+                assert not reopened and after == before, "an attempt in progress is left alone"
+        elif op == "due":
+            o.due(now)
+        elif op == "ok":
+            o.succeeded(key, now)
+        elif op in ("fail", "fail-permanent"):
+            o.failed(key, now, permanent=op == "fail-permanent")
+        else:
+            o = Outbox.restore(o.snapshot(), attempt_timeout=100.0, max_attempts=3)
+        after = o.record(key)
+        if before is not None and before.state is DeliveryState.DELIVERED and op != "reopen":
+            assert after == before, "a delivered key changes only when reopened"
+        for record in o.snapshot():
+            assert 0 <= record.attempts <= 3
