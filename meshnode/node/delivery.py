@@ -47,7 +47,7 @@ from protocol.errors import (
     StorageError,
     UnavailableError,
 )
-from protocol.lifecycle import ManifestEvent
+from protocol.lifecycle import ManifestEvent, ManifestState
 from protocol.outbox import (
     DELIVERY_ATTEMPT_TIMEOUT,
     DELIVERY_BACKOFF,
@@ -127,8 +127,18 @@ class Deliveries:
     ) -> None:
         self._on_receipted = on_receipted
         self._on_failed = on_failed
+        self._db = db
+        self._transport = transport
         self.driver: RetryDriver[DeliveryKey] = RetryDriver(
-            QUEUE, KEYS, db, clock, transport.deliver, classify, policy=policy, on_ended=self._ended, rng=rng)
+            QUEUE, KEYS, db, clock, self._deliver, classify, policy=policy, on_ended=self._ended, rng=rng)
+
+    async def _deliver(self, key: DeliveryKey, payload: bytes | None) -> None:
+        """An announcement of a manifest recalled meanwhile is never sent: it fails for good, unsent."""
+        if key.kind is DeliveryKind.ANNOUNCE:
+            row = await self._db.run(lambda s: s.manifest(key.item))
+            if row is not None and row.state is ManifestState.RECALLED:
+                raise DocumentError("the manifest is recalled: not announced")
+        await self._transport.deliver(key, payload)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.driver.run(task_status=task_status)
@@ -141,12 +151,20 @@ class Deliveries:
         await self.driver.enqueue([(DeliveryKey(DeliveryKind.ANNOUNCE, manifest_id, o), None) for o in orgs], also)
 
     async def recall(self, manifest_id: CID, orgs: Sequence[str], recall: bytes, also: StoreFn | None = None) -> None:
-        """Queue the recall to every recipient org; announcements not yet delivered are dropped."""
-        undelivered = [r.key for r in self.driver.records() if r.key.item == manifest_id
-                       and r.key.kind is DeliveryKind.ANNOUNCE and r.state is not DeliveryState.DELIVERED]
-        await self.driver.enqueue([(DeliveryKey(DeliveryKind.RECALL, manifest_id, o), recall) for o in orgs], also)
-        if undelivered:
-            await self.driver.remove(undelivered)
+        """Queue the recall to every recipient org; announcements not yet delivered are dropped (with `also`,
+        one transaction: a stop or a failed write leaves all of it or none)."""
+        dropped: list[DeliveryRecord[DeliveryKey]] = []
+
+        def write(store: MetadataStore) -> None:
+            if also is not None:
+                also(store)
+            texts = [r.key for r in store.queue_rows(QUEUE, ref=manifest_id.to_bytes().hex())
+                     if r.state is not DeliveryState.DELIVERED and r.key.startswith(DeliveryKind.ANNOUNCE.value + " ")]
+            store.queue_remove(QUEUE, texts)
+            dropped[:] = [k for k in self.driver.records() if KEYS.encode(k.key) in texts]
+
+        await self.driver.enqueue([(DeliveryKey(DeliveryKind.RECALL, manifest_id, o), recall) for o in orgs], write)
+        self.driver.forget([r.key for r in dropped])
 
     async def receipt(self, manifest_id: CID, sender_org: str, receipt: bytes, also: StoreFn | None = None) -> None:
         await self.driver.enqueue([(DeliveryKey(DeliveryKind.RECEIPT, manifest_id, sender_org), receipt)], also)
