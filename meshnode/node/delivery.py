@@ -107,9 +107,18 @@ KEYS = DeliveryKeys()
 
 
 def stored_deliveries(store: MetadataStore, manifest_id: CID) -> list[DeliveryRecord[DeliveryKey]]:
-    """A manifest's deliveries as stored, delivered ones included (on the database thread)."""
-    return [DeliveryRecord(KEYS.decode(r.key), r.state, r.attempts, r.next_attempt_ms / 1000, r.updated_ms / 1000,
-                           r.last_error) for r in store.queue_rows(QUEUE, ref=manifest_id.to_bytes().hex())]
+    """A manifest's deliveries as stored, delivered ones included (on the database thread). A row whose key
+    cannot be read is logged and skipped (as RetryDriver.load does)."""
+    out = []
+    for r in store.queue_rows(QUEUE, ref=manifest_id.to_bytes().hex()):
+        try:
+            key = KEYS.decode(r.key)
+        except StorageError as exc:
+            log.warning("stored delivery %r skipped: %s", r.key[:80], exc)
+            continue
+        out.append(DeliveryRecord(key, r.state, r.attempts, r.next_attempt_ms / 1000, r.updated_ms / 1000,
+                                  r.last_error))
+    return out
 
 
 class DeliveryTransport(Protocol):
