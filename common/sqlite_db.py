@@ -35,16 +35,33 @@ class SqliteConnection:
     def __init__(self, path: Path, migrations: Sequence[str]) -> None:
         self.path = path
         self._db = open_database(path, migrations)
+        self._depth = 0  # open _tx blocks: a nested one joins the outer transaction
 
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Several writes (store methods) in one transaction: all of them commit, or none."""
+        with self._tx():
+            yield
+
+    @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self._depth:  # inside atomic(): joins it (an error still rolls the whole transaction back)
+            self._depth += 1
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise db_error("database update failed", exc) from exc
+            finally:
+                self._depth -= 1
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise db_error("database busy or unavailable", exc) from exc
+        self._depth = 1
         try:
             yield self._db
         except sqlite3.Error as exc:
@@ -53,6 +70,8 @@ class SqliteConnection:
         except BaseException:
             self._rollback()
             raise
+        finally:
+            self._depth = 0
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -48,8 +48,8 @@ from protocol.errors import (
     StorageError,
     UnavailableError,
 )
-from protocol.lifecycle import ManifestEvent
 from protocol.delivery_policy import DeliveryPolicy
+from protocol.lifecycle import ManifestEvent, ManifestState
 from protocol.outbox import (
     DeliveryKey,
     DeliveryKind,
@@ -105,9 +105,18 @@ KEYS = DeliveryKeys()
 
 
 def stored_deliveries(store: MetadataStore, manifest_id: CID) -> list[DeliveryRecord[DeliveryKey]]:
-    """A manifest's deliveries as stored, delivered ones included (on the database thread)."""
-    return [DeliveryRecord(KEYS.decode(r.key), r.state, r.attempts, r.next_attempt_ms / 1000, r.updated_ms / 1000,
-                           r.last_error) for r in store.queue_rows(QUEUE, ref=manifest_id.to_bytes().hex())]
+    """A manifest's deliveries as stored, delivered ones included (on the database thread). A row whose key
+    cannot be read is logged and skipped (as RetryDriver.load does)."""
+    out = []
+    for r in store.queue_rows(QUEUE, ref=manifest_id.to_bytes().hex()):
+        try:
+            key = KEYS.decode(r.key)
+        except StorageError as exc:
+            log.warning("stored delivery %r skipped: %s", r.key[:80], exc)
+            continue
+        out.append(DeliveryRecord(key, r.state, r.attempts, r.next_attempt_ms / 1000, r.updated_ms / 1000,
+                                  r.last_error))
+    return out
 
 
 class DeliveryTransport(Protocol):
@@ -127,8 +136,18 @@ class Deliveries:
         self._on_failed = on_failed
         #: written in the same database call that records our receipt delivered (the PACS forward's queue)
         self.receipted_write: Callable[[MetadataStore, CID], None] | None = None
+        self._db = db
+        self._transport = transport
         self.driver: RetryDriver[DeliveryKey] = RetryDriver(
-            QUEUE, KEYS, db, clock, transport.deliver, classify, policy=policy, on_ended=self._ended, rng=rng)
+            QUEUE, KEYS, db, clock, self._deliver, classify, policy=policy, on_ended=self._ended, rng=rng)
+
+    async def _deliver(self, key: DeliveryKey, payload: bytes | None) -> None:
+        """An announcement of a manifest recalled meanwhile is never sent: it fails for good, unsent."""
+        if key.kind is DeliveryKind.ANNOUNCE:
+            row = await self._db.run(lambda s: s.manifest(key.item))
+            if row is not None and row.state is ManifestState.RECALLED:
+                raise DocumentError("the manifest is recalled: not announced")
+        await self._transport.deliver(key, payload)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.driver.run(task_status=task_status)
@@ -141,12 +160,20 @@ class Deliveries:
         await self.driver.enqueue([(DeliveryKey(DeliveryKind.ANNOUNCE, manifest_id, o), None) for o in orgs], also)
 
     async def recall(self, manifest_id: CID, orgs: Sequence[str], recall: bytes, also: StoreFn | None = None) -> None:
-        """Queue the recall to every recipient org; announcements not yet delivered are dropped."""
-        undelivered = [r.key for r in self.driver.records() if r.key.item == manifest_id
-                       and r.key.kind is DeliveryKind.ANNOUNCE and r.state is not DeliveryState.DELIVERED]
-        await self.driver.enqueue([(DeliveryKey(DeliveryKind.RECALL, manifest_id, o), recall) for o in orgs], also)
-        if undelivered:
-            await self.driver.remove(undelivered)
+        """Queue the recall to every recipient org; announcements not yet delivered are dropped (with `also`,
+        one transaction: a stop or a failed write leaves all of it or none)."""
+        dropped: list[DeliveryRecord[DeliveryKey]] = []
+
+        def write(store: MetadataStore) -> None:
+            if also is not None:
+                also(store)
+            texts = [r.key for r in store.queue_rows(QUEUE, ref=manifest_id.to_bytes().hex())
+                     if r.state is not DeliveryState.DELIVERED and r.key.startswith(DeliveryKind.ANNOUNCE.value + " ")]
+            store.queue_remove(QUEUE, texts)
+            dropped[:] = [k for k in self.driver.records() if KEYS.encode(k.key) in texts]
+
+        await self.driver.enqueue([(DeliveryKey(DeliveryKind.RECALL, manifest_id, o), recall) for o in orgs], write)
+        self.driver.forget([r.key for r in dropped])
 
     async def receipt(self, manifest_id: CID, sender_org: str, receipt: bytes, also: StoreFn | None = None) -> None:
         await self.driver.enqueue([(DeliveryKey(DeliveryKind.RECEIPT, manifest_id, sender_org), receipt)], also)

@@ -158,6 +158,9 @@ class RetryDriver(Generic[K]):
         self._wakeup = trio.Event()
         self._flush_lock = trio.Lock()
         self._loaded = False
+        #: written by no flush yet (its write failed): written by the next one, so nothing is forgotten
+        self._unwritten: dict[str, QueuedRow] = {}
+        self._unended: dict[K, None] = {}
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -338,31 +341,43 @@ class RetryDriver(Generic[K]):
             await self._flush_locked(ended)
 
     async def _flush_locked(self, ended: Sequence[K]) -> None:
-        changes = self.outbox.changes()
-        if not changes and not ended:
+        unwritten = self._unwritten
+        for r in self.outbox.changes():
+            row = self._row(r)
+            unwritten[row.key] = row
+        for key in ended:
+            self._unended[key] = None
+        if not unwritten and not self._unended:
             return
-        rows = [self._row(r) for r in changes]
-        records = [r for r in (self.outbox.record(k) for k in ended)
-                   if r is not None and r.state in (DeliveryState.DELIVERED, DeliveryState.FAILED)]
+        rows = list(unwritten.values())
+        ends = list(self._unended)
         writes: list[StoreFn] = []
         actions: list[Callable[[], Awaitable[None]]] = []
-        if self._on_ended is not None:
-            for record in records:
-                write, action = self._on_ended(record, self._payloads.get(record.key))
+        delivered: list[K] = []
+        for key in ends:
+            record = self.outbox.record(key)
+            if record is None or record.state not in (DeliveryState.DELIVERED, DeliveryState.FAILED):
+                continue
+            if record.state is DeliveryState.DELIVERED:
+                delivered.append(key)
+            if self._on_ended is not None:
+                write, action = self._on_ended(record, self._payloads.get(key))
                 if write is not None:
                     writes.append(write)
                 if action is not None:
                     actions.append(action)
 
         def save(store: MetadataStore) -> None:
-            store.queue_save(rows)
-            for write in writes:
-                write(store)
+            with store.atomic():
+                store.queue_save(rows)
+                for write in writes:
+                    write(store)
 
-        await self.db.run(save)
-        for record in records:
-            if record.state is DeliveryState.DELIVERED:
-                self._forget(record.key)
+        await self.db.run(save)  # on failure, kept in _unwritten / _unended for the next flush
+        self._unwritten = {}
+        self._unended = {}
+        for key in delivered:
+            self._forget(key)
         for action in actions:
             await action()
 
@@ -384,9 +399,10 @@ class RetryDriver(Generic[K]):
                           _ms(now), "", p) for k, p in items]
 
         def write(store: MetadataStore) -> list[str]:
-            if also is not None:
-                also(store)
-            return store.queue_add(rows)
+            with store.atomic():  # `also` and the rows: one transaction
+                if also is not None:
+                    also(store)
+                return store.queue_add(rows)
 
         stored = set(await self.db.run(write))
         added = []
@@ -416,6 +432,11 @@ class RetryDriver(Generic[K]):
                 added.append(key)
         self.wake()
         return added
+
+    def forget(self, keys: Sequence[K]) -> None:
+        """Forget items removed from the database by a caller's write (an attempt in progress still ends)."""
+        for key in keys:
+            self._forget(key)
 
     async def remove(self, keys: Sequence[K]) -> None:
         """Forget items (an attempt in progress still ends; its report is ignored)."""

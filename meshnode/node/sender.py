@@ -17,7 +17,7 @@ from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed, open_document
 from protocol.errors import DocumentError, LocalProtocolError, NotFoundError, WrongOrganisationError
-from protocol.lifecycle import ManifestEvent, Side, advance
+from protocol.lifecycle import ManifestEvent, ManifestState, Side, advance
 from protocol.manifest import Manifest, Priority, Purpose
 from protocol.recall import Recall, RecallAction
 from protocol.receipt import Receipt, verify_receipt
@@ -103,11 +103,15 @@ class Sender:
         row = await ctx.db.run(lambda s: s.manifest(manifest_id))
         if row is None or row.direction != "sent":
             raise NotFoundError("no such sent manifest")
-        advance(Side.SENDER, row.state, ManifestEvent.RECALLED)  # a second recall is refused before it is signed
+        # a recall of a recalled manifest queues again what is missing (rows queued already stay as they are)
+        again = row.state is ManifestState.RECALLED
+        if not again:
+            advance(Side.SENDER, row.state, ManifestEvent.RECALLED)  # refused (before it is signed) if it cannot be
         recall = Recall(manifest_id, row.study_uid, ctx.org, RecallAction.WITHDRAW, None, reason[:1024],
                         int(ctx.clock())).sign(ctx.key)
         await self.deliveries.recall(manifest_id, row.recipients, recall.encode(),
-                                     also=lambda s: node_lifecycle.move(s, manifest_id, ManifestEvent.RECALLED))
+                                     also=None if again else
+                                     lambda s: node_lifecycle.move(s, manifest_id, ManifestEvent.RECALLED))
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "recall", actor=ctx.peer_id, actor_org=ctx.org,
                                    study=hash_uid(row.study_uid), manifest_id=str(manifest_id),
                                    detail=reason[:300]))

@@ -14,7 +14,9 @@ Implementations: SQLite (meshnode.storage.sqlite_retry_queue) and memory
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import copy
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -37,6 +39,10 @@ class QueuedRow:
 
 
 class RetryQueueStore(Protocol):
+    def atomic(self) -> AbstractContextManager[None]:
+        """Run several writes (of any store method) as one: all of them, or (on an exception) none."""
+        ...
+
     def queue_add(self, rows: Sequence[QueuedRow]) -> list[str]:
         """Store new items, atomically; an item whose (queue, key) is stored already (also one delivered
         long ago) is left as it is. Returns the keys newly stored."""
@@ -77,6 +83,23 @@ class MemoryRetryQueue:
 
     def __init__(self) -> None:
         self._queued: dict[tuple[str, str], QueuedRow] = {}
+        self._atomic_depth = 0
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """All or nothing, as SQLite's transaction: the store's containers are restored on an exception."""
+        if self._atomic_depth:
+            yield
+            return
+        saved = {k: copy.deepcopy(v) for k, v in vars(self).items() if isinstance(v, (dict, list, set))}
+        self._atomic_depth = 1
+        try:
+            yield
+        except BaseException:
+            vars(self).update(saved)
+            raise
+        finally:
+            self._atomic_depth = 0
 
     def queue_add(self, rows: Sequence[QueuedRow]) -> list[str]:
         added = []

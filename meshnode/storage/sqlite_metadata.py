@@ -9,6 +9,7 @@ in one transaction.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from typing import Any
 from collections.abc import Iterable, Sequence
@@ -32,7 +33,10 @@ from meshnode.storage.sqlite_identity import SqliteIdentity
 from meshnode.storage.sqlite_retry_queue import SqliteRetryQueue
 from protocol.access import Holding
 from protocol.cid import CID
+from protocol.errors import MeshError
 from protocol.lifecycle import ManifestState, parse_state
+
+log = logging.getLogger(__name__)
 
 CONFLICT_FLAG = "sop-uid-conflict"
 
@@ -289,17 +293,22 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRet
                            [(row.manifest_id.to_bytes(), c.to_bytes()) for c in blocks])
 
     def _manifest_rows(self, where: str, params: Sequence[object]) -> list[ManifestRow]:
-        return [
-            ManifestRow(
-                manifest_id=CID.from_bytes(bytes(r[0])), study_uid=str(r[1]), direction=str(r[2]),
-                sender_org=str(r[3]), recipients=tuple(x for x in str(r[4]).split(",") if x),
-                revision=int(r[5]), state=parse_state(str(r[6])), created_at=int(r[7]), expires_at=int(r[8]),
-                raw=bytes(r[9]), certificate=bytes(r[10]),
-            )
-            for r in self._query(
+        """The rows that can be read; one that cannot (an unknown state, a bad ID: a later version's or a
+        tampered file) is logged (no patient data) and skipped, as RetryDriver.load skips a bad queue row."""
+        out = []
+        for r in self._query(
                 "SELECT manifest_id, study_uid, direction, sender_org, recipients, revision, state, created_at,"
-                f" expires_at, raw, certificate FROM manifests {where} ORDER BY created_at, manifest_id", params)
-        ]
+                f" expires_at, raw, certificate FROM manifests {where} ORDER BY created_at, manifest_id", params):
+            try:
+                out.append(ManifestRow(
+                    manifest_id=CID.from_bytes(bytes(r[0])), study_uid=str(r[1]), direction=str(r[2]),
+                    sender_org=str(r[3]), recipients=tuple(x for x in str(r[4]).split(",") if x),
+                    revision=int(r[5]), state=parse_state(str(r[6])), created_at=int(r[7]), expires_at=int(r[8]),
+                    raw=bytes(r[9]), certificate=bytes(r[10]),
+                ))
+            except (MeshError, ValueError, TypeError) as exc:
+                log.warning("stored manifest %s skipped, cannot be read: %s", bytes(r[0])[:64].hex(), exc)
+        return out
 
     def manifest(self, manifest_id: CID) -> ManifestRow | None:
         rows = self._manifest_rows("WHERE manifest_id = ?", (manifest_id.to_bytes(),))
