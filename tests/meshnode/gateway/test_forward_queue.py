@@ -282,9 +282,10 @@ class FlakyMove(MemoryMetadataStore):
         super().set_manifest_state(manifest_id, state)
 
 
-async def test_the_receipts_delivery_queues_the_forward_first(autojump_clock: trio.testing.MockClock) -> None:
-    """The finding: the forward is queued by the write that records the receipt delivered, before the manifest
-    moves to RECEIPTED, so a stop between the two still forwards (and a recalled manifest queues nothing)."""
+async def test_the_receipts_delivery_and_the_forward_are_one_write(autojump_clock: trio.testing.MockClock) -> None:
+    """The forward is queued by the write that records the receipt delivered and moves the manifest to
+    RECEIPTED, all in one transaction: a stop in that write leaves none of it, the receipt is delivered again
+    after the restart and the forward goes ahead (and a recalled manifest queues nothing)."""
     store = FlakyMove()
     signed = received(store, ManifestState.COMPLETE)
     recalled = make_manifest(study_uid="1.2.8", instances=(make_instance(8),)).sign(NODE_A)
@@ -305,7 +306,7 @@ async def test_the_receipts_delivery_queues_the_forward_first(autojump_clock: tr
             await deliveries.receipt(signed.cid, "RGT", b"receipt")
             await trio.sleep(60)
     assert store.manifest(signed.cid).state is ManifestState.COMPLETE  # type: ignore[union-attr]
-    assert {s for s, _ in states(store).values()} == {DeliveryState.PENDING}  # queued before the stop
+    assert states(store) == {}  # all or nothing: the failed write queued no forward either
     async with trio.open_nursery() as nursery:  # the restart: the forward goes ahead
         await nursery.start(fwd.run)
         await deliveries.receipt(recalled.cid, "RGT", b"receipt")
