@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from meshnode.node import lifecycle as node_lifecycle
-from meshnode.node.delivery import KEYS, QUEUE
+from meshnode.node.delivery import KEYS, QUEUE, Deliveries
 from meshnode.storage.memory_metadata import MemoryMetadataStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import ManifestRow
@@ -75,6 +75,25 @@ def fail_recall_rows(s: MetadataStore) -> Callable[[], None]:
     def undo_memory() -> None:
         s.queue_add = real  # type: ignore[method-assign]
     return undo_memory
+
+
+def fail_the_write_after_each_success(d: Deliveries) -> None:
+    """The driver's write that follows each successful attempt fails once (disk full)."""
+    fail = {"next_save": False}
+    real_run = d.driver.db.run
+
+    async def flaky(fn: Callable[[MetadataStore], object]) -> object:
+        if fail["next_save"] and getattr(fn, "__name__", "") == "save":
+            fail["next_save"] = False
+            raise StorageError("database update failed: database or disk is full")
+        return await real_run(fn)
+    d.driver.db.run = flaky  # type: ignore[method-assign]
+    real_attempt = d.driver._attempt_fn
+
+    async def attempt(key: DeliveryKey, payload: bytes | None) -> None:
+        await real_attempt(key, payload)
+        fail["next_save"] = True
+    d.driver._attempt_fn = attempt
 
 
 def recalled(s: MetadataStore) -> None:
@@ -157,21 +176,7 @@ async def test_a_write_that_fails_once_is_written_later(
     sent_manifest(store)
     orgs = Orgs(store, per_org={"RXX": ["ok"]})
     d = deliveries(store, orgs)
-    fail = {"next_save": False}
-    real_run = d.driver.db.run
-
-    async def flaky(fn: Callable[[MetadataStore], object]) -> object:
-        if fail["next_save"] and getattr(fn, "__name__", "") == "save":
-            fail["next_save"] = False
-            raise StorageError("database update failed: database or disk is full")
-        return await real_run(fn)
-    d.driver.db.run = flaky  # type: ignore[method-assign]
-    real_attempt = d.driver._attempt_fn
-
-    async def attempt(key: DeliveryKey, payload: bytes | None) -> None:
-        await real_attempt(key, payload)
-        fail["next_save"] = True  # the write of this success fails once
-    d.driver._attempt_fn = attempt
+    fail_the_write_after_each_success(d)
     restarts = 0
 
     async def keep_running() -> None:  # as meshnode.node.context.keep_running does
@@ -202,21 +207,7 @@ async def test_a_receipt_whose_delivered_write_fails_is_still_receipted(
     orgs = Orgs(store, per_org={"RXX": ["ok"]})
     receipted: list[object] = []
     d = deliveries(store, orgs, receipted=receipted)  # type: ignore[arg-type]
-    fail = {"next_save": False}
-    real_run = d.driver.db.run
-
-    async def flaky(fn: Callable[[MetadataStore], object]) -> object:
-        if fail["next_save"] and getattr(fn, "__name__", "") == "save":
-            fail["next_save"] = False
-            raise StorageError("database update failed: database or disk is full")
-        return await real_run(fn)
-    d.driver.db.run = flaky  # type: ignore[method-assign]
-    real_attempt = d.driver._attempt_fn
-
-    async def attempt(key: DeliveryKey, payload: bytes | None) -> None:
-        await real_attempt(key, payload)
-        fail["next_save"] = True
-    d.driver._attempt_fn = attempt
+    fail_the_write_after_each_success(d)
 
     async def keep_running() -> None:
         while True:
