@@ -25,6 +25,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.values import converters
 
@@ -91,6 +92,14 @@ def scan_layout(path: Path) -> FileLayout:
         if size == 0:
             raise NotDicomError("empty file")
         return _scan(ByteSource(stream, size))
+
+
+def scan_layout_stream(stream: BinaryIO, size: int) -> FileLayout:
+    """scan_layout for a file already open (`size`: its size when opened), so that what is scanned and what
+    is read afterwards through the same descriptor are one file."""
+    if size == 0:
+        raise NotDicomError("empty file")
+    return _scan(ByteSource(stream, size))
 
 
 def scan_layout_bytes(data: bytes) -> FileLayout:

@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import errno
 import logging
+import mmap
 import os
 import secrets
 import time
@@ -253,6 +254,26 @@ class BlockStore:
                 pass
             raise _storage_error(f"cannot store block {cid}", exc) from None
         return StagedBlock(cid, tmp, len(data))
+
+    def stage_aligned(self, buf: mmap.mmap, size: int, cid: CID) -> StagedBlock | None:
+        """stage() for a block held at the start of a page-aligned buffer (direct_io.aligned_buffer),
+        written from there without a copy; `cid` is the CID the caller has just computed of buf[:size].
+        Safe to call from several threads at once (each with its own buffer)."""
+        if size > MAX_BLOCK_SIZE:
+            raise StorageError(f"block of {size} bytes exceeds {MAX_BLOCK_SIZE}")
+        final = self.path_of(cid)
+        if final.exists():
+            return None
+        tmp = self.tmp_dir / f"{final.name}.{secrets.token_hex(4)}"
+        try:
+            self._writer.write_new_aligned(tmp, buf, size)
+        except OSError as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise _storage_error(f"cannot store block {cid}", exc) from None
+        return StagedBlock(cid, tmp, size)
 
     def commit_staged(self, staged: Sequence[StagedBlock], note: bytes | None = None) -> None:
         """Make staged blocks durable, then visible under their CIDs, then durably so.

@@ -69,7 +69,29 @@ class NewFileWriter:
             self._local.buf = buf
         return buf
 
+    def write_new_aligned(self, path: Path, buf: mmap.mmap, size: int) -> None:
+        """write_new for the first `size` bytes of a page-aligned buffer (aligned_buffer), without copying
+        them. The bytes of `buf` from `size` up to the next ALIGN boundary are overwritten with zeros."""
+        if size > len(buf) - (-size % ALIGN):
+            raise ValueError("buffer too small for the block and its alignment padding")
+        if self.direct and size >= MIN_DIRECT:
+            try:
+                self._write_direct_from(path, buf, size)
+                return
+            except _DirectUnsupported:
+                log.info("%s does not support O_DIRECT; writing blocks through the page cache", path.parent)
+                self.direct = False
+        with memoryview(buf) as view:
+            write_new(path, view[:size])
+
     def _write_direct(self, path: Path, data: bytes) -> None:
+        size = len(data)
+        padded = -(-size // ALIGN) * ALIGN
+        buf = self._buffer(padded)
+        buf[:size] = data
+        self._write_direct_from(path, buf, size)
+
+    def _write_direct_from(self, path: Path, buf: mmap.mmap, size: int) -> None:
         try:
             fd = os.open(path, _CREATE | _O_DIRECT, 0o644)
         except OSError as exc:
@@ -79,11 +101,8 @@ class NewFileWriter:
                 path.unlink(missing_ok=True)
                 raise _DirectUnsupported from None
             raise
-        size = len(data)
         padded = -(-size // ALIGN) * ALIGN
         try:
-            buf = self._buffer(padded)
-            buf[:size] = data
             if padded > size:
                 buf[size:padded] = bytes(padded - size)
             view = memoryview(buf)[:padded]
@@ -108,3 +127,9 @@ class NewFileWriter:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """A new page-aligned buffer that holds a block of up to `size` bytes and its padding to ALIGN
+    (for NewFileWriter.write_new_aligned: read a block into it, then write it from there)."""
+    return mmap.mmap(-1, max(-(-size // ALIGN) * ALIGN, ALIGN))  # anonymous mappings are page-aligned

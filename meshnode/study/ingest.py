@@ -1,8 +1,11 @@
 """Ingest DICOM files and folders into the node's store.
 
-Each file is planned (header parsed, no pixel decoding), split into blocks
-that are written durably (BlockStore.put fsyncs each), and only then is its
-metadata committed, in batches, together with the audit entries. A crash at
+Worker processes (both cores: planning is Python, under the GIL) plan each
+file (header parsed, no pixel decoding) and stage its blocks as temp files
+(staging.py: each byte read once, hashed in place, written by a writer
+thread); the parent makes each batch's blocks durable and visible
+(BlockStore.commit_staged) and only then commits the batch's metadata,
+together with the audit entries, in one transaction. A crash at
 any point leaves at most block files that no metadata references (removed
 by `gc` after a grace period), never a half-recorded instance; running the
 same ingest again completes it without rewriting blocks already on disk.
@@ -22,23 +25,22 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE, HashingBlocks, iter_instance_blocks
-from meshnode.dicom.layout import InstancePlan, plan_instance
+from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
-from meshnode.storage.blockstore import BlockStore, StagedBlock
+from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.node_storage import NodeStorage, local_actor
-from meshnode.storage.records import (
-    AddOutcome,
-    InstanceRecord,
-    SeriesAttributes,
-    Source,
-    StudyAttributes,
-    hash_uid,
+from meshnode.storage.records import AddOutcome, InstanceRecord, hash_uid
+from meshnode.study.staging import (
+    FileStager,
+    StagedFile,
+    StagedInstance,
+    instance_record,
 )
-from protocol.cid import CID
 from protocol.errors import MeshError, StorageError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["IngestReport", "Ingester", "instance_record", "iter_files"]  # instance_record: the gateway's intake
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -84,68 +86,45 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             raise StorageError(f"{path}: no such file or folder")
 
 
-def instance_record(plan: InstancePlan, blocks: Sequence[CID], sizes: Sequence[int], size: int, digest: bytes,
-            source: Source) -> InstanceRecord:
-    a = plan.attributes
-    return InstanceRecord(
-        sop_instance_uid=a.sop_instance_uid,
-        sop_class_uid=a.sop_class_uid,
-        series=SeriesAttributes(a.series_instance_uid, a.modality, a.series_number, a.series_description),
-        study=StudyAttributes(a.study_instance_uid, a.patient_name, a.patient_id, a.patient_birth_date,
-                              a.patient_sex, a.study_date, a.study_time, a.study_description, a.accession_number),
-        transfer_syntax=plan.transfer_syntax_uid,
-        size=size,
-        digest=digest,
-        blocks=tuple(blocks),
-        block_sizes=tuple(sizes),
-        instance_number=a.instance_number,
-        rows=a.rows,
-        columns=a.columns,
-        frames=a.number_of_frames,
-        flags=tuple(sorted(plan.flags)),
-        source=source,
-    )
-
-
-@dataclass(frozen=True)
-class StagedInstance:
-    record: InstanceRecord
-    staged: tuple[StagedBlock, ...]
-
-
 FileOutcome = StagedInstance | MeshError | OSError
 TASK_FILES = 8  # files per worker task: amortises the inter-process round trip
+_stagers: dict[tuple[int, Path, int], FileStager] = {}
+
+
+def _stager(store_root: Path, chunk_size: int) -> FileStager:
+    """This process's stager for the store (its writer threads and buffers live as long as the worker)."""
+    key = (os.getpid(), store_root, chunk_size)  # a stager inherited through fork has no threads: not reused
+    stager = _stagers.get(key)
+    if stager is None:
+        stager = _stagers[key] = FileStager(BlockStore(store_root), chunk_size)
+    return stager
 
 
 def stage_paths(paths: list[Path], store_root: Path, chunk_size: int) -> list[FileOutcome]:
-    """stage_file for a worker process, over several files; each file's error is returned, not raised."""
-    store = BlockStore(store_root)
-    out: list[FileOutcome] = []
-    for path in paths:
-        try:
-            out.append(stage_file(path, store, chunk_size))
-        except (MeshError, OSError) as exc:
-            out.append(exc)
-    return out
+    """Stage several files, in a worker process; each file's error is returned, not raised.
 
-
-def stage_file(path: Path, blocks: BlockStore, chunk_size: int, source: Source = Source.LOCAL) -> StagedInstance:
-    """Plan one file and stage its blocks (not yet durable). Raises DicomError/StorageError."""
-    plan = plan_instance(path)
-    hashed = HashingBlocks(iter_instance_blocks(path, plan, chunk_size))
-    cids, sizes, staged = [], [], []
+    Returns once every block written is in its temp file (not yet durable: the parent's commit_staged).
+    """
+    stager = _stager(store_root, chunk_size)
+    started: list[StagedFile | MeshError | OSError] = []
     try:
-        for block in hashed:
-            cid = CID.of(block)
-            item = blocks.stage(block, cid)
-            if item is not None:
-                staged.append(item)
-            cids.append(cid)
-            sizes.append(len(block))
-    except BaseException:
-        blocks.discard_staged(staged)
-        raise
-    return StagedInstance(instance_record(plan, cids, sizes, hashed.size, hashed.digest(), source), tuple(staged))
+        for path in paths:
+            try:
+                started.append(stager.stage(path))
+            except (MeshError, OSError) as exc:
+                started.append(exc)
+    finally:
+        stager.drain()
+    out: list[FileOutcome] = []
+    for item in started:
+        if isinstance(item, StagedFile):
+            try:
+                out.append(item.result())
+            except (MeshError, OSError) as exc:
+                out.append(exc)
+        else:
+            out.append(item)
+    return out
 
 
 def die_with_parent(parent: int) -> None:
