@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,14 +152,22 @@ class Ingester:
         self.actor = actor or local_actor()
 
     def ingest(self, paths: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> IngestReport:
-        """Ingest every file under `paths`; bad files are skipped with a reason."""
+        """Ingest every file under `paths`; bad files are skipped with a reason.
+
+        Durable when it returns: every instance reported added is committed, its blocks synced first.
+        """
         started = time.perf_counter()
         report = IngestReport()
         files = list(iter_files(paths))
         pending: list[tuple[Path, StagedInstance]] = []
         window: list[tuple[list[Path], Future[list[FileOutcome]]]] = []
+        # One commit at a time on its own thread (syncs, renames and SQLite release the GIL), while the
+        # workers stage the next files: a group commit takes everything staged meanwhile.
+        committer = ThreadPoolExecutor(1, thread_name_prefix="ingest-commit")
+        committing: list[Future[None]] = []
         try:
-            # Processes, not threads: planning and hashing are CPU-bound Python (the GIL).
+            # Processes, not threads: planning is CPU-bound Python (the GIL). Forked before the commit
+            # thread starts (all workers start with the first task).
             with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
                                      initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 for i in range(0, len(files), TASK_FILES):
@@ -167,19 +175,38 @@ class Ingester:
                     window.append((chunk, pool.submit(stage_paths, chunk, self.storage.blocks.root, self.chunk_size)))
                     if len(window) >= self.workers * 4:
                         self._collect(window.pop(0), pending, report, progress, len(files))
+                        self._group_commit(committer, committing, pending, report)
                 while window:
                     self._collect(window.pop(0), pending, report, progress, len(files))
+                    self._group_commit(committer, committing, pending, report)
+            for commit in committing:
+                commit.result()
+            self._commit(pending, report)
         except BaseException:
-            # Nothing of an unfinished batch becomes visible; its temp files go now.
+            # A commit under way finishes first (its own failure discards its blocks); nothing of an
+            # unfinished batch becomes visible, and its temp files go now.
+            for commit in committing:
+                commit.exception()
             for _, future in window:
                 if not future.cancel() and future.exception() is None:
                     self.storage.blocks.discard_staged(
                         [b for r in future.result() if isinstance(r, StagedInstance) for b in r.staged])
             self.storage.blocks.discard_staged([b for _, item in pending for b in item.staged])
             raise
-        self._commit(pending, report)
+        finally:
+            committer.shutdown(wait=True)
         report.seconds = time.perf_counter() - started
         return report
+
+    def _group_commit(self, committer: ThreadPoolExecutor, committing: list[Future[None]],
+                      pending: list[tuple[Path, StagedInstance]], report: IngestReport) -> None:
+        """Hand everything pending to the commit thread once batch_size are, unless a commit is under way
+        (then the next group grows); raises the error of a commit that failed."""
+        if committing and committing[0].done():
+            committing.pop().result()
+        if not committing and len(pending) >= self.batch_size:
+            committing.append(committer.submit(self._commit, pending[:], report))
+            pending.clear()
 
     def _collect(self, item: tuple[list[Path], Future[list[FileOutcome]]],
                  pending: list[tuple[Path, StagedInstance]], report: IngestReport,
@@ -200,8 +227,6 @@ class Ingester:
                 log.info("skipped %s: %s", path.name, result.name)
             else:
                 report.skipped.append((str(path), f"cannot read: {result.strerror or result}"))
-            if len(pending) >= self.batch_size:
-                self._commit(pending, report)
         if progress is not None:
             progress(report.files, total)
 

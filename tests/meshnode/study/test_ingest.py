@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -17,17 +19,18 @@ from meshnode.storage.node_storage import NodeStorage
 from protocol.document import open_document
 from common.files import DiskFullError
 from meshnode.storage.blockstore import BlockCorruptError
+from protocol.errors import StorageError
 from protocol.manifest import Manifest, Priority, Purpose
 from tests.conftest import SmallFs
 from tests.protocol.factories import NODE_A
 
 
 @pytest.fixture
-def storage(tmp_path: Path) -> NodeStorage:
+def storage(tmp_path: Path) -> Iterator[NodeStorage]:
     home = tmp_path / "node"
     home.mkdir()
     s = NodeStorage.open(home)
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 
@@ -197,3 +200,34 @@ def test_export_quarantines_a_corrupt_block_and_alerts(storage: NodeStorage, tmp
     assert not storage.blocks.has(bad) and storage.metadata.present_blocks([bad]) == set()
     alerts = [e.event for e in storage.metadata.audit_entries() if e.event.code == EventCode.SECURITY_ALERT]
     assert len(alerts) == 1 and str(bad) in alerts[0].detail and "export" in alerts[0].detail
+
+
+def test_a_failed_group_commit_records_nothing_more_and_a_rerun_completes(storage: NodeStorage, tmp_path: Path) -> None:
+    """The commit thread fails while the workers go on staging: the error reaches the caller, no temp file
+    is left, everything recorded is complete, and running the ingest again records the rest."""
+    made = synthetic.generate_ct_study(tmp_path / "ct", slices=40, rows=128, columns=128, seed=12)
+    blocks_dir = storage.blocks.blocks_dir
+    moved = tmp_path / "blocks-moved"
+
+    def swap_store_once_a_commit_placed_blocks(done: int, total: int) -> None:
+        if moved.exists() or done < 16:  # the first group of 8 is handed to the commit thread after 8 files
+            return
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith("b") for p in blocks_dir.glob("*/*/*")):
+            assert time.monotonic() < deadline, "no commit placed a block"
+            time.sleep(0.01)
+        blocks_dir.rename(moved)  # later commits cannot rename blocks into place: ENOENT, a real failure
+        blocks_dir.mkdir()
+
+    with pytest.raises(StorageError, match="cannot make blocks durable"):
+        Ingester(storage, workers=2, batch_size=8).ingest([tmp_path / "ct"], swap_store_once_a_commit_placed_blocks)
+    assert list(storage.blocks.tmp_dir.iterdir()) == []
+    blocks_dir.rmdir()
+    moved.rename(blocks_dir)
+    expected = files_by_uid(made)
+    recorded = [i for s in storage.metadata.studies() for i in storage.metadata.instances(s.attributes.study_uid)]
+    assert 0 < len(recorded) < 40
+    for inst in recorded:
+        assert b"".join(storage.blocks.get(c) for c in inst.blocks) == expected[inst.sop_instance_uid]
+    report = Ingester(storage, workers=2, batch_size=8).ingest([tmp_path / "ct"])
+    assert report.added == 40 - len(recorded) and report.duplicates == len(recorded)
