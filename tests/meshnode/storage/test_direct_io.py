@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from meshnode.storage.direct_io import ALIGN, MIN_DIRECT, NewFileWriter
+from meshnode.storage.direct_io import ALIGN, MIN_DIRECT, NewFileWriter, aligned_buffer
 from tests.conftest import SmallFs
 
 SIZES = [0, 1, MIN_DIRECT - 1, MIN_DIRECT, MIN_DIRECT + 1, ALIGN * 300 - 1, 1 << 20, (1 << 20) + 3, 3 * (1 << 20) + 5]
@@ -106,3 +106,33 @@ def test_a_full_disk_in_an_ordinary_write_leaves_no_partial_file(small_fs: Small
         NewFileWriter(direct=False).write_new(folder / "block", b"z" * (2 << 20))
     assert caught.value.errno == errno.ENOSPC
     assert sorted(p.name for p in folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_block_written_from_an_aligned_buffer_holds_exactly_its_bytes(tmp_path: Path, size: int) -> None:
+    writer = NewFileWriter()
+    buf = aligned_buffer(3 * (1 << 20) + 5)
+    buf[:] = b"\xee" * len(buf)  # stale bytes after the block must never reach the file
+    data = payload(size)
+    buf[:size] = data
+    writer.write_new_aligned(tmp_path / "block", buf, size)
+    assert (tmp_path / "block").read_bytes() == data
+    assert writer.direct == supports_direct(tmp_path)
+
+
+def test_an_aligned_buffer_without_room_for_the_padding_is_refused(tmp_path: Path) -> None:
+    buf = aligned_buffer(ALIGN)
+    with pytest.raises(ValueError, match="too small"):
+        NewFileWriter().write_new_aligned(tmp_path / "block", buf, ALIGN + 1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_aligned_writes_fall_back_to_the_page_cache_without_o_direct(ramfs: Path) -> None:
+    writer = NewFileWriter()
+    data = payload((1 << 20) + 7)
+    buf = aligned_buffer(len(data))
+    buf[: len(data)] = data
+    writer.write_new_aligned(ramfs / "block", buf, len(data))
+    assert (ramfs / "block").read_bytes() == data
+    assert writer.direct is False
+    assert sorted(p.name for p in ramfs.iterdir()) == ["block"]
