@@ -10,15 +10,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from common.files import DiskFullError
 from meshnode.dicom import synthetic
+from meshnode.storage.audit import EventCode
+from meshnode.storage.blockstore import BlockCorruptError
+from meshnode.storage.node_storage import NodeStorage
 from meshnode.study.export import export_study
 from meshnode.study.ingest import Ingester
 from meshnode.study.manifest_builder import build_manifest
-from meshnode.storage.audit import EventCode
-from meshnode.storage.node_storage import NodeStorage
 from protocol.document import open_document
-from common.files import DiskFullError
-from meshnode.storage.blockstore import BlockCorruptError
 from protocol.errors import StorageError
 from protocol.manifest import Manifest, Priority, Purpose
 from tests.conftest import SmallFs

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import meshnode.study.staging as staging
 from meshnode.dicom import synthetic
 from meshnode.dicom.blocks import HashingBlocks, iter_instance_blocks
 from meshnode.dicom.errors import InstanceChangedError
@@ -20,6 +19,7 @@ from meshnode.dicom.layout import InstancePlan, plan_instance, plan_layout
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord, Source
+from meshnode.study import staging
 from meshnode.study.ingest import Ingester
 from meshnode.study.staging import FileStager, instance_record
 from protocol.cid import CID
