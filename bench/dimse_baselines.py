@@ -138,17 +138,26 @@ def _watch_for(stream: IO[bytes], marker: bytes, seen: queue.Queue[float], log: 
         log.append(line)
 
 
-def timed_storescu(folder: Path, port: int, called_ae: str = SCP_AET, calling_ae: str = SCU_AET) -> float:
-    """Send every file under `folder` with dcmtk storescu (TCP_NODELAY=1, -pdu 131072) to 127.0.0.1:port.
+@dataclass(frozen=True)
+class StorescuTiming:
+    """One storescu run on two clocks (the parent's perf_counter): from its first byte (it logs "Requesting
+    Association" once it has scanned its input files) to its exit, and its whole process (spawn to exit)."""
 
-    Returns the seconds from storescu logging "Requesting Association" (it has
-    scanned its input files: the first byte is about to go out) to its exit.
-    Raises when storescu fails (any C-STORE not successful makes it exit non-zero).
-    """
+    first_byte_s: float
+    process_s: float
+
+
+def storescu_timing(folder: Path, port: int, called_ae: str = SCP_AET, calling_ae: str = SCU_AET,
+                    files: list[Path] | None = None) -> StorescuTiming:
+    """Send every file under `folder` (or exactly `files`) with dcmtk storescu (TCP_NODELAY=1, -pdu 131072)
+    to 127.0.0.1:port, one association. Raises when storescu fails (any C-STORE not successful makes it
+    exit non-zero)."""
     env = {**os.environ, "TCP_NODELAY": "1"}
+    inputs = ["+sd", "+r", str(folder)] if files is None else [str(f) for f in files]
+    spawned = time.perf_counter()
     scu = subprocess.Popen(
-        ["storescu", "-v", "-aet", calling_ae, "-aec", called_ae, "-pdu", str(DCMTK_MAX_PDU),
-         "+sd", "+r", HOST, str(port), str(folder)],
+        ["storescu", "-v", "-aet", calling_ae, "-aec", called_ae, "-pdu", str(DCMTK_MAX_PDU), HOST, str(port),
+         *inputs],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert scu.stdout is not None
@@ -169,30 +178,44 @@ def timed_storescu(folder: Path, port: int, called_ae: str = SCP_AET, calling_ae
         started = seen.get_nowait()
     except queue.Empty:
         raise RuntimeError(f"storescu never logged 'Requesting Association': {output[-800:]}") from None
-    return ended - started
+    return StorescuTiming(ended - started, ended - spawned)
+
+
+def timed_storescu(folder: Path, port: int, called_ae: str = SCP_AET, calling_ae: str = SCU_AET) -> float:
+    """Seconds from storescu's first byte ("Requesting Association") to its exit: see storescu_timing."""
+    return storescu_timing(folder, port, called_ae, calling_ae).first_byte_s
+
+
+def storescp(work: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A dcmtk storescp (TCP_NODELAY=1, -pdu 131072, no fsync) answering C-ECHO: (process, port, folder)."""
+    run = work / f"dcmtk-{time.monotonic_ns()}"
+    received = run / "received"
+    received.mkdir(parents=True)
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    port = free_port()
+    with open(run / "storescp.log", "wb") as log_fh:
+        scp = subprocess.Popen(
+            ["storescp", "-od", str(received), "-aet", SCP_AET, "-pdu", str(DCMTK_MAX_PDU), str(port)],
+            env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_echo(port, scp)
+    except BaseException:
+        _stop(scp)
+        raise
+    return scp, port, received
 
 
 def dcmtk_transfer(folder: Path, work: Path) -> TransferResult:
     """(b) storescu -> storescp over loopback, TCP_NODELAY=1, max PDU 131072 both ways."""
     files = study_files(folder)
     size = sum(p.stat().st_size for p in files)
-    run = work / f"dcmtk-{time.monotonic_ns()}"
-    received = run / "received"
-    received.mkdir(parents=True)
-    env = {**os.environ, "TCP_NODELAY": "1"}
-    port = free_port()
-    scp_log = run / "storescp.log"
-    with open(scp_log, "wb") as log_fh:
-        scp = subprocess.Popen(
-            ["storescp", "-od", str(received), "-aet", SCP_AET, "-pdu", str(DCMTK_MAX_PDU), str(port)],
-            env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT)
+    scp, port, received = storescp(work)
     try:
-        _wait_for_echo(port, scp)
         seconds = timed_storescu(folder, port)
         _check_received("storescp", received, len(files))
     finally:
         _stop(scp)
-    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(received.parent, ignore_errors=True)
     return TransferResult(seconds, size, len(files))
 
 
