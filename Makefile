@@ -48,10 +48,11 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 # every speed bench, then one table of every target (bench/summary.py); each script appends its verdicts
-# to the file MESH_BENCH_SUMMARY names. Scripts that are not there yet (another branch) are skipped.
+# to the file MESH_BENCH_SUMMARY names; each installs the Debian packages its peers need (dcmtk, orthanc).
+# Scripts that are not there yet (another branch) are skipped.
 BENCH_SCRIPTS := libp2p_stack ingest transfer gateway small_studies soak
 
-bench: $(BENCH_STAMP) system-deps
+bench: $(BENCH_STAMP)
 	@summary=$$(mktemp /tmp/mesh-bench-summary.XXXXXX); status=0; \
 	for script in $(BENCH_SCRIPTS); do \
 	  if [ -f bench/$$script.py ]; then \
