@@ -209,7 +209,8 @@ def main() -> None:
             verdicts.append(at_most(f"node peak RSS flat: {args.big_mb} MB study vs {args.flat_mb} MB, "
                                     f"<= +{RSS_GROWTH:.0f} %", 100 * (peaks[1] / peaks[0] - 1), RSS_GROWTH,
                                     "% growth"))
-        print_table(f"Transfer of a {args.slices}-slice CT on loopback", ["measure", "value", "", "each run, notes"], rows)
+        print_table(f"Transfer of a {args.slices}-slice CT on loopback", ["measure", "value", "", "each run, notes"],
+                    rows)
         record(*verdicts)
         if not args.skip_shaped:
             report_shaped(measure_shaped(work / "shaped", args.slices, 1000.0), args.slices, 1000.0)
