@@ -188,7 +188,7 @@ def main() -> None:
             at_least("node -> node >= 50 % of one tuned bare libp2p stream", mb_s, 0.5 * ceiling, "MB/s",
                      peer=f"bare stream {ceiling:,.1f} MB/s", peer_value=ceiling),
             at_most(f"header-only re-share <= {RESHARE_PERCENT:g} % of study bytes", reshare, RESHARE_PERCENT,
-                    "%"),
+                    "%", digits=2),
             Verdict(f"urgent: announce -> first instance < {FIRST_INSTANCE_MS:.0f} ms", f"{first_ms:,.1f} ms", "",
                     "", first_ms < FIRST_INSTANCE_MS),
         ]
@@ -196,7 +196,7 @@ def main() -> None:
             ratio = three_holders(work / f"three-{rate:g}", args.slices, rate)
             rows.append([f"(e) three holders at R={rate:g} MB/s -> one recipient", f"{ratio:.2f} x R", "", ""])
             verdicts.append(at_least(f"three holders at R={rate:g} MB/s deliver >= {THREE_HOLDERS:g} R", ratio,
-                                     THREE_HOLDERS, "x R"))
+                                     THREE_HOLDERS, "x R", digits=2))
         if not args.skip_big:
             peaks = []
             for megabytes in (args.flat_mb, args.big_mb):

@@ -21,6 +21,8 @@ def test_at_least_and_at_most_decide_from_the_figures() -> None:
     assert not at_most("x", 2.01, 2.0, "%").met
     v = at_least("node >= 2x peer", 150.0, 2 * 100.0, "MB/s", peer="peer 100 MB/s", peer_value=100.0)
     assert (v.ratio, v.met) == ("1.50x", False)
+    just_under = at_least("three holders >= 2.5 R", 2.496, 2.5, "x R", digits=3)
+    assert (just_under.figure, just_under.met) == ("2.496 x R", False)
 
 
 def test_record_appends_every_verdict_only_when_the_variable_is_set(tmp_path: Path,
