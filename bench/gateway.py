@@ -1,6 +1,6 @@
 """bench/gateway.py: the node's hospital gateway against the real alternatives, in one run.
 
-    .venv/bin/python bench/gateway.py [--slices 300] [--repeat 3] [--folder DIR]
+    .venv/bin/python bench/gateway.py [--slices 300] [--repeat 3] [--folder DIR] [--profile DIR]
 
 Each measurement is one function returning a Row; `main` prints them as one
 table. Today's measurements (DIMSE, C-STORE of one study over loopback):
@@ -55,6 +55,7 @@ from bench.dimse_baselines import (  # noqa: E402
     study_files,
     timed_storescu,
 )
+from bench.profile import profiled  # noqa: E402
 from bench.summary import at_least, record  # noqa: E402
 from meshnode.demo.mesh import MeshDemo  # noqa: E402
 from meshnode.demo.workspace import Workspace  # noqa: E402
@@ -106,12 +107,16 @@ class GatewayNode:
         self.demo.close()
 
 
+PROFILE: Path | None = None  # --profile: py-spy the node during each C-STORE measurement
+
+
 def node_cstore(folder: Path, work: Path) -> TransferResult:
     """storescu -> the node's C-STORE SCP (a fresh node each run): durable before each response."""
     files = study_files(folder)
     node = GatewayNode(work / f"node-{len(list(work.iterdir()))}")
     try:
-        seconds = timed_storescu(folder, node.port, called_ae=ROUTE_AE, calling_ae=CALLING_AE)
+        with profiled({"node": node.demo.procs["a"].pid}, PROFILE, f"cstore-1-{node.demo.ws.root.parent.name}"):
+            seconds = timed_storescu(folder, node.port, called_ae=ROUTE_AE, calling_ae=CALLING_AE)
         held = node.instances()
         if held != len(files):
             raise RuntimeError(f"the node holds {held} instances, {len(files)} were sent")
@@ -125,7 +130,9 @@ def node_concurrent(folders: list[Path], work: Path) -> TransferResult:
     files = [f for folder in folders for f in study_files(folder)]
     node = GatewayNode(work / f"node-{len(list(work.iterdir()))}")
     try:
-        seconds = concurrent_storescu(folders, node.port, called_ae=ROUTE_AE, calling_ae=CALLING_AE)
+        with profiled({"node": node.demo.procs["a"].pid}, PROFILE,
+                      f"cstore-{CONCURRENT}-{node.demo.ws.root.parent.name}"):
+            seconds = concurrent_storescu(folders, node.port, called_ae=ROUTE_AE, calling_ae=CALLING_AE)
         held = node.instances()
         if held != len(files):
             raise RuntimeError(f"the node holds {held} instances, {len(files)} were sent")
@@ -191,7 +198,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best is printed)")
     parser.add_argument("--folder", type=Path, help="send this study folder instead of a synthetic CT")
     parser.add_argument("--no-wado", action="store_true", help="skip WADO-RS retrieval against Orthanc")
+    parser.add_argument("--profile", type=Path, help="py-spy the node during each C-STORE run, raw stacks here")
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     ensure_system_packages("dcmtk")
     work = Path(tempfile.mkdtemp(prefix="dicom-mesh-gateway-"))
     try:

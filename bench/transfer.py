@@ -1,7 +1,7 @@
 """bench/transfer.py: moving a study between processes, dicom-mesh beside Orthanc peers and DIMSE.
 
     .venv/bin/python bench/transfer.py [--slices 300] [--repeat 3] [--big-mb 1000] [--flat-mb 300]
-                                       [--skip-big] [--skip-shaped]
+                                       [--skip-big] [--skip-shaped] [--profile DIR]
 
 (a) two dicom-mesh nodes: share -> every block durable and verified -> signed receipt verified at the sender,
     timed by the sender's own audit log (share -> delivered), best of --repeat fresh pairs; also around the
@@ -36,6 +36,7 @@ from bench.common import ensure_system_packages, print_table  # noqa: E402
 from bench.dimse_baselines import dcmtk_transfer, pynetdicom_transfer  # noqa: E402
 from bench.libp2p_stack import measure as stack_measure  # noqa: E402
 from bench.orthanc_peers import orthanc_peers_transfer  # noqa: E402
+from bench.profile import profiled  # noqa: E402
 from bench.shaped_link import measure_shaped, report_shaped  # noqa: E402
 from bench.summary import Verdict, at_least, at_most, record  # noqa: E402
 from meshnode.demo.identity import Node  # noqa: E402
@@ -73,18 +74,21 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def mesh_pair(work: Path, slices: int, reshare: bool) -> tuple[float, float, float, float, float]:
+def mesh_pair(work: Path, slices: int, reshare: bool,
+              profile: Path | None = None) -> tuple[float, float, float, float, float]:
     """(a), and (d) and (f) when `reshare`: returns (MB/s in the nodes, images/s in the nodes, MB/s around
-    the CLI, re-share % (nan unless `reshare`), first-instance ms)."""
+    the CLI, re-share % (nan unless `reshare`), first-instance ms). `profile`: py-spy both nodes during (a)."""
     demo = MeshDemo(Workspace(work))
     try:
         nodes = demo.setup([("a", "RGT", "Sender"), ("b", "RJ1", "Recipient")])
         study, files = demo.generate_and_ingest(nodes["a"], slices)
         size = sum(f.stat().st_size for f in files)
-        t0 = time.perf_counter()
-        manifest = demo.share(nodes["a"], study, ["RJ1"], "urgent")
-        demo.wait_for(lambda: demo.delivered(nodes["a"], manifest, ["RJ1"]), 600, "receipt", interval=0.25)
-        wall = time.perf_counter() - t0
+        pids = {"sender": demo.procs["a"].pid, "recipient": demo.procs["b"].pid}
+        with profiled(pids, profile, work.name):
+            t0 = time.perf_counter()
+            manifest = demo.share(nodes["a"], study, ["RJ1"], "urgent")
+            demo.wait_for(lambda: demo.delivered(nodes["a"], manifest, ["RJ1"]), 600, "receipt", interval=0.25)
+            wall = time.perf_counter() - t0
         seconds = node_seconds(demo, nodes["a"], manifest, "RJ1")
         first_ms = float((demo.inbox_entry(nodes["b"], manifest) or {}).get("first_instance_ms") or "nan")
         percent = float("nan")
@@ -154,12 +158,14 @@ def main() -> None:
     parser.add_argument("--flat-mb", type=int, default=300, help="the smaller study of (g)'s flatness check")
     parser.add_argument("--skip-big", action="store_true")
     parser.add_argument("--skip-shaped", action="store_true")
+    parser.add_argument("--profile", type=Path, help="py-spy both nodes during each run of (a), raw stacks here")
     args = parser.parse_args()
     ensure_system_packages("dcmtk", "orthanc")
     work = Path(tempfile.mkdtemp(prefix="dicom-mesh-transfer-"))
     try:
         stock, tuned = stack_measure(False), stack_measure(True)
-        pairs = [mesh_pair(work / f"pair-{i}", args.slices, reshare=i == 0) for i in range(args.repeat)]
+        pairs = [mesh_pair(work / f"pair-{i}", args.slices, reshare=i == 0, profile=args.profile)
+                 for i in range(args.repeat)]
         mb_s, img_s, wall_mb_s, _, _ = max(pairs, key=lambda r: r[0])
         reshare, first_ms = pairs[0][3], min(r[4] for r in pairs)
         folder = work / "pair-0" / "study-1"
