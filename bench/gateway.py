@@ -13,15 +13,15 @@ table. Today's measurements (DIMSE, C-STORE of one study over loopback):
   durable (blocks fdatasync'd and renamed, metadata and audit entry committed
   with SQLite synchronous=FULL).
 
-Then WADO-RS retrieval of the same study by dicomweb-client, from the node
-and from Orthanc, in the same run (bench/wado.py; skip with --no-wado).
-
-Then the same three receivers with four concurrent associations: four
+Also the same three receivers with four concurrent associations: four
 storescu processes started together, each sending its own study of a quarter
 of the slices (distinct study, series and instance UIDs), to the node, to the
 bare pynetdicom SCP (a thread per association) and to storescp --fork (a
 process per association). The clock runs from the first "Requesting
 Association" to the last storescu exit.
+
+Then WADO-RS retrieval of the same study by dicomweb-client, from the node
+and from Orthanc, in the same run (bench/wado.py; skip with --no-wado).
 
 The clock runs from storescu logging "Requesting Association" to its exit,
 the same for all three; each receiver is checked to hold every instance.
