@@ -40,11 +40,27 @@ fuzz: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/python -m mypy protocol common tools meshnode simulations
 
-bench: $(STAMP)
-	$(VENV)/bin/python bench/libp2p_stack.py
-	$(VENV)/bin/python bench/ingest.py
-	$(VENV)/bin/python bench/transfer.py
-	$(VENV)/bin/python bench/gateway.py
+# the bench extra (py-spy, to profile the nodes while a bench runs: docs/performance.md), its own stamp
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# every speed bench, then one table of every target (bench/summary.py); each script appends its verdicts
+# to the file MESH_BENCH_SUMMARY names; each installs the Debian packages its peers need (dcmtk, orthanc).
+# Scripts that are not there yet (another branch) are skipped.
+BENCH_SCRIPTS := libp2p_stack ingest transfer gateway small_studies soak
+
+bench: $(BENCH_STAMP)
+	@summary=$$(mktemp /tmp/mesh-bench-summary.XXXXXX); status=0; \
+	for script in $(BENCH_SCRIPTS); do \
+	  if [ -f bench/$$script.py ]; then \
+	    echo "== bench/$$script.py"; \
+	    MESH_BENCH_SUMMARY=$$summary $(VENV)/bin/python bench/$$script.py || status=1; \
+	  fi; \
+	done; \
+	$(VENV)/bin/python bench/summary.py $$summary; rm -f $$summary; exit $$status
 
 # meshsim speed: one simulated year of nhs-england.toml, mesh and hub (minutes)
 bench-sim: $(STAMP)

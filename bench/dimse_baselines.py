@@ -138,17 +138,35 @@ def _watch_for(stream: IO[bytes], marker: bytes, seen: queue.Queue[float], log: 
         log.append(line)
 
 
-def timed_storescu(folder: Path, port: int, called_ae: str = SCP_AET, calling_ae: str = SCU_AET) -> float:
-    """Send every file under `folder` with dcmtk storescu (TCP_NODELAY=1, -pdu 131072) to 127.0.0.1:port.
+@dataclass(frozen=True)
+class StorescuTiming:
+    """One storescu run on two clocks (the parent's perf_counter): from its first byte (it logs "Requesting
+    Association" once it has scanned its input files) to its exit, and its whole process (spawn to exit)."""
 
-    Returns the seconds from storescu logging "Requesting Association" (it has
-    scanned its input files: the first byte is about to go out) to its exit.
-    Raises when storescu fails (any C-STORE not successful makes it exit non-zero).
-    """
+    first_byte_at: float  # perf_counter when it logged "Requesting Association"
+    spawned_at: float
+    ended_at: float
+
+    @property
+    def first_byte_s(self) -> float:
+        return self.ended_at - self.first_byte_at
+
+    @property
+    def process_s(self) -> float:
+        return self.ended_at - self.spawned_at
+
+
+def storescu_timing(folder: Path, port: int, called_ae: str = SCP_AET, calling_ae: str = SCU_AET,
+                    files: list[Path] | None = None) -> StorescuTiming:
+    """Send every file under `folder` (or exactly `files`) with dcmtk storescu (TCP_NODELAY=1, -pdu 131072)
+    to 127.0.0.1:port, one association. Raises when storescu fails (any C-STORE not successful makes it
+    exit non-zero)."""
     env = {**os.environ, "TCP_NODELAY": "1"}
+    inputs = ["+sd", "+r", str(folder)] if files is None else [str(f) for f in files]
+    spawned = time.perf_counter()
     scu = subprocess.Popen(
-        ["storescu", "-v", "-aet", calling_ae, "-aec", called_ae, "-pdu", str(DCMTK_MAX_PDU),
-         "+sd", "+r", HOST, str(port), str(folder)],
+        ["storescu", "-v", "-aet", calling_ae, "-aec", called_ae, "-pdu", str(DCMTK_MAX_PDU), HOST, str(port),
+         *inputs],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert scu.stdout is not None
@@ -169,30 +187,46 @@ def timed_storescu(folder: Path, port: int, called_ae: str = SCP_AET, calling_ae
         started = seen.get_nowait()
     except queue.Empty:
         raise RuntimeError(f"storescu never logged 'Requesting Association': {output[-800:]}") from None
-    return ended - started
+    return StorescuTiming(started, spawned, ended)
+
+
+def timed_storescu(folder: Path, port: int, called_ae: str = SCP_AET, calling_ae: str = SCU_AET) -> float:
+    """Seconds from storescu's first byte ("Requesting Association") to its exit: see storescu_timing."""
+    return storescu_timing(folder, port, called_ae, calling_ae).first_byte_s
+
+
+def storescp(work: Path, *, fork: bool = False) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A dcmtk storescp (TCP_NODELAY=1, -pdu 131072, no fsync) answering C-ECHO: (process, port, folder).
+    `fork`: one child process per association (--fork), so that concurrent associations run concurrently."""
+    run = work / f"dcmtk-{time.monotonic_ns()}"
+    received = run / "received"
+    received.mkdir(parents=True)
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    port = free_port()
+    with open(run / "storescp.log", "wb") as log_fh:
+        scp = subprocess.Popen(
+            ["storescp", *(["--fork"] if fork else []), "-od", str(received), "-aet", SCP_AET, "-pdu",
+             str(DCMTK_MAX_PDU), str(port)],
+            env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_echo(port, scp)
+    except BaseException:
+        _stop(scp)
+        raise
+    return scp, port, received
 
 
 def dcmtk_transfer(folder: Path, work: Path) -> TransferResult:
     """(b) storescu -> storescp over loopback, TCP_NODELAY=1, max PDU 131072 both ways."""
     files = study_files(folder)
     size = sum(p.stat().st_size for p in files)
-    run = work / f"dcmtk-{time.monotonic_ns()}"
-    received = run / "received"
-    received.mkdir(parents=True)
-    env = {**os.environ, "TCP_NODELAY": "1"}
-    port = free_port()
-    scp_log = run / "storescp.log"
-    with open(scp_log, "wb") as log_fh:
-        scp = subprocess.Popen(
-            ["storescp", "-od", str(received), "-aet", SCP_AET, "-pdu", str(DCMTK_MAX_PDU), str(port)],
-            env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT)
+    scp, port, received = storescp(work)
     try:
-        _wait_for_echo(port, scp)
         seconds = timed_storescu(folder, port)
         _check_received("storescp", received, len(files))
     finally:
         _stop(scp)
-    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(received.parent, ignore_errors=True)
     return TransferResult(seconds, size, len(files))
 
 
@@ -341,6 +375,61 @@ def pynetdicom_transfer(folder: Path, work: Path, *, chunked: bool = False) -> T
     finally:
         receiver.finish(len(files))
     return TransferResult(float(report["seconds"]), size, len(files))
+
+
+def concurrent_storescu(folders: list[Path], port: int, called_ae: str = SCP_AET,
+                        calling_ae: str = SCU_AET) -> float:
+    """One storescu process per folder, all started together, each one association to 127.0.0.1:port.
+
+    Returns the seconds from the first of them logging "Requesting Association" to the last exit."""
+    timings: list[StorescuTiming] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def one(folder: Path) -> None:
+        try:
+            timing = storescu_timing(folder, port, called_ae, calling_ae)
+        except BaseException as exc:  # reported below, in the caller's thread
+            with lock:
+                errors.append(exc)
+            return
+        with lock:
+            timings.append(timing)
+
+    threads = [threading.Thread(target=one, args=(f,), daemon=True) for f in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TRANSFER_TIMEOUT + STOP_TIMEOUT)
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(folders)} storescu runs failed: {errors[0]}")
+    if len(timings) != len(folders):
+        raise RuntimeError("a storescu run did not finish")
+    return max(t.ended_at for t in timings) - min(t.first_byte_at for t in timings)
+
+
+def dcmtk_concurrent(folders: list[Path], work: Path) -> TransferResult:
+    """One storescu per folder, concurrently -> one storescp --fork (a child per association)."""
+    files = [f for folder in folders for f in study_files(folder)]
+    scp, port, received = storescp(work, fork=True)
+    try:
+        seconds = concurrent_storescu(folders, port)
+        _check_received("storescp --fork", received, len(files))
+    finally:
+        _stop(scp)
+    shutil.rmtree(received.parent, ignore_errors=True)
+    return TransferResult(seconds, sum(p.stat().st_size for p in files), len(files))
+
+
+def pynetdicom_concurrent(folders: list[Path], work: Path) -> TransferResult:
+    """One storescu per folder, concurrently -> the bare pynetdicom SCP (a thread per association)."""
+    files = [f for folder in folders for f in study_files(folder)]
+    receiver = PynetdicomReceiver(work)
+    try:
+        seconds = concurrent_storescu(folders, receiver.port)
+    finally:
+        receiver.finish(len(files))
+    return TransferResult(seconds, sum(p.stat().st_size for p in files), len(files))
 
 
 def storescu_to_pynetdicom(folder: Path, work: Path) -> TransferResult:

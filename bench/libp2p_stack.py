@@ -147,6 +147,7 @@ def main() -> None:
         _fetch(args.tuned, args.addr, args.server_pid)
         return
     from bench.common import print_table
+    from bench.summary import at_least, record
 
     rows = []
     best: dict[bool, float] = {}
@@ -159,6 +160,10 @@ def main() -> None:
     rows.append(["ratio tuned / stock", f"{best[True] / best[False]:.2f}x", "", ""])
     print_table(f"One TCP + Noise + Yamux bulk stream, {args.mb} MiB, two processes on loopback (best of {args.runs})",
                 ["stack", "throughput", "receiver CPU", "sender CPU"], rows)
+    # not a target of its own: the guard that common.p2p.tuning still pays for itself (bench/transfer.py uses
+    # the tuned figure as the ceiling of its node -> node verdict)
+    record(at_least("bare py-libp2p stream: tuned stack >= stock", best[True], best[False], "MB/s",
+                    peer=f"stock {best[False]:,.0f} MB/s", peer_value=best[False]))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -62,7 +66,7 @@ async def measure(demo: IdentityDemo, watchers: int) -> None:
 
     answered: list[float] = []
 
-    async def watcher(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def watcher(task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with running_host(secrets.token_bytes(32), []) as host:
             send = libp2p_transport(host, addr, timeout=40)
             await send(encode_request(WatchRoster(0)))  # connected

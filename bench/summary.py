@@ -34,14 +34,15 @@ class Verdict:
 
 
 def at_least(target: str, value: float, bound: float, unit: str, *, peer: str = "",
-             peer_value: float | None = None) -> Verdict:
-    """A target `value >= bound`; `peer_value` (same unit) gives the printed ratio."""
+             peer_value: float | None = None, digits: int = 1) -> Verdict:
+    """A target `value >= bound`; `peer_value` (same unit) gives the printed ratio; `digits` after the point
+    (enough that a figure just under its bound does not print as the bound)."""
     ratio = f"{value / peer_value:.2f}x" if peer_value else ""
-    return Verdict(target, f"{value:,.1f} {unit}", peer, ratio, value >= bound)
+    return Verdict(target, f"{value:,.{digits}f} {unit}", peer, ratio, value >= bound)
 
 
-def at_most(target: str, value: float, bound: float, unit: str) -> Verdict:
-    return Verdict(target, f"{value:,.1f} {unit}", "", "", value <= bound)
+def at_most(target: str, value: float, bound: float, unit: str, *, digits: int = 1) -> Verdict:
+    return Verdict(target, f"{value:,.{digits}f} {unit}", "", "", value <= bound)
 
 
 def record(*verdicts: Verdict) -> None:

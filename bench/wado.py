@@ -18,13 +18,18 @@ Two measurements per server, alternating servers, after one warm-up each
   wire:   one GET of the same multipart body with requests, streamed and
           discarded: the server's own throughput.
 MB/s counts the DICOM bytes of the study. Every run checks the instance count;
-meshnode's parts are compared byte for byte with the files ingested.
+in the warm-up, every part of each server's multipart body is compared byte for
+byte with the files it was given (meshnode must match all of them; Orthanc's
+count is printed). Orthanc's and the DICOMweb plugin's versions are read from
+the server (GET /system, GET /plugins/dicom-web). Verdicts (bench/summary.py):
+meshnode >= Orthanc, client side and wire, from this run's figures.
 Importable: `measure_wado(folder, work, repeat)` returns rows for a combined table.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -42,6 +47,7 @@ import requests  # noqa: E402
 from dicomweb_client.api import DICOMwebClient  # noqa: E402
 
 from bench.common import ensure_system_packages, free_port, print_table  # noqa: E402
+from bench.summary import at_least, record  # noqa: E402
 
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -107,7 +113,57 @@ def start_orthanc(work: Path, files: list[Path]) -> tuple[subprocess.Popen[bytes
     with requests.Session() as s:
         for f in files:
             s.post(base + "/instances", data=f.read_bytes(), timeout=60).raise_for_status()
-    return proc, Server("Orthanc 1.10 + DICOMweb 1.7", base + "/dicom-web", {})
+    return proc, Server(orthanc_name(base), base + "/dicom-web", {})
+
+
+def orthanc_name(base: str) -> str:
+    """'Orthanc <version> + DICOMweb <version>', as the running server reports them."""
+    version = requests.get(base + "/system", timeout=10).json().get("Version", "?")
+    plugin = requests.get(base + "/plugins/dicom-web", timeout=10)
+    plugin_version = plugin.json().get("Version", "?") if plugin.ok else "?"
+    return f"Orthanc {version} + DICOMweb {plugin_version}"
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[memoryview]:
+    """The payloads of a multipart/related body (RFC 2046 5.1.1), as views into `body`."""
+    boundary = next((p.split("=", 1)[1].strip().strip('"') for p in content_type.split(";")
+                     if p.strip().lower().startswith("boundary=")), "")
+    if not boundary:
+        raise RuntimeError(f"no boundary in Content-Type {content_type!r}")
+    view = memoryview(body)
+    delimiter = b"--" + boundary.encode()
+    parts: list[memoryview] = []
+    at = body.find(delimiter)
+    while at >= 0:
+        start = at + len(delimiter)
+        if body[start:start + 2] == b"--":  # the close delimiter
+            return parts
+        headers_end = body.find(b"\r\n\r\n", start)
+        following = body.find(b"\r\n" + delimiter, headers_end)
+        if headers_end < 0 or following < 0:
+            raise RuntimeError("truncated multipart body")
+        parts.append(view[headers_end + 4:following])
+        at = following + 2
+    raise RuntimeError("multipart body without a close delimiter")
+
+
+def exact_parts(files: list[Path], content_type: str, body: bytes) -> int:
+    """How many of `files` came back byte for byte, each matched to one part (raises on a count mismatch)."""
+    parts = multipart_parts(content_type, body)
+    if len(parts) != len(files):
+        raise RuntimeError(f"{len(parts)} parts in the body, {len(files)} files sent")
+    by_digest: dict[bytes, list[memoryview]] = {}
+    for part in parts:
+        by_digest.setdefault(hashlib.sha256(part).digest(), []).append(part)
+    exact = 0
+    for f in files:
+        data = f.read_bytes()
+        candidates = by_digest.get(hashlib.sha256(data).digest(), [])
+        match = next((c for c in candidates if c == data), None)  # the bytes themselves, not only the digest
+        if match is not None:
+            candidates.remove(match)
+            exact += 1
+    return exact
 
 
 def start_meshnode(work: Path, folder: Path) -> tuple[Any, Server]:
@@ -135,23 +191,24 @@ def client_run(server: Server, study: str, expected: int) -> float:
     return seconds
 
 
-def wire_run(server: Server, study: str, check: dict[str, bytes] | None) -> tuple[float, int]:
+def wire_run(server: Server, study: str) -> tuple[float, int]:
+    """One timed GET of the study's multipart body, streamed and discarded: (seconds, bytes)."""
     started = time.perf_counter()
     with requests.get(f"{server.root}/studies/{study}", headers={**server.headers, "Accept": ACCEPT},
                       stream=True, timeout=300) as response:
         response.raise_for_status()
-        body = bytearray() if check is not None else None
         size = 0
         for chunk in response.iter_content(chunk_size=1 << 20):
             size += len(chunk)
-            if body is not None:
-                body += chunk
-    seconds = time.perf_counter() - started
-    if check is not None and body is not None:
-        found = sum(1 for data in check.values() if bytes(data) in body)
-        if found != len(check):
-            raise RuntimeError(f"{server.name}: only {found} of {len(check)} instances byte-exact in the body")
-    return seconds, size
+    return time.perf_counter() - started, size
+
+
+def exact_run(server: Server, study: str, files: list[Path]) -> int:
+    """Untimed: GET the study's body whole and count the files that came back byte for byte."""
+    response = requests.get(f"{server.root}/studies/{study}", headers={**server.headers, "Accept": ACCEPT},
+                            timeout=300)
+    response.raise_for_status()
+    return exact_parts(files, response.headers.get("Content-Type", ""), response.content)
 
 
 def measure_wado(folder: Path, work: Path, repeat: int = 3) -> list[WadoRow]:
@@ -164,15 +221,19 @@ def measure_wado(folder: Path, work: Path, repeat: int = 3) -> list[WadoRow]:
     mesh, mesh_server = start_meshnode(work, folder)
     try:
         servers = [mesh_server, orthanc_server]
-        exact = {f.name: f.read_bytes() for f in files[:5]}
         times: dict[tuple[str, str], list[float]] = {}
-        for server in servers:  # warm-up, and the byte-exact check for meshnode
+        for server in servers:  # warm-up, and every part compared byte for byte with the files
             client_run(server, study, len(files))
-            wire_run(server, study, exact if server is mesh_server else None)
+            exact = exact_run(server, study, files)
+            print(f"{server.name}: {exact} of {len(files)} instances returned byte for byte")
+            if server is mesh_server and exact != len(files):
+                raise RuntimeError(f"meshnode returned {len(files) - exact} instance(s) not byte-exact")
         for _ in range(repeat):
             for server in servers:
                 times.setdefault((server.name, "client"), []).append(client_run(server, study, len(files)))
-                seconds, _ = wire_run(server, study, None)
+                seconds, size = wire_run(server, study)
+                if size < total:
+                    raise RuntimeError(f"{server.name}: a body of {size} bytes for {total} bytes of DICOM")
                 times.setdefault((server.name, "wire"), []).append(seconds)
         return [WadoRow(name, method, min(t), total, len(files)) for (name, method), t in times.items()]
     finally:
@@ -195,12 +256,15 @@ def report_wado(rows: list[WadoRow], repeat: int) -> None:
     size = rows[0].bytes / 1e6
     print_rows(rows, f"WADO-RS retrieve study: {rows[0].images} instances, {size:.1f} MB, "
                      f"best of {repeat} (127.0.0.1, page cache warm)")
+    verdicts = []
     for name in ("client", "wire"):
-        pair = {r.server: r.mb_per_s for r in rows if r.method == name}
-        mesh = pair.get("meshnode", 0.0)
-        other = next((v for k, v in pair.items() if k != "meshnode"), 0.0)
-        print(f"{name}: meshnode / Orthanc = {mesh / other:.2f}" if other else f"{name}: no Orthanc figure")
+        mesh = next(r for r in rows if r.method == name and r.server == "meshnode")
+        other = next(r for r in rows if r.method == name and r.server != "meshnode")
+        verdicts.append(at_least(f"WADO-RS retrieve of the study ({name}) >= Orthanc", mesh.mb_per_s, other.mb_per_s,
+                                 "MB/s", peer=f"{other.server} {other.mb_per_s:,.1f} MB/s",
+                                 peer_value=other.mb_per_s))
     print("best of N runs; the servers were measured alternately in the same run")
+    record(*verdicts)
 
 
 def main() -> None:
