@@ -17,9 +17,21 @@ The work is split in two so that a caller already on a worker thread (a
 pynetdicom association) does not hop threads twice: `prepare` (synchronous,
 any thread: parse, hash, write and sync the blocks; or take the blocks a
 C-STORE streamed while it arrived, once they check out) and `commit` (trio:
-metadata). Concurrent commits are grouped into one database transaction.
-When the instance came on a route, the announcer is told, so that the study
-is shared once it has been quiet for the route's quiet period.
+metadata). When the instance came on a route, the announcer is told, so
+that the study is shared once it has been quiet for the route's quiet period.
+
+Group commit: concurrent commits (one per association, each association
+waits for its response before it sends the next instance) are grouped. A
+group is one call on the database thread: with `prepare(durable=False)` the
+group's block files are synced there (fdatasync'd in parallel), renamed to
+their CIDs and their folders synced, and only then are the group's
+metadata, announcement bookkeeping and audit entries committed in ONE
+SQLite transaction (one WAL fsync for the whole group). Every commit of the
+group returns (so every association gets its C-STORE-RSP) only after that;
+if any step fails, every instance of the group fails with the error and
+nothing of the group is recorded (block files renamed already are
+unreferenced content-addressed files, which a later store of the same
+bytes reuses).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,11 +92,16 @@ class StoredInstance:
 
 @dataclass(frozen=True)
 class PreparedInstance:
-    """An instance whose blocks are durable on disk; its metadata is not committed yet."""
+    """An instance whose blocks are on disk; its metadata is not committed yet.
+
+    `unsynced`: its block temp files and their CIDs when it was prepared with durable=False (the
+    group commit syncs and places them); empty when its blocks are durable under their CIDs already.
+    """
 
     record: InstanceRecord
     source: str
     blocks_written: int
+    unsynced: tuple[tuple[Path, CID], ...] = ()
 
 
 @dataclass
@@ -157,8 +175,11 @@ class StudyIntake:
 
     # -- step 1: blocks (any thread) ----------------------------------------------------------
     def prepare(self, data: bytes, source: str, *, expect: tuple[str, str] | None = None,
-                streamed: StreamedBlocks | None = None) -> PreparedInstance:
+                streamed: StreamedBlocks | None = None, durable: bool = True) -> PreparedInstance:
         """Check the instance and make its blocks durable. Synchronous; safe on any thread.
+
+        `durable=False`: write the blocks to temp files only; `commit` syncs and places them with
+        the rest of its group (fewer syncs when several associations store at once).
 
         `expect`: the (SOP Class UID, SOP Instance UID) the data set must have (a
         C-STORE request names them); SopMismatchError otherwise. Nothing is
@@ -194,28 +215,40 @@ class StudyIntake:
                 cids = [CID(hashlib.sha256(view[start:end]).digest()) for start, end in ranges]
                 digest = hashlib.sha256(view).digest()
                 written = self._write_blocks(view, ranges)
-            self.storage.blocks.place(list(zip(written, cids)))
+            unsynced = tuple(zip(written, cids))
+            if durable:
+                self._make_durable(unsynced)
+                unsynced = ()
         except MeshError as exc:
             self.counters.refused += 1
             log.info("instance from %s refused: %s", source, exc.name)
             raise
         sizes = [end - start for start, end in ranges]
         record = instance_record(plan, cids, sizes, len(data), digest, Source.LOCAL)
-        return PreparedInstance(record, source, len(written))
+        return PreparedInstance(record, source, len(written), unsynced)
 
     def _write_blocks(self, view: memoryview, ranges: Sequence[tuple[int, int]]) -> list[Path]:
-        """Each block to a temp file, then all of them made durable (their flushes overlap). On error,
-        nothing stays."""
+        """Each block to a temp file (not synced yet). On error, nothing stays."""
         blocks = self.storage.blocks
         written: list[Path] = []
         try:
             for start, end in ranges:
                 written.append(blocks.write_temp(view[start:end]))
-            blocks.make_durable(written)
         except BaseException:
             blocks.discard_temp(written)
             raise
         return written
+
+    def _make_durable(self, written: Sequence[tuple[Path, CID]]) -> None:
+        """Sync temp block files (their flushes overlap), rename them to their CIDs and sync their folders.
+        On error, no temp file stays (a StorageError)."""
+        blocks = self.storage.blocks
+        try:
+            blocks.make_durable([tmp for tmp, _ in written])
+        except BaseException:
+            blocks.discard_temp([tmp for tmp, _ in written])
+            raise
+        blocks.place(written)  # discards the temp files itself on error
 
     # -- step 2: metadata (trio) ---------------------------------------------------------------
     async def commit(self, prepared: PreparedInstance, route: Route | None) -> StoredInstance:
@@ -259,14 +292,22 @@ class StudyIntake:
 
         announcer = self.announcer
 
+        unsynced = [w for p in batch for w in p.prepared.unsynced]
+        make_durable = self._make_durable
+
         def work(store: MetadataStore) -> list[AddOutcome]:
-            # the announcement first: a crash between the two leaves a pending
-            # announcement without its instance (harmless), never the reverse
-            if noted and announcer is not None:
-                announcer.note(store, noted, now, reopen=to_persist)
-            elif to_persist:
-                gateway.note_arrivals(to_persist, now)
-            return storage.metadata.add_instances(records, events, now)
+            if unsynced:  # the group's blocks, durable under their CIDs before any metadata names them
+                make_durable(unsynced)
+            # one transaction when the gateway store shares the metadata store's connection (the node's:
+            # sqlite_gateway.py): the arrivals, the announcement's queue item, the instances and their audit
+            # entries. Otherwise the announcement first: a crash between the two leaves a pending announcement
+            # without its instance (harmless), never the reverse.
+            with store.atomic() if gateway.writes_with(store) else nullcontext():
+                if noted and announcer is not None:
+                    announcer.note(store, noted, now, reopen=to_persist)
+                elif to_persist:
+                    gateway.note_arrivals(to_persist, now)
+                return storage.metadata.add_instances(records, events, now)
 
         try:
             outcomes = await self.db.run(work)

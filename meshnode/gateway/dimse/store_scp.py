@@ -1,7 +1,8 @@
 """C-STORE SCP: a received data set becomes a durable instance, or a clear DICOM failure status.
 
 The response is sent only after StudyIntake has committed the instance:
-blocks fsynced, metadata and audit entry committed. Statuses (PS3.4 B.2.3):
+blocks fsynced, metadata and audit entry committed (in a group commit with
+the instances other associations are storing at the same time). Statuses (PS3.4 B.2.3):
     0x0000  stored (also when these very bytes were held already)
     0x0124  the caller may not store (its [[caller]] allow list)
     0xA700  refused: out of resources (instance too large, disk full, node stopping)
@@ -80,7 +81,9 @@ class StoreScp:
             transfer_syntax = str(event.context.transfer_syntax)
             data = part10_file(dataset, sop_class, sop_instance, transfer_syntax, info.calling_ae)
         try:
-            prepared = self.intake.prepare(data, info.source, expect=(sop_class, sop_instance), streamed=streamed)
+            # the blocks are synced with the commit group (the instances of every association committing now)
+            prepared = self.intake.prepare(data, info.source, expect=(sop_class, sop_instance), streamed=streamed,
+                                           durable=False)
             stored = self.bridge.call(self.intake.commit, prepared, info.route)
         except MeshError as exc:
             return self._refuse(info, status_for(exc), f"{exc.name}: {exc}", sop_instance, EventCode.IMPORT)

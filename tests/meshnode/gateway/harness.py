@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import trio
 
+from common.sqlite_db import SqliteConnection
 from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.config import Caller, DicomPeer, DimseSettings, GatewayConfig
 from meshnode.gateway.dimse.server import DimseServer
@@ -82,7 +83,9 @@ async def start_gateway(nursery: trio.Nursery, home: Path, gateway_config: Gatew
     home.mkdir(parents=True, exist_ok=True)
     storage = NodeStorage.open(home)
     db = DatabaseThread(storage.metadata)
-    state = SqliteGatewayStore(home / "node.db")
+    # as the node does (meshnode.gateway.service): on the metadata store's connection, one transaction per commit
+    state = SqliteGatewayStore(home / "node.db",
+                               share=storage.metadata if isinstance(storage.metadata, SqliteConnection) else None)
     shared = Shared()
 
     async def share(study: str, to: Sequence[str], priority: Priority, purpose: Purpose) -> Signed[Manifest]:
