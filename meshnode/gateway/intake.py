@@ -105,12 +105,22 @@ class PreparedInstance:
 
 
 @dataclass
-class _Pending:
+class PendingCommit:
+    """One instance of a commit group, and once the group is done, what became of it."""
+
     prepared: PreparedInstance
     route: Route | None
     done: bool = False
     result: StoredInstance | None = None
     error: BaseException | None = None
+
+    def outcome(self) -> StoredInstance:
+        """The stored instance; raises the group's error if its commit failed."""
+        if self.error is not None:
+            raise self.error
+        if self.result is None:
+            raise RuntimeError("the commit group has not finished")  # a bug: asked before the group was done
+        return self.result
 
 
 @dataclass
@@ -136,7 +146,7 @@ class StudyIntake:
         self.chunk_size = chunk_size
         self._clock = clock
         self._workers = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        self._queue: list[_Pending] = []
+        self._queue: list[PendingCommit] = []
         self._committing = False
         self._idle = trio.Event()
         self._head_dirty = trio.Event()
@@ -217,7 +227,7 @@ class StudyIntake:
                 written = self._write_blocks(view, ranges)
             unsynced = tuple(zip(written, cids))
             if durable:
-                self._make_durable(unsynced)
+                self.make_durable(unsynced)
                 unsynced = ()
         except MeshError as exc:
             self.counters.refused += 1
@@ -239,7 +249,7 @@ class StudyIntake:
             raise
         return written
 
-    def _make_durable(self, written: Sequence[tuple[Path, CID]]) -> None:
+    def make_durable(self, written: Sequence[tuple[Path, CID]]) -> None:
         """Sync temp block files (their flushes overlap), rename them to their CIDs and sync their folders.
         On error, no temp file stays (a StorageError)."""
         blocks = self.storage.blocks
@@ -253,7 +263,7 @@ class StudyIntake:
     # -- step 2: metadata (trio) ---------------------------------------------------------------
     async def commit(self, prepared: PreparedInstance, route: Route | None) -> StoredInstance:
         """Commit the metadata of a prepared instance (grouped with concurrent ones); durable on return."""
-        item = _Pending(prepared, route)
+        item = PendingCommit(prepared, route)
         self._queue.append(item)
         while not item.done:
             if self._committing:
@@ -272,12 +282,14 @@ class StudyIntake:
                 self._committing = False
                 self._idle.set()
                 self._idle = trio.Event()
-        if item.error is not None:
-            raise item.error
-        assert item.result is not None
-        return item.result
+        return item.outcome()
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
+    async def commit_group(self, group: list[PendingCommit]) -> None:
+        """Commit a group formed by the caller (meshnode.gateway.group_commit, for pynetdicom's threads):
+        on return each item is done, with its result or the group's error (a MeshError)."""
+        await self._commit_batch(group)
+
+    async def _commit_batch(self, batch: list[PendingCommit]) -> None:
         now = self._now_ms()
         records = [p.prepared.record for p in batch]
         events = self._audit_events(batch)
@@ -293,7 +305,7 @@ class StudyIntake:
         announcer = self.announcer
 
         unsynced = [w for p in batch for w in p.prepared.unsynced]
-        make_durable = self._make_durable
+        make_durable = self.make_durable
 
         def work(store: MetadataStore) -> list[AddOutcome]:
             if unsynced:  # the group's blocks, durable under their CIDs before any metadata names them
@@ -335,7 +347,7 @@ class StudyIntake:
             p.done = True
 
     @staticmethod
-    def _audit_events(batch: Sequence[_Pending]) -> list[AuditEvent]:
+    def _audit_events(batch: Sequence[PendingCommit]) -> list[AuditEvent]:
         """One Data Import (110107) entry per study, source and route in the batch; security alerts."""
         groups: dict[tuple[str, str, str], list[InstanceRecord]] = {}
         events: list[AuditEvent] = []

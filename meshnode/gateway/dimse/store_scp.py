@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from meshnode.dicom.errors import DicomError, DicomLimitError, SopMismatchError
 from meshnode.dicom.part10 import part10_file
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge
+from meshnode.gateway.group_commit import ThreadGroupCommit
 from meshnode.gateway.intake import StudyIntake
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.records import AddOutcome, hash_uid
@@ -57,6 +58,7 @@ class StoreScp:
         self.intake = intake
         self.bridge = bridge
         self.audit = audit
+        self.commits = ThreadGroupCommit(intake, bridge.token)
 
     def handle(self, event: Any) -> Dataset:
         assoc = event.assoc
@@ -84,7 +86,7 @@ class StoreScp:
             # the blocks are synced with the commit group (the instances of every association committing now)
             prepared = self.intake.prepare(data, info.source, expect=(sop_class, sop_instance), streamed=streamed,
                                            durable=False)
-            stored = self.bridge.call(self.intake.commit, prepared, info.route)
+            stored = self.commits.commit(prepared, info.route)
         except MeshError as exc:
             return self._refuse(info, status_for(exc), f"{exc.name}: {exc}", sop_instance, EventCode.IMPORT)
         if stored.outcome is AddOutcome.DUPLICATE:

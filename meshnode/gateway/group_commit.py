@@ -1,0 +1,113 @@
+"""Group commit for callers on plain threads: pynetdicom's association threads.
+
+    commits = ThreadGroupCommit(intake, trio_token)
+    stored = commits.commit(prepared, route)     # on an association thread; durable on return
+
+Each association has at most one C-STORE outstanding (the caller waits for
+the response before it sends the next instance), so a group can only form
+across associations. The first thread to arrive leads: it takes every
+instance queued (its own included), makes the group's blocks durable on its
+own thread (fdatasync'd in parallel, renamed to their CIDs, folders synced:
+StudyIntake.make_durable), hands the lead to the oldest instance queued
+meanwhile (whose thread starts syncing the next group's blocks), and then
+commits its group's metadata with one call into the trio loop
+(StudyIntake.commit_group: one SQLite transaction). So the blocks of group
+k+1 are synced while group k's transaction commits, and the trio loop is
+entered once per group, not once per instance.
+
+Every caller returns only once the group holding its instance is committed;
+if the group's commit fails, every caller of the group gets the error (and
+answers a failure status), and nothing of the group is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshnode.gateway.intake import (
+    PendingCommit,
+    PreparedInstance,
+    StoredInstance,
+    StudyIntake,
+)
+from protocol.errors import MeshError, UnavailableError
+
+if TYPE_CHECKING:
+    from meshnode.gateway.routes import Route
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Waiter:
+    pending: PendingCommit
+    wake: threading.Event = field(default_factory=threading.Event)
+
+
+class ThreadGroupCommit:
+    def __init__(self, intake: StudyIntake, token: trio.lowlevel.TrioToken) -> None:
+        self.intake = intake
+        self.token = token
+        self._lock = threading.Lock()
+        self._queue: list[_Waiter] = []
+        self._leading = False
+        self.groups = 0  # groups committed (or failed) so far
+
+    def commit(self, prepared: PreparedInstance, route: Route | None) -> StoredInstance:
+        """Commit `prepared` with whatever other threads are committing; returns once it is durable.
+        Raises what the group's commit raised (a MeshError), or UnavailableError when the node stops."""
+        me = _Waiter(PendingCommit(prepared, route))
+        with self._lock:
+            self._queue.append(me)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            me.wake.wait()  # set when my group is done, or when I am to lead the next one
+        if not me.pending.done:
+            self._lead()
+        return me.pending.outcome()
+
+    def _lead(self) -> None:
+        with self._lock:
+            group, self._queue = self._queue, []
+        try:
+            try:
+                unsynced = [w for x in group for w in x.pending.prepared.unsynced]
+                if unsynced:
+                    self.intake.make_durable(unsynced)
+                for x in group:
+                    x.pending.prepared = replace(x.pending.prepared, unsynced=())
+            finally:
+                self._hand_over()  # the next group's blocks are synced while this group's metadata commits
+            trio.from_thread.run(self.intake.commit_group, [w.pending for w in group], trio_token=self.token)
+        except MeshError as exc:  # the group's blocks could not be made durable: nothing of it is recorded
+            log.error("cannot make the blocks of %d instance(s) durable: %s", len(group), exc)
+            self._fail(group, exc)
+        except trio.RunFinishedError:
+            self._fail(group, UnavailableError("the node is shutting down"))
+        except BaseException as exc:  # a bug, or the loop cancelled it: no one of the group may hear success
+            self._fail(group, exc)
+            raise
+        finally:
+            self.groups += 1
+            for w in group:
+                w.wake.set()
+
+    def _hand_over(self) -> None:
+        """The lead goes to the oldest instance queued, if any (its thread wakes and leads)."""
+        with self._lock:
+            successor = self._queue[0] if self._queue else None
+            self._leading = successor is not None
+        if successor is not None:
+            successor.wake.set()
+
+    @staticmethod
+    def _fail(group: list[_Waiter], exc: BaseException) -> None:
+        for w in group:
+            if not w.pending.done:
+                w.pending.done, w.pending.error = True, exc
