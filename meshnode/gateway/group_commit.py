@@ -6,14 +6,15 @@
 Each association has at most one C-STORE outstanding (the caller waits for
 the response before it sends the next instance), so a group can only form
 across associations. The first thread to arrive leads: it takes every
-instance queued (its own included), makes the group's blocks durable on its
-own thread (fdatasync'd in parallel, renamed to their CIDs, folders synced:
-StudyIntake.make_durable), hands the lead to the oldest instance queued
-meanwhile (whose thread starts syncing the next group's blocks), and then
-commits its group's metadata with one call into the trio loop
-(StudyIntake.commit_group: one SQLite transaction). So the blocks of group
-k+1 are synced while group k's transaction commits, and the trio loop is
-entered once per group, not once per instance.
+instance queued (its own included) and makes the group's blocks durable on
+its own thread (fdatasync'd in parallel, renamed to their CIDs, folders
+synced: StudyIntake.make_durable). It then waits until the previous group's
+transaction is done, hands the lead to the oldest instance queued meanwhile
+(whose thread takes everything queued and syncs that group's blocks), and
+commits its own group's metadata with one call into the trio loop
+(StudyIntake.commit_group: one SQLite transaction). So at most one group
+syncs blocks while one commits; the slower the database, the larger the
+groups; and the trio loop is entered once per group, not once per instance.
 
 Every caller returns only once the group holding its instance is committed;
 if the group's commit fails, every caller of the group gets the error (and
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -56,7 +58,9 @@ class ThreadGroupCommit:
         self._lock = threading.Lock()
         self._queue: list[_Waiter] = []
         self._leading = False
+        self._committing = threading.Lock()  # held by the group whose transaction is being committed
         self.groups = 0  # groups committed (or failed) so far
+        self.sizes: deque[int] = deque(maxlen=256)  # instances in each of the latest groups
 
     def commit(self, prepared: PreparedInstance, route: Route | None) -> StoredInstance:
         """Commit `prepared` with whatever other threads are committing; returns once it is durable.
@@ -75,6 +79,8 @@ class ThreadGroupCommit:
     def _lead(self) -> None:
         with self._lock:
             group, self._queue = self._queue, []
+        self.sizes.append(len(group))
+        committing = False
         try:
             try:
                 unsynced = [w for x in group for w in x.pending.prepared.unsynced]
@@ -82,11 +88,13 @@ class ThreadGroupCommit:
                     self.intake.make_durable(unsynced)
                 for x in group:
                     x.pending.prepared = replace(x.pending.prepared, unsynced=())
+                self._committing.acquire()  # the previous group's transaction is done
+                committing = True
             finally:
                 self._hand_over()  # the next group's blocks are synced while this group's metadata commits
             trio.from_thread.run(self.intake.commit_group, [w.pending for w in group], trio_token=self.token)
         except MeshError as exc:  # the group's blocks could not be made durable: nothing of it is recorded
-            log.error("cannot make the blocks of %d instance(s) durable: %s", len(group), exc)
+            log.error("cannot commit %d instance(s): %s", len(group), exc)
             self._fail(group, exc)
         except trio.RunFinishedError:
             self._fail(group, UnavailableError("the node is shutting down"))
@@ -94,7 +102,10 @@ class ThreadGroupCommit:
             self._fail(group, exc)
             raise
         finally:
-            self.groups += 1
+            if committing:
+                self._committing.release()
+            with self._lock:
+                self.groups += 1
             for w in group:
                 w.wake.set()
 

@@ -115,6 +115,7 @@ class DimseServer:
         self.retrieve = RetrieveScp(config, intake.db, intake.storage.blocks, audit, self.tmp_dir)
         self.address: tuple[str, int] | None = None
         self.ae: AE | None = None
+        self.store: StoreScp | None = None  # once running (its group commit: `store.commits`)
 
     def _make_ae(self) -> AE:
         s = self.settings
@@ -131,7 +132,7 @@ class DimseServer:
         if not log.isEnabledFor(logging.DEBUG):
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         bridge = TrioBridge(trio.lowlevel.current_trio_token())
-        store = StoreScp(self.intake, bridge, self.audit)
+        store = self.store = StoreScp(self.intake, bridge, self.audit)
         ae = self._make_ae()
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested, [bridge]),
