@@ -284,13 +284,54 @@ class StudyIntake:
                 self._idle = trio.Event()
         return item.outcome()
 
-    async def commit_group(self, group: list[PendingCommit]) -> None:
-        """Commit a group formed by the caller (meshnode.gateway.group_commit, for pynetdicom's threads):
-        on return each item is done, with its result or the group's error (a MeshError)."""
-        await self._commit_batch(group)
+    def commit_group_here(self, group: list[PendingCommit], token: trio.lowlevel.TrioToken) -> None:
+        """Commit a group formed by the caller (meshnode.gateway.group_commit) on the calling thread, a plain
+        one (pynetdicom's), not trio's: the transaction runs here, exclusive with the database thread's calls
+        (DatabaseThread.run_blocking), so the group's response waits for no trio hop. On return each item is
+        done, with its result or the group's error (a MeshError). The announcer's in-memory bookkeeping is
+        handed to the trio loop afterwards (its durable part is in the transaction)."""
+        now = self._now_ms()
+        # every arrival's queue item is written (reopened or pushed): whether it is pending already is the
+        # trio loop's state, not read from this thread
+        noted, work = self._group_work(group, now, persist_all=True)
+        try:
+            outcomes = self.db.run_blocking(work)
+        except MeshError as exc:
+            log.error("cannot commit %d instance(s): %s", len(group), exc)
+            for p in group:
+                p.done, p.error = True, exc
+            return
+        try:
+            token.run_sync_soon(self._committed, noted, now)
+        except trio.RunFinishedError:
+            pass  # the node is stopping: what the announcer would note is durable, and read at the next start
+        self._finish(group, outcomes)
+
+    def _committed(self, noted: Sequence[Arrival], now: int) -> None:
+        """After a group's commit, on the trio loop: the audit head is due, the announcer counts arrivals."""
+        self._head_dirty.set()
+        if self.announcer is not None:
+            for a in noted:
+                self.announcer.arrived(a.study_uid, a.route, now / 1000)
 
     async def _commit_batch(self, batch: list[PendingCommit]) -> None:
         now = self._now_ms()
+        noted, work = self._group_work(batch, now, persist_all=False)
+        try:
+            outcomes = await self.db.run(work)
+        except MeshError as exc:
+            log.error("cannot commit %d instance(s): %s", len(batch), exc)
+            for p in batch:
+                p.done, p.error = True, exc
+            return
+        self._committed(noted, now)
+        self._finish(batch, outcomes)
+
+    def _group_work(self, batch: list[PendingCommit], now: int, *, persist_all: bool
+                    ) -> tuple[list[Arrival], Callable[[MetadataStore], list[AddOutcome]]]:
+        """The arrivals of a group, and its database work: its blocks made durable if they are not yet, then
+        its arrivals, announcement items, instances and audit entries (one transaction when the gateway store
+        shares the metadata store's connection)."""
         records = [p.prepared.record for p in batch]
         events = self._audit_events(batch)
         arrivals: dict[tuple[str, str], int] = {}
@@ -299,11 +340,9 @@ class StudyIntake:
                 key = (p.prepared.record.study_uid, p.route.name)
                 arrivals[key] = arrivals.get(key, 0) + 1
         noted = [Arrival(s, r, n) for (s, r), n in arrivals.items()]
-        to_persist = [a for a in noted if self.announcer is None or self.announcer.needs_note(a.study_uid, a.route)]
-        storage, gateway = self.storage, self.gateway
-
-        announcer = self.announcer
-
+        to_persist = [a for a in noted if persist_all or self.announcer is None
+                      or self.announcer.needs_note(a.study_uid, a.route)]
+        storage, gateway, announcer = self.storage, self.gateway, self.announcer
         unsynced = [w for p in batch for w in p.prepared.unsynced]
         make_durable = self.make_durable
 
@@ -321,18 +360,11 @@ class StudyIntake:
                     gateway.note_arrivals(to_persist, now)
                 return storage.metadata.add_instances(records, events, now)
 
-        try:
-            outcomes = await self.db.run(work)
-        except MeshError as exc:
-            log.error("cannot commit %d instance(s): %s", len(batch), exc)
-            for p in batch:
-                p.done, p.error = True, exc
-            return
+        return noted, work
+
+    def _finish(self, batch: list[PendingCommit], outcomes: list[AddOutcome]) -> None:
+        """The group is committed: count it, and give each item its result (done)."""
         self.counters.commits += 1
-        self._head_dirty.set()
-        if self.announcer is not None:
-            for a in noted:
-                self.announcer.arrived(a.study_uid, a.route, now / 1000)
         for p, outcome in zip(batch, outcomes):
             rec = p.prepared.record
             if outcome is AddOutcome.DUPLICATE:
