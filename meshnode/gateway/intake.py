@@ -51,13 +51,13 @@ from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE, block_ranges
 from meshnode.dicom.errors import DicomLimitError, SopMismatchError
 from meshnode.dicom.layout import plan_layout
 from meshnode.dicom.structure import scan_layout_bytes
-from meshnode.study.ingest import SECURITY_FLAGS, instance_record
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.gateway_store import Arrival, GatewayStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage, now_ms
 from meshnode.storage.records import AddOutcome, InstanceRecord, Source, hash_uid
+from meshnode.study.ingest import SECURITY_FLAGS, instance_record
 from protocol.cid import CID
 from protocol.errors import MeshError
 

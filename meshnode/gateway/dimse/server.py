@@ -27,11 +27,14 @@ from pynetdicom import AE, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from meshnode.dicom.part10 import PREAMBLE, file_meta
 from common.files import write_atomic
+from meshnode.dicom.part10 import PREAMBLE, file_meta
 from meshnode.gateway.config import GatewayConfig
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge
-from meshnode.gateway.dimse.contexts import add_acceptor_contexts, prefer_requestor_syntaxes
+from meshnode.gateway.dimse.contexts import (
+    add_acceptor_contexts,
+    prefer_requestor_syntaxes,
+)
 from meshnode.gateway.dimse.query_scp import FindScp
 from meshnode.gateway.dimse.reactor import GatewayAssociation, LimitedSocket
 from meshnode.gateway.dimse.retrieve_scp import RetrieveScp

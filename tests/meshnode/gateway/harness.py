@@ -22,11 +22,11 @@ from meshnode.gateway.intake import StudyIntake
 from meshnode.gateway.routes import Route, RouteTable
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
+from meshnode.storage.records import InstanceRecord, ManifestRow
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from meshnode.study.manifest_builder import build_manifest
-from meshnode.storage.metadata import MetadataStore
-from meshnode.storage.records import InstanceRecord, ManifestRow
 from protocol.document import Signed
 from protocol.errors import UnavailableError
 from protocol.keys import SigningKey
