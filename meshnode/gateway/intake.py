@@ -20,18 +20,18 @@ C-STORE streamed while it arrived, once they check out) and `commit` (trio:
 metadata). When the instance came on a route, the announcer is told, so
 that the study is shared once it has been quiet for the route's quiet period.
 
-Group commit: concurrent commits (one per association, each association
-waits for its response before it sends the next instance) are grouped. A
-group is one call on the database thread: with `prepare(durable=False)` the
-group's block files are synced there (fdatasync'd in parallel), renamed to
-their CIDs and their folders synced, and only then are the group's
-metadata, announcement bookkeeping and audit entries committed in ONE
-SQLite transaction (one WAL fsync for the whole group). Every commit of the
-group returns (so every association gets its C-STORE-RSP) only after that;
-if any step fails, every instance of the group fails with the error and
-nothing of the group is recorded (block files renamed already are
-unreferenced content-addressed files, which a later store of the same
-bytes reuses).
+Group commit: concurrent commits are grouped (for pynetdicom's association
+threads by meshnode.gateway.group_commit, each association waiting for its
+response before it sends the next instance; for trio callers by `commit`).
+With `prepare(durable=False)` the group's block files are synced together
+(fdatasync'd in parallel), renamed to their CIDs and their folders synced,
+and only then are the group's metadata, announcement bookkeeping and audit
+entries committed in ONE SQLite transaction (one WAL fsync for the whole
+group). Every commit of the group returns (so every association gets its
+C-STORE-RSP) only after that; if any step fails, every instance of the
+group fails with the error and no metadata of the group is recorded (block
+files renamed already are unreferenced content-addressed files, which a
+later store of the same bytes reuses).
 """
 
 from __future__ import annotations
