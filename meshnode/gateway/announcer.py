@@ -145,8 +145,11 @@ class StudyAnnouncer:
         key = (study_uid, route)
         self._last[key] = max(self._last.get(key, 0.0), at_s)
         self._seen[key] = self._seen.get(key, 0) + 1
-        self.driver.outbox.reopen(key, self.clock(), not_before=at_s + self.quiet_period(route))
-        self.driver.wake()
+        if self.driver.outbox.reopen(key, self.clock(), not_before=at_s + self.quiet_period(route)):
+            self.driver.wake()  # newly pending: the driver's next due time may be sooner now
+        # else it was pending (pushed later, in memory: the driver writes it with its next flush, and a restart
+        # announces one quiet period after the start anyway) or being attempted (the attempt's end decides):
+        # waking the driver would only cost a database write per C-STORE group
 
     # -- what the operator sees -------------------------------------------------------------------
     def pending(self) -> dict[AnnounceKey, float]:

@@ -17,9 +17,21 @@ The work is split in two so that a caller already on a worker thread (a
 pynetdicom association) does not hop threads twice: `prepare` (synchronous,
 any thread: parse, hash, write and sync the blocks; or take the blocks a
 C-STORE streamed while it arrived, once they check out) and `commit` (trio:
-metadata). Concurrent commits are grouped into one database transaction.
-When the instance came on a route, the announcer is told, so that the study
-is shared once it has been quiet for the route's quiet period.
+metadata). When the instance came on a route, the announcer is told, so
+that the study is shared once it has been quiet for the route's quiet period.
+
+Group commit: concurrent commits are grouped (for pynetdicom's association
+threads by meshnode.gateway.group_commit, each association waiting for its
+response before it sends the next instance; for trio callers by `commit`).
+With `prepare(durable=False)` the group's block files are synced together
+(fdatasync'd in parallel), renamed to their CIDs and their folders synced,
+and only then are the group's metadata, announcement bookkeeping and audit
+entries committed in ONE SQLite transaction (one WAL fsync for the whole
+group). Every commit of the group returns (so every association gets its
+C-STORE-RSP) only after that; if any step fails, every instance of the
+group fails with the error and no metadata of the group is recorded (block
+files renamed already are unreferenced content-addressed files, which a
+later store of the same bytes reuses).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,13 +51,13 @@ from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE, block_ranges
 from meshnode.dicom.errors import DicomLimitError, SopMismatchError
 from meshnode.dicom.layout import plan_layout
 from meshnode.dicom.structure import scan_layout_bytes
-from meshnode.study.ingest import SECURITY_FLAGS, instance_record
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.gateway_store import Arrival, GatewayStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage, now_ms
 from meshnode.storage.records import AddOutcome, InstanceRecord, Source, hash_uid
+from meshnode.study.ingest import SECURITY_FLAGS, instance_record
 from protocol.cid import CID
 from protocol.errors import MeshError
 
@@ -79,20 +92,35 @@ class StoredInstance:
 
 @dataclass(frozen=True)
 class PreparedInstance:
-    """An instance whose blocks are durable on disk; its metadata is not committed yet."""
+    """An instance whose blocks are on disk; its metadata is not committed yet.
+
+    `unsynced`: its block temp files and their CIDs when it was prepared with durable=False (the
+    group commit syncs and places them); empty when its blocks are durable under their CIDs already.
+    """
 
     record: InstanceRecord
     source: str
     blocks_written: int
+    unsynced: tuple[tuple[Path, CID], ...] = ()
 
 
 @dataclass
-class _Pending:
+class PendingCommit:
+    """One instance of a commit group, and once the group is done, what became of it."""
+
     prepared: PreparedInstance
     route: Route | None
     done: bool = False
     result: StoredInstance | None = None
     error: BaseException | None = None
+
+    def outcome(self) -> StoredInstance:
+        """The stored instance; raises the group's error if its commit failed."""
+        if self.error is not None:
+            raise self.error
+        if self.result is None:
+            raise RuntimeError("the commit group has not finished")  # a bug: asked before the group was done
+        return self.result
 
 
 @dataclass
@@ -118,7 +146,7 @@ class StudyIntake:
         self.chunk_size = chunk_size
         self._clock = clock
         self._workers = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        self._queue: list[_Pending] = []
+        self._queue: list[PendingCommit] = []
         self._committing = False
         self._idle = trio.Event()
         self._head_dirty = trio.Event()
@@ -157,8 +185,11 @@ class StudyIntake:
 
     # -- step 1: blocks (any thread) ----------------------------------------------------------
     def prepare(self, data: bytes, source: str, *, expect: tuple[str, str] | None = None,
-                streamed: StreamedBlocks | None = None) -> PreparedInstance:
+                streamed: StreamedBlocks | None = None, durable: bool = True) -> PreparedInstance:
         """Check the instance and make its blocks durable. Synchronous; safe on any thread.
+
+        `durable=False`: write the blocks to temp files only; `commit` syncs and places them with
+        the rest of its group (fewer syncs when several associations store at once).
 
         `expect`: the (SOP Class UID, SOP Instance UID) the data set must have (a
         C-STORE request names them); SopMismatchError otherwise. Nothing is
@@ -194,33 +225,45 @@ class StudyIntake:
                 cids = [CID(hashlib.sha256(view[start:end]).digest()) for start, end in ranges]
                 digest = hashlib.sha256(view).digest()
                 written = self._write_blocks(view, ranges)
-            self.storage.blocks.place(list(zip(written, cids)))
+            unsynced = tuple(zip(written, cids))
+            if durable:
+                self.make_durable(unsynced)
+                unsynced = ()
         except MeshError as exc:
             self.counters.refused += 1
             log.info("instance from %s refused: %s", source, exc.name)
             raise
         sizes = [end - start for start, end in ranges]
         record = instance_record(plan, cids, sizes, len(data), digest, Source.LOCAL)
-        return PreparedInstance(record, source, len(written))
+        return PreparedInstance(record, source, len(written), unsynced)
 
     def _write_blocks(self, view: memoryview, ranges: Sequence[tuple[int, int]]) -> list[Path]:
-        """Each block to a temp file, then all of them made durable (their flushes overlap). On error,
-        nothing stays."""
+        """Each block to a temp file (not synced yet). On error, nothing stays."""
         blocks = self.storage.blocks
         written: list[Path] = []
         try:
             for start, end in ranges:
                 written.append(blocks.write_temp(view[start:end]))
-            blocks.make_durable(written)
         except BaseException:
             blocks.discard_temp(written)
             raise
         return written
 
+    def make_durable(self, written: Sequence[tuple[Path, CID]]) -> None:
+        """Sync temp block files (their flushes overlap), rename them to their CIDs and sync their folders.
+        On error, no temp file stays (a StorageError)."""
+        blocks = self.storage.blocks
+        try:
+            blocks.make_durable([tmp for tmp, _ in written])
+        except BaseException:
+            blocks.discard_temp([tmp for tmp, _ in written])
+            raise
+        blocks.place(written)  # discards the temp files itself on error
+
     # -- step 2: metadata (trio) ---------------------------------------------------------------
     async def commit(self, prepared: PreparedInstance, route: Route | None) -> StoredInstance:
         """Commit the metadata of a prepared instance (grouped with concurrent ones); durable on return."""
-        item = _Pending(prepared, route)
+        item = PendingCommit(prepared, route)
         self._queue.append(item)
         while not item.done:
             if self._committing:
@@ -239,13 +282,56 @@ class StudyIntake:
                 self._committing = False
                 self._idle.set()
                 self._idle = trio.Event()
-        if item.error is not None:
-            raise item.error
-        assert item.result is not None
-        return item.result
+        return item.outcome()
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
+    def commit_group_here(self, group: list[PendingCommit], token: trio.lowlevel.TrioToken) -> None:
+        """Commit a group formed by the caller (meshnode.gateway.group_commit) on the calling thread, a plain
+        one (pynetdicom's), not trio's: the transaction runs here, exclusive with the database thread's calls
+        (DatabaseThread.run_blocking), so the group's response waits for no trio hop. On return each item is
+        done, with its result or the group's error (a MeshError). The announcer's in-memory bookkeeping is
+        handed to the trio loop afterwards (its durable part is in the transaction)."""
         now = self._now_ms()
+        # every arrival's queue item is written (reopened or pushed): whether it is pending already is the
+        # trio loop's state, not read from this thread
+        noted, work = self._group_work(group, now, persist_all=True)
+        try:
+            outcomes = self.db.run_blocking(work)
+        except MeshError as exc:
+            log.error("cannot commit %d instance(s): %s", len(group), exc)
+            for p in group:
+                p.done, p.error = True, exc
+            return
+        try:
+            token.run_sync_soon(self._committed, noted, now)
+        except trio.RunFinishedError:
+            pass  # the node is stopping: what the announcer would note is durable, and read at the next start
+        self._finish(group, outcomes)
+
+    def _committed(self, noted: Sequence[Arrival], now: int) -> None:
+        """After a group's commit, on the trio loop: the audit head is due, the announcer counts arrivals."""
+        self._head_dirty.set()
+        if self.announcer is not None:
+            for a in noted:
+                self.announcer.arrived(a.study_uid, a.route, now / 1000)
+
+    async def _commit_batch(self, batch: list[PendingCommit]) -> None:
+        now = self._now_ms()
+        noted, work = self._group_work(batch, now, persist_all=False)
+        try:
+            outcomes = await self.db.run(work)
+        except MeshError as exc:
+            log.error("cannot commit %d instance(s): %s", len(batch), exc)
+            for p in batch:
+                p.done, p.error = True, exc
+            return
+        self._committed(noted, now)
+        self._finish(batch, outcomes)
+
+    def _group_work(self, batch: list[PendingCommit], now: int, *, persist_all: bool
+                    ) -> tuple[list[Arrival], Callable[[MetadataStore], list[AddOutcome]]]:
+        """The arrivals of a group, and its database work: its blocks made durable if they are not yet, then
+        its arrivals, announcement items, instances and audit entries (one transaction when the gateway store
+        shares the metadata store's connection)."""
         records = [p.prepared.record for p in batch]
         events = self._audit_events(batch)
         arrivals: dict[tuple[str, str], int] = {}
@@ -254,32 +340,31 @@ class StudyIntake:
                 key = (p.prepared.record.study_uid, p.route.name)
                 arrivals[key] = arrivals.get(key, 0) + 1
         noted = [Arrival(s, r, n) for (s, r), n in arrivals.items()]
-        to_persist = [a for a in noted if self.announcer is None or self.announcer.needs_note(a.study_uid, a.route)]
-        storage, gateway = self.storage, self.gateway
-
-        announcer = self.announcer
+        to_persist = [a for a in noted if persist_all or self.announcer is None
+                      or self.announcer.needs_note(a.study_uid, a.route)]
+        storage, gateway, announcer = self.storage, self.gateway, self.announcer
+        unsynced = [w for p in batch for w in p.prepared.unsynced]
+        make_durable = self.make_durable
 
         def work(store: MetadataStore) -> list[AddOutcome]:
-            # the announcement first: a crash between the two leaves a pending
-            # announcement without its instance (harmless), never the reverse
-            if noted and announcer is not None:
-                announcer.note(store, noted, now, reopen=to_persist)
-            elif to_persist:
-                gateway.note_arrivals(to_persist, now)
-            return storage.metadata.add_instances(records, events, now)
+            if unsynced:  # the group's blocks, durable under their CIDs before any metadata names them
+                make_durable(unsynced)
+            # one transaction when the gateway store shares the metadata store's connection (the node's:
+            # sqlite_gateway.py): the arrivals, the announcement's queue item, the instances and their audit
+            # entries. Otherwise the announcement first: a crash between the two leaves a pending announcement
+            # without its instance (harmless), never the reverse.
+            with store.atomic() if gateway.writes_with(store) else nullcontext():
+                if noted and announcer is not None:
+                    announcer.note(store, noted, now, reopen=to_persist)
+                elif to_persist:
+                    gateway.note_arrivals(to_persist, now)
+                return storage.metadata.add_instances(records, events, now)
 
-        try:
-            outcomes = await self.db.run(work)
-        except MeshError as exc:
-            log.error("cannot commit %d instance(s): %s", len(batch), exc)
-            for p in batch:
-                p.done, p.error = True, exc
-            return
+        return noted, work
+
+    def _finish(self, batch: list[PendingCommit], outcomes: list[AddOutcome]) -> None:
+        """The group is committed: count it, and give each item its result (done)."""
         self.counters.commits += 1
-        self._head_dirty.set()
-        if self.announcer is not None:
-            for a in noted:
-                self.announcer.arrived(a.study_uid, a.route, now / 1000)
         for p, outcome in zip(batch, outcomes):
             rec = p.prepared.record
             if outcome is AddOutcome.DUPLICATE:
@@ -294,7 +379,7 @@ class StudyIntake:
             p.done = True
 
     @staticmethod
-    def _audit_events(batch: Sequence[_Pending]) -> list[AuditEvent]:
+    def _audit_events(batch: Sequence[PendingCommit]) -> list[AuditEvent]:
         """One Data Import (110107) entry per study, source and route in the batch; security alerts."""
         groups: dict[tuple[str, str, str], list[InstanceRecord]] = {}
         events: list[AuditEvent] = []

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from common.sqlite_db import SqliteConnection
 from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.dimse.server import DimseServer
 from meshnode.gateway.forwarder import Forwarder
@@ -47,7 +48,12 @@ class Gateway:
         self.forward_failures: dict[str, int] = {}
         config = ctx.config.gateway
         self.config = config
-        self.state: GatewayStore = state if state is not None else SqliteGatewayStore(ctx.home.path / "node.db")
+        if state is None:
+            metadata = ctx.storage.metadata
+            # on the metadata store's own connection: the intake's arrivals commit in its instances' transaction
+            state = SqliteGatewayStore(ctx.home.path / "node.db",
+                                       share=metadata if isinstance(metadata, SqliteConnection) else None)
+        self.state: GatewayStore = state
         self.announcer = StudyAnnouncer(ctx.db, self.state, config.routes, sender.share, clock=ctx.clock)
         self.intake = StudyIntake(ctx.storage, ctx.db, self.state, self.announcer,
                                   max_instance_bytes=config.dimse.max_instance_bytes, clock=ctx.clock)

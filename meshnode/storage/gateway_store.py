@@ -64,4 +64,9 @@ class GatewayStore(Protocol):
         """Drop the row (the study is gone, or its route is no longer configured)."""
         ...
 
+    def writes_with(self, store: object) -> bool:
+        """Do this store's writes join `store.atomic()` (the metadata store's transaction), so that both
+        commit together? (SQLite: when it shares that store's connection.)"""
+        ...
+
     def close(self) -> None: ...

@@ -17,6 +17,9 @@ class MemoryGatewayStore:
         """Nothing to release."""
 
     # -- announcements ---------------------------------------------------------------------
+    def writes_with(self, store: object) -> bool:
+        return False  # a dictionary: nothing for the metadata store's atomic() to undo
+
     def note_arrivals(self, arrivals: Sequence[Arrival], now_ms: int) -> None:
         for a in arrivals:
             key = (a.study_uid, a.route)

@@ -27,11 +27,14 @@ from pynetdicom import AE, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from meshnode.dicom.part10 import PREAMBLE, file_meta
 from common.files import write_atomic
+from meshnode.dicom.part10 import PREAMBLE, file_meta
 from meshnode.gateway.config import GatewayConfig
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge
-from meshnode.gateway.dimse.contexts import add_acceptor_contexts, prefer_requestor_syntaxes
+from meshnode.gateway.dimse.contexts import (
+    add_acceptor_contexts,
+    prefer_requestor_syntaxes,
+)
 from meshnode.gateway.dimse.query_scp import FindScp
 from meshnode.gateway.dimse.reactor import GatewayAssociation, LimitedSocket
 from meshnode.gateway.dimse.retrieve_scp import RetrieveScp
@@ -115,6 +118,7 @@ class DimseServer:
         self.retrieve = RetrieveScp(config, intake.db, intake.storage.blocks, audit, self.tmp_dir)
         self.address: tuple[str, int] | None = None
         self.ae: AE | None = None
+        self.store: StoreScp | None = None  # once running (its group commit: `store.commits`)
 
     def _make_ae(self) -> AE:
         s = self.settings
@@ -131,7 +135,7 @@ class DimseServer:
         if not log.isEnabledFor(logging.DEBUG):
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         bridge = TrioBridge(trio.lowlevel.current_trio_token())
-        store = StoreScp(self.intake, bridge, self.audit)
+        store = self.store = StoreScp(self.intake, bridge, self.audit)
         ae = self._make_ae()
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested, [bridge]),

@@ -1,7 +1,8 @@
 """C-STORE SCP: a received data set becomes a durable instance, or a clear DICOM failure status.
 
 The response is sent only after StudyIntake has committed the instance:
-blocks fsynced, metadata and audit entry committed. Statuses (PS3.4 B.2.3):
+blocks fsynced, metadata and audit entry committed (in a group commit with
+the instances other associations are storing at the same time). Statuses (PS3.4 B.2.3):
     0x0000  stored (also when these very bytes were held already)
     0x0124  the caller may not store (its [[caller]] allow list)
     0xA700  refused: out of resources (instance too large, disk full, node stopping)
@@ -19,6 +20,7 @@ from pydicom.dataset import Dataset
 from meshnode.dicom.errors import DicomError, DicomLimitError, SopMismatchError
 from meshnode.dicom.part10 import part10_file
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge
+from meshnode.gateway.group_commit import ThreadGroupCommit
 from meshnode.gateway.intake import StudyIntake
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.records import AddOutcome, hash_uid
@@ -56,6 +58,7 @@ class StoreScp:
         self.intake = intake
         self.bridge = bridge
         self.audit = audit
+        self.commits = ThreadGroupCommit(intake, bridge.token)
 
     def handle(self, event: Any) -> Dataset:
         assoc = event.assoc
@@ -80,8 +83,10 @@ class StoreScp:
             transfer_syntax = str(event.context.transfer_syntax)
             data = part10_file(dataset, sop_class, sop_instance, transfer_syntax, info.calling_ae)
         try:
-            prepared = self.intake.prepare(data, info.source, expect=(sop_class, sop_instance), streamed=streamed)
-            stored = self.bridge.call(self.intake.commit, prepared, info.route)
+            # the blocks are synced with the commit group (the instances of every association committing now)
+            prepared = self.intake.prepare(data, info.source, expect=(sop_class, sop_instance), streamed=streamed,
+                                           durable=False)
+            stored = self.commits.commit(prepared, info.route)
         except MeshError as exc:
             return self._refuse(info, status_for(exc), f"{exc.name}: {exc}", sop_instance, EventCode.IMPORT)
         if stored.outcome is AddOutcome.DUPLICATE:

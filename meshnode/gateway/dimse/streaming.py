@@ -43,7 +43,8 @@ COLLECT_TIMEOUT_S = 120.0
 
 @dataclass(frozen=True)
 class StreamedBlocks:
-    """What the worker made of a complete data set: every block's range, CID and durable temp file."""
+    """What the worker made of a complete data set: every block's range, CID and temp file (written, not
+    synced: StudyIntake syncs them, with the rest of its commit group, before any metadata names them)."""
 
     ranges: tuple[tuple[int, int], ...]
     cids: tuple[CID, ...]
@@ -191,13 +192,12 @@ class StreamedInstance:
                 return
             if self._current is not None:
                 self._close_block()
-            self._blocks.make_durable([tmp for *_, tmp in self._finished])
             self._result = StreamedBlocks(
                 ranges=tuple((start, end) for start, end, _, _ in self._finished),
                 cids=tuple(cid for _, _, cid, _ in self._finished),
                 temps=tuple(tmp for *_, tmp in self._finished), digest=self._digest.digest(), size=self._pos)
         except (OSError, StorageError) as exc:
-            log.warning("syncing a streamed data set failed (%s); it is stored the ordinary way", exc)
+            log.warning("closing a streamed data set failed (%s); it is stored the ordinary way", exc)
             self._give_up()
         finally:
             self._done.set()

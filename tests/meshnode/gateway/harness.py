@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import trio
 
+from common.sqlite_db import SqliteConnection
 from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.config import Caller, DicomPeer, DimseSettings, GatewayConfig
 from meshnode.gateway.dimse.server import DimseServer
@@ -21,11 +22,11 @@ from meshnode.gateway.intake import StudyIntake
 from meshnode.gateway.routes import Route, RouteTable
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
+from meshnode.storage.records import InstanceRecord, ManifestRow
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from meshnode.study.manifest_builder import build_manifest
-from meshnode.storage.metadata import MetadataStore
-from meshnode.storage.records import InstanceRecord, ManifestRow
 from protocol.document import Signed
 from protocol.errors import UnavailableError
 from protocol.keys import SigningKey
@@ -82,7 +83,9 @@ async def start_gateway(nursery: trio.Nursery, home: Path, gateway_config: Gatew
     home.mkdir(parents=True, exist_ok=True)
     storage = NodeStorage.open(home)
     db = DatabaseThread(storage.metadata)
-    state = SqliteGatewayStore(home / "node.db")
+    # as the node does (meshnode.gateway.service): on the metadata store's connection, one transaction per commit
+    state = SqliteGatewayStore(home / "node.db",
+                               share=storage.metadata if isinstance(storage.metadata, SqliteConnection) else None)
     shared = Shared()
 
     async def share(study: str, to: Sequence[str], priority: Priority, purpose: Purpose) -> Signed[Manifest]:
