@@ -18,12 +18,13 @@
    10 streams py-libp2p queues between the muxer and the swarm).
 
 Both are upstreamable as options of py-libp2p's Yamux; no library code is
-patched.
+patched. It also carries two bulk-transfer fixes (common.p2p.tuning, fix 4):
+a data frame's body is taken whole from the decrypted Noise message it
+arrived in (MessageSecureSession) instead of being copied five times and read
+under a fresh deadline, and frames are written without being unpacked again
+for a debug line.
 
-It also carries two bulk-transfer fixes (measured in bench/transfer.py): a data frame's body is taken
-whole from the decrypted Noise message it arrived in (common.p2p.tuning.MessageSecureSession) instead of
-being copied five times and read under a fresh deadline, and frames are written without first being
-unpacked again to format a debug line nobody reads. py-libp2p 0.8.1 builds a plain Yamux whatever muxer class is
+py-libp2p 0.8.1 builds a plain Yamux whatever muxer class is
 registered (`MuxerMultistream.new_conn`), so `install` swaps in a muxer
 negotiation that builds the registered class.
 """

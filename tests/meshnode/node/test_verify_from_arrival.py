@@ -39,8 +39,11 @@ def count_reads(node: HarnessNode) -> Counter[CID]:
     return reads
 
 
+Fetched = tuple[HarnessNode, Signed[Manifest], Counter[CID]]
+
+
 async def fetch(mesh: MemoryMesh, study: str, *, limit: int | None = None,
-                lie: Callable[[Manifest], Manifest] | None = None) -> tuple[HarnessNode, Signed[Manifest], Counter[CID]]:
+                lie: Callable[[Manifest], Manifest] | None = None) -> Fetched:
     """A shares the study with B (the manifest changed by `lie` and signed again by A, if given); B fetches it
     with what it keeps limited to `limit` bytes. Returns B, the manifest and B's block reads meanwhile."""
     a, b = mesh.add("a", "RGT", 50), mesh.add("b", "RJ1", 51)
