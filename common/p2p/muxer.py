@@ -18,7 +18,13 @@
    10 streams py-libp2p queues between the muxer and the swarm).
 
 Both are upstreamable as options of py-libp2p's Yamux; no library code is
-patched. py-libp2p 0.8.1 builds a plain Yamux whatever muxer class is
+patched. It also carries two bulk-transfer fixes (common.p2p.tuning, fix 4):
+a data frame's body is taken whole from the decrypted Noise message it
+arrived in (MessageSecureSession) instead of being copied five times and read
+under a fresh deadline, and frames are written without being unpacked again
+for a debug line.
+
+py-libp2p 0.8.1 builds a plain Yamux whatever muxer class is
 registered (`MuxerMultistream.new_conn`), so `install` swaps in a muxer
 negotiation that builds the registered class.
 """
@@ -29,12 +35,14 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+import trio
 from libp2p.abc import IHost, IMuxedConn, IMuxedStream, ISecureConn
 from libp2p.network.connection.exceptions import RawConnError
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
+from common.p2p.tuning import MessageSecureSession
 from protocol.errors import LocalProtocolError
 
 logger = logging.getLogger(__name__)
@@ -92,6 +100,23 @@ class BoundedYamux(Yamux):
         self.stream_buffers = _StreamBuffers(self)
         self.window_violations = 0
         self.streams_refused = 0
+        MessageSecureSession.adopt(self.secured_conn)
+
+    async def _read_data_body(self, length: int) -> bytes:
+        """A data frame's body: at once when it has all arrived (with its header, in one Noise message),
+        else read as py-libp2p reads it (under its data read timeout)."""
+        conn = self.secured_conn
+        if isinstance(conn, MessageSecureSession):
+            body = conn.take(length)
+            if body is not None:
+                return body
+        return await super()._read_data_body(length)
+
+    async def _write_frame(self, data: bytes) -> None:
+        """Write one frame, serialising writes (py-libp2p's, without decoding the header for a debug line)."""
+        async with self._write_lock:
+            await self.secured_conn.write(data)
+        await trio.lowlevel.checkpoint()
 
     def inbound_open(self) -> int:
         """Inbound streams on this connection not yet closed by us or reset."""

@@ -32,6 +32,16 @@ about 600 MB/s.
    Its documented tuning variable turns that off, leaving go-yamux's own
    rule: credit is returned once half the window has been consumed. An
    operator's own setting in the environment wins.
+
+4. Yamux frames taken whole from the decrypted Noise message
+   (`MessageSecureSession`, used by common.p2p.muxer.BoundedYamux). The stock
+   SecureSession copies every decrypted message into a BytesIO, then out of
+   it, and `read_exactly` copies the result twice more, before Yamux copies
+   it into the stream's buffer; it also runs each frame body's read under a
+   fresh trio deadline. With fix 2 a data frame's header and body arrive in
+   one Noise message, so the body is already there when the header has been
+   read: `take` hands it over with one copy and no deadline. A body that is
+   not all there yet is read the stock way (same timeout).
 """
 
 from __future__ import annotations
@@ -44,8 +54,10 @@ import trio
 from libp2p.abc import IRawConnection
 from libp2p.custom_types import THandler
 from libp2p.io.abc import ReadWriteCloser
+from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.io.trio import TrioTCPStream
 from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.security.secure_session import SecureSession
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.transport.exceptions import OpenConnectionError
@@ -134,6 +146,73 @@ class BufferedTCP(TCP):
             await handler_function(_buffered(stream))
 
         return super().create_listener(handler)
+
+
+class MessageSecureSession(SecureSession):
+    """A SecureSession that keeps the decrypted message being read as it is (no BytesIO) and slices reads
+    from it: the same bytes in the same order, with fewer copies; `take` returns a body already received.
+
+    Made from a stock SecureSession by `adopt` (its state, including anything its own buffer still
+    holds, which is read first)."""
+
+    _msg: bytes
+    _pos: int
+
+    @classmethod
+    def adopt(cls, session: object) -> None:
+        """Make a stock SecureSession this class in place (nothing else: other sessions are left alone)."""
+        if type(session) is SecureSession:
+            session._msg, session._pos = b"", 0  # type: ignore[attr-defined]
+            session.__class__ = cls
+
+    @property
+    def buffered(self) -> int:
+        return self.high_watermark - self.low_watermark + len(self._msg) - self._pos
+
+    def take(self, n: int) -> bytes | None:
+        """The next n bytes if they have all been received already (one copy at most), else None."""
+        if self.low_watermark != self.high_watermark or len(self._msg) - self._pos < n:
+            return None
+        return self._slice(n)
+
+    def _slice(self, n: int) -> bytes:
+        """The next n bytes of the current message (n <= what is left of it)."""
+        start, self._pos = self._pos, self._pos + n
+        if start == 0 and self._pos == len(self._msg):
+            data = self._msg  # the whole message: no copy
+        else:
+            data = self._msg[start:self._pos]
+        if self._pos >= len(self._msg):
+            self._msg, self._pos = b"", 0
+        return data
+
+    async def read(self, n: int | None = None) -> bytes:
+        if n == 0:
+            return b""
+        if self.low_watermark != self.high_watermark:  # what the stock buffer held when adopted
+            return await super().read(n)
+        if n is None:
+            if self._pos < len(self._msg):
+                data, self._msg, self._pos = self._msg[self._pos:], b"", 0
+                return data
+            msg = await self.conn.read_msg()
+            if msg == b"":
+                raise ConnectionClosedError("Connection closed")
+            return msg
+        parts: list[bytes] = []
+        need = n
+        while need:
+            if self._pos >= len(self._msg):
+                msg = await self.conn.read_msg()
+                if msg == b"":
+                    if parts:  # the stock read returns what it has when the connection closes
+                        return b"".join(parts)
+                    raise ConnectionClosedError("Connection closed")
+                self._msg, self._pos = msg, 0
+            piece = self._slice(min(need, len(self._msg) - self._pos))
+            parts.append(piece)
+            need -= len(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def tune_process() -> None:

@@ -42,6 +42,10 @@ class InstanceAssembly:
                 if not missing:
                     self._ready.append(index)
 
+    def needs(self, cid: CID) -> bool:
+        """Whether some instance is still missing this block (it is verified once the block is durable)."""
+        return cid in self._waiting
+
     def take_ready(self) -> list[int]:
         """Instances complete on disk and not handed out for verification yet, in manifest order."""
         ready, self._ready = sorted(self._ready), []

@@ -39,7 +39,7 @@ import enum
 import logging
 from functools import partial
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -81,6 +81,8 @@ class Settled:
     cid: CID
     size: int
     outcome: Outcome
+    #: a DURABLE block's bytes, checked against its CID (the fetcher may keep them to verify its instance)
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -205,7 +207,7 @@ class BlockSink:
                 continue
             if item is not None:
                 out.files.append(item)
-            out.settled.append(Settled(a.peer, a.manifest_id, a.cid, len(a.data), Outcome.DURABLE))
+            out.settled.append(Settled(a.peer, a.manifest_id, a.cid, len(a.data), Outcome.DURABLE, a.data))
         return out
 
     # -- stage 2: make durable, record, report --------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from meshnode.dicom.attributes import InstanceAttributes, read_header_attributes
 from meshnode.dicom.errors import DicomError
@@ -22,6 +22,7 @@ from meshnode.study.manifest_builder import summarise
 from meshnode.storage.block_stream import BlockStream
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.records import InstanceRecord, SeriesAttributes, Source, StudyAttributes, hash_uid
+from protocol.cid import CID
 from protocol.errors import DocumentError
 from protocol.manifest import InstanceEntry, Manifest
 
@@ -128,7 +129,8 @@ _HEADER_KEEP = 1 << 20
 
 
 def verify_instance(blocks: BlockStore, manifest: Manifest, index: int, *,
-                    check_blocks: bool = True, known: InstanceRecord | None = None) -> InstanceRecord:
+                    check_blocks: bool = True, known: InstanceRecord | None = None,
+                    retained: Mapping[CID, bytes] | None = None) -> InstanceRecord:
     """Reassemble one instance, check its size and whole-file digest against the manifest, and its header
     against what the manifest states about it (ContentMismatchError names the attribute that differs).
 
@@ -139,6 +141,10 @@ def verify_instance(blocks: BlockStore, manifest: Manifest, index: int, *,
     under an earlier revision of the manifest. Blocks are immutable and named
     by their hash, so only the header is read again (its blocks, usually the
     first only); the header is checked and the record built as for a full check.
+    `retained`: bytes of some of its blocks as they arrived, each already
+    checked against its CID (meshnode.node.retained): used instead of reading
+    those blocks back from disk. The digest and size are checked over them all
+    the same.
     The record's attributes are the header's, never the manifest's.
     """
     entry = manifest.instances[index]
@@ -150,7 +156,8 @@ def verify_instance(blocks: BlockStore, manifest: Manifest, index: int, *,
         size = 0
         sizes = []
         for i, cid in enumerate(entry.blocks):
-            data = blocks.get(cid, verify=check_blocks)
+            kept = retained.get(cid) if retained is not None else None
+            data = kept if kept is not None else blocks.get(cid, verify=check_blocks)
             if size < _HEADER_KEEP:
                 read[i] = data
             digest.update(data)

@@ -31,6 +31,7 @@ from meshnode.node.block_sink import Arrival, BlockSink, Outcome, Settled
 from meshnode.node.completion import check_summary, same_bytes, verify_instance
 from meshnode.node.context import NodeContext
 from meshnode.node.peer_link import PeerLink
+from meshnode.node.retained import RetainedBlocks
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome as AuditOutcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord
@@ -90,6 +91,8 @@ class Fetcher:
         #: instances of an active manifest this node verified before (an earlier revision, say), by index
         self._known: dict[CID, dict[int, InstanceRecord]] = {}
         self._to_verify: list[tuple[CID, int]] = []
+        #: bytes of durable blocks whose instance is not verified yet: verified from memory, not re-read
+        self.retained = RetainedBlocks()
         self._verify_wake = trio.Event()
         self._fetched: set[CID] = set()  # every block durable; waiting for the last verifications
         self._dirty: set[CID] = set()  # progress not yet saved
@@ -165,7 +168,9 @@ class Fetcher:
         if self.active.pop(manifest_id, None) is not None and scheduler is not None:
             scheduler.remove_manifest(manifest_id)
         self._orders.pop(manifest_id, None)
-        self._assembly.pop(manifest_id, None)
+        assembly = self._assembly.pop(manifest_id, None)
+        if assembly is not None:
+            self.retained.release(c for e in assembly.manifest.instances for c in e.blocks)
         self._known.pop(manifest_id, None)
         self._fetched.discard(manifest_id)
         self._dirty.discard(manifest_id)
@@ -346,6 +351,8 @@ class Fetcher:
                 if scheduler is not None:
                     scheduler.block_received(s.peer, s.cid, True, now)
                 durable.append(s.cid)
+                if s.data is not None and any(a.needs(s.cid) for a in self._assembly.values()):
+                    self.retained.keep(s.cid, s.data)
                 self.ctx.count_received(s.peer, [(s.cid, s.size)])  # metrics
             elif s.outcome is Outcome.CORRUPT:
                 if scheduler is not None:
@@ -386,7 +393,13 @@ class Fetcher:
                 if assembly is None:
                     continue
                 known = self._known.get(manifest_id, {})
-                results = await self.ctx.worker.run(partial(self._verify, assembly.manifest, indices, known), limiter)
+                used = [c for i in indices for c in assembly.manifest.instances[i].blocks]
+                retained = {c: data for c in used if (data := self.retained.get(c)) is not None}
+                try:
+                    results = await self.ctx.worker.run(
+                        partial(self._verify, assembly.manifest, indices, known, retained), limiter)
+                finally:
+                    self.retained.release(used)
                 for index, outcome in results:
                     if isinstance(outcome, str):
                         assembly.failed(outcome)
@@ -404,14 +417,15 @@ class Fetcher:
                              1000 * self.first_usable[manifest_id])
                 await self._maybe_finish(manifest_id)
 
-    def _verify(self, manifest: Manifest, indices: list[int],
-                known: dict[int, InstanceRecord]) -> list[tuple[int, InstanceRecord | str]]:
-        """Worker thread: verify instances whose blocks (each checked on arrival) are all durable."""
+    def _verify(self, manifest: Manifest, indices: list[int], known: dict[int, InstanceRecord],
+                retained: dict[CID, bytes]) -> list[tuple[int, InstanceRecord | str]]:
+        """Worker thread: verify instances whose blocks (each checked on arrival) are all durable, from the
+        bytes retained as they arrived where there are some (meshnode.node.retained), else from disk."""
         out: list[tuple[int, InstanceRecord | str]] = []
         for index in indices:
             try:
                 out.append((index, verify_instance(self.ctx.storage.blocks, manifest, index, check_blocks=False,
-                                                   known=known.get(index))))
+                                                   known=known.get(index), retained=retained)))
             except MeshError as exc:
                 out.append((index, str(exc)))
                 break

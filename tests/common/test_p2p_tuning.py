@@ -17,14 +17,22 @@ from hypothesis import strategies as st
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
+from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.security.secure_session import SecureSession
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.yamux import yamux
 
 from common.p2p import connect, listen_multiaddrs, running_host
 from common.p2p.streams import grant_receive_window
-from common.p2p.tuning import RECEIVE_BUFFER, RELEASE_ON_READ_VARIABLE, BufferedTrioTCPStream, tune_process
+from common.p2p.tuning import (
+    RECEIVE_BUFFER,
+    RELEASE_ON_READ_VARIABLE,
+    BufferedTrioTCPStream,
+    MessageSecureSession,
+    tune_process,
+)
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 BULK = TProtocol("/dicom-mesh/test-bulk/1.0.0")
@@ -153,3 +161,77 @@ async def test_tuned_and_stock_hosts_exchange_bulk_data_both_ways(stock: tuple[I
             assert await fetch_bulk(ours, stock_info, grant) == PAYLOAD  # stock sends, we read buffered
             our_info = PeerInfo(ours.get_id(), [multiaddr.Multiaddr(listen_multiaddrs(ours)[0].rsplit("/p2p/", 1)[0])])
             assert await fetch_bulk(stock_host, our_info, grant) == PAYLOAD  # we send tuned frames
+
+
+# -- Yamux frames taken whole from the decrypted Noise message (fix 4) ---------------------------------
+
+class Messages:
+    """The decrypted messages of a secure channel, one per read_msg; b"" once they are all read."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self.messages = list(messages)
+
+    async def read_msg(self) -> bytes:
+        return self.messages.pop(0) if self.messages else b""
+
+
+def session_over(messages: list[bytes], *, stock_buffered: bytes = b"") -> SecureSession:
+    """A stock SecureSession reading `messages`, with `stock_buffered` left in its own buffer (as a muxer
+    negotiation may leave it), then adopted as a MessageSecureSession."""
+    session = SecureSession.__new__(SecureSession)
+    session.conn = Messages(messages)  # type: ignore[assignment]
+    session._reset_internal_buffer()
+    if stock_buffered:
+        session._fill(stock_buffered)
+    MessageSecureSession.adopt(session)
+    return session
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=12), st.binary(max_size=40),
+       st.lists(st.tuples(st.booleans(), st.integers(1, 400)), min_size=1, max_size=40))
+def test_reads_and_takes_return_every_byte_once_in_order(messages: list[bytes], leftover: bytes,
+                                                         ops: list[tuple[bool, int]]) -> None:
+    async def main() -> bytes:
+        session = session_over(messages, stock_buffered=leftover)
+        assert isinstance(session, MessageSecureSession)
+        got = bytearray()
+        for take, n in ops * 20:
+            before = session.buffered
+            if take:
+                piece = session.take(n)
+                if piece is None:  # not all received: nothing consumed
+                    assert session.buffered == before
+                    continue
+                assert len(piece) == n
+            else:
+                try:
+                    piece = await session.read(n)
+                except ConnectionClosedError:
+                    break
+                assert 1 <= len(piece) <= n
+            got += piece
+        return bytes(got)
+
+    data = leftover + b"".join(messages)
+    got = trio.run(main)
+    assert data.startswith(got)
+
+
+async def test_a_frame_body_split_over_two_messages_is_read_not_taken() -> None:
+    session = session_over([b"H" * 12 + b"a" * 10, b"b" * 5])
+    assert isinstance(session, MessageSecureSession)
+    assert await session.read(12) == b"H" * 12
+    assert session.take(15) is None  # the body's last 5 bytes are in the next message
+    assert session.take(10) == b"a" * 10
+    assert await session.read(5) == b"b" * 5
+    with pytest.raises(ConnectionClosedError):
+        await session.read(1)
+
+
+async def test_our_hosts_take_frames_from_the_message_they_arrived_in() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running_host(bytes(range(3, 35)), LOOPBACK) as a, running_host(bytes(range(4, 36)), LOOPBACK) as b:
+            peer = await connect(b, listen_multiaddrs(a)[0], timeout=TIMEOUT)
+            conn = b.get_network().get_connections(peer)[0]
+            assert isinstance(conn.muxed_conn.secured_conn, MessageSecureSession)  # type: ignore[attr-defined]
