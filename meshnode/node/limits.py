@@ -1,55 +1,73 @@
-"""Per-peer limits on inbound work: concurrent streams and a request-rate token bucket."""
+"""Per-peer limits on inbound work (protocol.admission, driven here), the upload cap, and request-byte budgets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import trio
 
+from protocol.admission import Admission, AdmissionSettings, Lane, Verdict
 from protocol.errors import LimitError
-
-STRIKES_BEFORE_DISCONNECT = 20
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-    open_streams: int = 0
-    strikes: int = 0
 
 
 class PeerLimits:
-    """Pure bookkeeping (the caller passes `now`); one instance per node."""
+    """The node's driver of protocol.admission.Admission: a request the policy says WAIT for waits here
+    (for a slot of its lane, at most `patience` seconds) instead of being refused."""
 
-    def __init__(self, max_streams: int, max_rate: float) -> None:
-        self.max_streams = max_streams
-        self.max_rate = max_rate
-        self._peers: dict[str, _Bucket] = {}
+    def __init__(self, max_streams: int, max_rate: float, settings: AdmissionSettings | None = None) -> None:
+        self.admission = Admission(settings or AdmissionSettings(
+            max_streams=max_streams, max_waiting=max_streams, rate=float(max_rate), burst=2.0 * max_rate))
+        self._freed: dict[str, trio.Event] = {}
+        #: peers cut off by admission control since this node started (counted by the caller that cuts off)
+        self.disconnected = 0
 
-    def enter(self, peer: str, now: float) -> None:
-        """Admit one inbound request, or raise LimitError (and count a strike)."""
-        b = self._peers.setdefault(peer, _Bucket(float(self.max_rate), now))
-        b.tokens = min(float(self.max_rate), b.tokens + (now - b.updated) * self.max_rate)
-        b.updated = now
-        if b.open_streams >= self.max_streams or b.tokens < 1:
-            b.strikes += 1
-            raise LimitError("too many concurrent requests" if b.open_streams >= self.max_streams
-                             else "request rate above the limit")
-        b.tokens -= 1
-        b.open_streams += 1
+    @property
+    def max_streams(self) -> int:
+        return self.admission.settings.max_streams
 
-    def leave(self, peer: str) -> None:
-        b = self._peers.get(peer)
-        if b is not None and b.open_streams > 0:
-            b.open_streams -= 1
+    async def enter(self, peer: str, lane: Lane, now: Callable[[], float], patience: float) -> None:
+        """Admit one inbound request (taking a slot of its lane): at once, or after waiting for a slot;
+        LimitError when the policy refuses it or no slot came free within `patience` seconds."""
+        decision = self.admission.request(peer, lane, now())
+        if decision.verdict is Verdict.ADMIT:
+            return
+        if decision.verdict is Verdict.REFUSE:
+            raise LimitError(decision.reason)
+        admitted = False
+        try:
+            with trio.move_on_after(patience):
+                while True:
+                    freed = self._freed.setdefault(peer, trio.Event())
+                    if self.admission.retry(peer, lane).verdict is Verdict.ADMIT:
+                        admitted = True
+                        return
+                    await freed.wait()
+        finally:
+            if not admitted:
+                self.admission.give_up(peer, lane)
+                self._wake(peer)
+        raise LimitError(f"no slot for this request within {patience:g} s (too many concurrent requests)")
 
-    def should_disconnect(self, peer: str) -> bool:
-        b = self._peers.get(peer)
-        return b is not None and b.strikes >= STRIKES_BEFORE_DISCONNECT
+    def leave(self, peer: str, lane: Lane) -> None:
+        self.admission.leave(peer, lane)
+        self._wake(peer)
+
+    def should_disconnect(self, peer: str, now: float) -> bool:
+        return self.admission.should_disconnect(peer, now)
 
     def forget(self, peer: str) -> None:
-        self._peers.pop(peer, None)
+        self.admission.forget(peer)
+
+    def counters(self) -> dict[str, int]:
+        """Since this node started: requests admitted, queued for a slot, refused; peers cut off."""
+        a = self.admission
+        return {"admitted": a.admitted, "waited": a.waited, "refused": a.refused, "disconnected": self.disconnected,
+                "peers_tracked": len(a)}
+
+    def _wake(self, peer: str) -> None:
+        event = self._freed.pop(peer, None)
+        if event is not None:
+            event.set()
 
 
 class UploadLimiter:

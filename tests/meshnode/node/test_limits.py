@@ -7,22 +7,46 @@ import trio
 import trio.testing
 
 from meshnode.node.limits import PeerLimits, UploadLimiter
+from protocol.admission import Lane
 from protocol.errors import LimitError
 
 
-def test_peer_limits_streams_and_rate() -> None:
-    limits = PeerLimits(max_streams=2, max_rate=3)
-    limits.enter("p", 0.0)
-    limits.enter("p", 0.0)
-    with pytest.raises(LimitError, match="concurrent"):
-        limits.enter("p", 0.0)
-    limits.leave("p")
-    limits.enter("p", 0.0)  # third token
-    limits.leave("p")
-    with pytest.raises(LimitError, match="rate"):
-        limits.enter("p", 0.0)  # no tokens left, one slot free
-    limits.enter("p", 1.0)  # refilled
-    limits.enter("q", 0.0)  # other peers are not affected
+def test_peer_limits_wait_for_a_slot_refuse_past_the_queue_and_time_out() -> None:
+    """The driver of protocol.admission: over the stream limit a request waits (no error) until a slot is
+    left; past the data queue it is refused; a wait longer than its patience ends in LimitError."""
+
+    async def main() -> list[str]:
+        limits = PeerLimits(max_streams=2, max_rate=100)
+        log: list[str] = []
+
+        async def one(name: str, hold: float) -> None:
+            try:
+                await limits.enter("p", Lane.DATA, trio.current_time, patience=5)
+            except LimitError as exc:
+                log.append(f"{name} refused: {exc}")
+                return
+            log.append(f"{name} in at {trio.current_time():g}")
+            await trio.sleep(hold)
+            limits.leave("p", Lane.DATA)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(5):  # 2 admitted, 2 queued, the fifth refused
+                nursery.start_soon(one, f"r{i}", 1.0)
+                await trio.sleep(0)
+        async with trio.open_nursery() as nursery:  # two held for 10 s: the third gives up after 5 s
+            for i in range(3):
+                nursery.start_soon(one, f"s{i}", 10.0)
+                await trio.sleep(0)
+        counters = limits.counters()
+        log.append(f"waited {counters['waited']} refused {counters['refused']}")
+        return log
+
+    log = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    log[3:5] = sorted(log[3:5])  # the two waiters are both admitted at 1 s, in either order
+    assert log == ["r0 in at 0", "r1 in at 0", "r4 refused: too many concurrent requests", "r2 in at 1", "r3 in at 1",
+                   "s0 in at 2", "s1 in at 2",
+                   "s2 refused: no slot for this request within 5 s (too many concurrent requests)",
+                   "waited 3 refused 1"]
 
 
 async def _sends(limiter: UploadLimiter, sizes: list[int]) -> list[float]:
