@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -68,6 +69,41 @@ class PeerLimits:
         event = self._freed.pop(peer, None)
         if event is not None:
             event.set()
+
+
+#: Streams this node opens to one peer at once, per lane: below the peer's admission limit (64 per lane by
+#: default), so a burst of this node's own honest work waits here rather than queueing at the peer.
+OUTBOUND_SLOTS = {Lane.DATA: 48, Lane.CONTROL: 32}
+
+
+class OutboundSlots:
+    """How many request streams this node has open to each peer, per lane, capped (the client's side of
+    admission control: an honest node never asks more of a peer at once than the peer admits)."""
+
+    def __init__(self, slots: dict[Lane, int] | None = None) -> None:
+        self.slots = dict(slots or OUTBOUND_SLOTS)
+        self._limiters: dict[tuple[str, Lane], trio.CapacityLimiter] = {}
+
+    def __len__(self) -> int:
+        return len(self._limiters)
+
+    def in_use(self, peer: str, lane: Lane) -> int:
+        limiter = self._limiters.get((peer, lane))
+        return int(limiter.borrowed_tokens) if limiter is not None else 0
+
+    @asynccontextmanager
+    async def slot(self, peer: str, lane: Lane) -> AsyncIterator[None]:
+        key = (peer, lane)
+        limiter = self._limiters.setdefault(key, trio.CapacityLimiter(self.slots[lane]))
+        borrower = object()  # each use is its own borrower: one task may hold several slots
+        await limiter.acquire_on_behalf_of(borrower)
+        try:
+            yield
+        finally:
+            limiter.release_on_behalf_of(borrower)
+            stats = limiter.statistics()
+            if not stats.borrowed_tokens and not stats.tasks_waiting and self._limiters.get(key) is limiter:
+                del self._limiters[key]  # nothing held or waited for: the table stays as small as the work
 
 
 class UploadLimiter:

@@ -30,14 +30,22 @@ class Sessions:
         self.wire = wire
         self._locks: dict[str, trio.Lock] = {}
         self._resolved: dict[str, tuple[float, list[ResolvedPeer]]] = {}
+        self._resolving: dict[str, trio.Lock] = {}
 
     async def org_peers(self, org: str) -> list[ResolvedPeer]:
         """Verified nodes of an org other than this one (directory, or its cache when it is down).
 
         A resolution is reused for RESOLVE_TTL seconds (or until a dial to one of
         its nodes fails); every reuse re-checks each certificate against the
-        current roster, so a revocation applies at once.
+        current roster, so a revocation applies at once. Concurrent callers for one
+        org share one directory lookup (with hundreds of studies being fetched, an
+        expired resolution was otherwise looked up hundreds of times at once).
         """
+        lock = self._resolving.setdefault(org, trio.Lock())
+        async with lock:
+            return await self._org_peers(org)
+
+    async def _org_peers(self, org: str) -> list[ResolvedPeer]:
         now = self.ctx.clock()
         cached = self._resolved.get(org)
         skew = self.ctx.config.clock_skew
@@ -91,5 +99,12 @@ class Sessions:
             return await self.wire.hello(peer.peer_id)
 
     async def ensure_peer_id(self, peer_id: str) -> Certificate:
+        """Connected to this peer, its certificate valid now; resolved through the directory (and dialled) only
+        when not connected already: a block request to a connected holder costs no directory lookup."""
+        if is_connected(self.wire.host, ID.from_base58(peer_id)) and self.ctx.peers.certificate_of(peer_id) is not None:
+            try:
+                return self.ctx.peers.authorise(peer_id, self.ctx.clock())
+            except MeshError:
+                pass  # revoked, expired, ...: resolve and say hello again, which refuses it as it should
         resolution = await self.ctx.directory.resolve_peer(peer_id)
         return await self.ensure(resolution.require()[0])

@@ -23,7 +23,7 @@ from libp2p.rcmgr import Direction
 from libp2p.peer.id import ID
 
 from meshnode.node.context import NodeContext
-from meshnode.node.limits import ByteBudget, PeerLimits, UploadLimiter
+from meshnode.node.limits import ByteBudget, OutboundSlots, PeerLimits, UploadLimiter
 from meshnode.node.policy import authorise_manifest_access
 from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
@@ -136,6 +136,7 @@ class Wire:
         self.upload = UploadLimiter(ctx.config.upload_mb_per_s)
         self.served = ServedLedger(ctx)
         self.budget = budget or ByteBudget(PEER_BYTES_IN_FLIGHT, NODE_BYTES_IN_FLIGHT)
+        self.outbound = OutboundSlots()
         self._nursery: trio.Nursery | None = None
         self._cutting_off: set[str] = set()
         self._unknown_audited: dict[str, float] = {}
@@ -461,6 +462,10 @@ class Wire:
 
     # -- client side ---------------------------------------------------------------
     async def _call(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes:
+        async with self.outbound.slot(peer_id, lane_of(protocol_id)):  # never more at once than the peer admits
+            return await self._exchange(peer_id, protocol_id, payload)
+
+    async def _exchange(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes:
         limits = FRAME_LIMITS[protocol_id]
         stream = await open_stream(self.host, ID.from_base58(peer_id), protocol_id)
         ok = False
@@ -518,21 +523,22 @@ class Wire:
     async def fetch_blocks(self, peer_id: str, request: BlockRequest) -> AsyncIterator[BlockFrame]:
         """The frames answering a block request, checked for order; raises on a protocol violation."""
         limits = FRAME_LIMITS[BLOCKS_PROTOCOL]
-        stream = await open_stream(self.host, ID.from_base58(peer_id), BLOCKS_PROTOCOL)
-        reader = BlockResponseReader(request)
-        ok = False
-        try:
-            with network_endings_unavailable(peer_id, BLOCKS_PROTOCOL):
-                await grant_receive_window(stream)
-                await write_frame(stream, encode_request(request), limits.request)
-                await half_close(stream)
-                while reader.expected is not None:
-                    payload = await read_frame(stream, limits.response)
-                    if payload is None:
-                        reader.end_of_stream()
-                        break
-                    yield reader.feed(payload)
-            ok = True
-        finally:
-            await finish_stream(stream, ok)
+        async with self.outbound.slot(peer_id, Lane.DATA):  # never more at once than the peer admits
+            stream = await open_stream(self.host, ID.from_base58(peer_id), BLOCKS_PROTOCOL)
+            reader = BlockResponseReader(request)
+            ok = False
+            try:
+                with network_endings_unavailable(peer_id, BLOCKS_PROTOCOL):
+                    await grant_receive_window(stream)
+                    await write_frame(stream, encode_request(request), limits.request)
+                    await half_close(stream)
+                    while reader.expected is not None:
+                        payload = await read_frame(stream, limits.response)
+                        if payload is None:
+                            reader.end_of_stream()
+                            break
+                        yield reader.feed(payload)
+                ok = True
+            finally:
+                await finish_stream(stream, ok)
 

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from meshnode.node.limits import PeerLimits, UploadLimiter
+from meshnode.node.limits import OutboundSlots, PeerLimits, UploadLimiter
 from protocol.admission import Lane
 from protocol.errors import LimitError
 
@@ -93,3 +93,34 @@ def test_no_cap() -> None:
         return await _sends(UploadLimiter(0), [10_000_000])
 
     assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == [0.0]
+
+
+def test_outbound_slots_cap_a_burst_per_peer_and_lane_and_forget_idle_peers() -> None:
+    """A node's own burst (200 requests to one peer at once) waits for its own slots: never more streams
+    open to the peer than it admits; other peers and the control lane are not held up; nothing is kept after."""
+
+    async def main() -> tuple[int, int, int]:
+        slots = OutboundSlots({Lane.DATA: 4, Lane.CONTROL: 2})
+        peak = 0
+        control_done_at: list[float] = []
+
+        async def data(peer: str) -> None:
+            nonlocal peak
+            async with slots.slot(peer, Lane.DATA):
+                peak = max(peak, slots.in_use("p", Lane.DATA))
+                await trio.sleep(1)
+
+        async def control() -> None:
+            async with slots.slot("p", Lane.CONTROL):
+                control_done_at.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(200):
+                nursery.start_soon(data, "p")
+            nursery.start_soon(data, "q")
+            nursery.start_soon(control)
+        assert control_done_at == [0.0]  # a receipt is not stuck behind the data burst
+        return peak, int(trio.current_time()), len(slots)
+
+    peak, seconds, tracked = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert (peak, seconds, tracked) == (4, 50, 0)
