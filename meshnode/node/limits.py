@@ -13,11 +13,16 @@ from protocol.errors import LimitError
 
 class PeerLimits:
     """The node's driver of protocol.admission.Admission: a request the policy says WAIT for waits here
-    (for a slot of its lane, at most `patience` seconds) instead of being refused."""
+    (for a slot of its lane, at most `patience` seconds) instead of being refused.
+
+    Data requests queue up to half the stream limit behind it: an honest node opens at most
+    OUTBOUND_SLOTS (48) data streams to a peer, so only a peer that ignores that (a flood) overflows the
+    queue, is refused, and is cut off once its refusals add up (the muxer's 128 streams per connection
+    would otherwise let a flood wait forever without a single refusal)."""
 
     def __init__(self, max_streams: int, max_rate: float, settings: AdmissionSettings | None = None) -> None:
         self.admission = Admission(settings or AdmissionSettings(
-            max_streams=max_streams, max_waiting=max_streams, rate=float(max_rate), burst=2.0 * max_rate))
+            max_streams=max_streams, max_waiting=max_streams // 2, rate=float(max_rate), burst=2.0 * max_rate))
         self._freed: dict[str, trio.Event] = {}
         #: peers cut off by admission control since this node started (counted by the caller that cuts off)
         self.disconnected = 0

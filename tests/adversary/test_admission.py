@@ -50,6 +50,9 @@ from tests.protocol import factories as f
 
 #: more requests at once than the per-peer stream limit (64), fewer than the muxer's streams per connection
 BURST = 120
+#: more data requests at once than the stream limit, within its queue (32 more): more than an honest node
+#: ever opens to one peer (OUTBOUND_SLOTS, 48), so this is generous
+DATA_BURST = 90
 
 
 async def test_request_flood_is_refused_then_cut_off_and_audited(tmp_path: Path) -> None:
@@ -140,8 +143,29 @@ async def test_honest_burst_of_availability_requests_is_queued_not_refused(tmp_p
     async with target_node(tmp_path) as target, peer_host(ORG_B) as b:
         peer = await connect(b, target.addr, timeout=TIMEOUT)
         assert isinstance(await hello(b, peer, _cert(ORG_B, "RXX", 20).encode()), Hello)
-        answers = await _burst(b, peer, HAVE_PROTOCOL, encode_request(HaveRequest(f.block_cid(1))), BURST)
+        answers = await _burst(b, peer, HAVE_PROTOCOL, encode_request(HaveRequest(f.block_cid(1))), DATA_BURST)
         replies = [decode_have_reply(a) for a in answers if a is not None]
-        assert len(replies) == BURST and all(r == UNAUTHORISED for r in replies), replies[:3]
+        assert len(replies) == DATA_BURST and all(r == UNAUTHORISED for r in replies), replies[:3]
         assert is_connected(b, peer) and target.wire.limits.disconnected == 0
         assert target.wire.limits.counters()["refused"] == 0
+
+
+async def test_stream_flood_overflows_the_queue_is_refused_and_cut_off(tmp_path: Path) -> None:
+    """A certified peer holding 120 data streams open at once (the muxer admits 128 per connection): 64 are
+    admitted, 32 wait, the rest are refused at once; a flood that keeps doing it is cut off. (The rate is set
+    out of reach here: what cuts this flood off is its concurrency alone.)"""
+    async with target_node(tmp_path, PeerLimits(64, 100_000)) as target, peer_host(ORG_C) as attacker:
+        peer = await connect(attacker, target.addr, timeout=TIMEOUT)
+        assert isinstance(await hello(attacker, peer, _cert(ORG_C, "TELE", 30).encode()), Hello)
+        refused = 0
+        with trio.fail_after(TIMEOUT * 3):
+            while is_connected(attacker, peer):
+                try:
+                    answers = await _burst(attacker, peer, HAVE_PROTOCOL, encode_request(HaveRequest(f.block_cid(1))),
+                                           BURST)
+                except STREAM_ENDED + (RemoteProtocolError, UnavailableError):
+                    break  # cut off while opening the streams
+                refused += sum(1 for a in answers if a is not None and decode_have_reply(a) != UNAUTHORISED)
+        assert refused >= 20 and target.wire.limits.counters()["refused"] >= 20
+        assert target.wire.limits.disconnected == 1
+        await still_serves_legitimate_peer(target)

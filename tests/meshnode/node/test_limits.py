@@ -7,8 +7,13 @@ import trio
 import trio.testing
 
 from meshnode.node.limits import OutboundSlots, PeerLimits, UploadLimiter
-from protocol.admission import Lane
+from protocol.admission import AdmissionSettings, Lane
 from protocol.errors import LimitError
+
+
+def test_peer_limits_queue_half_the_stream_limit_by_default() -> None:
+    settings = PeerLimits(64, 500).admission.settings
+    assert (settings.max_streams, settings.max_waiting, settings.rate, settings.burst) == (64, 32, 500, 1000)
 
 
 def test_peer_limits_wait_for_a_slot_refuse_past_the_queue_and_time_out() -> None:
@@ -16,7 +21,7 @@ def test_peer_limits_wait_for_a_slot_refuse_past_the_queue_and_time_out() -> Non
     left; past the data queue it is refused; a wait longer than its patience ends in LimitError."""
 
     async def main() -> list[str]:
-        limits = PeerLimits(max_streams=2, max_rate=100)
+        limits = PeerLimits(2, 100, AdmissionSettings(max_streams=2, max_waiting=2, rate=100, burst=200))
         log: list[str] = []
 
         async def one(name: str, hold: float) -> None:
