@@ -16,7 +16,13 @@ from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 
 from common.p2p.dial import connect, is_connected
-from common.p2p.streams import finish_stream, half_close, open_stream, read_frame, write_frame
+from common.p2p.streams import (
+    finish_stream,
+    half_close,
+    open_stream,
+    read_frame,
+    write_frame,
+)
 from meshnode.node.limits import PeerLimits
 from protocol.admission import Lane
 from protocol.errors import LimitError, RemoteProtocolError, UnavailableError

@@ -6,13 +6,19 @@ import pytest
 
 from protocol.admission import Admission, AdmissionSettings, Lane, Verdict, lane_of
 from protocol.errors import LocalProtocolError
-from protocol.exchange_messages import ANNOUNCE_PROTOCOL, BLOCKS_PROTOCOL, HAVE_PROTOCOL, HELLO_PROTOCOL, \
-    RECALL_PROTOCOL, RECEIPT_PROTOCOL
+from protocol.exchange_messages import (
+    ANNOUNCE_PROTOCOL,
+    BLOCKS_PROTOCOL,
+    HAVE_PROTOCOL,
+    HELLO_PROTOCOL,
+    RECALL_PROTOCOL,
+    RECEIPT_PROTOCOL,
+)
 
 
 def small(**kw: float) -> Admission:
-    values: dict[str, float] = dict(max_streams=2, max_waiting=2, rate=10.0, burst=10.0, abuse_threshold=5.0,
-                                    abuse_half_life=10.0, max_peers=8)
+    values: dict[str, float] = {"max_streams": 2, "max_waiting": 2, "rate": 10.0, "burst": 10.0,
+                                "abuse_threshold": 5.0, "abuse_half_life": 10.0, "max_peers": 8}
     values.update(kw)
     return Admission(AdmissionSettings(**values))  # type: ignore[arg-type]
 

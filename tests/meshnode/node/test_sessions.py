@@ -18,7 +18,14 @@ from meshnode.directory.client import DirectoryClient
 from meshnode.node.sessions import Sessions
 from protocol.errors import UnavailableError
 from protocol.exchange_messages import Hello
-from tests.adversary.test_limits import ORG_B, TIMEOUT, _cert, hello, peer_host, target_node
+from tests.adversary.test_limits import (
+    ORG_B,
+    TIMEOUT,
+    _cert,
+    hello,
+    peer_host,
+    target_node,
+)
 
 
 class CountingDownDirectory:
