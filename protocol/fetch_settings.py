@@ -28,8 +28,10 @@ class FetchSettings:
     request_timeout: float = 30.0
     #: seconds of queueing a peer's window is capped to at its measured rate (None: no cap)
     queue_target: float | None = 0.25
-    #: seconds between availability queries to the holders of a study being fetched
+    #: seconds between availability queries to the holders of a study being fetched: the first interval,
+    #: doubling per round up to discovery_interval_max (protocol.discovery; never below discovery_interval)
     discovery_interval: float = 0.5
+    discovery_interval_max: float = 4.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.window_min <= self.window_initial <= self.window_max:

@@ -60,6 +60,8 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             # blocks sent to each org, all time (they add up across restarts); and since this start
             "served": {org: {"blocks": v[0], "bytes": v[1]} for org, v in served.items()},
             "served_since_start": {org: {"blocks": v[0], "bytes": v[1]} for org, v in ctx.served.items()},
+            # inbound requests admitted, queued for a slot, refused; peers cut off (since this start)
+            "admission": node.wire.limits.counters(),
         }
 
     async def share(body: dict[str, Any]) -> object:

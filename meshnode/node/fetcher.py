@@ -38,6 +38,7 @@ from meshnode.storage.records import InstanceRecord
 from protocol.cid import CID
 from protocol.document import Signed
 from protocol.access import Holding, may_reuse
+from protocol.discovery import DiscoverySchedule
 from protocol.errors import LocalProtocolError, MeshError, UnauthorisedError
 from protocol.exchange_messages import BlockAbsent, BlockData, BlockRequest, Refused, held_blocks
 from protocol.fetch_order import fetch_order
@@ -98,6 +99,9 @@ class Fetcher:
         self._dirty: set[CID] = set()  # progress not yet saved
         self._nursery: trio.Nursery | None = None
         self._discover_now = trio.Event()
+        #: when each active manifest's holders are asked next (each backs off on its own: protocol.discovery)
+        self._discovery: DiscoverySchedule[CID] = DiscoverySchedule(
+            self.settings.discovery_interval, max(self.settings.discovery_interval, self.settings.discovery_interval_max))
         #: (manifest, peer) pairs this node relayed a manifest to (at most once each, this run)
         self._relayed: set[tuple[CID, str]] = set()
         #: seconds from the announcement's arrival (or the start of fetching) to the first instance verified on disk
@@ -151,6 +155,7 @@ class Fetcher:
                                manifest.priority, have, self.ctx.clock())
         if holder is not None:
             scheduler.peer_available(holder, manifest_id, order)
+        self._discovery.add(manifest_id, trio.current_time())
         self._discover_now.set()
         self.ctx.wake()  # the first requests go out while the state below is written
         try:
@@ -174,6 +179,7 @@ class Fetcher:
         self._known.pop(manifest_id, None)
         self._fetched.discard(manifest_id)
         self._dirty.discard(manifest_id)
+        self._discovery.remove(manifest_id)
         self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
 
     def started_at(self, manifest_id: CID) -> float | None:
@@ -182,6 +188,8 @@ class Fetcher:
 
     def peer_lost(self, peer_id: str) -> None:
         self._schedulers.peer_lost(peer_id, self.ctx.clock())
+        self._discovery.hurry_all(trio.current_time())
+        self._discover_now.set()
 
     # -- the loops ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -214,6 +222,8 @@ class Fetcher:
                                             actor=event.peer, detail=event.reason[:300]))
         elif isinstance(event, BlockStalled):
             log.info("manifest %s: block %s has no known holder; looking for one", event.manifest_id, event.cid)
+            self._discovery.hurry(event.manifest_id, trio.current_time())
+            self._discover_now.set()
 
     async def _maybe_finish(self, manifest_id: CID) -> None:
         """Hand a manifest on once it is decided: every instance verified, or one failed."""
@@ -236,13 +246,17 @@ class Fetcher:
             self._nursery.start_soon(self.on_complete, signed, records)
 
     async def _discover_loop(self) -> None:
-        """Ask for availability every discovery interval (FetchSettings), and at once when a fetch starts."""
+        """Ask for availability of each manifest when it is due (protocol.discovery: at once when its fetch
+        starts or a block stalls, then backing off from the discovery interval up to its maximum)."""
         while True:
             self._discover_now = trio.Event()
+            due = [m for m in self._discovery.take_due(trio.current_time()) if m in self.active]
             async with trio.open_nursery() as nursery:
-                for manifest_id, signed in list(self.active.items()):
-                    nursery.start_soon(self._discover, manifest_id, signed.document)
-            with trio.move_on_after(self.settings.discovery_interval):
+                for manifest_id in due:
+                    nursery.start_soon(self._discover, manifest_id, self.active[manifest_id].document)
+            next_at = self._discovery.next_at()
+            wait = self.settings.discovery_interval_max if next_at is None else next_at - trio.current_time()
+            with trio.move_on_after(max(0.0, min(wait, self.settings.discovery_interval_max))):
                 await self._discover_now.wait()
 
     async def _discover(self, manifest_id: CID, manifest: Manifest) -> None:

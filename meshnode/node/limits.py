@@ -1,55 +1,114 @@
-"""Per-peer limits on inbound work: concurrent streams and a request-rate token bucket."""
+"""Per-peer limits on inbound work (protocol.admission, driven here), the upload cap, and request-byte budgets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import trio
 
+from protocol.admission import Admission, AdmissionSettings, Lane, Verdict
 from protocol.errors import LimitError
-
-STRIKES_BEFORE_DISCONNECT = 20
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-    open_streams: int = 0
-    strikes: int = 0
 
 
 class PeerLimits:
-    """Pure bookkeeping (the caller passes `now`); one instance per node."""
+    """The node's driver of protocol.admission.Admission: a request the policy says WAIT for waits here
+    (for a slot of its lane, at most `patience` seconds) instead of being refused.
 
-    def __init__(self, max_streams: int, max_rate: float) -> None:
-        self.max_streams = max_streams
-        self.max_rate = max_rate
-        self._peers: dict[str, _Bucket] = {}
+    Data requests queue up to half the stream limit behind it: an honest node opens at most
+    OUTBOUND_SLOTS (48) data streams to a peer, so only a peer that ignores that (a flood) overflows the
+    queue, is refused, and is cut off once its refusals add up (the muxer's 128 streams per connection
+    would otherwise let a flood wait forever without a single refusal)."""
 
-    def enter(self, peer: str, now: float) -> None:
-        """Admit one inbound request, or raise LimitError (and count a strike)."""
-        b = self._peers.setdefault(peer, _Bucket(float(self.max_rate), now))
-        b.tokens = min(float(self.max_rate), b.tokens + (now - b.updated) * self.max_rate)
-        b.updated = now
-        if b.open_streams >= self.max_streams or b.tokens < 1:
-            b.strikes += 1
-            raise LimitError("too many concurrent requests" if b.open_streams >= self.max_streams
-                             else "request rate above the limit")
-        b.tokens -= 1
-        b.open_streams += 1
+    def __init__(self, max_streams: int, max_rate: float, settings: AdmissionSettings | None = None) -> None:
+        self.admission = Admission(settings or AdmissionSettings(
+            max_streams=max_streams, max_waiting=max_streams // 2, rate=float(max_rate), burst=2.0 * max_rate))
+        self._freed: dict[str, trio.Event] = {}
+        #: peers cut off by admission control since this node started (counted by the caller that cuts off)
+        self.disconnected = 0
 
-    def leave(self, peer: str) -> None:
-        b = self._peers.get(peer)
-        if b is not None and b.open_streams > 0:
-            b.open_streams -= 1
+    @property
+    def max_streams(self) -> int:
+        return self.admission.settings.max_streams
 
-    def should_disconnect(self, peer: str) -> bool:
-        b = self._peers.get(peer)
-        return b is not None and b.strikes >= STRIKES_BEFORE_DISCONNECT
+    async def enter(self, peer: str, lane: Lane, now: Callable[[], float], patience: float) -> None:
+        """Admit one inbound request (taking a slot of its lane): at once, or after waiting for a slot;
+        LimitError when the policy refuses it or no slot came free within `patience` seconds."""
+        decision = self.admission.request(peer, lane, now())
+        if decision.verdict is Verdict.ADMIT:
+            return
+        if decision.verdict is Verdict.REFUSE:
+            raise LimitError(decision.reason)
+        admitted = False
+        try:
+            with trio.move_on_after(patience):
+                while True:
+                    freed = self._freed.setdefault(peer, trio.Event())
+                    if self.admission.retry(peer, lane).verdict is Verdict.ADMIT:
+                        admitted = True
+                        return
+                    await freed.wait()
+        finally:
+            if not admitted:
+                self.admission.give_up(peer, lane)
+                self._wake(peer)
+        raise LimitError(f"no slot for this request within {patience:g} s (too many concurrent requests)")
+
+    def leave(self, peer: str, lane: Lane) -> None:
+        self.admission.leave(peer, lane)
+        self._wake(peer)
+
+    def should_disconnect(self, peer: str, now: float) -> bool:
+        return self.admission.should_disconnect(peer, now)
 
     def forget(self, peer: str) -> None:
-        self._peers.pop(peer, None)
+        self.admission.forget(peer)
+
+    def counters(self) -> dict[str, int]:
+        """Since this node started: requests admitted, queued for a slot, refused; peers cut off."""
+        a = self.admission
+        return {"admitted": a.admitted, "waited": a.waited, "refused": a.refused, "disconnected": self.disconnected,
+                "peers_tracked": len(a)}
+
+    def _wake(self, peer: str) -> None:
+        event = self._freed.pop(peer, None)
+        if event is not None:
+            event.set()
+
+
+#: Streams this node opens to one peer at once, per lane: below the peer's admission limit (64 per lane by
+#: default), so a burst of this node's own honest work waits here rather than queueing at the peer.
+OUTBOUND_SLOTS = {Lane.DATA: 48, Lane.CONTROL: 32}
+
+
+class OutboundSlots:
+    """How many request streams this node has open to each peer, per lane, capped (the client's side of
+    admission control: an honest node never asks more of a peer at once than the peer admits)."""
+
+    def __init__(self, slots: dict[Lane, int] | None = None) -> None:
+        self.slots = dict(slots or OUTBOUND_SLOTS)
+        self._limiters: dict[tuple[str, Lane], trio.CapacityLimiter] = {}
+
+    def __len__(self) -> int:
+        return len(self._limiters)
+
+    def in_use(self, peer: str, lane: Lane) -> int:
+        limiter = self._limiters.get((peer, lane))
+        return int(limiter.borrowed_tokens) if limiter is not None else 0
+
+    @asynccontextmanager
+    async def slot(self, peer: str, lane: Lane) -> AsyncIterator[None]:
+        key = (peer, lane)
+        limiter = self._limiters.setdefault(key, trio.CapacityLimiter(self.slots[lane]))
+        borrower = object()  # each use is its own borrower: one task may hold several slots
+        await limiter.acquire_on_behalf_of(borrower)
+        try:
+            yield
+        finally:
+            limiter.release_on_behalf_of(borrower)
+            stats = limiter.statistics()
+            if not stats.borrowed_tokens and not stats.tasks_waiting and self._limiters.get(key) is limiter:
+                del self._limiters[key]  # nothing held or waited for: the table stays as small as the work
 
 
 class UploadLimiter:

@@ -7,6 +7,7 @@ host refuses to dial anything else (common.p2p.dial_gate).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import trio
 from libp2p.peer.id import ID
@@ -24,20 +25,50 @@ DIAL_TIMEOUT = 10.0
 RESOLVE_TTL = 30.0  # seconds a verified org resolution is reused before asking the directory again
 
 
+@dataclass
+class _Flight:
+    """One directory lookup of an org under way, shared by every caller that asks meanwhile."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    peers: list[ResolvedPeer] = field(default_factory=list)
+    error: MeshError | None = None
+
+
 class Sessions:
     def __init__(self, ctx: NodeContext, wire: Wire) -> None:
         self.ctx = ctx
         self.wire = wire
         self._locks: dict[str, trio.Lock] = {}
         self._resolved: dict[str, tuple[float, list[ResolvedPeer]]] = {}
+        self._resolving: dict[str, _Flight] = {}
 
     async def org_peers(self, org: str) -> list[ResolvedPeer]:
         """Verified nodes of an org other than this one (directory, or its cache when it is down).
 
         A resolution is reused for RESOLVE_TTL seconds (or until a dial to one of
         its nodes fails); every reuse re-checks each certificate against the
-        current roster, so a revocation applies at once.
+        current roster, so a revocation applies at once. Concurrent callers for one
+        org share one directory lookup (with hundreds of studies being fetched, an
+        expired resolution was otherwise looked up hundreds of times at once).
         """
+        flight = self._resolving.get(org)
+        if flight is not None:  # a lookup is under way: its outcome is this call's too
+            await flight.done.wait()
+            if flight.error is not None:
+                raise UnavailableError(str(flight.error))
+            return list(flight.peers)
+        flight = self._resolving[org] = _Flight()
+        try:
+            flight.peers = await self._org_peers(org)
+            return list(flight.peers)
+        except MeshError as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._resolving[org]
+            flight.done.set()
+
+    async def _org_peers(self, org: str) -> list[ResolvedPeer]:
         now = self.ctx.clock()
         cached = self._resolved.get(org)
         skew = self.ctx.config.clock_skew
@@ -67,6 +98,9 @@ class Sessions:
 
     async def ensure(self, peer: ResolvedPeer) -> Certificate:
         """Connected and certificates exchanged (once per connection)."""
+        authorised = self._authorised_connection(peer.peer_id)
+        if authorised is not None:  # the common case, without queueing behind the peer's lock
+            return authorised
         lock = self._locks.setdefault(peer.peer_id, trio.Lock())
         async with lock:
             pid = ID.from_base58(peer.peer_id)
@@ -91,5 +125,20 @@ class Sessions:
             return await self.wire.hello(peer.peer_id)
 
     async def ensure_peer_id(self, peer_id: str) -> Certificate:
+        """Connected to this peer, its certificate valid now; resolved through the directory (and dialled) only
+        when not connected already: a block request to a connected holder costs no directory lookup."""
+        authorised = self._authorised_connection(peer_id)
+        if authorised is not None:
+            return authorised
         resolution = await self.ctx.directory.resolve_peer(peer_id)
         return await self.ensure(resolution.require()[0])
+
+    def _authorised_connection(self, peer_id: str) -> Certificate | None:
+        """The peer's certificate when this node is connected to it, has exchanged hellos on that connection
+        and the certificate is valid now (PeerRegistry.authorise: roster, revocation, expiry); else None."""
+        if not is_connected(self.wire.host, ID.from_base58(peer_id)) or self.ctx.peers.certificate_of(peer_id) is None:
+            return None
+        try:
+            return self.ctx.peers.authorise(peer_id, self.ctx.clock())
+        except MeshError:
+            return None  # revoked, expired, ...: the slow path resolves and says hello again, and is refused

@@ -23,7 +23,7 @@ from libp2p.rcmgr import Direction
 from libp2p.peer.id import ID
 
 from meshnode.node.context import NodeContext
-from meshnode.node.limits import ByteBudget, PeerLimits, UploadLimiter
+from meshnode.node.limits import ByteBudget, OutboundSlots, PeerLimits, UploadLimiter
 from meshnode.node.policy import authorise_manifest_access
 from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
@@ -43,6 +43,7 @@ from common.p2p.streams import (
 )
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
+from protocol.admission import Lane, lane_of
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import open_document
@@ -137,6 +138,7 @@ class Wire:
         self.upload = UploadLimiter(ctx.config.upload_mb_per_s)
         self.served = ServedLedger(ctx)
         self.budget = budget or ByteBudget(PEER_BYTES_IN_FLIGHT, NODE_BYTES_IN_FLIGHT)
+        self.outbound = OutboundSlots()
         self._nursery: trio.Nursery | None = None
         self._cutting_off: set[str] = set()
         self._unknown_audited: dict[str, float] = {}
@@ -200,7 +202,8 @@ class Wire:
 
         Any protocol but hello: the peer must hold a certificate valid now (PeerRegistry.authorise),
         else it is refused without reading its request. Then the per-peer limits (concurrent streams,
-        request rate), then the request frame's bytes against the per-peer and node-wide byte budgets.
+        request rate; a request over its lane's concurrency waits for a slot rather than being refused), then
+        the request frame's bytes against the per-peer and node-wide byte budgets.
         """
         if protocol_id != HELLO_PROTOCOL:
             try:
@@ -209,9 +212,11 @@ class Wire:
                 await self._refused_unknown(peer_id, protocol_id)
                 yield Admission(refusal=encode_response(UNKNOWN_PEER))
                 return
+        lane = lane_of(protocol_id)
         try:
-            await self._enter(peer_id)
+            await self._enter(peer_id, lane)
         except LimitError as exc:  # not admitted: say so (the connection may be closed next)
+            log.debug("%s from %s refused: %s", protocol_id, peer_id, exc)
             yield Admission(refusal=encode_response(Refused.from_error(exc)))
             return
         reserved = 0
@@ -224,7 +229,7 @@ class Wire:
         try:
             yield Admission(reserve=reserve)
         finally:
-            self.limits.leave(peer_id)
+            self.limits.leave(peer_id, lane)
             if reserved:
                 self.budget.release(peer_id, reserved)
 
@@ -283,15 +288,17 @@ class Wire:
             raise LocalProtocolError("Wire.run is not running")
         return self._nursery
 
-    async def _enter(self, peer_id: str) -> None:
-        """Admit one inbound stream under the per-peer limits, or raise LimitError (and cut off a peer
-        that keeps exceeding them). Every successful _enter is paired with limits.leave."""
+    async def _enter(self, peer_id: str, lane: Lane) -> None:
+        """Admit one inbound stream under the per-peer limits (protocol.admission): at once, or once a slot
+        of its lane is free (it waits, unread, at most half the request timeout); or raise LimitError, and cut off
+        a peer whose refusals show sustained abuse. Every successful _enter is paired with limits.leave."""
         try:
-            self.limits.enter(peer_id, self.ctx.clock())
+            await self.limits.enter(peer_id, lane, self.ctx.clock, self.timeout / 2)
         except LimitError:
-            if self.limits.should_disconnect(peer_id) and peer_id not in self._cutting_off:
+            if self.limits.should_disconnect(peer_id, self.ctx.clock()) and peer_id not in self._cutting_off:
                 log.warning("peer %s keeps exceeding its limits: disconnecting it in %g s", peer_id, CUT_OFF_GRACE)
                 self._cutting_off.add(peer_id)
+                self.limits.disconnected += 1
                 if self._nursery is not None:
                     self._nursery.start_soon(self._cut_off, peer_id)
                 else:
@@ -304,6 +311,8 @@ class Wire:
         try:
             await trio.sleep(CUT_OFF_GRACE)
             await self.disconnect(peer_id)
+            await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "peer-cut-off", Outcome.SERIOUS_FAILURE,
+                                            actor=peer_id, detail="kept exceeding its admission limits; disconnected"))
         finally:
             self._cutting_off.discard(peer_id)
 
@@ -480,6 +489,10 @@ class Wire:
 
     # -- client side ---------------------------------------------------------------
     async def _call(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes:
+        async with self.outbound.slot(peer_id, lane_of(protocol_id)):  # never more at once than the peer admits
+            return await self._exchange(peer_id, protocol_id, payload)
+
+    async def _exchange(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes:
         limits = FRAME_LIMITS[protocol_id]
         stream = await open_stream(self.host, ID.from_base58(peer_id), protocol_id)
         ok = False
@@ -537,21 +550,22 @@ class Wire:
     async def fetch_blocks(self, peer_id: str, request: BlockRequest) -> AsyncIterator[BlockFrame]:
         """The frames answering a block request, checked for order; raises on a protocol violation."""
         limits = FRAME_LIMITS[BLOCKS_PROTOCOL]
-        stream = await open_stream(self.host, ID.from_base58(peer_id), BLOCKS_PROTOCOL)
-        reader = BlockResponseReader(request)
-        ok = False
-        try:
-            with network_endings_unavailable(peer_id, BLOCKS_PROTOCOL):
-                await grant_receive_window(stream)
-                await write_frame(stream, encode_request(request), limits.request)
-                await half_close(stream)
-                while reader.expected is not None:
-                    payload = await read_frame(stream, limits.response)
-                    if payload is None:
-                        reader.end_of_stream()
-                        break
-                    yield reader.feed(payload)
-            ok = True
-        finally:
-            await finish_stream(stream, ok)
+        async with self.outbound.slot(peer_id, Lane.DATA):  # never more at once than the peer admits
+            stream = await open_stream(self.host, ID.from_base58(peer_id), BLOCKS_PROTOCOL)
+            reader = BlockResponseReader(request)
+            ok = False
+            try:
+                with network_endings_unavailable(peer_id, BLOCKS_PROTOCOL):
+                    await grant_receive_window(stream)
+                    await write_frame(stream, encode_request(request), limits.request)
+                    await half_close(stream)
+                    while reader.expected is not None:
+                        payload = await read_frame(stream, limits.response)
+                        if payload is None:
+                            reader.end_of_stream()
+                            break
+                        yield reader.feed(payload)
+                ok = True
+            finally:
+                await finish_stream(stream, ok)
 

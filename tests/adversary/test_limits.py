@@ -115,7 +115,7 @@ async def _nothing(*_: object) -> None:
 
 
 @asynccontextmanager
-async def target_node(tmp: Path) -> AsyncIterator[Target]:
+async def target_node(tmp: Path, limits: PeerLimits | None = None) -> AsyncIterator[Target]:
     (tmp / "state").mkdir(parents=True, exist_ok=True)
     guard = f.guard_with_roster(revoked=[f.serial(REVOKED_SERIAL)])
     metadata = MemoryMetadataStore()
@@ -128,7 +128,7 @@ async def target_node(tmp: Path) -> AsyncIterator[Target]:
             clock=lambda: float(f.NOW))
         receiver = Receiver(ctx, _nothing, _nothing)
         wire = Wire(ctx, host, receiver, Sender(ctx, Deliveries(ctx.db, ctx.clock, NodeTransport(ctx))),
-                    PeerLimits(64, 500))
+                    limits or PeerLimits(64, 500))
         wire.serve()
         async with trio.open_nursery() as nursery:
             await nursery.start(wire.run)

@@ -4,25 +4,55 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
-from meshnode.node.limits import PeerLimits, UploadLimiter
+from meshnode.node.limits import OutboundSlots, PeerLimits, UploadLimiter
+from protocol.admission import AdmissionSettings, Lane
 from protocol.errors import LimitError
 
 
-def test_peer_limits_streams_and_rate() -> None:
-    limits = PeerLimits(max_streams=2, max_rate=3)
-    limits.enter("p", 0.0)
-    limits.enter("p", 0.0)
-    with pytest.raises(LimitError, match="concurrent"):
-        limits.enter("p", 0.0)
-    limits.leave("p")
-    limits.enter("p", 0.0)  # third token
-    limits.leave("p")
-    with pytest.raises(LimitError, match="rate"):
-        limits.enter("p", 0.0)  # no tokens left, one slot free
-    limits.enter("p", 1.0)  # refilled
-    limits.enter("q", 0.0)  # other peers are not affected
+def test_peer_limits_queue_half_the_stream_limit_by_default() -> None:
+    settings = PeerLimits(64, 500).admission.settings
+    assert (settings.max_streams, settings.max_waiting, settings.rate, settings.burst) == (64, 32, 500, 1000)
+
+
+def test_peer_limits_wait_for_a_slot_refuse_past_the_queue_and_time_out() -> None:
+    """The driver of protocol.admission: over the stream limit a request waits (no error) until a slot is
+    left; past the data queue it is refused; a wait longer than its patience ends in LimitError."""
+
+    async def main() -> list[str]:
+        limits = PeerLimits(2, 100, AdmissionSettings(max_streams=2, max_waiting=2, rate=100, burst=200))
+        log: list[str] = []
+
+        async def one(name: str, hold: float) -> None:
+            try:
+                await limits.enter("p", Lane.DATA, trio.current_time, patience=5)
+            except LimitError as exc:
+                log.append(f"{name} refused: {exc}")
+                return
+            log.append(f"{name} in at {trio.current_time():g}")
+            await trio.sleep(hold)
+            limits.leave("p", Lane.DATA)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(5):  # 2 admitted, 2 queued, the fifth refused
+                nursery.start_soon(one, f"r{i}", 1.0)
+                await trio.lowlevel.checkpoint()
+        async with trio.open_nursery() as nursery:  # two held for 10 s: the third gives up after 5 s
+            for i in range(3):
+                nursery.start_soon(one, f"s{i}", 10.0)
+                await trio.lowlevel.checkpoint()
+        counters = limits.counters()
+        log.append(f"waited {counters['waited']} refused {counters['refused']}")
+        return log
+
+    log = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    log[3:5] = sorted(log[3:5])  # the two waiters are both admitted at 1 s, in either order
+    assert log == ["r0 in at 0", "r1 in at 0", "r4 refused: too many concurrent requests", "r2 in at 1", "r3 in at 1",
+                   "s0 in at 2", "s1 in at 2",
+                   "s2 refused: no slot for this request within 5 s (too many concurrent requests)",
+                   "waited 3 refused 1"]
 
 
 async def _sends(limiter: UploadLimiter, sizes: list[int]) -> list[float]:
@@ -69,3 +99,34 @@ def test_no_cap() -> None:
         return await _sends(UploadLimiter(0), [10_000_000])
 
     assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == [0.0]
+
+
+def test_outbound_slots_cap_a_burst_per_peer_and_lane_and_forget_idle_peers() -> None:
+    """A node's own burst (200 requests to one peer at once) waits for its own slots: never more streams
+    open to the peer than it admits; other peers and the control lane are not held up; nothing is kept after."""
+
+    async def main() -> tuple[int, int, int]:
+        slots = OutboundSlots({Lane.DATA: 4, Lane.CONTROL: 2})
+        peak = 0
+        control_done_at: list[float] = []
+
+        async def data(peer: str) -> None:
+            nonlocal peak
+            async with slots.slot(peer, Lane.DATA):
+                peak = max(peak, slots.in_use("p", Lane.DATA))
+                await trio.sleep(1)
+
+        async def control() -> None:
+            async with slots.slot("p", Lane.CONTROL):
+                control_done_at.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(200):
+                nursery.start_soon(data, "p")
+            nursery.start_soon(data, "q")
+            nursery.start_soon(control)
+        assert control_done_at == [0.0]  # a receipt is not stuck behind the data burst
+        return peak, int(trio.current_time()), len(slots)
+
+    peak, seconds, tracked = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert (peak, seconds, tracked) == (4, 50, 0)

@@ -1,0 +1,77 @@
+"""Sessions (reaching peers) under many studies at once: one directory lookup per org however many callers
+ask together, and no directory lookup at all for a holder this node is connected to and has verified.
+
+The node is tests/adversary/test_limits.py's target (a real libp2p host and Wire); its directory client is
+the real DirectoryClient over a transport that counts the requests and answers as a directory that is down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from common.p2p.dial import connect
+from meshnode.directory.cache import DirectoryCache
+from meshnode.directory.client import DirectoryClient
+from meshnode.node.sessions import Sessions
+from protocol.errors import UnavailableError
+from protocol.exchange_messages import Hello
+from tests.adversary.test_limits import (
+    ORG_B,
+    TIMEOUT,
+    _cert,
+    hello,
+    peer_host,
+    target_node,
+)
+
+
+class CountingDownDirectory:
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def __call__(self, *_: object) -> bytes:
+        self.requests += 1
+        await trio.sleep(0.05)  # a slow answer: every concurrent caller arrives while the first waits
+        raise UnavailableError("directory down (test)")
+
+
+async def test_concurrent_lookups_of_one_org_share_one_directory_request(tmp_path: Path) -> None:
+    async with target_node(tmp_path) as target:
+        transport = CountingDownDirectory()
+        target.ctx.directory = DirectoryClient(transport, target.ctx.directory.guard, DirectoryCache(tmp_path / "c2"),
+                                               clock=target.ctx.clock)
+        sessions = Sessions(target.ctx, target.wire)
+        failures: list[UnavailableError] = []
+
+        async def one() -> None:
+            try:
+                await sessions.org_peers("RXX")
+            except UnavailableError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(one)
+        assert len(failures) == 50  # every caller hears the outcome
+        assert transport.requests == 2  # one roster refresh and one lookup, not 50 of each
+        with pytest.raises(UnavailableError):  # the next caller asks again (a failure is not cached)
+            await sessions.org_peers("RXX")
+        assert transport.requests == 4
+
+
+async def test_a_connected_verified_holder_costs_no_directory_lookup(tmp_path: Path) -> None:
+    async with target_node(tmp_path) as target, peer_host(ORG_B) as b:
+        transport = CountingDownDirectory()
+        target.ctx.directory = DirectoryClient(transport, target.ctx.directory.guard, DirectoryCache(tmp_path / "c2"),
+                                               clock=target.ctx.clock)
+        sessions = Sessions(target.ctx, target.wire)
+        with pytest.raises(UnavailableError):  # not connected: resolved through the (down) directory
+            await sessions.ensure_peer_id(ORG_B.peer_id)
+        asked = transport.requests
+        peer = await connect(b, target.addr, timeout=TIMEOUT)
+        assert isinstance(await hello(b, peer, _cert(ORG_B, "RXX", 20).encode()), Hello)
+        cert = await sessions.ensure_peer_id(ORG_B.peer_id)
+        assert cert.org_code == "RXX" and transport.requests == asked
