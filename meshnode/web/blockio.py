@@ -1,9 +1,9 @@
 """Reading a stored instance from its blocks: streamed, each block checked against its CID.
 
 `read_header` parses a header over meshnode.storage.block_stream.BlockStream, so
-the pixel data is never read. `read_parts` reads a batch of whole WADO-RS
-response parts in one worker-thread hop (the blocks read with their exact size,
-hashed, joined with the part heads into one buffer: one write per batch).
+the pixel data is never read. `read_parts` reads a batch of WADO-RS response
+parts in one worker-thread hop (the blocks read with their exact size and
+hashed; part heads and small blocks joined, large blocks written as read).
 """
 
 from __future__ import annotations
@@ -56,32 +56,58 @@ class PartSlice:
         return (len(self.head) if self.start == 0 else 0) + sum(self.record.block_sizes[self.start:self.stop])
 
 
+#: pieces smaller than this are joined into one write (a copy that cheap is cheaper than a write); a block
+#: this size or larger is written as read: joining large buffers costs as much as hashing them (fresh pages)
+JOIN_BELOW = 64 * 1024
+
+
 @dataclass(frozen=True)
 class PartBatch:
-    """Consecutive slices of response parts read in one thread hop, every block verified. A slice that could
-    not be read ends the batch: `data` holds the `slices` whole slices before it and `error` says why."""
+    """Consecutive slices of response parts read in one thread hop, every block verified: `pieces` to write
+    in order. A slice that could not be read ends the batch: `pieces` hold the `slices` whole slices before
+    it and `error` says why."""
 
-    data: bytes
+    pieces: list[bytes]
     slices: int
     error: MeshError | None
 
 
 def read_parts(blocks: BlockStore, slices: Sequence[PartSlice]) -> PartBatch:
     """Read and verify the slices in order, stopping at the first that fails (corrupt: quarantined, or
-    missing): nothing of a slice is in `data` unless all of its blocks hashed to their CIDs. Each block is
-    read with its exact size; one buffer for the batch (bytes.join drops the GIL for large results)."""
+    missing): nothing of a slice is in `pieces` unless all of its blocks hashed to their CIDs. Each block is
+    read with its exact size and written as read; part heads and small blocks are joined (JOIN_BELOW)."""
     pieces: list[bytes] = []
+    small: list[bytes] = []
+    small_size = 0
+
+    def add(data: bytes) -> None:
+        nonlocal small_size
+        if small and small_size + len(data) > JOIN_BELOW:
+            pieces.append(b"".join(small))
+            small.clear()
+            small_size = 0
+        if len(data) >= JOIN_BELOW:
+            pieces.append(data)
+        else:
+            small.append(data)
+            small_size += len(data)
+
     done = 0
+    error: MeshError | None = None
     for item in slices:
         try:
             data = [blocks.get(cid, verify=True) for cid in item.record.blocks[item.start:item.stop]]
         except MeshError as exc:
-            return PartBatch(b"".join(pieces), done, exc)
+            error = exc
+            break
         if item.start == 0:
-            pieces.append(item.head)
-        pieces.extend(data)
+            add(item.head)
+        for block in data:
+            add(block)
         done += 1
-    return PartBatch(b"".join(pieces), done, None)
+    if small:
+        pieces.append(b"".join(small))
+    return PartBatch(pieces, done, error)
 
 
 def plan_batches(parts: Sequence[tuple[bytes, InstanceRecord]], limit: int) -> list[list[PartSlice]]:

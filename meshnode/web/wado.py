@@ -7,7 +7,7 @@ Instances are served byte-exact as stored (no transcoding): an Accept that
 names only other transfer syntaxes gets 406. The body is streamed from the
 blocks, each checked against its CID before any of it is sent: worker threads
 read and hash batches of about 1 MiB (whole instances, or block slices of a
-larger one) ahead of the one being sent, two at once, one write per batch;
+larger one) ahead of the one being sent, two at once, blocks written as read;
 Content-Length is exact, so a client notices a response cut short. The first instance (for a single-instance retrieve, all of it) is
 read and verified before the status line, so a corrupt block found there is
 an error status (503), never a 200 cut short; the block store quarantines it
@@ -188,7 +188,7 @@ class Wado:
         return ProducedResponse(produce, 200, {"content-length": str(total)},
                                 f"application/dicom; transfer-syntax={records[0].transfer_syntax}")
 
-    async def _first_instance(self, head: bytes, record: InstanceRecord) -> bytes:
+    async def _first_instance(self, head: bytes, record: InstanceRecord) -> list[bytes]:
         """The first part (head and instance), every block verified."""
         whole = PartSlice(head, record, 0, len(record.blocks))
         batch = await trio.to_thread.run_sync(read_parts, self.s.storage.blocks, [whole],
@@ -204,7 +204,7 @@ class Wado:
                             code="block-corrupt") from None
         except BlockMissingError:
             raise HttpError(503, "a block of this instance is not on this node (yet)") from None
-        return batch.data
+        return batch.pieces
 
     def _missing_blocks(self, records: list[InstanceRecord]) -> int:
         blocks = self.s.storage.blocks
@@ -215,17 +215,18 @@ class Wado:
         return ((b"" if first else b"\r\n") + f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax="
                 f"{record.transfer_syntax}\r\nContent-Length: {record.size}\r\n\r\n".encode())
 
-    async def _stream(self, first: bytes, parts: list[tuple[bytes, InstanceRecord]], write: Write) -> None:
+    async def _stream(self, first: list[bytes], parts: list[tuple[bytes, InstanceRecord]], write: Write) -> None:
         """Send the first part (already read) and then every other one, in order. Instances are read in
         batches of about BATCH_BYTES (whole instances, or block slices of a larger one), one worker-thread hop
-        and one write each; PARALLEL_READS batches are read and hashed at once (file reads and hashlib drop
+        each, the blocks written as read (no copy); PARALLEL_READS batches are read and hashed at once (file reads and hashlib drop
         the GIL: both cores work while this task sends) and at most READ_AHEAD wait to be sent. A block that
         cannot be read later (corrupt: quarantined) ends the body before the part (or slice of a large
         instance) holding it, short of its Content-Length and without the closing boundary, so the client
         knows it is incomplete; the error is raised here as itself (not inside an
         exception group) after the readers have stopped. A client that goes away cancels this (Starlette
         watches for the disconnect)."""
-        await write(first)
+        for piece in first:
+            await write(piece)
         sender, receiver = trio.open_memory_channel[_Pending](READ_AHEAD)
         parallel = trio.Semaphore(PARALLEL_READS)
         store = self.s.storage.blocks
@@ -255,8 +256,8 @@ class Wado:
                     result = pending.result
                     if result is None:  # the read was cancelled: so is this
                         break
-                    if result.data:
-                        await write(result.data)
+                    for piece in result.pieces:
+                        await write(piece)
                     if result.error is not None:
                         log.warning("WADO-RS response cut short (%d instance(s)): %s", len(parts) + 1,
                                     result.error.name)
