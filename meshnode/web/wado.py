@@ -5,13 +5,14 @@
 
 Instances are served byte-exact as stored (no transcoding): an Accept that
 names only other transfer syntaxes gets 406. The body is streamed from the
-blocks, each checked against its CID before any of it is sent: worker threads
-read and hash batches of about 1 MiB (whole instances, or block slices of a
-larger one) ahead of the one being sent, two at once, blocks written as read;
-Content-Length is exact, so a client notices a response cut short. The first instance (for a single-instance retrieve, all of it) is
-read and verified before the status line, so a corrupt block found there is
-an error status (503), never a 200 cut short; the block store quarantines it
-and the node forgets, audits (110113) and fetches it again
+blocks, each checked against its CID before any of it is sent: a worker
+thread reads and hashes batches of about 1 MiB (whole instances, or block
+slices of a larger one) ahead of the one being sent, and the blocks are
+written as read. Content-Length is exact, so a client notices a response cut
+short. The first instance (for a single-instance retrieve, all of it) is read
+and verified before the status line, so a corrupt block found there is an
+error status (503), never a 200 cut short; the block store quarantines it and
+the node forgets, audits (110113) and fetches it again
 (meshnode.node.corruption). Every retrieval is audited (110103) before the
 first byte goes out.
 """
@@ -31,9 +32,22 @@ from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
 from meshnode.storage.records import InstanceRecord, hash_uid
 from meshnode.web.app import Route, route
-from meshnode.web.blockio import PartBatch, PartSlice, plan_batches, read_header, read_parts
+from meshnode.web.blockio import (
+    PartBatch,
+    PartSlice,
+    plan_batches,
+    read_header,
+    read_parts,
+)
 from meshnode.web.dicomjson import Json, header_json
-from meshnode.web.http import HttpError, ProducedResponse, Write, client, json_response, route_name
+from meshnode.web.http import (
+    HttpError,
+    ProducedResponse,
+    Write,
+    client,
+    json_response,
+    route_name,
+)
 from meshnode.web.services import WebServices, actor
 from protocol.errors import MeshError
 
@@ -42,8 +56,10 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 #: a read-ahead job reads whole instances up to about this many bytes: one thread hop and one write per batch
 BATCH_BYTES = 1 << 20
-#: batches read and hashed at once (both cores: file reads and hashlib drop the GIL)
-PARALLEL_READS = 2
+#: batches read and hashed at once (file reads and hashlib drop the GIL). One: on the 2-core machine the reader
+#: thread and the sending task already keep both cores busy; a second reader measured slower (GIL and core
+#: contention with the sender and the client), docs/performance.md
+PARALLEL_READS = 1
 #: batches read and waiting to be sent: a response holds at most about (READ_AHEAD + 2) * BATCH_BYTES
 READ_AHEAD = 3
 
@@ -217,12 +233,12 @@ class Wado:
 
     async def _stream(self, first: list[bytes], parts: list[tuple[bytes, InstanceRecord]], write: Write) -> None:
         """Send the first part (already read) and then every other one, in order. Instances are read in
-        batches of about BATCH_BYTES (whole instances, or block slices of a larger one), one worker-thread hop
-        each, the blocks written as read (no copy); PARALLEL_READS batches are read and hashed at once (file reads and hashlib drop
-        the GIL: both cores work while this task sends) and at most READ_AHEAD wait to be sent. A block that
-        cannot be read later (corrupt: quarantined) ends the body before the part (or slice of a large
-        instance) holding it, short of its Content-Length and without the closing boundary, so the client
-        knows it is incomplete; the error is raised here as itself (not inside an
+        batches of about BATCH_BYTES (whole instances, or block slices of a larger one), one worker-thread
+        hop each, the blocks written as read (no copy); PARALLEL_READS batches are read and hashed at once
+        (file reads and hashlib drop the GIL: the reader works while this task sends) and at most READ_AHEAD
+        wait to be sent. A block that cannot be read later (corrupt: quarantined) ends the body before the
+        part (or slice of a large instance) holding it, short of its Content-Length and without the closing
+        boundary, so the client knows it is incomplete; the error is raised here as itself (not inside an
         exception group) after the readers have stopped. A client that goes away cancels this (Starlette
         watches for the disconnect)."""
         for piece in first:

@@ -16,7 +16,13 @@ import pytest
 
 from meshnode.web import wado
 from meshnode.web.blockio import plan_batches
-from meshnode.web.multipart import MultipartParser, PartData, PartEnded, PartStarted, content_type_params
+from meshnode.web.multipart import (
+    MultipartParser,
+    PartData,
+    PartEnded,
+    PartStarted,
+    content_type_params,
+)
 from tests.meshnode.web.asgi import Reply
 from tests.meshnode.web.wado_node import Node, wado_node
 
