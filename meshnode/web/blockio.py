@@ -37,11 +37,6 @@ def read_header(blocks: BlockStore, record: InstanceRecord) -> Dataset:
         raise StorageError(f"instance {hash_uid(record.sop_instance_uid)} has an unreadable header") from None
 
 
-def read_all_blocks(blocks: BlockStore, record: InstanceRecord) -> list[bytes]:
-    """Every block of an instance, verified (for one response part; the caller streams them out)."""
-    return [blocks.get(cid, verify=True) for cid in record.blocks]
-
-
 @dataclass(frozen=True)
 class PartSlice:
     """Blocks start..stop of one response part's instance, with the part's head when start is 0."""
@@ -113,7 +108,7 @@ def read_parts(blocks: BlockStore, slices: Sequence[PartSlice]) -> PartBatch:
 def plan_batches(parts: Sequence[tuple[bytes, InstanceRecord]], limit: int) -> list[list[PartSlice]]:
     """The parts (head, instance) in order, as batches of about `limit` bytes: whole instances grouped until
     a batch reaches `limit`; an instance larger than `limit` split at block boundaries into slices of about
-    `limit` (so a response never holds a whole large instance). One thread hop and one write per batch."""
+    `limit` (so a response never holds a whole large instance). One worker-thread hop per batch."""
     out: list[list[PartSlice]] = []
     batch: list[PartSlice] = []
     size = 0
@@ -127,7 +122,7 @@ def plan_batches(parts: Sequence[tuple[bytes, InstanceRecord]], limit: int) -> l
             batch, size = [], 0
 
     for head, record in parts:
-        if len(head) + record.size <= limit:
+        if len(head) + record.size <= limit or not record.blocks:
             add(PartSlice(head, record, 0, len(record.blocks)))
             continue
         start, acc = 0, len(head)

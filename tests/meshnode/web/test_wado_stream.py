@@ -8,6 +8,7 @@ instances, or the whole study.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -133,3 +134,9 @@ async def test_batches_cover_every_block_once_in_order_and_stay_bounded(node: No
         assert all(sum(s.size for s in b) >= limit for b in batches[:-1])
         assert all(sum(s.size for s in b) < limit + max(biggest, BLOCK + len(heads[0])) for b in batches)
         assert sum(s.size for s in flat) == sum(len(h) + r.size for h, r in items)
+
+
+async def test_a_part_without_blocks_keeps_its_head_however_small_the_batches(node: Node) -> None:
+    empty = dataclasses.replace(node.records[0], blocks=(), block_sizes=(), size=0)
+    [[only]] = plan_batches([(b"a head longer than the limit", empty)], 1)
+    assert (only.start, only.stop, only.size) == (0, 0, len(b"a head longer than the limit"))
