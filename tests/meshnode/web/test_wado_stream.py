@@ -9,11 +9,13 @@ instances, or the whole study.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
+import trio
 
 from meshnode.web import wado
 from meshnode.web.blockio import plan_batches
@@ -140,3 +142,51 @@ async def test_a_part_without_blocks_keeps_its_head_however_small_the_batches(no
     empty = dataclasses.replace(node.records[0], blocks=(), block_sizes=(), size=0)
     [[only]] = plan_batches([(b"a head longer than the limit", empty)], 1)
     assert (only.start, only.stop, only.size) == (0, 0, len(b"a head longer than the limit"))
+
+
+async def hang_up_after_the_first_body_chunk(node: Node, path: str) -> tuple[int, int]:
+    """Drive the app as a client that hangs up once body bytes arrive: (bytes received, Content-Length)."""
+    headers = [(b"authorization", f"Bearer {node.token}".encode()),
+               (b"accept", b'multipart/related; type="application/dicom"')]
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "scheme": "http", "client": ("127.0.0.1", 50000), "server": ("test", 80), "root_path": "",
+             "http_version": "1.1", "asgi": {"version": "3.0", "spec_version": "2.1"}, "headers": headers}
+    got_body = trio.Event()
+    sent: list[MutableMapping[str, Any]] = []
+
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await got_body.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and message.get("body"):
+            got_body.set()
+            await trio.lowlevel.checkpoint()  # the hang-up is seen while the body is still going out
+
+    with trio.fail_after(10):
+        await node.app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    received = sum(len(m.get("body", b"")) for m in sent if m["type"] == "http.response.body")
+    return received, int(dict(start["headers"])[b"content-length"])
+
+
+async def test_clients_that_go_away_mid_body_leave_no_reader_behind(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six clients hang up after the first body chunk, with batches of one block in flight each time: every
+    request ends (no exception escapes the app), and the reader slots are all free again: a seventh, whole
+    retrieve completes (a reader still holding a slot of the node's shared block-reader limiter would make
+    it wait)."""
+    monkeypatch.setattr(wado, "BATCH_BYTES", 1)
+    path = f"/dicomweb/studies/{node.study}"
+    for _ in range(6):
+        received, length = await hang_up_after_the_first_body_chunk(node, path)
+        assert 0 < received < length
+    with trio.fail_after(10):
+        whole = await node.get(path)
+    assert whole.status == 200 and len(whole.body) == int(whole.headers["content-length"])
