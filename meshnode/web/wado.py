@@ -5,12 +5,14 @@
 
 Instances are served byte-exact as stored (no transcoding): an Accept that
 names only other transfer syntaxes gets 406. The body is streamed from the
-blocks, each checked against its CID, with the next instance read while the
-current one is sent; Content-Length is exact, so a client notices a response
-cut short. The first instance (for a single-instance retrieve, all of it) is
-read and verified before the status line, so a corrupt block found there is
-an error status (503), never a 200 cut short; the block store quarantines it
-and the node forgets, audits (110113) and fetches it again
+blocks, each checked against its CID before any of it is sent: a worker
+thread reads and hashes batches of about 1 MiB (whole instances, or block
+slices of a larger one) ahead of the one being sent, and the blocks are
+written as read. Content-Length is exact, so a client notices a response cut
+short. The first instance (for a single-instance retrieve, all of it) is read
+and verified before the status line, so a corrupt block found there is an
+error status (503), never a 200 cut short; the block store quarantines it and
+the node forgets, audits (110113) and fetches it again
 (meshnode.node.corruption). Every retrieval is audited (110103) before the
 first byte goes out.
 """
@@ -30,16 +32,44 @@ from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
 from meshnode.storage.records import InstanceRecord, hash_uid
 from meshnode.web.app import Route, route
-from meshnode.web.blockio import read_all_blocks, read_header
+from meshnode.web.blockio import (
+    PartBatch,
+    PartSlice,
+    plan_batches,
+    read_header,
+    read_parts,
+)
 from meshnode.web.dicomjson import Json, header_json
-from meshnode.web.http import HttpError, ProducedResponse, Write, client, json_response, route_name
+from meshnode.web.http import (
+    HttpError,
+    ProducedResponse,
+    Write,
+    client,
+    json_response,
+    route_name,
+)
 from meshnode.web.services import WebServices, actor
 from protocol.errors import MeshError
 
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
-PREFETCH = 4
+#: a read-ahead job reads whole instances up to about this many bytes: one thread hop and one write per batch
+BATCH_BYTES = 1 << 20
+#: batches read and hashed at once (file reads and hashlib drop the GIL). One: on the 2-core machine the reader
+#: thread and the sending task already keep both cores busy; a second reader measured slower (GIL and core
+#: contention with the sender and the client), docs/performance.md
+PARALLEL_READS = 1
+#: batches read and waiting to be sent: a response holds at most about (READ_AHEAD + 2) * BATCH_BYTES
+READ_AHEAD = 3
+
+
+class _Pending:
+    """A batch being read; `result` is set (unless the read was cancelled) before `done`."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: PartBatch | None = None
 
 
 @dataclass(frozen=True)
@@ -151,19 +181,19 @@ class Wado:
             raise HttpError(503, f"{missing} block(s) of this study are not on this node (yet)")
         # The first instance (a single-instance retrieve: all of it) is read and verified before the status
         # line: a block found corrupt is answered with an error, not a 200 cut short.
-        first = await self._first_instance(records[0])
+        boundary = secrets.token_hex(16)
+        multipart = negotiation.multipart
+        heads = [self._part_head(boundary, r, i == 0) if multipart else b"" for i, r in enumerate(records)]
+        first = await self._first_instance(heads[0], records[0])
         total = sum(r.size for r in records)
         study = hash_uid(request.path_params["study"])
         await self.s.audit(AuditEvent(EventCode.INSTANCES_ACCESSED, "wado-retrieve", actor=actor(request),
                                       study=study, detail=f"{len(records)} instance(s), {total} bytes "
                                                           f"({route_name(request)}) to {client(request)}"))
-        boundary = secrets.token_hex(16)
-        heads = [self._part_head(boundary, r, i == 0) for i, r in enumerate(records)]
         tail = f"\r\n--{boundary}--\r\n".encode()
-        multipart = negotiation.multipart
 
         async def produce(write: Write) -> None:
-            await self._stream(records, first, heads if multipart else None, write)
+            await self._stream(first, list(zip(heads[1:], records[1:])), write)
             if multipart:
                 await write(tail)
 
@@ -174,10 +204,14 @@ class Wado:
         return ProducedResponse(produce, 200, {"content-length": str(total)},
                                 f"application/dicom; transfer-syntax={records[0].transfer_syntax}")
 
-    async def _first_instance(self, record: InstanceRecord) -> list[bytes]:
+    async def _first_instance(self, head: bytes, record: InstanceRecord) -> list[bytes]:
+        """The first part (head and instance), every block verified."""
+        whole = PartSlice(head, record, 0, len(record.blocks))
+        batch = await trio.to_thread.run_sync(read_parts, self.s.storage.blocks, [whole],
+                                              limiter=self.s.block_readers)
         try:
-            return await trio.to_thread.run_sync(read_all_blocks, self.s.storage.blocks, record,
-                                                 limiter=self.s.block_readers)
+            if batch.error is not None:
+                raise batch.error
         except BlockCorruptError:
             # the store has quarantined it; the node forgets it, audits it (110113) and fetches it again
             # where another node holds it (meshnode.node.corruption)
@@ -186,6 +220,7 @@ class Wado:
                             code="block-corrupt") from None
         except BlockMissingError:
             raise HttpError(503, "a block of this instance is not on this node (yet)") from None
+        return batch.pieces
 
     def _missing_blocks(self, records: list[InstanceRecord]) -> int:
         blocks = self.s.storage.blocks
@@ -196,52 +231,57 @@ class Wado:
         return ((b"" if first else b"\r\n") + f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax="
                 f"{record.transfer_syntax}\r\nContent-Length: {record.size}\r\n\r\n".encode())
 
-    async def _stream(self, records: list[InstanceRecord], first: list[bytes], heads: list[bytes] | None,
-                      write: Write) -> None:
-        """Send every instance (the first already read); a reader task keeps the next PREFETCH instances'
-        blocks ready. A block that cannot be read later (corrupt: quarantined) ends the body there, short
-        of its Content-Length and without the closing boundary, so the client knows it is incomplete; the
-        error is raised here as itself (not inside an exception group) after the reader has stopped. A client
-        that goes away cancels this (Starlette watches for the disconnect)."""
-        sender, receiver = trio.open_memory_channel[list[bytes] | MeshError](PREFETCH)
+    async def _stream(self, first: list[bytes], parts: list[tuple[bytes, InstanceRecord]], write: Write) -> None:
+        """Send the first part (already read) and then every other one, in order. Instances are read in
+        batches of about BATCH_BYTES (whole instances, or block slices of a larger one), one worker-thread
+        hop each, the blocks written as read (no copy); PARALLEL_READS batches are read and hashed at once
+        (file reads and hashlib drop the GIL: the reader works while this task sends) and at most READ_AHEAD
+        wait to be sent. A block that cannot be read later (corrupt: quarantined) ends the body before the
+        part (or slice of a large instance) holding it, short of its Content-Length and without the closing
+        boundary, so the client knows it is incomplete; the error is raised here as itself (not inside an
+        exception group) after the readers have stopped. A client that goes away cancels this (Starlette
+        watches for the disconnect)."""
+        for piece in first:
+            await write(piece)
+        sender, receiver = trio.open_memory_channel[_Pending](READ_AHEAD)
+        parallel = trio.Semaphore(PARALLEL_READS)
+        store = self.s.storage.blocks
 
-        async def read_ahead() -> None:
-            async with sender:
-                for record in records[1:]:
-                    try:
-                        blocks = await trio.to_thread.run_sync(read_all_blocks, self.s.storage.blocks, record,
+        async def read(batch: list[PartSlice], pending: _Pending) -> None:
+            try:
+                pending.result = await trio.to_thread.run_sync(read_parts, store, batch,
                                                                limiter=self.s.block_readers)
-                    except MeshError as exc:
-                        await sender.send(exc)
-                        return
-                    await sender.send(blocks)
+            finally:
+                parallel.release()
+                pending.done.set()
+
+        async def read_ahead(nursery: trio.Nursery) -> None:
+            async with sender:
+                for batch in plan_batches(parts, BATCH_BYTES):
+                    pending = _Pending()
+                    await sender.send(pending)  # waits while READ_AHEAD batches are unsent
+                    await parallel.acquire()  # in order: the batch sent next is read first
+                    nursery.start_soon(read, batch, pending)
 
         failure: MeshError | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_ahead)
+            nursery.start_soon(read_ahead, nursery)
             async with receiver:
-                try:
-                    await self._send_instance(write, heads[0] if heads is not None else None, first)
-                    index = 1
-                    async for item in receiver:
-                        if isinstance(item, MeshError):
-                            log.warning("WADO-RS response cut short after %d of %d instance(s): %s", index,
-                                        len(records), item.name)
-                            raise item
-                        await self._send_instance(write, heads[index] if heads is not None else None, item)
-                        index += 1
-                except MeshError as exc:
-                    failure = exc
-                    nursery.cancel_scope.cancel()
+                async for pending in receiver:
+                    await pending.done.wait()
+                    result = pending.result
+                    if result is None:  # the read was cancelled: so is this
+                        break
+                    for piece in result.pieces:
+                        await write(piece)
+                    if result.error is not None:
+                        log.warning("WADO-RS response cut short (%d instance(s)): %s", len(parts) + 1,
+                                    result.error.name)
+                        failure = result.error
+                        nursery.cancel_scope.cancel()
+                        break
         if failure is not None:
             raise failure
-
-    @staticmethod
-    async def _send_instance(write: Write, head: bytes | None, blocks: list[bytes]) -> None:
-        if head is not None:
-            await write(head)
-        for block in blocks:
-            await write(block)
 
     async def metadata(self, request: Request) -> Response:
         negotiate_json(request.headers.get("accept", ""))

@@ -63,6 +63,21 @@ def test_a_verified_read_that_finds_corruption_quarantines_at_once_and_tells_onc
     assert store.scrub().corrupt == ()
 
 
+@pytest.mark.parametrize("rot", ["appended", "truncated", "emptied", "grown past the block limit"])
+def test_a_verified_read_sized_from_the_file_still_catches_a_changed_length(tmp_path: Path, rot: str) -> None:
+    """get() reads as many bytes as the file holds (not MAX_BLOCK_SIZE + 1): a block file whose length
+    changed, however, is still corrupt, quarantined, and none of it returned."""
+    store = BlockStore(tmp_path)
+    data = os.urandom(300_000)
+    cid = store.put(data)
+    changed = {"appended": data + b"tail", "truncated": data[:-1], "emptied": b"",
+               "grown past the block limit": data + bytes(8 * 1024 * 1024)}[rot]
+    store.path_of(cid).write_bytes(changed)
+    with pytest.raises(BlockCorruptError):
+        store.get(cid)
+    assert not store.has(cid) and len(list(store.quarantine_dir.iterdir())) == 1
+
+
 def test_a_good_copy_fetched_again_is_not_quarantined_by_a_late_reader(tmp_path: Path) -> None:
     store = BlockStore(tmp_path)
     cid = store.put(b"the block")
