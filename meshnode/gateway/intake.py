@@ -52,6 +52,7 @@ from meshnode.dicom.errors import DicomLimitError, SopMismatchError
 from meshnode.dicom.layout import plan_layout
 from meshnode.dicom.structure import scan_layout_bytes
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.blockstore import BlockMissingError
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.gateway_store import Arrival, GatewayStore
 from meshnode.storage.metadata import MetadataStore
@@ -346,9 +347,17 @@ class StudyIntake:
         unsynced = [w for p in batch for w in p.prepared.unsynced]
         make_durable = self.make_durable
 
+        blocks = storage.blocks
+
         def work(store: MetadataStore) -> list[AddOutcome]:
             if unsynced:  # the group's blocks, durable under their CIDs before any metadata names them
                 make_durable(unsynced)
+            # a block placed earlier may have been an existing file (place() then drops its own copy) that
+            # the node's gc deleted before this call took the database lock (gc runs under it too): checked
+            # here, under the lock, nothing can delete it before the transaction references it
+            missing = sum(1 for rec in records for cid in set(rec.blocks) if not blocks.has(cid))
+            if missing:
+                raise BlockMissingError(f"{missing} block(s) of the group were removed before its commit")
             # one transaction when the gateway store shares the metadata store's connection (the node's:
             # sqlite_gateway.py): the arrivals, the announcement's queue item, the instances and their audit
             # entries. Otherwise the announcement first: a crash between the two leaves a pending announcement

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
-from meshnode.storage.blockstore import BlockStore
+from meshnode.storage.blockstore import BlockMissingError, BlockStore
 from meshnode.storage.node_storage import NodeStorage, local_actor
 from meshnode.storage.records import AddOutcome, InstanceRecord, hash_uid
 from meshnode.study.staging import (
@@ -251,6 +251,13 @@ class Ingester:
                                          actor=self.actor, study=hash_uid(rec.study_uid),
                                          detail=f"{','.join(sorted(bad))} in {hash_uid(rec.sop_instance_uid)}"
                                                 " (bytes kept unchanged)"))
+        # a block staging found stored already (so did not write) may have been deleted since by the gc of a
+        # node running beside this process: checked last, so that no instance is recorded without its blocks
+        # (another process's gc is not locked out of the commit itself, so this narrows the window only)
+        blocks = self.storage.blocks
+        missing = sum(1 for rec in records for cid in set(rec.blocks) if not blocks.has(cid))
+        if missing:
+            raise BlockMissingError(f"{missing} block(s) were removed (gc?) before their instances were recorded")
         outcomes = self.storage.add_instances(records, events)
         for rec, outcome in zip(records, outcomes):
             report.studies.add(rec.study_uid)

@@ -1,0 +1,56 @@
+"""C-STORE group commit vs the node's own block gc (review of issue 12, finding 1).
+
+The leader thread makes its group's blocks durable (BlockStore.place keeps a block file already stored under
+its CID and drops its own temp copy); before the group's transaction takes the database lock, the database
+thread may run gc (after a recall), deleting those files since nothing references them yet. The group must
+then fail (every caller gets an error, so a 0xA700) with nothing recorded, never answer success for an
+instance whose blocks are gone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import trio
+
+from meshnode.gateway.group_commit import ThreadGroupCommit
+from meshnode.gateway.intake import StoredInstance
+from meshnode.storage.blockstore import BlockMissingError
+from meshnode.storage.records import AddOutcome
+from protocol.cid import CID
+from tests.meshnode.gateway.conftest import GatewayFactory
+
+
+async def test_gc_between_placing_and_committing_fails_the_group_and_records_nothing(
+        gateways: GatewayFactory, ct_study: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = await gateways()
+    data = ct_study[0].read_bytes()
+    commits = ThreadGroupCommit(gw.intake, trio.lowlevel.current_trio_token())
+
+    def store() -> StoredInstance:
+        return commits.commit(gw.intake.prepare(data, "dimse:PACS", durable=False), None)
+
+    first = await trio.to_thread.run_sync(store)
+    assert first.outcome is AddOutcome.ADDED
+    # a recall forgets the study: its blocks are unreferenced, still on disk
+    await gw.db.run(lambda s: s.forget_study(first.study_uid, [], int(time.time() * 1000)))
+
+    real = gw.intake.make_durable
+
+    def durable_then_gc(written: Sequence[tuple[Path, CID]]) -> None:
+        real(written)  # place() finds the old files and drops the new temps
+        gw.db.run_blocking(lambda _: gw.storage.gc(orphan_grace_s=3600))  # the database thread's turn
+
+    monkeypatch.setattr(gw.intake, "make_durable", durable_then_gc)
+    with pytest.raises(BlockMissingError):
+        await trio.to_thread.run_sync(store)
+    assert await gw.db.run(lambda s: s.instances(first.study_uid)) == []
+
+    # the PACS retries (no gc this time): stored, every block on disk
+    monkeypatch.setattr(gw.intake, "make_durable", real)
+    again = await trio.to_thread.run_sync(store)
+    (rec,) = await gw.db.run(lambda s: s.instances(again.study_uid))
+    assert all(gw.storage.blocks.has(c) for c in rec.blocks)
+    assert b"".join(gw.storage.blocks.get(c) for c in rec.blocks) == data
