@@ -45,6 +45,8 @@ __all__ = ["IngestReport", "Ingester", "instance_record", "iter_files"]  # insta
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 BATCH_SIZE = 64
+#: files staged behind a commit under way, at most this many batches (then the ingest waits for it)
+PENDING_GROUPS = 8
 DEFAULT_WORKERS = os.cpu_count() or 2
 SECURITY_FLAGS = frozenset({"executable-preamble"})
 
@@ -201,8 +203,9 @@ class Ingester:
     def _group_commit(self, committer: ThreadPoolExecutor, committing: list[Future[None]],
                       pending: list[tuple[Path, StagedInstance]], report: IngestReport) -> None:
         """Hand everything pending to the commit thread once batch_size are, unless a commit is under way
-        (then the next group grows); raises the error of a commit that failed."""
-        if committing and committing[0].done():
+        (then the next group grows, up to PENDING_GROUPS batches: then this waits for that commit, so a
+        stalled disk holds staging back); raises the error of a commit that failed."""
+        if committing and (committing[0].done() or len(pending) >= PENDING_GROUPS * self.batch_size):
             committing.pop().result()
         if not committing and len(pending) >= self.batch_size:
             committing.append(committer.submit(self._commit, pending[:], report))
