@@ -11,7 +11,9 @@ import pydicom
 import pytest
 
 from meshnode.dicom import synthetic
+from meshnode.dicom.blocks import block_ranges
 from meshnode.dicom.errors import InstanceChangedError
+from meshnode.dicom.structure import scan_layout_stream
 from meshnode.storage.blockstore import BlockStore
 from meshnode.study import staging
 from meshnode.study.staging import FileStager
@@ -24,7 +26,7 @@ def one_ct(tmp_path: Path) -> Path:
 
 def test_a_preamble_rewritten_after_the_scan_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = one_ct(tmp_path)
-    real_scan = staging.scan_layout_stream
+    real_scan = scan_layout_stream
 
     def scan_then_rewrite(*args: Any) -> Any:
         layout = real_scan(*args)
@@ -56,7 +58,7 @@ def test_a_large_header_is_planned_from_the_bytes_stored(tmp_path: Path, monkeyp
     data = path.read_bytes()
     assert data.count(old_uid.encode()) >= 1
 
-    real_ranges = staging.block_ranges
+    real_ranges = block_ranges
 
     def rewrite_then_ranges(*args: Any) -> Any:  # after the plan, before the blocks are read
         path.write_bytes(data.replace(old_uid.encode(), new_uid.encode()))
