@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -126,6 +127,8 @@ class PendingCommit:
 
 @dataclass
 class IntakeCounters:
+    """Updated from several threads (association threads, trio's): under `lock`."""
+
     stored: int = 0
     duplicates: int = 0
     refused: int = 0
@@ -133,6 +136,7 @@ class IntakeCounters:
     commits: int = 0
     streamed: int = 0  # instances whose blocks were written while they arrived
     by_route: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 class StudyIntake:
@@ -218,7 +222,8 @@ class StudyIntake:
                 raise
             if streamed is not None and streamed.ranges == tuple(ranges) and streamed.size == len(data):
                 cids, digest, written = list(streamed.cids), streamed.digest, list(streamed.temps)
-                self.counters.streamed += 1
+                with self.counters.lock:
+                    self.counters.streamed += 1
             else:
                 if streamed is not None:
                     self.storage.blocks.discard_temp(streamed.temps)
@@ -231,7 +236,8 @@ class StudyIntake:
                 self.make_durable(unsynced)
                 unsynced = ()
         except MeshError as exc:
-            self.counters.refused += 1
+            with self.counters.lock:
+                self.counters.refused += 1
             log.info("instance from %s refused: %s", source, exc.name)
             raise
         sizes = [end - start for start, end in ranges]
@@ -303,10 +309,18 @@ class StudyIntake:
                 p.done, p.error = True, exc
             return
         try:
-            token.run_sync_soon(self._committed, noted, now)
+            token.run_sync_soon(self._committed_soon, noted, now)
         except trio.RunFinishedError:
             pass  # the node is stopping: what the announcer would note is durable, and read at the next start
         self._finish(group, outcomes)
+
+    def _committed_soon(self, noted: Sequence[Arrival], now: int) -> None:
+        """_committed, run by the trio loop itself (run_sync_soon): an exception here would end the whole trio
+        run (TrioInternalError), so a bug is logged instead; the group is committed, durably, either way."""
+        try:
+            self._committed(noted, now)
+        except Exception:  # noqa: BLE001 - a task boundary: the loop's own callback
+            log.exception("after a group commit: cannot note %d arrival(s)", len(noted))
 
     def _committed(self, noted: Sequence[Arrival], now: int) -> None:
         """After a group's commit, on the trio loop: the audit head is due, the announcer counts arrivals."""
@@ -373,16 +387,19 @@ class StudyIntake:
 
     def _finish(self, batch: list[PendingCommit], outcomes: list[AddOutcome]) -> None:
         """The group is committed: count it, and give each item its result (done)."""
-        self.counters.commits += 1
+        c = self.counters
+        with c.lock:
+            c.commits += 1
+            for p, outcome in zip(batch, outcomes):
+                if outcome is AddOutcome.DUPLICATE:
+                    c.duplicates += 1
+                else:
+                    c.stored += 1
+                    c.bytes += p.prepared.record.size
+                if p.route is not None:
+                    c.by_route[p.route.name] = c.by_route.get(p.route.name, 0) + 1
         for p, outcome in zip(batch, outcomes):
             rec = p.prepared.record
-            if outcome is AddOutcome.DUPLICATE:
-                self.counters.duplicates += 1
-            else:
-                self.counters.stored += 1
-                self.counters.bytes += rec.size
-            if p.route is not None:
-                self.counters.by_route[p.route.name] = self.counters.by_route.get(p.route.name, 0) + 1
             p.result = StoredInstance(rec.sop_instance_uid, rec.sop_class_uid, rec.study_uid, rec.series_uid,
                                       rec.transfer_syntax, rec.size, outcome, p.route.name if p.route else None)
             p.done = True

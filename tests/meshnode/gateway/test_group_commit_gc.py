@@ -17,10 +17,12 @@ import trio
 
 from meshnode.gateway.group_commit import ThreadGroupCommit
 from meshnode.gateway.intake import StoredInstance
+from meshnode.gateway.routes import Route
 from meshnode.storage.blockstore import BlockMissingError
 from meshnode.storage.records import AddOutcome
 from protocol.cid import CID
 from tests.meshnode.gateway.conftest import GatewayFactory
+from tests.meshnode.gateway.harness import config
 
 
 async def test_gc_between_placing_and_committing_fails_the_group_and_records_nothing(
@@ -54,3 +56,23 @@ async def test_gc_between_placing_and_committing_fails_the_group_and_records_not
     (rec,) = await gw.db.run(lambda s: s.instances(again.study_uid))
     assert all(gw.storage.blocks.has(c) for c in rec.blocks)
     assert b"".join(gw.storage.blocks.get(c) for c in rec.blocks) == data
+
+
+async def test_a_failing_announcer_note_after_a_thread_commit_does_not_end_the_node(
+        gateways: GatewayFactory, ct_study: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """_committed runs on the trio loop via run_sync_soon: an exception there used to end the whole trio run
+    (TrioInternalError). It is logged; the instance stays committed and the node goes on."""
+    route = Route("rj1", ("RJ1",), called_ae="MESH_RJ1", quiet_period_s=3600)
+    gw = await gateways(config(routes=[route]))
+    commits = ThreadGroupCommit(gw.intake, trio.lowlevel.current_trio_token())
+
+    def broken(study_uid: str, route: str, at_s: float) -> None:
+        raise RuntimeError("a bug in the announcer's bookkeeping")
+
+    monkeypatch.setattr(gw.announcer, "arrived", broken)
+    stored = await trio.to_thread.run_sync(
+        lambda: commits.commit(gw.intake.prepare(ct_study[0].read_bytes(), "dimse:PACS", durable=False), route))
+    for _ in range(10):
+        await trio.sleep(0)  # the loop runs the queued _committed
+    assert [r.sop_instance_uid for r in await gw.db.run(lambda s: s.instances(stored.study_uid))] == [
+        stored.sop_instance_uid]
