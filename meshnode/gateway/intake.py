@@ -319,7 +319,7 @@ class StudyIntake:
         run (TrioInternalError), so a bug is logged instead; the group is committed, durably, either way."""
         try:
             self._committed(noted, now)
-        except Exception:  # noqa: BLE001 - a task boundary: the loop's own callback
+        except Exception:  # a task boundary: the loop's own callback
             log.exception("after a group commit: cannot note %d arrival(s)", len(noted))
 
     def _committed(self, noted: Sequence[Arrival], now: int) -> None:

@@ -73,6 +73,6 @@ async def test_a_failing_announcer_note_after_a_thread_commit_does_not_end_the_n
     stored = await trio.to_thread.run_sync(
         lambda: commits.commit(gw.intake.prepare(ct_study[0].read_bytes(), "dimse:PACS", durable=False), route))
     for _ in range(10):
-        await trio.sleep(0)  # the loop runs the queued _committed
+        await trio.lowlevel.checkpoint()  # the loop runs the queued _committed
     assert [r.sop_instance_uid for r in await gw.db.run(lambda s: s.instances(stored.study_uid))] == [
         stored.sop_instance_uid]
