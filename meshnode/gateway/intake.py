@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from meshnode.dicom.errors import DicomLimitError, SopMismatchError
 from meshnode.dicom.layout import plan_layout
 from meshnode.dicom.structure import scan_layout_bytes
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.blockstore import BlockMissingError
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.gateway_store import Arrival, GatewayStore
 from meshnode.storage.metadata import MetadataStore
@@ -125,6 +127,8 @@ class PendingCommit:
 
 @dataclass
 class IntakeCounters:
+    """Updated from several threads (association threads, trio's): under `lock`."""
+
     stored: int = 0
     duplicates: int = 0
     refused: int = 0
@@ -132,6 +136,7 @@ class IntakeCounters:
     commits: int = 0
     streamed: int = 0  # instances whose blocks were written while they arrived
     by_route: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 class StudyIntake:
@@ -217,7 +222,8 @@ class StudyIntake:
                 raise
             if streamed is not None and streamed.ranges == tuple(ranges) and streamed.size == len(data):
                 cids, digest, written = list(streamed.cids), streamed.digest, list(streamed.temps)
-                self.counters.streamed += 1
+                with self.counters.lock:
+                    self.counters.streamed += 1
             else:
                 if streamed is not None:
                     self.storage.blocks.discard_temp(streamed.temps)
@@ -230,7 +236,8 @@ class StudyIntake:
                 self.make_durable(unsynced)
                 unsynced = ()
         except MeshError as exc:
-            self.counters.refused += 1
+            with self.counters.lock:
+                self.counters.refused += 1
             log.info("instance from %s refused: %s", source, exc.name)
             raise
         sizes = [end - start for start, end in ranges]
@@ -302,10 +309,18 @@ class StudyIntake:
                 p.done, p.error = True, exc
             return
         try:
-            token.run_sync_soon(self._committed, noted, now)
+            token.run_sync_soon(self._committed_soon, noted, now)
         except trio.RunFinishedError:
             pass  # the node is stopping: what the announcer would note is durable, and read at the next start
         self._finish(group, outcomes)
+
+    def _committed_soon(self, noted: Sequence[Arrival], now: int) -> None:
+        """_committed, run by the trio loop itself (run_sync_soon): an exception here would end the whole trio
+        run (TrioInternalError), so a bug is logged instead; the group is committed, durably, either way."""
+        try:
+            self._committed(noted, now)
+        except Exception:  # a task boundary: the loop's own callback
+            log.exception("after a group commit: cannot note %d arrival(s)", len(noted))
 
     def _committed(self, noted: Sequence[Arrival], now: int) -> None:
         """After a group's commit, on the trio loop: the audit head is due, the announcer counts arrivals."""
@@ -346,9 +361,17 @@ class StudyIntake:
         unsynced = [w for p in batch for w in p.prepared.unsynced]
         make_durable = self.make_durable
 
+        blocks = storage.blocks
+
         def work(store: MetadataStore) -> list[AddOutcome]:
             if unsynced:  # the group's blocks, durable under their CIDs before any metadata names them
                 make_durable(unsynced)
+            # a block placed earlier may have been an existing file (place() then drops its own copy) that
+            # the node's gc deleted before this call took the database lock (gc runs under it too): checked
+            # here, under the lock, nothing can delete it before the transaction references it
+            missing = sum(1 for rec in records for cid in set(rec.blocks) if not blocks.has(cid))
+            if missing:
+                raise BlockMissingError(f"{missing} block(s) of the group were removed before its commit")
             # one transaction when the gateway store shares the metadata store's connection (the node's:
             # sqlite_gateway.py): the arrivals, the announcement's queue item, the instances and their audit
             # entries. Otherwise the announcement first: a crash between the two leaves a pending announcement
@@ -364,16 +387,19 @@ class StudyIntake:
 
     def _finish(self, batch: list[PendingCommit], outcomes: list[AddOutcome]) -> None:
         """The group is committed: count it, and give each item its result (done)."""
-        self.counters.commits += 1
+        c = self.counters
+        with c.lock:
+            c.commits += 1
+            for p, outcome in zip(batch, outcomes):
+                if outcome is AddOutcome.DUPLICATE:
+                    c.duplicates += 1
+                else:
+                    c.stored += 1
+                    c.bytes += p.prepared.record.size
+                if p.route is not None:
+                    c.by_route[p.route.name] = c.by_route.get(p.route.name, 0) + 1
         for p, outcome in zip(batch, outcomes):
             rec = p.prepared.record
-            if outcome is AddOutcome.DUPLICATE:
-                self.counters.duplicates += 1
-            else:
-                self.counters.stored += 1
-                self.counters.bytes += rec.size
-            if p.route is not None:
-                self.counters.by_route[p.route.name] = self.counters.by_route.get(p.route.name, 0) + 1
             p.result = StoredInstance(rec.sop_instance_uid, rec.sop_class_uid, rec.study_uid, rec.series_uid,
                                       rec.transfer_syntax, rec.size, outcome, p.route.name if p.route else None)
             p.done = True

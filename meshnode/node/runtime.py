@@ -81,6 +81,7 @@ class Node:
         key = home.signing_key()
         certificate = home.certificate()
         storage = NodeStorage.open(home.path)
+        db = DatabaseThread(storage.metadata)
         guard = RosterGuard(config.authority_keys, FileRosterVersionStore(home.state_dir / "roster-version"),
                             skew=config.clock_skew)
         try:
@@ -89,11 +90,14 @@ class Node:
                     libp2p_transport(host, config.directory), guard, DirectoryCache(home.directory_cache_dir),
                     directory_peer_id=directory_peer_id(config.directory), skew=config.clock_skew,
                     watch_transport=libp2p_transport(host, config.directory, timeout=WATCH_WAIT + 10))
-                ctx = NodeContext(home, config, key, certificate, storage, DatabaseThread(storage.metadata),
+                ctx = NodeContext(home, config, key, certificate, storage, db,
                                   PeerRegistry(guard, skew=config.clock_skew), directory)
                 await self._serve(ctx, host, task_status)
         finally:
-            storage.close()
+            # under the database lock: a C-STORE association thread may be mid-transaction (run_blocking);
+            # later calls get UnavailableError (0xA700)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(db.close)
 
     async def _serve(self, ctx: NodeContext, host: IHost, task_status: TaskStatus[list[str]]) -> None:
         await ctx.directory.refresh_roster()  # fail closed at start without a valid roster

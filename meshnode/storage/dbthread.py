@@ -6,6 +6,11 @@ CapacityLimiter(1): one call at a time, in order, never on the event loop.
 Callers batch: a batch of blocks is one call, so one thread hop. A caller
 on a plain thread of its own (pynetdicom's) may run its call there instead
 (`run_blocking`): a lock keeps every call exclusive either way.
+
+`close` closes the store under that lock, after the call under way (a plain
+thread may be mid-transaction when the node stops: closing the SQLite
+connection under it crashed the process); every later call raises
+UnavailableError (a C-STORE then answers 0xA700).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import TypeVar
 import trio
 
 from meshnode.storage.metadata import MetadataStore
+from protocol.errors import UnavailableError
 
 T = TypeVar("T")
 
@@ -28,6 +34,7 @@ class DatabaseThread:
         #: held during every call, from trio's side (run) or a plain thread's (run_blocking): one at a time
         self._lock = threading.Lock()
         self.calls = 0
+        self.closed = False
 
     async def run(self, fn: Callable[[MetadataStore], T]) -> T:
         """Run fn(store) on the database thread and return its result (or raise its error)."""
@@ -39,6 +46,16 @@ class DatabaseThread:
         other call; for a caller already on a worker thread (the C-STORE group commit), saving two hops."""
         return self._locked(fn)
 
+    def close(self) -> None:
+        """Close the store once the call under way (if any) returns; later calls raise UnavailableError.
+        Blocks: from trio, call it on a worker thread."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self.store.close()
+
     def _locked(self, fn: Callable[[MetadataStore], T]) -> T:
         with self._lock:
+            if self.closed:
+                raise UnavailableError("the node's database is closed (the node is stopping)")
             return fn(self.store)

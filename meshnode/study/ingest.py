@@ -27,7 +27,7 @@ from pathlib import Path
 
 from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
-from meshnode.storage.blockstore import BlockStore
+from meshnode.storage.blockstore import BlockMissingError, BlockStore
 from meshnode.storage.node_storage import NodeStorage, local_actor
 from meshnode.storage.records import AddOutcome, InstanceRecord, hash_uid
 from meshnode.study.staging import (
@@ -45,6 +45,8 @@ __all__ = ["IngestReport", "Ingester", "instance_record", "iter_files"]  # insta
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 BATCH_SIZE = 64
+#: files staged behind a commit under way, at most this many batches (then the ingest waits for it)
+PENDING_GROUPS = 8
 DEFAULT_WORKERS = os.cpu_count() or 2
 SECURITY_FLAGS = frozenset({"executable-preamble"})
 
@@ -201,8 +203,9 @@ class Ingester:
     def _group_commit(self, committer: ThreadPoolExecutor, committing: list[Future[None]],
                       pending: list[tuple[Path, StagedInstance]], report: IngestReport) -> None:
         """Hand everything pending to the commit thread once batch_size are, unless a commit is under way
-        (then the next group grows); raises the error of a commit that failed."""
-        if committing and committing[0].done():
+        (then the next group grows, up to PENDING_GROUPS batches: then this waits for that commit, so a
+        stalled disk holds staging back); raises the error of a commit that failed."""
+        if committing and (committing[0].done() or len(pending) >= PENDING_GROUPS * self.batch_size):
             committing.pop().result()
         if not committing and len(pending) >= self.batch_size:
             committing.append(committer.submit(self._commit, pending[:], report))
@@ -251,6 +254,13 @@ class Ingester:
                                          actor=self.actor, study=hash_uid(rec.study_uid),
                                          detail=f"{','.join(sorted(bad))} in {hash_uid(rec.sop_instance_uid)}"
                                                 " (bytes kept unchanged)"))
+        # a block staging found stored already (so did not write) may have been deleted since by the gc of a
+        # node running beside this process: checked last, so that no instance is recorded without its blocks
+        # (another process's gc is not locked out of the commit itself, so this narrows the window only)
+        blocks = self.storage.blocks
+        missing = sum(1 for rec in records for cid in set(rec.blocks) if not blocks.has(cid))
+        if missing:
+            raise BlockMissingError(f"{missing} block(s) were removed (gc?) before their instances were recorded")
         outcomes = self.storage.add_instances(records, events)
         for rec, outcome in zip(records, outcomes):
             report.studies.add(rec.study_uid)

@@ -8,7 +8,9 @@
 For each file, through one open descriptor:
 - the layout scan (structure.py), then the header region [0, header_end) read once: pydicom reads the
   attributes from those bytes in memory (no second open, no seek/tell system call per element), and the
-  same bytes are the header blocks stored, so the attributes listed are those of the bytes kept;
+  same bytes are the header blocks stored, so the attributes listed are those of the bytes kept; every
+  byte of it the scan read is checked to be the same (a file rewritten meanwhile is refused), so the
+  layout and its flags (executable-preamble, ...) describe the bytes kept too;
 - each block read (preadv) straight into a page-aligned buffer, hashed there (its CID and the file's
   sha256) and written from there (O_DIRECT where the filesystem allows it) by a writer thread, while
   this thread reads and hashes the next block. An O_DIRECT write waits for the disk; without the
@@ -29,9 +31,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from meshnode.dicom.blocks import block_ranges
-from meshnode.dicom.errors import InstanceChangedError
+from meshnode.dicom.errors import DicomLimitError, InstanceChangedError
 from meshnode.dicom.layout import InstancePlan, plan_layout
 from meshnode.dicom.structure import scan_layout_stream
 from meshnode.storage.blockstore import MAX_BLOCK_SIZE, BlockStore, StagedBlock
@@ -48,9 +51,40 @@ from protocol.errors import StorageError
 #: Blocks in flight per stager (read and hashed, being written): buffers of chunk_size each.
 DEPTH = 4
 WRITERS = 2
-#: A header region up to this size is read into memory once; a larger one (rare: huge private
-#: attributes) is read by pydicom from the file and its blocks one at a time like the pixel data.
+#: The header region is read into memory once (stored from there, pydicom reads the attributes from
+#: there): one that is larger than this (rare: huge private attributes, an encapsulated document) is still
+#: read whole, so that attributes and bytes stored cannot come from two reads of a file being rewritten.
 HEADER_IN_MEMORY = MAX_BLOCK_SIZE
+#: ...up to this size: a larger header region is refused (DicomLimitError).
+MAX_HEADER_BYTES = 1 << 30
+
+
+class _ReadsSeen:
+    """The file as the layout scan reads it (seek, read: all ByteSource calls), keeping what it read, so
+    that the header bytes read afterwards can be checked to be those the layout describes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.pos = fd, 0
+        self.reads: list[tuple[int, bytes]] = []
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise ValueError("only absolute seeks")  # a bug: the scan seeks to absolute offsets only
+        self.pos = pos
+        return pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = max(0, os.fstat(self.fd).st_size - self.pos)
+        data = os.pread(self.fd, n, self.pos)
+        self.reads.append((self.pos, data))
+        self.pos += len(data)
+        return data
+
+    def agrees_with(self, header: bytes) -> bool:
+        """Whether every byte the scan read below len(header) is the byte at its offset in `header`."""
+        end = len(header)
+        return all(data[: end - pos] == header[pos : pos + len(data)] for pos, data in self.reads if pos < end)
 
 
 def instance_record(plan: InstancePlan, blocks: Sequence[CID], sizes: Sequence[int], size: int, digest: bytes,
@@ -166,13 +200,19 @@ class FileStager:
             with path.open("rb") as stream:
                 fd = stream.fileno()
                 size = os.fstat(fd).st_size
-                layout = scan_layout_stream(stream, size)
-                header: bytes | None = None
-                if layout.header_end <= HEADER_IN_MEMORY:
-                    header = os.pread(fd, layout.header_end, 0)
-                    if len(header) != layout.header_end:
-                        raise InstanceChangedError("file shrank while reading it, at offset 0")
-                plan = plan_layout(header if header is not None else path, layout)
+                seen = _ReadsSeen(fd)
+                layout = scan_layout_stream(cast(BinaryIO, seen), size)
+                if layout.header_end > MAX_HEADER_BYTES:
+                    raise DicomLimitError(f"header of {layout.header_end} bytes before the pixel data exceeds "
+                                          f"the limit of {MAX_HEADER_BYTES} bytes")
+                # read once: the header blocks stored, what pydicom reads the attributes from, and (checked
+                # against what the scan read) what the layout and its flags describe
+                header = os.pread(fd, layout.header_end, 0)
+                if len(header) != layout.header_end:
+                    raise InstanceChangedError("file shrank while reading it, at offset 0")
+                if not seen.agrees_with(header):
+                    raise InstanceChangedError("file changed while reading it")
+                plan = plan_layout(header, layout)
                 digest = hashlib.sha256()
                 cids, sizes = [], []
                 for start, end in block_ranges(plan, self.chunk_size):
@@ -194,11 +234,11 @@ class FileStager:
         return StagedFile(plan, cids, sizes, size, digest.digest(), writes, source)
 
     @staticmethod
-    def _read(fd: int, header: bytes | None, start: int, end: int, buf: mmap.mmap, digest: hashlib._Hash) -> CID:
+    def _read(fd: int, header: bytes, start: int, end: int, buf: mmap.mmap, digest: hashlib._Hash) -> CID:
         """Bytes [start, end) of the file into `buf`, added to `digest`; their CID."""
         n = end - start
         with memoryview(buf) as view, view[:n] as block:
-            if header is not None and end <= len(header):
+            if end <= len(header):
                 block[:] = header[start:end]
             elif os.preadv(fd, [block], start) != n:
                 raise InstanceChangedError(f"file shrank while reading it, at offset {start}")
