@@ -217,7 +217,7 @@ class MeshNode:
         self.fetches[s.manifest_id] = f
         mesh.register_holder(s.sender, f)
         self.discovery.add(s.manifest_id, now)  # the node asks its holders when the fetch starts
-        self.arm_discovery()
+        self.arm_discovery(now)
         if idle and mesh.can_go_direct(self, f):
             # The scheduler is empty and forgets idle peers, so for one study from one holder it would
             # issue exactly one request for all its blocks: issue it ourselves and tell the scheduler
@@ -293,9 +293,11 @@ class MeshNode:
         return True
 
     # -- discovery: when the node asks holders what they hold (protocol.discovery) ----------
-    def arm_discovery(self) -> None:
-        """Queue this node's one discovery timer at the schedule's next_at() (if earlier than the queued one)."""
-        at = self.discovery.next_at()
+    def arm_discovery(self, at: float | None = None) -> None:
+        """Queue this node's one discovery timer at the schedule's next_at() (if earlier than the queued one);
+        `at`: a manifest was just made due then (add, hurry), so next_at() is no later (not scanned for)."""
+        if at is None:
+            at = self.discovery.next_at()
         if at is None or at >= self._wake_at:
             return
         self._wake_at = at
@@ -306,27 +308,28 @@ class MeshNode:
         """The answer may have changed for this manifest: ask at once (the schedule's hurry)."""
         if manifest_id is not None and manifest_id in self.discovery:
             self.discovery.hurry(manifest_id, now)
-            self.arm_discovery()
+            self.arm_discovery(now)
 
     def hurry_all(self, now: float) -> None:
         """A peer was dropped (the node's fetcher.peer_lost): every manifest is asked about at once."""
         if len(self.discovery):
             self.discovery.hurry_all(now)
-            self.arm_discovery()
+            self.arm_discovery(now)
 
     def _discovery_due(self, token: int, now: float) -> None:
         if token != self._wake_token:
             return  # superseded by an earlier timer, which has run
         self._wake_at = math.inf
-        if self.mesh.world.alive(self.org):
-            fetches = self.fetches
-            asked = False
-            for manifest_id in self.discovery.take_due(now):
-                f = fetches.get(manifest_id)
-                if f is not None and self._ask_holders(f):
-                    asked = True
-            if asked:
-                self.pump(now)
+        if not self.mesh.world.alive(self.org):
+            return  # a node that is down has no fetcher (come_up builds a new schedule and timer)
+        fetches = self.fetches
+        asked = False
+        for manifest_id in self.discovery.take_due(now):
+            f = fetches.get(manifest_id)
+            if f is not None and self._ask_holders(f):
+                asked = True
+        if asked:
+            self.pump(now)
         self.arm_discovery()
 
     def _ask_holders(self, f: Fetch) -> bool:
