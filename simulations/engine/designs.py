@@ -102,7 +102,7 @@ class MeshDesign:
     def settings(self) -> dict[str, object]:
         delivery = self.world.scenario.design.delivery  # the node's DeliveryPolicy, as the scenario changes it
         out: dict[str, object] = {"scheduler": self.mesh.scheduler_settings(),
-                                  "discovery_interval_s": self.mesh.tick,
+                                  "discovery_interval_s": self.mesh.settings.discovery_interval,
                                   "granularity_bytes": self.world.scenario.design.granularity,
                                   "delivery": {"backoff_base_s": delivery.backoff.base,
                                                "backoff_factor": delivery.backoff.factor,

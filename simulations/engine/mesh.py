@@ -12,11 +12,26 @@ corrupting attacker's blocks fail their hash check) and the scheduler is
 asked for the next requests, as meshnode/node/fetcher.py does after each
 commit round of its block sink.
 
-Holders are discovered the way the node's discovery loop finds them: the
-announcer holds everything; other recipients of the same study become
-holders of the blocks they have verified, learnt at the next discovery
-tick; a holder that fails is `peer_lost` and found again a tick after it is
-reachable.
+Holders are discovered when the node's discovery loop asks for them: each
+node runs the node's own `DiscoverySchedule` (protocol.discovery, with the
+node's FetchSettings), keyed by the manifests it fetches: a manifest is asked
+about when its fetch starts (or resumes after a restart), then after the
+discovery interval, twice that, ... up to discovery_interval_max; at once
+again when the scheduler reports a `BlockStalled` for it (`hurry`), and every
+manifest at once when the node's roster drops a peer (`hurry_all`, as
+meshnode/node/runtime.py calls fetcher.peer_lost). A holder that fails is
+`peer_lost` in the scheduler (as the node's fetcher does on a failed dial or
+stream) without hurrying. The engine keeps one timer per node, at the
+schedule's `next_at()`, and asks about everything `take_due` returns.
+
+What a holder holds: the announcer holds everything; other recipients of the
+same study become holders of the blocks they have verified. As in the node,
+nothing tells a recipient that a fellow recipient verified a block, that a
+holder came back up, or that a partition healed: it learns each at that
+manifest's next due discovery round (so late in a long fetch, up to
+discovery_interval_max later). The hybrid design's hub is no holder the node
+knows: a fetch that falls back to it, or learns the hub now stores its study,
+asks at once (`hurry`), the hybrid design's own rule.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ from typing import TYPE_CHECKING
 
 from protocol.access import Share, decide, servable
 from protocol.cid import CID
+from protocol.discovery import DiscoverySchedule
 from protocol.errors import LocalProtocolError
 from protocol.fetch_order import rotated, start_offset
 from protocol.fetch import BlockStalled, BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
@@ -52,8 +68,8 @@ PRIORITY_BY_RANK = (Priority.STAT, Priority.URGENT, Priority.ROUTINE)
 
 
 class Fetch:
-    __slots__ = ("transfer", "study", "node", "done", "told", "tick_pending", "last_progress", "hub_added",
-                 "order", "first_blocks", "fallback_armed", "direct", "direct_request", "direct_at")
+    __slots__ = ("transfer", "study", "node", "done", "told", "last_progress", "hub_added",
+                 "order", "first_blocks", "fallback_armed", "direct", "direct_request", "direct_at", "round_bytes")
 
     def __init__(self, transfer: Transfer, node: MeshNode, order: list[int], first_blocks: int) -> None:
         self.transfer = transfer
@@ -61,7 +77,6 @@ class Fetch:
         self.node = node
         self.done: list[bool] = [False] * len(self.study.cids)
         self.told: dict[int, int] = {}  # holder org -> blocks of study.held[org] reported (sender: -1 = all)
-        self.tick_pending = False
         self.last_progress = 0.0
         self.hub_added = False
         self.order = order
@@ -70,6 +85,9 @@ class Fetch:
         self.direct = False  # running without the scheduler knowing (see MeshNode.start_fetch)
         self.direct_request: RequestState | None = None
         self.direct_at = 0.0
+        #: control bytes of one discovery round (an availability exchange with each recipient org)
+        s = self.study
+        self.round_bytes = len(s.recipients) * wire_sizes.have_exchange(s.images, s.image_bytes)
 
 
 class RequestState:
@@ -118,6 +136,10 @@ class MeshNode:
                                    policy=world.scenario.design.delivery, uniform=lambda: float(draws.random()))
         self.pending: dict[DeliveryKey, Transfer] = {}
         self.direct: Fetch | None = None
+        #: when each fetched manifest's holders are asked next: the node's schedule (protocol.discovery)
+        self.discovery: DiscoverySchedule[CID] = mesh.new_discovery()
+        self._wake_at = math.inf  # the discovery timer queued (one per node), and its token
+        self._wake_token = 0
 
     # -- announcing (sender side) ---------------------------------------------------------
     def announce(self, t: Transfer, now: float) -> None:
@@ -194,6 +216,8 @@ class MeshNode:
         idle = not self.fetches
         self.fetches[s.manifest_id] = f
         mesh.register_holder(s.sender, f)
+        self.discovery.add(s.manifest_id, now)  # the node asks its holders when the fetch starts
+        self.arm_discovery(now)
         if idle and mesh.can_go_direct(self, f):
             # The scheduler is empty and forgets idle peers, so for one study from one holder it would
             # issue exactly one request for all its blocks: issue it ourselves and tell the scheduler
@@ -205,8 +229,6 @@ class MeshNode:
             return
         self._add_to_scheduler(f, now)
         self._tell(f, s.sender)
-        if len(s.recipients) > 1 or s.hub_stored:
-            mesh.schedule_tick(f)
         mesh.arm_fallback(f)
         self.pump(now)
 
@@ -238,16 +260,16 @@ class MeshNode:
         have = frozenset(s.cids[i] for i, d in enumerate(f.done) if d)
         self.sched(self.sender_of(s)).add_manifest(s.manifest_id, wanted, PRIORITY_BY_RANK[s.priority], have, now)
 
-    def _tell(self, f: Fetch, holder: int) -> None:
-        """Report what `holder` has of f's study to the scheduler (if it may be asked now)."""
+    def _tell(self, f: Fetch, holder: int) -> bool:
+        """Report what `holder` has of f's study to the scheduler (if it may be asked now); True if it was news."""
         world = self.mesh.world
         s = f.study
         assert s.manifest_id is not None
         if holder == self.org or not world.reachable(holder, self.org):
-            return
+            return False
         if holder == HUB:
             if not (s.hub_stored and f.hub_added):
-                return
+                return False
             told, blocks = f.told.get(HUB, 0), list(range(len(s.cids)))
         else:
             # the node's own rule (protocol.access): a holder answers only a recipient of the manifest, with
@@ -255,36 +277,78 @@ class MeshNode:
             # fetched under this manifest (s.held: verified blocks of this study, from its sender or recipients)
             share = study_share(world, s)
             if not decide(share, world.orgs[self.org].code, 0).allowed:
-                return
+                return False
             if servable(share, world.orgs[holder].code, obtained=False):
                 told, blocks = f.told.get(holder, 0), list(range(len(s.cids)))
             else:
                 told, blocks = f.told.get(holder, 0), s.held.get(holder, [])
         if told >= len(blocks):
-            return
+            return False
         name = world.hub_code if holder == HUB else world.orgs[holder].code
         sender = self.sender_of(s)
         if told == 0:
             self.refs[(sender, name)] = self.refs.get((sender, name), 0) + 1
         self.sched(sender).peer_available(name, s.manifest_id, [s.cids[i] for i in blocks[told:]])
         f.told[holder] = len(blocks)
+        return True
 
-    def discover(self, f: Fetch, now: float) -> None:
-        """A discovery tick: ask every holder of the study what it has."""
-        f.tick_pending = False
-        if f.direct:
-            self.materialise()
-        if f.study.manifest_id not in self.fetches or not self.mesh.world.alive(self.org):
+    # -- discovery: when the node asks holders what they hold (protocol.discovery) ----------
+    def arm_discovery(self, at: float | None = None) -> None:
+        """Queue this node's one discovery timer at the schedule's next_at() (if earlier than the queued one);
+        `at`: a manifest was just made due then (add, hurry), so next_at() is no later (not scanned for)."""
+        if at is None:
+            at = self.discovery.next_at()
+        if at is None or at >= self._wake_at:
             return
+        self._wake_at = at
+        self._wake_token += 1
+        self.mesh.world.queue.at(at, self._discovery_due, self._wake_token)
+
+    def hurry(self, manifest_id: CID | None, now: float) -> None:
+        """The answer may have changed for this manifest: ask at once (the schedule's hurry)."""
+        if manifest_id is not None and manifest_id in self.discovery:
+            self.discovery.hurry(manifest_id, now)
+            self.arm_discovery(now)
+
+    def hurry_all(self, now: float) -> None:
+        """A peer was dropped (the node's fetcher.peer_lost): every manifest is asked about at once."""
+        if len(self.discovery):
+            self.discovery.hurry_all(now)
+            self.arm_discovery(now)
+
+    def _discovery_due(self, token: int, now: float) -> None:
+        if token != self._wake_token:
+            return  # superseded by an earlier timer, which has run
+        self._wake_at = math.inf
+        if not self.mesh.world.alive(self.org):
+            return  # a node that is down has no fetcher (come_up builds a new schedule and timer)
+        fetches = self.fetches
+        asked = False
+        for manifest_id in self.discovery.take_due(now):
+            f = fetches.get(manifest_id)
+            if f is not None and self._ask_holders(f):
+                asked = True
+        if asked:
+            self.pump(now)
+        self.arm_discovery()
+
+    def _ask_holders(self, f: Fetch) -> bool:
+        """One manifest's discovery round, without the pump; True if a holder was news to the scheduler (a round
+        that tells it nothing new cannot change its next requests: no pump)."""
         s = f.study
-        self._tell(f, s.sender)
-        for holder in list(s.held):
-            self._tell(f, holder)
-        if f.hub_added:
-            self._tell(f, HUB)
-        t = f.transfer
-        t.control += len(s.recipients) * wire_sizes.have_exchange(s.images, s.image_bytes)
-        self.pump(now)
+        f.transfer.control += f.round_bytes
+        if f.direct:
+            # The fetch running directly asks its only holder (the announcer, which holds everything) for
+            # everything already: the answer tells the scheduler nothing, so it stays direct.
+            return False
+        told, n = f.told, len(s.cids)
+        news = told.get(s.sender, 0) < n and self._tell(f, s.sender)
+        for holder in s.held:
+            if told.get(holder, 0) < n and self._tell(f, holder):
+                news = True
+        if f.hub_added and self._tell(f, HUB):
+            news = True
+        return news
 
     def pump(self, now: float) -> None:
         """What meshnode's fetcher loop does on every wake: issue next requests, handle events."""
@@ -304,6 +368,7 @@ class MeshNode:
                 if f is None:
                     continue
                 sched.remove_manifest(ev.manifest_id)
+                self.discovery.remove(ev.manifest_id)
                 self._release_refs(f, now)
                 mesh.completed(f, now)
             elif isinstance(ev, PeerBanned):  # banned from this sender's manifests (its scheduler's)
@@ -313,9 +378,10 @@ class MeshNode:
                     if self.sender_of(f.study) == sender:
                         f.told.pop(holder, None)
                 self.refs.pop((sender, ev.peer), None)
-            elif isinstance(ev, BlockStalled):
+            elif isinstance(ev, BlockStalled):  # the node hurries this manifest's discovery
                 f = self.fetches.get(ev.manifest_id)
                 if f is not None:
+                    self.hurry(ev.manifest_id, now)
                     mesh.arm_fallback(f)
         for request in sched.next_requests(now):
             mesh.issue(self, sender, request, now)
@@ -354,16 +420,21 @@ class MeshNode:
         self.refs.clear()
         for f in self.fetches.values():
             f.told.clear()
-            f.tick_pending = False
+        # the node's fetcher (and its schedule) stops; the queued timer finds nothing due
+        self.discovery = self.mesh.new_discovery()
+        self._wake_at = math.inf
+        self._wake_token += 1
 
     def come_up(self, now: float) -> None:
         """A restarted node resumes every unfinished fetch from the blocks verified on disk."""
         self.scheds = self.mesh.new_schedulers()
-        for f in self.fetches.values():
+        self.discovery = self.mesh.new_discovery()
+        for manifest_id, f in self.fetches.items():
             f.transfer.state = advance(Side.RECIPIENT, f.transfer.state, ManifestEvent.FETCH_STARTED)  # resumed
             self._add_to_scheduler(f, now)
             f.last_progress = now
-            self.mesh.schedule_tick(f, delay=0.0)
+            self.discovery.add(manifest_id, now)  # the restarted fetcher starts it again: asked at once
+        self.arm_discovery()
         self.outbox.come_up(now)
         deferred, self.deferred = self.deferred, []
         for s in deferred:

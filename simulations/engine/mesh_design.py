@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+from protocol.cid import CID
+from protocol.discovery import DiscoverySchedule
 from protocol.exchange_messages import verify_block
 from protocol.fetch import FetchScheduler, Request
 from protocol.fetch_schedulers import FetchSchedulers
@@ -49,7 +51,6 @@ class Mesh:
         self.scale = scale
         self.settings = scaled(d.fetch, scale)
         self.request_timeout = self.settings.request_timeout
-        self.tick = self.settings.discovery_interval
         self.fallback_after = d.fallback_after
         self.verify_rate = d.verify_rate
         self.direct_enabled = world.scenario.engine.idle_fast_path
@@ -66,6 +67,11 @@ class Mesh:
         out = dataclasses.asdict(self.settings)
         del out["discovery_interval"]  # reported on its own
         return out
+
+    def new_discovery(self) -> DiscoverySchedule[CID]:
+        """A node's discovery schedule, built from the settings as meshnode/node/fetcher.py builds its own."""
+        s = self.settings
+        return DiscoverySchedule(s.discovery_interval, max(s.discovery_interval, s.discovery_interval_max))
 
     def new_schedulers(self) -> FetchSchedulers:
         """A node's schedulers, one per sender org, as the node runs them (protocol.fetch_schedulers)."""
@@ -161,17 +167,9 @@ class Mesh:
         if holder >= 0:
             self.can_serve[holder][f] = None
 
-    def schedule_tick(self, f: Fetch, delay: float | None = None) -> None:
-        if f.tick_pending:
-            return
-        f.tick_pending = True
-        self.world.queue.after(self.tick if delay is None else delay, self._tick, f)
-
-    def _tick(self, f: Fetch, now: float) -> None:
-        f.node.discover(f, now)
-
     def block_verified(self, f: Fetch, block: int, now: float) -> None:
-        """f's node now holds this block: the other recipients will see it at their next tick."""
+        """f's node now holds this block: the other recipients learn it at their next discovery round (the
+        node's schedule: nothing tells them sooner)."""
         s = f.study
         org = f.node.org
         held = s.held.get(org)
@@ -186,7 +184,6 @@ class Mesh:
                 g = self.nodes[other.recipient].fetches.get(s.manifest_id) if s.manifest_id else None
                 if g is not None:
                     self.can_serve[org][g] = None
-                    self.schedule_tick(g)
 
     # -- requests as flows --------------------------------------------------------------------
     def issue(self, node: MeshNode, sender: str, request: Request, now: float) -> None:
@@ -358,6 +355,7 @@ class Mesh:
         self.block_verified(f, 0, now)
         assert t.study.manifest_id is not None
         del node.fetches[t.study.manifest_id]
+        node.discovery.remove(t.study.manifest_id)
         node.direct = None
         f.direct = False
         self.completed(f, now)
@@ -394,11 +392,11 @@ class Mesh:
         if world.orgs[org].revoked:
             return
         self.nodes[org].come_up(now)
-        for f in list(self.can_serve[org]):
-            self.schedule_tick(f)
+        # the fetches it can serve learn it is back at their next discovery round (as the node does)
 
     def partition_changed(self, now: float, healed: bool) -> None:
-        """Cut every flow the partition separates; after a heal, every fetch looks for holders again."""
+        """Cut every flow the partition separates; after a heal, each fetch finds the holders it can reach
+        again at its next discovery round (nothing tells the node sooner)."""
         world = self.world
         if not healed:
             for org in range(len(world.orgs)):
@@ -408,16 +406,15 @@ class Mesh:
                         st.node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
                         st.node.lost_peer(org, now)
                         st.node.pump(now)
-        else:
-            for node in self.nodes:
-                for f in node.fetches.values():
-                    self.schedule_tick(f)
 
     def revoked(self, org: int, now: float) -> None:
         """Every node has the roster that revokes org: it is cut off, and nothing it signs is accepted."""
         world = self.world
         world.orgs[org].revoked = True
         self._cut_serving(org, now)
+        for other in self.nodes:  # each node's roster drops it: the node's fetcher.peer_lost hurries them all
+            if other.org != org and world.alive(other.org):
+                other.hurry_all(now)
         node = self.nodes[org]
         for f in list(node.fetches.values()):
             self._fail(f.transfer, now, "recipient revoked")
@@ -444,7 +441,7 @@ class Mesh:
             f.hub_added = True
             self.world.recorder.fallbacks += 1
             if self.world.alive(node.org):
-                node.discover(f, now)
+                node.hurry(f.study.manifest_id, now)
         else:
             self.arm_fallback(f)
 
@@ -455,7 +452,7 @@ class Mesh:
                 continue
             f = self.nodes[t.recipient].fetches.get(s.manifest_id) if s.manifest_id else None
             if f is not None and f.hub_added:
-                self.schedule_tick(f)
+                f.node.hurry(s.manifest_id, now)
             elif f is None and t.announced_at < 0 and self.hub is not None:
                 self.hub.relay_announce(t, now, self.fallback_after)
 
@@ -473,7 +470,7 @@ class Mesh:
         if f is not None and not f.hub_added:
             f.hub_added = True
             self.world.recorder.fallbacks += 1
-            self.schedule_tick(f, delay=0.0)
+            node.hurry(t.study.manifest_id, now)
 
     def hub_down(self, now: float) -> None:
         for flow, st in list(self.hub_serving.items()):
@@ -483,7 +480,4 @@ class Mesh:
             st.node.pump(now)
 
     def hub_up(self, now: float) -> None:
-        for node in self.nodes:
-            for f in node.fetches.values():
-                if f.hub_added:
-                    self.schedule_tick(f)
+        """The hub is back: fetches falling back to it find it at their next discovery round."""

@@ -18,6 +18,7 @@ either side's decision alone and this fails.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from meshnode.dicom import synthetic
 from protocol.errors import UnauthorisedError
 from protocol.fetch import Request
 from protocol.manifest import Manifest
+from simulations.engine import wire_sizes
 from simulations.engine.mesh import Fetch, MeshNode
 from simulations.engine.mesh_design import Mesh
 from simulations.engine.slice import window_of
@@ -219,3 +221,43 @@ async def test_the_node_and_the_simulator_fetch_alike(autojump_clock: MockClock,
     assert all(node_answers[(SENDER, org)] is None for org in RECIPIENTS)
     assert all(node_answers[(STRANGER, org)] is None and node_answers[(org, STRANGER)] is None
                for org in (SENDER, *RECIPIENTS))
+
+
+def test_the_simulator_asks_holders_when_the_node_schedule_says() -> None:
+    """Discovery rounds follow protocol.discovery as the node's fetcher runs it: a stuck fetch is asked about
+    at once when its block stalls (the holder is lost), then after the interval, twice it, ... up to the
+    maximum; not on a fixed tick. A round shows as the fetch's control bytes growing by one availability
+    exchange per recipient org."""
+    world = sim_world()
+    mesh = Mesh(world)
+    sender = world.code_index[SENDER]
+    study = Study(1, 0.0, sender, [world.code_index[o] for o in sorted(RECIPIENTS)], 0, 2, 8, 64 * 2**20,
+                  8 * 2**20, True)
+    mesh.arrive(study, 0.0)
+    q = world.queue
+    while not all(study.manifest_id in mesh.nodes[t.recipient].fetches for t in study.transfers):
+        q.pop_and_run()
+    mesh.node_down(sender, q.now)  # every recipient's requests fail: its blocks stall, and it hurries
+    assert study.manifest_id is not None
+    fetches = [mesh.nodes[t.recipient].fetches[study.manifest_id] for t in study.transfers]
+    rounds: dict[int, list[float]] = {f.node.org: [] for f in fetches}
+    exchange = len(study.recipients) * wire_sizes.have_exchange(study.images, study.image_bytes)
+    control = {f.node.org: f.transfer.control for f in fetches}
+    while len(q) and q.next_time() < 40.0:
+        q.pop_and_run()
+        for f in fetches:
+            if f.transfer.control != control[f.node.org]:
+                assert f.transfer.control - control[f.node.org] == pytest.approx(exchange)
+                control[f.node.org] = f.transfer.control
+                rounds[f.node.org].append(q.now)
+    s = mesh.settings
+    assert s.discovery_interval < s.discovery_interval_max
+    backoff = [round(min(s.discovery_interval * 2**k, s.discovery_interval_max), 9) for k in range(40)]
+    for org, times in rounds.items():
+        gaps = [round(b - a, 9) for a, b in itertools.pairwise(times)]
+        # asked when the fetch started (the announcement's arrival), again at once when its blocks stalled
+        # (sooner than the interval: hurried), then backing off from the interval up to the maximum
+        assert times[0] == mesh.nodes[org].fetches[study.manifest_id].transfer.fetch_started, (org, times)
+        assert 0 < gaps[0] < s.discovery_interval, (org, gaps)
+        assert gaps[1:] == backoff[:len(gaps) - 1], (org, gaps)
+        assert len(gaps) > 6  # past the maximum

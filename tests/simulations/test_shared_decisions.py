@@ -1,7 +1,7 @@
 """The simulator makes the node's decisions by calling the very objects the node calls (imports, not copies).
 
 For each decision (fetch order, fetch scheduling and its settings, the access rule, delivery retries, the
-manifest lifecycle) this checks, at run time, that the simulator's modules and the node's modules hold the
+manifest lifecycle, when holders are asked what they hold) this checks, at run time, that the simulator's modules and the node's modules hold the
 same protocol/ object, and, in their source, that neither the simulator nor the node's exchange modules
 define a name of their own for any of them. It fails as soon as either side starts using a copy.
 """
@@ -27,6 +27,7 @@ import meshnode.node.sender as node_sender
 import protocol.access as access
 import protocol.backoff as backoff
 import protocol.delivery_policy as delivery_policy
+import protocol.discovery as discovery
 import protocol.exchange_messages as exchange_messages
 import protocol.fetch as fetch
 import protocol.fetch_order as fetch_order
@@ -75,6 +76,9 @@ DECISIONS = [
                    (node_lifecycle, "ManifestEvent"), (node_lifecycle, "Side")),
              sim=((sim_mesh, "advance"), (sim_mesh_design, "advance"), (sim_mesh_design, "ManifestEvent"),
                   (sim_state, "ManifestState"))),
+    Decision("discovery timing", (discovery,), ("DiscoverySchedule",),
+             node=((node_fetcher, "DiscoverySchedule"),),
+             sim=((sim_mesh, "DiscoverySchedule"), (sim_mesh_design, "DiscoverySchedule"))),
 ]
 
 #: Delivery retries: the node's retry driver and the simulator's OutboxDriver run the same Outbox, built from a
@@ -201,3 +205,26 @@ def test_the_copy_check_finds_a_copy(tmp_path: Path) -> None:
     copy = tmp_path / "copy.py"
     copy.write_text("WINDOW_MAX = 64\n\nclass X:\n    def start_offset(self) -> int:\n        return 0\n")
     assert [n for n, _ in _definitions(copy)] == ["WINDOW_MAX", "X", "start_offset"]
+
+
+def _schedule_calls(module: ModuleType, settings: str) -> list[str]:
+    """Every DiscoverySchedule(...) call in a module's source, its settings object written as `s`."""
+    tree = ast.parse(Path(module.__file__ or "").read_text())
+    return [ast.unparse(n).replace(settings, "s.") for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "DiscoverySchedule"]
+
+
+def test_both_sides_time_discovery_with_the_schedule_built_from_the_fetch_settings() -> None:
+    """Each simulated node runs a DiscoverySchedule built from the FetchSettings as the node's fetcher builds its
+    own, and nothing else in the simulator's engine reads the discovery interval (no fixed tick of its own):
+    only Mesh.new_discovery, and the run's manifest that reports it."""
+    node_calls = _schedule_calls(node_fetcher, "self.settings.")
+    assert len(node_calls) == 1 and node_calls == _schedule_calls(sim_mesh_design, "s.")
+    assert "s.discovery_interval_max" in node_calls[0]
+    readers: set[tuple[str, str]] = set()
+    for path in _python_files("simulations/engine"):
+        for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                readers |= {(path.name, fn.name) for n in ast.walk(fn)
+                            if isinstance(n, ast.Attribute) and n.attr.startswith("discovery_interval")}
+    assert readers == {("mesh_design.py", "new_discovery"), ("designs.py", "settings")}
