@@ -9,12 +9,11 @@ Three mechanisms, each sized for honest concurrency rather than against it:
   spell. A request with no token left is refused (REFUSE): that is a flood, whatever its shape.
 - Concurrency per peer and lane: at most `max_streams` requests of a lane handled at once. A request
   beyond them WAITs for a slot (the stream stays open, nothing of it is read) instead of being refused:
-  back-pressure an honest client feels as latency, never as an error. Only the DATA lane (announce,
-  have, blocks: work a peer asks of this node) bounds its queue (`max_waiting`) and refuses past it;
-  the CONTROL lane (hello, receipt, recall: tiny, and a receipt is what completes a delivery) is never
-  refused for concurrency, only for rate. How many streams can wait at all is bounded below this, by
-  the muxer's cap on inbound streams per connection (common.p2p.muxer.MAX_INBOUND_STREAMS), and their
-  bytes by the gate's byte budgets.
+  back-pressure an honest client feels as latency, never as an error. Each lane bounds its queue
+  (`max_waiting`) and refuses past it; the queue is sized above what an honest node ever opens to one
+  peer (meshnode.node.limits.OUTBOUND_SLOTS: 48 data, 32 control streams, below `max_streams`), so an
+  honest node never even waits. A wait that ends without a slot (`time_out`: its patience ran out) is
+  scored like a refusal: holding the slots and the queue with silent streams is a flood too.
 - A disconnect only for sustained abuse: every refusal adds one to the peer's abuse score, which
   decays with a half-life of `abuse_half_life` seconds; the peer is cut off when the score reaches
   `abuse_threshold`. A peer refused now and then (a burst that overran) is forgiven; one refused
@@ -43,7 +42,7 @@ from protocol.exchange_messages import (
 
 class Lane(enum.Enum):
     DATA = "data"  # announce, have, blocks: work a peer asks of this node
-    CONTROL = "control"  # hello, receipt, recall: tiny; never refused for concurrency
+    CONTROL = "control"  # hello, receipt, recall: tiny; a queue of its own, so data work never delays them
 
 
 LANES: dict[str, Lane] = {
@@ -67,7 +66,7 @@ class Verdict(enum.Enum):
 class AdmissionSettings:
     #: requests of one lane handled at once, per peer
     max_streams: int = 64
-    #: data requests queued behind those, per peer (control requests are never refused for concurrency)
+    #: requests of one lane queued behind those, per peer; refused (and scored) past it
     max_waiting: int = 64
     #: requests a second, sustained, per peer; and how many at once after a quiet spell
     rate: float = 500.0
@@ -134,7 +133,7 @@ class Admission:
         p.tokens -= 1
         if p.active.get(lane, 0) < s.max_streams and not p.waiting.get(lane, 0):
             return self._admit(p, lane)
-        if lane is Lane.DATA and p.waiting.get(lane, 0) >= s.max_waiting:
+        if p.waiting.get(lane, 0) >= s.max_waiting:
             return self._refuse(p, now, "too many concurrent requests")
         p.waiting[lane] = p.waiting.get(lane, 0) + 1
         self.waited += 1
@@ -155,6 +154,15 @@ class Admission:
         p = self._peers.get(peer)
         if p is not None and p.waiting.get(lane, 0) > 0:
             p.waiting[lane] -= 1
+
+    def time_out(self, peer: str, lane: Lane, now: float) -> Decision:
+        """A waiting request got no slot within its patience: it stops waiting, and is scored as a refusal
+        (a peer keeping every slot and the queue full with requests it never completes is flooding)."""
+        self.give_up(peer, lane)
+        p = self._peers.get(peer)
+        if p is None:
+            return Decision(Verdict.REFUSE, "no slot in time")
+        return self._refuse(p, now, "no slot in time (too many concurrent requests)")
 
     def leave(self, peer: str, lane: Lane) -> None:
         """An admitted request ended: its slot is free."""

@@ -15,10 +15,11 @@ class PeerLimits:
     """The node's driver of protocol.admission.Admission: a request the policy says WAIT for waits here
     (for a slot of its lane, at most `patience` seconds) instead of being refused.
 
-    Data requests queue up to half the stream limit behind it: an honest node opens at most
-    OUTBOUND_SLOTS (48) data streams to a peer, so only a peer that ignores that (a flood) overflows the
-    queue, is refused, and is cut off once its refusals add up (the muxer's 128 streams per connection
-    would otherwise let a flood wait forever without a single refusal)."""
+    Each lane queues up to half the stream limit behind it: an honest node opens at most OUTBOUND_SLOTS
+    (48 data, 32 control) streams to a peer, below the stream limit, so only a peer that ignores that (a
+    flood) waits at all. Past the queue a request is refused; a wait that gets no slot within its patience
+    is scored like a refusal (LimitError either way); the peer is cut off once they add up. Without both,
+    the muxer's 128 streams per connection would let a flood hold every slot forever with a score of 0."""
 
     def __init__(self, max_streams: int, max_rate: float, settings: AdmissionSettings | None = None) -> None:
         self.admission = Admission(settings or AdmissionSettings(
@@ -40,17 +41,22 @@ class PeerLimits:
         if decision.verdict is Verdict.REFUSE:
             raise LimitError(decision.reason)
         admitted = False
+        timed_out = False
         try:
-            with trio.move_on_after(patience):
+            with trio.move_on_after(patience) as scope:
                 while True:
                     freed = self._freed.setdefault(peer, trio.Event())
                     if self.admission.retry(peer, lane).verdict is Verdict.ADMIT:
                         admitted = True
                         return
                     await freed.wait()
+            timed_out = scope.cancelled_caught
         finally:
             if not admitted:
-                self.admission.give_up(peer, lane)
+                if timed_out:  # scored: a wait that never got a slot counts as a refusal
+                    self.admission.time_out(peer, lane, now())
+                else:  # cancelled from outside (the node is stopping): not the peer's doing
+                    self.admission.give_up(peer, lane)
                 self._wake(peer)
         raise LimitError(f"no slot for this request within {patience:g} s (too many concurrent requests)")
 

@@ -27,10 +27,12 @@ RESOLVE_TTL = 30.0  # seconds a verified org resolution is reused before asking 
 
 @dataclass
 class _Flight:
-    """One directory lookup of an org under way, shared by every caller that asks meanwhile."""
+    """One directory lookup of an org under way, shared by every caller that asks meanwhile. `peers` is set
+    only when the lookup returned and `error` only when it failed with a MeshError: when neither is (its
+    caller was cancelled, or it failed with a bug), the lookup was abandoned and each joiner asks again."""
 
     done: trio.Event = field(default_factory=trio.Event)
-    peers: list[ResolvedPeer] = field(default_factory=list)
+    peers: list[ResolvedPeer] | None = None
     error: MeshError | None = None
 
 
@@ -51,16 +53,18 @@ class Sessions:
         org share one directory lookup (with hundreds of studies being fetched, an
         expired resolution was otherwise looked up hundreds of times at once).
         """
-        flight = self._resolving.get(org)
-        if flight is not None:  # a lookup is under way: its outcome is this call's too
+        while (flight := self._resolving.get(org)) is not None:  # a lookup is under way: its outcome is ours
             await flight.done.wait()
             if flight.error is not None:
                 raise UnavailableError(str(flight.error))
-            return list(flight.peers)
+            if flight.peers is not None:
+                return list(flight.peers)
+            # abandoned (its caller was cancelled, or it failed with a bug): never "no nodes"; ask again
         flight = self._resolving[org] = _Flight()
         try:
-            flight.peers = await self._org_peers(org)
-            return list(flight.peers)
+            peers = await self._org_peers(org)
+            flight.peers = peers
+            return list(peers)
         except MeshError as exc:
             flight.error = exc
             raise

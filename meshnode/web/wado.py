@@ -179,12 +179,16 @@ class Wado:
         missing = await trio.to_thread.run_sync(self._missing_blocks, records, limiter=self.s.block_readers)
         if missing:
             raise HttpError(503, f"{missing} block(s) of this study are not on this node (yet)")
-        # The first instance (a single-instance retrieve: all of it) is read and verified before the status
-        # line: a block found corrupt is answered with an error, not a 200 cut short.
+        # The first batch of the response (the first instance when it is at most BATCH_BYTES, else its first
+        # slice of about BATCH_BYTES) is read and verified before the status line: a block found corrupt there
+        # is answered with an error, not a 200 cut short. A block found corrupt later (in a large first
+        # instance too) cuts the body short, detectably; a response never holds a whole large instance.
         boundary = secrets.token_hex(16)
         multipart = negotiation.multipart
         heads = [self._part_head(boundary, r, i == 0) if multipart else b"" for i, r in enumerate(records)]
-        first = await self._first_instance(heads[0], records[0])
+        first_part = plan_batches([(heads[0], records[0])], BATCH_BYTES)
+        first = await self._first_batch(first_part[0])
+        later = first_part[1:] + plan_batches(list(zip(heads[1:], records[1:])), BATCH_BYTES)
         total = sum(r.size for r in records)
         study = hash_uid(request.path_params["study"])
         await self.s.audit(AuditEvent(EventCode.INSTANCES_ACCESSED, "wado-retrieve", actor=actor(request),
@@ -193,7 +197,7 @@ class Wado:
         tail = f"\r\n--{boundary}--\r\n".encode()
 
         async def produce(write: Write) -> None:
-            await self._stream(first, list(zip(heads[1:], records[1:])), write)
+            await self._stream(first, later, len(records), write)
             if multipart:
                 await write(tail)
 
@@ -204,10 +208,9 @@ class Wado:
         return ProducedResponse(produce, 200, {"content-length": str(total)},
                                 f"application/dicom; transfer-syntax={records[0].transfer_syntax}")
 
-    async def _first_instance(self, head: bytes, record: InstanceRecord) -> list[bytes]:
-        """The first part (head and instance), every block verified."""
-        whole = PartSlice(head, record, 0, len(record.blocks))
-        batch = await trio.to_thread.run_sync(read_parts, self.s.storage.blocks, [whole],
+    async def _first_batch(self, slices: list[PartSlice]) -> list[bytes]:
+        """The response's first batch (the first part's head and its first blocks), every block verified."""
+        batch = await trio.to_thread.run_sync(read_parts, self.s.storage.blocks, slices,
                                               limiter=self.s.block_readers)
         try:
             if batch.error is not None:
@@ -231,9 +234,10 @@ class Wado:
         return ((b"" if first else b"\r\n") + f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax="
                 f"{record.transfer_syntax}\r\nContent-Length: {record.size}\r\n\r\n".encode())
 
-    async def _stream(self, first: list[bytes], parts: list[tuple[bytes, InstanceRecord]], write: Write) -> None:
-        """Send the first part (already read) and then every other one, in order. Instances are read in
-        batches of about BATCH_BYTES (whole instances, or block slices of a larger one), one worker-thread
+    async def _stream(self, first: list[bytes], batches: list[list[PartSlice]], instances: int,
+                      write: Write) -> None:
+        """Send the first batch (already read) and then every other one, in order. Instances are read in
+        `batches` of about BATCH_BYTES (whole instances, or block slices of a larger one), one worker-thread
         hop each, the blocks written as read (no copy); PARALLEL_READS batches are read and hashed at once
         (file reads and hashlib drop the GIL: the reader works while this task sends) and at most READ_AHEAD
         wait to be sent. A block that cannot be read later (corrupt: quarantined) ends the body before the
@@ -257,7 +261,7 @@ class Wado:
 
         async def read_ahead(nursery: trio.Nursery) -> None:
             async with sender:
-                for batch in plan_batches(parts, BATCH_BYTES):
+                for batch in batches:
                     pending = _Pending()
                     await sender.send(pending)  # waits while READ_AHEAD batches are unsent
                     await parallel.acquire()  # in order: the batch sent next is read first
@@ -275,7 +279,7 @@ class Wado:
                     for piece in result.pieces:
                         await write(piece)
                     if result.error is not None:
-                        log.warning("WADO-RS response cut short (%d instance(s)): %s", len(parts) + 1,
+                        log.warning("WADO-RS response cut short (%d instance(s)): %s", instances,
                                     result.error.name)
                         failure = result.error
                         nursery.cancel_scope.cancel()

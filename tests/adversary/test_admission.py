@@ -56,6 +56,9 @@ from tests.protocol import factories as f
 
 #: more requests at once than the per-peer stream limit (64), fewer than the muxer's streams per connection
 BURST = 120
+#: more control requests at once than the stream limit, filling its queue (32 more) exactly: an honest node opens
+#: at most 32 control streams to one peer (OUTBOUND_SLOTS), so this is three times what one ever does
+CONTROL_BURST = 96
 #: more data requests at once than the stream limit, within its queue (32 more): more than an honest node
 #: ever opens to one peer (OUTBOUND_SLOTS, 48), so this is generous
 DATA_BURST = 90
@@ -133,9 +136,9 @@ async def test_honest_burst_of_receipts_is_answered_not_refused_or_disconnected(
         cert = _cert(ORG_B, "RXX", 20).encode()
         assert isinstance(await hello(b, peer, cert), Hello)
         answers = await _burst(b, peer, RECEIPT_PROTOCOL, encode_request(ReceiptDelivery(b"not a receipt", cert)),
-                               BURST)
+                               CONTROL_BURST)
         replies = [decode_ack_reply(a) for a in answers if a is not None]
-        assert len(replies) == BURST, f"{BURST - len(replies)} receipt streams got no answer"
+        assert len(replies) == CONTROL_BURST, f"{CONTROL_BURST - len(replies)} receipt streams got no answer"
         limit_refusals = [r for r in replies if isinstance(r, Refused) and r.code == LimitError.code]
         assert not limit_refusals, limit_refusals[:3]
         assert is_connected(b, peer) and target.wire.limits.disconnected == 0
@@ -174,4 +177,53 @@ async def test_stream_flood_overflows_the_queue_is_refused_and_cut_off(tmp_path:
                 refused += sum(1 for a in answers if a is not None and decode_have_reply(a) != UNAUTHORISED)
         assert refused >= 20 and target.wire.limits.counters()["refused"] >= 20
         assert target.wire.limits.disconnected == 1
+        await still_serves_legitimate_peer(target)
+
+
+async def _hold_streams(host: IHost, peer: ID, protocol_id: str, n: int) -> None:
+    """n tasks, each keeping one stream of `protocol_id` open without writing a byte (reopened as soon as
+    the node ends it), until the connection is gone: a slowloris holding the node's slots and queue."""
+    limit = FRAME_LIMITS[protocol_id].response
+
+    async def hold() -> None:
+        while is_connected(host, peer):
+            try:
+                stream = await open_stream(host, peer, protocol_id)
+                await read_frame(stream, limit)  # never write: wait for the node to answer or end it
+                await stream.reset()
+            except Exception:  # noqa: BLE001 - the hostile client shrugs off whatever the node does
+                await trio.sleep(0.05)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(hold)
+
+
+async def test_control_streams_held_open_overflow_the_control_queue_and_are_cut_off(tmp_path: Path) -> None:
+    """A certified peer holding 127 receipt streams open and silent (the muxer's cap is 128): the control lane
+    admits 64 and queues 32 (an honest node opens at most 32 control streams, OUTBOUND_SLOTS); the rest are
+    refused and scored, and the peer is cut off. Before the fix: 64 held + 63 waiting forever, score 0."""
+    async with target_node(tmp_path, PeerLimits(64, 100_000)) as target, peer_host(ORG_C) as attacker:
+        peer = await connect(attacker, target.addr, timeout=TIMEOUT)
+        assert isinstance(await hello(attacker, peer, _cert(ORG_C, "TELE", 30).encode()), Hello)
+        with trio.fail_after(TIMEOUT * 3):
+            await _hold_streams(attacker, peer, RECEIPT_PROTOCOL, 127)
+        assert target.wire.limits.disconnected == 1
+        assert not is_connected(target.host, ID.from_base58(ORG_C.peer_id))
+        await still_serves_legitimate_peer(target)
+
+
+async def test_data_streams_held_open_within_the_queue_time_out_scored_and_are_cut_off(tmp_path: Path) -> None:
+    """A certified peer holding 96 silent HAVE streams (64 admitted + 32 queued: never past the queue, so never
+    refused on arrival): each queued wait that times out without a slot counts as a refusal, so the peer is cut
+    off. Before the fix: timed-out waits were never scored; the peer held the slots forever with score 0."""
+    async with target_node(tmp_path, PeerLimits(64, 100_000)) as target, peer_host(ORG_C) as attacker:
+        target.wire.timeout = 2.0  # a queued request waits half of it for a slot: 1 s
+        peer = await connect(attacker, target.addr, timeout=TIMEOUT)
+        assert isinstance(await hello(attacker, peer, _cert(ORG_C, "TELE", 30).encode()), Hello)
+        with trio.fail_after(TIMEOUT * 3):
+            await _hold_streams(attacker, peer, HAVE_PROTOCOL, 96)
+        assert target.wire.limits.counters()["refused"] >= 20
+        assert target.wire.limits.disconnected == 1
+        assert not is_connected(target.host, ID.from_base58(ORG_C.peer_id))
         await still_serves_legitimate_peer(target)

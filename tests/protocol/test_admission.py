@@ -47,13 +47,29 @@ def test_over_the_stream_limit_waits_then_is_admitted_in_turn() -> None:
         a.retry("p", Lane.DATA)
 
 
-def test_data_queue_is_bounded_control_lane_is_never_refused_for_concurrency() -> None:
+def test_each_lane_bounds_its_queue_and_refuses_past_it() -> None:
     a = small(rate=1000.0, burst=1000.0)
     verdicts = [a.request("p", Lane.DATA, 0).verdict for _ in range(5)]
     assert verdicts == [Verdict.ADMIT] * 2 + [Verdict.WAIT] * 2 + [Verdict.REFUSE]
-    control = [a.request("p", Lane.CONTROL, 0).verdict for _ in range(200)]
-    assert control[:2] == [Verdict.ADMIT] * 2 and set(control[2:]) == {Verdict.WAIT}
-    assert a.refused == 1
+    control = [a.request("p", Lane.CONTROL, 0).verdict for _ in range(5)]  # its own slots and queue
+    assert control == [Verdict.ADMIT] * 2 + [Verdict.WAIT] * 2 + [Verdict.REFUSE]
+    assert a.refused == 2 and a.abuse("p", 0) == pytest.approx(2.0)
+
+
+def test_a_wait_that_times_out_is_scored_as_a_refusal() -> None:
+    """Holding every slot and the queue with requests that never complete is a flood, even within the queue:
+    each wait that gets no slot in time adds to the score, and enough of them cut the peer off."""
+    a = small(rate=1000.0, burst=1000.0, max_waiting=1000, abuse_threshold=5.0)
+    for _ in range(2):
+        assert a.request("p", Lane.CONTROL, 0).verdict is Verdict.ADMIT
+    for _ in range(5):
+        assert a.request("p", Lane.CONTROL, 0).verdict is Verdict.WAIT
+    assert a.refused == 0 and not a.should_disconnect("p", 0)
+    for i in range(5):
+        assert a.time_out("p", Lane.CONTROL, 0).verdict is Verdict.REFUSE
+    assert a.waiting("p", Lane.CONTROL) == 0 and a.refused == 5 and a.should_disconnect("p", 0)
+    a.give_up("p", Lane.CONTROL)  # a wait cancelled from outside is not scored (and nothing underflows)
+    assert a.abuse("p", 0) == pytest.approx(5.0)
 
 
 def test_rate_refuses_past_the_bucket_and_refills() -> None:

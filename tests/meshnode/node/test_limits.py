@@ -19,7 +19,8 @@ def test_peer_limits_queue_half_the_stream_limit_by_default() -> None:
 
 def test_peer_limits_wait_for_a_slot_refuse_past_the_queue_and_time_out() -> None:
     """The driver of protocol.admission: over the stream limit a request waits (no error) until a slot is
-    left; past the data queue it is refused; a wait longer than its patience ends in LimitError."""
+    left; past the data queue it is refused; a wait longer than its patience ends in LimitError, and is
+    scored as a refusal (before: never scored, so silent streams could hold every slot at score 0)."""
 
     async def main() -> list[str]:
         limits = PeerLimits(2, 100, AdmissionSettings(max_streams=2, max_waiting=2, rate=100, burst=200))
@@ -44,6 +45,7 @@ def test_peer_limits_wait_for_a_slot_refuse_past_the_queue_and_time_out() -> Non
                 nursery.start_soon(one, f"s{i}", 10.0)
                 await trio.lowlevel.checkpoint()
         counters = limits.counters()
+        assert limits.admission.abuse("p", trio.current_time()) > 1.0  # both refusals count, decayed a little
         log.append(f"waited {counters['waited']} refused {counters['refused']}")
         return log
 
@@ -52,7 +54,7 @@ def test_peer_limits_wait_for_a_slot_refuse_past_the_queue_and_time_out() -> Non
     assert log == ["r0 in at 0", "r1 in at 0", "r4 refused: too many concurrent requests", "r2 in at 1", "r3 in at 1",
                    "s0 in at 2", "s1 in at 2",
                    "s2 refused: no slot for this request within 5 s (too many concurrent requests)",
-                   "waited 3 refused 1"]
+                   "waited 3 refused 2"]
 
 
 async def _sends(limiter: UploadLimiter, sizes: list[int]) -> list[float]:

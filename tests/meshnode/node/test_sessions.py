@@ -75,3 +75,65 @@ async def test_a_connected_verified_holder_costs_no_directory_lookup(tmp_path: P
         assert isinstance(await hello(b, peer, _cert(ORG_B, "RXX", 20).encode()), Hello)
         cert = await sessions.ensure_peer_id(ORG_B.peer_id)
         assert cert.org_code == "RXX" and transport.requests == asked
+
+
+class StallingDirectory:
+    """A directory whose first request stalls for `stall` seconds and then raises `first` (a bug, or down);
+    every later request answers at once as a directory that is down."""
+
+    def __init__(self, first: BaseException, stall: float) -> None:
+        self.requests = 0
+        self.first = first
+        self.stall = stall
+
+    async def __call__(self, *_: object) -> bytes:
+        self.requests += 1
+        if self.requests == 1:
+            await trio.sleep(self.stall)
+            raise self.first
+        raise UnavailableError("directory down (test)")
+
+
+async def _leader_and_joiner(tmp_path: Path, first: BaseException, leader_patience: float) -> object:
+    """One caller starts the shared lookup (and gives up after `leader_patience`, or hears its error); one joins
+    it. Returns what the joiner got: a list of nodes, or the exception it raised."""
+    async with target_node(tmp_path) as target:
+        target.ctx.directory = DirectoryClient(StallingDirectory(first, 0.2), target.ctx.directory.guard,
+                                               DirectoryCache(tmp_path / "c2"), clock=target.ctx.clock)
+        sessions = Sessions(target.ctx, target.wire)
+        joined: list[object] = []
+
+        async def leader() -> None:
+            with trio.move_on_after(leader_patience):  # e.g. a delivery attempt's own deadline
+                try:
+                    await sessions.org_peers("RXX")
+                except Exception:  # noqa: BLE001 - the leader's own outcome is not under test
+                    pass
+
+        async def joiner() -> None:
+            await trio.sleep(0.01)  # the leader's lookup is under way
+            try:
+                joined.append(await sessions.org_peers("RXX"))
+            except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+                joined.append(exc)
+
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(leader)
+                nursery.start_soon(joiner)
+        return joined[0]
+
+
+async def test_a_joiner_of_a_lookup_whose_leader_is_cancelled_does_not_hear_no_nodes(tmp_path: Path) -> None:
+    """The caller doing the shared lookup is cancelled (its own deadline): a caller that joined it must not be
+    told "this org has no nodes" ([]); it looks up itself and hears the directory's answer (down).
+    Before the fix: [] (the flight's empty default result)."""
+    got = await _leader_and_joiner(tmp_path, UnavailableError("never raised: the leader is cancelled first"), 0.05)
+    assert isinstance(got, UnavailableError), got
+
+
+async def test_a_joiner_of_a_lookup_that_failed_with_a_bug_does_not_hear_no_nodes(tmp_path: Path) -> None:
+    """The shared lookup raised something other than a MeshError (a bug): a joiner must not be told [] either.
+    Before the fix: []."""
+    got = await _leader_and_joiner(tmp_path, RuntimeError("a bug in the lookup (test)"), 10.0)
+    assert not isinstance(got, list), got
