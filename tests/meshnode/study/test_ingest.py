@@ -219,14 +219,16 @@ def test_a_failed_group_commit_records_nothing_more_and_a_rerun_completes(storag
         blocks_dir.rename(moved)  # later commits cannot rename blocks into place: ENOENT, a real failure
         blocks_dir.mkdir()
 
-    with pytest.raises(StorageError, match="cannot make blocks durable"):
+    # the swap lands either before a group's renames (they fail) or between its renames and its metadata
+    # write (the check that every block is still on disk fails it): both are the group failing for real
+    with pytest.raises(StorageError, match="cannot make blocks durable|were removed"):
         Ingester(storage, workers=2, batch_size=8).ingest([tmp_path / "ct"], swap_store_once_a_commit_placed_blocks)
     assert list(storage.blocks.tmp_dir.iterdir()) == []
     blocks_dir.rmdir()
     moved.rename(blocks_dir)
     expected = files_by_uid(made)
     recorded = [i for s in storage.metadata.studies() for i in storage.metadata.instances(s.attributes.study_uid)]
-    assert 0 < len(recorded) < 40
+    assert len(recorded) < 40  # the groups committed before the swap (none, when it hit the first group)
     for inst in recorded:
         assert b"".join(storage.blocks.get(c) for c in inst.blocks) == expected[inst.sop_instance_uid]
     report = Ingester(storage, workers=2, batch_size=8).ingest([tmp_path / "ct"])
