@@ -20,7 +20,7 @@ M_RGT, M_RJ1 = CID.of(b"RGT's manifest"), CID.of(b"RJ1's manifest")
 def test_the_node_settings() -> None:
     s = FetchSettings()
     assert (s.window_min, s.window_initial, s.window_max) == (2, 32, 64)
-    assert (s.request_max_blocks, s.min_request_blocks) == (16, 16)
+    assert (s.request_max_blocks, s.min_request_blocks) == (32, 32)
     assert (s.max_strikes, s.request_timeout, s.queue_target, s.discovery_interval) == (1, 30.0, 0.25, 0.5)
     assert FetchScheduler().settings == s  # a scheduler with no settings runs the node's
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -29,7 +29,7 @@ def test_the_node_settings() -> None:
 
 @pytest.mark.parametrize("bad", [
     {"window_min": 0}, {"window_min": 40}, {"window_initial": 65}, {"request_max_blocks": 0},
-    {"request_max_blocks": 65}, {"min_request_blocks": 17}, {"min_request_blocks": 0}, {"max_strikes": 0},
+    {"request_max_blocks": 65}, {"min_request_blocks": 33}, {"min_request_blocks": 0}, {"max_strikes": 0},
     {"request_timeout": 0.0}, {"request_timeout": float("nan")}, {"queue_target": -1.0},
     {"discovery_interval": 0.0}, {"discovery_interval": float("nan")},
 ])
