@@ -1,0 +1,190 @@
+"""Patient reconciliation on arrival: does an arriving study's patient match one local record? (pure)
+
+A study from another organisation carries that organisation's patient ID. The
+node maps it to the local record by NHS number before forwarding it to the
+local PACS. This module decides, from the arriving identifiers and
+demographics and the local lookup's candidates (the local records holding the
+same NHS number), either
+
+- a confident match: exactly one candidate, the NHS number is valid (modulus
+  11) and equal, and (unless the node says otherwise) the demographics agree;
+- or that a human must decide, with the reason (`NeedsHuman`).
+
+No I/O and no clock: the driver (meshnode.gateway.reconciler) reads the
+identifiers from the DICOM header and the candidates from the store.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: the NHS number's issuer: its OID (Issuer of Patient ID Qualifiers' Universal Entity ID) and common text forms
+NHS_ISSUERS = frozenset({"2.16.840.1.113883.2.1.4.1", "NHS", "NHSN"})
+_DIGITS10 = re.compile(r"[0-9]{10}")
+_SEPARATORS = re.compile(r"[ -]")
+
+
+def normalise_nhs_number(text: str) -> str:
+    """'943 476 5919' / '943-476-5919' -> '9434765919' (spaces and hyphens dropped, nothing else)."""
+    return _SEPARATORS.sub("", text.strip())
+
+
+def nhs_number_valid(text: str) -> bool:
+    """Ten digits whose last is the modulus-11 check digit of the first nine (weights 10..2); a check
+    value of 10 makes the number invalid."""
+    if not _DIGITS10.fullmatch(text):
+        return False
+    total = sum(int(d) * w for d, w in zip(text[:9], range(10, 1, -1)))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == int(text[9])
+
+
+def nhs_check_digit(nine: str) -> int | None:
+    """The check digit for nine digits, or None when none exists (a remainder giving 10)."""
+    total = sum(int(d) * w for d, w in zip(nine, range(10, 1, -1)))
+    check = (11 - total % 11) % 11
+    return None if check == 10 else check
+
+
+@dataclass(frozen=True)
+class PatientIdentifier:
+    """A Patient ID and its Issuer of Patient ID ("" when absent)."""
+
+    value: str
+    issuer: str = ""
+
+
+@dataclass(frozen=True)
+class Demographics:
+    name: str = ""  # DICOM PN: FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX
+    birth_date: str = ""  # YYYYMMDD
+    sex: str = ""  # M, F, O or ""
+
+
+@dataclass(frozen=True)
+class ArrivingPatient:
+    """The patient as an arriving study names it."""
+
+    patient_id: PatientIdentifier
+    others: tuple[PatientIdentifier, ...] = ()  # Other Patient IDs Sequence
+    demographics: Demographics = Demographics()
+
+
+@dataclass(frozen=True)
+class LocalPatient:
+    """A record of the local lookup table the PACS team maintains."""
+
+    local_id: str
+    issuer: str
+    nhs_number: str
+    demographics: Demographics = Demographics()
+
+
+class Reason(str, enum.Enum):
+    MATCHED = "matched"
+    NO_NHS_NUMBER = "no-nhs-number"
+    INVALID_CHECK_DIGIT = "invalid-check-digit"
+    CONFLICTING_NHS_NUMBERS = "conflicting-nhs-numbers"
+    NO_CANDIDATE = "no-candidate"
+    SEVERAL_CANDIDATES = "several-candidates"
+    DEMOGRAPHICS_DISAGREE = "demographics-disagree"
+
+
+@dataclass(frozen=True)
+class Match:
+    """A confident match: forward under this local record."""
+
+    record: LocalPatient
+    nhs_number: str
+    reason: Reason = Reason.MATCHED
+
+
+@dataclass(frozen=True)
+class NeedsHuman:
+    """No confident match: the study waits for a PACS-team user."""
+
+    reason: Reason
+    nhs_number: str = ""  # the (valid or not) NHS number found, "" when none
+    detail: str = ""  # which attribute disagrees (never its value)
+
+
+Decision = Match | NeedsHuman
+
+
+def nhs_numbers(patient: ArrivingPatient, issuers: frozenset[str] = NHS_ISSUERS) -> list[str]:
+    """The arriving NHS numbers (normalised, distinct, in order): Patient ID then Other Patient IDs whose
+    issuer is one of `issuers` (compared without case)."""
+    wanted = {i.upper() for i in issuers}
+    out: list[str] = []
+    for ident in (patient.patient_id, *patient.others):
+        if ident.issuer.strip().upper() in wanted and ident.value.strip():
+            number = normalise_nhs_number(ident.value)
+            if number not in out:
+                out.append(number)
+    return out
+
+
+def nhs_number_of(patient: ArrivingPatient, issuers: frozenset[str] = NHS_ISSUERS) -> NeedsHuman | str:
+    """The one valid NHS number the patient carries, or why there is none."""
+    numbers = nhs_numbers(patient, issuers)
+    if not numbers:
+        return NeedsHuman(Reason.NO_NHS_NUMBER)
+    if len(numbers) > 1:
+        return NeedsHuman(Reason.CONFLICTING_NHS_NUMBERS, detail=f"{len(numbers)} different NHS numbers")
+    if not nhs_number_valid(numbers[0]):
+        return NeedsHuman(Reason.INVALID_CHECK_DIGIT, numbers[0])
+    return numbers[0]
+
+
+def _family(name: str) -> str:
+    return " ".join(name.split("^")[0].upper().replace("-", " ").split())
+
+
+def _given_initial(name: str) -> str:
+    parts = name.split("^")
+    given = parts[1].strip().upper() if len(parts) > 1 else ""
+    return given[:1]
+
+
+def disagreement(arriving: Demographics, local: Demographics) -> str:
+    """Which demographics disagree ("" when they agree): the birth date must be present on both and equal;
+    the family name equal (case, spaces and hyphens aside) and the first given names' initials equal when
+    both have one; the sex equal when both say M or F."""
+    bad: list[str] = []
+    if not arriving.birth_date or arriving.birth_date.strip() != local.birth_date.strip():
+        bad.append("birth date")
+    if not _family(arriving.name) or _family(arriving.name) != _family(local.name):
+        bad.append("family name")
+    else:
+        a, b = _given_initial(arriving.name), _given_initial(local.name)
+        if a and b and a != b:
+            bad.append("given name")
+    sa, sb = arriving.sex.strip().upper(), local.sex.strip().upper()
+    if sa in ("M", "F") and sb in ("M", "F") and sa != sb:
+        bad.append("sex")
+    return ", ".join(bad)
+
+
+def decide(patient: ArrivingPatient, candidates: Sequence[LocalPatient], *,
+           issuers: frozenset[str] = NHS_ISSUERS, demographics_must_agree: bool = True) -> Decision:
+    """The reconciliation decision for an arriving patient given the local records found for its NHS
+    number (candidates whose NHS number differs are ignored: the caller's lookup is not trusted to
+    have filtered)."""
+    number = nhs_number_of(patient, issuers)
+    if isinstance(number, NeedsHuman):
+        return number
+    same = [c for c in candidates if normalise_nhs_number(c.nhs_number) == number]
+    if not same:
+        return NeedsHuman(Reason.NO_CANDIDATE, number)
+    if len(same) > 1:
+        return NeedsHuman(Reason.SEVERAL_CANDIDATES, number, f"{len(same)} local records")
+    if demographics_must_agree:
+        bad = disagreement(patient.demographics, same[0].demographics)
+        if bad:
+            return NeedsHuman(Reason.DEMOGRAPHICS_DISAGREE, number, bad)
+    return Match(same[0], number)
