@@ -99,3 +99,8 @@ def coerced_copy(data: bytes, c: Coercion) -> bytes:
     except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, EOFError, OverflowError) as exc:
         raise StorageError(f"cannot derive the reconciled copy of {hash_uid(uid)}: {type(exc).__name__}") from None
     return out.getvalue()
+
+
+def forwarded_bytes(data: bytes, coercion: Coercion | None) -> bytes:
+    """What the forwarder sends for a stored instance: the stored bytes, or the reconciled copy."""
+    return data if coercion is None else coerced_copy(data, coercion)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from meshnode.gateway.reconcile_config import ReconciliationSettings, parse_reconciliation, render_reconciliation
 from meshnode.gateway.routes import (
     MAX_QUIET_PERIOD_S,
     MIN_QUIET_PERIOD_S,
@@ -94,6 +95,7 @@ class GatewayConfig:
     routes: RouteTable = field(default_factory=RouteTable)
     move_destinations: tuple[DicomPeer, ...] = ()
     pacs: tuple[PacsDestination, ...] = ()
+    reconciliation: ReconciliationSettings = field(default_factory=ReconciliationSettings)
 
     def caller(self, ae_title: str) -> Caller | None:
         return next((c for c in self.callers if c.ae_title == ae_title.strip()), None)
@@ -219,7 +221,8 @@ def parse_gateway(root: Table) -> GatewayConfig:
     """The gateway's tables of node.toml ([dimse], [[caller]], [[route]], [[move_destination]], [[pacs]])."""
     dimse = _dimse(root)
     return GatewayConfig(dimse=dimse, callers=_callers(root), routes=_routes(root, dimse),
-                         move_destinations=_move_destinations(root), pacs=_pacs(root))
+                         move_destinations=_move_destinations(root), pacs=_pacs(root),
+                         reconciliation=parse_reconciliation(root))
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -311,5 +314,6 @@ def render_gateway(config: GatewayConfig) -> str:
                    f"port = {p.port}\n{calling}from_orgs = {_toml_list(p.from_orgs)}\n"
                    f"retry_max_seconds = {p.retry_max_s}\n"
                    f"max_attempts = {p.max_attempts}\n")
+    out.append(render_reconciliation(config.reconciliation))
     out.append(_EXAMPLES.format(retry_max_s=defaults(PacsDestination)["retry_max_s"]))
     return "".join(out)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import trio
 from pynetdicom import AE
 
+from meshnode.gateway.coercion import Coercion, forwarded_bytes
 from meshnode.gateway.config import PacsDestination
 from meshnode.gateway.dimse.bridge import AuditFn
 from meshnode.gateway.dimse.sending import (
@@ -77,6 +78,8 @@ from protocol.outbox import DeliveryState
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
+
+    from meshnode.gateway.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +140,9 @@ class Forwarder:
                                 rank=urgency, after=partial(self._after_batch, dest)))
         #: told (manifest, destination, error, instances) when instances failed for good (webhooks, metrics)
         self.failed_hook: Callable[[CID, str, str, int], Awaitable[None]] | None = None
+        #: patient reconciliation ([reconciliation] enabled): a study is queued only once matched, and
+        #: forwarded as the reconciled copy (meshnode.gateway.reconciler, meshnode.gateway.coercion)
+        self.reconciler: Reconciler | None = None
 
     @staticmethod
     def refusal(code: int, comment: str) -> Failure:
@@ -154,6 +160,8 @@ class Forwarder:
         """In the database call that records the receipt delivered: queue the study (database thread). A stored
         manifest that cannot be read is logged and not forwarded: it must not undo the receipt's record."""
         try:
+            if self.reconciler is not None and not self.reconciler.gate(store, manifest_id):
+                return  # waits for its patient to be reconciled (the reconciler releases it)
             queue_received(store, manifest_id, self.destinations, int(self.clock() * 1000),
                            receipt_delivered=receipt_delivered)
         except MeshError as exc:
@@ -163,6 +171,10 @@ class Forwarder:
         """The receipt was delivered: forward the study now (queued here if the receipt's write did not).
         Returns how many items were newly handed to the drivers."""
         await self.db.run(partial(self.queue_write, manifest_id=manifest_id, receipt_delivered=False))
+        if self.reconciler is not None:
+            if not await self.reconciler.settle(manifest_id):
+                return 0
+            await self.db.run(partial(self.queue_write, manifest_id=manifest_id, receipt_delivered=False))
         added = 0
         for driver in self.drivers.values():
             added += len(await driver.adopt(manifest_prefix(manifest_id)))
@@ -215,9 +227,18 @@ class Forwarder:
             async with trio.open_nursery() as nursery:
                 for driver in self.drivers.values():
                     await nursery.start(driver.run)
+                if self.reconciler is not None:  # decided after a restart: arrived, or matched and not queued
+                    for manifest_id in await self.reconciler.unsettled(self.destinations):
+                        nursery.start_soon(self._release_logged, manifest_id)
                 task_status.started()
         finally:
             self._stopping.set()
+
+    async def _release_logged(self, manifest_id: CID) -> None:
+        try:
+            await self.release(manifest_id)
+        except MeshError as exc:
+            log.error("manifest %s: not released to the PACS after a restart: %s", manifest_id, exc)
 
     async def _attempt(self, dest: PacsDestination, _group: str,
                        items: Sequence[tuple[ForwardKey, bytes | None]]) -> BatchOutcome[ForwardKey]:
@@ -225,7 +246,10 @@ class Forwarder:
 
     async def _send_dimse(self, dest: PacsDestination, keys: Sequence[ForwardKey]) -> BatchOutcome[ForwardKey]:
         records = await self.db.run(partial(_records_for, keys=keys))
-        return await trio.to_thread.run_sync(partial(self._send_batch, dest, keys, records),
+        coercions: dict[CID, Coercion] = {}
+        if self.reconciler is not None:
+            coercions = await self.db.run(partial(self.reconciler.coercions, manifest_ids=[k.manifest_id for k in keys]))
+        return await trio.to_thread.run_sync(partial(self._send_batch, dest, keys, records, coercions),
                                              abandon_on_cancel=True)  # type: ignore[call-arg]
 
     async def _after_batch(self, dest: PacsDestination, _group: str, keys: Sequence[ForwardKey],
@@ -254,7 +278,8 @@ class Forwarder:
 
     # -- one association (worker thread) ----------------------------------------------------------
     def _send_batch(self, dest: PacsDestination, keys: Sequence[ForwardKey],
-                    records: dict[tuple[str, bytes], InstanceRecord]) -> BatchOutcome[ForwardKey]:
+                    records: dict[tuple[str, bytes], InstanceRecord],
+                    coercions: dict[CID, Coercion] | None = None) -> BatchOutcome[ForwardKey]:
         outcome: BatchOutcome[ForwardKey] = BatchOutcome()
         results = outcome.results
         if self.blocks is None:
@@ -296,7 +321,7 @@ class Forwarder:
                 if self._stopping.is_set():
                     break
                 try:
-                    data = read_instance(self.blocks, rec)
+                    data = forwarded_bytes(read_instance(self.blocks, rec), (coercions or {}).get(key.manifest_id))
                 except MeshError as exc:
                     results[key] = Failure(f"local: {exc.name}: {exc}", True)
                     continue

@@ -23,6 +23,7 @@ from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.dimse.server import DimseServer
 from meshnode.gateway.forwarder import Forwarder
 from meshnode.gateway.intake import StudyIntake
+from meshnode.gateway.reconciler import Reconciler
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.storage.audit import AuditEvent
@@ -63,6 +64,12 @@ class Gateway:
                           if config.pacs else None)
         if self.forwarder is not None:
             self.forwarder.failed_hook = self._forward_failed  # webhooks and metrics (meshnode.node.events)
+        #: patient reconciliation of received studies ([reconciliation]; meshnode.gateway.reconciler)
+        self.reconciler = Reconciler(ctx.db, ctx.storage.blocks, config.reconciliation, self.audit,
+                                     f"{ctx.org} dicom-mesh {config.dimse.ae_title}", ctx.clock)
+        if self.forwarder is not None and config.reconciliation.enabled:
+            self.forwarder.reconciler = self.reconciler
+            self.reconciler.on_matched = self.forwarder.release
 
     async def _forward_failed(self, manifest_id: CID, destination: str, error: str, instances: int) -> None:
         row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
@@ -99,10 +106,14 @@ class Gateway:
         """In the database call that records our receipt delivered: queue the study for the PACS."""
         if self.forwarder is not None:
             self.forwarder.queue_write(store, manifest_id)
+        else:
+            self.reconciler.gate(store, manifest_id)  # no PACS: reconciled all the same (what DICOMweb shows)
 
     async def receipted(self, manifest_id: CID) -> None:
         if self.forwarder is not None:
             await self.forwarder.release(manifest_id)
+        else:
+            await self.reconciler.settle(manifest_id)
 
     async def recalled(self, manifest_id: CID) -> None:
         if self.forwarder is not None:

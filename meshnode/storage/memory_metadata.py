@@ -29,6 +29,7 @@ from meshnode.storage.records import (
     StudySummaryRow,
     hash_uid,
 )
+from meshnode.storage.patients import MemoryPatients
 from meshnode.storage.retry_queue import MemoryRetryQueue
 from meshnode.storage.search import (
     AuditQuery,
@@ -54,9 +55,10 @@ class _Transfer:
     bytes_done: int
 
 
-class MemoryMetadataStore(MemoryRetryQueue):
+class MemoryMetadataStore(MemoryRetryQueue, MemoryPatients):
     def __init__(self) -> None:
-        super().__init__()
+        MemoryRetryQueue.__init__(self)
+        MemoryPatients.__init__(self)
         self._studies: dict[str, StudyAttributes] = {}
         self._instances: list[InstanceRecord] = []
         self._blocks: dict[CID, int] = {}

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from meshnode.storage.audit import AuditEntry, AuditEvent
 from meshnode.storage.audit_checkpoint import AuditCheckpoint, SpoolItem
+from meshnode.storage.patients import PatientStore
 from meshnode.storage.records import (
     AddOutcome,
     InstanceRecord,
@@ -26,7 +27,7 @@ from protocol.keys import SigningKey
 from protocol.lifecycle import ManifestState
 
 
-class MetadataStore(SearchableStore, RetryQueueStore, Protocol):
+class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, Protocol):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int

@@ -236,4 +236,23 @@ MIGRATIONS = (
     ALTER TABLE gateway_announcements DROP COLUMN next_attempt_ms;
     ALTER TABLE gateway_announcements DROP COLUMN last_error
     """,
+    # 11: patient reconciliation: the local patient lookup table the PACS team maintains (meshnode.storage.patients)
+    # and the reconciliation queue of received studies (meshnode.gateway.reconciler)
+    """
+    CREATE TABLE patient_records (
+        local_id TEXT PRIMARY KEY, issuer TEXT NOT NULL, nhs_number TEXT NOT NULL, name TEXT NOT NULL,
+        birth_date TEXT NOT NULL, sex TEXT NOT NULL, updated_ms INTEGER NOT NULL, updated_by TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX patient_records_by_nhs_number ON patient_records (nhs_number);
+    CREATE TABLE reconciliations (
+        manifest_id BLOB PRIMARY KEY, study_uid TEXT NOT NULL, sender_org TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('arrived', 'waiting', 'matched', 'rejected')),
+        created_ms INTEGER NOT NULL, patient_id TEXT NOT NULL, issuer TEXT NOT NULL, nhs_number TEXT NOT NULL,
+        name TEXT NOT NULL, birth_date TEXT NOT NULL, sex TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+        local_id TEXT NOT NULL, local_issuer TEXT NOT NULL, local_name TEXT NOT NULL, local_birth_date TEXT NOT NULL,
+        local_sex TEXT NOT NULL, decided_by TEXT NOT NULL, decided_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX reconciliations_by_state ON reconciliations (state, created_ms);
+    CREATE INDEX reconciliations_by_study ON reconciliations (study_uid)
+    """,
 )

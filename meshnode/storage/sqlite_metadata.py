@@ -30,6 +30,7 @@ from meshnode.storage.search import InstanceSummaryRow, Search, SeriesSummaryRow
 from meshnode.storage.sqlite_audit import SqliteAudit
 from meshnode.storage.sqlite_exchange import SqliteExchange
 from meshnode.storage.sqlite_identity import SqliteIdentity
+from meshnode.storage.sqlite_patients import SqlitePatients
 from meshnode.storage.sqlite_retry_queue import SqliteRetryQueue
 from protocol.access import Holding
 from protocol.cid import CID
@@ -48,7 +49,7 @@ _LIVE_REFS = """
 """
 
 
-class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRetryQueue):
+class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRetryQueue, SqlitePatients):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int

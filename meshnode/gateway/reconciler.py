@@ -1,0 +1,253 @@
+"""Patient reconciliation on arrival: the driver between a received study, the lookup table and the forwarder.
+
+With [reconciliation] enabled, a received study reaches the PACS only under a
+local patient record:
+
+    receipt delivered -> `gate` (in the forwarder's queue_write, database thread): the study is not queued for
+                         the PACS; a row ARRIVED is written (so a restart decides it too)
+    `settle`          -> reads the identifiers from one stored instance's header, looks the NHS number up in
+                         the local table and applies protocol.reconciliation.decide: MATCHED (forwarded) or
+                         WAITING (a human decides; nothing is queued)
+    `match`/`reject`  -> a PACS-team user's decision on a WAITING study (a replay changes nothing)
+    `coercions`       -> for the forwarder: the local identity each MATCHED manifest is forwarded under
+                         (meshnode.gateway.coercion derives the copy; the stored blocks stay as received)
+
+Every decision is audited (Patient Record, 110110) with who made it ("auto" or the user).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from functools import partial
+
+import trio
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from meshnode.gateway.coercion import Coercion
+from meshnode.gateway.dimse.sending import read_instance
+from meshnode.gateway.config import PacsDestination
+from meshnode.gateway.pacs_queue import manifest_prefix, queue_name, received_manifest
+from meshnode.gateway.patient_table import PatientInput, check_record
+from meshnode.gateway.reconcile_config import ReconciliationSettings
+from meshnode.node.retry_driver import Database
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.blockstore import BlockStore
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.patients import PatientRecord, ReconciliationRow, ReconState
+from meshnode.storage.records import InstanceRecord, hash_uid
+from protocol.cid import CID
+from protocol.errors import LocalProtocolError, MeshError, NotFoundError, StorageError
+from protocol.lifecycle import ManifestState
+from protocol.reconciliation import (
+    ArrivingPatient,
+    Demographics,
+    Match,
+    PatientIdentifier,
+    Reason,
+    decide,
+    nhs_numbers,
+)
+
+log = logging.getLogger(__name__)
+
+AuditFn = Callable[[AuditEvent], Awaitable[None]]
+AUTO = "auto"
+_READY = (ManifestState.RECEIPTED, ManifestState.COMPLETE)
+_HEADER_TAGS = ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence", "PatientName", "PatientBirthDate",
+                "PatientSex")
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return str(value if value is not None else "").strip()
+
+
+def arriving_patient(data: bytes) -> ArrivingPatient:
+    """The patient's identifiers and demographics from an instance's header (StorageError if unreadable)."""
+    try:
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
+        others = tuple(PatientIdentifier(_text(i, "PatientID"), _text(i, "IssuerOfPatientID"))
+                       for i in ds.get("OtherPatientIDsSequence", None) or ())
+        return ArrivingPatient(PatientIdentifier(_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")), others,
+                               Demographics(_text(ds, "PatientName"), _text(ds, "PatientBirthDate"),
+                                            _text(ds, "PatientSex")))
+    except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:
+        raise StorageError(f"cannot read the patient from the stored header: {type(exc).__name__}") from None
+
+
+def dicom_datetime(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+
+
+class Reconciler:
+    def __init__(self, db: Database, blocks: BlockStore | None, settings: ReconciliationSettings, audit: AuditFn,
+                 modifying_system: str, clock: Callable[[], float]) -> None:
+        self.db = db
+        self.blocks = blocks
+        self.settings = settings
+        self.audit = audit
+        self.modifying_system = modifying_system
+        self.clock = clock
+        #: told a manifest may now be forwarded (Forwarder.release)
+        self.on_matched: Callable[[CID], Awaitable[object]] | None = None
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- database thread ---------------------------------------------------------------------------
+    def gate(self, store: MetadataStore, manifest_id: CID) -> bool:
+        """May this received study be queued for the PACS now? Records it ARRIVED the first time."""
+        if not self.settings.enabled:
+            return True
+        row = store.reconciliation(manifest_id)
+        if row is not None:
+            return row.state is ReconState.MATCHED
+        found = received_manifest(store, manifest_id)
+        if found is not None and found[0] in _READY:
+            stored = store.manifest(manifest_id)
+            store.add_reconciliation(ReconciliationRow(
+                manifest_id, stored.study_uid if stored else "", found[1].sender_org, ReconState.ARRIVED,
+                self._now_ms()))
+        return False
+
+    def coercions(self, store: MetadataStore, manifest_ids: Sequence[CID]) -> dict[CID, Coercion]:
+        """The local identity each matched manifest is forwarded under (absent: forwarded as stored)."""
+        out: dict[CID, Coercion] = {}
+        for m in set(manifest_ids):
+            row = store.reconciliation(m)
+            if row is None or row.state is not ReconState.MATCHED:
+                continue
+            if (row.local_id, row.local_issuer) == (row.patient_id, row.issuer) and \
+                    (row.local_name, row.local_birth_date, row.local_sex) == (row.name, row.birth_date, row.sex):
+                continue  # already the local identity: nothing to change
+            out[m] = Coercion(row.local_id, row.local_issuer, row.local_name, row.local_birth_date, row.local_sex,
+                              row.sender_org, self.modifying_system, dicom_datetime(row.decided_ms))
+        return out
+
+    def _smallest_instance(self, store: MetadataStore, row: ReconciliationRow) -> InstanceRecord | None:
+        found = received_manifest(store, row.manifest_id)
+        if found is None:
+            return None
+        wanted = {(i.sop_instance_uid, i.digest) for i in found[1].instances}
+        records = [r for r in store.instances(row.study_uid) if (r.sop_instance_uid, r.digest) in wanted]
+        return min(records, key=lambda r: r.size, default=None)
+
+    # -- the automatic decision ----------------------------------------------------------------------
+    async def unsettled(self, destinations: Sequence[PacsDestination]) -> list[CID]:
+        """After a restart: the studies still to decide automatically, and the matched ones not yet queued
+        (a crash between a decision and the queue write)."""
+        def load(store: MetadataStore) -> list[CID]:
+            out = []
+            for r in store.reconciliations((ReconState.ARRIVED, ReconState.MATCHED)):
+                if r.state is ReconState.ARRIVED or not any(
+                        store.queue_rows(queue_name(d.name), key_prefix=manifest_prefix(r.manifest_id))
+                        for d in destinations):
+                    out.append(r.manifest_id)
+            return out
+        return await self.db.run(load) if self.settings.enabled else []
+
+    async def settle(self, manifest_id: CID) -> bool:
+        """Decide an ARRIVED study automatically; True when it may be forwarded (matched, or reconciliation off)."""
+        if not self.settings.enabled:
+            return True
+        row = await self.db.run(lambda s: s.reconciliation(manifest_id))
+        if row is None:
+            return False
+        if row.state is not ReconState.ARRIVED:
+            return row.state is ReconState.MATCHED
+        try:
+            patient = await self._read_patient(row)
+        except MeshError as exc:
+            log.error("manifest %s: reconciliation cannot read the patient: %s", manifest_id, exc)
+            waiting = replace(row, state=ReconState.WAITING, reason="unreadable", detail=exc.name)
+            await self._record(waiting, ReconState.ARRIVED, "waits: the stored header cannot be read")
+            return False
+        numbers = nhs_numbers(patient, frozenset(self.settings.nhs_issuers))
+        candidates = await self.db.run(lambda s: [p for n in numbers for p in s.patients(n)])
+        decision = decide(patient, [c.local_patient() for c in candidates],
+                          issuers=frozenset(self.settings.nhs_issuers),
+                          demographics_must_agree=self.settings.demographics_must_agree)
+        d = patient.demographics
+        base = replace(row, patient_id=patient.patient_id.value, issuer=patient.patient_id.issuer,
+                       nhs_number=decision.nhs_number, name=d.name, birth_date=d.birth_date, sex=d.sex)
+        if isinstance(decision, Match):
+            r = decision.record
+            matched = replace(base, state=ReconState.MATCHED, reason=Reason.MATCHED.value,
+                              local_id=r.local_id, local_issuer=r.issuer, local_name=r.demographics.name,
+                              local_birth_date=r.demographics.birth_date, local_sex=r.demographics.sex,
+                              decided_by=AUTO, decided_ms=self._now_ms())
+            return await self._record(matched, ReconState.ARRIVED, "matched by NHS number")
+        waiting = replace(base, state=ReconState.WAITING, reason=decision.reason.value, detail=decision.detail)
+        await self._record(waiting, ReconState.ARRIVED, f"waits for a decision: {decision.reason.value}"
+                           + (f" ({decision.detail})" if decision.detail else ""))
+        return False
+
+    async def _read_patient(self, row: ReconciliationRow) -> ArrivingPatient:
+        record = await self.db.run(partial(self._smallest_instance, row=row))
+        if record is None or self.blocks is None:
+            raise StorageError("no stored instance of the study")
+        blocks = self.blocks
+        data = await trio.to_thread.run_sync(read_instance, blocks, record)
+        return await trio.to_thread.run_sync(arriving_patient, data)
+
+    async def _record(self, row: ReconciliationRow, expected: ReconState, what: str) -> bool:
+        """Store the new row if the old one is still `expected`, and audit it; True when stored."""
+        stored = await self.db.run(lambda s: s.update_reconciliation(row, expected))
+        if not stored:
+            return False
+        matched = row.state is ReconState.MATCHED
+        outcome = Outcome.SUCCESS if matched else Outcome.MINOR_FAILURE
+        local = f"; local record {row.local_issuer}/{hash_uid(row.local_id)}" if matched else ""
+        await self.audit(AuditEvent(
+            EventCode.PATIENT_RECORD, f"reconcile-{row.state.value}", outcome, actor=row.decided_by or AUTO,
+            study=hash_uid(row.study_uid), manifest_id=str(row.manifest_id),
+            detail=f"from {row.sender_org}: {what}{local}"[:300]))
+        log.info("manifest %s from %s: reconciliation %s", row.manifest_id, row.sender_org, row.state.value)
+        return True
+
+    # -- a user's decision ----------------------------------------------------------------------------
+    async def _waiting(self, manifest_id: CID) -> ReconciliationRow:
+        row = await self.db.run(lambda s: s.reconciliation(manifest_id))
+        if row is None:
+            raise NotFoundError("that study is not in the reconciliation queue")
+        if row.state is not ReconState.WAITING:
+            raise LocalProtocolError(f"that study is not waiting for a decision (it is {row.state.value})")
+        return row
+
+    async def match(self, manifest_id: CID, user: str, local_id: str | None = None,
+                    entered: PatientInput | None = None) -> ReconciliationRow:
+        """A user matches a waiting study to a local record (from the table, or entered now)."""
+        if (local_id is None) == (entered is None):
+            raise LocalProtocolError("give either a local record's ID or an entered record")
+        row = await self._waiting(manifest_id)
+        if entered is not None:
+            record = check_record(entered, now_ms=self._now_ms(), by=user)
+        else:
+            found: PatientRecord | None = await self.db.run(lambda s: s.patient(local_id or ""))
+            if found is None:
+                raise NotFoundError("no local record with that ID in the lookup table")
+            record = found
+        matched = replace(row, state=ReconState.MATCHED, local_id=record.local_id, local_issuer=record.issuer,
+                          local_name=record.name, local_birth_date=record.birth_date, local_sex=record.sex,
+                          decided_by=user, decided_ms=self._now_ms())
+        how = "entered by hand" if entered is not None else "picked from the lookup table"
+        if not await self._record(matched, ReconState.WAITING, f"matched by a user ({how}; was {row.reason})"):
+            raise LocalProtocolError("that study was decided meanwhile")
+        if self.on_matched is not None:
+            await self.on_matched(manifest_id)
+        return matched
+
+    async def reject(self, manifest_id: CID, user: str, why: str = "") -> ReconciliationRow:
+        """A user refuses a waiting study: it is not forwarded."""
+        row = await self._waiting(manifest_id)
+        rejected = replace(row, state=ReconState.REJECTED, decided_by=user, decided_ms=self._now_ms(),
+                           detail=(why.strip() or row.detail)[:200])
+        if not await self._record(rejected, ReconState.WAITING, "rejected by a user; not forwarded"):
+            raise LocalProtocolError("that study was decided meanwhile")
+        return rejected

@@ -1,0 +1,65 @@
+"""The patient lookup table and the reconciliation queue: the SQLite store and the memory one behave alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from meshnode.storage.memory_metadata import MemoryMetadataStore
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.patients import PatientRecord, ReconciliationRow, ReconState
+from meshnode.storage.sqlite_metadata import SqliteMetadataStore
+from protocol.cid import CID
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataStore]:
+    s: MetadataStore = SqliteMetadataStore(tmp_path / "node.db") if request.param == "sqlite" else MemoryMetadataStore()
+    yield s
+    s.close()
+
+
+A = PatientRecord("RGT1", "RGT", "9434765919", "SMITH^JANE", "19700101", "F", 1, "alice")
+B = PatientRecord("RGT2", "RGT", "9434765919", "SMITH^J", "19700101", "F", 2, "alice")
+M1 = CID.of(b"manifest one")
+M2 = CID.of(b"manifest two")
+
+
+def test_patients_put_list_by_nhs_number_delete(store: MetadataStore) -> None:
+    assert store.put_patients([B, A]) == 2
+    assert store.patients() == [A, B]
+    assert store.patients("9434765919") == [A, B] and store.patients("4010232137") == []
+    changed = replace(A, name="SMITH^JANE ANN", updated_ms=5)
+    store.put_patients([changed])  # replaced by local ID
+    assert store.patient("RGT1") == changed and len(store.patients()) == 2
+    assert store.delete_patient("RGT1") and not store.delete_patient("RGT1")
+    assert store.patients() == [B]
+
+
+def test_a_failed_import_changes_nothing(store: MetadataStore) -> None:
+    store.put_patients([A])
+    with pytest.raises(RuntimeError):
+        with store.atomic():
+            store.put_patients([replace(A, name="CHANGED"), B])
+            raise RuntimeError("the import failed half-way")
+    assert store.patients() == [A]
+
+
+def test_reconciliation_rows_and_guarded_updates(store: MetadataStore) -> None:
+    row = ReconciliationRow(M1, "1.2.3", "RXX", ReconState.ARRIVED, 10)
+    assert store.add_reconciliation(row) and not store.add_reconciliation(replace(row, study_uid="other"))
+    assert store.reconciliation(M1) == row and store.reconciliation(M2) is None
+    waiting = replace(row, state=ReconState.WAITING, reason="no-nhs-number", patient_id="RXX1", name="A^B")
+    assert store.update_reconciliation(waiting, ReconState.ARRIVED)
+    assert not store.update_reconciliation(replace(waiting, state=ReconState.REJECTED), ReconState.ARRIVED)
+    assert store.reconciliation(M1) == waiting
+    store.add_reconciliation(ReconciliationRow(M2, "1.2.4", "RYY", ReconState.ARRIVED, 5))
+    assert [r.manifest_id for r in store.reconciliations()] == [M2, M1]
+    assert store.reconciliations((ReconState.WAITING,)) == [waiting]
+    matched = replace(waiting, state=ReconState.MATCHED, local_id="RGT1", decided_by="alice", decided_ms=20)
+    assert store.update_reconciliation(matched, ReconState.WAITING)
+    assert not store.update_reconciliation(replace(matched, decided_by="mallory"), ReconState.WAITING)  # replay
+    assert store.reconciliation(M1) == matched
