@@ -14,6 +14,8 @@ from meshnode.cli import (
     generate_cmd,
     init_cmd,
     node_cmds,
+    patients_cmd,
+    reconcile_cmd,
     storage_cmds,
     users_cmd,
 )
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (init_cmd, certificate_cmd, config_cmd, directory_cmd, node_cmds, gateway_cmd, storage_cmds, audit_cmd,
-                   generate_cmd, users_cmd):
+                   generate_cmd, users_cmd, patients_cmd, reconcile_cmd):
         module.register(sub, common)
     return parser
 

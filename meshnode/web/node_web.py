@@ -22,6 +22,7 @@ from meshnode.web.metrics import EventMetrics, MetricsSnapshot
 from meshnode.web.node_view import NodeView
 from meshnode.web.ops import Ops
 from meshnode.web.qido import Qido
+from meshnode.web.reconcile_web import ReconcileWeb
 from meshnode.web.server import serve_http
 from meshnode.web.services import WebServices
 from meshnode.web.stow import Stow
@@ -72,6 +73,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *Stow(services, lambda: node.gateway.intake, lambda: ctx.config.gateway.routes).routes(),
                     *Ui(services, auth, view, ChainVerifier(ctx.db, ctx.storage, ctx.clock),
                         lambda: ctx.changed).routes(),
+                    *ReconcileWeb(lambda: node.gateway.reconciler, ctx.db, audit, ctx.clock).routes(),
                 ]
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)

@@ -1,0 +1,97 @@
+"""The reconciliation queue and the patient lookup table on the HTTP listener, for PACS-team users.
+
+    GET  /reconcile                        read    the queue (?all=1: decided ones too)
+    POST /reconcile/{manifest}/match       write   {"local_id": ...} or {"record": {local_id, issuer, nhs_number,
+                                                   name, birth_date, sex}}
+    POST /reconcile/{manifest}/reject      write   {"reason": ...}
+    GET  /patients                         read    the lookup table (?nhs_number=...)
+    POST /patients                         write   {"record": {...}}: add or replace one record
+    POST /patients/delete                  write   {"local_id": ...}
+
+CSRF-safe as the rest of the listener (meshnode.web.app): a POST outside /ui/ needs the API token in the
+Authorization header; the browser's session cookie is not accepted for it. Every decision and edit is
+audited as "user:<name>".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from meshnode.gateway import reconcile_api
+from meshnode.gateway.reconciler import Reconciler
+from meshnode.node.retry_driver import Database
+from meshnode.web.app import Route, route
+from meshnode.web.http import HttpError, body, json_response, principal, query
+
+AuditFn = Callable[..., Awaitable[None]]
+MAX_BODY = 16384
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    raw = await body(request, MAX_BODY)
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        raise HttpError(400, "the body is not JSON") from None
+    if not isinstance(value, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return value
+
+
+def _user(request: Request) -> str:
+    p = principal(request)
+    if p is None:  # the route's access level already required one
+        raise HttpError(401, "authentication required")
+    return f"user:{p.user}"
+
+
+class ReconcileWeb:
+    def __init__(self, reconciler: Callable[[], Reconciler], db: Database, audit: AuditFn,
+                 clock: Callable[[], float]) -> None:
+        self.reconciler = reconciler
+        self.db = db
+        self.audit = audit
+        self.clock = clock
+
+    def routes(self) -> list[Route]:
+        return [
+            route("GET", "/reconcile", self.queue, "read", "reconcile-list"),
+            route("POST", "/reconcile/{manifest}/match", self.match, "write", "reconcile-match"),
+            route("POST", "/reconcile/{manifest}/reject", self.reject, "write", "reconcile-reject"),
+            route("GET", "/patients", self.patients, "read", "patients-list"),
+            route("POST", "/patients", self.put, "write", "patients-set"),
+            route("POST", "/patients/delete", self.delete, "write", "patients-delete"),
+        ]
+
+    async def queue(self, request: Request) -> Response:
+        everything = query(request).get("all", ["0"])[-1] in ("1", "true")
+        return json_response(200, await reconcile_api.queue(self.reconciler(), {"all": everything}))
+
+    async def _decide(self, request: Request, action: str) -> Response:
+        payload = await _json(request)
+        payload = {k: v for k, v in payload.items() if k in ("local_id", "record", "reason")}
+        payload.update(manifest=str(request.path_params["manifest"]), action=action)
+        return json_response(200, await reconcile_api.decide(self.reconciler(), payload, _user(request)))
+
+    async def match(self, request: Request) -> Response:
+        return await self._decide(request, "match")
+
+    async def reject(self, request: Request) -> Response:
+        return await self._decide(request, "reject")
+
+    async def patients(self, request: Request) -> Response:
+        number = query(request).get("nhs_number", [""])[-1]
+        return json_response(200, await reconcile_api.patients(self.db, {"nhs_number": number}))
+
+    async def put(self, request: Request) -> Response:
+        return json_response(200, await reconcile_api.put_patient(self.db, self.audit, await _json(request),
+                                                                  _user(request), int(self.clock() * 1000)))
+
+    async def delete(self, request: Request) -> Response:
+        return json_response(200, await reconcile_api.delete_patient(self.db, self.audit, await _json(request),
+                                                                     _user(request)))
