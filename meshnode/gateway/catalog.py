@@ -72,9 +72,10 @@ def instance_entities(series: dict[str, str], instances: Sequence[InstanceRecord
 
 def _candidate_studies(store: MetadataStore, query: Query) -> list[StudySummaryRow]:
     wanted = _uids(query.value("StudyInstanceUID"))
+    held = store.held_studies()  # patient reconciliation holds them back (meshnode.gateway.reconciler)
     if wanted:
-        return [s for s in (store.study(uid) for uid in wanted) if s is not None]
-    return store.studies()
+        return [s for s in (store.study(uid) for uid in wanted if uid not in held) if s is not None]
+    return [s for s in store.studies() if s.attributes.study_uid not in held]
 
 
 def find(store: MetadataStore, query: Query, max_results: int = DEFAULT_MAX_RESULTS) -> list[dict[str, str]]:
@@ -143,7 +144,10 @@ def retrieve(store: MetadataStore, level: Level, identifier: dict[str, str],
     elif not studies:
         raise QueryError(f"a {level.value} level retrieve needs a StudyInstanceUID")
     records: list[InstanceRecord] = []
+    held = store.held_studies()  # patient reconciliation holds them back
     for uid in studies:
+        if uid in held:
+            continue
         records.extend(latest_instances(store.instances(uid)))
     if level in (Level.SERIES, Level.IMAGE):
         series = set(_uids(identifier.get("SeriesInstanceUID", "")))

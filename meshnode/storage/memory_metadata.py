@@ -134,14 +134,20 @@ class MemoryMetadataStore(MemoryRetryQueue, MemoryPatients):
     def study(self, study_uid: str) -> StudySummaryRow | None:
         return self._summary(study_uid)
 
+    def _shown(self, search: Search) -> list[InstanceRecord]:
+        held = self.held_studies() if search.hide_held else set()
+        return [i for i in self._instances if i.study_uid not in held]
+
     def search_studies(self, search: Search) -> list[StudySummaryRow]:
-        return memory_search_studies(self.studies(), self._instances, search)
+        held = self.held_studies() if search.hide_held else set()
+        studies = [s for s in self.studies() if s.attributes.study_uid not in held]
+        return memory_search_studies(studies, self._shown(search), search)
 
     def search_series(self, search: Search) -> list[SeriesSummaryRow]:
-        return memory_search_series(self._instances, search)
+        return memory_search_series(self._shown(search), search)
 
     def search_instances(self, search: Search) -> list[InstanceSummaryRow]:
-        return memory_search_instances(self._instances, search)
+        return memory_search_instances(self._shown(search), search)
 
     def instances(self, study_uid: str) -> list[InstanceRecord]:
         insts = [i for i in self._instances if i.study_uid == study_uid]

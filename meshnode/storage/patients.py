@@ -114,6 +114,11 @@ class PatientStore(Protocol):
         """Replace the manifest's row only if it is in state `expected` (a replayed decision changes nothing)."""
         ...
 
+    def held_studies(self) -> set[str]:
+        """Studies held back by reconciliation: a received manifest of theirs arrived, waits or was rejected,
+        and none was matched. DICOMweb and the DIMSE query/retrieve SCP do not show them."""
+        ...
+
 
 class MemoryPatients:
     """PatientStore in dictionaries (part of MemoryMetadataStore)."""
@@ -156,3 +161,8 @@ class MemoryPatients:
             return False
         self._reconciliations[row.manifest_id] = row
         return True
+
+    def held_studies(self) -> set[str]:
+        rows = self._reconciliations.values()
+        return ({r.study_uid for r in rows if r.state is not ReconState.MATCHED}
+                - {r.study_uid for r in rows if r.state is ReconState.MATCHED})

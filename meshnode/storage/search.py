@@ -73,6 +73,8 @@ class Search:
     modalities_in_study: tuple[str, ...] = ()
     limit: int = 100
     offset: int = 0
+    #: leave out the studies patient reconciliation holds back (MetadataStore.held_studies)
+    hide_held: bool = False
 
     def __post_init__(self) -> None:
         for key in self.filters:

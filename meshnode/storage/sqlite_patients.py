@@ -18,6 +18,12 @@ _RECON = ("manifest_id, study_uid, sender_org, state, created_ms, patient_id, is
           "decided_by, decided_ms")
 
 
+#: the study UIDs of PatientStore.held_studies (also a condition of searches with Search.hide_held)
+HELD_STUDIES_SQL = ("SELECT r.study_uid FROM reconciliations r WHERE r.state IN ('arrived', 'waiting', 'rejected')"
+                    " AND NOT EXISTS (SELECT 1 FROM reconciliations m WHERE m.study_uid = r.study_uid"
+                    " AND m.state = 'matched')")
+
+
 def _patient(r: Any) -> PatientRecord:
     return PatientRecord(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), int(r[6]), str(r[7]))
 
@@ -71,6 +77,9 @@ class SqlitePatients(SqliteTables):
         with self._tx() as db:
             return db.execute(f"INSERT OR IGNORE INTO reconciliations ({_RECON}) VALUES ({','.join('?' * 20)})",
                               _recon_values(row)).rowcount == 1
+
+    def held_studies(self) -> set[str]:
+        return {str(r[0]) for r in self._query(HELD_STUDIES_SQL)}
 
     def update_reconciliation(self, row: ReconciliationRow, expected: ReconState) -> bool:
         columns = [c.strip() for c in _RECON.split(",")]

@@ -7,6 +7,7 @@ from typing import Any
 
 from meshnode.storage.audit import AuditEntry
 from meshnode.storage.records import SeriesAttributes, StudyAttributes, StudySummaryRow
+from meshnode.storage.sqlite_patients import HELD_STUDIES_SQL
 from meshnode.storage.search import (
     AuditQuery,
     CASE_INSENSITIVE,
@@ -62,6 +63,8 @@ def _where(search: Search, study_alias: str) -> tuple[str, list[object]]:
             sql = "0"
         parts.append(f"({sql})")
         params.extend(p)
+    if search.hide_held:
+        parts.append(f"({study_alias}.study_uid NOT IN ({HELD_STUDIES_SQL}))")
     return " AND ".join(parts), params
 
 

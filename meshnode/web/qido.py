@@ -150,7 +150,7 @@ def parse_query(level: Level, params: Mapping[str, list[str]], fixed: Mapping[st
             raise HttpError(400, "not a DICOM UID in the path")
         filters[attribute] = ListMatch((uid,))
     search = Search(level, filters, modalities, limit=_int(params, "limit", max_results, max_results),
-                    offset=_int(params, "offset", 0, 1 << 31))
+                    offset=_int(params, "offset", 0, 1 << 31), hide_held=True)  # reconciliation holds
     return ParsedQuery(search, frozenset(include), include_all, tuple(sorted(set(ignored))))
 
 
@@ -188,7 +188,7 @@ class Qido:
             fixed["series_uid"] = request.path_params["series"]
         parsed = parse_query(level, query(request), fixed, self.s.config.max_results)
         probe = Search(parsed.search.level, parsed.search.filters, parsed.search.modalities_in_study,
-                       limit=parsed.search.limit + 1, offset=parsed.search.offset)
+                       limit=parsed.search.limit + 1, offset=parsed.search.offset, hide_held=True)
         base = self.s.base_url(request)
         results: list[Json]
 

@@ -155,7 +155,8 @@ class Wado:
     async def _records(self, request: Request) -> list[InstanceRecord]:
         p = request.path_params
         study = p["study"]
-        records = await self.s.db.run(lambda store: store.instances(study))
+        # a study patient reconciliation holds back is not shown (meshnode.gateway.reconciler)
+        records = await self.s.db.run(lambda store: [] if study in store.held_studies() else store.instances(study))
         if "series" in p:
             records = [r for r in records if r.series_uid == p["series"]]
         if "instance" in p:

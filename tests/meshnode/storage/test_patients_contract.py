@@ -63,3 +63,13 @@ def test_reconciliation_rows_and_guarded_updates(store: MetadataStore) -> None:
     assert store.update_reconciliation(matched, ReconState.WAITING)
     assert not store.update_reconciliation(replace(matched, decided_by="mallory"), ReconState.WAITING)  # replay
     assert store.reconciliation(M1) == matched
+
+
+def test_held_studies(store: MetadataStore) -> None:
+    assert store.held_studies() == set()
+    store.add_reconciliation(ReconciliationRow(M1, "1.2.3", "RXX", ReconState.WAITING, 1))
+    store.add_reconciliation(ReconciliationRow(M2, "1.2.4", "RXX", ReconState.REJECTED, 2))
+    assert store.held_studies() == {"1.2.3", "1.2.4"}
+    m3 = CID.of(b"revision 2 of 1.2.3")
+    store.add_reconciliation(ReconciliationRow(m3, "1.2.3", "RXX", ReconState.MATCHED, 3))
+    assert store.held_studies() == {"1.2.4"}  # one matched manifest of the study shows it
