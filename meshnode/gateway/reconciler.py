@@ -116,6 +116,13 @@ class Reconciler:
                 self._now_ms()))
         return False
 
+    def holding(self, store: MetadataStore, manifest_id: CID) -> str:
+        """"" when reconciliation does not hold this manifest back, else what the inbox shows."""
+        row = store.reconciliation(manifest_id) if self.settings.enabled else None
+        if row is None or row.state is ReconState.MATCHED:
+            return ""
+        return "rejected-by-reconciliation" if row.state is ReconState.REJECTED else "waiting-for-reconciliation"
+
     def coercions(self, store: MetadataStore, manifest_ids: Sequence[CID]) -> dict[CID, Coercion]:
         """The local identity each matched manifest is forwarded under (absent: forwarded as stored)."""
         out: dict[CID, Coercion] = {}

@@ -23,6 +23,7 @@ from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.dimse.server import DimseServer
 from meshnode.gateway.forwarder import Forwarder
 from meshnode.gateway.intake import StudyIntake
+from meshnode.gateway.pacs_queue import received_manifest
 from meshnode.gateway.reconciler import Reconciler
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.events import StudyEvent, StudyEventKind
@@ -123,7 +124,14 @@ class Gateway:
     def forward_progress(self, store: MetadataStore, manifest_id: CID) -> dict[str, object]:
         if self.forwarder is None:
             return {}
-        return {dest: p.json() for dest, p in self.forwarder.progress(store, manifest_id).items()}
+        progress: dict[str, object] = {dest: p.json() for dest, p in self.forwarder.progress(store, manifest_id).items()}
+        held = self.reconciler.holding(store, manifest_id)
+        if held and not progress:  # not queued: it waits for its patient to be reconciled, or was rejected
+            found = received_manifest(store, manifest_id)
+            total = len(found[1].instances) if found else 0
+            progress = {d.name: {"state": held, "total": total, "sent": 0, "pending": 0, "waiting": total,
+                                 "failed": 0, "cancelled": 0, "last_error": ""} for d in self.config.pacs}
+        return progress
 
     def forward_counts(self, store: MetadataStore) -> dict[str, dict[str, int]]:
         return self.forwarder.counts(store) if self.forwarder is not None else {}
