@@ -175,14 +175,27 @@ class Reconciler:
             waiting = replace(row, state=ReconState.WAITING, reason="unreadable", detail=exc.name)
             await self._record(waiting, ReconState.ARRIVED, "waits: the stored header cannot be read")
             return False
+        d = patient.demographics
+        base = replace(row, patient_id=patient.patient_id.value, issuer=patient.patient_id.issuer,
+                       name=d.name, birth_date=d.birth_date, sex=d.sex)
+        earlier = await self.db.run(lambda s: s.study_reconciliations(row.study_uid))
+        same = [r for r in earlier if r.state is ReconState.MATCHED and r.sender_org == row.sender_org
+                and (r.patient_id, r.issuer, r.name, r.birth_date, r.sex)
+                == (base.patient_id, base.issuer, base.name, base.birth_date, base.sex)]
+        if same:  # a later revision of a study already matched (late instances): the same decision
+            prior = same[-1]
+            carried = replace(base, state=ReconState.MATCHED, reason=prior.reason, nhs_number=prior.nhs_number,
+                              local_id=prior.local_id, local_issuer=prior.local_issuer, local_name=prior.local_name,
+                              local_birth_date=prior.local_birth_date, local_sex=prior.local_sex,
+                              decided_by=AUTO, decided_ms=self._now_ms())
+            return await self._record(carried, ReconState.ARRIVED,
+                                      f"matched as manifest {prior.manifest_id} was (by {prior.decided_by})")
         numbers = nhs_numbers(patient, frozenset(self.settings.nhs_issuers))
         candidates = await self.db.run(lambda s: [p for n in numbers for p in s.patients(n)])
         decision = decide(patient, [c.local_patient() for c in candidates],
                           issuers=frozenset(self.settings.nhs_issuers),
                           demographics_must_agree=self.settings.demographics_must_agree)
-        d = patient.demographics
-        base = replace(row, patient_id=patient.patient_id.value, issuer=patient.patient_id.issuer,
-                       nhs_number=decision.nhs_number, name=d.name, birth_date=d.birth_date, sex=d.sex)
+        base = replace(base, nhs_number=decision.nhs_number)
         if isinstance(decision, Match):
             r = decision.record
             matched = replace(base, state=ReconState.MATCHED, reason=Reason.MATCHED.value,

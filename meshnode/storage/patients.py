@@ -114,6 +114,10 @@ class PatientStore(Protocol):
         """Replace the manifest's row only if it is in state `expected` (a replayed decision changes nothing)."""
         ...
 
+    def study_reconciliations(self, study_uid: str) -> list[ReconciliationRow]:
+        """Every row of this study (all its received manifests), oldest first."""
+        ...
+
     def held_studies(self) -> set[str]:
         """Studies held back by reconciliation: a received manifest of theirs arrived, waits or was rejected,
         and none was matched. DICOMweb and the DIMSE query/retrieve SCP do not show them."""
@@ -161,6 +165,9 @@ class MemoryPatients:
             return False
         self._reconciliations[row.manifest_id] = row
         return True
+
+    def study_reconciliations(self, study_uid: str) -> list[ReconciliationRow]:
+        return [r for r in self.reconciliations() if r.study_uid == study_uid]
 
     def held_studies(self) -> set[str]:
         rows = self._reconciliations.values()

@@ -78,6 +78,10 @@ class SqlitePatients(SqliteTables):
             return db.execute(f"INSERT OR IGNORE INTO reconciliations ({_RECON}) VALUES ({','.join('?' * 20)})",
                               _recon_values(row)).rowcount == 1
 
+    def study_reconciliations(self, study_uid: str) -> list[ReconciliationRow]:
+        return [_recon(r) for r in self._query(
+            f"SELECT {_RECON} FROM reconciliations WHERE study_uid = ? ORDER BY created_ms, manifest_id", (study_uid,))]
+
     def held_studies(self) -> set[str]:
         return {str(r[0]) for r in self._query(HELD_STUDIES_SQL)}
 

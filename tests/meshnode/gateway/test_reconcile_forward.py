@@ -26,7 +26,11 @@ from meshnode.storage.patients import PatientRecord, ReconState
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError, NotFoundError
 from tests.meshnode.gateway.conftest import GatewayFactory
-from tests.meshnode.gateway.harness import Gateway, eventually
+from meshnode.storage.records import ManifestRow
+from meshnode.study.manifest_builder import build_manifest
+from protocol.lifecycle import ManifestState
+from protocol.manifest import Priority, Purpose
+from tests.meshnode.gateway.harness import KEY, Gateway, eventually
 from tests.meshnode.gateway.test_forwarder import Pacs, forwarder, pacs, receipt_delivered, received_study
 
 __all__ = ["pacs"]  # the fixture, imported for these tests
@@ -199,3 +203,46 @@ async def test_a_restart_decides_what_arrived(gateways: GatewayFactory, tmp_path
 
 def received_other_cid(signed: Any) -> CID:
     return CID.of(signed.cid.digest)  # a manifest that never arrived
+
+
+async def test_a_later_revision_keeps_the_users_decision(gateways: GatewayFactory, tmp_path: Path,
+                                                        pacs: Pacs) -> None:
+    gw = await gateways(dimse=False, announce=False)
+    files = study(tmp_path, patient_id="RXX-445566", issuer="RXX")
+    late = generate_ct_study(tmp_path / "late", slices=3, rows=32, columns=32, seed=5, patient_id="RXX-445566",
+                             patient_name="Smith^Jane^Ann")[2]  # the same study's third slice, sent late
+    ds = dcmread(late)
+    ds.IssuerOfPatientID, ds.PatientBirthDate, ds.PatientSex = "RXX", "19700101", "F"
+    ds.save_as(late)
+    await gw.db.run(lambda s: s.put_patients([LOCAL]))
+    first = await received_study(gw, files)
+    audits: list[AuditEvent] = []
+    fwd, rec = await setup(gw, pacs, audits)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fwd.run)
+        await receipt_delivered(gw, first)
+        assert await fwd.release(first.cid) == 0
+        await rec.match(first.cid, "alice", local_id="RGT0001")
+        await eventually(lambda: len(pacs.received) == 2, "revision 1 in the PACS")
+        second = await received_revision(gw, late, 2)
+        await receipt_delivered(gw, second)
+        assert await fwd.release(second.cid) == 1  # only the late instance is new to this PACS
+        await eventually(lambda: len(pacs.received) == 3, "the late instance in the PACS")
+        nursery.cancel_scope.cancel()
+    row = await gw.db.run(lambda s: s.reconciliation(second.cid))
+    assert row is not None and row.state is ReconState.MATCHED and row.local_id == "RGT0001"
+    assert received(pacs, str(ds.SOPInstanceUID)).PatientID == "RGT0001"
+
+
+async def received_revision(gw: Gateway, late: Path, revision: int) -> Any:
+    await gw.intake.store(late.read_bytes(), None, source="test")
+    uid = (await gw.db.run(lambda s: s.studies()))[0].attributes.study_uid
+    records = await gw.db.run(lambda s: s.instances(uid))
+    now = int(time.time())
+    signed = build_manifest(records, sender_org="RGT", sender_peer=KEY.peer_id, recipients=["RJ1"],
+                            priority=Priority.URGENT, purpose=Purpose.CARE, created_at=now, expires_at=now + 86400,
+                            revision=revision).sign(KEY)
+    row = ManifestRow(signed.cid, uid, "received", "RGT", revision, ManifestState.COMPLETE, now, now + 86400,
+                      signed.encode(), ("RJ1",))
+    await gw.db.run(lambda s: s.save_manifest(row, []))
+    return signed
