@@ -12,7 +12,13 @@ from pathlib import Path
 from common.cli.output import EXIT_OK, emit
 from common.files import read_file
 from meshnode.cli.storage_cmds import open_storage
-from meshnode.gateway.patient_table import MAX_CSV_BYTES, SEXES, PatientInput, check_record, parse_csv
+from meshnode.gateway.patient_table import (
+    MAX_CSV_BYTES,
+    SEXES,
+    PatientInput,
+    check_record,
+    parse_csv,
+)
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.node_storage import local_actor, now_ms
 from meshnode.storage.records import hash_uid

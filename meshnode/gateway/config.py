@@ -13,7 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from meshnode.gateway.reconcile_config import ReconciliationSettings, parse_reconciliation, render_reconciliation
+from meshnode.gateway.reconcile_config import (
+    ReconciliationSettings,
+    parse_reconciliation,
+    render_reconciliation,
+)
 from meshnode.gateway.routes import (
     MAX_QUIET_PERIOD_S,
     MIN_QUIET_PERIOD_S,

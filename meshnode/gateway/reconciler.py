@@ -30,8 +30,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from meshnode.gateway.coercion import Coercion
-from meshnode.gateway.dimse.sending import read_instance
 from meshnode.gateway.config import PacsDestination
+from meshnode.gateway.dimse.sending import read_instance
 from meshnode.gateway.pacs_queue import manifest_prefix, queue_name, received_manifest
 from meshnode.gateway.patient_table import PatientInput, check_record
 from meshnode.gateway.reconcile_config import ReconciliationSettings
@@ -82,7 +82,7 @@ def arriving_patient(data: bytes) -> ArrivingPatient:
 
 
 def dicom_datetime(ms: int) -> str:
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y%m%d%H%M%S+0000")
 
 
 class Reconciler:

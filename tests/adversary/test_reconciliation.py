@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from meshnode.gateway.patient_table import MAX_CSV_BYTES, PatientInput, check_record, parse_csv
+from meshnode.gateway.patient_table import (
+    MAX_CSV_BYTES,
+    PatientInput,
+    check_record,
+    parse_csv,
+)
 from meshnode.storage.patients import PatientRecord
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from protocol.errors import LocalProtocolError

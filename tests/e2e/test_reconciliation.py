@@ -24,8 +24,16 @@ from meshnode.demo.workspace import Workspace, free_tcp_port
 from meshnode.dicom import synthetic
 from tests.e2e.dimse_tools import dimse_endpoint, find_answers, findscu, storescu
 from tests.e2e.orthanc import Orthanc
-from tests.e2e.test_gateway import MODALITY, ORGS, PACS_AE, READER, enable_gateway, inbox, receiver_config, \
-    sender_config
+from tests.e2e.test_gateway import (
+    MODALITY,
+    ORGS,
+    PACS_AE,
+    READER,
+    enable_gateway,
+    inbox,
+    receiver_config,
+    sender_config,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -23,15 +23,21 @@ from meshnode.gateway.reconcile_config import ReconciliationSettings
 from meshnode.gateway.reconciler import Reconciler
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.patients import PatientRecord, ReconState
-from protocol.cid import CID
-from protocol.errors import LocalProtocolError, NotFoundError
-from tests.meshnode.gateway.conftest import GatewayFactory
 from meshnode.storage.records import ManifestRow
 from meshnode.study.manifest_builder import build_manifest
+from protocol.cid import CID
+from protocol.errors import LocalProtocolError, NotFoundError
 from protocol.lifecycle import ManifestState
 from protocol.manifest import Priority, Purpose
+from tests.meshnode.gateway.conftest import GatewayFactory
 from tests.meshnode.gateway.harness import KEY, Gateway, eventually
-from tests.meshnode.gateway.test_forwarder import Pacs, forwarder, pacs, receipt_delivered, received_study
+from tests.meshnode.gateway.test_forwarder import (
+    Pacs,
+    forwarder,
+    pacs,
+    receipt_delivered,
+    received_study,
+)
 
 __all__ = ["pacs"]  # the fixture, imported for these tests
 
@@ -85,7 +91,7 @@ async def test_confident_match_forwards_the_coerced_copy_and_keeps_the_stored_or
     await gw.db.run(lambda s: s.put_patients([LOCAL]))
     signed = await received_study(gw, files)
     audits: list[AuditEvent] = []
-    fwd, rec = await setup(gw, pacs, audits)
+    fwd, _ = await setup(gw, pacs, audits)
     blocks_before = _disk(gw)
     assert len(blocks_before) >= len(files)
     manifest_before = await gw.db.run(lambda s: s.manifest(signed.cid))
@@ -190,7 +196,7 @@ async def test_a_restart_decides_what_arrived(gateways: GatewayFactory, tmp_path
     await gw.db.run(lambda s: s.put_patients([LOCAL]))
     signed = await received_study(gw, files)
     audits: list[AuditEvent] = []
-    fwd, rec = await setup(gw, pacs, audits)
+    fwd, _ = await setup(gw, pacs, audits)
     await receipt_delivered(gw, signed)
     await gw.db.run(lambda s: fwd.queue_write(s, signed.cid))  # the receipt's write; then the node stopped
     row = await gw.db.run(lambda s: s.reconciliation(signed.cid))

@@ -41,10 +41,9 @@ def test_patients_put_list_by_nhs_number_delete(store: MetadataStore) -> None:
 
 def test_a_failed_import_changes_nothing(store: MetadataStore) -> None:
     store.put_patients([A])
-    with pytest.raises(RuntimeError):
-        with store.atomic():
-            store.put_patients([replace(A, name="CHANGED"), B])
-            raise RuntimeError("the import failed half-way")
+    with pytest.raises(RuntimeError), store.atomic():
+        store.put_patients([replace(A, name="CHANGED"), B])
+        raise RuntimeError("the import failed half-way")
     assert store.patients() == [A]
 
 
