@@ -223,7 +223,8 @@ class Reconciler:
             return False
         matched = row.state is ReconState.MATCHED
         outcome = Outcome.SUCCESS if matched else Outcome.MINOR_FAILURE
-        local = f"; local record {row.local_issuer}/{hash_uid(row.local_id)}" if matched else ""
+        local = (f"; forwarded as local record {row.local_issuer}/{hash_uid(row.local_id)} (COERCE: the arriving "
+                 "identifiers kept in Other Patient IDs and Original Attributes Sequence)") if matched else ""
         await self.audit(AuditEvent(
             EventCode.PATIENT_RECORD, f"reconcile-{row.state.value}", outcome, actor=row.decided_by or AUTO,
             study=hash_uid(row.study_uid), manifest_id=str(row.manifest_id),

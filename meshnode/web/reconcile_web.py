@@ -25,6 +25,7 @@ from starlette.responses import Response
 from meshnode.gateway import reconcile_api
 from meshnode.gateway.reconciler import Reconciler
 from meshnode.node.retry_driver import Database
+from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.web.app import Route, route
 from meshnode.web.http import HttpError, body, json_response, principal, query
 
@@ -68,9 +69,15 @@ class ReconcileWeb:
             route("POST", "/patients/delete", self.delete, "write", "patients-delete"),
         ]
 
+    async def _viewed(self, request: Request, what: str, n: int) -> None:
+        """Patient identifiers were shown: audited (Query, 110112) with the user."""
+        await self.audit(AuditEvent(EventCode.QUERY, what, actor=_user(request), detail=f"{n} row(s) shown"))
+
     async def queue(self, request: Request) -> Response:
         everything = query(request).get("all", ["0"])[-1] in ("1", "true")
-        return json_response(200, await reconcile_api.queue(self.reconciler(), {"all": everything}))
+        rows = await reconcile_api.queue(self.reconciler(), {"all": everything})
+        await self._viewed(request, "reconcile-list", len(rows))
+        return json_response(200, rows)
 
     async def _decide(self, request: Request, action: str) -> Response:
         payload = await _json(request)
@@ -86,7 +93,9 @@ class ReconcileWeb:
 
     async def patients(self, request: Request) -> Response:
         number = query(request).get("nhs_number", [""])[-1]
-        return json_response(200, await reconcile_api.patients(self.db, {"nhs_number": number}))
+        rows = await reconcile_api.patients(self.db, {"nhs_number": number})
+        await self._viewed(request, "patient-table-list", len(rows))
+        return json_response(200, rows)
 
     async def put(self, request: Request) -> Response:
         return json_response(200, await reconcile_api.put_patient(self.db, self.audit, await _json(request),

@@ -105,6 +105,8 @@ async def test_reading_the_queue_needs_read(env: Env) -> None:
     assert r.status == 200 and [row["manifest"] for row in r.json()] == [str(WAITING)]
     r = await call(env.app, "GET", "/reconcile", query="all=1", headers={"Authorization": f"Bearer {env.reader}"})
     assert len(r.json()) == 2
+    assert [(e.action, e.actor) for e in env.events if e.code == EventCode.QUERY] == \
+        [("reconcile-list", "user:reader")] * 2  # patient identifiers shown: audited
 
 
 @pytest.mark.parametrize("manifest", [str(CID.of(b"never arrived")), str(DECIDED), "..%2F..%2Fetc", "b" + "a" * 58,

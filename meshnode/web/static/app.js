@@ -2,7 +2,7 @@
 // dicom-mesh node UI: one page, four views, live updates by Server-Sent Events.
 // Every value from the server goes into the page as text (textContent), never as HTML.
 
-const PAGES = ["inbox", "outbox", "peers", "audit"];
+const PAGES = ["inbox", "outbox", "peers", "audit", "reconcile"];
 let session = { user: null, roles: [], public_status: true, org: "" };
 let stream = null;
 
@@ -124,6 +124,17 @@ const render = {
       el("td", { class: p.connected ? "ok" : "muted" }, p.connected ? "connected" : "not connected"),
       el("td", { class: "mono" }, when(p.last_seen))));
   },
+  reconcile(rows) {
+    // the patient reconciliation queue (GET /reconcile, read role); decisions: meshnode reconcile or the API
+    fill(document.getElementById("reconcile-table"), rows, (r) => el("tr", { "data-manifest": r.manifest },
+      el("td", { class: "mono" }, when(new Date(r.created_ms).toISOString())),
+      el("td", {}, el("b", {}, r.sender_org)),
+      el("td", {}, `${r.arriving.patient_id} (${r.arriving.issuer || "no issuer"})`,
+        el("div", { class: "muted" }, `${r.arriving.name} ${r.arriving.birth_date} ${r.arriving.sex}`)),
+      el("td", { class: "mono" }, r.arriving.nhs_number || "-"),
+      el("td", { class: "warn" }, r.reason, r.detail ? el("div", { class: "muted" }, r.detail) : null),
+      el("td", { class: "mono", title: r.manifest }, short(r.manifest, 20))));
+  },
   audit(data) {
     const chain = document.getElementById("chain");
     chain.className = "chain " + (data.chain.intact ? "ok" : "bad");
@@ -176,6 +187,10 @@ function open(page) {
     notice("Log in with your API token to see this node's status.");
     return;
   }
+  if (page === "reconcile") {
+    loadReconcile();
+    return;
+  }
   notice(session.user || page === "peers" ? "" : "Patient identifiers are shown after you log in.");
   const query = page === "audit" ? "&" + auditQuery() : "";
   stream = new EventSource(`/ui/api/events?page=${page}${query}`);
@@ -185,6 +200,20 @@ function open(page) {
     document.body.dataset.updated = String(Date.now());
   });
   stream.onerror = () => document.getElementById("live").classList.remove("on");
+}
+
+async function loadReconcile() {
+  if (!session.roles.includes("read")) {
+    notice("The reconciliation queue needs a login with a token of a user with the read role.");
+    return;
+  }
+  const response = await fetch("/reconcile", { credentials: "same-origin" });
+  if (!response.ok) {
+    notice(`The reconciliation queue could not be read (HTTP ${response.status}).`);
+    return;
+  }
+  notice("");
+  render.reconcile(await response.json());
 }
 
 async function loadSession() {
