@@ -93,6 +93,7 @@ class Reason(str, enum.Enum):
     NO_CANDIDATE = "no-candidate"
     SEVERAL_CANDIDATES = "several-candidates"
     DEMOGRAPHICS_DISAGREE = "demographics-disagree"
+    INSTANCES_DISAGREE = "instances-disagree"  # the study's instances name different patients
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,16 @@ def disagreement(arriving: Demographics, local: Demographics) -> str:
     if sa in ("M", "F") and sb in ("M", "F") and sa != sb:
         bad.append("sex")
     return ", ".join(bad)
+
+
+def decide_study(patients: Sequence[ArrivingPatient], candidates: Sequence[LocalPatient], *,
+                 issuers: frozenset[str] = NHS_ISSUERS, demographics_must_agree: bool = True) -> Decision:
+    """The decision for a study whose instances name these patients: they must all name the same one (the
+    same identifiers and demographics), else a human decides."""
+    distinct = set(patients)
+    if len(distinct) != 1:
+        return NeedsHuman(Reason.INSTANCES_DISAGREE, detail=f"{len(distinct)} different patients in the study")
+    return decide(patients[0], candidates, issuers=issuers, demographics_must_agree=demographics_must_agree)
 
 
 def decide(patient: ArrivingPatient, candidates: Sequence[LocalPatient], *,

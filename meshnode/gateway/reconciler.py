@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from functools import partial
+from typing import BinaryIO
 
 import trio
 from pydicom import dcmread
@@ -31,12 +32,12 @@ from pydicom.errors import InvalidDicomError
 
 from meshnode.gateway.coercion import Coercion
 from meshnode.gateway.config import PacsDestination
-from meshnode.gateway.dimse.sending import read_instance
 from meshnode.gateway.pacs_queue import manifest_prefix, queue_name, received_manifest
 from meshnode.gateway.patient_table import PatientInput, check_record
 from meshnode.gateway.reconcile_config import ReconciliationSettings
 from meshnode.node.retry_driver import Database
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.block_stream import BlockStream
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.patients import PatientRecord, ReconciliationRow, ReconState
@@ -50,7 +51,7 @@ from protocol.reconciliation import (
     Match,
     PatientIdentifier,
     Reason,
-    decide,
+    decide_study,
     nhs_numbers,
 )
 
@@ -68,17 +69,26 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value if value is not None else "").strip()
 
 
-def arriving_patient(data: bytes) -> ArrivingPatient:
+def arriving_patient(stream: BinaryIO) -> ArrivingPatient:
     """The patient's identifiers and demographics from an instance's header (StorageError if unreadable)."""
     try:
-        ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
+        ds = dcmread(stream, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
         others = tuple(PatientIdentifier(_text(i, "PatientID"), _text(i, "IssuerOfPatientID"))
                        for i in ds.get("OtherPatientIDsSequence", None) or ())
         return ArrivingPatient(PatientIdentifier(_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")), others,
                                Demographics(_text(ds, "PatientName"), _text(ds, "PatientBirthDate"),
                                             _text(ds, "PatientSex")))
-    except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:
+    except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, EOFError, OSError) as exc:
         raise StorageError(f"cannot read the patient from the stored header: {type(exc).__name__}") from None
+
+
+def stored_patients(blocks: BlockStore, records: Sequence[InstanceRecord]) -> list[ArrivingPatient]:
+    """The patient each stored instance names, read from its blocks up to the pixel data (worker thread)."""
+    out = []
+    for record in records:
+        reader = io.BufferedReader(BlockStream(blocks, record.blocks, record.block_sizes), buffer_size=64 * 1024)
+        out.append(arriving_patient(reader))
+    return out
 
 
 def dicom_datetime(ms: int) -> str:
@@ -137,13 +147,13 @@ class Reconciler:
                               row.sender_org, self.modifying_system, dicom_datetime(row.decided_ms))
         return out
 
-    def _smallest_instance(self, store: MetadataStore, row: ReconciliationRow) -> InstanceRecord | None:
+    def _instances(self, store: MetadataStore, row: ReconciliationRow) -> list[InstanceRecord]:
+        """The stored instances the manifest lists."""
         found = received_manifest(store, row.manifest_id)
         if found is None:
-            return None
+            return []
         wanted = {(i.sop_instance_uid, i.digest) for i in found[1].instances}
-        records = [r for r in store.instances(row.study_uid) if (r.sop_instance_uid, r.digest) in wanted]
-        return min(records, key=lambda r: r.size, default=None)
+        return [r for r in store.instances(row.study_uid) if (r.sop_instance_uid, r.digest) in wanted]
 
     # -- the automatic decision ----------------------------------------------------------------------
     async def unsettled(self, destinations: Sequence[PacsDestination]) -> list[CID]:
@@ -169,12 +179,13 @@ class Reconciler:
         if row.state is not ReconState.ARRIVED:
             return row.state is ReconState.MATCHED
         try:
-            patient = await self._read_patient(row)
+            patients = await self._read_patients(row)
         except MeshError as exc:
             log.error("manifest %s: reconciliation cannot read the patient: %s", manifest_id, exc)
             waiting = replace(row, state=ReconState.WAITING, reason="unreadable", detail=exc.name)
             await self._record(waiting, ReconState.ARRIVED, "waits: the stored header cannot be read")
             return False
+        patient = patients[0]
         d = patient.demographics
         base = replace(row, patient_id=patient.patient_id.value, issuer=patient.patient_id.issuer,
                        name=d.name, birth_date=d.birth_date, sex=d.sex)
@@ -182,7 +193,7 @@ class Reconciler:
         same = [r for r in earlier if r.state is ReconState.MATCHED and r.sender_org == row.sender_org
                 and (r.patient_id, r.issuer, r.name, r.birth_date, r.sex)
                 == (base.patient_id, base.issuer, base.name, base.birth_date, base.sex)]
-        if same:  # a later revision of a study already matched (late instances): the same decision
+        if same and len(set(patients)) == 1:  # a later revision of a study already matched (late instances): the same decision
             prior = same[-1]
             carried = replace(base, state=ReconState.MATCHED, reason=prior.reason, nhs_number=prior.nhs_number,
                               local_id=prior.local_id, local_issuer=prior.local_issuer, local_name=prior.local_name,
@@ -192,7 +203,7 @@ class Reconciler:
                                       f"matched as manifest {prior.manifest_id} was (by {prior.decided_by})")
         numbers = nhs_numbers(patient, frozenset(self.settings.nhs_issuers))
         candidates = await self.db.run(lambda s: [p for n in numbers for p in s.patients(n)])
-        decision = decide(patient, [c.local_patient() for c in candidates],
+        decision = decide_study(patients, [c.local_patient() for c in candidates],
                           issuers=frozenset(self.settings.nhs_issuers),
                           demographics_must_agree=self.settings.demographics_must_agree)
         base = replace(base, nhs_number=decision.nhs_number)
@@ -208,13 +219,12 @@ class Reconciler:
                            + (f" ({decision.detail})" if decision.detail else ""))
         return False
 
-    async def _read_patient(self, row: ReconciliationRow) -> ArrivingPatient:
-        record = await self.db.run(partial(self._smallest_instance, row=row))
-        if record is None or self.blocks is None:
+    async def _read_patients(self, row: ReconciliationRow) -> list[ArrivingPatient]:
+        """The patient every instance of the manifest names (a study naming two patients waits for a human)."""
+        records = await self.db.run(partial(self._instances, row=row))
+        if not records or self.blocks is None:
             raise StorageError("no stored instance of the study")
-        blocks = self.blocks
-        data = await trio.to_thread.run_sync(read_instance, blocks, record)
-        return await trio.to_thread.run_sync(arriving_patient, data)
+        return await trio.to_thread.run_sync(stored_patients, self.blocks, records)
 
     async def _record(self, row: ReconciliationRow, expected: ReconState, what: str) -> bool:
         """Store the new row if the old one is still `expected`, and audit it; True when stored."""

@@ -15,6 +15,7 @@ from protocol.reconciliation import (
     PatientIdentifier,
     Reason,
     decide,
+    decide_study,
     disagreement,
     nhs_check_digit,
     nhs_number_valid,
@@ -145,3 +146,24 @@ def test_any_input_gives_a_decision(pid: str, issuer: str, others: list[tuple[st
     if isinstance(d, Match):  # a match only ever with a valid number equal to the single candidate's
         assert nhs_number_valid(d.nhs_number) and d.record.nhs_number == d.nhs_number
         assert sum(1 for n in numbers if n.replace(" ", "").replace("-", "") == d.nhs_number) == 1
+
+
+@given(valid_numbers(), st.integers(1, 5))
+def test_a_study_decides_as_its_one_patient(number: str, n: int) -> None:
+    patients = [arriving(number)] * n
+    assert decide_study(patients, [local(number)]) == decide(arriving(number), [local(number)])
+
+
+@given(valid_numbers(), st.sampled_from([
+    ArrivingPatient(PatientIdentifier("9434765919", "NHS"), (), DEMO),
+    ArrivingPatient(PatientIdentifier("RXX1", "RXX"), (), DEMO),
+    ArrivingPatient(PatientIdentifier("4010232137", "NHS"), (), Demographics("SMITH^JANE", "19700102", "F"))]))
+def test_instances_naming_different_patients_wait(number: str, other: ArrivingPatient) -> None:
+    first = arriving(number)
+    if other == first:
+        return
+    for patients in ([first, other], [other, first, first]):
+        d = decide_study(patients, [local(number)])
+        assert isinstance(d, NeedsHuman) and d.reason is Reason.INSTANCES_DISAGREE
+    d = decide_study([], [local(number)])
+    assert isinstance(d, NeedsHuman) and d.reason is Reason.INSTANCES_DISAGREE

@@ -252,3 +252,23 @@ async def received_revision(gw: Gateway, late: Path, revision: int) -> Any:
                       signed.encode(), ("RJ1",))
     await gw.db.run(lambda s: s.save_manifest(row, []))
     return signed
+
+
+async def test_a_study_naming_two_patients_waits(gateways: GatewayFactory, tmp_path: Path, pacs: Pacs) -> None:
+    gw = await gateways(dimse=False, announce=False)
+    files = study(tmp_path, patient_id=NHS, issuer="NHS")
+    ds = dcmread(files[1])
+    ds.PatientID = "4010232137"  # a mixed-up study: its second instance is another patient's
+    ds.save_as(files[1])
+    await gw.db.run(lambda s: s.put_patients([LOCAL]))
+    signed = await received_study(gw, files)
+    audits: list[AuditEvent] = []
+    fwd, _ = await setup(gw, pacs, audits)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fwd.run)
+        await receipt_delivered(gw, signed)
+        assert await fwd.release(signed.cid) == 0
+        nursery.cancel_scope.cancel()
+    row = await gw.db.run(lambda s: s.reconciliation(signed.cid))
+    assert row is not None and row.state is ReconState.WAITING and row.reason == "instances-disagree"
+    assert pacs.received == {}
