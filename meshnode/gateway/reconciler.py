@@ -249,6 +249,9 @@ class Reconciler:
             raise NotFoundError("that study is not in the reconciliation queue")
         if row.state is not ReconState.WAITING:
             raise LocalProtocolError(f"that study is not waiting for a decision (it is {row.state.value})")
+        found = await self.db.run(lambda s: received_manifest(s, manifest_id))
+        if found is not None and found[0] is ManifestState.RECALLED:
+            raise LocalProtocolError("the sender recalled that study: there is nothing to forward")
         return row
 
     async def match(self, manifest_id: CID, user: str, local_id: str | None = None,

@@ -179,6 +179,10 @@ async def test_rejected_study_is_never_forwarded(gateways: GatewayFactory, tmp_p
         assert await fwd.release(signed.cid) == 0
         row = await gw.db.run(lambda s: s.reconciliation(signed.cid))
         assert row is not None and row.reason == "invalid-check-digit"
+        await gw.db.run(lambda s: s.set_manifest_state(signed.cid, ManifestState.RECALLED))
+        with pytest.raises(LocalProtocolError, match="recalled"):  # recalled meanwhile: nothing to decide
+            await rec.match(signed.cid, "bob", local_id="RGT0001")
+        await gw.db.run(lambda s: s.set_manifest_state(signed.cid, ManifestState.RECEIPTED))
         await rec.reject(signed.cid, "bob", "not our patient")
         with pytest.raises(LocalProtocolError):
             await rec.match(signed.cid, "bob", local_id="RGT0001")
