@@ -5,7 +5,8 @@ enabled and a lookup table loaded with `meshnode patients import`. The study car
 arrives in Orthanc under RJ1's local patient ID, the RGT identifier kept in Other Patient IDs Sequence and
 Original Attributes Sequence; the one with RGT's own number only waits in `meshnode reconcile list` (not
 in Orthanc, not in b's DICOMweb-backed C-FIND) until `meshnode reconcile match` picks the local record,
-then arrives the same way.
+then arrives the same way. A third, with a wrong check digit, is rejected with `meshnode reconcile reject`:
+never forwarded, and a later match is refused.
 """
 
 from __future__ import annotations
@@ -137,5 +138,20 @@ def test_matched_by_nhs_number_and_matched_by_a_user(mesh: MeshDemo, orthanc: Or
     for ds in got2:
         assert ds.PatientID == "RJ1-000123"
         assert ("RGT-55501", "RGT") in [(o.PatientID, o.IssuerOfPatientID) for o in ds.OtherPatientIDsSequence]
+
+    # 3. a wrong check digit: waits; a rejection is final and the study never reaches Orthanc
+    folder3, rejected_uid = study(tmp_path / "bad", 73, "9434765918", "NHS")
+    assert storescu(a_port, MODALITY, "MESH_RJ1", folder3).code == 0
+    queue = mesh.wait_for(lambda: [r for r in mesh.cli(b, "reconcile", "list") if r["study_uid"] == rejected_uid],
+                          120, "the third study in the queue")
+    assert queue[0]["reason"] == "invalid-check-digit"
+    assert mesh.cli(b, "reconcile", "reject", queue[0]["manifest"], "--reason", "not ours")["state"] == "rejected"
+    refused = mesh.ws.run("meshnode", "reconcile", "match", queue[0]["manifest"], "RJ1-000123", "--home",
+                          str(b.home), check=False)
+    assert refused.code != 0 and "not waiting" in refused.stderr
+    row = received(mesh, b, rejected_uid)
+    assert row is not None and row["forward"]["main"]["state"] == "rejected-by-reconciliation"
+    assert in_orthanc(orthanc, rejected_uid) == []
     actions = [e for e in mesh.audit(b) if str(e.get("action", "")).startswith("reconcile-")]
-    assert [e["action"] for e in actions] == ["reconcile-matched", "reconcile-waiting", "reconcile-matched"]
+    assert [e["action"] for e in actions] == ["reconcile-matched", "reconcile-waiting", "reconcile-matched",
+                                              "reconcile-waiting", "reconcile-rejected"]
