@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 AuditFn = Callable[[AuditEvent], Awaitable[None]]
 AUTO = "auto"
+#: after a restart, matched studies decided this recently are queued again if nothing of them is queued
+RECHECK_MATCHED_MS = 30 * 86400 * 1000
 _READY = (ManifestState.RECEIPTED, ManifestState.COMPLETE)
 _HEADER_TAGS = ("PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence", "PatientName", "PatientBirthDate",
                 "PatientSex")
@@ -158,10 +160,15 @@ class Reconciler:
     # -- the automatic decision ----------------------------------------------------------------------
     async def unsettled(self, destinations: Sequence[PacsDestination]) -> list[CID]:
         """After a restart: the studies still to decide automatically, and the matched ones not yet queued
-        (a crash between a decision and the queue write)."""
+        (a crash between a decision and the queue write, milliseconds apart: only recent decisions are
+        looked at, so a restart does not scan every study ever matched)."""
+        since = self._now_ms() - RECHECK_MATCHED_MS
+
         def load(store: MetadataStore) -> list[CID]:
             out = []
             for r in store.reconciliations((ReconState.ARRIVED, ReconState.MATCHED)):
+                if r.state is ReconState.MATCHED and r.decided_ms < since:
+                    continue
                 if r.state is ReconState.ARRIVED or not any(
                         store.queue_rows(queue_name(d.name), key_prefix=manifest_prefix(r.manifest_id))
                         for d in destinations):

@@ -22,7 +22,7 @@ from meshnode.gateway.patient_table import PatientInput
 from meshnode.gateway.reconcile_config import ReconciliationSettings
 from meshnode.gateway.reconciler import Reconciler
 from meshnode.storage.audit import AuditEvent, EventCode
-from meshnode.storage.patients import PatientRecord, ReconState
+from meshnode.storage.patients import PatientRecord, ReconciliationRow, ReconState
 from meshnode.storage.records import ManifestRow
 from meshnode.study.manifest_builder import build_manifest
 from protocol.cid import CID
@@ -276,3 +276,24 @@ async def test_a_study_naming_two_patients_waits(gateways: GatewayFactory, tmp_p
     row = await gw.db.run(lambda s: s.reconciliation(signed.cid))
     assert row is not None and row.state is ReconState.WAITING and row.reason == "instances-disagree"
     assert pacs.received == {}
+
+
+async def test_a_restart_queues_a_match_whose_queue_write_was_lost(gateways: GatewayFactory, tmp_path: Path,
+                                                                   pacs: Pacs) -> None:
+    gw = await gateways(dimse=False, announce=False)
+    files = study(tmp_path, patient_id="RXX-1", issuer="RXX")
+    signed = await received_study(gw, files)
+    audits: list[AuditEvent] = []
+    fwd, _ = await setup(gw, pacs, audits)
+    await receipt_delivered(gw, signed)
+    now = int(time.time() * 1000)
+    # the user's decision was stored, then the node stopped before the study was queued
+    await gw.db.run(lambda s: s.add_reconciliation(ReconciliationRow(
+        signed.cid, (s.manifest(signed.cid) or signed).study_uid, "RGT", ReconState.MATCHED, now, patient_id="RXX-1",
+        issuer="RXX", local_id="RGT0001", local_issuer="RGT", decided_by="user:alice", decided_ms=now)))
+    assert await gw.db.run(lambda s: s.queue_rows("pacs:main")) == []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fwd.run)
+        await eventually(lambda: len(pacs.received) == len(files), "the matched study in the PACS after a restart")
+        nursery.cancel_scope.cancel()
+    assert received(pacs, next(iter(pacs.received))).PatientID == "RGT0001"
