@@ -126,7 +126,7 @@ def read_profile(t: Table, default_project: str | None = None) -> DeidProfile:
     safe = []
     for item in items:
         group, element, creator = item.split(",", 2)
-        safe.append(SafePrivate(int(group, 16), int(element[2:], 16), creator.strip()))
+        safe.append(SafePrivate(int(group, 16), int(element.removeprefix("xx"), 16), creator.strip()))
     if safe and DeidOption.RETAIN_SAFE_PRIVATE not in options:
         raise t.error("safe_private", "is only used with retain_safe_private = true")
     if DeidOption.RETAIN_SAFE_PRIVATE in options and not safe:

@@ -29,6 +29,7 @@ from meshnode.storage.records import (
     StudySummaryRow,
     hash_uid,
 )
+from meshnode.storage.research_store import MemoryResearchStore
 from meshnode.storage.retry_queue import MemoryRetryQueue
 from meshnode.storage.search import (
     AuditQuery,
@@ -54,7 +55,7 @@ class _Transfer:
     bytes_done: int
 
 
-class MemoryMetadataStore(MemoryRetryQueue):
+class MemoryMetadataStore(MemoryResearchStore, MemoryRetryQueue):
     def __init__(self) -> None:
         super().__init__()
         self._studies: dict[str, StudyAttributes] = {}

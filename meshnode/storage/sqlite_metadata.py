@@ -31,6 +31,7 @@ from meshnode.storage.sqlite_audit import SqliteAudit
 from meshnode.storage.sqlite_exchange import SqliteExchange
 from meshnode.storage.sqlite_identity import SqliteIdentity
 from meshnode.storage.sqlite_retry_queue import SqliteRetryQueue
+from meshnode.storage.sqlite_research import SqliteResearch
 from protocol.access import Holding
 from protocol.cid import CID
 from protocol.errors import MeshError
@@ -48,7 +49,7 @@ _LIVE_REFS = """
 """
 
 
-class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRetryQueue):
+class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRetryQueue, SqliteResearch):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int
