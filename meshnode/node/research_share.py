@@ -33,7 +33,13 @@ from meshnode.storage.research_store import RelinkEntry, ResearchShareRow, Resea
 from meshnode.study.deidentify import Deidentifier, Relink
 from meshnode.study.pseudonyms import Pseudonymiser, project_key
 from protocol.cid import CID
-from protocol.deid import DeidProfile, PixelRiskPolicy, check_project, parse_profile, pixel_risk
+from protocol.deid import (
+    DeidProfile,
+    PixelRiskPolicy,
+    check_project,
+    parse_profile,
+    pixel_risk,
+)
 from protocol.document import Signed
 from protocol.errors import LocalProtocolError, NotFoundError, StorageError
 from protocol.manifest import Manifest, Priority, Purpose
