@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshnode.control.app import Handler
 from common.describe import iso
+from meshnode.node.deid_routes import deid_routes, share_profile, share_research
 from meshnode.node.delivery import stored_deliveries
 from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
@@ -73,6 +74,9 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             purpose = Purpose(body.get("purpose", "care"))
         except ValueError as exc:
             raise SchemaError(str(exc)) from None
+        profile = share_profile(body, purpose is Purpose.RESEARCH)
+        if profile is not None:  # a de-identified copy (meshnode.node.research_share), never the original
+            return await share_research(node, body, _text(body, "study"), to, priority, profile)
         signed = await node.sender.share(_text(body, "study"), to, priority, purpose)
         return {"manifest_id": str(signed.cid), "revision": signed.document.revision,
                 "instances": len(signed.document.instances), "bytes": signed.document.total_bytes}
@@ -159,6 +163,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         ("GET", "/outbox"): outbox, ("POST", "/outbox/retry"): outbox_retry, ("POST", "/fetch"): fetch,
         ("POST", "/recall"): recall,
         ("GET", "/peers"): peers,
+        **deid_routes(node),
     }
 
 
