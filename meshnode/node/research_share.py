@@ -55,14 +55,14 @@ StoreInstance = Callable[[bytes, str], Awaitable[str]]
 class PixelRiskRefusedError(LocalProtocolError):
     """A research share refused: instances may carry burned-in identifiers and the policy refuses them."""
 
-    code = 941
+    code = 951
     name = "pixel-risk-refused"
 
 
 class HeldShareError(LocalProtocolError):
     """A decision about a held research share that cannot be taken (not held, or nothing left to send)."""
 
-    code = 942
+    code = 952
     name = "held-share-error"
 
 

@@ -53,7 +53,7 @@ _TIME_VRS = frozenset({"DA", "DT", "TM"})
 class DeidentificationError(LocalProtocolError):
     """An instance this node cannot de-identify (not DICOM, unreadable): it is not shared."""
 
-    code = 940
+    code = 950
     name = "deidentification-error"
 
 
