@@ -75,6 +75,13 @@ def test_a_research_share_arrives_de_identified_and_the_original_is_never_served
     [research] = [e for e in log if e["action"] == "research-share"]
     assert research["study"] == hash_uid(study) and research["manifest_id"] == manifest
     assert hash_uid(copy_uid) in research["detail"]
+    # re-identification at the sender, through its CLI and control API: audited with the requester
+    relink = mesh.cli(a, "deid", "export-relink", "--project", "lung-ai", "--user", "dpo.smith")
+    assert {"kind": "patient", "pseudonym": next(iter(patients)), "original": synthetic.DEFAULT_PATIENT_ID} in relink
+    assert {"kind": "study", "pseudonym": copy_uid, "original": study} in relink
+    assert mesh.cli(a, "deid", "held") == []
+    exports = [e for e in mesh.audit(a) if e["action"] == "deid-relink-export"]
+    assert [e["actor"] for e in exports] == ["local:dpo.smith"]
     # none of the original's own blocks is on the recipient's disk: the header blocks (identifiers) differ;
     # pixel data blocks, byte-identical in the copy (blocks are cut at the pixel data), are the copy's too
     mesh.stop(b)
