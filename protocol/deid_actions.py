@@ -1,12 +1,14 @@
-"""What the Basic Profile does to each identifying attribute, and what each Annex E option changes.
+"""What the Annex E options change, and the node's own choices on top of Table E.1-1.
 
-dicognito (the library meshnode.study.deidentify drives) replaces every person name, every UID, every
-date and time and a fixed list of IDs, addresses and equipment names, but has no notion of the Annex E
-options nor of the free-text, device and characteristics rows of PS3.15 Table E.1-1: it keeps Study
-Description, Image Comments, Patient's Age, Device Serial Number and the like unchanged. This table adds
-those rows (keyword, basic action, the option that changes the action). Dates, times, person names, UIDs,
-private attributes, curves and overlays are handled by VR or group in meshnode.study.deidentify (a
-superset of their Table E.1-1 rows), so they are not listed here.
+Table E.1-1 itself (the Basic Profile's action for about 600 attributes) comes from a maintained library
+(meshnode.study.annex_e_table). This table lists the rows an Annex E option changes (Retain Patient
+Characteristics, Retain Device Identity, Clean Descriptors, Clean Structured Content: keyword, basic
+action, the option, the action under it), and the rows where the node's action differs from the
+library's reading or that the library's edition lacks. It is consulted first. Dates, times, person
+names, UIDs, private attributes, curves and overlays are handled by VR or group in
+meshnode.study.deidentify (a superset of their Table E.1-1 rows). dicognito (the library the
+de-identifier drives) does not know the options and keeps descriptions, comments, patient
+characteristics and device identifiers as they are.
 
 Actions (PS3.15 E.1.1): X remove, Z empty, D dummy value (dicognito's or a keyed pseudonym), K keep,
 C clean (keep only when it carries none of the patient's identifying values, else empty).

@@ -38,6 +38,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
 
+from meshnode.study.annex_e_table import BASIC
 from meshnode.study.pseudonyms import Pseudonymiser
 from protocol.deid import DeidOption, DeidProfile, SafePrivate
 from protocol.deid_actions import TABLE, Action, action_for
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 METHOD = "dicom-mesh PS3.15 E.1 Basic Profile (dicognito)"
 _TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC"})
 _TIME_VRS = frozenset({"DA", "DT", "TM"})
+#: handled by VR wherever they are: keyed UIDs, dates removed or shifted
+_BY_VR = _TIME_VRS | {"UI"}
 
 
 class DeidentificationError(LocalProtocolError):
@@ -143,6 +146,8 @@ class Deidentifier:
                 del ds[tag]
                 continue
             action = action_for(elem.keyword, options)
+            if action is None and elem.VR not in _BY_VR and tag != 0x00100010:  # Patient's Name: its pseudonym
+                action = BASIC.get(int(tag))
             if tag == 0x00100020:  # Patient ID, here or in an item (a DICOMDIR's records): its pseudonym
                 original = str(elem.value or "")
                 elem.value = self.pseudonyms.patient_id(original)
@@ -192,7 +197,9 @@ class Deidentifier:
             if elem.tag == 0x00100010:  # Patient's Name: the pseudonym (what a researcher sees)
                 elem.value = pseudonym
                 return True
-            return elem.keyword in TABLE or elem.tag.is_private
+            if elem.VR in _BY_VR:
+                return False
+            return elem.keyword in TABLE or int(elem.tag) in BASIC or elem.tag.is_private
         return handle
 
     def _uids(self, relink: Relink) -> Callable[[Dataset, DataElement], bool]:
