@@ -193,7 +193,13 @@ TABLE: dict[str, tuple[Action, DeidOption | None, Action | None]] = {
     "DeviceDescription": (_X, _DEV, _K),
     "ModifyingDeviceID": (_X, _DEV, _K),
     "ModifyingDeviceManufacturer": (_X, _DEV, _K),
-    "SourceApplicationEntityTitle": (_X, _DEV, _K),
+    "SourceApplicationEntityTitle": (_X, _DEV, _K),  # file meta information: the sending device and node
+    "SendingApplicationEntityTitle": (_X, _DEV, _K),
+    "ReceivingApplicationEntityTitle": (_X, _DEV, _K),
+    "SourcePresentationAddress": (_X, _DEV, _K),
+    "SendingPresentationAddress": (_X, _DEV, _K),
+    "ReceivingPresentationAddress": (_X, _DEV, _K),
+    "PrivateInformation": (_X, None, None),
     # descriptors (Clean Descriptors keeps them when they carry no identifying value)
     "StudyDescription": (_X, _DESC, _C),
     "SeriesDescription": (_X, _DESC, _C),

@@ -123,6 +123,9 @@ class Deidentifier:
         relink.add("patient", pseudonym, original_pid)
         identifying = _identifying_strings(ds)
         self._apply_table(ds, identifying, relink, in_structured=False)
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None:  # the sending device's AE titles and addresses, private information
+            self._apply_table(meta, identifying, relink, in_structured=False)
         if "PatientID" not in ds:
             ds.PatientID = pseudonym
         anonymizer = Anonymizer(seed=self.pseudonyms.seed(original_pid))

@@ -279,3 +279,20 @@ def test_unknown_option_is_refused_with_its_key() -> None:
                              "clean_descriptors": True})
     assert profile.options == {DeidOption.RETAIN_SAFE_PRIVATE, DeidOption.CLEAN_DESCRIPTORS}
     assert profile.safe_private == (SafePrivate(0x19, 0x0C, "GEMS_ACQU_01"),)
+
+
+def test_the_file_meta_information_loses_the_sending_devices_identity() -> None:
+    ds = _rich()
+    ds.file_meta.SourceApplicationEntityTitle = "RGT_CT3"
+    ds.file_meta.SendingApplicationEntityTitle = "RGT_PACS"
+    ds.file_meta.SourcePresentationAddress = "dicom://10.20.30.40:104"
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.826.0.1.3680043.9.7.555"
+    ds.file_meta.PrivateInformation = b"RGT internal"
+    out = _deidentify(ds, _profile())
+    meta = {e.keyword: e.value for e in out.file_meta}
+    for keyword in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle", "SourcePresentationAddress",
+                    "PrivateInformation"):
+        assert meta.get(keyword) in (None, "", b""), keyword
+    assert meta.get("PrivateInformationCreatorUID") != "1.2.826.0.1.3680043.9.7.555"
+    kept = _deidentify(ds, _profile(DeidOption.RETAIN_DEVICE_IDENTITY))
+    assert kept.file_meta.SourceApplicationEntityTitle == "RGT_CT3"
