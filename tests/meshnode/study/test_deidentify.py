@@ -19,6 +19,7 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID
 
 from meshnode.study.deidentify import Deidentifier, Relink
 from meshnode.study.pseudonyms import Pseudonymiser
@@ -286,7 +287,7 @@ def test_the_file_meta_information_loses_the_sending_devices_identity() -> None:
     ds.file_meta.SourceApplicationEntityTitle = "RGT_CT3"
     ds.file_meta.SendingApplicationEntityTitle = "RGT_PACS"
     ds.file_meta.SourcePresentationAddress = "dicom://10.20.30.40:104"
-    ds.file_meta.PrivateInformationCreatorUID = "1.2.826.0.1.3680043.9.7.555"
+    ds.file_meta.PrivateInformationCreatorUID = UID("1.2.826.0.1.3680043.9.7.555")
     ds.file_meta.PrivateInformation = b"RGT internal"
     out = _deidentify(ds, _profile())
     meta = {e.keyword: e.value for e in out.file_meta}
