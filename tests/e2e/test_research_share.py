@@ -99,3 +99,30 @@ def test_a_research_share_arrives_de_identified_and_the_original_is_never_served
         assert not any(storage.blocks.has(c) for c in only_original)
     finally:
         storage.close()
+
+
+def test_a_held_research_share_is_released_by_a_person_without_the_risky_instance(mesh: MeshDemo,
+                                                                                   tmp_path: Path) -> None:
+    nodes = mesh.setup(ORGS)
+    a, b = nodes["a"], nodes["b"]
+    folder = tmp_path / "study"
+    files = synthetic.generate_ct_study(folder, slices=3, rows=32, columns=32, seed=8)
+    us = pydicom.dcmread(files[0])
+    us.Modality = "US"  # an ultrasound image without Burned In Annotation
+    us.SOPInstanceUID = us.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(str(us.SOPInstanceUID) + ".5")
+    us.save_as(folder / "us.dcm")
+    mesh.cli(a, "ingest", str(folder), "--no-progress")
+    study = str(us.StudyInstanceUID)
+    held = mesh.cli(a, "share", study, "--to", "RES", "--purpose", "research", "--deid-project", "p1")
+    assert held["state"] == "held" and len(held["held"]) == 1
+    assert mesh.cli(a, "outbox") == []  # nothing sent
+    [queued] = mesh.cli(a, "deid", "held")
+    assert queued["research_share"] == held["research_share"] and queued["study_uid"] == study
+    released = mesh.cli(a, "deid", "release", held["research_share"], "--user", "dr.jones")
+    assert released["state"] == "shared" and released["instances"] == 3
+    mesh.wait_for(lambda: mesh.delivered(a, released["manifest_id"], ["RES"]), 90, "the released copy's receipt")
+    assert mesh.cli(a, "deid", "held") == []
+    decisions = [e for e in mesh.audit(a) if e["action"] == "research-share"]
+    assert [e["actor"] for e in decisions] == ["local:dr.jones"]
+    entry = mesh.inbox_entry(b, released["manifest_id"])
+    assert entry is not None and entry["instances"] == 3
