@@ -76,7 +76,7 @@ class Gateway:
             raise RouteError(f"route {route.name} does not de-identify")
         try:
             outcome = await self.sender.share_research(study_uid, route.to, route.priority, route.deid,
-                                                       actor=f"route:{route.name}")
+                                                       actor=f"route:{route.name}", purpose=route.purpose)
         except PixelRiskRefusedError as exc:
             log.warning("study %s on route %s: research share refused (%s)", hash_uid(study_uid), route.name, exc)
             return None

@@ -76,7 +76,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             raise SchemaError(str(exc)) from None
         profile = share_profile(body, purpose is Purpose.RESEARCH)
         if profile is not None:  # a de-identified copy (meshnode.node.research_share), never the original
-            return await share_research(node, body, _text(body, "study"), to, priority, profile)
+            return await share_research(node, body, _text(body, "study"), to, priority, purpose, profile)
         signed = await node.sender.share(_text(body, "study"), to, priority, purpose)
         return {"manifest_id": str(signed.cid), "revision": signed.document.revision,
                 "instances": len(signed.document.instances), "bytes": signed.document.total_bytes}

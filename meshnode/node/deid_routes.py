@@ -23,7 +23,7 @@ from meshnode.storage.node_storage import local_actor
 from meshnode.storage.research_store import ResearchShareRow, ResearchState
 from protocol.deid import DeidProfile, parse_profile
 from protocol.errors import LocalProtocolError, SchemaError
-from protocol.manifest import Priority
+from protocol.manifest import Priority, Purpose
 
 if TYPE_CHECKING:
     from meshnode.node.runtime import Node
@@ -97,6 +97,6 @@ def deid_routes(node: Node) -> dict[tuple[str, str], Handler]:
 
 
 async def share_research(node: Node, body: dict[str, Any], study: str, to: Sequence[str], priority: Priority,
-                         profile: DeidProfile) -> object:
-    outcome = await node.sender.share_research(study, to, priority, profile, actor=_actor(body))
+                         purpose: Purpose, profile: DeidProfile) -> object:
+    outcome = await node.sender.share_research(study, to, priority, profile, actor=_actor(body), purpose=purpose)
     return outcome.to_json()

@@ -100,7 +100,8 @@ class ResearchShares:
 
     # -- asking for a research share ------------------------------------------------------------
     async def share(self, study_uid: str, to: Sequence[str], priority: Priority, profile: DeidProfile,
-                    *, actor: str) -> ResearchOutcome:
+                    *, actor: str, purpose: Purpose = Purpose.RESEARCH) -> ResearchOutcome:
+        """`purpose`: research, or care for a de-identified commercial share (a route marked for it)."""
         ctx = self.ctx
         instances = _latest(await ctx.db.run(lambda s: s.instances(study_uid)))
         if not instances:
@@ -112,7 +113,8 @@ class ResearchShares:
             reason = await ctx.worker.run(check)
             if reason is not None:
                 risky.append((hash_uid(record.sop_instance_uid), reason))
-        request = json.dumps({"to": list(to), "priority": priority.value, "profile": profile.to_json()},
+        request = json.dumps({"to": list(to), "priority": priority.value, "purpose": purpose.value,
+                              "profile": profile.to_json()},
                              sort_keys=True)
         row = ResearchShareRow(secrets.token_hex(8), study_uid, profile.project, request, ResearchState.HELD,
                                int(ctx.clock() * 1000), json.dumps(risky))
@@ -215,7 +217,7 @@ class ResearchShares:
         entries = [(kind, pseudonym, original) for (kind, pseudonym), original in relink.entries.items()]
         await ctx.db.run(lambda s: s.add_relink(profile.project, entries))
         signed = await self.share_study(research_study, request["to"], Priority(request["priority"]),
-                                        Purpose.RESEARCH)
+                                        Purpose(request.get("purpose", Purpose.RESEARCH.value)))
         done = replace(row, state=ResearchState.SHARED, research_study_uid=research_study, manifest_id=signed.cid,
                        decided_by=actor, decision=decision, decided_ms=int(ctx.clock() * 1000))
         await ctx.db.run(lambda s: s.save_research_share(done))

@@ -49,12 +49,12 @@ class Sender:
         return await self.share_study(study_uid, to, priority, purpose, lifetime_s)
 
     async def share_research(self, study_uid: str, to: Sequence[str], priority: Priority, profile: DeidProfile,
-                             *, actor: str) -> ResearchOutcome:
+                             *, actor: str, purpose: Purpose = Purpose.RESEARCH) -> ResearchOutcome:
         """Share a de-identified copy of the study (held first when instances are at pixel risk)."""
         if self.research is None:
             raise LocalProtocolError("research shares are not available on this node (no intake)")
         self._check_recipients(to)
-        return await self.research.share(study_uid, to, priority, profile, actor=actor)
+        return await self.research.share(study_uid, to, priority, profile, actor=actor, purpose=purpose)
 
     async def _is_research_copy(self, study_uid: str) -> bool:
         rows = await self.ctx.db.run(lambda s: s.research_shares(ResearchState.SHARED))

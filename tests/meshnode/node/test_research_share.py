@@ -123,6 +123,18 @@ async def test_a_research_share_sends_a_de_identified_copy_and_never_the_origina
     # and there is no manifest of the original study to ask under
 
 
+async def test_a_de_identified_commercial_share_keeps_its_purpose(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str, tmp_path: Path) -> None:
+    a = mesh.add("a", "RGT", 50)
+    mesh.add("b", "RES", 51)
+    with_research(a, tmp_path / "a")
+    outcome = await a.sender.share_research(study, ["RES"], Priority.ROUTINE, DeidProfile("planning"),
+                                            actor="route:3d", purpose=Purpose.CARE)
+    assert outcome.manifest is not None and outcome.manifest.document.purpose is Purpose.CARE
+    assert outcome.manifest.document.study_uid != study
+    assert outcome.manifest.document.summary.patient_id != PATIENT_ID
+
+
 async def test_the_plain_share_path_refuses_to_announce_an_original_for_research(
         autojump_clock: MockClock, mesh: MemoryMesh, study: str, tmp_path: Path) -> None:
     a = mesh.add("a", "RGT", 50)
