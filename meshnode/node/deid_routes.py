@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.describe import iso
 from meshnode.control.app import Handler
-from meshnode.node.research_share import ResearchOutcome, ResearchShares
+from meshnode.node.research_share import ResearchShares
 from meshnode.storage.node_storage import local_actor
 from meshnode.storage.research_store import ResearchShareRow, ResearchState
 from protocol.deid import DeidProfile, parse_profile
@@ -62,10 +62,6 @@ def _text(body: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise SchemaError(f"'{key}' is required")
     return value
-
-
-def outcome_json(outcome: ResearchOutcome) -> dict[str, object]:
-    return outcome.to_json()
 
 
 def deid_routes(node: Node) -> dict[tuple[str, str], Handler]:
