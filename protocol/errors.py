@@ -285,6 +285,9 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(930, "route-error", MeshError),  # meshnode/gateway/
     ErrorCode(932, "bad-query", MeshError),
     ErrorCode(933, "too-many-results", MeshError),
+    ErrorCode(950, "deidentification-error", LocalProtocolError),  # meshnode/study/deidentify.py
+    ErrorCode(951, "pixel-risk-refused", LocalProtocolError),  # meshnode/node/research_share.py
+    ErrorCode(952, "held-share-error", LocalProtocolError),
 )
 
 

@@ -17,6 +17,7 @@ from common.cli.output import EXIT_OK, emit
 from meshnode.control.client import ControlClient
 from meshnode.home import NodeHome, resolve_home
 from meshnode.node import systemd
+from protocol.deid import DeidOption, PixelRiskPolicy
 from protocol.manifest import Priority, Purpose
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     share.add_argument("--to", required=True, help="recipient organisation codes, comma separated")
     share.add_argument("--priority", choices=[p.value for p in Priority], default="routine")
     share.add_argument("--purpose", choices=[p.value for p in Purpose], default="care")
+    share.add_argument("--deid-project", help="de-identify (a research share always does): the research project,"
+                                              " whose keyed pseudonyms the copy gets")
+    share.add_argument("--deid-option", action="append", default=[], choices=[o.value for o in DeidOption],
+                       help="a PS3.15 Annex E option (repeat for several)")
+    share.add_argument("--safe-private", action="append", default=[],
+                       help="a private attribute retain_safe_private keeps: 'gggg,xxee,Private Creator'")
+    share.add_argument("--pixel-risk", choices=[p.value for p in PixelRiskPolicy],
+                       help="instances that may carry burned-in identifiers: hold (default) or refuse")
     share.add_argument("--json", action="store_true")
     share.set_defaults(func=run_share)
     for name, helptext in (("inbox", "studies received or arriving"), ("outbox", "studies sent, per recipient")):
@@ -94,8 +103,24 @@ def client(args: argparse.Namespace) -> ControlClient:
 
 def run_share(args: argparse.Namespace) -> int:
     orgs = [o.strip() for o in args.to.split(",") if o.strip()]
-    result = client(args).call("POST", "/share", {"study": args.study, "to": orgs, "priority": args.priority,
-                                                   "purpose": args.purpose})
+    body: dict[str, object] = {"study": args.study, "to": orgs, "priority": args.priority, "purpose": args.purpose}
+    if args.deid_project or args.deid_option or args.safe_private or args.pixel_risk:
+        deid: dict[str, object] = {"project": args.deid_project or "", **{o: True for o in args.deid_option}}
+        if args.safe_private:
+            deid["safe_private"] = args.safe_private
+        if args.pixel_risk:
+            deid["pixel_risk"] = args.pixel_risk
+        body["deid"] = deid
+    result = client(args).call("POST", "/share", body)
+    if "research_share" in result:
+        held = result["state"] == "held"
+        emit(result, args.json,
+             f"research share {result['research_share']} HELD: {len(result['held'])} instance(s) may carry burned-in"
+             " identifiers; decide with `meshnode deid release|refuse`" if held else
+             f"de-identified copy shared as manifest {result['manifest_id']} ({result['instances']} instances,"
+             f" {result['bytes']:,} bytes) with {', '.join(orgs)}, {args.priority} (research share "
+             f"{result['research_share']})")
+        return EXIT_OK
     emit(result, args.json, f"shared as manifest {result['manifest_id']} ({result['instances']} instances, "
                             f"{result['bytes']:,} bytes) with {', '.join(orgs)}, {args.priority}")
     return EXIT_OK

@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ShareFn = Callable[[str, Sequence[str], Priority, Purpose], Awaitable[Signed[Manifest]]]
+#: a route marked for de-identification: (study UID, route) -> the research copy's manifest, None when held
+ResearchShareFn = Callable[[str, Route], Awaitable[Signed[Manifest] | None]]
 AnnounceKey = tuple[str, str]  # (study UID, route name)
 
 ANNOUNCE_QUEUE = "gateway-announce"
@@ -106,11 +108,12 @@ def _classify(exc: BaseException) -> Failure | None:
 class StudyAnnouncer:
     def __init__(self, db: Database, gateway: GatewayStore, routes: RouteTable, share: ShareFn,
                  clock: Callable[[], float] = time.time, *, policy: RetryPolicy = ANNOUNCE_POLICY,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, share_research: ResearchShareFn | None = None) -> None:
         self.db = db
         self.gateway = gateway
         self.routes = routes
         self.share = share
+        self.share_research = share_research
         self.clock = clock
         self.driver: RetryDriver[AnnounceKey] = RetryDriver(
             ANNOUNCE_QUEUE, KEYS, db, clock, self._attempt, _classify, policy=policy, on_ended=self._ended, rng=rng)
@@ -221,7 +224,17 @@ class StudyAnnouncer:
             log.info("study %s on route %s: nothing new since revision %d; not announced again",
                      hash_uid(study_uid), route_name, revision)
         else:
-            signed = await self.share(study_uid, route.to, route.priority, route.purpose)  # raises: retried
+            if route.deid is not None:  # a de-identified copy, never the original (meshnode.node.research_share)
+                if self.share_research is None:
+                    raise StorageError(f"route {route_name} de-identifies, and research shares are unavailable")
+                research = await self.share_research(study_uid, route)  # raises: retried
+                if research is None:
+                    log.info("study %s on route %s: held for a human decision (pixel risk)", hash_uid(study_uid),
+                             route_name)
+                    return
+                signed = research
+            else:
+                signed = await self.share(study_uid, route.to, route.priority, route.purpose)  # raises: retried
             manifest_id, revision = signed.cid, signed.document.revision
             self.announced += 1
             log.info("study %s announced on route %s to %s (%s), revision %d, %d instance(s)", hash_uid(study_uid),

@@ -28,6 +28,7 @@ from meshnode.gateway.routes import (
     check_route_name,
 )
 from protocol.config_reader import Table, defaults
+from protocol.deid import DeidProfile, read_profile
 from protocol.errors import ConfigError
 from protocol.manifest import Priority, Purpose
 from protocol.schema import check_org_code
@@ -179,6 +180,7 @@ def _routes(root: Table, dimse: DimseSettings) -> RouteTable:
                 called_ae=t.text("called_ae", "", check=check_ae_title) if t.has("called_ae") else "",
                 quiet_period_s=t.integer("quiet_period_seconds", dimse.quiet_period_s, MIN_QUIET_PERIOD_S,
                                          MAX_QUIET_PERIOD_S),
+                deid=_route_deid(t),
             ))
         except RouteError as exc:
             raise ConfigError(f"{t.path}: {exc}") from None
@@ -191,6 +193,16 @@ def _routes(root: Table, dimse: DimseSettings) -> RouteTable:
         raise ConfigError(f"route: called_ae {dimse.ae_title!r} is the node's own [dimse] ae_title "
                           "(which stores without sharing)")
     return table
+
+
+def _route_deid(t: Table) -> DeidProfile | None:
+    """A [[route]]'s de-identification ([route.deid], protocol.deid): set for purpose research or when the table
+    is there; its project defaults to the route's name."""
+    name = str(t.values.get("name", ""))
+    research = t.values.get("purpose") == Purpose.RESEARCH.value
+    if "deid" not in t.values and not research:  # (not t.has: the known keys listed stay as they were)
+        return None
+    return read_profile(t.table("deid"), default_project=name)
 
 
 def _move_destinations(root: Table) -> tuple[DicomPeer, ...]:
@@ -268,6 +280,24 @@ _EXAMPLES = """
 # purpose = "care"                               # care, research or patient-access
 # quiet_period_seconds = 20
 
+# A research route shares a de-identified copy (PS3.15 Annex E basic profile), never the original; the
+# options are Annex E's (docs/operators.md, "De-identification profiles"). An unknown key is refused.
+# [[route]]
+# name = "lung-ai"
+# called_ae = "MESH_RESEARCH"
+# to = ["RES01"]
+# purpose = "research"
+# [route.deid]
+# project = "lung-ai"                            # pseudonyms are consistent within a project
+# retain_longitudinal_temporal = true            # dates shifted per patient instead of removed
+# retain_patient_characteristics = false
+# retain_device_identity = false
+# clean_descriptors = false
+# clean_structured_content = false
+# retain_safe_private = false
+# safe_private = []                              # "gggg,xxee,Private Creator" (with retain_safe_private)
+# pixel_risk = "hold"                            # hold (a human decides) or refuse
+
 # C-MOVE destinations (a C-MOVE names an AE title; this says where it is).
 # [[move_destination]]
 # ae_title = "RGT_PACS"
@@ -295,6 +325,18 @@ def _toml_list(items: Iterable[str], *, sort: bool = False) -> str:
     return "[" + ", ".join(_q(v) for v in values) + "]"
 
 
+def _render_deid(profile: DeidProfile) -> str:
+    lines = ["[route.deid]"]
+    for key, value in profile.to_json().items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, list):
+            lines.append(f"{key} = {_toml_list(str(v) for v in value)}")
+        else:
+            lines.append(f"{key} = {_q(str(value))}")
+    return "\n".join(lines) + "\n"
+
+
 def render_gateway(config: GatewayConfig) -> str:
     """The gateway's sections as node.toml text: the settings in force, then commented examples."""
     d = config.dimse
@@ -310,6 +352,8 @@ def render_gateway(config: GatewayConfig) -> str:
         out.append(f"\n[[route]]\nname = {_q(r.name)}\n{called}to = {_toml_list(r.to)}\n"
                    f"priority = {_q(r.priority.value)}\npurpose = {_q(r.purpose.value)}\n"
                    f"quiet_period_seconds = {r.quiet_period_s}\n")
+        if r.deid is not None:
+            out.append(_render_deid(r.deid))
     for m in config.move_destinations:
         out.append(f"\n[[move_destination]]\nae_title = {_q(m.ae_title)}\nhost = {_q(m.host)}\nport = {m.port}\n")
     for p in config.pacs:

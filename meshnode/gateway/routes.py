@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from protocol.deid import DeidProfile
 from protocol.errors import MeshError
 from protocol.manifest import Priority, Purpose
 from protocol.schema import check_org_code
@@ -60,6 +61,9 @@ class Route:
     called_ae: str = ""
     #: seconds without a new instance of a study before the study is announced
     quiet_period_s: int = 60
+    #: de-identify (PS3.15 Annex E, these options): a de-identified copy is shared, never the original.
+    #: Always set for purpose research (its project defaults to the route's name).
+    deid: DeidProfile | None = None
 
     def __post_init__(self) -> None:
         check_route_name(self.name)

@@ -25,14 +25,17 @@ from meshnode.gateway.forwarder import Forwarder
 from meshnode.gateway.intake import StudyIntake
 from meshnode.gateway.pacs_queue import received_manifest
 from meshnode.gateway.reconciler import Reconciler
+from meshnode.gateway.routes import Route, RouteError
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.events import StudyEvent, StudyEventKind
+from meshnode.node.research_share import PixelRiskRefusedError
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.gateway_store import GatewayStore
 from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.records import hash_uid
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from protocol.cid import CID
-from protocol.document import open_document
+from protocol.document import Signed, open_document
 from protocol.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -56,7 +59,9 @@ class Gateway:
             state = SqliteGatewayStore(ctx.home.path / "node.db",
                                        share=metadata if isinstance(metadata, SqliteConnection) else None)
         self.state: GatewayStore = state
-        self.announcer = StudyAnnouncer(ctx.db, self.state, config.routes, sender.share, clock=ctx.clock)
+        self.sender = sender
+        self.announcer = StudyAnnouncer(ctx.db, self.state, config.routes, sender.share, clock=ctx.clock,
+                                        share_research=self._share_research)
         self.intake = StudyIntake(ctx.storage, ctx.db, self.state, self.announcer,
                                   max_instance_bytes=config.dimse.max_instance_bytes, clock=ctx.clock)
         self.dimse = DimseServer(config, self.intake, self.audit, ctx.home.path) if config.dimse.enabled else None
@@ -71,6 +76,19 @@ class Gateway:
         if self.forwarder is not None and config.reconciliation.enabled:
             self.forwarder.reconciler = self.reconciler
             self.reconciler.on_matched = self.forwarder.release
+
+    async def _share_research(self, study_uid: str, route: Route) -> Signed[Manifest] | None:
+        """A route marked for de-identification: its de-identified copy's manifest; None when the share is held
+        for a human decision or refused by the route's pixel-risk policy (recorded and audited: not retried)."""
+        if route.deid is None:
+            raise RouteError(f"route {route.name} does not de-identify")
+        try:
+            outcome = await self.sender.share_research(study_uid, route.to, route.priority, route.deid,
+                                                       actor=f"route:{route.name}", purpose=route.purpose)
+        except PixelRiskRefusedError as exc:
+            log.warning("study %s on route %s: research share refused (%s)", hash_uid(study_uid), route.name, exc)
+            return None
+        return outcome.manifest
 
     async def _forward_failed(self, manifest_id: CID, destination: str, error: str, instances: int) -> None:
         row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from meshnode.control.app import Handler
 from common.describe import iso
 from meshnode.node import reconcile_routes
+from meshnode.node.deid_routes import deid_routes, share_profile, share_research
 from meshnode.node.delivery import stored_deliveries
 from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
@@ -74,6 +75,9 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             purpose = Purpose(body.get("purpose", "care"))
         except ValueError as exc:
             raise SchemaError(str(exc)) from None
+        profile = share_profile(body, purpose is Purpose.RESEARCH)
+        if profile is not None:  # a de-identified copy (meshnode.node.research_share), never the original
+            return await share_research(node, body, _text(body, "study"), to, priority, purpose, profile)
         signed = await node.sender.share(_text(body, "study"), to, priority, purpose)
         return {"manifest_id": str(signed.cid), "revision": signed.document.revision,
                 "instances": len(signed.document.instances), "bytes": signed.document.total_bytes}
@@ -161,6 +165,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         ("POST", "/recall"): recall,
         ("GET", "/peers"): peers,
         **reconcile_routes.routes(node),  # the reconciliation queue and the patient lookup table
+        **deid_routes(node),
     }
 
 

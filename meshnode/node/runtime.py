@@ -38,6 +38,7 @@ from meshnode.node.limits import PeerLimits
 from meshnode.node.peer_link import Libp2pLink
 from meshnode.node.peers import PeerRegistry
 from meshnode.node.receiver import Receiver
+from meshnode.node.research_share import ResearchShares
 from meshnode.node.sender import Sender
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
@@ -99,6 +100,11 @@ class Node:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(db.close)
 
+    async def _store_copy(self, data: bytes, source: str) -> str:
+        """A research share's de-identified instance, stored durably through the gateway's intake."""
+        stored = await self.gateway.intake.store(data, None, source=source)
+        return stored.study_uid
+
     async def _serve(self, ctx: NodeContext, host: IHost, task_status: TaskStatus[list[str]]) -> None:
         await ctx.directory.refresh_roster()  # fail closed at start without a valid roster
         self.ctx = ctx
@@ -114,6 +120,7 @@ class Node:
                                self._verification_failed)
         self.transport.connect(self.wire, self.sessions)
         self.gateway = Gateway(ctx, self.sender)
+        self.sender.research = ResearchShares(ctx, ctx.home.path, self.sender.share_study, self._store_copy)
         self.deliveries.receipted_write = self.gateway.queue_write  # the PACS forward, with the receipt
         self.corrupt = CorruptBlocks(ctx.storage, ctx.db, ctx.audit, ctx.peer_id, self._repair)
         #: received manifests being fetched again to repair a quarantined block, with their state before

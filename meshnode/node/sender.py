@@ -10,12 +10,15 @@ from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.context import NodeContext
 from meshnode.node.delivery import Deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
+from meshnode.node.research_share import ResearchOutcome, ResearchShares
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.research_store import ResearchState
 from meshnode.storage.records import InstanceRecord, ManifestRow, hash_uid
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed, open_document
+from protocol.deid import DeidProfile
 from protocol.errors import DocumentError, LocalProtocolError, NotFoundError, WrongOrganisationError
 from protocol.lifecycle import ManifestEvent, ManifestState, Side, advance
 from protocol.manifest import Manifest, Priority, Purpose
@@ -32,15 +35,44 @@ class Sender:
     def __init__(self, ctx: NodeContext, deliveries: Deliveries) -> None:
         self.ctx = ctx
         self.deliveries = deliveries
+        #: research shares (a de-identified copy): set by the runtime once the gateway's intake exists
+        self.research: ResearchShares | None = None
 
     async def share(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
                     lifetime_s: int = DEFAULT_LIFETIME_S) -> Signed[Manifest]:
-        ctx = self.ctx
+        """Share a local study as it is (care, patient access). A research share never comes here with the
+        original study: `share_research` sends a de-identified copy (the control API and the gateway's
+        announcer send research purposes there); refused here so that no path announces the original."""
+        if purpose is Purpose.RESEARCH and not await self._is_research_copy(study_uid):
+            raise LocalProtocolError("a research share sends a de-identified copy: share it with a deid project"
+                                     " (meshnode share --purpose research --deid-project P)")
+        return await self.share_study(study_uid, to, priority, purpose, lifetime_s)
+
+    async def share_research(self, study_uid: str, to: Sequence[str], priority: Priority, profile: DeidProfile,
+                             *, actor: str, purpose: Purpose = Purpose.RESEARCH) -> ResearchOutcome:
+        """Share a de-identified copy of the study (held first when instances are at pixel risk)."""
+        if self.research is None:
+            raise LocalProtocolError("research shares are not available on this node (no intake)")
+        self._check_recipients(to)
+        return await self.research.share(study_uid, to, priority, profile, actor=actor, purpose=purpose)
+
+    async def _is_research_copy(self, study_uid: str) -> bool:
+        rows = await self.ctx.db.run(lambda s: s.research_shares(ResearchState.SHARED))
+        return any(r.research_study_uid == study_uid for r in rows)
+
+    def _check_recipients(self, to: Sequence[str]) -> list[str]:
         recipients = sorted({check_org_code(o, "recipient") for o in to})
         if not recipients:
             raise LocalProtocolError("share with at least one organisation")
-        if ctx.org in recipients:
+        if self.ctx.org in recipients:
             raise LocalProtocolError("a node does not share with its own organisation")
+        return recipients
+
+    async def share_study(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
+                          lifetime_s: int = DEFAULT_LIFETIME_S) -> Signed[Manifest]:
+        """Sign and announce the manifest of a local study as it is stored."""
+        ctx = self.ctx
+        recipients = self._check_recipients(to)
         now = int(ctx.clock())
 
         def load(store: MetadataStore) -> tuple[list[InstanceRecord], int]:

@@ -30,6 +30,7 @@ from meshnode.storage.records import (
     hash_uid,
 )
 from meshnode.storage.patients import MemoryPatients
+from meshnode.storage.research_store import MemoryResearchStore
 from meshnode.storage.retry_queue import MemoryRetryQueue
 from meshnode.storage.search import (
     AuditQuery,
@@ -55,8 +56,9 @@ class _Transfer:
     bytes_done: int
 
 
-class MemoryMetadataStore(MemoryRetryQueue, MemoryPatients):
+class MemoryMetadataStore(MemoryResearchStore, MemoryRetryQueue, MemoryPatients):
     def __init__(self) -> None:
+        MemoryResearchStore.__init__(self)
         MemoryRetryQueue.__init__(self)
         MemoryPatients.__init__(self)
         self._studies: dict[str, StudyAttributes] = {}

@@ -19,6 +19,7 @@ from meshnode.storage.records import (
     ServedRow,
     StudySummaryRow,
 )
+from meshnode.storage.research_store import ResearchStore
 from meshnode.storage.retry_queue import RetryQueueStore
 from meshnode.storage.search import SearchableStore
 from protocol.access import Holding
@@ -27,7 +28,7 @@ from protocol.keys import SigningKey
 from protocol.lifecycle import ManifestState
 
 
-class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, Protocol):
+class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStore, Protocol):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int

@@ -255,4 +255,20 @@ MIGRATIONS = (
     CREATE INDEX reconciliations_by_state ON reconciliations (state, created_ms);
     CREATE INDEX reconciliations_by_study ON reconciliations (study_uid)
     """,
+    # 12: research shares (issue 15 part 1): the de-identified copy's link to the original study, shares held
+    # for a human (pixel risk), and each project's re-link table (pseudonym -> original), at the sender only
+    """
+    CREATE TABLE research_shares (
+        share_id TEXT PRIMARY KEY, original_study_uid TEXT NOT NULL, project TEXT NOT NULL,
+        request TEXT NOT NULL, state TEXT NOT NULL CHECK (state IN ('held', 'shared', 'refused')),
+        created_ms INTEGER NOT NULL, reasons TEXT NOT NULL, research_study_uid TEXT NOT NULL,
+        manifest_id BLOB, decided_by TEXT NOT NULL, decision TEXT NOT NULL, decided_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX research_shares_by_state ON research_shares (state);
+    CREATE INDEX research_shares_by_manifest ON research_shares (manifest_id);
+    CREATE TABLE deid_relink (
+        project TEXT NOT NULL, kind TEXT NOT NULL, pseudonym TEXT NOT NULL, original TEXT NOT NULL,
+        PRIMARY KEY (project, kind, pseudonym)
+    ) STRICT, WITHOUT ROWID
+    """,
 )

@@ -32,6 +32,7 @@ from meshnode.storage.sqlite_exchange import SqliteExchange
 from meshnode.storage.sqlite_identity import SqliteIdentity
 from meshnode.storage.sqlite_patients import SqlitePatients
 from meshnode.storage.sqlite_retry_queue import SqliteRetryQueue
+from meshnode.storage.sqlite_research import SqliteResearch
 from protocol.access import Holding
 from protocol.cid import CID
 from protocol.errors import MeshError
@@ -49,7 +50,8 @@ _LIVE_REFS = """
 """
 
 
-class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRetryQueue, SqlitePatients):
+class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRetryQueue, SqlitePatients,
+                          SqliteResearch):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int

@@ -14,8 +14,9 @@ from typing import Protocol
 
 from protocol.errors import LocalProtocolError, NotFoundError
 
-#: read: QIDO-RS, WADO-RS, patient identifiers in the UI; write: STOW-RS; audit: the audit page
-ROLES = ("read", "write", "audit")
+#: read: QIDO-RS, WADO-RS, patient identifiers in the UI; write: STOW-RS, decisions on held research shares;
+#: audit: the audit page; reidentify: export a research project's re-link table (pseudonym -> original)
+ROLES = ("read", "write", "audit", "reidentify")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 
 

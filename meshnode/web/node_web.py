@@ -18,6 +18,7 @@ from meshnode.storage.sqlite_users import SqliteUserStore
 from meshnode.web.app import Route, WebApp
 from meshnode.web.auth import Authenticator
 from meshnode.web.chain import ChainVerifier
+from meshnode.web.deid_web import DeidWeb
 from meshnode.web.metrics import EventMetrics, MetricsSnapshot
 from meshnode.web.node_view import NodeView
 from meshnode.web.ops import Ops
@@ -68,6 +69,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
 
                 routes: list[Route] = [
                     *Ops(view.health, snapshot, events, lambda: app_holder[0]).routes(),
+                    *DeidWeb(lambda: node.sender.research).routes(),
                     *Qido(services).routes(),
                     *Wado(services).routes(),
                     *Stow(services, lambda: node.gateway.intake, lambda: ctx.config.gateway.routes).routes(),

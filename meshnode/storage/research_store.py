@@ -1,0 +1,87 @@
+"""Research shares at the sender: the link from a de-identified copy to the original study, the shares
+held for a human decision (pixel risk), and each project's re-link table (pseudonym -> original).
+
+Part of MetadataStore (SQLite: sqlite_research.py; memory: MemoryResearchStore below). None of it ever
+leaves the sender: a recipient sees only the research manifest and the de-identified instances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Protocol
+
+from protocol.cid import CID
+
+
+class ResearchState(str, Enum):
+    HELD = "held"  # instances at pixel risk: waiting for a human (release with/without them, or refuse)
+    SHARED = "shared"  # the de-identified copy was ingested and its manifest announced
+    REFUSED = "refused"  # by route policy (pixel_risk = "refuse") or by a human
+
+
+@dataclass(frozen=True)
+class ResearchShareRow:
+    share_id: str
+    original_study_uid: str
+    project: str
+    #: the share as asked: {"to": [...], "priority": ..., "profile": DeidProfile.to_json()}
+    request: str
+    state: ResearchState
+    created_ms: int
+    #: JSON list of [hashed SOP Instance UID, reason] of the instances at pixel risk
+    reasons: str = "[]"
+    research_study_uid: str = ""
+    manifest_id: CID | None = None
+    decided_by: str = ""
+    decision: str = ""
+    decided_ms: int = 0
+
+
+RelinkEntry = tuple[str, str, str]  # (kind, pseudonym, original)
+
+
+class ResearchStore(Protocol):
+    def save_research_share(self, row: ResearchShareRow) -> None:
+        """Insert or replace the share's row."""
+        ...
+
+    def research_share(self, share_id: str) -> ResearchShareRow | None: ...
+
+    def research_shares(self, state: ResearchState | None = None) -> list[ResearchShareRow]: ...
+
+    def research_share_for_manifest(self, manifest_id: CID) -> ResearchShareRow | None: ...
+
+    def add_relink(self, project: str, entries: Sequence[RelinkEntry]) -> None:
+        """Record pseudonyms (an existing one keeps its original: pseudonyms are keyed, so it is the same)."""
+        ...
+
+    def relink(self, project: str) -> list[RelinkEntry]: ...
+
+
+class MemoryResearchStore:
+    def __init__(self) -> None:
+        super().__init__()
+        self._research: dict[str, ResearchShareRow] = {}
+        self._relink: dict[tuple[str, str, str], str] = {}
+
+    def save_research_share(self, row: ResearchShareRow) -> None:
+        self._research[row.share_id] = replace(row)
+
+    def research_share(self, share_id: str) -> ResearchShareRow | None:
+        return self._research.get(share_id)
+
+    def research_shares(self, state: ResearchState | None = None) -> list[ResearchShareRow]:
+        rows = [r for r in self._research.values() if state is None or r.state is state]
+        return sorted(rows, key=lambda r: (r.created_ms, r.share_id))
+
+    def research_share_for_manifest(self, manifest_id: CID) -> ResearchShareRow | None:
+        return next((r for r in self._research.values() if r.manifest_id == manifest_id), None)
+
+    def add_relink(self, project: str, entries: Sequence[RelinkEntry]) -> None:
+        for kind, pseudonym, original in entries:
+            self._relink.setdefault((project, kind, pseudonym), original)
+
+    def relink(self, project: str) -> list[RelinkEntry]:
+        return sorted((k, p, o) for (proj, k, p), o in self._relink.items() if proj == project)

@@ -1,0 +1,91 @@
+"""Research projects' pseudonyms: a secret key per project, kept at the sender only, and keyed hashes.
+
+    DIR/deid/<project>.key   32 random bytes, hex, mode 0600 (as the node key: common.keyfile's rules)
+
+Within a project the same patient ID, the same UID and the same patient's dates always map to the same
+pseudonym, UID and offset (two studies of one patient stay linked for the researcher); across projects
+they do not (one project's data set cannot be joined with another's). Without the key nobody can compute
+a pseudonym from an identifier, nor try candidate identifiers against one: HMAC-SHA256, not a plain hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.files import read_file, write_atomic
+from protocol.deid import check_project
+from protocol.errors import StorageError
+
+KEY_SIZE = 32
+DEID_DIR = "deid"
+#: dates are shifted back by 62 to 730 days (dicognito's range: far enough to hide the real dates)
+MIN_SHIFT_DAYS = 62
+MAX_SHIFT_DAYS = 730
+
+
+def project_key_path(home: Path, project: str) -> Path:
+    return home / DEID_DIR / f"{check_project(project, 'project')}.key"
+
+
+def project_key(home: Path, project: str, *, create: bool = True) -> bytes:
+    """The project's key; created (mode 0600, in a 0700 folder) on first use when `create`."""
+    path = project_key_path(home, project)
+    if not path.exists():
+        if not create:
+            raise StorageError(f"no key for research project {project!r} on this node")
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(path.parent, 0o700)
+        except OSError as exc:
+            raise StorageError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # two first uses: one key wins
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
+            write_atomic(path, (os.urandom(KEY_SIZE).hex() + "\n").encode("ascii"), mode=0o600)
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise StorageError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+    raw = read_file(path, "project key", max_bytes=256)
+    try:
+        key = bytes.fromhex(raw.decode("ascii").strip())
+    except (ValueError, UnicodeDecodeError):
+        key = b""
+    if len(key) != KEY_SIZE:
+        raise StorageError(f"{path} is not a project key")
+    return key
+
+
+@dataclass(frozen=True)
+class Pseudonymiser:
+    """Keyed pseudonyms of one project (HMAC-SHA256 with the project's key, one label per kind)."""
+
+    project: str
+    key: bytes
+
+    def _mac(self, label: str, value: str) -> bytes:
+        return hmac.new(self.key, f"{label}\0{value}".encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+
+    def uid(self, original: str) -> str:
+        """A UID of the 2.25 root (PS3.5 B.2: a UUID-sized integer), at most 44 characters."""
+        return "2.25." + str(int.from_bytes(self._mac("uid", original.strip("\0 "))[:16], "big"))
+
+    def patient_id(self, original: str) -> str:
+        """A patient pseudonym: 'R' and 16 base32 characters (80 bits)."""
+        return "R" + base64.b32encode(self._mac("patient", original.strip())[:10]).decode("ascii")
+
+    def shift_days(self, patient_id: str) -> int:
+        """How far back this patient's dates move (the same for every study of the patient)."""
+        n = int.from_bytes(self._mac("dates", patient_id.strip())[:8], "big")
+        return -(MIN_SHIFT_DAYS + n % (MAX_SHIFT_DAYS - MIN_SHIFT_DAYS + 1))
+
+    def seed(self, patient_id: str) -> str:
+        """The seed of dicognito's randomizer for this patient (its dummy names, IDs, addresses)."""
+        return self._mac("seed", patient_id.strip()).hex()

@@ -1,0 +1,89 @@
+"""Research shares on the HTTP listener: the held queue and its decisions, and the re-link export.
+
+    GET  /deid/held                              read        research shares held (pixel risk)
+    POST /deid/held/{share}/release              write       body {"include_risky": bool}
+    POST /deid/held/{share}/refuse               write       body {"reason": "..."}
+    POST /deid/relink/{project}                  reidentify  the project's pseudonym -> original table
+
+POSTs need the Authorization header (the UI's session cookie is accepted on GETs and /ui/ paths only,
+meshnode.web.app), so another site cannot make a browser decide. The deciding user is audited.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from meshnode.node.deid_routes import held_json
+from meshnode.node.research_share import ResearchShares
+from meshnode.storage.research_store import ResearchState
+from meshnode.web.app import Route, route
+from meshnode.web.http import HttpError, body, json_response, principal
+from protocol.errors import NotFoundError
+
+MAX_BODY = 4096
+
+
+class DeidWeb:
+    def __init__(self, research: Callable[[], ResearchShares | None]) -> None:
+        self.research = research
+
+    def routes(self) -> list[Route]:
+        return [
+            route("GET", "/deid/held", self._held, "read", "deid-held"),
+            route("POST", "/deid/held/{share}/release", self._release, "write", "deid-release"),
+            route("POST", "/deid/held/{share}/refuse", self._refuse, "write", "deid-refuse"),
+            route("POST", "/deid/relink/{project}", self._relink, "reidentify", "deid-relink"),
+        ]
+
+    def _shares(self) -> ResearchShares:
+        research = self.research()
+        if research is None:
+            raise NotFoundError("research shares are not available on this node")
+        return research
+
+    @staticmethod
+    def _actor(request: Request) -> str:
+        p = principal(request)
+        if p is None:  # the app authorised the route: a principal is there
+            raise HttpError(401, "authentication required")
+        return f"user:{p.user}"
+
+    @staticmethod
+    async def _json(request: Request) -> dict[str, object]:
+        raw = await body(request, MAX_BODY)
+        try:
+            value = json.loads(raw or b"{}")
+        except ValueError:
+            raise HttpError(400, "body is not JSON") from None
+        if not isinstance(value, dict):
+            raise HttpError(400, "body must be a JSON object")
+        return value
+
+    async def _held(self, request: Request) -> Response:
+        shares = self._shares()
+        rows = await shares.ctx.db.run(lambda s: s.research_shares(ResearchState.HELD))
+        return json_response(200, [held_json(r) for r in rows])
+
+    async def _release(self, request: Request) -> Response:
+        value = await self._json(request)
+        include = value.get("include_risky", False)
+        if not isinstance(include, bool):
+            raise HttpError(400, "'include_risky' must be true or false")
+        outcome = await self._shares().release(request.path_params["share"], include, actor=self._actor(request))
+        return json_response(200, outcome.to_json())
+
+    async def _refuse(self, request: Request) -> Response:
+        value = await self._json(request)
+        reason = value.get("reason", "refused")
+        if not isinstance(reason, str):
+            raise HttpError(400, "'reason' must be a string")
+        row = await self._shares().refuse(request.path_params["share"], reason, actor=self._actor(request))
+        return json_response(200, held_json(row))
+
+    async def _relink(self, request: Request) -> Response:
+        entries = await self._shares().export_relink(request.path_params["project"], actor=self._actor(request))
+        return json_response(200, [{"kind": k, "pseudonym": p, "original": o} for k, p, o in entries])
