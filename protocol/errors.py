@@ -285,6 +285,7 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(930, "route-error", MeshError),  # meshnode/gateway/
     ErrorCode(932, "bad-query", MeshError),
     ErrorCode(933, "too-many-results", MeshError),
+    ErrorCode(941, "conflict-error", MeshError),  # protocol/conflict.py (a SOP Instance UID conflict decision)
 )
 
 
