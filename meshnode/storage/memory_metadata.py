@@ -29,7 +29,9 @@ from meshnode.storage.records import (
     StudySummaryRow,
     hash_uid,
 )
-from meshnode.storage.retry_queue import MemoryRetryQueue
+from meshnode.storage.conflicts import Incoming
+from meshnode.storage.memory_conflicts import MemoryConflicts
+from protocol.conflict import ConflictAction
 from meshnode.storage.search import (
     AuditQuery,
     audit_matches,
@@ -54,7 +56,7 @@ class _Transfer:
     bytes_done: int
 
 
-class MemoryMetadataStore(MemoryRetryQueue):
+class MemoryMetadataStore(MemoryConflicts):
     def __init__(self) -> None:
         super().__init__()
         self._studies: dict[str, StudyAttributes] = {}
@@ -82,32 +84,23 @@ class MemoryMetadataStore(MemoryRetryQueue):
         """Nothing to release."""
 
     def add_instances(
-        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int
+        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int,
+        incoming: Sequence[Incoming] | None = None,
     ) -> list[AddOutcome]:
         outcomes = []
         extra: list[AuditEvent] = []
-        for rec in records:
+        for n, rec in enumerate(records):
+            action, alerts = self._arrive(rec, incoming[n] if incoming is not None else Incoming(), now_ms)
+            extra.extend(alerts)
+            if action is ConflictAction.HOLD:
+                outcomes.append(AddOutcome.CONFLICT)
+                continue
             self._studies[rec.study_uid] = rec.study
-            same_uid = [i for i in self._instances if i.sop_instance_uid == rec.sop_instance_uid]
-            if any(i.digest == rec.digest for i in same_uid):
+            if action is ConflictAction.DUPLICATE:
                 outcomes.append(AddOutcome.DUPLICATE)
                 continue
-            if same_uid:
-                self._instances = [
-                    replace(i, flags=(*i.flags, CONFLICT_FLAG))
-                    if i.sop_instance_uid == rec.sop_instance_uid and CONFLICT_FLAG not in i.flags else i
-                    for i in self._instances
-                ]
-                rec = replace(rec, flags=(*rec.flags, CONFLICT_FLAG))
-                extra.append(AuditEvent(EventCode.SECURITY_ALERT, "sop-instance-uid-conflict", Outcome.MINOR_FAILURE,
-                                        study=hash_uid(rec.study_uid),
-                                        detail="same SOP Instance UID with different bytes; both kept"))
-                outcomes.append(AddOutcome.CONFLICT)
-            else:
-                outcomes.append(AddOutcome.ADDED)
-            self._instances.append(rec)
-            for cid, size in zip(rec.blocks, rec.block_sizes):
-                self._blocks.setdefault(cid, size)
+            outcomes.append(AddOutcome.REPLACED if action is ConflictAction.SUPERSEDE else AddOutcome.ADDED)
+            self._add_instance(rec)
         self.append_audit([*events, *extra], now_ms)
         return outcomes
 
@@ -191,10 +184,11 @@ class MemoryMetadataStore(MemoryRetryQueue):
 
     def block_refcount(self, cid: CID, now_s: int) -> int:
         local = sum(1 for i in self._instances for b in i.blocks if b == cid)
+        local += sum(1 for b in self._held_blocks() if b == cid)
         return local + sum(1 for m in self._live_manifests(now_s) if cid in self._manifest_blocks.get(m, ()))
 
     def unreferenced_blocks(self, now_s: int) -> list[CID]:
-        used = {b for i in self._instances for b in i.blocks}
+        used = {b for i in self._instances for b in i.blocks} | set(self._held_blocks())
         for m in self._live_manifests(now_s):
             used |= self._manifest_blocks.get(m, frozenset())
         return [c for c in self._blocks if c not in used]
