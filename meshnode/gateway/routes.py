@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from protocol.conflict import DEFAULT_POLICY, ConflictPolicy
 from protocol.errors import MeshError
 from protocol.manifest import Priority, Purpose
 from protocol.schema import check_org_code
@@ -60,6 +61,8 @@ class Route:
     called_ae: str = ""
     #: seconds without a new instance of a study before the study is announced
     quiet_period_s: int = 60
+    #: an instance whose SOP Instance UID is held here with other bytes (protocol.conflict; reject: a human decides)
+    on_conflict: ConflictPolicy = DEFAULT_POLICY
 
     def __post_init__(self) -> None:
         check_route_name(self.name)
