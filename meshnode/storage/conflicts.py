@@ -41,6 +41,10 @@ class Incoming:
     route: str = ""
 
 
+#: a received manifest's instances: the sender's signed revision supersedes its earlier version of an instance
+RECEIVED_REVISION = Incoming(ConflictPolicy.REPLACE, "received manifest")
+
+
 @dataclass(frozen=True)
 class ConflictRow:
     conflict_id: int
@@ -80,6 +84,10 @@ class ConflictStore(Protocol):
         ...
 
     def conflict(self, conflict_id: int) -> ConflictRow | None: ...
+
+    def superseded_digests(self, sop_instance_uid: str) -> list[bytes]:
+        """Digests of versions of this UID that a newer one replaced here (kind store, state replaced)."""
+        ...
 
     def add_forward_conflict(self, row: ConflictRow, events: Sequence[AuditEvent], now_ms: int) -> int | None:
         """A held PACS forward (kind pacs:<destination>); None when the same one is held already."""

@@ -75,6 +75,10 @@ class MemoryConflicts(MemoryRetryQueue):
     def conflict(self, conflict_id: int) -> ConflictRow | None:
         return self._conflicts.get(conflict_id)
 
+    def superseded_digests(self, sop_instance_uid: str) -> list[bytes]:
+        return [r.existing_digest for _, r in sorted(self._conflicts.items()) if r.kind == KIND_STORE
+                and r.state is ConflictState.REPLACED and r.sop_instance_uid == sop_instance_uid]
+
     def add_forward_conflict(self, row: ConflictRow, events: Sequence[AuditEvent], now_ms: int) -> int | None:
         if any(r.kind == row.kind and r.sop_instance_uid == row.sop_instance_uid
                and r.newcomer_digest == row.newcomer_digest and r.state is ConflictState.PENDING

@@ -103,6 +103,11 @@ class SqliteConflicts(SqliteAudit):
         rows = self._query(f"SELECT {_COLUMNS} FROM instance_conflicts WHERE id = ?", (conflict_id,))
         return _row(rows[0]) if rows else None
 
+    def superseded_digests(self, sop_instance_uid: str) -> list[bytes]:
+        return [bytes(d) for (d,) in self._query(
+            "SELECT existing_digest FROM instance_conflicts WHERE sop_instance_uid = ? AND state = 'replaced'"
+            " AND kind = ? ORDER BY id", (sop_instance_uid, KIND_STORE))]
+
     def add_forward_conflict(self, row: ConflictRow, events: Sequence[AuditEvent], now_ms: int) -> int | None:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM instance_conflicts WHERE kind = ? AND sop_instance_uid = ?"

@@ -126,3 +126,11 @@ def test_held_conflict_survives_a_restart(tmp_path: Path) -> None:
     again = SqliteMetadataStore(tmp_path / "node.db")
     assert again.conflicts() == [row]
     again.close()
+
+
+def test_superseded_digests_are_remembered(store: MetadataStore) -> None:
+    a, b = instance(1), instance(1, payload=b"corrected pixels" * 8)
+    store.add_instances([a], [], NOW_MS)
+    assert store.superseded_digests(a.sop_instance_uid) == []
+    store.add_instances([b], [], NOW_MS, [Incoming(ConflictPolicy.REPLACE)])
+    assert store.superseded_digests(a.sop_instance_uid) == [a.digest]
