@@ -9,6 +9,7 @@ from meshnode.cli import (
     audit_cmd,
     certificate_cmd,
     config_cmd,
+    conflicts_cmd,
     directory_cmd,
     gateway_cmd,
     generate_cmd,
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (init_cmd, certificate_cmd, config_cmd, directory_cmd, node_cmds, gateway_cmd, storage_cmds, audit_cmd,
-                   generate_cmd, users_cmd):
+                   generate_cmd, users_cmd, conflicts_cmd):
         module.register(sub, common)
     return parser
 

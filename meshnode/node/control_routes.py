@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshnode.control.app import Handler
 from common.describe import iso
+from meshnode.node import conflict_routes
 from meshnode.node.delivery import stored_deliveries
 from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
@@ -159,6 +160,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         ("GET", "/outbox"): outbox, ("POST", "/outbox/retry"): outbox_retry, ("POST", "/fetch"): fetch,
         ("POST", "/recall"): recall,
         ("GET", "/peers"): peers,
+        **conflict_routes.routes(node),  # meshnode conflicts list|decide
     }
 
 
