@@ -18,6 +18,7 @@ from meshnode.storage.sqlite_users import SqliteUserStore
 from meshnode.web.app import Route, WebApp
 from meshnode.web.auth import Authenticator
 from meshnode.web.chain import ChainVerifier
+from meshnode.web.conflicts_http import ConflictsHttp
 from meshnode.web.metrics import EventMetrics, MetricsSnapshot
 from meshnode.web.node_view import NodeView
 from meshnode.web.ops import Ops
@@ -72,6 +73,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *Stow(services, lambda: node.gateway.intake, lambda: ctx.config.gateway.routes).routes(),
                     *Ui(services, auth, view, ChainVerifier(ctx.db, ctx.storage, ctx.clock),
                         lambda: ctx.changed).routes(),
+                    *ConflictsHttp(lambda: node.gateway.conflicts).routes(),
                 ]
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)
