@@ -22,12 +22,13 @@ from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE, block_ranges
 from meshnode.dicom.errors import DicomError
 from meshnode.dicom.layout import plan_layout
 from meshnode.dicom.structure import scan_layout_bytes
-from meshnode.storage.node_storage import NodeStorage
+from meshnode.storage.conflicts import KIND_STORE
+from meshnode.storage.node_storage import NodeStorage, now_ms
 from meshnode.storage.records import InstanceRecord, hash_uid
 from meshnode.study.export import DigestMismatchError
 from meshnode.study.staging import instance_record
 from protocol.cid import CID
-from protocol.conflict import new_instance_uid
+from protocol.conflict import ConflictPolicy, ConflictState, Decision, new_instance_uid
 
 
 def fresh_uid() -> str:
@@ -79,3 +80,18 @@ def store_renamed(storage: NodeStorage, held: InstanceRecord, new_uid: str,
     blocks.place(list(zip(written, cids)))
     return instance_record(plan, cids, [b - a for a, b in ranges], len(data), hashlib.sha256(data).digest(),
                            held.source)
+
+
+def keep_both(storage: NodeStorage, actor: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """Decide every pending conflict held under policy keep-both (single-threaded callers: `meshnode ingest`;
+    the running node's conflict desk does the same on its database thread). Returns how many."""
+    n = 0
+    for row in storage.metadata.conflicts(ConflictState.PENDING):
+        if row.policy is not ConflictPolicy.KEEP_BOTH or row.kind != KIND_STORE or row.newcomer is None:
+            continue
+        renamed = store_renamed(storage, row.newcomer, fresh_uid(), chunk_size)
+        storage.metadata.decide_conflict(row.conflict_id, Decision.KEEP_BOTH, f"policy:keep-both ({actor})", [],
+                                         now_ms(), renamed=renamed)
+        n += 1
+    storage.write_head()
+    return n
