@@ -37,12 +37,12 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         rows = await node.gateway.conflicts.list(parse_state(body.get("state", "pending")))
         return [r.json() for r in rows]
 
-    async def decide(body: dict[str, Any]) -> object:
-        conflict_id, decision = parse_decision(body)
+    async def decision(body: dict[str, Any]) -> object:
+        conflict_id, chosen = parse_decision(body)
         user = body.get("user")
         if not isinstance(user, str) or not user or len(user) > MAX_ACTOR_CHARS or not user.isprintable():
             raise SchemaError("'user' (who decides, for the audit) is required")
-        row = await node.gateway.conflicts.decide(conflict_id, decision, f"control:{user}")
+        row = await node.gateway.conflicts.decide(conflict_id, chosen, f"control:{user}")
         return row.json()
 
-    return {("POST", "/conflicts"): listing, ("POST", "/conflicts/decide"): decide}
+    return {("POST", "/conflicts"): listing, ("POST", "/conflicts/decide"): decision}
