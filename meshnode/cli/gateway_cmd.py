@@ -39,7 +39,12 @@ def status_lines(s: dict[str, Any]) -> list[str]:
     lines = [f"DIMSE: {dimse['ae_title']} on {dimse['host']}:{dimse['port']}" if dimse else "DIMSE: off ([dimse] enabled = false)"]
     intake = s["intake"]
     lines.append(f"intake since start: {intake['stored']} stored ({intake['bytes']:,} bytes), "
-                 f"{intake['duplicates']} duplicate(s), {intake['refused']} refused")
+                 f"{intake['duplicates']} duplicate(s), {intake['refused']} refused"
+                 + (f", {intake['held']} held as UID conflict(s)" if intake.get("held") else ""))
+    for c in s.get("conflicts", []):  # same SOP Instance UID, other bytes: waiting for `meshnode conflicts decide`
+        lines.append(f"CONFLICT #{c['id']} ({c['kind']}): study {c['study_uid']} instance {c['sop_instance_uid']}: "
+                     f"stored sha256 {c['existing_sha256'][:16]}.., newcomer sha256 {c['newcomer_sha256'][:16]}.. "
+                     f"from {c['source'] or '-'}; decide with `meshnode conflicts decide {c['id']} ...`")
     for r in s["routes"]:
         lines.append(f"route {r['name']}: AE {r['called_ae'] or '-'} -> {', '.join(r['to'])} "
                      f"({r['priority']}, {r['purpose']}, quiet {r['quiet_period_seconds']} s)")

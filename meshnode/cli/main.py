@@ -10,6 +10,7 @@ from meshnode.cli import (
     certificate_cmd,
     config_cmd,
     deid_cmd,
+    conflicts_cmd,
     directory_cmd,
     gateway_cmd,
     generate_cmd,
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (init_cmd, certificate_cmd, config_cmd, directory_cmd, node_cmds, gateway_cmd, storage_cmds, audit_cmd,
-                   generate_cmd, users_cmd, patients_cmd, reconcile_cmd, deid_cmd):
+                   generate_cmd, users_cmd, patients_cmd, reconcile_cmd, deid_cmd, conflicts_cmd):
         module.register(sub, common)
     return parser
 

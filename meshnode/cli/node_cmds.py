@@ -143,8 +143,11 @@ def _inbox_lines(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"    failed: {r['failure']}")
         for pacs, f in sorted(r.get("forward", {}).items()):
             error = f"  last error: {f['last_error']}" if f["last_error"] and f["state"] != "forwarded" else ""
+            held = f.get("held", 0)
             lines.append(f"    -> PACS {pacs}: {f['state']} {f['sent']}/{f['total']}"
-                         + (f", {f['failed']} failed" if f["failed"] else "") + error)
+                         + (f", {held} held (a new version of an instance the PACS has: `meshnode conflicts`)"
+                            if held else "")
+                         + (f", {f['failed'] - held} failed" if f["failed"] - held else "") + error)
     return lines or ["inbox empty"]
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 from common.cli.output import EXIT_ERROR, EXIT_OK, emit
 from common.cli.progress import ProgressBar
+from meshnode.config import load_config
 from meshnode.home import resolve_home
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import StudySummaryRow, hash_uid
+from protocol.conflict import DEFAULT_POLICY, ConflictPolicy
 from protocol.errors import NotFoundError, SchemaError
 
 
@@ -39,11 +41,23 @@ def find_study(storage: NodeStorage, key: str) -> StudySummaryRow:
     raise NotFoundError(f"no study {key!r} on this node (see `meshnode studies`)")
 
 
+def node_conflict_policy(args: argparse.Namespace) -> ConflictPolicy:
+    """node.toml's [conflicts] default, or the safe default when there is no readable node.toml."""
+    path = resolve_home(args.home) / "node.toml"
+    if not path.exists():
+        return DEFAULT_POLICY
+    return load_config(path).gateway.conflict_default
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     ing = sub.add_parser("ingest", parents=[common], help="ingest DICOM files and folders (recursively)")
     ing.add_argument("paths", nargs="+", type=Path)
     ing.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel worker processes (default: one per core)")
     ing.add_argument("--no-progress", action="store_true")
+    ing.add_argument("--on-conflict", choices=[p.value for p in ConflictPolicy],
+                     help="a file whose SOP Instance UID is stored with other bytes: reject (held for "
+                          "`meshnode conflicts`), replace or keep-both (default: node.toml [conflicts] default, "
+                          "else reject)")
     ing.add_argument("--json", action="store_true")
     ing.set_defaults(func=run_ingest)
     st = sub.add_parser("studies", parents=[common], help="list the studies on this node")
@@ -71,13 +85,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 def run_ingest(args: argparse.Namespace) -> int:
     from meshnode.study.ingest import Ingester  # pydicom: imported when used, so other commands start quickly
 
+    policy = ConflictPolicy(args.on_conflict) if args.on_conflict else node_conflict_policy(args)
     with open_storage(args) as storage:
         bar = ProgressBar("ingest", enabled=not args.no_progress and not args.json)
-        report = Ingester(storage, workers=args.workers).ingest(args.paths, bar.update)
+        report = Ingester(storage, workers=args.workers, conflict_policy=policy).ingest(args.paths, bar.update)
     mb = report.bytes / 1e6
     data = {
         "files": report.files, "instances": report.instances, "added": report.added,
-        "duplicates": report.duplicates, "conflicts": report.conflicts, "studies": len(report.studies),
+        "duplicates": report.duplicates, "conflicts": report.conflicts, "replaced": report.replaced,
+        "conflict_policy": policy.value, "studies": len(report.studies),
         "bytes": report.bytes, "seconds": round(report.seconds, 3),
         "images_per_second": round(report.images_per_second, 1),
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
@@ -85,7 +101,9 @@ def run_ingest(args: argparse.Namespace) -> int:
     }
     lines = [
         f"ingested {report.instances} instance(s) in {len(report.studies)} study(ies): {report.added} new, "
-        f"{report.duplicates} already stored, {report.conflicts} UID conflict(s)",
+        f"{report.duplicates} already stored, {report.conflicts} UID conflict(s) held (policy {policy.value}"
+        + (": `meshnode conflicts`" if report.conflicts and policy is not ConflictPolicy.KEEP_BOTH else "") + ")"
+        + (f", {report.replaced} replaced" if report.replaced else ""),
         f"{mb:,.1f} MB in {report.seconds:.2f} s: {report.images_per_second:,.0f} images/s, "
         f"{mb / report.seconds if report.seconds else 0:,.1f} MB/s (durable)",
     ]

@@ -29,11 +29,14 @@ from meshnode.gateway.routes import (
 )
 from protocol.config_reader import Table, defaults
 from protocol.deid import DeidProfile, read_profile
+from protocol.conflict import DEFAULT_POLICY, ConflictPolicy
 from protocol.errors import ConfigError
 from protocol.manifest import Priority, Purpose
 from protocol.schema import check_org_code
 
 T = TypeVar("T")
+POLICIES = tuple(p.value for p in ConflictPolicy)
+ON_REPLACE = ("hold", "overwrite")
 OPERATIONS = frozenset({"store", "find", "get", "move"})  # C-ECHO: every admitted caller
 
 
@@ -91,6 +94,9 @@ class PacsDestination:
     from_orgs: tuple[str, ...] = ()  # only studies from these sender orgs (empty: every study)
     retry_max_s: int = 300
     max_attempts: int = 5  # per instance the PACS refuses; an unreachable PACS is retried for ever
+    #: a received revision replaces an instance already forwarded here: "hold" (a human decides) or "overwrite"
+    #: (forward the new bytes: only for a PACS configured to overwrite, e.g. Orthanc's OverwriteInstances)
+    on_replace: str = "hold"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ class GatewayConfig:
     move_destinations: tuple[DicomPeer, ...] = ()
     pacs: tuple[PacsDestination, ...] = ()
     reconciliation: ReconciliationSettings = field(default_factory=ReconciliationSettings)
+    #: [conflicts] default: the policy off any route (the node's own AE title, STOW-RS without a route, file ingest)
+    conflict_default: ConflictPolicy = DEFAULT_POLICY
 
     def caller(self, ae_title: str) -> Caller | None:
         return next((c for c in self.callers if c.ae_title == ae_title.strip()), None)
@@ -167,7 +175,7 @@ def _callers(root: Table) -> tuple[Caller, ...]:
     return tuple(out)
 
 
-def _routes(root: Table, dimse: DimseSettings) -> RouteTable:
+def _routes(root: Table, dimse: DimseSettings, default_policy: ConflictPolicy) -> RouteTable:
     d = defaults(Route)
     routes = []
     for t in root.tables("route"):
@@ -181,6 +189,7 @@ def _routes(root: Table, dimse: DimseSettings) -> RouteTable:
                 quiet_period_s=t.integer("quiet_period_seconds", dimse.quiet_period_s, MIN_QUIET_PERIOD_S,
                                          MAX_QUIET_PERIOD_S),
                 deid=_route_deid(t),
+                on_conflict=ConflictPolicy(t.text("on_conflict", default_policy.value, POLICIES)),
             ))
         except RouteError as exc:
             raise ConfigError(f"{t.path}: {exc}") from None
@@ -227,6 +236,7 @@ def _pacs(root: Table) -> tuple[PacsDestination, ...]:
             from_orgs=t.texts("from_orgs", d["from_orgs"], check=check_org_code),
             retry_max_s=t.integer("retry_max_seconds", d["retry_max_s"], 1, 86400),
             max_attempts=t.integer("max_attempts", d["max_attempts"], 1, 1000),
+            on_replace=t.text("on_replace", d["on_replace"], ON_REPLACE),
         ))
         t.finish()
         _unique(out, lambda p: p.name, t, "used twice as a name")
@@ -236,9 +246,18 @@ def _pacs(root: Table) -> tuple[PacsDestination, ...]:
 def parse_gateway(root: Table) -> GatewayConfig:
     """The gateway's tables of node.toml ([dimse], [[caller]], [[route]], [[move_destination]], [[pacs]])."""
     dimse = _dimse(root)
-    return GatewayConfig(dimse=dimse, callers=_callers(root), routes=_routes(root, dimse),
+    default_policy = _conflict_default(root)
+    return GatewayConfig(dimse=dimse, callers=_callers(root), routes=_routes(root, dimse, default_policy),
                          move_destinations=_move_destinations(root), pacs=_pacs(root),
-                         reconciliation=parse_reconciliation(root))
+                         reconciliation=parse_reconciliation(root), conflict_default=default_policy)
+
+
+def _conflict_default(root: Table) -> ConflictPolicy:
+    """[conflicts] default: the node's policy for a SOP Instance UID held here with other bytes."""
+    t = root.table("conflicts")
+    policy = ConflictPolicy(t.text("default", DEFAULT_POLICY.value, POLICIES))
+    t.finish()
+    return policy
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -279,6 +298,8 @@ _EXAMPLES = """
 # priority = "urgent"                            # stat, urgent or routine
 # purpose = "care"                               # care, research or patient-access
 # quiet_period_seconds = 20
+# on_conflict = "reject"                         # same SOP Instance UID, other bytes: reject (held for a
+#                                                # human: `meshnode conflicts`), replace or keep-both
 
 # A research route shares a de-identified copy (PS3.15 Annex E basic profile), never the original; the
 # options are Annex E's (docs/operators.md, "De-identification profiles"). An unknown key is refused.
@@ -312,6 +333,12 @@ _EXAMPLES = """
 # port = 104
 # from_orgs = []                                 # only studies from these orgs (empty: all)
 # retry_max_seconds = {retry_max_s:<24} # back-off cap while the PACS is unreachable
+# on_replace = "hold"                            # a new revision changes a forwarded instance: hold (for a
+#                                                # human) or overwrite (only if the PACS overwrites)
+
+# Same SOP Instance UID with other bytes off any route (the node's own AE, file ingest): see docs/operators.md.
+# [conflicts]
+# default = "reject"                             # reject (held for a human), replace or keep-both
 """
 
 
@@ -344,6 +371,8 @@ def render_gateway(config: GatewayConfig) -> str:
         enabled="true" if d.enabled else "false", ae_title=_q(d.ae_title), host=_q(d.host), port=d.port,
         max_associations=d.max_associations, max_pdu_bytes=d.max_pdu_bytes, max_instance_mb=d.max_instance_mb,
         quiet_period=d.quiet_period_s, acse=d.acse_timeout_s, dimse=d.dimse_timeout_s, network=d.network_timeout_s)]
+    if config.conflict_default is not DEFAULT_POLICY:
+        out.append(f"\n[conflicts]\ndefault = {_q(config.conflict_default.value)}\n")
     for c in config.callers:
         out.append(f"\n[[caller]]\nae_title = {_q(c.ae_title)}\nhosts = {_toml_list(c.hosts)}\n"
                    f"allow = {_toml_list(c.allow, sort=True)}\n")
@@ -351,7 +380,7 @@ def render_gateway(config: GatewayConfig) -> str:
         called = f"called_ae = {_q(r.called_ae)}\n" if r.called_ae else ""
         out.append(f"\n[[route]]\nname = {_q(r.name)}\n{called}to = {_toml_list(r.to)}\n"
                    f"priority = {_q(r.priority.value)}\npurpose = {_q(r.purpose.value)}\n"
-                   f"quiet_period_seconds = {r.quiet_period_s}\n")
+                   f"quiet_period_seconds = {r.quiet_period_s}\non_conflict = {_q(r.on_conflict.value)}\n")
         if r.deid is not None:
             out.append(_render_deid(r.deid))
     for m in config.move_destinations:
@@ -361,7 +390,7 @@ def render_gateway(config: GatewayConfig) -> str:
         out.append(f"\n[[pacs]]\nname = {_q(p.name)}\nae_title = {_q(p.ae_title)}\nhost = {_q(p.host)}\n"
                    f"port = {p.port}\n{calling}from_orgs = {_toml_list(p.from_orgs)}\n"
                    f"retry_max_seconds = {p.retry_max_s}\n"
-                   f"max_attempts = {p.max_attempts}\n")
+                   f"max_attempts = {p.max_attempts}\non_replace = {_q(p.on_replace)}\n")
     out.append(render_reconciliation(config.reconciliation))
     out.append(_EXAMPLES.format(retry_max_s=defaults(PacsDestination)["retry_max_s"]))
     return "".join(out)

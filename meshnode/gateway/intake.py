@@ -58,9 +58,11 @@ from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.gateway_store import Arrival, GatewayStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage, now_ms
+from meshnode.storage.conflicts import Incoming
 from meshnode.storage.records import AddOutcome, InstanceRecord, Source, hash_uid
 from meshnode.study.ingest import SECURITY_FLAGS, instance_record
 from protocol.cid import CID
+from protocol.conflict import DEFAULT_POLICY, ConflictPolicy
 from protocol.errors import MeshError
 
 if TYPE_CHECKING:
@@ -135,6 +137,7 @@ class IntakeCounters:
     bytes: int = 0
     commits: int = 0
     streamed: int = 0  # instances whose blocks were written while they arrived
+    held: int = 0  # SOP Instance UID conflicts held in the conflict queue (meshnode.storage.conflicts)
     by_route: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -142,7 +145,8 @@ class IntakeCounters:
 class StudyIntake:
     def __init__(self, storage: NodeStorage, db: DatabaseThread, gateway: GatewayStore,
                  announcer: StudyAnnouncer | None = None, *, max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, clock: Callable[[], float] | None = None) -> None:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, clock: Callable[[], float] | None = None,
+                 conflict_default: ConflictPolicy = DEFAULT_POLICY) -> None:
         self.storage = storage
         self.db = db
         self.gateway = gateway
@@ -156,6 +160,10 @@ class StudyIntake:
         self._idle = trio.Event()
         self._head_dirty = trio.Event()
         self.counters = IntakeCounters()
+        #: the policy for an instance on no route (the node's own AE title, STOW-RS without a route)
+        self.conflict_default = conflict_default
+        #: told (on the trio loop) when a commit held conflicts: the conflict desk applies keep-both at once
+        self.conflicts_held: Callable[[], None] | None = None
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000) if self._clock is not None else now_ms()
@@ -309,22 +317,25 @@ class StudyIntake:
                 p.done, p.error = True, exc
             return
         try:
-            token.run_sync_soon(self._committed_soon, noted, now)
+            token.run_sync_soon(self._committed_soon, noted, now, AddOutcome.CONFLICT in outcomes)
         except trio.RunFinishedError:
             pass  # the node is stopping: what the announcer would note is durable, and read at the next start
         self._finish(group, outcomes)
 
-    def _committed_soon(self, noted: Sequence[Arrival], now: int) -> None:
+    def _committed_soon(self, noted: Sequence[Arrival], now: int, held: bool = False) -> None:
         """_committed, run by the trio loop itself (run_sync_soon): an exception here would end the whole trio
         run (TrioInternalError), so a bug is logged instead; the group is committed, durably, either way."""
         try:
-            self._committed(noted, now)
+            self._committed(noted, now, held)
         except Exception:  # a task boundary: the loop's own callback
             log.exception("after a group commit: cannot note %d arrival(s)", len(noted))
 
-    def _committed(self, noted: Sequence[Arrival], now: int) -> None:
-        """After a group's commit, on the trio loop: the audit head is due, the announcer counts arrivals."""
+    def _committed(self, noted: Sequence[Arrival], now: int, held: bool = False) -> None:
+        """After a group's commit, on the trio loop: the audit head is due, the announcer counts arrivals, the
+        conflict desk hears of held conflicts."""
         self._head_dirty.set()
+        if held and self.conflicts_held is not None:
+            self.conflicts_held()
         if self.announcer is not None:
             for a in noted:
                 self.announcer.arrived(a.study_uid, a.route, now / 1000)
@@ -339,7 +350,7 @@ class StudyIntake:
             for p in batch:
                 p.done, p.error = True, exc
             return
-        self._committed(noted, now)
+        self._committed(noted, now, AddOutcome.CONFLICT in outcomes)
         self._finish(batch, outcomes)
 
     def _group_work(self, batch: list[PendingCommit], now: int, *, persist_all: bool
@@ -348,6 +359,7 @@ class StudyIntake:
         its arrivals, announcement items, instances and audit entries (one transaction when the gateway store
         shares the metadata store's connection)."""
         records = [p.prepared.record for p in batch]
+        incoming = [self.incoming(p) for p in batch]
         events = self._audit_events(batch)
         arrivals: dict[tuple[str, str], int] = {}
         for p in batch:
@@ -381,9 +393,15 @@ class StudyIntake:
                     announcer.note(store, noted, now, reopen=to_persist)
                 elif to_persist:
                     gateway.note_arrivals(to_persist, now)
-                return storage.metadata.add_instances(records, events, now)
+                return storage.metadata.add_instances(records, events, now, incoming)
 
         return noted, work
+
+    def incoming(self, p: PendingCommit) -> Incoming:
+        """How an instance came, for protocol.conflict.decide: its route's policy (or the node default)."""
+        if p.route is None:
+            return Incoming(self.conflict_default, p.prepared.source, "")
+        return Incoming(p.route.on_conflict, p.prepared.source, p.route.name)
 
     def _finish(self, batch: list[PendingCommit], outcomes: list[AddOutcome]) -> None:
         """The group is committed: count it, and give each item its result (done)."""
@@ -393,6 +411,8 @@ class StudyIntake:
             for p, outcome in zip(batch, outcomes):
                 if outcome is AddOutcome.DUPLICATE:
                     c.duplicates += 1
+                elif outcome is AddOutcome.CONFLICT:
+                    c.held += 1
                 else:
                     c.stored += 1
                     c.bytes += p.prepared.record.size

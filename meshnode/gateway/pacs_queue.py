@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshnode.gateway.config import PacsDestination
+from meshnode.gateway.forward_conflicts import HELD_PREFIX, forwarded_version, held_reason
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.retry_queue import QueuedRow
 from protocol.cid import CID
@@ -122,9 +123,14 @@ def queue_received(store: MetadataStore, manifest_id: CID, destinations: Sequenc
         for key in keys_of(manifest_id, manifest):
             ref = KEYS.ref(key)
             held = store.queue_rows(queue, ref=ref, states=(DeliveryState.DELIVERED,))
-            rows.append(QueuedRow(queue, KEYS.encode(key), ref,
-                                  DeliveryState.DELIVERED if held else DeliveryState.PENDING, 0, now_ms, now_ms,
-                                  ALREADY_HELD if held else "", bytes([manifest.priority.rank])))
+            state, note = (DeliveryState.DELIVERED, ALREADY_HELD) if held else (DeliveryState.PENDING, "")
+            old = None if held else forwarded_version(store, queue, key.sop_instance_uid, key.digest)
+            if old is not None:  # a new version of an instance the PACS has: overwrite or hold (on_replace)
+                note = held_reason(store, dest, str(manifest_id), manifest, key.sop_instance_uid, key.digest, old,
+                                   now_ms)
+                state = DeliveryState.FAILED if note else DeliveryState.PENDING
+            rows.append(QueuedRow(queue, KEYS.encode(key), ref, state, 0, now_ms, now_ms, note,
+                                  bytes([manifest.priority.rank])))
         added = set(store.queue_add(rows))
         out[dest.name] = [KEYS.decode(r.key) for r in rows if r.key in added and r.state is DeliveryState.PENDING]
     return out
@@ -142,6 +148,8 @@ class ForwardProgress:
     cancelled: int
     last_error: str
     updated_ms: int
+    #: of `failed`: new versions of instances the PACS had, held for a human (forward_conflicts.py)
+    held: int = 0
 
     @property
     def state(self) -> str:
@@ -151,12 +159,14 @@ class ForwardProgress:
             return "waiting-for-receipt"
         if self.pending:
             return "forwarding"
-        return "failed" if self.failed else "forwarded"
+        if self.failed:
+            return "held" if self.held == self.failed else "failed"
+        return "forwarded"
 
     def json(self) -> dict[str, object]:
         return {"state": self.state, "total": self.total, "sent": self.sent, "pending": self.pending,
                 "waiting": self.waiting, "failed": self.failed, "cancelled": self.cancelled,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "held": self.held}
 
 
 def progress(store: MetadataStore, manifest_id: CID,
@@ -175,6 +185,7 @@ def progress(store: MetadataStore, manifest_id: CID,
         sent = sum(1 for r in rows if r.state is DeliveryState.DELIVERED)
         pending = sum(1 for r in rows if r.state in (DeliveryState.PENDING, DeliveryState.ATTEMPTING))
         failed = sum(1 for r in rows if r.state is DeliveryState.FAILED)
+        held = sum(1 for r in rows if r.state is DeliveryState.FAILED and r.last_error.startswith(HELD_PREFIX))
         errors = sorted((r.updated_ms, r.last_error) for r in rows if r.last_error and r.last_error != ALREADY_HELD
                         and r.state is not DeliveryState.DELIVERED)
         updated = max((r.updated_ms for r in rows), default=0)
@@ -184,7 +195,7 @@ def progress(store: MetadataStore, manifest_id: CID,
             out[dest.name] = ForwardProgress(total, total, 0, 0, 0, 0, "", updated)
         elif rows:
             out[dest.name] = ForwardProgress(total, 0, pending, sent, failed, 0,
-                                             errors[-1][1] if errors else "", updated)
+                                             errors[-1][1] if errors else "", updated, held)
     return out
 
 

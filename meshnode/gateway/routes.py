@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from protocol.deid import DeidProfile
+from protocol.conflict import DEFAULT_POLICY, ConflictPolicy
 from protocol.errors import MeshError
 from protocol.manifest import Priority, Purpose
 from protocol.schema import check_org_code
@@ -64,6 +65,8 @@ class Route:
     #: de-identify (PS3.15 Annex E, these options): a de-identified copy is shared, never the original.
     #: Always set for purpose research (its project defaults to the route's name).
     deid: DeidProfile | None = None
+    #: an instance whose SOP Instance UID is held here with other bytes (protocol.conflict; reject: a human decides)
+    on_conflict: ConflictPolicy = DEFAULT_POLICY
 
     def __post_init__(self) -> None:
         check_route_name(self.name)

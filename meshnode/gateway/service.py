@@ -20,6 +20,7 @@ import trio
 
 from common.sqlite_db import SqliteConnection
 from meshnode.gateway.announcer import StudyAnnouncer
+from meshnode.gateway.conflict_desk import ConflictDesk
 from meshnode.gateway.dimse.server import DimseServer
 from meshnode.gateway.forwarder import Forwarder
 from meshnode.gateway.intake import StudyIntake
@@ -35,6 +36,7 @@ from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import hash_uid
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from protocol.cid import CID
+from protocol.conflict import ConflictState
 from protocol.document import Signed, open_document
 from protocol.manifest import Manifest
 
@@ -63,7 +65,8 @@ class Gateway:
         self.announcer = StudyAnnouncer(ctx.db, self.state, config.routes, sender.share, clock=ctx.clock,
                                         share_research=self._share_research)
         self.intake = StudyIntake(ctx.storage, ctx.db, self.state, self.announcer,
-                                  max_instance_bytes=config.dimse.max_instance_bytes, clock=ctx.clock)
+                                  max_instance_bytes=config.dimse.max_instance_bytes, clock=ctx.clock,
+                                  conflict_default=config.conflict_default)
         self.dimse = DimseServer(config, self.intake, self.audit, ctx.home.path) if config.dimse.enabled else None
         self.forwarder = (Forwarder(ctx.db, ctx.storage.blocks, config.pacs, config.dimse.ae_title,
                                     self.audit, ctx.home.path / "tmp" / "forward", clock=ctx.clock)
@@ -76,6 +79,11 @@ class Gateway:
         if self.forwarder is not None and config.reconciliation.enabled:
             self.forwarder.reconciler = self.reconciler
             self.reconciler.on_matched = self.forwarder.release
+
+        #: the conflict queue (same SOP Instance UID, other bytes): decisions, and policy keep-both applied
+        self.conflicts = ConflictDesk(ctx.db, ctx.storage, self.state, self.announcer, config.routes,
+                                      self.forwarder, ctx.clock)
+        self.intake.conflicts_held = self.conflicts.wake
 
     async def _share_research(self, study_uid: str, route: Route) -> Signed[Manifest] | None:
         """A route marked for de-identification: its de-identified copy's manifest; None when the share is held
@@ -111,6 +119,7 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.intake.run)
                 nursery.start_soon(keep_running, "announcer", self.announcer.run)
+                nursery.start_soon(keep_running, "conflicts", self.conflicts.run)
                 if self.forwarder is not None:
                     (self.ctx.home.path / "tmp" / "forward").mkdir(parents=True, exist_ok=True)
                     await nursery.start(self.forwarder.run)
@@ -166,7 +175,9 @@ class Gateway:
                        for r in self.config.routes],
             "pending_announcements": self.announcer.status(store),
             "intake": {"stored": self.intake.counters.stored, "duplicates": self.intake.counters.duplicates,
-                       "refused": self.intake.counters.refused, "bytes": self.intake.counters.bytes},
+                       "refused": self.intake.counters.refused, "bytes": self.intake.counters.bytes,
+                       "held": self.intake.counters.held},
+            "conflicts": [c.json() for c in store.conflicts(ConflictState.PENDING)],
             "forward": {
                 d.name: {"ae_title": d.ae_title, "host": d.host, "port": d.port,
                          "items": counts.get(d.name, {}),

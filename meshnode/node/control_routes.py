@@ -8,6 +8,7 @@ from meshnode.control.app import Handler
 from common.describe import iso
 from meshnode.node import reconcile_routes
 from meshnode.node.deid_routes import deid_routes, share_profile, share_research
+from meshnode.node import conflict_routes
 from meshnode.node.delivery import stored_deliveries
 from meshnode.storage.metadata import MetadataStore
 from protocol.cid import CID
@@ -166,6 +167,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         ("GET", "/peers"): peers,
         **reconcile_routes.routes(node),  # the reconciliation queue and the patient lookup table
         **deid_routes(node),
+        **conflict_routes.routes(node),  # meshnode conflicts list|decide
     }
 
 

@@ -46,6 +46,7 @@ from common.p2p.host import listen_multiaddrs, running_host
 from meshnode.web.node_web import run_web
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockCorruptError
+from meshnode.storage.conflicts import RECEIVED_REVISION
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
@@ -363,7 +364,8 @@ class Node:
 
         def record(store: MetadataStore) -> None:
             state = node_lifecycle.next_state(store, manifest_id, ManifestEvent.VERIFIED)  # refused: nothing written
-            store.add_instances(records, [event], now_ms)
+            # a sender's signed revision supersedes its earlier version of an instance (protocol.conflict)
+            store.add_instances(records, [event], now_ms, [RECEIVED_REVISION] * len(records))
             store.set_manifest_state(manifest_id, state)
             previous = store.transfer(manifest_id)
             store.set_transfer(manifest_id, state, previous[1] if previous else 0, manifest.total_bytes, now_ms)

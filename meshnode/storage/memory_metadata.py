@@ -32,6 +32,9 @@ from meshnode.storage.records import (
 from meshnode.storage.patients import MemoryPatients
 from meshnode.storage.research_store import MemoryResearchStore
 from meshnode.storage.retry_queue import MemoryRetryQueue
+from meshnode.storage.conflicts import Incoming
+from meshnode.storage.memory_conflicts import MemoryConflicts
+from protocol.conflict import ConflictAction
 from meshnode.storage.search import (
     AuditQuery,
     audit_matches,
@@ -56,10 +59,10 @@ class _Transfer:
     bytes_done: int
 
 
-class MemoryMetadataStore(MemoryResearchStore, MemoryRetryQueue, MemoryPatients):
+class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients):
     def __init__(self) -> None:
         MemoryResearchStore.__init__(self)
-        MemoryRetryQueue.__init__(self)
+        MemoryConflicts.__init__(self)  # and MemoryRetryQueue's
         MemoryPatients.__init__(self)
         self._studies: dict[str, StudyAttributes] = {}
         self._instances: list[InstanceRecord] = []
@@ -86,32 +89,23 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryRetryQueue, MemoryPatients)
         """Nothing to release."""
 
     def add_instances(
-        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int
+        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int,
+        incoming: Sequence[Incoming] | None = None,
     ) -> list[AddOutcome]:
         outcomes = []
         extra: list[AuditEvent] = []
-        for rec in records:
+        for n, rec in enumerate(records):
+            action, alerts = self._arrive(rec, incoming[n] if incoming is not None else Incoming(), now_ms)
+            extra.extend(alerts)
+            if action is ConflictAction.HOLD:
+                outcomes.append(AddOutcome.CONFLICT)
+                continue
             self._studies[rec.study_uid] = rec.study
-            same_uid = [i for i in self._instances if i.sop_instance_uid == rec.sop_instance_uid]
-            if any(i.digest == rec.digest for i in same_uid):
+            if action is ConflictAction.DUPLICATE:
                 outcomes.append(AddOutcome.DUPLICATE)
                 continue
-            if same_uid:
-                self._instances = [
-                    replace(i, flags=(*i.flags, CONFLICT_FLAG))
-                    if i.sop_instance_uid == rec.sop_instance_uid and CONFLICT_FLAG not in i.flags else i
-                    for i in self._instances
-                ]
-                rec = replace(rec, flags=(*rec.flags, CONFLICT_FLAG))
-                extra.append(AuditEvent(EventCode.SECURITY_ALERT, "sop-instance-uid-conflict", Outcome.MINOR_FAILURE,
-                                        study=hash_uid(rec.study_uid),
-                                        detail="same SOP Instance UID with different bytes; both kept"))
-                outcomes.append(AddOutcome.CONFLICT)
-            else:
-                outcomes.append(AddOutcome.ADDED)
-            self._instances.append(rec)
-            for cid, size in zip(rec.blocks, rec.block_sizes):
-                self._blocks.setdefault(cid, size)
+            outcomes.append(AddOutcome.REPLACED if action is ConflictAction.SUPERSEDE else AddOutcome.ADDED)
+            self._add_instance(rec)
         self.append_audit([*events, *extra], now_ms)
         return outcomes
 
@@ -201,10 +195,11 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryRetryQueue, MemoryPatients)
 
     def block_refcount(self, cid: CID, now_s: int) -> int:
         local = sum(1 for i in self._instances for b in i.blocks if b == cid)
+        local += sum(1 for b in self._held_blocks() if b == cid)
         return local + sum(1 for m in self._live_manifests(now_s) if cid in self._manifest_blocks.get(m, ()))
 
     def unreferenced_blocks(self, now_s: int) -> list[CID]:
-        used = {b for i in self._instances for b in i.blocks}
+        used = {b for i in self._instances for b in i.blocks} | set(self._held_blocks())
         for m in self._live_manifests(now_s):
             used |= self._manifest_blocks.get(m, frozenset())
         return [c for c in self._blocks if c not in used]

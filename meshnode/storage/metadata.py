@@ -12,6 +12,7 @@ from typing import Protocol
 from meshnode.storage.audit import AuditEntry, AuditEvent
 from meshnode.storage.audit_checkpoint import AuditCheckpoint, SpoolItem
 from meshnode.storage.patients import PatientStore
+from meshnode.storage.conflicts import ConflictStore, Incoming
 from meshnode.storage.records import (
     AddOutcome,
     InstanceRecord,
@@ -28,12 +29,17 @@ from protocol.keys import SigningKey
 from protocol.lifecycle import ManifestState
 
 
-class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStore, Protocol):
+class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStore, ConflictStore, Protocol):
     # -- studies and instances ------------------------------------------------
     def add_instances(
-        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int
+        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int,
+        incoming: Sequence[Incoming] | None = None,
     ) -> list[AddOutcome]:
-        """Add a batch of instances (their blocks already durable) and audit events, atomically."""
+        """Add a batch of instances (their blocks already durable) and audit events, atomically.
+
+        `incoming` (one per record; default: Incoming(), policy reject): a record whose SOP Instance UID is
+        stored with other bytes is decided by protocol.conflict.decide with its policy: held in the conflict
+        queue (CONFLICT: in no study until decided), or superseding the stored one (REPLACED)."""
         ...
 
     def studies(self) -> list[StudySummaryRow]: ...

@@ -22,6 +22,7 @@ from meshnode.storage.audit_checkpoint import checkpoint_problems, sign_checkpoi
 from meshnode.storage.audit_head import AuditAlarm, AuditHeadFile, head_problem
 from meshnode.storage.blockstore import BlockStore, ScrubResult
 from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.conflicts import Incoming
 from meshnode.storage.records import AddOutcome, InstanceRecord
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from protocol.cid import CID
@@ -110,8 +111,9 @@ class NodeStorage:
         self.metadata.forget_blocks([cid])
         self.audit(corrupt_block_event(cid, found_by, actor=local_actor()))
 
-    def add_instances(self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent]) -> list[AddOutcome]:
-        outcomes = self.metadata.add_instances(records, events, now_ms())
+    def add_instances(self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent],
+                      incoming: Sequence[Incoming] | None = None) -> list[AddOutcome]:
+        outcomes = self.metadata.add_instances(records, events, now_ms(), incoming)
         self.write_head()
         return outcomes
 

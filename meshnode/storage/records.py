@@ -73,7 +73,10 @@ class InstanceRecord:
 class AddOutcome(str, Enum):
     ADDED = "added"
     DUPLICATE = "duplicate"  # the very same bytes were already stored
-    CONFLICT = "conflict"  # same SOP Instance UID, different bytes: both kept, flagged
+    #: same SOP Instance UID, different bytes: the newcomer is held in the conflict queue (reject, keep-both),
+    #: not part of the study until decided (protocol.conflict)
+    CONFLICT = "conflict"
+    REPLACED = "replaced"  # same SOP Instance UID, different bytes, policy replace: the newcomer superseded it
 
 
 @dataclass(frozen=True)

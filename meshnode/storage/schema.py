@@ -271,4 +271,22 @@ MIGRATIONS = (
         PRIMARY KEY (project, kind, pseudonym)
     ) STRICT, WITHOUT ROWID
     """,
+    # 13: conflict queue: instances that came with a SOP Instance UID held here with other bytes
+    # (meshnode.storage.conflicts, protocol.conflict); a pending held newcomer's blocks are referenced by
+    # conflict_blocks (gc keeps them), the rows stay after the decision (who decided what, when)
+    """
+    CREATE TABLE instance_conflicts (
+        id INTEGER PRIMARY KEY, kind TEXT NOT NULL, sop_instance_uid TEXT NOT NULL, study_uid TEXT NOT NULL,
+        existing_digest BLOB NOT NULL, newcomer_digest BLOB NOT NULL, policy TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'replaced', 'kept-both', 'discarded')),
+        source TEXT NOT NULL, route TEXT NOT NULL, record TEXT NOT NULL, manifest_id TEXT NOT NULL,
+        created_ms INTEGER NOT NULL, decided_ms INTEGER, decided_by TEXT NOT NULL, new_uid TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX instance_conflicts_by_uid ON instance_conflicts (sop_instance_uid, state);
+    CREATE TABLE conflict_blocks (
+        conflict_id INTEGER NOT NULL REFERENCES instance_conflicts (id), cid BLOB NOT NULL,
+        PRIMARY KEY (conflict_id, cid)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX conflict_blocks_by_cid ON conflict_blocks (cid)
+    """,
 )

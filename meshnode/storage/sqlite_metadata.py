@@ -28,6 +28,9 @@ from meshnode.storage.records import (
 )
 from meshnode.storage.search import InstanceSummaryRow, Search, SeriesSummaryRow
 from meshnode.storage.sqlite_audit import SqliteAudit
+from meshnode.storage.sqlite_conflicts import SqliteConflicts
+from meshnode.storage.conflicts import Incoming
+from protocol.conflict import ConflictAction
 from meshnode.storage.sqlite_exchange import SqliteExchange
 from meshnode.storage.sqlite_identity import SqliteIdentity
 from meshnode.storage.sqlite_patients import SqlitePatients
@@ -45,33 +48,44 @@ CONFLICT_FLAG = "sop-uid-conflict"
 _LIVE_REFS = """
     SELECT count(*) FROM instance_blocks WHERE cid = :cid
     UNION ALL
+    SELECT count(*) FROM conflict_blocks WHERE cid = :cid
+    UNION ALL
     SELECT count(*) FROM manifest_blocks mb JOIN manifests m ON m.manifest_id = mb.manifest_id
      WHERE mb.cid = :cid AND m.state != :recalled AND m.expires_at >= :now
 """
 
 
-class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRetryQueue, SqlitePatients,
-                          SqliteResearch):
+class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, SqliteAudit, SqliteRetryQueue,
+                          SqlitePatients, SqliteResearch):
     # -- studies and instances ------------------------------------------------
     def add_instances(
-        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int
+        self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int,
+        incoming: Sequence[Incoming] | None = None,
     ) -> list[AddOutcome]:
         outcomes: list[AddOutcome] = []
         conflict_events: list[AuditEvent] = []
         with self._tx() as db:
-            for rec in records:
-                outcome = self._add_one(db, rec, now_ms)
+            for i, rec in enumerate(records):
+                outcome, alerts = self._add_one(db, rec, now_ms, incoming[i] if incoming is not None else Incoming())
                 outcomes.append(outcome)
-                if outcome is AddOutcome.CONFLICT:
-                    conflict_events.append(
-                        AuditEvent(EventCode.SECURITY_ALERT, "sop-instance-uid-conflict", Outcome.MINOR_FAILURE,
-                                   study=hash_uid(rec.study_uid),
-                                   detail="same SOP Instance UID with different bytes; both kept")
-                    )
+                conflict_events.extend(alerts)
             self._append_audit(db, [*events, *conflict_events], now_ms)
         return outcomes
 
-    def _add_one(self, db: sqlite3.Connection, rec: InstanceRecord, now_ms: int) -> AddOutcome:
+    def _add_one(self, db: sqlite3.Connection, rec: InstanceRecord, now_ms: int, incoming: Incoming
+                 ) -> tuple[AddOutcome, list[AuditEvent]]:
+        """protocol.conflict.decide for a UID stored with other bytes (sqlite_conflicts.py), then the insert."""
+        action, alerts = self._arrive(db, rec, incoming, now_ms)
+        if action is ConflictAction.HOLD:
+            return AddOutcome.CONFLICT, alerts
+        self._upsert_study(db, rec, now_ms)
+        if action is ConflictAction.DUPLICATE:
+            return AddOutcome.DUPLICATE, alerts
+        self._insert_instance(db, rec, now_ms)
+        return (AddOutcome.REPLACED if action is ConflictAction.SUPERSEDE else AddOutcome.ADDED), alerts
+
+    @staticmethod
+    def _upsert_study(db: sqlite3.Connection, rec: InstanceRecord, now_ms: int) -> None:
         st, se = rec.study, rec.series
         db.execute(
             "INSERT INTO studies VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (study_uid) DO UPDATE SET"
@@ -86,25 +100,16 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRet
             " modality=excluded.modality, series_number=excluded.series_number, description=excluded.description",
             (se.series_uid, st.study_uid, se.modality, se.series_number, se.description),
         )
-        existing = db.execute(
-            "SELECT digest FROM instances WHERE sop_instance_uid = ?", (rec.sop_instance_uid,)
-        ).fetchall()
-        if any(bytes(d) == rec.digest for (d,) in existing):
-            return AddOutcome.DUPLICATE
-        outcome = AddOutcome.CONFLICT if existing else AddOutcome.ADDED
-        flags = list(rec.flags) + ([CONFLICT_FLAG] if existing else [])
-        if existing:
-            db.execute(
-                "UPDATE instances SET flags = CASE WHEN flags = '' THEN :f ELSE flags || ',' || :f END"
-                " WHERE sop_instance_uid = :uid AND instr(flags, :f) = 0",
-                {"f": CONFLICT_FLAG, "uid": rec.sop_instance_uid},
-            )
+
+    def _insert_instance(self, db: sqlite3.Connection, rec: InstanceRecord, now_ms: int) -> None:
+        st, se = rec.study, rec.series
+        self._upsert_study(db, rec, now_ms)
         cur = db.execute(
             "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, transfer_syntax, size,"
             " digest, instance_number, rows, columns, frames, flags, source, added_ms)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (rec.sop_instance_uid, rec.sop_class_uid, se.series_uid, st.study_uid, rec.transfer_syntax, rec.size,
-             rec.digest, rec.instance_number, rec.rows, rec.columns, rec.frames, ",".join(flags),
+             rec.digest, rec.instance_number, rec.rows, rec.columns, rec.frames, ",".join(rec.flags),
              rec.source.value, now_ms),
         )
         instance_id = cur.lastrowid
@@ -116,7 +121,6 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRet
             "INSERT OR IGNORE INTO blocks VALUES (?,?,?)",
             [(cid.to_bytes(), size, now_ms) for cid, size in zip(rec.blocks, rec.block_sizes)],
         )
-        return outcome
 
     _SUMMARY = """
         SELECT s.study_uid, s.patient_name, s.patient_id, s.birth_date, s.sex, s.study_date, s.study_time,
@@ -271,6 +275,7 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteAudit, SqliteRet
     def unreferenced_blocks(self, now_s: int) -> list[CID]:
         rows = self._query(
             "SELECT b.cid FROM blocks b WHERE NOT EXISTS (SELECT 1 FROM instance_blocks ib WHERE ib.cid = b.cid)"
+            " AND NOT EXISTS (SELECT 1 FROM conflict_blocks cb WHERE cb.cid = b.cid)"
             " AND NOT EXISTS (SELECT 1 FROM manifest_blocks mb JOIN manifests m ON m.manifest_id = mb.manifest_id"
             "   WHERE mb.cid = b.cid AND m.state != ? AND m.expires_at >= ?)",
             (ManifestState.RECALLED.value, now_s),

@@ -29,13 +29,16 @@ from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockMissingError, BlockStore
 from meshnode.storage.node_storage import NodeStorage, local_actor
+from meshnode.storage.conflicts import Incoming
 from meshnode.storage.records import AddOutcome, InstanceRecord, hash_uid
+from meshnode.study.renaming import keep_both
 from meshnode.study.staging import (
     FileStager,
     StagedFile,
     StagedInstance,
     instance_record,
 )
+from protocol.conflict import DEFAULT_POLICY, ConflictPolicy
 from protocol.errors import MeshError, StorageError
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,8 @@ class IngestReport:
     files: int = 0
     added: int = 0
     duplicates: int = 0
-    conflicts: int = 0
+    conflicts: int = 0  # same SOP Instance UID, other bytes: held in the conflict queue (or renamed: keep-both)
+    replaced: int = 0  # same SOP Instance UID, other bytes, policy replace: superseded the stored version
     bytes: int = 0
     studies: set[str] = field(default_factory=set)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -65,7 +69,7 @@ class IngestReport:
 
     @property
     def instances(self) -> int:
-        return self.added + self.duplicates + self.conflicts
+        return self.added + self.duplicates + self.conflicts + self.replaced
 
     @property
     def images_per_second(self) -> float:
@@ -146,12 +150,15 @@ def die_with_parent(parent: int) -> None:
 
 class Ingester:
     def __init__(self, storage: NodeStorage, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 workers: int = DEFAULT_WORKERS, batch_size: int = BATCH_SIZE, actor: str | None = None) -> None:
+                 workers: int = DEFAULT_WORKERS, batch_size: int = BATCH_SIZE, actor: str | None = None,
+                 conflict_policy: ConflictPolicy = DEFAULT_POLICY) -> None:
         self.storage = storage
         self.chunk_size = chunk_size
         self.workers = max(1, workers)
         self.batch_size = batch_size
         self.actor = actor or local_actor()
+        #: a file whose SOP Instance UID is stored here with other bytes (protocol.conflict; [conflicts] default)
+        self.conflict_policy = conflict_policy
 
     def ingest(self, paths: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> IngestReport:
         """Ingest every file under `paths`; bad files are skipped with a reason.
@@ -197,6 +204,8 @@ class Ingester:
             raise
         finally:
             committer.shutdown(wait=True)
+        if report.conflicts and self.conflict_policy is ConflictPolicy.KEEP_BOTH:
+            keep_both(self.storage, self.actor, self.chunk_size)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -261,7 +270,9 @@ class Ingester:
         missing = sum(1 for rec in records for cid in set(rec.blocks) if not blocks.has(cid))
         if missing:
             raise BlockMissingError(f"{missing} block(s) were removed (gc?) before their instances were recorded")
-        outcomes = self.storage.add_instances(records, events)
+        incoming = [Incoming(self.conflict_policy, f"ingest:{self.actor}:{path.name}"[:128], "")
+                    for path, _ in pending]
+        outcomes = self.storage.add_instances(records, events, incoming)
         for rec, outcome in zip(records, outcomes):
             report.studies.add(rec.study_uid)
             if outcome is AddOutcome.ADDED:
@@ -269,7 +280,9 @@ class Ingester:
                 report.bytes += rec.size
             elif outcome is AddOutcome.DUPLICATE:
                 report.duplicates += 1
+            elif outcome is AddOutcome.REPLACED:
+                report.replaced += 1
+                report.bytes += rec.size
             else:
                 report.conflicts += 1
-                report.bytes += rec.size
         pending.clear()

@@ -19,6 +19,7 @@ from meshnode.web.app import Route, WebApp
 from meshnode.web.auth import Authenticator
 from meshnode.web.chain import ChainVerifier
 from meshnode.web.deid_web import DeidWeb
+from meshnode.web.conflicts_http import ConflictsHttp
 from meshnode.web.metrics import EventMetrics, MetricsSnapshot
 from meshnode.web.node_view import NodeView
 from meshnode.web.ops import Ops
@@ -76,6 +77,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *Ui(services, auth, view, ChainVerifier(ctx.db, ctx.storage, ctx.clock),
                         lambda: ctx.changed).routes(),
                     *ReconcileWeb(lambda: node.gateway.reconciler, ctx.db, audit, ctx.clock).routes(),
+                    *ConflictsHttp(lambda: node.gateway.conflicts).routes(),
                 ]
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)

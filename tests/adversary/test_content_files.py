@@ -21,7 +21,7 @@ Threat -> test (this file unless named):
     OPEN, xfails               test_an_element_with_an_unknown_vr_does_not_break_wado_metadata,
                                test_a_fetched_header_with_an_unknown_vr_is_read_or_refused
     UID conflict               test_same_sop_uid_in_another_study_is_kept_apart (and
-                               tests/meshnode/study/test_ingest.py::test_same_sop_uid_different_bytes_kept_both),
+                               tests/meshnode/study/test_ingest.py::test_same_sop_uid_different_bytes_held_for_a_decision),
                                test_manifest_listing_a_uid_twice_is_refused
 """
 
@@ -277,7 +277,7 @@ def test_export_never_writes_outside_its_folder(storage: NodeStorage, tmp_path: 
 
 def test_same_sop_uid_in_another_study_is_kept_apart(storage: NodeStorage, tmp_path: Path) -> None:
     """Another file claiming an instance's SOP Instance UID under a different study (a collision or a
-    forgery) never replaces the instance already stored: both are kept, the second counted as a conflict."""
+    forgery) never replaces the instance already stored: the second is held as a conflict (default policy)."""
     first = tmp_path / "a" / "1.dcm"
     first.parent.mkdir()
     first.write_bytes(ct_bytes(tmp_path / "one"))
@@ -293,7 +293,9 @@ def test_same_sop_uid_in_another_study_is_kept_apart(storage: NodeStorage, tmp_p
     assert report.added + report.conflicts == 1
     [after] = storage.metadata.instances(original_study)
     assert replace(after, flags=()) == replace(before, flags=())  # the same instance, the same blocks
-    assert "sop-uid-conflict" in after.flags  # ...now marked as having a rival
+    # the rival is held in the conflict queue for a human (policy reject), in no study until decided
+    [held] = storage.metadata.conflicts()
+    assert held.study_uid == original_study + ".9" and storage.metadata.instances(original_study + ".9") == []
     out = tmp_path / "out"
     export_study(storage, original_study, out)
     assert [p.read_bytes() for p in out.rglob("*.dcm")] == [first.read_bytes()]

@@ -30,6 +30,8 @@ class Orthanc:
     ae_title: str = "ORTHANC"
     http_port: int = field(default_factory=free_tcp_port)
     dicom_port: int = field(default_factory=free_tcp_port)
+    #: Orthanc's OverwriteInstances: a second C-STORE of a SOP Instance UID it holds replaces it (default: kept)
+    overwrite: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -57,6 +59,7 @@ class Orthanc:
             "DicomModalities": {},
             "Plugins": [],
             "StableAge": 1,
+            "OverwriteInstances": self.overwrite,
             "HttpTimeout": 30,
         }
         path = self.root / "orthanc.json"

@@ -163,7 +163,7 @@ function notice(text) {
 
 function current() {
   const page = location.hash.slice(1);
-  return PAGES.includes(page) ? page : "inbox";
+  return PAGES.includes(page) || page === "conflicts" ? page : "inbox";
 }
 
 function auditQuery() {
@@ -177,8 +177,10 @@ function open(page) {
   if (stream) stream.close();
   stream = null;
   document.getElementById("live").classList.remove("on");
-  for (const p of PAGES) document.getElementById("page-" + p).hidden = p !== page;
+  for (const p of [...PAGES, "conflicts"]) document.getElementById("page-" + p).hidden = p !== page;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
+  conflictsPage(page === "conflicts");
+  if (page === "conflicts") return;
   if (page === "audit" && !session.roles.includes("audit")) {
     notice("The audit log needs a login with a token of a user with the audit role.");
     return;
@@ -256,3 +258,38 @@ window.addEventListener("DOMContentLoaded", async () => {
   await loadSession();
   open(current());
 });
+
+// -- conflicts: same SOP Instance UID, other bytes (GET /api/conflicts, read role; decisions need an API
+// token with the write role: `meshnode conflicts decide ID replace|keep-both|discard` or
+// POST /api/conflicts/ID/decision, never the session cookie, so no other site can decide for you)
+let conflictsTimer = null;
+
+async function loadConflicts() {
+  const response = await fetch("/api/conflicts?state=all", { credentials: "same-origin" });
+  if (!response.ok) {
+    notice(response.status === 403 ? "The conflict queue needs a login of a user with the read role."
+      : "Log in with your API token to see the conflict queue.");
+    return;
+  }
+  notice("");
+  const rows = await response.json();
+  fill(document.getElementById("conflicts-table"), rows, (c) => el("tr", {},
+    el("td", {}, "#" + c.id),
+    el("td", {}, when(new Date(c.created_ms).toISOString())),
+    el("td", {}, c.kind),
+    el("td", { class: "mono", title: c.study_uid }, short(c.study_uid, 18)),
+    el("td", { class: "mono", title: c.sop_instance_uid }, short(c.sop_instance_uid, 18)),
+    el("td", { class: "mono", title: c.existing_sha256 }, short(c.existing_sha256, 16)),
+    el("td", { class: "mono", title: c.newcomer_sha256 }, short(c.newcomer_sha256, 16)),
+    el("td", {}, c.source + (c.route ? " (route " + c.route + ")" : "")),
+    el("td", {}, c.state === "pending" ? "pending (" + c.policy + "): meshnode conflicts decide " + c.id + " ..."
+      : c.state + " by " + c.decided_by + (c.new_uid ? " as " + c.new_uid : ""))));
+}
+
+function conflictsPage(on) {
+  if (conflictsTimer) clearInterval(conflictsTimer);
+  conflictsTimer = null;
+  if (!on) return;
+  loadConflicts();
+  conflictsTimer = setInterval(loadConflicts, 5000);
+}

@@ -77,7 +77,7 @@ def test_route_lookup_errors_name_the_known_routes() -> None:
 
 @pytest.mark.parametrize("extra, message", [
     ("[dimse]\nenabled = true\n", "declare .* twice"),  # a second [dimse] table is a TOML error
-    ("[[route]]\nname = \"x\"\nto = [\"RJ1\"]\nbogus = 1\n", "route\\[0\\].bogus: unknown key \\(known: called_ae, name, priority, purpose"),
+    ("[[route]]\nname = \"x\"\nto = [\"RJ1\"]\nbogus = 1\n", "route\\[0\\].bogus: unknown key \\(known: called_ae, name, on_conflict, priority, purpose"),
     ("[[caller]]\nae_title = \"A\"\nallowed = [\"store\"]\n", "caller\\[0\\].allowed: unknown key \\(known: ae_title, allow, hosts\\)"),
     ("[[pacs]]\nname = \"m\"\nae_title = \"P\"\nhost = \"h\"\nport = 104\nretry = 1\n", "unknown key"),
     ("[route]\nname = \"x\"\n", "array of tables"),

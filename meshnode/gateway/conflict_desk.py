@@ -1,0 +1,150 @@
+"""The conflict desk: the running node's conflict queue, as the CLI, the control API and HTTP see it.
+
+    desk = ConflictDesk(ctx.db, ctx.storage, intake, announcer, gateway_state, routes, forwarder)
+    rows = await desk.list()                                  # pending and decided, oldest first
+    row = await desk.decide(7, Decision.REPLACE, "user:alice")  # audited with the deciding user
+
+A decision (meshnode.storage.conflicts.ConflictStore.decide_conflict) commits with its audit entry
+(110113) and, for an instance that came on a route, the route's announcement reopened: the study's
+next manifest revision carries what was decided. KEEP_BOTH first re-encodes the held newcomer under a
+new UID (meshnode.study.renaming) on a worker thread, its blocks durable before the decision commits.
+A conflict of kind pacs:<destination> decided REPLACE puts the forward item back in its PACS queue.
+
+Policy keep-both decides by itself: the intake wakes the desk after a commit that held conflicts, and
+the desk decides every pending keep-both conflict (also at start: one whose decision a crash
+interrupted is decided then).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshnode.gateway.pacs_queue import KEYS, ForwardKey, manifest_prefix, queue_name
+from meshnode.storage.conflicts import KIND_STORE, PACS_KIND_PREFIX, ConflictRow, check_applicable
+from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.gateway_store import Arrival, GatewayStore
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.node_storage import NodeStorage
+from meshnode.storage.records import InstanceRecord, hash_uid
+from meshnode.study.renaming import fresh_uid, store_renamed
+from protocol.cid import CID
+from protocol.conflict import ConflictPolicy, ConflictState, Decision
+from protocol.errors import MeshError
+from protocol.outbox import DeliveryState
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from meshnode.gateway.announcer import StudyAnnouncer
+    from meshnode.gateway.forwarder import Forwarder
+    from meshnode.gateway.routes import RouteTable
+
+log = logging.getLogger(__name__)
+
+POLICY_ACTOR = "policy:keep-both"
+
+
+class ConflictDesk:
+    def __init__(self, db: DatabaseThread, storage: NodeStorage, gateway: GatewayStore,
+                 announcer: StudyAnnouncer | None, routes: RouteTable, forwarder: Forwarder | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.storage = storage
+        self.gateway = gateway
+        self.announcer = announcer
+        self.routes = routes
+        self.forwarder = forwarder
+        self.clock = clock
+        self._wake = trio.Event()
+        self._lock = trio.Lock()  # one decision at a time: a keep-both's re-encoding and its commit
+
+    def wake(self) -> None:
+        """Conflicts were held (the intake, on the trio loop): apply keep-both now."""
+        self._wake.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            try:
+                await self.apply_keep_both()
+            except MeshError as exc:  # a held instance that cannot be re-encoded stays pending, for a human
+                log.error("keep-both: %s", exc)
+            await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def apply_keep_both(self) -> int:
+        """Decide every pending conflict held under policy keep-both. Returns how many."""
+        rows = await self.db.run(lambda s: s.conflicts(ConflictState.PENDING))
+        n = 0
+        for row in rows:
+            if row.policy is ConflictPolicy.KEEP_BOTH and row.kind == KIND_STORE:
+                await self.decide(row.conflict_id, Decision.KEEP_BOTH, POLICY_ACTOR)
+                n += 1
+        return n
+
+    async def list(self, state: ConflictState | None = None) -> list[ConflictRow]:
+        return await self.db.run(lambda s: s.conflicts(state))
+
+    async def decide(self, conflict_id: int, decision: Decision, actor: str) -> ConflictRow:
+        """Apply a decision; ConflictError (nothing changed) for an unknown, decided or unfitting conflict."""
+        async with self._lock:
+            row = await self.db.run(lambda s: s.conflict(conflict_id))
+            renamed: InstanceRecord | None = None
+            if decision is Decision.KEEP_BOTH:
+                placeholder = replace(row.newcomer, sop_instance_uid="2.25.0") if row and row.newcomer else None
+                row = check_applicable(row, conflict_id, decision, placeholder)  # refused before any work
+                if row.newcomer is not None:
+                    renamed = await trio.to_thread.run_sync(store_renamed, self.storage, row.newcomer, fresh_uid())
+            now_ms = int(self.clock() * 1000)
+            done = await self.db.run(lambda s: self._commit(s, conflict_id, decision, actor, renamed, now_ms))
+        log.info("conflict %d (%s) decided %s by %s", conflict_id, hash_uid(done.sop_instance_uid),
+                 decision.value, actor)
+        await self._after(done, decision, now_ms)
+        return done
+
+    def _commit(self, store: MetadataStore, conflict_id: int, decision: Decision, actor: str,
+                renamed: InstanceRecord | None, now_ms: int) -> ConflictRow:
+        """Database thread: the decision, its audit entry, and the route's announcement (or the PACS item)
+        reopened, in one transaction when the gateway store shares the metadata store's connection."""
+        with store.atomic():
+            done = store.decide_conflict(conflict_id, decision, actor, [], now_ms, renamed=renamed)
+            route = self.routes.get(done.route) if done.route else None
+            if done.kind == KIND_STORE and route is not None and decision is not Decision.DISCARD:
+                arrival = Arrival(done.study_uid, route.name, 1)
+                if self.announcer is not None and self.gateway.writes_with(store):
+                    self.announcer.note(store, [arrival], now_ms)
+            if done.kind.startswith(PACS_KIND_PREFIX) and done.manifest_id:
+                self._reopen_forward(store, done, decision)
+        self.storage.write_head()
+        return done
+
+    @staticmethod
+    def _reopen_forward(store: MetadataStore, done: ConflictRow, decision: Decision) -> None:
+        key = ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest)
+        queue = queue_name(done.kind[len(PACS_KIND_PREFIX):])
+        rows = [r for r in store.queue_rows(queue, ref=KEYS.ref(key)) if r.key == KEYS.encode(key)]
+        if decision is Decision.REPLACE:
+            store.queue_reopen([replace(r, state=DeliveryState.PENDING, attempts=0) for r in rows])
+        else:
+            store.queue_save([replace(r, last_error=f"not forwarded: discarded by {done.decided_by}") for r in rows])
+
+    async def _after(self, done: ConflictRow, decision: Decision, now_ms: int) -> None:
+        """After the commit: the announcer's timer, the PACS driver takes the reopened item."""
+        route = self.routes.get(done.route) if done.route else None
+        announcer = self.announcer
+        if done.kind == KIND_STORE and route is not None and decision is not Decision.DISCARD \
+                and announcer is not None:
+            arrival = Arrival(done.study_uid, route.name, 1)
+            if not self.gateway.writes_with(self.storage.metadata):
+                await self.db.run(lambda s: announcer.note(s, [arrival], now_ms))
+            announcer.arrived(done.study_uid, route.name, now_ms / 1000)
+        if done.kind.startswith(PACS_KIND_PREFIX) and decision is Decision.REPLACE and self.forwarder is not None:
+            driver = self.forwarder.drivers.get(done.kind[len(PACS_KIND_PREFIX):])
+            if driver is not None:
+                await driver.adopt(manifest_prefix(CID.parse(done.manifest_id)))

@@ -1,0 +1,162 @@
+"""The conflict queue: instances that came with a SOP Instance UID the node holds with other bytes.
+
+The decision what to do with a newcomer is protocol.conflict.decide (per route, per [[pacs]]
+destination, node default for file ingest). A held newcomer (policy reject or keep-both) is a row
+here with its whole instance record; its blocks are durable and referenced by the row
+(`conflict_blocks`), so gc keeps them, but it is in no study, no search and no manifest until a
+human (or the keep-both policy) decides. Two kinds:
+
+- `store`: arrived at this node (DIMSE, STOW-RS, file ingest);
+- `pacs:<destination>`: a received manifest revision replaces an instance the node already forwarded to
+  that PACS, and the destination's on_replace is `hold` (meshnode.gateway.forward_conflicts).
+
+Every row keeps both digests (sha256 of the stored version and of the newcomer). A decided row stays
+(the history: who decided what, when); deciding it again is a ConflictError that changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.records import InstanceRecord, SeriesAttributes, Source, StudyAttributes, hash_uid
+from protocol.cid import CID
+from protocol.conflict import DEFAULT_POLICY, ConflictError, ConflictPolicy, ConflictState, Decision
+from protocol.errors import MeshError, StorageError
+
+KIND_STORE = "store"
+PACS_KIND_PREFIX = "pacs:"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """How one instance given to add_instances came: the conflict policy in force, and for the queue, from
+    whom and on which route."""
+
+    policy: ConflictPolicy = DEFAULT_POLICY
+    source: str = ""
+    route: str = ""
+
+
+#: a received manifest's instances: the sender's signed revision supersedes its earlier version of an instance
+RECEIVED_REVISION = Incoming(ConflictPolicy.REPLACE, "received manifest")
+
+
+@dataclass(frozen=True)
+class ConflictRow:
+    conflict_id: int
+    kind: str  # "store" or "pacs:<destination>"
+    sop_instance_uid: str
+    study_uid: str
+    existing_digest: bytes  # sha256 of the version the node (or the PACS) holds
+    newcomer_digest: bytes  # sha256 of the version that came
+    policy: ConflictPolicy
+    state: ConflictState
+    source: str  # who sent the newcomer (a calling AE and address, "ingest", a manifest)
+    route: str  # the route it came on ("" : none)
+    created_ms: int
+    newcomer: InstanceRecord | None = None  # the held instance (kind store)
+    decided_ms: int | None = None
+    decided_by: str = ""
+    new_uid: str = ""  # kept both: the newcomer's new SOP Instance UID
+    manifest_id: str = ""  # kind pacs: the received manifest whose instance is held
+
+    def json(self) -> dict[str, object]:
+        """As the operator sees it (CLI --json, control API, HTTP): UIDs in clear for the staff, digests in hex."""
+        return {"id": self.conflict_id, "kind": self.kind, "sop_instance_uid": self.sop_instance_uid,
+                "uid_hash": hash_uid(self.sop_instance_uid), "study_uid": self.study_uid,
+                "existing_sha256": self.existing_digest.hex(), "newcomer_sha256": self.newcomer_digest.hex(),
+                "newcomer_size": self.newcomer.size if self.newcomer else None,
+                "newcomer_blocks": [str(c) for c in self.newcomer.blocks] if self.newcomer else [],
+                "policy": self.policy.value, "state": self.state.value, "source": self.source,
+                "route": self.route, "created_ms": self.created_ms, "decided_ms": self.decided_ms,
+                "decided_by": self.decided_by, "new_uid": self.new_uid, "manifest_id": self.manifest_id}
+
+
+class ConflictStore(Protocol):
+    """Part of MetadataStore (both implementations). Held newcomers are added by add_instances(policies=...)."""
+
+    def conflicts(self, state: ConflictState | None = None) -> list[ConflictRow]:
+        """Every conflict (in this state, if given), oldest first."""
+        ...
+
+    def conflict(self, conflict_id: int) -> ConflictRow | None: ...
+
+    def superseded_digests(self, sop_instance_uid: str) -> list[bytes]:
+        """Digests of versions of this UID that a newer one replaced here (kind store, state replaced)."""
+        ...
+
+    def add_forward_conflict(self, row: ConflictRow, events: Sequence[AuditEvent], now_ms: int) -> int | None:
+        """A held PACS forward (kind pacs:<destination>); None when the same one is held already."""
+        ...
+
+    def decide_conflict(self, conflict_id: int, decision: Decision, actor: str, events: Sequence[AuditEvent],
+                        now_ms: int, renamed: InstanceRecord | None = None) -> ConflictRow:
+        """Apply a decision on a pending conflict, with its audit entries, atomically: REPLACE supersedes
+        the stored instance(s) of the UID with the newcomer (kind store), KEEP_BOTH adds `renamed` (the
+        newcomer under its new UID, blocks durable), DISCARD drops the newcomer. ConflictError (nothing
+        changed) if there is no such conflict, it was decided already, or the decision does not apply."""
+        ...
+
+
+def conflict_alert(row: ConflictRow, what: str, actor: str = "") -> AuditEvent:
+    """The audit entry of a conflict (110113 Security Alert): hashed UIDs, both digests."""
+    outcome = Outcome.MINOR_FAILURE if row.state is ConflictState.PENDING else Outcome.SUCCESS
+    return AuditEvent(EventCode.SECURITY_ALERT, "sop-instance-uid-conflict", outcome, actor=actor or row.source,
+                      study=hash_uid(row.study_uid), manifest_id=row.manifest_id,
+                      detail=f"{what}: {hash_uid(row.sop_instance_uid)} ({row.kind}) stored sha256 "
+                             f"{row.existing_digest.hex()}, newcomer sha256 {row.newcomer_digest.hex()}"
+                             + (f", policy {row.policy.value}" if row.state is ConflictState.PENDING else "")
+                             + (f", new UID {hash_uid(row.new_uid)}" if row.new_uid else ""))
+
+
+def check_applicable(row: ConflictRow | None, conflict_id: int, decision: Decision,
+                     renamed: InstanceRecord | None) -> ConflictRow:
+    """The pending row a decision applies to; ConflictError otherwise (both stores call it first)."""
+    if row is None:
+        raise ConflictError(f"no conflict {conflict_id}; nothing changed")
+    if row.state is not ConflictState.PENDING:
+        raise ConflictError(f"conflict {conflict_id} was decided already ({row.state.value}"
+                            f"{' by ' + row.decided_by if row.decided_by else ''}); nothing changed")
+    if decision is Decision.KEEP_BOTH:
+        if row.kind != KIND_STORE:
+            raise ConflictError(f"conflict {conflict_id}: a PACS holds one version per UID; keep-both applies "
+                                "to instances arriving at this node only")
+        if renamed is None or renamed.sop_instance_uid == row.sop_instance_uid:
+            raise ConflictError(f"conflict {conflict_id}: keep-both needs the newcomer under a new UID")
+    return row
+
+
+# -- the held record as JSON (SQLite keeps it in one column) -------------------------------------------
+
+
+def record_to_json(rec: InstanceRecord) -> str:
+    st, se = rec.study, rec.series
+    return json.dumps({
+        "sop": rec.sop_instance_uid, "class": rec.sop_class_uid, "ts": rec.transfer_syntax, "size": rec.size,
+        "digest": rec.digest.hex(), "blocks": [str(c) for c in rec.blocks], "sizes": list(rec.block_sizes),
+        "number": rec.instance_number, "rows": rec.rows, "columns": rec.columns, "frames": rec.frames,
+        "flags": list(rec.flags), "source": rec.source.value,
+        "series": [se.series_uid, se.modality, se.series_number, se.description],
+        "study": [st.study_uid, st.patient_name, st.patient_id, st.birth_date, st.sex, st.study_date,
+                  st.study_time, st.description, st.accession],
+    }, sort_keys=True)
+
+
+def record_from_json(text: str) -> InstanceRecord:
+    try:
+        d = json.loads(text)
+        se, st = d["series"], d["study"]
+        return InstanceRecord(
+            sop_instance_uid=str(d["sop"]), sop_class_uid=str(d["class"]),
+            series=SeriesAttributes(str(se[0]), str(se[1]), None if se[2] is None else int(se[2]), str(se[3])),
+            study=StudyAttributes(*(str(v) for v in st)), transfer_syntax=str(d["ts"]), size=int(d["size"]),
+            digest=bytes.fromhex(d["digest"]), blocks=tuple(CID.parse(c) for c in d["blocks"]),
+            block_sizes=tuple(int(n) for n in d["sizes"]), instance_number=d["number"], rows=d["rows"],
+            columns=d["columns"], frames=d["frames"], flags=tuple(str(f) for f in d["flags"]),
+            source=Source(d["source"]))
+    except (ValueError, KeyError, IndexError, TypeError, MeshError) as exc:
+        raise StorageError(f"unreadable held instance record: {exc}") from None

@@ -1,0 +1,55 @@
+"""The conflict queue over the node's HTTP listener (meshnode.gateway.conflict_desk).
+
+    GET  /api/conflicts?state=pending|all|...     read role: the conflicts, both digests each
+    POST /api/conflicts/{id}/decision             write role: {"decision": "replace" | "keep-both" | "discard"}
+
+A decision is audited with the deciding user (`user:<name>`). CSRF: the UI's session cookie is
+accepted on GET routes and the UI's own /ui/ POSTs only (meshnode.web.app), so a decision needs the
+Authorization header, which no other site can make a browser send.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from meshnode.gateway.conflict_desk import ConflictDesk
+from meshnode.node.conflict_routes import parse_decision, parse_state
+from meshnode.web.app import Route, route
+from meshnode.web.http import HttpError, body, json_response, query
+from meshnode.web.services import actor
+
+MAX_BODY = 4096
+
+
+class ConflictsHttp:
+    def __init__(self, desk: Callable[[], ConflictDesk]) -> None:
+        self.desk = desk
+
+    def routes(self) -> list[Route]:
+        return [
+            route("GET", "/api/conflicts", self._list, "read", "conflicts-list"),
+            route("POST", "/api/conflicts/{conflict_id}/decision", self._decide, "write", "conflicts-decide"),
+        ]
+
+    async def _list(self, request: Request) -> Response:
+        values = query(request).get("state")
+        rows = await self.desk().list(parse_state(values[-1] if values else "pending"))
+        return json_response(200, [r.json() for r in rows])
+
+    async def _decide(self, request: Request) -> Response:
+        raw_id = str(request.path_params.get("conflict_id", ""))
+        if not raw_id.isdigit() or len(raw_id) > 18:
+            raise HttpError(400, "the conflict id is a number")
+        try:
+            data = json.loads(await body(request, MAX_BODY) or b"{}")
+        except ValueError:
+            raise HttpError(400, "the body is a JSON object: {\"decision\": ...}") from None
+        if not isinstance(data, dict):
+            raise HttpError(400, "the body is a JSON object: {\"decision\": ...}")
+        conflict_id, decision = parse_decision({"id": int(raw_id), "decision": data.get("decision")})
+        row = await self.desk().decide(conflict_id, decision, actor(request))
+        return json_response(200, row.json())
