@@ -236,4 +236,9 @@ MIGRATIONS = (
     ALTER TABLE gateway_announcements DROP COLUMN next_attempt_ms;
     ALTER TABLE gateway_announcements DROP COLUMN last_error
     """,
+    # 11: retrieve: the transfer syntaxes the node holds per SOP class (MetadataStore.held_transfer_syntaxes),
+    # so that a C-GET's storage contexts accept the syntax the instances are stored in (a few index probes)
+    """
+    CREATE INDEX instances_by_class_syntax ON instances (sop_class_uid, transfer_syntax)
+    """,
 )
