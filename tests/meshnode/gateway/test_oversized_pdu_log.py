@@ -29,7 +29,8 @@ async def test_an_oversized_pdu_logs_one_line_with_the_peer_and_the_limit(
         ae.add_requested_context(CT, [ExplicitVRLittleEndian])
         assoc = ae.associate("127.0.0.1", gw.port, ae_title=AE_TITLE)
         assert assoc.is_established
-        sock: socket.socket = assoc.dul.socket.socket
+        assert assoc.dul.socket is not None and isinstance(assoc.dul.socket.socket, socket.socket)
+        sock = assoc.dul.socket.socket
         local_port = int(sock.getsockname()[1])
         sock.sendall(struct.pack(">BBL", 0x04, 0, 512 << 20))  # a 512 MiB P-DATA-TF header, then nothing
         sock.settimeout(10)
