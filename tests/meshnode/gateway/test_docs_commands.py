@@ -113,5 +113,7 @@ async def test_every_dcmtk_command_works_as_printed(doc: str, gateways: GatewayF
             assert got == sorted(stored), folder
     if any(c.startswith("dcmsend") for c in commands(doc)):
         # dcmsend -dn: the compressed files are stored in their own transfer syntax
-        syntaxes = {rec.transfer_syntax for s in held for rec in await gw.db.run(lambda st, u=s: st.instances(u))}
+        syntaxes: set[str] = set()
+        for uid in held:
+            syntaxes |= {rec.transfer_syntax for rec in await gw.db.run(lambda st, u=uid: st.instances(u))}  # type: ignore[misc]
         assert {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.91"} <= syntaxes
