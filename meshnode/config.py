@@ -36,11 +36,7 @@ listen = {listen}
 # Fetch announced studies as soon as they arrive (false: wait for `meshnode fetch MANIFEST`).
 auto_fetch = {auto_fetch}
 
-[control]
-# The control API `meshnode status|share|inbox|...` talk to: on 127.0.0.1 only, at this port (0: any free
-# port). Its URL is written to control.json at every start, its bearer token to control.token (0600).
-port = {control_port}
-
+{control}
 [directory]
 # Multiaddr of the directory, ending in /p2p/<its peer ID>. The directory is
 # trusted for nothing but availability: everything it serves is verified.
@@ -106,6 +102,10 @@ class NodeConfig:
         except MeshError as exc:
             raise ConfigError(str(exc)) from None
 
+    def _control_section(self) -> str:
+        """[control], commented out while it holds the default."""
+        return CONTROL_TEMPLATE.format(comment="" if self.control_port else "# ", port=self.control_port)
+
     def render(self) -> str:
         def toml_list(items: tuple[str, ...]) -> str:
             return "[" + ", ".join(f'"{i}"' for i in items) + "]"
@@ -123,8 +123,16 @@ class NodeConfig:
             max_rate=self.max_requests_per_second,
             request_timeout=self.request_timeout,
             upload=self.upload_mb_per_s,
-            control_port=self.control_port,
+            control=self._control_section(),
         ) + self.gateway.render() + self.http.render()
+
+
+CONTROL_TEMPLATE = """\
+# The control API `meshnode status|share|inbox|...` talk to: on 127.0.0.1 only, at this port (0, the
+# default: any free port). Its URL is written to control.json at every start, its token to control.token.
+{comment}[control]
+{comment}port = {port}
+"""
 
 
 def _build(root: Table, home: Path | None) -> NodeConfig:

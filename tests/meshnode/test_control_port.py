@@ -21,7 +21,7 @@ BASE = '[node]\norg = "RGT"\n'
 def test_the_default_is_any_free_port_and_the_template_says_so() -> None:
     assert parse_config(BASE).control_port == 0
     text = NodeConfig(org="RGT").render()
-    assert "\n[control]\n" in text and parse_config(text).control_port == 0
+    assert "\n# [control]\n# port = 0\n" in text and parse_config(text).control_port == 0
     assert parse_config(NodeConfig(org="RGT", control_port=7781).render()).control_port == 7781
 
 
