@@ -226,6 +226,25 @@ class UnreachableDestination:
         pass
 
 
+class _ConnectErrors(logging.Handler):
+    """pynetdicom's 'TCP Initialisation Error: ...' lines while a move destination is dialled: the reason."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def reason(self, thread: int | None) -> str:
+        """The connection error logged by this association's DUL thread (others may be dialling too)."""
+        for record in self.records:
+            text = record.getMessage()
+            if record.thread == thread and text.startswith("TCP Initialisation Error:"):
+                return text.split(":", 1)[1].strip()[:120]
+        return ""
+
+
 def associate_for_move(original: Callable[..., Any], addr: str, port: int, *args: Any,
                        move_attempt: MoveAttempt | None = None, **kwargs: Any) -> Any:
     """AE.associate for the gateway's AE: a C-MOVE handler's `move_attempt` learns whether it connected."""
@@ -233,14 +252,20 @@ def associate_for_move(original: Callable[..., Any], addr: str, port: int, *args
         return original(addr, port, *args, **kwargs)
     if not move_attempt.connect:
         return UnreachableDestination()
-    assoc = original(addr, port, *args, **kwargs)
+    errors = _ConnectErrors()
+    transport_log = logging.getLogger("pynetdicom.transport")
+    transport_log.addHandler(errors)
+    try:
+        assoc = original(addr, port, *args, **kwargs)
+    finally:
+        transport_log.removeHandler(errors)
     if assoc.is_established:
         move_attempt.reached = True
         return assoc
     if assoc.is_rejected:
         move_attempt.reason = "it rejected the association"
-    else:  # pynetdicom's own line before this says why (connection refused, timed out, aborted)
-        move_attempt.reason = "no connection or association"
+    else:
+        move_attempt.reason = errors.reason(getattr(assoc.dul, "ident", None)) or "no association"
     try:
         assoc.dul.socket.close()  # as pynetdicom does for a failed move association
     except (AttributeError, OSError):  # the socket may never have been opened

@@ -245,6 +245,7 @@ async def test_move_to_a_configured_destination_that_is_down_fails_every_sub_ope
     assert "FailedSOPInstanceUIDList" in moved.output, moved.output
     lines = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING and "PACS@127.0.0.1" in lines[0].getMessage()
+    assert "Connection refused" in lines[0].getMessage()
     assert not [r for r in caplog.records if r.exc_info]
     unknown = await tool("movescu", "-S", "-aet", CALLER, "-aec", AE_TITLE, "-aem", "NOBODY",
                          "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={_study(_sop(_file(RT_PLAN)))}",
