@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydicom.uid import (
-    UID,
     HEVCM10P51,
     HEVCMP51,
     HTJ2K,
@@ -15,6 +14,7 @@ from pydicom.uid import (
     MPEG2MPML,
     MPEG4HP41,
     MPEG4HP41BD,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,

@@ -35,8 +35,8 @@ from meshnode.gateway.dimse.sending import (
     MAX_CONTEXTS,
     RawInstance,
     install_raw_sending,
-    read_instance,
     move_contexts,
+    read_instance,
 )
 from meshnode.gateway.matching import Level, QueryError
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome

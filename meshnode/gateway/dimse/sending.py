@@ -36,11 +36,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from pynetdicom import _config
 
-from meshnode.study.export import DigestMismatchError
 from common.files import write_new
 from meshnode.gateway.dimse.contexts import UNCOMPRESSED
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.records import InstanceRecord, hash_uid
+from meshnode.study.export import DigestMismatchError
 from protocol.errors import StorageError
 
 log = logging.getLogger(__name__)

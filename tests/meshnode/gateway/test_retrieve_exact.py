@@ -24,10 +24,9 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from meshnode.gateway.config import DicomPeer
 from meshnode.storage.records import hash_uid
-from tests.e2e.dimse_tools import dataset_bytes
+from tests.e2e.dimse_tools import ToolResult, dataset_bytes, run_tool
 from tests.meshnode.gateway.conftest import GatewayFactory
 from tests.meshnode.gateway.harness import AE_TITLE, CALLER, Gateway, config
-from tests.e2e.dimse_tools import ToolResult, run_tool
 from tests.meshnode.gateway.test_dimse_scp import tool
 
 
@@ -167,7 +166,7 @@ async def test_an_instance_that_cannot_be_decompressed_is_a_failed_sub_operation
     offered JPEG-LS near-lossless (+xu), the same instance comes back as stored."""
     pytest.importorskip("numpy")
     try:
-        pydicom.dcmread(_file(JPEG_LS)).pixel_array
+        _ = pydicom.dcmread(_file(JPEG_LS)).pixel_array
     except Exception:  # noqa: BLE001 - the point: no JPEG-LS decoder is installed
         pass
     else:
