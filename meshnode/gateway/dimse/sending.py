@@ -125,6 +125,23 @@ def _accepts(assoc: Any, sop_class: str, transfer_syntax: str) -> bool:
 LOSSY_METHODS = {str(JPEGBaseline8Bit): "ISO_10918_1", str(JPEGExtended12Bit): "ISO_10918_1"}
 
 
+#: the most a conversion decompresses one instance to (a header can claim any size: a decompression bomb)
+MAX_DECOMPRESSED_BYTES = 2 << 30
+
+
+def decompressed_size(ds: Dataset) -> int | None:
+    """The native pixel data size the image header declares, or None without sane dimensions."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if min(rows, columns, samples, bits, frames) < 1:
+        return None
+    return rows * columns * samples * frames * ((bits + 7) // 8)
+
+
 def _uncompressed_accepted(assoc: Any, sop_class: str) -> list[str]:
     return [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
             if str(cx.abstract_syntax) == sop_class and cx.transfer_syntax and getattr(cx, "as_scu", True) is not False
@@ -146,6 +163,12 @@ def converted(assoc: Any, record: InstanceRecord, data: bytes) -> Dataset:
     decoded = dcmread(io.BytesIO(data))
     stored = UID(record.transfer_syntax)
     if stored.is_compressed:
+        size = decompressed_size(decoded)
+        if size is None or size > MAX_DECOMPRESSED_BYTES:
+            what = "no valid image dimensions" if size is None else f"{size} bytes decompressed"
+            log.warning("not sending instance %s: its %s pixel data would not be decompressed (%s, limit %d)",
+                        uid, stored.name, what, MAX_DECOMPRESSED_BYTES)
+            raise StorageError(f"instance {uid}: {what}, more than the node decompresses")
         try:
             decoded.decompress(generate_instance_uid=False)  # the same instance, its stored pixels decoded
         except Exception as exc:  # pydicom's decoders raise many kinds of errors
