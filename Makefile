@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python scripts/drop_pynetdicom_tools.py  # its storescu/getscu/... would shadow dcmtk's
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -45,6 +46,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,bench]'
+	$(VENV)/bin/python scripts/drop_pynetdicom_tools.py
 	touch $(BENCH_STAMP)
 
 # every speed bench, then one table of every target (bench/summary.py); each script appends its verdicts

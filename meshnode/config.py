@@ -36,6 +36,7 @@ listen = {listen}
 # Fetch announced studies as soon as they arrive (false: wait for `meshnode fetch MANIFEST`).
 auto_fetch = {auto_fetch}
 
+{control}
 [directory]
 # Multiaddr of the directory, ending in /p2p/<its peer ID>. The directory is
 # trusted for nothing but availability: everything it serves is verified.
@@ -83,6 +84,8 @@ class NodeConfig:
     #: one request to a peer (the wire's calls and the fetcher's block requests): the fetch settings' default
     request_timeout: int = int(FetchSettings.request_timeout)
     upload_mb_per_s: float = 0.0
+    #: [control] port: the control API's port on 127.0.0.1 (0: any free port)
+    control_port: int = 0
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     #: [http] and [[webhook]]: DICOMweb, web UI, metrics, health, webhooks (meshnode.web.config)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -98,6 +101,10 @@ class NodeConfig:
                 check_multiaddr_text(self.directory, "directory")
         except MeshError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _control_section(self) -> str:
+        """[control], commented out while it holds the default."""
+        return CONTROL_TEMPLATE.format(comment="" if self.control_port else "# ", port=self.control_port)
 
     def render(self) -> str:
         def toml_list(items: tuple[str, ...]) -> str:
@@ -116,7 +123,16 @@ class NodeConfig:
             max_rate=self.max_requests_per_second,
             request_timeout=self.request_timeout,
             upload=self.upload_mb_per_s,
+            control=self._control_section(),
         ) + self.gateway.render() + self.http.render()
+
+
+CONTROL_TEMPLATE = """\
+# The control API `meshnode status|share|inbox|...` talk to: on 127.0.0.1 only, at this port (0, the
+# default: any free port). Its URL is written to control.json at every start, its token to control.token.
+{comment}[control]
+{comment}port = {port}
+"""
 
 
 def _build(root: Table, home: Path | None) -> NodeConfig:
@@ -135,6 +151,9 @@ def _build(root: Table, home: Path | None) -> NodeConfig:
     address_record_ttl = trust.integer("address_record_ttl_seconds", d["address_record_ttl"], 60, 30 * 86400)
     roster_refresh = trust.integer("roster_refresh_seconds", d["roster_refresh"], 1, 86400)
     trust.finish()
+    control = root.table("control")
+    control_port = control.integer("port", d["control_port"], 0, 65535)
+    control.finish()
     limits = root.table("limits")
     config = NodeConfig(
         org=org, listen=listen, directory=address, authority_keys=keys, clock_skew=clock_skew,
@@ -143,6 +162,7 @@ def _build(root: Table, home: Path | None) -> NodeConfig:
         max_requests_per_second=limits.integer("max_requests_per_second", d["max_requests_per_second"], 1, 100_000),
         request_timeout=limits.integer("request_timeout_seconds", d["request_timeout"], 1, 3600),
         upload_mb_per_s=limits.number("upload_mb_per_s", d["upload_mb_per_s"], 0, 100_000),
+        control_port=control_port,
         gateway=parse_gateway(root),
         http=parse_http(root, home),
         audit_repository=parse_audit_repository(root, home),

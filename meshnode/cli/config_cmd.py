@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     set_ = actions.add_parser(
         "set", parents=[common], help="set node.toml keys (comments are kept; nothing is written if invalid)",
         description="Set dotted keys of node.toml, e.g. `limits.upload_mb_per_s=30 dimse.enabled=true "
-                    "http.listen=127.0.0.1:8042`. A VALUE is read as a TOML value (30, true, \"text\", [1, 2]) "
+                    "http.listen=127.0.0.1:8731`. A VALUE is read as a TOML value (30, true, \"text\", [1, 2]) "
                     "or else as text. The whole file is checked before it is written; restart the node to apply.")
     set_.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     set_.add_argument("--json", action="store_true")

@@ -34,6 +34,12 @@ def _when(ms: int | None) -> str:
     return f"in {delta:.0f} s" if delta > 0 else "now"
 
 
+def _new(a: dict[str, Any]) -> str:
+    """How many of a pending study's instances arrived since its last revision (when it had one)."""
+    new, revision = a.get("new_instances"), a.get("revision", 0)
+    return f" ({new} new since revision {revision})" if revision and new is not None else ""
+
+
 def status_lines(s: dict[str, Any]) -> list[str]:
     dimse = s.get("dimse")
     lines = [f"DIMSE: {dimse['ae_title']} on {dimse['host']}:{dimse['port']}" if dimse else "DIMSE: off ([dimse] enabled = false)"]
@@ -54,7 +60,7 @@ def status_lines(s: dict[str, Any]) -> list[str]:
             lines.append(f"NOT ANNOUNCED: study {a['study_uid']} on {a['route']}: {a['instances']} instance(s), "
                          f"given up after {a['attempts']} attempt(s){error}")
             continue
-        lines.append(f"pending: study {a['study_uid']} on {a['route']}: {a['instances']} instance(s), "
+        lines.append(f"pending: study {a['study_uid']} on {a['route']}: {a['instances']} instance(s){_new(a)}, "
                      f"announced {_when(a['announce_at_ms'])}{error}")
     for name, d in sorted(s["forward"].items()):
         items = ", ".join(f"{n} {state}" for state, n in sorted(d["items"].items())) or "nothing queued"

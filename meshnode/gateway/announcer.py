@@ -173,8 +173,12 @@ class StudyAnnouncer:
             except MeshError:
                 continue  # unreadable: skipped by the driver too (it logged it)
             a = data.get(key)
+            summary = store.study(key[0])
+            # every instance the study holds (what the announcement will carry), and how many of them arrived
+            # since its last revision (`new_instances`)
             items.append({"study_uid": key[0], "route": key[1], "state": q.state.value,
-                          "instances": a.instances if a is not None else 0,
+                          "instances": summary.instance_count if summary is not None else 0,
+                          "new_instances": a.instances if a is not None else 0,
                           "announce_at_ms": int(1000 * pending[key]) if key in pending else q.next_attempt_ms,
                           "revision": a.revision if a is not None else 0, "attempts": q.attempts,
                           "last_error": q.last_error})

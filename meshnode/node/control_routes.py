@@ -46,6 +46,17 @@ def _served_to(store: MetadataStore, manifest_id: CID) -> dict[str, dict[str, in
     return {r.org: {"blocks": r.blocks, "bytes": r.bytes} for r in store.served(manifest_id)}
 
 
+def listening(node: Node) -> dict[str, object]:
+    """The node's own listen addresses: libp2p multiaddrs, the control API, the HTTP listener ([http] listen;
+    None when off) and the DIMSE gateway (None when off)."""
+    gateway = getattr(node, "gateway", None)
+    dimse = gateway.dimse if gateway is not None else None
+    address = dimse.address if dimse is not None else None
+    return {"libp2p": list(node.listen_addrs), "control": node.control_url or None, "http": node.http_url or None,
+            "dimse": ({"ae_title": dimse.settings.ae_title, "host": address[0], "port": address[1]}
+                      if dimse is not None and address is not None else None)}
+
+
 def routes(node: Node) -> dict[tuple[str, str], Handler]:
     ctx = node.ctx
 
@@ -65,6 +76,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             "served_since_start": {org: {"blocks": v[0], "bytes": v[1]} for org, v in ctx.served.items()},
             # inbound requests admitted, queued for a slot, refused; peers cut off (since this start)
             "admission": node.wire.limits.counters(),
+            "listening": listening(node),
         }
 
     async def share(body: dict[str, Any]) -> object:

@@ -35,7 +35,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
     async def queue(body: dict[str, Any]) -> object:
         return await reconcile_api.queue(node.gateway.reconciler, body)
 
-    async def decide(body: dict[str, Any]) -> object:
+    async def match_or_reject(body: dict[str, Any]) -> object:
         return await reconcile_api.decide(node.gateway.reconciler, body, control_actor(body))
 
     async def patients(body: dict[str, Any]) -> object:
@@ -48,5 +48,5 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         return await reconcile_api.delete_patient(ctx.db, ctx.audit, body, control_actor(body))
 
     return {("GET", "/reconcile"): queue, ("POST", "/reconcile/list"): queue,
-            ("POST", "/reconcile/decide"): decide, ("POST", "/patients/list"): patients,
+            ("POST", "/reconcile/decide"): match_or_reject, ("POST", "/patients/list"): patients,
             ("POST", "/patients/set"): put, ("POST", "/patients/delete"): delete}

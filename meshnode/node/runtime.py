@@ -76,6 +76,11 @@ DIRECTORY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=900.0)
 class Node:
     def __init__(self, home: NodeHome) -> None:
         self.home = home
+        #: where this node listens, once each listener is up (`meshnode status`): libp2p multiaddrs, the
+        #: control API's URL, the HTTP listener's URL ("" when off)
+        self.listen_addrs: list[str] = []
+        self.control_url = ""
+        self.http_url = ""
 
     async def run(self, *, task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         home = self.home
@@ -137,13 +142,17 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.corrupt.run)
                 await nursery.start(self.wire.run)
-                await nursery.start(serve_control, ControlApp(create_token(ctx.home.path), routes(self)), ctx.home.path)
+                self.listen_addrs = list(addrs)
+                self.control_url = await nursery.start(
+                    serve_control, ControlApp(create_token(ctx.home.path), routes(self)), ctx.home.path,
+                    ctx.config.control_port)
                 await nursery.start(self.gateway.run)
                 self.audit_exporter = AuditExporter(ctx.storage, ctx.db, audit_source(
                     ctx.peer_id, ctx.org, ctx.key.public_key.raw.hex()), ctx.config.audit_repository)
                 await nursery.start(self.audit_exporter.run)  # checkpoints; alerts to the audit repository
                 if ctx.config.http.enabled or ctx.config.http.webhooks:
-                    await nursery.start(run_web, self)  # DICOMweb, web UI, metrics, health, webhooks
+                    # DICOMweb, web UI, metrics, health, webhooks
+                    self.http_url = await nursery.start(run_web, self)
                 listen = [a.rsplit("/p2p/", 1)[0] for a in addrs]
                 nursery.start_soon(keep_running, "directory registration", lambda: self._register_loop(listen))
                 nursery.start_soon(keep_running, "roster refresh", self._roster_loop)

@@ -150,6 +150,14 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients):
         return sorted(insts, key=lambda i: (i.series.series_number or 0, i.series_uid, i.instance_number or 0,
                                             i.sop_instance_uid))
 
+    def held_transfer_syntaxes(self, sop_classes: Iterable[str]) -> dict[str, set[str]]:
+        wanted = set(sop_classes)
+        held: dict[str, set[str]] = {}
+        for i in self._instances:
+            if i.sop_class_uid in wanted:
+                held.setdefault(i.sop_class_uid, set()).add(i.transfer_syntax)
+        return held
+
     def forget_study(self, study_uid: str, events: Sequence[AuditEvent], now_ms: int) -> int:
         before = len(self._instances)
         self._instances = [i for i in self._instances if i.study_uid != study_uid]

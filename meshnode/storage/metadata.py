@@ -48,6 +48,10 @@ class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStor
 
     def instances(self, study_uid: str) -> list[InstanceRecord]: ...
 
+    def held_transfer_syntaxes(self, sop_classes: Iterable[str]) -> dict[str, set[str]]:
+        """For each of `sop_classes` the node holds instances of: the transfer syntaxes they are stored in."""
+        ...
+
     def forget_study(self, study_uid: str, events: Sequence[AuditEvent], now_ms: int) -> int:
         """Remove a study's instance records (blocks stay until GC). Returns instances removed."""
         ...

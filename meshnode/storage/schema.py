@@ -289,4 +289,9 @@ MIGRATIONS = (
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX conflict_blocks_by_cid ON conflict_blocks (cid)
     """,
+    # 14: retrieve: the transfer syntaxes the node holds per SOP class (MetadataStore.held_transfer_syntaxes),
+    # so that a C-GET's storage contexts accept the syntax the instances are stored in (a few index probes)
+    """
+    CREATE INDEX instances_by_class_syntax ON instances (sop_class_uid, transfer_syntax)
+    """,
 )

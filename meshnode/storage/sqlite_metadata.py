@@ -156,6 +156,17 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, Sqlit
         rows = self._query(self._SUMMARY + " AND s.study_uid = ?", (study_uid,))
         return self._summary(rows[0]) if rows else None
 
+    def held_transfer_syntaxes(self, sop_classes: Iterable[str]) -> dict[str, set[str]]:
+        # a skip scan on instances_by_class_syntax: one probe per syntax held, not one row per instance
+        held: dict[str, set[str]] = {}
+        for sop_class in set(sop_classes):
+            last = ""
+            while rows := self._query("SELECT transfer_syntax FROM instances WHERE sop_class_uid = ?"
+                                      " AND transfer_syntax > ? ORDER BY transfer_syntax LIMIT 1", (sop_class, last)):
+                last = str(rows[0][0])
+                held.setdefault(sop_class, set()).add(last)
+        return held
+
     def search_studies(self, search: Search) -> list[StudySummaryRow]:
         return sqlite_search.search_studies(self._query, self._SUMMARY, self._summary, search)
 

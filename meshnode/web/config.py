@@ -18,12 +18,19 @@ WEBHOOK_EVENTS = ("announced", "arrived", "delivered", "failed")
 PRIORITIES = tuple(p.value for p in Priority)
 _HOST_PORT = re.compile(r"^(?P<host>[0-9A-Za-z.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
 
+#: The HTTP port `meshnode init` suggests (commented out: the listener is off until `listen` is set). Not a
+#: port of the software a node sits beside on a hospital server: Orthanc (8042 HTTP/DICOMweb, 4242 DICOM),
+#: dcm4chee (8080, 8443, 11112), DIMSE (104, 11112), Prometheus (9090), Grafana and OHIF (3000), node exporter
+#: (9100), Alertmanager (9093), Jupyter (8888), RStudio (8787). tests/meshnode/web/test_http_port.py checks it.
+DEFAULT_HTTP_PORT = 8731
+DEFAULT_HTTP_LISTEN = f"127.0.0.1:{DEFAULT_HTTP_PORT}"
+
 #: Written by `meshnode init` (everything commented: the listener is off until `listen` is set).
 TEMPLATE = """
 # [http]
 # DICOMweb (QIDO-RS, WADO-RS, STOW-RS) under /dicomweb, the web UI under /ui, /metrics and /health.
 # The listener is off unless `listen` is set. Users and their API tokens: `meshnode users`.
-# listen = "127.0.0.1:8042"
+# listen = "{default_listen}"
 # TLS for anything beyond localhost (PEM files; relative paths are in the node folder).
 # tls_certificate = "http-cert.pem"
 # tls_key = "http-key.pem"
@@ -120,7 +127,8 @@ class HttpConfig:
     def render(self) -> str:
         if not self.enabled and not self.webhooks:
             return TEMPLATE.format(**{k: _toml_scalar(v) for k, v in defaults(HttpConfig).items()},
-                                   max_attempts=defaults(WebhookConfig)["max_attempts"])
+                                   max_attempts=defaults(WebhookConfig)["max_attempts"],
+                                   default_listen=DEFAULT_HTTP_LISTEN)
         lines = ["", "[http]"]
         for key in ("listen", "tls_certificate", "tls_key", "public_url"):
             lines.append(f'{key} = "{getattr(self, key)}"')
@@ -164,7 +172,7 @@ def _listen(value: str, key: str) -> str:
         return value
     m = _HOST_PORT.match(value)
     if m is None:
-        raise ConfigError(f"{key}: must be HOST:PORT, e.g. \"127.0.0.1:8042\" (got {value[:80]!r})")
+        raise ConfigError(f"{key}: must be HOST:PORT, e.g. \"{DEFAULT_HTTP_LISTEN}\" (got {value[:80]!r})")
     if int(m["port"]) > 65535:
         raise ConfigError(f"{key}: the port must be at most 65535 (got {m['port']})")
     return value

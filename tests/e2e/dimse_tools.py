@@ -19,10 +19,26 @@ class ToolResult:
     output: str
 
 
+#: where dcmtk's tools are looked up: never the virtualenv's bin/, whose pynetdicom console scripts have the
+#: same names (storescu, findscu, getscu, movescu, echoscu, storescp, ...) and other command lines
+DCMTK_DIRS = ("/usr/bin", "/usr/local/bin", "/bin")
+
+
+def dcmtk_tool(name: str) -> str:
+    """The absolute path of dcmtk's `name` (a path is returned as it is)."""
+    if "/" in name:
+        return name
+    for folder in DCMTK_DIRS:
+        path = Path(folder) / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    raise FileNotFoundError(f"dcmtk's {name} is not installed in {', '.join(DCMTK_DIRS)} (make system-deps)")
+
+
 def run_tool(*args: str, cwd: Path | None = None) -> ToolResult:
     env = {**os.environ, "TCP_NODELAY": "1"}
-    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=TOOL_TIMEOUT, env=env,
-                          stdin=subprocess.DEVNULL, cwd=cwd)
+    proc = subprocess.run([dcmtk_tool(args[0]), *args[1:]], capture_output=True, text=True, timeout=TOOL_TIMEOUT,
+                          env=env, stdin=subprocess.DEVNULL, cwd=cwd)
     return ToolResult(proc.returncode, proc.stdout + proc.stderr)
 
 

@@ -14,6 +14,7 @@ from pydicom.uid import (
     MPEG2MPML,
     MPEG4HP41,
     MPEG4HP41BD,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -86,6 +87,44 @@ def prefer_requestor_syntaxes(requested: list[Any], supported: list[Any], role_s
     for cx in requested:
         if str(cx.abstract_syntax) not in role_selected:
             order.setdefault(str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
+    for cx in supported:
+        wanted = order.get(str(cx.abstract_syntax))
+        if not wanted:
+            continue
+        ours = [str(ts) for ts in cx.transfer_syntax]
+        cx.transfer_syntax = [ts for ts in wanted if ts in ours] + [ts for ts in ours if ts not in wanted]
+
+
+def prefer_held_syntaxes(requested: list[Any], supported: list[Any], role_selected: set[str],
+                         held: dict[str, set[str]]) -> None:
+    """For the SOP classes the requestor wants to receive (C-GET), accept the syntax the node stores them in.
+
+    A C-GET's storage contexts are negotiated before the request says which
+    instances it wants, and an acceptor accepts one transfer syntax per
+    context. When the node holds a SOP class in one transfer syntax and the
+    requestor proposed it, that syntax is accepted: those instances go back
+    as stored, byte for byte. When it holds the class in several syntaxes,
+    one context cannot carry them all as they are; a compressed one would
+    make every other instance fail (the node never compresses), so a held
+    uncompressed syntax the requestor proposed is taken, and otherwise the
+    node's own order (uncompressed first): every instance is delivered, the
+    others converted (sending.py). A requestor proposing a context per
+    transfer syntax gets every instance exact (the C-STORE takes an exactly
+    matching context first).
+    """
+    proposed: dict[str, list[str]] = {}
+    for cx in requested:
+        uid = str(cx.abstract_syntax)
+        if uid in role_selected:
+            proposed.setdefault(uid, []).extend(str(ts) for ts in cx.transfer_syntax)
+    order: dict[str, list[str]] = {}
+    for uid, syntaxes in proposed.items():
+        stored = held.get(uid, set())
+        exact = list(dict.fromkeys(ts for ts in syntaxes if ts in stored))
+        if len(stored) > 1:
+            exact = [ts for ts in exact if not UID(ts).is_compressed]
+        if exact:
+            order[uid] = exact
     for cx in supported:
         wanted = order.get(str(cx.abstract_syntax))
         if not wanted:

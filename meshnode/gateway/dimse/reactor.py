@@ -37,6 +37,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 
+from protocol.errors import LimitError
+
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.02
@@ -101,7 +103,8 @@ class LimitedSocket(AssociationSocket):
             assoc = self.assoc
             if isinstance(assoc, GatewayAssociation):
                 assoc.refusals.append(f"PDU of {nr_bytes} bytes exceeds the limit of {self.limit}")
-            raise OSError(f"PDU of {nr_bytes} bytes exceeds the limit")
+            # not an OSError: pynetdicom would log it with a traceback; run_reactor logs one line
+            raise LimitError(f"PDU of {nr_bytes} bytes exceeds the limit of {self.limit}")
         buf = bytearray(nr_bytes)
         view = memoryview(buf)
         got = 0
@@ -166,17 +169,13 @@ class EventDrivenDUL(DULServiceProvider):
                     pass
                 elif self._is_transport_event():
                     self._idle_timer.restart()
+            except LimitError as exc:  # an oversized PDU: the peer's doing, not a bug: one line, no traceback
+                requestor = self.assoc.requestor
+                log.warning("association from %s:%s aborted: %s", requestor.address, requestor.port, exc)
+                self.event_queue.put("Evt17")  # as pynetdicom does for a failed read: the connection is closed
             except Exception:
                 log.exception("DIMSE connection failed; aborting the association")
-                abort_pdu = A_ABORT_RQ()
-                abort_pdu.source = 0x02
-                abort_pdu.reason_diagnostic = 0x00
-                if self.socket is not None:
-                    self.socket.send(abort_pdu.encode())
-                self.assoc.is_aborted = True
-                self.assoc.is_established = False
-                self.assoc._kill = True
-                self._kill_thread = True
+                self._abort_now()
                 return
             try:
                 event = self.event_queue.get(block=False)
@@ -185,6 +184,18 @@ class EventDrivenDUL(DULServiceProvider):
                 continue
             self.state_machine.do_action(event)
             sleep = False
+
+    def _abort_now(self) -> None:
+        """Send an A-ABORT (service provider) and end this association's reactor."""
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        if self.socket is not None:
+            self.socket.send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
 
 
 class GuardedDIMSE(DIMSEServiceProvider):

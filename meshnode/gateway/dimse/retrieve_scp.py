@@ -7,14 +7,18 @@ title, and the node never sends to an address it was not told about.
 Every instance is reassembled from its verified blocks (meshnode.gateway.
 dimse.sending). Each retrieve is audited (Instances Transferred, 110104).
 Statuses: pynetdicom's (0xFF00 pending, 0x0000, 0xB000 some failed), plus
-0x0124 caller may not retrieve, 0xA801 unknown move destination, 0xA900
-identifier does not fit the model, 0xC000 identifier that cannot be read.
+0x0124 caller may not retrieve, 0xA801 a move destination not configured,
+0xA702 (every sub-operation failed, Number of Failed Sub-operations = all)
+when the configured destination cannot be reached (as dcmtk's dcmqrscp
+answers: PS3.4 Table C.4-2), 0xA900 identifier does not fit the model,
+0xC000 identifier that cannot be read.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,15 +35,15 @@ from meshnode.gateway.dimse.sending import (
     MAX_CONTEXTS,
     RawInstance,
     install_raw_sending,
+    move_contexts,
     read_instance,
-    requested_contexts,
 )
 from meshnode.gateway.matching import Level, QueryError
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.records import InstanceRecord, hash_uid
-from protocol.errors import MeshError
+from protocol.errors import MeshError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ PENDING = 0xFF00
 CANCELLED = 0xFE00
 NOT_AUTHORISED = 0x0124
 OUT_OF_RESOURCES = 0xA701
+SUB_OPERATIONS_FAILED = 0xA702  # Refused: Out of Resources - Unable to perform sub-operations
 MOVE_DESTINATION_UNKNOWN = 0xA801
 DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
@@ -143,25 +148,35 @@ class RetrieveScp:
             except Exception as exc:  # untrusted identifier: pydicom fails in many ways
                 self._audit(bridge, info, "dimse-move", Outcome.MINOR_FAILURE, getattr(exc, "name", "bad identifier"))
                 refusal = self._refusal(exc)
-        contexts = [build_context(sop_class, syntaxes) for sop_class, syntaxes in requested_contexts(records)]
+        contexts = [build_context(sop_class, syntaxes) for sop_class, syntaxes in move_contexts(records)]
         if refusal is None and len(contexts) > MAX_CONTEXTS:
             refusal = _status(OUT_OF_RESOURCES,
                               f"more than {MAX_CONTEXTS} presentation contexts needed in one retrieve")
         if refusal is not None:
-            # pynetdicom only answers with a status once it holds an association to the destination
-            yield destination.host, destination.port, {"contexts": [build_context("1.2.840.10008.1.1")]}
+            # pynetdicom answers with a status only after the destination's association: not opened at all
+            yield destination.host, destination.port, {"move_attempt": MoveAttempt(connect=False)}
             yield 1
             yield refusal, None
             return
         tmp_dir = self.tmp_dir
-        kwargs = {"contexts": contexts,
+        attempt = MoveAttempt()
+        kwargs = {"contexts": contexts, "move_attempt": attempt,
                   "evt_handlers": [(evt.EVT_ESTABLISHED, lambda e: install_raw_sending(e.assoc, tmp_dir))]}
         yield destination.host, destination.port, kwargs
         yield len(records)
+        where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+        if records and not attempt.reached:
+            log.warning("C-MOVE from %s: move destination %s unreachable (%s); %d sub-operation(s) failed",
+                        info.source, where, attempt.reason, len(records))
+            self._audit(bridge, info, "dimse-move", Outcome.SERIOUS_FAILURE,
+                        f"{len(records)} instance(s) not sent: {where} unreachable ({attempt.reason})")
+            failed = Dataset()
+            failed.FailedSOPInstanceUIDList = [r.sop_instance_uid for r in records]
+            yield _status(SUB_OPERATIONS_FAILED, f"cannot reach {destination.ae_title}: {attempt.reason}"), failed
+            return
         yield from self._send(event, records)
         info.retrieved += len(records)
-        self._audit_transfer(bridge, info, "dimse-move", records,
-                             f"to {destination.ae_title}@{destination.host}:{destination.port} (C-MOVE)")
+        self._audit_transfer(bridge, info, "dimse-move", records, f"to {where} (C-MOVE)")
 
     # -- audit --------------------------------------------------------------------------------
     def _audit_transfer(self, bridge: TrioBridge, info: AssociationInfo, action: str,
@@ -184,3 +199,75 @@ class RetrieveScp:
             bridge.call(self.audit, AuditEvent(code, action, outcome, actor=info.source, detail=detail[:300]))
         except MeshError as exc:
             log.error("cannot audit a retrieve: %s", exc)
+
+
+@dataclass
+class MoveAttempt:
+    """What became of the association to a C-MOVE's destination (filled in by `associate_for_move`)."""
+
+    connect: bool = True  # False: a refusal, answered without contacting the destination
+    reached: bool = False
+    reason: str = ""
+
+
+class UnreachableDestination:
+    """Stands in for a move destination's association that was not opened, so that pynetdicom lets the
+    C-MOVE handler answer (0xA702 with every sub-operation failed) instead of answering 0xA801 itself."""
+
+    is_established = True
+
+    def send_c_store(self, *args: object, **kwargs: object) -> Dataset:
+        raise StorageError("the move destination is not connected")
+
+    def release(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _ConnectErrors(logging.Handler):
+    """pynetdicom's 'TCP Initialisation Error: ...' lines while a move destination is dialled: the reason."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def reason(self, thread: int | None) -> str:
+        """The connection error logged by this association's DUL thread (others may be dialling too)."""
+        for record in self.records:
+            text = record.getMessage()
+            if record.thread == thread and text.startswith("TCP Initialisation Error:"):
+                return text.split(":", 1)[1].strip()[:120]
+        return ""
+
+
+def associate_for_move(original: Callable[..., Any], addr: str, port: int, *args: Any,
+                       move_attempt: MoveAttempt | None = None, **kwargs: Any) -> Any:
+    """AE.associate for the gateway's AE: a C-MOVE handler's `move_attempt` learns whether it connected."""
+    if move_attempt is None:
+        return original(addr, port, *args, **kwargs)
+    if not move_attempt.connect:
+        return UnreachableDestination()
+    errors = _ConnectErrors()
+    transport_log = logging.getLogger("pynetdicom.transport")
+    transport_log.addHandler(errors)
+    try:
+        assoc = original(addr, port, *args, **kwargs)
+    finally:
+        transport_log.removeHandler(errors)
+    if assoc.is_established:
+        move_attempt.reached = True
+        return assoc
+    if assoc.is_rejected:
+        move_attempt.reason = "it rejected the association"
+    else:
+        move_attempt.reason = errors.reason(getattr(assoc.dul, "ident", None)) or "no association"
+    try:
+        assoc.dul.socket.close()  # as pynetdicom does for a failed move association
+    except (AttributeError, OSError):  # the socket may never have been opened
+        pass
+    return UnreachableDestination()

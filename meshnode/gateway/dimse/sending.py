@@ -5,9 +5,13 @@ STORE_SEND_CHUNKED_DATASET is sent as its bytes. So an instance is
 reassembled from its blocks (every block checked against its CID, the whole
 against the digest recorded at ingest), written to a temp file, and sent
 from there when the peer accepted its transfer syntax: byte for byte what
-the node stored. When the peer accepted only another uncompressed syntax,
-the instance is decoded and pynetdicom converts it (the only case where the
-bytes differ, and only in encoding).
+the node stored. The C-STORE takes a context with exactly the stored syntax
+wherever the peer accepted one (and for C-GET the node accepts the syntax
+it holds a SOP class in: contexts.prefer_held_syntaxes). Only when the peer
+accepted none is the instance converted (`converted`): decoded, compressed
+pixel data decompressed by pydicom, and encoded by pynetdicom in an
+uncompressed syntax the peer accepted; logged (hashed UID) as a warning.
+When that cannot be done faithfully, the sub-operation fails instead.
 
 `RawInstance` is what the retrieve handlers yield: a Dataset (pynetdicom
 insists) carrying the stored bytes; `send_stored` is installed as the
@@ -29,14 +33,14 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from pynetdicom import _config
 
-from meshnode.study.export import DigestMismatchError
 from common.files import write_new
 from meshnode.gateway.dimse.contexts import UNCOMPRESSED
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.records import InstanceRecord, hash_uid
+from meshnode.study.export import DigestMismatchError
 from protocol.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -95,6 +99,19 @@ def requested_contexts(records: Iterable[InstanceRecord]) -> list[tuple[str, lis
     return out
 
 
+def move_contexts(records: Iterable[InstanceRecord]) -> list[tuple[str, list[str]]]:
+    """requested_contexts, and for compressed instances an uncompressed context too: a move destination
+    that does not accept the stored syntax gets a faithfully decompressed copy (`converted`), not a failure."""
+    out = requested_contexts(records)
+    seen = {(sop, tuple(ts)) for sop, ts in out}
+    fallback = [str(ts) for ts in UNCOMPRESSED[:2]]
+    for sop, syntaxes in list(out):
+        if UID(syntaxes[0]).is_compressed and (sop, tuple(fallback)) not in seen:
+            seen.add((sop, tuple(fallback)))
+            out.append((sop, fallback))
+    return out
+
+
 def _accepts(assoc: Any, sop_class: str, transfer_syntax: str) -> bool:
     for cx in assoc.accepted_contexts:
         if (str(cx.abstract_syntax) == sop_class and cx.transfer_syntax
@@ -102,6 +119,69 @@ def _accepts(assoc: Any, sop_class: str, transfer_syntax: str) -> bool:
             if getattr(cx, "as_scu", True) in (True, None):
                 return True
     return False
+
+
+#: lossy by definition: a decompressed copy must still say so (PS3.3 C.7.6.1.1.5)
+LOSSY_METHODS = {str(JPEGBaseline8Bit): "ISO_10918_1", str(JPEGExtended12Bit): "ISO_10918_1"}
+
+
+#: the most a conversion decompresses one instance to (a header can claim any size: a decompression bomb)
+MAX_DECOMPRESSED_BYTES = 2 << 30
+
+
+def decompressed_size(ds: Dataset) -> int | None:
+    """The native pixel data size the image header declares, or None without sane dimensions."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if min(rows, columns, samples, bits, frames) < 1:
+        return None
+    return rows * columns * samples * frames * ((bits + 7) // 8)
+
+
+def _uncompressed_accepted(assoc: Any, sop_class: str) -> list[str]:
+    return [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
+            if str(cx.abstract_syntax) == sop_class and cx.transfer_syntax and getattr(cx, "as_scu", True) is not False
+            and not UID(str(cx.transfer_syntax[0])).is_compressed and UID(str(cx.transfer_syntax[0])).is_little_endian]
+
+
+def converted(assoc: Any, record: InstanceRecord, data: bytes) -> Dataset:
+    """The instance for a peer that accepted no context with its stored syntax: decoded, for pynetdicom to
+    encode in an uncompressed syntax the peer accepted; a compressed instance decompressed by pydicom's
+    decoders, its Photometric Interpretation the decoded pixels' (YBR JPEG becomes RGB), still marked lossy
+    when it was. StorageError (the sub-operation fails) when the peer accepted no uncompressed syntax for the
+    class either (the node never compresses) or the pixels cannot be decoded faithfully."""
+    uid = hash_uid(record.sop_instance_uid)
+    targets = _uncompressed_accepted(assoc, record.sop_class_uid)
+    if not targets:
+        log.warning("not sending instance %s: the peer accepts neither its %s nor an uncompressed syntax for "
+                    "its SOP class", uid, UID(record.transfer_syntax).name)
+        raise StorageError(f"the peer accepts no syntax instance {uid} can be sent in")
+    decoded = dcmread(io.BytesIO(data))
+    stored = UID(record.transfer_syntax)
+    if stored.is_compressed:
+        size = decompressed_size(decoded)
+        if size is None or size > MAX_DECOMPRESSED_BYTES:
+            what = "no valid image dimensions" if size is None else f"{size} bytes decompressed"
+            log.warning("not sending instance %s: its %s pixel data would not be decompressed (%s, limit %d)",
+                        uid, stored.name, what, MAX_DECOMPRESSED_BYTES)
+            raise StorageError(f"instance {uid}: {what}, more than the node decompresses")
+        try:
+            decoded.decompress(generate_instance_uid=False)  # the same instance, its stored pixels decoded
+        except Exception as exc:  # pydicom's decoders raise many kinds of errors
+            log.warning("not sending instance %s: its %s pixel data cannot be decompressed (%s)", uid, stored.name,
+                        type(exc).__name__)
+            raise StorageError(f"cannot decompress instance {uid} for a peer that does not accept "
+                               f"{stored.name}: {type(exc).__name__}") from None
+        if str(stored) in LOSSY_METHODS and decoded.get("LossyImageCompression") != "01":
+            decoded.LossyImageCompression = "01"
+            decoded.LossyImageCompressionMethod = LOSSY_METHODS[str(stored)]
+    log.warning("instance %s sent converted from %s to %s (%d stored bytes): the peer accepted no context with "
+                "its stored syntax", uid, stored.name, UID(targets[0]).name, len(data))
+    return decoded
 
 
 def send_stored(assoc: Any, original: Callable[..., Dataset], tmp_dir: Path, dataset: Any, msg_id: int = 1,
@@ -112,16 +192,7 @@ def send_stored(assoc: Any, original: Callable[..., Dataset], tmp_dir: Path, dat
     record: InstanceRecord = getattr(dataset, "stored_record")
     data: bytes = getattr(dataset, "stored_bytes")
     if not _accepts(assoc, record.sop_class_uid, record.transfer_syntax):
-        # the peer took another syntax only: an uncompressed one, which pynetdicom converts to; a
-        # compressed instance is decompressed first (pydicom's decoders: RLE built in), or the sub-operation fails
-        decoded = dcmread(io.BytesIO(data))
-        if decoded.file_meta.TransferSyntaxUID.is_compressed:
-            try:
-                decoded.decompress(generate_instance_uid=False)  # the same instance, losslessly decoded
-            except Exception as exc:  # pydicom's decoders raise many kinds of errors
-                raise StorageError(f"cannot decompress {hash_uid(record.sop_instance_uid)} for a peer that "
-                                   f"does not accept {record.transfer_syntax}: {type(exc).__name__}") from None
-        return original(decoded, msg_id, priority, originator_aet, originator_id)
+        return original(converted(assoc, record, data), msg_id, priority, originator_aet, originator_id)
     path = tmp_dir / f"send.{secrets.token_hex(8)}.dcm"
     try:
         write_new(path, data, 0o600)

@@ -33,16 +33,18 @@ from meshnode.gateway.config import GatewayConfig
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge
 from meshnode.gateway.dimse.contexts import (
     add_acceptor_contexts,
+    prefer_held_syntaxes,
     prefer_requestor_syntaxes,
 )
 from meshnode.gateway.dimse.query_scp import FindScp
 from meshnode.gateway.dimse.reactor import GatewayAssociation, LimitedSocket
-from meshnode.gateway.dimse.retrieve_scp import RetrieveScp
+from meshnode.gateway.dimse.retrieve_scp import RetrieveScp, associate_for_move
 from meshnode.gateway.dimse.sending import install_raw_sending
 from meshnode.gateway.dimse.store_scp import StoreScp
 from meshnode.gateway.dimse.streaming import StreamedInstance, StreamWorker
 from meshnode.gateway.intake import StudyIntake
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.metadata import MetadataStore
 from protocol.errors import ConfigError, MeshError, StorageError
 
 if TYPE_CHECKING:
@@ -129,6 +131,8 @@ class DimseServer:
         ae.dimse_timeout = s.dimse_timeout_s
         ae.network_timeout = s.network_timeout_s
         add_acceptor_contexts(ae)
+        # C-MOVE: a destination that cannot be reached is answered by our handler (0xA702), not as unknown
+        ae.associate = partial(associate_for_move, ae.associate)  # type: ignore[method-assign]
         return ae
 
     async def run(self, *, task_status: TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -207,14 +211,31 @@ class DimseServer:
             return
         assert caller is not None
         assoc.gateway_info = AssociationInfo(calling, called, host, port, caller, route)
+        role_selected = {str(uid) for uid in assoc.requestor.role_selection}
         prefer_requestor_syntaxes(rq.presentation_context_definition_list, assoc.acceptor.supported_contexts,
-                                  {str(uid) for uid in assoc.requestor.role_selection})
+                                  role_selected)
+        if role_selected and "get" in caller.allow:
+            self._prefer_held(rq.presentation_context_definition_list, assoc.acceptor.supported_contexts,
+                              role_selected)
         if "store" in caller.allow:
             worker = StreamWorker(f"DimseStream@{calling}")
             assoc.stream_worker = worker
             assoc.stream_factory = partial(self._new_stream, worker, calling)
         log.info("association from %s@%s:%d to %s%s", calling, host, port, called,
                  f" (route {route.name})" if route else "")
+
+    def _prefer_held(self, requested: list[Any], supported: list[Any],
+                     role_selected: set[str]) -> None:
+        """C-GET: accept, per storage SOP class, the transfer syntax the node holds it in (contexts.py)."""
+        def held(store: MetadataStore) -> dict[str, set[str]]:
+            return store.held_transfer_syntaxes(role_selected)
+
+        try:
+            stored = self.intake.db.run_blocking(held)  # pynetdicom's thread: no trio hop
+        except MeshError as exc:  # negotiation goes on with the node's own order (instances then converted)
+            log.warning("cannot look up the stored transfer syntaxes for a C-GET association: %s", exc)
+            return
+        prefer_held_syntaxes(requested, supported, role_selected, stored)
 
     def _on_rejected(self, event: Any, bridge: TrioBridge) -> None:
         assoc = event.assoc

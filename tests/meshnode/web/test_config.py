@@ -65,7 +65,7 @@ def test_round_trip(tmp_path: Path) -> None:
      "webhook[0].max_attempts: 0 is outside 1..100"),
     ('[[webhook]]\nurl = "https://x"\n[[webhook]]\nurl = "https://y"\nsecret = "0123456789abcdef"\nx = 1\n',
      "webhook[0].secret: the HMAC secret must be at least 16 characters"),
-    ('[htp]\nlisten = "x"\n', "htp: unknown key (known: audit_repository, caller, conflicts, dimse, directory, http, "),
+    ('[htp]\nlisten = "x"\n', "htp: unknown key (known: audit_repository, caller, conflicts, control, dimse, directory, http, "),
 ])
 def test_bad_settings_are_named(extra: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:

@@ -1,0 +1,252 @@
+"""Retrieval is byte-exact: real dcmtk getscu / movescu against the gateway, with pydicom's compressed and
+implicit-VR test files (issue 15, part 4).
+
+"Byte-exact" means: the data set getscu / movescu write (after their own File Meta group, which each writer
+rewrites) is byte for byte the data set the node stored (what storescu sent it: the instance's blocks). A
+requester that proposed the stored transfer syntax in any context gets exactly that; one that did not gets
+a faithfully decompressed copy (pydicom's decoders, the Photometric Interpretation of the decoded pixels,
+still marked lossy) logged as a conversion, or, when that cannot be done, a failed sub-operation.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import trio
+from pydicom.data import get_testdata_file
+from pydicom.uid import ImplicitVRLittleEndian
+
+from meshnode.gateway.config import DicomPeer
+from meshnode.storage.records import hash_uid
+from tests.e2e.dimse_tools import ToolResult, dataset_bytes, run_tool
+from tests.meshnode.gateway.conftest import GatewayFactory
+from tests.meshnode.gateway.harness import AE_TITLE, CALLER, Gateway, config
+from tests.meshnode.gateway.test_dimse_scp import tool
+
+
+async def tool_in(cwd: Path, *args: str) -> ToolResult:
+    return await trio.to_thread.run_sync(lambda: run_tool(*args, cwd=cwd))
+
+pytestmark = pytest.mark.e2e  # real dcmtk processes
+
+US_JPEG = "examples_ybr_color.dcm"  # US multi-frame, JPEG Baseline, YBR_FULL_422 (224,902 B)
+NM_J2K = "JPEG2000.dcm"  # NM (secondary capture), JPEG 2000, MONOCHROME2 16-bit
+RT_PLAN = "rtplan.dcm"  # RT Plan, Implicit VR Little Endian
+JPEG_LS = "JPEGLSNearLossless_08.dcm"  # JPEG-LS near-lossless: no decoder installed
+
+
+def _file(name: str | Path) -> Path:
+    return name if isinstance(name, Path) else Path(str(get_testdata_file(name)))
+
+
+def _sop(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+async def _store(gw: Gateway, names: list[str | Path]) -> dict[str, bytes]:
+    """Store each file in its own transfer syntax: dcmsend -dn (never decompressed) for the compressed ones,
+    storescu -xi (implicit VR only) for the RT plan (dcmsend would propose explicit VR first for it).
+    {SOP UID: the stored data set}."""
+    files = [_file(n) for n in names]
+    for f in files:
+        ts = pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        sender = ("storescu", "-xi") if ts == ImplicitVRLittleEndian else ("dcmsend", "-dn")
+        sent = await tool(*sender, "-aet", CALLER, "-aec", AE_TITLE, "127.0.0.1", str(gw.port), str(f))
+        assert sent.code == 0, sent.output
+    stored: dict[str, bytes] = {}
+    for study in await gw.db.run(lambda s: s.studies()):
+        uid = study.attributes.study_uid
+        for rec in await gw.db.run(lambda s, u=uid: s.instances(u)):  # type: ignore[misc]
+            stored[rec.sop_instance_uid] = dataset_bytes(b"".join(gw.storage.blocks.get(c) for c in rec.blocks))
+            original = next(f for f in files if _sop(f) == rec.sop_instance_uid)
+            assert rec.transfer_syntax == pydicom.dcmread(original, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert set(stored) == {_sop(f) for f in files}
+    return stored
+
+
+async def _getscu(gw: Gateway, out: Path, sop: str, *options: str) -> tuple[str, dict[str, Path]]:
+    """getscu (+B: files as received) at IMAGE level for one instance; (output, {SOP UID: file})."""
+    out.mkdir(parents=True, exist_ok=True)
+    got = await tool("getscu", "-S", "+B", *options, "-aet", CALLER, "-aec", AE_TITLE, "-od", str(out),
+                     "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={_study(sop)}",
+                     "-k", f"SeriesInstanceUID={_series(sop)}", "-k", f"SOPInstanceUID={sop}",
+                     "127.0.0.1", str(gw.port))
+    return got.output, {_sop(p): p for p in out.iterdir() if p.is_file()}
+
+
+_HIERARCHY: dict[str, tuple[str, str]] = {}
+
+
+def _remember(names: list[str | Path]) -> None:
+    for n in names:
+        ds: Any = pydicom.dcmread(_file(n), stop_before_pixels=True)
+        _HIERARCHY[str(ds.SOPInstanceUID)] = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+
+
+def _study(sop: str) -> str:
+    return _HIERARCHY[sop][0]
+
+
+def _series(sop: str) -> str:
+    return _HIERARCHY[sop][1]
+
+
+def _decoded(path: Path) -> Any:
+    ds = pydicom.dcmread(path)
+    return ds.pixel_array, ds
+
+
+async def test_get_returns_the_stored_bytes_when_any_context_accepts_the_stored_syntax(
+        gateways: GatewayFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """getscu proposing JPEG Baseline and the uncompressed syntaxes (+xy): the JPEG US and the implicit RT
+    plan come back as stored; the JPEG 2000 NM (not proposed) comes back decompressed, and says so in the log.
+    Before the fix the US came back decompressed and the RT plan re-encoded as explicit VR."""
+    names: list[str | Path] = [US_JPEG, NM_J2K, RT_PLAN]
+    _remember(names)
+    gw = await gateways()
+    stored = await _store(gw, names)
+    us, nm, rt = (_sop(_file(n)) for n in names)
+    caplog.set_level(logging.INFO)
+    for sop in (us, rt):
+        output, got = await _getscu(gw, tmp_path / f"get-{sop}", sop, "+xy")
+        assert sop in got, output
+        assert dataset_bytes(got[sop]) == stored[sop], f"{sop} was not returned as stored"
+        assert got[sop].stat().st_size < len(stored[sop]) + 1024  # nothing decompressed
+        ts = pydicom.dcmread(got[sop], stop_before_pixels=True).file_meta.TransferSyntaxUID
+        assert ts == pydicom.dcmread(_file(names[(us, nm, rt).index(sop)]),
+                                     stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert "sent converted" not in caplog.text
+    output, got = await _getscu(gw, tmp_path / "get-nm", nm, "+xy")
+    assert nm in got, output
+    copy = pydicom.dcmread(got[nm])
+    original = pydicom.dcmread(_file(NM_J2K))
+    assert not copy.file_meta.TransferSyntaxUID.is_compressed
+    assert copy.PhotometricInterpretation == "MONOCHROME2"
+    assert np.array_equal(copy.pixel_array, original.pixel_array)
+    assert copy.LossyImageCompression == "01"  # as the stored instance said
+    (line,) = [r for r in caplog.records if "sent converted" in r.getMessage()]
+    assert line.levelno == logging.WARNING and hash_uid(nm) in line.getMessage() and nm not in caplog.text
+
+
+async def test_get_offering_only_uncompressed_gets_a_faithful_decompressed_copy(
+        gateways: GatewayFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """getscu's default proposal (uncompressed only): the JPEG US comes back decompressed by pydicom, its
+    Photometric Interpretation RGB (the decoded pixels' colour space: pydicom converts YBR_FULL_422),
+    still marked lossy; the implicit RT plan (implicit VR is proposed) comes back as stored."""
+    names: list[str | Path] = [US_JPEG, RT_PLAN]
+    _remember(names)
+    gw = await gateways()
+    stored = await _store(gw, names)
+    us, rt = (_sop(_file(n)) for n in names)
+    caplog.set_level(logging.INFO)
+    output, got = await _getscu(gw, tmp_path / "get-us", us)
+    assert us in got, output
+    copy = pydicom.dcmread(got[us])
+    original = pydicom.dcmread(_file(US_JPEG))
+    assert not copy.file_meta.TransferSyntaxUID.is_compressed
+    assert copy.PhotometricInterpretation == "RGB"
+    assert np.array_equal(copy.pixel_array, original.pixel_array)  # pydicom's RGB decoding of the stored JPEG
+    assert copy.LossyImageCompression == "01" and copy.SOPInstanceUID == original.SOPInstanceUID
+    logging.getLogger(__name__).info("US: stored %d B, decompressed copy %d B", len(stored[us]),
+                                     got[us].stat().st_size)
+    assert any("sent converted" in r.getMessage() and hash_uid(us) in r.getMessage() for r in caplog.records)
+    output, got = await _getscu(gw, tmp_path / "get-rt", rt)
+    assert dataset_bytes(got[rt]) == stored[rt], output
+
+
+async def test_an_instance_that_cannot_be_decompressed_is_a_failed_sub_operation(
+        gateways: GatewayFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """JPEG-LS (no decoder here) to a getscu that accepts only uncompressed: refused, never sent altered;
+    offered JPEG-LS near-lossless (+xu), the same instance comes back as stored."""
+    pytest.importorskip("numpy")
+    try:
+        _ = pydicom.dcmread(_file(JPEG_LS)).pixel_array
+    except Exception:  # noqa: BLE001 - the point: no JPEG-LS decoder is installed
+        pass
+    else:
+        pytest.skip("a JPEG-LS decoder is installed: this instance could be decompressed")
+    ds = pydicom.dcmread(_file(JPEG_LS))  # the test file has no study / series: given some, pixels untouched
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
+    ds.Modality = "OT"
+    jls = tmp_path / "jls.dcm"
+    ds.save_as(jls)
+    _remember([jls])
+    gw = await gateways()
+    stored = await _store(gw, [jls])
+    (sop,) = stored
+    output, got = await _getscu(gw, tmp_path / "refused", sop)
+    assert not got, output
+    assert "Failed" in output or "0xa702" in output.lower() or "b000" in output.lower(), output
+    assert any("cannot be decompressed" in r.getMessage() and hash_uid(sop) in r.getMessage()
+               for r in caplog.records)
+    output, got = await _getscu(gw, tmp_path / "exact", sop, "+xu")
+    assert dataset_bytes(got[sop]) == stored[sop], output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_move_returns_the_stored_bytes_and_converts_only_what_the_destination_refuses(
+        gateways: GatewayFactory, tmp_path: Path) -> None:
+    """movescu (its own storage SCP as the destination): offered JPEG Baseline (+xy), every instance as
+    stored; offered uncompressed only, the JPEG US decompressed (the node proposes an uncompressed fallback
+    context), the implicit RT plan still as stored."""
+    names: list[str | Path] = [US_JPEG, RT_PLAN]
+    _remember(names)
+    port = _free_port()
+    gw = await gateways(config(move_destinations=[DicomPeer(CALLER, "127.0.0.1", port)]))
+    stored = await _store(gw, names)
+    us, rt = (_sop(_file(n)) for n in names)
+    for options, folder in ((("+xy",), "jpeg"), ((), "plain")):
+        out = tmp_path / folder
+        out.mkdir()
+        moved = await tool_in(out, "movescu", "-S", "+B", *options, "-aet", CALLER, "-aec", AE_TITLE, "-aem", CALLER,
+                           "--port", str(port), "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                           "-k", f"StudyInstanceUID={_study(us)}", "127.0.0.1", str(gw.port))
+        moved2 = await tool_in(out, "movescu", "-S", "+B", *options, "-aet", CALLER, "-aec", AE_TITLE, "-aem", CALLER,
+                            "--port", str(port), "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                            "-k", f"StudyInstanceUID={_study(rt)}", "127.0.0.1", str(gw.port))
+        got = {_sop(p): p for p in out.iterdir() if p.is_file()}
+        assert set(got) == {us, rt}, moved.output + moved2.output
+        assert dataset_bytes(got[rt]) == stored[rt]
+        if options:
+            assert dataset_bytes(got[us]) == stored[us]
+        else:
+            copy = pydicom.dcmread(got[us])
+            assert not copy.file_meta.TransferSyntaxUID.is_compressed and copy.PhotometricInterpretation == "RGB"
+
+
+async def test_move_to_a_configured_destination_that_is_down_fails_every_sub_operation(
+        gateways: GatewayFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing listens on the destination's port: 0xA702 (Refused: out of resources, unable to perform
+    sub-operations) with every sub-operation failed, one log line with the reason; not 0xA801 (unknown
+    destination), which stays for AE titles that are not configured. Before the fix: 0xA801."""
+    names: list[str | Path] = [RT_PLAN]
+    _remember(names)
+    gw = await gateways(config(move_destinations=[DicomPeer("PACS", "127.0.0.1", _free_port())]))
+    await _store(gw, names)
+    moved = await tool("movescu", "-d", "-S", "-aet", CALLER, "-aec", AE_TITLE, "-aem", "PACS",
+                       "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={_study(_sop(_file(RT_PLAN)))}",
+                       "127.0.0.1", str(gw.port))
+    text = moved.output.lower()
+    assert "a702" in text or "unabletoperformsuboperations" in text.replace(" ", ""), moved.output
+    assert "a801" not in text and "destinationunknown" not in text, moved.output
+    assert "Failed Suboperations          : 1" in moved.output and "Completed Suboperations       : 0" in moved.output
+    assert "FailedSOPInstanceUIDList" in moved.output, moved.output
+    lines = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING and "PACS@127.0.0.1" in lines[0].getMessage()
+    assert "Connection refused" in lines[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info]
+    unknown = await tool("movescu", "-S", "-aet", CALLER, "-aec", AE_TITLE, "-aem", "NOBODY",
+                         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={_study(_sop(_file(RT_PLAN)))}",
+                         "127.0.0.1", str(gw.port))
+    assert "a801" in unknown.output.lower() or "MoveDestinationUnknown" in unknown.output, unknown.output
