@@ -12,6 +12,11 @@ correction sent without a new UID, or an attack; the node never guesses silently
 - KEEP_BOTH: the newcomer is held, then re-encoded under a new UID (2.25.<uuid as integer>) with the
   mapping recorded; the stored instance stays as it is.
 
+REPLACE applies within one lineage only: the same origin (this node's own ingest, or one sender
+organisation's signed manifests) and the same study. A newcomer whose UID is held here from another
+lineage (a received instance with the UID of one ingested here, of another organisation's, or of another
+study) is never a replacement, whatever the policy: it is held for a human (`lineage_policy`).
+
 `decide` is the one decision; the storage layers (SQLite and memory) and the PACS forwarding call it.
 """
 
@@ -69,11 +74,22 @@ DECIDED: dict[Decision, ConflictState] = {Decision.REPLACE: ConflictState.REPLAC
                                           Decision.DISCARD: ConflictState.DISCARDED}
 
 
+def lineage_policy(policy: ConflictPolicy, same_lineage: bool) -> ConflictPolicy:
+    """The policy in force for a newcomer: REPLACE only when every stored version of its UID is of the
+    newcomer's own lineage (same origin, same study); otherwise REJECT (held for a human). KEEP_BOTH
+    leaves the stored version as it is, so it stays."""
+    if policy is ConflictPolicy.REPLACE and not same_lineage:
+        return ConflictPolicy.REJECT
+    return policy
+
+
 def decide(policy: ConflictPolicy, existing: Collection[bytes], newcomer: bytes,
-           held: Collection[bytes] = ()) -> ConflictAction:
-    """The action for a newcomer with digest `newcomer`, given the digests stored under its UID (`existing`)
-    and those held in the conflict queue under its UID, still pending (`held`)."""
-    if newcomer in existing or newcomer in held:
+           held: Collection[bytes] = (), decided: Collection[bytes] = ()) -> ConflictAction:
+    """The action for a newcomer with digest `newcomer`, given the digests stored under its UID (`existing`),
+    those held in the conflict queue under its UID, still pending (`held`), and the newcomers of this UID a
+    decision kept under a new UID or discarded (`decided`): the same bytes again are a duplicate, not
+    another copy to rename or to ask about again."""
+    if newcomer in existing or newcomer in held or newcomer in decided:
         return ConflictAction.DUPLICATE
     if not existing:
         return ConflictAction.ADD

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     decide.add_argument("decision", choices=[d.value for d in Decision],
                         help="replace: the newcomer supersedes the stored version; keep-both: the newcomer is "
                              "kept under a new UID; discard: the newcomer is dropped")
+    decide.add_argument("--existing-sha256", default="", metavar="SHA256",
+                        help="the stored version's sha256 you decided on (from the listing): refused if it "
+                             "changed since")
     decide.add_argument("--json", action="store_true")
     decide.set_defaults(func=run_decide)
     parser.add_argument("--state", default="pending", choices=["all", *(s.value for s in ConflictState)])
@@ -53,6 +56,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_decide(args: argparse.Namespace) -> int:
     result = ControlClient(resolve_home(args.home)).call(
-        "POST", "/conflicts/decide", {"id": args.id, "decision": args.decision, "user": local_actor()})
+        "POST", "/conflicts/decide", {"id": args.id, "decision": args.decision,
+                                      "actor": local_actor().removeprefix("local:"),
+                                      "existing_sha256": args.existing_sha256})
     emit(result, args.json, "\n".join(conflict_lines([result])))
     return EXIT_OK

@@ -42,6 +42,7 @@ from meshnode.node.retry_driver import (
     RetryPolicy,
     StoreFn,
 )
+from meshnode.storage.conflicts import own_lineage
 from meshnode.storage.gateway_store import Arrival, GatewayStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord, hash_uid
@@ -214,7 +215,7 @@ class StudyAnnouncer:
 
         def load(store: MetadataStore) -> tuple[list[InstanceRecord], bytes | None]:
             previous = store.manifest(row.manifest_id) if row is not None and row.manifest_id else None
-            return store.instances(study_uid), previous.raw if previous else None
+            return own_lineage(store.instances(study_uid)), previous.raw if previous else None  # as Sender.share
 
         instances, previous_raw = await self.db.run(load)
         if not instances:

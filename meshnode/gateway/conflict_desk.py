@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from meshnode.storage.gateway_store import Arrival, GatewayStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord, hash_uid
+from meshnode.storage.retry_queue import QueuedRow
 from meshnode.study.renaming import fresh_uid, store_renamed
 from protocol.cid import CID
 from protocol.conflict import ConflictPolicy, ConflictState, Decision
@@ -91,8 +92,11 @@ class ConflictDesk:
     async def list(self, state: ConflictState | None = None) -> list[ConflictRow]:
         return await self.db.run(lambda s: s.conflicts(state))
 
-    async def decide(self, conflict_id: int, decision: Decision, actor: str) -> ConflictRow:
-        """Apply a decision; ConflictError (nothing changed) for an unknown, decided or unfitting conflict."""
+    async def decide(self, conflict_id: int, decision: Decision, actor: str,
+                     expected_existing: bytes | None = None) -> ConflictRow:
+        """Apply a decision; ConflictError (nothing changed) for an unknown, decided or unfitting conflict,
+        one whose manifest was recalled, or one whose stored version is not `expected_existing` (the sha256
+        the deciding user saw, when given) or changed since it was held (compare-and-set)."""
         async with self._lock:
             row = await self.db.run(lambda s: s.conflict(conflict_id))
             renamed: InstanceRecord | None = None
@@ -102,37 +106,42 @@ class ConflictDesk:
                 if row.newcomer is not None:
                     renamed = await trio.to_thread.run_sync(store_renamed, self.storage, row.newcomer, fresh_uid())
             now_ms = int(self.clock() * 1000)
-            done = await self.db.run(lambda s: self._commit(s, conflict_id, decision, actor, renamed, now_ms))
+            done = await self.db.run(lambda s: self._commit(s, conflict_id, decision, actor, renamed, now_ms,
+                                                            expected_existing))
         log.info("conflict %d (%s) decided %s by %s", conflict_id, hash_uid(done.sop_instance_uid),
                  decision.value, actor)
         await self._after(done, decision, now_ms)
         return done
 
     def _commit(self, store: MetadataStore, conflict_id: int, decision: Decision, actor: str,
-                renamed: InstanceRecord | None, now_ms: int) -> ConflictRow:
+                renamed: InstanceRecord | None, now_ms: int, expected_existing: bytes | None = None) -> ConflictRow:
         """Database thread: the decision, its audit entry, and the route's announcement (or the PACS item)
         reopened, in one transaction when the gateway store shares the metadata store's connection."""
         with store.atomic():
-            done = store.decide_conflict(conflict_id, decision, actor, [], now_ms, renamed=renamed)
+            done = store.decide_conflict(conflict_id, decision, actor, [], now_ms, renamed=renamed,
+                                         expected_existing=expected_existing)
             route = self.routes.get(done.route) if done.route else None
             if done.kind == KIND_STORE and route is not None and decision is not Decision.DISCARD:
                 arrival = Arrival(done.study_uid, route.name, 1)
                 if self.announcer is not None and self.gateway.writes_with(store):
                     self.announcer.note(store, [arrival], now_ms)
             if done.kind.startswith(PACS_KIND_PREFIX) and done.manifest_id:
-                self._reopen_forward(store, done, decision)
+                self._reopen_forward(store, done, decision, [done.kind[len(PACS_KIND_PREFIX):]])
+            elif done.kind == KIND_STORE and done.manifest_id and self.forwarder is not None:
+                # a received instance held on arrival: its forward items (FAILED, HELD_HERE) in every PACS queue
+                self._reopen_forward(store, done, decision, list(self.forwarder.drivers))
         self.storage.write_head()
         return done
 
     @staticmethod
-    def _reopen_forward(store: MetadataStore, done: ConflictRow, decision: Decision) -> None:
+    def _reopen_forward(store: MetadataStore, done: ConflictRow, decision: Decision,
+                        destinations: Sequence[str]) -> None:
         key = ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest)
-        queue = queue_name(done.kind[len(PACS_KIND_PREFIX):])
-        rows = [r for r in store.queue_rows(queue, ref=KEYS.ref(key)) if r.key == KEYS.encode(key)]
-        if decision is Decision.REPLACE:
-            store.queue_reopen([replace(r, state=DeliveryState.PENDING, attempts=0) for r in rows])
-        else:
-            store.queue_save([replace(r, last_error=f"not forwarded: discarded by {done.decided_by}") for r in rows])
+        for destination in destinations:
+            queue = queue_name(destination)
+            rows = [r for r in store.queue_rows(queue, ref=KEYS.ref(key)) if r.key == KEYS.encode(key)]
+            _reopen_rows(store, rows, done, decision)
+
 
     async def _after(self, done: ConflictRow, decision: Decision, now_ms: int) -> None:
         """After the commit: the announcer's timer, the PACS driver takes the reopened item."""
@@ -144,7 +153,19 @@ class ConflictDesk:
             if not self.gateway.writes_with(self.storage.metadata):
                 await self.db.run(lambda s: announcer.note(s, [arrival], now_ms))
             announcer.arrived(done.study_uid, route.name, now_ms / 1000)
-        if done.kind.startswith(PACS_KIND_PREFIX) and decision is Decision.REPLACE and self.forwarder is not None:
-            driver = self.forwarder.drivers.get(done.kind[len(PACS_KIND_PREFIX):])
-            if driver is not None:
-                await driver.adopt(manifest_prefix(CID.parse(done.manifest_id)))
+        if decision is Decision.REPLACE and self.forwarder is not None and done.manifest_id:
+            names = ([done.kind[len(PACS_KIND_PREFIX):]] if done.kind.startswith(PACS_KIND_PREFIX)
+                     else list(self.forwarder.drivers))
+            for name in names:
+                driver = self.forwarder.drivers.get(name)
+                if driver is not None:
+                    await driver.adopt(manifest_prefix(CID.parse(done.manifest_id)))
+
+
+def _reopen_rows(store: MetadataStore, rows: list[QueuedRow], done: ConflictRow, decision: Decision) -> None:
+    """REPLACE: the held forward items are sent now; otherwise they stay failed, saying why."""
+    if decision is Decision.REPLACE:
+        store.queue_reopen([replace(r, state=DeliveryState.PENDING, attempts=0) for r in rows])
+    else:
+        what = "discarded" if decision is Decision.DISCARD else "kept under a new UID"
+        store.queue_save([replace(r, last_error=f"not forwarded: {what} by {done.decided_by}") for r in rows])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 
 from meshnode.gateway.config import PacsDestination
-from meshnode.storage.conflicts import PACS_KIND_PREFIX, ConflictRow
+from meshnode.storage.conflicts import KIND_STORE, PACS_KIND_PREFIX, ConflictRow
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import hash_uid
 from protocol.conflict import ConflictPolicy, ConflictState
@@ -30,7 +30,12 @@ from protocol.outbox import DeliveryState
 
 log = logging.getLogger(__name__)
 
-HELD_PREFIX = "held: a new version of an instance already forwarded to this PACS"
+#: every held forward item's error starts so (the inbox counts them as held; `gateway retry` skips them)
+HELD_MARK = "held: "
+HELD_PREFIX = HELD_MARK + "a new version of an instance already forwarded to this PACS"
+#: a received instance held in this node's conflict queue on arrival (its UID is held here from another
+#: lineage, meshnode.storage.conflicts): not forwarded until a person decides (replace requeues it)
+HELD_HERE = HELD_MARK + "its SOP Instance UID is held here with other bytes (decide with `meshnode conflicts`)"
 OVERWRITE = "overwrite"
 
 
@@ -41,6 +46,12 @@ def forwarded_version(store: MetadataStore, queue: str, sop_instance_uid: str, d
                                               states=(DeliveryState.DELIVERED,)):
             return old
     return None
+
+
+def held_on_arrival(store: MetadataStore, manifest_id: str) -> set[tuple[str, bytes]]:
+    """(SOP Instance UID, digest) of the manifest's instances held in the conflict queue (kind store)."""
+    return {(r.sop_instance_uid, r.newcomer_digest) for r in store.conflicts(ConflictState.PENDING)
+            if r.kind == KIND_STORE and r.manifest_id == manifest_id}
 
 
 def held_reason(store: MetadataStore, dest: PacsDestination, manifest_id: str, manifest: Manifest,

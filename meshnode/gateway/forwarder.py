@@ -39,7 +39,7 @@ from pynetdicom import AE
 from meshnode.gateway.coercion import Coercion, forwarded_bytes
 from meshnode.gateway.config import PacsDestination
 from meshnode.gateway.dimse.bridge import AuditFn
-from meshnode.gateway.forward_conflicts import HELD_PREFIX
+from meshnode.gateway.forward_conflicts import HELD_MARK
 from meshnode.gateway.dimse.sending import (
     MAX_CONTEXTS,
     RawInstance,
@@ -211,7 +211,7 @@ class Forwarder:
                 continue
             keys = [r.key for r in driver.records() if r.state is DeliveryState.FAILED
                     and (manifest_id is None or r.key.manifest_id == manifest_id)
-                    and not r.last_error.startswith(HELD_PREFIX)]  # a held new version: `meshnode conflicts`
+                    and not r.last_error.startswith(HELD_MARK)]  # held for a person: `meshnode conflicts`
             if keys:
                 n += await driver.retry(keys)
         return n

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshnode.gateway.config import PacsDestination
-from meshnode.gateway.forward_conflicts import HELD_PREFIX, forwarded_version, held_reason
+from meshnode.gateway.forward_conflicts import HELD_HERE, HELD_MARK, forwarded_version, held_on_arrival, held_reason
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.retry_queue import QueuedRow
 from protocol.cid import CID
@@ -115,6 +115,7 @@ def queue_received(store: MetadataStore, manifest_id: CID, destinations: Sequenc
         return {}
     manifest = found[1]
     out: dict[str, list[ForwardKey]] = {}
+    held_here = held_on_arrival(store, str(manifest_id))
     for dest in destinations:
         if not takes(dest, manifest):
             continue
@@ -122,6 +123,10 @@ def queue_received(store: MetadataStore, manifest_id: CID, destinations: Sequenc
         rows = []
         for key in keys_of(manifest_id, manifest):
             ref = KEYS.ref(key)
+            if (key.sop_instance_uid, key.digest) in held_here:  # in this node's conflict queue: not sent
+                rows.append(QueuedRow(queue, KEYS.encode(key), ref, DeliveryState.FAILED, 0, now_ms, now_ms,
+                                      HELD_HERE, bytes([manifest.priority.rank])))
+                continue
             held = store.queue_rows(queue, ref=ref, states=(DeliveryState.DELIVERED,))
             state, note = (DeliveryState.DELIVERED, ALREADY_HELD) if held else (DeliveryState.PENDING, "")
             old = None if held else forwarded_version(store, queue, key.sop_instance_uid, key.digest)
@@ -185,7 +190,7 @@ def progress(store: MetadataStore, manifest_id: CID,
         sent = sum(1 for r in rows if r.state is DeliveryState.DELIVERED)
         pending = sum(1 for r in rows if r.state in (DeliveryState.PENDING, DeliveryState.ATTEMPTING))
         failed = sum(1 for r in rows if r.state is DeliveryState.FAILED)
-        held = sum(1 for r in rows if r.state is DeliveryState.FAILED and r.last_error.startswith(HELD_PREFIX))
+        held = sum(1 for r in rows if r.state is DeliveryState.FAILED and r.last_error.startswith(HELD_MARK))
         errors = sorted((r.updated_ms, r.last_error) for r in rows if r.last_error and r.last_error != ALREADY_HELD
                         and r.state is not DeliveryState.DELIVERED)
         updated = max((r.updated_ms for r in rows), default=0)

@@ -185,4 +185,5 @@ def verify_instance(blocks: BlockStore, manifest: Manifest, index: int, *,
         columns=a.columns,
         frames=a.number_of_frames,
         source=Source.RECEIVED,
+        origin=manifest.sender_org,
     )

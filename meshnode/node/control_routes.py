@@ -11,6 +11,7 @@ from meshnode.node.deid_routes import deid_routes, share_profile, share_research
 from meshnode.node import conflict_routes
 from meshnode.node.delivery import stored_deliveries
 from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.conflicts import held_by_manifest, held_detail
 from protocol.cid import CID
 from protocol.errors import NotFoundError, SchemaError
 from protocol.lifecycle import ManifestState
@@ -99,6 +100,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         await node.wire.served.flush()
         def load(store: MetadataStore) -> list[dict[str, object]]:
             out: list[dict[str, object]] = []
+            held = held_by_manifest(store)  # instances held in the conflict queue (meshnode.storage.conflicts)
             for row in store.manifests("received"):
                 manifest = ctx.manifests.open(row.manifest_id, row.raw).document
                 transfer = store.transfer(row.manifest_id)
@@ -115,6 +117,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                                           if row.manifest_id in node.fetcher.first_usable else None),
                     "forward": node.gateway.forward_progress(store, row.manifest_id),  # to the local PACS
                     "failure": store.manifest_failure(row.manifest_id) if row.state is ManifestState.FAILED else None,
+                    "held": held.get(str(row.manifest_id), 0), "held_detail": held_detail(held.get(str(row.manifest_id), 0)),
                 })
             return out
 

@@ -46,11 +46,11 @@ from common.p2p.host import listen_multiaddrs, running_host
 from meshnode.web.node_web import run_web
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockCorruptError
-from meshnode.storage.conflicts import RECEIVED_REVISION
+from meshnode.storage.conflicts import held_detail, received_revision
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
-from meshnode.storage.records import InstanceRecord, ManifestRow, hash_uid
+from meshnode.storage.records import AddOutcome, InstanceRecord, ManifestRow, hash_uid
 from protocol.cid import CID
 from protocol.directory_messages import WATCH_WAIT
 from protocol.document import Signed
@@ -371,10 +371,15 @@ class Node:
                            manifest_id=str(manifest_id), detail=f"{len(records)} instance(s) verified")
         now_ms = int(ctx.clock() * 1000)
 
+        held: list[int] = []
+
         def record(store: MetadataStore) -> None:
             state = node_lifecycle.next_state(store, manifest_id, ManifestEvent.VERIFIED)  # refused: nothing written
-            # a sender's signed revision supersedes its earlier version of an instance (protocol.conflict)
-            store.add_instances(records, [event], now_ms, [RECEIVED_REVISION] * len(records))
+            # a sender's signed revision supersedes its own earlier version of an instance of the study; an
+            # instance whose UID is held here from another lineage is held for a human (protocol.conflict)
+            incoming = received_revision(manifest.sender_org, str(manifest_id))
+            outcomes = store.add_instances(records, [event], now_ms, [incoming] * len(records))
+            held[:] = [sum(1 for o in outcomes if o is AddOutcome.CONFLICT)]
             store.set_manifest_state(manifest_id, state)
             previous = store.transfer(manifest_id)
             store.set_transfer(manifest_id, state, previous[1] if previous else 0, manifest.total_bytes, now_ms)
@@ -392,7 +397,8 @@ class Node:
         await ctx.events.publish(StudyEvent(
             StudyEventKind.ARRIVED, str(manifest_id), manifest.study_uid, manifest.sender_org,
             manifest.priority.value, "received", accession=records[0].study.accession if records else "",
-            instances=len(records), duration_s=ctx.clock() - started if started is not None else None))
+            instances=len(records), duration_s=ctx.clock() - started if started is not None else None,
+            detail=held_detail(held[0] if held else 0)))
 
     # -- deliveries (meshnode.node.delivery) -------------------------------------------------
     async def _receipted(self, manifest_id: CID) -> None:

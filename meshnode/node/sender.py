@@ -12,6 +12,7 @@ from meshnode.node.delivery import Deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.research_share import ResearchOutcome, ResearchShares
 from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.conflicts import own_lineage
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.research_store import ResearchState
 from meshnode.storage.records import InstanceRecord, ManifestRow, hash_uid
@@ -79,7 +80,9 @@ class Sender:
             # this study's own revisions (indexed), not every manifest ever sent: a share costs the same on the
             # node's first day as after a hundred thousand shares
             sent = [revision for revision, _ in store.share_revisions(study_uid, ctx.org, "sent")]
-            return list(store.instances(study_uid)), max(sent, default=0)
+            # this node's own instances only: a received one that reused this study's UID is never announced
+            # under this node's signature (meshnode.storage.conflicts.own_lineage)
+            return own_lineage(store.instances(study_uid)), max(sent, default=0)
 
         instances, last_revision = await ctx.db.run(load)
         if not instances:

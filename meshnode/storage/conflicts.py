@@ -22,10 +22,23 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
-from meshnode.storage.records import InstanceRecord, SeriesAttributes, Source, StudyAttributes, hash_uid
+from meshnode.storage.records import (
+    InstanceRecord,
+    SeriesAttributes,
+    Source,
+    StudyAttributes,
+    hash_uid,
+)
 from protocol.cid import CID
-from protocol.conflict import DEFAULT_POLICY, ConflictError, ConflictPolicy, ConflictState, Decision
+from protocol.conflict import (
+    DEFAULT_POLICY,
+    ConflictError,
+    ConflictPolicy,
+    ConflictState,
+    Decision,
+)
 from protocol.errors import MeshError, StorageError
+from protocol.lifecycle import ManifestState
 
 KIND_STORE = "store"
 PACS_KIND_PREFIX = "pacs:"
@@ -39,10 +52,62 @@ class Incoming:
     policy: ConflictPolicy = DEFAULT_POLICY
     source: str = ""
     route: str = ""
+    manifest_id: str = ""  # a received manifest's instance: that manifest (a held row keeps it)
 
 
-#: a received manifest's instances: the sender's signed revision supersedes its earlier version of an instance
+def received_revision(sender_org: str, manifest_id: str) -> Incoming:
+    """A received manifest's instances: the sender's signed revision supersedes its own earlier version of an
+    instance of the same study (its lineage); any other instance with the UID makes it a held conflict."""
+    return Incoming(ConflictPolicy.REPLACE, f"manifest {manifest_id} from {sender_org}", "", manifest_id)
+
+
+def held_by_manifest(store: ConflictStore) -> dict[str, int]:
+    """Pending held instances (kind store) per received manifest ID (text)."""
+    out: dict[str, int] = {}
+    for row in store.conflicts(ConflictState.PENDING):
+        if row.kind == KIND_STORE and row.manifest_id:
+            out[row.manifest_id] = out.get(row.manifest_id, 0) + 1
+    return out
+
+
+def held_detail(held: int) -> str:
+    """What the inbox and the arrival event say of a received study with held instances ("" : none)."""
+    if not held:
+        return ""
+    return (f"{held} instance(s) held: their SOP Instance UID is held here with other bytes; not available "
+            "locally (search, retrieval, PACS forward) until a person decides (meshnode conflicts)")
+
+
+#: a received manifest's instances (without the manifest named): see received_revision
 RECEIVED_REVISION = Incoming(ConflictPolicy.REPLACE, "received manifest")
+
+Lineage = tuple[str, str, str]
+
+
+def lineage(rec: InstanceRecord) -> Lineage:
+    """Who an instance belongs to: (source, origin, study). Ingested here: ("local", "", study); received:
+    ("received", sender org, study). Only a newcomer of the same lineage may replace a stored version."""
+    return rec.source.value, rec.origin, rec.study_uid
+
+
+def other_lineage(newcomer: InstanceRecord, stored: Sequence[Lineage]) -> str:
+    """Why the stored versions of a newcomer's UID are not its lineage ("" when all are): for the log and the
+    audit (organisation codes only, no patient data)."""
+    mine = lineage(newcomer)
+    for source, origin, study in stored:
+        if (source, origin, study) == mine:
+            continue
+        held = "from local ingest" if source == Source.LOCAL.value else f"from organisation {origin or 'unknown'}"
+        return f"the UID is held here {held}" + (" in another study" if study != newcomer.study_uid else "")
+    return ""
+
+
+def own_lineage(records: Sequence[InstanceRecord]) -> list[InstanceRecord]:
+    """The instances of a study this node signs a manifest of: those ingested here; a study with none (a
+    received study shared onward) as it is stored. A received instance that reused the Study UID of a
+    study of this node's is never announced under this node's signature."""
+    local = [r for r in records if r.source is Source.LOCAL]
+    return local or list(records)
 
 
 @dataclass(frozen=True)
@@ -94,11 +159,14 @@ class ConflictStore(Protocol):
         ...
 
     def decide_conflict(self, conflict_id: int, decision: Decision, actor: str, events: Sequence[AuditEvent],
-                        now_ms: int, renamed: InstanceRecord | None = None) -> ConflictRow:
+                        now_ms: int, renamed: InstanceRecord | None = None,
+                        expected_existing: bytes | None = None) -> ConflictRow:
         """Apply a decision on a pending conflict, with its audit entries, atomically: REPLACE supersedes
         the stored instance(s) of the UID with the newcomer (kind store), KEEP_BOTH adds `renamed` (the
         newcomer under its new UID, blocks durable), DISCARD drops the newcomer. ConflictError (nothing
-        changed) if there is no such conflict, it was decided already, or the decision does not apply."""
+        changed) if there is no such conflict, it was decided already, the decision does not apply, its
+        manifest was recalled, or the stored version is not the one the conflict shows (or, when given,
+        `expected_existing`, the digest the deciding user saw): compare-and-set (check_current)."""
         ...
 
 
@@ -130,6 +198,30 @@ def check_applicable(row: ConflictRow | None, conflict_id: int, decision: Decisi
     return row
 
 
+def check_current(row: ConflictRow, decision: Decision, stored: Sequence[bytes] | None,
+                  manifest_state: ManifestState | None, expected_existing: bytes | None) -> None:
+    """Inside the decision's transaction, after check_applicable: ConflictError (nothing changed) when
+    - the conflict's manifest was recalled by its sender (only DISCARD applies: nothing is accepted from a
+      withdrawn manifest, and nothing is requeued);
+    - the deciding user saw another stored version (`expected_existing`, compare-and-set);
+    - the stored version is no longer the one the conflict shows (`stored`: the digests stored under the
+      UID now, kind store; a decision re-bases the others of its UID, so this is a version gone since).
+    DISCARD needs no stored version: it only drops the newcomer."""
+    n = row.conflict_id
+    if decision is Decision.DISCARD:
+        return
+    if manifest_state is ManifestState.RECALLED:
+        raise ConflictError(f"conflict {n}: its manifest was recalled by its sender; only discard applies; "
+                            "nothing changed")
+    if expected_existing is not None and expected_existing != row.existing_digest:
+        raise ConflictError(f"conflict {n}: the stored version is sha256 {row.existing_digest.hex()}, not the one "
+                            f"you saw ({expected_existing.hex()}); look again; nothing changed")
+    if stored is not None and row.existing_digest not in stored:
+        now = ", ".join(d.hex() for d in stored) or "none"
+        raise ConflictError(f"conflict {n}: the stored version changed since it was held (stored sha256 now: "
+                            f"{now}); nothing changed")
+
+
 # -- the held record as JSON (SQLite keeps it in one column) -------------------------------------------
 
 
@@ -139,7 +231,7 @@ def record_to_json(rec: InstanceRecord) -> str:
         "sop": rec.sop_instance_uid, "class": rec.sop_class_uid, "ts": rec.transfer_syntax, "size": rec.size,
         "digest": rec.digest.hex(), "blocks": [str(c) for c in rec.blocks], "sizes": list(rec.block_sizes),
         "number": rec.instance_number, "rows": rec.rows, "columns": rec.columns, "frames": rec.frames,
-        "flags": list(rec.flags), "source": rec.source.value,
+        "flags": list(rec.flags), "source": rec.source.value, "origin": rec.origin,
         "series": [se.series_uid, se.modality, se.series_number, se.description],
         "study": [st.study_uid, st.patient_name, st.patient_id, st.birth_date, st.sex, st.study_date,
                   st.study_time, st.description, st.accession],
@@ -157,6 +249,6 @@ def record_from_json(text: str) -> InstanceRecord:
             digest=bytes.fromhex(d["digest"]), blocks=tuple(CID.parse(c) for c in d["blocks"]),
             block_sizes=tuple(int(n) for n in d["sizes"]), instance_number=d["number"], rows=d["rows"],
             columns=d["columns"], frames=d["frames"], flags=tuple(str(f) for f in d["flags"]),
-            source=Source(d["source"]))
+            source=Source(d["source"]), origin=str(d.get("origin", "")))
     except (ValueError, KeyError, IndexError, TypeError, MeshError) as exc:
         raise StorageError(f"unreadable held instance record: {exc}") from None

@@ -63,6 +63,7 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients):
     def __init__(self) -> None:
         MemoryResearchStore.__init__(self)
         MemoryConflicts.__init__(self)  # and MemoryRetryQueue's
+        self._append_audit = self.append_audit  # the conflict queue's audit entries go to the one chain
         MemoryPatients.__init__(self)
         self._studies: dict[str, StudyAttributes] = {}
         self._instances: list[InstanceRecord] = []
@@ -100,8 +101,9 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients):
             if action is ConflictAction.HOLD:
                 outcomes.append(AddOutcome.CONFLICT)
                 continue
-            self._studies[rec.study_uid] = rec.study
             if action is ConflictAction.DUPLICATE:
+                if any(i.sop_instance_uid == rec.sop_instance_uid and i.digest == rec.digest for i in self._instances):
+                    self._note_study(rec)  # not a held or decided newcomer's
                 outcomes.append(AddOutcome.DUPLICATE)
                 continue
             outcomes.append(AddOutcome.REPLACED if action is ConflictAction.SUPERSEDE else AddOutcome.ADDED)

@@ -60,6 +60,9 @@ class InstanceRecord:
     frames: int | None = None
     flags: tuple[str, ...] = ()
     source: Source = Source.LOCAL
+    #: a received instance's sender organisation ("" : ingested here); with source and study, its lineage
+    #: (meshnode.storage.conflicts.lineage: only a newer version from the same lineage may replace it)
+    origin: str = ""
 
     @property
     def study_uid(self) -> str:

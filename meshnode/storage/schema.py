@@ -294,4 +294,18 @@ MIGRATIONS = (
     """
     CREATE INDEX instances_by_class_syntax ON instances (sop_class_uid, transfer_syntax)
     """,
+    # 15: conflict lineage: a received instance's sender organisation (meshnode.storage.conflicts.lineage), so
+    # a received revision replaces only its own sender's earlier version of the same study; existing received
+    # rows take it from the received manifest of their study that lists their blocks ('' if none does: such a
+    # row matches no sender, so a newcomer with its UID is held for a human)
+    """
+    ALTER TABLE instances ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+    UPDATE instances SET origin = coalesce((
+        SELECT m.sender_org FROM instance_blocks ib
+          JOIN manifest_blocks mb ON mb.cid = ib.cid
+          JOIN manifests m ON m.manifest_id = mb.manifest_id
+         WHERE ib.instance_id = instances.id AND m.direction = 'received' AND m.study_uid = instances.study_uid
+         ORDER BY m.revision DESC LIMIT 1), '')
+     WHERE source = 'received'
+    """,
 )

@@ -78,49 +78,13 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, Sqlit
         action, alerts = self._arrive(db, rec, incoming, now_ms)
         if action is ConflictAction.HOLD:
             return AddOutcome.CONFLICT, alerts
-        self._upsert_study(db, rec, now_ms)
         if action is ConflictAction.DUPLICATE:
+            if db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ? AND digest = ?",
+                          (rec.sop_instance_uid, rec.digest)).fetchone():  # not a held or decided newcomer's
+                self._upsert_study(db, rec, now_ms)
             return AddOutcome.DUPLICATE, alerts
         self._insert_instance(db, rec, now_ms)
         return (AddOutcome.REPLACED if action is ConflictAction.SUPERSEDE else AddOutcome.ADDED), alerts
-
-    @staticmethod
-    def _upsert_study(db: sqlite3.Connection, rec: InstanceRecord, now_ms: int) -> None:
-        st, se = rec.study, rec.series
-        db.execute(
-            "INSERT INTO studies VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (study_uid) DO UPDATE SET"
-            " patient_name=excluded.patient_name, patient_id=excluded.patient_id, birth_date=excluded.birth_date,"
-            " sex=excluded.sex, study_date=excluded.study_date, study_time=excluded.study_time,"
-            " description=excluded.description, accession=excluded.accession, updated_ms=excluded.updated_ms",
-            (st.study_uid, st.patient_name, st.patient_id, st.birth_date, st.sex, st.study_date, st.study_time,
-             st.description, st.accession, now_ms),
-        )
-        db.execute(
-            "INSERT INTO series VALUES (?,?,?,?,?) ON CONFLICT (series_uid) DO UPDATE SET"
-            " modality=excluded.modality, series_number=excluded.series_number, description=excluded.description",
-            (se.series_uid, st.study_uid, se.modality, se.series_number, se.description),
-        )
-
-    def _insert_instance(self, db: sqlite3.Connection, rec: InstanceRecord, now_ms: int) -> None:
-        st, se = rec.study, rec.series
-        self._upsert_study(db, rec, now_ms)
-        cur = db.execute(
-            "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, transfer_syntax, size,"
-            " digest, instance_number, rows, columns, frames, flags, source, added_ms)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (rec.sop_instance_uid, rec.sop_class_uid, se.series_uid, st.study_uid, rec.transfer_syntax, rec.size,
-             rec.digest, rec.instance_number, rec.rows, rec.columns, rec.frames, ",".join(rec.flags),
-             rec.source.value, now_ms),
-        )
-        instance_id = cur.lastrowid
-        db.executemany(
-            "INSERT INTO instance_blocks VALUES (?,?,?,?)",
-            [(instance_id, i, cid.to_bytes(), size) for i, (cid, size) in enumerate(zip(rec.blocks, rec.block_sizes))],
-        )
-        db.executemany(
-            "INSERT OR IGNORE INTO blocks VALUES (?,?,?)",
-            [(cid.to_bytes(), size, now_ms) for cid, size in zip(rec.blocks, rec.block_sizes)],
-        )
 
     _SUMMARY = """
         SELECT s.study_uid, s.patient_name, s.patient_id, s.birth_date, s.sex, s.study_date, s.study_time,
@@ -182,7 +146,7 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, Sqlit
             " i.instance_number, i.rows, i.columns, i.frames, i.flags, i.source,"
             " se.series_uid, se.modality, se.series_number, se.description,"
             " st.study_uid, st.patient_name, st.patient_id, st.birth_date, st.sex, st.study_date, st.study_time,"
-            " st.description, st.accession"
+            " st.description, st.accession, i.origin"
             " FROM instances i JOIN series se ON se.series_uid = i.series_uid"
             " JOIN studies st ON st.study_uid = i.study_uid WHERE i.study_uid = ?"
             " ORDER BY se.series_number, se.series_uid, i.instance_number, i.sop_instance_uid, i.id",
@@ -208,7 +172,7 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, Sqlit
                     blocks=tuple(c for c, _ in bl), block_sizes=tuple(s for _, s in bl),
                     instance_number=_opt_int(r[6]), rows=_opt_int(r[7]), columns=_opt_int(r[8]),
                     frames=_opt_int(r[9]), flags=tuple(f for f in str(r[10]).split(",") if f),
-                    source=Source(str(r[11])),
+                    source=Source(str(r[11])), origin=str(r[25]),
                 )
             )
         return out

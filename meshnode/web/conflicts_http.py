@@ -1,7 +1,8 @@
 """The conflict queue over the node's HTTP listener (meshnode.gateway.conflict_desk).
 
     GET  /api/conflicts?state=pending|all|...     read role: the conflicts, both digests each
-    POST /api/conflicts/{id}/decision             write role: {"decision": "replace" | "keep-both" | "discard"}
+    POST /api/conflicts/{id}/decision             write role: {"decision": "replace" | "keep-both" | "discard",
+                                                  "existing_sha256": the stored version seen (optional)}
 
 A decision is audited with the deciding user (`user:<name>`). CSRF: the UI's session cookie is
 accepted on GET routes and the UI's own /ui/ POSTs only (meshnode.web.app), so a decision needs the
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meshnode.gateway.conflict_desk import ConflictDesk
-from meshnode.node.conflict_routes import parse_decision, parse_state
+from meshnode.node.conflict_routes import parse_decision, parse_expected, parse_state
 from meshnode.web.app import Route, route
 from meshnode.web.http import HttpError, body, json_response, query
 from meshnode.web.services import actor
@@ -51,5 +52,6 @@ class ConflictsHttp:
         if not isinstance(data, dict):
             raise HttpError(400, "the body is a JSON object: {\"decision\": ...}")
         conflict_id, decision = parse_decision({"id": int(raw_id), "decision": data.get("decision")})
-        row = await self.desk().decide(conflict_id, decision, actor(request))
+        expected = parse_expected(data.get("existing_sha256"))  # compare-and-set on the version the user saw
+        row = await self.desk().decide(conflict_id, decision, actor(request), expected)
         return json_response(200, row.json())

@@ -39,6 +39,7 @@ from meshnode.node.sender import Sender
 from meshnode.node.wire import Wire
 from meshnode.storage.audit import EventCode
 from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.conflicts import received_revision
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord
@@ -171,7 +172,9 @@ class MemoryMesh:
             ms = int(ctx.clock() * 1000)
 
             def record(store: MetadataStore) -> None:
-                store.add_instances(records, [], ms)
+                # as the runtime does: a sender's revision replaces only its own lineage (protocol.conflict)
+                store.add_instances(records, [], ms, [received_revision(signed.document.sender_org, str(signed.cid))]
+                                    * len(records))
                 node_lifecycle.move(store, signed.cid, ManifestEvent.VERIFIED)  # as the runtime does
 
             await ctx.db.run(record)

@@ -12,9 +12,11 @@ from meshnode.storage.audit import EventCode
 from meshnode.storage.conflicts import ConflictRow, Incoming
 from meshnode.storage.memory_metadata import MemoryMetadataStore
 from meshnode.storage.metadata import MetadataStore
-from meshnode.storage.records import AddOutcome, hash_uid
+from meshnode.storage.records import AddOutcome, ManifestRow, hash_uid
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
+from protocol.cid import CID
 from protocol.conflict import ConflictError, ConflictPolicy, ConflictState, Decision
+from protocol.lifecycle import ManifestState
 from tests.meshnode.storage.helpers import STUDY, instance
 
 NOW_MS = 1_767_225_600_000
@@ -134,3 +136,89 @@ def test_superseded_digests_are_remembered(store: MetadataStore) -> None:
     assert store.superseded_digests(a.sop_instance_uid) == []
     store.add_instances([b], [], NOW_MS, [Incoming(ConflictPolicy.REPLACE)])
     assert store.superseded_digests(a.sop_instance_uid) == [a.digest]
+
+
+# -- review fixes (finding 10: compare-and-set; 8: decided newcomers remembered; 11: recalled manifest) ------
+
+
+def two_pending(store: MetadataStore) -> tuple[ConflictRow, ConflictRow]:
+    a, b, c = instance(1), instance(1, payload=b"v2" * 50), instance(1, payload=b"v3" * 50)
+    store.add_instances([a], [], NOW_MS)
+    store.add_instances([b], [], NOW_MS, [REJECT])
+    store.add_instances([c], [], NOW_MS, [REJECT])
+    first, second = store.conflicts(ConflictState.PENDING)
+    return first, second
+
+
+def test_a_decision_rebases_the_other_pending_conflicts_of_the_uid(store: MetadataStore) -> None:
+    first, second = two_pending(store)
+    assert first.existing_digest == second.existing_digest == instance(1).digest
+    store.decide_conflict(first.conflict_id, Decision.REPLACE, "user:alice", [], NOW_MS)
+    again = store.conflict(second.conflict_id)
+    assert again is not None and again.existing_digest == first.newcomer_digest  # what is stored now
+    # bob saw the listing from before alice's decision: his replace is refused, nothing changes
+    audit_before = len(store.audit_entries())
+    with pytest.raises(ConflictError, match="not the one you saw"):
+        store.decide_conflict(second.conflict_id, Decision.REPLACE, "user:bob", [], NOW_MS,
+                              expected_existing=second.existing_digest)
+    assert [i.digest for i in store.instances(STUDY)] == [first.newcomer_digest]
+    assert len(store.audit_entries()) == audit_before and store.conflict(second.conflict_id) == again
+    # deciding on what is stored now works, and its audit entry names alice's version as the one replaced
+    store.decide_conflict(second.conflict_id, Decision.REPLACE, "user:bob", [], NOW_MS,
+                          expected_existing=first.newcomer_digest)
+    assert [i.digest for i in store.instances(STUDY)] == [second.newcomer_digest]
+    last = store.audit_entries()[-1].event
+    assert f"stored sha256 {first.newcomer_digest.hex()}" in last.detail and last.actor == "user:bob"
+
+
+def test_a_decision_on_a_version_gone_since_is_refused(store: MetadataStore) -> None:
+    row = held(store)
+    store.forget_study(STUDY, [], NOW_MS)  # the stored version went (a recall, say)
+    for decision in (Decision.REPLACE, Decision.KEEP_BOTH):
+        renamed = replace(instance(7), sop_instance_uid="2.25.99") if decision is Decision.KEEP_BOTH else None
+        with pytest.raises(ConflictError, match="changed since it was held"):
+            store.decide_conflict(row.conflict_id, decision, "alice", [], NOW_MS, renamed=renamed)
+    assert store.instances(STUDY) == [] and store.conflict(row.conflict_id) == row
+    assert store.decide_conflict(row.conflict_id, Decision.DISCARD, "alice", [], NOW_MS).state \
+        is ConflictState.DISCARDED
+
+
+@pytest.mark.parametrize("decision", [Decision.KEEP_BOTH, Decision.DISCARD])
+def test_a_decided_newcomer_sent_again_is_a_duplicate(store: MetadataStore, decision: Decision) -> None:
+    row = held(store)
+    assert row.newcomer is not None
+    renamed = replace(instance(7, payload=b"re-encoded"), sop_instance_uid="2.25.1234")
+    store.decide_conflict(row.conflict_id, decision, "alice", [], NOW_MS,
+                          renamed=renamed if decision is Decision.KEEP_BOTH else None)
+    before = (store.instances(STUDY), store.conflicts())
+    for _ in range(3):
+        assert store.add_instances([row.newcomer], [], NOW_MS, [REJECT]) == [AddOutcome.DUPLICATE]
+        assert store.add_instances([row.newcomer], [], NOW_MS, [Incoming(ConflictPolicy.KEEP_BOTH)]) \
+            == [AddOutcome.DUPLICATE]
+    assert (store.instances(STUDY), store.conflicts()) == before
+    # other bytes again are a new conflict
+    third = instance(1, payload=b"third version" * 9)
+    assert store.add_instances([third], [], NOW_MS, [REJECT]) == [AddOutcome.CONFLICT]
+
+
+def recalled_forward_conflict(store: MetadataStore) -> int:
+    manifest_id = CID.of(b"a received manifest")
+    store.save_manifest(ManifestRow(manifest_id, STUDY, "received", "RGT", 2, ManifestState.RECEIPTED,
+                                    NOW_S, NOW_S + 3600, b"raw", ("RJ1",)), [])
+    a = instance(1)
+    row = ConflictRow(0, "pacs:main", a.sop_instance_uid, STUDY, b"\x01" * 32, a.digest, ConflictPolicy.REJECT,
+                      ConflictState.PENDING, "RGT", "", NOW_MS, manifest_id=str(manifest_id))
+    conflict_id = store.add_forward_conflict(row, [], NOW_MS)
+    assert conflict_id is not None
+    store.set_manifest_state(manifest_id, ManifestState.RECALLED)
+    return conflict_id
+
+
+def test_a_decision_on_a_recalled_manifests_conflict_is_refused(store: MetadataStore) -> None:
+    conflict_id = recalled_forward_conflict(store)
+    before = (store.conflicts(), len(store.audit_entries()))
+    with pytest.raises(ConflictError, match="recalled"):
+        store.decide_conflict(conflict_id, Decision.REPLACE, "alice", [], NOW_MS)
+    assert (store.conflicts(), len(store.audit_entries())) == before
+    done = store.decide_conflict(conflict_id, Decision.DISCARD, "alice", [], NOW_MS)  # closing it is allowed
+    assert done.state is ConflictState.DISCARDED
