@@ -25,8 +25,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE
 from meshnode.gateway.pacs_queue import KEYS, ForwardKey, manifest_prefix, queue_name
-from meshnode.storage.conflicts import KIND_STORE, PACS_KIND_PREFIX, ConflictRow, check_applicable
+from meshnode.storage.conflicts import (
+    KIND_STORE,
+    PACS_KIND_PREFIX,
+    ConflictRow,
+    check_applicable,
+)
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.gateway_store import Arrival, GatewayStore
 from meshnode.storage.metadata import MetadataStore
@@ -104,7 +110,8 @@ class ConflictDesk:
                 placeholder = replace(row.newcomer, sop_instance_uid="2.25.0") if row and row.newcomer else None
                 row = check_applicable(row, conflict_id, decision, placeholder)  # refused before any work
                 if row.newcomer is not None:
-                    renamed = await trio.to_thread.run_sync(store_renamed, self.storage, row.newcomer, fresh_uid())
+                    renamed = await trio.to_thread.run_sync(store_renamed, self.storage, row.newcomer, fresh_uid(),
+                                                            DEFAULT_CHUNK_SIZE, row.source)
             now_ms = int(self.clock() * 1000)
             done = await self.db.run(lambda s: self._commit(s, conflict_id, decision, actor, renamed, now_ms,
                                                             expected_existing))

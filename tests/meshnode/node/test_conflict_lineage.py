@@ -13,7 +13,8 @@ import trio
 from trio.testing import MockClock
 
 from meshnode.storage.conflicts import KIND_STORE
-from protocol.conflict import ConflictPolicy, ConflictState
+from meshnode.study.renaming import fresh_uid, store_renamed
+from protocol.conflict import ConflictPolicy, ConflictState, Decision
 from tests.meshnode.node.conftest import CHUNK
 from tests.meshnode.node.harness import MemoryMesh, ingest_study, wait_done
 
@@ -63,6 +64,14 @@ async def test_a_foreign_manifest_reusing_this_nodes_study_uid(autojump_clock: M
                                                    signed.document.purpose)
             announced = {i.sop_instance_uid: i.digest for i in mine.document.instances}
             assert announced == own and new_uid not in announced
+            # a person keeps both: the renamed copy stays RXX's (its origin), so it is never announced as ours
+            assert row.newcomer is not None
+            renamed = store_renamed(victim.ctx.storage, row.newcomer, fresh_uid(), CHUNK, row.source)
+            assert renamed.origin == "RXX"
+            victim.store.decide_conflict(row.conflict_id, Decision.KEEP_BOTH, "user:alice", [], 0, renamed=renamed)
+            again = await victim.sender.share_study(victim_study, ["RAJ"], signed.document.priority,
+                                                    signed.document.purpose)
+            assert {i.sop_instance_uid: i.digest for i in again.document.instances} == own
             nursery.cancel_scope.cancel()
     finally:
         mesh.close()

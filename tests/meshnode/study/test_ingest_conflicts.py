@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pydicom
@@ -74,3 +75,47 @@ def test_cli_reports_held_conflicts(tmp_path: Path, study: list[Path], capsys: p
     assert main(["ingest", "--home", str(home), "--no-progress", str(modified(study[0], tmp_path / "m" / "a.dcm"))]) == 0
     out = capsys.readouterr().out
     assert "1 UID conflict(s) held (policy reject: `meshnode conflicts`)" in out
+
+
+def test_keep_both_resend_is_a_duplicate_not_another_copy(tmp_path: Path, study: list[Path]) -> None:
+    """Review finding 8: the same newcomer sent again after keep-both renamed it adds nothing."""
+    (tmp_path / "node").mkdir()
+    storage = NodeStorage.open(tmp_path / "node")
+    try:
+        Ingester(storage, workers=1).ingest(study)
+        uid = storage.metadata.studies()[0].attributes.study_uid
+        newcomer = modified(study[0], tmp_path / "a" / "x.dcm")
+        counts = []
+        for _ in range(3):
+            ingest(storage, [newcomer], ConflictPolicy.KEEP_BOTH)
+            counts.append(storage.metadata.study(uid).instance_count)  # type: ignore[union-attr]
+        assert counts == [3, 3, 3]
+        assert len([r for r in storage.metadata.conflicts() if r.state is ConflictState.KEPT_BOTH]) == 1
+    finally:
+        storage.close()
+
+
+def test_the_renamed_instance_records_its_original_uid(tmp_path: Path, study: list[Path]) -> None:
+    """Review finding 16: the keep-both copy carries an Original Attributes Sequence item (PS3.3 C.12.1.1.9)
+    with the original SOP Instance UID, reason CORRECT, the modifying system, when, and who sent it."""
+    (tmp_path / "node").mkdir()
+    storage = NodeStorage.open(tmp_path / "node")
+    try:
+        Ingester(storage, workers=1).ingest(study)
+        uid = storage.metadata.studies()[0].attributes.study_uid
+        newcomer = modified(study[0], tmp_path / "a" / "x.dcm")
+        ingest(storage, [newcomer], ConflictPolicy.KEEP_BOTH)
+        [kept] = [r for r in storage.metadata.conflicts() if r.state is ConflictState.KEPT_BOTH]
+        [record] = [i for i in storage.metadata.instances(uid) if i.sop_instance_uid == kept.new_uid]
+        data = b"".join(storage.blocks.get(c, verify=True) for c in record.blocks)
+    finally:
+        storage.close()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    original = pydicom.dcmread(newcomer)
+    assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID == kept.new_uid
+    item = ds.OriginalAttributesSequence[-1]
+    assert [str(m.SOPInstanceUID) for m in item.ModifiedAttributesSequence] == [str(original.SOPInstanceUID)]
+    assert item.ReasonForTheAttributeModification == "CORRECT"
+    assert item.ModifyingSystem.startswith("dicom-mesh") and item.SourceOfPreviousValues == kept.source[:64]
+    assert len(str(item.AttributeModificationDateTime)) >= 14
+    assert ds.PixelData == original.PixelData  # the pixels as they came
