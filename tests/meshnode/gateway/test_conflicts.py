@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -12,9 +13,11 @@ import trio
 
 from meshnode.gateway.conflict_desk import POLICY_ACTOR, ConflictDesk
 from meshnode.gateway.routes import Route
+from meshnode.node import conflict_routes
 from meshnode.storage.audit import EventCode
 from meshnode.storage.records import AddOutcome
 from protocol.conflict import ConflictError, ConflictPolicy, ConflictState, Decision
+from protocol.errors import SchemaError
 from protocol.manifest import Priority
 from tests.meshnode.gateway.conftest import GatewayFactory
 from tests.meshnode.gateway.harness import Gateway, config, eventually
@@ -145,3 +148,38 @@ async def test_discard_drops_the_newcomer(gateways: GatewayFactory, ct_study: li
     garbage = await gw.db.run(lambda s: s.unreferenced_blocks(2**40))
     assert set(row.newcomer.blocks) - {c for i in gw.shared.manifests[0].document.instances for c in i.blocks} \
         <= set(garbage)
+
+
+def variant(path: Path, description: str) -> bytes:
+    ds = pydicom.dcmread(path)
+    ds.SeriesDescription = description
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+async def test_control_api_decisions_record_one_strict_identity(gateways: GatewayFactory,
+                                                                ct_study: list[Path]) -> None:
+    """Review finding 14: a control-API decision is recorded as "control:<account>" (meshnode.control.actor);
+    an account that poses as another kind of identity is recorded as control:admin, never as given."""
+    r = route(ConflictPolicy.REJECT)
+    gw = await gateways(config(routes=[r]), dimse=False)
+    d = desk(gw, r)
+    await first_revision(gw, r, ct_study[:1])
+    for n in range(3):
+        await gw.intake.store(variant(ct_study[0], f"VARIANT {n}"), r, source="dimse:CT@127.0.0.1")
+    first, second, third = await d.list(ConflictState.PENDING)
+    node = SimpleNamespace(gateway=SimpleNamespace(conflicts=d))
+    decide = conflict_routes.routes(node)[("POST", "/conflicts/decide")]  # type: ignore[arg-type]
+    posed = await decide({"id": first.conflict_id, "decision": "discard", "actor": "user:alice"})
+    assert posed["decided_by"] == "control:admin"  # type: ignore[index]
+    plain = await decide({"id": second.conflict_id, "decision": "discard", "actor": "alice"})
+    assert plain["decided_by"] == "control:alice"  # type: ignore[index]
+    with pytest.raises(SchemaError, match="existing_sha256"):
+        await decide({"id": third.conflict_id, "decision": "replace", "actor": "alice", "existing_sha256": "zz"})
+    with pytest.raises(ConflictError, match="not the one you saw"):  # compare-and-set over the control API
+        await decide({"id": third.conflict_id, "decision": "replace", "actor": "alice",
+                      "existing_sha256": "00" * 32})
+    assert (await d.list(ConflictState.PENDING)) == [third]
+    audit = [e.event for e in await gw.db.run(lambda s: s.audit_entries()) if "decided" in e.event.detail]
+    assert [e.actor for e in audit] == ["control:admin", "control:alice"]

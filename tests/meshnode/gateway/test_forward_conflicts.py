@@ -10,12 +10,16 @@ from pathlib import Path
 import pytest
 
 from meshnode.gateway.config import PacsDestination
-from meshnode.gateway.forward_conflicts import HELD_PREFIX
+from meshnode.gateway.forward_conflicts import HELD_MARK, HELD_PREFIX
 from meshnode.gateway.pacs_queue import progress, queue_name, queue_received
-from meshnode.storage.conflicts import RECEIVED_REVISION
+from meshnode.storage.conflicts import (
+    RECEIVED_REVISION,
+    held_by_manifest,
+    received_revision,
+)
 from meshnode.storage.memory_metadata import MemoryMetadataStore
 from meshnode.storage.metadata import MetadataStore
-from meshnode.storage.records import AddOutcome, InstanceRecord, ManifestRow
+from meshnode.storage.records import AddOutcome, InstanceRecord, ManifestRow, Source
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from meshnode.study.manifest_builder import build_manifest
 from protocol.conflict import ConflictState
@@ -95,3 +99,24 @@ def test_a_version_never_forwarded_is_simply_sent(store: MetadataStore) -> None:
     second = receive(store, [changed], 2)
     queued = queue_received(store, second.cid, [HOLD], NOW * 1000)
     assert [k.digest for k in queued["main"]] == [changed.digest]
+
+
+def test_an_instance_held_on_arrival_is_not_forwarded_and_the_inbox_says_held(store: MetadataStore) -> None:
+    """Review finding 1: a received instance whose UID is held here from local ingest is a conflict held in
+    this node's queue; its forward item is FAILED "held: ..." (never sent, never "forwarded")."""
+    store.add_instances([instance(1)], [], NOW * 1000)  # ingested here
+    theirs = [replace(instance(1, payload=b"RGT's version" * 8), source=Source.RECEIVED, origin="RGT"),
+              replace(instance(2), source=Source.RECEIVED, origin="RGT")]
+    signed = build_manifest(theirs, sender_org="RGT", sender_peer=KEY.peer_id, recipients=("RXX",),
+                            priority=Priority.URGENT, purpose=Purpose.CARE, created_at=NOW, expires_at=NOW + 86400,
+                            ).sign(KEY)
+    outcomes = store.add_instances(theirs, [], NOW * 1000, [received_revision("RGT", str(signed.cid))] * 2)
+    assert outcomes == [AddOutcome.CONFLICT, AddOutcome.ADDED]
+    store.save_manifest(ManifestRow(signed.cid, signed.document.study_uid, "received", "RGT", 1,
+                                    ManifestState.RECEIPTED, NOW, NOW + 86400, signed.encode()), [])
+    queued = queue_received(store, signed.cid, [HOLD], NOW * 1000)
+    assert [k.sop_instance_uid for k in queued["main"]] == [instance(2).sop_instance_uid]  # the other one only
+    p = progress(store, signed.cid, [HOLD])["main"]
+    assert (p.pending, p.failed, p.held, p.total) == (1, 1, 1, 2)
+    assert p.last_error.startswith(HELD_MARK) and "held here" in p.last_error
+    assert held_by_manifest(store) == {str(signed.cid): 1}
