@@ -141,12 +141,13 @@ def _inbox_lines(rows: list[dict[str, Any]]) -> list[str]:
                      + (f"  served to {onward}" if onward else ""))
         if r.get("failure"):
             lines.append(f"    failed: {r['failure']}")
+        if r.get("held_detail"):  # instances held in the conflict queue on arrival (meshnode.storage.conflicts)
+            lines.append(f"    {r['held_detail']}")
         for pacs, f in sorted(r.get("forward", {}).items()):
             error = f"  last error: {f['last_error']}" if f["last_error"] and f["state"] != "forwarded" else ""
             held = f.get("held", 0)
             lines.append(f"    -> PACS {pacs}: {f['state']} {f['sent']}/{f['total']}"
-                         + (f", {held} held (a new version of an instance the PACS has: `meshnode conflicts`)"
-                            if held else "")
+                         + (f", {held} held (`meshnode conflicts`)" if held else "")
                          + (f", {f['failed'] - held} failed" if f["failed"] - held else "") + error)
     return lines or ["inbox empty"]
 

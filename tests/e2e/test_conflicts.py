@@ -15,6 +15,7 @@ other bytes. Per the sending route's on_conflict:
 
 from __future__ import annotations
 
+import getpass
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_reject_holds_the_newcomer_and_orthanc_keeps_the_original(mesh: MeshDemo
         assert pacs_files(orthanc)[original.SOPInstanceUID] == dataset_bytes(files[0])
         # the human's decision (CLI, audited with the user): replace; b then holds it (its PACS keeps the old)
         decided = mesh.cli(a, "conflicts", "decide", str(held["id"]), "replace")
-        assert decided["state"] == "replaced" and decided["decided_by"].startswith("control:local:")
+        assert decided["state"] == "replaced" and decided["decided_by"] == f"control:{getpass.getuser()}"
         main = mesh.wait_for(lambda: forward_state(b, 2), TIMEOUT, "revision 2 at b")
         assert (main["state"], main["held"], main["sent"], main["total"]) == ("held", 1, 1, 2)
         [at_b] = conflicts(b, "pending")
