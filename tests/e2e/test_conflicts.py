@@ -16,6 +16,7 @@ other bytes. Per the sending route's on_conflict:
 from __future__ import annotations
 
 import getpass
+import hashlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +25,18 @@ from typing import Any
 import pydicom
 import pytest
 
+from meshnode.control.client import ControlClient
 from meshnode.demo.identity import Node
 from meshnode.demo.mesh import MeshDemo
 from meshnode.demo.workspace import Workspace
 from meshnode.dicom import synthetic
-from meshnode.control.client import ControlClient
-from tests.e2e.dimse_tools import dataset_bytes, dimse_endpoint, find_answers, findscu, storescu
+from tests.e2e.dimse_tools import (
+    dataset_bytes,
+    dimse_endpoint,
+    find_answers,
+    findscu,
+    storescu,
+)
 from tests.e2e.orthanc import Orthanc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -51,8 +58,10 @@ def mesh(tmp_path: Path) -> Iterator[MeshDemo]:
         demo.close()
 
 
-def setup(mesh: MeshDemo, tmp_path: Path, on_conflict: str, on_replace: str, overwrite: bool
-          ) -> tuple[Node, Node, Orthanc]:
+def setup(mesh: MeshDemo, tmp_path: Path, on_conflict: str, on_replace: str, overwrite: bool,
+          preload: Path | None = None) -> tuple[Node, Node, Orthanc]:
+    """a (RGT) takes a modality's studies on route rj1 to RJ1; b (RJ1) forwards to Orthanc; `preload`: a
+    folder b ingests (`meshnode ingest`) before it starts."""
     if not Orthanc.available():
         pytest.fail("Orthanc is not installed (make test installs it: scripts/install-system-deps.sh)")
     nodes = mesh.setup(ORGS, start=False)
@@ -70,6 +79,8 @@ def setup(mesh: MeshDemo, tmp_path: Path, on_conflict: str, on_replace: str, ove
         mesh.configure(node, {"dimse.enabled": True, "dimse.port": 0})
         with open(node.home / "node.toml", "a") as fh:
             fh.write(extra)
+        if node is b and preload is not None:
+            mesh.ws.run("meshnode", "ingest", str(preload), "--home", str(b.home), "--workers", "1", "--no-progress")
         mesh.start(node)
     return a, b, orthanc
 
@@ -194,5 +205,36 @@ def test_keep_both_arrives_under_two_uids(mesh: MeshDemo, tmp_path: Path) -> Non
             i for i in orthanc.instances()
             if orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] == kept["new_uid"]))))
         assert renamed.SeriesDescription == "CORRECTED" and renamed.PixelData == pydicom.dcmread(newcomer).PixelData
+    finally:
+        orthanc.stop()
+
+
+def test_a_received_instance_never_replaces_one_ingested_here(mesh: MeshDemo, tmp_path: Path) -> None:
+    """Review finding 1 with real processes: b holds its own version of an instance (ingested there); a's
+    manifest carries another version under the same SOP Instance UID. b fetches and receipts the study,
+    holds that instance as a conflict (never a replacement), forwards the rest, and says "held"."""
+    files = synthetic.generate_ct_study(tmp_path / "ct", slices=2, seed=52, rows=64, columns=64)
+    ds = pydicom.dcmread(files[0])
+    pixels = bytearray(ds.PixelData)
+    pixels[:8] = b"\x00" * 8 if pixels[:8] != b"\x00" * 8 else b"\xff" * 8
+    ds.PixelData = bytes(pixels)
+    local = tmp_path / "local" / files[0].name
+    local.parent.mkdir()
+    ds.save_as(local, enforce_file_format=True)
+    a, b, orthanc = setup(mesh, tmp_path, "reject", "hold", overwrite=False, preload=local.parent)
+    try:
+        _, port, _ = dimse_endpoint(a.home)
+        sent = storescu(port, MODALITY, "MESH_RJ1", files[0].parent)
+        assert sent.code == 0, sent.output
+        main = mesh.wait_for(lambda: forward_state(b, 1), TIMEOUT, "revision 1 received and forwarded at b")
+        assert (main["state"], main["held"], main["sent"], main["total"]) == ("held", 1, 1, 2)
+        [row] = [r for r in inbox(b) if r["revision"] == 1]
+        assert row["state"] == "receipted" and row["held"] == 1 and "not available locally" in row["held_detail"]
+        [held] = conflicts(b, "pending")
+        assert held["kind"] == "store" and "RGT" in held["source"] and held["manifest_id"] == row["manifest_id"]
+        assert held["existing_sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+        assert held["newcomer_sha256"] != held["existing_sha256"]
+        # Orthanc got the other instance only: the held one waits for a person at b
+        assert set(pacs_files(orthanc)) == {str(pydicom.dcmread(files[1]).SOPInstanceUID)}
     finally:
         orthanc.stop()
