@@ -17,6 +17,7 @@ from protocol.conflict import (
     Decision,
     check_decision,
     decide,
+    lineage_policy,
     new_instance_uid,
     parse_policy,
 )
@@ -84,3 +85,19 @@ def test_parse_policy() -> None:
     assert parse_policy("keep-both", "x") is ConflictPolicy.KEEP_BOTH
     with pytest.raises(ConflictError, match="route.on_conflict"):
         parse_policy("overwrite-everything", "route.on_conflict")
+
+
+@given(st.sampled_from(ConflictPolicy), st.booleans(), st.lists(digests, min_size=1, max_size=4), digests,
+       st.lists(digests, max_size=3), st.lists(digests, max_size=3))
+def test_nothing_replaces_another_lineage(policy: ConflictPolicy, same_lineage: bool, existing: list[bytes],
+                                          newcomer: bytes, held: list[bytes], decided: list[bytes]) -> None:
+    """Review finding 1: whatever the policy, a newcomer of another lineage (another origin or study) never
+    supersedes; KEEP_BOTH and REJECT stay as they are. Finding 8: a newcomer decided before is a duplicate."""
+    effective = lineage_policy(policy, same_lineage)
+    assert effective is (ConflictPolicy.REJECT if policy is ConflictPolicy.REPLACE and not same_lineage else policy)
+    action = decide(effective, existing, newcomer, held, decided)
+    if not same_lineage:
+        assert action is not ConflictAction.SUPERSEDE
+    if newcomer in decided:
+        assert action is ConflictAction.DUPLICATE
+
