@@ -125,7 +125,7 @@ class Reconciler:
             stored = store.manifest(manifest_id)
             store.add_reconciliation(ReconciliationRow(
                 manifest_id, stored.study_uid if stored else "", found[1].sender_org, ReconState.ARRIVED,
-                self._now_ms()))
+                self._now_ms()), [(i.sop_instance_uid, i.digest) for i in found[1].instances])
         return False
 
     def holding(self, store: MetadataStore, manifest_id: CID) -> str:

@@ -131,8 +131,8 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients):
         return self._summary(study_uid)
 
     def _shown(self, search: Search) -> list[InstanceRecord]:
-        held = self.held_studies() if search.hide_held else set()
-        return [i for i in self._instances if i.study_uid not in held]
+        held = self.held_instances() if search.hide_held else set()
+        return [i for i in self._instances if (i.sop_instance_uid, i.digest) not in held]
 
     def search_studies(self, search: Search) -> list[StudySummaryRow]:
         held = self.held_studies() if search.hide_held else set()

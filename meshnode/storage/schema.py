@@ -294,4 +294,32 @@ MIGRATIONS = (
     """
     CREATE INDEX instances_by_class_syntax ON instances (sop_class_uid, transfer_syntax)
     """,
+    # 15: reconciliation review fixes: a state 'superseded' (a later revision of the same sender's study
+    # replaced a waiting one), the fingerprint of what the decision used (a later revision carries a match
+    # only when it is unchanged), and the instances each reconciled manifest lists (what reconciliation
+    # holds back is those instances, never a whole Study UID; rows from before list the study's received
+    # instances, as the Study UID rule did)
+    """
+    CREATE TABLE reconciliations_v2 (
+        manifest_id BLOB PRIMARY KEY, study_uid TEXT NOT NULL, sender_org TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('arrived', 'waiting', 'matched', 'rejected', 'superseded')),
+        created_ms INTEGER NOT NULL, patient_id TEXT NOT NULL, issuer TEXT NOT NULL, nhs_number TEXT NOT NULL,
+        name TEXT NOT NULL, birth_date TEXT NOT NULL, sex TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+        local_id TEXT NOT NULL, local_issuer TEXT NOT NULL, local_name TEXT NOT NULL, local_birth_date TEXT NOT NULL,
+        local_sex TEXT NOT NULL, decided_by TEXT NOT NULL, decided_ms INTEGER NOT NULL, fingerprint TEXT NOT NULL
+    ) STRICT;
+    INSERT INTO reconciliations_v2 SELECT manifest_id, study_uid, sender_org, state, created_ms, patient_id, issuer, nhs_number, name, birth_date, sex, reason, detail, local_id, local_issuer, local_name, local_birth_date, local_sex, decided_by, decided_ms, '' FROM reconciliations;
+    DROP TABLE reconciliations;
+    ALTER TABLE reconciliations_v2 RENAME TO reconciliations;
+    CREATE INDEX reconciliations_by_state ON reconciliations (state, created_ms);
+    CREATE INDEX reconciliations_by_study ON reconciliations (study_uid);
+    CREATE TABLE reconciliation_instances (
+        manifest_id BLOB NOT NULL, sop_instance_uid TEXT NOT NULL, digest BLOB NOT NULL,
+        PRIMARY KEY (manifest_id, sop_instance_uid, digest)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX reconciliation_instances_by_instance ON reconciliation_instances (sop_instance_uid, digest);
+    INSERT OR IGNORE INTO reconciliation_instances
+        SELECT r.manifest_id, i.sop_instance_uid, i.digest FROM reconciliations r
+        JOIN instances i ON i.study_uid = r.study_uid AND i.source = 'received'
+    """,
 )
