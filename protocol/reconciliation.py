@@ -17,6 +17,8 @@ identifiers from the DICOM header and the candidates from the store.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -186,6 +188,15 @@ def disagreement(arriving: Demographics, local: Demographics) -> str:
     if sa not in SEX_VALUES or sa != sb:
         bad.append("sex")
     return ", ".join(bad)
+
+
+def patients_fingerprint(patients: Sequence[ArrivingPatient]) -> str:
+    """A digest of everything a decision reads from the arriving instances (each distinct patient's Patient ID,
+    issuer, Other Patient IDs with their issuers, name, birth date, sex), in a canonical order: two revisions
+    with the same fingerprint name the same patient the same way."""
+    canonical = sorted({(p.patient_id.value, p.patient_id.issuer, tuple((o.value, o.issuer) for o in p.others),
+                         p.demographics.name, p.demographics.birth_date, p.demographics.sex) for p in patients})
+    return hashlib.sha256(json.dumps(canonical, ensure_ascii=True).encode()).hexdigest()
 
 
 def decide_study(patients: Sequence[ArrivingPatient], candidates: Sequence[LocalPatient], *,

@@ -2,7 +2,8 @@
 
     GET  /reconcile                        read    the queue (?all=1: decided ones too)
     POST /reconcile/{manifest}/match       write   {"local_id": ...} or {"record": {local_id, issuer, nhs_number,
-                                                   name, birth_date, sex}}
+                                                   name, birth_date, sex}}, "override_reason"?: needed when
+                                                   the record's NHS number is not the study's (audited)
     POST /reconcile/{manifest}/reject      write   {"reason": ...}
     GET  /patients                         read    the lookup table (?nhs_number=...)
     POST /patients                         write   {"record": {...}}: add or replace one record
