@@ -155,7 +155,8 @@ class Reconciler:
                     (row.local_name, row.local_birth_date, row.local_sex) == (row.name, row.birth_date, row.sex):
                 continue  # already the local identity: nothing to change
             out[m] = Coercion(row.local_id, row.local_issuer, row.local_name, row.local_birth_date, row.local_sex,
-                              row.sender_org, self.modifying_system, dicom_datetime(row.decided_ms))
+                              row.sender_org, self.modifying_system, dicom_datetime(row.decided_ms),
+                              self.settings.local_issuer_oid)
         return out
 
     def _instances(self, store: MetadataStore, row: ReconciliationRow) -> list[InstanceRecord]:

@@ -182,3 +182,22 @@ async def test_a_match_with_another_nhs_number_needs_an_override(gateways: Gatew
     assert received(pacs, next(iter(pacs.received))).PatientID == "RGT0002"
     [decision] = [e for e in audits if e.action == "reconcile-matched"]
     assert decision.actor == "alice" and "OVERRIDE" in decision.detail and "confirmed by phone" in decision.detail
+
+
+async def test_the_forwarded_copy_names_the_local_assigning_authority(gateways: GatewayFactory, tmp_path: Path,
+                                                                      pacs: Pacs) -> None:
+    """[reconciliation] local_issuer_oid reaches the PACS as Issuer of Patient ID Qualifiers (finding 5)."""
+    gw = await gateways(dimse=False, announce=False)
+    await gw.db.run(lambda s: s.put_patients([LOCAL]))
+    files = study(tmp_path, patient_id="9434765919", issuer="NHS")
+    signed = await received_study(gw, files)
+    fwd, _ = await setup(gw, pacs, [], local_issuer_oid="1.2.826.0.1.3680043.10.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fwd.run)
+        await receipt_delivered(gw, signed)
+        assert await fwd.release(signed.cid) == len(files)
+        await eventually(lambda: len(pacs.received) == len(files), "the coerced copies in the PACS")
+        nursery.cancel_scope.cancel()
+    got = received(pacs, next(iter(pacs.received)))
+    assert (got.PatientID, got.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID) == \
+        ("RGT0001", "1.2.826.0.1.3680043.10.1")
