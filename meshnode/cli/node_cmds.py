@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                        help="a private attribute retain_safe_private keeps: 'gggg,xxee,Private Creator'")
     share.add_argument("--pixel-risk", choices=[p.value for p in PixelRiskPolicy],
                        help="instances that may carry burned-in identifiers: hold (default) or refuse")
+    share.add_argument("--include-unreconciled", action="store_true",
+                       help="share although patient reconciliation holds instances of it back (received, the "
+                            "sender's patient identity, no confirmed local record)")
     share.add_argument("--json", action="store_true")
     share.set_defaults(func=run_share)
     for name, helptext in (("inbox", "studies received or arriving"), ("outbox", "studies sent, per recipient")):
@@ -104,6 +107,8 @@ def client(args: argparse.Namespace) -> ControlClient:
 def run_share(args: argparse.Namespace) -> int:
     orgs = [o.strip() for o in args.to.split(",") if o.strip()]
     body: dict[str, object] = {"study": args.study, "to": orgs, "priority": args.priority, "purpose": args.purpose}
+    if args.include_unreconciled:
+        body["include_unreconciled"] = True
     if args.deid_project or args.deid_option or args.safe_private or args.pixel_risk:
         deid: dict[str, object] = {"project": args.deid_project or "", **{o: True for o in args.deid_option}}
         if args.safe_private:
