@@ -82,7 +82,7 @@ class ReconcileWeb:
 
     async def _decide(self, request: Request, action: str) -> Response:
         payload = await _json(request)
-        payload = {k: v for k, v in payload.items() if k in ("local_id", "record", "reason")}
+        payload = {k: v for k, v in payload.items() if k in ("local_id", "record", "reason", "override_reason")}
         payload.update(manifest=str(request.path_params["manifest"]), action=action)
         return json_response(200, await reconcile_api.decide(self.reconciler(), payload, _user(request)))
 
