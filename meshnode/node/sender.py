@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from meshnode.study.manifest_builder import build_manifest
 from meshnode.node import lifecycle as node_lifecycle
@@ -19,7 +19,7 @@ from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed, open_document
 from protocol.deid import DeidProfile
-from protocol.errors import DocumentError, LocalProtocolError, NotFoundError, WrongOrganisationError
+from protocol.errors import DocumentError, LocalProtocolError, NotFoundError, StorageError, WrongOrganisationError
 from protocol.lifecycle import ManifestEvent, ManifestState, Side, advance
 from protocol.manifest import Manifest, Priority, Purpose
 from protocol.recall import Recall, RecallAction
@@ -57,8 +57,8 @@ class Sender:
         return await self.research.share(study_uid, to, priority, profile, actor=actor, purpose=purpose)
 
     async def _is_research_copy(self, study_uid: str) -> bool:
-        rows = await self.ctx.db.run(lambda s: s.research_shares(ResearchState.SHARED))
-        return any(r.research_study_uid == study_uid for r in rows)
+        row = await self.ctx.db.run(lambda s: s.research_copy_of(study_uid))  # indexed
+        return row is not None and row.state is ResearchState.SHARED
 
     def _check_recipients(self, to: Sequence[str]) -> list[str]:
         recipients = sorted({check_org_code(o, "recipient") for o in to})
@@ -69,8 +69,13 @@ class Sender:
         return recipients
 
     async def share_study(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
-                          lifetime_s: int = DEFAULT_LIFETIME_S) -> Signed[Manifest]:
-        """Sign and announce the manifest of a local study as it is stored."""
+                          lifetime_s: int = DEFAULT_LIFETIME_S, *, only: Mapping[str, bytes] | None = None,
+                          also: Callable[[MetadataStore, CID], None] | None = None) -> Signed[Manifest]:
+        """Sign and announce the manifest of a local study as it is stored.
+
+        `only` (SOP Instance UID -> digest): the manifest lists exactly these instances, with these bytes (a
+        research share lists what it stored, not whatever the copy study holds); one missing is an error.
+        `also(store, manifest_id)` runs in the transaction that saves the manifest and its announcements."""
         ctx = self.ctx
         recipients = self._check_recipients(to)
         now = int(ctx.clock())
@@ -82,6 +87,10 @@ class Sender:
             return list(store.instances(study_uid)), max(sent, default=0)
 
         instances, last_revision = await ctx.db.run(load)
+        if only is not None:
+            instances = [r for r in instances if only.get(r.sop_instance_uid) == r.digest]
+            if len({r.sop_instance_uid for r in instances}) != len(only):
+                raise StorageError(f"study {hash_uid(study_uid)} does not hold the instances asked for")
         if not instances:
             raise NotFoundError(f"no study {hash_uid(study_uid)} on this node")
         manifest = build_manifest(
@@ -96,7 +105,12 @@ class Sender:
                           manifest.expires_at, signed.encode(), manifest.recipients)
         blocks = manifest.block_order()
         # the manifest and its announcements are durable (one database call) before the first is attempted
-        await self.deliveries.announce(manifest_id, recipients, also=lambda s: s.save_manifest(row, blocks))
+        def save(store: MetadataStore) -> None:
+            store.save_manifest(row, blocks)
+            if also is not None:
+                also(store, manifest_id)
+
+        await self.deliveries.announce(manifest_id, recipients, also=save)
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "share", actor=ctx.peer_id, actor_org=ctx.org,
                                    study=hash_uid(study_uid), manifest_id=str(manifest_id),
                                    detail=f"{priority.value} {purpose.value} to {','.join(recipients)}"))

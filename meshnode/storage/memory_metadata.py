@@ -130,6 +130,10 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients):
     def study(self, study_uid: str) -> StudySummaryRow | None:
         return self._summary(study_uid)
 
+    def held_studies(self) -> set[str]:
+        """Reconciliation's held studies and the research copies made here (PatientStore.held_studies)."""
+        return MemoryPatients.held_studies(self) | self.research_copies()
+
     def _shown(self, search: Search) -> list[InstanceRecord]:
         held = self.held_studies() if search.hide_held else set()
         return [i for i in self._instances if i.study_uid not in held]

@@ -120,7 +120,8 @@ class PatientStore(Protocol):
 
     def held_studies(self) -> set[str]:
         """Studies held back by reconciliation: a received manifest of theirs arrived, waits or was rejected,
-        and none was matched. DICOMweb and the DIMSE query/retrieve SCP do not show them."""
+        and none was matched; and the research copies made here (de-identified copies of a research share,
+        ResearchStore.research_copies). DICOMweb and the DIMSE query/retrieve SCP do not show them."""
         ...
 
 

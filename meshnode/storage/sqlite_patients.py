@@ -21,7 +21,10 @@ _RECON = ("manifest_id, study_uid, sender_org, state, created_ms, patient_id, is
 #: the study UIDs of PatientStore.held_studies (also a condition of searches with Search.hide_held)
 HELD_STUDIES_SQL = ("SELECT r.study_uid FROM reconciliations r WHERE r.state IN ('arrived', 'waiting', 'rejected')"
                     " AND NOT EXISTS (SELECT 1 FROM reconciliations m WHERE m.study_uid = r.study_uid"
-                    " AND m.state = 'matched')")
+                    " AND m.state = 'matched')"
+                    # research copies (de-identified, issue 15 part 1) are the mesh's to serve under their research
+                    # manifest, never a clinical study of this node: hidden the same way (sqlite_research.py)
+                    " UNION SELECT c.research_study_uid FROM research_shares c WHERE c.research_study_uid != ''")
 
 
 def _patient(r: Any) -> PatientRecord:

@@ -31,12 +31,12 @@ import pydicom
 from dicognito.anonymizer import Anonymizer
 from dicognito.datetimeanonymizer import DateTimeAnonymizer
 from dicognito.element_anonymizer import ElementAnonymizer
-from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
+import pydicom.uid
 
 from meshnode.study.annex_e_table import BASIC
 from meshnode.study.pseudonyms import Pseudonymiser
@@ -47,6 +47,14 @@ from protocol.errors import LocalProtocolError
 log = logging.getLogger(__name__)
 
 METHOD = "dicom-mesh PS3.15 E.1 Basic Profile (dicognito)"
+#: appended to De-identification Method on an instance released although it is at pixel risk
+PIXELS_NOT_CLEANED = "; pixel data not cleaned (at pixel risk, released after review)"
+#: the well-known UIDs (transfer syntaxes, SOP classes, coding schemes, the UTC frame of reference): kept. The
+#: dictionary pydicom.uid names them from (UID.name, UID.keyword), read without the private pydicom._uid_dict
+#: and without building a UID per value (that validates, and warns on every malformed value)
+_WELL_KNOWN_UIDS: frozenset[str] = frozenset(getattr(pydicom.uid, "UID_dictionary", {}))
+#: free text in structured content (Clean Structured Content): emptied, as no recogniser proves it clean
+_FREE_TEXT_VRS = frozenset({"UT", "LT", "ST"})
 _TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC"})
 _TIME_VRS = frozenset({"DA", "DT", "TM"})
 #: handled by VR wherever they are: keyed UIDs, dates removed or shifted
@@ -106,12 +114,19 @@ class Deidentifier:
             if profile.has(DeidOption.RETAIN_SAFE_PRIVATE) else set[tuple[int, int, str]]()
 
     # -- bytes in, bytes out ---------------------------------------------------------------------
-    def deidentify_bytes(self, data: bytes, relink: Relink) -> bytes:
+    def deidentify_bytes(self, data: bytes, relink: Relink, *, pixel_risk: str | None = None) -> bytes:
+        """`pixel_risk`: the instance may carry identifiers in its pixels (a person released it anyway):
+        Patient Identity Removed is NO then, and De-identification Method says the pixels were not cleaned."""
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=False)
         except (InvalidDicomError, ValueError, EOFError, OSError) as exc:
             raise DeidentificationError(f"not a DICOM instance this node can de-identify: {exc}") from None
         self.deidentify(ds, relink)
+        if pixel_risk is not None:
+            ds.PatientIdentityRemoved = "NO"
+            ds.DeidentificationMethod = METHOD + PIXELS_NOT_CLEANED
+        # the 128-byte preamble is free for applications (PS3.10 7.1): it may hold anything, names included
+        ds.preamble = b"\0" * 128
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)
         return out.getvalue()
@@ -166,6 +181,9 @@ class Deidentifier:
                 if self._identifies(elem, identifying):
                     elem.value = ""
                 continue
+            if in_structured and (elem.VR in _FREE_TEXT_VRS or elem.keyword == "TextValue"):
+                elem.value = ""  # free text of structured content: may name anyone (a doctor, a place)
+                continue
             if in_structured and elem.VR in _TEXT_VRS and self._identifies(elem, identifying):
                 elem.value = ""  # a text value of structured content naming the patient
                 continue
@@ -208,7 +226,7 @@ class Deidentifier:
     def _uids(self, relink: Relink) -> Callable[[Dataset, DataElement], bool]:
         def new(value: str, keyword: str) -> str:
             value = str(value)
-            if not value or value in UID_dictionary:  # well-known UIDs (coding schemes, frames of the UTC)
+            if not value or value in _WELL_KNOWN_UIDS:
                 return value
             mapped = self.pseudonyms.uid(value)
             relink.add(_UID_KINDS.get(keyword, "uid"), mapped, value)

@@ -69,13 +69,17 @@ class Pseudonymiser:
 
     project: str
     key: bytes
+    #: the profile's fingerprint (DeidProfile.fingerprint): copies made with other options get other UIDs (their
+    #: bytes differ), while patient pseudonyms, dates and dummies stay project-keyed (one subject per patient)
+    uid_context: str = ""
 
     def _mac(self, label: str, value: str) -> bytes:
         return hmac.new(self.key, f"{label}\0{value}".encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
 
     def uid(self, original: str) -> str:
         """A UID of the 2.25 root (PS3.5 B.2: a UUID-sized integer), at most 44 characters."""
-        return "2.25." + str(int.from_bytes(self._mac("uid", original.strip("\0 "))[:16], "big"))
+        label = f"uid:{self.uid_context}" if self.uid_context else "uid"
+        return "2.25." + str(int.from_bytes(self._mac(label, original.strip("\0 "))[:16], "big"))
 
     def patient_id(self, original: str) -> str:
         """A patient pseudonym: 'R' and 16 base32 characters (80 bits)."""
