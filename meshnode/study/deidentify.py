@@ -104,6 +104,14 @@ def _identifying_strings(ds: Dataset) -> list[str]:
     return [s.lower() for s in out]
 
 
+def _subject(ds: Dataset) -> str:
+    """The patient a data set (or an item) names: its Patient ID, with '^^^' and the Issuer of Patient ID when
+    there is one (HL7 CX's form, as the re-link table shows it); '' without a Patient ID."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+    return f"{pid}^^^{issuer}" if pid and issuer else pid
+
+
 class Deidentifier:
     """De-identifies instances for one project with one profile (reuse it for a whole share)."""
 
@@ -133,14 +141,16 @@ class Deidentifier:
 
     # -- a data set, in place --------------------------------------------------------------------
     def deidentify(self, ds: Dataset, relink: Relink) -> None:
-        original_pid = str(ds.get("PatientID", "") or "")
+        # the subject: (Patient ID, Issuer of Patient ID), so one ID under two issuers is two patients; an
+        # instance without a Patient ID is a subject of its own study (not one subject for every such instance)
+        original_pid = _subject(ds) or "study:" + str(ds.get("StudyInstanceUID", "") or ds.get("SOPInstanceUID", ""))
         pseudonym = self.pseudonyms.patient_id(original_pid)
         relink.add("patient", pseudonym, original_pid)
         identifying = _identifying_strings(ds)
-        self._apply_table(ds, identifying, relink, in_structured=False)
+        self._apply_table(ds, identifying, relink, in_structured=False, subject=original_pid)
         meta = getattr(ds, "file_meta", None)
         if meta is not None:  # the sending device's AE titles and addresses, private information
-            self._apply_table(meta, identifying, relink, in_structured=False)
+            self._apply_table(meta, identifying, relink, in_structured=False, subject=original_pid)
         if "PatientID" not in ds:
             ds.PatientID = pseudonym
         anonymizer = Anonymizer(seed=self.pseudonyms.seed(original_pid))
@@ -151,7 +161,8 @@ class Deidentifier:
         anonymizer.anonymize(ds)
         self._mark(ds)
 
-    def _apply_table(self, ds: Dataset, identifying: list[str], relink: Relink, *, in_structured: bool) -> None:
+    def _apply_table(self, ds: Dataset, identifying: list[str], relink: Relink, *, in_structured: bool,
+                     subject: str) -> None:
         """Table E.1-1 rows dicognito lacks, private attributes, curves and overlays; recursing into items."""
         options = self.profile.options
         for elem in list(ds):
@@ -167,7 +178,7 @@ class Deidentifier:
             if action is None and elem.VR not in _BY_VR and tag != 0x00100010:  # Patient's Name: its pseudonym
                 action = BASIC.get(int(tag))
             if tag == 0x00100020:  # Patient ID, here or in an item (a DICOMDIR's records): its pseudonym
-                original = str(elem.value or "")
+                original = _subject(ds) or subject
                 elem.value = self.pseudonyms.patient_id(original)
                 relink.add("patient", elem.value, original)
                 continue
@@ -190,7 +201,7 @@ class Deidentifier:
             if elem.VR == "SQ" and elem.value is not None:
                 for item in elem.value:
                     self._apply_table(item, identifying, relink,
-                                      in_structured=in_structured or action is Action.CLEAN)
+                                      in_structured=in_structured or action is Action.CLEAN, subject=subject)
 
     def _safe_private(self, ds: Dataset, elem: DataElement) -> bool:
         if not self._safe:

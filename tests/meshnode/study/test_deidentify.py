@@ -325,3 +325,27 @@ def test_the_file_meta_information_loses_the_sending_devices_identity() -> None:
     assert meta.get("PrivateInformationCreatorUID") != "1.2.826.0.1.3680043.9.7.555"
     kept = _deidentify(ds, _profile(DeidOption.RETAIN_DEVICE_IDENTITY))
     assert kept.file_meta.SourceApplicationEntityTitle == "RGT_CT3"
+
+
+def test_a_patient_is_keyed_by_issuer_and_id_and_an_instance_without_an_id_by_its_study() -> None:
+    """Review finding 12: one ID under two issuers merged two patients; every instance without a Patient ID
+    became one subject; the re-link table lost the issuer."""
+    def pseudonym(patient_id: str | None, issuer: str | None, study: str) -> tuple[str, Relink]:
+        ds = _study(study, "20240105", patient_id or "")
+        if patient_id is None:
+            del ds.PatientID
+        if issuer is not None:
+            ds.IssuerOfPatientID = issuer
+        relink = Relink()
+        return str(_deidentify(ds, _profile(), relink=relink).PatientID), relink
+
+    s1, s2 = "1.2.826.0.1.3680043.9.7.201", "1.2.826.0.1.3680043.9.7.202"
+    rgt, _ = pseudonym("12345", "RGT", s1)
+    rj1, relink = pseudonym("12345", "RJ1", s1)
+    assert rgt != rj1 and ("patient", rj1) in relink.entries and relink.entries[("patient", rj1)] == "12345^^^RJ1"
+    assert pseudonym("12345", "RGT", s2)[0] == rgt  # the same patient in another study: the same subject
+    assert pseudonym("12345", None, s1)[0] == pseudonym("12345", "", s2)[0]  # no issuer: the ID alone, as before
+    none1, relink = pseudonym(None, None, s1)
+    none2, _ = pseudonym(None, None, s2)
+    assert none1 != none2 and relink.entries[("patient", none1)] == f"study:{s1}"
+    assert pseudonym("", None, s1)[0] == none1
