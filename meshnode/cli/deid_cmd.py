@@ -87,11 +87,17 @@ def run_refuse(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cell(value: object) -> str:
+    """A CSV cell a spreadsheet will not run: a leading = + - @ (or tab, CR) gets a quote (OWASP CSV injection)."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def run_export(args: argparse.Namespace) -> int:
     rows = _client(args).call("POST", "/deid/export-relink", _body(args, project=args.project))
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["kind", "pseudonym", "original"])
-    writer.writerows([r["kind"], r["pseudonym"], r["original"]] for r in rows)
+    writer.writerows([_cell(r["kind"]), _cell(r["pseudonym"]), _cell(r["original"])] for r in rows)
     emit(rows, args.json, out.getvalue())
     return EXIT_OK

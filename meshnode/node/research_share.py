@@ -251,7 +251,10 @@ class ResearchShares:
 
     # -- the copy -----------------------------------------------------------------------------------
     async def _pseudonyms(self, profile: DeidProfile) -> Pseudonymiser:
-        key = await self.ctx.worker.run(lambda: project_key(self.key_dir, profile.project))
+        # a project with pseudonyms recorded and no key lost its key: a new one would make new pseudonyms for
+        # the same patients (the project's data silently split in two), so it is refused, not remade
+        known = await self.ctx.db.run(lambda s: s.has_relink(profile.project))
+        key = await self.ctx.worker.run(lambda: project_key(self.key_dir, profile.project, create=not known))
         return Pseudonymiser(profile.project, key, profile.fingerprint())
 
     def _read(self, record: InstanceRecord) -> bytes:

@@ -76,6 +76,10 @@ class ResearchStore(Protocol):
 
     def relink(self, project: str) -> list[RelinkEntry]: ...
 
+    def has_relink(self, project: str) -> bool:
+        """Whether the project has pseudonyms recorded (then its key must exist: a lost key is not remade)."""
+        ...
+
 
 class MemoryResearchStore:
     def __init__(self) -> None:
@@ -115,3 +119,6 @@ class MemoryResearchStore:
 
     def relink(self, project: str) -> list[RelinkEntry]:
         return sorted((k, p, o) for (proj, k, p), o in self._relink.items() if proj == project)
+
+    def has_relink(self, project: str) -> bool:
+        return any(proj == project for proj, _, _ in self._relink)

@@ -74,3 +74,6 @@ class SqliteResearch(SqliteTables):
         return [(str(k), str(p), str(o)) for k, p, o in self._query(
             "SELECT kind, pseudonym, original FROM deid_relink WHERE project = ? ORDER BY kind, pseudonym",
             (project,))]
+
+    def has_relink(self, project: str) -> bool:
+        return bool(self._query("SELECT 1 FROM deid_relink WHERE project = ? LIMIT 1", (project,)))

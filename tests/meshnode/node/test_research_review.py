@@ -245,3 +245,18 @@ async def test_a_research_copy_is_hidden_from_local_clinical_queries_but_served_
         await wait_done(b, signed.cid, 600)
         nursery.cancel_scope.cancel()
     assert signed.cid in b.completed
+
+
+# -- finding 13 --------------------------------------------------------------------------------------
+async def test_a_lost_project_key_is_not_silently_remade_while_pseudonyms_exist(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str, tmp_path: Path) -> None:
+    a = mesh.add("a", "RGT", 50)
+    mesh.add("b", "RES", 51)
+    with_research(a, tmp_path / "a")
+    await a.sender.share_research(study, ["RES"], Priority.ROUTINE, STRICT, actor="user:x")
+    key = tmp_path / "a" / "deid" / "lung.key"
+    key.unlink()
+    # before: a new key was made, and the same patients got new pseudonyms (the project split in two)
+    with pytest.raises(StorageError, match="no key"):
+        await a.sender.share_research(study, ["RES"], Priority.ROUTINE, LONG, actor="user:x")
+    assert not key.exists() and len(a.store.manifests("sent")) == 1
