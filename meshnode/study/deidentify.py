@@ -174,6 +174,9 @@ class Deidentifier:
             if 0x5000 <= tag.group <= 0x50FF or (0x6000 <= tag.group <= 0x60FF and tag.group % 2 == 0):
                 del ds[tag]
                 continue
+            if elem.VR == "UR":  # URLs (Retrieve URL/URI, WADO links) carry original UIDs and host names
+                del ds[tag]
+                continue
             action = action_for(elem.keyword, options)
             if action is None and elem.VR not in _BY_VR and tag != 0x00100010:  # Patient's Name: its pseudonym
                 action = BASIC.get(int(tag))

@@ -349,3 +349,19 @@ def test_a_patient_is_keyed_by_issuer_and_id_and_an_instance_without_an_id_by_it
     none2, _ = pseudonym(None, None, s2)
     assert none1 != none2 and relink.entries[("patient", none1)] == f"study:{s1}"
     assert pseudonym("", None, s1)[0] == none1
+
+
+def test_urls_that_carry_the_original_uids_are_removed() -> None:
+    """Review finding 11: Retrieve URL kept the original Study Instance UID (and the PACS host)."""
+    ds = _rich()
+    study = str(ds.StudyInstanceUID)
+    ds.RetrieveURL = f"https://pacs.rgt.nhs.uk/dicomweb/studies/{study}"
+    item = Dataset()
+    item.RetrieveURI = f"https://pacs.rgt.nhs.uk/wado?studyUID={study}"
+    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.9.7.555"
+    ds.ReferencedImageSequence = DicomSequence([item])
+    out = _deidentify(ds, _profile(DeidOption.RETAIN_DEVICE_IDENTITY, DeidOption.CLEAN_DESCRIPTORS))
+    raw = io.BytesIO()
+    out.save_as(raw, enforce_file_format=False)
+    assert study.encode() not in raw.getvalue() and b"pacs.rgt" not in raw.getvalue()
+    assert "RetrieveURL" not in out and "RetrieveURI" not in out.ReferencedImageSequence[0]
