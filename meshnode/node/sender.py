@@ -11,7 +11,7 @@ from meshnode.node.context import NodeContext
 from meshnode.node.delivery import Deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.research_share import ResearchOutcome, ResearchShares
-from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.research_store import ResearchState
 from meshnode.storage.records import InstanceRecord, ManifestRow, hash_uid
@@ -146,7 +146,34 @@ class Sender:
                                             receipt.recipient_org, manifest.priority.value, "sent",
                                             instances=receipt.instances_verified))
 
-    async def recall(self, manifest_id: CID, reason: str) -> Signed[Recall]:
+    async def research_copies_of(self, study_uid: str) -> list[CID]:
+        """The research manifests made from this (original) study: live copies of its data elsewhere."""
+        rows = await self.ctx.db.run(lambda s: s.research_shares(ResearchState.SHARED))
+        return [r.manifest_id for r in rows if r.original_study_uid == study_uid and r.manifest_id is not None]
+
+    async def recall(self, manifest_id: CID, reason: str, *, research_copies: bool = False) -> Signed[Recall]:
+        """Withdraw a sent manifest. The research copies made from its study are not recalled by default (a
+        recall may only mean "wrong recipient"): they are listed in the audit and the log as still shared;
+        with `research_copies` (a correction: wrong patient, wrong images) they are recalled too."""
+        recall = await self._recall(manifest_id, reason)
+        row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
+        copies = await self.research_copies_of(row.study_uid) if row is not None else []
+        if copies and research_copies:
+            rows = await self.ctx.db.run(lambda s: [s.manifest(c) for c in copies])
+            for copy in [r.manifest_id for r in rows if r is not None and r.state is not ManifestState.RECALLED]:
+                await self._recall(copy, f"original study withdrawn: {reason}"[:1024])
+        elif copies:
+            log.warning("manifest %s recalled; %d research cop(ies) of its study stay shared", manifest_id,
+                        len(copies))
+            await self.ctx.audit(AuditEvent(
+                EventCode.INSTANCES_TRANSFERRED, "recall-research-copies-remain", Outcome.MINOR_FAILURE,
+                actor=self.ctx.peer_id, actor_org=self.ctx.org, study=hash_uid(row.study_uid) if row else "",
+                manifest_id=str(manifest_id),
+                detail=("research manifests of this study still shared (recall them with --with-research-copies): "
+                        + ",".join(str(c) for c in copies))[:1000]))
+        return recall
+
+    async def _recall(self, manifest_id: CID, reason: str) -> Signed[Recall]:
         ctx = self.ctx
         row = await ctx.db.run(lambda s: s.manifest(manifest_id))
         if row is None or row.direction != "sent":

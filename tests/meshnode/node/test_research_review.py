@@ -27,7 +27,9 @@ from meshnode.study.ingest import Ingester
 from protocol.deid import DeidOption, DeidProfile
 from protocol.document import Signed
 from protocol.errors import StorageError
-from protocol.manifest import Manifest, Priority
+from protocol.cid import CID
+from protocol.lifecycle import ManifestState
+from protocol.manifest import Manifest, Priority, Purpose
 from tests.meshnode.node.conftest import CHUNK
 from tests.meshnode.node.harness import HarnessNode, MemoryMesh, ingest_study, wait_done
 from tests.meshnode.node.test_exchange_handlers import introduced
@@ -260,3 +262,31 @@ async def test_a_lost_project_key_is_not_silently_remade_while_pseudonyms_exist(
     with pytest.raises(StorageError, match="no key"):
         await a.sender.share_research(study, ["RES"], Priority.ROUTINE, LONG, actor="user:x")
     assert not key.exists() and len(a.store.manifests("sent")) == 1
+
+
+# -- finding 14 --------------------------------------------------------------------------------------
+async def test_a_recall_of_the_original_names_its_research_copies_and_can_recall_them_too(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str, tmp_path: Path) -> None:
+    a = mesh.add("a", "RGT", 50)
+    mesh.add("b", "RES", 51)
+    mesh.add("c", "UNI", 52)
+    with_research(a, tmp_path / "a")
+    research = _manifest(await a.sender.share_research(study, ["RES"], Priority.ROUTINE, STRICT, actor="user:x"))
+    care1 = await a.sender.share(study, ["UNI"], Priority.ROUTINE, Purpose.CARE)
+    await a.sender.recall(care1.cid, "sent to the wrong hospital")
+    # before: nothing said the research copy of the withdrawn study stays shared
+    [remain] = [e.event for e in a.store.audit_entries() if e.event.action == "recall-research-copies-remain"]
+    assert str(research.cid) in remain.detail and remain.manifest_id == str(care1.cid)
+    assert _state(a, research.cid) is not ManifestState.RECALLED
+    care2 = await a.sender.share(study, ["UNI"], Priority.ROUTINE, Purpose.CARE)
+    await a.sender.recall(care2.cid, "wrong patient", research_copies=True)
+    assert _state(a, research.cid) is ManifestState.RECALLED
+    recalls = [e.event for e in a.store.audit_entries() if e.event.action == "recall"]
+    assert [r.manifest_id for r in recalls] == [str(care1.cid), str(care2.cid), str(research.cid)]
+    assert "original study withdrawn: wrong patient" in recalls[-1].detail
+
+
+def _state(node: HarnessNode, manifest_id: CID) -> ManifestState:
+    row = node.store.manifest(manifest_id)
+    assert row is not None
+    return row.state
