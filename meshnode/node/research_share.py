@@ -179,6 +179,9 @@ class ResearchShares:
             raise HeldShareError("releasing instances at pixel risk needs a reason (what was checked)")
         row = await self._held(share_id)
         frozen = frozen_instances(row)
+        if not frozen:  # held by a version that did not freeze the instance set: nobody knows what was checked
+            raise HeldShareError(f"research share {share_id} was held without its instance set: refuse it and"
+                                 " share the study again")
         chosen = [f for f in frozen if include_risky or f["risk"] is None]
         if not chosen:
             raise HeldShareError("every instance of this share is at pixel risk: release it with them, or refuse it")

@@ -290,3 +290,19 @@ def _state(node: HarnessNode, manifest_id: CID) -> ManifestState:
     row = node.store.manifest(manifest_id)
     assert row is not None
     return row.state
+
+
+async def test_a_share_held_before_instance_sets_were_frozen_cannot_be_released(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str, tmp_path: Path) -> None:
+    a = mesh.add("a", "RGT", 50)
+    mesh.add("b", "RES", 51)
+    with_research(a, tmp_path / "a")
+    research = a.sender.research
+    assert research is not None
+    legacy = ResearchShareRow("old1", study, "lung", '{"to": ["RES"], "priority": "routine", "purpose": "research",'
+                              ' "profile": {"project": "lung"}}', ResearchState.HELD, 1, '[["x", "US image"]]')
+    a.store.save_research_share(legacy)
+    with pytest.raises(HeldShareError, match="without its instance set"):
+        await research.release("old1", False, actor="user:bob")
+    assert a.store.research_share("old1") == legacy and a.store.manifests("sent") == []
+    assert (await research.refuse("old1", "stale", actor="user:bob")).state is ResearchState.REFUSED
