@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     recall = sub.add_parser("recall", parents=[common], help="withdraw a manifest this node sent")
     recall.add_argument("manifest")
     recall.add_argument("--reason", default="withdrawn by sender")
+    recall.add_argument("--with-research-copies", action="store_true",
+                        help="also recall the de-identified research copies made from this study (a correction)")
     recall.set_defaults(func=run_recall)
     redeliver = sub.add_parser("redeliver", parents=[common],
                                help="try announcements, recalls and receipts that failed for good again")
@@ -190,8 +192,13 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_recall(args: argparse.Namespace) -> int:
-    result = client(args).call("POST", "/recall", {"manifest": args.manifest, "reason": args.reason})
-    emit(result, False, f"recalled {result['recalled']}; recipients are being told")
+    result = client(args).call("POST", "/recall", {"manifest": args.manifest, "reason": args.reason,
+                                                   "research_copies": args.with_research_copies})
+    copies = result.get("research_copies") or []
+    note = "" if not copies else (f"; {len(copies)} research cop(ies) recalled too" if args.with_research_copies
+                                  else f"; {len(copies)} research cop(ies) of this study stay shared"
+                                       " (--with-research-copies recalls them)")
+    emit(result, False, f"recalled {result['recalled']}; recipients are being told{note}")
     return EXIT_OK
 
 

@@ -41,6 +41,8 @@ def shown_instances(store: MetadataStore, study_uid: str) -> list[InstanceRecord
     """The study's instances this node shows (latest_instances), leaving out those patient reconciliation
     holds back (MetadataStore.held_instances: what a waiting, rejected or superseded manifest brought, never
     local content or another manifest's that shares the Study UID)."""
+    if store.research_copy_of(study_uid) is not None:
+        return []  # a de-identified research copy: the mesh's to serve under its manifest, never a local study
     held = store.held_instances(study_uid)
     return latest_instances(r for r in store.instances(study_uid) if (r.sop_instance_uid, r.digest) not in held)
 

@@ -157,8 +157,15 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         return {"fetching": str(_cid(body))}
 
     async def recall(body: dict[str, Any]) -> object:
-        signed = await node.sender.recall(_cid(body), str(body.get("reason", "withdrawn by sender")))
-        return {"recalled": str(signed.document.manifest_id)}
+        research = body.get("research_copies", False)
+        if not isinstance(research, bool):
+            raise SchemaError("'research_copies' must be true or false")
+        signed = await node.sender.recall(_cid(body), str(body.get("reason", "withdrawn by sender")),
+                                          research_copies=research)
+        row = await ctx.db.run(lambda s: s.manifest(signed.document.manifest_id))
+        copies = await node.sender.research_copies_of(row.study_uid) if row is not None else []
+        return {"recalled": str(signed.document.manifest_id), "research_copies": [str(c) for c in copies],
+                "research_copies_recalled": research}
 
     async def peers(body: dict[str, Any]) -> object:
         return [{"peer_id": pid, "org": p.org, "serial": p.certificate.document.serial,

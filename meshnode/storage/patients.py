@@ -135,7 +135,9 @@ class PatientStore(Protocol):
         ...
 
     def held_studies(self) -> set[str]:
-        """Studies every stored instance of which is held back (held_instances): not listed at all."""
+        """Studies every stored instance of which is held back (held_instances): not listed at all; and the
+        research copies made here (de-identified copies of a research share, ResearchStore.research_copies),
+        which are the mesh's to serve under their research manifest, never a clinical study of this node."""
         ...
 
 

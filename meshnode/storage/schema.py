@@ -322,4 +322,21 @@ MIGRATIONS = (
         SELECT r.manifest_id, i.sop_instance_uid, i.digest FROM reconciliations r
         JOIN instances i ON i.study_uid = r.study_uid AND i.source = 'received'
     """,
+    # 16: research share review fixes: states 'sending' (intent written before anything is announced) and
+    # 'failed' (a partial copy recorded), and the copy's study UID indexed (hidden from local queries)
+    """
+    CREATE TABLE research_shares_v2 (
+        share_id TEXT PRIMARY KEY, original_study_uid TEXT NOT NULL, project TEXT NOT NULL,
+        request TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('held', 'sending', 'shared', 'refused', 'failed')),
+        created_ms INTEGER NOT NULL, reasons TEXT NOT NULL, research_study_uid TEXT NOT NULL,
+        manifest_id BLOB, decided_by TEXT NOT NULL, decision TEXT NOT NULL, decided_ms INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO research_shares_v2 SELECT * FROM research_shares;
+    DROP TABLE research_shares;
+    ALTER TABLE research_shares_v2 RENAME TO research_shares;
+    CREATE INDEX research_shares_by_state ON research_shares (state);
+    CREATE INDEX research_shares_by_manifest ON research_shares (manifest_id);
+    CREATE INDEX research_shares_by_copy ON research_shares (research_study_uid)
+    """,
 )

@@ -33,7 +33,10 @@ HELD_STUDIES_SQL = ("SELECT DISTINCT h.study_uid FROM reconciliations hr"
                     " JOIN instances h ON h.sop_instance_uid = hri.sop_instance_uid AND h.digest = hri.digest"
                     f" WHERE hr.state != 'matched' AND {held_instance_sql('h')}"
                     " AND NOT EXISTS (SELECT 1 FROM instances v WHERE v.study_uid = h.study_uid"
-                    f" AND NOT {held_instance_sql('v')})")
+                    f" AND NOT {held_instance_sql('v')})"
+                    # research copies (de-identified, issue 15 part 1) are the mesh's to serve under their research
+                    # manifest, never a clinical study of this node: hidden the same way (sqlite_research.py)
+                    " UNION SELECT c.research_study_uid FROM research_shares c WHERE c.research_study_uid != ''")
 
 
 def _patient(r: Any) -> PatientRecord:

@@ -158,6 +158,8 @@ class Wado:
         study = p["study"]
         # what patient reconciliation holds back is not shown (meshnode.gateway.reconciler)
         def shown(store: MetadataStore) -> list[InstanceRecord]:
+            if store.research_copy_of(study) is not None:
+                return []  # a de-identified research copy is never a local study (meshnode.node.research_share)
             held = store.held_instances(study)
             return [r for r in store.instances(study) if (r.sop_instance_uid, r.digest) not in held]
         records = await self.s.db.run(shown)
