@@ -23,6 +23,7 @@ carry burned-in identifiers (held for a human, or refused, never sent silently).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -114,6 +115,14 @@ class DeidProfile:
     def codes(self) -> list[tuple[str, str]]:
         return [BASIC_PROFILE_CODE] + [o.code for o in DeidOption if o in self.options]
 
+    def fingerprint(self) -> str:
+        """What decides the copy's bytes (the options and the safe-list; not the project, whose key is apart,
+        nor the pixel-risk policy): a copy made with another profile gets other instance/series/study UIDs
+        (its bytes differ), while the patient pseudonym and the date offset stay project-keyed (one patient
+        stays one subject across the project's shares, for longitudinal research)."""
+        text = "|".join(["v1", *sorted(o.value for o in self.options), *sorted(str(s) for s in self.safe_private)])
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
 
 def read_profile(t: Table, default_project: str | None = None) -> DeidProfile:
     """A profile from a table (a [[route]]'s ``deid`` or a share request's ``deid``): every key checked,
@@ -148,26 +157,58 @@ SECONDARY_CAPTURE_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
     "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame SC (single bit, byte)
     "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame SC (word, true colour)
-    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
-    "1.2.840.10008.5.1.4.1.1.104.2",  # Encapsulated CDA
 })
-#: modalities where burned-in annotation is usual unless the device says otherwise
-RISKY_MODALITIES = frozenset({"US", "SC", "OT", "XC", "ES", "GM", "SM", "DOC", "IVUS"})
+#: encapsulated documents and surface models: always a risk (a PDF or CDA names the patient; an STL/OBJ/MTL
+#: surface of a head reproduces a face), whatever Burned In Annotation says
+ALWAYS_RISKY_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.104.1": "encapsulated PDF",
+    "1.2.840.10008.5.1.4.1.1.104.2": "encapsulated CDA",
+    "1.2.840.10008.5.1.4.1.1.104.3": "encapsulated STL (a surface model can reproduce a face)",
+    "1.2.840.10008.5.1.4.1.1.104.4": "encapsulated OBJ (a surface model can reproduce a face)",
+    "1.2.840.10008.5.1.4.1.1.104.5": "encapsulated MTL (a surface model's texture)",
+}
+#: SOP classes whose images usually carry annotation or are photographs (absent Burned In Annotation is a
+#: risk even when Modality is missing or wrong): ultrasound, visible light (endoscopy, microscopy, photography,
+#: ophthalmic photography, dermoscopy), video, X-ray angiography/fluoroscopy, CR, intra-oral and panoramic X-ray
+RISKY_CLASS_PREFIXES = {
+    "1.2.840.10008.5.1.4.1.1.6.": "ultrasound",  # US Image, Enhanced US Volume (.6.1, .6.2, .6.3)
+    "1.2.840.10008.5.1.4.1.1.3.1": "ultrasound multi-frame",
+    "1.2.840.10008.5.1.4.1.1.77.1.": "visible light image or video",  # endoscopic, microscopic, photographic, OP
+    "1.2.840.10008.5.1.4.1.1.12.": "X-ray angiography or fluoroscopy",  # XA, Enhanced XA, XRF, 3D XA/XRF
+    "1.2.840.10008.5.1.4.1.1.1": "computed radiography or digital X-ray",  # CR (.1), DX/MG/IO (.1.1, .1.2, .1.3)
+}
+#: modalities where burned-in annotation (or a face, a name on a label) is usual unless the device says otherwise
+RISKY_MODALITIES = frozenset({"US", "SC", "OT", "XC", "ES", "GM", "SM", "DOC", "IVUS", "OP", "OPT", "DMS", "PX",
+                              "IO", "XA", "RF", "CR", "DX", "VL", "EPS", "OSS", "OAM", "BI"})
 #: Conversion Type (0008,0064) values of captured screens and scanned documents
 RISKY_CONVERSIONS = frozenset({"DV", "DI", "DF", "WSD", "SD", "SI", "SYN"})
 
 
+def _risky_class(sop_class_uid: str) -> str | None:
+    for prefix, what in RISKY_CLASS_PREFIXES.items():
+        if sop_class_uid == prefix.rstrip(".") or sop_class_uid.startswith(prefix if prefix.endswith(".")
+                                                                            else prefix + "."):
+            return what
+    return None
+
+
 def pixel_risk(*, sop_class_uid: str, modality: str, burned_in: str | None, conversion_type: str = "",
-               image_type: tuple[str, ...] = (), has_pixels: bool = True) -> str | None:
+               image_type: tuple[str, ...] = (), has_pixels: bool = True,
+               recognizable_features: str | None = None) -> str | None:
     """Why an instance may carry identifiers in its pixels (a reason to hold it), or None.
 
-    Burned In Annotation (0028,0301) = YES is a risk; NO is trusted; absent is a risk on the modalities
-    and SOP classes where annotation is usual (US, secondary capture, screenshots, scanned documents).
+    Encapsulated documents and surface models are always a risk; Recognizable Visual Features (0028,0302)
+    = YES is a risk; Burned In Annotation (0028,0301) = YES is a risk; NO is trusted (but not over the two
+    before); absent is a risk on the modalities and SOP classes where annotation or photographs are usual
+    (judged by SOP class too, so an image without Modality is still caught).
     """
-    if sop_class_uid in {"1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.104.2"}:
-        return "encapsulated document"
+    always = ALWAYS_RISKY_CLASSES.get(sop_class_uid)
+    if always is not None:
+        return always
     if not has_pixels:
         return None
+    if (recognizable_features or "").strip().upper() == "YES":
+        return "Recognizable Visual Features is YES"
     answer = (burned_in or "").strip().upper()
     if answer == "YES":
         return "Burned In Annotation is YES"
@@ -177,6 +218,9 @@ def pixel_risk(*, sop_class_uid: str, modality: str, burned_in: str | None, conv
         return "secondary capture without Burned In Annotation"
     if modality.strip().upper() in RISKY_MODALITIES:
         return f"{modality.strip().upper()} image without Burned In Annotation"
+    by_class = _risky_class(sop_class_uid)
+    if by_class is not None:
+        return f"{by_class} image without Burned In Annotation"
     if conversion_type.strip().upper() in RISKY_CONVERSIONS:
         return f"converted image ({conversion_type.strip().upper()}) without Burned In Annotation"
     if any(v.strip().upper() in {"SCREEN SHOT", "SCREENSHOT", "SECONDARY"} for v in image_type):

@@ -185,6 +185,9 @@ TABLE: dict[str, tuple[Action, DeidOption | None, Action | None]] = {
     "DetectorID": (_X, _DEV, _K),
     "PerformedStationAETitle": (_X, _DEV, _K),
     "PerformedStationName": (_X, _DEV, _K),
+    # not a Table E.1-1 row: the time server's network address names the site's network (review finding 10's
+    # byte scan); a device's identity, kept only with Retain Device Identity
+    "NTPSourceAddress": (_X, _DEV, _K),
     "PerformedLocation": (_X, _DEV, _K),
     "ScheduledStationAETitle": (_X, _DEV, _K),
     "ScheduledStationName": (_X, _DEV, _K),

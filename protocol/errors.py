@@ -288,6 +288,7 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(950, "deidentification-error", LocalProtocolError),  # meshnode/study/deidentify.py
     ErrorCode(951, "pixel-risk-refused", LocalProtocolError),  # meshnode/node/research_share.py
     ErrorCode(952, "held-share-error", LocalProtocolError),
+    ErrorCode(953, "preview-error", LocalProtocolError),  # meshnode/study/preview.py
     ErrorCode(941, "conflict-error", MeshError),  # protocol/conflict.py (a SOP Instance UID conflict decision)
 )
 

@@ -17,7 +17,10 @@ identifiers from the DICOM header and the candidates from the store.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,10 +35,16 @@ def normalise_nhs_number(text: str) -> str:
     return _SEPARATORS.sub("", text.strip())
 
 
+def nhs_number_placeholder(text: str) -> bool:
+    """A placeholder some systems put where the NHS number is unknown: ten times one digit (0000000000,
+    1111111111, 9999999999 pass modulus 11 but name nobody)."""
+    return bool(_DIGITS10.fullmatch(text)) and len(set(text)) == 1
+
+
 def nhs_number_valid(text: str) -> bool:
     """Ten digits whose last is the modulus-11 check digit of the first nine (weights 10..2); a check
-    value of 10 makes the number invalid."""
-    if not _DIGITS10.fullmatch(text):
+    value of 10 makes the number invalid, and so does a placeholder (one digit ten times)."""
+    if not _DIGITS10.fullmatch(text) or nhs_number_placeholder(text):
         return False
     total = sum(int(d) * w for d, w in zip(text[:9], range(10, 1, -1)))
     check = 11 - total % 11
@@ -89,6 +98,7 @@ class Reason(str, enum.Enum):
     MATCHED = "matched"
     NO_NHS_NUMBER = "no-nhs-number"
     INVALID_CHECK_DIGIT = "invalid-check-digit"
+    PLACEHOLDER_NHS_NUMBER = "placeholder-nhs-number"  # one digit ten times: names nobody
     CONFLICTING_NHS_NUMBERS = "conflicting-nhs-numbers"
     NO_CANDIDATE = "no-candidate"
     SEVERAL_CANDIDATES = "several-candidates"
@@ -137,38 +147,56 @@ def nhs_number_of(patient: ArrivingPatient, issuers: frozenset[str] = NHS_ISSUER
         return NeedsHuman(Reason.NO_NHS_NUMBER)
     if len(numbers) > 1:
         return NeedsHuman(Reason.CONFLICTING_NHS_NUMBERS, detail=f"{len(numbers)} different NHS numbers")
+    if nhs_number_placeholder(numbers[0]):
+        return NeedsHuman(Reason.PLACEHOLDER_NHS_NUMBER, numbers[0])
     if not nhs_number_valid(numbers[0]):
         return NeedsHuman(Reason.INVALID_CHECK_DIGIT, numbers[0])
     return numbers[0]
 
 
-def _family(name: str) -> str:
-    return " ".join(name.split("^")[0].upper().replace("-", " ").split())
+def normalise_name_part(text: str) -> str:
+    """A name component compared without case, accents, punctuation or spacing: "Zoë-Ann " -> "ZOE ANN"."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join("".join(c if c.isalnum() else " " for c in plain.upper()).split())
 
 
-def _given_initial(name: str) -> str:
-    parts = name.split("^")
-    given = parts[1].strip().upper() if len(parts) > 1 else ""
-    return given[:1]
+def name_parts(name: str) -> tuple[str, str]:
+    """(family, given) of a DICOM PN's alphabetic group (FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX), normalised;
+    middle names, prefixes and suffixes are not compared."""
+    parts = name.split("=")[0].split("^")
+    return normalise_name_part(parts[0]), normalise_name_part(parts[1] if len(parts) > 1 else "")
+
+
+SEX_VALUES = frozenset({"M", "F", "O"})
 
 
 def disagreement(arriving: Demographics, local: Demographics) -> str:
-    """Which demographics disagree ("" when they agree): the birth date must be present on both and equal;
-    the family name equal (case, spaces and hyphens aside) and the first given names' initials equal when
-    both have one; the sex equal when both say M or F."""
+    """Which demographics disagree or are missing ("" when they agree). Every one must be present on both
+    sides and equal: the birth date; the family name and the given name(s), compared whole (case, accents,
+    punctuation and spacing aside: SMITH^JOHN is not SMITH^JAMES, SMITH is not SMITH^JANE); the sex, one of
+    M, F, O on both sides and the same (unknown or O against M/F needs a human)."""
     bad: list[str] = []
-    if not arriving.birth_date or arriving.birth_date.strip() != local.birth_date.strip():
+    if not arriving.birth_date.strip() or arriving.birth_date.strip() != local.birth_date.strip():
         bad.append("birth date")
-    if not _family(arriving.name) or _family(arriving.name) != _family(local.name):
+    (fa, ga), (fb, gb) = name_parts(arriving.name), name_parts(local.name)
+    if not fa or fa != fb:
         bad.append("family name")
-    else:
-        a, b = _given_initial(arriving.name), _given_initial(local.name)
-        if a and b and a != b:
-            bad.append("given name")
+    if not ga or ga != gb:
+        bad.append("given name")
     sa, sb = arriving.sex.strip().upper(), local.sex.strip().upper()
-    if sa in ("M", "F") and sb in ("M", "F") and sa != sb:
+    if sa not in SEX_VALUES or sa != sb:
         bad.append("sex")
     return ", ".join(bad)
+
+
+def patients_fingerprint(patients: Sequence[ArrivingPatient]) -> str:
+    """A digest of everything a decision reads from the arriving instances (each distinct patient's Patient ID,
+    issuer, Other Patient IDs with their issuers, name, birth date, sex), in a canonical order: two revisions
+    with the same fingerprint name the same patient the same way."""
+    canonical = sorted({(p.patient_id.value, p.patient_id.issuer, tuple((o.value, o.issuer) for o in p.others),
+                         p.demographics.name, p.demographics.birth_date, p.demographics.sex) for p in patients})
+    return hashlib.sha256(json.dumps(canonical, ensure_ascii=True).encode()).hexdigest()
 
 
 def decide_study(patients: Sequence[ArrivingPatient], candidates: Sequence[LocalPatient], *,

@@ -1,7 +1,7 @@
 """meshnode deid held | release | refuse | export-relink: research shares held for a human, and re-identification.
 
     meshnode deid held                          research shares waiting (instances at pixel risk)
-    meshnode deid release ID [--with-risky]     send it without (default) or with the risky instances
+    meshnode deid release ID [--with-risky --reason TEXT]  send it without (default) or with the risky instances
     meshnode deid refuse ID --reason TEXT       refuse it
     meshnode deid export-relink --project P     the project's pseudonym -> original table (audited)
 
@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     release.add_argument("share", help="the research share's ID (meshnode deid held)")
     release.add_argument("--with-risky", action="store_true",
                          help="include the instances at pixel risk (someone checked their pixels)")
+    release.add_argument("--reason", default="", help="what was checked (required with --with-risky)")
     release.add_argument("--user", help="who decides (default: the local account)")
     release.add_argument("--json", action="store_true")
     release.set_defaults(func=run_release)
@@ -60,7 +61,9 @@ def held_lines(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         lines.append(f"{r['research_share']}  project {r['project']}  study {r['study_uid']}  to "
                      f"{', '.join(r['to'])}  since {r['created_at']}: {len(r['held'])} instance(s) at pixel risk")
-        lines += [f"    {h[0]}: {h[1]}" for h in r["held"]]
+        lines += [f"    #{v['n']} {v['modality'] or '?'} {v['sop_class']} series {v['series_number']}"
+                  f" {v['series_description']!r} instance {v['instance_number']}: {v['reason']}"
+                  for v in r.get("review", [])] or [f"    {h[0]}: {h[1]}" for h in r["held"]]
     return lines or ["no research share is held"]
 
 
@@ -71,7 +74,8 @@ def run_held(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    result = _client(args).call("POST", "/deid/release", _body(args, share=args.share, include_risky=args.with_risky))
+    result = _client(args).call("POST", "/deid/release", _body(args, share=args.share, include_risky=args.with_risky,
+                                                              reason=args.reason))
     emit(result, args.json, f"research share {result['research_share']} sent as manifest {result['manifest_id']} "
                             f"({result['instances']} instance(s))")
     return EXIT_OK
@@ -83,11 +87,17 @@ def run_refuse(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cell(value: object) -> str:
+    """A CSV cell a spreadsheet will not run: a leading = + - @ (or tab, CR) gets a quote (OWASP CSV injection)."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def run_export(args: argparse.Namespace) -> int:
     rows = _client(args).call("POST", "/deid/export-relink", _body(args, project=args.project))
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["kind", "pseudonym", "original"])
-    writer.writerows([r["kind"], r["pseudonym"], r["original"]] for r in rows)
+    writer.writerows([_cell(r["kind"]), _cell(r["pseudonym"]), _cell(r["original"])] for r in rows)
     emit(rows, args.json, out.getvalue())
     return EXIT_OK

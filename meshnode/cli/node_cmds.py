@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                        help="a private attribute retain_safe_private keeps: 'gggg,xxee,Private Creator'")
     share.add_argument("--pixel-risk", choices=[p.value for p in PixelRiskPolicy],
                        help="instances that may carry burned-in identifiers: hold (default) or refuse")
+    share.add_argument("--include-unreconciled", action="store_true",
+                       help="share although patient reconciliation holds instances of it back (received, the "
+                            "sender's patient identity, no confirmed local record)")
     share.add_argument("--json", action="store_true")
     share.set_defaults(func=run_share)
     for name, helptext in (("inbox", "studies received or arriving"), ("outbox", "studies sent, per recipient")):
@@ -52,6 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     recall = sub.add_parser("recall", parents=[common], help="withdraw a manifest this node sent")
     recall.add_argument("manifest")
     recall.add_argument("--reason", default="withdrawn by sender")
+    recall.add_argument("--with-research-copies", action="store_true",
+                        help="also recall the de-identified research copies made from this study (a correction)")
     recall.set_defaults(func=run_recall)
     redeliver = sub.add_parser("redeliver", parents=[common],
                                help="try announcements, recalls and receipts that failed for good again")
@@ -104,6 +109,8 @@ def client(args: argparse.Namespace) -> ControlClient:
 def run_share(args: argparse.Namespace) -> int:
     orgs = [o.strip() for o in args.to.split(",") if o.strip()]
     body: dict[str, object] = {"study": args.study, "to": orgs, "priority": args.priority, "purpose": args.purpose}
+    if args.include_unreconciled:
+        body["include_unreconciled"] = True
     if args.deid_project or args.deid_option or args.safe_private or args.pixel_risk:
         deid: dict[str, object] = {"project": args.deid_project or "", **{o: True for o in args.deid_option}}
         if args.safe_private:
@@ -186,8 +193,13 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_recall(args: argparse.Namespace) -> int:
-    result = client(args).call("POST", "/recall", {"manifest": args.manifest, "reason": args.reason})
-    emit(result, False, f"recalled {result['recalled']}; recipients are being told")
+    result = client(args).call("POST", "/recall", {"manifest": args.manifest, "reason": args.reason,
+                                                   "research_copies": args.with_research_copies})
+    copies = result.get("research_copies") or []
+    note = "" if not copies else (f"; {len(copies)} research cop(ies) recalled too" if args.with_research_copies
+                                  else f"; {len(copies)} research cop(ies) of this study stay shared"
+                                       " (--with-research-copies recalls them)")
+    emit(result, False, f"recalled {result['recalled']}; recipients are being told{note}")
     return EXIT_OK
 
 

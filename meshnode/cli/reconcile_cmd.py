@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     match.add_argument("--name", default="")
     match.add_argument("--birth-date", default="")
     match.add_argument("--sex", default="", choices=[s for s in SEXES if s] + [""])
+    match.add_argument("--override-nhs-mismatch", metavar="REASON", default="",
+                       help="match although the record's NHS number is not the study's (the reason is audited)")
     match.add_argument("--json", action="store_true")
     match.set_defaults(func=run_match)
     reject = actions.add_parser("reject", parents=[common], help="do not forward a waiting study")
@@ -76,6 +78,8 @@ def run_match(args: argparse.Namespace) -> int:
                           "name": args.name, "birth_date": args.birth_date, "sex": args.sex}
     else:
         body["local_id"] = args.local_id
+    if args.override_nhs_mismatch:
+        body["override_reason"] = args.override_nhs_mismatch
     row = ControlClient(resolve_home(args.home)).call("POST", "/reconcile/decide", body)
     emit(row, args.json, f"matched to {row['local']['local_id']}: forwarded to the PACS under it")
     return EXIT_OK

@@ -11,6 +11,7 @@ from pathlib import Path
 from common.cli.output import EXIT_ERROR, EXIT_OK, emit
 from common.cli.progress import ProgressBar
 from meshnode.config import load_config
+from meshnode.gateway.reconcile_holds import check_not_held, held_view
 from meshnode.home import resolve_home
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import StudySummaryRow, hash_uid
@@ -70,6 +71,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     exp = sub.add_parser("export", parents=[common], help="write a study to a folder, byte-exact")
     exp.add_argument("study")
     exp.add_argument("folder", type=Path)
+    exp.add_argument("--include-unreconciled", action="store_true",
+                     help="also export instances patient reconciliation holds back (the sender's identity)")
     exp.add_argument("--json", action="store_true")
     exp.set_defaults(func=run_export)
     scrub = sub.add_parser("scrub", parents=[common], help="verify every block, quarantine corrupt ones")
@@ -126,13 +129,16 @@ def _study_view(s: StudySummaryRow) -> dict[str, object]:
 def run_studies(args: argparse.Namespace) -> int:
     with open_storage(args) as storage:
         studies = storage.metadata.studies()
+        held = {s.attributes.study_uid: held_view(storage.metadata, s.attributes.study_uid) for s in studies}
     lines = [
         f"{s.attributes.study_uid}  {s.attributes.study_date or '--------'}  {'/'.join(s.modalities) or '-':<6} "
         f"{s.series_count:>3} series {s.instance_count:>5} inst {s.total_bytes / 1e6:>9,.1f} MB  "
         f"{s.attributes.description}"
+        + (f"  [{held[s.attributes.study_uid].flag()}]" if held[s.attributes.study_uid].held_instances else "")
         for s in studies
     ] or ["no studies yet (meshnode ingest PATH...)"]
-    emit([_study_view(s) for s in studies], args.json, "\n".join(lines))
+    emit([{**_study_view(s), "reconciliation": held[s.attributes.study_uid].json()} for s in studies], args.json,
+         "\n".join(lines))
     return EXIT_OK
 
 
@@ -140,24 +146,32 @@ def run_show(args: argparse.Namespace) -> int:
     with open_storage(args) as storage:
         study = find_study(storage, args.study)
         instances = storage.metadata.instances(study.attributes.study_uid)
+        held = held_view(storage.metadata, study.attributes.study_uid)
+        held_keys = storage.metadata.held_instances(study.attributes.study_uid)
     view = _study_view(study)
+    view["reconciliation"] = held.json()
     view["instances_detail"] = [
         {"sop_instance_uid": i.sop_instance_uid, "series_uid": i.series_uid, "sop_class_uid": i.sop_class_uid,
          "transfer_syntax": i.transfer_syntax, "size": i.size, "digest": i.digest.hex(),
-         "blocks": [str(b) for b in i.blocks], "flags": list(i.flags)}
+         "blocks": [str(b) for b in i.blocks], "flags": list(i.flags),
+         "held_by_reconciliation": (i.sop_instance_uid, i.digest) in held_keys}
         for i in instances
     ]
     a = study.attributes
     lines = [f"study {a.study_uid}", f"patient {a.patient_name} ({a.patient_id}), born {a.birth_date}, {a.sex}",
              f"{a.study_date} {a.description}; accession {a.accession}",
              f"{study.series_count} series, {study.instance_count} instances, {study.total_bytes:,} bytes"]
+    if held.held_instances:
+        lines.append(f"{held.flag()}: held back (not in DICOMweb, C-FIND, C-GET/C-MOVE; not forwarded to the "
+                     "PACS); `meshnode reconcile list`")
     series_seen: set[str] = set()
     for i in instances:
         if i.series_uid not in series_seen:
             series_seen.add(i.series_uid)
             lines.append(f"  series {i.series_uid} {i.series.modality} #{i.series.series_number} "
                          f"{i.series.description}")
-        flags = f" [{', '.join(i.flags)}]" if i.flags else ""
+        shown_flags = [*i.flags, *(["held-by-reconciliation"] if (i.sop_instance_uid, i.digest) in held_keys else [])]
+        flags = f" [{', '.join(shown_flags)}]" if shown_flags else ""
         lines.append(f"    {i.sop_instance_uid}  {i.size:>10,} B  {len(i.blocks)} block(s){flags}")
     emit(view, args.json, "\n".join(lines))
     return EXIT_OK
@@ -168,6 +182,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     with open_storage(args) as storage:
         study = find_study(storage, args.study)
+        check_not_held(storage.metadata, study.attributes.study_uid,
+                       include_unreconciled=args.include_unreconciled, what="export")
         report = export_study(storage, study.attributes.study_uid, args.folder)
     emit({"study": hash_uid(report.study_uid), "folder": str(report.folder), "instances": report.instances,
           "bytes": report.bytes}, args.json,

@@ -37,6 +37,16 @@ def latest_instances(records: Iterable[InstanceRecord]) -> list[InstanceRecord]:
     return list(latest.values())
 
 
+def shown_instances(store: MetadataStore, study_uid: str) -> list[InstanceRecord]:
+    """The study's instances this node shows (latest_instances), leaving out those patient reconciliation
+    holds back (MetadataStore.held_instances: what a waiting, rejected or superseded manifest brought, never
+    local content or another manifest's that shares the Study UID)."""
+    if store.research_copy_of(study_uid) is not None:
+        return []  # a de-identified research copy: the mesh's to serve under its manifest, never a local study
+    held = store.held_instances(study_uid)
+    return latest_instances(r for r in store.instances(study_uid) if (r.sop_instance_uid, r.digest) not in held)
+
+
 def study_entity(summary: StudySummaryRow, instances: Sequence[InstanceRecord] | None = None) -> dict[str, str]:
     a = summary.attributes
     entity = {
@@ -85,7 +95,7 @@ def find(store: MetadataStore, query: Query, max_results: int = DEFAULT_MAX_RESU
     studies: list[tuple[dict[str, str], list[InstanceRecord] | None]] = []
     for summary in _candidate_studies(store, query):
         deep = needs_classes or query.level in (Level.SERIES, Level.IMAGE)
-        instances = latest_instances(store.instances(summary.attributes.study_uid)) if deep else None
+        instances = shown_instances(store, summary.attributes.study_uid) if deep else None
         entity = study_entity(summary, instances)
         if all(matches(k, entity.get(k.keyword, "")) for k in study_level):
             studies.append((entity, instances))
@@ -144,11 +154,8 @@ def retrieve(store: MetadataStore, level: Level, identifier: dict[str, str],
     elif not studies:
         raise QueryError(f"a {level.value} level retrieve needs a StudyInstanceUID")
     records: list[InstanceRecord] = []
-    held = store.held_studies()  # patient reconciliation holds them back
     for uid in studies:
-        if uid in held:
-            continue
-        records.extend(latest_instances(store.instances(uid)))
+        records.extend(shown_instances(store, uid))
     if level in (Level.SERIES, Level.IMAGE):
         series = set(_uids(identifier.get("SeriesInstanceUID", "")))
         if level is Level.SERIES and not series:

@@ -5,12 +5,23 @@ Derived at forwarding time from the stored bytes, which are never modified
 
 - Patient ID / Issuer of Patient ID / Patient's Name / Birth Date / Sex as the
   local record says (a value the record leaves empty is not touched);
+- Issuer of Patient ID Qualifiers Sequence: the local assigning authority's
+  ([reconciliation] local_issuer_oid, Universal Entity ID of type ISO), or none
+  when that is not configured: the sender's qualifiers never stay beside the
+  local Patient ID (IHE PIX / XDS-I key on the assigning authority);
 - the arriving Patient ID (with its issuer, or the sending organisation's code
-  when it had none) added to Other Patient IDs Sequence;
+  when it had none, and its Issuer of Patient ID Qualifiers Sequence) added to
+  Other Patient IDs Sequence;
 - one more Original Attributes Sequence item: Modified Attributes Sequence
-  with the replaced attributes' original values, Attribute Modification
-  DateTime, Modifying System (this node), Source of Previous Values (the
-  sending organisation) and Reason for the Attribute Modification "COERCE".
+  with the replaced attributes' original values (attributes absent before and
+  added now with a zero length value, as PS3.3 C.12.1.1.9.2 allows: "Attributes
+  that were empty or absent and for which values have been added may be present
+  ... with a zero length value"), Attribute Modification DateTime, Modifying
+  System (this node), Source of Previous Values (the sending organisation) and
+  Reason for the Attribute Modification "COERCE";
+- Specific Character Set ISO_IR 192 (UTF-8) when a local value is not ASCII:
+  every text value is decoded with the arriving character set first and written
+  again in UTF-8 (pydicom), so the other text stays what it was.
 
 Everything else, Pixel Data above all, is written back as read (pydicom keeps
 undecoded values as bytes; the transfer syntax and file meta stay).
@@ -31,7 +42,9 @@ from meshnode.storage.records import hash_uid
 from protocol.errors import StorageError
 
 #: the attributes a coercion may replace, by keyword
-COERCED = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex")
+COERCED = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
+           "IssuerOfPatientIDQualifiersSequence", "OtherPatientIDsSequence")
+UTF8 = "ISO_IR 192"
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class Coercion:
     source_org: str  # Source of Previous Values: the sending organisation
     modifying_system: str  # this node (org code and AE title)
     when: str  # Attribute Modification DateTime, DICOM DT (YYYYMMDDHHMMSS+ZZZZ)
+    local_issuer_oid: str = ""  # the local assigning authority (Issuer of Patient ID Qualifiers), "" = none
 
 
 def _new_values(c: Coercion) -> dict[str, str]:
@@ -54,27 +68,58 @@ def _new_values(c: Coercion) -> dict[str, str]:
     return {k: v for k, v in values.items() if v}
 
 
+def _qualifiers(oid: str) -> DicomSequence:
+    item = Dataset()
+    item.UniversalEntityID = oid
+    item.UniversalEntityIDType = "ISO"
+    return DicomSequence([item])
+
+
+def _prior(ds: Dataset, original: Dataset, keyword: str) -> None:
+    """Record `keyword`'s value before the change in `original` (zero length when it was absent)."""
+    if keyword in original:
+        return
+    if keyword in ds:
+        original[keyword] = copy.deepcopy(ds[keyword])  # the changes below replace the element in place
+    elif keyword.endswith("Sequence"):
+        setattr(original, keyword, DicomSequence([]))
+    else:
+        setattr(original, keyword, None)
+
+
 def coerce_dataset(ds: Dataset, c: Coercion) -> None:
     """Apply the coercion to a dataset in place."""
     new = _new_values(c)
+    if any(not v.isascii() for v in new.values()) and str(ds.get("SpecificCharacterSet", "") or "") != UTF8:
+        # every text value decoded with the arriving character set, then written in UTF-8 (the Modified
+        # Attributes item inherits it: its original values are text now, so they are written in UTF-8 too)
+        ds.decode()
+        ds.SpecificCharacterSet = UTF8
     original = Dataset()
     for keyword in new:
-        if keyword in ds:
-            original[keyword] = copy.deepcopy(ds[keyword])  # setattr below changes the element in place
+        _prior(ds, original, keyword)
     arriving_id = str(ds.get("PatientID", "") or "")
     arriving_issuer = str(ds.get("IssuerOfPatientID", "") or "")
-    if "OtherPatientIDsSequence" in ds:
-        original.OtherPatientIDsSequence = DicomSequence([copy.deepcopy(i) for i in ds.OtherPatientIDsSequence])
+    sender_qualifiers = ds.get("IssuerOfPatientIDQualifiersSequence", None)
     if arriving_id and arriving_id != c.patient_id:
+        _prior(ds, original, "OtherPatientIDsSequence")
         other = Dataset()
         other.PatientID = arriving_id
         other.IssuerOfPatientID = arriving_issuer or c.source_org
+        if sender_qualifiers:
+            other.IssuerOfPatientIDQualifiersSequence = DicomSequence([copy.deepcopy(i) for i in sender_qualifiers])
         other.TypeOfPatientID = "TEXT"
         items = list(ds.OtherPatientIDsSequence) if "OtherPatientIDsSequence" in ds else []
         if not any(str(i.get("PatientID", "")) == arriving_id and str(i.get("IssuerOfPatientID", ""))
                    == other.IssuerOfPatientID for i in items):
             items.append(other)
         ds.OtherPatientIDsSequence = DicomSequence(items)
+    if "PatientID" in new and (sender_qualifiers is not None or c.local_issuer_oid):
+        _prior(ds, original, "IssuerOfPatientIDQualifiersSequence")
+        if c.local_issuer_oid:
+            ds.IssuerOfPatientIDQualifiersSequence = _qualifiers(c.local_issuer_oid)
+        else:
+            del ds.IssuerOfPatientIDQualifiersSequence
     for keyword, value in new.items():
         setattr(ds, keyword, value)
     item = Dataset()

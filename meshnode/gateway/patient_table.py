@@ -8,9 +8,10 @@ CSV (UTF-8, a header row, comma-separated, RFC 4180 quoting):
 `local_id` (the local Patient ID), `issuer` (the local Issuer of Patient ID)
 and `nhs_number` are required; `name` (DICOM PN, FAMILY^GIVEN), `birth_date`
 (YYYYMMDD) and `sex` (M, F, O) may be empty. Strict: one bad row (a wrong
-NHS number check digit, a local ID twice, a bad date, a control character,
-a value too long, a leading = + or @, a wrong header) fails the whole file with every problem
-named by its line number, and nothing is imported.
+NHS number check digit, a placeholder NHS number (one digit ten times), a
+local ID twice, a bad date, a control character, a value too long, a leading
+= + - @ tab or carriage return, a wrong header) fails the whole file with
+every problem named by its line number, and nothing is imported.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from meshnode.storage.patients import PatientRecord
 from protocol.errors import LocalProtocolError
-from protocol.reconciliation import nhs_number_valid, normalise_nhs_number
+from protocol.reconciliation import nhs_number_placeholder, nhs_number_valid, normalise_nhs_number
 
 COLUMNS = ("local_id", "issuer", "nhs_number", "name", "birth_date", "sex")
 MAX_CSV_BYTES = 64 << 20
@@ -35,7 +36,7 @@ _PN = re.compile(r"[^\\\x00-\x1f\x7f]{0,320}")
 _DATE = re.compile(r"[0-9]{8}")
 SEXES = ("", "M", "F", "O")
 #: what a spreadsheet would run as a formula if the table is ever exported and opened in one
-_FORMULA = ("=", "+", "@")
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ def check_record(p: PatientInput, *, now_ms: int, by: str) -> PatientRecord:
         problems.append("issuer: 1-64 characters, no backslash or control characters")
     number = normalise_nhs_number(p.nhs_number)
     if not nhs_number_valid(number):
-        problems.append("nhs_number: not 10 digits with a valid modulus-11 check digit")
+        problems.append("nhs_number: not 10 digits with a valid modulus-11 check digit"
+                        + (" (one digit ten times is a placeholder)" if nhs_number_placeholder(number) else ""))
     name = p.name.strip()
     if not _PN.fullmatch(name) or name.count("^") > 4:
         problems.append("name: DICOM PN (FAMILY^GIVEN), at most 320 characters, no backslash or control characters")
@@ -75,8 +77,8 @@ def check_record(p: PatientInput, *, now_ms: int, by: str) -> PatientRecord:
     sex = p.sex.strip().upper()
     if sex not in SEXES:
         problems.append("sex: M, F, O or empty")
-    if any(v[:1] in _FORMULA for v in (local_id, issuer, name)):
-        problems.append("a value starts with = + or @ (spreadsheet formula): refused")
+    if any(v[:1] in _FORMULA for v in (local_id, issuer, name, p.local_id, p.issuer, p.name)):
+        problems.append("a value starts with = + - @, a tab or a carriage return (spreadsheet formula): refused")
     if problems:
         raise LocalProtocolError("; ".join(problems))
     return PatientRecord(local_id, issuer, number, name, birth, sex, now_ms, by)

@@ -52,17 +52,19 @@ async def queue(reconciler: Reconciler, body: dict[str, Any]) -> list[dict[str, 
 
 
 async def decide(reconciler: Reconciler, body: dict[str, Any], user: str) -> dict[str, object]:
-    """{"manifest", "action": "match", "local_id"} or {..., "record": {...}}, or {..., "action": "reject",
-    "reason"}."""
+    """{"manifest", "action": "match", "local_id"} or {..., "record": {...}} (with "override_reason" when the
+    record's NHS number is not the study's), or {..., "action": "reject", "reason"}."""
     if not reconciler.settings.enabled:
         raise LocalProtocolError("patient reconciliation is off ([reconciliation] enabled = false)")
     manifest = _manifest(body)
     action = _text(body, "action", limit=10)
     if action == "match":
+        override = _text(body, "override_reason", required=False, limit=200)
         if "record" in body:
-            row = await reconciler.match(manifest, user, entered=record_input(body["record"]))
+            row = await reconciler.match(manifest, user, entered=record_input(body["record"]), override_reason=override)
         else:
-            row = await reconciler.match(manifest, user, local_id=_text(body, "local_id", limit=64))
+            row = await reconciler.match(manifest, user, local_id=_text(body, "local_id", limit=64),
+                                         override_reason=override)
     elif action == "reject":
         row = await reconciler.reject(manifest, user, _text(body, "reason", required=False, limit=200))
     else:

@@ -8,7 +8,12 @@ local patient record:
     `settle`          -> reads the identifiers from one stored instance's header, looks the NHS number up in
                          the local table and applies protocol.reconciliation.decide: MATCHED (forwarded) or
                          WAITING (a human decides; nothing is queued)
-    `match`/`reject`  -> a PACS-team user's decision on a WAITING study (a replay changes nothing)
+    `match`/`reject`  -> a PACS-team user's decision on a WAITING study (a replay changes nothing; a record
+                         whose NHS number is not the study's needs an override with a reason)
+    later revisions   -> the same sender's later revision supersedes its undecided earlier ones (SUPERSEDED);
+                         it keeps an earlier match only when nothing that decision used changed (the
+                         fingerprint of the arriving identifiers, the local record, the table's records for
+                         its NHS numbers); otherwise it is decided afresh
     `coercions`       -> for the forwarder: the local identity each MATCHED manifest is forwarded under
                          (meshnode.gateway.coercion derives the copy; the stored blocks stay as received)
 
@@ -53,6 +58,8 @@ from protocol.reconciliation import (
     Reason,
     decide_study,
     nhs_numbers,
+    normalise_nhs_number,
+    patients_fingerprint,
 )
 
 log = logging.getLogger(__name__)
@@ -125,7 +132,7 @@ class Reconciler:
             stored = store.manifest(manifest_id)
             store.add_reconciliation(ReconciliationRow(
                 manifest_id, stored.study_uid if stored else "", found[1].sender_org, ReconState.ARRIVED,
-                self._now_ms()))
+                self._now_ms()), [(i.sop_instance_uid, i.digest) for i in found[1].instances])
         return False
 
     def holding(self, store: MetadataStore, manifest_id: CID) -> str:
@@ -133,6 +140,8 @@ class Reconciler:
         row = store.reconciliation(manifest_id) if self.settings.enabled else None
         if row is None or row.state is ReconState.MATCHED:
             return ""
+        if row.state is ReconState.SUPERSEDED:
+            return "superseded-in-reconciliation"  # a later revision waits or was decided instead
         return "rejected-by-reconciliation" if row.state is ReconState.REJECTED else "waiting-for-reconciliation"
 
     def coercions(self, store: MetadataStore, manifest_ids: Sequence[CID]) -> dict[CID, Coercion]:
@@ -146,7 +155,8 @@ class Reconciler:
                     (row.local_name, row.local_birth_date, row.local_sex) == (row.name, row.birth_date, row.sex):
                 continue  # already the local identity: nothing to change
             out[m] = Coercion(row.local_id, row.local_issuer, row.local_name, row.local_birth_date, row.local_sex,
-                              row.sender_org, self.modifying_system, dicom_datetime(row.decided_ms))
+                              row.sender_org, self.modifying_system, dicom_datetime(row.decided_ms),
+                              self.settings.local_issuer_oid)
         return out
 
     def _instances(self, store: MetadataStore, row: ReconciliationRow) -> list[InstanceRecord]:
@@ -194,26 +204,24 @@ class Reconciler:
             return False
         patient = patients[0]
         d = patient.demographics
+        numbers = nhs_numbers(patient, frozenset(self.settings.nhs_issuers))
         base = replace(row, patient_id=patient.patient_id.value, issuer=patient.patient_id.issuer,
-                       name=d.name, birth_date=d.birth_date, sex=d.sex)
-        earlier = await self.db.run(lambda s: s.study_reconciliations(row.study_uid))
-        same = [r for r in earlier if r.state is ReconState.MATCHED and r.sender_org == row.sender_org
-                and (r.patient_id, r.issuer, r.name, r.birth_date, r.sex)
-                == (base.patient_id, base.issuer, base.name, base.birth_date, base.sex)]
-        if same and len(set(patients)) == 1:  # a later revision of a study already matched (late instances): the same decision
-            prior = same[-1]
+                       name=d.name, birth_date=d.birth_date, sex=d.sex, fingerprint=patients_fingerprint(patients))
+        await self._supersede_earlier(base)
+        prior = await self.db.run(partial(self._carried_match, row=base, numbers=numbers))
+        if prior is not None:  # a later revision naming the patient as the matched one did (late instances)
             carried = replace(base, state=ReconState.MATCHED, reason=prior.reason, nhs_number=prior.nhs_number,
                               local_id=prior.local_id, local_issuer=prior.local_issuer, local_name=prior.local_name,
                               local_birth_date=prior.local_birth_date, local_sex=prior.local_sex,
                               decided_by=AUTO, decided_ms=self._now_ms())
             return await self._record(carried, ReconState.ARRIVED,
-                                      f"matched as manifest {prior.manifest_id} was (by {prior.decided_by})")
-        numbers = nhs_numbers(patient, frozenset(self.settings.nhs_issuers))
+                                      f"matched as manifest {prior.manifest_id} was (by {prior.decided_by}): "
+                                      "the same patient identifiers, the local record unchanged")
         candidates = await self.db.run(lambda s: [p for n in numbers for p in s.patients(n)])
         decision = decide_study(patients, [c.local_patient() for c in candidates],
                           issuers=frozenset(self.settings.nhs_issuers),
                           demographics_must_agree=self.settings.demographics_must_agree)
-        base = replace(base, nhs_number=decision.nhs_number)
+        base = replace(base, nhs_number=decision.nhs_number or ",".join(numbers)[:200])
         if isinstance(decision, Match):
             r = decision.record
             matched = replace(base, state=ReconState.MATCHED, reason=Reason.MATCHED.value,
@@ -225,6 +233,49 @@ class Reconciler:
         await self._record(waiting, ReconState.ARRIVED, f"waits for a decision: {decision.reason.value}"
                            + (f" ({decision.detail})" if decision.detail else ""))
         return False
+
+    def _carried_match(self, store: MetadataStore, row: ReconciliationRow,
+                       numbers: Sequence[str]) -> ReconciliationRow | None:
+        """The same sender's earlier matched revision whose decision this one may keep (database thread): only
+        when everything the decision used is unchanged (review finding 2): the arriving identifiers and
+        demographics (the fingerprint, Other Patient IDs included), the local record (still there, as it was
+        when matched) and the table's records for the arriving NHS numbers (none changed since)."""
+        matched = [r for r in store.study_reconciliations(row.study_uid)
+                   if r.state is ReconState.MATCHED and r.sender_org == row.sender_org
+                   and r.manifest_id != row.manifest_id]
+        if not matched:
+            return None
+        prior = matched[-1]
+        if not prior.fingerprint or prior.fingerprint != row.fingerprint:
+            return None
+        record = store.patient(prior.local_id)
+        if record is None or record.updated_ms > prior.decided_ms or \
+                (record.issuer, record.name, record.birth_date, record.sex) != \
+                (prior.local_issuer, prior.local_name, prior.local_birth_date, prior.local_sex):
+            return None
+        if any(p.updated_ms > prior.decided_ms for n in numbers for p in store.patients(n)):
+            return None
+        return prior
+
+    async def _supersede_earlier(self, row: ReconciliationRow) -> None:
+        """A later revision of the same sender's study supersedes its earlier revisions still undecided
+        (review finding 9): they leave the queue (state superseded, audited); the later one is decided."""
+        def earlier(store: MetadataStore) -> list[ReconciliationRow]:
+            this = store.manifest(row.manifest_id)
+            if this is None:
+                return []
+            out = []
+            for r in store.study_reconciliations(row.study_uid):
+                other = store.manifest(r.manifest_id)
+                if r.sender_org == row.sender_org and r.manifest_id != row.manifest_id and other is not None \
+                        and other.revision < this.revision and r.state in (ReconState.ARRIVED, ReconState.WAITING):
+                    out.append(r)
+            return out
+        for old in await self.db.run(earlier):
+            superseded = replace(old, state=ReconState.SUPERSEDED, decided_by=AUTO, decided_ms=self._now_ms(),
+                                 detail=f"superseded by manifest {row.manifest_id}"[:200])
+            await self._record(superseded, old.state, f"superseded by the later revision {row.manifest_id}; "
+                               "the later one is decided")
 
     async def _read_patients(self, row: ReconciliationRow) -> list[ArrivingPatient]:
         """The patient every instance of the manifest names (a study naming two patients waits for a human)."""
@@ -245,7 +296,7 @@ class Reconciler:
         await self.audit(AuditEvent(
             EventCode.PATIENT_RECORD, f"reconcile-{row.state.value}", outcome, actor=row.decided_by or AUTO,
             study=hash_uid(row.study_uid), manifest_id=str(row.manifest_id),
-            detail=f"from {row.sender_org}: {what}{local}"[:300]))
+            detail=f"from {row.sender_org}: {what}{local}"[:600]))
         log.info("manifest %s from %s: reconciliation %s", row.manifest_id, row.sender_org, row.state.value)
         return True
 
@@ -254,6 +305,9 @@ class Reconciler:
         row = await self.db.run(lambda s: s.reconciliation(manifest_id))
         if row is None:
             raise NotFoundError("that study is not in the reconciliation queue")
+        if row.state is ReconState.SUPERSEDED:
+            raise LocalProtocolError("a later revision of that study superseded it: decide the later one "
+                                     f"({row.detail})")
         if row.state is not ReconState.WAITING:
             raise LocalProtocolError(f"that study is not waiting for a decision (it is {row.state.value})")
         found = await self.db.run(lambda s: received_manifest(s, manifest_id))
@@ -262,10 +316,12 @@ class Reconciler:
         return row
 
     async def match(self, manifest_id: CID, user: str, local_id: str | None = None,
-                    entered: PatientInput | None = None) -> ReconciliationRow:
-        """A user matches a waiting study to a local record (from the table, or entered now)."""
+                    entered: PatientInput | None = None, override_reason: str = "") -> ReconciliationRow:
+        """A user matches a waiting study to a local record (from the table, or entered now). A record whose NHS
+        number is not the one the study carries is refused unless `override_reason` says why (audited)."""
         if (local_id is None) == (entered is None):
             raise LocalProtocolError("give either a local record's ID or an entered record")
+        override_reason = " ".join(override_reason.split())[:200]
         row = await self._waiting(manifest_id)
         if entered is not None:
             record = check_record(entered, now_ms=self._now_ms(), by=user)
@@ -274,10 +330,17 @@ class Reconciler:
             if found is None:
                 raise NotFoundError("no local record with that ID in the lookup table")
             record = found
+        arriving = {normalise_nhs_number(n) for n in row.nhs_number.split(",")} - {""}
+        mismatch = bool(arriving) and normalise_nhs_number(record.nhs_number) not in arriving
+        if mismatch and not override_reason:
+            raise LocalProtocolError("that local record's NHS number is not the one the study carries: check the "
+                                     "patient, or match with an override and its reason")
         matched = replace(row, state=ReconState.MATCHED, local_id=record.local_id, local_issuer=record.issuer,
                           local_name=record.name, local_birth_date=record.birth_date, local_sex=record.sex,
                           decided_by=user, decided_ms=self._now_ms())
         how = "entered by hand" if entered is not None else "picked from the lookup table"
+        if mismatch:
+            how += f"; OVERRIDE: the record's NHS number differs from the study's, reason: {override_reason}"
         if not await self._record(matched, ReconState.WAITING, f"matched by a user ({how}; was {row.reason})"):
             raise LocalProtocolError("that study was decided meanwhile")
         if self.on_matched is not None:

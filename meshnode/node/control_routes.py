@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshnode.control.app import Handler
 from common.describe import iso
+from meshnode.gateway.reconcile_holds import check_not_held
 from meshnode.node import reconcile_routes
 from meshnode.node.deid_routes import deid_routes, share_profile, share_research
 from meshnode.node import conflict_routes
@@ -89,6 +90,11 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             purpose = Purpose(body.get("purpose", "care"))
         except ValueError as exc:
             raise SchemaError(str(exc)) from None
+        include = body.get("include_unreconciled", False)
+        if not isinstance(include, bool):
+            raise SchemaError("'include_unreconciled' must be true or false")
+        study = _text(body, "study")  # patient reconciliation's held instances (meshnode.gateway.reconcile_holds)
+        await node.ctx.db.run(lambda s: check_not_held(s, study, include_unreconciled=include, what="share"))
         profile = share_profile(body, purpose is Purpose.RESEARCH)
         if profile is not None:  # a de-identified copy (meshnode.node.research_share), never the original
             return await share_research(node, body, _text(body, "study"), to, priority, purpose, profile)
@@ -154,8 +160,15 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         return {"fetching": str(_cid(body))}
 
     async def recall(body: dict[str, Any]) -> object:
-        signed = await node.sender.recall(_cid(body), str(body.get("reason", "withdrawn by sender")))
-        return {"recalled": str(signed.document.manifest_id)}
+        research = body.get("research_copies", False)
+        if not isinstance(research, bool):
+            raise SchemaError("'research_copies' must be true or false")
+        signed = await node.sender.recall(_cid(body), str(body.get("reason", "withdrawn by sender")),
+                                          research_copies=research)
+        row = await ctx.db.run(lambda s: s.manifest(signed.document.manifest_id))
+        copies = await node.sender.research_copies_of(row.study_uid) if row is not None else []
+        return {"recalled": str(signed.document.manifest_id), "research_copies": [str(c) for c in copies],
+                "research_copies_recalled": research}
 
     async def peers(body: dict[str, Any]) -> object:
         return [{"peer_id": pid, "org": p.org, "serial": p.certificate.document.serial,

@@ -2,7 +2,7 @@
 
     POST /share (purpose research, or a "deid" object)  a de-identified copy is shared (or held)
     GET  /deid/held                                     research shares waiting for a human decision
-    POST /deid/release {share, include_risky, user}     send a held share, with or without the risky instances
+    POST /deid/release {share, include_risky, reason, user}  send a held share (reason needed with the risky ones)
     POST /deid/refuse  {share, reason, user}            refuse a held share
     POST /deid/export-relink {project, user}            the project's pseudonym -> original table (audited)
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.describe import iso
 from meshnode.control.app import Handler
-from meshnode.node.research_share import ResearchShares
+from meshnode.node.research_share import ResearchShares, frozen_instances
 from meshnode.storage.node_storage import local_actor
 from meshnode.storage.research_store import ResearchShareRow, ResearchState
 from protocol.deid import DeidProfile, parse_profile
@@ -34,6 +34,12 @@ def held_json(row: ResearchShareRow) -> dict[str, object]:
     return {"research_share": row.share_id, "study_uid": row.original_study_uid, "project": row.project,
             "state": row.state.value, "to": request.get("to", []), "priority": request.get("priority"),
             "held": json.loads(row.reasons), "created_at": iso(row.created_ms // 1000),
+            # what a reviewer needs to find each instance at pixel risk, and its preview (HTTP, role deid-release)
+            "review": [{"n": n, "reason": f["risk"], "modality": f.get("modality", ""),
+                        "sop_class": f.get("sop_class", ""), "series_description": f.get("series_description", ""),
+                        "series_number": f.get("series_number", ""), "instance_number": f.get("instance_number", ""),
+                        "preview": f"/deid/held/{row.share_id}/instances/{n}.png"}
+                       for n, f in enumerate(frozen_instances(row)) if f.get("risk") is not None],
             "decided_by": row.decided_by, "decision": row.decision,
             "manifest_id": str(row.manifest_id) if row.manifest_id else None}
 
@@ -78,7 +84,10 @@ def deid_routes(node: Node) -> dict[tuple[str, str], Handler]:
         include = body.get("include_risky", False)
         if not isinstance(include, bool):
             raise SchemaError("'include_risky' must be true or false")
-        return (await research().release(_text(body, "share"), include, actor=_actor(body))).to_json()
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise SchemaError("'reason' must be a string")
+        return (await research().release(_text(body, "share"), include, actor=_actor(body), reason=reason)).to_json()
 
     async def refuse(body: dict[str, Any]) -> object:
         row = await research().refuse(_text(body, "share"), str(body.get("reason", "refused")), actor=_actor(body))

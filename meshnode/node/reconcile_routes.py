@@ -7,26 +7,19 @@
     POST /patients/delete        {"local_id", "actor"}
 
 "actor" is the name of the local account the CLI runs as (informational: the control token is the local
-admin's); decisions and edits are recorded as "control:<actor>".
+admin's); decisions and edits are recorded as meshnode.control.actor.control_actor says ("control:<account>").
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
+from meshnode.control.actor import control_actor
 from meshnode.control.app import Handler
 from meshnode.gateway import reconcile_api
 
 if TYPE_CHECKING:
     from meshnode.node.runtime import Node
-
-_ACTOR = re.compile(r"[A-Za-z0-9._@:-]{1,64}")
-
-
-def control_actor(body: dict[str, Any]) -> str:
-    actor = body.get("actor")
-    return "control:" + (actor if isinstance(actor, str) and _ACTOR.fullmatch(actor) else "admin")
 
 
 def routes(node: Node) -> dict[tuple[str, str], Handler]:

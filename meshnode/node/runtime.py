@@ -25,6 +25,7 @@ from meshnode.directory.cache import DirectoryCache, FileRosterVersionStore
 from meshnode.directory.client import DirectoryClient
 from common.directory_transport import directory_peer_id, libp2p_transport
 from meshnode.gateway.service import Gateway
+from meshnode.gateway.intake import StoredInstance
 from meshnode.home import NodeHome
 from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.completion import verify_instances
@@ -106,10 +107,9 @@ class Node:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(db.close)
 
-    async def _store_copy(self, data: bytes, source: str) -> str:
+    async def _store_copy(self, data: bytes, source: str) -> StoredInstance:
         """A research share's de-identified instance, stored durably through the gateway's intake."""
-        stored = await self.gateway.intake.store(data, None, source=source)
-        return stored.study_uid
+        return await self.gateway.intake.store(data, None, source=source)
 
     async def _serve(self, ctx: NodeContext, host: IHost, task_status: TaskStatus[list[str]]) -> None:
         await ctx.directory.refresh_roster()  # fail closed at start without a valid roster
@@ -127,6 +127,7 @@ class Node:
         self.transport.connect(self.wire, self.sessions)
         self.gateway = Gateway(ctx, self.sender)
         self.sender.research = ResearchShares(ctx, ctx.home.path, self.sender.share_study, self._store_copy)
+        await self.sender.research.recover()  # shares a stop left half-made: recorded failed (nothing announced)
         self.deliveries.receipted_write = self.gateway.queue_write  # the PACS forward, with the receipt
         self.corrupt = CorruptBlocks(ctx.storage, ctx.db, ctx.audit, ctx.peer_id, self._repair)
         #: received manifests being fetched again to repair a quarantined block, with their state before

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from meshnode.study.manifest_builder import build_manifest
 from meshnode.node import lifecycle as node_lifecycle
@@ -11,7 +11,7 @@ from meshnode.node.context import NodeContext
 from meshnode.node.delivery import Deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.research_share import ResearchOutcome, ResearchShares
-from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.conflicts import own_lineage
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.research_store import ResearchState
@@ -20,7 +20,7 @@ from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed, open_document
 from protocol.deid import DeidProfile
-from protocol.errors import DocumentError, LocalProtocolError, NotFoundError, WrongOrganisationError
+from protocol.errors import DocumentError, LocalProtocolError, NotFoundError, StorageError, WrongOrganisationError
 from protocol.lifecycle import ManifestEvent, ManifestState, Side, advance
 from protocol.manifest import Manifest, Priority, Purpose
 from protocol.recall import Recall, RecallAction
@@ -58,8 +58,8 @@ class Sender:
         return await self.research.share(study_uid, to, priority, profile, actor=actor, purpose=purpose)
 
     async def _is_research_copy(self, study_uid: str) -> bool:
-        rows = await self.ctx.db.run(lambda s: s.research_shares(ResearchState.SHARED))
-        return any(r.research_study_uid == study_uid for r in rows)
+        row = await self.ctx.db.run(lambda s: s.research_copy_of(study_uid))  # indexed
+        return row is not None and row.state is ResearchState.SHARED
 
     def _check_recipients(self, to: Sequence[str]) -> list[str]:
         recipients = sorted({check_org_code(o, "recipient") for o in to})
@@ -70,8 +70,13 @@ class Sender:
         return recipients
 
     async def share_study(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
-                          lifetime_s: int = DEFAULT_LIFETIME_S) -> Signed[Manifest]:
-        """Sign and announce the manifest of a local study as it is stored."""
+                          lifetime_s: int = DEFAULT_LIFETIME_S, *, only: Mapping[str, bytes] | None = None,
+                          also: Callable[[MetadataStore, CID], None] | None = None) -> Signed[Manifest]:
+        """Sign and announce the manifest of a local study as it is stored.
+
+        `only` (SOP Instance UID -> digest): the manifest lists exactly these instances, with these bytes (a
+        research share lists what it stored, not whatever the copy study holds); one missing is an error.
+        `also(store, manifest_id)` runs in the transaction that saves the manifest and its announcements."""
         ctx = self.ctx
         recipients = self._check_recipients(to)
         now = int(ctx.clock())
@@ -85,6 +90,10 @@ class Sender:
             return own_lineage(store.instances(study_uid)), max(sent, default=0)
 
         instances, last_revision = await ctx.db.run(load)
+        if only is not None:
+            instances = [r for r in instances if only.get(r.sop_instance_uid) == r.digest]
+            if len({r.sop_instance_uid for r in instances}) != len(only):
+                raise StorageError(f"study {hash_uid(study_uid)} does not hold the instances asked for")
         if not instances:
             raise NotFoundError(f"no study {hash_uid(study_uid)} on this node")
         manifest = build_manifest(
@@ -99,7 +108,12 @@ class Sender:
                           manifest.expires_at, signed.encode(), manifest.recipients)
         blocks = manifest.block_order()
         # the manifest and its announcements are durable (one database call) before the first is attempted
-        await self.deliveries.announce(manifest_id, recipients, also=lambda s: s.save_manifest(row, blocks))
+        def save(store: MetadataStore) -> None:
+            store.save_manifest(row, blocks)
+            if also is not None:
+                also(store, manifest_id)
+
+        await self.deliveries.announce(manifest_id, recipients, also=save)
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "share", actor=ctx.peer_id, actor_org=ctx.org,
                                    study=hash_uid(study_uid), manifest_id=str(manifest_id),
                                    detail=f"{priority.value} {purpose.value} to {','.join(recipients)}"))
@@ -135,7 +149,34 @@ class Sender:
                                             receipt.recipient_org, manifest.priority.value, "sent",
                                             instances=receipt.instances_verified))
 
-    async def recall(self, manifest_id: CID, reason: str) -> Signed[Recall]:
+    async def research_copies_of(self, study_uid: str) -> list[CID]:
+        """The research manifests made from this (original) study: live copies of its data elsewhere."""
+        rows = await self.ctx.db.run(lambda s: s.research_shares(ResearchState.SHARED))
+        return [r.manifest_id for r in rows if r.original_study_uid == study_uid and r.manifest_id is not None]
+
+    async def recall(self, manifest_id: CID, reason: str, *, research_copies: bool = False) -> Signed[Recall]:
+        """Withdraw a sent manifest. The research copies made from its study are not recalled by default (a
+        recall may only mean "wrong recipient"): they are listed in the audit and the log as still shared;
+        with `research_copies` (a correction: wrong patient, wrong images) they are recalled too."""
+        recall = await self._recall(manifest_id, reason)
+        row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
+        copies = await self.research_copies_of(row.study_uid) if row is not None else []
+        if copies and research_copies:
+            rows = await self.ctx.db.run(lambda s: [s.manifest(c) for c in copies])
+            for copy in [r.manifest_id for r in rows if r is not None and r.state is not ManifestState.RECALLED]:
+                await self._recall(copy, f"original study withdrawn: {reason}"[:1024])
+        elif copies:
+            log.warning("manifest %s recalled; %d research cop(ies) of its study stay shared", manifest_id,
+                        len(copies))
+            await self.ctx.audit(AuditEvent(
+                EventCode.INSTANCES_TRANSFERRED, "recall-research-copies-remain", Outcome.MINOR_FAILURE,
+                actor=self.ctx.peer_id, actor_org=self.ctx.org, study=hash_uid(row.study_uid) if row else "",
+                manifest_id=str(manifest_id),
+                detail=("research manifests of this study still shared (recall them with --with-research-copies): "
+                        + ",".join(str(c) for c in copies))[:1000]))
+        return recall
+
+    async def _recall(self, manifest_id: CID, reason: str) -> Signed[Recall]:
         ctx = self.ctx
         row = await ctx.db.run(lambda s: s.manifest(manifest_id))
         if row is None or row.direction != "sent":

@@ -132,9 +132,15 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients):
     def study(self, study_uid: str) -> StudySummaryRow | None:
         return self._summary(study_uid)
 
+    def held_studies(self) -> set[str]:
+        """Reconciliation's held studies and the research copies made here (PatientStore.held_studies)."""
+        return MemoryPatients.held_studies(self) | self.research_copies()
+
     def _shown(self, search: Search) -> list[InstanceRecord]:
-        held = self.held_studies() if search.hide_held else set()
-        return [i for i in self._instances if i.study_uid not in held]
+        if not search.hide_held:
+            return list(self._instances)
+        held, copies = self.held_instances(), self.research_copies()
+        return [i for i in self._instances if (i.sop_instance_uid, i.digest) not in held and i.study_uid not in copies]
 
     def search_studies(self, search: Search) -> list[StudySummaryRow]:
         held = self.held_studies() if search.hide_held else set()

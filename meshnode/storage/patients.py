@@ -15,8 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from meshnode.storage.records import InstanceRecord, Source
 from protocol.cid import CID
 from protocol.reconciliation import Demographics, LocalPatient
+
+#: an instance as a manifest lists it: (SOP Instance UID, sha2-256 of the file)
+InstanceKey = tuple[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class ReconState(str, enum.Enum):
     WAITING = "waiting"  # no confident match: a PACS-team user decides
     MATCHED = "matched"  # forwarded under the local record (automatically or by a user)
     REJECTED = "rejected"  # a user refused it: not forwarded
+    SUPERSEDED = "superseded"  # a later revision of the same sender's study arrived before a decision: decide that one
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,9 @@ class ReconciliationRow:
     local_sex: str = ""
     decided_by: str = ""
     decided_ms: int = 0
+    #: what the decision used (meshnode.gateway.reconciler.fingerprint): a later revision carries this row's
+    #: match only when its own is the same ("" for rows from before: never carried)
+    fingerprint: str = ""
 
     def json(self) -> dict[str, object]:
         return {"manifest": str(self.manifest_id), "study_uid": self.study_uid, "sender_org": self.sender_org,
@@ -106,8 +114,9 @@ class PatientStore(Protocol):
         """Rows in these states (all when empty), oldest first."""
         ...
 
-    def add_reconciliation(self, row: ReconciliationRow) -> bool:
-        """Insert unless the manifest has a row; True when inserted."""
+    def add_reconciliation(self, row: ReconciliationRow, instances: Sequence[InstanceKey] = ()) -> bool:
+        """Insert unless the manifest has a row, with the instances its manifest lists (what it holds back
+        until matched); True when inserted."""
         ...
 
     def update_reconciliation(self, row: ReconciliationRow, expected: ReconState) -> bool:
@@ -118,9 +127,17 @@ class PatientStore(Protocol):
         """Every row of this study (all its received manifests), oldest first."""
         ...
 
+    def held_instances(self, study_uid: str | None = None) -> set[InstanceKey]:
+        """Instances held back by reconciliation (of one study, or all): received instances listed by a
+        manifest that arrived, waits, was rejected or superseded, and by no matched one. Local instances and
+        what other manifests brought are never held, whatever Study UID they share. DICOMweb and the DIMSE
+        query/retrieve SCP do not show them."""
+        ...
+
     def held_studies(self) -> set[str]:
-        """Studies held back by reconciliation: a received manifest of theirs arrived, waits or was rejected,
-        and none was matched. DICOMweb and the DIMSE query/retrieve SCP do not show them."""
+        """Studies every stored instance of which is held back (held_instances): not listed at all; and the
+        research copies made here (de-identified copies of a research share, ResearchStore.research_copies),
+        which are the mesh's to serve under their research manifest, never a clinical study of this node."""
         ...
 
 
@@ -130,6 +147,9 @@ class MemoryPatients:
     def __init__(self) -> None:
         self._patients: dict[str, PatientRecord] = {}
         self._reconciliations: dict[CID, ReconciliationRow] = {}
+        self._reconciliation_instances: dict[CID, frozenset[InstanceKey]] = {}
+
+    _instances: list[InstanceRecord]  # MemoryMetadataStore's
 
     def put_patients(self, records: Sequence[PatientRecord]) -> int:
         for r in records:
@@ -153,10 +173,11 @@ class MemoryPatients:
         rows = [r for r in self._reconciliations.values() if not states or r.state in states]
         return sorted(rows, key=lambda r: (r.created_ms, r.manifest_id.to_bytes()))
 
-    def add_reconciliation(self, row: ReconciliationRow) -> bool:
+    def add_reconciliation(self, row: ReconciliationRow, instances: Sequence[InstanceKey] = ()) -> bool:
         if row.manifest_id in self._reconciliations:
             return False
         self._reconciliations[row.manifest_id] = row
+        self._reconciliation_instances[row.manifest_id] = frozenset(instances)
         return True
 
     def update_reconciliation(self, row: ReconciliationRow, expected: ReconState) -> bool:
@@ -169,7 +190,16 @@ class MemoryPatients:
     def study_reconciliations(self, study_uid: str) -> list[ReconciliationRow]:
         return [r for r in self.reconciliations() if r.study_uid == study_uid]
 
+    def held_instances(self, study_uid: str | None = None) -> set[InstanceKey]:
+        held: set[InstanceKey] = set()
+        shown: set[InstanceKey] = set()
+        for m, row in self._reconciliations.items():
+            (shown if row.state is ReconState.MATCHED else held).update(self._reconciliation_instances.get(m, ()))
+        return {(i.sop_instance_uid, i.digest) for i in self._instances
+                if i.source is Source.RECEIVED and (study_uid is None or i.study_uid == study_uid)
+                and (i.sop_instance_uid, i.digest) in held - shown}
+
     def held_studies(self) -> set[str]:
-        rows = self._reconciliations.values()
-        return ({r.study_uid for r in rows if r.state is not ReconState.MATCHED}
-                - {r.study_uid for r in rows if r.state is ReconState.MATCHED})
+        held = self.held_instances()
+        studies = {i.study_uid for i in self._instances if (i.sop_instance_uid, i.digest) in held}
+        return studies - {i.study_uid for i in self._instances if (i.sop_instance_uid, i.digest) not in held}

@@ -17,8 +17,12 @@ from protocol.cid import CID
 
 class ResearchState(str, Enum):
     HELD = "held"  # instances at pixel risk: waiting for a human (release with/without them, or refuse)
-    SHARED = "shared"  # the de-identified copy was ingested and its manifest announced
+    #: the intent, written before the first copy is stored: the copy's study UID is known (and hidden from local
+    #: queries); a restart finds it and records it as failed (the partial copy stays linked, nothing announced)
+    SENDING = "sending"
+    SHARED = "shared"  # the de-identified copy was ingested and its manifest announced (one transaction)
     REFUSED = "refused"  # by route policy (pixel_risk = "refuse") or by a human
+    FAILED = "failed"  # de-identifying, storing or announcing failed: nothing announced; the partial copy linked
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,20 @@ RelinkEntry = tuple[str, str, str]  # (kind, pseudonym, original)
 
 class ResearchStore(Protocol):
     def save_research_share(self, row: ResearchShareRow) -> None:
-        """Insert or replace the share's row."""
+        """Insert or replace the share's row (a new share; a decision goes through update_research_share)."""
+        ...
+
+    def update_research_share(self, row: ResearchShareRow, expected: ResearchState) -> bool:
+        """Replace the share's row only if it is in state `expected` (compare-and-set: of a release and a
+        refusal racing, one wins); True when replaced."""
+        ...
+
+    def research_copies(self) -> set[str]:
+        """The study UIDs of every research copy made here (whatever the share's state)."""
+        ...
+
+    def research_copy_of(self, study_uid: str) -> ResearchShareRow | None:
+        """A share whose copy is this study (indexed), or None: the study is not a research copy."""
         ...
 
     def research_share(self, share_id: str) -> ResearchShareRow | None: ...
@@ -59,6 +76,10 @@ class ResearchStore(Protocol):
 
     def relink(self, project: str) -> list[RelinkEntry]: ...
 
+    def has_relink(self, project: str) -> bool:
+        """Whether the project has pseudonyms recorded (then its key must exist: a lost key is not remade)."""
+        ...
+
 
 class MemoryResearchStore:
     def __init__(self) -> None:
@@ -68,6 +89,19 @@ class MemoryResearchStore:
 
     def save_research_share(self, row: ResearchShareRow) -> None:
         self._research[row.share_id] = replace(row)
+
+    def update_research_share(self, row: ResearchShareRow, expected: ResearchState) -> bool:
+        current = self._research.get(row.share_id)
+        if current is None or current.state is not expected:
+            return False
+        self._research[row.share_id] = replace(row)
+        return True
+
+    def research_copies(self) -> set[str]:
+        return {r.research_study_uid for r in self._research.values() if r.research_study_uid}
+
+    def research_copy_of(self, study_uid: str) -> ResearchShareRow | None:
+        return next((r for r in self._research.values() if study_uid and r.research_study_uid == study_uid), None)
 
     def research_share(self, share_id: str) -> ResearchShareRow | None:
         return self._research.get(share_id)
@@ -85,3 +119,6 @@ class MemoryResearchStore:
 
     def relink(self, project: str) -> list[RelinkEntry]:
         return sorted((k, p, o) for (proj, k, p), o in self._relink.items() if proj == project)
+
+    def has_relink(self, project: str) -> bool:
+        return any(proj == project for proj, _, _ in self._relink)

@@ -294,7 +294,52 @@ MIGRATIONS = (
     """
     CREATE INDEX instances_by_class_syntax ON instances (sop_class_uid, transfer_syntax)
     """,
-    # 15: conflict lineage: a received instance's sender organisation (meshnode.storage.conflicts.lineage), so
+    # 15: reconciliation review fixes: a state 'superseded' (a later revision of the same sender's study
+    # replaced a waiting one), the fingerprint of what the decision used (a later revision carries a match
+    # only when it is unchanged), and the instances each reconciled manifest lists (what reconciliation
+    # holds back is those instances, never a whole Study UID; rows from before list the study's received
+    # instances, as the Study UID rule did)
+    """
+    CREATE TABLE reconciliations_v2 (
+        manifest_id BLOB PRIMARY KEY, study_uid TEXT NOT NULL, sender_org TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('arrived', 'waiting', 'matched', 'rejected', 'superseded')),
+        created_ms INTEGER NOT NULL, patient_id TEXT NOT NULL, issuer TEXT NOT NULL, nhs_number TEXT NOT NULL,
+        name TEXT NOT NULL, birth_date TEXT NOT NULL, sex TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+        local_id TEXT NOT NULL, local_issuer TEXT NOT NULL, local_name TEXT NOT NULL, local_birth_date TEXT NOT NULL,
+        local_sex TEXT NOT NULL, decided_by TEXT NOT NULL, decided_ms INTEGER NOT NULL, fingerprint TEXT NOT NULL
+    ) STRICT;
+    INSERT INTO reconciliations_v2 SELECT manifest_id, study_uid, sender_org, state, created_ms, patient_id, issuer, nhs_number, name, birth_date, sex, reason, detail, local_id, local_issuer, local_name, local_birth_date, local_sex, decided_by, decided_ms, '' FROM reconciliations;
+    DROP TABLE reconciliations;
+    ALTER TABLE reconciliations_v2 RENAME TO reconciliations;
+    CREATE INDEX reconciliations_by_state ON reconciliations (state, created_ms);
+    CREATE INDEX reconciliations_by_study ON reconciliations (study_uid);
+    CREATE TABLE reconciliation_instances (
+        manifest_id BLOB NOT NULL, sop_instance_uid TEXT NOT NULL, digest BLOB NOT NULL,
+        PRIMARY KEY (manifest_id, sop_instance_uid, digest)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX reconciliation_instances_by_instance ON reconciliation_instances (sop_instance_uid, digest);
+    INSERT OR IGNORE INTO reconciliation_instances
+        SELECT r.manifest_id, i.sop_instance_uid, i.digest FROM reconciliations r
+        JOIN instances i ON i.study_uid = r.study_uid AND i.source = 'received'
+    """,
+    # 16: research share review fixes: states 'sending' (intent written before anything is announced) and
+    # 'failed' (a partial copy recorded), and the copy's study UID indexed (hidden from local queries)
+    """
+    CREATE TABLE research_shares_v2 (
+        share_id TEXT PRIMARY KEY, original_study_uid TEXT NOT NULL, project TEXT NOT NULL,
+        request TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('held', 'sending', 'shared', 'refused', 'failed')),
+        created_ms INTEGER NOT NULL, reasons TEXT NOT NULL, research_study_uid TEXT NOT NULL,
+        manifest_id BLOB, decided_by TEXT NOT NULL, decision TEXT NOT NULL, decided_ms INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO research_shares_v2 SELECT * FROM research_shares;
+    DROP TABLE research_shares;
+    ALTER TABLE research_shares_v2 RENAME TO research_shares;
+    CREATE INDEX research_shares_by_state ON research_shares (state);
+    CREATE INDEX research_shares_by_manifest ON research_shares (manifest_id);
+    CREATE INDEX research_shares_by_copy ON research_shares (research_study_uid)
+    """,
+    # 17: conflict lineage: a received instance's sender organisation (meshnode.storage.conflicts.lineage), so
     # a received revision replaces only its own sender's earlier version of the same study; existing received
     # rows take it from the received manifest of their study that lists their blocks ('' if none does: such a
     # row matches no sender, so a newcomer with its UID is held for a human)

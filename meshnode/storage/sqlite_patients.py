@@ -8,20 +8,35 @@ from collections.abc import Sequence
 from dataclasses import astuple
 from typing import Any
 
-from meshnode.storage.patients import PatientRecord, ReconciliationRow, ReconState
+from meshnode.storage.patients import InstanceKey, PatientRecord, ReconciliationRow, ReconState
 from meshnode.storage.sqlite_base import SqliteTables
 from protocol.cid import CID
 
 _PATIENT = "local_id, issuer, nhs_number, name, birth_date, sex, updated_ms, updated_by"
 _RECON = ("manifest_id, study_uid, sender_org, state, created_ms, patient_id, issuer, nhs_number, name, "
           "birth_date, sex, reason, detail, local_id, local_issuer, local_name, local_birth_date, local_sex, "
-          "decided_by, decided_ms")
+          "decided_by, decided_ms, fingerprint")
 
 
-#: the study UIDs of PatientStore.held_studies (also a condition of searches with Search.hide_held)
-HELD_STUDIES_SQL = ("SELECT r.study_uid FROM reconciliations r WHERE r.state IN ('arrived', 'waiting', 'rejected')"
-                    " AND NOT EXISTS (SELECT 1 FROM reconciliations m WHERE m.study_uid = r.study_uid"
-                    " AND m.state = 'matched')")
+def held_instance_sql(i: str) -> str:
+    """A condition: the instance row aliased `i` is held back by reconciliation (PatientStore.held_instances)."""
+    listed = ("EXISTS (SELECT 1 FROM reconciliation_instances ri JOIN reconciliations r"
+              " ON r.manifest_id = ri.manifest_id WHERE ri.sop_instance_uid = {i}.sop_instance_uid"
+              " AND ri.digest = {i}.digest AND r.state {op} 'matched')")
+    return (f"({i}.source = 'received' AND {listed.format(i=i, op='!=')}"
+            f" AND NOT {listed.format(i=i, op='=')})")
+
+
+#: the study UIDs of PatientStore.held_studies (every instance held), driven by the unmatched rows
+HELD_STUDIES_SQL = ("SELECT DISTINCT h.study_uid FROM reconciliations hr"
+                    " JOIN reconciliation_instances hri ON hri.manifest_id = hr.manifest_id"
+                    " JOIN instances h ON h.sop_instance_uid = hri.sop_instance_uid AND h.digest = hri.digest"
+                    f" WHERE hr.state != 'matched' AND {held_instance_sql('h')}"
+                    " AND NOT EXISTS (SELECT 1 FROM instances v WHERE v.study_uid = h.study_uid"
+                    f" AND NOT {held_instance_sql('v')})"
+                    # research copies (de-identified, issue 15 part 1) are the mesh's to serve under their research
+                    # manifest, never a clinical study of this node: hidden the same way (sqlite_research.py)
+                    " UNION SELECT c.research_study_uid FROM research_shares c WHERE c.research_study_uid != ''")
 
 
 def _patient(r: Any) -> PatientRecord:
@@ -32,7 +47,7 @@ def _recon(r: Any) -> ReconciliationRow:
     t = [str(v) for v in r[5:19]]
     return ReconciliationRow(CID.from_bytes(bytes(r[0])), str(r[1]), str(r[2]), ReconState(str(r[3])), int(r[4]),
                              t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13],
-                             int(r[19]))
+                             int(r[19]), str(r[20]))
 
 
 def _recon_values(row: ReconciliationRow) -> tuple[object, ...]:
@@ -73,14 +88,24 @@ class SqlitePatients(SqliteTables):
             f"SELECT {_RECON} FROM reconciliations {where} ORDER BY created_ms, manifest_id",
             tuple(s.value for s in states))]
 
-    def add_reconciliation(self, row: ReconciliationRow) -> bool:
+    def add_reconciliation(self, row: ReconciliationRow, instances: Sequence[InstanceKey] = ()) -> bool:
         with self._tx() as db:
-            return db.execute(f"INSERT OR IGNORE INTO reconciliations ({_RECON}) VALUES ({','.join('?' * 20)})",
-                              _recon_values(row)).rowcount == 1
+            if db.execute(f"INSERT OR IGNORE INTO reconciliations ({_RECON}) VALUES ({','.join('?' * 21)})",
+                          _recon_values(row)).rowcount != 1:
+                return False
+            db.executemany("INSERT OR IGNORE INTO reconciliation_instances (manifest_id, sop_instance_uid, digest)"
+                           " VALUES (?,?,?)", [(row.manifest_id.to_bytes(), uid, digest) for uid, digest in instances])
+            return True
 
     def study_reconciliations(self, study_uid: str) -> list[ReconciliationRow]:
         return [_recon(r) for r in self._query(
             f"SELECT {_RECON} FROM reconciliations WHERE study_uid = ? ORDER BY created_ms, manifest_id", (study_uid,))]
+
+    def held_instances(self, study_uid: str | None = None) -> set[InstanceKey]:
+        where = "i.study_uid = ? AND " if study_uid is not None else ""
+        return {(str(r[0]), bytes(r[1])) for r in self._query(
+            f"SELECT i.sop_instance_uid, i.digest FROM instances i WHERE {where}{held_instance_sql('i')}",
+            (study_uid,) if study_uid is not None else ())}
 
     def held_studies(self) -> set[str]:
         return {str(r[0]) for r in self._query(HELD_STUDIES_SQL)}

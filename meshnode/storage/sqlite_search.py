@@ -7,7 +7,7 @@ from typing import Any
 
 from meshnode.storage.audit import AuditEntry
 from meshnode.storage.records import SeriesAttributes, StudyAttributes, StudySummaryRow
-from meshnode.storage.sqlite_patients import HELD_STUDIES_SQL
+from meshnode.storage.sqlite_patients import HELD_STUDIES_SQL, held_instance_sql
 from meshnode.storage.search import (
     AuditQuery,
     CASE_INSENSITIVE,
@@ -55,7 +55,7 @@ def _condition(key: str, match: Match, study_alias: str) -> tuple[str, list[obje
     return f"{col} {op} ?", [pattern]
 
 
-def _where(search: Search, study_alias: str) -> tuple[str, list[object]]:
+def _where(search: Search, study_alias: str, instance_alias: str = "") -> tuple[str, list[object]]:
     parts, params = [], []
     for key, match in sorted(search.filters.items()):
         sql, p = _condition(key, match, study_alias)
@@ -63,8 +63,10 @@ def _where(search: Search, study_alias: str) -> tuple[str, list[object]]:
             sql = "0"
         parts.append(f"({sql})")
         params.extend(p)
-    if search.hide_held:
+    if search.hide_held:  # whole studies held back, and (series, instance levels) each held instance
         parts.append(f"({study_alias}.study_uid NOT IN ({HELD_STUDIES_SQL}))")
+        if instance_alias:
+            parts.append(f"(NOT {held_instance_sql(instance_alias)})")
     return " AND ".join(parts), params
 
 
@@ -83,7 +85,7 @@ def search_studies(query: Query, summary_sql: str, parse: Callable[[Any], StudyS
 
 
 def search_series(query: Query, search: Search) -> list[SeriesSummaryRow]:
-    where, params = _where(search, "st")
+    where, params = _where(search, "st", "i")
     sql = (f"SELECT {_STUDY_COLS}, se.series_uid, se.modality, se.series_number, se.description, count(*)"
            " FROM instances i JOIN series se ON se.series_uid = i.series_uid"
            " JOIN studies st ON st.study_uid = i.study_uid"
@@ -99,7 +101,7 @@ def search_series(query: Query, search: Search) -> list[SeriesSummaryRow]:
 
 
 def search_instances(query: Query, search: Search) -> list[InstanceSummaryRow]:
-    where, params = _where(search, "st")
+    where, params = _where(search, "st", "i")
     sql = (f"SELECT {_STUDY_COLS}, se.series_uid, se.modality, se.series_number, se.description,"
            " i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, i.size, i.instance_number, i.rows, i.columns,"
            " i.frames, min(i.id)"

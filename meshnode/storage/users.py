@@ -14,9 +14,11 @@ from typing import Protocol
 
 from protocol.errors import LocalProtocolError, NotFoundError
 
-#: read: QIDO-RS, WADO-RS, patient identifiers in the UI; write: STOW-RS, decisions on held research shares;
-#: audit: the audit page; reidentify: export a research project's re-link table (pseudonym -> original)
-ROLES = ("read", "write", "audit", "reidentify")
+#: read: QIDO-RS, WADO-RS, patient identifiers in the UI; write: STOW-RS; audit: the audit page; reidentify:
+#: export a research project's re-link table (pseudonym -> original); deid-release: look at the instances of a
+#: research share held for pixel risk and release (with a reason) or refuse it (not `write`: STOW service
+#: tokens have that)
+ROLES = ("read", "write", "audit", "reidentify", "deid-release")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 
 

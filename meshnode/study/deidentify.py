@@ -31,12 +31,12 @@ import pydicom
 from dicognito.anonymizer import Anonymizer
 from dicognito.datetimeanonymizer import DateTimeAnonymizer
 from dicognito.element_anonymizer import ElementAnonymizer
-from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
+import pydicom.uid
 
 from meshnode.study.annex_e_table import BASIC
 from meshnode.study.pseudonyms import Pseudonymiser
@@ -47,6 +47,14 @@ from protocol.errors import LocalProtocolError
 log = logging.getLogger(__name__)
 
 METHOD = "dicom-mesh PS3.15 E.1 Basic Profile (dicognito)"
+#: appended to De-identification Method on an instance released although it is at pixel risk
+PIXELS_NOT_CLEANED = "; pixel data not cleaned (at pixel risk, released after review)"
+#: the well-known UIDs (transfer syntaxes, SOP classes, coding schemes, the UTC frame of reference): kept. The
+#: dictionary pydicom.uid names them from (UID.name, UID.keyword), read without the private pydicom._uid_dict
+#: and without building a UID per value (that validates, and warns on every malformed value)
+_WELL_KNOWN_UIDS: frozenset[str] = frozenset(getattr(pydicom.uid, "UID_dictionary", {}))
+#: free text in structured content (Clean Structured Content): emptied, as no recogniser proves it clean
+_FREE_TEXT_VRS = frozenset({"UT", "LT", "ST"})
 _TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC"})
 _TIME_VRS = frozenset({"DA", "DT", "TM"})
 #: handled by VR wherever they are: keyed UIDs, dates removed or shifted
@@ -96,6 +104,14 @@ def _identifying_strings(ds: Dataset) -> list[str]:
     return [s.lower() for s in out]
 
 
+def _subject(ds: Dataset) -> str:
+    """The patient a data set (or an item) names: its Patient ID, with '^^^' and the Issuer of Patient ID when
+    there is one (HL7 CX's form, as the re-link table shows it); '' without a Patient ID."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+    return f"{pid}^^^{issuer}" if pid and issuer else pid
+
+
 class Deidentifier:
     """De-identifies instances for one project with one profile (reuse it for a whole share)."""
 
@@ -106,26 +122,35 @@ class Deidentifier:
             if profile.has(DeidOption.RETAIN_SAFE_PRIVATE) else set[tuple[int, int, str]]()
 
     # -- bytes in, bytes out ---------------------------------------------------------------------
-    def deidentify_bytes(self, data: bytes, relink: Relink) -> bytes:
+    def deidentify_bytes(self, data: bytes, relink: Relink, *, pixel_risk: str | None = None) -> bytes:
+        """`pixel_risk`: the instance may carry identifiers in its pixels (a person released it anyway):
+        Patient Identity Removed is NO then, and De-identification Method says the pixels were not cleaned."""
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=False)
         except (InvalidDicomError, ValueError, EOFError, OSError) as exc:
             raise DeidentificationError(f"not a DICOM instance this node can de-identify: {exc}") from None
         self.deidentify(ds, relink)
+        if pixel_risk is not None:
+            ds.PatientIdentityRemoved = "NO"
+            ds.DeidentificationMethod = METHOD + PIXELS_NOT_CLEANED
+        # the 128-byte preamble is free for applications (PS3.10 7.1): it may hold anything, names included
+        ds.preamble = b"\0" * 128
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)
         return out.getvalue()
 
     # -- a data set, in place --------------------------------------------------------------------
     def deidentify(self, ds: Dataset, relink: Relink) -> None:
-        original_pid = str(ds.get("PatientID", "") or "")
+        # the subject: (Patient ID, Issuer of Patient ID), so one ID under two issuers is two patients; an
+        # instance without a Patient ID is a subject of its own study (not one subject for every such instance)
+        original_pid = _subject(ds) or "study:" + str(ds.get("StudyInstanceUID", "") or ds.get("SOPInstanceUID", ""))
         pseudonym = self.pseudonyms.patient_id(original_pid)
         relink.add("patient", pseudonym, original_pid)
         identifying = _identifying_strings(ds)
-        self._apply_table(ds, identifying, relink, in_structured=False)
+        self._apply_table(ds, identifying, relink, in_structured=False, subject=original_pid)
         meta = getattr(ds, "file_meta", None)
         if meta is not None:  # the sending device's AE titles and addresses, private information
-            self._apply_table(meta, identifying, relink, in_structured=False)
+            self._apply_table(meta, identifying, relink, in_structured=False, subject=original_pid)
         if "PatientID" not in ds:
             ds.PatientID = pseudonym
         anonymizer = Anonymizer(seed=self.pseudonyms.seed(original_pid))
@@ -136,7 +161,8 @@ class Deidentifier:
         anonymizer.anonymize(ds)
         self._mark(ds)
 
-    def _apply_table(self, ds: Dataset, identifying: list[str], relink: Relink, *, in_structured: bool) -> None:
+    def _apply_table(self, ds: Dataset, identifying: list[str], relink: Relink, *, in_structured: bool,
+                     subject: str) -> None:
         """Table E.1-1 rows dicognito lacks, private attributes, curves and overlays; recursing into items."""
         options = self.profile.options
         for elem in list(ds):
@@ -148,11 +174,14 @@ class Deidentifier:
             if 0x5000 <= tag.group <= 0x50FF or (0x6000 <= tag.group <= 0x60FF and tag.group % 2 == 0):
                 del ds[tag]
                 continue
+            if elem.VR == "UR":  # URLs (Retrieve URL/URI, WADO links) carry original UIDs and host names
+                del ds[tag]
+                continue
             action = action_for(elem.keyword, options)
             if action is None and elem.VR not in _BY_VR and tag != 0x00100010:  # Patient's Name: its pseudonym
                 action = BASIC.get(int(tag))
             if tag == 0x00100020:  # Patient ID, here or in an item (a DICOMDIR's records): its pseudonym
-                original = str(elem.value or "")
+                original = _subject(ds) or subject
                 elem.value = self.pseudonyms.patient_id(original)
                 relink.add("patient", elem.value, original)
                 continue
@@ -166,13 +195,16 @@ class Deidentifier:
                 if self._identifies(elem, identifying):
                     elem.value = ""
                 continue
+            if in_structured and (elem.VR in _FREE_TEXT_VRS or elem.keyword == "TextValue"):
+                elem.value = ""  # free text of structured content: may name anyone (a doctor, a place)
+                continue
             if in_structured and elem.VR in _TEXT_VRS and self._identifies(elem, identifying):
                 elem.value = ""  # a text value of structured content naming the patient
                 continue
             if elem.VR == "SQ" and elem.value is not None:
                 for item in elem.value:
                     self._apply_table(item, identifying, relink,
-                                      in_structured=in_structured or action is Action.CLEAN)
+                                      in_structured=in_structured or action is Action.CLEAN, subject=subject)
 
     def _safe_private(self, ds: Dataset, elem: DataElement) -> bool:
         if not self._safe:
@@ -208,7 +240,7 @@ class Deidentifier:
     def _uids(self, relink: Relink) -> Callable[[Dataset, DataElement], bool]:
         def new(value: str, keyword: str) -> str:
             value = str(value)
-            if not value or value in UID_dictionary:  # well-known UIDs (coding schemes, frames of the UTC)
+            if not value or value in _WELL_KNOWN_UIDS:
                 return value
             mapped = self.pseudonyms.uid(value)
             relink.add(_UID_KINDS.get(keyword, "uid"), mapped, value)

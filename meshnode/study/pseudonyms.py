@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.files import read_file, write_atomic
+from common.files import read_file
 from protocol.deid import check_project
 from protocol.errors import StorageError
 
@@ -33,23 +33,16 @@ def project_key_path(home: Path, project: str) -> Path:
 
 
 def project_key(home: Path, project: str, *, create: bool = True) -> bytes:
-    """The project's key; created (mode 0600, in a 0700 folder) on first use when `create`."""
+    """The project's key; created (mode 0600, in a 0700 folder) on first use when `create`.
+
+    Created whole or not at all: the key is written to a temp file, fsynced, then hard-linked to its name
+    (which fails if another first use won: its key is used) and the folder fsynced; a crash leaves no empty
+    or half-written key (before: O_EXCL created the name first, then the content was written)."""
     path = project_key_path(home, project)
     if not path.exists():
         if not create:
             raise StorageError(f"no key for research project {project!r} on this node")
-        try:
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(path.parent, 0o700)
-        except OSError as exc:
-            raise StorageError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # two first uses: one key wins
-        except FileExistsError:
-            pass
-        else:
-            os.close(fd)
-            write_atomic(path, (os.urandom(KEY_SIZE).hex() + "\n").encode("ascii"), mode=0o600)
+        _create_key(path)
     mode = os.stat(path).st_mode & 0o777
     if mode & 0o077:
         raise StorageError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
@@ -63,19 +56,52 @@ def project_key(home: Path, project: str, *, create: bool = True) -> bytes:
     return key
 
 
+def _create_key(path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, (os.urandom(KEY_SIZE).hex() + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # atomic, and never over an existing key
+        except FileExistsError:
+            pass  # two first uses: the other one's key wins
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from None
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 @dataclass(frozen=True)
 class Pseudonymiser:
     """Keyed pseudonyms of one project (HMAC-SHA256 with the project's key, one label per kind)."""
 
     project: str
     key: bytes
+    #: the profile's fingerprint (DeidProfile.fingerprint): copies made with other options get other UIDs (their
+    #: bytes differ), while patient pseudonyms, dates and dummies stay project-keyed (one subject per patient)
+    uid_context: str = ""
 
     def _mac(self, label: str, value: str) -> bytes:
         return hmac.new(self.key, f"{label}\0{value}".encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
 
     def uid(self, original: str) -> str:
         """A UID of the 2.25 root (PS3.5 B.2: a UUID-sized integer), at most 44 characters."""
-        return "2.25." + str(int.from_bytes(self._mac("uid", original.strip("\0 "))[:16], "big"))
+        label = f"uid:{self.uid_context}" if self.uid_context else "uid"
+        return "2.25." + str(int.from_bytes(self._mac(label, original.strip("\0 "))[:16], "big"))
 
     def patient_id(self, original: str) -> str:
         """A patient pseudonym: 'R' and 16 base32 characters (80 bits)."""

@@ -4,7 +4,7 @@ Access levels of a route:
     public   anyone (health, the UI's static files, login)
     status   anyone if [http] public_status, else a logged-in user (UI pages without patient identifiers)
     metrics  anyone if [http] public_metrics, else any user
-    read / write / audit / reidentify   a user with that role
+    read / write / audit / reidentify / deid-release   a user with that role
 
 Credentials: `Authorization: Bearer TOKEN` (or Basic with the token as the
 password) on every route; the UI's session cookie on GET routes and the UI's
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 AuditFn = Callable[[AuditEvent], Awaitable[None]]
-ACCESS = ("public", "status", "metrics", "read", "write", "audit", "reidentify")
+ACCESS = ("public", "status", "metrics", "read", "write", "audit", "reidentify", "deid-release")
 FAILURE_AUDIT_EVERY_S = 10.0
 #: after refusing a request, read at most this much of the rest of its body before answering
 DRAIN_MAX = 64 << 20
@@ -191,7 +191,7 @@ class WebApp:
         if p is None:
             raise HttpError(401, "authentication required: Authorization: Bearer <API token>",
                             headers={"www-authenticate": 'Bearer realm="meshnode"'})
-        if r.access in ("read", "write", "audit", "reidentify") and not p.may(r.access):
+        if r.access in ("read", "write", "audit", "reidentify", "deid-release") and not p.may(r.access):
             self.stats.auth_failures += 1
             await self.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "http-forbidden", Outcome.MINOR_FAILURE,
                                         actor=f"user:{p.user}", detail=f"needs role {r.access} for {r.name}"))

@@ -2,7 +2,8 @@
 
     GET  /reconcile                        read    the queue (?all=1: decided ones too)
     POST /reconcile/{manifest}/match       write   {"local_id": ...} or {"record": {local_id, issuer, nhs_number,
-                                                   name, birth_date, sex}}
+                                                   name, birth_date, sex}}, "override_reason"?: needed when
+                                                   the record's NHS number is not the study's (audited)
     POST /reconcile/{manifest}/reject      write   {"reason": ...}
     GET  /patients                         read    the lookup table (?nhs_number=...)
     POST /patients                         write   {"record": {...}}: add or replace one record
@@ -81,7 +82,7 @@ class ReconcileWeb:
 
     async def _decide(self, request: Request, action: str) -> Response:
         payload = await _json(request)
-        payload = {k: v for k, v in payload.items() if k in ("local_id", "record", "reason")}
+        payload = {k: v for k, v in payload.items() if k in ("local_id", "record", "reason", "override_reason")}
         payload.update(manifest=str(request.path_params["manifest"]), action=action)
         return json_response(200, await reconcile_api.decide(self.reconciler(), payload, _user(request)))
 

@@ -30,6 +30,7 @@ from starlette.responses import Response
 
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.blockstore import BlockCorruptError, BlockMissingError
+from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord, hash_uid
 from meshnode.web.app import Route, route
 from meshnode.web.blockio import (
@@ -155,8 +156,13 @@ class Wado:
     async def _records(self, request: Request) -> list[InstanceRecord]:
         p = request.path_params
         study = p["study"]
-        # a study patient reconciliation holds back is not shown (meshnode.gateway.reconciler)
-        records = await self.s.db.run(lambda store: [] if study in store.held_studies() else store.instances(study))
+        # what patient reconciliation holds back is not shown (meshnode.gateway.reconciler)
+        def shown(store: MetadataStore) -> list[InstanceRecord]:
+            if store.research_copy_of(study) is not None:
+                return []  # a de-identified research copy is never a local study (meshnode.node.research_share)
+            held = store.held_instances(study)
+            return [r for r in store.instances(study) if (r.sop_instance_uid, r.digest) not in held]
+        records = await self.s.db.run(shown)
         if "series" in p:
             records = [r for r in records if r.series_uid == p["series"]]
         if "instance" in p:

@@ -8,6 +8,7 @@ asking for the original's blocks: tests/meshnode/node/test_research_share.py and
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.research_store import ResearchState
 from meshnode.storage.users import MemoryUserStore
 from meshnode.web.app import WebApp
-from meshnode.web.auth import Authenticator, add_user, issue_token
+from meshnode.web.auth import SESSION_COOKIE, Authenticator, add_user, issue_token
 from meshnode.web.config import HttpConfig
 from meshnode.web.deid_web import DeidWeb
 from protocol.deid import DeidProfile
@@ -64,7 +65,8 @@ async def setup(tmp_path: Path, autojump_clock: MockClock) -> AsyncIterator[Setu
     assert held.state is ResearchState.HELD
     users = MemoryUserStore()
     tokens = {}
-    for name, roles in (("viewer", ("read",)), ("ct3", ("read", "write")), ("dpo", ("reidentify",))):
+    for name, roles in (("viewer", ("read",)), ("ct3", ("read", "write")), ("dpo", ("reidentify",)),
+                        ("reviewer", ("read", "deid-release"))):
         add_user(users, name, roles, 0)
         tokens[name], _ = issue_token(users, name, "", 0)
 
@@ -97,28 +99,61 @@ async def test_only_a_user_with_the_reidentify_role_can_export_the_relink_table(
         ["user:dpo"]
 
 
-async def test_a_user_without_the_write_role_cannot_release_or_refuse_a_held_share(setup: Setup) -> None:
-    body = json.dumps({"include_risky": True}).encode()
-    for user in ("viewer", "dpo"):
+async def test_only_the_deid_release_role_decides_on_a_held_share_with_a_reason(setup: Setup) -> None:
+    """Review finding 8: `write` (also STOW service tokens) no longer releases instances at pixel risk; a
+    dedicated role does, with a reason; finding 15: a real session cookie is still no credential for a POST."""
+    body = json.dumps({"include_risky": True, "reason": "looked"}).encode()
+    for user in ("viewer", "dpo", "ct3"):  # ct3 has write: before the fix it could release
         for action in ("release", "refuse"):
             reply = await call(setup.app, "POST", f"/deid/held/{setup.share}/{action}", headers=setup.auth(user),
                                body=body)
             assert reply.status == 403, (user, action, reply.body)
-    # a browser's session cookie is no credential for a POST (another site cannot make it decide)
-    reply = await call(setup.app, "POST", f"/deid/held/{setup.share}/release",
-                       headers={"Cookie": "meshnode_session=stolen", "Content-Type": "application/json"}, body=body)
+    principal = await setup.app.auth.token(setup.tokens["reviewer"])
+    assert principal is not None
+    session = setup.app.auth.open_session(principal, hours=1)
+    cookie = {"Cookie": f"{SESSION_COOKIE}={session}", "Content-Type": "application/json"}
+    assert (await call(setup.app, "GET", "/deid/held", headers=cookie)).status == 200  # the session is valid
+    reply = await call(setup.app, "POST", f"/deid/held/{setup.share}/release", headers=cookie, body=body)
     assert reply.status == 401
     assert _held(setup) == [setup.share] and setup.node.store.manifests("sent") == []
-    # the reader sees the queue; a writer decides, named in the audit
+    # releasing the risky instances needs a reason; a refusal too
+    for action, value in (("release", {"include_risky": True}), ("release", {"include_risky": True, "reason": " "}),
+                          ("refuse", {})):
+        reply = await call(setup.app, "POST", f"/deid/held/{setup.share}/{action}", headers=setup.auth("reviewer"),
+                           body=json.dumps(value).encode())
+        assert reply.status == 400, (action, value, reply.body)
+    assert _held(setup) == [setup.share]
+    # the reader sees what to look at: modality, SOP class, series, instance number, reason, a preview link
     listed = await call(setup.app, "GET", "/deid/held", headers=setup.auth("viewer"))
-    assert listed.status == 200 and [r["research_share"] for r in listed.json()] == [setup.share]
-    reply = await call(setup.app, "POST", f"/deid/held/{setup.share}/release", headers=setup.auth("ct3"),
-                       body=json.dumps({"include_risky": False}).encode())
-    assert reply.status == 200 and reply.json()["state"] == "shared" and reply.json()["instances"] == 2
+    assert listed.status == 200
+    [row] = listed.json()
+    [entry] = row["review"]
+    assert (entry["modality"], entry["sop_class"], entry["reason"]) == \
+        ("US", "CT Image Storage", "US image without Burned In Annotation")
+    assert entry["series_number"] and entry["instance_number"] and "series_description" in entry
+    # the preview: the reviewer's role only, a real PNG of the held instance's pixels
+    assert (await call(setup.app, "GET", entry["preview"], headers=setup.auth("viewer"))).status == 403
+    assert (await call(setup.app, "GET", f"/deid/held/{setup.share}/instances/9.png",
+                       headers=setup.auth("reviewer"))).status == 404
+    png = await call(setup.app, "GET", entry["preview"], headers=setup.auth("reviewer"))
+    assert png.status == 200 and png.body.startswith(b"\x89PNG\r\n\x1a\n")
+    reply = await call(setup.app, "POST", f"/deid/held/{setup.share}/release", headers=setup.auth("reviewer"),
+                       body=json.dumps({"include_risky": True, "reason": "no text in the pixels"}).encode())
+    assert reply.status == 200 and reply.json()["state"] == "shared" and reply.json()["instances"] == 3
     assert _held(setup) == []
     [decision] = [e.event for e in setup.node.store.audit_entries() if e.event.action == "research-share"]
-    assert decision.actor == "user:ct3"
-    again = await call(setup.app, "POST", f"/deid/held/{setup.share}/refuse", headers=setup.auth("ct3"), body=b"{}")
+    assert decision.actor == "user:reviewer" and "no text in the pixels" in decision.detail
+    assert [e.event.actor for e in setup.node.store.audit_entries() if e.event.action == "deid-preview"] == \
+        ["user:reviewer"]
+    # the released risky instance does not claim its identity was removed
+    [manifest] = setup.node.store.manifests("sent")
+    flags = []
+    for record in setup.node.store.instances(manifest.study_uid):
+        ds = pydicom.dcmread(io.BytesIO(b"".join(setup.node.ctx.storage.blocks.get(c) for c in record.blocks)))
+        flags.append((str(ds.Modality), str(ds.PatientIdentityRemoved), "not cleaned" in ds.DeidentificationMethod))
+    assert sorted(flags) == [("CT", "YES", False), ("CT", "YES", False), ("US", "NO", True)]
+    again = await call(setup.app, "POST", f"/deid/held/{setup.share}/refuse", headers=setup.auth("reviewer"),
+                       body=b'{"reason": "late"}')
     assert again.status == 400  # decided already
 
 

@@ -44,6 +44,15 @@ def test_good_file() -> None:
     (GOOD + "R" * 65 + ",RGT,4010232137,JONES^A,19800101,M\n", 3, "1-64"),
     (GOOD + ",RGT,4010232137,JONES^A,19800101,M\n", 3, "local_id"),
     (GOOD + "@SUM(A1),RGT,4010232137,JONES^A,19800101,M\n", 3, "formula"),
+    # review finding 13: '-' and tab/CR prefixes; placeholder NHS numbers that pass modulus 11
+    (GOOD + "\"-2+3+cmd|' /C calc'!A0\",RGT,4010232137,JONES^A,19800101,M\n", 3, "formula"),
+    (GOOD + "RGT0002,RGT,4010232137,-HYPERLINK(1),19800101,M\n", 3, "formula"),
+    (GOOD + "RGT0002,-RGT,4010232137,JONES^A,19800101,M\n", 3, "formula"),
+    (GOOD + "\"\t=1+1\",RGT,4010232137,JONES^A,19800101,M\n", 3, "formula"),
+    (GOOD + "\"\r=1+1\",RGT,4010232137,JONES^A,19800101,M\n", 3, "formula"),
+    (GOOD + "RGT0002,RGT,0000000000,JONES^A,19800101,M\n", 3, "placeholder"),
+    (GOOD + "RGT0002,RGT,1111111111,JONES^A,19800101,M\n", 3, "placeholder"),
+    (GOOD + "RGT0002,RGT,999 999 9999,JONES^A,19800101,M\n", 3, "placeholder"),
 ])
 def test_a_bad_row_fails_the_whole_file_naming_its_line(rows: str, line: int, words: str) -> None:
     with pytest.raises(LocalProtocolError) as caught:

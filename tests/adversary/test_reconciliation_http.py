@@ -28,6 +28,7 @@ from tests.meshnode.web.asgi import Reply, call
 T = TypeVar("T")
 WAITING = CID.of(b"a study waiting")
 DECIDED = CID.of(b"a study matched automatically")
+OTHER_NHS = CID.of(b"a study carrying another NHS number")
 LOCAL = PatientRecord("RGT0001", "RGT", "9434765919", "SMITH^JANE", "19700101", "F", 1, "seed")
 
 
@@ -165,3 +166,21 @@ async def test_a_writer_edits_the_table_audited(env: Env) -> None:
     actions = [(e.action, e.actor) for e in env.events if e.code == EventCode.PATIENT_RECORD]
     assert actions == [("patient-table-add", "user:pacs"), ("patient-table-delete", "user:pacs")]
     assert "4010232137" not in json.dumps([e.detail for e in env.events]) and "RGT0002" not in str(env.events)
+
+
+async def test_a_match_with_another_nhs_number_needs_a_reason_over_http(env: Env) -> None:
+    """Review finding 15, over HTTP: the study carries 4010232137, RGT0001 has another NHS number."""
+    env.store.add_reconciliation(ReconciliationRow(OTHER_NHS, "1.2.5", "RXX", ReconState.WAITING, 3,
+                                                   nhs_number="4010232137", reason="no-candidate"))
+    before = env.snapshot()
+    path = f"/reconcile/{OTHER_NHS}/match"
+    for body in ({"local_id": "RGT0001"}, {"local_id": "RGT0001", "override_reason": ""},
+                 {"local_id": "RGT0001", "override_reason": 7}, {"local_id": "RGT0001", "override_reason": "x" * 201}):
+        r = await env.post(path, env.writer, body)
+        assert r.status == 400, body
+    assert env.snapshot() == before
+    r = await env.post(path, env.writer, {"local_id": "RGT0001", "override_reason": "sender typo, checked with PAS"})
+    assert r.status == 200, r.body
+    assert r.json()["local"]["local_id"] == "RGT0001"
+    [decision] = [e for e in env.events if e.action == "reconcile-matched"]
+    assert decision.actor == "user:pacs" and "OVERRIDE" in decision.detail and "checked with PAS" in decision.detail

@@ -131,6 +131,9 @@ def test_matched_by_nhs_number_and_matched_by_a_user(mesh: MeshDemo, orthanc: Or
     assert result.code == 0, result.output
     found = {answer.get("StudyInstanceUID") for answer in find_answers(result.output)}
     assert waiting_uid not in found and matched_uid in found
+    # the operator's share of a study held in reconciliation is refused unless said explicitly (finding 12)
+    shared = mesh.ws.run("meshnode", "share", waiting_uid, "--to", "RGT", "--home", str(b.home), check=False)
+    assert shared.code != 0 and "held by patient reconciliation" in shared.stderr, shared.stderr
     decided = mesh.cli(b, "reconcile", "match", queue[0]["manifest"], "RJ1-000123")
     assert decided["state"] == "matched" and decided["decided_by"].startswith("control:")
     got2 = mesh.wait_for(lambda: len(in_orthanc(orthanc, waiting_uid)) == 3 and in_orthanc(orthanc, waiting_uid),

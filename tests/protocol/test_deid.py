@@ -57,3 +57,44 @@ def test_profile_defaults_and_json() -> None:
 def test_bad_profiles_are_refused_naming_the_key(value: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         parse_profile(value)
+
+
+@pytest.mark.parametrize(("sop_class", "modality", "burned_in", "extra"), [
+    (US, "", None, {}),  # ultrasound without Modality: judged by its SOP class (before: not held)
+    ("1.2.840.10008.5.1.4.1.1.3.1", "", None, {}),  # US multi-frame
+    ("1.2.840.10008.5.1.4.1.1.6.2", "", None, {}),  # enhanced US volume
+    ("1.2.840.10008.5.1.4.1.1.77.1.5.1", "OP", None, {}),  # ophthalmic photography
+    ("1.2.840.10008.5.1.4.1.1.77.1.4", "XC", None, {}),  # VL photographic
+    ("1.2.840.10008.5.1.4.1.1.77.1.1.1", "", None, {}),  # video endoscopic
+    ("1.2.840.10008.5.1.4.1.1.77.1.2", "", None, {}),  # VL microscopic
+    ("1.2.840.10008.5.1.4.1.1.77.1.4", "DMS", None, {}),  # dermoscopy
+    ("1.2.840.10008.5.1.4.1.1.1.1", "PX", None, {}),  # panoramic X-ray
+    ("1.2.840.10008.5.1.4.1.1.1.3", "IO", None, {}),  # intra-oral
+    ("1.2.840.10008.5.1.4.1.1.12.1", "XA", None, {}),
+    ("1.2.840.10008.5.1.4.1.1.12.2", "RF", None, {}),
+    ("1.2.840.10008.5.1.4.1.1.1", "CR", None, {}),
+    ("1.2.840.10008.5.1.4.1.1.104.3", "M3D", "NO", {"has_pixels": False}),  # encapsulated STL: a face
+    ("1.2.840.10008.5.1.4.1.1.104.4", "M3D", None, {"has_pixels": False}),  # OBJ
+    ("1.2.840.10008.5.1.4.1.1.104.5", "M3D", None, {"has_pixels": False}),  # MTL
+    (CT, "CT", "NO", {"recognizable_features": "YES"}),  # a face rendered from a head CT
+    ("1.2.840.10008.5.1.4.1.1.2.1", "CT", None, {"recognizable_features": "YES "}),
+])
+def test_review_finding_7_pixel_risk_gaps_are_held(sop_class: str, modality: str, burned_in: str | None,
+                                                    extra: dict[str, object]) -> None:
+    reason = pixel_risk(sop_class_uid=sop_class, modality=modality, burned_in=burned_in, **extra)  # type: ignore[arg-type]
+    assert reason is not None
+
+
+@pytest.mark.parametrize("sop_class", [CT, "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4",
+                                       "1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.13"])
+def test_cross_sectional_images_without_burned_in_annotation_are_not_held(sop_class: str) -> None:
+    assert pixel_risk(sop_class_uid=sop_class, modality="", burned_in=None) is None
+
+
+def test_the_profile_fingerprint_follows_the_bytes_not_the_project_or_policy() -> None:
+    base = DeidProfile("p1")
+    assert base.fingerprint() == DeidProfile("p2", pixel_risk=PixelRiskPolicy.REFUSE).fingerprint()
+    assert base.fingerprint() != DeidProfile("p1", frozenset({DeidOption.CLEAN_DESCRIPTORS})).fingerprint()
+    safe = parse_profile({"project": "p1", "retain_safe_private": True, "safe_private": ["0019,xx0c,GEMS"]})
+    other = parse_profile({"project": "p1", "retain_safe_private": True, "safe_private": ["0019,xx0d,GEMS"]})
+    assert safe.fingerprint() != other.fingerprint()

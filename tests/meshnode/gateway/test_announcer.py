@@ -87,7 +87,8 @@ async def test_pending_announcements_survive_a_restart(gateways: GatewayFactory,
     async with trio.open_nursery() as nursery:
         nursery.start_soon(restarted.run)
         (signed,) = await eventually(lambda: gw.shared.manifests[:1], "the announcement after the restart")
+        # settled by the running announcer (a database call after the share): stop it only then
+        await eventually(lambda: not restarted.pending(), "the announcement to be settled")
         nursery.cancel_scope.cancel()
     assert signed.document.study_uid == study and len(signed.document.instances) == 4
-    await eventually(lambda: not restarted.pending(), "the announcement to be settled")
     assert (await item(gw, study)).state is DeliveryState.DELIVERED

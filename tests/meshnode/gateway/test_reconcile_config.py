@@ -26,7 +26,8 @@ def test_off_by_default_and_rendered() -> None:
 
 
 def test_round_trip() -> None:
-    settings = ReconciliationSettings(enabled=True, nhs_issuers=("NHS",), demographics_must_agree=False)
+    settings = ReconciliationSettings(enabled=True, nhs_issuers=("NHS",), demographics_must_agree=False,
+                                      local_issuer_oid="1.2.826.0.1.3680043.10.1")
     rendered = NodeConfig(org="RJ1", gateway=GatewayConfig(reconciliation=settings)).render()
     assert parse_config(rendered, "node.toml").gateway.reconciliation == settings
     assert replace(settings, enabled=False) != settings
@@ -38,6 +39,9 @@ def test_round_trip() -> None:
     ("[reconciliation]\nnhs_issuers = [\"a\\\\b\"]\n", "reconciliation.nhs_issuers[0]"),
     ("[reconciliation]\nnhs_issuers = [\"" + "x" * 65 + "\"]\n", "reconciliation.nhs_issuers[0]"),
     ("[reconciliation]\nfhir_url = \"http://mpi\"\n", "reconciliation.fhir_url"),
+    ("[reconciliation]\nlocal_issuer_oid = \"RGT\"\n", "reconciliation.local_issuer_oid"),
+    ("[reconciliation]\nlocal_issuer_oid = \"1.02.3\"\n", "reconciliation.local_issuer_oid"),
+    ("[reconciliation]\nlocal_issuer_oid = \"1." + "1" * 64 + "\"\n", "reconciliation.local_issuer_oid"),
 ])
 def test_bad_values_name_the_key(body: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):

@@ -16,7 +16,7 @@ from trio.testing import MockClock
 
 from meshnode.dicom import synthetic
 from meshnode.gateway.announcer import StudyAnnouncer
-from meshnode.gateway.intake import StudyIntake
+from meshnode.gateway.intake import StoredInstance, StudyIntake
 from meshnode.gateway.routes import RouteTable
 from meshnode.node.research_share import (
     HeldShareError,
@@ -56,8 +56,8 @@ def with_research(node: HarnessNode, home: Path) -> None:
     intake = StudyIntake(node.ctx.storage, node.ctx.db, state, StudyAnnouncer(node.ctx.db, state, RouteTable(),
                                                                                 no_share))
 
-    async def store(data: bytes, source: str) -> str:
-        return (await intake.store(data, None, source=source)).study_uid
+    async def store(data: bytes, source: str) -> StoredInstance:
+        return await intake.store(data, None, source=source)
 
     node.sender.research = ResearchShares(node.ctx, home, node.sender.share_study, store)
 

@@ -1,4 +1,4 @@
-"""Migration 15 (conflict lineage): an existing node's received instances take their sender organisation from
+"""The conflict lineage migration (origin): an existing node's received instances take their sender organisation from
 the received manifest of their study that lists their blocks; one no manifest lists matches no sender (a
 received revision with its UID is held, never a replacement)."""
 

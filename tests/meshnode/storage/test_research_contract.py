@@ -47,3 +47,21 @@ def test_relink_is_per_project_and_first_write_wins(store: MetadataStore) -> Non
     assert store.relink("lung") == [("patient", "RAAA", "NHS1"), ("study", "2.25.1", "1.2.3")]
     assert store.relink("other") == [("patient", "RBBB", "NHS1")]
     assert store.relink("none") == []
+
+
+def test_a_decision_is_compare_and_set_and_research_copies_are_hidden(store: MetadataStore) -> None:
+    """Review findings 3 and 6: of two decisions on a held share only one wins; a copy's study is hidden."""
+    held = ResearchShareRow("a1", "1.2.3", "lung", "{}", ResearchState.HELD, 10)
+    store.save_research_share(held)
+    sending = replace(held, state=ResearchState.SENDING, research_study_uid="2.25.7", decided_by="user:bob")
+    assert store.update_research_share(sending, ResearchState.HELD)
+    refused = replace(held, state=ResearchState.REFUSED, decided_by="user:dpo")
+    assert not store.update_research_share(refused, ResearchState.HELD)  # decided already
+    assert store.research_share("a1") == sending
+    assert not store.update_research_share(replace(held, share_id="zz"), ResearchState.HELD)
+    failed = replace(sending, state=ResearchState.FAILED, decision="failed: x")
+    assert store.update_research_share(failed, ResearchState.SENDING)
+    assert store.research_share("a1") == failed
+    assert store.research_copies() == {"2.25.7"} and store.research_copy_of("2.25.7") == failed
+    assert store.research_copy_of("1.2.3") is None and store.research_copy_of("") is None
+    assert "2.25.7" in store.held_studies() and "1.2.3" not in store.held_studies()

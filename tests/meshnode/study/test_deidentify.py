@@ -14,8 +14,8 @@ from datetime import date
 from pathlib import Path
 
 import pydicom
+import pydicom.uid
 import pytest
-from pydicom._uid_dict import UID_dictionary
 from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -28,6 +28,7 @@ from protocol.errors import ConfigError
 from tests.meshnode.study.annex_e import TABLE_E11
 
 KEY = bytes(range(32))
+WELL_KNOWN = frozenset(getattr(pydicom.uid, "UID_dictionary", {}))  # pydicom.uid's public table
 
 
 def _candidates() -> Iterator[Path]:
@@ -116,7 +117,7 @@ def test_basic_profile_leaves_no_table_e11_value(path: Path) -> None:
         _values(out.file_meta, after)
     for tag, name in TABLE_E11.items():
         old = set().union(*(_strings(v) for v in before.get(tag, [])))
-        old -= set(UID_dictionary)  # well-known UIDs (the UTC frame of reference) identify nobody
+        old -= WELL_KNOWN  # well-known UIDs (the UTC frame of reference) identify nobody
         new = set().union(*(_strings(v) for v in after.get(tag, [])))
         assert not old & new, f"{path.name}: {name} ({tag:08X}) kept its original value"
     for tag in after:
@@ -244,10 +245,37 @@ def test_clean_descriptors_keeps_descriptions_without_identity() -> None:
 
 
 def test_clean_structured_content_keeps_the_report_cleaned() -> None:
-    out = _deidentify(_rich(), _profile(DeidOption.CLEAN_STRUCTURED_CONTENT))
-    texts = [item.TextValue for item in out.ContentSequence]
-    assert texts == ["", "Lungs clear"]
+    """Review finding 9: free text in structured content may name anyone (a doctor, a hospital), and no
+    recogniser here proves it clean: it is emptied; the coded structure stays (before: kept as it was)."""
+    ds = _rich()
+    item = Dataset()
+    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "121071", "DCM", "Finding"
+    item.ConceptNameCodeSequence = DicomSequence([concept])
+    item.TextValue = "Seen at St Elsewhere on 12/03/2023 by Dr Gregory House"
+    ds.ContentSequence.append(item)
+    out = _deidentify(ds, _profile(DeidOption.CLEAN_STRUCTURED_CONTENT))
+    assert [item.TextValue for item in out.ContentSequence] == ["", "", ""]
+    assert [item.ValueType for item in out.ContentSequence] == ["TEXT"] * 3
+    assert out.ContentSequence[2].ConceptNameCodeSequence[0].CodeMeaning == "Finding"
+    raw = io.BytesIO()
+    out.save_as(raw, enforce_file_format=False)
+    assert b"House" not in raw.getvalue() and b"Elsewhere" not in raw.getvalue()
     assert all(_gone(out, k) for k in (*PATIENT, *DEVICE, "StudyDescription"))
+
+
+def test_the_preamble_and_every_identifier_leave_the_bytes() -> None:
+    """Review finding 4: the 128-byte preamble was copied verbatim (a name and an NHS number in it)."""
+    ds = _rich()
+    ds.preamble = b"SMITH^JOHN NHS 9434765919".ljust(128, b"\0")
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    relink = Relink()
+    out = Deidentifier(_profile(), Pseudonymiser("opts", KEY)).deidentify_bytes(buffer.getvalue(), relink)
+    assert out[:128] == b"\0" * 128 and out[128:132] == b"DICM"
+    for needle in (b"SMITH", b"9434765919", b"NHS9434765919", b"CTSCAN01", b"SN-44817"):
+        assert needle not in out, needle
 
 
 def test_retain_longitudinal_shifts_dates_instead_of_removing_them() -> None:
@@ -297,3 +325,43 @@ def test_the_file_meta_information_loses_the_sending_devices_identity() -> None:
     assert meta.get("PrivateInformationCreatorUID") != "1.2.826.0.1.3680043.9.7.555"
     kept = _deidentify(ds, _profile(DeidOption.RETAIN_DEVICE_IDENTITY))
     assert kept.file_meta.SourceApplicationEntityTitle == "RGT_CT3"
+
+
+def test_a_patient_is_keyed_by_issuer_and_id_and_an_instance_without_an_id_by_its_study() -> None:
+    """Review finding 12: one ID under two issuers merged two patients; every instance without a Patient ID
+    became one subject; the re-link table lost the issuer."""
+    def pseudonym(patient_id: str | None, issuer: str | None, study: str) -> tuple[str, Relink]:
+        ds = _study(study, "20240105", patient_id or "")
+        if patient_id is None:
+            del ds.PatientID
+        if issuer is not None:
+            ds.IssuerOfPatientID = issuer
+        relink = Relink()
+        return str(_deidentify(ds, _profile(), relink=relink).PatientID), relink
+
+    s1, s2 = "1.2.826.0.1.3680043.9.7.201", "1.2.826.0.1.3680043.9.7.202"
+    rgt, _ = pseudonym("12345", "RGT", s1)
+    rj1, relink = pseudonym("12345", "RJ1", s1)
+    assert rgt != rj1 and ("patient", rj1) in relink.entries and relink.entries[("patient", rj1)] == "12345^^^RJ1"
+    assert pseudonym("12345", "RGT", s2)[0] == rgt  # the same patient in another study: the same subject
+    assert pseudonym("12345", None, s1)[0] == pseudonym("12345", "", s2)[0]  # no issuer: the ID alone, as before
+    none1, relink = pseudonym(None, None, s1)
+    none2, _ = pseudonym(None, None, s2)
+    assert none1 != none2 and relink.entries[("patient", none1)] == f"study:{s1}"
+    assert pseudonym("", None, s1)[0] == none1
+
+
+def test_urls_that_carry_the_original_uids_are_removed() -> None:
+    """Review finding 11: Retrieve URL kept the original Study Instance UID (and the PACS host)."""
+    ds = _rich()
+    study = str(ds.StudyInstanceUID)
+    ds.RetrieveURL = f"https://pacs.rgt.nhs.uk/dicomweb/studies/{study}"
+    item = Dataset()
+    item.RetrieveURI = f"https://pacs.rgt.nhs.uk/wado?studyUID={study}"
+    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.9.7.555"
+    ds.ReferencedImageSequence = DicomSequence([item])
+    out = _deidentify(ds, _profile(DeidOption.RETAIN_DEVICE_IDENTITY, DeidOption.CLEAN_DESCRIPTORS))
+    raw = io.BytesIO()
+    out.save_as(raw, enforce_file_format=False)
+    assert study.encode() not in raw.getvalue() and b"pacs.rgt" not in raw.getvalue()
+    assert "RetrieveURL" not in out and "RetrieveURI" not in out.ReferencedImageSequence[0]

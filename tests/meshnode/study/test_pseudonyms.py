@@ -34,3 +34,29 @@ def test_pseudonyms_are_keyed_stable_and_well_formed() -> None:
     pid = one.patient_id("9434765919")
     assert pid == one.patient_id("9434765919") and len(pid) == 17 and pid != two.patient_id("9434765919")
     assert -730 <= one.shift_days("9434765919") <= -62
+
+
+def test_a_failed_key_creation_leaves_no_empty_key_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding 13: the name was created (O_EXCL) before the key was written; a failure (or a crash)
+    between the two left an empty key file and the project broken for good."""
+    real = os.fsync
+    failing = [True]
+
+    def fsync(fd: int) -> None:
+        if failing[0]:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(StorageError, match="cannot create"):
+        project_key(tmp_path, "lung")
+    assert not project_key_path(tmp_path, "lung").exists()
+    assert [p.name for p in project_key_path(tmp_path, "lung").parent.iterdir()] == []  # no temp file left
+    failing[0] = False
+    assert len(project_key(tmp_path, "lung")) == 32
+
+
+def test_relink_csv_cells_cannot_run_as_spreadsheet_formulas() -> None:
+    from meshnode.cli.deid_cmd import _cell
+    assert [_cell(v) for v in ("=HYPERLINK(\"x\")", "+1", "-2", "@SUM(A1)", "\tx", "R4BXQ", "1.2.3")] == \
+        ["'=HYPERLINK(\"x\")", "'+1", "'-2", "'@SUM(A1)", "'\tx", "R4BXQ", "1.2.3"]
