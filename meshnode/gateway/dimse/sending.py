@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import secrets
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -35,6 +34,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from pynetdicom import _config
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS
 
 from common.files import write_new
 from meshnode.gateway.dimse.contexts import UNCOMPRESSED
@@ -70,6 +70,16 @@ class RawInstance(Dataset):
         self.SOPInstanceUID = UID(record.sop_instance_uid)
         object.__setattr__(self, "stored_record", record)
         object.__setattr__(self, "stored_bytes", data)
+        object.__setattr__(self, "delivered", False)  # set by send_stored: the peer stored it (success/warning)
+
+
+def delivered(status: Any) -> bool:
+    """Whether a C-STORE response status says the peer stored the instance (success or warning)."""
+    code = getattr(status, "Status", None)
+    if not isinstance(code, int):
+        return False
+    category = STORAGE_SERVICE_CLASS_STATUS.get(code, ("",))[0]
+    return category in (STATUS_SUCCESS, STATUS_WARNING)
 
 
 def syntaxes_to_propose(transfer_syntax: str) -> list[str]:
@@ -192,11 +202,15 @@ def send_stored(assoc: Any, original: Callable[..., Dataset], tmp_dir: Path, dat
     record: InstanceRecord = getattr(dataset, "stored_record")
     data: bytes = getattr(dataset, "stored_bytes")
     if not _accepts(assoc, record.sop_class_uid, record.transfer_syntax):
-        return original(converted(assoc, record, data), msg_id, priority, originator_aet, originator_id)
+        status = original(converted(assoc, record, data), msg_id, priority, originator_aet, originator_id)
+        object.__setattr__(dataset, "delivered", delivered(status))
+        return status
     path = tmp_dir / f"send.{secrets.token_hex(8)}.dcm"
     try:
         write_new(path, data, 0o600)
-        return original(path, msg_id, priority, originator_aet, originator_id)
+        status = original(path, msg_id, priority, originator_aet, originator_id)
+        object.__setattr__(dataset, "delivered", delivered(status))
+        return status
     except OSError as exc:
         raise StorageError(f"cannot stage an instance to send: {exc.strerror or exc}") from None
     finally:

@@ -279,8 +279,8 @@ class DimseServer:
                 detail=(f"{info.stored} stored, {info.refused} refused"
                         + (f"; {'; '.join(problems)}" if problems else ""))[:300]))
         log.info("association %s from %s: %d stored (%d bytes), %d duplicate(s), %d refused, %d found, "
-                 "%d retrieved", how, info.source, info.stored, info.bytes, info.duplicates, info.refused,
-                 info.found, info.retrieved)
+                 "%d retrieved, %d retrieve sub-operation(s) failed", how, info.source, info.stored, info.bytes,
+                 info.duplicates, info.refused, info.found, info.retrieved, info.not_retrieved)
 
     @staticmethod
     def _on_echo(event: Any) -> int:
