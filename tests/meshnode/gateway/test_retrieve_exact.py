@@ -20,7 +20,7 @@ import pydicom
 import pytest
 import trio
 from pydicom.data import get_testdata_file
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from meshnode.gateway.config import DicomPeer
 from meshnode.storage.records import hash_uid
@@ -250,3 +250,88 @@ async def test_move_to_a_configured_destination_that_is_down_fails_every_sub_ope
                          "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={_study(_sop(_file(RT_PLAN)))}",
                          "127.0.0.1", str(gw.port))
     assert "a801" in unknown.output.lower() or "MoveDestinationUnknown" in unknown.output, unknown.output
+
+
+def _uncompressed_copy(tmp_path: Path, name: str) -> Path:
+    """The same image as `name`, decompressed, as an instance of another study (same SOP class)."""
+    other = pydicom.dcmread(_file(name))
+    other.decompress(generate_instance_uid=False)
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    other.StudyInstanceUID, other.SeriesInstanceUID = generate_uid(), generate_uid()
+    path = tmp_path / "other.dcm"
+    other.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _pynetdicom_get(port: int, study: str, sop_class: str, contexts: list[list[str]]) -> dict[str, tuple[str, bytes]]:
+    """A C-GET SCU (pynetdicom) proposing `contexts` for `sop_class`: {SOP UID: (syntax, data set bytes)}."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+
+    received: dict[str, tuple[str, bytes]] = {}
+
+    def on_store(event: Any) -> int:
+        data = event.request.DataSet.getvalue()
+        received[str(event.request.AffectedSOPInstanceUID)] = (str(event.context.transfer_syntax), data)
+        return 0x0000
+
+    ae = AE(ae_title=CALLER)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for syntaxes in contexts:
+        ae.add_requested_context(sop_class, syntaxes)
+    assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE, ext_neg=[build_role(sop_class, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study
+    try:
+        statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+                    if status]
+    finally:
+        assoc.release()
+    assert statuses and statuses[-1] == 0x0000, [hex(s) for s in statuses]
+    return received
+
+
+async def test_an_scu_proposing_a_context_per_syntax_gets_every_instance_as_stored(
+        gateways: GatewayFactory, tmp_path: Path) -> None:
+    """The node holds US in JPEG Baseline (one study) and explicit VR (another): an SCU proposing a context
+    for each (pynetdicom here; dcmtk 3.6.7's getscu cannot) gets both studies' instances byte for byte.
+    Also when its contexts each list several syntaxes (JPEG + uncompressed, uncompressed): before the review
+    fix both were narrowed to uncompressed and the JPEG one came back decompressed."""
+    other = _uncompressed_copy(tmp_path, US_JPEG)
+    names: list[str | Path] = [US_JPEG, other]
+    _remember(names)
+    gw = await gateways()
+    stored = await _store(gw, names)
+    us_class = str(pydicom.dcmread(_file(US_JPEG), stop_before_pixels=True).SOPClassUID)
+    for contexts in ([[str(JPEGBaseline8Bit)], [str(ExplicitVRLittleEndian)]],
+                     [[str(JPEGBaseline8Bit), str(ExplicitVRLittleEndian)], [str(ExplicitVRLittleEndian)]]):
+        for sop in stored:
+            got = await trio.to_thread.run_sync(_pynetdicom_get, gw.port, _study(sop), us_class, contexts)
+            assert set(got) == {sop}
+            syntax, data = got[sop]
+            assert data == stored[sop], f"{sop} not as stored ({syntax}, {len(data)} B)"
+
+
+async def test_another_study_of_the_same_class_does_not_break_exact_get(
+        gateways: GatewayFactory, tmp_path: Path) -> None:
+    """The reviewer's case, with dcmtk getscu +xy (one context per SOP class: JPEG, explicit, implicit):
+    the node also holds an uncompressed US in another study. Promise: nothing fails; the uncompressed one
+    comes back exact, the JPEG one decompressed (accepting JPEG would make the other study's instance
+    fail: the node never compresses). Once that other study is gone, the JPEG one comes back exact again."""
+    other = _uncompressed_copy(tmp_path, US_JPEG)
+    names: list[str | Path] = [US_JPEG, other]
+    _remember(names)
+    gw = await gateways()
+    stored = await _store(gw, names)
+    us, plain = _sop(_file(US_JPEG)), _sop(other)
+    output, got = await _getscu(gw, tmp_path / "plain", plain, "+xy")
+    assert dataset_bytes(got[plain]) == stored[plain], output
+    output, got = await _getscu(gw, tmp_path / "us", us, "+xy")
+    copy = pydicom.dcmread(got[us])
+    assert not copy.file_meta.TransferSyntaxUID.is_compressed and copy.LossyImageCompression == "01", output
+    forgotten = await gw.db.run(lambda s: s.forget_study(_study(plain), [], 0))
+    assert forgotten == 1
+    output, got = await _getscu(gw, tmp_path / "us-alone", us, "+xy")
+    assert dataset_bytes(got[us]) == stored[us], output
