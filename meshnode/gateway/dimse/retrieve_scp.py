@@ -30,6 +30,7 @@ from meshnode.gateway.catalog import retrieve
 from meshnode.gateway.config import GatewayConfig
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge
 from meshnode.gateway.dimse.contexts import GET_MODELS, MOVE_MODELS
+from meshnode.gateway.dimse.conversion import DEFAULT_CONVERSIONS, Conversions
 from meshnode.gateway.dimse.query_scp import identifier_keys
 from meshnode.gateway.dimse.sending import (
     MAX_CONTEXTS,
@@ -66,12 +67,13 @@ def _status(code: int, comment: str) -> Dataset:
 
 class RetrieveScp:
     def __init__(self, config: GatewayConfig, db: DatabaseThread, blocks: BlockStore, audit: AuditFn,
-                 tmp_dir: Path) -> None:
+                 tmp_dir: Path, conversions: Conversions = DEFAULT_CONVERSIONS) -> None:
         self.config = config
         self.db = db
         self.blocks = blocks
         self.audit = audit
         self.tmp_dir = tmp_dir
+        self.conversions = conversions
 
     def _records(self, event: Any, bridge: TrioBridge, models: dict[str, str]) -> list[InstanceRecord]:
         """The instances the request's identifier names; QueryError when it cannot be answered."""
@@ -108,7 +110,7 @@ class RetrieveScp:
                 continue  # pynetdicom counts the sub-operations it was not given as failed
             raw = RawInstance(rec, data)
             yield PENDING, raw
-            tally.count(rec, bool(getattr(raw, "delivered")))  # resumed once pynetdicom's C-STORE returned
+            tally.count(rec, raw.delivered)  # resumed once pynetdicom's C-STORE returned
 
     # -- C-GET --------------------------------------------------------------------------------
     def handle_get(self, event: Any, bridge: TrioBridge) -> Iterator[Any]:
@@ -163,10 +165,11 @@ class RetrieveScp:
             yield 1
             yield refusal, None
             return
-        tmp_dir = self.tmp_dir
+        tmp_dir, conversions = self.tmp_dir, self.conversions
         attempt = MoveAttempt()
         kwargs = {"contexts": contexts, "move_attempt": attempt,
-                  "evt_handlers": [(evt.EVT_ESTABLISHED, lambda e: install_raw_sending(e.assoc, tmp_dir))]}
+                  "evt_handlers": [(evt.EVT_ESTABLISHED,
+                                    lambda e: install_raw_sending(e.assoc, tmp_dir, conversions))]}
         yield destination.host, destination.port, kwargs
         yield len(records)
         where = f"{destination.ae_title}@{destination.host}:{destination.port}"

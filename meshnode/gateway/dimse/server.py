@@ -36,6 +36,7 @@ from meshnode.gateway.dimse.contexts import (
     prefer_held_syntaxes,
     prefer_requestor_syntaxes,
 )
+from meshnode.gateway.dimse.conversion import DEFAULT_CONVERSIONS, Conversions
 from meshnode.gateway.dimse.query_scp import FindScp
 from meshnode.gateway.dimse.reactor import GatewayAssociation, LimitedSocket
 from meshnode.gateway.dimse.retrieve_scp import RetrieveScp, associate_for_move
@@ -80,7 +81,7 @@ class GatewayRequestHandler(RequestHandler):
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = LimitedSocket(assoc, request)  # type: ignore[arg-type]
         assoc.set_socket(sock)
-        install_raw_sending(assoc, server.tmp_dir)  # C-GET sub-operations send the stored bytes
+        install_raw_sending(assoc, server.tmp_dir, server.conversions)  # C-GET sub-operations send the stored bytes
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = server.ae_title
         assoc.acceptor.address_info = self.local
@@ -101,6 +102,7 @@ class GatewayServer(ThreadedAssociationServer):
     max_pdu: int = 0
     max_dataset: int = 0
     tmp_dir: Path = Path("/nonexistent")
+    conversions: Conversions = DEFAULT_CONVERSIONS
 
     def contexts_copy(self) -> list[Any]:
         from copy import deepcopy
@@ -117,7 +119,8 @@ class DimseServer:
         self.home = home
         self.tmp_dir = home / "tmp" / "dimse"
         self.find = FindScp(intake.db, audit, config.dimse.ae_title)
-        self.retrieve = RetrieveScp(config, intake.db, intake.storage.blocks, audit, self.tmp_dir)
+        self.conversions = Conversions(max_bytes=config.dimse.max_conversion_mb << 20)
+        self.retrieve = RetrieveScp(config, intake.db, intake.storage.blocks, audit, self.tmp_dir, self.conversions)
         self.address: tuple[str, int] | None = None
         self.ae: AE | None = None
         self.store: StoreScp | None = None  # once running (its group commit: `store.commits`)
@@ -165,6 +168,7 @@ class DimseServer:
         server.max_pdu = self.settings.max_pdu_bytes
         server.max_dataset = self.intake.max_instance_bytes
         server.tmp_dir = self.tmp_dir
+        server.conversions = self.conversions
         thread = threading.Thread(target=server.serve_forever, name="DimseServer", daemon=True)
         thread.start()
         ae._servers.append(server)  # as AE.start_server does, so that AE.shutdown stops it

@@ -6,7 +6,10 @@ from pydicom.uid import UID
 from pynetdicom import build_context
 from pynetdicom.presentation import negotiate_as_acceptor
 
-from meshnode.gateway.dimse.contexts import STORAGE_TRANSFER_SYNTAXES, prefer_held_syntaxes
+from meshnode.gateway.dimse.contexts import (
+    STORAGE_TRANSFER_SYNTAXES,
+    prefer_held_syntaxes,
+)
 
 US = "1.2.840.10008.5.1.4.1.1.3.1"
 EXPLICIT, IMPLICIT, JPEG, J2K = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50", \

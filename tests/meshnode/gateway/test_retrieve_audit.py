@@ -88,4 +88,4 @@ async def test_a_move_with_some_failed_sub_operations_is_audited_as_a_minor_fail
                "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(gw.port))
     down = (await _entries(gw, "dimse-move"))[-1]
     assert down.event.outcome == Outcome.SERIOUS_FAILURE and down.event.study == hash_uid(study), down
-    assert f"0 instance(s)" in down.event.detail and f"{len(ct_study) + 1} failed" in down.event.detail, down
+    assert "0 instance(s)" in down.event.detail and f"{len(ct_study) + 1} failed" in down.event.detail, down

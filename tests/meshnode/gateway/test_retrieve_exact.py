@@ -20,7 +20,12 @@ import pydicom
 import pytest
 import trio
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 
 from meshnode.gateway.config import DicomPeer
 from meshnode.storage.records import hash_uid
@@ -38,7 +43,10 @@ pytestmark = pytest.mark.e2e  # real dcmtk processes
 US_JPEG = "examples_ybr_color.dcm"  # US multi-frame, JPEG Baseline, YBR_FULL_422 (224,902 B)
 NM_J2K = "JPEG2000.dcm"  # NM (secondary capture), JPEG 2000, MONOCHROME2 16-bit
 RT_PLAN = "rtplan.dcm"  # RT Plan, Implicit VR Little Endian
-JPEG_LS = "JPEGLSNearLossless_08.dcm"  # JPEG-LS near-lossless: no decoder installed
+JPEG_LS = "JPEGLSNearLossless_08.dcm"  # JPEG-LS near-lossless (decoded by pyjpegls / python-gdcm)
+JPEG_LS_LOSSLESS = "MR_small_jpeg_ls_lossless.dcm"
+JPEG_LOSSLESS_SV1 = "SC_rgb_jpeg_gdcm.dcm"  # JPEG Lossless, first-order prediction (.70)
+JPEG_12BIT = "JPGExtended.dcm"  # JPEG Extended, 12 bits: only GPL libjpeg decodes it
 
 
 def _file(name: str | Path) -> Path:
@@ -162,31 +170,56 @@ async def test_get_offering_only_uncompressed_gets_a_faithful_decompressed_copy(
 
 async def test_an_instance_that_cannot_be_decompressed_is_a_failed_sub_operation(
         gateways: GatewayFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """JPEG-LS (no decoder here) to a getscu that accepts only uncompressed: refused, never sent altered;
-    offered JPEG-LS near-lossless (+xu), the same instance comes back as stored."""
-    pytest.importorskip("numpy")
+    """12-bit JPEG Extended (no decoder with a licence the project takes: only GPL libjpeg decodes it) to a
+    getscu that accepts only uncompressed: refused, never sent altered; offered JPEG Extended (+xx), the same
+    instance comes back as stored."""
     try:
-        _ = pydicom.dcmread(_file(JPEG_LS)).pixel_array
-    except Exception:  # noqa: BLE001 - the point: no JPEG-LS decoder is installed
+        _ = pydicom.dcmread(_file(JPEG_12BIT)).pixel_array
+    except Exception:  # noqa: BLE001 - the point: no 12-bit JPEG decoder is installed
         pass
     else:
-        pytest.skip("a JPEG-LS decoder is installed: this instance could be decompressed")
-    ds = pydicom.dcmread(_file(JPEG_LS))  # the test file has no study / series: given some, pixels untouched
+        pytest.skip("a 12-bit JPEG decoder is installed: this instance could be decompressed")
+    ds = pydicom.dcmread(_file(JPEG_12BIT))
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
-    ds.Modality = "OT"
-    jls = tmp_path / "jls.dcm"
-    ds.save_as(jls)
-    _remember([jls])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "jpeg12.dcm"
+    ds.save_as(path)
+    _remember([path])
     gw = await gateways()
-    stored = await _store(gw, [jls])
+    stored = await _store(gw, [path])
     (sop,) = stored
     output, got = await _getscu(gw, tmp_path / "refused", sop)
     assert not got, output
     assert "Failed" in output or "0xa702" in output.lower() or "b000" in output.lower(), output
     assert any("cannot be decompressed" in r.getMessage() and hash_uid(sop) in r.getMessage()
                for r in caplog.records)
-    output, got = await _getscu(gw, tmp_path / "exact", sop, "+xu")
+    output, got = await _getscu(gw, tmp_path / "exact", sop, "+xx")
     assert dataset_bytes(got[sop]) == stored[sop], output
+
+
+@pytest.mark.parametrize("name", [JPEG_LOSSLESS_SV1, JPEG_LS, JPEG_LS_LOSSLESS, US_JPEG])
+async def test_jpeg_lossless_and_jpeg_ls_are_decompressed_for_an_uncompressed_only_getscu(
+        gateways: GatewayFactory, tmp_path: Path, name: str) -> None:
+    """JPEG Lossless SV1 (.70), JPEG-LS near-lossless and lossless, JPEG baseline: getscu without a
+    compressed option (-x= / +x=) gets pydicom's decoding of the stored pixels (decoders: python-gdcm,
+    pyjpegls). Before the review fix .70 and JPEG-LS failed: no decoder was installed."""
+    ds = pydicom.dcmread(_file(name))
+    if "StudyInstanceUID" not in ds:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "stored.dcm"
+    ds.save_as(path)
+    _remember([path])
+    gw = await gateways()
+    stored = await _store(gw, [path])
+    (sop,) = stored
+    output, got = await _getscu(gw, tmp_path / "got", sop, "+x=")
+    assert sop in got, output
+    copy = pydicom.dcmread(got[sop])
+    assert not copy.file_meta.TransferSyntaxUID.is_compressed
+    assert np.array_equal(copy.pixel_array, pydicom.dcmread(path).pixel_array)
+    lossless = name in (JPEG_LOSSLESS_SV1, JPEG_LS_LOSSLESS)
+    assert (copy.get("LossyImageCompression") == "01") != lossless, copy.get("LossyImageCompression")
 
 
 def _free_port() -> int:

@@ -11,8 +11,8 @@ import pytest
 
 from meshnode.storage.memory_metadata import MemoryMetadataStore
 from meshnode.storage.metadata import MetadataStore
-from meshnode.storage.sqlite_metadata import HELD_SYNTAXES_SQL, SqliteMetadataStore
 from meshnode.storage.patients import ReconciliationRow, ReconState
+from meshnode.storage.sqlite_metadata import HELD_SYNTAXES_SQL, SqliteMetadataStore
 from protocol.cid import CID
 from tests.meshnode.storage.helpers import instance
 
