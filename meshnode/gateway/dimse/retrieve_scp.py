@@ -17,6 +17,7 @@ answers: PS3.4 Table C.4-2), 0xA900 identifier does not fit the model,
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -281,6 +282,16 @@ class _ConnectErrors(logging.Handler):
         return ""
 
 
+def _connect_error(addr: str, port: int, timeout: float | None) -> str:
+    """Why the destination cannot be reached, when pynetdicom's log did not say (an operator may set its
+    loggers above ERROR): one TCP connection of our own, only after pynetdicom's failed."""
+    try:
+        with socket.create_connection((addr, port), timeout=timeout or 10):
+            return "connection failed, then succeeded on a second try"
+    except OSError as exc:
+        return str(exc)[:120] or type(exc).__name__
+
+
 def associate_for_move(original: Callable[..., Any], addr: str, port: int, *args: Any,
                        move_attempt: MoveAttempt | None = None, **kwargs: Any) -> Any:
     """AE.associate for the gateway's AE: a C-MOVE handler's `move_attempt` learns whether it connected."""
@@ -301,7 +312,9 @@ def associate_for_move(original: Callable[..., Any], addr: str, port: int, *args
     if assoc.is_rejected:
         move_attempt.reason = "it rejected the association"
     else:
-        move_attempt.reason = errors.reason(getattr(assoc.dul, "ident", None)) or "no association"
+        move_attempt.reason = (errors.reason(getattr(assoc.dul, "ident", None))
+                               or _connect_error(addr, port, getattr(assoc, "connection_timeout", None))
+                               or "no association")
     try:
         assoc.dul.socket.close()  # as pynetdicom does for a failed move association
     except (AttributeError, OSError):  # the socket may never have been opened

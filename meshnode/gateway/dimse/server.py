@@ -59,6 +59,8 @@ ENDPOINT_FILE = "dimse.json"
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
+CONNECT_TIMEOUT_S = 10  # a move destination's TCP connect
+
 # A-ASSOCIATE-RJ diagnostics (result 1: rejected-permanent, source 1: service user)
 CALLING_AE_NOT_RECOGNISED = 0x03
 CALLED_AE_NOT_RECOGNISED = 0x07
@@ -133,6 +135,8 @@ class DimseServer:
         ae.acse_timeout = s.acse_timeout_s
         ae.dimse_timeout = s.dimse_timeout_s
         ae.network_timeout = s.network_timeout_s
+        # dialling a C-MOVE destination: a host that drops SYNs must not hold the C-MOVE for minutes
+        ae.connection_timeout = min(CONNECT_TIMEOUT_S, s.network_timeout_s)
         add_acceptor_contexts(ae)
         # C-MOVE: a destination that cannot be reached is answered by our handler (0xA702), not as unknown
         ae.associate = partial(associate_for_move, ae.associate)  # type: ignore[method-assign]
@@ -149,7 +153,7 @@ class DimseServer:
             (evt.EVT_REJECTED, self._on_rejected, [bridge]),
             (evt.EVT_RELEASED, self._on_ended, [bridge, "released"]),
             (evt.EVT_ABORTED, self._on_ended, [bridge, "aborted"]),
-            (evt.EVT_CONN_CLOSE, self._release_streams),
+            (evt.EVT_CONN_CLOSE, self._on_closed, [bridge]),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, store.handle),
             (evt.EVT_C_FIND, self.find.handle, [bridge]),
@@ -268,6 +272,18 @@ class DimseServer:
         if worker is not None:
             worker.close()
             assoc.stream_worker = None
+
+    def _on_closed(self, event: Any, bridge: TrioBridge) -> None:
+        """The connection is closed: streams released; an oversized PDU before any association was accepted
+        (no gateway_info, so _on_ended does not see it) is audited as a Security Alert with the peer."""
+        self._release_streams(event)
+        assoc = event.assoc
+        oversized = getattr(assoc, "oversized_pdu", "")
+        if oversized and getattr(assoc, "gateway_info", None) is None:
+            rq = assoc.requestor
+            self._audit(bridge, AuditEvent(EventCode.SECURITY_ALERT, "dimse-oversized-pdu", Outcome.MINOR_FAILURE,
+                                           actor=f"dimse:@{rq.address}:{rq.port}",
+                                           detail=f"before association: {oversized}"[:300]))
 
     def _on_ended(self, event: Any, bridge: TrioBridge, how: str) -> None:
         self._release_streams(event)

@@ -4,6 +4,7 @@ C-MOVE alike (review of issue 15 part 4, findings 4 and 5). Real getscu / movesc
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pydicom
@@ -89,3 +90,24 @@ async def test_a_move_with_some_failed_sub_operations_is_audited_as_a_minor_fail
     down = (await _entries(gw, "dimse-move"))[-1]
     assert down.event.outcome == Outcome.SERIOUS_FAILURE and down.event.study == hash_uid(study), down
     assert "0 instance(s)" in down.event.detail and f"{len(ct_study) + 1} failed" in down.event.detail, down
+
+
+async def test_an_unreachable_destination_is_explained_whatever_pynetdicom_logs(
+        gateways: GatewayFactory, ct_study: list[Path], caplog: pytest.LogCaptureFixture) -> None:
+    """An operator who silences pynetdicom (its loggers above ERROR) still gets the reason in the node's
+    line (before: 'no association', the reason was only scraped from pynetdicom's log records). The
+    destination's TCP connect is bounded (review finding 6)."""
+    gw = await gateways(config(move_destinations=[DicomPeer("DOWN", "127.0.0.1", _free_port())]))
+    assert gw.server.ae is not None and gw.server.ae.connection_timeout == 10
+    await _send(gw, ct_study[0])
+    study = str(pydicom.dcmread(ct_study[0], stop_before_pixels=True).StudyInstanceUID)
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    level = pynetdicom_log.level
+    pynetdicom_log.setLevel(logging.CRITICAL)
+    try:
+        await tool("movescu", "-S", "-aet", CALLER, "-aec", AE_TITLE, "-aem", "DOWN",
+                   "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(gw.port))
+    finally:
+        pynetdicom_log.setLevel(level)
+    (line,) = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert "Connection refused" in line, line
