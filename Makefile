@@ -3,6 +3,9 @@
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# pynetdicom's console scripts (storescu, getscu, ...) shadow dcmtk's: removed after installing, and again
+# before demo and tests (cheap, idempotent: a pip install by hand may have brought them back)
+DROP_PYNETDICOM_TOOLS := $(VENV)/bin/python scripts/drop_pynetdicom_tools.py
 
 .PHONY: demo test test-slow test-emulation typecheck fuzz vectors bench bench-sim clean system-deps
 
@@ -18,19 +21,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(DROP_PYNETDICOM_TOOLS)
 	$(VENV)/bin/python -m meshnode.demo
 
 system-deps:
 	scripts/install-system-deps.sh $(SYSTEM_DEPS)
 
 test: $(STAMP) system-deps
+	$(DROP_PYNETDICOM_TOOLS)
 	$(VENV)/bin/python -m pytest -q -m "not slow and not emulation"
 
 test-slow: $(STAMP) system-deps
+	$(DROP_PYNETDICOM_TOOLS)
 	$(VENV)/bin/python -m pytest -q -m slow
 
 # meshsim emulation with real meshnode processes (network namespaces + tc when root, else the node's limiter)
 test-emulation: $(STAMP)
+	$(DROP_PYNETDICOM_TOOLS)
 	$(VENV)/bin/python -m pytest -q -m emulation
 
 # coverage-guided fuzzing (atheris) of every decoder of untrusted bytes, about a minute in all;

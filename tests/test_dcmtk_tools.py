@@ -62,3 +62,13 @@ def test_the_makefile_runs_it_after_installing() -> None:
     makefile = (ROOT / "Makefile").read_text()
     install = makefile.index("pip install --quiet -e '.[test]'")
     assert makefile.index("scripts/drop_pynetdicom_tools.py", install) < makefile.index("touch $(STAMP)", install)
+
+
+def test_demo_and_test_recipes_run_it_too() -> None:
+    """A pip install by hand after the stamp brings pynetdicom's scripts back: demo and the test targets
+    drop them again before running (review finding 11; before, only the stamp's recipe did)."""
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("demo", "test", "test-slow", "test-emulation"):
+        recipe = makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+        assert "$(DROP_PYNETDICOM_TOOLS)" in recipe, target
+    assert "DROP_PYNETDICOM_TOOLS := $(VENV)/bin/python scripts/drop_pynetdicom_tools.py" in makefile

@@ -55,6 +55,8 @@ class DimseSettings:
     acse_timeout_s: int = 30
     dimse_timeout_s: int = 60
     network_timeout_s: int = 120
+    #: most pixel data one conversion decompresses (a retrieve whose caller does not take the stored syntax)
+    max_conversion_mb: int = 512
 
     @property
     def max_instance_bytes(self) -> int:
@@ -158,6 +160,7 @@ def _dimse(root: Table) -> DimseSettings:
         acse_timeout_s=t.integer("acse_timeout_seconds", d["acse_timeout_s"], 1, 3600),
         dimse_timeout_s=t.integer("dimse_timeout_seconds", d["dimse_timeout_s"], 1, 3600),
         network_timeout_s=t.integer("network_timeout_seconds", d["network_timeout_s"], 1, 86400),
+        max_conversion_mb=t.integer("max_conversion_mb", d["max_conversion_mb"], 1, 1 << 16),
     )
     t.finish()
     return dimse
@@ -280,6 +283,8 @@ quiet_period_seconds = {quiet_period}
 acse_timeout_seconds = {acse}
 dimse_timeout_seconds = {dimse}
 network_timeout_seconds = {network}
+# Most pixel data one retrieve conversion decompresses (a caller that does not take the stored syntax).
+max_conversion_mb = {max_conversion_mb}
 """
 
 _EXAMPLES = """
@@ -370,7 +375,8 @@ def render_gateway(config: GatewayConfig) -> str:
     out = [_DIMSE_TEMPLATE.format(
         enabled="true" if d.enabled else "false", ae_title=_q(d.ae_title), host=_q(d.host), port=d.port,
         max_associations=d.max_associations, max_pdu_bytes=d.max_pdu_bytes, max_instance_mb=d.max_instance_mb,
-        quiet_period=d.quiet_period_s, acse=d.acse_timeout_s, dimse=d.dimse_timeout_s, network=d.network_timeout_s)]
+        quiet_period=d.quiet_period_s, acse=d.acse_timeout_s, dimse=d.dimse_timeout_s, network=d.network_timeout_s,
+        max_conversion_mb=d.max_conversion_mb)]
     if config.conflict_default is not DEFAULT_POLICY:
         out.append(f"\n[conflicts]\ndefault = {_q(config.conflict_default.value)}\n")
     for c in config.callers:

@@ -160,9 +160,10 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients):
 
     def held_transfer_syntaxes(self, sop_classes: Iterable[str]) -> dict[str, set[str]]:
         wanted = set(sop_classes)
+        hidden = self.held_studies()  # not retrievable while reconciliation holds them back
         held: dict[str, set[str]] = {}
         for i in self._instances:
-            if i.sop_class_uid in wanted:
+            if i.sop_class_uid in wanted and i.study_uid not in hidden:
                 held.setdefault(i.sop_class_uid, set()).add(i.transfer_syntax)
         return held
 

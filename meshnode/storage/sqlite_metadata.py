@@ -33,7 +33,7 @@ from meshnode.storage.conflicts import Incoming
 from protocol.conflict import ConflictAction
 from meshnode.storage.sqlite_exchange import SqliteExchange
 from meshnode.storage.sqlite_identity import SqliteIdentity
-from meshnode.storage.sqlite_patients import SqlitePatients
+from meshnode.storage.sqlite_patients import HELD_STUDIES_SQL, SqlitePatients
 from meshnode.storage.sqlite_retry_queue import SqliteRetryQueue
 from meshnode.storage.sqlite_research import SqliteResearch
 from protocol.access import Holding
@@ -53,6 +53,20 @@ _LIVE_REFS = """
     SELECT count(*) FROM manifest_blocks mb JOIN manifests m ON m.manifest_id = mb.manifest_id
      WHERE mb.cid = :cid AND m.state != :recalled AND m.expires_at >= :now
 """
+
+
+def _next_syntax(sop_class: str, after: str) -> str:
+    return ("SELECT transfer_syntax FROM instances WHERE sop_class_uid = " + sop_class + " AND transfer_syntax > "
+            + after + " AND study_uid NOT IN (SELECT study_uid FROM hidden) ORDER BY transfer_syntax LIMIT 1")
+
+
+#: held_transfer_syntaxes: (SOP class, syntax) rows; the parameter is a JSON array of SOP class UIDs
+HELD_SYNTAXES_SQL = (
+    "WITH RECURSIVE wanted(c) AS (SELECT value FROM json_each(?)),"
+    f" hidden(study_uid) AS MATERIALIZED ({HELD_STUDIES_SQL}),"
+    f" held(c, t) AS (SELECT c, ({_next_syntax('wanted.c', repr(''))}) FROM wanted"
+    f" UNION ALL SELECT c, ({_next_syntax('held.c', 'held.t')}) FROM held WHERE t IS NOT NULL)"
+    " SELECT c, t FROM held WHERE t IS NOT NULL")
 
 
 class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, SqliteAudit, SqliteRetryQueue,
@@ -121,14 +135,15 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, Sqlit
         return self._summary(rows[0]) if rows else None
 
     def held_transfer_syntaxes(self, sop_classes: Iterable[str]) -> dict[str, set[str]]:
-        # a skip scan on instances_by_class_syntax: one probe per syntax held, not one row per instance
+        # one query: a recursive skip scan on instances_by_class_syntax (one index probe per syntax held, not
+        # one row per instance); instances of studies held back by reconciliation (not retrievable) skipped
+        wanted = sorted(set(sop_classes))
+        if not wanted:
+            return {}
+        rows = self._query(HELD_SYNTAXES_SQL, (json.dumps(wanted),))
         held: dict[str, set[str]] = {}
-        for sop_class in set(sop_classes):
-            last = ""
-            while rows := self._query("SELECT transfer_syntax FROM instances WHERE sop_class_uid = ?"
-                                      " AND transfer_syntax > ? ORDER BY transfer_syntax LIMIT 1", (sop_class, last)):
-                last = str(rows[0][0])
-                held.setdefault(sop_class, set()).add(last)
+        for sop_class, syntax in rows:
+            held.setdefault(str(sop_class), set()).add(str(syntax))
         return held
 
     def search_studies(self, search: Search) -> list[StudySummaryRow]:

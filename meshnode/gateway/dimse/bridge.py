@@ -45,6 +45,7 @@ class AssociationInfo:
     bytes: int = 0
     found: int = 0
     retrieved: int = 0
+    not_retrieved: int = 0  # failed C-GET / C-MOVE sub-operations
     problems: list[str] = field(default_factory=list)
 
     @property

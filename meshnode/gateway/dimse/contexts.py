@@ -95,39 +95,74 @@ def prefer_requestor_syntaxes(requested: list[Any], supported: list[Any], role_s
         cx.transfer_syntax = [ts for ts in wanted if ts in ours] + [ts for ts in ours if ts not in wanted]
 
 
+def _fallback(syntax: str) -> bool:
+    """An uncompressed little-endian syntax: every decodable instance can be converted into it."""
+    uid = UID(syntax)
+    return not uid.is_compressed and uid.is_little_endian
+
+
+def choose_held_syntaxes(proposed: list[list[str]], held: set[str]) -> list[str | None]:
+    """Per proposed context of one SOP class (its transfer syntaxes, requester's order): the syntax to
+    accept, or None for the node's own order (uncompressed first).
+
+    The rule: never fail a sub-operation that could succeed, then return as many instances as stored as
+    possible. The node never compresses, so an instance in a syntax no context accepted can only be sent
+    converted into an uncompressed little-endian context. Hence:
+    1. a context proposing one syntax gets it;
+    2. each context proposing several takes, in the requester's order, a held syntax no other context has
+       taken yet (those instances go back exact);
+    3. if that leaves a held syntax without a context and no accepted context can take a conversion, the
+       last context proposing an uncompressed little-endian syntax is made the fallback (a held one it
+       proposed, else its first), and step 2 is redone for the others.
+    With one context per class (dcmtk getscu) holding the class in a compressed syntax S and in another:
+    the context becomes uncompressed (S instances converted, none failed) rather than S (the others would
+    fail). A requester proposing a context per syntax gets every instance exact.
+    """
+    fixed: list[str | None] = [cx[0] if len(cx) == 1 else None for cx in proposed]
+
+    def assign(choice: list[str | None]) -> list[str | None]:
+        out = list(choice)
+        taken = {c for c in out if c is not None}
+        for i, cx in enumerate(proposed):
+            if out[i] is None:
+                options = [ts for ts in cx if ts in held and ts not in taken]
+                if options:
+                    out[i] = options[0]
+                    taken.add(options[0])
+        return out
+
+    choice = assign(fixed)
+    chosen = {c for c in choice if c is not None}
+    if held <= chosen or any(_fallback(c) for c in chosen):
+        return choice
+    candidates = [i for i, cx in enumerate(proposed) if fixed[i] is None and any(_fallback(ts) for ts in cx)]
+    if not candidates:
+        return choice  # no context can take a conversion: what is not exact fails whatever is chosen
+    last = candidates[-1]
+    held_fallbacks = [ts for ts in proposed[last] if _fallback(ts) and ts in held]
+    fixed[last] = (held_fallbacks or [ts for ts in proposed[last] if _fallback(ts)])[0]
+    return assign(fixed)
+
+
 def prefer_held_syntaxes(requested: list[Any], supported: list[Any], role_selected: set[str],
                          held: dict[str, set[str]]) -> None:
-    """For the SOP classes the requestor wants to receive (C-GET), accept the syntax the node stores them in.
+    """For the SOP classes the requestor wants to receive (C-GET), accept the syntaxes the node stores them in.
 
     A C-GET's storage contexts are negotiated before the request says which
     instances it wants, and an acceptor accepts one transfer syntax per
-    context. When the node holds a SOP class in one transfer syntax and the
-    requestor proposed it, that syntax is accepted: those instances go back
-    as stored, byte for byte. When it holds the class in several syntaxes,
-    one context cannot carry them all as they are; a compressed one would
-    make every other instance fail (the node never compresses), so a held
-    uncompressed syntax the requestor proposed is taken, and otherwise the
-    node's own order (uncompressed first): every instance is delivered, the
-    others converted (sending.py). A requestor proposing a context per
-    transfer syntax gets every instance exact (the C-STORE takes an exactly
-    matching context first).
+    context; `choose_held_syntaxes` decides per context. pynetdicom's
+    acceptor picks, per abstract syntax, the first of *its* syntaxes that a
+    context proposes; a context given a syntax here is narrowed to it (this
+    association's copy of the request), so that it is the one accepted.
     """
-    proposed: dict[str, list[str]] = {}
+    by_class: dict[str, list[Any]] = {}
     for cx in requested:
         uid = str(cx.abstract_syntax)
-        if uid in role_selected:
-            proposed.setdefault(uid, []).extend(str(ts) for ts in cx.transfer_syntax)
-    order: dict[str, list[str]] = {}
-    for uid, syntaxes in proposed.items():
-        stored = held.get(uid, set())
-        exact = list(dict.fromkeys(ts for ts in syntaxes if ts in stored))
-        if len(stored) > 1:
-            exact = [ts for ts in exact if not UID(ts).is_compressed]
-        if exact:
-            order[uid] = exact
-    for cx in supported:
-        wanted = order.get(str(cx.abstract_syntax))
-        if not wanted:
-            continue
-        ours = [str(ts) for ts in cx.transfer_syntax]
-        cx.transfer_syntax = [ts for ts in wanted if ts in ours] + [ts for ts in ours if ts not in wanted]
+        if uid in role_selected and uid in held:
+            by_class.setdefault(uid, []).append(cx)
+    ours = {str(cx.abstract_syntax): {str(ts) for ts in cx.transfer_syntax} for cx in supported}
+    for uid, contexts in by_class.items():
+        proposals = [[str(ts) for ts in cx.transfer_syntax if str(ts) in ours.get(uid, set())] for cx in contexts]
+        for cx, chosen in zip(contexts, choose_held_syntaxes(proposals, held[uid])):
+            if chosen is not None:
+                cx.transfer_syntax = [chosen]

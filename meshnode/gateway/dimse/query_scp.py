@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
 
 from meshnode.gateway.catalog import TooManyResultsError, find
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge

@@ -103,6 +103,7 @@ class LimitedSocket(AssociationSocket):
             assoc = self.assoc
             if isinstance(assoc, GatewayAssociation):
                 assoc.refusals.append(f"PDU of {nr_bytes} bytes exceeds the limit of {self.limit}")
+                assoc.oversized_pdu = assoc.refusals[-1]
             # not an OSError: pynetdicom would log it with a traceback; run_reactor logs one line
             raise LimitError(f"PDU of {nr_bytes} bytes exceeds the limit of {self.limit}")
         buf = bytearray(nr_bytes)
@@ -284,6 +285,7 @@ class GatewayAssociation(Association):
         self.network_timeout = ae.network_timeout
         #: why the gateway refused something on this association (for the audit log)
         self.refusals: list[str] = []
+        self.oversized_pdu = ""  # set when the peer sent a PDU over the limit (audited when the connection closes)
         #: filled in once the association is accepted (meshnode.gateway.dimse.server)
         self.gateway_info: Any = None
         #: (SOP Class, SOP Instance, transfer syntax) -> StreamedInstance, for admitted callers that store

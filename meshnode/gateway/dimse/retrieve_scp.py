@@ -17,8 +17,9 @@ answers: PS3.4 Table C.4-2), 0xA900 identifier does not fit the model,
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from meshnode.gateway.catalog import retrieve
 from meshnode.gateway.config import GatewayConfig
 from meshnode.gateway.dimse.bridge import AssociationInfo, AuditFn, TrioBridge
 from meshnode.gateway.dimse.contexts import GET_MODELS, MOVE_MODELS
+from meshnode.gateway.dimse.conversion import DEFAULT_CONVERSIONS, Conversions
 from meshnode.gateway.dimse.query_scp import identifier_keys
 from meshnode.gateway.dimse.sending import (
     MAX_CONTEXTS,
@@ -66,12 +68,13 @@ def _status(code: int, comment: str) -> Dataset:
 
 class RetrieveScp:
     def __init__(self, config: GatewayConfig, db: DatabaseThread, blocks: BlockStore, audit: AuditFn,
-                 tmp_dir: Path) -> None:
+                 tmp_dir: Path, conversions: Conversions = DEFAULT_CONVERSIONS) -> None:
         self.config = config
         self.db = db
         self.blocks = blocks
         self.audit = audit
         self.tmp_dir = tmp_dir
+        self.conversions = conversions
 
     def _records(self, event: Any, bridge: TrioBridge, models: dict[str, str]) -> list[InstanceRecord]:
         """The instances the request's identifier names; QueryError when it cannot be answered."""
@@ -93,17 +96,22 @@ class RetrieveScp:
             return _status(UNABLE_TO_PROCESS, f"{exc.name}: {exc}")
         return _status(UNABLE_TO_PROCESS, f"cannot read the identifier ({type(exc).__name__})")
 
-    def _send(self, event: Any, records: list[InstanceRecord]) -> Iterator[tuple[int, Dataset | None]]:
+    def _send(self, event: Any, records: list[InstanceRecord], tally: Tally) -> Iterator[tuple[int, Dataset | None]]:
+        """Yield the instances for pynetdicom to send; `tally` learns what each sub-operation became."""
         for rec in records:
             if event.is_cancelled:
+                tally.cancelled = True
                 yield CANCELLED, None
                 return
             try:
                 data = read_instance(self.blocks, rec)
             except MeshError as exc:
                 log.error("cannot send instance %s: %s", hash_uid(rec.sop_instance_uid), exc)
+                tally.count(rec, False)
                 continue  # pynetdicom counts the sub-operations it was not given as failed
-            yield PENDING, RawInstance(rec, data)
+            raw = RawInstance(rec, data)
+            yield PENDING, raw
+            tally.count(rec, raw.delivered)  # resumed once pynetdicom's C-STORE returned
 
     # -- C-GET --------------------------------------------------------------------------------
     def handle_get(self, event: Any, bridge: TrioBridge) -> Iterator[Any]:
@@ -121,9 +129,9 @@ class RetrieveScp:
             yield self._refusal(exc), None
             return
         yield len(records)
-        yield from self._send(event, records)
-        info.retrieved += len(records)
-        self._audit_transfer(bridge, info, "dimse-get", records, f"to {info.calling_ae} (C-GET)")
+        tally = Tally()
+        yield from self._send(event, records, tally)
+        self._audit_transfer(bridge, info, "dimse-get", records, tally, f"to {info.calling_ae} (C-GET)")
 
     # -- C-MOVE ------------------------------------------------------------------------------
     def handle_move(self, event: Any, bridge: TrioBridge) -> Iterator[Any]:
@@ -158,35 +166,51 @@ class RetrieveScp:
             yield 1
             yield refusal, None
             return
-        tmp_dir = self.tmp_dir
+        tmp_dir, conversions = self.tmp_dir, self.conversions
         attempt = MoveAttempt()
         kwargs = {"contexts": contexts, "move_attempt": attempt,
-                  "evt_handlers": [(evt.EVT_ESTABLISHED, lambda e: install_raw_sending(e.assoc, tmp_dir))]}
+                  "evt_handlers": [(evt.EVT_ESTABLISHED,
+                                    lambda e: install_raw_sending(e.assoc, tmp_dir, conversions))]}
         yield destination.host, destination.port, kwargs
         yield len(records)
         where = f"{destination.ae_title}@{destination.host}:{destination.port}"
         if records and not attempt.reached:
             log.warning("C-MOVE from %s: move destination %s unreachable (%s); %d sub-operation(s) failed",
                         info.source, where, attempt.reason, len(records))
-            self._audit(bridge, info, "dimse-move", Outcome.SERIOUS_FAILURE,
-                        f"{len(records)} instance(s) not sent: {where} unreachable ({attempt.reason})")
+            unreachable = Tally()
+            for rec in records:
+                unreachable.count(rec, False)
+            self._audit_transfer(bridge, info, "dimse-move", records, unreachable,
+                                 f"to {where} (C-MOVE): unreachable ({attempt.reason})")
             failed = Dataset()
             failed.FailedSOPInstanceUIDList = [r.sop_instance_uid for r in records]
             yield _status(SUB_OPERATIONS_FAILED, f"cannot reach {destination.ae_title}: {attempt.reason}"), failed
             return
-        yield from self._send(event, records)
-        info.retrieved += len(records)
-        self._audit_transfer(bridge, info, "dimse-move", records, f"to {where} (C-MOVE)")
+        tally = Tally()
+        yield from self._send(event, records, tally)
+        self._audit_transfer(bridge, info, "dimse-move", records, tally, f"to {where} (C-MOVE)")
 
     # -- audit --------------------------------------------------------------------------------
     def _audit_transfer(self, bridge: TrioBridge, info: AssociationInfo, action: str,
-                        records: list[InstanceRecord], where: str) -> None:
+                        records: list[InstanceRecord], tally: Tally, where: str) -> None:
+        """One Instances Transferred entry per study: what was delivered, what failed, the outcome
+        (0: all delivered, 4: some failed, 8: none delivered)."""
+        info.retrieved += sum(tally.completed.values())
+        info.not_retrieved += sum(tally.failed.values())
         studies = sorted({r.study_uid for r in records})
         for study in studies:
-            n = sum(1 for r in records if r.study_uid == study)
+            done, failed = tally.completed.get(study, 0), tally.failed.get(study, 0)
+            not_sent = sum(1 for r in records if r.study_uid == study) - done - failed  # cancelled
+            outcome = (Outcome.SUCCESS if not failed and not not_sent
+                       else Outcome.SERIOUS_FAILURE if not done else Outcome.MINOR_FAILURE)
+            detail = f"{done} instance(s) {where}"
+            if failed:
+                detail += f", {failed} failed"
+            if not_sent:
+                detail += f", {not_sent} not sent (cancelled)"
             try:
-                bridge.call(self.audit, AuditEvent(EventCode.INSTANCES_TRANSFERRED, action, actor=info.source,
-                                                   study=hash_uid(study), detail=f"{n} instance(s) {where}"[:300]))
+                bridge.call(self.audit, AuditEvent(EventCode.INSTANCES_TRANSFERRED, action, outcome,
+                                                   actor=info.source, study=hash_uid(study), detail=detail[:300]))
             except MeshError as exc:
                 log.error("cannot audit a retrieve: %s", exc)
         if not studies:
@@ -199,6 +223,19 @@ class RetrieveScp:
             bridge.call(self.audit, AuditEvent(code, action, outcome, actor=info.source, detail=detail[:300]))
         except MeshError as exc:
             log.error("cannot audit a retrieve: %s", exc)
+
+
+@dataclass
+class Tally:
+    """What a retrieve's sub-operations became, per study UID."""
+
+    completed: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    cancelled: bool = False
+
+    def count(self, record: InstanceRecord, delivered: bool) -> None:
+        into = self.completed if delivered else self.failed
+        into[record.study_uid] = into.get(record.study_uid, 0) + 1
 
 
 @dataclass
@@ -245,6 +282,16 @@ class _ConnectErrors(logging.Handler):
         return ""
 
 
+def _connect_error(addr: str, port: int, timeout: float | None) -> str:
+    """Why the destination cannot be reached, when pynetdicom's log did not say (an operator may set its
+    loggers above ERROR): one TCP connection of our own, only after pynetdicom's failed."""
+    try:
+        with socket.create_connection((addr, port), timeout=timeout or 10):
+            return "connection failed, then succeeded on a second try"
+    except OSError as exc:
+        return str(exc)[:120] or type(exc).__name__
+
+
 def associate_for_move(original: Callable[..., Any], addr: str, port: int, *args: Any,
                        move_attempt: MoveAttempt | None = None, **kwargs: Any) -> Any:
     """AE.associate for the gateway's AE: a C-MOVE handler's `move_attempt` learns whether it connected."""
@@ -265,7 +312,9 @@ def associate_for_move(original: Callable[..., Any], addr: str, port: int, *args
     if assoc.is_rejected:
         move_attempt.reason = "it rejected the association"
     else:
-        move_attempt.reason = errors.reason(getattr(assoc.dul, "ident", None)) or "no association"
+        move_attempt.reason = (errors.reason(getattr(assoc.dul, "ident", None))
+                               or _connect_error(addr, port, getattr(assoc, "connection_timeout", None))
+                               or "no association")
     try:
         assoc.dul.socket.close()  # as pynetdicom does for a failed move association
     except (AttributeError, OSError):  # the socket may never have been opened

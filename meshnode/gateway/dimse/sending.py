@@ -8,10 +8,12 @@ from there when the peer accepted its transfer syntax: byte for byte what
 the node stored. The C-STORE takes a context with exactly the stored syntax
 wherever the peer accepted one (and for C-GET the node accepts the syntax
 it holds a SOP class in: contexts.prefer_held_syntaxes). Only when the peer
-accepted none is the instance converted (`converted`): decoded, compressed
-pixel data decompressed by pydicom, and encoded by pynetdicom in an
-uncompressed syntax the peer accepted; logged (hashed UID) as a warning.
-When that cannot be done faithfully, the sub-operation fails instead.
+accepted none is the instance converted (conversion.py: compressed pixel
+data decompressed by pydicom frame by frame into a temp file, within the
+node's limits, into an uncompressed syntax the peer accepted); logged
+(hashed UID) as a warning. When that cannot be done faithfully, the
+sub-operation fails instead. Each RawInstance learns whether the peer stored
+it (`delivered`), for the retrieve's audit.
 
 `RawInstance` is what the retrieve handlers yield: a Dataset (pynetdicom
 insists) carrying the stored bytes; `send_stored` is installed as the
@@ -22,22 +24,29 @@ sub-associations C-MOVE opens.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import os
 import secrets
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
+from pydicom.uid import UID
 from pynetdicom import _config
+from pynetdicom.status import (
+    STATUS_SUCCESS,
+    STATUS_WARNING,
+    STORAGE_SERVICE_CLASS_STATUS,
+)
 
 from common.files import write_new
 from meshnode.gateway.dimse.contexts import UNCOMPRESSED
+from meshnode.gateway.dimse.conversion import (
+    DEFAULT_CONVERSIONS,
+    Conversions,
+    converted,
+)
 from meshnode.storage.blockstore import BlockStore
 from meshnode.storage.records import InstanceRecord, hash_uid
 from meshnode.study.export import DigestMismatchError
@@ -64,12 +73,26 @@ def read_instance(blocks: BlockStore, record: InstanceRecord) -> bytes:
 class RawInstance(Dataset):
     """A stored instance to send as it is: the Part 10 bytes, with its UIDs for pynetdicom's bookkeeping."""
 
+    stored_record: InstanceRecord
+    stored_bytes: bytes
+    delivered: bool
+
     def __init__(self, record: InstanceRecord, data: bytes) -> None:
         super().__init__()
         self.SOPClassUID = UID(record.sop_class_uid)
         self.SOPInstanceUID = UID(record.sop_instance_uid)
         object.__setattr__(self, "stored_record", record)
         object.__setattr__(self, "stored_bytes", data)
+        object.__setattr__(self, "delivered", False)  # set by send_stored: the peer stored it (success/warning)
+
+
+def delivered(status: Any) -> bool:
+    """Whether a C-STORE response status says the peer stored the instance (success or warning)."""
+    code = getattr(status, "Status", None)
+    if not isinstance(code, int):
+        return False
+    category = STORAGE_SERVICE_CLASS_STATUS.get(code, ("",))[0]
+    return category in (STATUS_SUCCESS, STATUS_WARNING)
 
 
 def syntaxes_to_propose(transfer_syntax: str) -> list[str]:
@@ -115,98 +138,38 @@ def move_contexts(records: Iterable[InstanceRecord]) -> list[tuple[str, list[str
 def _accepts(assoc: Any, sop_class: str, transfer_syntax: str) -> bool:
     for cx in assoc.accepted_contexts:
         if (str(cx.abstract_syntax) == sop_class and cx.transfer_syntax
-                and str(cx.transfer_syntax[0]) == transfer_syntax):
-            if getattr(cx, "as_scu", True) in (True, None):
-                return True
+                and str(cx.transfer_syntax[0]) == transfer_syntax and getattr(cx, "as_scu", True) in (True, None)):
+            return True
     return False
 
 
-#: lossy by definition: a decompressed copy must still say so (PS3.3 C.7.6.1.1.5)
-LOSSY_METHODS = {str(JPEGBaseline8Bit): "ISO_10918_1", str(JPEGExtended12Bit): "ISO_10918_1"}
-
-
-#: the most a conversion decompresses one instance to (a header can claim any size: a decompression bomb)
-MAX_DECOMPRESSED_BYTES = 2 << 30
-
-
-def decompressed_size(ds: Dataset) -> int | None:
-    """The native pixel data size the image header declares, or None without sane dimensions."""
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        samples, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    if min(rows, columns, samples, bits, frames) < 1:
-        return None
-    return rows * columns * samples * frames * ((bits + 7) // 8)
-
-
-def _uncompressed_accepted(assoc: Any, sop_class: str) -> list[str]:
-    return [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
-            if str(cx.abstract_syntax) == sop_class and cx.transfer_syntax and getattr(cx, "as_scu", True) is not False
-            and not UID(str(cx.transfer_syntax[0])).is_compressed and UID(str(cx.transfer_syntax[0])).is_little_endian]
-
-
-def converted(assoc: Any, record: InstanceRecord, data: bytes) -> Dataset:
-    """The instance for a peer that accepted no context with its stored syntax: decoded, for pynetdicom to
-    encode in an uncompressed syntax the peer accepted; a compressed instance decompressed by pydicom's
-    decoders, its Photometric Interpretation the decoded pixels' (YBR JPEG becomes RGB), still marked lossy
-    when it was. StorageError (the sub-operation fails) when the peer accepted no uncompressed syntax for the
-    class either (the node never compresses) or the pixels cannot be decoded faithfully."""
-    uid = hash_uid(record.sop_instance_uid)
-    targets = _uncompressed_accepted(assoc, record.sop_class_uid)
-    if not targets:
-        log.warning("not sending instance %s: the peer accepts neither its %s nor an uncompressed syntax for "
-                    "its SOP class", uid, UID(record.transfer_syntax).name)
-        raise StorageError(f"the peer accepts no syntax instance {uid} can be sent in")
-    decoded = dcmread(io.BytesIO(data))
-    stored = UID(record.transfer_syntax)
-    if stored.is_compressed:
-        size = decompressed_size(decoded)
-        if size is None or size > MAX_DECOMPRESSED_BYTES:
-            what = "no valid image dimensions" if size is None else f"{size} bytes decompressed"
-            log.warning("not sending instance %s: its %s pixel data would not be decompressed (%s, limit %d)",
-                        uid, stored.name, what, MAX_DECOMPRESSED_BYTES)
-            raise StorageError(f"instance {uid}: {what}, more than the node decompresses")
-        try:
-            decoded.decompress(generate_instance_uid=False)  # the same instance, its stored pixels decoded
-        except Exception as exc:  # pydicom's decoders raise many kinds of errors
-            log.warning("not sending instance %s: its %s pixel data cannot be decompressed (%s)", uid, stored.name,
-                        type(exc).__name__)
-            raise StorageError(f"cannot decompress instance {uid} for a peer that does not accept "
-                               f"{stored.name}: {type(exc).__name__}") from None
-        if str(stored) in LOSSY_METHODS and decoded.get("LossyImageCompression") != "01":
-            decoded.LossyImageCompression = "01"
-            decoded.LossyImageCompressionMethod = LOSSY_METHODS[str(stored)]
-    log.warning("instance %s sent converted from %s to %s (%d stored bytes): the peer accepted no context with "
-                "its stored syntax", uid, stored.name, UID(targets[0]).name, len(data))
-    return decoded
-
-
-def send_stored(assoc: Any, original: Callable[..., Dataset], tmp_dir: Path, dataset: Any, msg_id: int = 1,
-                priority: int = 2, originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
+def send_stored(assoc: Any, original: Callable[..., Dataset], tmp_dir: Path, conversions: Conversions,
+                dataset: Any, msg_id: int = 1, priority: int = 2, originator_aet: str | None = None,
+                originator_id: int | None = None) -> Dataset:
     """send_c_store for `assoc`, sending a RawInstance as its stored bytes (see the module docstring)."""
     if not isinstance(dataset, RawInstance):
         return original(dataset, msg_id, priority, originator_aet, originator_id)
-    record: InstanceRecord = getattr(dataset, "stored_record")
-    data: bytes = getattr(dataset, "stored_bytes")
-    if not _accepts(assoc, record.sop_class_uid, record.transfer_syntax):
-        return original(converted(assoc, record, data), msg_id, priority, originator_aet, originator_id)
-    path = tmp_dir / f"send.{secrets.token_hex(8)}.dcm"
+    record, data = dataset.stored_record, dataset.stored_bytes
+    path: Path | None = None
     try:
-        write_new(path, data, 0o600)
-        return original(path, msg_id, priority, originator_aet, originator_id)
+        if _accepts(assoc, record.sop_class_uid, record.transfer_syntax):
+            path = tmp_dir / f"send.{secrets.token_hex(8)}.dcm"
+            write_new(path, data, 0o600)
+            outgoing: Dataset | Path = path
+        else:
+            outgoing = converted(assoc, record, data, tmp_dir, conversions)
+            path = outgoing if isinstance(outgoing, Path) else None
+        status = original(outgoing, msg_id, priority, originator_aet, originator_id)
+        object.__setattr__(dataset, "delivered", delivered(status))
+        return status
     except OSError as exc:
         raise StorageError(f"cannot stage an instance to send: {exc.strerror or exc}") from None
     finally:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
-def install_raw_sending(assoc: Any, tmp_dir: Path) -> None:
+def install_raw_sending(assoc: Any, tmp_dir: Path, conversions: Conversions = DEFAULT_CONVERSIONS) -> None:
     """Make `assoc.send_c_store` send RawInstances as their stored bytes (this association only)."""
     original = type(assoc).send_c_store.__get__(assoc)
-    assoc.send_c_store = partial(send_stored, assoc, original, tmp_dir)
+    assoc.send_c_store = partial(send_stored, assoc, original, tmp_dir, conversions)

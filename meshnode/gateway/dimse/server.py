@@ -36,6 +36,7 @@ from meshnode.gateway.dimse.contexts import (
     prefer_held_syntaxes,
     prefer_requestor_syntaxes,
 )
+from meshnode.gateway.dimse.conversion import DEFAULT_CONVERSIONS, Conversions
 from meshnode.gateway.dimse.query_scp import FindScp
 from meshnode.gateway.dimse.reactor import GatewayAssociation, LimitedSocket
 from meshnode.gateway.dimse.retrieve_scp import RetrieveScp, associate_for_move
@@ -57,6 +58,8 @@ ENDPOINT_FILE = "dimse.json"
 # never the identifiers, and its per-message lines only when the node logs at DEBUG (-vv)
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+
+CONNECT_TIMEOUT_S = 10  # a move destination's TCP connect
 
 # A-ASSOCIATE-RJ diagnostics (result 1: rejected-permanent, source 1: service user)
 CALLING_AE_NOT_RECOGNISED = 0x03
@@ -80,7 +83,7 @@ class GatewayRequestHandler(RequestHandler):
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = LimitedSocket(assoc, request)  # type: ignore[arg-type]
         assoc.set_socket(sock)
-        install_raw_sending(assoc, server.tmp_dir)  # C-GET sub-operations send the stored bytes
+        install_raw_sending(assoc, server.tmp_dir, server.conversions)  # C-GET sub-operations send the stored bytes
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = server.ae_title
         assoc.acceptor.address_info = self.local
@@ -101,6 +104,7 @@ class GatewayServer(ThreadedAssociationServer):
     max_pdu: int = 0
     max_dataset: int = 0
     tmp_dir: Path = Path("/nonexistent")
+    conversions: Conversions = DEFAULT_CONVERSIONS
 
     def contexts_copy(self) -> list[Any]:
         from copy import deepcopy
@@ -117,7 +121,8 @@ class DimseServer:
         self.home = home
         self.tmp_dir = home / "tmp" / "dimse"
         self.find = FindScp(intake.db, audit, config.dimse.ae_title)
-        self.retrieve = RetrieveScp(config, intake.db, intake.storage.blocks, audit, self.tmp_dir)
+        self.conversions = Conversions(max_bytes=config.dimse.max_conversion_mb << 20)
+        self.retrieve = RetrieveScp(config, intake.db, intake.storage.blocks, audit, self.tmp_dir, self.conversions)
         self.address: tuple[str, int] | None = None
         self.ae: AE | None = None
         self.store: StoreScp | None = None  # once running (its group commit: `store.commits`)
@@ -130,6 +135,8 @@ class DimseServer:
         ae.acse_timeout = s.acse_timeout_s
         ae.dimse_timeout = s.dimse_timeout_s
         ae.network_timeout = s.network_timeout_s
+        # dialling a C-MOVE destination: a host that drops SYNs must not hold the C-MOVE for minutes
+        ae.connection_timeout = min(CONNECT_TIMEOUT_S, s.network_timeout_s)
         add_acceptor_contexts(ae)
         # C-MOVE: a destination that cannot be reached is answered by our handler (0xA702), not as unknown
         ae.associate = partial(associate_for_move, ae.associate)  # type: ignore[method-assign]
@@ -146,7 +153,7 @@ class DimseServer:
             (evt.EVT_REJECTED, self._on_rejected, [bridge]),
             (evt.EVT_RELEASED, self._on_ended, [bridge, "released"]),
             (evt.EVT_ABORTED, self._on_ended, [bridge, "aborted"]),
-            (evt.EVT_CONN_CLOSE, self._release_streams),
+            (evt.EVT_CONN_CLOSE, self._on_closed, [bridge]),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, store.handle),
             (evt.EVT_C_FIND, self.find.handle, [bridge]),
@@ -165,6 +172,7 @@ class DimseServer:
         server.max_pdu = self.settings.max_pdu_bytes
         server.max_dataset = self.intake.max_instance_bytes
         server.tmp_dir = self.tmp_dir
+        server.conversions = self.conversions
         thread = threading.Thread(target=server.serve_forever, name="DimseServer", daemon=True)
         thread.start()
         ae._servers.append(server)  # as AE.start_server does, so that AE.shutdown stops it
@@ -265,6 +273,18 @@ class DimseServer:
             worker.close()
             assoc.stream_worker = None
 
+    def _on_closed(self, event: Any, bridge: TrioBridge) -> None:
+        """The connection is closed: streams released; an oversized PDU before any association was accepted
+        (no gateway_info, so _on_ended does not see it) is audited as a Security Alert with the peer."""
+        self._release_streams(event)
+        assoc = event.assoc
+        oversized = getattr(assoc, "oversized_pdu", "")
+        if oversized and getattr(assoc, "gateway_info", None) is None:
+            rq = assoc.requestor
+            self._audit(bridge, AuditEvent(EventCode.SECURITY_ALERT, "dimse-oversized-pdu", Outcome.MINOR_FAILURE,
+                                           actor=f"dimse:@{rq.address}:{rq.port}",
+                                           detail=f"before association: {oversized}"[:300]))
+
     def _on_ended(self, event: Any, bridge: TrioBridge, how: str) -> None:
         self._release_streams(event)
         assoc = event.assoc
@@ -279,8 +299,8 @@ class DimseServer:
                 detail=(f"{info.stored} stored, {info.refused} refused"
                         + (f"; {'; '.join(problems)}" if problems else ""))[:300]))
         log.info("association %s from %s: %d stored (%d bytes), %d duplicate(s), %d refused, %d found, "
-                 "%d retrieved", how, info.source, info.stored, info.bytes, info.duplicates, info.refused,
-                 info.found, info.retrieved)
+                 "%d retrieved, %d retrieve sub-operation(s) failed", how, info.source, info.stored, info.bytes,
+                 info.duplicates, info.refused, info.found, info.retrieved, info.not_retrieved)
 
     @staticmethod
     def _on_echo(event: Any) -> int:

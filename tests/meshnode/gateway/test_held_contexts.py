@@ -6,7 +6,10 @@ from pydicom.uid import UID
 from pynetdicom import build_context
 from pynetdicom.presentation import negotiate_as_acceptor
 
-from meshnode.gateway.dimse.contexts import STORAGE_TRANSFER_SYNTAXES, prefer_held_syntaxes
+from meshnode.gateway.dimse.contexts import (
+    STORAGE_TRANSFER_SYNTAXES,
+    prefer_held_syntaxes,
+)
 
 US = "1.2.840.10008.5.1.4.1.1.3.1"
 EXPLICIT, IMPLICIT, JPEG, J2K = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50", \
@@ -42,3 +45,23 @@ def test_a_class_held_in_several_syntaxes_gets_a_context_every_instance_can_use(
 
 def test_a_context_per_syntax_gets_each_accepted_as_proposed() -> None:
     assert _accepted([[JPEG], [J2K], [EXPLICIT]], {US: {JPEG, J2K}}) == [JPEG, J2K, EXPLICIT]
+
+
+def test_one_context_per_class_takes_the_syntax_no_instance_fails_in() -> None:
+    """dcmtk getscu +xy (one context: JPEG, explicit, implicit) while the node holds US in JPEG and explicit
+    VR: explicit (the JPEG ones decompressed), not JPEG (the explicit ones would fail: the node never
+    compresses)."""
+    assert _accepted([[JPEG, EXPLICIT, IMPLICIT]], {US: {JPEG, EXPLICIT}}) == [EXPLICIT]
+    # compressed syntaxes only proposed: no conversion possible, the first held one in the requester's order
+    assert _accepted([[J2K, JPEG]], {US: {JPEG, J2K}}) == [J2K]
+
+
+def test_several_contexts_of_one_class_each_take_a_held_syntax() -> None:
+    """An SCU proposing a context per syntax it can take, or several multi-syntax contexts (pynetdicom): each
+    held syntax is accepted in a context of its own, so every instance goes back as stored. Before the
+    review fix the node narrowed every context of a class held in two syntaxes to uncompressed."""
+    assert _accepted([[JPEG, EXPLICIT], [EXPLICIT]], {US: {JPEG, EXPLICIT}}) == [JPEG, EXPLICIT]
+    assert _accepted([[EXPLICIT, JPEG], [JPEG, EXPLICIT]], {US: {JPEG, EXPLICIT}}) == [EXPLICIT, JPEG]
+    assert _accepted([[JPEG, EXPLICIT, IMPLICIT], [J2K, EXPLICIT, IMPLICIT]], {US: {JPEG, J2K, EXPLICIT}}) \
+        == [JPEG, EXPLICIT]  # J2K converted: the second context is the fallback the J2K ones need
+    assert _accepted([[JPEG, EXPLICIT], [J2K, EXPLICIT]], {US: {JPEG, J2K}}) == [JPEG, J2K]

@@ -54,3 +54,34 @@ async def test_an_oversized_pdu_logs_one_line_with_the_peer_and_the_limit(
     assert str(512 << 20) in line.getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], \
         [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_an_oversized_pdu_before_association_is_audited(gateways: GatewayFactory) -> None:
+    """The first PDU (where an A-ASSOCIATE-RQ belongs) is oversized: no association exists yet, so nothing
+    was audited (review finding 7). Now a Security Alert (110113) names the peer's address."""
+    gw = await gateways(config(max_pdu_bytes=65536))
+
+    def attack() -> int:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            port = int(sock.getsockname()[1])
+            sock.sendall(struct.pack(">BBL", 0x01, 0, 512 << 20))  # a 512 MiB A-ASSOCIATE-RQ header
+            try:
+                sock.recv(16)
+            except OSError:
+                pass
+            return port
+
+    peer_port = await trio.to_thread.run_sync(attack)
+
+    async def alerts() -> list[tuple[int, str, str]]:
+        return [a for a in await gw.audit_actions() if a[1] == "dimse-oversized-pdu"]
+
+    found: list[tuple[int, str, str]] = []
+    with trio.fail_after(20):
+        while not found:
+            found = await alerts()
+            await trio.sleep(0.05)
+    (code, _, detail), = found
+    assert code == 110113 and str(512 << 20) in detail
+    entries = [e for e in await gw.db.run(lambda s: s.audit_entries()) if e.event.action == "dimse-oversized-pdu"]
+    assert entries[0].event.actor == f"dimse:@127.0.0.1:{peer_port}"

@@ -20,7 +20,12 @@ import pydicom
 import pytest
 import trio
 from pydicom.data import get_testdata_file
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 
 from meshnode.gateway.config import DicomPeer
 from meshnode.storage.records import hash_uid
@@ -38,7 +43,10 @@ pytestmark = pytest.mark.e2e  # real dcmtk processes
 US_JPEG = "examples_ybr_color.dcm"  # US multi-frame, JPEG Baseline, YBR_FULL_422 (224,902 B)
 NM_J2K = "JPEG2000.dcm"  # NM (secondary capture), JPEG 2000, MONOCHROME2 16-bit
 RT_PLAN = "rtplan.dcm"  # RT Plan, Implicit VR Little Endian
-JPEG_LS = "JPEGLSNearLossless_08.dcm"  # JPEG-LS near-lossless: no decoder installed
+JPEG_LS = "JPEGLSNearLossless_08.dcm"  # JPEG-LS near-lossless (decoded by pyjpegls / python-gdcm)
+JPEG_LS_LOSSLESS = "MR_small_jpeg_ls_lossless.dcm"
+JPEG_LOSSLESS_SV1 = "SC_rgb_jpeg_gdcm.dcm"  # JPEG Lossless, first-order prediction (.70)
+JPEG_12BIT = "JPGExtended.dcm"  # JPEG Extended, 12 bits: only GPL libjpeg decodes it
 
 
 def _file(name: str | Path) -> Path:
@@ -162,31 +170,56 @@ async def test_get_offering_only_uncompressed_gets_a_faithful_decompressed_copy(
 
 async def test_an_instance_that_cannot_be_decompressed_is_a_failed_sub_operation(
         gateways: GatewayFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """JPEG-LS (no decoder here) to a getscu that accepts only uncompressed: refused, never sent altered;
-    offered JPEG-LS near-lossless (+xu), the same instance comes back as stored."""
-    pytest.importorskip("numpy")
+    """12-bit JPEG Extended (no decoder with a licence the project takes: only GPL libjpeg decodes it) to a
+    getscu that accepts only uncompressed: refused, never sent altered; offered JPEG Extended (+xx), the same
+    instance comes back as stored."""
     try:
-        _ = pydicom.dcmread(_file(JPEG_LS)).pixel_array
-    except Exception:  # noqa: BLE001 - the point: no JPEG-LS decoder is installed
+        _ = pydicom.dcmread(_file(JPEG_12BIT)).pixel_array
+    except Exception:  # noqa: BLE001 - the point: no 12-bit JPEG decoder is installed
         pass
     else:
-        pytest.skip("a JPEG-LS decoder is installed: this instance could be decompressed")
-    ds = pydicom.dcmread(_file(JPEG_LS))  # the test file has no study / series: given some, pixels untouched
+        pytest.skip("a 12-bit JPEG decoder is installed: this instance could be decompressed")
+    ds = pydicom.dcmread(_file(JPEG_12BIT))
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
-    ds.Modality = "OT"
-    jls = tmp_path / "jls.dcm"
-    ds.save_as(jls)
-    _remember([jls])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "jpeg12.dcm"
+    ds.save_as(path)
+    _remember([path])
     gw = await gateways()
-    stored = await _store(gw, [jls])
+    stored = await _store(gw, [path])
     (sop,) = stored
     output, got = await _getscu(gw, tmp_path / "refused", sop)
     assert not got, output
     assert "Failed" in output or "0xa702" in output.lower() or "b000" in output.lower(), output
     assert any("cannot be decompressed" in r.getMessage() and hash_uid(sop) in r.getMessage()
                for r in caplog.records)
-    output, got = await _getscu(gw, tmp_path / "exact", sop, "+xu")
+    output, got = await _getscu(gw, tmp_path / "exact", sop, "+xx")
     assert dataset_bytes(got[sop]) == stored[sop], output
+
+
+@pytest.mark.parametrize("name", [JPEG_LOSSLESS_SV1, JPEG_LS, JPEG_LS_LOSSLESS, US_JPEG])
+async def test_jpeg_lossless_and_jpeg_ls_are_decompressed_for_an_uncompressed_only_getscu(
+        gateways: GatewayFactory, tmp_path: Path, name: str) -> None:
+    """JPEG Lossless SV1 (.70), JPEG-LS near-lossless and lossless, JPEG baseline: getscu without a
+    compressed option (-x= / +x=) gets pydicom's decoding of the stored pixels (decoders: python-gdcm,
+    pyjpegls). Before the review fix .70 and JPEG-LS failed: no decoder was installed."""
+    ds = pydicom.dcmread(_file(name))
+    if "StudyInstanceUID" not in ds:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "stored.dcm"
+    ds.save_as(path)
+    _remember([path])
+    gw = await gateways()
+    stored = await _store(gw, [path])
+    (sop,) = stored
+    output, got = await _getscu(gw, tmp_path / "got", sop, "+x=")
+    assert sop in got, output
+    copy = pydicom.dcmread(got[sop])
+    assert not copy.file_meta.TransferSyntaxUID.is_compressed
+    assert np.array_equal(copy.pixel_array, pydicom.dcmread(path).pixel_array)
+    lossless = name in (JPEG_LOSSLESS_SV1, JPEG_LS_LOSSLESS)
+    assert (copy.get("LossyImageCompression") == "01") != lossless, copy.get("LossyImageCompression")
 
 
 def _free_port() -> int:
@@ -250,3 +283,88 @@ async def test_move_to_a_configured_destination_that_is_down_fails_every_sub_ope
                          "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={_study(_sop(_file(RT_PLAN)))}",
                          "127.0.0.1", str(gw.port))
     assert "a801" in unknown.output.lower() or "MoveDestinationUnknown" in unknown.output, unknown.output
+
+
+def _uncompressed_copy(tmp_path: Path, name: str) -> Path:
+    """The same image as `name`, decompressed, as an instance of another study (same SOP class)."""
+    other = pydicom.dcmread(_file(name))
+    other.decompress(generate_instance_uid=False)
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    other.StudyInstanceUID, other.SeriesInstanceUID = generate_uid(), generate_uid()
+    path = tmp_path / "other.dcm"
+    other.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _pynetdicom_get(port: int, study: str, sop_class: str, contexts: list[list[str]]) -> dict[str, tuple[str, bytes]]:
+    """A C-GET SCU (pynetdicom) proposing `contexts` for `sop_class`: {SOP UID: (syntax, data set bytes)}."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+
+    received: dict[str, tuple[str, bytes]] = {}
+
+    def on_store(event: Any) -> int:
+        data = event.request.DataSet.getvalue()
+        received[str(event.request.AffectedSOPInstanceUID)] = (str(event.context.transfer_syntax), data)
+        return 0x0000
+
+    ae = AE(ae_title=CALLER)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for syntaxes in contexts:
+        ae.add_requested_context(sop_class, syntaxes)
+    assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE, ext_neg=[build_role(sop_class, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study
+    try:
+        statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+                    if status]
+    finally:
+        assoc.release()
+    assert statuses and statuses[-1] == 0x0000, [hex(s) for s in statuses]
+    return received
+
+
+async def test_an_scu_proposing_a_context_per_syntax_gets_every_instance_as_stored(
+        gateways: GatewayFactory, tmp_path: Path) -> None:
+    """The node holds US in JPEG Baseline (one study) and explicit VR (another): an SCU proposing a context
+    for each (pynetdicom here; dcmtk 3.6.7's getscu cannot) gets both studies' instances byte for byte.
+    Also when its contexts each list several syntaxes (JPEG + uncompressed, uncompressed): before the review
+    fix both were narrowed to uncompressed and the JPEG one came back decompressed."""
+    other = _uncompressed_copy(tmp_path, US_JPEG)
+    names: list[str | Path] = [US_JPEG, other]
+    _remember(names)
+    gw = await gateways()
+    stored = await _store(gw, names)
+    us_class = str(pydicom.dcmread(_file(US_JPEG), stop_before_pixels=True).SOPClassUID)
+    for contexts in ([[str(JPEGBaseline8Bit)], [str(ExplicitVRLittleEndian)]],
+                     [[str(JPEGBaseline8Bit), str(ExplicitVRLittleEndian)], [str(ExplicitVRLittleEndian)]]):
+        for sop in stored:
+            got = await trio.to_thread.run_sync(_pynetdicom_get, gw.port, _study(sop), us_class, contexts)
+            assert set(got) == {sop}
+            syntax, data = got[sop]
+            assert data == stored[sop], f"{sop} not as stored ({syntax}, {len(data)} B)"
+
+
+async def test_another_study_of_the_same_class_does_not_break_exact_get(
+        gateways: GatewayFactory, tmp_path: Path) -> None:
+    """The reviewer's case, with dcmtk getscu +xy (one context per SOP class: JPEG, explicit, implicit):
+    the node also holds an uncompressed US in another study. Promise: nothing fails; the uncompressed one
+    comes back exact, the JPEG one decompressed (accepting JPEG would make the other study's instance
+    fail: the node never compresses). Once that other study is gone, the JPEG one comes back exact again."""
+    other = _uncompressed_copy(tmp_path, US_JPEG)
+    names: list[str | Path] = [US_JPEG, other]
+    _remember(names)
+    gw = await gateways()
+    stored = await _store(gw, names)
+    us, plain = _sop(_file(US_JPEG)), _sop(other)
+    output, got = await _getscu(gw, tmp_path / "plain", plain, "+xy")
+    assert dataset_bytes(got[plain]) == stored[plain], output
+    output, got = await _getscu(gw, tmp_path / "us", us, "+xy")
+    copy = pydicom.dcmread(got[us])
+    assert not copy.file_meta.TransferSyntaxUID.is_compressed and copy.LossyImageCompression == "01", output
+    forgotten = await gw.db.run(lambda s: s.forget_study(_study(plain), [], 0))
+    assert forgotten == 1
+    output, got = await _getscu(gw, tmp_path / "us-alone", us, "+xy")
+    assert dataset_bytes(got[us]) == stored[us], output

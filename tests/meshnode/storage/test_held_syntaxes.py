@@ -11,7 +11,9 @@ import pytest
 
 from meshnode.storage.memory_metadata import MemoryMetadataStore
 from meshnode.storage.metadata import MetadataStore
-from meshnode.storage.sqlite_metadata import SqliteMetadataStore
+from meshnode.storage.patients import ReconciliationRow, ReconState
+from meshnode.storage.sqlite_metadata import HELD_SYNTAXES_SQL, SqliteMetadataStore
+from protocol.cid import CID
 from tests.meshnode.storage.helpers import instance
 
 NOW_MS = 1_767_225_600_000
@@ -38,11 +40,22 @@ def test_the_syntaxes_held_per_sop_class(store: MetadataStore) -> None:
     assert store.held_transfer_syntaxes([]) == {}
 
 
-def test_sqlite_answers_from_the_index(tmp_path: Path) -> None:
+def test_a_study_held_back_by_reconciliation_does_not_count(store: MetadataStore) -> None:
+    """A study C-GET cannot retrieve (held back by patient reconciliation) does not decide what the node
+    accepts: its uncompressed US does not turn the JPEG study's context uncompressed (review finding 1)."""
+    jpeg = replace(instance(1, study="1.2.3"), sop_class_uid=US, transfer_syntax=JPEG)
+    plain = replace(instance(1, study="1.2.4"), sop_class_uid=US)
+    store.add_instances([jpeg, plain], [], NOW_MS)
+    assert store.held_transfer_syntaxes([US]) == {US: {JPEG, EXPLICIT}}
+    store.add_reconciliation(ReconciliationRow(CID.of(b"m"), "1.2.4", "RXX", ReconState.WAITING, 1))
+    assert store.held_transfer_syntaxes([US, CT]) == {US: {JPEG}}
+
+
+def test_sqlite_answers_in_one_query_from_the_index(tmp_path: Path) -> None:
     s = SqliteMetadataStore(tmp_path / "node.db")
     try:
-        plan = s._query("EXPLAIN QUERY PLAN SELECT transfer_syntax FROM instances WHERE sop_class_uid = ?"
-                        " AND transfer_syntax > ? ORDER BY transfer_syntax LIMIT 1", (CT, ""))
-        assert any("instances_by_class_syntax" in str(row[-1]) for row in plan), plan
+        plan = s._query("EXPLAIN QUERY PLAN " + HELD_SYNTAXES_SQL, ('["1.2.3"]',))
+        text = " ".join(str(row[-1]) for row in plan)
+        assert "instances_by_class_syntax" in text and "SCAN instances" not in text, plan
     finally:
         s.close()
