@@ -12,6 +12,7 @@ import pytest
 from meshnode.storage.memory_metadata import MemoryMetadataStore
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.patients import ReconciliationRow, ReconState
+from meshnode.storage.records import Source
 from meshnode.storage.sqlite_metadata import HELD_SYNTAXES_SQL, SqliteMetadataStore
 from protocol.cid import CID
 from tests.meshnode.storage.helpers import instance
@@ -44,10 +45,12 @@ def test_a_study_held_back_by_reconciliation_does_not_count(store: MetadataStore
     """A study C-GET cannot retrieve (held back by patient reconciliation) does not decide what the node
     accepts: its uncompressed US does not turn the JPEG study's context uncompressed (review finding 1)."""
     jpeg = replace(instance(1, study="1.2.3"), sop_class_uid=US, transfer_syntax=JPEG)
-    plain = replace(instance(1, study="1.2.4"), sop_class_uid=US)
+    plain = replace(instance(1, study="1.2.4"), sop_class_uid=US, source=Source.RECEIVED, origin="RXX")
     store.add_instances([jpeg, plain], [], NOW_MS)
     assert store.held_transfer_syntaxes([US]) == {US: {JPEG, EXPLICIT}}
-    store.add_reconciliation(ReconciliationRow(CID.of(b"m"), "1.2.4", "RXX", ReconState.WAITING, 1))
+    # reconciliation holds what the waiting manifest lists (meshnode.storage.patients.held_instances)
+    store.add_reconciliation(ReconciliationRow(CID.of(b"m"), "1.2.4", "RXX", ReconState.WAITING, 1),
+                             [(plain.sop_instance_uid, plain.digest)])
     assert store.held_transfer_syntaxes([US, CT]) == {US: {JPEG}}
 
 
