@@ -268,6 +268,7 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(702, "block-missing", StorageError),
     ErrorCode(703, "disk-full", StorageError),
     ErrorCode(704, "digest-mismatch", StorageError),  # the node's export
+    ErrorCode(705, "codestream-error", StorageError),  # meshnode/gateway/dimse/codestream.py (retrieve conversion)
     ErrorCode(720, "bad-dicom", MeshError),  # meshnode/dicom/errors.py
     ErrorCode(721, "not-dicom", MeshError),
     ErrorCode(722, "truncated-dicom", MeshError),

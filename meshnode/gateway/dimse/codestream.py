@@ -35,6 +35,8 @@ _STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})
 class CodestreamError(StorageError):
     """A compressed frame whose markers cannot be read, or that disagree with the image header."""
 
+    code = 705
+
 
 @dataclass(frozen=True)
 class Codestream:
