@@ -36,6 +36,7 @@ class CodestreamError(StorageError):
     """A compressed frame whose markers cannot be read, or that disagree with the image header."""
 
     code = 705
+    name = "codestream-error"
 
 
 @dataclass(frozen=True)
