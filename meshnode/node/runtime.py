@@ -12,6 +12,7 @@ committed stays, and the next start resumes from the blocks on disk.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -72,6 +73,22 @@ log = logging.getLogger(__name__)
 ROSTER_WATCH_MIN_INTERVAL = 1.0
 #: Between failed directory registrations or roster watches: 2 s doubling to 15 min.
 DIRECTORY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=900.0)
+
+
+def forget_recalled(store: MetadataStore, open_manifest: Callable[[CID, bytes], Signed[Manifest]],
+                    row: ManifestRow, now_ms: int) -> int:
+    """A received manifest was recalled: forget the instances it listed that came from its sender org, except
+    those another live received manifest of the study still lists (a later revision, say). Another org's
+    instances that reuse the Study UID, and local ones, stay. Returns instances forgotten."""
+    listed = {(e.sop_instance_uid, e.digest) for e in open_manifest(row.manifest_id, row.raw).document.instances}
+    for other in store.manifests("received"):
+        if (other.manifest_id != row.manifest_id and other.study_uid == row.study_uid
+                and other.state is not ManifestState.RECALLED):
+            listed -= {(e.sop_instance_uid, e.digest)
+                       for e in open_manifest(other.manifest_id, other.raw).document.instances}
+    if not listed:
+        return 0
+    return store.forget_received(row.study_uid, row.sender_org, sorted(listed), [], now_ms)
 
 
 class Node:
@@ -255,15 +272,8 @@ class Node:
         self.fetcher.stop(manifest_id)
         row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
         if row is not None:
-            study = row.study_uid
-
-            def forget(store: MetadataStore) -> int:
-                received = [i for i in store.instances(study) if i.source.value == "received"]
-                if received and len(received) == len(store.instances(study)):
-                    return store.forget_study(study, [], int(self.ctx.clock() * 1000))
-                return 0
-
-            await self.ctx.db.run(forget)
+            now_ms = int(self.ctx.clock() * 1000)
+            await self.ctx.db.run(lambda s: forget_recalled(s, self.ctx.manifests.open, row, now_ms))
         # gc reads and writes metadata, so it runs on the database thread like every other access
         result = await self.ctx.db.run(lambda _: self.ctx.storage.gc(orphan_grace_s=3600))
         log.info("recall of %s: %d block(s) collected", manifest_id, result.blocks_removed)
