@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import cast
 
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 from trio.testing import MockClock
 
+from meshnode.node.control_routes import routes
+from meshnode.node.runtime import Node
 from protocol.deid import DeidProfile
+from protocol.errors import LocalProtocolError
 from protocol.manifest import Priority, Purpose
 from tests.meshnode.node.conftest import CHUNK
 from tests.meshnode.node.harness import MemoryMesh, ingest_study
@@ -51,3 +55,45 @@ async def test_research_share_leaves_out_a_foreign_instance_reusing_the_study_ui
     assert out.manifest is not None
     assert foreign not in {i.sop_instance_uid for i in care.document.instances}
     assert len(out.manifest.document.instances) == len(care.document.instances)
+
+
+def all_received(home: Path, origin: str) -> None:
+    """Make every instance stored at `home` a received one from `origin` (a received study)."""
+    db = sqlite3.connect(home / "node.db")
+    db.execute("UPDATE instances SET source = 'received', origin = ?", (origin,))
+    db.commit()
+    db.close()
+
+
+async def test_a_received_study_of_several_origins_is_shared_onward_only_with_the_origin_named(
+        autojump_clock: MockClock, mesh: MemoryMesh, source: Path, tmp_path: Path) -> None:
+    study = ingest_study(tmp_path / "a", source, chunk_size=CHUNK)
+    all_received(tmp_path / "a", "RGT")
+    foreign = foreign_instance(tmp_path / "a", source, tmp_path, study, "XYZ")  # reused RGT's Study UID
+    a = mesh.add("a", "MID", 50)
+    mesh.add("c", "UNI", 52)
+    share = routes(cast(Node, a))[("POST", "/share")]
+    with pytest.raises(LocalProtocolError, match=r"several organisations \(RGT, XYZ\).*--origin"):
+        await share({"study": study, "to": ["UNI"]})
+    assert await a.ctx.db.run(lambda s: s.manifests("sent")) == []  # refused: nothing signed
+    rgt = await share({"study": study, "to": ["UNI"], "origin": "RGT"})
+    assert isinstance(rgt, dict)
+    [row] = await a.ctx.db.run(lambda s: s.manifests("sent"))
+    listed = {i.sop_instance_uid for i in a.ctx.manifests.open(row.manifest_id, row.raw).document.instances}
+    assert foreign not in listed and rgt["instances"] == len(listed) > 0
+    xyz = await a.sender.share(study, ["UNI"], Priority.ROUTINE, Purpose.CARE, origin="XYZ")
+    assert [i.sop_instance_uid for i in xyz.document.instances] == [foreign]
+    with pytest.raises(LocalProtocolError, match="no instances from organisation QQQ"):
+        await share({"study": study, "to": ["UNI"], "origin": "QQQ"})
+
+
+async def test_a_study_with_local_instances_shares_only_them_and_refuses_an_origin(
+        autojump_clock: MockClock, mesh: MemoryMesh, source: Path, tmp_path: Path) -> None:
+    study = ingest_study(tmp_path / "a", source, chunk_size=CHUNK)
+    foreign = foreign_instance(tmp_path / "a", source, tmp_path, study, "XYZ")
+    a = mesh.add("a", "RGT", 50)
+    mesh.add("c", "UNI", 52)
+    with pytest.raises(LocalProtocolError, match="ingested here"):
+        await a.sender.share(study, ["UNI"], Priority.ROUTINE, Purpose.CARE, origin="XYZ")
+    care = await a.sender.share(study, ["UNI"], Priority.ROUTINE, Purpose.CARE)
+    assert foreign not in {i.sop_instance_uid for i in care.document.instances}
