@@ -26,7 +26,7 @@ from meshnode.directory.cache import DirectoryCache, FileRosterVersionStore
 from meshnode.directory.client import DirectoryClient
 from common.directory_transport import directory_peer_id, libp2p_transport
 from meshnode.gateway.service import Gateway
-from meshnode.gateway.intake import StoredInstance
+from meshnode.gateway.intake import StoredInstance, StudyIntake
 from meshnode.home import NodeHome
 from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.completion import verify_instances
@@ -54,6 +54,7 @@ from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import AddOutcome, InstanceRecord, ManifestRow, hash_uid
 from protocol.cid import CID
+from protocol.conflict import ConflictPolicy
 from protocol.directory_messages import WATCH_WAIT
 from protocol.document import Signed
 from protocol.errors import LocalProtocolError, MeshError, NotFoundError, RosterExpiredError, RosterRollbackError
@@ -73,6 +74,12 @@ log = logging.getLogger(__name__)
 ROSTER_WATCH_MIN_INTERVAL = 1.0
 #: Between failed directory registrations or roster watches: 2 s doubling to 15 min.
 DIRECTORY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=900.0)
+
+
+async def store_research_copy(intake: StudyIntake, data: bytes, source: str) -> StoredInstance:
+    """A research share's de-identified instance, through the intake, with conflict policy reject whatever
+    [conflicts] default says: a copy never replaces a stored instance (held for a person instead)."""
+    return await intake.store(data, None, source=source, on_conflict=ConflictPolicy.REJECT)
 
 
 def forget_recalled(store: MetadataStore, open_manifest: Callable[[CID, bytes], Signed[Manifest]],
@@ -126,7 +133,7 @@ class Node:
 
     async def _store_copy(self, data: bytes, source: str) -> StoredInstance:
         """A research share's de-identified instance, stored durably through the gateway's intake."""
-        return await self.gateway.intake.store(data, None, source=source)
+        return await store_research_copy(self.gateway.intake, data, source)
 
     async def _serve(self, ctx: NodeContext, host: IHost, task_status: TaskStatus[list[str]]) -> None:
         await ctx.directory.refresh_roster()  # fail closed at start without a valid roster
