@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE
+from meshnode.gateway.forward_conflicts import HELD_HERE, not_forwarded
 from meshnode.gateway.pacs_queue import KEYS, ForwardKey, manifest_prefix, queue_name
 from meshnode.storage.conflicts import (
     KIND_STORE,
@@ -146,7 +147,9 @@ class ConflictDesk:
         key = ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest)
         for destination in destinations:
             queue = queue_name(destination)
-            rows = [r for r in store.queue_rows(queue, ref=KEYS.ref(key)) if r.key == KEYS.encode(key)]
+            # held on arrival: every manifest listing these bytes (a later revision sending them again too)
+            rows = [r for r in store.queue_rows(queue, ref=KEYS.ref(key)) if r.key == KEYS.encode(key)
+                    or (done.kind == KIND_STORE and r.state is DeliveryState.FAILED and r.last_error == HELD_HERE)]
             _reopen_rows(store, rows, done, decision)
 
 
@@ -163,10 +166,19 @@ class ConflictDesk:
         if decision is Decision.REPLACE and self.forwarder is not None and done.manifest_id:
             names = ([done.kind[len(PACS_KIND_PREFIX):]] if done.kind.startswith(PACS_KIND_PREFIX)
                      else list(self.forwarder.drivers))
+            ref = KEYS.ref(ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest))
             for name in names:
                 driver = self.forwarder.drivers.get(name)
-                if driver is not None:
-                    await driver.adopt(manifest_prefix(CID.parse(done.manifest_id)))
+                if driver is not None:  # every manifest whose item was reopened (_reopen_forward)
+                    queue = queue_name(name)
+
+                    def reopened_in(store: MetadataStore, queue: str = queue) -> set[CID]:
+                        return {KEYS.decode(r.key).manifest_id
+                                for r in store.queue_rows(queue, ref=ref, states=(DeliveryState.PENDING,))}
+
+                    reopened = await self.db.run(reopened_in)
+                    for manifest_id in sorted(reopened | {CID.parse(done.manifest_id)}, key=str):
+                        await driver.adopt(manifest_prefix(manifest_id))
 
 
 def _reopen_rows(store: MetadataStore, rows: list[QueuedRow], done: ConflictRow, decision: Decision) -> None:
@@ -174,5 +186,5 @@ def _reopen_rows(store: MetadataStore, rows: list[QueuedRow], done: ConflictRow,
     if decision is Decision.REPLACE:
         store.queue_reopen([replace(r, state=DeliveryState.PENDING, attempts=0) for r in rows])
     else:
-        what = "discarded" if decision is Decision.DISCARD else "kept under a new UID"
-        store.queue_save([replace(r, last_error=f"not forwarded: {what} by {done.decided_by}") for r in rows])
+        note = not_forwarded(decision is Decision.DISCARD, done.decided_by)
+        store.queue_save([replace(r, last_error=note) for r in rows])

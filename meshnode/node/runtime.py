@@ -48,7 +48,7 @@ from common.p2p.host import listen_multiaddrs, running_host
 from meshnode.web.node_web import run_web
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockCorruptError
-from meshnode.storage.conflicts import held_detail, received_revision
+from meshnode.storage.conflicts import held_among, held_detail, received_revision
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
@@ -397,7 +397,7 @@ class Node:
             # instance whose UID is held here from another lineage is held for a human (protocol.conflict)
             incoming = received_revision(manifest.sender_org, str(manifest_id))
             outcomes = store.add_instances(records, [event], now_ms, [incoming] * len(records))
-            held[:] = [sum(1 for o in outcomes if o is AddOutcome.CONFLICT)]
+            held[:] = [held_among(store, records, outcomes)]
             store.set_manifest_state(manifest_id, state)
             previous = store.transfer(manifest_id)
             store.set_transfer(manifest_id, state, previous[1] if previous else 0, manifest.total_bytes, now_ms)

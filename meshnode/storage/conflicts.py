@@ -23,6 +23,7 @@ from typing import Protocol
 
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.records import (
+    AddOutcome,
     InstanceRecord,
     SeriesAttributes,
     Source,
@@ -68,6 +69,15 @@ def held_by_manifest(store: ConflictStore) -> dict[str, int]:
         if row.kind == KIND_STORE and row.manifest_id:
             out[row.manifest_id] = out.get(row.manifest_id, 0) + 1
     return out
+
+
+def held_among(store: ConflictStore, records: Sequence[InstanceRecord], outcomes: Sequence[AddOutcome]) -> int:
+    """How many of a received manifest's `records` are held in the conflict queue after add_instances gave
+    `outcomes`: held now, or a duplicate of a newcomer still pending (a later revision sending it again)."""
+    pending = {(r.sop_instance_uid, r.newcomer_digest) for r in store.conflicts(ConflictState.PENDING)
+               if r.kind == KIND_STORE}
+    return sum(1 for rec, o in zip(records, outcomes) if o is AddOutcome.CONFLICT
+               or (o is AddOutcome.DUPLICATE and (rec.sop_instance_uid, rec.digest) in pending))
 
 
 def held_detail(held: int) -> str:
