@@ -137,13 +137,16 @@ class ConflictDesk:
                 self._reopen_forward(store, done, decision, [done.kind[len(PACS_KIND_PREFIX):]])
             elif done.kind == KIND_STORE and done.manifest_id and self.forwarder is not None:
                 # a received instance held on arrival: its forward items (FAILED, HELD_HERE) in every PACS queue
-                self._reopen_forward(store, done, decision, list(self.forwarder.drivers))
+                self._reopen_forward(store, done, decision, list(self.forwarder.drivers), renamed, now_ms)
         self.storage.write_head()
         return done
 
     @staticmethod
     def _reopen_forward(store: MetadataStore, done: ConflictRow, decision: Decision,
-                        destinations: Sequence[str]) -> None:
+                        destinations: Sequence[str], renamed: InstanceRecord | None = None, now_ms: int = 0) -> None:
+        """The held forward items of the decided instance, per destination: reopened (replace) or saying why
+        not sent. Kept both: the renamed instance (added to the study) is queued for every destination that
+        held the manifest's item, under that manifest (its reconciliation applies)."""
         key = ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest)
         for destination in destinations:
             queue = queue_name(destination)
@@ -151,6 +154,11 @@ class ConflictDesk:
             rows = [r for r in store.queue_rows(queue, ref=KEYS.ref(key)) if r.key == KEYS.encode(key)
                     or (done.kind == KIND_STORE and r.state is DeliveryState.FAILED and r.last_error == HELD_HERE)]
             _reopen_rows(store, rows, done, decision)
+            mine = [r for r in rows if r.key == KEYS.encode(key)]
+            if decision is Decision.KEEP_BOTH and renamed is not None and mine:
+                new = ForwardKey(key.manifest_id, renamed.sop_instance_uid, renamed.digest)
+                store.queue_add([QueuedRow(queue, KEYS.encode(new), KEYS.ref(new), DeliveryState.PENDING, 0, now_ms,
+                                           now_ms, "", mine[0].payload)])
 
 
     async def _after(self, done: ConflictRow, decision: Decision, now_ms: int) -> None:
@@ -163,7 +171,7 @@ class ConflictDesk:
             if not self.gateway.writes_with(self.storage.metadata):
                 await self.db.run(lambda s: announcer.note(s, [arrival], now_ms))
             announcer.arrived(done.study_uid, route.name, now_ms / 1000)
-        if decision is Decision.REPLACE and self.forwarder is not None and done.manifest_id:
+        if decision in (Decision.REPLACE, Decision.KEEP_BOTH) and self.forwarder is not None and done.manifest_id:
             names = ([done.kind[len(PACS_KIND_PREFIX):]] if done.kind.startswith(PACS_KIND_PREFIX)
                      else list(self.forwarder.drivers))
             ref = KEYS.ref(ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest))

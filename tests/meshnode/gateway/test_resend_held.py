@@ -14,6 +14,7 @@ import pytest
 from meshnode.gateway.config import PacsDestination
 from meshnode.gateway.conflict_desk import ConflictDesk
 from meshnode.gateway.forward_conflicts import HELD_HERE
+from meshnode.gateway.forwarder import _records_for
 from meshnode.gateway.pacs_queue import KEYS, ForwardKey, progress, queue_name, queue_received
 from meshnode.storage.conflicts import held_among, received_revision
 from meshnode.storage.memory_metadata import MemoryMetadataStore
@@ -89,3 +90,19 @@ def test_a_revision_repeating_a_decided_instance_says_why_it_is_not_forwarded(
     second, outcomes = revision(store, 2)
     assert outcomes[0] is AddOutcome.DUPLICATE and held_among(store, THEIRS, outcomes) == 0
     assert item(store, second) == (DeliveryState.FAILED, f"not forwarded: {why} by alice")
+
+
+def test_keep_both_of_an_instance_held_on_arrival_forwards_the_renamed_instance(store: MetadataStore) -> None:
+    """Second review, finding 9: the renamed instance is added to the study and queued for the PACS that
+    held the manifest's item (under that manifest); the held item says why it was not sent."""
+    first, _ = revision(store, 1)
+    [conflict] = store.conflicts(ConflictState.PENDING)
+    assert conflict.newcomer is not None
+    renamed = replace(conflict.newcomer, sop_instance_uid="2.25.1234")
+    done = store.decide_conflict(conflict.conflict_id, Decision.KEEP_BOTH, "alice", [], NOW * 1000, renamed=renamed)
+    ConflictDesk._reopen_forward(store, done, Decision.KEEP_BOTH, ["main"], renamed, NOW * 1000)
+    assert item(store, first) == (DeliveryState.FAILED, "not forwarded: kept under a new UID by alice")
+    new = ForwardKey(first, "2.25.1234", renamed.digest)
+    [row] = [r for r in store.queue_rows(queue_name("main"), ref=KEYS.ref(new)) if r.key == KEYS.encode(new)]
+    assert row.state is DeliveryState.PENDING
+    assert (new.sop_instance_uid, new.digest) in _records_for(store, [new])  # what the forwarder sends
