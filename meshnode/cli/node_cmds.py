@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     share.add_argument("--include-unreconciled", action="store_true",
                        help="share although patient reconciliation holds instances of it back (received, the "
                             "sender's patient identity, no confirmed local record)")
+    share.add_argument("--origin", help="a received study holding several organisations' instances (one reused "
+                       "another's Study UID): the organisation whose instances to share onward")
     share.add_argument("--json", action="store_true")
     share.set_defaults(func=run_share)
     for name, helptext in (("inbox", "studies received or arriving"), ("outbox", "studies sent, per recipient")):
@@ -111,6 +113,8 @@ def run_share(args: argparse.Namespace) -> int:
     body: dict[str, object] = {"study": args.study, "to": orgs, "priority": args.priority, "purpose": args.purpose}
     if args.include_unreconciled:
         body["include_unreconciled"] = True
+    if args.origin:
+        body["origin"] = args.origin
     if args.deid_project or args.deid_option or args.safe_private or args.pixel_risk:
         deid: dict[str, object] = {"project": args.deid_project or "", **{o: True for o in args.deid_option}}
         if args.safe_private:

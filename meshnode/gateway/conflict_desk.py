@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE
+from meshnode.gateway.forward_conflicts import HELD_HERE, not_forwarded
 from meshnode.gateway.pacs_queue import KEYS, ForwardKey, manifest_prefix, queue_name
 from meshnode.storage.conflicts import (
     KIND_STORE,
@@ -136,18 +137,28 @@ class ConflictDesk:
                 self._reopen_forward(store, done, decision, [done.kind[len(PACS_KIND_PREFIX):]])
             elif done.kind == KIND_STORE and done.manifest_id and self.forwarder is not None:
                 # a received instance held on arrival: its forward items (FAILED, HELD_HERE) in every PACS queue
-                self._reopen_forward(store, done, decision, list(self.forwarder.drivers))
+                self._reopen_forward(store, done, decision, list(self.forwarder.drivers), renamed, now_ms)
         self.storage.write_head()
         return done
 
     @staticmethod
     def _reopen_forward(store: MetadataStore, done: ConflictRow, decision: Decision,
-                        destinations: Sequence[str]) -> None:
+                        destinations: Sequence[str], renamed: InstanceRecord | None = None, now_ms: int = 0) -> None:
+        """The held forward items of the decided instance, per destination: reopened (replace) or saying why
+        not sent. Kept both: the renamed instance (added to the study) is queued for every destination that
+        held the manifest's item, under that manifest (its reconciliation applies)."""
         key = ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest)
         for destination in destinations:
             queue = queue_name(destination)
-            rows = [r for r in store.queue_rows(queue, ref=KEYS.ref(key)) if r.key == KEYS.encode(key)]
+            # held on arrival: every manifest listing these bytes (a later revision sending them again too)
+            rows = [r for r in store.queue_rows(queue, ref=KEYS.ref(key)) if r.key == KEYS.encode(key)
+                    or (done.kind == KIND_STORE and r.state is DeliveryState.FAILED and r.last_error == HELD_HERE)]
             _reopen_rows(store, rows, done, decision)
+            mine = [r for r in rows if r.key == KEYS.encode(key)]
+            if decision is Decision.KEEP_BOTH and renamed is not None and mine:
+                new = ForwardKey(key.manifest_id, renamed.sop_instance_uid, renamed.digest)
+                store.queue_add([QueuedRow(queue, KEYS.encode(new), KEYS.ref(new), DeliveryState.PENDING, 0, now_ms,
+                                           now_ms, "", mine[0].payload)])
 
 
     async def _after(self, done: ConflictRow, decision: Decision, now_ms: int) -> None:
@@ -160,13 +171,22 @@ class ConflictDesk:
             if not self.gateway.writes_with(self.storage.metadata):
                 await self.db.run(lambda s: announcer.note(s, [arrival], now_ms))
             announcer.arrived(done.study_uid, route.name, now_ms / 1000)
-        if decision is Decision.REPLACE and self.forwarder is not None and done.manifest_id:
+        if decision in (Decision.REPLACE, Decision.KEEP_BOTH) and self.forwarder is not None and done.manifest_id:
             names = ([done.kind[len(PACS_KIND_PREFIX):]] if done.kind.startswith(PACS_KIND_PREFIX)
                      else list(self.forwarder.drivers))
+            ref = KEYS.ref(ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest))
             for name in names:
                 driver = self.forwarder.drivers.get(name)
-                if driver is not None:
-                    await driver.adopt(manifest_prefix(CID.parse(done.manifest_id)))
+                if driver is not None:  # every manifest whose item was reopened (_reopen_forward)
+                    queue = queue_name(name)
+
+                    def reopened_in(store: MetadataStore, queue: str = queue) -> set[CID]:
+                        return {KEYS.decode(r.key).manifest_id
+                                for r in store.queue_rows(queue, ref=ref, states=(DeliveryState.PENDING,))}
+
+                    reopened = await self.db.run(reopened_in)
+                    for manifest_id in sorted(reopened | {CID.parse(done.manifest_id)}, key=str):
+                        await driver.adopt(manifest_prefix(manifest_id))
 
 
 def _reopen_rows(store: MetadataStore, rows: list[QueuedRow], done: ConflictRow, decision: Decision) -> None:
@@ -174,5 +194,5 @@ def _reopen_rows(store: MetadataStore, rows: list[QueuedRow], done: ConflictRow,
     if decision is Decision.REPLACE:
         store.queue_reopen([replace(r, state=DeliveryState.PENDING, attempts=0) for r in rows])
     else:
-        what = "discarded" if decision is Decision.DISCARD else "kept under a new UID"
-        store.queue_save([replace(r, last_error=f"not forwarded: {what} by {done.decided_by}") for r in rows])
+        note = not_forwarded(decision is Decision.DISCARD, done.decided_by)
+        store.queue_save([replace(r, last_error=note) for r in rows])

@@ -48,10 +48,26 @@ def forwarded_version(store: MetadataStore, queue: str, sop_instance_uid: str, d
     return None
 
 
-def held_on_arrival(store: MetadataStore, manifest_id: str) -> set[tuple[str, bytes]]:
-    """(SOP Instance UID, digest) of the manifest's instances held in the conflict queue (kind store)."""
-    return {(r.sop_instance_uid, r.newcomer_digest) for r in store.conflicts(ConflictState.PENDING)
-            if r.kind == KIND_STORE and r.manifest_id == manifest_id}
+def not_forwarded(discarded: bool, decided_by: str) -> str:
+    """A forward item's error for a received instance a person discarded or kept under a new UID."""
+    return f"not forwarded: {'discarded' if discarded else 'kept under a new UID'} by {decided_by}"
+
+
+def held_on_arrival(store: MetadataStore) -> dict[tuple[str, bytes], str]:
+    """(SOP Instance UID, digest) -> forward item error, for the newcomers of the conflict queue (kind store)
+    this node does not hold under their UID: pending (HELD_HERE), discarded or kept under a new UID. Any
+    manifest listing these bytes (the one they came with, or a later revision sending them again, which the
+    store takes as a duplicate) is not forwarded for them."""
+    out: dict[tuple[str, bytes], str] = {}
+    for r in store.conflicts():
+        key = (r.sop_instance_uid, r.newcomer_digest)
+        if r.kind != KIND_STORE:
+            continue
+        if r.state is ConflictState.PENDING:
+            out[key] = HELD_HERE
+        elif r.state in (ConflictState.DISCARDED, ConflictState.KEPT_BOTH):
+            out.setdefault(key, not_forwarded(r.state is ConflictState.DISCARDED, r.decided_by))
+    return out
 
 
 def held_reason(store: MetadataStore, dest: PacsDestination, manifest_id: str, manifest: Manifest,

@@ -115,6 +115,7 @@ class PendingCommit:
     prepared: PreparedInstance
     route: Route | None
     done: bool = False
+    on_conflict: ConflictPolicy | None = None  # overrides the route's (or the node default's) policy
     result: StoredInstance | None = None
     error: BaseException | None = None
 
@@ -187,14 +188,17 @@ class StudyIntake:
                     await self.db.run(lambda _: self.storage.write_head())
 
     # -- the one-call API -----------------------------------------------------------------
-    async def store(self, data: bytes, route: Route | None, *, source: str) -> StoredInstance:
+    async def store(self, data: bytes, route: Route | None, *, source: str,
+                    on_conflict: ConflictPolicy | None = None) -> StoredInstance:
         """Parse, check and durably store one Part 10 instance; returns once it is durable.
+        `on_conflict`: the conflict policy whatever the route or the node default says (a research copy:
+        reject, meshnode.node.research_share).
 
         Raises a DicomError (bad DICOM, too large), or a StorageError (disk full, I/O):
         in every case nothing of the instance stays visible.
         """
         prepared = await trio.to_thread.run_sync(self.prepare, data, source, limiter=self._workers)
-        return await self.commit(prepared, route)
+        return await self.commit(prepared, route, on_conflict=on_conflict)
 
     # -- step 1: blocks (any thread) ----------------------------------------------------------
     def prepare(self, data: bytes, source: str, *, expect: tuple[str, str] | None = None,
@@ -276,9 +280,10 @@ class StudyIntake:
         blocks.place(written)  # discards the temp files itself on error
 
     # -- step 2: metadata (trio) ---------------------------------------------------------------
-    async def commit(self, prepared: PreparedInstance, route: Route | None) -> StoredInstance:
+    async def commit(self, prepared: PreparedInstance, route: Route | None, *,
+                     on_conflict: ConflictPolicy | None = None) -> StoredInstance:
         """Commit the metadata of a prepared instance (grouped with concurrent ones); durable on return."""
-        item = PendingCommit(prepared, route)
+        item = PendingCommit(prepared, route, on_conflict=on_conflict)
         self._queue.append(item)
         while not item.done:
             if self._committing:
@@ -399,6 +404,8 @@ class StudyIntake:
 
     def incoming(self, p: PendingCommit) -> Incoming:
         """How an instance came, for protocol.conflict.decide: its route's policy (or the node default)."""
+        if p.on_conflict is not None:
+            return Incoming(p.on_conflict, p.prepared.source, p.route.name if p.route else "")
         if p.route is None:
             return Incoming(self.conflict_default, p.prepared.source, "")
         return Incoming(p.route.on_conflict, p.prepared.source, p.route.name)

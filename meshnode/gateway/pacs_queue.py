@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshnode.gateway.config import PacsDestination
-from meshnode.gateway.forward_conflicts import HELD_HERE, HELD_MARK, forwarded_version, held_on_arrival, held_reason
+from meshnode.gateway.forward_conflicts import HELD_MARK, forwarded_version, held_on_arrival, held_reason
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.retry_queue import QueuedRow
 from protocol.cid import CID
@@ -115,7 +115,7 @@ def queue_received(store: MetadataStore, manifest_id: CID, destinations: Sequenc
         return {}
     manifest = found[1]
     out: dict[str, list[ForwardKey]] = {}
-    held_here = held_on_arrival(store, str(manifest_id))
+    held_here = held_on_arrival(store)  # its bytes are in the conflict queue, not stored: held or decided
     for dest in destinations:
         if not takes(dest, manifest):
             continue
@@ -125,7 +125,8 @@ def queue_received(store: MetadataStore, manifest_id: CID, destinations: Sequenc
             ref = KEYS.ref(key)
             if (key.sop_instance_uid, key.digest) in held_here:  # in this node's conflict queue: not sent
                 rows.append(QueuedRow(queue, KEYS.encode(key), ref, DeliveryState.FAILED, 0, now_ms, now_ms,
-                                      HELD_HERE, bytes([manifest.priority.rank])))
+                                      held_here[(key.sop_instance_uid, key.digest)],
+                                      bytes([manifest.priority.rank])))
                 continue
             held = store.queue_rows(queue, ref=ref, states=(DeliveryState.DELIVERED,))
             state, note = (DeliveryState.DELIVERED, ALREADY_HELD) if held else (DeliveryState.PENDING, "")

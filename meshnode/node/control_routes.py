@@ -17,6 +17,7 @@ from protocol.cid import CID
 from protocol.errors import NotFoundError, SchemaError
 from protocol.lifecycle import ManifestState
 from protocol.manifest import Priority, Purpose
+from protocol.schema import check_org_code
 from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord, DeliveryState
 
 if TYPE_CHECKING:
@@ -93,12 +94,18 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         include = body.get("include_unreconciled", False)
         if not isinstance(include, bool):
             raise SchemaError("'include_unreconciled' must be true or false")
+        origin = body.get("origin")  # a received study holding several orgs' instances: which to share onward
+        if origin is not None:
+            if not isinstance(origin, str):
+                raise SchemaError("'origin' must be an organisation code")
+            origin = check_org_code(origin, "origin")
         study = _text(body, "study")  # patient reconciliation's held instances (meshnode.gateway.reconcile_holds)
         await node.ctx.db.run(lambda s: check_not_held(s, study, include_unreconciled=include, what="share"))
         profile = share_profile(body, purpose is Purpose.RESEARCH)
         if profile is not None:  # a de-identified copy (meshnode.node.research_share), never the original
-            return await share_research(node, body, _text(body, "study"), to, priority, purpose, profile)
-        signed = await node.sender.share(_text(body, "study"), to, priority, purpose)
+            return await share_research(node, body, _text(body, "study"), to, priority, purpose, profile,
+                                        origin=origin)
+        signed = await node.sender.share(_text(body, "study"), to, priority, purpose, origin=origin)
         return {"manifest_id": str(signed.cid), "revision": signed.document.revision,
                 "instances": len(signed.document.instances), "bytes": signed.document.total_bytes}
 

@@ -102,6 +102,7 @@ def deid_routes(node: Node) -> dict[tuple[str, str], Handler]:
 
 
 async def share_research(node: Node, body: dict[str, Any], study: str, to: Sequence[str], priority: Priority,
-                         purpose: Purpose, profile: DeidProfile) -> object:
-    outcome = await node.sender.share_research(study, to, priority, profile, actor=_actor(body), purpose=purpose)
+                         purpose: Purpose, profile: DeidProfile, *, origin: str | None = None) -> object:
+    outcome = await node.sender.share_research(study, to, priority, profile, actor=_actor(body), purpose=purpose,
+                                               origin=origin)
     return outcome.to_json()

@@ -38,6 +38,7 @@ from pydicom.uid import UID
 
 from meshnode.node.context import NodeContext
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.conflicts import own_lineage
 from meshnode.storage.records import AddOutcome, InstanceRecord, hash_uid
 from meshnode.storage.research_store import RelinkEntry, ResearchShareRow, ResearchState
 from meshnode.study.deidentify import Deidentifier, Relink
@@ -132,10 +133,13 @@ class ResearchShares:
 
     # -- asking for a research share ------------------------------------------------------------
     async def share(self, study_uid: str, to: Sequence[str], priority: Priority, profile: DeidProfile,
-                    *, actor: str, purpose: Purpose = Purpose.RESEARCH) -> ResearchOutcome:
-        """`purpose`: research, or care for a de-identified commercial share (a route marked for it)."""
+                    *, actor: str, purpose: Purpose = Purpose.RESEARCH,
+                    origin: str | None = None) -> ResearchOutcome:
+        """`purpose`: research, or care for a de-identified commercial share (a route marked for it).
+        `origin`: a received study holding several organisations' instances: the one to share."""
         ctx = self.ctx
-        instances = _latest(await ctx.db.run(lambda s: s.instances(study_uid)))
+        # this node's own lineage only, as a care share (meshnode.storage.conflicts.own_lineage)
+        instances = _latest(own_lineage(await ctx.db.run(lambda s: s.instances(study_uid)), origin))
         if not instances:
             raise NotFoundError(f"no study {hash_uid(study_uid)} on this node")
         frozen: list[dict[str, object]] = []

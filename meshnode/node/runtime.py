@@ -12,6 +12,7 @@ committed stays, and the next start resumes from the blocks on disk.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -25,7 +26,7 @@ from meshnode.directory.cache import DirectoryCache, FileRosterVersionStore
 from meshnode.directory.client import DirectoryClient
 from common.directory_transport import directory_peer_id, libp2p_transport
 from meshnode.gateway.service import Gateway
-from meshnode.gateway.intake import StoredInstance
+from meshnode.gateway.intake import StoredInstance, StudyIntake
 from meshnode.home import NodeHome
 from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.completion import verify_instances
@@ -47,12 +48,13 @@ from common.p2p.host import listen_multiaddrs, running_host
 from meshnode.web.node_web import run_web
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockCorruptError
-from meshnode.storage.conflicts import held_detail, received_revision
+from meshnode.storage.conflicts import held_among, held_detail, received_revision
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import AddOutcome, InstanceRecord, ManifestRow, hash_uid
 from protocol.cid import CID
+from protocol.conflict import ConflictPolicy
 from protocol.directory_messages import WATCH_WAIT
 from protocol.document import Signed
 from protocol.errors import LocalProtocolError, MeshError, NotFoundError, RosterExpiredError, RosterRollbackError
@@ -72,6 +74,28 @@ log = logging.getLogger(__name__)
 ROSTER_WATCH_MIN_INTERVAL = 1.0
 #: Between failed directory registrations or roster watches: 2 s doubling to 15 min.
 DIRECTORY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=900.0)
+
+
+async def store_research_copy(intake: StudyIntake, data: bytes, source: str) -> StoredInstance:
+    """A research share's de-identified instance, through the intake, with conflict policy reject whatever
+    [conflicts] default says: a copy never replaces a stored instance (held for a person instead)."""
+    return await intake.store(data, None, source=source, on_conflict=ConflictPolicy.REJECT)
+
+
+def forget_recalled(store: MetadataStore, open_manifest: Callable[[CID, bytes], Signed[Manifest]],
+                    row: ManifestRow, now_ms: int) -> int:
+    """A received manifest was recalled: forget the instances it listed that came from its sender org, except
+    those another live received manifest of the study still lists (a later revision, say). Another org's
+    instances that reuse the Study UID, and local ones, stay. Returns instances forgotten."""
+    listed = {(e.sop_instance_uid, e.digest) for e in open_manifest(row.manifest_id, row.raw).document.instances}
+    for other in store.manifests("received"):
+        if (other.manifest_id != row.manifest_id and other.study_uid == row.study_uid
+                and other.state is not ManifestState.RECALLED):
+            listed -= {(e.sop_instance_uid, e.digest)
+                       for e in open_manifest(other.manifest_id, other.raw).document.instances}
+    if not listed:
+        return 0
+    return store.forget_received(row.study_uid, row.sender_org, sorted(listed), [], now_ms)
 
 
 class Node:
@@ -109,7 +133,7 @@ class Node:
 
     async def _store_copy(self, data: bytes, source: str) -> StoredInstance:
         """A research share's de-identified instance, stored durably through the gateway's intake."""
-        return await self.gateway.intake.store(data, None, source=source)
+        return await store_research_copy(self.gateway.intake, data, source)
 
     async def _serve(self, ctx: NodeContext, host: IHost, task_status: TaskStatus[list[str]]) -> None:
         await ctx.directory.refresh_roster()  # fail closed at start without a valid roster
@@ -255,15 +279,8 @@ class Node:
         self.fetcher.stop(manifest_id)
         row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
         if row is not None:
-            study = row.study_uid
-
-            def forget(store: MetadataStore) -> int:
-                received = [i for i in store.instances(study) if i.source.value == "received"]
-                if received and len(received) == len(store.instances(study)):
-                    return store.forget_study(study, [], int(self.ctx.clock() * 1000))
-                return 0
-
-            await self.ctx.db.run(forget)
+            now_ms = int(self.ctx.clock() * 1000)
+            await self.ctx.db.run(lambda s: forget_recalled(s, self.ctx.manifests.open, row, now_ms))
         # gc reads and writes metadata, so it runs on the database thread like every other access
         result = await self.ctx.db.run(lambda _: self.ctx.storage.gc(orphan_grace_s=3600))
         log.info("recall of %s: %d block(s) collected", manifest_id, result.blocks_removed)
@@ -380,7 +397,7 @@ class Node:
             # instance whose UID is held here from another lineage is held for a human (protocol.conflict)
             incoming = received_revision(manifest.sender_org, str(manifest_id))
             outcomes = store.add_instances(records, [event], now_ms, [incoming] * len(records))
-            held[:] = [sum(1 for o in outcomes if o is AddOutcome.CONFLICT)]
+            held[:] = [held_among(store, records, outcomes)]
             store.set_manifest_state(manifest_id, state)
             previous = store.transfer(manifest_id)
             store.set_transfer(manifest_id, state, previous[1] if previous else 0, manifest.total_bytes, now_ms)

@@ -40,22 +40,24 @@ class Sender:
         self.research: ResearchShares | None = None
 
     async def share(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
-                    lifetime_s: int = DEFAULT_LIFETIME_S) -> Signed[Manifest]:
+                    lifetime_s: int = DEFAULT_LIFETIME_S, *, origin: str | None = None) -> Signed[Manifest]:
         """Share a local study as it is (care, patient access). A research share never comes here with the
         original study: `share_research` sends a de-identified copy (the control API and the gateway's
         announcer send research purposes there); refused here so that no path announces the original."""
         if purpose is Purpose.RESEARCH and not await self._is_research_copy(study_uid):
             raise LocalProtocolError("a research share sends a de-identified copy: share it with a deid project"
                                      " (meshnode share --purpose research --deid-project P)")
-        return await self.share_study(study_uid, to, priority, purpose, lifetime_s)
+        return await self.share_study(study_uid, to, priority, purpose, lifetime_s, origin=origin)
 
     async def share_research(self, study_uid: str, to: Sequence[str], priority: Priority, profile: DeidProfile,
-                             *, actor: str, purpose: Purpose = Purpose.RESEARCH) -> ResearchOutcome:
+                             *, actor: str, purpose: Purpose = Purpose.RESEARCH,
+                             origin: str | None = None) -> ResearchOutcome:
         """Share a de-identified copy of the study (held first when instances are at pixel risk)."""
         if self.research is None:
             raise LocalProtocolError("research shares are not available on this node (no intake)")
         self._check_recipients(to)
-        return await self.research.share(study_uid, to, priority, profile, actor=actor, purpose=purpose)
+        return await self.research.share(study_uid, to, priority, profile, actor=actor, purpose=purpose,
+                                         origin=origin)
 
     async def _is_research_copy(self, study_uid: str) -> bool:
         row = await self.ctx.db.run(lambda s: s.research_copy_of(study_uid))  # indexed
@@ -71,11 +73,14 @@ class Sender:
 
     async def share_study(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
                           lifetime_s: int = DEFAULT_LIFETIME_S, *, only: Mapping[str, bytes] | None = None,
-                          also: Callable[[MetadataStore, CID], None] | None = None) -> Signed[Manifest]:
+                          also: Callable[[MetadataStore, CID], None] | None = None,
+                          origin: str | None = None) -> Signed[Manifest]:
         """Sign and announce the manifest of a local study as it is stored.
 
         `only` (SOP Instance UID -> digest): the manifest lists exactly these instances, with these bytes (a
         research share lists what it stored, not whatever the copy study holds); one missing is an error.
+        `origin`: for a received study holding several organisations' instances, the one to share onward
+        (meshnode.storage.conflicts.own_lineage).
         `also(store, manifest_id)` runs in the transaction that saves the manifest and its announcements."""
         ctx = self.ctx
         recipients = self._check_recipients(to)
@@ -87,7 +92,7 @@ class Sender:
             sent = [revision for revision, _ in store.share_revisions(study_uid, ctx.org, "sent")]
             # this node's own instances only: a received one that reused this study's UID is never announced
             # under this node's signature (meshnode.storage.conflicts.own_lineage)
-            return own_lineage(store.instances(study_uid)), max(sent, default=0)
+            return own_lineage(store.instances(study_uid), origin), max(sent, default=0)
 
         instances, last_revision = await ctx.db.run(load)
         if only is not None:

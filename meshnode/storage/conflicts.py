@@ -23,6 +23,7 @@ from typing import Protocol
 
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.records import (
+    AddOutcome,
     InstanceRecord,
     SeriesAttributes,
     Source,
@@ -37,7 +38,7 @@ from protocol.conflict import (
     ConflictState,
     Decision,
 )
-from protocol.errors import MeshError, StorageError
+from protocol.errors import LocalProtocolError, MeshError, StorageError
 from protocol.lifecycle import ManifestState
 
 KIND_STORE = "store"
@@ -68,6 +69,15 @@ def held_by_manifest(store: ConflictStore) -> dict[str, int]:
         if row.kind == KIND_STORE and row.manifest_id:
             out[row.manifest_id] = out.get(row.manifest_id, 0) + 1
     return out
+
+
+def held_among(store: ConflictStore, records: Sequence[InstanceRecord], outcomes: Sequence[AddOutcome]) -> int:
+    """How many of a received manifest's `records` are held in the conflict queue after add_instances gave
+    `outcomes`: held now, or a duplicate of a newcomer still pending (a later revision sending it again)."""
+    pending = {(r.sop_instance_uid, r.newcomer_digest) for r in store.conflicts(ConflictState.PENDING)
+               if r.kind == KIND_STORE}
+    return sum(1 for rec, o in zip(records, outcomes) if o is AddOutcome.CONFLICT
+               or (o is AddOutcome.DUPLICATE and (rec.sop_instance_uid, rec.digest) in pending))
 
 
 def held_detail(held: int) -> str:
@@ -102,12 +112,29 @@ def other_lineage(newcomer: InstanceRecord, stored: Sequence[Lineage]) -> str:
     return ""
 
 
-def own_lineage(records: Sequence[InstanceRecord]) -> list[InstanceRecord]:
-    """The instances of a study this node signs a manifest of: those ingested here; a study with none (a
-    received study shared onward) as it is stored. A received instance that reused the Study UID of a
-    study of this node's is never announced under this node's signature."""
+def own_lineage(records: Sequence[InstanceRecord], origin: str | None = None) -> list[InstanceRecord]:
+    """The instances of a study this node signs a manifest of: one lineage only. Those ingested here when
+    there are any (a received instance that reused the Study UID of a study of this node's is never announced
+    under this node's signature; naming an `origin` then is refused). A received study shared onward: its
+    one origin's instances; when it holds several origins' (one reused another's Study UID), the caller
+    names the origin, else LocalProtocolError naming them (organisation codes only)."""
     local = [r for r in records if r.source is Source.LOCAL]
-    return local or list(records)
+    if local:
+        if origin:
+            raise LocalProtocolError("this study holds instances ingested here: only they are shared "
+                                     f"(not organisation {origin}'s)")
+        return local
+    origins = sorted({r.origin for r in records})
+    if origin:
+        if origin not in origins:
+            raise LocalProtocolError(f"this study holds no instances from organisation {origin} "
+                                     f"(from: {', '.join(o or 'unknown' for o in origins)})")
+        return [r for r in records if r.origin == origin]
+    if len(origins) > 1:
+        raise LocalProtocolError("this received study holds instances from several organisations ("
+                                 f"{', '.join(o or 'unknown' for o in origins)}): name the one to share onward "
+                                 "(meshnode share --origin ORG)")
+    return list(records)
 
 
 @dataclass(frozen=True)

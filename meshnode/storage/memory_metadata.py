@@ -25,6 +25,7 @@ from meshnode.storage.records import (
     InstanceRecord,
     ManifestRow,
     ServedRow,
+    Source,
     StudyAttributes,
     StudySummaryRow,
     hash_uid,
@@ -171,6 +172,18 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients):
         before = len(self._instances)
         self._instances = [i for i in self._instances if i.study_uid != study_uid]
         self._studies.pop(study_uid, None)
+        self.append_audit(events, now_ms)
+        return before - len(self._instances)
+
+    def forget_received(self, study_uid: str, origin: str, keys: Iterable[tuple[str, bytes]],
+                        events: Sequence[AuditEvent], now_ms: int) -> int:
+        wanted = set(keys)
+        before = len(self._instances)
+        self._instances = [i for i in self._instances if not (
+            i.study_uid == study_uid and i.source is Source.RECEIVED and i.origin == origin
+            and (i.sop_instance_uid, i.digest) in wanted)]
+        if not any(i.study_uid == study_uid for i in self._instances):
+            self._studies.pop(study_uid, None)
         self.append_audit(events, now_ms)
         return before - len(self._instances)
 

@@ -56,6 +56,13 @@ class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStor
         """Remove a study's instance records (blocks stay until GC). Returns instances removed."""
         ...
 
+    def forget_received(self, study_uid: str, origin: str, keys: Iterable[tuple[str, bytes]],
+                        events: Sequence[AuditEvent], now_ms: int) -> int:
+        """Remove the study's received instance records from organisation `origin` whose (SOP Instance UID,
+        digest) is one of `keys` (a recall); local instances and other origins' stay. The study's record
+        goes with its last instance. Returns instances removed."""
+        ...
+
     # -- blocks -----------------------------------------------------------------
     def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int,
                       obtained: Sequence[tuple[CID, CID, str]] = ()) -> None:

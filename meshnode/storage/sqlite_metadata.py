@@ -200,6 +200,21 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, Sqlit
             self._append_audit(db, events, now_ms)
             return cur.rowcount
 
+    def forget_received(self, study_uid: str, origin: str, keys: Iterable[tuple[str, bytes]],
+                        events: Sequence[AuditEvent], now_ms: int) -> int:
+        with self._tx() as db:
+            removed = 0
+            for uid, digest in keys:
+                removed += db.execute(
+                    "DELETE FROM instances WHERE study_uid = ? AND source = 'received' AND origin = ?"
+                    " AND sop_instance_uid = ? AND digest = ?", (study_uid, origin, uid, digest)).rowcount
+            db.execute("DELETE FROM series WHERE study_uid = ? AND NOT EXISTS"
+                       " (SELECT 1 FROM instances i WHERE i.series_uid = series.series_uid)", (study_uid,))
+            db.execute("DELETE FROM studies WHERE study_uid = ? AND NOT EXISTS"
+                       " (SELECT 1 FROM instances i WHERE i.study_uid = ?)", (study_uid, study_uid))
+            self._append_audit(db, events, now_ms)
+            return removed
+
     # -- blocks -----------------------------------------------------------------
     def record_blocks(self, blocks: Sequence[tuple[CID, int]], now_ms: int,
                       obtained: Sequence[tuple[CID, CID, str]] = ()) -> None:

@@ -18,6 +18,7 @@ from meshnode.dicom import synthetic
 from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.intake import StoredInstance, StudyIntake
 from meshnode.gateway.routes import RouteTable
+from meshnode.node.runtime import store_research_copy
 from meshnode.node.research_share import (
     HeldShareError,
     PixelRiskRefusedError,
@@ -57,7 +58,7 @@ def with_research(node: HarnessNode, home: Path) -> None:
                                                                                 no_share))
 
     async def store(data: bytes, source: str) -> StoredInstance:
-        return await intake.store(data, None, source=source)
+        return await store_research_copy(intake, data, source)  # as the runtime wires it
 
     node.sender.research = ResearchShares(node.ctx, home, node.sender.share_study, store)
 
