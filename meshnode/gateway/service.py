@@ -82,7 +82,7 @@ class Gateway:
 
         #: the conflict queue (same SOP Instance UID, other bytes): decisions, and policy keep-both applied
         self.conflicts = ConflictDesk(ctx.db, ctx.storage, self.state, self.announcer, config.routes,
-                                      self.forwarder, ctx.clock)
+                                      self.forwarder, ctx.clock, self.reconciler)
         self.intake.conflicts_held = self.conflicts.wake
 
     async def _share_research(self, study_uid: str, route: Route) -> Signed[Manifest] | None:
