@@ -89,7 +89,9 @@ def manifest_prefix(manifest_id: CID) -> str:
 
 
 def takes(dest: PacsDestination, manifest: Manifest) -> bool:
-    return not dest.from_orgs or manifest.sender_org in dest.from_orgs
+    """Does this destination forward this received manifest: its sender (from_orgs) and its purpose (purposes:
+    a research study, de-identified, never reaches a clinical PACS that did not opt in)?"""
+    return (not dest.from_orgs or manifest.sender_org in dest.from_orgs) and manifest.purpose.value in dest.purposes
 
 
 def keys_of(manifest_id: CID, manifest: Manifest) -> list[ForwardKey]:
