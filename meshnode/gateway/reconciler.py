@@ -162,6 +162,14 @@ class Reconciler:
                               self.settings.local_issuer_oid)
         return out
 
+    def unmatched(self, store: MetadataStore, manifest_ids: Sequence[CID]) -> set[CID]:
+        """The manifests reconciliation holds back (a row not matched): nothing of them is sent to the PACS,
+        whatever queued it (the forwarder checks at send time)."""
+        if not self.settings.enabled:
+            return set()
+        return {m for m in set(manifest_ids)
+                if (row := store.reconciliation(m)) is not None and row.state is not ReconState.MATCHED}
+
     def _instances(self, store: MetadataStore, row: ReconciliationRow) -> list[InstanceRecord]:
         """The stored instances the manifest lists."""
         found = received_manifest(store, row.manifest_id)

@@ -23,7 +23,8 @@ from meshnode.gateway import catalog
 from meshnode.gateway.conflict_desk import ConflictDesk
 from meshnode.gateway.matching import Level as QLevel
 from meshnode.gateway.matching import make_query
-from meshnode.gateway.pacs_queue import queue_name
+from meshnode.gateway.forward_conflicts import HELD_MARK
+from meshnode.gateway.pacs_queue import manifest_prefix, queue_name, queue_received
 from meshnode.gateway.reconcile_config import ReconciliationSettings
 from meshnode.gateway.reconciler import Reconciler
 from meshnode.gateway.routes import RouteTable
@@ -40,10 +41,11 @@ from protocol.cid import CID
 from protocol.conflict import ConflictState, Decision
 from protocol.lifecycle import ManifestState
 from protocol.manifest import Priority, Purpose
+from protocol.outbox import DeliveryState
 from tests.meshnode.gateway.conftest import GatewayFactory
-from tests.meshnode.gateway.harness import KEY, Gateway
+from tests.meshnode.gateway.harness import KEY, Gateway, eventually
 from tests.meshnode.gateway.test_forwarder import Pacs, forwarder, pacs
-from tests.meshnode.gateway.test_reconcile_forward import LOCAL, NHS, study
+from tests.meshnode.gateway.test_reconcile_forward import LOCAL, NHS, received, study
 from tests.meshnode.storage.helpers import STUDY, instance
 
 __all__ = ["pacs"]  # the fixture, imported for these tests
@@ -192,3 +194,33 @@ async def test_keep_both_of_a_held_instance_is_checked_by_reconciliation(gateway
     study_uid = signed.document.study_uid
     got = await gw.db.run(lambda s: catalog.retrieve(s, QLevel.STUDY, {"StudyInstanceUID": study_uid}))
     assert [(r.source, r.sop_instance_uid) for r in got] == [(Source.LOCAL, held_uid)], (done, got)
+
+
+async def test_an_item_queued_while_its_manifest_waits_is_held_at_send_time(gateways: GatewayFactory,
+                                                                           tmp_path: Path, pacs: Pacs) -> None:
+    """Defence in depth for finding 3: whatever path queues an item of a manifest reconciliation holds back
+    (a conflict decision, a future path), the forwarder does not send it (it would go uncoerced, under the
+    sender's identity): held, and sent under the local record once a person matches the manifest."""
+    gw = await gateways(dimse=False, announce=False)
+    fwd, rec, _, signed, held_uid = await _setup(gw, pacs, tmp_path)
+    other = dcmread(tmp_path / "variant.dcm")  # naming ANOTHER-PATIENT: the manifest waits once it is in
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fwd.run)
+        await gw.db.run(lambda s: rec.gate(s, signed.cid))
+        row = await gw.db.run(lambda s: s.reconciliation(signed.cid))
+        assert row is not None
+        await gw.db.run(lambda s: s.update_reconciliation(replace(row, state=ReconState.WAITING), row.state))
+        # queued behind reconciliation's back (what the gate would never do)
+        await gw.db.run(lambda s: queue_received(s, signed.cid, fwd.destinations, int(time.time() * 1000)))
+        assert len(await fwd.drivers["main"].adopt(manifest_prefix(signed.cid))) == 1
+        await eventually(lambda: any(r.state is DeliveryState.FAILED for r in fwd.drivers["main"].records()),
+                         "the item is held at send time")
+        assert pacs.received == {}
+        (item,) = fwd.drivers["main"].records()
+        assert item.last_error.startswith(HELD_MARK) and "reconciliation" in item.last_error
+        await rec.match(signed.cid, "user:alice", local_id=LOCAL.local_id, override_reason="checked")
+        await eventually(lambda: len(pacs.received) == 1, "sent once matched")
+        nursery.cancel_scope.cancel()
+    (uid,) = pacs.received
+    assert uid != held_uid and str(received(pacs, uid).PatientID) == LOCAL.local_id
+    assert str(other.PatientID) == "ANOTHER-PATIENT"
