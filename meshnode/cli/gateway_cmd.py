@@ -51,6 +51,14 @@ def status_lines(s: dict[str, Any]) -> list[str]:
         lines.append(f"CONFLICT #{c['id']} ({c['kind']}): study {c['study_uid']} instance {c['sop_instance_uid']}: "
                      f"stored sha256 {c['existing_sha256'][:16]}.., newcomer sha256 {c['newcomer_sha256'][:16]}.. "
                      f"from {c['source'] or '-'}; decide with `meshnode conflicts decide {c['id']} ...`")
+    recon = s.get("reconciliation") or {}
+    if recon.get("waiting") or recon.get("arrived"):
+        lines.append(f"RECONCILIATION: {recon.get('waiting', 0)} received stud(ies) waiting for a patient match "
+                     f"(not forwarded; decide with `meshnode reconcile`)"
+                     + (f", {recon['arrived']} being decided" if recon.get("arrived") else ""))
+    for r in s.get("research_held", []):
+        lines.append(f"RESEARCH SHARE HELD: {r['share_id']} of study {r['study_uid']} ({r['project']}): "
+                     "instances at pixel risk; decide with `meshnode deid release|refuse`")
     for r in s["routes"]:
         lines.append(f"route {r['name']}: AE {r['called_ae'] or '-'} -> {', '.join(r['to'])} "
                      f"({r['priority']}, {r['purpose']}, quiet {r['quiet_period_seconds']} s)")
@@ -63,7 +71,8 @@ def status_lines(s: dict[str, Any]) -> list[str]:
         lines.append(f"pending: study {a['study_uid']} on {a['route']}: {a['instances']} instance(s){_new(a)}, "
                      f"announced {_when(a['announce_at_ms'])}{error}")
     for name, d in sorted(s["forward"].items()):
-        items = ", ".join(f"{n} {state}" for state, n in sorted(d["items"].items())) or "nothing queued"
+        items = ", ".join(f"{n} {state}" + (" (for `meshnode conflicts`)" if state == "held" else "")
+                          for state, n in sorted(d["items"].items())) or "nothing queued"
         down = f"; UNREACHABLE: {d['unreachable']}" if d["unreachable"] else ""
         lines.append(f"PACS {name} ({d['ae_title']}@{d['host']}:{d['port']}): {items}{down}")
     return lines

@@ -37,6 +37,7 @@ from protocol.schema import check_org_code
 T = TypeVar("T")
 POLICIES = tuple(p.value for p in ConflictPolicy)
 ON_REPLACE = ("hold", "overwrite")
+PURPOSES = tuple(p.value for p in Purpose)
 OPERATIONS = frozenset({"store", "find", "get", "move"})  # C-ECHO: every admitted caller
 
 
@@ -99,6 +100,9 @@ class PacsDestination:
     #: a received revision replaces an instance already forwarded here: "hold" (a human decides) or "overwrite"
     #: (forward the new bytes: only for a PACS configured to overwrite, e.g. Orthanc's OverwriteInstances)
     on_replace: str = "hold"
+    #: the purposes of the received manifests forwarded here (protocol.manifest.Purpose values): a clinical PACS
+    #: takes care only; research (de-identified) studies only where a destination opts in (review 2 finding 8)
+    purposes: tuple[str, ...] = ("care",)
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,7 @@ def _pacs(root: Table) -> tuple[PacsDestination, ...]:
             retry_max_s=t.integer("retry_max_seconds", d["retry_max_s"], 1, 86400),
             max_attempts=t.integer("max_attempts", d["max_attempts"], 1, 1000),
             on_replace=t.text("on_replace", d["on_replace"], ON_REPLACE),
+            purposes=t.texts("purposes", d["purposes"], PURPOSES, nonempty=True),
         ))
         t.finish()
         _unique(out, lambda p: p.name, t, "used twice as a name")
@@ -340,6 +345,7 @@ _EXAMPLES = """
 # retry_max_seconds = {retry_max_s:<24} # back-off cap while the PACS is unreachable
 # on_replace = "hold"                            # a new revision changes a forwarded instance: hold (for a
 #                                                # human) or overwrite (only if the PACS overwrites)
+# purposes = ["care"]                            # received studies of these purposes only (research: opt in)
 
 # Same SOP Instance UID with other bytes off any route (the node's own AE, file ingest): see docs/operators.md.
 # [conflicts]
@@ -396,7 +402,8 @@ def render_gateway(config: GatewayConfig) -> str:
         out.append(f"\n[[pacs]]\nname = {_q(p.name)}\nae_title = {_q(p.ae_title)}\nhost = {_q(p.host)}\n"
                    f"port = {p.port}\n{calling}from_orgs = {_toml_list(p.from_orgs)}\n"
                    f"retry_max_seconds = {p.retry_max_s}\n"
-                   f"max_attempts = {p.max_attempts}\non_replace = {_q(p.on_replace)}\n")
+                   f"max_attempts = {p.max_attempts}\non_replace = {_q(p.on_replace)}\n"
+                   f"purposes = {_toml_list(p.purposes)}\n")
     out.append(render_reconciliation(config.reconciliation))
     out.append(_EXAMPLES.format(retry_max_s=defaults(PacsDestination)["retry_max_s"]))
     return "".join(out)

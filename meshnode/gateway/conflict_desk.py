@@ -17,6 +17,7 @@ interrupted is decided then).
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
     from meshnode.gateway.announcer import StudyAnnouncer
     from meshnode.gateway.forwarder import Forwarder
+    from meshnode.gateway.reconciler import Reconciler
     from meshnode.gateway.routes import RouteTable
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ POLICY_ACTOR = "policy:keep-both"
 class ConflictDesk:
     def __init__(self, db: DatabaseThread, storage: NodeStorage, gateway: GatewayStore,
                  announcer: StudyAnnouncer | None, routes: RouteTable, forwarder: Forwarder | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, reconciler: Reconciler | None = None) -> None:
         self.db = db
         self.storage = storage
         self.gateway = gateway
@@ -69,6 +71,9 @@ class ConflictDesk:
         self.routes = routes
         self.forwarder = forwarder
         self.clock = clock
+        #: patient reconciliation: a decision admitting a held instance of a received manifest has it decided
+        #: again before it is forwarded (review 2 findings 3, 4)
+        self.reconciler = reconciler
         self._wake = trio.Event()
         self._lock = trio.Lock()  # one decision at a time: a keep-both's re-encoding and its commit
 
@@ -114,15 +119,51 @@ class ConflictDesk:
                     renamed = await trio.to_thread.run_sync(store_renamed, self.storage, row.newcomer, fresh_uid(),
                                                             DEFAULT_CHUNK_SIZE, row.source)
             now_ms = int(self.clock() * 1000)
+            readmitted: builtins.list[bool] = []
             done = await self.db.run(lambda s: self._commit(s, conflict_id, decision, actor, renamed, now_ms,
-                                                            expected_existing))
+                                                            expected_existing, readmitted))
         log.info("conflict %d (%s) decided %s by %s", conflict_id, hash_uid(done.sop_instance_uid),
                  decision.value, actor)
-        await self._after(done, decision, now_ms)
+        await self._after(done, decision, now_ms, again=any(readmitted))
+        if any(readmitted):
+            await self._decide_again(done, decision, actor)
         return done
 
+    def _admit(self, store: MetadataStore, done: ConflictRow, decision: Decision,
+               renamed: InstanceRecord | None) -> bool:
+        """Database thread: a held instance of a received manifest let in goes through reconciliation first;
+        True when the manifest is to be decided again (its held forward items are dropped, queued anew once
+        it is matched)."""
+        if self.reconciler is None or done.kind != KIND_STORE or not done.manifest_id \
+                or decision is Decision.DISCARD:
+            return False
+        manifest_id = CID.parse(done.manifest_id)
+        if not self.reconciler.instances_admitted(store, manifest_id, renamed):
+            return False
+        if decision is Decision.REPLACE and self.forwarder is not None:
+            key = KEYS.encode(ForwardKey(manifest_id, done.sop_instance_uid, done.newcomer_digest))
+            for name in self.forwarder.drivers:
+                store.queue_remove(queue_name(name), [key])
+        return True
+
+    async def _decide_again(self, done: ConflictRow, decision: Decision, actor: str) -> None:
+        """After the commit of a decision that sent its manifest back to reconciliation: decide it now
+        (forwarded only when matched again: Forwarder.release, or settle without a PACS)."""
+        assert self.reconciler is not None  # _admit returned True
+        manifest_id = CID.parse(done.manifest_id)
+        await self.reconciler.admitted(manifest_id, actor)
+        if self.forwarder is None:
+            await self.reconciler.settle(manifest_id)
+            return
+        if decision is Decision.REPLACE:
+            key = ForwardKey(manifest_id, done.sop_instance_uid, done.newcomer_digest)
+            for driver in self.forwarder.drivers.values():
+                driver.forget([key])
+        await self.forwarder.release(manifest_id)
+
     def _commit(self, store: MetadataStore, conflict_id: int, decision: Decision, actor: str,
-                renamed: InstanceRecord | None, now_ms: int, expected_existing: bytes | None = None) -> ConflictRow:
+                renamed: InstanceRecord | None, now_ms: int, expected_existing: bytes | None = None,
+                readmitted: builtins.list[bool] | None = None) -> ConflictRow:
         """Database thread: the decision, its audit entry, and the route's announcement (or the PACS item)
         reopened, in one transaction when the gateway store shares the metadata store's connection."""
         with store.atomic():
@@ -133,7 +174,12 @@ class ConflictDesk:
                 arrival = Arrival(done.study_uid, route.name, 1)
                 if self.announcer is not None and self.gateway.writes_with(store):
                     self.announcer.note(store, [arrival], now_ms)
-            if done.kind.startswith(PACS_KIND_PREFIX) and done.manifest_id:
+            again = self._admit(store, done, decision, renamed)
+            if again and readmitted is not None:
+                readmitted.append(True)
+            if again and decision is Decision.REPLACE:
+                pass  # queued anew once matched again (_admit dropped the held items)
+            elif done.kind.startswith(PACS_KIND_PREFIX) and done.manifest_id:
                 self._reopen_forward(store, done, decision, [done.kind[len(PACS_KIND_PREFIX):]])
             elif done.kind == KIND_STORE and done.manifest_id and self.forwarder is not None:
                 # a received instance held on arrival: its forward items (FAILED, HELD_HERE) in every PACS queue
@@ -161,7 +207,7 @@ class ConflictDesk:
                                            now_ms, "", mine[0].payload)])
 
 
-    async def _after(self, done: ConflictRow, decision: Decision, now_ms: int) -> None:
+    async def _after(self, done: ConflictRow, decision: Decision, now_ms: int, again: bool = False) -> None:
         """After the commit: the announcer's timer, the PACS driver takes the reopened item."""
         route = self.routes.get(done.route) if done.route else None
         announcer = self.announcer
@@ -171,7 +217,8 @@ class ConflictDesk:
             if not self.gateway.writes_with(self.storage.metadata):
                 await self.db.run(lambda s: announcer.note(s, [arrival], now_ms))
             announcer.arrived(done.study_uid, route.name, now_ms / 1000)
-        if decision in (Decision.REPLACE, Decision.KEEP_BOTH) and self.forwarder is not None and done.manifest_id:
+        if decision in (Decision.REPLACE, Decision.KEEP_BOTH) and self.forwarder is not None and done.manifest_id \
+                and not again:  # sent back to reconciliation: forwarded once matched again (_decide_again)
             names = ([done.kind[len(PACS_KIND_PREFIX):]] if done.kind.startswith(PACS_KIND_PREFIX)
                      else list(self.forwarder.drivers))
             ref = KEYS.ref(ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest))

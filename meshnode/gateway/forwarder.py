@@ -85,6 +85,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH = 64
+#: an item of a manifest reconciliation holds back, refused at send time (queued by some other path)
+HELD_RECONCILIATION = HELD_MARK + "its study waits for patient reconciliation (decide with `meshnode reconcile`)"
 WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
 #: C-STORE failures worth retrying: out of resources (A7xx), processing failure, resource limitation
 TRANSIENT_STATUSES = frozenset({0x0110, 0x0213})
@@ -179,6 +181,10 @@ class Forwarder:
         added = 0
         for driver in self.drivers.values():
             added += len(await driver.adopt(manifest_prefix(manifest_id)))
+            held = [r.key for r in driver.records() if r.state is DeliveryState.FAILED
+                    and r.key.manifest_id == manifest_id and r.last_error == HELD_RECONCILIATION]
+            if held:  # held at send time while it waited: matched now
+                added += await driver.retry(held)
         return added
 
     async def cancel(self, manifest_id: CID) -> None:
@@ -249,10 +255,24 @@ class Forwarder:
     async def _send_dimse(self, dest: PacsDestination, keys: Sequence[ForwardKey]) -> BatchOutcome[ForwardKey]:
         records = await self.db.run(partial(_records_for, keys=keys))
         coercions: dict[CID, Coercion] = {}
+        blocked: dict[ForwardKey, Failure | None] = {}
         if self.reconciler is not None:
-            coercions = await self.db.run(partial(self.reconciler.coercions, manifest_ids=[k.manifest_id for k in keys]))
-        return await trio.to_thread.run_sync(partial(self._send_batch, dest, keys, records, coercions),
-                                             abandon_on_cancel=True)  # type: ignore[call-arg]
+            reconciler = self.reconciler
+            manifests = [k.manifest_id for k in keys]
+            coercions = await self.db.run(partial(reconciler.coercions, manifest_ids=manifests))
+            # whatever queued it: an item of a manifest not matched is never sent (held until it is: release)
+            held = await self.db.run(partial(reconciler.unmatched, manifest_ids=manifests))
+            blocked = {k: Failure(HELD_RECONCILIATION, True) for k in keys if k.manifest_id in held}
+            if blocked:
+                log.warning("PACS %s: %d item(s) of studies waiting for patient reconciliation held, not sent",
+                            dest.name, len(blocked))
+                keys = [k for k in keys if k not in blocked]
+        outcome: BatchOutcome[ForwardKey] = BatchOutcome()
+        if keys:
+            outcome = await trio.to_thread.run_sync(partial(self._send_batch, dest, keys, records, coercions),
+                                                    abandon_on_cancel=True)  # type: ignore[call-arg]
+        outcome.results.update(blocked)
+        return outcome
 
     async def _after_batch(self, dest: PacsDestination, _group: str, keys: Sequence[ForwardKey],
                            outcome: BatchOutcome[ForwardKey]) -> None:

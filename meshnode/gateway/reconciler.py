@@ -50,6 +50,7 @@ from meshnode.storage.records import InstanceRecord, hash_uid
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError, MeshError, NotFoundError, StorageError
 from protocol.lifecycle import ManifestState
+from protocol.manifest import Purpose
 from protocol.reconciliation import (
     ArrivingPatient,
     Demographics,
@@ -128,6 +129,8 @@ class Reconciler:
         if row is not None:
             return row.state is ReconState.MATCHED
         found = received_manifest(store, manifest_id)
+        if found is not None and found[1].purpose is Purpose.RESEARCH:
+            return True  # never reconciled: no patient matching of pseudonymised data (review 2 finding 8)
         if found is not None and found[0] in _READY:
             stored = store.manifest(manifest_id)
             store.add_reconciliation(ReconciliationRow(
@@ -159,13 +162,46 @@ class Reconciler:
                               self.settings.local_issuer_oid)
         return out
 
+    def unmatched(self, store: MetadataStore, manifest_ids: Sequence[CID]) -> set[CID]:
+        """The manifests reconciliation holds back (a row not matched): nothing of them is sent to the PACS,
+        whatever queued it (the forwarder checks at send time)."""
+        if not self.settings.enabled:
+            return set()
+        return {m for m in set(manifest_ids)
+                if (row := store.reconciliation(m)) is not None and row.state is not ReconState.MATCHED}
+
     def _instances(self, store: MetadataStore, row: ReconciliationRow) -> list[InstanceRecord]:
         """The stored instances the manifest lists."""
         found = received_manifest(store, row.manifest_id)
         if found is None:
             return []
         wanted = {(i.sop_instance_uid, i.digest) for i in found[1].instances}
+        wanted |= store.reconciliation_instances(row.manifest_id)  # keep-both copies of its held instances
         return [r for r in store.instances(row.study_uid) if (r.sop_instance_uid, r.digest) in wanted]
+
+    def instances_admitted(self, store: MetadataStore, manifest_id: CID, renamed: InstanceRecord | None) -> bool:
+        """A conflict decision (replace, keep-both) lets a held instance of this received manifest in (database
+        thread, in the decision's transaction; review 2 finding 3 and 4). A keep-both copy is recorded against
+        the manifest (held back with it until matched, read by its decision). A manifest matched or waiting is
+        decided again (back to ARRIVED) over all its now-stored instances: the admitted one may name another
+        patient. True when it was: its forward items are queued only once it is matched again."""
+        if not self.settings.enabled:
+            return False
+        if renamed is not None:
+            store.add_reconciliation_instances(manifest_id, [(renamed.sop_instance_uid, renamed.digest)])
+        row = store.reconciliation(manifest_id)
+        if row is None or row.state not in (ReconState.MATCHED, ReconState.WAITING):
+            return False  # not yet gated, or about to be decided (ARRIVED), or nothing forwarded (rejected...)
+        again = replace(row, state=ReconState.ARRIVED, reason="", detail="a conflict decision admitted an instance",
+                        local_id="", local_issuer="", local_name="", local_birth_date="", local_sex="",
+                        decided_by="", decided_ms=0)
+        return store.update_reconciliation(again, row.state)
+
+    async def admitted(self, manifest_id: CID, actor: str) -> None:
+        """Audit that a conflict decision sent a manifest back to be decided again (instances_admitted)."""
+        await self.audit(AuditEvent(
+            EventCode.PATIENT_RECORD, f"reconcile-{ReconState.ARRIVED.value}", Outcome.MINOR_FAILURE, actor=actor,
+            manifest_id=str(manifest_id), detail="decided again: a conflict decision admitted a held instance"))
 
     # -- the automatic decision ----------------------------------------------------------------------
     async def unsettled(self, destinations: Sequence[PacsDestination]) -> list[CID]:
@@ -191,8 +227,9 @@ class Reconciler:
         if not self.settings.enabled:
             return True
         row = await self.db.run(lambda s: s.reconciliation(manifest_id))
-        if row is None:
-            return False
+        if row is None:  # not gated; a research manifest is never reconciled (gate lets it through)
+            found = await self.db.run(lambda s: received_manifest(s, manifest_id))
+            return found is not None and found[1].purpose is Purpose.RESEARCH
         if row.state is not ReconState.ARRIVED:
             return row.state is ReconState.MATCHED
         try:

@@ -33,7 +33,9 @@ from meshnode.node.research_share import PixelRiskRefusedError
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.gateway_store import GatewayStore
 from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.patients import ReconState
 from meshnode.storage.records import hash_uid
+from meshnode.storage.research_store import ResearchState
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from protocol.cid import CID
 from protocol.conflict import ConflictState
@@ -82,7 +84,7 @@ class Gateway:
 
         #: the conflict queue (same SOP Instance UID, other bytes): decisions, and policy keep-both applied
         self.conflicts = ConflictDesk(ctx.db, ctx.storage, self.state, self.announcer, config.routes,
-                                      self.forwarder, ctx.clock)
+                                      self.forwarder, ctx.clock, self.reconciler)
         self.intake.conflicts_held = self.conflicts.wake
 
     async def _share_research(self, study_uid: str, route: Route) -> Signed[Manifest] | None:
@@ -178,9 +180,22 @@ class Gateway:
                        "refused": self.intake.counters.refused, "bytes": self.intake.counters.bytes,
                        "held": self.intake.counters.held},
             "conflicts": [c.json() for c in store.conflicts(ConflictState.PENDING)],
+            **waiting_for_people(store),
             "forward": {
                 d.name: {"ae_title": d.ae_title, "host": d.host, "port": d.port,
                          "items": counts.get(d.name, {}),
                          "unreachable": self.forwarder.unreachable.get(d.name, "") if self.forwarder else ""}
                 for d in self.config.pacs},
         }
+
+
+def waiting_for_people(store: MetadataStore) -> dict[str, object]:
+    """For `meshnode gateway` (review 2 finding 11): received manifests not forwarded until a person decides
+    their patient (`meshnode reconcile`), and research shares held for a pixel-risk decision
+    (`meshnode deid held`)."""
+    return {
+        "reconciliation": {state.value: len(store.reconciliations((state,)))
+                           for state in (ReconState.ARRIVED, ReconState.WAITING)},
+        "research_held": [{"share_id": r.share_id, "study_uid": r.original_study_uid, "project": r.project}
+                          for r in store.research_shares(ResearchState.HELD)],
+    }

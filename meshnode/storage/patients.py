@@ -119,6 +119,16 @@ class PatientStore(Protocol):
         until matched); True when inserted."""
         ...
 
+    def add_reconciliation_instances(self, manifest_id: CID, instances: Sequence[InstanceKey]) -> None:
+        """Record more instances against a manifest's reconciliation (a keep-both copy of one of its instances,
+        review 2 finding 4): held back with the rest until it is matched. Kept when the manifest's row is added
+        later (add_reconciliation adds to them)."""
+        ...
+
+    def reconciliation_instances(self, manifest_id: CID) -> set[InstanceKey]:
+        """The instances recorded against a manifest's reconciliation."""
+        ...
+
     def update_reconciliation(self, row: ReconciliationRow, expected: ReconState) -> bool:
         """Replace the manifest's row only if it is in state `expected` (a replayed decision changes nothing)."""
         ...
@@ -177,8 +187,15 @@ class MemoryPatients:
         if row.manifest_id in self._reconciliations:
             return False
         self._reconciliations[row.manifest_id] = row
-        self._reconciliation_instances[row.manifest_id] = frozenset(instances)
+        self.add_reconciliation_instances(row.manifest_id, instances)
         return True
+
+    def add_reconciliation_instances(self, manifest_id: CID, instances: Sequence[InstanceKey]) -> None:
+        self._reconciliation_instances[manifest_id] = \
+            self._reconciliation_instances.get(manifest_id, frozenset()) | frozenset(instances)
+
+    def reconciliation_instances(self, manifest_id: CID) -> set[InstanceKey]:
+        return set(self._reconciliation_instances.get(manifest_id, ()))
 
     def update_reconciliation(self, row: ReconciliationRow, expected: ReconState) -> bool:
         current = self._reconciliations.get(row.manifest_id)

@@ -97,6 +97,16 @@ class SqlitePatients(SqliteTables):
                            " VALUES (?,?,?)", [(row.manifest_id.to_bytes(), uid, digest) for uid, digest in instances])
             return True
 
+    def add_reconciliation_instances(self, manifest_id: CID, instances: Sequence[InstanceKey]) -> None:
+        with self._tx() as db:
+            db.executemany("INSERT OR IGNORE INTO reconciliation_instances (manifest_id, sop_instance_uid, digest)"
+                           " VALUES (?,?,?)", [(manifest_id.to_bytes(), uid, digest) for uid, digest in instances])
+
+    def reconciliation_instances(self, manifest_id: CID) -> set[InstanceKey]:
+        return {(str(r[0]), bytes(r[1])) for r in self._query(
+            "SELECT sop_instance_uid, digest FROM reconciliation_instances WHERE manifest_id = ?",
+            (manifest_id.to_bytes(),))}
+
     def study_reconciliations(self, study_uid: str) -> list[ReconciliationRow]:
         return [_recon(r) for r in self._query(
             f"SELECT {_RECON} FROM reconciliations WHERE study_uid = ? ORDER BY created_ms, manifest_id", (study_uid,))]
