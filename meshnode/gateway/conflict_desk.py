@@ -28,7 +28,7 @@ import trio
 
 from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE
 from meshnode.gateway.forward_conflicts import HELD_HERE, not_forwarded
-from meshnode.gateway.pacs_queue import KEYS, ForwardKey, manifest_prefix, queue_name
+from meshnode.gateway.pacs_queue import KEYS, ForwardKey, queue_name
 from meshnode.storage.conflicts import (
     KIND_STORE,
     PACS_KIND_PREFIX,
@@ -120,11 +120,12 @@ class ConflictDesk:
                                                             DEFAULT_CHUNK_SIZE, row.source)
             now_ms = int(self.clock() * 1000)
             readmitted: builtins.list[bool] = []
+            reopened: dict[str, builtins.list[str]] = {}
             done = await self.db.run(lambda s: self._commit(s, conflict_id, decision, actor, renamed, now_ms,
-                                                            expected_existing, readmitted))
+                                                            expected_existing, readmitted, reopened))
         log.info("conflict %d (%s) decided %s by %s", conflict_id, hash_uid(done.sop_instance_uid),
                  decision.value, actor)
-        await self._after(done, decision, now_ms, again=any(readmitted))
+        await self._after(done, decision, now_ms, again=any(readmitted), reopened=reopened)
         if any(readmitted):
             await self._decide_again(done, decision, actor)
         return done
@@ -163,9 +164,11 @@ class ConflictDesk:
 
     def _commit(self, store: MetadataStore, conflict_id: int, decision: Decision, actor: str,
                 renamed: InstanceRecord | None, now_ms: int, expected_existing: bytes | None = None,
-                readmitted: builtins.list[bool] | None = None) -> ConflictRow:
+                readmitted: builtins.list[bool] | None = None,
+                reopened: dict[str, builtins.list[str]] | None = None) -> ConflictRow:
         """Database thread: the decision, its audit entry, and the route's announcement (or the PACS item)
-        reopened, in one transaction when the gateway store shares the metadata store's connection."""
+        reopened, in one transaction when the gateway store shares the metadata store's connection. The
+        forward items this write made pending go into `reopened` (destination -> keys)."""
         with store.atomic():
             done = store.decide_conflict(conflict_id, decision, actor, [], now_ms, renamed=renamed,
                                          expected_existing=expected_existing)
@@ -177,38 +180,51 @@ class ConflictDesk:
             again = self._admit(store, done, decision, renamed)
             if again and readmitted is not None:
                 readmitted.append(True)
+            found: dict[str, builtins.list[str]] = {}
             if again and decision is Decision.REPLACE:
                 pass  # queued anew once matched again (_admit dropped the held items)
             elif done.kind.startswith(PACS_KIND_PREFIX) and done.manifest_id:
-                self._reopen_forward(store, done, decision, [done.kind[len(PACS_KIND_PREFIX):]])
+                found = self._reopen_forward(store, done, decision, [done.kind[len(PACS_KIND_PREFIX):]])
             elif done.kind == KIND_STORE and done.manifest_id and self.forwarder is not None:
                 # a received instance held on arrival: its forward items (FAILED, HELD_HERE) in every PACS queue
-                self._reopen_forward(store, done, decision, list(self.forwarder.drivers), renamed, now_ms)
+                found = self._reopen_forward(store, done, decision, list(self.forwarder.drivers), renamed, now_ms)
+            if reopened is not None:
+                reopened.update(found)
         self.storage.write_head()
         return done
 
     @staticmethod
     def _reopen_forward(store: MetadataStore, done: ConflictRow, decision: Decision,
-                        destinations: Sequence[str], renamed: InstanceRecord | None = None, now_ms: int = 0) -> None:
+                        destinations: Sequence[str], renamed: InstanceRecord | None = None,
+                        now_ms: int = 0) -> dict[str, builtins.list[str]]:
         """The held forward items of the decided instance, per destination: reopened (replace) or saying why
         not sent. Kept both: the renamed instance (added to the study) is queued for every destination that
-        held the manifest's item, under that manifest (its reconciliation applies)."""
+        held the manifest's item, under that manifest (its reconciliation applies). Returns the keys made
+        pending here, per destination (the running drivers take exactly these on again: RetryDriver.reopen)."""
         key = ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest)
+        pending: dict[str, builtins.list[str]] = {}
         for destination in destinations:
             queue = queue_name(destination)
             # held on arrival: every manifest listing these bytes (a later revision sending them again too)
             rows = [r for r in store.queue_rows(queue, ref=KEYS.ref(key)) if r.key == KEYS.encode(key)
                     or (done.kind == KIND_STORE and r.state is DeliveryState.FAILED and r.last_error == HELD_HERE)]
             _reopen_rows(store, rows, done, decision)
+            keys = [r.key for r in rows] if decision is Decision.REPLACE else []
             mine = [r for r in rows if r.key == KEYS.encode(key)]
             if decision is Decision.KEEP_BOTH and renamed is not None and mine:
                 new = ForwardKey(key.manifest_id, renamed.sop_instance_uid, renamed.digest)
-                store.queue_add([QueuedRow(queue, KEYS.encode(new), KEYS.ref(new), DeliveryState.PENDING, 0, now_ms,
-                                           now_ms, "", mine[0].payload)])
+                keys += store.queue_add([QueuedRow(queue, KEYS.encode(new), KEYS.ref(new), DeliveryState.PENDING, 0,
+                                                   now_ms, now_ms, "", mine[0].payload)])
+            if keys:
+                pending[destination] = keys
+        return pending
 
 
-    async def _after(self, done: ConflictRow, decision: Decision, now_ms: int, again: bool = False) -> None:
-        """After the commit: the announcer's timer, the PACS driver takes the reopened item."""
+    async def _after(self, done: ConflictRow, decision: Decision, now_ms: int, again: bool = False,
+                     reopened: dict[str, builtins.list[str]] | None = None) -> None:
+        """After the commit: the announcer's timer; each PACS driver takes on again exactly the forward items
+        the commit made pending (`reopened`, from _reopen_forward), also those it holds as FAILED (held on
+        arrival, or held as a PACS conflict, since the node started)."""
         route = self.routes.get(done.route) if done.route else None
         announcer = self.announcer
         if done.kind == KIND_STORE and route is not None and decision is not Decision.DISCARD \
@@ -217,23 +233,12 @@ class ConflictDesk:
             if not self.gateway.writes_with(self.storage.metadata):
                 await self.db.run(lambda s: announcer.note(s, [arrival], now_ms))
             announcer.arrived(done.study_uid, route.name, now_ms / 1000)
-        if decision in (Decision.REPLACE, Decision.KEEP_BOTH) and self.forwarder is not None and done.manifest_id \
-                and not again:  # sent back to reconciliation: forwarded once matched again (_decide_again)
-            names = ([done.kind[len(PACS_KIND_PREFIX):]] if done.kind.startswith(PACS_KIND_PREFIX)
-                     else list(self.forwarder.drivers))
-            ref = KEYS.ref(ForwardKey(CID.parse(done.manifest_id), done.sop_instance_uid, done.newcomer_digest))
-            for name in names:
-                driver = self.forwarder.drivers.get(name)
-                if driver is not None:  # every manifest whose item was reopened (_reopen_forward)
-                    queue = queue_name(name)
-
-                    def reopened_in(store: MetadataStore, queue: str = queue) -> set[CID]:
-                        return {KEYS.decode(r.key).manifest_id
-                                for r in store.queue_rows(queue, ref=ref, states=(DeliveryState.PENDING,))}
-
-                    reopened = await self.db.run(reopened_in)
-                    for manifest_id in sorted(reopened | {CID.parse(done.manifest_id)}, key=str):
-                        await driver.adopt(manifest_prefix(manifest_id))
+        if self.forwarder is None or again:  # sent back to reconciliation: forwarded once matched (_decide_again)
+            return
+        for name, keys in sorted((reopened or {}).items()):
+            driver = self.forwarder.drivers.get(name)
+            if driver is not None:
+                await driver.reopen([KEYS.decode(k) for k in keys])
 
 
 def _reopen_rows(store: MetadataStore, rows: list[QueuedRow], done: ConflictRow, decision: Decision) -> None:

@@ -433,6 +433,37 @@ class RetryDriver(Generic[K]):
         self.wake()
         return added
 
+    async def reopen(self, keys: Sequence[K]) -> list[K]:
+        """Take on again items the caller's own write has just made PENDING (a person let a held item go):
+        one this driver holds as ended (FAILED or DELIVERED) is pending again with its attempts reset, one it
+        does not hold is taken on (as `adopt`). Only the keys named, and only if their row is PENDING now:
+        memory can be ahead of a stale row (an attempt that just ended is being written), so a row this
+        driver merely has not written yet must never make it resend. An item being attempted is left to its
+        attempt. Returns the keys now pending from an ended or unknown state."""
+        wanted = {self.codec.encode(k) for k in keys}
+
+        def pending(store: MetadataStore) -> list[QueuedRow]:
+            rows: dict[str, QueuedRow] = {}
+            for key in keys:
+                for row in store.queue_rows(self.queue, ref=self.codec.ref(key), states=(DeliveryState.PENDING,)):
+                    if row.key in wanted:
+                        rows[row.key] = row
+            return list(rows.values())
+
+        reopened = []
+        now = self.clock()
+        for row in await self.db.run(pending):
+            key = self.codec.decode(row.key)
+            record = self.outbox.record(key)
+            if record is not None and record.state not in (DeliveryState.DELIVERED, DeliveryState.FAILED):
+                continue  # pending already, or being attempted
+            if self.outbox.reopen(key, now, not_before=row.next_attempt_ms / 1000):
+                self._payloads[key] = row.payload
+                self._refs[key] = row.ref
+                reopened.append(key)
+        self.wake()
+        return reopened
+
     def forget(self, keys: Sequence[K]) -> None:
         """Forget items removed from the database by a caller's write (an attempt in progress still ends)."""
         for key in keys:
