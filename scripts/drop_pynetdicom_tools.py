@@ -11,9 +11,13 @@ value"). The Makefile runs this after installing the project. A script is remove
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 import sysconfig
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
+
+log = logging.getLogger("drop_pynetdicom_tools")
 
 
 def pynetdicom_scripts() -> list[str]:
@@ -44,9 +48,10 @@ def main() -> int:
     parser.add_argument("--bin", type=Path, default=Path(sysconfig.get_path("scripts")),
                         help="the virtualenv's bin folder (default: this interpreter's)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # as a report, on stdout
     removed = drop(args.bin, pynetdicom_scripts())
     if removed:
-        print(f"removed pynetdicom's {', '.join(removed)} from {args.bin} (dcmtk's tools are the ones to use)")
+        log.info("removed pynetdicom's %s from %s (dcmtk's tools are the ones to use)", ", ".join(removed), args.bin)
     return 0
 
 
