@@ -22,6 +22,8 @@ from meshnode.demo.workspace import free_tcp_port
 
 ORTHANC = "/usr/sbin/Orthanc"
 START_TIMEOUT = 60.0
+#: the AE title the end-to-end tests give Orthanc as the receiving organisation's (RJ1's) PACS
+PACS_AE = "RJ1_PACS"
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ import pytest
 from meshnode.control.client import ControlClient
 from meshnode.demo.identity import Node
 from meshnode.demo.mesh import MeshDemo
-from meshnode.demo.workspace import Workspace
 from meshnode.dicom import synthetic
 from tests.e2e.dimse_tools import (
     dataset_bytes,
@@ -37,25 +35,17 @@ from tests.e2e.dimse_tools import (
     findscu,
     storescu,
 )
-from tests.e2e.orthanc import Orthanc
+from tests.e2e.orthanc import PACS_AE, Orthanc
+from tests.e2e.test_gateway import (  # the same two orgs, modality and reader
+    MODALITY,
+    ORGS,
+    QUIET_S,
+    READER,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ORGS = [("a", "RGT", "Org A"), ("b", "RJ1", "Org B")]
-MODALITY = "CT_SCANNER"
-READER = "READER"
-PACS_AE = "RJ1_PACS"
-QUIET_S = 2
 TIMEOUT = 120
-
-
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[MeshDemo]:
-    demo = MeshDemo(Workspace(tmp_path))
-    try:
-        yield demo
-    finally:
-        demo.close()
 
 
 def setup(mesh: MeshDemo, tmp_path: Path, on_conflict: str, on_replace: str, overwrite: bool,

@@ -5,29 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from meshnode.demo.mesh import MeshDemo
-from meshnode.demo.workspace import Workspace
 from meshnode.demo.identity import Node
+from meshnode.demo.mesh import MeshDemo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 #: how far into the transfer the recipient is killed (its progress is saved every half second, so it holds more)
 KILL_AT = 0.6
 ORGS = [("a", "RGT", "Org A"), ("b", "RJ1", "Org B"), ("c", "RAJ", "Org C")]
-
-
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[MeshDemo]:
-    demo = MeshDemo(Workspace(tmp_path))
-    try:
-        yield demo
-    finally:
-        demo.close()
 
 
 def exported(demo: MeshDemo, node_name: str, study: str, out: Path) -> list[bytes]:

@@ -11,17 +11,19 @@ forward waits (also across a restart of b) and completes once it is back.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 
+from meshnode.demo.identity import Node
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import free_tcp_port
 from meshnode.dicom import synthetic
 from tests.e2e.dimse_tools import (
-    datasets,
     dataset_bytes,
+    datasets,
     dimse_endpoint,
     find_answers,
     findscu,
@@ -29,38 +31,14 @@ from tests.e2e.dimse_tools import (
     movescu,
     storescu,
 )
-from tests.e2e.orthanc import Orthanc
-from meshnode.demo.identity import Node
-from meshnode.demo.mesh import MeshDemo
-from meshnode.demo.workspace import Workspace, free_tcp_port
+from tests.e2e.orthanc import PACS_AE, Orthanc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORGS = [("a", "RGT", "Org A"), ("b", "RJ1", "Org B")]
 MODALITY = "CT_SCANNER"
-PACS_AE = "RJ1_PACS"
 READER = "READER"  # findscu / getscu / movescu at b
 QUIET_S = 2
-
-
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[MeshDemo]:
-    demo = MeshDemo(Workspace(tmp_path))
-    try:
-        yield demo
-    finally:
-        demo.close()
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    if not Orthanc.available():
-        pytest.fail("Orthanc is not installed (make test installs it: scripts/install-system-deps.sh)")
-    server = Orthanc(tmp_path / "orthanc", ae_title=PACS_AE)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def enable_gateway(demo: MeshDemo, node: Node, extra: str) -> None:

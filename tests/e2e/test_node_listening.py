@@ -4,22 +4,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from meshnode.demo.mesh import MeshDemo
-from meshnode.demo.workspace import Workspace, free_tcp_port
-
-
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[MeshDemo]:
-    demo = MeshDemo(Workspace(tmp_path))
-    try:
-        yield demo
-    finally:
-        demo.close()
+from meshnode.demo.workspace import free_tcp_port
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ never forwarded, and a later match is refused.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,13 @@ import pytest
 
 from meshnode.demo.identity import Node
 from meshnode.demo.mesh import MeshDemo
-from meshnode.demo.workspace import Workspace, free_tcp_port
+from meshnode.demo.workspace import free_tcp_port
 from meshnode.dicom import synthetic
 from tests.e2e.dimse_tools import dimse_endpoint, find_answers, findscu, storescu
 from tests.e2e.orthanc import Orthanc
 from tests.e2e.test_gateway import (
     MODALITY,
     ORGS,
-    PACS_AE,
     READER,
     enable_gateway,
     inbox,
@@ -42,26 +40,6 @@ NHS = "9434765919"
 CSV = ("local_id,issuer,nhs_number,name,birth_date,sex\n"
        f"RJ1-000123,RJ1,{NHS},SMITH^JANE,19700101,F\n"
        "RJ1-000999,RJ1,4010232137,JONES^ALAN,19600505,M\n")
-
-
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[MeshDemo]:
-    demo = MeshDemo(Workspace(tmp_path))
-    try:
-        yield demo
-    finally:
-        demo.close()
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    if not Orthanc.available():
-        pytest.fail("Orthanc is not installed (make test installs it: scripts/install-system-deps.sh)")
-    server = Orthanc(tmp_path / "orthanc", ae_title=PACS_AE)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def study(folder: Path, seed: int, patient_id: str, issuer: str) -> tuple[Path, str]:

@@ -4,14 +4,12 @@ scanned for the original identifiers), and the original study's blocks are never
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from meshnode.demo.mesh import MeshDemo
-from meshnode.demo.workspace import Workspace
 from meshnode.dicom import synthetic
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import hash_uid
@@ -19,15 +17,6 @@ from meshnode.storage.records import hash_uid
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORGS = [("a", "RGT", "Org A"), ("b", "RES", "Research Org")]
-
-
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[MeshDemo]:
-    demo = MeshDemo(Workspace(tmp_path))
-    try:
-        yield demo
-    finally:
-        demo.close()
 
 
 def test_a_research_share_arrives_de_identified_and_the_original_is_never_served(mesh: MeshDemo,
