@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # before demo and tests (cheap, idempotent: a pip install by hand may have brought them back)
 DROP_PYNETDICOM_TOOLS := $(VENV)/bin/python scripts/drop_pynetdicom_tools.py
 
-.PHONY: demo test test-slow test-emulation typecheck fuzz vectors bench bench-sim clean system-deps
+.PHONY: demo test test-slow test-emulation typecheck fuzz vectors bench bench-sim clean system-deps npm-tools
 
 # Debian packages the interoperability tests run against (real dcmtk, Orthanc, Chromium, and rsyslog
 # with its TLS driver as the audit repository).
@@ -27,11 +27,15 @@ demo: $(STAMP)
 system-deps:
 	scripts/install-system-deps.sh $(SYSTEM_DEPS)
 
+# npm packages the browser tests run (axe-core, oidc-provider), pinned by tools/browser/package-lock.json
+npm-tools:
+	scripts/install-npm-tools.sh
+
 test: $(STAMP) system-deps
 	$(DROP_PYNETDICOM_TOOLS)
 	$(VENV)/bin/python -m pytest -q -m "not slow and not emulation"
 
-test-slow: $(STAMP) system-deps
+test-slow: $(STAMP) system-deps npm-tools
 	$(DROP_PYNETDICOM_TOOLS)
 	$(VENV)/bin/python -m pytest -q -m slow
 

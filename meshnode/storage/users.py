@@ -18,7 +18,28 @@ from protocol.errors import LocalProtocolError, NotFoundError
 #: export a research project's re-link table (pseudonym -> original); deid-release: look at the instances of a
 #: research share held for pixel risk and release (with a reason) or refuse it (not `write`: STOW service
 #: tokens have that)
-ROLES = ("read", "write", "audit", "reidentify", "deid-release")
+ROLES = ("read", "write", "audit", "reidentify", "deid-release", "clinician", "pacs", "admin", "auditor")
+#: the staff portal's roles (clinician, pacs = the PACS team, admin, auditor) are bundles of permissions; the
+#: older roles (read, write, ...) are permissions of their own. A route names the permission it needs.
+#:   send     share, recall, outbox actions from the portal; request  ask another organisation for studies
+#:   queues   the PACS queues (held, reconciliation, conflicts) and incoming requests; admin  users, routes,
+#:   policies
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "read": frozenset({"read"}),
+    "write": frozenset({"write"}),
+    "audit": frozenset({"audit"}),
+    "reidentify": frozenset({"reidentify"}),
+    "deid-release": frozenset({"deid-release"}),
+    "clinician": frozenset({"read", "send", "request"}),
+    "pacs": frozenset({"read", "write", "send", "request", "queues", "deid-release"}),
+    "admin": frozenset({"admin"}),
+    "auditor": frozenset({"audit"}),
+}
+
+
+def permissions(roles: tuple[str, ...]) -> frozenset[str]:
+    """Every permission the roles grant (an unknown role grants nothing)."""
+    return frozenset().union(*(PERMISSIONS.get(r, frozenset()) for r in roles))
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 
 

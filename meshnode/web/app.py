@@ -7,9 +7,11 @@ Access levels of a route:
     read / write / audit / reidentify / deid-release   a user with that role
 
 Credentials: `Authorization: Bearer TOKEN` (or Basic with the token as the
-password) on every route; the UI's session cookie on GET routes and the UI's
-own POSTs (login/logout) only, so no other site can make a browser upload
-with it. A failed authentication is audited (110114), coalesced per client.
+password) on every route; or the portal's session cookie (HttpOnly,
+SameSite=Strict), with which every state-changing request (not GET/HEAD) must
+also carry the session's anti-CSRF token in `X-CSRF-Token`, so no other site
+can make a browser change anything with it. A failed authentication is
+audited (110114), coalesced per client.
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 AuditFn = Callable[[AuditEvent], Awaitable[None]]
-ACCESS = ("public", "status", "metrics", "read", "write", "audit", "reidentify", "deid-release")
+ACCESS = ("public", "status", "metrics", "read", "write", "audit", "reidentify", "deid-release", "send", "request",
+          "queues", "admin")
+#: methods that change nothing: no CSRF token needed with the session cookie
+SAFE_METHODS = ("GET", "HEAD")
+#: the one state-changing route a browser may call with a session cookie but no CSRF token (there is no
+#: session yet, so nothing to forge)
+CSRF_EXEMPT = ("/ui/login",)
 FAILURE_AUDIT_EVERY_S = 10.0
 #: after refusing a request, read at most this much of the rest of its body before answering
 DRAIN_MAX = 64 << 20
@@ -114,8 +122,10 @@ class WebApp:
         for r in routes:
             by_path.setdefault(r.path, {})[r.method] = r
         # one Starlette route per path: a wrong method gets a JSON 405 naming every method of the path
+        # literal paths before parametrised ones, so /ui/login is never taken for /ui/{page}
+        ordered = sorted(by_path.items(), key=lambda item: "{" in item[0])
         self.router = Router([StarletteRoute(path, AnyMethod(self._endpoint(methods)))
-                              for path, methods in by_path.items()],
+                              for path, methods in ordered],
                              default=AnyMethod(self._not_found), redirect_slashes=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -191,7 +201,7 @@ class WebApp:
         if p is None:
             raise HttpError(401, "authentication required: Authorization: Bearer <API token>",
                             headers={"www-authenticate": 'Bearer realm="meshnode"'})
-        if r.access in ("read", "write", "audit", "reidentify", "deid-release") and not p.may(r.access):
+        if not p.may(r.access):
             self.stats.auth_failures += 1
             await self.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "http-forbidden", Outcome.MINOR_FAILURE,
                                         actor=f"user:{p.user}", detail=f"needs role {r.access} for {r.name}"))
@@ -209,8 +219,15 @@ class WebApp:
                                 headers={"www-authenticate": 'Bearer realm="meshnode", error="invalid_token"'})
             return p
         session = request.cookies.get(SESSION_COOKIE)
-        if session and (request.method == "GET" or request.url.path.startswith("/ui/")):
-            return await self.auth.session(session)
+        if session:
+            p = await self.auth.session(session)
+            if (p is not None and request.method not in SAFE_METHODS and request.url.path not in CSRF_EXEMPT
+                    and not self.auth.csrf_ok(session, request.headers.get("x-csrf-token", ""))):
+                self.stats.auth_failures += 1
+                await self.failures.failed(client(request), request.url.path, "missing or wrong CSRF token")
+                raise HttpError(403, "missing or wrong CSRF token: send the session's token (GET /ui/api/session) "
+                                     "in the X-CSRF-Token header", code="csrf")
+            return p
         return None
 
 

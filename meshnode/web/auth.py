@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
-from meshnode.storage.users import ApiToken, User, UserStore, check_roles, check_user_name
+from meshnode.storage.users import ApiToken, User, UserStore, check_roles, check_user_name, permissions
 from protocol.errors import LocalProtocolError
 
 TOKEN_PREFIX = "mnt_"
@@ -66,8 +66,9 @@ class Principal:
     via: str  # "token" or "session"
     token_id: str = ""
 
-    def may(self, role: str) -> bool:
-        return role in self.roles
+    def may(self, permission: str) -> bool:
+        """A permission (or an old-style role of the same name) that one of the principal's roles grants."""
+        return permission in permissions(self.roles)
 
 
 def bearer_or_basic(header: str) -> str | None:
@@ -94,6 +95,7 @@ class Authenticator:
         self._touched: dict[str, int] = {}
         self._sessions: dict[str, tuple[float, Principal]] = {}
         self._checked: dict[str, float] = {}
+        self._csrf: dict[str, str] = {}
 
     async def token(self, token: str) -> Principal | None:
         if len(token) > 256:
@@ -126,11 +128,24 @@ class Authenticator:
             self._sessions = {k: v for k, v in self._sessions.items() if v[0] > now}
             while len(self._sessions) >= MAX_SESSIONS:
                 self._sessions.pop(next(iter(self._sessions)))
+            self._csrf = {k: v for k, v in self._csrf.items() if k in self._sessions}
+            self._checked = {k: v for k, v in self._checked.items() if k in self._sessions}
         session_id = secrets.token_urlsafe(32)
         self._sessions[session_id] = (now + hours * 3600, Principal(principal.user, principal.roles, "session",
                                                                     principal.token_id))
         self._checked[session_id] = now
+        self._csrf[session_id] = secrets.token_urlsafe(32)
         return session_id
+
+    def csrf(self, session_id: str) -> str | None:
+        """The session's anti-CSRF token: every state-changing request made with the session cookie must
+        carry it in the X-CSRF-Token header (WebApp checks; the page reads it from /ui/api/session)."""
+        return self._csrf.get(session_id)
+
+    def csrf_ok(self, session_id: str, presented: str) -> bool:
+        expected = self._csrf.get(session_id)
+        return expected is not None and bool(presented) and secrets.compare_digest(expected.encode(),
+                                                                                  presented.encode())
 
     async def session(self, session_id: str) -> Principal | None:
         entry = self._sessions.get(session_id)
@@ -138,7 +153,7 @@ class Authenticator:
         if entry is None:
             return None
         if entry[0] <= now:
-            self._sessions.pop(session_id, None)
+            self.close_session(session_id)
             return None
         principal = entry[1]
         if self._checked.get(session_id, 0.0) + CACHE_S <= now:
@@ -162,3 +177,4 @@ class Authenticator:
     def close_session(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
         self._checked.pop(session_id, None)
+        self._csrf.pop(session_id, None)

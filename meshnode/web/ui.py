@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -26,6 +27,7 @@ from starlette.responses import Response
 from common.describe import iso
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.search import AuditQuery
+from meshnode.storage.users import permissions
 from meshnode.web.app import Handler, Route, route
 from meshnode.web.auth import SESSION_COOKIE, Authenticator, bearer_or_basic
 from meshnode.web.chain import ChainVerifier
@@ -45,7 +47,14 @@ from meshnode.web.services import WebServices, actor
 
 log = logging.getLogger(__name__)
 
-STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+#: what the UI serves from the package's static/ folder (and its sub-folders), by file extension; any other
+#: file there is not served
+CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".html": "text/html; charset=utf-8", ".png": "image/png",
+                 ".svg": "image/svg+xml", ".wasm": "application/wasm", ".json": "application/json",
+                 ".woff2": "font/woff2", ".txt": "text/plain; charset=utf-8"}
+_STATIC_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}){0,4}$")
+_PAGE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 PAGES = ("inbox", "outbox", "peers", "audit")
 PUSH_EVERY_S = 1.0
 MIN_PUSH_S = 0.25
@@ -53,10 +62,23 @@ MAX_ROWS = 500  # newest first; older studies are in `meshnode inbox|outbox --js
 KEEPALIVE_S = 15.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
        " frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+#: a page that needs more than CSP (the viewer's WebAssembly codecs need 'wasm-unsafe-eval', its workers
+#: worker-src 'self' blob:), by file name
+PAGE_CSP: dict[str, str] = {}
 
 
-def _static(name: str) -> bytes:
-    return resources.files("meshnode.web").joinpath("static", name).read_bytes()
+def _static(name: str) -> bytes | None:
+    """A file of the package's static/ folder, or None (a name outside the allowed shapes never reaches the
+    file system: no `..`, no leading dot, at most five levels)."""
+    if not _STATIC_PATH.match(name) or ".." in name:
+        return None
+    node = resources.files("meshnode.web").joinpath("static")
+    for part in name.split("/"):
+        node = node.joinpath(part)
+    try:
+        return node.read_bytes() if node.is_file() else None
+    except OSError:
+        return None
 
 
 def _int(request: Request, name: str) -> int | None:
@@ -76,14 +98,15 @@ class Ui:
         self.view = view
         self.chain = chain
         self.changed = changed
-        self._files = {name: _static(name) for name in (*STATIC, "index.html")}
+        self._files: dict[str, bytes | None] = {}
 
     def routes(self) -> list[Route]:
         return [
             route("GET", "/", self._redirect, "public", "ui-root"),
             route("GET", "/ui", self._redirect, "public", "ui-root"),
             route("GET", "/ui/", self._index, "public", "ui-index"),
-            route("GET", "/ui/static/{name}", self._asset, "public", "ui-static"),
+            route("GET", "/ui/static/{name:path}", self._asset, "public", "ui-static"),
+            route("GET", "/ui/{page}", self._page_file, "public", "ui-page"),
             route("POST", "/ui/login", self._login, "public", "ui-login"),
             route("POST", "/ui/logout", self._logout, "public", "ui-logout"),
             route("GET", "/ui/api/session", self._session, "public", "ui-session"),
@@ -96,15 +119,39 @@ class Ui:
     async def _redirect(self, request: Request) -> Response:
         return bytes_response(302, b"", "text/plain", {"location": "/ui/"})
 
+    def _file(self, name: str) -> bytes | None:
+        if name not in self._files:
+            if len(self._files) > 1000:
+                self._files.clear()
+            self._files[name] = _static(name)
+        return self._files[name]
+
+    def _html(self, name: str) -> Response:
+        data = self._file(name)
+        if data is None:
+            raise HttpError(404, "no such page")
+        return bytes_response(200, data, "text/html; charset=utf-8",
+                              {"content-security-policy": PAGE_CSP.get(name, CSP), "x-frame-options": "DENY"})
+
     async def _index(self, request: Request) -> Response:
-        return bytes_response(200, self._files["index.html"], "text/html; charset=utf-8",
-                              {"content-security-policy": CSP, "x-frame-options": "DENY"})
+        return self._html("index.html")
+
+    async def _page_file(self, request: Request) -> Response:
+        """/ui/NAME serves the page static/NAME.html (the portal's pages: send, requests, viewer, ...)."""
+        page = request.path_params["page"]
+        if not _PAGE.match(page):
+            raise HttpError(404, "no such page")
+        return self._html(page + ".html")
 
     async def _asset(self, request: Request) -> Response:
         name = request.path_params["name"]
-        if name not in STATIC:
+        kind = CONTENT_TYPES.get("." + name.rsplit(".", 1)[-1] if "." in name else "")
+        data = self._file(name) if kind else None
+        if data is None or kind is None:
             raise HttpError(404, "no such file")
-        return bytes_response(200, self._files[name], STATIC[name])
+        if kind.startswith("text/html"):
+            return self._html(name)
+        return bytes_response(200, data, kind)
 
     # -- login ------------------------------------------------------------------------------
     async def _login(self, request: Request) -> Response:
@@ -120,8 +167,8 @@ class Ui:
         secure = "; Secure" if request.url.scheme == "https" else ""
         cookie = (f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; "
                   f"Max-Age={self.s.config.session_hours * 3600}{secure}")
-        return json_response(200, {"user": principal.user, "roles": list(principal.roles)},
-                             headers={"set-cookie": cookie})
+        return json_response(200, {"user": principal.user, "roles": list(principal.roles),
+                                    "csrf": self.auth.csrf(session)}, headers={"set-cookie": cookie})
 
     async def _logout(self, request: Request) -> Response:
         session = request.cookies.get(SESSION_COOKIE)
@@ -134,8 +181,12 @@ class Ui:
 
     async def _session(self, request: Request) -> Response:
         p = principal(request)
+        session = request.cookies.get(SESSION_COOKIE, "")
+        csrf = self.auth.csrf(session) if p is not None and p.via == "session" else None
         return json_response(200, {"user": p.user if p else None, "roles": list(p.roles) if p else [],
-                                    "org": self.s.org, "public_status": self.s.config.public_status})
+                                    "permissions": sorted(permissions(p.roles)) if p else [],
+                                    "csrf": csrf, "org": self.s.org,
+                                    "public_status": self.s.config.public_status})
 
     # -- data -------------------------------------------------------------------------------
     def _page_handler(self, page: str) -> Handler:

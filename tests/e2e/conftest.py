@@ -1,5 +1,5 @@
-"""Fixtures the end-to-end tests share: a mesh of real node processes in the test's folder, and Orthanc as
-the receiving organisation's PACS. A module that needs another mesh (module-scoped, set up once) defines its
+"""Fixtures the end-to-end tests share: a mesh of real node processes in the test's folder, Orthanc as
+the receiving organisation's PACS, and a headless Chromium (tests/e2e/browser.py). A module that needs another mesh (module-scoped, set up once) defines its
 own `mesh`, which takes precedence."""
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
 
 from meshnode.demo.mesh import MeshDemo
 from meshnode.demo.workspace import Workspace
+from tests.e2e.browser import chromium
 from tests.e2e.orthanc import PACS_AE, Orthanc
 
 
@@ -32,3 +34,8 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    yield from chromium()

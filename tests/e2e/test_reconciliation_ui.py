@@ -16,10 +16,9 @@ from selenium.webdriver.common.by import By
 
 from meshnode.demo.mesh import MeshDemo
 from meshnode.demo.workspace import Workspace
-from tests.e2e.test_web_ui import browser, wait
+from tests.e2e.browser import wait
 from tests.e2e.web import add_user, enable_http, http_url
 
-__all__ = ["browser"]  # the fixture
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 

@@ -11,62 +11,27 @@ to test-artifacts/.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from meshnode.web.webhooks import verify_signature
+from tests.e2e.browser import ARTIFACTS, wait
 from tests.e2e.web import WebhookReceiver, add_user, enable_http, http_url
 from meshnode.demo.mesh import MeshDemo
 from meshnode.demo.workspace import Workspace, free_tcp_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SECRET_A = "secret-of-org-a-0123456789"
 SECRET_B = "secret-of-org-b-0123456789"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1500,900")
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def webhook(receiver: WebhookReceiver, secret: str, events: str) -> str:
     return f'\n[[webhook]]\nurl = "{receiver.url}"\nsecret = "{secret}"\nevents = {events}\n'
-
-
-def wait(what: str, check: object, timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()  # type: ignore[operator]
-        except WebDriverException:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # polling the browser's DOM
 
 
 def row_cells(driver: webdriver.Chrome, manifest: str) -> list[str] | None:

@@ -3,7 +3,7 @@
 // Every value from the server goes into the page as text (textContent), never as HTML.
 
 const PAGES = ["inbox", "outbox", "peers", "audit", "reconcile"];
-let session = { user: null, roles: [], public_status: true, org: "" };
+let session = { user: null, roles: [], permissions: [], csrf: null, public_status: true, org: "" };
 let stream = null;
 
 function el(tag, attrs, ...children) {
@@ -181,7 +181,7 @@ function open(page) {
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
   conflictsPage(page === "conflicts");
   if (page === "conflicts") return;
-  if (page === "audit" && !session.roles.includes("audit")) {
+  if (page === "audit" && !session.permissions.includes("audit")) {
     notice("The audit log needs a login with a token of a user with the audit role.");
     return;
   }
@@ -205,7 +205,7 @@ function open(page) {
 }
 
 async function loadReconcile() {
-  if (!session.roles.includes("read")) {
+  if (!session.permissions.includes("read")) {
     notice("The reconciliation queue needs a login with a token of a user with the read role.");
     return;
   }
@@ -244,7 +244,8 @@ async function login(ev) {
 }
 
 async function logout() {
-  await fetch("/ui/logout", { method: "POST", credentials: "same-origin" });
+  await fetch("/ui/logout", { method: "POST", credentials: "same-origin",
+    headers: { "X-CSRF-Token": session.csrf || "" } });
   await loadSession();
   open(current());
 }

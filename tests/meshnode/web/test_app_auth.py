@@ -103,7 +103,7 @@ async def test_revoked_expired_disabled_tokens(store: UserStore) -> None:
         store.revoke_token("ffffffffffff")
 
 
-async def test_sessions_end_with_their_token_and_never_authorise_other_posts(store: UserStore) -> None:
+async def test_sessions_change_nothing_without_their_csrf_token(store: UserStore) -> None:
     clock = Clock()
     app, _ = make_app(store, clock)
     add_user(store, "u", ("read", "write"), int(NOW * 1000))
@@ -113,8 +113,21 @@ async def test_sessions_end_with_their_token_and_never_authorise_other_posts(sto
     session = app.auth.open_session(principal, hours=1)
     cookie = {"Cookie": f"other=1; {SESSION_COOKIE}={session}"}
     assert (await call(app, "GET", "/read/1", headers=cookie)).json()["user"] == "u"
-    assert (await call(app, "POST", "/ui/thing", headers=cookie)).status == 200
-    assert (await call(app, "POST", "/write", headers=cookie)).status == 401  # cookies do not upload
+    # a state-changing request with the cookie alone (what a forged cross-site form sends) is refused,
+    # as is one with another session's token or a made-up one; with its own token it goes through
+    assert (await call(app, "POST", "/ui/thing", headers=cookie)).status == 403
+    assert (await call(app, "POST", "/write", headers=cookie)).status == 403  # no upload by cookie alone
+    other_session = app.auth.open_session(principal, hours=1)
+    for wrong in (app.auth.csrf(other_session) or "", "made-up", ""):
+        assert (await call(app, "POST", "/write", headers={**cookie, "X-CSRF-Token": wrong})).status == 403
+    csrf = app.auth.csrf(session)
+    assert csrf
+    assert (await call(app, "POST", "/ui/thing", headers={**cookie, "X-CSRF-Token": csrf})).status == 200
+    assert (await call(app, "POST", "/write", headers={**cookie, "X-CSRF-Token": csrf})).status == 200
+    app.auth.close_session(session)
+    assert app.auth.csrf(session) is None
+    session = app.auth.open_session(principal, hours=1)
+    cookie = {"Cookie": f"other=1; {SESSION_COOKIE}={session}"}
     store.revoke_token(record.token_id)
     clock.now += 10
     assert (await call(app, "GET", "/read/1", headers=cookie)).status == 401
@@ -158,3 +171,24 @@ async def test_failure_audit_is_coalesced() -> None:
     await auditor.failed("10.0.0.1", "/x", "bad token")
     assert len(events) == 3 and "(50 attempt(s)" in events[2].detail
     await trio.lowlevel.checkpoint()
+
+
+async def test_portal_roles_grant_their_permissions_and_nothing_else(store: UserStore) -> None:
+    """clinician: view, send, request; pacs: those plus the queues and STOW; admin: users and policies only;
+    auditor: the audit log only."""
+    from meshnode.storage.users import permissions
+    assert permissions(("clinician",)) == {"read", "send", "request"}
+    assert permissions(("pacs",)) >= permissions(("clinician",)) | {"queues", "write"}
+    assert permissions(("admin",)) == {"admin"}
+    assert permissions(("auditor",)) == {"audit"}
+    assert permissions(("clinician", "auditor")) == {"read", "send", "request", "audit"}
+    clock = Clock()
+    app, _ = make_app(store, clock)
+    for name, roles in (("doc", ("clinician",)), ("boss", ("admin",)), ("aud", ("auditor",))):
+        add_user(store, name, roles, int(NOW * 1000))
+    tokens = {name: issue_token(store, name, "", int(NOW * 1000))[0] for name in ("doc", "boss", "aud")}
+    assert (await call(app, "GET", "/read/1", headers={"Authorization": f"Bearer {tokens['doc']}"})).status == 200
+    for name in ("boss", "aud"):
+        assert (await call(app, "GET", "/read/1",
+                           headers={"Authorization": f"Bearer {tokens[name]}"})).status == 403
+    assert (await call(app, "POST", "/write", headers={"Authorization": f"Bearer {tokens['doc']}"})).status == 403

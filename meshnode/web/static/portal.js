@@ -1,0 +1,42 @@
+"use strict";
+// What every portal page shares: the session (who, permissions, the anti-CSRF token) and a fetch wrapper
+// that sends the token on every state-changing request. Values from the server go into pages as text only.
+//   const s = await meshPortal.session();          // {user, roles, permissions, csrf, org, ...}
+//   const data = await meshPortal.api("POST", "/ui/api/...", {key: "value"});  // throws meshPortal.ApiError
+window.meshPortal = (() => {
+  let current = null;
+
+  class ApiError extends Error {
+    constructor(status, message, code) { super(message); this.status = status; this.code = code || ""; }
+  }
+
+  async function session(refresh) {
+    if (current && !refresh) return current;
+    const response = await fetch("/ui/api/session", { credentials: "same-origin" });
+    current = await response.json();
+    return current;
+  }
+
+  async function api(method, url, body) {
+    const headers = {};
+    if (method !== "GET" && method !== "HEAD") {
+      headers["X-CSRF-Token"] = (await session()).csrf || "";
+    }
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(url, {
+      method, credentials: "same-origin", headers, body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (e) { data = text; }
+    if (!response.ok) {
+      const message = data && data.message ? data.message : `HTTP ${response.status}`;
+      throw new ApiError(response.status, message, data && data.error);
+    }
+    return data;
+  }
+
+  function may(permission) { return !!current && (current.permissions || []).includes(permission); }
+
+  return { session, api, may, ApiError };
+})();
