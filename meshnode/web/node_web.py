@@ -8,6 +8,7 @@ when [notify] is (with or without the listener).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -72,7 +73,8 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
 
                 async def snapshot() -> MetricsSnapshot:
                     counts = await webhooks.counts()
-                    return await view.metrics_snapshot(counts)
+                    snap = await view.metrics_snapshot(counts)
+                    return replace(snap, emails=await notifier.counts()) if notifier is not None else snap
 
                 routes: list[Route] = [
                     *Ops(view.health, snapshot, events, lambda: app_holder[0]).routes(),

@@ -10,6 +10,7 @@ that row. Screenshots: test-artifacts/portal-inbox.png and one per tab.
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,9 @@ def test_every_tab_is_accessible_and_the_arrival_email_links_to_the_inbox_row(
         assert link in body and "URGENT" in mail.message["Subject"] and "RGT" in mail.message["Subject"]
         for identifier in ("SYNTHETIC", study, NOTE, "Bleep"):
             assert identifier not in mail.data.decode("utf-8", "replace")
+
+        mesh.wait_for(lambda: 'meshnode_email_notifications{state="delivered"} 1' in urllib.request.urlopen(
+            url + "/metrics", timeout=10).read().decode(), 30, "the email counted as sent in /metrics")
 
         browser.get(url + "/ui/")
         wait("the page", lambda: browser.find_element(By.ID, "org").text == "RJ1")
