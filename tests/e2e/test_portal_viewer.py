@@ -1,0 +1,260 @@
+"""The portal's viewer (Cornerstone3D, bundled in meshnode/web/static/viewer/) in a real headless Chromium over a
+real node's WADO-RS.
+
+One study with three series whose pixels are a known pattern of 8x8 blocks (each block one value, different
+per image): uncompressed CT (signed, rescale intercept -1024), the same as JPEG-LS lossless (decoded by the
+CharLS WebAssembly codec in the browser), and one multi-frame Enhanced CT instance as RLE Lossless. The test
+sets a window through the page's controls and reads the canvas back: every block centre must show the stored
+value mapped through the modality LUT and that window (within 2 of 255 grey levels), at the block's place in
+the image (the image fitted to the canvas, centred). It scrolls (keyboard, slider) and checks the next image.
+Hostile: a user without the read permission and a visitor with no session get no images (403/401 from WADO-RS
+and a clear message in the page), a study the node does not hold says so, a series description holding HTML
+is shown as text.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import JPEGLSLossless, generate_uid
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+from meshnode.demo.mesh import MeshDemo
+from meshnode.demo.workspace import Workspace
+from meshnode.dicom import synthetic
+from tests.e2e.browser import assert_accessible, screenshot, wait
+from tests.e2e.web import add_user, enable_http, http_url
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROWS, COLUMNS, BLOCK = 48, 64, 8
+INTERCEPT = -1024
+#: the window the test sets (width, centre) and its linear VOI range (PS3.3 C.11.2.1.2, as Cornerstone maps it)
+WIDTH, CENTRE = 1200, 200
+XSS = '<img src=x onerror="window.__xss=1">CHEST & <b>bold</b>'
+
+
+def pattern(k: int) -> np.ndarray:
+    """HU of image k: block (by, bx) holds (by * 8 + bx) * 18 - 300 + 40 * k (neighbouring blocks differ by 3.8
+    grey levels in the test's window, neighbouring images by 8.5: more than the tolerance of 2)."""
+    by, bx = np.mgrid[0:ROWS, 0:COLUMNS] // BLOCK
+    values: np.ndarray = ((by * (COLUMNS // BLOCK) + bx) * 18 - 300 + 40 * k).astype(np.int16)
+    return values
+
+
+def display(hu: float) -> float:
+    lower = CENTRE - 0.5 - (WIDTH - 1) / 2
+    upper = CENTRE - 0.5 + (WIDTH - 1) / 2
+    return float(np.clip((hu - lower) / (upper - lower), 0, 1) * 255)
+
+
+def make_study(root: Path) -> tuple[str, dict[str, str]]:
+    """Three series in one study; returns the study UID and {kind: series UID}."""
+    files = synthetic.generate_ct_study(root / "plain", slices=3, rows=ROWS, columns=COLUMNS, seed=71)
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    series: dict[str, str] = {}
+    for k, path in enumerate(sorted(files)):
+        ds = pydicom.dcmread(path)
+        ds.PixelData = (pattern(k).astype(np.int32) - INTERCEPT).astype(np.int16).tobytes()
+        ds.InstanceNumber = k + 1
+        ds.save_as(path, enforce_file_format=True)
+        series["plain"] = str(ds.SeriesInstanceUID)
+    jls = root / "plain" / "jpegls"
+    jls.mkdir()
+    series["jpegls"] = generate_uid()
+    for k, path in enumerate(sorted(files)):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series["jpegls"]
+        ds.SeriesNumber = 2
+        ds.SeriesDescription = XSS
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PixelRepresentation = 0  # unsigned stored values (HU + 1024 > 0)
+        stored = (pattern(k).astype(np.int32) - INTERCEPT).astype(np.uint16)
+        ds.PixelData = stored.tobytes()
+        ds.compress(JPEGLSLossless, stored, encoding_plugin="pyjpegls", generate_instance_uid=False)
+        ds.save_as(jls / f"jls_{k}.dcm", enforce_file_format=True)
+    frames = synthetic.generate_multiframe(root / "plain" / "multi", frames=3, rows=ROWS, columns=COLUMNS,
+                                           seed=71, study_uid=study, series_number=3, compressed=False)
+    ds = pydicom.dcmread(frames[0])
+    volume = np.stack([pattern(3 + f).astype(np.int32) - INTERCEPT for f in range(3)]).astype(np.int16)
+    ds.PixelData = volume.tobytes()
+    ds.compress(pydicom.uid.RLELossless, volume, encoding_plugin="pydicom", generate_instance_uid=False)
+    ds.save_as(frames[0], enforce_file_format=True)
+    series["multi"] = str(ds.SeriesInstanceUID)
+    return study, series
+
+
+CANVAS_SAMPLES = """
+const points = arguments[0];
+const canvas = document.querySelector('#viewport canvas');
+if (!canvas) return null;
+const ctx = canvas.getContext('2d');
+const img = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+return {w: canvas.width, h: canvas.height, values: points.map(([x, y]) => {
+  const i = (Math.floor(y) * canvas.width + Math.floor(x)) * 4;
+  return [img[i], img[i + 1], img[i + 2]];
+})};
+"""
+
+
+def block_centres(width: int, height: int) -> list[tuple[int, int, float, float]]:
+    """(by, bx, canvas x, canvas y) of each block's centre, the image fitted to the canvas and centred."""
+    scale = min(width / COLUMNS, height / ROWS)
+    x0, y0 = (width - COLUMNS * scale) / 2, (height - ROWS * scale) / 2
+    out = []
+    for by in range(ROWS // BLOCK):
+        for bx in range(COLUMNS // BLOCK):
+            out.append((by, bx, x0 + (bx + 0.5) * BLOCK * scale, y0 + (by + 0.5) * BLOCK * scale))
+    return out
+
+
+def check_image(driver: webdriver.Chrome, k: int, what: str) -> None:
+    """The canvas shows image k of the pattern through the test's window."""
+    size = driver.execute_script("const c = document.querySelector('#viewport canvas');"
+                                 "return c ? [c.width, c.height] : null;")
+    assert size, "no canvas"
+    centres = block_centres(*size)
+    expected = pattern(k)
+
+    def matches() -> list[tuple[int, int, float, list[int]]] | None:
+        got = driver.execute_script(CANVAS_SAMPLES, [[x, y] for _, _, x, y in centres])
+        bad = []
+        for (by, bx, _, _), rgb in zip(centres, got["values"]):
+            want = display(float(expected[by * BLOCK, bx * BLOCK]))
+            if max(abs(c - want) for c in rgb) > 2:
+                bad.append((by, bx, want, rgb))
+        return bad or None
+
+    # the image renders asynchronously after the index changes: poll until it matches, then confirm once more
+    try:
+        wait(f"{what}: canvas showing image {k}", lambda: matches() is None, 30)
+    except TimeoutError:
+        raise AssertionError(f"{what}: canvas differs from image {k}: {(matches() or [])[:8]}") from None
+
+
+def set_window(driver: webdriver.Chrome) -> None:
+    for field, value in (("ww", WIDTH), ("wc", CENTRE)):
+        box = driver.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(str(value))
+    driver.find_element(By.CSS_SELECTOR, "#wl-form button[type=submit]").click()
+    wait("the window", lambda: driver.execute_script("return document.body.dataset.window")
+         == f"{WIDTH},{CENTRE}")
+
+
+def open_series(driver: webdriver.Chrome, url: str, study: str, series: str) -> None:
+    driver.get(f"{url}/ui/viewer?study={study}&series={series}")
+    wait("the series shown", lambda: driver.execute_script("return document.body.dataset.ready") == series, 60)
+    set_window(driver)
+
+
+def status_text(driver: webdriver.Chrome) -> str:
+    return str(driver.find_element(By.ID, "status").text)
+
+
+def login(driver: webdriver.Chrome, url: str, token: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(url + "/ui/")
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#login button").click()
+    wait("the login", lambda: driver.find_element(By.ID, "logout").is_displayed())
+
+
+def http_status(url: str, headers: dict[str, str]) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def test_viewer_shows_the_stored_pixels(tmp_path: Path, browser: webdriver.Chrome) -> None:
+    mesh = MeshDemo(Workspace(tmp_path))
+    try:
+        nodes = mesh.setup([("b", "RJ1", "Org B")], start=False)
+        node = nodes["b"]
+        enable_http(node)
+        mesh.start(node)
+        study, series = make_study(tmp_path / "study")
+        mesh.cli(node, "ingest", str(tmp_path / "study" / "plain"), "--no-progress")
+        radiologist = add_user(mesh, node, "radiologist", "clinician")
+        auditor = add_user(mesh, node, "auditor1", "auditor")
+        url = http_url(node)
+
+        login(browser, url, radiologist)
+        # uncompressed CT: three slices, scrolled by keyboard and by the slider
+        open_series(browser, url, study, series["plain"])
+        assert browser.find_elements(By.CSS_SELECTOR, "#series button.series")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#series button.series")) == 3
+        check_image(browser, 0, "uncompressed")
+        assert browser.find_element(By.ID, "position").text == "Image 1 / 3"
+        browser.find_element(By.ID, "viewport").click()  # focus (and a window/level click without a drag)
+        set_window(browser)
+        browser.find_element(By.ID, "viewport").send_keys(Keys.ARROW_DOWN)
+        wait("the next image", lambda: browser.find_element(By.ID, "position").text == "Image 2 / 3")
+        check_image(browser, 1, "uncompressed after ArrowDown")
+        slider = browser.find_element(By.ID, "slice")
+        slider.send_keys(Keys.END)
+        wait("the last image", lambda: browser.find_element(By.ID, "position").text == "Image 3 / 3")
+        check_image(browser, 2, "uncompressed after the slider")
+        assert_accessible(browser, "viewer")
+        screenshot(browser, "portal-viewer")
+
+        # JPEG-LS lossless, decoded by the CharLS WebAssembly codec in the worker
+        open_series(browser, url, study, series["jpegls"])
+        check_image(browser, 0, "JPEG-LS")
+        browser.find_element(By.ID, "viewport").send_keys(Keys.ARROW_DOWN)
+        wait("the next JPEG-LS image", lambda: browser.find_element(By.ID, "position").text == "Image 2 / 3")
+        check_image(browser, 1, "JPEG-LS after ArrowDown")
+        # the series description holding HTML is text, not markup
+        labels = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#series button.series")]
+        assert any("<img src=x" in t for t in labels), labels
+        assert not browser.find_elements(By.CSS_SELECTOR, "#series img, #series b")
+        assert browser.execute_script("return window.__xss") is None
+
+        # one multi-frame instance (RLE Lossless), one image per frame
+        open_series(browser, url, study, series["multi"])
+        assert browser.find_element(By.ID, "position").text == "Image 1 / 3"
+        check_image(browser, 3, "multi-frame RLE frame 1")
+        browser.find_element(By.ID, "viewport").send_keys(Keys.ARROW_DOWN)
+        check_image(browser, 4, "multi-frame RLE frame 2")
+        assert not browser.execute_script("return document.body.dataset.failed"), status_text(browser)
+
+        # opening the study is audited with the user (110103 Instances Accessed)
+        entries = mesh.audit(node)
+        assert any(e.get("event_code") == 110103 and e.get("actor") == "user:radiologist"
+                   and e.get("action") == "wado-metadata" for e in entries), entries[-5:]
+
+        # a study this node does not hold: a clear message, no image
+        browser.get(f"{url}/ui/viewer?study=1.2.3.999")
+        wait("the not-held message", lambda: "holds no study" in status_text(browser))
+
+        # a user without the read permission, and no session at all: no images, a clear message
+        login(browser, url, auditor)
+        browser.get(f"{url}/ui/viewer?study={study}")
+        wait("the refusal", lambda: "permission to read images" in status_text(browser))
+        assert not browser.find_elements(By.CSS_SELECTOR, "#series button.series")
+        instance = f"{url}/dicomweb/studies/{study}/series/{series['plain']}"
+        assert http_status(instance, {"accept": "multipart/related; type=\"application/dicom\"",
+                                      "authorization": f"Bearer {auditor}"}) == 403
+        assert http_status(instance, {"accept": "multipart/related; type=\"application/dicom\""}) == 401
+        browser.delete_all_cookies()
+        browser.get(f"{url}/ui/viewer?study={study}")
+        wait("the refusal without a session", lambda: "permission to read images" in status_text(browser))
+
+        # the page's CSP: WebAssembly allowed, eval not, nothing from other origins
+        with urllib.request.urlopen(f"{url}/ui/viewer", timeout=30) as r:
+            csp = r.headers["content-security-policy"]
+        assert "'wasm-unsafe-eval'" in csp and "'unsafe-eval'" not in csp and "default-src 'self'" in csp
+        print(json.dumps({"csp": csp}))
+    finally:
+        mesh.close()
