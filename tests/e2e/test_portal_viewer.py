@@ -1,7 +1,7 @@
 """The portal's viewer (Cornerstone3D, bundled in meshnode/web/static/viewer/) in a real headless Chromium over a
 real node's WADO-RS.
 
-One study with three series whose pixels are a known pattern of 8x8 blocks (each block one value, different
+Org A shares one study with org B; B's inbox row links to the viewer. The study has three series whose pixels are a known pattern of 8x8 blocks (each block one value, different
 per image): uncompressed CT (signed, rescale intercept -1024), the same as JPEG-LS lossless (decoded by the
 CharLS WebAssembly codec in the browser), and one multi-frame Enhanced CT instance as RLE Lossless. The test
 sets a window through the page's controls and reads the canvas back: every block centre must show the stored
@@ -180,17 +180,26 @@ def http_status(url: str, headers: dict[str, str]) -> int:
 def test_viewer_shows_the_stored_pixels(tmp_path: Path, browser: webdriver.Chrome) -> None:
     mesh = MeshDemo(Workspace(tmp_path))
     try:
-        nodes = mesh.setup([("b", "RJ1", "Org B")], start=False)
-        node = nodes["b"]
+        nodes = mesh.setup([("a", "RGT", "Org A"), ("b", "RJ1", "Org B")], start=False)
+        sender, node = nodes["a"], nodes["b"]
         enable_http(node)
+        mesh.start(sender)
         mesh.start(node)
         study, series = make_study(tmp_path / "study")
-        mesh.cli(node, "ingest", str(tmp_path / "study" / "plain"), "--no-progress")
+        mesh.cli(sender, "ingest", str(tmp_path / "study" / "plain"), "--no-progress")
+        manifest = mesh.share(sender, study, ["RJ1"])
+        mesh.wait_for(lambda: mesh.delivered(sender, manifest, ["RJ1"]), 120, "the study delivered to B")
         radiologist = add_user(mesh, node, "radiologist", "clinician")
         auditor = add_user(mesh, node, "auditor1", "auditor")
         url = http_url(node)
 
+        # the received study's inbox row links to the viewer
         login(browser, url, radiologist)
+        link = wait("the View link in the inbox row", lambda: browser.find_elements(
+            By.CSS_SELECTOR, f'#inbox-table tr[data-manifest="{manifest}"] a.view-link'))
+        link[0].click()
+        wait("the viewer from the inbox", lambda: browser.execute_script("return document.body.dataset.ready"))
+        assert f"/ui/viewer?study={study}" in browser.current_url
         # uncompressed CT: three slices, scrolled by keyboard and by the slider
         open_series(browser, url, study, series["plain"])
         assert browser.find_elements(By.CSS_SELECTOR, "#series button.series")
