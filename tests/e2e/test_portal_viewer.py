@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import gdcm  # type: ignore[import-untyped]
 import numpy as np
 import pydicom
 import pytest
@@ -39,6 +40,8 @@ ROWS, COLUMNS, BLOCK = 48, 64, 8
 INTERCEPT = -1024
 #: the window the test sets (width, centre) and its linear VOI range (PS3.3 C.11.2.1.2, as Cornerstone maps it)
 WIDTH, CENTRE = 1200, 200
+#: the window set for the 8-bit JPEG baseline series
+WINDOW8 = (256, 128)
 XSS = '<img src=x onerror="window.__xss=1">CHEST & <b>bold</b>'
 
 
@@ -50,10 +53,44 @@ def pattern(k: int) -> np.ndarray:
     return values
 
 
-def display(hu: float) -> float:
-    lower = CENTRE - 0.5 - (WIDTH - 1) / 2
-    upper = CENTRE - 0.5 + (WIDTH - 1) / 2
-    return float(np.clip((hu - lower) / (upper - lower), 0, 1) * 255)
+def pattern8(k: int) -> np.ndarray:
+    """Stored values (8-bit, no rescale) of image k of the JPEG baseline series: block b holds 4 b + 10 + 20 k."""
+    by, bx = np.mgrid[0:ROWS, 0:COLUMNS] // BLOCK
+    values: np.ndarray = ((by * (COLUMNS // BLOCK) + bx) * 4 + 10 + 20 * k).astype(np.uint8)
+    return values
+
+
+def display(value: float, window: tuple[int, int]) -> float:
+    width, centre = window
+    lower = centre - 0.5 - (width - 1) / 2
+    upper = centre - 0.5 + (width - 1) / 2
+    return float(np.clip((value - lower) / (upper - lower), 0, 1) * 255)
+
+
+def gdcm_compress(src: Path, dst: Path, syntax: int) -> None:
+    """Re-encode a file with GDCM (JPEG 2000 lossless, JPEG lossless SV1, JPEG baseline)."""
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    if not reader.Read():
+        raise RuntimeError(f"GDCM cannot read {src}")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(syntax))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise RuntimeError(f"GDCM cannot encode {src} as {syntax}")
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(dst))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError(f"GDCM cannot write {dst}")
+
+
+def new_series(ds: pydicom.Dataset, series_uid: str, number: int) -> None:
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = number
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
 def make_study(root: Path) -> tuple[str, dict[str, str]]:
@@ -82,6 +119,31 @@ def make_study(root: Path) -> tuple[str, dict[str, str]]:
         ds.PixelData = stored.tobytes()
         ds.compress(JPEGLSLossless, stored, encoding_plugin="pyjpegls", generate_instance_uid=False)
         ds.save_as(jls / f"jls_{k}.dcm", enforce_file_format=True)
+    for kind, number, syntax in (("jpeg2000", 4, gdcm.TransferSyntax.JPEG2000Lossless),
+                                 ("jpeg-lossless", 5, gdcm.TransferSyntax.JPEGLosslessProcess14_1)):
+        series[kind] = generate_uid()
+        (root / "plain" / kind).mkdir()
+        for k, path in enumerate(sorted(files)):
+            ds = pydicom.dcmread(path)
+            new_series(ds, series[kind], number)
+            ds.SeriesDescription = kind
+            ds.save_as(root / f"{kind}-{k}.dcm", enforce_file_format=True)
+            gdcm_compress(root / f"{kind}-{k}.dcm", root / "plain" / kind / f"{k}.dcm", syntax)
+    series["jpeg-baseline"] = generate_uid()
+    (root / "plain" / "jpeg-baseline").mkdir()
+    for k, path in enumerate(sorted(files)):
+        ds = pydicom.dcmread(path)
+        new_series(ds, series["jpeg-baseline"], 6)
+        ds.SeriesDescription = "jpeg-baseline"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.WindowCenter, ds.WindowWidth = "0", "1", "128", "256"
+        for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+            if tag in ds:
+                delattr(ds, tag)
+        ds.PixelData = pattern8(k).tobytes()
+        ds.save_as(root / f"baseline-{k}.dcm", enforce_file_format=True)
+        gdcm_compress(root / f"baseline-{k}.dcm", root / "plain" / "jpeg-baseline" / f"{k}.dcm",
+                      gdcm.TransferSyntax.JPEGBaselineProcess1)
     frames = synthetic.generate_multiframe(root / "plain" / "multi", frames=3, rows=ROWS, columns=COLUMNS,
                                            seed=71, study_uid=study, series_number=3, compressed=False)
     ds = pydicom.dcmread(frames[0])
@@ -117,20 +179,22 @@ def block_centres(width: int, height: int) -> list[tuple[int, int, float, float]
     return out
 
 
-def check_image(driver: webdriver.Chrome, k: int, what: str) -> None:
-    """The canvas shows image k of the pattern through the test's window."""
+def check_image(driver: webdriver.Chrome, k: int, what: str, *, eight_bit: bool = False,
+                tolerance: float = 2) -> None:
+    """The canvas shows image k of the pattern (of pattern8 when `eight_bit`) through the test's window."""
     size = driver.execute_script("const c = document.querySelector('#viewport canvas');"
                                  "return c ? [c.width, c.height] : null;")
     assert size, "no canvas"
     centres = block_centres(*size)
-    expected = pattern(k)
+    expected = pattern8(k) if eight_bit else pattern(k)
+    window = WINDOW8 if eight_bit else (WIDTH, CENTRE)
 
     def matches() -> list[tuple[int, int, float, list[int]]] | None:
         got = driver.execute_script(CANVAS_SAMPLES, [[x, y] for _, _, x, y in centres])
         bad = []
         for (by, bx, _, _), rgb in zip(centres, got["values"]):
-            want = display(float(expected[by * BLOCK, bx * BLOCK]))
-            if max(abs(c - want) for c in rgb) > 2:
+            want = display(float(expected[by * BLOCK, bx * BLOCK]), window)
+            if max(abs(c - want) for c in rgb) > tolerance:
                 bad.append((by, bx, want, rgb))
         return bad or None
 
@@ -141,20 +205,21 @@ def check_image(driver: webdriver.Chrome, k: int, what: str) -> None:
         raise AssertionError(f"{what}: canvas differs from image {k}: {(matches() or [])[:8]}") from None
 
 
-def set_window(driver: webdriver.Chrome) -> None:
-    for field, value in (("ww", WIDTH), ("wc", CENTRE)):
+def set_window(driver: webdriver.Chrome, window: tuple[int, int] = (WIDTH, CENTRE)) -> None:
+    for field, value in (("ww", window[0]), ("wc", window[1])):
         box = driver.find_element(By.ID, field)
         box.clear()
         box.send_keys(str(value))
     driver.find_element(By.CSS_SELECTOR, "#wl-form button[type=submit]").click()
     wait("the window", lambda: driver.execute_script("return document.body.dataset.window")
-         == f"{WIDTH},{CENTRE}")
+         == f"{window[0]},{window[1]}")
 
 
-def open_series(driver: webdriver.Chrome, url: str, study: str, series: str) -> None:
+def open_series(driver: webdriver.Chrome, url: str, study: str, series: str,
+                window: tuple[int, int] = (WIDTH, CENTRE)) -> None:
     driver.get(f"{url}/ui/viewer?study={study}&series={series}")
     wait("the series shown", lambda: driver.execute_script("return document.body.dataset.ready") == series, 60)
-    set_window(driver)
+    set_window(driver, window)
 
 
 def status_text(driver: webdriver.Chrome) -> str:
@@ -203,7 +268,7 @@ def test_viewer_shows_the_stored_pixels(tmp_path: Path, browser: webdriver.Chrom
         # uncompressed CT: three slices, scrolled by keyboard and by the slider
         open_series(browser, url, study, series["plain"])
         assert browser.find_elements(By.CSS_SELECTOR, "#series button.series")
-        assert len(browser.find_elements(By.CSS_SELECTOR, "#series button.series")) == 3
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#series button.series")) == 6
         check_image(browser, 0, "uncompressed")
         assert browser.find_element(By.ID, "position").text == "Image 1 / 3"
         browser.find_element(By.ID, "viewport").click()  # focus (and a window/level click without a drag)
@@ -236,6 +301,17 @@ def test_viewer_shows_the_stored_pixels(tmp_path: Path, browser: webdriver.Chrom
         check_image(browser, 3, "multi-frame RLE frame 1")
         browser.find_element(By.ID, "viewport").send_keys(Keys.ARROW_DOWN)
         check_image(browser, 4, "multi-frame RLE frame 2")
+        # JPEG 2000 lossless (OpenJPEG) and JPEG lossless SV1 (jpeg-lossless-decoder-js), signed 16-bit
+        for kind in ("jpeg2000", "jpeg-lossless"):
+            open_series(browser, url, study, series[kind])
+            check_image(browser, 0, kind)
+            browser.find_element(By.ID, "viewport").send_keys(Keys.ARROW_DOWN)
+            check_image(browser, 1, f"{kind} after ArrowDown")
+        # JPEG baseline (libjpeg-turbo), 8-bit: lossy, but a constant 8x8 block survives within 3 grey levels
+        open_series(browser, url, study, series["jpeg-baseline"], WINDOW8)
+        check_image(browser, 0, "JPEG baseline", eight_bit=True, tolerance=3)
+        browser.find_element(By.ID, "viewport").send_keys(Keys.ARROW_DOWN)
+        check_image(browser, 1, "JPEG baseline after ArrowDown", eight_bit=True, tolerance=3)
         assert not browser.execute_script("return document.body.dataset.failed"), status_text(browser)
 
         # opening the study is audited with the user (110103 Instances Accessed)
