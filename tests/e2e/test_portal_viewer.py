@@ -23,8 +23,11 @@ import gdcm  # type: ignore[import-untyped]
 import numpy as np
 import pydicom
 import pytest
+from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless, generate_uid
 from selenium import webdriver
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
@@ -144,6 +147,16 @@ def make_study(root: Path) -> tuple[str, dict[str, str]]:
         ds.save_as(root / f"baseline-{k}.dcm", enforce_file_format=True)
         gdcm_compress(root / f"baseline-{k}.dcm", root / "plain" / "jpeg-baseline" / f"{k}.dcm",
                       gdcm.TransferSyntax.JPEGBaselineProcess1)
+    # one JPEG-LS instance whose codestream is garbage (a well-formed file around it)
+    series["corrupt"] = generate_uid()
+    ds = pydicom.dcmread(sorted(files)[0])
+    new_series(ds, series["corrupt"], 8)
+    ds.SeriesDescription = "corrupt"
+    ds.PixelRepresentation = 0
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(range(256)) * 4])
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    (root / "plain" / "corrupt").mkdir()
+    ds.save_as(root / "plain" / "corrupt" / "0.dcm", enforce_file_format=True)
     frames = synthetic.generate_multiframe(root / "plain" / "multi", frames=3, rows=ROWS, columns=COLUMNS,
                                            seed=71, study_uid=study, series_number=3, compressed=False)
     ds = pydicom.dcmread(frames[0])
@@ -268,7 +281,7 @@ def test_viewer_shows_the_stored_pixels(tmp_path: Path, browser: webdriver.Chrom
         # uncompressed CT: three slices, scrolled by keyboard and by the slider
         open_series(browser, url, study, series["plain"])
         assert browser.find_elements(By.CSS_SELECTOR, "#series button.series")
-        assert len(browser.find_elements(By.CSS_SELECTOR, "#series button.series")) == 6
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#series button.series")) == 7
         check_image(browser, 0, "uncompressed")
         assert browser.find_element(By.ID, "position").text == "Image 1 / 3"
         browser.find_element(By.ID, "viewport").click()  # focus (and a window/level click without a drag)
@@ -280,6 +293,15 @@ def test_viewer_shows_the_stored_pixels(tmp_path: Path, browser: webdriver.Chrom
         slider.send_keys(Keys.END)
         wait("the last image", lambda: browser.find_element(By.ID, "position").text == "Image 3 / 3")
         check_image(browser, 2, "uncompressed after the slider")
+        # the mouse: the wheel scrolls back, a left-button drag changes the window (the default tool)
+        viewport = browser.find_element(By.ID, "viewport")
+        ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(viewport), 0, -120).perform()
+        wait("the wheel scroll", lambda: browser.find_element(By.ID, "position").text == "Image 2 / 3")
+        check_image(browser, 1, "uncompressed after the wheel")
+        ActionChains(browser).move_to_element(viewport).click_and_hold().move_by_offset(60, 40).release().perform()
+        wait("the window dragged", lambda: browser.execute_script("return document.body.dataset.window")
+             != f"{WIDTH},{CENTRE}")
+        set_window(browser)
         assert_accessible(browser, "viewer")
         screenshot(browser, "portal-viewer")
 
@@ -313,6 +335,10 @@ def test_viewer_shows_the_stored_pixels(tmp_path: Path, browser: webdriver.Chrom
         browser.find_element(By.ID, "viewport").send_keys(Keys.ARROW_DOWN)
         check_image(browser, 1, "JPEG baseline after ArrowDown", eight_bit=True, tolerance=3)
         assert not browser.execute_script("return document.body.dataset.failed"), status_text(browser)
+
+        # a frame that cannot be decoded: a clear message, not a silent black square
+        browser.get(f"{url}/ui/viewer?study={study}&series={series['corrupt']}")
+        wait("the decode error", lambda: "Could not decode this image" in status_text(browser))
 
         # opening the study is audited with the user (110103 Instances Accessed)
         entries = mesh.audit(node)

@@ -3,7 +3,7 @@
 // and the WebAssembly codecs are served from /ui/static/viewer/). Values from the server go into the page as
 // text only (textContent), never as HTML.
 import {
-  Enums, RenderingEngine, init as coreInit, metaData, utilities,
+  Enums, RenderingEngine, eventTarget, init as coreInit, metaData, utilities,
 } from "@cornerstonejs/core";
 import {
   Enums as ToolEnums, PanTool, StackScrollTool, ToolGroupManager, WindowLevelTool, ZoomTool,
@@ -101,13 +101,14 @@ async function openSeries(index) {
     b.setAttribute("aria-pressed", i === index ? "true" : "false");
   }
   document.body.dataset.ready = "";
+  document.body.dataset.failed = "";
   status(`Loading series ${series.number}…`);
   await state.viewport.setStack(series.imageIds, 0);
   $("preset").value = "file";
   state.viewport.render();
   showPosition();
   text("series-title", `${series.modality} ${series.description}`.trim() || series.uid);
-  status(`${series.imageIds.length} image(s)`);
+  if (!document.body.dataset.failed) status(`${series.imageIds.length} image(s)`);
   document.body.dataset.ready = series.uid;
 }
 
@@ -279,6 +280,13 @@ async function start() {
   chooseTool("wl");
   element.addEventListener(Enums.Events.STACK_NEW_IMAGE, showPosition);
   element.addEventListener(Enums.Events.VOI_MODIFIED, showPosition);
+  // an image that cannot be fetched or decoded (a corrupt frame, a transfer syntax without a decoder) says so
+  eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_ERROR, (event) => {
+    const detail = event.detail || {};
+    const reason = detail.error && detail.error.message ? detail.error.message : String(detail.error || "");
+    status(`Could not decode this image${reason ? `: ${reason}` : ""}`, true);
+    document.body.dataset.failed = "1";
+  });
 
   const list = $("series");
   const items = state.series.map((s, i) => {
