@@ -345,7 +345,17 @@ def test_viewer_shows_the_stored_pixels(tmp_path: Path, browser: webdriver.Chrom
         assert any(e.get("event_code") == 110103 and e.get("actor") == "user:radiologist"
                    and e.get("action") == "wado-metadata" for e in entries), entries[-5:]
 
+        # signed out while viewing: the next image is refused (401), and the page says so
+        open_series(browser, url, study, series["plain"])
+        browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('/ui/api/session').then(r => r.json()).then(s => fetch('/ui/logout', {method: 'POST',"
+            " headers: {'X-CSRF-Token': s.csrf}})).then(r => done(r.status), e => done(String(e)));")
+        browser.find_element(By.ID, "viewport").send_keys(Keys.END)
+        wait("the refused image", lambda: "refused the image" in status_text(browser))
+
         # a study this node does not hold: a clear message, no image
+        login(browser, url, radiologist)
         browser.get(f"{url}/ui/viewer?study=1.2.3.999")
         wait("the not-held message", lambda: "holds no study" in status_text(browser))
 

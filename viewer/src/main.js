@@ -283,8 +283,17 @@ async function start() {
   // an image that cannot be fetched or decoded (a corrupt frame, a transfer syntax without a decoder) says so
   eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_ERROR, (event) => {
     const detail = event.detail || {};
-    const reason = detail.error && detail.error.message ? detail.error.message : String(detail.error || "");
-    status(`Could not decode this image${reason ? `: ${reason}` : ""}`, true);
+    const error = detail.error || {};
+    // the loader rejects with the XMLHttpRequest itself when the node refuses the instance
+    const http = typeof error.status === "number" && error.status >= 400 ? error.status : 0;
+    if (http === 401 || http === 403) {
+      status("The node refused the image: your session has expired or you may not read images (sign in again on the portal's front page).", true);
+    } else if (http) {
+      status(`The node could not send this image (HTTP ${http}).`, true);
+    } else {
+      const reason = error.message || (typeof error === "string" ? error : "");
+      status(`Could not decode this image${reason ? `: ${reason}` : ""}`, true);
+    }
     document.body.dataset.failed = "1";
   });
 
