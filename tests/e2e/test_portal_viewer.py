@@ -351,7 +351,8 @@ def test_viewer_shows_the_stored_pixels(tmp_path: Path, browser: webdriver.Chrom
             "const done = arguments[arguments.length - 1];"
             "fetch('/ui/api/session').then(r => r.json()).then(s => fetch('/ui/logout', {method: 'POST',"
             " headers: {'X-CSRF-Token': s.csrf}})).then(r => done(r.status), e => done(String(e)));")
-        browser.find_element(By.ID, "viewport").send_keys(Keys.END)
+        # another series of the same page (its first image not loaded yet: the thumbnails show the middle one)
+        browser.find_elements(By.CSS_SELECTOR, "#series button.series")[4].click()
         wait("the refused image", lambda: "refused the image" in status_text(browser))
 
         # a study this node does not hold: a clear message, no image

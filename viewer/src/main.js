@@ -7,7 +7,7 @@ import {
 } from "@cornerstonejs/core";
 import {
   Enums as ToolEnums, PanTool, StackScrollTool, ToolGroupManager, WindowLevelTool, ZoomTool,
-  addTool, init as toolsInit,
+  addTool, init as toolsInit, utilities as toolUtilities,
 } from "@cornerstonejs/tools";
 import { init as loaderInit } from "@cornerstonejs/dicom-image-loader";
 
@@ -104,6 +104,8 @@ async function openSeries(index) {
   document.body.dataset.failed = "";
   status(`Loading series ${series.number}…`);
   await state.viewport.setStack(series.imageIds, 0);
+  // the rest of the series loads in the background, nearest images first, so scrolling does not wait
+  toolUtilities.stackPrefetch.enable(state.viewport.element);
   $("preset").value = "file";
   state.viewport.render();
   showPosition();
