@@ -64,7 +64,13 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        " frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 #: a page that needs more than CSP (the viewer's WebAssembly codecs need 'wasm-unsafe-eval', its workers
 #: worker-src 'self' blob:), by file name
-PAGE_CSP: dict[str, str] = {}
+PAGE_CSP: dict[str, str] = {
+    # Cornerstone3D: its WebAssembly codecs (JPEG-LS, JPEG 2000, HTJ2K, JPEG baseline, JPEG XL) are compiled in a
+    # module worker started from /ui/static/viewer/; its tools draw their mouse cursors as blob: images. No eval,
+    # no CDN, nothing from another origin
+    "viewer.html": CSP.replace("script-src 'self';", "script-src 'self' 'wasm-unsafe-eval'; worker-src 'self';")
+                      .replace("img-src 'self' data:;", "img-src 'self' data: blob:;"),
+}
 
 
 def _static(name: str) -> bytes | None:

@@ -99,6 +99,13 @@ function markSelected(tr, manifest) {
   return tr;
 }
 
+// the viewer (viewer.html) for a study this node holds whole: shown to a user who may read images
+function viewLink(r) {
+  if (!r.study_uid || !["complete", "receipted"].includes(r.state)) return null;
+  return el("a", { class: "view-link", href: `/ui/viewer?study=${encodeURIComponent(r.study_uid)}`,
+                   "aria-label": `View study ${r.description || ""}`.trim() }, "View");
+}
+
 const render = {
   inbox(data) {
     fill(document.getElementById("inbox-table"), data.rows, (r) => markSelected(el("tr", { "data-manifest": r.manifest_id },
@@ -107,7 +114,7 @@ const render = {
       el("td", {}, el("span", { class: "pill " + r.priority }, r.priority)),
       el("td", {}, patient(r, data.identifiers)),
       el("td", {}, study(r, data.identifiers), el("div", { class: "muted" }, `${r.instances} instances`),
-        ...addressing(r)),
+        ...addressing(r), viewLink(r)),
       el("td", { class: "state state-" + r.state }, r.state),
       el("td", {}, progress(r.blocks_done, r.blocks_total, r.bytes_done, r.bytes_total)),
       el("td", {}, r.first_instance_ms === null ? "" : `${r.first_instance_ms} ms`),
