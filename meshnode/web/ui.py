@@ -13,6 +13,7 @@ Patient identifiers appear only for a logged-in user with the read role.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -157,7 +158,13 @@ class Ui:
             raise HttpError(404, "no such file")
         if kind.startswith("text/html"):
             return self._html(name)
-        return bytes_response(200, data, kind)
+        # the viewer's bundle is megabytes: the browser keeps it and asks again with If-None-Match (a
+        # 304 costs nothing); every other response of the listener stays no-store
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        headers = {"etag": etag, "cache-control": "private, no-cache"}
+        if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+            return Response(b"", 304, headers=headers)
+        return bytes_response(200, data, kind, headers)
 
     # -- login ------------------------------------------------------------------------------
     async def _login(self, request: Request) -> Response:
