@@ -353,4 +353,19 @@ MIGRATIONS = (
          ORDER BY m.revision DESC LIMIT 1), '')
      WHERE source = 'received'
     """,
+    # 18: portal sign-in: a user's display name and email (notifications), where the account comes from
+    # (local: password + TOTP, oidc: created by single sign-on), the Argon2 password hash, the TOTP secret and
+    # the last TOTP time step accepted (a code is good once), when the credentials were last set (sessions
+    # opened before end); indexes for the users page's type-ahead (prefix of display name or email)
+    """
+    ALTER TABLE users ADD COLUMN display_name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN email TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN source TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE users ADD COLUMN password_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN totp_secret TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN credentials_ms INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX users_by_display_name ON users (display_name COLLATE NOCASE);
+    CREATE INDEX users_by_email ON users (email COLLATE NOCASE)
+    """,
 )
