@@ -161,4 +161,5 @@ class UsersWeb:
         enrolment = await self.auth.run_sync(lambda: signin.enrol(self.auth.store, name, "", now_ms, self.issuer))
         ended = self.auth.end_sessions(name)
         await self._audit(request, "user-credentials-reset", f"{name}, {ended} session(s) ended (portal)")
-        return json_response(200, {"user": user_view(await self._existing(name)), **enrolment_view(enrolment)})
+        return json_response(200, {"user": user_view(await self._existing(name)), **enrolment_view(enrolment),
+                                    "sessions_ended": ended})
