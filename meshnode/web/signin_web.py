@@ -172,7 +172,6 @@ class SignInWeb:
         oidc = self._oidc_client()
         params = {k: v[-1] for k, v in query(request).items() if v}
         self._throttle(request, "(oidc)")
-        clear = f"{OIDC_COOKIE}=; Path=/ui/oidc/; HttpOnly; SameSite=Lax; Max-Age=0"
         try:
             if "error" in params:
                 raise SignOnRefused(f"the provider answered {params['error'][:60]!r}")
@@ -187,7 +186,10 @@ class SignInWeb:
                                      "not usable; see the node's log") from None
         p = Principal(user.name, user.roles, "session", method="oidc")
         session = await self._signed_in(request, p, f" (sub {str(claims.get('sub'))[:80]})")
-        return _onward(self._cookie(request, session), clear)
+        # (the state cookie is left to expire: its state is used up here)
+        return bytes_response(200, _ONWARD, "text/html; charset=utf-8", {
+            "cache-control": "no-store", "set-cookie": self._cookie(request, session),
+            "content-security-policy": "default-src 'none'; frame-ancestors 'none'"})
 
     async def _oidc_user(self, claims: dict[str, Any]) -> User:
         """The local user of a verified ID token: created on the first sign-in, roles from the claims each
@@ -228,10 +230,3 @@ class SignInWeb:
 
         return await self.auth.run_sync(update)
 
-
-def _onward(session_cookie: str, clear: str) -> Response:
-    response = bytes_response(200, _ONWARD, "text/html; charset=utf-8", {
-        "cache-control": "no-store", "content-security-policy": "default-src 'none'; frame-ancestors 'none'"})
-    response.headers.append("set-cookie", session_cookie)
-    response.headers.append("set-cookie", clear)
-    return response
