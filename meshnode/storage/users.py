@@ -52,14 +52,14 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 
 
 def check_user_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise LocalProtocolError(f"user name {name!r}: 1-64 of a-z 0-9 . _ @ -, starting with a letter or digit")
     return name
 
 
 def check_email(email: str) -> str:
     """'' (none) or one plain address (it goes into an SMTP envelope: no spaces, brackets, quotes or commas)."""
-    if email and (len(email) > MAX_EMAIL or not _EMAIL.match(email)):
+    if email and (len(email) > MAX_EMAIL or not _EMAIL.fullmatch(email)):
         raise LocalProtocolError(f"email {email[:80]!r}: give one plain address like name@example.nhs.uk")
     return email
 
