@@ -28,6 +28,7 @@ from meshnode.web.reconcile_web import ReconcileWeb
 from meshnode.web.server import serve_http
 from meshnode.web.services import WebServices
 from meshnode.web.stow import Stow
+from meshnode.web import signin
 from meshnode.web.oidc import OidcClient
 from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
@@ -81,7 +82,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                                lambda: ctx.changed)).routes(),
                     *SignInWeb(services, auth, OidcClient(http.oidc, ctx.clock) if http.oidc else None,
                                pages=ui).routes(),
-                    *UsersWeb(services, auth, f"dicom-mesh {ctx.org}").routes(),
+                    *UsersWeb(services, auth, signin.issuer(ctx.org)).routes(),
                     *ReconcileWeb(lambda: node.gateway.reconciler, ctx.db, audit, ctx.clock).routes(),
                     *ConflictsHttp(lambda: node.gateway.conflicts).routes(),
                 ]

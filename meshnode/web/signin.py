@@ -53,6 +53,11 @@ class Enrolment:
     password: str = ""  # set only when generated here (shown once)
 
 
+def issuer(org: str) -> str:
+    """The label an authenticator app shows for this node's TOTP entries."""
+    return f"{ISSUER} {org}" if org else ISSUER
+
+
 def check_password(password: str) -> str:
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise LocalProtocolError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
