@@ -106,8 +106,16 @@ def search_key(user: User) -> str:
     return f"{user.name}\n{user.display_name.lower()}\n{user.email.lower()}"
 
 
+#: shorter search text matches only the start of a name, display name or email (a substring of one or two
+#: letters says little, and would cost a scan of every user)
+MIN_SUBSTRING = 3
+
+
 def matches(user: User, text: str) -> bool:
-    """The users page's type-ahead: `text` (lower case) anywhere in the name, display name or email."""
+    """The users page's type-ahead: `text` (lower case) at the start of the name, display name or email, or,
+    from MIN_SUBSTRING characters on, anywhere in them."""
+    if len(text) < MIN_SUBSTRING:
+        return any(part.startswith(text) for part in search_key(user).split("\n"))
     return text in search_key(user)
 
 
@@ -147,8 +155,8 @@ class UserStore(Protocol):
     def set_profile(self, name: str, display_name: str, email: str) -> None: ...
 
     def search_users(self, text: str, limit: int = SEARCH_LIMIT) -> list[User]:
-        """Users whose name, display name or email contains `text` (case-insensitive), those starting with it
-        first, then by name; at most `limit`."""
+        """Users whose name, display name or email starts with `text` or (MIN_SUBSTRING characters or more)
+        contains it, case-insensitive; those starting with it first, then by name; at most `limit`."""
         ...
 
     def credentials(self, name: str) -> Credentials | None: ...

@@ -35,10 +35,12 @@ def test_profile_credentials_and_totp_steps(store: UserStore) -> None:
     store.set_disabled("alice", True)
     user = store.user("alice")
     assert user is not None and user.display_name == "Dr Alice Smith" and user.email == "" and user.disabled
-    for change in (lambda: store.set_profile("bob", "", ""), lambda: store.set_disabled("bob", True),
-                   lambda: store.set_credentials("bob", "", "", 1)):
-        with pytest.raises(NotFoundError):
-            change()
+    with pytest.raises(NotFoundError):
+        store.set_profile("bob", "", "")
+    with pytest.raises(NotFoundError):
+        store.set_disabled("bob", True)
+    with pytest.raises(NotFoundError):
+        store.set_credentials("bob", "", "", 1)
     assert not store.use_totp_step("bob", 1)
 
 
@@ -52,7 +54,7 @@ def test_search_by_prefix_and_substring_prefix_first(store: UserStore) -> None:
     assert [u.name for u in store.search_users("SMITHSON")] == ["smithy"]
     assert [u.name for u in store.search_users("bob")] == ["bjones"]
     assert [u.name for u in store.search_users("100%")] == ["d_100%"]  # no LIKE wildcards
-    assert store.search_users("%") == [u for u in store.search_users("100%")]
+    assert store.search_users("%") == []  # one character: prefixes only, and no wildcard
     assert store.search_users("nobody-like-this") == []
     assert len(store.search_users("", limit=2)) == 2
 
@@ -73,3 +75,20 @@ def test_a_user_name_with_a_trailing_newline_is_refused() -> None:
     from meshnode.storage.users import check_user_name
     with pytest.raises(LocalProtocolError):
         check_user_name("alice\n")
+
+
+def test_search_follows_profile_changes_and_short_text(store: UserStore) -> None:
+    store.add_user(User("u1", ("clinician",), 1, display_name="Priya Okafor", email="p.okafor@rj1.nhs.uk"))
+    store.add_user(User("u2", ("clinician",), 1, display_name="Tomasz Nowak", email="t.nowak@rgt.nhs.uk"))
+    assert [u.name for u in store.search_users("kafo")] == ["u1"]  # inside a word (the trigram index)
+    assert [u.name for u in store.search_users("rj1.nhs")] == ["u1"]
+    store.set_profile("u1", "Priya Mensah", "p.mensah@rj1.nhs.uk")
+    assert store.search_users("kafo") == []  # the index follows the change
+    assert [u.name for u in store.search_users("ensa")] == ["u1"]
+    assert store.search_users("wa") == []  # two characters: prefixes only
+    assert [u.name for u in store.search_users("to")] == ["u2"]
+    assert [u.name for u in store.search_users("t.")] == ["u2"]
+    assert store.search_users('"ow') == []  # a quote is text, not FTS syntax
+    store.add_user(User("u3", ("clinician",), 1, display_name='Quote "owl" Test'))
+    assert [u.name for u in store.search_users('"ow')] == ["u3"]
+    assert [u.name for u in store.search_users("NOWAK")] == ["u2"]
