@@ -2,7 +2,7 @@
 
     GET  /ui/login            the sign-in page (static/login.html)
     GET  /ui/api/signin       which methods this node offers (the single sign-on button's label)
-    POST /ui/login            {user, password, code} or {token} -> session cookie (HttpOnly, SameSite=Strict,
+    POST /ui/login            JSON {user, password, code} or {token} -> session cookie (HttpOnly, SameSite=Strict,
                               Secure on https) and the session's anti-CSRF token
     POST /ui/logout           ends the session (needs the anti-CSRF token like every session POST)
     GET  /ui/oidc/start       -> 302 to the identity provider (state, nonce, PKCE)
@@ -112,6 +112,10 @@ class SignInWeb:
 
     # -- password + TOTP, or token ----------------------------------------------------------
     async def _login(self, request: Request) -> Response:
+        # JSON only: another site's HTML form (urlencoded or text/plain, no CORS preflight) must not be able to
+        # sign a browser in as the attacker (login CSRF); a cross-site JSON request needs a preflight never granted
+        if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != "application/json":
+            raise HttpError(415, "send the sign-in as JSON (Content-Type: application/json)")
         fields = await form(request, MAX_LOGIN_BODY)
         token = fields.get("token", "").strip()
         name = fields.get("user", "").strip().lower()

@@ -80,7 +80,8 @@ async def test_guessing_is_rate_limited_per_user_and_per_address(store: UserStor
 async def test_oversized_and_malformed_login_bodies(store: UserStore) -> None:
     portal = make_portal(store)
     portal.user("alice", "clinician")
-    huge = await portal.call("POST", "/ui/login", raw=b'{"user": "' + b"a" * 100_000 + b'"}')
+    huge = await portal.call("POST", "/ui/login", raw=b'{"user": "' + b"a" * 100_000 + b'"}',
+                             content_type="application/json")
     assert huge.status == 413
     not_json = await portal.call("POST", "/ui/login", raw=b"{not json", content_type="application/json")
     assert not_json.status == 400 and "not JSON" in not_json.json()["message"]
@@ -177,3 +178,17 @@ async def test_disabled_users_and_revoked_tokens_cannot_sign_in(store: UserStore
     token, record = issue_token(store, "robot", "", int(NOW * 1000))
     store.revoke_token(record.token_id)
     assert (await portal.call("POST", "/ui/login", json={"token": token})).status == 401
+
+
+async def test_a_cross_site_form_cannot_sign_the_browser_in(store: UserStore) -> None:
+    """Login CSRF: another site's HTML form (urlencoded: no CORS preflight) posting the attacker's own
+    credentials would sign the victim's browser in as the attacker. Only a JSON body (which a cross-site page
+    can send only after a preflight the node never grants) is accepted."""
+    portal = make_portal(store)
+    portal.user("mallory", "clinician")
+    form = f"user=mallory&password={PASSWORD.replace(' ', '+')}&code={portal.code('mallory')}".encode()
+    reply = await portal.call("POST", "/ui/login", raw=form, content_type="application/x-www-form-urlencoded")
+    assert reply.status == 415 and "set-cookie" not in reply.headers
+    text = await portal.call("POST", "/ui/login", raw=form, content_type="text/plain")
+    assert text.status == 415
+    assert (await portal.login("mallory")).status == 200  # the same credentials as JSON
