@@ -39,10 +39,15 @@ class LoginLimiter:
             del self._failures[key]
         return times
 
+    def _keys(self, user: str, client: str) -> list[tuple[str, int]]:
+        """`user` '' (a token or single sign-on attempt): counted per address only."""
+        keys = [(f"client:{client}", self.per_client)]
+        return [(f"user:{user}", self.per_user), *keys] if user else keys
+
     def retry_after(self, user: str, client: str, now: float) -> float:
         """Seconds until an attempt for `user` from `client` may be made (0: now)."""
         wait = 0.0
-        for key, most in ((f"user:{user}", self.per_user), (f"client:{client}", self.per_client)):
+        for key, most in self._keys(user, client):
             times = self._recent(key, now)
             if len(times) >= most:
                 wait = max(wait, times[len(times) - most] + self.window_s - now)
@@ -53,7 +58,7 @@ class LoginLimiter:
             stalest = sorted(self._failures, key=lambda k: self._failures[k][-1])[:MAX_KEYS // 10]
             for key in stalest:
                 del self._failures[key]
-        for key, most in ((f"user:{user}", self.per_user), (f"client:{client}", self.per_client)):
+        for key, most in self._keys(user, client):
             times = self._failures.setdefault(key, deque())
             times.append(now)
             while len(times) > most:

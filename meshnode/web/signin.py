@@ -21,7 +21,7 @@ import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from meshnode.storage.users import User, UserStore
+from meshnode.storage.users import Credentials, User, UserStore
 from protocol.errors import LocalProtocolError, NotFoundError
 
 MIN_PASSWORD = 12
@@ -92,21 +92,24 @@ def totp_step(secret: str, code: str, now: float) -> int | None:
     return found
 
 
-def verify(store: UserStore, name: str, password: str, code: str, now: float) -> User:
-    """The user, if the password and TOTP code are right (the code's step is then used up); SignInRefused
-    otherwise. Blocking (Argon2, the store): run it in a thread."""
-    user = store.user(name) if len(name) <= 64 else None
-    credentials = store.credentials(name) if user is not None else None
-    stored = credentials.password_hash if credentials is not None and credentials.password_hash else ""
+def password_ok(credentials: Credentials | None, password: str) -> bool:
+    """Argon2 verification (CPU- and memory-hard: run it in a thread); an account without a password costs
+    the same as one with."""
+    stored = credentials.password_hash if credentials is not None else ""
     try:
-        ok = _HASHER.verify(stored or _DUMMY_HASH, password[:MAX_PASSWORD]) and bool(stored)
+        return _HASHER.verify(stored or _DUMMY_HASH, password[:MAX_PASSWORD]) and bool(stored)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
-        ok = False
+        return False
+
+
+def decide(user: User | None, credentials: Credentials | None, password_matched: bool, code: str,
+           now: float) -> int:
+    """The TOTP time step to use up if the sign-in may go on; SignInRefused (with the reason) otherwise."""
     if user is None or credentials is None:
         raise SignInRefused("unknown user")
-    if not stored:
+    if not credentials.password_hash:
         raise SignInRefused("no password set")
-    if not ok:
+    if not password_matched:
         raise SignInRefused("wrong password")
     if user.disabled:
         raise SignInRefused("user disabled")
@@ -115,6 +118,22 @@ def verify(store: UserStore, name: str, password: str, code: str, now: float) ->
     step = totp_step(credentials.totp_secret, code, now)
     if step is None:
         raise SignInRefused("wrong TOTP code")
-    if not store.use_totp_step(name, step):
+    return step
+
+
+def use_step(store: UserStore, user: User | None, step: int) -> User:
+    """Use up the step (atomically in the store): a second sign-in with the same code is refused."""
+    if user is None:
+        raise SignInRefused("unknown user")
+    if not store.use_totp_step(user.name, step):
         raise SignInRefused("TOTP code used already (replay)")
     return user
+
+
+def verify(store: UserStore, name: str, password: str, code: str, now: float) -> User:
+    """The user, if the password and TOTP code are right (the code's step is then used up); SignInRefused
+    otherwise. Blocking (Argon2, the store); the portal runs the pieces on their own threads."""
+    user = store.user(name) if len(name) <= 64 else None
+    credentials = store.credentials(name) if user is not None else None
+    step = decide(user, credentials, password_ok(credentials, password), code, now)
+    return use_step(store, user, step)

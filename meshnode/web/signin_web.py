@@ -19,6 +19,7 @@ import logging
 import math
 from typing import Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 OIDC_COOKIE = "meshnode_oidc"
 MAX_LOGIN_BODY = 4096
+#: Argon2 verifications at once (each takes tens of ms and 64 MiB)
+HASHING_THREADS = 2
 #: after the provider's redirect (a cross-site navigation the SameSite=Strict cookie is not sent on), this
 #: same-site page moves the browser on, so the first portal request carries the new session cookie
 _ONWARD = (b'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=/ui/">'
@@ -60,6 +63,7 @@ class SignInWeb:
         self.oidc = oidc
         self.limiter = limiter or LoginLimiter()
         self.pages = pages  # the Ui, for serving login.html
+        self._hashing = trio.CapacityLimiter(HASHING_THREADS)
 
     def routes(self) -> list[Route]:
         return [
@@ -119,7 +123,7 @@ class SignInWeb:
         fields = await form(request, MAX_LOGIN_BODY)
         token = fields.get("token", "").strip()
         name = fields.get("user", "").strip().lower()
-        self._throttle(request, name or "(token)")
+        self._throttle(request, "" if token else name)
         if token:
             p = await self.auth.token(token)
             if p is None:
@@ -131,8 +135,16 @@ class SignInWeb:
             if not name or not password or not code:
                 raise HttpError(400, "give user, password and code (or a token)")
             now = self.s.clock()
+            store = self.auth.store
             try:
-                user = await self.auth.run_sync(lambda: signin.verify(self.auth.store, name, password, code, now))
+                known = name if len(name) <= 64 else ""
+                found, credentials = await self.auth.run_sync(
+                    lambda: (store.user(known), store.credentials(known)) if known else (None, None))
+                # Argon2 on its own threads: sign-ins never hold up the user store's thread (token checks)
+                matched = await trio.to_thread.run_sync(signin.password_ok, credentials, password,
+                                                        limiter=self._hashing)
+                step = signin.decide(found, credentials, matched, code, now)
+                user = await self.auth.run_sync(lambda: signin.use_step(store, found, step))
             except signin.SignInRefused as exc:
                 raise await self._refuse(request, name, "password+totp", exc.reason) from None
             p = Principal(user.name, user.roles, "session", method="password+totp")
@@ -160,7 +172,7 @@ class SignInWeb:
 
     async def _oidc_start(self, request: Request) -> Response:
         oidc = self._oidc_client()
-        self._throttle(request, "(oidc)")
+        self._throttle(request, "")
         try:
             url, state = await oidc.start()
         except MeshError as exc:
@@ -175,7 +187,7 @@ class SignInWeb:
     async def _oidc_callback(self, request: Request) -> Response:
         oidc = self._oidc_client()
         params = {k: v[-1] for k, v in query(request).items() if v}
-        self._throttle(request, "(oidc)")
+        self._throttle(request, "")
         try:
             if "error" in params:
                 raise SignOnRefused(f"the provider answered {params['error'][:60]!r}")

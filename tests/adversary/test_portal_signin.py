@@ -14,7 +14,10 @@ from meshnode.storage.sqlite_users import SqliteUserStore
 from meshnode.storage.users import MemoryUserStore, UserStore
 from meshnode.web.auth import add_user, issue_token
 from meshnode.web.login_limit import PER_CLIENT, PER_USER, WINDOW_S
-from tests.meshnode.web.portal_app import NOW, PASSWORD, make_portal, session_of
+from tests.meshnode.web.portal_app import NOW, PASSWORD, cheap_hashing, make_portal, session_of
+
+__all__ = ["cheap_hashing"]
+pytestmark = pytest.mark.usefixtures("cheap_hashing")
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -192,3 +195,16 @@ async def test_a_cross_site_form_cannot_sign_the_browser_in(store: UserStore) ->
     text = await portal.call("POST", "/ui/login", raw=form, content_type="text/plain")
     assert text.status == 415
     assert (await portal.login("mallory")).status == 200  # the same credentials as JSON
+
+
+async def test_bad_tokens_are_limited_per_address_without_locking_out_others(store: UserStore) -> None:
+    portal = make_portal(store)
+    add_user(store, "robot", ("read",), int(NOW * 1000))
+    token, _ = issue_token(store, "robot", "", int(NOW * 1000))
+    for i in range(PER_CLIENT):
+        assert (await portal.call("POST", "/ui/login", json={"token": f"mnt_guess{i}"},
+                                  client="10.0.0.66")).status == 401
+    assert (await portal.call("POST", "/ui/login", json={"token": token}, client="10.0.0.66")).status == 429
+    for i in range(PER_USER + 1):  # from many addresses: no shared "token user" to lock
+        await portal.call("POST", "/ui/login", json={"token": "mnt_x"}, client=f"10.1.0.{i}")
+    assert (await portal.call("POST", "/ui/login", json={"token": token}, client="10.2.0.1")).status == 200

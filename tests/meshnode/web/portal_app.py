@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyotp
+import pytest
+from argon2 import PasswordHasher
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -81,6 +83,15 @@ class Portal:
         reply = await self.login(name)
         assert reply.status == 200, reply.body
         return session_of(reply), str(reply.json()["csrf"])
+
+
+@pytest.fixture
+def cheap_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2 with the smallest cost, so the sign-in tests stay fast (what is tested is the logic around it;
+    the node uses argon2-cffi's defaults)."""
+    hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    monkeypatch.setattr(signin, "_HASHER", hasher)
+    monkeypatch.setattr(signin, "_DUMMY_HASH", hasher.hash("dummy"))
 
 
 def session_of(reply: Reply) -> str:

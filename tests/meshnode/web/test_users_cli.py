@@ -46,6 +46,9 @@ def test_users_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypat
         code = pyotp.TOTP(enrolled["totp_secret"]).at(now)
         user = signin.verify(store, "asmith", "a long enough password", code, now)
         assert user.display_name == "Dr Alice Smith" and user.email == "" and not user.disabled
+        stored = store.credentials("asmith")
+        assert stored is not None and stored.password_hash.startswith("$argon2id$")  # only the hash is kept
+        assert "a long enough password" not in (Path(home) / "node.db").read_bytes().decode("latin-1")
     finally:
         store.close()
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
