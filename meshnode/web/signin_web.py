@@ -15,6 +15,7 @@ address (meshnode.web.login_limit): beyond the limit, 429 with Retry-After, befo
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 from typing import Any
@@ -189,17 +190,22 @@ class SignInWeb:
         params = {k: v[-1] for k, v in query(request).items() if v}
         self._throttle(request, "")
         try:
-            if "error" in params:
-                raise SignOnRefused(f"the provider answered {params['error'][:60]!r}")
-            pending = oidc.take(params.get("state", ""), request.cookies.get(OIDC_COOKIE, ""))
-            claims = await oidc.finish(params.get("code", ""), pending)
-            user = await self._oidc_user(claims)
-        except (SignOnRefused, LocalProtocolError) as exc:
-            raise await self._refuse(request, "", "oidc", str(exc), 403,
-                                     f"single sign-on refused: {exc}") from None
-        except MeshError as exc:
-            raise await self._refuse(request, "", "oidc", str(exc), 502, "the identity provider's answer is "
-                                     "not usable; see the node's log") from None
+            try:
+                if "error" in params:
+                    raise SignOnRefused(f"the provider answered {params['error'][:60]!r}")
+                pending = oidc.take(params.get("state", ""), request.cookies.get(OIDC_COOKIE, ""))
+                claims = await oidc.finish(params.get("code", ""), pending)
+                user = await self._oidc_user(claims)
+            except (SignOnRefused, LocalProtocolError) as exc:
+                raise await self._refuse(request, "", "oidc", str(exc), 403,
+                                         f"single sign-on refused: {exc}") from None
+            except MeshError as exc:
+                raise await self._refuse(request, "", "oidc", str(exc), 502, "the identity provider's answer "
+                                         "is not usable; see the node's log") from None
+        except HttpError as refusal:
+            if "text/html" in request.headers.get("accept", ""):  # a person's browser: a page, not JSON
+                return _refusal_page(refusal)
+            raise
         p = Principal(user.name, user.roles, "session", method="oidc")
         session = await self._signed_in(request, p, f" (sub {str(claims.get('sub'))[:80]})")
         # (the state cookie is left to expire: its state is used up here)
@@ -246,3 +252,10 @@ class SignInWeb:
 
         return await self.auth.run_sync(update)
 
+
+def _refusal_page(refusal: HttpError) -> Response:
+    body = ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign-in refused</title></head>'
+            f"<body><main><h1>Sign-in refused</h1><p>{html.escape(refusal.message)}</p>"
+            '<p><a href="/ui/login">Back to the sign-in page</a></p></main></body></html>')
+    return bytes_response(refusal.status, body.encode(), "text/html; charset=utf-8", {
+        "cache-control": "no-store", "content-security-policy": "default-src 'none'; frame-ancestors 'none'"})

@@ -48,6 +48,8 @@ async def test_a_totp_code_is_good_once(store: UserStore) -> None:
     code = portal.code("alice")
     first = await portal.login("alice", code=code)
     assert first.status == 200 and first.json()["user"] == "alice"
+    cookie = first.headers["set-cookie"]
+    assert "; HttpOnly" in cookie and "; SameSite=Strict" in cookie and "Secure" not in cookie  # plain http
     portal.clock.now += 5  # same 30 s step: an observer replays the code with the password
     replay = await portal.login("alice", code=code)
     assert replay.status == 401

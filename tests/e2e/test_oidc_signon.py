@@ -114,15 +114,25 @@ async def test_forged_replayed_and_injected_callbacks_are_refused(provider: Prov
     back = await at_provider(authorize, "dr.jones")
     assert (await callback(portal, back, state)).status == 200
     assert (await callback(portal, back, state)).status == 403
+    # an error the "provider" sends back is shown as text, never as markup
+    page = await call(portal.app, "GET", "/ui/oidc/callback", query="error=%3Cscript%3Ealert(1)%3C/script%3E",
+                      headers={"Accept": "text/html"})
+    assert page.status == 403 and b"<script>" not in page.body and b"&lt;script&gt;" in page.body
     refusals = [e for e in portal.events if e.code is EventCode.USER_AUTHENTICATION and e.outcome is Outcome.MINOR_FAILURE]
-    assert len(refusals) == 5 and all("oidc" in e.detail for e in refusals)
+    assert len(refusals) == 6 and all("oidc" in e.detail for e in refusals)
 
 
 async def test_no_role_disabled_and_local_accounts_are_refused(provider: Provider, tmp_path: Path) -> None:
     portal = portal_for(provider, tmp_path)
     authorize, state = await start(portal)
-    reply = await callback(portal, await at_provider(authorize, "visitor"), state)
+    back = await at_provider(authorize, "visitor")
+    reply = await callback(portal, back, state)
     assert reply.status == 403 and "no role" in reply.json()["message"]
+    # a browser gets a page saying so (the text escaped), with the way back
+    page = await call(portal.app, "GET", "/ui/oidc/callback", query=urllib.parse.urlsplit(back).query + "&x=<b>",
+                      headers={"Accept": "text/html", "Cookie": f"{OIDC_COOKIE}={state}"})
+    assert page.status == 403 and page.headers["content-type"].startswith("text/html")
+    assert b"Sign-in refused" in page.body and b'href="/ui/login"' in page.body
     assert portal.store.user("visitor") is None
     authorize, state = await start(portal)
     assert (await callback(portal, await at_provider(authorize, "dr.jones"), state)).status == 200
