@@ -86,8 +86,13 @@ class SignInWeb:
         return json_response(200, {"password": True, "oidc": self.oidc.config.label if self.oidc else None})
 
     # -- helpers ----------------------------------------------------------------------------
+    def _secure(self, request: Request) -> str:
+        """Secure on https, and behind a TLS-terminating proxy ([http] public_url https://...)."""
+        https = request.url.scheme == "https" or self.s.config.public_url.startswith("https://")
+        return "; Secure" if https else ""
+
     def _cookie(self, request: Request, session: str) -> str:
-        secure = "; Secure" if request.url.scheme == "https" else ""
+        secure = self._secure(request)
         return (f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; "
                 f"Max-Age={self.s.config.session_hours * 3600}{secure}")
 
@@ -179,7 +184,7 @@ class SignInWeb:
         except MeshError as exc:
             log.warning("single sign-on cannot start: %s", exc)
             raise HttpError(503, "the identity provider cannot be reached; try again or sign in with a password")
-        secure = "; Secure" if request.url.scheme == "https" else ""
+        secure = self._secure(request)
         # SameSite=Lax: it must come back on the provider's top-level redirect to the callback
         return bytes_response(302, b"", "text/plain", {
             "location": url, "cache-control": "no-store",

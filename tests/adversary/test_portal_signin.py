@@ -210,3 +210,10 @@ async def test_bad_tokens_are_limited_per_address_without_locking_out_others(sto
     for i in range(PER_USER + 1):  # from many addresses: no shared "token user" to lock
         await portal.call("POST", "/ui/login", json={"token": "mnt_x"}, client=f"10.1.0.{i}")
     assert (await portal.call("POST", "/ui/login", json={"token": token}, client="10.2.0.1")).status == 200
+
+
+async def test_the_cookie_is_secure_behind_a_tls_proxy(store: UserStore) -> None:
+    portal = make_portal(store, public_url="https://pacs-gw.example.nhs.uk")
+    portal.user("alice", "clinician")
+    reply = await portal.login("alice")
+    assert reply.status == 200 and "; Secure" in reply.headers["set-cookie"]
