@@ -32,6 +32,9 @@ from protocol.errors import LocalProtocolError, RemoteProtocolError
 
 PENDING_S = 600.0
 MAX_PENDING = 10_000
+#: sign-ons in progress from one client address: more evicts that address's oldest (a flood of starts from
+#: one address cannot push out everyone else's)
+MAX_PENDING_PER_CLIENT = 50
 HTTP_TIMEOUT_S = 10.0
 MAX_RESPONSE = 1 << 20
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
@@ -48,6 +51,7 @@ class Pending:
     nonce: str
     verifier: str
     created: float
+    client: str = ""
 
 
 def _get_json(url: str, **kwargs: Any) -> dict[str, Any]:
@@ -102,16 +106,19 @@ class OidcClient:
             self._keys_at = now
         return self._keys
 
-    async def start(self) -> tuple[str, str]:
+    async def start(self, client: str = "") -> tuple[str, str]:
         """(the authorization URL to send the browser to, the state that binds it)."""
         meta = await self.metadata()
         now = self.clock()
+        mine = [k for k, v in self._pending.items() if v.client == client]
+        for key in mine[:max(0, len(mine) - MAX_PENDING_PER_CLIENT + 1)]:
+            del self._pending[key]
         if len(self._pending) >= MAX_PENDING:
             self._pending = {k: v for k, v in self._pending.items() if v.created + PENDING_S > now}
             while len(self._pending) >= MAX_PENDING:
                 self._pending.pop(next(iter(self._pending)))
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
-        self._pending[state] = Pending(nonce, verifier + secrets.token_urlsafe(16), now)
+        self._pending[state] = Pending(nonce, verifier + secrets.token_urlsafe(16), now, client)
         url = prepare_grant_uri(str(meta["authorization_endpoint"]), self.config.client_id, "code",
                                 redirect_uri=self.config.redirect_url, scope=" ".join(self.config.scopes),
                                 state=state, nonce=nonce,

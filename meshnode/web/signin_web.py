@@ -62,7 +62,8 @@ class SignInWeb:
         self.s = services
         self.auth = auth
         self.oidc = oidc
-        self.limiter = limiter or LoginLimiter()
+        self.limiter = limiter or LoginLimiter(services.config.login_failures_per_user,
+                                               services.config.login_failures_per_address)
         self.pages = pages  # the Ui, for serving login.html
         self._hashing = trio.CapacityLimiter(HASHING_THREADS)
 
@@ -180,7 +181,7 @@ class SignInWeb:
         oidc = self._oidc_client()
         self._throttle(request, "")
         try:
-            url, state = await oidc.start()
+            url, state = await oidc.start(client(request))
         except MeshError as exc:
             log.warning("single sign-on cannot start: %s", exc)
             raise HttpError(503, "the identity provider cannot be reached; try again or sign in with a password")

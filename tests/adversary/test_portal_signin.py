@@ -217,3 +217,11 @@ async def test_the_cookie_is_secure_behind_a_tls_proxy(store: UserStore) -> None
     portal.user("alice", "clinician")
     reply = await portal.login("alice")
     assert reply.status == 200 and "; Secure" in reply.headers["set-cookie"]
+
+
+async def test_the_limits_come_from_the_config(store: UserStore) -> None:
+    portal = make_portal(store, login_failures_per_user=2, login_failures_per_address=1000)
+    portal.user("alice", "clinician")
+    for _ in range(2):
+        assert (await portal.login("alice", code="123456")).status == 401
+    assert (await portal.login("alice")).status == 429

@@ -10,7 +10,8 @@ from meshnode.config import parse_config
 from protocol.errors import ConfigError
 from tests.meshnode.web.test_config import BASE
 
-OIDC = ('[http]\nlisten = "127.0.0.1:8731"\nsession_idle_seconds = 600\n[http.oidc]\n'
+OIDC = ('[http]\nlisten = "127.0.0.1:8731"\nsession_idle_seconds = 600\nlogin_failures_per_address = 500\n'
+        '[http.oidc]\n'
         'issuer = "https://login.example.nhs.uk/realms/staff/"\nclient_id = "meshnode-rgt"\n'
         'client_secret_file = "oidc.secret"\nredirect_url = "https://gw.example/ui/oidc/callback"\n'
         'role_claim = "groups"\n[http.oidc.roles]\n"pacs-team" = "pacs"\n"admins" = ["admin", "auditor"]\n')
@@ -20,7 +21,8 @@ def test_oidc_round_trip(tmp_path: Path) -> None:
     (tmp_path / "oidc.secret").write_text("the-client-secret\n")
     config = parse_config(BASE + OIDC, home=tmp_path)
     oidc = config.http.oidc
-    assert config.http.session_idle_seconds == 600
+    assert config.http.session_idle_seconds == 600 and config.http.login_failures_per_address == 500
+    assert config.http.login_failures_per_user == 5
     assert oidc is not None and oidc.issuer == "https://login.example.nhs.uk/realms/staff"
     assert oidc.client_secret == "the-client-secret" and oidc.username_claim == "preferred_username"
     assert oidc.roles_for(["pacs-team", "admins", "canteen"]) == ("admin", "auditor", "pacs")

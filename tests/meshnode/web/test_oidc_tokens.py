@@ -13,7 +13,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
-from meshnode.web.oidc import OidcClient, Pending, SignOnRefused
+from meshnode.web.oidc import MAX_PENDING_PER_CLIENT, OidcClient, Pending, SignOnRefused
 from meshnode.web.oidc_config import OidcConfig
 
 ISSUER = "https://login.example.nhs.uk"
@@ -91,3 +91,12 @@ def test_state_must_match_the_browser_and_be_fresh() -> None:
     c._pending["s2"] = Pending("n", "v", float(NOW - 601))
     with pytest.raises(SignOnRefused, match="expired"):
         c.take("s2", "s2")
+
+
+async def test_a_flood_of_starts_from_one_address_does_not_push_out_others() -> None:
+    c = client()
+    _, theirs = await c.start("10.0.0.5")
+    for _ in range(MAX_PENDING_PER_CLIENT * 3):
+        await c.start("10.6.6.6")
+    assert sum(1 for p in c._pending.values() if p.client == "10.6.6.6") == MAX_PENDING_PER_CLIENT
+    assert c.take(theirs, theirs).client == "10.0.0.5"
