@@ -60,6 +60,14 @@ class SqliteUserStore(SqliteTables):
             hits += [u for u in map(_user, rest) if u.name not in seen][:limit - len(hits)]
         return hits
 
+    def user_by_email(self, email: str) -> User | None:
+        """By the NOCASE index on email (the arrival notifier looks staff up by address)."""
+        if not email:
+            return None
+        rows = self._query(f"SELECT {_USER_COLUMNS} FROM users WHERE email = ? COLLATE NOCASE ORDER BY name LIMIT 1",
+                           (email,))
+        return _user(rows[0]) if rows else None
+
     def set_disabled(self, name: str, disabled: bool) -> None:
         with self._tx() as db:
             if db.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name)).rowcount == 0:

@@ -148,6 +148,10 @@ class UserStore(Protocol):
         """Disable the user and revoke every token of theirs; returns the tokens revoked."""
         ...
 
+    def user_by_email(self, email: str) -> User | None:
+        """The user with this email address (case-insensitive; the first by name if several have it)."""
+        ...
+
     def set_disabled(self, name: str, disabled: bool) -> None:
         """Disable (without touching tokens: see disable_user) or enable again."""
         ...
@@ -234,6 +238,10 @@ class MemoryUserStore:
                 self._tokens[key] = replace(token, revoked=True)
                 revoked += 1
         return revoked
+
+    def user_by_email(self, email: str) -> User | None:
+        wanted = email.lower()
+        return next((u for u in self.users() if email and u.email.lower() == wanted), None)
 
     def set_disabled(self, name: str, disabled: bool) -> None:
         self._users[name] = replace(self._existing(name), disabled=disabled)

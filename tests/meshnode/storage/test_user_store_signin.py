@@ -92,3 +92,11 @@ def test_search_follows_profile_changes_and_short_text(store: UserStore) -> None
     store.add_user(User("u3", ("clinician",), 1, display_name='Quote "owl" Test'))
     assert [u.name for u in store.search_users('"ow')] == ["u3"]
     assert [u.name for u in store.search_users("NOWAK")] == ["u2"]
+
+
+def test_user_by_email(store: UserStore) -> None:
+    store.add_user(User("u1", ("clinician",), 1, email="Priya.Okafor@rj1.nhs.uk"))
+    store.add_user(User("u2", ("clinician",), 1))
+    found = store.user_by_email("priya.okafor@RJ1.nhs.uk")
+    assert found is not None and found.name == "u1"
+    assert store.user_by_email("") is None and store.user_by_email("nobody@rj1.nhs.uk") is None
