@@ -129,6 +129,8 @@ class UsersWeb:
 
     async def _set_roles(self, request: Request) -> Response:
         name, roles = self._name(request), _roles(await _json(request))
+        if (await self._existing(name)).roles == roles:
+            return json_response(200, {"user": user_view(await self._existing(name)), "sessions_ended": 0})
         await self.auth.run_sync(lambda: self.auth.store.set_roles(name, roles))
         ended = self.auth.end_sessions(name)
         await self._audit(request, "user-roles", f"{name} roles={','.join(roles)}, {ended} session(s) ended")

@@ -225,3 +225,24 @@ async def test_the_limits_come_from_the_config(store: UserStore) -> None:
     for _ in range(2):
         assert (await portal.login("alice", code="123456")).status == 401
     assert (await portal.login("alice")).status == 429
+
+
+async def test_saving_the_same_roles_keeps_the_sessions(store: UserStore) -> None:
+    portal = make_portal(store)
+    portal.user("alice", "clinician")
+    portal.user("root", "admin")
+    session, _ = await portal.signed_in("alice")
+    admin, csrf = await portal.signed_in("root")
+    same = await portal.call("POST", "/ui/api/users/alice/roles", session=admin, csrf=csrf, json={"roles": ["clinician"]})
+    assert same.status == 200 and same.json()["sessions_ended"] == 0
+    assert (await portal.call("GET", "/ui/api/whoami", session=session)).json()["user"] == "alice"
+    changed = await portal.call("POST", "/ui/api/users/alice/roles", session=admin, csrf=csrf,
+                                json={"roles": ["clinician", "auditor"]})
+    assert changed.json()["sessions_ended"] == 1
+    assert (await portal.call("GET", "/ui/api/whoami", session=session)).json()["user"] is None
+    bad = await portal.call("POST", "/ui/api/users/alice/roles", session=admin, csrf=csrf, json={"roles": "admin"})
+    assert bad.status == 400
+    unknown = await portal.call("POST", "/ui/api/users/alice/roles", session=admin, csrf=csrf, json={"roles": ["god"]})
+    assert unknown.status == 400
+    evil = await portal.call("POST", "/ui/api/users/..%2Fetc/roles", session=admin, csrf=csrf, json={"roles": ["admin"]})
+    assert evil.status in (400, 404)

@@ -109,8 +109,23 @@ def test_password_totp_users_page_and_clinician(mesh: MeshDemo, browser: webdriv
     search.clear()
     search.send_keys("da")
     wait("dave in the table", lambda: browser.find_elements(By.CSS_SELECTOR, '#users-table tr[data-user="dave"]'))
+    # edit carol: another role and an email address (the panel's form)
+    search.clear()
+    search.send_keys("carol")
+    wait("carol alone", lambda: [r.get_attribute("data-user") for r in browser.find_elements(
+        By.CSS_SELECTOR, "#users-table tbody tr")] == ["carol"])
+    browser.find_element(By.CSS_SELECTOR, 'button[aria-label="Edit carol"]').click()
+    wait("the edit form", lambda: browser.find_element(By.ID, "edit-form").is_displayed())
     assert_accessible(browser, "users page")
     screenshot(browser, "portal-users")
+    browser.find_element(By.ID, "role-auditor").click()
+    email = browser.find_element(By.ID, "edit-email")
+    email.clear()
+    email.send_keys("c.clinician@example.nhs.uk")
+    browser.find_element(By.CSS_SELECTOR, "#edit-form button[type=submit]").click()
+    wait("the edit saved", lambda: not browser.find_element(By.ID, "edit-form").is_displayed())
+    carol_now = next(u for u in mesh.cli(a, "users", "list") if u["name"] == "carol")
+    assert carol_now["roles"] == ["clinician", "auditor"] and carol_now["email"] == "c.clinician@example.nhs.uk"
     listed = {u["name"]: u for u in mesh.cli(a, "users", "list")}
     assert listed["dave"]["roles"] == ["pacs"] and listed["dave"]["display_name"] == "Dave PACS"
     # CSRF: the page's own origin, the session cookie, but no token: refused; with it: accepted

@@ -36,14 +36,27 @@
     } catch (e) { showError(e); }
   }
 
+  let editing = null;
+  function edit(u) {
+    editing = u;
+    $("edit-name").textContent = u.name;
+    $("edit-display").value = u.display_name;
+    $("edit-email").value = u.email;
+    const box = $("edit-roles");
+    box.replaceChildren(el("legend", {}, "Roles"), ...roles.map((r) => {
+      const input = el("input", { type: "checkbox", id: `role-${r}`, value: r });
+      input.checked = u.roles.includes(r);
+      return el("label", { for: `role-${r}` }, input, ` ${r}`);
+    }));
+    $("edit-form").hidden = false;
+    $("edit-display").focus();
+  }
+
   function row(u) {
-    const select = el("select", { "aria-label": `Role of ${u.name}` },
-      ...roles.map((r) => { const o = el("option", { value: r }, r); if (u.roles.includes(r)) o.selected = true; return o; }));
-    select.multiple = false;
     const enc = encodeURIComponent(u.name);
     const actions = el("td", {},
-      el("button", { type: "button", class: "secondary", "aria-label": `Set role of ${u.name}`,
-        onclick: () => act("POST", `/ui/api/users/${enc}/roles`, { roles: [select.value] }) }, "Set role"), " ",
+      el("button", { type: "button", class: "secondary", "aria-label": `Edit ${u.name}`, onclick: () => edit(u) },
+        "Edit"), " ",
       u.disabled
         ? el("button", { type: "button", class: "secondary", "aria-label": `Enable ${u.name}`,
           onclick: () => act("POST", `/ui/api/users/${enc}/enable`) }, "Enable")
@@ -53,7 +66,7 @@
         onclick: () => act("POST", `/ui/api/users/${enc}/reset`, undefined, showSecret) }, "Reset password") : "");
     return el("tr", { "data-user": u.name },
       el("td", { class: "mono" }, u.name), el("td", {}, u.display_name), el("td", {}, u.email),
-      el("td", {}, el("span", {}, u.roles.join(", ")), " ", select),
+      el("td", {}, u.roles.join(", ")),
       el("td", {}, u.source === "oidc" ? "single sign-on" : "password"),
       el("td", { class: u.disabled ? "bad" : "ok" }, u.disabled ? "disabled" : "active"), actions);
   }
@@ -68,6 +81,24 @@
     } catch (e) { showError(e); }
   }
 
+  $("edit-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!editing) return;
+    const enc = encodeURIComponent(editing.name);
+    const chosen = [...$("edit-roles").querySelectorAll("input:checked")].map((i) => i.value);
+    $("error").textContent = "";
+    try {
+      await meshPortal.api("POST", `/ui/api/users/${enc}/profile`,
+        { display_name: $("edit-display").value, email: $("edit-email").value.trim() });
+      if (chosen.slice().sort().join(",") !== editing.roles.slice().sort().join(",")) {
+        await meshPortal.api("POST", `/ui/api/users/${enc}/roles`, { roles: chosen });
+      }
+      $("edit-form").hidden = true;
+      editing = null;
+      await search();
+    } catch (e) { showError(e); }
+  });
+  $("edit-cancel").addEventListener("click", () => { $("edit-form").hidden = true; editing = null; });
   $("search").addEventListener("input", () => { clearTimeout(pending); pending = setTimeout(search, 150); });
   $("add-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
