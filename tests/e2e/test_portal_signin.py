@@ -81,7 +81,6 @@ def test_password_totp_users_page_and_clinician(mesh: MeshDemo, browser: webdriv
     browser.get(url + "/ui/login")
     wait("the sign-in page", lambda: browser.find_element(By.ID, "org").text == "RGT")
     assert_accessible(browser, "sign-in page")
-    screenshot(browser, "portal-signin")
     # a wrong code is refused, with the message on the page
     browser.find_element(By.ID, "user").send_keys("root")
     browser.find_element(By.ID, "password").send_keys(root["password"])
@@ -165,6 +164,8 @@ def test_single_sign_on_and_idle_expiry(mesh: MeshDemo, browser: webdriver.Chrom
         link = wait("the single sign-on link", lambda: browser.find_element(By.ID, "oidc-link")
                     if browser.find_element(By.ID, "oidc-link").is_displayed() else None)
         assert link.text == "Trust single sign-on"
+        assert_accessible(browser, "sign-in page with single sign-on")
+        screenshot(browser, "portal-signin")
         link.click()
         # the provider's own sign-in page (its development interactions: any password)
         wait("the provider's login form", lambda: browser.find_element(By.NAME, "login"))
