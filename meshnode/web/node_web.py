@@ -30,7 +30,11 @@ from meshnode.web.reconcile_web import ReconcileWeb
 from meshnode.web.server import serve_http
 from meshnode.web.services import WebServices
 from meshnode.web.stow import Stow
+from meshnode.web import signin
+from meshnode.web.oidc import OidcClient
+from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
+from meshnode.web.users_web import UsersWeb
 from meshnode.web.wado import Wado
 from meshnode.web.webhooks import Webhooks
 
@@ -67,7 +71,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     await ctx.audit(event)
 
                 services = WebServices(http, ctx.org, ctx.storage, ctx.db, audit, ctx.clock)
-                auth = Authenticator(users, ctx.clock)
+                auth = Authenticator(users, ctx.clock, http.session_idle_seconds)
                 view = NodeView(node)
                 app_holder: list[WebApp] = []
 
@@ -82,8 +86,11 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *Qido(services).routes(),
                     *Wado(services).routes(),
                     *Stow(services, lambda: node.gateway.intake, lambda: ctx.config.gateway.routes).routes(),
-                    *Ui(services, auth, view, ChainVerifier(ctx.db, ctx.storage, ctx.clock),
-                        lambda: ctx.changed).routes(),
+                    *(ui := Ui(services, auth, view, ChainVerifier(ctx.db, ctx.storage, ctx.clock),
+                               lambda: ctx.changed)).routes(),
+                    *SignInWeb(services, auth, OidcClient(http.oidc, ctx.clock) if http.oidc else None,
+                               pages=ui).routes(),
+                    *UsersWeb(services, auth, signin.issuer(ctx.org)).routes(),
                     *ReconcileWeb(lambda: node.gateway.reconciler, ctx.db, audit, ctx.clock).routes(),
                     *ConflictsHttp(lambda: node.gateway.conflicts).routes(),
                 ]

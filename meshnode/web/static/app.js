@@ -273,6 +273,8 @@ async function loadSession() {
   document.getElementById("who").textContent = session.user ? `${session.user} (${session.roles.join(", ")})` : "";
   document.getElementById("login").hidden = !!session.user;
   document.getElementById("logout").hidden = !session.user;
+  document.getElementById("signin-link").hidden = !!session.user;
+  document.getElementById("users-link").hidden = !(session.permissions || []).includes("admin");
 }
 
 async function login(ev) {
