@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                             "sender's patient identity, no confirmed local record)")
     share.add_argument("--origin", help="a received study holding several organisations' instances (one reused "
                        "another's Study UID): the organisation whose instances to share onward")
+    share.add_argument("--lifetime-days", type=int,
+                       help="how long the recipients may fetch it (default 30; not for a de-identified share)")
     share.add_argument("--json", action="store_true")
     share.set_defaults(func=run_share)
     for name, helptext in (("inbox", "studies received or arriving"), ("outbox", "studies sent, per recipient")):
@@ -115,6 +117,8 @@ def run_share(args: argparse.Namespace) -> int:
         body["include_unreconciled"] = True
     if args.origin:
         body["origin"] = args.origin
+    if args.lifetime_days is not None:
+        body["lifetime_days"] = args.lifetime_days
     if args.deid_project or args.deid_option or args.safe_private or args.pixel_risk:
         deid: dict[str, object] = {"project": args.deid_project or "", **{o: True for o in args.deid_option}}
         if args.safe_private:
