@@ -12,6 +12,7 @@ from pathlib import Path
 from common.files import read_file
 from meshnode.audit_export.config import AuditRepositoryConfig, parse_audit_repository
 from meshnode.gateway.config import GatewayConfig, parse_gateway
+from meshnode.notify.config import NotifyConfig, parse_notify
 from meshnode.web.config import HttpConfig, parse_http
 from protocol.address_record import check_multiaddr_text
 from protocol.config_reader import MAX_CONFIG_BYTES, Table, defaults, read
@@ -91,6 +92,8 @@ class NodeConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     #: [audit_repository]: where security alerts and audit checkpoints go (meshnode.audit_export.config)
     audit_repository: AuditRepositoryConfig | None = None
+    #: [notify]: email to staff when a study arrives (meshnode.notify.config)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -124,7 +127,7 @@ class NodeConfig:
             request_timeout=self.request_timeout,
             upload=self.upload_mb_per_s,
             control=self._control_section(),
-        ) + self.gateway.render() + self.http.render()
+        ) + self.gateway.render() + self.http.render() + self.notify.render()
 
 
 CONTROL_TEMPLATE = """\
@@ -166,6 +169,7 @@ def _build(root: Table, home: Path | None) -> NodeConfig:
         gateway=parse_gateway(root),
         http=parse_http(root, home),
         audit_repository=parse_audit_repository(root, home),
+        notify=parse_notify(root, home),
     )
     limits.finish()
     root.finish()

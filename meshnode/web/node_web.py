@@ -1,8 +1,8 @@
-"""The node's HTTP side, started by the node runtime: DICOMweb, web UI, metrics, health, webhooks.
+"""The node's HTTP side, started by the node runtime: DICOMweb, web UI, metrics, health, webhooks, email.
 
 One task in the node's nursery. The HTTP listener runs when [http] listen is
-set; webhooks run when [[webhook]] receivers are configured (with or without
-the listener).
+set; webhooks run when [[webhook]] receivers are configured and arrival emails
+when [notify] is (with or without the listener).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import trio
 from meshnode.directory.orgs import OrgList
 from meshnode.node.context import keep_running
 from meshnode.node.control_routes import routes as control_routes
+from meshnode.notify.notifier import Notifier
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.sqlite_users import SqliteUserStore
 from meshnode.web.app import Route, WebApp
@@ -53,10 +54,15 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     ctx.events.subscribe(events.on_event)
     if http.webhooks:
         ctx.events.subscribe(webhooks.on_event)
+    notifier = _notifier(node, users)  # [notify]: email to staff when a study arrives
+    if notifier is not None:
+        ctx.events.subscribe(notifier.on_event)
     try:
         async with trio.open_nursery() as nursery:
             if http.webhooks:
                 nursery.start_soon(keep_running, "webhooks", webhooks.run)
+            if notifier is not None:
+                nursery.start_soon(keep_running, "email notifications", notifier.run)
             url = ""
             if http.enabled:
                 async def audit(event: AuditEvent) -> None:
@@ -93,4 +99,22 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     finally:
         ctx.events.unsubscribe(events.on_event)
         ctx.events.unsubscribe(webhooks.on_event)
+        if notifier is not None:
+            ctx.events.unsubscribe(notifier.on_event)
         users.close()
+
+
+def _notifier(node: Node, users: SqliteUserStore) -> Notifier | None:
+    ctx = node.ctx
+    if not ctx.config.notify.enabled:
+        return None
+
+    async def audit(event: AuditEvent) -> None:
+        await ctx.audit(event)
+
+    def org_name(peer_id: str) -> str:
+        known = ctx.peers.certificate_of(peer_id)
+        return known.document.org_name if known is not None else ""
+
+    return Notifier(ctx.config.notify, ctx.db, users, ctx.org, ctx.config.http.public_url, audit, ctx.clock,
+                    open_manifest=ctx.manifests.open, org_name=org_name)
