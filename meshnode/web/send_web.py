@@ -7,8 +7,8 @@ directory, share; follow each recipient, recall, redeliver.
     GET  /ui/api/send/studies/{study}/series/{series}/thumbnail.png  read   a middle instance, small (audited)
     GET  /ui/api/send/orgs?q=TEXT                                    send   the directory's organisations
     GET  /ui/api/send/outbox                                         read   `meshnode outbox`, with identifiers
-    POST /ui/api/send/share      {study, to[], priority, purpose, lifetime_days?, deid?, include_unreconciled?,
-                                  origin?}                           send   `meshnode share`
+    POST /ui/api/send/share      {study, to[], priority, purpose, attention?, note?, lifetime_days?, deid?,
+                                  include_unreconciled?, origin?}    send   `meshnode share`
     POST /ui/api/send/recall     {manifest, reason, research_copies?} send  `meshnode recall`
     POST /ui/api/send/redeliver  {manifest?}                          send  `meshnode redeliver`
 
@@ -36,6 +36,7 @@ from starlette.responses import Response
 
 from meshnode.control.app import Handler as ControlHandler
 from meshnode.directory.orgs import OrgList
+from meshnode.node.control_routes import share_addressing
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.block_stream import read_instance
 from meshnode.storage.metadata import MetadataStore
@@ -65,8 +66,8 @@ THUMBNAIL_SIDE = 128
 THUMBNAIL_CACHE = 512
 SEARCH_KEYS = frozenset({"patient_id", "nhs_number", "name", "date_from", "date_to", "modality", "accession"})
 #: what a share may carry from the page: what `meshnode share` sends (meshnode.cli.node_cmds.run_share)
-SHARE_KEYS = frozenset({"study", "to", "priority", "purpose", "lifetime_days", "deid", "include_unreconciled",
-                        "origin"})
+SHARE_KEYS = frozenset({"study", "to", "priority", "purpose", "attention", "note", "lifetime_days", "deid",
+                        "include_unreconciled", "origin"})
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DATE = re.compile(r"^([0-9]{4})-?([0-9]{2})-?([0-9]{2})$")
 _MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
@@ -327,18 +328,21 @@ class SendWeb:
                 raise HttpError(400, f"{key} must be one of {', '.join(allowed)}")
         if value.get("origin") is not None:
             _text(value["origin"], "origin", 16)
+        share_addressing(value)  # attention and note as the manifest will check them, before anything else
         await self._shown(study)  # a study this node holds, shown (not a research copy or a held one)
         call = {"study": study, "to": recipients, "priority": value.get("priority", "routine"),
                 "purpose": value.get("purpose", "care"),
-                **{k: value[k] for k in ("lifetime_days", "deid", "include_unreconciled", "origin")
-                   if value.get(k) is not None}}
+                **{k: value[k] for k in ("attention", "note", "lifetime_days", "deid", "include_unreconciled",
+                                         "origin") if value.get(k) is not None}}
         recipients.sort()
         result = await self.control[("POST", "/share")](call)
         manifest = result.get("manifest_id", "") if isinstance(result, dict) else ""
         await self._audit(request, EventCode.INSTANCES_TRANSFERRED, "portal-share", study=study,
                           manifest_id=str(manifest or ""),
                           detail=f"{call['priority']} {call['purpose']} to {','.join(recipients)}"
-                                 + (" (de-identified copy)" if "deid" in call else ""))
+                                 + (" (de-identified copy)" if "deid" in call else "")
+                                 + (" for a named person" if call.get("attention") else "")
+                                 + (" with a note" if call.get("note") else ""))
         return json_response(200, result)
 
     async def _sent_manifest(self, value: object) -> CID:

@@ -198,12 +198,10 @@ function shareBody() {
   if (f.get("include_unreconciled")) body.include_unreconciled = true;
   const origin = String(f.get("origin") || "").trim();
   if (origin) body.origin = origin;
-  if (!$("notify-fields").hidden) {
-    const attention = String(f.get("attention") || "").trim();
-    const note = String(f.get("note") || "").trim();
-    if (attention) body.attention = attention;
-    if (note) body.note = note;
-  }
+  const attention = String(f.get("attention") || "").trim();
+  const note = String(f.get("note") || "").trim();
+  if (attention) body.attention = attention;
+  if (note) body.note = note;
   return body;
 }
 
@@ -223,6 +221,7 @@ async function send(ev) {
     }
     chosen.clear();
     renderChosen();
+    for (const name of ["attention", "note"]) $("share").elements[name].value = "";
   } catch (e) {
     say("send-status", e.message, true);
   } finally {

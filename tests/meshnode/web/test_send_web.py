@@ -173,6 +173,14 @@ BAD_SHARES: list[tuple[str, dict[str, object], str]] = [
     ("research without deid", {"purpose": "research"}, "deid"),
     ("bad deid option", {"deid": {"project": "p", "rm -rf": True}}, "deid"),
     ("origin injection", {"origin": "<script>alert(1)</script>"}, "origin"),
+    ("oversized note", {"note": "x" * 1001}, "note: 1001 characters, limit 1000"),
+    ("note with a bidi override", {"note": "pay \u202egnp.exe"}, "note: only printable"),
+    ("note with CR", {"note": "one\rBcc: all@example.org"}, "note: only printable"),
+    ("attention header injection", {"attention": "dr x\nBcc: all@example.org"}, "attention: only printable"),
+    ("attention too long", {"attention": "a" * 129}, "attention"),
+    ("attention not text", {"attention": ["dr x"]}, "'attention' must be text"),
+    ("note on a research share", {"purpose": "research", "deid": {"project": "p"}, "note": "hi"},
+     "carries no 'attention' or 'note'"),
 ]
 
 
@@ -265,7 +273,8 @@ async def test_organisation_type_ahead(portal: Portal) -> None:
 # -- share, follow, recall ----------------------------------------------------------------------------
 async def test_share_follow_and_recall_call_the_control_api(portal: Portal) -> None:
     r = await portal.request("POST", "/ui/api/send/share", "doc",
-                             share_body(portal.study, to=["RXX", "RTH", "RXX"], lifetime_days=7))
+                             share_body(portal.study, to=["RXX", "RTH", "RXX"], lifetime_days=7,
+                                        attention="dr.who@rxx.example", note="Trauma CT.\nPlease review."))
     assert r.status == 200, r.body
     manifest = r.json()["manifest_id"]
     [row] = portal.sent()
@@ -273,6 +282,7 @@ async def test_share_follow_and_recall_call_the_control_api(portal: Portal) -> N
     signed = portal.node.ctx.manifests.open(row.manifest_id, row.raw).document
     assert signed.priority is Priority.URGENT and signed.purpose is Purpose.CARE
     assert signed.expires_at - signed.created_at == 7 * 86400
+    assert (signed.attention, signed.note) == ("dr.who@rxx.example", "Trauma CT.\nPlease review.")
     [audit] = portal.audit("portal-share")
     assert audit.actor == "user:doc" and audit.manifest_id == manifest and "RTH,RXX" in audit.detail
     outbox = (await portal.request("GET", "/ui/api/send/outbox")).json()["rows"]
