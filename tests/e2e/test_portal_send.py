@@ -3,8 +3,8 @@ three organisations, a clinician at the first sends a study to the other two and
 
 Sign in (the token login until the password/SSO sign-in lands), find the study by patient ID, open its
 series and their thumbnails, pick two organisations with the type-ahead over the directory's list (by name
-and by code, by keyboard), send; both recipients' receipts arrive on the page without a reload; recall with
-a reason from the page. The page passes axe-core; a screenshot goes to test-artifacts/portal-send.png.
+and by code, by keyboard), name a person and add a note (they reach the recipient's inbox), send; both
+recipients' receipts arrive on the page without a reload; recall with a reason from the page. The page passes axe-core; a screenshot goes to test-artifacts/portal-send.png.
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdri
         pick_org(browser, "kingsbridge", "RJ1")  # by name
         pick_org(browser, "RT", "RTH")  # by code
         browser.find_element(By.CSS_SELECTOR, '#share select[name="priority"] option[value="urgent"]').click()
+        browser.find_element(By.NAME, "attention").send_keys("dr.grey@rj1.example")
+        browser.find_element(By.NAME, "note").send_keys("Trauma CT, please review tonight.")
         browser.execute_script("window.__marker = 'same page';")
         browser.find_element(By.ID, "send-button").click()
         status = wait("the share", lambda: (t := browser.find_element(By.ID, "send-status").text).startswith("Sent")
@@ -112,6 +114,8 @@ def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdri
         assert "receipt verified" in cells and "SENDER JANE" in cells
         link = browser.find_element(By.CSS_SELECTOR, f'#outbox tr[data-manifest="{manifest}"] a')
         assert (link.get_attribute("href") or "").endswith(f"/ui/viewer?study={study}")
+        [theirs] = [r for r in mesh.cli(nodes["b"], "inbox") if r["manifest_id"] == manifest]
+        assert (theirs["attention"], theirs["note"]) == ("dr.grey@rj1.example", "Trauma CT, please review tonight.")
         assert_accessible(browser, "send page")
         screenshot(browser, "portal-send")
 

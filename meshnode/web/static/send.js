@@ -190,10 +190,12 @@ function shareBody() {
   const project = String(f.get("deid_project") || "").trim();
   const deidOptions = f.getAll("deid_option");
   const risk = String(f.get("pixel_risk") || "");
-  if (project || deidOptions.length || risk || body.purpose === "research") {
+  const safePrivate = String(f.get("safe_private") || "").split("\n").map((l) => l.trim()).filter((l) => l);
+  if (project || deidOptions.length || risk || safePrivate.length || body.purpose === "research") {
     body.deid = { project };
     for (const o of deidOptions) body.deid[o] = true;
     if (risk) body.deid.pixel_risk = risk;
+    if (safePrivate.length) body.deid.safe_private = safePrivate;
   }
   if (f.get("include_unreconciled")) body.include_unreconciled = true;
   const origin = String(f.get("origin") || "").trim();
