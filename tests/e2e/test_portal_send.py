@@ -62,7 +62,8 @@ def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdri
             mesh.start(node)
         token = add_user(mesh, a, "doc", "clinician")
         files = study_files(tmp_path / "studies", "ct", slices=24, seed=3, patient_id=PATIENT_ID,
-                            patient_name="SENDER^JANE", study_date="20250110", rows=256, columns=256)
+                            patient_name="SENDER^JANE<img src=x onerror=window.__pwned=1>", study_date="20250110",
+                            rows=256, columns=256)
         mesh.cli(a, "ingest", str(files[0].parent), "--no-progress")
         url = http_url(a)
 
@@ -80,7 +81,8 @@ def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdri
         assert len(choose) == 1
         study = choose[0].get_attribute("data-study")
         row = browser.find_element(By.CSS_SELECTOR, "#studies tbody tr").text
-        assert "SENDER JANE" in row and PATIENT_ID in row and "2025-01-10" in row
+        assert "SENDER JANE<img src=x onerror=window.__pwned=1>" in row  # the name as text, not as markup
+        assert PATIENT_ID in row and "2025-01-10" in row
         choose[0].click()
         wait("the series thumbnail", lambda: browser.execute_script(
             "const i = document.querySelector('#series .thumb img'); return i && i.complete && i.naturalWidth > 0;"))
@@ -110,6 +112,8 @@ def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdri
 
         wait("both receipts on the page", delivered, 180)
         assert browser.execute_script("return window.__marker;") == "same page"  # live, no reload
+        assert browser.execute_script("return window.__pwned;") is None
+        assert not browser.find_elements(By.CSS_SELECTOR, "main td img, #study-summary img")
         cells = browser.find_element(By.CSS_SELECTOR, f'#outbox tr[data-manifest="{manifest}"]').text
         assert "receipt verified" in cells and "SENDER JANE" in cells
         link = browser.find_element(By.CSS_SELECTOR, f'#outbox tr[data-manifest="{manifest}"] a')

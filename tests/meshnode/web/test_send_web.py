@@ -313,3 +313,14 @@ async def test_a_clinician_cannot_recall_another_organisations_study(portal: Por
     assert r.status == 404, r.body
     assert portal.node.store.manifest(signed.cid).state.value != "recalled"  # type: ignore[union-attr]
     assert portal.audit("portal-recall") == [] and portal.audit("recall") == []
+
+
+def test_the_page_puts_server_values_in_as_text_only() -> None:
+    """Values from the server go into the page as text: no HTML-parsing sinks in send.js, and nothing inline
+    that the page's CSP (script-src 'self', style-src 'self') would have to allow."""
+    static = Path(__file__).resolve().parents[3] / "meshnode" / "web" / "static"
+    script = (static / "send.js").read_text(encoding="utf-8")
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script, sink
+    page = (static / "send.html").read_text(encoding="utf-8")
+    assert "<script>" not in page and "style=" not in page and " on" + "click=" not in page
