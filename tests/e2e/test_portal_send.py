@@ -98,8 +98,11 @@ def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdri
         browser.find_element(By.NAME, "note").send_keys("Trauma CT, please review tonight.")
         browser.execute_script("window.__marker = 'same page';")
         browser.find_element(By.ID, "send-button").click()
-        status = wait("the share", lambda: (t := browser.find_element(By.ID, "send-status").text).startswith("Sent")
-                      and t)
+        def sent() -> str | None:
+            text = str(browser.find_element(By.ID, "send-status").text)
+            return text if text.startswith("Sent") else None
+
+        status = wait("the share", sent)
         assert "24 instance(s)" in status, status
         manifest = status.rsplit("manifest ", 1)[1].rstrip(".")
 
