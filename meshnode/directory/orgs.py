@@ -1,5 +1,6 @@
 """The directory's organisation list as the staff portal's type-ahead uses it: fetched (and verified) by
-DirectoryClient.list_orgs, kept for MAX_AGE_S, searched by code or name.
+DirectoryClient.list_orgs, kept for MAX_AGE_S, searched by code or name. A search or a code that finds
+nothing looks again if the list is RECHECK_S old (an organisation that joined since shows up at once).
 
 While the directory cannot be reached the last list verified is used (a listing that was never fetched is
 UnavailableError). A name or code the page sends back is checked against this list before a share: an
@@ -63,11 +64,10 @@ class OrgList:
         """Organisations whose code starts with `text` or whose name contains it (case ignored): codes that
         match first, then names, each in order."""
         needle = text.strip().casefold()
-        orgs = await self.orgs()
-        by_code = [o for c, o in sorted(orgs.items()) if c.casefold().startswith(needle)]
-        by_name = sorted((o for o in orgs.values() if needle in o.name.casefold() and o not in by_code),
-                         key=lambda o: (o.name.casefold(), o.code))
-        return (by_code + by_name)[:MAX_MATCHES]
+        found = _matches(await self.orgs(), needle)
+        if not found and self._clock() - self._fetched_at >= RECHECK_S:  # one that joined since: look again
+            found = _matches(await self._refresh(RECHECK_S), needle)
+        return found
 
     async def find(self, code: str) -> DirectoryOrg | None:
         """The listed organisation with this code (the list fetched again once if it may be out of date)."""
@@ -75,3 +75,10 @@ class OrgList:
         if code not in orgs and self._clock() - self._fetched_at >= RECHECK_S:
             orgs = await self._refresh(RECHECK_S)
         return orgs.get(code)
+
+
+def _matches(orgs: dict[str, DirectoryOrg], needle: str) -> list[DirectoryOrg]:
+    by_code = [o for c, o in sorted(orgs.items()) if c.casefold().startswith(needle)]
+    by_name = sorted((o for o in orgs.values() if needle in o.name.casefold() and o not in by_code),
+                     key=lambda o: (o.name.casefold(), o.code))
+    return (by_code + by_name)[:MAX_MATCHES]

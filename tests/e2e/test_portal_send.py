@@ -31,6 +31,23 @@ def statuses(browser: webdriver.Chrome, manifest: str) -> dict[str, str]:
             browser.find_elements(By.CSS_SELECTOR, f'#outbox tr[data-manifest="{manifest}"] .recipient')}
 
 
+def click(browser: webdriver.Chrome, css: str) -> None:
+    """Click once the element is there (the live parts of the page are re-rendered: retry a stale one)."""
+    def attempt() -> bool:
+        browser.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    wait(f"a click on {css}", attempt)
+
+
+def text(browser: webdriver.Chrome, css: str, attribute: str = "") -> str:
+    def read() -> str | None:
+        found = browser.find_element(By.CSS_SELECTOR, css)
+        return str(found.get_attribute(attribute) or "") if attribute else str(found.text)
+
+    return wait(f"the text of {css}", read)
+
+
 def pick_org(browser: webdriver.Chrome, typed: str, code: str) -> None:
     box = browser.find_element(By.ID, "org-input")
     box.clear()
@@ -43,8 +60,11 @@ def pick_org(browser: webdriver.Chrome, typed: str, code: str) -> None:
         return False
 
     wait(f"{code} offered for {typed!r}", offered, 60)
-    while browser.find_element(By.ID, "org-input").get_attribute("aria-activedescendant") != (
-            browser.find_element(By.CSS_SELECTOR, f'#org-options li[data-code="{code}"]').get_attribute("id")):
+    # arrow down to it (the option the input's aria-activedescendant names is the one Enter picks)
+    while not browser.execute_script(
+            "const o = document.querySelector(`#org-options li[data-code='${arguments[0]}']`);"
+            "return o && o.id === document.getElementById('org-input').getAttribute('aria-activedescendant');",
+            code):
         box.send_keys(Keys.ARROW_DOWN)
     box.send_keys(Keys.ENTER)
     wait(f"{code} chosen", lambda: browser.find_elements(By.CSS_SELECTOR, f'#chosen li[data-code="{code}"]'))
@@ -99,8 +119,8 @@ def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdri
         browser.execute_script("window.__marker = 'same page';")
         browser.find_element(By.ID, "send-button").click()
         def sent() -> str | None:
-            text = str(browser.find_element(By.ID, "send-status").text)
-            return text if text.startswith("Sent") else None
+            shown = str(browser.find_element(By.ID, "send-status").text)
+            return shown if shown.startswith("Sent") else None
 
         status = wait("the share", sent)
         assert "24 instance(s)" in status, status
@@ -117,19 +137,18 @@ def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdri
         assert browser.execute_script("return window.__marker;") == "same page"  # live, no reload
         assert browser.execute_script("return window.__pwned;") is None
         assert not browser.find_elements(By.CSS_SELECTOR, "main td img, #study-summary img")
-        cells = browser.find_element(By.CSS_SELECTOR, f'#outbox tr[data-manifest="{manifest}"]').text
+        cells = text(browser, f'#outbox tr[data-manifest="{manifest}"]')
         assert "receipt verified" in cells and "SENDER JANE" in cells
-        link = browser.find_element(By.CSS_SELECTOR, f'#outbox tr[data-manifest="{manifest}"] a')
-        assert (link.get_attribute("href") or "").endswith(f"/ui/viewer?study={study}")
+        assert text(browser, f'#outbox tr[data-manifest="{manifest}"] a', "href").endswith(f"/ui/viewer?study={study}")
         [theirs] = [r for r in mesh.cli(nodes["b"], "inbox") if r["manifest_id"] == manifest]
         assert (theirs["attention"], theirs["note"]) == ("dr.grey@rj1.example", "Trauma CT, please review tonight.")
         assert_accessible(browser, "send page")
         screenshot(browser, "portal-send")
 
-        browser.find_element(By.CSS_SELECTOR, f'#outbox tr[data-manifest="{manifest}"] button.recall').click()
+        click(browser, f'#outbox tr[data-manifest="{manifest}"] button.recall')
         reason = wait("the recall form", lambda: browser.find_element(By.CSS_SELECTOR, "form.recall-form input.reason"))
         reason.send_keys("wrong patient")
-        browser.find_element(By.CSS_SELECTOR, "form.recall-form button[type=submit]").click()
+        click(browser, "form.recall-form button[type=submit]")
         wait("both recipients told of the recall",
              lambda: statuses(browser, manifest) == {"RJ1": "recalled", "RTH": "recalled"}, 120)
 

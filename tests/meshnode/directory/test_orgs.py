@@ -51,3 +51,14 @@ async def test_matches_are_bounded() -> None:
     directory = Directory()
     directory.orgs = [DirectoryOrg(f"R{i:03d}", f"Trust {i}") for i in range(100)]
     assert len(await OrgList(directory.list_orgs, lambda: 0.0).search("")) == MAX_MATCHES
+
+
+async def test_an_organisation_that_joined_since_is_found_by_the_next_search() -> None:
+    directory, now = Directory(), [0.0]
+    orgs = OrgList(directory.list_orgs, lambda: now[0])
+    assert await orgs.search("oxford") == [] and directory.calls == 1
+    directory.orgs.append(DirectoryOrg("RTH", "Oxford"))
+    assert await orgs.search("oxford") == [] and directory.calls == 1  # not on every key
+    now[0] += RECHECK_S
+    assert await orgs.search("oxford") == [DirectoryOrg("RTH", "Oxford")] and directory.calls == 2
+    assert await orgs.search("royal") and directory.calls == 2  # found: the list is not fetched again
