@@ -86,8 +86,7 @@ def _study(root: Path) -> str:
 async def portal(tmp_path: Path) -> AsyncIterator[Portal]:
     source = tmp_path / "source"
     study = _study(source)
-    for part in ("ct", "rle", "broken"):
-        ingest_study(tmp_path / "mesh" / "a", source / part, chunk_size=4096)
+    ingest_study(tmp_path / "mesh" / "a", source, chunk_size=4096)  # the three series, one study
     synthetic.generate_ct_study(tmp_path / "theirs", slices=1, rows=16, columns=16, seed=77)
     theirs = ingest_study(tmp_path / "mesh" / "b", tmp_path / "theirs", chunk_size=4096)
     mesh = MemoryMesh(tmp_path / "mesh")
