@@ -147,6 +147,10 @@ async def test_session_post_without_its_csrf_token_shares_nothing(portal: Portal
     for wrong in ({}, {"X-CSRF-Token": "forged"}):
         r = await call(portal.app, "POST", "/ui/api/send/share", headers={**cookie, **wrong}, body=raw)
         assert r.status == 403 and r.json()["error"] == "csrf"
+        for path, value in (("recall", {"manifest": "x", "reason": "y"}), ("redeliver", {})):
+            r = await call(portal.app, "POST", f"/ui/api/send/{path}", headers={**cookie, **wrong},
+                           body=json.dumps(value).encode())
+            assert r.status == 403 and r.json()["error"] == "csrf", path
     assert portal.sent() == []
     # the same request with the session's token goes through: the refusal was the token's
     r = await call(portal.app, "POST", "/ui/api/send/share",
