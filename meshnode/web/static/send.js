@@ -323,6 +323,12 @@ window.addEventListener("DOMContentLoaded", async () => {
   $("org-input").addEventListener("input", lookup);
   $("org-input").addEventListener("keydown", orgKeys);
   $("org-input").addEventListener("blur", () => setTimeout(() => showOptions([]), 150));
+  // a research share is a de-identified copy: no free text of the sender's goes with it (the node refuses it)
+  $("share").elements.purpose.addEventListener("change", () => {
+    const research = $("share").elements.purpose.value === "research";
+    $("notify-fields").disabled = research;
+    $("more").open = $("more").open || research;
+  });
   if (!s.user) {
     say("notice", "Sign in on the main page (/ui/) first.");
     for (const id of ["find", "sent"]) $(id).hidden = true;
