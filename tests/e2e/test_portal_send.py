@@ -9,6 +9,7 @@ recipients' receipts arrive on the page without a reload; recall with a reason f
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -52,11 +53,16 @@ def pick_org(browser: webdriver.Chrome, typed: str, code: str) -> None:
     box = browser.find_element(By.ID, "org-input")
     box.clear()
     box.send_keys(typed)
-    # the directory lists an organisation once its node has registered: type again until it does
+    # the directory lists an organisation once its node has registered: type again (every 2 s, so the page's
+    # type-ahead, which waits for typing to settle, asks) until it does
+    last_typed = [time.monotonic()]
+
     def offered() -> bool:
         if browser.find_elements(By.CSS_SELECTOR, f'#org-options li[data-code="{code}"]'):
             return True
-        box.send_keys(Keys.END, " ", Keys.BACKSPACE)
+        if time.monotonic() - last_typed[0] > 2:
+            box.send_keys(Keys.END, " ", Keys.BACKSPACE)
+            last_typed[0] = time.monotonic()
         return False
 
     wait(f"{code} offered for {typed!r}", offered, 60)
