@@ -40,6 +40,15 @@ class LookupPeer:
 
 
 @dataclass(frozen=True)
+class ListOrgs:
+    """The organisations the directory holds a live certificate for, one certificate each (the newest), in
+    org code order after `after` ("" from the start), at most MAX_ENTRIES: page on with the last code. What
+    the staff portal's organisation type-ahead lists; the client verifies every certificate as for a lookup."""
+
+    after: str = ""
+
+
+@dataclass(frozen=True)
 class GetRoster:
     pass
 
@@ -71,7 +80,7 @@ class PublishRoster:
     roster: bytes
 
 
-Request: TypeAlias = Union[LookupOrg, LookupPeer, GetRoster, GetIdentity, WatchRoster, Register, PublishRoster]
+Request: TypeAlias = Union[LookupOrg, LookupPeer, ListOrgs, GetRoster, GetIdentity, WatchRoster, Register, PublishRoster]
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,8 @@ def encode_request(request: Request) -> bytes:
         body = {"op": "lookup-org", "org": request.org}
     elif isinstance(request, LookupPeer):
         body = {"op": "lookup-peer", "peer": request.peer_id}
+    elif isinstance(request, ListOrgs):
+        body = {"op": "list-orgs", "after": request.after}
     elif isinstance(request, GetRoster):
         body = {"op": "roster"}
     elif isinstance(request, GetIdentity):
@@ -139,6 +150,9 @@ def decode_request(data: bytes) -> Request:
         peer = f.text("peer", 64)
         PublicKey.from_peer_id(peer)
         request = LookupPeer(peer)
+    elif op == "list-orgs":
+        after = f.text("after", 16)
+        request = ListOrgs(check_org_code(after, "directory request.after") if after else "")
     elif op == "roster":
         request = GetRoster()
     elif op == "identity":

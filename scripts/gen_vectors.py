@@ -236,6 +236,7 @@ def build() -> dict[str, Json]:
     roster_bytes = b.signed["roster"].encode()
     requests: list[tuple[str, dm.Request]] = [
         ("lookup-org", dm.LookupOrg("RGT")),
+        ("list-orgs", dm.ListOrgs("RGT")),
         ("lookup-peer", dm.LookupPeer(k["node-rgt"].peer_id)),
         ("roster", dm.GetRoster()),
         ("identity", dm.GetIdentity()),

@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                             "sender's patient identity, no confirmed local record)")
     share.add_argument("--origin", help="a received study holding several organisations' instances (one reused "
                        "another's Study UID): the organisation whose instances to share onward")
+    share.add_argument("--lifetime-days", type=int,
+                       help="how long the recipients may fetch it (default 30; not for a de-identified share)")
     share.add_argument("--attention", metavar="NAME", help="the person at the receiving organisation it is for "
                        "(their user name or email address there; at most 128 printable characters): signed into "
                        "the manifest, shown in their inbox and used for the arrival email")
@@ -120,6 +122,8 @@ def run_share(args: argparse.Namespace) -> int:
         body["include_unreconciled"] = True
     if args.origin:
         body["origin"] = args.origin
+    if args.lifetime_days is not None:
+        body["lifetime_days"] = args.lifetime_days
     if args.attention:
         body["attention"] = args.attention
     if args.note:

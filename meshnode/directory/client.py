@@ -22,10 +22,12 @@ from meshnode.directory.cache import DirectoryCache
 from protocol.address_record import AddressRecord
 from protocol.certificate import Certificate
 from protocol.directory_messages import (
+    MAX_ENTRIES,
     Accepted,
     Entries,
     Entry,
     GetRoster,
+    ListOrgs,
     LookupOrg,
     LookupPeer,
     Register,
@@ -51,6 +53,17 @@ from protocol.roster import Roster, RosterGuard
 from protocol.trust import check_certificate
 
 log = logging.getLogger(__name__)
+
+#: at most this many pages of ListOrgs (MAX_ENTRIES organisations each) in one listing
+MAX_ORG_PAGES = 64
+
+
+@dataclass(frozen=True)
+class DirectoryOrg:
+    """An organisation as its verified certificate names it."""
+
+    code: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -196,6 +209,34 @@ class DirectoryClient:
     async def resolve_org(self, org: str) -> Resolution:
         """Verified nodes of an organisation, from the directory or (if down) the cache."""
         return await self._resolve("org", org, LookupOrg(org), expected_org=org)
+
+    async def list_orgs(self) -> list[DirectoryOrg]:
+        """Every organisation the directory lists (code order), each named by a certificate that verifies
+        against the roster now; one that does not is left out. The directory may leave organisations out
+        (it can deny service) but cannot invent or rename one."""
+        roster = await self.refresh_roster()
+        now = self.clock()
+        out: list[DirectoryOrg] = []
+        after = ""
+        for _ in range(MAX_ORG_PAGES):
+            response = await self._call(ListOrgs(after))
+            if not isinstance(response, Entries):
+                raise RemoteProtocolError("directory answered an organisation listing with something else")
+            for entry in response.entries:
+                signed = open_document(entry.certificate, Certificate)
+                code = signed.document.org_code
+                if code <= after:
+                    raise RemoteProtocolError("directory listed organisations out of order")
+                after = code
+                try:
+                    cert = check_certificate(signed, roster, now, skew=self.skew)
+                except MeshError as exc:
+                    log.warning("directory listed organisation %s with a certificate refused: %s", code, exc)
+                    continue
+                out.append(DirectoryOrg(cert.org_code, cert.org_name))
+            if len(response.entries) < MAX_ENTRIES:
+                break
+        return out
 
     async def resolve_peer(self, peer_id: str) -> Resolution:
         return await self._resolve("peer", peer_id, LookupPeer(peer_id), expected_peer=peer_id)

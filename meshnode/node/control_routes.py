@@ -23,6 +23,9 @@ from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord, DeliveryS
 if TYPE_CHECKING:
     from meshnode.node.runtime import Node
 
+#: the longest a share may stay fetchable (`meshnode share --lifetime-days`)
+MAX_LIFETIME_DAYS = 365
+
 
 def _text(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
@@ -116,16 +119,23 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             origin = check_org_code(origin, "origin")
         study = _text(body, "study")  # patient reconciliation's held instances (meshnode.gateway.reconcile_holds)
         await node.ctx.db.run(lambda s: check_not_held(s, study, include_unreconciled=include, what="share"))
+        lifetime = body.get("lifetime_days")  # how long recipients may fetch it (default 30 days)
+        if lifetime is not None and (not isinstance(lifetime, int) or isinstance(lifetime, bool)
+                                     or not 1 <= lifetime <= MAX_LIFETIME_DAYS):
+            raise SchemaError(f"'lifetime_days' must be a whole number of days from 1 to {MAX_LIFETIME_DAYS}")
         attention, note = share_addressing(body)
         profile = share_profile(body, purpose is Purpose.RESEARCH)
         if profile is not None and (attention or note):
             # a de-identified copy carries no free text of the sender's: it could carry identifiers back
             raise SchemaError("a research (de-identified) share carries no 'attention' or 'note'")
         if profile is not None:  # a de-identified copy (meshnode.node.research_share), never the original
+            if lifetime is not None:
+                raise SchemaError("'lifetime_days' is not available for a de-identified share (it keeps the default)")
             return await share_research(node, body, _text(body, "study"), to, priority, purpose, profile,
                                         origin=origin)
         signed = await node.sender.share(_text(body, "study"), to, priority, purpose, origin=origin,
-                                         attention=attention, note=note)
+                                         attention=attention, note=note,
+                                         **({"lifetime_s": lifetime * 86400} if lifetime is not None else {}))
         return {"manifest_id": str(signed.cid), "revision": signed.document.revision,
                 "instances": len(signed.document.instances), "bytes": signed.document.total_bytes}
 

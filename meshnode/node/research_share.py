@@ -38,6 +38,7 @@ from pydicom.uid import UID
 
 from meshnode.node.context import NodeContext
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.block_stream import read_instance
 from meshnode.storage.conflicts import own_lineage
 from meshnode.storage.records import AddOutcome, InstanceRecord, hash_uid
 from meshnode.storage.research_store import RelinkEntry, ResearchShareRow, ResearchState
@@ -265,11 +266,7 @@ class ResearchShares:
         return Pseudonymiser(profile.project, key, profile.fingerprint())
 
     def _read(self, record: InstanceRecord) -> bytes:
-        blocks = self.ctx.storage.blocks
-        data = b"".join(blocks.get(cid, verify=True) for cid in record.blocks)
-        if len(data) != record.size or hashlib.sha256(data).digest() != record.digest:
-            raise StorageError(f"instance {hash_uid(record.sop_instance_uid)} does not reassemble to its digest")
-        return data
+        return read_instance(self.ctx.storage.blocks, record)
 
     def _assess(self, record: InstanceRecord) -> dict[str, object]:
         """The frozen entry of one instance: its identity, pixel risk and what a reviewer needs to find it."""

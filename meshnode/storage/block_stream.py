@@ -1,4 +1,4 @@
-"""A stored instance as a seekable file object over its blocks, for pydicom.
+"""A stored instance as a seekable file object over its blocks, for pydicom; or whole (`read_instance`).
 
 Only the blocks the requested bytes lie in are read (each checked against its CID when `verify`), and
 only the last one read is kept, so parsing a header never reads the pixel data. Blocks the caller
@@ -8,11 +8,22 @@ already holds (`preloaded`, by index) are used as they are.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 from collections.abc import Mapping, Sequence
 
 from meshnode.storage.blockstore import BlockStore
+from meshnode.storage.records import InstanceRecord, hash_uid
 from protocol.cid import CID
+from protocol.errors import StorageError
+
+
+def read_instance(blocks: BlockStore, record: InstanceRecord) -> bytes:
+    """The whole instance, every block checked against its CID and the whole against its digest."""
+    data = b"".join(blocks.get(cid, verify=True) for cid in record.blocks)
+    if len(data) != record.size or hashlib.sha256(data).digest() != record.digest:
+        raise StorageError(f"instance {hash_uid(record.sop_instance_uid)} does not reassemble to its digest")
+    return data
 
 
 class BlockStream(io.RawIOBase):

@@ -1,4 +1,5 @@
-"""A held instance's first frame as PNG, for the person deciding whether its pixels carry identifiers.
+"""An instance's first frame as PNG: for the person deciding whether a held instance's pixels carry
+identifiers (full size), and the staff portal's series thumbnails on the send page (`max_side`).
 
 pydicom decodes the pixel data (its handlers: numpy for native data, Pillow and the others installed for
 compressed transfer syntaxes); the frame is windowed to 8 bits by its own minimum and maximum (a reviewer
@@ -30,7 +31,8 @@ class PreviewError(LocalProtocolError):
     name = "preview-error"
 
 
-def render_png(data: bytes) -> bytes:
+def render_png(data: bytes, max_side: int | None = None) -> bytes:
+    """Frame 1 as an 8-bit PNG; `max_side`: scaled down (aspect kept) so neither side exceeds it."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
         if "PixelData" not in ds:
@@ -57,6 +59,8 @@ def render_png(data: bytes) -> bytes:
         if str(ds.get("PhotometricInterpretation", "")).startswith("YBR"):
             frame = convert_color_space(frame, str(ds.PhotometricInterpretation), "RGB")
         image = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), mode="RGB")
+    if max_side is not None:
+        image.thumbnail((max_side, max_side))
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()

@@ -45,9 +45,10 @@ class NodeView:
         self.node = node
         self.ctx = node.ctx
         self._control = routes(node)
-        self._manifests: dict[str, tuple[str, StudySummary, int]] = {}  # id -> (priority, summary, instances)
+        # id -> (priority, summary, instances, blocks)
+        self._manifests: dict[str, tuple[str, StudySummary, int, int]] = {}
 
-    async def _manifest_facts(self, ids: list[str]) -> dict[str, tuple[str, StudySummary, int]]:
+    async def _manifest_facts(self, ids: list[str]) -> dict[str, tuple[str, StudySummary, int, int]]:
         missing = [i for i in ids if i not in self._manifests]
         if missing:
             def load(store: MetadataStore) -> list[bytes]:
@@ -56,7 +57,8 @@ class NodeView:
             for raw in await self.ctx.db.run(load):
                 signed = open_document(raw, Manifest)
                 m = signed.document
-                self._manifests[str(signed.cid)] = (m.priority.value, m.summary, len(m.instances))
+                self._manifests[str(signed.cid)] = (m.priority.value, m.summary, len(m.instances),
+                                                    len({c for i in m.instances for c in i.blocks}))
         return {i: self._manifests[i] for i in ids if i in self._manifests}
 
     async def _accessions(self, study_uids: set[str]) -> dict[str, str]:
@@ -114,6 +116,7 @@ class NodeView:
             fact = facts.get(r["manifest_id"])
             if fact is not None:
                 row["priority"], row["modality"], row["instances"] = fact[0], fact[1].modality, fact[2]
+                row["blocks_total"] = fact[3]  # with each recipient's `served` blocks: how far it fetched here
                 if with_identifiers:
                     row.update(identifiers(fact[1], r["study_uid"], accessions.get(r["study_uid"], "")))
             out.append(row)

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from meshnode.directory.orgs import OrgList
 from meshnode.node.context import keep_running
+from meshnode.node.control_routes import routes as control_routes
 from meshnode.notify.notifier import Notifier
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.sqlite_users import SqliteUserStore
@@ -27,6 +29,7 @@ from meshnode.web.node_view import NodeView
 from meshnode.web.ops import Ops
 from meshnode.web.qido import Qido
 from meshnode.web.reconcile_web import ReconcileWeb
+from meshnode.web.send_web import SendWeb
 from meshnode.web.server import serve_http
 from meshnode.web.services import WebServices
 from meshnode.web.stow import Stow
@@ -93,6 +96,9 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *UsersWeb(services, auth, signin.issuer(ctx.org)).routes(),
                     *ReconcileWeb(lambda: node.gateway.reconciler, ctx.db, audit, ctx.clock).routes(),
                     *ConflictsHttp(lambda: node.gateway.conflicts).routes(),
+                    # the portal's send page: the control API's share/recall/redeliver (what the CLI calls)
+                    *SendWeb(services, control_routes(node), OrgList(ctx.directory.list_orgs, ctx.clock,
+                                                                      own_org=ctx.org), view.outbox).routes(),
                 ]
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)

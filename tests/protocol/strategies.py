@@ -191,6 +191,7 @@ peer_ids = signing_keys.map(lambda k: k.peer_id)
 
 requests: st.SearchStrategy[dm.Request] = st.one_of(
     st.builds(dm.LookupOrg, org_codes),
+    st.builds(dm.ListOrgs, st.one_of(st.just(""), org_codes)),
     st.builds(dm.LookupPeer, peer_ids),
     st.just(dm.GetRoster()),
     st.just(dm.GetIdentity()),

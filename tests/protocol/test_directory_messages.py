@@ -45,6 +45,8 @@ def test_protocol_id_and_limits() -> None:
     [
         (dm.LookupOrg("RGT"), {"op": "lookup-org", "org": "RGT"}),
         (dm.LookupPeer(PEER), {"op": "lookup-peer", "peer": PEER}),
+        (dm.ListOrgs(), {"op": "list-orgs", "after": ""}),
+        (dm.ListOrgs("RGT"), {"op": "list-orgs", "after": "RGT"}),
         (dm.GetRoster(), {"op": "roster"}),
         (dm.GetIdentity(), {"op": "identity"}),
         (dm.WatchRoster(0), {"op": "watch-roster", "after": 0}),
@@ -91,6 +93,9 @@ BAD_REQUESTS: list[tuple[str, CborValue, type[MeshError]]] = [
     ("lookup-org missing org", {"op": "lookup-org"}, SchemaError),
     ("lookup-org bad org", {"op": "lookup-org", "org": "rgt"}, SchemaError),
     ("lookup-org org too long", {"op": "lookup-org", "org": "A" * 17}, LimitError),
+    ("list-orgs missing after", {"op": "list-orgs"}, SchemaError),
+    ("list-orgs bad after", {"op": "list-orgs", "after": "rgt"}, SchemaError),
+    ("list-orgs after too long", {"op": "list-orgs", "after": "A" * 17}, LimitError),
     ("lookup-peer bad peer", {"op": "lookup-peer", "peer": "12D3KooWnotapeer"}, SchemaError),
     ("lookup-peer RSA peer", {"op": "lookup-peer", "peer": "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"}, SchemaError),
     ("lookup-peer peer too long", {"op": "lookup-peer", "peer": "1" * 65}, LimitError),

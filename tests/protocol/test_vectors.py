@@ -83,7 +83,7 @@ def test_check_mode(gen: ModuleType, tmp_path: Path) -> None:
 def test_every_document_type_and_message_is_covered(committed: dict[str, Any]) -> None:
     assert {d["type"] for d in committed["documents"]} == set(CLASSES)
     ops = {r["message"]["op"] for r in committed["directory"]["requests"]}
-    assert ops == {"lookup-org", "lookup-peer", "roster", "identity", "watch-roster", "register", "publish-roster"}
+    assert ops == {"lookup-org", "list-orgs", "lookup-peer", "roster", "identity", "watch-roster", "register", "publish-roster"}
     kinds = {type(dm.decode_response(bytes.fromhex(r["hex"]))) for r in committed["directory"]["responses"]}
     assert kinds == {dm.Entries, dm.RosterReply, dm.RosterUnchanged, dm.IdentityReply, dm.Accepted, dm.Refused}
 

@@ -12,6 +12,7 @@ from protocol.directory_messages import (
     GetIdentity,
     GetRoster,
     IdentityReply,
+    ListOrgs,
     LookupOrg,
     LookupPeer,
     PublishRoster,
@@ -45,6 +46,8 @@ from tests.protocol.factories import (
     sign_certificate,
     sign_roster,
 )
+from protocol.certificate import Certificate
+from protocol.document import open_document
 from protocol.keys import SigningKey
 from tools.directory.service import DirectoryService
 from tools.directory.store import DirectoryStore
@@ -81,6 +84,20 @@ def test_register_then_lookup_by_org_and_peer(service: DirectoryService) -> None
     by_peer = service.handle("anyone", LookupPeer(NODE_A.peer_id), NOW)
     assert by_peer == by_org
     assert service.handle("anyone", LookupOrg("RXX"), NOW) == Entries(())
+
+
+def test_organisations_are_listed_once_each_in_code_order_and_paged(service: DirectoryService) -> None:
+    from tests.protocol.factories import NODE_A2
+    for node, org, n in ((NODE_B, "RXX", 2), (NODE_A, "RGT", 1), (NODE_A2, "RGT", 3)):
+        service.handle(node.peer_id, registration(node, org=org, serial_no=n), NOW)
+    listed = service.handle("anyone", ListOrgs(), NOW)
+    assert isinstance(listed, Entries) and [e.record for e in listed.entries] == [None, None]
+    codes = [open_document(e.certificate, Certificate).document.org_code for e in listed.entries]
+    assert codes == ["RGT", "RXX"]
+    assert service.handle("anyone", ListOrgs("RGT"), NOW) == Entries(listed.entries[1:])
+    assert service.handle("anyone", ListOrgs("RXX"), NOW) == Entries(())
+    # an expired certificate is not listed
+    assert service.handle("anyone", ListOrgs(), NOW + 400 * DAY) == Entries(())
 
 
 def test_identity_and_roster_are_served(service: DirectoryService) -> None:

@@ -20,6 +20,7 @@ from protocol.directory_messages import (
     GetIdentity,
     GetRoster,
     IdentityReply,
+    ListOrgs,
     LookupOrg,
     LookupPeer,
     PublishRoster,
@@ -72,6 +73,9 @@ class DirectoryService:
         """Answer one request. Raises MeshError subclasses for refusals."""
         if isinstance(request, LookupOrg):
             return self._entries(self.store.certificates_of_org(request.org, int(now), MAX_ENTRIES))
+        if isinstance(request, ListOrgs):  # certificates only: a type-ahead needs names, not addresses
+            certs = self.store.certificates_by_org(request.after, int(now), MAX_ENTRIES)
+            return Entries(tuple(Entry(c.raw, None) for c in certs))
         if isinstance(request, LookupPeer):
             return self._entries(self.store.certificates_of_peer(request.peer_id, int(now), MAX_ENTRIES))
         if isinstance(request, GetRoster):

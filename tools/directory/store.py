@@ -127,6 +127,15 @@ class DirectoryStore:
         ).fetchall()
         return [StoredCertificate(s, p, bytes(r)) for s, p, r in rows]
 
+    def certificates_by_org(self, after: str, now: int, limit: int) -> list[StoredCertificate]:
+        """One live certificate per organisation (its newest), org codes after `after` in order."""
+        rows = self._db.execute(
+            "SELECT serial, peer_id, raw, org_code, MAX(not_after) FROM certificates"
+            " WHERE org_code > ? AND not_after >= ? GROUP BY org_code ORDER BY org_code LIMIT ?",
+            (after, now, limit),
+        ).fetchall()
+        return [StoredCertificate(s, p, bytes(r)) for s, p, r, _, _ in rows]
+
     def certificates_of_peer(self, peer_id: str, now: int, limit: int) -> list[StoredCertificate]:
         rows = self._db.execute(
             "SELECT serial, peer_id, raw FROM certificates WHERE peer_id = ? AND not_after >= ?"

@@ -18,6 +18,7 @@ from meshnode.directory.client import DirectoryClient
 from protocol.directory_messages import (
     Entries,
     Entry,
+    ListOrgs,
     LookupOrg,
     Refused,
     Request,
@@ -276,3 +277,36 @@ async def test_forged_cache_file_is_refused_and_the_directory_roster_adopted(net
     resolved = await client.resolve_peer(NODE_B.peer_id)
     assert [r.peer_id for r in resolved.rejected] == [NODE_B.peer_id]  # the rogue-issued certificate
     assert isinstance(resolved.rejected[0].error, UnknownIssuerError)
+
+
+async def test_organisation_listing_is_verified_and_in_order(net: FakeNet, tmp_path: Path) -> None:
+    """The portal's organisation type-ahead: every listed organisation is named by a certificate that
+    verifies now; a forged one is left out, a revoked one too, and a directory that pages out of order
+    (to loop the client) is refused."""
+    register(net.service, NODE_A2, "AAA", 3)
+    client = new_client(net, tmp_path / "node")
+    orgs = await client.list_orgs()
+    assert [(o.code, o.name) for o in orgs] == [("AAA", "Guy's and St Thomas'"), ("RGT", "Guy's and St Thomas'"),
+                                                ("RXX", "Guy's and St Thomas'")]
+    assert [r for r in net.seen if isinstance(r, ListOrgs)] == [ListOrgs("")]
+
+    def forge(request: Request, response: Response) -> Response:
+        if isinstance(request, ListOrgs) and isinstance(response, Entries):
+            fake = sign_certificate(NODE_B, org="ZZZ", org_name="Rogue Trust", serial_no=9, issuer=ROGUE).encode()
+            return Entries((*response.entries, Entry(fake, None)))
+        return response
+
+    net.rewrite = forge
+    assert [o.code for o in await client.list_orgs()] == ["AAA", "RGT", "RXX"]
+    net.rewrite = None
+    net.service.handle("admin", PublishRoster(sign_roster(2, revoked=[serial(2)]).encode()), NOW)
+    assert [o.code for o in await client.list_orgs()] == ["AAA", "RGT"]
+
+    def reorder(request: Request, response: Response) -> Response:
+        if isinstance(request, ListOrgs) and isinstance(response, Entries):
+            return Entries(tuple(reversed(response.entries)))
+        return response
+
+    net.rewrite = reorder
+    with pytest.raises(MeshError, match="out of order"):
+        await client.list_orgs()
