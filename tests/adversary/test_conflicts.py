@@ -111,7 +111,8 @@ async def test_an_unauthorised_user_cannot_decide(http: Http) -> None:
         ({}, 401),  # nobody
         ({"Authorization": "Bearer mnt_forged"}, 401),
         ({"Authorization": f"Bearer {http.reader}"}, 403),  # read role only
-        ({"Cookie": f"{SESSION_COOKIE}={http.session}"}, 401),  # a writer's session cookie alone: CSRF-safe
+        ({"Cookie": f"{SESSION_COOKIE}={http.session}"}, 403),  # a writer's session cookie without its CSRF token
+        ({"Cookie": f"{SESSION_COOKIE}={http.session}", "X-CSRF-Token": "forged"}, 403),
     ):
         reply = await call(http.app, "POST", path, headers={**headers, "Content-Type": "application/json"},
                            body=body)
