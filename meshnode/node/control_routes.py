@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from meshnode.control.app import Handler
 from common.describe import iso
 from meshnode.gateway.reconcile_holds import check_not_held
-from meshnode.node import reconcile_routes
+from meshnode.node import reconcile_routes, request_routes
 from meshnode.node.deid_routes import deid_routes, share_profile, share_research
 from meshnode.node import conflict_routes
 from meshnode.node.delivery import stored_deliveries
@@ -203,6 +203,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         **reconcile_routes.routes(node),  # the reconciliation queue and the patient lookup table
         **deid_routes(node),
         **conflict_routes.routes(node),  # meshnode conflicts list|decide
+        **request_routes.routes(node),  # meshnode request send|list|show|approve|decline, meshnode priors
     }
 
 

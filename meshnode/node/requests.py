@@ -1,0 +1,450 @@
+"""Study requests and prior-study queries, both ends (protocol.study_request, protocol.request_lifecycle,
+protocol.request_policy): the requester signs a request and sends it to the holder org's nodes; the holder
+verifies it (certified, unrevoked org, signed by the peer that delivers it, addressed to this org, not
+expired, not seen before), stores it, and either queues it for its PACS team or applies its policy; each
+decision (approve: ordinary shares made with Sender.share; decline; expiry) is a signed response sent back
+to the requesting node, retried until it is taken. Every step is audited at both ends, with the user.
+
+The CLI (control API: meshnode.node.request_routes) and the portal (meshnode.web.requests_web) call these
+same methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from meshnode.node.context import NodeContext, keep_running
+from meshnode.node.sender import Sender
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.records import StudySummaryRow, hash_uid
+from meshnode.storage.request_store import INCOMING, OUTGOING, RequestRow
+from meshnode.storage.search import Level, ListMatch, RangeMatch, Search, TextMatch
+from protocol.certificate import Certificate
+from protocol.document import Signed, open_document
+from protocol.errors import (
+    LocalProtocolError,
+    MeshError,
+    NotFoundError,
+    SchemaError,
+    UnauthorisedError,
+    WrongOrganisationError,
+)
+from protocol.exchange_messages import UNAUTHORISED, Ack, Refused, decode_ack_reply, encode_response
+from protocol.manifest import Priority, Purpose
+from protocol.request_lifecycle import RequestEvent, advance, apply_response, expired
+from protocol.request_messages import (
+    MAX_PRIOR_STUDIES,
+    PRIOR_QUERY_PROTOCOL,
+    REQUEST_RESPONSE_PROTOCOL,
+    STUDY_REQUEST_PROTOCOL,
+    PriorQuery,
+    PriorReply,
+    PriorStudy,
+    RequestDelivery,
+    ResponseDelivery,
+    decode_prior_query,
+    decode_prior_reply,
+    decode_request_delivery,
+    decode_response_delivery,
+    encode_delivery,
+    encode_prior_query,
+    encode_prior_reply,
+)
+from protocol.request_policy import PolicyAction, prior_query_allowed, request_action
+from protocol.study_request import (
+    DEFAULT_LIFETIME,
+    MAX_REASON,
+    RequestReplayError,
+    RequestResponse,
+    RequestState,
+    StudyRequest,
+    parse_request_id,
+    verify_request,
+    verify_response,
+)
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger(__name__)
+
+#: seconds between passes over undelivered responses and expired requests
+SWEEP_EVERY_S = 5.0
+#: studies one approval may share (and a search returns) at most
+MAX_STUDIES = 64
+
+
+class RequestLink(Protocol):
+    """How requests reach other nodes: libp2p in the node (meshnode.node.request_wire), memory in tests."""
+
+    async def call_org(self, org: str, protocol_id: str, payload: bytes) -> bytes:
+        """The answer of the first reachable node of `org` that answers (UnavailableError: none)."""
+        ...
+
+    async def call_peer(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes: ...
+
+
+def study_json(row: StudySummaryRow) -> dict[str, object]:
+    a = row.attributes
+    return {"study_uid": a.study_uid, "patient_id": a.patient_id, "patient_name": a.patient_name,
+            "study_date": a.study_date, "description": a.description, "accession": a.accession,
+            "modalities": list(row.modalities), "series": row.series_count, "instances": row.instance_count}
+
+
+def request_json(row: RequestRow) -> dict[str, object]:
+    """One request as the CLI and the portal show it (the patient identifiers included: staff only)."""
+    request = open_document(row.raw, StudyRequest).document
+    return {
+        "request_id": row.request_id, "direction": row.direction, "state": row.state.value,
+        "requester_org": row.requester_org, "holder_org": row.holder_org, "nhs_number": request.nhs_number,
+        "patient_id": request.patient_id, "date_from": request.date_from, "date_to": request.date_to,
+        "modality": request.modality, "reason": request.reason, "priority": request.priority.value,
+        "purpose": request.purpose.value, "requested_by": request.requested_by,
+        "created_at": request.created_at, "expires_at": request.expires_at,
+        "manifests": json.loads(row.manifests), "decision_reason": row.reason, "decided_by": row.decided_by,
+        "updated_ms": row.updated_ms, "response_delivered": row.response_delivered,
+    }
+
+
+class Requests:
+    def __init__(self, ctx: NodeContext, sender: Sender, link: RequestLink) -> None:
+        self.ctx = ctx
+        self.sender = sender
+        self.link = link
+        self._locks: dict[str, trio.Lock] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Holds the policy's decisions (made after the request is answered) and the sweep that retries
+        undelivered responses and expires requests nobody decided."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(keep_running, "request sweep", self._sweep_loop)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except MeshError as exc:
+                log.warning("request sweep: %s", exc)
+            await trio.sleep(SWEEP_EVERY_S)
+
+    # -- requester ---------------------------------------------------------------------------
+    async def send(self, holder_org: str, *, nhs_number: str = "", patient_id: str = "", date_from: str = "",
+                   date_to: str = "", modality: str = "", reason: str, priority: Priority = Priority.ROUTINE,
+                   purpose: Purpose = Purpose.CARE, requested_by: str,
+                   lifetime_s: int = DEFAULT_LIFETIME) -> RequestRow:
+        """Sign a request and deliver it to a node of `holder_org`; stored (pending) only once one took it."""
+        ctx = self.ctx
+        now = int(ctx.clock())
+        request = StudyRequest(secrets.token_bytes(16), ctx.org, ctx.peer_id, holder_org, nhs_number, patient_id,
+                               date_from, date_to, modality.upper(), reason, priority, purpose, requested_by,
+                               now, now + lifetime_s)
+        signed = request.sign(ctx.key)
+        row = RequestRow(request.id_text, OUTGOING, ctx.org, holder_org, RequestState.PENDING, signed.encode(), b"",
+                         now * 1000, request.expires_at, updated_ms=now * 1000)
+        await ctx.db.run(lambda s: s.save_request(row))  # durable before anyone can answer it
+        payload = encode_delivery(RequestDelivery(signed.encode(), ctx.certificate.encode()))
+        try:
+            reply = decode_ack_reply(await self.link.call_org(holder_org, STUDY_REQUEST_PROTOCOL, payload))
+            if isinstance(reply, Refused):
+                raise reply.to_error()
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await ctx.db.run(lambda s: s.delete_request(row.request_id, OUTGOING))
+            if isinstance(exc, MeshError):
+                await ctx.audit(AuditEvent(EventCode.QUERY, "study-request-not-sent", Outcome.MINOR_FAILURE,
+                                           actor=requested_by, actor_org=ctx.org,
+                                           detail=f"{request.id_text} to {holder_org}: {exc.name}: {exc}"[:300]))
+            raise
+        await ctx.audit(AuditEvent(EventCode.QUERY, "study-request-sent", actor=requested_by, actor_org=ctx.org,
+                                   detail=f"{request.id_text} to {holder_org}, {priority.value} {purpose.value}"))
+        log.info("study request %s sent to %s", request.id_text, holder_org)
+        ctx.wake()
+        return row
+
+    async def accept_response(self, peer_id: str, payload: bytes) -> None:
+        """The holder's signed response: applied to our outgoing request (protocol.request_lifecycle)."""
+        ctx = self.ctx
+        now = ctx.clock()
+        try:
+            ctx.peers.authorise(peer_id, now)
+            delivery = decode_response_delivery(payload)
+            signed = open_document(delivery.response, RequestResponse)
+            verify_response(signed, open_document(delivery.certificate, Certificate), ctx.roster(), now,
+                            skew=ctx.config.clock_skew)
+            response = signed.document
+            if response.holder_peer != peer_id:
+                raise WrongOrganisationError("a response is delivered by the holder peer that signed it")
+            key = response.request_id.hex()
+            async with self._lock(key):
+                row = await ctx.db.run(lambda s: s.request(key, OUTGOING))
+                if row is None:
+                    raise NotFoundError("no such request")
+                request = open_document(row.raw, StudyRequest).document
+                state = apply_response(row.state, request, response)
+                if state is row.state:
+                    return  # the same answer again
+                new = RequestRow(row.request_id, OUTGOING, row.requester_org, row.holder_org, state, row.raw, b"",
+                                 row.created_ms, row.expires_at, json.dumps([str(m) for m in response.manifests]),
+                                 response.reason, response.decided_by, int(now * 1000), delivery.response, True)
+                if not await ctx.db.run(lambda s: s.update_request(new, row.state)):
+                    raise LocalProtocolError("the request changed meanwhile; send the response again")
+        except MeshError as exc:
+            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "request-response-refused", Outcome.MINOR_FAILURE,
+                                       actor=peer_id, detail=f"{exc.name}: {exc}"[:300]))
+            raise
+        await ctx.audit(AuditEvent(EventCode.QUERY, f"study-request-{state.value}", actor=response.decided_by,
+                                   actor_org=response.holder_org,
+                                   detail=(f"{key}: {len(response.manifests)} share(s)"
+                                           + (f"; {response.reason}" if response.reason else ""))[:300]))
+        log.info("study request %s %s by %s", key, state.value, response.holder_org)
+        ctx.wake()
+
+    async def priors(self, holder_org: str, nhs_number: str, *, actor: str) -> PriorReply:
+        """Which studies `holder_org` holds for this NHS number (study-level metadata only)."""
+        query = PriorQuery(nhs_number)
+        try:
+            reply = decode_prior_reply(await self.link.call_org(holder_org, PRIOR_QUERY_PROTOCOL,
+                                                                encode_prior_query(query)))
+            if isinstance(reply, Refused):
+                raise reply.to_error()
+        except MeshError as exc:
+            await self.ctx.audit(AuditEvent(EventCode.QUERY, "prior-query-sent", Outcome.MINOR_FAILURE, actor=actor,
+                                            actor_org=self.ctx.org, detail=f"to {holder_org}: {exc.name}"))
+            raise
+        await self.ctx.audit(AuditEvent(EventCode.QUERY, "prior-query-sent", actor=actor, actor_org=self.ctx.org,
+                                        detail=f"to {holder_org}: {len(reply.studies)} study(ies)"))
+        return reply
+
+    # -- holder ------------------------------------------------------------------------------
+    async def accept_request(self, peer_id: str, payload: bytes) -> None:
+        """A study request delivered by `peer_id`: verified, stored and audited, or refused (and audited)
+        with nothing stored. The policy's decision, if any, is made after this returns."""
+        ctx = self.ctx
+        now = ctx.clock()
+        try:
+            deliverer = ctx.peers.authorise(peer_id, now)
+            delivery = decode_request_delivery(payload)
+            signed = open_document(delivery.request, StudyRequest)
+            verify_request(signed, open_document(delivery.certificate, Certificate), ctx.roster(), now,
+                           skew=ctx.config.clock_skew)
+            request = signed.document
+            if request.requester_peer != peer_id or deliverer.org_code != request.requester_org:
+                raise WrongOrganisationError("a request is delivered by the requester peer that signed it")
+            if request.holder_org != ctx.org:
+                raise WrongOrganisationError(f"request addressed to {request.holder_org}, not {ctx.org}")
+            row = RequestRow(request.id_text, INCOMING, request.requester_org, ctx.org, RequestState.PENDING,
+                             delivery.request, delivery.certificate, int(now * 1000), request.expires_at,
+                             updated_ms=int(now * 1000))
+            event = AuditEvent(EventCode.QUERY, "study-request-received", actor=f"{request.requested_by}",
+                               actor_org=request.requester_org,
+                               detail=(f"{request.id_text} from {peer_id}: {request.priority.value} "
+                                       f"{request.purpose.value}"))
+
+            def save(store: MetadataStore) -> bool:
+                return store.save_request(row)
+
+            if not await ctx.db.run(save):
+                raise RequestReplayError(f"request {request.id_text} was received before")
+        except MeshError as exc:
+            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "study-request-refused", Outcome.MINOR_FAILURE,
+                                       actor=peer_id, detail=f"{exc.name}: {exc}"[:300]))
+            raise
+        await ctx.audit(event)
+        ctx.wake()
+        action, rule = request_action(ctx.config.requests.rules, request)
+        if action is not PolicyAction.QUEUE and self._nursery is not None:
+            self._nursery.start_soon(self._apply_policy, request, action, rule)
+
+    async def _apply_policy(self, request: StudyRequest, action: PolicyAction, rule: int | None) -> None:
+        who = f"policy:request_policy[{rule}]"
+        try:
+            if action is PolicyAction.REFUSE:
+                await self.decline(request.id_text, "refused by the holder's request policy", decided_by=who)
+            else:
+                studies = [s.attributes.study_uid for s in await self.matching(request.id_text)]
+                if studies:
+                    await self.approve(request.id_text, studies, decided_by=who)
+                else:
+                    log.info("request %s: policy would approve, but no study matches; queued", request.id_text)
+        except MeshError as exc:
+            log.warning("request %s: policy %s failed: %s", request.id_text, action.value, exc)
+        except Exception:  # task boundary: a bug here must not take the node down; the request stays queued
+            log.exception("request %s: policy %s failed", request.id_text, action.value)
+
+    async def _incoming(self, request_id: str) -> tuple[RequestRow, StudyRequest]:
+        key = parse_request_id(request_id).hex()
+        row = await self.ctx.db.run(lambda s: s.request(key, INCOMING))
+        if row is None:
+            raise NotFoundError(f"no incoming request {key}")
+        return row, open_document(row.raw, StudyRequest).document
+
+    def _lock(self, key: str) -> trio.Lock:
+        if len(self._locks) > 1024:
+            self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+        return self._locks.setdefault(key, trio.Lock())
+
+    async def _patient_ids(self, request: StudyRequest) -> list[str]:
+        """The local patient IDs a request names: its patient ID, its NHS number as a patient ID, and the
+        local records holding that NHS number (the lookup table the PACS team maintains)."""
+        ids = [request.patient_id] if request.patient_id else []
+        if request.nhs_number:
+            records = await self.ctx.db.run(lambda s: s.patients(request.nhs_number))
+            ids += [request.nhs_number, *(r.local_id for r in records)]
+        return list(dict.fromkeys(ids))
+
+    async def search(self, patient_ids: Sequence[str], date_from: str = "", date_to: str = "",
+                     modality: str = "", *, limit: int = MAX_STUDIES) -> list[StudySummaryRow]:
+        """Local studies of these patients (exact patient ID), in the date range, with the modality."""
+        if not patient_ids:
+            return []
+        filters: dict[str, TextMatch | RangeMatch | ListMatch] = {"patient_id": ListMatch(tuple(patient_ids))}
+        if date_from or date_to:
+            filters["study_date"] = RangeMatch(date_from, date_to)
+        search = Search(Level.STUDY, filters, modalities_in_study=(modality,) if modality else (),
+                        limit=limit, hide_held=True)
+        return await self.ctx.db.run(lambda s: s.search_studies(search))
+
+    async def matching(self, request_id: str) -> list[StudySummaryRow]:
+        """The local studies an incoming request asks for."""
+        _, request = await self._incoming(request_id)
+        return await self.search(await self._patient_ids(request), request.date_from, request.date_to,
+                                 request.modality)
+
+    async def approve(self, request_id: str, study_uids: Sequence[str], *, decided_by: str) -> RequestRow:
+        """Share the chosen studies with the requesting org (ordinary shares: Sender.share) and answer it.
+        Every study must be the requested patient's (a slip cannot send another patient's images)."""
+        if not study_uids or len(study_uids) > MAX_STUDIES:
+            raise SchemaError(f"choose 1-{MAX_STUDIES} studies to send")
+        row, request = await self._incoming(request_id)
+        async with self._lock(row.request_id):
+            row, request = await self._incoming(request_id)
+            await self._check_pending(row, request)
+            advance(row.state, RequestEvent.APPROVE)
+            patient = set(await self._patient_ids(request))
+            chosen = list(dict.fromkeys(study_uids))
+            studies = await self.ctx.db.run(lambda s: [s.study(u) for u in chosen])
+            for uid, study in zip(chosen, studies):
+                if study is None or study.attributes.patient_id not in patient:
+                    raise UnauthorisedError(f"study {hash_uid(uid)} is not a study of the requested patient")
+            manifests = []
+            for uid in chosen:
+                signed = await self.sender.share(uid, [request.requester_org], request.priority, request.purpose)
+                manifests.append(signed.cid)
+            return await self._decide(row, request, RequestState.APPROVED, decided_by, "", tuple(manifests))
+
+    async def decline(self, request_id: str, reason: str, *, decided_by: str) -> RequestRow:
+        if not reason.strip() or len(reason) > MAX_REASON:
+            raise SchemaError(f"a decline needs a reason of 1-{MAX_REASON} characters")
+        row, request = await self._incoming(request_id)
+        async with self._lock(row.request_id):
+            row, request = await self._incoming(request_id)
+            await self._check_pending(row, request)
+            return await self._decide(row, request, RequestState.DECLINED, decided_by, reason, ())
+
+    async def _check_pending(self, row: RequestRow, request: StudyRequest) -> None:
+        if expired(row.state, request, self.ctx.clock()):
+            await self._decide(row, request, RequestState.EXPIRED, "expiry", "nobody decided before it expired", ())
+            raise LocalProtocolError("the request has expired")
+        if row.state is not RequestState.PENDING:
+            raise LocalProtocolError(f"the request is {row.state.value} already")
+
+    async def _decide(self, row: RequestRow, request: StudyRequest, state: RequestState, decided_by: str,
+                      reason: str, manifests: tuple[object, ...]) -> RequestRow:
+        """Sign the response, record it with the new state (compare-and-set), audit, and deliver it."""
+        ctx = self.ctx
+        now = int(ctx.clock())
+        response = RequestResponse(request.request_id, request.requester_org, ctx.org, ctx.peer_id, state,
+                                   tuple(manifests),  # type: ignore[arg-type]  # CIDs from Sender.share
+                                   reason, decided_by[:128], now).sign(ctx.key)
+        new = RequestRow(row.request_id, INCOMING, row.requester_org, row.holder_org, state, row.raw,
+                         row.certificate, row.created_ms, row.expires_at,
+                         json.dumps([str(m) for m in response.document.manifests]), reason, decided_by,
+                         now * 1000, response.encode(), False)
+        if not await ctx.db.run(lambda s: s.update_request(new, row.state)):
+            raise LocalProtocolError("the request was decided meanwhile")
+        await ctx.audit(AuditEvent(
+            EventCode.INSTANCES_TRANSFERRED if state is RequestState.APPROVED else EventCode.QUERY,
+            f"study-request-{state.value}", actor=decided_by, actor_org=ctx.org,
+            detail=(f"{row.request_id} from {row.requester_org}: {len(manifests)} share(s)"
+                    + (f"; {reason}" if reason else ""))[:300]))
+        ctx.wake()
+        await self._deliver(new, request)
+        return (await ctx.db.run(lambda s: s.request(row.request_id, INCOMING))) or new
+
+    async def _deliver(self, row: RequestRow, request: StudyRequest) -> bool:
+        """Send the latest response to the requesting node; False (retried by the sweep) when it fails."""
+        payload = encode_delivery(ResponseDelivery(row.response, self.ctx.certificate.encode()))
+        try:
+            reply = decode_ack_reply(await self.link.call_peer(request.requester_peer, REQUEST_RESPONSE_PROTOCOL,
+                                                               payload))
+            if isinstance(reply, Refused):
+                raise reply.to_error()
+        except MeshError as exc:
+            log.info("response to request %s not delivered yet: %s", row.request_id, exc)
+            return False
+        await self.ctx.db.run(lambda s: s.set_response_delivered(row.request_id, True))
+        return True
+
+    async def sweep(self) -> None:
+        """Expire incoming requests nobody decided in time (and tell their requesters), mark outgoing ones
+        expired once well past their expiry, and deliver responses that have not reached their requester."""
+        ctx = self.ctx
+        now = ctx.clock()
+        pending = await ctx.db.run(lambda s: s.requests(None, RequestState.PENDING))
+        for row in pending:
+            request = open_document(row.raw, StudyRequest).document
+            if row.direction == INCOMING and expired(row.state, request, now):
+                async with self._lock(row.request_id):
+                    try:
+                        await self._decide(row, request, RequestState.EXPIRED, "expiry",
+                                           "nobody decided before it expired", ())
+                    except LocalProtocolError:
+                        pass  # decided meanwhile
+            elif row.direction == OUTGOING and expired(row.state, request, now - ctx.config.clock_skew):
+                new = RequestRow(row.request_id, OUTGOING, row.requester_org, row.holder_org, RequestState.EXPIRED,
+                                 row.raw, b"", row.created_ms, row.expires_at, reason="expired unanswered",
+                                 decided_by="expiry", updated_ms=int(now * 1000))
+                await ctx.db.run(lambda s: s.update_request(new, RequestState.PENDING))
+        for row in await ctx.db.run(lambda s: s.undelivered_responses()):
+            await self._deliver(row, open_document(row.raw, StudyRequest).document)
+
+    async def answer_prior_query(self, peer_id: str, payload: bytes) -> PriorReply | Refused:
+        """A prior-study query: answered (study-level metadata only, at most MAX_PRIOR_STUDIES, newest first)
+        only to an org the holder's [prior_query] allow names; any other org gets the one refusal."""
+        ctx = self.ctx
+        cert = ctx.peers.authorise(peer_id, ctx.clock())
+        query = decode_prior_query(payload)
+        org = cert.org_code
+        if not prior_query_allowed(ctx.config.requests.prior_query_allow, org):
+            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "prior-query-refused", Outcome.MINOR_FAILURE,
+                                       actor=peer_id, actor_org=org, detail="not allowed by [prior_query] allow"))
+            return UNAUTHORISED
+        ids = [query.nhs_number, *(r.local_id for r in await ctx.db.run(lambda s: s.patients(query.nhs_number)))]
+        rows = await self.search(list(dict.fromkeys(ids)), limit=MAX_PRIOR_STUDIES + 1)
+        rows.sort(key=lambda r: r.attributes.study_date, reverse=True)
+        studies = tuple(PriorStudy(r.attributes.study_uid, r.attributes.study_date
+                                   if len(r.attributes.study_date) == 8 and r.attributes.study_date.isdigit() else "",
+                                   tuple(m for m in r.modalities if m)[:16], r.attributes.description[:64],
+                                   r.series_count, r.instance_count) for r in rows[:MAX_PRIOR_STUDIES])
+        await ctx.audit(AuditEvent(EventCode.QUERY, "prior-query-answered", actor=peer_id, actor_org=org,
+                                   detail=f"{len(studies)} study(ies)"))
+        return PriorReply(studies, truncated=len(rows) > MAX_PRIOR_STUDIES)
+
+
+def answer_bytes(response: Ack | Refused) -> bytes:
+    return encode_response(response)
+
+
+def prior_bytes(reply: PriorReply | Refused) -> bytes:
+    return encode_prior_reply(reply)
