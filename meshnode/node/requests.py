@@ -282,7 +282,7 @@ class Requests:
         except Exception:  # task boundary: a bug here must not take the node down; the request stays queued
             log.exception("request %s: policy %s failed", request.id_text, action.value)
 
-    async def _incoming(self, request_id: str) -> tuple[RequestRow, StudyRequest]:
+    async def incoming_request(self, request_id: str) -> tuple[RequestRow, StudyRequest]:
         key = parse_request_id(request_id).hex()
         row = await self.ctx.db.run(lambda s: s.request(key, INCOMING))
         if row is None:
@@ -294,7 +294,7 @@ class Requests:
             self._locks = {k: v for k, v in self._locks.items() if v.locked()}
         return self._locks.setdefault(key, trio.Lock())
 
-    async def _patient_ids(self, request: StudyRequest) -> list[str]:
+    async def patient_ids(self, request: StudyRequest) -> list[str]:
         """The local patient IDs a request names: its patient ID, its NHS number as a patient ID, and the
         local records holding that NHS number (the lookup table the PACS team maintains)."""
         ids = [request.patient_id] if request.patient_id else []
@@ -317,8 +317,8 @@ class Requests:
 
     async def matching(self, request_id: str) -> list[StudySummaryRow]:
         """The local studies an incoming request asks for."""
-        _, request = await self._incoming(request_id)
-        return await self.search(await self._patient_ids(request), request.date_from, request.date_to,
+        _, request = await self.incoming_request(request_id)
+        return await self.search(await self.patient_ids(request), request.date_from, request.date_to,
                                  request.modality)
 
     async def approve(self, request_id: str, study_uids: Sequence[str], *, decided_by: str) -> RequestRow:
@@ -326,12 +326,12 @@ class Requests:
         Every study must be the requested patient's (a slip cannot send another patient's images)."""
         if not study_uids or len(study_uids) > MAX_STUDIES:
             raise SchemaError(f"choose 1-{MAX_STUDIES} studies to send")
-        row, request = await self._incoming(request_id)
+        row, request = await self.incoming_request(request_id)
         async with self._lock(row.request_id):
-            row, request = await self._incoming(request_id)
+            row, request = await self.incoming_request(request_id)
             await self._check_pending(row, request)
             advance(row.state, RequestEvent.APPROVE)
-            patient = set(await self._patient_ids(request))
+            patient = set(await self.patient_ids(request))
             chosen = list(dict.fromkeys(study_uids))
             studies = await self.ctx.db.run(lambda s: [s.study(u) for u in chosen])
             for uid, study in zip(chosen, studies):
@@ -346,9 +346,9 @@ class Requests:
     async def decline(self, request_id: str, reason: str, *, decided_by: str) -> RequestRow:
         if not reason.strip() or len(reason) > MAX_REASON:
             raise SchemaError(f"a decline needs a reason of 1-{MAX_REASON} characters")
-        row, request = await self._incoming(request_id)
+        row, request = await self.incoming_request(request_id)
         async with self._lock(row.request_id):
-            row, request = await self._incoming(request_id)
+            row, request = await self.incoming_request(request_id)
             await self._check_pending(row, request)
             return await self._decide(row, request, RequestState.DECLINED, decided_by, reason, ())
 

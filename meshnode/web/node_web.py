@@ -25,6 +25,7 @@ from meshnode.web.node_view import NodeView
 from meshnode.web.ops import Ops
 from meshnode.web.qido import Qido
 from meshnode.web.reconcile_web import ReconcileWeb
+from meshnode.web.requests_web import RequestsWeb
 from meshnode.web.server import serve_http
 from meshnode.web.services import WebServices
 from meshnode.web.stow import Stow
@@ -78,6 +79,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                         lambda: ctx.changed).routes(),
                     *ReconcileWeb(lambda: node.gateway.reconciler, ctx.db, audit, ctx.clock).routes(),
                     *ConflictsHttp(lambda: node.gateway.conflicts).routes(),
+                    *RequestsWeb(lambda: node.requests, audit).routes(),  # study requests, prior queries
                 ]
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)
