@@ -105,7 +105,6 @@ def parse_request_id(text: str) -> bytes:
 class StudyRequest(Document):
     LABEL: ClassVar[str] = REQUEST_LABEL
     MAX_BYTES: ClassVar[int] = 8192
-    MAX_ITEMS: ClassVar[int] = 64
 
     request_id: bytes
     requester_org: str
@@ -193,7 +192,6 @@ class StudyRequest(Document):
 class RequestResponse(Document):
     LABEL: ClassVar[str] = RESPONSE_LABEL
     MAX_BYTES: ClassVar[int] = 8192
-    MAX_ITEMS: ClassVar[int] = 2 * MAX_RESPONSE_MANIFESTS + 32
 
     request_id: bytes
     requester_org: str

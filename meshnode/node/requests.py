@@ -341,7 +341,7 @@ class Requests:
             for uid in chosen:
                 signed = await self.sender.share(uid, [request.requester_org], request.priority, request.purpose)
                 manifests.append(signed.cid)
-            return await self._decide(row, request, RequestState.APPROVED, decided_by, "", tuple(manifests))
+            return await self._record_decision(row, request, RequestState.APPROVED, decided_by, "", tuple(manifests))
 
     async def decline(self, request_id: str, reason: str, *, decided_by: str) -> RequestRow:
         if not reason.strip() or len(reason) > MAX_REASON:
@@ -350,16 +350,16 @@ class Requests:
         async with self._lock(row.request_id):
             row, request = await self.incoming_request(request_id)
             await self._check_pending(row, request)
-            return await self._decide(row, request, RequestState.DECLINED, decided_by, reason, ())
+            return await self._record_decision(row, request, RequestState.DECLINED, decided_by, reason, ())
 
     async def _check_pending(self, row: RequestRow, request: StudyRequest) -> None:
         if expired(row.state, request, self.ctx.clock()):
-            await self._decide(row, request, RequestState.EXPIRED, "expiry", "nobody decided before it expired", ())
+            await self._record_decision(row, request, RequestState.EXPIRED, "expiry", "nobody decided before it expired", ())
             raise LocalProtocolError("the request has expired")
         if row.state is not RequestState.PENDING:
             raise LocalProtocolError(f"the request is {row.state.value} already")
 
-    async def _decide(self, row: RequestRow, request: StudyRequest, state: RequestState, decided_by: str,
+    async def _record_decision(self, row: RequestRow, request: StudyRequest, state: RequestState, decided_by: str,
                       reason: str, manifests: tuple[object, ...]) -> RequestRow:
         """Sign the response, record it with the new state (compare-and-set), audit, and deliver it."""
         ctx = self.ctx
@@ -407,7 +407,7 @@ class Requests:
             if row.direction == INCOMING and expired(row.state, request, now):
                 async with self._lock(row.request_id):
                     try:
-                        await self._decide(row, request, RequestState.EXPIRED, "expiry",
+                        await self._record_decision(row, request, RequestState.EXPIRED, "expiry",
                                            "nobody decided before it expired", ())
                     except LocalProtocolError:
                         pass  # decided meanwhile
