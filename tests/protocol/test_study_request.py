@@ -233,3 +233,22 @@ def test_any_valid_request_round_trips_canonically(patient: str, priority: Prior
         return  # e.g. control characters its own decoder refuses
     assert open_document(signed.encode(), StudyRequest).document == request
     assert dataclasses.replace(request) == request
+
+
+def test_the_largest_messages_fit_their_frames_and_the_spec_states_the_limits() -> None:
+    from pathlib import Path
+
+    from protocol.exchange_messages import MAX_CERT_BYTES
+    from protocol.request_messages import REQUEST_LIMITS, PRIOR_QUERY_PROTOCOL, STUDY_REQUEST_PROTOCOL
+
+    widest = PriorStudy("1." + "2" * 62, "20250101", tuple(f"M{i:02d}" * 4 for i in range(16)), "D" * 64,
+                        1 << 20, 1 << 30)
+    reply = encode_prior_reply(PriorReply((widest,) * MAX_PRIOR_STUDIES, truncated=True))
+    assert len(reply) <= REQUEST_LIMITS[PRIOR_QUERY_PROTOCOL].response
+    assert decode_prior_reply(reply) == PriorReply((widest,) * MAX_PRIOR_STUDIES, truncated=True)
+    biggest = encode_delivery(RequestDelivery(b"r" * StudyRequest.MAX_BYTES, b"c" * MAX_CERT_BYTES))
+    assert len(biggest) <= REQUEST_LIMITS[STUDY_REQUEST_PROTOCOL].request
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "protocol" / "requests.md").read_text(encoding="utf-8")
+    for protocol_id, limits in REQUEST_LIMITS.items():
+        row = next(line for line in spec.splitlines() if line.startswith(f"| `{protocol_id}` |"))
+        assert f"{limits.request:,} bytes" in row and f"{limits.response:,} bytes" in row
