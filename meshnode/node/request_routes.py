@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from meshnode.control.actor import control_actor
 from meshnode.control.app import Handler
-from meshnode.node.requests import Requests, request_json, study_json
+from meshnode.node.requests import Requests, request_json
+from meshnode.node.study_match import study_json
 from meshnode.storage.request_store import DIRECTIONS, INCOMING
 from protocol.errors import NotFoundError, SchemaError
 from protocol.manifest import Priority, Purpose
@@ -97,7 +98,7 @@ def prior_json(org: str, reply: PriorReply) -> dict[str, object]:
 async def query_priors(requests: Requests, body: dict[str, Any], actor: str) -> dict[str, object]:
     org = check_org_code(_text(body, "org", max_len=16), "org")
     nhs = _text(body, "nhs_number", max_len=16).replace(" ", "").replace("-", "")
-    return prior_json(org, await requests.priors(org, nhs, actor=actor))
+    return prior_json(org, await requests.prior.ask(org, nhs, actor=actor))
 
 
 def routes(node: Node) -> dict[tuple[str, str], Handler]:

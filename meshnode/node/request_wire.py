@@ -15,7 +15,8 @@ from contextlib import AbstractAsyncContextManager
 from libp2p.peer.id import ID
 
 from common.p2p.streams import Admission, network_endings_unavailable, request, serve_requests
-from meshnode.node.requests import Requests, answer_bytes, prior_bytes
+from meshnode.node.prior_query import prior_bytes
+from meshnode.node.requests import Requests, answer_bytes
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from protocol.errors import LocalProtocolError, MeshError, UnavailableError
@@ -88,7 +89,7 @@ class RequestWire:
 
     async def _prior(self, peer_id: str, payload: bytes) -> bytes:
         try:
-            return prior_bytes(await self.requests.answer_prior_query(peer_id, payload))
+            return prior_bytes(await self.requests.prior.answer(peer_id, payload))
         except MeshError as exc:
             return prior_bytes(Refused.from_error(exc))
 

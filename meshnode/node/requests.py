@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from meshnode.node.context import NodeContext, keep_running
+from meshnode.node.prior_query import PriorQueries
 from meshnode.node.sender import Sender
+from meshnode.node.study_match import MAX_MATCHES, patient_ids, search_studies
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import StudySummaryRow, hash_uid
 from meshnode.storage.request_store import INCOMING, OUTGOING, RequestRow
-from meshnode.storage.search import Level, ListMatch, RangeMatch, Search, TextMatch
 from protocol.certificate import Certificate
-from protocol.document import Signed, open_document
+from protocol.document import open_document
 from protocol.errors import (
     LocalProtocolError,
     MeshError,
@@ -36,28 +37,19 @@ from protocol.errors import (
     UnauthorisedError,
     WrongOrganisationError,
 )
-from protocol.exchange_messages import UNAUTHORISED, Ack, Refused, decode_ack_reply, encode_response
+from protocol.exchange_messages import Ack, Refused, decode_ack_reply, encode_response
 from protocol.manifest import Priority, Purpose
 from protocol.request_lifecycle import RequestEvent, advance, apply_response, expired
 from protocol.request_messages import (
-    MAX_PRIOR_STUDIES,
-    PRIOR_QUERY_PROTOCOL,
     REQUEST_RESPONSE_PROTOCOL,
     STUDY_REQUEST_PROTOCOL,
-    PriorQuery,
-    PriorReply,
-    PriorStudy,
     RequestDelivery,
     ResponseDelivery,
-    decode_prior_query,
-    decode_prior_reply,
     decode_request_delivery,
     decode_response_delivery,
     encode_delivery,
-    encode_prior_query,
-    encode_prior_reply,
 )
-from protocol.request_policy import PolicyAction, prior_query_allowed, request_action
+from protocol.request_policy import PolicyAction, request_action
 from protocol.study_request import (
     DEFAULT_LIFETIME,
     MAX_REASON,
@@ -77,8 +69,6 @@ log = logging.getLogger(__name__)
 
 #: seconds between passes over undelivered responses and expired requests
 SWEEP_EVERY_S = 5.0
-#: studies one approval may share (and a search returns) at most
-MAX_STUDIES = 64
 
 
 class RequestLink(Protocol):
@@ -89,13 +79,6 @@ class RequestLink(Protocol):
         ...
 
     async def call_peer(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes: ...
-
-
-def study_json(row: StudySummaryRow) -> dict[str, object]:
-    a = row.attributes
-    return {"study_uid": a.study_uid, "patient_id": a.patient_id, "patient_name": a.patient_name,
-            "study_date": a.study_date, "description": a.description, "accession": a.accession,
-            "modalities": list(row.modalities), "series": row.series_count, "instances": row.instance_count}
 
 
 def request_json(row: RequestRow) -> dict[str, object]:
@@ -118,6 +101,8 @@ class Requests:
         self.ctx = ctx
         self.sender = sender
         self.link = link
+        #: prior-study queries, asked and answered (meshnode.node.prior_query)
+        self.prior = PriorQueries(ctx, link)
         self._locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -210,22 +195,6 @@ class Requests:
         log.info("study request %s %s by %s", key, state.value, response.holder_org)
         ctx.wake()
 
-    async def priors(self, holder_org: str, nhs_number: str, *, actor: str) -> PriorReply:
-        """Which studies `holder_org` holds for this NHS number (study-level metadata only)."""
-        query = PriorQuery(nhs_number)
-        try:
-            reply = decode_prior_reply(await self.link.call_org(holder_org, PRIOR_QUERY_PROTOCOL,
-                                                                encode_prior_query(query)))
-            if isinstance(reply, Refused):
-                raise reply.to_error()
-        except MeshError as exc:
-            await self.ctx.audit(AuditEvent(EventCode.QUERY, "prior-query-sent", Outcome.MINOR_FAILURE, actor=actor,
-                                            actor_org=self.ctx.org, detail=f"to {holder_org}: {exc.name}"))
-            raise
-        await self.ctx.audit(AuditEvent(EventCode.QUERY, "prior-query-sent", actor=actor, actor_org=self.ctx.org,
-                                        detail=f"to {holder_org}: {len(reply.studies)} study(ies)"))
-        return reply
-
     # -- holder ------------------------------------------------------------------------------
     async def accept_request(self, peer_id: str, payload: bytes) -> None:
         """A study request delivered by `peer_id`: verified, stored and audited, or refused (and audited)
@@ -294,44 +263,23 @@ class Requests:
             self._locks = {k: v for k, v in self._locks.items() if v.locked()}
         return self._locks.setdefault(key, trio.Lock())
 
-    async def patient_ids(self, request: StudyRequest) -> list[str]:
-        """The local patient IDs a request names: its patient ID, its NHS number as a patient ID, and the
-        local records holding that NHS number (the lookup table the PACS team maintains)."""
-        ids = [request.patient_id] if request.patient_id else []
-        if request.nhs_number:
-            records = await self.ctx.db.run(lambda s: s.patients(request.nhs_number))
-            ids += [request.nhs_number, *(r.local_id for r in records)]
-        return list(dict.fromkeys(ids))
-
-    async def search(self, patient_ids: Sequence[str], date_from: str = "", date_to: str = "",
-                     modality: str = "", *, limit: int = MAX_STUDIES) -> list[StudySummaryRow]:
-        """Local studies of these patients (exact patient ID), in the date range, with the modality."""
-        if not patient_ids:
-            return []
-        filters: dict[str, TextMatch | RangeMatch | ListMatch] = {"patient_id": ListMatch(tuple(patient_ids))}
-        if date_from or date_to:
-            filters["study_date"] = RangeMatch(date_from, date_to)
-        search = Search(Level.STUDY, filters, modalities_in_study=(modality,) if modality else (),
-                        limit=limit, hide_held=True)
-        return await self.ctx.db.run(lambda s: s.search_studies(search))
-
     async def matching(self, request_id: str) -> list[StudySummaryRow]:
         """The local studies an incoming request asks for."""
         _, request = await self.incoming_request(request_id)
-        return await self.search(await self.patient_ids(request), request.date_from, request.date_to,
-                                 request.modality)
+        return await search_studies(self.ctx, await patient_ids(self.ctx, request.nhs_number, request.patient_id),
+                                    request.date_from, request.date_to, request.modality)
 
     async def approve(self, request_id: str, study_uids: Sequence[str], *, decided_by: str) -> RequestRow:
         """Share the chosen studies with the requesting org (ordinary shares: Sender.share) and answer it.
         Every study must be the requested patient's (a slip cannot send another patient's images)."""
-        if not study_uids or len(study_uids) > MAX_STUDIES:
-            raise SchemaError(f"choose 1-{MAX_STUDIES} studies to send")
+        if not study_uids or len(study_uids) > MAX_MATCHES:
+            raise SchemaError(f"choose 1-{MAX_MATCHES} studies to send")
         row, request = await self.incoming_request(request_id)
         async with self._lock(row.request_id):
             row, request = await self.incoming_request(request_id)
             await self._check_pending(row, request)
             advance(row.state, RequestEvent.APPROVE)
-            patient = set(await self.patient_ids(request))
+            patient = set(await patient_ids(self.ctx, request.nhs_number, request.patient_id))
             chosen = list(dict.fromkeys(study_uids))
             studies = await self.ctx.db.run(lambda s: [s.study(u) for u in chosen])
             for uid, study in zip(chosen, studies):
@@ -419,32 +367,6 @@ class Requests:
         for row in await ctx.db.run(lambda s: s.undelivered_responses()):
             await self._deliver(row, open_document(row.raw, StudyRequest).document)
 
-    async def answer_prior_query(self, peer_id: str, payload: bytes) -> PriorReply | Refused:
-        """A prior-study query: answered (study-level metadata only, at most MAX_PRIOR_STUDIES, newest first)
-        only to an org the holder's [prior_query] allow names; any other org gets the one refusal."""
-        ctx = self.ctx
-        cert = ctx.peers.authorise(peer_id, ctx.clock())
-        query = decode_prior_query(payload)
-        org = cert.org_code
-        if not prior_query_allowed(ctx.config.requests.prior_query_allow, org):
-            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "prior-query-refused", Outcome.MINOR_FAILURE,
-                                       actor=peer_id, actor_org=org, detail="not allowed by [prior_query] allow"))
-            return UNAUTHORISED
-        ids = [query.nhs_number, *(r.local_id for r in await ctx.db.run(lambda s: s.patients(query.nhs_number)))]
-        rows = await self.search(list(dict.fromkeys(ids)), limit=MAX_PRIOR_STUDIES + 1)
-        rows.sort(key=lambda r: r.attributes.study_date, reverse=True)
-        studies = tuple(PriorStudy(r.attributes.study_uid, r.attributes.study_date
-                                   if len(r.attributes.study_date) == 8 and r.attributes.study_date.isdigit() else "",
-                                   tuple(m for m in r.modalities if m)[:16], r.attributes.description[:64],
-                                   r.series_count, r.instance_count) for r in rows[:MAX_PRIOR_STUDIES])
-        await ctx.audit(AuditEvent(EventCode.QUERY, "prior-query-answered", actor=peer_id, actor_org=org,
-                                   detail=f"{len(studies)} study(ies)"))
-        return PriorReply(studies, truncated=len(rows) > MAX_PRIOR_STUDIES)
-
 
 def answer_bytes(response: Ack | Refused) -> bytes:
     return encode_response(response)
-
-
-def prior_bytes(reply: PriorReply | Refused) -> bytes:
-    return encode_prior_reply(reply)

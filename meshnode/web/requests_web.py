@@ -30,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meshnode.node.request_routes import list_requests, query_priors, send_request, show_request, study_list
-from meshnode.node.requests import Requests, request_json, study_json
+from meshnode.node.requests import Requests, request_json
+from meshnode.node.study_match import patient_ids, search_studies, study_json
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.web.app import Route, route
 from meshnode.web.http import HttpError, body, json_response, principal
@@ -108,8 +109,9 @@ class RequestsWeb:
         filters = {k: payload.get(k, "") for k in ("date_from", "date_to", "modality")}
         if not all(isinstance(v, str) and len(v) <= 16 for v in filters.values()):
             raise HttpError(400, "date_from, date_to and modality are short text")
-        rows = await requests.search(await requests.patient_ids(req), filters["date_from"].replace("-", ""),
-                                     filters["date_to"].replace("-", ""), filters["modality"].upper())
+        ids = await patient_ids(requests.ctx, req.nhs_number, req.patient_id)
+        rows = await search_studies(requests.ctx, ids, filters["date_from"].replace("-", ""),
+                                    filters["date_to"].replace("-", ""), filters["modality"].upper())
         await self._viewed(request, "requests-search", len(rows))
         return json_response(200, [study_json(r) for r in rows])
 

@@ -16,7 +16,6 @@ from meshnode.node.wire import UNKNOWN_PEER
 from meshnode.node.request_config import RequestConfig
 from meshnode.storage.request_store import INCOMING, OUTGOING
 from protocol.errors import (
-    DocumentError,
     DocumentExpiredError,
     LimitError,
     LocalProtocolError,
@@ -190,7 +189,7 @@ async def test_a_prior_query_from_an_org_the_policy_does_not_name_learns_nothing
     assert decode_prior_reply(raw) == UNAUTHORISED
     assert alerts(holder.node, "prior-query-refused") == [third.peer_id]
     with pytest.raises(UnauthorisedError):
-        await third.requests.priors("RJ1", NHS, actor="user:eve")
+        await third.requests.prior.ask("RJ1", NHS, actor="user:eve")
 
 
 async def test_a_decision_on_a_decided_request_or_a_foreign_study_is_refused(
@@ -264,10 +263,22 @@ async def test_a_prior_query_answers_study_level_metadata_to_an_allowed_org(
     from meshnode.storage.patients import PatientRecord
     _, holder, requester, _ = setup(mesh, RequestConfig(prior_query_allow=frozenset({"RGT"})))
     holder.node.store.put_patients([PatientRecord(PATIENT, "", NHS)])
-    reply = await requester.requests.priors("RJ1", NHS, actor="user:alice")
+    reply = await requester.requests.prior.ask("RJ1", NHS, actor="user:alice")
     assert isinstance(reply, PriorReply)
     [prior] = reply.studies
     assert prior.study_uid == study and prior.instances == 12 and prior.modalities == ("CT",)
     assert set(prior.to_json()) == {"study_uid", "study_date", "modalities", "description", "series", "instances"}
     assert [e.event.action for e in holder.node.store.audit_entries()][-1] == "prior-query-answered"
     assert [e.event.action for e in requester.node.store.audit_entries()][-1] == "prior-query-sent"
+
+
+def test_a_prior_answer_never_carries_what_the_wire_refuses() -> None:
+    """A local study's odd values never spoil the answer: control characters dropped, a bad date or modality
+    left out, a study whose UID is not a UID not listed."""
+    from meshnode.node.prior_query import prior_study
+    from protocol.request_messages import decode_prior_reply, encode_prior_reply
+
+    odd = prior_study("1.2.3", "2025-1-1", ("CT", "bad;modality", ""), "HEAD\x00\nCT" + "x" * 100, 1, 2)
+    assert odd is not None and odd.study_date == "" and odd.modalities == ("CT",) and "\x00" not in odd.description
+    assert decode_prior_reply(encode_prior_reply(PriorReply((odd,)))) == PriorReply((odd,))
+    assert prior_study("not-a-uid", "20250101", ("CT",), "", 1, 1) is None
