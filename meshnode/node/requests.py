@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 
 #: seconds between passes over undelivered responses and expired requests
 SWEEP_EVERY_S = 5.0
+#: the requester waits this long past a request's expiry for the holder's own answer (a decision made just
+#: before the expiry, or the holder's "expired") before it records the request as expired unanswered
+RESPONSE_GRACE_S = 3600.0
 
 
 class RequestLink(Protocol):
@@ -331,18 +334,23 @@ class Requests:
         return (await ctx.db.run(lambda s: s.request(row.request_id, INCOMING))) or new
 
     async def _deliver(self, row: RequestRow, request: StudyRequest) -> bool:
-        """Send the latest response to the requesting node; False (retried by the sweep) when it fails."""
+        """Send the latest response to the requesting node. False when it could not be reached (the sweep tries
+        again); a refusal from the requester itself is final (retrying cannot change it): recorded, audited,
+        and not sent again."""
         payload = encode_delivery(ResponseDelivery(row.response, self.ctx.certificate.encode()))
         try:
             reply = decode_ack_reply(await self.link.call_peer(request.requester_peer, REQUEST_RESPONSE_PROTOCOL,
                                                                payload))
-            if isinstance(reply, Refused):
-                raise reply.to_error()
         except MeshError as exc:
             log.info("response to request %s not delivered yet: %s", row.request_id, exc)
             return False
+        if isinstance(reply, Refused):
+            log.warning("the requester refused the response to request %s: %s", row.request_id, reply.message)
+            await self.ctx.audit(AuditEvent(EventCode.QUERY, "request-response-not-taken", Outcome.MINOR_FAILURE,
+                                            actor=request.requester_peer, actor_org=request.requester_org,
+                                            detail=f"{row.request_id}: {reply.message}"[:300]))
         await self.ctx.db.run(lambda s: s.set_response_delivered(row.request_id, True))
-        return True
+        return not isinstance(reply, Refused)
 
     async def sweep(self) -> None:
         """Expire incoming requests nobody decided in time (and tell their requesters), mark outgoing ones
@@ -359,7 +367,7 @@ class Requests:
                                            "nobody decided before it expired", ())
                     except LocalProtocolError:
                         pass  # decided meanwhile
-            elif row.direction == OUTGOING and expired(row.state, request, now - ctx.config.clock_skew):
+            elif row.direction == OUTGOING and expired(row.state, request, now - RESPONSE_GRACE_S):
                 new = RequestRow(row.request_id, OUTGOING, row.requester_org, row.holder_org, RequestState.EXPIRED,
                                  row.raw, b"", row.created_ms, row.expires_at, reason="expired unanswered",
                                  decided_by="expiry", updated_ms=int(now * 1000))

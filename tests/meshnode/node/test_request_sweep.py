@@ -63,3 +63,28 @@ async def test_the_sweep_expires_a_forgotten_request(autojump_clock: MockClock, 
     await holder.requests.sweep()
     mine = requester.node.store.request(row.request_id, OUTGOING)
     assert mine is not None and mine.state is RequestState.EXPIRED and mine.decided_by == "expiry"
+
+
+async def test_a_response_the_requester_refuses_is_not_sent_forever(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """The holder declines while the requester is down; the requester, still down after the expiry and its
+    grace, records the request as expired unanswered; the late decline is then refused by the requester's
+    state machine: recorded and audited at the holder, and not sent again."""
+    from meshnode.node.requests import RESPONSE_GRACE_S
+
+    rm = RequestMesh(mesh)
+    holder = rm.add(mesh.add("a", "RJ1", 50))
+    requester = rm.add(mesh.add("r", "RGT", 51))
+    row = await requester.requests.send("RJ1", patient_id=PATIENT, reason="MDT", requested_by="user:alice",
+                                        lifetime_s=600)
+    del rm.nodes[requester.peer_id]  # down
+    await holder.requests.decline(row.request_id, "not our patient", decided_by="user:bob")
+    await trio.sleep(600 + RESPONSE_GRACE_S + 1)
+    await requester.requests.sweep()
+    assert requester.node.store.request(row.request_id, OUTGOING).state is RequestState.EXPIRED  # type: ignore[union-attr]
+    rm.nodes[requester.peer_id] = requester  # back
+    await holder.requests.sweep()
+    assert holder.node.store.undelivered_responses() == []  # not sent again
+    assert "request-response-not-taken" in [e.event.action for e in holder.node.store.audit_entries()]
+    mine = requester.node.store.request(row.request_id, OUTGOING)
+    assert mine is not None and mine.state is RequestState.EXPIRED
