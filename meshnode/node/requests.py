@@ -99,6 +99,12 @@ def request_json(row: RequestRow) -> dict[str, object]:
     }
 
 
+def request_of_manifest(store: MetadataStore, direction: str) -> dict[str, str]:
+    """Manifest ID -> the ID of the request it answers, for the approved requests of one direction (the inbox
+    and outbox show which studies came from, or went out on, a request)."""
+    return {m: r.request_id for r in store.requests(direction, RequestState.APPROVED) for m in json.loads(r.manifests)}
+
+
 class Requests:
     def __init__(self, ctx: NodeContext, sender: Sender, link: RequestLink) -> None:
         self.ctx = ctx

@@ -1,6 +1,7 @@
 """Study requests and prior queries between real node processes (authority, directory, two organisations):
 the requester asks for priors and requests them, the holder's PACS team approves with the CLI, the study
-arrives; and the holder's policy auto-approves an urgent care request from a named organisation."""
+arrives (the requester's inbox and the holder's outbox name the request it answers); and the holder's policy
+auto-approves an urgent care request from a named organisation."""
 
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ def test_priors_then_request_approved_by_the_holder_arrive(mesh: MeshDemo) -> No
     mesh.wait_for(lambda: request_state(mesh, a, request_id) == "approved", 30, "the approval at the requester")
     mesh.wait_for(lambda: arrived(mesh, a, manifest), 60, "the study at the requester")
     assert any(s["study_uid"] == study for s in mesh.cli(a, "studies"))
+    # both inboxes link the study to the request it answers
+    assert mesh.inbox_entry(a, manifest)["request"] == request_id  # type: ignore[index]
+    assert next(r for r in mesh.cli(b, "outbox") if r["manifest_id"] == manifest)["request"] == request_id
     for node, actions in ((a, {"study-request-sent", "study-request-approved", "prior-query-sent"}),
                           (b, {"study-request-received", "study-request-approved", "prior-query-answered"})):
         assert actions <= {e["action"] for e in mesh.audit(node)}
