@@ -82,6 +82,15 @@ def test_request_priors_in_the_page_approved_in_another_session(mesh: MeshDemo, 
         [incoming] = wait("the incoming request", lambda: cells(driver_b, "incoming-table"))
         assert incoming[1] == "RGT" and incoming[4] == "stroke MDT: prior CT" and incoming[6] == "pending"
         driver_b.find_element(By.CSS_SELECTOR, "#incoming-table .review-button").click()
+        wait("the matching study", lambda: driver_b.find_element(By.CSS_SELECTOR, "#review-list input"))
+        # a search of the patient's studies by another modality finds none; by CT, the study again
+        driver_b.find_element(By.ID, "search-modality").clear()
+        driver_b.find_element(By.ID, "search-modality").send_keys("MR")
+        driver_b.find_element(By.ID, "search-button").click()
+        wait("no MR study", lambda: driver_b.find_element(By.ID, "review-none").is_displayed())
+        driver_b.find_element(By.ID, "search-modality").clear()
+        driver_b.find_element(By.ID, "search-modality").send_keys("CT")
+        driver_b.find_element(By.ID, "search-button").click()
         box = wait("the matching study", lambda: driver_b.find_element(By.CSS_SELECTOR, "#review-list input"))
         assert box.get_attribute("value") == study
         assert_accessible(driver_b, "requests page with a request under review")

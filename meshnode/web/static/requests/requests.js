@@ -142,27 +142,50 @@
       $("review-summary").textContent = `${r.requester_org} (${r.requested_by}) asks for ${patientOf(r)}`
         + `${r.modality ? `, ${r.modality}` : ""}${r.date_from || r.date_to ? `, ${r.date_from || "..."} to ${r.date_to || "..."}` : ""}`
         + `: ${r.reason} [${r.priority}, ${r.purpose}]`;
-      const list = $("review-list");
-      list.replaceChildren(...r.matching.map((s, i) => {
-        const label = document.createElement("label");
-        label.className = "study";
-        const box = document.createElement("input");
-        box.type = "checkbox";
-        box.name = "study";
-        box.value = s.study_uid;
-        box.id = `study-${i}`;
-        label.htmlFor = box.id;
-        label.append(box, document.createTextNode(
-          ` ${s.study_date} ${s.modalities.join(",")} ${s.description} (${s.series} series, ${s.instances} images)`));
-        return label;
-      }));
-      $("review-none").hidden = r.matching.length > 0;
-      $("approve").disabled = r.matching.length === 0;
-      const first = list.querySelector("input");
-      (first || $("decline-reason")).focus();
+      $("search-from").value = isoDate(r.date_from);
+      $("search-to").value = isoDate(r.date_to);
+      $("search-modality").value = r.modality || "";
+      showStudies(r.matching);
     } catch (e) {
       status(`Cannot open the request: ${e.message}`);
     }
+  }
+
+  function isoDate(d) { return d && d.length === 8 ? `${d.slice(0, 4)}-${d.slice(4, 6)}-${d.slice(6)}` : ""; }
+
+  async function research(ev) {
+    ev.preventDefault();
+    if (!reviewing) return;
+    try {
+      const rows = await meshPortal.api("POST", `/ui/api/requests/incoming/${reviewing}/search`, {
+        date_from: $("search-from").value, date_to: $("search-to").value, modality: $("search-modality").value.trim(),
+      });
+      showStudies(rows);
+      status(`${rows.length} study(ies) of this patient match.`);
+    } catch (e) {
+      status(`Search failed: ${e.message}`);
+    }
+  }
+
+  function showStudies(studies) {
+    const list = $("review-list");
+    list.replaceChildren(...studies.map((s, i) => {
+      const label = document.createElement("label");
+      label.className = "study";
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.name = "study";
+      box.value = s.study_uid;
+      box.id = `study-${i}`;
+      label.htmlFor = box.id;
+      label.append(box, document.createTextNode(
+        ` ${s.study_date} ${s.modalities.join(",")} ${s.description} (${s.series} series, ${s.instances} images)`));
+      return label;
+    }));
+    $("review-none").hidden = studies.length > 0;
+    $("approve").disabled = studies.length === 0;
+    const first = list.querySelector("input");
+    (first || $("decline-reason")).focus();
   }
 
   async function decide(action) {
@@ -203,6 +226,7 @@
     $("priors-lookup").addEventListener("click", priors);
     $("approve").addEventListener("click", () => decide("approve"));
     $("decline").addEventListener("click", () => decide("decline"));
+    $("review-search").addEventListener("submit", research);
     $("review-close").addEventListener("click", () => { $("review").hidden = true; reviewing = null; });
     await refresh();
     setInterval(refresh, REFRESH_MS);
