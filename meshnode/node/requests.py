@@ -72,6 +72,7 @@ SWEEP_EVERY_S = 5.0
 #: the requester waits this long past a request's expiry for the holder's own answer (a decision made just
 #: before the expiry, or the holder's "expired") before it records the request as expired unanswered
 RESPONSE_GRACE_S = 3600.0
+EXPIRED_REASON = "nobody decided before it expired"
 
 
 class RequestLink(Protocol):
@@ -311,7 +312,7 @@ class Requests:
 
     async def _check_pending(self, row: RequestRow, request: StudyRequest) -> None:
         if expired(row.state, request, self.ctx.clock()):
-            await self._record_decision(row, request, RequestState.EXPIRED, "expiry", "nobody decided before it expired", ())
+            await self._record_decision(row, request, RequestState.EXPIRED, "expiry", EXPIRED_REASON, ())
             raise LocalProtocolError("the request has expired")
         if row.state is not RequestState.PENDING:
             raise LocalProtocolError(f"the request is {row.state.value} already")
@@ -369,8 +370,7 @@ class Requests:
             if row.direction == INCOMING and expired(row.state, request, now):
                 async with self._lock(row.request_id):
                     try:
-                        await self._record_decision(row, request, RequestState.EXPIRED, "expiry",
-                                           "nobody decided before it expired", ())
+                        await self._record_decision(row, request, RequestState.EXPIRED, "expiry", EXPIRED_REASON, ())
                     except LocalProtocolError:
                         pass  # decided meanwhile
             elif row.direction == OUTGOING and expired(row.state, request, now - RESPONSE_GRACE_S):
