@@ -16,8 +16,8 @@
 
 A clinician has `request`; deciding needs `queues` (the PACS team). With the session cookie every POST also
 needs the X-CSRF-Token header (meshnode.web.app). Each is audited with the user ("user:<name>"): requests
-and decisions by the node's request service, every listing that shows patient identifiers here (Query,
-110112).
+and decisions by the node's request service, every request opened and search made here (Query, 110112),
+and each list shown once per user per LIST_AUDIT_EVERY_S (the page polls it every two seconds).
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ from meshnode.web.http import HttpError, body, json_response, principal
 
 AuditFn = Callable[[AuditEvent], Awaitable[None]]
 MAX_BODY = 16384
+#: the page polls its lists every two seconds: a list shown to a user is audited once per this many seconds
+#: (per user and list), not on every poll; opening one request or searching is audited every time
+LIST_AUDIT_EVERY_S = 600.0
+MAX_TRACKED_VIEWERS = 4096
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -62,6 +66,7 @@ class RequestsWeb:
     def __init__(self, requests: Callable[[], Requests], audit: AuditFn) -> None:
         self.requests = requests
         self.audit = audit
+        self._listed: dict[tuple[str, str], float] = {}
 
     def routes(self) -> list[Route]:
         base = "/ui/api/requests"
@@ -79,14 +84,25 @@ class RequestsWeb:
     async def _viewed(self, request: Request, what: str, n: int) -> None:
         await self.audit(AuditEvent(EventCode.QUERY, what, actor=_user(request), detail=f"{n} row(s) shown"))
 
+    async def _listed_to(self, request: Request, what: str, n: int) -> None:
+        """A list shown (polled): audited when this user was last shown it LIST_AUDIT_EVERY_S ago or more."""
+        key, now = (_user(request), what), self.requests().ctx.clock()
+        last = self._listed.get(key)
+        if last is not None and now - last < LIST_AUDIT_EVERY_S:
+            return
+        if len(self._listed) >= MAX_TRACKED_VIEWERS:
+            self._listed.clear()
+        self._listed[key] = now
+        await self._viewed(request, what, n)
+
     async def outgoing(self, request: Request) -> Response:
         rows = await list_requests(self.requests(), {"direction": "outgoing"})
-        await self._viewed(request, "requests-outgoing-list", len(rows))
+        await self._listed_to(request, "requests-outgoing-list", len(rows))
         return json_response(200, rows)
 
     async def incoming(self, request: Request) -> Response:
         rows = await list_requests(self.requests(), {"direction": "incoming"})
-        await self._viewed(request, "requests-incoming-list", len(rows))
+        await self._listed_to(request, "requests-incoming-list", len(rows))
         return json_response(200, rows)
 
     async def create(self, request: Request) -> Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import trio
 from trio.testing import MockClock
 
 from meshnode.storage.audit import AuditEvent
@@ -14,7 +15,7 @@ from meshnode.storage.users import MemoryUserStore
 from meshnode.web.app import WebApp
 from meshnode.web.auth import Authenticator, add_user, issue_token
 from meshnode.web.config import HttpConfig
-from meshnode.web.requests_web import RequestsWeb
+from meshnode.web.requests_web import LIST_AUDIT_EVERY_S, RequestsWeb
 from protocol.study_request import RequestState
 from tests.meshnode.node.conftest import mesh, source, study  # noqa: F401 - the in-process node fixtures
 from tests.meshnode.node.harness import MemoryMesh
@@ -79,6 +80,14 @@ async def test_a_clinician_requests_and_only_the_pacs_team_decides(
     assert row["state"] == "approved" and len(row["manifests"]) == 1
     assert requester.node.store.request(request_id, OUTGOING).state is RequestState.APPROVED  # type: ignore[union-attr]
     assert "requests-show" in [e.action for e in events_h]  # patient identifiers shown: audited with the user
+    # the page polls its lists: each list is audited once per user per LIST_AUDIT_EVERY_S, not on every poll
+    for _ in range(3):
+        assert (await call(app_h, "GET", "/ui/api/requests/incoming", headers=auth(tokens_h["bob"]))).status == 200
+    listed = [e for e in events_h if e.action == "requests-incoming-list"]
+    assert [e.actor for e in listed] == ["user:bob"]
+    await trio.sleep(LIST_AUDIT_EVERY_S)
+    await call(app_h, "GET", "/ui/api/requests/incoming", headers=auth(tokens_h["bob"]))
+    assert len([e for e in events_h if e.action == "requests-incoming-list"]) == 2
 
 
 async def test_bad_input_is_a_clear_error(autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
