@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from meshnode.gateway.reconcile_holds import check_not_held
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.prior_query import PriorQueries
 from meshnode.node.sender import Sender
@@ -295,6 +296,8 @@ class Requests:
             for uid, study in zip(chosen, studies):
                 if study is None or study.attributes.patient_id not in patient:
                     raise UnauthorisedError(f"study {hash_uid(uid)} is not a study of the requested patient")
+            for uid in chosen:  # as `meshnode share` does: nothing patient reconciliation holds back
+                await self.ctx.db.run(lambda s: check_not_held(s, uid, include_unreconciled=False, what="send"))
             manifests = []
             for uid in chosen:
                 signed = await self.sender.share(uid, [request.requester_org], request.priority, request.purpose)

@@ -282,3 +282,33 @@ def test_a_prior_answer_never_carries_what_the_wire_refuses() -> None:
     assert odd is not None and odd.study_date == "" and odd.modalities == ("CT",) and "\x00" not in odd.description
     assert decode_prior_reply(encode_prior_reply(PriorReply((odd,)))) == PriorReply((odd,))
     assert prior_study("not-a-uid", "20250101", ("CT",), "", 1, 1) is None
+
+
+async def test_a_study_reconciliation_holds_back_is_not_sent_on_a_request(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """As `meshnode share` refuses it: the holder received the study from another org and its patient match
+    waits for a person; approving a request with it is refused and shares nothing."""
+    import trio
+
+    from meshnode.storage.patients import ReconciliationRow, ReconState
+    from tests.meshnode.node.harness import wait_done
+
+    rm = RequestMesh(mesh)
+    origin = mesh.add("a", "RAJ", 50)  # holds the study (home tmp/a) and sends it to the holder
+    holder = rm.add(mesh.add("h", "RJ1", 53))
+    requester = rm.add(mesh.add("r", "RGT", 51))
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        signed = await mesh.share(origin, study, ["RJ1"])
+        await mesh.announce(origin, holder.node, signed)
+        await wait_done(holder.node, signed.cid, 120)
+        nursery.cancel_scope.cancel()
+    held = [(r.sop_instance_uid, r.digest) for r in holder.node.store.instances(study)]
+    holder.node.store.add_reconciliation(
+        ReconciliationRow(signed.cid, study, "RAJ", ReconState.WAITING, 1, patient_id=PATIENT), held)
+    row = await requester.requests.send("RJ1", patient_id=PATIENT, reason="MDT", requested_by="user:alice")
+    assert await holder.requests.matching(row.request_id) == []  # not offered
+    with pytest.raises(LocalProtocolError, match="reconciliation"):
+        await holder.requests.approve(row.request_id, [study], decided_by="user:bob")
+    assert holder.node.store.manifests("sent") == []
+    assert holder.node.store.request(row.request_id, INCOMING).state is RequestState.PENDING  # type: ignore[union-attr]
