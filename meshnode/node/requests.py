@@ -28,7 +28,6 @@ from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import StudySummaryRow, hash_uid
 from meshnode.storage.request_store import INCOMING, OUTGOING, RequestRow
-from protocol.certificate import Certificate
 from protocol.document import open_document
 from protocol.errors import (
     LocalProtocolError,
@@ -36,18 +35,22 @@ from protocol.errors import (
     NotFoundError,
     SchemaError,
     UnauthorisedError,
-    WrongOrganisationError,
 )
 from protocol.exchange_messages import Ack, Refused, decode_ack_reply, encode_response
 from protocol.manifest import Priority, Purpose
-from protocol.request_lifecycle import RequestEvent, advance, apply_response, expired
+from protocol.request_lifecycle import (
+    RequestEvent,
+    advance,
+    apply_response,
+    expired,
+    receive_request,
+    receive_response,
+)
 from protocol.request_messages import (
     REQUEST_RESPONSE_PROTOCOL,
     STUDY_REQUEST_PROTOCOL,
     RequestDelivery,
     ResponseDelivery,
-    decode_request_delivery,
-    decode_response_delivery,
     encode_delivery,
 )
 from protocol.request_policy import PolicyAction, request_action
@@ -59,8 +62,6 @@ from protocol.study_request import (
     RequestState,
     StudyRequest,
     parse_request_id,
-    verify_request,
-    verify_response,
 )
 
 if TYPE_CHECKING:
@@ -174,13 +175,9 @@ class Requests:
         now = ctx.clock()
         try:
             ctx.peers.authorise(peer_id, now)
-            delivery = decode_response_delivery(payload)
-            signed = open_document(delivery.response, RequestResponse)
-            verify_response(signed, open_document(delivery.certificate, Certificate), ctx.roster(), now,
-                            skew=ctx.config.clock_skew)
-            response = signed.document
-            if response.holder_peer != peer_id:
-                raise WrongOrganisationError("a response is delivered by the holder peer that signed it")
+            received = receive_response(payload, peer_id=peer_id, roster=ctx.roster(), now=now,
+                                        skew=ctx.config.clock_skew)
+            response = received.response.document
             key = response.request_id.hex()
             async with self._lock(key):
                 row = await ctx.db.run(lambda s: s.request(key, OUTGOING))
@@ -192,7 +189,7 @@ class Requests:
                     return  # the same answer again
                 new = RequestRow(row.request_id, OUTGOING, row.requester_org, row.holder_org, state, row.raw, b"",
                                  row.created_ms, row.expires_at, json.dumps([str(m) for m in response.manifests]),
-                                 response.reason, response.decided_by, int(now * 1000), delivery.response, True)
+                                 response.reason, response.decided_by, int(now * 1000), received.raw, True)
                 if not await ctx.db.run(lambda s: s.update_request(new, row.state)):
                     raise LocalProtocolError("the request changed meanwhile; send the response again")
         except MeshError as exc:
@@ -214,17 +211,11 @@ class Requests:
         now = ctx.clock()
         try:
             deliverer = ctx.peers.authorise(peer_id, now)
-            delivery = decode_request_delivery(payload)
-            signed = open_document(delivery.request, StudyRequest)
-            verify_request(signed, open_document(delivery.certificate, Certificate), ctx.roster(), now,
-                           skew=ctx.config.clock_skew)
-            request = signed.document
-            if request.requester_peer != peer_id or deliverer.org_code != request.requester_org:
-                raise WrongOrganisationError("a request is delivered by the requester peer that signed it")
-            if request.holder_org != ctx.org:
-                raise WrongOrganisationError(f"request addressed to {request.holder_org}, not {ctx.org}")
+            received = receive_request(payload, peer_id=peer_id, peer_org=deliverer.org_code, own_org=ctx.org,
+                                       roster=ctx.roster(), now=now, skew=ctx.config.clock_skew)
+            request = received.request.document
             row = RequestRow(request.id_text, INCOMING, request.requester_org, ctx.org, RequestState.PENDING,
-                             delivery.request, delivery.certificate, int(now * 1000), request.expires_at,
+                             received.raw, received.certificate, int(now * 1000), request.expires_at,
                              updated_ms=int(now * 1000))
             event = AuditEvent(EventCode.QUERY, "study-request-received", actor=f"{request.requested_by}",
                                actor_org=request.requester_org,

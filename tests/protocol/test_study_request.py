@@ -252,3 +252,29 @@ def test_the_largest_messages_fit_their_frames_and_the_spec_states_the_limits() 
     for protocol_id, limits in REQUEST_LIMITS.items():
         row = next(line for line in spec.splitlines() if line.startswith(f"| `{protocol_id}` |"))
         assert f"{limits.request:,} bytes" in row and f"{limits.response:,} bytes" in row
+
+
+def test_receive_request_and_response_from_bytes() -> None:
+    """The pure edge: a delivered payload, the roster and now in; a verified request or response out, or the
+    error to refuse it with."""
+    from protocol.request_lifecycle import receive_request, receive_response
+    from protocol.request_messages import ResponseDelivery
+
+    roster = make_roster()
+    cert_a, cert_b = sign_certificate(NODE_A, org="RGT"), sign_certificate(NODE_B, org="RXX", serial_no=2)
+    raw = make_request().sign(NODE_A).encode()
+    payload = encode_delivery(RequestDelivery(raw, cert_a.encode()))
+    got = receive_request(payload, peer_id=NODE_A.peer_id, peer_org="RGT", own_org="RXX", roster=roster, now=NOW + 10)
+    assert got.raw == raw and got.request.document == make_request() and got.requester.org_code == "RGT"
+    with pytest.raises(WrongOrganisationError):  # delivered by another peer than the one that signed it
+        receive_request(payload, peer_id=NODE_B.peer_id, peer_org="RGT", own_org="RXX", roster=roster, now=NOW + 10)
+    with pytest.raises(WrongOrganisationError):  # addressed to another org
+        receive_request(payload, peer_id=NODE_A.peer_id, peer_org="RGT", own_org="TELE", roster=roster, now=NOW + 10)
+    with pytest.raises(DocumentExpiredError):
+        receive_request(payload, peer_id=NODE_A.peer_id, peer_org="RGT", own_org="RXX", roster=roster,
+                        now=NOW + 2 * DAY)
+    response = make_response().sign(NODE_B).encode()
+    delivered = encode_delivery(ResponseDelivery(response, cert_b.encode()))
+    assert receive_response(delivered, peer_id=NODE_B.peer_id, roster=roster, now=NOW + 100).raw == response
+    with pytest.raises(WrongOrganisationError):
+        receive_response(delivered, peer_id=NODE_A.peer_id, roster=roster, now=NOW + 100)
