@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     send.add_argument("--reason", required=True, help="why the studies are needed (the holder sees it)")
     send.add_argument("--priority", default="routine", choices=[p.value for p in Priority])
     send.add_argument("--purpose", default="care", choices=[p.value for p in Purpose])
+    send.add_argument("--expires-in", type=int, default=7, metavar="DAYS",
+                      help="days the holder has to answer (1-30; default 7)")
     send.add_argument("--json", action="store_true")
     send.set_defaults(func=run_send)
     listing = actions.add_parser("list", parents=[common], help="requests sent and received")
@@ -85,7 +87,7 @@ def run_send(args: argparse.Namespace) -> int:
     result = _call(args, "/requests/send", {
         "holder": args.holder, "nhs_number": args.nhs, "patient_id": args.patient_id, "date_from": args.date_from,
         "date_to": args.date_to, "modality": args.modality, "reason": args.reason, "priority": args.priority,
-        "purpose": args.purpose, "actor": _actor()})
+        "purpose": args.purpose, "lifetime_days": args.expires_in, "actor": _actor()})
     emit(result, args.json, f"request {result['request_id']} sent to {result['holder_org']} (pending)")
     return EXIT_OK
 

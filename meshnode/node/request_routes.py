@@ -2,7 +2,7 @@
 API), and the parsing the portal's JSON API (meshnode.web.requests_web) shares: both call meshnode.node.requests.
 
     POST /requests/send     {"holder", "nhs_number"?, "patient_id"?, "date_from"?, "date_to"?, "modality"?,
-                             "reason", "priority"?, "purpose"?, "actor"?}
+                             "reason", "priority"?, "purpose"?, "lifetime_days"? (1-30, default 7), "actor"?}
     POST /requests          {"direction"?: incoming|outgoing, "state"?: pending|approved|declined|expired}
     POST /requests/show     {"id"}: the request, and for an incoming one the local studies it matches
     POST /requests/approve  {"id", "studies": [study UID, ...], "actor"?}
@@ -23,7 +23,7 @@ from protocol.errors import NotFoundError, SchemaError
 from protocol.manifest import Priority, Purpose
 from protocol.request_messages import PriorReply
 from protocol.schema import check_org_code
-from protocol.study_request import RequestState, parse_request_id
+from protocol.study_request import DEFAULT_LIFETIME, MAX_LIFETIME, RequestState, parse_request_id
 
 if TYPE_CHECKING:
     from meshnode.node.runtime import Node
@@ -53,9 +53,12 @@ async def send_request(requests: Requests, body: dict[str, Any], actor: str) -> 
     fields["nhs_number"] = fields["nhs_number"].replace(" ", "").replace("-", "")
     fields["date_from"] = fields["date_from"].replace("-", "")
     fields["date_to"] = fields["date_to"].replace("-", "")
+    days = body.get("lifetime_days", DEFAULT_LIFETIME // 86400)
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_LIFETIME // 86400:
+        raise SchemaError(f"'lifetime_days' must be a whole number of days, 1-{MAX_LIFETIME // 86400}")
     row = await requests.send(holder, nhs_number=fields["nhs_number"], patient_id=fields["patient_id"],
                               date_from=fields["date_from"], date_to=fields["date_to"], modality=fields["modality"],
-                              reason=_text(body, "reason"),
+                              reason=_text(body, "reason"), lifetime_s=days * 86400,
                               priority=_choice(body, "priority", Priority, "routine"),
                               purpose=_choice(body, "purpose", Purpose, "care"), requested_by=actor)
     return request_json(row)

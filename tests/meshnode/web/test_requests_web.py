@@ -54,12 +54,14 @@ async def test_a_clinician_requests_and_only_the_pacs_team_decides(
     requester = rm.add(mesh.add("r", "RGT", 51))
     app_r, tokens_r, _ = portal(requester)
     app_h, tokens_h, events_h = portal(holder)
-    body = json.dumps({"holder": "RJ1", "patient_id": PATIENT, "reason": "MDT", "priority": "urgent"}).encode()
+    body = json.dumps({"holder": "RJ1", "patient_id": PATIENT, "reason": "MDT", "priority": "urgent",
+                       "lifetime_days": 2}).encode()
     assert (await call(app_r, "POST", "/ui/api/requests", headers=auth(tokens_r["ann"]), body=body)).status == 403
     sent = await call(app_r, "POST", "/ui/api/requests", headers=auth(tokens_r["alice"]), body=body)
     assert sent.status == 200, sent.json()
     request_id = sent.json()["request_id"]
     assert sent.json()["requested_by"] == "user:alice"
+    assert sent.json()["expires_at"] - sent.json()["created_at"] == 2 * 86400
     # the holder's clinician sees neither the queue nor may decide
     assert (await call(app_h, "GET", "/ui/api/requests/incoming", headers=auth(tokens_h["alice"]))).status == 403
     approve = json.dumps({"studies": [study]}).encode()
@@ -96,7 +98,8 @@ async def test_bad_input_is_a_clear_error(autojump_clock: MockClock, mesh: Memor
     app, tokens, _ = portal(holder)
     for payload in ({"holder": "RGT", "reason": "x"},  # no patient
                     {"holder": "RGT", "nhs_number": "1234567890", "reason": "x"},  # bad check digit
-                    {"holder": "rgt; drop", "patient_id": "P", "reason": "x"}):
+                    {"holder": "rgt; drop", "patient_id": "P", "reason": "x"},
+                    {"holder": "RGT", "patient_id": "P", "reason": "x", "lifetime_days": 31}):
         reply = await call(app, "POST", "/ui/api/requests", headers=auth(tokens["alice"]),
                            body=json.dumps(payload).encode())
         assert reply.status == 400, payload

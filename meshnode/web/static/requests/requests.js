@@ -90,6 +90,7 @@
     for (const el of $("request-form").elements) {
       if (el.name) body[el.name] = el.value.trim();
     }
+    body.lifetime_days = Number(body.lifetime_days) || 7;
     return body;
   }
 
