@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # before demo and tests (cheap, idempotent: a pip install by hand may have brought them back)
 DROP_PYNETDICOM_TOOLS := $(VENV)/bin/python scripts/drop_pynetdicom_tools.py
 
-.PHONY: demo test test-slow test-emulation typecheck fuzz vectors bench bench-sim clean system-deps npm-tools
+.PHONY: demo test test-slow test-emulation typecheck fuzz vectors bench bench-sim clean system-deps npm-tools viewer viewer-check
 
 # Debian packages the interoperability tests run against (real dcmtk, Orthanc, Chromium, and rsyslog
 # with its TLS driver as the audit repository).
@@ -30,6 +30,15 @@ system-deps:
 # npm packages the browser tests run (axe-core, oidc-provider), pinned by tools/browser/package-lock.json
 npm-tools:
 	scripts/install-npm-tools.sh
+
+# the portal's viewer (viewer/, Cornerstone3D pinned by viewer/package-lock.json) bundled into
+# meshnode/web/static/viewer/ (committed: `make demo` needs only python3); viewer-check fails when the committed
+# files differ from a fresh build
+viewer:
+	scripts/build_viewer.sh
+
+viewer-check:
+	scripts/check_viewer_build.sh
 
 test: $(STAMP) system-deps
 	$(DROP_PYNETDICOM_TOOLS)

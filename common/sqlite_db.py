@@ -125,4 +125,16 @@ def open_database(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The script's statements; a CREATE TRIGGER's body (statements ending in `;` up to END) stays whole."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            statement = pending.strip()[:-1].strip()
+            if statement:
+                out.append(statement)
+            pending = ""
+    if pending.strip(" \n\t;"):
+        out.append(pending.strip()[:-1].strip())
+    return out

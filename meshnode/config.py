@@ -13,6 +13,7 @@ from common.files import read_file
 from meshnode.audit_export.config import AuditRepositoryConfig, parse_audit_repository
 from meshnode.gateway.config import GatewayConfig, parse_gateway
 from meshnode.node.request_config import RequestConfig, parse_requests
+from meshnode.notify.config import NotifyConfig, parse_notify
 from meshnode.web.config import HttpConfig, parse_http
 from protocol.address_record import check_multiaddr_text
 from protocol.config_reader import MAX_CONFIG_BYTES, Table, defaults, read
@@ -94,6 +95,8 @@ class NodeConfig:
     audit_repository: AuditRepositoryConfig | None = None
     #: [[request_policy]] and [prior_query]: incoming study requests and prior queries (meshnode.node.request_config)
     requests: RequestConfig = field(default_factory=RequestConfig)
+    #: [notify]: email to staff when a study arrives (meshnode.notify.config)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -127,7 +130,7 @@ class NodeConfig:
             request_timeout=self.request_timeout,
             upload=self.upload_mb_per_s,
             control=self._control_section(),
-        ) + self.gateway.render() + self.http.render()
+        ) + self.gateway.render() + self.http.render() + self.notify.render()
 
 
 CONTROL_TEMPLATE = """\
@@ -170,6 +173,7 @@ def _build(root: Table, home: Path | None) -> NodeConfig:
         http=parse_http(root, home),
         audit_repository=parse_audit_repository(root, home),
         requests=parse_requests(root),
+        notify=parse_notify(root, home),
     )
     limits.finish()
     root.finish()

@@ -28,6 +28,10 @@ MAX_BLOCKS_PER_INSTANCE = 65_536
 MAX_TOTAL_BLOCKS = 1_000_000
 MAX_INSTANCE_SIZE = 1 << 40
 MAX_MANIFEST_BYTES = 48 * 1024 * 1024
+#: `attention`: the person at the receiving organisation the study is for (a user name or email address there)
+MAX_ATTENTION = 128
+#: `note`: free text for the recipients (line breaks allowed)
+MAX_NOTE = 1000
 # CBOR items in a manifest at every limit at once: each instance is a map of 7
 # pairs plus its blocks array (16 items) and its blocks; the envelope, body,
 # summary and recipients add fewer than 200.
@@ -52,6 +56,33 @@ class Purpose(str, Enum):
     CARE = "care"
     RESEARCH = "research"
     PATIENT_ACCESS = "patient-access"
+
+
+def check_attention(value: str, what: str = "attention") -> str:
+    """A named recipient: printable characters only (no control, format or line-separator characters: it may
+    end up in an email header), no surrounding spaces, at most MAX_ATTENTION characters."""
+    return _check_free_text(value, what, MAX_ATTENTION, line_breaks=False)
+
+
+def check_note(value: str, what: str = "note") -> str:
+    """A note for the recipients: printable characters and line feeds (no CR, no other control, format or
+    separator characters, so nothing in it can pose as another line of a header or hide text), at most
+    MAX_NOTE characters."""
+    return _check_free_text(value, what, MAX_NOTE, line_breaks=True)
+
+
+def _check_free_text(value: object, what: str, limit: int, *, line_breaks: bool) -> str:
+    if not isinstance(value, str):
+        raise SchemaError(f"{what}: expected text, got {type(value).__name__}")
+    if len(value) > limit:
+        raise LimitError(f"{what}: {len(value)} characters, limit {limit}")
+    text = value.replace("\n", "") if line_breaks else value
+    if not text.isprintable():
+        raise SchemaError(f"{what}: only printable characters" + (" and line feeds" if line_breaks else "")
+                          + " allowed")
+    if value != value.strip():
+        raise SchemaError(f"{what}: no leading or trailing spaces or line breaks")
+    return value
 
 
 def _uid_or_empty(value: str, what: str) -> str:
@@ -159,9 +190,16 @@ class Manifest(Document):
     revision: int
     summary: StudySummary
     instances: tuple[InstanceEntry, ...]
+    #: optional (left out of the encoding when empty, so manifests without them encode as before)
+    attention: str = ""
+    note: str = ""
 
     def __post_init__(self) -> None:
         check_uid(self.study_uid, "study_uid")
+        if self.attention:
+            check_attention(self.attention, "manifest.attention")
+        if self.note:
+            check_note(self.note, "manifest.note")
         check_org_code(self.sender_org, "sender_org")
         PublicKey.from_peer_id(self.sender_peer)
         if not 1 <= len(self.recipients) <= MAX_RECIPIENTS:
@@ -201,7 +239,7 @@ class Manifest(Document):
             raise DocumentError("manifest not signed by the sender peer it names")
 
     def to_body(self) -> dict[CborKey, CborValue]:
-        return {
+        body: dict[CborKey, CborValue] = {
             "study": self.study_uid,
             "sender_org": self.sender_org,
             "sender_peer": self.sender_peer,
@@ -214,6 +252,11 @@ class Manifest(Document):
             "summary": self.summary.to_wire(),
             "instances": [i.to_wire() for i in self.instances],
         }
+        if self.attention:
+            body["attention"] = self.attention
+        if self.note:
+            body["note"] = self.note
+        return body
 
     @classmethod
     def from_body(cls, body: CborValue) -> Manifest:
@@ -232,6 +275,8 @@ class Manifest(Document):
             revision=f.integer("revision", 1),
             summary=StudySummary.from_wire(f.raw("summary")),
             instances=f.array("instances", InstanceEntry.from_wire, max_items=MAX_INSTANCES, min_items=1),
+            attention=f.optional_text("attention", MAX_ATTENTION, check_attention),
+            note=f.optional_text("note", MAX_NOTE, check_note),
         )
         f.finish()
         return manifest

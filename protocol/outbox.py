@@ -109,13 +109,18 @@ class Outbox(Generic[K]):
         cls, records: Iterable[DeliveryRecord[K]], *, backoff: Backoff | None = None,
         attempt_timeout: float = 300.0, max_attempts: int | None = None,
     ) -> Self:
-        """Rebuild from stored records; attempts cut short by a stop are due again at once."""
+        """Rebuild from stored records; attempts cut short by a stop count (a delivery that crashes the node
+        must not loop for ever) and are due again at once, or FAILED when that was the last of max_attempts."""
         outbox = cls(backoff=backoff, attempt_timeout=attempt_timeout, max_attempts=max_attempts)
         for record in records:
             if record.key in outbox._records:
                 raise LocalProtocolError(f"two stored records for {record.key!r}")
             if record.state is DeliveryState.ATTEMPTING:
-                record = replace(record, state=DeliveryState.PENDING, next_attempt_at=record.updated_at)
+                if outbox.max_attempts is not None and record.attempts >= outbox.max_attempts:
+                    record = replace(record, state=DeliveryState.FAILED, next_attempt_at=record.updated_at,
+                                     last_error="the node stopped during the last allowed attempt")
+                else:
+                    record = replace(record, state=DeliveryState.PENDING, next_attempt_at=record.updated_at)
             outbox._records[record.key] = record
         return outbox
 

@@ -102,6 +102,20 @@ class Fields:
             raise SchemaError(f"{self._what}.{key}: control characters not allowed")
         return value
 
+    def optional_text(self, key: str, max_len: int, check: Callable[[str, str], str]) -> str:
+        """A text field that is absent when empty (deterministic form: an empty value is never written, so
+        one present and empty is refused); `check(value, what)` judges its characters."""
+        if key not in self._map:
+            return ""
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise self._wrong(key, "text", value)
+        if len(value) > max_len:
+            raise LimitError(f"{self._what}.{key}: {len(value)} characters, limit {max_len}")
+        if not value:
+            raise SchemaError(f"{self._what}.{key}: present but empty (an empty field is left out)")
+        return check(value, f"{self._what}.{key}")
+
     def choice(self, key: str, allowed: frozenset[str]) -> str:
         value = self.text(key, 64)
         if value not in allowed:

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeAlias, Union
 
@@ -200,6 +201,11 @@ def build() -> dict[str, Json]:
     b.add("certificate-rxx", cert_rxx, "authority", {"roster": "roster"})
     b.add("address-record-rgt", record, "node-rgt", {})
     manifest_id = b.add("manifest", manifest, "node-rgt", {"roster": "roster", "certificate": "certificate-rgt"}).cid
+    # revision 2 of the same share, with the optional fields (left out of the encoding when empty, as above)
+    b.add("manifest-attention-note",
+          replace(manifest, revision=2, attention="dr.a.jones@rxx.example.nhs.uk",
+                  note="Compare with the CT of 24 December.\nPlease report to the on-call team."),
+          "node-rgt", {"roster": "roster", "certificate": "certificate-rgt"})
     b.add(
         "receipt",
         Receipt(

@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                             "sender's patient identity, no confirmed local record)")
     share.add_argument("--origin", help="a received study holding several organisations' instances (one reused "
                        "another's Study UID): the organisation whose instances to share onward")
+    share.add_argument("--attention", metavar="NAME", help="the person at the receiving organisation it is for "
+                       "(their user name or email address there; at most 128 printable characters): signed into "
+                       "the manifest, shown in their inbox and used for the arrival email")
+    share.add_argument("--note", metavar="TEXT", help="a note for the recipients (at most 1,000 characters; "
+                       "signed into the manifest, shown in their inbox, never put in an email)")
     share.add_argument("--json", action="store_true")
     share.set_defaults(func=run_share)
     for name, helptext in (("inbox", "studies received or arriving"), ("outbox", "studies sent, per recipient")):
@@ -115,6 +120,10 @@ def run_share(args: argparse.Namespace) -> int:
         body["include_unreconciled"] = True
     if args.origin:
         body["origin"] = args.origin
+    if args.attention:
+        body["attention"] = args.attention
+    if args.note:
+        body["note"] = args.note
     if args.deid_project or args.deid_option or args.safe_private or args.pixel_risk:
         deid: dict[str, object] = {"project": args.deid_project or "", **{o: True for o in args.deid_option}}
         if args.safe_private:
@@ -150,6 +159,10 @@ def _inbox_lines(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"{r['manifest_id'][:20]}.. {r['sender_org']:<6} {r['priority']:<7} {r['state']:<9} "
                      f"{_bar(r['blocks_done'], r['blocks_total'])} {r['instances']} inst  served by {served}"
                      + (f"  served to {onward}" if onward else ""))
+        if r.get("attention"):
+            lines.append(f"    for the attention of {r['attention']}")
+        if r.get("note"):
+            lines += [f"    note: {line}" for line in r["note"].split("\n")]
         if r.get("failure"):
             lines.append(f"    failed: {r['failure']}")
         if r.get("held_detail"):  # instances held in the conflict queue on arrival (meshnode.storage.conflicts)

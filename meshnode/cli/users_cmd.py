@@ -1,8 +1,11 @@
-"""meshnode users add|token|list|revoke|roles|disable: who may use DICOMweb and the web UI."""
+"""meshnode users add|token|list|search|password|profile|revoke|roles|disable|enable: who may use DICOMweb
+and the web portal. The portal's users page (meshnode.web.users_web) calls the same store functions."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,8 +15,12 @@ from common.describe import iso
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.node_storage import NodeStorage, local_actor, now_ms
 from meshnode.storage.sqlite_users import SqliteUserStore
-from meshnode.storage.users import ROLES, ApiToken, check_roles
+from meshnode.storage.users import ROLES, ApiToken, check_display_name, check_email, check_roles
+from meshnode.web import signin
 from meshnode.web.auth import add_user, issue_token
+from meshnode.web.users_web import enrolment_view, user_view
+from meshnode.home import NodeHome, resolve_home
+from protocol.errors import LocalProtocolError, MeshError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -25,6 +32,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     add.add_argument("--role", action="append", choices=ROLES, help=role_help + " (default: read)")
     add.add_argument("--label", default="", help="what the token is for, e.g. 'PACS query' or a person's name")
     add.add_argument("--expires-days", type=int, default=0, help="token lifetime in days (default: no expiry)")
+    add.add_argument("--display-name", default="", help="the person's name as the portal shows it")
+    add.add_argument("--email", default="", help="where arrival notifications go")
     add.add_argument("--json", action="store_true")
     add.set_defaults(func=run_add)
     token = actions.add_parser("token", parents=[common], help="issue another API token for a user")
@@ -36,6 +45,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     listing = actions.add_parser("list", parents=[common], help="users, roles and their tokens (never the tokens)")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=run_list)
+    search = actions.add_parser("search", parents=[common], help="users whose name, display name or email "
+                                "contains TEXT")
+    search.add_argument("text")
+    search.add_argument("--limit", type=int, default=50)
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=run_search)
+    password = actions.add_parser("password", parents=[common], help="set a user's portal password and a new "
+                                  "TOTP secret (printed once, with its otpauth:// URI for an authenticator app)")
+    password.add_argument("name")
+    password.add_argument("--password-stdin", action="store_true",
+                          help="read the password from standard input (default: ask, or generate with --generate)")
+    password.add_argument("--generate", action="store_true", help="generate a password and print it once")
+    password.add_argument("--json", action="store_true")
+    password.set_defaults(func=run_password)
+    profile = actions.add_parser("profile", parents=[common], help="set a user's display name and email")
+    profile.add_argument("name")
+    profile.add_argument("--display-name", default="")
+    profile.add_argument("--email", default="")
+    profile.add_argument("--json", action="store_true")
+    profile.set_defaults(func=run_profile)
+    enable = actions.add_parser("enable", parents=[common], help="enable a disabled user again (tokens stay "
+                                "revoked)")
+    enable.add_argument("name")
+    enable.add_argument("--json", action="store_true")
+    enable.set_defaults(func=run_enable)
     revoke = actions.add_parser("revoke", parents=[common], help="revoke an API token by its ID")
     revoke.add_argument("token_id", help="token ID from `meshnode users list` (or a unique prefix)")
     revoke.add_argument("--json", action="store_true")
@@ -80,8 +114,11 @@ def _issued(args: argparse.Namespace, token: str, record: ApiToken, roles: tuple
 
 def run_add(args: argparse.Namespace) -> int:
     roles = check_roles(tuple(args.role or ["read"]))
+    display, email = check_display_name(args.display_name), check_email(args.email)
     with stores(args) as (storage, users):
         user = add_user(users, args.name, roles, now_ms())
+        if display or email:
+            users.set_profile(user.name, display, email)
         token, record = issue_token(users, user.name, args.label, now_ms(), args.expires_days)
         _audit(storage, "user-added", f"{user.name} roles={','.join(user.roles)} token={record.token_id}")
     _issued(args, token, record, user.roles)
@@ -101,8 +138,7 @@ def run_list(args: argparse.Namespace) -> int:
     with stores(args) as (_, users):
         listed = users.users()
         tokens = users.tokens()
-    data = [{"name": u.name, "roles": list(u.roles), "disabled": u.disabled, "created": iso(u.created_ms // 1000),
-             "tokens": [_token_view(t) for t in tokens if t.user == u.name]} for u in listed]
+    data = [{**user_view(u), "tokens": [_token_view(t) for t in tokens if t.user == u.name]} for u in listed]
     lines = []
     for u in listed:
         lines.append(f"{u.name:<24} {','.join(u.roles):<16} {'DISABLED' if u.disabled else ''}")
@@ -140,4 +176,64 @@ def run_disable(args: argparse.Namespace) -> int:
         _audit(storage, "user-disabled", f"{args.name}, {revoked} token(s) revoked")
     emit({"user": args.name, "disabled": True, "tokens_revoked": revoked}, args.json,
          f"{args.name} disabled; {revoked} token(s) revoked")
+    return EXIT_OK
+
+
+def run_search(args: argparse.Namespace) -> int:
+    with stores(args) as (_, users):
+        found = users.search_users(args.text, max(1, min(args.limit, 1000)))
+    emit([user_view(u) for u in found], args.json, "\n".join(
+        f"{u.name:<24} {','.join(u.roles):<20} {u.display_name:<28} {u.email}{'  DISABLED' if u.disabled else ''}"
+        for u in found) or "no user matches")
+    return EXIT_OK
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.generate:
+        return ""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"new portal password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        raise LocalProtocolError("the two passwords differ")
+    return first
+
+
+def _org(args: argparse.Namespace) -> str:
+    try:
+        return NodeHome(resolve_home(args.home)).config().org
+    except MeshError:
+        return ""
+
+
+def run_password(args: argparse.Namespace) -> int:
+    password = signin.check_password(_password(args)) if not args.generate else ""
+    with stores(args) as (storage, users):
+        enrolment = signin.enrol(users, args.name, password, now_ms(), signin.issuer(_org(args)))
+        _audit(storage, "user-credentials-reset", f"{args.name} (cli)")
+    view = enrolment_view(enrolment)
+    emit(view, args.json, "\n".join(filter(None, (
+        f"{args.name}: password set" + (f" (generated, shown once): {enrolment.password}" if enrolment.password
+                                        else ""),
+        f"TOTP secret (shown once): {enrolment.totp_secret}",
+        f"for an authenticator app: {enrolment.totp_uri}",
+        "a running node ends this user's open portal sessions within seconds"))))
+    return EXIT_OK
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    display, email = check_display_name(args.display_name), check_email(args.email)
+    with stores(args) as (storage, users):
+        users.set_profile(args.name, display, email)
+        _audit(storage, "user-profile", f"{args.name} (cli)")
+        user = users.user(args.name)
+    emit(user_view(user) if user else {}, args.json, f"{args.name}: {display or '-'} <{email or 'no email'}>")
+    return EXIT_OK
+
+
+def run_enable(args: argparse.Namespace) -> int:
+    with stores(args) as (storage, users):
+        users.set_disabled(args.name, False)
+        _audit(storage, "user-enabled", f"{args.name} (cli)")
+    emit({"user": args.name, "disabled": False}, args.json, f"{args.name} enabled (its tokens stay revoked)")
     return EXIT_OK

@@ -18,7 +18,7 @@ from meshnode.storage.conflicts import held_by_manifest, held_detail
 from protocol.cid import CID
 from protocol.errors import NotFoundError, SchemaError
 from protocol.lifecycle import ManifestState
-from protocol.manifest import Priority, Purpose
+from protocol.manifest import Priority, Purpose, check_attention, check_note
 from protocol.schema import check_org_code
 from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord, DeliveryState
 
@@ -31,6 +31,21 @@ def _text(body: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise SchemaError(f"'{key}' is required")
     return value
+
+
+def share_addressing(body: dict[str, Any]) -> tuple[str, str]:
+    """A share's optional `attention` (named recipient person) and `note`: text, trimmed, checked as the
+    manifest will be (protocol.manifest.check_attention / check_note)."""
+    out: list[str] = []
+    for key, check in (("attention", check_attention), ("note", check_note)):
+        value = body.get(key, "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise SchemaError(f"'{key}' must be text")
+        value = value.replace("\r\n", "\n").strip() if key == "note" else value.strip()
+        out.append(check(value, key) if value else "")
+    return out[0], out[1]
 
 
 def _cid(body: dict[str, Any], key: str = "manifest") -> CID:
@@ -103,11 +118,16 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             origin = check_org_code(origin, "origin")
         study = _text(body, "study")  # patient reconciliation's held instances (meshnode.gateway.reconcile_holds)
         await node.ctx.db.run(lambda s: check_not_held(s, study, include_unreconciled=include, what="share"))
+        attention, note = share_addressing(body)
         profile = share_profile(body, purpose is Purpose.RESEARCH)
+        if profile is not None and (attention or note):
+            # a de-identified copy carries no free text of the sender's: it could carry identifiers back
+            raise SchemaError("a research (de-identified) share carries no 'attention' or 'note'")
         if profile is not None:  # a de-identified copy (meshnode.node.research_share), never the original
             return await share_research(node, body, _text(body, "study"), to, priority, purpose, profile,
                                         origin=origin)
-        signed = await node.sender.share(_text(body, "study"), to, priority, purpose, origin=origin)
+        signed = await node.sender.share(_text(body, "study"), to, priority, purpose, origin=origin,
+                                         attention=attention, note=note)
         return {"manifest_id": str(signed.cid), "revision": signed.document.revision,
                 "instances": len(signed.document.instances), "bytes": signed.document.total_bytes}
 
@@ -135,6 +155,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                     "failure": store.manifest_failure(row.manifest_id) if row.state is ManifestState.FAILED else None,
                     "held": held.get(str(row.manifest_id), 0), "held_detail": held_detail(held.get(str(row.manifest_id), 0)),
                     "request": asked.get(str(row.manifest_id)),
+                    "attention": manifest.attention, "note": manifest.note,  # signed by the sender, shown as text
                 })
             return out
 

@@ -181,8 +181,8 @@ class Node:
                 self.audit_exporter = AuditExporter(ctx.storage, ctx.db, audit_source(
                     ctx.peer_id, ctx.org, ctx.key.public_key.raw.hex()), ctx.config.audit_repository)
                 await nursery.start(self.audit_exporter.run)  # checkpoints; alerts to the audit repository
-                if ctx.config.http.enabled or ctx.config.http.webhooks:
-                    # DICOMweb, web UI, metrics, health, webhooks
+                if ctx.config.http.enabled or ctx.config.http.webhooks or ctx.config.notify.enabled:
+                    # DICOMweb, web UI, metrics, health, webhooks, arrival emails
                     self.http_url = await nursery.start(run_web, self)
                 listen = [a.rsplit("/p2p/", 1)[0] for a in addrs]
                 nursery.start_soon(keep_running, "directory registration", lambda: self._register_loop(listen))

@@ -22,7 +22,7 @@ from protocol.document import Signed, open_document
 from protocol.deid import DeidProfile
 from protocol.errors import DocumentError, LocalProtocolError, NotFoundError, StorageError, WrongOrganisationError
 from protocol.lifecycle import ManifestEvent, ManifestState, Side, advance
-from protocol.manifest import Manifest, Priority, Purpose
+from protocol.manifest import Manifest, Priority, Purpose, check_attention, check_note
 from protocol.recall import Recall, RecallAction
 from protocol.receipt import Receipt, verify_receipt
 from protocol.schema import check_org_code
@@ -40,14 +40,18 @@ class Sender:
         self.research: ResearchShares | None = None
 
     async def share(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
-                    lifetime_s: int = DEFAULT_LIFETIME_S, *, origin: str | None = None) -> Signed[Manifest]:
+                    lifetime_s: int = DEFAULT_LIFETIME_S, *, origin: str | None = None, attention: str = "",
+                    note: str = "") -> Signed[Manifest]:
         """Share a local study as it is (care, patient access). A research share never comes here with the
         original study: `share_research` sends a de-identified copy (the control API and the gateway's
-        announcer send research purposes there); refused here so that no path announces the original."""
+        announcer send research purposes there); refused here so that no path announces the original.
+        `attention` (a named person at the recipients) and `note` (free text for them) go into the signed
+        manifest (protocol.manifest.check_attention / check_note)."""
         if purpose is Purpose.RESEARCH and not await self._is_research_copy(study_uid):
             raise LocalProtocolError("a research share sends a de-identified copy: share it with a deid project"
                                      " (meshnode share --purpose research --deid-project P)")
-        return await self.share_study(study_uid, to, priority, purpose, lifetime_s, origin=origin)
+        return await self.share_study(study_uid, to, priority, purpose, lifetime_s, origin=origin,
+                                      attention=attention, note=note)
 
     async def share_research(self, study_uid: str, to: Sequence[str], priority: Priority, profile: DeidProfile,
                              *, actor: str, purpose: Purpose = Purpose.RESEARCH,
@@ -74,7 +78,7 @@ class Sender:
     async def share_study(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
                           lifetime_s: int = DEFAULT_LIFETIME_S, *, only: Mapping[str, bytes] | None = None,
                           also: Callable[[MetadataStore, CID], None] | None = None,
-                          origin: str | None = None) -> Signed[Manifest]:
+                          origin: str | None = None, attention: str = "", note: str = "") -> Signed[Manifest]:
         """Sign and announce the manifest of a local study as it is stored.
 
         `only` (SOP Instance UID -> digest): the manifest lists exactly these instances, with these bytes (a
@@ -84,6 +88,10 @@ class Sender:
         `also(store, manifest_id)` runs in the transaction that saves the manifest and its announcements."""
         ctx = self.ctx
         recipients = self._check_recipients(to)
+        if attention:  # refused (SchemaError, LimitError) before anything is read or signed
+            check_attention(attention)
+        if note:
+            check_note(note)
         now = int(ctx.clock())
 
         def load(store: MetadataStore) -> tuple[list[InstanceRecord], int]:
@@ -105,6 +113,7 @@ class Sender:
             instances,
             sender_org=ctx.org, sender_peer=ctx.peer_id, recipients=recipients, priority=priority,
             purpose=purpose, created_at=now, expires_at=now + lifetime_s, revision=last_revision + 1,
+            attention=attention, note=note,
         )
         signed = manifest.sign(ctx.key)
         manifest_id = signed.cid

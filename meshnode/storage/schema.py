@@ -353,7 +353,36 @@ MIGRATIONS = (
          ORDER BY m.revision DESC LIMIT 1), '')
      WHERE source = 'received'
     """,
-    # 18: study requests (issue 13, REQUEST): what this node asked other organisations for and what they asked
+    # 18: portal sign-in: a user's display name and email (notifications), where the account comes from
+    # (local: password + TOTP, oidc: created by single sign-on), the Argon2 password hash, the TOTP secret and
+    # the last TOTP time step accepted (a code is good once), when the credentials were last set (sessions
+    # opened before end); for the users page's type-ahead: indexes for prefixes of display name and email, and a
+    # trigram full-text index (FTS5, case-insensitive) of name, display name and email for substrings of 3+
+    # characters, kept by triggers (bench/user_store.py times both over 10,000+ users)
+    """
+    ALTER TABLE users ADD COLUMN display_name TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN email TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN source TEXT NOT NULL DEFAULT 'local';
+    ALTER TABLE users ADD COLUMN password_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN totp_secret TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN credentials_ms INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX users_by_display_name ON users (display_name COLLATE NOCASE);
+    CREATE INDEX users_by_email ON users (email COLLATE NOCASE);
+    CREATE VIRTUAL TABLE users_search USING fts5(name, display_name, email, tokenize = 'trigram');
+    INSERT INTO users_search (name, display_name, email) SELECT name, display_name, email FROM users;
+    CREATE TRIGGER users_search_insert AFTER INSERT ON users BEGIN
+        INSERT INTO users_search (name, display_name, email) VALUES (new.name, new.display_name, new.email);
+    END;
+    CREATE TRIGGER users_search_update AFTER UPDATE OF name, display_name, email ON users BEGIN
+        DELETE FROM users_search WHERE name = old.name;
+        INSERT INTO users_search (name, display_name, email) VALUES (new.name, new.display_name, new.email);
+    END;
+    CREATE TRIGGER users_search_delete AFTER DELETE ON users BEGIN
+        DELETE FROM users_search WHERE name = old.name;
+    END
+    """,
+    # 19: study requests (issue 13, REQUEST): what this node asked other organisations for and what they asked
     # it for (meshnode.storage.request_store), keyed by (request ID, direction) so a replay stores nothing
     """
     CREATE TABLE study_requests (

@@ -6,14 +6,16 @@ import sqlite3
 from typing import Any
 
 from meshnode.storage.sqlite_base import SqliteTables
-from meshnode.storage.users import ApiToken, User, match_token_id
+from meshnode.storage.users import MIN_SUBSTRING, SEARCH_LIMIT, ApiToken, Credentials, User, match_token_id
 from protocol.errors import LocalProtocolError, NotFoundError
 
+_USER_COLUMNS = "name, roles, created_ms, disabled, display_name, email, source"
 _TOKEN_COLUMNS = "token_id, user_name, label, created_ms, expires_ms, revoked, last_used_ms"
 
 
 def _user(row: Any) -> User:
-    return User(str(row[0]), tuple(r for r in str(row[1]).split(",") if r), int(row[2]), bool(row[3]))
+    return User(str(row[0]), tuple(r for r in str(row[1]).split(",") if r), int(row[2]), bool(row[3]),
+                str(row[4]), str(row[5]), str(row[6]))
 
 
 def _token(row: Any) -> ApiToken:
@@ -24,17 +26,75 @@ class SqliteUserStore(SqliteTables):
     def add_user(self, user: User) -> None:
         with self._tx() as db:
             try:
-                db.execute("INSERT INTO users VALUES (?,?,?,?)",
-                           (user.name, ",".join(user.roles), user.created_ms, int(user.disabled)))
+                db.execute(f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                           (user.name, ",".join(user.roles), user.created_ms, int(user.disabled),
+                            user.display_name, user.email, user.source))
             except sqlite3.IntegrityError:
                 raise LocalProtocolError(f"user {user.name!r} exists") from None
 
     def user(self, name: str) -> User | None:
-        rows = self._query("SELECT name, roles, created_ms, disabled FROM users WHERE name = ?", (name,))
+        rows = self._query(f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,))
         return _user(rows[0]) if rows else None
 
     def users(self) -> list[User]:
-        return [_user(r) for r in self._query("SELECT name, roles, created_ms, disabled FROM users ORDER BY name")]
+        return [_user(r) for r in self._query(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name")]
+
+    def search_users(self, text: str, limit: int = SEARCH_LIMIT) -> list[User]:
+        """Prefix matches come from the indexes (name, display name, email: NOCASE), other substrings from the
+        trigram index (3+ characters): no search scans the table (bench/user_store.py times them)."""
+        text = text.lower()
+        end = text + "\U0010ffff"
+        prefix = self._query(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE name >= ? AND name < ? UNION "
+            f"SELECT {_USER_COLUMNS} FROM users WHERE display_name >= ? COLLATE NOCASE"
+            " AND display_name < ? COLLATE NOCASE UNION "
+            f"SELECT {_USER_COLUMNS} FROM users WHERE email >= ? COLLATE NOCASE AND email < ? COLLATE NOCASE"
+            " ORDER BY name LIMIT ?", (text, end, text, end, text, end, limit))
+        hits = [_user(r) for r in prefix]
+        if len(hits) < limit and len(text) >= MIN_SUBSTRING:  # the trigram index: any substring of 3+ characters
+            seen = {u.name for u in hits}
+            rest = self._query(
+                f"SELECT {', '.join('u.' + c.strip() for c in _USER_COLUMNS.split(','))} FROM users_search s"
+                " JOIN users u ON u.name = s.name WHERE users_search MATCH ? ORDER BY u.name LIMIT ?",
+                ('"' + text.replace('"', '""') + '"', limit + len(seen)))
+            hits += [u for u in map(_user, rest) if u.name not in seen][:limit - len(hits)]
+        return hits
+
+    def user_by_email(self, email: str) -> User | None:
+        """By the NOCASE index on email (the arrival notifier looks staff up by address)."""
+        if not email:
+            return None
+        rows = self._query(f"SELECT {_USER_COLUMNS} FROM users WHERE email = ? COLLATE NOCASE ORDER BY name LIMIT 1",
+                           (email,))
+        return _user(rows[0]) if rows else None
+
+    def set_disabled(self, name: str, disabled: bool) -> None:
+        with self._tx() as db:
+            if db.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name)).rowcount == 0:
+                raise NotFoundError(f"no user {name!r}")
+
+    def set_profile(self, name: str, display_name: str, email: str) -> None:
+        with self._tx() as db:
+            if db.execute("UPDATE users SET display_name = ?, email = ? WHERE name = ?",
+                          (display_name, email, name)).rowcount == 0:
+                raise NotFoundError(f"no user {name!r}")
+
+    def credentials(self, name: str) -> Credentials | None:
+        rows = self._query("SELECT password_hash, totp_secret, totp_last_step, credentials_ms FROM users"
+                           " WHERE name = ?", (name,))
+        return Credentials(str(rows[0][0]), str(rows[0][1]), int(rows[0][2]), int(rows[0][3])) if rows else None
+
+    def set_credentials(self, name: str, password_hash: str, totp_secret: str, now_ms: int) -> None:
+        with self._tx() as db:
+            if db.execute("UPDATE users SET password_hash = ?, totp_secret = ?, totp_last_step = 0,"
+                          " credentials_ms = ? WHERE name = ?", (password_hash, totp_secret, now_ms, name)
+                          ).rowcount == 0:
+                raise NotFoundError(f"no user {name!r}")
+
+    def use_totp_step(self, name: str, step: int) -> bool:
+        with self._tx() as db:
+            return bool(db.execute("UPDATE users SET totp_last_step = ? WHERE name = ? AND totp_last_step < ?",
+                                   (step, name, step)).rowcount)
 
     def set_roles(self, name: str, roles: tuple[str, ...]) -> None:
         with self._tx() as db:
@@ -73,11 +133,11 @@ class SqliteUserStore(SqliteTables):
 
     def lookup(self, token_hash: bytes) -> tuple[User, ApiToken] | None:
         rows = self._query(
-            f"SELECT u.name, u.roles, u.created_ms, u.disabled, {', '.join('t.' + c.strip() for c in _TOKEN_COLUMNS.split(','))}"
+            f"SELECT {', '.join('u.' + c.strip() for c in _USER_COLUMNS.split(','))}, {', '.join('t.' + c.strip() for c in _TOKEN_COLUMNS.split(','))}"
             " FROM api_tokens t JOIN users u ON u.name = t.user_name WHERE t.token_hash = ?", (token_hash,))
         if not rows:
             return None
-        return _user(rows[0][:4]), _token(rows[0][4:])
+        return _user(rows[0][:7]), _token(rows[0][7:])
 
     def touch_token(self, token_id: str, now_ms: int) -> None:
         with self._tx() as db:

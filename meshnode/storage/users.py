@@ -40,13 +40,35 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 def permissions(roles: tuple[str, ...]) -> frozenset[str]:
     """Every permission the roles grant (an unknown role grants nothing)."""
     return frozenset().union(*(PERMISSIONS.get(r, frozenset()) for r in roles))
+
+
+#: where an account comes from: local (password + TOTP, or API tokens only) or oidc (created by single sign-on)
+SOURCES = ("local", "oidc")
+MAX_DISPLAY_NAME = 100
+MAX_EMAIL = 254
+_EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9.-]{1,189}\.[A-Za-z]{2,24}$")
+SEARCH_LIMIT = 50
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 
 
 def check_user_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise LocalProtocolError(f"user name {name!r}: 1-64 of a-z 0-9 . _ @ -, starting with a letter or digit")
     return name
+
+
+def check_email(email: str) -> str:
+    """'' (none) or one plain address (it goes into an SMTP envelope: no spaces, brackets, quotes or commas)."""
+    if email and (len(email) > MAX_EMAIL or not _EMAIL.fullmatch(email)):
+        raise LocalProtocolError(f"email {email[:80]!r}: give one plain address like name@example.nhs.uk")
+    return email
+
+
+def check_display_name(display_name: str) -> str:
+    cleaned = " ".join(display_name.split())
+    if len(cleaned) > MAX_DISPLAY_NAME or any(ord(c) < 32 or ord(c) == 127 for c in cleaned):
+        raise LocalProtocolError(f"display name: at most {MAX_DISPLAY_NAME} printable characters")
+    return cleaned
 
 
 def check_roles(roles: tuple[str, ...]) -> tuple[str, ...]:
@@ -64,6 +86,37 @@ class User:
     roles: tuple[str, ...]
     created_ms: int
     disabled: bool = False
+    display_name: str = ""
+    email: str = ""
+    source: str = "local"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A user's sign-in secrets (never listed, never logged): the Argon2 hash of the password, the base32 TOTP
+    secret, the last TOTP time step accepted (a code is good once) and when they were last set."""
+
+    password_hash: str = ""
+    totp_secret: str = ""
+    totp_last_step: int = 0
+    changed_ms: int = 0
+
+
+def search_key(user: User) -> str:
+    return f"{user.name}\n{user.display_name.lower()}\n{user.email.lower()}"
+
+
+#: shorter search text matches only the start of a name, display name or email (a substring of one or two
+#: letters says little, and would cost a scan of every user)
+MIN_SUBSTRING = 3
+
+
+def matches(user: User, text: str) -> bool:
+    """The users page's type-ahead: `text` (lower case) at the start of the name, display name or email, or,
+    from MIN_SUBSTRING characters on, anywhere in them."""
+    if len(text) < MIN_SUBSTRING:
+        return any(part.startswith(text) for part in search_key(user).split("\n"))
+    return text in search_key(user)
 
 
 @dataclass(frozen=True)
@@ -93,6 +146,32 @@ class UserStore(Protocol):
 
     def disable_user(self, name: str) -> int:
         """Disable the user and revoke every token of theirs; returns the tokens revoked."""
+        ...
+
+    def user_by_email(self, email: str) -> User | None:
+        """The user with this email address (case-insensitive; the first by name if several have it)."""
+        ...
+
+    def set_disabled(self, name: str, disabled: bool) -> None:
+        """Disable (without touching tokens: see disable_user) or enable again."""
+        ...
+
+    def set_profile(self, name: str, display_name: str, email: str) -> None: ...
+
+    def search_users(self, text: str, limit: int = SEARCH_LIMIT) -> list[User]:
+        """Users whose name, display name or email starts with `text` or (MIN_SUBSTRING characters or more)
+        contains it, case-insensitive; those starting with it first, then by name; at most `limit`."""
+        ...
+
+    def credentials(self, name: str) -> Credentials | None: ...
+
+    def set_credentials(self, name: str, password_hash: str, totp_secret: str, now_ms: int) -> None:
+        """Replace the password hash and TOTP secret (the accepted-step memory starts again)."""
+        ...
+
+    def use_totp_step(self, name: str, step: int) -> bool:
+        """Record that the TOTP code of time step `step` was used, atomically; False if that step or a later
+        one was used already (a replayed code)."""
         ...
 
     def add_token(self, token_hash: bytes, token: ApiToken) -> None: ...
@@ -126,6 +205,7 @@ class MemoryUserStore:
     def __init__(self) -> None:
         self._users: dict[str, User] = {}
         self._tokens: dict[bytes, ApiToken] = {}
+        self._credentials: dict[str, Credentials] = {}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -158,6 +238,38 @@ class MemoryUserStore:
                 self._tokens[key] = replace(token, revoked=True)
                 revoked += 1
         return revoked
+
+    def user_by_email(self, email: str) -> User | None:
+        wanted = email.lower()
+        return next((u for u in self.users() if email and u.email.lower() == wanted), None)
+
+    def set_disabled(self, name: str, disabled: bool) -> None:
+        self._users[name] = replace(self._existing(name), disabled=disabled)
+
+    def set_profile(self, name: str, display_name: str, email: str) -> None:
+        self._users[name] = replace(self._existing(name), display_name=display_name, email=email)
+
+    def search_users(self, text: str, limit: int = SEARCH_LIMIT) -> list[User]:
+        text = text.lower()
+        hits = [u for u in self._users.values() if matches(u, text)]
+        hits.sort(key=lambda u: (not any(part.startswith(text) for part in search_key(u).split("\n")), u.name))
+        return hits[:limit]
+
+    def credentials(self, name: str) -> Credentials | None:
+        if name not in self._users:
+            return None
+        return self._credentials.get(name, Credentials())
+
+    def set_credentials(self, name: str, password_hash: str, totp_secret: str, now_ms: int) -> None:
+        self._existing(name)
+        self._credentials[name] = Credentials(password_hash, totp_secret, 0, now_ms)
+
+    def use_totp_step(self, name: str, step: int) -> bool:
+        current = self._credentials.get(name)
+        if current is None or step <= current.totp_last_step:
+            return False
+        self._credentials[name] = replace(current, totp_last_step=step)
+        return True
 
     def add_token(self, token_hash: bytes, token: ApiToken) -> None:
         self._existing(token.user)

@@ -40,6 +40,8 @@ def build_manifest(
     created_at: int,
     expires_at: int,
     revision: int = 1,
+    attention: str = "",
+    note: str = "",
 ) -> Manifest:
     """The manifest of a study: every instance, its digest and its ordered blocks.
 
@@ -79,4 +81,6 @@ def build_manifest(
         revision=revision,
         summary=summarise(chosen[0].study, chosen),
         instances=entries,
+        attention=attention,
+        note=note,
     )

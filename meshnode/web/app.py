@@ -142,7 +142,9 @@ class WebApp:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *[(k, v) for k, v in SECURITY_HEADERS if k not in present]]}
             elif message["type"] == "http.response.body":
                 name = str(scope.get("meshnode.route") or "none")
                 self.stats.bytes_sent[name] = self.stats.bytes_sent.get(name, 0) + len(message.get("body", b""))

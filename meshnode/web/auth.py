@@ -3,7 +3,11 @@
 A token is looked up by its SHA-256 in the user store; answers are cached for
 CACHE_S seconds, so a revocation or a disabled user takes effect within that
 time on a running node. UI sessions are random IDs in an HttpOnly cookie,
-held in memory (a restart logs everyone out).
+held in memory (a restart logs everyone out). A session ends at its absolute
+expiry ([http] session_hours), after `session_idle_seconds` without a request,
+at sign-out, and within CACHE_S of its user being disabled, their roles
+changing, their password being reset, or (a session opened with a token) the
+token being revoked.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TypeVar
+from dataclasses import dataclass, field
 
 import trio
 
 from meshnode.storage.users import ApiToken, User, UserStore, check_roles, check_user_name, permissions
 from protocol.errors import LocalProtocolError
 
+T = TypeVar("T")
 TOKEN_PREFIX = "mnt_"
 CACHE_S = 5.0
 TOUCH_EVERY_MS = 60_000
@@ -65,6 +71,8 @@ class Principal:
     roles: tuple[str, ...]
     via: str  # "token" or "session"
     token_id: str = ""
+    #: how the session was opened: token, password+totp or oidc (audited)
+    method: str = "token"
 
     def may(self, permission: str) -> bool:
         """A permission (or an old-style role of the same name) that one of the principal's roles grants."""
@@ -86,16 +94,32 @@ def bearer_or_basic(header: str) -> str | None:
     return None
 
 
+@dataclass
+class Session:
+    principal: Principal
+    opened: float
+    expires: float
+    last_seen: float
+    checked: float
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+
+IDLE_S = 30 * 60
+
+
 class Authenticator:
-    def __init__(self, store: UserStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: UserStore, clock: Callable[[], float] = time.time, idle_s: float = IDLE_S) -> None:
         self.store = store
         self.clock = clock
+        self.idle_s = idle_s
         self._limiter = trio.CapacityLimiter(1)
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
         self._touched: dict[str, int] = {}
-        self._sessions: dict[str, tuple[float, Principal]] = {}
-        self._checked: dict[str, float] = {}
-        self._csrf: dict[str, str] = {}
+        self._sessions: dict[str, Session] = {}
+
+    async def run_sync(self, fn: Callable[[], T]) -> T:
+        """`fn` on the user store's thread (one at a time)."""
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
     async def token(self, token: str) -> Principal | None:
         if len(token) > 256:
@@ -125,56 +149,75 @@ class Authenticator:
     def open_session(self, principal: Principal, hours: int) -> str:
         now = self.clock()
         if len(self._sessions) >= MAX_SESSIONS:
-            self._sessions = {k: v for k, v in self._sessions.items() if v[0] > now}
+            self._sessions = {k: v for k, v in self._sessions.items() if self._alive(v, now)}
             while len(self._sessions) >= MAX_SESSIONS:
                 self._sessions.pop(next(iter(self._sessions)))
-            self._csrf = {k: v for k, v in self._csrf.items() if k in self._sessions}
-            self._checked = {k: v for k, v in self._checked.items() if k in self._sessions}
         session_id = secrets.token_urlsafe(32)
-        self._sessions[session_id] = (now + hours * 3600, Principal(principal.user, principal.roles, "session",
-                                                                    principal.token_id))
-        self._checked[session_id] = now
-        self._csrf[session_id] = secrets.token_urlsafe(32)
+        self._sessions[session_id] = Session(
+            Principal(principal.user, principal.roles, "session", principal.token_id, principal.method),
+            now, now + hours * 3600, now, now)
         return session_id
+
+    def _alive(self, s: Session, now: float) -> bool:
+        return s.expires > now and s.last_seen + self.idle_s > now
 
     def csrf(self, session_id: str) -> str | None:
         """The session's anti-CSRF token: every state-changing request made with the session cookie must
         carry it in the X-CSRF-Token header (WebApp checks; the page reads it from /ui/api/session)."""
-        return self._csrf.get(session_id)
+        entry = self._sessions.get(session_id)
+        return entry.csrf if entry is not None else None
 
     def csrf_ok(self, session_id: str, presented: str) -> bool:
-        expected = self._csrf.get(session_id)
+        expected = self.csrf(session_id)
         return expected is not None and bool(presented) and secrets.compare_digest(expected.encode(),
                                                                                   presented.encode())
 
-    async def session(self, session_id: str) -> Principal | None:
+    async def session(self, session_id: str, *, touch: bool = True) -> Principal | None:
+        """The session's principal, or None (unknown, expired, idle too long, or its user changed). `touch`:
+        this request counts as activity (a page's live-update stream checking itself does not)."""
         entry = self._sessions.get(session_id)
         now = self.clock()
         if entry is None:
             return None
-        if entry[0] <= now:
+        if not self._alive(entry, now):
             self.close_session(session_id)
             return None
-        principal = entry[1]
-        if self._checked.get(session_id, 0.0) + CACHE_S <= now:
-            # the token behind a session must still be good: revoking it (or the user) ends the session
-            if not await self._token_still_valid(principal):
+        if entry.checked + CACHE_S <= now:
+            # the user (and the token behind a token session) must still be as they were when it opened
+            if not await self._still_valid(entry):
                 self.close_session(session_id)
                 return None
-            self._checked[session_id] = now
-        return principal
+            entry.checked = now
+        if touch:
+            entry.last_seen = now
+        return entry.principal
 
-    async def _token_still_valid(self, principal: Principal) -> bool:
+    def sessions_of(self, user: str) -> list[str]:
+        return [k for k, v in self._sessions.items() if v.principal.user == user]
+
+    def end_sessions(self, user: str) -> int:
+        """End every session of `user` now (disabled, roles changed, password reset from this node)."""
+        ended = self.sessions_of(user)
+        for session_id in ended:
+            self.close_session(session_id)
+        return len(ended)
+
+    async def _still_valid(self, entry: Session) -> bool:
+        principal = entry.principal
+
         def check() -> bool:
             user = self.store.user(principal.user)
-            if user is None or user.disabled:
+            if user is None or user.disabled or user.roles != principal.roles:
                 return False
+            if principal.method == "password+totp":
+                credentials = self.store.credentials(principal.user)
+                return credentials is not None and credentials.changed_ms <= int(entry.opened * 1000)
+            if principal.method != "token":
+                return True
             record = next((t for t in self.store.tokens(principal.user) if t.token_id == principal.token_id), None)
             return record is not None and record.usable(int(self.clock() * 1000))
 
-        return await trio.to_thread.run_sync(check, limiter=self._limiter)
+        return await self.run_sync(check)
 
     def close_session(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
-        self._checked.pop(session_id, None)
-        self._csrf.pop(session_id, None)

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshnode.web.oidc_config import OidcConfig, parse_oidc
 from protocol.config_reader import Table, defaults
 from protocol.errors import ConfigError
 from protocol.manifest import Priority
@@ -44,8 +45,14 @@ TEMPLATE = """
 # public_status = {public_status}
 # /metrics without a token (it holds org codes and counters, never patient data).
 # public_metrics = {public_metrics}
-# How long a web UI login lasts, in hours.
+# How long a web UI login lasts, in hours, and how long it lasts without a request, in seconds.
 # session_hours = {session_hours}
+# session_idle_seconds = {session_idle_seconds}
+# Failed sign-ins within 15 minutes before further attempts get 429: per user name, per client address (raise
+# the second when the whole site signs in through one NAT or proxy address).
+# login_failures_per_user = {login_failures_per_user}
+# login_failures_per_address = {login_failures_per_address}
+# Single sign-on with OpenID Connect: an [http.oidc] table (docs/operators.md, "Sign-in and roles").
 # The URL clients reach this listener at (behind a proxy), for RetrieveURLs and webhook links.
 # public_url = "https://pacs-gw.example.nhs.uk"
 
@@ -99,6 +106,10 @@ class HttpConfig:
     session_hours: int = 12
     public_url: str = ""
     webhooks: tuple[WebhookConfig, ...] = field(default_factory=tuple)
+    session_idle_seconds: int = 1800
+    oidc: OidcConfig | None = None
+    login_failures_per_user: int = 5
+    login_failures_per_address: int = 20
 
     @property
     def enabled(self) -> bool:
@@ -132,10 +143,17 @@ class HttpConfig:
         lines = ["", "[http]"]
         for key in ("listen", "tls_certificate", "tls_key", "public_url"):
             lines.append(f'{key} = "{getattr(self, key)}"')
-        for key in ("max_request_mb", "max_instance_mb", "max_results", "session_hours"):
+        for key in ("max_request_mb", "max_instance_mb", "max_results", "session_hours", "session_idle_seconds",
+                    "login_failures_per_user", "login_failures_per_address"):
             lines.append(f"{key} = {getattr(self, key)}")
         for key in ("public_status", "public_metrics"):
             lines.append(f"{key} = {'true' if getattr(self, key) else 'false'}")
+        if self.oidc is not None:
+            o = self.oidc
+            lines += ["", "[http.oidc]", *(f'{k} = "{getattr(o, k)}"' for k in (
+                "issuer", "client_id", "client_secret_file", "redirect_url", "username_claim", "display_name_claim",
+                "email_claim", "role_claim", "label")), f"scopes = {_toml_list(o.scopes)}", "", "[http.oidc.roles]",
+                *(f'"{value}" = {_toml_list(roles)}' for value, roles in o.roles)]
         for hook in self.webhooks:
             lines += ["", "[[webhook]]", f'url = "{hook.url}"',
                       f'secret_file = "{hook.secret_file}"' if hook.secret_file else f'secret = "{hook.secret}"',
@@ -223,6 +241,11 @@ def parse_http(root: Table, home: Path | None = None) -> HttpConfig:
         session_hours=t.integer("session_hours", d["session_hours"], 1, 24 * 30),
         public_url=t.text("public_url", d["public_url"], check=_optional_url),
         webhooks=tuple(parse_webhook(w, home) for w in root.tables("webhook")),
+        session_idle_seconds=t.integer("session_idle_seconds", d["session_idle_seconds"], 5, 7 * 86_400),
+        oidc=parse_oidc(t.table("oidc"), home),
+        login_failures_per_user=t.integer("login_failures_per_user", d["login_failures_per_user"], 1, 1000),
+        login_failures_per_address=t.integer("login_failures_per_address", d["login_failures_per_address"], 1,
+                                             100_000),
     )
     if bool(config.tls_certificate) != bool(config.tls_key):
         raise t.error("tls_key" if config.tls_certificate else "tls_certificate",

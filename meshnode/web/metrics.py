@@ -65,6 +65,7 @@ class MetricsSnapshot:
     webhooks: dict[tuple[str, str], int]  # (hook, state) -> count
     forward_failures: dict[str, int] = field(default_factory=dict)  # destination -> count
     extra_gauges: dict[str, float] = field(default_factory=dict)
+    emails: dict[str, int] = field(default_factory=dict)  # arrival emails ([notify]): state -> count
 
 
 def _escape(value: str) -> str:
@@ -147,6 +148,9 @@ def render(s: MetricsSnapshot, events: EventMetrics, http_requests: dict[tuple[s
              [({"direction": d, "state": st}, n) for (d, st), n in sorted(s.manifests.items())])
     t.metric("meshnode_webhook_notifications", "gauge", "Webhook notifications by receiver and state.",
              [({"hook": h, "state": st}, n) for (h, st), n in sorted(s.webhooks.items())])
+    if s.emails:
+        t.metric("meshnode_email_notifications", "gauge", "Arrival emails ([notify]) by state.",
+                 [({"state": st}, n) for st, n in sorted(s.emails.items())])
     t.metric("meshnode_http_requests_total", "counter", "HTTP requests by route and status.",
              [({"route": r, "status": str(code)}, n) for (r, code), n in sorted(http_requests.items())])
     t.metric("meshnode_http_response_bytes_total", "counter", "HTTP response body bytes by route.",

@@ -86,7 +86,10 @@ class NodeView:
             for peer, n in r["served_by"].items():
                 org = self._peer_org(peer)
                 served[org] = served.get(org, 0) + n
-            row = {k: v for k, v in r.items() if k not in ("study_uid", "served_by", "forward")}
+            # the sender's note is free text (it may name the patient) and `attention` names a person: both only
+            # with the identifiers (a signed-in user who may read), never on the public status page
+            hidden = ("study_uid", "served_by", "forward") + (() if with_identifiers else ("attention", "note"))
+            row = {k: v for k, v in r.items() if k not in hidden}
             row["served_by_org"] = served
             row["study"] = hash_uid(r["study_uid"])
             # the auto-forward to the local PACS, per destination (None: no PACS configured)

@@ -1,18 +1,20 @@
-"""The node's HTTP side, started by the node runtime: DICOMweb, web UI, metrics, health, webhooks.
+"""The node's HTTP side, started by the node runtime: DICOMweb, web UI, metrics, health, webhooks, email.
 
 One task in the node's nursery. The HTTP listener runs when [http] listen is
-set; webhooks run when [[webhook]] receivers are configured (with or without
-the listener).
+set; webhooks run when [[webhook]] receivers are configured and arrival emails
+when [notify] is (with or without the listener).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import trio
 
 from meshnode.node.context import keep_running
+from meshnode.notify.notifier import Notifier
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.sqlite_users import SqliteUserStore
 from meshnode.web.app import Route, WebApp
@@ -29,7 +31,11 @@ from meshnode.web.requests_web import RequestsWeb
 from meshnode.web.server import serve_http
 from meshnode.web.services import WebServices
 from meshnode.web.stow import Stow
+from meshnode.web import signin
+from meshnode.web.oidc import OidcClient
+from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
+from meshnode.web.users_web import UsersWeb
 from meshnode.web.wado import Wado
 from meshnode.web.webhooks import Webhooks
 
@@ -51,23 +57,29 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     ctx.events.subscribe(events.on_event)
     if http.webhooks:
         ctx.events.subscribe(webhooks.on_event)
+    notifier = _notifier(node, users)  # [notify]: email to staff when a study arrives
+    if notifier is not None:
+        ctx.events.subscribe(notifier.on_event)
     try:
         async with trio.open_nursery() as nursery:
             if http.webhooks:
                 nursery.start_soon(keep_running, "webhooks", webhooks.run)
+            if notifier is not None:
+                nursery.start_soon(keep_running, "email notifications", notifier.run)
             url = ""
             if http.enabled:
                 async def audit(event: AuditEvent) -> None:
                     await ctx.audit(event)
 
                 services = WebServices(http, ctx.org, ctx.storage, ctx.db, audit, ctx.clock)
-                auth = Authenticator(users, ctx.clock)
+                auth = Authenticator(users, ctx.clock, http.session_idle_seconds)
                 view = NodeView(node)
                 app_holder: list[WebApp] = []
 
                 async def snapshot() -> MetricsSnapshot:
                     counts = await webhooks.counts()
-                    return await view.metrics_snapshot(counts)
+                    snap = await view.metrics_snapshot(counts)
+                    return replace(snap, emails=await notifier.counts()) if notifier is not None else snap
 
                 routes: list[Route] = [
                     *Ops(view.health, snapshot, events, lambda: app_holder[0]).routes(),
@@ -75,8 +87,11 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *Qido(services).routes(),
                     *Wado(services).routes(),
                     *Stow(services, lambda: node.gateway.intake, lambda: ctx.config.gateway.routes).routes(),
-                    *Ui(services, auth, view, ChainVerifier(ctx.db, ctx.storage, ctx.clock),
-                        lambda: ctx.changed).routes(),
+                    *(ui := Ui(services, auth, view, ChainVerifier(ctx.db, ctx.storage, ctx.clock),
+                               lambda: ctx.changed)).routes(),
+                    *SignInWeb(services, auth, OidcClient(http.oidc, ctx.clock) if http.oidc else None,
+                               pages=ui).routes(),
+                    *UsersWeb(services, auth, signin.issuer(ctx.org)).routes(),
                     *ReconcileWeb(lambda: node.gateway.reconciler, ctx.db, audit, ctx.clock).routes(),
                     *ConflictsHttp(lambda: node.gateway.conflicts).routes(),
                     *RequestsWeb(lambda: node.requests, audit).routes(),  # study requests, prior queries
@@ -89,4 +104,22 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     finally:
         ctx.events.unsubscribe(events.on_event)
         ctx.events.unsubscribe(webhooks.on_event)
+        if notifier is not None:
+            ctx.events.unsubscribe(notifier.on_event)
         users.close()
+
+
+def _notifier(node: Node, users: SqliteUserStore) -> Notifier | None:
+    ctx = node.ctx
+    if not ctx.config.notify.enabled:
+        return None
+
+    async def audit(event: AuditEvent) -> None:
+        await ctx.audit(event)
+
+    def org_name(peer_id: str) -> str:
+        known = ctx.peers.certificate_of(peer_id)
+        return known.document.org_name if known is not None else ""
+
+    return Notifier(ctx.config.notify, ctx.db, users, ctx.org, ctx.config.http.public_url, audit, ctx.clock,
+                    open_manifest=ctx.manifests.open, org_name=org_name)

@@ -2,8 +2,7 @@
 
     GET  /ui/                 the single page (inbox, outbox, peers, audit)
     GET  /ui/static/{file}    its CSS and JavaScript (no CDN: works without internet)
-    POST /ui/login            {token} -> HttpOnly, SameSite=Strict session cookie (audited, 110114)
-    POST /ui/logout
+    (sign-in and sign-out: meshnode.web.signin_web)
     GET  /ui/api/session      who is logged in
     GET  /ui/api/{page}       inbox | outbox | peers | audit (audit needs the audit role)
     GET  /ui/api/events?page= the same data, pushed whenever it changes
@@ -13,6 +12,7 @@ Patient identifiers appear only for a logged-in user with the read role.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common.describe import iso
-from meshnode.storage.audit import AuditEvent, EventCode, Outcome
+from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.search import AuditQuery
 from meshnode.storage.users import permissions
 from meshnode.web.app import Handler, Route, route
@@ -36,8 +36,6 @@ from meshnode.web.http import (
     ProducedResponse,
     Write,
     bytes_response,
-    client,
-    form,
     json_response,
     principal,
     query,
@@ -64,7 +62,13 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        " frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 #: a page that needs more than CSP (the viewer's WebAssembly codecs need 'wasm-unsafe-eval', its workers
 #: worker-src 'self' blob:), by file name
-PAGE_CSP: dict[str, str] = {}
+PAGE_CSP: dict[str, str] = {
+    # Cornerstone3D: its WebAssembly codecs (JPEG-LS, JPEG 2000, HTJ2K, JPEG baseline, JPEG XL) are compiled in a
+    # module worker started from /ui/static/viewer/; its tools draw their mouse cursors as blob: images. No eval,
+    # no CDN, nothing from another origin
+    "viewer.html": CSP.replace("script-src 'self';", "script-src 'self' 'wasm-unsafe-eval'; worker-src 'self';")
+                      .replace("img-src 'self' data:;", "img-src 'self' data: blob:;"),
+}
 
 
 def _static(name: str) -> bytes | None:
@@ -107,8 +111,6 @@ class Ui:
             route("GET", "/ui/", self._index, "public", "ui-index"),
             route("GET", "/ui/static/{name:path}", self._asset, "public", "ui-static"),
             route("GET", "/ui/{page}", self._page_file, "public", "ui-page"),
-            route("POST", "/ui/login", self._login, "public", "ui-login"),
-            route("POST", "/ui/logout", self._logout, "public", "ui-logout"),
             route("GET", "/ui/api/session", self._session, "public", "ui-session"),
             route("GET", "/ui/api/events", self._events, "status", "ui-events"),
             *[route("GET", f"/ui/api/{page}", self._page_handler(page), "audit" if page == "audit" else "status",
@@ -125,6 +127,9 @@ class Ui:
                 self._files.clear()
             self._files[name] = _static(name)
         return self._files[name]
+
+    def html(self, name: str) -> Response:
+        return self._html(name)
 
     def _html(self, name: str) -> Response:
         data = self._file(name)
@@ -151,33 +156,13 @@ class Ui:
             raise HttpError(404, "no such file")
         if kind.startswith("text/html"):
             return self._html(name)
-        return bytes_response(200, data, kind)
-
-    # -- login ------------------------------------------------------------------------------
-    async def _login(self, request: Request) -> Response:
-        token = (await form(request)).get("token", "").strip()
-        principal = await self.auth.token(token) if token else None
-        if principal is None:
-            await self.s.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "ui-login", Outcome.MINOR_FAILURE,
-                                          actor=f"http:{client(request)}", detail="unknown, revoked or expired token"))
-            raise HttpError(401, "unknown, revoked or expired token")
-        session = self.auth.open_session(principal, self.s.config.session_hours)
-        await self.s.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "ui-login", actor=f"user:{principal.user}",
-                                      detail=f"token {principal.token_id} from {client(request)}"))
-        secure = "; Secure" if request.url.scheme == "https" else ""
-        cookie = (f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; "
-                  f"Max-Age={self.s.config.session_hours * 3600}{secure}")
-        return json_response(200, {"user": principal.user, "roles": list(principal.roles),
-                                    "csrf": self.auth.csrf(session)}, headers={"set-cookie": cookie})
-
-    async def _logout(self, request: Request) -> Response:
-        session = request.cookies.get(SESSION_COOKIE)
-        if session:
-            self.auth.close_session(session)
-        if principal(request) is not None:
-            await self.s.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "ui-logout", actor=actor(request)))
-        return json_response(200, {"user": None}, headers={
-            "set-cookie": f"{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"})
+        # the viewer's bundle is megabytes: the browser keeps it and asks again with If-None-Match (a
+        # 304 costs nothing); every other response of the listener stays no-store
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        headers = {"etag": etag, "cache-control": "private, no-cache"}
+        if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+            return Response(b"", 304, headers=headers)
+        return bytes_response(200, data, kind, headers)
 
     async def _session(self, request: Request) -> Response:
         p = principal(request)
@@ -185,7 +170,7 @@ class Ui:
         csrf = self.auth.csrf(session) if p is not None and p.via == "session" else None
         return json_response(200, {"user": p.user if p else None, "roles": list(p.roles) if p else [],
                                     "permissions": sorted(permissions(p.roles)) if p else [],
-                                    "csrf": csrf, "org": self.s.org,
+                                    "csrf": csrf, "org": self.s.org, "method": p.method if p else None,
                                     "public_status": self.s.config.public_status})
 
     # -- data -------------------------------------------------------------------------------
@@ -258,7 +243,7 @@ class Ui:
             return True
         if p.via == "session":
             session = request.cookies.get(SESSION_COOKIE)
-            return session is not None and await self.auth.session(session) is not None
+            return session is not None and await self.auth.session(session, touch=False) is not None
         token = bearer_or_basic(request.headers.get("authorization", ""))
         return token is not None and await self.auth.token(token) is not None
 

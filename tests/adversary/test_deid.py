@@ -101,7 +101,8 @@ async def test_only_a_user_with_the_reidentify_role_can_export_the_relink_table(
 
 async def test_only_the_deid_release_role_decides_on_a_held_share_with_a_reason(setup: Setup) -> None:
     """Review finding 8: `write` (also STOW service tokens) no longer releases instances at pixel risk; a
-    dedicated role does, with a reason; finding 15: a real session cookie is still no credential for a POST."""
+    dedicated role does, with a reason; finding 15: a real session cookie alone (what another site's form
+    sends) is no credential for a POST: it needs the session's anti-CSRF token too."""
     body = json.dumps({"include_risky": True, "reason": "looked"}).encode()
     for user in ("viewer", "dpo", "ct3"):  # ct3 has write: before the fix it could release
         for action in ("release", "refuse"):
@@ -113,8 +114,10 @@ async def test_only_the_deid_release_role_decides_on_a_held_share_with_a_reason(
     session = setup.app.auth.open_session(principal, hours=1)
     cookie = {"Cookie": f"{SESSION_COOKIE}={session}", "Content-Type": "application/json"}
     assert (await call(setup.app, "GET", "/deid/held", headers=cookie)).status == 200  # the session is valid
-    reply = await call(setup.app, "POST", f"/deid/held/{setup.share}/release", headers=cookie, body=body)
-    assert reply.status == 401
+    for csrf in ({}, {"X-CSRF-Token": "forged"}):
+        reply = await call(setup.app, "POST", f"/deid/held/{setup.share}/release", headers={**cookie, **csrf},
+                           body=body)
+        assert reply.status == 403 and reply.json()["error"] == "csrf", reply.body
     assert _held(setup) == [setup.share] and setup.node.store.manifests("sent") == []
     # releasing the risky instances needs a reason; a refusal too
     for action, value in (("release", {"include_risky": True}), ("release", {"include_risky": True, "reason": " "}),

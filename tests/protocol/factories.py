@@ -158,6 +158,8 @@ def make_manifest(
     priority: Priority = Priority.URGENT,
     purpose: Purpose = Purpose.CARE,
     study_uid: str = STUDY_UID,
+    attention: str = "",
+    note: str = "",
 ) -> Manifest:
     if instances is None:
         instances = (make_instance(1), make_instance(2), make_instance(3, series=2, blocks=1))
@@ -173,6 +175,8 @@ def make_manifest(
         revision=revision,
         summary=make_summary(instances),
         instances=instances,
+        attention=attention,
+        note=note,
     )
 
 

@@ -10,7 +10,7 @@ from protocol.certificate import MAX_ORG_NAME, ROLE_NAMES, Certificate
 from protocol.cid import CID
 from protocol.document import Document
 from protocol.keys import SigningKey
-from protocol.manifest import InstanceEntry, Manifest, Priority, Purpose, StudySummary
+from protocol.manifest import MAX_ATTENTION, MAX_NOTE, InstanceEntry, Manifest, Priority, Purpose, StudySummary
 from protocol.recall import MAX_REASON, Recall, RecallAction
 from protocol.receipt import Receipt
 from protocol.roster import Roster
@@ -30,6 +30,17 @@ def wire_text(max_size: int, min_size: int = 0) -> st.SearchStrategy[str]:
     """Text the schema accepts: no control characters except tab, no lone surrogates."""
     chars = st.characters(exclude_categories=("Cs", "Cc")) | st.sampled_from("\t\x7f")
     return st.text(chars, min_size=min_size, max_size=max_size)
+
+
+def free_text(max_size: int, *, line_breaks: bool) -> st.SearchStrategy[str]:
+    """A manifest's attention or note: printable characters (and line feeds in a note), not empty, nothing
+    to strip at either end."""
+    chars = st.characters(exclude_categories=("Cs", "Cc", "Cf", "Zl", "Zp", "Zs", "Co", "Cn")) | st.just(" ")
+    if line_breaks:
+        chars = chars | st.just("\n")
+    return st.text(chars, min_size=1, max_size=max_size).filter(lambda t: t == t.strip() and t.isprintable()
+                                                                 or (line_breaks and t == t.strip()
+                                                                     and t.replace("\n", "").isprintable()))
 
 
 @st.composite
@@ -137,6 +148,8 @@ def manifests(draw: st.DrawFn) -> tuple[Manifest, SigningKey]:
         revision=draw(st.integers(1, 2**63 - 1)),
         summary=summary,
         instances=instances,
+        attention=draw(st.just("") | free_text(MAX_ATTENTION, line_breaks=False)),
+        note=draw(st.just("") | free_text(MAX_NOTE, line_breaks=True)),
     )
     return manifest, node
 

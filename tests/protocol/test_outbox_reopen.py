@@ -109,3 +109,18 @@ def test_reopen_in_any_sequence(steps: list[tuple[str, tuple[str, str], float, f
             assert after == before, "a delivered key changes only when reopened"
         for record in o.snapshot():
             assert 0 <= record.attempts <= 3
+
+
+def test_attempts_cut_short_by_restarts_never_exceed_max_attempts() -> None:
+    """Found by the sequence test above: claim, restart, claim, restart ... claimed a delivery a fourth time
+    of max_attempts=3. Interrupted attempts count (a delivery that crashes the node must not loop); the
+    last one interrupted ends FAILED, for a person to retry."""
+    o: Outbox[tuple[str, str]] = Outbox(attempt_timeout=100.0, max_attempts=3)
+    o.add(KEY, 0.0)
+    for attempt in (1, 2, 3):
+        assert o.due(0.0) == [KEY]
+        o = Outbox.restore(o.snapshot(), attempt_timeout=100.0, max_attempts=3)
+        record = o.record(KEY)
+        assert record is not None and record.attempts == attempt
+    assert record.state is DeliveryState.FAILED and "last allowed attempt" in record.last_error
+    assert o.due(1000.0) == []

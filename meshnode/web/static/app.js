@@ -1,5 +1,6 @@
 "use strict";
-// dicom-mesh node UI: one page, four views, live updates by Server-Sent Events.
+// dicom-mesh node UI: one page, six views (nav links; aria-current marks the open one), live updates by
+// Server-Sent Events.
 // Every value from the server goes into the page as text (textContent), never as HTML.
 
 const PAGES = ["inbox", "outbox", "peers", "audit", "reconcile"];
@@ -45,7 +46,8 @@ function bytes(n) {
 
 function progress(done, total, doneBytes, totalBytes) {
   const pct = total ? Math.min(100, (100 * done) / total) : 100;
-  const bar = el("span", { class: "bar" }, el("span"));
+  const bar = el("span", { class: "bar", role: "progressbar", "aria-label": "blocks fetched",
+    "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": pct.toFixed(1) }, el("span"));
   bar.firstChild.style.width = pct.toFixed(1) + "%";
   return el("span", { class: "progress", title: `${done}/${total} blocks, ${bytes(doneBytes)} of ${bytes(totalBytes)}` },
     bar, el("span", { class: "pct" }, pct.toFixed(1) + "%"));
@@ -74,21 +76,52 @@ function forwarded(value) {
     `${d.destination}: ${d.state}`, el("span", { class: "muted" }, ` ${d.sent}/${d.total}`))));
 }
 
+// what the sender signed into the manifest for the recipients (shown to a signed-in user only: the server
+// leaves both out of the public status page): the person it is for, and a note (text, line breaks kept)
+function addressing(row) {
+  return [
+    row.attention ? el("div", { class: "for" }, el("span", { class: "muted" }, "For: "), row.attention) : null,
+    row.note ? el("div", { class: "note" }, el("span", { class: "muted" }, "Note: "), row.note) : null,
+  ];
+}
+
+// the inbox row named by the address (#inbox?manifest=ID: the link in the arrival email), marked and shown once
+let shownSelected = null;
+
+function markSelected(tr, manifest) {
+  if (manifest !== selected().manifest) return tr;
+  tr.classList.add("selected");
+  tr.setAttribute("aria-current", "true");
+  if (shownSelected !== manifest) {
+    shownSelected = manifest;
+    setTimeout(() => tr.scrollIntoView({ block: "center" }), 0);
+  }
+  return tr;
+}
+
+// the viewer (viewer.html) for a study this node holds whole: shown to a user who may read images
+function viewLink(r) {
+  if (!r.study_uid || !["complete", "receipted"].includes(r.state)) return null;
+  return el("a", { class: "view-link", href: `/ui/viewer?study=${encodeURIComponent(r.study_uid)}`,
+                   "aria-label": `View study ${r.description || ""}`.trim() }, "View");
+}
+
 const render = {
   inbox(data) {
-    fill(document.getElementById("inbox-table"), data.rows, (r) => el("tr", { "data-manifest": r.manifest_id },
+    fill(document.getElementById("inbox-table"), data.rows, (r) => markSelected(el("tr", { "data-manifest": r.manifest_id },
       el("td", { class: "mono" }, when(r.created_at)),
       el("td", {}, el("b", {}, r.sender_org)),
       el("td", {}, el("span", { class: "pill " + r.priority }, r.priority)),
       el("td", {}, patient(r, data.identifiers)),
-      el("td", {}, study(r, data.identifiers), el("div", { class: "muted" }, `${r.instances} instances`)),
+      el("td", {}, study(r, data.identifiers), el("div", { class: "muted" }, `${r.instances} instances`),
+        ...addressing(r), viewLink(r)),
       el("td", { class: "state state-" + r.state }, r.state),
       el("td", {}, progress(r.blocks_done, r.blocks_total, r.bytes_done, r.bytes_total)),
       el("td", {}, r.first_instance_ms === null ? "" : `${r.first_instance_ms} ms`),
       el("td", {}, Object.entries(r.served_by_org || {}).map(([org, n]) => `${org}: ${n}`).join(", "),
         Object.keys(r.served_to || {}).length ? el("div", { class: "muted" }, "served to " +
           Object.entries(r.served_to).map(([org, d]) => `${org}: ${d.blocks}`).join(", ")) : null),
-      el("td", { class: "forwarded" }, forwarded(r.forwarded))));
+      el("td", { class: "forwarded" }, forwarded(r.forwarded))), r.manifest_id));
   },
   outbox(data) {
     fill(document.getElementById("outbox-table"), data.rows, (r) => el("tr", { "data-manifest": r.manifest_id },
@@ -162,8 +195,19 @@ function notice(text) {
 }
 
 function current() {
-  const page = location.hash.slice(1);
+  const page = location.hash.slice(1).split("?")[0];
   return PAGES.includes(page) || page === "conflicts" ? page : "inbox";
+}
+
+function selected() {
+  const query = location.hash.split("?")[1] || "";
+  return { manifest: new URLSearchParams(query).get("manifest") };
+}
+
+function live(on) {
+  const dot = document.getElementById("live");
+  dot.classList.toggle("on", on);
+  dot.setAttribute("aria-label", on ? "Live updates on" : "Live updates off");
 }
 
 function auditQuery() {
@@ -176,9 +220,13 @@ function auditQuery() {
 function open(page) {
   if (stream) stream.close();
   stream = null;
-  document.getElementById("live").classList.remove("on");
+  live(false);
   for (const p of [...PAGES, "conflicts"]) document.getElementById("page-" + p).hidden = p !== page;
-  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
+  for (const a of document.querySelectorAll("nav a")) {
+    a.classList.toggle("active", a.dataset.page === page);
+    if (a.dataset.page === page) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
   conflictsPage(page === "conflicts");
   if (page === "conflicts") return;
   if (page === "audit" && !session.permissions.includes("audit")) {
@@ -197,11 +245,11 @@ function open(page) {
   const query = page === "audit" ? "&" + auditQuery() : "";
   stream = new EventSource(`/ui/api/events?page=${page}${query}`);
   stream.addEventListener("update", (ev) => {
-    document.getElementById("live").classList.add("on");
+    live(true);
     render[page](JSON.parse(ev.data));
     document.body.dataset.updated = String(Date.now());
   });
-  stream.onerror = () => document.getElementById("live").classList.remove("on");
+  stream.onerror = () => live(false);
 }
 
 async function loadReconcile() {
@@ -225,6 +273,8 @@ async function loadSession() {
   document.getElementById("who").textContent = session.user ? `${session.user} (${session.roles.join(", ")})` : "";
   document.getElementById("login").hidden = !!session.user;
   document.getElementById("logout").hidden = !session.user;
+  document.getElementById("signin-link").hidden = !!session.user;
+  document.getElementById("users-link").hidden = !(session.permissions || []).includes("admin");
 }
 
 async function login(ev) {
@@ -243,9 +293,18 @@ async function login(ev) {
   open(current());
 }
 
+// after a logout nothing the signed-in user saw stays in the page (hidden tabs included): a shared
+// workstation's next user reads only what the public status page shows
+function forget() {
+  for (const body of document.querySelectorAll("main tbody")) body.replaceChildren();
+  document.getElementById("chain").replaceChildren();
+  document.getElementById("self").replaceChildren();
+}
+
 async function logout() {
   await fetch("/ui/logout", { method: "POST", credentials: "same-origin",
     headers: { "X-CSRF-Token": session.csrf || "" } });
+  forget();
   await loadSession();
   open(current());
 }
@@ -255,7 +314,11 @@ window.addEventListener("DOMContentLoaded", async () => {
   document.getElementById("logout").addEventListener("click", logout);
   document.getElementById("audit-filter").addEventListener("change", () => open("audit"));
   document.getElementById("audit-filter").addEventListener("submit", (ev) => { ev.preventDefault(); open("audit"); });
-  window.addEventListener("hashchange", () => open(current()));
+  window.addEventListener("hashchange", () => {
+    open(current());
+    // a keyboard or screen-reader user lands on the page they opened, not back at the top of the document
+    document.getElementById("title-" + current()).focus();
+  });
   await loadSession();
   open(current());
 });

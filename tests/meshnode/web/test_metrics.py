@@ -40,3 +40,13 @@ async def test_render_parses_and_carries_the_numbers() -> None:
     assert queues == {"fetch": 1, "deliveries": 0, "webhooks": 2}
     failed = [s for s in families["meshnode_study_events"].samples if s.labels["event"] == "failed"]
     assert failed[0].value == 1
+
+
+def test_arrival_emails_by_state() -> None:
+    s = snapshot()
+    s.emails = {"pending": 1, "delivered": 5}
+    families = {f.name: f for f in text_string_to_metric_families(render(s, EventMetrics(), {}, {}, 0))}
+    assert {x.labels["state"]: x.value for x in families["meshnode_email_notifications"].samples} == {
+        "pending": 1, "delivered": 5}
+    without = {f.name for f in text_string_to_metric_families(render(snapshot(), EventMetrics(), {}, {}, 0))}
+    assert "meshnode_email_notifications" not in without  # no [notify]: no such metric
