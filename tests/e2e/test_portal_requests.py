@@ -108,3 +108,10 @@ def test_request_priors_in_the_page_approved_in_another_session(mesh: MeshDemo, 
     browser.execute_script("document.getElementById('priors').scrollIntoView()")
     screenshot(browser, "portal-requests")
     mesh.wait_for(lambda: any(s["study_uid"] == study for s in mesh.cli(a, "studies")), 60, "the study at A")
+    # signing out ends the session: the page goes to the sign-in page, the API refuses the old cookie
+    browser.find_element(By.ID, "logout").click()
+    wait("the sign-in page", lambda: browser.current_url.endswith("/ui/login"))
+    status = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch('/ui/api/requests/outgoing', {credentials: 'same-origin'}).then(r => done(r.status));")
+    assert status == 401

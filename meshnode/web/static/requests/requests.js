@@ -218,6 +218,10 @@
     $("org").textContent = s.org || "";
     $("who").textContent = s.user ? `${s.user}` : "";
     if (!s.user) { $("signin").hidden = false; return; }
+    $("logout").hidden = false;
+    $("logout").addEventListener("click", async () => {
+      try { await meshPortal.api("POST", "/ui/logout"); } finally { window.location.href = "/ui/login"; }
+    });
     const request = meshPortal.may("request"), queues = meshPortal.may("queues");
     $("new-request").hidden = !request;
     $("outgoing").hidden = !request;
