@@ -19,6 +19,7 @@ from meshnode.node.prior_query import prior_bytes
 from meshnode.node.requests import Requests, answer_bytes
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
+from protocol.admission import lane_of
 from protocol.errors import LocalProtocolError, MeshError, UnavailableError
 from protocol.exchange_messages import Ack, Refused
 from protocol.request_messages import (
@@ -103,10 +104,12 @@ class Libp2pRequestLink:
 
     async def _call(self, peer_id: str, protocol_id: str, payload: bytes) -> bytes:
         limits = REQUEST_LIMITS[protocol_id]
-        with network_endings_unavailable(peer_id, protocol_id):
-            return await request(self.wire.host, ID.from_base58(peer_id), protocol_id, payload,
-                                 max_request=limits.request, max_response=limits.response,
-                                 timeout=self.wire.timeout)
+        # never more at once than the peer admits (as the exchange protocols' calls)
+        async with self.wire.outbound.slot(peer_id, lane_of(protocol_id)):
+            with network_endings_unavailable(peer_id, protocol_id):
+                return await request(self.wire.host, ID.from_base58(peer_id), protocol_id, payload,
+                                     max_request=limits.request, max_response=limits.response,
+                                     timeout=self.wire.timeout)
 
     async def call_org(self, org: str, protocol_id: str, payload: bytes) -> bytes:
         peers = await self.sessions.org_peers(org)
