@@ -12,6 +12,7 @@ from pathlib import Path
 from common.files import read_file
 from meshnode.audit_export.config import AuditRepositoryConfig, parse_audit_repository
 from meshnode.gateway.config import GatewayConfig, parse_gateway
+from meshnode.node.request_config import RequestConfig, parse_requests
 from meshnode.notify.config import NotifyConfig, parse_notify
 from meshnode.web.config import HttpConfig, parse_http
 from protocol.address_record import check_multiaddr_text
@@ -92,6 +93,8 @@ class NodeConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     #: [audit_repository]: where security alerts and audit checkpoints go (meshnode.audit_export.config)
     audit_repository: AuditRepositoryConfig | None = None
+    #: [[request_policy]] and [prior_query]: incoming study requests and prior queries (meshnode.node.request_config)
+    requests: RequestConfig = field(default_factory=RequestConfig)
     #: [notify]: email to staff when a study arrives (meshnode.notify.config)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
 
@@ -169,6 +172,7 @@ def _build(root: Table, home: Path | None) -> NodeConfig:
         gateway=parse_gateway(root),
         http=parse_http(root, home),
         audit_repository=parse_audit_repository(root, home),
+        requests=parse_requests(root),
         notify=parse_notify(root, home),
     )
     limits.finish()

@@ -261,6 +261,7 @@ REGISTRY: tuple[ErrorCode, ...] = (
     _own(RevisionRollbackError),
     ErrorCode(504, "instance-mismatch", DocumentError),  # meshnode/node/completion.py
     ErrorCode(505, "content-mismatch", DocumentError),
+    ErrorCode(506, "request-replayed", DocumentError),  # protocol/study_request.py (RequestReplayError)
     _own(UnauthorisedError),
     _own(NotFoundError),
     _own(StorageError),

@@ -39,6 +39,7 @@ from protocol.manifest import InstanceEntry, Manifest, Priority, Purpose, StudyS
 from protocol.recall import Recall, RecallAction  # noqa: E402
 from protocol.receipt import Receipt  # noqa: E402
 from protocol.roster import Roster  # noqa: E402
+from protocol.study_request import RequestResponse, RequestState, StudyRequest  # noqa: E402
 
 VECTORS_PATH = ROOT / "docs" / "protocol" / "vectors.json"
 FORMAT = "dicom-mesh test vectors 1"
@@ -49,7 +50,8 @@ Json: TypeAlias = Union[None, bool, int, str, list["Json"], dict[str, "Json"]]
 
 KEY_NAMES = ["authority", "authority-next", "node-rgt", "node-rxx"]
 DOCUMENT_CLASSES: dict[str, type[Document]] = {
-    cls.LABEL: cls for cls in (Certificate, Roster, AddressRecord, Manifest, Receipt, Recall)
+    cls.LABEL: cls for cls in (Certificate, Roster, AddressRecord, Manifest, Receipt, Recall, StudyRequest,
+                               RequestResponse)
 }
 
 
@@ -226,6 +228,46 @@ def build() -> dict[str, Json]:
             superseded_by=CID.of(b"revision 2 of the manifest"),
             reason="laterality corrected",
             at=NOW - 30,
+        ),
+        "node-rgt",
+        {"roster": "roster", "certificate": "certificate-rgt"},
+    )
+    # RXX asks RGT for the patient's imaging; RGT approves with the manifest above
+    request_id = hashlib.sha256(b"dicom-mesh test vector request").digest()[:16]
+    b.add(
+        "study-request",
+        StudyRequest(
+            request_id=request_id,
+            requester_org="RXX",
+            requester_peer=k["node-rxx"].peer_id,
+            holder_org="RGT",
+            nhs_number="9434765919",
+            patient_id="",
+            date_from="20250101",
+            date_to="20251231",
+            modality="CT",
+            reason="stroke MDT: prior CT head",
+            priority=Priority.URGENT,
+            purpose=Purpose.CARE,
+            requested_by="user:alice",
+            created_at=NOW - 600,
+            expires_at=NOW - 600 + 7 * DAY,
+        ),
+        "node-rxx",
+        {"roster": "roster", "certificate": "certificate-rxx"},
+    )
+    b.add(
+        "request-response",
+        RequestResponse(
+            request_id=request_id,
+            requester_org="RXX",
+            holder_org="RGT",
+            holder_peer=k["node-rgt"].peer_id,
+            state=RequestState.APPROVED,
+            manifests=(manifest_id,),
+            reason="",
+            decided_by="user:bob",
+            at=NOW - 20,
         ),
         "node-rgt",
         {"roster": "roster", "certificate": "certificate-rgt"},

@@ -18,6 +18,7 @@ from meshnode.cli import (
     node_cmds,
     patients_cmd,
     reconcile_cmd,
+    request_cmd,
     storage_cmds,
     users_cmd,
 )
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (init_cmd, certificate_cmd, config_cmd, directory_cmd, node_cmds, gateway_cmd, storage_cmds, audit_cmd,
-                   generate_cmd, users_cmd, patients_cmd, reconcile_cmd, deid_cmd, conflicts_cmd):
+                   generate_cmd, users_cmd, patients_cmd, reconcile_cmd, deid_cmd, conflicts_cmd,
+                   request_cmd):
         module.register(sub, common)
     return parser
 

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 from meshnode.control.app import Handler
 from common.describe import iso
 from meshnode.gateway.reconcile_holds import check_not_held
-from meshnode.node import reconcile_routes
+from meshnode.node import reconcile_routes, request_routes
+from meshnode.node.requests import request_of_manifest
+from meshnode.storage.request_store import INCOMING, OUTGOING
 from meshnode.node.deid_routes import deid_routes, share_profile, share_research
 from meshnode.node import conflict_routes
 from meshnode.node.delivery import stored_deliveries
@@ -144,6 +146,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         def load(store: MetadataStore) -> list[dict[str, object]]:
             out: list[dict[str, object]] = []
             held = held_by_manifest(store)  # instances held in the conflict queue (meshnode.storage.conflicts)
+            asked = request_of_manifest(store, OUTGOING)  # studies that answer our study requests
             for row in store.manifests("received"):
                 manifest = ctx.manifests.open(row.manifest_id, row.raw).document
                 transfer = store.transfer(row.manifest_id)
@@ -161,6 +164,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                     "forward": node.gateway.forward_progress(store, row.manifest_id),  # to the local PACS
                     "failure": store.manifest_failure(row.manifest_id) if row.state is ManifestState.FAILED else None,
                     "held": held.get(str(row.manifest_id), 0), "held_detail": held_detail(held.get(str(row.manifest_id), 0)),
+                    "request": asked.get(str(row.manifest_id)),
                     "attention": manifest.attention, "note": manifest.note,  # signed by the sender, shown as text
                 })
             return out
@@ -171,6 +175,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         await node.wire.served.flush()
         def load(store: MetadataStore) -> list[dict[str, object]]:
             out: list[dict[str, object]] = []
+            answered = request_of_manifest(store, INCOMING)  # shares that answer other orgs' study requests
             for row in store.manifests("sent"):
                 served = _served_to(store, row.manifest_id)
                 receipts = store.receipts(row.manifest_id)
@@ -184,6 +189,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                                          "receipt_verified": org in receipts,
                                          "served": served.get(org, {"blocks": 0, "bytes": 0})}
                                    for org, r in per_org.items()},
+                    "request": answered.get(str(row.manifest_id)),
                 })
             return out
 
@@ -234,6 +240,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         **reconcile_routes.routes(node),  # the reconciliation queue and the patient lookup table
         **deid_routes(node),
         **conflict_routes.routes(node),  # meshnode conflicts list|decide
+        **request_routes.routes(node),  # meshnode request send|list|show|approve|decline, meshnode priors
     }
 
 

@@ -42,6 +42,8 @@ from meshnode.node.peers import PeerRegistry
 from meshnode.node.receiver import Receiver
 from meshnode.node.research_share import ResearchShares
 from meshnode.node.sender import Sender
+from meshnode.node.request_wire import Libp2pRequestLink, RequestWire
+from meshnode.node.requests import Requests
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from common.p2p.host import listen_multiaddrs, running_host
@@ -159,6 +161,9 @@ class Node:
         #: received manifests being verified again after a restart (they fetch what is missing themselves)
         self._resuming: set[CID] = set()
         self.wire.serve()
+        # study requests and prior queries (issue 13): served past the same gate
+        self.requests = Requests(ctx, self.sender, Libp2pRequestLink(self.wire, self.sessions))
+        RequestWire(self.wire, self.requests).serve()
         addrs = listen_multiaddrs(host)
         await ctx.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "node-start", actor=ctx.peer_id,
                                    actor_org=ctx.org, detail=", ".join(addrs)[:300]))
@@ -167,6 +172,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.corrupt.run)
                 await nursery.start(self.wire.run)
+                await nursery.start(self.requests.run)
                 self.listen_addrs = list(addrs)
                 self.control_url = await nursery.start(
                     serve_control, ControlApp(create_token(ctx.home.path), routes(self)), ctx.home.path,

@@ -32,6 +32,7 @@ from meshnode.storage.records import (
 )
 from meshnode.storage.patients import MemoryPatients
 from meshnode.storage.research_store import MemoryResearchStore
+from meshnode.storage.request_store import MemoryRequestStore
 from meshnode.storage.retry_queue import MemoryRetryQueue
 from meshnode.storage.conflicts import Incoming
 from meshnode.storage.memory_conflicts import MemoryConflicts
@@ -60,8 +61,9 @@ class _Transfer:
     bytes_done: int
 
 
-class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients):
+class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, MemoryRequestStore):
     def __init__(self) -> None:
+        MemoryRequestStore.__init__(self)
         MemoryResearchStore.__init__(self)
         MemoryConflicts.__init__(self)  # and MemoryRetryQueue's
         self._append_audit = self.append_audit  # the conflict queue's audit entries go to the one chain

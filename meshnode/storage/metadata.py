@@ -20,6 +20,7 @@ from meshnode.storage.records import (
     ServedRow,
     StudySummaryRow,
 )
+from meshnode.storage.request_store import RequestStore
 from meshnode.storage.research_store import ResearchStore
 from meshnode.storage.retry_queue import RetryQueueStore
 from meshnode.storage.search import SearchableStore
@@ -29,7 +30,8 @@ from protocol.keys import SigningKey
 from protocol.lifecycle import ManifestState
 
 
-class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStore, ConflictStore, Protocol):
+class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStore, ConflictStore, RequestStore,
+                    Protocol):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int,

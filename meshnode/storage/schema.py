@@ -382,4 +382,18 @@ MIGRATIONS = (
         DELETE FROM users_search WHERE name = old.name;
     END
     """,
+    # 19: study requests (issue 13, REQUEST): what this node asked other organisations for and what they asked
+    # it for (meshnode.storage.request_store), keyed by (request ID, direction) so a replay stores nothing
+    """
+    CREATE TABLE study_requests (
+        request_id TEXT NOT NULL, direction TEXT NOT NULL CHECK (direction IN ('outgoing', 'incoming')),
+        requester_org TEXT NOT NULL, holder_org TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'declined', 'expired')),
+        raw BLOB NOT NULL, certificate BLOB NOT NULL, created_ms INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+        manifests TEXT NOT NULL, reason TEXT NOT NULL, decided_by TEXT NOT NULL, updated_ms INTEGER NOT NULL,
+        response BLOB NOT NULL, response_delivered INTEGER NOT NULL,
+        PRIMARY KEY (request_id, direction)
+    ) STRICT;
+    CREATE INDEX study_requests_by_state ON study_requests (direction, state, created_ms)
+    """,
 )

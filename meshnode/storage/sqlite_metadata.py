@@ -36,6 +36,7 @@ from meshnode.storage.sqlite_identity import SqliteIdentity
 from meshnode.storage.sqlite_patients import HELD_STUDIES_SQL, SqlitePatients
 from meshnode.storage.sqlite_retry_queue import SqliteRetryQueue
 from meshnode.storage.sqlite_research import SqliteResearch
+from meshnode.storage.sqlite_requests import SqliteRequests
 from protocol.access import Holding
 from protocol.cid import CID
 from protocol.errors import MeshError
@@ -70,7 +71,7 @@ HELD_SYNTAXES_SQL = (
 
 
 class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, SqliteAudit, SqliteRetryQueue,
-                          SqlitePatients, SqliteResearch):
+                          SqlitePatients, SqliteResearch, SqliteRequests):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int,

@@ -30,6 +30,7 @@ from meshnode.web.ops import Ops
 from meshnode.web.qido import Qido
 from meshnode.web.reconcile_web import ReconcileWeb
 from meshnode.web.send_web import SendWeb
+from meshnode.web.requests_web import RequestsWeb
 from meshnode.web.server import serve_http
 from meshnode.web.services import WebServices
 from meshnode.web.stow import Stow
@@ -99,6 +100,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     # the portal's send page: the control API's share/recall/redeliver (what the CLI calls)
                     *SendWeb(services, control_routes(node), OrgList(ctx.directory.list_orgs, ctx.clock,
                                                                       own_org=ctx.org), view.outbox).routes(),
+                    *RequestsWeb(lambda: node.requests, audit).routes(),  # study requests, prior queries
                 ]
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)

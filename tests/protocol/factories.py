@@ -18,6 +18,7 @@ from protocol.receipt import Receipt
 from protocol.roster import MemoryRosterVersionStore, Roster, RosterGuard
 from protocol.address_record import AddressRecord
 from protocol.signing import SignedEnvelope
+from protocol.study_request import RequestResponse, RequestState, StudyRequest
 
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z; protocol/ never reads a clock
 HOUR = 3600
@@ -232,4 +233,24 @@ def examples() -> list[tuple[Document, SigningKey]]:
         (make_manifest(), NODE_A),
         (make_receipt(), NODE_B),
         (make_recall(), NODE_A),
+        (make_study_request(), NODE_A),
+        (make_request_response(), NODE_B),
     ]
+
+
+def make_study_request(**kw: object) -> StudyRequest:
+    values: dict[str, object] = dict(
+        request_id=bytes(range(16)), requester_org="RGT", requester_peer=NODE_A.peer_id, holder_org="RXX",
+        nhs_number="9434765919", patient_id="", date_from="20250101", date_to="20251231", modality="CT",
+        reason="stroke follow-up", priority=Priority.URGENT, purpose=Purpose.CARE, requested_by="user:alice",
+        created_at=NOW, expires_at=NOW + DAY)
+    values.update(kw)
+    return StudyRequest(**values)  # type: ignore[arg-type]
+
+
+def make_request_response(**kw: object) -> RequestResponse:
+    values: dict[str, object] = dict(
+        request_id=bytes(range(16)), requester_org="RGT", holder_org="RXX", holder_peer=NODE_B.peer_id,
+        state=RequestState.APPROVED, manifests=(CID.of(b"m1"),), reason="", decided_by="user:bob", at=NOW + 60)
+    values.update(kw)
+    return RequestResponse(**values)  # type: ignore[arg-type]

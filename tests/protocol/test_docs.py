@@ -16,11 +16,12 @@ from protocol.manifest import MAX_MANIFEST_ITEMS, Manifest
 from protocol.recall import Recall
 from protocol.receipt import Receipt
 from protocol.roster import Roster
+from protocol.study_request import RequestResponse, StudyRequest
 
 from tests.protocol import factories as f
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol"
-DOCUMENT_TYPES = (Certificate, Roster, AddressRecord, Manifest, Receipt, Recall)
+DOCUMENT_TYPES = (Certificate, Roster, AddressRecord, Manifest, Receipt, Recall, StudyRequest, RequestResponse)
 
 
 def read(name: str) -> str:

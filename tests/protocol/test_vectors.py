@@ -29,13 +29,14 @@ from protocol.recall import Recall, verify_recall
 from protocol.receipt import Receipt, verify_receipt
 from protocol.roster import Roster, verify_roster
 from protocol.signing import parse_envelope
+from protocol.study_request import RequestResponse, StudyRequest, verify_request, verify_response
 from protocol.trust import check_certificate
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gen_vectors.py"
 VECTORS = ROOT / "docs" / "protocol" / "vectors.json"
 CLASSES: dict[str, type[Document]] = {
-    c.LABEL: c for c in (Certificate, Roster, AddressRecord, Manifest, Receipt, Recall)
+    c.LABEL: c for c in (Certificate, Roster, AddressRecord, Manifest, Receipt, Recall, StudyRequest, RequestResponse)
 }
 
 
@@ -155,6 +156,11 @@ def test_committed_documents_open_and_verify(committed: dict[str, Any]) -> None:
                 assert str(doc.manifest_id) in {d.get("manifest_id") for d in committed["documents"]}
             elif isinstance(doc, Recall):
                 verify_recall(signed, cert, roster, now)  # type: ignore[arg-type]
+            elif isinstance(doc, StudyRequest):
+                verify_request(signed, cert, roster, now)  # type: ignore[arg-type]
+            elif isinstance(doc, RequestResponse):
+                verify_response(signed, cert, roster, now)  # type: ignore[arg-type]
+                assert {str(m) for m in doc.manifests} <= {d.get("manifest_id") for d in committed["documents"]}
             else:
                 assert isinstance(doc, AddressRecord)
                 doc.check_live(now)
