@@ -292,6 +292,9 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(952, "held-share-error", LocalProtocolError),
     ErrorCode(953, "preview-error", LocalProtocolError),  # meshnode/study/preview.py
     ErrorCode(941, "conflict-error", MeshError),  # protocol/conflict.py (a SOP Instance UID conflict decision)
+    ErrorCode(960, "email-error", UnavailableError),  # meshnode/notify/smtp.py (the relay did not take it)
+    ErrorCode(970, "sign-in-refused", LocalProtocolError),  # meshnode/web/signin.py
+    ErrorCode(971, "sign-on-refused", LocalProtocolError),  # meshnode/web/oidc.py (OpenID Connect)
 )
 
 

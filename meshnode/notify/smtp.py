@@ -23,6 +23,9 @@ class EmailError(UnavailableError):
     """The relay did not take the message. `permanent`: it refused it for good (a 5xx to the recipient or
     the message); otherwise it is tried again later."""
 
+    code = 960
+    name = "email-error"
+
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent

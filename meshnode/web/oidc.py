@@ -45,6 +45,9 @@ JWKS_REFRESH_S = 60.0
 class SignOnRefused(LocalProtocolError):
     """The provider's answer (or the browser's callback) is not acceptable; the message says why."""
 
+    code = 971
+    name = "sign-on-refused"
+
 
 @dataclass(frozen=True)
 class Pending:

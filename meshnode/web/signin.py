@@ -40,6 +40,9 @@ _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 class SignInRefused(LocalProtocolError):
     """A failed sign-in; `reason` is for the audit log only (the client is told nothing more specific)."""
 
+    code = 970
+    name = "sign-in-refused"
+
     def __init__(self, reason: str) -> None:
         super().__init__("wrong user name, password or code")
         self.reason = reason
