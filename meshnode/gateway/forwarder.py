@@ -143,6 +143,9 @@ class Forwarder:
                                 rank=urgency, after=partial(self._after_batch, dest)))
         #: told (manifest, destination, error, instances) when instances failed for good (webhooks, metrics)
         self.failed_hook: Callable[[CID, str, str, int], Awaitable[None]] | None = None
+        #: told (manifest) after each batch that sent or failed some of its items: the forward report to the
+        #: study's sender, once every reporting destination has ended (meshnode.node.forward_reports)
+        self.report_hook: Callable[[CID], Awaitable[None]] | None = None
         #: patient reconciliation ([reconciliation] enabled): a study is queued only once matched, and
         #: forwarded as the reconciled copy (meshnode.gateway.reconciler, meshnode.gateway.coercion)
         self.reconciler: Reconciler | None = None
@@ -297,6 +300,11 @@ class Forwarder:
                         and r.state is DeliveryState.FAILED]
             if given_up and self.failed_hook is not None:
                 await self.failed_hook(manifest_id, dest.name, given_up[0].last_error, len(given_up))
+            if self.report_hook is not None:
+                try:
+                    await self.report_hook(manifest_id)
+                except MeshError as exc:  # the forward itself is done: a report that cannot be made is logged
+                    log.error("manifest %s: forward report not queued: %s", manifest_id, exc)
 
     # -- one association (worker thread) ----------------------------------------------------------
     def _send_batch(self, dest: PacsDestination, keys: Sequence[ForwardKey],
