@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 from trio.testing import MockClock
 
+from meshnode.node.events import StudyEvent, StudyEventKind
 from meshnode.node.forward_reports import forward_json
 from protocol.cbor import CborKey, CborValue
 from protocol.cid import CID
@@ -65,6 +66,12 @@ async def setup(mesh: MemoryMesh, study: str) -> tuple[HarnessNode, HarnessNode,
 async def test_a_recipients_report_is_kept_and_a_replay_or_older_one_changes_nothing(
         autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
     a, b, _, _, signed = await setup(mesh, study)
+    events: list[StudyEvent] = []
+
+    async def listen(event: StudyEvent) -> None:
+        events.append(event)
+
+    a.ctx.events.subscribe(listen)
     first = report(b, signed.cid, 100, state=ForwardState.FAILED, sent=3)
     newer = report(b, signed.cid, 200)
     assert await deliver(b, a, first.encode()) is None
@@ -78,6 +85,9 @@ async def test_a_recipients_report_is_kept_and_a_replay_or_older_one_changes_not
     assert [e.detail for e in reported] == ["PACS forward failed: 3 of 12 instance(s)",
                                             "PACS forward forwarded: 12 of 12 instance(s)"]
     assert alerts(a, ACTION) == []
+    # one event per report kept (the pages update live), none for the replays
+    assert [(e.kind, e.org, e.detail, e.instances) for e in events] == [
+        (StudyEventKind.FORWARDED, "RJ1", "failed", 3), (StudyEventKind.FORWARDED, "RJ1", "forwarded", 12)]
 
 
 async def test_an_org_that_is_no_recipient_is_refused_audited_and_nothing_stored(
