@@ -33,6 +33,7 @@ from protocol.errors import LocalProtocolError
 from protocol.exchange_messages import (
     ANNOUNCE_PROTOCOL,
     BLOCKS_PROTOCOL,
+    FORWARD_REPORT_PROTOCOL,
     HAVE_PROTOCOL,
     HELLO_PROTOCOL,
     RECALL_PROTOCOL,
@@ -42,12 +43,13 @@ from protocol.exchange_messages import (
 
 class Lane(enum.Enum):
     DATA = "data"  # announce, have, blocks: work a peer asks of this node
-    CONTROL = "control"  # hello, receipt, recall: tiny; a queue of its own, so data work never delays them
+    CONTROL = "control"  # hello, receipt, recall, forward report: tiny; a queue of its own, so data work never delays them
 
 
 LANES: dict[str, Lane] = {
     ANNOUNCE_PROTOCOL: Lane.DATA, HAVE_PROTOCOL: Lane.DATA, BLOCKS_PROTOCOL: Lane.DATA,
     HELLO_PROTOCOL: Lane.CONTROL, RECEIPT_PROTOCOL: Lane.CONTROL, RECALL_PROTOCOL: Lane.CONTROL,
+    FORWARD_REPORT_PROTOCOL: Lane.CONTROL,
 }
 
 

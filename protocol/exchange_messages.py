@@ -31,6 +31,7 @@ from protocol.errors import (
     UnexpectedFrameError,
 )
 from protocol.manifest import MAX_MANIFEST_BYTES, MAX_TOTAL_BLOCKS
+from protocol.forward_report import ForwardReport
 from protocol.recall import Recall
 from protocol.receipt import Receipt
 from protocol.refusal import MAX_MESSAGE_CHARS
@@ -43,10 +44,12 @@ HAVE_PROTOCOL = "/dicom-mesh/have/1.0.0"
 BLOCKS_PROTOCOL = "/dicom-mesh/blocks/1.0.0"
 RECEIPT_PROTOCOL = "/dicom-mesh/receipt/1.0.0"
 RECALL_PROTOCOL = "/dicom-mesh/recall/1.0.0"
+FORWARD_REPORT_PROTOCOL = "/dicom-mesh/forward-report/1.0.0"
 
 MAX_CERT_BYTES = Certificate.MAX_BYTES
 MAX_RECEIPT_BYTES = Receipt.MAX_BYTES
 MAX_RECALL_BYTES = Recall.MAX_BYTES
+MAX_FORWARD_REPORT_BYTES = ForwardReport.MAX_BYTES
 MAX_BLOCK_BYTES = 8 * 1024 * 1024
 MAX_REQUEST_BLOCKS = 64
 MAX_BITMAP_BYTES = (MAX_TOTAL_BLOCKS + 7) // 8
@@ -76,6 +79,7 @@ FRAME_LIMITS: dict[str, FrameLimits] = {
     BLOCKS_PROTOCOL: FrameLimits(BLOCKS_MAX_REQUEST_FRAME, BLOCKS_MAX_RESPONSE_FRAME),
     RECEIPT_PROTOCOL: FrameLimits(DELIVERY_MAX_REQUEST_FRAME, REPLY_MAX_FRAME),
     RECALL_PROTOCOL: FrameLimits(DELIVERY_MAX_REQUEST_FRAME, REPLY_MAX_FRAME),
+    FORWARD_REPORT_PROTOCOL: FrameLimits(DELIVERY_MAX_REQUEST_FRAME, REPLY_MAX_FRAME),
 }
 
 
@@ -121,7 +125,14 @@ class RecallDelivery:
     certificate: bytes
 
 
-Request: TypeAlias = Union[Hello, Announce, HaveRequest, BlockRequest, ReceiptDelivery, RecallDelivery]
+@dataclass(frozen=True)
+class ForwardReportDelivery:
+    report: bytes
+    certificate: bytes
+
+
+Request: TypeAlias = Union[
+    Hello, Announce, HaveRequest, BlockRequest, ReceiptDelivery, RecallDelivery, ForwardReportDelivery]
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,8 @@ def encode_request(request: Request) -> bytes:
         body = {"manifest": request.manifest_id.to_bytes(), "blocks": [c.to_bytes() for c in request.cids]}
     elif isinstance(request, ReceiptDelivery):
         body = {"receipt": request.receipt, "certificate": request.certificate}
+    elif isinstance(request, ForwardReportDelivery):
+        body = {"report": request.report, "certificate": request.certificate}
     else:
         body = {"recall": request.recall, "certificate": request.certificate}
     return cbor.encode(body)
@@ -432,3 +445,12 @@ def unpack_bitmap(bitmap: bytes, count: int) -> tuple[bool, ...]:
 def held_blocks(order: Sequence[CID], bitmap: bytes) -> tuple[CID, ...]:
     """The blocks of `order` a have-bitmap says the responder holds (validates the bitmap)."""
     return tuple(cid for cid, flag in zip(order, unpack_bitmap(bitmap, len(order))) if flag)
+
+
+def decode_forward_report_delivery(data: bytes) -> ForwardReportDelivery:
+    f = _fields(data, "forward report delivery")
+    delivery = ForwardReportDelivery(
+        f.blob("report", max_len=MAX_FORWARD_REPORT_BYTES), f.blob("certificate", max_len=MAX_CERT_BYTES)
+    )
+    f.finish()
+    return delivery

@@ -57,6 +57,7 @@ class DeliveryKind(str, Enum):
     ANNOUNCE = "announce"
     RECEIPT = "receipt"
     RECALL = "recall"
+    FORWARD_REPORT = "forward-report"  # item: the report's own CID (each report its own delivery)
 
 
 @dataclass(frozen=True, order=True)

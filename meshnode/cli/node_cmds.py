@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from common.cli.output import EXIT_OK, emit
+from meshnode.node.forward_reports import forward_text
 from meshnode.control.client import ControlClient
 from meshnode.home import NodeHome, resolve_home
 from meshnode.node import systemd
@@ -185,6 +186,7 @@ def _outbox_lines(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         per_org = ", ".join(f"{org}: {d['status']}" + (" (receipt verified)" if d["receipt_verified"] else "")
                             + f", {d['served']['blocks']} block(s) served"
+                            + (f", {forward_text(d['pacs_forward'])}" if d.get("pacs_forward") else "")
                             for org, d in sorted(r["recipients"].items()))
         lines.append(f"{r['manifest_id'][:20]}.. {r['state']:<9} {per_org}")
     return lines or ["outbox empty"]

@@ -103,6 +103,8 @@ class PacsDestination:
     #: the purposes of the received manifests forwarded here (protocol.manifest.Purpose values): a clinical PACS
     #: takes care only; research (de-identified) studies only where a destination opts in (review 2 finding 8)
     purposes: tuple[str, ...] = ("care",)
+    #: tell the sender of a study how its forward here ended (protocol.forward_report): on by default
+    report_forward: bool = True
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ def _pacs(root: Table) -> tuple[PacsDestination, ...]:
             max_attempts=t.integer("max_attempts", d["max_attempts"], 1, 1000),
             on_replace=t.text("on_replace", d["on_replace"], ON_REPLACE),
             purposes=t.texts("purposes", d["purposes"], PURPOSES, nonempty=True),
+            report_forward=t.boolean("report_forward", d["report_forward"]),
         ))
         t.finish()
         _unique(out, lambda p: p.name, t, "used twice as a name")
@@ -346,6 +349,7 @@ _EXAMPLES = """
 # on_replace = "hold"                            # a new revision changes a forwarded instance: hold (for a
 #                                                # human) or overwrite (only if the PACS overwrites)
 # purposes = ["care"]                            # received studies of these purposes only (research: opt in)
+# report_forward = true                          # tell the study's sender how the forward here ended
 
 # Same SOP Instance UID with other bytes off any route (the node's own AE, file ingest): see docs/operators.md.
 # [conflicts]
@@ -403,7 +407,8 @@ def render_gateway(config: GatewayConfig) -> str:
                    f"port = {p.port}\n{calling}from_orgs = {_toml_list(p.from_orgs)}\n"
                    f"retry_max_seconds = {p.retry_max_s}\n"
                    f"max_attempts = {p.max_attempts}\non_replace = {_q(p.on_replace)}\n"
-                   f"purposes = {_toml_list(p.purposes)}\n")
+                   f"purposes = {_toml_list(p.purposes)}\n"
+                   f"report_forward = {'true' if p.report_forward else 'false'}\n")
     out.append(render_reconciliation(config.reconciliation))
     out.append(_EXAMPLES.format(retry_max_s=defaults(PacsDestination)["retry_max_s"]))
     return "".join(out)

@@ -143,6 +143,9 @@ class Forwarder:
                                 rank=urgency, after=partial(self._after_batch, dest)))
         #: told (manifest, destination, error, instances) when instances failed for good (webhooks, metrics)
         self.failed_hook: Callable[[CID, str, str, int], Awaitable[None]] | None = None
+        #: told (manifest) after each batch that sent or failed some of its items: the forward report to the
+        #: study's sender, once every reporting destination has ended (meshnode.node.forward_reports)
+        self.report_hook: Callable[[CID], Awaitable[None]] | None = None
         #: patient reconciliation ([reconciliation] enabled): a study is queued only once matched, and
         #: forwarded as the reconciled copy (meshnode.gateway.reconciler, meshnode.gateway.coercion)
         self.reconciler: Reconciler | None = None
@@ -185,7 +188,16 @@ class Forwarder:
                     and r.key.manifest_id == manifest_id and r.last_error == HELD_RECONCILIATION]
             if held:  # held at send time while it waited: matched now
                 added += await driver.retry(held)
+        if not added:  # nothing to send (every item already held or sent): no batch will report it
+            await self._report(manifest_id)
         return added
+
+    async def _report(self, manifest_id: CID) -> None:
+        if self.report_hook is not None:
+            try:
+                await self.report_hook(manifest_id)
+            except MeshError as exc:  # the forward itself is done: a report that cannot be made is logged
+                log.error("manifest %s: forward report not queued: %s", manifest_id, exc)
 
     async def cancel(self, manifest_id: CID) -> None:
         """The manifest was recalled: what was not sent is removed (a batch in progress still ends)."""
@@ -297,6 +309,7 @@ class Forwarder:
                         and r.state is DeliveryState.FAILED]
             if given_up and self.failed_hook is not None:
                 await self.failed_hook(manifest_id, dest.name, given_up[0].last_error, len(given_up))
+            await self._report(manifest_id)
 
     # -- one association (worker thread) ----------------------------------------------------------
     def _send_batch(self, dest: PacsDestination, keys: Sequence[ForwardKey],

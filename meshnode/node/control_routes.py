@@ -13,6 +13,7 @@ from meshnode.storage.request_store import INCOMING, OUTGOING
 from meshnode.node.deid_routes import deid_routes, share_profile, share_research
 from meshnode.node import conflict_routes
 from meshnode.node.delivery import stored_deliveries
+from meshnode.node.forward_reports import forward_json
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.conflicts import held_by_manifest, held_detail
 from protocol.cid import CID
@@ -179,6 +180,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
             for row in store.manifests("sent"):
                 served = _served_to(store, row.manifest_id)
                 receipts = store.receipts(row.manifest_id)
+                reports = store.forward_reports(row.manifest_id)
                 per_org = _current_delivery(stored_deliveries(store, row.manifest_id))
                 out.append({
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state.value,
@@ -187,7 +189,9 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                                          "status": recipient_status(r, org in receipts),
                                          "attempts": r.attempts, "last_error": r.last_error,
                                          "receipt_verified": org in receipts,
-                                         "served": served.get(org, {"blocks": 0, "bytes": 0})}
+                                         "served": served.get(org, {"blocks": 0, "bytes": 0}),
+                                         # the org's verified report of its PACS forward (None until one came)
+                                         "pacs_forward": forward_json(reports[org]) if org in reports else None}
                                    for org, r in per_org.items()},
                     "request": answered.get(str(row.manifest_id)),
                 })
@@ -265,6 +269,6 @@ def _current_delivery(records: list[DeliveryRecord[DeliveryKey]]) -> dict[str, D
     else the announcement (our receipts for received manifests are not the outbox's)."""
     out: dict[str, DeliveryRecord[DeliveryKey]] = {}
     for r in sorted(records, key=lambda r: r.key.kind is DeliveryKind.RECALL):
-        if r.key.kind is not DeliveryKind.RECEIPT:
+        if r.key.kind not in (DeliveryKind.RECEIPT, DeliveryKind.FORWARD_REPORT):
             out[r.key.org] = r
     return out

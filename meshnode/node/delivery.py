@@ -49,6 +49,8 @@ from protocol.errors import (
     UnavailableError,
 )
 from protocol.delivery_policy import DeliveryPolicy
+from protocol.document import open_document
+from protocol.forward_report import ForwardReport
 from protocol.lifecycle import ManifestEvent, ManifestState
 from protocol.outbox import (
     DeliveryKey,
@@ -178,6 +180,10 @@ class Deliveries:
     async def receipt(self, manifest_id: CID, sender_org: str, receipt: bytes, also: StoreFn | None = None) -> None:
         await self.driver.enqueue([(DeliveryKey(DeliveryKind.RECEIPT, manifest_id, sender_org), receipt)], also)
 
+    async def forward_report(self, report_id: CID, sender_org: str, report: bytes) -> None:
+        """A signed forward report (protocol.forward_report) to the manifest's sender, keyed by its own CID."""
+        await self.driver.enqueue([(DeliveryKey(DeliveryKind.FORWARD_REPORT, report_id, sender_org), report)])
+
     async def retry(self, manifest_id: CID | None = None) -> int:
         """Operator: try deliveries that failed for good again (those of one manifest, or all)."""
         keys = None if manifest_id is None else [r.key for r in self.driver.records() if r.key.item == manifest_id]
@@ -240,6 +246,9 @@ class NodeTransport:
         wire, sessions = self._wire, self._sessions
         if wire is None or sessions is None:
             raise UnavailableError("the node's wire is not up yet")
+        if key.kind is DeliveryKind.FORWARD_REPORT:
+            await self._forward_report(wire, sessions, payload)
+            return
         row = await self.ctx.db.run(lambda s: s.manifest(key.item))
         if row is None:
             raise NotFoundError(f"manifest {key.item} is not stored any more")
@@ -271,3 +280,15 @@ class NodeTransport:
                 errors.append(f"{peer.peer_id}: {failure.error}")
         if not accepted:
             raise UnavailableError("; ".join(errors)[:500])
+
+    async def _forward_report(self, wire: Wire, sessions: Sessions, payload: bytes | None) -> None:
+        """A forward report goes to the node that sent its manifest (as a receipt does)."""
+        if payload is None:
+            raise DocumentError("a queued forward report without its document")
+        report = open_document(payload, ForwardReport).document
+        row = await self.ctx.db.run(lambda s: s.manifest(report.manifest_id))
+        if row is None:
+            raise NotFoundError(f"manifest {report.manifest_id} is not stored any more")
+        peer_id = self.ctx.manifests.open(row.manifest_id, row.raw).document.sender_peer
+        await sessions.ensure_peer_id(peer_id)
+        await wire.deliver_forward_report(peer_id, payload)

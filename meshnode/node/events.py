@@ -22,6 +22,7 @@ class StudyEventKind(str, Enum):
     ARRIVED = "arrived"  # every instance fetched and verified
     DELIVERED = "delivered"  # a recipient's signed receipt verified (sender side)
     FAILED = "failed"  # verification, delivery or forwarding failed for good
+    FORWARDED = "forwarded"  # a recipient's verified report of its PACS forward (sender side; detail: its state)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from meshnode.directory.cache import DirectoryCache, FileRosterVersionStore
 from meshnode.directory.client import DirectoryClient
 from common.directory_transport import directory_peer_id, libp2p_transport
 from meshnode.gateway.service import Gateway
+from meshnode.node.forward_reports import ForwardReporter
 from meshnode.gateway.intake import StoredInstance, StudyIntake
 from meshnode.home import NodeHome
 from meshnode.node import lifecycle as node_lifecycle
@@ -155,6 +156,9 @@ class Node:
         self.sender.research = ResearchShares(ctx, ctx.home.path, self.sender.share_study, self._store_copy)
         await self.sender.research.recover()  # shares a stop left half-made: recorded failed (nothing announced)
         self.deliveries.receipted_write = self.gateway.queue_write  # the PACS forward, with the receipt
+        if self.gateway.forwarder is not None:  # how the forward ended, told to the study's sender
+            reporter = ForwardReporter(ctx, self.deliveries, self.gateway.forwarder.destinations)
+            self.gateway.forwarder.report_hook = reporter.forward_ended
         self.corrupt = CorruptBlocks(ctx.storage, ctx.db, ctx.audit, ctx.peer_id, self._repair)
         #: received manifests being fetched again to repair a quarantined block, with their state before
         self._repairing: dict[CID, ManifestState] = {}

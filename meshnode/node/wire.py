@@ -23,6 +23,7 @@ from libp2p.rcmgr import Direction
 from libp2p.peer.id import ID
 
 from meshnode.node.context import NodeContext
+from meshnode.node.forward_reports import accept_forward_report
 from meshnode.node.limits import ByteBudget, OutboundSlots, PeerLimits, UploadLimiter
 from meshnode.node.policy import authorise_manifest_access
 from meshnode.node.receiver import Receiver
@@ -80,6 +81,8 @@ from protocol.exchange_messages import (
     HaveRequest,
     RecallDelivery,
     ReceiptDelivery,
+    ForwardReportDelivery,
+    FORWARD_REPORT_PROTOCOL,
     Refused,
     Response,
     decode_ack_reply,
@@ -91,6 +94,7 @@ from protocol.exchange_messages import (
     decode_hello_reply,
     decode_recall_delivery,
     decode_receipt_delivery,
+    decode_forward_report_delivery,
     encode_block_data_frame,
     encode_request,
     encode_response,
@@ -153,6 +157,7 @@ class Wire:
             HAVE_PROTOCOL: self._have,
             RECEIPT_PROTOCOL: self._receipt,
             RECALL_PROTOCOL: self._recall,
+            FORWARD_REPORT_PROTOCOL: self._forward_report,
         }
 
     def serve(self) -> None:
@@ -385,6 +390,11 @@ class Wire:
         await self.sender.accept_receipt(peer_id, delivery.receipt, delivery.certificate)
         return Ack()
 
+    async def _forward_report(self, peer_id: str, payload: bytes) -> Response:
+        delivery = decode_forward_report_delivery(payload)
+        await accept_forward_report(self.ctx, peer_id, delivery.report, delivery.certificate)
+        return Ack()
+
     async def _recall(self, peer_id: str, payload: bytes) -> Response:
         delivery = decode_recall_delivery(payload)
         await self.receiver.accept_recall(peer_id, delivery.recall, delivery.certificate)
@@ -536,6 +546,13 @@ class Wire:
     async def deliver_receipt(self, peer_id: str, receipt: bytes) -> None:
         raw = await self._call(peer_id, RECEIPT_PROTOCOL,
                                encode_request(ReceiptDelivery(receipt, self.ctx.certificate.encode())))
+        reply = decode_ack_reply(raw)
+        if isinstance(reply, Refused):
+            raise reply.to_error()
+
+    async def deliver_forward_report(self, peer_id: str, report: bytes) -> None:
+        raw = await self._call(peer_id, FORWARD_REPORT_PROTOCOL,
+                               encode_request(ForwardReportDelivery(report, self.ctx.certificate.encode())))
         reply = decode_ack_reply(raw)
         if isinstance(reply, Refused):
             raise reply.to_error()

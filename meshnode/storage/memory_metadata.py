@@ -83,6 +83,7 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, 
         self._spool: dict[int, SpoolItem] = {}
         self._spool_next = 0
         self._receipts: dict[tuple[CID, str], bytes] = {}
+        self._forward_reports: dict[tuple[CID, str], tuple[int, bytes]] = {}
         self._served: dict[CID, dict[str, int]] = {}
         self._obtained: set[tuple[CID, CID]] = set()
         self._served_to: dict[tuple[CID, str], tuple[int, int]] = {}
@@ -279,6 +280,16 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, 
 
     def receipts(self, manifest_id: CID) -> dict[str, bytes]:
         return {org: r for (m, org), r in self._receipts.items() if m == manifest_id}
+
+    def save_forward_report(self, manifest_id: CID, org: str, seq: int, report: bytes, at_ms: int) -> bool:
+        stored = self._forward_reports.get((manifest_id, org))
+        if stored is not None and seq <= stored[0]:
+            return False
+        self._forward_reports[(manifest_id, org)] = (seq, report)
+        return True
+
+    def forward_reports(self, manifest_id: CID) -> dict[str, bytes]:
+        return {org: r for (m, org), (_, r) in self._forward_reports.items() if m == manifest_id}
 
     def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
         return sorted((m.revision, m.recipients) for m in self._manifests.values()

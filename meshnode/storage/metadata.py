@@ -128,6 +128,15 @@ class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStor
         """org -> its verified signed receipt for this sent manifest."""
         ...
 
+    def save_forward_report(self, manifest_id: CID, org: str, seq: int, report: bytes, at_ms: int) -> bool:
+        """A recipient org's verified forward report for a sent manifest, kept only when its seq is higher
+        than the one stored (protocol.forward_report.supersedes); whether it was kept."""
+        ...
+
+    def forward_reports(self, manifest_id: CID) -> dict[str, bytes]:
+        """org -> its latest verified signed forward report for this sent manifest."""
+        ...
+
     def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
         """(revision, recipients) of every manifest of this study from this sender org, sent or received."""
         ...

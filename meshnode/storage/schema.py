@@ -396,4 +396,13 @@ MIGRATIONS = (
     ) STRICT;
     CREATE INDEX study_requests_by_state ON study_requests (direction, state, created_ms)
     """,
+    # 20: forward reports: a recipient org's latest verified report of its PACS forward of a sent manifest
+    # (protocol.forward_report; a higher seq replaces it, an equal or lower one changes nothing)
+    """
+    CREATE TABLE forward_reports (
+        manifest_id BLOB NOT NULL, org TEXT NOT NULL, seq INTEGER NOT NULL, report BLOB NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (manifest_id, org)
+    ) STRICT
+    """,
 )

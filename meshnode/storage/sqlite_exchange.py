@@ -37,6 +37,19 @@ class SqliteExchange(SqliteTables):
         return {str(r[0]): bytes(r[1]) for r in self._query(
             "SELECT org, receipt FROM delivery_receipts WHERE manifest_id = ?", (manifest_id.to_bytes(),))}
 
+    def save_forward_report(self, manifest_id: CID, org: str, seq: int, report: bytes, at_ms: int) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO forward_reports (manifest_id, org, seq, report, at_ms) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (manifest_id, org) DO UPDATE SET seq = excluded.seq, report = excluded.report,"
+                " at_ms = excluded.at_ms WHERE excluded.seq > forward_reports.seq",
+                (manifest_id.to_bytes(), org, seq, report, at_ms))
+            return cursor.rowcount > 0
+
+    def forward_reports(self, manifest_id: CID) -> dict[str, bytes]:
+        return {str(r[0]): bytes(r[1]) for r in self._query(
+            "SELECT org, report FROM forward_reports WHERE manifest_id = ?", (manifest_id.to_bytes(),))}
+
     def served_by(self, manifest_id: CID) -> dict[str, int]:
         rows = self._query("SELECT served_by FROM transfers WHERE manifest_id = ?", (manifest_id.to_bytes(),))
         return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}

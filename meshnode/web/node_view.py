@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from libp2p.peer.id import ID
 
 from common.describe import iso
+from meshnode.node.forward_reports import forward_text
 from meshnode.node.control_routes import routes
 from meshnode.node.health import node_health
 from common.p2p.dial import is_connected
@@ -113,6 +114,8 @@ class NodeView:
         for r in rows:
             row = {k: v for k, v in r.items() if k != "study_uid"}
             row["study"] = hash_uid(r["study_uid"])
+            for d in row["recipients"].values():  # a recipient's reported PACS forward, as staff read it
+                d["pacs_forward_text"] = forward_text(d.get("pacs_forward"))
             fact = facts.get(r["manifest_id"])
             if fact is not None:
                 row["priority"], row["modality"], row["instances"] = fact[0], fact[1].modality, fact[2]

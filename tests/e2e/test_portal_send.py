@@ -20,6 +20,7 @@ from selenium.webdriver.common.keys import Keys
 from meshnode.demo.mesh import MeshDemo
 from meshnode.demo.workspace import Workspace
 from tests.e2e.browser import assert_accessible, screenshot, wait
+from tests.e2e.orthanc import PACS_AE, Orthanc
 from tests.e2e.web import add_user, enable_http, http_url, study_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -76,7 +77,8 @@ def pick_org(browser: webdriver.Chrome, typed: str, code: str) -> None:
     wait(f"{code} chosen", lambda: browser.find_elements(By.CSS_SELECTOR, f'#chosen li[data-code="{code}"]'))
 
 
-def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdriver.Chrome) -> None:
+def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdriver.Chrome,
+                                                orthanc: Orthanc) -> None:
     mesh = MeshDemo(Workspace(tmp_path))
     try:
         nodes = mesh.setup([("a", "RGT", "Guy's and St Thomas'"), ("b", "RJ1", "Kingsbridge Hospital"),
@@ -84,6 +86,10 @@ def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdri
                            config={"limits.upload_mb_per_s": 2})
         a = nodes["a"]
         enable_http(a)
+        orthanc.start()  # RJ1 forwards what it receives to its PACS and reports it (forward reports)
+        with open(nodes["b"].home / "node.toml", "a") as fh:
+            fh.write(f'\n[[pacs]]\nname = "main"\nae_title = "{PACS_AE}"\nhost = "127.0.0.1"\n'
+                     f"port = {orthanc.dicom_port}\n")
         for node in nodes.values():
             mesh.start(node)
         token = add_user(mesh, a, "doc", "clinician")
@@ -148,6 +154,14 @@ def test_send_to_two_organisations_from_the_page(tmp_path: Path, browser: webdri
         assert text(browser, f'#outbox tr[data-manifest="{manifest}"] a', "href").endswith(f"/ui/viewer?study={study}")
         [theirs] = [r for r in mesh.cli(nodes["b"], "inbox") if r["manifest_id"] == manifest]
         assert (theirs["attention"], theirs["note"]) == ("dr.grey@rj1.example", "Trauma CT, please review tonight.")
+        def pacs_forward() -> bool:  # RJ1's signed report of its PACS forward, live on the page
+            lines = browser.find_elements(By.CSS_SELECTOR, f'#outbox tr[data-manifest="{manifest}"] '
+                                          '.recipient[data-org="RJ1"][data-pacs="forwarded"]')
+            return bool(lines) and "forwarded to PACS (24/24)" in lines[0].text  # stale: wait() retries
+
+        wait("RJ1's forward to its PACS on the page", pacs_forward, 120)
+        assert browser.find_elements(By.CSS_SELECTOR, f'#outbox tr[data-manifest="{manifest}"] '
+                                     '.recipient[data-org="RTH"][data-pacs]') == []  # no PACS there: no report
         assert_accessible(browser, "send page")
         screenshot(browser, "portal-send")
 

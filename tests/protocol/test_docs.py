@@ -13,6 +13,7 @@ from protocol.certificate import ROLE_NAMES, Certificate
 from protocol.errors import ERRORS_BY_CODE, REGISTRY
 from protocol.framing import ABSOLUTE_MAX_FRAME
 from protocol.manifest import MAX_MANIFEST_ITEMS, Manifest
+from protocol.forward_report import ForwardReport
 from protocol.recall import Recall
 from protocol.receipt import Receipt
 from protocol.roster import Roster
@@ -21,7 +22,8 @@ from protocol.study_request import RequestResponse, StudyRequest
 from tests.protocol import factories as f
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol"
-DOCUMENT_TYPES = (Certificate, Roster, AddressRecord, Manifest, Receipt, Recall, StudyRequest, RequestResponse)
+DOCUMENT_TYPES = (Certificate, Roster, AddressRecord, Manifest, Receipt, Recall, StudyRequest, RequestResponse,
+                  ForwardReport)
 
 
 def read(name: str) -> str:

@@ -41,6 +41,7 @@ def test_protocol_ids_and_frame_limits() -> None:
     assert set(xm.FRAME_LIMITS) == {
         "/dicom-mesh/hello/1.0.0", "/dicom-mesh/announce/1.0.0", "/dicom-mesh/have/1.0.0",
         "/dicom-mesh/blocks/1.0.0", "/dicom-mesh/receipt/1.0.0", "/dicom-mesh/recall/1.0.0",
+        "/dicom-mesh/forward-report/1.0.0",
     }
     for limits in xm.FRAME_LIMITS.values():
         assert 0 < limits.request <= ABSOLUTE_MAX_FRAME and 0 < limits.response <= ABSOLUTE_MAX_FRAME
@@ -59,6 +60,8 @@ def test_protocol_ids_and_frame_limits() -> None:
         ),
         xm.RECEIPT_PROTOCOL: ([xm.encode_request(xm.ReceiptDelivery(b"r" * xm.MAX_RECEIPT_BYTES, cert))], []),
         xm.RECALL_PROTOCOL: ([xm.encode_request(xm.RecallDelivery(b"r" * xm.MAX_RECALL_BYTES, cert))], []),
+        xm.FORWARD_REPORT_PROTOCOL: (
+            [xm.encode_request(xm.ForwardReportDelivery(b"r" * xm.MAX_FORWARD_REPORT_BYTES, cert))], []),
     }
     for protocol_id, (requests, responses) in biggest.items():
         limits = xm.FRAME_LIMITS[protocol_id]
@@ -78,6 +81,8 @@ REQUESTS: list[tuple[xm.Request, dict[str, CborValue], Callable[[bytes], object]
         xm.decode_block_request,
     ),
     (xm.ReceiptDelivery(b"r", b"c"), {"receipt": b"r", "certificate": b"c"}, xm.decode_receipt_delivery),
+    (xm.ForwardReportDelivery(b"r", b"c"), {"report": b"r", "certificate": b"c"},
+     xm.decode_forward_report_delivery),
     (xm.RecallDelivery(b"r", b"c"), {"recall": b"r", "certificate": b"c"}, xm.decode_recall_delivery),
 ]
 
@@ -185,6 +190,12 @@ BAD: list[tuple[str, Callable[[bytes], object], CborValue, type[MeshError]]] = [
     ("receipt missing certificate", xm.decode_receipt_delivery, {"receipt": b"r"}, SchemaError),
     ("receipt too big", xm.decode_receipt_delivery, {"receipt": b"r" * 4097, "certificate": b""}, LimitError),
     ("receipt as recall", xm.decode_receipt_delivery, {"recall": b"r", "certificate": b""}, SchemaError),
+    ("forward report too big", xm.decode_forward_report_delivery, {"report": b"r" * 4097, "certificate": b""},
+     LimitError),
+    ("forward report as receipt", xm.decode_forward_report_delivery, {"receipt": b"r", "certificate": b""},
+     SchemaError),
+    ("forward report extra", xm.decode_forward_report_delivery,
+     {"report": b"r", "certificate": b"", "seq": 1}, SchemaError),
     ("recall too big", xm.decode_recall_delivery, {"recall": b"r" * 8193, "certificate": b""}, LimitError),
     ("recall certificate int", xm.decode_recall_delivery, {"recall": b"r", "certificate": 1}, SchemaError),
     ("recall extra", xm.decode_recall_delivery, {"recall": b"r", "certificate": b"", "receipt": b""}, SchemaError),

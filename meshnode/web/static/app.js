@@ -133,6 +133,8 @@ const render = {
       el("td", {}, ...Object.entries(r.recipients).map(([org, d]) => el("div", { title: d.last_error || "" },
         el("b", {}, org), ": ", el("span", { class: "state-" + d.status }, d.status),
         d.receipt_verified ? el("span", { class: "ok" }, " \u2713 receipt verified") : null,
+        d.pacs_forward_text ? el("span", { class: d.pacs_forward && d.pacs_forward.state === "forwarded" ? "ok" : "warn" },
+          ` \u00b7 ${d.pacs_forward_text}`) : null,
         d.served && d.served.blocks ? el("span", { class: "muted" }, ` \u00b7 ${d.served.blocks} blocks served`) : null,
         d.attempts > 1 && d.state !== "delivered" ? el("span", { class: "muted" }, ` (${d.attempts} attempts)`) : null)))));
   },

@@ -246,6 +246,10 @@ function recipientLine(org, d, total) {
   }
   const line = el("div", { class: "recipient", "data-org": org, "data-status": d.status },
     el("b", { text: org }), " ", el("span", { class: `state-${d.status}`, text }));
+  if (d.pacs_forward_text) {  // the recipient's signed report of its PACS forward
+    line.setAttribute("data-pacs", d.pacs_forward.state);
+    line.append(" ", el("span", { class: `pacs pacs-${d.pacs_forward.state}`, text: `\u00b7 ${d.pacs_forward_text}` }));
+  }
   if (pct !== null) {
     const bar = el("span", { class: "bar", role: "progressbar", "aria-label": `${org} fetched`, "aria-valuemin": "0",
                              "aria-valuemax": "100", "aria-valuenow": String(pct) }, el("span", {}));

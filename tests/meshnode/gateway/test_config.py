@@ -108,6 +108,8 @@ def test_route_lookup_errors_name_the_known_routes() -> None:
     ("[[pacs]]\nname = \"m\"\nae_title = \"P\"\nhost = \"h\"\nport = 104\nmax_attempts = 1001\n",
      "pacs\\[0\\].max_attempts: 1001 is outside 1..1000"),
     ("[[route]]\nname = \"x\"\nto = \"RJ1\"\n", "route\\[0\\].to: expected a list of strings"),
+    ("[[pacs]]\nname = \"m\"\nae_title = \"P\"\nhost = \"h\"\nport = 104\nreport_forward = \"yes\"\n",
+     "pacs\\[0\\].report_forward: expected true or false"),
 ])
 def test_bad_gateway_settings_are_refused_with_the_key_named(extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -147,3 +149,11 @@ def test_oversized_gateway_arrays_are_refused() -> None:
     hosts = "[[caller]]\nae_title = \"A\"\nhosts = [" + ", ".join(['"10.0.0.1"'] * 10_001) + "]\n"
     with pytest.raises(ConfigError, match="caller\\[0\\].hosts: 10001 items"):
         parse_config(BASE + "\n" + hosts)
+
+
+def test_report_forward_is_on_unless_turned_off_and_renders_back() -> None:
+    pacs = "[[pacs]]\nname = \"m\"\nae_title = \"P\"\nhost = \"h\"\nport = 104\n"
+    assert parse_config(BASE + "\n" + pacs).gateway.pacs[-1].report_forward is True
+    off = parse_config(BASE + "\n" + pacs + "report_forward = false\n")
+    assert off.gateway.pacs[-1].report_forward is False
+    assert parse_config(off.render()).gateway.pacs == off.gateway.pacs
