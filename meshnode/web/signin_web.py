@@ -11,6 +11,10 @@
 Every sign-in and sign-out is audited (110114) with the user's identity and the method; every failure
 with the attempted user name and the client address. Failures are rate-limited per user name and per
 address (meshnode.web.login_limit): beyond the limit, 429 with Retry-After, before any password is checked.
+An attempt takes its place in the count before its password, code, token or provider answer is checked and
+gives it back when decided, so concurrent attempts cannot all slip past the limit (at most the limit's
+number of checks, however many arrive at once); at most login_limit.MAX_IN_FLIGHT attempts are checked at
+once overall (beyond: 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from meshnode.web import signin
 from meshnode.web.app import Route, route
 from meshnode.web.auth import SESSION_COOKIE, Authenticator, Principal
 from meshnode.web.http import HttpError, bytes_response, client, form, json_response, principal, query
-from meshnode.web.login_limit import LoginLimiter
+from meshnode.web.login_limit import Busy, LoginLimiter
 from meshnode.web.oidc import OidcClient, SignOnRefused
 from meshnode.web.services import WebServices, actor
 from protocol.errors import LocalProtocolError, MeshError
@@ -105,6 +109,17 @@ class SignInWeb:
                                       detail=f"{method} from {client(request)} refused: {reason}"[:300]))
         return HttpError(status, message)
 
+    def _reserve(self, request: Request, name: str) -> None:
+        """Take this attempt's place in the rate limit before checking anything (`release` it afterwards)."""
+        try:
+            wait = self.limiter.reserve(name, client(request), self.s.clock())
+        except Busy:
+            raise HttpError(503, "too many sign-ins at once; try again in a moment",
+                            headers={"retry-after": "1"}, code="rate-limited") from None
+        if wait > 0:
+            raise HttpError(429, f"too many failed sign-ins; try again in {math.ceil(wait)} s",
+                            headers={"retry-after": str(math.ceil(wait))}, code="rate-limited")
+
     def _throttle(self, request: Request, name: str) -> None:
         wait = self.limiter.retry_after(name, client(request), self.s.clock())
         if wait > 0:
@@ -130,7 +145,14 @@ class SignInWeb:
         fields = await form(request, MAX_LOGIN_BODY)
         token = fields.get("token", "").strip()
         name = fields.get("user", "").strip().lower()
-        self._throttle(request, "" if token else name)
+        who = "" if token else name
+        self._reserve(request, who)
+        try:
+            return await self._check_login(request, fields, token, name)
+        finally:
+            self.limiter.release(who, client(request))
+
+    async def _check_login(self, request: Request, fields: dict[str, str], token: str, name: str) -> Response:
         if token:
             p = await self.auth.token(token)
             if p is None:
@@ -194,7 +216,13 @@ class SignInWeb:
     async def _oidc_callback(self, request: Request) -> Response:
         oidc = self._oidc_client()
         params = {k: v[-1] for k, v in query(request).items() if v}
-        self._throttle(request, "")
+        self._reserve(request, "")
+        try:
+            return await self._check_oidc(request, oidc, params)
+        finally:
+            self.limiter.release("", client(request))
+
+    async def _check_oidc(self, request: Request, oidc: OidcClient, params: dict[str, str]) -> Response:
         try:
             try:
                 if "error" in params:

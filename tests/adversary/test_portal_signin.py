@@ -4,16 +4,22 @@ without the session's anti-CSRF token, a clinician calling the admin API, sessio
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
+import trio
+import trio.testing
 
 from meshnode.storage.audit import EventCode, Outcome
 from meshnode.storage.sqlite_users import SqliteUserStore
 from meshnode.storage.users import MemoryUserStore, UserStore
 from meshnode.web.auth import add_user, issue_token
-from meshnode.web.login_limit import PER_CLIENT, PER_USER, WINDOW_S
+from meshnode.web import signin
+from meshnode.web.login_limit import MAX_IN_FLIGHT, PER_CLIENT, PER_USER, WINDOW_S
 from tests.meshnode.web.portal_app import NOW, PASSWORD, cheap_hashing, make_portal, session_of
 
 __all__ = ["cheap_hashing"]
@@ -246,3 +252,62 @@ async def test_saving_the_same_roles_keeps_the_sessions(store: UserStore) -> Non
     assert unknown.status == 400
     evil = await portal.call("POST", "/ui/api/users/..%2Fetc/roles", session=admin, csrf=csrf, json={"roles": ["admin"]})
     assert evil.status in (400, 404)
+
+
+async def _concurrently(portal: Any, monkeypatch: pytest.MonkeyPatch,
+                        attempts: list[tuple[str, str, str]]) -> tuple[int, Counter[int]]:
+    """Run the sign-ins (user, code, client) all at once; every password check waits until no task can move
+    on, so every attempt has passed the rate limit's check (or been refused) before the first one is decided.
+    Returns (password checks performed, statuses)."""
+    gate = threading.Event()
+    checks = 0
+    real = signin.password_ok
+
+    def counted(credentials: Any, password: str) -> bool:
+        nonlocal checks
+        checks += 1
+        gate.wait(30)
+        return real(credentials, password)
+
+    monkeypatch.setattr(signin, "password_ok", counted)
+    statuses: Counter[int] = Counter()
+
+    async def one(user: str, code: str, address: str) -> None:
+        statuses[(await portal.login(user, code=code, client=address)).status] += 1
+
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for user, code, address in attempts:
+                    nursery.start_soon(one, user, code, address)
+                await trio.testing.wait_all_tasks_blocked()
+                gate.set()
+    finally:
+        gate.set()
+    return checks, statuses
+
+
+async def test_concurrent_guesses_get_no_more_checks_than_the_limit(store: UserStore,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """/tmp/review1/race_totp.py: 1000 parallel TOTP guesses with the right password got 1000 checks."""
+    portal = make_portal(store)
+    portal.user("root", "admin")
+    n = 60
+    # one name from many addresses: the per-user limit
+    checks, statuses = await _concurrently(portal, monkeypatch,
+                                           [("root", f"{i:06d}", f"10.3.{i // 200}.{i % 200}") for i in range(n)])
+    assert checks <= PER_USER and statuses[429] == n - checks and statuses[401] + statuses[200] == checks
+    # many names from one address: the per-address limit
+    checks, statuses = await _concurrently(portal, monkeypatch,
+                                           [(f"user{i}", "123456", "10.4.0.1") for i in range(n)])
+    assert checks <= PER_CLIENT and statuses[429] == n - checks
+
+
+async def test_sign_ins_in_flight_are_capped_overall(store: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    portal = make_portal(store)
+    n = MAX_IN_FLIGHT + 8  # every one a different name from a different address
+    checks, statuses = await _concurrently(portal, monkeypatch,
+                                           [(f"user{i}", "123456", f"10.5.{i // 200}.{i % 200}") for i in range(n)])
+    assert checks == MAX_IN_FLIGHT and statuses[503] == n - MAX_IN_FLIGHT and statuses[401] == MAX_IN_FLIGHT
+    # nothing stays reserved: the next attempt is checked
+    assert (await portal.login("user0", code="123456", client="10.5.0.0")).status == 401
