@@ -1,12 +1,12 @@
 """The conflict queue over the node's HTTP listener (meshnode.gateway.conflict_desk).
 
-    GET  /api/conflicts?state=pending|all|...     read role: the conflicts, both digests each
-    POST /api/conflicts/{id}/decision             write role: {"decision": "replace" | "keep-both" | "discard",
+    GET  /api/conflicts?state=pending|all|...     queues permission (pacs role): the conflicts, both digests each
+    POST /api/conflicts/{id}/decision             write permission (pacs role): {"decision": "replace" | "keep-both" | "discard",
                                                   "existing_sha256": the stored version seen (optional)}
 
-A decision is audited with the deciding user (`user:<name>`). CSRF: the UI's session cookie is
-accepted on GET routes and the UI's own /ui/ POSTs only (meshnode.web.app), so a decision needs the
-Authorization header, which no other site can make a browser send.
+A decision is audited with the deciding user (`user:<name>`). CSRF (meshnode.web.app): a decision needs the
+Authorization header, or the session cookie together with the session's anti-CSRF token (X-CSRF-Token);
+no other site can make a browser send either.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class ConflictsHttp:
 
     def routes(self) -> list[Route]:
         return [
-            route("GET", "/api/conflicts", self._list, "read", "conflicts-list"),
+            route("GET", "/api/conflicts", self._list, "queues", "conflicts-list"),
             route("POST", "/api/conflicts/{conflict_id}/decision", self._decide, "write", "conflicts-decide"),
         ]
 
