@@ -396,4 +396,9 @@ MIGRATIONS = (
     ) STRICT;
     CREATE INDEX study_requests_by_state ON study_requests (direction, state, created_ms)
     """,
+    # 20: single sign-on identity (issue 13, AUTH review): the issuer and `sub` an OpenID Connect account was
+    # created by ('' until its first sign-on), so a later sign-on with another `sub` for the name is refused
+    """
+    ALTER TABLE users ADD COLUMN oidc_subject TEXT NOT NULL DEFAULT ''
+    """,
 )

@@ -84,6 +84,14 @@ class SqliteUserStore(SqliteTables):
                            " WHERE name = ?", (name,))
         return Credentials(str(rows[0][0]), str(rows[0][1]), int(rows[0][2]), int(rows[0][3])) if rows else None
 
+    def bind_subject(self, name: str, subject: str) -> str:
+        with self._tx() as db:
+            db.execute("UPDATE users SET oidc_subject = ? WHERE name = ? AND oidc_subject = ''", (subject, name))
+            row = db.execute("SELECT oidc_subject FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no user {name!r}")
+            return str(row[0])
+
     def set_credentials(self, name: str, password_hash: str, totp_secret: str, now_ms: int) -> None:
         with self._tx() as db:
             if db.execute("UPDATE users SET password_hash = ?, totp_secret = ?, totp_last_step = 0,"

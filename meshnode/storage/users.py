@@ -165,6 +165,12 @@ class UserStore(Protocol):
 
     def credentials(self, name: str) -> Credentials | None: ...
 
+    def bind_subject(self, name: str, subject: str) -> str:
+        """The single sign-on identity (issuer and `sub`, as one string) the account `name` belongs to: stored
+        on the first call (atomically: of two first sign-ons at once, one wins), returned unchanged after;
+        NotFoundError for an unknown name."""
+        ...
+
     def set_credentials(self, name: str, password_hash: str, totp_secret: str, now_ms: int) -> None:
         """Replace the password hash and TOTP secret (the accepted-step memory starts again)."""
         ...
@@ -206,6 +212,7 @@ class MemoryUserStore:
         self._users: dict[str, User] = {}
         self._tokens: dict[bytes, ApiToken] = {}
         self._credentials: dict[str, Credentials] = {}
+        self._subjects: dict[str, str] = {}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -259,6 +266,10 @@ class MemoryUserStore:
         if name not in self._users:
             return None
         return self._credentials.get(name, Credentials())
+
+    def bind_subject(self, name: str, subject: str) -> str:
+        self._existing(name)
+        return self._subjects.setdefault(name, subject)
 
     def set_credentials(self, name: str, password_hash: str, totp_secret: str, now_ms: int) -> None:
         self._existing(name)

@@ -249,7 +249,12 @@ class SignInWeb:
 
     async def _oidc_user(self, claims: dict[str, Any]) -> User:
         """The local user of a verified ID token: created on the first sign-in, roles from the claims each
-        time; a disabled user, one with no mapped role, or a local password account of that name is refused."""
+        time; a disabled user, one with no mapped role, or a local password account of that name is refused.
+
+        The account belongs to the provider's identity (issuer and `sub`, stored on its first sign-on), not
+        to the user name claim, which a provider may give to someone else later (a name reused after a
+        leaver): a sign-on with another `sub` for the name is refused and audited as a security alert. The
+        email claim is taken only when the provider says it is verified (`email_verified` true)."""
         config = self._oidc_client().config
         raw = claims.get(config.username_claim)
         if not isinstance(raw, str):
@@ -260,9 +265,11 @@ class SignInWeb:
             raise SignOnRefused(f"no role for {name!r}: the {config.role_claim!r} claim maps to none")
         display = check_display_name(str(claims.get(config.display_name_claim) or ""))
         try:
-            email = check_email(str(claims.get(config.email_claim) or ""))
+            email = check_email(str(claims.get(config.email_claim) or "")) \
+                if claims.get("email_verified") is True else ""
         except LocalProtocolError:
             email = ""
+        subject = f"{claims.get('iss')} {claims.get('sub')}"  # both essential claims, checked by OidcClient
         now_ms = int(self.s.clock() * 1000)
 
         def update() -> User:
@@ -274,7 +281,9 @@ class SignInWeb:
                 raise SignOnRefused(f"{name!r} is a local account (password): not taken over by single sign-on")
             elif user.disabled:
                 raise SignOnRefused(f"user {name!r} is disabled")
-            else:
+            if store.bind_subject(name, subject) != subject:
+                raise _OtherSubject(name)
+            if user is not None:
                 if user.roles != roles:
                     store.set_roles(name, roles)
                 if (user.display_name, user.email) != (display, email):
@@ -284,7 +293,18 @@ class SignInWeb:
                 raise SignOnRefused(f"user {name!r} vanished")
             return found
 
-        return await self.auth.run_sync(update)
+        try:
+            return await self.auth.run_sync(update)
+        except _OtherSubject:
+            await self.s.audit(AuditEvent(
+                EventCode.SECURITY_ALERT, "ui-oidc-other-subject", Outcome.SERIOUS_FAILURE, actor=f"user:{name}",
+                detail=f"single sign-on for {name!r} with sub {str(claims.get('sub'))[:80]!r}, not the identity "
+                       "the account was created by: refused"[:300]))
+            raise SignOnRefused(f"{name!r} belongs to another identity at the provider") from None
+
+
+class _OtherSubject(Exception):
+    """A sign-on for an existing single sign-on account by another identity (issuer and sub)."""
 
 
 def _refusal_page(refusal: HttpError) -> Response:
