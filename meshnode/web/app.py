@@ -39,6 +39,7 @@ from meshnode.web.http import (
     client,
     drain,
     error_response,
+    forwarded_client,
     principal,
     set_principal,
     set_route_name,
@@ -118,6 +119,7 @@ class WebApp:
         self.audit = audit
         self.failures = FailureAuditor(audit)
         self.stats = HttpStats()
+        self.proxies = config.proxy_networks
         by_path: dict[str, dict[str, Route]] = {}
         for r in routes:
             by_path.setdefault(r.path, {})[r.method] = r
@@ -136,6 +138,11 @@ class WebApp:
         if scope["type"] != "http":
             await self.router(scope, receive, send)  # lifespan: Starlette answers it
             return
+        if self.proxies and scope.get("client"):  # behind a trusted proxy: the client it reports ([http])
+            peer, port = scope["client"]
+            forwarded = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"x-forwarded-for"]
+            scope = {**scope, "client": (forwarded_client(peer, forwarded, self.proxies), port),
+                     "meshnode.peer": peer}
         status = 0
 
         async def counting(message: Message) -> None:
