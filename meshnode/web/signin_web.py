@@ -32,7 +32,7 @@ from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.users import User, check_display_name, check_email, check_user_name
 from meshnode.web import signin
 from meshnode.web.app import Route, route
-from meshnode.web.auth import SESSION_COOKIE, Authenticator, Principal
+from meshnode.web.auth import SESSION_COOKIE, Authenticator, Principal, SessionsFull
 from meshnode.web.http import HttpError, bytes_response, client, form, json_response, principal, query
 from meshnode.web.login_limit import Busy, LoginLimiter
 from meshnode.web.oidc import OidcClient, SignOnRefused
@@ -130,7 +130,12 @@ class SignInWeb:
         old = request.cookies.get(SESSION_COOKIE)
         if old:
             self.auth.close_session(old)  # never carry a session ID over a sign-in (fixation)
-        session = self.auth.open_session(p, self.s.config.session_hours)
+        try:
+            session = self.auth.open_session(p, self.s.config.session_hours)
+        except SessionsFull:
+            log.warning("sign-in of %s refused: every session place is in use", p.user)
+            raise HttpError(503, "too many people are signed in to this node; try again later",
+                            headers={"retry-after": "60"}) from None
         self.limiter.succeeded(p.user)
         await self.s.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "ui-login", actor=f"user:{p.user}",
                                       detail=f"{p.method} from {client(request)}{detail}"[:300]))

@@ -17,7 +17,8 @@ import trio.testing
 from meshnode.storage.audit import EventCode, Outcome
 from meshnode.storage.sqlite_users import SqliteUserStore
 from meshnode.storage.users import MemoryUserStore, UserStore
-from meshnode.web.auth import add_user, issue_token
+from meshnode.web import auth as auth_module
+from meshnode.web.auth import MAX_SESSIONS_PER_USER, add_user, issue_token
 from meshnode.web import signin
 from meshnode.web.login_limit import MAX_IN_FLIGHT, PER_CLIENT, PER_USER, WINDOW_S
 from tests.meshnode.web.portal_app import NOW, PASSWORD, cheap_hashing, make_portal, session_of
@@ -311,3 +312,38 @@ async def test_sign_ins_in_flight_are_capped_overall(store: UserStore, monkeypat
     assert checks == MAX_IN_FLIGHT and statuses[503] == n - MAX_IN_FLIGHT and statuses[401] == MAX_IN_FLIGHT
     # nothing stays reserved: the next attempt is checked
     assert (await portal.login("user0", code="123456", client="10.5.0.0")).status == 401
+
+
+async def test_one_token_holder_cannot_push_out_other_sessions(store: UserStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """/tmp/review1/sessions_misc.py (b): 2000 token sign-ins by one user ended the admin's session."""
+    monkeypatch.setattr(auth_module, "MAX_SESSIONS", 40)
+    portal = make_portal(store)
+    portal.user("root", "admin")
+    admin, _ = await portal.signed_in("root")
+    add_user(store, "mallory", ("read",), int(NOW * 1000))
+    token, _ = issue_token(store, "mallory", "", int(NOW * 1000))
+    hers = []
+    for _ in range(100):
+        reply = await portal.call("POST", "/ui/login", json={"token": token}, client="10.0.0.66")
+        assert reply.status == 200
+        hers.append(session_of(reply))
+    assert (await portal.call("GET", "/ui/api/whoami", session=admin)).json()["user"] == "root"
+    assert len(portal.app.auth.sessions_of("mallory")) == MAX_SESSIONS_PER_USER  # her oldest ended
+    assert (await portal.call("GET", "/ui/api/whoami", session=hers[0])).json()["user"] is None
+    assert (await portal.call("GET", "/ui/api/whoami", session=hers[-1])).json()["user"] == "mallory"
+
+
+async def test_a_full_node_refuses_new_sessions_but_makes_room_from_ended_ones(store: UserStore,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth_module, "MAX_SESSIONS", 3)
+    portal = make_portal(store, session_idle_seconds=600)
+    for name in ("ann", "bob", "cat", "dan"):
+        portal.user(name, "clinician")
+    for name in ("ann", "bob", "cat"):
+        await portal.signed_in(name)
+    portal.clock.now += 30
+    full = await portal.login("dan")
+    assert full.status == 503 and full.headers["retry-after"]
+    portal.clock.now += 600  # the three are idle past the limit: their places are free again
+    assert (await portal.login("dan")).status == 200
