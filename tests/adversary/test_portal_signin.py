@@ -347,3 +347,32 @@ async def test_a_full_node_refuses_new_sessions_but_makes_room_from_ended_ones(s
     assert full.status == 503 and full.headers["retry-after"]
     portal.clock.now += 600  # the three are idle past the limit: their places are free again
     assert (await portal.login("dan")).status == 200
+
+
+async def test_background_refreshes_do_not_keep_a_session_alive(store: UserStore) -> None:
+    """/tmp/review1/sessions_misc.py (a): an unattended page polling every few seconds kept its session for hours."""
+    portal = make_portal(store, session_idle_seconds=60)
+    portal.user("carol", "clinician")
+    session, _ = await portal.signed_in("carol")
+    background = {"X-Meshnode-Background": "1"}
+    for _ in range(2):  # the page's timer: answered while the session lives, but not counted as activity
+        portal.clock.now += 25
+        reply = await portal.call("GET", "/ui/api/whoami", session=session, headers=background)
+        assert reply.json()["user"] == "carol"
+    portal.clock.now += 25  # 75 s after the person's last request: ended
+    assert (await portal.call("GET", "/ui/api/whoami", session=session, headers=background)).json()["user"] is None
+    # the person's own requests do count
+    session, _ = await portal.signed_in("carol")
+    for _ in range(4):
+        portal.clock.now += 25
+        assert (await portal.call("GET", "/ui/api/whoami", session=session)).json()["user"] == "carol"
+
+
+def test_the_pages_timers_send_the_background_header() -> None:
+    static = Path(__file__).parents[2] / "meshnode" / "web" / "static"
+    timers = {path.name: path.read_text() for path in (static / "app.js", static / "requests" / "requests.js")}
+    assert "setInterval(() => loadConflicts(true), 5000)" in timers["app.js"]
+    assert "setInterval(() => refresh(true), REFRESH_MS)" in timers["requests.js"]
+    assert 'headers["X-Meshnode-Background"] = "1"' in (static / "portal.js").read_text()
+    for path in [*static.glob("*.js"), *static.glob("requests/*.js")]:  # no other timer polls the server
+        assert path.read_text().count("setInterval(") == {"app.js": 1, "requests.js": 1}.get(path.name, 0), path

@@ -334,8 +334,11 @@ window.addEventListener("DOMContentLoaded", async () => {
 // POST /api/conflicts/ID/decision with an API token, or the session cookie and its anti-CSRF token)
 let conflictsTimer = null;
 
-async function loadConflicts() {
-  const response = await fetch("/api/conflicts?state=all", { credentials: "same-origin" });
+async function loadConflicts(background) {
+  // the timer's refreshes are not the person's activity: they must not keep the session alive (idle timeout)
+  const response = await fetch("/api/conflicts?state=all", {
+    credentials: "same-origin", headers: background ? { "X-Meshnode-Background": "1" } : {},
+  });
   if (!response.ok) {
     notice(response.status === 403 ? "The conflict queue is for the PACS team: it needs a user with the pacs role."
       : "Log in with your API token to see the conflict queue.");
@@ -365,5 +368,5 @@ function conflictsPage(on) {
     return;
   }
   loadConflicts();
-  conflictsTimer = setInterval(loadConflicts, 5000);
+  conflictsTimer = setInterval(() => loadConflicts(true), 5000);
 }
