@@ -6,7 +6,15 @@ import sqlite3
 from typing import Any
 
 from meshnode.storage.sqlite_base import SqliteTables
-from meshnode.storage.users import MIN_SUBSTRING, SEARCH_LIMIT, ApiToken, Credentials, User, match_token_id
+from meshnode.storage.users import (
+    MIN_SUBSTRING,
+    SEARCH_LIMIT,
+    ApiToken,
+    Credentials,
+    User,
+    match_token_id,
+    search_text,
+)
 from protocol.errors import LocalProtocolError, NotFoundError
 
 _USER_COLUMNS = "name, roles, created_ms, disabled, display_name, email, source"
@@ -42,7 +50,7 @@ class SqliteUserStore(SqliteTables):
     def search_users(self, text: str, limit: int = SEARCH_LIMIT) -> list[User]:
         """Prefix matches come from the indexes (name, display name, email: NOCASE), other substrings from the
         trigram index (3+ characters): no search scans the table (bench/user_store.py times them)."""
-        text = text.lower()
+        text = search_text(text)
         end = text + "\U0010ffff"
         prefix = self._query(
             f"SELECT {_USER_COLUMNS} FROM users WHERE name >= ? AND name < ? UNION "

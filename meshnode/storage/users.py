@@ -9,6 +9,7 @@ Implementations: SQLite (meshnode.storage.sqlite_users) and memory (below).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -109,6 +110,12 @@ def search_key(user: User) -> str:
 #: shorter search text matches only the start of a name, display name or email (a substring of one or two
 #: letters says little, and would cost a scan of every user)
 MIN_SUBSTRING = 3
+
+
+def search_text(text: str) -> str:
+    """What a search looks for: lower case, without control characters (no name, display name or email has
+    them; a NUL would break SQLite's full-text query)."""
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc").lower()
 
 
 def matches(user: User, text: str) -> bool:
@@ -257,7 +264,7 @@ class MemoryUserStore:
         self._users[name] = replace(self._existing(name), display_name=display_name, email=email)
 
     def search_users(self, text: str, limit: int = SEARCH_LIMIT) -> list[User]:
-        text = text.lower()
+        text = search_text(text)
         hits = [u for u in self._users.values() if matches(u, text)]
         hits.sort(key=lambda u: (not any(part.startswith(text) for part in search_key(u).split("\n")), u.name))
         return hits[:limit]

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from meshnode.gateway.conflict_desk import ConflictDesk
 from meshnode.node.conflict_routes import parse_decision, parse_expected, parse_state
 from meshnode.web.app import Route, route
-from meshnode.web.http import HttpError, body, json_response, query
+from meshnode.web.http import HttpError, body, is_number, json_response, query
 from meshnode.web.services import actor
 
 MAX_BODY = 4096
@@ -43,7 +43,7 @@ class ConflictsHttp:
 
     async def _decide(self, request: Request) -> Response:
         raw_id = str(request.path_params.get("conflict_id", ""))
-        if not raw_id.isdigit() or len(raw_id) > 18:
+        if not is_number(raw_id):
             raise HttpError(400, "the conflict id is a number")
         try:
             data = json.loads(await body(request, MAX_BODY) or b"{}")

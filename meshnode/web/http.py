@@ -132,11 +132,17 @@ def query(request: Request) -> dict[str, list[str]]:
     return dict(cached)
 
 
+def is_number(text: str, most_digits: int = 18) -> bool:
+    """`text` is a non-negative integer written in ASCII digits (str.isdigit alone also accepts '²' and other
+    digits int() refuses), short enough for int() (which refuses over 4300 digits) and for SQLite."""
+    return 0 < len(text) <= most_digits and text.isascii() and text.isdigit()
+
+
 def content_length(request: Request) -> int | None:
     value = request.headers.get("content-length", "")
     if not value:
         return None
-    if not value.isdigit():
+    if not is_number(value):
         raise HttpError(400, "Content-Length must be a number")
     return int(value)
 
