@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common.describe import iso
-from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.users import (
     ROLES,
     SEARCH_LIMIT,
@@ -36,7 +36,7 @@ from meshnode.storage.users import (
 from meshnode.web import signin
 from meshnode.web.app import Route, route
 from meshnode.web.auth import Authenticator
-from meshnode.web.http import HttpError, body, is_number, json_response, query
+from meshnode.web.http import HttpError, body, is_number, json_response, principal, query
 from meshnode.web.services import WebServices, actor
 from protocol.errors import NotFoundError
 
@@ -132,6 +132,15 @@ class UsersWeb:
 
     async def _set_roles(self, request: Request) -> Response:
         name, roles = self._name(request), _roles(await _json(request))
+        p = principal(request)
+        if p is not None and p.user == name:
+            # an admin granting themself patient-data roles (or keeping admin while changing others) is a
+            # second person's decision: another admin, or someone at the node's console (meshnode users roles)
+            await self.s.audit(AuditEvent(EventCode.SECURITY_ALERT, "user-roles-self", Outcome.MINOR_FAILURE,
+                                          actor=actor(request),
+                                          detail=f"{name} tried to set their own roles to {','.join(roles)}: refused"))
+            raise HttpError(403, "you cannot change your own roles: ask another admin, or use `meshnode users "
+                                 "roles` on the node", code="own-roles")
         if (await self._existing(name)).roles == roles:
             return json_response(200, {"user": user_view(await self._existing(name)), "sessions_ended": 0})
         await self.auth.run_sync(lambda: self.auth.store.set_roles(name, roles))

@@ -376,3 +376,24 @@ def test_the_pages_timers_send_the_background_header() -> None:
     assert 'headers["X-Meshnode-Background"] = "1"' in (static / "portal.js").read_text()
     for path in [*static.glob("*.js"), *static.glob("requests/*.js")]:  # no other timer polls the server
         assert path.read_text().count("setInterval(") == {"app.js": 1, "requests.js": 1}.get(path.name, 0), path
+
+
+async def test_an_admin_cannot_change_their_own_roles(store: UserStore) -> None:
+    """/tmp/review1/admin_self_grant.py: an admin gave themself reidentify and pacs from the page."""
+    portal = make_portal(store)
+    portal.user("root", "admin")
+    portal.user("other", "admin")
+    session, csrf = await portal.signed_in("root")
+    for roles in (["admin", "pacs", "reidentify"], ["admin"], ["clinician"]):
+        reply = await portal.call("POST", "/ui/api/users/root/roles", session=session, csrf=csrf, json={"roles": roles})
+        assert reply.status == 403 and reply.json()["error"] == "own-roles"
+    user = store.user("root")
+    assert user is not None and user.roles == ("admin",)
+    assert (await portal.call("GET", "/ui/api/whoami", session=session)).json()["user"] == "root"  # session kept
+    alerts = [e for e in portal.events if e.action == "user-roles-self"]
+    assert len(alerts) == 3 and alerts[0].actor == "user:root" and alerts[0].code == EventCode.SECURITY_ALERT
+    # another admin may (a second person's decision)
+    other, other_csrf = await portal.signed_in("other")
+    reply = await portal.call("POST", "/ui/api/users/root/roles", session=other, csrf=other_csrf,
+                              json={"roles": ["admin", "auditor"]})
+    assert reply.status == 200 and store.user("root").roles == ("admin", "auditor")  # type: ignore[union-attr]
