@@ -57,6 +57,14 @@ def test_reconcile_page_and_http_decision(tmp_path: Path, browser: webdriver.Chr
         browser.get(url + "/ui/")
         wait("the page", lambda: browser.find_element(By.ID, "org").text == "RJ1")
         assert request(url + "/reconcile", reader)[0] == 403  # read alone: not the PACS team's queue
+        browser.find_element(By.ID, "token").send_keys(reader)
+        browser.find_element(By.CSS_SELECTOR, "#login button").click()
+        wait("the reader's login", lambda: "clerk" in browser.find_element(By.ID, "who").text)
+        for tab in ("reconcile", "conflicts"):  # the PACS team's tabs are not offered
+            assert not browser.find_element(By.CSS_SELECTOR, f'nav a[data-page="{tab}"]').is_displayed()
+        browser.find_element(By.ID, "logout").click()
+        wait("the logout", lambda: browser.find_element(By.ID, "login").is_displayed())
+        assert browser.find_element(By.CSS_SELECTOR, 'nav a[data-page="inbox"]').is_displayed()
         browser.find_element(By.ID, "token").send_keys(writer)
         browser.find_element(By.CSS_SELECTOR, "#login button").click()
         wait("the login", lambda: "pacs-team" in browser.find_element(By.ID, "who").text)
