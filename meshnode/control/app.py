@@ -54,7 +54,7 @@ def _error(exc: MeshError, status: int | None = None, *, unread: bool = False) -
 async def _json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object ({} when empty); LimitError past MAX_BODY, declared or sent."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
         raise LimitError("request body too large")
     chunks, size = [], 0
     async for chunk in request.stream():

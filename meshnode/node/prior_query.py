@@ -82,7 +82,7 @@ def prior_study(uid: str, date: str, modalities: tuple[str, ...], description: s
     not listed (None), so one odd study never spoils the answer."""
     text = _CONTROL.sub("", description)[:64]
     try:
-        return PriorStudy(uid, date if len(date) == 8 and date.isdigit() else "",
+        return PriorStudy(uid, date if len(date) == 8 and date.isascii() and date.isdigit() else "",
                           tuple(m for m in modalities if _MODALITY.fullmatch(m))[:16], text, series, instances)
     except SchemaError:
         return None

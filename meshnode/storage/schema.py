@@ -405,4 +405,9 @@ MIGRATIONS = (
         PRIMARY KEY (manifest_id, org)
     ) STRICT
     """,
+    # 21: single sign-on identity (issue 13, AUTH review): the issuer and `sub` an OpenID Connect account was
+    # created by ('' until its first sign-on), so a later sign-on with another `sub` for the name is refused
+    """
+    ALTER TABLE users ADD COLUMN oidc_subject TEXT NOT NULL DEFAULT ''
+    """,
 )

@@ -6,7 +6,15 @@ import sqlite3
 from typing import Any
 
 from meshnode.storage.sqlite_base import SqliteTables
-from meshnode.storage.users import MIN_SUBSTRING, SEARCH_LIMIT, ApiToken, Credentials, User, match_token_id
+from meshnode.storage.users import (
+    MIN_SUBSTRING,
+    SEARCH_LIMIT,
+    ApiToken,
+    Credentials,
+    User,
+    match_token_id,
+    search_text,
+)
 from protocol.errors import LocalProtocolError, NotFoundError
 
 _USER_COLUMNS = "name, roles, created_ms, disabled, display_name, email, source"
@@ -42,7 +50,7 @@ class SqliteUserStore(SqliteTables):
     def search_users(self, text: str, limit: int = SEARCH_LIMIT) -> list[User]:
         """Prefix matches come from the indexes (name, display name, email: NOCASE), other substrings from the
         trigram index (3+ characters): no search scans the table (bench/user_store.py times them)."""
-        text = text.lower()
+        text = search_text(text)
         end = text + "\U0010ffff"
         prefix = self._query(
             f"SELECT {_USER_COLUMNS} FROM users WHERE name >= ? AND name < ? UNION "
@@ -83,6 +91,14 @@ class SqliteUserStore(SqliteTables):
         rows = self._query("SELECT password_hash, totp_secret, totp_last_step, credentials_ms FROM users"
                            " WHERE name = ?", (name,))
         return Credentials(str(rows[0][0]), str(rows[0][1]), int(rows[0][2]), int(rows[0][3])) if rows else None
+
+    def bind_subject(self, name: str, subject: str) -> str:
+        with self._tx() as db:
+            db.execute("UPDATE users SET oidc_subject = ? WHERE name = ? AND oidc_subject = ''", (subject, name))
+            row = db.execute("SELECT oidc_subject FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no user {name!r}")
+            return str(row[0])
 
     def set_credentials(self, name: str, password_hash: str, totp_secret: str, now_ms: int) -> None:
         with self._tx() as db:

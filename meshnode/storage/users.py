@@ -9,6 +9,7 @@ Implementations: SQLite (meshnode.storage.sqlite_users) and memory (below).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -111,6 +112,12 @@ def search_key(user: User) -> str:
 MIN_SUBSTRING = 3
 
 
+def search_text(text: str) -> str:
+    """What a search looks for: lower case, without control characters (no name, display name or email has
+    them; a NUL would break SQLite's full-text query)."""
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc").lower()
+
+
 def matches(user: User, text: str) -> bool:
     """The users page's type-ahead: `text` (lower case) at the start of the name, display name or email, or,
     from MIN_SUBSTRING characters on, anywhere in them."""
@@ -165,6 +172,12 @@ class UserStore(Protocol):
 
     def credentials(self, name: str) -> Credentials | None: ...
 
+    def bind_subject(self, name: str, subject: str) -> str:
+        """The single sign-on identity (issuer and `sub`, as one string) the account `name` belongs to: stored
+        on the first call (atomically: of two first sign-ons at once, one wins), returned unchanged after;
+        NotFoundError for an unknown name."""
+        ...
+
     def set_credentials(self, name: str, password_hash: str, totp_secret: str, now_ms: int) -> None:
         """Replace the password hash and TOTP secret (the accepted-step memory starts again)."""
         ...
@@ -206,6 +219,7 @@ class MemoryUserStore:
         self._users: dict[str, User] = {}
         self._tokens: dict[bytes, ApiToken] = {}
         self._credentials: dict[str, Credentials] = {}
+        self._subjects: dict[str, str] = {}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -250,7 +264,7 @@ class MemoryUserStore:
         self._users[name] = replace(self._existing(name), display_name=display_name, email=email)
 
     def search_users(self, text: str, limit: int = SEARCH_LIMIT) -> list[User]:
-        text = text.lower()
+        text = search_text(text)
         hits = [u for u in self._users.values() if matches(u, text)]
         hits.sort(key=lambda u: (not any(part.startswith(text) for part in search_key(u).split("\n")), u.name))
         return hits[:limit]
@@ -259,6 +273,10 @@ class MemoryUserStore:
         if name not in self._users:
             return None
         return self._credentials.get(name, Credentials())
+
+    def bind_subject(self, name: str, subject: str) -> str:
+        self._existing(name)
+        return self._subjects.setdefault(name, subject)
 
     def set_credentials(self, name: str, password_hash: str, totp_secret: str, now_ms: int) -> None:
         self._existing(name)

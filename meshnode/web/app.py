@@ -39,6 +39,7 @@ from meshnode.web.http import (
     client,
     drain,
     error_response,
+    forwarded_client,
     principal,
     set_principal,
     set_route_name,
@@ -56,6 +57,8 @@ SAFE_METHODS = ("GET", "HEAD")
 #: the one state-changing route a browser may call with a session cookie but no CSRF token (there is no
 #: session yet, so nothing to forge)
 CSRF_EXEMPT = ("/ui/login",)
+#: sent (value "1") by the pages on their automatic refreshes: not counted as the session's activity
+BACKGROUND_HEADER = "x-meshnode-background"
 FAILURE_AUDIT_EVERY_S = 10.0
 #: after refusing a request, read at most this much of the rest of its body before answering
 DRAIN_MAX = 64 << 20
@@ -118,6 +121,7 @@ class WebApp:
         self.audit = audit
         self.failures = FailureAuditor(audit)
         self.stats = HttpStats()
+        self.proxies = config.proxy_networks
         by_path: dict[str, dict[str, Route]] = {}
         for r in routes:
             by_path.setdefault(r.path, {})[r.method] = r
@@ -136,6 +140,11 @@ class WebApp:
         if scope["type"] != "http":
             await self.router(scope, receive, send)  # lifespan: Starlette answers it
             return
+        if self.proxies and scope.get("client"):  # behind a trusted proxy: the client it reports ([http])
+            peer, port = scope["client"]
+            forwarded = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"x-forwarded-for"]
+            scope = {**scope, "client": (forwarded_client(peer, forwarded, self.proxies), port),
+                     "meshnode.peer": peer}
         status = 0
 
         async def counting(message: Message) -> None:
@@ -222,7 +231,9 @@ class WebApp:
             return p
         session = request.cookies.get(SESSION_COOKIE)
         if session:
-            p = await self.auth.session(session)
+            # a page's automatic refresh (X-Meshnode-Background: 1) is not activity: it must not keep an
+            # unattended session alive past its idle limit
+            p = await self.auth.session(session, touch=request.headers.get(BACKGROUND_HEADER) != "1")
             if (p is not None and request.method not in SAFE_METHODS and request.url.path not in CSRF_EXEMPT
                     and not self.auth.csrf_ok(session, request.headers.get("x-csrf-token", ""))):
                 self.stats.auth_failures += 1

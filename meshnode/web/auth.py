@@ -8,6 +8,11 @@ expiry ([http] session_hours), after `session_idle_seconds` without a request,
 at sign-out, and within CACHE_S of its user being disabled, their roles
 changing, their password being reset, or (a session opened with a token) the
 token being revoked.
+
+At most MAX_SESSIONS sessions are held, at most MAX_SESSIONS_PER_USER per user (a new sign-in beyond it ends
+that user's oldest). When the node is full, ended (expired or idle) sessions make room; another user's live
+session never does: the sign-in is refused (SessionsFull) rather than one token holder signing everyone
+else out by signing in again and again.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ CACHE_S = 5.0
 TOUCH_EVERY_MS = 60_000
 SESSION_COOKIE = "meshnode_session"
 MAX_SESSIONS = 10_000
+MAX_SESSIONS_PER_USER = 20
+
+
+class SessionsFull(Exception):
+    """Every session place is held by a live session of someone else: a new one is refused."""
 
 
 def token_hash(token: str) -> bytes:
@@ -147,11 +157,15 @@ class Authenticator:
 
     # -- UI sessions ----------------------------------------------------------------
     def open_session(self, principal: Principal, hours: int) -> str:
+        """A new session (SessionsFull when every place is held by someone else's live session)."""
         now = self.clock()
+        own = self.sessions_of(principal.user)  # oldest first (the dict keeps the order they were opened in)
+        for session_id in own[:max(0, len(own) - MAX_SESSIONS_PER_USER + 1)]:
+            self.close_session(session_id)  # this user's oldest
         if len(self._sessions) >= MAX_SESSIONS:
             self._sessions = {k: v for k, v in self._sessions.items() if self._alive(v, now)}
-            while len(self._sessions) >= MAX_SESSIONS:
-                self._sessions.pop(next(iter(self._sessions)))
+            if len(self._sessions) >= MAX_SESSIONS:
+                raise SessionsFull()
         session_id = secrets.token_urlsafe(32)
         self._sessions[session_id] = Session(
             Principal(principal.user, principal.roles, "session", principal.token_id, principal.method),

@@ -6,6 +6,7 @@ the rest of node.toml (unknown keys, wrong types and out-of-range values refused
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,10 @@ TEMPLATE = """
 # Single sign-on with OpenID Connect: an [http.oidc] table (docs/operators.md, "Sign-in and roles").
 # The URL clients reach this listener at (behind a proxy), for RetrieveURLs and webhook links.
 # public_url = "https://pacs-gw.example.nhs.uk"
+# Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: for a request from one of
+# them the client is the right-most address in X-Forwarded-For that is not a listed proxy (sign-in limits,
+# audit). Empty: the TCP peer is the client, whatever the header says.
+# trusted_proxies = ["10.0.0.5", "fd00:1::/64"]
 
 # Webhooks: one [[webhook]] table per receiver. The body is JSON, signed with HMAC-SHA256:
 #   X-Meshnode-Signature: t=<unix time>,v1=<hex of HMAC(secret, "<t>." + body)>
@@ -110,6 +115,11 @@ class HttpConfig:
     oidc: OidcConfig | None = None
     login_failures_per_user: int = 5
     login_failures_per_address: int = 20
+    trusted_proxies: tuple[str, ...] = ()
+
+    @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
 
     @property
     def enabled(self) -> bool:
@@ -148,6 +158,8 @@ class HttpConfig:
             lines.append(f"{key} = {getattr(self, key)}")
         for key in ("public_status", "public_metrics"):
             lines.append(f"{key} = {'true' if getattr(self, key) else 'false'}")
+        if self.trusted_proxies:
+            lines.append(f"trusted_proxies = {_toml_list(self.trusted_proxies)}")
         if self.oidc is not None:
             o = self.oidc
             lines += ["", "[http.oidc]", *(f'{k} = "{getattr(o, k)}"' for k in (
@@ -246,7 +258,13 @@ def parse_http(root: Table, home: Path | None = None) -> HttpConfig:
         login_failures_per_user=t.integer("login_failures_per_user", d["login_failures_per_user"], 1, 1000),
         login_failures_per_address=t.integer("login_failures_per_address", d["login_failures_per_address"], 1,
                                              100_000),
+        trusted_proxies=tuple(t.texts("trusted_proxies", d["trusted_proxies"])),
     )
+    for proxy in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise t.error("trusted_proxies", f"{proxy!r} is not an IP address or network (CIDR)") from None
     if bool(config.tls_certificate) != bool(config.tls_key):
         raise t.error("tls_key" if config.tls_certificate else "tls_certificate",
                       "tls_certificate and tls_key go together")

@@ -1,12 +1,12 @@
 """The conflict queue over the node's HTTP listener (meshnode.gateway.conflict_desk).
 
-    GET  /api/conflicts?state=pending|all|...     read role: the conflicts, both digests each
-    POST /api/conflicts/{id}/decision             write role: {"decision": "replace" | "keep-both" | "discard",
+    GET  /api/conflicts?state=pending|all|...     queues permission (pacs role): the conflicts, both digests each
+    POST /api/conflicts/{id}/decision             write permission (pacs role): {"decision": "replace" | "keep-both" | "discard",
                                                   "existing_sha256": the stored version seen (optional)}
 
-A decision is audited with the deciding user (`user:<name>`). CSRF: the UI's session cookie is
-accepted on GET routes and the UI's own /ui/ POSTs only (meshnode.web.app), so a decision needs the
-Authorization header, which no other site can make a browser send.
+A decision is audited with the deciding user (`user:<name>`). CSRF (meshnode.web.app): a decision needs the
+Authorization header, or the session cookie together with the session's anti-CSRF token (X-CSRF-Token);
+no other site can make a browser send either.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from starlette.responses import Response
 from meshnode.gateway.conflict_desk import ConflictDesk
 from meshnode.node.conflict_routes import parse_decision, parse_expected, parse_state
 from meshnode.web.app import Route, route
-from meshnode.web.http import HttpError, body, json_response, query
+from meshnode.web.http import HttpError, body, is_number, json_response, query
 from meshnode.web.services import actor
 
 MAX_BODY = 4096
@@ -32,7 +32,7 @@ class ConflictsHttp:
 
     def routes(self) -> list[Route]:
         return [
-            route("GET", "/api/conflicts", self._list, "read", "conflicts-list"),
+            route("GET", "/api/conflicts", self._list, "queues", "conflicts-list"),
             route("POST", "/api/conflicts/{conflict_id}/decision", self._decide, "write", "conflicts-decide"),
         ]
 
@@ -43,7 +43,7 @@ class ConflictsHttp:
 
     async def _decide(self, request: Request) -> Response:
         raw_id = str(request.path_params.get("conflict_id", ""))
-        if not raw_id.isdigit() or len(raw_id) > 18:
+        if not is_number(raw_id):
             raise HttpError(400, "the conflict id is a number")
         try:
             data = json.loads(await body(request, MAX_BODY) or b"{}")

@@ -1,6 +1,6 @@
 """Research shares on the HTTP listener: the held queue and its decisions, and the re-link export.
 
-    GET  /deid/held                              read          research shares held (pixel risk), with what a
+    GET  /deid/held                              queues        research shares held (pixel risk), with what a
                                                                reviewer needs to find each instance
     GET  /deid/held/{share}/instances/{n}.png    deid-release  frame 1 of a held instance, rendered (review)
     POST /deid/held/{share}/release              deid-release  body {"include_risky": bool, "reason": "..."}
@@ -10,7 +10,8 @@
 Decisions need the dedicated `deid-release` role (not `write`, which STOW service tokens hold), and a
 reason (mandatory when instances at pixel risk are released).
 
-POSTs need the Authorization header (the UI's session cookie is accepted on GETs and /ui/ paths only,
+The held list needs the `queues` permission (the pacs role), not `read` (a clinician). POSTs need the
+Authorization header, or the session cookie together with the session's anti-CSRF token (X-CSRF-Token,
 meshnode.web.app), so another site cannot make a browser decide. The deciding user is audited.
 """
 
@@ -40,7 +41,7 @@ class DeidWeb:
 
     def routes(self) -> list[Route]:
         return [
-            route("GET", "/deid/held", self._held, "read", "deid-held"),
+            route("GET", "/deid/held", self._held, "queues", "deid-held"),
             route("GET", "/deid/held/{share}/instances/{n}.png", self._preview, "deid-release", "deid-preview"),
             route("POST", "/deid/held/{share}/release", self._release, "deid-release", "deid-release"),
             route("POST", "/deid/held/{share}/refuse", self._refuse, "deid-release", "deid-refuse"),

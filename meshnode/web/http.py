@@ -10,9 +10,10 @@ tasks (WADO-RS reads ahead while it sends).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import trio
 from starlette.requests import ClientDisconnect, Request
@@ -69,7 +70,53 @@ def set_route_name(request: Request, name: str) -> None:
 
 
 def client(request: Request) -> str:
+    """The client's address: the TCP peer's, or behind a trusted proxy the one it reported (see
+    forwarded_client; WebApp puts it into the request's scope before any route runs)."""
     return request.client.host if request.client else "unknown"
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: X-Forwarded-For hops looked at, at most (a longer header: the left-most are not read)
+MAX_FORWARDED_HOPS = 32
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, proxies: Sequence[Network]) -> bool:
+    return any(address.version == net.version and address in net for net in proxies)
+
+
+def forwarded_client(peer: str, forwarded_for: Sequence[str], proxies: Sequence[Network]) -> str:
+    """The client address of a request from TCP peer `peer` with these X-Forwarded-For header values
+    ([http] trusted_proxies): only when the peer is a trusted proxy, the right-most hop that is not a trusted
+    proxy itself (the hops left of it were written by the client: anyone can claim any address there); a hop
+    that is not an address ends the walk at the last trusted one. Otherwise the peer."""
+    address = _address(peer)
+    if not proxies or address is None or not _trusted(address, proxies):
+        return peer
+    hops = [h for value in forwarded_for for h in value.split(",")][-MAX_FORWARDED_HOPS:]
+    current = str(address)
+    for hop in reversed(hops):
+        found = _address(hop)
+        if found is None:
+            return current
+        current = str(found)
+        if not _trusted(found, proxies):
+            return current
+    return current
 
 
 def query(request: Request) -> dict[str, list[str]]:
@@ -85,11 +132,17 @@ def query(request: Request) -> dict[str, list[str]]:
     return dict(cached)
 
 
+def is_number(text: str, most_digits: int = 18) -> bool:
+    """`text` is a non-negative integer written in ASCII digits (str.isdigit alone also accepts '²' and other
+    digits int() refuses), short enough for int() (which refuses over 4300 digits) and for SQLite."""
+    return 0 < len(text) <= most_digits and text.isascii() and text.isdigit()
+
+
 def content_length(request: Request) -> int | None:
     value = request.headers.get("content-length", "")
     if not value:
         return None
-    if not value.isdigit():
+    if not is_number(value):
         raise HttpError(400, "Content-Length must be a number")
     return int(value)
 

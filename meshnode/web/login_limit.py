@@ -8,6 +8,14 @@ user name's count (not the address's). Someone who knows a user name can
 keep that account refused by failing on purpose: the price of stopping
 password guessing; the per-address limit and the audit trail (110114, with
 the attempted name and address) show who.
+
+Attempts in flight count as failures until they end: `reserve` checks and
+takes a place in one step (the web app is single-threaded under trio, so no
+other attempt can come between), `release` gives it back once the attempt is
+decided (after `failed` for a failure). Without this, concurrent attempts all
+pass the check before the first slow password check records its failure, and
+a thousand parallel TOTP guesses get a thousand checks. At most `max_in_flight`
+attempts are in flight overall, whatever their names and addresses.
 """
 
 from __future__ import annotations
@@ -20,6 +28,12 @@ PER_CLIENT = 20
 WINDOW_S = 15 * 60.0
 #: most keys remembered (names and addresses); beyond, the stalest are forgotten
 MAX_KEYS = 50_000
+#: sign-in attempts being checked at once, over all names and addresses
+MAX_IN_FLIGHT = 32
+
+
+class Busy(Exception):
+    """Too many sign-ins in flight overall: refuse this one (try again in a moment)."""
 
 
 @dataclass
@@ -27,7 +41,9 @@ class LoginLimiter:
     per_user: int = PER_USER
     per_client: int = PER_CLIENT
     window_s: float = WINDOW_S
+    max_in_flight: int = MAX_IN_FLIGHT
     _failures: dict[str, deque[float]] = field(default_factory=dict)
+    _pending: dict[str, int] = field(default_factory=dict)
 
     def _recent(self, key: str, now: float) -> deque[float]:
         times = self._failures.get(key)
@@ -49,9 +65,35 @@ class LoginLimiter:
         wait = 0.0
         for key, most in self._keys(user, client):
             times = self._recent(key, now)
-            if len(times) >= most:
-                wait = max(wait, times[len(times) - most] + self.window_s - now)
+            allowed = most - self._pending.get(key, 0)  # in-flight attempts count as failures
+            if allowed <= 0:
+                wait = max(wait, 1.0)  # until the attempts in flight are decided
+            elif len(times) >= allowed:
+                wait = max(wait, times[len(times) - allowed] + self.window_s - now)
         return wait
+
+    def in_flight(self) -> int:
+        return sum(n for key, n in self._pending.items() if key.startswith("client:"))
+
+    def reserve(self, user: str, client: str, now: float) -> float:
+        """Take a place for an attempt if one is free: 0.0 (then `release` it when the attempt is decided),
+        else the seconds to wait (nothing taken). Raises Busy when too many attempts are in flight."""
+        wait = self.retry_after(user, client, now)
+        if wait > 0:
+            return wait
+        if self.in_flight() >= self.max_in_flight:
+            raise Busy()
+        for key, _ in self._keys(user, client):
+            self._pending[key] = self._pending.get(key, 0) + 1
+        return 0.0
+
+    def release(self, user: str, client: str) -> None:
+        for key, _ in self._keys(user, client):
+            left = self._pending.get(key, 0) - 1
+            if left > 0:
+                self._pending[key] = left
+            else:
+                self._pending.pop(key, None)
 
     def failed(self, user: str, client: str, now: float) -> None:
         if len(self._failures) >= MAX_KEYS:

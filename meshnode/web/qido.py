@@ -40,7 +40,7 @@ from meshnode.web.dicomjson import (
     study_result,
     tag_of,
 )
-from meshnode.web.http import HttpError, client, json_response, query
+from meshnode.web.http import HttpError, client, is_number, json_response, query
 from meshnode.web.services import WebServices, actor
 
 DICOM_JSON = "application/dicom+json"
@@ -91,7 +91,7 @@ def _match(keyword: str, kind: str, value: str) -> Match:
         if not (_DATE.match(lo) and _DATE.match(hi)):
             raise HttpError(400, f"{keyword}: expected a value or a range like 20250101-20250131")
         return RangeMatch(lo, hi) if sep else TextMatch(value)
-    if kind == "number" and not value.isdigit():
+    if kind == "number" and not is_number(value, 64):
         raise HttpError(400, f"{keyword}: expected a number")
     return TextMatch(value)
 
@@ -100,7 +100,7 @@ def _int(params: Mapping[str, list[str]], name: str, default: int, most: int) ->
     values = params.get(name)
     if not values:
         return default
-    if not values[-1].isdigit():
+    if not is_number(values[-1]):
         raise HttpError(400, f"{name} must be a non-negative integer")
     return min(int(values[-1]), most)
 

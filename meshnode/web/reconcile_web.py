@@ -1,17 +1,19 @@
 """The reconciliation queue and the patient lookup table on the HTTP listener, for PACS-team users.
 
-    GET  /reconcile                        read    the queue (?all=1: decided ones too)
+    GET  /reconcile                        queues  the queue (?all=1: decided ones too)
     POST /reconcile/{manifest}/match       write   {"local_id": ...} or {"record": {local_id, issuer, nhs_number,
                                                    name, birth_date, sex}}, "override_reason"?: needed when
                                                    the record's NHS number is not the study's (audited)
     POST /reconcile/{manifest}/reject      write   {"reason": ...}
-    GET  /patients                         read    the lookup table (?nhs_number=...)
+    GET  /patients                         queues  the lookup table (?nhs_number=...)
     POST /patients                         write   {"record": {...}}: add or replace one record
     POST /patients/delete                  write   {"local_id": ...}
 
-CSRF-safe as the rest of the listener (meshnode.web.app): a POST outside /ui/ needs the API token in the
-Authorization header; the browser's session cookie is not accepted for it. Every decision and edit is
-audited as "user:<name>".
+The lists need the `queues` permission (the pacs role; not `read`, which a clinician holds: the lookup table
+is every patient's identifiers); decisions and edits need `write` (the pacs role has it). CSRF-safe as the
+rest of the listener (meshnode.web.app): a POST needs the API token in the Authorization header, or the
+session cookie together with the session's anti-CSRF token (X-CSRF-Token), which no other site can read.
+Every decision and edit is audited as "user:<name>".
 """
 
 from __future__ import annotations
@@ -62,10 +64,10 @@ class ReconcileWeb:
 
     def routes(self) -> list[Route]:
         return [
-            route("GET", "/reconcile", self.queue, "read", "reconcile-list"),
+            route("GET", "/reconcile", self.queue, "queues", "reconcile-list"),
             route("POST", "/reconcile/{manifest}/match", self.match, "write", "reconcile-match"),
             route("POST", "/reconcile/{manifest}/reject", self.reject, "write", "reconcile-reject"),
-            route("GET", "/patients", self.patients, "read", "patients-list"),
+            route("GET", "/patients", self.patients, "queues", "patients-list"),
             route("POST", "/patients", self.put, "write", "patients-set"),
             route("POST", "/patients/delete", self.delete, "write", "patients-delete"),
         ]

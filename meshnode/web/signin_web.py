@@ -11,6 +11,10 @@
 Every sign-in and sign-out is audited (110114) with the user's identity and the method; every failure
 with the attempted user name and the client address. Failures are rate-limited per user name and per
 address (meshnode.web.login_limit): beyond the limit, 429 with Retry-After, before any password is checked.
+An attempt takes its place in the count before its password, code, token or provider answer is checked and
+gives it back when decided, so concurrent attempts cannot all slip past the limit (at most the limit's
+number of checks, however many arrive at once); at most login_limit.MAX_IN_FLIGHT attempts are checked at
+once overall (beyond: 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.users import User, check_display_name, check_email, check_user_name
 from meshnode.web import signin
 from meshnode.web.app import Route, route
-from meshnode.web.auth import SESSION_COOKIE, Authenticator, Principal
+from meshnode.web.auth import SESSION_COOKIE, Authenticator, Principal, SessionsFull
 from meshnode.web.http import HttpError, bytes_response, client, form, json_response, principal, query
-from meshnode.web.login_limit import LoginLimiter
+from meshnode.web.login_limit import Busy, LoginLimiter
 from meshnode.web.oidc import OidcClient, SignOnRefused
 from meshnode.web.services import WebServices, actor
 from protocol.errors import LocalProtocolError, MeshError
@@ -105,6 +109,17 @@ class SignInWeb:
                                       detail=f"{method} from {client(request)} refused: {reason}"[:300]))
         return HttpError(status, message)
 
+    def _reserve(self, request: Request, name: str) -> None:
+        """Take this attempt's place in the rate limit before checking anything (`release` it afterwards)."""
+        try:
+            wait = self.limiter.reserve(name, client(request), self.s.clock())
+        except Busy:
+            raise HttpError(503, "too many sign-ins at once; try again in a moment",
+                            headers={"retry-after": "1"}, code="rate-limited") from None
+        if wait > 0:
+            raise HttpError(429, f"too many failed sign-ins; try again in {math.ceil(wait)} s",
+                            headers={"retry-after": str(math.ceil(wait))}, code="rate-limited")
+
     def _throttle(self, request: Request, name: str) -> None:
         wait = self.limiter.retry_after(name, client(request), self.s.clock())
         if wait > 0:
@@ -115,7 +130,12 @@ class SignInWeb:
         old = request.cookies.get(SESSION_COOKIE)
         if old:
             self.auth.close_session(old)  # never carry a session ID over a sign-in (fixation)
-        session = self.auth.open_session(p, self.s.config.session_hours)
+        try:
+            session = self.auth.open_session(p, self.s.config.session_hours)
+        except SessionsFull:
+            log.warning("sign-in of %s refused: every session place is in use", p.user)
+            raise HttpError(503, "too many people are signed in to this node; try again later",
+                            headers={"retry-after": "60"}) from None
         self.limiter.succeeded(p.user)
         await self.s.audit(AuditEvent(EventCode.USER_AUTHENTICATION, "ui-login", actor=f"user:{p.user}",
                                       detail=f"{p.method} from {client(request)}{detail}"[:300]))
@@ -130,7 +150,14 @@ class SignInWeb:
         fields = await form(request, MAX_LOGIN_BODY)
         token = fields.get("token", "").strip()
         name = fields.get("user", "").strip().lower()
-        self._throttle(request, "" if token else name)
+        who = "" if token else name
+        self._reserve(request, who)
+        try:
+            return await self._check_login(request, fields, token, name)
+        finally:
+            self.limiter.release(who, client(request))
+
+    async def _check_login(self, request: Request, fields: dict[str, str], token: str, name: str) -> Response:
         if token:
             p = await self.auth.token(token)
             if p is None:
@@ -194,7 +221,13 @@ class SignInWeb:
     async def _oidc_callback(self, request: Request) -> Response:
         oidc = self._oidc_client()
         params = {k: v[-1] for k, v in query(request).items() if v}
-        self._throttle(request, "")
+        self._reserve(request, "")
+        try:
+            return await self._check_oidc(request, oidc, params)
+        finally:
+            self.limiter.release("", client(request))
+
+    async def _check_oidc(self, request: Request, oidc: OidcClient, params: dict[str, str]) -> Response:
         try:
             try:
                 if "error" in params:
@@ -221,7 +254,12 @@ class SignInWeb:
 
     async def _oidc_user(self, claims: dict[str, Any]) -> User:
         """The local user of a verified ID token: created on the first sign-in, roles from the claims each
-        time; a disabled user, one with no mapped role, or a local password account of that name is refused."""
+        time; a disabled user, one with no mapped role, or a local password account of that name is refused.
+
+        The account belongs to the provider's identity (issuer and `sub`, stored on its first sign-on), not
+        to the user name claim, which a provider may give to someone else later (a name reused after a
+        leaver): a sign-on with another `sub` for the name is refused and audited as a security alert. The
+        email claim is taken only when the provider says it is verified (`email_verified` true)."""
         config = self._oidc_client().config
         raw = claims.get(config.username_claim)
         if not isinstance(raw, str):
@@ -232,9 +270,11 @@ class SignInWeb:
             raise SignOnRefused(f"no role for {name!r}: the {config.role_claim!r} claim maps to none")
         display = check_display_name(str(claims.get(config.display_name_claim) or ""))
         try:
-            email = check_email(str(claims.get(config.email_claim) or ""))
+            email = check_email(str(claims.get(config.email_claim) or "")) \
+                if claims.get("email_verified") is True else ""
         except LocalProtocolError:
             email = ""
+        subject = f"{claims.get('iss')} {claims.get('sub')}"  # both essential claims, checked by OidcClient
         now_ms = int(self.s.clock() * 1000)
 
         def update() -> User:
@@ -246,7 +286,9 @@ class SignInWeb:
                 raise SignOnRefused(f"{name!r} is a local account (password): not taken over by single sign-on")
             elif user.disabled:
                 raise SignOnRefused(f"user {name!r} is disabled")
-            else:
+            if store.bind_subject(name, subject) != subject:
+                raise _OtherSubject(name)
+            if user is not None:
                 if user.roles != roles:
                     store.set_roles(name, roles)
                 if (user.display_name, user.email) != (display, email):
@@ -256,7 +298,18 @@ class SignInWeb:
                 raise SignOnRefused(f"user {name!r} vanished")
             return found
 
-        return await self.auth.run_sync(update)
+        try:
+            return await self.auth.run_sync(update)
+        except _OtherSubject:
+            await self.s.audit(AuditEvent(
+                EventCode.SECURITY_ALERT, "ui-oidc-other-subject", Outcome.SERIOUS_FAILURE, actor=f"user:{name}",
+                detail=f"single sign-on for {name!r} with sub {str(claims.get('sub'))[:80]!r}, not the identity "
+                       "the account was created by: refused"[:300]))
+            raise SignOnRefused(f"{name!r} belongs to another identity at the provider") from None
+
+
+class _OtherSubject(Exception):
+    """A sign-on for an existing single sign-on account by another identity (issuer and sub)."""
 
 
 def _refusal_page(refusal: HttpError) -> Response:

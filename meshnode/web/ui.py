@@ -36,6 +36,7 @@ from meshnode.web.http import (
     ProducedResponse,
     Write,
     bytes_response,
+    is_number,
     json_response,
     principal,
     query,
@@ -89,7 +90,7 @@ def _int(request: Request, name: str) -> int | None:
     values = query(request).get(name)
     if not values or values[-1] == "":
         return None
-    if not values[-1].lstrip("-").isdigit():
+    if not is_number(values[-1].removeprefix("-")):
         raise HttpError(400, f"{name} must be an integer")
     return int(values[-1])
 

@@ -16,13 +16,14 @@ within seconds on their own as well: meshnode.web.auth re-reads the user).
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from common.describe import iso
-from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.users import (
     ROLES,
     SEARCH_LIMIT,
@@ -35,7 +36,7 @@ from meshnode.storage.users import (
 from meshnode.web import signin
 from meshnode.web.app import Route, route
 from meshnode.web.auth import Authenticator
-from meshnode.web.http import HttpError, body, json_response, query
+from meshnode.web.http import HttpError, body, is_number, json_response, principal, query
 from meshnode.web.services import WebServices, actor
 from protocol.errors import NotFoundError
 
@@ -107,8 +108,10 @@ class UsersWeb:
 
     async def _search(self, request: Request) -> Response:
         text = (query(request).get("q") or [""])[-1][:100]
+        if any(unicodedata.category(ch) == "Cc" for ch in text):  # NUL and the like: no name has them
+            raise HttpError(400, "the search text has a control character")
         raw_limit = (query(request).get("limit") or [str(SEARCH_LIMIT)])[-1]
-        limit = min(max(int(raw_limit), 1), 200) if raw_limit.isdigit() else SEARCH_LIMIT
+        limit = min(max(int(raw_limit), 1), 200) if is_number(raw_limit) else SEARCH_LIMIT
         found = await self.auth.run_sync(lambda: self.auth.store.search_users(text, limit))
         return json_response(200, {"users": [user_view(u) for u in found], "roles": list(ROLES)})
 
@@ -129,6 +132,15 @@ class UsersWeb:
 
     async def _set_roles(self, request: Request) -> Response:
         name, roles = self._name(request), _roles(await _json(request))
+        p = principal(request)
+        if p is not None and p.user == name:
+            # an admin granting themself patient-data roles (or keeping admin while changing others) is a
+            # second person's decision: another admin, or someone at the node's console (meshnode users roles)
+            await self.s.audit(AuditEvent(EventCode.SECURITY_ALERT, "user-roles-self", Outcome.MINOR_FAILURE,
+                                          actor=actor(request),
+                                          detail=f"{name} tried to set their own roles to {','.join(roles)}: refused"))
+            raise HttpError(403, "you cannot change your own roles: ask another admin, or use `meshnode users "
+                                 "roles` on the node", code="own-roles")
         if (await self._existing(name)).roles == roles:
             return json_response(200, {"user": user_view(await self._existing(name)), "sessions_ended": 0})
         await self.auth.run_sync(lambda: self.auth.store.set_roles(name, roles))

@@ -82,7 +82,7 @@ async def http(tmp_path: Path, study: list[Path]) -> AsyncIterator[Http]:
     db = DatabaseThread(storage.metadata)
     desk = ConflictDesk(db, storage, MemoryGatewayStore(), None, RouteTable([]))
     users = MemoryUserStore()
-    add_user(users, "ct3", ("write", "read"), 0)
+    add_user(users, "ct3", ("pacs",), 0)  # the PACS team: queues to list, write to decide
     add_user(users, "viewer", ("read",), 0)
     writer, _ = issue_token(users, "ct3", "", 0)
     reader, _ = issue_token(users, "viewer", "", 0)
@@ -119,8 +119,10 @@ async def test_an_unauthorised_user_cannot_decide(http: Http) -> None:
         assert reply.status == status, (headers, reply.body)
     assert http.storage.metadata.conflict(http.conflict).state is ConflictState.PENDING  # type: ignore[union-attr]
     assert decisions(http.storage) == 0
-    # the reader may list (with both digests), the session cookie may list too (GET)
-    for headers in ({"Authorization": f"Bearer {http.reader}"}, {"Cookie": f"{SESSION_COOKIE}={http.session}"}):
+    # read alone may not list (the PACS team's queue); the PACS user may (with both digests), by token or session
+    assert (await call(http.app, "GET", "/api/conflicts",
+                       headers={"Authorization": f"Bearer {http.reader}"})).status == 403
+    for headers in ({"Authorization": f"Bearer {http.writer}"}, {"Cookie": f"{SESSION_COOKIE}={http.session}"}):
         listing = await call(http.app, "GET", "/api/conflicts", headers=headers)
         assert listing.status == 200 and len(listing.json()[0]["newcomer_sha256"]) == 64
 

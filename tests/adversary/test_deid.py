@@ -66,7 +66,7 @@ async def setup(tmp_path: Path, autojump_clock: MockClock) -> AsyncIterator[Setu
     users = MemoryUserStore()
     tokens = {}
     for name, roles in (("viewer", ("read",)), ("ct3", ("read", "write")), ("dpo", ("reidentify",)),
-                        ("reviewer", ("read", "deid-release"))):
+                        ("reviewer", ("pacs",))):  # the PACS team: the queues, deid-release
         add_user(users, name, roles, 0)
         tokens[name], _ = issue_token(users, name, "", 0)
 
@@ -126,8 +126,9 @@ async def test_only_the_deid_release_role_decides_on_a_held_share_with_a_reason(
                            body=json.dumps(value).encode())
         assert reply.status == 400, (action, value, reply.body)
     assert _held(setup) == [setup.share]
-    # the reader sees what to look at: modality, SOP class, series, instance number, reason, a preview link
-    listed = await call(setup.app, "GET", "/deid/held", headers=setup.auth("viewer"))
+    # the PACS team sees what to look at: modality, SOP class, series, instance number, reason, a preview link
+    assert (await call(setup.app, "GET", "/deid/held", headers=setup.auth("viewer"))).status == 403  # read: no
+    listed = await call(setup.app, "GET", "/deid/held", headers=setup.auth("reviewer"))
     assert listed.status == 200
     [row] = listed.json()
     [entry] = row["review"]

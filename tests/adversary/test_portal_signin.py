@@ -4,16 +4,23 @@ without the session's anti-CSRF token, a clinician calling the admin API, sessio
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
+import trio
+import trio.testing
 
 from meshnode.storage.audit import EventCode, Outcome
 from meshnode.storage.sqlite_users import SqliteUserStore
 from meshnode.storage.users import MemoryUserStore, UserStore
-from meshnode.web.auth import add_user, issue_token
-from meshnode.web.login_limit import PER_CLIENT, PER_USER, WINDOW_S
+from meshnode.web import auth as auth_module
+from meshnode.web.auth import MAX_SESSIONS_PER_USER, add_user, issue_token
+from meshnode.web import signin
+from meshnode.web.login_limit import MAX_IN_FLIGHT, PER_CLIENT, PER_USER, WINDOW_S
 from tests.meshnode.web.portal_app import NOW, PASSWORD, cheap_hashing, make_portal, session_of
 
 __all__ = ["cheap_hashing"]
@@ -246,3 +253,147 @@ async def test_saving_the_same_roles_keeps_the_sessions(store: UserStore) -> Non
     assert unknown.status == 400
     evil = await portal.call("POST", "/ui/api/users/..%2Fetc/roles", session=admin, csrf=csrf, json={"roles": ["admin"]})
     assert evil.status in (400, 404)
+
+
+async def _concurrently(portal: Any, monkeypatch: pytest.MonkeyPatch,
+                        attempts: list[tuple[str, str, str]]) -> tuple[int, Counter[int]]:
+    """Run the sign-ins (user, code, client) all at once; every password check waits until no task can move
+    on, so every attempt has passed the rate limit's check (or been refused) before the first one is decided.
+    Returns (password checks performed, statuses)."""
+    gate = threading.Event()
+    checks = 0
+    real = signin.password_ok
+
+    def counted(credentials: Any, password: str) -> bool:
+        nonlocal checks
+        checks += 1
+        gate.wait(30)
+        return real(credentials, password)
+
+    monkeypatch.setattr(signin, "password_ok", counted)
+    statuses: Counter[int] = Counter()
+
+    async def one(user: str, code: str, address: str) -> None:
+        statuses[(await portal.login(user, code=code, client=address)).status] += 1
+
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for user, code, address in attempts:
+                    nursery.start_soon(one, user, code, address)
+                await trio.testing.wait_all_tasks_blocked()
+                gate.set()
+    finally:
+        gate.set()
+    return checks, statuses
+
+
+async def test_concurrent_guesses_get_no_more_checks_than_the_limit(store: UserStore,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """/tmp/review1/race_totp.py: 1000 parallel TOTP guesses with the right password got 1000 checks."""
+    portal = make_portal(store)
+    portal.user("root", "admin")
+    n = 60
+    # one name from many addresses: the per-user limit
+    checks, statuses = await _concurrently(portal, monkeypatch,
+                                           [("root", f"{i:06d}", f"10.3.{i // 200}.{i % 200}") for i in range(n)])
+    assert checks <= PER_USER and statuses[429] == n - checks and statuses[401] + statuses[200] == checks
+    # many names from one address: the per-address limit
+    checks, statuses = await _concurrently(portal, monkeypatch,
+                                           [(f"user{i}", "123456", "10.4.0.1") for i in range(n)])
+    assert checks <= PER_CLIENT and statuses[429] == n - checks
+
+
+async def test_sign_ins_in_flight_are_capped_overall(store: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    portal = make_portal(store)
+    n = MAX_IN_FLIGHT + 8  # every one a different name from a different address
+    checks, statuses = await _concurrently(portal, monkeypatch,
+                                           [(f"user{i}", "123456", f"10.5.{i // 200}.{i % 200}") for i in range(n)])
+    assert checks == MAX_IN_FLIGHT and statuses[503] == n - MAX_IN_FLIGHT and statuses[401] == MAX_IN_FLIGHT
+    # nothing stays reserved: the next attempt is checked
+    assert (await portal.login("user0", code="123456", client="10.5.0.0")).status == 401
+
+
+async def test_one_token_holder_cannot_push_out_other_sessions(store: UserStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """/tmp/review1/sessions_misc.py (b): 2000 token sign-ins by one user ended the admin's session."""
+    monkeypatch.setattr(auth_module, "MAX_SESSIONS", 40)
+    portal = make_portal(store)
+    portal.user("root", "admin")
+    admin, _ = await portal.signed_in("root")
+    add_user(store, "mallory", ("read",), int(NOW * 1000))
+    token, _ = issue_token(store, "mallory", "", int(NOW * 1000))
+    hers = []
+    for _ in range(100):
+        reply = await portal.call("POST", "/ui/login", json={"token": token}, client="10.0.0.66")
+        assert reply.status == 200
+        hers.append(session_of(reply))
+    assert (await portal.call("GET", "/ui/api/whoami", session=admin)).json()["user"] == "root"
+    assert len(portal.app.auth.sessions_of("mallory")) == MAX_SESSIONS_PER_USER  # her oldest ended
+    assert (await portal.call("GET", "/ui/api/whoami", session=hers[0])).json()["user"] is None
+    assert (await portal.call("GET", "/ui/api/whoami", session=hers[-1])).json()["user"] == "mallory"
+
+
+async def test_a_full_node_refuses_new_sessions_but_makes_room_from_ended_ones(store: UserStore,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth_module, "MAX_SESSIONS", 3)
+    portal = make_portal(store, session_idle_seconds=600)
+    for name in ("ann", "bob", "cat", "dan"):
+        portal.user(name, "clinician")
+    for name in ("ann", "bob", "cat"):
+        await portal.signed_in(name)
+    portal.clock.now += 30
+    full = await portal.login("dan")
+    assert full.status == 503 and full.headers["retry-after"]
+    portal.clock.now += 600  # the three are idle past the limit: their places are free again
+    assert (await portal.login("dan")).status == 200
+
+
+async def test_background_refreshes_do_not_keep_a_session_alive(store: UserStore) -> None:
+    """/tmp/review1/sessions_misc.py (a): an unattended page polling every few seconds kept its session for hours."""
+    portal = make_portal(store, session_idle_seconds=60)
+    portal.user("carol", "clinician")
+    session, _ = await portal.signed_in("carol")
+    background = {"X-Meshnode-Background": "1"}
+    for _ in range(2):  # the page's timer: answered while the session lives, but not counted as activity
+        portal.clock.now += 25
+        reply = await portal.call("GET", "/ui/api/whoami", session=session, headers=background)
+        assert reply.json()["user"] == "carol"
+    portal.clock.now += 25  # 75 s after the person's last request: ended
+    assert (await portal.call("GET", "/ui/api/whoami", session=session, headers=background)).json()["user"] is None
+    # the person's own requests do count
+    session, _ = await portal.signed_in("carol")
+    for _ in range(4):
+        portal.clock.now += 25
+        assert (await portal.call("GET", "/ui/api/whoami", session=session)).json()["user"] == "carol"
+
+
+def test_the_pages_timers_send_the_background_header() -> None:
+    static = Path(__file__).parents[2] / "meshnode" / "web" / "static"
+    timers = {path.name: path.read_text() for path in (static / "app.js", static / "requests" / "requests.js")}
+    assert "setInterval(() => loadConflicts(true), 5000)" in timers["app.js"]
+    assert "setInterval(() => refresh(true), REFRESH_MS)" in timers["requests.js"]
+    assert 'headers["X-Meshnode-Background"] = "1"' in (static / "portal.js").read_text()
+    for path in [*static.glob("*.js"), *static.glob("requests/*.js")]:  # no other timer polls the server
+        assert path.read_text().count("setInterval(") == {"app.js": 1, "requests.js": 1}.get(path.name, 0), path
+
+
+async def test_an_admin_cannot_change_their_own_roles(store: UserStore) -> None:
+    """/tmp/review1/admin_self_grant.py: an admin gave themself reidentify and pacs from the page."""
+    portal = make_portal(store)
+    portal.user("root", "admin")
+    portal.user("other", "admin")
+    session, csrf = await portal.signed_in("root")
+    for roles in (["admin", "pacs", "reidentify"], ["admin"], ["clinician"]):
+        reply = await portal.call("POST", "/ui/api/users/root/roles", session=session, csrf=csrf, json={"roles": roles})
+        assert reply.status == 403 and reply.json()["error"] == "own-roles"
+    user = store.user("root")
+    assert user is not None and user.roles == ("admin",)
+    assert (await portal.call("GET", "/ui/api/whoami", session=session)).json()["user"] == "root"  # session kept
+    alerts = [e for e in portal.events if e.action == "user-roles-self"]
+    assert len(alerts) == 3 and alerts[0].actor == "user:root" and alerts[0].code == EventCode.SECURITY_ALERT
+    # another admin may (a second person's decision)
+    other, other_csrf = await portal.signed_in("other")
+    reply = await portal.call("POST", "/ui/api/users/root/roles", session=other, csrf=other_csrf,
+                              json={"roles": ["admin", "auditor"]})
+    assert reply.status == 200 and store.user("root").roles == ("admin", "auditor")  # type: ignore[union-attr]

@@ -60,7 +60,7 @@ class Env:
         users = MemoryUserStore()
         now = int(time.time() * 1000)
         add_user(users, "reader", ("read",), now)
-        add_user(users, "pacs", ("read", "write"), now)
+        add_user(users, "pacs", ("pacs",), now)  # the PACS team: the queues, and write to decide
         self.reader = issue_token(users, "reader", "", now)[0]
         self.writer = issue_token(users, "pacs", "", now)[0]
         web = ReconcileWeb(lambda: self.reconciler, db, self.audit, time.time)
@@ -100,14 +100,17 @@ async def test_only_a_writer_decides(env: Env) -> None:
     assert [e.action for e in env.events].count("http-forbidden") == 4
 
 
-async def test_reading_the_queue_needs_read(env: Env) -> None:
+async def test_reading_the_queue_needs_queues(env: Env) -> None:
     assert (await call(env.app, "GET", "/reconcile")).status == 401
-    r = await call(env.app, "GET", "/reconcile", headers={"Authorization": f"Bearer {env.reader}"})
+    # read (a clinician, a machine's read token) is not enough: the queue and the lookup table are the PACS team's
+    for path in ("/reconcile", "/patients"):
+        assert (await call(env.app, "GET", path, headers={"Authorization": f"Bearer {env.reader}"})).status == 403
+    r = await call(env.app, "GET", "/reconcile", headers={"Authorization": f"Bearer {env.writer}"})
     assert r.status == 200 and [row["manifest"] for row in r.json()] == [str(WAITING)]
-    r = await call(env.app, "GET", "/reconcile", query="all=1", headers={"Authorization": f"Bearer {env.reader}"})
+    r = await call(env.app, "GET", "/reconcile", query="all=1", headers={"Authorization": f"Bearer {env.writer}"})
     assert len(r.json()) == 2
     assert [(e.action, e.actor) for e in env.events if e.code == EventCode.QUERY] == \
-        [("reconcile-list", "user:reader")] * 2  # patient identifiers shown: audited
+        [("reconcile-list", "user:pacs")] * 2  # patient identifiers shown: audited
 
 
 @pytest.mark.parametrize("manifest", [str(CID.of(b"never arrived")), str(DECIDED), "..%2F..%2Fetc", "b" + "a" * 58,
@@ -160,7 +163,7 @@ async def test_a_writer_edits_the_table_audited(env: Env) -> None:
                                                             "nhs_number": "401 023 2137", "name": "JONES^A"}})
     assert r.status == 200 and r.json()["nhs_number"] == "4010232137" and r.json()["updated_by"] == "user:pacs"
     got = await call(env.app, "GET", "/patients", query="nhs_number=4010232137",
-                     headers={"Authorization": f"Bearer {env.reader}"})
+                     headers={"Authorization": f"Bearer {env.writer}"})
     assert [p["local_id"] for p in got.json()] == ["RGT0002"]
     assert (await env.post("/patients/delete", env.writer, {"local_id": "RGT0002"})).status == 200
     actions = [(e.action, e.actor) for e in env.events if e.code == EventCode.PATIENT_RECORD]

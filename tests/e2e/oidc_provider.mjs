@@ -14,9 +14,14 @@ const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, a, i, all) 
   (a.startsWith("--") ? [...pairs, [a.slice(2), all[i + 1]]] : pairs), []));
 
 const ACCOUNTS = {
-  "dr.jones": { name: "Dr Alex Jones", email: "alex.jones@example.nhs.uk", roles: ["imaging-clinicians"] },
-  "pacs.lead": { name: "Sam Patel", email: "sam.patel@example.nhs.uk", roles: ["mesh-admins", "imaging-pacs"] },
+  "dr.jones": { name: "Dr Alex Jones", email: "alex.jones@example.nhs.uk", email_verified: true,
+    roles: ["imaging-clinicians"] },
+  "pacs.lead": { name: "Sam Patel", email: "sam.patel@example.nhs.uk", email_verified: true,
+    roles: ["mesh-admins", "imaging-pacs"] },
   "visitor": { name: "No Roles", email: "visitor@example.nhs.uk", roles: ["canteen"] },
+  // another identity (sub) the provider gives dr.jones's user name, with an email address it has not verified
+  "impostor": { preferred_username: "dr.jones", name: "Not Jones", email: "alex.jones@example.nhs.uk",
+    email_verified: false, roles: ["mesh-admins"] },
 };
 
 const server = (await import("node:http")).createServer();
@@ -32,7 +37,7 @@ const provider = new Provider(issuer, {
     response_types: ["code"],
     token_endpoint_auth_method: "client_secret_basic",
   }],
-  claims: { openid: ["sub"], profile: ["preferred_username", "name"], email: ["email"], roles: ["roles"] },
+  claims: { openid: ["sub"], profile: ["preferred_username", "name"], email: ["email", "email_verified"], roles: ["roles"] },
   scopes: ["openid", "profile", "email", "roles"],
   conformIdTokenClaims: false,
   pkce: { required: () => true },

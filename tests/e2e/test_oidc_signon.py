@@ -136,6 +136,13 @@ async def test_no_role_disabled_and_local_accounts_are_refused(provider: Provide
     assert portal.store.user("visitor") is None
     authorize, state = await start(portal)
     assert (await callback(portal, await at_provider(authorize, "dr.jones"), state)).status == 200
+    # another identity at the provider (another sub) given the same user name: refused, audited, nothing changed
+    before = portal.store.user("dr.jones")
+    authorize, state = await start(portal)
+    reply = await callback(portal, await at_provider(authorize, "impostor"), state)
+    assert reply.status == 403 and "another identity" in reply.json()["message"]
+    assert portal.store.user("dr.jones") == before and before is not None and before.roles == ("clinician",)
+    assert [e.actor for e in portal.events if e.code is EventCode.SECURITY_ALERT] == ["user:dr.jones"]
     portal.store.disable_user("dr.jones")
     authorize, state = await start(portal)
     assert (await callback(portal, await at_provider(authorize, "dr.jones"), state)).status == 403

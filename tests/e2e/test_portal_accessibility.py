@@ -55,7 +55,8 @@ def test_every_tab_is_accessible_and_the_arrival_email_links_to_the_inbox_row(
             f.write(f'\n[http]\nlisten = "127.0.0.1:{port}"\npublic_url = "{url}"\n' + notify_section(smtp, b.home))
         mesh.start(a)
         mesh.start(b)
-        token = add_user(mesh, b, "radiologist", "read", "audit")
+        # pacs too: the Reconcile and Conflicts tabs are shown only to users with the queues permission
+        token = add_user(mesh, b, "radiologist", "read", "audit", "pacs")
 
         study, _ = mesh.generate_and_ingest(a, 4, rows=128, columns=128)
         shared = mesh.cli(a, "share", study, "--to", "RJ1", "--priority", "urgent", "--attention", ATTENTION,

@@ -1,6 +1,7 @@
 """The reconciliation queue in the web UI (Chromium) and over HTTP, on a real node: a received study without
 an NHS number is listed on the Reconcile page and left out of QIDO-RS and WADO-RS until a user with the
-write role matches it over HTTP (a read-only user cannot)."""
+write role matches it over HTTP (a read-only user cannot). The queue is the PACS team's (the pacs role); a
+read-only user neither sees the Reconcile tab nor lists the queue."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_reconcile_page_and_http_decision(tmp_path: Path, browser: webdriver.Chr
         mesh.start(a)
         mesh.start(b)
         reader = add_user(mesh, b, "clerk", "read")
-        writer = add_user(mesh, b, "pacs-team", "read", "write")
+        writer = add_user(mesh, b, "pacs-team", "pacs")
         mesh.cli(b, "patients", "set", "RJ1-7", "--issuer", "RJ1", "--nhs-number", "9434765919")
         url = http_url(b)
 
@@ -55,9 +56,18 @@ def test_reconcile_page_and_http_decision(tmp_path: Path, browser: webdriver.Chr
 
         browser.get(url + "/ui/")
         wait("the page", lambda: browser.find_element(By.ID, "org").text == "RJ1")
+        assert request(url + "/reconcile", reader)[0] == 403  # read alone: not the PACS team's queue
         browser.find_element(By.ID, "token").send_keys(reader)
         browser.find_element(By.CSS_SELECTOR, "#login button").click()
-        wait("the login", lambda: "clerk" in browser.find_element(By.ID, "who").text)
+        wait("the reader's login", lambda: "clerk" in browser.find_element(By.ID, "who").text)
+        for tab in ("reconcile", "conflicts"):  # the PACS team's tabs are not offered
+            assert not browser.find_element(By.CSS_SELECTOR, f'nav a[data-page="{tab}"]').is_displayed()
+        browser.find_element(By.ID, "logout").click()
+        wait("the logout", lambda: browser.find_element(By.ID, "login").is_displayed())
+        assert browser.find_element(By.CSS_SELECTOR, 'nav a[data-page="inbox"]').is_displayed()
+        browser.find_element(By.ID, "token").send_keys(writer)
+        browser.find_element(By.CSS_SELECTOR, "#login button").click()
+        wait("the login", lambda: "pacs-team" in browser.find_element(By.ID, "who").text)
         browser.get(url + "/ui/#reconcile")
         row = wait("the queue row", lambda: browser.find_elements(
             By.CSS_SELECTOR, f'#reconcile-table tr[data-manifest="{manifest}"]'))

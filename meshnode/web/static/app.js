@@ -160,7 +160,7 @@ const render = {
       el("td", { class: "mono" }, when(p.last_seen))));
   },
   reconcile(rows) {
-    // the patient reconciliation queue (GET /reconcile, read role); decisions: meshnode reconcile or the API
+    // the patient reconciliation queue (GET /reconcile, queues permission: the pacs role); decisions: meshnode reconcile or the API
     fill(document.getElementById("reconcile-table"), rows, (r) => el("tr", { "data-manifest": r.manifest },
       el("td", { class: "mono" }, when(new Date(r.created_ms).toISOString())),
       el("td", {}, el("b", {}, r.sender_org)),
@@ -255,8 +255,8 @@ function open(page) {
 }
 
 async function loadReconcile() {
-  if (!session.permissions.includes("read")) {
-    notice("The reconciliation queue needs a login with a token of a user with the read role.");
+  if (!session.permissions.includes("queues")) {
+    notice("The reconciliation queue is for the PACS team: it needs a user with the pacs role.");
     return;
   }
   const response = await fetch("/reconcile", { credentials: "same-origin" });
@@ -277,6 +277,12 @@ async function loadSession() {
   document.getElementById("logout").hidden = !session.user;
   document.getElementById("signin-link").hidden = !!session.user;
   document.getElementById("users-link").hidden = !(session.permissions || []).includes("admin");
+  // the PACS team's queues (reconciliation, conflicts) need the queues permission (the pacs role)
+  const queues = (session.permissions || []).includes("queues");
+  for (const page of ["reconcile", "conflicts"]) {
+    const link = document.querySelector(`nav a[data-page="${page}"]`);
+    if (link) link.hidden = !queues;
+  }
 }
 
 async function login(ev) {
@@ -325,15 +331,18 @@ window.addEventListener("DOMContentLoaded", async () => {
   open(current());
 });
 
-// -- conflicts: same SOP Instance UID, other bytes (GET /api/conflicts, read role; decisions need an API
-// token with the write role: `meshnode conflicts decide ID replace|keep-both|discard` or
-// POST /api/conflicts/ID/decision, never the session cookie, so no other site can decide for you)
+// -- conflicts: same SOP Instance UID, other bytes (GET /api/conflicts, queues permission: the pacs role;
+// decisions need the write permission: `meshnode conflicts decide ID replace|keep-both|discard` or
+// POST /api/conflicts/ID/decision with an API token, or the session cookie and its anti-CSRF token)
 let conflictsTimer = null;
 
-async function loadConflicts() {
-  const response = await fetch("/api/conflicts?state=all", { credentials: "same-origin" });
+async function loadConflicts(background) {
+  // the timer's refreshes are not the person's activity: they must not keep the session alive (idle timeout)
+  const response = await fetch("/api/conflicts?state=all", {
+    credentials: "same-origin", headers: background ? { "X-Meshnode-Background": "1" } : {},
+  });
   if (!response.ok) {
-    notice(response.status === 403 ? "The conflict queue needs a login of a user with the read role."
+    notice(response.status === 403 ? "The conflict queue is for the PACS team: it needs a user with the pacs role."
       : "Log in with your API token to see the conflict queue.");
     return;
   }
@@ -356,6 +365,10 @@ function conflictsPage(on) {
   if (conflictsTimer) clearInterval(conflictsTimer);
   conflictsTimer = null;
   if (!on) return;
+  if (!(session.permissions || []).includes("queues")) {
+    notice("The conflict queue is for the PACS team: it needs a user with the pacs role.");
+    return;
+  }
   loadConflicts();
-  conflictsTimer = setInterval(loadConflicts, 5000);
+  conflictsTimer = setInterval(() => loadConflicts(true), 5000);
 }

@@ -17,8 +17,11 @@ window.meshPortal = (() => {
     return current;
   }
 
-  async function api(method, url, body) {
+  // options.background: an automatic refresh, not the person's action (X-Meshnode-Background: the server does
+  // not count it as activity, so an unattended page does not keep its session alive past the idle limit)
+  async function api(method, url, body, options) {
     const headers = {};
+    if (options && options.background) headers["X-Meshnode-Background"] = "1";
     if (method !== "GET" && method !== "HEAD") {
       headers["X-CSRF-Token"] = (await session()).csrf || "";
     }

@@ -46,9 +46,10 @@ class Portal:
     secrets: dict[str, str] = field(default_factory=dict)
 
     async def call(self, method: str, path: str, *, session: str = "", csrf: str = "", json: Any = None,
-                   raw: bytes = b"", client: str = "127.0.0.1", query: str = "", content_type: str = "") -> Reply:
+                   raw: bytes = b"", client: str = "127.0.0.1", query: str = "", content_type: str = "",
+                   headers: dict[str, str] | None = None) -> Reply:
         import json as _json
-        headers = {}
+        headers = dict(headers or {})
         if session:
             headers["Cookie"] = f"{SESSION_COOKIE}={session}"
         if csrf:

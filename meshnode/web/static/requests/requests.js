@@ -76,10 +76,11 @@
     return tr;
   }
 
-  async function refresh() {
+  async function refresh(background) {
+    const options = { background: !!background };  // the timer's refreshes are not activity (idle timeout)
     try {
-      if (meshPortal.may("request")) fill($("outgoing-table"), await meshPortal.api("GET", "/ui/api/requests/outgoing"), outgoingRow);
-      if (meshPortal.may("queues")) fill($("incoming-table"), await meshPortal.api("GET", "/ui/api/requests/incoming"), incomingRow);
+      if (meshPortal.may("request")) fill($("outgoing-table"), await meshPortal.api("GET", "/ui/api/requests/outgoing", undefined, options), outgoingRow);
+      if (meshPortal.may("queues")) fill($("incoming-table"), await meshPortal.api("GET", "/ui/api/requests/incoming", undefined, options), incomingRow);
     } catch (e) {
       status(`Could not refresh: ${e.message}`);
     }
@@ -234,7 +235,7 @@
     $("review-search").addEventListener("submit", research);
     $("review-close").addEventListener("click", () => { $("review").hidden = true; reviewing = null; });
     await refresh();
-    setInterval(refresh, REFRESH_MS);
+    setInterval(() => refresh(true), REFRESH_MS);
   }
 
   document.addEventListener("DOMContentLoaded", start);
