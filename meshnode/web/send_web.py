@@ -329,11 +329,22 @@ class SendWeb:
         if value.get("origin") is not None:
             _text(value["origin"], "origin", 16)
         share_addressing(value)  # attention and note as the manifest will check them, before anything else
+        unreconciled = value.get("include_unreconciled", False)
+        if not isinstance(unreconciled, bool):
+            raise HttpError(400, "'include_unreconciled' must be true or false")
+        held = 0
+        if unreconciled:  # overriding patient reconciliation is the PACS team's decision, not a sender's
+            p = principal(request)
+            if p is None or not p.may("queues"):
+                raise HttpError(403, "only the PACS team (permission 'queues') may send instances held by "
+                                     "patient reconciliation")
+            held = len(await self.s.db.run(lambda store: store.held_instances(study)))
         await self._shown(study)  # a study this node holds, shown (not a research copy or a held one)
         call = {"study": study, "to": recipients, "priority": value.get("priority", "routine"),
                 "purpose": value.get("purpose", "care"),
-                **{k: value[k] for k in ("attention", "note", "lifetime_days", "deid", "include_unreconciled",
-                                         "origin") if value.get(k) is not None}}
+                **{k: value[k] for k in ("attention", "note", "lifetime_days", "deid", "origin")
+                   if value.get(k) is not None},
+                **({"include_unreconciled": True} if unreconciled else {})}
         recipients.sort()
         result = await self.control[("POST", "/share")](call)
         manifest = result.get("manifest_id", "") if isinstance(result, dict) else ""
@@ -342,7 +353,8 @@ class SendWeb:
                           detail=f"{call['priority']} {call['purpose']} to {','.join(recipients)}"
                                  + (" (de-identified copy)" if "deid" in call else "")
                                  + (" for a named person" if call.get("attention") else "")
-                                 + (" with a note" if call.get("note") else ""))
+                                 + (" with a note" if call.get("note") else "")
+                                 + (f", including {held} unreconciled instance(s)" if unreconciled else ""))
         return json_response(200, result)
 
     async def _sent_manifest(self, value: object) -> CID:

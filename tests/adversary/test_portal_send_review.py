@@ -1,0 +1,44 @@
+"""Review 2 of the send page (issue 13): what a hostile reviewer showed a portal user could do."""
+
+from __future__ import annotations
+
+from meshnode.storage.patients import ReconciliationRow, ReconState
+from meshnode.storage.records import Source
+from meshnode.storage.sqlite_metadata import SqliteMetadataStore
+from protocol.cid import CID
+from tests.meshnode.web.test_send_web import Portal, portal, share_body  # noqa: F401
+
+
+async def _hold_one(portal: Portal) -> tuple[str, bytes]:
+    """One instance of the study held by patient reconciliation (the study as if received)."""
+    node = portal.node
+    held = node.store.instances(portal.study)[0]
+
+    def as_received(store: SqliteMetadataStore) -> None:
+        with store._tx() as db:
+            db.execute("UPDATE instances SET source = ?", (Source.RECEIVED.value,))
+
+    await node.ctx.db.run(as_received)
+    await node.ctx.db.run(lambda s: s.add_reconciliation(
+        ReconciliationRow(CID.of(b"foreign"), portal.study, "RXX", ReconState.WAITING, 1),
+        [(held.sop_instance_uid, held.digest)]))
+    assert (held.sop_instance_uid, held.digest) in node.store.held_instances(portal.study)
+    return held.sop_instance_uid, held.digest
+
+
+async def test_only_the_pacs_team_may_send_instances_held_by_reconciliation(portal: Portal) -> None:
+    sop, _ = await _hold_one(portal)
+    for bad in ("yes", 1):
+        r = await portal.request("POST", "/ui/api/send/share", "pacs", share_body(portal.study,
+                                                                                    include_unreconciled=bad))
+        assert r.status == 400, r.body
+    r = await portal.request("POST", "/ui/api/send/share", "doc", share_body(portal.study, include_unreconciled=True))
+    assert r.status == 403, r.body
+    assert portal.sent() == []
+    r = await portal.request("POST", "/ui/api/send/share", "pacs", share_body(portal.study, include_unreconciled=True))
+    assert r.status == 200, r.body
+    [row] = portal.sent()
+    manifest = portal.node.ctx.manifests.open(row.manifest_id, row.raw).document
+    assert sop in {i.sop_instance_uid for i in manifest.instances}
+    [event] = portal.audit("portal-share")
+    assert event.actor == "user:pacs" and "including 1 unreconciled instance(s)" in event.detail
