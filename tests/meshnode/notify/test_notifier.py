@@ -72,7 +72,7 @@ async def test_the_named_user_gets_an_email_over_starttls_with_no_patient_identi
     body = msg.get_content()
     assert f"https://gw.rxx.nhs.uk/ui/#inbox?manifest={signed.cid}" in body
     assert "Guy's and St Thomas' NHS Foundation Trust (RGT)" in body
-    assert "Instances: 3" in body and "Series: 2" in body and "For the attention of: dr.jones" in body
+    assert "Instances: 3" in body and "Series: 2" in body and "For the attention of: a.jones@rxx.nhs.uk" in body
     assert "The sender added a note" in body
     for identifier in IDENTIFIERS:  # neither in the headers, nor the body, nor anywhere in the bytes
         assert identifier not in mail.data.decode("utf-8", "replace"), identifier
