@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from meshnode.node.events import StudyEvent, StudyEventKind
-from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn
+from meshnode.node.retry_driver import (
+    Database,
+    Failure,
+    RetryDriver,
+    RetryPolicy,
+    StoreFn,
+)
 from meshnode.notify import smtp
 from meshnode.notify.config import NotifyConfig
 from meshnode.notify.message import Arrival, arrival_message

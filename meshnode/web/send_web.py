@@ -41,7 +41,14 @@ from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.block_stream import read_instance
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord, hash_uid
-from meshnode.storage.search import Level, ListMatch, Match, RangeMatch, Search, TextMatch
+from meshnode.storage.search import (
+    Level,
+    ListMatch,
+    Match,
+    RangeMatch,
+    Search,
+    TextMatch,
+)
 from meshnode.study.preview import PreviewError, render_png
 from meshnode.web.app import Route, route
 from meshnode.web.http import HttpError, body, json_response, principal, query
@@ -64,6 +71,9 @@ MAX_RECIPIENTS = 20
 MAX_STUDIES = 50
 THUMBNAIL_SIDE = 128
 THUMBNAIL_CACHE = 512
+#: series of one study that get a thumbnail (in series-number order): a study of thousands of series does not
+#: make the page ask for thousands of renders
+MAX_THUMBNAIL_SERIES = 64
 SEARCH_KEYS = frozenset({"patient_id", "nhs_number", "name", "date_from", "date_to", "modality", "accession"})
 #: what a share may carry from the page: what `meshnode share` sends (meshnode.cli.node_cmds.run_share)
 SHARE_KEYS = frozenset({"study", "to", "priority", "purpose", "attention", "note", "lifetime_days", "deid",
@@ -168,6 +178,15 @@ def shown_instances(store: MetadataStore, study_uid: str) -> list[InstanceRecord
     return list(unique.values())
 
 
+def _by_series(records: list[InstanceRecord]) -> list[tuple[str, list[InstanceRecord]]]:
+    """A study's instances by series, in series-number order (then UID)."""
+    groups: dict[str, list[InstanceRecord]] = {}
+    for r in records:
+        groups.setdefault(r.series_uid, []).append(r)
+    number = {uid: items[0].series.series_number for uid, items in groups.items()}
+    return sorted(groups.items(), key=lambda g: (number[g[0]] if number[g[0]] is not None else 1 << 31, g[0]))
+
+
 def _middle(records: list[InstanceRecord]) -> InstanceRecord:
     ordered = sorted(records, key=lambda r: (r.instance_number if r.instance_number is not None else 0,
                                              r.sop_instance_uid))
@@ -248,16 +267,13 @@ class SendWeb:
     async def _series(self, request: Request) -> Response:
         study = check_uid(request.path_params["study"], "study")
         records = await self._shown(study)
-        by_series: dict[str, list[InstanceRecord]] = {}
-        for r in records:
-            by_series.setdefault(r.series_uid, []).append(r)
         series = []
-        for uid, items in by_series.items():
+        for n, (uid, items) in enumerate(_by_series(records)):
             attrs = items[0].series
             series.append({"series_uid": uid, "modality": attrs.modality, "number": attrs.series_number,
                            "description": attrs.description, "instances": len(items),
-                           "thumbnail": f"/ui/api/send/studies/{study}/series/{uid}/thumbnail.png"})
-        series.sort(key=lambda s: (s["number"] if s["number"] is not None else 1 << 31, s["series_uid"]))
+                           "thumbnail": f"/ui/api/send/studies/{study}/series/{uid}/thumbnail.png"
+                           if n < MAX_THUMBNAIL_SERIES else None})
         await self._audit(request, EventCode.INSTANCES_ACCESSED, "portal-series-view", study=study,
                           detail=f"{len(series)} series")
         first = records[0].study
@@ -269,9 +285,11 @@ class SendWeb:
     async def _thumbnail(self, request: Request) -> Response:
         study = check_uid(request.path_params["study"], "study")
         series = check_uid(request.path_params["series"], "series")
-        records = [r for r in await self._shown(study) if r.series_uid == series]
+        groups = _by_series(await self._shown(study))
+        records = next((items for uid, items in groups[:MAX_THUMBNAIL_SERIES] if uid == series), [])
         if not records:
-            raise HttpError(404, "no such series in this study")
+            raise HttpError(404, "no such series in this study (or not one of the first "
+                                 f"{MAX_THUMBNAIL_SERIES}, which have thumbnails)")
         record = _middle(records)
         key = (record.sop_instance_uid, record.digest)
         cached = self._thumbnails.get(key)

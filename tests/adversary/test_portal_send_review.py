@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.patients import ReconciliationRow, ReconState
 from meshnode.storage.records import Source
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
+from meshnode.web import send_web
 from protocol.cid import CID
 from tests.meshnode.web.test_send_web import Portal, portal, share_body  # noqa: F401
 
@@ -14,7 +18,8 @@ async def _hold_one(portal: Portal) -> tuple[str, bytes]:
     node = portal.node
     held = node.store.instances(portal.study)[0]
 
-    def as_received(store: SqliteMetadataStore) -> None:
+    def as_received(store: MetadataStore) -> None:
+        assert isinstance(store, SqliteMetadataStore)
         with store._tx() as db:
             db.execute("UPDATE instances SET source = ?", (Source.RECEIVED.value,))
 
@@ -42,3 +47,14 @@ async def test_only_the_pacs_team_may_send_instances_held_by_reconciliation(port
     assert sop in {i.sop_instance_uid for i in manifest.instances}
     [event] = portal.audit("portal-share")
     assert event.actor == "user:pacs" and "including 1 unreconciled instance(s)" in event.detail
+
+
+async def test_only_the_first_series_of_a_study_get_thumbnails(portal: Portal,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(send_web, "MAX_THUMBNAIL_SERIES", 1)
+    r = await portal.request("GET", f"/ui/api/send/studies/{portal.study}/series")
+    first, *rest = r.json()["series"]
+    assert first["thumbnail"] and rest and all(s["thumbnail"] is None for s in rest)
+    r = await portal.request("GET", f"/ui/api/send/studies/{portal.study}/series/{rest[0]['series_uid']}/"
+                                    "thumbnail.png")
+    assert r.status == 404, r.body
