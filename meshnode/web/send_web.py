@@ -40,7 +40,8 @@ from meshnode.node.control_routes import share_addressing
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.block_stream import read_instance
 from meshnode.storage.metadata import MetadataStore
-from meshnode.storage.records import InstanceRecord, hash_uid
+from meshnode.storage.received_research import received_for_research_only
+from meshnode.storage.records import InstanceRecord, Source, hash_uid
 from meshnode.storage.search import (
     Level,
     ListMatch,
@@ -248,7 +249,9 @@ class SendWeb:
 
         def run(store: MetadataStore) -> list[Row]:
             search = parse_search(params, lambda n: [r.local_id for r in store.patients(n)])
-            rows = [r for r in store.search_studies(search) if store.research_copy_of(r.attributes.study_uid) is None]
+            rows = [r for r in store.search_studies(search) if store.research_copy_of(r.attributes.study_uid) is None
+                    and not ("local" not in r.sources
+                             and received_for_research_only(store, r.attributes.study_uid))]
             return [_study_json(r) for r in rows]
 
         rows = await self.s.db.run(run)
@@ -259,7 +262,14 @@ class SendWeb:
         return json_response(200, {"studies": rows[:MAX_STUDIES], "more": len(rows) > MAX_STUDIES})
 
     async def _shown(self, study: str) -> list[InstanceRecord]:
-        records = await self.s.db.run(lambda store: shown_instances(store, study))
+        def load(store: MetadataStore) -> list[InstanceRecord]:
+            records = shown_instances(store, study)
+            if records and all(r.source is Source.RECEIVED for r in records) and received_for_research_only(
+                    store, study, {r.origin for r in records}):
+                return []  # came here for research only: not for sending (meshnode.storage.received_research)
+            return records
+
+        records = await self.s.db.run(load)
         if not records:
             raise HttpError(404, "this node holds no such study")
         return records

@@ -9,7 +9,11 @@ from meshnode.storage.patients import ReconciliationRow, ReconState
 from meshnode.storage.records import Source
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from meshnode.web import send_web
+from meshnode.node.control_routes import routes as control_routes
 from protocol.cid import CID
+from protocol.errors import LocalProtocolError
+from protocol.manifest import Priority, Purpose
+from tests.meshnode.node.harness import wait_done
 from tests.meshnode.web.test_send_web import Portal, portal, share_body  # noqa: F401
 
 
@@ -58,3 +62,25 @@ async def test_only_the_first_series_of_a_study_get_thumbnails(portal: Portal,
     r = await portal.request("GET", f"/ui/api/send/studies/{portal.study}/series/{rest[0]['series_uid']}/"
                                     "thumbnail.png")
     assert r.status == 404, r.body
+
+
+async def test_a_study_received_for_research_is_not_listed_nor_shared_onward(portal: Portal) -> None:
+    signed = await portal.other.sender.share_study(portal.theirs, ["RGT"], Priority.ROUTINE, Purpose.RESEARCH)
+    await portal.mesh.announce(portal.other, portal.node, signed)
+    await wait_done(portal.node, signed.cid, 30)
+    assert portal.node.store.instances(portal.theirs)  # it arrived
+    r = await portal.request("GET", "/ui/api/send/studies", "doc", query="date_from=1900-01-01")
+    assert r.status == 200 and [s["study_uid"] for s in r.json()["studies"]] == [portal.study]
+    r = await portal.request("GET", f"/ui/api/send/studies/{portal.theirs}/series", "doc")
+    assert r.status == 404, r.body
+    for purpose in ("care", "research"):
+        r = await portal.request("POST", "/ui/api/send/share", "doc",
+                                 share_body(portal.theirs, to=["RTH"], purpose=purpose))
+        assert r.status in (400, 404), r.body
+    # the control API (what `meshnode share` asks) and the Sender refuse it too: one rule in one place
+    with pytest.raises(LocalProtocolError, match="research only"):
+        await portal.node.sender.share(portal.theirs, ["RTH"], Priority.ROUTINE, Purpose.CARE)
+    with pytest.raises(LocalProtocolError, match="research only"):
+        await control_routes(portal.node)[("POST", "/share")](  # type: ignore[arg-type]
+            {"study": portal.theirs, "to": ["RTH"], "priority": "routine", "purpose": "care"})
+    assert portal.sent() == []
