@@ -10,7 +10,7 @@ directory, share; follow each recipient, recall, redeliver.
     POST /ui/api/send/share      {study, to[], priority, purpose, attention?, note?, lifetime_days?, deid?,
                                   include_unreconciled?, origin?}    send   `meshnode share`
     POST /ui/api/send/recall     {manifest, reason, research_copies?} send  `meshnode recall`
-    POST /ui/api/send/redeliver  {manifest?}                          send  `meshnode redeliver`
+    POST /ui/api/send/redeliver  {manifest}                           send  `meshnode redeliver MANIFEST`
 
 Share, recall and redeliver call the control API's own handlers (meshnode.node.control_routes, what the
 CLI asks the node), after checking here what a browser sends: UIDs, organisations the directory lists,
@@ -23,6 +23,7 @@ Live progress: the page follows /ui/api/events?page=outbox (meshnode.web.ui), wh
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import re
@@ -111,6 +112,10 @@ def _date(value: str, what: str) -> str:
     m = _DATE.match(value)
     if not m:
         raise HttpError(400, f"{what}: expected a date like 2025-01-31")
+    try:
+        datetime.date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        raise HttpError(400, f"{what}: no such date") from None
     return "".join(m.groups())
 
 
@@ -128,6 +133,8 @@ def parse_search(params: Mapping[str, list[str]], nhs_ids: Callable[[str], list[
             raise HttpError(400, f"{key}: wildcards, backslashes and control characters are not accepted")
         if value:
             values[key] = value
+    if not values:  # a search names something: an empty one would list every patient the node holds
+        raise HttpError(400, f"search by at least one of {', '.join(sorted(SEARCH_KEYS))}")
     filters: dict[str, Match] = {}
     modalities: tuple[str, ...] = ()
     if "patient_id" in values:
@@ -255,10 +262,14 @@ class SendWeb:
             return [_study_json(r) for r in rows]
 
         rows = await self.s.db.run(run)
-        await self._audit(request, EventCode.INSTANCES_ACCESSED, "portal-study-search",
-                          study=rows[0]["study_uid"] if len(rows) == 1 else "",
-                          detail=f"{min(len(rows), MAX_STUDIES)} stud(ies) with patient identifiers; fields "
-                                 f"{','.join(sorted(k for k, v in params.items() if v and v[-1].strip())) or '-'}")
+        fields = ','.join(sorted(k for k, v in params.items() if v and v[-1].strip())) or '-'
+        shown = rows[:MAX_STUDIES]
+        if not shown:
+            await self._audit(request, EventCode.INSTANCES_ACCESSED, "portal-study-search",
+                              detail=f"no study found; fields {fields}")
+        for n, row in enumerate(shown, 1):  # every study whose patient identifiers the answer disclosed
+            await self._audit(request, EventCode.INSTANCES_ACCESSED, "portal-study-search", study=row["study_uid"],
+                              detail=f"study {n} of {len(shown)} listed with patient identifiers; fields {fields}")
         return json_response(200, {"studies": rows[:MAX_STUDIES], "more": len(rows) > MAX_STUDIES})
 
     async def _shown(self, study: str) -> list[InstanceRecord]:
@@ -417,9 +428,8 @@ class SendWeb:
         unknown = sorted(set(value) - {"manifest"})
         if unknown:
             raise HttpError(400, f"unknown field {unknown[0][:40]!r}")
-        call: dict[str, Any] = {}
-        if value.get("manifest") is not None:
-            call["manifest"] = str(await self._sent_manifest(value["manifest"]))
+        # one manifest the user chose: the page never queues every failed delivery of the node again
+        call: dict[str, Any] = {"manifest": str(await self._sent_manifest(value.get("manifest")))}
         result = await self.control[("POST", "/outbox/retry")](call)
         await self._audit(request, EventCode.INSTANCES_TRANSFERRED, "portal-redeliver",
                           manifest_id=call.get("manifest", ""), detail="failed deliveries queued again")

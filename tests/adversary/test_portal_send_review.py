@@ -6,7 +6,7 @@ import pytest
 
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.patients import ReconciliationRow, ReconState
-from meshnode.storage.records import Source
+from meshnode.storage.records import Source, hash_uid
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from meshnode.web import send_web
 from meshnode.node.control_routes import routes as control_routes
@@ -84,3 +84,25 @@ async def test_a_study_received_for_research_is_not_listed_nor_shared_onward(por
         await control_routes(portal.node)[("POST", "/share")](  # type: ignore[arg-type]
             {"study": portal.theirs, "to": ["RTH"], "priority": "routine", "purpose": "care"})
     assert portal.sent() == []
+
+
+async def test_a_search_names_something_and_audits_every_study_it_disclosed(portal: Portal) -> None:
+    for bad in ("", "name=", "date_from=2025-13-45", "date_to=2025-02-30"):
+        r = await portal.request("GET", "/ui/api/send/studies", "doc", query=bad)
+        assert r.status == 400, (bad, r.body)
+    assert portal.audit("portal-study-search") == []
+    signed = await portal.other.sender.share_study(portal.theirs, ["RGT"], Priority.ROUTINE, Purpose.CARE)
+    await portal.mesh.announce(portal.other, portal.node, signed)
+    await wait_done(portal.node, signed.cid, 30)
+    r = await portal.request("GET", "/ui/api/send/studies", "doc", query="date_from=1900-01-01")
+    studies = [s["study_uid"] for s in r.json()["studies"]]
+    assert len(studies) == 2, studies  # two patients' identifiers disclosed: both audited
+    audited = portal.audit("portal-study-search")
+    assert sorted(e.study for e in audited) == sorted(hash_uid(s) for s in studies)
+    assert all(e.actor == "user:doc" for e in audited)
+
+
+async def test_redeliver_from_the_page_names_one_manifest(portal: Portal) -> None:
+    r = await portal.request("POST", "/ui/api/send/redeliver", "doc", {})
+    assert r.status == 400, r.body
+    assert portal.audit("portal-redeliver") == []
