@@ -383,7 +383,9 @@ class SendWeb:
                 "purpose": value.get("purpose", "care"),
                 **{k: value[k] for k in ("attention", "note", "lifetime_days", "deid", "origin")
                    if value.get(k) is not None},
-                **({"include_unreconciled": True} if unreconciled else {})}
+                **({"include_unreconciled": True} if unreconciled else {}),
+                # the signed-in user decided a de-identified (research) share, not the node's OS account
+                "portal_user": self._user(request).removeprefix("user:")}
         recipients.sort()
         result = await self.control[("POST", "/share")](call)
         manifest = result.get("manifest_id", "") if isinstance(result, dict) else ""

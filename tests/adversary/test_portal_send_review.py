@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from meshnode.storage.metadata import MetadataStore
@@ -14,6 +16,7 @@ from protocol.cid import CID
 from protocol.errors import LocalProtocolError
 from protocol.manifest import Priority, Purpose
 from tests.meshnode.node.harness import wait_done
+from tests.meshnode.node.test_research_share import with_research
 from tests.meshnode.web.test_send_web import Portal, portal, share_body  # noqa: F401
 
 
@@ -106,3 +109,14 @@ async def test_redeliver_from_the_page_names_one_manifest(portal: Portal) -> Non
     r = await portal.request("POST", "/ui/api/send/redeliver", "doc", {})
     assert r.status == 400, r.body
     assert portal.audit("portal-redeliver") == []
+
+
+async def test_a_research_share_from_the_page_is_the_portal_users(portal: Portal, tmp_path: Path) -> None:
+    with_research(portal.node, tmp_path / "mesh" / "a")  # the node's home
+    r = await portal.request("POST", "/ui/api/send/share", "doc",
+                             share_body(portal.study, purpose="research", deid={"project": "p1"}))
+    assert r.status == 200, r.body
+    [row] = portal.node.store.research_shares()
+    assert row.decided_by == "user:doc"
+    actors = {e.event.actor for e in portal.node.store.audit_entries() if e.event.action.startswith("research")}
+    assert actors <= {"user:doc"}
