@@ -69,3 +69,24 @@ async def test_static_files_are_revalidated_by_etag_and_everything_else_stays_no
     assert page.status == 200 and page.headers["cache-control"] == "no-store"
     for path in ("/ui/static/../node.db", "/ui/static/.hidden.js", "/ui/static/viewer/nothing.js", "/ui/nothing"):
         assert (await call(app, "GET", path)).status == 404, path
+
+
+async def test_the_decode_worker_runs_under_its_own_strict_policy() -> None:
+    """A worker's policy is its script response's, not the page's (review 2 finding 8): every script file
+    is served with one that allows this origin's scripts, WebAssembly and fetches to this origin only."""
+    ui = object.__new__(Ui)
+    ui._files = {}
+
+    async def audit(event: AuditEvent) -> None:
+        """Nothing to record."""
+
+    app = WebApp([route("GET", "/ui/static/{name:path}", ui._asset, "public", "ui-static")],
+                 Authenticator(MemoryUserStore()), HttpConfig(listen="127.0.0.1:0"), audit)
+    for path in ("/ui/static/viewer/decodeImageFrameWorker.js", "/ui/static/viewer/viewer.js",
+                 "/ui/static/send.js"):
+        r = await call(app, "GET", path)
+        assert r.status == 200, path
+        policy = r.headers["content-security-policy"]
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";") if d.strip())
+        assert directives == {"default-src": "'none'", "script-src": "'self' 'wasm-unsafe-eval'",
+                              "connect-src": "'self'"}, path
