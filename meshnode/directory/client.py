@@ -211,12 +211,14 @@ class DirectoryClient:
         return await self._resolve("org", org, LookupOrg(org), expected_org=org)
 
     async def list_orgs(self) -> list[DirectoryOrg]:
-        """Every organisation the directory lists (code order), each named by a certificate that verifies
-        against the roster now; one that does not is left out. The directory may leave organisations out
+        """Every organisation the directory lists (code order), each named by the first of its certificates
+        that verifies against the roster now (the directory may list several per org: a code may repeat); one
+        with none that verifies is left out. The directory may leave organisations out
         (it can deny service) but cannot invent or rename one."""
         roster = await self.refresh_roster()
         now = self.clock()
         out: list[DirectoryOrg] = []
+        listed: set[str] = set()
         after = ""
         for _ in range(MAX_ORG_PAGES):
             response = await self._call(ListOrgs(after))
@@ -225,15 +227,18 @@ class DirectoryClient:
             for entry in response.entries:
                 signed = open_document(entry.certificate, Certificate)
                 code = signed.document.org_code
-                if code <= after:
+                if code < after:
                     raise RemoteProtocolError("directory listed organisations out of order")
                 after = code
+                if code in listed:  # another certificate of an org already listed (one of several nodes)
+                    continue
                 try:
                     cert = check_certificate(signed, roster, now, skew=self.skew)
                 except MeshError as exc:
                     log.warning("directory listed organisation %s with a certificate refused: %s", code, exc)
                     continue
                 out.append(DirectoryOrg(cert.org_code, cert.org_name))
+                listed.add(code)
             if len(response.entries) < MAX_ENTRIES:
                 break
         return out

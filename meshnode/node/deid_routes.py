@@ -55,6 +55,13 @@ def share_profile(body: dict[str, Any], research: bool) -> DeidProfile | None:
 
 
 def _actor(body: dict[str, Any]) -> str:
+    """Who decided: the portal's signed-in user (`portal_user`, set by meshnode.web.send_web from the session,
+    audited as user:NAME), the CLI's `user`, or the OS account running the call."""
+    portal = body.get("portal_user")
+    if portal is not None:
+        if not isinstance(portal, str) or not 0 < len(portal) <= 64 or not portal.isprintable():
+            raise SchemaError("'portal_user' must be a name of 1-64 printable characters")
+        return f"user:{portal}"
     user = body.get("user")
     if user is None:
         return local_actor()

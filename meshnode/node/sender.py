@@ -15,7 +15,8 @@ from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.conflicts import own_lineage
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.research_store import ResearchState
-from meshnode.storage.records import InstanceRecord, ManifestRow, hash_uid
+from meshnode.storage.received_research import received_for_research_only
+from meshnode.storage.records import InstanceRecord, ManifestRow, Source, hash_uid
 from protocol.certificate import Certificate
 from protocol.cid import CID
 from protocol.document import Signed, open_document
@@ -100,7 +101,12 @@ class Sender:
             sent = [revision for revision, _ in store.share_revisions(study_uid, ctx.org, "sent")]
             # this node's own instances only: a received one that reused this study's UID is never announced
             # under this node's signature (meshnode.storage.conflicts.own_lineage)
-            return own_lineage(store.instances(study_uid), origin), max(sent, default=0)
+            instances = own_lineage(store.instances(study_uid), origin)
+            if instances and all(r.source is Source.RECEIVED for r in instances) and received_for_research_only(
+                    store, study_uid, {r.origin for r in instances}):
+                raise LocalProtocolError(f"study {hash_uid(study_uid)} came to this node for research only: it is"
+                                         " not shared onward (meshnode.storage.received_research)")
+            return instances, max(sent, default=0)
 
         instances, last_revision = await ctx.db.run(load)
         if only is not None:

@@ -13,6 +13,7 @@
     attention_domains = ["rxx.nhs.uk"]    # an `attention` address in these domains is emailed directly
     max_attempts = 20                     # retried with backoff (30 s doubling, at most 1 h)
     timeout_seconds = 30                  # one SMTP conversation
+    per_sender_per_hour = 60              # arrival emails one sending organisation can cause in an hour
 
 Relative paths are relative to the node directory.
 """
@@ -50,6 +51,7 @@ TEMPLATE = """
 # priorities = ["stat", "urgent", "routine"]
 # attention_domains = []               # `attention` addresses in these domains are emailed directly
 # max_attempts = 20
+# per_sender_per_hour = 60             # arrival emails one sending organisation can cause in an hour
 """
 
 
@@ -68,6 +70,7 @@ class NotifyConfig:
     attention_domains: tuple[str, ...] = ()
     max_attempts: int = 20
     timeout_seconds: int = 30
+    per_sender_per_hour: int = 60
 
     @property
     def enabled(self) -> bool:
@@ -85,7 +88,8 @@ class NotifyConfig:
         lines += [f'from_address = "{self.from_address}"', f'org_address = "{self.org_address}"',
                   "priorities = [" + ", ".join(f'"{p}"' for p in self.priorities) + "]",
                   "attention_domains = [" + ", ".join(f'"{d}"' for d in self.attention_domains) + "]",
-                  f"max_attempts = {self.max_attempts}", f"timeout_seconds = {self.timeout_seconds}"]
+                  f"max_attempts = {self.max_attempts}", f"timeout_seconds = {self.timeout_seconds}",
+                  f"per_sender_per_hour = {self.per_sender_per_hour}"]
         return "\n".join(lines) + "\n"
 
 
@@ -141,6 +145,7 @@ def parse_notify(root: Table, home: Path | None = None) -> NotifyConfig:
         attention_domains=t.texts("attention_domains", d["attention_domains"], check=_domain),
         max_attempts=t.integer("max_attempts", d["max_attempts"], 1, 1000),
         timeout_seconds=t.integer("timeout_seconds", d["timeout_seconds"], 1, 600),
+        per_sender_per_hour=t.integer("per_sender_per_hour", d["per_sender_per_hour"], 1, 100000),
     )
     t.finish()
     return config

@@ -4,6 +4,9 @@
 attributes or the sender's note), so nothing identifying a patient can reach an email: not the name,
 patient ID, NHS number, birth date, study description, accession or Study UID. The sender's note is free
 text that may name the patient: the email says there is one, and the inbox shows it to a signed-in user.
+The sender's `attention` text is free text too (it could hold a patient's name or a phishing link): the
+email prints only what this node resolved it to (a user's or an allow-listed address), or "a named person
+(see the inbox)" when it went to the organisation's address.
 
 Headers are written by the standard library's `email` package with the SMTP policy, which refuses a line
 break in a header value; the values come from checked places (addresses: meshnode.notify.recipient; org
@@ -55,10 +58,9 @@ def arrival_message(arrival: Arrival, recipient: Recipient, *, from_address: str
     msg["Message-ID"] = f"<{arrival.manifest_id}.{own_org.lower()}@{domain_of(from_address)}>"
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no out-of-office replies to the node
     lines = [f"A {priority} study from {sender} has arrived at {own_org} and is verified complete.", ""]
-    if arrival.attention:
-        lines.append(f"For the attention of: {arrival.attention}"
-                     + ("" if recipient.kind is not RecipientKind.ORGANISATION
-                        else " (not a user of this node with an email address: sent to the organisation)"))
+    if arrival.attention:  # never the sender's words: only what this node resolved them to
+        lines.append("For the attention of: " + (recipient.address if recipient.kind is not RecipientKind.ORGANISATION
+                                                 else "a named person (see the inbox)"))
     lines += [f"Priority: {priority}", f"Purpose: {arrival.purpose}",
               f"Series: {arrival.series}", f"Instances: {arrival.instances}",
               f"Arrived: {formatdate(arrival.at, usegmt=True)}", ""]

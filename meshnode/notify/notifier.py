@@ -15,6 +15,7 @@ the recipient address and the hashed Study UID, never patient data.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import time
@@ -27,7 +28,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from meshnode.node.events import StudyEvent, StudyEventKind
-from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn
+from meshnode.node.retry_driver import (
+    Database,
+    Failure,
+    RetryDriver,
+    RetryPolicy,
+    StoreFn,
+)
 from meshnode.notify import smtp
 from meshnode.notify.config import NotifyConfig
 from meshnode.notify.message import Arrival, arrival_message
@@ -116,6 +123,23 @@ class Notifier:
             on_ended=self._ended, rng=rng)
         self.sent = 0
         self.failures = 0
+        #: sender org -> when its recent arrival emails were queued (the last hour; since this start)
+        self._recent: dict[str, collections.deque[float]] = {}
+        self.capped = 0
+
+    def _within_cap(self, sender_org: str) -> bool:
+        """May one more arrival email from this sending organisation be queued now (per_sender_per_hour)?
+        A certified organisation cannot flood an address by sending many small studies."""
+        now = self.clock()
+        recent = self._recent.setdefault(sender_org, collections.deque())
+        while recent and recent[0] <= now - 3600:
+            recent.popleft()
+        if len(recent) >= self.config.per_sender_per_hour:
+            return False
+        recent.append(now)
+        if len(self._recent) > 10000:  # organisations with nothing recent are forgotten
+            self._recent = {org: q for org, q in self._recent.items() if q}
+        return True
 
     async def on_event(self, event: StudyEvent) -> None:
         """Queue the arrival email (durably, before returning) for a received study that arrived."""
@@ -127,6 +151,16 @@ class Notifier:
         if row is None or row.direction != "received":
             return
         manifest = self.open_manifest(row.manifest_id, row.raw).document
+        if not self._within_cap(manifest.sender_org):
+            self.capped += 1
+            log.warning("arrival email for %s not sent: organisation %s caused %d in the last hour", manifest_id,
+                        manifest.sender_org, self.config.per_sender_per_hour)
+            await self.audit(AuditEvent(
+                EventCode.APPLICATION_ACTIVITY, "email-capped", Outcome.MINOR_FAILURE, actor_org=manifest.sender_org,
+                study=hash_uid(manifest.study_uid), manifest_id=str(manifest_id),
+                detail=f"more than {self.config.per_sender_per_hour} arrival emails in an hour from this "
+                       "organisation: none sent for this one (the study is in the inbox)"))
+            return
         recipient = resolve_recipient(self.users, manifest.attention, org_address=self.config.org_address,
                                       allowed_domains=self.config.attention_domains)
         arrival = Arrival(

@@ -14,7 +14,6 @@ import ssl
 from meshnode.notify.config import NotifyConfig
 from protocol.errors import UnavailableError
 
-
 #: authentication required, too weak, failed, encryption required: the relay's configuration, not the message
 AUTH_CODES = frozenset({530, 534, 535, 538})
 

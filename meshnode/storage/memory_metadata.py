@@ -291,6 +291,10 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, 
     def forward_reports(self, manifest_id: CID) -> dict[str, bytes]:
         return {org: r for (m, org), (_, r) in self._forward_reports.items() if m == manifest_id}
 
+    def received_manifests_of(self, study_uid: str) -> list[ManifestRow]:
+        return sorted((m for m in self._manifests.values() if m.study_uid == study_uid and m.direction == "received"),
+                      key=lambda m: (m.created_at, m.manifest_id.to_bytes()))
+
     def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
         return sorted((m.revision, m.recipients) for m in self._manifests.values()
                       if m.study_uid == study_uid and m.sender_org == sender_org and m.direction == direction)

@@ -137,6 +137,10 @@ class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStor
         """org -> its latest verified signed forward report for this sent manifest."""
         ...
 
+    def received_manifests_of(self, study_uid: str) -> list[ManifestRow]:
+        """Every manifest this node received for this study (any sender; indexed by study)."""
+        ...
+
     def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
         """(revision, recipients) of every manifest of this study from this sender org, sent or received."""
         ...

@@ -355,6 +355,9 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, Sqlit
     def manifest_failure(self, manifest_id: CID) -> str | None:
         return self._text_of("SELECT reason FROM manifest_failures WHERE manifest_id = ?", manifest_id)
 
+    def received_manifests_of(self, study_uid: str) -> list[ManifestRow]:
+        return self._manifest_rows("WHERE study_uid = ? AND direction = 'received'", (study_uid,))
+
     def share_revisions(self, study_uid: str, sender_org: str, direction: str) -> list[tuple[int, tuple[str, ...]]]:
         return [(int(r[0]), tuple(x for x in str(r[1]).split(",") if x)) for r in self._query(
             "SELECT revision, recipients FROM manifests WHERE study_uid = ? AND sender_org = ? AND direction = ?"

@@ -10,7 +10,7 @@ directory, share; follow each recipient, recall, redeliver.
     POST /ui/api/send/share      {study, to[], priority, purpose, attention?, note?, lifetime_days?, deid?,
                                   include_unreconciled?, origin?}    send   `meshnode share`
     POST /ui/api/send/recall     {manifest, reason, research_copies?} send  `meshnode recall`
-    POST /ui/api/send/redeliver  {manifest?}                          send  `meshnode redeliver`
+    POST /ui/api/send/redeliver  {manifest}                           send  `meshnode redeliver MANIFEST`
 
 Share, recall and redeliver call the control API's own handlers (meshnode.node.control_routes, what the
 CLI asks the node), after checking here what a browser sends: UIDs, organisations the directory lists,
@@ -23,6 +23,7 @@ Live progress: the page follows /ui/api/events?page=outbox (meshnode.web.ui), wh
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import re
@@ -40,8 +41,16 @@ from meshnode.node.control_routes import share_addressing
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.block_stream import read_instance
 from meshnode.storage.metadata import MetadataStore
-from meshnode.storage.records import InstanceRecord, hash_uid
-from meshnode.storage.search import Level, ListMatch, Match, RangeMatch, Search, TextMatch
+from meshnode.storage.received_research import received_for_research_only
+from meshnode.storage.records import InstanceRecord, Source, hash_uid
+from meshnode.storage.search import (
+    Level,
+    ListMatch,
+    Match,
+    RangeMatch,
+    Search,
+    TextMatch,
+)
 from meshnode.study.preview import PreviewError, render_png
 from meshnode.web.app import Route, route
 from meshnode.web.http import HttpError, body, json_response, principal, query
@@ -64,6 +73,9 @@ MAX_RECIPIENTS = 20
 MAX_STUDIES = 50
 THUMBNAIL_SIDE = 128
 THUMBNAIL_CACHE = 512
+#: series of one study that get a thumbnail (in series-number order): a study of thousands of series does not
+#: make the page ask for thousands of renders
+MAX_THUMBNAIL_SERIES = 64
 SEARCH_KEYS = frozenset({"patient_id", "nhs_number", "name", "date_from", "date_to", "modality", "accession"})
 #: what a share may carry from the page: what `meshnode share` sends (meshnode.cli.node_cmds.run_share)
 SHARE_KEYS = frozenset({"study", "to", "priority", "purpose", "attention", "note", "lifetime_days", "deid",
@@ -100,6 +112,10 @@ def _date(value: str, what: str) -> str:
     m = _DATE.match(value)
     if not m:
         raise HttpError(400, f"{what}: expected a date like 2025-01-31")
+    try:
+        datetime.date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        raise HttpError(400, f"{what}: no such date") from None
     return "".join(m.groups())
 
 
@@ -117,6 +133,8 @@ def parse_search(params: Mapping[str, list[str]], nhs_ids: Callable[[str], list[
             raise HttpError(400, f"{key}: wildcards, backslashes and control characters are not accepted")
         if value:
             values[key] = value
+    if not values:  # a search names something: an empty one would list every patient the node holds
+        raise HttpError(400, f"search by at least one of {', '.join(sorted(SEARCH_KEYS))}")
     filters: dict[str, Match] = {}
     modalities: tuple[str, ...] = ()
     if "patient_id" in values:
@@ -166,6 +184,15 @@ def shown_instances(store: MetadataStore, study_uid: str) -> list[InstanceRecord
         if (r.sop_instance_uid, r.digest) not in held:
             unique.setdefault(r.sop_instance_uid, r)
     return list(unique.values())
+
+
+def _by_series(records: list[InstanceRecord]) -> list[tuple[str, list[InstanceRecord]]]:
+    """A study's instances by series, in series-number order (then UID)."""
+    groups: dict[str, list[InstanceRecord]] = {}
+    for r in records:
+        groups.setdefault(r.series_uid, []).append(r)
+    number = {uid: items[0].series.series_number for uid, items in groups.items()}
+    return sorted(groups.items(), key=lambda g: (number[g[0]] if number[g[0]] is not None else 1 << 31, g[0]))
 
 
 def _middle(records: list[InstanceRecord]) -> InstanceRecord:
@@ -229,18 +256,31 @@ class SendWeb:
 
         def run(store: MetadataStore) -> list[Row]:
             search = parse_search(params, lambda n: [r.local_id for r in store.patients(n)])
-            rows = [r for r in store.search_studies(search) if store.research_copy_of(r.attributes.study_uid) is None]
+            rows = [r for r in store.search_studies(search) if store.research_copy_of(r.attributes.study_uid) is None
+                    and not ("local" not in r.sources
+                             and received_for_research_only(store, r.attributes.study_uid))]
             return [_study_json(r) for r in rows]
 
         rows = await self.s.db.run(run)
-        await self._audit(request, EventCode.INSTANCES_ACCESSED, "portal-study-search",
-                          study=rows[0]["study_uid"] if len(rows) == 1 else "",
-                          detail=f"{min(len(rows), MAX_STUDIES)} stud(ies) with patient identifiers; fields "
-                                 f"{','.join(sorted(k for k, v in params.items() if v and v[-1].strip())) or '-'}")
+        fields = ','.join(sorted(k for k, v in params.items() if v and v[-1].strip())) or '-'
+        shown = rows[:MAX_STUDIES]
+        if not shown:
+            await self._audit(request, EventCode.INSTANCES_ACCESSED, "portal-study-search",
+                              detail=f"no study found; fields {fields}")
+        for n, row in enumerate(shown, 1):  # every study whose patient identifiers the answer disclosed
+            await self._audit(request, EventCode.INSTANCES_ACCESSED, "portal-study-search", study=row["study_uid"],
+                              detail=f"study {n} of {len(shown)} listed with patient identifiers; fields {fields}")
         return json_response(200, {"studies": rows[:MAX_STUDIES], "more": len(rows) > MAX_STUDIES})
 
     async def _shown(self, study: str) -> list[InstanceRecord]:
-        records = await self.s.db.run(lambda store: shown_instances(store, study))
+        def load(store: MetadataStore) -> list[InstanceRecord]:
+            records = shown_instances(store, study)
+            if records and all(r.source is Source.RECEIVED for r in records) and received_for_research_only(
+                    store, study, {r.origin for r in records}):
+                return []  # came here for research only: not for sending (meshnode.storage.received_research)
+            return records
+
+        records = await self.s.db.run(load)
         if not records:
             raise HttpError(404, "this node holds no such study")
         return records
@@ -248,16 +288,13 @@ class SendWeb:
     async def _series(self, request: Request) -> Response:
         study = check_uid(request.path_params["study"], "study")
         records = await self._shown(study)
-        by_series: dict[str, list[InstanceRecord]] = {}
-        for r in records:
-            by_series.setdefault(r.series_uid, []).append(r)
         series = []
-        for uid, items in by_series.items():
+        for n, (uid, items) in enumerate(_by_series(records)):
             attrs = items[0].series
             series.append({"series_uid": uid, "modality": attrs.modality, "number": attrs.series_number,
                            "description": attrs.description, "instances": len(items),
-                           "thumbnail": f"/ui/api/send/studies/{study}/series/{uid}/thumbnail.png"})
-        series.sort(key=lambda s: (s["number"] if s["number"] is not None else 1 << 31, s["series_uid"]))
+                           "thumbnail": f"/ui/api/send/studies/{study}/series/{uid}/thumbnail.png"
+                           if n < MAX_THUMBNAIL_SERIES else None})
         await self._audit(request, EventCode.INSTANCES_ACCESSED, "portal-series-view", study=study,
                           detail=f"{len(series)} series")
         first = records[0].study
@@ -269,9 +306,11 @@ class SendWeb:
     async def _thumbnail(self, request: Request) -> Response:
         study = check_uid(request.path_params["study"], "study")
         series = check_uid(request.path_params["series"], "series")
-        records = [r for r in await self._shown(study) if r.series_uid == series]
+        groups = _by_series(await self._shown(study))
+        records = next((items for uid, items in groups[:MAX_THUMBNAIL_SERIES] if uid == series), [])
         if not records:
-            raise HttpError(404, "no such series in this study")
+            raise HttpError(404, "no such series in this study (or not one of the first "
+                                 f"{MAX_THUMBNAIL_SERIES}, which have thumbnails)")
         record = _middle(records)
         key = (record.sop_instance_uid, record.digest)
         cached = self._thumbnails.get(key)
@@ -329,11 +368,24 @@ class SendWeb:
         if value.get("origin") is not None:
             _text(value["origin"], "origin", 16)
         share_addressing(value)  # attention and note as the manifest will check them, before anything else
+        unreconciled = value.get("include_unreconciled", False)
+        if not isinstance(unreconciled, bool):
+            raise HttpError(400, "'include_unreconciled' must be true or false")
+        held = 0
+        if unreconciled:  # overriding patient reconciliation is the PACS team's decision, not a sender's
+            p = principal(request)
+            if p is None or not p.may("queues"):
+                raise HttpError(403, "only the PACS team (permission 'queues') may send instances held by "
+                                     "patient reconciliation")
+            held = len(await self.s.db.run(lambda store: store.held_instances(study)))
         await self._shown(study)  # a study this node holds, shown (not a research copy or a held one)
         call = {"study": study, "to": recipients, "priority": value.get("priority", "routine"),
                 "purpose": value.get("purpose", "care"),
-                **{k: value[k] for k in ("attention", "note", "lifetime_days", "deid", "include_unreconciled",
-                                         "origin") if value.get(k) is not None}}
+                **{k: value[k] for k in ("attention", "note", "lifetime_days", "deid", "origin")
+                   if value.get(k) is not None},
+                **({"include_unreconciled": True} if unreconciled else {}),
+                # the signed-in user decided a de-identified (research) share, not the node's OS account
+                "portal_user": self._user(request).removeprefix("user:")}
         recipients.sort()
         result = await self.control[("POST", "/share")](call)
         manifest = result.get("manifest_id", "") if isinstance(result, dict) else ""
@@ -342,7 +394,8 @@ class SendWeb:
                           detail=f"{call['priority']} {call['purpose']} to {','.join(recipients)}"
                                  + (" (de-identified copy)" if "deid" in call else "")
                                  + (" for a named person" if call.get("attention") else "")
-                                 + (" with a note" if call.get("note") else ""))
+                                 + (" with a note" if call.get("note") else "")
+                                 + (f", including {held} unreconciled instance(s)" if unreconciled else ""))
         return json_response(200, result)
 
     async def _sent_manifest(self, value: object) -> CID:
@@ -377,9 +430,8 @@ class SendWeb:
         unknown = sorted(set(value) - {"manifest"})
         if unknown:
             raise HttpError(400, f"unknown field {unknown[0][:40]!r}")
-        call: dict[str, Any] = {}
-        if value.get("manifest") is not None:
-            call["manifest"] = str(await self._sent_manifest(value["manifest"]))
+        # one manifest the user chose: the page never queues every failed delivery of the node again
+        call: dict[str, Any] = {"manifest": str(await self._sent_manifest(value.get("manifest")))}
         result = await self.control[("POST", "/outbox/retry")](call)
         await self._audit(request, EventCode.INSTANCES_TRANSFERRED, "portal-redeliver",
                           manifest_id=call.get("manifest", ""), detail="failed deliveries queued again")

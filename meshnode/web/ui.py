@@ -70,6 +70,10 @@ PAGE_CSP: dict[str, str] = {
     "viewer.html": CSP.replace("script-src 'self';", "script-src 'self' 'wasm-unsafe-eval'; worker-src 'self';")
                       .replace("img-src 'self' data:;", "img-src 'self' data: blob:;"),
 }
+#: a script served as a file: a worker started from it runs under this (a worker's policy is its own
+#: response's, not the page's); a script a page loads ignores it. Nothing but this origin's scripts, its
+#: WebAssembly codecs and fetches to this origin
+SCRIPT_CSP = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'"
 
 
 def _static(name: str) -> bytes | None:
@@ -161,6 +165,8 @@ class Ui:
         # 304 costs nothing); every other response of the listener stays no-store
         etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
         headers = {"etag": etag, "cache-control": "private, no-cache"}
+        if kind.startswith("text/javascript"):
+            headers["content-security-policy"] = SCRIPT_CSP
         if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
             return Response(b"", 304, headers=headers)
         return bytes_response(200, data, kind, headers)

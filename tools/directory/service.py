@@ -74,7 +74,9 @@ class DirectoryService:
         if isinstance(request, LookupOrg):
             return self._entries(self.store.certificates_of_org(request.org, int(now), MAX_ENTRIES))
         if isinstance(request, ListOrgs):  # certificates only: a type-ahead needs names, not addresses
-            certs = self.store.certificates_by_org(request.after, int(now), MAX_ENTRIES)
+            current = self.guard.current
+            revoked = current.document.revoked if current is not None else frozenset()
+            certs = self.store.certificates_by_org(request.after, int(now), MAX_ENTRIES, revoked)
             return Entries(tuple(Entry(c.raw, None) for c in certs))
         if isinstance(request, LookupPeer):
             return self._entries(self.store.certificates_of_peer(request.peer_id, int(now), MAX_ENTRIES))

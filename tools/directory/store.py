@@ -6,6 +6,7 @@ It stores signed bytes exactly as received; every reader verifies them again.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,14 +128,27 @@ class DirectoryStore:
         ).fetchall()
         return [StoredCertificate(s, p, bytes(r)) for s, p, r in rows]
 
-    def certificates_by_org(self, after: str, now: int, limit: int) -> list[StoredCertificate]:
-        """One live certificate per organisation (its newest), org codes after `after` in order."""
-        rows = self._db.execute(
-            "SELECT serial, peer_id, raw, org_code, MAX(not_after) FROM certificates"
-            " WHERE org_code > ? AND not_after >= ? GROUP BY org_code ORDER BY org_code LIMIT ?",
-            (after, now, limit),
-        ).fetchall()
-        return [StoredCertificate(s, p, bytes(r)) for s, p, r, _, _ in rows]
+    def certificates_by_org(
+        self, after: str, now: int, limit: int, revoked: Collection[str] = ()
+    ) -> list[StoredCertificate]:
+        """One live certificate per organisation: its newest that the roster does not revoke (an org whose
+        newest node was revoked stays listed through another), org codes after `after` in order."""
+        out: list[StoredCertificate] = []
+        last = None
+        cursor = self._db.execute(
+            "SELECT serial, peer_id, raw, org_code FROM certificates WHERE org_code > ? AND not_after >= ?"
+            " ORDER BY org_code, not_after DESC, serial",
+            (after, now),
+        )
+        for s, p, r, org in cursor:
+            if org == last or s in revoked:
+                continue
+            if len(out) >= limit:
+                break
+            out.append(StoredCertificate(s, p, bytes(r)))
+            last = org
+        cursor.close()
+        return out
 
     def certificates_of_peer(self, peer_id: str, now: int, limit: int) -> list[StoredCertificate]:
         rows = self._db.execute(

@@ -39,6 +39,26 @@ function value(item, tag) {
   return v[0];
 }
 
+// NumberOfFrames comes from the sender: a value of 2e8 would make the page build 2e8 image IDs. Frames per
+// instance and images per series are capped, and an instance whose pixel data is inline and native has no
+// more frames than its bytes hold.
+const MAX_FRAMES = 10000;
+const MAX_SERIES_IMAGES = 100000;
+const NATIVE = new Set(["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]);
+
+function framesOf(item) {
+  let n = Math.floor(Number(value(item, "00280008") || 1));
+  if (!Number.isFinite(n) || n < 1) n = 1;
+  n = Math.min(n, MAX_FRAMES);
+  const inline = item["7FE00010"] && item["7FE00010"].InlineBinary;
+  const frameBytes = Number(value(item, "00280010") || 0) * Number(value(item, "00280011") || 0)
+    * Number(value(item, "00280002") || 1) * Number(value(item, "00280100") || 0) / 8;
+  if (typeof inline === "string" && frameBytes > 0 && NATIVE.has(String(value(item, "00020010") || ""))) {
+    n = Math.max(1, Math.min(n, Math.floor(Math.floor(inline.length * 3 / 4) / frameBytes)));
+  }
+  return n;
+}
+
 function seriesOf(metadata, study) {
   const bySeries = new Map();
   for (const item of metadata) {
@@ -52,7 +72,7 @@ function seriesOf(metadata, study) {
       });
     }
     bySeries.get(uid).instances.push({
-      sop, number: Number(value(item, "00200013") || 0), frames: Math.max(1, Number(value(item, "00280008") || 1)),
+      sop, number: Number(value(item, "00200013") || 0), frames: framesOf(item),
     });
   }
   const out = [...bySeries.values()].sort((a, b) => a.number - b.number || (a.uid < b.uid ? -1 : 1));
@@ -60,10 +80,12 @@ function seriesOf(metadata, study) {
     s.instances.sort((a, b) => a.number - b.number || (a.sop < b.sop ? -1 : 1));
     s.imageIds = [];
     for (const i of s.instances) {
+      if (s.imageIds.length >= MAX_SERIES_IMAGES) break;
       const url = `${location.origin}/dicomweb/studies/${encodeURIComponent(study)}/series/`
         + `${encodeURIComponent(s.uid)}/instances/${encodeURIComponent(i.sop)}`;
       if (i.frames > 1) {
-        for (let f = 1; f <= i.frames; f++) s.imageIds.push(`wadouri:${url}?frame=${f}`);
+        const last = Math.min(i.frames, MAX_SERIES_IMAGES - s.imageIds.length);
+        for (let f = 1; f <= last; f++) s.imageIds.push(`wadouri:${url}?frame=${f}`);
       } else {
         s.imageIds.push(`wadouri:${url}`);
       }

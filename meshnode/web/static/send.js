@@ -73,6 +73,10 @@ function dataUrl(blob) {
 
 async function thumbnail(item, series) {
   const holder = item.querySelector(".thumb");
+  if (!series.thumbnail) {  // a study of very many series: only the first ones have thumbnails
+    holder.replaceChildren(el("span", { class: "no-thumb", text: "no thumbnail" }));
+    return;
+  }
   try {
     const response = await fetch(series.thumbnail, { credentials: "same-origin" });
     if (!response.ok) {

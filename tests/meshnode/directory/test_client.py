@@ -45,6 +45,7 @@ from tests.protocol.factories import (
     NODE_A,
     NODE_A2,
     NODE_B,
+    NODE_C,
     NOW,
     ROGUE,
     make_address_record,
@@ -310,3 +311,33 @@ async def test_organisation_listing_is_verified_and_in_order(net: FakeNet, tmp_p
     net.rewrite = reorder
     with pytest.raises(MeshError, match="out of order"):
         await client.list_orgs()
+
+
+async def test_an_org_whose_newest_certificate_is_revoked_stays_listed(net: FakeNet, tmp_path: Path) -> None:
+    """Review 2 finding 4: RXX has two nodes; its newest certificate (NODE_C's) is revoked: RXX is still
+    listed, named by NODE_B's. A directory that lists only the revoked one (a lie) leaves RXX out, and a
+    directory listing several certificates of one org (a code repeated) is read, not refused."""
+    req = Register(sign_certificate(NODE_C, org="RXX", serial_no=5, not_after=NOW + 400 * DAY).encode(),
+                   make_address_record(NODE_C, seq=1).sign(NODE_C).encode())
+    net.service.handle(NODE_C.peer_id, req, NOW)
+    revoked_cert = req.certificate
+    client = new_client(net, tmp_path / "node")
+    assert [o.code for o in await client.list_orgs()] == ["RGT", "RXX"]
+    net.service.handle("admin", PublishRoster(sign_roster(2, revoked=[serial(5)]).encode()), NOW)
+    assert [o.code for o in await client.list_orgs()] == ["RGT", "RXX"]
+
+    def only_revoked(request: Request, response: Response) -> Response:
+        if isinstance(request, ListOrgs) and isinstance(response, Entries):
+            return Entries((response.entries[0], Entry(revoked_cert, None)))
+        return response
+
+    net.rewrite = only_revoked
+    assert [o.code for o in await client.list_orgs()] == ["RGT"]
+
+    def repeated(request: Request, response: Response) -> Response:
+        if isinstance(request, ListOrgs) and isinstance(response, Entries):
+            return Entries((response.entries[0], Entry(revoked_cert, None), *response.entries[1:]))
+        return response
+
+    net.rewrite = repeated
+    assert [o.code for o in await client.list_orgs()] == ["RGT", "RXX"]

@@ -21,7 +21,7 @@ def test_without_a_public_url_or_a_note() -> None:
     assert "Open it in the node's inbox (web UI)." in body and "http" not in body
     assert "note" not in body.lower()
     # named, but not somebody this node can email: the organisation is told whom it is for
-    assert "For the attention of: dr.jones (not a user of this node" in body
+    assert "For the attention of: a named person (see the inbox)" in body and "dr.jones" not in body
     assert msg["Date"] == "Thu, 01 Jan 2026 00:00:00 +0000"  # GMT, as the SMTP policy writes it
     assert msg["Message-ID"] == "<bafymanifest.rxx@rxx.nhs.uk>"
     assert msg["Subject"] == "[dicom-mesh] STAT study from RGT has arrived"
@@ -33,3 +33,18 @@ def test_meshnode_inbox_prints_attention_and_note() -> None:
            "note": "line one\nline two"}
     lines = _inbox_lines([row])
     assert lines[1:] == ["    for the attention of dr.jones", "    note: line one", "    note: line two"]
+
+
+def test_the_senders_attention_text_never_reaches_the_email() -> None:
+    """Review 2 finding 5: the sender wrote the attention text; the email carries only what this node resolved."""
+    hostile = "SMITH, John NHS 943 476 5919 DOB 1960-01-01 - sign in at https://rgt-portal.evil.example"
+    arrival = Arrival("bafymanifest", "RGT", "", "stat", "care", 2, 40, hostile, False, 1_767_225_600)
+    for recipient, shown in ((Recipient("pacs-team@rxx.nhs.uk", RecipientKind.ORGANISATION),
+                              "a named person (see the inbox)"),
+                             (Recipient("a.jones@rxx.nhs.uk", RecipientKind.USER), "a.jones@rxx.nhs.uk")):
+        msg = arrival_message(arrival, recipient, from_address="mesh@rxx.nhs.uk", own_org="RXX",
+                              public_url="https://gw.rxx.nhs.uk")
+        text = msg.as_string()
+        assert f"For the attention of: {shown}" in msg.get_content()
+        for part in ("SMITH", "943 476 5919", "1960", "evil.example"):
+            assert part not in text, part

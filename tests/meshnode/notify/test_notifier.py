@@ -13,6 +13,7 @@ from meshnode.node.events import StudyEventKind
 from meshnode.notify.notifier import Notifier
 from meshnode.storage.memory_metadata import MemoryMetadataStore
 from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from meshnode.storage.users import MemoryUserStore
 from protocol.manifest import Priority
@@ -72,7 +73,7 @@ async def test_the_named_user_gets_an_email_over_starttls_with_no_patient_identi
     body = msg.get_content()
     assert f"https://gw.rxx.nhs.uk/ui/#inbox?manifest={signed.cid}" in body
     assert "Guy's and St Thomas' NHS Foundation Trust (RGT)" in body
-    assert "Instances: 3" in body and "Series: 2" in body and "For the attention of: dr.jones" in body
+    assert "Instances: 3" in body and "Series: 2" in body and "For the attention of: a.jones@rxx.nhs.uk" in body
     assert "The sender added a note" in body
     for identifier in IDENTIFIERS:  # neither in the headers, nor the body, nor anywhere in the bytes
         assert identifier not in mail.data.decode("utf-8", "replace"), identifier
@@ -171,3 +172,21 @@ async def test_a_refused_recipient_fails_for_good_at_once(store: MetadataStore, 
         nursery.cancel_scope.cancel()
     assert service.failures == 1 and server.received == []
     assert audit.actions() == ["email-queued", "email-failed"] and "550" in audit.events[1].detail
+
+
+async def test_one_sending_organisation_cannot_flood_an_address(store: MetadataStore, users: MemoryUserStore,
+                                                               tmp_path: Path) -> None:
+    """Review 2 finding 10: at most per_sender_per_hour arrival emails per sending organisation in an hour;
+    the rest are audited, not queued; an hour later emails go out again."""
+    now = [1_767_225_600.0]
+    audit = Audit()
+    service = Notifier(config_for(None, tmp_path, per_sender_per_hour=3), DatabaseThread(store), users, "RXX",
+                       "", audit, lambda: now[0])
+    for i in range(5):
+        await service.on_event(arrived(received(store, note=f"note {i}")))
+        now[0] += 60
+    assert await service.counts() == {"pending": 3}
+    assert audit.actions() == ["email-queued"] * 3 + ["email-capped"] * 2
+    now[0] += 3600
+    await service.on_event(arrived(received(store, note="later")))
+    assert await service.counts() == {"pending": 4}

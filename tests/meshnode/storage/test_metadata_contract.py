@@ -145,6 +145,9 @@ def test_receipts_revisions_served_by(store: MetadataStore) -> None:
         store.save_manifest(ManifestRow(rid, STUDY, "received", "RGT", rev, ManifestState.ANNOUNCED,
                                         NOW_S, NOW_S + 9, b"r"), [])
     assert store.highest_revision(STUDY, "RGT") == 3 and store.highest_revision(STUDY, "NOPE") == 0
+    received = store.received_manifests_of(STUDY)  # received ones only, of this study only
+    assert sorted(r.revision for r in received) == [1, 2, 3] and {r.direction for r in received} == {"received"}
+    assert store.received_manifests_of("1.2.3.999") == []
     store.set_transfer(mid, ManifestState.FETCHING, 1, 10, NOW_MS)
     blocks = [CID.of(bytes([i])) for i in range(4)]
     store.record_blocks([(c, 1) for c in blocks[:2]], NOW_MS, [(mid, blocks[0], "peer-a"), (mid, blocks[1], "peer-b")])
