@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from meshnode.control.actor import control_actor
 from meshnode.control.app import Handler
 from meshnode.node.requests import Requests, request_json
-from meshnode.node.study_match import study_json
+from meshnode.node.study_match import PatientMismatchError, study_json
 from meshnode.storage.request_store import DIRECTIONS, INCOMING
 from protocol.errors import NotFoundError, SchemaError
 from protocol.manifest import Priority, Purpose
@@ -83,7 +83,10 @@ async def show_request(requests: Requests, body: dict[str, Any]) -> dict[str, ob
         raise NotFoundError(f"no request {key}")
     out = request_json(row)
     if row.direction == INCOMING:
-        out["matching"] = [study_json(s) for s in await requests.matching(key)]
+        try:
+            out["matching"] = [study_json(s) for s in await requests.matching(key)]
+        except PatientMismatchError as exc:  # shown to the PACS team, who decline it or fix the lookup table
+            out["matching"], out["mismatch"] = [], str(exc)
     return out
 
 

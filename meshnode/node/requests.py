@@ -23,7 +23,7 @@ from meshnode.gateway.reconcile_holds import check_not_held
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.prior_query import PriorQueries
 from meshnode.node.sender import Sender
-from meshnode.node.study_match import MAX_MATCHES, patient_ids, search_studies
+from meshnode.node.study_match import MAX_MATCHES, PatientMismatchError, patient_ids, search_studies
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import StudySummaryRow, hash_uid
@@ -242,6 +242,9 @@ class Requests:
         try:
             if action is PolicyAction.REFUSE:
                 await self.decline(request.id_text, "refused by the holder's request policy", decided_by=who)
+            elif not request.nhs_number:
+                # a holder-local patient ID alone is the requester's word for who the patient is: a person checks
+                log.info("request %s: names no NHS number; queued for a person", request.id_text)
             else:
                 studies = [s.attributes.study_uid for s in await self.matching(request.id_text)]
                 if studies:
@@ -265,10 +268,22 @@ class Requests:
             self._locks = {k: v for k, v in self._locks.items() if v.locked()}
         return self._locks.setdefault(key, trio.Lock())
 
+    async def patient_of(self, request: StudyRequest) -> list[str]:
+        """The local patient IDs the request names (study_match.patient_ids); a request naming two patients
+        (an NHS number and another patient's local ID) is refused and audited as a Security Alert."""
+        try:
+            return await patient_ids(self.ctx, request.nhs_number, request.patient_id)
+        except PatientMismatchError as exc:
+            await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "study-request-patient-mismatch",
+                                            Outcome.MINOR_FAILURE, actor=request.requested_by,
+                                            actor_org=request.requester_org,
+                                            detail=f"{request.id_text}: {exc}"[:300]))
+            raise
+
     async def matching(self, request_id: str) -> list[StudySummaryRow]:
         """The local studies an incoming request asks for."""
         _, request = await self.incoming_request(request_id)
-        return await search_studies(self.ctx, await patient_ids(self.ctx, request.nhs_number, request.patient_id),
+        return await search_studies(self.ctx, await self.patient_of(request),
                                     request.date_from, request.date_to, request.modality)
 
     async def approve(self, request_id: str, study_uids: Sequence[str], *, decided_by: str) -> RequestRow:
@@ -281,7 +296,7 @@ class Requests:
             row, request = await self.incoming_request(request_id)
             await self._check_pending(row, request)
             advance(row.state, RequestEvent.APPROVE)
-            patient = set(await patient_ids(self.ctx, request.nhs_number, request.patient_id))
+            patient = set(await self.patient_of(request))
             chosen = list(dict.fromkeys(study_uids))
             studies = await self.ctx.db.run(lambda s: [s.study(u) for u in chosen])
             for uid, study in zip(chosen, studies):
@@ -329,7 +344,9 @@ class Requests:
             EventCode.INSTANCES_TRANSFERRED if state is RequestState.APPROVED else EventCode.QUERY,
             f"study-request-{state.value}", actor=decided_by, actor_org=ctx.org,
             detail=(f"{row.request_id} from {row.requester_org}: {len(manifests)} share(s)"
-                    + (f"; {reason}" if reason else ""))[:300]))
+                    + (f"; {reason}" if reason else "")
+                    + (f"; requester claims priority {request.priority.value}, purpose {request.purpose.value}"
+                       if decided_by.startswith("policy:") else ""))[:300]))
         ctx.wake()
         await self._deliver(new, request)
         return (await ctx.db.run(lambda s: s.request(row.request_id, INCOMING))) or new

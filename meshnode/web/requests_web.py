@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from meshnode.node.request_routes import list_requests, query_priors, send_request, show_request, study_list
 from meshnode.node.requests import Requests, request_json
-from meshnode.node.study_match import patient_ids, search_studies, study_json
+from meshnode.node.study_match import search_studies, study_json
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.web.app import Route, route
 from meshnode.web.http import HttpError, body, json_response, principal
@@ -125,7 +125,7 @@ class RequestsWeb:
         filters = {k: payload.get(k, "") for k in ("date_from", "date_to", "modality")}
         if not all(isinstance(v, str) and len(v) <= 16 for v in filters.values()):
             raise HttpError(400, "date_from, date_to and modality are short text")
-        ids = await patient_ids(requests.ctx, req.nhs_number, req.patient_id)
+        ids = await requests.patient_of(req)
         rows = await search_studies(requests.ctx, ids, filters["date_from"].replace("-", ""),
                                     filters["date_to"].replace("-", ""), filters["modality"].upper())
         await self._viewed(request, "requests-search", len(rows))

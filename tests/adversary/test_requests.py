@@ -242,12 +242,14 @@ async def test_a_policy_auto_approves_an_urgent_care_request_from_a_network_memb
     import trio
     stroke = RequestRule(frozenset({"RGT", "RAJ"}), PolicyAction.AUTO_APPROVE, frozenset({Priority.URGENT}),
                          frozenset({Purpose.CARE}))
+    from meshnode.storage.patients import PatientRecord
     _, holder, requester, _ = setup(mesh, RequestConfig(rules=(stroke,)))
+    holder.node.store.put_patients([PatientRecord(PATIENT, "", NHS)])
     async with trio.open_nursery() as nursery:
         await nursery.start(holder.requests.run)
-        routine = await requester.requests.send("RJ1", patient_id=PATIENT, reason="MDT",
+        routine = await requester.requests.send("RJ1", nhs_number=NHS, reason="MDT",
                                                 priority=Priority.ROUTINE, requested_by="user:alice")
-        urgent = await requester.requests.send("RJ1", patient_id=PATIENT, reason="thrombectomy",
+        urgent = await requester.requests.send("RJ1", nhs_number=NHS, reason="thrombectomy",
                                                priority=Priority.URGENT, requested_by="user:alice")
         with trio.fail_after(30):
             while requester.node.store.request(urgent.request_id, OUTGOING).state is RequestState.PENDING:  # type: ignore[union-attr]
@@ -312,3 +314,39 @@ async def test_a_study_reconciliation_holds_back_is_not_sent_on_a_request(
         await holder.requests.approve(row.request_id, [study], decided_by="user:bob")
     assert holder.node.store.manifests("sent") == []
     assert holder.node.store.request(row.request_id, INCOMING).state is RequestState.PENDING  # type: ignore[union-attr]
+
+
+# -- review fixes (hostile review 3) -----------------------------------------------------------------------
+NHS_B = "9434765870"  # another valid NHS number: not the synthetic patient's
+
+
+async def test_a_request_naming_two_patients_is_refused_never_auto_approved(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """NHS number of patient B with the holder-local ID of patient A: matched on the intersection (nothing),
+    refused with a clear error and audited; never auto-approved, even by a rule that would."""
+    import trio
+
+    from meshnode.node.study_match import PatientMismatchError
+    from meshnode.storage.patients import PatientRecord
+    stat = RequestRule(frozenset({"RAJ"}), PolicyAction.AUTO_APPROVE, frozenset({Priority.STAT}), frozenset())
+    _, holder, _, third = setup(mesh, RequestConfig(rules=(stat,)))
+    holder.node.store.put_patients([PatientRecord(PATIENT, "", NHS)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(holder.requests.run)
+        row = await third.requests.send("RJ1", nhs_number=NHS_B, patient_id=PATIENT, reason="x",
+                                        priority=Priority.STAT, requested_by="user:eve")
+        # a request naming only a local patient ID is queued for a person, whatever the rule says
+        local = await third.requests.send("RJ1", patient_id=PATIENT, reason="x", priority=Priority.STAT,
+                                          requested_by="user:eve")
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    for r in (row, local):
+        assert third.node.store.request(r.request_id, OUTGOING).state is RequestState.PENDING  # type: ignore[union-attr]
+    assert holder.node.store.manifests("sent") == []
+    with pytest.raises(PatientMismatchError, match="not linked"):
+        await holder.requests.approve(row.request_id, [study], decided_by="user:bob")
+    assert holder.node.store.manifests("sent") == []
+    assert set(alerts(holder.node, "study-request-patient-mismatch")) == {"user:eve"}
+    # the same NHS number and local ID linked in the lookup table: the one patient, approvable
+    ok = await third.requests.send("RJ1", nhs_number=NHS, patient_id=PATIENT, reason="x", requested_by="user:eve")
+    assert [s.attributes.study_uid for s in await holder.requests.matching(ok.request_id)] == [study]

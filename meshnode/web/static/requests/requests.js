@@ -147,6 +147,7 @@
       $("search-to").value = isoDate(r.date_to);
       $("search-modality").value = r.modality || "";
       showStudies(r.matching);
+      if (r.mismatch) status(`This request names two different patients: ${r.mismatch}`);
     } catch (e) {
       status(`Cannot open the request: ${e.message}`);
     }
@@ -179,8 +180,10 @@
       box.value = s.study_uid;
       box.id = `study-${i}`;
       label.htmlFor = box.id;
+      // the study's own patient ID and name, so a person sees a study that is not the requested patient's
       label.append(box, document.createTextNode(
-        ` ${s.study_date} ${s.modalities.join(",")} ${s.description} (${s.series} series, ${s.instances} images)`));
+        ` ${s.patient_id} ${s.patient_name}: ${s.study_date} ${s.modalities.join(",")} ${s.description}`
+        + ` (${s.series} series, ${s.instances} images)`));
       return label;
     }));
     $("review-none").hidden = studies.length > 0;
