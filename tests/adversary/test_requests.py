@@ -14,6 +14,7 @@ from trio.testing import MockClock
 
 from meshnode.node.wire import UNKNOWN_PEER
 from meshnode.node.request_config import RequestConfig
+from meshnode.storage.audit import EventCode
 from meshnode.storage.request_store import INCOMING, OUTGOING
 from protocol.errors import (
     DocumentExpiredError,
@@ -257,6 +258,9 @@ async def test_a_policy_auto_approves_an_urgent_care_request_from_a_network_memb
         nursery.cancel_scope.cancel()
     mine = requester.node.store.request(urgent.request_id, OUTGOING)
     assert mine is not None and mine.state is RequestState.APPROVED and mine.decided_by.startswith("policy:")
+    [audit] = [e.event for e in holder.node.store.audit_entries() if e.event.action == "study-request-approved"]
+    assert audit.code == EventCode.INSTANCES_TRANSFERRED and audit.actor == "policy:request_policy[0]"
+    assert "requester claims priority urgent, purpose care" in audit.detail
     assert requester.node.store.request(routine.request_id, OUTGOING).state is RequestState.PENDING  # type: ignore[union-attr]
 
 
