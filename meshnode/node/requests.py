@@ -75,6 +75,12 @@ SWEEP_EVERY_S = 5.0
 #: before the expiry, or the holder's "expired") before it records the request as expired unanswered
 RESPONSE_GRACE_S = 3600.0
 EXPIRED_REASON = "nobody decided before it expired"
+#: rows one sweep query takes (expiry, responses to deliver), and expiry batches per sweep at most
+SWEEP_BATCH = 500
+SWEEP_BATCHES = 100
+#: the longest wait before a response is offered again to a requester that could not be reached
+MAX_BACKOFF_S = 3600.0
+MAX_BACKOFF_PEERS = 4096
 
 
 class RequestLink(Protocol):
@@ -116,6 +122,8 @@ class Requests:
         #: prior-study queries, asked and answered (meshnode.node.prior_query)
         self.prior = PriorQueries(ctx, link)
         self._locks: dict[str, trio.Lock] = {}
+        #: requester peer -> (failed deliveries in a row, clock time before which it is not tried again)
+        self._backoff: dict[str, tuple[int, float]] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -222,8 +230,10 @@ class Requests:
                                detail=(f"{request.id_text} from {peer_id}: {request.priority.value} "
                                        f"{request.purpose.value}"))
 
-            def save(store: MetadataStore) -> bool:
-                return store.save_request(row)
+            cap = ctx.config.requests.max_pending_per_org
+
+            def save(store: MetadataStore) -> bool:  # the cap is counted in the insert's own transaction
+                return store.save_request(row, cap)
 
             if not await ctx.db.run(save):
                 raise RequestReplayError(f"request {request.id_text} was received before")
@@ -372,25 +382,49 @@ class Requests:
 
     async def sweep(self) -> None:
         """Expire incoming requests nobody decided in time (and tell their requesters), mark outgoing ones
-        expired once well past their expiry, and deliver responses that have not reached their requester."""
+        expired once well past their expiry (found by expiry time: however many requests are pending), purge
+        final requests older than the retention period (the audit keeps their history), and deliver responses
+        that have not reached their requester (a bounded batch per sweep, backing off per unreachable peer)."""
         ctx = self.ctx
         now = ctx.clock()
-        pending = await ctx.db.run(lambda s: s.requests(None, RequestState.PENDING))
-        for row in pending:
-            request = open_document(row.raw, StudyRequest).document
-            if row.direction == INCOMING and expired(row.state, request, now):
+        for _ in range(SWEEP_BATCHES):
+            batch = await ctx.db.run(lambda s: s.expired_requests(INCOMING, int(now), SWEEP_BATCH))
+            for row in batch:
+                request = open_document(row.raw, StudyRequest).document
                 async with self._lock(row.request_id):
                     try:
                         await self._record_decision(row, request, RequestState.EXPIRED, "expiry", EXPIRED_REASON, ())
                     except LocalProtocolError:
                         pass  # decided meanwhile
-            elif row.direction == OUTGOING and expired(row.state, request, now - RESPONSE_GRACE_S):
+            if len(batch) < SWEEP_BATCH:
+                break
+        for _ in range(SWEEP_BATCHES):
+            batch = await ctx.db.run(lambda s: s.expired_requests(OUTGOING, int(now - RESPONSE_GRACE_S), SWEEP_BATCH))
+            for row in batch:
                 new = RequestRow(row.request_id, OUTGOING, row.requester_org, row.holder_org, RequestState.EXPIRED,
                                  row.raw, b"", row.created_ms, row.expires_at, reason="expired unanswered",
                                  decided_by="expiry", updated_ms=int(now * 1000))
                 await ctx.db.run(lambda s: s.update_request(new, RequestState.PENDING))
-        for row in await ctx.db.run(lambda s: s.undelivered_responses()):
-            await self._deliver(row, open_document(row.raw, StudyRequest).document)
+            if len(batch) < SWEEP_BATCH:
+                break
+        cutoff_ms = int((now - ctx.config.requests.retention_days * 86400) * 1000)
+        purged = await ctx.db.run(lambda s: s.purge_requests(cutoff_ms))
+        if purged:
+            log.info("purged %d final request(s) older than %d days", purged, ctx.config.requests.retention_days)
+        failed: set[str] = set()
+        for row in await ctx.db.run(lambda s: s.undelivered_responses(SWEEP_BATCH)):
+            request = open_document(row.raw, StudyRequest).document
+            peer = request.requester_peer
+            tries, after = self._backoff.get(peer, (0, 0.0))
+            if peer in failed or after > now:
+                continue  # this peer was unreachable just now: its other responses wait for its next try
+            if await self._deliver(row, request):
+                self._backoff.pop(peer, None)
+            else:
+                failed.add(peer)
+                if len(self._backoff) >= MAX_BACKOFF_PEERS:
+                    self._backoff.clear()
+                self._backoff[peer] = (tries + 1, now + min(SWEEP_EVERY_S * 2 ** tries, MAX_BACKOFF_S))
 
 
 def answer_bytes(response: Ack | Refused) -> bytes:

@@ -396,4 +396,11 @@ MIGRATIONS = (
     ) STRICT;
     CREATE INDEX study_requests_by_state ON study_requests (direction, state, created_ms)
     """,
+    # 20: request limits (issue 13, REQUEST review): pending requests counted per requesting org, the expiry
+    # sweep by expiry time, listings paged newest first
+    """
+    CREATE INDEX study_requests_by_org ON study_requests (direction, requester_org, state);
+    CREATE INDEX study_requests_by_expiry ON study_requests (state, direction, expires_at);
+    CREATE INDEX study_requests_by_created ON study_requests (direction, created_ms, request_id)
+    """,
 )
