@@ -105,6 +105,7 @@ def request_json(row: RequestRow) -> dict[str, object]:
         "created_at": request.created_at, "expires_at": request.expires_at,
         "manifests": json.loads(row.manifests), "decision_reason": row.reason, "decided_by": row.decided_by,
         "updated_ms": row.updated_ms, "response_delivered": row.response_delivered,
+        "cursor": f"{row.created_ms}-{row.request_id}",
     }
 
 

@@ -5,7 +5,11 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const REFRESH_MS = 2000;
+  const PAGE = 100;  // rows a listing returns (meshnode/node/request_routes.py PAGE)
   let reviewing = null;
+  // paging: the cursor a table is shown from (null: the newest), and each table's last row's cursor
+  const before = { outgoing: null, incoming: null };
+  const last = { outgoing: null, incoming: null };
 
   function status(text) {
     const el = $("status");
@@ -78,11 +82,25 @@
 
   async function refresh() {
     try {
-      if (meshPortal.may("request")) fill($("outgoing-table"), await meshPortal.api("GET", "/ui/api/requests/outgoing"), outgoingRow);
-      if (meshPortal.may("queues")) fill($("incoming-table"), await meshPortal.api("GET", "/ui/api/requests/incoming"), incomingRow);
+      if (meshPortal.may("request")) fill($("outgoing-table"), await page("outgoing"), outgoingRow);
+      if (meshPortal.may("queues")) fill($("incoming-table"), await page("incoming"), incomingRow);
     } catch (e) {
       status(`Could not refresh: ${e.message}`);
     }
+  }
+
+  async function page(name) {
+    const query = before[name] ? `?before=${encodeURIComponent(before[name])}` : "";
+    const rows = await meshPortal.api("GET", `/ui/api/requests/${name}${query}`);
+    last[name] = rows.length ? rows[rows.length - 1].cursor : null;
+    $(`${name}-older`).disabled = rows.length < PAGE;
+    $(`${name}-newest`).hidden = !before[name];
+    return rows;
+  }
+
+  function pager(name) {
+    $(`${name}-older`).addEventListener("click", () => { before[name] = last[name]; refresh(); });
+    $(`${name}-newest`).addEventListener("click", () => { before[name] = null; refresh(); });
   }
 
   function formBody() {
@@ -236,6 +254,8 @@
     $("decline").addEventListener("click", () => decide("decline"));
     $("review-search").addEventListener("submit", research);
     $("review-close").addEventListener("click", () => { $("review").hidden = true; reviewing = null; });
+    pager("outgoing");
+    pager("incoming");
     await refresh();
     setInterval(refresh, REFRESH_MS);
   }
