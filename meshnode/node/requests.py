@@ -44,6 +44,7 @@ from protocol.request_lifecycle import (
     apply_response,
     expired,
     receive_request,
+    recheck_request,
     receive_response,
 )
 from protocol.request_messages import (
@@ -307,6 +308,7 @@ class Requests:
             row, request = await self.incoming_request(request_id)
             await self._check_pending(row, request)
             advance(row.state, RequestEvent.APPROVE)
+            await self._check_signer(row, request)
             patient = set(await self.patient_of(request))
             chosen = list(dict.fromkeys(study_uids))
             studies = await self.ctx.db.run(lambda s: [s.study(u) for u in chosen])
@@ -329,6 +331,20 @@ class Requests:
             row, request = await self.incoming_request(request_id)
             await self._check_pending(row, request)
             return await self._record_decision(row, request, RequestState.DECLINED, decided_by, reason, ())
+
+    async def _check_signer(self, row: RequestRow, request: StudyRequest) -> None:
+        """The requester's node certificate, judged again against the current roster (revoked since the
+        request arrived: not approved; audited as a Security Alert)."""
+        ctx = self.ctx
+        try:
+            recheck_request(row.raw, row.certificate, ctx.roster(), ctx.clock(), ctx.config.clock_skew)
+        except MeshError as exc:
+            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "study-request-signer-untrusted",
+                                       Outcome.MINOR_FAILURE, actor=request.requester_peer,
+                                       actor_org=request.requester_org,
+                                       detail=f"{row.request_id}: {exc.name}: {exc}"[:300]))
+            raise UnauthorisedError(f"the requesting node is no longer trusted ({exc.name}: {exc}); "
+                                    "decline the request") from exc
 
     async def _check_pending(self, row: RequestRow, request: StudyRequest) -> None:
         if expired(row.state, request, self.ctx.clock()):
@@ -408,6 +424,7 @@ class Requests:
                 await ctx.db.run(lambda s: s.update_request(new, RequestState.PENDING))
             if len(batch) < SWEEP_BATCH:
                 break
+        await self._decline_untrusted()
         cutoff_ms = int((now - ctx.config.requests.retention_days * 86400) * 1000)
         purged = await ctx.db.run(lambda s: s.purge_requests(cutoff_ms))
         if purged:
@@ -426,6 +443,29 @@ class Requests:
                 if len(self._backoff) >= MAX_BACKOFF_PEERS:
                     self._backoff.clear()
                 self._backoff[peer] = (tries + 1, now + min(SWEEP_EVERY_S * 2 ** tries, MAX_BACKOFF_S))
+
+
+    async def _decline_untrusted(self) -> None:
+        """Decline pending incoming requests whose signing node the current roster no longer trusts."""
+        ctx = self.ctx
+        before: tuple[int, str] | None = None
+        for _ in range(SWEEP_BATCHES):
+            cursor = before
+            rows = await ctx.db.run(lambda s: s.requests(INCOMING, RequestState.PENDING, SWEEP_BATCH, cursor))
+            for row in rows:
+                try:
+                    recheck_request(row.raw, row.certificate, ctx.roster(), ctx.clock(), ctx.config.clock_skew)
+                except MeshError as exc:
+                    request = open_document(row.raw, StudyRequest).document
+                    async with self._lock(row.request_id):
+                        try:
+                            await self._record_decision(row, request, RequestState.DECLINED, "roster",
+                                                        f"the requesting node is no longer trusted ({exc.name})", ())
+                        except LocalProtocolError:
+                            pass  # decided meanwhile
+            if len(rows) < SWEEP_BATCH:
+                break
+            before = (rows[-1].created_ms, rows[-1].request_id)
 
 
 def answer_bytes(response: Ack | Refused) -> bytes:

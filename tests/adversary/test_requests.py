@@ -354,3 +354,20 @@ async def test_a_request_naming_two_patients_is_refused_never_auto_approved(
     # the same NHS number and local ID linked in the lookup table: the one patient, approvable
     ok = await third.requests.send("RJ1", nhs_number=NHS, patient_id=PATIENT, reason="x", requested_by="user:eve")
     assert [s.attributes.study_uid for s in await holder.requests.matching(ok.request_id)] == [study]
+
+
+async def test_a_request_whose_node_is_revoked_since_is_not_approved(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review 3 finding 7: the node that signed a pending request is revoked after it arrived; approving it
+    is refused with a clear error (nothing shared), and the sweep declines it."""
+    _, holder, requester, _ = setup(mesh)
+    row = await requester.requests.send("RJ1", patient_id=PATIENT, reason="MDT", requested_by="user:alice")
+    revoked = requester.node.ctx.certificate.document.serial
+    holder.node.ctx.peers.guard.accept(sign_roster(version=2, revoked=[revoked]).encode(), NOW)
+    with pytest.raises(UnauthorisedError, match="no longer trusted"):
+        await holder.requests.approve(row.request_id, [study], decided_by="user:bob")
+    assert holder.node.store.manifests("sent") == []
+    assert alerts(holder.node, "study-request-signer-untrusted") == [requester.peer_id]
+    await holder.requests.sweep()
+    declined = holder.node.store.request(row.request_id, INCOMING)
+    assert declined is not None and declined.state is RequestState.DECLINED and declined.decided_by == "roster"
