@@ -12,13 +12,14 @@ API), and the parsing the portal's JSON API (meshnode.web.requests_web) shares: 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from meshnode.control.actor import control_actor
 from meshnode.control.app import Handler
-from meshnode.node.requests import Requests, request_json
+from meshnode.node.requests import Requests, arrived_manifests, request_json
 from meshnode.node.study_match import PatientMismatchError, study_json
-from meshnode.storage.request_store import DIRECTIONS, INCOMING, Cursor
+from meshnode.storage.request_store import DIRECTIONS, INCOMING, OUTGOING, Cursor
 from protocol.errors import NotFoundError, SchemaError
 from protocol.manifest import Priority, Purpose
 from protocol.request_messages import PriorReply
@@ -103,6 +104,9 @@ async def list_requests(requests: Requests, body: dict[str, Any], *, requested_b
         for r in rows:
             shown = request_json(r)
             if requested_by is None or shown["requested_by"] == requested_by:
+                if r.direction == OUTGOING and r.state is RequestState.APPROVED:
+                    # approved is the holder's word; the studies count once they are here
+                    shown["arrived"] = await requests.ctx.db.run(partial(arrived_manifests, row=r))
                 out.append(shown)
         if len(rows) < PAGE:
             break

@@ -28,6 +28,7 @@ from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import StudySummaryRow, hash_uid
 from meshnode.storage.request_store import INCOMING, OUTGOING, RequestRow
+from protocol.cid import CID
 from protocol.document import open_document
 from protocol.errors import (
     LocalProtocolError,
@@ -110,10 +111,28 @@ def request_json(row: RequestRow) -> dict[str, object]:
     }
 
 
+def arrived_manifests(store: MetadataStore, row: RequestRow) -> list[str]:
+    """Of the manifests an approval of our outgoing request lists, those that have arrived here: received
+    from the holder org and addressed to us (a response may name manifests the holder never sent, or another
+    org's; only what arrived is credited to the request)."""
+    out = []
+    for text in json.loads(row.manifests):
+        try:
+            m = store.manifest(CID.parse(str(text)))
+        except MeshError:
+            continue
+        if (m is not None and m.direction == "received" and m.sender_org == row.holder_org
+                and row.requester_org in m.recipients):
+            out.append(str(text))
+    return out
+
+
 def request_of_manifest(store: MetadataStore, direction: str) -> dict[str, str]:
     """Manifest ID -> the ID of the request it answers, for the approved requests of one direction (the inbox
-    and outbox show which studies came from, or went out on, a request)."""
-    return {m: r.request_id for r in store.requests(direction, RequestState.APPROVED) for m in json.loads(r.manifests)}
+    and outbox show which studies came from, or went out on, a request). Outgoing: only manifests that
+    arrived from the holder org addressed to us (arrived_manifests)."""
+    return {m: r.request_id for r in store.requests(direction, RequestState.APPROVED)
+            for m in (arrived_manifests(store, r) if direction == OUTGOING else json.loads(r.manifests))}
 
 
 class Requests:

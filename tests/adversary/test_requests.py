@@ -371,3 +371,36 @@ async def test_a_request_whose_node_is_revoked_since_is_not_approved(
     await holder.requests.sweep()
     declined = holder.node.store.request(row.request_id, INCOMING)
     assert declined is not None and declined.state is RequestState.DECLINED and declined.decided_by == "roster"
+
+
+async def test_an_approval_counts_only_the_studies_that_arrived_from_the_holder(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review 3 finding 6: a response may list manifests the holder never sent (or another org's); the
+    requester's list shows "approved (waiting for the studies)" until a listed manifest has arrived from the
+    holder org addressed to this org, and only such manifests are credited to the request in the inbox."""
+    from dataclasses import replace
+
+    from meshnode.node.request_routes import list_requests
+    from meshnode.node.requests import request_of_manifest
+    _, holder, requester, _ = setup(mesh)
+    row = await requester.requests.send("RJ1", patient_id=PATIENT, reason="MDT", requested_by="user:alice")
+    await holder.requests.approve(row.request_id, [study], decided_by="user:bob")
+    [sent] = holder.node.store.manifests("sent")
+    have = {m.manifest_id for m in requester.node.store.manifests("received")}
+    if sent.manifest_id in have:  # the harness delivered it already: forget it to see the waiting state
+        pytest.skip("the in-process mesh delivered the share at once")
+    [shown] = await list_requests(requester.requests, {"direction": "outgoing"})
+    assert shown["state"] == "approved" and shown["arrived"] == []
+    assert request_of_manifest(requester.node.store, OUTGOING) == {}
+    # a manifest with that ID from another org is not credited
+    requester.node.store.save_manifest(replace(sent, direction="received", sender_org="RAJ"), [])
+    [shown] = await list_requests(requester.requests, {"direction": "outgoing"})
+    assert shown["arrived"] == [] and request_of_manifest(requester.node.store, OUTGOING) == {}
+    # a second approval whose manifest arrives from the holder, addressed to us: credited
+    again = await requester.requests.send("RJ1", patient_id=PATIENT, reason="MDT", requested_by="user:alice")
+    await holder.requests.approve(again.request_id, [study], decided_by="user:bob")
+    [second] = [m for m in holder.node.store.manifests("sent") if m.manifest_id != sent.manifest_id]
+    requester.node.store.save_manifest(replace(second, direction="received"), [])
+    assert request_of_manifest(requester.node.store, OUTGOING) == {str(second.manifest_id): again.request_id}
+    arrived = {r["request_id"]: r["arrived"] for r in await list_requests(requester.requests, {"direction": "outgoing"})}
+    assert arrived == {row.request_id: [], again.request_id: [str(second.manifest_id)]}

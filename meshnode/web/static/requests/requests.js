@@ -30,6 +30,12 @@
   }
 
   function answerOf(r) {
+    if (r.state === "approved" && r.arrived && r.arrived.length === 0) {
+      return `approved by ${r.decided_by} (waiting for the studies)`;
+    }
+    if (r.state === "approved" && r.arrived) {
+      return `${r.arrived.length} of ${r.manifests.length} study(ies) arrived, shared by ${r.decided_by}`;
+    }
     if (r.state === "approved") return `${r.manifests.length} study(ies) shared by ${r.decided_by}`;
     if (r.state === "declined") return `declined by ${r.decided_by}: ${r.decision_reason}`;
     if (r.state === "expired") return "expired unanswered";
@@ -50,7 +56,8 @@
     cell(tr, patientOf(r));
     cell(tr, r.priority);
     cell(tr, r.requested_by);
-    cell(tr, r.state, `state state-${r.state}`);
+    const waiting = r.state === "approved" && r.arrived && r.arrived.length === 0;
+    cell(tr, waiting ? "approved (waiting for the studies)" : r.state, `state state-${r.state}`);
     cell(tr, answerOf(r), "answer");
     return tr;
   }
