@@ -404,3 +404,41 @@ async def test_an_approval_counts_only_the_studies_that_arrived_from_the_holder(
     assert request_of_manifest(requester.node.store, OUTGOING) == {str(second.manifest_id): again.request_id}
     arrived = {r["request_id"]: r["arrived"] for r in await list_requests(requester.requests, {"direction": "outgoing"})}
     assert arrived == {row.request_id: [], again.request_id: [str(second.manifest_id)]}
+
+
+async def test_prior_queries_audit_the_patient_and_user_and_are_rate_limited(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review 3 finding 5: both audit entries name the patient (a keyed tag of the NHS number, never the
+    number) and the holder's names the asking user (PriorQuery.asked_by); an org asking more than
+    [prior_query] per_minute is refused with a clear error until the minute has passed."""
+    import trio
+
+    from meshnode.storage.patients import PatientRecord
+    _, holder, requester, _ = setup(mesh, RequestConfig(prior_query_allow=frozenset({"RGT"}),
+                                                        prior_query_per_minute=2))
+    holder.node.store.put_patients([PatientRecord(PATIENT, "", NHS)])
+    for _ in range(2):
+        await requester.requests.prior.ask("RJ1", NHS, actor="user:alice")
+    answered = [e.event for e in holder.node.store.audit_entries() if e.event.action == "prior-query-answered"][-1]
+    sent = [e.event for e in requester.node.store.audit_entries() if e.event.action == "prior-query-sent"][-1]
+    assert answered.actor.startswith("user:alice via ") and "patient nhs-" in answered.detail
+    assert "patient nhs-" in sent.detail
+    for entry in (answered, sent):
+        assert NHS not in entry.detail and NHS not in entry.actor
+    assert await holder.requests.prior.patient_tag(NHS) in answered.detail  # an auditor there can look it up
+    with pytest.raises(LimitError, match="prior queries a minute"):
+        await requester.requests.prior.ask("RJ1", NHS, actor="user:alice")
+    assert alerts(holder.node, "prior-query-refused") == [requester.peer_id]
+    await trio.sleep(61)
+    assert isinstance(await requester.requests.prior.ask("RJ1", NHS, actor="user:alice"), PriorReply)
+
+
+def test_a_prior_query_carries_a_bounded_printable_asked_by() -> None:
+    from protocol.errors import SchemaError
+    from protocol.request_messages import decode_prior_query
+    assert decode_prior_query(encode_prior_query(PriorQuery(NHS, "user:alice"))) == PriorQuery(NHS, "user:alice")
+    assert decode_prior_query(encode_prior_query(PriorQuery(NHS))) == PriorQuery(NHS)
+    with pytest.raises(LimitError):
+        PriorQuery(NHS, "x" * 129)
+    with pytest.raises(SchemaError):
+        PriorQuery(NHS, "user:\x1b[31m")
