@@ -263,6 +263,8 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(505, "content-mismatch", DocumentError),
     ErrorCode(506, "request-replayed", DocumentError),  # protocol/study_request.py (RequestReplayError)
     _own(UnauthorisedError),
+    ErrorCode(601, "patient-mismatch", UnauthorisedError),  # meshnode/node/study_match.py
+    ErrorCode(602, "too-many-pending-requests", UnauthorisedError),  # meshnode/storage/request_store.py
     _own(NotFoundError),
     _own(StorageError),
     ErrorCode(701, "block-corrupt", StorageError),  # meshnode/storage/blockstore.py

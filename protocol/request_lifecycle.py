@@ -121,6 +121,12 @@ def receive_request(payload: bytes, *, peer_id: str, peer_org: str, own_org: str
     return RequestReceived(signed, delivery.request, delivery.certificate, cert)
 
 
+def recheck_request(raw: bytes, certificate: bytes, roster: Roster, now: float, skew: int = DEFAULT_SKEW) -> None:
+    """A stored request's signer judged again against the current roster before it is acted on: a node (or
+    org) revoked since the request arrived raises the certificate error, and the request is not approved."""
+    verify_request(open_document(raw, StudyRequest), open_document(certificate, Certificate), roster, now, skew=skew)
+
+
 def receive_response(payload: bytes, *, peer_id: str, roster: Roster, now: float,
                      skew: int = DEFAULT_SKEW) -> ResponseReceived:
     """A request-response frame's payload from `peer_id`: the verified response, delivered by the holder peer

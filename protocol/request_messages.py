@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from protocol import cbor
 from protocol.cbor import CborValue
 from protocol.exchange_messages import MAX_CERT_BYTES, REPLY_MAX_FRAME, FrameLimits, Refused
-from protocol.errors import SchemaError
+from protocol.errors import LimitError, SchemaError
 from protocol.schema import Fields, check_uid
 from protocol.study_request import RequestResponse, StudyRequest, check_date, check_nhs_number
 
@@ -54,11 +54,26 @@ class ResponseDelivery:
 @dataclass(frozen=True)
 class PriorQuery:
     nhs_number: str
+    #: the requesting user (for the holder's audit): printable, at most MAX_ASKED_BY characters; "" unknown
+    asked_by: str = ""
 
     def __post_init__(self) -> None:
         if not self.nhs_number:
             raise SchemaError("a prior query names an NHS number")
         check_nhs_number(self.nhs_number, "prior query.nhs_number")
+        check_asked_by(self.asked_by, "prior query.asked_by")
+
+
+#: characters a prior query's `asked_by` may have
+MAX_ASKED_BY = 128
+
+
+def check_asked_by(value: str, what: str) -> str:
+    if len(value) > MAX_ASKED_BY:
+        raise LimitError(f"{what}: {len(value)} characters, limit {MAX_ASKED_BY}")
+    if not value.isprintable():
+        raise SchemaError(f"{what}: printable characters only")
+    return value
 
 
 @dataclass(frozen=True)
@@ -112,12 +127,12 @@ def decode_response_delivery(data: bytes) -> ResponseDelivery:
 
 
 def encode_prior_query(query: PriorQuery) -> bytes:
-    return cbor.encode({"nhs_number": query.nhs_number})
+    return cbor.encode({"nhs_number": query.nhs_number, **({"asked_by": query.asked_by} if query.asked_by else {})})
 
 
 def decode_prior_query(data: bytes) -> PriorQuery:
     f = Fields(cbor.decode(data, max_depth=2, max_items=8), "prior query")
-    query = PriorQuery(f.text("nhs_number", 10))
+    query = PriorQuery(f.text("nhs_number", 10), f.optional_text("asked_by", MAX_ASKED_BY, check_asked_by))
     f.finish()
     return query
 

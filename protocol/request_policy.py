@@ -8,6 +8,10 @@ The holder's node.toml lists rules ([[request_policy]]); the first rule matching
     purpose = ["care"]          # any of these (empty or absent: any purpose)
     action = "auto-approve"     # auto-approve | queue | refuse
 
+The priority and purpose are the requester's claims (its node signs them; nobody checks them): a rule is
+trust in the organisations it names, so a rule naming "*" may not auto-approve (refused at config load), and
+every auto-approval is audited (110104) with the claimed priority and purpose and the rule's index. A request
+naming no NHS number (only a holder-local patient ID) is never auto-approved: a person checks who it is.
 No rule matching: "queue" (a PACS-team user decides). "auto-approve" shares every local study matching the
 request (patient, date range, modality) at once; "refuse" declines it with the policy as the reason.
 The directory has no groups of organisations: a network (a stroke network, say) is the list of its

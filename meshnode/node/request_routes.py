@@ -12,13 +12,14 @@ API), and the parsing the portal's JSON API (meshnode.web.requests_web) shares: 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from meshnode.control.actor import control_actor
 from meshnode.control.app import Handler
-from meshnode.node.requests import Requests, request_json
-from meshnode.node.study_match import study_json
-from meshnode.storage.request_store import DIRECTIONS, INCOMING
+from meshnode.node.requests import Requests, arrived_manifests, request_json
+from meshnode.node.study_match import PatientMismatchError, study_json
+from meshnode.storage.request_store import DIRECTIONS, INCOMING, OUTGOING, Cursor
 from protocol.errors import NotFoundError, SchemaError
 from protocol.manifest import Priority, Purpose
 from protocol.request_messages import PriorReply
@@ -64,15 +65,53 @@ async def send_request(requests: Requests, body: dict[str, Any], actor: str) -> 
     return request_json(row)
 
 
-async def list_requests(requests: Requests, body: dict[str, Any]) -> list[dict[str, object]]:
+#: requests one listing shows (a page; `before` = the last row's `cursor` for the next)
+PAGE = 100
+#: rows one listing reads at most to fill a page of one user's requests
+MAX_SCAN = 20 * PAGE
+
+
+def parse_cursor(text: object) -> Cursor | None:
+    """A row's `cursor` ("<created_ms>-<request id>") back into the store's cursor; "" or None: none."""
+    if text in (None, ""):
+        return None
+    if not isinstance(text, str) or len(text) > 64:
+        raise SchemaError("'before' must be a row's cursor")
+    ms, _, key = text.partition("-")
+    if not ms.isdigit() or len(ms) > 18:
+        raise SchemaError("'before' must be a row's cursor")
+    return int(ms), parse_request_id(key).hex()
+
+
+async def list_requests(requests: Requests, body: dict[str, Any], *, requested_by: str | None = None
+                        ) -> list[dict[str, object]]:
+    """One page of requests, newest first (body: direction, state, before). With `requested_by`, only the
+    requests that user made (a clinician sees their own; the PACS team, None, sees all)."""
     direction = body.get("direction") or None
     if direction is not None and direction not in DIRECTIONS:
         raise SchemaError(f"'direction' must be one of {', '.join(DIRECTIONS)}")
     state = body.get("state") or None
     if state is not None and state not in {s.value for s in RequestState}:
         raise SchemaError(f"'state' must be one of {', '.join(s.value for s in RequestState)}")
-    rows = await requests.ctx.db.run(lambda s: s.requests(direction, RequestState(state) if state else None))
-    return [request_json(r) for r in rows]
+    before = parse_cursor(body.get("before"))
+    out: list[dict[str, object]] = []
+    scanned = 0
+    while len(out) < PAGE and scanned < MAX_SCAN:
+        cursor = before
+        rows = await requests.ctx.db.run(
+            lambda s: s.requests(direction, RequestState(state) if state else None, PAGE, cursor))
+        scanned += len(rows)
+        for r in rows:
+            shown = request_json(r)
+            if requested_by is None or shown["requested_by"] == requested_by:
+                if r.direction == OUTGOING and r.state is RequestState.APPROVED:
+                    # approved is the holder's word; the studies count once they are here
+                    shown["arrived"] = await requests.ctx.db.run(partial(arrived_manifests, row=r))
+                out.append(shown)
+        if len(rows) < PAGE:
+            break
+        before = (rows[-1].created_ms, rows[-1].request_id)
+    return out[:PAGE]
 
 
 async def show_request(requests: Requests, body: dict[str, Any]) -> dict[str, object]:
@@ -83,7 +122,10 @@ async def show_request(requests: Requests, body: dict[str, Any]) -> dict[str, ob
         raise NotFoundError(f"no request {key}")
     out = request_json(row)
     if row.direction == INCOMING:
-        out["matching"] = [study_json(s) for s in await requests.matching(key)]
+        try:
+            out["matching"] = [study_json(s) for s in await requests.matching(key)]
+        except PatientMismatchError as exc:  # shown to the PACS team, who decline it or fix the lookup table
+            out["matching"], out["mismatch"] = [], str(exc)
     return out
 
 

@@ -23,11 +23,12 @@ from meshnode.gateway.reconcile_holds import check_not_held
 from meshnode.node.context import NodeContext, keep_running
 from meshnode.node.prior_query import PriorQueries
 from meshnode.node.sender import Sender
-from meshnode.node.study_match import MAX_MATCHES, patient_ids, search_studies
+from meshnode.node.study_match import MAX_MATCHES, PatientMismatchError, patient_ids, search_studies
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import StudySummaryRow, hash_uid
 from meshnode.storage.request_store import INCOMING, OUTGOING, RequestRow
+from protocol.cid import CID
 from protocol.document import open_document
 from protocol.errors import (
     LocalProtocolError,
@@ -44,6 +45,7 @@ from protocol.request_lifecycle import (
     apply_response,
     expired,
     receive_request,
+    recheck_request,
     receive_response,
 )
 from protocol.request_messages import (
@@ -75,6 +77,12 @@ SWEEP_EVERY_S = 5.0
 #: before the expiry, or the holder's "expired") before it records the request as expired unanswered
 RESPONSE_GRACE_S = 3600.0
 EXPIRED_REASON = "nobody decided before it expired"
+#: rows one sweep query takes (expiry, responses to deliver), and expiry batches per sweep at most
+SWEEP_BATCH = 500
+SWEEP_BATCHES = 100
+#: the longest wait before a response is offered again to a requester that could not be reached
+MAX_BACKOFF_S = 3600.0
+MAX_BACKOFF_PEERS = 4096
 
 
 class RequestLink(Protocol):
@@ -99,13 +107,32 @@ def request_json(row: RequestRow) -> dict[str, object]:
         "created_at": request.created_at, "expires_at": request.expires_at,
         "manifests": json.loads(row.manifests), "decision_reason": row.reason, "decided_by": row.decided_by,
         "updated_ms": row.updated_ms, "response_delivered": row.response_delivered,
+        "cursor": f"{row.created_ms}-{row.request_id}",
     }
+
+
+def arrived_manifests(store: MetadataStore, row: RequestRow) -> list[str]:
+    """Of the manifests an approval of our outgoing request lists, those that have arrived here: received
+    from the holder org and addressed to us (a response may name manifests the holder never sent, or another
+    org's; only what arrived is credited to the request)."""
+    out = []
+    for text in json.loads(row.manifests):
+        try:
+            m = store.manifest(CID.parse(str(text)))
+        except MeshError:
+            continue
+        if (m is not None and m.direction == "received" and m.sender_org == row.holder_org
+                and row.requester_org in m.recipients):
+            out.append(str(text))
+    return out
 
 
 def request_of_manifest(store: MetadataStore, direction: str) -> dict[str, str]:
     """Manifest ID -> the ID of the request it answers, for the approved requests of one direction (the inbox
-    and outbox show which studies came from, or went out on, a request)."""
-    return {m: r.request_id for r in store.requests(direction, RequestState.APPROVED) for m in json.loads(r.manifests)}
+    and outbox show which studies came from, or went out on, a request). Outgoing: only manifests that
+    arrived from the holder org addressed to us (arrived_manifests)."""
+    return {m: r.request_id for r in store.requests(direction, RequestState.APPROVED)
+            for m in (arrived_manifests(store, r) if direction == OUTGOING else json.loads(r.manifests))}
 
 
 class Requests:
@@ -116,6 +143,8 @@ class Requests:
         #: prior-study queries, asked and answered (meshnode.node.prior_query)
         self.prior = PriorQueries(ctx, link)
         self._locks: dict[str, trio.Lock] = {}
+        #: requester peer -> (failed deliveries in a row, clock time before which it is not tried again)
+        self._backoff: dict[str, tuple[int, float]] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -222,8 +251,10 @@ class Requests:
                                detail=(f"{request.id_text} from {peer_id}: {request.priority.value} "
                                        f"{request.purpose.value}"))
 
-            def save(store: MetadataStore) -> bool:
-                return store.save_request(row)
+            cap = ctx.config.requests.max_pending_per_org
+
+            def save(store: MetadataStore) -> bool:  # the cap is counted in the insert's own transaction
+                return store.save_request(row, cap)
 
             if not await ctx.db.run(save):
                 raise RequestReplayError(f"request {request.id_text} was received before")
@@ -242,6 +273,9 @@ class Requests:
         try:
             if action is PolicyAction.REFUSE:
                 await self.decline(request.id_text, "refused by the holder's request policy", decided_by=who)
+            elif not request.nhs_number:
+                # a holder-local patient ID alone is the requester's word for who the patient is: a person checks
+                log.info("request %s: names no NHS number; queued for a person", request.id_text)
             else:
                 studies = [s.attributes.study_uid for s in await self.matching(request.id_text)]
                 if studies:
@@ -265,10 +299,22 @@ class Requests:
             self._locks = {k: v for k, v in self._locks.items() if v.locked()}
         return self._locks.setdefault(key, trio.Lock())
 
+    async def patient_of(self, request: StudyRequest) -> list[str]:
+        """The local patient IDs the request names (study_match.patient_ids); a request naming two patients
+        (an NHS number and another patient's local ID) is refused and audited as a Security Alert."""
+        try:
+            return await patient_ids(self.ctx, request.nhs_number, request.patient_id)
+        except PatientMismatchError as exc:
+            await self.ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "study-request-patient-mismatch",
+                                            Outcome.MINOR_FAILURE, actor=request.requested_by,
+                                            actor_org=request.requester_org,
+                                            detail=f"{request.id_text}: {exc}"[:300]))
+            raise
+
     async def matching(self, request_id: str) -> list[StudySummaryRow]:
         """The local studies an incoming request asks for."""
         _, request = await self.incoming_request(request_id)
-        return await search_studies(self.ctx, await patient_ids(self.ctx, request.nhs_number, request.patient_id),
+        return await search_studies(self.ctx, await self.patient_of(request),
                                     request.date_from, request.date_to, request.modality)
 
     async def approve(self, request_id: str, study_uids: Sequence[str], *, decided_by: str) -> RequestRow:
@@ -281,7 +327,8 @@ class Requests:
             row, request = await self.incoming_request(request_id)
             await self._check_pending(row, request)
             advance(row.state, RequestEvent.APPROVE)
-            patient = set(await patient_ids(self.ctx, request.nhs_number, request.patient_id))
+            await self._check_signer(row, request)
+            patient = set(await self.patient_of(request))
             chosen = list(dict.fromkeys(study_uids))
             studies = await self.ctx.db.run(lambda s: [s.study(u) for u in chosen])
             for uid, study in zip(chosen, studies):
@@ -303,6 +350,20 @@ class Requests:
             row, request = await self.incoming_request(request_id)
             await self._check_pending(row, request)
             return await self._record_decision(row, request, RequestState.DECLINED, decided_by, reason, ())
+
+    async def _check_signer(self, row: RequestRow, request: StudyRequest) -> None:
+        """The requester's node certificate, judged again against the current roster (revoked since the
+        request arrived: not approved; audited as a Security Alert)."""
+        ctx = self.ctx
+        try:
+            recheck_request(row.raw, row.certificate, ctx.roster(), ctx.clock(), ctx.config.clock_skew)
+        except MeshError as exc:
+            await ctx.audit(AuditEvent(EventCode.SECURITY_ALERT, "study-request-signer-untrusted",
+                                       Outcome.MINOR_FAILURE, actor=request.requester_peer,
+                                       actor_org=request.requester_org,
+                                       detail=f"{row.request_id}: {exc.name}: {exc}"[:300]))
+            raise UnauthorisedError(f"the requesting node is no longer trusted ({exc.name}: {exc}); "
+                                    "decline the request") from exc
 
     async def _check_pending(self, row: RequestRow, request: StudyRequest) -> None:
         if expired(row.state, request, self.ctx.clock()):
@@ -329,7 +390,9 @@ class Requests:
             EventCode.INSTANCES_TRANSFERRED if state is RequestState.APPROVED else EventCode.QUERY,
             f"study-request-{state.value}", actor=decided_by, actor_org=ctx.org,
             detail=(f"{row.request_id} from {row.requester_org}: {len(manifests)} share(s)"
-                    + (f"; {reason}" if reason else ""))[:300]))
+                    + (f"; {reason}" if reason else "")
+                    + (f"; requester claims priority {request.priority.value}, purpose {request.purpose.value}"
+                       if decided_by.startswith("policy:") else ""))[:300]))
         ctx.wake()
         await self._deliver(new, request)
         return (await ctx.db.run(lambda s: s.request(row.request_id, INCOMING))) or new
@@ -355,25 +418,73 @@ class Requests:
 
     async def sweep(self) -> None:
         """Expire incoming requests nobody decided in time (and tell their requesters), mark outgoing ones
-        expired once well past their expiry, and deliver responses that have not reached their requester."""
+        expired once well past their expiry (found by expiry time: however many requests are pending), purge
+        final requests older than the retention period (the audit keeps their history), and deliver responses
+        that have not reached their requester (a bounded batch per sweep, backing off per unreachable peer)."""
         ctx = self.ctx
         now = ctx.clock()
-        pending = await ctx.db.run(lambda s: s.requests(None, RequestState.PENDING))
-        for row in pending:
-            request = open_document(row.raw, StudyRequest).document
-            if row.direction == INCOMING and expired(row.state, request, now):
+        for _ in range(SWEEP_BATCHES):
+            batch = await ctx.db.run(lambda s: s.expired_requests(INCOMING, int(now), SWEEP_BATCH))
+            for row in batch:
+                request = open_document(row.raw, StudyRequest).document
                 async with self._lock(row.request_id):
                     try:
                         await self._record_decision(row, request, RequestState.EXPIRED, "expiry", EXPIRED_REASON, ())
                     except LocalProtocolError:
                         pass  # decided meanwhile
-            elif row.direction == OUTGOING and expired(row.state, request, now - RESPONSE_GRACE_S):
+            if len(batch) < SWEEP_BATCH:
+                break
+        for _ in range(SWEEP_BATCHES):
+            batch = await ctx.db.run(lambda s: s.expired_requests(OUTGOING, int(now - RESPONSE_GRACE_S), SWEEP_BATCH))
+            for row in batch:
                 new = RequestRow(row.request_id, OUTGOING, row.requester_org, row.holder_org, RequestState.EXPIRED,
                                  row.raw, b"", row.created_ms, row.expires_at, reason="expired unanswered",
                                  decided_by="expiry", updated_ms=int(now * 1000))
                 await ctx.db.run(lambda s: s.update_request(new, RequestState.PENDING))
-        for row in await ctx.db.run(lambda s: s.undelivered_responses()):
-            await self._deliver(row, open_document(row.raw, StudyRequest).document)
+            if len(batch) < SWEEP_BATCH:
+                break
+        await self._decline_untrusted()
+        cutoff_ms = int((now - ctx.config.requests.retention_days * 86400) * 1000)
+        purged = await ctx.db.run(lambda s: s.purge_requests(cutoff_ms))
+        if purged:
+            log.info("purged %d final request(s) older than %d days", purged, ctx.config.requests.retention_days)
+        failed: set[str] = set()
+        for row in await ctx.db.run(lambda s: s.undelivered_responses(SWEEP_BATCH)):
+            request = open_document(row.raw, StudyRequest).document
+            peer = request.requester_peer
+            tries, after = self._backoff.get(peer, (0, 0.0))
+            if peer in failed or after > now:
+                continue  # this peer was unreachable just now: its other responses wait for its next try
+            if await self._deliver(row, request):
+                self._backoff.pop(peer, None)
+            else:
+                failed.add(peer)
+                if len(self._backoff) >= MAX_BACKOFF_PEERS:
+                    self._backoff.clear()
+                self._backoff[peer] = (tries + 1, now + min(SWEEP_EVERY_S * 2 ** tries, MAX_BACKOFF_S))
+
+
+    async def _decline_untrusted(self) -> None:
+        """Decline pending incoming requests whose signing node the current roster no longer trusts."""
+        ctx = self.ctx
+        before: tuple[int, str] | None = None
+        for _ in range(SWEEP_BATCHES):
+            cursor = before
+            rows = await ctx.db.run(lambda s: s.requests(INCOMING, RequestState.PENDING, SWEEP_BATCH, cursor))
+            for row in rows:
+                try:
+                    recheck_request(row.raw, row.certificate, ctx.roster(), ctx.clock(), ctx.config.clock_skew)
+                except MeshError as exc:
+                    request = open_document(row.raw, StudyRequest).document
+                    async with self._lock(row.request_id):
+                        try:
+                            await self._record_decision(row, request, RequestState.DECLINED, "roster",
+                                                        f"the requesting node is no longer trusted ({exc.name})", ())
+                        except LocalProtocolError:
+                            pass  # decided meanwhile
+            if len(rows) < SWEEP_BATCH:
+                break
+            before = (rows[-1].created_ms, rows[-1].request_id)
 
 
 def answer_bytes(response: Ack | Refused) -> bytes:

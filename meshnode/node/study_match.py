@@ -10,17 +10,35 @@ from collections.abc import Sequence
 from meshnode.node.context import NodeContext
 from meshnode.storage.records import StudySummaryRow
 from meshnode.storage.search import Level, ListMatch, RangeMatch, Search, TextMatch
+from protocol.errors import UnauthorisedError
 
 #: studies one search returns (and one approval shares) at most
 MAX_MATCHES = 64
 
 
+class PatientMismatchError(UnauthorisedError):
+    """A request names an NHS number and a local patient ID that are not the same patient here."""
+
+    code = 601
+    name = "patient-mismatch"
+
+
 async def patient_ids(ctx: NodeContext, nhs_number: str, patient_id: str = "") -> list[str]:
-    ids = [patient_id] if patient_id else []
+    """The local patient IDs a request or query names. Given both an NHS number and a local ID, the patient
+    is their intersection: the local ID must be the NHS number itself or a record the lookup table links to
+    that NHS number, otherwise the request names two patients and is refused (PatientMismatchError) rather
+    than matched on the union (which would send the local ID's patient's studies for another's NHS number)."""
+    linked: list[str] = []
     if nhs_number:
         records = await ctx.db.run(lambda s: s.patients(nhs_number))
-        ids += [nhs_number, *(r.local_id for r in records)]
-    return list(dict.fromkeys(ids))
+        linked = [nhs_number, *(r.local_id for r in records)]
+    if patient_id and nhs_number:
+        if patient_id not in linked:
+            raise PatientMismatchError("the request's local patient ID is not linked to its NHS number here "
+                                       "(two different patients?): link them in the patient lookup table or "
+                                       "decline the request")
+        return [patient_id]
+    return list(dict.fromkeys([patient_id] if patient_id else linked))
 
 
 async def search_studies(ctx: NodeContext, ids: Sequence[str], date_from: str = "", date_to: str = "",

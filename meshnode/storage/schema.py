@@ -410,4 +410,11 @@ MIGRATIONS = (
     """
     ALTER TABLE users ADD COLUMN oidc_subject TEXT NOT NULL DEFAULT ''
     """,
+    # 22: request limits (issue 13, REQUEST review): pending requests counted per requesting org, the expiry
+    # sweep by expiry time, listings paged newest first
+    """
+    CREATE INDEX study_requests_by_org ON study_requests (direction, requester_org, state);
+    CREATE INDEX study_requests_by_expiry ON study_requests (state, direction, expires_at);
+    CREATE INDEX study_requests_by_created ON study_requests (direction, created_ms, request_id)
+    """,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from meshnode.storage.request_store import INCOMING, RequestRow
+from meshnode.storage.request_store import INCOMING, OUTGOING, Cursor, RequestRow, TooManyPendingRequestsError
 from meshnode.storage.sqlite_base import SqliteTables
 from protocol.study_request import RequestState
 
@@ -28,8 +28,18 @@ def _values(row: RequestRow) -> tuple[object, ...]:
 
 
 class SqliteRequests(SqliteTables):
-    def save_request(self, row: RequestRow) -> bool:
+    def save_request(self, row: RequestRow, max_pending_per_org: int = 0) -> bool:
         with self._tx() as db:
+            if max_pending_per_org and row.direction == INCOMING:
+                exists = db.execute("SELECT 1 FROM study_requests WHERE request_id = ? AND direction = ?",
+                                    (row.request_id, row.direction)).fetchone()
+                (pending,) = db.execute("SELECT COUNT(*) FROM study_requests WHERE direction = ? AND state = ?"
+                                        " AND requester_org = ?", (INCOMING, RequestState.PENDING.value,
+                                                                   row.requester_org)).fetchone()
+                if exists is None and int(pending) >= max_pending_per_org:
+                    raise TooManyPendingRequestsError(
+                        f"{row.requester_org} has {max_pending_per_org} undecided requests here already; wait for"
+                        " them to be decided")
             return db.execute(f"INSERT OR IGNORE INTO study_requests ({_COLUMNS}) VALUES"
                               " (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", _values(row)).rowcount == 1
 
@@ -43,8 +53,12 @@ class SqliteRequests(SqliteTables):
             db.execute("DELETE FROM study_requests WHERE request_id = ? AND direction = ?", (request_id, direction))
 
     def requests(self, direction: str | None = None, state: RequestState | None = None,
-                 limit: int = 500) -> list[RequestRow]:
-        where, args = [], []
+                 limit: int = 500, before: Cursor | None = None) -> list[RequestRow]:
+        where: list[str] = []
+        args: list[object] = []
+        if before is not None:
+            where.append("(created_ms < ? OR (created_ms = ? AND request_id < ?))")
+            args += [before[0], before[0], before[1]]
         if direction is not None:
             where.append("direction = ?")
             args.append(direction)
@@ -53,7 +67,7 @@ class SqliteRequests(SqliteTables):
             args.append(state.value)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         rows = self._query(f"SELECT {_COLUMNS} FROM study_requests{clause} ORDER BY created_ms DESC, request_id"
-                           " LIMIT ?", (*args, limit))
+                           " DESC LIMIT ?", (*args, limit))
         return [_row(r) for r in rows]
 
     def update_request(self, row: RequestRow, expected: RequestState) -> bool:
@@ -68,7 +82,18 @@ class SqliteRequests(SqliteTables):
             db.execute("UPDATE study_requests SET response_delivered = ? WHERE request_id = ? AND direction = ?",
                        (int(delivered), request_id, INCOMING))
 
-    def undelivered_responses(self) -> list[RequestRow]:
+    def expired_requests(self, direction: str, expires_before: int, limit: int = 500) -> list[RequestRow]:
+        return [_row(r) for r in self._query(
+            f"SELECT {_COLUMNS} FROM study_requests WHERE direction = ? AND state = ? AND expires_at < ?"
+            " ORDER BY expires_at, request_id LIMIT ?", (direction, RequestState.PENDING.value, expires_before, limit))]
+
+    def purge_requests(self, updated_before_ms: int) -> int:
+        with self._tx() as db:
+            return int(db.execute(
+                "DELETE FROM study_requests WHERE state != ? AND updated_ms < ? AND (direction = ? OR"
+                " response_delivered = 1)", (RequestState.PENDING.value, updated_before_ms, OUTGOING)).rowcount)
+
+    def undelivered_responses(self, limit: int = 100) -> list[RequestRow]:
         return [_row(r) for r in self._query(
             f"SELECT {_COLUMNS} FROM study_requests WHERE direction = ? AND response != X'' AND"
-            " response_delivered = 0", (INCOMING,))]
+            " response_delivered = 0 ORDER BY updated_ms, request_id LIMIT ?", (INCOMING, limit))]

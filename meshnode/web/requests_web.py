@@ -2,12 +2,14 @@
 /ui/api/requests. The same node functions as `meshnode request ...` and `meshnode priors`
 (meshnode.node.request_routes, meshnode.node.requests):
 
-    GET  /ui/api/requests/outgoing                 request  what this node asked others for, with live state
+    GET  /ui/api/requests/outgoing[?before=C]      request  what this node asked others for, with live state (a
+                                                            clinician: their own; `queues`: all); 100 a page,
+                                                            `before` = the last row's `cursor` for the next
     POST /ui/api/requests                          request  a new request {"holder", "nhs_number"?, "patient_id"?,
                                                             "date_from"?, "date_to"?, "modality"?, "reason",
                                                             "priority"?, "purpose"?}
     POST /ui/api/requests/priors                   request  {"org", "nhs_number"}: the org's studies for the patient
-    GET  /ui/api/requests/incoming                 queues   what others asked this node for
+    GET  /ui/api/requests/incoming[?before=C]      queues   what others asked this node for (paged likewise)
     GET  /ui/api/requests/incoming/{id}            queues   one, with the local studies it matches
     POST /ui/api/requests/incoming/{id}/search     queues   local studies of the requested patient, narrowed or
                                                             widened by {"date_from", "date_to", "modality"}
@@ -31,7 +33,7 @@ from starlette.responses import Response
 
 from meshnode.node.request_routes import list_requests, query_priors, send_request, show_request, study_list
 from meshnode.node.requests import Requests, request_json
-from meshnode.node.study_match import patient_ids, search_studies, study_json
+from meshnode.node.study_match import search_studies, study_json
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.web.app import Route, route
 from meshnode.web.http import HttpError, body, json_response, principal
@@ -96,12 +98,18 @@ class RequestsWeb:
         await self._viewed(request, what, n)
 
     async def outgoing(self, request: Request) -> Response:
-        rows = await list_requests(self.requests(), {"direction": "outgoing"})
+        """A page of this node's requests: a clinician's own only; the PACS team (`queues`) sees all."""
+        p = principal(request)
+        mine = None if p is not None and p.may("queues") else _user(request)
+        rows = await list_requests(self.requests(), {"direction": "outgoing",
+                                                     "before": request.query_params.get("before")},
+                                   requested_by=mine)
         await self._listed_to(request, "requests-outgoing-list", len(rows))
         return json_response(200, rows)
 
     async def incoming(self, request: Request) -> Response:
-        rows = await list_requests(self.requests(), {"direction": "incoming"})
+        rows = await list_requests(self.requests(), {"direction": "incoming",
+                                                     "before": request.query_params.get("before")})
         await self._listed_to(request, "requests-incoming-list", len(rows))
         return json_response(200, rows)
 
@@ -125,7 +133,7 @@ class RequestsWeb:
         filters = {k: payload.get(k, "") for k in ("date_from", "date_to", "modality")}
         if not all(isinstance(v, str) and len(v) <= 16 for v in filters.values()):
             raise HttpError(400, "date_from, date_to and modality are short text")
-        ids = await patient_ids(requests.ctx, req.nhs_number, req.patient_id)
+        ids = await requests.patient_of(req)
         rows = await search_studies(requests.ctx, ids, filters["date_from"].replace("-", ""),
                                     filters["date_to"].replace("-", ""), filters["modality"].upper())
         await self._viewed(request, "requests-search", len(rows))

@@ -50,3 +50,22 @@ def test_the_default_is_queue_everything_and_answer_no_prior_query() -> None:
 def test_a_bad_policy_names_its_key(bad: str) -> None:
     with pytest.raises(ConfigError, match="request_policy|prior_query"):
         parse_config(BASE + bad)
+
+
+def test_a_rule_for_any_org_may_not_auto_approve() -> None:
+    """Priority and purpose are the requester's claims: "*" with auto-approve would send studies to any
+    certified org that says "stat" (review 3 finding 3)."""
+    with pytest.raises(ConfigError, match="cannot auto-approve"):
+        parse_config(BASE + '[[request_policy]]\nfrom = "*"\npriority = ["stat"]\naction = "auto-approve"\n')
+
+
+def test_request_limits_have_defaults_and_are_read() -> None:
+    config = parse_config(BASE)
+    assert (config.requests.max_pending_per_org, config.requests.retention_days,
+            config.requests.prior_query_per_minute) == (50, 90, 60)
+    config = parse_config(BASE + "[requests]\nmax_pending_per_org = 3\nretention_days = 7\n"
+                          "[prior_query]\nper_minute = 5\n")
+    assert (config.requests.max_pending_per_org, config.requests.retention_days,
+            config.requests.prior_query_per_minute) == (3, 7, 5)
+    with pytest.raises(ConfigError):
+        parse_config(BASE + "[requests]\nmax_pending_per_org = 0\n")

@@ -50,3 +50,45 @@ def test_a_decision_is_a_compare_and_set_and_responses_are_tracked(store: Metada
     store.set_response_delivered(ROW.request_id, True)
     assert store.undelivered_responses() == []
     assert store.request(ROW.request_id, INCOMING) == replace(approved, response_delivered=True)
+
+
+def test_pending_incoming_requests_are_capped_per_requesting_org(store: MetadataStore) -> None:
+    from meshnode.storage.request_store import TooManyPendingRequestsError
+    for i in range(2):
+        assert store.save_request(replace(ROW, request_id=f"{i:032x}"), 2)
+    with pytest.raises(TooManyPendingRequestsError):
+        store.save_request(replace(ROW, request_id=f"{9:032x}"), 2)
+    assert store.request(f"{9:032x}", INCOMING) is None
+    assert not store.save_request(replace(ROW, request_id=f"{0:032x}"), 2)  # a replay is still a replay
+    assert store.save_request(replace(ROW, request_id=f"{9:032x}", requester_org="RAJ"), 2)  # another org
+    assert store.save_request(replace(ROW, request_id=f"{8:032x}", direction=OUTGOING), 2)  # ours: not capped
+    assert store.update_request(replace(ROW, request_id=f"{0:032x}", state=RequestState.DECLINED),
+                                RequestState.PENDING)
+    assert store.save_request(replace(ROW, request_id=f"{7:032x}"), 2)  # room again
+
+
+def test_listings_are_paged_newest_first(store: MetadataStore) -> None:
+    for i in range(5):
+        store.save_request(replace(ROW, request_id=f"{i:032x}", created_ms=100 + i // 2))  # ties in created_ms
+    first = store.requests(INCOMING, limit=2)
+    second = store.requests(INCOMING, limit=2, before=(first[-1].created_ms, first[-1].request_id))
+    third = store.requests(INCOMING, limit=2, before=(second[-1].created_ms, second[-1].request_id))
+    ids = [r.request_id for r in first + second + third]
+    assert ids == [f"{i:032x}" for i in (4, 3, 2, 1, 0)]
+
+
+def test_expired_purged_and_undelivered_queries(store: MetadataStore) -> None:
+    for i in range(4):
+        store.save_request(replace(ROW, request_id=f"{i:032x}", expires_at=1000 + i, created_ms=50 - i))
+    assert [r.request_id for r in store.expired_requests(INCOMING, 1002)] == [f"{0:032x}", f"{1:032x}"]
+    assert store.expired_requests(OUTGOING, 5000) == []
+    assert len(store.expired_requests(INCOMING, 5000, limit=3)) == 3
+    final = replace(ROW, request_id=f"{0:032x}", state=RequestState.DECLINED, updated_ms=500, response=b"r",
+                    response_delivered=False)
+    assert store.update_request(final, RequestState.PENDING)
+    assert [r.request_id for r in store.undelivered_responses(1)] == [final.request_id]
+    assert store.purge_requests(10_000) == 0  # its response has not reached the requester yet: kept
+    store.set_response_delivered(final.request_id, True)
+    assert store.purge_requests(400) == 0  # changed after the cut-off
+    assert store.purge_requests(10_000) == 1  # final and old: gone; pending ones stay
+    assert len(store.requests(INCOMING)) == 3

@@ -107,3 +107,34 @@ async def test_bad_input_is_a_clear_error(autojump_clock: MockClock, mesh: Memor
     missing = await call(app, "GET", "/ui/api/requests/incoming/" + "ab" * 16, headers=auth(tokens["bob"]))
     assert missing.status == 404
     assert (await call(app, "GET", "/ui/api/requests/incoming/nothex", headers=auth(tokens["bob"]))).status == 400
+
+
+async def test_a_clinician_sees_only_their_own_requests_and_lists_are_paged(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review 3: a user with `request` saw every outgoing request of the node (other clinicians' patients);
+    now a clinician sees the requests they made, the PACS team all; lists come a page at a time."""
+    from dataclasses import replace
+
+    from meshnode.node.request_routes import PAGE
+    rm = RequestMesh(mesh)
+    holder = rm.add(mesh.add("a", "RJ1", 50))
+    requester = rm.add(mesh.add("r", "RGT", 51))
+    app_r, tokens_r, _ = portal(requester)
+    body = json.dumps({"holder": "RJ1", "patient_id": PATIENT, "reason": "MDT"}).encode()
+    assert (await call(app_r, "POST", "/ui/api/requests", headers=auth(tokens_r["alice"]), body=body)).status == 200
+    await requester.requests.send("RJ1", patient_id="SOMEONE-ELSE", reason="MDT", requested_by="user:carol")
+    mine = (await call(app_r, "GET", "/ui/api/requests/outgoing", headers=auth(tokens_r["alice"]))).json()
+    assert [r["requested_by"] for r in mine] == ["user:alice"]
+    everyone = (await call(app_r, "GET", "/ui/api/requests/outgoing", headers=auth(tokens_r["bob"]))).json()
+    assert sorted(r["requested_by"] for r in everyone) == ["user:alice", "user:carol"]
+    # paging: more than a page of rows, read through with `before`
+    [row] = [r for r in requester.node.store.requests(OUTGOING) if r.request_id == mine[0]["request_id"]]
+    for i in range(PAGE + 5):
+        requester.node.store.save_request(replace(row, request_id=f"{i:032x}", created_ms=row.created_ms - 1 - i))
+    first = (await call(app_r, "GET", "/ui/api/requests/outgoing", headers=auth(tokens_r["alice"]))).json()
+    assert len(first) == PAGE
+    rest = (await call(app_r, "GET", "/ui/api/requests/outgoing", query=f"before={first[-1]['cursor']}",
+                       headers=auth(tokens_r["alice"]))).json()
+    assert len(rest) == 6 and not {r["request_id"] for r in first} & {r["request_id"] for r in rest}
+    bad = await call(app_r, "GET", "/ui/api/requests/outgoing", query="before=x", headers=auth(tokens_r["alice"]))
+    assert bad.status == 400

@@ -5,7 +5,11 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const REFRESH_MS = 2000;
+  const PAGE = 100;  // rows a listing returns (meshnode/node/request_routes.py PAGE)
   let reviewing = null;
+  // paging: the cursor a table is shown from (null: the newest), and each table's last row's cursor
+  const before = { outgoing: null, incoming: null };
+  const last = { outgoing: null, incoming: null };
 
   function status(text) {
     const el = $("status");
@@ -26,6 +30,12 @@
   }
 
   function answerOf(r) {
+    if (r.state === "approved" && r.arrived && r.arrived.length === 0) {
+      return `approved by ${r.decided_by} (waiting for the studies)`;
+    }
+    if (r.state === "approved" && r.arrived) {
+      return `${r.arrived.length} of ${r.manifests.length} study(ies) arrived, shared by ${r.decided_by}`;
+    }
     if (r.state === "approved") return `${r.manifests.length} study(ies) shared by ${r.decided_by}`;
     if (r.state === "declined") return `declined by ${r.decided_by}: ${r.decision_reason}`;
     if (r.state === "expired") return "expired unanswered";
@@ -46,7 +56,8 @@
     cell(tr, patientOf(r));
     cell(tr, r.priority);
     cell(tr, r.requested_by);
-    cell(tr, r.state, `state state-${r.state}`);
+    const waiting = r.state === "approved" && r.arrived && r.arrived.length === 0;
+    cell(tr, waiting ? "approved (waiting for the studies)" : r.state, `state state-${r.state}`);
     cell(tr, answerOf(r), "answer");
     return tr;
   }
@@ -79,11 +90,25 @@
   async function refresh(background) {
     const options = { background: !!background };  // the timer's refreshes are not activity (idle timeout)
     try {
-      if (meshPortal.may("request")) fill($("outgoing-table"), await meshPortal.api("GET", "/ui/api/requests/outgoing", undefined, options), outgoingRow);
-      if (meshPortal.may("queues")) fill($("incoming-table"), await meshPortal.api("GET", "/ui/api/requests/incoming", undefined, options), incomingRow);
+      if (meshPortal.may("request")) fill($("outgoing-table"), await page("outgoing", options), outgoingRow);
+      if (meshPortal.may("queues")) fill($("incoming-table"), await page("incoming", options), incomingRow);
     } catch (e) {
       status(`Could not refresh: ${e.message}`);
     }
+  }
+
+  async function page(name, options) {
+    const query = before[name] ? `?before=${encodeURIComponent(before[name])}` : "";
+    const rows = await meshPortal.api("GET", `/ui/api/requests/${name}${query}`, undefined, options);
+    last[name] = rows.length ? rows[rows.length - 1].cursor : null;
+    $(`${name}-older`).disabled = rows.length < PAGE;
+    $(`${name}-newest`).hidden = !before[name];
+    return rows;
+  }
+
+  function pager(name) {
+    $(`${name}-older`).addEventListener("click", () => { before[name] = last[name]; refresh(); });
+    $(`${name}-newest`).addEventListener("click", () => { before[name] = null; refresh(); });
   }
 
   function formBody() {
@@ -148,6 +173,7 @@
       $("search-to").value = isoDate(r.date_to);
       $("search-modality").value = r.modality || "";
       showStudies(r.matching);
+      if (r.mismatch) status(`This request names two different patients: ${r.mismatch}`);
     } catch (e) {
       status(`Cannot open the request: ${e.message}`);
     }
@@ -180,8 +206,10 @@
       box.value = s.study_uid;
       box.id = `study-${i}`;
       label.htmlFor = box.id;
+      // the study's own patient ID and name, so a person sees a study that is not the requested patient's
       label.append(box, document.createTextNode(
-        ` ${s.study_date} ${s.modalities.join(",")} ${s.description} (${s.series} series, ${s.instances} images)`));
+        ` ${s.patient_id} ${s.patient_name}: ${s.study_date} ${s.modalities.join(",")} ${s.description}`
+        + ` (${s.series} series, ${s.instances} images)`));
       return label;
     }));
     $("review-none").hidden = studies.length > 0;
@@ -234,6 +262,8 @@
     $("decline").addEventListener("click", () => decide("decline"));
     $("review-search").addEventListener("submit", research);
     $("review-close").addEventListener("click", () => { $("review").hidden = true; reviewing = null; });
+    pager("outgoing");
+    pager("incoming");
     await refresh();
     setInterval(() => refresh(true), REFRESH_MS);
   }
