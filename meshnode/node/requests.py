@@ -28,6 +28,7 @@ from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import StudySummaryRow, hash_uid
 from meshnode.storage.request_store import INCOMING, OUTGOING, RequestRow
+from protocol.backoff import Backoff
 from protocol.cid import CID
 from protocol.document import open_document
 from protocol.errors import (
@@ -82,6 +83,8 @@ SWEEP_BATCH = 500
 SWEEP_BATCHES = 100
 #: the longest wait before a response is offered again to a requester that could not be reached
 MAX_BACKOFF_S = 3600.0
+#: a peer that did not take a response is tried again after 5 s, doubling to an hour (protocol.backoff)
+RESPONSE_BACKOFF = Backoff(base=SWEEP_EVERY_S, factor=2.0, cap=MAX_BACKOFF_S)
 MAX_BACKOFF_PEERS = 4096
 
 
@@ -461,7 +464,7 @@ class Requests:
                 failed.add(peer)
                 if len(self._backoff) >= MAX_BACKOFF_PEERS:
                     self._backoff.clear()
-                self._backoff[peer] = (tries + 1, now + min(SWEEP_EVERY_S * 2 ** tries, MAX_BACKOFF_S))
+                self._backoff[peer] = (tries + 1, now + RESPONSE_BACKOFF.delay(tries + 1))
 
 
     async def _decline_untrusted(self) -> None:
