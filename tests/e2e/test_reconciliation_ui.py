@@ -1,6 +1,7 @@
 """The reconciliation queue in the web UI (Chromium) and over HTTP, on a real node: a received study without
 an NHS number is listed on the Reconcile page and left out of QIDO-RS and WADO-RS until a user with the
-write role matches it over HTTP (a read-only user cannot). The queue is the PACS team's (the pacs role); a
+write role matches it by typing the local patient ID into the row and clicking Match (a read-only user
+cannot decide over HTTP). The queue is the PACS team's (the pacs role); a
 read-only user neither sees the Reconcile tab nor lists the queue."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from selenium.webdriver.common.by import By
 
 from meshnode.demo.mesh import MeshDemo
 from meshnode.demo.workspace import Workspace
-from tests.e2e.browser import wait
+from tests.e2e.browser import assert_accessible, screenshot, wait
 from tests.e2e.web import add_user, enable_http, http_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -35,7 +36,7 @@ def request(url: str, token: str, method: str = "GET", body: object = None) -> t
         return exc.code, None
 
 
-def test_reconcile_page_and_http_decision(tmp_path: Path, browser: webdriver.Chrome) -> None:
+def test_reconcile_page_and_decision_in_the_page(tmp_path: Path, browser: webdriver.Chrome) -> None:
     mesh = MeshDemo(Workspace(tmp_path))
     try:
         nodes = mesh.setup([("a", "RGT", "Org A"), ("b", "RJ1", "Org B")], start=False)
@@ -80,8 +81,20 @@ def test_reconcile_page_and_http_decision(tmp_path: Path, browser: webdriver.Chr
         assert request(url + f"/dicomweb/studies/{study}/metadata", reader)[0] == 404
         # a read-only user cannot decide; a writer can, once
         assert request(url + f"/reconcile/{manifest}/match", reader, "POST", {"local_id": "RJ1-7"})[0] == 403
-        status, decided = request(url + f"/reconcile/{manifest}/match", writer, "POST", {"local_id": "RJ1-7"})
-        assert status == 200 and decided["decided_by"] == "user:pacs-team"
+        # the PACS team decides in the page: the local patient ID typed into the row, Match clicked
+        row = browser.find_elements(By.CSS_SELECTOR, f'#reconcile-table tr[data-manifest="{manifest}"]')
+        match = row[0].find_element(By.CSS_SELECTOR, "button.decide-match")
+        assert "SYN0000001" in (match.get_attribute("aria-label") or "")
+        assert_accessible(browser, "the Reconcile tab with the decision controls")
+        screenshot(browser, "portal-reconcile-decide")
+        row[0].find_element(By.CSS_SELECTOR, 'input[aria-label^="Local patient ID"]').send_keys("RJ1-7")
+        match.click()
+        wait("the match's notice", lambda: "Matched" in browser.find_element(By.ID, "notice").text)
+        assert "RJ1-7" in browser.find_element(By.ID, "notice").text
+        wait("the row gone from the queue", lambda: not browser.find_elements(
+            By.CSS_SELECTOR, f'#reconcile-table tr[data-manifest="{manifest}"]'))
+        decided = [r for r in mesh.cli(b, "reconcile", "list", "--all") if r["manifest"] == manifest]
+        assert decided and decided[0]["decided_by"] == "user:pacs-team"
         assert request(url + f"/reconcile/{manifest}/match", writer, "POST", {"local_id": "RJ1-7"})[0] == 400
         status, found = request(url + "/dicomweb/studies", reader)
         assert status == 200 and study in json.dumps(found)

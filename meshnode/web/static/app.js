@@ -160,7 +160,8 @@ const render = {
       el("td", { class: "mono" }, when(p.last_seen))));
   },
   reconcile(rows) {
-    // the patient reconciliation queue (GET /reconcile, queues permission: the pacs role); decisions: meshnode reconcile or the API
+    // the patient reconciliation queue (GET /reconcile, queues permission: the pacs role); decisions in the page
+    // (write permission: the pacs role) or with meshnode reconcile
     fill(document.getElementById("reconcile-table"), rows, (r) => el("tr", { "data-manifest": r.manifest },
       el("td", { class: "mono" }, when(new Date(r.created_ms).toISOString())),
       el("td", {}, el("b", {}, r.sender_org)),
@@ -168,7 +169,8 @@ const render = {
         el("div", { class: "muted" }, `${r.arriving.name} ${r.arriving.birth_date} ${r.arriving.sex}`)),
       el("td", { class: "mono" }, r.arriving.nhs_number || "-"),
       el("td", { class: "warn" }, r.reason, r.detail ? el("div", { class: "muted" }, r.detail) : null),
-      el("td", { class: "mono", title: r.manifest }, short(r.manifest, 20))));
+      el("td", { class: "mono", title: r.manifest }, short(r.manifest, 20)),
+      may("write") ? reconcileControls(r) : null));
   },
   audit(data) {
     const chain = document.getElementById("chain");
@@ -277,6 +279,7 @@ async function loadSession() {
   document.getElementById("logout").hidden = !session.user;
   document.getElementById("signin-link").hidden = !!session.user;
   document.getElementById("users-link").hidden = !(session.permissions || []).includes("admin");
+  for (const th of document.querySelectorAll("th.decide")) th.hidden = !may("write");
   // the PACS team's queues (reconciliation, conflicts) need the queues permission (the pacs role)
   const queues = (session.permissions || []).includes("queues");
   for (const page of ["reconcile", "conflicts"]) {
@@ -332,8 +335,8 @@ window.addEventListener("DOMContentLoaded", async () => {
 });
 
 // -- conflicts: same SOP Instance UID, other bytes (GET /api/conflicts, queues permission: the pacs role;
-// decisions need the write permission: `meshnode conflicts decide ID replace|keep-both|discard` or
-// POST /api/conflicts/ID/decision with an API token, or the session cookie and its anti-CSRF token)
+// decisions need the write permission: the buttons on each pending row (the pacs role), or
+// `meshnode conflicts decide ID replace|keep-both|discard`, or POST /api/conflicts/ID/decision)
 let conflictsTimer = null;
 
 async function loadConflicts(background) {
@@ -343,10 +346,10 @@ async function loadConflicts(background) {
   });
   if (!response.ok) {
     notice(response.status === 403 ? "The conflict queue is for the PACS team: it needs a user with the pacs role."
-      : "Log in with your API token to see the conflict queue.");
+      : "Sign in as a member of the PACS team to see the conflict queue.");
     return;
   }
-  notice("");
+  if (!background) notice("");
   const rows = await response.json();
   fill(document.getElementById("conflicts-table"), rows, (c) => el("tr", {},
     el("td", {}, "#" + c.id),
@@ -357,8 +360,65 @@ async function loadConflicts(background) {
     el("td", { class: "mono", title: c.existing_sha256 }, short(c.existing_sha256, 16)),
     el("td", { class: "mono", title: c.newcomer_sha256 }, short(c.newcomer_sha256, 16)),
     el("td", {}, c.source + (c.route ? " (route " + c.route + ")" : "")),
-    el("td", {}, c.state === "pending" ? "pending (" + c.policy + "): meshnode conflicts decide " + c.id + " ..."
-      : c.state + " by " + c.decided_by + (c.new_uid ? " as " + c.new_uid : ""))));
+    c.state === "pending" ? conflictControls(c)
+      : el("td", {}, c.state + " by " + c.decided_by + (c.new_uid ? " as " + c.new_uid : ""))));
+}
+
+// -- decisions from the page (write permission: the pacs role), with the session cookie and its anti-CSRF
+// token; the result or the refusal goes into the notice area as text, then the queue is read again
+function may(permission) { return (session.permissions || []).includes(permission); }
+
+async function decide(url, body, done, reload) {
+  let text;
+  try {
+    const response = await fetch(url, { method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": session.csrf || "" }, body: JSON.stringify(body) });
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
+    const reason = data && (data.message || data.error) ? String(data.message || data.error) : "";
+    text = response.ok ? done
+      : response.status === 403 ? "Refused (HTTP 403): deciding needs a user with the pacs role (write permission)."
+      : response.status === 409 ? "Already decided (HTTP 409)" + (reason ? ": " + reason : ".")
+      : `Refused (HTTP ${response.status})` + (reason ? ": " + reason : ".");
+  } catch (e) {
+    text = "The node did not answer: " + e.message;
+  }
+  await reload();
+  notice(text);
+}
+
+function reconcileControls(r) {
+  const what = `${r.arriving.patient_id} from ${r.sender_org}`;
+  const localId = el("input", { type: "text", size: "12", autocomplete: "off", placeholder: "local patient ID", "aria-label": `Local patient ID for ${what}` });
+  const reason = el("input", { type: "text", size: "12", autocomplete: "off", placeholder: "reason (optional)", "aria-label": `Reason to reject ${what}` });
+  const match = el("button", { type: "button", class: "decide-match", "aria-label": `Match ${what} to the local patient ID` }, "Match");
+  const reject = el("button", { type: "button", class: "decide-reject", "aria-label": `Reject ${what}` }, "Reject");
+  match.addEventListener("click", () => {
+    const id = localId.value.trim();
+    if (!id) { notice(`Enter the local patient ID to match ${what} to.`); localId.focus(); return; }
+    decide(`/reconcile/${encodeURIComponent(r.manifest)}/match`, { local_id: id },
+      `Matched ${what} to local patient ${id}: the study goes on to the PACS.`, loadReconcile);
+  });
+  reject.addEventListener("click", () => {
+    decide(`/reconcile/${encodeURIComponent(r.manifest)}/reject`, { reason: reason.value.trim() },
+      `Rejected ${what}.`, loadReconcile);
+  });
+  return el("td", { class: "decide" }, el("div", {}, localId, " ", match), el("div", {}, reason, " ", reject));
+}
+
+function conflictControls(c) {
+  const cell = el("td", {}, `pending (${c.policy})`);
+  if (!may("write")) return cell;
+  const labels = { "replace": "Replace", "keep-both": "Keep both", "discard": "Discard" };
+  const says = { "replace": "the newcomer replaces the stored instance", "keep-both": "both kept",
+    "discard": "the newcomer is discarded" };
+  for (const [decision, label] of Object.entries(labels)) {
+    const button = el("button", { type: "button", "data-decision": decision, "aria-label": `${label}: conflict #${c.id}` }, label);
+    button.addEventListener("click", () => decide(`/api/conflicts/${c.id}/decision`, { decision },
+      `Conflict #${c.id} decided: ${says[decision]}.`, () => loadConflicts(true)));
+    cell.append(" ", button);
+  }
+  return cell;
 }
 
 function conflictsPage(on) {
