@@ -17,8 +17,8 @@ meshnode.web.app), so another site cannot make a browser decide. The deciding us
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,10 +26,10 @@ from starlette.responses import Response
 from meshnode.node.deid_routes import held_json
 from meshnode.node.research_share import ResearchShares
 from meshnode.storage.audit import AuditEvent, EventCode
-from meshnode.study.preview import PreviewError, render_png
 from meshnode.storage.research_store import ResearchState
+from meshnode.study.preview import PreviewError, render_png
 from meshnode.web.app import Route, route
-from meshnode.web.http import HttpError, body, json_response, principal
+from meshnode.web.http import HttpError, json_object, json_response, principal
 from protocol.errors import NotFoundError
 
 MAX_BODY = 4096
@@ -62,15 +62,8 @@ class DeidWeb:
         return f"user:{p.user}"
 
     @staticmethod
-    async def _json(request: Request) -> dict[str, object]:
-        raw = await body(request, MAX_BODY)
-        try:
-            value = json.loads(raw or b"{}")
-        except ValueError:
-            raise HttpError(400, "body is not JSON") from None
-        if not isinstance(value, dict):
-            raise HttpError(400, "body must be a JSON object")
-        return value
+    async def _json(request: Request) -> dict[str, Any]:
+        return await json_object(request, MAX_BODY)
 
     async def _held(self, request: Request) -> Response:
         shares = self._shares()

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import trio
 from starlette.requests import ClientDisconnect, Request
@@ -165,6 +166,18 @@ async def body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 async def body(request: Request, limit: int) -> bytes:
     return b"".join([c async for c in body_chunks(request, limit)])
+
+
+async def json_object(request: Request, limit: int) -> dict[str, Any]:
+    """A JSON object body of at most `limit` bytes (an empty body is {}); HttpError(400) otherwise."""
+    raw = await body(request, limit)
+    try:
+        value = json.loads(raw or b"{}")
+    except ValueError:
+        raise HttpError(400, "the body is not JSON") from None
+    if not isinstance(value, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return value
 
 
 async def form(request: Request, limit: int = 16384) -> dict[str, str]:

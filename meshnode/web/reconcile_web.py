@@ -18,7 +18,6 @@ Every decision and edit is audited as "user:<name>".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,21 +29,20 @@ from meshnode.gateway.reconciler import Reconciler
 from meshnode.node.retry_driver import Database
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.web.app import Route, route
-from meshnode.web.http import HttpError, body, json_response, principal, query
+from meshnode.web.http import (
+    HttpError,
+    json_object,
+    json_response,
+    principal,
+    query,
+)
 
 AuditFn = Callable[..., Awaitable[None]]
 MAX_BODY = 16384
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    raw = await body(request, MAX_BODY)
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        raise HttpError(400, "the body is not JSON") from None
-    if not isinstance(value, dict):
-        raise HttpError(400, "the body must be a JSON object")
-    return value
+    return await json_object(request, MAX_BODY)
 
 
 def _user(request: Request) -> str:

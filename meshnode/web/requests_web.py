@@ -24,19 +24,24 @@ and each list shown once per user per LIST_AUDIT_EVERY_S (the page polls it ever
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from meshnode.node.request_routes import list_requests, query_priors, send_request, show_request, study_list
+from meshnode.node.request_routes import (
+    list_requests,
+    query_priors,
+    send_request,
+    show_request,
+    study_list,
+)
 from meshnode.node.requests import Requests, request_json
 from meshnode.node.study_match import search_studies, study_json
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.web.app import Route, route
-from meshnode.web.http import HttpError, body, json_response, principal
+from meshnode.web.http import HttpError, json_object, json_response, principal
 
 AuditFn = Callable[[AuditEvent], Awaitable[None]]
 MAX_BODY = 16384
@@ -47,14 +52,7 @@ MAX_TRACKED_VIEWERS = 4096
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    raw = await body(request, MAX_BODY)
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        raise HttpError(400, "the body is not JSON") from None
-    if not isinstance(value, dict):
-        raise HttpError(400, "the body must be a JSON object")
-    return value
+    return await json_object(request, MAX_BODY)
 
 
 def _user(request: Request) -> str:

@@ -24,7 +24,6 @@ Live progress: the page follows /ui/api/events?page=outbox (meshnode.web.ui), wh
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import re
 from collections import OrderedDict
@@ -53,7 +52,13 @@ from meshnode.storage.search import (
 )
 from meshnode.study.preview import PreviewError, render_png
 from meshnode.web.app import Route, route
-from meshnode.web.http import HttpError, body, json_response, principal, query
+from meshnode.web.http import (
+    HttpError,
+    json_object,
+    json_response,
+    principal,
+    query,
+)
 from meshnode.web.services import WebServices
 from protocol.cid import CID
 from protocol.errors import MeshError, SchemaError
@@ -240,14 +245,7 @@ class SendWeb:
 
     @staticmethod
     async def _json(request: Request) -> dict[str, Any]:
-        raw = await body(request, MAX_BODY)
-        try:
-            value = json.loads(raw or b"{}")
-        except ValueError:
-            raise HttpError(400, "body is not JSON") from None
-        if not isinstance(value, dict):
-            raise HttpError(400, "body must be a JSON object")
-        return value
+        return await json_object(request, MAX_BODY)
 
     # -- find ---------------------------------------------------------------------------------
     async def _studies(self, request: Request) -> Response:

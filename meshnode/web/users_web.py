@@ -15,7 +15,6 @@ within seconds on their own as well: meshnode.web.auth re-reads the user).
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from typing import Any
 
@@ -36,7 +35,14 @@ from meshnode.storage.users import (
 from meshnode.web import signin
 from meshnode.web.app import Route, route
 from meshnode.web.auth import Authenticator
-from meshnode.web.http import HttpError, body, is_number, json_response, principal, query
+from meshnode.web.http import (
+    HttpError,
+    is_number,
+    json_object,
+    json_response,
+    principal,
+    query,
+)
 from meshnode.web.services import WebServices, actor
 from protocol.errors import NotFoundError
 
@@ -53,14 +59,7 @@ def enrolment_view(e: signin.Enrolment) -> dict[str, object]:
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    raw = await body(request, MAX_BODY)
-    try:
-        value = json.loads(raw or b"{}")
-    except ValueError:
-        raise HttpError(400, "body is not JSON") from None
-    if not isinstance(value, dict):
-        raise HttpError(400, "body must be a JSON object")
-    return value
+    return await json_object(request, MAX_BODY)
 
 
 def _text(fields: dict[str, Any], key: str) -> str:
