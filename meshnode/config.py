@@ -14,6 +14,7 @@ from meshnode.audit_export.config import AuditRepositoryConfig, parse_audit_repo
 from meshnode.gateway.config import GatewayConfig, parse_gateway
 from meshnode.node.request_config import RequestConfig, parse_requests
 from meshnode.notify.config import NotifyConfig, parse_notify
+from meshnode.patient.config import PatientAccessConfig, parse_patient_access
 from meshnode.web.config import HttpConfig, parse_http
 from protocol.address_record import check_multiaddr_text
 from protocol.config_reader import MAX_CONFIG_BYTES, Table, defaults, read
@@ -97,6 +98,8 @@ class NodeConfig:
     requests: RequestConfig = field(default_factory=RequestConfig)
     #: [notify]: email to staff when a study arrives (meshnode.notify.config)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    #: [patient_access]: links for patients and people without a node (meshnode.patient.config)
+    patient_access: PatientAccessConfig = field(default_factory=PatientAccessConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -130,7 +133,7 @@ class NodeConfig:
             request_timeout=self.request_timeout,
             upload=self.upload_mb_per_s,
             control=self._control_section(),
-        ) + self.gateway.render() + self.http.render() + self.notify.render()
+        ) + self.gateway.render() + self.http.render() + self.notify.render() + self.patient_access.render()
 
 
 CONTROL_TEMPLATE = """\
@@ -174,7 +177,10 @@ def _build(root: Table, home: Path | None) -> NodeConfig:
         audit_repository=parse_audit_repository(root, home),
         requests=parse_requests(root),
         notify=parse_notify(root, home),
+        patient_access=parse_patient_access(root, home),
     )
+    if config.patient_access.enabled and not config.notify.enabled:
+        raise ConfigError("patient_access.enabled: the links go by email: configure [notify]'s SMTP relay too")
     limits.finish()
     root.finish()
     return config
