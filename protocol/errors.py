@@ -297,6 +297,7 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(960, "email-error", UnavailableError),  # meshnode/notify/smtp.py (the relay did not take it)
     ErrorCode(970, "sign-in-refused", LocalProtocolError),  # meshnode/web/signin.py
     ErrorCode(971, "sign-on-refused", LocalProtocolError),  # meshnode/web/oidc.py (OpenID Connect)
+    ErrorCode(992, "range-not-satisfiable", LocalProtocolError),  # meshnode/web/byte_range.py (patient downloads)
 )
 
 
