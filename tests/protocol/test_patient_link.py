@@ -26,7 +26,8 @@ NOW = 1_000_000.0
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 
-def make(kind: str = pl.SHARE, **kw: object) -> tuple[pl.PatientLink, str]:
+def make(**kw: object) -> tuple[pl.PatientLink, str]:
+    kind = kw.get("kind", pl.SHARE)
     args: dict[str, object] = dict(kind=kind, studies=[STUDY] if kind == pl.SHARE else None, person="Ann Smith",
                                    email="ann@example.org", code_to="+447700900123", created_by="user:alice",
                                    days=None, policy=POLICY, now=NOW, draw=os.urandom)
