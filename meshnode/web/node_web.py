@@ -36,6 +36,8 @@ from meshnode.web.services import WebServices
 from meshnode.web.stow import Stow
 from meshnode.web import signin
 from meshnode.web.oidc import OidcClient
+from meshnode.web.patient_listener import limited, public_app, serve_patient_http
+from meshnode.web.patient_web import PatientWeb
 from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
 from meshnode.web.users_web import UsersWeb
@@ -102,10 +104,19 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                                                                       own_org=ctx.org), view.outbox).routes(),
                     *RequestsWeb(lambda: node.requests, audit).routes(),  # study requests, prior queries
                 ]
+                # the patient pages (issue 14): under /p/ here, or on a listener of their own
+                patient = ctx.config.patient_access
+                patient_web = _patient_web(node, services)
+                if patient_web is not None and not patient.own_listener:
+                    routes.extend(patient_web.routes())
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)
-                url = await nursery.start(serve_http, app, http, ctx.home.path)
+                url = await nursery.start(serve_http, limited(app, patient) if patient_web is not None else app,
+                                          http, ctx.home.path)
                 services.url = url
+                if patient_web is not None and patient.own_listener:
+                    await nursery.start(serve_patient_http, public_app(patient_web.routes(), auth, patient, audit),
+                                        patient, ctx.home.path)
             task_status.started(url)
     finally:
         ctx.events.unsubscribe(events.on_event)
@@ -113,6 +124,15 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
         if notifier is not None:
             ctx.events.unsubscribe(notifier.on_event)
         users.close()
+
+
+def _patient_web(node: Node, services: WebServices) -> PatientWeb | None:
+    """The patient pages when [patient_access] is on and the link service runs (LINKS:
+    meshnode.patient.service.LinkService, with MEDIA's media set and key images: not merged yet)."""
+    if not node.ctx.config.patient_access.enabled:
+        return None
+    log.warning("patient access is on, but this build has no link service yet: the patient pages are not served")
+    return None
 
 
 def _notifier(node: Node, users: SqliteUserStore) -> Notifier | None:
