@@ -297,6 +297,8 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(960, "email-error", UnavailableError),  # meshnode/notify/smtp.py (the relay did not take it)
     ErrorCode(970, "sign-in-refused", LocalProtocolError),  # meshnode/web/signin.py
     ErrorCode(971, "sign-on-refused", LocalProtocolError),  # meshnode/web/oidc.py (OpenID Connect)
+    ErrorCode(990, "media-set-error", LocalProtocolError),  # meshnode/study/zip_layout.py (patient download)
+    ErrorCode(991, "key-image-error", LocalProtocolError),  # meshnode/study/key_image.py
 )
 
 
