@@ -235,7 +235,7 @@ def _file_ids(records: list[InstanceRecord]) -> list[tuple[tuple[str, ...], Inst
         for r in group:
             series.setdefault(r.series_uid, []).append(r)
 
-        def series_key(uid: str) -> tuple[int, int, str]:
+        def series_key(uid: str, series: dict[str, list[InstanceRecord]] = series) -> tuple[int, int, str]:
             number = series[uid][0].series.series_number
             return (0 if number is not None else 1, number or 0, uid)
 
