@@ -51,7 +51,7 @@ class LinkStore(Protocol):
         ...
 
     def links(self, kind: str | None = None, created_by: str | None = None, limit: int = 200) -> list[PatientLink]:
-        """Newest first."""
+        """Newest first (links made at the same time: the last made first)."""
         ...
 
     def children(self, link_id: str) -> list[PatientLink]:
@@ -105,10 +105,10 @@ class MemoryLinkStore:
         return True
 
     def links(self, kind: str | None = None, created_by: str | None = None, limit: int = 200) -> list[PatientLink]:
-        rows = [self._links[i] for i in self._order]
+        rows = [self._links[i] for i in reversed(self._order)]  # newest first, ties by the order made
         rows = [x for x in rows if (kind is None or x.kind == kind) and (created_by is None or
                                                                          x.created_by == created_by)]
-        rows.sort(key=lambda x: (x.created_at, x.link_id), reverse=True)
+        rows.sort(key=lambda x: x.created_at, reverse=True)  # stable
         return rows[:limit]
 
     def children(self, link_id: str) -> list[PatientLink]:

@@ -90,7 +90,7 @@ class SqliteLinkStore(SqliteTables):
             args.append(created_by)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         return [_link(r) for r in self._query(f"SELECT {_COLUMNS} FROM patient_links{clause} ORDER BY created_at"
-                                              " DESC, link_id DESC LIMIT ?", (*args, limit))]
+                                              " DESC, rowid DESC LIMIT ?", (*args, limit))]
 
     def children(self, link_id: str) -> list[PatientLink]:
         return [_link(r) for r in self._query(f"SELECT {_COLUMNS} FROM patient_links WHERE parent_id = ? ORDER BY"
