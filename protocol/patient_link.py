@@ -52,7 +52,11 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _LINK_ID = re.compile(r"^[0-9a-f]{32}$")
 _CODE = re.compile(r"^[0-9]{6}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
-_EMAIL = re.compile(r"^[^@\s<>\"',;()\[\]\\]{1,64}@[A-Za-z0-9.-]{1,189}\.[A-Za-z]{2,24}$")
+#: an address safe to write into a header: ASCII dot-atom local part, a domain name with a dot (no spaces,
+#: quotes, comments, line breaks)
+_EMAIL = re.compile(
+    r"^(?=.{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -230,7 +234,7 @@ def code_hash(salt: str, code: str) -> str:
 # -- input checks -----------------------------------------------------------------------------------------------
 
 def check_email(value: object, what: str = "email") -> str:
-    if not isinstance(value, str) or len(value) > MAX_EMAIL or not _EMAIL.fullmatch(value.strip()):
+    if not isinstance(value, str) or len(value.strip()) > MAX_EMAIL or not _EMAIL.fullmatch(value.strip()):
         raise PatientAccessError(f"{what}: not an email address")
     return value.strip()
 

@@ -65,6 +65,8 @@ def test_code_channels(code_to: str, channel: str) -> None:
 
 @pytest.mark.parametrize("kw", [dict(code_to="ann@example.org"), dict(code_to="ANN@example.org"),
                                 dict(code_to="07700900123"), dict(code_to="+0123"), dict(email="not-an-email"),
+                                dict(email="a@b.org\r\nBcc: x@evil.org"), dict(email='"a b"@x.org'),
+                                dict(email="a@b.org>, c@d.org"), dict(code_to="gp@x.org\nBcc: y@z.org"),
                                 dict(person=""), dict(person="a\nb"), dict(person="x" * 200), dict(days=0),
                                 dict(days=91), dict(days=True), dict(days="3"), dict(studies=[]),
                                 dict(studies=["1.2.x"]), dict(studies=["1." * 40]), dict(studies="1.2"),
