@@ -43,6 +43,8 @@ from meshnode.web import signin
 from meshnode.web.oidc import OidcClient
 from meshnode.web.patient_listener import limited, public_app, serve_patient_http
 from meshnode.web.patient_web import PatientWeb
+from meshnode.study.key_image import key_image
+from meshnode.study.media_set import MediaSet, plan_media_set, readme_text
 from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
 from meshnode.web.users_web import UsersWeb
@@ -68,7 +70,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     if http.webhooks:
         ctx.events.subscribe(webhooks.on_event)
     notifier = _notifier(node, users)  # [notify]: email to staff when a study arrives
-    # PUBLIC: patient_web gets `links` here (None when [patient_access] is off); the control API uses node.patient_links
+    # the patient pages get `links` (None when [patient_access] is off); the control API uses node.patient_links
     links = _patient_links(node, users)
     node.patient_links = links
     if notifier is not None:
@@ -115,7 +117,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                 ]
                 # the patient pages (issue 14): under /p/ here, or on a listener of their own
                 patient = ctx.config.patient_access
-                patient_web = _patient_web(node, services)
+                patient_web = _patient_web(node, services, links)
                 if patient_web is not None and not patient.own_listener:
                     routes.extend(patient_web.routes())
                 app = WebApp(routes, auth, http, audit)
@@ -140,13 +142,22 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
         users.close()
 
 
-def _patient_web(node: Node, services: WebServices) -> PatientWeb | None:
-    """The patient pages when [patient_access] is on and the link service runs (LINKS:
-    meshnode.patient.service.LinkService, with MEDIA's media set and key images: not merged yet)."""
-    if not node.ctx.config.patient_access.enabled:
+def _patient_web(node: Node, services: WebServices, links: LinkService | None) -> PatientWeb | None:
+    """The patient pages ([patient_access] on): the link service, MEDIA's media set and key images."""
+    if links is None:
         return None
-    log.warning("patient access is on, but this build has no link service yet: the patient pages are not served")
-    return None
+    ctx = node.ctx
+    storage = ctx.storage
+    org_name = ctx.certificate.document.org_name or ctx.org
+
+    def plan(studies: tuple[str, ...]) -> MediaSet:
+        count = sum(len(storage.metadata.instances(uid)) for uid in studies)
+        return plan_media_set(storage, studies, readme=readme_text(org_name, len(studies), count))
+
+    def render(study: str, series: str, sop: str, fmt: str, frame: int) -> bytes:
+        return key_image(storage, study, series, sop, fmt=fmt, frame=frame)
+
+    return PatientWeb(links, services, ctx.config.patient_access, plan, render)
 
 
 def _notifier(node: Node, users: SqliteUserStore) -> Notifier | None:

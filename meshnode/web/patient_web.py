@@ -20,8 +20,8 @@ every request (revoked or expired ends the session at once), and on every POST t
 A study outside the grant answers exactly as an unknown one (404). POST bodies are JSON (Content-Type
 application/json: a cross-site form cannot send one without a preflight), at most MAX_BODY bytes.
 
-Audit (PatientLinks.record, the share as participant): the viewer's study metadata ("view"), each key image
-("key-image"), and each download once: when a response holding the file's first byte starts (no Range, or a
+Audit (PatientLinks.record, the share as participant): the share page and the viewer's study metadata
+("viewed"), each key image ("key image"), and each download ("downloaded") once: when a response holding the file's first byte starts (no Range, or a
 range from 0). A resumed download (a range from later on) is the same download and is not recorded again;
 every complete copy holds byte 0, so every copy is recorded at least once.
 
@@ -281,7 +281,7 @@ class PatientWeb:
             return out
 
         studies = await self.s.db.run(read)
-        await self.links.record(grant, "view", f"share page: {len(studies)} study(ies)", client(request))
+        await self.links.record(grant, "viewed", f"share page: {len(studies)} study(ies)", client(request))
         return json_response(200, {"person": grant.person, "expires_at": grant.expires_at,
                                    "may_forward": grant.may_forward, "csrf": session.csrf,
                                    "download": "/p/download/images.zip" if self.media is not None else None,
@@ -297,7 +297,7 @@ class PatientWeb:
                 raise HttpError(404, NOT_FOUND)
             response = await handler(request)
             if audited and "series" not in request.path_params:
-                await self.links.record(grant, "view", f"viewer opened study {hash_uid(study)}", client(request))
+                await self.links.record(grant, "viewed", f"viewer opened study {hash_uid(study)}", client(request))
             return response
         return handle
 
@@ -341,7 +341,7 @@ class PatientWeb:
         render = self.key_image
         data = await trio.to_thread.run_sync(lambda: render(study, series, instance, fmt, frame),
                                              limiter=self.s.block_readers)
-        await self.links.record(grant, "key-image", f"{fmt} of instance {hash_uid(instance)} frame {frame}",
+        await self.links.record(grant, "key image", f"{fmt} of instance {hash_uid(instance)} frame {frame}",
                                 client(request))
         number = record.instance_number or 1
         return bytes_response(200, data, "image/png" if fmt == "png" else "image/jpeg",
@@ -379,7 +379,7 @@ class PatientWeb:
                             code="range-not-satisfiable") from None
         start, stop = (wanted.start, wanted.stop) if wanted else (0, media.size)
         if start == 0:
-            await self.links.record(grant, "download", f"{media.filename}: {media.size} bytes", client(request))
+            await self.links.record(grant, "downloaded", f"{media.filename}: {media.size} bytes", client(request))
         if wanted is not None:
             headers["content-range"] = wanted.content_range
         headers["content-length"] = str(stop - start)

@@ -19,6 +19,7 @@ import pytest
 from meshnode.dicom import synthetic
 from meshnode.patient.config import PatientAccessConfig
 from meshnode.patient.links import LinkGrant, LinkKind, LinkOpened
+from meshnode.patient.service import RECORDED
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage
@@ -115,6 +116,8 @@ class FakeLinks:
         return "fwd-1"
 
     async def record(self, grant: LinkGrant, action: str, detail: str, client: str) -> None:
+        if action not in RECORDED:  # what the real service accepts
+            raise PatientAccessError(f"action {action!r}")
         self.records.append((grant.link_id, action, detail))
 
 
@@ -444,10 +447,10 @@ async def test_a_download_is_recorded_once_not_per_range(public: Public) -> None
     cookie, _ = await public.sign_in(TOKEN_A)
     for header in ("bytes=0-999", "bytes=1000-4999", "bytes=5000-", "bytes=-10"):
         await public.get("/p/download/images.zip", cookie=cookie, headers={"Range": header})
-    downloads = [r for r in public.links.records if r[1] == "download"]
+    downloads = [r for r in public.links.records if r[1] == "downloaded"]
     assert len(downloads) == 1 and downloads[0][0] == "link-a"
     await public.get("/p/download/images.zip", cookie=cookie)  # a new whole download: recorded again
-    assert len([r for r in public.links.records if r[1] == "download"]) == 2
+    assert len([r for r in public.links.records if r[1] == "downloaded"]) == 2
 
 
 async def test_the_download_name_is_checked(public: Public) -> None:
@@ -559,7 +562,7 @@ async def test_views_and_key_images_are_recorded(public: Public) -> None:
               f"study={mine}&series=x'--&instance={r.sop_instance_uid}", "study=&series=&instance="):
         assert (await public.get("/p/api/key-image", cookie=cookie, query=q)).status == 400, q
     actions = [a for _, a, _ in public.links.records]
-    assert actions.count("view") == 1 and actions.count("key-image") == 1
+    assert actions.count("viewed") == 1 and actions.count("key image") == 1
 
 
 async def test_the_pages_have_a_policy_and_never_take_the_token_from_the_url(public: Public) -> None:
