@@ -332,9 +332,11 @@ class LinkService:
             return
         msg = self._message(address)
         msg["Subject"] = "[dicom-mesh] a patient link was locked after wrong codes"
-        _set_text(msg, f"The link share:{link.link_id} for {link.person} was locked after {link.wrong_attempts} "
-                        "wrong codes.\nIf the person asks, check who they are, then unlock it in the portal "
-                        "(Patient links) or with `meshnode patient-share unlock`; otherwise revoke it.\n")
+        # no patient details in an email: the staff user finds the link in the portal by its ID
+        _set_text(msg, f"The patient link share:{link.link_id} (made {formatdate(link.created_at, usegmt=True)}) was "
+                       f"locked after {link.wrong_attempts} wrong codes.\nIf the person asks, check who they are, "
+                       "then unlock it in the portal (Patient links) or with `meshnode patient-share unlock "
+                       f"{link.link_id}`; otherwise revoke it.\n")
         try:
             await trio.to_thread.run_sync(self.send_email, self.notify, msg.as_bytes(), address)
         except smtp.EmailError as exc:

@@ -186,10 +186,16 @@ def _patient_links(node: Node, users: SqliteUserStore) -> LinkService | None:
         await ctx.audit(event)
 
     async def holds(uids: tuple[str, ...]) -> list[str]:
-        """Those of `uids` this node does not hold to share: not here, a research copy, or received for research."""
-        def run(store: MetadataStore) -> list[str]:
-            return [u for u in uids if store.study(u) is None or not store.held_instances(u)
-                    or store.research_copy_of(u) is not None or received_for_research_only(store, u)]
+        """Those of `uids` this node may not share: not here, held back, a research copy, or received for research."""
+        def run(store: MetadataStore) -> list[str]:  # what the send page offers (meshnode.web.send_web)
+            held_back = store.held_studies()  # reconciliation holds and research copies: not this node's to share
+            missing = []
+            for u in uids:
+                row = store.study(u)
+                if row is None or u in held_back or store.research_copy_of(u) is not None or (
+                        "local" not in row.sources and received_for_research_only(store, u)):
+                    missing.append(u)
+            return missing
         return await ctx.db.run(run)
 
     name = ctx.certificate.document.org_name or ctx.org

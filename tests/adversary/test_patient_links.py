@@ -139,6 +139,7 @@ async def test_wrong_codes_lock_the_link_and_tell_the_staff_user(
         await links.send_code(token, CLIENT)
     notice = smtp.received[-1]
     assert notice.rcpt_tos == ("alice@rxx.nhs.uk",) and "locked" in notice.message["Subject"]
+    assert link_id in notice.message.as_string() and "Ann Patient" not in notice.message.as_string()
     assert (await links.history(link_id))["state"] == "locked"
     # staff unlock: a fresh code is needed (the old one is gone)
     await links.unlock("user:alice", link_id)

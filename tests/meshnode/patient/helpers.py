@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,7 +50,7 @@ class Sms:
 class SmsGateway:
     """ThreadingHTTPServer on 127.0.0.1: records every POST; answers `status`."""
 
-    clock: Clock
+    clock: Callable[[], float]
     status: int = 200
     received: list[Sms] = field(default_factory=list)
 
