@@ -14,9 +14,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from meshnode.demo.mesh import MeshDemo
 from meshnode.demo.workspace import Workspace, free_tcp_port
+from tests.e2e.browser import assert_accessible, screenshot, wait
 from tests.e2e.web import enable_http, http_url
 from tests.meshnode.notify.smtp_server import SmtpServer
 
@@ -109,6 +113,54 @@ def test_patient_download_over_its_own_listener(tmp_path: Path) -> None:
         assert actions.count("downloaded") == 2  # the whole download and the ranged one (from byte 0)
         mesh.cli(a, "patient-share", "revoke", link_id, "--reason", "test over")
         assert request(public + "/p/api/share", headers=session)[0] == 401
+    finally:
+        mesh.close()
+        smtp.stop()
+
+
+def test_patient_page_in_chromium(tmp_path: Path, browser: webdriver.Chrome) -> None:
+    """The patient's way through the page on a phone-sized window: the link from the email, a code, the share
+    (the name only after the code), the viewer on /p/dicomweb, sign out; the pages pass axe."""
+    smtp = SmtpServer(tmp_path / "smtp", users={"rgt-gw": "s3cret-password"}).start()
+    mesh = MeshDemo(Workspace(tmp_path))
+    try:
+        a = mesh.setup([("a", "RGT", "Org A")], start=False)["a"]
+        port = free_tcp_port()
+        enable_http(a, notify_section(smtp, a.home)
+                    + f'\n[patient_access]\nenabled = true\npublic_url = "http://127.0.0.1:{port}"\n'
+                      f'listen = "127.0.0.1:{port}"\n')
+        mesh.start(a)
+        study, _ = mesh.generate_and_ingest(a, 3, rows=64, columns=64, seed=8)
+        mesh.cli(a, "patient-share", "create", "--study", study, "--person", "Ann Patient",
+                 "--email", "ann@example.org", "--code-to", "ann.phone@example.net")
+        token = mesh.wait_for(lambda: mail_to(smtp, "ann@example.org", r"/p/#t=([A-Za-z0-9_-]{43})\b"), 60,
+                              "the link email")
+        public = f"http://127.0.0.1:{port}"
+        browser.set_window_size(400, 850)
+        browser.get(f"{public}/p/#t={token}")
+        wait("the code step", lambda: browser.find_element(By.ID, "code-step").is_displayed())
+        assert "#t=" not in browser.current_url  # the token is taken out of the address bar
+        assert "Ann" not in browser.find_element(By.TAG_NAME, "body").text
+        assert_accessible(browser, "patient code step")
+        browser.find_element(By.ID, "send-code").click()
+        code = mesh.wait_for(lambda: mail_to(smtp, "ann.phone@example.net", r"\b([0-9]{6})\b"), 60, "the code")
+        browser.find_element(By.ID, "code").send_keys(code + Keys.ENTER)
+        wait("the share", lambda: browser.find_element(By.ID, "share-step").is_displayed())
+        assert browser.find_element(By.ID, "person").text == "Ann Patient"
+        assert "SYNTHETIC" in browser.find_element(By.ID, "studies").text  # the patient's name from the study
+        assert_accessible(browser, "patient share page")
+        screenshot(browser, "patient-share")
+        browser.find_element(By.CSS_SELECTOR, '#studies a[data-field="view"]').click()
+        wait("the viewer", lambda: browser.execute_script("return document.body.dataset.ready"), 60)
+        assert not browser.execute_script("return document.body.dataset.failed")  # the images decoded
+        assert_accessible(browser, "patient viewer")
+        screenshot(browser, "patient-viewer")
+        browser.back()
+        wait("the share again", lambda: browser.find_element(By.ID, "share-step").is_displayed())
+        browser.find_element(By.ID, "sign-out").click()
+        wait("signed out", lambda: "signed out" in browser.find_element(By.ID, "message").text)
+        browser.refresh()
+        wait("the page without a session", lambda: "Open the link" in browser.find_element(By.ID, "message").text)
     finally:
         mesh.close()
         smtp.stop()
