@@ -118,15 +118,17 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                 # the patient pages (issue 14): under /p/ here, or on a listener of their own
                 patient = ctx.config.patient_access
                 patient_web = _patient_web(node, services, links)
-                if patient_web is not None and not patient.own_listener:
-                    routes.extend(patient_web.routes())
+                # every route of the patient pages (paths under /p/; upload routes join here, behind the same gate)
+                public_routes = patient_web.routes() if patient_web is not None else []
+                if not patient.own_listener:
+                    routes.extend(public_routes)
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)
                 url = await nursery.start(serve_http, limited(app, patient) if patient_web is not None else app,
                                           http, ctx.home.path)
                 services.url = url
                 if patient_web is not None and patient.own_listener:
-                    await nursery.start(serve_patient_http, public_app(patient_web.routes(), auth, patient, audit),
+                    await nursery.start(serve_patient_http, public_app(public_routes, auth, patient, audit),
                                         patient, ctx.home.path)
             task_status.started(url)
     finally:

@@ -34,7 +34,6 @@ import hashlib
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -75,9 +74,6 @@ _CODE = re.compile(r"^[0-9A-Za-z -]{1,20}$")
 _UID = re.compile(r"^[0-9]{1,64}(\.[0-9]{1,64}){0,40}$")
 _ZIP_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}\.zip$")
 NOT_FOUND = "no such study, series or instance on this node"
-#: media sets planned recently, by the studies (a resumed download does not plan the set again)
-PLAN_CACHE = 16
-PLAN_TTL_S = 300.0
 _SESSION = "meshnode.patient_session"
 #: the portal's files the patients' viewer page uses too (served under /p/static/ by the same name)
 SHARED_FILES = ("style.css", "viewer.css")
@@ -122,7 +118,6 @@ class PatientWeb:
         self.monotonic = monotonic
         self.wado = Wado(services)
         self._files: dict[str, bytes | None] = {}
-        self._plans: OrderedDict[tuple[str, ...], tuple[float, MediaSetLike]] = OrderedDict()
 
     def routes(self) -> list[Route]:
         out = [
@@ -349,19 +344,13 @@ class PatientWeb:
 
     # -- the download --------------------------------------------------------------------------------
     async def _plan(self, studies: tuple[str, ...]) -> MediaSetLike:
+        """The media set as the studies are now (planned again for every request, resumed ones included: it
+        reads only the catalogue and one header per series, and a study changed or recalled since is never
+        served from an old plan; a changed set has another ETag, so If-Range gets the whole new file)."""
         if self.media is None:
             raise HttpError(503, "downloads are not available on this node")
-        now = self.monotonic()
-        cached = self._plans.get(studies)
-        if cached is not None and now - cached[0] < PLAN_TTL_S:
-            return cached[1]
         plan = self.media
-        media = await trio.to_thread.run_sync(lambda: plan(studies), limiter=self.s.block_readers)
-        self._plans[studies] = (now, media)
-        self._plans.move_to_end(studies)
-        while len(self._plans) > PLAN_CACHE:
-            self._plans.popitem(last=False)
-        return media
+        return await trio.to_thread.run_sync(lambda: plan(studies), limiter=self.s.block_readers)
 
     async def _download(self, request: Request) -> Response:
         grant = await self.require(request, LinkKind.SHARE)
