@@ -10,9 +10,10 @@ and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -573,3 +574,27 @@ async def test_the_pages_have_a_policy_and_never_take_the_token_from_the_url(pub
     script = (await public.get("/p/static/patient.js")).body.decode()
     assert "location.hash" in script and "location.search" not in script
     assert "innerHTML" not in script
+
+
+async def test_an_upload_links_session_cannot_view_or_download(public: Public) -> None:
+    public.links.add("U" * 43, "link-u", (), kind="upload")
+    cookie, csrf = await public.sign_in("U" * 43)
+    for path in ("/p/api/share", meta(public.studies[0]), "/p/download/images.zip"):
+        assert (await public.get(path, cookie=cookie)).status == 401, path
+    reply = await public.post("/p/api/forward", b'{"email": "a@example.org", "code_to": "b@example.org"}',
+                              cookie=cookie, csrf=csrf)
+    assert reply.status == 401 and public.links.forwards == []
+
+
+async def test_a_websocket_handshake_on_the_patient_pages_is_refused(public: Public) -> None:
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await public.app({"type": "websocket", "path": "/p/api/share", "headers": [], "client": ("127.0.0.1", 1)},
+                     receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
