@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshnode.web.http import HttpError, Network, error_response, forwarded_client
 
-#: clients remembered at once (about 100 bytes each)
+#: clients remembered at once (about 320 bytes each: at most ~16 MiB, measured with tracemalloc)
 MAX_CLIENTS = 50_000
 
 
