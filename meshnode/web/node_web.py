@@ -42,9 +42,8 @@ from meshnode.web.stow import Stow
 from meshnode.web import signin
 from meshnode.web.oidc import OidcClient
 from meshnode.web.patient_listener import limited, public_app, serve_patient_http
-from meshnode.web.patient_web import PatientWeb
+from meshnode.web.patient_web import PatientWeb, media_planner
 from meshnode.study.key_image import key_image
-from meshnode.study.media_set import MediaSet, plan_media_set, readme_text
 from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
 from meshnode.web.users_web import UsersWeb
@@ -152,14 +151,11 @@ def _patient_web(node: Node, services: WebServices, links: LinkService | None) -
     storage = ctx.storage
     org_name = ctx.certificate.document.org_name or ctx.org
 
-    def plan(studies: tuple[str, ...]) -> MediaSet:
-        count = sum(len(storage.metadata.instances(uid)) for uid in studies)
-        return plan_media_set(storage, studies, readme=readme_text(org_name, len(studies), count))
-
     def render(study: str, series: str, sop: str, fmt: str, frame: int) -> bytes:
         return key_image(storage, study, series, sop, fmt=fmt, frame=frame)
 
-    return PatientWeb(links, services, ctx.config.patient_access, plan, render)
+    return PatientWeb(links, services, ctx.config.patient_access, media_planner(services.db, storage, org_name),
+                      render)
 
 
 def _notifier(node: Node, users: SqliteUserStore) -> Notifier | None:

@@ -43,8 +43,11 @@ from starlette.responses import Response
 
 from meshnode.patient.config import PatientAccessConfig
 from meshnode.patient.links import LinkGrant, LinkKind, PatientLinks
+from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord, hash_uid
+from meshnode.study.media_set import plan_media_set, readme_text
 from meshnode.web.app import SAFE_METHODS, Handler, Route, route
 from meshnode.web.byte_range import RangeNotSatisfiable, wanted_range
 from meshnode.web.http import (
@@ -95,6 +98,22 @@ class MediaSetLike(Protocol):
 PlanMedia = Callable[[tuple[str, ...]], MediaSetLike]
 #: a key image: (study, series, instance, "png" | "jpeg", frame) -> its bytes (blocking)
 KeyImage = Callable[[str, str, str, str, int], bytes]
+
+
+def media_planner(db: DatabaseThread, storage: NodeStorage, org_name: str) -> PlanMedia:
+    """MEDIA's media set (meshnode.study.media_set) as the download plans it: on its worker thread, exclusive
+    with the database thread (the plan reads the catalogue). A study with instances held back (patient
+    reconciliation, after the share was made) or that is a research copy is not offered: the ZIP would hold
+    what the pages and WADO-RS hide."""
+    def plan(studies: tuple[str, ...]) -> MediaSetLike:
+        def run(store: MetadataStore) -> MediaSetLike:
+            if any(store.held_instances(uid) or store.research_copy_of(uid) is not None for uid in studies):
+                raise HttpError(503, "some of these images are being checked by the hospital: the download is not "
+                                     "available at the moment", code="held")
+            count = sum(len(store.instances(uid)) for uid in studies)
+            return plan_media_set(storage, studies, readme=readme_text(org_name, len(studies), count))
+        return db.run_blocking(run)
+    return plan
 
 
 def _text(value: object, field: str, pattern: re.Pattern[str] | None = None, most: int = 254) -> str:

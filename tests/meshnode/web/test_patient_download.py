@@ -15,18 +15,20 @@ import pytest
 from meshnode.dicom import synthetic
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.patients import ReconciliationRow, ReconState
+from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.users import MemoryUserStore
 from meshnode.study.ingest import Ingester
 from meshnode.study.key_image import key_image
-from meshnode.study.media_set import MediaSet, plan_media_set, readme_text
 from meshnode.web.app import WebApp
 from meshnode.web.auth import Authenticator
 from meshnode.web.config import HttpConfig
 from meshnode.web.patient_listener import limited
 from meshnode.web.patient_session import COOKIE
-from meshnode.web.patient_web import PatientWeb
+from meshnode.web.patient_web import PatientWeb, media_planner
 from meshnode.web.services import WebServices
+from protocol.cid import CID
 from tests.meshnode.notify.smtp_server import SmtpServer
 from tests.meshnode.patient.helpers import Clock, SmsGateway, service, token_of
 from tests.meshnode.web.asgi import call
@@ -67,13 +69,10 @@ async def test_download_in_ranges_is_byte_exact_and_recorded_once(smtp: SmtpServ
 
     services = WebServices(HttpConfig(listen="127.0.0.1:0"), "RGT", storage, db, audit, clock)
 
-    def plan(studies: tuple[str, ...]) -> MediaSet:
-        return plan_media_set(storage, studies, readme=readme_text("Royal Example", len(studies), 4))
-
     def render(st: str, se: str, sop: str, fmt: str, frame: int) -> bytes:
         return key_image(storage, st, se, sop, fmt=fmt, frame=frame)
 
-    web = PatientWeb(links, services, links.config, plan, render)
+    web = PatientWeb(links, services, links.config, media_planner(db, storage, "Royal Example"), render)
     app = limited(WebApp(web.routes(), Authenticator(MemoryUserStore(), clock), HttpConfig(), audit),
                   web.config)
 
@@ -117,6 +116,25 @@ async def test_download_in_ranges_is_byte_exact_and_recorded_once(smtp: SmtpServ
     q = f"study={study}&series={record.series_uid}&instance={record.sop_instance_uid}&format=png"
     image = await call(app, "GET", "/p/api/key-image", headers=session, query=q)
     assert image.status == 200 and image.body.startswith(b"\x89PNG")
+
+    # instances held back after the share was made (a waiting reconciliation): the pages hide them, and the
+    # ZIP is not offered rather than holding them
+    held = storage.metadata.instances(study)[0]
+
+    def as_received(_: object) -> None:
+        store = storage.metadata
+        assert isinstance(store, SqliteMetadataStore)
+        with store._tx() as tx:
+            tx.execute("UPDATE instances SET source = 'received'")
+    await db.run(as_received)
+    await db.run(lambda s: s.add_reconciliation(ReconciliationRow(CID.of(b"m"), study, "RXX", ReconState.WAITING, 1),
+                                                [(held.sop_instance_uid, held.digest)]))
+    share = (await call(app, "GET", "/p/api/share", headers=session)).json()
+    assert share["studies"][0]["images"] == 3
+    refused = await call(app, "GET", "/p/download/images.zip", headers=session)
+    assert refused.status == 503 and refused.json()["error"] == "held"
+    q = f"study={study}&series={held.series_uid}&instance={held.sop_instance_uid}&format=png"
+    assert (await call(app, "GET", "/p/api/key-image", headers=session, query=q)).status == 404
 
     await links.revoke("alice", link_id, "sent by mistake")
     gone = await call(app, "GET", "/p/download/images.zip", headers={**session, "Range": "bytes=1000-"})
