@@ -21,9 +21,12 @@ A study outside the grant answers exactly as an unknown one (404). POST bodies a
 application/json: a cross-site form cannot send one without a preflight), at most MAX_BODY bytes.
 
 Audit (PatientLinks.record, the share as participant): the share page and the viewer's study metadata
-("viewed"), each key image ("key image"), and each download ("downloaded") once: when a response holding the file's first byte starts (no Range, or a
-range from 0). A resumed download (a range from later on) is the same download and is not recorded again;
-every complete copy holds byte 0, so every copy is recorded at least once.
+("viewed"), each key image ("key image"), and each download ("downloaded") once: when a response holding the
+file's first byte starts (no Range, or a range from 0). A resumed download (a range from later on) is the same
+download and is not recorded again; every complete copy holds byte 0, so every copy is recorded at least once.
+
+The ZIP holds what the pages show (media_planner: the instances WADO-RS serves), planned again for every
+request: a study changed since has another ETag, so a resume with the old If-Range gets the whole new file.
 
 Rate limits are not here: meshnode.web.rate_limit wraps the whole public app (meshnode.web.patient_listener).
 """
@@ -47,7 +50,7 @@ from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord, hash_uid
-from meshnode.study.media_set import plan_media_set, readme_text
+from meshnode.study.media_set import media_set_from_records, readme_text
 from meshnode.web.app import SAFE_METHODS, Handler, Route, route
 from meshnode.web.byte_range import RangeNotSatisfiable, wanted_range
 from meshnode.web.http import (
@@ -101,18 +104,22 @@ KeyImage = Callable[[str, str, str, str, int], bytes]
 
 
 def media_planner(db: DatabaseThread, storage: NodeStorage, org_name: str) -> PlanMedia:
-    """MEDIA's media set (meshnode.study.media_set) as the download plans it: on its worker thread, exclusive
-    with the database thread (the plan reads the catalogue). A study with instances held back (patient
-    reconciliation, after the share was made) or that is a research copy is not offered: the ZIP would hold
-    what the pages and WADO-RS hide."""
+    """MEDIA's media set (meshnode.study.media_set) of what the pages show: the studies' instances as WADO-RS
+    serves them (shown_instances: nothing held back by patient reconciliation, no research copy; one per SOP
+    Instance UID), read exclusive with the database thread, then the set built from those records outside
+    it. Blocking: the download runs it on a worker thread."""
     def plan(studies: tuple[str, ...]) -> MediaSetLike:
-        def run(store: MetadataStore) -> MediaSetLike:
-            if any(store.held_instances(uid) or store.research_copy_of(uid) is not None for uid in studies):
-                raise HttpError(503, "some of these images are being checked by the hospital: the download is not "
-                                     "available at the moment", code="held")
-            count = sum(len(store.instances(uid)) for uid in studies)
-            return plan_media_set(storage, studies, readme=readme_text(org_name, len(studies), count))
-        return db.run_blocking(run)
+        def read(store: MetadataStore) -> list[InstanceRecord]:
+            unique: dict[str, InstanceRecord] = {}
+            for uid in sorted(set(studies)):
+                for r in shown_instances(store, uid):
+                    unique.setdefault(r.sop_instance_uid, r)
+            return list(unique.values())
+        records = db.run_blocking(read)
+        if not records:
+            raise HttpError(404, "there are no images to download in this share")
+        count = len({r.study_uid for r in records})
+        return media_set_from_records(storage, records, readme=readme_text(org_name, count, len(records)))
     return plan
 
 
