@@ -81,7 +81,8 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
             if notifier is not None:
                 nursery.start_soon(keep_running, "email notifications", notifier.run)
             url = ""
-            if http.enabled:
+            # the patient pages' own listener runs even with [http] off (only it faces the internet)
+            if http.enabled or ctx.config.patient_access.own_listener:
                 async def audit(event: AuditEvent) -> None:
                     await ctx.audit(event)
 
@@ -123,9 +124,10 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     routes.extend(public_routes)
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)
-                url = await nursery.start(serve_http, limited(app, patient) if patient_web is not None else app,
-                                          http, ctx.home.path)
-                services.url = url
+                if http.enabled:
+                    url = await nursery.start(serve_http, limited(app, patient) if patient_web is not None else app,
+                                              http, ctx.home.path)
+                    services.url = url
                 if patient_web is not None and patient.own_listener:
                     await nursery.start(serve_patient_http, public_app(public_routes, auth, patient, audit),
                                         patient, ctx.home.path)

@@ -164,3 +164,23 @@ def test_patient_page_in_chromium(tmp_path: Path, browser: webdriver.Chrome) -> 
     finally:
         mesh.close()
         smtp.stop()
+
+
+def test_the_patient_listener_runs_without_the_staff_listener(tmp_path: Path) -> None:
+    smtp = SmtpServer(tmp_path / "smtp", users={"rgt-gw": "s3cret-password"}).start()
+    mesh = MeshDemo(Workspace(tmp_path))
+    try:
+        a = mesh.setup([("a", "RGT", "Org A")], start=False)["a"]
+        port = free_tcp_port()
+        with open(a.home / "node.toml", "a", encoding="utf-8") as f:
+            f.write(notify_section(smtp, a.home)
+                    + f'\n[patient_access]\nenabled = true\npublic_url = "http://127.0.0.1:{port}"\n'
+                      f'listen = "127.0.0.1:{port}"\n')
+        mesh.start(a)
+        public = json.loads((a.home / "patient-http.json").read_text())["url"]
+        assert not (a.home / "http.json").exists()
+        assert request(public + "/p/")[0] == 200
+        assert request(public + "/health")[0] == 404
+    finally:
+        mesh.close()
+        smtp.stop()
