@@ -91,6 +91,12 @@ def test_patient_download_over_its_own_listener(tmp_path: Path) -> None:
         assert "HttpOnly" in headers["set-cookie"] and "Path=/p/" in headers["set-cookie"]
         session = {"Cookie": cookie}
 
+        # the patient cookie opens nothing on the staff listener
+        status, _, who = request(staff + "/ui/api/session", headers=session)
+        assert status == 200 and json.loads(who)["user"] is None
+        assert request(staff + f"/dicomweb/studies/{study}/metadata", headers=session)[0] == 401
+        assert request(staff + "/ui/api/audit", headers=session)[0] == 401
+
         status, _, share = request(public + "/p/api/share", headers=session)
         assert status == 200 and json.loads(share)["studies"][0]["uid"] == study
         status, headers, whole = request(public + "/p/download/images.zip", headers=session)
