@@ -67,7 +67,7 @@ def check_exposure(config: PatientAccessConfig) -> None:
 def public_app(routes: Sequence[Route], auth: Authenticator, config: PatientAccessConfig, audit: AuditFn,
                limiter: RateLimiter | None = None) -> RateLimited:
     """The own listener's app: only the patient routes, all behind the limiter."""
-    outside = [r.path for r in routes if not r.path.startswith(PREFIX) and r.path != "/p"]
+    outside = [r.path for r in routes if not r.path.startswith(PREFIX)]
     if outside:
         raise ValueError(f"the public listener serves only {PREFIX}: not {outside}")
     app = WebApp(list(routes), auth, listener_config(config), audit)

@@ -147,7 +147,6 @@ class PatientWeb:
 
     def routes(self) -> list[Route]:
         out = [
-            route("GET", "/p", self._redirect, "public", "patient-root"),
             route("GET", "/p/", self._index, "public", "patient-index"),
             route("GET", "/p/viewer", self._viewer, "public", "patient-viewer"),
             route("GET", "/p/static/{name:path}", self._asset, "public", "patient-static"),
@@ -193,9 +192,6 @@ class PatientWeb:
         return grant
 
     # -- pages and files -----------------------------------------------------------------------------
-    async def _redirect(self, request: Request) -> Response:
-        return bytes_response(302, b"", "text/plain", {"location": PREFIX})
-
     def _file(self, name: str) -> bytes | None:
         if name not in self._files:
             if len(self._files) > 1000:

@@ -484,6 +484,7 @@ async def test_the_rate_limit_answers_429_per_address_and_the_rest_of_the_app_is
     refused = await call(app, "POST", "/p/api/verify", headers=JSON, body=body, client="203.0.113.9")
     assert refused.status == 429 and refused.json()["error"] == "rate-limited"
     assert int(refused.headers["retry-after"]) >= 1 and refused.headers["cache-control"] == "no-store"
+    assert all(r.path.startswith("/p/") for r in public.web.routes())  # all behind the limiter's prefix
     for path in ("/p/", "/p/api/share", "/p/static/viewer/viewer.js"):  # every route, pages included
         assert (await call(app, "GET", path, client="203.0.113.9")).status == 429, path
     assert (await call(app, "GET", "/p/", client="198.51.100.7")).status == 200  # another address
