@@ -375,3 +375,16 @@ async def test_record_takes_only_known_actions_and_audits_with_the_share(
     history = (await links.history(grant.link_id))["history"]
     assert history[-1]["action"] == "downloaded" and "\n" not in history[-1]["detail"]
     assert [h["action"] for h in history][:3] == ["created", "email sent", "code sent"]
+
+
+async def test_asking_for_new_codes_does_not_reset_the_wrong_count(
+        links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    # an attacker cannot get code_attempts guesses per code by asking for a new one after each miss
+    _, token = await _share(links, smtp)
+    for n in range(2):
+        code = await _code(links, gateway, token)
+        with pytest.raises(CodeRefused):
+            await links.verify(token, f"{(int(code) + 1) % 10**6:06d}", CLIENT)
+    code = await _code(links, gateway, token)
+    with pytest.raises(LinkLocked):
+        await links.verify(token, f"{(int(code) + 1) % 10**6:06d}", CLIENT)
