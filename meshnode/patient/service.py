@@ -175,6 +175,8 @@ class LinkService:
             raise PatientAccessError(f"action: one of {sorted(RECORDED)}")
         link = await self._link(grant.link_id)
         pl.require_usable(link, self.clock())
+        if (action == "uploaded") != (link.kind == pl.UPLOAD):
+            raise PatientAccessError(f"a {link.kind} link cannot record {action!r}")
         text = "".join(c for c in detail if c.isprintable())[:MAX_DETAIL]
         await self._events(LinkEvent(link.link_id, self.clock(), action, _share(link), client, text))
         for study in link.studies or ("",):

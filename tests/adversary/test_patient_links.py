@@ -110,6 +110,10 @@ async def test_an_upload_token_gives_an_upload_grant_only(links: LinkService, sm
     assert grant.kind is LinkKind.UPLOAD and grant.studies == () and not grant.may_forward
     with pytest.raises(PatientAccessError):
         await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+    for action in ("viewed", "downloaded", "key image"):  # nothing to view on an upload link
+        with pytest.raises(PatientAccessError):
+            await links.record(grant, action, "", CLIENT)
+    await links.record(grant, "uploaded", "3 files", CLIENT)
 
 
 async def test_the_right_code_works_once(links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
@@ -367,8 +371,9 @@ async def test_record_takes_only_known_actions_and_audits_with_the_share(
         smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> None:
     links, audit = service(smtp, gateway, tmp_path, clock)
     grant = await _grant(links, smtp, gateway)
-    with pytest.raises(PatientAccessError):
-        await links.record(grant, "deleted everything", "", CLIENT)
+    for action in ("deleted everything", "uploaded"):
+        with pytest.raises(PatientAccessError):
+            await links.record(grant, action, "", CLIENT)
     await links.record(grant, "downloaded", "media set\r\nInjected: yes", CLIENT)
     event = audit.events[-1]
     assert event.code is EventCode.EXPORT and event.actor == f"share:{grant.link_id}" and STUDY not in event.study
