@@ -137,8 +137,8 @@ def test_patient_page_in_chromium(tmp_path: Path, browser: webdriver.Chrome) -> 
                       f'listen = "127.0.0.1:{port}"\n')
         mesh.start(a)
         study, _ = mesh.generate_and_ingest(a, 3, rows=64, columns=64, seed=8)
-        mesh.cli(a, "patient-share", "create", "--study", study, "--person", "Ann Patient",
-                 "--email", "ann@example.org", "--code-to", "ann.phone@example.net")
+        link_id = mesh.cli(a, "patient-share", "create", "--study", study, "--person", "Ann Patient",
+                           "--email", "ann@example.org", "--code-to", "ann.phone@example.net")["id"]
         token = mesh.wait_for(lambda: mail_to(smtp, "ann@example.org", r"/p/#t=([A-Za-z0-9_-]{43})\b"), 60,
                               "the link email")
         public = f"http://127.0.0.1:{port}"
@@ -167,6 +167,13 @@ def test_patient_page_in_chromium(tmp_path: Path, browser: webdriver.Chrome) -> 
         wait("signed out", lambda: "signed out" in browser.find_element(By.ID, "message").text)
         browser.refresh()
         wait("the page without a session", lambda: "Open the link" in browser.find_element(By.ID, "message").text)
+        # a withdrawn link: a clear page that reveals nothing
+        mesh.cli(a, "patient-share", "revoke", link_id, "--reason", "sent to the wrong address")
+        browser.get(f"{public}/p/#t={token}")
+        wait("the withdrawn link's page", lambda: "does not work" in browser.find_element(By.ID, "message").text)
+        assert not browser.find_element(By.ID, "code-step").is_displayed()
+        assert "Ann" not in browser.find_element(By.TAG_NAME, "body").text
+        assert_accessible(browser, "patient page of a withdrawn link")
     finally:
         mesh.close()
         smtp.stop()

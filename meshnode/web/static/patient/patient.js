@@ -165,5 +165,16 @@
     say("You have signed out. To see your images again, open the link from your email.");
   });
 
+  // a link opened in a tab already on this page changes only the fragment: start again with it
+  window.addEventListener("hashchange", () => {
+    if (!location.hash.startsWith("#t=")) return;
+    csrf = "";
+    $("share-step").hidden = true;
+    $("code-step").hidden = true;
+    $("studies").replaceChildren();
+    say("Opening your link…");
+    start();
+  });
+
   start();
 })();
