@@ -32,7 +32,7 @@
   function explain(reply) {
     const error = reply.data && reply.data.error;
     if (reply.status === 0) return "We could not reach the server. Check your internet connection and try again.";
-    if (reply.status === 429) return "Too many tries from your connection. Please wait a minute and try again.";
+    if (reply.status === 429) return "Too many requests from your connection: try again in a minute.";
     if (error === "link-gone") return "This link does not work any more: it may have expired or been withdrawn. Ask the hospital that sent it for a new one.";
     if (error === "link-locked") return "This link is locked after too many wrong codes. Ask the hospital that sent it to unlock it.";
     if (error === "code-refused") return "That code is not right, or it has expired. Check it and try again, or ask for a new code.";
@@ -120,6 +120,7 @@
     if (!reply.ok) { say(explain(reply), true); return; }
     if (reply.data.kind !== "share") { say("This link is for sending images to the hospital, not for viewing them.", true); return; }
     $("code-step").hidden = false;
+    if (reply.data.code_pending) $("send-code").textContent = "Send a new code";
     say(reply.data.code_pending
       ? `We have sent you a code by ${reply.data.channel}. Enter it below.`
       : `Press "Send me a code" and we will send you a code by ${reply.data.channel}.`);
@@ -127,8 +128,11 @@
 
   $("send-code").addEventListener("click", async () => {
     const reply = await post("/p/api/code", { token });
-    say(reply.ok ? "We have sent you a new code. It works for 10 minutes." : explain(reply), !reply.ok);
-    if (reply.ok) $("code").focus();
+    say(reply.ok ? "We have sent you a code. It works for 10 minutes." : explain(reply), !reply.ok);
+    if (reply.ok) {
+      $("send-code").textContent = "Send a new code";
+      $("code").focus();
+    }
   });
 
   $("code-form").addEventListener("submit", async (event) => {
