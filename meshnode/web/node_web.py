@@ -30,6 +30,11 @@ from meshnode.web.ops import Ops
 from meshnode.web.qido import Qido
 from meshnode.web.reconcile_web import ReconcileWeb
 from meshnode.web.send_web import SendWeb
+from meshnode.web.patient_links_web import PatientLinksWeb
+from meshnode.patient.service import LinkService
+from meshnode.patient.sqlite_links import SqliteLinkStore
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.received_research import received_for_research_only
 from meshnode.web.requests_web import RequestsWeb
 from meshnode.web.server import serve_http
 from meshnode.web.services import WebServices
@@ -61,6 +66,9 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     if http.webhooks:
         ctx.events.subscribe(webhooks.on_event)
     notifier = _notifier(node, users)  # [notify]: email to staff when a study arrives
+    # PUBLIC: patient_web gets `links` here (None when [patient_access] is off); the control API uses node.patient_links
+    links = _patient_links(node, users)
+    node.patient_links = links
     if notifier is not None:
         ctx.events.subscribe(notifier.on_event)
     try:
@@ -101,6 +109,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *SendWeb(services, control_routes(node), OrgList(ctx.directory.list_orgs, ctx.clock,
                                                                       own_org=ctx.org), view.outbox).routes(),
                     *RequestsWeb(lambda: node.requests, audit).routes(),  # study requests, prior queries
+                    *PatientLinksWeb(lambda: links).routes(),  # patient links: staff create, list, revoke, unlock
                 ]
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)
@@ -112,6 +121,11 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
         ctx.events.unsubscribe(webhooks.on_event)
         if notifier is not None:
             ctx.events.unsubscribe(notifier.on_event)
+        node.patient_links = None
+        if links is not None:
+            store = links.store
+            if isinstance(store, SqliteLinkStore):
+                store.close()
         users.close()
 
 
@@ -129,3 +143,30 @@ def _notifier(node: Node, users: SqliteUserStore) -> Notifier | None:
 
     return Notifier(ctx.config.notify, ctx.db, users, ctx.org, ctx.config.http.public_url, audit, ctx.clock,
                     open_manifest=ctx.manifests.open, org_name=org_name)
+
+
+def _patient_links(node: Node, users: SqliteUserStore) -> LinkService | None:
+    """The patient link service ([patient_access] on; it needs [notify]'s relay, which the config checks)."""
+    ctx = node.ctx
+    if not ctx.config.patient_access.enabled:
+        return None
+
+    async def audit(event: AuditEvent) -> None:
+        await ctx.audit(event)
+
+    async def holds(uids: tuple[str, ...]) -> list[str]:
+        """Those of `uids` this node may not share: not here, held back, a research copy, or received for research."""
+        def run(store: MetadataStore) -> list[str]:  # what the send page offers (meshnode.web.send_web)
+            held_back = store.held_studies()  # reconciliation holds and research copies: not this node's to share
+            missing = []
+            for u in uids:
+                row = store.study(u)
+                if row is None or u in held_back or store.research_copy_of(u) is not None or (
+                        "local" not in row.sources and received_for_research_only(store, u)):
+                    missing.append(u)
+            return missing
+        return await ctx.db.run(run)
+
+    name = ctx.certificate.document.org_name or ctx.org
+    return LinkService(ctx.config.patient_access, ctx.config.notify, SqliteLinkStore(ctx.home.path / "node.db"),
+                       users, audit, org_name=name, clock=ctx.clock, holds=holds)
