@@ -20,7 +20,9 @@ function pagePath(value, fallback) {
 }
 const BASE = pagePath(document.body.dataset.viewerBase, "/ui/static/viewer/");
 const DICOMWEB = pagePath(document.body.dataset.dicomweb, "/dicomweb");
-const SIGN_IN = document.body.dataset.signIn || "sign in again on the portal's front page";
+// what to do when the node refuses (the patients' page: open the link from the email again)
+const SIGN_IN = document.body.dataset.signIn || "sign in on the portal's front page";
+const SIGN_IN_AGAIN = document.body.dataset.signIn || "sign in again on the portal's front page";
 const ENGINE = "mesh-viewer";
 const VIEWPORT = "mesh-stack";
 const TOOLS = "mesh-tools";
@@ -271,7 +273,7 @@ async function metadataOf(study) {
     credentials: "same-origin", headers: { Accept: "application/dicom+json" },
   });
   if (response.status === 401 || response.status === 403) {
-    throw new Error(`you are not signed in with permission to read these images (${SIGN_IN})`);
+    throw new Error(`you are not signed in with permission to read images on this node (${SIGN_IN})`);
   }
   if (response.status === 404) throw new Error("this node holds no study with that Study Instance UID");
   if (!response.ok) throw new Error(`the node answered HTTP ${response.status}`);
@@ -320,7 +322,7 @@ async function start() {
     // the loader rejects with the XMLHttpRequest itself when the node refuses the instance
     const http = typeof error.status === "number" && error.status >= 400 ? error.status : 0;
     if (http === 401 || http === 403) {
-      status(`The node refused the image: your session has expired or you may not read images (${SIGN_IN}).`, true);
+      status(`The node refused the image: your session has expired or you may not read images (${SIGN_IN_AGAIN}).`, true);
     } else if (http) {
       status(`The node could not send this image (HTTP ${http}).`, true);
     } else {
