@@ -297,6 +297,11 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(960, "email-error", UnavailableError),  # meshnode/notify/smtp.py (the relay did not take it)
     ErrorCode(970, "sign-in-refused", LocalProtocolError),  # meshnode/web/signin.py
     ErrorCode(971, "sign-on-refused", LocalProtocolError),  # meshnode/web/oidc.py (OpenID Connect)
+    ErrorCode(985, "upload-file-refused", RemoteProtocolError),  # meshnode/patient/upload_errors.py
+    ErrorCode(986, "executable-preamble", RemoteProtocolError),
+    ErrorCode(987, "archive-refused", RemoteProtocolError),
+    ErrorCode(988, "upload-limit", LimitError),
+    ErrorCode(989, "upload-state-error", LocalProtocolError),
 )
 
 

@@ -1,0 +1,95 @@
+"""meshnode.patient.upload_check: each check on its own (the hostile upload cases are in
+tests/adversary/test_uploads.py)."""
+
+from __future__ import annotations
+
+import posixpath
+import zipfile
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshnode.patient.upload_check import (
+    Outcome,
+    UploadLimits,
+    check_file,
+    preamble_refusal,
+    zip_name_refusal,
+)
+from tests.meshnode.patient.upload_files import ct_files, dicomdir_bytes, zip_bytes
+
+LIMITS = UploadLimits(max_file_bytes=10 << 20, total_bytes_left=100 << 20, files_left=100)
+
+
+def test_zero_and_tiff_preambles_pass_others_are_refused() -> None:
+    assert preamble_refusal(bytes(128)) is None
+    assert preamble_refusal(b"II*\x00" + bytes(124)) is None
+    assert preamble_refusal(b"MM\x00*" + bytes(124)) is None
+    assert "Windows executable" in (preamble_refusal(b"MZ" + bytes(126)) or "")
+    assert "ELF" in (preamble_refusal(b"\x7fELF" + bytes(124)) or "")
+    assert "Mach-O" in (preamble_refusal(b"\xcf\xfa\xed\xfe" + bytes(124)) or "")
+    assert "script" in (preamble_refusal(b"#!/bin/sh\n" + bytes(118)) or "")
+    assert "not empty" in (preamble_refusal(b"hello" + bytes(123)) or "")
+
+
+def test_a_good_instance_is_accepted_with_its_attributes(tmp_path: Path) -> None:
+    path = ct_files(tmp_path / "in", 1)[0]
+    [v] = check_file(path, "IMG0001", LIMITS, tmp_path)
+    assert v.outcome is Outcome.ACCEPTED and v.instance is not None
+    assert v.instance.attributes.study_instance_uid and v.instance.size == path.stat().st_size
+    assert len(v.instance.sha256) == 64
+
+
+def test_a_dicomdir_is_skipped_as_an_index(tmp_path: Path) -> None:
+    path = tmp_path / "DICOMDIR"
+    path.write_bytes(dicomdir_bytes())
+    [v] = check_file(path, "DICOMDIR", LIMITS, tmp_path)
+    assert v.outcome is Outcome.SKIPPED and "DICOMDIR" in v.reason
+
+
+def test_a_zip_of_a_cd_gives_one_verdict_per_member(tmp_path: Path) -> None:
+    files = ct_files(tmp_path / "in", 2)
+    archive = tmp_path / "cd.zip"
+    archive.write_bytes(zip_bytes([("DICOMDIR", dicomdir_bytes()), ("DICOM/IM1", files[0].read_bytes()),
+                                   ("DICOM/IM2", files[1].read_bytes()), ("AUTORUN.INF", b"[autorun]\n")]))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    verdicts = {v.name: v for v in check_file(archive, "cd.zip", LIMITS, scratch)}
+    assert verdicts["cd.zip/DICOMDIR"].outcome is Outcome.SKIPPED
+    assert verdicts["cd.zip/DICOM/IM1"].outcome is Outcome.ACCEPTED
+    assert verdicts["cd.zip/AUTORUN.INF"].outcome is Outcome.REFUSED
+    assert "not a DICOM file" in verdicts["cd.zip/AUTORUN.INF"].reason
+    im1 = verdicts["cd.zip/DICOM/IM1"].instance
+    assert im1 is not None and im1.path.parent == scratch and im1.path.read_bytes() == files[0].read_bytes()
+    assert len(list(scratch.iterdir())) == 2  # refused members leave nothing behind
+
+
+def test_a_zip_member_limit_counts(tmp_path: Path) -> None:
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(zip_bytes([(f"f{i}", b"x") for i in range(5)]))
+    [v] = check_file(archive, "a.zip", UploadLimits(1 << 20, 1 << 20, files_left=4), tmp_path)
+    assert v.outcome is Outcome.REFUSED and v.error == "upload-limit"
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_an_accepted_zip_name_stays_inside_the_archive(name: str) -> None:
+    if zip_name_refusal(name) is not None:
+        return
+    joined = posixpath.normpath(posixpath.join("/base", name))
+    assert joined == "/base" or joined.startswith("/base/")
+    assert "\\" not in name and "\x00" not in name and ".." not in name.split("/")
+
+
+@given(st.lists(st.sampled_from(["..", ".", "a", "", "C:", "b\\c", "\x00"]), min_size=1, max_size=6))
+def test_traversal_shapes_are_refused(parts: list[str]) -> None:
+    name = "/".join(parts)
+    hostile = (".." in parts or name.startswith("/") or any("\\" in p or "\x00" in p for p in parts)
+               or name.startswith("C:") or not name)
+    if hostile:
+        assert zip_name_refusal(name) is not None
+
+
+def test_zipinfo_names_are_judged_before_zipfile_cleans_them(tmp_path: Path) -> None:
+    info = zipfile.ZipInfo("ok.dcm")
+    assert zip_name_refusal(info.orig_filename) is None
