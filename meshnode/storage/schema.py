@@ -433,7 +433,7 @@ MIGRATIONS = (
         sop_uid TEXT NOT NULL, patient_name TEXT NOT NULL, patient_id TEXT NOT NULL, study_date TEXT NOT NULL,
         study_description TEXT NOT NULL, modality TEXT NOT NULL,
         state TEXT NOT NULL CHECK (state IN ('held', 'accepted', 'rejected', 'none')), decided_by TEXT NOT NULL,
-        created_ms INTEGER NOT NULL, archived INTEGER NOT NULL
+        created_ms INTEGER NOT NULL, archived INTEGER NOT NULL, person TEXT NOT NULL
     ) STRICT;
     CREATE INDEX patient_upload_files_by_link ON patient_upload_files (link_id, state)
     """,

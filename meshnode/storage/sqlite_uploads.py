@@ -9,7 +9,7 @@ from meshnode.storage.upload_store import CHECKED, HELD, RECEIVING, FileRow, Lin
 
 _UPLOAD = "upload_id, link_id, name, length, received, state, created_ms"
 _FILE = ("link_id, upload_id, name, outcome, reason, sha256, size, study_uid, series_uid, sop_uid, patient_name, "
-         "patient_id, study_date, study_description, modality, state, decided_by, created_ms, archived")
+         "patient_id, study_date, study_description, modality, state, decided_by, created_ms, archived, person")
 
 
 def _upload(r: Any) -> UploadRow:
@@ -19,13 +19,13 @@ def _upload(r: Any) -> UploadRow:
 def _file(r: Any) -> FileRow:
     t = [str(v) for v in r]
     return FileRow(t[0], t[1], t[2], t[3], t[4], t[5], int(r[6]), t[7], t[8], t[9], t[10], t[11], t[12], t[13],
-                   t[14], t[15], t[16], int(r[17]), bool(r[18]), int(r[19]))
+                   t[14], t[15], t[16], int(r[17]), bool(r[18]), t[19], int(r[20]))
 
 
 def _values(f: FileRow) -> tuple[object, ...]:
     return (f.link_id, f.upload_id, f.name, f.outcome, f.reason, f.sha256, f.size, f.study_uid, f.series_uid,
             f.sop_uid, f.patient_name, f.patient_id, f.study_date, f.study_description, f.modality, f.state,
-            f.decided_by, f.created_ms, int(f.archived))
+            f.decided_by, f.created_ms, int(f.archived), f.person)
 
 
 class SqliteUploadStore(SqliteTables):
@@ -59,7 +59,7 @@ class SqliteUploadStore(SqliteTables):
     def finish(self, upload_id: str, files: list[FileRow]) -> None:
         with self._tx() as db:
             db.execute("UPDATE patient_uploads SET state = ? WHERE upload_id = ?", (CHECKED, upload_id))
-            db.executemany(f"INSERT INTO patient_upload_files ({_FILE}) VALUES ({','.join('?' * 19)})",
+            db.executemany(f"INSERT INTO patient_upload_files ({_FILE}) VALUES ({','.join('?' * 20)})",
                            [_values(f) for f in files])
 
     def files(self, link_id: str) -> list[FileRow]:

@@ -56,6 +56,8 @@ class FileRow:
     created_ms: int = 0
     #: a member of a ZIP upload (its size counts towards the link's total, besides the archive's)
     archived: bool = False
+    #: who uploaded: the link's person, as the staff user entered them
+    person: str = ""
     file_id: int = 0
 
 

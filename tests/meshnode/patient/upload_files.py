@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from meshnode.dicom.synthetic import generate_ct_study
 
@@ -22,8 +22,8 @@ def with_preamble(data: bytes, preamble: bytes) -> bytes:
 
 def dicomdir_bytes() -> bytes:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
-    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.1.3.10")
+    meta.MediaStorageSOPInstanceUID = UID("1.2.3.4.5")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
