@@ -18,6 +18,8 @@ from meshnode.node.context import keep_running
 from meshnode.node.control_routes import routes as control_routes
 from meshnode.notify.notifier import Notifier
 from meshnode.storage.audit import AuditEvent
+from meshnode.patient.uploads import AuditFn, Uploads
+from meshnode.storage.sqlite_uploads import SqliteUploadStore
 from meshnode.storage.sqlite_users import SqliteUserStore
 from meshnode.web.app import Route, WebApp
 from meshnode.web.auth import Authenticator
@@ -38,6 +40,7 @@ from meshnode.web import signin
 from meshnode.web.oidc import OidcClient
 from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
+from meshnode.web.uploads_web import UploadsWeb
 from meshnode.web.users_web import UsersWeb
 from meshnode.web.wado import Wado
 from meshnode.web.webhooks import Webhooks
@@ -61,6 +64,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     if http.webhooks:
         ctx.events.subscribe(webhooks.on_event)
     notifier = _notifier(node, users)  # [notify]: email to staff when a study arrives
+    upload_store = SqliteUploadStore(db_path) if ctx.config.patient_access.enabled else None
     if notifier is not None:
         ctx.events.subscribe(notifier.on_event)
     try:
@@ -73,6 +77,8 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
             if http.enabled:
                 async def audit(event: AuditEvent) -> None:
                     await ctx.audit(event)
+
+                uploads = patient_uploads(node, upload_store, audit)
 
                 services = WebServices(http, ctx.org, ctx.storage, ctx.db, audit, ctx.clock)
                 auth = Authenticator(users, ctx.clock, http.session_idle_seconds)
@@ -101,6 +107,8 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *SendWeb(services, control_routes(node), OrgList(ctx.directory.list_orgs, ctx.clock,
                                                                       own_org=ctx.org), view.outbox).routes(),
                     *RequestsWeb(lambda: node.requests, audit).routes(),  # study requests, prior queries
+                    # issue 14: the PACS team's review of patient uploads (the /p/ tus routes: the public app)
+                    *UploadsWeb(lambda: uploads).staff_routes(),
                 ]
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)
@@ -113,6 +121,17 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
         if notifier is not None:
             ctx.events.unsubscribe(notifier.on_event)
         users.close()
+        if upload_store is not None:
+            upload_store.close()
+
+
+def patient_uploads(node: Node, store: SqliteUploadStore | None, audit: AuditFn) -> Uploads | None:
+    """Uploads through patient upload links ([patient_access] on): the public app's tus routes and the
+    staff review share this one."""
+    ctx = node.ctx
+    if store is None:
+        return None
+    return Uploads(ctx.home.path, store, ctx.config.patient_access, audit, lambda: node.gateway.intake, ctx.clock)
 
 
 def _notifier(node: Node, users: SqliteUserStore) -> Notifier | None:
