@@ -122,6 +122,8 @@ class Uploads:
 
         await trio.to_thread.run_sync(make)
         log.info("upload %s created on link %s: %d bytes", row.upload_id, link_folder(grant.link_id), length)
+        if length == 0:  # complete as created (tus): checked (and refused as empty) at once
+            await self._complete(grant, row)
         return row
 
     async def status(self, grant: LinkGrant, upload_id: str) -> UploadRow:
@@ -150,11 +152,11 @@ class Uploads:
         self._busy.add(upload_id)
         try:
             received = await self._write(row, chunks)
+            row = UploadRow(row.upload_id, row.link_id, row.name, row.length, received, row.state, row.created_ms)
+            if received == row.length:  # (again, if the checks failed the first time: an empty PATCH retries)
+                await self._complete(grant, row)
         finally:
             self._busy.discard(upload_id)
-        row = UploadRow(row.upload_id, row.link_id, row.name, row.length, received, row.state, row.created_ms)
-        if received == row.length:
-            await self._complete(grant, row)
         return row
 
     async def _write(self, row: UploadRow, chunks: AsyncIterator[bytes]) -> int:
@@ -232,7 +234,9 @@ class Uploads:
             self.store.finish(row.upload_id, rows)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-            part.unlink(missing_ok=True)
+        # only once the verdicts are committed: a failure before leaves the part, and an empty PATCH at the
+        # end offset runs the checks again
+        part.unlink(missing_ok=True)
         return rows
 
     def _hold(self, grant: LinkGrant, row: UploadRow, verdict: Verdict, now_ms: int) -> FileRow:
@@ -307,8 +311,8 @@ class Uploads:
                 prepared = await trio.to_thread.run_sync(prepare)
                 await intake.commit(prepared, None)
                 stored += 1
-            await trio.to_thread.run_sync(self.store.decide, link_id, ACCEPTED, user)
-            await trio.to_thread.run_sync(self._remove, link_id)
+            await trio.to_thread.run_sync(self.store.decide, link_id, ACCEPTED, user, [f.file_id for f in files])
+            await trio.to_thread.run_sync(self._remove, link_id, files)
         studies = sorted({f.study_uid for f in files})
         await self.audit(AuditEvent(EventCode.IMPORT, "upload-accepted", actor=f"user:{user}",
                                     study=hash_uid(studies[0]) if len(studies) == 1 else "",
@@ -321,15 +325,22 @@ class Uploads:
             moved = await trio.to_thread.run_sync(self.store.decide, link_id, REJECTED, user)
             if not moved:
                 raise UploadStateError("nothing of this link is held in quarantine (decided already?)")
-            await trio.to_thread.run_sync(self._remove, link_id)
+            await trio.to_thread.run_sync(self._remove, link_id, moved)
         await self.audit(AuditEvent(EventCode.IMPORT, "upload-rejected", AuditOutcome.MINOR_FAILURE,
                                     actor=f"user:{user}",
                                     detail=f"link {link_folder(link_id)}: {len(moved)} file(s) deleted: "
                                            f"{reason}"[:300]))
         return len(moved)
 
-    def _remove(self, link_id: str) -> None:
-        shutil.rmtree(self.quarantine_root / link_folder(link_id), ignore_errors=True)
+    def _remove(self, link_id: str, decided: list[FileRow]) -> None:
+        """Delete the decided files from quarantine (a file held again since, by a later upload of the same
+        bytes, stays)."""
+        still = {f.sha256 for f in self.store.files(link_id) if f.state == HELD}
+        for sha in {f.sha256 for f in decided} - still:
+            self.quarantine_file(link_id, sha).unlink(missing_ok=True)
+        folder = self.quarantine_root / link_folder(link_id)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
     def _deciding_on(self, link_id: str) -> _Deciding:
         return _Deciding(self._deciding, link_id)

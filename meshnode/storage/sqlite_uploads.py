@@ -70,10 +70,14 @@ class SqliteUploadStore(SqliteTables):
         return [str(r[0]) for r in self._query(
             "SELECT DISTINCT link_id FROM patient_upload_files WHERE state = ? ORDER BY link_id", (HELD,))]
 
-    def decide(self, link_id: str, state: str, by: str) -> list[FileRow]:
+    def decide(self, link_id: str, state: str, by: str, file_ids: list[int] | None = None) -> list[FileRow]:
         with self._tx() as db:
-            rows = db.execute(f"SELECT {_FILE}, file_id FROM patient_upload_files WHERE link_id = ? AND state = ?"
-                              " ORDER BY file_id", (link_id, HELD)).fetchall()
-            db.execute("UPDATE patient_upload_files SET state = ?, decided_by = ? WHERE link_id = ? AND state = ?",
-                       (state, by, link_id, HELD))
-        return [_file(r) for r in rows]
+            rows = [_file(r) for r in db.execute(
+                f"SELECT {_FILE}, file_id FROM patient_upload_files WHERE link_id = ? AND state = ?"
+                " ORDER BY file_id", (link_id, HELD)).fetchall()]
+            if file_ids is not None:
+                wanted = set(file_ids)
+                rows = [r for r in rows if r.file_id in wanted]
+            db.executemany("UPDATE patient_upload_files SET state = ?, decided_by = ? WHERE file_id = ?",
+                           [(state, by, r.file_id) for r in rows])
+        return rows

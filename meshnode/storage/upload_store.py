@@ -91,9 +91,9 @@ class UploadStore(Protocol):
 
     def held_links(self) -> list[str]: ...
 
-    def decide(self, link_id: str, state: str, by: str) -> list[FileRow]:
-        """Move the link's held files to `state` (accepted / rejected); the rows moved (none if another
-        decision came first)."""
+    def decide(self, link_id: str, state: str, by: str, file_ids: list[int] | None = None) -> list[FileRow]:
+        """Move the link's held files (only those of `file_ids` if given: what the decider saw) to `state`
+        (accepted / rejected); the rows moved (none if another decision came first)."""
         ...
 
 
@@ -134,10 +134,10 @@ class MemoryUploadStore:
     def held_links(self) -> list[str]:
         return sorted({f.link_id for f in self._files if f.state == HELD})
 
-    def decide(self, link_id: str, state: str, by: str) -> list[FileRow]:
+    def decide(self, link_id: str, state: str, by: str, file_ids: list[int] | None = None) -> list[FileRow]:
         moved: list[FileRow] = []
         for i, f in enumerate(self._files):
-            if f.link_id == link_id and f.state == HELD:
+            if f.link_id == link_id and f.state == HELD and (file_ids is None or f.file_id in file_ids):
                 self._files[i] = replace(f, state=state, decided_by=by)
                 moved.append(f)
         return moved

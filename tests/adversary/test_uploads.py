@@ -80,6 +80,8 @@ class Env:
     async def upload(self, link: str, data: bytes, name: str = "IM1") -> Reply:
         created = await self.create(link, len(data), name)
         assert created.status == 201, created.body
+        if not data:
+            return Reply(204, {}, b"")  # complete as created
         return await self.tus("PATCH", created.headers["location"], link,
                               {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0",
                                "Content-Length": str(len(data))}, data)
@@ -402,3 +404,26 @@ async def test_a_dropped_connection_keeps_what_arrived_durable(tmp_path: Path) -
     assert (await uploads.status(grant, row.upload_id)).received == 30
     [part] = (tmp_path / "uploads").rglob("*.part")
     assert part.read_bytes() == b"a" * 30
+
+
+async def test_an_upload_during_a_decision_is_not_decided_without_being_ingested(env: Env) -> None:
+    """Accept marks only the files it ingested: one arriving while it runs is either ingested with it or
+    stays held in quarantine, never marked accepted without being stored."""
+    await env.upload("L1", env.files[0].read_bytes(), "a")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(env.staff, "POST", "/ui/api/uploads/L1/accept", "pacs1")
+        nursery.start_soon(env.upload, "L1", env.files[1].read_bytes(), "b")
+    stored = {s.attributes.study_uid for s in env.storage.metadata.studies()}
+    rows = {f["name"]: f for f in (await env.tus("GET", "/p/api/uploads", "L1")).json()["files"]}
+    assert set(rows) == {"a", "b"} and stored
+    held = list((env.home / "quarantine").rglob("*.dcm"))
+    listing = (await env.staff("GET", "/ui/api/uploads", "pacs1")).json()["links"]
+    assert len(held) == sum(e["files"] for e in listing)  # what is still held is still in quarantine
+    if not listing:  # both decided: both ingested
+        assert len(env.storage.metadata.instances(next(iter(stored)))) == 2
+
+
+async def test_an_empty_upload_is_complete_as_created_and_refused(env: Env) -> None:
+    created = await env.create("L1", 0, "empty.dcm")
+    assert created.status == 201
+    assert (await env.results("L1"))["empty.dcm"][0] == "refused"

@@ -53,3 +53,13 @@ def test_one_decision_wins(store: UploadStore) -> None:
     assert store.decide("L1", REJECTED, "bob") == []
     assert store.files("L1")[0].state == ACCEPTED and store.files("L1")[0].decided_by == "alice"
     assert store.held_links() == []
+
+
+def test_a_decision_moves_only_the_files_the_decider_saw(store: UploadStore) -> None:
+    store.create_upload(UploadRow("c" * 32, "L1", "a.dcm", 10, 10, RECEIVING, 1))
+    store.finish("c" * 32, [FileRow("L1", "c" * 32, "a.dcm", "accepted", "", size=10, state=HELD)])
+    seen = [f.file_id for f in store.files("L1")]
+    store.create_upload(UploadRow("d" * 32, "L1", "b.dcm", 10, 10, RECEIVING, 2))
+    store.finish("d" * 32, [FileRow("L1", "d" * 32, "b.dcm", "accepted", "", size=10, state=HELD)])
+    assert [f.name for f in store.decide("L1", ACCEPTED, "alice", seen)] == ["a.dcm"]
+    assert [f.state for f in store.files("L1")] == [ACCEPTED, HELD]

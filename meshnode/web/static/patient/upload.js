@@ -34,7 +34,7 @@
     const url = created.headers.get("Location");
     let offset = 0;
     let failures = 0;
-    while (offset < item.file.size || item.file.size === 0) {
+    while (offset < item.file.size) {  // (an empty file is complete, and checked, as created)
       try {
         const end = Math.min(offset + CHUNK, item.file.size);
         const r = await tus("PATCH", url, {
@@ -48,7 +48,6 @@
         offset = Number(r.headers.get("Upload-Offset"));
         failures = 0;
         progress(offset);
-        if (item.file.size === 0) break;
       } catch (e) {
         if (!(e instanceof TypeError) || ++failures > RETRIES) throw e;  // TypeError: the network dropped
         $("status").textContent = "The connection dropped; resuming...";
