@@ -58,6 +58,8 @@ MB = 1 << 20
 #: bytes written per thread hop while a PATCH body arrives
 WRITE_BATCH = 1 << 20
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+#: refusals that look like an attack rather than a mistake (audited as a Security Alert, 110113)
+HOSTILE = frozenset({"executable-preamble", "archive-refused"})
 
 
 def link_folder(link_id: str) -> str:
@@ -216,6 +218,12 @@ class Uploads:
         )
         rows = await trio.to_thread.run_sync(self._check_and_hold, grant, row, limits)
         held = sum(1 for r in rows if r.state == HELD)
+        hostile = [r for r in rows if r.error in HOSTILE]
+        if hostile:  # an executable preamble or a path trick: the security officer wants to know
+            await self.audit(AuditEvent(
+                EventCode.SECURITY_ALERT, "upload-hostile-file", AuditOutcome.SERIOUS_FAILURE,
+                actor=f"link:{grant.link_id}",
+                detail=f"{len(hostile)} file(s) refused: " + "; ".join(sorted({r.error for r in hostile}))))
         await self.audit(AuditEvent(
             EventCode.IMPORT, "upload-received", AuditOutcome.SUCCESS if held == len(rows) else AuditOutcome.MINOR_FAILURE,
             actor=f"link:{grant.link_id}",
@@ -244,7 +252,8 @@ class Uploads:
         instance = verdict.instance
         if verdict.outcome is not Outcome.ACCEPTED or instance is None:
             return FileRow(grant.link_id, row.upload_id, display_name(verdict.name), verdict.outcome.value,
-                           verdict.reason, state=NONE, created_ms=now_ms, archived=archived, person=grant.person)
+                           verdict.reason, state=NONE, created_ms=now_ms, archived=archived, person=grant.person,
+                           error=verdict.error)
         folder = self.quarantine_root / link_folder(grant.link_id)
         target = self.quarantine_file(grant.link_id, instance.sha256)
         folder.mkdir(parents=True, exist_ok=True)

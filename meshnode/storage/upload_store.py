@@ -9,7 +9,7 @@ tests). Decisions are a compare-and-set on `held`: of two staff users deciding a
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 RECEIVING = "receiving"
@@ -59,6 +59,8 @@ class FileRow:
     #: who uploaded: the link's person, as the staff user entered them
     person: str = ""
     file_id: int = 0
+    #: the refusal's error name (upload_errors; not stored: for the audit of this upload only)
+    error: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class Env:
     tokens: dict[str, str]
     storage: NodeStorage
     files: list[Path]
+    events: list[AuditEvent]
 
     async def tus(self, method: str, path: str, link: str, headers: dict[str, str] | None = None,
                   body: bytes | list[bytes] = b"") -> Reply:
@@ -130,7 +131,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     files = ct_files(tmp_path / "study", 3)
     async with trio.open_nursery() as nursery:
         await nursery.start(intake.run)
-        yield Env(app, home, gate, tokens, storage, files)
+        yield Env(app, home, gate, tokens, storage, files, events)
         nursery.cancel_scope.cancel()
     store.close()
     state.close()
@@ -179,6 +180,8 @@ async def test_a_folder_with_good_bad_and_executable_files(env: Env) -> None:
     assert "not empty" in results["junk-preamble.dcm"][1]
     for name in ("truncated.dcm", "no-meta.dcm", "empty"):
         assert results[name][0] == "refused" and results[name][1], name
+    alerts = [e for e in env.events if e.action == "upload-hostile-file"]
+    assert len(alerts) == 5 and all(int(e.code) == 110113 for e in alerts)
     held = sorted(p.name for p in (env.home / "quarantine" / link_folder("L1")).iterdir())
     assert len(held) == 2 and all(len(n) == 68 and n.endswith(".dcm") for n in held)
     _inside_quarantine(env)
