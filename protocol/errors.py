@@ -297,11 +297,19 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(960, "email-error", UnavailableError),  # meshnode/notify/smtp.py (the relay did not take it)
     ErrorCode(970, "sign-in-refused", LocalProtocolError),  # meshnode/web/signin.py
     ErrorCode(971, "sign-on-refused", LocalProtocolError),  # meshnode/web/oidc.py (OpenID Connect)
+    ErrorCode(980, "link-gone", NotFoundError),  # protocol/patient_link.py (unknown, expired or revoked: one answer)
+    ErrorCode(981, "code-refused", UnauthorisedError),
+    ErrorCode(982, "link-locked", UnauthorisedError),
+    ErrorCode(983, "patient-access-error", LocalProtocolError),
+    ErrorCode(984, "code-limit-reached", UnauthorisedError),
     ErrorCode(985, "upload-file-refused", RemoteProtocolError),  # meshnode/patient/upload_errors.py
     ErrorCode(986, "executable-preamble", RemoteProtocolError),
     ErrorCode(987, "archive-refused", RemoteProtocolError),
     ErrorCode(988, "upload-limit", LimitError),
     ErrorCode(989, "upload-state-error", LocalProtocolError),
+    ErrorCode(990, "media-set-error", LocalProtocolError),  # meshnode/study/zip_layout.py (patient download)
+    ErrorCode(991, "key-image-error", LocalProtocolError),  # meshnode/study/key_image.py
+    ErrorCode(992, "range-not-satisfiable", LocalProtocolError),  # meshnode/web/byte_range.py (patient downloads)
 )
 
 

@@ -16,6 +16,7 @@ from meshnode.cli import (
     generate_cmd,
     init_cmd,
     node_cmds,
+    patient_share_cmd,
     patients_cmd,
     reconcile_cmd,
     request_cmd,
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (init_cmd, certificate_cmd, config_cmd, directory_cmd, node_cmds, gateway_cmd, storage_cmds, audit_cmd,
                    generate_cmd, users_cmd, patients_cmd, reconcile_cmd, deid_cmd, conflicts_cmd,
-                   request_cmd):
+                   request_cmd, patient_share_cmd):
         module.register(sub, common)
     return parser
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from meshnode.control.app import Handler
 from common.describe import iso
 from meshnode.gateway.reconcile_holds import check_not_held
-from meshnode.node import reconcile_routes, request_routes
+from meshnode.node import patient_routes, reconcile_routes, request_routes
 from meshnode.node.requests import request_of_manifest
 from meshnode.storage.request_store import INCOMING, OUTGOING
 from meshnode.node.deid_routes import deid_routes, share_profile, share_research
@@ -245,6 +245,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         **deid_routes(node),
         **conflict_routes.routes(node),  # meshnode conflicts list|decide
         **request_routes.routes(node),  # meshnode request send|list|show|approve|decline, meshnode priors
+        **patient_routes.routes(node),  # meshnode patient-share ..., meshnode upload-link create
     }
 
 

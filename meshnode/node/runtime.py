@@ -71,6 +71,8 @@ from protocol.roster import RosterGuard
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from meshnode.patient.service import LinkService
+
 log = logging.getLogger(__name__)
 
 #: The least time between two roster watches when the directory answers one at once.
@@ -109,6 +111,8 @@ class Node:
         self.listen_addrs: list[str] = []
         self.control_url = ""
         self.http_url = ""
+        #: the patient link service ([patient_access] on), made by meshnode.web.node_web.run_web
+        self.patient_links: LinkService | None = None
 
     async def run(self, *, task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         home = self.home

@@ -417,7 +417,27 @@ MIGRATIONS = (
     CREATE INDEX study_requests_by_expiry ON study_requests (state, direction, expires_at);
     CREATE INDEX study_requests_by_created ON study_requests (direction, created_ms, request_id)
     """,
-    # N: upload quarantine (issue 14, UPLOAD): resumable uploads through upload links (their durable offset) and
+    # 23: patient links (issue 14, LINKS): links for patients and people without a node (protocol.patient_link;
+    # only the token's hash and the code's HMAC are kept) and each link's history the staff see
+    """
+    CREATE TABLE patient_links (
+        link_id TEXT PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('share', 'upload')),
+        token_hash TEXT NOT NULL UNIQUE, studies TEXT NOT NULL, person TEXT NOT NULL, email TEXT NOT NULL,
+        code_channel TEXT NOT NULL CHECK (code_channel IN ('sms', 'email')), code_to TEXT NOT NULL,
+        created_by TEXT NOT NULL, parent_id TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL,
+        code_salt TEXT NOT NULL, revoked_at REAL NOT NULL, revoke_reason TEXT NOT NULL, forwards INTEGER NOT NULL,
+        wrong_attempts INTEGER NOT NULL, locked_at REAL NOT NULL, code_hash TEXT NOT NULL,
+        code_expires_at REAL NOT NULL, codes_sent INTEGER NOT NULL, version INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX patient_links_by_created ON patient_links (created_at, link_id);
+    CREATE INDEX patient_links_by_parent ON patient_links (parent_id);
+    CREATE TABLE patient_link_events (
+        seq INTEGER PRIMARY KEY, link_id TEXT NOT NULL, at REAL NOT NULL, action TEXT NOT NULL,
+        actor TEXT NOT NULL, client TEXT NOT NULL, detail TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX patient_link_events_by_link ON patient_link_events (link_id, seq)
+    """,
+    # 24: upload quarantine (issue 14, UPLOAD): resumable uploads through upload links (their durable offset) and
     # the verdict on every file they held; accepted ones wait in quarantine for the PACS team's decision
     """
     CREATE TABLE patient_uploads (

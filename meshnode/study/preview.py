@@ -67,6 +67,12 @@ def render_png(data: bytes, max_side: int | None = None) -> bytes:
     """Frame 1 as an 8-bit PNG; `max_side`: scaled down (aspect kept) so neither side exceeds it. A frame
     over MAX_FRAME_BYTES is refused from its header, before anything is decoded; only frame 1 is decoded,
     and a thumbnail is subsampled before any arithmetic on it."""
+    return render_frame(data, max_side)
+
+
+def render_frame(data: bytes, max_side: int | None = None, *, index: int = 0, fmt: str = "PNG") -> bytes:
+    """Frame `index` (0-based) as an 8-bit image in Pillow format `fmt` ("PNG" or "JPEG"), with the limits of
+    render_png (only that frame is decoded)."""
     try:
         _check_inflated_size(data)
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -74,7 +80,7 @@ def render_png(data: bytes, max_side: int | None = None) -> bytes:
             raise PreviewError("the instance has no pixel data to look at (an encapsulated document or model)")
         if _frame_bytes(ds) > MAX_FRAME_BYTES:
             raise PreviewError("the instance is too large to preview")
-        frame = decode_first_frame(ds)
+        frame = np.asarray(pydicom.pixels.utils.pixel_array(ds, index=index))
     except PreviewError:
         raise
     except Exception as exc:  # any decoder failure (pydicom raises many kinds): one clear error
@@ -97,5 +103,8 @@ def render_png(data: bytes, max_side: int | None = None) -> bytes:
     if max_side is not None:
         image.thumbnail((max_side, max_side))
     out = io.BytesIO()
-    image.save(out, format="PNG")
+    if fmt == "JPEG":
+        image.save(out, format="JPEG", quality=90)
+    else:
+        image.save(out, format="PNG")
     return out.getvalue()

@@ -57,6 +57,8 @@ SAFE_METHODS = ("GET", "HEAD")
 #: the one state-changing route a browser may call with a session cookie but no CSRF token (there is no
 #: session yet, so nothing to forge)
 CSRF_EXEMPT = ("/ui/login",)
+#: the public patient pages: staff credentials are neither checked nor used there
+PATIENT_PREFIX = "/p/"
 #: sent (value "1") by the pages on their automatic refreshes: not counted as the session's activity
 BACKGROUND_HEADER = "x-meshnode-background"
 FAILURE_AUDIT_EVERY_S = 10.0
@@ -219,6 +221,8 @@ class WebApp:
             raise HttpError(403, f"user {p.user} lacks the {r.access!r} role")
 
     async def _principal(self, request: Request) -> Principal | None:
+        if request.url.path.startswith(PATIENT_PREFIX):
+            return None  # the patient pages have their own session (meshnode.web.patient_web): staff's count nothing
         header = request.headers.get("authorization", "")
         if header:
             token = bearer_or_basic(header)

@@ -32,12 +32,21 @@ from meshnode.web.ops import Ops
 from meshnode.web.qido import Qido
 from meshnode.web.reconcile_web import ReconcileWeb
 from meshnode.web.send_web import SendWeb
+from meshnode.web.patient_links_web import PatientLinksWeb
+from meshnode.patient.service import LinkService
+from meshnode.patient.sqlite_links import SqliteLinkStore
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.received_research import received_for_research_only
 from meshnode.web.requests_web import RequestsWeb
 from meshnode.web.server import serve_http
 from meshnode.web.services import WebServices
 from meshnode.web.stow import Stow
 from meshnode.web import signin
 from meshnode.web.oidc import OidcClient
+from meshnode.web.patient_listener import limited, public_app, serve_patient_http
+from meshnode.web.patient_web import PatientWeb
+from meshnode.study.key_image import key_image
+from meshnode.study.media_set import MediaSet, plan_media_set, readme_text
 from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
 from meshnode.web.uploads_web import UploadsWeb
@@ -64,6 +73,9 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     if http.webhooks:
         ctx.events.subscribe(webhooks.on_event)
     notifier = _notifier(node, users)  # [notify]: email to staff when a study arrives
+    # the patient pages get `links` (None when [patient_access] is off); the control API uses node.patient_links
+    links = _patient_links(node, users)
+    node.patient_links = links
     upload_store = SqliteUploadStore(db_path) if ctx.config.patient_access.enabled else None
     if notifier is not None:
         ctx.events.subscribe(notifier.on_event)
@@ -107,19 +119,37 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *SendWeb(services, control_routes(node), OrgList(ctx.directory.list_orgs, ctx.clock,
                                                                       own_org=ctx.org), view.outbox).routes(),
                     *RequestsWeb(lambda: node.requests, audit).routes(),  # study requests, prior queries
+                    *PatientLinksWeb(lambda: links).routes(),  # patient links: staff create, list, revoke, unlock
                     # issue 14: the PACS team's review of patient uploads (the /p/ tus routes: the public app)
                     *UploadsWeb(lambda: uploads).staff_routes(),
                 ]
+                # the patient pages (issue 14): under /p/ here, or on a listener of their own
+                patient = ctx.config.patient_access
+                patient_web = _patient_web(node, services, links)
+                # with them, the uploader's tus routes (meshnode.web.uploads_web), behind the pages' session check
+                public_routes = [] if patient_web is None else [
+                    *patient_web.routes(), *UploadsWeb(lambda: uploads, patient_web, links).public_routes()]
+                if patient_web is not None and not patient.own_listener:
+                    routes.extend(public_routes)
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)
-                url = await nursery.start(serve_http, app, http, ctx.home.path)
+                url = await nursery.start(serve_http, limited(app, patient) if patient_web is not None else app,
+                                          http, ctx.home.path)
                 services.url = url
+                if patient_web is not None and patient.own_listener:
+                    await nursery.start(serve_patient_http, public_app(public_routes, auth, patient, audit),
+                                        patient, ctx.home.path)
             task_status.started(url)
     finally:
         ctx.events.unsubscribe(events.on_event)
         ctx.events.unsubscribe(webhooks.on_event)
         if notifier is not None:
             ctx.events.unsubscribe(notifier.on_event)
+        node.patient_links = None
+        if links is not None:
+            store = links.store
+            if isinstance(store, SqliteLinkStore):
+                store.close()
         users.close()
         if upload_store is not None:
             upload_store.close()
@@ -132,6 +162,24 @@ def patient_uploads(node: Node, store: SqliteUploadStore | None, audit: AuditFn)
     if store is None:
         return None
     return Uploads(ctx.home.path, store, ctx.config.patient_access, audit, lambda: node.gateway.intake, ctx.clock)
+
+
+def _patient_web(node: Node, services: WebServices, links: LinkService | None) -> PatientWeb | None:
+    """The patient pages ([patient_access] on): the link service, MEDIA's media set and key images."""
+    if links is None:
+        return None
+    ctx = node.ctx
+    storage = ctx.storage
+    org_name = ctx.certificate.document.org_name or ctx.org
+
+    def plan(studies: tuple[str, ...]) -> MediaSet:
+        count = sum(len(storage.metadata.instances(uid)) for uid in studies)
+        return plan_media_set(storage, studies, readme=readme_text(org_name, len(studies), count))
+
+    def render(study: str, series: str, sop: str, fmt: str, frame: int) -> bytes:
+        return key_image(storage, study, series, sop, fmt=fmt, frame=frame)
+
+    return PatientWeb(links, services, ctx.config.patient_access, plan, render)
 
 
 def _notifier(node: Node, users: SqliteUserStore) -> Notifier | None:
@@ -148,3 +196,30 @@ def _notifier(node: Node, users: SqliteUserStore) -> Notifier | None:
 
     return Notifier(ctx.config.notify, ctx.db, users, ctx.org, ctx.config.http.public_url, audit, ctx.clock,
                     open_manifest=ctx.manifests.open, org_name=org_name)
+
+
+def _patient_links(node: Node, users: SqliteUserStore) -> LinkService | None:
+    """The patient link service ([patient_access] on; it needs [notify]'s relay, which the config checks)."""
+    ctx = node.ctx
+    if not ctx.config.patient_access.enabled:
+        return None
+
+    async def audit(event: AuditEvent) -> None:
+        await ctx.audit(event)
+
+    async def holds(uids: tuple[str, ...]) -> list[str]:
+        """Those of `uids` this node may not share: not here, held back, a research copy, or received for research."""
+        def run(store: MetadataStore) -> list[str]:  # what the send page offers (meshnode.web.send_web)
+            held_back = store.held_studies()  # reconciliation holds and research copies: not this node's to share
+            missing = []
+            for u in uids:
+                row = store.study(u)
+                if row is None or u in held_back or store.research_copy_of(u) is not None or (
+                        "local" not in row.sources and received_for_research_only(store, u)):
+                    missing.append(u)
+            return missing
+        return await ctx.db.run(run)
+
+    name = ctx.certificate.document.org_name or ctx.org
+    return LinkService(ctx.config.patient_access, ctx.config.notify, SqliteLinkStore(ctx.home.path / "node.db"),
+                       users, audit, org_name=name, clock=ctx.clock, holds=holds)

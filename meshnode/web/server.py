@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
+from starlette.types import ASGIApp
 
 from meshnode.asgi import hypercorn_config, serve_app
-from meshnode.web.app import WebApp
 from meshnode.web.config import HttpConfig
 from protocol.errors import ConfigError
 
@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 ENDPOINT_FILE = "http.json"
 
 
-async def serve_http(app: WebApp, config: HttpConfig, home: Path, *,
+async def serve_http(app: ASGIApp, config: HttpConfig, home: Path, *, endpoint_file: str = ENDPOINT_FILE,
+                     what: str = "DICOMweb, web UI and metrics",
                      task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    """Listen on [http] listen; write the URL to http.json once bound."""
+    """Listen on [http] listen (or the patient pages' listener, meshnode.web.patient_listener); write the URL
+    to `endpoint_file` (http.json) once bound."""
     host, port = config.host_port
     hc = hypercorn_config(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", keep_alive_timeout=75)
     tls = config.tls_paths(home)
@@ -31,4 +33,4 @@ async def serve_http(app: WebApp, config: HttpConfig, home: Path, *,
         hc.certfile, hc.keyfile = str(tls[0]), str(tls[1])
     hc.include_server_header = False
     hc.graceful_timeout = 2.0
-    await serve_app(app, hc, home / ENDPOINT_FILE, "DICOMweb, web UI and metrics", task_status=task_status)
+    await serve_app(app, hc, home / endpoint_file, what, task_status=task_status)

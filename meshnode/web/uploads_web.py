@@ -33,11 +33,11 @@ from collections.abc import AsyncIterator, Callable
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from meshnode.patient.links import LinkGrant, LinkKind, PatientGate
+from meshnode.patient.links import LinkGrant, LinkKind, PatientGate, PatientLinks
 from meshnode.patient.upload_errors import UploadLimitError, UploadStateError
 from meshnode.patient.uploads import MB, Uploads
 from meshnode.web.app import Route, route
-from meshnode.web.http import HttpError, content_length, is_number, json_object, json_response, principal
+from meshnode.web.http import HttpError, client, content_length, is_number, json_object, json_response, principal
 from protocol.errors import MeshError, NotFoundError
 
 TUS_VERSION = "1.0.0"
@@ -46,6 +46,8 @@ OFFSET_TYPE = "application/offset+octet-stream"
 MAX_METADATA = 4096
 #: PATCH bodies arrive in chunks of whatever size the server hands over; each is bounded by the transport
 PUBLIC_BASE = "/p/api/uploads"
+#: where meshnode.web.patient_web's PatientGate leaves the request's patient session (with its CSRF token)
+PATIENT_SESSION = "meshnode.patient_session"
 
 
 def _metadata(header: str) -> dict[str, str]:
@@ -79,9 +81,12 @@ def _http(exc: MeshError) -> HttpError:
 
 
 class UploadsWeb:
-    def __init__(self, uploads: Callable[[], Uploads | None], gate: PatientGate | None = None) -> None:
+    def __init__(self, uploads: Callable[[], Uploads | None], gate: PatientGate | None = None,
+                 links: PatientLinks | None = None) -> None:
         self.uploads = uploads
         self.gate = gate
+        #: the link service: a completed upload goes into the link's history the staff see ("uploaded")
+        self.links = links
 
     def public_routes(self) -> list[Route]:
         """For the public app (/p/): every handler checks the patient session itself (PatientGate)."""
@@ -166,6 +171,8 @@ class UploadsWeb:
             raise  # what arrived is kept (durable); the client asks HEAD and resumes
         except MeshError as exc:
             raise _http(exc) from None
+        if row.received == row.length and self.links is not None:
+            await self.links.record(grant, "uploaded", f"{row.length} bytes", client(request))
         return Response(status_code=204, headers={**TUS_HEADERS, "Upload-Offset": str(row.received)})
 
     async def delete(self, request: Request) -> Response:
@@ -179,7 +186,9 @@ class UploadsWeb:
     async def results(self, request: Request) -> Response:
         service, grant = await self._grant(request, tus=False)
         files = await service.results(grant)
+        session = request.scope.get(PATIENT_SESSION)  # the public app's session (its CSRF token for the page)
         return json_response(200, {
+            "csrf": str(getattr(session, "csrf", "")), "person": grant.person, "expires_at": grant.expires_at,
             "files": [{"name": f.name, "outcome": f.outcome, "reason": f.reason, "size": f.size} for f in files],
             "limits": {"max_file_mb": service.config.max_file_mb, "max_upload_mb": service.config.max_upload_mb,
                        "max_files": service.config.max_files},

@@ -138,6 +138,16 @@ def negotiate_json(header: str) -> None:
     raise HttpError(406, "metadata is offered as application/dicom+json")
 
 
+def shown_instances(store: MetadataStore, study: str) -> list[InstanceRecord]:
+    """The study's instances as WADO-RS serves them: what patient reconciliation holds back is not shown
+    (meshnode.gateway.reconciler), and a de-identified research copy is never a local study
+    (meshnode.node.research_share). Also the patient pages' view of a shared study (meshnode.web.patient_web)."""
+    if store.research_copy_of(study) is not None:
+        return []
+    held = store.held_instances(study)
+    return [r for r in store.instances(study) if (r.sop_instance_uid, r.digest) not in held]
+
+
 class Wado:
     def __init__(self, services: WebServices) -> None:
         self.s = services
@@ -156,13 +166,7 @@ class Wado:
     async def _records(self, request: Request) -> list[InstanceRecord]:
         p = request.path_params
         study = p["study"]
-        # what patient reconciliation holds back is not shown (meshnode.gateway.reconciler)
-        def shown(store: MetadataStore) -> list[InstanceRecord]:
-            if store.research_copy_of(study) is not None:
-                return []  # a de-identified research copy is never a local study (meshnode.node.research_share)
-            held = store.held_instances(study)
-            return [r for r in store.instances(study) if (r.sop_instance_uid, r.digest) not in held]
-        records = await self.s.db.run(shown)
+        records = await self.s.db.run(lambda store: shown_instances(store, study))
         if "series" in p:
             records = [r for r in records if r.series_uid == p["series"]]
         if "instance" in p:

@@ -11,7 +11,16 @@ import {
 } from "@cornerstonejs/tools";
 import { init as loaderInit } from "@cornerstonejs/dicom-image-loader";
 
-const BASE = "/ui/static/viewer/";
+// Where the bundle's files and the DICOMweb root are: the page says so (data-viewer-base, data-dicomweb on
+// <body>: the patients' viewer at /p/viewer uses /p/static/viewer/ and /p/dicomweb); without them, the
+// portal's /ui/static/viewer/ and /dicomweb. Only paths of this origin are taken.
+function pagePath(value, fallback) {
+  return typeof value === "string" && /^\/[A-Za-z0-9_\/-]{0,100}$/.test(value) && !value.startsWith("//")
+    ? value : fallback;
+}
+const BASE = pagePath(document.body.dataset.viewerBase, "/ui/static/viewer/");
+const DICOMWEB = pagePath(document.body.dataset.dicomweb, "/dicomweb");
+const SIGN_IN = document.body.dataset.signIn || "sign in again on the portal's front page";
 const ENGINE = "mesh-viewer";
 const VIEWPORT = "mesh-stack";
 const TOOLS = "mesh-tools";
@@ -59,7 +68,7 @@ function framesOf(item) {
   return n;
 }
 
-function seriesOf(metadata, study) {
+function seriesOf(metadata, study, root = "/dicomweb") {
   const bySeries = new Map();
   for (const item of metadata) {
     const uid = value(item, "0020000E");
@@ -81,7 +90,7 @@ function seriesOf(metadata, study) {
     s.imageIds = [];
     for (const i of s.instances) {
       if (s.imageIds.length >= MAX_SERIES_IMAGES) break;
-      const url = `${location.origin}/dicomweb/studies/${encodeURIComponent(study)}/series/`
+      const url = `${location.origin}${root}/studies/${encodeURIComponent(study)}/series/`
         + `${encodeURIComponent(s.uid)}/instances/${encodeURIComponent(i.sop)}`;
       if (i.frames > 1) {
         const last = Math.min(i.frames, MAX_SERIES_IMAGES - s.imageIds.length);
@@ -258,11 +267,11 @@ function failed(error) {
 
 // -- start -------------------------------------------------------------------------------------------
 async function metadataOf(study) {
-  const response = await fetch(`/dicomweb/studies/${encodeURIComponent(study)}/metadata`, {
+  const response = await fetch(`${DICOMWEB}/studies/${encodeURIComponent(study)}/metadata`, {
     credentials: "same-origin", headers: { Accept: "application/dicom+json" },
   });
   if (response.status === 401 || response.status === 403) {
-    throw new Error("you are not signed in with permission to read images on this node (sign in on the portal's front page)");
+    throw new Error(`you are not signed in with permission to read these images (${SIGN_IN})`);
   }
   if (response.status === 404) throw new Error("this node holds no study with that Study Instance UID");
   if (!response.ok) throw new Error(`the node answered HTTP ${response.status}`);
@@ -280,7 +289,7 @@ async function start() {
   text("study-uid", study);
   status("Loading study…");
   const metadata = await metadataOf(study);
-  state.series = seriesOf(metadata, study);
+  state.series = seriesOf(metadata, study, DICOMWEB);
   if (!state.series.length) throw new Error("this study has no images to show");
 
   coreInit();
@@ -311,7 +320,7 @@ async function start() {
     // the loader rejects with the XMLHttpRequest itself when the node refuses the instance
     const http = typeof error.status === "number" && error.status >= 400 ? error.status : 0;
     if (http === 401 || http === 403) {
-      status("The node refused the image: your session has expired or you may not read images (sign in again on the portal's front page).", true);
+      status(`The node refused the image: your session has expired or you may not read images (${SIGN_IN}).`, true);
     } else if (http) {
       status(`The node could not send this image (HTTP ${http}).`, true);
     } else {

@@ -6,18 +6,22 @@
 // committed) would add a build step and a bundle for less than this file. Values go in as text only.
 (() => {
   const API = "/p/api/uploads";
-  const CHUNK = 8 << 20;
+  const CHUNK = 16 << 20;
   const RETRIES = 8;
   const $ = (id) => document.getElementById(id);
   let queue = [];  // [{file, name}]
+  let csrf = "";  // the patient session's anti-CSRF token (GET /p/api/uploads gives it)
 
   function b64(text) { return btoa(String.fromCharCode(...new TextEncoder().encode(text))); }
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
   async function tus(method, url, headers, body) {
     const response = await fetch(url, {
-      method, body, credentials: "same-origin", headers: { "Tus-Resumable": "1.0.0", ...headers },
+      method, body, credentials: "same-origin", headers: { "Tus-Resumable": "1.0.0", "X-CSRF-Token": csrf, ...headers },
     });
+    if (response.status === 429) {  // the public pages' rate limit: wait as told, then the caller retries
+      await sleep(1000 * Math.min(60, Number(response.headers.get("Retry-After")) || 5));
+    }
     return response;
   }
 
@@ -40,7 +44,7 @@
         const r = await tus("PATCH", url, {
           "Content-Type": "application/offset+octet-stream", "Upload-Offset": String(offset),
         }, item.file.slice(offset, end));
-        if (r.status === 409 || r.status >= 500) {
+        if (r.status === 409 || r.status === 429 || r.status >= 500) {
           offset = await durableOffset(url);
           continue;
         }
@@ -85,8 +89,12 @@
 
   async function results() {
     const r = await fetch(API, { credentials: "same-origin" });
-    if (!r.ok) return;
+    if (!r.ok) {
+      if (r.status === 401) $("error").textContent = "You are not signed in: open the link from your email again.";
+      return;
+    }
     const data = await r.json();
+    csrf = data.csrf || csrf;
     const body = $("results");
     body.replaceChildren(...data.files.map((f) => {
       const row = document.createElement("tr");

@@ -1,0 +1,79 @@
+"""Hostile storage under a patient's download (issue 14, MEDIA): a bit flipped in a stored block, metadata
+whose digest disagrees with the blocks. Nothing corrupt is ever served, and nothing after the bad block."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from meshnode.storage.audit import EventCode
+from meshnode.storage.blockstore import BlockCorruptError
+from meshnode.storage.node_storage import NodeStorage
+from meshnode.study import media_set as media
+from meshnode.study.export import DigestMismatchError
+from meshnode.study.media_set import MediaSet, media_set_from_records, plan_media_set
+from protocol.errors import StorageError
+from tests.meshnode.study.test_media_set import (  # noqa: F401 - fixtures
+    README,
+    fresh_crc_cache,
+    records,
+    storage,
+    studies,
+    whole,
+)
+
+
+def _corrupt_block_of_entry(storage: NodeStorage, ms: MediaSet, index: int) -> int:
+    """Flip a bit in the second block of entry `index`'s data; the archive offset where that block starts."""
+    rec = ms._entries[index].record
+    assert rec is not None and len(rec.blocks) >= 2
+    path = storage.blocks.path_of(rec.blocks[1])
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    return ms.layout.entries[index].data_offset + rec.block_sizes[0]
+
+
+@pytest.mark.parametrize("crc_known", [True, False])
+def test_a_corrupt_block_stops_the_download_and_nothing_after_it_is_served(storage: NodeStorage,
+                                                                            crc_known: bool) -> None:
+    """Hostile store: one bit flipped on disk. With the CRC cached (a download resumed), the bytes before the
+    bad block go out and then the read raises; without it, the header is not even served. Failed before
+    read() verified blocks (a plain file read served the flipped bit)."""
+    ms = plan_media_set(storage, studies(storage), readme=README)
+    good = whole(ms) if crc_known else b""
+    if not crc_known:
+        media._crc_cache.clear()
+    index = 3
+    bad_at = _corrupt_block_of_entry(storage, ms, index)
+    served: list[bytes] = []
+    with pytest.raises(BlockCorruptError):
+        for piece in ms.read(0, ms.size):
+            served.append(piece)
+    got = b"".join(served)
+    limit = bad_at if crc_known else ms.layout.entries[index].header_offset
+    assert len(got) <= limit
+    if crc_known:
+        assert got == good[:len(got)]
+    cid = ms._entries[index].record.blocks[1]  # type: ignore[union-attr]
+    assert not storage.blocks.has(cid)
+    alerts = [e.event for e in storage.metadata.audit_entries() if e.event.code == EventCode.SECURITY_ALERT]
+    assert len(alerts) == 1 and str(cid) in alerts[0].detail
+    with pytest.raises(StorageError):  # the block is gone now (BlockMissingError): still nothing past it
+        b"".join(ms.read(bad_at, ms.size))
+
+
+def test_metadata_disagreeing_with_the_blocks_is_refused_before_the_header(storage: NodeStorage) -> None:
+    """A record whose digest does not match its blocks: the CRC pass checks the whole-file sha256 before the
+    entry's local header goes out."""
+    recs = sorted(records(storage).values(), key=lambda r: r.sop_instance_uid)
+    lying = [dataclasses.replace(recs[0], digest=bytes(32))] + recs[1:]
+    ms = media_set_from_records(storage, lying, readme=README)
+    index = next(i for i, e in enumerate(ms._entries) if e.record is not None and e.record.digest == bytes(32))
+    served = bytearray()
+    with pytest.raises(DigestMismatchError):
+        for piece in ms.read(0, ms.size):
+            served += piece
+    assert len(served) <= ms.layout.entries[index].header_offset
+
+

@@ -1,0 +1,377 @@
+"""Attacks on patient links (meshnode.patient.service over protocol.patient_link): guessed, replayed and
+forged tokens, a token of the other kind, brute-forced and concurrent wrong codes, codes after expiry, the
+resend limit, revoke mid-session and racing a right code, forwarding a forward, after a revoke and beyond
+the parent's life, header injection in addresses. A real SMTP server (aiosmtpd) and a real local HTTP
+server as the SMS gateway (each POST's HMAC verified)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from meshnode.patient.link_store import MemoryLinkStore
+from meshnode.patient.links import LinkGrant, LinkKind
+from meshnode.patient.service import LinkService
+from meshnode.patient.sqlite_links import SqliteLinkStore
+from meshnode.storage.audit import EventCode
+from protocol.errors import NotFoundError, UnavailableError
+from protocol.patient_link import CodeLimitReached, CodeRefused, LinkGone, LinkLocked, PatientAccessError
+from tests.meshnode.notify.smtp_server import SmtpServer
+from tests.meshnode.patient.helpers import STUDY, Clock, SmsGateway, service, token_of
+
+PATIENT = "ann.patient@example.org"
+MOBILE = "+447700900123"
+CLIENT = "203.0.113.9"
+
+
+@pytest.fixture
+def smtp(tmp_path: Path) -> Iterator[SmtpServer]:
+    server = SmtpServer(tmp_path / "smtp").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def gateway(clock: Clock) -> Iterator[SmsGateway]:
+    g = SmsGateway(clock).start()
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def links(smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> LinkService:
+    return service(smtp, gateway, tmp_path, clock)[0]
+
+
+async def _share(links: LinkService, smtp: SmtpServer, email: str = PATIENT) -> tuple[str, str]:
+    link_id = await links.create_share("user:alice", [STUDY], "Ann Patient", email, MOBILE)
+    return link_id, token_of(smtp, email)
+
+
+async def _code(links: LinkService, gateway: SmsGateway, token: str, to: str = "") -> str:
+    await links.send_code(token, CLIENT)
+    sms = gateway.received[-1]
+    assert sms.signed and sms.to == (to or MOBILE)
+    return sms.code
+
+
+async def test_the_email_carries_the_token_in_the_fragment_and_nothing_clinical(
+        links: LinkService, smtp: SmtpServer) -> None:
+    link_id, token = await _share(links, smtp)
+    msg = smtp.received[-1].message
+    text = msg.as_string()
+    assert f"https://images.rxx.nhs.uk/p/#t={token}" in text  # never in a path or query: no server log, no Referer
+    assert "Ann Patient" not in text and STUDY not in text and MOBILE not in text
+    assert "Royal Example NHS Trust" in msg["Subject"]
+    stored = links.store.link(link_id)
+    assert stored is not None and token not in repr(stored)  # only its hash is kept
+    assert stored.token_hash == hashlib.sha256(token.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("forged", ["", "A" * 43, "A" * 42, "../../etc/passwd", "A" * 10_000, "é" * 43])
+async def test_guessed_or_forged_tokens_learn_nothing(links: LinkService, smtp: SmtpServer, forged: str) -> None:
+    await _share(links, smtp)
+    for call in (links.opened(forged, CLIENT), links.send_code(forged, CLIENT), links.verify(forged, "123456", CLIENT)):
+        with pytest.raises(LinkGone) as info:
+            await call
+        assert str(info.value) == str(LinkGone())  # one answer for unknown, expired, revoked
+
+
+async def test_a_token_differing_in_one_bit_is_unknown(links: LinkService, smtp: SmtpServer) -> None:
+    _, token = await _share(links, smtp)
+    raw = bytearray(base64.urlsafe_b64decode(token + "="))
+    raw[0] ^= 1
+    with pytest.raises(LinkGone):
+        await links.opened(base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode(), CLIENT)
+
+
+async def test_a_link_id_is_not_a_token(links: LinkService, smtp: SmtpServer) -> None:
+    link_id, _ = await _share(links, smtp)
+    with pytest.raises(LinkGone):
+        await links.opened(link_id, CLIENT)
+
+
+async def test_an_upload_token_gives_an_upload_grant_only(links: LinkService, smtp: SmtpServer,
+                                                          gateway: SmsGateway) -> None:
+    await links.create_upload("user:alice", "Dr Who", "dr.who@example.org", MOBILE)
+    token = token_of(smtp, "dr.who@example.org")
+    assert (await links.opened(token, CLIENT)).kind is LinkKind.UPLOAD
+    grant = await links.verify(token, await _code(links, gateway, token), CLIENT)
+    assert grant.kind is LinkKind.UPLOAD and grant.studies == () and not grant.may_forward
+    with pytest.raises(PatientAccessError):
+        await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+
+
+async def test_the_right_code_works_once(links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    _, token = await _share(links, smtp)
+    code = await _code(links, gateway, token)
+    grant = await links.verify(token, code, CLIENT)
+    assert grant.studies == (STUDY,) and grant.person == "Ann Patient" and grant.may_forward
+    with pytest.raises(CodeRefused):  # replayed
+        await links.verify(token, code, CLIENT)
+
+
+async def test_wrong_codes_lock_the_link_and_tell_the_staff_user(
+        links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    link_id, token = await _share(links, smtp)
+    code = await _code(links, gateway, token)
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    for left in (2, 1):
+        with pytest.raises(CodeRefused) as info:
+            await links.verify(token, wrong, CLIENT)
+        assert info.value.attempts_left == left
+    with pytest.raises(LinkLocked):
+        await links.verify(token, wrong, CLIENT)
+    # locked: even the right code, and a new code, are refused
+    with pytest.raises(LinkLocked):
+        await links.verify(token, code, CLIENT)
+    with pytest.raises(LinkLocked):
+        await links.send_code(token, CLIENT)
+    notice = smtp.received[-1]
+    assert notice.rcpt_tos == ("alice@rxx.nhs.uk",) and "locked" in notice.message["Subject"]
+    assert link_id in notice.message.as_string() and "Ann Patient" not in notice.message.as_string()
+    assert (await links.history(link_id))["state"] == "locked"
+    # staff unlock: a fresh code is needed (the old one is gone)
+    await links.unlock("user:alice", link_id)
+    with pytest.raises(CodeRefused):
+        await links.verify(token, code, CLIENT)
+    assert (await links.verify(token, await _code(links, gateway, token), CLIENT)).link_id == link_id
+
+
+async def test_the_lock_is_a_security_alert(smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path,
+                                             clock: Clock) -> None:
+    links, audit = service(smtp, gateway, tmp_path, clock, code_attempts=1)
+    link_id, token = await _share(links, smtp)
+    code = await _code(links, gateway, token)
+    with pytest.raises(LinkLocked):
+        await links.verify(token, f"{(int(code) + 1) % 10**6:06d}", CLIENT)
+    alert = [e for e in audit.events if e.code is EventCode.SECURITY_ALERT]
+    assert len(alert) == 1 and alert[0].actor == f"share:{link_id}"
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_concurrent_wrong_codes_all_count(smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path,
+                                                clock: Clock, backend: str) -> None:
+    store = MemoryLinkStore() if backend == "memory" else SqliteLinkStore(tmp_path / "node.db")
+    links, _ = service(smtp, gateway, tmp_path, clock, store=store, code_attempts=5)
+    link_id, token = await _share(links, smtp)
+    code = await _code(links, gateway, token)
+    outcomes: list[str] = []
+
+    async def guess(n: int) -> None:
+        try:
+            await links.verify(token, f"{(int(code) + 1 + n) % 10**6:06d}", CLIENT)
+            outcomes.append("granted")
+        except CodeRefused:
+            outcomes.append("refused")
+        except LinkLocked:
+            outcomes.append("locked")
+
+    async with trio.open_nursery() as nursery:
+        for n in range(12):
+            nursery.start_soon(guess, n)
+    stored = links.store.link(link_id)
+    assert stored is not None and stored.wrong_attempts == 5 and stored.locked_at
+    assert outcomes.count("refused") == 4 and outcomes.count("locked") == 8 and "granted" not in outcomes
+    with pytest.raises(LinkLocked):
+        await links.verify(token, code, CLIENT)
+
+
+async def test_a_code_after_its_minutes_is_refused_and_not_counted(
+        links: LinkService, smtp: SmtpServer, gateway: SmsGateway, clock: Clock) -> None:
+    link_id, token = await _share(links, smtp)
+    code = await _code(links, gateway, token)
+    clock.now += 10 * 60
+    with pytest.raises(CodeRefused, match="new one") as info:
+        await links.verify(token, code, CLIENT)
+    assert info.value.attempts_left == 3
+    stored = links.store.link(link_id)
+    assert stored is not None and stored.wrong_attempts == 0
+
+
+async def test_resends_are_limited(links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    _, token = await _share(links, smtp)
+    for _ in range(1 + 5):
+        await links.send_code(token, CLIENT)
+    with pytest.raises(CodeLimitReached):
+        await links.send_code(token, CLIENT)
+    assert len(gateway.received) == 6
+    assert all(s.signed for s in gateway.received)
+
+
+async def test_an_earlier_code_stops_working_when_a_new_one_is_sent(
+        links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    _, token = await _share(links, smtp)
+    first = await _code(links, gateway, token)
+    second = await _code(links, gateway, token)
+    if first != second:
+        with pytest.raises(CodeRefused):
+            await links.verify(token, first, CLIENT)
+    await links.verify(token, second, CLIENT)
+
+
+async def test_revoked_mid_session_ends_it(links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    link_id, token = await _share(links, smtp)
+    grant = await links.verify(token, await _code(links, gateway, token), CLIENT)
+    assert (await links.current(grant.link_id)).link_id == link_id
+    await links.revoke("user:alice", link_id, "sent to the wrong person")
+    for call in (links.current(link_id), links.record(grant, "viewed", "", CLIENT), links.opened(token, CLIENT)):
+        with pytest.raises(LinkGone):
+            await call
+    with pytest.raises(LinkGone):
+        await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+
+
+async def test_expired_is_gone_with_the_same_answer(links: LinkService, smtp: SmtpServer, clock: Clock) -> None:
+    link_id, token = await _share(links, smtp)
+    clock.now += 14 * 86400
+    with pytest.raises(LinkGone) as info:
+        await links.opened(token, CLIENT)
+    assert str(info.value) == str(LinkGone())
+    with pytest.raises(LinkGone):
+        await links.current(link_id)
+
+
+async def test_a_right_code_racing_a_revoke_the_revoke_wins_after(
+        links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    link_id, token = await _share(links, smtp)
+    code = await _code(links, gateway, token)
+    results: list[str] = []
+
+    async def verify() -> None:
+        try:
+            await links.verify(token, code, CLIENT)
+            results.append("granted")
+        except LinkGone:
+            results.append("gone")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(verify)
+        nursery.start_soon(links.revoke, "user:alice", link_id, "withdrawn")
+    assert len(results) == 1
+    with pytest.raises(LinkGone):  # whoever won the race, every later request sees the revoke
+        await links.current(link_id)
+
+
+async def _grant(links: LinkService, smtp: SmtpServer, gateway: SmsGateway, email: str = PATIENT) -> LinkGrant:
+    _, token = await _share(links, smtp, email)
+    return await links.verify(token, await _code(links, gateway, token), CLIENT)
+
+
+async def test_a_forward_cannot_be_forwarded(links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    grant = await _grant(links, smtp, gateway)
+    child_id = await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+    token = token_of(smtp, "gp@example.org")
+    child_grant = await links.verify(token, await _code(links, gateway, token, "+447700900999"), CLIENT)
+    assert child_grant.link_id == child_id and child_grant.created_by == f"share:{grant.link_id}"
+    assert not child_grant.may_forward and child_grant.expires_at <= grant.expires_at
+    with pytest.raises(PatientAccessError, match="again"):
+        await links.forward(child_grant, "other@example.org", "+447700900998", CLIENT)
+
+
+async def test_forwards_are_limited_and_follow_the_policy(
+        smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> None:
+    links, _ = service(smtp, gateway, tmp_path, clock, max_forwards=1)
+    grant = await _grant(links, smtp, gateway)
+    await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+    with pytest.raises(PatientAccessError, match="most"):
+        await links.forward(grant, "gp2@example.org", "+447700900999", CLIENT)
+    off, _ = service(smtp, gateway, tmp_path, clock, allow_forward=False)
+    grant = await _grant(off, smtp, gateway, "b@example.org")
+    assert not grant.may_forward
+    with pytest.raises(PatientAccessError):
+        await off.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+
+
+async def test_a_forward_never_outlives_its_parent_and_dies_with_it(
+        links: LinkService, smtp: SmtpServer, gateway: SmsGateway, clock: Clock) -> None:
+    parent_id = await links.create_share("user:alice", [STUDY], "Ann", PATIENT, MOBILE, 2)
+    token = token_of(smtp, PATIENT)
+    grant = await links.verify(token, await _code(links, gateway, token), CLIENT)
+    child_id = await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+    child = links.store.link(child_id)
+    parent = links.store.link(parent_id)
+    assert child is not None and parent is not None and child.expires_at == parent.expires_at
+    await links.revoke("user:alice", parent_id, "patient withdrew consent")
+    with pytest.raises(LinkGone):
+        await links.current(child_id)
+    with pytest.raises(LinkGone):
+        await links.forward(grant, "gp3@example.org", "+447700900999", CLIENT)
+
+
+@pytest.mark.parametrize("email", ["ann@example.org\r\nBcc: all@evil.example", "ann@example.org, x@evil.example",
+                                   "<ann@example.org>", "ann@@example.org", "a" * 300 + "@example.org"])
+async def test_header_injection_in_addresses_is_refused_and_stores_nothing(
+        links: LinkService, smtp: SmtpServer, email: str) -> None:
+    with pytest.raises(PatientAccessError):
+        await links.create_share("user:alice", [STUDY], "Ann", email, MOBILE)
+    with pytest.raises(PatientAccessError):
+        await links.create_share("user:alice", [STUDY], "Ann", PATIENT, email)
+    assert links.store.links() == [] and smtp.received == []
+
+
+async def test_the_code_channel_must_be_another_one(links: LinkService) -> None:
+    with pytest.raises(PatientAccessError, match="another"):
+        await links.create_share("user:alice", [STUDY], "Ann", PATIENT, PATIENT.upper())
+
+
+async def test_an_unsent_email_withdraws_the_link(links: LinkService, smtp: SmtpServer) -> None:
+    smtp.handler.refuse_rcpt.add(PATIENT)
+    with pytest.raises(UnavailableError, match="withdrawn"):
+        await links.create_share("user:alice", [STUDY], "Ann", PATIENT, MOBILE)
+    (row,) = await links.list()
+    assert row["state"] == "revoked" and row["revoke_reason"] == "email not sent"
+
+
+async def test_a_failing_sms_gateway_is_a_clear_error(links: LinkService, smtp: SmtpServer,
+                                                      gateway: SmsGateway) -> None:
+    _, token = await _share(links, smtp)
+    gateway.status = 500
+    with pytest.raises(UnavailableError, match="try again"):
+        await links.send_code(token, CLIENT)
+
+
+async def test_sms_without_a_gateway_is_refused_at_creation(smtp: SmtpServer, tmp_path: Path,
+                                                            clock: Clock) -> None:
+    links, _ = service(smtp, None, tmp_path, clock)
+    with pytest.raises(PatientAccessError, match="second email"):
+        await links.create_share("user:alice", [STUDY], "Ann", PATIENT, MOBILE)
+    await links.create_share("user:alice", [STUDY], "Ann", PATIENT, "ann.other@example.net")
+    token = token_of(smtp, PATIENT)
+    await links.send_code(token, CLIENT)
+    assert smtp.received[-1].rcpt_tos == ("ann.other@example.net",)
+
+
+async def test_only_studies_held_here_can_be_shared(smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path,
+                                                    clock: Clock) -> None:
+    async def holds(uids: tuple[str, ...]) -> list[str]:
+        return [u for u in uids if u != STUDY]
+
+    links, _ = service(smtp, gateway, tmp_path, clock, holds=holds)
+    with pytest.raises(NotFoundError, match="does not hold"):
+        await links.create_share("user:alice", [STUDY, "1.2.3.4"], "Ann", PATIENT, MOBILE)
+    assert links.store.links() == []
+
+
+async def test_record_takes_only_known_actions_and_audits_with_the_share(
+        smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> None:
+    links, audit = service(smtp, gateway, tmp_path, clock)
+    grant = await _grant(links, smtp, gateway)
+    with pytest.raises(PatientAccessError):
+        await links.record(grant, "deleted everything", "", CLIENT)
+    await links.record(grant, "downloaded", "media set\r\nInjected: yes", CLIENT)
+    event = audit.events[-1]
+    assert event.code is EventCode.EXPORT and event.actor == f"share:{grant.link_id}" and STUDY not in event.study
+    history = (await links.history(grant.link_id))["history"]
+    assert history[-1]["action"] == "downloaded" and "\n" not in history[-1]["detail"]
+    assert [h["action"] for h in history][:3] == ["created", "email sent", "code sent"]

@@ -1,0 +1,575 @@
+"""The public patient pages (/p/) against hostile clients: the real app, routes, sessions, limiter and store,
+driven in-process; the link service is a small in-test double of PatientLinks (the real one is LINKS').
+
+A session of one share reaches only its own studies; staff credentials give nothing on /p/ and a patient
+cookie nothing off it; forged, expired, garbled and revoked sessions end; every POST after the code needs the
+session's CSRF token; bodies are bounded JSON; byte ranges are parsed strictly; static paths cannot escape;
+the limiter answers 429 per address without touching the rest of the app; the public listener serves /p/
+and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from meshnode.dicom import synthetic
+from meshnode.patient.config import PatientAccessConfig
+from meshnode.patient.links import LinkGrant, LinkKind, LinkOpened
+from meshnode.patient.service import RECORDED
+from meshnode.storage.audit import AuditEvent
+from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.node_storage import NodeStorage
+from meshnode.storage.users import MemoryUserStore
+from meshnode.study.ingest import Ingester
+from meshnode.web.app import WebApp
+from meshnode.web.auth import Authenticator, add_user, issue_token
+from meshnode.web.config import HttpConfig
+from meshnode.web.metrics import EventMetrics, MetricsSnapshot
+from meshnode.web.ops import Ops
+from meshnode.web.patient_listener import check_exposure, limited, public_app
+from meshnode.web.patient_session import COOKIE, PatientSessions
+from meshnode.web.patient_web import PatientWeb
+from meshnode.web.rate_limit import RateLimited, RateLimiter
+from meshnode.web.services import WebServices
+from meshnode.web.wado import Wado
+from protocol.errors import ConfigError
+from protocol.patient_link import CodeRefused, LinkGone, PatientAccessError
+from tests.meshnode.web.asgi import Reply, call
+
+CODE = "123456"
+JSON = {"Content-Type": "application/json"}
+ZIP = bytes(range(256)) * 400  # the fake media set's bytes
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeMedia:
+    data: bytes
+    etag: str = '"media-v1"'
+    filename: str = "images.zip"
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, start: int, stop: int) -> Iterator[bytes]:
+        for at in range(start, stop, 4096):
+            yield self.data[at:min(stop, at + 4096)]
+
+
+@dataclass
+class FakeLinks:
+    """PatientLinks over a dict: token -> grant; the code is CODE."""
+
+    clock: Clock
+    grants: dict[str, LinkGrant] = field(default_factory=dict)
+    revoked: set[str] = field(default_factory=set)
+    records: list[tuple[str, str, str]] = field(default_factory=list)
+    forwards: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, token: str, link_id: str, studies: tuple[str, ...], **kw: object) -> None:
+        expires = kw.get("expires_at", self.clock.now + 14 * 86400)
+        assert isinstance(expires, float)
+        self.grants[token] = LinkGrant(link_id, LinkKind(str(kw.get("kind", "share"))), studies, expires,
+                                       bool(kw.get("may_forward", True)), "Ann Patient", "staff:alice")
+
+    def _live(self, token: str) -> LinkGrant:
+        grant = self.grants.get(token)
+        if grant is None or grant.link_id in self.revoked or grant.expires_at <= self.clock.now:
+            raise LinkGone()
+        return grant
+
+    async def opened(self, token: str, client: str) -> LinkOpened:
+        grant = self._live(token)
+        return LinkOpened(grant.kind, False, 5, "text message")
+
+    async def send_code(self, token: str, client: str) -> None:
+        self._live(token)
+
+    async def verify(self, token: str, code: str, client: str) -> LinkGrant:
+        grant = self._live(token)
+        if code != CODE:
+            raise CodeRefused("that code is not right", 2)
+        return grant
+
+    async def current(self, link_id: str) -> LinkGrant:
+        for token, grant in self.grants.items():
+            if grant.link_id == link_id:
+                return self._live(token)
+        raise LinkGone()
+
+    async def forward(self, grant: LinkGrant, email: str, code_to: str, client: str) -> str:
+        if not grant.may_forward:
+            raise PatientAccessError("no forwarding")
+        self.forwards.append((email, code_to))
+        return "fwd-1"
+
+    async def record(self, grant: LinkGrant, action: str, detail: str, client: str) -> None:
+        if action not in RECORDED:  # what the real service accepts
+            raise PatientAccessError(f"action {action!r}")
+        self.records.append((grant.link_id, action, detail))
+
+
+@dataclass
+class Public:
+    app: RateLimited
+    web: PatientWeb
+    links: FakeLinks
+    wall: Clock
+    mono: Clock
+    studies: list[str]
+    staff_token: str
+    staff_session: str
+    planned: list[tuple[str, ...]]
+    auth: Authenticator
+    config: PatientAccessConfig
+    audit: list[AuditEvent]
+
+    async def get(self, path: str, *, cookie: str = "", headers: dict[str, str] | None = None, query: str = "",
+                  client: str = "127.0.0.1") -> Reply:
+        h = dict(headers or {})
+        if cookie:
+            h["Cookie"] = f"{COOKIE}={cookie}"
+        return await call(self.app, "GET", path, headers=h, query=query, client=client)
+
+    async def post(self, path: str, body: bytes = b"{}", *, cookie: str = "", csrf: str = "",
+                   headers: dict[str, str] | None = None, client: str = "127.0.0.1") -> Reply:
+        h = {**JSON, **(headers or {})}
+        if cookie:
+            h["Cookie"] = f"{COOKIE}={cookie}"
+        if csrf:
+            h["X-CSRF-Token"] = csrf
+        return await call(self.app, "POST", path, headers=h, body=body, client=client)
+
+    async def sign_in(self, token: str) -> tuple[str, str]:
+        reply = await self.post("/p/api/verify", f'{{"token": "{token}", "code": "{CODE}"}}'.encode())
+        assert reply.status == 200, reply.body
+        set_cookie = reply.headers["set-cookie"]
+        cookie = set_cookie.split(";")[0].split("=", 1)[1]
+        return cookie, str(reply.json()["csrf"])
+
+
+TOKEN_A = "A" * 43
+TOKEN_B = "B" * 43
+
+
+@pytest.fixture
+async def public(tmp_path: Path) -> AsyncIterator[Public]:
+    home = tmp_path / "node"
+    home.mkdir()
+    storage = NodeStorage.open(home)
+    db = DatabaseThread(storage.metadata)
+    ingester = Ingester(storage, chunk_size=4096)
+    for seed in (3, 4):
+        ingester.ingest(synthetic.generate_ct_study(tmp_path / f"ct{seed}", slices=3, rows=32, columns=32,
+                                                    seed=seed))
+    studies = sorted(s.attributes.study_uid for s in storage.metadata.studies())
+    assert len(studies) == 2
+    audit: list[AuditEvent] = []
+
+    async def audit_fn(event: AuditEvent) -> None:
+        audit.append(event)
+
+    wall, mono = Clock(1_800_000_000.0), Clock(1000.0)
+    users = MemoryUserStore()
+    add_user(users, "alice", ("read", "write", "audit"), 0)
+    staff_token, _ = issue_token(users, "alice", "", 0)
+    auth = Authenticator(users, wall)
+    staff = await auth.token(staff_token)
+    assert staff is not None
+    staff_session = auth.open_session(staff, 12)
+    http = HttpConfig(listen="127.0.0.1:0")
+    services = WebServices(http, "RGT", storage, db, audit_fn, wall)
+    config = PatientAccessConfig(enabled=True, public_url="https://images.example.nhs.uk",
+                                 requests_per_minute=100_000, session_minutes=30)
+    links = FakeLinks(wall)
+    links.add(TOKEN_A, "link-a", (studies[0],))
+    links.add(TOKEN_B, "link-b", (studies[1],), may_forward=False)
+    planned: list[tuple[str, ...]] = []
+
+    def plan(uids: tuple[str, ...]) -> FakeMedia:
+        planned.append(uids)
+        return FakeMedia(ZIP)
+
+    def key_image(study: str, series: str, sop: str, fmt: str, frame: int) -> bytes:
+        return b"\x89PNG\r\n\x1a\n" + sop.encode()
+
+    web = PatientWeb(links, services, config, plan, key_image,
+                     sessions=PatientSessions(config.session_minutes * 60.0, wall, mono), monotonic=mono)
+
+    async def health() -> tuple[bool, dict[str, object]]:
+        return True, {}
+
+    async def snapshot() -> MetricsSnapshot:
+        raise AssertionError("not asked")
+
+    holder: list[WebApp] = []
+    app = WebApp([*Ops(health, snapshot, EventMetrics(), lambda: holder[0]).routes(), *Wado(services).routes(),
+                  *web.routes()], auth, http, audit_fn)
+    holder.append(app)
+    yield Public(limited(app, config), web, links, wall, mono, studies, staff_token, staff_session, planned,
+                 auth, config, audit)
+    storage.close()
+
+
+def meta(study: str) -> str:
+    return f"/p/dicomweb/studies/{study}/metadata"
+
+
+# -- one share's session on another's study ------------------------------------------------------------------
+
+async def test_a_session_reaches_only_its_own_studies(public: Public) -> None:
+    cookie, _ = await public.sign_in(TOKEN_A)
+    mine, theirs = public.studies
+    assert (await public.get(meta(mine), cookie=cookie)).status == 200
+    other = await public.get(meta(theirs), cookie=cookie)
+    unknown = await public.get(meta("1.2.3.4.5"), cookie=cookie)
+    assert other.status == unknown.status == 404
+    assert other.json() == unknown.json()  # the same answer as for a study that does not exist
+    for path in (f"/p/dicomweb/studies/{theirs}", f"/p/dicomweb/studies/{theirs}/series/1.2"):
+        assert (await public.get(path, cookie=cookie, headers={"Accept": "*/*"})).status == 404
+    # key image of the other share's instance, and of an instance named under the wrong study
+    records = public.web.s.storage.metadata.instances(theirs)
+    r = records[0]
+    q = f"study={theirs}&series={r.series_uid}&instance={r.sop_instance_uid}"
+    assert (await public.get("/p/api/key-image", cookie=cookie, query=q)).status == 404
+    q = f"study={mine}&series={r.series_uid}&instance={r.sop_instance_uid}"
+    assert (await public.get("/p/api/key-image", cookie=cookie, query=q)).status == 404
+    share = (await public.get("/p/api/share", cookie=cookie)).json()
+    assert [s["uid"] for s in share["studies"]] == [mine]
+    assert (await public.get("/p/download/images.zip", cookie=cookie)).status == 200
+    assert public.planned == [(mine,)]  # the media set is planned from the grant's studies, never the client's
+
+
+async def test_nothing_about_the_patient_before_the_code(public: Public) -> None:
+    reply = await public.post("/p/api/open", f'{{"token": "{TOKEN_A}"}}'.encode())
+    assert reply.status == 200
+    assert set(reply.json()) == {"kind", "code_pending", "resends_left", "channel"}
+    assert (await public.get("/p/api/share")).status == 401
+    wrong = await public.post("/p/api/verify", f'{{"token": "{TOKEN_A}", "code": "000000"}}'.encode())
+    assert wrong.status == 403 and "set-cookie" not in wrong.headers
+    gone = await public.post("/p/api/open", f'{{"token": "{"C" * 43}"}}'.encode())
+    assert gone.status == 404 and gone.json()["error"] == "link-gone"
+
+
+# -- staff credentials on /p/, patient cookie off it -------------------------------------------------------
+
+async def test_staff_credentials_give_nothing_on_the_patient_pages(public: Public) -> None:
+    mine = public.studies[0]
+    for headers in ({"Authorization": f"Bearer {public.staff_token}"},
+                    {"Cookie": f"meshnode_session={public.staff_session}"},
+                    {"Authorization": "Bearer mnt_forged"}):
+        for path in ("/p/api/share", meta(mine), "/p/download/images.zip"):
+            reply = await public.get(path, headers=headers)
+            assert reply.status == 401 and reply.json()["error"] == "no-session", (headers, path, reply.body)
+    # and a staff session cookie does not get in the way of a patient who is also signed in as staff
+    cookie, csrf = await public.sign_in(TOKEN_A)
+    both = {"Cookie": f"meshnode_session={public.staff_session}; {COOKIE}={cookie}"}
+    assert (await public.get("/p/api/share", headers=both)).status == 200
+    assert (await call(public.app, "POST", "/p/api/sign-out", headers={**both, **JSON, "X-CSRF-Token": csrf})
+            ).status == 200
+
+
+async def test_a_patient_cookie_gives_nothing_off_the_patient_pages(public: Public) -> None:
+    cookie, csrf = await public.sign_in(TOKEN_A)
+    mine = public.studies[0]
+    for path in (f"/dicomweb/studies/{mine}/metadata", f"/dicomweb/studies/{mine}"):
+        reply = await public.get(path, cookie=cookie, headers={"X-CSRF-Token": csrf, "Accept": "*/*"})
+        assert reply.status == 401, (path, reply.status)
+
+
+# -- forged, expired, garbled, revoked ---------------------------------------------------------------------
+
+async def test_forged_garbled_and_oversized_cookies_are_refused(public: Public) -> None:
+    real, _ = await public.sign_in(TOKEN_A)
+    for cookie in ("x" * 43, real[:-1] + ("A" if real[-1] != "A" else "B"), "ä\u0000;;==", "x" * 5000, ""):
+        reply = await public.get("/p/api/share", headers={"Cookie": f"{COOKIE}={cookie}"})
+        assert reply.status == 401, cookie[:20]
+    assert (await public.get("/p/api/share", headers={"Cookie": "garbage;;;\x7f=="})).status == 401
+    assert (await public.get("/p/api/share", cookie=real)).status == 200
+
+
+async def test_an_idle_session_ends(public: Public) -> None:
+    cookie, _ = await public.sign_in(TOKEN_A)
+    public.mono.now += 29 * 60
+    assert (await public.get("/p/api/share", cookie=cookie)).status == 200  # activity restarts the idle clock
+    public.mono.now += 30 * 60 + 1
+    assert (await public.get("/p/api/share", cookie=cookie)).status == 401
+    assert len(public.web.sessions) == 0
+
+
+async def test_a_revoked_or_expired_link_ends_the_session_on_the_next_request(public: Public) -> None:
+    cookie_a, _ = await public.sign_in(TOKEN_A)
+    cookie_b, _ = await public.sign_in(TOKEN_B)
+    public.links.revoked.add("link-a")
+    assert (await public.get(meta(public.studies[0]), cookie=cookie_a)).status == 401
+    assert (await public.get("/p/api/share", cookie=cookie_b)).status == 200
+    public.wall.now += 15 * 86400  # past the link's expiry: the session never outlives it
+    assert (await public.get("/p/api/share", cookie=cookie_b)).status == 401
+    assert len(public.web.sessions) == 0
+
+
+async def test_verify_starts_a_new_session_and_drops_the_old_one(public: Public) -> None:
+    first, _ = await public.sign_in(TOKEN_A)
+    reply = await public.post("/p/api/verify", f'{{"token": "{TOKEN_A}", "code": "{CODE}"}}'.encode(),
+                              cookie=first)
+    cookie = reply.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert "Path=/p/" in cookie
+    assert (await public.get("/p/api/share", cookie=first)).status == 401  # no fixation: the old one is gone
+
+
+async def test_the_session_cookie_is_secure_over_tls(public: Public) -> None:
+    reply = await call(public.app, "POST", "/p/api/verify", headers=JSON,
+                       body=f'{{"token": "{TOKEN_A}", "code": "{CODE}"}}'.encode())
+    assert "Secure" not in reply.headers["set-cookie"]  # plain http on localhost (tests): no Secure
+    original = public.app.app
+
+    async def over_tls(scope, receive, send):  # type: ignore[no-untyped-def]
+        await original({**scope, "scheme": "https"}, receive, send)
+
+    public.app.app = over_tls
+    reply = await call(public.app, "POST", "/p/api/verify", headers=JSON,
+                       body=f'{{"token": "{TOKEN_A}", "code": "{CODE}"}}'.encode())
+    assert "Secure" in reply.headers["set-cookie"]
+
+
+# -- CSRF and bodies ------------------------------------------------------------------------------------------
+
+async def test_a_post_after_the_code_needs_the_sessions_csrf_token(public: Public) -> None:
+    cookie, csrf = await public.sign_in(TOKEN_A)
+    _, csrf_b = await public.sign_in(TOKEN_B)
+    body = b'{"email": "dr@example.org", "code_to": "+447700900123"}'
+    for token in ("", "wrong", csrf_b):
+        reply = await public.post("/p/api/forward", body, cookie=cookie, csrf=token)
+        assert reply.status == 403 and reply.json()["error"] == "csrf", token
+        assert (await public.post("/p/api/sign-out", cookie=cookie, csrf=token)).status == 403
+    assert public.links.forwards == []
+    assert (await public.get("/p/api/share", cookie=cookie)).status == 200  # still signed in
+    assert (await public.post("/p/api/forward", body, cookie=cookie, csrf=csrf)).status == 200
+    assert public.links.forwards == [("dr@example.org", "+447700900123")]
+    assert (await public.post("/p/api/sign-out", cookie=cookie, csrf=csrf)).status == 200
+    assert (await public.get("/p/api/share", cookie=cookie)).status == 401
+
+
+async def test_a_share_that_may_not_be_forwarded_is_not(public: Public) -> None:
+    cookie, csrf = await public.sign_in(TOKEN_B)
+    reply = await public.post("/p/api/forward", b'{"email": "dr@example.org", "code_to": "dr2@example.org"}',
+                              cookie=cookie, csrf=csrf)
+    assert reply.status == 403 and public.links.forwards == []
+
+
+async def test_oversized_and_malformed_bodies_are_refused(public: Public) -> None:
+    for body, headers, status in (
+        (b"{" + b" " * 5000 + b"}", {}, 413),
+        (b'{"token": "' + b"A" * (1 << 20) + b'"}', {}, 413),
+        (b"not json", {}, 400),
+        (b"[1, 2]", {}, 400),
+        (b'{"token": 12345678901234567890}', {}, 400),
+        (b'{"token": ["x"]}', {}, 400),
+        (b'{"token": "short"}', {}, 400),
+        (b'{"token": "' + b"A" * 200 + b'"}', {}, 400),
+        (b'{"token": "../../etc/passwd/aaaaaaaaaa"}', {}, 400),
+        (f'token={TOKEN_A}'.encode(), {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        (f'{{"token": "{TOKEN_A}"}}'.encode(), {"Content-Type": "text/plain"}, 415),
+        (b'\xff\xfe{"token"', {}, 400),
+    ):
+        reply = await public.post("/p/api/open", body, headers=headers)
+        assert reply.status == status, (body[:40], reply.status, reply.body[:200])
+    bad_code = await public.post("/p/api/verify", f'{{"token": "{TOKEN_A}", "code": "{"9" * 500}"}}'.encode())
+    assert bad_code.status == 400
+
+
+# -- the download: ranges ------------------------------------------------------------------------------------
+
+async def test_range_requests_on_the_download(public: Public) -> None:
+    cookie, _ = await public.sign_in(TOKEN_A)
+    size = len(ZIP)
+
+    async def get(range_: str | None, **extra: str) -> Reply:
+        headers = {**({"Range": range_} if range_ is not None else {}), **extra}
+        return await public.get("/p/download/images.zip", cookie=cookie, headers=headers)
+
+    whole = await get(None)
+    assert whole.status == 200 and whole.body == ZIP
+    assert whole.headers["accept-ranges"] == "bytes" and whole.headers["etag"] == '"media-v1"'
+    assert whole.headers["content-disposition"].startswith("attachment")
+    assert whole.headers["cache-control"] == "private"
+    for header, status, start, stop in (
+        ("bytes=0-99", 206, 0, 100),
+        ("bytes=100-", 206, 100, size),
+        ("bytes=-5", 206, size - 5, size),
+        ("bytes=-99999999999999999999999999", 206, 0, size),  # a suffix longer than the file: all of it
+        (f"bytes=10-{size + 1000}", 206, 10, size),
+        ("bytes=0-99999999999999999999999999999", 206, 0, size),  # huge last: clamped, no int() of huge text
+        (" bytes = 7 - 8 ", 206, 7, 9),
+        ("bytes=0-0,5-9", 200, 0, size),  # several ranges: ignored, the whole file
+        ("bytes=5-1", 200, 0, size),  # last before first: invalid, ignored
+        ("bytes=-5-10", 200, 0, size),  # negative: invalid, ignored
+        ("bytes=+5-10", 200, 0, size),
+        ("bytes=0x10-20", 200, 0, size),
+        ("bytes=\uff11-2", 200, 0, size),  # non-ASCII digits
+        ("items=0-10", 200, 0, size),
+        ("bytes 0-10", 200, 0, size),
+        ("bytes=", 200, 0, size),
+        ("bytes=-", 200, 0, size),
+        ("bytes=" + "1" * 300 + "-", 200, 0, size),  # over-long header: ignored
+    ):
+        reply = await get(header)
+        assert reply.status == status and reply.body == ZIP[start:stop], (header, reply.status)
+        assert reply.headers["content-length"] == str(stop - start)
+        if status == 206:
+            assert reply.headers["content-range"] == f"bytes {start}-{stop - 1}/{size}", header
+        else:
+            assert "content-range" not in reply.headers
+    for header in ("bytes=-0", f"bytes={size}-", f"bytes={size + 5}-{size + 10}", "bytes=99999999999999999999999-"):
+        reply = await get(header)
+        assert reply.status == 416, header
+        assert reply.headers["content-range"] == f"bytes */{size}"
+    # If-Range: the current ETag keeps the range; another (or a date) gets the whole current file
+    assert (await get("bytes=0-9", **{"If-Range": '"media-v1"'})).status == 206
+    assert (await get("bytes=0-9", **{"If-Range": '"media-v0"'})).body == ZIP
+    assert (await get("bytes=0-9", **{"If-Range": "Wed, 21 Oct 2015 07:28:00 GMT"})).status == 200
+
+
+async def test_a_download_is_recorded_once_not_per_range(public: Public) -> None:
+    cookie, _ = await public.sign_in(TOKEN_A)
+    for header in ("bytes=0-999", "bytes=1000-4999", "bytes=5000-", "bytes=-10"):
+        await public.get("/p/download/images.zip", cookie=cookie, headers={"Range": header})
+    downloads = [r for r in public.links.records if r[1] == "downloaded"]
+    assert len(downloads) == 1 and downloads[0][0] == "link-a"
+    await public.get("/p/download/images.zip", cookie=cookie)  # a new whole download: recorded again
+    assert len([r for r in public.links.records if r[1] == "downloaded"]) == 2
+
+
+async def test_the_download_name_is_checked(public: Public) -> None:
+    cookie, _ = await public.sign_in(TOKEN_A)
+    for name in ("images.tar", "..%2F..%2Fnode.db", "a" * 200 + ".zip", ".zip%00.txt"):
+        assert (await public.get(f"/p/download/{name}", cookie=cookie)).status == 404, name
+
+
+# -- static paths --------------------------------------------------------------------------------------------
+
+async def test_static_path_tricks_find_nothing(public: Public) -> None:
+    for path in ("/p/static/../ui.py", "/p/static/..%2F..%2Fui.py", "/p/static/viewer/../../ui.py",
+                 "/p/static/.hidden.js", "/p/static//etc/passwd", "/p/static/viewer/../login.js",
+                 "/p/static/../static/app.js", "/p/static/portal.js", "/p/static/index.html",
+                 "/p/static/viewer/%2e%2e/app.js", "/p/static/a/b/c/d/e/f/g.js", "/p/static/x.py"):
+        reply = await public.get(path)
+        assert reply.status == 404, (path, reply.status)
+    assert (await public.get("/p/static/viewer/viewer.js")).status == 200  # the same bundle as the portal's
+
+
+# -- rate limits ---------------------------------------------------------------------------------------------
+
+async def test_the_rate_limit_answers_429_per_address_and_the_rest_of_the_app_is_unaffected(public: Public) -> None:
+    mono = Clock(0.0)
+    limiter = RateLimiter(5, clock=mono)
+    app = limited(public.app.app, replace(public.config, requests_per_minute=5), limiter)
+    body = f'{{"token": "{TOKEN_A}", "code": "000000"}}'.encode()
+    for _ in range(5):
+        assert (await call(app, "POST", "/p/api/verify", headers=JSON, body=body, client="203.0.113.9")).status == 403
+    refused = await call(app, "POST", "/p/api/verify", headers=JSON, body=body, client="203.0.113.9")
+    assert refused.status == 429 and refused.json()["error"] == "rate-limited"
+    assert int(refused.headers["retry-after"]) >= 1 and refused.headers["cache-control"] == "no-store"
+    for path in ("/p/", "/p/api/share", "/p/static/viewer/viewer.js"):  # every route, pages included
+        assert (await call(app, "GET", path, client="203.0.113.9")).status == 429, path
+    assert (await call(app, "GET", "/p/", client="198.51.100.7")).status == 200  # another address
+    assert (await call(app, "GET", "/health", client="203.0.113.9")).status == 200  # not the patient pages
+    mono.now += 60
+    assert (await call(app, "GET", "/p/", client="203.0.113.9")).status == 200  # refilled
+
+
+async def test_the_limiter_believes_forwarded_for_only_from_a_trusted_proxy(public: Public) -> None:
+    limiter = RateLimiter(2, clock=Clock(0.0))
+    config = replace(public.config, trusted_proxies=("10.0.0.1",))
+    app = limited(public.app.app, config, limiter)
+    # behind the proxy, each client is counted on its own
+    for client in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        for _ in range(2):
+            reply = await call(app, "GET", "/p/", client="10.0.0.1", headers={"X-Forwarded-For": client})
+            assert reply.status == 200
+    # a client that is not the proxy cannot escape its bucket by claiming other addresses
+    statuses = [(await call(app, "GET", "/p/", client="198.51.100.9",
+                            headers={"X-Forwarded-For": f"192.0.2.{i}"})).status for i in range(10, 14)]
+    assert statuses == [200, 200, 429, 429]
+
+
+def test_the_limiter_stays_bounded_under_many_addresses() -> None:
+    clock = Clock(0.0)
+    limiter = RateLimiter(1, clock=clock, max_clients=1000)
+    assert limiter.take("198.51.100.1") == 0 and limiter.take("198.51.100.1") > 0
+    for i in range(20_000):
+        limiter.take(f"2001:db8::{i:x}")
+    assert len(limiter) == 1000
+
+
+# -- the public listener --------------------------------------------------------------------------------------
+
+async def test_the_public_listener_serves_nothing_but_the_patient_pages(public: Public) -> None:
+    config = replace(public.config, listen="127.0.0.1:0")
+
+    async def audit(event: AuditEvent) -> None:
+        pass
+
+    app = public_app(public.web.routes(), public.auth, config, audit)
+    auth = {"Authorization": f"Bearer {public.staff_token}"}
+    for path in ("/", "/ui/", "/ui/api/inbox", "/dicomweb/studies", f"/dicomweb/studies/{public.studies[0]}",
+                 "/metrics", "/health", "/ui/static/app.js", "/api/status"):
+        for headers in ({}, auth):
+            reply = await call(app, "GET", path, headers=headers)
+            assert reply.status == 404, (path, reply.status)
+    page = await call(app, "GET", "/p/")
+    assert page.status == 200 and "content-security-policy" in page.headers
+    assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
+    with pytest.raises(ValueError):
+        public_app([*public.web.routes(), *Wado(public.web.s).routes()], public.auth, config, audit)
+
+
+def test_an_exposed_listener_needs_tls_or_a_proxy() -> None:
+    base = PatientAccessConfig(enabled=True, public_url="https://x.example", listen="0.0.0.0:8443")
+    with pytest.raises(ConfigError):
+        check_exposure(base)
+    check_exposure(replace(base, tls_certificate="c.pem", tls_key="k.pem"))
+    check_exposure(replace(base, trusted_proxies=("10.0.0.1",)))
+    check_exposure(replace(base, listen="127.0.0.1:8443"))
+
+
+# -- what is recorded ------------------------------------------------------------------------------------------
+
+async def test_views_and_key_images_are_recorded(public: Public) -> None:
+    cookie, _ = await public.sign_in(TOKEN_A)
+    mine = public.studies[0]
+    await public.get(meta(mine), cookie=cookie)
+    r = public.web.s.storage.metadata.instances(mine)[0]
+    reply = await public.get("/p/api/key-image", cookie=cookie,
+                             query=f"study={mine}&series={r.series_uid}&instance={r.sop_instance_uid}&format=jpeg")
+    assert reply.status == 200 and reply.headers["content-type"] == "image/jpeg"
+    for q in (f"study={mine}&series={r.series_uid}&instance={r.sop_instance_uid}&format=gif",
+              f"study={mine}&series={r.series_uid}&instance={r.sop_instance_uid}&frame=0",
+              f"study={mine}&series={r.series_uid}&instance={r.sop_instance_uid}&frame=99999999999",
+              f"study={mine}&series=x'--&instance={r.sop_instance_uid}", "study=&series=&instance="):
+        assert (await public.get("/p/api/key-image", cookie=cookie, query=q)).status == 400, q
+    actions = [a for _, a, _ in public.links.records]
+    assert actions.count("viewed") == 1 and actions.count("key image") == 1
+
+
+async def test_the_pages_have_a_policy_and_never_take_the_token_from_the_url(public: Public) -> None:
+    page = await public.get("/p/")
+    assert page.status == 200
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    script = (await public.get("/p/static/patient.js")).body.decode()
+    assert "location.hash" in script and "location.search" not in script
+    assert "innerHTML" not in script

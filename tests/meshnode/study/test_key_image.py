@@ -1,0 +1,85 @@
+"""Key images: a frame of a stored instance as PNG or JPEG at full resolution (longest side capped)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from meshnode.dicom import synthetic
+from meshnode.storage.blockstore import BlockCorruptError
+from meshnode.storage.node_storage import NodeStorage
+from meshnode.storage.records import InstanceRecord
+from meshnode.study.ingest import Ingester
+from meshnode.study.key_image import MAX_SIDE, KeyImageError, key_image
+from meshnode.study.preview import render_frame
+from protocol.errors import NotFoundError
+from tests.adversary.test_preview_bomb import _instance
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[NodeStorage]:
+    home = tmp_path / "node"
+    home.mkdir()
+    s = NodeStorage.open(home)
+    synthetic.generate_multiframe(tmp_path / "src" / "mf", frames=3, rows=48, columns=64, seed=3)
+    synthetic.generate_ct_study(tmp_path / "src" / "ct", slices=1, rows=96, columns=80, seed=4)
+    Ingester(s, chunk_size=4096).ingest([tmp_path / "src"])
+    yield s
+    s.close()
+
+
+def instance(storage: NodeStorage, frames: bool) -> InstanceRecord:
+    for study in storage.metadata.studies():
+        for r in storage.metadata.instances(study.attributes.study_uid):
+            if (r.frames or 1) > 1 if frames else (r.frames or 1) == 1:
+                return r
+    raise AssertionError("no such instance")
+
+
+@pytest.mark.parametrize(("fmt", "pil"), [("png", "PNG"), ("jpeg", "JPEG")])
+def test_full_resolution_in_either_format(storage: NodeStorage, fmt: str, pil: str) -> None:
+    r = instance(storage, frames=False)
+    data = key_image(storage, r.study_uid, r.series_uid, r.sop_instance_uid, fmt=fmt)
+    image = Image.open(io.BytesIO(data))
+    assert image.format == pil and image.size == (80, 96)
+
+
+def test_each_frame_of_a_multiframe(storage: NodeStorage) -> None:
+    r = instance(storage, frames=True)
+    images = [key_image(storage, r.study_uid, r.series_uid, r.sop_instance_uid, fmt="png", frame=f)
+              for f in (1, 2, 3)]
+    assert all(Image.open(io.BytesIO(i)).size == (64, 48) for i in images)
+    assert len({bytes(Image.open(io.BytesIO(i)).tobytes()) for i in images}) == 3
+    for bad in (0, 4, -1):
+        with pytest.raises(KeyImageError):
+            key_image(storage, r.study_uid, r.series_uid, r.sop_instance_uid, fmt="png", frame=bad)
+
+
+def test_bad_requests_are_refused(storage: NodeStorage) -> None:
+    r = instance(storage, frames=False)
+    with pytest.raises(KeyImageError):
+        key_image(storage, r.study_uid, r.series_uid, r.sop_instance_uid, fmt="gif")
+    with pytest.raises(NotFoundError):
+        key_image(storage, r.study_uid, r.series_uid, "1.2.3", fmt="png")
+    with pytest.raises(NotFoundError):  # the instance exists, but not in that series
+        key_image(storage, r.study_uid, "1.2.3", r.sop_instance_uid, fmt="png")
+
+
+def test_a_corrupt_block_is_never_rendered(storage: NodeStorage) -> None:
+    r = instance(storage, frames=False)
+    path = storage.blocks.path_of(r.blocks[-1])
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    with pytest.raises(BlockCorruptError):
+        key_image(storage, r.study_uid, r.series_uid, r.sop_instance_uid, fmt="png")
+    assert not storage.blocks.has(r.blocks[-1])
+
+
+def test_longest_side_capped() -> None:
+    wide = _instance(2, MAX_SIDE + 904, bits=8)
+    image = Image.open(io.BytesIO(render_frame(wide, MAX_SIDE, fmt="JPEG")))
+    assert image.size[0] == MAX_SIDE

@@ -1,0 +1,192 @@
+"""The patient's media set: extracted files byte-exact to the stored instances, a DICOMDIR pydicom's FileSet
+and dcmtk accept, any byte range equal to the slice of the whole, and corrupt storage never served."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import subprocess
+import tracemalloc
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.fileset import FileSet
+
+from meshnode.dicom import synthetic
+from meshnode.storage.node_storage import NodeStorage
+from meshnode.storage.records import InstanceRecord
+from meshnode.study import media_set as media
+from meshnode.study.ingest import Ingester
+from meshnode.study.media_set import (
+    MediaSet,
+    MediaSetError,
+    plan_media_set,
+    readme_text,
+)
+from protocol.errors import NotFoundError
+
+README = readme_text("Example NHS Trust", 2, 7)
+
+
+@pytest.fixture(autouse=True)
+def fresh_crc_cache() -> Iterator[None]:
+    media._crc_cache.clear()
+    yield
+    media._crc_cache.clear()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[NodeStorage]:
+    home = tmp_path / "node"
+    home.mkdir()
+    s = NodeStorage.open(home)
+    src = tmp_path / "src"
+    synthetic.generate_ct_study(src / "ct", slices=4, rows=64, columns=64, seed=1)
+    synthetic.generate_multiframe(src / "mf", frames=3, rows=64, columns=64, seed=3)
+    synthetic.generate_ct_study(src / "other", slices=2, rows=32, columns=32, seed=5, patient_id="OTHER01",
+                                patient_name="OTHER^PERSON")
+    report = Ingester(s, chunk_size=4096).ingest([src])
+    assert report.added == 7
+    yield s
+    s.close()
+
+
+def studies(storage: NodeStorage) -> list[str]:
+    return [st.attributes.study_uid for st in storage.metadata.studies()]
+
+
+def whole(ms: MediaSet) -> bytes:
+    data = b"".join(ms.read(0, ms.size))
+    assert len(data) == ms.size
+    return data
+
+
+def records(storage: NodeStorage) -> dict[str, InstanceRecord]:
+    return {r.sop_instance_uid: r for uid in studies(storage) for r in storage.metadata.instances(uid)}
+
+
+def test_extracted_set_is_byte_exact_and_a_valid_file_set(storage: NodeStorage, tmp_path: Path) -> None:
+    ms = plan_media_set(storage, studies(storage), readme=README)
+    data = whole(ms)
+    out = tmp_path / "out"
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.testzip() is None
+        assert zf.namelist()[:2] == ["README.TXT", "DICOMDIR"]
+        assert zf.read("README.TXT").decode() == README.replace("\n", "\r\n")
+        zf.extractall(out)
+    stored = records(storage)
+    names = [n for n in ms.names if n.startswith("DICOM/")]
+    assert len(names) == 7 and {n.split("/")[1] for n in names} == {"PT000000", "PT000001"}
+    for name in names:
+        parts = name.split("/")
+        assert all(len(p) <= 8 and p.isalnum() and p.upper() == p for p in parts)
+    fs = FileSet(pydicom.dcmread(out / "DICOMDIR"))
+    found = {inst.SOPInstanceUID: inst for inst in fs}
+    assert set(found) == set(stored)
+    for uid, inst in found.items():
+        path = Path(inst.path)
+        assert hashlib.sha256(path.read_bytes()).digest() == stored[uid].digest  # byte-exact to the store
+        assert inst.ReferencedTransferSyntaxUIDInFile == stored[uid].transfer_syntax
+        assert path.relative_to(out).as_posix() in names
+    assert len(fs.find(PatientID="OTHER01")) == 2
+
+
+@pytest.mark.skipif(shutil.which("dcmmkdir") is None or shutil.which("unzip") is None,
+                    reason="dcmtk and unzip (Makefile SYSTEM_DEPS)")
+def test_dcmtk_and_unzip_accept_it(storage: NodeStorage, tmp_path: Path) -> None:
+    path = tmp_path / "set.zip"
+    path.write_bytes(whole(plan_media_set(storage, studies(storage), readme=README)))
+    test = subprocess.run(["unzip", "-t", str(path)], capture_output=True, text=True, timeout=60)
+    assert test.returncode == 0 and "No errors detected" in test.stdout
+    out = tmp_path / "out"
+    subprocess.run(["unzip", "-q", str(path), "-d", str(out)], check=True, timeout=60)
+    dump = subprocess.run(["dcmdump", "-q", "DICOMDIR"], cwd=out, capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and dump.stderr == ""
+    assert dump.stdout.count("Directory Record") == 2 + 3 + 3 + 7  # patients, studies, series, instances
+    # dcmmkdir reads our DICOMDIR and updates it with every file: records it recognises are not added again
+    update = subprocess.run(["dcmmkdir", "+U", "-Pgp", "+r", "DICOM"], cwd=out, capture_output=True, text=True,
+                            timeout=60)
+    assert update.returncode == 0, update.stdout + update.stderr
+    assert "E:" not in update.stdout + update.stderr
+    again = subprocess.run(["dcmdump", "-q", "DICOMDIR"], cwd=out, capture_output=True, text=True, timeout=60)
+    assert again.stdout.count("Directory Record") == 15
+
+
+def test_the_same_studies_give_the_same_bytes(storage: NodeStorage) -> None:
+    uids = studies(storage)
+    a = plan_media_set(storage, uids, readme=README)
+    b = plan_media_set(storage, list(reversed(uids)) + uids[:1], readme=README)
+    assert (a.size, a.etag, whole(a)) == (b.size, b.etag, whole(b))
+    assert a.etag.startswith('"') and a.etag.endswith('"')
+    assert plan_media_set(storage, uids, readme=README + "x").etag != a.etag
+    assert plan_media_set(storage, uids[:1], readme=README).etag != a.etag
+    assert a.filename.endswith(".zip")
+
+
+def test_unknown_study_and_empty_request_refused(storage: NodeStorage) -> None:
+    with pytest.raises(NotFoundError):
+        plan_media_set(storage, studies(storage) + ["1.2.3.4"], readme=README)
+    with pytest.raises(MediaSetError):
+        plan_media_set(storage, [], readme=README)
+    ms = plan_media_set(storage, studies(storage), readme=README)
+    with pytest.raises(MediaSetError):
+        next(ms.read(0, ms.size + 1))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_range_is_the_slice_of_the_whole(storage: NodeStorage, data: st.DataObject) -> None:
+    ms = plan_media_set(storage, studies(storage), readme=README)
+    full = whole(ms)
+    start = data.draw(st.integers(0, ms.size))
+    stop = data.draw(st.integers(start, ms.size))
+    assert b"".join(ms.read(start, stop)) == full[start:stop]
+
+
+def test_every_boundary(storage: NodeStorage) -> None:
+    ms = plan_media_set(storage, studies(storage), readme=README)
+    full = whole(ms)
+    edges = {0, 1, ms.size - 1, ms.size}
+    for e in ms.layout.entries:
+        edges |= {e.header_offset, e.data_offset, e.data_offset + e.size}
+    points = sorted({p + d for p in edges for d in (-1, 0, 1) if 0 <= p + d <= ms.size})
+    for a in points:
+        assert b"".join(ms.read(a, a)) == b""
+        for b in points[points.index(a):][:6]:
+            assert b"".join(ms.read(a, b)) == full[a:b], (a, b)
+
+
+def test_big_study_read_in_bounded_memory(tmp_path: Path) -> None:
+    home = tmp_path / "node"
+    home.mkdir()
+    s = NodeStorage.open(home)
+    try:
+        synthetic.generate_ct_study(tmp_path / "src", slices=24, rows=256, columns=256, seed=9)
+        Ingester(s, chunk_size=64 * 1024).ingest([tmp_path / "src"])
+        ms = plan_media_set(s, studies(s), readme=README)
+        assert ms.size > 3_000_000
+        tracemalloc.start()
+        total, biggest = 0, 0
+        for piece in ms.read(0, ms.size):
+            total += len(piece)
+            biggest = max(biggest, len(piece))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert total == ms.size and biggest <= 64 * 1024
+        assert peak < 1_000_000  # a few blocks, never the study (3+ MB)
+    finally:
+        s.close()
+
+
+def test_readme_says_what_a_patient_needs_and_nothing_about_them() -> None:
+    text = readme_text("Example NHS Trust", 1, 3)
+    for words in ("Example NHS Trust", "DICOMDIR", "DICOM viewer", "personal health information", "1 imaging study",
+                  "3 image files"):
+        assert words in text
+    assert text.isascii()
