@@ -3,6 +3,7 @@
 The uploader's side, for the public app under /p/ (its patient session, through PatientGate, for an
 upload link; `public_routes`):
 
+    GET     /p/upload                      the uploader's page (static/patient/upload.html)
     OPTIONS /p/api/uploads                 tus discovery: version, extensions, largest file
     POST    /p/api/uploads                 tus creation: Upload-Length, Upload-Metadata -> 201 Location
     HEAD    /p/api/uploads/{id}            Upload-Offset, Upload-Length
@@ -37,7 +38,8 @@ from meshnode.patient.links import LinkGrant, LinkKind, PatientGate, PatientLink
 from meshnode.patient.upload_errors import UploadLimitError, UploadStateError
 from meshnode.patient.uploads import MB, Uploads
 from meshnode.web.app import Route, route
-from meshnode.web.http import HttpError, client, content_length, is_number, json_object, json_response, principal
+from meshnode.web.http import HttpError, bytes_response, client, content_length, is_number, json_object, json_response, principal
+from meshnode.web.ui import CSP, _static
 from protocol.errors import MeshError, NotFoundError
 
 TUS_VERSION = "1.0.0"
@@ -91,6 +93,7 @@ class UploadsWeb:
     def public_routes(self) -> list[Route]:
         """For the public app (/p/): every handler checks the patient session itself (PatientGate)."""
         return [
+            route("GET", "/p/upload", self.page, "public", "upload-page"),
             route("OPTIONS", PUBLIC_BASE, self.options, "public", "upload-options"),
             route("POST", PUBLIC_BASE, self.create, "public", "upload-create"),
             route("GET", PUBLIC_BASE, self.results, "public", "upload-results"),
@@ -121,6 +124,15 @@ class UploadsWeb:
             raise HttpError(412, f"this server speaks tus {TUS_VERSION}",
                             headers={**TUS_HEADERS, "Tus-Version": TUS_VERSION})
         return service, grant
+
+    async def page(self, request: Request) -> Response:
+        """The uploader's page (static/patient/upload.html; its script and style from /p/static/). It holds
+        nothing about anyone: what it shows comes from GET /p/api/uploads, with the patient session."""
+        data = _static("patient/upload.html")
+        if data is None:
+            raise HttpError(404, "no such page")
+        return bytes_response(200, data, "text/html; charset=utf-8",
+                              {"content-security-policy": CSP, "x-frame-options": "DENY", "cache-control": "no-store"})
 
     async def options(self, request: Request) -> Response:
         service = self._service()

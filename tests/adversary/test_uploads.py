@@ -430,3 +430,9 @@ async def test_an_empty_upload_is_complete_as_created_and_refused(env: Env) -> N
     created = await env.create("L1", 0, "empty.dcm")
     assert created.status == 201
     assert (await env.results("L1"))["empty.dcm"][0] == "refused"
+
+
+async def test_the_upload_page_is_served_with_its_csp_and_holds_nothing(env: Env) -> None:
+    page = await call(env.app, "GET", "/p/upload")
+    assert page.status == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+    assert b"Person of" not in page.body and b"/p/static/upload.js" in page.body

@@ -14,15 +14,20 @@ import socket
 import time
 import urllib.parse
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from selenium import webdriver
+from selenium.webdriver.common.by import By
 
 from meshnode.dicom.synthetic import generate_ct_study
+from meshnode.demo.identity import Node
 from meshnode.demo.mesh import MeshDemo
 from meshnode.demo.workspace import free_tcp_port
+from tests.e2e.browser import assert_accessible, screenshot, wait
 from tests.e2e.web import add_user
 from tests.meshnode.notify.smtp_server import SmtpServer
 
@@ -43,31 +48,50 @@ def _dropped_patch(url: str, path: str, headers: dict[str, str], declared: int, 
         s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + sent)
 
 
+@dataclass
+class SignedIn:
+    url: str
+    node: Node
+    tus: dict[str, str]
+    cookie: tuple[str, str]
+    pacs: str
+    clinician: str
+
+
+def _signed_in(tmp_path: Path, mesh: MeshDemo, smtp: SmtpServer) -> SignedIn:
+    """A node with patient access, an upload link made by the CLI, and its person signed in on /p/ with the
+    link and the code from their email."""
+    a = mesh.setup([("a", "RGT", "Org A")], start=False)["a"]
+    port = free_tcp_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(a.home / "node.toml", "a", encoding="utf-8") as f:
+        f.write(f'\n[http]\nlisten = "127.0.0.1:{port}"\npublic_url = "{url}"\n'
+                f'\n[notify]\nhost = "127.0.0.1"\nport = {smtp.port}\nca = "{smtp.pki.ca_cert}"\n'
+                'from_address = "imaging-mesh@rgt.nhs.uk"\norg_address = "pacs-team@rgt.nhs.uk"\n'
+                f'\n[patient_access]\nenabled = true\npublic_url = "{url}"\n')
+    mesh.start(a)
+    pacs = add_user(mesh, a, "pacs1", "pacs")
+    clinician = add_user(mesh, a, "doc", "clinician")
+    mesh.cli(a, "upload-link", "create", "--person", "Dr Who", "--email", "who@example.org",
+             "--code-to", "who@example.net")
+    link_mail = mesh.wait_for(lambda: _mail_text(smtp, "who@example.org"), 30, "the link email")
+    token = re.search(r"/p/#t=([A-Za-z0-9_-]{43})", link_mail).group(1)  # type: ignore[union-attr]
+    assert requests.post(url + "/p/api/code", json={"token": token}, timeout=10).status_code == 200
+    code_mail = mesh.wait_for(lambda: _mail_text(smtp, "who@example.net"), 30, "the code email")
+    code = re.search(r"is ([0-9]{6})\.", code_mail).group(1)  # type: ignore[union-attr]
+    verified = requests.post(url + "/p/api/verify", json={"token": token, "code": code}, timeout=10)
+    assert verified.status_code == 200 and verified.json()["kind"] == "upload", verified.text
+    cookie = verified.headers["set-cookie"].split(";")[0]
+    name, _, value = cookie.partition("=")
+    tus = {"Cookie": cookie, "X-CSRF-Token": verified.json()["csrf"], "Tus-Resumable": "1.0.0"}
+    return SignedIn(url, a, tus, (name, value), pacs, clinician)
+
+
 def test_upload_by_tus_with_a_drop_then_accept_and_qido(tmp_path: Path, mesh: MeshDemo) -> None:
     smtp = SmtpServer(tmp_path / "smtp").start()
     try:
-        a = mesh.setup([("a", "RGT", "Org A")], start=False)["a"]
-        port = free_tcp_port()
-        url = f"http://127.0.0.1:{port}"
-        with open(a.home / "node.toml", "a", encoding="utf-8") as f:
-            f.write(f'\n[http]\nlisten = "127.0.0.1:{port}"\npublic_url = "{url}"\n'
-                    f'\n[notify]\nhost = "127.0.0.1"\nport = {smtp.port}\nca = "{smtp.pki.ca_cert}"\n'
-                    'from_address = "imaging-mesh@rgt.nhs.uk"\norg_address = "pacs-team@rgt.nhs.uk"\n'
-                    f'\n[patient_access]\nenabled = true\npublic_url = "{url}"\n')
-        mesh.start(a)
-        pacs = add_user(mesh, a, "pacs1", "pacs")
-        clinician = add_user(mesh, a, "doc", "clinician")
-        mesh.cli(a, "upload-link", "create", "--person", "Dr Who", "--email", "who@example.org",
-                 "--code-to", "who@example.net")
-        link_mail = mesh.wait_for(lambda: _mail_text(smtp, "who@example.org"), 30, "the link email")
-        token = re.search(r"/p/#t=([A-Za-z0-9_-]{43})", link_mail).group(1)  # type: ignore[union-attr]
-        assert requests.post(url + "/p/api/code", json={"token": token}, timeout=10).status_code == 200
-        code_mail = mesh.wait_for(lambda: _mail_text(smtp, "who@example.net"), 30, "the code email")
-        code = re.search(r"is ([0-9]{6})\.", code_mail).group(1)  # type: ignore[union-attr]
-        verified = requests.post(url + "/p/api/verify", json={"token": token, "code": code}, timeout=10)
-        assert verified.status_code == 200 and verified.json()["kind"] == "upload", verified.text
-        cookie = verified.headers["set-cookie"].split(";")[0]
-        tus = {"Cookie": cookie, "X-CSRF-Token": verified.json()["csrf"], "Tus-Resumable": "1.0.0"}
+        signed = _signed_in(tmp_path, mesh, smtp)
+        url, a, tus, pacs, clinician = signed.url, signed.node, signed.tus, signed.pacs, signed.clinician
 
         files = generate_ct_study(tmp_path / "cd", slices=3, rows=64, columns=64, seed=11)
         good = [p.read_bytes() for p in files]
@@ -129,5 +153,33 @@ def test_upload_by_tus_with_a_drop_then_accept_and_qido(tmp_path: Path, mesh: Me
         assert not list((a.home / "quarantine").rglob("*.dcm"))
         history = mesh.cli(a, "patient-share", "history", entry["link"])
         assert "uploaded" in json.dumps(history)
+    finally:
+        smtp.stop()
+
+
+def test_the_upload_page_in_a_browser(tmp_path: Path, mesh: MeshDemo, browser: webdriver.Chrome) -> None:
+    """The uploader's page: files picked (a good instance, a text file), sent by its tus client, the results
+    with reasons shown; axe finds no serious violation."""
+    smtp = SmtpServer(tmp_path / "smtp").start()
+    try:
+        signed = _signed_in(tmp_path, mesh, smtp)
+        files = generate_ct_study(tmp_path / "picked", slices=2, rows=64, columns=64, seed=12)
+        note = tmp_path / "picked" / "letter.txt"
+        note.write_text("Dear doctor, here are my images.")
+        browser.get(signed.url + "/p/static/upload.css")
+        browser.add_cookie({"name": signed.cookie[0], "value": signed.cookie[1], "path": "/p/"})
+        browser.get(signed.url + "/p/upload")
+        wait("the page", lambda: browser.find_element(By.ID, "send"))
+        browser.find_element(By.ID, "pick-files").send_keys("\n".join(str(p) for p in [*files, note]))
+        wait("the files counted", lambda: "3 file(s)" in browser.find_element(By.ID, "count").text)
+        browser.find_element(By.ID, "send").click()
+        wait("the results", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#results tr")) == 3 or None)
+        text = browser.find_element(By.ID, "results").text
+        assert text.count("Received") == 2 and "letter.txt" in text and "not a DICOM file" in text
+        assert browser.find_element(By.ID, "error").text == ""
+        assert_accessible(browser, "upload page")
+        screenshot(browser, "patient-upload")
+        held = list((signed.node.home / "quarantine").rglob("*.dcm"))
+        assert sorted(p.read_bytes() for p in held) == sorted(p.read_bytes() for p in files)
     finally:
         smtp.stop()
