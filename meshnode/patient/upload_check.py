@@ -61,6 +61,8 @@ MEDIA_STORAGE_SOP_CLASS_TAG = 0x00020002
 #: large uniform areas compresses well, but not a thousandfold)
 MAX_RATIO = 200
 MAX_NAME_BYTES = 1024
+#: central directory bytes allowed per file a link may still take (46-byte header, a name, some extra fields)
+CD_BYTES_PER_FILE = 46 + MAX_NAME_BYTES + 256
 CHUNK = 1 << 20
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _S_IFMT = 0o170000
@@ -210,7 +212,40 @@ def check_file(path: Path, name: str, limits: UploadLimits, scratch: Path) -> It
     yield _verdict(name, lambda: check_dicom(path, limits.max_file_bytes))
 
 
+def central_directory_refusal(path: Path, files_left: int) -> str | None:
+    """Why an archive's central directory is refused before zipfile reads it (it builds an object per entry,
+    and counts entries by the directory's size, not its declared count): a directory larger than
+    CD_BYTES_PER_FILE per file the link may still take, or a declared count over that. None if it fits or no
+    end record is found (zipfile then refuses the archive)."""
+    size = path.stat().st_size
+    with path.open("rb") as stream:
+        start = max(0, size - (22 + 65535))
+        stream.seek(start)
+        tail = stream.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) < at + 22:
+            return None
+        entries, cd_size = struct.unpack("<H4xI", tail[at + 10:at + 20])
+        if (entries == 0xFFFF or cd_size == 0xFFFFFFFF) and at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
+            (z64_offset,) = struct.unpack("<Q", tail[at - 12:at - 4])
+            stream.seek(z64_offset)
+            record = stream.read(56)
+            if len(record) == 56 and record[:4] == b"PK\x06\x06":
+                (entries,) = struct.unpack("<Q", record[32:40])
+                (cd_size,) = struct.unpack("<Q", record[40:48])
+    cap = max(1 << 16, files_left * CD_BYTES_PER_FILE)
+    if entries > files_left:
+        return f"the archive holds {entries} files, more than the {files_left} the link may still take"
+    if cd_size > cap:
+        return f"the archive's index is {cd_size} bytes, too large for the {files_left} files the link may still take"
+    return None
+
+
 def check_zip(path: Path, name: str, limits: UploadLimits, scratch: Path) -> Iterator[Verdict]:
+    too_big = central_directory_refusal(path, limits.files_left)
+    if too_big is not None:
+        yield _refused(name, UploadLimitError(too_big))
+        return
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error) as exc:

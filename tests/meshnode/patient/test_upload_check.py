@@ -93,3 +93,21 @@ def test_traversal_shapes_are_refused(parts: list[str]) -> None:
 def test_zipinfo_names_are_judged_before_zipfile_cleans_them(tmp_path: Path) -> None:
     info = zipfile.ZipInfo("ok.dcm")
     assert zip_name_refusal(info.orig_filename) is None
+
+
+def test_a_huge_central_directory_is_refused_before_zipfile_reads_it(tmp_path: Path) -> None:
+    """zipfile makes an object per entry and counts by the directory's size: a lying end record (1 entry)
+    over a directory of 3000 entries is refused by the directory's size."""
+    import struct
+
+    data = bytearray(zip_bytes([(f"{i:05d}" * 40, b"") for i in range(3000)], zipfile.ZIP_STORED))
+    end = data.rindex(b"PK\x05\x06")
+    struct.pack_into("<HH", data, end + 8, 1, 1)  # entries on this disk, total entries: a lie
+    archive = tmp_path / "many.zip"
+    archive.write_bytes(bytes(data))
+    [v] = check_file(archive, "many.zip", UploadLimits(1 << 20, 1 << 30, files_left=10), tmp_path)
+    assert v.outcome is Outcome.REFUSED and "index" in v.reason and v.error == "upload-limit"
+    honest = tmp_path / "honest.zip"
+    honest.write_bytes(zip_bytes([(f"f{i}", b"") for i in range(30)]))
+    [v] = check_file(honest, "honest.zip", UploadLimits(1 << 20, 1 << 30, files_left=10), tmp_path)
+    assert v.outcome is Outcome.REFUSED and "holds 30 files" in v.reason
