@@ -352,5 +352,15 @@ def display_name(text: str) -> str:
     return cleaned[:300] or "(no name)"
 
 
-__all__ = ["Outcome", "UploadLimits", "CheckedInstance", "Verdict", "check_file", "check_dicom", "check_zip",
-           "preamble_refusal", "zip_name_refusal", "display_name"]
+__all__ = [
+    "CheckedInstance",
+    "Outcome",
+    "UploadLimits",
+    "Verdict",
+    "check_dicom",
+    "check_file",
+    "check_zip",
+    "display_name",
+    "preamble_refusal",
+    "zip_name_refusal",
+]

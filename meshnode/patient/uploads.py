@@ -34,7 +34,13 @@ import trio
 from meshnode.gateway.intake import PreparedInstance, StudyIntake
 from meshnode.patient.config import PatientAccessConfig
 from meshnode.patient.links import LinkGrant
-from meshnode.patient.upload_check import Outcome, UploadLimits, Verdict, check_file, display_name
+from meshnode.patient.upload_check import (
+    Outcome,
+    UploadLimits,
+    Verdict,
+    check_file,
+    display_name,
+)
 from meshnode.patient.upload_errors import UploadLimitError, UploadStateError
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.audit import Outcome as AuditOutcome
@@ -58,6 +64,7 @@ MB = 1 << 20
 #: bytes written per thread hop while a PATCH body arrives
 WRITE_BATCH = 1 << 20
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+SWEEP_EVERY_S = 3600.0
 #: refusals that look like an attack rather than a mistake (audited as a Security Alert, 110113)
 HOSTILE = frozenset({"executable-preamble", "archive-refused"})
 
@@ -205,6 +212,29 @@ class Uploads:
             self._part(row).unlink(missing_ok=True)
 
         await trio.to_thread.run_sync(remove)
+
+    async def sweep(self) -> int:
+        """Delete uploads still receiving after an upload link's whole lifetime (upload_days and a day): no
+        link can finish them any more. Returns how many."""
+        before_ms = int((self.clock() - (self.config.upload_days + 1) * 86400) * 1000)
+
+        def remove() -> int:
+            stale = [u for u in self.store.stale_uploads(before_ms) if u.upload_id not in self._busy]
+            for u in stale:
+                self.store.delete_upload(u.upload_id)
+                self._part(u).unlink(missing_ok=True)
+            return len(stale)
+
+        removed = await trio.to_thread.run_sync(remove)
+        if removed:
+            log.info("removed %d abandoned upload(s)", removed)
+        return removed
+
+    async def run(self) -> None:
+        """Sweep abandoned uploads once an hour (under meshnode.node.context.keep_running)."""
+        while True:
+            await self.sweep()
+            await trio.sleep(SWEEP_EVERY_S)
 
     async def results(self, grant: LinkGrant) -> list[FileRow]:
         return await trio.to_thread.run_sync(self.store.files, grant.link_id)
@@ -382,7 +412,7 @@ def _studies(files: list[FileRow]) -> list[HeldStudy]:
 
 def _open_at(part: Path, received: int) -> BinaryIO:
     """The part file opened for appending at the committed offset (a tail past it was never acknowledged)."""
-    out = open(part, "r+b")
+    out = open(part, "r+b")  # noqa: SIM115 (the caller closes it after the body)
     out.truncate(received)
     out.seek(received)
     return out

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from meshnode.storage.sqlite_base import SqliteTables
-from meshnode.storage.upload_store import CHECKED, HELD, RECEIVING, FileRow, LinkUsage, UploadRow
+from meshnode.storage.upload_store import (
+    CHECKED,
+    HELD,
+    RECEIVING,
+    FileRow,
+    LinkUsage,
+    UploadRow,
+)
 
 _UPLOAD = "upload_id, link_id, name, length, received, state, created_ms"
 _FILE = ("link_id, upload_id, name, outcome, reason, sha256, size, study_uid, series_uid, sop_uid, patient_name, "
@@ -46,6 +53,11 @@ class SqliteUploadStore(SqliteTables):
     def delete_upload(self, upload_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM patient_uploads WHERE upload_id = ?", (upload_id,))
+
+    def stale_uploads(self, before_ms: int) -> list[UploadRow]:
+        return [_upload(r) for r in self._query(
+            f"SELECT {_UPLOAD} FROM patient_uploads WHERE state = ? AND created_ms < ? ORDER BY created_ms",
+            (RECEIVING, before_ms))]
 
     def usage(self, link_id: str) -> LinkUsage:
         [(declared, receiving)] = self._query(

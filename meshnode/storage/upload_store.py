@@ -80,6 +80,10 @@ class UploadStore(Protocol):
 
     def delete_upload(self, upload_id: str) -> None: ...
 
+    def stale_uploads(self, before_ms: int) -> list[UploadRow]:
+        """Uploads still receiving that were created before `before_ms` (abandoned: their link has ended)."""
+        ...
+
     def usage(self, link_id: str) -> LinkUsage:
         """Bytes declared by the link's uploads plus bytes unpacked from its archives; its uploads still
         receiving plus its files checked."""
@@ -119,6 +123,9 @@ class MemoryUploadStore:
 
     def delete_upload(self, upload_id: str) -> None:
         self._uploads.pop(upload_id, None)
+
+    def stale_uploads(self, before_ms: int) -> list[UploadRow]:
+        return [u for u in self._uploads.values() if u.state == RECEIVING and u.created_ms < before_ms]
 
     def usage(self, link_id: str) -> LinkUsage:
         ups = [u for u in self._uploads.values() if u.link_id == link_id]

@@ -91,6 +91,8 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     await ctx.audit(event)
 
                 uploads = patient_uploads(node, upload_store, audit)
+                if uploads is not None:  # abandoned uploads (their link ended) swept hourly
+                    nursery.start_soon(keep_running, "upload sweep", uploads.run)
 
                 services = WebServices(http, ctx.org, ctx.storage, ctx.db, audit, ctx.clock)
                 auth = Authenticator(users, ctx.clock, http.session_idle_seconds)

@@ -38,7 +38,16 @@ from meshnode.patient.links import LinkGrant, LinkKind, PatientGate, PatientLink
 from meshnode.patient.upload_errors import UploadLimitError, UploadStateError
 from meshnode.patient.uploads import MB, Uploads
 from meshnode.web.app import Route, route
-from meshnode.web.http import HttpError, bytes_response, client, content_length, is_number, json_object, json_response, principal
+from meshnode.web.http import (
+    HttpError,
+    bytes_response,
+    client,
+    content_length,
+    is_number,
+    json_object,
+    json_response,
+    principal,
+)
 from meshnode.web.ui import CSP, _static
 from protocol.errors import MeshError, NotFoundError
 

@@ -34,6 +34,7 @@ from meshnode.web.config import HttpConfig
 from meshnode.web.http import HttpError
 from meshnode.web.uploads_web import UploadsWeb
 from protocol.document import Signed
+from protocol.errors import NotFoundError
 from protocol.manifest import Manifest, Priority, Purpose
 from tests.meshnode.patient.upload_files import (
     ct_files,
@@ -330,8 +331,7 @@ async def test_a_restart_resumes_from_the_durable_offset(env: Env) -> None:
     assert first.headers["upload-offset"] == "1000"
     # an unacknowledged tail (a crash after write, before the offset was committed) is cut back
     [part] = (env.home / "uploads").rglob("*.part")
-    with open(part, "ab") as f:
-        f.write(b"garbage that was never acknowledged")
+    part.write_bytes(part.read_bytes() + b"garbage that was never acknowledged")
     assert (await env.tus("HEAD", where, "L1")).headers["upload-offset"] == "1000"
     more = await env.tus("PATCH", where, "L1", {**patch, "Upload-Offset": "1000"}, data[1000:1010])
     assert more.headers["upload-offset"] == "1010" and part.read_bytes() == data[:1010]
@@ -436,3 +436,23 @@ async def test_the_upload_page_is_served_with_its_csp_and_holds_nothing(env: Env
     page = await call(env.app, "GET", "/p/upload")
     assert page.status == 200 and "script-src 'self'" in page.headers["content-security-policy"]
     assert b"Person of" not in page.body and b"/p/static/upload.js" in page.body
+
+
+async def test_abandoned_uploads_are_swept_after_a_links_lifetime(tmp_path: Path) -> None:
+    from meshnode.storage.upload_store import MemoryUploadStore
+
+    async def audit(event: AuditEvent) -> None:
+        pass
+
+    now = [1e9]
+    uploads = Uploads(tmp_path, MemoryUploadStore(), PatientAccessConfig(upload_days=14), audit, lambda: None,
+                      lambda: now[0])
+    grant = LinkGrant("L1", LinkKind.UPLOAD, (), 2e9, False, "P", "alice")
+    row = await uploads.create(grant, 100, "x")
+    now[0] += 14 * 86400
+    assert await uploads.sweep() == 0  # the link may still be live
+    now[0] += 2 * 86400
+    assert await uploads.sweep() == 1
+    assert list((tmp_path / "uploads").rglob("*.part")) == []
+    with pytest.raises(NotFoundError, match="no such upload"):
+        await uploads.status(grant, row.upload_id)

@@ -23,10 +23,10 @@ import requests
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from meshnode.dicom.synthetic import generate_ct_study
 from meshnode.demo.identity import Node
 from meshnode.demo.mesh import MeshDemo
 from meshnode.demo.workspace import free_tcp_port
+from meshnode.dicom.synthetic import generate_ct_study
 from tests.e2e.browser import assert_accessible, screenshot, wait
 from tests.e2e.web import add_user
 from tests.meshnode.notify.smtp_server import SmtpServer

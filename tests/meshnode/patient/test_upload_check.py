@@ -84,8 +84,8 @@ def test_an_accepted_zip_name_stays_inside_the_archive(name: str) -> None:
 @given(st.lists(st.sampled_from(["..", ".", "a", "", "C:", "b\\c", "\x00"]), min_size=1, max_size=6))
 def test_traversal_shapes_are_refused(parts: list[str]) -> None:
     name = "/".join(parts)
-    hostile = (".." in parts or name.startswith("/") or any("\\" in p or "\x00" in p for p in parts)
-               or name.startswith("C:") or not name)
+    hostile = (".." in parts or name.startswith(("/", "C:")) or any("\\" in p or "\x00" in p for p in parts)
+               or not name)
     if hostile:
         assert zip_name_refusal(name) is not None
 

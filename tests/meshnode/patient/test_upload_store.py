@@ -63,3 +63,11 @@ def test_a_decision_moves_only_the_files_the_decider_saw(store: UploadStore) -> 
     store.finish("d" * 32, [FileRow("L1", "d" * 32, "b.dcm", "accepted", "", size=10, state=HELD)])
     assert [f.name for f in store.decide("L1", ACCEPTED, "alice", seen)] == ["a.dcm"]
     assert [f.state for f in store.files("L1")] == [ACCEPTED, HELD]
+
+
+def test_stale_uploads_are_those_still_receiving_and_old(store: UploadStore) -> None:
+    store.create_upload(UploadRow("e" * 32, "L1", "old", 10, 0, RECEIVING, 100))
+    store.create_upload(UploadRow("f" * 32, "L1", "new", 10, 0, RECEIVING, 900))
+    store.create_upload(UploadRow("0" * 32, "L1", "done", 0, 0, RECEIVING, 50))
+    store.finish("0" * 32, [])
+    assert [u.name for u in store.stale_uploads(500)] == ["old"]
