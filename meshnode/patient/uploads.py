@@ -104,6 +104,7 @@ class Uploads:
         self.scratch_root = home / "tmp" / "uploads"
         self._busy: set[str] = set()
         self._deciding: set[str] = set()
+        self._locks: dict[str, trio.Lock] = {}
 
     # -- the uploader's side (tus) --------------------------------------------------------------------
 
@@ -113,23 +114,24 @@ class Uploads:
             raise UploadStateError("Upload-Length must not be negative")
         if length > max_file:
             raise UploadLimitError(f"the file is {length} bytes, over the limit of {max_file} bytes per file")
-        usage = await trio.to_thread.run_sync(self.store.usage, grant.link_id)
-        if usage.files + 1 > self.config.max_files:
-            raise UploadLimitError(f"this link takes at most {self.config.max_files} files")
-        if usage.bytes + length > self.config.max_upload_mb * MB:
-            raise UploadLimitError(f"this link takes at most {self.config.max_upload_mb} MB in all")
         row = UploadRow(secrets.token_hex(16), grant.link_id, display_name(name), length, 0, RECEIVING,
                         int(self.clock() * 1000))
         part = self._part(row)
 
         def make() -> None:
+            usage = self.store.usage(grant.link_id)
+            if usage.files + 1 > self.config.max_files:
+                raise UploadLimitError(f"this link takes at most {self.config.max_files} files")
+            if usage.bytes + length > self.config.max_upload_mb * MB:
+                raise UploadLimitError(f"this link takes at most {self.config.max_upload_mb} MB in all")
             part.parent.mkdir(parents=True, exist_ok=True)
             with open(part, "xb") as out:
                 os.fsync(out.fileno())
             _fsync_dir(part.parent)
             self.store.create_upload(row)
 
-        await trio.to_thread.run_sync(make)
+        async with self._lock(grant.link_id):  # the usage check and the new row together (no overbooking)
+            await trio.to_thread.run_sync(make)
         log.info("upload %s created on link %s: %d bytes", row.upload_id, link_folder(grant.link_id), length)
         if length == 0:  # complete as created (tus): checked (and refused as empty) at once
             await self._complete(grant, row)
@@ -240,13 +242,17 @@ class Uploads:
         return await trio.to_thread.run_sync(self.store.files, grant.link_id)
 
     async def _complete(self, grant: LinkGrant, row: UploadRow) -> None:
-        usage = await trio.to_thread.run_sync(self.store.usage, grant.link_id)
-        limits = UploadLimits(
-            max_file_bytes=self.config.max_file_mb * MB,
-            total_bytes_left=max(0, self.config.max_upload_mb * MB - usage.bytes),
-            files_left=max(0, self.config.max_files - usage.files + 1),  # this upload counts already
-        )
-        rows = await trio.to_thread.run_sync(self._check_and_hold, grant, row, limits)
+        def check() -> list[FileRow]:
+            usage = self.store.usage(grant.link_id)
+            limits = UploadLimits(
+                max_file_bytes=self.config.max_file_mb * MB,
+                total_bytes_left=max(0, self.config.max_upload_mb * MB - usage.bytes),
+                files_left=max(0, self.config.max_files - usage.files + 1),  # this upload counts already
+            )
+            return self._check_and_hold(grant, row, limits)
+
+        async with self._lock(grant.link_id):  # one link's totals are read and spent by one check at a time
+            rows = await trio.to_thread.run_sync(check)
         held = sum(1 for r in rows if r.state == HELD)
         hostile = [r for r in rows if r.error in HOSTILE]
         if hostile:  # an executable preamble or a path trick: the security officer wants to know
@@ -301,6 +307,11 @@ class Uploads:
                        instance.sha256, instance.size, a.study_instance_uid, a.series_instance_uid,
                        a.sop_instance_uid, a.patient_name, a.patient_id, a.study_date, a.study_description,
                        a.modality, HELD, "", now_ms, archived, grant.person)
+
+    def _lock(self, link_id: str) -> trio.Lock:
+        if len(self._locks) > 10_000:  # forget idle ones now and then
+            self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+        return self._locks.setdefault(link_id, trio.Lock())
 
     def _part(self, row: UploadRow) -> Path:
         if not valid_upload_id(row.upload_id):

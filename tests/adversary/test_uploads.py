@@ -456,3 +456,15 @@ async def test_abandoned_uploads_are_swept_after_a_links_lifetime(tmp_path: Path
     assert list((tmp_path / "uploads").rglob("*.part")) == []
     with pytest.raises(NotFoundError, match="no such upload"):
         await uploads.status(grant, row.upload_id)
+
+
+async def test_concurrent_creations_cannot_pass_the_links_file_limit_together(env: Env) -> None:
+    statuses: list[int] = []
+
+    async def one() -> None:
+        statuses.append((await env.create("L2", 1)).status)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(30):
+            nursery.start_soon(one)
+    assert statuses.count(201) == 20 and statuses.count(413) == 10
