@@ -111,3 +111,35 @@ def test_a_huge_central_directory_is_refused_before_zipfile_reads_it(tmp_path: P
     honest.write_bytes(zip_bytes([(f"f{i}", b"") for i in range(30)]))
     [v] = check_file(honest, "honest.zip", UploadLimits(1 << 20, 1 << 30, files_left=10), tmp_path)
     assert v.outcome is Outcome.REFUSED and "holds 30 files" in v.reason
+
+
+def test_members_past_the_links_total_or_the_file_limit_are_refused(tmp_path: Path) -> None:
+    good = ct_files(tmp_path / "in", 1)[0].read_bytes()
+    archive = tmp_path / "big.zip"
+    archive.write_bytes(zip_bytes([("a.dcm", good), ("b.dcm", good), ("huge.dcm", bytes(3000))]))
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    limits = UploadLimits(max_file_bytes=2000 if len(good) < 2000 else len(good), total_bytes_left=len(good) + 10,
+                          files_left=10, max_ratio=10_000)
+    v = {x.name: x for x in check_file(archive, "big.zip", limits, scratch)}
+    assert v["big.zip/a.dcm"].outcome is Outcome.ACCEPTED
+    assert "total size" in v["big.zip/b.dcm"].reason
+    assert "per file" in v["big.zip/huge.dcm"].reason
+
+
+def test_a_member_that_inflates_past_its_declared_size_is_refused(tmp_path: Path) -> None:
+    """The central directory says 100 bytes; the data inflates to 100 000: the extraction's hard cap (or
+    zipfile's CRC check) refuses it, and no scratch file is left."""
+    import struct
+
+    data = bytearray(zip_bytes([("a.dcm", bytes(100_000))]))
+    for sig, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size fields
+        at = data.index(sig)
+        struct.pack_into("<I", data, at + offset, 100)
+    archive = tmp_path / "lie.zip"
+    archive.write_bytes(bytes(data))
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    [v] = check_file(archive, "lie.zip", LIMITS, scratch)
+    assert v.outcome is Outcome.REFUSED and v.reason
+    assert list(scratch.iterdir()) == []
