@@ -238,8 +238,12 @@ class Uploads:
             await self.sweep()
             await trio.sleep(SWEEP_EVERY_S)
 
-    async def results(self, grant: LinkGrant) -> list[FileRow]:
-        return await trio.to_thread.run_sync(self.store.files, grant.link_id)
+    async def results(self, grant: LinkGrant) -> tuple[list[UploadRow], list[FileRow]]:
+        """The link's uploads not yet checked, and the verdicts on its files."""
+        def read() -> tuple[list[UploadRow], list[FileRow]]:
+            return self.store.receiving(grant.link_id), self.store.files(grant.link_id)
+
+        return await trio.to_thread.run_sync(read)
 
     async def _complete(self, grant: LinkGrant, row: UploadRow) -> None:
         def check() -> list[FileRow]:

@@ -54,6 +54,11 @@ class SqliteUploadStore(SqliteTables):
         with self._tx() as db:
             db.execute("DELETE FROM patient_uploads WHERE upload_id = ?", (upload_id,))
 
+    def receiving(self, link_id: str) -> list[UploadRow]:
+        return [_upload(r) for r in self._query(
+            f"SELECT {_UPLOAD} FROM patient_uploads WHERE link_id = ? AND state = ? ORDER BY created_ms, rowid",
+            (link_id, RECEIVING))]
+
     def stale_uploads(self, before_ms: int) -> list[UploadRow]:
         return [_upload(r) for r in self._query(
             f"SELECT {_UPLOAD} FROM patient_uploads WHERE state = ? AND created_ms < ? ORDER BY created_ms",

@@ -80,6 +80,10 @@ class UploadStore(Protocol):
 
     def delete_upload(self, upload_id: str) -> None: ...
 
+    def receiving(self, link_id: str) -> list[UploadRow]:
+        """The link's uploads not yet checked (arriving, or complete and being checked), oldest first."""
+        ...
+
     def stale_uploads(self, before_ms: int) -> list[UploadRow]:
         """Uploads still receiving that were created before `before_ms` (abandoned: their link has ended)."""
         ...
@@ -123,6 +127,10 @@ class MemoryUploadStore:
 
     def delete_upload(self, upload_id: str) -> None:
         self._uploads.pop(upload_id, None)
+
+    def receiving(self, link_id: str) -> list[UploadRow]:
+        return sorted((u for u in self._uploads.values() if u.link_id == link_id and u.state == RECEIVING),
+                      key=lambda u: u.created_ms)
 
     def stale_uploads(self, before_ms: int) -> list[UploadRow]:
         return [u for u in self._uploads.values() if u.state == RECEIVING and u.created_ms < before_ms]

@@ -9,7 +9,8 @@ upload link; `public_routes`):
     HEAD    /p/api/uploads/{id}            Upload-Offset, Upload-Length
     PATCH   /p/api/uploads/{id}            application/offset+octet-stream at Upload-Offset -> 204 new offset
     DELETE  /p/api/uploads/{id}            tus termination (an upload still receiving)
-    GET     /p/api/uploads                 this link's files: accepted / refused / skipped, with reasons
+    GET     /p/api/uploads                 this link's files: accepted / refused / skipped, with reasons; and
+                                           its uploads not yet checked (receiving, checking)
 
 tus core, creation and termination (https://tus.io/protocols/resumable-upload), written here: the Python
 tus servers are tied to FastAPI/asyncio or a framework's storage and none fsyncs before acknowledging an
@@ -206,11 +207,14 @@ class UploadsWeb:
 
     async def results(self, request: Request) -> Response:
         service, grant = await self._grant(request, tus=False)
-        files = await service.results(grant)
+        pending, files = await service.results(grant)
         session = request.scope.get(PATIENT_SESSION)  # the public app's session (its CSRF token for the page)
         return json_response(200, {
             "csrf": str(getattr(session, "csrf", "")), "person": grant.person, "expires_at": grant.expires_at,
             "files": [{"name": f.name, "outcome": f.outcome, "reason": f.reason, "size": f.size} for f in files],
+            # not yet checked: still arriving (resume them), or complete and being checked now
+            "uploads": [{"id": u.upload_id, "name": u.name, "received": u.received, "length": u.length,
+                         "state": "checking" if u.received == u.length else "receiving"} for u in pending],
             "limits": {"max_file_mb": service.config.max_file_mb, "max_upload_mb": service.config.max_upload_mb,
                        "max_files": service.config.max_files},
         }, headers={"Cache-Control": "no-store"})

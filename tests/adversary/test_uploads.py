@@ -333,12 +333,15 @@ async def test_a_restart_resumes_from_the_durable_offset(env: Env) -> None:
     [part] = (env.home / "uploads").rglob("*.part")
     part.write_bytes(part.read_bytes() + b"garbage that was never acknowledged")
     assert (await env.tus("HEAD", where, "L1")).headers["upload-offset"] == "1000"
+    [pending] = (await env.tus("GET", "/p/api/uploads", "L1")).json()["uploads"]
+    assert (pending["received"], pending["length"], pending["state"]) == (1000, len(data), "receiving")
     more = await env.tus("PATCH", where, "L1", {**patch, "Upload-Offset": "1000"}, data[1000:1010])
     assert more.headers["upload-offset"] == "1010" and part.read_bytes() == data[:1010]
     done = await env.tus("PATCH", where, "L1", {**patch, "Upload-Offset": "1010"}, data[1010:])
     assert done.status == 204 and done.headers["upload-offset"] == str(len(data))
     [held] = (env.home / "quarantine" / link_folder("L1")).iterdir()
     assert held.read_bytes() == data
+    assert (await env.tus("GET", "/p/api/uploads", "L1")).json()["uploads"] == []
 
 
 # -- the PACS team's review -------------------------------------------------------------------------------

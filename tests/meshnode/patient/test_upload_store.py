@@ -38,10 +38,11 @@ def test_uploads_are_scoped_to_their_link_and_counted(store: UploadStore) -> Non
     row = store.upload("L1", "a" * 32)
     assert row is not None and row.received == 400
     assert store.usage("L1") == LinkUsage(1000, 1) and store.usage("L2") == LinkUsage(0, 0)
+    assert [u.received for u in store.receiving("L1")] == [400] and store.receiving("L2") == []
     store.finish("a" * 32, [FileRow("L1", "a" * 32, "x.zip/a", "accepted", "", size=5000, state=HELD,
                                     archived=True),
                             FileRow("L1", "a" * 32, "x.zip/b", "refused", "not DICOM")])
-    assert store.usage("L1") == LinkUsage(6000, 2)
+    assert store.usage("L1") == LinkUsage(6000, 2) and store.receiving("L1") == []
     assert [f.name for f in store.files("L1")] == ["x.zip/a", "x.zip/b"]
     assert store.held_links() == ["L1"]
 

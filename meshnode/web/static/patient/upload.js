@@ -87,11 +87,12 @@
     $("send").disabled = queue.length === 0;
   }
 
+  // the results; returns how many uploads the node is still checking (0 when none, or on an error)
   async function results() {
     const r = await fetch(API, { credentials: "same-origin" });
     if (!r.ok) {
       if (r.status === 401) $("error").textContent = "You are not signed in: open the link from your email again.";
-      return;
+      return 0;
     }
     const data = await r.json();
     csrf = data.csrf || csrf;
@@ -107,6 +108,7 @@
       }
       return row;
     }));
+    return (data.uploads || []).filter((u) => u.state === "checking").length;
   }
 
   async function sendAll() {
@@ -127,6 +129,13 @@
       done += item.file.size;
       $("progress").value = done;
       await results();
+    }
+    // a large ZIP may still be checked after its last bytes arrived (its request may have timed out)
+    for (let i = 0; i < 600; i++) {
+      const checking = await results();
+      if (!checking) break;
+      $("status").textContent = `Checking ${checking} upload(s)...`;
+      await sleep(3000);
     }
     $("status").textContent = "Done. The results are below.";
     $("count").textContent = "";
