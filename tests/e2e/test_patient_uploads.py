@@ -22,6 +22,7 @@ import pytest
 import requests
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from meshnode.demo.identity import Node
 from meshnode.demo.mesh import MeshDemo
@@ -181,5 +182,25 @@ def test_the_upload_page_in_a_browser(tmp_path: Path, mesh: MeshDemo, browser: w
         screenshot(browser, "patient-upload")
         held = list((signed.node.home / "quarantine").rglob("*.dcm"))
         assert sorted(p.read_bytes() for p in held) == sorted(p.read_bytes() for p in files)
+
+        # the PACS team's page: who sent it, the study, then a reject without a reason, then accept
+        browser.get(signed.url + "/ui/")
+        wait("the portal", lambda: browser.find_element(By.ID, "org").text == "RGT")
+        browser.find_element(By.ID, "token").send_keys(signed.pacs + Keys.ENTER)
+        wait("the login", lambda: "pacs1" in browser.find_element(By.ID, "who").text)
+        browser.get(signed.url + "/ui/uploads")
+        wait("the held upload", lambda: "From Dr Who" in browser.find_element(By.ID, "links").text)
+        assert "SYNTHETIC" in browser.find_element(By.ID, "links").text and "CT" in browser.find_element(
+            By.ID, "links").text
+        assert "letter.txt" in browser.find_element(By.ID, "links").get_attribute("textContent")
+        assert_accessible(browser, "uploads review page")
+        screenshot(browser, "portal-uploads")
+        buttons = browser.find_elements(By.CSS_SELECTOR, "#links button")
+        next(b for b in buttons if "Reject" in b.text).click()
+        wait("the reason asked for", lambda: "reason" in browser.find_element(By.ID, "error").text)
+        next(b for b in buttons if "Accept" in b.text).click()
+        wait("the acceptance", lambda: "2 instance(s) stored" in browser.find_element(By.ID, "status").text)
+        wait("the empty queue", lambda: browser.find_element(By.ID, "empty").is_displayed())
+        assert not list((signed.node.home / "quarantine").rglob("*.dcm"))
     finally:
         smtp.stop()

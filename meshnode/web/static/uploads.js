@@ -12,7 +12,9 @@
     return node;
   }
 
-  function mb(bytes) { return (bytes / (1 << 20)).toFixed(1) + " MB"; }
+  function mb(bytes) {
+    return bytes < (1 << 20) ? Math.ceil(bytes / 1024) + " KB" : (bytes / (1 << 20)).toFixed(1) + " MB";
+  }
 
   function say(text) { const s = $("status"); s.textContent = text; s.hidden = !text; }
 
@@ -27,7 +29,9 @@
     for (const h of ["Patient", "Patient ID", "Date", "Description", "Modality", "Files", "Size"]) {
       head.append(el("th", h, { scope: "col" }));
     }
-    table.append(el("thead")).append(head);
+    const thead = el("thead");
+    thead.append(head);
+    table.append(thead);
     const body = el("tbody");
     for (const s of entry.studies) {
       const row = el("tr");
