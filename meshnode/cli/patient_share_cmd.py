@@ -92,13 +92,13 @@ def run_upload(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    result = _call(args, "/patient-links", {"kind": args.kind})
+    result = _call(args, "/patient-links", {"kind": args.kind, "actor": _actor()})
     emit(result, args.json, "\n".join(link_lines(result["links"])))
     return EXIT_OK
 
 
 def run_history(args: argparse.Namespace) -> int:
-    result = _call(args, "/patient-links/show", {"id": args.id})
+    result = _call(args, "/patient-links/show", {"id": args.id, "actor": _actor()})
     lines = link_lines([result])
     lines += [f"    {_when(h['at'])} {h['action']} by {h['actor']}" + (f" from {h['client']}" if h["client"] else "")
               + (f": {h['detail']}" if h["detail"] else "") for h in result["history"]]

@@ -41,10 +41,11 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
 
     async def listing(body: dict[str, Any]) -> object:
         kind = body.get("kind")
-        return {"links": await _service(node).list(kind if isinstance(kind, str) else None)}
+        return {"links": await _service(node).list(kind if isinstance(kind, str) else None,
+                                                   actor=control_actor(body))}
 
     async def show(body: dict[str, Any]) -> object:
-        return await _service(node).history(_id(body))
+        return await _service(node).history(_id(body), actor=control_actor(body))
 
     async def revoke(body: dict[str, Any]) -> object:
         await _service(node).revoke(control_actor(body), _id(body), body.get("reason"))

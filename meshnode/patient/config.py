@@ -3,7 +3,7 @@
     [patient_access]
     enabled = true
     public_url = "https://images.rxx.nhs.uk"   # what the links in emails point at (the public listener's URL)
-    listen = "0.0.0.0:8443"                    # the public pages' own listener (empty: served under /p/ by [http])
+    listen = "0.0.0.0:8732"                    # the public pages' own listener (empty: served under /p/ by [http])
     tls_certificate = "public-cert.pem"        # with tls_key: HTTPS on that listener (required off localhost)
     tls_key = "public-key.pem"
     trusted_proxies = []                       # reverse proxies whose X-Forwarded-For is believed
@@ -36,6 +36,10 @@ from pathlib import Path
 from meshnode.web.config import _listen, _optional_url
 from protocol.config_reader import Table, defaults
 
+#: The public listener's port `meshnode init` suggests: beside [http]'s 8731, and not 8443 (dcm4chee's HTTPS);
+#: tests/meshnode/web/test_http_port.py checks it against the software a node sits beside
+DEFAULT_PUBLIC_PORT = 8732
+
 #: Written by `meshnode init` (commented: patient access is off until `enabled = true`).
 TEMPLATE = """
 # Patient access (docs/operators.md, "Patient access"): links by email, with a one-time code on a second
@@ -43,7 +47,7 @@ TEMPLATE = """
 # [patient_access]
 # enabled = true
 # public_url = "https://images.example.nhs.uk"
-# listen = "0.0.0.0:8443"              # the public pages' own listener (empty: under /p/ on [http])
+# listen = "0.0.0.0:{public_port}"              # the public pages' own listener (empty: under /p/ on [http])
 # tls_certificate = "public-cert.pem"
 # tls_key = "public-key.pem"
 # share_days = {share_days}
@@ -107,7 +111,7 @@ class PatientAccessConfig:
         if not self.enabled:
             d = defaults(PatientAccessConfig)
             return TEMPLATE.format(**{k: ("true" if v else "false") if isinstance(v, bool) else v
-                                      for k, v in d.items()})
+                                      for k, v in d.items()}, public_port=DEFAULT_PUBLIC_PORT)
         lines = ["", "[patient_access]", "enabled = true"]
         for key in ("public_url", "listen", "tls_certificate", "tls_key", "sms_gateway_url", "sms_secret_file"):
             if getattr(self, key):

@@ -175,6 +175,8 @@ class LinkService:
             raise PatientAccessError(f"action: one of {sorted(RECORDED)}")
         link = await self._link(grant.link_id)
         pl.require_usable(link, self.clock())
+        if (action == "uploaded") != (link.kind == pl.UPLOAD):
+            raise PatientAccessError(f"a {link.kind} link cannot record {action!r}")
         text = "".join(c for c in detail if c.isprintable())[:MAX_DETAIL]
         await self._events(LinkEvent(link.link_id, self.clock(), action, _share(link), client, text))
         for study in link.studies or ("",):
@@ -213,15 +215,24 @@ class LinkService:
         await self.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "patient-link-unlocked", actor=actor,
                                     detail=f"share:{link_id}"))
 
-    async def list(self, kind: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    async def list(self, kind: str | None = None, limit: int = 200, *, actor: str = "") -> list[dict[str, Any]]:
+        """The links, newest first; `actor` (staff): audited (the rows name people and their addresses)."""
         if kind is not None and kind not in pl.KINDS:
             raise PatientAccessError(f"kind: one of {pl.KINDS}")
         now = self.clock()
-        return [view(x, now) for x in await self._db(lambda: self.store.links(kind=kind, limit=limit))]
+        rows = [view(x, now) for x in await self._db(lambda: self.store.links(kind=kind, limit=limit))]
+        if actor:
+            await self.audit(AuditEvent(EventCode.PATIENT_RECORD, "patient-links-listed", actor=actor,
+                                        detail=f"{len(rows)} link(s) listed with names and addresses"))
+        return rows
 
-    async def history(self, link_id: str) -> dict[str, Any]:
+    async def history(self, link_id: str, *, actor: str = "") -> dict[str, Any]:
+        """One link and its history; `actor` (staff): audited."""
         link = await self._link(link_id)
         events = await self._db(lambda: self.store.events(link.link_id))
+        if actor:
+            await self.audit(AuditEvent(EventCode.PATIENT_RECORD, "patient-link-shown", actor=actor,
+                                        detail=f"share:{link.link_id} with its history"))
         out = view(link, self.clock())
         out["history"] = [{"at": e.at, "action": e.action, "actor": e.actor, "client": e.client,
                            "detail": e.detail} for e in events]

@@ -28,8 +28,8 @@ from pathlib import Path
 from meshnode.dicom.blocks import DEFAULT_CHUNK_SIZE
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockMissingError, BlockStore
-from meshnode.storage.conflicts import Incoming
 from meshnode.storage.node_storage import NodeStorage, local_actor
+from meshnode.storage.conflicts import Incoming
 from meshnode.storage.records import AddOutcome, InstanceRecord, hash_uid
 from meshnode.study.renaming import keep_both
 from meshnode.study.staging import (

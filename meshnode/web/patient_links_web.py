@@ -62,7 +62,7 @@ class PatientLinksWeb:
         if unknown:
             raise HttpError(400, f"unknown parameter {unknown[0][:40]!r}; use kind")
         kind = request.query_params.get("kind") or None
-        return json_response(200, {"links": await service.list(kind)})
+        return json_response(200, {"links": await service.list(kind, actor=self._user(request))})
 
     async def _create(self, request: Request) -> Response:
         service = self._service()
@@ -84,7 +84,8 @@ class PatientLinksWeb:
         return json_response(201, {"id": link_id})
 
     async def _show(self, request: Request) -> Response:
-        return json_response(200, await self._service().history(request.path_params["link"]))
+        return json_response(200, await self._service().history(request.path_params["link"],
+                                                                 actor=self._user(request)))
 
     async def _revoke(self, request: Request) -> Response:
         service = self._service()

@@ -110,6 +110,10 @@ async def test_an_upload_token_gives_an_upload_grant_only(links: LinkService, sm
     assert grant.kind is LinkKind.UPLOAD and grant.studies == () and not grant.may_forward
     with pytest.raises(PatientAccessError):
         await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+    for action in ("viewed", "downloaded", "key image"):  # nothing to view on an upload link
+        with pytest.raises(PatientAccessError):
+            await links.record(grant, action, "", CLIENT)
+    await links.record(grant, "uploaded", "3 files", CLIENT)
 
 
 async def test_the_right_code_works_once(links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
@@ -367,11 +371,25 @@ async def test_record_takes_only_known_actions_and_audits_with_the_share(
         smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> None:
     links, audit = service(smtp, gateway, tmp_path, clock)
     grant = await _grant(links, smtp, gateway)
-    with pytest.raises(PatientAccessError):
-        await links.record(grant, "deleted everything", "", CLIENT)
+    for action in ("deleted everything", "uploaded"):
+        with pytest.raises(PatientAccessError):
+            await links.record(grant, action, "", CLIENT)
     await links.record(grant, "downloaded", "media set\r\nInjected: yes", CLIENT)
     event = audit.events[-1]
     assert event.code is EventCode.EXPORT and event.actor == f"share:{grant.link_id}" and STUDY not in event.study
     history = (await links.history(grant.link_id))["history"]
     assert history[-1]["action"] == "downloaded" and "\n" not in history[-1]["detail"]
     assert [h["action"] for h in history][:3] == ["created", "email sent", "code sent"]
+
+
+async def test_asking_for_new_codes_does_not_reset_the_wrong_count(
+        links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    # an attacker cannot get code_attempts guesses per code by asking for a new one after each miss
+    _, token = await _share(links, smtp)
+    for n in range(2):
+        code = await _code(links, gateway, token)
+        with pytest.raises(CodeRefused):
+            await links.verify(token, f"{(int(code) + 1) % 10**6:06d}", CLIENT)
+    code = await _code(links, gateway, token)
+    with pytest.raises(LinkLocked):
+        await links.verify(token, f"{(int(code) + 1) % 10**6:06d}", CLIENT)

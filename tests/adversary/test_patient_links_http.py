@@ -17,6 +17,7 @@ from meshnode.web.app import WebApp
 from meshnode.web.patient_links_web import PatientLinksWeb
 from meshnode.web.services import WebServices
 from meshnode.web.signin_web import SignInWeb
+from tests.meshnode.notify.helpers import Audit
 from tests.meshnode.notify.smtp_server import SmtpServer
 from tests.meshnode.patient.helpers import STUDY, Clock, SmsGateway, service, token_of
 from tests.meshnode.web.portal_app import Portal, cheap_hashing, make_portal
@@ -77,6 +78,11 @@ async def test_a_clinician_creates_lists_shows_revokes(links: LinkService, smtp:
     assert "token_hash" not in row and "code_hash" not in row and "code_salt" not in row
     shown = (await portal.call("GET", f"{BASE}/{link_id}", session=session)).json()
     assert [h["action"] for h in shown["history"]] == ["created", "email sent"]
+    # showing names and addresses to staff is audited, with the user
+    audit = links.audit
+    assert isinstance(audit, Audit)
+    assert [(e.action, e.actor) for e in audit.events if e.action in ("patient-links-listed", "patient-link-shown")
+            ] == [("patient-links-listed", "user:alice"), ("patient-link-shown", "user:alice")]
     reply = await portal.call("POST", f"{BASE}/{link_id}/revoke", session=session, csrf=csrf,
                               json={"reason": "wrong patient"})
     assert reply.status == 200

@@ -19,6 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from meshnode.demo.mesh import MeshDemo
+from meshnode.dicom.synthetic import DEFAULT_PATIENT_ID
 from meshnode.demo.workspace import free_tcp_port
 from tests.e2e.browser import assert_accessible, screenshot, wait
 from tests.e2e.web import add_user
@@ -92,6 +93,20 @@ def test_patient_links_on_a_real_node(tmp_path: Path, mesh: MeshDemo, browser: w
         browser.find_elements(By.CSS_SELECTOR, "#links tbody tr button")[-1].send_keys(Keys.ENTER)
         wait("the history", lambda: "email sent" in browser.find_element(By.ID, "history").text)
         assert_accessible(browser, "patient links page")
+        # the page makes a share: search, tick the study, fill the form, submit (by keyboard)
+        browser.find_element(By.CSS_SELECTOR, "#search input[name=patient_id]").send_keys(DEFAULT_PATIENT_ID)
+        browser.find_element(By.CSS_SELECTOR, "#search button[type=submit]").send_keys(Keys.ENTER)
+        box = wait("the study", lambda: browser.find_element(By.CSS_SELECTOR, "#studies tbody input[type=checkbox]"))
+        box.send_keys(Keys.SPACE)
+        form = browser.find_element(By.ID, "create")
+        form.find_element(By.NAME, "person").send_keys("Bob Patient")
+        form.find_element(By.NAME, "email").send_keys("bob@example.org")
+        form.find_element(By.NAME, "code_to").send_keys("bob.second@example.net")
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").send_keys(Keys.ENTER)
+        wait("the share made", lambda: "Link made" in browser.find_element(By.ID, "create-status").text)
+        wait("the new row", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#links tbody tr")) == 3)
+        mesh.wait_for(lambda: any("bob@example.org" in r.rcpt_tos for r in smtp.received), 30, "Bob's link email")
+        assert_accessible(browser, "patient links page after a share")
         screenshot(browser, "portal-patient-links")
     finally:
         gateway.stop()

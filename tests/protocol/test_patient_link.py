@@ -95,6 +95,15 @@ def test_right_code_grants_once() -> None:
         pl.check_code(link, code, policy=POLICY, now=NOW + 2)
 
 
+@pytest.mark.parametrize("bad", ["12345", "1234567", "12a456", "١٢٣٤٥٦", "123456\x00", "1" * 10_000, None, 123456])
+def test_malformed_codes_are_refused_and_not_counted(bad: object) -> None:
+    link, _ = make()
+    link, code = pl.issue_code(link, policy=POLICY, now=NOW, draw=os.urandom)
+    with pytest.raises(PatientAccessError):
+        pl.check_code(link, bad, policy=POLICY, now=NOW)
+    assert pl.check_code(link, f" {code[:3]} {code[3:]} ", policy=POLICY, now=NOW)[1]
+
+
 def test_expired_code_is_refused_and_not_counted() -> None:
     link, _ = make()
     link, code = pl.issue_code(link, policy=POLICY, now=NOW, draw=os.urandom)

@@ -32,7 +32,7 @@ def test_defaults_when_on() -> None:
 
 def test_render_round_trips() -> None:
     c = parse_config(BASE + '[patient_access]\nenabled = true\npublic_url = "https://i.rxx.nhs.uk"\n'
-                            'listen = "0.0.0.0:8443"\nshare_days = 7\nallow_forward = false\n'
+                            'listen = "0.0.0.0:8732"\nshare_days = 7\nallow_forward = false\n'
                             'sms_gateway_url = "https://sms.example/send"\nsms_secret = "0123456789abcdef"\n')
     again = parse_config(c.render())
     assert again.patient_access == c.patient_access

@@ -16,7 +16,8 @@ import warnings
 import pydicom
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector  # type: ignore[import-untyped]
 from pydicom.data import get_testdata_file
-from pydicom.datadict import dictionary_VR, keyword_dict
+from pydicom.datadict import dictionary_VR
+from pydicom.datadict import keyword_dict
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 

@@ -190,3 +190,60 @@ def test_readme_says_what_a_patient_needs_and_nothing_about_them() -> None:
                   "3 image files"):
         assert words in text
     assert text.isascii()
+
+
+def _sr_with_latin1_name(path: Path) -> Path:
+    """A Basic Text SR (no pixels: a non-IMAGE leaf, built by pydicom's SR DOCUMENT recorder) of a patient
+    whose name needs Latin-1."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.BasicTextSRStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["sr-instance"])
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["sr-study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["sr-series"])
+    ds.PatientName, ds.PatientID = "Müller^Jörg", "LAT1"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240102", "101010", "77", "ACC7"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 1, 1
+    ds.ContentDate, ds.ContentTime = "20240102", "101500"
+    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
+    name = Dataset()
+    name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning = "18748-4", "LN", "Diagnostic Imaging Report"
+    ds.ConceptNameCodeSequence = [name]
+    ds.ValueType = "CONTAINER"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_non_image_leaf_and_a_latin1_name(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    home = tmp_path / "node"
+    home.mkdir()
+    s = NodeStorage.open(home)
+    try:
+        (tmp_path / "src").mkdir()
+        _sr_with_latin1_name(tmp_path / "src" / "sr.dcm")
+        assert Ingester(s).ingest([tmp_path / "src"]).added == 1
+        data = whole(plan_media_set(s, studies(s), readme=README))
+        out = tmp_path / "out"
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            zf.extractall(out)
+        dicomdir = pydicom.dcmread(out / "DICOMDIR")
+        types = [r.DirectoryRecordType for r in dicomdir.DirectoryRecordSequence]
+        assert types == ["PATIENT", "STUDY", "SERIES", "SR DOCUMENT"]
+        assert "lacks keys" not in caplog.text and "not readable" not in caplog.text  # pydicom's recorders
+        assert str(dicomdir.DirectoryRecordSequence[0].PatientName) == "Müller^Jörg"
+        [inst] = list(FileSet(dicomdir))
+        assert inst.SOPClassUID == pydicom.uid.BasicTextSRStorage
+        assert inst.load().PatientName == "Müller^Jörg"
+        if shutil.which("dcmdump"):
+            dump = subprocess.run(["dcmdump", "-q", str(out / "DICOMDIR")], capture_output=True, timeout=60,
+                                  check=False)
+            assert dump.returncode == 0 and dump.stderr == b""
+    finally:
+        s.close()
