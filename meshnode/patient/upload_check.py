@@ -225,7 +225,7 @@ def central_directory_refusal(path: Path, files_left: int) -> str | None:
         at = tail.rfind(b"PK\x05\x06")
         if at < 0 or len(tail) < at + 22:
             return None
-        entries, cd_size = struct.unpack("<H4xI", tail[at + 10:at + 20])
+        entries, cd_size = struct.unpack("<HI", tail[at + 10:at + 16])  # total entries, directory size
         if (entries == 0xFFFF or cd_size == 0xFFFFFFFF) and at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
             (z64_offset,) = struct.unpack("<Q", tail[at - 12:at - 4])
             stream.seek(z64_offset)

@@ -143,3 +143,17 @@ def test_a_member_that_inflates_past_its_declared_size_is_refused(tmp_path: Path
     [v] = check_file(archive, "lie.zip", LIMITS, scratch)
     assert v.outcome is Outcome.REFUSED and v.reason
     assert list(scratch.iterdir()) == []
+
+
+def test_an_honest_archive_with_large_members_passes_the_index_bound(tmp_path: Path) -> None:
+    """The bound is on the central directory's size, not where it starts (a CD of big files, measured: 100 CT
+    slices were refused before this test)."""
+    files = ct_files(tmp_path / "in", 3)
+    padded = [f.read_bytes() for f in files]
+    archive = tmp_path / "big.zip"
+    archive.write_bytes(zip_bytes([(f"IM{i}", data) for i, data in enumerate(padded)]
+                                  + [("pad.bin", bytes(200_000))], zipfile.ZIP_STORED))
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    v = {x.name: x for x in check_file(archive, "big.zip", UploadLimits(1 << 20, 1 << 30, files_left=4), scratch)}
+    assert [v[f"big.zip/IM{i}"].outcome for i in range(3)] == [Outcome.ACCEPTED] * 3
