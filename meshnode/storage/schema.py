@@ -437,4 +437,24 @@ MIGRATIONS = (
     ) STRICT;
     CREATE INDEX patient_link_events_by_link ON patient_link_events (link_id, seq)
     """,
+    # 24: upload quarantine (issue 14, UPLOAD): resumable uploads through upload links (their durable offset) and
+    # the verdict on every file they held; accepted ones wait in quarantine for the PACS team's decision
+    """
+    CREATE TABLE patient_uploads (
+        upload_id TEXT PRIMARY KEY, link_id TEXT NOT NULL, name TEXT NOT NULL, length INTEGER NOT NULL,
+        received INTEGER NOT NULL, state TEXT NOT NULL CHECK (state IN ('receiving', 'checked')),
+        created_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX patient_uploads_by_link ON patient_uploads (link_id);
+    CREATE TABLE patient_upload_files (
+        file_id INTEGER PRIMARY KEY, link_id TEXT NOT NULL, upload_id TEXT NOT NULL, name TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('accepted', 'refused', 'skipped')), reason TEXT NOT NULL,
+        sha256 TEXT NOT NULL, size INTEGER NOT NULL, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
+        sop_uid TEXT NOT NULL, patient_name TEXT NOT NULL, patient_id TEXT NOT NULL, study_date TEXT NOT NULL,
+        study_description TEXT NOT NULL, modality TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('held', 'accepted', 'rejected', 'none')), decided_by TEXT NOT NULL,
+        created_ms INTEGER NOT NULL, archived INTEGER NOT NULL, person TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX patient_upload_files_by_link ON patient_upload_files (link_id, state)
+    """,
 )

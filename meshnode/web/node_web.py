@@ -18,6 +18,8 @@ from meshnode.node.context import keep_running
 from meshnode.node.control_routes import routes as control_routes
 from meshnode.notify.notifier import Notifier
 from meshnode.storage.audit import AuditEvent
+from meshnode.patient.uploads import AuditFn, Uploads
+from meshnode.storage.sqlite_uploads import SqliteUploadStore
 from meshnode.storage.sqlite_users import SqliteUserStore
 from meshnode.web.app import Route, WebApp
 from meshnode.web.auth import Authenticator
@@ -46,6 +48,7 @@ from meshnode.web.patient_web import PatientWeb, media_planner
 from meshnode.study.key_image import key_image
 from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
+from meshnode.web.uploads_web import UploadsWeb
 from meshnode.web.users_web import UsersWeb
 from meshnode.web.wado import Wado
 from meshnode.web.webhooks import Webhooks
@@ -72,6 +75,7 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     # the patient pages get `links` (None when [patient_access] is off); the control API uses node.patient_links
     links = _patient_links(node, users)
     node.patient_links = links
+    upload_store = SqliteUploadStore(db_path) if ctx.config.patient_access.enabled else None
     if notifier is not None:
         ctx.events.subscribe(notifier.on_event)
     try:
@@ -85,6 +89,10 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
             if http.enabled or ctx.config.patient_access.own_listener:
                 async def audit(event: AuditEvent) -> None:
                     await ctx.audit(event)
+
+                uploads = patient_uploads(node, upload_store, audit)
+                if uploads is not None:  # abandoned uploads (their link ended) swept hourly
+                    nursery.start_soon(keep_running, "upload sweep", uploads.run)
 
                 services = WebServices(http, ctx.org, ctx.storage, ctx.db, audit, ctx.clock)
                 auth = Authenticator(users, ctx.clock, http.session_idle_seconds)
@@ -114,13 +122,16 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                                                                       own_org=ctx.org), view.outbox).routes(),
                     *RequestsWeb(lambda: node.requests, audit).routes(),  # study requests, prior queries
                     *PatientLinksWeb(lambda: links).routes(),  # patient links: staff create, list, revoke, unlock
+                    # issue 14: the PACS team's review of patient uploads (the /p/ tus routes: the public app)
+                    *UploadsWeb(lambda: uploads).staff_routes(),
                 ]
                 # the patient pages (issue 14): under /p/ here, or on a listener of their own
                 patient = ctx.config.patient_access
                 patient_web = _patient_web(node, services, links)
-                # every route of the patient pages (paths under /p/; upload routes join here, behind the same gate)
-                public_routes = patient_web.routes() if patient_web is not None else []
-                if not patient.own_listener:
+                # with them, the uploader's tus routes (meshnode.web.uploads_web), behind the pages' session check
+                public_routes = [] if patient_web is None else [
+                    *patient_web.routes(), *UploadsWeb(lambda: uploads, patient_web, links).public_routes()]
+                if patient_web is not None and not patient.own_listener:
                     routes.extend(public_routes)
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)
@@ -143,6 +154,17 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
             if isinstance(store, SqliteLinkStore):
                 store.close()
         users.close()
+        if upload_store is not None:
+            upload_store.close()
+
+
+def patient_uploads(node: Node, store: SqliteUploadStore | None, audit: AuditFn) -> Uploads | None:
+    """Uploads through patient upload links ([patient_access] on): the public app's tus routes and the
+    staff review share this one."""
+    ctx = node.ctx
+    if store is None:
+        return None
+    return Uploads(ctx.home.path, store, ctx.config.patient_access, audit, lambda: node.gateway.intake, ctx.clock)
 
 
 def _patient_web(node: Node, services: WebServices, links: LinkService | None) -> PatientWeb | None:

@@ -1,0 +1,448 @@
+"""Uploads through patient upload links: the part files, the checks, the quarantine (issue 14).
+
+    <home>/uploads/<hash of link ID>/<upload ID>.part        a resumable upload as it arrives
+    <home>/tmp/uploads/<random>/                             ZIP members while they are checked
+    <home>/quarantine/<hash of link ID>/<sha256>.dcm         accepted files, until the PACS team decides
+
+Every name on disk is a hash or a random ID: nothing an uploader sends (file names, relative paths) is
+ever part of a path. Before anything is written into quarantine the resolved target is checked to be a
+direct child of the link's quarantine folder.
+
+Durable before acknowledged: the bytes of an append are fsynced, then the new offset is committed to the
+store, and only then does the caller answer with it. After a crash the part file is cut back to the
+committed offset (bytes past it were never acknowledged), so a client resumes from there.
+
+Per link: the declared lengths of its uploads plus the bytes unpacked from its archives stay within
+max_upload_mb; its uploads plus their files within max_files; each file within max_file_mb.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+
+from meshnode.gateway.intake import PreparedInstance, StudyIntake
+from meshnode.patient.config import PatientAccessConfig
+from meshnode.patient.links import LinkGrant
+from meshnode.patient.upload_check import (
+    Outcome,
+    UploadLimits,
+    Verdict,
+    check_file,
+    display_name,
+)
+from meshnode.patient.upload_errors import UploadLimitError, UploadStateError
+from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.audit import Outcome as AuditOutcome
+from meshnode.storage.records import hash_uid
+from meshnode.storage.upload_store import (
+    ACCEPTED,
+    HELD,
+    NONE,
+    RECEIVING,
+    REJECTED,
+    FileRow,
+    UploadRow,
+    UploadStore,
+)
+from protocol.errors import NotFoundError, StorageError
+
+log = logging.getLogger(__name__)
+
+AuditFn = Callable[[AuditEvent], Awaitable[None]]
+MB = 1 << 20
+#: bytes written per thread hop while a PATCH body arrives
+WRITE_BATCH = 1 << 20
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+SWEEP_EVERY_S = 3600.0
+#: refusals that look like an attack rather than a mistake (audited as a Security Alert, 110113)
+HOSTILE = frozenset({"executable-preamble", "archive-refused"})
+
+
+def link_folder(link_id: str) -> str:
+    """The folder name of a link: a hash, whatever the link ID looks like."""
+    return hashlib.sha256(link_id.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def valid_upload_id(text: str) -> bool:
+    return bool(_UPLOAD_ID.fullmatch(text))
+
+
+@dataclass(frozen=True)
+class HeldStudy:
+    study_uid: str
+    patient_name: str
+    patient_id: str
+    study_date: str
+    study_description: str
+    modalities: tuple[str, ...]
+    files: int
+    bytes: int
+
+
+class Uploads:
+    def __init__(self, home: Path, store: UploadStore, config: PatientAccessConfig, audit: AuditFn,
+                 intake: Callable[[], StudyIntake | None], clock: Callable[[], float]) -> None:
+        self.home = home
+        self.store = store
+        self.config = config
+        self.audit = audit
+        self.intake = intake
+        self.clock = clock
+        self.parts_root = home / "uploads"
+        self.quarantine_root = home / "quarantine"
+        self.scratch_root = home / "tmp" / "uploads"
+        self._busy: set[str] = set()
+        self._deciding: set[str] = set()
+        self._locks: dict[str, trio.Lock] = {}
+
+    # -- the uploader's side (tus) --------------------------------------------------------------------
+
+    async def create(self, grant: LinkGrant, length: int, name: str) -> UploadRow:
+        max_file = self.config.max_file_mb * MB
+        if length < 0:
+            raise UploadStateError("Upload-Length must not be negative")
+        if length > max_file:
+            raise UploadLimitError(f"the file is {length} bytes, over the limit of {max_file} bytes per file")
+        row = UploadRow(secrets.token_hex(16), grant.link_id, display_name(name), length, 0, RECEIVING,
+                        int(self.clock() * 1000))
+        part = self._part(row)
+
+        def make() -> None:
+            usage = self.store.usage(grant.link_id)
+            if usage.files + 1 > self.config.max_files:
+                raise UploadLimitError(f"this link takes at most {self.config.max_files} files")
+            if usage.bytes + length > self.config.max_upload_mb * MB:
+                raise UploadLimitError(f"this link takes at most {self.config.max_upload_mb} MB in all")
+            part.parent.mkdir(parents=True, exist_ok=True)
+            with open(part, "xb") as out:
+                os.fsync(out.fileno())
+            _fsync_dir(part.parent)
+            self.store.create_upload(row)
+
+        async with self._lock(grant.link_id):  # the usage check and the new row together (no overbooking)
+            await trio.to_thread.run_sync(make)
+        log.info("upload %s created on link %s: %d bytes", row.upload_id, link_folder(grant.link_id), length)
+        if length == 0:  # complete as created (tus): checked (and refused as empty) at once
+            await self._complete(grant, row)
+        return row
+
+    async def status(self, grant: LinkGrant, upload_id: str) -> UploadRow:
+        """The upload, if it is this link's (NotFoundError otherwise: another link's ID is unknown here)."""
+        if not valid_upload_id(upload_id):
+            raise NotFoundError("no such upload")
+        row = await trio.to_thread.run_sync(self.store.upload, grant.link_id, upload_id)
+        if row is None:
+            raise NotFoundError("no such upload")
+        return row
+
+    async def append(self, grant: LinkGrant, upload_id: str, offset: int, chunks: AsyncIterator[bytes],
+                     declared: int | None) -> UploadRow:
+        """Append a PATCH body at `offset`; durable (fsynced, offset committed) on return. A body cut short
+        keeps what arrived (durable too) and re-raises. Past the upload's length: UploadLimitError, nothing
+        kept of this body."""
+        row = await self.status(grant, upload_id)
+        if row.state != RECEIVING:
+            raise UploadStateError("this upload is complete")
+        if offset != row.received:
+            raise UploadStateError(f"Upload-Offset {offset} is not the upload's offset {row.received}")
+        if declared is not None and offset + declared > row.length:
+            raise UploadLimitError(f"the body would take the upload past its length of {row.length} bytes")
+        if upload_id in self._busy:
+            raise UploadStateError("another request is appending to this upload")
+        self._busy.add(upload_id)
+        try:
+            received = await self._write(row, chunks)
+            row = UploadRow(row.upload_id, row.link_id, row.name, row.length, received, row.state, row.created_ms)
+            if received == row.length:  # (again, if the checks failed the first time: an empty PATCH retries)
+                await self._complete(grant, row)
+        finally:
+            self._busy.discard(upload_id)
+        return row
+
+    async def _write(self, row: UploadRow, chunks: AsyncIterator[bytes]) -> int:
+        out = await trio.to_thread.run_sync(_open_at, self._part(row), row.received)
+        written = 0  # bytes of this body in the file
+        pending: list[bytes] = []
+        size = 0  # bytes of this body still in `pending`
+        try:
+            try:
+                async for chunk in chunks:
+                    if row.received + written + size + len(chunk) > row.length:
+                        raise UploadLimitError(f"the body takes the upload past its length of {row.length} bytes")
+                    pending.append(chunk)
+                    size += len(chunk)
+                    if size >= WRITE_BATCH:
+                        await trio.to_thread.run_sync(out.write, b"".join(pending))
+                        written, pending, size = written + size, [], 0
+            except UploadLimitError:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(out.truncate, row.received)
+                written, pending, size = 0, [], 0
+                raise
+            finally:
+                # what arrived before a drop is kept and made durable, so the client resumes after it
+                with trio.CancelScope(shield=True):
+                    if size:
+                        await trio.to_thread.run_sync(out.write, b"".join(pending))
+                        written += size
+                    await trio.to_thread.run_sync(_sync, out)
+                    if written:
+                        await trio.to_thread.run_sync(self.store.set_received, row.upload_id,
+                                                      row.received + written)
+        finally:
+            await trio.to_thread.run_sync(out.close)
+        return row.received + written
+
+    async def delete(self, grant: LinkGrant, upload_id: str) -> None:
+        row = await self.status(grant, upload_id)
+        if row.state != RECEIVING or upload_id in self._busy:
+            raise UploadStateError("this upload cannot be deleted now")
+
+        def remove() -> None:
+            self.store.delete_upload(upload_id)
+            self._part(row).unlink(missing_ok=True)
+
+        await trio.to_thread.run_sync(remove)
+
+    async def sweep(self) -> int:
+        """Delete uploads still receiving after an upload link's whole lifetime (upload_days and a day): no
+        link can finish them any more. Returns how many."""
+        before_ms = int((self.clock() - (self.config.upload_days + 1) * 86400) * 1000)
+
+        def remove() -> int:
+            stale = [u for u in self.store.stale_uploads(before_ms) if u.upload_id not in self._busy]
+            for u in stale:
+                self.store.delete_upload(u.upload_id)
+                self._part(u).unlink(missing_ok=True)
+            return len(stale)
+
+        removed = await trio.to_thread.run_sync(remove)
+        if removed:
+            log.info("removed %d abandoned upload(s)", removed)
+        return removed
+
+    async def run(self) -> None:
+        """Sweep abandoned uploads once an hour (under meshnode.node.context.keep_running)."""
+        while True:
+            await self.sweep()
+            await trio.sleep(SWEEP_EVERY_S)
+
+    async def results(self, grant: LinkGrant) -> tuple[list[UploadRow], list[FileRow]]:
+        """The link's uploads not yet checked, and the verdicts on its files."""
+        def read() -> tuple[list[UploadRow], list[FileRow]]:
+            return self.store.receiving(grant.link_id), self.store.files(grant.link_id)
+
+        return await trio.to_thread.run_sync(read)
+
+    async def _complete(self, grant: LinkGrant, row: UploadRow) -> None:
+        def check() -> list[FileRow]:
+            usage = self.store.usage(grant.link_id)
+            limits = UploadLimits(
+                max_file_bytes=self.config.max_file_mb * MB,
+                total_bytes_left=max(0, self.config.max_upload_mb * MB - usage.bytes),
+                files_left=max(0, self.config.max_files - usage.files + 1),  # this upload counts already
+            )
+            return self._check_and_hold(grant, row, limits)
+
+        async with self._lock(grant.link_id):  # one link's totals are read and spent by one check at a time
+            rows = await trio.to_thread.run_sync(check)
+        held = sum(1 for r in rows if r.state == HELD)
+        hostile = [r for r in rows if r.error in HOSTILE]
+        if hostile:  # an executable preamble or a path trick: the security officer wants to know
+            await self.audit(AuditEvent(
+                EventCode.SECURITY_ALERT, "upload-hostile-file", AuditOutcome.SERIOUS_FAILURE,
+                actor=f"link:{grant.link_id}",
+                detail=f"{len(hostile)} file(s) refused: " + "; ".join(sorted({r.error for r in hostile}))))
+        await self.audit(AuditEvent(
+            EventCode.IMPORT, "upload-received", AuditOutcome.SUCCESS if held == len(rows) else AuditOutcome.MINOR_FAILURE,
+            actor=f"link:{grant.link_id}",
+            detail=f"{held} of {len(rows)} file(s) held in quarantine, {len(rows) - held} refused or skipped"))
+
+    def _check_and_hold(self, grant: LinkGrant, row: UploadRow, limits: UploadLimits) -> list[FileRow]:
+        """In a worker thread: the checks, then every accepted file into quarantine, then the verdicts."""
+        part = self._part(row)
+        scratch = self.scratch_root / secrets.token_hex(16)
+        scratch.mkdir(parents=True)
+        now_ms = int(self.clock() * 1000)
+        rows: list[FileRow] = []
+        try:
+            for verdict in check_file(part, row.name, limits, scratch):
+                rows.append(self._hold(grant, row, verdict, now_ms))
+            self.store.finish(row.upload_id, rows)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        # only once the verdicts are committed: a failure before leaves the part, and an empty PATCH at the
+        # end offset runs the checks again
+        part.unlink(missing_ok=True)
+        return rows
+
+    def _hold(self, grant: LinkGrant, row: UploadRow, verdict: Verdict, now_ms: int) -> FileRow:
+        archived = verdict.name != row.name
+        instance = verdict.instance
+        if verdict.outcome is not Outcome.ACCEPTED or instance is None:
+            return FileRow(grant.link_id, row.upload_id, display_name(verdict.name), verdict.outcome.value,
+                           verdict.reason, state=NONE, created_ms=now_ms, archived=archived, person=grant.person,
+                           error=verdict.error)
+        folder = self.quarantine_root / link_folder(grant.link_id)
+        target = self.quarantine_file(grant.link_id, instance.sha256)
+        folder.mkdir(parents=True, exist_ok=True)
+        if target.resolve().parent != folder.resolve():  # the os-level check: nowhere but this folder
+            raise StorageError("a quarantine path outside the quarantine folder")
+        if not target.exists():
+            tmp = folder / f".{secrets.token_hex(8)}.tmp"
+            shutil.copyfile(instance.path, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(folder)
+        a = instance.attributes
+        return FileRow(grant.link_id, row.upload_id, display_name(verdict.name), Outcome.ACCEPTED.value, "",
+                       instance.sha256, instance.size, a.study_instance_uid, a.series_instance_uid,
+                       a.sop_instance_uid, a.patient_name, a.patient_id, a.study_date, a.study_description,
+                       a.modality, HELD, "", now_ms, archived, grant.person)
+
+    def _lock(self, link_id: str) -> trio.Lock:
+        if len(self._locks) > 10_000:  # forget idle ones now and then
+            self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+        return self._locks.setdefault(link_id, trio.Lock())
+
+    def _part(self, row: UploadRow) -> Path:
+        if not valid_upload_id(row.upload_id):
+            raise StorageError("not an upload ID")
+        return self.parts_root / link_folder(row.link_id) / f"{row.upload_id}.part"
+
+    def quarantine_file(self, link_id: str, sha256: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise StorageError("not a SHA-256")
+        return self.quarantine_root / link_folder(link_id) / f"{sha256}.dcm"
+
+    # -- the PACS team's review ------------------------------------------------------------------------
+
+    async def held(self) -> list[dict[str, object]]:
+        def read() -> list[dict[str, object]]:
+            out: list[dict[str, object]] = []
+            for link_id in self.store.held_links():
+                files = self.store.files(link_id)
+                held = [f for f in files if f.state == HELD]
+                out.append({
+                    "link": link_id, "person": held[0].person if held else "",
+                    "files": len(held), "bytes": sum(f.size for f in held),
+                    "refused": [{"name": f.name, "reason": f.reason} for f in files if f.outcome != ACCEPTED],
+                    "studies": [asdict(s) for s in _studies(held)],
+                })
+            return out
+
+        return await trio.to_thread.run_sync(read)
+
+    async def accept(self, link_id: str, user: str) -> int:
+        """Ingest the link's held files through the node's intake (routing rules and reconciliation apply),
+        then mark them accepted and remove them from quarantine. Returns the instances stored."""
+        intake = self.intake()
+        if intake is None:
+            raise UploadStateError("this node runs no study intake (the gateway is not started)")
+        async with self._deciding_on(link_id):
+            files = [f for f in await trio.to_thread.run_sync(self.store.files, link_id) if f.state == HELD]
+            if not files:
+                raise UploadStateError("nothing of this link is held in quarantine (decided already?)")
+            stored = 0
+            for sha in dict.fromkeys(f.sha256 for f in files):
+                path = self.quarantine_file(link_id, sha)
+
+                def prepare(p: Path = path) -> PreparedInstance:
+                    return intake.prepare(p.read_bytes(), f"upload:{link_folder(link_id)}")
+
+                prepared = await trio.to_thread.run_sync(prepare)
+                await intake.commit(prepared, None)
+                stored += 1
+            await trio.to_thread.run_sync(self.store.decide, link_id, ACCEPTED, user, [f.file_id for f in files])
+            await trio.to_thread.run_sync(self._remove, link_id, files)
+        studies = sorted({f.study_uid for f in files})
+        await self.audit(AuditEvent(EventCode.IMPORT, "upload-accepted", actor=f"user:{user}",
+                                    study=hash_uid(studies[0]) if len(studies) == 1 else "",
+                                    detail=f"link {link_folder(link_id)}: {stored} instance(s) ingested, "
+                                           f"{len(studies)} stud(ies)"))
+        return stored
+
+    async def reject(self, link_id: str, user: str, reason: str) -> int:
+        async with self._deciding_on(link_id):
+            moved = await trio.to_thread.run_sync(self.store.decide, link_id, REJECTED, user)
+            if not moved:
+                raise UploadStateError("nothing of this link is held in quarantine (decided already?)")
+            await trio.to_thread.run_sync(self._remove, link_id, moved)
+        await self.audit(AuditEvent(EventCode.IMPORT, "upload-rejected", AuditOutcome.MINOR_FAILURE,
+                                    actor=f"user:{user}",
+                                    detail=f"link {link_folder(link_id)}: {len(moved)} file(s) deleted: "
+                                           f"{reason}"[:300]))
+        return len(moved)
+
+    def _remove(self, link_id: str, decided: list[FileRow]) -> None:
+        """Delete the decided files from quarantine (a file held again since, by a later upload of the same
+        bytes, stays)."""
+        still = {f.sha256 for f in self.store.files(link_id) if f.state == HELD}
+        for sha in {f.sha256 for f in decided} - still:
+            self.quarantine_file(link_id, sha).unlink(missing_ok=True)
+        folder = self.quarantine_root / link_folder(link_id)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+    def _deciding_on(self, link_id: str) -> _Deciding:
+        return _Deciding(self._deciding, link_id)
+
+
+class _Deciding:
+    """One decision per link at a time in this process (the store's compare-and-set covers the rest)."""
+
+    def __init__(self, busy: set[str], link_id: str) -> None:
+        self.busy = busy
+        self.link_id = link_id
+
+    async def __aenter__(self) -> None:
+        if self.link_id in self.busy:
+            raise UploadStateError("another decision on this link is under way")
+        self.busy.add(self.link_id)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.busy.discard(self.link_id)
+
+
+def _studies(files: list[FileRow]) -> list[HeldStudy]:
+    by: dict[str, list[FileRow]] = {}
+    for f in files:
+        by.setdefault(f.study_uid, []).append(f)
+    return [HeldStudy(uid, fs[0].patient_name, fs[0].patient_id, fs[0].study_date, fs[0].study_description,
+                      tuple(sorted({f.modality for f in fs if f.modality})), len(fs), sum(f.size for f in fs))
+            for uid, fs in sorted(by.items())]
+
+
+def _open_at(part: Path, received: int) -> BinaryIO:
+    """The part file opened for appending at the committed offset (a tail past it was never acknowledged)."""
+    out = open(part, "r+b")  # noqa: SIM115 (the caller closes it after the body)
+    out.truncate(received)
+    out.seek(received)
+    return out
+
+
+def _sync(out: BinaryIO) -> None:
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+

@@ -1,0 +1,154 @@
+"""meshnode.patient.upload_check: each check on its own (the hostile upload cases are in
+tests/adversary/test_uploads.py)."""
+
+from __future__ import annotations
+
+import posixpath
+import zipfile
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshnode.patient.upload_check import (
+    Outcome,
+    UploadLimits,
+    check_file,
+    preamble_refusal,
+    zip_name_refusal,
+)
+from tests.meshnode.patient.upload_files import ct_files, dicomdir_bytes, zip_bytes
+
+LIMITS = UploadLimits(max_file_bytes=10 << 20, total_bytes_left=100 << 20, files_left=100)
+
+
+def test_zero_and_tiff_preambles_pass_others_are_refused() -> None:
+    assert preamble_refusal(bytes(128)) is None
+    assert preamble_refusal(b"II*\x00" + bytes(124)) is None
+    assert preamble_refusal(b"MM\x00*" + bytes(124)) is None
+    assert "Windows executable" in (preamble_refusal(b"MZ" + bytes(126)) or "")
+    assert "ELF" in (preamble_refusal(b"\x7fELF" + bytes(124)) or "")
+    assert "Mach-O" in (preamble_refusal(b"\xcf\xfa\xed\xfe" + bytes(124)) or "")
+    assert "script" in (preamble_refusal(b"#!/bin/sh\n" + bytes(118)) or "")
+    assert "not empty" in (preamble_refusal(b"hello" + bytes(123)) or "")
+
+
+def test_a_good_instance_is_accepted_with_its_attributes(tmp_path: Path) -> None:
+    path = ct_files(tmp_path / "in", 1)[0]
+    [v] = check_file(path, "IMG0001", LIMITS, tmp_path)
+    assert v.outcome is Outcome.ACCEPTED and v.instance is not None
+    assert v.instance.attributes.study_instance_uid and v.instance.size == path.stat().st_size
+    assert len(v.instance.sha256) == 64
+
+
+def test_a_dicomdir_is_skipped_as_an_index(tmp_path: Path) -> None:
+    path = tmp_path / "DICOMDIR"
+    path.write_bytes(dicomdir_bytes())
+    [v] = check_file(path, "DICOMDIR", LIMITS, tmp_path)
+    assert v.outcome is Outcome.SKIPPED and "DICOMDIR" in v.reason
+
+
+def test_a_zip_of_a_cd_gives_one_verdict_per_member(tmp_path: Path) -> None:
+    files = ct_files(tmp_path / "in", 2)
+    archive = tmp_path / "cd.zip"
+    archive.write_bytes(zip_bytes([("DICOMDIR", dicomdir_bytes()), ("DICOM/IM1", files[0].read_bytes()),
+                                   ("DICOM/IM2", files[1].read_bytes()), ("AUTORUN.INF", b"[autorun]\n")]))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    verdicts = {v.name: v for v in check_file(archive, "cd.zip", LIMITS, scratch)}
+    assert verdicts["cd.zip/DICOMDIR"].outcome is Outcome.SKIPPED
+    assert verdicts["cd.zip/DICOM/IM1"].outcome is Outcome.ACCEPTED
+    assert verdicts["cd.zip/AUTORUN.INF"].outcome is Outcome.REFUSED
+    assert "not a DICOM file" in verdicts["cd.zip/AUTORUN.INF"].reason
+    im1 = verdicts["cd.zip/DICOM/IM1"].instance
+    assert im1 is not None and im1.path.parent == scratch and im1.path.read_bytes() == files[0].read_bytes()
+    assert len(list(scratch.iterdir())) == 2  # refused members leave nothing behind
+
+
+def test_a_zip_member_limit_counts(tmp_path: Path) -> None:
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(zip_bytes([(f"f{i}", b"x") for i in range(5)]))
+    [v] = check_file(archive, "a.zip", UploadLimits(1 << 20, 1 << 20, files_left=4), tmp_path)
+    assert v.outcome is Outcome.REFUSED and v.error == "upload-limit"
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_an_accepted_zip_name_stays_inside_the_archive(name: str) -> None:
+    if zip_name_refusal(name) is not None:
+        return
+    joined = posixpath.normpath(posixpath.join("/base", name))
+    assert joined == "/base" or joined.startswith("/base/")
+    assert "\\" not in name and "\x00" not in name and ".." not in name.split("/")
+
+
+@given(st.lists(st.sampled_from(["..", ".", "a", "", "C:", "b\\c", "\x00"]), min_size=1, max_size=6))
+def test_traversal_shapes_are_refused(parts: list[str]) -> None:
+    name = "/".join(parts)
+    hostile = (".." in parts or name.startswith(("/", "C:")) or any("\\" in p or "\x00" in p for p in parts)
+               or not name)
+    if hostile:
+        assert zip_name_refusal(name) is not None
+
+
+def test_a_huge_central_directory_is_refused_before_zipfile_reads_it(tmp_path: Path) -> None:
+    """zipfile makes an object per entry and counts by the directory's size: a lying end record (1 entry)
+    over a directory of 3000 entries is refused by the directory's size."""
+    import struct
+
+    data = bytearray(zip_bytes([(f"{i:05d}" * 40, b"") for i in range(3000)], zipfile.ZIP_STORED))
+    end = data.rindex(b"PK\x05\x06")
+    struct.pack_into("<HH", data, end + 8, 1, 1)  # entries on this disk, total entries: a lie
+    archive = tmp_path / "many.zip"
+    archive.write_bytes(bytes(data))
+    [v] = check_file(archive, "many.zip", UploadLimits(1 << 20, 1 << 30, files_left=10), tmp_path)
+    assert v.outcome is Outcome.REFUSED and "index" in v.reason and v.error == "upload-limit"
+    honest = tmp_path / "honest.zip"
+    honest.write_bytes(zip_bytes([(f"f{i}", b"") for i in range(30)]))
+    [v] = check_file(honest, "honest.zip", UploadLimits(1 << 20, 1 << 30, files_left=10), tmp_path)
+    assert v.outcome is Outcome.REFUSED and "holds 30 files" in v.reason
+
+
+def test_members_past_the_links_total_or_the_file_limit_are_refused(tmp_path: Path) -> None:
+    good = ct_files(tmp_path / "in", 1)[0].read_bytes()
+    archive = tmp_path / "big.zip"
+    archive.write_bytes(zip_bytes([("a.dcm", good), ("b.dcm", good), ("huge.dcm", bytes(len(good) + 1000))]))
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    limits = UploadLimits(max_file_bytes=len(good) + 100, total_bytes_left=len(good) + 10, files_left=10,
+                          max_ratio=10_000)
+    v = {x.name: x for x in check_file(archive, "big.zip", limits, scratch)}
+    assert v["big.zip/a.dcm"].outcome is Outcome.ACCEPTED
+    assert "total size" in v["big.zip/b.dcm"].reason
+    assert "per file" in v["big.zip/huge.dcm"].reason
+
+
+def test_a_member_that_inflates_past_its_declared_size_is_refused(tmp_path: Path) -> None:
+    """The central directory says 100 bytes; the data inflates to 100 000: the extraction's hard cap (or
+    zipfile's CRC check) refuses it, and no scratch file is left."""
+    import struct
+
+    data = bytearray(zip_bytes([("a.dcm", bytes(100_000))]))
+    for sig, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size fields
+        at = data.index(sig)
+        struct.pack_into("<I", data, at + offset, 100)
+    archive = tmp_path / "lie.zip"
+    archive.write_bytes(bytes(data))
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    [v] = check_file(archive, "lie.zip", LIMITS, scratch)
+    assert v.outcome is Outcome.REFUSED and v.reason
+    assert list(scratch.iterdir()) == []
+
+
+def test_an_honest_archive_with_large_members_passes_the_index_bound(tmp_path: Path) -> None:
+    """The bound is on the central directory's size, not where it starts (a CD of big files, measured: 100 CT
+    slices were refused before this test)."""
+    files = ct_files(tmp_path / "in", 3)
+    padded = [f.read_bytes() for f in files]
+    archive = tmp_path / "big.zip"
+    archive.write_bytes(zip_bytes([(f"IM{i}", data) for i, data in enumerate(padded)]
+                                  + [("pad.bin", bytes(200_000))], zipfile.ZIP_STORED))
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    v = {x.name: x for x in check_file(archive, "big.zip", UploadLimits(1 << 20, 1 << 30, files_left=4), scratch)}
+    assert [v[f"big.zip/IM{i}"].outcome for i in range(3)] == [Outcome.ACCEPTED] * 3
