@@ -109,16 +109,26 @@
     return true;
   }
 
+  // a session of an upload link (from before a reload): its page, not this one
+  async function uploadSession() {
+    try {
+      const response = await fetch("/p/api/uploads", { credentials: "same-origin" });
+      return response.ok;
+    } catch (e) {
+      return false;
+    }
+  }
+
   async function start() {
     readToken();
     if (!token) {
       if (await showShare()) return;
+      if (await uploadSession()) { location.replace("/p/upload"); return; }
       say("Open the link from your email to see your images.", true);
       return;
     }
     const reply = await post("/p/api/open", { token });
     if (!reply.ok) { say(explain(reply), true); return; }
-    if (reply.data.kind !== "share") { say("This link is for sending images to the hospital, not for viewing them.", true); return; }
     $("code-step").hidden = false;
     if (reply.data.code_pending) $("send-code").textContent = "Send a new code";
     say(reply.data.code_pending
@@ -144,6 +154,8 @@
     csrf = reply.data.csrf;
     token = "";
     $("code").value = "";
+    // an upload link: its page sends the images (the session cookie is the same)
+    if (reply.data.kind === "upload") { location.assign("/p/upload"); return; }
     if (!(await showShare())) say("You are signed in, but the images could not be loaded. Please try again.", true);
   });
 
