@@ -310,7 +310,7 @@ class LinkService:
             raise PatientAccessError("offset: 0 or more")
         now = self.clock()
         found = await self._db(lambda: self.store.links(kind=kind, owner=owner, limit=limit, offset=offset))
-        rows = [view(x, now) for x in found]
+        rows = [view(x, now) | {"email_sent": await self._email_sent(x)} for x in found]
         if actor:
             ids = " ".join(_share(x) for x in found)
             await self.audit(AuditEvent(EventCode.PATIENT_RECORD, "patient-links-listed", actor=actor,
@@ -327,6 +327,7 @@ class LinkService:
             await self.audit(AuditEvent(EventCode.PATIENT_RECORD, "patient-link-shown", actor=actor,
                                         detail=f"share:{link.link_id} with its history"))
         out = view(link, self.clock())
+        out["email_sent"] = any(e.action == "email sent" for e in events) or await self._email_sent(link)
         out["history"] = [{"at": e.at, "action": e.action, "actor": e.actor, "client": e.client,
                            "detail": e.detail} for e in events]
         return out
@@ -509,6 +510,10 @@ class LinkService:
         if link.parent_id:
             parent = await self._db(lambda: self.store.link(link.parent_id))
             pl.require_parent_usable(parent, now)
+
+    async def _email_sent(self, link: PatientLink) -> bool:
+        """False for a link stored but never emailed (a crash between the two): staff see "email not sent"."""
+        return bool(await self._db(lambda: self.store.last_event_at(link.link_id, "email sent", "")))
 
     async def _owned(self, link: PatientLink, owner: str | None) -> None:
         """LinkGone (one answer: no hint it exists) unless `owner` made the link or the share it came from."""

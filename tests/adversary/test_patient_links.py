@@ -700,3 +700,15 @@ async def test_minor10_the_staff_list_pages(links: LinkService, smtp: SmtpServer
 def test_minor11_the_link_service_does_not_import_the_web_layer() -> None:
     source = Path(service_module.__file__).read_text()
     assert "meshnode.web" not in source
+
+
+async def test_minor2_a_link_left_unsent_by_a_crash_shows_as_not_sent(links: LinkService, smtp: SmtpServer) -> None:
+    sent_id, _ = await _share(links, smtp)
+    # a crash between storing a link and sending its email: only "created" in its history
+    link, _ = pl.create(kind=pl.SHARE, studies=[STUDY], person="Ann", email="b@example.org", code_to=MOBILE,
+                        created_by="user:alice", days=None, policy=pl.LinkPolicy(), now=links.clock(),
+                        draw=links.draw)
+    assert links.store.insert_link(link, (LinkEvent(link.link_id, links.clock(), "created", "user:alice"),))
+    rows = {r["id"]: r for r in await links.list_links()}
+    assert rows[sent_id]["email_sent"] is True and rows[link.link_id]["email_sent"] is False
+    assert (await links.history(link.link_id))["email_sent"] is False

@@ -101,7 +101,8 @@ async function refresh() {
           "aria-label": `Unlock the link for ${l.person}` }, "Unlock"));
       }
       body.append(el("tr", {}, el("td", { text: l.kind }), el("td", { text: l.person }), el("td", { text: l.email }),
-        el("td", { text: l.state + (l.revoke_reason ? ` (${l.revoke_reason})` : "") }),
+        el("td", { text: l.state + (l.revoke_reason ? ` (${l.revoke_reason})` : "") +
+          (!l.email_sent && l.state !== "revoked" ? " (email not sent: revoke it and make a new one)" : "") }),
         el("td", { text: when(l.expires_at) }), el("td", { text: l.created_by }), actions));
     }
     say("list-status", data.links.length ? "" : (offset ? "No older links." : "No links yet."));
