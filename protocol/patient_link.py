@@ -18,7 +18,11 @@ Decisions (docs/operators.md "Patient access"):
   count and lock and drops any code (a fresh code must be sent, the resend budget starts again).
 - Forwarding: only a share, only while usable, only if the policy allows it, at most `max_forwards` times,
   and a forwarded share cannot be forwarded again (depth 1: the clinician asks the hospital). The child
-  never outlives its parent. Revoking a share revokes the shares forwarded from it (the service does it).
+  never outlives its parent. Revoking a share revokes the shares forwarded from it (the service does it, in one
+  store transaction), and a forward is refused while its parent is revoked or expired (require_parent_usable);
+  a locked parent does not stop its forwards. A forward whose email failed does not count (forward_withdrawn).
+- A code that was never delivered is dropped and does not use the resend budget (code_not_delivered).
+- Every pattern is matched with fullmatch (a trailing newline is not a link ID, a UID or a code).
 """
 
 from __future__ import annotations
@@ -48,16 +52,17 @@ MAX_NAME = 128
 MAX_EMAIL = 254
 MAX_REASON = 500
 MAX_STUDIES = 50
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
-_LINK_ID = re.compile(r"^[0-9a-f]{32}$")
-_CODE = re.compile(r"^[0-9]{6}$")
-_E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
+# every pattern is used with fullmatch (`$` alone would accept a trailing newline)
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+_LINK_ID = re.compile(r"[0-9a-f]{32}")
+_CODE = re.compile(r"[0-9]{6}")
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 #: an address safe to write into a header: ASCII dot-atom local part, a domain name with a dot (no spaces,
 #: quotes, comments, line breaks)
 _EMAIL = re.compile(
     r"^(?=.{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 class LinkGone(NotFoundError):
@@ -195,7 +200,7 @@ def new_link_id(draw: Draw) -> str:
 
 def token_hash(token: str) -> str:
     """sha256 of a well-formed token, hex; LinkGone for anything else (a malformed token is just unknown)."""
-    if not isinstance(token, str) or not _TOKEN.match(token):
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         raise LinkGone()
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
@@ -209,7 +214,7 @@ def token_matches(link: PatientLink, token: str) -> bool:
 
 
 def check_link_id(value: object) -> str:
-    if not isinstance(value, str) or not _LINK_ID.match(value):
+    if not isinstance(value, str) or not _LINK_ID.fullmatch(value):
         raise LinkGone()
     return value
 
@@ -250,7 +255,7 @@ def code_channel(code_to: object, email: str) -> tuple[str, str]:
     link's own email (the two channels must be separate)."""
     if isinstance(code_to, str):
         text = code_to.strip().replace(" ", "")
-        if _E164.match(text):
+        if _E164.fullmatch(text):
             return SMS, text
     if isinstance(code_to, str) and "@" in code_to:
         second = check_email(code_to, "code_to")
@@ -272,7 +277,7 @@ def check_studies(values: object) -> tuple[str, ...]:
         raise PatientAccessError(f"studies: a list of 1 to {MAX_STUDIES} Study Instance UIDs")
     out: list[str] = []
     for v in values:
-        if not isinstance(v, str) or len(v) > 64 or not _UID.match(v):
+        if not isinstance(v, str) or len(v) > 64 or not _UID.fullmatch(v):
             raise PatientAccessError("studies: not a DICOM UID (digits and dots, at most 64 characters)")
         if v not in out:
             out.append(v)
@@ -347,6 +352,33 @@ def check_code(link: PatientLink, code: object, *, policy: LinkPolicy, now: floa
     locked = now if wrong >= policy.code_attempts else 0.0
     return replace(link, wrong_attempts=wrong, locked_at=locked, code_hash="" if locked else link.code_hash,
                    version=link.version + 1), False
+
+
+def code_not_delivered(link: PatientLink, digest: str) -> PatientLink:
+    """The code whose HMAC is `digest` never reached the person (the gateway or relay failed): it is dropped and
+    does not use the resend budget. A later code (another digest) is left alone."""
+    if not digest or link.code_hash != digest:
+        return link
+    return replace(link, code_hash="", code_expires_at=0.0, codes_sent=max(0, link.codes_sent - 1),
+                   version=link.version + 1)
+
+
+def forward_withdrawn(parent: PatientLink) -> PatientLink:
+    """A forward whose email could not be sent (the child is revoked): it does not count against max_forwards."""
+    return replace(parent, forwards=max(0, parent.forwards - 1), version=parent.version + 1)
+
+
+def require_parent_usable(parent: PatientLink | None, now: float) -> None:
+    """A forwarded share works only while the share it came from is neither revoked nor expired (nor gone).
+    A locked parent does not stop its forwards: the clinician proved their own code (docs/operators.md)."""
+    if parent is None or parent.state(now) in (LinkState.REVOKED, LinkState.EXPIRED):
+        raise LinkGone()
+
+
+def mask_email(address: str) -> str:
+    """"g***@example.org": enough for the patient to recognise an address, not to read it."""
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}***@{domain}"
 
 
 def revoke(link: PatientLink, *, reason: object, now: float) -> PatientLink:

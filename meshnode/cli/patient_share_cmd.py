@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     unlock = actions.add_parser("unlock", parents=[common],
                                 help="unlock a link locked after wrong codes (check who is asking first)")
     unlock.add_argument("id")
+    unlock.add_argument("--reason", required=True, help="how the person's identity was checked (kept in the history)")
     unlock.add_argument("--json", action="store_true")
     unlock.set_defaults(func=run_unlock)
     upload = sub.add_parser("upload-link", parents=[common],
@@ -113,6 +114,6 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 
 def run_unlock(args: argparse.Namespace) -> int:
-    result = _call(args, "/patient-links/unlock", {"id": args.id, "actor": _actor()})
+    result = _call(args, "/patient-links/unlock", {"id": args.id, "reason": args.reason, "actor": _actor()})
     emit(result, args.json, f"link {args.id} unlocked: the person must ask for a new code")
     return EXIT_OK

@@ -1,6 +1,7 @@
 """What `meshnode patient-share create|list|show|revoke|unlock|history` and `meshnode upload-link create` ask the
 running node (the control API): the link service (meshnode.patient.service) the web side made, with the
-control account as the actor ("control:<account>")."""
+control account as the actor ("control:<account>"). The control API is the operator's: it sees every link; an
+unlock needs a reason (how the person's identity was checked)."""
 
 from __future__ import annotations
 
@@ -33,16 +34,21 @@ def _id(body: dict[str, Any]) -> str:
 def routes(node: Node) -> dict[tuple[str, str], Handler]:
     async def create(body: dict[str, Any]) -> object:
         args = {k: body.get(k) for k in ("person", "email", "code_to", "days")}
-        if body.get("kind", "share") == "upload":
+        kind = body.get("kind", "share")
+        if kind == "upload":
+            if body.get("studies") not in (None, []):
+                raise PatientAccessError("an upload link has no studies")
             link_id = await _service(node).create_upload(control_actor(body), **args)
-        else:
+        elif kind == "share":
             link_id = await _service(node).create_share(control_actor(body), body.get("studies"), **args)
+        else:
+            raise PatientAccessError("kind: share or upload")
         return {"id": link_id}
 
     async def listing(body: dict[str, Any]) -> object:
         kind = body.get("kind")
-        return {"links": await _service(node).list(kind if isinstance(kind, str) else None,
-                                                   actor=control_actor(body))}
+        return {"links": await _service(node).list_links(kind if isinstance(kind, str) else None,
+                                                         actor=control_actor(body))}
 
     async def show(body: dict[str, Any]) -> object:
         return await _service(node).history(_id(body), actor=control_actor(body))
@@ -52,7 +58,7 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
         return {"revoked": True}
 
     async def unlock(body: dict[str, Any]) -> object:
-        await _service(node).unlock(control_actor(body), _id(body))
+        await _service(node).unlock(control_actor(body), _id(body), body.get("reason"))
         return {"unlocked": True}
 
     return {("POST", "/patient-links/create"): create, ("POST", "/patient-links"): listing,

@@ -16,7 +16,8 @@
     code_resends = 5                           # new codes a person may ask for on one link
     session_minutes = 30                       # a patient's signed-in page, without activity
     requests_per_minute = 60                   # per client address, on every public endpoint
-    sms_gateway_url = "https://sms.example.nhs.uk/send"   # POSTs {"to", "text"}, signed like webhooks
+    links_per_hour = 30                        # links one staff user (or control account) may make in an hour
+    sms_gateway_url = "https://sms.example.nhs.uk/send"   # POSTs {"id", "to", "text"}, signed like webhooks
     sms_secret_file = "sms.secret"             # the HMAC secret of those POSTs (or sms_secret = "...")
     upload_days = 14                           # how long an upload link lasts
     max_upload_mb = 8192                       # all files of one upload link together
@@ -24,7 +25,8 @@
     max_files = 20000                          # files in one upload link (ZIP members included)
 
 Email goes through [notify]'s SMTP relay (required when patient access is on). Relative paths are relative
-to the node directory.
+to the node directory. public_url and sms_gateway_url must be https:// (plain http only to 127.0.0.1, ::1 or
+localhost: a proxy on the same machine, the tests).
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from meshnode.web.config import _listen, _optional_url
 from protocol.config_reader import Table, defaults
+from protocol.errors import ConfigError
 
 #: The public listener's port `meshnode init` suggests: beside [http]'s 8731, and not 8443 (dcm4chee's HTTPS);
 #: tests/meshnode/web/test_http_port.py checks it against the software a node sits beside
@@ -59,6 +63,7 @@ TEMPLATE = """
 # code_resends = {code_resends}
 # session_minutes = {session_minutes}
 # requests_per_minute = {requests_per_minute}
+# links_per_hour = {links_per_hour}
 # sms_gateway_url = "https://sms.example.nhs.uk/send"
 # sms_secret_file = "sms.secret"
 # upload_days = {upload_days}
@@ -85,6 +90,7 @@ class PatientAccessConfig:
     code_resends: int = 5
     session_minutes: int = 30
     requests_per_minute: int = 60
+    links_per_hour: int = 30
     sms_gateway_url: str = ""
     sms_secret: str = ""
     sms_secret_file: str = ""
@@ -121,11 +127,22 @@ class PatientAccessConfig:
         if self.trusted_proxies:
             lines.append("trusted_proxies = [" + ", ".join(f'"{p}"' for p in self.trusted_proxies) + "]")
         for key in ("share_days", "max_share_days", "max_forwards", "code_attempts", "code_minutes", "code_resends",
-                    "session_minutes", "requests_per_minute", "upload_days", "max_upload_mb", "max_file_mb",
-                    "max_files"):
+                    "session_minutes", "requests_per_minute", "links_per_hour", "upload_days", "max_upload_mb",
+                    "max_file_mb", "max_files"):
             lines.append(f"{key} = {getattr(self, key)}")
         lines.append(f"allow_forward = {'true' if self.allow_forward else 'false'}")
         return "\n".join(lines) + "\n"
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _https_url(value: str, key: str) -> str:
+    """An https:// URL; plain http:// only to this machine (a code or a token must not cross a network in clear)."""
+    url = _optional_url(value, key)
+    if url and urlsplit(url).scheme != "https" and (urlsplit(url).hostname or "") not in LOOPBACK_HOSTS:
+        raise ConfigError(f"{key}: must be an https:// URL (plain http only to 127.0.0.1, ::1 or localhost)")
+    return url
 
 
 def parse_patient_access(root: Table, home: Path | None = None) -> PatientAccessConfig:
@@ -149,7 +166,7 @@ def parse_patient_access(root: Table, home: Path | None = None) -> PatientAccess
             raise t.error("sms_secret_file", f"cannot read {path}: {exc}") from None
     config = PatientAccessConfig(
         enabled=enabled,
-        public_url=t.text("public_url", d["public_url"], check=_optional_url),
+        public_url=t.text("public_url", d["public_url"], check=_https_url),
         listen=t.text("listen", d["listen"], check=_listen),
         tls_certificate=t.text("tls_certificate", d["tls_certificate"]),
         tls_key=t.text("tls_key", d["tls_key"]),
@@ -163,7 +180,8 @@ def parse_patient_access(root: Table, home: Path | None = None) -> PatientAccess
         code_resends=t.integer("code_resends", d["code_resends"], 0, 50),
         session_minutes=t.integer("session_minutes", d["session_minutes"], 1, 24 * 60),
         requests_per_minute=t.integer("requests_per_minute", d["requests_per_minute"], 1, 100_000),
-        sms_gateway_url=t.text("sms_gateway_url", d["sms_gateway_url"], check=_optional_url),
+        links_per_hour=t.integer("links_per_hour", d["links_per_hour"], 1, 10_000),
+        sms_gateway_url=t.text("sms_gateway_url", d["sms_gateway_url"], check=_https_url),
         sms_secret=secret,
         sms_secret_file=secret_file,
         upload_days=t.integer("upload_days", d["upload_days"], 1, 366),

@@ -5,6 +5,11 @@ Every change of a link is a compare-and-set on its `version` (protocol.patient_l
 transition): of two requests that read the same version, one writes and the other reads again and retries.
 So two wrong codes at once both count, and a revoke that lands first makes every later request see it. The
 history events of a change are written in the same transaction as the change, and only if it was written.
+Several links may change in one transaction (`update_links`: a share and its forwards revoked together, all or
+nothing). A row the schema refuses (a kind or channel not known) raises ValueError in both stores; a duplicate ID
+or token hash is False.
+
+History is read newest-last but only the newest `limit` events (a flood of old events cannot hide a revoke).
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from protocol.patient_link import PatientLink
+from protocol.patient_link import EMAIL, KINDS, SMS, PatientLink
 
 #: history actions (what the staff see)
-ACTIONS = ("created", "email sent", "email failed", "code sent", "code wrong", "locked", "unlocked", "opened",
-           "verified", "viewed", "downloaded", "key image", "uploaded", "forwarded", "revoked")
+ACTIONS = ("created", "email sent", "email failed", "code sent", "code not delivered", "code wrong", "locked",
+           "unlocked", "opened", "verified", "viewed", "downloaded", "key image", "uploaded", "forwarded",
+           "forward notice sent", "forward notice failed", "lock notice sent", "revoked")
+Change = tuple[PatientLink, int, tuple["LinkEvent", ...]]
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,14 @@ class LinkStore(Protocol):
         """The parent's update and the child's insert in one transaction (compare-and-set on the parent)."""
         ...
 
-    def links(self, kind: str | None = None, created_by: str | None = None, limit: int = 200) -> list[PatientLink]:
-        """Newest first (links made at the same time: the last made first)."""
+    def update_links(self, changes: tuple[Change, ...]) -> bool:
+        """Each (link, expected version, events) as update_link, all in one transaction: all written or none."""
+        ...
+
+    def links(self, kind: str | None = None, created_by: str | None = None, limit: int = 200,
+              offset: int = 0, owner: str | None = None) -> list[PatientLink]:
+        """Newest first (links made at the same time: the last made first), skipping `offset`; `owner`: the links
+        it made and the shares forwarded from those."""
         ...
 
     def children(self, link_id: str) -> list[PatientLink]:
@@ -61,8 +74,18 @@ class LinkStore(Protocol):
     def add_events(self, events: tuple[LinkEvent, ...]) -> None: ...
 
     def events(self, link_id: str, limit: int = 1000) -> list[LinkEvent]:
-        """Oldest first."""
+        """The newest `limit` events, oldest first."""
         ...
+
+    def last_event_at(self, link_id: str, action: str, client: str) -> float:
+        """When the newest event of this action from this client was written (0.0: never)."""
+        ...
+
+
+def check_row(link: PatientLink) -> None:
+    """What the SQLite schema's CHECKs refuse, refused the same way by both stores."""
+    if link.kind not in KINDS or link.code_channel not in (SMS, EMAIL):
+        raise ValueError(f"patient link {link.link_id}: kind or code channel not known")
 
 
 class MemoryLinkStore:
@@ -72,6 +95,7 @@ class MemoryLinkStore:
         self._events: list[LinkEvent] = []
 
     def insert_link(self, link: PatientLink, events: tuple[LinkEvent, ...] = ()) -> bool:
+        check_row(link)
         if link.link_id in self._links or any(x.token_hash == link.token_hash for x in self._links.values()):
             return False
         self._links[link.link_id] = link
@@ -93,8 +117,20 @@ class MemoryLinkStore:
         self._events.extend(events)
         return True
 
+    def update_links(self, changes: tuple[Change, ...]) -> bool:
+        for link, expected, _ in changes:
+            check_row(link)
+            stored = self._links.get(link.link_id)
+            if stored is None or stored.version != expected:
+                return False
+        for link, _, events in changes:
+            self._links[link.link_id] = link
+            self._events.extend(events)
+        return True
+
     def forward_link(self, parent: PatientLink, expected_version: int, child: PatientLink,
                      events: tuple[LinkEvent, ...] = ()) -> bool:
+        check_row(child)
         stored = self._links.get(parent.link_id)
         if stored is None or stored.version != expected_version or child.link_id in self._links:
             return False
@@ -104,12 +140,16 @@ class MemoryLinkStore:
         self._events.extend(events)
         return True
 
-    def links(self, kind: str | None = None, created_by: str | None = None, limit: int = 200) -> list[PatientLink]:
+    def links(self, kind: str | None = None, created_by: str | None = None, limit: int = 200,
+              offset: int = 0, owner: str | None = None) -> list[PatientLink]:
         rows = [self._links[i] for i in reversed(self._order)]  # newest first, ties by the order made
         rows = [x for x in rows if (kind is None or x.kind == kind) and (created_by is None or
                                                                          x.created_by == created_by)]
+        if owner is not None:
+            mine = {x.link_id for x in self._links.values() if x.created_by == owner}
+            rows = [x for x in rows if x.link_id in mine or x.parent_id in mine]
         rows.sort(key=lambda x: x.created_at, reverse=True)  # stable
-        return rows[:limit]
+        return rows[offset:offset + limit]
 
     def children(self, link_id: str) -> list[PatientLink]:
         return [self._links[i] for i in self._order if self._links[i].parent_id == link_id]
@@ -118,4 +158,9 @@ class MemoryLinkStore:
         self._events.extend(events)
 
     def events(self, link_id: str, limit: int = 1000) -> list[LinkEvent]:
-        return [e for e in self._events if e.link_id == link_id][:limit]
+        mine = [e for e in self._events if e.link_id == link_id]
+        return mine[max(0, len(mine) - limit):]
+
+    def last_event_at(self, link_id: str, action: str, client: str) -> float:
+        return next((e.at for e in reversed(self._events) if (e.link_id, e.action, e.client) == (link_id, action,
+                                                                                                  client)), 0.0)

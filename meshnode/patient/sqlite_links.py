@@ -7,7 +7,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
-from meshnode.patient.link_store import LinkEvent
+from meshnode.patient.link_store import Change, LinkEvent
 from meshnode.storage.sqlite_base import SqliteTables
 from protocol.patient_link import PatientLink
 
@@ -33,6 +33,19 @@ def _link(r: Sequence[object]) -> PatientLink:
                        code_hash=s[18], code_expires_at=float(s[19]), codes_sent=int(s[20]), version=int(s[21]))
 
 
+class _Lost(Exception):
+    """A compare-and-set in update_links lost: roll the transaction back."""
+
+
+def _insert(db: sqlite3.Connection, link: PatientLink) -> None:
+    """A plain INSERT (not OR IGNORE, which would swallow a CHECK failure): a row the schema refuses raises
+    ValueError, as in the memory store."""
+    try:
+        db.execute(f"INSERT INTO patient_links ({_COLUMNS}) VALUES ({_MARKS})", _values(link))
+    except sqlite3.IntegrityError as exc:
+        raise ValueError(f"patient link {link.link_id}: refused by the schema ({exc})") from None
+
+
 def _add_events(db: sqlite3.Connection, events: Sequence[LinkEvent]) -> None:
     db.executemany("INSERT INTO patient_link_events (link_id, at, action, actor, client, detail) VALUES"
                    " (?,?,?,?,?,?)", [(e.link_id, e.at, e.action, e.actor, e.client, e.detail) for e in events])
@@ -41,9 +54,10 @@ def _add_events(db: sqlite3.Connection, events: Sequence[LinkEvent]) -> None:
 class SqliteLinkStore(SqliteTables):
     def insert_link(self, link: PatientLink, events: tuple[LinkEvent, ...] = ()) -> bool:
         with self._tx() as db:
-            if db.execute(f"INSERT OR IGNORE INTO patient_links ({_COLUMNS}) VALUES ({_MARKS})",
-                          _values(link)).rowcount != 1:
+            if db.execute("SELECT 1 FROM patient_links WHERE link_id = ? OR token_hash = ?",
+                          (link.link_id, link.token_hash)).fetchone() is not None:
                 return False
+            _insert(db, link)
             _add_events(db, events)
             return True
 
@@ -67,6 +81,18 @@ class SqliteLinkStore(SqliteTables):
             _add_events(db, events)
             return True
 
+    def update_links(self, changes: tuple[Change, ...]) -> bool:
+        try:
+            with self._tx() as db:
+                for link, expected, _ in changes:
+                    if not self._update(db, link, expected):
+                        raise _Lost()  # rolls back the ones already written
+                for _, _, events in changes:
+                    _add_events(db, events)
+        except _Lost:
+            return False
+        return True
+
     def forward_link(self, parent: PatientLink, expected_version: int, child: PatientLink,
                      events: tuple[LinkEvent, ...] = ()) -> bool:
         with self._tx() as db:
@@ -75,11 +101,12 @@ class SqliteLinkStore(SqliteTables):
                 return False
             if not self._update(db, parent, expected_version):
                 return False
-            db.execute(f"INSERT INTO patient_links ({_COLUMNS}) VALUES ({_MARKS})", _values(child))
+            _insert(db, child)
             _add_events(db, events)
             return True
 
-    def links(self, kind: str | None = None, created_by: str | None = None, limit: int = 200) -> list[PatientLink]:
+    def links(self, kind: str | None = None, created_by: str | None = None, limit: int = 200,
+              offset: int = 0, owner: str | None = None) -> list[PatientLink]:
         where: list[str] = []
         args: list[object] = []
         if kind is not None:
@@ -88,9 +115,12 @@ class SqliteLinkStore(SqliteTables):
         if created_by is not None:
             where.append("created_by = ?")
             args.append(created_by)
+        if owner is not None:
+            where.append("(created_by = ? OR parent_id IN (SELECT link_id FROM patient_links WHERE created_by = ?))")
+            args += [owner, owner]
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         return [_link(r) for r in self._query(f"SELECT {_COLUMNS} FROM patient_links{clause} ORDER BY created_at"
-                                              " DESC, rowid DESC LIMIT ?", (*args, limit))]
+                                              " DESC, rowid DESC LIMIT ? OFFSET ?", (*args, limit, offset))]
 
     def children(self, link_id: str) -> list[PatientLink]:
         return [_link(r) for r in self._query(f"SELECT {_COLUMNS} FROM patient_links WHERE parent_id = ? ORDER BY"
@@ -102,5 +132,11 @@ class SqliteLinkStore(SqliteTables):
 
     def events(self, link_id: str, limit: int = 1000) -> list[LinkEvent]:
         return [LinkEvent(str(r[0]), float(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5])) for r in self._query(
-            "SELECT link_id, at, action, actor, client, detail FROM patient_link_events WHERE link_id = ? ORDER BY"
-            " seq LIMIT ?", (link_id, limit))]
+            "SELECT link_id, at, action, actor, client, detail FROM (SELECT seq, link_id, at, action, actor, client,"
+            " detail FROM patient_link_events WHERE link_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+            (link_id, limit))]
+
+    def last_event_at(self, link_id: str, action: str, client: str) -> float:
+        rows = self._query("SELECT at FROM patient_link_events WHERE link_id = ? AND action = ? AND client = ?"
+                           " ORDER BY seq DESC LIMIT 1", (link_id, action, client))
+        return float(str(rows[0][0])) if rows else 0.0

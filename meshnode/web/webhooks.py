@@ -23,13 +23,11 @@ byte, fails it like one that does not answer; at most 4 KiB of an answer is read
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -38,6 +36,7 @@ import trio
 
 from common.describe import iso
 from meshnode.node.events import StudyEvent
+from meshnode.notify.signed_post import AttemptResult, post, signature, verify_signature
 from meshnode.node.retry_driver import Database, Failure, RetryDriver, RetryPolicy, StoreFn
 from meshnode.storage.records import hash_uid
 from meshnode.web.config import WebhookConfig
@@ -49,32 +48,16 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
+#: the signing helpers moved to meshnode.notify.signed_post (shared with the patient links' SMS gateway)
+__all__ = ["AttemptResult", "Webhooks", "post", "signature", "verify_signature"]
 
 #: Between attempts of one notification: 2 s doubling to 15 min.
 RETRY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=900.0)
 
-TIMEOUT_S = 10.0
+TIMEOUT_S = 10.0  # the same as meshnode.notify.signed_post's
 CONCURRENCY = 4
 KEEP_SENT_BODIES_MS = 7 * 86_400_000
 QUEUE_PREFIX = "webhook:"
-
-
-def signature(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
-def verify_signature(secret: str, header: str, body: bytes, now: float, tolerance_s: int = 300) -> bool:
-    """What a receiver does (and the tests): check the HMAC and that the attempt is recent."""
-    fields = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    try:
-        timestamp = int(fields["t"])
-    except (KeyError, ValueError):
-        return False
-    if abs(now - timestamp) > tolerance_s:
-        return False
-    expected = signature(secret, timestamp, body).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, fields.get("v1", ""))
 
 
 def delivery_id(hook: WebhookConfig, event_key: str) -> str:
@@ -99,30 +82,6 @@ def event_body(hook: WebhookConfig, event: StudyEvent, org: str, peer_id: str, p
     if public_url:
         body["link"] = f"{public_url}/ui/#{'inbox' if event.direction == 'received' else 'outbox'}"
     return json.dumps(body, sort_keys=True).encode()
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    ok: bool
-    error: str
-
-
-async def post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str],
-               timeout: float = TIMEOUT_S) -> AttemptResult:
-    """One POST, all of it (connect, send, answer) within `timeout` seconds."""
-    with trio.move_on_after(timeout):
-        try:
-            async with client.stream("POST", url, content=body, headers={
-                    "Content-Type": "application/json", "User-Agent": "meshnode", **headers}) as response:
-                read = 0
-                async for chunk in response.aiter_raw():
-                    read += len(chunk)
-                    if read >= 4096:
-                        break
-                return AttemptResult(200 <= response.status_code < 300, f"HTTP {response.status_code}")
-        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-            return AttemptResult(False, f"{type(exc).__name__}: {exc}"[:300])
-    return AttemptResult(False, f"no complete answer within {timeout:g} s")
 
 
 class EventKeys:

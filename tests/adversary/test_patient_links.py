@@ -8,19 +8,35 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
+import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
 
-from meshnode.patient.link_store import MemoryLinkStore
+from meshnode.config import parse_config
+from meshnode.notify import smtp as smtp_mod
+from meshnode.notify.config import NotifyConfig
+from meshnode.patient import service as service_module
+from meshnode.patient.link_store import LinkEvent, MemoryLinkStore
 from meshnode.patient.links import LinkGrant, LinkKind
 from meshnode.patient.service import LinkService
 from meshnode.patient.sqlite_links import SqliteLinkStore
 from meshnode.storage.audit import EventCode
-from protocol.errors import NotFoundError, UnavailableError
-from protocol.patient_link import CodeLimitReached, CodeRefused, LinkGone, LinkLocked, PatientAccessError
+from protocol import patient_link as pl
+from protocol.errors import ConfigError, NotFoundError, UnavailableError
+from protocol.patient_link import (
+    CodeLimitReached,
+    CodeRefused,
+    LinkGone,
+    LinkLocked,
+    PatientAccessError,
+    PatientLink,
+)
+from tests.meshnode.notify.helpers import config_for
 from tests.meshnode.notify.smtp_server import SmtpServer
 from tests.meshnode.patient.helpers import STUDY, Clock, SmsGateway, service, token_of
 
@@ -146,7 +162,7 @@ async def test_wrong_codes_lock_the_link_and_tell_the_staff_user(
     assert link_id in notice.message.as_string() and "Ann Patient" not in notice.message.as_string()
     assert (await links.history(link_id))["state"] == "locked"
     # staff unlock: a fresh code is needed (the old one is gone)
-    await links.unlock("user:alice", link_id)
+    await links.unlock("user:pat", link_id, "phoned, date of birth checked")
     with pytest.raises(CodeRefused):
         await links.verify(token, code, CLIENT)
     assert (await links.verify(token, await _code(links, gateway, token), CLIENT)).link_id == link_id
@@ -333,7 +349,7 @@ async def test_an_unsent_email_withdraws_the_link(links: LinkService, smtp: Smtp
     smtp.handler.refuse_rcpt.add(PATIENT)
     with pytest.raises(UnavailableError, match="withdrawn"):
         await links.create_share("user:alice", [STUDY], "Ann", PATIENT, MOBILE)
-    (row,) = await links.list()
+    (row,) = await links.list_links()
     assert row["state"] == "revoked" and row["revoke_reason"] == "email not sent"
 
 
@@ -393,3 +409,306 @@ async def test_asking_for_new_codes_does_not_reset_the_wrong_count(
     code = await _code(links, gateway, token)
     with pytest.raises(LinkLocked):
         await links.verify(token, f"{(int(code) + 1) % 10**6:06d}", CLIENT)
+
+
+# -- the hostile review of 22:07 (notes/i14/reviews/links.md) --------------------------------------------------
+
+def _wrong(code: str) -> str:
+    return f"{(int(code) + 1) % 10**6:06d}"
+
+
+async def _lock(links: LinkService, gateway: SmsGateway, token: str) -> None:
+    code = await _code(links, gateway, token)
+    for _ in range(2):
+        with pytest.raises(CodeRefused):
+            await links.verify(token, _wrong(code), CLIENT)
+    with pytest.raises(LinkLocked):
+        await links.verify(token, _wrong(code), CLIENT)
+
+
+class FlakyStore(MemoryLinkStore):
+    """A store whose next write touching a forwarded share fails (a busy database, a crash between writes)."""
+
+    fail_child = False
+
+    def _trip(self, links: list[PatientLink]) -> None:
+        if self.fail_child and any(x.parent_id for x in links):
+            self.fail_child = False
+            raise sqlite3.OperationalError("database is locked")
+
+    def update_link(self, link: PatientLink, expected_version: int, events: tuple[LinkEvent, ...] = ()) -> bool:
+        self._trip([link])
+        return super().update_link(link, expected_version, events)
+
+    def update_links(self, changes: tuple[tuple[PatientLink, int, tuple[LinkEvent, ...]], ...]) -> bool:
+        self._trip([c[0] for c in changes])
+        return super().update_links(changes)
+
+
+async def test_major2_a_revoke_takes_its_forwards_all_or_nothing(
+        smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> None:
+    store = FlakyStore()
+    links, _ = service(smtp, gateway, tmp_path, clock, store=store)
+    grant = await _grant(links, smtp, gateway)
+    child_id = await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+    store.fail_child = True
+    with pytest.raises(sqlite3.OperationalError):
+        await links.revoke("user:alice", grant.link_id, "patient withdrew consent")
+    parent, child = store.link(grant.link_id), store.link(child_id)
+    assert parent is not None and child is not None
+    assert bool(parent.revoked_at) == bool(child.revoked_at)  # never the parent alone
+    await links.revoke("user:alice", grant.link_id, "patient withdrew consent")
+    child = store.link(child_id)
+    assert child is not None and child.revoked_at
+
+
+async def test_major2_a_forward_of_a_revoked_share_is_gone_even_if_not_revoked_itself(
+        links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    grant = await _grant(links, smtp, gateway)
+    child_id = await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+    token = token_of(smtp, "gp@example.org")
+    parent = links.store.link(grant.link_id)
+    assert parent is not None  # only the parent revoked (as left by a crash between two writes)
+    assert links.store.update_link(replace(parent, revoked_at=parent.created_at + 1, version=parent.version + 1),
+                                   parent.version)
+    for call in (links.current(child_id), links.opened(token, CLIENT), links.send_code(token, CLIENT)):
+        with pytest.raises(LinkGone):
+            await call
+
+
+async def test_major3_repeated_opens_do_not_bury_the_history(links: LinkService, smtp: SmtpServer,
+                                                         gateway: SmsGateway) -> None:
+    link_id, token = await _share(links, smtp)
+    for _ in range(1500):
+        await links.opened(token, CLIENT)
+    for n in range(1100):
+        await links.opened(token, f"198.51.100.{n % 250}:{n}")
+    await links.revoke("user:alice", link_id, "intercepted email")
+    actions = [h["action"] for h in (await links.history(link_id))["history"]]
+    assert "revoked" in actions and "email sent" in actions
+    assert len(actions) <= 1000
+
+
+async def test_major3_opens_are_coalesced_per_client_and_hour(links: LinkService, smtp: SmtpServer,
+                                                          clock: Clock) -> None:
+    link_id, token = await _share(links, smtp)
+    for _ in range(50):
+        await links.opened(token, CLIENT)
+    clock.now += 3601
+    await links.opened(token, CLIENT)
+    history = (await links.history(link_id))["history"]
+    assert [h["action"] for h in history].count("opened") == 2
+
+
+async def test_major4_a_lock_of_a_link_made_by_the_control_api_tells_the_org_address(
+        links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    link_id = await links.create_share("control:admin", [STUDY], "Ann Patient", PATIENT, MOBILE)
+    await _lock(links, gateway, token_of(smtp, PATIENT))
+    notice = smtp.received[-1]
+    assert notice.rcpt_tos == ("pacs-team@rxx.nhs.uk",)
+    assert link_id in notice.message.get_content() and "Ann" not in notice.message.as_string()
+
+
+async def test_major4_nobody_to_tell_is_logged_without_patient_data(
+        smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    links, _ = service(smtp, gateway, tmp_path, clock, notify=config_for(smtp, tmp_path, org_address=""))
+    link_id = await links.create_share("control:admin", [STUDY], "Ann Patient", PATIENT, MOBILE)
+    sent = len(smtp.received)
+    with caplog.at_level(logging.WARNING):
+        await _lock(links, gateway, token_of(smtp, PATIENT))
+    assert len(smtp.received) == sent
+    assert any(link_id in r.getMessage() and "nobody" in r.getMessage() for r in caplog.records)
+    assert PATIENT not in caplog.text and "Ann" not in caplog.text
+
+
+async def test_major5_a_forward_tells_the_patient_and_the_lock_notice_lists_it(
+        links: LinkService, smtp: SmtpServer, gateway: SmsGateway) -> None:
+    grant = await _grant(links, smtp, gateway)
+    child_id = await links.forward(grant, "gp.smith@example.org", "+447700900999", CLIENT)
+    notice = [r for r in smtp.received if r.rcpt_tos == (PATIENT,)][-1].message
+    text = notice.get_content()
+    assert "passed on" in text and "g***@example.org" in text and "gp.smith" not in notice.as_string()
+    history = [h["action"] for h in (await links.history(grant.link_id))["history"]]
+    assert "forward notice sent" in history
+    # the parent locked later: the staff notice names the live forward to revoke
+    token = token_of(smtp, PATIENT)
+    await _lock(links, gateway, token)
+    lock_notice = smtp.received[-1]
+    assert lock_notice.rcpt_tos == ("alice@rxx.nhs.uk",) and child_id in lock_notice.message.get_content()
+
+
+async def test_major6_reasons_and_record_details_stay_out_of_the_audit(
+        smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> None:
+    links, audit = service(smtp, gateway, tmp_path, clock)
+    grant = await _grant(links, smtp, gateway)
+    await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+    await links.record(grant, "downloaded", "Ann Patient's MRI for Mr Jones", CLIENT)
+    await links.revoke("user:alice", grant.link_id, "Ann Patient (NHS 943 476 5919) moved to Leeds")
+    for event in audit.events:
+        assert "Ann" not in event.detail and "943" not in event.detail and "Jones" not in event.detail, event
+    history = (await links.history(grant.link_id))["history"]
+    assert any("943 476 5919" in h["detail"] for h in history)  # staff still see why
+
+
+async def test_minor1_relay_text_never_reaches_the_log(links: LinkService, smtp: SmtpServer, gateway: SmsGateway,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(config: NotifyConfig, message: bytes, to: str) -> None:
+        raise smtp_mod.EmailError(f"message refused: 554 5.7.1 <{to}> rejected for policy", permanent=True)
+
+    links.send_email = refuse
+    with caplog.at_level(logging.DEBUG), pytest.raises(UnavailableError):
+        await links.create_share("user:alice", [STUDY], "Ann", PATIENT, "ann.two@example.net")
+    assert PATIENT not in caplog.text
+    assert any("EmailError" in r.getMessage() for r in caplog.records)
+
+
+async def test_minor2_an_email_that_cannot_be_built_withdraws_the_link_before_any_export(
+        smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> None:
+    links, audit = service(smtp, gateway, tmp_path, clock)
+    links.org_name = "Evil Trust\r\nBcc: all@evil.example"
+    with pytest.raises(UnavailableError, match="withdrawn"):
+        await links.create_share("user:alice", [STUDY], "Ann", PATIENT, MOBILE)
+    (row,) = await links.list_links()
+    assert row["state"] == "revoked" and smtp.received == []
+    assert EventCode.EXPORT not in [e.code for e in audit.events]
+
+
+async def test_minor3_an_undelivered_code_does_not_use_the_budget(links: LinkService, smtp: SmtpServer,
+                                                              gateway: SmsGateway) -> None:
+    link_id, token = await _share(links, smtp)
+    gateway.status = 503
+    for _ in range(8):
+        with pytest.raises(UnavailableError):
+            await links.send_code(token, CLIENT)
+    failed = gateway.received[-1].code
+    link = links.store.link(link_id)
+    assert link is not None and link.codes_sent == 0 and not link.code_hash
+    gateway.status = 200
+    with pytest.raises(CodeRefused, match="no code"):  # the undelivered code is dropped
+        await links.verify(token, failed, CLIENT)
+    await links.verify(token, await _code(links, gateway, token), CLIENT)
+
+
+async def test_minor4_a_forward_whose_email_failed_does_not_count(
+        smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> None:
+    links, _ = service(smtp, gateway, tmp_path, clock, max_forwards=1)
+    grant = await _grant(links, smtp, gateway)
+    smtp.handler.refuse_rcpt.add("typo@example.org")
+    with pytest.raises(UnavailableError):
+        await links.forward(grant, "typo@example.org", "+447700900999", CLIENT)
+    grant = await links.current(grant.link_id)
+    assert grant.may_forward
+    await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+
+
+async def test_minor5_codes_opens_refused_tries_and_emails_are_audited(
+        smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> None:
+    links, audit = service(smtp, gateway, tmp_path, clock)
+    _, token = await _share(links, smtp)
+    await links.opened(token, CLIENT)
+    with pytest.raises(CodeRefused):
+        await links.verify(token, "123456", CLIENT)  # no live code
+    await _lock(links, gateway, token)
+    with pytest.raises(LinkLocked):
+        await links.verify(token, "123456", CLIENT)
+    actions = audit.actions()
+    for wanted in ("patient-link-email-sent", "patient-link-opened", "patient-link-code-sent",
+                   "patient-link-no-code", "patient-link-tried-locked"):
+        assert wanted in actions, (wanted, actions)
+
+
+@pytest.mark.parametrize("bad", ["0" * 32 + "\n", "0" * 31 + "\n"])
+def test_minor6_a_trailing_newline_is_not_a_link_id(bad: str) -> None:
+    with pytest.raises(LinkGone):
+        pl.check_link_id(bad)
+
+
+def test_minor6_a_trailing_newline_is_not_a_uid() -> None:
+    with pytest.raises(PatientAccessError):
+        pl.check_studies(["1.2.3\n"])
+    with pytest.raises(PatientAccessError):
+        pl.check_studies(["1.2.3\n\n"])
+
+
+@pytest.mark.parametrize(("key", "url"), [("sms_gateway_url", "http://sms.example.org/send"),
+                                          ("public_url", "http://images.example.org")])
+def test_minor7_plain_http_to_another_host_is_refused(key: str, url: str) -> None:
+    values = {"public_url": "https://images.example.org", "sms_gateway_url": "https://sms.example.org/send", key: url}
+    text = ('[node]\norg = "RXX"\n[notify]\nhost = "smtp.example.org"\nfrom_address = "mesh@example.org"\n'
+            'org_address = "pacs@example.org"\n'
+            '[patient_access]\nenabled = true\nsms_secret = "0123456789abcdef0"\n'
+            + "".join(f'{k} = "{v}"\n' for k, v in values.items()))
+    with pytest.raises(ConfigError, match="https"):
+        parse_config(text)
+    parse_config(text.replace(url, "http://127.0.0.1:9000/send"))
+
+
+async def test_minor7_minor8_the_sms_has_a_unique_id_and_a_warning(links: LinkService, smtp: SmtpServer,
+                                                           gateway: SmsGateway) -> None:
+    _, token = await _share(links, smtp)
+    await links.send_code(token, CLIENT)
+    await links.send_code(token, CLIENT)
+    first, second = gateway.bodies[-2:]
+    assert first["id"] and first["id"] != second["id"]
+    assert "Never tell anyone this code" in gateway.received[-1].text
+
+
+async def test_minor8_a_forwarded_email_says_the_patient_passed_it_on(links: LinkService, smtp: SmtpServer,
+                                                                  gateway: SmsGateway) -> None:
+    grant = await _grant(links, smtp, gateway)
+    await links.forward(grant, "gp@example.org", "+447700900999", CLIENT)
+    text = [r for r in smtp.received if r.rcpt_tos == ("gp@example.org",)][-1].message.get_content()
+    assert "passed on to you by the patient" in text and "Ann" not in text
+
+
+async def test_minor10_creating_links_is_capped_per_user_and_hour(
+        smtp: SmtpServer, gateway: SmsGateway, tmp_path: Path, clock: Clock) -> None:
+    links, _ = service(smtp, gateway, tmp_path, clock, links_per_hour=3)
+    for n in range(3):
+        await links.create_share("user:alice", [STUDY], "Ann", f"p{n}@example.org", MOBILE)
+    with pytest.raises(PatientAccessError, match="hour"):
+        await links.create_share("user:alice", [STUDY], "Ann", "p9@example.org", MOBILE)
+    await links.create_share("user:bob", [STUDY], "Ann", "p9@example.org", MOBILE)  # per user
+    clock.now += 3601
+    await links.create_share("user:alice", [STUDY], "Ann", "p9@example.org", MOBILE)
+
+
+def test_minor10_sqlite_and_memory_refuse_a_bad_row_the_same_way(tmp_path: Path) -> None:
+    link, _ = pl.create(kind=pl.SHARE, studies=[STUDY], person="Ann", email=PATIENT, code_to=MOBILE,
+                        created_by="user:alice", days=None, policy=pl.LinkPolicy(), now=1.0,
+                        draw=lambda n: bytes(range(n)))
+    bad = replace(link, kind="other")
+    for store in (MemoryLinkStore(), SqliteLinkStore(tmp_path / "node.db")):
+        assert store.insert_link(link)
+        assert not store.insert_link(link)  # a duplicate: False
+        with pytest.raises(Exception) as info:
+            store.insert_link(replace(bad, link_id="1" * 32, token_hash="2" * 64))
+        assert isinstance(info.value, (ValueError, sqlite3.IntegrityError)), info.value
+
+
+async def test_minor10_the_staff_list_pages(links: LinkService, smtp: SmtpServer, clock: Clock) -> None:
+    made = []
+    for n in range(5):
+        clock.now += 1
+        made.append(await links.create_share("user:alice", [STUDY], "Ann", f"p{n}@example.org", MOBILE))
+    first = [r["id"] for r in await links.list_links(limit=2)]
+    second = [r["id"] for r in await links.list_links(limit=2, offset=2)]
+    assert first + second == made[::-1][:4]
+
+
+def test_minor11_the_link_service_does_not_import_the_web_layer() -> None:
+    source = Path(service_module.__file__).read_text()
+    assert "meshnode.web" not in source
+
+
+async def test_minor2_a_link_left_unsent_by_a_crash_shows_as_not_sent(links: LinkService, smtp: SmtpServer) -> None:
+    sent_id, _ = await _share(links, smtp)
+    # a crash between storing a link and sending its email: only "created" in its history
+    link, _ = pl.create(kind=pl.SHARE, studies=[STUDY], person="Ann", email="b@example.org", code_to=MOBILE,
+                        created_by="user:alice", days=None, policy=pl.LinkPolicy(), now=links.clock(),
+                        draw=links.draw)
+    assert links.store.insert_link(link, (LinkEvent(link.link_id, links.clock(), "created", "user:alice"),))
+    rows = {r["id"]: r for r in await links.list_links()}
+    assert rows[sent_id]["email_sent"] is True and rows[link.link_id]["email_sent"] is False
+    assert (await links.history(link.link_id))["email_sent"] is False

@@ -62,6 +62,7 @@ def _portal(links: LinkService | None) -> Portal:
                         app.auth, app.config, audit)
     portal.user("alice", "clinician")
     portal.user("reader", "read")
+    portal.user("pat", "pacs")
     return portal
 
 
@@ -87,8 +88,9 @@ async def test_a_clinician_creates_lists_shows_revokes(links: LinkService, smtp:
                               json={"reason": "wrong patient"})
     assert reply.status == 200
     assert (await portal.call("GET", f"{BASE}/{link_id}", session=session)).json()["state"] == "revoked"
-    reply = await portal.call("POST", f"{BASE}/{link_id}/unlock", session=session, csrf=csrf, json={})
-    assert reply.status == 404  # revoked is gone: nothing to unlock
+    reply = await portal.call("POST", f"{BASE}/{link_id}/unlock", session=session, csrf=csrf,
+                              json={"reason": "phoned"})
+    assert reply.status == 403  # unlocking needs the PACS team (`queues`)
     reply = await portal.call("POST", BASE, session=session, csrf=csrf,
                               json={"kind": "upload", "person": "Dr Who", "email": "who@example.org",
                                     "code_to": "who@example.net"})
@@ -146,7 +148,7 @@ async def test_malformed_create_bodies_are_400_and_change_nothing(links: LinkSer
 @pytest.mark.usefixtures("cheap_hashing")
 async def test_oversized_bodies_on_every_post_are_refused(links: LinkService, smtp: SmtpServer) -> None:
     portal = _portal(links)
-    session, csrf = await portal.signed_in("alice")
+    session, csrf = await portal.signed_in("pat")  # the PACS team: unlock too
     link_id = (await portal.call("POST", BASE, session=session, csrf=csrf, json=GOOD)).json()["id"]
     huge = {**GOOD, "person": "A" * 100_000}
     for path in (BASE, f"{BASE}/{link_id}/revoke", f"{BASE}/{link_id}/unlock"):
@@ -154,7 +156,8 @@ async def test_oversized_bodies_on_every_post_are_refused(links: LinkService, sm
         assert reply.status in (400, 413), (path, reply.status)
     for path, body in [(f"{BASE}/{link_id}/revoke", {"reason": ""}), (f"{BASE}/{link_id}/revoke", {"reason": 5}),
                        (f"{BASE}/{link_id}/revoke", {"reason": "x", "cascade": False}),
-                       (f"{BASE}/{link_id}/unlock", {"force": True})]:
+                       (f"{BASE}/{link_id}/unlock", {"force": True}), (f"{BASE}/{link_id}/unlock", {}),
+                       (f"{BASE}/{link_id}/unlock", {"reason": ""})]:
         reply = await portal.call("POST", path, session=session, csrf=csrf, json=body)
         assert reply.status == 400, (path, body, reply.body)
     assert len(links.store.links()) == 1 and links.store.links()[0].revoked_at == 0
@@ -196,3 +199,63 @@ async def test_off_is_404_everywhere() -> None:
     session, csrf = await portal.signed_in("alice")
     assert (await portal.call("GET", BASE, session=session)).status == 404
     assert (await portal.call("POST", BASE, session=session, csrf=csrf, json=GOOD)).status == 404
+
+
+# -- the hostile review of 22:07 (notes/i14/reviews/links.md) --------------------------------------------------
+
+@pytest.mark.usefixtures("cheap_hashing")
+async def test_major1_a_clinician_sees_and_ends_only_their_own_links(links: LinkService, smtp: SmtpServer,
+                                                                 gateway: SmsGateway) -> None:
+    portal = _portal(links)
+    portal.user("bob", "clinician")
+    alice, alice_csrf = await portal.signed_in("alice")
+    link_id = (await portal.call("POST", BASE, session=alice, csrf=alice_csrf, json=GOOD)).json()["id"]
+    token = token_of(smtp, "ann@example.org")
+    await links.send_code(token, "203.0.113.9")
+    grant = await links.verify(token, gateway.received[-1].code, "203.0.113.9")
+    child_id = await links.forward(grant, "gp@example.org", "+447700900999", "203.0.113.9")
+    bob, bob_csrf = await portal.signed_in("bob")
+    assert (await portal.call("GET", BASE, session=bob)).json()["links"] == []
+    assert (await portal.call("GET", f"{BASE}/{link_id}", session=bob)).status == 404
+    reply = await portal.call("POST", f"{BASE}/{link_id}/revoke", session=bob, csrf=bob_csrf, json={"reason": "x"})
+    assert reply.status == 404
+    reply = await portal.call("POST", f"{BASE}/{link_id}/unlock", session=bob, csrf=bob_csrf,
+                              json={"reason": "phoned, checked date of birth"})
+    assert reply.status == 403
+    # alice: her link and its forward; unlocking needs the PACS team
+    assert {r["id"] for r in (await portal.call("GET", BASE, session=alice)).json()["links"]} == {link_id, child_id}
+    assert (await portal.call("GET", f"{BASE}/{child_id}", session=alice)).status == 200
+    reply = await portal.call("POST", f"{BASE}/{link_id}/unlock", session=alice, csrf=alice_csrf,
+                              json={"reason": "phoned"})
+    assert reply.status == 403
+    pat, pat_csrf = await portal.signed_in("pat")
+    assert {r["id"] for r in (await portal.call("GET", BASE, session=pat)).json()["links"]} == {link_id, child_id}
+    reply = await portal.call("POST", f"{BASE}/{link_id}/unlock", session=pat, csrf=pat_csrf, json={})
+    assert reply.status == 400  # a reason is required
+    reply = await portal.call("POST", f"{BASE}/{link_id}/unlock", session=pat, csrf=pat_csrf,
+                              json={"reason": "phoned, checked date of birth"})
+    assert reply.status == 200, reply.body
+    history = (await portal.call("GET", f"{BASE}/{link_id}", session=pat)).json()["history"]
+    assert history[-1]["action"] == "unlocked" and "date of birth" in history[-1]["detail"]
+    # a listing's audit names the links shown
+    audit = links.audit
+    assert isinstance(audit, Audit)
+    listed = [e for e in audit.events if e.action == "patient-links-listed" and e.actor == "user:pat"]
+    assert listed and link_id in listed[-1].detail and child_id in listed[-1].detail
+
+
+@pytest.mark.usefixtures("cheap_hashing")
+async def test_minor10_the_listing_pages_and_refuses_bad_paging(links: LinkService, smtp: SmtpServer) -> None:
+    portal = _portal(links)
+    session, csrf = await portal.signed_in("alice")
+    made = [(await portal.call("POST", BASE, session=session, csrf=csrf,
+                               json={**GOOD, "email": f"p{n}@example.org"})).json()["id"] for n in range(3)]
+    reply = await portal.call("GET", BASE, session=session, query="limit=2")
+    assert reply.status == 200, reply.body
+    page = reply.json()
+    assert len(page["links"]) == 2 and page["more"]
+    rest = (await portal.call("GET", BASE, session=session, query="limit=2&offset=2")).json()
+    assert not rest["more"]
+    assert {r["id"] for r in page["links"] + rest["links"]} == set(made)
+    for bad in ("limit=0", "limit=100000", "offset=-1", "limit=x", "kind=admin"):
+        assert (await portal.call("GET", BASE, session=session, query=bad)).status == 400, bad

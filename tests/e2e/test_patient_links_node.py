@@ -88,8 +88,10 @@ def test_patient_links_on_a_real_node(tmp_path: Path, mesh: MeshDemo, browser: w
         browser.find_element(By.ID, "token").send_keys(token + Keys.ENTER)
         wait("the login", lambda: "clin" in browser.find_element(By.ID, "who").text)
         browser.get(url + "/ui/patient-links")
-        wait("the links", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#links tbody tr")) == 2)
+        # a clinician sees the links they made (not the upload link the CLI made)
+        wait("the links", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#links tbody tr")) == 1)
         assert "revoked" in browser.find_element(By.ID, "links").text
+        assert "Dr Who" not in browser.find_element(By.ID, "links").text
         browser.find_elements(By.CSS_SELECTOR, "#links tbody tr button")[-1].send_keys(Keys.ENTER)
         wait("the history", lambda: "email sent" in browser.find_element(By.ID, "history").text)
         assert_accessible(browser, "patient links page")
@@ -104,7 +106,7 @@ def test_patient_links_on_a_real_node(tmp_path: Path, mesh: MeshDemo, browser: w
         form.find_element(By.NAME, "code_to").send_keys("bob.second@example.net")
         form.find_element(By.CSS_SELECTOR, "button[type=submit]").send_keys(Keys.ENTER)
         wait("the share made", lambda: "Link made" in browser.find_element(By.ID, "create-status").text)
-        wait("the new row", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#links tbody tr")) == 3)
+        wait("the new row", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#links tbody tr")) == 2)
         mesh.wait_for(lambda: any("bob@example.org" in r.rcpt_tos for r in smtp.received), 30, "Bob's link email")
         assert_accessible(browser, "patient links page after a share")
         screenshot(browser, "portal-patient-links")

@@ -1,10 +1,13 @@
 "use strict";
 // The patient links page: find a study (the send page's API, /ui/api/send/studies), make a share or an upload
-// link, list links with their state, revoke, unlock, and read one link's history (/ui/api/patient-links,
-// meshnode/web/patient_links_web.py). Every value from the server goes into the page as text (textContent).
+// link, list links with their state (a page at a time), revoke, unlock (the PACS team, with a reason), and read one
+// link's history (/ui/api/patient-links, meshnode/web/patient_links_web.py). The server decides who sees what:
+// the PACS team every link, anyone else the links they made and their forwards. Every value from the server goes into the page as text (textContent).
 
 const chosen = new Map();  // study UID -> label
 let current = null;        // the link whose history is shown
+let offset = 0;            // the listing's page: links skipped (newest first)
+const PAGE = 50;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -85,21 +88,26 @@ async function create(ev) {
 async function refresh() {
   const kind = $("kind-filter").value;
   try {
-    const data = await meshPortal.api("GET", "/ui/api/patient-links" + (kind ? "?kind=" + kind : ""));
+    const query = new URLSearchParams({ limit: String(PAGE), offset: String(offset) });
+    if (kind) query.set("kind", kind);
+    const data = await meshPortal.api("GET", "/ui/api/patient-links?" + query.toString());
     const body = $("links").querySelector("tbody");
     body.replaceChildren();
     for (const l of data.links) {
       const actions = el("td", {}, el("button", { type: "button", onclick: () => show(l.id),
         "aria-label": `History of the link for ${l.person}` }, "History"));
-      if (l.state === "locked") {
-        actions.append(" ", el("button", { type: "button", onclick: () => unlock(l.id),
+      if (l.state === "locked" && meshPortal.may("queues")) {
+        actions.append(" ", el("button", { type: "button", onclick: () => startUnlock(l.id),
           "aria-label": `Unlock the link for ${l.person}` }, "Unlock"));
       }
       body.append(el("tr", {}, el("td", { text: l.kind }), el("td", { text: l.person }), el("td", { text: l.email }),
-        el("td", { text: l.state + (l.revoke_reason ? ` (${l.revoke_reason})` : "") }),
+        el("td", { text: l.state + (l.revoke_reason ? ` (${l.revoke_reason})` : "") +
+          (!l.email_sent && l.state !== "revoked" ? " (email not sent: revoke it and make a new one)" : "") }),
         el("td", { text: when(l.expires_at) }), el("td", { text: l.created_by }), actions));
     }
-    say("list-status", data.links.length ? "" : "No links yet.");
+    say("list-status", data.links.length ? "" : (offset ? "No older links." : "No links yet."));
+    $("older").hidden = !data.more;
+    $("newer").hidden = offset === 0;
   } catch (e) {
     say("list-status", e.message, true);
   }
@@ -114,6 +122,7 @@ async function show(id) {
       `${l.code_to}; ${l.state}; until ${when(l.expires_at)}; ${l.studies.length} stud${l.studies.length === 1 ? "y" : "ies"}` +
       `; forwarded ${l.forwards} time(s)` + (l.parent_id ? `; forwarded from ${l.parent_id}` : "");
     $("revoke").hidden = l.state === "revoked" || l.state === "expired";
+    $("unlock").hidden = !(l.state === "locked" && meshPortal.may("queues"));
     $("history").replaceChildren(...l.history.map((h) => el("li", { text:
       `${when(h.at)} ${h.action} by ${h.actor}${h.client ? " from " + h.client : ""}${h.detail ? ": " + h.detail : ""}` })));
     $("detail-title").focus();
@@ -137,11 +146,21 @@ async function revoke(ev) {
   }
 }
 
-async function unlock(id) {
+async function startUnlock(id) {
+  await show(id);
+  if (!$("unlock").hidden) $("unlock").querySelector("input").focus();
+}
+
+async function unlock(ev) {
+  ev.preventDefault();
+  if (!current) return;
+  const reason = new FormData($("unlock")).get("reason");
   try {
-    await meshPortal.api("POST", `/ui/api/patient-links/${encodeURIComponent(id)}/unlock`, {});
+    await meshPortal.api("POST", `/ui/api/patient-links/${encodeURIComponent(current.id)}/unlock`, { reason });
     say("notice", "Link unlocked: the person must ask for a new code.");
+    $("unlock").reset();
     await refresh();
+    await show(current.id);
   } catch (e) {
     say("notice", e.message, true);
   }
@@ -155,11 +174,17 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("search").addEventListener("submit", search);
   $("create").addEventListener("submit", create);
   $("revoke").addEventListener("submit", revoke);
+  $("unlock").addEventListener("submit", unlock);
   $("refresh").addEventListener("click", refresh);
-  $("kind-filter").addEventListener("change", refresh);
+  $("kind-filter").addEventListener("change", () => { offset = 0; refresh(); });
+  $("older").addEventListener("click", () => { offset += PAGE; refresh(); });
+  $("newer").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); refresh(); });
   if (!meshPortal.may("send")) {
     say("notice", "You need the send permission (clinician or PACS team) to use patient links.", true);
     return;
   }
+  $("list-scope").textContent = meshPortal.may("queues")
+    ? "You see every link (PACS team); unlocking a locked link is yours."
+    : "You see the links you made and the shares forwarded from them; the PACS team unlocks locked links.";
   await refresh();
 });

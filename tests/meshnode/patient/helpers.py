@@ -16,7 +16,7 @@ from meshnode.patient.config import PatientAccessConfig
 from meshnode.patient.link_store import LinkStore, MemoryLinkStore
 from meshnode.patient.service import HoldsFn, LinkService
 from meshnode.storage.users import MemoryUserStore, User
-from meshnode.web.webhooks import verify_signature
+from meshnode.notify.signed_post import verify_signature
 from tests.meshnode.notify.helpers import Audit, config_for
 from tests.meshnode.notify.smtp_server import SmtpServer
 
@@ -53,6 +53,8 @@ class SmsGateway:
     clock: Callable[[], float]
     status: int = 200
     received: list[Sms] = field(default_factory=list)
+    #: every POST's JSON body as it came
+    bodies: list[dict[str, object]] = field(default_factory=list)
 
     def start(self) -> SmsGateway:
         gateway = self
@@ -61,6 +63,7 @@ class SmsGateway:
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 data = json.loads(body)
+                gateway.bodies.append(data)
                 ok = verify_signature(SECRET, self.headers.get("X-Meshnode-Signature", ""), body, gateway.clock())
                 gateway.received.append(Sms(data["to"], data["text"], ok))
                 self.send_response(gateway.status)

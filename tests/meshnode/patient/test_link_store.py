@@ -74,3 +74,37 @@ def test_listing_newest_first(store: LinkStore) -> None:
     assert store.links() == [new, old]
     assert store.links(kind=pl.SHARE) == [old] and store.links(created_by="user:bob") == [new]
     assert store.links(limit=1) == [new]
+
+
+def test_update_links_is_all_or_nothing(store: LinkStore) -> None:
+    a, b = _link(), _link()
+    store.insert_link(a)
+    store.insert_link(b)
+    revoked_a, revoked_b = replace(a, revoked_at=NOW, version=1), replace(b, revoked_at=NOW, version=1)
+    ev = (LinkEvent(a.link_id, NOW, "revoked", "user:alice"),)
+    # b's version is stale: a is not written either, nor any event
+    assert not store.update_links(((revoked_a, 0, ev), (revoked_b, 7, ())))
+    assert store.link(a.link_id) == a and store.events(a.link_id) == []
+    assert store.update_links(((revoked_a, 0, ev), (revoked_b, 0, ())))
+    assert store.link(a.link_id) == revoked_a and store.link(b.link_id) == revoked_b
+    assert [e.action for e in store.events(a.link_id)] == ["revoked"]
+
+
+def test_owner_offset_newest_events_and_last_event(store: LinkStore) -> None:
+    mine, other = _link(NOW), _link(NOW + 1, created_by="user:bob")
+    store.insert_link(mine)
+    store.insert_link(other)
+    child = replace(_link(NOW + 2), parent_id=mine.link_id, created_by=f"share:{mine.link_id}")
+    assert store.forward_link(replace(mine, forwards=1, version=1), 0, child)
+    assert [x.link_id for x in store.links(owner="user:alice")] == [child.link_id, mine.link_id]
+    assert [x.link_id for x in store.links(offset=1, limit=1)] == [other.link_id]
+    store.add_events(tuple(LinkEvent(mine.link_id, NOW + n, "opened", "share:x", f"c{n % 2}") for n in range(10)))
+    assert [e.at for e in store.events(mine.link_id, limit=3)] == [NOW + 7, NOW + 8, NOW + 9]  # newest, in order
+    assert store.last_event_at(mine.link_id, "opened", "c0") == NOW + 8
+    assert store.last_event_at(mine.link_id, "opened", "nobody") == 0.0
+
+
+def test_a_row_the_schema_refuses_raises_in_both(store: LinkStore) -> None:
+    with pytest.raises(ValueError):
+        store.insert_link(replace(_link(), code_channel="fax"))
+    assert store.links() == []

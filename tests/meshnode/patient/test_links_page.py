@@ -49,3 +49,12 @@ def test_values_go_in_as_text_only() -> None:
 def test_linked_from_the_portal() -> None:
     for page in ("index.html", "send.html"):
         assert 'href="/ui/patient-links"' in (STATIC / page).read_text(encoding="utf-8")
+
+
+def test_unlock_asks_a_reason_and_is_the_pacs_teams_and_the_list_pages() -> None:
+    js = (STATIC / "patient-links.js").read_text(encoding="utf-8")
+    html = (STATIC / "patient-links.html").read_text(encoding="utf-8")
+    assert "/unlock`, { reason }" in js and "/unlock`, {})" not in js  # the API refuses an unlock without reason
+    assert 'meshPortal.may("queues")' in js  # only the PACS team is offered Unlock (the API answers 403 otherwise)
+    assert 'id="unlock"' in html and 'id="older"' in html and 'id="newer"' in html
+    assert "offset" in js and "data.more" in js

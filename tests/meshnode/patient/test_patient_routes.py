@@ -49,10 +49,12 @@ async def test_create_list_show_revoke_unlock(smtp: SmtpServer, gateway: SmsGate
     assert listed["links"][1]["created_by"] == "control:ops"
     shown = await r["/patient-links/show"]({"id": made["id"]})
     assert [h["action"] for h in shown["history"]] == ["created", "email sent"]
-    assert await r["/patient-links/unlock"]({"id": made["id"]}) == {"unlocked": True}
+    with pytest.raises(PatientAccessError):  # a reason is required
+        await r["/patient-links/unlock"]({"id": made["id"]})
+    assert await r["/patient-links/unlock"]({"id": made["id"], "reason": "phoned"}) == {"unlocked": True}
     assert await r["/patient-links/revoke"]({"id": made["id"], "reason": "done"}) == {"revoked": True}
     with pytest.raises(LinkGone):
-        await r["/patient-links/unlock"]({"id": made["id"]})
+        await r["/patient-links/unlock"]({"id": made["id"], "reason": "phoned"})
     for body in ({}, {"id": 5}, {"id": "nope"}):
         with pytest.raises((PatientAccessError, LinkGone)):
             await r["/patient-links/show"](body)
@@ -61,3 +63,15 @@ async def test_create_list_show_revoke_unlock(smtp: SmtpServer, gateway: SmsGate
 async def test_off_is_a_clear_error() -> None:
     with pytest.raises(NotFoundError, match="patient_access"):
         await _routes(None)["/patient-links"]({})
+
+
+async def test_minor10_an_unknown_kind_or_studies_on_an_upload_are_refused(smtp: SmtpServer, gateway: SmsGateway,
+                                                                       tmp_path: Path) -> None:
+    links, _ = service(smtp, gateway, tmp_path, Clock())
+    r = _routes(links)
+    base = {"person": "Dr Who", "email": "who@example.org", "code_to": "who@example.net"}
+    for body in ({**base, "kind": "admin", "studies": [STUDY]}, {**base, "kind": "upload", "studies": [STUDY]},
+                 {**base, "kind": 5, "studies": [STUDY]}):
+        with pytest.raises(PatientAccessError):
+            await r["/patient-links/create"](body)
+    assert links.store.links() == [] and smtp.received == []
