@@ -23,6 +23,7 @@
     max_upload_mb = 8192                       # all files of one upload link together
     max_file_mb = 2048                         # one uploaded file (a ZIP counts once, each member again)
     max_files = 20000                          # files in one upload link (ZIP members included)
+    max_pending_upload_requests = 200          # asks for an upload link (/p/ask) waiting for the PACS team
 
 Email goes through [notify]'s SMTP relay (required when patient access is on). Relative paths are relative
 to the node directory. public_url and sms_gateway_url must be https:// (plain http only to 127.0.0.1, ::1 or
@@ -70,6 +71,7 @@ TEMPLATE = """
 # max_upload_mb = {max_upload_mb}
 # max_file_mb = {max_file_mb}
 # max_files = {max_files}
+# max_pending_upload_requests = {max_pending_upload_requests}
 """
 
 
@@ -98,6 +100,7 @@ class PatientAccessConfig:
     max_upload_mb: int = 8192
     max_file_mb: int = 2048
     max_files: int = 20000
+    max_pending_upload_requests: int = 200
 
     @property
     def own_listener(self) -> bool:
@@ -128,7 +131,7 @@ class PatientAccessConfig:
             lines.append("trusted_proxies = [" + ", ".join(f'"{p}"' for p in self.trusted_proxies) + "]")
         for key in ("share_days", "max_share_days", "max_forwards", "code_attempts", "code_minutes", "code_resends",
                     "session_minutes", "requests_per_minute", "links_per_hour", "upload_days", "max_upload_mb",
-                    "max_file_mb", "max_files"):
+                    "max_file_mb", "max_files", "max_pending_upload_requests"):
             lines.append(f"{key} = {getattr(self, key)}")
         lines.append(f"allow_forward = {'true' if self.allow_forward else 'false'}")
         return "\n".join(lines) + "\n"
@@ -188,6 +191,8 @@ def parse_patient_access(root: Table, home: Path | None = None) -> PatientAccess
         max_upload_mb=t.integer("max_upload_mb", d["max_upload_mb"], 1, 1 << 20),
         max_file_mb=t.integer("max_file_mb", d["max_file_mb"], 1, 1 << 16),
         max_files=t.integer("max_files", d["max_files"], 1, 1_000_000),
+        max_pending_upload_requests=t.integer("max_pending_upload_requests", d["max_pending_upload_requests"], 0,
+                                              100_000),
     )
     for proxy in config.trusted_proxies:
         try:

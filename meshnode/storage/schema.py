@@ -457,4 +457,15 @@ MIGRATIONS = (
     ) STRICT;
     CREATE INDEX patient_upload_files_by_link ON patient_upload_files (link_id, state)
     """,
+    # 25: upload link requests (issue 14): asks for an upload link from the public page /p/ask, waiting for the
+    # PACS team (meshnode.patient.upload_requests)
+    """
+    CREATE TABLE upload_requests (
+        request_id TEXT PRIMARY KEY, person TEXT NOT NULL, email TEXT NOT NULL, code_to TEXT NOT NULL,
+        message TEXT NOT NULL, client TEXT NOT NULL, created_at REAL NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'declined')), decided_by TEXT NOT NULL,
+        decided_at REAL NOT NULL, outcome TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX upload_requests_by_state ON upload_requests (state, created_at)
+    """,
 )

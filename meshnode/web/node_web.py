@@ -49,6 +49,9 @@ from meshnode.study.key_image import key_image
 from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
 from meshnode.web.uploads_web import UploadsWeb
+from meshnode.web.upload_requests_web import UploadRequestsWeb
+from meshnode.patient.sqlite_upload_requests import SqliteUploadRequestStore
+from meshnode.patient.upload_requests import UploadRequests
 from meshnode.web.users_web import UsersWeb
 from meshnode.web.wado import Wado
 from meshnode.web.webhooks import Webhooks
@@ -76,6 +79,8 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
     links = _patient_links(node, users)
     node.patient_links = links
     upload_store = SqliteUploadStore(db_path) if ctx.config.patient_access.enabled else None
+    # asks for an upload link from the public page /p/ask (meshnode.patient.upload_requests)
+    ask_store = SqliteUploadRequestStore(db_path) if links is not None else None
     if notifier is not None:
         ctx.events.subscribe(notifier.on_event)
     try:
@@ -91,6 +96,8 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     await ctx.audit(event)
 
                 uploads = patient_uploads(node, upload_store, audit)
+                asks = None if links is None or ask_store is None else UploadRequests(
+                    ctx.config.patient_access, ask_store, links, audit, clock=ctx.clock)
                 if uploads is not None:  # abandoned uploads (their link ended) swept hourly
                     nursery.start_soon(keep_running, "upload sweep", uploads.run)
 
@@ -124,13 +131,15 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *PatientLinksWeb(lambda: links).routes(),  # patient links: staff create, list, revoke, unlock
                     # issue 14: the PACS team's review of patient uploads (the /p/ tus routes: the public app)
                     *UploadsWeb(lambda: uploads).staff_routes(),
+                    *UploadRequestsWeb(lambda: asks).staff_routes(),  # asks for an upload link (/p/ask)
                 ]
                 # the patient pages (issue 14): under /p/ here, or on a listener of their own
                 patient = ctx.config.patient_access
                 patient_web = _patient_web(node, services, links)
                 # with them, the uploader's tus routes (meshnode.web.uploads_web), behind the pages' session check
                 public_routes = [] if patient_web is None else [
-                    *patient_web.routes(), *UploadsWeb(lambda: uploads, patient_web, links).public_routes()]
+                    *patient_web.routes(), *UploadsWeb(lambda: uploads, patient_web, links).public_routes(),
+                    *UploadRequestsWeb(lambda: asks).public_routes()]
                 if patient_web is not None and not patient.own_listener:
                     routes.extend(public_routes)
                 app = WebApp(routes, auth, http, audit)
@@ -156,6 +165,8 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
         users.close()
         if upload_store is not None:
             upload_store.close()
+        if ask_store is not None:
+            ask_store.close()
 
 
 def patient_uploads(node: Node, store: SqliteUploadStore | None, audit: AuditFn) -> Uploads | None:

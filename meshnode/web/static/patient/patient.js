@@ -125,6 +125,7 @@
       if (await showShare()) return;
       if (await uploadSession()) { location.replace("/p/upload"); return; }
       say("Open the link from your email to see your images.", true);
+      $("ask-hint").hidden = false;
       return;
     }
     const reply = await post("/p/api/open", { token });
