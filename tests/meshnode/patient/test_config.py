@@ -28,14 +28,17 @@ def test_defaults_when_on() -> None:
     pa = c.patient_access
     assert pa.enabled and pa.public_url == "https://images.rxx.nhs.uk" and not pa.own_listener
     assert (pa.share_days, pa.code_attempts, pa.code_minutes, pa.allow_forward) == (14, 3, 10, True)
+    assert pa.max_pending_upload_requests == 200
 
 
 def test_render_round_trips() -> None:
     c = parse_config(BASE + '[patient_access]\nenabled = true\npublic_url = "https://i.rxx.nhs.uk"\n'
                             'listen = "0.0.0.0:8732"\nshare_days = 7\nallow_forward = false\n'
-                            'sms_gateway_url = "https://sms.example/send"\nsms_secret = "0123456789abcdef"\n')
+                            'sms_gateway_url = "https://sms.example/send"\nsms_secret = "0123456789abcdef"\n'
+                            'max_pending_upload_requests = 50\n')
     again = parse_config(c.render())
     assert again.patient_access == c.patient_access
+    assert again.patient_access.max_pending_upload_requests == 50
     assert again.patient_access.own_listener
 
 
@@ -49,6 +52,7 @@ def test_render_round_trips() -> None:
     ('tls_certificate = "c.pem"\n', "tls_key"),
     ('trusted_proxies = ["not-an-ip"]\n', "trusted_proxies"),
     ('colour = "blue"\n', "colour"),
+    ('max_pending_upload_requests = -1\n', "max_pending_upload_requests"),
 ])
 def test_bad_values_name_the_key(extra: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
