@@ -66,6 +66,53 @@
     return card;
   }
 
+  function askCard(ask, index) {
+    const card = el("section", null, { class: "card", "aria-labelledby": `ask-${index}` });
+    card.append(el("h3", `${ask.person} asked for an upload link`, { id: `ask-${index}` }));
+    const list = el("dl");
+    for (const [term, value] of [["Email for the link", ask.email], ["Code to", ask.code_to],
+                                 ["Message", ask.message], ["Asked", new Date(ask.created_at * 1000).toLocaleString()],
+                                 ["From address", ask.client]]) {
+      list.append(el("dt", term), el("dd", value));
+    }
+    card.append(list);
+    const form = el("form", null, { class: "users-tools" });
+    const reasonId = `ask-reason-${index}`;
+    const field = el("div", null, { class: "field" });
+    field.append(el("label", "Reason to decline", { for: reasonId }), el("input", null, { id: reasonId, maxlength: "500" }));
+    const send = el("button", "Send an upload link", { type: "button", class: "primary" });
+    const decline = el("button", "Decline", { type: "button", class: "secondary" });
+    send.addEventListener("click", () => answer(ask.id, "send", {}, send));
+    decline.addEventListener("click", () => {
+      const reason = $(reasonId).value.trim();
+      if (!reason) { $("error").textContent = "Give a reason to decline (kept with the request)."; $(reasonId).focus(); return; }
+      answer(ask.id, "decline", { reason }, decline);
+    });
+    form.append(field, send, decline);
+    card.append(form);
+    return card;
+  }
+
+  async function answer(id, action, body, button) {
+    $("error").textContent = "";
+    button.disabled = true;
+    try {
+      await meshPortal.api("POST", `/ui/api/upload-requests/${encodeURIComponent(id)}/${action}`, body);
+      say(action === "send" ? "Upload link sent: the email is on its way." : "Declined (nothing was sent).");
+      await loadAsks();
+    } catch (e) {
+      $("error").textContent = e.message;
+      button.disabled = false;
+      if (e.status === 409) await loadAsks();
+    }
+  }
+
+  async function loadAsks() {
+    const data = await meshPortal.api("GET", "/ui/api/upload-requests");
+    $("ask-list").replaceChildren(...data.requests.map(askCard));
+    $("asks-empty").hidden = data.requests.length > 0;
+  }
+
   async function decide(link, action, body, button) {
     $("error").textContent = "";
     button.disabled = true;
@@ -92,6 +139,7 @@
     $("org").textContent = session.org || "";
     if (!meshPortal.may("queues")) { $("denied").hidden = false; return; }
     $("review").hidden = false;
+    try { await loadAsks(); } catch (e) { $("asks").hidden = true; }  // not offered: patient access is off
     try { await load(); } catch (e) { $("error").textContent = e.message; }
   }
 
