@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from meshnode.patient.upload_requests import PENDING, Added, UploadRequest, check_row
+from meshnode.patient.upload_requests import PENDING, PER_CLIENT, Added, UploadRequest, check_row
 from meshnode.storage.sqlite_base import SqliteTables
 
 _COLUMNS = ("request_id, person, email, code_to, message, client, created_at, state, decided_by, decided_at,"
@@ -26,7 +26,7 @@ def _values(x: UploadRequest) -> tuple[object, ...]:
 
 
 class SqliteUploadRequestStore(SqliteTables):
-    def add(self, request: UploadRequest, max_pending: int) -> tuple[Added, str]:
+    def add(self, request: UploadRequest, max_pending: int, per_client: int = PER_CLIENT) -> tuple[Added, str]:
         check_row(request)
         with self._tx() as db:
             same = db.execute("SELECT request_id FROM upload_requests WHERE state = ? AND lower(email) = lower(?)"
@@ -37,6 +37,10 @@ class SqliteUploadRequestStore(SqliteTables):
             count = db.execute("SELECT count(*) FROM upload_requests WHERE state = ?", (PENDING,)).fetchone()[0]
             if int(count) >= max_pending:
                 return "full", ""
+            mine = db.execute("SELECT count(*) FROM upload_requests WHERE state = ? AND client = ?",
+                              (PENDING, request.client)).fetchone()[0]
+            if int(mine) >= per_client:
+                return "client full", ""
             try:
                 db.execute(f"INSERT INTO upload_requests ({_COLUMNS}) VALUES ({','.join('?' * 11)})",
                            _values(request))

@@ -6,7 +6,8 @@ The ask is unauthenticated and on the internet, so:
 - nothing is sent to the addresses given when they ask (the form cannot mail or text third parties, nor run up
   SMS costs): the only message ever sent is the link a PACS user chose to send;
 - at most `max_pending_upload_requests` wait at once ([patient_access]); past that, asks are refused
-  (UnavailableError: the page says to try later or call);
+  (UnavailableError: the page says to try later or call); and at most PER_CLIENT of them from one client
+  address, so one address (within the public rate limit) cannot fill the queue for everyone else;
 - an ask with the same email and code destination as one pending is the same ask (nothing new is stored);
 - input is checked as a link's (protocol.patient_link: check_person, check_email, code_channel), the message is
   at most MAX_MESSAGE printable characters (new lines allowed; control and bidi characters refused);
@@ -36,7 +37,7 @@ from meshnode.patient.config import PatientAccessConfig
 from meshnode.patient.upload_errors import UploadStateError
 from meshnode.storage.audit import AuditEvent, EventCode
 from protocol import patient_link as pl
-from protocol.errors import MeshError, NotFoundError, UnavailableError
+from protocol.errors import NotFoundError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,15 @@ SENT = "sent"
 DECLINED = "declined"
 STATES = (PENDING, SENT, DECLINED)
 MAX_MESSAGE = 500
+#: pending asks from one client address (a household or a clinic behind one NAT asks a few times at most)
+PER_CLIENT = 5
 #: what the asker is told when the queue is full
 FULL = ("too many requests are waiting for the imaging team just now: please try again later, or contact the "
         "hospital by phone")
+MINE = ("several requests from your connection are already waiting for the imaging team: please wait for them, "
+        "or contact the hospital by phone")
 
-Added = Literal["added", "duplicate", "full"]
+Added = Literal["added", "duplicate", "full", "client full"]
 AuditFn = Callable[[AuditEvent], Awaitable[None]]
 
 
@@ -72,9 +77,10 @@ class UploadRequest:
 
 
 class UploadRequestStore(Protocol):
-    def add(self, request: UploadRequest, max_pending: int) -> tuple[Added, str]:
+    def add(self, request: UploadRequest, max_pending: int, per_client: int = PER_CLIENT) -> tuple[Added, str]:
         """In one transaction: a pending ask with the same email (case-insensitive) and code_to -> ("duplicate",
-        its ID), nothing written; `max_pending` or more pending -> ("full", ""); else ("added", its ID)."""
+        its ID), nothing written; `max_pending` or more pending -> ("full", ""); `per_client` or more pending from
+        the request's client -> ("client full", ""); else ("added", its ID)."""
         ...
 
     def get(self, request_id: str) -> UploadRequest | None: ...
@@ -102,7 +108,7 @@ class MemoryUploadRequestStore:
     def __init__(self) -> None:
         self._rows: dict[str, UploadRequest] = {}
 
-    def add(self, request: UploadRequest, max_pending: int) -> tuple[Added, str]:
+    def add(self, request: UploadRequest, max_pending: int, per_client: int = PER_CLIENT) -> tuple[Added, str]:
         check_row(request)
         pending = [r for r in self._rows.values() if r.state == PENDING]
         same = next((r for r in pending if _same(r, request)), None)
@@ -110,6 +116,8 @@ class MemoryUploadRequestStore:
             return "duplicate", same.request_id
         if len(pending) >= max_pending:
             return "full", ""
+        if len([r for r in pending if r.client == request.client]) >= per_client:
+            return "client full", ""
         if request.request_id in self._rows:
             raise ValueError(f"upload request {request.request_id}: exists")
         self._rows[request.request_id] = request
@@ -174,6 +182,8 @@ class UploadRequests:
             log.warning("upload link asks: %d pending, the most allowed; an ask was refused",
                         self.config.max_pending_upload_requests)
             raise UnavailableError(FULL)
+        if added == "client full":
+            raise UnavailableError(MINE)
         if added == "added":
             await self.audit(AuditEvent(EventCode.APPLICATION_ACTIVITY, "upload-request-received", actor="public",
                                         detail=f"upload-request:{request_id}"))
@@ -208,7 +218,7 @@ class UploadRequests:
         try:
             link_id = await self.links.create_upload(f"user:{user}", claimed.person, claimed.email, claimed.code_to,
                                                      None)
-        except (MeshError, trio.Cancelled):
+        except BaseException:  # noqa: BLE001 - re-raised: only puts the row back
             with trio.CancelScope(shield=True):  # not sent: the request waits again
                 await self._db(lambda: self.store.decide(replace(claimed, state=PENDING, decided_by="",
                                                                  decided_at=0.0), SENT))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from meshnode.patient.sqlite_upload_requests import SqliteUploadRequestStore
 from meshnode.patient.upload_errors import UploadStateError
 from meshnode.patient.upload_requests import (
     PENDING,
+    PER_CLIENT,
     MemoryUploadRequestStore,
     UploadRequests,
     UploadRequestStore,
@@ -67,8 +68,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     store: UploadRequestStore
     store = MemoryUploadRequestStore() if request.param == "memory" else SqliteUploadRequestStore(tmp_path / "n.db")
     audit = Audit()
-    asks = UploadRequests(links.config.__class__(**{**links.config.__dict__, "max_pending_upload_requests": 3}),
-                          store, links, audit, clock=clock)
+    asks = UploadRequests(replace(links.config, max_pending_upload_requests=3), store, links, audit, clock=clock)
     users = MemoryUserStore()
     add_user(users, "pacs1", ("pacs",), 0)
     add_user(users, "doc1", ("clinician",), 0)
@@ -105,6 +105,17 @@ async def test_the_pending_asks_are_capped(world: World) -> None:
     first = world.store.pending()[0].request_id
     await world.asks.decline("pacs1", first, "not ours")
     assert (await world.ask({**GOOD, "email": "p9@example.org"})).status == 202
+
+
+async def test_one_address_cannot_fill_the_queue(world: World) -> None:
+    """Within the public rate limit one address could post the whole queue full: it gets PER_CLIENT pending asks,
+    then 503, while others still get in."""
+    world.asks.config = replace(world.asks.config, max_pending_upload_requests=100)
+    codes = [(await world.ask({**GOOD, "email": f"flood{i}@example.org"}, client="203.0.113.66")).status
+             for i in range(PER_CLIENT + 3)]
+    assert codes == [202] * PER_CLIENT + [503] * 3
+    other = await world.ask(GOOD, client="198.51.100.8")
+    assert other.status == 202 and world.pending() == PER_CLIENT + 1
 
 
 async def test_the_same_ask_again_is_one_ask_and_answers_the_same(world: World) -> None:
@@ -184,7 +195,7 @@ async def test_a_link_that_could_not_be_made_leaves_the_ask_pending(world: World
     """Making the link fails (no SMS gateway here for a mobile number): the ask waits again, nothing sent."""
     await world.ask(GOOD)
     request_id = world.store.pending()[0].request_id
-    world.links.config = world.links.config.__class__(**{**world.links.config.__dict__, "sms_gateway_url": ""})
+    world.links.config = replace(world.links.config, sms_gateway_url="")
     reply = await call(world.app, "POST", f"/ui/api/upload-requests/{request_id}/send", headers=world.staff)
     assert reply.status == 400, reply.body
     row = world.store.get(request_id)

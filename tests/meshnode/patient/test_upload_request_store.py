@@ -47,6 +47,13 @@ def test_add_coalesces_and_caps(store: UploadRequestStore) -> None:
     assert got == _ask(1)
 
 
+def test_pending_asks_per_client_are_capped(store: UploadRequestStore) -> None:
+    for n in range(3):
+        assert store.add(_ask(n), 10, per_client=3)[0] == "added"
+    assert store.add(_ask(5), 10, per_client=3) == ("client full", "")
+    assert store.add(replace(_ask(6), client="198.51.100.8"), 10, per_client=3)[0] == "added"
+
+
 def test_a_decision_is_compare_and_set(store: UploadRequestStore) -> None:
     store.add(_ask(1), 10)
     sent = replace(_ask(1), state=SENT, decided_by="user:pacs1", decided_at=2000.0)
