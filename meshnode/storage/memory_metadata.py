@@ -31,6 +31,7 @@ from meshnode.storage.records import (
     hash_uid,
 )
 from meshnode.storage.patients import MemoryPatients
+from meshnode.storage.instance_crcs import MemoryInstanceCrcs
 from meshnode.storage.research_store import MemoryResearchStore
 from meshnode.storage.request_store import MemoryRequestStore
 from meshnode.storage.retry_queue import MemoryRetryQueue
@@ -61,8 +62,10 @@ class _Transfer:
     bytes_done: int
 
 
-class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, MemoryRequestStore):
+class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, MemoryRequestStore,
+                          MemoryInstanceCrcs):
     def __init__(self) -> None:
+        MemoryInstanceCrcs.__init__(self)
         MemoryRequestStore.__init__(self)
         MemoryResearchStore.__init__(self)
         MemoryConflicts.__init__(self)  # and MemoryRetryQueue's

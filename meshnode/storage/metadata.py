@@ -13,6 +13,7 @@ from meshnode.storage.audit import AuditEntry, AuditEvent
 from meshnode.storage.audit_checkpoint import AuditCheckpoint, SpoolItem
 from meshnode.storage.patients import PatientStore
 from meshnode.storage.conflicts import ConflictStore, Incoming
+from meshnode.storage.instance_crcs import InstanceCrcStore
 from meshnode.storage.records import (
     AddOutcome,
     InstanceRecord,
@@ -31,7 +32,7 @@ from protocol.lifecycle import ManifestState
 
 
 class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStore, ConflictStore, RequestStore,
-                    Protocol):
+                    InstanceCrcStore, Protocol):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int,

@@ -33,6 +33,7 @@ from meshnode.storage.conflicts import Incoming
 from protocol.conflict import ConflictAction
 from meshnode.storage.sqlite_exchange import SqliteExchange
 from meshnode.storage.sqlite_identity import SqliteIdentity
+from meshnode.storage.instance_crcs import SqliteInstanceCrcs
 from meshnode.storage.sqlite_patients import HELD_STUDIES_SQL, SqlitePatients
 from meshnode.storage.sqlite_retry_queue import SqliteRetryQueue
 from meshnode.storage.sqlite_research import SqliteResearch
@@ -71,7 +72,7 @@ HELD_SYNTAXES_SQL = (
 
 
 class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, SqliteAudit, SqliteRetryQueue,
-                          SqlitePatients, SqliteResearch, SqliteRequests):
+                          SqlitePatients, SqliteResearch, SqliteRequests, SqliteInstanceCrcs):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int,

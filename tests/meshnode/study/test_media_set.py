@@ -247,3 +247,135 @@ def test_a_non_image_leaf_and_a_latin1_name(tmp_path: Path, caplog: pytest.LogCa
             assert dump.returncode == 0 and dump.stderr == b""
     finally:
         s.close()
+
+
+def _count_gets(storage: NodeStorage) -> list[object]:
+    """Every block read from now on (the real block store's get, counted)."""
+    calls: list[object] = []
+    orig = storage.blocks.get
+
+    def get(cid, verify=True):  # type: ignore[no-untyped-def]
+        calls.append(cid)
+        return orig(cid, verify=verify)
+
+    storage.blocks.get = get  # type: ignore[method-assign]
+    return calls
+
+
+def test_the_download_streams_its_first_bytes_before_reading_the_set(storage: NodeStorage) -> None:
+    """Review C1: read(0, size) used to read and hash every instance (for the CRC-32 in each local header)
+    before its first byte. Now its first piece needs no block, and the bytes up to the end of the first
+    instance's data need at most that instance's blocks (failed before: every block of the set was read)."""
+    ms = plan_media_set(storage, studies(storage), readme=README)
+    calls = _count_gets(storage)
+    first_instance = next(i for i, e in enumerate(ms._entries) if e.record is not None)
+    record = ms._entries[first_instance].record
+    assert record is not None
+    it = ms.read(0, ms.size)
+    head = next(it)
+    assert head[:4] == b"PK\x03\x04" and calls == []
+    served = len(head)
+    end = ms.layout.entries[first_instance].data_offset + record.size
+    while served < end:
+        served += len(next(it))
+    assert len(calls) <= len(record.blocks)
+    rest = b"".join(it)
+    assert served + len(rest) == ms.size
+
+
+def test_a_tail_range_after_a_restart_with_a_warm_table_reads_no_instance(tmp_path: Path) -> None:
+    """Review C1 (c): CRC-32s learned while a download streamed are kept in the store: after a restart
+    (process cache empty, storage reopened) the central directory comes from the table; a set whose CRCs
+    warm_crcs filled likewise. Failed before: the tail range read every instance."""
+    home = tmp_path / "node"
+    home.mkdir()
+    s = NodeStorage.open(home)
+    synthetic.generate_ct_study(tmp_path / "src", slices=3, rows=32, columns=32, seed=2)
+    synthetic.generate_ct_study(tmp_path / "src2", slices=2, rows=32, columns=32, seed=4, patient_id="P2")
+    Ingester(s, chunk_size=4096).ingest([tmp_path / "src"])
+    first = studies(s)
+    full = whole(plan_media_set(s, first, readme=README))  # streams: learns every CRC-32
+    Ingester(s, chunk_size=4096).ingest([tmp_path / "src2"])
+    second = [uid for uid in studies(s) if uid not in first]
+    assert media.warm_crcs(s, s.metadata.instances(second[0])) == 2
+    assert media.warm_crcs(s, s.metadata.instances(second[0])) == 0  # known: no pass
+    s.close()
+    media._crc_cache.clear()
+
+    s = NodeStorage.open(home)
+    try:
+        for uids, expected in ((first, full), (studies(s), None)):
+            media._crc_cache.clear()
+            ms = plan_media_set(s, uids, readme=README)
+            calls = _count_gets(s)
+            tail = b"".join(ms.read(ms.layout.central_offset, ms.size))
+            assert calls == []
+            if expected is not None:
+                assert tail == expected[ms.layout.central_offset:]
+            s.blocks.get = type(s.blocks).get.__get__(s.blocks)  # type: ignore[method-assign]
+            with zipfile.ZipFile(io.BytesIO(whole(ms))) as zf:
+                assert zf.testzip() is None
+    finally:
+        s.close()
+
+
+def test_a_cached_crc_is_used_only_for_the_same_size(storage: NodeStorage) -> None:
+    """Review m1: the cache was keyed by digest alone, so a record claiming another instance's digest with
+    another size got that CRC-32. Now (size, crc) is kept and a size mismatch is a miss, in the process
+    cache and in the store."""
+    import dataclasses
+    recs = sorted(records(storage).values(), key=lambda r: r.sop_instance_uid)
+    crc = media.instance_crc(storage, recs[0])
+    assert media._cached_crc(recs[0]) == crc
+    other_size = dataclasses.replace(recs[0], size=recs[0].size + 1)
+    assert media._cached_crc(other_size) is None
+    media._crc_cache.clear()
+    assert media._stored_crcs(storage, [other_size]) == 1  # the stored row is for the other size
+    with pytest.raises(media.DigestMismatchError):
+        media.instance_crc(storage, other_size)
+
+
+def test_crc_cache_memory_is_bounded() -> None:
+    """CRC_CACHE_ENTRY_BYTES is what an entry really costs (measured), and the cache never holds more than
+    CRC_CACHE_SIZE entries."""
+    n = 20_000
+    tracemalloc.start()
+    before, _ = tracemalloc.get_traced_memory()
+    media._remember_crcs([(hashlib.sha256(i.to_bytes(4, "big")).digest(), 1_000_000 + i, 0x80000000 + i)
+                          for i in range(n)])
+    after, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert (after - before) / n <= media.CRC_CACHE_ENTRY_BYTES
+    media._remember_crcs([(hashlib.sha256(b"x" + i.to_bytes(4, "big")).digest(), 1, 1)
+                          for i in range(media.CRC_CACHE_SIZE)])
+    assert len(media._crc_cache) == media.CRC_CACHE_SIZE
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_instance_crc_store(tmp_path: Path, kind: str) -> None:
+    from meshnode.storage.memory_metadata import MemoryMetadataStore
+    from meshnode.storage.metadata import MetadataStore
+    store: MetadataStore
+    if kind == "memory":
+        store = MemoryMetadataStore()
+    else:
+        home = tmp_path / "node"
+        home.mkdir()
+        store = NodeStorage.open(home).metadata
+    a, b = bytes(32), b"\x01" * 32
+    assert store.instance_crcs([a, b]) == {}
+    store.record_instance_crcs([(a, 10, 0xFFFFFFFF)])
+    store.record_instance_crcs([(a, 11, 1), (b, 0, 0)])  # a known digest stays as it was
+    assert store.instance_crcs([a, b, b"\x02" * 32]) == {a: (10, 0xFFFFFFFF), b: (0, 0)}
+    assert len(store.instance_crcs([bytes([i % 256]) * 32 for i in range(1200)] + [a])) == 2
+    # a download's worker thread records while the database thread's transaction is open and then rolled
+    # back: the row is its own (SQLite: its own connection), neither joined to nor lost with that transaction
+    import threading
+    c = b"\x03" * 32
+    worker = threading.Thread(target=store.record_instance_crcs, args=([(c, 3, 3)],))
+    with pytest.raises(RuntimeError), store.atomic():
+        worker.start()
+        raise RuntimeError("the database thread's transaction fails")
+    worker.join(timeout=30)
+    assert store.instance_crcs([c]) == {c: (3, 3)}
+    store.close()
