@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import threading
 import zlib
 from collections import OrderedDict
@@ -69,6 +70,7 @@ CRC_CACHE_ENTRY_BYTES = 300
 MAX_HEADER_BYTES = 1 << 20
 #: the File ID scheme allows 1,000,000 of each level under its parent (six digits after a two-letter prefix)
 MAX_PER_LEVEL = 1_000_000
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 _crc_lock = threading.Lock()
 _crc_cache: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
@@ -343,9 +345,23 @@ def _read_header(storage: NodeStorage, record: InstanceRecord) -> Dataset | None
         return None
 
 
+def _check_uids(record: InstanceRecord) -> None:
+    """The UIDs the DICOMDIR names must be UIDs (ASCII digits and dots, at most 64 characters): a record from
+    before ingest checked the SOP Class UID, or odd metadata, is refused here (review M6)."""
+    for label, uid in (("SOP Class UID", record.sop_class_uid), ("SOP Instance UID", record.sop_instance_uid),
+                       ("Transfer Syntax UID", record.transfer_syntax), ("Study Instance UID", record.study_uid),
+                       ("Series Instance UID", record.series_uid)):
+        if len(uid) > 64 or not _UID_RE.fullmatch(uid):
+            raise MediaSetError(f"instance {hash_uid(record.sop_instance_uid)}: its {label} is not a valid UID, "
+                                "so no DICOMDIR can name it")
+
+
 def media_set_from_records(storage: NodeStorage, records: Sequence[InstanceRecord], *, readme: str) -> MediaSet:
     """The set for these instances (records already read from metadata: storage.metadata is not touched
-    unless a corrupt block must be recorded with no node listening). Blocking."""
+    unless a corrupt block must be recorded with no node listening). Blocking. MediaSetError when a record's
+    UIDs cannot go into a DICOMDIR."""
+    for record in records:
+        _check_uids(record)
     placed = _file_ids(list(records))
     dir_instances: list[DirInstance] = []
     seen_series: set[tuple[str, str]] = set()

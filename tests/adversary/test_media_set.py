@@ -12,7 +12,7 @@ from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.study import media_set as media
 from meshnode.study.export import DigestMismatchError
-from meshnode.study.media_set import MediaSet, media_set_from_records, plan_media_set
+from meshnode.study.media_set import MediaSet, MediaSetError, media_set_from_records, plan_media_set
 from protocol.errors import StorageError
 from tests.meshnode.study.test_media_set import (  # noqa: F401 - fixtures
     README,
@@ -81,3 +81,21 @@ def test_metadata_disagreeing_with_the_blocks_is_refused_before_its_descriptor(s
     assert storage.metadata.instance_crcs([bytes(32)]) == {}
 
 
+
+
+@pytest.mark.parametrize("field,value", [
+    ("sop_class_uid", "1.2.840.10008.5.1.4.1.1.2\u00e9"),
+    ("sop_class_uid", "1.2.840.10008.5.1.4.1.1.2" + ".9" * 40),
+    ("transfer_syntax", "1.2.840.10008.1.2.1\u00e9"),
+    ("sop_instance_uid", "1.2.3." + "4" * 70),
+])
+def test_a_record_with_a_bad_uid_is_refused_with_a_mesh_error(storage: NodeStorage, field: str,
+                                                              value: str) -> None:
+    """Review M6: a record ingested before ingest checked the SOP Class UID (or any odd UID in metadata)
+    made planning raise a raw UnicodeEncodeError (or wrote an 85-character UID into the DICOMDIR). Now
+    the set is refused with MediaSetError (a MeshError), naming no UID."""
+    recs = sorted(records(storage).values(), key=lambda r: r.sop_instance_uid)
+    bad = [dataclasses.replace(recs[1], **{field: value})] + recs[:1] + recs[2:]
+    with pytest.raises(MediaSetError) as refused:
+        media_set_from_records(storage, bad, readme=README)
+    assert value not in str(refused.value)
