@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tracemalloc
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -379,3 +379,109 @@ def test_instance_crc_store(tmp_path: Path, kind: str) -> None:
     worker.join(timeout=30)
     assert store.instance_crcs([c]) == {c: (3, 3)}
     store.close()
+
+
+def _extracted_set(tmp_path: Path, src: Path, mutate: Callable[[pydicom.Dataset], None] | None = None) -> Path:
+    """Ingest `src` (after `mutate(ds)` on each file), extract its media set; the extracted folder."""
+    if mutate is not None:
+        for f in sorted(p for p in src.rglob("*") if p.is_file()):
+            ds = pydicom.dcmread(f)
+            mutate(ds)
+            ds.save_as(f, enforce_file_format=True)
+    home = tmp_path / "node"
+    home.mkdir()
+    s = NodeStorage.open(home)
+    try:
+        assert Ingester(s).ingest([src]).added >= 1
+        data = whole(plan_media_set(s, studies(s), readme=README))
+    finally:
+        s.close()
+    out = tmp_path / "out"
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        zf.extractall(out)
+    return out
+
+
+def _type1_empty(out: Path) -> list[str]:
+    """Type 1 keys (PS3.3 F.5) a record of the extracted DICOMDIR has empty or lacks."""
+    ds = pydicom.dcmread(out / "DICOMDIR")
+    required = {"PATIENT": ["PatientID"], "STUDY": ["StudyDate", "StudyTime", "StudyID", "StudyInstanceUID"],
+                "SERIES": ["Modality", "SeriesInstanceUID", "SeriesNumber"], "IMAGE": ["InstanceNumber"],
+                "ENCAP DOC": ["InstanceNumber", "MIMETypeOfEncapsulatedDocument"]}
+    return [f"{r.DirectoryRecordType}.{kw}" for r in ds.DirectoryRecordSequence
+            for kw in required.get(r.DirectoryRecordType, [])
+            if kw not in r or r[kw].value in (None, "", b"")]
+
+
+def _dcmmkdir_accepts(out: Path, *, same_patient_id: bool = True) -> None:
+    """dcmmkdir reads our DICOMDIR and updates it with every file (+I: the files themselves have the Type 2
+    keys empty, which dcmmkdir refuses unless it may invent them as we did): no error, nothing added (when
+    the files have a Patient ID: dcmmkdir matches PATIENT records by it, so an invented one is not matched)."""
+    if shutil.which("dcmmkdir") is None:
+        return
+    before = pydicom.dcmread(out / "DICOMDIR").DirectoryRecordSequence
+    update = subprocess.run(["dcmmkdir", "+U", "+I", "-Pgp", "+r", "DICOM"], cwd=out, capture_output=True,
+                            text=True, timeout=60)
+    assert update.returncode == 0 and "E:" not in update.stdout + update.stderr, update.stdout + update.stderr
+    if same_patient_id:
+        assert len(pydicom.dcmread(out / "DICOMDIR").DirectoryRecordSequence) == len(before)
+
+
+def test_type1_keys_filled_when_the_instance_has_type2_values_empty(tmp_path: Path) -> None:
+    """Review M5: Study ID and Instance Number are Type 2 in the instance (often empty) but Type 1 in the STUDY
+    and IMAGE records; they were written empty (dcmmkdir refused the set). Now, as dcmmkdir's +I invents them:
+    Study ID from the Accession Number (else MESHST + a number), Instance Number a sequence number."""
+    src = tmp_path / "src"
+    synthetic.generate_ct_study(src, slices=2, rows=16, columns=16, seed=11)
+
+    def mutate(ds: pydicom.Dataset) -> None:
+        ds.StudyID = ""
+        ds.InstanceNumber = None
+        ds.SeriesNumber = None
+        ds.AccessionNumber = ""
+    out = _extracted_set(tmp_path, src, mutate)
+    assert _type1_empty(out) == []
+    records = pydicom.dcmread(out / "DICOMDIR").DirectoryRecordSequence
+    assert [r.StudyID for r in records if r.DirectoryRecordType == "STUDY"] == ["MESHST000000"]
+    assert [r.InstanceNumber for r in records if r.DirectoryRecordType == "IMAGE"] == [1, 2]
+    assert len(list(FileSet(pydicom.dcmread(out / "DICOMDIR")))) == 2
+    _dcmmkdir_accepts(out)
+
+
+@pytest.mark.skipif(shutil.which("pdf2dcm") is None, reason="dcmtk (Makefile SYSTEM_DEPS)")
+def test_encapsulated_pdf_from_dcmtk_pdf2dcm(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review M5: dcmtk's own pdf2dcm leaves Patient ID, Study ID and Instance Number empty (Type 2 in the
+    IOD): the PATIENT record had an empty Patient ID, and the ENCAP DOC leaf, its recorder raising, lost its
+    MIME type and title."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "a.pdf").write_bytes(b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n")
+    subprocess.run(["pdf2dcm", str(tmp_path / "a.pdf"), str(src / "a.dcm")], check=True, timeout=60)
+    out = _extracted_set(tmp_path, src)
+    ds = pydicom.dcmread(out / "DICOMDIR")
+    assert len(list(FileSet(ds))) == 1
+    assert _type1_empty(out) == []
+    [doc] = [r for r in ds.DirectoryRecordSequence if r.DirectoryRecordType == "ENCAP DOC"]
+    assert doc.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    [patient] = [r for r in ds.DirectoryRecordSequence if r.DirectoryRecordType == "PATIENT"]
+    assert patient.PatientID == "MESHPT000000"
+    assert "lacks keys" not in caplog.text
+    _dcmmkdir_accepts(out, same_patient_id=False)
+
+
+def test_a_leaf_whose_recorder_refuses_it_keeps_its_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review M5: a non-IMAGE leaf whose header lacks a key its recorder requires (here an SR without its
+    Completion Flag) kept only its Instance Number; now it keeps every key of its record type it has."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _sr_with_latin1_name(src / "sr.dcm")
+    ds = pydicom.dcmread(src / "sr.dcm")
+    del ds.CompletionFlag
+    ds.save_as(src / "sr.dcm", enforce_file_format=True)
+    out = _extracted_set(tmp_path, src)
+    assert "lacks keys" in caplog.text
+    [leaf] = [r for r in pydicom.dcmread(out / "DICOMDIR").DirectoryRecordSequence
+              if r.DirectoryRecordType == "SR DOCUMENT"]
+    assert (leaf.VerificationFlag, leaf.ContentDate, leaf.ContentTime, leaf.InstanceNumber) == (
+        "UNVERIFIED", "20240102", "101500", 1)
+    assert leaf.ConceptNameCodeSequence[0].CodeValue == "18748-4"
