@@ -5,8 +5,10 @@ maximum, Pillow encodes), with its decompression-bomb limits: a frame over previ
 from its header before anything is decoded, a deflated data set is inflated at most preview.MAX_INFLATED,
 only the asked frame is decoded. Full resolution, but the longest side is capped at MAX_SIDE (4096) pixels
 (aspect kept): larger frames (a whole-slide tile, a large mammogram) are scaled down. The instance is read
-from verified blocks and its whole-file sha256 checked (meshnode.storage.block_stream.read_instance); an
-instance over MAX_INSTANCE_BYTES is not loaded (the set's ZIP download has every byte of it anyway).
+as a seekable stream over its blocks, each checked against its CID as it is read
+(meshnode.storage.block_stream.BlockStream): a native frame's bytes alone, an encapsulated instance's
+pixel data once (review M4: the whole instance was held twice; its whole-file sha256 is no longer checked
+here, the CIDs cover every byte read); an instance over MAX_INSTANCE_BYTES is not rendered.
 Blocking: call it in a worker thread.
 """
 
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import logging
 
-from meshnode.storage.block_stream import read_instance
+import io
+
+from meshnode.storage.block_stream import BlockStream
 from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import hash_uid
@@ -55,14 +59,14 @@ def key_image(storage: NodeStorage, study_uid: str, series_uid: str, sop_uid: st
         raise KeyImageError(f"the instance has {frames} frame(s); frame {frame} does not exist")
     if record.size > MAX_INSTANCE_BYTES:
         raise KeyImageError("the instance is too large to make a key image from")
+    stream = io.BufferedReader(BlockStream(storage.blocks, record.blocks, record.block_sizes),
+                               buffer_size=64 * 1024)
     try:
-        data = read_instance(storage.blocks, record)
+        return render_frame(stream, MAX_SIDE, index=frame - 1, fmt=FORMATS[fmt])
     except BlockCorruptError as exc:
         if exc.cid is not None and storage.blocks.on_quarantined is None:
             storage.block_quarantined(exc.cid, "key image")
         raise
-    try:
-        return render_frame(data, MAX_SIDE, index=frame - 1, fmt=FORMATS[fmt])
     except KeyImageError:
         raise
     except PreviewError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import zlib
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -31,7 +32,7 @@ import pydicom.uid
 from PIL import Image
 from pydicom.pixels.processing import apply_color_lut
 
-from protocol.errors import LocalProtocolError
+from protocol.errors import LocalProtocolError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 #: compressed frame's codestream must declare the same size, before anything is decoded
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 #: the float work of windowing is done on blocks of rows of at most this many samples
-BLOCK_PIXELS = 1 << 20
+BLOCK_PIXELS = 1 << 18
 #: a deflated data set is inflated at most this far (the frame and its attributes; a zip bomb is refused)
 MAX_INFLATED = MAX_FRAME_BYTES + 4 * 1024 * 1024
 
@@ -52,18 +53,28 @@ class PreviewError(LocalProtocolError):
     name = "preview-error"
 
 
-def _check_inflated_size(data: bytes) -> None:
+def _check_inflated_size(raw: BinaryIO) -> str | None:
     """A Deflated Explicit VR Little Endian data set is inflated whole by pydicom: refuse one that inflates
-    beyond MAX_INFLATED before it is (bounded streaming inflate, the output thrown away)."""
-    raw = io.BytesIO(data)
+    beyond MAX_INFLATED before it is (bounded streaming inflate, the output thrown away). Returns the
+    transfer syntax; `raw` is left at its start."""
+    raw.seek(0)
+    try:
+        return _inflated_size_checked(raw)
+    finally:
+        raw.seek(0)
+
+
+def _inflated_size_checked(raw: BinaryIO) -> str | None:
     pydicom.filereader.read_preamble(raw, False)
     meta = pydicom.filereader._read_file_meta_info(raw)  # what dcmread reads first (pydicom 3)
-    if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
-        return
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax != pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return str(syntax) if syntax else None
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     total = len(inflater.decompress(raw.read(), MAX_INFLATED + 1))
     if total > MAX_INFLATED or inflater.unconsumed_tail:
         raise PreviewError("the instance is too large to preview")
+    return str(syntax)
 
 
 def _frame_bytes(ds: pydicom.Dataset) -> int:
@@ -195,21 +206,30 @@ def render_png(data: bytes, max_side: int | None = None) -> bytes:
     return render_frame(data, max_side)
 
 
-def render_frame(data: bytes, max_side: int | None = None, *, index: int = 0, fmt: str = "PNG") -> bytes:
+def render_frame(data: bytes | BinaryIO, max_side: int | None = None, *, index: int = 0,
+                 fmt: str = "PNG") -> bytes:
     """Frame `index` (0-based) as an 8-bit image in Pillow format `fmt` ("PNG" or "JPEG"), with the limits of
-    render_png (only that frame is decoded)."""
+    render_png (only that frame is decoded). `data`: the instance's bytes, or a seekable binary file of them
+    (meshnode.storage.block_stream.BlockStream): then a native frame is read alone (pydicom reads its byte
+    range), an encapsulated one with the pixel data's fragments only, never the whole instance twice."""
+    src: BinaryIO = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        _check_inflated_size(data)
-        ds = pydicom.dcmread(io.BytesIO(data))
+        syntax = _check_inflated_size(src)
+        ds = pydicom.dcmread(src, defer_size=256)  # large values (the pixel data) are read when used
+        native = syntax is not None and not pydicom.uid.UID(syntax).is_compressed
         if "PixelData" not in ds:
             raise PreviewError("the instance has no pixel data to look at (an encapsulated document or model)")
         if _frame_bytes(ds) > MAX_FRAME_BYTES:
             raise PreviewError("the instance is too large to preview")
-        _check_codestream_size(ds, index)
-        frame = np.asarray(pydicom.pixels.utils.pixel_array(ds, index=index))
+        if native:  # only the frame's bytes are read from the file
+            src.seek(0)
+            frame = np.asarray(pydicom.pixels.utils.pixel_array(src, index=index))
+        else:
+            _check_codestream_size(ds, index)
+            frame = np.asarray(pydicom.pixels.utils.pixel_array(ds, index=index))
         if frame.shape[:2] != (int(ds.Rows), int(ds.Columns)):
             raise PreviewError("the decoded frame is not the size its header says")
-    except PreviewError:
+    except (PreviewError, StorageError):  # StorageError: a stream's block is corrupt or missing
         raise
     except Exception as exc:  # any decoder failure (pydicom raises many kinds): one clear error
         raise PreviewError(f"the pixel data cannot be decoded here ({type(exc).__name__})") from None
