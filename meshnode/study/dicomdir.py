@@ -51,6 +51,13 @@ class DirInstance:
     header: Dataset | None
 
 
+def patient_key(record: InstanceRecord) -> tuple[str, str]:
+    """One PATIENT record per Patient ID (review m5: two spellings of a name made two records with one ID);
+    by name only when the ID is empty."""
+    patient_id = record.study.patient_id
+    return (patient_id, "") if patient_id else ("", record.study.patient_name)
+
+
 def record_type(record: InstanceRecord) -> str:
     """The fourth-level record type for the instance's SOP class (pydicom's table; IMAGE otherwise)."""
     import pydicom.fileset
@@ -229,13 +236,13 @@ def _tree(instances: Sequence[DirInstance]) -> list[_Node]:
         key = (rec.study_uid, rec.series_uid)
         header = item.header or header_of_series.get(key) or fallback_header(rec)
         header_of_series.setdefault(key, header)
-        patient_key = (rec.study.patient_id, rec.study.patient_name)
+        pkey = patient_key(rec)
         study_number = len(studies) if rec.study_uid not in studies else 0
-        if patient_key not in patients:
-            patients[patient_key] = _Node(_body(_record("PATIENT", header, item, study_number)), [])
+        if pkey not in patients:
+            patients[pkey] = _Node(_body(_record("PATIENT", header, item, study_number)), [])
         if rec.study_uid not in studies:
             studies[rec.study_uid] = _Node(_body(_record("STUDY", header, item, study_number)), [])
-            patients[patient_key].children.append(studies[rec.study_uid])
+            patients[pkey].children.append(studies[rec.study_uid])
         if key not in series:
             series[key] = _Node(_body(_record("SERIES", header, item, study_number)), [])
             studies[rec.study_uid].children.append(series[key])

@@ -50,7 +50,7 @@ from pydicom.dataset import Dataset
 from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord, hash_uid
-from meshnode.study.dicomdir import DirInstance, build_dicomdir, record_type
+from meshnode.study.dicomdir import DirInstance, build_dicomdir, patient_key, record_type
 from meshnode.study.export import DigestMismatchError
 from meshnode.study.zip_layout import DataPiece, MediaSetError, ZipLayout
 from protocol.errors import NotFoundError
@@ -303,7 +303,7 @@ def _file_ids(records: list[InstanceRecord]) -> list[tuple[tuple[str, ...], Inst
     for study_uid in sorted(by_study):
         group = by_study[study_uid]
         first = group[0]
-        pt = patients.setdefault((first.study.patient_id, first.study.patient_name), len(patients))
+        pt = patients.setdefault(patient_key(first), len(patients))
         st = studies_of.get(pt, 0)
         studies_of[pt] = st + 1
         series: dict[str, list[InstanceRecord]] = {}

@@ -485,3 +485,20 @@ def test_a_leaf_whose_recorder_refuses_it_keeps_its_keys(tmp_path: Path, caplog:
     assert (leaf.VerificationFlag, leaf.ContentDate, leaf.ContentTime, leaf.InstanceNumber) == (
         "UNVERIFIED", "20240102", "101500", 1)
     assert leaf.ConceptNameCodeSequence[0].CodeValue == "18748-4"
+
+
+def test_one_patient_id_two_spellings_gives_one_patient_record(tmp_path: Path) -> None:
+    """Review m5: the same Patient ID with its name spelled differently in two studies gave two PATIENT
+    records with one Patient ID (dcmmkdir reports such a set inconsistent). Patients are one per Patient ID
+    now (by name only when the ID is empty)."""
+    src = tmp_path / "src"
+    synthetic.generate_ct_study(src / "a", slices=1, rows=16, columns=16, seed=1, patient_id="P1",
+                                patient_name="DOE^JOHN")
+    synthetic.generate_ct_study(src / "b", slices=1, rows=16, columns=16, seed=2, patient_id="P1",
+                                patient_name="Doe^John^^^")
+    out = _extracted_set(tmp_path, src)
+    records = pydicom.dcmread(out / "DICOMDIR").DirectoryRecordSequence
+    assert [r.PatientID for r in records if r.DirectoryRecordType == "PATIENT"] == ["P1"]
+    assert len([r for r in records if r.DirectoryRecordType == "STUDY"]) == 2
+    assert sorted(p.name for p in (out / "DICOM").iterdir()) == ["PT000000"]
+    _dcmmkdir_accepts(out)
