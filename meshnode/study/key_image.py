@@ -23,7 +23,7 @@ from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import hash_uid
 from meshnode.study.preview import PreviewError, render_frame
-from protocol.errors import NotFoundError
+from protocol.errors import LocalProtocolError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
-class KeyImageError(PreviewError):
+class KeyImageError(LocalProtocolError):
     """A key image that cannot be made: an unknown format, a frame the instance does not have, an instance
     without pixel data or too large, pixels that cannot be decoded here."""
 
@@ -66,8 +66,6 @@ def key_image(storage: NodeStorage, study_uid: str, series_uid: str, sop_uid: st
     except BlockCorruptError as exc:
         if exc.cid is not None and storage.blocks.on_quarantined is None:
             storage.block_quarantined(exc.cid, "key image")
-        raise
-    except KeyImageError:
         raise
     except PreviewError as exc:
         raise KeyImageError(str(exc)) from None

@@ -115,3 +115,13 @@ def test_one_frame_of_a_native_multiframe_reads_only_that_frame(tmp_path: Path) 
             assert png == render_frame(data, MAX_SIDE, index=frame - 1, fmt="PNG")
     finally:
         s.close()
+
+
+def test_key_image_error_is_what_its_registry_row_says() -> None:
+    """Review m8: KeyImageError (991) subclassed PreviewError (953), so `except PreviewError` took a key
+    image error for a preview error; its REGISTRY row says LocalProtocolError."""
+    from protocol.errors import REGISTRY, LocalProtocolError
+    from meshnode.study.preview import PreviewError
+    [row] = [r for r in REGISTRY if r.code == KeyImageError.code]
+    assert KeyImageError.__bases__ == (LocalProtocolError,) and row.rebuilt_as is LocalProtocolError
+    assert not issubclass(KeyImageError, PreviewError)
