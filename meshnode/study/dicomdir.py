@@ -58,13 +58,25 @@ def patient_key(record: InstanceRecord) -> tuple[str, str]:
     return (patient_id, "") if patient_id else ("", record.study.patient_name)
 
 
-def record_type(record: InstanceRecord) -> str:
-    """The fourth-level record type for the instance's SOP class (pydicom's table; IMAGE otherwise)."""
+def _four_level_table() -> dict[str, str]:
+    """pydicom's SOP class -> record type table (PS3.3 F.5: private in pydicom.fileset, so checked here:
+    review m6, a silent empty fallback would have made every SR, PDF and RT object an IMAGE record)."""
     import pydicom.fileset
 
-    table: dict[str, str] = getattr(pydicom.fileset, "_FOUR_LEVEL_SOP_CLASSES", {})
-    if record.sop_class_uid in table:
-        return table[record.sop_class_uid]
+    table = getattr(pydicom.fileset, "_FOUR_LEVEL_SOP_CLASSES", None)
+    if not isinstance(table, dict) or table.get("1.2.840.10008.5.1.4.1.1.88.11") != "SR DOCUMENT":
+        raise ImportError("pydicom.fileset._FOUR_LEVEL_SOP_CLASSES (SOP class -> DICOMDIR record type) is "
+                          "missing or changed in this pydicom: meshnode.study.dicomdir needs it")
+    return dict(table)
+
+
+_RECORD_TYPES = _four_level_table()
+
+
+def record_type(record: InstanceRecord) -> str:
+    """The fourth-level record type for the instance's SOP class (pydicom's table; IMAGE otherwise)."""
+    if record.sop_class_uid in _RECORD_TYPES:
+        return _RECORD_TYPES[record.sop_class_uid]
     if record.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.104."):
         return "ENCAP DOC"
     return "IMAGE"

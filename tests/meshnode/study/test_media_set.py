@@ -502,3 +502,23 @@ def test_one_patient_id_two_spellings_gives_one_patient_record(tmp_path: Path) -
     assert len([r for r in records if r.DirectoryRecordType == "STUDY"]) == 2
     assert sorted(p.name for p in (out / "DICOM").iterdir()) == ["PT000000"]
     _dcmmkdir_accepts(out)
+
+
+def test_record_types_come_from_pydicoms_table_or_import_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review m6: the SOP class -> record type table is pydicom's private one; its absence used to fall back
+    silently to {} (every SR, PDF, RT object an IMAGE record). Now the import fails loudly."""
+    import dataclasses
+
+    import pydicom.fileset
+
+    from meshnode.study import dicomdir
+    from tests.meshnode.storage.helpers import instance
+    by_class = {"1.2.840.10008.5.1.4.1.1.88.11": "SR DOCUMENT", "1.2.840.10008.5.1.4.1.1.104.1": "ENCAP DOC",
+                "1.2.840.10008.5.1.4.1.1.481.3": "RT STRUCTURE SET", "1.2.840.10008.5.1.4.1.1.88.59": "KEY OBJECT DOC",
+                "1.2.840.10008.5.1.4.1.1.2": "IMAGE"}
+    template = instance(1)
+    for uid, kind in by_class.items():
+        assert dicomdir.record_type(dataclasses.replace(template, sop_class_uid=uid)) == kind
+    monkeypatch.delattr(pydicom.fileset, "_FOUR_LEVEL_SOP_CLASSES")
+    with pytest.raises(ImportError):
+        dicomdir._four_level_table()
