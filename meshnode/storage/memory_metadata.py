@@ -165,6 +165,10 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, 
         return sorted(insts, key=lambda i: (i.series.series_number or 0, i.series_uid, i.instance_number or 0,
                                             i.sop_instance_uid))
 
+    def instances_of(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> list[InstanceRecord]:
+        return [i for i in self.instances(study_uid)
+                if i.series_uid == series_uid and i.sop_instance_uid == sop_instance_uid]
+
     def held_transfer_syntaxes(self, sop_classes: Iterable[str]) -> dict[str, set[str]]:
         wanted = set(sop_classes)
         hidden = self.held_studies()  # not retrievable while reconciliation holds them back

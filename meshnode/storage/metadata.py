@@ -51,6 +51,11 @@ class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStor
 
     def instances(self, study_uid: str) -> list[InstanceRecord]: ...
 
+    def instances_of(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> list[InstanceRecord]:
+        """The records of one instance (as `instances` gives them, usually one) without reading the study's
+        other records: a key image asks for one frame of one instance."""
+        ...
+
     def held_transfer_syntaxes(self, sop_classes: Iterable[str]) -> dict[str, set[str]]:
         """For each of `sop_classes` the node holds instances of: the transfer syntaxes they are stored in."""
         ...

@@ -50,8 +50,7 @@ def key_image(storage: NodeStorage, study_uid: str, series_uid: str, sop_uid: st
     StorageError when its stored bytes are not what was ingested (a corrupt block is quarantined)."""
     if fmt not in FORMATS:
         raise KeyImageError("key images are PNG or JPEG")
-    record = next((r for r in storage.metadata.instances(study_uid)
-                   if r.series_uid == series_uid and r.sop_instance_uid == sop_uid), None)
+    record = next(iter(storage.metadata.instances_of(study_uid, series_uid, sop_uid)), None)
     if record is None:
         raise NotFoundError(f"no instance {hash_uid(sop_uid)} in that study and series")
     frames = record.frames or 1

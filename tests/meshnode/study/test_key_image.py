@@ -125,3 +125,27 @@ def test_key_image_error_is_what_its_registry_row_says() -> None:
     [row] = [r for r in REGISTRY if r.code == KeyImageError.code]
     assert KeyImageError.__bases__ == (LocalProtocolError,) and row.rebuilt_as is LocalProtocolError
     assert not issubclass(KeyImageError, PreviewError)
+
+
+def test_a_key_image_reads_one_record_not_the_study(storage: NodeStorage) -> None:
+    """Review m7: key_image read every record of the study (with their block lists) to find one instance.
+    Now it asks the store for that instance (instances_of, SQLite and memory) and never lists the study."""
+    from meshnode.storage.memory_metadata import MemoryMetadataStore
+
+    rec = instance(storage, frames=False)
+    listed: list[str] = []
+    original = storage.metadata.instances
+
+    def spy(study_uid: str) -> list[InstanceRecord]:
+        listed.append(study_uid)
+        return original(study_uid)
+
+    storage.metadata.instances = spy  # type: ignore[method-assign]
+    png = key_image(storage, rec.study_uid, rec.series_uid, rec.sop_instance_uid, fmt="png")
+    assert png[:4] == b"\x89PNG" and listed == []
+    assert storage.metadata.instances_of(rec.study_uid, rec.series_uid, rec.sop_instance_uid) == [rec]
+    assert storage.metadata.instances_of(rec.study_uid, "1.2.3", rec.sop_instance_uid) == []
+    memory = MemoryMetadataStore()
+    memory.add_instances([rec], [], 0)
+    assert memory.instances_of(rec.study_uid, rec.series_uid, rec.sop_instance_uid) == [rec]
+    assert memory.instances_of("1.2.3", rec.series_uid, rec.sop_instance_uid) == []
