@@ -215,8 +215,10 @@ def render_frame(data: bytes | BinaryIO, max_side: int | None = None, *, index: 
     src: BinaryIO = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         syntax = _check_inflated_size(src)
-        ds = pydicom.dcmread(src, defer_size=256)  # large values (the pixel data) are read when used
-        native = syntax is not None and not pydicom.uid.UID(syntax).is_compressed
+        deflated = syntax == pydicom.uid.DeflatedExplicitVRLittleEndian
+        # large values (the pixel data) are read when used; a deflated set is inflated whole (bounded above)
+        ds = pydicom.dcmread(src, defer_size=None if deflated else 256)
+        native = syntax is not None and not deflated and not pydicom.uid.UID(syntax).is_compressed
         if "PixelData" not in ds:
             raise PreviewError("the instance has no pixel data to look at (an encapsulated document or model)")
         if _frame_bytes(ds) > MAX_FRAME_BYTES:

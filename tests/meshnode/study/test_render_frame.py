@@ -123,3 +123,15 @@ def test_thumbnail_and_format_still_work(fmt: str) -> None:
     ds = secondary_capture(64, 64, px, photometric="MONOCHROME2", samples=1, bits=16)
     img = Image.open(io.BytesIO(render_frame(ds_bytes(ds), 16, fmt=fmt)))
     assert img.format == fmt and max(img.size) <= 16
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_native_syntaxes_from_bytes_and_from_a_file(ts: str) -> None:
+    """Native frames are read from the file alone (review M4); deflated data sets are inflated whole."""
+    px = np.arange(64 * 64, dtype="<u2").reshape(64, 64)
+    data = ds_bytes(secondary_capture(64, 64, px.tobytes(), photometric="MONOCHROME2", samples=1, bits=16,
+                                      ts=ts))
+    png = render_frame(data, None)
+    assert png == render_frame(io.BytesIO(data), None)
+    img = Image.open(io.BytesIO(png))
+    assert (int(img.getpixel((0, 0))), int(img.getpixel((63, 63)))) == (0, 255)
