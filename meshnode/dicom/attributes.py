@@ -283,6 +283,7 @@ def _check_uids(attributes: InstanceAttributes) -> None:
         ("Study Instance UID", attributes.study_instance_uid),
         ("Series Instance UID", attributes.series_instance_uid),
         ("SOP Instance UID", attributes.sop_instance_uid),
+        ("SOP Class UID", attributes.sop_class_uid),  # Type 1 (SOP Common); the DICOMDIR names it (review M6)
     ):
         if not uid:
             raise MissingUidError(f"missing {label}")

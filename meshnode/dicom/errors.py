@@ -58,7 +58,7 @@ class PixelDataMismatchError(DicomError):
 
 
 class MissingUidError(DicomError):
-    """A Study, Series or SOP Instance UID that is absent or not a valid UID."""
+    """A Study, Series, SOP Instance or SOP Class UID that is absent or not a valid UID."""
 
     code = 726
     name = "missing-uid"

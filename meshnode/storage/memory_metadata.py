@@ -31,6 +31,7 @@ from meshnode.storage.records import (
     hash_uid,
 )
 from meshnode.storage.patients import MemoryPatients
+from meshnode.storage.instance_crcs import MemoryInstanceCrcs
 from meshnode.storage.research_store import MemoryResearchStore
 from meshnode.storage.request_store import MemoryRequestStore
 from meshnode.storage.retry_queue import MemoryRetryQueue
@@ -61,8 +62,10 @@ class _Transfer:
     bytes_done: int
 
 
-class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, MemoryRequestStore):
+class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, MemoryRequestStore,
+                          MemoryInstanceCrcs):
     def __init__(self) -> None:
+        MemoryInstanceCrcs.__init__(self)
         MemoryRequestStore.__init__(self)
         MemoryResearchStore.__init__(self)
         MemoryConflicts.__init__(self)  # and MemoryRetryQueue's
@@ -161,6 +164,10 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, 
         insts = [i for i in self._instances if i.study_uid == study_uid]
         return sorted(insts, key=lambda i: (i.series.series_number or 0, i.series_uid, i.instance_number or 0,
                                             i.sop_instance_uid))
+
+    def instances_of(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> list[InstanceRecord]:
+        return [i for i in self.instances(study_uid)
+                if i.series_uid == series_uid and i.sop_instance_uid == sop_instance_uid]
 
     def held_transfer_syntaxes(self, sop_classes: Iterable[str]) -> dict[str, set[str]]:
         wanted = set(sop_classes)

@@ -13,6 +13,7 @@ from meshnode.storage.audit import AuditEntry, AuditEvent
 from meshnode.storage.audit_checkpoint import AuditCheckpoint, SpoolItem
 from meshnode.storage.patients import PatientStore
 from meshnode.storage.conflicts import ConflictStore, Incoming
+from meshnode.storage.instance_crcs import InstanceCrcStore
 from meshnode.storage.records import (
     AddOutcome,
     InstanceRecord,
@@ -31,7 +32,7 @@ from protocol.lifecycle import ManifestState
 
 
 class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStore, ConflictStore, RequestStore,
-                    Protocol):
+                    InstanceCrcStore, Protocol):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int,
@@ -49,6 +50,11 @@ class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStor
     def study(self, study_uid: str) -> StudySummaryRow | None: ...
 
     def instances(self, study_uid: str) -> list[InstanceRecord]: ...
+
+    def instances_of(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> list[InstanceRecord]:
+        """The records of one instance (as `instances` gives them, usually one) without reading the study's
+        other records: a key image asks for one frame of one instance."""
+        ...
 
     def held_transfer_syntaxes(self, sop_classes: Iterable[str]) -> dict[str, set[str]]:
         """For each of `sop_classes` the node holds instances of: the transfer syntaxes they are stored in."""

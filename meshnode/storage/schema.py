@@ -468,4 +468,12 @@ MIGRATIONS = (
     ) STRICT;
     CREATE INDEX upload_requests_by_state ON upload_requests (state, created_at)
     """,
+    # 26: instance crc32 (issue 14, MEDIA review C1): each instance's CRC-32 for the patient's ZIP (data
+    # descriptors, central directory), by sha256 digest, kept across restarts (meshnode/storage/instance_crcs.py)
+    """
+    CREATE TABLE instance_crcs (
+        digest BLOB PRIMARY KEY, size INTEGER NOT NULL CHECK (size >= 0),
+        crc32 INTEGER NOT NULL CHECK (crc32 BETWEEN 0 AND 4294967295)
+    ) STRICT, WITHOUT ROWID
+    """,
 )

@@ -33,6 +33,7 @@ from meshnode.storage.conflicts import Incoming
 from protocol.conflict import ConflictAction
 from meshnode.storage.sqlite_exchange import SqliteExchange
 from meshnode.storage.sqlite_identity import SqliteIdentity
+from meshnode.storage.instance_crcs import SqliteInstanceCrcs
 from meshnode.storage.sqlite_patients import HELD_STUDIES_SQL, SqlitePatients
 from meshnode.storage.sqlite_retry_queue import SqliteRetryQueue
 from meshnode.storage.sqlite_research import SqliteResearch
@@ -71,7 +72,7 @@ HELD_SYNTAXES_SQL = (
 
 
 class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, SqliteAudit, SqliteRetryQueue,
-                          SqlitePatients, SqliteResearch, SqliteRequests):
+                          SqlitePatients, SqliteResearch, SqliteRequests, SqliteInstanceCrcs):
     # -- studies and instances ------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], events: Sequence[AuditEvent], now_ms: int,
@@ -157,6 +158,13 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, Sqlit
         return sqlite_search.search_instances(self._query, search)
 
     def instances(self, study_uid: str) -> list[InstanceRecord]:
+        return self._instance_records("i.study_uid = ?", (study_uid,))
+
+    def instances_of(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> list[InstanceRecord]:
+        return self._instance_records("i.study_uid = ? AND i.series_uid = ? AND i.sop_instance_uid = ?",
+                                      (study_uid, series_uid, sop_instance_uid))
+
+    def _instance_records(self, where: str, params: tuple[str, ...]) -> list[InstanceRecord]:
         rows = self._query(
             "SELECT i.id, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, i.size, i.digest,"
             " i.instance_number, i.rows, i.columns, i.frames, i.flags, i.source,"
@@ -164,15 +172,15 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, Sqlit
             " st.study_uid, st.patient_name, st.patient_id, st.birth_date, st.sex, st.study_date, st.study_time,"
             " st.description, st.accession, i.origin"
             " FROM instances i JOIN series se ON se.series_uid = i.series_uid"
-            " JOIN studies st ON st.study_uid = i.study_uid WHERE i.study_uid = ?"
+            " JOIN studies st ON st.study_uid = i.study_uid WHERE " + where +
             " ORDER BY se.series_number, se.series_uid, i.instance_number, i.sop_instance_uid, i.id",
-            (study_uid,),
+            params,
         )
         blocks: dict[int, list[tuple[CID, int]]] = {}
         for iid, cid, size in self._query(
             "SELECT ib.instance_id, ib.cid, ib.size FROM instance_blocks ib JOIN instances i ON i.id = ib.instance_id"
-            " WHERE i.study_uid = ? ORDER BY ib.instance_id, ib.seq",
-            (study_uid,),
+            " WHERE " + where + " ORDER BY ib.instance_id, ib.seq",
+            params,
         ):
             blocks.setdefault(int(iid), []).append((CID.from_bytes(bytes(cid)), int(size)))
         out = []

@@ -6,9 +6,16 @@ PS3.3 F.5 requires for PATIENT, STUDY, SERIES and the other record types) build 
 instance's header and pydicom's writer encodes it; IMAGE records (most of a DICOMDIR, and they hold no
 text) are encoded directly from what storage knows, 10x cheaper. Every offset is a fixed-size UL, so each
 record is encoded once with zero offsets and its two offsets patched in place once all positions are known.
-A header missing a key its record type requires still gets a record (with what it has), rather than leaving
-the instance out of the patient's set; the File ID, SOP class, SOP instance and transfer syntax are always
-there. Explicit VR Little Endian, File-set ID "DICOM_MESH", File-set Consistency Flag 0.
+Type 1 keys of a record that are Type 2 (so often empty) in the instance are invented, as dcmtk's
+`dcmmkdir +I` does (it uses DCMTKPAT/DCMTKSTUDY + 6 digits and counters; review M5): Patient ID "MESHPT" +
+the patient's File ID number, Study ID the Accession Number (else "MESHST" + the study's number in the set),
+Study Date and Time the series', acquisition's, content's or creation's (else 19000101 000000, dcmmkdir's
+error values: it would use today, which changes the bytes), Series Number and Instance Number the
+series' and instance's sequence numbers (from 1) in their File IDs.
+A header still missing a key its record type requires gets a record with what it has (every key of the
+record types' lists below), rather than leaving the instance out of the patient's set; the File ID, SOP
+class, SOP instance and transfer syntax are always there. Explicit VR Little Endian, File-set ID
+"DICOM_MESH", File-set Consistency Flag 0.
 """
 
 from __future__ import annotations
@@ -44,13 +51,32 @@ class DirInstance:
     header: Dataset | None
 
 
-def record_type(record: InstanceRecord) -> str:
-    """The fourth-level record type for the instance's SOP class (pydicom's table; IMAGE otherwise)."""
+def patient_key(record: InstanceRecord) -> tuple[str, str]:
+    """One PATIENT record per Patient ID (review m5: two spellings of a name made two records with one ID);
+    by name only when the ID is empty."""
+    patient_id = record.study.patient_id
+    return (patient_id, "") if patient_id else ("", record.study.patient_name)
+
+
+def _four_level_table() -> dict[str, str]:
+    """pydicom's SOP class -> record type table (PS3.3 F.5: private in pydicom.fileset, so checked here:
+    review m6, a silent empty fallback would have made every SR, PDF and RT object an IMAGE record)."""
     import pydicom.fileset
 
-    table: dict[str, str] = getattr(pydicom.fileset, "_FOUR_LEVEL_SOP_CLASSES", {})
-    if record.sop_class_uid in table:
-        return table[record.sop_class_uid]
+    table = getattr(pydicom.fileset, "_FOUR_LEVEL_SOP_CLASSES", None)
+    if not isinstance(table, dict) or table.get("1.2.840.10008.5.1.4.1.1.88.11") != "SR DOCUMENT":
+        raise ImportError("pydicom.fileset._FOUR_LEVEL_SOP_CLASSES (SOP class -> DICOMDIR record type) is "
+                          "missing or changed in this pydicom: meshnode.study.dicomdir needs it")
+    return dict(table)
+
+
+_RECORD_TYPES = _four_level_table()
+
+
+def record_type(record: InstanceRecord) -> str:
+    """The fourth-level record type for the instance's SOP class (pydicom's table; IMAGE otherwise)."""
+    if record.sop_class_uid in _RECORD_TYPES:
+        return _RECORD_TYPES[record.sop_class_uid]
     if record.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.104."):
         return "ENCAP DOC"
     return "IMAGE"
@@ -77,25 +103,78 @@ def fallback_header(record: InstanceRecord) -> Dataset:
     return ds
 
 
-_KEEP_WHEN_INCOMPLETE = ("PatientName", "PatientID", "StudyDate", "StudyTime", "StudyDescription",
-                         "StudyInstanceUID", "StudyID", "AccessionNumber", "Modality", "SeriesInstanceUID",
-                         "SeriesNumber", "InstanceNumber")
+#: the keys a record keeps from the header when its recorder refuses it (PS3.3 F.5: the record types' keys)
+_KEEP_WHEN_INCOMPLETE = {
+    "PATIENT": ("PatientName", "PatientID"),
+    "STUDY": ("StudyDate", "StudyTime", "StudyDescription", "StudyInstanceUID", "StudyID", "AccessionNumber"),
+    "SERIES": ("Modality", "SeriesInstanceUID", "SeriesNumber"),
+}
+#: a leaf (any other record type): what its F.5 table names, those the header has
+_LEAF_KEYS = ("ContentDate", "ContentTime", "InstanceNumber", "DocumentTitle", "MIMETypeOfEncapsulatedDocument",
+              "HL7InstanceIdentifier", "ConceptNameCodeSequence", "CompletionFlag", "VerificationFlag",
+              "ContentLabel", "ContentDescription", "ContentCreatorName", "PresentationCreationDate",
+              "PresentationCreationTime", "ReferencedSeriesSequence", "BlendingSequence", "StationName",
+              "Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions",
+              "WaveformSequence", "NumberOfFrames", "Rows", "Columns", "ImageType")
 
 
-def _record(kind: str, header: Dataset, record: InstanceRecord) -> Dataset:
+#: dcmmkdir's alternative Study Date (and so Time): the series', the acquisition's, the content's; then
+#: the instance's creation; then (dcmmkdir: today, which would make the bytes change) its error value
+_DATES = ("SeriesDate", "AcquisitionDate", "ContentDate", "InstanceCreationDate")
+_TIMES = ("SeriesTime", "AcquisitionTime", "ContentTime", "InstanceCreationTime")
+
+
+def _first_of(header: Dataset | None, keywords: Sequence[str]) -> str:
+    for keyword in keywords:
+        value = header.get(keyword) if header is not None else None
+        if value:
+            return str(value)
+    return ""
+
+
+def _number(component: str) -> int:
+    """The sequence number in a File ID component such as SE000003 (3)."""
+    return int(component[2:])
+
+
+def invented_keys(kind: str, item: DirInstance, study_number: int) -> dict[str, tuple[str, object]]:
+    """The Type 1 keys of a `kind` record invented for this instance when its header has them empty:
+    keyword -> (VR, value), as dcmmkdir +I does (module docstring)."""
+    if kind == "PATIENT":
+        return {"PatientID": ("LO", f"MESHPT{_number(item.file_id[1]):06d}")}
+    if kind == "STUDY":
+        accession = item.record.study.accession.strip()
+        return {"StudyID": ("SH", accession if 0 < len(accession) <= 16 else f"MESHST{study_number:06d}"),
+                "StudyDate": ("DA", _first_of(item.header, _DATES) or "19000101"),
+                "StudyTime": ("TM", _first_of(item.header, _TIMES) or "000000")}
+    if kind == "SERIES":
+        return {"SeriesNumber": ("IS", str(_number(item.file_id[3]) + 1))}
+    return {"InstanceNumber": ("IS", str(_number(item.file_id[4]) + 1))}
+
+
+def _filled(header: Dataset, invented: dict[str, tuple[str, object]]) -> Dataset:
+    """`header` with the invented keys where it lacks a value (a new Dataset: the header's elements are
+    shared, never changed)."""
+    missing = {k: v for k, v in invented.items() if k not in header or header[k].VM == 0}
+    if not missing:
+        return header
+    out = Dataset(header)
+    for keyword, (vr, value) in missing.items():
+        out.add_new(keyword, vr, value)
+    return out
+
+
+def _record(kind: str, header: Dataset, item: DirInstance, study_number: int) -> Dataset:
+    header = _filled(header, invented_keys(kind, item, study_number))
     try:
         out = DIRECTORY_RECORDERS[kind](header)
     except (ValueError, KeyError, AttributeError, TypeError) as exc:
         log.warning("instance %s lacks keys its %s directory record requires (%s); recorded with what it has",
-                    hash_uid(record.sop_instance_uid), kind, type(exc).__name__)
+                    hash_uid(item.record.sop_instance_uid), kind, type(exc).__name__)
         out = Dataset()
-        wanted = {"PATIENT": _KEEP_WHEN_INCOMPLETE[:2], "STUDY": _KEEP_WHEN_INCOMPLETE[2:8],
-                  "SERIES": _KEEP_WHEN_INCOMPLETE[8:11]}.get(kind, _KEEP_WHEN_INCOMPLETE[11:])
-        for keyword in wanted:
+        for keyword in _KEEP_WHEN_INCOMPLETE.get(kind, _LEAF_KEYS):
             if keyword in header:
-                setattr(out, keyword, header[keyword].value)
-    if kind == "STUDY" and not out.get("StudyID"):
-        out.StudyID = ""  # type 1 in the record but absent in the instance: nothing truthful to put there
+                out[keyword] = header[keyword]
     if "SpecificCharacterSet" in header:
         out.SpecificCharacterSet = header.SpecificCharacterSet
     out.OffsetOfTheNextDirectoryRecord = 0
@@ -127,9 +206,10 @@ def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
 
 def _image_record(item: DirInstance) -> bytearray:
     """An IMAGE record, encoded directly (the bulk of a DICOMDIR: thousands of them; no text, so no character
-    set): the offsets, the record type, the Referenced File ID and SOP/transfer syntax UIDs, Instance Number."""
+    set): the offsets, the record type, the Referenced File ID and SOP/transfer syntax UIDs, Instance Number
+    (Type 1: the instance's sequence number in its series when it has none)."""
     rec = item.record
-    number = str(rec.instance_number) if rec.instance_number is not None else ""
+    number = str(rec.instance_number if rec.instance_number is not None else _number(item.file_id[4]) + 1)
     return bytearray(b"".join([
         _element(0x0004, 0x1400, b"UL", struct.pack("<I", 0)),
         _element(0x0004, 0x1410, b"US", struct.pack("<H", 0xFFFF)),
@@ -168,20 +248,21 @@ def _tree(instances: Sequence[DirInstance]) -> list[_Node]:
         key = (rec.study_uid, rec.series_uid)
         header = item.header or header_of_series.get(key) or fallback_header(rec)
         header_of_series.setdefault(key, header)
-        patient_key = (rec.study.patient_id, rec.study.patient_name)
-        if patient_key not in patients:
-            patients[patient_key] = _Node(_body(_record("PATIENT", header, rec)), [])
+        pkey = patient_key(rec)
+        study_number = len(studies) if rec.study_uid not in studies else 0
+        if pkey not in patients:
+            patients[pkey] = _Node(_body(_record("PATIENT", header, item, study_number)), [])
         if rec.study_uid not in studies:
-            studies[rec.study_uid] = _Node(_body(_record("STUDY", header, rec)), [])
-            patients[patient_key].children.append(studies[rec.study_uid])
+            studies[rec.study_uid] = _Node(_body(_record("STUDY", header, item, study_number)), [])
+            patients[pkey].children.append(studies[rec.study_uid])
         if key not in series:
-            series[key] = _Node(_body(_record("SERIES", header, rec)), [])
+            series[key] = _Node(_body(_record("SERIES", header, item, study_number)), [])
             studies[rec.study_uid].children.append(series[key])
         kind = record_type(rec)
         if kind == "IMAGE":
             series[key].children.append(_Node(_image_record(item), []))
             continue
-        leaf = _record(kind, item.header or fallback_header(rec), rec)
+        leaf = _record(kind, item.header or fallback_header(rec), item, study_number)
         leaf.ReferencedFileID = list(item.file_id)
         leaf.ReferencedSOPClassUIDInFile = rec.sop_class_uid
         leaf.ReferencedSOPInstanceUIDInFile = rec.sop_instance_uid

@@ -5,8 +5,10 @@ maximum, Pillow encodes), with its decompression-bomb limits: a frame over previ
 from its header before anything is decoded, a deflated data set is inflated at most preview.MAX_INFLATED,
 only the asked frame is decoded. Full resolution, but the longest side is capped at MAX_SIDE (4096) pixels
 (aspect kept): larger frames (a whole-slide tile, a large mammogram) are scaled down. The instance is read
-from verified blocks and its whole-file sha256 checked (meshnode.storage.block_stream.read_instance); an
-instance over MAX_INSTANCE_BYTES is not loaded (the set's ZIP download has every byte of it anyway).
+as a seekable stream over its blocks, each checked against its CID as it is read
+(meshnode.storage.block_stream.BlockStream): a native frame's bytes alone, an encapsulated instance's
+pixel data once (review M4: the whole instance was held twice; its whole-file sha256 is no longer checked
+here, the CIDs cover every byte read); an instance over MAX_INSTANCE_BYTES is not rendered.
 Blocking: call it in a worker thread.
 """
 
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import logging
 
-from meshnode.storage.block_stream import read_instance
+import io
+
+from meshnode.storage.block_stream import BlockStream
 from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import hash_uid
 from meshnode.study.preview import PreviewError, render_frame
-from protocol.errors import NotFoundError
+from protocol.errors import LocalProtocolError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
-class KeyImageError(PreviewError):
+class KeyImageError(LocalProtocolError):
     """A key image that cannot be made: an unknown format, a frame the instance does not have, an instance
     without pixel data or too large, pixels that cannot be decoded here."""
 
@@ -46,8 +50,7 @@ def key_image(storage: NodeStorage, study_uid: str, series_uid: str, sop_uid: st
     StorageError when its stored bytes are not what was ingested (a corrupt block is quarantined)."""
     if fmt not in FORMATS:
         raise KeyImageError("key images are PNG or JPEG")
-    record = next((r for r in storage.metadata.instances(study_uid)
-                   if r.series_uid == series_uid and r.sop_instance_uid == sop_uid), None)
+    record = next(iter(storage.metadata.instances_of(study_uid, series_uid, sop_uid)), None)
     if record is None:
         raise NotFoundError(f"no instance {hash_uid(sop_uid)} in that study and series")
     frames = record.frames or 1
@@ -55,15 +58,13 @@ def key_image(storage: NodeStorage, study_uid: str, series_uid: str, sop_uid: st
         raise KeyImageError(f"the instance has {frames} frame(s); frame {frame} does not exist")
     if record.size > MAX_INSTANCE_BYTES:
         raise KeyImageError("the instance is too large to make a key image from")
+    stream = io.BufferedReader(BlockStream(storage.blocks, record.blocks, record.block_sizes),
+                               buffer_size=64 * 1024)
     try:
-        data = read_instance(storage.blocks, record)
+        return render_frame(stream, MAX_SIDE, index=frame - 1, fmt=FORMATS[fmt])
     except BlockCorruptError as exc:
         if exc.cid is not None and storage.blocks.on_quarantined is None:
             storage.block_quarantined(exc.cid, "key image")
-        raise
-    try:
-        return render_frame(data, MAX_SIDE, index=frame - 1, fmt=FORMATS[fmt])
-    except KeyImageError:
         raise
     except PreviewError as exc:
         raise KeyImageError(str(exc)) from None

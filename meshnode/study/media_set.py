@@ -14,11 +14,22 @@ same archive; the ETag is a hash of every entry's name, size and sha256 digest, 
 Planning reads only metadata and one header per series (and per non-image instance), so it is quick for a
 study of any size. Reading is by blocks, each verified against its CID; a corrupt block is moved to
 quarantine by the block store (and alerted: by the running node's listener, or here as export does when
-there is none) and StorageError is raised, so nothing after it is served. Each instance's local header
-holds its CRC-32, so before the header is served the instance's CRC-32 must be known: it is computed by one
-verified pass over the instance (which also checks the whole-file sha256) and kept in a process-wide LRU
-keyed by the sha256 digest (CRC_CACHE_SIZE entries; a restart recomputes). A read that covers an instance's
-data whole checks its sha256 again at its end. Memory: one block at a time, plus the DICOMDIR.
+there is none) and StorageError is raised, so nothing after it is served.
+
+Streamed (review C1): `read` is a generator and each entry's local header has ZIP flag bit 3, so a header
+needs no CRC-32 and `read(0, size)` yields its first bytes after the README alone; an instance's CRC-32 goes
+in the data descriptor after its data and in its central directory record. While an instance's data streams
+whole its CRC-32 is computed and, once the whole-file sha256 matched, remembered: in a process-wide LRU
+(CRC_CACHE_SIZE entries, about CRC_CACHE_ENTRY_BYTES each) and in the metadata store (table instance_crcs,
+kept across restarts). A descriptor or central directory record whose CRC-32 is not known either way costs
+one verified pass over that instance (sha256 checked too); a range reaching the central directory first asks
+the store for every CRC-32 in one batch, so after a restart with a warm table it reads no instance.
+`warm_crcs(storage, records)` fills the table ahead (the caller starts it when a share is created). A cached
+CRC-32 is used only for a record of the same size. Memory: one block at a time, plus the DICOMDIR.
+
+A record whose blocks do not reassemble to its digest (lying metadata): its data is checked as it streams,
+and DigestMismatchError is raised at its end, before the data descriptor, so the archive a client holds is
+truncated inside that entry and no reader accepts it.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import threading
 import zlib
 from collections import OrderedDict
@@ -38,7 +50,7 @@ from pydicom.dataset import Dataset
 from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord, hash_uid
-from meshnode.study.dicomdir import DirInstance, build_dicomdir, record_type
+from meshnode.study.dicomdir import DirInstance, build_dicomdir, patient_key, record_type
 from meshnode.study.export import DigestMismatchError
 from meshnode.study.zip_layout import DataPiece, MediaSetError, ZipLayout
 from protocol.errors import NotFoundError
@@ -46,33 +58,60 @@ from protocol.errors import NotFoundError
 log = logging.getLogger(__name__)
 
 __all__ = ["CRC_CACHE_SIZE", "MediaSet", "MediaSetError", "instance_crc", "media_set_from_records",
-           "plan_media_set", "readme_text"]
+           "plan_media_set", "readme_text", "warm_crcs"]
 
-#: instances whose CRC-32 is remembered (about 100 bytes each)
-CRC_CACHE_SIZE = 200_000
+#: instances whose CRC-32 is remembered in this process (the store keeps them all, across restarts)
+CRC_CACHE_SIZE = 50_000
+#: measured bytes per cache entry (digest bytes object, (size, crc) tuple and ints, OrderedDict node: about
+#: 270 on CPython 3.11, tests/meshnode/study/test_media_set.py::test_crc_cache_memory_is_bounded), so the
+#: cache holds at most about 15 MB
+CRC_CACHE_ENTRY_BYTES = 300
 #: at most this much of an instance is read for its header (the DICOMDIR keys come before the pixel data)
 MAX_HEADER_BYTES = 1 << 20
 #: the File ID scheme allows 1,000,000 of each level under its parent (six digits after a two-letter prefix)
 MAX_PER_LEVEL = 1_000_000
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 _crc_lock = threading.Lock()
-_crc_cache: OrderedDict[bytes, int] = OrderedDict()
+_crc_cache: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
 
 
-def _cached_crc(digest: bytes) -> int | None:
+def _cached_crc(record: InstanceRecord) -> int | None:
+    """The remembered CRC-32 of the record's digest, if it was computed over the record's size (review m1)."""
     with _crc_lock:
-        crc = _crc_cache.get(digest)
-        if crc is not None:
+        known = _crc_cache.get(record.digest)
+        if known is None or known[0] != record.size:
+            return None
+        _crc_cache.move_to_end(record.digest)
+        return known[1]
+
+
+def _remember_crcs(rows: Sequence[tuple[bytes, int, int]]) -> None:
+    with _crc_lock:
+        for digest, size, crc in rows:
+            _crc_cache[digest] = (size, crc)
             _crc_cache.move_to_end(digest)
-        return crc
-
-
-def _remember_crc(digest: bytes, crc: int) -> None:
-    with _crc_lock:
-        _crc_cache[digest] = crc
-        _crc_cache.move_to_end(digest)
         while len(_crc_cache) > CRC_CACHE_SIZE:
             _crc_cache.popitem(last=False)
+
+
+def _learned_crc(storage: NodeStorage, record: InstanceRecord, crc: int) -> None:
+    """A CRC-32 computed over bytes whose sha256 and size matched the record: kept here and in the store."""
+    _remember_crcs([(record.digest, record.size, crc)])
+    storage.metadata.record_instance_crcs([(record.digest, record.size, crc)])
+
+
+def _stored_crcs(storage: NodeStorage, records: Sequence[InstanceRecord]) -> int:
+    """Load the store's CRC-32s of those of `records` not in the cache (sizes checked); returns how many of
+    `records` have none anywhere."""
+    missing = [r for r in records if _cached_crc(r) is None]
+    if not missing:
+        return 0
+    known = storage.metadata.instance_crcs(r.digest for r in missing)
+    rows = [(r.digest, r.size, known[r.digest][1]) for r in missing
+            if r.digest in known and known[r.digest][0] == r.size]
+    _remember_crcs(rows)
+    return len(missing) - len(rows)
 
 
 def _block(storage: NodeStorage, record: InstanceRecord, index: int) -> bytes:
@@ -93,10 +132,15 @@ def _mismatch(record: InstanceRecord) -> DigestMismatchError:
 
 
 def instance_crc(storage: NodeStorage, record: InstanceRecord) -> int:
-    """The instance's CRC-32 (cached by its sha256 digest; else one verified pass, sha256 checked)."""
-    crc = _cached_crc(record.digest)
+    """The instance's CRC-32 (cached by its sha256 digest and size, in this process or the store; else one
+    verified pass, sha256 checked, and remembered in both)."""
+    crc = _cached_crc(record)
     if crc is not None:
         return crc
+    if not _stored_crcs(storage, [record]):
+        crc = _cached_crc(record)
+        if crc is not None:
+            return crc
     crc, digest, size = 0, hashlib.sha256(), 0
     for i in range(len(record.blocks)):
         data = _block(storage, record, i)
@@ -105,8 +149,28 @@ def instance_crc(storage: NodeStorage, record: InstanceRecord) -> int:
         size += len(data)
     if size != record.size or digest.digest() != record.digest:
         raise _mismatch(record)
-    _remember_crc(record.digest, crc)
+    _learned_crc(storage, record, crc)
     return crc
+
+
+def warm_crcs(storage: NodeStorage, records: Sequence[InstanceRecord]) -> int:
+    """Compute and store the CRC-32 of each of `records` not known yet (one verified pass each), so a later
+    download's data descriptors and central directory need no pass. For the integrator: start it in a worker
+    thread when a share is created (trio.to_thread.run_sync(warm_crcs, storage, records), abandon_on_cancel
+    as you see fit: each instance's CRC-32 is stored as soon as it is known, so an interrupted warm-up keeps
+    what it did). Raises StorageError as `read` does for a corrupt or missing block. Returns how many
+    CRC-32s were computed."""
+    computed = 0
+    unique = list({r.digest: r for r in records}.values())
+    for i in range(0, len(unique), 500):
+        chunk = unique[i:i + 500]
+        if not _stored_crcs(storage, chunk):
+            continue
+        for record in chunk:
+            if _cached_crc(record) is None:
+                instance_crc(storage, record)
+                computed += 1
+    return computed
 
 
 def readme_text(org_name: str, studies: int, instances: int) -> str:
@@ -186,6 +250,12 @@ class MediaSet:
         """Bytes [start, stop) of the archive, in pieces of at most one block. Raises MediaSetError for a
         range outside [0, size] and StorageError (BlockCorruptError, DigestMismatchError, BlockMissingError)
         when stored data is not what it should be: nothing after the bad block is yielded."""
+        self.layout.check_range(start, stop)
+        if stop > self.layout.central_offset:
+            # the central directory holds every CRC-32: ask the store for the ones not cached, in batches
+            records = [e.record for e in self._entries if e.record is not None]
+            for i in range(0, len(records), 500):
+                _stored_crcs(self._storage, records[i:i + 500])
         for piece in self.layout.pieces(start, stop, self._crc):
             if isinstance(piece, bytes):
                 yield piece
@@ -200,6 +270,7 @@ class MediaSet:
         record = entry.record
         whole = piece.offset == 0 and piece.length == record.size
         digest = hashlib.sha256() if whole else None
+        crc = 0
         pos = 0
         lo, hi = piece.offset, piece.offset + piece.length
         for i, size in enumerate(record.block_sizes):
@@ -211,10 +282,14 @@ class MediaSet:
                     raise _mismatch(record)
                 if digest is not None:
                     digest.update(data)
+                    crc = zlib.crc32(data, crc)
                 yield data[max(lo - pos, 0):min(hi - pos, size)]
             pos += size
-        if digest is not None and digest.digest() != record.digest:
-            raise _mismatch(record)
+        if digest is not None:
+            if digest.digest() != record.digest:
+                raise _mismatch(record)
+            if _cached_crc(record) is None:
+                _learned_crc(self._storage, record, crc)
 
 
 def _file_ids(records: list[InstanceRecord]) -> list[tuple[tuple[str, ...], InstanceRecord]]:
@@ -228,7 +303,7 @@ def _file_ids(records: list[InstanceRecord]) -> list[tuple[tuple[str, ...], Inst
     for study_uid in sorted(by_study):
         group = by_study[study_uid]
         first = group[0]
-        pt = patients.setdefault((first.study.patient_id, first.study.patient_name), len(patients))
+        pt = patients.setdefault(patient_key(first), len(patients))
         st = studies_of.get(pt, 0)
         studies_of[pt] = st + 1
         series: dict[str, list[InstanceRecord]] = {}
@@ -270,9 +345,23 @@ def _read_header(storage: NodeStorage, record: InstanceRecord) -> Dataset | None
         return None
 
 
+def _check_uids(record: InstanceRecord) -> None:
+    """The UIDs the DICOMDIR names must be UIDs (ASCII digits and dots, at most 64 characters): a record from
+    before ingest checked the SOP Class UID, or odd metadata, is refused here (review M6)."""
+    for label, uid in (("SOP Class UID", record.sop_class_uid), ("SOP Instance UID", record.sop_instance_uid),
+                       ("Transfer Syntax UID", record.transfer_syntax), ("Study Instance UID", record.study_uid),
+                       ("Series Instance UID", record.series_uid)):
+        if len(uid) > 64 or not _UID_RE.fullmatch(uid):
+            raise MediaSetError(f"instance {hash_uid(record.sop_instance_uid)}: its {label} is not a valid UID, "
+                                "so no DICOMDIR can name it")
+
+
 def media_set_from_records(storage: NodeStorage, records: Sequence[InstanceRecord], *, readme: str) -> MediaSet:
     """The set for these instances (records already read from metadata: storage.metadata is not touched
-    unless a corrupt block must be recorded with no node listening). Blocking."""
+    unless a corrupt block must be recorded with no node listening). Blocking. MediaSetError when a record's
+    UIDs cannot go into a DICOMDIR."""
+    for record in records:
+        _check_uids(record)
     placed = _file_ids(list(records))
     dir_instances: list[DirInstance] = []
     seen_series: set[tuple[str, str]] = set()

@@ -5,12 +5,17 @@ range [start, stop) of an archive that was never written anywhere must be produc
 known before the first byte (Content-Length). Python's zipfile writes sequentially to a file; zipstream-ng
 can announce the size but only streams from the start; stream-zip (maintained) is a sequential generator;
 zipseeker (unmaintained since 2020) computes the size but its own docs say it cannot skip parts, because it
-needs every CRC-32 at the end. Here the caller supplies each entry's CRC-32 lazily (only the headers that hold
-it ask for it), so a range in the middle of a multi-GiB archive costs the bytes it covers.
+needs every CRC-32 at the end. Here the caller supplies each entry's CRC-32 lazily (only the data descriptors
+and central directory records in the range ask for it), so a range in the middle of a multi-GiB archive costs
+the bytes it covers, and `pieces` is a generator: bytes flow as they are produced.
 
 Stored, not deflated: DICOM pixel data rarely compresses, and stored makes every byte's offset a function of
-the names and sizes alone. Each entry is one local file header (CRC-32 and sizes in it: no data descriptor,
-which streaming readers mishandle for stored entries), its data, and at the end one central directory record
+the names and sizes alone. Each entry is one local file header with general-purpose flag bit 3 (CRC-32 zero:
+it follows the data, so the header goes out before the data is read; the sizes stay in the header, which
+APPNOTE 4.4.4 allows ("SHOULD" be zero) and which streaming readers need to find the end of stored data:
+Python zipfile, Info-ZIP unzip -t, 7z t and bsdtar all accept it, tests/meshnode/study/test_zip_layout.py),
+its data, a data descriptor (signature 0x08074b50, CRC-32, sizes: 8 bytes each when the entry is ZIP64),
+and at the end one central directory record
 per entry, a ZIP64 end-of-central-directory record and locator when any count, size or offset needs them
 (an entry >= 4 GiB, an offset beyond 4 GiB, more than 65534 entries), and the end-of-central-directory
 record. Modification times are fixed (1980-01-01 00:00), so the same entries always give the same bytes.
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -47,6 +52,10 @@ CENTRAL_SIG = 0x02014B50
 ZIP64_EOCD_SIG = 0x06064B50
 ZIP64_LOCATOR_SIG = 0x07064B50
 EOCD_SIG = 0x06054B50
+
+DESCRIPTOR_SIG = 0x08074B50
+#: general-purpose flag bit 3: CRC-32 (and sizes) in a data descriptor after the data
+FLAG_DESCRIPTOR = 0x0008
 
 LOCAL_FIXED = 30
 CENTRAL_FIXED = 46
@@ -77,6 +86,7 @@ class _Kind(Enum):
     DATA = 2
     CENTRAL = 3
     TAIL = 4
+    DESCRIPTOR = 5
 
 
 @dataclass(frozen=True)
@@ -100,13 +110,23 @@ class ZipEntry:
     def data_offset(self) -> int:
         return self.header_offset + LOCAL_FIXED + len(self.name) + (20 if self.zip64 else 0)
 
+    @property
+    def descriptor_size(self) -> int:
+        return 24 if self.zip64 else 16
 
-def _local_header(entry: ZipEntry, crc: int) -> bytes:
+
+def _descriptor(entry: ZipEntry, crc: int) -> bytes:
+    if entry.zip64:
+        return struct.pack("<IIQQ", DESCRIPTOR_SIG, crc, entry.size, entry.size)
+    return struct.pack("<IIII", DESCRIPTOR_SIG, crc, entry.size, entry.size)
+
+
+def _local_header(entry: ZipEntry) -> bytes:
     version = 45 if entry.zip64 else 20
     size32 = U32 if entry.zip64 else entry.size
     extra = struct.pack("<HHQQ", 0x0001, 16, entry.size, entry.size) if entry.zip64 else b""
-    return struct.pack("<IHHHHHIIIHH", LOCAL_SIG, version, 0, 0, DOS_TIME, DOS_DATE, crc, size32, size32,
-                       len(entry.name), len(extra)) + entry.name + extra
+    return struct.pack("<IHHHHHIIIHH", LOCAL_SIG, version, FLAG_DESCRIPTOR, 0, DOS_TIME, DOS_DATE, 0, size32,
+                       size32, len(entry.name), len(extra)) + entry.name + extra
 
 
 def _central_extra(entry: ZipEntry) -> bytes:
@@ -120,7 +140,8 @@ def _central_record(entry: ZipEntry, crc: int) -> bytes:
     size32 = U32 if entry.zip64 else entry.size
     offset32 = U32 if entry.zip64 else entry.header_offset
     extra = _central_extra(entry)
-    return struct.pack("<IHHHHHHIIIHHHHHII", CENTRAL_SIG, MADE_BY, version, 0, 0, DOS_TIME, DOS_DATE, crc,
+    return struct.pack("<IHHHHHHIIIHHHHHII", CENTRAL_SIG, MADE_BY, version, FLAG_DESCRIPTOR, 0, DOS_TIME,
+                       DOS_DATE, crc,
                        size32, size32, len(entry.name), len(extra), 0, 0, 0, EXTERNAL_ATTR,
                        offset32) + entry.name + extra
 
@@ -128,8 +149,11 @@ def _central_record(entry: ZipEntry, crc: int) -> bytes:
 class ZipLayout:
     """Every offset of one archive. Build with `ZipLayout.plan`."""
 
-    def __init__(self, entries: tuple[ZipEntry, ...], regions: list[_Region], tail: bytes, size: int) -> None:
+    def __init__(self, entries: tuple[ZipEntry, ...], regions: list[_Region], tail: bytes, size: int,
+                 central_offset: int) -> None:
         self.entries = entries
+        #: where the central directory starts
+        self.central_offset = central_offset
         self._regions = regions
         self._starts = [r.start for r in regions]
         self._tail = tail
@@ -156,7 +180,8 @@ class ZipLayout:
             regions.append(_Region(pos, header, _Kind.LOCAL, index))
             if size:
                 regions.append(_Region(entry.data_offset, size, _Kind.DATA, index))
-            pos = entry.data_offset + size
+            regions.append(_Region(entry.data_offset + size, entry.descriptor_size, _Kind.DESCRIPTOR, index))
+            pos = entry.data_offset + size + entry.descriptor_size
         cd_offset = pos
         for index, entry in enumerate(entries):
             length = CENTRAL_FIXED + len(entry.name) + len(_central_extra(entry))
@@ -176,21 +201,27 @@ class ZipLayout:
         else:
             tail += struct.pack("<IHHHHIIH", EOCD_SIG, 0, 0, count, count, cd_size, cd_offset, 0)
         regions.append(_Region(pos, len(tail), _Kind.TAIL, -1))
-        return cls(tuple(entries), regions, tail, pos + len(tail))
+        return cls(tuple(entries), regions, tail, pos + len(tail), cd_offset)
 
     def _region_bytes(self, region: _Region, crc_of: Callable[[int], int]) -> bytes:
         if region.kind is _Kind.LOCAL:
-            return _local_header(self.entries[region.entry], crc_of(region.entry))
+            return _local_header(self.entries[region.entry])
+        if region.kind is _Kind.DESCRIPTOR:
+            return _descriptor(self.entries[region.entry], crc_of(region.entry))
         if region.kind is _Kind.CENTRAL:
             return _central_record(self.entries[region.entry], crc_of(region.entry))
         return self._tail
 
-    def pieces(self, start: int, stop: int, crc_of: Callable[[int], int]) -> list[bytes | DataPiece]:
-        """Bytes [start, stop) of the archive as header bytes and pieces of entry data, in order.
-        `crc_of(i)`: entry i's CRC-32, asked for only when a header holding it is in the range."""
+    def check_range(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.size:
             raise MediaSetError(f"range [{start}, {stop}) is outside the archive (size {self.size})")
-        out: list[bytes | DataPiece] = []
+
+    def pieces(self, start: int, stop: int, crc_of: Callable[[int], int]) -> Iterator[bytes | DataPiece]:
+        """Bytes [start, stop) of the archive as header bytes and pieces of entry data, in order, produced
+        one by one (a generator: check the range first with `check_range`, the generator checks it again).
+        `crc_of(i)`: entry i's CRC-32, asked for only when its data descriptor or central directory record
+        is reached (after the pieces before it were consumed)."""
+        self.check_range(start, stop)
         i = bisect.bisect_right(self._starts, start) - 1
         pos = start
         while pos < stop:
@@ -198,9 +229,8 @@ class ZipLayout:
             lo = pos - region.start
             hi = min(stop - region.start, region.length)
             if region.kind is _Kind.DATA:
-                out.append(DataPiece(region.entry, lo, hi - lo))
+                yield DataPiece(region.entry, lo, hi - lo)
             else:
-                out.append(self._region_bytes(region, crc_of)[lo:hi])
+                yield self._region_bytes(region, crc_of)[lo:hi]
             pos = region.start + hi
             i += 1
-        return out

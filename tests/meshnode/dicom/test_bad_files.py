@@ -173,6 +173,19 @@ def test_invalid_uid(ct_slice: Path, tmp_path: Path) -> None:
     _refused(path, MissingUidError, "Series Instance UID is not a valid UID")
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.2\u00e9", "1.2.840.10008.5.1.4.1.1.2" + ".9" * 40,
+                                       "1.2.x"], ids=["non-ascii", "too-long", "letters"])
+def test_invalid_sop_class_uid(ct_slice: Path, tmp_path: Path, sop_class: str) -> None:
+    """MEDIA review M6: the SOP Class UID was not checked; a non-ASCII one later broke the patient's download
+    (DICOMDIR) with a raw UnicodeEncodeError, an 85-character one went into the DICOMDIR as it was."""
+    ds = pydicom.dcmread(ct_slice)
+    ds.SOPClassUID = sop_class
+    path = tmp_path / "bad-class.dcm"
+    ds.save_as(path)
+    _refused(path, MissingUidError, "SOP Class UID is not a valid UID")
+
+
 @pytest.mark.parametrize("magic", [b"MZ\x90\x00", b"\x7fELF"], ids=["pe", "elf"])
 def test_executable_preamble_is_kept_and_flagged(
     ct_slice: Path, tmp_path: Path, magic: bytes

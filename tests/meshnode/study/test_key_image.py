@@ -83,3 +83,69 @@ def test_longest_side_capped() -> None:
     wide = _instance(2, MAX_SIDE + 904, bits=8)
     image = Image.open(io.BytesIO(render_frame(wide, MAX_SIDE, fmt="JPEG")))
     assert image.size[0] == MAX_SIDE
+
+
+def test_one_frame_of_a_native_multiframe_reads_only_that_frame(tmp_path: Path) -> None:
+    """Review M4: a key image of one frame held the whole instance twice (read_instance's bytes and pydicom's
+    PixelData copy): up to ~1 GB a request at MAX_INSTANCE_BYTES on a public endpoint. Now the instance is a
+    seekable stream over its verified blocks and only the frame's bytes are read: the peak (4.3 MB measured
+    for a 16 MB instance) is never the instance (failed before: 35 MB, about twice the instance)."""
+    import tracemalloc
+    home = tmp_path / "node"
+    home.mkdir()
+    s = NodeStorage.open(home)
+    try:
+        synthetic.generate_multiframe(tmp_path / "src", frames=32, rows=512, columns=512, seed=2)
+        Ingester(s, chunk_size=1 << 18).ingest([tmp_path / "src"])
+        [rec] = [r for st in s.metadata.studies() for r in s.metadata.instances(st.attributes.study_uid)]
+        assert rec.size > 16_000_000
+        whole_frames = {}
+        for frame in (1, 5, 32):
+            tracemalloc.start()
+            png = key_image(s, rec.study_uid, rec.series_uid, rec.sop_instance_uid, fmt="png", frame=frame)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            whole_frames[frame] = png
+            assert png[:4] == b"\x89PNG"
+            assert peak < rec.size // 3, f"peak {peak >> 20} MB for a {rec.size >> 20} MB instance"  # 35 MB before
+        # the same pixels as rendering the whole instance's bytes
+        from meshnode.storage.block_stream import read_instance
+        data = read_instance(s.blocks, rec)
+        for frame, png in whole_frames.items():
+            assert png == render_frame(data, MAX_SIDE, index=frame - 1, fmt="PNG")
+    finally:
+        s.close()
+
+
+def test_key_image_error_is_what_its_registry_row_says() -> None:
+    """Review m8: KeyImageError (991) subclassed PreviewError (953), so `except PreviewError` took a key
+    image error for a preview error; its REGISTRY row says LocalProtocolError."""
+    from protocol.errors import REGISTRY, LocalProtocolError
+    from meshnode.study.preview import PreviewError
+    [row] = [r for r in REGISTRY if r.code == KeyImageError.code]
+    assert KeyImageError.__bases__ == (LocalProtocolError,) and row.rebuilt_as is LocalProtocolError
+    assert not issubclass(KeyImageError, PreviewError)
+
+
+def test_a_key_image_reads_one_record_not_the_study(storage: NodeStorage) -> None:
+    """Review m7: key_image read every record of the study (with their block lists) to find one instance.
+    Now it asks the store for that instance (instances_of, SQLite and memory) and never lists the study."""
+    from meshnode.storage.memory_metadata import MemoryMetadataStore
+
+    rec = instance(storage, frames=False)
+    listed: list[str] = []
+    original = storage.metadata.instances
+
+    def spy(study_uid: str) -> list[InstanceRecord]:
+        listed.append(study_uid)
+        return original(study_uid)
+
+    storage.metadata.instances = spy  # type: ignore[method-assign]
+    png = key_image(storage, rec.study_uid, rec.series_uid, rec.sop_instance_uid, fmt="png")
+    assert png[:4] == b"\x89PNG" and listed == []
+    assert storage.metadata.instances_of(rec.study_uid, rec.series_uid, rec.sop_instance_uid) == [rec]
+    assert storage.metadata.instances_of(rec.study_uid, "1.2.3", rec.sop_instance_uid) == []
+    memory = MemoryMetadataStore()
+    memory.add_instances([rec], [], 0)
+    assert memory.instances_of(rec.study_uid, rec.series_uid, rec.sop_instance_uid) == [rec]
+    assert memory.instances_of("1.2.3", rec.series_uid, rec.sop_instance_uid) == []

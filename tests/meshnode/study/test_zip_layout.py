@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from meshnode.study.zip_layout import (
     CENTRAL_SIG,
+    DESCRIPTOR_SIG,
     EOCD_SIG,
     LOCAL_SIG,
     U32,
@@ -67,13 +68,45 @@ def test_unzip_tests_it(tmp_path: Path, force_zip64: bool) -> None:
     assert (out / "DICOM/PT000000/ST000000/IM000001").read_bytes() == FILES[3][1]
 
 
+@pytest.mark.skipif(shutil.which("7z") is None, reason="Debian's p7zip-full (Makefile SYSTEM_DEPS)")
+@pytest.mark.parametrize("force_zip64", [False, True])
+def test_7z_tests_it(tmp_path: Path, force_zip64: bool) -> None:
+    """Stored entries with flag bit 3, sizes in the local header and a data descriptor after the data."""
+    path = tmp_path / "set.zip"
+    path.write_bytes(build(FILES, force_zip64=force_zip64))
+    result = subprocess.run(["7z", "t", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Everything is Ok" in result.stdout, result.stdout + result.stderr
+    assert "Warning" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("bsdtar") is None, reason="Debian's libarchive-tools (Makefile SYSTEM_DEPS)")
+@pytest.mark.parametrize("force_zip64", [False, True])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_bsdtar_reads_it(tmp_path: Path, force_zip64: bool, streaming: bool) -> None:
+    """libarchive from a file (central directory) and from a pipe (streaming: local headers and data
+    descriptors only, the way a reader of a download in progress sees it)."""
+    data = build(FILES, force_zip64=force_zip64)
+    path = tmp_path / "set.zip"
+    path.write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    if streaming:
+        result = subprocess.run(["bsdtar", "-xf", "-", "-C", str(out)], input=data, capture_output=True,
+                                timeout=60)
+    else:
+        result = subprocess.run(["bsdtar", "-xf", str(path), "-C", str(out)], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name, content in FILES:
+        assert (out / name).read_bytes() == content
+
+
 def test_the_same_entries_give_the_same_bytes() -> None:
     assert build(FILES) == build(list(FILES))
 
 
 def _central_records(layout: ZipLayout, crc: int = 0x12345678) -> bytes:
     """The archive's tail: central directory and end records (no entry data needed)."""
-    cd_start = layout.entries[-1].data_offset + layout.entries[-1].size
+    cd_start = layout.entries[-1].data_offset + layout.entries[-1].size + layout.entries[-1].descriptor_size
     return b"".join(p for p in layout.pieces(cd_start, layout.size, lambda i: crc)  # type: ignore[misc]
                     if isinstance(p, bytes))
 
@@ -87,8 +120,13 @@ def test_zip64_for_huge_entries_parsed_back() -> None:
     # the local header of B, parsed
     (head,) = layout.pieces(layout.entries[1].header_offset, layout.entries[1].data_offset, lambda i: 7)
     assert isinstance(head, bytes)
-    sig, _v, _f, _m, _t, _d, crc, csize, usize, nlen, elen = struct.unpack_from("<IHHHHHIIIHH", head)
-    assert (sig, crc, csize, usize, nlen, elen) == (LOCAL_SIG, 7, U32, U32, 1, 20)
+    sig, _v, flags, _m, _t, _d, crc, csize, usize, nlen, elen = struct.unpack_from("<IHHHHHIIIHH", head)
+    # bit 3: the CRC-32 is in the data descriptor after the data (the header goes out before it is known)
+    assert (sig, flags, crc, csize, usize, nlen, elen) == (LOCAL_SIG, 8, 0, U32, U32, 1, 20)
+    end = layout.entries[1].data_offset + 5 * GiB
+    (desc,) = layout.pieces(end, end + 24, lambda i: 7)
+    assert isinstance(desc, bytes)
+    assert struct.unpack("<IIQQ", desc) == (DESCRIPTOR_SIG, 7, 5 * GiB, 5 * GiB)
     assert struct.unpack_from("<HHQQ", head, 31) == (1, 16, 5 * GiB, 5 * GiB)
     tail = _central_records(layout)
     pos = 0
@@ -101,7 +139,7 @@ def test_zip64_for_huge_entries_parsed_back() -> None:
         pos += 46 + nlen + elen
     sig, _size, _mb, _vn, _d, _cd, n1, n2, cd_size, cd_offset = struct.unpack_from("<IQHHIIQQQQ", tail, pos)
     assert (sig, n1, n2, cd_size) == (ZIP64_EOCD_SIG, 3, 3, pos)
-    assert cd_offset == 10 * GiB + 10 + sum(30 + 1 + 20 for _ in range(3))
+    assert cd_offset == 10 * GiB + 10 + sum(30 + 1 + 20 + 24 for _ in range(3))
     sig, _disk, z64_offset, _disks = struct.unpack_from("<IIQI", tail, pos + 56)
     assert (sig, z64_offset) == (ZIP64_LOCATOR_SIG, cd_offset + cd_size)
     assert struct.unpack_from("<I", tail, pos + 76)[0] == EOCD_SIG
@@ -135,7 +173,28 @@ def test_bad_entries_and_ranges_are_refused() -> None:
     layout = ZipLayout.plan([("a", 3)])
     for start, stop in [(-1, 2), (2, 1), (0, layout.size + 1)]:
         with pytest.raises(MediaSetError):
-            layout.pieces(start, stop, lambda i: 0)
+            layout.check_range(start, stop)
+        with pytest.raises(MediaSetError):
+            next(layout.pieces(start, stop, lambda i: 0))
+
+
+def test_pieces_are_produced_lazily_and_headers_need_no_crc() -> None:
+    """C1 (review): the first piece of the whole archive comes before any CRC-32 is asked for; an entry's
+    CRC-32 is asked for only when its data descriptor is reached (after its data was consumed)."""
+    files = [("A", b"a" * 5), ("B", b"b" * 7)]
+    layout = ZipLayout.plan([(n, len(d)) for n, d in files])
+    asked: list[int] = []
+
+    def crc(i: int) -> int:
+        asked.append(i)
+        return zlib.crc32(files[i][1])
+
+    it = layout.pieces(0, layout.size, crc)
+    assert isinstance(next(it), bytes) and asked == []      # local header of A: no CRC
+    assert next(it) == DataPiece(0, 0, 5) and asked == []   # A's data
+    desc = next(it)
+    assert asked == [0] and isinstance(desc, bytes) and desc[:4] == struct.pack("<I", DESCRIPTOR_SIG)
+    assert isinstance(next(it), bytes) and asked == [0]     # local header of B
 
 
 def _slice(layout: ZipLayout, files: list[tuple[str, bytes]], start: int, stop: int) -> bytes:
@@ -145,7 +204,7 @@ def _slice(layout: ZipLayout, files: list[tuple[str, bytes]], start: int, stop: 
         asked.append(i)
         return zlib.crc32(files[i][1])
 
-    pieces = layout.pieces(start, stop, crc)
+    pieces = list(layout.pieces(start, stop, crc))
     for p in pieces:
         assert not (isinstance(p, DataPiece) and p.length == 0) and p != b""
     return b"".join(p if isinstance(p, bytes) else files[p.entry][1][p.offset:p.offset + p.length] for p in pieces)
@@ -170,7 +229,7 @@ def test_every_boundary() -> None:
     layout = ZipLayout.plan([(n, len(d)) for n, d in files])
     edges = {0, layout.size}
     for e in layout.entries:
-        edges |= {e.header_offset, e.data_offset, e.data_offset + e.size}
+        edges |= {e.header_offset, e.data_offset, e.data_offset + e.size, e.data_offset + e.size + e.descriptor_size}
     points = sorted({p for e in edges for p in (e - 1, e, e + 1) if 0 <= p <= layout.size})
     for a in points:
         for b in points:
