@@ -93,7 +93,8 @@ class LinkService:
     def __init__(self, config: PatientAccessConfig, notify: NotifyConfig, store: LinkStore, users: UserStore,
                  audit: AuditFn, *, org_name: str, clock: Callable[[], float] = time.time,
                  draw: Callable[[int], bytes] = secrets.token_bytes, holds: HoldsFn | None = None,
-                 send_email: SendEmail = smtp.send) -> None:
+                 send_email: SendEmail = smtp.send,
+                 on_share: Callable[[tuple[str, ...]], None] | None = None) -> None:
         self.config = config
         self.notify = notify
         self.policy = policy_of(config)
@@ -105,6 +106,8 @@ class LinkService:
         self.draw = draw
         self.holds = holds
         self.send_email = send_email
+        #: told the studies of each share made (the node warms their CRC-32s for the download); never blocks
+        self.on_share = on_share
         self._limiter = trio.CapacityLimiter(1)
         #: (link, hour) -> "opened" events written in it (at most MAX_OPEN_EVENTS, from any number of clients)
         self._opens: dict[tuple[str, int], int] = {}
@@ -251,7 +254,10 @@ class LinkService:
             if missing:
                 raise NotFoundError(f"this node does not hold study {missing[0]}: only studies held here can be "
                                     "shared")
-        return await self._create(actor, pl.SHARE, uids, person, email, code_to, days)
+        link_id = await self._create(actor, pl.SHARE, uids, person, email, code_to, days)
+        if self.on_share is not None:
+            self.on_share(uids)
+        return link_id
 
     async def create_upload(self, actor: str, person: object, email: object, code_to: object,
                             days: object = None) -> str:

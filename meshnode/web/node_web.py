@@ -26,6 +26,7 @@ from meshnode.web.auth import Authenticator
 from meshnode.web.chain import ChainVerifier
 from meshnode.web.deid_web import DeidWeb
 from meshnode.web.conflicts_http import ConflictsHttp
+from meshnode.web.crc_warmup import CrcWarmup
 from meshnode.web.metrics import EventMetrics, MetricsSnapshot
 from meshnode.web.node_view import NodeView
 from meshnode.web.ops import Ops
@@ -76,7 +77,9 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
         ctx.events.subscribe(webhooks.on_event)
     notifier = _notifier(node, users)  # [notify]: email to staff when a study arrives
     # the patient pages get `links` (None when [patient_access] is off); the control API uses node.patient_links
-    links = _patient_links(node, users)
+    # a share's CRC-32s are computed ahead, so the patient's download streams its ZIP without a pass
+    warmup = CrcWarmup(ctx.db, ctx.storage) if ctx.config.patient_access.enabled else None
+    links = _patient_links(node, users, warmup)
     node.patient_links = links
     upload_store = SqliteUploadStore(db_path) if ctx.config.patient_access.enabled else None
     # asks for an upload link from the public page /p/ask (meshnode.patient.upload_requests)
@@ -89,6 +92,8 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                 nursery.start_soon(keep_running, "webhooks", webhooks.run)
             if notifier is not None:
                 nursery.start_soon(keep_running, "email notifications", notifier.run)
+            if warmup is not None:
+                nursery.start_soon(keep_running, "CRC-32 warm-up", warmup.run)
             url = ""
             # the patient pages' own listener runs even with [http] off (only it faces the internet)
             if http.enabled or ctx.config.patient_access.own_listener:
@@ -209,7 +214,7 @@ def _notifier(node: Node, users: SqliteUserStore) -> Notifier | None:
                     open_manifest=ctx.manifests.open, org_name=org_name)
 
 
-def _patient_links(node: Node, users: SqliteUserStore) -> LinkService | None:
+def _patient_links(node: Node, users: SqliteUserStore, warmup: CrcWarmup | None = None) -> LinkService | None:
     """The patient link service ([patient_access] on; it needs [notify]'s relay, which the config checks)."""
     ctx = node.ctx
     if not ctx.config.patient_access.enabled:
@@ -233,4 +238,5 @@ def _patient_links(node: Node, users: SqliteUserStore) -> LinkService | None:
 
     name = ctx.certificate.document.org_name or ctx.org
     return LinkService(ctx.config.patient_access, ctx.config.notify, SqliteLinkStore(ctx.home.path / "node.db"),
-                       users, audit, org_name=name, clock=ctx.clock, holds=holds)
+                       users, audit, org_name=name, clock=ctx.clock, holds=holds,
+                       on_share=warmup.wanted if warmup is not None else None)
