@@ -767,3 +767,17 @@ def test_one_patient_prefix() -> None:
     import meshnode.web.patient_listener as listener
     import meshnode.web.patient_web as web
     assert not hasattr(listener, "PREFIX") and not hasattr(web, "PREFIX") and not hasattr(web, "log")
+
+
+async def test_a_session_sends_a_bounded_number_of_downloads_at_once(public: Public) -> None:
+    """Major 3: one session cannot hold every public worker with parallel downloads."""
+    from meshnode.web.patient_web import DOWNLOADS_PER_SESSION
+    cookie, _ = await public.sign_in(TOKEN_A)
+    [session] = [s for s in public.web.sessions._by_hash.values() if s.link_id == "link-a"]
+    session.downloads = DOWNLOADS_PER_SESSION  # as if that many were being sent now
+    busy = await public.get("/p/download/images.zip", cookie=cookie)
+    assert busy.status == 429 and busy.headers["retry-after"]
+    session.downloads = DOWNLOADS_PER_SESSION - 1
+    reply = await public.get("/p/download/images.zip", cookie=cookie)
+    assert reply.status == 200 and reply.body == ZIP
+    assert session.downloads == DOWNLOADS_PER_SESSION - 1  # the finished one counted out again
