@@ -16,7 +16,8 @@
 
 Every route is "public" to the app (meshnode.web.app ignores staff credentials under /p/); PatientWeb.require
 is the session check (the PatientGate of meshnode.patient.links): the session cookie (meshnode_patient,
-HttpOnly, SameSite=Strict, Path=/p/, Secure over TLS), then the link re-read through PatientLinks.current on
+HttpOnly, SameSite=Strict, Path=/p/, Secure over TLS; on a listener of its own over TLS
+__Host-meshnode_patient, Path=/), then the link re-read through PatientLinks.current on
 every request (revoked or expired ends the session at once), and on every POST the session's X-CSRF-Token.
 A study outside the grant answers exactly as an unknown one (404). POST bodies are JSON (Content-Type
 application/json: a cross-site form cannot send one without a preflight), at most MAX_BODY bytes.
@@ -81,6 +82,8 @@ from meshnode.web.ui import CONTENT_TYPES, CSP, PAGE_CSP, SCRIPT_CSP, _static
 from meshnode.web.wado import Wado, shown_instances
 from protocol.errors import NotFoundError
 
+#: the session cookie on a listener of its own over TLS
+HOST_COOKIE = "__Host-" + COOKIE
 #: planned media sets kept (by a digest of their records)
 PLAN_CACHE = 16
 #: worker threads of the public side (planning, reading the ZIP, key images): not the staff side's
@@ -208,7 +211,7 @@ class PatientWeb:
     async def require(self, request: Request, kind: LinkKind) -> LinkGrant:
         """The grant of this request's patient session, re-read from the link; HttpError 401 otherwise (and
         403 for a POST without the session's X-CSRF-Token)."""
-        cookie = request.cookies.get(COOKIE, "")
+        cookie = request.cookies.get(self._cookie(request)[0], "")
         session = self.sessions.get(cookie)
         if session is None:
             raise HttpError(401, "you are not signed in (or your session ended): open the link from your email "
@@ -302,17 +305,28 @@ class PatientWeb:
         token, body = await self._token(request)
         code = _text(body.get("code"), "code", _CODE, 20)
         grant = await self.links.verify(token, code, client(request))
-        self.sessions.end(request.cookies.get(COOKIE, ""))  # never keep a session from before (fixation)
+        self.sessions.end(request.cookies.get(self._cookie(request)[0], ""))  # never keep a session from before (fixation)
         cookie, session = self.sessions.start(grant.link_id, grant.expires_at)
         response = json_response(200, {"kind": grant.kind.value, "csrf": session.csrf, "person": grant.person,
                                        "expires_at": grant.expires_at, "may_forward": grant.may_forward})
         self._set_cookie(request, response, cookie)
         return response
 
-    def _set_cookie(self, request: Request, response: Response, value: str, *, clear: bool = False) -> None:
-        secure = request.url.scheme == "https" or (
+    def _secure(self, request: Request) -> bool:
+        return request.url.scheme == "https" or (
             "meshnode.peer" in request.scope and self.config.public_url.startswith("https://"))
-        response.set_cookie(COOKIE, value, max_age=0 if clear else None, path=PATIENT_PREFIX, secure=secure,
+
+    def _cookie(self, request: Request) -> tuple[str, str]:
+        """The session cookie's name and path: on a listener of its own over TLS `__Host-meshnode_patient`
+        with Path=/ (that listener serves only /p/; a sibling subdomain cannot set a __Host- cookie); on the
+        shared [http] listener `meshnode_patient` with Path=/p/ (kept off the staff routes)."""
+        if self.config.own_listener and self._secure(request):
+            return HOST_COOKIE, "/"
+        return COOKIE, PATIENT_PREFIX
+
+    def _set_cookie(self, request: Request, response: Response, value: str, *, clear: bool = False) -> None:
+        name, path = self._cookie(request)
+        response.set_cookie(name, value, max_age=0 if clear else None, path=path, secure=self._secure(request),
                             httponly=True, samesite="strict")
 
     # -- after the code ----------------------------------------------------------------------------------
@@ -480,7 +494,7 @@ class PatientWeb:
         return json_response(200, {"forwarded": True})
 
     async def _sign_out(self, request: Request) -> Response:
-        cookie = request.cookies.get(COOKIE, "")
+        cookie = request.cookies.get(self._cookie(request)[0], "")
         session = self.sessions.get(cookie)
         if session is not None:
             if not self.sessions.csrf_ok(session, request.headers.get("x-csrf-token", "")):

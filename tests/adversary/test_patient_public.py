@@ -32,7 +32,12 @@ from meshnode.web.auth import Authenticator, add_user, issue_token
 from meshnode.web.config import HttpConfig
 from meshnode.web.metrics import EventMetrics, MetricsSnapshot
 from meshnode.web.ops import Ops
-from meshnode.web.patient_listener import check_exposure, check_shared, limited, public_app
+from meshnode.web.patient_listener import (
+    check_exposure,
+    check_shared,
+    limited,
+    public_app,
+)
 from meshnode.web.patient_session import COOKIE, PatientSessions
 from meshnode.web.patient_web import PatientWeb
 from meshnode.web.rate_limit import RateLimited, RateLimiter
@@ -647,7 +652,7 @@ async def test_planned_media_sets_are_reused_and_built_once_for_concurrent_reque
     range); concurrent requests build it once; other records (a study changed) build a new one."""
     import trio
 
-    import meshnode.web.patient_web as patient_web
+    from meshnode.web import patient_web
     built: list[int] = []
     real = patient_web.media_set_from_records
 
@@ -781,3 +786,25 @@ async def test_a_session_sends_a_bounded_number_of_downloads_at_once(public: Pub
     reply = await public.get("/p/download/images.zip", cookie=cookie)
     assert reply.status == 200 and reply.body == ZIP
     assert session.downloads == DOWNLOADS_PER_SESSION - 1  # the finished one counted out again
+
+
+async def test_the_own_listener_over_tls_uses_a_host_only_cookie(public: Public) -> None:
+    """Minor 10: on a listener of its own over TLS the cookie is __Host- (Path=/, Secure, no Domain): a sibling
+    subdomain cannot plant it; a plain-named cookie there opens nothing."""
+    public.web.config = replace(public.config, listen="127.0.0.1:0")
+    original = public.app.app
+
+    async def over_tls(scope, receive, send):  # type: ignore[no-untyped-def]
+        await original({**scope, "scheme": "https"}, receive, send)
+
+    public.app.app = over_tls
+    reply = await call(public.app, "POST", "/p/api/verify", headers=JSON,
+                       body=f'{{"token": "{TOKEN_A}", "code": "{CODE}"}}'.encode())
+    set_cookie = reply.headers["set-cookie"]
+    assert set_cookie.startswith(f"__Host-{COOKIE}=") and "Path=/;" in set_cookie and "Secure" in set_cookie
+    assert "Domain" not in set_cookie
+    value = set_cookie.split(";")[0].split("=", 1)[1]
+    mine = public.studies[0]
+    host = await call(public.app, "GET", meta(mine), headers={"Cookie": f"__Host-{COOKIE}={value}"})
+    plain = await call(public.app, "GET", meta(mine), headers={"Cookie": f"{COOKIE}={value}"})
+    assert host.status == 200 and plain.status == 401
