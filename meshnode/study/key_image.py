@@ -21,7 +21,7 @@ import io
 from meshnode.storage.block_stream import BlockStream
 from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.node_storage import NodeStorage
-from meshnode.storage.records import hash_uid
+from meshnode.storage.records import InstanceRecord, hash_uid
 from meshnode.study.preview import PreviewError, render_frame
 from protocol.errors import LocalProtocolError, NotFoundError
 
@@ -53,6 +53,14 @@ def key_image(storage: NodeStorage, study_uid: str, series_uid: str, sop_uid: st
     record = next(iter(storage.metadata.instances_of(study_uid, series_uid, sop_uid)), None)
     if record is None:
         raise NotFoundError(f"no instance {hash_uid(sop_uid)} in that study and series")
+    return key_image_of(storage, record, fmt=fmt, frame=frame)
+
+
+def key_image_of(storage: NodeStorage, record: InstanceRecord, *, fmt: str, frame: int = 1) -> bytes:
+    """key_image of an instance record the caller looked up (on the database thread: the patient pages pass
+    the shown instance's record)."""
+    if fmt not in FORMATS:
+        raise KeyImageError("key images are PNG or JPEG")
     frames = record.frames or 1
     if not 1 <= frame <= frames:
         raise KeyImageError(f"the instance has {frames} frame(s); frame {frame} does not exist")

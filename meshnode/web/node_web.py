@@ -37,6 +37,7 @@ from meshnode.web.patient_links_web import PatientLinksWeb
 from meshnode.patient.service import LinkService
 from meshnode.patient.sqlite_links import SqliteLinkStore
 from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.records import InstanceRecord
 from meshnode.storage.received_research import received_for_research_only
 from meshnode.web.requests_web import RequestsWeb
 from meshnode.web.server import serve_http
@@ -44,9 +45,9 @@ from meshnode.web.services import WebServices
 from meshnode.web.stow import Stow
 from meshnode.web import signin
 from meshnode.web.oidc import OidcClient
-from meshnode.web.patient_listener import limited, public_app, serve_patient_http
+from meshnode.web.patient_listener import check_shared, limited, public_app, serve_patient_http
 from meshnode.web.patient_web import PatientWeb, media_planner
-from meshnode.study.key_image import key_image
+from meshnode.study.key_image import key_image_of
 from meshnode.web.signin_web import SignInWeb
 from meshnode.web.ui import Ui
 from meshnode.web.uploads_web import UploadsWeb
@@ -146,11 +147,12 @@ async def run_web(node: Node, *, task_status: TaskStatus[str] = trio.TASK_STATUS
                     *patient_web.routes(), *UploadsWeb(lambda: uploads, patient_web, links).public_routes(),
                     *UploadRequestsWeb(lambda: asks).public_routes()]
                 if patient_web is not None and not patient.own_listener:
+                    check_shared(patient, http)  # one list of trusted proxies; TLS off localhost
                     routes.extend(public_routes)
                 app = WebApp(routes, auth, http, audit)
                 app_holder.append(app)
                 if http.enabled:
-                    url = await nursery.start(serve_http, limited(app, patient) if patient_web is not None else app,
+                    url = await nursery.start(serve_http, limited(app, patient, http=http) if patient_web is not None else app,
                                               http, ctx.home.path)
                     services.url = url
                 if patient_web is not None and patient.own_listener:
@@ -191,8 +193,8 @@ def _patient_web(node: Node, services: WebServices, links: LinkService | None) -
     storage = ctx.storage
     org_name = ctx.certificate.document.org_name or ctx.org
 
-    def render(study: str, series: str, sop: str, fmt: str, frame: int) -> bytes:
-        return key_image(storage, study, series, sop, fmt=fmt, frame=frame)
+    def render(record: InstanceRecord, fmt: str, frame: int) -> bytes:
+        return key_image_of(storage, record, fmt=fmt, frame=frame)
 
     return PatientWeb(links, services, ctx.config.patient_access, media_planner(services.db, storage, org_name),
                       render)

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 COOKIE = "meshnode_patient"
 MAX_SESSIONS = 20_000
@@ -30,6 +30,10 @@ class PatientSession:
     csrf: str
     expires_at: float  # wall clock (the link's expiry)
     last_used: float  # monotonic
+    #: what this session has had recorded once already ("viewed" per study, "downloaded" per media set ETag)
+    recorded: set[str] = field(default_factory=set)
+    #: downloads of this session being sent now
+    downloads: int = 0
 
 
 def _key(cookie: str) -> str:

@@ -11,22 +11,33 @@
     GET  /p/download/{name}.zip           the DICOM media set, resumable (one byte range)
     POST /p/api/forward {email, code_to}  a new share for a clinician
     POST /p/api/sign-out
-    GET  /p/dicomweb/studies/{study}[/series/{s}[/instances/{i}]][/metadata]   WADO-RS, the grant's studies only
+    GET  /p/dicomweb/studies/{study}/metadata                     WADO-RS, the grant's studies only: what the
+    GET  /p/dicomweb/studies/{study}/series/{s}/instances/{i}     viewer asks (viewer/src/main.js), no more
 
 Every route is "public" to the app (meshnode.web.app ignores staff credentials under /p/); PatientWeb.require
 is the session check (the PatientGate of meshnode.patient.links): the session cookie (meshnode_patient,
-HttpOnly, SameSite=Strict, Path=/p/, Secure over TLS), then the link re-read through PatientLinks.current on
+HttpOnly, SameSite=Strict, Path=/p/, Secure over TLS; on a listener of its own over TLS
+__Host-meshnode_patient, Path=/), then the link re-read through PatientLinks.current on
 every request (revoked or expired ends the session at once), and on every POST the session's X-CSRF-Token.
 A study outside the grant answers exactly as an unknown one (404). POST bodies are JSON (Content-Type
 application/json: a cross-site form cannot send one without a preflight), at most MAX_BODY bytes.
 
-Audit (PatientLinks.record, the share as participant): the share page and the viewer's study metadata
-("viewed"), each key image ("key image"), and each download ("downloaded") once: when a response holding the
-file's first byte starts (no Range, or a range from 0). A resumed download (a range from later on) is the same
-download and is not recorded again; every complete copy holds byte 0, so every copy is recorded at least once.
+The whole study or series in bulk is not served under /p/dicomweb: that is the ZIP's job (recorded, full rate
+cost). WADO's own audit rows name the share ("share:<link id>", meshnode.web.services.ACTOR) as participant.
 
-The ZIP holds what the pages show (media_planner: the instances WADO-RS serves), planned again for every
-request: a study changed since has another ETag, so a resume with the old If-Range gets the whole new file.
+Audit (PatientLinks.record, the share as participant): the share page and the viewer's study metadata
+("viewed", once per session and study), each key image ("key image"), and each download ("downloaded"): a
+response starting at byte 0 (no Range, or a range from 0) is a new download and is recorded; a range from
+later on is recorded only when this session has not recorded a download of this media set (same ETag) yet,
+so a copy fetched as `bytes=1-` (byte 0 is always "P") is recorded too, and a resume is not recorded again.
+
+The ZIP holds what the pages show (media_planner: the instances WADO-RS serves). Every request reads the
+shown records from the catalogue (cheap, on the database thread: a study changed or held back since is never
+served from an old plan; a changed set has another ETag, so a resume with the old If-Range gets the whole new
+file); the set built from them (one header read per series) is kept in a small LRU keyed by a digest of those
+records (PLAN_CACHE sets) and built once for concurrent requests. Planning, reading the set and key images run
+on the public side's own worker limiter (PUBLIC_READERS threads, not the staff side's block_readers), and a
+session sends at most DOWNLOADS_PER_SESSION downloads at once.
 
 Rate limits are not here: meshnode.web.rate_limit wraps the whole public app (meshnode.web.patient_listener).
 """
@@ -34,9 +45,10 @@ Rate limits are not here: meshnode.web.rate_limit wraps the whole public app (me
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -51,7 +63,7 @@ from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord, hash_uid
 from meshnode.study.media_set import media_set_from_records, readme_text
-from meshnode.web.app import SAFE_METHODS, Handler, Route, route
+from meshnode.web.app import PATIENT_PREFIX, SAFE_METHODS, Handler, Route, route
 from meshnode.web.byte_range import RangeNotSatisfiable, wanted_range
 from meshnode.web.http import (
     HttpError,
@@ -65,14 +77,19 @@ from meshnode.web.http import (
     query,
 )
 from meshnode.web.patient_session import COOKIE, PatientSession, PatientSessions
-from meshnode.web.services import WebServices
+from meshnode.web.services import ACTOR, WebServices
 from meshnode.web.ui import CONTENT_TYPES, CSP, PAGE_CSP, SCRIPT_CSP, _static
 from meshnode.web.wado import Wado, shown_instances
 from protocol.errors import NotFoundError
 
-log = logging.getLogger(__name__)
-
-PREFIX = "/p/"
+#: the session cookie on a listener of its own over TLS
+HOST_COOKIE = "__Host-" + COOKIE
+#: planned media sets kept (by a digest of their records)
+PLAN_CACHE = 16
+#: worker threads of the public side (planning, reading the ZIP, key images): not the staff side's
+PUBLIC_READERS = 2
+#: downloads one session sends at once (a download manager opens a few ranges in parallel)
+DOWNLOADS_PER_SESSION = 4
 #: a JSON body of the public API (a token, a code, two addresses) is far smaller
 MAX_BODY = 4096
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -99,15 +116,20 @@ class MediaSetLike(Protocol):
 
 #: plan the media set of these studies (blocking: run on a worker thread)
 PlanMedia = Callable[[tuple[str, ...]], MediaSetLike]
-#: a key image: (study, series, instance, "png" | "jpeg", frame) -> its bytes (blocking)
-KeyImage = Callable[[str, str, str, str, int], bytes]
+#: a key image: (the shown instance's record, "png" | "jpeg", frame) -> its bytes (blocking)
+KeyImage = Callable[[InstanceRecord, str, int], bytes]
 
 
-def media_planner(db: DatabaseThread, storage: NodeStorage, org_name: str) -> PlanMedia:
+def media_planner(db: DatabaseThread, storage: NodeStorage, org_name: str, keep: int = PLAN_CACHE) -> PlanMedia:
     """MEDIA's media set (meshnode.study.media_set) of what the pages show: the studies' instances as WADO-RS
     serves them (shown_instances: nothing held back by patient reconciliation, no research copy; one per SOP
     Instance UID), read exclusive with the database thread, then the set built from those records outside
-    it. Blocking: the download runs it on a worker thread."""
+    it. The set of the same records is built once and kept (the last `keep` sets): concurrent callers for the
+    same records wait for one build. Blocking: the download runs it on a worker thread."""
+    kept: OrderedDict[str, MediaSetLike] = OrderedDict()
+    guard = threading.Lock()
+    building: dict[str, threading.Lock] = {}
+
     def plan(studies: tuple[str, ...]) -> MediaSetLike:
         def read(store: MetadataStore) -> list[InstanceRecord]:
             unique: dict[str, InstanceRecord] = {}
@@ -118,8 +140,26 @@ def media_planner(db: DatabaseThread, storage: NodeStorage, org_name: str) -> Pl
         records = db.run_blocking(read)
         if not records:
             raise HttpError(404, "there are no images to download in this share")
-        count = len({r.study_uid for r in records})
-        return media_set_from_records(storage, records, readme=readme_text(org_name, count, len(records)))
+        key = hashlib.sha256(repr(sorted(records, key=lambda r: r.sop_instance_uid)).encode()).hexdigest()
+        with guard:
+            lock = building.setdefault(key, threading.Lock())
+        try:
+            with lock:
+                with guard:
+                    media = kept.get(key)
+                    if media is not None:
+                        kept.move_to_end(key)
+                        return media
+                count = len({r.study_uid for r in records})
+                media = media_set_from_records(storage, records, readme=readme_text(org_name, count, len(records)))
+                with guard:
+                    kept[key] = media
+                    while len(kept) > keep:
+                        kept.popitem(last=False)
+                return media
+        finally:
+            with guard:
+                building.pop(key, None)
     return plan
 
 
@@ -144,6 +184,7 @@ class PatientWeb:
         self.monotonic = monotonic
         self.wado = Wado(services)
         self._files: dict[str, bytes | None] = {}
+        self.readers = trio.CapacityLimiter(PUBLIC_READERS)
 
     def routes(self) -> list[Route]:
         out = [
@@ -159,20 +200,18 @@ class PatientWeb:
             route("POST", "/p/api/forward", self._forward, "public", "patient-forward"),
             route("POST", "/p/api/sign-out", self._sign_out, "public", "patient-sign-out"),
         ]
-        for path, name in (("/p/dicomweb/studies/{study}", "patient-wado-study"),
-                           ("/p/dicomweb/studies/{study}/series/{series}", "patient-wado-series"),
-                           ("/p/dicomweb/studies/{study}/series/{series}/instances/{instance}",
-                            "patient-wado-instance")):
-            out.append(route("GET", path, self._scoped(self.wado.retrieve, False), "public", name))
-            out.append(route("GET", path + "/metadata", self._scoped(self.wado.metadata, True), "public",
-                             name + "-metadata"))
+        # what the viewer asks (viewer/src/main.js): the study's metadata, then one instance per image
+        out.append(route("GET", "/p/dicomweb/studies/{study}/metadata", self._scoped(self.wado.metadata, True),
+                         "public", "patient-wado-study-metadata"))
+        out.append(route("GET", "/p/dicomweb/studies/{study}/series/{series}/instances/{instance}",
+                         self._scoped(self.wado.retrieve, False), "public", "patient-wado-instance"))
         return out
 
     # -- the session check (PatientGate) ------------------------------------------------------------
     async def require(self, request: Request, kind: LinkKind) -> LinkGrant:
         """The grant of this request's patient session, re-read from the link; HttpError 401 otherwise (and
         403 for a POST without the session's X-CSRF-Token)."""
-        cookie = request.cookies.get(COOKIE, "")
+        cookie = request.cookies.get(self._cookie(request)[0], "")
         session = self.sessions.get(cookie)
         if session is None:
             raise HttpError(401, "you are not signed in (or your session ended): open the link from your email "
@@ -189,7 +228,18 @@ class PatientWeb:
         if grant.kind != kind or grant.expires_at <= self.s.clock():
             raise HttpError(401, "this session cannot do that", code="no-session")
         request.scope[_SESSION] = session
+        request.scope[ACTOR] = f"share:{grant.link_id}"
         return grant
+
+    async def _record_once(self, request: Request, grant: LinkGrant, key: str, action: str, detail: str) -> None:
+        """PatientLinks.record, once per session and `key`."""
+        session: PatientSession = request.scope[_SESSION]
+        if key in session.recorded:
+            return
+        await self.links.record(grant, action, detail, client(request))
+        if len(session.recorded) > 1000:
+            session.recorded.clear()
+        session.recorded.add(key)
 
     # -- pages and files -----------------------------------------------------------------------------
     def _file(self, name: str) -> bytes | None:
@@ -204,7 +254,8 @@ class PatientWeb:
         if data is None:
             raise HttpError(404, "no such page")
         return bytes_response(200, data, "text/html; charset=utf-8",
-                              {"content-security-policy": csp, "x-frame-options": "DENY"})
+                              {"content-security-policy": csp, "x-frame-options": "DENY",
+                               "cross-origin-opener-policy": "same-origin"})
 
     async def _index(self, request: Request) -> Response:
         return self._page("index.html", CSP)
@@ -254,17 +305,28 @@ class PatientWeb:
         token, body = await self._token(request)
         code = _text(body.get("code"), "code", _CODE, 20)
         grant = await self.links.verify(token, code, client(request))
-        self.sessions.end(request.cookies.get(COOKIE, ""))  # never keep a session from before (fixation)
+        self.sessions.end(request.cookies.get(self._cookie(request)[0], ""))  # never keep a session from before (fixation)
         cookie, session = self.sessions.start(grant.link_id, grant.expires_at)
         response = json_response(200, {"kind": grant.kind.value, "csrf": session.csrf, "person": grant.person,
                                        "expires_at": grant.expires_at, "may_forward": grant.may_forward})
         self._set_cookie(request, response, cookie)
         return response
 
-    def _set_cookie(self, request: Request, response: Response, value: str, *, clear: bool = False) -> None:
-        secure = request.url.scheme == "https" or (
+    def _secure(self, request: Request) -> bool:
+        return request.url.scheme == "https" or (
             "meshnode.peer" in request.scope and self.config.public_url.startswith("https://"))
-        response.set_cookie(COOKIE, value, max_age=0 if clear else None, path=PREFIX, secure=secure,
+
+    def _cookie(self, request: Request) -> tuple[str, str]:
+        """The session cookie's name and path: on a listener of its own over TLS `__Host-meshnode_patient`
+        with Path=/ (that listener serves only /p/; a sibling subdomain cannot set a __Host- cookie); on the
+        shared [http] listener `meshnode_patient` with Path=/p/ (kept off the staff routes)."""
+        if self.config.own_listener and self._secure(request):
+            return HOST_COOKIE, "/"
+        return COOKIE, PATIENT_PREFIX
+
+    def _set_cookie(self, request: Request, response: Response, value: str, *, clear: bool = False) -> None:
+        name, path = self._cookie(request)
+        response.set_cookie(name, value, max_age=0 if clear else None, path=path, secure=self._secure(request),
                             httponly=True, samesite="strict")
 
     # -- after the code ----------------------------------------------------------------------------------
@@ -298,7 +360,7 @@ class PatientWeb:
             return out
 
         studies = await self.s.db.run(read)
-        await self.links.record(grant, "viewed", f"share page: {len(studies)} study(ies)", client(request))
+        await self._record_once(request, grant, "viewed:", "viewed", f"share page: {len(studies)} study(ies)")
         return json_response(200, {"person": grant.person, "expires_at": grant.expires_at,
                                    "may_forward": grant.may_forward, "csrf": session.csrf,
                                    "download": "/p/download/images.zip" if self.media is not None else None,
@@ -313,12 +375,14 @@ class PatientWeb:
             if study not in grant.studies:
                 raise HttpError(404, NOT_FOUND)
             response = await handler(request)
-            if audited and "series" not in request.path_params:
-                await self.links.record(grant, "viewed", f"viewer opened study {hash_uid(study)}", client(request))
+            if audited:
+                await self._record_once(request, grant, "viewed:" + study, "viewed",
+                                        f"viewer opened study {hash_uid(study)}")
             return response
         return handle
 
     async def _instance(self, study: str, series: str, instance: str) -> InstanceRecord:
+        """The shown instance's record, read on the database thread (under its lock)."""
         records = await self.s.db.run(lambda store: shown_instances(store, study))
         for r in records:
             if r.series_uid == series and r.sop_instance_uid == instance:
@@ -356,8 +420,7 @@ class PatientWeb:
         if self.key_image is None:
             raise HttpError(503, "key images are not available on this node")
         render = self.key_image
-        data = await trio.to_thread.run_sync(lambda: render(study, series, instance, fmt, frame),
-                                             limiter=self.s.block_readers)
+        data = await trio.to_thread.run_sync(lambda: render(record, fmt, frame), limiter=self.readers)
         await self.links.record(grant, "key image", f"{fmt} of instance {hash_uid(instance)} frame {frame}",
                                 client(request))
         number = record.instance_number or 1
@@ -366,20 +429,22 @@ class PatientWeb:
 
     # -- the download --------------------------------------------------------------------------------
     async def _plan(self, studies: tuple[str, ...]) -> MediaSetLike:
-        """The media set as the studies are now (planned again for every request, resumed ones included: it
-        reads only the catalogue and one header per series, and a study changed or recalled since is never
-        served from an old plan; a changed set has another ETag, so If-Range gets the whole new file)."""
+        """The media set of the studies as they are now (media_planner: built once per set of records)."""
         if self.media is None:
             raise HttpError(503, "downloads are not available on this node")
         plan = self.media
-        return await trio.to_thread.run_sync(lambda: plan(studies), limiter=self.s.block_readers)
+        return await trio.to_thread.run_sync(lambda: plan(studies), limiter=self.readers)
 
     async def _download(self, request: Request) -> Response:
         grant = await self.require(request, LinkKind.SHARE)
         if not _ZIP_NAME.match(request.path_params["name"]):
             raise HttpError(404, "no such file")
+        session: PatientSession = request.scope[_SESSION]
+        if session.downloads >= DOWNLOADS_PER_SESSION:
+            raise HttpError(429, f"at most {DOWNLOADS_PER_SESSION} downloads at once: wait for one to finish",
+                            headers={"retry-after": "10"}, code="rate-limited")
         media = await self._plan(tuple(sorted(grant.studies)))
-        headers = {"accept-ranges": "bytes", "etag": media.etag, "cache-control": "private",
+        headers = {"accept-ranges": "bytes", "etag": media.etag, "cache-control": "no-store",
                    "content-disposition": f'attachment; filename="{media.filename}"'}
         try:
             wanted = wanted_range(request.headers.get("range"), media.size, request.headers.get("if-range"),
@@ -389,21 +454,27 @@ class PatientWeb:
                             headers={"content-range": f"bytes */{media.size}", "accept-ranges": "bytes"},
                             code="range-not-satisfiable") from None
         start, stop = (wanted.start, wanted.stop) if wanted else (0, media.size)
-        if start == 0:
-            await self.links.record(grant, "downloaded", f"{media.filename}: {media.size} bytes", client(request))
+        detail = f"{media.filename}: {media.size} bytes"
+        if start == 0:  # a new download
+            await self.links.record(grant, "downloaded", detail, client(request))
+            session.recorded.add("downloaded:" + media.etag)
+        else:  # a resume, or a copy that never asks for byte 0
+            await self._record_once(request, grant, "downloaded:" + media.etag, "downloaded", detail)
         if wanted is not None:
             headers["content-range"] = wanted.content_range
         headers["content-length"] = str(stop - start)
 
         async def produce(write: Write) -> None:
+            session.downloads += 1
             chunks = media.read(start, stop)
             try:
                 while True:
-                    chunk = await trio.to_thread.run_sync(next, chunks, None, limiter=self.s.block_readers)
+                    chunk = await trio.to_thread.run_sync(next, chunks, None, limiter=self.readers)
                     if chunk is None:
                         break
                     await write(chunk)
             finally:
+                session.downloads -= 1
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     with trio.CancelScope(shield=True):
@@ -423,7 +494,7 @@ class PatientWeb:
         return json_response(200, {"forwarded": True})
 
     async def _sign_out(self, request: Request) -> Response:
-        cookie = request.cookies.get(COOKIE, "")
+        cookie = request.cookies.get(self._cookie(request)[0], "")
         session = self.sessions.get(cookie)
         if session is not None:
             if not self.sessions.csrf_ok(session, request.headers.get("x-csrf-token", "")):

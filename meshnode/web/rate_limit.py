@@ -8,21 +8,42 @@ no route can forget it.
 Memory is bounded: at most MAX_CLIENTS buckets; a new client beyond that evicts the one seen least recently
 (an attacker with many addresses can only make the limiter forget clients, each of which then starts with a
 full bucket again: never more than the burst per address, and no growth).
+
+A client is an IPv4 address, or an IPv6 /64 (client_key): one host or home usually holds a whole /64, so
+counting each IPv6 address would give it 2^64 buckets.
+
+`headers`: set on every answer under the prefix unless the route set its own (the patient pages' framing and
+opener policy: meshnode.web.patient_listener), the 429 included.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshnode.web.http import HttpError, Network, error_response, forwarded_client
 
 #: clients remembered at once (about 320 bytes each: at most ~16 MiB, measured with tracemalloc)
 MAX_CLIENTS = 50_000
+
+
+def client_key(address: str) -> str:
+    """The bucket of a client address: an IPv4 address itself, an IPv6 address its /64 (an IPv4-mapped IPv6
+    address its IPv4 address); anything else (no address known) as given."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class RateLimiter:
@@ -60,15 +81,17 @@ class RateLimiter:
 class RateLimited:
     """`app` with every request whose path starts with `prefix` counted against `limiter` by client address
     (the TCP peer's, or behind one of `proxies` the address it reports: meshnode.web.http.forwarded_client).
-    `costs`: path prefixes that cost other than 1 (the viewer's many image requests)."""
+    `cost`: what a request to this path costs (1 when not given; the viewer's many image requests less)."""
 
     def __init__(self, app: ASGIApp, limiter: RateLimiter, prefix: str = "/",
-                 proxies: Sequence[Network] = (), costs: Sequence[tuple[str, float]] = ()) -> None:
+                 proxies: Sequence[Network] = (), cost: Callable[[str], float] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         self.app = app
         self.limiter = limiter
         self.prefix = prefix
         self.proxies = tuple(proxies)
-        self.costs = tuple(costs)
+        self.cost = cost
+        self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
 
     def __getattr__(self, name: str) -> object:  # the wrapped WebApp's stats, config, ... for whoever asks
         return getattr(self.app, name)
@@ -83,8 +106,10 @@ class RateLimited:
             forwarded = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"x-forwarded-for"]
             address = forwarded_client(address, forwarded, self.proxies)
         path = str(scope["path"])
-        cost = next((c for p, c in self.costs if path.startswith(p)), 1.0)
-        wait = self.limiter.take(address, cost)
+        cost = self.cost(path) if self.cost is not None else 1.0
+        wait = self.limiter.take(client_key(address), cost)
+        if self.headers:
+            send = self._with_headers(send)
         if wait > 0:
             retry = str(max(1, math.ceil(wait)))
             error = HttpError(429, f"too many requests from your address: try again in {retry} s",
@@ -95,3 +120,13 @@ class RateLimited:
             await error_response(error, close=True)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _with_headers(self, send: Send) -> Send:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in self.headers if k not in present]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+        return sending

@@ -41,6 +41,13 @@ class WebServices:
         return self.url + "/dicomweb"
 
 
+#: a request's participant other than a user or an address (the patient pages put "share:<link id>" here)
+ACTOR = "meshnode.actor"
+
+
 def actor(request: Request) -> str:
+    named = request.scope.get(ACTOR)
+    if isinstance(named, str):
+        return named
     p = principal(request)
     return f"user:{p.user}" if p else f"http:{client(request)}"

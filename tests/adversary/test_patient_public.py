@@ -24,6 +24,7 @@ from meshnode.patient.service import RECORDED
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage
+from meshnode.storage.records import InstanceRecord
 from meshnode.storage.users import MemoryUserStore
 from meshnode.study.ingest import Ingester
 from meshnode.web.app import WebApp
@@ -31,7 +32,12 @@ from meshnode.web.auth import Authenticator, add_user, issue_token
 from meshnode.web.config import HttpConfig
 from meshnode.web.metrics import EventMetrics, MetricsSnapshot
 from meshnode.web.ops import Ops
-from meshnode.web.patient_listener import check_exposure, limited, public_app
+from meshnode.web.patient_listener import (
+    check_exposure,
+    check_shared,
+    limited,
+    public_app,
+)
 from meshnode.web.patient_session import COOKIE, PatientSessions
 from meshnode.web.patient_web import PatientWeb
 from meshnode.web.rate_limit import RateLimited, RateLimiter
@@ -136,6 +142,7 @@ class Public:
     auth: Authenticator
     config: PatientAccessConfig
     audit: list[AuditEvent]
+    web_app: WebApp
 
     async def get(self, path: str, *, cookie: str = "", headers: dict[str, str] | None = None, query: str = "",
                   client: str = "127.0.0.1") -> Reply:
@@ -203,8 +210,8 @@ async def public(tmp_path: Path) -> AsyncIterator[Public]:
         planned.append(uids)
         return FakeMedia(ZIP)
 
-    def key_image(study: str, series: str, sop: str, fmt: str, frame: int) -> bytes:
-        return b"\x89PNG\r\n\x1a\n" + sop.encode()
+    def key_image(record: InstanceRecord, fmt: str, frame: int) -> bytes:
+        return b"\x89PNG\r\n\x1a\n" + record.sop_instance_uid.encode()
 
     web = PatientWeb(links, services, config, plan, key_image,
                      sessions=PatientSessions(config.session_minutes * 60.0, wall, mono), monotonic=mono)
@@ -220,7 +227,7 @@ async def public(tmp_path: Path) -> AsyncIterator[Public]:
                   *web.routes()], auth, http, audit_fn)
     holder.append(app)
     yield Public(limited(app, config), web, links, wall, mono, studies, staff_token, staff_session, planned,
-                 auth, config, audit)
+                 auth, config, audit, app)
     storage.close()
 
 
@@ -406,7 +413,7 @@ async def test_range_requests_on_the_download(public: Public) -> None:
     assert whole.status == 200 and whole.body == ZIP
     assert whole.headers["accept-ranges"] == "bytes" and whole.headers["etag"] == '"media-v1"'
     assert whole.headers["content-disposition"].startswith("attachment")
-    assert whole.headers["cache-control"] == "private"
+    assert whole.headers["cache-control"] == "no-store"
     for header, status, start, stop in (
         ("bytes=0-99", 206, 0, 100),
         ("bytes=100-", 206, 100, size),
@@ -599,3 +606,205 @@ async def test_a_websocket_handshake_on_the_patient_pages_is_refused(public: Pub
     await public.app({"type": "websocket", "path": "/p/api/share", "headers": [], "client": ("127.0.0.1", 1)},
                      receive, send)
     assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+# -- the hostile review of the public pages (notes/i14/reviews/public.md) ----------------------------------------
+
+async def test_a_download_from_byte_1_is_never_recorded(public: Public) -> None:
+    """Major 1: a copy fetched as `bytes=1-` (byte 0 is always "P") is still a recorded download."""
+    cookie, _ = await public.sign_in(TOKEN_A)
+    reply = await public.get("/p/download/images.zip", cookie=cookie, headers={"Range": "bytes=1-"})
+    assert reply.status == 206 and ZIP[:1] + reply.body == ZIP
+    assert [r for r in public.links.records if r[1] == "downloaded"]
+
+
+async def test_the_whole_study_is_not_served_over_p_dicomweb_and_images_are_audited_as_the_share(
+        public: Public) -> None:
+    """Majors 1 and 2: /p/dicomweb serves only what the viewer asks (study metadata, one instance); a whole
+    study or series in bulk is the ZIP's job (recorded, full rate cost); WADO's audit names the share."""
+    cookie, _ = await public.sign_in(TOKEN_A)
+    mine = public.studies[0]
+    r = public.web.s.storage.metadata.instances(mine)[0]
+    for path in (f"/p/dicomweb/studies/{mine}", f"/p/dicomweb/studies/{mine}/series/{r.series_uid}",
+                 f"/p/dicomweb/studies/{mine}/series/{r.series_uid}/metadata"):
+        assert (await public.get(path, cookie=cookie, headers={"Accept": "*/*"})).status == 404, path
+    one = await public.get(f"/p/dicomweb/studies/{mine}/series/{r.series_uid}/instances/{r.sop_instance_uid}",
+                           cookie=cookie, headers={"Accept": "*/*"})
+    assert one.status == 200 and one.body.count(b"DICM") == 1
+    wado = [e for e in public.audit if e.action.startswith("wado-")]
+    assert wado and all(e.actor == "share:link-a" for e in wado)
+
+
+async def test_study_metadata_costs_a_whole_request_and_is_recorded_once_per_session(public: Public) -> None:
+    """Major 2: the study metadata reads every header: full cost; "viewed" once per session and study."""
+    cookie, _ = await public.sign_in(TOKEN_A)
+    mine = public.studies[0]
+    app = limited(public.web_app, replace(public.config, requests_per_minute=10), RateLimiter(10, clock=Clock(0.0)))
+    h = {"Cookie": f"{COOKIE}={cookie}", "Accept": "*/*"}
+    statuses = [(await call(app, "GET", meta(mine), headers=h, client="203.0.113.5")).status for _ in range(30)]
+    assert statuses.count(200) == 10
+    assert [a for _, a, _ in public.links.records].count("viewed") == 1
+
+
+async def test_planned_media_sets_are_reused_and_built_once_for_concurrent_requests(
+        public: Public, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Major 3: a resumed download does not build the set again (no header read per series for a 1-byte
+    range); concurrent requests build it once; other records (a study changed) build a new one."""
+    import trio
+
+    from meshnode.web import patient_web
+    built: list[int] = []
+    real = patient_web.media_set_from_records
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        built.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(patient_web, "media_set_from_records", counting)
+    plan = patient_web.media_planner(public.web.s.db, public.web.s.storage, "Royal Example", keep=1)
+    mine, theirs = public.studies
+    results: list[object] = []
+
+    async def one(studies: tuple[str, ...]) -> None:
+        results.append(await trio.to_thread.run_sync(plan, studies))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(one, (mine,))
+    await one((mine,))
+    assert len(built) == 1 and all(r is results[0] for r in results)
+    await one((theirs,))  # other records: another set (and the LRU of one forgets the first)
+    await one((mine,))
+    assert len(built) == 3 and results[-1] is not results[0] and results[-1].etag == results[0].etag  # type: ignore[attr-defined]
+
+
+async def test_the_public_side_has_its_own_block_readers(public: Public) -> None:
+    """Major 3: patients cannot starve staff WADO/QIDO/STOW of the shared CapacityLimiter."""
+    assert public.web.readers is not public.web.s.block_readers
+    assert public.web.readers.total_tokens < public.web.s.block_readers.total_tokens
+
+
+async def test_one_ipv6_64_is_one_client(public: Public) -> None:
+    """Major 4: an IPv6 /64 is one client (one host usually holds a whole /64)."""
+    app = limited(public.web_app, replace(public.config, requests_per_minute=2), RateLimiter(2, clock=Clock(0.0)))
+    statuses = [(await call(app, "POST", "/p/api/open", headers=JSON, body=b'{"token": "' + b"Z" * 43 + b'"}',
+                            client=f"2001:db8:1:2::{i:x}")).status for i in range(1, 41)]
+    assert statuses.count(429) >= 38
+    other = await call(app, "POST", "/p/api/open", headers=JSON, body=b'{"token": "' + b"Z" * 43 + b'"}',
+                       client="2001:db8:1:3::1")
+    assert other.status != 429
+    v4 = [(await call(app, "POST", "/p/api/open", headers=JSON, body=b"{}", client=f"198.51.100.{i}")).status
+          for i in range(1, 5)]
+    assert 429 not in v4  # IPv4 stays per address
+
+
+async def test_key_images_read_the_catalogue_on_the_database_thread(public: Public) -> None:
+    """Major 5: the key image's record is looked up under the DatabaseThread's lock and among the shown
+    instances; the renderer gets the record."""
+    cookie, _ = await public.sign_in(TOKEN_A)
+    mine = public.studies[0]
+    store = public.web.s.storage.metadata
+    db = public.web.s.db
+    seen: list[bool] = []
+    original = store.instances
+
+    def instances(*args: Any, **kw: Any) -> Any:
+        seen.append(db._lock.locked())
+        return original(*args, **kw)
+
+    store.instances = instances  # type: ignore[method-assign]
+    try:
+        r = original(mine)[0]
+        reply = await public.get("/p/api/key-image", cookie=cookie,
+                                 query=f"study={mine}&series={r.series_uid}&instance={r.sop_instance_uid}")
+    finally:
+        del store.instances
+    assert reply.status == 200 and reply.body.endswith(r.sop_instance_uid.encode())
+    assert seen and all(seen)
+
+
+async def test_the_zip_is_not_kept_by_the_browser(public: Public) -> None:
+    """Minor 6: personal data: no-store."""
+    cookie, _ = await public.sign_in(TOKEN_A)
+    reply = await public.get("/p/download/images.zip", cookie=cookie)
+    assert reply.headers["cache-control"] == "no-store"
+
+
+def test_an_http_public_url_is_refused_off_loopback_even_behind_a_proxy() -> None:
+    """Minor 7: behind a proxy the public URL must be https (else the cookie has no Secure)."""
+    base = PatientAccessConfig(enabled=True, public_url="http://x.example", listen="0.0.0.0:8443",
+                               trusted_proxies=("10.0.0.1",))
+    with pytest.raises(ConfigError):
+        check_exposure(base)
+    check_exposure(replace(base, public_url="https://x.example"))
+
+
+def test_the_shared_listener_refuses_two_proxy_lists() -> None:
+    """Minor 8: on the [http] listener the limiter and WebApp must believe the same proxies."""
+    patient = PatientAccessConfig(enabled=True, public_url="https://x.example", trusted_proxies=("10.0.0.1",))
+    with pytest.raises(ConfigError):
+        check_shared(patient, HttpConfig(listen="127.0.0.1:0", trusted_proxies=("10.0.0.2",)))
+    check_shared(patient, HttpConfig(listen="127.0.0.1:0", trusted_proxies=("10.0.0.1",)))
+    check_shared(replace(patient, trusted_proxies=()), HttpConfig(listen="127.0.0.1:0"))
+
+
+async def test_error_answers_on_the_patient_pages_cannot_be_framed(public: Public) -> None:
+    """Minor 11: JSON errors and the 429 carry the framing/CSP headers; pages have COOP."""
+    page = await public.get("/p/")
+    assert page.headers["cross-origin-opener-policy"] == "same-origin"
+    error = await public.get("/p/api/share")
+    assert error.status == 401
+    app = limited(public.web_app, replace(public.config, requests_per_minute=1), RateLimiter(1, clock=Clock(0.0)))
+    await call(app, "GET", "/p/api/share", client="192.0.2.9")
+    limited_reply = await call(app, "GET", "/p/api/share", client="192.0.2.9")
+    assert limited_reply.status == 429
+    for reply in (error, limited_reply):
+        assert reply.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in reply.headers["content-security-policy"]
+    # a page of another origin holds no reference to the patient page (COOP above), so it cannot change its
+    # fragment; a new link in the same tab reloads the page rather than restarting a half-done flow
+    script = (await public.get("/p/static/patient.js")).body.decode()
+    assert "start();\n  });" not in script and "location.reload()" in script
+
+
+def test_one_patient_prefix() -> None:
+    """Minor 12: "/p/" is defined once."""
+    import meshnode.web.patient_listener as listener
+    import meshnode.web.patient_web as web
+    assert not hasattr(listener, "PREFIX") and not hasattr(web, "PREFIX") and not hasattr(web, "log")
+
+
+async def test_a_session_sends_a_bounded_number_of_downloads_at_once(public: Public) -> None:
+    """Major 3: one session cannot hold every public worker with parallel downloads."""
+    from meshnode.web.patient_web import DOWNLOADS_PER_SESSION
+    cookie, _ = await public.sign_in(TOKEN_A)
+    [session] = [s for s in public.web.sessions._by_hash.values() if s.link_id == "link-a"]
+    session.downloads = DOWNLOADS_PER_SESSION  # as if that many were being sent now
+    busy = await public.get("/p/download/images.zip", cookie=cookie)
+    assert busy.status == 429 and busy.headers["retry-after"]
+    session.downloads = DOWNLOADS_PER_SESSION - 1
+    reply = await public.get("/p/download/images.zip", cookie=cookie)
+    assert reply.status == 200 and reply.body == ZIP
+    assert session.downloads == DOWNLOADS_PER_SESSION - 1  # the finished one counted out again
+
+
+async def test_the_own_listener_over_tls_uses_a_host_only_cookie(public: Public) -> None:
+    """Minor 10: on a listener of its own over TLS the cookie is __Host- (Path=/, Secure, no Domain): a sibling
+    subdomain cannot plant it; a plain-named cookie there opens nothing."""
+    public.web.config = replace(public.config, listen="127.0.0.1:0")
+    original = public.app.app
+
+    async def over_tls(scope, receive, send):  # type: ignore[no-untyped-def]
+        await original({**scope, "scheme": "https"}, receive, send)
+
+    public.app.app = over_tls
+    reply = await call(public.app, "POST", "/p/api/verify", headers=JSON,
+                       body=f'{{"token": "{TOKEN_A}", "code": "{CODE}"}}'.encode())
+    set_cookie = reply.headers["set-cookie"]
+    assert set_cookie.startswith(f"__Host-{COOKIE}=") and "Path=/;" in set_cookie and "Secure" in set_cookie
+    assert "Domain" not in set_cookie
+    value = set_cookie.split(";")[0].split("=", 1)[1]
+    mine = public.studies[0]
+    host = await call(public.app, "GET", meta(mine), headers={"Cookie": f"__Host-{COOKIE}={value}"})
+    plain = await call(public.app, "GET", meta(mine), headers={"Cookie": f"{COOKIE}={value}"})
+    assert host.status == 200 and plain.status == 401

@@ -20,7 +20,8 @@ from meshnode.storage.sqlite_metadata import SqliteMetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.users import MemoryUserStore
 from meshnode.study.ingest import Ingester
-from meshnode.study.key_image import key_image
+from meshnode.storage.records import InstanceRecord
+from meshnode.study.key_image import key_image_of
 from meshnode.web.app import WebApp
 from meshnode.web.auth import Authenticator
 from meshnode.web.config import HttpConfig
@@ -69,8 +70,8 @@ async def test_download_in_ranges_is_byte_exact_and_recorded_once(smtp: SmtpServ
 
     services = WebServices(HttpConfig(listen="127.0.0.1:0"), "RGT", storage, db, audit, clock)
 
-    def render(st: str, se: str, sop: str, fmt: str, frame: int) -> bytes:
-        return key_image(storage, st, se, sop, fmt=fmt, frame=frame)
+    def render(record: InstanceRecord, fmt: str, frame: int) -> bytes:
+        return key_image_of(storage, record, fmt=fmt, frame=frame)
 
     web = PatientWeb(links, services, links.config, media_planner(db, storage, "Royal Example"), render)
     app = limited(WebApp(web.routes(), Authenticator(MemoryUserStore(), clock), HttpConfig(), audit),

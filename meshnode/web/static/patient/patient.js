@@ -182,15 +182,11 @@
     say("You have signed out. To see your images again, open the link from your email.");
   });
 
-  // a link opened in a tab already on this page changes only the fragment: start again with it
+  // a link opened in a tab already on this page changes only the fragment: load the page anew with it (a
+  // clean page: nothing of the previous flow kept). Another site cannot do this to the page: it is served
+  // with Cross-Origin-Opener-Policy: same-origin, so a page of another origin holds no reference to it.
   window.addEventListener("hashchange", () => {
-    if (!location.hash.startsWith("#t=")) return;
-    csrf = "";
-    $("share-step").hidden = true;
-    $("code-step").hidden = true;
-    $("studies").replaceChildren();
-    say("Opening your link…");
-    start();
+    if (location.hash.startsWith("#t=")) location.reload();
   });
 
   start();
