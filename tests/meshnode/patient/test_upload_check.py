@@ -3,16 +3,25 @@ tests/adversary/test_uploads.py)."""
 
 from __future__ import annotations
 
+import io
 import posixpath
+import struct
+import subprocess
+import sys
+import textwrap
 import zipfile
+import zlib
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 
 from meshnode.patient.upload_check import (
     Outcome,
     UploadLimits,
+    central_directory_refusal,
     check_file,
     preamble_refusal,
     zip_name_refusal,
@@ -152,3 +161,119 @@ def test_an_honest_archive_with_large_members_passes_the_index_bound(tmp_path: P
     scratch.mkdir()
     v = {x.name: x for x in check_file(archive, "big.zip", UploadLimits(1 << 20, 1 << 30, files_left=4), scratch)}
     assert [v[f"big.zip/IM{i}"].outcome for i in range(3)] == [Outcome.ACCEPTED] * 3
+
+
+# Hostile review (C1, C2, M6): each failed before its fix
+
+def _many_entries_zip(n: int) -> bytes:
+    """n empty stored members; the EOCD's 'entries on this disk'/'total entries' fields spell PK\\x05\\x06, so
+    the last 'PK\\x05\\x06' in the tail starts 8 bytes into the real end record."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for i in range(n):
+            z.writestr(f"{i:07d}", b"")
+    data = bytearray(out.getvalue())
+    eocd = len(data) - 22
+    assert data[eocd:eocd + 4] == b"PK\x05\x06"
+    data[eocd + 8:eocd + 12] = b"PK\x05\x06"  # entries this disk = 0x4b50, total entries = 0x0605
+    return bytes(data)
+
+
+def test_eocd_field_spelling_the_signature_bypasses_the_central_directory_bound(tmp_path: Path) -> None:
+    n = 20_000  # ~1.1 MB of central directory for a link that may take 10 files (cap 64 KiB)
+    path = tmp_path / "a.zip"
+    path.write_bytes(_many_entries_zip(n))
+    # zipfile (fast path: EOCD at end-22, comment length 0) still reads the whole directory: n ZipInfo objects
+    assert len(zipfile.ZipFile(path).infolist()) == n
+    # ...but the pre-check, meant to stop exactly this, saw no end record and let it through
+    assert central_directory_refusal(path, files_left=10) is not None
+
+
+def _zip64_locator_lie(n: int) -> bytes:
+    """A ZIP64 end record whose locator points at a decoy record (inside a stored member's data: 10 bytes of
+    directory, 1 entry), while zipfile reads the record just before the locator (the real, large directory)."""
+    decoy = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, 1, 1, 10, 0)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("decoy", decoy)
+        for i in range(n):
+            z.writestr(f"{i:07d}", b"")
+    data = out.getvalue()
+    decoy_at = 30 + len("decoy")  # the first member's data
+    assert data[decoy_at:decoy_at + 4] == b"PK\x06\x06"
+    eocd = len(data) - 22
+    (_, _, _, _, entries, cd_size, cd_offset, _) = struct.unpack("<IHHHHIIH", data[eocd:])
+    body = data[:eocd]
+    real = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, entries, entries, cd_size, cd_offset)
+    locator = struct.pack("<IIQI", 0x07064B50, 0, decoy_at, 1)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return body + real + locator + end
+
+
+def test_zip64_locator_pointing_at_a_decoy_bypasses_the_central_directory_bound(tmp_path: Path) -> None:
+    n = 20_000
+    path = tmp_path / "b.zip"
+    path.write_bytes(_zip64_locator_lie(n))
+    assert len(zipfile.ZipFile(path).infolist()) == n + 1  # zipfile ignores the locator's offset (3.11)
+    assert central_directory_refusal(path, files_left=10) is not None
+
+
+def _deflated_dicom(payload_mb: int) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7")
+    meta.MediaStorageSOPInstanceUID = UID("1.2.3.4.5.6")
+    meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1.99")
+    meta.FileMetaInformationGroupLength = 0
+    ds = Dataset()
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = "1.2.3.4.5.7"
+    ds.SeriesInstanceUID = "1.2.3.4.5.8"
+    ds.PatientName = "BOMB^DEFLATE"
+    body = io.BytesIO()
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.save_as(body, enforce_file_format=False)  # explicit VR LE dataset, no meta
+    plain = body.getvalue()
+    plain += struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, payload_mb << 20)  # private OB of zeros
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = comp.compress(plain)
+    zeros = bytes(1 << 20)
+    for _ in range(payload_mb):
+        deflated += comp.compress(zeros)
+    deflated += comp.flush()
+    head = io.BytesIO()
+    fm = Dataset()
+    fm.file_meta = meta
+    fm.preamble = bytes(128)
+    from pydicom.filewriter import write_file_meta_info
+    head.write(bytes(128) + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    return head.getvalue() + deflated
+
+
+def test_a_deflated_dicom_bomb_is_refused_before_inflating_it(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(_deflated_dicom(1000))
+    size = path.stat().st_size
+    assert size < 2 << 20  # ~1 MB sent
+    probe = textwrap.dedent(f"""
+        import resource, sys
+        from pathlib import Path
+        from meshnode.patient.upload_check import UploadLimits, check_file
+        [v] = check_file(Path({str(path)!r}), "bomb.dcm", UploadLimits(2048 << 20, 8192 << 20, 100), Path({str(tmp_path)!r}))
+        print(v.outcome.value, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, v.reason)
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=500, check=True)
+    outcome, rss_mb, *_ = out.stdout.split()
+    print("outcome", outcome, "peak RSS MB", rss_mb, "file bytes", size)
+    # the ZIP path refuses more than 200x; one DICOM file may inflate ~1000x, into RAM, several copies
+    assert int(rss_mb) < 512, f"{size} bytes sent made the check hold {rss_mb} MB ({outcome})"
+
+
+def test_a_zip64_locator_past_2_63_is_refused_not_raised(tmp_path: Path) -> None:
+    locator = struct.pack("<IIQI", 0x07064B50, 0, 1 << 63, 1)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    path = tmp_path / "z.zip"
+    path.write_bytes(b"PK\x03\x04" + bytes(60) + locator + end)
+    [v] = check_file(path, "z.zip", UploadLimits(1 << 20, 1 << 20, 10), tmp_path)  # raises OverflowError/OSError
+    assert v.outcome is Outcome.REFUSED
