@@ -19,6 +19,7 @@ max_upload_mb; its uploads plus their files within max_files; each file within m
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -26,12 +27,14 @@ import secrets
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
 import trio
 
 from meshnode.gateway.intake import PreparedInstance, StudyIntake
+from meshnode.gateway.reconciler import Reconciler, arriving_patient, stored_patients
 from meshnode.patient.config import PatientAccessConfig
 from meshnode.patient.links import LinkGrant
 from meshnode.patient.upload_check import (
@@ -40,11 +43,13 @@ from meshnode.patient.upload_check import (
     Verdict,
     check_file,
     display_name,
+    preamble_refusal,
 )
 from meshnode.patient.upload_errors import UploadLimitError, UploadStateError
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.audit import Outcome as AuditOutcome
-from meshnode.storage.records import hash_uid
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.records import InstanceRecord, hash_uid
 from meshnode.storage.upload_store import (
     ACCEPTED,
     HELD,
@@ -55,7 +60,8 @@ from meshnode.storage.upload_store import (
     UploadRow,
     UploadStore,
 )
-from protocol.errors import NotFoundError, StorageError
+from protocol.errors import MeshError, NotFoundError, StorageError
+from protocol.reconciliation import ArrivingPatient, Match, decide_study, nhs_numbers
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +94,32 @@ class HeldStudy:
     modalities: tuple[str, ...]
     files: int
     bytes: int
+    #: every distinct (patient ID, patient name) the study's files name (patient_id/patient_name above join
+    #: them); more than one: `mixed`, and accept holds the study back (patient reconciliation)
+    patients: tuple[tuple[str, str], ...] = ()
+    mixed: bool = False
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    #: instances ingested
+    stored: int
+    #: study UID -> why its files stay held in quarantine (patient reconciliation: not stored)
+    held: dict[str, str]
 
 
 class Uploads:
     def __init__(self, home: Path, store: UploadStore, config: PatientAccessConfig, audit: AuditFn,
-                 intake: Callable[[], StudyIntake | None], clock: Callable[[], float]) -> None:
+                 intake: Callable[[], StudyIntake | None], clock: Callable[[], float],
+                 reconciler: Callable[[], Reconciler | None] = lambda: None) -> None:
         self.home = home
         self.store = store
         self.config = config
         self.audit = audit
         self.intake = intake
         self.clock = clock
+        #: the gateway's patient reconciliation ([reconciliation]): an accepted study is decided by it first
+        self.reconciler = reconciler
         self.parts_root = home / "uploads"
         self.quarantine_root = home / "quarantine"
         self.scratch_root = home / "tmp" / "uploads"
@@ -345,9 +366,21 @@ class Uploads:
 
         return await trio.to_thread.run_sync(read)
 
-    async def accept(self, link_id: str, user: str) -> int:
-        """Ingest the link's held files through the node's intake (routing rules and reconciliation apply),
-        then mark them accepted and remove them from quarantine. Returns the instances stored."""
+    async def accept(self, link_id: str, user: str) -> AcceptResult:
+        """Ingest the link's held files through the node's intake, then mark them accepted and remove them
+        from quarantine.
+
+        Patient reconciliation first, study by study, as the gateway decides a received study: the files of
+        one study must name one patient, a study UID the node holds already must be of that patient, and
+        with [reconciliation] enabled the patient must match a local record by NHS number
+        (protocol.reconciliation.decide_study with the gateway's settings and patient table). A study that
+        fails stays held in quarantine (nothing of it stored; the reason in the answer and the audit): the
+        PACS team rejects it, or fixes the local record and accepts again.
+
+        Every file is read again and must still have the SHA-256 and preamble it was checked with; all
+        admitted files are prepared (checked by the intake, blocks written) before any is committed, so a
+        file the intake refuses stores nothing. Each commit is recorded as it happens: files stored are
+        accepted and audited even if a later commit fails."""
         intake = self.intake()
         if intake is None:
             raise UploadStateError("this node runs no study intake (the gateway is not started)")
@@ -355,24 +388,107 @@ class Uploads:
             files = [f for f in await trio.to_thread.run_sync(self.store.files, link_id) if f.state == HELD]
             if not files:
                 raise UploadStateError("nothing of this link is held in quarantine (decided already?)")
-            stored = 0
-            for sha in dict.fromkeys(f.sha256 for f in files):
-                path = self.quarantine_file(link_id, sha)
+            patients = await trio.to_thread.run_sync(self._patients, link_id, files)
+            held = await self._reconcile(intake, files, patients)
+            admitted = [f for f in files if f.study_uid not in held]
+            if held:
+                await self.audit(AuditEvent(
+                    EventCode.PATIENT_RECORD, "upload-held-by-reconciliation", AuditOutcome.MINOR_FAILURE,
+                    actor=f"user:{user}", study=hash_uid(next(iter(held))) if len(held) == 1 else "",
+                    detail=f"link {link_folder(link_id)}: {len(held)} stud(ies) stay in quarantine: "
+                           + "; ".join(sorted(set(held.values())))[:250]))
+            if not admitted:
+                return AcceptResult(0, held)
+            prepared = await trio.to_thread.run_sync(self._prepare_all, intake, link_id, admitted)
+            stored: list[FileRow] = []
+            try:
+                for sha, instance in prepared.items():
+                    await intake.commit(instance, None)
+                    stored.extend(f for f in admitted if f.sha256 == sha)
+            finally:
+                with trio.CancelScope(shield=True):
+                    if stored:
+                        await self._accepted(link_id, user, stored, len({f.sha256 for f in stored}),
+                                             complete=len(stored) == len(admitted))
+        return AcceptResult(len(prepared), held)
 
-                def prepare(p: Path = path) -> PreparedInstance:
-                    return intake.prepare(p.read_bytes(), f"upload:{link_folder(link_id)}")
-
-                prepared = await trio.to_thread.run_sync(prepare)
-                await intake.commit(prepared, None)
-                stored += 1
-            await trio.to_thread.run_sync(self.store.decide, link_id, ACCEPTED, user, [f.file_id for f in files])
-            await trio.to_thread.run_sync(self._remove, link_id, files)
-        studies = sorted({f.study_uid for f in files})
-        await self.audit(AuditEvent(EventCode.IMPORT, "upload-accepted", actor=f"user:{user}",
+    async def _accepted(self, link_id: str, user: str, stored: list[FileRow], instances: int,
+                        complete: bool) -> None:
+        await trio.to_thread.run_sync(self.store.decide, link_id, ACCEPTED, user, [f.file_id for f in stored])
+        await trio.to_thread.run_sync(self._remove, link_id, stored)
+        studies = sorted({f.study_uid for f in stored})
+        await self.audit(AuditEvent(EventCode.IMPORT, "upload-accepted",
+                                    AuditOutcome.SUCCESS if complete else AuditOutcome.MINOR_FAILURE,
+                                    actor=f"user:{user}",
                                     study=hash_uid(studies[0]) if len(studies) == 1 else "",
-                                    detail=f"link {link_folder(link_id)}: {stored} instance(s) ingested, "
-                                           f"{len(studies)} stud(ies)"))
-        return stored
+                                    detail=f"link {link_folder(link_id)}: {instances} instance(s) ingested, "
+                                           f"{len(studies)} stud(ies)"
+                                           + ("" if complete else "; the rest failed and stay held")))
+
+    def _read_held(self, link_id: str, sha: str) -> bytes:
+        """A quarantined file's bytes, refused unless they are still what was checked (M1: a file changed
+        after its check is never ingested)."""
+        data = self.quarantine_file(link_id, sha).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha or len(data) < 132 or preamble_refusal(data[:128]) is not None:
+            log.warning("a quarantined file of link %s changed after its check", link_folder(link_id))
+            raise UploadStateError("a quarantined file changed after it was checked: nothing accepted "
+                                   "(reject this upload)")
+        return data
+
+    def _patients(self, link_id: str, files: list[FileRow]) -> dict[str, ArrivingPatient]:
+        """Worker thread: the patient each held file (by SHA-256) names, read from its checked bytes."""
+        out: dict[str, ArrivingPatient] = {}
+        for sha in dict.fromkeys(f.sha256 for f in files):
+            try:
+                out[sha] = arriving_patient(io.BytesIO(self._read_held(link_id, sha)))
+            except OSError:
+                raise UploadStateError("a quarantined file is missing: nothing accepted") from None
+        return out
+
+    async def _reconcile(self, intake: StudyIntake, files: list[FileRow],
+                         patients: dict[str, ArrivingPatient]) -> dict[str, str]:
+        """Study UID -> why it stays held (the studies patient reconciliation does not let in)."""
+        reconciler = self.reconciler()
+        settings = reconciler.settings if reconciler is not None and reconciler.settings.enabled else None
+        held: dict[str, str] = {}
+        for study, shas in _by_study(files).items():
+            named = [patients[s] for s in shas]
+            if len(set(named)) > 1:
+                held[study] = f"the study's files name {len(set(named))} different patients"
+                continue
+            records = await intake.db.run(partial(_first_instance, study_uid=study))
+            if records:
+                try:
+                    [existing] = await trio.to_thread.run_sync(stored_patients, intake.storage.blocks, records)
+                except MeshError:
+                    existing = None
+                if existing != named[0]:
+                    held[study] = "the node holds this study already under another patient"
+                    continue
+            if settings is None or reconciler is None:
+                continue
+            numbers = nhs_numbers(named[0], frozenset(settings.nhs_issuers))
+            candidates = await reconciler.db.run(lambda s: [p for n in numbers for p in s.patients(n)])
+            decision = decide_study(named, [c.local_patient() for c in candidates],
+                                    issuers=frozenset(settings.nhs_issuers),
+                                    demographics_must_agree=settings.demographics_must_agree)
+            if not isinstance(decision, Match):
+                held[study] = (f"patient reconciliation: {decision.reason.value}"
+                               + (f" ({decision.detail})" if decision.detail else ""))
+        return held
+
+    def _prepare_all(self, intake: StudyIntake, link_id: str, files: list[FileRow]) -> dict[str, PreparedInstance]:
+        """Worker thread: every admitted file checked again and prepared (blocks durable) before any commit."""
+        out: dict[str, PreparedInstance] = {}
+        for sha in dict.fromkeys(f.sha256 for f in files):
+            try:
+                out[sha] = intake.prepare(self._read_held(link_id, sha), f"upload:{link_folder(link_id)}")
+            except UploadStateError:
+                raise
+            except MeshError as exc:
+                raise UploadStateError(f"the node's intake refuses a held file ({exc.name}): nothing accepted "
+                                       f"({str(exc)[:200]})") from None
+        return out
 
     async def reject(self, link_id: str, user: str, reason: str) -> int:
         async with self._deciding_on(link_id):
@@ -416,13 +532,32 @@ class _Deciding:
         self.busy.discard(self.link_id)
 
 
+def _first_instance(store: MetadataStore, study_uid: str) -> list[InstanceRecord]:
+    return store.instances(study_uid)[:1]
+
+
+def _by_study(files: list[FileRow]) -> dict[str, list[str]]:
+    """Study UID -> the SHA-256 of its files (each once)."""
+    by: dict[str, list[str]] = {}
+    for f in files:
+        shas = by.setdefault(f.study_uid, [])
+        if f.sha256 not in shas:
+            shas.append(f.sha256)
+    return by
+
+
 def _studies(files: list[FileRow]) -> list[HeldStudy]:
     by: dict[str, list[FileRow]] = {}
     for f in files:
         by.setdefault(f.study_uid, []).append(f)
-    return [HeldStudy(uid, fs[0].patient_name, fs[0].patient_id, fs[0].study_date, fs[0].study_description,
-                      tuple(sorted({f.modality for f in fs if f.modality})), len(fs), sum(f.size for f in fs))
-            for uid, fs in sorted(by.items())]
+    out = []
+    for uid, fs in sorted(by.items()):
+        patients = tuple(sorted({(f.patient_id, f.patient_name) for f in fs}))
+        out.append(HeldStudy(uid, " / ".join(n for _, n in patients), " / ".join(i for i, _ in patients),
+                             fs[0].study_date, fs[0].study_description,
+                             tuple(sorted({f.modality for f in fs if f.modality})), len(fs),
+                             sum(f.size for f in fs), patients, len(patients) > 1))
+    return out
 
 
 def _open_at(part: Path, received: int) -> BinaryIO:

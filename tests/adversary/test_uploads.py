@@ -6,6 +6,7 @@ public app's real gate lands."""
 from __future__ import annotations
 
 import base64
+import io
 import os
 import zipfile
 from collections.abc import AsyncIterator, Sequence
@@ -14,10 +15,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from pydicom import dcmread
 from starlette.requests import Request
 
 from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.intake import StudyIntake
+from meshnode.gateway.reconcile_config import ReconciliationSettings
+from meshnode.gateway.reconciler import Reconciler
 from meshnode.gateway.routes import RouteTable
 from meshnode.patient.config import PatientAccessConfig
 from meshnode.patient.links import LinkGrant, LinkKind
@@ -70,6 +74,8 @@ class Env:
     storage: NodeStorage
     files: list[Path]
     events: list[AuditEvent]
+    uploads: Uploads | None = None
+    intake: StudyIntake | None = None
 
     async def tus(self, method: str, path: str, link: str, headers: dict[str, str] | None = None,
                   body: bytes | list[bytes] = b"") -> Reply:
@@ -132,7 +138,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     files = ct_files(tmp_path / "study", 3)
     async with trio.open_nursery() as nursery:
         await nursery.start(intake.run)
-        yield Env(app, home, gate, tokens, storage, files, events)
+        yield Env(app, home, gate, tokens, storage, files, events, uploads, intake)
         nursery.cancel_scope.cancel()
     store.close()
     state.close()
@@ -366,7 +372,7 @@ async def test_review_accept_twice(env: Env) -> None:
     [study] = entry["studies"]
     assert study["modalities"] == ["CT"] and study["patient_id"]
     first = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
-    assert first.status == 200 and first.json() == {"stored": 2}
+    assert first.status == 200 and first.json() == {"stored": 2, "held": []}
     assert not (env.home / "quarantine" / link_folder("L1")).exists()
     again = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
     assert again.status == 409
@@ -471,3 +477,94 @@ async def test_concurrent_creations_cannot_pass_the_links_file_limit_together(en
         for _ in range(30):
             nursery.start_soon(one)
     assert statuses.count(201) == 20 and statuses.count(413) == 10
+
+
+# -- hostile review of the PACS team's review (C3, M1, M2): each failed before its fix ------------------------
+
+def _as_patient(data: bytes, patient_id: str, name: str, sop_suffix: str) -> bytes:
+    ds = dcmread(io.BytesIO(data))
+    ds.PatientID, ds.PatientName = patient_id, name
+    ds.SOPInstanceUID = ds.SOPInstanceUID + sop_suffix
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _stored(env: Env) -> list[object]:
+    return [i for s in env.storage.metadata.studies() for i in env.storage.metadata.instances(s.attributes.study_uid)]
+
+
+async def test_accept_ingests_a_quarantined_file_changed_after_its_check(env: Env) -> None:
+    await env.upload("L1", env.files[0].read_bytes(), "a")
+    [held] = (env.home / "quarantine" / link_folder("L1")).glob("*.dcm")
+    # anything that can write the node's disk (another process, a restore, a bug) changes it after the check
+    held.write_bytes(_as_patient(env.files[1].read_bytes(), "OTHER-PATIENT", "VICTIM^B", ".9"))
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.status == 409 and "changed after it was checked" in reply.json()["message"], reply.body
+    assert not _stored(env)
+
+
+async def test_one_study_with_files_of_two_patients_is_shown_with_both_and_held_on_accept(env: Env) -> None:
+    good = env.files[0].read_bytes()
+    await env.upload("L1", _as_patient(good, "PAT-OWN", "OWN^PATIENT", ".1"), "a")
+    await env.upload("L1", _as_patient(env.files[1].read_bytes(), "PAT-VICTIM", "VICTIM^OTHER", ".2"), "b")
+    [entry] = (await env.staff("GET", "/ui/api/uploads", "pacs1")).json()["links"]
+    [study] = entry["studies"]
+    assert study["mixed"] and {p for p, _ in study["patients"]} == {"PAT-OWN", "PAT-VICTIM"}
+    assert "PAT-VICTIM" in study["patient_id"] and "PAT-OWN" in study["patient_id"]
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.status == 200 and reply.json()["stored"] == 0, reply.body
+    [held] = reply.json()["held"]
+    assert "2 different patients" in held["reason"]
+    assert not _stored(env)  # held, not stored: the files stay in quarantine for the PACS team
+    assert len(list((env.home / "quarantine" / link_folder("L1")).glob("*.dcm"))) == 2
+    assert any(e.action == "upload-held-by-reconciliation" for e in env.events)
+
+
+async def test_an_upload_of_a_study_the_node_holds_for_another_patient_is_held(env: Env) -> None:
+    assert env.intake is not None
+    await env.intake.store(env.files[0].read_bytes(), None, source="test")
+    await env.upload("L1", _as_patient(env.files[1].read_bytes(), "PAT-OTHER", "OTHER^PATIENT", ".5"), "a")
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.status == 200 and reply.json()["stored"] == 0
+    assert "another patient" in reply.json()["held"][0]["reason"]
+    assert len(_stored(env)) == 1
+
+
+async def test_with_reconciliation_on_an_unmatched_patient_is_held_not_stored(env: Env) -> None:
+    assert env.uploads is not None and env.intake is not None
+    reconciler = Reconciler(env.intake.db, env.storage.blocks, ReconciliationSettings(enabled=True),
+                            env.uploads.audit, "test", lambda: 1e9)
+    env.uploads.reconciler = lambda: reconciler
+    await env.upload("L1", env.files[0].read_bytes(), "a")  # no NHS number, no local record
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.status == 200 and reply.json()["stored"] == 0, reply.body
+    assert reply.json()["held"][0]["reason"].startswith("patient reconciliation: ")
+    assert not _stored(env)
+    env.uploads.reconciler = lambda: None  # reconciliation off: the same study is let in
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.json()["stored"] == 1 and len(_stored(env)) == 1
+
+
+async def test_an_accept_that_fails_half_way_stores_nothing_and_keeps_all_held(env: Env) -> None:
+    assert env.intake is not None
+    small = env.files[0].read_bytes()
+    await env.upload("L1", small, "a")  # and a larger file of the same patient:
+    larger = dcmread(io.BytesIO(env.files[1].read_bytes()))
+    larger.ImageComments = "x" * 1000
+    out = io.BytesIO()
+    larger.save_as(out, enforce_file_format=True)
+    assert len(out.getvalue()) > len(small)
+    await env.upload("L1", out.getvalue(), "b")
+    # the node's intake limit ([gateway] max_instance_mb) below [patient_access] max_file_mb: the second fails
+    env.intake.max_instance_bytes = len(small)
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.status == 409 and "intake refuses" in reply.json()["message"], reply.body
+    assert not _stored(env)
+    [entry] = (await env.staff("GET", "/ui/api/uploads", "pacs1")).json()["links"]
+    assert entry["files"] == 2  # both still held, nothing claimed
+    env.intake.max_instance_bytes = 1 << 30
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.json()["stored"] == 2 and len(_stored(env)) == 2
+    assert [e.action for e in env.events if e.action == "upload-accepted"] == ["upload-accepted"]
