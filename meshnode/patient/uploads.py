@@ -172,17 +172,19 @@ class Uploads:
         """Append a PATCH body at `offset`; durable (fsynced, offset committed) on return. A body cut short
         keeps what arrived (durable too) and re-raises. Past the upload's length: UploadLimitError, nothing
         kept of this body."""
-        row = await self.status(grant, upload_id)
-        if row.state != RECEIVING:
-            raise UploadStateError("this upload is complete")
-        if offset != row.received:
-            raise UploadStateError(f"Upload-Offset {offset} is not the upload's offset {row.received}")
-        if declared is not None and offset + declared > row.length:
-            raise UploadLimitError(f"the body would take the upload past its length of {row.length} bytes")
+        # the guard before the row is read: a row read while another request appends may be stale, and
+        # checking an offset against it would roll back an acknowledged offset (review M3)
         if upload_id in self._busy:
             raise UploadStateError("another request is appending to this upload")
         self._busy.add(upload_id)
         try:
+            row = await self.status(grant, upload_id)
+            if row.state != RECEIVING:
+                raise UploadStateError("this upload is complete")
+            if offset != row.received:
+                raise UploadStateError(f"Upload-Offset {offset} is not the upload's offset {row.received}")
+            if declared is not None and offset + declared > row.length:
+                raise UploadLimitError(f"the body would take the upload past its length of {row.length} bytes")
             received = await self._write(row, chunks)
             row = UploadRow(row.upload_id, row.link_id, row.name, row.length, received, row.state, row.created_ms)
             if received == row.length:  # (again, if the checks failed the first time: an empty PATCH retries)
@@ -226,15 +228,21 @@ class Uploads:
         return row.received + written
 
     async def delete(self, grant: LinkGrant, upload_id: str) -> None:
-        row = await self.status(grant, upload_id)
-        if row.state != RECEIVING or upload_id in self._busy:
+        if upload_id in self._busy:  # guarded as append is: no delete under a body being written
             raise UploadStateError("this upload cannot be deleted now")
+        self._busy.add(upload_id)
+        try:
+            row = await self.status(grant, upload_id)
+            if row.state != RECEIVING:
+                raise UploadStateError("this upload cannot be deleted now")
 
-        def remove() -> None:
-            self.store.delete_upload(upload_id)
-            self._part(row).unlink(missing_ok=True)
+            def remove() -> None:
+                self.store.delete_upload(upload_id)
+                self._part(row).unlink(missing_ok=True)
 
-        await trio.to_thread.run_sync(remove)
+            await trio.to_thread.run_sync(remove)
+        finally:
+            self._busy.discard(upload_id)
 
     async def sweep(self) -> int:
         """Delete uploads still receiving after an upload link's whole lifetime (upload_days and a day): no

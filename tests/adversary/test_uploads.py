@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import threading
 import zipfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from pydicom import dcmread
 from starlette.requests import Request
 
@@ -25,12 +27,14 @@ from meshnode.gateway.reconciler import Reconciler
 from meshnode.gateway.routes import RouteTable
 from meshnode.patient.config import PatientAccessConfig
 from meshnode.patient.links import LinkGrant, LinkKind
+from meshnode.patient.upload_errors import UploadStateError
 from meshnode.patient.uploads import Uploads, link_folder
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from meshnode.storage.sqlite_uploads import SqliteUploadStore
+from meshnode.storage.upload_store import MemoryUploadStore, UploadRow
 from meshnode.storage.users import MemoryUserStore
 from meshnode.web.app import WebApp
 from meshnode.web.auth import Authenticator, add_user, issue_token
@@ -568,3 +572,61 @@ async def test_an_accept_that_fails_half_way_stores_nothing_and_keeps_all_held(e
     reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
     assert reply.json()["stored"] == 2 and len(_stored(env)) == 2
     assert [e.action for e in env.events if e.action == "upload-accepted"] == ["upload-accepted"]
+
+
+# -- hostile review M3: a racing PATCH must not roll back an acknowledged offset (failed before its fix) --
+
+class SlowRead(MemoryUploadStore):
+    """The second read of the upload is slow (a busy database): it returns the row as it was when read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.release = threading.Event()
+
+    def upload(self, link_id: str, upload_id: str) -> UploadRow | None:
+        row = super().upload(link_id, upload_id)
+        self.reads += 1
+        if self.reads == 3:  # A's status, then B's (stale), ...
+            self.release.wait(30)
+        return row
+
+
+async def test_an_acknowledged_offset_is_rolled_back_by_a_racing_patch(tmp_path: Path) -> None:
+    async def audit(event: AuditEvent) -> None:
+        pass
+
+    store = SlowRead()
+    uploads = Uploads(tmp_path, store, PatientAccessConfig(), audit, lambda: None, lambda: 1e9)
+    grant = LinkGrant("L1", LinkKind.UPLOAD, (), 2e9, False, "P", "alice")
+    row = await uploads.create(grant, 100, "x")
+    store.reads = 1
+    go_a = trio.Event()
+    acked: list[int] = []
+
+    async def body(data: bytes, wait: trio.Event | None = None) -> AsyncIterator[bytes]:
+        if wait is not None:
+            await wait.wait()
+        yield data
+
+    async def a() -> None:
+        r = await uploads.append(grant, row.upload_id, 0, body(b"A" * 40, go_a), 40)
+        acked.append(r.received)  # the 204's Upload-Offset
+        store.release.set()
+
+    async def b() -> None:
+        try:
+            await uploads.append(grant, row.upload_id, 0, body(b"B" * 5), 5)
+        except UploadStateError:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(b)  # B's status read (stale: received 0) waits in its thread
+        await trio.testing.wait_all_tasks_blocked()
+        go_a.set()
+    now = (await uploads.status(grant, row.upload_id)).received
+    part = next((tmp_path / "uploads").rglob("*.part")).read_bytes()
+    print("acknowledged", acked, "now", now, "part", part[:50])
+    assert now >= acked[0], f"offset {acked[0]} was acknowledged (fsynced), the upload now says {now}"
