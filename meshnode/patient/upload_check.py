@@ -39,7 +39,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -133,6 +133,8 @@ class Verdict:
     instance: CheckedInstance | None = None
     #: the error's code name when refused (for the audit and tests)
     error: str = ""
+    #: bytes a refused ZIP member inflated to before it was refused (they count towards the link's total)
+    inflated: int = 0
 
 
 def preamble_refusal(preamble: bytes) -> str | None:
@@ -355,8 +357,8 @@ def _extract_and_check(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: s
                        scratch: Path) -> Verdict:
     target = scratch / f"{secrets.token_hex(16)}.member"
     cap = min(info.file_size, limits.max_file_bytes)
+    written = 0
     try:
-        written = 0
         with archive.open(info) as src, open(target, "xb") as out:
             head = src.read(4)
             if head in ZIP_MAGICS:
@@ -370,14 +372,16 @@ def _extract_and_check(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: s
                 chunk = src.read(CHUNK)
     except MeshError as exc:
         target.unlink(missing_ok=True)
-        return _refused(shown, exc)
+        return replace(_refused(shown, exc), inflated=written)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
             struct.error, zlib.error) as exc:
         target.unlink(missing_ok=True)
-        return _refused(shown, ArchiveRefusedError(f"refused: the member cannot be read ({type(exc).__name__})"))
+        return replace(_refused(shown, ArchiveRefusedError(
+            f"refused: the member cannot be read ({type(exc).__name__})")), inflated=written)
     verdict = _verdict(shown, lambda: check_dicom(target, limits.max_file_bytes))
     if verdict.outcome is not Outcome.ACCEPTED:
         target.unlink(missing_ok=True)
+        return replace(verdict, inflated=written)
     return verdict
 
 

@@ -320,9 +320,10 @@ class Uploads:
         archived = verdict.name != row.name
         instance = verdict.instance
         if verdict.outcome is not Outcome.ACCEPTED or instance is None:
+            # a refused ZIP member's inflated bytes count towards the link's total (review M5)
             return FileRow(grant.link_id, row.upload_id, display_name(verdict.name), verdict.outcome.value,
-                           verdict.reason, state=NONE, created_ms=now_ms, archived=archived, person=grant.person,
-                           error=verdict.error)
+                           verdict.reason, size=verdict.inflated if archived else 0, state=NONE, created_ms=now_ms,
+                           archived=archived, person=grant.person, error=verdict.error)
         folder = self.quarantine_root / link_folder(grant.link_id)
         target = self.quarantine_file(grant.link_id, instance.sha256)
         folder.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import struct
 import threading
 import zipfile
 from collections.abc import AsyncIterator, Sequence
@@ -630,3 +631,43 @@ async def test_an_acknowledged_offset_is_rolled_back_by_a_racing_patch(tmp_path:
     part = next((tmp_path / "uploads").rglob("*.part")).read_bytes()
     print("acknowledged", acked, "now", now, "part", part[:50])
     assert now >= acked[0], f"offset {acked[0]} was acknowledged (fsynced), the upload now says {now}"
+
+
+# -- hostile review M5, M6 (each failed before its fix) --------------------------------------------------
+
+async def test_refused_zip_members_bytes_count_towards_the_links_total(env: Env) -> None:
+    # 3 members of 1 MiB (max_file_mb=1, max_upload_mb=4), compressible ~110x (under MAX_RATIO): each
+    # extracted to scratch, then refused (not DICOM). (The review's first version compressed 238x: refused by
+    # the ratio, never inflated; and a 4th member is refused unextracted by the link's total.)
+    junk = os.urandom(8192) + bytes(1 << 20)
+    members = [(f"m{i}", junk[: (1 << 20) - 1]) for i in range(3)]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    archive = out.getvalue()
+    assert len(archive) < 200_000
+    assert all(i.file_size < 200 * i.compress_size for i in zipfile.ZipFile(io.BytesIO(archive)).infolist())
+    reply = await env.upload("L1", archive, "a.zip")
+    assert reply.status == 204
+    results = await env.results("L1")
+    assert all(o == "refused" for o, _ in results.values() if _ != "")
+    store = SqliteUploadStore(env.home / "node.db")
+    try:
+        usage = store.usage("L1")
+    finally:
+        store.close()
+    unpacked = sum(len(d) for _, d in members)
+    assert usage.bytes >= len(archive) + unpacked, (
+        f"{unpacked} bytes inflated and checked, {usage.bytes} counted: max_upload_mb is not what limits inflation")
+
+
+async def test_a_check_that_raises_leaves_the_upload_checking_for_ever(env: Env) -> None:
+    locator = struct.pack("<IIQI", 0x07064B50, 0, 1 << 63, 1)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    data = b"PK\x03\x04" + bytes(60) + locator + end
+    reply = await env.upload("L1", data, "z.zip")
+    assert reply.status == 204
+    listing = (await env.tus("GET", "/p/api/uploads", "L1")).json()
+    assert listing["files"] and not listing["uploads"], "no verdict; shown as 'checking' until the sweep"
+    assert listing["files"][0]["outcome"] == "refused"
