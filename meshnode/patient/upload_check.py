@@ -48,6 +48,7 @@ from meshnode.dicom.attributes import InstanceAttributes
 from meshnode.dicom.errors import DicomError
 from meshnode.dicom.layout import plan_instance
 from meshnode.dicom.scan import ByteSource, DatasetScanner
+from meshnode.patient.active_content import active_content
 from meshnode.patient.upload_errors import (
     ArchiveRefusedError,
     ExecutablePreambleError,
@@ -217,6 +218,9 @@ def check_dicom(path: Path, max_file_bytes: int) -> CheckedInstance | None:
         raise FileRefusedError("not a valid DICOM file: no File Meta Information with a transfer syntax")
     if not plan.attributes.sop_class_uid:
         raise FileRefusedError("not a valid DICOM instance: no SOP Class UID")
+    hidden = active_content(path)
+    if hidden is not None:
+        raise ExecutablePreambleError(f"{hidden}: refused (export the images again from the CD or system)")
     return CheckedInstance(path, size, _sha256(path), plan.attributes)
 
 

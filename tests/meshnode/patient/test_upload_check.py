@@ -15,8 +15,9 @@ from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from meshnode.patient.upload_check import (
     Outcome,
@@ -277,3 +278,79 @@ def test_a_zip64_locator_past_2_63_is_refused_not_raised(tmp_path: Path) -> None
     path.write_bytes(b"PK\x03\x04" + bytes(60) + locator + end)
     [v] = check_file(path, "z.zip", UploadLimits(1 << 20, 1 << 20, 10), tmp_path)  # raises OverflowError/OSError
     assert v.outcome is Outcome.REFUSED
+
+
+# Hostile review M4: active content inside the data set (each failed before its fix)
+
+def _instance(**extra: object) -> bytes:
+    src = dcmread(io.BytesIO(ct_files_bytes()))
+    for k, v in extra.items():
+        setattr(src, k, v)
+    out = io.BytesIO()
+    src.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+_CT: list[bytes] = []
+
+
+def ct_files_bytes() -> bytes:
+    if not _CT:
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            _CT.append(ct_files(Path(d), 1)[0].read_bytes())
+    return _CT[0]
+
+
+PE = b"MZ" + bytes(58) + struct.pack("<I", 64) + b"PE\x00\x00" + bytes(200)
+
+
+def test_an_encapsulated_pdf_with_javascript_is_refused(tmp_path: Path) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.104.1")
+    meta.MediaStorageSOPInstanceUID = UID("1.2.3.9.1")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = "1.2.3.9.2", "1.2.3.9.3", "DOC"
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = b"%PDF-1.7\n1 0 obj<</Type/Catalog/OpenAction<</S/JavaScript/JS(app.alert(1))>>>>endobj\n%%EOF\n"
+    path = tmp_path / "doc.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    [v] = check_file(path, "doc.dcm", LIMITS, tmp_path)
+    assert v.outcome is not Outcome.ACCEPTED, "a PDF with an OpenAction JavaScript is held for the PACS team"
+
+
+def test_a_windows_executable_in_a_private_tag_is_refused(tmp_path: Path) -> None:
+    ds = dcmread(io.BytesIO(ct_files_bytes()))
+    block = ds.private_block(0x0009, "EVIL", create=True)
+    block.add_new(0x10, "OB", PE)
+    path = tmp_path / "pe.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    [v] = check_file(path, "pe.dcm", LIMITS, tmp_path)
+    assert v.outcome is not Outcome.ACCEPTED, "a PE image in a private OB element passes the checks"
+
+
+def test_a_dicom_zip_polyglot_is_refused(tmp_path: Path) -> None:
+    ds = dcmread(io.BytesIO(ct_files_bytes()))
+    payload = io.BytesIO()
+    with zipfile.ZipFile(payload, "w") as z:
+        z.writestr("evil.exe", PE)
+    block = ds.private_block(0x7FE1, "EVIL", create=True)  # after Pixel Data (7FE0,0010)
+    block.add_new(0x10, "OB", payload.getvalue() + (b"\x00" if len(payload.getvalue()) % 2 else b""))
+    path = tmp_path / "poly.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    [v] = check_file(path, "poly.dcm", LIMITS, tmp_path)
+    held_is_zip = v.outcome is Outcome.ACCEPTED and zipfile.is_zipfile(path)
+    assert not held_is_zip, "the held file opens as a ZIP with evil.exe in it"
+
+
+def test_a_pdf_without_actions_and_private_data_without_magic_pass(tmp_path: Path) -> None:
+    ds = dcmread(io.BytesIO(ct_files_bytes()))
+    block = ds.private_block(0x0009, "VENDOR", create=True)
+    block.add_new(0x10, "OB", b"\x01\x02vendor data" * 10)
+    path = tmp_path / "ok.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    [v] = check_file(path, "ok.dcm", LIMITS, tmp_path)
+    assert v.outcome is Outcome.ACCEPTED, v.reason
