@@ -19,7 +19,8 @@ A refusal tells the uploader what to do: export the images again (or send them t
 A ZIP is read with the standard library's zipfile (random access over the completed upload on disk).
 Refused, member by member, each with its reason: names with "..", absolute paths, drive letters,
 backslashes, NUL or control characters, names longer than 1024 bytes, symbolic links (Unix mode in the
-external attributes), duplicate names (both copies: which one was meant is unknown), encrypted members,
+external attributes), duplicate names, compared case-insensitively in NFC (both copies: which one was meant
+is unknown), encrypted members,
 archives inside the archive (refused, not unpacked: one level keeps every limit simple to state), members
 whose declared size is over max_file_mb or whose compression ratio is over MAX_RATIO, and members past
 the total (max_upload_mb) or count (max_files) of the link. A member is extracted in bounded chunks into
@@ -35,6 +36,7 @@ import logging
 import re
 import secrets
 import struct
+import unicodedata
 import zipfile
 import zlib
 from collections import Counter
@@ -97,6 +99,7 @@ _ZIPFILE_END_RECORD: Callable[[BinaryIO], list[Any] | None] = getattr(zipfile, "
 _ECD_ENTRIES_TOTAL: int = getattr(zipfile, "_ECD_ENTRIES_TOTAL")
 _ECD_SIZE: int = getattr(zipfile, "_ECD_SIZE")
 _TIFF = (b"II*\x00", b"MM\x00*")
+_MARKUP = re.compile(rb"<[A-Za-z!?/]")
 
 
 class Outcome(str, Enum):
@@ -138,9 +141,20 @@ class Verdict:
     inflated: int = 0
 
 
-def preamble_refusal(preamble: bytes) -> str | None:
-    """Why a PS3.10 file's 128-byte preamble is refused, or None (all zeros, or a TIFF header)."""
-    if not preamble.strip(b"\x00") or preamble[:4] in _TIFF:
+def preamble_refusal(preamble: bytes, size: int | None = None) -> str | None:
+    """Why a PS3.10 file's 128-byte preamble is refused, or None (all zeros, or a plausible TIFF header: its
+    first IFD offset inside the file of `size` bytes, and no markup such as "<html" or "<script" in the rest,
+    which a browser sniffing the file might run)."""
+    if not preamble.strip(b"\x00"):
+        return None
+    if preamble[:4] in _TIFF:
+        (ifd,) = struct.unpack("<I" if preamble[:2] == b"II" else ">I", preamble[4:8])
+        if _MARKUP.search(preamble):
+            return ("the file's preamble holds web markup (HTML or a script) after a TIFF header: refused "
+                    "(export the images again from the CD or system)")
+        if size is not None and ifd >= size:
+            return ("the file's preamble is a TIFF header pointing outside the file: refused "
+                    "(export the images again from the CD or system)")
         return None
     for magic, what in _EXECUTABLES:
         if preamble.startswith(magic):
@@ -198,7 +212,7 @@ def check_dicom(path: Path, max_file_bytes: int) -> CheckedInstance | None:
         head = stream.read(132)
     if len(head) < 132 or head[128:132] != b"DICM":
         raise FileRefusedError("not a DICOM file (no 'DICM' after the 128-byte preamble)")
-    why = preamble_refusal(head[:128])
+    why = preamble_refusal(head[:128], size)
     if why is not None:
         raise ExecutablePreambleError(why)
     try:
@@ -320,7 +334,7 @@ def check_zip(path: Path, name: str, limits: UploadLimits, scratch: Path) -> Ite
             yield _refused(name, UploadLimitError(
                 f"the archive holds {len(members)} files, more than the {limits.files_left} the link may still take"))
             return
-        counts = Counter(i.orig_filename for i in members)
+        counts = Counter(_name_key(i.orig_filename) for i in members)
         total_left = limits.total_bytes_left
         for info in members:
             shown = f"{name}/{info.orig_filename}"
@@ -338,7 +352,7 @@ def _member_refusal(info: zipfile.ZipInfo, counts: Counter[str], limits: UploadL
     why = zip_name_refusal(raw)
     if why is not None:
         return ArchiveRefusedError(f"refused: {why}")
-    if counts[raw] > 1:
+    if counts[_name_key(raw)] > 1:
         return ArchiveRefusedError("refused: the archive holds this name more than once")
     if info.create_system == 3 and (info.external_attr >> 16) & _S_IFMT == _S_IFLNK:
         return ArchiveRefusedError("refused: a symbolic link")
@@ -355,6 +369,12 @@ def _member_refusal(info: zipfile.ZipInfo, counts: Counter[str], limits: UploadL
     if info.file_size > total_left:
         return UploadLimitError("refused: over the link's total size")
     return None
+
+
+def _name_key(name: str) -> str:
+    """A member's name as a case-insensitive, Unicode-normalising file system sees it (NTFS, APFS): two names
+    with one key are duplicates ("DICOM/IM1" and "dicom/im1"; "Café" in NFC and NFD)."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _extract_and_check(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str, limits: UploadLimits,

@@ -438,7 +438,7 @@ class Uploads:
         """A quarantined file's bytes, refused unless they are still what was checked (M1: a file changed
         after its check is never ingested)."""
         data = self.quarantine_file(link_id, sha).read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha or len(data) < 132 or preamble_refusal(data[:128]) is not None:
+        if hashlib.sha256(data).hexdigest() != sha or len(data) < 132 or preamble_refusal(data[:128], len(data)) is not None:
             log.warning("a quarantined file of link %s changed after its check", link_folder(link_id))
             raise UploadStateError("a quarantined file changed after it was checked: nothing accepted "
                                    "(reject this upload)")

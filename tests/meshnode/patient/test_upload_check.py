@@ -354,3 +354,33 @@ def test_a_pdf_without_actions_and_private_data_without_magic_pass(tmp_path: Pat
     ds.save_as(path, enforce_file_format=True)
     [v] = check_file(path, "ok.dcm", LIMITS, tmp_path)
     assert v.outcome is Outcome.ACCEPTED, v.reason
+
+
+# Hostile review minors: duplicate names, TIFF preamble (each failed before its fix)
+
+def test_case_and_unicode_variants_of_one_name_are_duplicates(tmp_path: Path) -> None:
+    data = ct_files_bytes()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name in ("DICOM/IM1", "dicom/im1", "DICOM/Caf\u00e9", "DICOM/Cafe\u0301"):
+            z.writestr(name, data)
+    path = tmp_path / "d.zip"
+    path.write_bytes(out.getvalue())
+    verdicts = list(check_file(path, "d.zip", LIMITS, tmp_path))
+    accepted = [v.name for v in verdicts if v.outcome is Outcome.ACCEPTED]
+    # on the PACS desktop (case-insensitive NTFS/APFS, NFC/NFD) these are two names, each shown as one
+    assert len(accepted) <= 2, accepted
+
+
+def test_a_tiff_signature_with_markup_after_it_is_refused(tmp_path: Path) -> None:
+    data = b"II*\x00<html><script>alert(document.domain)</script></html>".ljust(128, b" ") + ct_files_bytes()[128:]
+    path = tmp_path / "t.dcm"
+    path.write_bytes(data)
+    [v] = check_file(path, "t.dcm", LIMITS, tmp_path)
+    assert v.outcome is not Outcome.ACCEPTED, "an HTML/script payload after 'II*\\0' (no TIFF IFD) is accepted"
+
+
+def test_a_tiff_header_must_point_inside_the_file() -> None:
+    assert preamble_refusal(b"II*\x00" + struct.pack("<I", 8) + bytes(120), size=1000) is None
+    assert "outside the file" in (preamble_refusal(b"II*\x00" + struct.pack("<I", 10**6) + bytes(120), 1000) or "")
+    assert "outside the file" in (preamble_refusal(b"MM\x00*" + struct.pack(">I", 5000) + bytes(120), 1000) or "")
