@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -71,6 +72,12 @@ MB = 1 << 20
 WRITE_BATCH = 1 << 20
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 SWEEP_EVERY_S = 3600.0
+#: checks running at once on the whole node (each may read a 2 GB file or unpack a ZIP): more wait their turn
+CHECKS_AT_ONCE = 2
+#: free disk space an upload must leave (besides twice its length: the part and its quarantine copy)
+MIN_FREE_BYTES = 512 * MB
+#: leftovers younger than this are left alone at start (a check may have begun already)
+LEFTOVER_AGE_S = 600.0
 #: refusals that look like an attack rather than a mistake (audited as a Security Alert, 110113)
 HOSTILE = frozenset({"executable-preamble", "archive-refused"})
 
@@ -126,6 +133,9 @@ class Uploads:
         self._busy: set[str] = set()
         self._deciding: set[str] = set()
         self._locks: dict[str, trio.Lock] = {}
+        #: node-wide: checks of all links share it (not trio's default thread limiter of 40)
+        self.checks = trio.CapacityLimiter(CHECKS_AT_ONCE)
+        self.min_free_bytes = MIN_FREE_BYTES
 
     # -- the uploader's side (tus) --------------------------------------------------------------------
 
@@ -140,6 +150,11 @@ class Uploads:
         part = self._part(row)
 
         def make() -> None:
+            self.parts_root.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(self.parts_root).free < 2 * length + self.min_free_bytes:
+                log.warning("an upload of %d bytes refused: the node is short of disk space", length)
+                raise UploadLimitError("the node has no room for this file now: try again later, or contact "
+                                       "the hospital")
             usage = self.store.usage(grant.link_id)
             if usage.files + 1 > self.config.max_files:
                 raise UploadLimitError(f"this link takes at most {self.config.max_files} files")
@@ -261,8 +276,47 @@ class Uploads:
             log.info("removed %d abandoned upload(s)", removed)
         return removed
 
+    def clear_leftovers(self, now: float) -> int:
+        """What a crash left behind (review minor), older than LEFTOVER_AGE_S: scratch folders of checks (ZIP
+        members, patient data), quarantine temp files, part files of uploads no longer receiving, and
+        quarantine files no held row names. Returns how many paths were removed. Blocking (a worker thread)."""
+        def old(path: Path) -> bool:
+            try:
+                return now - path.lstat().st_mtime > LEFTOVER_AGE_S
+            except FileNotFoundError:
+                return False
+
+        removed = 0
+        if self.scratch_root.is_dir():
+            for entry in self.scratch_root.iterdir():
+                if old(entry):
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+                    removed += 1
+        receiving = {u.upload_id for u in self.store.stale_uploads(1 << 62)}
+        if self.parts_root.is_dir():
+            for part in self.parts_root.glob("*/*.part"):
+                if part.stem not in receiving and old(part):
+                    part.unlink(missing_ok=True)
+                    removed += 1
+        held = {(link_folder(link), f.sha256) for link in self.store.held_links()
+                for f in self.store.files(link) if f.state == HELD}
+        if self.quarantine_root.is_dir():
+            for path in self.quarantine_root.glob("*/*"):
+                orphan = path.name.startswith(".") or (path.parent.name, path.stem) not in held
+                if path.is_file() and orphan and old(path):
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
     async def run(self) -> None:
-        """Sweep abandoned uploads once an hour (under meshnode.node.context.keep_running)."""
+        """Clear a crash's leftovers, then sweep abandoned uploads once an hour (under
+        meshnode.node.context.keep_running)."""
+        removed = await trio.to_thread.run_sync(self.clear_leftovers, time.time())  # file times: the real clock
+        if removed:
+            log.info("removed %d leftover(s) of uploads interrupted by a stop", removed)
         while True:
             await self.sweep()
             await trio.sleep(SWEEP_EVERY_S)
@@ -285,7 +339,7 @@ class Uploads:
             return self._check_and_hold(grant, row, limits)
 
         async with self._lock(grant.link_id):  # one link's totals are read and spent by one check at a time
-            rows = await trio.to_thread.run_sync(check)
+            rows = await trio.to_thread.run_sync(check, limiter=self.checks)
         held = sum(1 for r in rows if r.state == HELD)
         hostile = [r for r in rows if r.error in HOSTILE]
         if hostile:  # an executable preamble or a path trick: the security officer wants to know

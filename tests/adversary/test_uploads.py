@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import struct
 import threading
+import time
 import zipfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -671,3 +673,60 @@ async def test_a_check_that_raises_leaves_the_upload_checking_for_ever(env: Env)
     listing = (await env.tus("GET", "/p/api/uploads", "L1")).json()
     assert listing["files"] and not listing["uploads"], "no verdict; shown as 'checking' until the sweep"
     assert listing["files"][0]["outcome"] == "refused"
+
+
+# -- hostile review minors: node-wide check limiter, free space, crash leftovers (each failed before) ---------
+
+async def test_checks_of_all_links_share_one_node_wide_limiter(env: Env) -> None:
+    assert env.uploads is not None
+    limiter = env.uploads.checks
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for h in holders:  # every check slot busy (other links' large files)
+        await limiter.acquire_on_behalf_of(h)
+    data = env.files[0].read_bytes()
+    created = await env.create("L2", len(data), "a")
+    done: list[Reply] = []
+
+    async def patch() -> None:
+        done.append(await env.tus("PATCH", created.headers["location"], "L2",
+                                  {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}, data))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(patch)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done and (await env.results("L2")) == {}  # waits for a slot: not checked yet
+        for h in holders:
+            limiter.release_on_behalf_of(h)
+    assert done[0].status == 204 and (await env.results("L2"))["a"][0] == "accepted"
+
+
+async def test_an_upload_the_disk_has_no_room_for_is_refused_at_creation(env: Env) -> None:
+    assert env.uploads is not None
+    env.uploads.min_free_bytes = shutil.disk_usage(env.home).free + (1 << 30)
+    reply = await env.create("L1", 1000, "a")
+    assert reply.status == 413 and "no room" in reply.body.decode()
+    assert not env.written()
+
+
+async def test_a_crashs_leftovers_are_cleared_at_start(env: Env) -> None:
+    assert env.uploads is not None
+    await env.upload("L1", env.files[0].read_bytes(), "kept")  # held: stays
+    [kept] = (env.home / "quarantine" / link_folder("L1")).glob("*.dcm")
+    scratch = env.home / "tmp" / "uploads" / "0123abcd"
+    scratch.mkdir(parents=True)
+    (scratch / "x.member").write_bytes(b"patient data")
+    tmp = kept.parent / ".0123456789abcdef.tmp"
+    tmp.write_bytes(b"half a copy")
+    orphan = kept.parent / ("ab" * 32 + ".dcm")
+    orphan.write_bytes(b"written before the verdicts were committed")
+    part = env.home / "uploads" / link_folder("L1") / ("cd" * 16 + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(b"checked, not yet unlinked")
+    live = await env.create("L1", 10, "receiving")
+    assert live.status == 201
+    [live_part] = [p for p in (env.home / "uploads").rglob("*.part") if p != part]
+    assert env.uploads.clear_leftovers(time.time()) == 0  # too recent: a check may be under way
+    removed = env.uploads.clear_leftovers(time.time() + 3600)
+    assert removed == 4
+    assert not scratch.exists() and not tmp.exists() and not orphan.exists() and not part.exists()
+    assert kept.exists() and live_part.exists()
