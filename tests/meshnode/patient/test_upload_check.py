@@ -384,3 +384,10 @@ def test_a_tiff_header_must_point_inside_the_file() -> None:
     assert preamble_refusal(b"II*\x00" + struct.pack("<I", 8) + bytes(120), size=1000) is None
     assert "outside the file" in (preamble_refusal(b"II*\x00" + struct.pack("<I", 10**6) + bytes(120), 1000) or "")
     assert "outside the file" in (preamble_refusal(b"MM\x00*" + struct.pack(">I", 5000) + bytes(120), 1000) or "")
+
+
+def test_an_upload_state_error_is_the_clients_not_ours() -> None:
+    from meshnode.patient.upload_errors import UploadStateError
+    from protocol.errors import LocalProtocolError, RemoteProtocolError
+
+    assert issubclass(UploadStateError, RemoteProtocolError) and not issubclass(UploadStateError, LocalProtocolError)
