@@ -380,16 +380,22 @@ class Uploads:
                            archived=archived, person=grant.person, error=verdict.error)
         folder = self.quarantine_root / link_folder(grant.link_id)
         target = self.quarantine_file(grant.link_id, instance.sha256)
-        folder.mkdir(parents=True, exist_ok=True)
-        if target.resolve().parent != folder.resolve():  # the os-level check: nowhere but this folder
-            raise StorageError("a quarantine path outside the quarantine folder")
-        if not target.exists():
-            tmp = folder / f".{secrets.token_hex(8)}.tmp"
-            shutil.copyfile(instance.path, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            _fsync_dir(folder)
+        for attempt in range(3):  # a decision may remove the (empty) folder between mkdir and the copy
+            folder.mkdir(parents=True, exist_ok=True)
+            if target.resolve().parent != folder.resolve():  # the os-level check: nowhere but this folder
+                raise StorageError("a quarantine path outside the quarantine folder")
+            try:
+                if not target.exists():
+                    tmp = folder / f".{secrets.token_hex(8)}.tmp"
+                    shutil.copyfile(instance.path, tmp)
+                    with open(tmp, "rb+") as f:
+                        os.fsync(f.fileno())
+                    os.replace(tmp, target)
+                    _fsync_dir(folder)
+                break
+            except FileNotFoundError:
+                if attempt == 2 or not instance.path.exists():
+                    raise
         a = instance.attributes
         return FileRow(grant.link_id, row.upload_id, display_name(verdict.name), Outcome.ACCEPTED.value, "",
                        instance.sha256, instance.size, a.study_instance_uid, a.series_instance_uid,
@@ -479,14 +485,14 @@ class Uploads:
                         complete: bool) -> None:
         await trio.to_thread.run_sync(self.store.decide, link_id, ACCEPTED, user, [f.file_id for f in stored])
         await trio.to_thread.run_sync(self._remove, link_id, stored)
-        studies = sorted({f.study_uid for f in stored})
-        await self.audit(AuditEvent(EventCode.IMPORT, "upload-accepted",
-                                    AuditOutcome.SUCCESS if complete else AuditOutcome.MINOR_FAILURE,
-                                    actor=f"user:{user}",
-                                    study=hash_uid(studies[0]) if len(studies) == 1 else "",
-                                    detail=f"link {link_folder(link_id)}: {instances} instance(s) ingested, "
-                                           f"{len(studies)} stud(ies)"
-                                           + ("" if complete else "; the rest failed and stay held")))
+        by = _by_study(stored)
+        for study, shas in sorted(by.items()):  # one event per study: each names its study (review minor)
+            await self.audit(AuditEvent(EventCode.IMPORT, "upload-accepted",
+                                        AuditOutcome.SUCCESS if complete else AuditOutcome.MINOR_FAILURE,
+                                        actor=f"user:{user}", study=hash_uid(study),
+                                        detail=f"link {link_folder(link_id)}: {len(shas)} instance(s) of this "
+                                               f"study ingested ({instances} in {len(by)} stud(ies) in all)"
+                                               + ("" if complete else "; the rest failed and stay held")))
 
     def _read_held(self, link_id: str, sha: str) -> bytes:
         """A quarantined file's bytes, refused unless they are still what was checked (M1: a file changed
@@ -572,8 +578,10 @@ class Uploads:
         for sha in {f.sha256 for f in decided} - still:
             self.quarantine_file(link_id, sha).unlink(missing_ok=True)
         folder = self.quarantine_root / link_folder(link_id)
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        try:
+            folder.rmdir()  # only if empty: a file a check holds meanwhile keeps it (review minor: no race)
+        except OSError:
+            pass
 
     def _deciding_on(self, link_id: str) -> _Deciding:
         return _Deciding(self._deciding, link_id)

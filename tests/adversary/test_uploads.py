@@ -730,3 +730,16 @@ async def test_a_crashs_leftovers_are_cleared_at_start(env: Env) -> None:
     assert removed == 4
     assert not scratch.exists() and not tmp.exists() and not orphan.exists() and not part.exists()
     assert kept.exists() and live_part.exists()
+
+
+async def test_each_accepted_study_is_audited_with_its_study(env: Env) -> None:
+    other = dcmread(io.BytesIO(env.files[1].read_bytes()))
+    other.StudyInstanceUID = other.StudyInstanceUID + ".77"
+    out = io.BytesIO()
+    other.save_as(out, enforce_file_format=True)
+    await env.upload("L1", env.files[0].read_bytes(), "a")
+    await env.upload("L1", out.getvalue(), "b")
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.json()["stored"] == 2
+    events = [e for e in env.events if e.action == "upload-accepted"]
+    assert len(events) == 2 and all(e.study for e in events) and len({e.study for e in events}) == 2
