@@ -347,10 +347,12 @@ class Uploads:
                 EventCode.SECURITY_ALERT, "upload-hostile-file", AuditOutcome.SERIOUS_FAILURE,
                 actor=f"link:{grant.link_id}",
                 detail=f"{len(hostile)} file(s) refused: " + "; ".join(sorted({r.error for r in hostile}))))
-        await self.audit(AuditEvent(
-            EventCode.IMPORT, "upload-received", AuditOutcome.SUCCESS if held == len(rows) else AuditOutcome.MINOR_FAILURE,
-            actor=f"link:{grant.link_id}",
-            detail=f"{held} of {len(rows)} file(s) held in quarantine, {len(rows) - held} refused or skipped"))
+        detail = f"{held} of {len(rows)} file(s) held in quarantine, {len(rows) - held} refused or skipped"
+        outcome = AuditOutcome.SUCCESS if held == len(rows) else AuditOutcome.MINOR_FAILURE
+        studies = sorted({r.study_uid for r in rows if r.state == HELD and r.study_uid})
+        for study in studies or [""]:  # one event per study held, each naming it (review minor)
+            await self.audit(AuditEvent(EventCode.IMPORT, "upload-received", outcome, actor=f"link:{grant.link_id}",
+                                        study=hash_uid(study) if study else "", detail=detail))
 
     def _check_and_hold(self, grant: LinkGrant, row: UploadRow, limits: UploadLimits) -> list[FileRow]:
         """In a worker thread: the checks, then every accepted file into quarantine, then the verdicts."""

@@ -743,3 +743,14 @@ async def test_each_accepted_study_is_audited_with_its_study(env: Env) -> None:
     assert reply.json()["stored"] == 2
     events = [e for e in env.events if e.action == "upload-accepted"]
     assert len(events) == 2 and all(e.study for e in events) and len({e.study for e in events}) == 2
+
+
+async def test_each_received_study_is_audited_with_its_study(env: Env) -> None:
+    other = dcmread(io.BytesIO(env.files[1].read_bytes()))
+    other.StudyInstanceUID = other.StudyInstanceUID + ".78"
+    out = io.BytesIO()
+    other.save_as(out, enforce_file_format=True)
+    archive = zip_bytes([("a.dcm", env.files[0].read_bytes()), ("b.dcm", out.getvalue())])
+    assert (await env.upload("L1", archive, "two.zip")).status == 204
+    events = [e for e in env.events if e.action == "upload-received"]
+    assert len(events) == 2 and len({e.study for e in events if e.study}) == 2
