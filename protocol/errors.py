@@ -306,7 +306,7 @@ REGISTRY: tuple[ErrorCode, ...] = (
     ErrorCode(986, "executable-preamble", RemoteProtocolError),
     ErrorCode(987, "archive-refused", RemoteProtocolError),
     ErrorCode(988, "upload-limit", LimitError),
-    ErrorCode(989, "upload-state-error", LocalProtocolError),
+    ErrorCode(989, "upload-state-error", RemoteProtocolError),
     ErrorCode(990, "media-set-error", LocalProtocolError),  # meshnode/study/zip_layout.py (patient download)
     ErrorCode(991, "key-image-error", LocalProtocolError),  # meshnode/study/key_image.py
     ErrorCode(992, "range-not-satisfiable", LocalProtocolError),  # meshnode/web/byte_range.py (patient downloads)

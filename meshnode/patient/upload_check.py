@@ -19,7 +19,8 @@ A refusal tells the uploader what to do: export the images again (or send them t
 A ZIP is read with the standard library's zipfile (random access over the completed upload on disk).
 Refused, member by member, each with its reason: names with "..", absolute paths, drive letters,
 backslashes, NUL or control characters, names longer than 1024 bytes, symbolic links (Unix mode in the
-external attributes), duplicate names (both copies: which one was meant is unknown), encrypted members,
+external attributes), duplicate names, compared case-insensitively in NFC (both copies: which one was meant
+is unknown), encrypted members,
 archives inside the archive (refused, not unpacked: one level keeps every limit simple to state), members
 whose declared size is over max_file_mb or whose compression ratio is over MAX_RATIO, and members past
 the total (max_upload_mb) or count (max_files) of the link. A member is extracted in bounded chunks into
@@ -31,21 +32,25 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import secrets
 import struct
+import unicodedata
 import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from meshnode.dicom.attributes import InstanceAttributes
 from meshnode.dicom.errors import DicomError
 from meshnode.dicom.layout import plan_instance
 from meshnode.dicom.scan import ByteSource, DatasetScanner
+from meshnode.patient.active_content import active_content
 from meshnode.patient.upload_errors import (
     ArchiveRefusedError,
     ExecutablePreambleError,
@@ -54,9 +59,16 @@ from meshnode.patient.upload_errors import (
 )
 from protocol.errors import MeshError
 
+log = logging.getLogger(__name__)
+
 #: Media Storage SOP Class of a DICOMDIR (PS3.4 Annex F: Media Storage Directory Storage)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 MEDIA_STORAGE_SOP_CLASS_TAG = 0x00020002
+TRANSFER_SYNTAX_TAG = 0x00020010
+#: Deflated Explicit VR Little Endian: refused in uploads. A deflated data set inflates a thousandfold
+#: (1 MB sent, 1 GB in memory, once per parse); no CD or export tool a patient gets writes it, and the
+#: uploader can export the images again without it.
+DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
 #: a member's uncompressed size over its compressed size above this is a decompression bomb (DICOM with
 #: large uniform areas compresses well, but not a thousandfold)
 MAX_RATIO = 200
@@ -81,7 +93,13 @@ _EXECUTABLES: tuple[tuple[bytes, str], ...] = (
     (b"PK\x03\x04", "a ZIP archive"),
     (b"%PDF", "a PDF document"),
 )
+#: zipfile's own reading of the end record (private, but it is exactly what ZipFile will read; see
+#: _end_records) and the indexes of its fields
+_ZIPFILE_END_RECORD: Callable[[BinaryIO], list[Any] | None] = getattr(zipfile, "_EndRecData")
+_ECD_ENTRIES_TOTAL: int = getattr(zipfile, "_ECD_ENTRIES_TOTAL")
+_ECD_SIZE: int = getattr(zipfile, "_ECD_SIZE")
 _TIFF = (b"II*\x00", b"MM\x00*")
+_MARKUP = re.compile(rb"<[A-Za-z!?/]")
 
 
 class Outcome(str, Enum):
@@ -119,11 +137,24 @@ class Verdict:
     instance: CheckedInstance | None = None
     #: the error's code name when refused (for the audit and tests)
     error: str = ""
+    #: bytes a refused ZIP member inflated to before it was refused (they count towards the link's total)
+    inflated: int = 0
 
 
-def preamble_refusal(preamble: bytes) -> str | None:
-    """Why a PS3.10 file's 128-byte preamble is refused, or None (all zeros, or a TIFF header)."""
-    if not preamble.strip(b"\x00") or preamble[:4] in _TIFF:
+def preamble_refusal(preamble: bytes, size: int | None = None) -> str | None:
+    """Why a PS3.10 file's 128-byte preamble is refused, or None (all zeros, or a plausible TIFF header: its
+    first IFD offset inside the file of `size` bytes, and no markup such as "<html" or "<script" in the rest,
+    which a browser sniffing the file might run)."""
+    if not preamble.strip(b"\x00"):
+        return None
+    if preamble[:4] in _TIFF:
+        (ifd,) = struct.unpack("<I" if preamble[:2] == b"II" else ">I", preamble[4:8])
+        if _MARKUP.search(preamble):
+            return ("the file's preamble holds web markup (HTML or a script) after a TIFF header: refused "
+                    "(export the images again from the CD or system)")
+        if size is not None and ifd >= size:
+            return ("the file's preamble is a TIFF header pointing outside the file: refused "
+                    "(export the images again from the CD or system)")
         return None
     for magic, what in _EXECUTABLES:
         if preamble.startswith(magic):
@@ -153,17 +184,21 @@ def zip_name_refusal(raw_name: str) -> str | None:
     return None
 
 
-def media_storage_sop_class(path: Path) -> str:
-    """The File Meta Information's Media Storage SOP Class UID ("" if none): read before the full parse, so
-    a DICOMDIR is recognised as one."""
+def media_storage_sop_class(path: Path) -> tuple[str, str]:
+    """The File Meta Information's Media Storage SOP Class UID and Transfer Syntax UID ("" if none): read
+    before the full parse, so a DICOMDIR is recognised as one and a deflated data set is refused before
+    anything inflates it."""
     with path.open("rb") as stream:
         size = stream.seek(0, io.SEEK_END)
         src = ByteSource(stream, size)
         if size < 134 or src.read(128, 4) != b"DICM" or struct.unpack("<H", src.read(132, 2))[0] != 0x0002:
-            return ""
+            return "", ""
         meta = DatasetScanner(src, little_endian=True).scan(
-            132, size, implicit=False, stop=lambda tag: tag >> 16 != 0x0002, capture=(MEDIA_STORAGE_SOP_CLASS_TAG,))
-    return meta.captured.get(MEDIA_STORAGE_SOP_CLASS_TAG, b"").decode("ascii", "replace").strip("\x00 ")
+            132, size, implicit=False, stop=lambda tag: tag >> 16 != 0x0002,
+            capture=(MEDIA_STORAGE_SOP_CLASS_TAG, TRANSFER_SYNTAX_TAG))
+    sop_class, transfer_syntax = (meta.captured.get(tag, b"").decode("ascii", "replace").strip("\x00 ")
+                                  for tag in (MEDIA_STORAGE_SOP_CLASS_TAG, TRANSFER_SYNTAX_TAG))
+    return sop_class, transfer_syntax
 
 
 def check_dicom(path: Path, max_file_bytes: int) -> CheckedInstance | None:
@@ -177,12 +212,17 @@ def check_dicom(path: Path, max_file_bytes: int) -> CheckedInstance | None:
         head = stream.read(132)
     if len(head) < 132 or head[128:132] != b"DICM":
         raise FileRefusedError("not a DICOM file (no 'DICM' after the 128-byte preamble)")
-    why = preamble_refusal(head[:128])
+    why = preamble_refusal(head[:128], size)
     if why is not None:
         raise ExecutablePreambleError(why)
     try:
-        if media_storage_sop_class(path) == MEDIA_STORAGE_DIRECTORY:
+        sop_class, transfer_syntax = media_storage_sop_class(path)
+        if sop_class == MEDIA_STORAGE_DIRECTORY:
             return None
+        if transfer_syntax == DEFLATED_TRANSFER_SYNTAX:
+            raise UploadLimitError("a deflated DICOM file (Deflated Explicit VR Little Endian) is not taken: it "
+                                   "could inflate without bound (export the images again without compression "
+                                   "or with an image compression)")
         plan = plan_instance(path)
     except DicomError as exc:
         raise FileRefusedError(f"not a valid DICOM instance: {exc.reason}") from None
@@ -192,6 +232,9 @@ def check_dicom(path: Path, max_file_bytes: int) -> CheckedInstance | None:
         raise FileRefusedError("not a valid DICOM file: no File Meta Information with a transfer syntax")
     if not plan.attributes.sop_class_uid:
         raise FileRefusedError("not a valid DICOM instance: no SOP Class UID")
+    hidden = active_content(path)
+    if hidden is not None:
+        raise ExecutablePreambleError(f"{hidden}: refused (export the images again from the CD or system)")
     return CheckedInstance(path, size, _sha256(path), plan.attributes)
 
 
@@ -202,7 +245,16 @@ def is_zip(path: Path) -> bool:
 
 def check_file(path: Path, name: str, limits: UploadLimits, scratch: Path) -> Iterator[Verdict]:
     """The verdicts on one completed upload: one for a DICOM file, one per member for a ZIP. Accepted
-    members are extracted into `scratch` (a folder that exists) under random names."""
+    members are extracted into `scratch` (a folder that exists) under random names. A check that fails in
+    a way no check foresaw refuses the file ("could not be checked"), so every upload gets a verdict."""
+    try:
+        yield from _check_file(path, name, limits, scratch)
+    except Exception as exc:  # noqa: BLE001 (a task boundary: untrusted bytes; trio.Cancelled is no Exception)
+        log.warning("an upload could not be checked (%s)", type(exc).__name__)
+        yield _refused(name, FileRefusedError(f"the file could not be checked ({type(exc).__name__}): refused"))
+
+
+def _check_file(path: Path, name: str, limits: UploadLimits, scratch: Path) -> Iterator[Verdict]:
     if is_zip(path):
         yield from check_zip(path, name, limits, scratch)
         return
@@ -212,32 +264,57 @@ def check_file(path: Path, name: str, limits: UploadLimits, scratch: Path) -> It
     yield _verdict(name, lambda: check_dicom(path, limits.max_file_bytes))
 
 
+def _end_records(stream: BinaryIO, size: int) -> list[tuple[int, int]]:
+    """Every (entry count, directory size) an end-of-archive record of the file could be read as: the one
+    zipfile itself reads (its own _EndRecData: the record at end-22 with an empty comment first, then a scan;
+    ZIP64: the record just before the locator), the last signature in the tail, and the ZIP64 record the
+    locator's offset names (a later zipfile may follow it). The check takes the largest of them all, so no
+    decoy record can hide the directory zipfile will read."""
+    found: list[tuple[int, int]] = []
+    endrec = _ZIPFILE_END_RECORD(stream)
+    if endrec:
+        found.append((int(endrec[_ECD_ENTRIES_TOTAL]), int(endrec[_ECD_SIZE])))
+    start = max(0, size - (22 + 65535))
+    stream.seek(start)
+    tail = stream.read()
+    at = tail.rfind(b"PK\x05\x06")
+    while at >= 0:
+        if len(tail) >= at + 22:
+            entries, cd_size = struct.unpack("<HI", tail[at + 10:at + 16])
+            found.append((entries, cd_size))
+            if at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
+                (z64_offset,) = struct.unpack("<Q", tail[at - 12:at - 4])
+                for offset in (z64_offset, start + at - 20 - 56):
+                    if 0 <= offset <= size - 56:
+                        stream.seek(offset)
+                        record = stream.read(56)
+                        if record[:4] == b"PK\x06\x06":
+                            found.append(struct.unpack("<QQ", record[32:48]))
+        at = tail.rfind(b"PK\x05\x06", 0, at)
+        if len(found) > 64:
+            break
+    return found
+
+
 def central_directory_refusal(path: Path, files_left: int) -> str | None:
     """Why an archive's central directory is refused before zipfile reads it (it builds an object per entry,
     and counts entries by the directory's size, not its declared count): a directory larger than
-    CD_BYTES_PER_FILE per file the link may still take, or a declared count over that. None if it fits or no
-    end record is found (zipfile then refuses the archive)."""
+    CD_BYTES_PER_FILE per file the link may still take, or a declared count over that, in any end record
+    the file could be read by (see _end_records). None if all fit or no end record is found (zipfile then
+    refuses the archive)."""
     size = path.stat().st_size
-    with path.open("rb") as stream:
-        start = max(0, size - (22 + 65535))
-        stream.seek(start)
-        tail = stream.read()
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or len(tail) < at + 22:
-            return None
-        entries, cd_size = struct.unpack("<HI", tail[at + 10:at + 16])  # total entries, directory size
-        if (entries == 0xFFFF or cd_size == 0xFFFFFFFF) and at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
-            (z64_offset,) = struct.unpack("<Q", tail[at - 12:at - 4])
-            stream.seek(z64_offset)
-            record = stream.read(56)
-            if len(record) == 56 and record[:4] == b"PK\x06\x06":
-                (entries,) = struct.unpack("<Q", record[32:40])
-                (cd_size,) = struct.unpack("<Q", record[40:48])
+    try:
+        with path.open("rb") as stream:
+            found = _end_records(stream, size)
+    except (OSError, ValueError, OverflowError, struct.error, zipfile.BadZipFile) as exc:
+        return f"the archive's index cannot be read ({type(exc).__name__})"
     cap = max(1 << 16, files_left * CD_BYTES_PER_FILE)
-    if entries > files_left:
-        return f"the archive holds {entries} files, more than the {files_left} the link may still take"
-    if cd_size > cap:
-        return f"the archive's index is {cd_size} bytes, too large for the {files_left} files the link may still take"
+    for entries, cd_size in found:
+        if entries > files_left:
+            return f"the archive holds {entries} files, more than the {files_left} the link may still take"
+        if cd_size > cap:
+            return (f"the archive's index is {cd_size} bytes, too large for the {files_left} files the link "
+                    "may still take")
     return None
 
 
@@ -257,7 +334,7 @@ def check_zip(path: Path, name: str, limits: UploadLimits, scratch: Path) -> Ite
             yield _refused(name, UploadLimitError(
                 f"the archive holds {len(members)} files, more than the {limits.files_left} the link may still take"))
             return
-        counts = Counter(i.orig_filename for i in members)
+        counts = Counter(_name_key(i.orig_filename) for i in members)
         total_left = limits.total_bytes_left
         for info in members:
             shown = f"{name}/{info.orig_filename}"
@@ -275,7 +352,7 @@ def _member_refusal(info: zipfile.ZipInfo, counts: Counter[str], limits: UploadL
     why = zip_name_refusal(raw)
     if why is not None:
         return ArchiveRefusedError(f"refused: {why}")
-    if counts[raw] > 1:
+    if counts[_name_key(raw)] > 1:
         return ArchiveRefusedError("refused: the archive holds this name more than once")
     if info.create_system == 3 and (info.external_attr >> 16) & _S_IFMT == _S_IFLNK:
         return ArchiveRefusedError("refused: a symbolic link")
@@ -294,12 +371,18 @@ def _member_refusal(info: zipfile.ZipInfo, counts: Counter[str], limits: UploadL
     return None
 
 
+def _name_key(name: str) -> str:
+    """A member's name as a case-insensitive, Unicode-normalising file system sees it (NTFS, APFS): two names
+    with one key are duplicates ("DICOM/IM1" and "dicom/im1"; "Café" in NFC and NFD)."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def _extract_and_check(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str, limits: UploadLimits,
                        scratch: Path) -> Verdict:
     target = scratch / f"{secrets.token_hex(16)}.member"
     cap = min(info.file_size, limits.max_file_bytes)
+    written = 0
     try:
-        written = 0
         with archive.open(info) as src, open(target, "xb") as out:
             head = src.read(4)
             if head in ZIP_MAGICS:
@@ -313,14 +396,16 @@ def _extract_and_check(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: s
                 chunk = src.read(CHUNK)
     except MeshError as exc:
         target.unlink(missing_ok=True)
-        return _refused(shown, exc)
+        return replace(_refused(shown, exc), inflated=written)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
             struct.error, zlib.error) as exc:
         target.unlink(missing_ok=True)
-        return _refused(shown, ArchiveRefusedError(f"refused: the member cannot be read ({type(exc).__name__})"))
+        return replace(_refused(shown, ArchiveRefusedError(
+            f"refused: the member cannot be read ({type(exc).__name__})")), inflated=written)
     verdict = _verdict(shown, lambda: check_dicom(target, limits.max_file_bytes))
     if verdict.outcome is not Outcome.ACCEPTED:
         target.unlink(missing_ok=True)
+        return replace(verdict, inflated=written)
     return verdict
 
 

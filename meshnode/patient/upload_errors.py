@@ -6,7 +6,7 @@ what is wrong, never what the file contains.
 
 from __future__ import annotations
 
-from protocol.errors import LimitError, LocalProtocolError, RemoteProtocolError
+from protocol.errors import LimitError, RemoteProtocolError
 
 
 class FileRefusedError(RemoteProtocolError):
@@ -41,9 +41,11 @@ class UploadLimitError(LimitError):
     name = "upload-limit"
 
 
-class UploadStateError(LocalProtocolError):
+class UploadStateError(RemoteProtocolError):
     """A resumable upload or a held upload in another state than the request needs (an offset that is not
-    the upload's, an upload already complete, a link's uploads accepted or rejected already)."""
+    the upload's, an upload already complete, a link's uploads accepted or rejected already, a held file that
+    changed). Raised on a client's request (the uploader's tus client, a staff user's decision), never on
+    this node's own mistake: a RemoteProtocolError (review minor; it was a LocalProtocolError)."""
 
     code = 989
     name = "upload-state-error"

@@ -182,7 +182,8 @@ def patient_uploads(node: Node, store: SqliteUploadStore | None, audit: AuditFn)
     ctx = node.ctx
     if store is None:
         return None
-    return Uploads(ctx.home.path, store, ctx.config.patient_access, audit, lambda: node.gateway.intake, ctx.clock)
+    return Uploads(ctx.home.path, store, ctx.config.patient_access, audit, lambda: node.gateway.intake, ctx.clock,
+                   lambda: node.gateway.reconciler)
 
 
 def _patient_web(node: Node, services: WebServices, links: LinkService | None) -> PatientWeb | None:

@@ -230,10 +230,11 @@ class UploadsWeb:
 
     async def accept(self, request: Request) -> Response:
         try:
-            stored = await self._service().accept(request.path_params["link"], self._user(request))
+            result = await self._service().accept(request.path_params["link"], self._user(request))
         except UploadStateError as exc:
             raise HttpError(409, str(exc), code=exc.name) from None
-        return json_response(200, {"stored": stored})
+        return json_response(200, {"stored": result.stored,
+                                   "held": [{"study_uid": k, "reason": v} for k, v in sorted(result.held.items())]})
 
     async def reject(self, request: Request) -> Response:
         body = await json_object(request, 4096)

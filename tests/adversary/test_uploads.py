@@ -6,7 +6,12 @@ public app's real gate lands."""
 from __future__ import annotations
 
 import base64
+import io
 import os
+import shutil
+import struct
+import threading
+import time
 import zipfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -14,19 +19,25 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
+from pydicom import dcmread
 from starlette.requests import Request
 
 from meshnode.gateway.announcer import StudyAnnouncer
 from meshnode.gateway.intake import StudyIntake
+from meshnode.gateway.reconcile_config import ReconciliationSettings
+from meshnode.gateway.reconciler import Reconciler
 from meshnode.gateway.routes import RouteTable
 from meshnode.patient.config import PatientAccessConfig
 from meshnode.patient.links import LinkGrant, LinkKind
+from meshnode.patient.upload_errors import UploadStateError
 from meshnode.patient.uploads import Uploads, link_folder
 from meshnode.storage.audit import AuditEvent
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.sqlite_gateway import SqliteGatewayStore
 from meshnode.storage.sqlite_uploads import SqliteUploadStore
+from meshnode.storage.upload_store import MemoryUploadStore, UploadRow
 from meshnode.storage.users import MemoryUserStore
 from meshnode.web.app import WebApp
 from meshnode.web.auth import Authenticator, add_user, issue_token
@@ -70,6 +81,8 @@ class Env:
     storage: NodeStorage
     files: list[Path]
     events: list[AuditEvent]
+    uploads: Uploads | None = None
+    intake: StudyIntake | None = None
 
     async def tus(self, method: str, path: str, link: str, headers: dict[str, str] | None = None,
                   body: bytes | list[bytes] = b"") -> Reply:
@@ -132,7 +145,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     files = ct_files(tmp_path / "study", 3)
     async with trio.open_nursery() as nursery:
         await nursery.start(intake.run)
-        yield Env(app, home, gate, tokens, storage, files, events)
+        yield Env(app, home, gate, tokens, storage, files, events, uploads, intake)
         nursery.cancel_scope.cancel()
     store.close()
     state.close()
@@ -366,7 +379,7 @@ async def test_review_accept_twice(env: Env) -> None:
     [study] = entry["studies"]
     assert study["modalities"] == ["CT"] and study["patient_id"]
     first = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
-    assert first.status == 200 and first.json() == {"stored": 2}
+    assert first.status == 200 and first.json() == {"stored": 2, "held": []}
     assert not (env.home / "quarantine" / link_folder("L1")).exists()
     again = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
     assert again.status == 409
@@ -471,3 +484,273 @@ async def test_concurrent_creations_cannot_pass_the_links_file_limit_together(en
         for _ in range(30):
             nursery.start_soon(one)
     assert statuses.count(201) == 20 and statuses.count(413) == 10
+
+
+# -- hostile review of the PACS team's review (C3, M1, M2): each failed before its fix ------------------------
+
+def _as_patient(data: bytes, patient_id: str, name: str, sop_suffix: str) -> bytes:
+    ds = dcmread(io.BytesIO(data))
+    ds.PatientID, ds.PatientName = patient_id, name
+    ds.SOPInstanceUID = ds.SOPInstanceUID + sop_suffix
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _stored(env: Env) -> list[object]:
+    return [i for s in env.storage.metadata.studies() for i in env.storage.metadata.instances(s.attributes.study_uid)]
+
+
+async def test_accept_ingests_a_quarantined_file_changed_after_its_check(env: Env) -> None:
+    await env.upload("L1", env.files[0].read_bytes(), "a")
+    [held] = (env.home / "quarantine" / link_folder("L1")).glob("*.dcm")
+    # anything that can write the node's disk (another process, a restore, a bug) changes it after the check
+    held.write_bytes(_as_patient(env.files[1].read_bytes(), "OTHER-PATIENT", "VICTIM^B", ".9"))
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.status == 409 and "changed after it was checked" in reply.json()["message"], reply.body
+    assert not _stored(env)
+
+
+async def test_one_study_with_files_of_two_patients_is_shown_with_both_and_held_on_accept(env: Env) -> None:
+    good = env.files[0].read_bytes()
+    await env.upload("L1", _as_patient(good, "PAT-OWN", "OWN^PATIENT", ".1"), "a")
+    await env.upload("L1", _as_patient(env.files[1].read_bytes(), "PAT-VICTIM", "VICTIM^OTHER", ".2"), "b")
+    [entry] = (await env.staff("GET", "/ui/api/uploads", "pacs1")).json()["links"]
+    [study] = entry["studies"]
+    assert study["mixed"] and {p for p, _ in study["patients"]} == {"PAT-OWN", "PAT-VICTIM"}
+    assert "PAT-VICTIM" in study["patient_id"] and "PAT-OWN" in study["patient_id"]
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.status == 200 and reply.json()["stored"] == 0, reply.body
+    [held] = reply.json()["held"]
+    assert "2 different patients" in held["reason"]
+    assert not _stored(env)  # held, not stored: the files stay in quarantine for the PACS team
+    assert len(list((env.home / "quarantine" / link_folder("L1")).glob("*.dcm"))) == 2
+    assert any(e.action == "upload-held-by-reconciliation" for e in env.events)
+
+
+async def test_an_upload_of_a_study_the_node_holds_for_another_patient_is_held(env: Env) -> None:
+    assert env.intake is not None
+    await env.intake.store(env.files[0].read_bytes(), None, source="test")
+    await env.upload("L1", _as_patient(env.files[1].read_bytes(), "PAT-OTHER", "OTHER^PATIENT", ".5"), "a")
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.status == 200 and reply.json()["stored"] == 0
+    assert "another patient" in reply.json()["held"][0]["reason"]
+    assert len(_stored(env)) == 1
+
+
+async def test_with_reconciliation_on_an_unmatched_patient_is_held_not_stored(env: Env) -> None:
+    assert env.uploads is not None and env.intake is not None
+    reconciler = Reconciler(env.intake.db, env.storage.blocks, ReconciliationSettings(enabled=True),
+                            env.uploads.audit, "test", lambda: 1e9)
+    env.uploads.reconciler = lambda: reconciler
+    await env.upload("L1", env.files[0].read_bytes(), "a")  # no NHS number, no local record
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.status == 200 and reply.json()["stored"] == 0, reply.body
+    assert reply.json()["held"][0]["reason"].startswith("patient reconciliation: ")
+    assert not _stored(env)
+    env.uploads.reconciler = lambda: None  # reconciliation off: the same study is let in
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.json()["stored"] == 1 and len(_stored(env)) == 1
+
+
+async def test_an_accept_that_fails_half_way_stores_nothing_and_keeps_all_held(env: Env) -> None:
+    assert env.intake is not None
+    small = env.files[0].read_bytes()
+    await env.upload("L1", small, "a")  # and a larger file of the same patient:
+    larger = dcmread(io.BytesIO(env.files[1].read_bytes()))
+    larger.ImageComments = "x" * 1000
+    out = io.BytesIO()
+    larger.save_as(out, enforce_file_format=True)
+    assert len(out.getvalue()) > len(small)
+    await env.upload("L1", out.getvalue(), "b")
+    # the node's intake limit ([gateway] max_instance_mb) below [patient_access] max_file_mb: the second fails
+    env.intake.max_instance_bytes = len(small)
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.status == 409 and "intake refuses" in reply.json()["message"], reply.body
+    assert not _stored(env)
+    [entry] = (await env.staff("GET", "/ui/api/uploads", "pacs1")).json()["links"]
+    assert entry["files"] == 2  # both still held, nothing claimed
+    env.intake.max_instance_bytes = 1 << 30
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.json()["stored"] == 2 and len(_stored(env)) == 2
+    assert [e.action for e in env.events if e.action == "upload-accepted"] == ["upload-accepted"]
+
+
+# -- hostile review M3: a racing PATCH must not roll back an acknowledged offset (failed before its fix) --
+
+class SlowRead(MemoryUploadStore):
+    """The second read of the upload is slow (a busy database): it returns the row as it was when read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.release = threading.Event()
+
+    def upload(self, link_id: str, upload_id: str) -> UploadRow | None:
+        row = super().upload(link_id, upload_id)
+        self.reads += 1
+        if self.reads == 3:  # A's status, then B's (stale), ...
+            self.release.wait(30)
+        return row
+
+
+async def test_an_acknowledged_offset_is_rolled_back_by_a_racing_patch(tmp_path: Path) -> None:
+    async def audit(event: AuditEvent) -> None:
+        pass
+
+    store = SlowRead()
+    uploads = Uploads(tmp_path, store, PatientAccessConfig(), audit, lambda: None, lambda: 1e9)
+    grant = LinkGrant("L1", LinkKind.UPLOAD, (), 2e9, False, "P", "alice")
+    row = await uploads.create(grant, 100, "x")
+    store.reads = 1
+    go_a = trio.Event()
+    acked: list[int] = []
+
+    async def body(data: bytes, wait: trio.Event | None = None) -> AsyncIterator[bytes]:
+        if wait is not None:
+            await wait.wait()
+        yield data
+
+    async def a() -> None:
+        r = await uploads.append(grant, row.upload_id, 0, body(b"A" * 40, go_a), 40)
+        acked.append(r.received)  # the 204's Upload-Offset
+        store.release.set()
+
+    async def b() -> None:
+        try:
+            await uploads.append(grant, row.upload_id, 0, body(b"B" * 5), 5)
+        except UploadStateError:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(b)  # B's status read (stale: received 0) waits in its thread
+        await trio.testing.wait_all_tasks_blocked()
+        go_a.set()
+    now = (await uploads.status(grant, row.upload_id)).received
+    part = next((tmp_path / "uploads").rglob("*.part")).read_bytes()
+    print("acknowledged", acked, "now", now, "part", part[:50])
+    assert now >= acked[0], f"offset {acked[0]} was acknowledged (fsynced), the upload now says {now}"
+
+
+# -- hostile review M5, M6 (each failed before its fix) --------------------------------------------------
+
+async def test_refused_zip_members_bytes_count_towards_the_links_total(env: Env) -> None:
+    # 3 members of 1 MiB (max_file_mb=1, max_upload_mb=4), compressible ~110x (under MAX_RATIO): each
+    # extracted to scratch, then refused (not DICOM). (The review's first version compressed 238x: refused by
+    # the ratio, never inflated; and a 4th member is refused unextracted by the link's total.)
+    junk = os.urandom(8192) + bytes(1 << 20)
+    members = [(f"m{i}", junk[: (1 << 20) - 1]) for i in range(3)]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    archive = out.getvalue()
+    assert len(archive) < 200_000
+    assert all(i.file_size < 200 * i.compress_size for i in zipfile.ZipFile(io.BytesIO(archive)).infolist())
+    reply = await env.upload("L1", archive, "a.zip")
+    assert reply.status == 204
+    results = await env.results("L1")
+    assert all(o == "refused" for o, _ in results.values() if _ != "")
+    store = SqliteUploadStore(env.home / "node.db")
+    try:
+        usage = store.usage("L1")
+    finally:
+        store.close()
+    unpacked = sum(len(d) for _, d in members)
+    assert usage.bytes >= len(archive) + unpacked, (
+        f"{unpacked} bytes inflated and checked, {usage.bytes} counted: max_upload_mb is not what limits inflation")
+
+
+async def test_a_check_that_raises_leaves_the_upload_checking_for_ever(env: Env) -> None:
+    locator = struct.pack("<IIQI", 0x07064B50, 0, 1 << 63, 1)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    data = b"PK\x03\x04" + bytes(60) + locator + end
+    reply = await env.upload("L1", data, "z.zip")
+    assert reply.status == 204
+    listing = (await env.tus("GET", "/p/api/uploads", "L1")).json()
+    assert listing["files"] and not listing["uploads"], "no verdict; shown as 'checking' until the sweep"
+    assert listing["files"][0]["outcome"] == "refused"
+
+
+# -- hostile review minors: node-wide check limiter, free space, crash leftovers (each failed before) ---------
+
+async def test_checks_of_all_links_share_one_node_wide_limiter(env: Env) -> None:
+    assert env.uploads is not None
+    limiter = env.uploads.checks
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for h in holders:  # every check slot busy (other links' large files)
+        await limiter.acquire_on_behalf_of(h)
+    data = env.files[0].read_bytes()
+    created = await env.create("L2", len(data), "a")
+    done: list[Reply] = []
+
+    async def patch() -> None:
+        done.append(await env.tus("PATCH", created.headers["location"], "L2",
+                                  {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}, data))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(patch)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done and (await env.results("L2")) == {}  # waits for a slot: not checked yet
+        for h in holders:
+            limiter.release_on_behalf_of(h)
+    assert done[0].status == 204 and (await env.results("L2"))["a"][0] == "accepted"
+
+
+async def test_an_upload_the_disk_has_no_room_for_is_refused_at_creation(env: Env) -> None:
+    assert env.uploads is not None
+    env.uploads.min_free_bytes = shutil.disk_usage(env.home).free + (1 << 30)
+    reply = await env.create("L1", 1000, "a")
+    assert reply.status == 413 and "no room" in reply.body.decode()
+    assert not env.written()
+
+
+async def test_a_crashs_leftovers_are_cleared_at_start(env: Env) -> None:
+    assert env.uploads is not None
+    await env.upload("L1", env.files[0].read_bytes(), "kept")  # held: stays
+    [kept] = (env.home / "quarantine" / link_folder("L1")).glob("*.dcm")
+    scratch = env.home / "tmp" / "uploads" / "0123abcd"
+    scratch.mkdir(parents=True)
+    (scratch / "x.member").write_bytes(b"patient data")
+    tmp = kept.parent / ".0123456789abcdef.tmp"
+    tmp.write_bytes(b"half a copy")
+    orphan = kept.parent / ("ab" * 32 + ".dcm")
+    orphan.write_bytes(b"written before the verdicts were committed")
+    part = env.home / "uploads" / link_folder("L1") / ("cd" * 16 + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(b"checked, not yet unlinked")
+    live = await env.create("L1", 10, "receiving")
+    assert live.status == 201
+    [live_part] = [p for p in (env.home / "uploads").rglob("*.part") if p != part]
+    assert env.uploads.clear_leftovers(time.time()) == 0  # too recent: a check may be under way
+    removed = env.uploads.clear_leftovers(time.time() + 3600)
+    assert removed == 4
+    assert not scratch.exists() and not tmp.exists() and not orphan.exists() and not part.exists()
+    assert kept.exists() and live_part.exists()
+
+
+async def test_each_accepted_study_is_audited_with_its_study(env: Env) -> None:
+    other = dcmread(io.BytesIO(env.files[1].read_bytes()))
+    other.StudyInstanceUID = other.StudyInstanceUID + ".77"
+    out = io.BytesIO()
+    other.save_as(out, enforce_file_format=True)
+    await env.upload("L1", env.files[0].read_bytes(), "a")
+    await env.upload("L1", out.getvalue(), "b")
+    reply = await env.staff("POST", "/ui/api/uploads/L1/accept", "pacs1")
+    assert reply.json()["stored"] == 2
+    events = [e for e in env.events if e.action == "upload-accepted"]
+    assert len(events) == 2 and all(e.study for e in events) and len({e.study for e in events}) == 2
+
+
+async def test_each_received_study_is_audited_with_its_study(env: Env) -> None:
+    other = dcmread(io.BytesIO(env.files[1].read_bytes()))
+    other.StudyInstanceUID = other.StudyInstanceUID + ".78"
+    out = io.BytesIO()
+    other.save_as(out, enforce_file_format=True)
+    archive = zip_bytes([("a.dcm", env.files[0].read_bytes()), ("b.dcm", out.getvalue())])
+    assert (await env.upload("L1", archive, "two.zip")).status == 204
+    events = [e for e in env.events if e.action == "upload-received"]
+    assert len(events) == 2 and len({e.study for e in events if e.study}) == 2

@@ -144,7 +144,7 @@ def test_upload_by_tus_with_a_drop_then_accept_and_qido(tmp_path: Path, mesh: Me
         assert entry["person"] == "Dr Who" and entry["files"] == 3
         [study] = entry["studies"]
         accepted = requests.post(url + f"/ui/api/uploads/{entry['link']}/accept", headers=staff, timeout=60)
-        assert accepted.status_code == 200 and accepted.json() == {"stored": 3}, accepted.text
+        assert accepted.status_code == 200 and accepted.json() == {"stored": 3, "held": []}, accepted.text
         again = requests.post(url + f"/ui/api/uploads/{entry['link']}/accept", headers=staff, timeout=60)
         assert again.status_code == 409
         found = requests.get(url + "/dicomweb/studies", timeout=10,

@@ -37,6 +37,7 @@
       const row = el("tr");
       for (const v of [s.patient_name, s.patient_id, s.study_date, s.study_description, s.modalities.join(", "),
                        s.files, mb(s.bytes)]) row.append(el("td", v));
+      if (s.mixed) row.cells[0].append(el("strong", ` (files of ${s.patients.length} patients: held on accept)`));
       body.append(row);
     }
     table.append(body);
@@ -113,12 +114,19 @@
     $("asks-empty").hidden = data.requests.length > 0;
   }
 
+  // patient reconciliation holds a study back (files of several patients, another patient's study, no match)
+  function acceptedText(answer) {
+    const held = (answer.held || []).map((h) => `${h.study_uid}: ${h.reason}`);
+    return `Accepted: ${answer.stored} instance(s) stored.` +
+      (held.length ? ` Still held in quarantine (not stored): ${held.join("; ")}` : "");
+  }
+
   async function decide(link, action, body, button) {
     $("error").textContent = "";
     button.disabled = true;
     try {
       const answer = await meshPortal.api("POST", `/ui/api/uploads/${encodeURIComponent(link)}/${action}`, body);
-      say(action === "accept" ? `Accepted: ${answer.stored} instance(s) stored.` : `Rejected: ${answer.deleted} file(s) deleted.`);
+      say(action === "accept" ? acceptedText(answer) : `Rejected: ${answer.deleted} file(s) deleted.`);
       await load();
     } catch (e) {
       $("error").textContent = e.message;

@@ -44,8 +44,14 @@
         const r = await tus("PATCH", url, {
           "Content-Type": "application/offset+octet-stream", "Upload-Offset": String(offset),
         }, item.file.slice(offset, end));
-        if (r.status === 409 || r.status === 429 || r.status >= 500) {
+        if (r.status === 409 || r.status === 429 || r.status >= 500) {  // back off, a bounded number of times
+          const why = await message(r);
+          if (++failures > RETRIES) throw new Error(why);
+          await sleep(Math.min(30000, 500 * 2 ** failures));
           offset = await durableOffset(url);
+          if (r.status >= 500 && offset >= item.file.size) {  // all bytes arrived, but no verdict came back
+            throw new Error(`all of it arrived, but the node could not finish checking it (${why})`);
+          }
           continue;
         }
         if (r.status !== 204) throw new Error(await message(r));
@@ -131,13 +137,16 @@
       await results();
     }
     // a large ZIP may still be checked after its last bytes arrived (its request may have timed out)
+    let checking = 0;
     for (let i = 0; i < 600; i++) {
-      const checking = await results();
+      checking = await results();
       if (!checking) break;
       $("status").textContent = `Checking ${checking} upload(s)...`;
       await sleep(3000);
     }
-    $("status").textContent = "Done. The results are below.";
+    $("status").textContent = checking
+      ? `${checking} upload(s) are still not checked. Come back to this page later, or contact the hospital.`
+      : "Done. The results are below.";
     $("count").textContent = "";
   }
 
