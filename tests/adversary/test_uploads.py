@@ -631,8 +631,8 @@ async def test_an_acknowledged_offset_is_rolled_back_by_a_racing_patch(tmp_path:
         go_a.set()
     now = (await uploads.status(grant, row.upload_id)).received
     part = next((tmp_path / "uploads").rglob("*.part")).read_bytes()
-    print("acknowledged", acked, "now", now, "part", part[:50])
     assert now >= acked[0], f"offset {acked[0]} was acknowledged (fsynced), the upload now says {now}"
+    assert len(part) >= acked[0] and part[:acked[0]] == b"A" * acked[0]  # the acknowledged bytes are still there
 
 
 # -- hostile review M5, M6 (each failed before its fix) --------------------------------------------------

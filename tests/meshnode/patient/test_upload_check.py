@@ -266,7 +266,6 @@ def test_a_deflated_dicom_bomb_is_refused_before_inflating_it(tmp_path: Path) ->
     """)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=500, check=True)
     outcome, rss_mb, *_ = out.stdout.split()
-    print("outcome", outcome, "peak RSS MB", rss_mb, "file bytes", size)
     # the ZIP path refuses more than 200x; one DICOM file may inflate ~1000x, into RAM, several copies
     assert int(rss_mb) < 512, f"{size} bytes sent made the check hold {rss_mb} MB ({outcome})"
 
