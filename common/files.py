@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             tmp.unlink()
         except OSError:
             pass
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"cannot write {path}: no space left on device") from exc
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 

@@ -8,6 +8,7 @@ own transaction, recorded in `schema_migrations`.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,9 @@ class SqliteConnection:
         self.path = path
         self._db = open_database(path, migrations)
         self._depth = 0  # open _tx blocks: a nested one joins the outer transaction
+        # one thread at a time on the connection: the small stores are called from trio's worker threads,
+        # and two threads' transactions on one connection would join each other (or fail to begin)
+        self._lock = threading.RLock()
 
     def close(self) -> None:
         self._db.close()
@@ -48,6 +52,12 @@ class SqliteConnection:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            with self._tx_held() as db:
+                yield db
+
+    @contextmanager
+    def _tx_held(self) -> Iterator[sqlite3.Connection]:
         if self._depth:  # inside atomic(): joins it (an error still rolls the whole transaction back)
             self._depth += 1
             try:
@@ -85,7 +95,8 @@ class SqliteConnection:
 
     def _query(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[Any]:
         try:
-            return list(self._db.execute(sql, params).fetchall())
+            with self._lock:
+                return list(self._db.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
             raise db_error("database query failed", exc) from exc
 

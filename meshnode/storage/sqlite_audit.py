@@ -91,14 +91,15 @@ class SqliteAudit(SqliteTables):
 
     def audit_snapshot(self) -> tuple[list[AuditEntry], list[AuditCheckpoint], AuditCheckpoint | None]:
         # one read transaction (a WAL snapshot, no write lock): a node appending meanwhile cannot skew them
-        try:
-            self._db.execute("BEGIN")
-        except sqlite3.Error as exc:
-            raise StorageError(f"database unavailable: {exc}") from exc
-        try:
-            return self.audit_entries(), self.audit_checkpoints(), self._read_tail(self._db)
-        finally:
-            self._rollback()
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise StorageError(f"database unavailable: {exc}") from exc
+            try:
+                return self.audit_entries(), self.audit_checkpoints(), self._read_tail(self._db)
+            finally:
+                self._rollback()
 
     def append_audit_rebased(self, events: Sequence[AuditEvent], now_ms: int, key: SigningKey, rebase_from: int,
                              rebase_to: int, sign_seqs: Sequence[int]) -> tuple[int, bytes]:

@@ -42,6 +42,7 @@ class SqliteGatewayStore(SqliteConnection):
         self.path = path
         self._db = share._db  # migrated already by its owner, with MIGRATIONS
         self._depth = 0
+        self._lock = share._lock  # one connection, one lock
 
     def _tx(self) -> _GeneratorContextManager[sqlite3.Connection]:
         if self._shared is not None:

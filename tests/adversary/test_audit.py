@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def rehash(home: Path) -> None:
     db = sqlite3.connect(home / "node.db")
     reader = SqliteMetadataStore.__new__(SqliteMetadataStore)
     reader._db = db
+    reader._lock = threading.RLock()  # what __init__ would have made
     prev = GENESIS
     entries = reader.audit_entries()
     with db:

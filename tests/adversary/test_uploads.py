@@ -431,7 +431,10 @@ async def test_an_upload_during_a_decision_is_not_decided_without_being_ingested
     await env.upload("L1", env.files[0].read_bytes(), "a")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(env.staff, "POST", "/ui/api/uploads/L1/accept", "pacs1")
-        nursery.start_soon(env.upload, "L1", env.files[1].read_bytes(), "b")
+        async def second() -> None:
+            reply = await env.upload("L1", env.files[1].read_bytes(), "b")
+            print("PATCH b", reply.status, reply.body[:300])
+        nursery.start_soon(second)
     stored = {s.attributes.study_uid for s in env.storage.metadata.studies()}
     rows = {f["name"]: f for f in (await env.tus("GET", "/p/api/uploads", "L1")).json()["files"]}
     assert set(rows) == {"a", "b"} and stored

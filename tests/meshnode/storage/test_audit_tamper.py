@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -146,7 +147,8 @@ def rebuild_chain(home: Path, edit: str) -> None:
     tamper(home, edit)
     db = sqlite3.connect(home / "node.db")
     storage = SqliteMetadataStore.__new__(SqliteMetadataStore)
-    storage._db = db  # read rows with the store's own decoder
+    storage._db = db
+    storage._lock = threading.RLock()  # what __init__ would have made
     entries = storage.audit_entries()
     prev = GENESIS
     with db:
