@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from meshnode.web.config import _listen, _optional_url
+from meshnode.web.config import _listen, _optional_url, check_proxies, read_secret
 from protocol.config_reader import Table, defaults
 from protocol.errors import ConfigError
 
@@ -155,18 +155,7 @@ def parse_patient_access(root: Table, home: Path | None = None) -> PatientAccess
     t = root.table("patient_access")
     d = defaults(PatientAccessConfig)
     enabled = t.boolean("enabled", d["enabled"])
-    secret = t.text("sms_secret", d["sms_secret"])
-    secret_file = t.text("sms_secret_file", d["sms_secret_file"])
-    if secret and secret_file:
-        raise t.error("sms_secret_file", "give sms_secret or sms_secret_file, not both")
-    if secret_file:
-        path = Path(secret_file)
-        if not path.is_absolute() and home is not None:
-            path = home / path
-        try:
-            secret = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise t.error("sms_secret_file", f"cannot read {path}: {exc}") from None
+    secret, secret_file = read_secret(t, home, "sms_secret", "sms_secret_file")
     config = PatientAccessConfig(
         enabled=enabled,
         public_url=t.text("public_url", d["public_url"], check=_https_url),
@@ -194,11 +183,7 @@ def parse_patient_access(root: Table, home: Path | None = None) -> PatientAccess
         max_pending_upload_requests=t.integer("max_pending_upload_requests", d["max_pending_upload_requests"], 0,
                                               100_000),
     )
-    for proxy in config.trusted_proxies:
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise t.error("trusted_proxies", f"{proxy!r} is not an IP address or network (CIDR)") from None
+    check_proxies(t, "trusted_proxies", config.trusted_proxies)
     if bool(config.tls_certificate) != bool(config.tls_key):
         raise t.error("tls_key" if config.tls_certificate else "tls_certificate",
                       "tls_certificate and tls_key go together")

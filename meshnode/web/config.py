@@ -208,14 +208,13 @@ def _listen(value: str, key: str) -> str:
     return value
 
 
-def parse_webhook(t: Table, home: Path | None) -> WebhookConfig:
-    """One [[webhook]] table (its secret_file read from the node folder)."""
-    d = defaults(WebhookConfig)
-    url = t.text("url", check=_url)
-    secret = t.text("secret", "")
-    secret_file = t.text("secret_file", d["secret_file"])
+def read_secret(t: Table, home: Path | None, key: str, file_key: str) -> tuple[str, str]:
+    """A secret given inline (`key`) or in a file (`file_key`, relative to the node folder), not both:
+    (the secret, the file's name as written)."""
+    secret = t.text(key, "")
+    secret_file = t.text(file_key, "")
     if secret and secret_file:
-        raise t.error("secret_file", "give secret or secret_file, not both")
+        raise t.error(file_key, f"give {key} or {file_key}, not both")
     if secret_file:
         path = Path(secret_file)
         if not path.is_absolute() and home is not None:
@@ -223,7 +222,24 @@ def parse_webhook(t: Table, home: Path | None) -> WebhookConfig:
         try:
             secret = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise t.error("secret_file", f"cannot read secret_file {path}: {exc}") from None
+            raise t.error(file_key, f"cannot read {file_key} {path}: {exc}") from None
+    return secret, secret_file
+
+
+def check_proxies(t: Table, key: str, proxies: tuple[str, ...]) -> None:
+    """Every entry an IP address or CIDR network, or a ConfigError naming `key`."""
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise t.error(key, f"{proxy!r} is not an IP address or network (CIDR)") from None
+
+
+def parse_webhook(t: Table, home: Path | None) -> WebhookConfig:
+    """One [[webhook]] table (its secret_file read from the node folder)."""
+    d = defaults(WebhookConfig)
+    url = t.text("url", check=_url)
+    secret, secret_file = read_secret(t, home, "secret", "secret_file")
     if len(secret) < 16:
         raise t.error("secret", "the HMAC secret must be at least 16 characters")
     hook = WebhookConfig(
@@ -260,11 +276,7 @@ def parse_http(root: Table, home: Path | None = None) -> HttpConfig:
                                              100_000),
         trusted_proxies=tuple(t.texts("trusted_proxies", d["trusted_proxies"])),
     )
-    for proxy in config.trusted_proxies:
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise t.error("trusted_proxies", f"{proxy!r} is not an IP address or network (CIDR)") from None
+    check_proxies(t, "trusted_proxies", config.trusted_proxies)
     if bool(config.tls_certificate) != bool(config.tls_key):
         raise t.error("tls_key" if config.tls_certificate else "tls_certificate",
                       "tls_certificate and tls_key go together")
