@@ -24,7 +24,7 @@ from meshnode.web.patient_session import COOKIE
 from meshnode.web.rate_limit import RateLimiter
 from meshnode.web.wado import Wado
 from protocol.errors import ConfigError
-from tests.adversary.patient_public import (  # noqa: F401 (public: the fixture)
+from tests.adversary.patient_public import (
     CODE,
     JSON,
     TOKEN_A,
@@ -35,7 +35,6 @@ from tests.adversary.patient_public import (  # noqa: F401 (public: the fixture)
     FakeMedia,
     Public,
     meta,
-    public,
 )
 from tests.meshnode.web.asgi import Reply, call
 

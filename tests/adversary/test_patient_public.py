@@ -15,7 +15,7 @@ from meshnode.web.patient_listener import (
 )
 from meshnode.web.patient_session import COOKIE
 from meshnode.web.rate_limit import RateLimiter
-from tests.adversary.patient_public import (  # noqa: F401 (public: the fixture)
+from tests.adversary.patient_public import (
     CODE,
     JSON,
     TOKEN_A,
@@ -26,7 +26,6 @@ from tests.adversary.patient_public import (  # noqa: F401 (public: the fixture)
     FakeMedia,
     Public,
     meta,
-    public,
 )
 from tests.meshnode.web.asgi import call
 
