@@ -25,14 +25,10 @@ from meshnode.web.rate_limit import RateLimiter
 from meshnode.web.wado import Wado
 from protocol.errors import ConfigError
 from tests.adversary.patient_public import (
-    CODE,
     JSON,
     TOKEN_A,
-    TOKEN_B,
     ZIP,
     Clock,
-    FakeLinks,
-    FakeMedia,
     Public,
     meta,
 )

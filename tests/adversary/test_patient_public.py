@@ -20,10 +20,7 @@ from tests.adversary.patient_public import (
     JSON,
     TOKEN_A,
     TOKEN_B,
-    ZIP,
     Clock,
-    FakeLinks,
-    FakeMedia,
     Public,
     meta,
 )
