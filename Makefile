@@ -11,7 +11,7 @@ DROP_PYNETDICOM_TOOLS := $(VENV)/bin/python scripts/drop_pynetdicom_tools.py
 
 # Debian packages the interoperability tests run against (real dcmtk, Orthanc, Chromium, and rsyslog
 # with its TLS driver as the audit repository).
-SYSTEM_DEPS := dcmtk orthanc orthanc-dicomweb chromium chromium-driver rsyslog rsyslog-gnutls unzip p7zip-full libarchive-tools
+SYSTEM_DEPS := dcmtk orthanc orthanc-dicomweb chromium chromium-driver rsyslog rsyslog-gnutls unzip p7zip-full libarchive-tools iptables tcpdump
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)

@@ -12,6 +12,8 @@ from pathlib import Path
 from common.files import read_file
 from meshnode.audit_export.config import AuditRepositoryConfig, parse_audit_repository
 from meshnode.gateway.config import GatewayConfig, parse_gateway
+from meshnode.node.reach_config import ReachConfig, parse_reach
+from meshnode.node.replication_config import ReplicationConfig, parse_replication
 from meshnode.node.request_config import RequestConfig, parse_requests
 from meshnode.notify.config import NotifyConfig, parse_notify
 from meshnode.patient.config import PatientAccessConfig, parse_patient_access
@@ -100,6 +102,10 @@ class NodeConfig:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     #: [patient_access]: links for patients and people without a node (meshnode.patient.config)
     patient_access: PatientAccessConfig = field(default_factory=PatientAccessConfig)
+    #: [reach]: relays, AutoNAT, hole punching; serving as a relay (meshnode.node.reach_config)
+    reach: ReachConfig = field(default_factory=ReachConfig)
+    #: [replication]: several nodes of one organisation (meshnode.node.replication_config)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -133,7 +139,8 @@ class NodeConfig:
             request_timeout=self.request_timeout,
             upload=self.upload_mb_per_s,
             control=self._control_section(),
-        ) + self.gateway.render() + self.http.render() + self.notify.render() + self.patient_access.render()
+        ) + (self.gateway.render() + self.http.render() + self.notify.render() + self.patient_access.render()
+                + self.reach.render())
 
 
 CONTROL_TEMPLATE = """\
@@ -178,6 +185,8 @@ def _build(root: Table, home: Path | None) -> NodeConfig:
         requests=parse_requests(root),
         notify=parse_notify(root, home),
         patient_access=parse_patient_access(root, home),
+        reach=parse_reach(root),
+        replication=parse_replication(root),
     )
     if config.patient_access.enabled and not config.notify.enabled:
         raise ConfigError("patient_access.enabled: the links go by email: configure [notify]'s SMTP relay too")

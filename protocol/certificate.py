@@ -25,6 +25,8 @@ class Role(str, Enum):
     RESEARCH = "research"
     STROKE_NETWORK = "stroke-network"
     DIRECTORY = "directory"
+    #: runs Circuit Relay v2 for certified nodes that cannot accept inbound connections (meshnode.node.reach_config)
+    RELAY = "relay"
 
 
 ROLE_NAMES = frozenset(r.value for r in Role)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from protocol import cbor
 from protocol.address_record import MAX_ADDR_LEN, MAX_ADDRS, AddressRecord
 from protocol.cbor import CborValue
-from protocol.certificate import Certificate
+from protocol.certificate import ROLE_NAMES, Certificate
 from protocol.document import Document, open_document
 from protocol.errors import (
     DecodeError,
@@ -189,7 +189,8 @@ LIMIT_CASES: list[tuple[str, Document, SigningKey, dict[str | int, CborValue]]] 
     ("cert negative time", f.make_certificate(), f.AUTHORITY, _with(f.make_certificate(), not_before=-1)),
     ("cert time beyond MAX_TIME", f.make_certificate(), f.AUTHORITY, _with(f.make_certificate(), not_after=MAX_TIME + 1)),
     ("cert org_name too long", f.make_certificate(), f.AUTHORITY, _with(f.make_certificate(), org_name="x" * 129)),
-    ("cert too many roles", f.make_certificate(), f.AUTHORITY, _with(f.make_certificate(), roles=["acute-trust"] * 7)),
+    ("cert too many roles", f.make_certificate(), f.AUTHORITY, 
+     _with(f.make_certificate(), roles=["acute-trust"] * (len(ROLE_NAMES) + 1))),
     ("roster version 0", f.make_roster(), f.AUTHORITY, _with(f.make_roster(), version=0)),
     ("roster version above 2**63-1", f.make_roster(), f.AUTHORITY, _with(f.make_roster(), version=2**63)),
     (
