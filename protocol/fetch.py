@@ -10,7 +10,8 @@ Driving it::
     s = FetchScheduler(FetchSettings())          # protocol.fetch_settings: the node's settings
     s.add_manifest(mid, blocks, Priority.URGENT, have=verified_on_disk, now=t)
     s.peer_available(sender, mid, all_cids)        # the sender holds everything
-    s.peer_available(other, mid, held_blocks(...)) # from a HAVE reply
+    s.peer_available(other, mid, held_blocks(...), relayed=True)  # reached through a relay
+    s.set_relayed(other, False)                    # its connection was upgraded to direct (or went relayed)
     for req in s.next_requests(t):                 # also expires timed-out requests
         ...send BlockRequest(req.manifest_id, req.cids) to req.peer...
     # per response frame, in order:
@@ -46,6 +47,16 @@ Policy (docs/protocol/exchange.md, "Fetch scheduling"):
   (stat, urgent, routine), then by the order they were added, blocks in
   manifest order (so the first instance completes first). Requests already
   in flight are never cancelled.
+* A peer reached through a relay (`relayed=True` in `peer_available`, or
+  `set_relayed` when its connection changes path, e.g. a relayed connection
+  upgraded to direct by hole punching) is a slower source: every direct
+  peer is offered work before any relayed one, so a direct holder with room
+  in its window always gets the blocks it holds first; a relayed peer then
+  gets what is left: blocks no direct peer holds, and spare work while the
+  direct peers' windows are full (multi-source keeps working). Its window
+  is also capped at `relayed_window_max`. A peer is direct unless told
+  otherwise; a path change takes effect at the next `next_requests` and
+  never cancels a request in flight.
 * A request times out when its peer has delivered nothing for
   `request_timeout` seconds since the request was issued; its unanswered
   blocks are requeued as if it had failed.
@@ -149,6 +160,7 @@ class _Peer:
     name: str
     window: int
     in_flight: dict[CID, int] = field(default_factory=dict)  # cid -> request number
+    relayed: bool = False  # reached through a relay: offered work after direct peers, smaller window cap
     available: dict[CID, dict[CID, None]] = field(default_factory=dict)  # manifest -> blocks held (ordered)
     cursor: dict[CID, int] = field(default_factory=dict)  # manifest -> position scanned up to
     last_progress: float = -math.inf
@@ -181,6 +193,7 @@ class FetchScheduler:
         self.request_timeout = settings.request_timeout
         self.queue_target = settings.queue_target
         self.min_request_blocks = settings.min_request_blocks
+        self.relayed_window_max = settings.relayed_window_max
         self._blocks: dict[CID, _Block] = {}
         self._manifests: dict[CID, _Manifest] = {}
         self._ranked: list[tuple[int, int, CID]] = []  # (priority rank, added seq, id), sorted
@@ -248,8 +261,10 @@ class FetchScheduler:
 
     # -- availability -----------------------------------------------------------
 
-    def peer_available(self, peer: str, manifest_id: CID, cids: Iterable[CID]) -> None:
-        """The peer holds these blocks and may serve them to us under this manifest."""
+    def peer_available(self, peer: str, manifest_id: CID, cids: Iterable[CID], relayed: bool | None = None) -> None:
+        """The peer holds these blocks and may serve them to us under this manifest.
+
+        `relayed`: whether the peer is reached through a relay now (None: as it was; a new peer is direct)."""
         m = self._manifests.get(manifest_id)
         if m is None or peer in self._banned:
             return
@@ -260,6 +275,8 @@ class FetchScheduler:
         p = self._peers.get(peer)
         if p is None:
             p = self._peers[peer] = _Peer(peer, self.window_initial)
+        if relayed is not None:
+            p.relayed = relayed
         held = p.available.setdefault(manifest_id, {})
         earliest: int | None = None
         for cid, pos in zip(cids, positions):
@@ -274,6 +291,13 @@ class FetchScheduler:
             earliest = pos if earliest is None else min(earliest, pos)
         if earliest is not None and earliest < p.cursor.get(manifest_id, 0):
             p.cursor[manifest_id] = earliest
+
+    def set_relayed(self, peer: str, relayed: bool) -> None:
+        """The peer's connection changed path (relayed, or direct after hole punching). Unknown or banned peers
+        are ignored: `peer_available` says the path of a peer it introduces."""
+        p = self._peers.get(peer)
+        if p is not None:
+            p.relayed = relayed
 
     def peer_lost(self, peer: str, now: float) -> None:
         """Connection gone: requeue its in-flight blocks, forget its availability and window."""
@@ -293,7 +317,9 @@ class FetchScheduler:
         """Expire timed-out requests, then fill every peer's free window slots."""
         self._expire(now)
         out: list[Request] = []
-        for p in self._peers.values():
+        # direct peers first: a relayed one is offered only what they leave (see the policy above)
+        peers = [p for p in self._peers.values() if not p.relayed] + [p for p in self._peers.values() if p.relayed]
+        for p in peers:
             limit = self._limit(p)
             free = limit - len(p.in_flight)
             # With work in flight, wait until a request's worth of slots is free (never more than
@@ -385,6 +411,11 @@ class FetchScheduler:
         p = self._peers.get(peer)
         return None if p is None else self._limit(p)
 
+    def relayed(self, peer: str) -> bool | None:
+        """Whether the peer is reached through a relay (None for a peer not currently known)."""
+        p = self._peers.get(peer)
+        return None if p is None else p.relayed
+
     def in_flight(self) -> dict[CID, str]:
         """Every block in flight and the peer it is in flight to."""
         return dict(self._in_flight)
@@ -444,10 +475,11 @@ class FetchScheduler:
         return out
 
     def _limit(self, p: _Peer) -> int:
+        window = min(p.window, self.relayed_window_max) if p.relayed else p.window
         if self.queue_target is None or p.rate <= 0:
-            return p.window
+            return window
         cap = math.ceil(p.rate * (p.min_latency + self.queue_target))
-        return max(self.window_min, min(p.window, cap))
+        return max(self.window_min, min(window, cap))
 
     def _measure(self, p: _Peer, outstanding: _Outstanding, now: float) -> None:
         """Delivery rate while busy, sampled over at least the base latency, smoothed.

@@ -30,6 +30,14 @@ class FetchSettings:
     request_timeout: float = 30.0
     #: seconds of queueing a peer's window is capped to at its measured rate (None: no cap)
     queue_target: float | None = 0.25
+    #: most blocks in flight to a peer reached through a relay (protocol.fetch: offered work after direct peers).
+    #: A relayed circuit crosses the relay's link twice and shares it with every other circuit there, so its
+    #: throughput is at most its slower leg's and its round trip at least both legs'; blocks queued deep on it
+    #: are what the end of a transfer waits for while a direct holder sits idle. 8 blocks (8 MiB of 1 MiB
+    #: blocks) still cover a 50 MB/s relayed path with a 160 ms round trip, more than one circuit of a shared
+    #: relay gets, and are a quarter of a direct peer's first window (32); the queue_target cap lowers it
+    #: further once the path's rate is measured. A connection upgraded to direct is no longer capped.
+    relayed_window_max: int = 8
     #: seconds between availability queries to the holders of a study being fetched: the first interval,
     #: doubling per round up to discovery_interval_max (protocol.discovery; never below discovery_interval)
     discovery_interval: float = 0.5
@@ -40,6 +48,8 @@ class FetchSettings:
             raise LocalProtocolError("need 1 <= window_min <= window_initial <= window_max")
         if not 1 <= self.request_max_blocks <= MAX_REQUEST_BLOCKS:
             raise LocalProtocolError(f"request_max_blocks must be in 1..{MAX_REQUEST_BLOCKS}")
+        if self.relayed_window_max < 1:
+            raise LocalProtocolError("relayed_window_max must be >= 1")
         if not 1 <= self.min_request_blocks <= self.request_max_blocks:
             raise LocalProtocolError("need 1 <= min_request_blocks <= request_max_blocks")
         if self.max_strikes < 1 or not self.request_timeout > 0 or not self.discovery_interval > 0 \

@@ -475,7 +475,8 @@ class FetchMachine(RuleBasedStateMachine):
                 min_request=st.integers(1, 3))
     def setup(self, disk: set[int], max_strikes: int, min_request: int) -> None:
         self.s = scheduler(window_min=1, window_initial=2, window_max=5, request_max_blocks=3,
-                                max_strikes=max_strikes, request_timeout=5.0, min_request_blocks=min_request)
+                                max_strikes=max_strikes, request_timeout=5.0, min_request_blocks=min_request,
+                                relayed_window_max=2)
         self.min_request = min_request
         self.now = 0.0
         self.stored = {cid(n) for n in disk}  # verified on "disk"
@@ -572,6 +573,13 @@ class FetchMachine(RuleBasedStateMachine):
                 self.available(HONEST, manifest_id, order)
         self.drain()
 
+    @rule(peer=st.sampled_from(PEERS), relayed=st.booleans())
+    def path(self, peer: str, relayed: bool) -> None:
+        """The peer's connection goes through a relay, or is upgraded to direct (even mid-request)."""
+        known = self.s.window(peer) is not None
+        self.s.set_relayed(peer, relayed)
+        assert self.s.relayed(peer) == (relayed if known else None)
+
     @rule(dt=st.sampled_from([0.0, 0.5, 3.0, 6.0]))
     def schedule(self, dt: float) -> None:
         self.now += dt
@@ -594,6 +602,15 @@ class FetchMachine(RuleBasedStateMachine):
             assert self.s.in_flight_count(request.peer) <= (self.s.effective_window(request.peer) or 0)
             assert (self.s.effective_window(request.peer) or 0) <= (self.s.window(request.peer) or 0)
             self.outstanding.append((request.peer, list(request.cids)))
+            if self.s.relayed(request.peer):
+                # direct peers come first: any direct holder of a block a relayed peer was given has no room left
+                assert self.s.in_flight_count(request.peer) <= 2
+                for c in request.cids:
+                    for other in PEERS:
+                        if self.s.relayed(other) is False and c in self.avail.get((other, request.manifest_id), ()):
+                            room = (self.s.effective_window(other) or 0) - self.s.in_flight_count(other)
+                            least = min(self.min_request, max(1, (self.s.effective_window(other) or 0) // 2))
+                            assert self.s.in_flight_count(other) > 0 and room < least, (other, c)
         for peer in PEERS:
             left = self.pending_held(peer)
             if peer in worst:  # priority, then order added, then manifest order

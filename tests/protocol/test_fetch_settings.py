@@ -22,6 +22,7 @@ def test_the_node_settings() -> None:
     assert (s.window_min, s.window_initial, s.window_max) == (2, 32, 64)
     assert (s.request_max_blocks, s.min_request_blocks) == (32, 32)
     assert (s.max_strikes, s.request_timeout, s.queue_target, s.discovery_interval) == (1, 30.0, 0.25, 0.5)
+    assert s.relayed_window_max == 8  # a holder reached through a relay: a quarter of the first window
     assert FetchScheduler().settings == s  # a scheduler with no settings runs the node's
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.window_max = 1  # type: ignore[misc]
@@ -31,7 +32,7 @@ def test_the_node_settings() -> None:
     {"window_min": 0}, {"window_min": 40}, {"window_initial": 65}, {"request_max_blocks": 0},
     {"request_max_blocks": 65}, {"min_request_blocks": 33}, {"min_request_blocks": 0}, {"max_strikes": 0},
     {"request_timeout": 0.0}, {"request_timeout": float("nan")}, {"queue_target": -1.0},
-    {"discovery_interval": 0.0}, {"discovery_interval": float("nan")},
+    {"discovery_interval": 0.0}, {"discovery_interval": float("nan")}, {"relayed_window_max": 0},
 ])
 def test_impossible_settings_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(LocalProtocolError):
