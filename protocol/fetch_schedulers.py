@@ -41,6 +41,11 @@ class FetchSchedulers:
     def __len__(self) -> int:
         return len(self._by_sender)
 
+    def set_relayed(self, peer: str, relayed: bool) -> None:
+        """The peer's connection changed path (relayed, or direct after hole punching): every scheduler knows."""
+        for sched in list(self._by_sender.values()):
+            sched.set_relayed(peer, relayed)
+
     def peer_lost(self, peer: str, now: float) -> None:
         """A peer's connection closed (or it was revoked): every scheduler forgets what it holds."""
         for sched in list(self._by_sender.values()):

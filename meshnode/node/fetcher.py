@@ -154,7 +154,7 @@ class Fetcher:
         scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
                                manifest.priority, have, self.ctx.clock())
         if holder is not None:
-            scheduler.peer_available(holder, manifest_id, order)
+            scheduler.peer_available(holder, manifest_id, order, relayed=self.link.relayed(holder))
         self._discovery.add(manifest_id, trio.current_time())
         self._discover_now.set()
         self.ctx.wake()  # the first requests go out while the state below is written
@@ -298,7 +298,7 @@ class Fetcher:
         log.debug("%s (%s) holds %d block(s) of %s", peer.peer_id, peer.org_code, len(held), manifest_id)
         scheduler = self.scheduler_of(manifest_id)
         if held and manifest_id in self.active and scheduler is not None:
-            scheduler.peer_available(peer.peer_id, manifest_id, held)
+            scheduler.peer_available(peer.peer_id, manifest_id, held, relayed=self.link.relayed(peer.peer_id))
             self.ctx.wake()
 
     async def _relay(self, manifest_id: CID, peer: ResolvedPeer) -> None:
@@ -332,6 +332,7 @@ class Fetcher:
                 scheduler.peer_lost(request.peer, self.ctx.clock())
                 self.ctx.wake()
                 return
+            self._path(request.peer)
             async for frame in self.link.fetch_blocks(request.peer, BlockRequest(request.manifest_id, request.cids)):
                 if isinstance(frame, BlockData):
                     answered.add(frame.cid)
@@ -352,7 +353,13 @@ class Fetcher:
             unanswered = [c for c in request.cids if c not in answered]
             if unanswered:
                 scheduler.request_failed(request.peer, unanswered, now)
+            self._path(request.peer)
             self.ctx.wake()
+
+    def _path(self, peer: str) -> None:
+        """Tell the schedulers whether the peer is reached through a relay now (a relayed connection upgraded to
+        direct by hole punching, or a direct one replaced by a relayed one), before their next requests."""
+        self._schedulers.set_relayed(peer, self.link.relayed(peer))
 
     async def _settled(self, settled: list[Settled]) -> None:
         """A commit round of the sink: tell the scheduler, and queue instances that are now complete."""

@@ -18,6 +18,7 @@ from meshnode.directory.client import ResolvedPeer
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from common.p2p.dial import is_connected
+from common.p2p.paths import is_relayed
 from protocol.cid import CID
 from protocol.exchange_messages import BlockFrame, BlockRequest
 
@@ -40,6 +41,9 @@ class PeerLink(Protocol):
 
     def fetch_blocks(self, peer_id: str, request: BlockRequest) -> AsyncIterator[BlockFrame]:
         """The frames answering a block request, checked for order; raises on a protocol violation."""
+
+    def relayed(self, peer_id: str) -> bool:
+        """Whether the peer is reached through a relay now (common.p2p.paths; False when not connected)."""
 
 
 class Libp2pLink:
@@ -67,3 +71,6 @@ class Libp2pLink:
 
     def fetch_blocks(self, peer_id: str, request: BlockRequest) -> AsyncIterator[BlockFrame]:
         return self.wire.fetch_blocks(peer_id, request)
+
+    def relayed(self, peer_id: str) -> bool:
+        return is_relayed(self.wire.host, peer_id)

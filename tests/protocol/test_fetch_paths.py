@@ -15,7 +15,13 @@ import pytest
 
 from protocol.cid import CID
 from protocol.errors import LocalProtocolError
-from protocol.fetch import BlockWanted, FetchScheduler, ManifestCompleted, PeerBanned, Request
+from protocol.fetch import (
+    BlockWanted,
+    FetchScheduler,
+    ManifestCompleted,
+    PeerBanned,
+    Request,
+)
 from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
 
@@ -26,7 +32,7 @@ def cid(n: int) -> CID:
     return CID.of(f"path block {n}".encode())
 
 
-def scheduler(n: int, **changes: int | float | None) -> FetchScheduler:
+def scheduler(n: int, **changes: float | None) -> FetchScheduler:
     """The node's settings with requests of any size and no rate cap unless a test says otherwise."""
     base = FetchSettings(min_request_blocks=1, request_max_blocks=8, queue_target=None)
     s = FetchScheduler(replace(base, **changes))  # type: ignore[arg-type]

@@ -143,6 +143,8 @@ class MemoryMesh:
         #: peers that flip a bit of every block they serve / never answer a block request
         self.corrupting: set[str] = set()
         self.silent: set[str] = set()
+        #: peers every other node reaches through a relay (MemoryLink.relayed; the path is not slower here)
+        self.relayed: set[str] = set()
         self._serial = 100
         self._nursery: trio.Nursery | None = None
 
@@ -294,6 +296,9 @@ class MemoryLink:
                     raise RemoteProtocolError(f"{peer_id} reset the block stream")
                 yield reader.feed(payload)
         reader.end_of_stream()
+
+    def relayed(self, peer_id: str) -> bool:
+        return peer_id in self.mesh.relayed
 
     async def _serve_blocks(self, holder: HarnessNode, request: BlockRequest,
                             send: trio.MemorySendChannel[bytes | None]) -> None:
