@@ -245,7 +245,7 @@ class MeshNode:
         self._add_to_scheduler(f, at)
         name = self.sender_of(s)
         sched = self.sched(name)
-        sched.peer_available(name, s.manifest_id, list(s.cids))
+        sched.peer_available(name, s.manifest_id, list(s.cids), relayed=self.mesh.world.relayed(s.sender, self.org))
         self.refs[(name, name)] = self.refs.get((name, name), 0) + 1
         f.told[s.sender] = len(s.cids)
         requests = sched.next_requests(at)
@@ -288,7 +288,9 @@ class MeshNode:
         sender = self.sender_of(s)
         if told == 0:
             self.refs[(sender, name)] = self.refs.get((sender, name), 0) + 1
-        self.sched(sender).peer_available(name, s.manifest_id, [s.cids[i] for i in blocks[told:]])
+        # the path too, as the node's fetcher tells its scheduler (common.p2p.paths): a relayed holder is slower
+        self.sched(sender).peer_available(name, s.manifest_id, [s.cids[i] for i in blocks[told:]],
+                                          relayed=world.relayed(holder, self.org))
         f.told[holder] = len(blocks)
         return True
 

@@ -39,6 +39,7 @@ def scaled(node: FetchSettings, scale: float) -> FetchSettings:
         node, window_min=min(node.window_min, window_initial), window_initial=window_initial,
         window_max=max(window_initial, round(node.window_max / scale)), request_max_blocks=request_max_blocks,
         min_request_blocks=max(1, min(request_max_blocks, round(node.min_request_blocks / scale))),
+        relayed_window_max=max(1, round(node.relayed_window_max / scale)),
         request_timeout=node.request_timeout * max(1.0, scale))
 
 

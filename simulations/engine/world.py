@@ -69,6 +69,12 @@ class World:
         self.hub_online = True
         self.hub_code = hub.code
         self.partitions: list[Partition] = []
+        # organisations behind NAT and the relay they are reached through (scenario [relay])
+        relay = scenario.relay
+        self.behind_nat = [o.code in relay.behind for o in self.orgs]
+        self.relay_in = Link("relay.in", relay.bandwidth, lazy=True)
+        self.relay_out = Link("relay.out", relay.bandwidth, lazy=True)
+        self.relay_latency = relay.latency
         fair = [[min(a.up, b.down) for b in topology.orgs] for a in topology.orgs]
         self.recorder = Recorder(len(scenario.workload.modalities), scenario.warmup, out.record_fraction,
                                  keep_rows, timeline.outages(), fair)
@@ -80,7 +86,14 @@ class World:
         """Round trip between two organisations (HUB = -1 for the hub)."""
         la = self.hub_latency if a == HUB else self.orgs[a].latency
         lb = self.hub_latency if b == HUB else self.orgs[b].latency
+        if self.relayed(a, b):
+            return 2.0 * (la + lb + 2.0 * self.relay_latency)  # via the relay and back to the core, each way
         return 2.0 * (la + lb)
+
+    def relayed(self, a: int, b: int) -> bool:
+        """Whether the path between two organisations goes through the relay (either is behind NAT; the hub
+        is public, and so are paths to it)."""
+        return a >= 0 and b >= 0 and (self.behind_nat[a] or self.behind_nat[b])
 
     def one_way(self, a: int, b: int) -> float:
         return self.rtt(a, b) / 2.0
@@ -133,6 +146,8 @@ class World:
             return (self.hub_out, self.orgs[dst].down_link)
         if dst == HUB:
             return (self.orgs[src].up_link, self.hub_in)
+        if self.relayed(src, dst):
+            return (self.orgs[src].up_link, self.relay_in, self.relay_out, self.orgs[dst].down_link)
         return (self.orgs[src].up_link, self.orgs[dst].down_link)
 
 

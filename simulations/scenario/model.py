@@ -86,6 +86,20 @@ class Hub:
 
 
 @dataclass(frozen=True)
+class Relay:
+    """Organisations behind NAT, reached through a Circuit Relay v2 relay (issue 16; docs/researchers.md).
+
+    A path between two organisations is relayed when either is behind NAT: its bytes cross the relay (in on
+    its downlink, out on its uplink, shared by every relayed flow) and each direction goes via the relay,
+    `latency` further from the core. The hub is public: paths to and from it are never relayed. The
+    recipient's fetch scheduler is told which holders are relayed (protocol.fetch: direct holders first)."""
+
+    behind: tuple[str, ...] = ()  # organisation codes (groups expanded)
+    latency: float = 0.010  # one-way latency from the core to the relay, s
+    bandwidth: float = 1e9 / 8  # the relay's link, each direction, bytes/s (1 Gbit/s)
+
+
+@dataclass(frozen=True)
 class Count:
     """A lognormal count (images per study), clipped to [minimum, maximum]."""
 
@@ -207,6 +221,7 @@ class Scenario:
     engine: Engine = field(default_factory=Engine)
     output: Output = field(default_factory=Output)
     emulation: Emulation = field(default_factory=Emulation)
+    relay: Relay = field(default_factory=Relay)
     source: str = ""  # the TOML text it was read from (hashed into the run manifest)
 
     @property

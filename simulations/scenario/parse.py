@@ -36,6 +36,7 @@ from simulations.scenario.model import (
     OrgKind,
     Output,
     Referral,
+    Relay,
     Scenario,
     ScheduledOutage,
     Workload,
@@ -88,11 +89,12 @@ def _build(root: Table, text: str) -> Scenario:
     engine = _engine(root.table("engine"))
     output = _output(root.table("output"))
     emulation = _emulation(root.table("emulation"))
+    relay = _relay(root.table("relay"), known)
     root.finish()
     return Scenario(name=name, description=description, duration=duration, warmup=warmup,
                     replications=replications, seed=seed, groups=groups, hub=hub, workload=workload,
                     design=design, faults=faults, attackers=attackers, engine=engine, output=output,
-                    emulation=emulation, source=text)
+                    emulation=emulation, relay=relay, source=text)
 
 
 class _Names:
@@ -294,6 +296,7 @@ def _design(t: Table) -> Design:
     window_max = t.integer("window_max", node.window_max, 1, 4096)
     request_max_blocks = t.integer("request_max_blocks", node.request_max_blocks, 1, 64)
     min_request_blocks = t.integer("min_request_blocks", node.min_request_blocks, 1, 64)
+    relayed_window_max = t.integer("relayed_window_max", node.relayed_window_max, 1, 4096)
     timing = {key: t.duration(key, default) for key, default in (
         ("discovery_interval", node.discovery_interval), ("request_timeout", node.request_timeout),
         ("roster_refresh", d["roster_refresh"]))}
@@ -310,7 +313,7 @@ def _design(t: Table) -> Design:
     fetch = FetchSettings(
         window_min=min(node.window_min, window_initial), window_initial=window_initial, window_max=window_max,
         request_max_blocks=request_max_blocks, min_request_blocks=min_request_blocks,
-        request_timeout=timing["request_timeout"], discovery_interval=timing["discovery_interval"])
+        relayed_window_max=relayed_window_max, request_timeout=timing["request_timeout"], discovery_interval=timing["discovery_interval"])
     design = Design(
         kind=kind, granularity=granularity, fallback_after=t.duration("fallback_after", d["fallback_after"]),
         roster_refresh=timing["roster_refresh"], verify_rate=t.rate("verify_rate", d["verify_rate"]), fetch=fetch,
@@ -338,6 +341,19 @@ def _delivery(t: Table) -> DeliveryPolicy:
                               timing["attempt_timeout"], max_attempts or None, jitter)
     except LocalProtocolError as exc:
         raise ConfigError(f"{t.path}: {exc}") from exc
+
+
+def _relay(t: Table, known: _Names) -> Relay:
+    """[relay]: organisations behind NAT (groups or codes) and the relay they are reached through."""
+    d = defaults(Relay)
+    names = t.names("behind", ())
+    behind = tuple(dict.fromkeys(c for i, name in enumerate(names)
+                                 for c in known.members(name, f"{t.key('behind')}[{i}]")))
+    relay = Relay(behind, t.duration("latency", d["latency"]), t.rate("bandwidth", d["bandwidth"]))
+    if relay.bandwidth <= 0:
+        raise ConfigError(f"{t.key('bandwidth')}: bandwidth must be positive")
+    t.finish()
+    return relay
 
 
 def _fault(t: Table, known: _Names, hub_code: str) -> Fault:

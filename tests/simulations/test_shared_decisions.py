@@ -228,3 +228,17 @@ def test_both_sides_time_discovery_with_the_schedule_built_from_the_fetch_settin
                 readers |= {(path.name, fn.name) for n in ast.walk(fn)
                             if isinstance(n, ast.Attribute) and n.attr.startswith("discovery_interval")}
     assert readers == {("mesh_design.py", "new_discovery"), ("designs.py", "settings")}
+
+
+def test_both_drivers_tell_the_scheduler_each_holders_path() -> None:
+    """Whether a relayed holder is a slower source is protocol.fetch's decision (direct holders first, the
+    relayed window cap); the node's fetcher and the simulator only say, at every peer_available, whether the
+    holder is relayed (the node from common.p2p.paths, the simulator from its network model), so neither can
+    model relays with a scheduling rule of its own or forget to tell it."""
+    for module in (node_fetcher, sim_mesh):
+        tree = ast.parse(Path(module.__file__ or "").read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and n.func.attr == "peer_available"]
+        assert calls and all(any(k.arg == "relayed" for k in c.keywords) for c in calls), module.__name__
+    assert "set_relayed" in {n.func.attr for n in ast.walk(ast.parse(Path(node_fetcher.__file__ or "").read_text()))
+                             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}

@@ -1,0 +1,53 @@
+"""meshsim's organisations behind NAT, reached through a relay (scenario [relay], issue 16): relayed paths cost
+the relay's latency and bandwidth, and each recipient's FetchScheduler (protocol.fetch, the node's) is told
+which holders are relayed, so it takes most blocks from a direct holder; a relayed-only recipient completes."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulations.engine.slice import run_slice
+from simulations.engine.state import Status
+from simulations.scenario import ScenarioError
+from tests.simulations.helpers import A, B, C, studies, trio
+
+#: CCC is down when the study is shared: it fetches once BBB holds all of it, from AAA and from BBB.
+C_LATE = '[[faults]]\nkind = "node-failure"\ntargets = "CCC"\nstart = "5s"\nduration = "1min"\n'
+SENDER_BEHIND_NAT = '[relay]\nbehind = ["senders"]\n'
+
+
+def c_row(extra: str) -> tuple[float, float]:
+    r = run_slice(trio(extra=C_LATE + extra, c_down="1Gbit/s"), 0, 0, trace=studies([(10.0, A, [B, C], 400e6)]))
+    (row,) = [row for row in r.rows if row.recipient == C]
+    assert row.status == Status.DELIVERED
+    assert float(row.from_sender) + float(row.from_peers) == pytest.approx(400e6)
+    return float(row.from_sender), float(row.from_peers)
+
+
+def test_a_multi_source_fetch_takes_most_blocks_from_the_direct_holder() -> None:
+    """CCC fetches from AAA (behind NAT: relayed) and BBB (direct), both holding everything: both serve, BBB
+    most; with nobody behind NAT the two split it about evenly."""
+    relayed_sender, from_direct = c_row(SENDER_BEHIND_NAT)
+    assert relayed_sender > 0 and from_direct > 0.6 * 400e6
+    even_sender, even_peer = c_row("")
+    assert abs(even_sender - even_peer) < 0.1 * 400e6
+    # a relay shared by many circuits (less bandwidth): the direct holder serves even more of it
+    assert c_row(SENDER_BEHIND_NAT + 'bandwidth = "200Mbit/s"\n')[1] > from_direct
+
+
+def test_a_recipient_behind_nat_completes_through_the_relay_alone() -> None:
+    trace = studies([(10.0, A, [C], 400e6)])
+    direct = run_slice(trio(c_down="1Gbit/s"), 0, 0, trace=trace).rows[0]
+    relayed = run_slice(trio(c_down="1Gbit/s", extra='[relay]\nbehind = ["CCC"]\nbandwidth = "100Mbit/s"\n'
+                                                     'latency = "20ms"\n'), 0, 0, trace=trace).rows[0]
+    assert direct.status == relayed.status == Status.DELIVERED
+    assert float(relayed.from_sender) == pytest.approx(400e6)
+    # the relay's link (12.5 MB/s) bounds the transfer, and its latency (4 x 20 ms more per round trip)
+    assert float(relayed.delivered - relayed.arrival) >= 400e6 / 12.5e6
+    assert float(direct.delivered - direct.arrival) < 400e6 / 12.5e6
+
+
+@pytest.mark.parametrize("bad", ['behind = ["nobody"]', 'bandwidth = "0bit/s"', 'surprise = 1'])
+def test_a_bad_relay_table_is_refused(bad: str) -> None:
+    with pytest.raises(ScenarioError):
+        trio(extra=f"[relay]\n{bad}\n")
