@@ -52,8 +52,10 @@ Policy (docs/protocol/exchange.md, "Fetch scheduling"):
   upgraded to direct by hole punching) is a slower source: every direct
   peer is offered work before any relayed one, so a direct holder with room
   in its window always gets the blocks it holds first; a relayed peer then
-  gets what is left: blocks no direct peer holds, and spare work while the
-  direct peers' windows are full (multi-source keeps working). Its window
+  gets what is left: first the blocks no direct peer holds (in manifest
+  order, so the slow path starts early on what only it can serve), then
+  spare work while the direct peers' windows are full (multi-source keeps
+  working). Its window
   is also capped at `relayed_window_max`. A peer is direct unless told
   otherwise; a path change takes effect at the next `next_requests` and
   never cancels a request in flight.
@@ -453,13 +455,16 @@ class FetchScheduler:
 
         Every pending block p holds is either at or after p's cursor, or in
         m.requeued (it was passed while in flight and came back since).
+        A relayed peer is first given the blocks no direct peer holds (only it
+        can serve those; the direct peers serve the rest faster).
         """
         cursor = p.cursor.get(m.id, 0)
-        out: list[CID] = []
+        out = self._relayed_only(p, m, held, limit) if p.relayed else []
+        taken = set(out)
         kept: list[int] = []
         for pos in m.requeued:
             cid = m.order[pos]
-            if self._blocks[cid].done or cid in self._in_flight:
+            if self._blocks[cid].done or cid in self._in_flight or cid in taken:
                 continue
             if pos < cursor and len(out) < limit and cid in held:
                 out.append(cid)
@@ -469,10 +474,20 @@ class FetchScheduler:
         while len(out) < limit and cursor < len(m.order):
             cid = m.order[cursor]
             cursor += 1
-            if cid in held and cid not in self._in_flight and not self._blocks[cid].done:
+            if cid in held and cid not in self._in_flight and not self._blocks[cid].done and cid not in taken:
                 out.append(cid)
         p.cursor[m.id] = cursor
         return out
+
+    def _relayed_only(self, p: _Peer, m: _Manifest, held: dict[CID, None], limit: int) -> list[CID]:
+        """Up to limit pending blocks of m that p holds and no direct peer does, in manifest order."""
+        direct = [q.available[m.id] for q in self._peers.values() if not q.relayed and m.id in q.available]
+        if not direct:
+            return []  # every block qualifies: the cursor's scan takes them in order
+        blocks = self._blocks
+        found = [(blocks[c].owners[m.id], c) for c in held
+                 if c not in self._in_flight and not blocks[c].done and not any(c in d for d in direct)]
+        return [c for _, c in sorted(found)[:limit]]
 
     def _limit(self, p: _Peer) -> int:
         window = min(p.window, self.relayed_window_max) if p.relayed else p.window

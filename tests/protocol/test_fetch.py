@@ -529,6 +529,9 @@ class FetchMachine(RuleBasedStateMachine):
             if c in self.avail.get((peer, m), ()) and c not in self.stored and c not in in_flight
         ]
 
+    def directly_held(self, manifest_id: CID, c: CID) -> bool:
+        return any(self.s.relayed(q) is False and c in self.avail.get((q, manifest_id), ()) for q in PEERS)
+
     # -- rules
 
     @rule(blocks=st.lists(st.integers(0, UNIVERSE - 1), min_size=1, max_size=8),
@@ -598,7 +601,8 @@ class FetchMachine(RuleBasedStateMachine):
                 assert c in held, "requested a block the peer did not offer under that manifest"
                 assert in_flight[c] == request.peer
                 pick = (self.key[request.manifest_id], self.live[request.manifest_id].index(c))
-                worst[request.peer] = max(worst.get(request.peer, pick), pick)
+                if not (self.s.relayed(request.peer) and self.directly_held(request.manifest_id, c)):
+                    worst[request.peer] = max(worst.get(request.peer, pick), pick)
             assert self.s.in_flight_count(request.peer) <= (self.s.effective_window(request.peer) or 0)
             assert (self.s.effective_window(request.peer) or 0) <= (self.s.window(request.peer) or 0)
             self.outstanding.append((request.peer, list(request.cids)))
@@ -613,8 +617,13 @@ class FetchMachine(RuleBasedStateMachine):
                             assert self.s.in_flight_count(other) > 0 and room < least, (other, c)
         for peer in PEERS:
             left = self.pending_held(peer)
+            ordered = left
+            if self.s.relayed(peer):  # a relayed peer takes the blocks no direct peer holds first, in order
+                ordered = [(k, pos) for k, pos in left
+                           if not any(self.key[m] == k and self.directly_held(m, order[pos])
+                                      for m, order in self.live.items())]
             if peer in worst:  # priority, then order added, then manifest order
-                assert all(item > worst[peer] for item in left), (peer, worst[peer], left)
+                assert all(item > worst[peer] for item in ordered), (peer, worst[peer], ordered)
             window = self.s.effective_window(peer)
             if window is not None:
                 busy = self.s.in_flight_count(peer)

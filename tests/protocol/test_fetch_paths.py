@@ -220,3 +220,17 @@ def test_relayed_window_max_must_be_positive() -> None:
     with pytest.raises(LocalProtocolError):
         FetchSettings(relayed_window_max=0)
     assert FetchSettings(relayed_window_max=1).relayed_window_max == 1
+
+
+def test_a_relayed_holder_starts_on_the_blocks_only_it_has() -> None:
+    """The direct holder has the first half, the relayed one everything: the relayed one is given the second
+    half from the start (only it can serve that), not the blocks just past the direct one's window, so the
+    slow path is not left with the only-relayed blocks at the end."""
+    s = scheduler(200)
+    s.peer_available("D", M, blocks(range(100)))
+    s.peer_available("R", M, blocks(range(200)), relayed=True)
+    first = s.next_requests(0)
+    assert [c for r in first if r.peer == "R" for c in r.cids] == blocks(range(100, 108))
+    assert [c for r in first if r.peer == "D" for c in r.cids] == blocks(range(32))
+    done = run(s, {"D": 0.01, "R": 0.03}, {"D": 0.02, "R": 0.1}, first)
+    assert s.served_by(M)["R"] >= 100 and done < 100 * 0.03 + 1.0
