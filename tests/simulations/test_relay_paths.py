@@ -51,3 +51,11 @@ def test_a_recipient_behind_nat_completes_through_the_relay_alone() -> None:
 def test_a_bad_relay_table_is_refused(bad: str) -> None:
     with pytest.raises(ScenarioError):
         trio(extra=f"[relay]\n{bad}\n")
+
+
+def test_emulation_drops_the_relay() -> None:
+    """Emulated nodes reach each other directly, so the simulation they are compared with does too."""
+    from simulations.emulation.plan import emulated_scenario
+
+    sc = trio(extra=SENDER_BEHIND_NAT)
+    assert sc.relay.behind == ("AAA",) and emulated_scenario(sc, "loopback", 100).relay.behind == ()
