@@ -59,3 +59,24 @@ def test_emulation_drops_the_relay() -> None:
 
     sc = trio(extra=SENDER_BEHIND_NAT)
     assert sc.relay.behind == ("AAA",) and emulated_scenario(sc, "loopback", 100).relay.behind == ()
+
+
+def test_five_trusts_nat_delivers_everything_the_relayed_transfers_a_little_later() -> None:
+    """The bundled scenario: every study delivered; each transfer to or from an organisation behind NAT takes
+    at least as long as in five-trusts (the relay's latency), the others exactly as long."""
+    from simulations.commands.common import resolve_scenario_path
+    from simulations.scenario import load_scenario
+
+    runs = {}
+    for name in ("five-trusts", "five-trusts-nat"):
+        sc = load_scenario(resolve_scenario_path(name))
+        r = run_slice(sc, 0, 0)
+        assert r.counters.transfers == r.counters.delivered > 50
+        nat = {sc.org_codes.index(c) for c in sc.relay.behind}
+        runs[name] = ({(row.study, row.recipient): float(row.delivered - row.arrival) for row in r.rows},
+                      {(row.study, row.recipient) for row in r.rows if row.sender in nat or row.recipient in nat})
+    direct, _ = runs["five-trusts"]
+    behind_nat, relayed = runs["five-trusts-nat"]
+    assert relayed and direct.keys() == behind_nat.keys()
+    assert all(behind_nat[k] > direct[k] for k in relayed)
+    assert all(behind_nat[k] == pytest.approx(direct[k]) for k in direct.keys() - relayed)
