@@ -29,6 +29,7 @@ from trio.testing import MockClock
 from meshnode.dicom import synthetic
 from protocol.errors import UnauthorisedError
 from protocol.fetch import Request
+from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Manifest
 from simulations.engine import wire_sizes
 from simulations.engine.mesh import Fetch, MeshNode
@@ -105,9 +106,11 @@ def mesh(tmp_path: Path, source: Path) -> Iterator[MemoryMesh]:
     m.close()
 
 
-async def node_decisions(mesh: MemoryMesh) -> tuple[Manifest, dict[str, HarnessNode], dict[str, list[tuple[str, list[int]]]],
-                                                      dict[tuple[str, str], list[int] | None]]:
+async def node_decisions(mesh: MemoryMesh, relayed_sender: bool = False) -> tuple[
+        Manifest, dict[str, HarnessNode], dict[str, list[tuple[str, list[int]]]], dict[tuple[str, str], list[int] | None]]:
     a = mesh.add("a", SENDER, 60)
+    if relayed_sender:  # every recipient reaches the sender through a relay (PeerLink.relayed)
+        mesh.relayed.add(a.peer_id)
     nodes = {org: mesh.add(org.lower(), org, 61 + i) for i, org in enumerate(RECIPIENTS)}
     stranger = mesh.add("stranger", STRANGER, 69)  # not a recipient: asks, and is asked, all the same
     names = {n.peer_id: n.org for n in mesh.nodes.values()}
@@ -156,18 +159,18 @@ class RecordingMesh(Mesh):
         super().issue(node, sender, request, now)
 
 
-def sim_world() -> World:
+def sim_world(extra: str = "") -> World:
     groups = "".join(GROUP.format(code=c, weight=1 if c == SENDER else 0) for c in (SENDER, *RECIPIENTS, STRANGER))
-    scenario: Scenario = parse_scenario(WORLD.format(groups=groups), "node-vs-sim")
+    scenario: Scenario = parse_scenario(WORLD.format(groups=groups) + extra, "node-vs-sim")
     topology = build_topology(scenario)
     return World(scenario, topology, Timeline(scenario, topology, 0), 0, window_of(scenario, 0), keep_rows=False)
 
 
-def sim_decisions(manifest: Manifest, peer_ids: dict[str, str]) -> tuple[
+def sim_decisions(manifest: Manifest, peer_ids: dict[str, str], extra: str = "") -> tuple[
         dict[str, list[tuple[str, list[int]]]], dict[tuple[str, str], list[int] | None], Study, RecordingMesh]:
     """The same study for the simulator: as many blocks as the manifest lists, the first instance's
     blocks first (its image size), announced to the same three orgs at time 0."""
-    world = sim_world()
+    world = sim_world(extra)
     mesh = RecordingMesh(world)
     for org, peer_id in peer_ids.items():
         mesh.nodes[world.code_index[org]].name = peer_id  # the same nodes: the node hashes its peer ID
@@ -221,6 +224,20 @@ async def test_the_node_and_the_simulator_fetch_alike(autojump_clock: MockClock,
     assert all(node_answers[(SENDER, org)] is None for org in RECIPIENTS)
     assert all(node_answers[(STRANGER, org)] is None and node_answers[(org, STRANGER)] is None
                for org in (SENDER, *RECIPIENTS))
+
+
+async def test_the_node_and_the_simulator_cap_a_relayed_sender_alike(autojump_clock: MockClock,
+                                                                     mesh: MemoryMesh) -> None:
+    """The sender behind NAT: the node's fetchers learn it from their link (common.p2p.paths in the node), the
+    simulator from its [relay] table; both schedulers then give it at most relayed_window_max blocks at first."""
+    manifest, nodes, node_waves, _ = await node_decisions(mesh, relayed_sender=True)
+    sim_waves, _, _, _ = sim_decisions(manifest, {org: n.peer_id for org, n in nodes.items()},
+                                       f'\n[relay]\nbehind = ["{SENDER}"]\n')
+    cap = FetchSettings().relayed_window_max
+    assert len(manifest.block_order()) > cap
+    for org in RECIPIENTS:
+        assert sum(len(blocks) for _, blocks in node_waves[org]) == cap, node_waves[org]
+    assert node_waves == sim_waves
 
 
 def test_the_simulator_asks_holders_when_the_node_schedule_says() -> None:
