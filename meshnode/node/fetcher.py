@@ -32,16 +32,22 @@ from meshnode.node.completion import check_summary, same_bytes, verify_instance
 from meshnode.node.context import NodeContext
 from meshnode.node.peer_link import PeerLink
 from meshnode.node.retained import RetainedBlocks
-from meshnode.storage.audit import AuditEvent, EventCode, Outcome as AuditOutcome
+from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.audit import Outcome as AuditOutcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord
-from protocol.cid import CID
-from protocol.document import Signed
 from protocol.access import Holding, may_reuse
+from protocol.cid import CID
 from protocol.discovery import DiscoverySchedule
+from protocol.document import Signed
 from protocol.errors import LocalProtocolError, MeshError, UnauthorisedError
-from protocol.exchange_messages import BlockAbsent, BlockData, BlockRequest, Refused, held_blocks
-from protocol.fetch_order import fetch_order
+from protocol.exchange_messages import (
+    BlockAbsent,
+    BlockData,
+    BlockRequest,
+    Refused,
+    held_blocks,
+)
 from protocol.fetch import (
     BlockStalled,
     BlockWanted,
@@ -50,6 +56,7 @@ from protocol.fetch import (
     PeerBanned,
     Request,
 )
+from protocol.fetch_order import fetch_order
 from protocol.fetch_schedulers import FetchSchedulers
 from protocol.fetch_settings import FetchSettings
 from protocol.lifecycle import ManifestEvent, ManifestState
@@ -187,6 +194,12 @@ class Fetcher:
         self._discovery.remove(manifest_id)
         self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
         self._only_from.pop(manifest_id, None)
+
+    def widen(self, manifest_id: CID) -> None:
+        """A copy from siblings (`start(only_from=...)`) makes no progress: ask every holder from now on."""
+        if self._only_from.pop(manifest_id, None) is not None:
+            self._discovery.hurry(manifest_id, trio.current_time())
+            self._discover_now.set()
 
     def started_at(self, manifest_id: CID) -> float | None:
         """When fetching this manifest started (this run of the node), for transfer-duration metrics."""

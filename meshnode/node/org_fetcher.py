@@ -128,6 +128,19 @@ class OrgFetcher:
         except MeshError as exc:
             log.info("relaying manifest %s to sibling %s: %s", manifest_id, peer.peer_id, exc)
 
+    async def _round(self, signed: Signed[Manifest], order: tuple[CID, ...], siblings: list[ResolvedPeer]
+                     ) -> dict[str, tuple[bool, int]]:
+        """Every sibling asked at once: (reachable, blocks held) by peer."""
+        results: dict[str, tuple[bool, int]] = {}
+
+        async def look(peer: ResolvedPeer) -> None:
+            results[peer.peer_id] = await self._look(signed, order, peer)
+
+        async with trio.open_nursery() as nursery:
+            for peer in siblings:
+                nursery.start_soon(look, peer)
+        return results
+
     async def _watch(self, signed: Signed[Manifest], since: float | None) -> None:
         manifest_id = signed.cid
         manifest = signed.document
@@ -137,15 +150,7 @@ class OrgFetcher:
         ranking: list[str] = []
         try:
             while manifest_id in self.watching:
-                siblings = await self._siblings()
-                results: dict[str, tuple[bool, int]] = {}
-
-                async def look(peer: ResolvedPeer) -> None:
-                    results[peer.peer_id] = await self._look(signed, order, peer)
-
-                async with trio.open_nursery() as nursery:
-                    for peer in siblings:
-                        nursery.start_soon(look, peer)
+                results = await self._round(signed, order, await self._siblings())
                 now = self.ctx.clock()
                 for gone in set(views) - set(results):  # no longer resolved: as good as unreachable
                     results[gone] = (False, 0)
@@ -182,7 +187,33 @@ class OrgFetcher:
         if role is OrgRole.COPY:
             log.info("manifest %s: copying it from sibling(s) %s (no receipt)", manifest_id, ",".join(sorted(complete)))
             self._copying.add(manifest_id)
-            await self.fetcher.start(signed, holder=min(complete), since=since, only_from=complete)
+            await self.fetcher.start(signed, since=since, only_from=complete)  # holders: what they say (HAVE)
+            await self._watch_copy(signed)
         else:
             log.info("manifest %s: held by sibling(s) %s; replication mode %s keeps only the manifest here",
                      manifest_id, ",".join(sorted(complete)), self.mode)
+
+    async def _watch_copy(self, signed: Signed[Manifest]) -> None:
+        """A sibling said it holds the whole study, but what if it serves nothing (a lie, bit rot, a disk
+        gone)? When the copy makes no progress for `takeover_seconds`, every holder is asked, the sender
+        included, and this node then sends the organisation's receipt (the sender records one per org)."""
+        manifest_id = signed.cid
+        order = signed.document.block_order()
+        held, progressed_at = -1, self.ctx.clock()
+        while manifest_id in self.fetcher.active and manifest_id in self._copying:
+            now_held = await self.ctx.db.run(lambda s: len(s.obtained_blocks(manifest_id, order)))
+            now = self.ctx.clock()
+            if now_held > held:
+                held, progressed_at = now_held, now
+            elif now - progressed_at >= self.takeover_seconds:
+                self._copying.discard(manifest_id)
+                self.roles[manifest_id] = OrgRole.FETCH
+                self.fetcher.widen(manifest_id)
+                log.warning("manifest %s: the copy from sibling(s) made no progress for %.0f s: fetching from "
+                            "every holder", manifest_id, now - progressed_at)
+                await self.ctx.audit(AuditEvent(
+                    EventCode.APPLICATION_ACTIVITY, "org-copy-stalled", actor=self.ctx.peer_id,
+                    actor_org=self.ctx.org, study=hash_uid(signed.document.study_uid), manifest_id=str(manifest_id),
+                    detail=f"no progress for {now - progressed_at:.0f} s; fetching from the sender too"))
+                return
+            await trio.sleep(self.interval)

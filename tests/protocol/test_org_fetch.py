@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol.manifest import Priority
 from protocol.org_fetch import OrgRole, SiblingView, decide, observe, rank, replicates
