@@ -32,22 +32,16 @@ from meshnode.node.completion import check_summary, same_bytes, verify_instance
 from meshnode.node.context import NodeContext
 from meshnode.node.peer_link import PeerLink
 from meshnode.node.retained import RetainedBlocks
-from meshnode.storage.audit import AuditEvent, EventCode
-from meshnode.storage.audit import Outcome as AuditOutcome
+from meshnode.storage.audit import AuditEvent, EventCode, Outcome as AuditOutcome
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.records import InstanceRecord
-from protocol.access import Holding, may_reuse
 from protocol.cid import CID
-from protocol.discovery import DiscoverySchedule
 from protocol.document import Signed
+from protocol.access import Holding, may_reuse
+from protocol.discovery import DiscoverySchedule
 from protocol.errors import LocalProtocolError, MeshError, UnauthorisedError
-from protocol.exchange_messages import (
-    BlockAbsent,
-    BlockData,
-    BlockRequest,
-    Refused,
-    held_blocks,
-)
+from protocol.exchange_messages import BlockAbsent, BlockData, BlockRequest, Refused, held_blocks
+from protocol.fetch_order import fetch_order
 from protocol.fetch import (
     BlockStalled,
     BlockWanted,
@@ -56,7 +50,6 @@ from protocol.fetch import (
     PeerBanned,
     Request,
 )
-from protocol.fetch_order import fetch_order
 from protocol.fetch_schedulers import FetchSchedulers
 from protocol.fetch_settings import FetchSettings
 from protocol.lifecycle import ManifestEvent, ManifestState

@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING
 import trio
 from libp2p.abc import IHost
 
-from common.directory_transport import directory_peer_id, libp2p_transport
-from common.p2p.host import listen_multiaddrs, running_host
 from meshnode.audit_export.exporter import AuditExporter, audit_source
 from meshnode.control.app import ControlApp
 from meshnode.control.server import serve_control
 from meshnode.control.token import create_token
 from meshnode.directory.cache import DirectoryCache, FileRosterVersionStore
 from meshnode.directory.client import DirectoryClient
-from meshnode.gateway.intake import StoredInstance, StudyIntake
+from common.directory_transport import directory_peer_id, libp2p_transport
 from meshnode.gateway.service import Gateway
+from meshnode.node.forward_reports import ForwardReporter
+from meshnode.gateway.intake import StoredInstance, StudyIntake
 from meshnode.home import NodeHome
 from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.completion import verify_instances
@@ -36,41 +36,35 @@ from meshnode.node.control_routes import routes
 from meshnode.node.corruption import CorruptBlocks
 from meshnode.node.delivery import Deliveries, NodeTransport, stored_deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
-from meshnode.node.fetcher import Fetcher
-from meshnode.node.forward_reports import ForwardReporter
-from meshnode.node.limits import PeerLimits
 from meshnode.node.org_fetcher import OrgFetcher
+from meshnode.node.fetcher import Fetcher
+from meshnode.node.limits import PeerLimits
 from meshnode.node.peer_link import Libp2pLink
 from meshnode.node.peers import PeerRegistry
 from meshnode.node.receiver import Receiver
-from meshnode.node.request_wire import Libp2pRequestLink, RequestWire
-from meshnode.node.requests import Requests
 from meshnode.node.research_share import ResearchShares
 from meshnode.node.sender import Sender
+from meshnode.node.request_wire import Libp2pRequestLink, RequestWire
+from meshnode.node.requests import Requests
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
+from common.p2p.host import listen_multiaddrs, running_host
+from meshnode.web.node_web import run_web
 from meshnode.storage.audit import AuditEvent, EventCode, Outcome
 from meshnode.storage.blockstore import BlockCorruptError
 from meshnode.storage.conflicts import held_among, held_detail, received_revision
 from meshnode.storage.dbthread import DatabaseThread
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
-from meshnode.storage.records import InstanceRecord, ManifestRow, hash_uid
-from meshnode.web.node_web import run_web
-from protocol.backoff import Backoff
+from meshnode.storage.records import AddOutcome, InstanceRecord, ManifestRow, hash_uid
 from protocol.cid import CID
 from protocol.conflict import ConflictPolicy
 from protocol.directory_messages import WATCH_WAIT
 from protocol.document import Signed
-from protocol.errors import (
-    LocalProtocolError,
-    MeshError,
-    NotFoundError,
-    RosterExpiredError,
-    RosterRollbackError,
-)
+from protocol.errors import LocalProtocolError, MeshError, NotFoundError, RosterExpiredError, RosterRollbackError
 from protocol.lifecycle import ManifestEvent, ManifestState
 from protocol.manifest import Manifest
+from protocol.backoff import Backoff
 from protocol.outbox import DeliveryKey, DeliveryKind, DeliveryRecord, DeliveryState
 from protocol.receipt import Receipt
 from protocol.roster import RosterGuard

@@ -27,6 +27,7 @@ import trio
 
 from meshnode.config import NodeConfig
 from meshnode.directory.client import ResolvedPeer
+from meshnode.study.ingest import Ingester
 from meshnode.node import lifecycle as node_lifecycle
 from meshnode.node.context import NodeContext
 from meshnode.node.delivery import Deliveries, NodeTransport
@@ -37,14 +38,14 @@ from meshnode.node.receiver import Receiver
 from meshnode.node.sender import Sender
 from meshnode.node.wire import Wire
 from meshnode.storage.audit import EventCode
-from meshnode.storage.conflicts import received_revision
 from meshnode.storage.dbthread import DatabaseThread
+from meshnode.storage.conflicts import received_revision
 from meshnode.storage.metadata import MetadataStore
 from meshnode.storage.node_storage import NodeStorage
 from meshnode.storage.records import InstanceRecord
-from meshnode.study.ingest import Ingester
 from protocol.certificate import Certificate
 from protocol.cid import CID
+from protocol.lifecycle import ManifestEvent
 from protocol.document import Signed, open_document
 from protocol.errors import MeshError, RemoteProtocolError
 from protocol.exchange_messages import (
@@ -67,9 +68,9 @@ from protocol.exchange_messages import (
     encode_response,
 )
 from protocol.keys import SigningKey
-from protocol.lifecycle import ManifestEvent
 from protocol.manifest import Manifest, Priority, Purpose
 from tests.protocol.factories import NOW, guard_with_roster, key, sign_certificate
+
 
 T = TypeVar("T")
 
