@@ -39,8 +39,9 @@ from protocol.org_fetch import OrgRole, SiblingView, decide, observe, rank
 
 log = logging.getLogger(__name__)
 
-#: seconds between two rounds of asking the siblings (at most; less when takeover_seconds is short)
-WATCH_INTERVAL = 1.0
+#: seconds between two rounds of asking the siblings: a quarter of takeover_seconds, within these bounds
+#: (thousands of studies may stand by at once: each round asks every sibling about each)
+WATCH_INTERVAL = (0.25, 5.0)
 #: seconds one sibling has to answer a round (a dial included)
 ASK_TIMEOUT = 10.0
 
@@ -53,7 +54,8 @@ class OrgFetcher:
         replication = ctx.config.replication
         self.takeover_seconds = float(replication.takeover_seconds)
         self.mode = replication.mode.value
-        self.interval = interval if interval is not None else min(WATCH_INTERVAL, self.takeover_seconds / 4)
+        low, high = WATCH_INTERVAL
+        self.interval = interval if interval is not None else max(low, min(high, self.takeover_seconds / 4))
         #: manifests being decided (a task each)
         self.watching: set[CID] = set()
         #: the role each decided manifest took this run (status, tests)
@@ -90,8 +92,10 @@ class OrgFetcher:
         return False
 
     async def _siblings(self) -> list[ResolvedPeer]:
+        peers: list[ResolvedPeer] = []
         try:
-            peers = await self.link.org_peers(self.ctx.org)
+            with trio.move_on_after(ASK_TIMEOUT):  # a directory that hangs must not hold up an urgent study
+                peers = await self.link.org_peers(self.ctx.org)
         except MeshError as exc:
             log.info("cannot resolve the other nodes of %s: %s", self.ctx.org, exc)
             return []
