@@ -114,7 +114,8 @@ class OrgFetcher:
                 bitmap = await self.link.have(peer.peer_id, manifest_id)
             return True, len(held_blocks(order, bitmap))
         except UnauthorisedError:
-            await self._relay(manifest_id, peer)
+            with trio.move_on_after(ASK_TIMEOUT):
+                await self._relay(manifest_id, peer)
             return True, 0
         except (MeshError, trio.TooSlowError) as exc:
             log.debug("sibling %s: no availability of %s: %s", peer.peer_id, manifest_id, exc)
@@ -169,6 +170,7 @@ class OrgFetcher:
                 return  # recalled meanwhile
         finally:
             self.watching.discard(manifest_id)
+            self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
         self.roles[manifest_id] = role
         await self._act(signed, role, ranking, views, since)
 
