@@ -106,6 +106,8 @@ class Fetcher:
         self._relayed: set[tuple[CID, str]] = set()
         #: seconds from the announcement's arrival (or the start of fetching) to the first instance verified on disk
         self.first_usable: dict[CID, float] = {}
+        #: manifests copied from siblings only (meshnode.node.org_fetcher): the only nodes asked
+        self._only_from: dict[CID, frozenset[str]] = {}
 
     def scheduler_of(self, manifest_id: CID) -> FetchScheduler | None:
         """The scheduler a manifest is (or was recently) fetched in."""
@@ -113,11 +115,12 @@ class Fetcher:
         return self._schedulers.get(sender) if sender is not None else None
 
     # -- adding work ------------------------------------------------------------------
-    async def start(self, signed: Signed[Manifest], holder: str | None = None, since: float | None = None) -> None:
+    async def start(self, signed: Signed[Manifest], holder: str | None = None, since: float | None = None,
+                    only_from: frozenset[str] | None = None) -> None:
         """Fetch everything of this manifest not verified on disk yet; `holder` has it all (the announcer).
 
         `since` is when the announcement arrived (time to the first usable instance counts from it);
-        by default, now."""
+        by default, now. `only_from`: ask only these nodes of this node's own org (a copy from siblings)."""
         manifest_id = signed.cid
         async with self._adopting:  # once, before the first fetch: what a crash left on disk (BlockSink)
             if not self._adopted:
@@ -141,6 +144,8 @@ class Fetcher:
         # again, so what this node asks for never tells a sender what else it stores (protocol.access).
         have = {c for c in present if may_reuse(holdings.get(c, ()), manifest.sender_org)}
         self.active[manifest_id] = signed
+        if only_from is not None:
+            self._only_from[manifest_id] = only_from
         by_uid = {r.sop_instance_uid: r for r in earlier}
         self._known[manifest_id] = {
             i: by_uid[e.sop_instance_uid] for i, e in enumerate(manifest.instances)
@@ -181,6 +186,13 @@ class Fetcher:
         self._dirty.discard(manifest_id)
         self._discovery.remove(manifest_id)
         self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
+        self._only_from.pop(manifest_id, None)
+
+    def widen(self, manifest_id: CID) -> None:
+        """A copy from siblings (`start(only_from=...)`) makes no progress: ask every holder from now on."""
+        if self._only_from.pop(manifest_id, None) is not None:
+            self._discovery.hurry(manifest_id, trio.current_time())
+            self._discover_now.set()
 
     def started_at(self, manifest_id: CID) -> float | None:
         """When fetching this manifest started (this run of the node), for transfer-duration metrics."""
@@ -265,8 +277,9 @@ class Fetcher:
         Every org is resolved, and every node asked, concurrently: one slow or unreachable node
         (a dial can take DIAL_TIMEOUT) must not hold up hearing from the others.
         """
+        orgs = {self.ctx.org} if manifest_id in self._only_from else {manifest.sender_org, *manifest.recipients}
         async with trio.open_nursery() as nursery:
-            for org in sorted({manifest.sender_org, *manifest.recipients}):
+            for org in sorted(orgs):
                 nursery.start_soon(self._discover_org, manifest_id, org)
 
     async def _discover_org(self, manifest_id: CID, org: str) -> None:
@@ -280,7 +293,8 @@ class Fetcher:
                 nursery.start_soon(self._ask_holder, manifest_id, peer)
 
     async def _ask_holder(self, manifest_id: CID, peer: ResolvedPeer) -> None:
-        if manifest_id not in self.active:
+        only = self._only_from.get(manifest_id)
+        if manifest_id not in self.active or (only is not None and peer.peer_id not in only):
             return
         try:
             await self.link.ensure(peer)

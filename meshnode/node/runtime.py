@@ -36,6 +36,7 @@ from meshnode.node.control_routes import routes
 from meshnode.node.corruption import CorruptBlocks
 from meshnode.node.delivery import Deliveries, NodeTransport, stored_deliveries
 from meshnode.node.events import StudyEvent, StudyEventKind
+from meshnode.node.org_fetcher import OrgFetcher
 from meshnode.node.fetcher import Fetcher
 from meshnode.node.limits import PeerLimits
 from meshnode.node.peer_link import Libp2pLink
@@ -153,8 +154,9 @@ class Node:
         self.wire = Wire(ctx, host, self.receiver, self.sender,
                          PeerLimits(ctx.config.max_streams_per_peer, ctx.config.max_requests_per_second))
         self.sessions = Sessions(ctx, self.wire)
-        self.fetcher = Fetcher(ctx, Libp2pLink(self.wire, self.sessions), self._completed,
-                               self._verification_failed)
+        link = Libp2pLink(self.wire, self.sessions)
+        self.fetcher = Fetcher(ctx, link, self._completed, self._verification_failed)
+        self.org_fetcher = OrgFetcher(ctx, link, self.fetcher)  # which node of this org fetches a study
         self.transport.connect(self.wire, self.sessions)
         self.gateway = Gateway(ctx, self.sender)
         self.sender.research = ResearchShares(ctx, ctx.home.path, self.sender.share_study, self._store_copy)
@@ -198,6 +200,7 @@ class Node:
                 await self.deliveries.load()  # before _resume, which asks it which receipts are queued
                 nursery.start_soon(keep_running, "deliveries", self.deliveries.run)
                 nursery.start_soon(keep_running, "fetcher", self.fetcher.run)
+                nursery.start_soon(keep_running, "org fetcher", self.org_fetcher.run)
                 await self._resume(nursery)
                 log.info("node %s (%s) running on %s", ctx.peer_id, ctx.org, ", ".join(addrs))
                 task_status.started(addrs)
@@ -280,7 +283,7 @@ class Node:
     # -- hooks ----------------------------------------------------------------------------
     async def _accepted(self, signed: Signed[Manifest], announced_at: float) -> None:
         if self.ctx.config.auto_fetch:
-            await self.fetcher.start(signed, holder=signed.document.sender_peer, since=announced_at)
+            await self.org_fetcher.begin(signed, since=announced_at)
 
     async def fetch(self, manifest_id: CID) -> None:
         row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
@@ -290,6 +293,7 @@ class Node:
         await self.fetcher.start(signed, holder=signed.document.sender_peer)
 
     async def _recalled(self, manifest_id: CID) -> None:
+        self.org_fetcher.stop(manifest_id)
         self.fetcher.stop(manifest_id)
         row = await self.ctx.db.run(lambda s: s.manifest(manifest_id))
         if row is not None:
@@ -417,6 +421,9 @@ class Node:
             store.set_transfer(manifest_id, state, previous[1] if previous else 0, manifest.total_bytes, now_ms)
             ctx.storage.write_head()  # on the database thread: it reads the newest audit entry
 
+        if self.org_fetcher.copied(manifest_id):  # from a sibling, which sent the organisation's receipt
+            await self._copied(signed, records, record)
+            return
         # the PACS forward is queued when the receipt is delivered (meshnode.gateway.pacs_queue)
         receipt = Receipt(manifest_id, ctx.org, ctx.peer_id, len(records), int(ctx.clock())).sign(ctx.key)
         try:
@@ -431,6 +438,29 @@ class Node:
             manifest.priority.value, "received", accession=records[0].study.accession if records else "",
             instances=len(records), duration_s=ctx.clock() - started if started is not None else None,
             detail=held_detail(held[0] if held else 0)))
+
+    async def _copied(self, signed: Signed[Manifest], records: list[InstanceRecord],
+                      record: Callable[[MetadataStore], None]) -> None:
+        """A study copied from a sibling node of this org (meshnode.node.org_fetcher): recorded with no receipt
+        (the sibling that fetched it from the sender sent the organisation's one) and no PACS forward (that
+        sibling's); its state goes straight to receipted, so a restart never sends a receipt for it."""
+        manifest_id = signed.cid
+        manifest = signed.document
+
+        def record_copy(store: MetadataStore) -> None:
+            record(store)
+            node_lifecycle.move(store, manifest_id, ManifestEvent.RECEIPT_DELIVERED)
+
+        try:
+            await self.ctx.db.run(record_copy)
+        except LocalProtocolError as exc:  # recalled while its last blocks were verified
+            log.info("manifest %s: copy not recorded: %s", manifest_id, exc)
+            return
+        await self.ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "org-copy", actor=self.ctx.peer_id,
+                                        actor_org=self.ctx.org, study=hash_uid(manifest.study_uid),
+                                        manifest_id=str(manifest_id),
+                                        detail=f"{len(records)} instance(s) copied from a sibling node; no receipt"))
+        log.info("manifest %s: copied from a sibling node (%d instance(s)); no receipt", manifest_id, len(records))
 
     # -- deliveries (meshnode.node.delivery) -------------------------------------------------
     async def _receipted(self, manifest_id: CID) -> None:
@@ -466,6 +496,6 @@ class Node:
             signed = self.ctx.manifests.open(row.manifest_id, row.raw)
             auto = self.ctx.config.auto_fetch
             if row.state is ManifestState.FETCHING or (row.state is ManifestState.ANNOUNCED and auto):
-                await self.fetcher.start(signed, holder=signed.document.sender_peer)
+                await self.org_fetcher.begin(signed)  # learns from this org's other nodes first
             elif row.state is ManifestState.COMPLETE and row.manifest_id not in queued_receipts:
                 nursery.start_soon(self._completed, signed)  # completed before receipts were queued durably

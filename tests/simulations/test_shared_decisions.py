@@ -20,6 +20,7 @@ import meshnode.node.block_sink as node_block_sink
 import meshnode.node.delivery as node_delivery
 import meshnode.node.fetcher as node_fetcher
 import meshnode.node.lifecycle as node_lifecycle
+import meshnode.node.org_fetcher as node_org_fetcher
 import meshnode.node.policy as node_policy
 import meshnode.node.receiver as node_receiver
 import meshnode.node.retry_driver as node_retry_driver
@@ -34,6 +35,7 @@ import protocol.fetch_order as fetch_order
 import protocol.fetch_schedulers as fetch_schedulers
 import protocol.fetch_settings as fetch_settings
 import protocol.lifecycle as lifecycle
+import protocol.org_fetch as org_fetch
 import protocol.outbox as outbox
 import simulations.engine.mesh as sim_mesh
 import simulations.engine.mesh_design as sim_mesh_design
@@ -79,6 +81,10 @@ DECISIONS = [
     Decision("discovery timing", (discovery,), ("DiscoverySchedule",),
              node=((node_fetcher, "DiscoverySchedule"),),
              sim=((sim_mesh, "DiscoverySchedule"), (sim_mesh_design, "DiscoverySchedule"))),
+    # which node of a recipient org fetches a study (the simulator models one node per org so far)
+    Decision("org fetch", (org_fetch,), ("rank", "observe", "replicates", "rendezvous_key", "OrgRole", "SiblingView"),
+             node=((node_org_fetcher, "rank"), (node_org_fetcher, "observe"), (node_org_fetcher, "OrgRole")),
+             sim=()),
 ]
 
 #: Delivery retries: the node's retry driver and the simulator's OutboxDriver run the same Outbox, built from a

@@ -322,6 +322,10 @@ class MemoryLink:
                 await send.send(None)
             except trio.BrokenResourceError:  # the asker stopped reading (its request ended)
                 pass
+            except BaseExceptionGroup as group:  # ... or went away while the holder's writer ran in a nursery
+                _, rest = group.split(trio.BrokenResourceError)
+                if rest is not None:
+                    raise
 
 
 def ingest_study(home: Path, source: Path, *, chunk_size: int) -> str:

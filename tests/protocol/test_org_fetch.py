@@ -1,0 +1,101 @@
+"""protocol.org_fetch: which node of a recipient organisation fetches a study."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.manifest import Priority
+from protocol.org_fetch import OrgRole, SiblingView, decide, observe, rank, replicates
+
+A, B, C = "peer-a", "peer-b", "peer-c"
+
+
+def _decide(me: str, ranking: list[str], siblings: dict[str, SiblingView], now: float, *, total: int = 10,
+            mode: str = "all", priority: Priority = Priority.ROUTINE) -> OrgRole:
+    return decide(me=me, ranking=ranking, siblings=siblings, total=total, now=now, takeover_seconds=30,
+                  mode=mode, priority=priority)
+
+
+@given(st.text(min_size=1, max_size=20), st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=6))
+def test_ranking_is_stable_whatever_the_order_of_the_nodes(manifest: str, peers: list[str]) -> None:
+    assert rank(manifest, peers) == rank(manifest, list(reversed(peers))) == rank(manifest, sorted(peers))
+    assert sorted(rank(manifest, peers)) == sorted(set(peers))
+
+
+def test_ranking_spreads_studies_over_the_nodes() -> None:
+    firsts = Counter(rank(f"manifest-{i}", [A, B, C])[0] for i in range(3000))
+    assert set(firsts) == {A, B, C}
+    assert all(800 < n < 1200 for n in firsts.values()), firsts
+
+
+def test_removing_a_node_moves_only_its_studies() -> None:
+    for i in range(500):
+        m = f"manifest-{i}"
+        full = rank(m, [A, B, C])
+        if full[0] != C:
+            assert rank(m, [A, B])[0] == full[0]
+
+
+def test_first_ranked_fetches_at_once_and_others_stand_by() -> None:
+    ranking = [A, B]
+    assert _decide(A, ranking, {B: observe(None, reachable=True, held=0, now=0)}, 0) is OrgRole.FETCH
+    assert _decide(B, ranking, {A: observe(None, reachable=True, held=0, now=0)}, 0) is OrgRole.STAND_BY
+
+
+def test_only_the_fetcher_sends_the_receipt() -> None:
+    assert [r for r in OrgRole if r.sends_receipt] == [OrgRole.FETCH]
+
+
+def test_unreachable_higher_sibling_is_taken_over_at_once() -> None:
+    assert _decide(B, [A, B], {A: observe(None, reachable=False, held=0, now=0)}, 0) is OrgRole.FETCH
+    assert _decide(B, [A, B], {}, 0) is OrgRole.FETCH  # not known to be up at all
+
+
+def test_sibling_that_goes_down_mid_transfer_is_taken_over() -> None:
+    view = observe(None, reachable=True, held=2, now=0)
+    view = observe(view, reachable=True, held=5, now=5)
+    assert _decide(B, [A, B], {A: view}, 6) is OrgRole.STAND_BY
+    view = observe(view, reachable=False, held=0, now=7)
+    assert view.held == 5
+    assert _decide(B, [A, B], {A: view}, 7) is OrgRole.FETCH
+
+
+def test_stalled_sibling_is_taken_over_after_takeover_seconds() -> None:
+    view = observe(None, reachable=True, held=3, now=100)
+    for t in range(101, 130):
+        view = observe(view, reachable=True, held=3, now=t)
+        assert _decide(B, [A, B], {A: view}, t) is OrgRole.STAND_BY
+    assert _decide(B, [A, B], {A: view}, 130) is OrgRole.FETCH
+
+
+def test_progress_restarts_the_takeover_clock_and_a_shrinking_count_is_no_progress() -> None:
+    view = observe(None, reachable=True, held=3, now=0)
+    view = observe(view, reachable=True, held=4, now=25)
+    assert _decide(B, [A, B], {A: view}, 50) is OrgRole.STAND_BY
+    view = observe(view, reachable=True, held=1, now=54)  # forged or reset: not progress
+    assert view.progressed_at == 25
+    assert _decide(B, [A, B], {A: view}, 55) is OrgRole.FETCH
+
+
+def test_restarted_first_node_lets_the_sibling_that_took_over_finish() -> None:
+    assert _decide(A, [A, B], {B: observe(None, reachable=True, held=4, now=0)}, 0) is OrgRole.STAND_BY
+    assert _decide(A, [A, B], {B: observe(None, reachable=True, held=0, now=0)}, 0) is OrgRole.FETCH
+
+
+def test_complete_sibling_is_copied_by_mode() -> None:
+    done = {A: observe(None, reachable=True, held=10, now=0)}
+    assert _decide(B, [A, B], done, 0) is OrgRole.COPY
+    assert _decide(B, [A, B], done, 0, mode="nothing") is OrgRole.KEEP_MANIFEST
+    assert _decide(B, [A, B], done, 0, mode="urgent") is OrgRole.KEEP_MANIFEST
+    assert _decide(B, [A, B], done, 0, mode="urgent", priority=Priority.STAT) is OrgRole.COPY
+    # also the restarted first-ranked node: it learns from its sibling before fetching
+    assert _decide(A, [A, B], {B: observe(None, reachable=True, held=10, now=0)}, 0) is OrgRole.COPY
+
+
+def test_replication_modes() -> None:
+    assert [p for p in Priority if replicates("urgent", p)] == [Priority.STAT, Priority.URGENT]
+    assert all(replicates("all", p) for p in Priority)
+    assert not any(replicates("nothing", p) for p in Priority)
