@@ -185,10 +185,10 @@ class CertifiedRelay(CircuitV2Protocol):
                                               c.circuits_total),
             "meshnode_relay_bytes_total": ("counter", "Bytes relayed (ciphertext, both directions).",
                                            c.relayed_bytes),
-            "meshnode_relay_refused_reservations_total": ("counter", "Reservations refused (revoked, forged,"
-                                                          " over the limit).", c.refused_reservations),
-            "meshnode_relay_refused_circuits_total": ("counter", "Circuits refused (revoked, no reservation,"
-                                                      " over a limit).", c.refused_circuits),
-            "meshnode_relay_refused_uncertified_total": ("counter", "Relay requests from peers without a valid"
-                                                         " certificate, refused unread.", c.refused_hop_streams),
+            "meshnode_relay_refused_reservations_total": ("counter", "Reservations refused (revoked, forged, over the limit).",
+                                                          c.refused_reservations),
+            "meshnode_relay_refused_circuits_total": ("counter", "Circuits refused (revoked, no reservation, over a limit).",
+                                                      c.refused_circuits),
+            "meshnode_relay_refused_uncertified_total": ("counter", "Relay requests from uncertified peers, refused unread.",
+                                                         c.refused_hop_streams),
         }
