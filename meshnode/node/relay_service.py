@@ -47,10 +47,17 @@ def check_relay_role(reach: ReachConfig, certificate: Certificate) -> None:
                           "ask the admins for one (meshadmin ... --role relay) or set relay_service = false")
 
 
+#: py-libp2p 0.8.1 reads a data limit of 0 as "none" when it sets up a circuit's shared budget, but then
+#: falls back to the reservation's own accounting, where 0 means no byte may pass (protocol.py
+#: `_relay_data` with `circuit_data_limit` None, resources.py `Reservation.track_data_transfer`): every
+#: circuit was cut at its first read. A budget no transfer reaches stands for "no cap" instead.
+NO_DATA_CAP = 1 << 62
+
+
 def relay_limits(reach: ReachConfig) -> RelayLimits:
     """py-libp2p's limits from [reach]: no duration or data cap per circuit (a study may take long); the
     reservation lifetime; circuits per reserving peer; reservations at once."""
-    return RelayLimits(duration=0, data=0, max_circuit_conns=reach.relay_max_circuits_per_peer,
+    return RelayLimits(duration=0, data=NO_DATA_CAP, max_circuit_conns=reach.relay_max_circuits_per_peer,
                        max_reservations=reach.relay_max_reservations,
                        reservation_ttl=reach.relay_reservation_seconds)
 
@@ -140,6 +147,11 @@ class CertifiedRelay(CircuitV2Protocol):
             self._connecting.discard(id(src_stream))
             self.counters.circuits_total += 1
         await super()._relay_data(src_stream, dst_stream, peer_id, deadline, circuit_data_limit)
+
+    async def _handle_stop_stream(self, stream: INetStream) -> None:
+        """A relay accepts no circuits through other relays (it is reachable itself): reset unread."""
+        log.warning("relay: circuit (STOP) from %s refused: a relay reserves on no other", stream.muxed_conn.peer_id)
+        await stream.reset()
 
     async def _read_stream_with_retry(self, stream: INetStream, max_retries: int = 3) -> bytes | None:
         """One read of a circuit's bytes (ciphertext): counted, and paced by relay_mb_per_s."""

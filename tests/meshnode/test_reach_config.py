@@ -7,7 +7,7 @@ import pytest
 
 from meshnode.config import ConfigError, NodeConfig, parse_config
 from meshnode.node.reach_config import Reachability, ReachConfig
-from meshnode.node.relay_service import check_relay_role, relay_limits
+from meshnode.node.relay_service import NO_DATA_CAP, check_relay_role, relay_limits
 from protocol.certificate import Certificate, Role
 from protocol.keys import SigningKey
 
@@ -70,4 +70,4 @@ def test_relay_limits_follow_reach() -> None:
     limits = relay_limits(ReachConfig(relay_max_reservations=5, relay_max_circuits_per_peer=2,
                                       relay_reservation_seconds=600))
     assert (limits.max_reservations, limits.max_circuit_conns, limits.reservation_ttl) == (5, 2, 600)
-    assert (limits.duration, limits.data) == (0, 0)
+    assert (limits.duration, limits.data) == (0, NO_DATA_CAP)
