@@ -5,6 +5,7 @@ A study goes each way, byte-exact, with receipts, and the relay's metrics show t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,22 @@ def test_study_both_ways_through_a_relay(mesh: MeshDemo, tmp_path: Path) -> None
     assert m["meshnode_relay_circuits_total"] >= 1
     assert m["meshnode_relay_bytes_total"] > size  # every study byte crossed the relay (as ciphertext)
     assert m["meshnode_relay_refused_uncertified_total"] == 0
+
+
+def test_relayed_address_through_a_node_without_role_relay_is_not_dialled(mesh: MeshDemo) -> None:
+    """B's signed record names C, an ordinary node, as its relay: A refuses to dial C for it (the directory
+    says C's certificate has no role relay), so C never hears of A, and A's delivery says why."""
+    nodes = mesh.setup([("a", "RGT", "Org A"), ("c", "RAJ", "Org C")])
+    a, c = nodes["a"], nodes["c"]
+    b = mesh.identity.add_node("b", "RJ1", "Org B", listen="/ip4/127.0.0.1/tcp/0")
+    forged = f"{c.addr}/p2p-circuit/p2p/{b.peer_id}"
+    mesh.ws.run("meshnode", "directory", "register", "--home", str(b.home), "--addr", forged, "--json")
+    study, _files = mesh.generate_and_ingest(a, 2, rows=64, columns=64)
+    manifest = mesh.share(a, study, ["RJ1"])
+
+    def refused() -> bool:
+        row = next(r for r in mesh.cli(a, "outbox") if r["manifest_id"] == manifest)
+        return "role relay" in json.dumps(row)
+
+    mesh.wait_for(refused, 60, "A's delivery to refuse the forged relay")
+    assert a.peer_id not in json.dumps(mesh.cli(c, "peers"))
