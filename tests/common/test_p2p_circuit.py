@@ -11,6 +11,7 @@ import pytest
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as CircuitPeerId
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import StopMessage
 from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID
@@ -18,9 +19,10 @@ from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_ms
 from libp2p.tools.anyio_service import background_trio_service
 
 from common.p2p.circuit import CircuitReceiver, reserve, split_circuit_addr
-from common.p2p.dial import connect
+from common.p2p.dial import connect, parse_peer_addr
 from common.p2p.host import listen_multiaddrs, running_host
 from common.p2p.paths import is_relayed
+from common.p2p.tuning import BufferedTCP
 from meshnode.node.reach_config import ReachConfig
 from meshnode.node.relay_service import CertifiedRelay
 from protocol.errors import LocalProtocolError, UnavailableError
@@ -107,3 +109,18 @@ async def test_circuit_refused_from_a_peer_that_is_not_our_relay() -> None:
 def test_malformed_circuit_addresses_refused(addr: str) -> None:
     with pytest.raises(LocalProtocolError):
         split_circuit_addr(addr)
+
+
+@pytest.mark.trio
+async def test_dial_with_source_port_obeys_the_dial_gate() -> None:
+    """py-libp2p's TCP transport has a second way to dial, `dial_with_source` (used by DCUtR hole punching,
+    binding the listen port), which the gate did not guard: a swarm `dial_addr(..., source=...)` reached
+    any address."""
+    async with running_host(bytes([4]) * 32, LOOPBACK) as a, running_host(bytes([5]) * 32, LOOPBACK) as b:
+        target = parse_peer_addr(listen_multiaddrs(b)[0])
+        manager = getattr(a.get_network(), "transport_manager")  # noqa: B009 - not in INetworkService
+        gate = next(t for t in manager.get_transports() if isinstance(t, BufferedTCP))
+        with pytest.raises(BaseLibp2pError):
+            await a.get_network().dial_addr(target.addrs[0], target.peer_id, ("127.0.0.1", 0))
+        assert not a.get_network().get_connections(b.get_id())
+        assert gate.refused_dials >= 1  # the swarm retries
