@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 
 import pytest
 import trio
@@ -187,7 +186,8 @@ async def test_hole_punching_refused_for_an_unauthorised_peer() -> None:
 @pytest.mark.parametrize("limit", ["relay_max_circuits", "relay_max_circuits_per_peer"])
 async def test_circuit_limits_refuse_the_excess(limit: str) -> None:
     """One circuit allowed (in all, or to one reserved peer): a second host's circuit to B is refused."""
-    reach = replace(ReachConfig(relay_service=True), **{limit: 1})
+    reach = (ReachConfig(relay_service=True, relay_max_circuits=1) if limit == "relay_max_circuits"
+             else ReachConfig(relay_service=True, relay_max_circuits_per_peer=1))
     async with mesh(reach) as (relay, r, a, b), running_host(bytes([6]) * 32, LOOPBACK) as c:
         circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
         await connect(a, circuit, timeout=10)
