@@ -69,6 +69,12 @@ def test_study_both_ways_through_a_relay(mesh: MeshDemo, tmp_path: Path) -> None
     assert m["meshnode_relay_bytes_total"] > size  # every study byte crossed the relay (as ciphertext)
     assert m["meshnode_relay_refused_uncertified_total"] == 0
 
+    # B's certificate revoked: the relay drops its reservation at the new roster and refuses it again
+    d.revoke(b)
+    d.publish_roster()
+    mesh.wait_for(lambda: relay_metrics(url).get("meshnode_relay_reservations_active") == 0, 60,
+                  "the revoked node's reservation dropped")
+
 
 def test_relayed_address_through_a_node_without_role_relay_is_not_dialled(mesh: MeshDemo) -> None:
     """B's signed record names C, an ordinary node, as its relay: A refuses to dial C for it (the directory
