@@ -196,3 +196,28 @@ async def test_circuit_limits_refuse_the_excess(limit: str) -> None:
             await connect(c, circuit, timeout=10)
         assert relay.counters.circuits_total == 1 and relay.counters.refused_circuits >= 1
         assert is_relayed(a, b.get_id())  # the first circuit is untouched
+
+
+@pytest.mark.trio
+async def test_one_circuit_ending_leaves_the_others_to_the_same_peer() -> None:
+    """py-libp2p's relay indexes circuits by peer ID: when A's circuit to B ended it closed the streams
+    filed under B, which were C's circuit to B by then."""
+    async with mesh() as (relay, r, a, b), running_host(bytes([6]) * 32, LOOPBACK) as c:
+        circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+        await connect(a, circuit, timeout=10)
+        await connect(c, listen_multiaddrs(r)[0], timeout=10)
+        await connect(c, circuit, timeout=10)
+        with trio.fail_after(20):
+            while relay.circuits_active < 2:
+                await trio.sleep(0.1)
+        await a.disconnect(b.get_id())
+        with trio.fail_after(20):
+            while relay.circuits_active > 1:
+                await trio.sleep(0.1)
+        stream = await c.new_stream(b.get_id(), [ECHO])
+        await stream.write(PAYLOAD)
+        echoed = b""
+        with trio.fail_after(20):
+            while len(echoed) < len(PAYLOAD):
+                echoed += await stream.read(65536)
+        assert echoed == PAYLOAD
