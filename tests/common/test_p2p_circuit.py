@@ -1,0 +1,223 @@
+"""Circuits through a relay with real py-libp2p hosts on 127.0.0.1: common.p2p.circuit (reserve, dial_circuit,
+CircuitReceiver), common.p2p.dial.connect on a relayed address, common.p2p.paths.is_relayed; the relay is
+meshnode.node.relay_service.CertifiedRelay (every host here counts as certified)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL_ID
+from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as CircuitPeerId
+from libp2p.relay.circuit_v2.pb.circuit_pb2 import StopMessage
+from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID
+from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
+from libp2p.tools.anyio_service import background_trio_service
+
+from common.p2p.circuit import CircuitReceiver, reserve, split_circuit_addr
+from common.p2p.dial import connect, parse_peer_addr
+from common.p2p.dial_gate import dial_gate
+from common.p2p.hole_punch import GatedDCUtR
+from common.p2p.host import listen_multiaddrs, running_host
+from common.p2p.paths import connection_is_relayed, is_relayed
+from common.p2p.tuning import BufferedTCP
+from meshnode.node.reach_config import ReachConfig
+from meshnode.node.relay_service import CertifiedRelay
+from protocol.errors import LocalProtocolError, UnavailableError
+
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+ECHO = TProtocol("/test/echo/1.0.0")
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+async def _echo(stream: INetStream) -> None:
+    received = b""
+    while len(received) < len(PAYLOAD):
+        received += await stream.read(65536)
+    await stream.write(received)
+    await stream.close()
+
+
+@asynccontextmanager
+async def mesh(reach: ReachConfig | None = None) -> AsyncIterator[tuple[CertifiedRelay, IHost, IHost, IHost]]:
+    """A relay, a private host B reserved on it (accepting circuits from it only), and a host A."""
+    async with running_host(bytes([1]) * 32, LOOPBACK) as r, running_host(bytes([2]) * 32, LOOPBACK) as a, \
+            running_host(bytes([3]) * 32, LOOPBACK) as b:
+        relay = CertifiedRelay(r, reach or ReachConfig(relay_service=True), lambda _pid: True)
+        receiver = CircuitReceiver(b, frozenset({r.get_id()}))
+        async with background_trio_service(relay), background_trio_service(receiver):
+            await relay.event_started.wait()
+            await receiver.event_started.wait()
+            b.set_stream_handler(ECHO, _echo)
+            relay_addr = listen_multiaddrs(r)[0]
+            await connect(b, relay_addr, timeout=10)
+            assert await reserve(b, r.get_id(), timeout=10) > trio.current_time()
+            await connect(a, relay_addr, timeout=10)
+            yield relay, r, a, b
+
+
+@pytest.mark.trio
+async def test_circuit_carries_streams_and_is_the_peers_connection() -> None:
+    async with mesh() as (relay, r, a, b):
+        circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+        assert await connect(a, circuit, timeout=10) == b.get_id()
+        assert is_relayed(a, b.get_id()) and is_relayed(b, a.get_id())
+        assert not is_relayed(a, r.get_id())
+        assert len(a.get_network().get_connections(b.get_id())) == 1
+        stream = await a.new_stream(b.get_id(), [ECHO])
+        await stream.write(PAYLOAD)
+        echoed = b""
+        with trio.fail_after(20):
+            while len(echoed) < len(PAYLOAD):
+                echoed += await stream.read(65536)
+        assert echoed == PAYLOAD
+        assert relay.counters.circuits_total == 1
+        assert relay.counters.relayed_bytes > 2 * len(PAYLOAD)  # both ways, plus Noise and Yamux framing
+
+
+@pytest.mark.trio
+async def test_circuit_needs_a_connected_relay() -> None:
+    async with mesh() as (_relay, r, a, b):
+        await a.disconnect(r.get_id())
+        circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+        with pytest.raises(UnavailableError, match="not connected to the relay"):
+            await connect(a, circuit, timeout=5)
+
+
+@pytest.mark.trio
+async def test_circuit_refused_from_a_peer_that_is_not_our_relay() -> None:
+    """A connected host posing as a relay (a STOP stream to B claiming a circuit from some peer) is reset
+    unread: B accepts circuits only from the relays it reserved on."""
+    async with mesh() as (_relay, _r, a, b):
+        await connect(a, listen_multiaddrs(b)[0], timeout=10)
+        claimed = StopMessage(type=StopMessage.CONNECT, peer=CircuitPeerId(id=a.get_id().to_bytes()))
+        with trio.fail_after(10), pytest.raises(Exception):  # noqa: B017 - reset, EOF: any refusal
+            stream = await a.new_stream(b.get_id(), [STOP_PROTOCOL_ID])
+            await write_delimited_msg(stream, claimed)
+            await read_delimited_msg(stream, StopMessage)
+        assert not is_relayed(b, a.get_id())
+
+
+@pytest.mark.parametrize("addr", [
+    "/ip4/127.0.0.1/tcp/1/p2p-circuit/p2p/12D3KooWAaYVakMyznsMrUbM1TPKUnduj2tCfQiM6zujqQmepeqr",
+    "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWAaYVakMyznsMrUbM1TPKUnduj2tCfQiM6zujqQmepeqr/p2p-circuit/p2p-circuit",
+    "/ip4/127.0.0.1/tcp/1/p2p/notapeer/p2p-circuit",
+    "/p2p/12D3KooWAaYVakMyznsMrUbM1TPKUnduj2tCfQiM6zujqQmepeqr/p2p-circuit",
+])
+def test_malformed_circuit_addresses_refused(addr: str) -> None:
+    with pytest.raises(LocalProtocolError):
+        split_circuit_addr(addr)
+
+
+@pytest.mark.trio
+async def test_dial_with_source_port_obeys_the_dial_gate() -> None:
+    """py-libp2p's TCP transport has a second way to dial, `dial_with_source` (used by DCUtR hole punching,
+    binding the listen port), which the gate did not guard: a swarm `dial_addr(..., source=...)` reached
+    any address."""
+    async with running_host(bytes([4]) * 32, LOOPBACK) as a, running_host(bytes([5]) * 32, LOOPBACK) as b:
+        target = parse_peer_addr(listen_multiaddrs(b)[0])
+        manager = getattr(a.get_network(), "transport_manager")  # noqa: B009 - not in INetworkService
+        gate = next(t for t in manager.get_transports() if isinstance(t, BufferedTCP))
+        with pytest.raises(BaseLibp2pError):
+            await a.get_network().dial_addr(target.addrs[0], target.peer_id, ("127.0.0.1", 0))
+        assert not a.get_network().get_connections(b.get_id())
+        assert gate.refused_dials >= 1  # the swarm retries
+
+
+@pytest.mark.trio
+async def test_hole_punching_upgrades_a_relayed_connection_to_direct() -> None:
+    async with mesh() as (relay, r, a, b):
+        punch_a = GatedDCUtR(a, lambda _pid: True)
+        punch_b = GatedDCUtR(b, lambda _pid: True)
+        async with background_trio_service(punch_a), background_trio_service(punch_b):
+            await punch_a.event_started.wait()
+            await punch_b.event_started.wait()
+            circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+            await connect(a, circuit, timeout=10)
+            assert is_relayed(a, b.get_id())
+            def direct_only(host: IHost, peer: IHost) -> bool:
+                live = [c for c in host.get_network().get_connections(peer.get_id()) if not c.is_closed]
+                return bool(live) and not any(connection_is_relayed(c) for c in live)
+
+            with trio.fail_after(30):  # punched, verified, and the relayed connection closed after its grace
+                while not (direct_only(a, b) and direct_only(b, a)):
+                    await trio.sleep(0.2)
+            stream = await a.new_stream(b.get_id(), [ECHO])
+            await stream.write(PAYLOAD)
+            echoed = b""
+            with trio.fail_after(20):
+                while len(echoed) < len(PAYLOAD):
+                    echoed += await stream.read(65536)
+            assert echoed == PAYLOAD
+            assert direct_only(a, b)
+            with trio.fail_after(20):  # the relay notices the circuit closed (py-libp2p retries a failed read)
+                while relay.circuits_active:
+                    await trio.sleep(0.2)
+            assert relay.counters.circuits_total == 1
+            assert punch_a.upgraded + punch_b.upgraded >= 1
+
+
+@pytest.mark.trio
+async def test_hole_punching_refused_for_an_unauthorised_peer() -> None:
+    """B does not count A as certified: A's hole-punch stream is reset unread, and B dials none of the
+    addresses A could name (the dial-gate exception needs a relayed connection and a valid certificate)."""
+    async with mesh() as (_relay, r, a, b):
+        punch_b = GatedDCUtR(b, lambda _pid: False)
+        async with background_trio_service(punch_b):
+            await punch_b.event_started.wait()
+            await connect(a, f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}", timeout=10)
+            with trio.fail_after(10), pytest.raises(Exception):  # noqa: B017 - reset in negotiation or on read
+                stream = await a.new_stream(b.get_id(), [DCUTR_PROTOCOL_ID])
+                await stream.write(b"\x02\x08\x64")
+                await stream.read(1)
+            a_addr = parse_peer_addr(listen_multiaddrs(a)[0]).addrs[0]
+            await punch_b._dial_peer(a.get_id(), a_addr)
+            assert punch_b.refused >= 2
+            assert is_relayed(b, a.get_id())
+            assert dial_gate(b) is not None and not dial_gate(b).permits(a_addr)  # type: ignore[union-attr]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("limit", ["relay_max_circuits", "relay_max_circuits_per_peer"])
+async def test_circuit_limits_refuse_the_excess(limit: str) -> None:
+    """One circuit allowed (in all, or to one reserved peer): a second host's circuit to B is refused."""
+    reach = (ReachConfig(relay_service=True, relay_max_circuits=1) if limit == "relay_max_circuits"
+             else ReachConfig(relay_service=True, relay_max_circuits_per_peer=1))
+    async with mesh(reach) as (relay, r, a, b), running_host(bytes([6]) * 32, LOOPBACK) as c:
+        circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+        await connect(a, circuit, timeout=10)
+        await connect(c, listen_multiaddrs(r)[0], timeout=10)
+        with pytest.raises(UnavailableError, match="RESOURCE_LIMIT_EXCEEDED|NO_RESERVATION"):
+            await connect(c, circuit, timeout=10)
+        assert relay.counters.circuits_total == 1 and relay.counters.refused_circuits >= 1
+        assert is_relayed(a, b.get_id())  # the first circuit is untouched
+
+
+@pytest.mark.trio
+async def test_one_circuit_ending_leaves_the_others_to_the_same_peer() -> None:
+    """py-libp2p's relay indexes circuits by peer ID: when A's circuit to B ended it closed the streams
+    filed under B, which were C's circuit to B by then."""
+    async with mesh() as (relay, r, a, b), running_host(bytes([6]) * 32, LOOPBACK) as c:
+        circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+        await connect(a, circuit, timeout=10)
+        await connect(c, listen_multiaddrs(r)[0], timeout=10)
+        await connect(c, circuit, timeout=10)
+        with trio.fail_after(20):
+            while relay.circuits_active < 2:
+                await trio.sleep(0.1)
+        await a.disconnect(b.get_id())
+        with trio.fail_after(20):
+            while relay.circuits_active > 1:
+                await trio.sleep(0.1)
+        stream = await c.new_stream(b.get_id(), [ECHO])
+        await stream.write(PAYLOAD)
+        echoed = b""
+        with trio.fail_after(20):
+            while len(echoed) < len(PAYLOAD):
+                echoed += await stream.read(65536)
+        assert echoed == PAYLOAD
