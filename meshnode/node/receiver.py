@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 #: Called with each newly accepted manifest and the time its announcement arrived.
 ManifestHook = Callable[[Signed[Manifest], float], Awaitable[None]]
+#: A manifest signed by this node's own org, offered by a node of it (meshnode.node.replication.accept):
+#: (announcer peer, announcer org, manifest, its raw bytes) -> its ID.
+SiblingHook = Callable[[str, str, Signed[Manifest], bytes], Awaitable[CID]]
 
 
 #: Manifests whose block order is kept decoded for availability queries.
@@ -37,6 +40,9 @@ class Receiver:
         self.on_accepted = on_accepted
         self.on_recalled = on_recalled
         self._orders: OrderedDict[CID, tuple[CID, ...]] = OrderedDict()
+        #: several nodes per organisation: set by the runtime (meshnode.node.replication); None refuses
+        #: this org's own manifests as before
+        self.sibling: SiblingHook | None = None
 
     async def accept_announce(self, peer_id: str, manifest_raw: bytes, cert_raw: bytes) -> CID:
         """Verify and record an announced manifest; raises the MeshError to send back on refusal."""
@@ -49,6 +55,8 @@ class Receiver:
             sender_cert = open_document(cert_raw, Certificate)
             verify_manifest(signed, sender_cert, ctx.roster(), now, skew=ctx.config.clock_skew)
             manifest = signed.document
+            if self.sibling is not None and manifest.sender_org == ctx.org == announcer.org_code:
+                return await self.sibling(peer_id, announcer.org_code, signed, manifest_raw)  # a sibling's copy
             if announcer.org_code != manifest.sender_org:
                 if announcer.org_code not in manifest.recipients:
                     raise WrongOrganisationError(
