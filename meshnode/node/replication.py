@@ -82,8 +82,16 @@ class Replication:
                                                payload)])
         log.info("receipt for %s to be passed on to the other nodes of %s", manifest_id, self.ctx.org)
 
+    async def recalled(self, manifest_id: CID, recall_raw: bytes) -> None:
+        """A recall this node signed (of a manifest it or a sibling signed), to the siblings (durable, retried;
+        meshnode.node.receiver records it there)."""
+        if self.deliveries is not None:
+            await self.deliveries.driver.enqueue([(DeliveryKey(DeliveryKind.RECALL, manifest_id, self.ctx.org),
+                                                   recall_raw)])
+
     # -- a sibling --------------------------------------------------------------------
-    async def accept(self, peer_id: str, announcer_org: str, signed: Signed[Manifest], manifest_raw: bytes) -> CID:
+    async def accept(self, peer_id: str, announcer_org: str, signed: Signed[Manifest], manifest_raw: bytes,
+                     cert_raw: bytes) -> CID:
         """A sibling's manifest (verified by the receiver): stored as the org's sent manifest; copied by mode."""
         ctx = self.ctx
         manifest = signed.document
@@ -96,7 +104,7 @@ class Replication:
             return manifest_id  # offered again (a retried delivery), or this node's own
         row = ManifestRow(manifest_id, manifest.study_uid, "sent", manifest.sender_org, manifest.revision,
                           advance(Side.SENDER, None, ManifestEvent.SIGNED), manifest.created_at,
-                          manifest.expires_at, manifest_raw, manifest.recipients)
+                          manifest.expires_at, manifest_raw, manifest.recipients, cert_raw)
         await ctx.db.run(lambda s: s.save_manifest(row, manifest.block_order()))
         copying = copies(self.scope, manifest.priority)
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "sibling-manifest", actor=peer_id,

@@ -163,6 +163,7 @@ class Node:
         self.receiver.sibling = self.replication.accept
         self.sender.on_shared = self.replication.offer
         self.sender.on_receipt = self.replication.receipt_taken
+        self.sender.on_recall = self.replication.recalled
         self.gateway = Gateway(ctx, self.sender)
         self.sender.research = ResearchShares(ctx, ctx.home.path, self.sender.share_study, self._store_copy)
         await self.sender.research.recover()  # shares a stop left half-made: recorded failed (nothing announced)

@@ -44,6 +44,8 @@ class Sender:
         #: receipt ID)
         self.on_shared: Callable[[Signed[Manifest]], Awaitable[None]] | None = None
         self.on_receipt: Callable[[CID, bytes, bytes, CID], Awaitable[None]] | None = None
+        #: a recall this node signed, to the siblings (manifest ID, the signed recall)
+        self.on_recall: Callable[[CID, bytes], Awaitable[None]] | None = None
 
     async def share(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
                     lifetime_s: int = DEFAULT_LIFETIME_S, *, origin: str | None = None, attention: str = "",
@@ -222,4 +224,6 @@ class Sender:
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "recall", actor=ctx.peer_id, actor_org=ctx.org,
                                    study=hash_uid(row.study_uid), manifest_id=str(manifest_id),
                                    detail=reason[:300]))
+        if self.on_recall is not None:
+            await self.on_recall(manifest_id, recall.encode())
         return recall
