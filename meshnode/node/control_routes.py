@@ -192,7 +192,12 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                                          "served": served.get(org, {"blocks": 0, "bytes": 0}),
                                          # the org's verified report of its PACS forward (None until one came)
                                          "pacs_forward": forward_json(reports[org]) if org in reports else None}
-                                   for org, r in per_org.items()},
+                                   for org, r in per_org.items()}
+                    # a sibling's manifest (meshnode.node.replication): no deliveries here, its receipts are
+                    | {org: {"delivery": None, "state": None, "status": "delivered", "attempts": 0, "last_error": "",
+                             "receipt_verified": True, "served": served.get(org, {"blocks": 0, "bytes": 0}),
+                             "pacs_forward": forward_json(reports[org]) if org in reports else None}
+                       for org in receipts if org not in per_org},
                     "request": answered.get(str(row.manifest_id)),
                 })
             return out
