@@ -182,6 +182,8 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                 receipts = store.receipts(row.manifest_id)
                 reports = store.forward_reports(row.manifest_id)
                 per_org = _current_delivery(stored_deliveries(store, row.manifest_id))
+                # the offer to this org's other nodes (meshnode.node.replication) is no recipient: shown apart
+                siblings = per_org.pop(ctx.org, None)
                 out.append({
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state.value,
                     "revision": row.revision, "created_at": iso(row.created_at),
@@ -199,6 +201,9 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                              "pacs_forward": forward_json(reports[org]) if org in reports else None}
                        for org in receipts if org not in per_org},
                     "request": answered.get(str(row.manifest_id)),
+                    "siblings": None if siblings is None else {"state": siblings.state.value,
+                                                               "attempts": siblings.attempts,
+                                                               "last_error": siblings.last_error},
                 })
             return out
 

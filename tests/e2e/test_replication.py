@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from meshnode.control.client import ControlClient
 from meshnode.demo.mesh import MeshDemo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -44,3 +45,9 @@ def test_a_study_is_served_and_receipted_by_the_other_sender_node(mesh: MeshDemo
 
     mesh.start(s1)  # back: s2's delivery passes r's receipt on
     mesh.wait_for(lambda: mesh.delivered(s1, manifest, ["RJ1"]), 180, "r's receipt at s1 after its restart")
+    # the offer to s2 is shown apart from the recipients, at either node
+    for node in (s1, s2):
+        row = next(r for r in ControlClient(node.home).call("GET", "/outbox") if r["manifest_id"] == manifest)
+        assert set(row["recipients"]) == {"RJ1"}
+    row = next(r for r in ControlClient(s1.home).call("GET", "/outbox") if r["manifest_id"] == manifest)
+    assert row["siblings"]["state"] == "delivered"
