@@ -9,6 +9,7 @@ who copy its blocks, so that any of them serves the study, takes its receipts an
   received study for staff to act on twice; `sender_peer` says which node signed it), and its blocks are
   copied from the sibling that offered it when [replication] mode covers its priority
   (protocol.replication.copies). A sibling copy sends no receipt.
+- `resume`: after a restart, the sibling copies not finished are queued again (from the signing node).
 - `copy`: the blocks not yet on disk, asked of the sibling under the manifest in requests of at most
   MAX_REQUEST_BLOCKS, each checked against its CID and made durable before it is recorded present.
   protocol.access lets the sibling answer (requester, holder and signer one org).
@@ -39,7 +40,7 @@ from protocol.exchange_messages import (
     ReceiptDelivery,
     encode_request,
 )
-from protocol.lifecycle import ManifestEvent, Side, advance
+from protocol.lifecycle import ManifestEvent, ManifestState, Side, advance
 from protocol.manifest import Manifest
 from protocol.outbox import DeliveryKey, DeliveryKind
 from protocol.replication import ReplicationScope, copies, is_sibling
@@ -119,7 +120,33 @@ class Replication:
                 log.warning("sibling copy of %s not queued: %d waiting already", manifest_id, QUEUE_SIZE)
         return manifest_id
 
+    async def resume(self) -> int:
+        """After a restart: queue the sibling copies (live, covered by mode) whose blocks are not all on disk,
+        from the node that signed them; returns how many."""
+        ctx = self.ctx
+        now = ctx.clock()
+
+        rows = await ctx.db.run(lambda s: [r for r in s.manifests("sent")
+                                           if r.state is not ManifestState.RECALLED and r.expires_at >= now])
+        candidates = []
+        for row in rows:  # decoded here, on the node's loop (the manifest cache is not the database thread's)
+            manifest = ctx.manifests.open(row.manifest_id, row.raw).document
+            if manifest.sender_peer != ctx.peer_id and copies(self.scope, manifest.priority):
+                candidates.append((row.manifest_id, manifest.sender_peer, manifest.block_order()))
+
+        def unfinished(store: MetadataStore) -> list[tuple[CID, str]]:
+            return [(m, peer) for m, peer, order in candidates if len(store.present_blocks(order)) < len(set(order))]
+
+        pending = await ctx.db.run(unfinished) if candidates else []
+        for item in pending:
+            try:
+                self._send.send_nowait(item)
+            except trio.WouldBlock:
+                log.warning("sibling copy of %s not resumed: %d waiting already", item[0], QUEUE_SIZE)
+        return len(pending)
+
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.resume()
         task_status.started()
         async for manifest_id, holder in self._receive:  # (never closed: keep_running may restart this)
             try:
@@ -145,6 +172,8 @@ class Replication:
         order = list(ctx.manifests.open(row.manifest_id, row.raw).document.block_order())
         present = await ctx.db.run(lambda s: s.present_blocks(order))
         missing = [c for c in order if c not in present]
+        if not missing:
+            return 0
         await self.link.ensure_peer_id(holder)
         copied = 0
         for i in range(0, len(missing), MAX_REQUEST_BLOCKS):

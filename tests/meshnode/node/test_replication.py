@@ -171,3 +171,21 @@ async def test_a_recall_relayed_by_another_org_changes_nothing_at_a_sibling(
         await deliver(mesh, s2, r, RECALL_PROTOCOL, payload)
     row = s2.store.manifest(signed.cid)
     assert row is not None and row.state is not ManifestState.RECALLED
+
+
+async def test_an_interrupted_copy_resumes_after_a_restart(autojump_clock: MockClock, mesh: MemoryMesh,
+                                                           study: str) -> None:
+    s1, s2 = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52)
+    mesh.add("r", "RJ1", 51)
+    sibling(mesh, s2)  # accepts the offer; its copier never runs (the node stops before)
+    signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+    await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())
+    assert s2.store.present_blocks(signed.document.block_order()) == set()
+    restarted = sibling(mesh, s2)
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        nursery.start_soon(restarted.run)
+        with trio.fail_after(600):
+            assert await restarted.wait_copied(signed.cid) == len(signed.document.block_order())
+        nursery.cancel_scope.cancel()
+    assert await sibling(mesh, s2).resume() == 0  # nothing left to copy
