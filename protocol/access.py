@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from protocol.lifecycle import ManifestState
+from protocol.replication import is_sibling
 
 #: Manifest states (protocol.lifecycle) in which a manifest is never served.
 DEAD_STATES = frozenset({ManifestState.FAILED, ManifestState.RECALLED})
@@ -86,12 +87,17 @@ def entitled(share: Share, requester_org: str) -> bool:
     return requester_org in share.recipients and requester_org != share.sender_org
 
 
-def decide(share: Share | None, requester_org: str, now: float, *, unlisted: int = 0) -> Verdict:
+def decide(share: Share | None, requester_org: str, now: float, *, unlisted: int = 0,
+           own_org: str = "") -> Verdict:
     """May `requester_org` ask this node about the manifest (rules 1-3)? `share` is None when the node has
-    not received it; `unlisted` counts the requested blocks the manifest does not list."""
+    not received it; `unlisted` counts the requested blocks the manifest does not list.
+
+    `own_org` (this node's org) opens one more door, the sibling path (protocol.replication): a node of
+    the org that signed the manifest, asking a node of that same org, may copy it (rules 2 and 3 still
+    apply). Without it (the default) the rules are as above."""
     if share is None:
         return Verdict.UNKNOWN_MANIFEST
-    if not entitled(share, requester_org):
+    if not entitled(share, requester_org) and not is_sibling(own_org, requester_org, share.sender_org):
         return Verdict.NOT_ENTITLED
     if unlisted:
         return Verdict.UNLISTED
@@ -109,7 +115,7 @@ def servable(share: Share, own_org: str, obtained: bool) -> bool:
 def may_serve(share: Share | None, own_org: str, requester_org: str, now: float, *, listed: bool,
               obtained: bool) -> bool:
     """The whole rule for one block."""
-    return (decide(share, requester_org, now, unlisted=0 if listed else 1).allowed
+    return (decide(share, requester_org, now, unlisted=0 if listed else 1, own_org=own_org).allowed
             and share is not None and servable(share, own_org, obtained))
 
 

@@ -58,6 +58,9 @@ class DeliveryKind(str, Enum):
     RECEIPT = "receipt"
     RECALL = "recall"
     FORWARD_REPORT = "forward-report"  # item: the report's own CID (each report its own delivery)
+    #: a recipient's receipt passed on to the other nodes of the sender org (protocol.replication); item: the
+    #: receipt's own CID, org: this node's own
+    SIBLING_RECEIPT = "sibling-receipt"
 
 
 @dataclass(frozen=True, order=True)

@@ -182,6 +182,8 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                 receipts = store.receipts(row.manifest_id)
                 reports = store.forward_reports(row.manifest_id)
                 per_org = _current_delivery(stored_deliveries(store, row.manifest_id))
+                # the offer to this org's other nodes (meshnode.node.replication) is no recipient: shown apart
+                siblings = per_org.pop(ctx.org, None)
                 out.append({
                     "manifest_id": str(row.manifest_id), "study_uid": row.study_uid, "state": row.state.value,
                     "revision": row.revision, "created_at": iso(row.created_at),
@@ -192,8 +194,16 @@ def routes(node: Node) -> dict[tuple[str, str], Handler]:
                                          "served": served.get(org, {"blocks": 0, "bytes": 0}),
                                          # the org's verified report of its PACS forward (None until one came)
                                          "pacs_forward": forward_json(reports[org]) if org in reports else None}
-                                   for org, r in per_org.items()},
+                                   for org, r in per_org.items()}
+                    # a sibling's manifest (meshnode.node.replication): no deliveries here, its receipts are
+                    | {org: {"delivery": None, "state": None, "status": "delivered", "attempts": 0, "last_error": "",
+                             "receipt_verified": True, "served": served.get(org, {"blocks": 0, "bytes": 0}),
+                             "pacs_forward": forward_json(reports[org]) if org in reports else None}
+                       for org in receipts if org not in per_org},
                     "request": answered.get(str(row.manifest_id)),
+                    "siblings": None if siblings is None else {"state": siblings.state.value,
+                                                               "attempts": siblings.attempts,
+                                                               "last_error": siblings.last_error},
                 })
             return out
 

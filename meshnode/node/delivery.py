@@ -50,6 +50,7 @@ from protocol.errors import (
 )
 from protocol.delivery_policy import DeliveryPolicy
 from protocol.document import open_document
+from protocol.exchange_messages import decode_receipt_delivery
 from protocol.forward_report import ForwardReport
 from protocol.lifecycle import ManifestEvent, ManifestState
 from protocol.outbox import (
@@ -249,6 +250,9 @@ class NodeTransport:
         if key.kind is DeliveryKind.FORWARD_REPORT:
             await self._forward_report(wire, sessions, payload)
             return
+        if key.kind is DeliveryKind.SIBLING_RECEIPT:
+            await self._sibling_receipt(wire, sessions, payload)
+            return
         row = await self.ctx.db.run(lambda s: s.manifest(key.item))
         if row is None:
             raise NotFoundError(f"manifest {key.item} is not stored any more")
@@ -256,12 +260,23 @@ class NodeTransport:
             if payload is None:
                 raise DocumentError("a queued receipt without its document")
             peer_id = self.ctx.manifests.open(row.manifest_id, row.raw).document.sender_peer
-            await sessions.ensure_peer_id(peer_id)
-            await wire.deliver_receipt(peer_id, payload)
+            try:
+                await sessions.ensure_peer_id(peer_id)
+                await wire.deliver_receipt(peer_id, payload)
+            except Exception as exc:
+                failure = classify(exc)
+                if failure is None or failure.permanent:
+                    raise
+                # the node that signed it is down (patched, say): another node of its org that holds the
+                # manifest takes it and passes it on (meshnode.node.replication)
+                if not await self._receipt_to_sibling(wire, sessions, row.sender_org, peer_id, payload):
+                    raise
             return
         if key.kind is DeliveryKind.RECALL and payload is None:
             raise DocumentError("a queued recall without its document")
         peers = await sessions.org_peers(key.org)
+        if not peers and key.org == self.ctx.org:
+            return  # a manifest offered to this node's siblings (meshnode.node.replication): it has none
         if not peers:
             raise UnavailableError(f"no reachable node of {key.org}")
         accepted, errors = 0, []
@@ -292,3 +307,49 @@ class NodeTransport:
         peer_id = self.ctx.manifests.open(row.manifest_id, row.raw).document.sender_peer
         await sessions.ensure_peer_id(peer_id)
         await wire.deliver_forward_report(peer_id, payload)
+
+    async def _receipt_to_sibling(self, wire: Wire, sessions: Sessions, sender_org: str, sender_peer: str,
+                                  payload: bytes) -> bool:
+        """Our receipt to another node of the sender org (the one that signed the manifest is unreachable);
+        True once one took it. A node that does not hold the manifest refuses it (NotFoundError): next."""
+        try:
+            peers = await sessions.org_peers(sender_org)
+        except MeshError as exc:
+            log.info("no other node of %s for a receipt: %s", sender_org, exc)
+            return False
+        for peer in peers:
+            if peer.peer_id == sender_peer:
+                continue
+            try:
+                await sessions.ensure(peer)
+                await wire.deliver_receipt(peer.peer_id, payload)
+            except Exception as exc:
+                failure = classify(exc)
+                if failure is None:
+                    raise
+                log.info("receipt to %s (%s) instead of %s: %s", peer.peer_id, sender_org, sender_peer, failure.error)
+                continue
+            log.info("receipt taken by %s, another node of %s (%s unreachable)", peer.peer_id, sender_org, sender_peer)
+            return True
+        return False
+
+    async def _sibling_receipt(self, wire: Wire, sessions: Sessions, payload: bytes | None) -> None:
+        """A recipient's receipt this node took, to every other node of this org (each holding the manifest
+        records it; one that does not refuses it with NotFoundError, which is as good as taken)."""
+        if payload is None:
+            raise DocumentError("a queued sibling receipt without its document")
+        delivery = decode_receipt_delivery(payload)
+        errors = []
+        for peer in await sessions.org_peers(self.ctx.org):
+            try:
+                await sessions.ensure(peer)
+                await wire.deliver_receipt(peer.peer_id, delivery.receipt, delivery.certificate)
+            except NotFoundError:
+                continue
+            except Exception as exc:  # this sibling is down: retried later (the others have it)
+                failure = classify(exc)
+                if failure is None or failure.permanent:
+                    raise
+                errors.append(f"{peer.peer_id}: {failure.error}")
+        if errors:
+            raise UnavailableError("; ".join(errors)[:500])

@@ -73,7 +73,7 @@ async def authorise_manifest_access(
 
         row, revisions, unlisted, present, obtained = await ctx.db.run(lookup)
         share = share_of(row, revisions) if row is not None else None
-        verdict = decide(share, cert.org_code, now, unlisted=len(unlisted))
+        verdict = decide(share, cert.org_code, now, unlisted=len(unlisted), own_org=own_org)
         if row is None or share is None or not verdict.allowed:
             raise UnauthorisedError(REFUSAL)
         return Access(cert, row, share, frozenset(c for c in present if servable(share, own_org, c in obtained)))

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 #: Called with each newly accepted manifest and the time its announcement arrived.
 ManifestHook = Callable[[Signed[Manifest], float], Awaitable[None]]
+#: A manifest signed by this node's own org, offered by a node of it (meshnode.node.replication.accept):
+#: (announcer peer, announcer org, manifest, its raw bytes, its signer's certificate) -> its ID.
+SiblingHook = Callable[[str, str, Signed[Manifest], bytes, bytes], Awaitable[CID]]
 
 
 #: Manifests whose block order is kept decoded for availability queries.
@@ -37,6 +40,9 @@ class Receiver:
         self.on_accepted = on_accepted
         self.on_recalled = on_recalled
         self._orders: OrderedDict[CID, tuple[CID, ...]] = OrderedDict()
+        #: several nodes per organisation: set by the runtime (meshnode.node.replication); None refuses
+        #: this org's own manifests as before
+        self.sibling: SiblingHook | None = None
 
     async def accept_announce(self, peer_id: str, manifest_raw: bytes, cert_raw: bytes) -> CID:
         """Verify and record an announced manifest; raises the MeshError to send back on refusal."""
@@ -49,6 +55,8 @@ class Receiver:
             sender_cert = open_document(cert_raw, Certificate)
             verify_manifest(signed, sender_cert, ctx.roster(), now, skew=ctx.config.clock_skew)
             manifest = signed.document
+            if self.sibling is not None and manifest.sender_org == ctx.org == announcer.org_code:
+                return await self.sibling(peer_id, announcer.org_code, signed, manifest_raw, cert_raw)  # a copy
             if announcer.org_code != manifest.sender_org:
                 if announcer.org_code not in manifest.recipients:
                     raise WrongOrganisationError(
@@ -119,7 +127,7 @@ class Receiver:
     async def accept_recall(self, peer_id: str, recall_raw: bytes, cert_raw: bytes) -> None:
         ctx = self.ctx
         now = ctx.clock()
-        ctx.peers.authorise(peer_id, now)
+        deliverer = ctx.peers.authorise(peer_id, now)
         signed = open_document(recall_raw, Recall)
         verify_recall(signed, open_document(cert_raw, Certificate), ctx.roster(), now, skew=ctx.config.clock_skew)
         recall = signed.document
@@ -133,6 +141,9 @@ class Receiver:
                                        actor_org=recall.sender_org, manifest_id=str(recall.manifest_id),
                                        detail=f"before it arrived; {recall.action.value}: {recall.reason}"[:300]))
             return
+        if row.direction == "sent" and recall.sender_org == row.sender_org == ctx.org == deliverer.org_code:
+            await self._sibling_recall(peer_id, row, recall)  # another node of this org recalled it
+            return
         if row.direction != "received":
             raise NotFoundError("no such received manifest")
         if row.sender_org != recall.sender_org:
@@ -145,3 +156,17 @@ class Receiver:
                                    manifest_id=str(recall.manifest_id),
                                    detail=f"{recall.action.value}: {recall.reason}"[:300]))
         await self.on_recalled(recall.manifest_id)
+
+    async def _sibling_recall(self, peer_id: str, row: ManifestRow, recall: Recall) -> None:
+        """Another node of this org recalled a manifest this org sent (protocol.recall: any node of the sender
+        org may): recorded here too, so that this node stops announcing and serving it."""
+        ctx = self.ctx
+        if row.state is ManifestState.RECALLED:
+            return
+        await ctx.db.run(lambda s: node_lifecycle.move(s, recall.manifest_id, ManifestEvent.RECALLED))
+        await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "sibling-recall", actor=peer_id,
+                                   actor_org=recall.sender_org, study=hash_uid(row.study_uid),
+                                   manifest_id=str(recall.manifest_id),
+                                   detail=f"recalled by another node of {ctx.org}; {recall.action.value}:"
+                                          f" {recall.reason}"[:300]))
+        log.info("manifest %s recalled by another node of %s", recall.manifest_id, ctx.org)

@@ -40,6 +40,7 @@ from meshnode.node.org_fetcher import OrgFetcher
 from meshnode.node.fetcher import Fetcher
 from meshnode.node.limits import PeerLimits
 from meshnode.node.peer_link import Libp2pLink
+from meshnode.node.replication import Replication
 from meshnode.node.peers import PeerRegistry
 from meshnode.node.reach import Reach
 from meshnode.node.receiver import Receiver
@@ -161,6 +162,13 @@ class Node:
         self.fetcher = Fetcher(ctx, link, self._completed, self._verification_failed)
         self.org_fetcher = OrgFetcher(ctx, link, self.fetcher)  # which node of this org fetches a study
         self.transport.connect(self.wire, self.sessions)
+        # several nodes per organisation, the sender's side (docs/operators.md, "High availability")
+        self.replication = Replication(ctx, Libp2pLink(self.wire, self.sessions), ctx.config.replication.mode.value,
+                                       self.deliveries)
+        self.receiver.sibling = self.replication.accept
+        self.sender.on_shared = self.replication.offer
+        self.sender.on_receipt = self.replication.receipt_taken
+        self.sender.on_recall = self.replication.recalled
         self.gateway = Gateway(ctx, self.sender)
         self.sender.research = ResearchShares(ctx, ctx.home.path, self.sender.share_study, self._store_copy)
         await self.sender.research.recover()  # shares a stop left half-made: recorded failed (nothing announced)
@@ -205,6 +213,7 @@ class Node:
                 nursery.start_soon(keep_running, "deliveries", self.deliveries.run)
                 nursery.start_soon(keep_running, "fetcher", self.fetcher.run)
                 nursery.start_soon(keep_running, "org fetcher", self.org_fetcher.run)
+                nursery.start_soon(keep_running, "sibling copies", self.replication.run)
                 await self._resume(nursery)
                 log.info("node %s (%s) running on %s", ctx.peer_id, ctx.org, ", ".join(addrs))
                 task_status.started(addrs)
@@ -483,7 +492,7 @@ class Node:
 
     async def _delivery_failed(self, record: DeliveryRecord[DeliveryKey]) -> None:
         key = record.key
-        if key.kind is not DeliveryKind.ANNOUNCE:
+        if key.kind is not DeliveryKind.ANNOUNCE or key.org == self.ctx.org:  # (an offer to the siblings)
             return
         row = await self.ctx.db.run(lambda s: s.manifest(key.item))
         if row is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from meshnode.study.manifest_builder import build_manifest
 from meshnode.node import lifecycle as node_lifecycle
@@ -39,6 +39,13 @@ class Sender:
         self.deliveries = deliveries
         #: research shares (a de-identified copy): set by the runtime once the gateway's intake exists
         self.research: ResearchShares | None = None
+        #: several nodes per organisation (meshnode.node.replication): a signed manifest offered to the
+        #: siblings; a recipient's receipt passed on to them (manifest ID, receipt, its signer's certificate,
+        #: receipt ID)
+        self.on_shared: Callable[[Signed[Manifest]], Awaitable[None]] | None = None
+        self.on_receipt: Callable[[CID, bytes, bytes, CID], Awaitable[None]] | None = None
+        #: a recall this node signed, to the siblings (manifest ID, the signed recall)
+        self.on_recall: Callable[[CID, bytes], Awaitable[None]] | None = None
 
     async def share(self, study_uid: str, to: Sequence[str], priority: Priority, purpose: Purpose,
                     lifetime_s: int = DEFAULT_LIFETIME_S, *, origin: str | None = None, attention: str = "",
@@ -137,13 +144,15 @@ class Sender:
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "share", actor=ctx.peer_id, actor_org=ctx.org,
                                    study=hash_uid(study_uid), manifest_id=str(manifest_id),
                                    detail=f"{priority.value} {purpose.value} to {','.join(recipients)}"))
+        if self.on_shared is not None:
+            await self.on_shared(signed)
         return signed
 
     async def accept_receipt(self, peer_id: str, receipt_raw: bytes, cert_raw: bytes) -> None:
         """A recipient's signed receipt: the study is delivered to that org only once it verifies."""
         ctx = self.ctx
         now = ctx.clock()
-        ctx.peers.authorise(peer_id, now)
+        deliverer = ctx.peers.authorise(peer_id, now)
         signed = open_document(receipt_raw, Receipt)
         verify_receipt(signed, open_document(cert_raw, Certificate), ctx.roster(), now, skew=ctx.config.clock_skew)
         receipt = signed.document
@@ -165,6 +174,8 @@ class Sender:
                                    manifest_id=str(receipt.manifest_id),
                                    detail=f"signed receipt for {receipt.instances_verified} instance(s)"))
         log.info("manifest %s delivered to %s (receipt verified)", receipt.manifest_id, receipt.recipient_org)
+        if self.on_receipt is not None and deliverer.org_code != ctx.org:  # from the recipient: tell the siblings
+            await self.on_receipt(receipt.manifest_id, receipt_raw, cert_raw, signed.cid)
         await ctx.events.publish(StudyEvent(StudyEventKind.DELIVERED, str(receipt.manifest_id), row.study_uid,
                                             receipt.recipient_org, manifest.priority.value, "sent",
                                             instances=receipt.instances_verified))
@@ -213,4 +224,6 @@ class Sender:
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "recall", actor=ctx.peer_id, actor_org=ctx.org,
                                    study=hash_uid(row.study_uid), manifest_id=str(manifest_id),
                                    detail=reason[:300]))
+        if self.on_recall is not None:
+            await self.on_recall(manifest_id, recall.encode())
         return recall

@@ -543,9 +543,11 @@ class Wire:
             raise reply.to_error()
         return reply.bitmap
 
-    async def deliver_receipt(self, peer_id: str, receipt: bytes) -> None:
-        raw = await self._call(peer_id, RECEIPT_PROTOCOL,
-                               encode_request(ReceiptDelivery(receipt, self.ctx.certificate.encode())))
+    async def deliver_receipt(self, peer_id: str, receipt: bytes, certificate: bytes | None = None) -> None:
+        """Deliver a receipt; `certificate`: its signer's, when passing a recipient's receipt on to a sibling
+        (meshnode.node.replication; default: this node's own, as the recipient)."""
+        cert = certificate if certificate is not None else self.ctx.certificate.encode()
+        raw = await self._call(peer_id, RECEIPT_PROTOCOL, encode_request(ReceiptDelivery(receipt, cert)))
         reply = decode_ack_reply(raw)
         if isinstance(reply, Refused):
             raise reply.to_error()

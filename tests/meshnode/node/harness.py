@@ -258,6 +258,8 @@ class MemoryLink:
 
     async def ensure_peer_id(self, peer_id: str) -> None:
         own = self._own()
+        if peer_id not in self.mesh.nodes:  # a node taken out of the mesh (stopped): a dial to it fails
+            raise RemoteProtocolError(f"no route to {peer_id}")
         if own.ctx.peers.certificate_of(peer_id) is not None:
             return
         reply = decode_hello_reply(await self._ask(peer_id, HELLO_PROTOCOL,

@@ -1,0 +1,200 @@
+"""Several nodes of one organisation, the sender's side: a manifest this node signs reaches its siblings,
+who copy its blocks, so that any of them serves the study, takes its receipts and may recall it.
+
+- `offer`: after a share, the manifest is announced to this node's own org (a durable delivery of the
+  node's retry queue, meshnode.node.delivery: kind announce, org = this org); NodeTransport announces it to
+  every sibling the directory lists (none listed: nothing to do).
+- `accept`: a sibling's signed manifest (meshnode.node.receiver hands it here when announcer, manifest
+  signer and this node are all of one org) is stored as this org's own *sent* manifest (never as a
+  received study for staff to act on twice; `sender_peer` says which node signed it), and its blocks are
+  copied from the sibling that offered it when [replication] mode covers its priority
+  (protocol.replication.copies). A sibling copy sends no receipt.
+- `resume`: after a restart, the sibling copies not finished are queued again (from the signing node).
+- `copy`: the blocks not yet on disk, asked of the sibling under the manifest in requests of at most
+  MAX_REQUEST_BLOCKS, each checked against its CID and made durable before it is recorded present.
+  protocol.access lets the sibling answer (requester, holder and signer one org).
+- `receipt_taken`: a receipt this node took from a recipient is passed on to its siblings (a durable
+  delivery, kind sibling-receipt), so the node that signed the manifest shows it when it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshnode.node.context import NodeContext
+from meshnode.node.peer_link import PeerLink
+from meshnode.storage.audit import AuditEvent, EventCode
+from meshnode.storage.metadata import MetadataStore
+from meshnode.storage.records import ManifestRow, hash_uid
+from protocol.cid import CID
+from protocol.document import Signed
+from protocol.errors import MeshError, WrongOrganisationError
+from protocol.exchange_messages import (
+    MAX_REQUEST_BLOCKS,
+    BlockData,
+    BlockRequest,
+    ReceiptDelivery,
+    encode_request,
+)
+from protocol.lifecycle import ManifestEvent, ManifestState, Side, advance
+from protocol.manifest import Manifest
+from protocol.outbox import DeliveryKey, DeliveryKind
+from protocol.replication import ReplicationScope, copies, is_sibling
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from meshnode.node.delivery import Deliveries
+
+log = logging.getLogger(__name__)
+
+#: Sibling copies waiting for the copier (more are dropped and logged: the sibling still holds them).
+QUEUE_SIZE = 1024
+
+
+class Replication:
+    def __init__(self, ctx: NodeContext, link: PeerLink, scope: ReplicationScope | str,
+                 deliveries: Deliveries | None = None) -> None:
+        self.ctx = ctx
+        self.link = link
+        self.scope = ReplicationScope(scope)
+        self.deliveries = deliveries
+        self._send, self._receive = trio.open_memory_channel[tuple[CID, str]](QUEUE_SIZE)
+        #: manifests whose copy finished (this run): blocks copied per manifest
+        self.copied: dict[CID, int] = {}
+        self._copied_event = trio.Event()
+
+    # -- the signing node -------------------------------------------------------------
+    async def offer(self, signed: Signed[Manifest]) -> None:
+        """Queue the announcement of a manifest this node signed to its siblings (durable, retried)."""
+        if self.deliveries is not None:
+            await self.deliveries.announce(signed.cid, [self.ctx.org])
+
+    async def receipt_taken(self, manifest_id: CID, receipt_raw: bytes, cert_raw: bytes, receipt_id: CID) -> None:
+        """A recipient's receipt this node verified: passed on to the siblings (durable, retried)."""
+        if self.deliveries is None:
+            return
+        payload = encode_request(ReceiptDelivery(receipt_raw, cert_raw))
+        await self.deliveries.driver.enqueue([(DeliveryKey(DeliveryKind.SIBLING_RECEIPT, receipt_id, self.ctx.org),
+                                               payload)])
+        log.info("receipt for %s to be passed on to the other nodes of %s", manifest_id, self.ctx.org)
+
+    async def recalled(self, manifest_id: CID, recall_raw: bytes) -> None:
+        """A recall this node signed (of a manifest it or a sibling signed), to the siblings (durable, retried;
+        meshnode.node.receiver records it there)."""
+        if self.deliveries is not None:
+            await self.deliveries.driver.enqueue([(DeliveryKey(DeliveryKind.RECALL, manifest_id, self.ctx.org),
+                                                   recall_raw)])
+
+    # -- a sibling --------------------------------------------------------------------
+    async def accept(self, peer_id: str, announcer_org: str, signed: Signed[Manifest], manifest_raw: bytes,
+                     cert_raw: bytes) -> CID:
+        """A sibling's manifest (verified by the receiver): stored as the org's sent manifest; copied by mode."""
+        ctx = self.ctx
+        manifest = signed.document
+        if not is_sibling(ctx.org, announcer_org, manifest.sender_org):
+            raise WrongOrganisationError(f"a node of {announcer_org} offered {manifest.sender_org}'s manifest"
+                                         f" as a copy for {ctx.org}")
+        manifest_id = signed.cid
+        known = await ctx.db.run(lambda s: s.manifest(manifest_id))
+        if known is not None:
+            return manifest_id  # offered again (a retried delivery), or this node's own
+        row = ManifestRow(manifest_id, manifest.study_uid, "sent", manifest.sender_org, manifest.revision,
+                          advance(Side.SENDER, None, ManifestEvent.SIGNED), manifest.created_at,
+                          manifest.expires_at, manifest_raw, manifest.recipients, cert_raw)
+        await ctx.db.run(lambda s: s.save_manifest(row, manifest.block_order()))
+        copying = copies(self.scope, manifest.priority)
+        await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "sibling-manifest", actor=peer_id,
+                                   actor_org=announcer_org, study=hash_uid(manifest.study_uid),
+                                   manifest_id=str(manifest_id),
+                                   detail=f"{manifest.priority.value}, signed by {manifest.sender_peer};"
+                                          f" {'copying' if copying else 'not copied'} ({self.scope.value})"))
+        if copying:
+            try:
+                self._send.send_nowait((manifest_id, peer_id))
+            except trio.WouldBlock:
+                log.warning("sibling copy of %s not queued: %d waiting already", manifest_id, QUEUE_SIZE)
+        return manifest_id
+
+    async def resume(self) -> int:
+        """After a restart: queue the sibling copies (live, covered by mode) whose blocks are not all on disk,
+        from the node that signed them; returns how many."""
+        ctx = self.ctx
+        now = ctx.clock()
+
+        rows = await ctx.db.run(lambda s: [r for r in s.manifests("sent")
+                                           if r.state is not ManifestState.RECALLED and r.expires_at >= now])
+        candidates = []
+        for row in rows:  # decoded here, on the node's loop (the manifest cache is not the database thread's)
+            manifest = ctx.manifests.open(row.manifest_id, row.raw).document
+            if manifest.sender_peer != ctx.peer_id and copies(self.scope, manifest.priority):
+                candidates.append((row.manifest_id, manifest.sender_peer, manifest.block_order()))
+
+        def unfinished(store: MetadataStore) -> list[tuple[CID, str]]:
+            return [(m, peer) for m, peer, order in candidates if len(store.present_blocks(order)) < len(set(order))]
+
+        pending = await ctx.db.run(unfinished) if candidates else []
+        for item in pending:
+            try:
+                self._send.send_nowait(item)
+            except trio.WouldBlock:
+                log.warning("sibling copy of %s not resumed: %d waiting already", item[0], QUEUE_SIZE)
+        return len(pending)
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.resume()
+        task_status.started()
+        async for manifest_id, holder in self._receive:  # (never closed: keep_running may restart this)
+            try:
+                n = await self.copy(manifest_id, holder)
+            except MeshError as exc:
+                log.warning("sibling copy of %s from %s stopped: %s", manifest_id, holder, exc)
+                continue
+            self.copied[manifest_id] = n
+            self._copied_event.set()
+            self._copied_event = trio.Event()
+
+    async def wait_copied(self, manifest_id: CID) -> int:
+        while manifest_id not in self.copied:
+            await self._copied_event.wait()
+        return self.copied[manifest_id]
+
+    async def copy(self, manifest_id: CID, holder: str) -> int:
+        """Copy the manifest's blocks not on disk yet from `holder` (a sibling); returns how many were copied."""
+        ctx = self.ctx
+        row = await ctx.db.run(lambda s: s.manifest(manifest_id))
+        if row is None:
+            return 0
+        order = list(ctx.manifests.open(row.manifest_id, row.raw).document.block_order())
+        present = await ctx.db.run(lambda s: s.present_blocks(order))
+        missing = [c for c in order if c not in present]
+        if not missing:
+            return 0
+        await self.link.ensure_peer_id(holder)
+        copied = 0
+        for i in range(0, len(missing), MAX_REQUEST_BLOCKS):
+            batch = tuple(missing[i:i + MAX_REQUEST_BLOCKS])
+            stored: list[tuple[CID, int]] = []
+            async for frame in self.link.fetch_blocks(holder, BlockRequest(manifest_id, batch)):
+                if isinstance(frame, BlockData):
+                    # checked against its CID (BlockCorruptError otherwise) and durable before it is recorded
+                    await ctx.worker.run(partial(ctx.storage.blocks.put, frame.data, frame.cid))
+                    stored.append((frame.cid, len(frame.data)))
+            if stored:
+                await ctx.db.run(partial(_record, stored, int(ctx.clock() * 1000)))
+                copied += len(stored)
+        await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "sibling-copy", actor=holder,
+                                   actor_org=ctx.org, study=hash_uid(row.study_uid), manifest_id=str(manifest_id),
+                                   detail=f"{copied} block(s) copied, {len(order) - len(missing)} on disk already,"
+                                          f" {len(missing) - copied} not served"))
+        log.info("sibling copy of %s from %s: %d block(s)", manifest_id, holder, copied)
+        return copied
+
+
+def _record(blocks: list[tuple[CID, int]], now_ms: int, store: MetadataStore) -> None:
+    """Blocks made durable by a sibling copy, marked present (no provenance: the org signed the manifest)."""
+    store.record_blocks(blocks, now_ms)

@@ -1,0 +1,191 @@
+"""Several nodes per organisation, the sender's side (meshnode.node.replication), in one process over the
+in-memory link: RGT runs s1 (which shares) and s2; RJ1 (r) receives. A sibling copy serves the recipient,
+a receipt taken by s2 reaches s1, and a recall either node signs stops both (any node of the sender org may
+recall: protocol.recall)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from meshnode.node.replication import Replication
+from protocol.document import Signed
+from protocol.errors import NotFoundError
+from protocol.exchange_messages import (
+    RECALL_PROTOCOL,
+    RECEIPT_PROTOCOL,
+    UNAUTHORISED,
+    BlockData,
+    BlockFrame,
+    BlockRequest,
+    RecallDelivery,
+    ReceiptDelivery,
+    Refused,
+    decode_ack_reply,
+    encode_request,
+)
+from protocol.lifecycle import ManifestState
+from protocol.manifest import Manifest, Priority, Purpose
+from protocol.outbox import DeliveryKind
+from protocol.receipt import Receipt
+from tests.meshnode.node.harness import HarnessNode, MemoryLink, MemoryMesh, wait_done
+
+
+def sibling(mesh: MemoryMesh, node: HarnessNode, scope: str = "all") -> Replication:
+    """The node's replication driver, wired as the runtime wires it (deliveries queued, not driven)."""
+    rep = Replication(node.ctx, MemoryLink(mesh, node.peer_id), scope, node.sender.deliveries)
+    node.receiver.sibling = rep.accept
+    node.sender.on_shared = rep.offer
+    node.sender.on_receipt = rep.receipt_taken
+    node.sender.on_recall = rep.recalled
+    return rep
+
+
+async def ask_blocks(holder: HarnessNode, asker: HarnessNode, signed: Signed[Manifest]) -> list[BlockFrame]:
+    frames: list[BlockFrame] = []
+
+    async def write(frame: BlockFrame) -> None:
+        frames.append(frame)
+
+    cids = tuple(signed.document.block_order()[:8])
+    await holder.wire.answer_blocks(asker.peer_id, encode_request(BlockRequest(signed.cid, cids)), write)
+    return frames
+
+
+async def deliver(mesh: MemoryMesh, to: HarnessNode, by: HarnessNode, protocol_id: str, payload: bytes) -> None:
+    """`by` delivers a receipt or recall to `to` (certificates exchanged first, as on a connection)."""
+    await mesh.hello(by, to)
+    reply = decode_ack_reply(await to.wire.answer(protocol_id, by.peer_id, payload))
+    if isinstance(reply, Refused):
+        raise reply.to_error()
+
+
+def receipt(r: HarnessNode, signed: Signed[Manifest]) -> bytes:
+    return Receipt(signed.cid, r.org, r.peer_id, len(signed.document.instances), int(r.ctx.clock())).sign(r.key).encode()
+
+
+def queued(node: HarnessNode, kind: DeliveryKind) -> list[str]:
+    return [r.key.org for r in node.sender.deliveries.records() if r.key.kind is kind]
+
+
+async def test_a_share_is_offered_to_the_siblings_and_copied_by_mode(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    s1, s2, r = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52), mesh.add("r", "RJ1", 51)
+    sibling(mesh, s1)
+    rep2 = sibling(mesh, s2)
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        nursery.start_soon(rep2.run)
+        signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+        # the offer is a durable delivery to the node's own org, beside the recipient's
+        assert sorted(queued(s1, DeliveryKind.ANNOUNCE)) == ["RGT", "RJ1"]
+        await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())  # what NodeTransport does
+        with trio.fail_after(600):
+            assert await rep2.wait_copied(signed.cid) == len(signed.document.block_order())
+        row = s2.store.manifest(signed.cid)
+        # the org's own sent manifest at s2, never a received study; no receipt for a sibling copy
+        assert row is not None and row.direction == "sent" and row.sender_org == "RGT"
+        assert s2.store.manifests("received") == []
+        assert queued(s2, DeliveryKind.RECEIPT) == []
+        # s1 announces and is gone at once: r completes from s2, each instance verified against its digest
+        await mesh.announce(s1, r, signed)
+        del mesh.nodes[s1.peer_id]
+        await wait_done(r, signed.cid, 600)
+        nursery.cancel_scope.cancel()
+    assert signed.cid in r.completed and len(r.completed[signed.cid]) == len(signed.document.instances)
+    assert s2.peer_id in {q.holder for q in mesh.requests_by(r)}
+
+
+async def test_urgent_mode_copies_urgent_studies_only(autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    s1, s2 = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52)
+    mesh.add("r", "RJ1", 51)
+    rep2 = sibling(mesh, s2, "urgent")
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        nursery.start_soon(rep2.run)
+        routine = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+        await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, routine.encode())
+        stat = await s1.sender.share(study, ["RJ1"], Priority.STAT, Purpose.CARE)
+        await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, stat.encode())
+        with trio.fail_after(600):
+            await rep2.wait_copied(stat.cid)
+        nursery.cancel_scope.cancel()
+    assert routine.cid not in rep2.copied and s2.store.manifest(routine.cid) is not None
+    assert s2.store.present_blocks(stat.document.block_order()) == set(stat.document.block_order())
+
+
+async def test_a_receipt_taken_by_a_sibling_is_passed_on_once(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    s1, s2, r = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52), mesh.add("r", "RJ1", 51)
+    sibling(mesh, s1)
+    sibling(mesh, s2)
+    signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+    await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())
+    raw = receipt(r, signed)
+    # s1 is down: r's receipt goes to s2, which records it and queues it for its siblings
+    await deliver(mesh, s2, r, RECEIPT_PROTOCOL, encode_request(ReceiptDelivery(raw, r.ctx.certificate.encode())))
+    assert "RJ1" in s2.store.receipts(signed.cid)
+    assert queued(s2, DeliveryKind.SIBLING_RECEIPT) == ["RGT"]
+    # s1 back: s2's delivery brings it the recipient's receipt with the recipient's certificate
+    await deliver(mesh, s1, s2, RECEIPT_PROTOCOL, encode_request(ReceiptDelivery(raw, r.ctx.certificate.encode())))
+    assert "RJ1" in s1.store.receipts(signed.cid)
+    assert queued(s1, DeliveryKind.SIBLING_RECEIPT) == []  # from a sibling: not passed on again
+
+
+async def test_any_node_of_the_sender_org_may_recall(autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    s1, s2, r = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52), mesh.add("r", "RJ1", 51)
+    sibling(mesh, s1)
+    sibling(mesh, s2)
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+        await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())
+        await mesh.announce(s1, r, signed)
+        await wait_done(r, signed.cid, 600)
+        nursery.cancel_scope.cancel()
+    recall = await s2.sender.recall(signed.cid, "wrong patient")
+    assert sorted(queued(s2, DeliveryKind.RECALL)) == ["RGT", "RJ1"]
+    payload = encode_request(RecallDelivery(recall.encode(), s2.ctx.certificate.encode()))
+    await deliver(mesh, r, s2, RECALL_PROTOCOL, payload)
+    row = r.store.manifest(signed.cid)
+    assert row is not None and row.state is ManifestState.RECALLED
+    # the node that signed it records its sibling's recall and stops serving it
+    assert any(isinstance(f, BlockData) for f in await ask_blocks(s1, r, signed))
+    await deliver(mesh, s1, s2, RECALL_PROTOCOL, payload)
+    s1_row = s1.store.manifest(signed.cid)
+    assert s1_row is not None and s1_row.state is ManifestState.RECALLED
+    assert await ask_blocks(s1, r, signed) == [UNAUTHORISED]
+
+
+async def test_a_recall_relayed_by_another_org_changes_nothing_at_a_sibling(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """s1's signed recall, handed to s2 by the recipient (not a node of RGT): s2 keeps its copy live."""
+    s1, s2, r = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52), mesh.add("r", "RJ1", 51)
+    sibling(mesh, s2, "nothing")
+    signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+    await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())
+    recall = await s1.sender.recall(signed.cid, "wrong patient")
+    payload = encode_request(RecallDelivery(recall.encode(), s1.ctx.certificate.encode()))
+    with pytest.raises(NotFoundError):
+        await deliver(mesh, s2, r, RECALL_PROTOCOL, payload)
+    row = s2.store.manifest(signed.cid)
+    assert row is not None and row.state is not ManifestState.RECALLED
+
+
+async def test_an_interrupted_copy_resumes_after_a_restart(autojump_clock: MockClock, mesh: MemoryMesh,
+                                                           study: str) -> None:
+    s1, s2 = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52)
+    mesh.add("r", "RJ1", 51)
+    sibling(mesh, s2)  # accepts the offer; its copier never runs (the node stops before)
+    signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+    await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())
+    assert s2.store.present_blocks(signed.document.block_order()) == set()
+    restarted = sibling(mesh, s2)
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        nursery.start_soon(restarted.run)
+        with trio.fail_after(600):
+            assert await restarted.wait_copied(signed.cid) == len(signed.document.block_order())
+        nursery.cancel_scope.cancel()
+    assert await sibling(mesh, s2).resume() == 0  # nothing left to copy
