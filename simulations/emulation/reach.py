@@ -15,6 +15,7 @@ processes and the namespaces (with them their veths, iptables rules and qdiscs) 
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 RELAY_KIND = "relay"
 NODE_KIND = "acute-trust"
+RECEIPT_TIMEOUT = 300.0
+POLL = 0.25
 CHECK_PORT = 7411  # the plain TCP checks' port (nothing else listens in these namespaces before the nodes)
 
 
@@ -142,3 +145,69 @@ def punch(a: Placement, b: Placement, a_public: str, b_public: str, port: int, s
         answers.append(out.strip().splitlines()[-1] if out.strip() else f"no answer (exit {proc.returncode})")
     log.debug("punch took %.1f s: %s", time.monotonic() - started, answers)
     return answers
+
+
+@dataclass(frozen=True)
+class Sent:
+    study: str
+    manifest: str
+    files: list[Path]
+    seconds: float  # from POST /share to the verified receipt seen in the sender's outbox
+
+
+def ingest_and_share(cluster: Cluster, sender: NodeProc, recipient: NodeProc, folder: Path,
+                     timeout: float = RECEIPT_TIMEOUT) -> Sent:
+    """Ingest the DICOM files in `folder` at `sender`, share the study with `recipient`'s organisation (urgent)
+    and wait (polling its outbox, bounded) for the recipient's verified receipt at the sender."""
+    import pydicom
+
+    files = sorted(folder.rglob("*.dcm"))
+    ingested = json.loads(str(cluster.cli(sender, "ingest", str(folder), "--no-progress", "--json")))
+    if ingested.get("instances") != len(files):
+        raise UnavailableError(f"{sender.org} ingested {ingested.get('instances')} of {len(files)} instances")
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    started = time.monotonic()
+    shared = cluster.call(sender, "POST", "/share", {"study": study, "to": [recipient.org], "priority": "urgent"})
+    if not isinstance(shared, dict):
+        raise UnavailableError("POST /share did not answer an object")
+    manifest = str(shared["manifest_id"])
+    deadline = started + timeout
+    while not receipt_verified(cluster, sender, manifest, recipient.org):
+        if time.monotonic() > deadline:
+            raise UnavailableError(f"no verified receipt from {recipient.org} at {sender.org} within {timeout:g} s")
+        time.sleep(POLL)  # polling a real process's visible state, bounded by the deadline
+    return Sent(study, manifest, files, time.monotonic() - started)
+
+
+def receipt_verified(cluster: Cluster, sender: NodeProc, manifest: str, org: str) -> bool:
+    rows = cluster.call(sender, "GET", "/outbox")
+    if not isinstance(rows, list):
+        raise UnavailableError("GET /outbox did not answer a list")
+    row = next((r for r in rows if isinstance(r, dict) and r.get("manifest_id") == manifest), None)
+    return row is not None and bool(row["recipients"].get(org, {}).get("receipt_verified"))
+
+
+def exported_bytes(cluster: Cluster, node: NodeProc, study: str, out: Path) -> list[bytes]:
+    """The study's DICOM files as `node` exports them (byte-exact export), sorted."""
+    cluster.cli(node, "export", study, str(out))
+    return sorted(p.read_bytes() for p in out.rglob("*.dcm"))
+
+
+def link_bytes(place: Placement, dev: str = "eth0") -> int:
+    """Bytes received plus sent on `dev` in a placement's namespace (the kernel's counters)."""
+    out = subprocess.run([*place.prefix, "ip", "-j", "-s", "link", "show", dev], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])
+
+
+def tcp_peers(place: Placement) -> set[str]:
+    """Remote IPv4 addresses of the established TCP connections in a placement's namespace (`ss`)."""
+    out = subprocess.run([*place.prefix, "ss", "-Htn", "state", "established"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    peers = set()
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            peers.add(fields[-1].rsplit(":", 1)[0])
+    return peers
