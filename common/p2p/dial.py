@@ -10,6 +10,12 @@ peer for 60 s in the swarm's negative cache.
 The addresses given to ``connect`` are the only ones the host may dial
 (common.p2p.dial_gate): callers pass addresses from verified, signed
 address records (or the configured directory), never ones a peer told us.
+
+A relayed address (``<relay>/p2p/<relay ID>/p2p-circuit/p2p/<peer ID>``) is
+dialled through a relay the host is already connected to (common.p2p.circuit):
+the caller connects to the relay first, and checks it may serve as one (the
+node: its certificate has role relay). The circuit becomes the swarm's one
+connection to the peer.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from libp2p.abc import IHost, INetwork
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from multiaddr import Multiaddr
 
+from common.p2p.circuit import dial_circuit, is_circuit_addr, split_circuit_addr
 from common.p2p.dial_gate import dial_gate
 from common.p2p.host import parse_multiaddr
-from protocol.errors import LocalProtocolError, UnavailableError
+from protocol.errors import LocalProtocolError, MeshError, UnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +81,19 @@ async def connect(host: IHost, peer: str | PeerInfo, *, timeout: float) -> ID:
     gate = dial_gate(host)
     if gate is not None:  # these, and only these, may now be dialled (see common.p2p.dial_gate)
         for addr in info.addrs:
-            gate.permit(addr)
+            if not is_circuit_addr(addr):  # a circuit goes through a relay connected already
+                gate.permit(addr)
 
     failures: list[str] = []
     try:
         with trio.fail_after(timeout):
             for addr in info.addrs:
                 try:
-                    await network.dial_addr(addr, peer_id)
-                except BaseLibp2pError as exc:
+                    if is_circuit_addr(addr):
+                        await _dial_relayed(host, addr, peer_id, timeout)
+                    else:
+                        await network.dial_addr(addr, peer_id)
+                except (BaseLibp2pError, MeshError) as exc:
                     logger.debug("dial %s at %s failed: %r", peer_id, addr, exc)
                     failures.append(f"{addr}: {_describe(exc)}")
                     continue
@@ -93,6 +105,16 @@ async def connect(host: IHost, peer: str | PeerInfo, *, timeout: float) -> ID:
             f"could not connect to {peer_id} within {timeout:g} s"
         ) from None
     raise UnavailableError(f"could not connect to {peer_id}: {'; '.join(failures)}")
+
+
+async def _dial_relayed(host: IHost, addr: Multiaddr, peer_id: ID, timeout: float) -> None:
+    relay_part, relay_id = split_circuit_addr(addr)
+    if relay_id in (peer_id, host.get_id()):
+        raise LocalProtocolError(f"{addr}: a peer cannot be its own relay, nor can we")
+    if not _has_live_connection(host.get_network(), relay_id):
+        raise UnavailableError(f"not connected to the relay {relay_id}: connect to it first")
+    circuit = parse_multiaddr(f"{relay_part}/p2p-circuit/p2p/{peer_id}")
+    await dial_circuit(host, relay_id, peer_id, circuit, timeout=timeout)
 
 
 def _describe(exc: BaseException) -> str:

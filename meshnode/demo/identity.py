@@ -60,7 +60,8 @@ class IdentityDemo:
         return self.ws.run("meshadmin", "roster", "publish", "--dir", self.auth_dir, "--valid-hours", "24",
                            "--directory", self.directory_addr, "--json").json_dict()
 
-    def add_node(self, name: str, org: str, org_name: str, listen: str | None = None) -> Node:
+    def add_node(self, name: str, org: str, org_name: str, listen: str | None = None,
+                 role: str = "acute-trust") -> Node:
         node = Node(name, org, org_name, self.ws.root / name)
         node.addr = listen or f"/ip4/127.0.0.1/tcp/{free_tcp_port()}"
         out = self.ws.run("meshnode", "init", "--home", str(node.home), "--org", org, "--authority-key",
@@ -69,7 +70,7 @@ class IdentityDemo:
         node.peer_id = str(out["peer_id"])
         cert = str(self.ws.root / f"{name}-cert.cbor")
         issued = self.ws.run("meshadmin", "issue", "--dir", self.auth_dir, "--node", node.peer_id,
-                             "--org", org, "--org-name", org_name, "--role", "acute-trust",
+                             "--org", org, "--org-name", org_name, "--role", role,
                              "--out", cert, "--json").json_dict()
         node.serial = str(issued["serial"])
         self.ws.run("meshnode", "certificate", "install", "--home", str(node.home), cert)

@@ -40,6 +40,7 @@ from meshnode.node.fetcher import Fetcher
 from meshnode.node.limits import PeerLimits
 from meshnode.node.peer_link import Libp2pLink
 from meshnode.node.peers import PeerRegistry
+from meshnode.node.reach import Reach
 from meshnode.node.receiver import Receiver
 from meshnode.node.research_share import ResearchShares
 from meshnode.node.sender import Sender
@@ -153,6 +154,8 @@ class Node:
         self.wire = Wire(ctx, host, self.receiver, self.sender,
                          PeerLimits(ctx.config.max_streams_per_peer, ctx.config.max_requests_per_second))
         self.sessions = Sessions(ctx, self.wire)
+        self.reach = Reach(ctx, host, self.wire)  # [reach]: relay service, reservations (ConfigError at start)
+        self.sessions.reach_relay = self.reach.check_relay
         self.fetcher = Fetcher(ctx, Libp2pLink(self.wire, self.sessions), self._completed,
                                self._verification_failed)
         self.transport.connect(self.wire, self.sessions)
@@ -192,6 +195,7 @@ class Node:
                 if ctx.config.http.enabled or ctx.config.http.webhooks or ctx.config.notify.enabled:
                     # DICOMweb, web UI, metrics, health, webhooks, arrival emails
                     self.http_url = await nursery.start(run_web, self)
+                await nursery.start(self.reach.run)
                 listen = [a.rsplit("/p2p/", 1)[0] for a in addrs]
                 nursery.start_soon(keep_running, "directory registration", lambda: self._register_loop(listen))
                 nursery.start_soon(keep_running, "roster refresh", self._roster_loop)
@@ -208,14 +212,22 @@ class Node:
 
     # -- background loops ------------------------------------------------------------------
     async def _register_loop(self, addrs: list[str]) -> None:
+        """Publish the signed address record, again at half its lifetime and whenever the relayed addresses
+        change (meshnode.node.reach: a reservation made or lost)."""
         ctx = self.ctx
         attempts = 0
         while True:
+            changed = self.reach.changed
+            published = self.reach.addresses(addrs)
+            if not published:  # private, no reservation yet: nothing to publish
+                await changed.wait()
+                continue
             try:
-                await ctx.directory.register(ctx.certificate.encode(), ctx.key, tuple(addrs),
+                await ctx.directory.register(ctx.certificate.encode(), ctx.key, published,
                                              ctx.config.address_record_ttl)
                 attempts = 0
-                await trio.sleep(ctx.config.address_record_ttl / 2)
+                with trio.move_on_after(ctx.config.address_record_ttl / 2):
+                    await changed.wait()
             except MeshError as exc:
                 attempts += 1
                 log.warning("cannot register with the directory (attempt %d): %s", attempts, exc)
@@ -266,6 +278,7 @@ class Node:
         before any await) and its connections are closed, ending its block streams."""
         ctx = self.ctx
         dropped = ctx.peers.revalidate(ctx.clock())
+        self.reach.roster_changed()  # a relay drops the reservations of nodes no longer certified
         for peer_id in dropped:
             self.fetcher.peer_lost(peer_id)
         async with trio.open_nursery() as nursery:

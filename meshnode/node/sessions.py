@@ -1,12 +1,15 @@
 """Reach a peer: resolve it through the directory, dial it, exchange certificates once.
 
 Only addresses from verified, live, signed address records (DirectoryClient) are dialled; the
-host refuses to dial anything else (common.p2p.dial_gate).
+host refuses to dial anything else (common.p2p.dial_gate). A relayed address
+(`<relay>/p2p-circuit/p2p/<peer>`) is dialled through its relay once that relay is checked (role relay) and
+connected (meshnode.node.reach.Reach.check_relay).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -15,6 +18,7 @@ from libp2p.peer.id import ID
 from meshnode.directory.client import ResolvedPeer
 from meshnode.node.context import NodeContext
 from meshnode.node.wire import Wire
+from common.p2p.circuit import is_circuit_addr
 from common.p2p.dial import connect, is_connected
 from protocol.certificate import Certificate
 from protocol.errors import MeshError, UnavailableError
@@ -43,6 +47,8 @@ class Sessions:
         self._locks: dict[str, trio.Lock] = {}
         self._resolved: dict[str, tuple[float, list[ResolvedPeer]]] = {}
         self._resolving: dict[str, _Flight] = {}
+        #: checks and connects the relay of a relayed address before the circuit is dialled (meshnode.node.reach)
+        self.reach_relay: Callable[[str], Awaitable[None]] | None = None
 
     async def org_peers(self, org: str) -> list[ResolvedPeer]:
         """Verified nodes of an org other than this one (directory, or its cache when it is down).
@@ -112,8 +118,13 @@ class Sessions:
             if dialled:
                 errors = []
                 for addr in peer.addrs:
+                    full = addr if addr.endswith(f"/p2p/{peer.peer_id}") else f"{addr}/p2p/{peer.peer_id}"
                     try:
-                        await connect(self.wire.host, f"{addr}/p2p/{peer.peer_id}", timeout=DIAL_TIMEOUT)
+                        if is_circuit_addr(full):  # a relayed address: its relay checked and connected first
+                            if self.reach_relay is None:
+                                raise UnavailableError("this node does not dial relayed addresses")
+                            await self.reach_relay(full)
+                        await connect(self.wire.host, full, timeout=DIAL_TIMEOUT)
                         break
                     except MeshError as exc:
                         errors.append(str(exc))

@@ -66,6 +66,8 @@ class MetricsSnapshot:
     forward_failures: dict[str, int] = field(default_factory=dict)  # destination -> count
     extra_gauges: dict[str, float] = field(default_factory=dict)
     emails: dict[str, int] = field(default_factory=dict)  # arrival emails ([notify]): state -> count
+    #: name -> (type, help, value): the relay service and reservations (meshnode.node.reach.Reach.metrics)
+    reach: dict[str, tuple[str, str, float]] = field(default_factory=dict)
 
 
 def _escape(value: str) -> str:
@@ -156,6 +158,8 @@ def render(s: MetricsSnapshot, events: EventMetrics, http_requests: dict[tuple[s
     t.metric("meshnode_http_response_bytes_total", "counter", "HTTP response body bytes by route.",
              [({"route": r}, n) for r, n in sorted(http_bytes.items())])
     t.metric("meshnode_http_auth_failures_total", "counter", "Refused HTTP credentials.", [({}, auth_failures)])
+    for name, (kind, help_text, value) in sorted(s.reach.items()):
+        t.metric(name, kind, help_text, [({}, value)])
     for name, value in sorted(s.extra_gauges.items()):
         t.metric(name, "gauge", name.replace("_", " "), [({}, value)])
     return t.render()

@@ -186,6 +186,7 @@ class NodeView:
             roster_expires_at=roster.document.expires_at if roster else None,
             audit_entries=audit_len, studies=studies, manifests=manifests, webhooks=webhook_counts,
             forward_failures=dict(self.node.gateway.forward_failures),
+            reach=self.node.reach.metrics(),
         )
 
     async def health(self) -> tuple[bool, Row]:
