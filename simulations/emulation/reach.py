@@ -211,3 +211,22 @@ def tcp_peers(place: Placement) -> set[str]:
         if len(fields) >= 4:
             peers.add(fields[-1].rsplit(":", 1)[0])
     return peers
+
+
+def send_in_clear(src: Placement, dst: Placement, path: Path, seconds: float = 60.0) -> int:
+    """Send a file's bytes unencrypted over plain TCP from `src` to `dst` (a control for captures); bytes
+    received."""
+    sink = subprocess.Popen([*dst.prefix, sys.executable, "-m", "simulations.emulation.tcp_check", "sink",
+                             "0.0.0.0", str(CHECK_PORT), str(seconds)], stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert sink.stdout is not None  # Popen with stdout=PIPE
+        if sink.stdout.readline().strip() != "READY":
+            raise UnavailableError("the TCP sink did not start")
+        tcp_check(src, "send", dst.host, str(CHECK_PORT), str(path), str(seconds), timeout=seconds + 10)
+        out, _ = sink.communicate(timeout=seconds)
+        return int(out.strip().splitlines()[-1])
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
