@@ -40,6 +40,10 @@ class DialGate:
         while len(self._permitted) > self.capacity:
             self._permitted.popitem(last=False)
 
+    def forget(self, addr: Multiaddr | str) -> None:
+        """No longer permit an address (the narrow, temporary permissions of common.p2p.hole_punch)."""
+        self._permitted.pop(transport_part(addr), None)
+
     def permits(self, addr: Multiaddr) -> bool:
         return transport_part(addr) in self._permitted
 

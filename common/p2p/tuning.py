@@ -131,12 +131,24 @@ class BufferedTCP(TCP):
         self.permit = permit
         self.refused_dials = 0
 
-    async def dial(self, maddr: Multiaddr) -> IRawConnection:
+    def _check_permitted(self, maddr: Multiaddr) -> None:
         if self.permit is not None and not self.permit(maddr):
             self.refused_dials += 1
             logger.info("not dialling %s: not an address this node was asked to dial", maddr)
             raise OpenConnectionError(f"{maddr} is not an address this node may dial")
+
+    async def dial(self, maddr: Multiaddr) -> IRawConnection:
+        self._check_permitted(maddr)
         conn = await super().dial(maddr)
+        if isinstance(conn, RawConnection):
+            conn.stream = _buffered(conn.stream)
+        return conn
+
+    async def dial_with_source(self, maddr: Multiaddr, source: tuple[str, int]) -> IRawConnection:
+        """The TCP transport's other way to dial (from a given local port: DCUtR hole punching), under the
+        same gate: py-libp2p's Swarm.dial_addr uses it whenever a `source` is given."""
+        self._check_permitted(maddr)
+        conn = await super().dial_with_source(maddr, source)
         if isinstance(conn, RawConnection):
             conn.stream = _buffered(conn.stream)
         return conn

@@ -11,6 +11,8 @@ import pytest
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL_ID
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as CircuitPeerId
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import StopMessage
 from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID
@@ -18,9 +20,12 @@ from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_ms
 from libp2p.tools.anyio_service import background_trio_service
 
 from common.p2p.circuit import CircuitReceiver, reserve, split_circuit_addr
-from common.p2p.dial import connect
+from common.p2p.dial import connect, parse_peer_addr
+from common.p2p.dial_gate import dial_gate
+from common.p2p.hole_punch import GatedDCUtR
 from common.p2p.host import listen_multiaddrs, running_host
-from common.p2p.paths import is_relayed
+from common.p2p.paths import connection_is_relayed, is_relayed
+from common.p2p.tuning import BufferedTCP
 from meshnode.node.reach_config import ReachConfig
 from meshnode.node.relay_service import CertifiedRelay
 from protocol.errors import LocalProtocolError, UnavailableError
@@ -107,3 +112,71 @@ async def test_circuit_refused_from_a_peer_that_is_not_our_relay() -> None:
 def test_malformed_circuit_addresses_refused(addr: str) -> None:
     with pytest.raises(LocalProtocolError):
         split_circuit_addr(addr)
+
+
+@pytest.mark.trio
+async def test_dial_with_source_port_obeys_the_dial_gate() -> None:
+    """py-libp2p's TCP transport has a second way to dial, `dial_with_source` (used by DCUtR hole punching,
+    binding the listen port), which the gate did not guard: a swarm `dial_addr(..., source=...)` reached
+    any address."""
+    async with running_host(bytes([4]) * 32, LOOPBACK) as a, running_host(bytes([5]) * 32, LOOPBACK) as b:
+        target = parse_peer_addr(listen_multiaddrs(b)[0])
+        manager = getattr(a.get_network(), "transport_manager")  # noqa: B009 - not in INetworkService
+        gate = next(t for t in manager.get_transports() if isinstance(t, BufferedTCP))
+        with pytest.raises(BaseLibp2pError):
+            await a.get_network().dial_addr(target.addrs[0], target.peer_id, ("127.0.0.1", 0))
+        assert not a.get_network().get_connections(b.get_id())
+        assert gate.refused_dials >= 1  # the swarm retries
+
+
+@pytest.mark.trio
+async def test_hole_punching_upgrades_a_relayed_connection_to_direct() -> None:
+    async with mesh() as (relay, r, a, b):
+        punch_a = GatedDCUtR(a, lambda _pid: True)
+        punch_b = GatedDCUtR(b, lambda _pid: True)
+        async with background_trio_service(punch_a), background_trio_service(punch_b):
+            await punch_a.event_started.wait()
+            await punch_b.event_started.wait()
+            circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+            await connect(a, circuit, timeout=10)
+            assert is_relayed(a, b.get_id())
+            def direct_only(host: IHost, peer: IHost) -> bool:
+                live = [c for c in host.get_network().get_connections(peer.get_id()) if not c.is_closed]
+                return bool(live) and not any(connection_is_relayed(c) for c in live)
+
+            with trio.fail_after(30):  # punched, verified, and the relayed connection closed after its grace
+                while not (direct_only(a, b) and direct_only(b, a)):
+                    await trio.sleep(0.2)
+            stream = await a.new_stream(b.get_id(), [ECHO])
+            await stream.write(PAYLOAD)
+            echoed = b""
+            with trio.fail_after(20):
+                while len(echoed) < len(PAYLOAD):
+                    echoed += await stream.read(65536)
+            assert echoed == PAYLOAD
+            assert direct_only(a, b)
+            with trio.fail_after(20):  # the relay notices the circuit closed (py-libp2p retries a failed read)
+                while relay.circuits_active:
+                    await trio.sleep(0.2)
+            assert relay.counters.circuits_total == 1
+            assert punch_a.upgraded + punch_b.upgraded >= 1
+
+
+@pytest.mark.trio
+async def test_hole_punching_refused_for_an_unauthorised_peer() -> None:
+    """B does not count A as certified: A's hole-punch stream is reset unread, and B dials none of the
+    addresses A could name (the dial-gate exception needs a relayed connection and a valid certificate)."""
+    async with mesh() as (_relay, r, a, b):
+        punch_b = GatedDCUtR(b, lambda _pid: False)
+        async with background_trio_service(punch_b):
+            await punch_b.event_started.wait()
+            await connect(a, f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}", timeout=10)
+            with trio.fail_after(10), pytest.raises(Exception):  # noqa: B017 - reset in negotiation or on read
+                stream = await a.new_stream(b.get_id(), [DCUTR_PROTOCOL_ID])
+                await stream.write(b"\x02\x08\x64")
+                await stream.read(1)
+            a_addr = parse_peer_addr(listen_multiaddrs(a)[0]).addrs[0]
+            await punch_b._dial_peer(a.get_id(), a_addr)
+            assert punch_b.refused >= 2
+            assert is_relayed(b, a.get_id())
+            assert dial_gate(b) is not None and not dial_gate(b).permits(a_addr)  # type: ignore[union-attr]
