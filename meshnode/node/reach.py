@@ -12,6 +12,8 @@ Started by the runtime with the node's services ([reach] in node.toml, meshnode.
   addresses: `<relay>/p2p-circuit/p2p/<this node>` for each relay holding a slot, after the direct
   listen addresses unless private (then only the relayed ones); `changed` is set when they change, so
   the record is republished. Circuits are accepted only from these relays (common.p2p.circuit).
+- `hole_punching = true` (not on a relay): DCUtR (common.p2p.hole_punch) tries to replace each relayed
+  connection, ours or a peer's, by a direct one; both sides need it on.
 
 AutoNAT. py-libp2p 0.8.1's AutoNAT (libp2p/host/autonat/autonat.py) cannot tell a node behind NAT from a
 public one here: the server answers a dial-back request with `host.connect`, which returns the connection
@@ -37,6 +39,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from common.p2p.circuit import CircuitReceiver, reserve, split_circuit_addr
 from common.p2p.dial import connect, is_connected
+from common.p2p.hole_punch import GatedDCUtR
 from meshnode.node.context import NodeContext
 from meshnode.node.reach_config import Reachability
 from meshnode.node.relay_service import CertifiedRelay, check_relay_role
@@ -68,6 +71,10 @@ class Reach:
             CertifiedRelay(host, self.config, self._authorised) if self.config.relay_service else None)
         self.relays: dict[str, ID] = {addr: split_circuit_addr(f"{addr}/p2p-circuit")[1]
                                       for addr in self.config.relays}
+        #: DCUtR on relayed connections ([reach] hole_punching; a relay has none of its own)
+        self.punch: GatedDCUtR | None = (
+            GatedDCUtR(host, lambda pid: self._authorised(pid.to_base58()))
+            if self.config.hole_punching and not self.config.relay_service else None)
         #: relay address -> when its reservation expires (Unix seconds)
         self.reserved: dict[str, int] = {}
         self.changed = trio.Event()
@@ -102,6 +109,12 @@ class Reach:
         out = self.relay.metrics() if self.relay is not None else {}
         if self.uses_relays:
             out["meshnode_reach_reservations"] = ("gauge", "Relays this node holds a slot on.", len(self.reserved))
+        if self.punch is not None:
+            out["meshnode_reach_hole_punch_upgrades_total"] = (
+                "counter", "Relayed connections replaced by a direct one (DCUtR).", self.punch.upgraded)
+            out["meshnode_reach_hole_punch_refused_total"] = (
+                "counter", "Hole-punch streams or dials refused (no relayed connection or certificate).",
+                self.punch.refused)
         return out
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -111,6 +124,9 @@ class Reach:
                 await self.relay.event_started.wait()
                 log.info("relay service on: %d reservations, %d circuits at most", self.config.relay_max_reservations,
                          self.config.relay_max_circuits)
+            if self.punch is not None:
+                await stack.enter_async_context(background_trio_service(self.punch))
+                await self.punch.event_started.wait()
             if self.uses_relays:
                 receiver = CircuitReceiver(self.host, frozenset(self.relays.values()))
                 await stack.enter_async_context(background_trio_service(receiver))

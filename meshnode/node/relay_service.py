@@ -62,6 +62,16 @@ def relay_limits(reach: ReachConfig) -> RelayLimits:
                        reservation_ttl=reach.relay_reservation_seconds)
 
 
+class _Unindexed(dict[ID, tuple[INetStream, INetStream | None]]):
+    """Stands for CircuitV2Protocol._active_relays, which files each circuit's streams under one peer ID
+    (the source's, then the destination's): with two circuits to one node, the first to end closed the
+    streams filed under that node, the other circuit's. Nothing is filed here; CertifiedRelay._relay_data
+    closes each circuit's own two streams when it ends."""
+
+    def __setitem__(self, key: ID, value: tuple[INetStream, INetStream | None]) -> None:
+        return None
+
+
 @dataclass
 class RelayCounters:
     refused_reservations: int = 0
@@ -86,6 +96,7 @@ class CertifiedRelay(CircuitV2Protocol):
         self.counters = RelayCounters()
         self.circuits_active = 0
         self._connecting: set[int] = set()  # hop streams whose CONNECT is being handled
+        self._active_relays = _Unindexed()
 
     # -- the hooks into CircuitV2Protocol -------------------------------------------------------------
     async def _handle_hop_stream(self, stream: INetStream) -> None:
@@ -146,7 +157,11 @@ class CertifiedRelay(CircuitV2Protocol):
         if id(src_stream) in self._connecting:  # the source's direction of a circuit now established
             self._connecting.discard(id(src_stream))
             self.counters.circuits_total += 1
-        await super()._relay_data(src_stream, dst_stream, peer_id, deadline, circuit_data_limit)
+        try:
+            await super()._relay_data(src_stream, dst_stream, peer_id, deadline, circuit_data_limit)
+        finally:  # one direction ended: the circuit ends (what the library meant to do, see _Unindexed)
+            await self._close_stream(src_stream)
+            await self._close_stream(dst_stream)
 
     async def _handle_stop_stream(self, stream: INetStream) -> None:
         """A relay accepts no circuits through other relays (it is reachable itself): reset unread."""

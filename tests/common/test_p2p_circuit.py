@@ -44,11 +44,11 @@ async def _echo(stream: INetStream) -> None:
 
 
 @asynccontextmanager
-async def mesh() -> AsyncIterator[tuple[CertifiedRelay, IHost, IHost, IHost]]:
+async def mesh(reach: ReachConfig | None = None) -> AsyncIterator[tuple[CertifiedRelay, IHost, IHost, IHost]]:
     """A relay, a private host B reserved on it (accepting circuits from it only), and a host A."""
     async with running_host(bytes([1]) * 32, LOOPBACK) as r, running_host(bytes([2]) * 32, LOOPBACK) as a, \
             running_host(bytes([3]) * 32, LOOPBACK) as b:
-        relay = CertifiedRelay(r, ReachConfig(relay_service=True), lambda _pid: True)
+        relay = CertifiedRelay(r, reach or ReachConfig(relay_service=True), lambda _pid: True)
         receiver = CircuitReceiver(b, frozenset({r.get_id()}))
         async with background_trio_service(relay), background_trio_service(receiver):
             await relay.event_started.wait()
@@ -180,3 +180,44 @@ async def test_hole_punching_refused_for_an_unauthorised_peer() -> None:
             assert punch_b.refused >= 2
             assert is_relayed(b, a.get_id())
             assert dial_gate(b) is not None and not dial_gate(b).permits(a_addr)  # type: ignore[union-attr]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("limit", ["relay_max_circuits", "relay_max_circuits_per_peer"])
+async def test_circuit_limits_refuse_the_excess(limit: str) -> None:
+    """One circuit allowed (in all, or to one reserved peer): a second host's circuit to B is refused."""
+    reach = (ReachConfig(relay_service=True, relay_max_circuits=1) if limit == "relay_max_circuits"
+             else ReachConfig(relay_service=True, relay_max_circuits_per_peer=1))
+    async with mesh(reach) as (relay, r, a, b), running_host(bytes([6]) * 32, LOOPBACK) as c:
+        circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+        await connect(a, circuit, timeout=10)
+        await connect(c, listen_multiaddrs(r)[0], timeout=10)
+        with pytest.raises(UnavailableError, match="RESOURCE_LIMIT_EXCEEDED|NO_RESERVATION"):
+            await connect(c, circuit, timeout=10)
+        assert relay.counters.circuits_total == 1 and relay.counters.refused_circuits >= 1
+        assert is_relayed(a, b.get_id())  # the first circuit is untouched
+
+
+@pytest.mark.trio
+async def test_one_circuit_ending_leaves_the_others_to_the_same_peer() -> None:
+    """py-libp2p's relay indexes circuits by peer ID: when A's circuit to B ended it closed the streams
+    filed under B, which were C's circuit to B by then."""
+    async with mesh() as (relay, r, a, b), running_host(bytes([6]) * 32, LOOPBACK) as c:
+        circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+        await connect(a, circuit, timeout=10)
+        await connect(c, listen_multiaddrs(r)[0], timeout=10)
+        await connect(c, circuit, timeout=10)
+        with trio.fail_after(20):
+            while relay.circuits_active < 2:
+                await trio.sleep(0.1)
+        await a.disconnect(b.get_id())
+        with trio.fail_after(20):
+            while relay.circuits_active > 1:
+                await trio.sleep(0.1)
+        stream = await c.new_stream(b.get_id(), [ECHO])
+        await stream.write(PAYLOAD)
+        echoed = b""
+        with trio.fail_after(20):
+            while len(echoed) < len(PAYLOAD):
+                echoed += await stream.read(65536)
+        assert echoed == PAYLOAD

@@ -23,10 +23,10 @@ def exported(demo: MeshDemo, node_name: str, study: str, out: Path) -> list[byte
     return sorted(p.read_bytes() for p in out.rglob("*.dcm"))
 
 
-def relay_metrics(url: str) -> dict[str, float]:
+def relay_metrics(url: str, prefix: str = "meshnode_relay") -> dict[str, float]:
     text = requests.get(url + "/metrics", timeout=30).text
     return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name.startswith("meshnode_relay")}
+            if s.name.startswith(prefix)}
 
 
 def test_study_both_ways_through_a_relay(mesh: MeshDemo, tmp_path: Path) -> None:
@@ -41,7 +41,8 @@ def test_study_both_ways_through_a_relay(mesh: MeshDemo, tmp_path: Path) -> None
     assert "/p2p/" in relay_addr
     a = d.add_node("a", "RGT", "Org A", listen="/ip4/127.0.0.1/tcp/0")
     b = d.add_node("b", "RJ1", "Org B (behind NAT)", listen="/ip4/127.0.0.1/tcp/0")
-    mesh.configure(b, {"reach.reachability": "private", "reach.relays": [relay_addr]})
+    mesh.configure(b, {"reach.reachability": "private", "reach.relays": [relay_addr], "reach.hole_punching": False})
+    mesh.configure(a, {"reach.hole_punching": False})  # the traffic stays on the relay (upgraded: the next test)
     mesh.start(a)
     mesh.start(b)
     url = http_url(relay)
@@ -68,6 +69,12 @@ def test_study_both_ways_through_a_relay(mesh: MeshDemo, tmp_path: Path) -> None
     assert m["meshnode_relay_bytes_total"] > size  # every study byte crossed the relay (as ciphertext)
     assert m["meshnode_relay_refused_uncertified_total"] == 0
 
+    # B's certificate revoked: the relay drops its reservation at the new roster and refuses it again
+    d.revoke(b)
+    d.publish_roster()
+    mesh.wait_for(lambda: relay_metrics(url).get("meshnode_relay_reservations_active") == 0, 60,
+                  "the revoked node's reservation dropped")
+
 
 def test_relayed_address_through_a_node_without_role_relay_is_not_dialled(mesh: MeshDemo) -> None:
     """B's signed record names C, an ordinary node, as its relay: A refuses to dial C for it (the directory
@@ -86,3 +93,38 @@ def test_relayed_address_through_a_node_without_role_relay_is_not_dialled(mesh: 
 
     mesh.wait_for(refused, 60, "A's delivery to refuse the forged relay")
     assert a.peer_id not in json.dumps(mesh.cli(c, "peers"))
+
+
+def test_hole_punching_upgrades_the_relayed_connection(mesh: MeshDemo, tmp_path: Path) -> None:
+    """Both sides with hole_punching on (the default): the relayed connection A opened to the private B is
+    replaced by a direct one (on loopback B's listen port is reachable, as it is behind a NAT that DCUtR
+    punched through: tests/netns has the real NAT), and the study still arrives byte-exact."""
+    d = mesh.identity
+    d.create_authority()
+    d.start_directory()
+    d.publish_roster()
+    relay = d.add_node("relay", "RLY", "Relay", listen="/ip4/127.0.0.1/tcp/0", role="relay")
+    mesh.configure(relay, {"reach.relay_service": True})
+    enable_http(relay)
+    relay_addr = mesh.start(relay)[0]
+    a = d.add_node("a", "RGT", "Org A", listen="/ip4/127.0.0.1/tcp/0")
+    b = d.add_node("b", "RJ1", "Org B (behind NAT)", listen="/ip4/127.0.0.1/tcp/0")
+    mesh.configure(b, {"reach.reachability": "private", "reach.relays": [relay_addr]})
+    enable_http(a)
+    enable_http(b)
+    mesh.start(a)
+    mesh.start(b)
+    url = http_url(relay)
+    mesh.wait_for(lambda: relay_metrics(url).get("meshnode_relay_reservations_active") == 1, 60, "B's reservation")
+    study, files = mesh.generate_and_ingest(a, 4, rows=128, columns=128)
+    manifest = mesh.share(a, study, ["RJ1"])
+    mesh.wait_for(lambda: mesh.delivered(a, manifest, ["RJ1"]), 120, "B's receipt")
+    assert exported(mesh, "b", study, tmp_path / "out-b") == sorted(f.read_bytes() for f in files)
+
+    def upgraded() -> bool:
+        return sum(relay_metrics(http_url(n), "meshnode_reach_hole_punch_upgrades").get(
+            "meshnode_reach_hole_punch_upgrades_total", 0) for n in (a, b)) >= 1
+
+    mesh.wait_for(upgraded, 60, "the relayed connection replaced by a direct one")
+    assert relay_metrics(url)["meshnode_relay_circuits_total"] >= 1
+    mesh.wait_for(lambda: relay_metrics(url)["meshnode_relay_circuits_active"] == 0, 60, "the circuit closed")
