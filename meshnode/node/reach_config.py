@@ -24,7 +24,8 @@ from enum import Enum
 
 from protocol.address_record import check_multiaddr_text
 from protocol.config_reader import Table
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, MeshError
+from protocol.keys import PublicKey
 
 #: relays one node may reserve on
 MAX_RELAYS = 8
@@ -41,6 +42,13 @@ def check_relay_addr(value: str, key: str) -> str:
     check_multiaddr_text(value, key)
     if "/p2p/" not in value or "/p2p-circuit" in value:
         raise ConfigError(f"{key}: {value[:80]!r} must be a relay's own address ending in /p2p/<peer ID>")
+    transport, _, peer_id = value.rpartition("/p2p/")
+    try:
+        PublicKey.from_peer_id(peer_id)
+    except MeshError:
+        raise ConfigError(f"{key}: {peer_id[:60]!r} is not a node's peer ID (12D3KooW...)") from None
+    if "/p2p/" in transport:
+        raise ConfigError(f"{key}: {value[:80]!r} is not a node's peer ID: one /p2p/ part only")
     return value
 
 

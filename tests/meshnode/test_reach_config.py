@@ -40,6 +40,8 @@ def test_rendered_reach_parses_back() -> None:
     ('relays = ["/ip4/192.0.2.10/tcp/4001"]', "must be a relay's own address"),
     (f'relays = ["{RELAY}/p2p-circuit"]', "must be a relay's own address"),
     ('relays = ["not a multiaddr"]', "reach.relays"),
+    ('relays = ["/ip4/192.0.2.10/tcp/4001/p2p/notapeer"]', "not a node's peer ID"),
+    (f'relays = ["{RELAY}/p2p/{RELAY.rsplit("/", 1)[1]}"]', "not a node's peer ID"),
     ("relays = [" + ", ".join(f'"{RELAY}"' for _ in range(9)) + "]", "at most 8 relays"),
     ("relay_max_reservations = 0", "reach.relay_max_reservations"),
     ("relay_max_circuits_per_peer = 5000", "reach.relay_max_circuits_per_peer"),
