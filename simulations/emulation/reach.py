@@ -48,6 +48,7 @@ class ReachMesh:
     rate: Rate
     nat: bool = True
     hole_punching: bool = False
+    symmetric: bool = False  # NAT with a random port per connection (shaping.nat_rules)
     shaper: Shaper = field(default_factory=lambda: Shaper("netns", "network namespaces with NAT routers"))
     cluster: Cluster | None = None
     relay: NodeProc | None = None
@@ -67,7 +68,7 @@ class ReachMesh:
         self.relay = NodeProc("RELAY1", RELAY_KIND, self.work / "relay", relay_place)
         for index, org in ((1, "ORGA"), (2, "ORGB")):
             if self.nat:
-                place, router = self.shaper.add_nat_node(index, self.rate)
+                place, router = self.shaper.add_nat_node(index, self.rate, symmetric=self.symmetric)
                 self.routers[org] = router
             else:
                 place, _ = self.shaper.add_node(index, self.rate)

@@ -101,10 +101,11 @@ class Shaper:
         _ns(self.core, "tc", "qdisc", "add", "dev", outer, "root", *_tbf(rate.down))
         return Placement(["ip", "netns", "exec", ns], host), {}
 
-    def add_nat_node(self, index: int, rate: Rate) -> tuple[Placement, NatRouter]:
+    def add_nat_node(self, index: int, rate: Rate, *, symmetric: bool = False) -> tuple[Placement, NatRouter]:
         """Place node `index` in a private network behind its own NAT router (MASQUERADE, no inbound port
         open); the router's public side is on the bridge at 10.77.0.(10+index), shaped at `rate` as
-        `add_node` shapes a node's link. Needs the netns mode."""
+        `add_node` shapes a node's link; `symmetric` picks a random public port per connection instead
+        (nat_rules). Needs the netns mode."""
         if self.mode != "netns":
             raise UnavailableError("a node behind NAT needs network namespaces (root, ip, tc and iptables)")
         router = NatRouter(f"msim{self.tag}r{index}", f"10.77.0.{10 + index}", f"192.168.{100 + index}.1",
@@ -135,7 +136,7 @@ class Shaper:
         _ns(self.core, "ip", "link", "set", pub_out, "up")
         _ns(router.ns, "tc", "qdisc", "add", "dev", PUBLIC_IF, "root", *_tbf(rate.up))
         _ns(self.core, "tc", "qdisc", "add", "dev", pub_out, "root", *_tbf(rate.down))
-        for rule in nat_rules():
+        for rule in nat_rules(symmetric=symmetric):
             _ns(router.ns, *rule)
         return Placement(["ip", "netns", "exec", ns], router.node_ip), router
 
@@ -159,7 +160,7 @@ PUBLIC_IF = "pub"
 PRIVATE_IF = "lan"
 
 
-def nat_rules() -> list[list[str]]:
+def nat_rules(*, symmetric: bool = False) -> list[list[str]]:
     """What a NAT router does, as the commands that set it up in its namespace.
 
     Outbound: forwarding on, every connection from the LAN leaving by the public side is source-NATed to
@@ -175,11 +176,16 @@ def nat_rules() -> list[list[str]]:
     the node's own SYN went out, conntrack sees it as the reply direction of that connection
     (ESTABLISHED), and NAT forwards it in; DCUtR times both SYNs for exactly that. Dropping silently
     matters: a RST for a SYN that arrives a little early would close the peer's attempt.
+
+    `symmetric`: MASQUERADE --random-fully, a random public port for every connection (endpoint-dependent
+    mapping, as carrier-grade and some enterprise NATs do). The port a peer predicts (router address,
+    listen port) then maps to nothing, and TCP hole punching cannot work: only the relay gets through.
     """
     ipt = "iptables"
     return [
         ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
-        [ipt, "-t", "nat", "-A", "POSTROUTING", "-o", PUBLIC_IF, "-j", "MASQUERADE"],
+        [ipt, "-t", "nat", "-A", "POSTROUTING", "-o", PUBLIC_IF, "-j", "MASQUERADE",
+         *(["--random-fully"] if symmetric else [])],
         [ipt, "-P", "FORWARD", "DROP"],
         [ipt, "-A", "FORWARD", "-i", PRIVATE_IF, "-o", PUBLIC_IF, "-j", "ACCEPT"],
         [ipt, "-A", "FORWARD", "-i", PUBLIC_IF, "-o", PRIVATE_IF, "-m", "conntrack", "--ctstate",

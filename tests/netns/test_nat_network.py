@@ -55,3 +55,18 @@ def test_a_tcp_simultaneous_open_passes_both_nats(mesh: ReachMesh) -> None:
     answers = punch(a.placement, b.placement, mesh.routers["ORGA"].public_ip, mesh.routers["ORGB"].public_ip,
                     PUNCH_PORT)
     assert answers == ["connected", "connected"], answers
+
+
+def test_a_symmetric_nat_defeats_the_simultaneous_open(netns_ok: None, tmp_path: Path) -> None:
+    """The control for the test above: with a random public port per connection (MASQUERADE --random-fully,
+    endpoint-dependent mapping) the same simultaneous open fails, so the check can tell the two apart."""
+    mesh = ReachMesh(tmp_path, RATE, symmetric=True)
+    try:
+        mesh.build_network()
+        _, relay, a, b = mesh.nodes()
+        assert can_connect(a.placement, relay.placement, relay.placement.host) == "connected"
+        answers = punch(a.placement, b.placement, mesh.routers["ORGA"].public_ip, mesh.routers["ORGB"].public_ip,
+                        PUNCH_PORT, seconds=5.0)
+        assert all(x.startswith("failed") for x in answers), answers
+    finally:
+        mesh.close()
