@@ -26,6 +26,7 @@ from pathlib import Path
 from protocol.errors import UnavailableError
 from simulations.emulation.cluster import Cluster, NodeProc
 from simulations.emulation.shaping import (
+    PUBLIC_IF,
     NatRouter,
     Placement,
     Rate,
@@ -231,3 +232,15 @@ def send_in_clear(src: Placement, dst: Placement, path: Path, seconds: float = 6
         if sink.poll() is None:
             sink.kill()
             sink.wait()
+
+
+def dropped_inbound(router: NatRouter) -> int:
+    """Packets a NAT router dropped from its public side that belonged to no tracked connection (its INPUT
+    drop rule's counter: unsolicited SYNs, such as a hole punch that found no mapping)."""
+    out = subprocess.run(["ip", "netns", "exec", router.ns, "iptables", "-L", "INPUT", "-v", "-n", "-x"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "DROP" and fields[5] == PUBLIC_IF:
+            return int(fields[0])
+    raise UnavailableError(f"no inbound DROP rule on {router.ns}")

@@ -26,6 +26,7 @@ import pytest
 from meshnode.dicom import synthetic
 from simulations.emulation.reach import (
     ReachMesh,
+    dropped_inbound,
     exported_bytes,
     ingest_and_share,
     link_bytes,
@@ -73,3 +74,30 @@ def test_a_relayed_connection_upgrades_to_direct_and_the_study_goes_direct(punch
     assert relayed <= RELAYED_SHARE_AT_MOST * size, (relayed, size)
     assert exported_bytes(cluster, b, sent.study, tmp_path / "export") == sorted(f.read_bytes() for f in second)
     assert b_public in tcp_peers(a.placement)
+
+
+def test_behind_symmetric_nats_hole_punching_fails_and_the_relay_carries_on(tmp_path: Path, netns_ok: None) -> None:
+    """Routers with a random public port per connection (shaping.nat_rules symmetric): the peer's predicted
+    address maps to nothing, DCUtR cannot succeed, and studies still arrive, all through the relay."""
+    mesh = ReachMesh(tmp_path / "mesh", RATE, nat=True, hole_punching=True, symmetric=True)
+    try:
+        mesh.build_network()
+        mesh.start()
+        cluster, relay, a, b = mesh.nodes()
+        b_public = mesh.routers["ORGB"].public_ip
+        first = synthetic.generate_ct_study(tmp_path / "first", slices=2, seed=173)
+        ingest_and_share(cluster, a, b, first[0].parent)  # the relayed connection, and DCUtR's attempts on it
+        # DCUtR does try: the routers drop the SYNs sent to the predicted (router, listen port) addresses
+        deadline = time.monotonic() + UPGRADE_TIMEOUT
+        while sum(dropped_inbound(r) for r in mesh.routers.values()) == 0:
+            assert time.monotonic() < deadline, f"no hole-punch attempt within {UPGRADE_TIMEOUT:g} s"
+            time.sleep(POLL)  # polling the routers' drop counters, bounded by the deadline
+        second = synthetic.generate_ct_study(tmp_path / "second", slices=6, seed=174)
+        size = sum(f.stat().st_size for f in second)
+        before = link_bytes(relay.placement)
+        sent = ingest_and_share(cluster, a, b, second[0].parent)
+        assert link_bytes(relay.placement) - before >= 2 * size  # in to the relay and out again
+        assert exported_bytes(cluster, b, sent.study, tmp_path / "export") == sorted(f.read_bytes() for f in second)
+        assert b_public not in tcp_peers(a.placement)
+    finally:
+        mesh.close()
