@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # before demo and tests (cheap, idempotent: a pip install by hand may have brought them back)
 DROP_PYNETDICOM_TOOLS := $(VENV)/bin/python scripts/drop_pynetdicom_tools.py
 
-.PHONY: demo test test-slow test-emulation typecheck fuzz vectors bench bench-sim clean system-deps npm-tools viewer viewer-check
+.PHONY: demo test test-slow test-emulation test-netns typecheck fuzz vectors bench bench-sim clean system-deps npm-tools viewer viewer-check
 
 # Debian packages the interoperability tests run against (real dcmtk, Orthanc, Chromium, and rsyslog
 # with its TLS driver as the audit repository).
@@ -42,7 +42,7 @@ viewer-check:
 
 test: $(STAMP) system-deps
 	$(DROP_PYNETDICOM_TOOLS)
-	$(VENV)/bin/python -m pytest -q -m "not slow and not emulation"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not emulation and not netns"
 
 test-slow: $(STAMP) system-deps npm-tools
 	$(DROP_PYNETDICOM_TOOLS)
@@ -52,6 +52,12 @@ test-slow: $(STAMP) system-deps npm-tools
 test-emulation: $(STAMP)
 	$(DROP_PYNETDICOM_TOOLS)
 	$(VENV)/bin/python -m pytest -q -m emulation
+
+# NAT traversal in network namespaces: two organisations behind iptables MASQUERADE, a public relay, real
+# nodes (root, ip, tc, iptables, tcpdump; MESH_NETNS_REQUIRED=1 makes a missing one fail instead of skip)
+test-netns: $(STAMP) system-deps
+	$(DROP_PYNETDICOM_TOOLS)
+	$(VENV)/bin/python -m pytest -q -m netns tests/netns
 
 # coverage-guided fuzzing (atheris) of every decoder of untrusted bytes, about a minute in all;
 # new crashers land in tests/fuzz/crashers/ (commit them) and fail the run

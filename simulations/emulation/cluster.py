@@ -123,13 +123,15 @@ class Cluster:
         checks them before the file is written (comments kept)."""
         self.run(node.placement, "meshnode", "config", "set", "--home", str(node.home), *assignments(config))
 
-    def start_node(self, node: NodeProc) -> None:
-        node.proc, _ = self.start_service(node.placement, [MODULES["meshnode"], "run", "--home", str(node.home), "-v"],
-                                          node.org)
+    def start_node(self, node: NodeProc) -> list[str]:
+        """Start the node and its control probe; the addresses it listens on."""
+        cmd = [MODULES["meshnode"], "run", "--home", str(node.home), "-v"]
+        node.proc, addrs = self.start_service(node.placement, cmd, node.org)
         node.probe = subprocess.Popen([*node.placement.prefix, sys.executable, "-m", "simulations.emulation.probe",
                                        str(node.home)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True, env=self.env, cwd=self.root)
         self.services.append(node.probe)
+        return addrs
 
     def call(self, node: NodeProc, method: str, path: str, body: dict[str, object] | None = None) -> object:
         probe = node.probe
