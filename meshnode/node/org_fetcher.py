@@ -30,6 +30,7 @@ from meshnode.node.fetcher import Fetcher
 from meshnode.node.peer_link import PeerLink
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.records import hash_uid
+from protocol.backoff import Backoff
 from protocol.cid import CID
 from protocol.document import Signed
 from protocol.errors import MeshError, UnauthorisedError
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL = (0.25, 5.0)
 #: seconds one sibling has to answer a round (a dial included)
 ASK_TIMEOUT = 10.0
+#: a manifest whose decision failed (the database thread or the audit repository raised) is tried again after
+#: this backoff; after DECISION_FAILURES_MAX failures in a row it is fetched from the sender without deciding
+DECISION_RETRY = Backoff(base=1.0, factor=2.0, cap=60.0)
+DECISION_FAILURES_MAX = 3
 
 
 class OrgFetcher:
@@ -68,7 +73,7 @@ class OrgFetcher:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             async for signed, since in self._receive:
-                nursery.start_soon(self._watch, signed, since)
+                nursery.start_soon(self._guarded, signed, since)
 
     async def begin(self, signed: Signed[Manifest], since: float | None = None) -> None:
         """Decide who of the organisation fetches this manifest, and act on it (in the background)."""
@@ -146,6 +151,34 @@ class OrgFetcher:
                 nursery.start_soon(look, peer)
         return results
 
+    async def _guarded(self, signed: Signed[Manifest], since: float | None) -> None:
+        """One manifest's task boundary: its failure never reaches `run`'s nursery (which would cancel every
+        other manifest's decision, and nothing would start them again). A failed decision is tried again
+        (protocol.backoff); after DECISION_FAILURES_MAX failures in a row this node fetches the study from the
+        sender itself, so it is never left with no node fetching it. Stops once recalled (`stop`)."""
+        manifest_id = signed.cid
+        failures = 0
+        try:
+            while manifest_id in self.watching:
+                try:
+                    if failures < DECISION_FAILURES_MAX:
+                        await self._watch(signed, since)
+                    else:
+                        self.roles[manifest_id] = OrgRole.FETCH
+                        await self.fetcher.start(signed, holder=signed.document.sender_peer, since=since)
+                    return
+                except Exception as exc:  # task boundary (trio.Cancelled is a BaseException: it passes)
+                    failures += 1
+                    delay = DECISION_RETRY.delay(failures)
+                    log.warning("manifest %s: deciding or acting failed (%d in a row), again in %.0f s: %s",
+                                manifest_id, failures, delay, exc)
+                    if manifest_id in self.fetcher.active and manifest_id not in self._copying:
+                        return  # the fetch started: it runs on its own
+                    await trio.sleep(delay)
+        finally:
+            self.watching.discard(manifest_id)
+            self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
+
     async def _watch(self, signed: Signed[Manifest], since: float | None) -> None:
         manifest_id = signed.cid
         manifest = signed.document
@@ -169,8 +202,9 @@ class OrgFetcher:
             else:
                 return  # recalled meanwhile
         finally:
-            self.watching.discard(manifest_id)
             self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
+        if manifest_id not in self.watching:
+            return  # recalled while the last round was asking
         self.roles[manifest_id] = role
         await self._act(signed, role, ranking, views, since)
 

@@ -1,0 +1,120 @@
+"""meshnode.node.org_fetcher when things fail inside it (MockClock; a stub context, link and fetcher, since the
+failures are the database thread or the audit repository raising, which the harness cannot make happen):
+one manifest's failure must not drop the others' decisions, and a manifest whose decision failed is tried
+again or fetched from the sender, never left with no node fetching it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, cast
+
+import trio
+
+from meshnode.node.context import NodeContext, keep_running
+from meshnode.node.fetcher import Fetcher
+from meshnode.node.org_fetcher import OrgFetcher
+from meshnode.node.peer_link import PeerLink
+from protocol.cid import CID
+from protocol.document import Signed
+from protocol.errors import StorageError, UnavailableError
+from protocol.manifest import Manifest, Priority
+from protocol.org_fetch import rank
+
+ME = "me"
+
+
+class StubSigned:
+    def __init__(self, cid: str) -> None:
+        self.cid = cid
+        self.document = SimpleNamespace(block_order=lambda: ("b1", "b2"), priority=Priority.STAT,
+                                        sender_peer="sender", study_uid="1.2.3")
+
+
+def signed(cid: str) -> Signed[Manifest]:
+    return cast("Signed[Manifest]", StubSigned(cid))
+
+
+class StubLink:
+    def __init__(self, sibling: str) -> None:
+        self.sibling = sibling
+        self.down = trio.Event()
+
+    async def org_peers(self, org: str) -> list[Any]:
+        return [SimpleNamespace(peer_id=self.sibling, org_code="RJ1",
+                                certificate=SimpleNamespace(document=SimpleNamespace(org_code="RJ1")))]
+
+    async def ensure(self, peer: Any) -> None:
+        if self.down.is_set():
+            raise UnavailableError("sibling down")
+
+    async def have(self, peer_id: str, manifest_id: CID) -> bytes:
+        return b"\x00"
+
+
+class StubFetcher:
+    def __init__(self, failing: dict[str, int]) -> None:
+        self.active: dict[CID, object] = {}
+        self.failing = failing  # manifest -> how many more start() calls raise
+        self.started: list[str] = []
+
+    async def start(self, signed: Any, holder: str | None = None, since: float | None = None,
+                    only_from: frozenset[str] | None = None) -> None:
+        if self.failing.get(signed.cid, 0) > 0:
+            self.failing[signed.cid] -= 1
+            raise StorageError("database is locked")
+        self.started.append(signed.cid)
+
+
+def make(link: StubLink, fetcher: StubFetcher, audit_fails: bool = False) -> OrgFetcher:
+    async def audit(event: object) -> None:
+        if audit_fails:
+            raise StorageError("audit repository down")
+
+    ctx = SimpleNamespace(config=SimpleNamespace(replication=SimpleNamespace(
+        takeover_seconds=30, mode=SimpleNamespace(value="all"))), org="RJ1", peer_id=ME, clock=trio.current_time,
+        audit=audit)
+    return OrgFetcher(cast(NodeContext, ctx), cast(PeerLink, link), cast(Fetcher, fetcher), interval=1.0)
+
+
+def sibling_for(first_for: str, not_first_for: str) -> str:
+    """A sibling ranked first for one manifest and after this node for the other."""
+    return next(s for s in (f"sib{i}" for i in range(1000))
+                if rank(first_for, [ME, s])[0] == s and rank(not_first_for, [ME, s])[0] == ME)
+
+
+async def test_one_failing_manifest_leaves_the_others_watched_and_is_fetched_later(autojump_clock: Any) -> None:
+    """m1 (this node fetches) fails twice in fetcher.start; m2 stands by for the sibling, which then dies:
+    before the fix m1's failure killed run()'s nursery, m2's watch was gone and nobody ever fetched m2."""
+    link = StubLink(sibling_for("m2", "m1"))
+    fetcher = StubFetcher({"m1": 2})
+    of = make(link, fetcher)
+    async with trio.open_nursery() as n:
+        n.start_soon(keep_running, "org fetcher", of.run)
+        await of.begin(signed("m2"))
+        await trio.sleep(3)
+        assert cast(CID, "m2") in of.watching  # standing by for the sibling
+        await of.begin(signed("m1"))
+        await trio.sleep(3)
+        assert cast(CID, "m2") in of.watching, "m1's failure dropped m2's watch"
+        link.down.set()  # the sibling that was to fetch m2 dies
+        await trio.sleep(600)
+        n.cancel_scope.cancel()
+    assert "m2" in fetcher.started, f"m2 never fetched: watching={of.watching} roles={of.roles}"
+    assert "m1" in fetcher.started, "m1's failed decision was never tried again"
+
+
+async def test_an_audit_failure_during_a_takeover_still_fetches(autojump_clock: Any) -> None:
+    """The takeover audit cannot be written (audit repository down): the study is still fetched (retried,
+    then fetched from the sender without the audit line), and the other manifests are untouched."""
+    link = StubLink(sibling_for("m2", "m1"))
+    fetcher = StubFetcher({})
+    of = make(link, fetcher, audit_fails=True)
+    async with trio.open_nursery() as n:
+        n.start_soon(keep_running, "org fetcher", of.run)
+        await of.begin(signed("m1"))
+        await of.begin(signed("m2"))
+        await trio.sleep(3)
+        link.down.set()  # m2 is taken over: the audit write fails
+        await trio.sleep(600)
+        n.cancel_scope.cancel()
+    assert sorted(fetcher.started) == ["m1", "m2"]
