@@ -24,14 +24,14 @@ ME = "me"
 
 
 class StubSigned:
-    def __init__(self, cid: str) -> None:
+    def __init__(self, cid: str, priority: Priority = Priority.STAT) -> None:
         self.cid = cid
-        self.document = SimpleNamespace(block_order=lambda: ("b1", "b2"), priority=Priority.STAT,
+        self.document = SimpleNamespace(block_order=lambda: ("b1", "b2"), priority=priority,
                                         sender_peer="sender", study_uid="1.2.3")
 
 
-def signed(cid: str) -> Signed[Manifest]:
-    return cast("Signed[Manifest]", StubSigned(cid))
+def signed(cid: str, priority: Priority = Priority.STAT) -> Signed[Manifest]:
+    return cast("Signed[Manifest]", StubSigned(cid, priority))
 
 
 class StubLink:
@@ -118,3 +118,34 @@ async def test_an_audit_failure_during_a_takeover_still_fetches(autojump_clock: 
         await trio.sleep(600)
         n.cancel_scope.cancel()
     assert sorted(fetcher.started) == ["m1", "m2"]
+
+
+async def test_a_directory_that_stops_answering_does_not_make_this_node_fetch(autojump_clock: Any) -> None:
+    """Review i16 MAJOR 2: a directory lookup that failed or timed out gave no sibling, every view became
+    'unreachable' and this node fetched at once (and so did every other node of the org). Now the last
+    answer is used, and the sibling, still answering HAVE, keeps the study."""
+    sibling = sibling_for("m2", "m1")
+    link = StubLink(sibling)
+    directory_down = False
+
+    async def org_peers(org: str) -> list[Any]:
+        if directory_down:
+            raise UnavailableError("directory unreachable")
+        return await StubLink.org_peers(link, org)
+
+    link.org_peers = org_peers  # type: ignore[method-assign]
+
+    async def have(peer_id: str, manifest_id: CID) -> bytes:
+        return b"\x80"  # the sibling holds one block of two (routine: 30 s of no progress before a takeover)
+
+    link.have = have  # type: ignore[method-assign]
+    fetcher = StubFetcher({})
+    of = make(link, fetcher)
+    async with trio.open_nursery() as n:
+        n.start_soon(keep_running, "org fetcher", of.run)
+        await of.begin(signed("m2", Priority.ROUTINE))
+        await trio.sleep(3)
+        directory_down = True
+        await trio.sleep(22)
+        assert fetcher.started == [] and cast(CID, "m2") in of.watching
+        n.cancel_scope.cancel()
