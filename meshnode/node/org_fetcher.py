@@ -26,7 +26,7 @@ import trio
 
 from meshnode.directory.client import ResolvedPeer
 from meshnode.node.context import NodeContext
-from meshnode.node.fetcher import Fetcher
+from meshnode.node.fetcher import Fetcher, _remember
 from meshnode.node.peer_link import PeerLink
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.records import hash_uid
@@ -63,7 +63,7 @@ class OrgFetcher:
         self.interval = interval if interval is not None else max(low, min(high, self.takeover_seconds / 4))
         #: manifests being decided (a task each)
         self.watching: set[CID] = set()
-        #: the role each decided manifest took this run (status, tests)
+        #: the role each decided manifest took this run (status, tests; the most recent REMEMBERED)
         self.roles: dict[CID, OrgRole] = {}
         #: manifests being copied from a sibling: they complete without a receipt
         self._copying: set[CID] = set()
@@ -171,7 +171,7 @@ class OrgFetcher:
                     if failures < DECISION_FAILURES_MAX:
                         await self._watch(signed, since)
                     else:
-                        self.roles[manifest_id] = OrgRole.FETCH
+                        _remember(self.roles, manifest_id, OrgRole.FETCH)
                         await self.fetcher.start(signed, holder=signed.document.sender_peer, since=since)
                     return
                 except Exception as exc:  # task boundary (trio.Cancelled is a BaseException: it passes)
@@ -228,7 +228,7 @@ class OrgFetcher:
             self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
         if manifest_id not in self.watching:
             return  # recalled while the last round was asking
-        self.roles[manifest_id] = role
+        _remember(self.roles, manifest_id, role)
         await self._act(signed, role, ranking, views, since)
 
     async def _act(self, signed: Signed[Manifest], role: OrgRole, ranking: list[str],
@@ -272,7 +272,7 @@ class OrgFetcher:
             if holding_up(own, now=now, total=len(order), takeover_seconds=self.takeover_seconds,
                           priority=signed.document.priority):
                 self._copying.discard(manifest_id)
-                self.roles[manifest_id] = OrgRole.FETCH
+                _remember(self.roles, manifest_id, OrgRole.FETCH)
                 self.fetcher.widen(manifest_id)
                 log.warning("manifest %s: the copy from sibling(s) is held up (last progress %.0f s ago, or too slow for "
                             "its priority): fetching from every holder", manifest_id, now - progressed_at)

@@ -149,3 +149,28 @@ async def test_a_directory_that_stops_answering_does_not_make_this_node_fetch(au
         await trio.sleep(22)
         assert fetcher.started == [] and cast(CID, "m2") in of.watching
         n.cancel_scope.cancel()
+
+
+async def test_a_recall_during_a_round_is_not_acted_on(autojump_clock: Any) -> None:
+    """Review i16 MINOR 6: a recall that arrived while a round was asking the siblings was followed by the
+    decision (a copy started, the id kept in _copying for ever)."""
+    link = StubLink(sibling_for("m2", "m1"))
+    answer = trio.Event()
+
+    async def have(peer_id: str, manifest_id: CID) -> bytes:
+        await answer.wait()
+        return b"\xc0"  # the sibling holds it all: COPY
+
+    link.have = have  # type: ignore[method-assign]
+    fetcher = StubFetcher({})
+    of = make(link, fetcher)
+    m2 = cast(CID, "m2")
+    async with trio.open_nursery() as n:
+        n.start_soon(keep_running, "org fetcher", of.run)
+        await of.begin(signed("m2"))
+        await trio.sleep(1)
+        of.stop(m2)  # recalled while the round waits for the sibling
+        answer.set()
+        await trio.sleep(10)
+        n.cancel_scope.cancel()
+    assert fetcher.started == [] and m2 not in of._copying and m2 not in of.roles
