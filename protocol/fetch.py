@@ -294,11 +294,13 @@ class FetchScheduler:
         if earliest is not None and earliest < p.cursor.get(manifest_id, 0):
             p.cursor[manifest_id] = earliest
 
-    def set_relayed(self, peer: str, relayed: bool) -> None:
+    def set_relayed(self, peer: str, relayed: bool | None) -> None:
         """The peer's connection changed path (relayed, or direct after hole punching). Unknown or banned peers
-        are ignored: `peer_available` says the path of a peer it introduces."""
+        are ignored: `peer_available` says the path of a peer it introduces. None (the path is not known now,
+        e.g. no open connection: a relayed circuit ended) keeps the last known path: a relayed holder must
+        never be handed a direct window because its circuit dropped."""
         p = self._peers.get(peer)
-        if p is not None:
+        if p is not None and relayed is not None:
             p.relayed = relayed
 
     def peer_lost(self, peer: str, now: float) -> None:

@@ -41,8 +41,9 @@ class FetchSchedulers:
     def __len__(self) -> int:
         return len(self._by_sender)
 
-    def set_relayed(self, peer: str, relayed: bool) -> None:
-        """The peer's connection changed path (relayed, or direct after hole punching): every scheduler knows."""
+    def set_relayed(self, peer: str, relayed: bool | None) -> None:
+        """The peer's connection changed path (relayed, or direct after hole punching): every scheduler knows.
+        None (not known now) keeps each scheduler's last known path."""
         for sched in list(self._by_sender.values()):
             sched.set_relayed(peer, relayed)
 

@@ -33,6 +33,16 @@ def is_relayed(host: IHost, peer_id: ID | str) -> bool:
     return bool(connections) and all(connection_is_relayed(c) for c in connections)
 
 
+def path(host: IHost, peer_id: ID | str) -> bool | None:
+    """Like `is_relayed`, but None when there is no open connection to the peer (the path is not known: a
+    caller keeps the last one it knew, rather than taking "not connected" for "direct")."""
+    peer = peer_id if isinstance(peer_id, ID) else ID.from_base58(peer_id)
+    connections = [c for c in host.get_network().get_connections(peer) if not c.is_closed]
+    if not connections:
+        return None
+    return all(connection_is_relayed(c) for c in connections)
+
+
 def connection_is_relayed(conn: INetConn) -> bool:
     """Whether this one connection runs through a relay (see the module docstring for what counts).
 

@@ -159,7 +159,8 @@ class Fetcher:
         scheduler.add_manifest(manifest_id, [BlockWanted(c, sizes.get(c, ESTIMATED_BLOCK)) for c in wanted],
                                manifest.priority, have, self.ctx.clock())
         if holder is not None:
-            scheduler.peer_available(holder, manifest_id, order, relayed=self.link.relayed(holder))
+            relayed = self.link.relayed(holder)  # None: not connected (resumed; relayed to us): slow until known
+            scheduler.peer_available(holder, manifest_id, order, relayed=True if relayed is None else relayed)
         self._discovery.add(manifest_id, trio.current_time())
         self._discover_now.set()
         self.ctx.wake()  # the first requests go out while the state below is written
@@ -373,7 +374,7 @@ class Fetcher:
     def _path(self, peer: str) -> None:
         """Tell the schedulers whether the peer is reached through a relay now (a relayed connection upgraded to
         direct by hole punching, or a direct one replaced by a relayed one), before their next requests."""
-        self._schedulers.set_relayed(peer, self.link.relayed(peer))
+        self._schedulers.set_relayed(peer, self.link.relayed(peer))  # None (not connected): the last path kept
 
     async def _settled(self, settled: list[Settled]) -> None:
         """A commit round of the sink: tell the scheduler, and queue instances that are now complete."""

@@ -26,16 +26,17 @@ import trio
 
 from meshnode.directory.client import ResolvedPeer
 from meshnode.node.context import NodeContext
-from meshnode.node.fetcher import Fetcher
+from meshnode.node.fetcher import Fetcher, _remember
 from meshnode.node.peer_link import PeerLink
 from meshnode.storage.audit import AuditEvent, EventCode
 from meshnode.storage.records import hash_uid
+from protocol.backoff import Backoff
 from protocol.cid import CID
 from protocol.document import Signed
 from protocol.errors import MeshError, UnauthorisedError
 from protocol.exchange_messages import held_blocks
 from protocol.manifest import Manifest
-from protocol.org_fetch import OrgRole, SiblingView, decide, observe, rank
+from protocol.org_fetch import OrgRole, SiblingView, decide, holding_up, observe, rank, without_siblings
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL = (0.25, 5.0)
 #: seconds one sibling has to answer a round (a dial included)
 ASK_TIMEOUT = 10.0
+#: a manifest whose decision failed (the database thread or the audit repository raised) is tried again after
+#: this backoff; after DECISION_FAILURES_MAX failures in a row it is fetched from the sender without deciding
+DECISION_RETRY = Backoff(base=1.0, factor=2.0, cap=60.0)
+DECISION_FAILURES_MAX = 3
 
 
 class OrgFetcher:
@@ -58,17 +63,19 @@ class OrgFetcher:
         self.interval = interval if interval is not None else max(low, min(high, self.takeover_seconds / 4))
         #: manifests being decided (a task each)
         self.watching: set[CID] = set()
-        #: the role each decided manifest took this run (status, tests)
+        #: the role each decided manifest took this run (status, tests; the most recent REMEMBERED)
         self.roles: dict[CID, OrgRole] = {}
         #: manifests being copied from a sibling: they complete without a receipt
         self._copying: set[CID] = set()
         self._relayed: set[tuple[CID, str]] = set()
+        #: the organisation's other nodes as the directory last said (used while it does not answer)
+        self._known_siblings: list[ResolvedPeer] = []
         self._send, self._receive = trio.open_memory_channel[tuple[Signed[Manifest], "float | None"]](math.inf)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             async for signed, since in self._receive:
-                nursery.start_soon(self._watch, signed, since)
+                nursery.start_soon(self._guarded, signed, since)
 
     async def begin(self, signed: Signed[Manifest], since: float | None = None) -> None:
         """Decide who of the organisation fetches this manifest, and act on it (in the background)."""
@@ -91,14 +98,19 @@ class OrgFetcher:
             return True
         return False
 
-    async def _siblings(self) -> list[ResolvedPeer]:
-        peers: list[ResolvedPeer] = []
+    async def _siblings(self) -> list[ResolvedPeer] | None:
+        """The organisation's other nodes; None when the directory did not answer (then the last answer, if
+        any, is used by the caller: a slow directory must not make every node of the org fetch)."""
+        peers: list[ResolvedPeer] | None = None
         try:
             with trio.move_on_after(ASK_TIMEOUT):  # a directory that hangs must not hold up an urgent study
                 peers = await self.link.org_peers(self.ctx.org)
         except MeshError as exc:
             log.info("cannot resolve the other nodes of %s: %s", self.ctx.org, exc)
-            return []
+            return None
+        if peers is None:
+            log.info("resolving the other nodes of %s timed out", self.ctx.org)
+            return None
         # the directory client checked each certificate's org code; checked again here, as it is what
         # makes a peer a sibling (nothing a peer says of itself does)
         return [p for p in peers if p.org_code == self.ctx.org and p.certificate.document.org_code == self.ctx.org
@@ -146,6 +158,34 @@ class OrgFetcher:
                 nursery.start_soon(look, peer)
         return results
 
+    async def _guarded(self, signed: Signed[Manifest], since: float | None) -> None:
+        """One manifest's task boundary: its failure never reaches `run`'s nursery (which would cancel every
+        other manifest's decision, and nothing would start them again). A failed decision is tried again
+        (protocol.backoff); after DECISION_FAILURES_MAX failures in a row this node fetches the study from the
+        sender itself, so it is never left with no node fetching it. Stops once recalled (`stop`)."""
+        manifest_id = signed.cid
+        failures = 0
+        try:
+            while manifest_id in self.watching:
+                try:
+                    if failures < DECISION_FAILURES_MAX:
+                        await self._watch(signed, since)
+                    else:
+                        _remember(self.roles, manifest_id, OrgRole.FETCH)
+                        await self.fetcher.start(signed, holder=signed.document.sender_peer, since=since)
+                    return
+                except Exception as exc:  # task boundary (trio.Cancelled is a BaseException: it passes)
+                    failures += 1
+                    delay = DECISION_RETRY.delay(failures)
+                    log.warning("manifest %s: deciding or acting failed (%d in a row), again in %.0f s: %s",
+                                manifest_id, failures, delay, exc)
+                    if manifest_id in self.fetcher.active and manifest_id not in self._copying:
+                        return  # the fetch started: it runs on its own
+                    await trio.sleep(delay)
+        finally:
+            self.watching.discard(manifest_id)
+            self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
+
     async def _watch(self, signed: Signed[Manifest], since: float | None) -> None:
         manifest_id = signed.cid
         manifest = signed.document
@@ -153,10 +193,26 @@ class OrgFetcher:
         views: dict[str, SiblingView] = {}
         role = OrgRole.STAND_BY
         ranking: list[str] = []
+        lookup_failed_since: float | None = None
         try:
             while manifest_id in self.watching:
-                results = await self._round(signed, order, await self._siblings())
+                siblings = await self._siblings()
+                if siblings is None:
+                    siblings = self._known_siblings
+                    if lookup_failed_since is None:
+                        lookup_failed_since = self.ctx.clock()
+                else:
+                    self._known_siblings, lookup_failed_since = siblings, None
+                results = await self._round(signed, order, siblings)
                 now = self.ctx.clock()
+                if not results and not views:
+                    role = without_siblings(lookup_failed_since=lookup_failed_since, now=now,
+                                            takeover_seconds=self.takeover_seconds, priority=manifest.priority)
+                    ranking = [self.ctx.peer_id]
+                    if role.final:
+                        break
+                    await trio.sleep(self.interval)
+                    continue
                 for gone in set(views) - set(results):  # no longer resolved: as good as unreachable
                     results[gone] = (False, 0)
                 views = {p: observe(views.get(p), reachable=r, held=h, now=now) for p, (r, h) in results.items()}
@@ -169,9 +225,10 @@ class OrgFetcher:
             else:
                 return  # recalled meanwhile
         finally:
-            self.watching.discard(manifest_id)
             self._relayed = {(m, p) for m, p in self._relayed if m != manifest_id}
-        self.roles[manifest_id] = role
+        if manifest_id not in self.watching:
+            return  # recalled while the last round was asking
+        _remember(self.roles, manifest_id, role)
         await self._act(signed, role, ranking, views, since)
 
     async def _act(self, signed: Signed[Manifest], role: OrgRole, ranking: list[str],
@@ -201,25 +258,27 @@ class OrgFetcher:
 
     async def _watch_copy(self, signed: Signed[Manifest]) -> None:
         """A sibling said it holds the whole study, but what if it serves nothing (a lie, bit rot, a disk
-        gone)? When the copy makes no progress for `takeover_seconds`, every holder is asked, the sender
+        gone), or drip-feeds it? When the copy holds the study up (protocol.org_fetch.holding_up: no progress
+        for the study's takeover time, or too slow for its priority's deadline), every holder is asked, the sender
         included, and this node then sends the organisation's receipt (the sender records one per org)."""
         manifest_id = signed.cid
         order = signed.document.block_order()
-        held, progressed_at = -1, self.ctx.clock()
+        own: SiblingView | None = None  # this node's own copy, judged like a sibling (protocol.org_fetch)
         while manifest_id in self.fetcher.active and manifest_id in self._copying:
             now_held = await self.ctx.db.run(lambda s: len(s.obtained_blocks(manifest_id, order)))
             now = self.ctx.clock()
-            if now_held > held:
-                held, progressed_at = now_held, now
-            elif now - progressed_at >= self.takeover_seconds:
+            own = observe(own, reachable=True, held=now_held, now=now)
+            progressed_at = own.progressed_at
+            if holding_up(own, now=now, total=len(order), takeover_seconds=self.takeover_seconds,
+                          priority=signed.document.priority):
                 self._copying.discard(manifest_id)
-                self.roles[manifest_id] = OrgRole.FETCH
+                _remember(self.roles, manifest_id, OrgRole.FETCH)
                 self.fetcher.widen(manifest_id)
-                log.warning("manifest %s: the copy from sibling(s) made no progress for %.0f s: fetching from "
-                            "every holder", manifest_id, now - progressed_at)
+                log.warning("manifest %s: the copy from sibling(s) is held up (last progress %.0f s ago, or too slow for "
+                            "its priority): fetching from every holder", manifest_id, now - progressed_at)
                 await self.ctx.audit(AuditEvent(
                     EventCode.APPLICATION_ACTIVITY, "org-copy-stalled", actor=self.ctx.peer_id,
                     actor_org=self.ctx.org, study=hash_uid(signed.document.study_uid), manifest_id=str(manifest_id),
-                    detail=f"no progress for {now - progressed_at:.0f} s; fetching from the sender too"))
+                    detail=f"held up (last progress {now - progressed_at:.0f} s ago); fetching from the sender too"))
                 return
             await trio.sleep(self.interval)

@@ -18,7 +18,7 @@ from meshnode.directory.client import ResolvedPeer
 from meshnode.node.sessions import Sessions
 from meshnode.node.wire import Wire
 from common.p2p.dial import is_connected
-from common.p2p.paths import is_relayed
+from common.p2p.paths import path
 from protocol.cid import CID
 from protocol.exchange_messages import BlockFrame, BlockRequest
 
@@ -42,8 +42,9 @@ class PeerLink(Protocol):
     def fetch_blocks(self, peer_id: str, request: BlockRequest) -> AsyncIterator[BlockFrame]:
         """The frames answering a block request, checked for order; raises on a protocol violation."""
 
-    def relayed(self, peer_id: str) -> bool:
-        """Whether the peer is reached through a relay now (common.p2p.paths; False when not connected)."""
+    def relayed(self, peer_id: str) -> bool | None:
+        """Whether the peer is reached through a relay now (common.p2p.paths); when not connected: True if
+        its verified address record lists only relayed addresses, else None (not known: keep the last)."""
 
 
 class Libp2pLink:
@@ -72,5 +73,8 @@ class Libp2pLink:
     def fetch_blocks(self, peer_id: str, request: BlockRequest) -> AsyncIterator[BlockFrame]:
         return self.wire.fetch_blocks(peer_id, request)
 
-    def relayed(self, peer_id: str) -> bool:
-        return is_relayed(self.wire.host, peer_id)
+    def relayed(self, peer_id: str) -> bool | None:
+        known = path(self.wire.host, peer_id)
+        if known is None and self.sessions.only_relayed(peer_id):
+            return True  # not connected, and it can only be reached through a relay (e.g. a resumed fetch)
+        return known

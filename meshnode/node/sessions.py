@@ -106,6 +106,14 @@ class Sessions:
         self._resolved[org] = (now + RESOLVE_TTL, peers)
         return peers
 
+    def only_relayed(self, peer_id: str) -> bool:
+        """Whether the peer's verified address record (as last resolved) lists relayed addresses only."""
+        for _, peers in self._resolved.values():
+            for p in peers:
+                if p.peer_id == peer_id:
+                    return bool(p.addrs) and all(is_circuit_addr(a) for a in p.addrs)
+        return False
+
     async def ensure(self, peer: ResolvedPeer) -> Certificate:
         """Connected and certificates exchanged (once per connection)."""
         authorised = self._authorised_connection(peer.peer_id)

@@ -234,3 +234,22 @@ def test_a_relayed_holder_starts_on_the_blocks_only_it_has() -> None:
     assert [c for r in first if r.peer == "D" for c in r.cids] == blocks(range(32))
     done = run(s, {"D": 0.01, "R": 0.03}, {"D": 0.02, "R": 0.1}, first)
     assert s.served_by(M)["R"] >= 100 and done < 100 * 0.03 + 1.0
+
+
+def test_an_unknown_path_keeps_the_last_known_one() -> None:
+    """Review i16 MAJOR 4: the node said "direct" for a relayed holder whose circuit had dropped (no open
+    connection), and the scheduler handed it its grown window over the relay. None now keeps the path."""
+    s = scheduler(200)
+    s.peer_available("R", M, blocks(range(200)), relayed=True)
+    t = 0.0
+    for _ in range(3):
+        for r in s.next_requests(t):
+            t += 0.01
+            for c in r.cids:
+                s.block_received(r.peer, c, True, t)
+    assert s.window("R") is not None and s.window("R") > 8  # type: ignore[operator]
+    s.set_relayed("R", None)  # no open connection: not known
+    assert s.relayed("R") is True
+    assert sum(len(r.cids) for r in s.next_requests(t) if r.peer == "R") <= 8
+    s.peer_available("R", M, blocks(range(200)), relayed=None)
+    assert s.relayed("R") is True

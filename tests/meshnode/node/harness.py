@@ -145,6 +145,8 @@ class MemoryMesh:
         self.silent: set[str] = set()
         #: peers every other node reaches through a relay (MemoryLink.relayed; the path is not slower here)
         self.relayed: set[str] = set()
+        #: peers with no open connection now (MemoryLink.relayed: the path is unknown, None)
+        self.unconnected: set[str] = set()
         self._serial = 100
         self._nursery: trio.Nursery | None = None
 
@@ -299,7 +301,9 @@ class MemoryLink:
                 yield reader.feed(payload)
         reader.end_of_stream()
 
-    def relayed(self, peer_id: str) -> bool:
+    def relayed(self, peer_id: str) -> bool | None:
+        if peer_id in self.mesh.unconnected:
+            return None
         return peer_id in self.mesh.relayed
 
     async def _serve_blocks(self, holder: HarnessNode, request: BlockRequest,

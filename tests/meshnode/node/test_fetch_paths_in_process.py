@@ -55,3 +55,49 @@ async def test_an_upgrade_to_direct_mid_transfer_lifts_the_relayed_cap(
     assert sorted(asked(requests)) == sorted(signed.document.block_order())
     sched = b.fetcher.scheduler_of(signed.cid)
     assert sched is not None and sched.relayed(a.peer_id) is False
+
+
+async def test_a_relayed_sender_whose_connection_dropped_keeps_its_relayed_cap(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review i16 MAJOR 4: with no open connection the path is unknown (PeerLink.relayed gives None); the
+    fetcher relabelled the relayed sender direct then, and gave it a direct window over the relay."""
+    a, b = mesh.add("a", "RGT", 50), mesh.add("b", "RJ1", 51)
+    mesh.relayed.add(a.peer_id)
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        signed = await mesh.share(a, study, ["RJ1"])
+        await mesh.announce(a, b, signed)
+        with trio.fail_after(600):
+            while len(mesh.requests_by(b)) < 2:
+                await trio.sleep(0.01)
+        mesh.unconnected.add(a.peer_id)  # the circuit ended: no open connection, the path is unknown
+        await fetched_by(mesh, b, signed)
+        nursery.cancel_scope.cancel()
+    requests = mesh.requests_by(b)
+    assert len(requests) > 3 and all(len(r.cids) <= CAP for r in requests)
+    sched = b.fetcher.scheduler_of(signed.cid)
+    assert sched is not None and sched.relayed(a.peer_id) is True
+
+
+async def test_a_sender_not_connected_at_start_gets_a_relayed_first_wave(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review i16 MAJOR 4 (resume): a fetch started with no connection to the sender (a resumed fetch, or a
+    manifest relayed by a fellow recipient) gave it a direct first wave (32 blocks), over a relay if it is
+    behind NAT. The path is unknown until a connection says: the first wave is capped; once the connection
+    says direct, the cap is lifted."""
+    a, b = mesh.add("a", "RGT", 50), mesh.add("b", "RJ1", 51)
+    mesh.unconnected.add(a.peer_id)
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        signed = await mesh.share(a, study, ["RJ1"])
+        await mesh.announce(a, b, signed)
+        with trio.fail_after(600):
+            while len(mesh.requests_by(b)) < 1:
+                await trio.sleep(0.01)
+        first = len(mesh.requests_by(b))
+        mesh.unconnected.discard(a.peer_id)  # connected now, directly
+        await fetched_by(mesh, b, signed)
+        nursery.cancel_scope.cancel()
+    requests = mesh.requests_by(b)
+    assert all(len(r.cids) <= CAP for r in requests[:first])
+    assert max(len(r.cids) for r in requests[first:]) > CAP

@@ -136,3 +136,30 @@ async def test_a_joiner_of_a_lookup_that_failed_with_a_bug_does_not_hear_no_node
     Before the fix: []."""
     got = await _leader_and_joiner(tmp_path, RuntimeError("a bug in the lookup (test)"), 10.0)
     assert not isinstance(got, list), got
+
+
+async def test_a_peer_not_connected_is_relayed_when_its_record_lists_only_relayed_addresses(tmp_path: Path) -> None:
+    """Review i16 MAJOR 4 (resume): before any connection to a sender behind NAT exists, the fetcher was told
+    "direct" and gave it a first direct window over the relay. Unknown path: relayed when the verified record
+    has only relayed addresses, else None (not known; the scheduler keeps what it knew, a new peer is direct)."""
+    from types import SimpleNamespace
+
+    from meshnode.node.peer_link import Libp2pLink
+    from protocol.keys import SigningKey
+
+    behind = SigningKey(bytes([71]) * 32).peer_id
+    public = SigningKey(bytes([72]) * 32).peer_id
+    relay = SigningKey(bytes([73]) * 32).peer_id
+    async with target_node(tmp_path) as target:
+        sessions = Sessions(target.ctx, target.wire)
+        link = Libp2pLink(target.wire, sessions)
+        assert link.relayed(behind) is None  # nothing known about it
+        from typing import cast
+
+        from meshnode.directory.client import ResolvedPeer
+        sessions._resolved["RXX"] = (float("inf"), cast(list[ResolvedPeer], [  # (only these fields are read)
+            SimpleNamespace(peer_id=behind, addrs=(f"/ip4/192.0.2.1/tcp/4001/p2p/{relay}/p2p-circuit",)),
+            SimpleNamespace(peer_id=public, addrs=("/ip4/192.0.2.2/tcp/4001",
+                                                   f"/ip4/192.0.2.1/tcp/4001/p2p/{relay}/p2p-circuit"))]))
+        assert link.relayed(behind) is True
+        assert link.relayed(public) is None
