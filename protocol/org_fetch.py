@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from protocol.manifest import Priority
+from protocol.replication import copies
 
 
 class OrgRole(enum.Enum):
@@ -64,15 +65,6 @@ def rendezvous_key(manifest_id: str, peer_id: str) -> bytes:
 def rank(manifest_id: str, peer_ids: Iterable[str]) -> list[str]:
     """The organisation's nodes in the order they fetch this manifest (first: the fetcher)."""
     return sorted(set(peer_ids), key=lambda p: (rendezvous_key(manifest_id, p), p), reverse=True)
-
-
-def replicates(mode: str, priority: Priority) -> bool:
-    """Whether `[replication] mode` (all | urgent | nothing) has a node copy a study of this priority."""
-    if mode == "all":
-        return True
-    if mode == "urgent":
-        return priority in (Priority.STAT, Priority.URGENT)
-    return False
 
 
 #: consecutive failed HAVE polls before a sibling may count as down (and DOWN_GRACE of the takeover time)
@@ -156,7 +148,7 @@ def decide(*, me: str, ranking: list[str], siblings: Mapping[str, SiblingView], 
     included); `siblings` what it has seen of the others (a sibling not in it is not known to be up);
     `total` the manifest's block count."""
     if any(v.reachable and v.held >= total > 0 for v in siblings.values()):
-        return OrgRole.COPY if replicates(mode, priority) else OrgRole.KEEP_MANIFEST
+        return OrgRole.COPY if copies(mode, priority) else OrgRole.KEEP_MANIFEST
     higher = ranking[:ranking.index(me)] if me in ranking else list(ranking)
 
     def alive(peer: str) -> bool:

@@ -13,20 +13,14 @@ ingests is copied by its siblings the same way, so that a recipient can fetch it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 from protocol.config_reader import Table
-
-
-class ReplicationMode(str, Enum):
-    ALL = "all"
-    URGENT = "urgent"  # stat and urgent studies only
-    NOTHING = "nothing"
+from protocol.replication import ReplicationScope
 
 
 @dataclass(frozen=True)
 class ReplicationConfig:
-    mode: ReplicationMode = ReplicationMode.ALL
+    mode: ReplicationScope = ReplicationScope.ALL
     takeover_seconds: int = 30
 
 
@@ -34,7 +28,7 @@ def parse_replication(root: Table) -> ReplicationConfig:
     d = ReplicationConfig()
     t = root.table("replication")
     config = ReplicationConfig(
-        mode=ReplicationMode(t.text("mode", d.mode.value, choices=tuple(m.value for m in ReplicationMode))),
+        mode=ReplicationScope(t.text("mode", d.mode.value, choices=tuple(m.value for m in ReplicationScope))),
         takeover_seconds=t.integer("takeover_seconds", d.takeover_seconds, 1, 86400),
     )
     t.finish()

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.manifest import Priority
-from protocol.org_fetch import (OrgRole, SiblingView, decide, holding_up, observe, rank, replicates, takeover_for,
+from protocol.replication import copies
+from protocol.org_fetch import (OrgRole, SiblingView, decide, holding_up, observe, rank, takeover_for,
                                 without_siblings)
 
 A, B, C = "peer-a", "peer-b", "peer-c"
@@ -175,6 +176,6 @@ def test_complete_sibling_is_copied_by_mode() -> None:
 
 
 def test_replication_modes() -> None:
-    assert [p for p in Priority if replicates("urgent", p)] == [Priority.STAT, Priority.URGENT]
-    assert all(replicates("all", p) for p in Priority)
-    assert not any(replicates("nothing", p) for p in Priority)
+    assert [p for p in Priority if copies("urgent", p)] == [Priority.STAT, Priority.URGENT]
+    assert all(copies("all", p) for p in Priority)
+    assert not any(copies("nothing", p) for p in Priority)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshnode.node.replication_config import ReplicationMode
+from meshnode.node.replication_config import ReplicationConfig
 from protocol.access import Share, Verdict, decide, may_serve
 from protocol.lifecycle import ManifestState
 from protocol.manifest import Priority
@@ -21,8 +21,8 @@ def test_what_each_mode_copies(scope: str, priority: Priority, expected: bool) -
     assert copies(ReplicationScope(scope), priority) is expected
 
 
-def test_the_config_modes_are_the_protocol_scopes() -> None:
-    assert {m.value for m in ReplicationMode} == {s.value for s in ReplicationScope}
+def test_the_config_mode_is_the_protocol_scope() -> None:
+    assert isinstance(ReplicationConfig().mode, ReplicationScope)
 
 
 def test_an_unknown_mode_is_refused() -> None:

@@ -82,7 +82,7 @@ DECISIONS = [
              node=((node_fetcher, "DiscoverySchedule"),),
              sim=((sim_mesh, "DiscoverySchedule"), (sim_mesh_design, "DiscoverySchedule"))),
     # which node of a recipient org fetches a study (the simulator models one node per org so far)
-    Decision("org fetch", (org_fetch,), ("rank", "observe", "replicates", "rendezvous_key", "OrgRole", "SiblingView",
+    Decision("org fetch", (org_fetch,), ("rank", "observe", "rendezvous_key", "OrgRole", "SiblingView",
                                          "holding_up", "down", "takeover_for", "without_siblings"),
              node=((node_org_fetcher, "rank"), (node_org_fetcher, "observe"), (node_org_fetcher, "OrgRole"),
                    (node_org_fetcher, "holding_up"), (node_org_fetcher, "without_siblings")),
