@@ -73,7 +73,8 @@ class Reach:
                                       for addr in self.config.relays}
         #: DCUtR on relayed connections ([reach] hole_punching; a relay has none of its own)
         self.punch: GatedDCUtR | None = (
-            GatedDCUtR(host, lambda pid: self._authorised(pid.to_base58()))
+            GatedDCUtR(host, lambda pid: self._authorised(pid.to_base58()),
+                       allow_private=self.config.hole_punch_private)
             if self.config.hole_punching and not self.config.relay_service else None)
         #: relay address -> when its reservation expires (Unix seconds)
         self.reserved: dict[str, int] = {}
