@@ -11,7 +11,11 @@ Started by the runtime with the node's services ([reach] in node.toml, meshnode.
   relay drops, with protocol.backoff between failures. `addresses` gives the signed address record's
   addresses: `<relay>/p2p-circuit/p2p/<this node>` for each relay holding a slot, after the direct
   listen addresses unless private (then only the relayed ones); `changed` is set when they change, so
-  the record is republished. Circuits are accepted only from these relays (common.p2p.circuit).
+  the record is republished. Circuits are accepted only from these relays (common.p2p.circuit). The
+  reservation is made again when the connection it was made on closes or is replaced (a relay restart),
+  or when the relay misses pings (common.p2p.keepalive.watch_reservation).
+- every relayed connection (not on a relay) is pinged; one that misses pings is closed so the next stream
+  dials the peer again, through its other relays if this one is dead (common.p2p.keepalive).
 - `hole_punching = true` (not on a relay): DCUtR (common.p2p.hole_punch) tries to replace each relayed
   connection, ours or a peer's, by a direct one; both sides need it on.
 
@@ -40,6 +44,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from common.p2p.circuit import CircuitReceiver, reserve, split_circuit_addr
 from common.p2p.dial import connect, is_connected
 from common.p2p.hole_punch import GatedDCUtR
+from common.p2p.keepalive import RelayedKeepalive, watch_reservation
 from meshnode.node.context import NodeContext
 from meshnode.node.reach_config import Reachability
 from meshnode.node.relay_service import CertifiedRelay, check_relay_role
@@ -76,6 +81,8 @@ class Reach:
             GatedDCUtR(host, lambda pid: self._authorised(pid.to_base58()),
                        allow_private=self.config.hole_punch_private)
             if self.config.hole_punching and not self.config.relay_service else None)
+        #: pings relayed connections; closes the dead ones so they are dialled again (common.p2p.keepalive)
+        self.keepalive = RelayedKeepalive(host)
         #: relay address -> when its reservation expires (Unix seconds)
         self.reserved: dict[str, int] = {}
         self.changed = trio.Event()
@@ -110,6 +117,10 @@ class Reach:
         out = self.relay.metrics() if self.relay is not None else {}
         if self.uses_relays:
             out["meshnode_reach_reservations"] = ("gauge", "Relays this node holds a slot on.", len(self.reserved))
+        if not self.config.relay_service:
+            out["meshnode_reach_relayed_closed_dead_total"] = (
+                "counter", "Relayed connections closed after missed pings (a relay not forwarding).",
+                self.keepalive.closed)
         if self.punch is not None:
             out["meshnode_reach_hole_punch_upgrades_total"] = (
                 "counter", "Relayed connections replaced by a direct one (DCUtR).", self.punch.upgraded)
@@ -128,6 +139,8 @@ class Reach:
             if self.punch is not None:
                 await stack.enter_async_context(background_trio_service(self.punch))
                 await self.punch.event_started.wait()
+            if not self.config.relay_service:  # a relay has no relayed connections of its own
+                nursery.start_soon(self.keepalive.run)
             if self.uses_relays:
                 receiver = CircuitReceiver(self.host, frozenset(self.relays.values()))
                 await stack.enter_async_context(background_trio_service(receiver))
@@ -156,10 +169,10 @@ class Reach:
                 log.info("reserved a slot on relay %s until %d", relay_id, expires)
                 self._changed()
             refresh_at = trio.current_time() + max(RELAY_CHECK_INTERVAL, (expires - self.ctx.clock()) / 2)
-            while trio.current_time() < refresh_at and is_connected(self.host, relay_id):
-                await trio.sleep(RELAY_CHECK_INTERVAL)
-            if not is_connected(self.host, relay_id):
-                log.warning("connection to relay %s lost: reserving again", relay_id)
+            why = await watch_reservation(self.host, relay_id, refresh_at, check_interval=RELAY_CHECK_INTERVAL)
+            if why != "refresh":
+                log.warning("reservation on relay %s %s: reserving again", relay_id,
+                            "lost (connection closed or replaced)" if why == "lost" else "dead (missed pings)")
                 self.reserved.pop(addr, None)
                 self._changed()
 

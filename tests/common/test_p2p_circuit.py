@@ -376,3 +376,85 @@ async def test_hole_punch_dials_at_most_the_first_20_addresses_and_one_session_a
                     while a.get_id() in punch_b.inbound_sessions:
                         await trio.sleep(0.1)
             assert refused == 1
+
+
+# --- a relay that stops forwarding (review finding MAJOR 3) ---------------------------------------------------
+
+@pytest.mark.trio
+async def test_a_black_holing_relay_leaves_no_connection_pinned() -> None:
+    """The relay keeps the circuit open but stops copying bytes: the keepalive's pings fail and the relayed
+    connection is closed (before the fix it counted as connected forever, so nothing redialled)."""
+    from common.p2p.dial import is_connected
+    from common.p2p.keepalive import RelayedKeepalive, ping
+    async with mesh() as (relay, r, a, b):
+        circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+        await connect(a, circuit, timeout=10)
+        assert await ping(a, b.get_id(), timeout=10)  # a live circuit answers
+        black = trio.Event()
+        original = relay._read_stream_with_retry
+
+        async def black_hole(stream: INetStream, max_retries: int = 3) -> bytes | None:
+            data = await original(stream, max_retries)
+            if black.is_set():
+                await trio.sleep_forever()
+            return data
+
+        relay._read_stream_with_retry = black_hole  # type: ignore[method-assign]
+        black.set()
+        keepalive = RelayedKeepalive(a, interval=0.5, timeout=1.0, misses=2)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keepalive.run)
+            with trio.fail_after(30):
+                while is_connected(a, b.get_id()):
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        assert keepalive.closed == 1
+
+
+@pytest.mark.trio
+async def test_a_relay_restart_is_noticed_even_when_something_reconnects_at_once() -> None:
+    """Review MINOR 2: the relay restarts (its reservations are gone) and B reconnects to it before the next
+    check: the reservation watch sees the connection replaced ("lost": reserve again), where the former
+    `is_connected` check saw a live relay and waited for the refresh at half the lifetime."""
+    from common.p2p.keepalive import watch_reservation
+    async with running_host(bytes([3]) * 32, LOOPBACK) as b:
+        async with running_host(bytes([1]) * 32, LOOPBACK) as r:
+            relay = CertifiedRelay(r, ReachConfig(relay_service=True), lambda _pid: True)
+            async with background_trio_service(relay):
+                await relay.event_started.wait()
+                relay_addr = listen_multiaddrs(r)[0]
+                await connect(b, relay_addr, timeout=10)
+                await reserve(b, r.get_id(), timeout=10)
+                results: list[str] = []
+
+                async def watch() -> None:
+                    results.append(await watch_reservation(b, r.get_id(), trio.current_time() + 600,
+                                                           check_interval=5.0))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch)
+                    await trio.sleep(0)
+                    await b.disconnect(r.get_id())  # the relay goes away ...
+                    await connect(b, relay_addr, timeout=10)  # ... and is back at once (well within 5 s)
+                    with trio.fail_after(20):
+                        while not results:
+                            await trio.sleep(0.1)
+        assert results == ["lost"]
+
+
+@pytest.mark.trio
+async def test_a_relay_that_stops_answering_is_left_and_reserved_again() -> None:
+    """The node's own connection to its relay: pings fail (the relay host stops answering ping), the watch
+    closes the connection and says "dead"."""
+    from common.p2p.keepalive import watch_reservation
+    from libp2p.host.ping import ID as PING
+    async with mesh() as (_relay, r, _a, b):
+        async def silent(stream: INetStream) -> None:
+            await trio.sleep_forever()
+
+        r.set_stream_handler(PING, silent)
+        with trio.fail_after(30):
+            why = await watch_reservation(b, r.get_id(), trio.current_time() + 600, check_interval=0.2,
+                                          ping_interval=0.5, ping_timeout=1.0, misses=2)
+        assert why == "dead"
+        assert not [c for c in b.get_network().get_connections(r.get_id()) if not c.is_closed]
