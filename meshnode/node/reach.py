@@ -41,7 +41,7 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.tools.anyio_service import background_trio_service
 
-from common.p2p.circuit import CircuitReceiver, reserve, split_circuit_addr
+from common.p2p.circuit import CircuitReceiver, is_circuit_addr, reserve, split_circuit_addr
 from common.p2p.dial import connect, is_connected
 from common.p2p.hole_punch import GatedDCUtR
 from common.p2p.keepalive import RelayedKeepalive, watch_reservation
@@ -180,7 +180,7 @@ class Reach:
         """Before a relayed address from a verified record is dialled: its relay must be a node whose
         certificate has role relay, as the directory says (checked before any dial) and as it says itself
         in hello once connected; the connection to it is made here. Raises UnauthorisedError otherwise."""
-        relay_part, relay_id = split_circuit_addr(circuit_addr)
+        _relay_part, relay_id = split_circuit_addr(circuit_addr)
         peer = relay_id.to_base58()
         if peer == self.ctx.peer_id:
             raise UnauthorisedError("a relayed address through this node itself")
@@ -189,7 +189,8 @@ class Reach:
             raise UnauthorisedError(f"{peer} ({resolved.org_code}) named as a relay has no certificate role relay: "
                                     "not dialled")
         dialled = not is_connected(self.host, relay_id)
-        await connect(self.host, relay_part, timeout=RELAY_TIMEOUT)
+        if dialled:  # at the addresses of the relay's own verified record: relay_part (the target's) only names it
+            await self._dial_relay(peer, [a for a in resolved.addrs if not is_circuit_addr(a)])
         if dialled or self.ctx.peers.certificate_of(peer) is None:
             cert = await self.wire.hello(peer)
         else:
@@ -197,6 +198,17 @@ class Reach:
         if not cert.has_role(Role.RELAY):
             await self.wire.disconnect(peer)
             raise UnauthorisedError(f"{peer} has no certificate role relay: no circuit through it")
+
+    async def _dial_relay(self, peer: str, addrs: list[str]) -> None:
+        errors = []
+        for addr in addrs:
+            full = addr if addr.endswith(f"/p2p/{peer}") else f"{addr}/p2p/{peer}"
+            try:
+                await connect(self.host, full, timeout=RELAY_TIMEOUT)
+                return
+            except MeshError as exc:
+                errors.append(str(exc))
+        raise UnavailableError(f"relay {peer}: no address of its own record answered: {'; '.join(errors) or 'none'}")
 
     async def _reserve(self, addr: str, relay_id: ID) -> int:
         """Connect to the relay at its configured address, check its certificate has role relay, reserve."""
