@@ -35,6 +35,12 @@ the protocol allows:
   key, so a peer can make us open TCP connections to addresses it names but never make us talk to a
   third party as it.
 
+After an upgrade the relayed connection is closed only once no stream is open on it (at least
+RELAY_CLOSE_GRACE, at most RELAY_DRAIN_MAX seconds after the upgrade): a transfer started over the relay
+finishes there, new streams use the direct connection. During the session and the drain the peer is
+protected from the swarm's trimming (max_connections_per_peer = 1 would otherwise close the older,
+relayed connection with its streams the moment the direct one is added).
+
 An inbound DCUtR stream is accepted under the same conditions (relayed connection, valid certificate);
 from anyone else it is reset unread. With `hole_punching = false` ([reach]) none of this runs.
 """
@@ -46,18 +52,27 @@ import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 
+import trio
+
 from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.dcutr import MAX_HOLE_PUNCH_ATTEMPTS, MAX_OBSERVED_ADDRS, DCUtRProtocol
 from multiaddr import Multiaddr
 
 from common.p2p.dial_gate import dial_gate, permit_one_dial, transport_part
-from common.p2p.paths import is_relayed
+from common.p2p.paths import connection_is_relayed, is_relayed
 
 log = logging.getLogger(__name__)
 
-#: seconds a verified direct connection and the relayed one coexist before the relayed one is closed
+#: seconds a verified direct connection and the relayed one coexist at least before the relayed one is closed
 RELAY_CLOSE_GRACE = 5.0
+#: seconds at most the relayed connection is kept after an upgrade while streams on it (a block transfer
+#: started before) are still open; new streams go to the direct connection (py-libp2p prefers direct)
+RELAY_DRAIN_MAX = 300.0
+#: the swarm's tag that keeps a peer's connections from being trimmed during a hole punch and the drain
+PROTECT_TAG = "hole-punch"
+#: seconds between looks at the relayed connection's open streams while it drains
+DRAIN_POLL = 0.5
 
 #: the addresses the running hole-punch session may dial (those of its CONNECT that passed `punchable`);
 #: a context variable, so the session's own dial tasks see it and nothing else does
@@ -124,6 +139,8 @@ class GatedDCUtR(DCUtRProtocol):
         self.refused = 0  # hole-punch streams, sessions or dials refused
         #: peers whose hole-punch session with us runs now (one each; the library serialises our own)
         self.inbound_sessions: set[ID] = set()
+        #: peers whose relayed connection waits for its streams to end after an upgrade
+        self._draining: set[ID] = set()
 
     def _allowed(self, peer_id: ID) -> bool:
         return is_relayed(self.host, peer_id) and self.authorised(peer_id)
@@ -170,20 +187,24 @@ class GatedDCUtR(DCUtRProtocol):
         self.inbound_sessions.add(peer)  # before any await: a second stream is refused above
         self._hole_punch_attempts[peer] = attempts + 1  # shared with the sessions we start (the library's)
         token = _SESSION.set(set())
+        self._protect(peer)
         try:
             await super()._handle_dcutr_stream(stream)
         finally:
             _SESSION.reset(token)
             self.inbound_sessions.discard(peer)
+            self._unprotect_unless_draining(peer)
 
     async def initiate_hole_punch(self, peer_id: ID) -> bool:
         if not self._allowed(peer_id):
             return False
         token = _SESSION.set(set())
+        self._protect(peer_id)
         try:
             upgraded = await super().initiate_hole_punch(peer_id)
         finally:
             _SESSION.reset(token)
+            self._unprotect_unless_draining(peer_id)
         if upgraded:  # the library closes the relayed connection after a DCUtR exchange, not after its
             self._schedule_relay_close(peer_id)  # unilateral direct dial (spec step 0): here both are closed
         return upgraded
@@ -204,7 +225,38 @@ class GatedDCUtR(DCUtRProtocol):
         if not is_relayed(self.host, peer_id):
             log.info("direct connection to %s by hole punching (%s)", peer_id, bare)
 
+    def _protect(self, peer_id: ID) -> None:
+        protect = getattr(self.host.get_network(), "protect", None)
+        if callable(protect):
+            protect(peer_id, PROTECT_TAG)
+
+    def _unprotect_unless_draining(self, peer_id: ID) -> None:
+        if peer_id in self._draining:
+            return  # the drain below unprotects
+        unprotect = getattr(self.host.get_network(), "unprotect", None)
+        if callable(unprotect):
+            unprotect(peer_id, PROTECT_TAG)
+
+    def _schedule_relay_close(self, peer_id: ID) -> None:
+        if self._nursery is not None and peer_id not in self._draining:
+            self._draining.add(peer_id)  # before the session's end would unprotect
+            self._nursery.start_soon(self._close_relayed_conns_after_grace, peer_id)
+
+    def _busy_relayed(self, peer_id: ID) -> bool:
+        return any(connection_is_relayed(c) and not c.is_closed and c.get_streams()
+                   for c in self.host.get_network().get_connections(peer_id))
+
     async def _close_relayed_conns_after_grace(self, peer_id: ID, grace: float = RELAY_CLOSE_GRACE) -> None:
-        await super()._close_relayed_conns_after_grace(peer_id, RELAY_CLOSE_GRACE)
-        if not is_relayed(self.host, peer_id) and self.host.get_network().get_connections(peer_id):
-            self.upgraded += 1
+        """Close the relayed connection once drained (module docstring), then lift the trim protection."""
+        self._draining.add(peer_id)
+        try:
+            await trio.sleep(RELAY_CLOSE_GRACE)
+            with trio.move_on_after(RELAY_DRAIN_MAX - RELAY_CLOSE_GRACE):
+                while self._busy_relayed(peer_id):
+                    await trio.sleep(DRAIN_POLL)
+            await super()._close_relayed_conns_after_grace(peer_id, 0)
+            if not is_relayed(self.host, peer_id) and self.host.get_network().get_connections(peer_id):
+                self.upgraded += 1
+        finally:
+            self._draining.discard(peer_id)
+            self._unprotect_unless_draining(peer_id)

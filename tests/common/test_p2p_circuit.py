@@ -458,3 +458,37 @@ async def test_a_relay_that_stops_answering_is_left_and_reserved_again() -> None
                                           ping_interval=0.5, ping_timeout=1.0, misses=2)
         assert why == "dead"
         assert not [c for c in b.get_network().get_connections(r.get_id()) if not c.is_closed]
+
+
+# --- an upgrade during a transfer (review finding MINOR 1) -----------------------------------------------------
+
+SLOW = TProtocol("/test/slow/1.0.0")
+SLOW_CHUNKS = 150  # 1 KiB every 0.1 s: about 15 s, across the upgrade and the relay-close grace
+
+
+@pytest.mark.trio
+async def test_upgrade_lets_a_stream_on_the_relayed_connection_finish() -> None:
+    """A transfer started over the relayed connection goes on to its end after hole punching upgrades the
+    connection (before the fix: StreamEOF after about 70 KiB, when the relayed connection was closed)."""
+    async def slow(stream: INetStream) -> None:
+        for _ in range(SLOW_CHUNKS):
+            await stream.write(b"x" * 1024)
+            await trio.sleep(0.1)
+        await stream.close()
+
+    async with mesh() as (_relay, r, a, b):
+        b.set_stream_handler(SLOW, slow)
+        punch_a = GatedDCUtR(a, lambda _pid: True, allow_loopback=True)
+        punch_b = GatedDCUtR(b, lambda _pid: True, allow_loopback=True)
+        async with background_trio_service(punch_a), background_trio_service(punch_b):
+            await connect(a, f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}", timeout=10)
+            stream = await a.new_stream(b.get_id(), [SLOW])
+            got = 0
+            with trio.fail_after(60):
+                while got < SLOW_CHUNKS * 1024:
+                    got += len(await stream.read(65536))
+            assert got == SLOW_CHUNKS * 1024
+            with trio.fail_after(30):  # the relayed connection is closed once its stream ended
+                while punch_a.upgraded + punch_b.upgraded == 0:
+                    await trio.sleep(0.2)
+            assert not is_relayed(a, b.get_id())
