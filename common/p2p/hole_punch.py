@@ -27,7 +27,8 @@ the protocol allows:
   `[reach] hole_punch_private = true`. Off by default: on the Internet a peer behind NAT is punched at
   its public (observed) address, and a private address from a peer could only be one of *our* network's
   hosts (a hospital's internal PACS). Deployments where both NATs sit inside one private network (and
-  the network-namespace tests) turn it on;
+  the network-namespace tests) turn it on; loopback only with `hole_punch_loopback = true`, for several
+  nodes on one machine (the real-process tests), never in production;
 - at most MAX_HOLE_PUNCH_ATTEMPTS = 3 sessions per peer and connection, counting the ones the peer
   starts, and one inbound session per peer at a time (a second one is reset unread; our own session with
   that peer may run beside it, as the library allows, so that two peers starting at once both succeed);
@@ -134,7 +135,7 @@ class GatedDCUtR(DCUtRProtocol):
         super().__init__(host)
         self.authorised = authorised
         self.allow_private = allow_private
-        self.allow_loopback = allow_loopback  # in-process tests on 127.0.0.1 only; a node never sets it
+        self.allow_loopback = allow_loopback  # nodes on one machine only (tests; [reach] hole_punch_loopback)
         self.upgraded = 0  # direct connections that replaced a relayed one
         self.refused = 0  # hole-punch streams, sessions or dials refused
         #: peers whose hole-punch session with us runs now (one each; the library serialises our own)

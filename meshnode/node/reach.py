@@ -79,7 +79,8 @@ class Reach:
         #: DCUtR on relayed connections ([reach] hole_punching; a relay has none of its own)
         self.punch: GatedDCUtR | None = (
             GatedDCUtR(host, lambda pid: self._authorised(pid.to_base58()),
-                       allow_private=self.config.hole_punch_private)
+                       allow_private=self.config.hole_punch_private,
+                       allow_loopback=self.config.hole_punch_loopback)
             if self.config.hole_punching and not self.config.relay_service else None)
         #: pings relayed connections; closes the dead ones so they are dialled again (common.p2p.keepalive)
         self.keepalive = RelayedKeepalive(host)
