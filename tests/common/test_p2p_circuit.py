@@ -492,3 +492,62 @@ async def test_upgrade_lets_a_stream_on_the_relayed_connection_finish() -> None:
                 while punch_a.upgraded + punch_b.upgraded == 0:
                     await trio.sleep(0.2)
             assert not is_relayed(a, b.get_id())
+
+
+@pytest.mark.trio
+async def test_after_a_dead_relay_the_peer_is_reached_through_its_other_relay() -> None:
+    """B holds slots on R1 and R2; R1 stops forwarding. The keepalive closes A's dead connection, and dialling
+    B's addresses in order (as Sessions.ensure does) fails through R1 and reaches B through R2."""
+    from common.p2p.dial import is_connected
+    from common.p2p.keepalive import RelayedKeepalive
+    async with running_host(bytes([1]) * 32, LOOPBACK) as r1, running_host(bytes([7]) * 32, LOOPBACK) as r2, \
+            running_host(bytes([2]) * 32, LOOPBACK) as a, running_host(bytes([3]) * 32, LOOPBACK) as b:
+        relay1 = CertifiedRelay(r1, ReachConfig(relay_service=True), lambda _pid: True)
+        relay2 = CertifiedRelay(r2, ReachConfig(relay_service=True), lambda _pid: True)
+        receiver = CircuitReceiver(b, frozenset({r1.get_id(), r2.get_id()}))
+        async with background_trio_service(relay1), background_trio_service(relay2), \
+                background_trio_service(receiver):
+            await relay1.event_started.wait()
+            await relay2.event_started.wait()
+            await receiver.event_started.wait()
+            b.set_stream_handler(ECHO, _echo)
+            for r in (r1, r2):
+                await connect(b, listen_multiaddrs(r)[0], timeout=10)
+                await reserve(b, r.get_id(), timeout=10)
+                await connect(a, listen_multiaddrs(r)[0], timeout=10)
+            record = [f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}" for r in (r1, r2)]
+            await connect(a, record[0], timeout=10)
+            original = relay1._read_stream_with_retry
+            black = trio.Event()
+
+            async def black_hole(stream: INetStream, max_retries: int = 3) -> bytes | None:
+                data = await original(stream, max_retries)
+                if black.is_set():
+                    await trio.sleep_forever()
+                return data
+
+            relay1._read_stream_with_retry = black_hole  # type: ignore[method-assign]
+            black.set()
+            keepalive = RelayedKeepalive(a, interval=0.5, timeout=1.0, misses=2)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keepalive.run)
+                with trio.fail_after(30):
+                    while is_connected(a, b.get_id()):
+                        await trio.sleep(0.1)
+                reached = None
+                for addr in record:  # Sessions.ensure's loop over the record's addresses
+                    try:
+                        reached = await connect(a, addr, timeout=5)
+                        break
+                    except (UnavailableError, LocalProtocolError):
+                        continue
+                nursery.cancel_scope.cancel()
+            assert reached == b.get_id()
+            stream = await a.new_stream(b.get_id(), [ECHO])
+            await stream.write(PAYLOAD)
+            echoed = b""
+            with trio.fail_after(20):
+                while len(echoed) < len(PAYLOAD):
+                    echoed += await stream.read(65536)
+            assert echoed == PAYLOAD
+            assert relay2.counters.circuits_total == 1
