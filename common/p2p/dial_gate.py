@@ -15,12 +15,19 @@ directory), and nothing else.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from libp2p.abc import IHost
 from multiaddr import Multiaddr
 
 #: Addresses remembered per host; the least recently permitted is forgotten first.
 MAX_PERMITTED = 4096
+
+#: the one transport address the running task (and the tasks it starts) may dial besides the remembered
+#: ones: a single hole-punch dial (common.p2p.hole_punch), never a host-wide permission
+_ONE_DIAL: ContextVar[str | None] = ContextVar("one_dial", default=None)
 
 
 def transport_part(addr: Multiaddr | str) -> str:
@@ -41,11 +48,24 @@ class DialGate:
             self._permitted.popitem(last=False)
 
     def forget(self, addr: Multiaddr | str) -> None:
-        """No longer permit an address (the narrow, temporary permissions of common.p2p.hole_punch)."""
+        """No longer permit an address."""
         self._permitted.pop(transport_part(addr), None)
 
     def permits(self, addr: Multiaddr) -> bool:
-        return transport_part(addr) in self._permitted
+        key = transport_part(addr)
+        return key in self._permitted or _ONE_DIAL.get() == key
+
+
+@contextmanager
+def permit_one_dial(addr: Multiaddr | str) -> Iterator[None]:
+    """Permit `addr` to the dials made inside this block by this task (and tasks it starts) only: other
+    tasks of the host, before, during and after, are not permitted it (a context variable, not the gate's
+    remembered addresses)."""
+    token = _ONE_DIAL.set(transport_part(addr))
+    try:
+        yield
+    finally:
+        _ONE_DIAL.reset(token)
 
 
 def dial_gate(host: IHost) -> DialGate | None:

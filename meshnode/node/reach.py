@@ -11,7 +11,11 @@ Started by the runtime with the node's services ([reach] in node.toml, meshnode.
   relay drops, with protocol.backoff between failures. `addresses` gives the signed address record's
   addresses: `<relay>/p2p-circuit/p2p/<this node>` for each relay holding a slot, after the direct
   listen addresses unless private (then only the relayed ones); `changed` is set when they change, so
-  the record is republished. Circuits are accepted only from these relays (common.p2p.circuit).
+  the record is republished. Circuits are accepted only from these relays (common.p2p.circuit). The
+  reservation is made again when the connection it was made on closes or is replaced (a relay restart),
+  or when the relay misses pings (common.p2p.keepalive.watch_reservation).
+- every relayed connection (not on a relay) is pinged; one that misses pings is closed so the next stream
+  dials the peer again, through its other relays if this one is dead (common.p2p.keepalive).
 - `hole_punching = true` (not on a relay): DCUtR (common.p2p.hole_punch) tries to replace each relayed
   connection, ours or a peer's, by a direct one; both sides need it on.
 
@@ -37,9 +41,10 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.tools.anyio_service import background_trio_service
 
-from common.p2p.circuit import CircuitReceiver, reserve, split_circuit_addr
+from common.p2p.circuit import CircuitReceiver, is_circuit_addr, reserve, split_circuit_addr
 from common.p2p.dial import connect, is_connected
 from common.p2p.hole_punch import GatedDCUtR
+from common.p2p.keepalive import RelayedKeepalive, watch_reservation
 from meshnode.node.context import NodeContext
 from meshnode.node.reach_config import Reachability
 from meshnode.node.relay_service import CertifiedRelay, check_relay_role
@@ -73,8 +78,12 @@ class Reach:
                                       for addr in self.config.relays}
         #: DCUtR on relayed connections ([reach] hole_punching; a relay has none of its own)
         self.punch: GatedDCUtR | None = (
-            GatedDCUtR(host, lambda pid: self._authorised(pid.to_base58()))
+            GatedDCUtR(host, lambda pid: self._authorised(pid.to_base58()),
+                       allow_private=self.config.hole_punch_private,
+                       allow_loopback=self.config.hole_punch_loopback)
             if self.config.hole_punching and not self.config.relay_service else None)
+        #: pings relayed connections; closes the dead ones so they are dialled again (common.p2p.keepalive)
+        self.keepalive = RelayedKeepalive(host)
         #: relay address -> when its reservation expires (Unix seconds)
         self.reserved: dict[str, int] = {}
         self.changed = trio.Event()
@@ -109,6 +118,10 @@ class Reach:
         out = self.relay.metrics() if self.relay is not None else {}
         if self.uses_relays:
             out["meshnode_reach_reservations"] = ("gauge", "Relays this node holds a slot on.", len(self.reserved))
+        if not self.config.relay_service:
+            out["meshnode_reach_relayed_closed_dead_total"] = (
+                "counter", "Relayed connections closed after missed pings (a relay not forwarding).",
+                self.keepalive.closed)
         if self.punch is not None:
             out["meshnode_reach_hole_punch_upgrades_total"] = (
                 "counter", "Relayed connections replaced by a direct one (DCUtR).", self.punch.upgraded)
@@ -127,6 +140,8 @@ class Reach:
             if self.punch is not None:
                 await stack.enter_async_context(background_trio_service(self.punch))
                 await self.punch.event_started.wait()
+            if not self.config.relay_service:  # a relay has no relayed connections of its own
+                nursery.start_soon(self.keepalive.run)
             if self.uses_relays:
                 receiver = CircuitReceiver(self.host, frozenset(self.relays.values()))
                 await stack.enter_async_context(background_trio_service(receiver))
@@ -155,10 +170,10 @@ class Reach:
                 log.info("reserved a slot on relay %s until %d", relay_id, expires)
                 self._changed()
             refresh_at = trio.current_time() + max(RELAY_CHECK_INTERVAL, (expires - self.ctx.clock()) / 2)
-            while trio.current_time() < refresh_at and is_connected(self.host, relay_id):
-                await trio.sleep(RELAY_CHECK_INTERVAL)
-            if not is_connected(self.host, relay_id):
-                log.warning("connection to relay %s lost: reserving again", relay_id)
+            why = await watch_reservation(self.host, relay_id, refresh_at, check_interval=RELAY_CHECK_INTERVAL)
+            if why != "refresh":
+                log.warning("reservation on relay %s %s: reserving again", relay_id,
+                            "lost (connection closed or replaced)" if why == "lost" else "dead (missed pings)")
                 self.reserved.pop(addr, None)
                 self._changed()
 
@@ -166,7 +181,7 @@ class Reach:
         """Before a relayed address from a verified record is dialled: its relay must be a node whose
         certificate has role relay, as the directory says (checked before any dial) and as it says itself
         in hello once connected; the connection to it is made here. Raises UnauthorisedError otherwise."""
-        relay_part, relay_id = split_circuit_addr(circuit_addr)
+        _relay_part, relay_id = split_circuit_addr(circuit_addr)
         peer = relay_id.to_base58()
         if peer == self.ctx.peer_id:
             raise UnauthorisedError("a relayed address through this node itself")
@@ -175,7 +190,8 @@ class Reach:
             raise UnauthorisedError(f"{peer} ({resolved.org_code}) named as a relay has no certificate role relay: "
                                     "not dialled")
         dialled = not is_connected(self.host, relay_id)
-        await connect(self.host, relay_part, timeout=RELAY_TIMEOUT)
+        if dialled:  # at the addresses of the relay's own verified record: relay_part (the target's) only names it
+            await self._dial_relay(peer, [a for a in resolved.addrs if not is_circuit_addr(a)])
         if dialled or self.ctx.peers.certificate_of(peer) is None:
             cert = await self.wire.hello(peer)
         else:
@@ -183,6 +199,17 @@ class Reach:
         if not cert.has_role(Role.RELAY):
             await self.wire.disconnect(peer)
             raise UnauthorisedError(f"{peer} has no certificate role relay: no circuit through it")
+
+    async def _dial_relay(self, peer: str, addrs: list[str]) -> None:
+        errors = []
+        for addr in addrs:
+            full = addr if addr.endswith(f"/p2p/{peer}") else f"{addr}/p2p/{peer}"
+            try:
+                await connect(self.host, full, timeout=RELAY_TIMEOUT)
+                return
+            except MeshError as exc:
+                errors.append(str(exc))
+        raise UnavailableError(f"relay {peer}: no address of its own record answered: {'; '.join(errors) or 'none'}")
 
     async def _reserve(self, addr: str, relay_id: ID) -> int:
         """Connect to the relay at its configured address, check its certificate has role relay, reserve."""

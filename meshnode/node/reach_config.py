@@ -57,6 +57,12 @@ class ReachConfig:
     reachability: Reachability = Reachability.AUTO
     relays: tuple[str, ...] = ()
     hole_punching: bool = True
+    #: hole punching may dial private addresses (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) a peer
+    #: sends: only where both NATs sit in one private network (common.p2p.hole_punch)
+    hole_punch_private: bool = False
+    #: hole punching may dial loopback addresses: for several nodes on one machine (the real-process tests)
+    #: only; a peer naming 127.0.0.1 otherwise points the node at its own services
+    hole_punch_loopback: bool = False
     relay_service: bool = False
     relay_max_reservations: int = 128
     relay_max_circuits: int = 512
@@ -91,6 +97,8 @@ def parse_reach(root: Table) -> ReachConfig:
         reachability=Reachability(reach),
         relays=tuple(relays),
         hole_punching=t.boolean("hole_punching", d.hole_punching),
+        hole_punch_private=t.boolean("hole_punch_private", d.hole_punch_private),
+        hole_punch_loopback=t.boolean("hole_punch_loopback", d.hole_punch_loopback),
         relay_service=t.boolean("relay_service", d.relay_service),
         relay_max_reservations=t.integer("relay_max_reservations", d.relay_max_reservations, 1, 100_000),
         relay_max_circuits=t.integer("relay_max_circuits", d.relay_max_circuits, 1, 100_000),

@@ -10,7 +10,12 @@ library code is patched) to add what a dicom-mesh relay must do on top:
   no longer authorised. `drop_unauthorised` (called at each roster refresh) drops the reservations of
   revoked nodes;
 - limits from node.toml's [reach]: reservations at once, circuits at once (all peers) and per peer, the
-  reservation lifetime, and a cap on the relayed bytes per second over all circuits (UploadLimiter);
+  reservation lifetime, and a cap on the relayed bytes per second over all circuits (UploadLimiter).
+  `relay_max_circuits_per_peer` holds at both ends: circuits *to* a reserved peer (the library's count)
+  and circuits *from* a peer (ours), and one source may hold at most a quarter of them to one destination
+  (`pair_limit`, at least 1), so that a single certified peer can neither take every slot to a node (cutting
+  it off) nor more than its share of relay_max_circuits. Pending CONNECTs count; a CONNECT the library
+  would refuse (no reservation, destination full) is refused at once and takes no slot;
 - counters for the node's /metrics: reservations and circuits active, relayed bytes, refusals.
 
 The relay copies ciphertext: Noise runs end to end between the two nodes over the circuit, and the bytes
@@ -22,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -37,6 +43,8 @@ from protocol.certificate import Certificate, Role
 from protocol.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+_K = TypeVar("_K")
 
 
 def check_relay_role(reach: ReachConfig, certificate: Certificate) -> None:
@@ -81,8 +89,21 @@ class RelayCounters:
     circuits_total: int = 0
 
 
+def pair_limit(per_peer: int) -> int:
+    """Circuits one source may hold to one destination: a quarter of relay_max_circuits_per_peer, at least 1."""
+    return max(1, per_peer // 4)
+
+
 #: Whether a peer (base58 ID) holds a certificate valid now: the node's PeerRegistry.authorise, as a bool.
 Authorised = Callable[[str], bool]
+
+
+def _decrement(counts: dict[_K, int], key: _K) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 class CertifiedRelay(CircuitV2Protocol):
@@ -95,6 +116,10 @@ class CertifiedRelay(CircuitV2Protocol):
         self.limiter = UploadLimiter(reach.relay_mb_per_s)
         self.counters = RelayCounters()
         self.circuits_active = 0
+        self.max_per_peer = reach.relay_max_circuits_per_peer
+        self.pair_limit = pair_limit(reach.relay_max_circuits_per_peer)
+        self._from_source: dict[ID, int] = {}  # circuits (open or being set up) a peer asked for
+        self._pairs: dict[tuple[ID, ID], int] = {}  # the same per (source, destination)
         self._connecting: set[int] = set()  # hop streams whose CONNECT is being handled
         self._active_relays = _Unindexed()
 
@@ -143,13 +168,31 @@ class CertifiedRelay(CircuitV2Protocol):
                                StatusCode.RESOURCE_LIMIT_EXCEEDED)
             return
         if not self.resource_manager.can_accept_connection(destination):
-            self.counters.refused_circuits += 1  # the library answers NO_RESERVATION / over the per-peer limit
-        self.circuits_active += 1
+            code = (StatusCode.RESOURCE_LIMIT_EXCEEDED if self.resource_manager.has_reservation(destination)
+                    else StatusCode.NO_RESERVATION)
+            await self._refuse(stream, "circuit", source, "destination without a reservation or at its limit", code)
+            return
+        pair = (source, destination)
+        if self._from_source.get(source, 0) >= self.max_per_peer:
+            await self._refuse(stream, "circuit", source,
+                               f"relay_max_circuits_per_peer ({self.max_per_peer}) from this peer reached",
+                               StatusCode.RESOURCE_LIMIT_EXCEEDED)
+            return
+        if self._pairs.get(pair, 0) >= self.pair_limit:
+            await self._refuse(stream, "circuit", source,
+                               f"{self.pair_limit} circuits from this peer to {destination} already",
+                               StatusCode.RESOURCE_LIMIT_EXCEEDED)
+            return
+        self.circuits_active += 1  # no await between the checks above and these counts
+        self._from_source[source] = self._from_source.get(source, 0) + 1
+        self._pairs[pair] = self._pairs.get(pair, 0) + 1
         self._connecting.add(id(stream))
         try:
             await super()._handle_connect(stream, msg)
         finally:
             self.circuits_active -= 1
+            _decrement(self._from_source, source)
+            _decrement(self._pairs, pair)
             self._connecting.discard(id(stream))
 
     async def _relay_data(self, src_stream: INetStream, dst_stream: INetStream, peer_id: ID,

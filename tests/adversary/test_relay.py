@@ -142,3 +142,41 @@ async def test_reservation_limit_refuses_the_excess() -> None:
         assert status(await hop(b, relay_host, reserve())) == StatusCode.RESOURCE_LIMIT_EXCEEDED
         assert relay.reservations_active() == 1
         assert relay.counters.refused_reservations == 1
+
+
+@pytest.mark.trio
+async def test_one_source_cannot_hold_every_circuit_slot_to_a_node() -> None:
+    """Review MAJOR 2: relay_max_circuits_per_peer limited the destination only, so one certified source (no
+    reservation, never speaking Noise) held every slot to B. Now it holds at most a quarter of them; another
+    source still reaches B, and a source's circuits over all destinations are capped too."""
+    from tests.common.test_p2p_circuit import mesh
+    from common.p2p.dial import connect as dial
+    from common.p2p.paths import is_relayed
+    from meshnode.node.relay_service import pair_limit
+
+    reach = ReachConfig(relay_service=True, relay_max_circuits_per_peer=8)
+    assert pair_limit(8) == 2
+    async with mesh(reach) as (relay, r, a, b), running_host(bytes([6]) * 32, LOOPBACK) as c:
+        held = []
+        for _ in range(2):
+            s = await a.new_stream(r.get_id(), [PROTOCOL_ID])
+            await write_delimited_msg(s, connect_to(b.get_id()))
+            with trio.fail_after(10):
+                assert status(await read_delimited_msg(s, HopMessage)) == StatusCode.OK
+            held.append(s)
+        answer = await hop(a, r, connect_to(b.get_id()))
+        assert status(answer) == StatusCode.RESOURCE_LIMIT_EXCEEDED
+        await dial(c, listen_multiaddrs(r)[0], timeout=10)
+        await dial(c, f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}", timeout=10)
+        assert is_relayed(c, b.get_id())
+        assert relay.circuits_active == 3
+
+
+@pytest.mark.trio
+async def test_a_connect_without_reservation_takes_no_slot() -> None:
+    """A CONNECT to a peer without reservation is refused at once and never counts among circuits_active."""
+    reach = ReachConfig(relay_service=True, relay_max_circuits=1)
+    async with relay_and(2, reach, {0, 1}) as (relay, r, (a, b)):
+        answer = await hop(a, r, connect_to(b.get_id()))
+        assert status(answer) == StatusCode.NO_RESERVATION
+        assert relay.circuits_active == 0 and relay.counters.refused_circuits == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 import trio
@@ -132,8 +133,8 @@ async def test_dial_with_source_port_obeys_the_dial_gate() -> None:
 @pytest.mark.trio
 async def test_hole_punching_upgrades_a_relayed_connection_to_direct() -> None:
     async with mesh() as (relay, r, a, b):
-        punch_a = GatedDCUtR(a, lambda _pid: True)
-        punch_b = GatedDCUtR(b, lambda _pid: True)
+        punch_a = GatedDCUtR(a, lambda _pid: True, allow_loopback=True)
+        punch_b = GatedDCUtR(b, lambda _pid: True, allow_loopback=True)
         async with background_trio_service(punch_a), background_trio_service(punch_b):
             await punch_a.event_started.wait()
             await punch_b.event_started.wait()
@@ -221,3 +222,332 @@ async def test_one_circuit_ending_leaves_the_others_to_the_same_peer() -> None:
             while len(echoed) < len(PAYLOAD):
                 echoed += await stream.read(65536)
         assert echoed == PAYLOAD
+
+
+# --- hole punching under hostile CONNECTs (review finding MAJOR 1) ---------------------------------------------
+
+@pytest.mark.parametrize("addr,ok", [
+    ("/ip4/8.8.8.8/tcp/4001", True),
+    ("/ip4/127.0.0.1/tcp/4001", False),
+    ("/ip4/169.254.169.254/tcp/80", False),
+    ("/ip6/fe80::1/tcp/4001", False),
+    ("/ip4/224.0.0.1/tcp/4001", False),
+    ("/ip4/255.255.255.255/tcp/4001", False),
+    ("/ip4/0.0.0.0/tcp/4001", False),
+    ("/ip6/::/tcp/4001", False),
+    ("/ip6/::1/tcp/4001", False),
+    ("/ip6/::ffff:127.0.0.1/tcp/4001", False),
+    ("/ip4/10.1.2.3/tcp/445", False),
+    ("/ip4/192.168.1.10/tcp/104", False),
+    ("/ip4/172.20.0.5/tcp/104", False),
+    ("/ip4/203.0.113.9/tcp/4001", False),  # documentation range, not global
+    ("/ip4/8.8.4.4/tcp/0", False),
+    ("/dns4/example.org/tcp/4001", False),
+    ("/ip4/8.8.8.8/udp/4001/quic-v1", False),
+    ("/ip4/9.9.9.9/tcp/4001", False),  # one of the node's own IPs
+])
+def test_hole_punch_dials_only_global_unicast_addresses(addr: str, ok: bool) -> None:
+    from multiaddr import Multiaddr
+
+    from common.p2p.hole_punch import punchable
+    assert punchable(Multiaddr(addr), {"9.9.9.9"}) is ok
+
+
+def test_hole_punch_private_ranges_only_when_allowed() -> None:
+    from multiaddr import Multiaddr
+
+    from common.p2p.hole_punch import punchable
+    for addr in ("/ip4/10.1.2.3/tcp/445", "/ip4/192.168.1.10/tcp/104", "/ip4/172.20.0.5/tcp/104"):
+        assert punchable(Multiaddr(addr), set(), allow_private=True)
+    assert not punchable(Multiaddr("/ip4/169.254.169.254/tcp/80"), set(), allow_private=True)
+    assert not punchable(Multiaddr("/ip4/127.0.0.1/tcp/80"), set(), allow_private=True)
+
+
+def test_one_dial_permission_is_not_host_wide() -> None:
+    """The hole punch's permission holds for the dials of the task that asked, not for others of the host."""
+    from multiaddr import Multiaddr
+
+    from common.p2p.dial_gate import DialGate, permit_one_dial
+    gate = DialGate()
+    addr = Multiaddr("/ip4/127.0.0.1/tcp/9")
+    seen: list[bool] = []
+
+    async def other() -> None:
+        seen.append(gate.permits(addr))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            with permit_one_dial(addr):
+                assert gate.permits(addr)
+                seen.append(gate.permits(addr))
+            nursery.start_soon(other)  # started outside the block
+        assert not gate.permits(addr)
+
+    trio.run(main)
+    assert seen == [True, False]
+
+
+async def _hostile_connect(a: IHost, b: IHost, addrs: list[str]) -> INetStream:
+    from libp2p.relay.circuit_v2.pb.dcutr_pb2 import HolePunch
+    from multiaddr import Multiaddr
+    stream = await a.new_stream(b.get_id(), [DCUTR_PROTOCOL_ID])
+    msg = HolePunch(type=HolePunch.CONNECT)
+    msg.ObsAddrs.extend([Multiaddr(x).to_bytes() for x in addrs])
+    await write_delimited_msg(stream, msg)
+    return stream
+
+
+@pytest.mark.trio
+async def test_hole_punch_never_dials_loopback_or_private_addresses_a_peer_names() -> None:
+    """A (certified, relayed to B) names a plain TCP service on 127.0.0.1 and private addresses in its CONNECT:
+    B connects to none of them (before the fix the service received B's multistream header)."""
+    accepted: list[bytes] = []
+
+    async def service(stream: trio.SocketStream) -> None:
+        with trio.move_on_after(2):
+            accepted.append(await stream.receive_some(100))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, service, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with mesh() as (_relay, r, a, b):
+            punch_b = GatedDCUtR(b, lambda _pid: True)
+            async with background_trio_service(punch_b):
+                await punch_b.event_started.wait()
+                await connect(a, f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}", timeout=10)
+                stream = await _hostile_connect(a, b, [f"/ip4/127.0.0.1/tcp/{port}", "/ip4/169.254.169.254/tcp/80",
+                                                       "/ip4/10.0.0.5/tcp/104"])
+                from libp2p.relay.circuit_v2.pb.dcutr_pb2 import HolePunch
+                await stream.read(4096)  # B's CONNECT
+                await write_delimited_msg(stream, HolePunch(type=HolePunch.SYNC))
+                with trio.fail_after(40):  # B's session ends (the library's own mark, to run before the fix too)
+                    while a.get_id() in punch_b._in_progress:
+                        await trio.sleep(0.1)
+                assert punch_b.refused >= 3
+        nursery.cancel_scope.cancel()
+    assert accepted == []
+
+
+@pytest.mark.trio
+async def test_hole_punch_dials_at_most_the_first_20_addresses_and_one_session_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 addresses in one CONNECT buy dials to at most the first 20 (before the fix: 301 targets); a second
+    hole-punch stream while the session runs is reset; the 3-attempt budget counts the peer's sessions."""
+    from libp2p.relay.circuit_v2 import dcutr
+    from libp2p.relay.circuit_v2.pb.dcutr_pb2 import HolePunch
+    monkeypatch.setattr(dcutr, "_HOLE_PUNCH_ROUND_TIMEOUT", 0.5)
+    dials: list[str] = []
+    original = BufferedTCP._check_permitted
+
+    def counting(self: BufferedTCP, maddr: object) -> None:
+        dials.append(str(maddr))
+        original(self, maddr)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BufferedTCP, "_check_permitted", counting)
+    async with mesh() as (_relay, r, a, b):
+        punch_b = GatedDCUtR(b, lambda _pid: True, allow_loopback=True)
+        async with background_trio_service(punch_b):
+            await punch_b.event_started.wait()
+            await connect(a, f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}", timeout=10)
+            before = len(dials)
+            named = [f"/ip4/127.0.{i // 250}.{i % 250 + 2}/tcp/9" for i in range(300)]
+            stream = await _hostile_connect(a, b, named)
+            await stream.read(4096)
+            with trio.fail_after(10), pytest.raises(Exception):  # noqa: B017 - reset: one session at a time
+                second = await _hostile_connect(a, b, named)
+                await second.read(4096)
+            await write_delimited_msg(stream, HolePunch(type=HolePunch.SYNC))
+            with trio.fail_after(40):
+                while a.get_id() in punch_b.inbound_sessions:
+                    await trio.sleep(0.1)
+            targets = {d.split("/p2p/")[0] for d in dials[before:]}
+            assert targets and targets <= set(named[:20])
+            refused = 0
+            for _ in range(3):  # attempts 2 and 3 at most (B's own sessions toward A count too); then refused
+                try:
+                    with trio.fail_after(10):
+                        s = await _hostile_connect(a, b, [])
+                        await s.read(4096)
+                except Exception:  # noqa: BLE001 - reset: the budget is used
+                    refused += 1
+                    break
+                await s.close()
+                with trio.fail_after(30):
+                    while a.get_id() in punch_b.inbound_sessions:
+                        await trio.sleep(0.1)
+            assert refused == 1
+
+
+# --- a relay that stops forwarding (review finding MAJOR 3) ---------------------------------------------------
+
+@pytest.mark.trio
+async def test_a_black_holing_relay_leaves_no_connection_pinned() -> None:
+    """The relay keeps the circuit open but stops copying bytes: the keepalive's pings fail and the relayed
+    connection is closed (before the fix it counted as connected forever, so nothing redialled)."""
+    from common.p2p.dial import is_connected
+    from common.p2p.keepalive import RelayedKeepalive, ping
+    async with mesh() as (relay, r, a, b):
+        circuit = f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}"
+        await connect(a, circuit, timeout=10)
+        assert await ping(a, b.get_id(), timeout=10)  # a live circuit answers
+        black = trio.Event()
+        original = relay._read_stream_with_retry
+
+        async def black_hole(stream: INetStream, max_retries: int = 3) -> bytes | None:
+            data = await original(stream, max_retries)
+            if black.is_set():
+                await trio.sleep_forever()
+            return data
+
+        relay._read_stream_with_retry = black_hole  # type: ignore[method-assign]
+        black.set()
+        keepalive = RelayedKeepalive(a, interval=0.5, timeout=1.0, misses=2)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keepalive.run)
+            with trio.fail_after(30):
+                while is_connected(a, b.get_id()):
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        assert keepalive.closed == 1
+
+
+@pytest.mark.trio
+async def test_a_relay_restart_is_noticed_even_when_something_reconnects_at_once() -> None:
+    """Review MINOR 2: the relay restarts (its reservations are gone) and B reconnects to it before the next
+    check: the reservation watch sees the connection replaced ("lost": reserve again), where the former
+    `is_connected` check saw a live relay and waited for the refresh at half the lifetime."""
+    from common.p2p.keepalive import watch_reservation
+    async with running_host(bytes([3]) * 32, LOOPBACK) as b:
+        async with running_host(bytes([1]) * 32, LOOPBACK) as r:
+            relay = CertifiedRelay(r, ReachConfig(relay_service=True), lambda _pid: True)
+            async with background_trio_service(relay):
+                await relay.event_started.wait()
+                relay_addr = listen_multiaddrs(r)[0]
+                await connect(b, relay_addr, timeout=10)
+                await reserve(b, r.get_id(), timeout=10)
+                results: list[str] = []
+
+                async def watch() -> None:
+                    results.append(await watch_reservation(b, r.get_id(), trio.current_time() + 600,
+                                                           check_interval=5.0))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch)
+                    await trio.sleep(0)
+                    await b.disconnect(r.get_id())  # the relay goes away ...
+                    await connect(b, relay_addr, timeout=10)  # ... and is back at once (well within 5 s)
+                    with trio.fail_after(20):
+                        while not results:
+                            await trio.sleep(0.1)
+        assert results == ["lost"]
+
+
+@pytest.mark.trio
+async def test_a_relay_that_stops_answering_is_left_and_reserved_again() -> None:
+    """The node's own connection to its relay: pings fail (the relay host stops answering ping), the watch
+    closes the connection and says "dead"."""
+    from common.p2p.keepalive import watch_reservation
+    from libp2p.host.ping import ID as PING
+    async with mesh() as (_relay, r, _a, b):
+        async def silent(stream: INetStream) -> None:
+            await trio.sleep_forever()
+
+        r.set_stream_handler(PING, silent)
+        with trio.fail_after(30):
+            why = await watch_reservation(b, r.get_id(), trio.current_time() + 600, check_interval=0.2,
+                                          ping_interval=0.5, ping_timeout=1.0, misses=2)
+        assert why == "dead"
+        assert not [c for c in b.get_network().get_connections(r.get_id()) if not c.is_closed]
+
+
+# --- an upgrade during a transfer (review finding MINOR 1) -----------------------------------------------------
+
+SLOW = TProtocol("/test/slow/1.0.0")
+SLOW_CHUNKS = 150  # 1 KiB every 0.1 s: about 15 s, across the upgrade and the relay-close grace
+
+
+@pytest.mark.trio
+async def test_upgrade_lets_a_stream_on_the_relayed_connection_finish() -> None:
+    """A transfer started over the relayed connection goes on to its end after hole punching upgrades the
+    connection (before the fix: StreamEOF after about 70 KiB, when the relayed connection was closed)."""
+    async def slow(stream: INetStream) -> None:
+        for _ in range(SLOW_CHUNKS):
+            await stream.write(b"x" * 1024)
+            await trio.sleep(0.1)
+        await stream.close()
+
+    async with mesh() as (_relay, r, a, b):
+        b.set_stream_handler(SLOW, slow)
+        punch_a = GatedDCUtR(a, lambda _pid: True, allow_loopback=True)
+        punch_b = GatedDCUtR(b, lambda _pid: True, allow_loopback=True)
+        async with background_trio_service(punch_a), background_trio_service(punch_b):
+            await connect(a, f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}", timeout=10)
+            stream = await a.new_stream(b.get_id(), [SLOW])
+            got = 0
+            with trio.fail_after(60):
+                while got < SLOW_CHUNKS * 1024:
+                    got += len(await stream.read(65536))
+            assert got == SLOW_CHUNKS * 1024
+            with trio.fail_after(30):  # the relayed connection is closed once its stream ended
+                while punch_a.upgraded + punch_b.upgraded == 0:
+                    await trio.sleep(0.2)
+            assert not is_relayed(a, b.get_id())
+
+
+@pytest.mark.trio
+async def test_after_a_dead_relay_the_peer_is_reached_through_its_other_relay() -> None:
+    """B holds slots on R1 and R2; R1 stops forwarding. The keepalive closes A's dead connection, and dialling
+    B's addresses in order (as Sessions.ensure does) fails through R1 and reaches B through R2."""
+    from common.p2p.dial import is_connected
+    from common.p2p.keepalive import RelayedKeepalive
+    async with running_host(bytes([1]) * 32, LOOPBACK) as r1, running_host(bytes([7]) * 32, LOOPBACK) as r2, \
+            running_host(bytes([2]) * 32, LOOPBACK) as a, running_host(bytes([3]) * 32, LOOPBACK) as b:
+        relay1 = CertifiedRelay(r1, ReachConfig(relay_service=True), lambda _pid: True)
+        relay2 = CertifiedRelay(r2, ReachConfig(relay_service=True), lambda _pid: True)
+        receiver = CircuitReceiver(b, frozenset({r1.get_id(), r2.get_id()}))
+        async with background_trio_service(relay1), background_trio_service(relay2), \
+                background_trio_service(receiver):
+            await relay1.event_started.wait()
+            await relay2.event_started.wait()
+            await receiver.event_started.wait()
+            b.set_stream_handler(ECHO, _echo)
+            for r in (r1, r2):
+                await connect(b, listen_multiaddrs(r)[0], timeout=10)
+                await reserve(b, r.get_id(), timeout=10)
+                await connect(a, listen_multiaddrs(r)[0], timeout=10)
+            record = [f"{listen_multiaddrs(r)[0]}/p2p-circuit/p2p/{b.get_id()}" for r in (r1, r2)]
+            await connect(a, record[0], timeout=10)
+            original = relay1._read_stream_with_retry
+            black = trio.Event()
+
+            async def black_hole(stream: INetStream, max_retries: int = 3) -> bytes | None:
+                data = await original(stream, max_retries)
+                if black.is_set():
+                    await trio.sleep_forever()
+                return data
+
+            relay1._read_stream_with_retry = black_hole  # type: ignore[method-assign]
+            black.set()
+            keepalive = RelayedKeepalive(a, interval=0.5, timeout=1.0, misses=2)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keepalive.run)
+                with trio.fail_after(30):
+                    while is_connected(a, b.get_id()):
+                        await trio.sleep(0.1)
+                reached = None
+                for addr in record:  # Sessions.ensure's loop over the record's addresses
+                    try:
+                        reached = await connect(a, addr, timeout=5)
+                        break
+                    except (UnavailableError, LocalProtocolError):
+                        continue
+                nursery.cancel_scope.cancel()
+            assert reached == b.get_id()
+            stream = await a.new_stream(b.get_id(), [ECHO])
+            await stream.write(PAYLOAD)
+            echoed = b""
+            with trio.fail_after(20):
+                while len(echoed) < len(PAYLOAD):
+                    echoed += await stream.read(65536)
+            assert echoed == PAYLOAD
+            assert relay2.counters.circuits_total == 1

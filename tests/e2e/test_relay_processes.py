@@ -109,7 +109,9 @@ def test_hole_punching_upgrades_the_relayed_connection(mesh: MeshDemo, tmp_path:
     relay_addr = mesh.start(relay)[0]
     a = d.add_node("a", "RGT", "Org A", listen="/ip4/127.0.0.1/tcp/0")
     b = d.add_node("b", "RJ1", "Org B (behind NAT)", listen="/ip4/127.0.0.1/tcp/0")
-    mesh.configure(b, {"reach.reachability": "private", "reach.relays": [relay_addr]})
+    mesh.configure(b, {"reach.reachability": "private", "reach.relays": [relay_addr],
+                       "reach.hole_punch_loopback": True})  # all on 127.0.0.1: refused otherwise
+    mesh.configure(a, {"reach.hole_punch_loopback": True})
     enable_http(a)
     enable_http(b)
     mesh.start(a)

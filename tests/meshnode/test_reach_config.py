@@ -28,6 +28,13 @@ def test_reach_parses() -> None:
                                        relay_service=True, relay_max_reservations=3, relay_mb_per_s=2.5)
 
 
+def test_hole_punch_private_is_off_unless_set() -> None:
+    assert parse_config(_reach('reachability = "auto"')).reach.hole_punch_private is False
+    assert parse_config(_reach("hole_punch_private = true")).reach.hole_punch_private is True
+    assert parse_config(_reach("hole_punch_loopback = true")).reach.hole_punch_loopback is True
+    assert parse_config(_reach("")).reach.hole_punch_loopback is False
+
+
 def test_rendered_reach_parses_back() -> None:
     config = NodeConfig(org="RGT", authority_keys=(AUTHORITY,),
                         reach=ReachConfig(reachability=Reachability.PRIVATE, relays=(RELAY,)))
