@@ -95,8 +95,11 @@ class ReachMesh:
             raise UnavailableError(f"the relay listens on none of its namespace's addresses: {addrs}")
         self.relay_addr = own if "/p2p/" in own else f"{own}/p2p/{relay.peer_id}"
         for node in (a, b):
+            # the namespaces' "public" side is 10.77.0.0/24, a private range: hole punching there needs
+            # hole_punch_private (docs/operators.md, "Reservations, AutoNAT and hole punching")
             config: dict[str, object] = {"reach.relays": [self.relay_addr],
-                                         "reach.hole_punching": self.hole_punching}
+                                         "reach.hole_punching": self.hole_punching,
+                                         "reach.hole_punch_private": self.hole_punching}
             config["reach.reachability"] = "private" if self.nat else "public"
             cluster.add_node(node, config)
             cluster.start_node(node)
