@@ -130,6 +130,7 @@ async def test_dial_with_source_port_obeys_the_dial_gate() -> None:
         assert gate.refused_dials >= 1  # the swarm retries
 
 
+@pytest.mark.slow  # real libp2p timers (pings, DCUtR rounds, the drain): 8-16 s
 @pytest.mark.trio
 async def test_hole_punching_upgrades_a_relayed_connection_to_direct() -> None:
     async with mesh() as (relay, r, a, b):
@@ -328,6 +329,7 @@ async def test_hole_punch_never_dials_loopback_or_private_addresses_a_peer_names
     assert accepted == []
 
 
+@pytest.mark.slow  # real libp2p timers (pings, DCUtR rounds, the drain): 8-16 s
 @pytest.mark.trio
 async def test_hole_punch_dials_at_most_the_first_20_addresses_and_one_session_at_a_time(
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -466,6 +468,7 @@ SLOW = TProtocol("/test/slow/1.0.0")
 SLOW_CHUNKS = 150  # 1 KiB every 0.1 s: about 15 s, across the upgrade and the relay-close grace
 
 
+@pytest.mark.slow  # real libp2p timers (pings, DCUtR rounds, the drain): 8-16 s
 @pytest.mark.trio
 async def test_upgrade_lets_a_stream_on_the_relayed_connection_finish() -> None:
     """A transfer started over the relayed connection goes on to its end after hole punching upgrades the
@@ -494,6 +497,7 @@ async def test_upgrade_lets_a_stream_on_the_relayed_connection_finish() -> None:
             assert not is_relayed(a, b.get_id())
 
 
+@pytest.mark.slow  # real libp2p timers (pings, DCUtR rounds, the drain): 8-16 s
 @pytest.mark.trio
 async def test_after_a_dead_relay_the_peer_is_reached_through_its_other_relay() -> None:
     """B holds slots on R1 and R2; R1 stops forwarding. The keepalive closes A's dead connection, and dialling
