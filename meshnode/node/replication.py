@@ -135,7 +135,8 @@ class Replication:
                 candidates.append((row.manifest_id, manifest.sender_peer, manifest.block_order()))
 
         def unfinished(store: MetadataStore) -> list[tuple[CID, str]]:
-            return [(m, peer) for m, peer, order in candidates if len(store.present_blocks(order)) < len(set(order))]
+            return [(m, peer) for m, peer, order in candidates
+                    if len(store.obtained_blocks(m, order)) < len(set(order))]
 
         pending = await ctx.db.run(unfinished) if candidates else []
         for item in pending:
@@ -170,8 +171,10 @@ class Replication:
         if row is None:
             return 0
         order = list(ctx.manifests.open(row.manifest_id, row.raw).document.block_order())
-        present = await ctx.db.run(lambda s: s.present_blocks(order))
-        missing = [c for c in order if c not in present]
+        # provenance (protocol.access rule 4): a block serves under a sibling's manifest only if this node
+        # copied it under that manifest, so one already on disk from elsewhere is copied again under it
+        present = await ctx.db.run(lambda s: s.obtained_blocks(manifest_id, order))
+        missing = list(dict.fromkeys(c for c in order if c not in present))
         if not missing:
             return 0
         await self.link.ensure_peer_id(holder)
@@ -185,16 +188,17 @@ class Replication:
                     await ctx.worker.run(partial(ctx.storage.blocks.put, frame.data, frame.cid))
                     stored.append((frame.cid, len(frame.data)))
             if stored:
-                await ctx.db.run(partial(_record, stored, int(ctx.clock() * 1000)))
+                await ctx.db.run(partial(_record, manifest_id, holder, stored, int(ctx.clock() * 1000)))
                 copied += len(stored)
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "sibling-copy", actor=holder,
                                    actor_org=ctx.org, study=hash_uid(row.study_uid), manifest_id=str(manifest_id),
-                                   detail=f"{copied} block(s) copied, {len(order) - len(missing)} on disk already,"
+                                   detail=f"{copied} block(s) copied, {len(set(order)) - len(missing)} copied already,"
                                           f" {len(missing) - copied} not served"))
         log.info("sibling copy of %s from %s: %d block(s)", manifest_id, holder, copied)
         return copied
 
 
-def _record(blocks: list[tuple[CID, int]], now_ms: int, store: MetadataStore) -> None:
-    """Blocks made durable by a sibling copy, marked present (no provenance: the org signed the manifest)."""
-    store.record_blocks(blocks, now_ms)
+def _record(manifest_id: CID, holder: str, blocks: list[tuple[CID, int]], now_ms: int, store: MetadataStore) -> None:
+    """Blocks made durable by a sibling copy, marked present with their provenance (copied under the
+    manifest: what protocol.access lets this node serve under it), in one transaction."""
+    store.record_blocks(blocks, now_ms, [(manifest_id, cid, holder) for cid, _ in blocks])
