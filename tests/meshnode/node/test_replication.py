@@ -5,11 +5,13 @@ recall: protocol.recall)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 import trio
 from trio.testing import MockClock
 
-from meshnode.node.replication import Replication
+from meshnode.node.replication import REQUEST_TIMEOUT_S, Replication
 from protocol.document import Signed
 from protocol.errors import NotFoundError
 from protocol.exchange_messages import (
@@ -189,3 +191,63 @@ async def test_an_interrupted_copy_resumes_after_a_restart(autojump_clock: MockC
             assert await restarted.wait_copied(signed.cid) == len(signed.document.block_order())
         nursery.cancel_scope.cancel()
     assert await sibling(mesh, s2).resume() == 0  # nothing left to copy
+
+
+async def test_copy_interrupted_by_holder_down_is_retried_when_it_returns(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review M2 (its demonstration test): before the fix s2 held 0 of the blocks an hour after s1 returned."""
+    s1, s2 = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52)
+    mesh.add("r", "RJ1", 51)
+    rep2 = sibling(mesh, s2)
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        nursery.start_soon(rep2.run)
+        signed = await s1.sender.share(study, ["RJ1"], Priority.STAT, Purpose.CARE)
+        await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())
+        # s1 is patched right after offering: gone before the copy starts
+        del mesh.nodes[s1.peer_id]
+        await trio.sleep(5)
+        mesh.nodes[s1.peer_id] = s1  # back an hour later
+        await trio.sleep(3600)
+        nursery.cancel_scope.cancel()
+    order = signed.document.block_order()
+    present = s2.store.present_blocks(order)
+    assert len(present) == len(set(order)), f"s2 holds {len(present)} of {len(set(order))} blocks after s1 returned"
+
+
+class HungTo(MemoryLink):
+    """A link on which one sibling accepts a block stream and then answers nothing (a frozen VM)."""
+
+    def __init__(self, mesh: MemoryMesh, me: str, hung: str) -> None:
+        super().__init__(mesh, me)
+        self.hung = hung
+
+    async def fetch_blocks(self, peer_id: str, request: BlockRequest) -> AsyncIterator[BlockFrame]:
+        if peer_id == self.hung:
+            await trio.sleep_forever()
+        async for frame in super().fetch_blocks(peer_id, request):
+            yield frame
+
+
+async def test_a_hung_signer_stalls_nothing_and_another_sibling_serves_the_copy(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review M2: the signer s1 hangs on every block request; s3 holds a copy; s2 copies from s3 after the
+    request deadline, and a later offer is copied too (the copier is not stuck)."""
+    s1, s2, s3 = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52), mesh.add("s3", "RGT", 53)
+    mesh.add("r", "RJ1", 51)
+    rep3 = sibling(mesh, s3)
+    rep2 = Replication(s2.ctx, HungTo(mesh, s2.peer_id, s1.peer_id), "all", s2.sender.deliveries)
+    s2.receiver.sibling = rep2.accept
+    async with trio.open_nursery() as nursery:
+        await mesh.run(nursery)
+        nursery.start_soon(rep3.run)
+        nursery.start_soon(rep2.run)
+        signed = await s1.sender.share(study, ["RJ1"], Priority.STAT, Purpose.CARE)
+        await MemoryLink(mesh, s1.peer_id).announce(s3.peer_id, signed.encode())
+        with trio.fail_after(600):
+            await rep3.wait_copied(signed.cid)
+        await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())
+        with trio.fail_after(3 * REQUEST_TIMEOUT_S):
+            assert await rep2.wait_copied(signed.cid) == len(set(signed.document.block_order()))
+        nursery.cancel_scope.cancel()
+    assert s3.peer_id in {r.holder for r in mesh.requests if r.requester == s2.peer_id}
