@@ -11,9 +11,11 @@ import pytest
 import trio
 from trio.testing import MockClock
 
+from meshnode.directory.client import ResolvedPeer
+from meshnode.node.delivery import NodeTransport
 from meshnode.node.replication import REQUEST_TIMEOUT_S, Replication
 from protocol.document import Signed
-from protocol.errors import NotFoundError
+from protocol.errors import DocumentError, NotFoundError, UnavailableError
 from protocol.exchange_messages import (
     RECALL_PROTOCOL,
     RECEIPT_PROTOCOL,
@@ -29,7 +31,7 @@ from protocol.exchange_messages import (
 )
 from protocol.lifecycle import ManifestState
 from protocol.manifest import Manifest, Priority, Purpose
-from protocol.outbox import DeliveryKind
+from protocol.outbox import DeliveryKey, DeliveryKind
 from protocol.receipt import Receipt
 from tests.meshnode.node.harness import HarnessNode, MemoryLink, MemoryMesh, wait_done
 
@@ -251,3 +253,63 @@ async def test_a_hung_signer_stalls_nothing_and_another_sibling_serves_the_copy(
             assert await rep2.wait_copied(signed.cid) == len(set(signed.document.block_order()))
         nursery.cancel_scope.cancel()
     assert s3.peer_id in {r.holder for r in mesh.requests if r.requester == s2.peer_id}
+
+
+class SiblingsWire:
+    """The wire and sessions a NodeTransport uses, reduced to who took what (review M1's sketch): `down`
+    cannot be reached, `refusing` refuses for good (a skewed clock: 'created in the future')."""
+
+    def __init__(self, peers: list[HarnessNode], down: tuple[str, ...] = (), refusing: tuple[str, ...] = ()) -> None:
+        self.peers = [ResolvedPeer(n.ctx.certificate, None) for n in peers]
+        self.down, self.refusing = down, refusing
+        self.took: list[str] = []
+
+    async def org_peers(self, org: str) -> list[ResolvedPeer]:
+        return self.peers
+
+    async def ensure(self, peer: ResolvedPeer) -> None:
+        if peer.peer_id in self.down:
+            raise UnavailableError(f"no route to {peer.peer_id}")
+
+    async def _take(self, peer_id: str) -> None:
+        if peer_id in self.refusing:
+            raise DocumentError("created in the future")
+        self.took.append(peer_id)
+
+    async def deliver_recall(self, peer_id: str, payload: bytes) -> None:
+        await self._take(peer_id)
+
+    async def announce(self, peer_id: str, manifest: bytes, certificate: bytes | None = None) -> None:
+        await self._take(peer_id)
+
+
+@pytest.mark.parametrize("kind", [DeliveryKind.ANNOUNCE, DeliveryKind.RECALL])
+async def test_an_offer_or_recall_to_the_own_org_is_retried_until_every_sibling_took_it(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str, kind: DeliveryKind) -> None:
+    """Review M1: with s3 down, s2 taking it used to mark the delivery done; it must stay retrying."""
+    s1, s2, s3 = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52), mesh.add("s3", "RGT", 53)
+    signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+    key = DeliveryKey(kind, signed.cid, "RGT")
+    transport = NodeTransport(s1.ctx)
+    fake = SiblingsWire([s2, s3], down=(s3.peer_id,))
+    transport.connect(fake, fake)  # type: ignore[arg-type]
+    with pytest.raises(UnavailableError):
+        await transport.deliver(key, b"recall")
+    assert fake.took == [s2.peer_id]
+    fake.down = ()
+    await transport.deliver(key, b"recall")  # s3 back: done (s2 takes it again: idempotent there)
+    assert s3.peer_id in fake.took
+
+
+async def test_a_siblings_permanent_refusal_does_not_stop_the_others(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review M1: s2 refuses for good; s3 still gets the recall; the delivery fails with s2's error (shown
+    in the outbox), instead of stopping at s2."""
+    s1, s2, s3 = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52), mesh.add("s3", "RGT", 53)
+    signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+    transport = NodeTransport(s1.ctx)
+    fake = SiblingsWire([s2, s3], refusing=(s2.peer_id,))
+    transport.connect(fake, fake)  # type: ignore[arg-type]
+    with pytest.raises(DocumentError):
+        await transport.deliver(DeliveryKey(DeliveryKind.RECALL, signed.cid, "RGT"), b"recall")
+    assert fake.took == [s3.peer_id]
