@@ -109,9 +109,16 @@ class Replication:
             raise WrongOrganisationError(f"a node of {announcer_org} offered {manifest.sender_org}'s manifest"
                                          f" as a copy for {ctx.org}")
         manifest_id = signed.cid
-        known = await ctx.db.run(lambda s: s.manifest(manifest_id))
+        known, recalled_by = await ctx.db.run(lambda s: (s.manifest(manifest_id), s.recall_tombstone(manifest_id)))
         if known is not None:
             return manifest_id  # offered again (a retried delivery), or this node's own
+        if recalled_by == manifest.sender_org:  # the org's recall came first (review m1): never stored live
+            log.info("sibling manifest %s not stored: recalled by %s before it was offered", manifest_id, recalled_by)
+            await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "sibling-manifest", actor=peer_id,
+                                       actor_org=announcer_org, study=hash_uid(manifest.study_uid),
+                                       manifest_id=str(manifest_id), detail="recalled before it was offered:"
+                                                                            " not stored"))
+            return manifest_id
         row = ManifestRow(manifest_id, manifest.study_uid, "sent", manifest.sender_org, manifest.revision,
                           advance(Side.SENDER, None, ManifestEvent.SIGNED), manifest.created_at,
                           manifest.expires_at, manifest_raw, manifest.recipients, cert_raw)

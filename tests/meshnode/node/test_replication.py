@@ -313,3 +313,21 @@ async def test_a_siblings_permanent_refusal_does_not_stop_the_others(
     with pytest.raises(DocumentError):
         await transport.deliver(DeliveryKey(DeliveryKind.RECALL, signed.cid, "RGT"), b"recall")
     assert fake.took == [s3.peer_id]
+
+
+async def test_a_recall_that_reaches_a_sibling_before_the_offer_keeps_it_dead(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review m1: s1's recall reaches s2 first (a tombstone); the late offer is not stored live, not copied,
+    not served."""
+    s1, s2 = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52)
+    r = mesh.add("r", "RJ1", 51)
+    sibling(mesh, s2)
+    signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+    recall = await s1.sender.recall(signed.cid, "wrong patient")
+    await deliver(mesh, s2, s1, RECALL_PROTOCOL,
+                  encode_request(RecallDelivery(recall.encode(), s1.ctx.certificate.encode())))
+    await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())
+    row = s2.store.manifest(signed.cid)
+    assert row is None or row.state is ManifestState.RECALLED
+    await mesh.hello(r, s2)
+    assert not any(isinstance(f, BlockData) for f in await ask_blocks(s2, r, signed))
