@@ -166,6 +166,10 @@ class Sender:
         if receipt.instances_verified != len(manifest.instances):
             raise DocumentError("receipt does not cover every instance")
         if receipt.recipient_org in receipts:
+            if self.on_receipt is not None and deliverer.org_code != ctx.org:
+                # delivered again: this node may have stopped between recording it and queueing its pass-on
+                # to the siblings; queueing is idempotent (a key queued before is left as it is)
+                await self.on_receipt(receipt.manifest_id, receipt_raw, cert_raw, signed.cid)
             return
         now_ms = int(now * 1000)
         await ctx.db.run(lambda s: s.save_receipt(receipt.manifest_id, receipt.recipient_org, receipt_raw, now_ms))

@@ -15,7 +15,7 @@ from meshnode.directory.client import ResolvedPeer
 from meshnode.node.delivery import NodeTransport
 from meshnode.node.replication import REQUEST_TIMEOUT_S, Replication
 from protocol.document import Signed
-from protocol.errors import DocumentError, NotFoundError, UnavailableError
+from protocol.errors import DocumentError, MeshError, NotFoundError, UnavailableError
 from protocol.exchange_messages import (
     RECALL_PROTOCOL,
     RECEIPT_PROTOCOL,
@@ -331,3 +331,26 @@ async def test_a_recall_that_reaches_a_sibling_before_the_offer_keeps_it_dead(
     assert row is None or row.state is ManifestState.RECALLED
     await mesh.hello(r, s2)
     assert not any(isinstance(f, BlockData) for f in await ask_blocks(s2, r, signed))
+
+
+async def test_receipt_recorded_but_not_passed_on_when_stopped_in_between(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review m2 (its demonstration test): the recipient's redelivery still queues the pass-on."""
+    s1, s2, r = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52), mesh.add("r", "RJ1", 51)
+    sibling(mesh, s1)
+    rep2 = sibling(mesh, s2)
+    signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+    await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())
+    raw = receipt(r, signed)
+    real = rep2.receipt_taken
+
+    async def crash(*a: object) -> None:  # the process stops after save_receipt, before the enqueue
+        raise MeshError("simulated stop")
+    s2.sender.on_receipt = crash
+    with pytest.raises(MeshError):
+        await deliver(mesh, s2, r, RECEIPT_PROTOCOL, encode_request(ReceiptDelivery(raw, r.ctx.certificate.encode())))
+    s2.sender.on_receipt = real
+    # r was not acknowledged: it delivers again
+    await deliver(mesh, s2, r, RECEIPT_PROTOCOL, encode_request(ReceiptDelivery(raw, r.ctx.certificate.encode())))
+    assert "RJ1" in s2.store.receipts(signed.cid)
+    assert queued(s2, DeliveryKind.SIBLING_RECEIPT) == ["RGT"], "the receipt never reaches s1"
