@@ -163,6 +163,20 @@ class Deliveries:
     async def announce(self, manifest_id: CID, orgs: Sequence[str], also: StoreFn | None = None) -> None:
         await self.driver.enqueue([(DeliveryKey(DeliveryKind.ANNOUNCE, manifest_id, o), None) for o in orgs], also)
 
+    async def drop_announces(self, manifest_id: CID) -> None:
+        """Announcements of the manifest not yet delivered are dropped (another node of this org recalled it:
+        meshnode.node.replication), as `recall` drops them, so none fails as 'recalled: not announced'."""
+        dropped: list[DeliveryRecord[DeliveryKey]] = []
+
+        def write(store: MetadataStore) -> None:
+            texts = [r.key for r in store.queue_rows(QUEUE, ref=manifest_id.to_bytes().hex())
+                     if r.state is not DeliveryState.DELIVERED and r.key.startswith(DeliveryKind.ANNOUNCE.value + " ")]
+            store.queue_remove(QUEUE, texts)
+            dropped[:] = [k for k in self.driver.records() if KEYS.encode(k.key) in texts]
+
+        await self.driver.db.run(write)
+        self.driver.forget([r.key for r in dropped])
+
     async def recall(self, manifest_id: CID, orgs: Sequence[str], recall: bytes, also: StoreFn | None = None) -> None:
         """Queue the recall to every recipient org; announcements not yet delivered are dropped (with `also`,
         one transaction: a stop or a failed write leaves all of it or none)."""

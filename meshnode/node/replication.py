@@ -99,6 +99,13 @@ class Replication:
             await self.deliveries.driver.enqueue([(DeliveryKey(DeliveryKind.RECALL, manifest_id, self.ctx.org),
                                                    recall_raw)])
 
+    async def sibling_recalled(self, manifest_id: CID) -> None:
+        """Another node of this org recalled a manifest this node holds as sent (meshnode.node.receiver
+        recorded it): announcements of it still queued here are dropped, so none fails as 'recalled'
+        (no false 'delivery failed' study events; review m3)."""
+        if self.deliveries is not None:
+            await self.deliveries.drop_announces(manifest_id)
+
     # -- a sibling --------------------------------------------------------------------
     async def accept(self, peer_id: str, announcer_org: str, signed: Signed[Manifest], manifest_raw: bytes,
                      cert_raw: bytes) -> CID:

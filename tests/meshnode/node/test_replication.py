@@ -40,6 +40,7 @@ def sibling(mesh: MemoryMesh, node: HarnessNode, scope: str = "all") -> Replicat
     """The node's replication driver, wired as the runtime wires it (deliveries queued, not driven)."""
     rep = Replication(node.ctx, MemoryLink(mesh, node.peer_id), scope, node.sender.deliveries)
     node.receiver.sibling = rep.accept
+    node.receiver.sibling_recalled = rep.sibling_recalled
     node.sender.on_shared = rep.offer
     node.sender.on_receipt = rep.receipt_taken
     node.sender.on_recall = rep.recalled
@@ -354,3 +355,21 @@ async def test_receipt_recorded_but_not_passed_on_when_stopped_in_between(
     await deliver(mesh, s2, r, RECEIPT_PROTOCOL, encode_request(ReceiptDelivery(raw, r.ctx.certificate.encode())))
     assert "RJ1" in s2.store.receipts(signed.cid)
     assert queued(s2, DeliveryKind.SIBLING_RECEIPT) == ["RGT"], "the receipt never reaches s1"
+
+
+async def test_a_siblings_recall_drops_the_signers_pending_announcements(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review m3: s1's announcement to RJ1 is still queued (r unreachable) when s2 recalls; s1 records the
+    recall and drops it, instead of failing it later as 'recalled: not announced' (a false FAILED event)."""
+    s1, s2 = mesh.add("a", "RGT", 50), mesh.add("s2", "RGT", 52)
+    sibling(mesh, s1)
+    sibling(mesh, s2)
+    signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+    await MemoryLink(mesh, s1.peer_id).announce(s2.peer_id, signed.encode())
+    assert "RJ1" in queued(s1, DeliveryKind.ANNOUNCE)
+    recall = await s2.sender.recall(signed.cid, "wrong patient")
+    await deliver(mesh, s1, s2, RECALL_PROTOCOL,
+                  encode_request(RecallDelivery(recall.encode(), s2.ctx.certificate.encode())))
+    row = s1.store.manifest(signed.cid)
+    assert row is not None and row.state is ManifestState.RECALLED
+    assert "RJ1" not in queued(s1, DeliveryKind.ANNOUNCE)
