@@ -222,7 +222,10 @@ class Sender:
             advance(Side.SENDER, row.state, ManifestEvent.RECALLED)  # refused (before it is signed) if it cannot be
         recall = Recall(manifest_id, row.study_uid, ctx.org, RecallAction.WITHDRAW, None, reason[:1024],
                         int(ctx.clock())).sign(ctx.key)
-        await self.deliveries.recall(manifest_id, row.recipients, recall.encode(),
+        # to the siblings too (meshnode.node.replication), in the same transaction: a stop right after it
+        # cannot leave them serving a recalled manifest (review m2)
+        siblings = (ctx.org,) if self.on_recall is not None else ()
+        await self.deliveries.recall(manifest_id, (*row.recipients, *siblings), recall.encode(),
                                      also=None if again else
                                      lambda s: node_lifecycle.move(s, manifest_id, ManifestEvent.RECALLED))
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "recall", actor=ctx.peer_id, actor_org=ctx.org,

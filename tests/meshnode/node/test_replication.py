@@ -373,3 +373,20 @@ async def test_a_siblings_recall_drops_the_signers_pending_announcements(
     row = s1.store.manifest(signed.cid)
     assert row is not None and row.state is ManifestState.RECALLED
     assert "RJ1" not in queued(s1, DeliveryKind.ANNOUNCE)
+
+
+async def test_a_recall_is_queued_for_the_siblings_in_the_same_write(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """Review m2 (recall side): the node stops right after the recall's transaction, before on_recall; the
+    recall to its own org is queued all the same."""
+    s1 = mesh.add("a", "RGT", 50)
+    mesh.add("s2", "RGT", 52)
+    sibling(mesh, s1)
+    signed = await s1.sender.share(study, ["RJ1"], Priority.ROUTINE, Purpose.CARE)
+
+    async def crash(*a: object) -> None:
+        raise MeshError("simulated stop")
+    s1.sender.on_recall = crash
+    with pytest.raises(MeshError):
+        await s1.sender.recall(signed.cid, "wrong patient")
+    assert sorted(queued(s1, DeliveryKind.RECALL)) == ["RGT", "RJ1"]
