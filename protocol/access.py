@@ -6,9 +6,15 @@ A node serves block b under manifest M to a peer of org P only if
 2. M is live at this node: not failed, recalled, superseded by a newer revision of the same share (one
    naming every org M names), nor expired;
 3. b is listed in M; and
-4. either this node's org signed M, or this node holds b because it fetched b under M (or under an
-   earlier revision of the same share: same sender, same study) from M's sender or another of its
-   recipients.
+4. either this node signed M itself, or this node holds b because it obtained b under M: fetched it
+   under M (or under an earlier revision of the same share: same sender, same study) from M's sender or
+   another of its recipients, or, for a manifest a sibling (another node of this org) signed, copied it
+   under M from a node of this org (the sibling path, protocol.replication).
+
+Rule 4 goes by this node's provenance, not by its org: a manifest another node of this org signed lets
+this node serve only the blocks it copied under that very manifest, never blocks it holds under other
+manifests (a study it received, say for research only) or from local ingest. So one node of an org
+cannot make a sibling serve what the sibling holds by signing a manifest that lists it.
 
 Nothing the requester authored (its own manifest, its own announcement, its request) can widen what it
 reads: a manifest the requester signed fails (1), and a manifest it made a third party accept lists
@@ -106,17 +112,24 @@ def decide(share: Share | None, requester_org: str, now: float, *, unlisted: int
     return Verdict.ALLOWED
 
 
-def servable(share: Share, own_org: str, obtained: bool) -> bool:
-    """Rule 4 for one block of an allowed manifest: this node's org signed the manifest, or this node
-    fetched the block under it (or an earlier revision of the same share)."""
-    return share.sender_org == own_org or obtained
+def servable(share: Share, own_org: str, obtained: bool, *, signed: bool | None = None) -> bool:
+    """Rule 4 for one block of an allowed manifest: this node signed the manifest (`signed`), or it
+    obtained the block under it (fetched it under it or an earlier revision of the same share, or copied
+    it under it from a sibling: `obtained`). A manifest another node of this org signed serves only what
+    this node obtained under it.
+
+    `signed` None: one node per org (the simulator), where this node signed the manifest exactly when
+    its org did."""
+    if signed is None:
+        signed = share.sender_org == own_org
+    return (signed and share.sender_org == own_org) or obtained
 
 
 def may_serve(share: Share | None, own_org: str, requester_org: str, now: float, *, listed: bool,
-              obtained: bool) -> bool:
+              obtained: bool, signed: bool | None = None) -> bool:
     """The whole rule for one block."""
     return (decide(share, requester_org, now, unlisted=0 if listed else 1, own_org=own_org).allowed
-            and share is not None and servable(share, own_org, obtained))
+            and share is not None and servable(share, own_org, obtained, signed=signed))
 
 
 @dataclass(frozen=True)

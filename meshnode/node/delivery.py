@@ -63,6 +63,7 @@ from protocol.outbox import (
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from meshnode.directory.client import ResolvedPeer
     from meshnode.node.sessions import Sessions
     from meshnode.node.wire import Wire
 
@@ -162,6 +163,20 @@ class Deliveries:
     async def announce(self, manifest_id: CID, orgs: Sequence[str], also: StoreFn | None = None) -> None:
         await self.driver.enqueue([(DeliveryKey(DeliveryKind.ANNOUNCE, manifest_id, o), None) for o in orgs], also)
 
+    async def drop_announces(self, manifest_id: CID) -> None:
+        """Announcements of the manifest not yet delivered are dropped (another node of this org recalled it:
+        meshnode.node.replication), as `recall` drops them, so none fails as 'recalled: not announced'."""
+        dropped: list[DeliveryRecord[DeliveryKey]] = []
+
+        def write(store: MetadataStore) -> None:
+            texts = [r.key for r in store.queue_rows(QUEUE, ref=manifest_id.to_bytes().hex())
+                     if r.state is not DeliveryState.DELIVERED and r.key.startswith(DeliveryKind.ANNOUNCE.value + " ")]
+            store.queue_remove(QUEUE, texts)
+            dropped[:] = [k for k in self.driver.records() if KEYS.encode(k.key) in texts]
+
+        await self.driver.db.run(write)
+        self.driver.forget([r.key for r in dropped])
+
     async def recall(self, manifest_id: CID, orgs: Sequence[str], recall: bytes, also: StoreFn | None = None) -> None:
         """Queue the recall to every recipient org; announcements not yet delivered are dropped (with `also`,
         one transaction: a stop or a failed write leaves all of it or none)."""
@@ -232,7 +247,7 @@ def _receipt_delivered(manifest_id: CID, store: MetadataStore, *,
 
 class NodeTransport:
     """Deliveries over the node's wire: announcements and recalls to every reachable node of the org (one
-    taking it is enough), receipts to the node that sent the manifest."""
+    taking it is enough; to this node's own org: every sibling), receipts to the node that sent the manifest."""
 
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
@@ -275,8 +290,9 @@ class NodeTransport:
         if key.kind is DeliveryKind.RECALL and payload is None:
             raise DocumentError("a queued recall without its document")
         peers = await sessions.org_peers(key.org)
-        if not peers and key.org == self.ctx.org:
-            return  # a manifest offered to this node's siblings (meshnode.node.replication): it has none
+        if key.org == self.ctx.org:
+            await self._to_every_sibling(wire, sessions, key, row.raw, payload, peers)
+            return
         if not peers:
             raise UnavailableError(f"no reachable node of {key.org}")
         accepted, errors = 0, []
@@ -295,6 +311,37 @@ class NodeTransport:
                 errors.append(f"{peer.peer_id}: {failure.error}")
         if not accepted:
             raise UnavailableError("; ".join(errors)[:500])
+
+    async def _to_every_sibling(self, wire: Wire, sessions: Sessions, key: DeliveryKey, manifest_raw: bytes,
+                                payload: bytes | None, peers: list[ResolvedPeer]) -> None:
+        """An offer or a recall to this node's own org (meshnode.node.replication) must reach EVERY sibling:
+        nothing inside the org passes it on. A sibling that cannot be reached keeps the delivery retrying
+        (the ones that took it take it again: both are idempotent there); one that refuses for good does
+        not stop the others, is logged, and once no sibling is left to retry fails the delivery with its
+        error (the outbox's `siblings` entry shows it)."""
+        unreachable: list[str] = []
+        refused: list[tuple[str, Exception]] = []
+        for peer in peers:
+            try:
+                await sessions.ensure(peer)
+                if key.kind is DeliveryKind.RECALL and payload is not None:
+                    await wire.deliver_recall(peer.peer_id, payload)
+                else:
+                    await wire.announce(peer.peer_id, manifest_raw)
+            except Exception as exc:  # this sibling only: the others still get it
+                failure = classify(exc)
+                if failure is None:
+                    raise
+                if failure.permanent:
+                    log.warning("%s of %s refused by %s, a node of this org: %s", key.kind.value, key.item,
+                                peer.peer_id, failure.error)
+                    refused.append((peer.peer_id, exc))
+                else:
+                    unreachable.append(f"{peer.peer_id}: {failure.error}")
+        if unreachable:
+            raise UnavailableError("; ".join(unreachable + [f"{p}: {e}" for p, e in refused])[:500])
+        if refused:
+            raise refused[0][1]
 
     async def _forward_report(self, wire: Wire, sessions: Sessions, payload: bytes | None) -> None:
         """A forward report goes to the node that sent its manifest (as a receipt does)."""

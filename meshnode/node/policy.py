@@ -76,7 +76,9 @@ async def authorise_manifest_access(
         verdict = decide(share, cert.org_code, now, unlisted=len(unlisted), own_org=own_org)
         if row is None or share is None or not verdict.allowed:
             raise UnauthorisedError(REFUSAL)
-        return Access(cert, row, share, frozenset(c for c in present if servable(share, own_org, c in obtained)))
+        signed = signed_here(ctx, row)
+        return Access(cert, row, share, frozenset(c for c in present
+                                                  if servable(share, own_org, c in obtained, signed=signed)))
     except UnauthorisedError:
         org = cert.org_code if cert else ""
         if cert is None or verdict.hostile:
@@ -94,12 +96,19 @@ async def authorise_manifest_access(
 def _holdings(store: MetadataStore, row: ManifestRow, own_org: str, cids: Sequence[CID]) -> tuple[set[CID], set[CID]]:
     """Of `cids`: those present, and those this node obtained under the manifest (its provenance)."""
     present = store.present_blocks(cids)
-    obtained = store.obtained_blocks(row.manifest_id, present) if row.sender_org != own_org else set()
-    return present, obtained
+    return present, store.obtained_blocks(row.manifest_id, present)
+
+
+def signed_here(ctx: NodeContext, row: ManifestRow) -> bool:
+    """Whether this node signed the manifest itself (protocol.access rule 4); a sibling's manifest, signed by
+    another node of this org, serves only what this node copied under it."""
+    return (row.direction == "sent" and row.sender_org == ctx.org
+            and ctx.manifests.open(row.manifest_id, row.raw).document.sender_peer == ctx.peer_id)
 
 
 async def servable_in_order(ctx: NodeContext, access: Access, order: Sequence[CID]) -> list[bool]:
     """For availability (`have`), after the request was allowed: which of the manifest's blocks, in
     order, this node may serve the requester and holds."""
     present, obtained = await ctx.db.run(lambda s: _holdings(s, access.row, ctx.org, order))
-    return [c in present and servable(access.share, ctx.org, c in obtained) for c in order]
+    signed = signed_here(ctx, access.row)
+    return [c in present and servable(access.share, ctx.org, c in obtained, signed=signed) for c in order]

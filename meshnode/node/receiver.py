@@ -43,6 +43,8 @@ class Receiver:
         #: several nodes per organisation: set by the runtime (meshnode.node.replication); None refuses
         #: this org's own manifests as before
         self.sibling: SiblingHook | None = None
+        #: a sibling's recall recorded here: this node's pending announcements of it are dropped
+        self.sibling_recalled: Callable[[CID], Awaitable[None]] | None = None
 
     async def accept_announce(self, peer_id: str, manifest_raw: bytes, cert_raw: bytes) -> CID:
         """Verify and record an announced manifest; raises the MeshError to send back on refusal."""
@@ -170,3 +172,5 @@ class Receiver:
                                    detail=f"recalled by another node of {ctx.org}; {recall.action.value}:"
                                           f" {recall.reason}"[:300]))
         log.info("manifest %s recalled by another node of %s", recall.manifest_id, ctx.org)
+        if self.sibling_recalled is not None:
+            await self.sibling_recalled(recall.manifest_id)

@@ -166,6 +166,7 @@ class Node:
         self.replication = Replication(ctx, Libp2pLink(self.wire, self.sessions), ctx.config.replication.mode.value,
                                        self.deliveries)
         self.receiver.sibling = self.replication.accept
+        self.receiver.sibling_recalled = self.replication.sibling_recalled
         self.sender.on_shared = self.replication.offer
         self.sender.on_receipt = self.replication.receipt_taken
         self.sender.on_recall = self.replication.recalled

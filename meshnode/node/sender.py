@@ -166,6 +166,10 @@ class Sender:
         if receipt.instances_verified != len(manifest.instances):
             raise DocumentError("receipt does not cover every instance")
         if receipt.recipient_org in receipts:
+            if self.on_receipt is not None and deliverer.org_code != ctx.org:
+                # delivered again: this node may have stopped between recording it and queueing its pass-on
+                # to the siblings; queueing is idempotent (a key queued before is left as it is)
+                await self.on_receipt(receipt.manifest_id, receipt_raw, cert_raw, signed.cid)
             return
         now_ms = int(now * 1000)
         await ctx.db.run(lambda s: s.save_receipt(receipt.manifest_id, receipt.recipient_org, receipt_raw, now_ms))
@@ -218,7 +222,10 @@ class Sender:
             advance(Side.SENDER, row.state, ManifestEvent.RECALLED)  # refused (before it is signed) if it cannot be
         recall = Recall(manifest_id, row.study_uid, ctx.org, RecallAction.WITHDRAW, None, reason[:1024],
                         int(ctx.clock())).sign(ctx.key)
-        await self.deliveries.recall(manifest_id, row.recipients, recall.encode(),
+        # to the siblings too (meshnode.node.replication), in the same transaction: a stop right after it
+        # cannot leave them serving a recalled manifest (review m2)
+        siblings = (ctx.org,) if self.on_recall is not None else ()
+        await self.deliveries.recall(manifest_id, (*row.recipients, *siblings), recall.encode(),
                                      also=None if again else
                                      lambda s: node_lifecycle.move(s, manifest_id, ManifestEvent.RECALLED))
         await ctx.audit(AuditEvent(EventCode.INSTANCES_TRANSFERRED, "recall", actor=ctx.peer_id, actor_org=ctx.org,

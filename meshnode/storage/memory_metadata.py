@@ -211,6 +211,8 @@ class MemoryMetadataStore(MemoryResearchStore, MemoryConflicts, MemoryPatients, 
 
     def obtained_blocks(self, manifest_id: CID, cids: Iterable[CID]) -> set[CID]:
         m = self._manifests.get(manifest_id)
+        if m is not None and m.direction == "sent":  # a sibling's manifest: copied under this very one
+            return {c for c in cids if (manifest_id, c) in self._obtained}
         if m is None or m.direction != "received":
             return set()
         chain = [e.manifest_id for e in self._manifests.values() if e.direction == "received"

@@ -82,7 +82,8 @@ class MetadataStore(SearchableStore, RetryQueueStore, PatientStore, ResearchStor
 
     def obtained_blocks(self, manifest_id: CID, cids: Iterable[CID]) -> set[CID]:
         """Those of `cids` this node fetched under this received manifest or an earlier revision of the same
-        share (same study, same sender org)."""
+        share (same study, same sender org); for a sent manifest (a sibling's), those it copied under this
+        very manifest."""
         ...
 
     def holdings(self, cids: Iterable[CID]) -> dict[CID, list[Holding]]:

@@ -257,13 +257,19 @@ class SqliteMetadataStore(SqliteExchange, SqliteIdentity, SqliteConflicts, Sqlit
         return rows
 
     def obtained_blocks(self, manifest_id: CID, cids: Iterable[CID]) -> set[CID]:
-        return {CID.from_bytes(bytes(c)) for (c,) in self._by_cid(
+        wanted = list(cids)
+        received = {CID.from_bytes(bytes(c)) for (c,) in self._by_cid(
             "SELECT DISTINCT o.cid FROM manifests m"
             " JOIN manifests e ON e.study_uid = m.study_uid AND e.sender_org = m.sender_org"
             "  AND e.direction = 'received' AND e.revision <= m.revision"
             " JOIN obtained_blocks o ON o.manifest_id = e.manifest_id"
             " WHERE m.manifest_id = ? AND m.direction = 'received' AND o.cid IN ({marks})",
-            cids, (manifest_id.to_bytes(),))}
+            wanted, (manifest_id.to_bytes(),))}
+        copied = {CID.from_bytes(bytes(c)) for (c,) in self._by_cid(  # a sibling's manifest: copied under it
+            "SELECT o.cid FROM obtained_blocks o JOIN manifests m ON m.manifest_id = o.manifest_id"
+            " WHERE o.manifest_id = ? AND m.direction = 'sent' AND o.cid IN ({marks})",
+            wanted, (manifest_id.to_bytes(),))}
+        return received | copied
 
     def holdings(self, cids: Iterable[CID]) -> dict[CID, list[Holding]]:
         out: dict[CID, list[Holding]] = {}

@@ -170,3 +170,27 @@ async def test_a_copy_offered_with_mode_nothing_is_recorded_not_copied(
     assert s2.store.present_blocks(signed.document.block_order()) == set()
 
 
+
+
+async def test_a_sibling_cannot_make_another_serve_blocks_it_holds_under_other_manifests(
+        autojump_clock: MockClock, mesh: MemoryMesh, study: str) -> None:
+    """s1 holds a study only as a recipient of r's research share (and from its own ingest). s2, a node of
+    s1's own org, signs a manifest listing those blocks for RXH (a colluding org) and offers it to s1 as a
+    sibling copy: s1 stores it, but serves none of those blocks under it, neither to s2 (its signer, on
+    the sibling path) nor to x (RXH, a recipient of it). Before the fix (rule 4: 'this node's org signed
+    M') both read every block."""
+    s1, s2, r, x = nodes(mesh)
+    s1.receiver.sibling = Replication(s1.ctx, MemoryLink(mesh, s1.peer_id), "all").accept
+    own = await shared(mesh, s1, study, s2, x, r)
+    cids = list(own.document.block_order())
+    # s1 holds these blocks as fetched under r's research share (provenance recorded)
+    research = replace(own.document, sender_org="RJ1", sender_peer=r.peer_id, recipients=("RGT",),
+                       purpose=Purpose.RESEARCH).sign(r.key)
+    await MemoryLink(mesh, r.peer_id).announce(s1.peer_id, research.encode())
+    s1.store.record_blocks([], 0, [(research.cid, c, r.peer_id) for c in set(cids)])
+    forged = replace(own.document, sender_peer=s2.peer_id, recipients=("RXH",), revision=7).sign(s2.key)
+    await MemoryLink(mesh, s2.peer_id).announce(s1.peer_id, forged.encode())
+    row = s1.store.manifest(forged.cid)
+    assert row is not None and row.direction == "sent"  # accepted as a sibling's manifest
+    assert not any(isinstance(f, BlockData) for f in await ask_blocks(s1, s2, forged.cid, cids))
+    assert not any(isinstance(f, BlockData) for f in await ask_blocks(s1, x, forged.cid, cids))

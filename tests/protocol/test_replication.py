@@ -52,3 +52,12 @@ def test_access_lets_a_sibling_read_its_orgs_manifest_and_nothing_else() -> None
     assert decide(recalled, "RGT", 1000, own_org="RGT") is Verdict.NOT_LIVE
     assert may_serve(SHARE, "RGT", "RGT", 1000, listed=True, obtained=False)
     assert not may_serve(SHARE, "RJ1", "RGT", 1000, listed=True, obtained=True)
+
+
+def test_a_siblings_manifest_serves_only_what_this_node_copied_under_it() -> None:
+    """Rule 4 by this node's provenance (review M3): the org signing a manifest is not enough."""
+    assert may_serve(SHARE, "RGT", "RGT", 1000, listed=True, obtained=False, signed=True)  # this node signed it
+    assert not may_serve(SHARE, "RGT", "RGT", 1000, listed=True, obtained=False, signed=False)  # a sibling did
+    assert not may_serve(SHARE, "RGT", "RJ1", 1000, listed=True, obtained=False, signed=False)
+    assert may_serve(SHARE, "RGT", "RJ1", 1000, listed=True, obtained=True, signed=False)  # copied under it
+    assert not may_serve(SHARE, "RJ1", "RJ1", 1000, listed=True, obtained=False, signed=True)  # not its org's

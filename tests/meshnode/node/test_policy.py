@@ -20,7 +20,8 @@ from meshnode.storage.records import ManifestRow
 from protocol.cid import CID
 from protocol.errors import UnauthorisedError
 from protocol.lifecycle import ManifestState
-from tests.protocol.factories import NOW, STUDY_UID, guard_with_roster, key, sign_certificate
+from protocol.keys import SigningKey
+from tests.protocol.factories import NOW, STUDY_UID, guard_with_roster, key, make_manifest, sign_certificate
 
 ME, SENDER, FELLOW, STRANGER = key(40), key(41), key(42), key(43)
 A, B, C, D = (CID.of(bytes([i]) * 8) for i in range(4))
@@ -96,11 +97,28 @@ async def test_a_later_share_to_other_orgs_does_not_supersede(ctx: NodeContext) 
     assert access.servable == {A}
 
 
+def sent(ctx: NodeContext, signer: SigningKey) -> CID:
+    """A real manifest of this node's org (RJ1) to RAJ, signed by `signer`, stored as sent, listing A, B, C."""
+    signed = make_manifest(signer, sender_org="RJ1", recipients=("RAJ",)).sign(signer)
+    ctx.storage.metadata.save_manifest(ManifestRow(signed.cid, STUDY_UID, "sent", "RJ1", 1, ManifestState.SENT,
+                                                   NOW - 60, NOW + 3600, signed.encode(), ("RAJ",)), (A, B, C))
+    return signed.cid
+
+
 async def test_this_nodes_own_share_serves_what_it_holds(ctx: NodeContext) -> None:
-    mine = received(ctx, b"mine", sender="RJ1", recipients=("RAJ",), direction="sent", state=ManifestState.SENT)
+    mine = sent(ctx, ME)
     ctx.storage.metadata.record_blocks([(A, 1), (B, 1)], NOW * 1000)
     access = await authorise_manifest_access(ctx, FELLOW.peer_id, mine, (A, B, C))
     assert access.servable == {A, B}  # C is not stored: absent
+
+
+async def test_a_siblings_share_serves_only_what_this_node_copied_under_it(ctx: NodeContext) -> None:
+    """Review M3: another node of this org signed it; A was copied under it, B is on disk from elsewhere."""
+    theirs = sent(ctx, key(44))
+    ctx.storage.metadata.record_blocks([(A, 1), (B, 1)], NOW * 1000, [(theirs, A, key(44).peer_id)])
+    access = await authorise_manifest_access(ctx, FELLOW.peer_id, theirs, (A, B, C))
+    assert access.servable == {A}
+    assert await servable_in_order(ctx, access, (A, B, C)) == [True, False, False]
 
 
 async def test_what_is_served_is_counted_at_once_and_written_in_one_batch(ctx: NodeContext) -> None:
