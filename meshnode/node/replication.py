@@ -145,9 +145,12 @@ class Replication:
         covered by mode, with blocks not yet copied under them), each with the node that signed it."""
         ctx = self.ctx
         now = ctx.clock()
-
-        rows = await ctx.db.run(lambda s: [r for r in s.manifests("sent")
-                                           if r.state is not ManifestState.RECALLED and r.expires_at >= now])
+        if self.scope is ReplicationScope.NOTHING:
+            return []
+        # a sibling's manifest is stored with its signer's certificate (`accept`), this node's own without:
+        # only those are decoded and signature-checked here (every wake, and at start-up)
+        rows = await ctx.db.run(lambda s: [r for r in s.manifests("sent") if r.certificate
+                                           and r.state is not ManifestState.RECALLED and r.expires_at >= now])
         candidates = []
         for row in rows:  # decoded here, on the node's loop (the manifest cache is not the database thread's)
             manifest = ctx.manifests.open(row.manifest_id, row.raw).document
