@@ -83,6 +83,8 @@ class Hub:
     processing_delay: float = 30.0  # from a study fully received to forwarding it (index, notify)
     availability: Availability = field(default_factory=Availability)
     code: str = "HUB"
+    #: how long the hub keeps a study after forwarding it (its storage cost: bytes in x retention)
+    retention: float = 30 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,19 @@ class Relay:
     behind: tuple[str, ...] = ()  # organisation codes (groups expanded)
     latency: float = 0.010  # one-way latency from the core to the relay, s
     bandwidth: float = 1e9 / 8  # the relay's link, each direction, bytes/s (1 Gbit/s)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Prices a report turns bytes into money with ([costs]; issue 18). Per decimal GB (1e9 bytes).
+
+    `transfer_per_gb` is charged on every byte crossing an organisation's or the hub's access link (what a
+    network operator bills: each byte once on the way out and once on the way in); `storage_per_gb_month`
+    on the hub's stored bytes x `hub.retention` (30-day months)."""
+
+    currency: str = "GBP"
+    transfer_per_gb: float = 0.0
+    storage_per_gb_month: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,7 @@ class Scenario:
     output: Output = field(default_factory=Output)
     emulation: Emulation = field(default_factory=Emulation)
     relay: Relay = field(default_factory=Relay)
+    costs: Costs = field(default_factory=Costs)
     source: str = ""  # the TOML text it was read from (hashed into the run manifest)
 
     @property

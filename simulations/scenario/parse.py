@@ -23,6 +23,7 @@ from simulations.scenario.model import (
     AttackKind,
     Attacker,
     Availability,
+    Costs,
     Count,
     Design,
     DesignKind,
@@ -90,11 +91,12 @@ def _build(root: Table, text: str) -> Scenario:
     output = _output(root.table("output"))
     emulation = _emulation(root.table("emulation"))
     relay = _relay(root.table("relay"), known)
+    costs = _costs(root.table("costs"))
     root.finish()
     return Scenario(name=name, description=description, duration=duration, warmup=warmup,
                     replications=replications, seed=seed, groups=groups, hub=hub, workload=workload,
                     design=design, faults=faults, attackers=attackers, engine=engine, output=output,
-                    emulation=emulation, relay=relay, source=text)
+                    emulation=emulation, relay=relay, costs=costs, source=text)
 
 
 class _Names:
@@ -182,6 +184,7 @@ def _hub(t: Table, taken: set[str]) -> Hub:
                                                                                1, 10**7),
         processing_delay=t.duration("processing_delay", d["processing_delay"]),
         availability=_availability(t.table("availability")), code=t.text("code", d["code"], check=check_org_code),
+        retention=t.duration("retention", d["retention"]),
     )
     for key, value in (("ingress", hub.ingress), ("egress", hub.egress)):
         if value <= 0:
@@ -341,6 +344,18 @@ def _delivery(t: Table) -> DeliveryPolicy:
                               timing["attempt_timeout"], max_attempts or None, jitter)
     except LocalProtocolError as exc:
         raise ConfigError(f"{t.path}: {exc}") from exc
+
+
+def _costs(t: Table) -> Costs:
+    """[costs]: prices per decimal GB transferred over access links and per GB-month the hub stores."""
+    d = defaults(Costs)
+    costs = Costs(currency=t.text("currency", d["currency"]),
+                  transfer_per_gb=t.number("transfer_per_gb", d["transfer_per_gb"], 0.0, 1e6),
+                  storage_per_gb_month=t.number("storage_per_gb_month", d["storage_per_gb_month"], 0.0, 1e6))
+    if not costs.currency or len(costs.currency) > 8:
+        raise ConfigError(f"{t.key('currency')}: a short currency code such as GBP")
+    t.finish()
+    return costs
 
 
 def _relay(t: Table, known: _Names) -> Relay:
