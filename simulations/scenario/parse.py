@@ -85,9 +85,10 @@ def _build(root: Table, text: str) -> Scenario:
     known = _Names(groups)
     workload = _workload(root.table("workload", required=True), known)
     design = _design(root.table("design", required=True))
-    faults = tuple(_fault(t, known, hub.code) for t in root.tables("faults"))
-    attackers = tuple(_attacker(t, known) for t in root.tables("attackers"))
     engine = _engine(root.table("engine"))
+    horizon = duration + engine.drain  # the run's last instant: nothing scheduled at or after it happens
+    faults = tuple(_fault(t, known, hub.code, horizon) for t in root.tables("faults"))
+    attackers = tuple(_attacker(t, known, horizon) for t in root.tables("attackers"))
     output = _output(root.table("output"))
     emulation = _emulation(root.table("emulation"))
     relay = _relay(root.table("relay"), known)
@@ -371,9 +372,21 @@ def _relay(t: Table, known: _Names) -> Relay:
     return relay
 
 
-def _fault(t: Table, known: _Names, hub_code: str) -> Fault:
+def _within_run(t: Table, key: str, at: float, horizon: float) -> None:
+    """Refuse a time at or after the run's end (`scenario.duration` + `engine.drain`): it would never happen."""
+    if at >= horizon:
+        raise t.error(key, f"{_seconds(at)} is at or after the end of the run ({_seconds(horizon)}: "
+                           "scenario.duration + engine.drain), so it would never happen")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def _fault(t: Table, known: _Names, hub_code: str, horizon: float) -> Fault:
     kind = FaultKind(t.text("kind", choices=tuple(k.value for k in FaultKind)))
     start, length = t.duration("start"), t.duration("duration")
+    _within_run(t, "start", start, horizon)
     if length <= 0:
         raise ConfigError(f"{t.key('duration')}: must be positive")
     if kind is FaultKind.HUB_OUTAGE:
@@ -399,7 +412,7 @@ def _fault(t: Table, known: _Names, hub_code: str) -> Fault:
     return Fault(kind, targets, start, length, factor, direction, others)
 
 
-def _attacker(t: Table, known: _Names) -> Attacker:
+def _attacker(t: Table, known: _Names, horizon: float) -> Attacker:
     kind = AttackKind(t.text("kind", choices=tuple(k.value for k in AttackKind)))
     org = t.text("org")
     if org not in known.codes:
@@ -408,7 +421,10 @@ def _attacker(t: Table, known: _Names) -> Attacker:
     end = t.duration("end", math.inf) if t.has("end") else math.inf
     if end <= start:
         raise ConfigError(f"{t.key('end')}: must be after start")
+    _within_run(t, "start", start, horizon)
     revoke_at = t.duration("revoke_at") if t.has("revoke_at") else None
+    if revoke_at is not None:
+        _within_run(t, "revoke_at", revoke_at, horizon)
     if kind is AttackKind.REVOKED:
         revoke_at = start if revoke_at is None else revoke_at
     targets = t.names("targets", ())
