@@ -170,6 +170,10 @@ def _apply(arg: tuple[World, Timeline, Design, Event], now: float) -> None:
     elif c is Change.PARTITION:
         world.partitions.append(timeline.partitions[ev.target])
         design.partition_changed(now, healed=False)
+    elif c is Change.LEFT:
+        design.left(ev.target, now)
+    elif c is Change.JOINED:
+        design.joined(ev.target, now)
     elif c is Change.HEAL:
         p = timeline.partitions[ev.target]
         world.partitions = [x for x in world.partitions if x is not p]
