@@ -374,3 +374,18 @@ def test_joining_and_leaving_keep_outputs_byte_identical() -> None:
     s = parse_scenario(_with_override('code = "RAJ"\njoins = "1d"\nleaves = "4d"'))
     a, b = run_slice(s, 0, 0), run_slice(s, 0, 0)
     assert a.rows == b.rows and a.counters == b.counters
+
+
+def test_the_new_keys_can_be_set_from_the_command_line() -> None:
+    from simulations.scenario.overrides import apply, parse_assignment
+
+    s = apply(parse_scenario(FIVE), [parse_assignment(a) for a in (
+        'groups[0].overrides=[{code = "RAJ", up = "10Mbit/s", leaves = "3d"}]', "groups[2].joins=1d",
+        'workload.referrals[1].to=[{group = "tele", share = 0.5}, {group = "independent", share = 0.5}]',
+        f"workload.referrals[1].daily_profile={NIGHT}")])
+    raj = s.groups[0].override("RAJ")
+    assert raj is not None and raj.up == 10e6 / 8 and raj.leaves == 3 * 86400 and s.groups[2].joins == 86400
+    assert s.workload.referrals[1].parts == (("tele", 0.5), ("independent", 0.5))
+    assert s.workload.referrals[1].daily_profile is not None
+    with pytest.raises(ScenarioError, match=r"groups\[0\].overrides\[0\].code: 'XYZ' is not an organisation"):
+        apply(s, [parse_assignment('groups[0].overrides=[{code = "XYZ", up = "1Mbit/s"}]')])
