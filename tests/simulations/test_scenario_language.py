@@ -409,3 +409,20 @@ def test_the_new_keys_keep_runs_byte_identical_across_processes(tmp_path: Path) 
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     a, b = files(tmp_path / "a"), files(tmp_path / "b")
     assert "transfers-r1.csv" in a and a == b
+
+
+def test_check_says_who_joins_leaves_and_is_overridden(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from simulations.cli import main
+
+    args = ["check", "five-trusts", "--set", 'groups[0].overrides=[{code = "RAJ", up = "10Mbit/s"}]',
+            "--set", "groups[2].joins=1d", "--set", "groups[2].leaves=5d"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "acute: 3 acute-trust, up 200Mbit/s, down 1Gbit/s, overridden: RAJ" in text
+    assert "tele: 1 teleradiology, up 200Mbit/s, down 1Gbit/s, joins 1d, leaves 5d" in text
+    assert main([*args, "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert groups[0]["overrides"] == ["RAJ"] and (groups[2]["joins"], groups[2]["leaves"]) == ("1d", "5d")
+    assert "joins" not in groups[1] and "overrides" not in groups[1]
