@@ -426,3 +426,15 @@ def test_check_says_who_joins_leaves_and_is_overridden(capsys: pytest.CaptureFix
     groups = json.loads(capsys.readouterr().out)["groups"]
     assert groups[0]["overrides"] == ["RAJ"] and (groups[2]["joins"], groups[2]["leaves"]) == ("1d", "5d")
     assert "joins" not in groups[1] and "overrides" not in groups[1]
+
+
+def test_the_emulated_scenario_drops_overrides_and_memberships() -> None:
+    from simulations.emulation.plan import emulated_scenario
+    from simulations.scenario.overrides import REMOVE, apply
+
+    s = parse_scenario(_tele_window("1d", "5d", _with_override('code = "RAJ"\nup = "10Mbit/s"\nleaves = "3d"')))
+    e = emulated_scenario(s, "netns", 30.0)  # a 60 s run: the memberships would be refused in it
+    assert all(g.overrides == () and g.joins == 0 and g.leaves == float("inf") for g in e.groups)
+    assert apply(s, [("groups[2].joins", REMOVE), ("groups[2].nothing", REMOVE)]).groups[2].joins == 0
+    with pytest.raises(ScenarioError, match=r"groups\[9\] does not exist"):
+        apply(s, [("groups[9].joins", REMOVE)])
