@@ -10,8 +10,11 @@ import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from simulations import plots
 from simulations.cli import main
@@ -123,6 +126,11 @@ def test_faults_text_says_how_many_outages_the_summary_left_out() -> None:
 # ------------------------------------------------------------------------------- 2, 3: load plot, hub panel, colours
 
 
+def _xy(line: Line2D) -> tuple[list[float], list[float]]:
+    return ([float(v) for v in np.asarray(line.get_xdata(), dtype=float)],
+            [float(v) for v in np.asarray(line.get_ydata(), dtype=float)])
+
+
 def _lines(fig: Figure) -> dict[str, list[tuple[str, str]]]:
     """Per axes title/xlabel: (legend label, colour) of every line."""
     out = {}
@@ -141,14 +149,14 @@ def test_load_plot_draws_empty_bins_as_zero_so_an_outage_shows(tmp_path: Path) -
     assert not [t for t in listed if 12 * 3600 <= t < 14 * 3600]  # the outage: no rows at all
     fig = plots.timeseries_figure(run_dir, "t", 3600.0, 60.0, "hub", 86400.0)
     hub_line = fig.axes[1].get_lines()[0]
-    days, values = list(hub_line.get_xdata()), list(hub_line.get_ydata())
+    days, values = _xy(hub_line)
     in_outage = [v for d, v in zip(days, values) if 12 / 24 <= d < 14 / 24]
     assert len(in_outage) == 120 and set(in_outage) == {0.0}  # every minute of it, drawn at zero
     # Every bin of the day (and of the drain, while anything moved), not only the listed ones.
     assert len(days) >= 24 * 60 and max(values) > 0
     assert [round((b - a) * 1440, 9) for a, b in zip(days, days[1:])] == [1.0] * (len(days) - 1)
     assert hub_line.get_drawstyle() == "steps-post"
-    up_days, up = (list(x) for x in (fig.axes[0].get_lines()[0].get_xdata(), fig.axes[0].get_lines()[0].get_ydata()))
+    up_days, up = _xy(fig.axes[0].get_lines()[0])
     assert len(up_days) >= 24 and up.count(0.0) >= 24 - len((run_dir / "timeseries-r0.csv").read_text().splitlines())
     plt.close(fig)
     assert plots.dense_series({0.0: 1.0, 180.0: 2.0}, 60.0, 300.0) == ([0.0, 60.0, 120.0, 180.0, 240.0],
@@ -176,7 +184,7 @@ def test_compare_colours_follow_the_design_not_the_argument_order(runs: dict[str
         plt.close(fig)
         fig = plots.compare_bars_figure(styles, bars(loaded), "p95")
         for ax in fig.axes:
-            assert [plots.matplotlib.colors.to_hex(p.get_facecolor()) for p in ax.patches] == \
+            assert [to_hex(p.get_facecolor()) for p in ax.patches] == \
                 [plots.PALETTE[d] for d in order]
         plt.close(fig)
     # Two runs of one design: same colour, different line style.
@@ -227,7 +235,7 @@ def test_ccdf_option_draws_the_tail_on_log_axes(runs: dict[str, Path], tmp_path:
     for line in ax.get_lines():
         priority = str(line.get_label()).split(" ")[0]
         n = sum(dist.pooled("delivery", priority))
-        ys = list(line.get_ydata())
+        ys = _xy(line)[1]
         assert ys[0] == 1.0 and ys[-1] == pytest.approx(1.0 / n) and min(ys) > 0  # down to the slowest one
         assert ys == sorted(ys, reverse=True)
     plt.close(fig)
@@ -266,7 +274,8 @@ def test_compare_says_unpaired_when_seeds_differ(runs: dict[str, Path], tmp_path
     b = interval([v for v in load_run(other).values(label).values() if v is not None])
     got = next(x for x in c.differences if x.metric == label)
     assert not got.paired and got.half_width is None and got.mean == pytest.approx(b.mean - a.mean, abs=1e-5)
-    assert a.high is not None and b.low is not None and got.significant == (b.high < a.low or a.high < b.low)
+    assert a.low is not None and a.high is not None and b.low is not None and b.high is not None
+    assert got.significant == (b.high < a.low or a.high < b.low)
     assert "unpaired" in comparison_text(c)
 
 
@@ -289,7 +298,9 @@ def test_small_samples_are_flagged_in_tables_and_plots(runs: dict[str, Path]) ->
     assert pooled["stat"][-1] == f"(n = {n_stat} stat transfers)" and pooled["routine"][-1] == ""
     # Plots: the CDF legend and the p95 bars say it too.
     fig = plots.cdf_figure(plots.load_distributions(runs["mesh"]), "t")
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    box = fig.axes[0].get_legend()
+    assert box is not None
+    legend = [t.get_text() for t in box.get_texts()]
     assert f"stat (n = {n_stat} stat transfers: small sample)" in legend
     plt.close(fig)
     styles = plots.run_styles([(run.label, run.design)])
