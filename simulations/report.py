@@ -353,11 +353,18 @@ def load_section(d: Doc, run: Run) -> None:
           else "upload of all organisations and hub load over time")
 
 
-def _percentile_table(d: Doc, title: str, tree: dict[str, object], key: str) -> None:
+def _percentile_table(d: Doc, title: str, tree: dict[str, object], key: str, limit: int | None = None) -> None:
+    """Percentiles per org or link class (replication 0); with `limit`, the slowest by p95 first."""
+    cells = [(name, cell) for name, cell in sorted(tree.items()) if isinstance(cell, dict)]
+
+    def p95(item: tuple[str, dict[str, object]]) -> float:
+        x = item[1].get("p95")
+        return float(x) if isinstance(x, (int, float)) else -1.0
+
+    if limit is not None:
+        cells = sorted(cells, key=lambda item: -p95(item))
     rows = []
-    for name, cell in sorted(tree.items()):
-        if not isinstance(cell, dict):
-            continue
+    for name, cell in cells[:limit]:
         n = cell.get("n")
         count = int(n) if isinstance(n, (int, float)) else 0
         rows.append([name, fmt(count)] + [fmt(cell.get(q)) for q in ("p50", "p95", "p99")]
@@ -365,6 +372,8 @@ def _percentile_table(d: Doc, title: str, tree: dict[str, object], key: str) -> 
     if rows:
         d.h(2, title)
         d.table([key, "transfers", "p50 (s)", "p95 (s)", "p99 (s)", "note"], rows)
+        if limit is not None and len(cells) > limit:
+            d.p(f"The {limit} slowest by p95 of {len(cells):,}; every one is in summary.json.")
 
 
 def organisations_section(d: Doc, run: Run) -> None:
@@ -386,15 +395,17 @@ def organisations_section(d: Doc, run: Run) -> None:
     d.table(["org", "group", "up (GB)", "down (GB)", "peak up (MB/s)", "upload utilisation"],
             [[k, str(v.get("group")), num(v, "up_bytes", 1e9), num(v, "down_bytes", 1e9), num(v, "peak_up_Bps", 1e6),
               num(v, "upload_utilisation", 1.0)] for k, v in top])
-    _percentile_table(d, "Delivery time by recipient organisation (replication 0)",
-                      _dict(r0.get("delivery_time_s_by_org")), "org")
+    _percentile_table(d, "Delivery time by recipient organisation (replication 0, slowest 20 by p95)",
+                      _dict(r0.get("delivery_time_s_by_org")), "org", limit=20)
     _percentile_table(d, "Delivery time by link class (replication 0; bottleneck access rate)",
                       _dict(r0.get("delivery_time_s_by_link_class")), "link class")
 
 
 def costs_section(d: Doc, run: Run) -> None:
     """Costs per replication's mean, when the summary has them (runs from before issue 18 do not)."""
-    rows = [[label, metric_cell(run, label)] for label in sorted(run.across) if label.startswith("costs.")]
+    rows = [[label, metric_cell(run, label)] for label in
+            (f"costs.{k}" for k in ("transfer_gb", "hub_stored_gb_months", "transfer_cost", "storage_cost",
+                                    "total_cost")) if label in run.across]
     if not rows:
         return
     currency = next((c.get("currency") for c in (_dict(r.get("costs")) for r in run.replications)

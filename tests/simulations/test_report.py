@@ -348,3 +348,34 @@ def test_report_and_compare_refuse_folders_that_are_not_runs(tmp_path: Path,
     assert main(["compare", str(tmp_path)]) == 1
     assert "not a meshsim run folder" in capsys.readouterr().err
     assert isinstance(Run, type)
+
+
+def test_report_shows_per_org_percentiles_and_costs_when_the_summary_has_them(runs: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    """Keys the summary gains in issue 18 (older run folders lack them: the mesh run above has none)."""
+    import shutil
+
+    assert "Costs" not in _report(runs["mesh"])
+    run_dir = tmp_path / "with-costs"
+    shutil.copytree(runs["mesh"], run_dir)
+    summary = _summary(run_dir)
+    reps = summary["replications"]
+    assert isinstance(reps, list)
+    orgs = {f"O{i:02d}": {"n": 100 + i, "p50": 1.0, "p95": float(i), "p99": 50.0} for i in range(25)}
+    orgs["SLOW"] = {"n": 3, "p50": 9.0, "p95": 99.0, "p99": 99.5}
+    reps[0]["delivery_time_s_by_org"] = orgs
+    reps[0]["delivery_time_s_by_link_class"] = {"<100Mbit/s": {"n": 40, "p50": 2.0, "p95": 8.0, "p99": 9.0}}
+    reps[0]["costs"] = {"currency": "GBP", "total_cost": 12.5}
+    across = summary["across_replications"]
+    assert isinstance(across, dict)
+    across["costs.total_cost"] = {"mean": 12.5, "ci95": 1.5, "min": 11.0, "max": 14.0, "n": 2}
+    across["costs.link_gb.RGT.up"] = {"mean": 1.0, "ci95": None, "min": 1.0, "max": 1.0, "n": 2}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    text = _report(run_dir)
+    by_org = _table(text, "## Delivery time by recipient organisation")
+    assert [r[0] for r in by_org[:3]] == ["SLOW", "O24", "O23"] and len(by_org) == 20
+    assert by_org[0][-1] == "(n = 3 transfers (org SLOW))" and by_org[1][-1] == ""
+    assert "The 20 slowest by p95 of 26" in text
+    assert _table(text, "## Delivery time by link class")[0][:4] == ["<100Mbit/s", "40", "2", "8"]
+    assert "## Costs (mean ± 95 % half-width, GBP)" in text
+    assert _table(text, "## Costs") == [["costs.total_cost", "12.5 ± 1.5"]]  # not every link's bytes
