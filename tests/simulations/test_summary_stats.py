@@ -1,0 +1,124 @@
+"""The summary's statistics (issue 18): t intervals at the real degrees of freedom for every reported metric,
+per-organisation and per-link-class delivery percentiles from the recorder's histograms, costs, the outage
+list's left-out count, determinism."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+from scipy.stats import t as student_t
+
+from simulations.summary import across
+
+
+def _reps(values: list[float]) -> list[dict[str, object]]:
+    return [{"success_rate": v, "delivery_time_s": {"all": {"n": 10 + k, "p50": 2 * v, "p95": None, "p99": None}}}
+            for k, v in enumerate(values)]
+
+
+@pytest.mark.parametrize("n", [2, 11, 31])
+def test_half_width_is_student_t_at_n_minus_1_degrees_of_freedom(n: int) -> None:
+    # Spread wide enough that rounding to 6 decimals is far below the tolerance; with n = 31 a table that falls
+    # back to 1.96 beyond 10 degrees of freedom is 4 % short, with n = 11 the 3-digit table is 6e-5 off.
+    values = [100.0 + 37.0 * math.sin(k * 1.7) for k in range(n)]
+    out = across(_reps(values))
+    expected = float(student_t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    got = out["success_rate"]
+    assert isinstance(got, dict)
+    assert got["n"] == n
+    assert got["ci95"] == pytest.approx(expected, rel=1e-7)
+    assert got["mean"] == pytest.approx(statistics.fmean(values), abs=1e-6)
+    assert got["min"] == pytest.approx(min(values), abs=1e-6) and got["max"] == pytest.approx(max(values), abs=1e-6)
+    # percentiles get the same interval and the mean number of transfers behind them
+    p50 = out["delivery_time_s.all.p50"]
+    assert isinstance(p50, dict)
+    assert p50["ci95"] == pytest.approx(2 * expected, rel=1e-7)
+    assert p50["observations"] == pytest.approx(statistics.fmean(10 + k for k in range(n)))
+    assert "delivery_time_s.all.p95" not in out  # no value in any replication: nothing to report
+
+
+def test_one_replication_has_no_interval() -> None:
+    out = across(_reps([3.0]))
+    got = out["success_rate"]
+    assert isinstance(got, dict)
+    assert got["ci95"] is None and got["n"] == 1 and got["mean"] == 3.0
+
+
+# -- from real runs ------------------------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from simulations.commands.common import resolve_scenario_path  # noqa: E402
+from simulations.engine.recorder import LINK_CLASSES, link_class  # noqa: E402
+from simulations.engine.slice import run_slice  # noqa: E402
+from simulations.engine.state import Status  # noqa: E402
+from simulations.results import merge  # noqa: E402
+from simulations.runner import run, simulate  # noqa: E402
+from simulations.scenario import Scenario, load_scenario  # noqa: E402
+from simulations.scenario.overrides import apply, parse_assignment  # noqa: E402
+from simulations.summary import MAX_OUTAGES, replication_summary  # noqa: E402
+from simulations.topology import build_topology  # noqa: E402
+from tests.simulations.helpers import A, B, C, studies, trio  # noqa: E402
+
+
+def _five_trusts(*assignments: str) -> Scenario:
+    base = load_scenario(resolve_scenario_path("five-trusts"))
+    short = ["scenario.duration=3d", "scenario.warmup=6h", "scenario.replications=2",
+             "workload.studies_per_year=40000", "output.records=csv", "output.record_fraction=1"]
+    return apply(base, [parse_assignment(a) for a in [*short, *assignments]])
+
+
+@pytest.mark.parametrize("slices", [1, 2])
+def test_per_org_percentiles_match_the_exact_records(slices: int) -> None:
+    sc = _five_trusts(f"engine.time_slices={slices}", "engine.slice_overlap=6h")
+    topology = build_topology(sc)
+    (r,) = simulate(sc, [0], jobs=1)
+    summary = replication_summary(r, sc, topology)
+    by_org = summary["delivery_time_s_by_org"]
+    assert isinstance(by_org, dict) and sorted(by_org) == sorted(o.code for o in topology.orgs)
+    exact: dict[int, list[float]] = {}
+    for row in r.rows:
+        if row.status == Status.DELIVERED and row.arrival >= sc.warmup and not row.bogus:
+            exact.setdefault(row.recipient, []).append(row.delivered - row.arrival)
+    assert sum(len(v) for v in exact.values()) == r.counters.delivered > 300
+    width = 10.0 ** (1.0 / 200) * (1 + 1e-6)  # one histogram bin, and the summary's 6 decimals
+    for o in topology.orgs:
+        got = by_org[o.code]
+        values = sorted(exact.get(o.index, []))
+        assert got["n"] == len(values)
+        if not values:
+            assert got["p50"] is None
+            continue
+        for q in (50, 95, 99):
+            target = q / 100.0 * len(values)
+            k = max(1, math.ceil(target))  # the rank whose bin the histogram's percentile falls in
+            assert values[k - 1] / width <= got[f"p{q}"] <= values[k - 1] * width, (o.code, q)
+    # every delivered transfer is in exactly one organisation's and one link class's histogram
+    classes = summary["delivery_time_s_by_link_class"]
+    assert isinstance(classes, dict) and list(classes) == [name for name, _ in LINK_CLASSES]
+    assert sum(v["n"] for v in classes.values()) == r.counters.delivered
+    rates = [[min(a.up, b.down) for b in topology.orgs] for a in topology.orgs]
+    for k, (name, _) in enumerate(LINK_CLASSES):
+        assert classes[name]["n"] == sum(1 for row in r.rows if row.status == Status.DELIVERED
+                                         and row.arrival >= sc.warmup
+                                         and link_class(rates[row.sender][row.recipient]) == k)
+
+
+def test_link_class_is_the_bottleneck_access_rate() -> None:
+    # bounds belong to the class above them: 100 Mbit/s is not "<100Mbit/s", 1 Gbit/s is ">=1Gbit/s"
+    assert [link_class(x / 8) for x in (1e6, 99.9e6, 100e6, 999e6, 1e9, 40e9)] == [0, 0, 1, 1, 2, 2]
+    trace = studies([(10.0, A, [B, C], 50e6), (20.0, A, [B], 50e6)])
+    fast = run_slice(trio(), 0, 0, trace=trace)  # AAA up 1 Gbit/s: to BBB (down 1 Gbit/s), to CCC (100 Mbit/s)
+    slow = run_slice(trio(a_up="50Mbit/s"), 0, 0, trace=trace)  # every transfer limited by AAA's 50 Mbit/s
+    for r, expected in ((fast, {">=1Gbit/s": 2, "100Mbit/s-1Gbit/s": 1, "<100Mbit/s": 0}),
+                        (slow, {">=1Gbit/s": 0, "100Mbit/s-1Gbit/s": 0, "<100Mbit/s": 3})):
+        rr = merge([r])
+        summary = replication_summary(rr, trio(), build_topology(trio()))
+        classes = summary["delivery_time_s_by_link_class"]
+        assert isinstance(classes, dict)
+        assert {name: v["n"] for name, v in classes.items()} == expected
+        by_org = summary["delivery_time_s_by_org"]
+        assert isinstance(by_org, dict)
+        assert {code: v["n"] for code, v in by_org.items()} == {"AAA": 0, "BBB": 2, "CCC": 1}
