@@ -122,3 +122,76 @@ def test_link_class_is_the_bottleneck_access_rate() -> None:
         by_org = summary["delivery_time_s_by_org"]
         assert isinstance(by_org, dict)
         assert {code: v["n"] for code, v in by_org.items()} == {"AAA": 0, "BBB": 2, "CCC": 1}
+
+
+COSTS = '[costs]\ncurrency = "EUR"\ntransfer_per_gb = 0.05\nstorage_per_gb_month = 0.02\n'
+
+
+@pytest.mark.parametrize("design", ["hub", "mesh"])
+def test_costs_are_the_runs_bytes_at_the_scenarios_prices(design: str) -> None:
+    # one 100 MB study from AAA to BBB; the hub keeps it 60 days (two 30-day months)
+    sc = trio(design=design, extra=COSTS)
+    sc = apply(sc, [parse_assignment("hub.retention=60d")])
+    r = merge([run_slice(sc, 0, 0, trace=studies([(10.0, A, [B], 100e6)]))])
+    assert r.counters.delivered == 1
+    got = replication_summary(r, sc, build_topology(sc))["costs"]
+    assert isinstance(got, dict)
+    hops = 4 if design == "hub" else 2  # AAA up, (hub in, hub out,) BBB down
+    stored = 0.1 * 2 if design == "hub" else 0.0
+    assert got["currency"] == "EUR"
+    assert got["transfer_gb"] == pytest.approx(0.1 * hops, rel=1e-6)
+    assert got["hub_stored_gb_months"] == pytest.approx(stored, rel=1e-6)
+    assert got["transfer_cost"] == pytest.approx(0.1 * hops * 0.05, abs=1e-6)
+    assert got["storage_cost"] == pytest.approx(stored * 0.02, abs=1e-6)
+    assert got["total_cost"] == pytest.approx(0.1 * hops * 0.05 + stored * 0.02, abs=1e-6)
+    link = got["link_gb"]
+    assert isinstance(link, dict)
+    assert link["AAA"] == pytest.approx({"up": 0.1, "down": 0.0}, rel=1e-6)
+    assert link["BBB"] == pytest.approx({"up": 0.0, "down": 0.1}, rel=1e-6)
+    assert link["CCC"] == {"up": 0.0, "down": 0.0}
+    if design == "hub":
+        assert link["hub"] == pytest.approx({"up": 0.1, "down": 0.1}, rel=1e-6)
+    else:
+        assert "hub" not in link
+
+
+def test_costs_add_up_the_organisations_and_the_hubs_bytes_of_a_run() -> None:
+    sc = _five_trusts("design.kind=hub", "costs.transfer_per_gb=0.01", "costs.storage_per_gb_month=0.023")
+    (r,) = simulate(sc, [1], jobs=1)
+    s = replication_summary(r, sc, build_topology(sc))
+    got, orgs, hub = s["costs"], s["organisations"], s["hub"]
+    assert isinstance(got, dict) and isinstance(orgs, dict) and isinstance(hub, dict)
+    by_hand = sum(o["up_bytes"] + o["down_bytes"] for o in orgs.values()) + hub["bytes_in"] + hub["bytes_out"]
+    assert hub["bytes_in"] > 1e9 and hub["bytes_out"] > 0
+    assert got["transfer_gb"] == pytest.approx(by_hand / 1e9, rel=1e-9)
+    assert got["hub_stored_gb_months"] == pytest.approx(hub["bytes_in"] / 1e9 * 30 / 30, rel=1e-9)  # 30 d default
+    assert got["total_cost"] == pytest.approx(by_hand / 1e9 * 0.01 + hub["bytes_in"] / 1e9 * 0.023, abs=2e-6)
+
+
+def test_outages_beyond_the_listed_500_are_counted() -> None:
+    sc = _five_trusts()
+    (r,) = simulate(sc, [0], jobs=1)
+    s = replication_summary(r, sc, build_topology(sc))
+    faults = s["faults"]
+    assert isinstance(faults, dict) and faults["outages_left_out"] == 0
+    touched = faults["outages_touching_transfers"]
+    # 620 more outages that touched a transfer (as the recorder leaves them), and some that touched none
+    from simulations.engine.recorder import OutageStats
+    r.outages.extend(OutageStats("node", 0, 3600.0 + k, 3601.0 + k, "fault", affected=1, delivered=1)
+                     for k in range(620))
+    r.outages.extend(OutageStats("node", 1, 10.0 + k, 11.0 + k, "fault") for k in range(50))
+    faults = replication_summary(r, sc, build_topology(sc))["faults"]
+    assert isinstance(faults, dict)
+    assert isinstance(faults["outages"], list) and len(faults["outages"]) == MAX_OUTAGES == 500
+    assert faults["outages_touching_transfers"] == touched + 620
+    assert faults["outages_left_out"] == touched + 620 - 500
+
+
+def test_two_runs_write_byte_identical_summaries(tmp_path: Path) -> None:
+    sc = _five_trusts("design.kind=hub", "engine.time_slices=2", "engine.slice_overlap=6h", "scenario.duration=2d")
+    texts = []
+    for name in ("a", "b"):
+        run(sc, tmp_path / name, jobs=1)
+        texts.append((tmp_path / name / "summary.json").read_bytes())
+    assert texts[0] == texts[1]
+    assert b'"delivery_time_s_by_org"' in texts[0] and b'"costs.total_cost"' in texts[0]
