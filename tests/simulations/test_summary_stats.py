@@ -6,11 +6,22 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 from scipy.stats import t as student_t
 
-from simulations.summary import across
+from simulations.commands.common import resolve_scenario_path
+from simulations.engine.recorder import LINK_CLASSES, OutageStats, link_class
+from simulations.engine.slice import run_slice
+from simulations.engine.state import Status
+from simulations.results import merge
+from simulations.runner import run, simulate
+from simulations.scenario import Scenario, load_scenario
+from simulations.scenario.overrides import apply, parse_assignment
+from simulations.summary import MAX_OUTAGES, across, replication_summary
+from simulations.topology import build_topology
+from tests.simulations.helpers import A, B, C, studies, trio
 
 
 def _reps(values: list[float]) -> list[dict[str, object]]:
@@ -47,20 +58,6 @@ def test_one_replication_has_no_interval() -> None:
 
 
 # -- from real runs ------------------------------------------------------------------------------------------
-
-from pathlib import Path  # noqa: E402
-
-from simulations.commands.common import resolve_scenario_path  # noqa: E402
-from simulations.engine.recorder import LINK_CLASSES, link_class  # noqa: E402
-from simulations.engine.slice import run_slice  # noqa: E402
-from simulations.engine.state import Status  # noqa: E402
-from simulations.results import merge  # noqa: E402
-from simulations.runner import run, simulate  # noqa: E402
-from simulations.scenario import Scenario, load_scenario  # noqa: E402
-from simulations.scenario.overrides import apply, parse_assignment  # noqa: E402
-from simulations.summary import MAX_OUTAGES, replication_summary  # noqa: E402
-from simulations.topology import build_topology  # noqa: E402
-from tests.simulations.helpers import A, B, C, studies, trio  # noqa: E402
 
 
 def _five_trusts(*assignments: str) -> Scenario:
@@ -176,7 +173,6 @@ def test_outages_beyond_the_listed_500_are_counted() -> None:
     assert isinstance(faults, dict) and faults["outages_left_out"] == 0
     touched = faults["outages_touching_transfers"]
     # 620 more outages that touched a transfer (as the recorder leaves them), and some that touched none
-    from simulations.engine.recorder import OutageStats
     r.outages.extend(OutageStats("node", 0, 3600.0 + k, 3601.0 + k, "fault", affected=1, delivered=1)
                      for k in range(620))
     r.outages.extend(OutageStats("node", 1, 10.0 + k, 11.0 + k, "fault") for k in range(50))
