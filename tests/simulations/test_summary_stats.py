@@ -4,6 +4,7 @@ list's left-out count, determinism."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -190,4 +191,56 @@ def test_two_runs_write_byte_identical_summaries(tmp_path: Path) -> None:
         run(sc, tmp_path / name, jobs=1)
         texts.append((tmp_path / name / "summary.json").read_bytes())
     assert texts[0] == texts[1]
-    assert b'"delivery_time_s_by_org"' in texts[0] and b'"costs.total_cost"' in texts[0]
+    # every numeric leaf of every replication's trees has its entry across the two replications
+    summary = json.loads(texts[0])
+    reps, acr = summary["replications"], summary["across_replications"]
+    assert len(reps) == 2
+    leaves: dict[str, list[float]] = {}
+
+    def walk(value: object, path: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            leaves.setdefault(path, []).append(float(value))
+
+    for rep in reps:
+        for tree in ("delivery_time_s", "time_to_first_image_s", "delivery_time_s_by_org",
+                     "delivery_time_s_by_link_class", "costs"):
+            walk(rep[tree], tree)
+    assert "delivery_time_s.by_priority_and_modality.routine/CT.p95" in leaves
+    assert "delivery_time_s_by_org.RGT.p99" in leaves and "costs.link_gb.hub.down" in leaves
+    assert "time_to_first_image_s.by_modality.XR.p50" in leaves
+    assert set(leaves) <= set(acr)
+    for path, values in leaves.items():
+        entry = acr[path]
+        assert entry["n"] == len(values) and entry["mean"] == pytest.approx(statistics.fmean(values), abs=1e-6)
+        if path.rsplit(".", 1)[1] in ("p50", "p95", "p99"):
+            counted = [_lookup(r, path.rsplit(".", 1)[0] + ".n") for r in reps if _lookup(r, path) is not None]
+            assert None not in counted
+            assert entry["observations"] == pytest.approx(statistics.fmean([float(c or 0) for c in counted]), abs=1e-6)
+        else:
+            assert "observations" not in entry
+
+
+def _lookup(tree: object, dotted: str) -> float | None:
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return None if tree is None or isinstance(tree, (dict, list, str)) else float(tree)  # type: ignore[arg-type]
+
+
+def test_a_percentile_missing_in_some_replications_is_averaged_over_the_others() -> None:
+    reps: list[dict[str, object]] = [
+        {"delivery_time_s_by_org": {"RGT": {"n": 4, "p50": 10.0}, "NVC01": {"n": 0, "p50": None}}},
+        {"delivery_time_s_by_org": {"RGT": {"n": 0, "p50": None}, "NVC01": {"n": 0, "p50": None}}},
+        {"delivery_time_s_by_org": {"RGT": {"n": 8, "p50": 14.0}, "NVC01": {"n": 0, "p50": None}}}]
+    out = across(reps)
+    p50 = out["delivery_time_s_by_org.RGT.p50"]
+    assert isinstance(p50, dict)
+    assert p50["n"] == 2 and p50["mean"] == 12.0 and p50["observations"] == 6.0
+    assert p50["ci95"] == pytest.approx(float(student_t.ppf(0.975, 1)) * statistics.stdev([10.0, 14.0]) / math.sqrt(2))
+    assert "delivery_time_s_by_org.NVC01.p50" not in out
+    n = out["delivery_time_s_by_org.NVC01.n"]
+    assert isinstance(n, dict) and n["mean"] == 0 and n["n"] == 3
