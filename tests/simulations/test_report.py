@@ -354,15 +354,25 @@ def test_report_and_compare_refuse_folders_that_are_not_runs(tmp_path: Path,
 
 def test_report_shows_per_org_percentiles_and_costs_when_the_summary_has_them(runs: dict[str, Path],
                                                                               tmp_path: Path) -> None:
-    """Keys the summary gains in issue 18 (older run folders lack them: the mesh run above has none)."""
+    """Keys the summary gains in issue 18: a run has them, and a run folder from before them still reports."""
     import shutil
 
-    assert "Costs" not in _report(runs["mesh"])
+    assert "## Costs (mean ± 95 % half-width, GBP)" in _report(runs["mesh"])
     run_dir = tmp_path / "with-costs"
     shutil.copytree(runs["mesh"], run_dir)
     summary = _summary(run_dir)
     reps = summary["replications"]
     assert isinstance(reps, list)
+    new_keys = ("delivery_time_s_by_org", "delivery_time_s_by_link_class", "costs")
+    for rep in reps:
+        for key in new_keys:
+            rep.pop(key, None)
+    across = summary["across_replications"]
+    assert isinstance(across, dict)
+    for key in [k for k in across if k.startswith(new_keys)]:
+        del across[key]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert "Costs" not in _report(run_dir)
     orgs = {f"O{i:02d}": {"n": 100 + i, "p50": 1.0, "p95": float(i), "p99": 50.0} for i in range(25)}
     orgs["SLOW"] = {"n": 3, "p50": 9.0, "p95": 99.0, "p99": 99.5}
     reps[0]["delivery_time_s_by_org"] = orgs
