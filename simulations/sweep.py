@@ -134,7 +134,7 @@ def commands(pts: list[Point], out_dir: Path) -> list[str]:
 
 
 def parse_option(text: str) -> tuple[str, object]:
-    """--jobqueue-option KEY=VALUE: an integer, a float, true/false, a JSON list, or the text as it is."""
+    """--jobqueue-option KEY=VALUE: an integer, a float, true/false, a JSON list or object, or the text."""
     if "=" not in text:
         raise ScenarioError(f"--jobqueue-option {text!r}: expected KEY=VALUE, e.g. memory=4GB")
     key, raw = (x.strip() for x in text.split("=", 1))
@@ -143,11 +143,11 @@ def parse_option(text: str) -> tuple[str, object]:
     value: object = raw
     if raw.lower() in ("true", "false"):
         value = raw.lower() == "true"
-    elif raw.startswith("["):
+    elif raw.startswith(("[", "{")):
         try:
             value = json.loads(raw)
         except ValueError:
-            raise ScenarioError(f"--jobqueue-option {text!r}: not a JSON list") from None
+            raise ScenarioError(f"--jobqueue-option {text!r}: not a JSON list or object") from None
     else:
         for kind in (int, float):
             try:

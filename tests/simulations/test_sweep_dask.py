@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -82,3 +84,58 @@ def test_jobqueue_without_its_batch_command_or_options_fails_clearly(
                  "--jobqueue-option", "no equals sign"]) == 1
     assert "expected KEY=VALUE" in capsys.readouterr().err
     assert not out.exists()
+
+
+FAKE_SBATCH = """#!/bin/sh
+# A stand-in for Slurm's sbatch: runs (a copy of) dask-jobqueue's job script here, in its own process group.
+cp "$1" "$FAKE_SLURM_DIR/job-$$.sh"
+setsid sh "$FAKE_SLURM_DIR/job-$$.sh" > "$FAKE_SLURM_DIR/job-$$.log" 2>&1 < /dev/null &
+echo "Submitted batch job $!"
+"""
+FAKE_SCANCEL = """#!/bin/sh
+echo "$1" >> "$FAKE_SLURM_DIR/cancelled"
+kill -- "-$1" 2>/dev/null || kill "$1" 2>/dev/null
+exit 0
+"""
+
+
+@pytest.mark.slow
+def test_jobqueue_slurm_starts_workers_as_batch_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dask-jobqueue's real SLURMCluster with sbatch/scancel stand-ins that run the job scripts on this machine
+    (127.0.0.1 only): one job per task up to --jobs, options passed through, jobs cancelled afterwards."""
+    fake = tmp_path / "slurm"
+    fake.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake) + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(fake))
+    out = tmp_path / "sweep"
+    try:
+        assert main(["sweep", "five-trusts", *SMALL, "--vary", "design.kind=hub,mesh", "--out", str(out),
+                     "--jobqueue", "slurm", "--jobs", "2", "--jobqueue-option", "cores=1",
+                     "--jobqueue-option", "memory=1GB", "--jobqueue-option", "interface=lo",
+                     "--jobqueue-option", "walltime=00:10:00", "--jobqueue-option", "job_name=meshsim-test",
+                     "--jobqueue-option", 'scheduler_options={"dashboard_address": ":0"}', "--no-progress"]) == 0
+        scripts = sorted(fake.glob("job-*.sh"))
+        assert len(scripts) == 2  # four tasks, --jobs 2
+        assert all("#SBATCH -J meshsim-test" in s.read_text() and "#SBATCH -t 00:10:00" in s.read_text()
+                   for s in scripts)
+        assert main(["run", str(out / "p001" / "scenario.toml"), "--out", str(tmp_path / "plain"), "--jobs", "1",
+                     "--no-progress"]) == 0
+        assert files(out / "p001") == files(tmp_path / "plain")
+        assert len((fake / "cancelled").read_text().split()) == 2
+    finally:  # whatever happened, no worker outlives the test
+        for line in (fake / "cancelled").read_text().split() if (fake / "cancelled").exists() else []:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(line), signal.SIGKILL)
+    for pgid in (int(x) for x in (fake / "cancelled").read_text().split()):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"process group {pgid} of a batch job still runs after the sweep")
