@@ -290,8 +290,9 @@ def summarise(scenario: Scenario, per_rep: list[dict[str, object]]) -> dict[str,
 
 @dataclass
 class RunData:
-    """Every output of a run, in memory: `files` maps each file name to its bytes (manifest.json and
-    scenario.toml included); the tables are what the Parquet files hold."""
+    """Every output of a run: `files` maps each file name to its bytes (manifest.json and scenario.toml
+    included) and the tables are what the Parquet files hold, when built in memory; when built straight into
+    a folder (the CLI path) both are empty and the files are on disk."""
 
     scenario: Scenario
     summary: dict[str, object]
@@ -302,40 +303,57 @@ class RunData:
     results: list[ReplicationResult] = field(default_factory=list)
 
 
-def build(scenario: Scenario, topology: Topology, results: list[ReplicationResult]) -> RunData:
+def build(scenario: Scenario, topology: Topology, results: list[ReplicationResult],
+          out_dir: Path | None = None) -> RunData:
+    """Render every output file. In memory (out_dir None: the Python API), or each file written to out_dir
+    as soon as it is rendered and not kept (the CLI: a year's records need not be held twice)."""
     files: dict[str, bytes] = {}
+    hashes: dict[str, str] = {}
     transfers: dict[int, pa.Table] = {}
     timeseries: dict[int, pa.Table] = {}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def put(name: str, data: bytes, hashed: bool = True) -> None:
+        if hashed:
+            hashes[name] = sha256_bytes(data)
+        if out_dir is None:
+            files[name] = data
+        else:
+            (out_dir / name).write_bytes(data)
+
     per_rep = []
     for r in results:
         tag = f"r{r.replication}"
         if scenario.output.records != "none":
             compressed = scenario.output.records == "csv.gz"
-            files[f"transfers-{tag}.csv" + (".gz" if compressed else "")] = records_csv(r, scenario, topology,
-                                                                                         compressed)
-            transfers[r.replication] = records_table(r, scenario, topology)
-            files[f"transfers-{tag}.parquet"] = parquet_bytes(transfers[r.replication])
-        files[f"timeseries-{tag}.csv"] = timeseries_csv(r, scenario, topology)
-        timeseries[r.replication] = timeseries_table(r, scenario, topology)
-        files[f"timeseries-{tag}.parquet"] = parquet_bytes(timeseries[r.replication])
-        files[f"hub-{tag}.csv"] = hub_csv(r, scenario)
+            put(f"transfers-{tag}.csv" + (".gz" if compressed else ""), records_csv(r, scenario, topology, compressed))
+            table = records_table(r, scenario, topology)
+            put(f"transfers-{tag}.parquet", parquet_bytes(table))
+            if out_dir is None:
+                transfers[r.replication] = table
+        put(f"timeseries-{tag}.csv", timeseries_csv(r, scenario, topology))
+        series = timeseries_table(r, scenario, topology)
+        put(f"timeseries-{tag}.parquet", parquet_bytes(series))
+        if out_dir is None:
+            timeseries[r.replication] = series
+        put(f"hub-{tag}.csv", hub_csv(r, scenario))
         if r.image_events:
-            files[f"images-{tag}.csv"] = ("second,images\n" + "".join(
-                f"{k},{v}\n" for k, v in r.image_events.items())).encode("utf-8")
-        files[f"distributions-{tag}.json"] = json_bytes(distributions(r, scenario))
+            put(f"images-{tag}.csv", ("second,images\n" + "".join(
+                f"{k},{v}\n" for k, v in r.image_events.items())).encode("utf-8"))
+        put(f"distributions-{tag}.json", json_bytes(distributions(r, scenario)))
         per_rep.append(replication_summary(r, scenario, topology))
     summary = summarise(scenario, per_rep)
-    files[SUMMARY] = json_bytes(summary)
-    hashes = {name: sha256_bytes(data) for name, data in files.items()}
+    put(SUMMARY, json_bytes(summary))
     settings = results[0].settings if results else {}
     man = manifest(scenario, topology, settings, [r.replication for r in results], hashes)
-    files["scenario.toml"] = scenario.source.encode("utf-8")
-    files[MANIFEST] = json_bytes(man)
+    put("scenario.toml", scenario.source.encode("utf-8"), hashed=False)
+    put(MANIFEST, json_bytes(man), hashed=False)  # last: a folder with a manifest.json is complete
     return RunData(scenario, summary, man, files, transfers, timeseries, results)
 
 
 def write(out_dir: Path, data: RunData) -> None:
-    """The files of `build` in a folder (manifest.json last: a folder with one is complete)."""
+    """The files of an in-memory `build` in a folder (manifest.json last: a folder with one is complete)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, content in data.files.items():
         if name != MANIFEST:

@@ -96,8 +96,9 @@ def simulate(scenario: Scenario, replications: list[int], jobs: int, progress: P
 
 
 def compute(scenario: Scenario, *, jobs: int | None = None, progress: ProgressHook | None = None,
-            replications: list[int] | None = None, trace: Studies | None = None) -> outputs.RunData:
-    """Run the scenario and build every output in memory (nothing is written: simulations.api uses this)."""
+            replications: list[int] | None = None, trace: Studies | None = None,
+            out_dir: Path | None = None) -> outputs.RunData:
+    """Run the scenario and build every output: in memory (out_dir None; simulations.api), or into out_dir."""
     reps = list(range(scenario.replications)) if replications is None else replications
     for rep in reps:
         if not 0 <= rep < scenario.replications:
@@ -105,7 +106,7 @@ def compute(scenario: Scenario, *, jobs: int | None = None, progress: ProgressHo
     topology = build_topology(scenario)
     keep_rows = scenario.output.records != "none"
     results = simulate(scenario, reps, jobs or default_jobs(), progress, keep_rows, trace)
-    return outputs.build(scenario, topology, results)
+    return outputs.build(scenario, topology, results, out_dir)
 
 
 def run(scenario: Scenario, out_dir: Path, *, jobs: int | None = None, progress: ProgressHook | None = None,
@@ -114,13 +115,10 @@ def run(scenario: Scenario, out_dir: Path, *, jobs: int | None = None, progress:
         if not 0 <= rep < scenario.replications:
             raise ScenarioError(f"replication {rep} is outside 0..{scenario.replications - 1}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = compute(scenario, jobs=jobs, progress=progress, replications=replications, trace=trace)
-    outputs.write(out_dir, data)
+    data = compute(scenario, jobs=jobs, progress=progress, replications=replications, trace=trace, out_dir=out_dir)
     return RunOutcome(out_dir, data.summary, data.results, data)
 
 
 def write_outputs(out_dir: Path, scenario: Scenario, topology: Topology,
                   results: list[ReplicationResult]) -> dict[str, object]:
-    data = outputs.build(scenario, topology, results)
-    outputs.write(out_dir, data)
-    return data.summary
+    return outputs.build(scenario, topology, results, out_dir).summary
