@@ -19,6 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from simulations import outputs
+from simulations.commands.common import (
+    resolve_scenario_path,  # the CLI's lookup of bundled names
+)
 from simulations.runner import ProgressHook, compute
 from simulations.scenario.errors import ScenarioError
 from simulations.scenario.model import Scenario
@@ -83,7 +86,6 @@ def resolve(scenario: ScenarioLike) -> Scenario:
     if isinstance(scenario, str):
         if "\n" in scenario or "[" in scenario:
             return parse_scenario(scenario, "scenario text")
-        from simulations.commands.common import resolve_scenario_path  # the CLI's lookup of bundled names
         return load_scenario(resolve_scenario_path(scenario))
     raise ScenarioError(f"scenario: expected a Scenario, a path, a bundled name or TOML text, not "
                         f"{type(scenario).__name__}")

@@ -255,10 +255,9 @@ def run_all(pts: list[Point], out_dir: Path, client: Any, progress: ProgressHook
             futures.append(fut)
             which[fut.key] = (p.name, k)
     done: dict[str, dict[int, ReplicationResult]] = {p.name: {} for p in todo}
-    finished = 0
     if progress is not None:
         progress(0.0)
-    for fut in as_completed(futures, loop=client.loop):
+    for finished, fut in enumerate(as_completed(futures, loop=client.loop), start=1):
         name, k = which[fut.key]
         try:
             result: ReplicationResult = fut.result()
@@ -269,7 +268,6 @@ def run_all(pts: list[Point], out_dir: Path, client: Any, progress: ProgressHook
                                 f"{type(exc).__name__}: {exc}") from exc
         fut.release()
         done[name][k] = result
-        finished += 1
         if progress is not None:
             progress(finished / total)
         p = by_name[name]
@@ -277,6 +275,7 @@ def run_all(pts: list[Point], out_dir: Path, client: Any, progress: ProgressHook
             results = [done[name][i] for i in range(p.scenario.replications)]
             write_outputs(out_dir / name, p.scenario, build_topology(p.scenario), results)
             del done[name]
+            log.info("sweep point %s: %d replication(s) in, written to %s", name, len(results), out_dir / name)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
