@@ -288,6 +288,22 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _replications_in(path: Path) -> list[dict[str, Any]]:
+    """The per-replication summaries in a summary.json (a ScenarioError when it is not shaped like one)."""
+    reps = _read_json(path).get("replications")
+    if not isinstance(reps, list) or not all(isinstance(r, dict) for r in reps):
+        raise ScenarioError(f"{path}: no list of replications (not a meshsim summary)")
+    return reps
+
+
+def _files_in(path: Path) -> dict[str, str]:
+    """A manifest.json's file hashes (a ScenarioError when it is not shaped like one)."""
+    files = _read_json(path).get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ScenarioError(f"{path}: no table of files (not a meshsim manifest)")
+    return files
+
+
 def _replication_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("r*") if p.is_dir() and p.name[1:].isdigit())
 
@@ -302,17 +318,17 @@ def _check_point(folder: Path, scenario: Scenario) -> list[str]:
             if not (rd / outputs.MANIFEST).exists() or not (rd / outputs.SUMMARY).exists():
                 missing.append(f"{folder.name}/r{k}")
                 continue
-            man = _read_json(rd / outputs.MANIFEST)
-            if man.get("scenario", {}).get("sha256") != outputs.scenario_hash(scenario):
+            scen = _read_json(rd / outputs.MANIFEST).get("scenario")
+            if not isinstance(scen, dict) or scen.get("sha256") != outputs.scenario_hash(scenario):
                 raise ScenarioError(f"{rd}: ran a different scenario than {folder / 'scenario.toml'} (stale "
                                     f"folder from another sweep? remove it and run it again)")
-            got = [s.get("replication") for s in _read_json(rd / outputs.SUMMARY).get("replications", [])]
+            got = [s.get("replication") for s in _replications_in(rd / outputs.SUMMARY)]
             if got != [k]:
                 raise ScenarioError(f"{rd}: holds replication(s) {got}, expected [{k}]")
         return missing
     if not (folder / outputs.SUMMARY).exists() or not (folder / outputs.MANIFEST).exists():
         return [f"{folder.name}/r{k}" for k in range(reps)]
-    have = {s.get("replication") for s in _read_json(folder / outputs.SUMMARY).get("replications", [])}
+    have = {s.get("replication") for s in _replications_in(folder / outputs.SUMMARY)}
     return [f"{folder.name}/r{k}" for k in range(reps) if k not in have]
 
 
@@ -327,8 +343,8 @@ def gather(folder: Path, scenario: Scenario) -> None:
         rd = folder / f"r{k}"
         man = _read_json(rd / outputs.MANIFEST)
         manifests.append(man)
-        per_rep.extend(_read_json(rd / outputs.SUMMARY)["replications"])
-        for name, digest in sorted(man.get("files", {}).items()):
+        per_rep.extend(_replications_in(rd / outputs.SUMMARY))
+        for name, digest in sorted(_files_in(rd / outputs.MANIFEST).items()):
             if name == outputs.SUMMARY:
                 continue
             if "/" in name or name.startswith(".") or name in (outputs.MANIFEST, "scenario.toml"):

@@ -70,6 +70,13 @@ def test_collect_rebuilds_a_stale_summary_and_refuses_tampered_or_foreign_runs(
     capsys.readouterr()
     assert main(["collect", str(out)]) == 1
     assert "r1/hub-r1.csv: differs from the SHA-256" in capsys.readouterr().err
+    # A summary that is no meshsim summary: refused with the file named, not a traceback.
+    good_r1 = (out / "p000" / "r1" / "summary.json").read_bytes()
+    (out / "p000" / "r1" / "summary.json").write_text('{"replications": [1, 2]}')
+    capsys.readouterr()
+    assert main(["collect", str(out)]) == 1
+    assert "r1/summary.json: no list of replications" in capsys.readouterr().err
+    (out / "p000" / "r1" / "summary.json").write_bytes(good_r1)
     # A run folder of another scenario (left from an earlier sweep into the same folder): refused.
     assert main(["run", "five-trusts", *SMALL, "--set", "scenario.seed=5", "--replication", "1", "--out",
                  str(out / "p000" / "r1"), "--jobs", "1", "--no-progress"]) == 0
