@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def _git(cwd: Path, *args: str) -> str:
                           env=env).stdout.strip()
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git to make a checkout")
 def test_provenance_commit_and_dirty_in_a_git_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A temporary checkout holding a copy of outputs.py: its commit, clean then dirty; "unknown" outside git."""
     repo = tmp_path / "repo"
