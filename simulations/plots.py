@@ -31,6 +31,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from simulations.engine.recorder import BINS_PER_DECADE, LOW_DECADE, NBINS  # noqa: E402
+from simulations.scenario.errors import ScenarioError  # noqa: E402
 from simulations.stats import SMALL_REPLICATIONS, SMALL_SAMPLE, small_sample  # noqa: E402
 from simulations.summary import percentile  # noqa: E402
 from simulations.workload import PRIORITIES  # noqa: E402
@@ -95,7 +96,11 @@ class Distributions:
 def load_distributions(run_dir: Path) -> Distributions:
     delivery: dict[tuple[str, str], list[int]] = {}
     first: dict[tuple[str, str], list[int]] = {}
-    for path in sorted(run_dir.glob("distributions-r*.json")):
+    found = sorted(run_dir.glob("distributions-r*.json"))
+    if not found:  # plotting nothing would give empty figures and exit 0
+        raise ScenarioError(f"{run_dir}: no distributions-r*.json, nothing to plot (a sweep point run as job-array "
+                            f"commands has its data in rK/ folders: run `meshsim collect` on the sweep folder first)")
+    for path in found:
         data = json.loads(path.read_text(encoding="utf-8"))
         for key, table in (("delivery_time_s", delivery), ("time_to_first_image_s", first)):
             for entry in data[key]:

@@ -22,7 +22,6 @@ from simulations.engine.slice import SliceResult, run_slice
 from simulations.results import ReplicationResult, merge
 from simulations.scenario.errors import ScenarioError
 from simulations.scenario.model import Scenario
-from simulations.summary import across, replication_summary
 from simulations.topology import Topology, build_topology
 from simulations.workload import Studies
 
@@ -37,6 +36,7 @@ class RunOutcome:
     out_dir: Path
     summary: dict[str, object]
     replications: list[ReplicationResult]
+    data: outputs.RunData | None = None
 
 
 def default_jobs() -> int:
@@ -95,50 +95,30 @@ def simulate(scenario: Scenario, replications: list[int], jobs: int, progress: P
     return [merge([results[(rep, sl)] for sl in range(k)]) for rep in replications]
 
 
-def run(scenario: Scenario, out_dir: Path, *, jobs: int | None = None, progress: ProgressHook | None = None,
-        replications: list[int] | None = None, trace: Studies | None = None) -> RunOutcome:
+def compute(scenario: Scenario, *, jobs: int | None = None, progress: ProgressHook | None = None,
+            replications: list[int] | None = None, trace: Studies | None = None,
+            out_dir: Path | None = None) -> outputs.RunData:
+    """Run the scenario and build every output: in memory (out_dir None; simulations.api), or into out_dir."""
     reps = list(range(scenario.replications)) if replications is None else replications
     for rep in reps:
         if not 0 <= rep < scenario.replications:
             raise ScenarioError(f"replication {rep} is outside 0..{scenario.replications - 1}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     topology = build_topology(scenario)
     keep_rows = scenario.output.records != "none"
     results = simulate(scenario, reps, jobs or default_jobs(), progress, keep_rows, trace)
-    summaries = write_outputs(out_dir, scenario, topology, results)
-    return RunOutcome(out_dir, summaries, results)
+    return outputs.build(scenario, topology, results, out_dir)
+
+
+def run(scenario: Scenario, out_dir: Path, *, jobs: int | None = None, progress: ProgressHook | None = None,
+        replications: list[int] | None = None, trace: Studies | None = None) -> RunOutcome:
+    for rep in replications or []:
+        if not 0 <= rep < scenario.replications:
+            raise ScenarioError(f"replication {rep} is outside 0..{scenario.replications - 1}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = compute(scenario, jobs=jobs, progress=progress, replications=replications, trace=trace, out_dir=out_dir)
+    return RunOutcome(out_dir, data.summary, data.results, data)
 
 
 def write_outputs(out_dir: Path, scenario: Scenario, topology: Topology,
                   results: list[ReplicationResult]) -> dict[str, object]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {}
-    per_rep = []
-    for r in results:
-        tag = f"r{r.replication}"
-        if scenario.output.records != "none":
-            name = f"transfers-{tag}.csv" + (".gz" if scenario.output.records == "csv.gz" else "")
-            outputs.write_records(out_dir / name, r, scenario, topology, scenario.output.records == "csv.gz")
-            files[name] = outputs.sha256_file(out_dir / name)
-        outputs.write_timeseries(out_dir / f"timeseries-{tag}.csv", r, scenario, topology)
-        outputs.write_hub_series(out_dir / f"hub-{tag}.csv", r, scenario)
-        for name in (f"timeseries-{tag}.csv", f"hub-{tag}.csv"):
-            files[name] = outputs.sha256_file(out_dir / name)
-        if r.image_events:
-            name = f"images-{tag}.csv"
-            (out_dir / name).write_text("second,images\n" + "".join(f"{k},{v}\n" for k, v in r.image_events.items()),
-                                        encoding="utf-8")
-            files[name] = outputs.sha256_file(out_dir / name)
-        name = f"distributions-{tag}.json"
-        outputs.write_json(out_dir / name, outputs.distributions(r, scenario))
-        files[name] = outputs.sha256_file(out_dir / name)
-        per_rep.append(replication_summary(r, scenario, topology))
-    summary: dict[str, object] = {"scenario": scenario.name, "design": scenario.design.kind.value,
-               "replications": per_rep, "across_replications": across(per_rep)}
-    outputs.write_json(out_dir / outputs.SUMMARY, summary)
-    files[outputs.SUMMARY] = outputs.sha256_file(out_dir / outputs.SUMMARY)
-    (out_dir / "scenario.toml").write_text(scenario.source, encoding="utf-8")
-    settings = results[0].settings if results else {}
-    outputs.write_json(out_dir / outputs.MANIFEST,
-                       outputs.manifest(scenario, topology, settings, [r.replication for r in results], files))
-    return summary
+    return outputs.build(scenario, topology, results, out_dir).summary

@@ -1,30 +1,53 @@
-"""Parameter sweeps: one derived scenario per combination of values, run here or on a cluster.
+"""Parameter sweeps: one derived scenario per combination of values, run on a Dask cluster or as job-array lines.
 
 `meshsim sweep SCENARIO --vary design.kind=hub,mesh --vary hub.egress=1Gbit/s,10Gbit/s --out DIR`
-writes DIR/points.csv and, per combination, DIR/pNNN/scenario.toml. It then
-runs every point (each run spreading its replications over the cores), or,
-with --emit-commands, only writes one `meshsim run` command per point and
-replication for a batch scheduler; `meshsim sweep --collect DIR` then gathers
-the per-replication folders into each point's summary and DIR/sweep.csv.
+writes DIR/points.csv and, per combination, DIR/pNNN/scenario.toml. It then runs every (point, replication)
+as one task on Dask (`distributed`): a LocalCluster of worker processes by default, the scheduler at
+--scheduler ADDRESS (a shared cluster), or a Slurm/PBS cluster through dask-jobqueue (--jobqueue). Results
+are gathered as they finish; each point's folder is written once all its replications are in, by the same
+code as `meshsim run` (so it is byte-identical to a plain run of that point). With --emit-commands it only
+writes one `meshsim run` command per point and replication (plain job arrays); `meshsim collect DIR` then
+gathers each point's rK/ folders into a point folder like a plain run's (files, summary.json, manifest.json)
+and refuses, naming them, when replications are missing.
+
+A mesh point whose hub-only values (hub.*) differ from the first of their --vary lists would run the same
+simulation as the point with the first values: it is not run, and points.csv/sweep.csv say "same as pNNN".
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
+import importlib
 import itertools
 import json
+import logging
 import shlex
+import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from simulations import outputs
-from simulations.runner import ProgressHook, run
+from simulations.results import ReplicationResult
+from simulations.runner import ProgressHook, default_jobs, simulate, write_outputs
 from simulations.scenario.errors import ScenarioError
-from simulations.scenario.model import Scenario
+from simulations.scenario.model import DesignKind, Scenario
 from simulations.scenario.overrides import apply, parse_value
 from simulations.scenario.parse import load_scenario
-from simulations.summary import KEY_METRICS, across
+from simulations.summary import KEY_METRICS
+from simulations.topology import build_topology
+
+log = logging.getLogger(__name__)
+
+NOTE = "note"
+SAME_AS = "same as "
+HUB_ONLY_PREFIX = "hub."
+JOBQUEUE_COMMANDS = {"slurm": "sbatch", "pbs": "qsub"}
+DEFAULT_SCHEDULER_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,18 @@ class Point:
     name: str
     values: tuple[tuple[str, object], ...]
     scenario: Scenario
+    same_as: str | None = None  # a mesh point differing only in hub-only values from this point: not run
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where the tasks run: a local cluster (default), a scheduler address, or a dask-jobqueue cluster."""
+
+    jobs: int | None = None
+    scheduler: str | None = None
+    scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
+    jobqueue: str | None = None
+    jobqueue_options: tuple[tuple[str, object], ...] = ()
 
 
 def parse_vary(texts: list[str]) -> list[tuple[str, list[object]]]:
@@ -49,23 +84,38 @@ def parse_vary(texts: list[str]) -> list[tuple[str, list[object]]]:
 
 def points(base: Scenario, vary: list[tuple[str, list[object]]]) -> list[Point]:
     keys = [k for k, _ in vary]
+    first = {k: v[0] for k, v in vary}
+    combos = [tuple(zip(keys, combo)) for combo in itertools.product(*[v for _, v in vary])]
+    names = {values: f"p{i:03d}" for i, values in reversed(list(enumerate(combos)))}
     out = []
-    for i, combo in enumerate(itertools.product(*[v for _, v in vary])):
-        values = tuple(zip(keys, combo))
-        out.append(Point(f"p{i:03d}", values, apply(base, values)))
+    for i, values in enumerate(combos):
+        scenario = apply(base, values)
+        same_as = None
+        if scenario.design.kind is DesignKind.MESH:
+            twin = tuple((k, first[k] if k.startswith(HUB_ONLY_PREFIX) else v) for k, v in values)
+            if twin != values:
+                same_as = names[twin]
+        out.append(Point(f"p{i:03d}", values, scenario, same_as))
     return out
+
+
+def _cell(v: object) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
 
 
 def prepare(base: Scenario, vary: list[tuple[str, list[object]]], out_dir: Path) -> list[Point]:
     pts = points(base, vary)
+    skipped = any(p.same_as for p in pts)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "points.csv").open("w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["point"] + [k for k, _ in vary])
+        w.writerow(["point"] + [k for k, _ in vary] + ([NOTE] if skipped else []))
         for p in pts:
-            w.writerow([p.name] + [json.dumps(v) if not isinstance(v, str) else v for _, v in p.values])
-            (out_dir / p.name).mkdir(exist_ok=True)
-            (out_dir / p.name / "scenario.toml").write_text(p.scenario.source, encoding="utf-8")
+            note = [SAME_AS + p.same_as if p.same_as else ""] if skipped else []
+            w.writerow([p.name] + [_cell(v) for _, v in p.values] + note)
+            if p.same_as is None:
+                (out_dir / p.name).mkdir(exist_ok=True)
+                (out_dir / p.name / "scenario.toml").write_text(p.scenario.source, encoding="utf-8")
     return pts
 
 
@@ -73,6 +123,8 @@ def commands(pts: list[Point], out_dir: Path) -> list[str]:
     """One shell command per (point, replication): each is a separate process with its own seed streams."""
     lines = []
     for p in pts:
+        if p.same_as is not None:
+            continue
         folder = out_dir / p.name
         for k in range(p.scenario.replications):
             lines.append(" ".join(shlex.quote(x) for x in ("meshsim", "run", str(folder / "scenario.toml"), "--out",
@@ -81,42 +133,291 @@ def commands(pts: list[Point], out_dir: Path) -> list[str]:
     return lines
 
 
-def run_all(pts: list[Point], out_dir: Path, jobs: int | None, progress: ProgressHook | None) -> None:
-    for i, p in enumerate(pts):
-        def hook(f: float, i: int = i) -> None:
-            if progress is not None:
-                progress((i + f) / len(pts))
-        run(p.scenario, out_dir / p.name, jobs=jobs, progress=hook)
+def parse_option(text: str) -> tuple[str, object]:
+    """--jobqueue-option KEY=VALUE: an integer, a float, true/false, a JSON list or object, or the text."""
+    if "=" not in text:
+        raise ScenarioError(f"--jobqueue-option {text!r}: expected KEY=VALUE, e.g. memory=4GB")
+    key, raw = (x.strip() for x in text.split("=", 1))
+    if not key.isidentifier():
+        raise ScenarioError(f"--jobqueue-option {text!r}: {key!r} is not an option name")
+    value: object = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    elif raw.startswith(("[", "{")):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise ScenarioError(f"--jobqueue-option {text!r}: not a JSON list or object") from None
+    else:
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                pass
+    return key, value
+
+
+def _module(name: str) -> Any:
+    """distributed and dask_jobqueue have no type hints: used through Any, imported when a sweep runs."""
+    return importlib.import_module(name)
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Ask the scheduler at `address` who it is, within `timeout` seconds in all (TimeoutError, OSError).
+
+    distributed.Client(address, timeout=...) bounds the TCP connect but not the handshake after it: a peer
+    that accepts connections and never answers (a wrong port, a stopped process) keeps it waiting for
+    ever. This asks the scheduler's `identity` under asyncio.wait_for first."""
+    rpc = _module("distributed.core").rpc
+
+    async def identity() -> object:
+        async with rpc(address, timeout=timeout) as remote:
+            return await remote.identity()
+
+    async def bounded() -> object:
+        return await asyncio.wait_for(identity(), timeout)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(bounded())  # the usual case (the command line); inside a running loop Client's own bound
+                                # has to do
+
+
+def _replication(scenario: Scenario, replication: int) -> ReplicationResult:
+    """One Dask task: one replication of one point, every time slice in this worker process."""
+    return simulate(scenario, [replication], 1, None, scenario.output.records != "none")[0]
+
+
+@contextlib.contextmanager
+def client_for(spec: ClusterSpec, tasks: int) -> Iterator[Any]:
+    """A distributed.Client on the cluster `spec` names, closed (and a cluster this made, shut down) after."""
+    dist = _module("distributed")  # its import sets the "distributed" logger to INFO (dask's logging config)
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # so quiet it unless the program wants INFO (-v)
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    Client, LocalCluster = dist.Client, dist.LocalCluster
+    if spec.scheduler is not None:
+        try:
+            _probe(spec.scheduler, spec.scheduler_timeout)
+            client = Client(spec.scheduler, timeout=spec.scheduler_timeout, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ScenarioError(f"--scheduler {spec.scheduler}: no Dask scheduler answered within "
+                                f"{spec.scheduler_timeout:g} s ({exc})") from None
+        with client:
+            yield client
+        return
+    if spec.jobqueue is not None:
+        command = JOBQUEUE_COMMANDS.get(spec.jobqueue)
+        if command is None:
+            raise ScenarioError(f"--jobqueue {spec.jobqueue}: expected one of {', '.join(JOBQUEUE_COMMANDS)}")
+        if shutil.which(command) is None:
+            raise ScenarioError(f"--jobqueue {spec.jobqueue}: the batch command {command!r} is not on PATH "
+                                f"(run the sweep where {spec.jobqueue} jobs can be submitted)")
+        dask_jobqueue = _module("dask_jobqueue")
+        cls = dask_jobqueue.SLURMCluster if spec.jobqueue == "slurm" else dask_jobqueue.PBSCluster
+        try:
+            cluster = cls(**dict(spec.jobqueue_options))
+        except (TypeError, ValueError) as exc:
+            raise ScenarioError(f"--jobqueue {spec.jobqueue}: {exc} (give it with --jobqueue-option KEY=VALUE)") \
+                from None
+        with cluster:
+            cluster.scale(n=min(tasks, spec.jobs or tasks))
+            with Client(cluster, set_as_default=False) as client:
+                yield client
+        return
+    # memory_limit=0: no nanny memory limit, as the process pool of `meshsim run` has none.
+    with LocalCluster(n_workers=max(1, min(spec.jobs or default_jobs(), tasks)), threads_per_worker=1,
+                      processes=True, dashboard_address=None, memory_limit=0,
+                      silence_logs=logging.WARNING) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def runs(pts: list[Point]) -> int:
+    """How many (point, replication) tasks the sweep runs (points the same as another are not run)."""
+    return sum(p.scenario.replications for p in pts if p.same_as is None)
+
+
+def run_all(pts: list[Point], out_dir: Path, client: Any, progress: ProgressHook | None) -> None:
+    """Every (point, replication) as one task on `client`'s cluster, gathered as they finish; a point's
+    folder is written (by runner.write_outputs, as `meshsim run` writes it) once its replications are in."""
+    as_completed = _module("distributed").as_completed
+    todo = [p for p in pts if p.same_as is None]
+    total = runs(pts)
+    if total == 0:
+        return
+    by_name = {p.name: p for p in todo}
+    futures = []
+    which: dict[str, tuple[str, int]] = {}
+    for p in todo:
+        for k in range(p.scenario.replications):
+            fut = client.submit(_replication, p.scenario, k, pure=False)
+            futures.append(fut)
+            which[fut.key] = (p.name, k)
+    done: dict[str, dict[int, ReplicationResult]] = {p.name: {} for p in todo}
+    if progress is not None:
+        progress(0.0)
+    for finished, fut in enumerate(as_completed(futures, loop=client.loop), start=1):
+        name, k = which[fut.key]
+        try:
+            result: ReplicationResult = fut.result()
+        except ScenarioError:
+            raise
+        except Exception as exc:  # a task boundary: name the run that failed on the cluster
+            raise ScenarioError(f"{out_dir / name}: replication {k} failed on the cluster: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        fut.release()
+        done[name][k] = result
+        if progress is not None:
+            progress(finished / total)
+        p = by_name[name]
+        if len(done[name]) == p.scenario.replications:
+            results = [done[name][i] for i in range(p.scenario.replications)]
+            write_outputs(out_dir / name, p.scenario, build_topology(p.scenario), results)
+            del done[name]
+            log.info("sweep point %s: %d replication(s) in, written to %s", name, len(results), out_dir / name)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}: not a JSON object")
+    return data
+
+
+def _replications_in(path: Path) -> list[dict[str, Any]]:
+    """The per-replication summaries in a summary.json (a ScenarioError when it is not shaped like one)."""
+    reps = _read_json(path).get("replications")
+    if not isinstance(reps, list) or not all(isinstance(r, dict) for r in reps):
+        raise ScenarioError(f"{path}: no list of replications (not a meshsim summary)")
+    return reps
+
+
+def _files_in(path: Path) -> dict[str, str]:
+    """A manifest.json's file hashes (a ScenarioError when it is not shaped like one)."""
+    files = _read_json(path).get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ScenarioError(f"{path}: no table of files (not a meshsim manifest)")
+    return files
+
+
+def _replication_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("r*") if p.is_dir() and p.name[1:].isdigit())
+
+
+def _check_point(folder: Path, scenario: Scenario) -> list[str]:
+    """The runs of this point that are missing (as "pNNN/rK"); raises on runs of a different scenario."""
+    reps = scenario.replications
+    if _replication_dirs(folder):
+        missing = []
+        for k in range(reps):
+            rd = folder / f"r{k}"
+            if not (rd / outputs.MANIFEST).exists() or not (rd / outputs.SUMMARY).exists():
+                missing.append(f"{folder.name}/r{k}")
+                continue
+            scen = _read_json(rd / outputs.MANIFEST).get("scenario")
+            if not isinstance(scen, dict) or scen.get("sha256") != outputs.scenario_hash(scenario):
+                raise ScenarioError(f"{rd}: ran a different scenario than {folder / 'scenario.toml'} (stale "
+                                    f"folder from another sweep? remove it and run it again)")
+            got = [s.get("replication") for s in _replications_in(rd / outputs.SUMMARY)]
+            if got != [k]:
+                raise ScenarioError(f"{rd}: holds replication(s) {got}, expected [{k}]")
+        return missing
+    if not (folder / outputs.SUMMARY).exists() or not (folder / outputs.MANIFEST).exists():
+        return [f"{folder.name}/r{k}" for k in range(reps)]
+    have = {s.get("replication") for s in _replications_in(folder / outputs.SUMMARY)}
+    return [f"{folder.name}/r{k}" for k in range(reps) if k not in have]
+
+
+def gather(folder: Path, scenario: Scenario) -> None:
+    """Make a point folder from its rK/ folders what a plain `meshsim run` of the point writes: every rK
+    file (checked against its rK manifest), summary.json over all replications, manifest.json (seeds of
+    every replication, hashes of the gathered files). Rebuilt at every collect, so never stale."""
+    per_rep: list[dict[str, object]] = []
+    hashes: dict[str, str] = {}
+    manifests = []
+    for k in range(scenario.replications):
+        rd = folder / f"r{k}"
+        man = _read_json(rd / outputs.MANIFEST)
+        manifests.append(man)
+        per_rep.extend(_replications_in(rd / outputs.SUMMARY))
+        for name, digest in sorted(_files_in(rd / outputs.MANIFEST).items()):
+            if name == outputs.SUMMARY:
+                continue
+            if "/" in name or name.startswith(".") or name in (outputs.MANIFEST, "scenario.toml"):
+                raise ScenarioError(f"{rd / outputs.MANIFEST}: unexpected file name {name!r}")
+            data = (rd / name).read_bytes()
+            if outputs.sha256_bytes(data) != digest:
+                raise ScenarioError(f"{rd / name}: differs from the SHA-256 in {rd / outputs.MANIFEST} "
+                                    f"(changed after the run?)")
+            target = folder / name
+            if not target.exists() or target.read_bytes() != data:
+                target.write_bytes(data)
+            hashes[name] = digest
+    summary = outputs.summarise(scenario, per_rep)
+    summary_bytes = outputs.json_bytes(summary)
+    hashes[outputs.SUMMARY] = outputs.sha256_bytes(summary_bytes)
+    provenances = [m.get("provenance") for m in manifests]
+    source: dict[str, object]
+    if all(p == provenances[0] for p in provenances) and isinstance(provenances[0], dict):
+        source = provenances[0]
+    else:
+        source = {"git_commit": "mixed", "git_dirty": "unknown",
+                  "by_replication": {str(k): p for k, p in enumerate(provenances)}}
+    settings = manifests[0].get("design_settings", {}) if manifests else {}
+    man = outputs.manifest(scenario, build_topology(scenario), settings, list(range(scenario.replications)),
+                           hashes, source)
+    (folder / outputs.SUMMARY).write_bytes(summary_bytes)
+    (folder / "scenario.toml").write_text(scenario.source, encoding="utf-8")
+    outputs.write_json(folder / outputs.MANIFEST, man)
 
 
 def collect(out_dir: Path) -> list[list[str]]:
-    """Summaries per point (gathering rK/ folders from cluster runs when needed) and DIR/sweep.csv."""
-    rows_in = list(csv.reader((out_dir / "points.csv").open(encoding="utf-8")))
+    """Each point's folder complete (gathered from rK/ folders of cluster runs when there are any) and
+    DIR/sweep.csv. Refuses, naming them, when runs are missing; then nothing is written."""
+    try:
+        rows_in = list(csv.reader((out_dir / "points.csv").open(encoding="utf-8")))
+    except OSError as exc:
+        raise ScenarioError(f"{out_dir}: no points.csv ({exc.strerror}); is it a sweep folder?") from None
     if not rows_in:
         raise ScenarioError(f"{out_dir}/points.csv is empty")
     header_in, body = rows_in[0], rows_in[1:]
-    table = [header_in + [".".join(k) for k in KEY_METRICS]]
+    note = header_in.index(NOTE) if NOTE in header_in else None
+    names = {row[0] for row in body}
+    scenarios: dict[str, Scenario] = {}
+    missing: list[str] = []
     for row in body:
+        twin = row[note][len(SAME_AS):] if note is not None and row[note].startswith(SAME_AS) else None
+        if twin is not None:
+            if twin not in names:
+                raise ScenarioError(f"{out_dir}/points.csv: {row[0]} is the same as {twin!r}, which is no point")
+            continue
         folder = out_dir / row[0]
-        summary_path = folder / outputs.SUMMARY
-        if not summary_path.exists():
-            reps = []
-            for sub in sorted(folder.glob("r*/summary.json")):
-                data = json.loads(sub.read_text(encoding="utf-8"))
-                reps.extend(data["replications"])
-            if not reps:
-                raise ScenarioError(f"{folder}: no summary.json and no r*/summary.json (has it run?)")
-            scenario = load_scenario(folder / "scenario.toml")
-            reps.sort(key=lambda r: int(r["replication"]))
-            outputs.write_json(summary_path, {"scenario": scenario.name, "design": scenario.design.kind.value,
-                                              "replications": reps, "across_replications": across(reps)})
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        acr = summary["across_replications"]
+        scenario = load_scenario(folder / "scenario.toml")
+        scenarios[row[0]] = scenario
+        missing.extend(_check_point(folder, scenario))
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise ScenarioError(f"{out_dir}: {len(missing)} run(s) missing: {shown} (run them, e.g. the lines of "
+                            f"--emit-commands for those folders, then collect again)")
+    for name, scenario in scenarios.items():
+        if _replication_dirs(out_dir / name):
+            gather(out_dir / name, scenario)
+    table = [header_in + [".".join(k) for k in KEY_METRICS]]
+    cells_of: dict[str, list[str]] = {}
+    for name in scenarios:
+        acr = _read_json(out_dir / name / outputs.SUMMARY).get("across_replications", {})
         cells = []
         for path in KEY_METRICS:
             cell = acr.get(".".join(path))
-            cells.append("" if cell is None else f"{cell['mean']:.6g}")
-        table.append(row + cells)
+            cells.append("" if not isinstance(cell, dict) or cell.get("mean") is None else f"{cell['mean']:.6g}")
+        cells_of[name] = cells
+    for row in body:
+        twin = row[note][len(SAME_AS):] if note is not None and row[note].startswith(SAME_AS) else row[0]
+        table.append(row + cells_of[twin])
     with (out_dir / "sweep.csv").open("w", encoding="utf-8", newline="") as fh:
         csv.writer(fh, lineterminator="\n").writerows(table)
     return table

@@ -80,6 +80,7 @@ def test_bad_scenario_is_refused_before_anything_runs(tmp_path: Path, capsys: py
     assert "replication 7 is outside" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts a Dask LocalCluster of worker processes (test_sweep_collect.py covers report/compare fast)
 def test_sweep_compare_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sweep"
     assert main(["sweep", "five-trusts", *SMALL, "--vary", "design.kind=hub,mesh", "--out", str(out), "--jobs", "2",
