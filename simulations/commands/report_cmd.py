@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from common.cli.output import EXIT_OK, emit
+from simulations import sensitivity
+from simulations.commands.emulate_cmd import say
 from simulations.report import report
 
 
@@ -15,10 +17,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--format", choices=["md", "html"], default="md")
     p.add_argument("--out", type=Path, default=None, help="report file (default: RUN/report.md or .html)")
     p.add_argument("--json", action="store_true")
+    sensitivity.add_args(p)  # the hub sensitivity sweep (STUDY, issue 18)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     path = report(args.run, args.format, args.out)
+    sensitivity.append_to(path, sensitivity.from_args(args, [args.run], say))  # hub/hybrid runs only
     emit({"report": str(path)}, args.json, f"report written to {path} (plots alongside it in {args.run})")
     return EXIT_OK
