@@ -31,7 +31,7 @@ def test_nhs_england_matches_the_calibration_stated_in_the_doc() -> None:
     """docs/researchers.md, "Calibrating the hub", states these figures of nhs-england.toml; they may not drift."""
     doc = _section("### Calibrating the hub")
     s = load_scenario(resolve_scenario_path("nhs-england"))
-    fig = calibration.workload_figures(s, days=28)
+    fig = calibration.workload_figures(s, days=14)
     # the scenario's settings, as the doc's table gives them
     assert s.workload.studies_per_year == calibration.PUBLIC_STUDIES_PER_YEAR == 12_000_000
     assert "| `studies_per_year` | 12,000,000 |" in doc
