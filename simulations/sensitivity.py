@@ -6,7 +6,8 @@ notifying) is not public, and its worker limit is not either
 partly an input. Whenever a hub or hybrid run is reported or compared, this
 sweep reruns its scenario over a grid of the two (by default processing delay
 0, 10, 30, 60, 120 s x max_concurrent at half, once and twice the run's own)
-and tabulates delivery p50/p95 per point. Every point is replication 0 of the
+and tabulates delivery p50/p95 per point (a hybrid run's hub only stores, so
+for it only max_concurrent is varied). Every point is replication 0 of the
 run's own seed (common random numbers: the same studies, faults and topology
 at every point, so differences between points are the parameters' alone),
 with its duration capped (`--sensitivity-duration`, 7 days by default, stated
@@ -91,6 +92,15 @@ def grid(scenario: Scenario, delays: Sequence[float] = DELAYS,
     return [(d, n) for d in delays for n in concurrency]
 
 
+def delays_for(scenario: Scenario, delays: Sequence[float] = DELAYS) -> tuple[float, ...]:
+    """The processing delays worth running: in the hybrid the hub only stores (the mesh fetches from it as a
+    fallback holder, simulations/engine/hub.py forward=False), so its processing delay changes nothing and
+    only the run's own value is run."""
+    if scenario.design.kind is DesignKind.HYBRID:
+        return (scenario.hub.processing_delay,)
+    return tuple(delays)
+
+
 def point_scenario(scenario: Scenario, delay: float, concurrency: int, duration: float) -> Scenario:
     """The run's scenario at one grid point: replication 0 only, no records, duration capped."""
     values: list[tuple[str, object]] = [("hub.processing_delay", format_duration(delay) if delay else "0s"),
@@ -127,7 +137,7 @@ def sweep(scenario: Scenario, run_name: str, duration: float = DEFAULT_DURATION,
     if duration <= 0:
         raise ScenarioError(f"--sensitivity-duration must be positive, got {format_duration(duration)}")
     length = min(duration, scenario.duration)
-    cells = grid(scenario, delays, factors)
+    cells = grid(scenario, delays_for(scenario, delays), factors)
     scenarios = [(point_scenario(scenario, d, n, length), d, n) for d, n in cells]
     workers = jobs or default_jobs()
     if workers > 1 and all(s.engine.time_slices == 1 for s, _, _ in scenarios):
@@ -190,7 +200,7 @@ def for_run(run_dir: Path, duration: float = DEFAULT_DURATION, jobs: int | None 
     scenario = load_scenario(path)
     if scenario.design.kind is DesignKind.MESH:
         return None
-    key = cache_key(scenario, duration, delays, factors)
+    key = cache_key(scenario, duration, delays_for(scenario, delays), factors)
     cache = run_dir / FILE
     if cache.exists():
         try:
@@ -199,7 +209,7 @@ def for_run(run_dir: Path, duration: float = DEFAULT_DURATION, jobs: int | None 
                 return _from_json(data)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable or from another version: rerun and overwrite
-    cells = grid(scenario, delays, factors)
+    cells = grid(scenario, delays_for(scenario, delays), factors)
     if say is not None:
         say(f"hub sensitivity for {run_dir}: {len(cells)} points (processing delay x max concurrent) of "
             f"{format_duration(min(duration, scenario.duration))}, replication 0 ...")
@@ -246,7 +256,10 @@ def caption(s: Sensitivity) -> str:
             f"max_concurrent, each point replication 0 of the run's seed (common random numbers: the same studies "
             f"and faults at every point) over {length}"
             + (" (capped by --sensitivity-duration; the run itself is longer)" if s.capped else "")
-            + f"; the run's own values are {s.calibrated_delay:g} s and {s.calibrated_concurrency}, marked (run).")
+            + f"; the run's own values are {s.calibrated_delay:g} s and {s.calibrated_concurrency}, marked (run)."
+            + (" In the hybrid the hub only stores (the mesh fetches from it as a fallback), so its processing "
+               "delay changes nothing: only max_concurrent is varied." if s.design == DesignKind.HYBRID.value
+               else ""))
 
 
 def text(s: Sensitivity) -> str:

@@ -83,6 +83,14 @@ def test_sensitivity_grid_common_random_numbers_and_cache(tmp_path: Path) -> Non
     assert sensitivity.for_run(run_dir, duration=86400.0) == capped
     cache.write_text(cache.read_text().replace('"delivery_p50_s": ', '"delivery_p50_s": "evil", "x": '))
     assert sensitivity.for_run(run_dir, duration=86400.0) == capped
+    # The hybrid's hub does not forward: its processing delay changes nothing, so only max_concurrent varies.
+    hybrid = tmp_path / "hybrid"
+    assert main(["run", "five-trusts", *SMALL, "--set", "design.kind=hybrid", "--set", "scenario.replications=1",
+                 "--set", "scenario.duration=1d", "--out", str(hybrid)]) == 0
+    h = sensitivity.for_run(hybrid)
+    assert h is not None and [(p.processing_delay, p.max_concurrent) for p in h.points] == [
+        (30.0, 25), (30.0, 50), (30.0, 100)]
+    assert "only max_concurrent is varied" in sensitivity.caption(h)
 
 
 def test_report_and_compare_show_the_sweep_for_hub_runs_only(tmp_path: Path,
