@@ -192,6 +192,7 @@ def _costs(runs: Sequence[DesignRun]) -> tuple[str | None, dict[str, dict[str, I
 
 
 def write_report(out: Path, runs: Sequence[DesignRun], sens: Sequence[sensitivity.Sensitivity]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
     first = runs[0].scenario
     hub_run = next((r for r in runs if r.design == DesignKind.HUB.value), None)
     reference = hub_run or runs[0]
@@ -213,8 +214,10 @@ def write_report(out: Path, runs: Sequence[DesignRun], sens: Sequence[sensitivit
         d.h(2, "Small-sample warnings")
         d.p("; ".join(warnings) + ".")
 
-    hub = (hub_run or runs[0]).scenario.hub
-    d.h(2, "Hub parameters used, and the calibration check")
+    hubbed = hub_run or next((r for r in runs if r.design == DesignKind.HYBRID.value), None)
+    hub = (hubbed or runs[0]).scenario.hub
+    d.h(2, "Hub parameters used, and the calibration check" if hubbed is not None else
+        "Hub parameters (no hub or hybrid design in this study: unused), and the calibration check")
     d.table(["hub parameter", "value"], [
         ["ingress", format_rate(hub.ingress)], ["egress", format_rate(hub.egress)],
         ["latency (one way)", format_duration(hub.latency)], ["max_concurrent", f"{hub.max_concurrent}"],
@@ -339,7 +342,8 @@ def _warnings(runs: Sequence[DesignRun]) -> list[str]:
             counts = r.values(("delivery_time_s", "by_priority", p.value, "n"))
             if not counts:
                 continue
-            note = small_sample(int(min(counts.values())), f"{p.value} transfers")
+            least = int(min(counts.values()))
+            note = small_sample(least, f"{p.value} transfers") if least else f"no {p.value} transfers"
             if note is not None:
                 notes.setdefault(note, []).append(r.design)
         for note, names in notes.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations import calibration, sensitivity
+from simulations import calibration, sensitivity, study
 from simulations.cli import main
 from simulations.commands.common import resolve_scenario_path
 from simulations.scenario.parse import load_scenario
@@ -172,3 +172,14 @@ def test_study_report_matches_the_runs_and_pairs_them(tmp_path: Path, capsys: py
     data = json.loads((out / "study.json").read_text())
     assert data["metrics"]["transfers"]["hub"]["n"] == 2 and data["sensitivity"][0]["run"] == "hub"
     assert (out / "compare-cdf.png").read_bytes()[:4] == b"\x89PNG"
+    # The same runs with the summary's `costs` (STATS's contract, issue 18): the report tabulates them per design.
+    runs = []
+    for design, reps in summaries.items():
+        priced = [dict(r, costs={"currency": "GBP", "transfer_gb": 10.0 + k + (design == "hub"),
+                                 "hub_stored_gb_months": 2.0 * (design != "mesh"), "transfer_cost": 0.1 * (10 + k),
+                                 "storage_cost": 0.5, "total_cost": 1.5 + k}) for k, r in enumerate(reps)]
+        runs.append(study.DesignRun(design, out / design, load_scenario(out / design / "scenario.toml"), priced))
+    priced_report = study.write_report(tmp_path / "priced", runs, [])
+    costs = _table(priced_report.read_text(), "## Costs per design")
+    assert costs[0][:2] == ["design", "transfer (GB)"] and costs[0][-1] == "total (GBP)"
+    assert costs[1][:2] == ["hub", "11.5 ± 6.353"] and costs[2][:3] == ["mesh", "10.5 ± 6.353", "0 ± 0"]
