@@ -163,6 +163,10 @@ def study(base: Scenario, out: Path, designs: Sequence[DesignKind], *, duration:
           replications: int | None = None, jobs: int | None = None, sensitivity_duration: float | None =
           sensitivity.DEFAULT_DURATION, say: Say | None = None, progress: ProgressHook | None = None) -> Path:
     """Run every design, the hub sensitivity sweep (unless sensitivity_duration is None), and write the report."""
+    swept = next((d for d in (DesignKind.HUB, DesignKind.HYBRID) if d in designs), None)
+    if sensitivity_duration is not None and swept is not None:  # a sweep that cannot run is refused before the runs
+        scn = design_scenario(base, swept, duration, replications)
+        sensitivity.point_scenario(scn, 0.0, 1, min(sensitivity_duration, scn.duration))
     out.mkdir(parents=True, exist_ok=True)
     runs = run_designs(base, out, designs, duration, replications, jobs, say, progress)
     sens: list[sensitivity.Sensitivity] = []

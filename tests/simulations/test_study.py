@@ -131,6 +131,11 @@ def test_study_report_matches_the_runs_and_pairs_them(tmp_path: Path, capsys: py
     out = tmp_path / "study"
     assert main(["study", "five-trusts", "--designs", "hub,mesh,nope", "--out", str(out)]) == 1
     assert "unknown design 'nope'" in capsys.readouterr().err and not out.exists()
+    # a sensitivity point shorter than the warm-up (6 h) is refused before any design runs
+    assert main(["study", "five-trusts", "--sensitivity-duration", "1h", "--out", str(out)]) == 1
+    assert "hub sensitivity of five-trusts at 1h" in capsys.readouterr().err and not out.exists()
+    assert main(["study", "five-trusts", "--replications", "0", "--out", str(out)]) == 1
+    assert "replications" in capsys.readouterr().err and not out.exists()
     assert main(["study", "five-trusts", "--duration", "2d", "--replications", "2", "--jobs", "1",
                  "--sensitivity-duration", "1d", "--no-progress", "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
