@@ -7,6 +7,7 @@
     meshsim report RUN                        Markdown or HTML report with CDF, box and time-series plots
     meshsim emulate SCENARIO --out DIR        the same workload through real meshnode processes
     meshsim validate SCENARIO                 model vs emulation: delivery-time medians side by side
+    meshsim study SCENARIO --out DIR          hub vs mesh vs hybrid: paired intervals, costs, hub sensitivity
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 
 from common.cli.output import add_common, run_cli
 from simulations.commands import check_cmd, compare_cmd, emulate_cmd, report_cmd, run_cmd, sweep_cmd, validate_cmd
+from simulations.commands import study_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshsim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     sub = parser.add_subparsers(metavar="COMMAND")
-    for module in (check_cmd, run_cmd, sweep_cmd, compare_cmd, report_cmd, emulate_cmd, validate_cmd):
+    for module in (check_cmd, run_cmd, sweep_cmd, compare_cmd, report_cmd, emulate_cmd, validate_cmd, study_cmd):
         module.register(sub, common)
     return parser
 

@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 
 from common.cli.output import EXIT_OK, emit
+from simulations import sensitivity
+from simulations.commands.emulate_cmd import say
 from simulations.report import compare, comparison_text
 
 
@@ -17,13 +19,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--ccdf", action="store_true",
                    help="with --out, also plot complementary CDFs on log axes (compare-ccdf.png), for the tails")
     p.add_argument("--json", action="store_true")
+    sensitivity.add_args(p)  # the hub sensitivity sweep (STUDY, issue 18)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     comparison = compare(args.runs, args.out, ccdf=args.ccdf)
     text = comparison_text(comparison)
+    sens = sensitivity.from_args(args, args.runs, say)  # hub/hybrid runs only (STUDY, issue 18)
+    text += "".join("\n\n" + sensitivity.text(s) for s in sens)
     if args.out is not None:
+        sensitivity.append_to(args.out / "compare.md", sens)
         text += f"\n\nplots and compare.md in {args.out}"
-    emit(comparison.as_json(), args.json, text)
+    emit({**comparison.as_json(), "sensitivity": [sensitivity.as_json(s) for s in sens]}, args.json, text)
     return EXIT_OK

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from common.cli.output import EXIT_OK, emit
+from simulations import sensitivity
+from simulations.commands.emulate_cmd import say
 from simulations.report import report
 
 
@@ -17,10 +19,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--ccdf", action="store_true",
                    help="also plot complementary CDFs on log axes (report-ccdf.png), to read the tails")
     p.add_argument("--json", action="store_true")
+    sensitivity.add_args(p)  # the hub sensitivity sweep (STUDY, issue 18)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     path = report(args.run, args.format, args.out, ccdf=args.ccdf)
+    sensitivity.append_to(path, sensitivity.from_args(args, [args.run], say))  # hub/hybrid runs only
     emit({"report": str(path)}, args.json, f"report written to {path} (plots alongside it in {args.run})")
     return EXIT_OK
