@@ -167,6 +167,10 @@ def _apply(arg: tuple[World, Timeline, Design, Event], now: float) -> None:
             links = {"up": [o.up_link], "down": [o.down_link]}.get(d.direction, [o.up_link, o.down_link])
         for link in links:
             world.net.set_capacity(link, link.nominal * factor)
+    elif c in (Change.MEMBER_DOWN, Change.MEMBER_UP):
+        ha = getattr(getattr(design, "mesh", None), "ha", None)
+        if ha is not None:  # one node of an [ha] organisation (simulations/engine/org_nodes.py)
+            ha.member(ev.target, ev.node, c is Change.MEMBER_UP, now)
     elif c is Change.PARTITION:
         world.partitions.append(timeline.partitions[ev.target])
         design.partition_changed(now, healed=False)
