@@ -110,7 +110,7 @@ class HALinks(str, Enum):
 
 
 @dataclass(frozen=True)
-class HA:
+class HighAvailability:
     """Several nodes per organisation (issue 16's high availability; docs/researchers.md, simulations/engine/
     org_nodes.py). Each listed organisation runs `nodes` nodes that fail independently (each with the
     organisation's availability); the organisation is down only when all are. Which node fetches a study, and
@@ -266,7 +266,7 @@ class Scenario:
     emulation: Emulation = field(default_factory=Emulation)
     relay: Relay = field(default_factory=Relay)
     costs: Costs = field(default_factory=Costs)
-    ha: HA = field(default_factory=HA)
+    ha: HighAvailability = field(default_factory=HighAvailability)
     source: str = ""  # the TOML text it was read from (hashed into the run manifest)
 
     @property

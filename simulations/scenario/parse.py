@@ -22,9 +22,8 @@ from protocol.replication import ReplicationScope
 from protocol.schema import check_org_code
 from simulations.scenario.errors import ScenarioError
 from simulations.scenario.model import (
-    HA,
-    Attacker,
     AttackKind,
+    Attacker,
     Availability,
     Costs,
     Count,
@@ -36,6 +35,7 @@ from simulations.scenario.model import (
     FaultKind,
     Group,
     HALinks,
+    HighAvailability,
     Hub,
     Modality,
     OrgKind,
@@ -380,20 +380,22 @@ def _relay(t: Table, known: _Names) -> Relay:
 MAX_HA_NODES = 16
 
 
-def _ha(t: Table, known: _Names) -> HA:
+def _ha(t: Table, known: _Names) -> HighAvailability:
     """[ha]: organisations (groups or codes) running several nodes, and how (defaults: the node's own)."""
     node = ReplicationConfig()
     names = t.names("orgs", ())
     orgs = tuple(dict.fromkeys(c for i, name in enumerate(names)
                                for c in known.members(name, f"{t.key('orgs')}[{i}]")))
-    d = defaults(HA)
-    ha = HA(orgs=orgs,
-            nodes=t.integer("nodes", d["nodes"], 1, MAX_HA_NODES),
-            replication=ReplicationScope(t.text("replication", node.mode.value,
-                                                tuple(m.value for m in ReplicationScope))),
-            takeover_seconds=t.duration("takeover_seconds", float(node.takeover_seconds)),
-            links=HALinks(t.text("links", HALinks.SHARED.value, tuple(k.value for k in HALinks))),
-            lan_rate=t.rate("lan_rate", d["lan_rate"]))
+    d = defaults(HighAvailability)
+    ha = HighAvailability(
+        orgs=orgs,
+        nodes=t.integer("nodes", d["nodes"], 1, MAX_HA_NODES),
+        replication=ReplicationScope(t.text("replication", node.mode.value, tuple(m.value for m in ReplicationScope))),
+        takeover_seconds=t.duration("takeover_seconds", float(node.takeover_seconds)),
+        links=HALinks(t.text("links", HALinks.SHARED.value, tuple(k.value for k in HALinks))),
+        lan_rate=t.rate("lan_rate", d["lan_rate"]))
+    if t.values and not orgs:
+        raise ConfigError(f"{t.key('orgs')}: name the organisations (groups or codes) that run several nodes")
     if not 1 <= ha.takeover_seconds <= 86400:
         raise ConfigError(f"{t.key('takeover_seconds')}: between 1 s and a day (the node's range)")
     if ha.lan_rate <= 0:
@@ -402,7 +404,7 @@ def _ha(t: Table, known: _Names) -> HA:
     return ha
 
 
-def _check_node_faults(faults: tuple[Fault, ...], ha: HA, known: _Names) -> None:
+def _check_node_faults(faults: tuple[Fault, ...], ha: HighAvailability, known: _Names) -> None:
     """A node-failure naming one node targets organisations that run that many nodes ([ha])."""
     for i, f in enumerate(faults):
         if f.node is None:
