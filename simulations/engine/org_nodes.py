@@ -224,7 +224,11 @@ class OrgNodes:
         org, s = f.node.org, f.study
         if org not in self.names or s.manifest_id is None:
             return
-        k = self.fetcher.pop((org, s.manifest_id), 0)
+        k = self.fetcher.pop((org, s.manifest_id), None)
+        if k is None:  # fetched without a decision of ours (a hybrid fallback's announce): the first node up
+            k = self._first_up(org, rank(str(s.manifest_id), self.names[org]))
+        if k is None:
+            return
         self.holders[(org, s.id)] = {k}
         self._copy_all(org, s, now)
 

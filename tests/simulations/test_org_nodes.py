@@ -215,3 +215,10 @@ def test_many_node_failures_leave_every_transfer_accounted_for(assignments: list
     assert c.transfers > 100 and c.transfers == c.delivered + c.failed + c.in_flight
     assert c.delivered >= c.transfers - 2  # (a study arriving at the very end may still be in flight)
     assert run_slice(sc, 1, 0).rows == r.rows
+
+
+def test_emulation_runs_one_node_per_organisation() -> None:
+    from simulations.emulation.plan import emulated_scenario
+
+    sc = emulated_scenario(load_scenario(SCENARIOS / "five-trusts-ha.toml"), "loopback", 100)
+    assert sc.ha == HighAvailability() and sc.faults == ()
