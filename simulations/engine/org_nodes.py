@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 NO_ORG = -2  # a flow's src/dst the meter counts nowhere (a copy over a site's LAN)
 MAX_ROUNDS = 100_000  # bound on HAVE rounds simulated for one takeover decision
+SWEEP_EVERY = 4096  # studies held whole between two sweeps of the finished ones
 
 
 class OrgNodes:
@@ -91,6 +92,9 @@ class OrgNodes:
         self.holders: dict[tuple[int, int], set[int]] = {}
         #: org -> studies its nodes signed, still of use (for copies by a sibling that comes back up)
         self.signed: dict[int, dict[int, Study]] = {org: {} for org in self.names}
+        #: the study behind each holders entry, and how many entries were added since the last sweep
+        self._held_study: dict[tuple[int, int], Study] = {}
+        self._added = 0
         self.copying: dict[tuple[int, int, int], Flow] = {}  # (org, study id, node) -> copy flow
         self.copy_bytes = 0.0
         self.takeovers = 0
@@ -120,9 +124,24 @@ class OrgNodes:
         k = self._first_up(org, rank(str(s.manifest_id), self.names[org]))
         if k is None:
             return
-        self.holders[(org, s.id)] = {k}
+        self._hold(org, s, k)
         self.signed[org][s.id] = s
         self._copy_all(org, s, now)
+
+    def _hold(self, org: int, s: Study, k: int) -> None:
+        """Node k of org holds the whole of `s` (it signed or fetched it); what is of no more use is forgotten
+        from time to time (every transfer of its study resolved), so a national run keeps no per-study state."""
+        self.holders[(org, s.id)] = {k}
+        self._held_study[(org, s.id)] = s
+        self._added += 1
+        if self._added >= SWEEP_EVERY:
+            self._added = 0
+            for key, study in list(self._held_study.items()):
+                if all(t.resolved for t in study.transfers) and not any(
+                        (key[0], key[1], j) in self.copying for j in range(len(self.names[key[0]]))):
+                    del self._held_study[key]
+                    self.holders.pop(key, None)
+                    self.signed[key[0]].pop(key[1], None)
 
     def _copy_all(self, org: int, s: Study, now: float) -> None:
         if not copies(self.mode, PRIORITY_BY_RANK[s.priority]):
@@ -229,7 +248,7 @@ class OrgNodes:
             k = self._first_up(org, rank(str(s.manifest_id), self.names[org]))
         if k is None:
             return
-        self.holders[(org, s.id)] = {k}
+        self._hold(org, s, k)
         self._copy_all(org, s, now)
 
     # -- a node fails or comes back -----------------------------------------------------------------------

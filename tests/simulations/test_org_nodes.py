@@ -222,3 +222,17 @@ def test_emulation_runs_one_node_per_organisation() -> None:
 
     sc = emulated_scenario(load_scenario(SCENARIOS / "five-trusts-ha.toml"), "loopback", 100)
     assert sc.ha == HighAvailability() and sc.faults == ()
+
+
+def test_forgetting_finished_studies_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OrgNodes forgets the studies whose transfers are all resolved every SWEEP_EVERY studies (a national run
+    keeps no per-study state); sweeping after every study writes the same records."""
+    import simulations.engine.org_nodes as org_nodes
+    from simulations.scenario.overrides import apply, parse_assignment
+
+    sc = apply(load_scenario(SCENARIOS / "five-trusts-ha.toml"),
+               [parse_assignment(a) for a in ("ha.nodes=3", "groups[0].availability.mtbf=10h")])
+    kept = run_slice(sc, 0, 0)
+    monkeypatch.setattr(org_nodes, "SWEEP_EVERY", 1)
+    swept = run_slice(sc, 0, 0)
+    assert swept.rows == kept.rows and swept.total_up == kept.total_up
