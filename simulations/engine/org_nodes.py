@@ -28,6 +28,7 @@ announce fetches at once (the sender's announce retry or the siblings' manifest 
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,8 @@ from simulations.scenario.model import HALinks
 if TYPE_CHECKING:
     from simulations.engine.mesh_design import Mesh
 
+#: what the watcher has seen of a sibling whose first round failed, at the start of the watch (time 0 of it)
+FAILED_AT_START = SiblingView(False, 0, 0.0, 0.0, 0, 1, 0.0)
 NO_ORG = -2  # a flow's src/dst the meter counts nowhere (a copy over a site's LAN)
 MAX_ROUNDS = 100_000  # bound on HAVE rounds simulated for one takeover decision
 SWEEP_EVERY = 4096  # studies held whole between two sweeps of the finished ones
@@ -185,12 +188,13 @@ class OrgNodes:
         if self.up[org][first]:
             self.fetcher[(org, s.manifest_id)] = first
             return False
-        self._watch(t, first, SiblingView(False, 0, now, now, 0, 1, now), None, now)
+        self._watch(t, first, FAILED_AT_START, None, now)
         return True
 
     def _watch(self, t: Transfer, failed: int, view: SiblingView, suspended: Fetch | None, now: float) -> None:
         """The highest-ranked node up watches `failed` by HAVE rounds until protocol.org_fetch.decide says FETCH
-        (or the failed node is back: it resumes); the takeover is queued at that round."""
+        (or the failed node is back: it resumes); the takeover is queued at that round. `view` and the rounds
+        are in the watch's own time, 0 at `now` (so round n is at exactly n x interval)."""
         org, s = t.recipient, t.study
         assert s.manifest_id is not None
         key = (org, s.manifest_id)
@@ -203,17 +207,17 @@ class OrgNodes:
             return  # every node down: the next MEMBER_UP starts the watch again
         priority = PRIORITY_BY_RANK[s.priority]
         total = len(s.cids)
-        at = now
-        for _ in range(MAX_ROUNDS):
-            at += self.interval
-            if self._up_at(org, failed, at):
+        at = 0.0
+        for n in range(1, MAX_ROUNDS + 1):
+            at = n * self.interval
+            if self._up_at(org, failed, now + at):
                 return  # back before the takeover: member_up resumes it
             view = observe(view, reachable=False, held=0, now=at)
             role = decide(me=names[watcher], ranking=ranking, siblings={names[failed]: view}, total=total, now=at,
                           takeover_seconds=self.takeover_seconds, mode=self.mode, priority=priority)
             if role is OrgRole.FETCH:
                 break
-        self.mesh.world.queue.at(at, self._take_over, (t, watcher, self._token))
+        self.mesh.world.queue.at(now + at, self._take_over, (t, watcher, self._token))
 
     def _take_over(self, arg: tuple[Transfer, int, int], now: float) -> None:
         t, watcher, token = arg
@@ -225,7 +229,7 @@ class OrgNodes:
             return
         if not self.up[org][watcher] or not self.mesh.world.alive(org):
             # the watcher failed meanwhile: the next node up watches from now (or the next MEMBER_UP does)
-            self._watch(t, waiting.failed, SiblingView(False, 0, now, now, 0, 1, now), waiting.fetch, now)
+            self._watch(t, waiting.failed, FAILED_AT_START, waiting.fetch, now)
             return
         del self.waiting[key]
         old = waiting.fetch
@@ -287,11 +291,14 @@ class OrgNodes:
             if self.fetcher.get((org, mid)) != k:
                 continue
             self._suspend(f, now)
-            held = sum(f.done)
-            view = observe(None, reachable=True, held=0, now=f.transfer.fetch_started)
-            view = observe(view, reachable=True, held=held, now=now)
-            view = observe(view, reachable=False, held=0, now=now + 1e-9)
-            self._watch(f.transfer, k, view, f, now)
+            # the watcher has asked k every `interval` since the announce: its last round before the failure
+            # saw what k held then (taken as what k holds now); the first failed round is the next one
+            t = f.transfer
+            since = t.announced_at if t.announced_at >= 0 else t.fetch_started
+            last = since + math.floor((now - since) / self.interval) * self.interval
+            view = observe(None, reachable=True, held=0, now=since - last)
+            view = observe(view, reachable=True, held=sum(f.done), now=0.0)
+            self._watch(t, k, view, f, last)
 
     def _suspend(self, f: Fetch, now: float) -> None:
         node = f.node
@@ -339,7 +346,7 @@ class OrgNodes:
                 self.fetcher[key] = k
                 node.start_fetch(t, now)
             elif w.watcher is None or not self.up[org][w.watcher]:
-                self._watch(t, w.failed, SiblingView(False, 0, now, now, 0, 1, now), w.fetch, now)
+                self._watch(t, w.failed, FAILED_AT_START, w.fetch, now)
         signed = self.signed[org]
         for sid in list(signed):
             s = signed[sid]

@@ -236,3 +236,18 @@ def test_forgetting_finished_studies_changes_nothing(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(org_nodes, "SWEEP_EVERY", 1)
     swept = run_slice(sc, 0, 0)
     assert swept.rows == kept.rows and swept.total_up == kept.total_up
+
+
+@pytest.mark.parametrize(("priority", "delay"), [(0, 10.0), (1, 10.0), (2, 15.0)])
+def test_a_sibling_takes_over_when_the_org_fetch_rounds_say_so(priority: int, delay: float) -> None:
+    """The node ranked first is down at the announce: the sibling's HAVE rounds (every 5 s at the default 30 s
+    takeover time: protocol.org_fetch.watch_interval) fail at 0, 5 and 10 s, and it fetches once decide() says
+    FETCH: 3 failures over half the study's takeover time (7.5 s urgent, 3.75 s stat: 10 s; 15 s routine).
+    With the other node down, nothing changes."""
+    trace = studies([(10.0, A, [B], 50e6)], priority=priority)
+    base = run_slice(trio(extra=_ha('"BBB"')), 0, 0, trace=trace).rows[0]
+    later = []
+    for node in (0, 1):
+        row = run_slice(trio(extra=_ha('"BBB"') + _fault("BBB", "0s", "20min", node)), 0, 0, trace=trace).rows[0]
+        later.append(float(row.delivered - base.delivered))
+    assert sorted(later) == [0.0, pytest.approx(delay)]
