@@ -227,7 +227,7 @@ def test_emulation_runs_one_node_per_organisation() -> None:
 def test_forgetting_finished_studies_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """OrgNodes forgets the studies whose transfers are all resolved every SWEEP_EVERY studies (a national run
     keeps no per-study state); sweeping after every study writes the same records."""
-    import simulations.engine.org_nodes as org_nodes
+    from simulations.engine import org_nodes
     from simulations.scenario.overrides import apply, parse_assignment
 
     sc = apply(load_scenario(SCENARIOS / "five-trusts-ha.toml"),
