@@ -28,6 +28,7 @@ one class.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import tomllib
@@ -205,6 +206,13 @@ def set_key(doc: MutableMapping[str, object], key: str, value: object, *, create
             raise ConfigError(f"{key!r}: there is no table {'.'.join(parts[:i + 1])}")
 
 
+def did_you_mean(name: str, known: set[str] | frozenset[str]) -> str:
+    """``"; did you mean window_max?"`` for a misspelt key: the closest known key (difflib's ratio of at
+    least 0.6, ties broken alphabetically), or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 class Table:
     """One TOML table: every key read is type-checked, every key not read is refused by `finish()`.
 
@@ -370,4 +378,5 @@ class Table:
         if unknown:
             known = ", ".join(sorted(self._seen)) or "none"
             also = f"; also unknown: {', '.join(unknown[1:])}" if unknown[1:] else ""
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key (known: {known}){also}")
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key (known: {known}){also}"
+                              f"{did_you_mean(unknown[0], self._seen)}")

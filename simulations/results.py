@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from simulations.engine.recorder import Counters, OutageStats, Record
 from simulations.engine.slice import ReplicationResult, SliceResult
 
@@ -12,7 +14,7 @@ def _add_lists(a: list[float], b: list[float]) -> list[float]:
     return [x + y for x, y in zip(a, b)]
 
 
-def _add_hists(a: dict[tuple[int, int], list[int]], b: dict[tuple[int, int], list[int]]) -> None:
+def _add_hists(a: dict[Any, list[int]], b: dict[Any, list[int]]) -> None:
     for key, hist in b.items():
         mine = a.get(key)
         a[key] = list(hist) if mine is None else [x + y for x, y in zip(mine, hist)]
@@ -24,6 +26,8 @@ def merge(slices: list[SliceResult]) -> ReplicationResult:
     c = Counters()
     delivery: dict[tuple[int, int], list[int]] = {}
     first_image: dict[tuple[int, int], list[int]] = {}
+    by_org: dict[int, list[int]] = {}
+    by_link: dict[int, list[int]] = {}
     rows: list[Record] = []
     up = [list(x) for x in first.up]
     down = [list(x) for x in first.down]
@@ -46,6 +50,8 @@ def merge(slices: list[SliceResult]) -> ReplicationResult:
             c.reasons[reason] = c.reasons.get(reason, 0) + n
         _add_hists(delivery, s.delivery)
         _add_hists(first_image, s.first_image)
+        _add_hists(by_org, s.delivery_by_org)
+        _add_hists(by_link, s.delivery_by_link)
         rows.extend(s.rows)
         if i:
             up = [_add_lists(a, b) for a, b in zip(up, s.up)]
@@ -69,4 +75,5 @@ def merge(slices: list[SliceResult]) -> ReplicationResult:
             engine[k] = max(engine.get(k, 0), v) if k == "end_time" else engine.get(k, 0) + v
     return ReplicationResult(first.replication, c, dict(sorted(delivery.items())), dict(sorted(first_image.items())),
                              rows, up, down, total_up, total_down, hub_in, hub_out, hub_images, images, hub_conc,
-                             max(s.hub_peak for s in slices), dict(sorted(image_events.items())), outages, bans, attack, engine, first.settings)
+                             max(s.hub_peak for s in slices), dict(sorted(image_events.items())), outages, bans, attack, engine, first.settings,
+                             delivery_by_org=dict(sorted(by_org.items())), delivery_by_link=dict(sorted(by_link.items())))

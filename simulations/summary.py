@@ -16,21 +16,43 @@ Definitions (docs/researchers.md has the long form):
 * hub load: the hub's ingress + egress per `hub_bin`, in bytes/s and
   images/s, and its peak number of concurrent transfers.
 * faults: per outage, the transfers it touched, how many were delivered, and
-  recovery time (from the end of the outage to the last of them delivered).
+  recovery time (from the end of the outage to the last of them delivered);
+  the first 500 such outages are listed, `outages_left_out` counts the rest.
+* per organisation and per link class: delivery-time percentiles of every
+  transfer delivered to each recipient organisation, and of every transfer
+  whose bottleneck access rate min(sender up, recipient down) falls in a
+  class of recorder.LINK_CLASSES (from histograms of every transfer, not
+  only the sampled records).
+* costs: bytes over every access link (each organisation's up and down, the
+  hub's in and out), the hub's stored GB-months (bytes into the hub x
+  retention / 30 days) and their prices from the scenario's [costs].
+* across replications: every numeric leaf of the percentile trees, the key
+  metrics and the costs get their mean, a 95 % interval from Student's t at
+  n - 1 degrees of freedom (simulations.stats), min, max, n replications and,
+  for a percentile, the mean number of transfers behind it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import statistics
+from collections.abc import Iterator
 
-from simulations.engine.recorder import BINS_PER_DECADE, LOW_DECADE, NBINS
+from simulations.engine.recorder import BINS_PER_DECADE, LINK_CLASSES, LOW_DECADE, NBINS
 from simulations.results import ReplicationResult
 from simulations.scenario.model import DesignKind, Scenario
+from simulations.stats import interval
 from simulations.topology import Topology
 from simulations.workload import PRIORITIES
 
 PERCENTILES = (50, 95, 99)
+#: the hub's key in costs.link_gb (organisation codes are upper case, so it cannot clash)
+HUB_KEY = "hub"
+#: the outage list in the summary stops here; faults.outages_left_out counts the rest
+MAX_OUTAGES = 500
+#: a 30-day month, the unit of storage prices
+MONTH_S = 30 * 86400.0
 
 
 def percentile(hist: list[int], q: float) -> float | None:
@@ -72,6 +94,45 @@ def distribution(table: dict[tuple[int, int], list[int]], modalities: list[str])
                if (p.rank, i) in table}
     return {"all": _stats(_sum(list(table.values()))), "by_priority": by_priority, "by_modality": by_modality,
             "by_priority_and_modality": by_both}
+
+
+def by_org(r: ReplicationResult, topology: Topology) -> dict[str, object]:
+    """Delivery-time percentiles per recipient organisation (every organisation; n = 0 when none)."""
+    empty = [0] * NBINS
+    return {o.code: _stats(r.delivery_by_org.get(o.index, empty)) for o in topology.orgs}
+
+
+def by_link_class(r: ReplicationResult) -> dict[str, object]:
+    """Delivery-time percentiles per link class of the transfer's bottleneck access rate (every class)."""
+    empty = [0] * NBINS
+    return {name: _stats(r.delivery_by_link.get(k, empty)) for k, (name, _) in enumerate(LINK_CLASSES)}
+
+
+def costs(r: ReplicationResult, scenario: Scenario, topology: Topology) -> dict[str, object]:
+    """Bytes on every access link and what they and the hub's storage cost (docs/researchers.md, Outputs).
+
+    transfer_gb: every byte over an organisation's access link (up and down) and the hub's (in and out), so a
+    byte from a sender to a recipient counts twice and one through the hub four times; the relay's own link
+    is not counted. hub_stored_gb_months: bytes into the hub (cut uploads included) x hub.retention / 30 days;
+    0 for the mesh. Prices per decimal GB from [costs]."""
+    gb = 1e9
+    link: dict[str, dict[str, float]] = {
+        o.code: {"up": round(r.total_up[o.index] / gb, 9), "down": round(r.total_down[o.index] / gb, 9)}
+        for o in topology.orgs}
+    total = sum(r.total_up) + sum(r.total_down)
+    stored = 0.0
+    if scenario.design.kind is not DesignKind.MESH:
+        hub_in, hub_out = sum(r.hub_in), sum(r.hub_out)
+        link[HUB_KEY] = {"up": round(hub_out / gb, 9), "down": round(hub_in / gb, 9)}
+        total += hub_in + hub_out
+        stored = hub_in / gb * scenario.hub.retention / MONTH_S
+    price = scenario.costs
+    transfer_cost = total / gb * price.transfer_per_gb
+    storage_cost = stored * price.storage_per_gb_month
+    return {"currency": price.currency, "transfer_gb": round(total / gb, 9),
+            "hub_stored_gb_months": round(stored, 9), "transfer_cost": round(transfer_cost, 6),
+            "storage_cost": round(storage_cost, 6), "total_cost": round(transfer_cost + storage_cost, 6),
+            "link_gb": link}
 
 
 def _jain(xs: list[float]) -> float | None:
@@ -118,6 +179,9 @@ def replication_summary(r: ReplicationResult, scenario: Scenario, topology: Topo
         "failure_reasons": dict(sorted(c.reasons.items())),
         "delivery_time_s": distribution(r.delivery, modalities),
         "time_to_first_image_s": distribution(r.first_image, modalities),
+        "delivery_time_s_by_org": by_org(r, topology),
+        "delivery_time_s_by_link_class": by_link_class(r),
+        "costs": costs(r, scenario, topology),
         "bytes": {"delivered": round(c.bytes_delivered, 3), "received": round(c.bytes_received, 3),
                   "wasted": round(c.wasted, 3), "duplicate": round(c.duplicate, 3), "control": round(c.control, 3),
                   "from_sender": round(c.from_sender, 3), "from_other_recipients": round(c.from_peers, 3),
@@ -140,7 +204,8 @@ def replication_summary(r: ReplicationResult, scenario: Scenario, topology: Topo
                    "affected_success_rate": round(affected_ok / affected, 9) if affected else None,
                    "recovery_s_mean": round(statistics.fmean(recoveries), 3) if recoveries else None,
                    "recovery_s_max": round(max(recoveries), 3) if recoveries else None,
-                   "outages": outages[:500]},
+                   "outages": outages[:MAX_OUTAGES],
+                   "outages_left_out": max(0, len(outages) - MAX_OUTAGES)},
         "attack": {**{k: (round(v, 3) if isinstance(v, float) else v) for k, v in sorted(r.attack.items())},
                    "peers_banned": {p: round(t, 3) for p, t in sorted(first_ban.items())},
                    "bans": len(r.bans)},
@@ -160,7 +225,10 @@ KEY_METRICS = (
     ("faults", "recovery_s_max"), ("attack", "corrupt_blocks"), ("attack", "bans"),
 )
 
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+#: the per-replication trees every numeric leaf of which gets an interval across replications
+TREES = ("delivery_time_s", "time_to_first_image_s", "delivery_time_s_by_org", "delivery_time_s_by_link_class",
+         "costs")
+_PERCENTILE = re.compile(r"p[0-9]+")
 
 
 def lookup(summary: dict[str, object], path: tuple[str, ...]) -> float | None:
@@ -174,16 +242,37 @@ def lookup(summary: dict[str, object], path: tuple[str, ...]) -> float | None:
     return float(value)
 
 
+def _numeric_paths(value: object, prefix: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield from _numeric_paths(sub, (*prefix, str(key)))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield prefix
+
+
 def across(replications: list[dict[str, object]]) -> dict[str, object]:
-    """Mean, 95 % confidence half-width (Student t), min and max of the key metrics over replications."""
+    """Per metric over replications: mean, 95 % half-width (Student t at n - 1 df; None with one), min, max, n.
+
+    Metrics: KEY_METRICS and every numeric leaf of TREES, keyed by dotted path ("delivery_time_s.all.p50").
+    A replication without a value (no transfer behind a percentile, no hub) is left out of that metric; a
+    percentile also gets "observations", the mean of its "n" (transfers) over the replications counted."""
+    paths: set[tuple[str, ...]] = set(KEY_METRICS)
+    for rep in replications:
+        for tree in TREES:
+            paths.update(_numeric_paths(rep.get(tree), (tree,)))
     out: dict[str, object] = {}
-    for path in KEY_METRICS:
-        values = [v for v in (lookup(r, path) for r in replications) if v is not None and math.isfinite(v)]
-        if not values:
+    for path in sorted(paths):
+        pairs = [(v, r) for r, v in ((r, lookup(r, path)) for r in replications) if v is not None and math.isfinite(v)]
+        if not pairs:
             continue
-        n = len(values)
-        mean = statistics.fmean(values)
-        half = _T95.get(n - 1, 1.96) * statistics.stdev(values) / math.sqrt(n) if n > 1 else None
-        out[".".join(path)] = {"mean": round(mean, 6), "ci95": None if half is None else round(half, 6),
-                               "min": round(min(values), 6), "max": round(max(values), 6), "n": n}
+        values = [v for v, _ in pairs]
+        iv = interval(values)
+        entry: dict[str, object] = {
+            "mean": round(iv.mean, 6), "ci95": None if iv.half_width is None else round(iv.half_width, 6),
+            "min": round(min(values), 6), "max": round(max(values), 6), "n": iv.n}
+        if _PERCENTILE.fullmatch(path[-1]):
+            counts = [lookup(r, (*path[:-1], "n")) for _, r in pairs]
+            known = [c for c in counts if c is not None]
+            entry["observations"] = round(statistics.fmean(known), 6) if known else None
+        out[".".join(path)] = entry
     return out

@@ -9,6 +9,7 @@ time slice of a run sees the same outages.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -29,6 +30,8 @@ class Change(str, Enum):
     RESTORE = "restore"
     PARTITION = "partition"  # payload: partition number
     HEAL = "heal"
+    LEFT = "left"  # the organisation is not a member (before it joins: from the start; after it leaves)
+    JOINED = "joined"
     MEMBER_DOWN = "member-down"  # one node of an [ha] organisation (Event.node); the org is down only when all are
     MEMBER_UP = "member-up"
 
@@ -114,6 +117,11 @@ class Timeline:
             self.node_down[i] = _merge(self.node_down[i] + intervals)
         for i, nodes in self.members.items():
             self.node_down[i] = _all_down(nodes)
+        # when each organisation is not a member: [0, joins) and [leaves, end of run); not outages
+        self.absent: list[list[Interval]] = [
+            ([Interval(0.0, org.joins, "not joined")] if org.joins > 0 else [])
+            + ([Interval(org.leaves, math.inf, "left")] if math.isfinite(org.leaves) else [])
+            for org in topology.orgs]
 
     def events(self, start: float, end: float) -> list[Event]:
         """Every change in [start, end), plus the state already in force at `start`, in time order."""
@@ -142,6 +150,9 @@ class Timeline:
             add(d.start, d.end, Change.DEGRADE, Change.RESTORE, k)
         for k, p in enumerate(self.partitions):
             add(p.start, p.end, Change.PARTITION, Change.HEAL, k)
+        for org, intervals in enumerate(self.absent):
+            for iv in intervals:
+                add(iv.start, iv.end, Change.LEFT, Change.JOINED, org)
         order = {c: i for i, c in enumerate(Change)}
         out.sort(key=lambda e: (e.time, order[e.change], e.target, e.node))
         return out

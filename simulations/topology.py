@@ -7,6 +7,7 @@ workload, faults and attacks).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,8 @@ class Org:
     latency: float  # one-way, s
     weight: float  # relative volume of studies it sends
     availability: Availability
+    joins: float = 0.0  # it is a member of the exchange from `joins` until `leaves` (s from the start)
+    leaves: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -64,17 +67,28 @@ def build_topology(scenario: Scenario) -> Topology:
         factor = np.exp(g.normal(0.0, spread, n)) if spread > 0 else np.ones(n)
         volume = np.exp(g.normal(0.0, group.weight_spread, n)) if group.weight_spread > 0 else np.ones(n)
         for i, code in enumerate(group.codes):
-            orgs.append(Org(len(orgs), code, group.name, group.kind, float(group.up * factor[i]),
-                            float(group.down * factor[i]), group.latency, float(group.weight * volume[i]),
-                            group.availability))
+            # An override is the organisation's exact value; the group's spread draws are made all the same, so
+            # no other organisation's draws move.
+            o = group.override(code)
+            joins, leaves = group.membership(code)
+            orgs.append(Org(
+                len(orgs), code, group.name, group.kind,
+                float(group.up * factor[i]) if o is None or o.up is None else o.up,
+                float(group.down * factor[i]) if o is None or o.down is None else o.down,
+                group.latency if o is None or o.latency is None else o.latency,
+                float(group.weight * volume[i]) if o is None or o.weight is None else o.weight,
+                group.availability if o is None or o.availability is None else o.availability, joins, leaves))
     index = {o.code: o.index for o in orgs}
     weight = np.array([o.weight for o in orgs])
     per_org: list[list[tuple[Route, float]]] = [[] for _ in orgs]
     for rule_no, rule in enumerate(scenario.workload.referrals):
         sources = [index[c] for c in scenario.members(rule.source)]
-        targets = [index[c] for c in scenario.members(rule.target)]
+        parts = [([index[c] for c in scenario.members(name)], share) for name, share in rule.parts]
         for src in sources:
-            per_org[src].append((_route(g, rule_no, rule, src, targets, weight), rule.share))
+            # `to` with several groups: one route per group, with its share of the rule's (drawn in that order,
+            # after the single-group rule's draw order, so a plain `to` draws as it always did)
+            for targets, share in parts:
+                per_org[src].append((_route(g, rule_no, rule, src, targets, weight), rule.share * share))
     routes = tuple(tuple(r for r, _ in rs) for rs in per_org)
     cdfs = []
     for rs in per_org:

@@ -5,6 +5,21 @@ Studies are drawn day by day, each day from its own sub-stream of the
 whole run draws for those days). Within a day, arrivals are a Poisson
 process whose rate follows the weekly and daily profiles (day 0 is a
 Monday, 00:00). Every step is vectorised with numpy.
+
+A referral rule with its own `daily_profile` moves the arrival times of the
+studies it routes, after every draw, by the quantile map from the workload's
+profile to the rule's (a study at the q-th quantile of the day under the
+workload's profile arrives at the q-th quantile under the rule's): no extra
+draw, the same studies (count per day and rule, senders, recipients, sizes,
+ids), only their hour changes.
+
+Organisations that join or leave (`joins` / `leaves`): a study whose sender is
+not a member at its arrival time is not generated; a recipient that is not a
+member is replaced by another partner of the same route that is (chosen by
+the route's shares from the same uniform draw, rescaled), and with none left
+that recipient's transfer is not created (a study left with no recipient is
+not generated). No other study changes: every draw is made as if everyone
+were a member, and ids are assigned before anything is dropped.
 """
 
 from __future__ import annotations
@@ -85,6 +100,12 @@ class WorkloadModel:
         daily = np.array(w.daily_profile)
         self.week_factor = weekly / weekly.mean()
         self.hour_share = daily / daily.sum()
+        # per rule: its own daily profile's hourly shares, or None (the workload's)
+        self.rule_hours: list[np.ndarray | None] = [
+            None if r.daily_profile is None else np.array(r.daily_profile) / sum(r.daily_profile) for r in w.referrals]
+        self.joins = np.array([o.joins for o in topology.orgs], dtype=float)
+        self.leaves = np.array([o.leaves for o in topology.orgs], dtype=float)
+        self.comings_and_goings = bool(((self.joins > 0) | np.isfinite(self.leaves)).any())
 
     def expected_per_day(self, day: int) -> float:
         return self.scenario.workload.studies_per_year / 365.0 * float(self.week_factor[day % 7])
@@ -104,6 +125,7 @@ class WorkloadModel:
         modality = np.zeros(n, np.int8)
         priority = np.zeros(n, np.int8)
         u_rule, u_partner, u_mod, u_pri = g.random(n), g.random(n), g.random(n), g.random(n)
+        route_no = np.zeros(n, np.int64)
         routes = self.topology.routes
         cdfs = self.topology.route_cdf
         for s in np.unique(sender):
@@ -113,6 +135,7 @@ class WorkloadModel:
                 route = routes[s][k]
                 sel = rows[rule_pick == k]
                 rule[sel] = route.rule
+                route_no[sel] = k
                 if route.copies == 1:
                     pick = np.searchsorted(route.cdf, u_partner[sel], side="right").clip(0, len(route.partners) - 1)
                     recipients[sel, 0] = route.partners[pick]
@@ -130,7 +153,81 @@ class WorkloadModel:
         images = np.clip(np.rint(raw), self.min_images[m], self.max_images[m]).astype(np.int32)
         nbytes = images * self.image_bytes[m]
         ids = day * STUDIES_PER_DAY_ID + np.arange(n, dtype=np.int64)
-        return Studies(ids, times, sender.astype(np.int32), recipients, modality, priority, images, nbytes)
+        batch = Studies(ids, times, sender.astype(np.int32), recipients, modality, priority, images, nbytes)
+        if any(h is not None for h in self.rule_hours):
+            batch = self._rule_profiles(batch, day, rule)
+        if self.comings_and_goings:
+            batch = self._members_only(batch, route_no, u_partner)
+        return batch
+
+    def _rule_profiles(self, batch: Studies, day: int, rule: np.ndarray) -> Studies:
+        """Move each study of a rule with its own daily profile to the same quantile of the day under that
+        profile (the module's docstring), then sort the batch by time again."""
+        times = batch.time.copy()
+        g_share = self.hour_share
+        g_start = np.concatenate(([0.0], np.cumsum(g_share)[:-1]))
+        for k, share in enumerate(self.rule_hours):
+            if share is None:
+                continue
+            sel = np.nonzero(rule == k)[0]
+            if not len(sel):
+                continue
+            hours = (times[sel] - day * DAY) / 3600.0
+            h = np.floor(hours).astype(np.int64).clip(0, 23)
+            q = (g_start[h] + (hours - h) * g_share[h]).clip(0.0, 1.0)  # quantile of the day, workload's profile
+            cum = np.cumsum(share)
+            start = cum - share
+            last = int(np.nonzero(share > 0)[0][-1])
+            j = np.minimum(np.searchsorted(cum, q, side="right"), last)
+            within = np.divide(q - start[j], share[j], out=np.zeros(len(sel)), where=share[j] > 0)
+            times[sel] = day * DAY + (j + within.clip(0.0, 1.0 - 1e-9)) * 3600.0
+        order = np.argsort(times, kind="stable")
+        moved = Studies(batch.id, times, batch.sender, batch.recipients, batch.modality, batch.priority, batch.images,
+                        batch.nbytes)
+        return moved.take(order)
+
+    def _members_only(self, batch: Studies, route_no: np.ndarray, u_partner: np.ndarray) -> Studies:
+        """Drop studies whose sender is not a member at arrival; replace recipients that are not (the module's
+        docstring); drop studies left with no recipient. `route_no` and `u_partner` are in draw order, which
+        `batch.id` keeps (id - day * STUDIES_PER_DAY_ID)."""
+        if not len(batch):
+            return batch
+        t = batch.time
+        keep = (self.joins[batch.sender] <= t) & (t < self.leaves[batch.sender])
+        rec = batch.recipients.copy()
+        valid = rec >= 0
+        idx = np.where(valid, rec, 0)
+        absent = valid & ~((self.joins[idx] <= t[:, None]) & (t[:, None] < self.leaves[idx]))
+        draw = batch.id % STUDIES_PER_DAY_ID
+        for row in np.nonzero(keep & absent.any(axis=1))[0]:
+            route = self.topology.routes[int(batch.sender[row])][int(route_no[draw[row]])]
+            partners = route.partners
+            here = (self.joins[partners] <= t[row]) & (t[row] < self.leaves[partners])
+            shares = np.diff(np.concatenate(([0.0], route.cdf)))
+            chosen = [int(r) for r in rec[row] if r >= 0]
+            u = float(u_partner[draw[row]])
+            out: list[int] = []
+            for r in chosen:
+                pos = int(np.nonzero(partners == r)[0][0])
+                u = (u - (route.cdf[pos] - shares[pos])) / shares[pos] if shares[pos] > 0 else u
+                u = min(max(u, 0.0), 1.0 - 1e-12)  # uniform within the band the draw fell in
+                if here[pos]:
+                    out.append(r)
+                    continue
+                ok = here & ~np.isin(partners, chosen + out)
+                if not ok.any():
+                    continue  # no member partner left: this recipient's transfer is not created
+                w = np.where(ok, shares, 0.0)
+                c = np.cumsum(w) / w.sum()
+                pick = min(int(np.searchsorted(c, u, side="right")), len(c) - 1)
+                if not ok[pick]:  # u at the very top of [0, 1) after rounding: the last member partner
+                    pick = int(np.nonzero(ok)[0][-1])
+                out.append(int(partners[pick]))
+            rec[row] = -1
+            rec[row, :len(out)] = out
+            keep[row] = bool(out)
+        return Studies(batch.id, t, batch.sender, rec, batch.modality, batch.priority, batch.images,
+                       batch.nbytes).take(keep)
 
     def window(self, start: float, end: float, replication: int) -> Iterator[Studies]:
         """Day batches covering [start, end), trimmed to it."""

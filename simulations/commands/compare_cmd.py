@@ -1,4 +1,5 @@
-"""meshsim compare: the key metrics of several runs side by side (and overlaid plots with --out)."""
+"""meshsim compare: the key metrics of several runs side by side, differences vs the first (paired when the runs
+share seeds and streams), and overlaid plots with --out."""
 
 from __future__ import annotations
 
@@ -6,23 +7,23 @@ import argparse
 from pathlib import Path
 
 from common.cli.output import EXIT_OK, emit
-from simulations.report import compare
+from simulations.report import compare, comparison_text
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("compare", parents=[common], help="compare runs side by side")
-    p.add_argument("runs", type=Path, nargs="+", help="run folders")
+    p.add_argument("runs", type=Path, nargs="+", help="run folders (differences are against the first)")
     p.add_argument("--out", type=Path, default=None, help="also write compare.md and plots into this folder")
+    p.add_argument("--ccdf", action="store_true",
+                   help="with --out, also plot complementary CDFs on log axes (compare-ccdf.png), for the tails")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    header, rows = compare(args.runs, args.out)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    comparison = compare(args.runs, args.out, ccdf=args.ccdf)
+    text = comparison_text(comparison)
     if args.out is not None:
-        lines.append(f"\nplots and compare.md in {args.out}")
-    emit({"header": header, "rows": rows}, args.json, "\n".join(lines))
+        text += f"\n\nplots and compare.md in {args.out}"
+    emit(comparison.as_json(), args.json, text)
     return EXIT_OK

@@ -14,11 +14,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("run", type=Path, help="a folder written by `meshsim run` or `meshsim emulate`")
     p.add_argument("--format", choices=["md", "html"], default="md")
     p.add_argument("--out", type=Path, default=None, help="report file (default: RUN/report.md or .html)")
+    p.add_argument("--ccdf", action="store_true",
+                   help="also plot complementary CDFs on log axes (report-ccdf.png), to read the tails")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = report(args.run, args.format, args.out)
+    path = report(args.run, args.format, args.out, ccdf=args.ccdf)
     emit({"report": str(path)}, args.json, f"report written to {path} (plots alongside it in {args.run})")
     return EXIT_OK

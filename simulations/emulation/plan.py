@@ -19,7 +19,7 @@ import numpy as np
 
 from simulations.scenario.errors import ScenarioError
 from simulations.scenario.model import DesignKind, Scenario
-from simulations.scenario.overrides import apply
+from simulations.scenario.overrides import REMOVE, apply
 from simulations.topology import build_topology
 from simulations.workload import PRIORITIES, Studies, WorkloadModel
 
@@ -81,8 +81,9 @@ def trace(scenario: Scenario, planned: list[PlannedStudy], arrivals: list[float]
 
 def emulated_scenario(scenario: Scenario, mode: str, span: float) -> Scenario:
     """The scenario as emulated: scaled links (goodput), no latency, real 1 MiB blocks, a trace's span; no faults,
-    attackers or organisations behind NAT ([relay]: the emulated nodes reach each other directly), one node per
-    organisation ([ha])."""
+    attackers or organisations behind NAT ([relay]: the emulated nodes reach each other directly); no per-organisation
+    overrides or joins/leaves (every real node runs throughout, at its group's rates); one node per organisation
+    ([ha])."""
     e = scenario.emulation
     values: list[tuple[str, object]] = [
         ("design.granularity", "1MiB"), ("scenario.duration", f"{max(60.0, span):.3f}s"), ("scenario.warmup", "0s"),
@@ -97,5 +98,8 @@ def emulated_scenario(scenario: Scenario, mode: str, span: float) -> Scenario:
         down = g.down * e.bandwidth_scale * goodput if mode == "netns" else 1e12
         values += [(f"groups[{i}].up", f"{up:.3f}B/s"), (f"groups[{i}].down", f"{down:.3f}B/s"),
                    (f"groups[{i}].latency", "0.0001s"), (f"groups[{i}].bandwidth_spread", 0.0),
-                   (f"groups[{i}].availability", {})]
+                   (f"groups[{i}].availability", {}),
+                   # real nodes run throughout, at their group's rates (the trace already left out studies of
+                   # organisations that were not members at the time)
+                   (f"groups[{i}].overrides", []), (f"groups[{i}].joins", REMOVE), (f"groups[{i}].leaves", REMOVE)]
     return apply(scenario, values)

@@ -19,6 +19,8 @@ class Design(Protocol):
     def hub_up(self, now: float) -> None: ...
     def partition_changed(self, now: float, healed: bool) -> None: ...
     def revoked(self, org: int, now: float) -> None: ...
+    def left(self, org: int, now: float) -> None: ...
+    def joined(self, org: int, now: float) -> None: ...
     def settings(self) -> dict[str, object]: ...
 
 
@@ -77,16 +79,25 @@ class HubDesign:
     def partition_changed(self, now: float, healed: bool) -> None:
         pass  # organisations reach the hub, not each other: a partition between them changes nothing
 
-    def revoked(self, org: int, now: float) -> None:
+    def revoked(self, org: int, now: float, why: str = "revoked") -> None:
         world = self.world
         world.orgs[org].revoked = True
         self.hub.cut(now, lambda job: job.study.sender == org if job.upload else (
             job.transfer is not None and job.transfer.recipient == org))
         for t in list(world.recorder.live):
             if t.recipient == org:
-                world.recorder.resolve(t, Status.FAILED, now, "recipient revoked")
+                world.recorder.resolve(t, Status.FAILED, now, "recipient " + why)
             elif t.study.sender == org and not t.study.hub_stored:
-                world.recorder.resolve(t, Status.FAILED, now, "sender revoked")
+                world.recorder.resolve(t, Status.FAILED, now, "sender " + why)
+
+    def left(self, org: int, now: float) -> None:
+        """It leaves (or has not joined): as a revocation, with "left" as the reason (the hub still forwards
+        the studies it stored)."""
+        self.revoked(org, now, "left")
+        self.deferred[org] = []
+
+    def joined(self, org: int, now: float) -> None:
+        self.world.orgs[org].revoked = False
 
 
 class MeshDesign:
@@ -143,6 +154,14 @@ class MeshDesign:
         self.mesh.revoked(org, now)
         if self.hub is not None:
             self.hub.cut(now, lambda job: job.upload and job.study.sender == org)
+
+    def left(self, org: int, now: float) -> None:
+        self.mesh.left(org, now)
+        if self.hub is not None:
+            self.hub.cut(now, lambda job: job.upload and job.study.sender == org)
+
+    def joined(self, org: int, now: float) -> None:
+        self.mesh.joined(org, now)
 
 
 def make_design(world: World) -> Design:

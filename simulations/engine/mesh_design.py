@@ -420,7 +420,27 @@ class Mesh:
                         st.node.lost_peer(org, now)
                         st.node.pump(now)
 
-    def revoked(self, org: int, now: float) -> None:
+    def left(self, org: int, now: float) -> None:
+        """org leaves the exchange (or has not joined yet): cut off as by a revocation, every transfer it is the
+        recipient of and every announce of its own not yet delivered fails ("recipient left" / "sender left"),
+        and so do other nodes' announces to it still waiting in their Outboxes. Fetches elsewhere of studies it
+        sent continue from the other holders (co-recipients, the hub in hybrid), as after a revocation."""
+        self.revoked(org, now, "left")
+        for node in self.nodes:
+            for key, t in list(node.pending.items()):
+                if t.recipient == org:
+                    node.outbox.forget(key)
+                    del node.pending[key]
+                    self._fail(t, now, "recipient left")
+
+    def joined(self, org: int, now: float) -> None:
+        """org becomes a member: its node starts (unless a failure holds it down now)."""
+        o = self.world.orgs[org]
+        o.revoked = False
+        if o.online:
+            self.nodes[org].come_up(now)
+
+    def revoked(self, org: int, now: float, why: str = "revoked") -> None:
         """Every node has the roster that revokes org: it is cut off, and nothing it signs is accepted."""
         world = self.world
         world.orgs[org].revoked = True
@@ -430,13 +450,18 @@ class Mesh:
                 other.hurry_all(now)
         node = self.nodes[org]
         for f in list(node.fetches.values()):
-            self._fail(f.transfer, now, "recipient revoked")
+            self._fail(f.transfer, now, "recipient " + why)
         node.go_down(now)
         node.fetches.clear()
         for key, t in list(node.pending.items()):
             node.outbox.forget(key)
-            self._fail(t, now, "sender revoked")
+            self._fail(t, now, "sender " + why)
         node.pending.clear()
+        if why == "left":  # studies its PACS handed over while it was down will never be shared
+            for s in node.deferred:
+                for t in s.transfers:
+                    self._fail(t, now, "sender left")
+            node.deferred.clear()
 
     # -- hybrid: the hub as fallback --------------------------------------------------------
     def arm_fallback(self, f: Fetch) -> None:

@@ -262,7 +262,8 @@ class OrgNodes:
         self.up[org][k] = up
         world = self.mesh.world
         if up:
-            self._member_up(org, k, now)
+            if world.alive(org):  # (not while the org is revoked or not a member: it fetches nothing)
+                self._member_up(org, k, now)
         elif world.alive(org):
             self._member_down(org, k, now)
         else:

@@ -5,6 +5,12 @@ bins per decade, 1 ms .. 10^7 s, so a percentile read from one is within
 0.6 % of the exact value) per priority and modality; the exact values of the
 sampled transfers go to the per-transfer records. Nothing here keeps a row
 per study in memory unless that row is written out.
+
+Every delivered transfer also goes into a histogram of its recipient
+organisation and one of its link class (the bottleneck access rate,
+min(sender uplink, recipient downlink), nominal: `LINK_CLASSES`), so
+per-organisation percentiles cover every transfer, not only the sampled
+records (memory: organisations x NBINS ints).
 """
 
 from __future__ import annotations
@@ -21,6 +27,19 @@ BINS_PER_DECADE = 200
 LOW_DECADE = -3
 HIGH_DECADE = 7
 NBINS = (HIGH_DECADE - LOW_DECADE) * BINS_PER_DECADE
+
+#: link classes of a transfer's bottleneck access rate, min(sender up, recipient down), in bits/s: name, lower bound
+LINK_CLASSES = (("<100Mbit/s", 0.0), ("100Mbit/s-1Gbit/s", 100e6), (">=1Gbit/s", 1e9))
+
+
+def link_class(rate: float) -> int:
+    """The index in LINK_CLASSES of a bottleneck access rate in bytes/s (a lower bound belongs to its class)."""
+    bits = rate * 8.0
+    k = 0
+    for i, (_, low) in enumerate(LINK_CLASSES):
+        if bits >= low:
+            k = i
+    return k
 
 
 class Record(NamedTuple):
@@ -101,6 +120,8 @@ class Recorder:
         self.keep_rows = sampled
         self.delivery: dict[tuple[int, int], list[int]] = {}
         self.first_image: dict[tuple[int, int], list[int]] = {}
+        self.delivery_by_org: dict[int, list[int]] = {}  # recipient organisation -> delivery-time histogram
+        self.delivery_by_link: dict[int, list[int]] = {}  # LINK_CLASSES index -> delivery-time histogram
         self.modalities = modalities
         self.c = Counters()
         self.rows: list[Record] = []
@@ -112,6 +133,7 @@ class Recorder:
             sts.sort(key=lambda s: s.start)
         self._starts = {org: [s.start for s in sts] for org, sts in self._by_org.items()}
         self.fair_rate = fair_rate  # [sender][recipient] bottleneck rate, for per-transfer fairness
+        self.link_class = None if fair_rate is None else [[link_class(r) for r in row] for row in fair_rate]
         self.bogus_fetched = 0
         self.bogus_bytes = 0.0
         self.bans: list[tuple[float, str, str]] = []  # (time, banned peer, by whom)
@@ -176,7 +198,18 @@ class Recorder:
                 c.delivered += 1
                 c.bytes_delivered += s.nbytes
                 elapsed = now - s.time
-                self._hist(self.delivery, s.priority, s.modality)[bin_of(elapsed)] += 1
+                b = bin_of(elapsed)
+                self._hist(self.delivery, s.priority, s.modality)[b] += 1
+                h = self.delivery_by_org.get(t.recipient)
+                if h is None:
+                    h = self.delivery_by_org[t.recipient] = [0] * NBINS
+                h[b] += 1
+                if self.link_class is not None:
+                    k = self.link_class[s.sender][t.recipient]
+                    h = self.delivery_by_link.get(k)
+                    if h is None:
+                        h = self.delivery_by_link[k] = [0] * NBINS
+                    h[b] += 1
                 if t.first_image_at >= 0:
                     self._hist(self.first_image, s.priority, s.modality)[bin_of(t.first_image_at - s.time)] += 1
                 if self.fair_rate is not None and t.fetch_started >= 0 and now > t.fetch_started:

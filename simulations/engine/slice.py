@@ -54,6 +54,9 @@ class ReplicationResult:
     attack: dict[str, float]
     engine: dict[str, float]
     settings: dict[str, object] = field(default_factory=dict)
+    #: delivery-time histograms per recipient organisation and per link class (recorder.LINK_CLASSES index)
+    delivery_by_org: dict[int, list[int]] = field(default_factory=dict)
+    delivery_by_link: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,7 +137,7 @@ def run_slice(scenario: Scenario, replication: int, slice_no: int, progress: Pro
                 "direct_fetches": getattr(getattr(design, "mesh", None), "direct_fetches", 0),
                 "rate_recomputations": world.net.recomputations, "timer_compactions": world.net.compactions,
                 "end_time": end},
-        settings=design.settings(),
+        settings=design.settings(), delivery_by_org=rec.delivery_by_org, delivery_by_link=rec.delivery_by_link,
     )
 
 
@@ -174,6 +177,10 @@ def _apply(arg: tuple[World, Timeline, Design, Event], now: float) -> None:
     elif c is Change.PARTITION:
         world.partitions.append(timeline.partitions[ev.target])
         design.partition_changed(now, healed=False)
+    elif c is Change.LEFT:
+        design.left(ev.target, now)
+    elif c is Change.JOINED:
+        design.joined(ev.target, now)
     elif c is Change.HEAL:
         p = timeline.partitions[ev.target]
         world.partitions = [x for x in world.partitions if x is not p]

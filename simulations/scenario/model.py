@@ -6,6 +6,7 @@ everything downstream (topology, workload, engine, emulation) reads these.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -58,6 +59,24 @@ class Availability:
 
 
 @dataclass(frozen=True)
+class OrgOverride:
+    """[[groups.overrides]]: one organisation of a counted group that differs from it (one slow site).
+
+    Each field left None is the group's. `up`, `down`, `latency` and `weight` are the organisation's exact
+    values (the group's `bandwidth_spread` / `weight_spread` draws are still made, and ignored for it, so no
+    other organisation's draws move)."""
+
+    code: str
+    up: float | None = None
+    down: float | None = None
+    latency: float | None = None
+    weight: float | None = None
+    availability: Availability | None = None
+    joins: float | None = None
+    leaves: float | None = None
+
+
+@dataclass(frozen=True)
 class Group:
     name: str
     kind: OrgKind
@@ -69,10 +88,29 @@ class Group:
     weight: float  # relative number of studies an organisation of this group sends
     weight_spread: float  # lognormal sigma of per-organisation volume (topology stream)
     availability: Availability
+    #: when its organisations join and leave the exchange, s from the start (absent before / after)
+    joins: float = 0.0
+    leaves: float = math.inf
+    overrides: tuple[OrgOverride, ...] = ()
 
     @property
     def count(self) -> int:
         return len(self.codes)
+
+    def override(self, code: str) -> OrgOverride | None:
+        return next((o for o in self.overrides if o.code == code), None)
+
+    def membership(self, code: str) -> tuple[float, float]:
+        """(joins, leaves) of one of its organisations: the override's, else the group's."""
+        o = self.override(code)
+        joins = self.joins if o is None or o.joins is None else o.joins
+        leaves = self.leaves if o is None or o.leaves is None else o.leaves
+        return joins, leaves
+
+    def weight_of(self, code: str) -> float:
+        """The relative volume one of its organisations sends, before the group's weight_spread."""
+        o = self.override(code)
+        return self.weight if o is None or o.weight is None else o.weight
 
 
 @dataclass(frozen=True)
@@ -162,12 +200,21 @@ class Modality:
 @dataclass(frozen=True)
 class Referral:
     source: str  # a group name or an organisation code
-    target: str
+    target: str  # the `to` as written (one name; several: the names joined with "+")
     share: float  # of the source organisations' studies
     partners: int  # distinct target organisations each source organisation refers to (seeded topology)
     copies: int  # recipients per study
     priority: tuple[tuple[Priority, float], ...] | None  # overrides the workload's shares
     modalities: tuple[tuple[str, float], ...] | None
+    #: `to` naming several groups (or codes) with shares of this rule's studies; empty: all to `target`
+    targets: tuple[tuple[str, float], ...] = ()
+    #: 24 relative hourly rates of the studies this rule routes (overrides the workload's); None: the workload's
+    daily_profile: tuple[float, ...] | None = None
+
+    @property
+    def parts(self) -> tuple[tuple[str, float], ...]:
+        """Where the rule's studies go: (group or code, share of them), shares summing to 1."""
+        return self.targets or ((self.target, 1.0),)
 
 
 @dataclass(frozen=True)

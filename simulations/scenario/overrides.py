@@ -19,7 +19,7 @@ from simulations.scenario.errors import ScenarioError
 from simulations.scenario.model import Scenario
 from simulations.scenario.parse import parse_scenario
 
-__all__ = ["apply", "dumps", "parse_assignment", "parse_value", "set_path"]
+__all__ = ["REMOVE", "apply", "dumps", "parse_assignment", "parse_value", "remove_path", "set_path"]
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
@@ -36,11 +36,44 @@ def set_path(doc: MutableMapping[str, object], key: str, value: object) -> None:
         raise ScenarioError(f"override {exc}") from None
 
 
+class _Remove:
+    def __repr__(self) -> str:
+        return "REMOVE"
+
+
+#: A value for `apply` that takes the key out of the scenario (it reverts to its default), e.g. a group's `joins`.
+REMOVE: object = _Remove()
+
+
+def remove_path(doc: MutableMapping[str, object], key: str) -> None:
+    """Take a dotted key (``groups[0].joins``) out of a parsed scenario; absent already: nothing to do."""
+    parent, _, name = key.rpartition(".")
+    if not parent:
+        doc.pop(name, None)
+        return
+    node: object = doc
+    for part in parent.split("."):
+        base, _, index = part.partition("[")
+        if not isinstance(node, MutableMapping) or base not in node:
+            return
+        node = node[base]
+        if index:
+            i = int(index.rstrip("]"))
+            if not isinstance(node, list) or not i < len(node):
+                raise ScenarioError(f"override {key!r}: {part} does not exist")
+            node = node[i]
+    if isinstance(node, MutableMapping):
+        node.pop(name, None)
+
+
 def apply(scenario: Scenario, assignments: Iterable[tuple[str, object]]) -> Scenario:
     doc = tomlkit.parse(scenario.source)  # the derived scenario.toml keeps the file's comments
     changed = False
     for key, value in assignments:
-        set_path(doc, key, value)
+        if value is REMOVE:
+            remove_path(doc, key)
+        else:
+            set_path(doc, key, value)
         changed = True
     if not changed:
         return scenario

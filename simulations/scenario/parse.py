@@ -8,12 +8,13 @@ that does not exist).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 from meshnode.node.replication_config import ReplicationConfig
 from protocol.backoff import MAX_JITTER, Backoff
-from protocol.config_reader import Table, defaults, read
+from protocol.config_reader import MISSING, Table, defaults, read
 from protocol.delivery_policy import DeliveryPolicy
 from protocol.errors import ConfigError, LocalProtocolError, MeshError
 from protocol.fetch_settings import FetchSettings
@@ -39,6 +40,7 @@ from simulations.scenario.model import (
     Hub,
     Modality,
     OrgKind,
+    OrgOverride,
     Output,
     Referral,
     Relay,
@@ -81,7 +83,9 @@ def _build(root: Table, text: str) -> Scenario:
     seed = head.integer("seed", 0, 0, 2**63 - 1)
     head.finish()
 
-    groups = tuple(_group(t) for t in root.tables("groups"))
+    engine = _engine(root.table("engine"))
+    horizon = duration + engine.drain  # the run's last instant: nothing scheduled at or after it happens
+    groups = tuple(_group(t, duration, horizon) for t in root.tables("groups"))
     if not groups:
         raise ConfigError("groups: at least one [[groups]] table is required")
     _check_names(groups)
@@ -89,9 +93,8 @@ def _build(root: Table, text: str) -> Scenario:
     known = _Names(groups)
     workload = _workload(root.table("workload", required=True), known)
     design = _design(root.table("design", required=True))
-    faults = tuple(_fault(t, known, hub.code) for t in root.tables("faults"))
-    attackers = tuple(_attacker(t, known) for t in root.tables("attackers"))
-    engine = _engine(root.table("engine"))
+    faults = tuple(_fault(t, known, hub.code, horizon) for t in root.tables("faults"))
+    attackers = tuple(_attacker(t, known, horizon) for t in root.tables("attackers"))
     output = _output(root.table("output"))
     emulation = _emulation(root.table("emulation"))
     relay = _relay(root.table("relay"), known)
@@ -136,7 +139,7 @@ def _availability(t: Table) -> Availability:
     return Availability(mtbf, mttr, tuple(scheduled))
 
 
-def _group(t: Table) -> Group:
+def _group(t: Table, duration: float, horizon: float) -> Group:
     name = t.text("name")
     kind_text = t.text("kind", choices=tuple(k.value for k in OrgKind))
     if t.has("codes"):
@@ -150,18 +153,67 @@ def _group(t: Table) -> Group:
         codes = tuple(f"{prefix}{i:0{width}d}" for i in range(1, count + 1))
     for i, code in enumerate(codes):
         check_org_code(code, f"{t.key('codes')}[{i}]")
-    up, down = t.rate("up"), t.rate("down")
-    for key, value in (("up", up), ("down", down)):
-        if value <= 0:
-            raise ConfigError(f"{t.key(key)}: bandwidth must be positive")
+    up, down = _bandwidth(t, "up"), _bandwidth(t, "down")
+    joins, leaves = _membership(t, duration, horizon, 0.0, math.inf)
     group = Group(
         name=name, kind=OrgKind(kind_text), codes=tuple(codes), up=up, down=down,
         latency=t.duration("latency", 0.005), bandwidth_spread=t.number("bandwidth_spread", 0.0, 0.0, 3.0),
         weight=t.number("weight", 1.0, 0.0, 1e9), weight_spread=t.number("weight_spread", 0.0, 0.0, 3.0),
-        availability=_availability(t.table("availability")),
+        availability=_availability(t.table("availability")), joins=joins, leaves=leaves,
     )
+    overrides = tuple(_override(o, group, duration, horizon) for o in t.tables("overrides"))
+    seen: set[str] = set()
+    for i, o in enumerate(overrides):
+        if o.code in seen:
+            raise ConfigError(f"{t.key('overrides')}[{i}].code: {o.code} is overridden twice")
+        seen.add(o.code)
     t.finish()
-    return group
+    return dataclasses.replace(group, overrides=overrides)
+
+
+def _bandwidth(t: Table, key: str, default: object = MISSING) -> float:
+    value = t.rate(key, default)
+    if value <= 0:
+        raise ConfigError(f"{t.key(key)}: bandwidth must be positive")
+    return value
+
+
+def _membership(t: Table, duration: float, horizon: float, joins: float, leaves: float) -> tuple[float, float]:
+    """`joins` and `leaves` of a group or an override (defaults: the group's): joins before the arrivals end
+    (`scenario.duration`), leaves after it joins and before the run ends (duration + drain)."""
+    joins = t.duration("joins", joins)
+    if t.has("joins") and joins >= duration:
+        raise t.error("joins", f"{joins:g} s is at or after scenario.duration ({duration:g} s): it would never "
+                               "send or receive a study")
+    leaves = t.duration("leaves", leaves) if t.has("leaves") else leaves
+    if t.has("leaves"):
+        _within_run(t, "leaves", leaves, horizon)
+    if leaves <= joins:
+        raise t.error("leaves" if t.has("leaves") else "joins",
+                      f"leaves ({leaves:g} s) must be after joins ({joins:g} s)")
+    return joins, leaves
+
+
+#: What [[groups.overrides]] may change: a subset of the group's keys.
+OVERRIDE_KEYS = ("up", "down", "latency", "weight", "availability", "joins", "leaves")
+
+
+def _override(t: Table, group: Group, duration: float, horizon: float) -> OrgOverride:
+    code = t.text("code")
+    if code not in group.codes:
+        raise t.error("code", f"{code[:20]!r} is not an organisation of group {group.name!r}")
+    joins, leaves = _membership(t, duration, horizon, group.joins, group.leaves)
+    o = OrgOverride(
+        code=code, up=_bandwidth(t, "up") if t.has("up") else None,
+        down=_bandwidth(t, "down") if t.has("down") else None,
+        latency=t.duration("latency") if t.has("latency") else None,
+        weight=t.number("weight", lo=0.0, hi=1e9) if t.has("weight") else None,
+        availability=_availability(t.table("availability")) if t.has("availability") else None,
+        joins=joins if t.has("joins") else None, leaves=leaves if t.has("leaves") else None)
+    t.finish()
+    if not any(t.has(k) for k in OVERRIDE_KEYS):
+        raise t.error("code", f"the override of {code} changes nothing (it may set {', '.join(OVERRIDE_KEYS)})")
+    return o
 
 
 def _check_names(groups: tuple[Group, ...]) -> None:
@@ -260,26 +312,57 @@ def _workload(t: Table, known: _Names) -> Workload:
 
 
 def _referral(t: Table, known: _Names, modalities: tuple[str, ...]) -> Referral:
-    source, target = t.text("from"), t.text("to")
-    sources, targets = known.members(source, t.key("from")), known.members(target, t.key("to"))
+    source = t.text("from")
+    sources = known.members(source, t.key("from"))
+    parts = _targets(t, known)
+    target = "+".join(name for name, _ in parts)
     r = Referral(source=source, target=target, share=t.number("share", 1.0, 0.0, 1e9),
                  partners=t.integer("partners", 1, 1, MAX_ORGS), copies=t.integer("copies", 1, 1, 64),
-                 priority=_priority(t, "priority", required=False), modalities=None)
+                 priority=_priority(t, "priority", required=False), modalities=None,
+                 targets=parts if len(parts) > 1 or isinstance(t.values.get("to"), list) else (),
+                 daily_profile=t.numbers("daily_profile", 24) if t.has("daily_profile") else None)
     if t.has("modalities"):
         shares = _shares(t, "modalities", modalities)
         total = sum(s for _, s in shares)
         if abs(total - 1.0) > SHARE_TOLERANCE:
             raise ConfigError(f"{t.key('modalities')}: shares sum to {total:g}, not 1")
-        r = Referral(r.source, r.target, r.share, r.partners, r.copies, r.priority, shares)
+        r = dataclasses.replace(r, modalities=shares)
     t.finish()
     if r.copies > r.partners:
         raise ConfigError(f"{t.key('copies')}: {r.copies} recipients per study but only {r.partners} partners")
-    for code in sources:
-        possible = len([c for c in targets if c != code])
-        if possible < r.partners:
-            raise ConfigError(f"{t.key('partners')}: {code} needs {r.partners} distinct partners in {target!r}, "
-                                f"which has {possible}")
+    for name, _ in parts:
+        targets = known.members(name, t.key("to"))
+        for code in sources:
+            possible = len([c for c in targets if c != code])
+            if possible < r.partners:
+                raise ConfigError(f"{t.key('partners')}: {code} needs {r.partners} distinct partners in {name!r}, "
+                                  f"which has {possible}")
     return r
+
+
+def _targets(t: Table, known: _Names) -> tuple[tuple[str, float], ...]:
+    """`to`: a group or code, or a list of `{group = "...", share = 0.7}` tables whose shares sum to 1."""
+    if not isinstance(t.raw("to"), list):
+        name = t.text("to")
+        known.members(name, t.key("to"))
+        return ((name, 1.0),)
+    parts: list[tuple[str, float]] = []
+    for part in t.tables("to"):
+        name = part.text("group")
+        known.members(name, part.key("group"))
+        share = part.number("share", lo=0.0, hi=1.0)
+        if share <= 0:
+            raise part.error("share", "must be positive (leave the part out instead)")
+        if name in dict(parts):
+            raise part.error("group", f"{name!r} is named twice")
+        part.finish()
+        parts.append((name, share))
+    if not parts:
+        raise t.error("to", "an empty list: name a group, or list {group, share} tables")
+    total = sum(share for _, share in parts)
+    if abs(total - 1.0) > SHARE_TOLERANCE:
+        raise t.error("to", f"shares sum to {total:g}, not 1")
+    return tuple(parts)
 
 
 def _check_referrals(referrals: tuple[Referral, ...], known: _Names) -> None:
@@ -288,8 +371,8 @@ def _check_referrals(referrals: tuple[Referral, ...], known: _Names) -> None:
         if r.share > 0:
             covered.update(known.members(r.source, "workload.referrals"))
     for code, group in known.codes.items():
-        if group.weight > 0 and code not in covered:
-            raise ConfigError(f"groups ({group.name}): {code} sends studies (weight {group.weight:g}) "
+        if group.weight_of(code) > 0 and code not in covered:
+            raise ConfigError(f"groups ({group.name}): {code} sends studies (weight {group.weight_of(code):g}) "
                                 "but no workload.referrals rule starts there; set weight = 0 or add a rule")
 
 
@@ -416,9 +499,21 @@ def _check_node_faults(faults: tuple[Fault, ...], ha: HighAvailability, known: _
                                       f"nodes are numbered from 0")
 
 
-def _fault(t: Table, known: _Names, hub_code: str) -> Fault:
+def _within_run(t: Table, key: str, at: float, horizon: float) -> None:
+    """Refuse a time at or after the run's end (`scenario.duration` + `engine.drain`): it would never happen."""
+    if at >= horizon:
+        raise t.error(key, f"{_seconds(at)} is at or after the end of the run ({_seconds(horizon)}: "
+                           "scenario.duration + engine.drain), so it would never happen")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def _fault(t: Table, known: _Names, hub_code: str, horizon: float) -> Fault:
     kind = FaultKind(t.text("kind", choices=tuple(k.value for k in FaultKind)))
     start, length = t.duration("start"), t.duration("duration")
+    _within_run(t, "start", start, horizon)
     if length <= 0:
         raise ConfigError(f"{t.key('duration')}: must be positive")
     if kind is FaultKind.HUB_OUTAGE:
@@ -447,16 +542,21 @@ def _fault(t: Table, known: _Names, hub_code: str) -> Fault:
     return Fault(kind, targets, start, length, factor, direction, others, node)
 
 
-def _attacker(t: Table, known: _Names) -> Attacker:
+def _attacker(t: Table, known: _Names, horizon: float) -> Attacker:
     kind = AttackKind(t.text("kind", choices=tuple(k.value for k in AttackKind)))
     org = t.text("org")
     if org not in known.codes:
         raise ConfigError(f"{t.key('org')}: no organisation with code {org!r}")
+    if known.codes[org].membership(org) != (0.0, math.inf):
+        raise t.error("org", f"{org} joins or leaves during the run; an attacker is a member throughout")
     start = t.duration("start", 0.0)
     end = t.duration("end", math.inf) if t.has("end") else math.inf
     if end <= start:
         raise ConfigError(f"{t.key('end')}: must be after start")
+    _within_run(t, "start", start, horizon)
     revoke_at = t.duration("revoke_at") if t.has("revoke_at") else None
+    if revoke_at is not None:
+        _within_run(t, "revoke_at", revoke_at, horizon)
     if kind is AttackKind.REVOKED:
         revoke_at = start if revoke_at is None else revoke_at
     targets = t.names("targets", ())

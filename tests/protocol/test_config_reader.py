@@ -190,3 +190,20 @@ def test_assignments() -> None:
         format_value(float("nan"))
     with pytest.raises(ConfigError):
         format_value({"a": 1})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[limits]\nstram = 8\n", "x.toml: limits.stram: unknown key (known: names, on, streams, timeout); did you mean streams?"),
+    ("[limts]\n", "x.toml: limts: unknown key (known: limits); did you mean limits?"),
+    ("[limits]\ntimeuot = 1\n", "did you mean timeout?"),
+])
+def test_a_misspelt_key_names_the_closest_known_one(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        read(text, "x.toml", build)
+    assert message in str(err.value), str(err.value)
+
+
+def test_no_suggestion_when_no_known_key_is_close() -> None:
+    with pytest.raises(ConfigError) as err:
+        read("[limits]\nqqqq = 8\n", "x.toml", build)
+    assert "did you mean" not in str(err.value)

@@ -28,7 +28,9 @@ def files(folder: Path) -> dict[str, bytes]:
 
 def test_same_seed_byte_identical_different_seed_different(tmp_path: Path) -> None:
     """Two separate processes (different hash seeds, two workers each, two time slices) write the same bytes."""
-    args = ["run", "five-trusts-faults", *SMALL, "--set", "engine.time_slices=2", "--set", "engine.slice_overlap=6h",
+    # the drain reaches past the file's last fault (4d13h): a fault after the end of the run is refused
+    args = ["run", "five-trusts-faults", *SMALL, "--set", "engine.drain=3d", "--set", "engine.time_slices=2",
+            "--set", "engine.slice_overlap=6h",
             "--jobs", "2", "--no-progress"]
     first = meshsim(*args, "--out", str(tmp_path / "a"), seed="1")
     second = meshsim(*args, "--out", str(tmp_path / "b"), seed="4242")

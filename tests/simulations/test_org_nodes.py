@@ -202,6 +202,7 @@ def test_five_trusts_ha_delivers_faster_than_five_trusts_faults_under_the_same_f
     (["ha.nodes=3", "ha.replication=urgent", "ha.links=separate", "groups[0].availability.mtbf=10h"], "mesh"),
     (["ha.replication=nothing", "ha.takeover_seconds=5min", "groups[0].availability.mtbf=5h"], "hybrid"),
     (["groups[0].availability.mtbf=5h"], "hub"),
+    (["ha.nodes=3", "groups[0].availability.mtbf=10h", "groups[0].joins=12h", "groups[0].leaves=4d"], "mesh"),
 ])
 def test_many_node_failures_leave_every_transfer_accounted_for(assignments: list[str], design: str) -> None:
     """Acute trusts' nodes failing every few hours, three nodes, every mode: nothing lost, stuck or counted
