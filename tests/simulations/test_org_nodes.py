@@ -214,6 +214,9 @@ def test_many_node_failures_leave_every_transfer_accounted_for(assignments: list
     r = run_slice(sc, 1, 0)
     c = r.counters
     assert c.transfers > 100 and c.transfers == c.delivered + c.failed + c.in_flight
+    if design != "hub":
+        assert r.engine["ha_takeovers"] > 0
+        assert (r.engine["ha_copy_bytes"] > 0) is ("ha.replication=nothing" not in assignments)
     assert c.delivered >= c.transfers - 2  # (a study arriving at the very end may still be in flight)
     assert run_slice(sc, 1, 0).rows == r.rows
 
@@ -252,3 +255,4 @@ def test_a_sibling_takes_over_when_the_org_fetch_rounds_say_so(priority: int, de
         row = run_slice(trio(extra=_ha('"BBB"') + _fault("BBB", "0s", "20min", node)), 0, 0, trace=trace).rows[0]
         later.append(float(row.delivered - base.delivered))
     assert sorted(later) == [0.0, pytest.approx(delay)]
+    assert "ha_takeovers" not in run_slice(trio(), 0, 0, trace=trace).engine  # runs without [ha]: as before
