@@ -28,6 +28,7 @@ announce fetches at once (the sender's announce retry or the siblings' manifest 
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,7 +68,7 @@ class OrgNodes:
         self.takeover_seconds = ha.takeover_seconds
         self.mode = ha.replication.value
         self.interval = watch_interval(self.takeover_seconds)
-        self.names: dict[int, list[str]] = {}
+        self.names: dict[int, tuple[str, ...]] = {}
         self.up: dict[int, list[bool]] = {}
         self.down_ends: dict[int, list[list[float]]] = {}
         self.down_starts: dict[int, list[list[float]]] = {}
@@ -75,7 +76,7 @@ class OrgNodes:
         for org, nodes in world.timeline.members.items():
             code = world.orgs[org].code
             n = len(nodes)
-            self.names[org] = [f"{code}/{k}" for k in range(n)]
+            self.names[org] = tuple(f"{code}/{k}" for k in range(n))
             self.up[org] = [True] * n
             self.down_starts[org] = [[iv.start for iv in ivs] for ivs in nodes]
             self.down_ends[org] = [[iv.end for iv in ivs] for ivs in nodes]
@@ -124,7 +125,7 @@ class OrgNodes:
         org = s.sender
         if org not in self.names or s.manifest_id is None:
             return
-        k = self._first_up(org, rank(str(s.manifest_id), self.names[org]))
+        k = self._first_up(org, _ranking(s.manifest_id, self.names[org]))
         if k is None:
             return
         self._hold(org, s, k)
@@ -183,7 +184,7 @@ class OrgNodes:
         s = t.study
         if org not in self.names or s.manifest_id is None:
             return False
-        ranking = rank(str(s.manifest_id), self.names[org])
+        ranking = _ranking(s.manifest_id, self.names[org])
         first = self.names[org].index(ranking[0])
         if self.up[org][first]:
             self.fetcher[(org, s.manifest_id)] = first
@@ -199,7 +200,7 @@ class OrgNodes:
         assert s.manifest_id is not None
         key = (org, s.manifest_id)
         names = self.names[org]
-        ranking = rank(str(s.manifest_id), names)
+        ranking = _ranking(s.manifest_id, names)
         watcher = self._first_up(org, ranking)
         self._token += 1
         self.waiting[key] = _Waiting(t, suspended, failed, watcher, self._token)
@@ -249,7 +250,7 @@ class OrgNodes:
             return
         k = self.fetcher.pop((org, s.manifest_id), None)
         if k is None:  # fetched without a decision of ours (a hybrid fallback's announce): the first node up
-            k = self._first_up(org, rank(str(s.manifest_id), self.names[org]))
+            k = self._first_up(org, _ranking(s.manifest_id, self.names[org]))
         if k is None:
             return
         self._hold(org, s, k)
@@ -355,6 +356,13 @@ class OrgNodes:
                 del signed[sid]
                 continue
             self._copy_all(org, s, now)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _ranking(manifest_id: CID, names: tuple[str, ...]) -> list[str]:
+    """protocol.org_fetch.rank of an organisation's nodes for a manifest (its id as text, as the node hashes
+    it); cached: the sender's and each recipient's decisions about one study ask within moments."""
+    return rank(str(manifest_id), names)
 
 
 @dataclass
