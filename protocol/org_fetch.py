@@ -78,6 +78,17 @@ TAKEOVER_FRACTION = {Priority.STAT: 0.25, Priority.URGENT: 0.5, Priority.ROUTINE
 DEADLINE: dict[Priority, float] = {Priority.STAT: 120.0, Priority.URGENT: 900.0}
 
 
+#: seconds between two HAVE rounds of a standing-by node: a quarter of takeover_seconds, within these bounds
+#: (thousands of studies may stand by at once: each round asks every sibling about each)
+WATCH_INTERVAL = (0.25, 5.0)
+
+
+def watch_interval(takeover_seconds: float) -> float:
+    """Seconds between two rounds of asking the siblings (the node's OrgFetcher, and the simulator's)."""
+    low, high = WATCH_INTERVAL
+    return max(low, min(high, takeover_seconds / 4))
+
+
 def takeover_for(priority: Priority, takeover_seconds: float) -> float:
     """Seconds without progress after which a sibling is taken over for a study of this priority."""
     return takeover_seconds * TAKEOVER_FRACTION.get(priority, 1.0)

@@ -32,6 +32,8 @@ class Change(str, Enum):
     HEAL = "heal"
     LEFT = "left"  # the organisation is not a member (before it joins: from the start; after it leaves)
     JOINED = "joined"
+    MEMBER_DOWN = "member-down"  # one node of an [ha] organisation (Event.node); the org is down only when all are
+    MEMBER_UP = "member-up"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Event:
     time: float
     change: Change
     target: int  # organisation index (-1: hub); partition / degradation number for those changes
+    node: int = 0  # MEMBER_DOWN / MEMBER_UP: which node of the organisation
 
 
 class Timeline:
@@ -70,9 +73,18 @@ class Timeline:
         self.horizon = scenario.duration + scenario.engine.drain
         n = len(topology.orgs)
         self.node_down: list[list[Interval]] = []
+        #: [ha] organisations: when each of its nodes is down (node_down: when all of them are). Node 0 draws from
+        #: the organisation's own sub-stream, as a single node does; node k from the sub-stream (org, k).
+        self.members: dict[int, list[list[Interval]]] = {}
+        ha = scenario.ha
         for org in topology.orgs:
             g = rng.stream(scenario.seed, "faults", org.index, replication=replication)
             self.node_down.append(_availability(org.availability, self.horizon, g))
+            if ha.nodes_of(org.code) > 1:
+                self.members[org.index] = [self.node_down[-1]] + [
+                    _availability(org.availability, self.horizon,
+                                  rng.stream(scenario.seed, "faults", org.index, k, replication=replication))
+                    for k in range(1, ha.nodes_of(org.code))]
         g = rng.stream(scenario.seed, "faults", n, replication=replication)
         self.hub_down = _availability(scenario.hub.availability, self.horizon, g)
         self.degradations: list[Degradation] = []
@@ -83,7 +95,12 @@ class Timeline:
             if f.kind is FaultKind.NODE_FAILURE:
                 for name in f.targets:
                     for i in topology.members(scenario, name):
-                        extra.setdefault(i, []).append(Interval(f.start, end, "fault"))
+                        if i in self.members:
+                            for k, ivs in enumerate(self.members[i]):
+                                if f.node is None or f.node == k:
+                                    self.members[i][k] = _merge(ivs + [Interval(f.start, end, "fault")])
+                        else:
+                            extra.setdefault(i, []).append(Interval(f.start, end, "fault"))
             elif f.kind is FaultKind.HUB_OUTAGE:
                 self.hub_down = _merge(self.hub_down + [Interval(f.start, end, "fault")])
             elif f.kind is FaultKind.LINK_DEGRADATION:
@@ -98,6 +115,8 @@ class Timeline:
                 self.partitions.append(Partition(f.start, end, side, others))
         for i, intervals in extra.items():
             self.node_down[i] = _merge(self.node_down[i] + intervals)
+        for i, nodes in self.members.items():
+            self.node_down[i] = _all_down(nodes)
         # when each organisation is not a member: [0, joins) and [leaves, end of run); not outages
         self.absent: list[list[Interval]] = [
             ([Interval(0.0, org.joins, "not joined")] if org.joins > 0 else [])
@@ -118,6 +137,13 @@ class Timeline:
         for org, intervals in enumerate(self.node_down):
             for iv in intervals:
                 add(iv.start, iv.end, Change.NODE_DOWN, Change.NODE_UP, org)
+        for org, nodes in self.members.items():
+            for k, intervals in enumerate(nodes):
+                for iv in intervals:
+                    if iv.end > start and iv.start < end:
+                        out.append(Event(max(iv.start, start), Change.MEMBER_DOWN, org, k))
+                        if iv.end < end:
+                            out.append(Event(iv.end, Change.MEMBER_UP, org, k))
         for iv in self.hub_down:
             add(iv.start, iv.end, Change.HUB_DOWN, Change.HUB_UP, -1)
         for k, d in enumerate(self.degradations):
@@ -128,7 +154,7 @@ class Timeline:
             for iv in intervals:
                 add(iv.start, iv.end, Change.LEFT, Change.JOINED, org)
         order = {c: i for i, c in enumerate(Change)}
-        out.sort(key=lambda e: (e.time, order[e.change], e.target))
+        out.sort(key=lambda e: (e.time, order[e.change], e.target, e.node))
         return out
 
     def outages(self) -> list[tuple[str, int, Interval]]:
@@ -160,6 +186,25 @@ def _availability(a: Availability, horizon: float, g: object) -> list[Interval]:
             out.append(Interval(t, t + s.duration, "scheduled"))
             t += period
     return _merge(out)
+
+
+def _all_down(nodes: list[list[Interval]]) -> list[Interval]:
+    """When every node of an organisation is down at once (the intersection of their outages)."""
+    common = nodes[0]
+    for other in nodes[1:]:
+        out: list[Interval] = []
+        i = j = 0
+        while i < len(common) and j < len(other):
+            a, b = common[i], other[j]
+            lo, hi = max(a.start, b.start), min(a.end, b.end)
+            if lo < hi:
+                out.append(Interval(lo, hi, a.cause if a.cause == b.cause else "mixed"))
+            if a.end < b.end:
+                i += 1
+            else:
+                j += 1
+        common = out
+    return common
 
 
 def _merge(intervals: list[Interval]) -> list[Interval]:

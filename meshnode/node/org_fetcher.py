@@ -36,13 +36,19 @@ from protocol.document import Signed
 from protocol.errors import MeshError, UnauthorisedError
 from protocol.exchange_messages import held_blocks
 from protocol.manifest import Manifest
-from protocol.org_fetch import OrgRole, SiblingView, decide, holding_up, observe, rank, without_siblings
+from protocol.org_fetch import (
+    OrgRole,
+    SiblingView,
+    decide,
+    holding_up,
+    observe,
+    rank,
+    watch_interval,
+    without_siblings,
+)
 
 log = logging.getLogger(__name__)
 
-#: seconds between two rounds of asking the siblings: a quarter of takeover_seconds, within these bounds
-#: (thousands of studies may stand by at once: each round asks every sibling about each)
-WATCH_INTERVAL = (0.25, 5.0)
 #: seconds one sibling has to answer a round (a dial included)
 ASK_TIMEOUT = 10.0
 #: a manifest whose decision failed (the database thread or the audit repository raised) is tried again after
@@ -59,8 +65,7 @@ class OrgFetcher:
         replication = ctx.config.replication
         self.takeover_seconds = float(replication.takeover_seconds)
         self.mode = replication.mode.value
-        low, high = WATCH_INTERVAL
-        self.interval = interval if interval is not None else max(low, min(high, self.takeover_seconds / 4))
+        self.interval = interval if interval is not None else watch_interval(self.takeover_seconds)
         #: manifests being decided (a task each)
         self.watching: set[CID] = set()
         #: the role each decided manifest took this run (status, tests; the most recent REMEMBERED)

@@ -82,13 +82,15 @@ def trace(scenario: Scenario, planned: list[PlannedStudy], arrivals: list[float]
 def emulated_scenario(scenario: Scenario, mode: str, span: float) -> Scenario:
     """The scenario as emulated: scaled links (goodput), no latency, real 1 MiB blocks, a trace's span; no faults,
     attackers or organisations behind NAT ([relay]: the emulated nodes reach each other directly); no per-organisation
-    overrides or joins/leaves (every real node runs throughout, at its group's rates)."""
+    overrides or joins/leaves (every real node runs throughout, at its group's rates); one node per organisation
+    ([ha])."""
     e = scenario.emulation
     values: list[tuple[str, object]] = [
         ("design.granularity", "1MiB"), ("scenario.duration", f"{max(60.0, span):.3f}s"), ("scenario.warmup", "0s"),
         ("scenario.replications", 1), ("engine.time_slices", 1), ("engine.drain", f"{e.timeout:.0f}s"),
         ("output.records", "csv"), ("output.record_fraction", 1.0), ("output.timeseries_bin", "10s"),
         ("output.hub_bin", "1s"), ("faults", []), ("attackers", []), ("relay", {}),  # real nodes: no relay (yet)
+        ("ha", {}),  # one real node per organisation (without faults, [ha]'s nodes would only add sibling copies)
     ]
     goodput = TCP_GOODPUT if mode == "netns" else 1.0
     for i, g in enumerate(scenario.groups):

@@ -267,6 +267,9 @@ class MeshNode:
         assert s.manifest_id is not None
         if holder == self.org or not world.reachable(holder, self.org):
             return False
+        ha = self.mesh.ha
+        if ha is not None and not ha.serves(holder, s):
+            return False  # only a node of holder that is down holds it whole (simulations/engine/org_nodes.py)
         if holder == HUB:
             if not (s.hub_stored and f.hub_added):
                 return False

@@ -23,6 +23,7 @@ from simulations.engine.hub import HubService
 from simulations.engine.mesh import Fetch, MeshNode, RequestState
 from simulations.engine.meter import HUB
 from simulations.engine.network import Flow
+from simulations.engine.org_nodes import OrgNodes
 from simulations.engine.state import Status, Study, Transfer
 from simulations.engine.world import World
 
@@ -62,6 +63,8 @@ class Mesh:
         self.can_serve: list[dict[Fetch, None]] = [{} for _ in world.orgs]  # fetches elsewhere an org holds for
         if hub is not None:
             hub.on_stored.append(self._hub_stored)
+        #: several nodes per organisation (scenario [ha]): None without
+        self.ha = OrgNodes(self) if world.timeline.members else None
 
     def scheduler_settings(self) -> dict[str, float | int | None]:
         """The settings every scheduler runs with (scaled to the granularity), for the run's manifest."""
@@ -88,6 +91,8 @@ class Mesh:
         world = self.world
         sender = world.orgs[s.sender]
         if sender.corrupt > 0 or sender.drop > 0 or not world.reachable(s.sender, node.org) or node.inbound:
+            return False
+        if self.ha is not None and not self.ha.serves(s.sender, s):
             return False
         sched = node.scheds.get(sender.code)
         return sched is None or (sched.window(sender.code) is None and sched.strikes(sender.code) == 0
@@ -119,6 +124,8 @@ class Mesh:
                 self._fail(t, now, "sender revoked")
             return
         s.state = advance(Side.SENDER, None, ManifestEvent.SIGNED)
+        if self.ha is not None:
+            self.ha.signed_by(s, now)
         node = self.nodes[s.sender]
         for t in s.transfers:
             node.announce(t, now)
@@ -138,6 +145,8 @@ class Mesh:
         t.state = advance(Side.RECIPIENT, None, ManifestEvent.ACCEPTED)
         if t.announced_at < 0:
             t.announced_at = now
+        if self.ha is not None and self.ha.defer_fetch(t, now):
+            return  # the org's node ranked first to fetch it is down: a sibling takes over (org_nodes)
         self.nodes[t.recipient].start_fetch(t, now)
 
     def completed(self, f: Fetch, now: float) -> None:
@@ -146,6 +155,8 @@ class Mesh:
         for holder in [s.sender, *s.held, *([HUB] if f.hub_added else [])]:
             if holder >= 0:
                 self.can_serve[holder].pop(f, None)
+        if self.ha is not None:
+            self.ha.fetched(f, now)
         done = now + (s.nbytes / self.verify_rate if self.verify_rate > 0 else 0.0)
         t.control += wire_sizes.RECEIPT + wire_sizes.block_traffic(s.nbytes, s.images, s.image_bytes,
                                                                    self.world.scenario.design.fetch.request_max_blocks)
@@ -196,7 +207,8 @@ class Mesh:
         if f is not None and f.direct:
             f.direct_request = st
             self.direct_fetches += 1
-        if not world.reachable(peer, node.org):
+        if not world.reachable(peer, node.org) or (self.ha is not None and f is not None
+                                                    and not self.ha.serves(peer, f.study)):
             # The dial fails: forget what it holds until discovery finds it again.
             node.sched(sender).request_failed(request.peer, list(request.cids), now)
             node.lost_peer(peer, now)

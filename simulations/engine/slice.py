@@ -136,9 +136,17 @@ def run_slice(scenario: Scenario, replication: int, slice_no: int, progress: Pro
         engine={"studies_simulated": studies, "flows": world.net.flows_started,
                 "direct_fetches": getattr(getattr(design, "mesh", None), "direct_fetches", 0),
                 "rate_recomputations": world.net.recomputations, "timer_compactions": world.net.compactions,
-                "end_time": end},
+                "end_time": end, **_ha_counts(design)},
         settings=design.settings(), delivery_by_org=rec.delivery_by_org, delivery_by_link=rec.delivery_by_link,
     )
+
+
+def _ha_counts(design: Design) -> dict[str, float]:
+    """[ha] runs only (others' outputs stay as they were): sibling takeovers, and bytes of sibling copies made."""
+    ha = getattr(getattr(design, "mesh", None), "ha", None)
+    if ha is None:
+        return {}
+    return {"ha_takeovers": ha.takeovers, "ha_copy_bytes": ha.copy_bytes}
 
 
 def _schedule_timeline(world: World, timeline: Timeline, design: Design) -> None:
@@ -170,6 +178,10 @@ def _apply(arg: tuple[World, Timeline, Design, Event], now: float) -> None:
             links = {"up": [o.up_link], "down": [o.down_link]}.get(d.direction, [o.up_link, o.down_link])
         for link in links:
             world.net.set_capacity(link, link.nominal * factor)
+    elif c in (Change.MEMBER_DOWN, Change.MEMBER_UP):
+        ha = getattr(getattr(design, "mesh", None), "ha", None)
+        if ha is not None:  # one node of an [ha] organisation (simulations/engine/org_nodes.py)
+            ha.member(ev.target, ev.node, c is Change.MEMBER_UP, now)
     elif c is Change.PARTITION:
         world.partitions.append(timeline.partitions[ev.target])
         design.partition_changed(now, healed=False)

@@ -13,6 +13,7 @@ from enum import Enum
 from protocol.delivery_policy import DeliveryPolicy
 from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
+from protocol.replication import ReplicationScope
 
 
 class OrgKind(str, Enum):
@@ -139,6 +140,32 @@ class Relay:
     bandwidth: float = 1e9 / 8  # the relay's link, each direction, bytes/s (1 Gbit/s)
 
 
+class HALinks(str, Enum):
+    """Where an organisation's nodes sit ([ha] links)."""
+
+    SHARED = "shared"  # one site: the nodes share the org's access link; sibling copies cross the site's LAN
+    SEPARATE = "separate"  # one site each, each with an access link like the org's; copies cross access links
+
+
+@dataclass(frozen=True)
+class HighAvailability:
+    """Several nodes per organisation (issue 16's high availability; docs/researchers.md, simulations/engine/
+    org_nodes.py). Each listed organisation runs `nodes` nodes that fail independently (each with the
+    organisation's availability); the organisation is down only when all are. Which node fetches a study, and
+    when a sibling takes over, is protocol.org_fetch's decision; what siblings copy, protocol.replication's.
+    Defaults are the node's (meshnode/node/replication_config.py)."""
+
+    orgs: tuple[str, ...] = ()  # organisation codes (groups expanded)
+    nodes: int = 2
+    replication: ReplicationScope = ReplicationScope.ALL
+    takeover_seconds: float = 30.0
+    links: HALinks = HALinks.SHARED
+    lan_rate: float = 1e9 / 8  # links = shared: the site LAN a sibling copy crosses, bytes/s
+
+    def nodes_of(self, code: str) -> int:
+        return self.nodes if code in self.orgs else 1
+
+
 @dataclass(frozen=True)
 class Costs:
     """Prices a report turns bytes into money with ([costs]; issue 18). Per decimal GB (1e9 bytes).
@@ -224,6 +251,7 @@ class Fault:
     factor: float = 1.0  # link degradation: capacity multiplier
     direction: str = "both"  # link degradation: up, down or both
     others: tuple[str, ...] = ()  # partition: the other side (empty: everyone else)
+    node: int | None = None  # node-failure at an [ha] organisation: only this node (0-based; None: all of them)
 
 
 @dataclass(frozen=True)
@@ -285,6 +313,7 @@ class Scenario:
     emulation: Emulation = field(default_factory=Emulation)
     relay: Relay = field(default_factory=Relay)
     costs: Costs = field(default_factory=Costs)
+    ha: HighAvailability = field(default_factory=HighAvailability)
     source: str = ""  # the TOML text it was read from (hashed into the run manifest)
 
     @property

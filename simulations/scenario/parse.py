@@ -12,12 +12,14 @@ import dataclasses
 import math
 from pathlib import Path
 
+from meshnode.node.replication_config import ReplicationConfig
 from protocol.backoff import MAX_JITTER, Backoff
 from protocol.config_reader import MISSING, Table, defaults, read
 from protocol.delivery_policy import DeliveryPolicy
 from protocol.errors import ConfigError, LocalProtocolError, MeshError
 from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
+from protocol.replication import ReplicationScope
 from protocol.schema import check_org_code
 from simulations.scenario.errors import ScenarioError
 from simulations.scenario.model import (
@@ -33,6 +35,8 @@ from simulations.scenario.model import (
     Fault,
     FaultKind,
     Group,
+    HALinks,
+    HighAvailability,
     Hub,
     Modality,
     OrgKind,
@@ -95,11 +99,13 @@ def _build(root: Table, text: str) -> Scenario:
     emulation = _emulation(root.table("emulation"))
     relay = _relay(root.table("relay"), known)
     costs = _costs(root.table("costs"))
+    ha = _ha(root.table("ha"), known)
+    _check_node_faults(faults, ha, known)
     root.finish()
     return Scenario(name=name, description=description, duration=duration, warmup=warmup,
                     replications=replications, seed=seed, groups=groups, hub=hub, workload=workload,
                     design=design, faults=faults, attackers=attackers, engine=engine, output=output,
-                    emulation=emulation, relay=relay, costs=costs, source=text)
+                    emulation=emulation, relay=relay, costs=costs, ha=ha, source=text)
 
 
 class _Names:
@@ -454,6 +460,45 @@ def _relay(t: Table, known: _Names) -> Relay:
     return relay
 
 
+MAX_HA_NODES = 16
+
+
+def _ha(t: Table, known: _Names) -> HighAvailability:
+    """[ha]: organisations (groups or codes) running several nodes, and how (defaults: the node's own)."""
+    node = ReplicationConfig()
+    names = t.names("orgs", ())
+    orgs = tuple(dict.fromkeys(c for i, name in enumerate(names)
+                               for c in known.members(name, f"{t.key('orgs')}[{i}]")))
+    d = defaults(HighAvailability)
+    ha = HighAvailability(
+        orgs=orgs,
+        nodes=t.integer("nodes", d["nodes"], 1, MAX_HA_NODES),
+        replication=ReplicationScope(t.text("replication", node.mode.value, tuple(m.value for m in ReplicationScope))),
+        takeover_seconds=t.duration("takeover_seconds", float(node.takeover_seconds)),
+        links=HALinks(t.text("links", HALinks.SHARED.value, tuple(k.value for k in HALinks))),
+        lan_rate=t.rate("lan_rate", d["lan_rate"]))
+    if t.values and not orgs:
+        raise ConfigError(f"{t.key('orgs')}: name the organisations (groups or codes) that run several nodes")
+    if not 1 <= ha.takeover_seconds <= 86400:
+        raise ConfigError(f"{t.key('takeover_seconds')}: between 1 s and a day (the node's range)")
+    if ha.lan_rate <= 0:
+        raise ConfigError(f"{t.key('lan_rate')}: must be positive")
+    t.finish()
+    return ha
+
+
+def _check_node_faults(faults: tuple[Fault, ...], ha: HighAvailability, known: _Names) -> None:
+    """A node-failure naming one node targets organisations that run that many nodes ([ha])."""
+    for i, f in enumerate(faults):
+        if f.node is None:
+            continue
+        for name in f.targets:
+            for code in known.members(name, f"faults[{i}].targets"):
+                if f.node >= ha.nodes_of(code):
+                    raise ConfigError(f"faults[{i}].node: {code} runs {ha.nodes_of(code)} node(s) ([ha]); "
+                                      f"nodes are numbered from 0")
+
+
 def _within_run(t: Table, key: str, at: float, horizon: float) -> None:
     """Refuse a time at or after the run's end (`scenario.duration` + `engine.drain`): it would never happen."""
     if at >= horizon:
@@ -490,8 +535,11 @@ def _fault(t: Table, known: _Names, hub_code: str, horizon: float) -> Fault:
         others = t.names("others", ())
         for i, name in enumerate(others):
             known.members(name, f"{t.key('others')}[{i}]")
+    node = t.integer("node", None, 0, MAX_HA_NODES - 1) if t.has("node") else None
+    if node is not None and kind is not FaultKind.NODE_FAILURE:
+        raise ConfigError(f"{t.key('node')}: only a node-failure names one node of an organisation")
     t.finish()
-    return Fault(kind, targets, start, length, factor, direction, others)
+    return Fault(kind, targets, start, length, factor, direction, others, node)
 
 
 def _attacker(t: Table, known: _Names, horizon: float) -> Attacker:

@@ -179,3 +179,10 @@ def test_replication_modes() -> None:
     assert [p for p in Priority if copies("urgent", p)] == [Priority.STAT, Priority.URGENT]
     assert all(copies("all", p) for p in Priority)
     assert not any(copies("nothing", p) for p in Priority)
+
+
+def test_watch_interval_is_a_quarter_of_the_takeover_time_within_bounds() -> None:
+    from protocol.org_fetch import WATCH_INTERVAL, watch_interval
+
+    assert WATCH_INTERVAL == (0.25, 5.0)
+    assert watch_interval(8.0) == 2.0 and watch_interval(30.0) == 5.0 and watch_interval(0.5) == 0.25

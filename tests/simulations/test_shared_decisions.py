@@ -23,6 +23,7 @@ import meshnode.node.lifecycle as node_lifecycle
 import meshnode.node.org_fetcher as node_org_fetcher
 import meshnode.node.policy as node_policy
 import meshnode.node.receiver as node_receiver
+import meshnode.node.replication as node_replication
 import meshnode.node.retry_driver as node_retry_driver
 import meshnode.node.sender as node_sender
 import protocol.access as access
@@ -37,8 +38,10 @@ import protocol.fetch_settings as fetch_settings
 import protocol.lifecycle as lifecycle
 import protocol.org_fetch as org_fetch
 import protocol.outbox as outbox
+import protocol.replication as replication
 import simulations.engine.mesh as sim_mesh
 import simulations.engine.mesh_design as sim_mesh_design
+import simulations.engine.org_nodes as sim_org_nodes
 import simulations.engine.outboxes as sim_outboxes
 import simulations.engine.hub as sim_hub
 import simulations.engine.state as sim_state
@@ -81,12 +84,21 @@ DECISIONS = [
     Decision("discovery timing", (discovery,), ("DiscoverySchedule",),
              node=((node_fetcher, "DiscoverySchedule"),),
              sim=((sim_mesh, "DiscoverySchedule"), (sim_mesh_design, "DiscoverySchedule"))),
-    # which node of a recipient org fetches a study (the simulator models one node per org so far)
-    Decision("org fetch", (org_fetch,), ("rank", "observe", "rendezvous_key", "OrgRole", "SiblingView",
-                                         "holding_up", "down", "takeover_for", "without_siblings"),
+    # which node of a recipient org fetches a study, and when a sibling takes over (scenario [ha])
+    Decision("org fetch", (org_fetch,), ("rank", "observe", "decide", "rendezvous_key", "OrgRole", "SiblingView",
+                                         "holding_up", "down", "takeover_for", "without_siblings",
+                                         "watch_interval", "WATCH_INTERVAL", "DOWN_AFTER_FAILURES", "DOWN_GRACE",
+                                         "TAKEOVER_FRACTION"),
              node=((node_org_fetcher, "rank"), (node_org_fetcher, "observe"), (node_org_fetcher, "OrgRole"),
-                   (node_org_fetcher, "holding_up"), (node_org_fetcher, "without_siblings")),
-             sim=()),
+                   (node_org_fetcher, "decide"), (node_org_fetcher, "SiblingView"),
+                   (node_org_fetcher, "holding_up"), (node_org_fetcher, "without_siblings"),
+                   (node_org_fetcher, "watch_interval")),
+             sim=((sim_org_nodes, "rank"), (sim_org_nodes, "observe"), (sim_org_nodes, "decide"),
+                  (sim_org_nodes, "OrgRole"), (sim_org_nodes, "SiblingView"), (sim_org_nodes, "watch_interval"))),
+    # what a node copies from its siblings (scenario [ha] replication)
+    Decision("sibling copies", (replication,), ("copies", "ReplicationScope", "URGENT_PRIORITIES", "is_sibling"),
+             node=((node_replication, "copies"), (node_replication, "ReplicationScope")),
+             sim=((sim_org_nodes, "copies"), (sim_model, "ReplicationScope"))),
 ]
 
 #: Delivery retries: the node's retry driver and the simulator's OutboxDriver run the same Outbox, built from a
