@@ -78,15 +78,15 @@ def standard_cases(scenario: Scenario) -> list[Case]:
     a, b, c, d, e = codes[:5]
     return [
         Case("single", "single-recipient transfers, disjoint links",
-             (CaseStudy(c, (e,), 16), CaseStudy(a, (b,), 16))),
+             (CaseStudy(c, (e,), 12), CaseStudy(a, (b,), 12))),
         Case("multi-3", "one study, three recipients (multi-source)", (CaseStudy(a, (b, c, e), 24),)),
-        Case("multi-2", "slow sender, two recipients (multi-source)", (CaseStudy(d, (a, b), 12),)),
+        Case("multi-2", "slow sender, two recipients (multi-source)", (CaseStudy(d, (a, b), 8),)),
         Case("contention", "five studies at once over one uplink",
              tuple(CaseStudy(a, (r,), 8, 0.5 * i) for i, r in enumerate((b, c, e, d, b)))),
-        Case("outage", f"recipient's node killed 4 s in, restarted 8 s later",
-             (CaseStudy(c, (e,), 24),), outage=Outage(e, 4.0, 8.0)),
+        Case("outage", "recipient's node killed 3 s in, started again 6 s later",
+             (CaseStudy(c, (e,), 16),), outage=Outage(e, 3.0, 6.0)),
         Case("hub", "through a real hub node (store, then forward)",
-             (CaseStudy(a, (b, e), 16), CaseStudy(c, (d,), 8, 0.5)), hub=True),
+             (CaseStudy(a, (b, e), 12), CaseStudy(c, (d,), 8, 0.5)), hub=True),
     ]
 
 

@@ -70,9 +70,16 @@ def test_the_model_gets_the_measured_outage_and_the_measured_hub_delay(tmp_path:
 
 
 def test_p90_only_where_a_case_has_enough_transfers() -> None:
-    few = _summarise("x", "few", [Transfer("a", 10.0, 11.0), Transfer("b", 20.0, 19.0)])
+    few = _summarise("single", "few", [Transfer("a", 10.0, 11.0), Transfer("b", 20.0, 19.0)])
     assert few.p90 is None and few.median.emulated == 15.0 and few.median.modelled == 15.0 and few.within
-    many = _summarise("y", "many", [Transfer(str(i), float(i), float(i) * 1.3) for i in range(1, P90_MIN_N + 1)])
-    assert many.p90 is not None and many.p90.emulated == pytest.approx(p90([1.0, 2.0, 3.0, 4.0, 5.0]))
-    assert many.p90.error == pytest.approx(0.3) and not many.within
-    assert not _summarise("z", "none", []).within
+    assert not _summarise("single", "off", [Transfer("a", 10.0, 11.6)]).within  # +16 %: outside 15 %
+    # contention's p90 is bounded too: a median inside with a p90 outside fails the case
+    rows = [Transfer(str(i), float(i), float(i)) for i in range(1, P90_MIN_N)] + [Transfer("tail", 10.0, 13.0)]
+    many = _summarise("contention", "many", rows)
+    assert many.p90 is not None and many.p90.emulated == pytest.approx(p90([1.0, 2.0, 3.0, 4.0, 10.0]))
+    assert many.median.error == 0.0 and (many.p90.error or 0.0) > 0.2 and not many.within
+    assert not _summarise("outage", "none", []).within
+    # a known gap's range asserts its direction: a model that stopped being pessimistic fails it
+    assert _summarise("multi-3", "gap", [Transfer("a", 20.0, 36.0)]).within
+    assert not _summarise("multi-3", "fixed", [Transfer("a", 20.0, 21.0)]).within
+    assert _summarise("all", "unbounded", [Transfer("a", 1.0, 9.0)]).within
