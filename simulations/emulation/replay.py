@@ -108,17 +108,18 @@ def _start(scenario: Scenario, shaper: Shaper, cluster: Cluster, say: Callable[[
     shaper.setup_core()
     cluster.start_authority_and_directory(shaper.directory())
     nodes: dict[str, NodeProc] = {}
+    configs: dict[str, dict[str, object]] = {}
     scale = scenario.emulation.bandwidth_scale
     i = 0
     for g in scenario.groups:
-        for code in g.codes:
+        for code in g.codes:  # the namespaces one after another (ip, tc) ...
             placement, config = shaper.add_node(i, Rate(g.up * scale, g.down * scale))
-            node = NodeProc(code, g.kind.value, cluster.root / f"node-{code}", placement)
-            cluster.add_node(node, config)
-            nodes[code] = node
+            nodes[code] = NodeProc(code, g.kind.value, cluster.root / f"node-{code}", placement)
+            configs[code] = config
             i += 1
-    for node in nodes.values():
-        cluster.start_node(node)
+    with ThreadPoolExecutor(PREPARE_WORKERS) as pool:  # ... each node's CLI steps, then its start, in parallel
+        list(pool.map(lambda code: cluster.add_node(nodes[code], configs[code]), nodes))
+        list(pool.map(lambda node: cluster.start_node(node), nodes.values()))
     say(f"authority, directory and {len(nodes)} nodes running")
     return nodes
 
