@@ -17,6 +17,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class Cluster:
     services: list[subprocess.Popen[str]] = field(default_factory=list)
     authority_key: str = ""
     directory_addr: str = ""
+    authority_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -112,8 +114,9 @@ class Cluster:
                        f"/ip4/{p.host}/tcp/0", "--json")
         node.peer_id = str(out["peer_id"])
         cert = str(self.root / f"{node.org}-cert.cbor")
-        self.run(p, "meshadmin", "issue", "--dir", self.auth_dir, "--node", node.peer_id, "--org", node.org,
-                 "--org-name", f"{node.org} (meshsim emulation)", "--role", node.kind, "--out", cert, "--json")
+        with self.authority_lock:  # nodes may be added in parallel; the authority's registry one at a time
+            self.run(p, "meshadmin", "issue", "--dir", self.auth_dir, "--node", node.peer_id, "--org", node.org,
+                     "--org-name", f"{node.org} (meshsim emulation)", "--role", node.kind, "--out", cert, "--json")
         self.run(p, "meshnode", "certificate", "install", "--home", str(node.home), cert)
         if config:
             self.configure(node, config)

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from simulations.topology import build_topology
 log = logging.getLogger(__name__)
 
 POLL = 1.0
+PREPARE_WORKERS = 3  # studies generated and ingested at once (two cores: more only queue)
 
 
 @dataclass
@@ -106,41 +108,54 @@ def _start(scenario: Scenario, shaper: Shaper, cluster: Cluster, say: Callable[[
     shaper.setup_core()
     cluster.start_authority_and_directory(shaper.directory())
     nodes: dict[str, NodeProc] = {}
+    configs: dict[str, dict[str, object]] = {}
     scale = scenario.emulation.bandwidth_scale
     i = 0
     for g in scenario.groups:
-        for code in g.codes:
+        for code in g.codes:  # the namespaces one after another (ip, tc) ...
             placement, config = shaper.add_node(i, Rate(g.up * scale, g.down * scale))
-            node = NodeProc(code, g.kind.value, cluster.root / f"node-{code}", placement)
-            cluster.add_node(node, config)
-            nodes[code] = node
+            nodes[code] = NodeProc(code, g.kind.value, cluster.root / f"node-{code}", placement)
+            configs[code] = config
             i += 1
-    for node in nodes.values():
-        cluster.start_node(node)
+    with ThreadPoolExecutor(PREPARE_WORKERS) as pool:  # ... each node's CLI steps, then its start, in parallel
+        list(pool.map(lambda code: cluster.add_node(nodes[code], configs[code]), nodes))
+        list(pool.map(lambda node: cluster.start_node(node), nodes.values()))
     say(f"authority, directory and {len(nodes)} nodes running")
     return nodes
 
 
 def _prepare_studies(cluster: Cluster, nodes: dict[str, NodeProc], planned: list[planning.PlannedStudy], root: Path,
                      say: Callable[[str], None]) -> tuple[list[str], list[float]]:
-    uids: list[str] = []
-    sizes: list[float] = []
+    """Generate and ingest every planned study at its sender before the clock starts, PREPARE_WORKERS senders
+    at a time (each study is two CLI processes, mostly interpreter start-up; one sender's one after another);
+    their Study UIDs and sizes, in order."""
+    by_sender: dict[str, list[planning.PlannedStudy]] = {}
     for p in planned:
-        folder = root / f"study-{p.index}"
-        sender = nodes[p.sender]
-        cluster.cli(sender, "generate", str(folder), "--kind", p.kind, "--count", str(p.images), "--rows", str(p.rows),
-                    "--columns", str(p.columns), "--seed", str(1000 + p.index), "--json")
-        files = sorted(f for f in folder.rglob("*") if f.is_file())
-        uid = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
-        if len(uid) != 1:
-            raise UnavailableError(f"study {p.index}: the generated files name {len(uid)} studies")
-        ingested = json.loads(str(cluster.cli(sender, "ingest", str(folder), "--no-progress", "--json")))
-        if ingested.get("instances") != len(files):
-            raise UnavailableError(f"study {p.index}: {p.sender} ingested {ingested.get('instances')} of {len(files)}")
-        uids.append(uid.pop())
-        sizes.append(float(sum(f.stat().st_size for f in files)))
+        by_sender.setdefault(p.sender, []).append(p)
+
+    def one_sender(studies: list[planning.PlannedStudy]) -> list[tuple[int, str, float]]:
+        return [(p.index, *_prepare_one(cluster, nodes[p.sender], p, root)) for p in studies]
+
+    with ThreadPoolExecutor(PREPARE_WORKERS) as pool:  # one sender's ingests one after another
+        done = {i: (uid, size) for rows in pool.map(one_sender, by_sender.values()) for i, uid, size in rows}
+    uids = [done[p.index][0] for p in planned]
+    sizes = [done[p.index][1] for p in planned]
     say(f"{len(planned)} studies generated and ingested ({sum(sizes) / 1e6:,.0f} MB)")
     return uids, sizes
+
+
+def _prepare_one(cluster: Cluster, sender: NodeProc, p: planning.PlannedStudy, root: Path) -> tuple[str, float]:
+    folder = root / f"study-{p.index}"
+    cluster.cli(sender, "generate", str(folder), "--kind", p.kind, "--count", str(p.images), "--rows", str(p.rows),
+                "--columns", str(p.columns), "--seed", str(1000 + p.index), "--json")
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    uid = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
+    if len(uid) != 1:
+        raise UnavailableError(f"study {p.index}: the generated files name {len(uid)} studies")
+    ingested = json.loads(str(cluster.cli(sender, "ingest", str(folder), "--no-progress", "--json")))
+    if ingested.get("instances") != len(files):
+        raise UnavailableError(f"study {p.index}: {p.sender} ingested {ingested.get('instances')} of {len(files)}")
+    return uid.pop(), float(sum(f.stat().st_size for f in files))
 
 
 def _replay(cluster: Cluster, nodes: dict[str, NodeProc], planned: list[planning.PlannedStudy], uids: list[str],
