@@ -47,6 +47,8 @@ from simulations.scenario.model import (
 
 MAX_ORGS = 5000
 SHARE_TOLERANCE = 1e-6
+#: the largest value of a daily or weekly profile (relative weights: bounded so their sum cannot overflow)
+MAX_PROFILE = 1e6
 FLAT_DAY = (1.0,) * 24
 FLAT_WEEK = (1.0,) * 7
 
@@ -279,8 +281,8 @@ def _count(t: Table) -> Count:
 
 def _workload(t: Table, known: _Names) -> Workload:
     per_year = t.number("studies_per_year", lo=0.0, hi=1e10)
-    daily = t.numbers("daily_profile", 24, FLAT_DAY)
-    weekly = t.numbers("weekly_profile", 7, FLAT_WEEK)
+    daily = t.numbers("daily_profile", 24, FLAT_DAY, hi=MAX_PROFILE)
+    weekly = t.numbers("weekly_profile", 7, FLAT_WEEK, hi=MAX_PROFILE)
     priority = _priority(t, "priority", required=True)
     assert priority is not None
     modalities = []
@@ -314,7 +316,7 @@ def _referral(t: Table, known: _Names, modalities: tuple[str, ...]) -> Referral:
                  partners=t.integer("partners", 1, 1, MAX_ORGS), copies=t.integer("copies", 1, 1, 64),
                  priority=_priority(t, "priority", required=False), modalities=None,
                  targets=parts if len(parts) > 1 or isinstance(t.values.get("to"), list) else (),
-                 daily_profile=t.numbers("daily_profile", 24) if t.has("daily_profile") else None)
+                 daily_profile=t.numbers("daily_profile", 24, hi=MAX_PROFILE) if t.has("daily_profile") else None)
     if t.has("modalities"):
         shares = _shares(t, "modalities", modalities)
         total = sum(s for _, s in shares)

@@ -241,6 +241,9 @@ def test_a_rule_profile_changes_no_other_study() -> None:
     ("[" + ", ".join(["0"] * 24) + "]", "at least one value must be positive"),
     ("[" + ", ".join(["-1"] + ["1"] * 23) + "]", "not negative"),
     ('"nights"', "expected a list of 24 numbers"),
+    # review 1 m1: each finite, but the sum overflowed to inf and the run crashed with an IndexError
+    ("[" + ", ".join(["1e308"] * 24) + "]", "at most 1000000"),
+    ("[" + ", ".join(["1e7"] + ["1"] * 23) + "]", "at most 1000000"),
 ])
 def test_a_bad_rule_profile_is_refused(profile: str, problem: str) -> None:
     _refused(_edit('to = "tele"\nshare = 0.25', f'to = "tele"\nshare = 0.25\ndaily_profile = {profile}'),
