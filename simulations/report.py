@@ -476,6 +476,8 @@ def costs_section(d: Doc, run: Run) -> None:
         return
     d.h(2, "Costs (mean ± 95 % half-width over replications)")
     d.table(["measure", "unit", "value"], rows)
+    d.p("Costs count every byte of the run, warm-up and drain traffic included (unlike the other metrics, which "
+        "leave out studies of the warm-up): docs/researchers.md section 4.")
 
 
 def faults_text(faults: dict[str, object]) -> str:
@@ -774,7 +776,7 @@ def compare_doc(c: Comparison, out: Path, ccdf: bool = False) -> Doc:
     styles = plots.run_styles([(r.label, r.design) for r in c.runs])
     dists = [(s, plots.load_distributions(r.path)) for s, r in zip(styles, c.runs)]
     plots.compare_cdf_plot(dists, out / "compare-cdf.png")
-    plots.compare_bars_plot(styles, bars(c.runs), out / "compare-p95.png", "delivery time p95 (s)")
+    plots.compare_bars_plot(styles, bars(c.runs), out / "compare-p95.png", "delivery time p95 (s)", c.paired)
     d = Doc()
     d.h(1, "meshsim compare")
     d.h(2, "Key metrics and costs (mean over replications of each replication's figure ± 95 % t half-width)")

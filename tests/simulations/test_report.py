@@ -308,7 +308,7 @@ def test_small_samples_are_flagged_in_tables_and_plots(runs: dict[str, Path]) ->
     styles = plots.run_styles([(run.label, run.design)])
     fig = plots.compare_bars_figure(styles, bars([run]), "p95")
     notes = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes}
-    assert notes["stat"] == [f"n = {stat_n:.3g}\nstat\ntransfers"] and notes["routine"] == []
+    assert notes["stat"] == [f"n = {round(stat_n)}\nstat\ntransfers"] and notes["routine"] == []  # as the tables
     assert f"fewer than {SMALL_REPLICATIONS}" in fig.texts[0].get_text()  # the suptitle
     plt.close(fig)
     c = compare([runs["hub"], runs["mesh"]])
@@ -517,3 +517,26 @@ def test_pairing_says_common_random_numbers_and_when_workloads_differ(runs: dict
     other = _run(tmp_path / "more-studies", "--set", "workload.studies_per_year=80000")
     c = compare([runs["mesh"], other])
     assert c.paired and "differ in workload, so their workloads may differ" in c.pairing_note
+
+
+def test_p95_bars_have_plain_tick_labels_and_point_to_the_paired_intervals(runs: dict[str, Path]) -> None:
+    """Review 1 m6: "6x10^1" tick labels on the log axis, "n = 4.67" where the tables say 5, and in a paired
+    comparison nothing said the (much narrower) paired intervals are in the table."""
+    loaded = [load_run(runs[d]) for d in DESIGNS]
+    styles = plots.run_styles([(r.label, r.design) for r in loaded])
+    fig = plots.compare_bars_figure(styles, bars(loaded), "p95", paired=True)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels() + fig.axes[0].get_yticklabels(minor=True)
+              if t.get_text()]  # the axes share y: the first panel carries the labels
+    assert labels, "no y tick labels"
+    for ax in fig.axes:
+        for text in labels:
+            float(text)  # a plain number ("60", "0.5"), not mathtext like "$\\mathdefault{6\\times10^{1}}$"
+        for t in ax.texts:
+            m = re.match(r"n = (\S+)", t.get_text())
+            assert m is None or m[1].isdigit(), t.get_text()
+    assert "paired differences" in fig.texts[0].get_text() and "in the table" in fig.texts[0].get_text()
+    plt.close(fig)
+    fig = plots.compare_bars_figure(styles, bars(loaded), "p95")
+    assert "paired" not in fig.texts[0].get_text()
+    plt.close(fig)
