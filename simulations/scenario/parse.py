@@ -479,7 +479,13 @@ def _fault(t: Table, known: _Names, hub_code: str, horizon: float) -> Fault:
         targets = t.names("targets")
         for i, name in enumerate(targets):
             if not (kind is FaultKind.LINK_DEGRADATION and name in (hub_code, "hub")):
-                known.members(name, f"{t.key('targets')}[{i}]")
+                codes = known.members(name, f"{t.key('targets')}[{i}]")
+                windows = [known.codes[c].membership(c) for c in codes]
+                if not any(j < start + length and start < lv for j, lv in windows):
+                    j, lv = windows[0]
+                    raise t.error(f"targets[{i}]", f"{name} is not a member at any time of this fault "
+                                  f"({_seconds(start)} to {_seconds(start + length)}; joins {_seconds(j)}, leaves "
+                                  + ("never" if math.isinf(lv) else _seconds(lv)) + "), so it would do nothing")
     d = defaults(Fault)
     factor = t.number("factor", d["factor"], 0.0, 1.0) if kind is FaultKind.LINK_DEGRADATION else 1.0
     if kind is FaultKind.LINK_DEGRADATION and factor <= 0:

@@ -441,3 +441,18 @@ def test_the_emulated_scenario_drops_overrides_and_memberships() -> None:
     assert apply(s, [("groups[2].joins", REMOVE), ("groups[2].nothing", REMOVE)]).groups[2].joins == 0
     with pytest.raises(ScenarioError, match=r"groups\[9\] does not exist"):
         apply(s, [("groups[9].joins", REMOVE)])
+
+
+def _fault_on(target: str, start: str, length: str) -> str:
+    return (_tele_window("2d", "5d") + f'\n[[faults]]\nkind = "node-failure"\ntargets = ["{target}"]\n'
+            f'start = "{start}"\nduration = "{length}"\n')
+
+
+@pytest.mark.parametrize("target", ["TRAD1", "tele"])
+def test_a_fault_on_an_organisation_outside_its_membership_is_refused(target: str) -> None:
+    """Review 1 m9: a node failure of TRAD1 at 1 d with joins = "2d" was accepted silently (and did nothing)."""
+    _refused(_fault_on(target, "1d", "12h"), "faults[0].targets[0]", "not a member", "joins 172800 s")
+    _refused(_fault_on(target, "5d", "12h"), "faults[0].targets[0]", "not a member")
+    for start, length in (("1d", "2d"), ("3d", "1h"), ("4d", "3d")):  # overlapping the membership: kept
+        s = parse_scenario(_fault_on(target, start, length), "five-trusts.toml")
+        assert s.faults[-1].targets == (target,)
