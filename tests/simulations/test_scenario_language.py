@@ -456,3 +456,54 @@ def test_a_fault_on_an_organisation_outside_its_membership_is_refused(target: st
     for start, length in (("1d", "2d"), ("3d", "1h"), ("4d", "3d")):  # overlapping the membership: kept
         s = parse_scenario(_fault_on(target, start, length), "five-trusts.toml")
         assert s.faults[-1].targets == (target,)
+
+
+@pytest.mark.parametrize("design", ["mesh", "hybrid"])
+def test_a_leave_reapplied_at_a_slice_start_changes_no_record(design: str) -> None:
+    """Review 1 m9: every slice starting after an organisation left re-applies the leave (revocation, hurry of
+    every node) at its start. It must be idempotent: 1 and 2 slices give the same records and histograms (the
+    counters up to float summation order, as slices add their sums)."""
+    import dataclasses
+
+    from simulations.commands.common import resolve_scenario_path
+    from simulations.runner import simulate
+    from simulations.scenario import load_scenario
+    from simulations.scenario.overrides import apply, parse_assignment
+
+    base = load_scenario(resolve_scenario_path("five-trusts"))
+
+    def sliced(k: int) -> object:
+        s = apply(base, [parse_assignment(a) for a in (
+            "scenario.duration=3d", "scenario.warmup=0s", "scenario.replications=1", "workload.studies_per_year=40000",
+            "output.records=csv", "output.record_fraction=1", f"design.kind={design}",
+            'groups[0].overrides=[{code = "RAJ", leaves = "1d"}]', f"engine.time_slices={k}",
+            "engine.slice_overlap=6h")])
+        (r,) = simulate(s, [0], jobs=1)
+        return r
+
+    a, b = sliced(1), sliced(2)
+    key = (lambda r: (r.arrival, r.recipient, r.sender))
+    rows_a, rows_b = sorted(a.rows, key=key), sorted(b.rows, key=key)  # type: ignore[attr-defined]
+    assert len(rows_a) > 100 and rows_a == rows_b
+    raj = base.org_codes.index("RAJ")
+    assert any(r.recipient == raj and r.arrival < 86400 for r in rows_a)  # RAJ took part before it left
+    assert not any(r.recipient == raj and r.arrival > 86400 + 1 for r in rows_a)
+    assert a.delivery == b.delivery and a.delivery_by_org == b.delivery_by_org  # type: ignore[attr-defined]
+    assert a.delivery_by_link == b.delivery_by_link  # type: ignore[attr-defined]
+    for f in dataclasses.fields(a.counters):  # type: ignore[attr-defined]
+        x, y = getattr(a.counters, f.name), getattr(b.counters, f.name)  # type: ignore[attr-defined]
+        assert x == pytest.approx(y, rel=1e-12), f.name
+
+
+def test_a_study_deferred_at_a_down_sender_to_a_recipient_that_left_fails_with_left() -> None:
+    """Review 1 m9: the sender (down when the study arrived) announces after coming back up, to a recipient that
+    left meanwhile: the outbox's "wrong-organisation: recipient's certificate is revoked" split one cause in two."""
+    from simulations.engine.state import Status
+    from simulations.engine.slice import run_slice
+    from tests.simulations.helpers import TRIO, TRIO_DEFAULTS, studies
+
+    text = TRIO.format(**{**TRIO_DEFAULTS, "extra": '[[faults]]\nkind = "node-failure"\ntargets = "AAA"\n'
+                                                   'start = "5s"\nduration = "10min"\n'})
+    text = text.replace("weight = 0\n", 'weight = 0\nleaves = "60s"\n', 1)
+    rows = run_slice(parse_scenario(text, "trio"), 0, 0, trace=studies([(10.0, 0, [1], 10e6)])).rows
+    assert rows[0].status == Status.FAILED and rows[0].reason == "recipient left", rows[0]
