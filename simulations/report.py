@@ -488,7 +488,8 @@ def faults_text(faults: dict[str, object]) -> str:
     if not isinstance(delivered, int) and isinstance(rate, (int, float)) and isinstance(affected, int):
         delivered = round(rate * affected)  # a summary written before affected_delivered was kept
     share = f" ({100.0 * rate:.4g} %)" if isinstance(rate, (int, float)) else ""
-    text = (f"{fmt(touched)} outage(s) touched {fmt(affected)} transfer(s); {fmt(delivered)} of those{share} were "
+    text = (f"{fmt(touched)} outage(s) touched transfers {fmt(affected)} time(s) (a transfer touched by two outages "
+            f"counts twice); {fmt(delivered)} of those{share} were "
             f"delivered; recovery time (outage end to the last affected transfer delivered) mean "
             f"{fmt(faults.get('recovery_s_mean'))} s, max {fmt(faults.get('recovery_s_max'))} s.")
     listed = len(_list(faults.get("outages")))

@@ -93,7 +93,9 @@ def test_report_text_and_tables_agree_with_the_summary(runs: dict[str, Path]) ->
     assert isinstance(reps, list)
     faults = reps[0]["faults"]
     assert faults["affected_delivered"] > 1  # else the old text would have been right by chance
-    m = re.search(r"(\d+) outage\(s\) touched ([\d,]+) transfer\(s\); ([\d,]+) of those \(([\d.]+) %\) were "
+    # review 1 m12: the count is of transfer-outage incidences, and says so
+    m = re.search(r"(\d+) outage\(s\) touched transfers ([\d,]+) time\(s\) \(a transfer touched by two outages counts "
+                  r"twice\); ([\d,]+) of those \(([\d.]+) %\) were "
                   r"delivered; recovery time .* mean ([\d.e+,]+) s, max ([\d.e+,]+) s\.", text)
     assert m is not None, text
     assert int(m[1]) == faults["outages_touching_transfers"]
@@ -121,7 +123,8 @@ def test_faults_text_says_how_many_outages_the_summary_left_out() -> None:
               "affected_success_rate": 0.9, "recovery_s_mean": 12.0, "recovery_s_max": 40.0,
               "outages": [{}] * 500, "outages_left_out": 112}
     text = faults_text(faults)
-    assert "9,000 transfer(s); 8,100 of those (90 %) were delivered" in text
+    assert "transfers 9,000 time(s) (a transfer touched by two outages counts twice); 8,100 of those (90 %) were " \
+           "delivered" in text
     assert "lists 500 of them; 112 more were left out" in text
 
 
