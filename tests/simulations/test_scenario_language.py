@@ -339,7 +339,9 @@ def test_a_referral_to_an_absent_partner_goes_to_another_member() -> None:
     assert moved > 10
 
 
-def test_adding_a_leave_changes_no_other_organisations_draws() -> None:
+def test_adding_a_leave_changes_no_other_organisations_outages() -> None:
+    """Only the fault timeline (outages of the others); studies are checked by
+    test_a_referral_to_an_absent_partner_goes_to_another_member (review 1 m8: the old name claimed every draw)."""
     from simulations.timeline import Timeline
     from simulations.topology import build_topology
 
@@ -377,6 +379,8 @@ def test_joining_and_leaving_keep_outputs_byte_identical() -> None:
     s = parse_scenario(_with_override('code = "RAJ"\njoins = "1d"\nleaves = "4d"'))
     a, b = run_slice(s, 0, 0), run_slice(s, 0, 0)
     assert a.rows == b.rows and a.counters == b.counters
+    # review 1 m8: the per-org and per-link-class histograms too (hash seeds and processes: the slow test)
+    assert a.delivery_by_org == b.delivery_by_org and a.delivery_by_link == b.delivery_by_link and a.delivery_by_org
 
 
 def test_the_new_keys_can_be_set_from_the_command_line() -> None:
