@@ -317,7 +317,8 @@ class Table:
             raise ConfigError(f"{key}: {len(value)} items, more than the {MAX_ITEMS} allowed")
         return value
 
-    def numbers(self, name: str, length: int, default: object = MISSING) -> tuple[float, ...]:
+    def numbers(self, name: str, length: int, default: object = MISSING, hi: float | None = None) -> tuple[float, ...]:
+        """A list of `length` finite, non-negative numbers, not all zero (each at most `hi` when given)."""
         def convert(value: object, key: str) -> tuple[float, ...]:
             items = self._list(value, key, f"a list of {length} numbers")
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
@@ -327,6 +328,8 @@ class Table:
             floats = tuple(float(v) for v in items)  # type: ignore[arg-type]  # checked just above
             if any(not math.isfinite(v) or v < 0 for v in floats):
                 raise ConfigError(f"{key}: values must be finite and not negative")
+            if hi is not None and any(v > hi for v in floats):
+                raise ConfigError(f"{key}: values must be at most {hi:.0f}")
             if sum(floats) <= 0:
                 raise ConfigError(f"{key}: at least one value must be positive")
             return floats

@@ -29,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from simulations.engine.recorder import BINS_PER_DECADE, LOW_DECADE, NBINS  # noqa: E402
 from simulations.scenario.errors import ScenarioError  # noqa: E402
@@ -357,7 +358,24 @@ def wrap_label(label: str, width: int = TICK_WRAP) -> str:
     return "\n".join(line.rstrip() for line in lines) or label
 
 
-def compare_bars_figure(styles: list[RunStyle], values: dict[str, list[Bar]], ylabel: str) -> Figure:
+def plain_log_ticks(ax: Axes) -> None:
+    """Plain numbers on a log y axis ("60", "200", "0.5"; not "6x10^1"): every major tick, and the minor ticks at 2
+    and 5 times a power of ten (the others unlabelled)."""
+    def major(v: float, _: object) -> str:
+        return f"{v:g}"
+
+    def minor(v: float, _: object) -> str:
+        if v <= 0:
+            return ""
+        lead = v / 10 ** math.floor(math.log10(v) + 1e-9)
+        return f"{v:g}" if round(lead, 6) in (2.0, 5.0) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(major))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
+def compare_bars_figure(styles: list[RunStyle], values: dict[str, list[Bar]], ylabel: str,
+                        paired: bool = False) -> Figure:
     """One panel per group (a priority), one bar per run in its design's colour, with the t half-width as an
     error bar; run labels wrapped and rotated under the bars. Bars from few transfers or intervals from few
     replications are annotated."""
@@ -391,16 +409,19 @@ def compare_bars_figure(styles: list[RunStyle], values: dict[str, list[Bar]], yl
                 ax.annotate("no data", (x, 1.0), xycoords=("data", "axes fraction"), ha="center", va="top",
                             fontsize=7, rotation=90, xytext=(0, -4), textcoords="offset points")
             elif b.observations is not None and b.observations < SMALL_SAMPLE:
-                ax.annotate(f"n = {b.observations:.3g}\n{group}\ntransfers", (x, 0.02), xycoords=("data", "axes fraction"),
+                ax.annotate(f"n = {round(b.observations)}\n{group}\ntransfers", (x, 0.02), xycoords=("data", "axes fraction"),
                             ha="center", va="bottom", fontsize=7, color="#b03a2e",
                             bbox={"boxstyle": "round", "fc": "white", "ec": "#b03a2e", "lw": 0.5})
         ax.set_xticks(xs, ticks, fontsize=7)
         ax.set_title(group)
         ax.set_yscale("log", nonpositive="clip")
         ax.set_ylim(bottom=bottom)
+        plain_log_ticks(ax)
         ax.grid(True, axis="y", which="both", alpha=0.3)
     axes[0].set_ylabel(ylabel)
     note = "error bars: 95 % t interval over replications"
+    if paired:
+        note += " (each run's own); the paired differences, usually much narrower, are in the table"
     if few_reps:
         note += f"; from {', '.join(map(str, few_reps))} replication(s), fewer than {SMALL_REPLICATIONS}: wide"
     fig.suptitle(note, fontsize=9)
@@ -408,5 +429,6 @@ def compare_bars_figure(styles: list[RunStyle], values: dict[str, list[Bar]], yl
     return fig
 
 
-def compare_bars_plot(styles: list[RunStyle], values: dict[str, list[Bar]], path: Path, ylabel: str) -> None:
-    _save(compare_bars_figure(styles, values, ylabel), path)
+def compare_bars_plot(styles: list[RunStyle], values: dict[str, list[Bar]], path: Path, ylabel: str,
+                      paired: bool = False) -> None:
+    _save(compare_bars_figure(styles, values, ylabel, paired), path)

@@ -29,7 +29,9 @@ from simulations import plots
 from simulations.scenario.errors import ScenarioError
 from simulations.scenario.parse import load_scenario
 from simulations.stats import (
+    CONFIDENCE,
     SMALL_REPLICATIONS,
+    SMALL_SAMPLE,
     Interval,
     interval,
     paired,
@@ -238,6 +240,26 @@ def first_image_note(run: Run) -> str | None:
     return f"not reported: blocks aggregated to {fmt_bytes(g)} (docs/researchers.md section 3)"
 
 
+def aggregation_note(run: Run) -> str | None:
+    """What a reader must know about a run's delivery-time percentiles when its scheduler blocks aggregate several of
+    the node's 1 MiB blocks (None when they do not): the effect is measured in docs/researchers.md section 3."""
+    g = run.granularity
+    if g is None or g <= NODE_BLOCK:
+        return None
+    return (f"delivery times of {run.label} come from scheduler blocks aggregated to {fmt_bytes(g)} (the node sends "
+            "1 MiB blocks): see docs/researchers.md section 3 for the measured effect of aggregation on delivery "
+            "percentiles before comparing them with a 1 MiB run")
+
+
+#: what the key-metric figures are (report and compare); the pooled table says what it is itself
+KEY_ESTIMATOR = ("Each figure is the mean over the n replications of that replication's own value (for a percentile: "
+                 "the percentile of that replication's transfers) ± the 95 % Student-t half-width at n - 1 degrees "
+                 "of freedom. With few transfers per replication a per-replication p95 is close to that replication's "
+                 "maximum, so this mean differs from the pooled percentile (all replications' transfers in one "
+                 "histogram, the Delivery time table): read the pooled figure for the percentile itself, and the mean "
+                 "± half-width for how much it varies between replications.")
+
+
 def _percentile_key(label: str) -> bool:
     return re.fullmatch(r"p\d+", label.rsplit(".", 1)[-1]) is not None
 
@@ -306,12 +328,13 @@ def header_section(d: Doc, run: Run) -> None:
 
 
 def key_metrics_section(d: Doc, run: Run) -> None:
-    d.h(2, "Key metrics (mean ± 95 % confidence half-width over replications)")
+    d.h(2, "Key metrics (mean over replications of each replication's figure ± 95 % t half-width)")
+    d.p(KEY_ESTIMATOR)
     d.table(["metric", "value"], [[_label(p), metric_cell(run, _label(p))] for p in KEY_METRICS
                                   if _label(p) in run.across])
-    note = replications_note(len(run.replications))
-    if note:
-        d.p(note)
+    for note in (replications_note(len(run.replications)), aggregation_note(run)):
+        if note:
+            d.p(note[0].upper() + note[1:] + ("" if note.endswith(".") else "."))
 
 
 def delivery_section(d: Doc, run: Run, dist: plots.Distributions, ccdf: bool = False) -> None:
@@ -336,7 +359,11 @@ def delivery_section(d: Doc, run: Run, dist: plots.Distributions, ccdf: bool = F
         warning = small_sample(n, f"{p.value} transfers")
         rows.append([p.value, f"{n:,}"] + [fmt(percentile(hist, q)) for q in (50, 95, 99)] + firsts
                     + [f"({warning})" if warning else ""])
-    d.p(f"Percentiles of the transfers of all {len(run.replications)} replication(s) pooled.")
+    d.p(f"Pooled percentiles: the percentile of all transfers of all {len(run.replications)} replication(s) in one "
+        "histogram (not the key metrics' mean of per-replication percentiles).")
+    agg = aggregation_note(run)
+    if agg:
+        d.p(agg[0].upper() + agg[1:] + ".")
     d.table(["priority", "transfers", "p50 (s)", "p95 (s)", "p99 (s)", "first image p50 (s)", "first image p95 (s)",
              "note"], rows)
     d.img("report-box.png", "delivery time by modality")
@@ -353,27 +380,49 @@ def load_section(d: Doc, run: Run) -> None:
           else "upload of all organisations and hub load over time")
 
 
-def _percentile_table(d: Doc, title: str, tree: dict[str, object], key: str, limit: int | None = None) -> None:
-    """Percentiles per org or link class (replication 0); with `limit`, the slowest by p95 first."""
-    cells = [(name, cell) for name, cell in sorted(tree.items()) if isinstance(cell, dict)]
+def _names(run: Run, tree: str) -> list[str]:
+    """The organisations (or link classes) with an interval across replications in `tree`."""
+    prefix = tree + "."
+    return sorted({label[len(prefix):].rsplit(".", 1)[0] for label in run.across
+                   if label.startswith(prefix) and _percentile_key(label)})
 
-    def p95(item: tuple[str, dict[str, object]]) -> float:
-        x = item[1].get("p95")
-        return float(x) if isinstance(x, (int, float)) else -1.0
 
+def _mean_of(run: Run, label: str) -> float:
+    x = _dict(run.across.get(label)).get("mean")
+    return float(x) if isinstance(x, (int, float)) else -1.0
+
+
+def _percentile_table(d: Doc, run: Run, title: str, tree: str, key: str, limit: int | None = None,
+                      level: int = 2) -> None:
+    """Percentiles per org or link class across replications (mean ± 95 % t half-width, n replications). With
+    `limit`, the slowest by mean p95 among those with at least stats.SMALL_SAMPLE transfers per replication; the
+    others are listed by name (their percentiles rest on too few transfers to rank)."""
+    names = _names(run, tree)
+    if not names:
+        return
+    ranked, small = names, []
     if limit is not None:
-        cells = sorted(cells, key=lambda item: -p95(item))
+        def obs(name: str) -> float:
+            return observations(run, f"{tree}.{name}.p95") or 0.0
+        ranked = sorted((x for x in names if obs(x) >= SMALL_SAMPLE), key=lambda x: (-_mean_of(run, f"{tree}.{x}.p95"), x))
+        small = [x for x in names if obs(x) < SMALL_SAMPLE]
     rows = []
-    for name, cell in cells[:limit]:
-        n = cell.get("n")
-        count = int(n) if isinstance(n, (int, float)) else 0
-        rows.append([name, fmt(count)] + [fmt(cell.get(q)) for q in ("p50", "p95", "p99")]
-                    + [sample_note(count, f"transfers ({key} {name})").strip()])
+    for name in ranked[:limit]:
+        n = observations(run, f"{tree}.{name}.p95") or observations(run, f"{tree}.{name}.p50")
+        reps = _dict(run.across.get(f"{tree}.{name}.p50")).get("n")
+        rows.append([name, fmt(n, 4) if n is not None else "-", fmt(reps)]
+                    + [_mean_ci(run.across.get(f"{tree}.{name}.{q}")) for q in ("p50", "p95", "p99")]
+                    + [sample_note(n, f"transfers ({key} {name})").strip()])
+    d.h(level, title)
     if rows:
-        d.h(2, title)
-        d.table([key, "transfers", "p50 (s)", "p95 (s)", "p99 (s)", "note"], rows)
-        if limit is not None and len(cells) > limit:
-            d.p(f"The {limit} slowest by p95 of {len(cells):,}; every one is in summary.json.")
+        d.table([key, "transfers per replication", "replications", "p50 (s)", "p95 (s)", "p99 (s)", "note"], rows)
+    if limit is not None and len(ranked) > limit:
+        d.p(f"The {limit} slowest by mean p95 of the {len(ranked):,} with at least {SMALL_SAMPLE} transfers per "
+            "replication; every one is in summary.json.")
+    if small:
+        shown = ", ".join(small[:40]) + (f" and {len(small) - 40:,} more" if len(small) > 40 else "")
+        d.p(f"{len(small):,} {key}(s) with fewer than {SMALL_SAMPLE} transfers per replication, not ranked (their "
+            f"percentiles rest on too few transfers): {shown}.")
 
 
 def organisations_section(d: Doc, run: Run) -> None:
@@ -395,23 +444,40 @@ def organisations_section(d: Doc, run: Run) -> None:
     d.table(["org", "group", "up (GB)", "down (GB)", "peak up (MB/s)", "upload utilisation"],
             [[k, str(v.get("group")), num(v, "up_bytes", 1e9), num(v, "down_bytes", 1e9), num(v, "peak_up_Bps", 1e6),
               num(v, "upload_utilisation", 1.0)] for k, v in top])
-    _percentile_table(d, "Delivery time by recipient organisation (replication 0, slowest 20 by p95)",
-                      _dict(r0.get("delivery_time_s_by_org")), "org", limit=20)
-    _percentile_table(d, "Delivery time by link class (replication 0; bottleneck access rate)",
-                      _dict(r0.get("delivery_time_s_by_link_class")), "link class")
+    _percentile_table(d, run, "Delivery time by recipient organisation (mean ± 95 % t half-width over replications, "
+                      f"slowest 20 by mean p95 with at least {SMALL_SAMPLE} transfers per replication)",
+                      "delivery_time_s_by_org", "org", limit=20)
+    link_class_section(d, run)
+
+
+def link_class_section(d: Doc, run: Run, level: int = 2) -> None:
+    """Delivery time per link class (the transfer's bottleneck access rate), across replications."""
+    _percentile_table(d, run, ("Delivery time by link class (bottleneck access rate; mean ± 95 % t half-width over "
+                               "replications)") if level == 2 else f"Delivery time by link class: {run.label}",
+                      "delivery_time_s_by_link_class", "link class", level=level)
+
+
+#: the cost measures compare and report show, with their unit (None: the scenario's currency)
+COSTS: tuple[tuple[str, str | None], ...] = (
+    ("costs.transfer_gb", "GB"), ("costs.hub_stored_gb_months", "GB-months"), ("costs.transfer_cost", None),
+    ("costs.storage_cost", None), ("costs.total_cost", None))
+
+
+def currency_of(run: Run) -> str | None:
+    return next((str(c.get("currency")) for c in (_dict(r.get("costs")) for r in run.replications)
+                 if c.get("currency")), None)
 
 
 def costs_section(d: Doc, run: Run) -> None:
     """Costs per replication's mean, when the summary has them (runs from before issue 18 do not)."""
-    rows = [[label, metric_cell(run, label)] for label in
-            (f"costs.{k}" for k in ("transfer_gb", "hub_stored_gb_months", "transfer_cost", "storage_cost",
-                                    "total_cost")) if label in run.across]
+    currency = currency_of(run) or "currency"
+    rows = [[label, unit or currency, metric_cell(run, label)] for label, unit in COSTS if label in run.across]
     if not rows:
         return
-    currency = next((c.get("currency") for c in (_dict(r.get("costs")) for r in run.replications)
-                     if c.get("currency")), None)
-    d.h(2, f"Costs (mean ± 95 % half-width{', ' + str(currency) if currency else ''})")
-    d.table(["measure", "value"], rows)
+    d.h(2, "Costs (mean ± 95 % half-width over replications)")
+    d.table(["measure", "unit", "value"], rows)
+    d.p("Costs count every byte of the run, warm-up and drain traffic included (unlike the other metrics, which "
+        "leave out studies of the warm-up): docs/researchers.md section 4.")
 
 
 def faults_text(faults: dict[str, object]) -> str:
@@ -422,7 +488,8 @@ def faults_text(faults: dict[str, object]) -> str:
     if not isinstance(delivered, int) and isinstance(rate, (int, float)) and isinstance(affected, int):
         delivered = round(rate * affected)  # a summary written before affected_delivered was kept
     share = f" ({100.0 * rate:.4g} %)" if isinstance(rate, (int, float)) else ""
-    text = (f"{fmt(touched)} outage(s) touched {fmt(affected)} transfer(s); {fmt(delivered)} of those{share} were "
+    text = (f"{fmt(touched)} outage(s) touched transfers {fmt(affected)} time(s) (a transfer touched by two outages "
+            f"counts twice); {fmt(delivered)} of those{share} were "
             f"delivered; recovery time (outage end to the last affected transfer delivered) mean "
             f"{fmt(faults.get('recovery_s_mean'))} s, max {fmt(faults.get('recovery_s_max'))} s.")
     listed = len(_list(faults.get("outages")))
@@ -506,9 +573,13 @@ class Difference:
     n: int  # pairs (paired) or the smaller number of replications (unpaired)
     paired: bool
     significant: bool  # paired: the interval excludes 0; unpaired: the two runs' own intervals do not overlap
+    #: a percentile from fewer than stats.SMALL_SAMPLE transfers per replication in either run: never marked *
+    small_sample: bool = False
 
     def cell(self) -> str:
         text = fmt(self.mean) + ("" if self.half_width is None else f" ± {fmt(self.half_width, 2)}")
+        if self.small_sample:
+            return text + " (small sample)"
         return text + (" *" if self.significant else "")
 
 
@@ -521,6 +592,8 @@ class Comparison:
     pairing_note: str
     differences: list[Difference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: under the differences table: how many were tested, the false positives expected, the Bonferroni level
+    multiplicity_note: str = ""
 
     def difference_table(self) -> tuple[list[str], list[list[str]]]:
         others = [r.label for r in self.runs[1:]]
@@ -536,7 +609,21 @@ class Comparison:
                 "differences": [{"metric": x.metric, "run": x.run, "baseline": x.baseline, "mean": x.mean,
                                  "half_width": x.half_width, "n": x.n, "paired": x.paired,
                                  "significant": x.significant} for x in self.differences],
-                "notes": self.notes}
+                "notes": self.notes, "multiplicity": self.multiplicity_note}
+
+
+#: the scenario parts that decide what the replications draw (studies, topology, faults); design keys are left out
+WORKLOAD_PARTS = ("duration", "seed", "groups", "workload", "faults", "attackers")
+
+
+def workload_differences(base: Run, other: Run) -> list[str] | None:
+    """The parts of the two runs' scenarios (their scenario.toml copies) other than the design that differ, so
+    replication k did not see the same studies in both; None when a scenario cannot be read."""
+    try:
+        a, b = load_scenario(base.path / "scenario.toml"), load_scenario(other.path / "scenario.toml")
+    except (ScenarioError, OSError):
+        return None
+    return [k for k in WORKLOAD_PARTS if getattr(a, k) != getattr(b, k)]
 
 
 def pairing(runs: list[Run]) -> tuple[bool, str]:
@@ -554,20 +641,39 @@ def pairing(runs: list[Run]) -> tuple[bool, str]:
             return False, (f"unpaired: {r.label} has replications {sorted(r.values('success_rate'))}, "
                            f"{base.label} {reps}; differences are of independent means, each run with its own "
                            "interval (* when the two intervals do not overlap)")
-    return True, (f"paired: every run drew replications {', '.join(map(str, reps))} from the same seeds and streams "
-                  "(common random numbers); differences vs the first run with paired t intervals (* when the "
-                  "interval excludes 0)")
+    caveats = []
+    for r in runs[1:]:
+        differ = workload_differences(base, r)
+        if differ is None:
+            caveats.append(f"{r.label}'s scenario could not be read, so the workloads may differ")
+        elif differ:
+            caveats.append(f"the scenarios of {r.label} and {base.label} differ in {', '.join(differ)}, so their "
+                           "workloads may differ (replication k did not necessarily see the same studies)")
+    return True, (f"paired by seed: every run drew replications {', '.join(map(str, reps))} with common random "
+                  "numbers (the same seeds); differences vs the first run with paired t intervals (* when the "
+                  "interval excludes 0)" + "".join(f"; {c}" for c in caveats))
 
 
 def _finite(values: dict[int, float | None]) -> list[float]:
     return [v for v in values.values() if v is not None]
 
 
+#: the rows and differences of `meshsim compare`: the key metrics and the costs
+COMPARE_METRICS: tuple[str, ...] = tuple(_label(p) for p in KEY_METRICS) + tuple(label for label, _ in COSTS)
+
+
+def _small(run: Run, label: str) -> bool:
+    n = observations(run, label)
+    return n is not None and n < SMALL_SAMPLE
+
+
 def differences(runs: list[Run], is_paired: bool) -> list[Difference]:
+    """Each compared metric of each run minus the first run's. A percentile from fewer than stats.SMALL_SAMPLE
+    transfers per replication in either run is never marked significant (its per-replication values are biased
+    towards each replication's extremes): the cell says "small sample" instead."""
     base = runs[0]
     out: list[Difference] = []
-    for path in KEY_METRICS:
-        label = _label(path)
+    for label in COMPARE_METRICS:
         if label.startswith(FIRST_IMAGE) and first_image_note(base) is not None:
             continue
         a = base.values(label)
@@ -580,17 +686,31 @@ def differences(runs: list[Run], is_paired: bool) -> list[Difference]:
                 iv = paired([a[k] for k in keys], [b[k] for k in keys])
                 if iv is None:
                     continue
-                sig = iv.half_width is not None and abs(iv.mean) > iv.half_width
+                small = _small(base, label) or _small(r, label)
+                sig = not small and iv.half_width is not None and abs(iv.mean) > iv.half_width
                 out.append(Difference(label, r.label, base.label, round(iv.mean, 6),
-                                      None if iv.half_width is None else round(iv.half_width, 6), iv.n, True, sig))
+                                      None if iv.half_width is None else round(iv.half_width, 6), iv.n, True, sig,
+                                      small))
             else:
                 xa, xb = _finite(a), _finite(b)
                 if not xa or not xb:
                     continue
                 ia, ib = interval(xa), interval(xb)
+                small = _small(base, label) or _small(r, label)
                 out.append(Difference(label, r.label, base.label, round(ib.mean - ia.mean, 6), None,
-                                      min(ia.n, ib.n), False, _apart(ia, ib)))
+                                      min(ia.n, ib.n), False, not small and _apart(ia, ib), small))
     return out
+
+
+def multiplicity_note(diffs: list[Difference]) -> str:
+    """One line under the differences table: with m tests at 95 %, about 0.05 m are marked * by chance alone."""
+    m = sum(1 for x in diffs if not x.small_sample and (x.half_width is not None or not x.paired))
+    if not m:
+        return ""
+    alpha = 1.0 - CONFIDENCE
+    return (f"{m} difference(s) tested at {100 * CONFIDENCE:g} %: expect about {alpha * m:.1f} marked * by chance "
+            f"when nothing differs; Bonferroni: treat a * as firm only if it holds at {100 * (1 - alpha / m):.4g} % "
+            f"(each test at {alpha / m:.2g}).")
 
 
 def _apart(a: Interval, b: Interval) -> bool:
@@ -607,14 +727,18 @@ def compare(run_dirs: list[Path], out: Path | None = None, ccdf: bool = False) -
     runs = [load_run(rd) for rd in run_dirs]
     header = ["metric"] + [r.label for r in runs]
     rows = []
-    for path in KEY_METRICS:
-        label = _label(path)
+    for label in COMPARE_METRICS:
         if not any(label in r.across for r in runs):
             continue
         rows.append([label] + [metric_cell(r, label) for r in runs])
     is_paired, note = pairing(runs) if len(runs) > 1 else (False, "one run: nothing to compare it with")
-    comparison = Comparison(runs, header, rows, is_paired, note, differences(runs, is_paired) if len(runs) > 1
-                            else [])
+    diffs = differences(runs, is_paired) if len(runs) > 1 else []
+    comparison = Comparison(runs, header, rows, is_paired, note, diffs, multiplicity_note=multiplicity_note(diffs))
+    comparison.notes.append(f"Key metrics: {KEY_ESTIMATOR}")
+    currencies = sorted({c for c in (currency_of(r) for r in runs) if c})
+    if any(label in r.across for label, _ in COSTS for r in runs):
+        comparison.notes.append("costs.transfer_gb in GB, costs.hub_stored_gb_months in GB-months, the *_cost rows in "
+                                + (", ".join(currencies) if currencies else "the scenario's currency") + ".")
     for r in runs:
         rep_note = replications_note(len(r.replications))
         if rep_note:
@@ -622,6 +746,9 @@ def compare(run_dirs: list[Path], out: Path | None = None, ccdf: bool = False) -
         fi = first_image_note(r)
         if fi:
             comparison.notes.append(f"{r.label}: time to first image {fi}")
+        agg = aggregation_note(r)
+        if agg:
+            comparison.notes.append(agg[0].upper() + agg[1:] + ".")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         doc = compare_doc(comparison, out, ccdf)
@@ -650,10 +777,10 @@ def compare_doc(c: Comparison, out: Path, ccdf: bool = False) -> Doc:
     styles = plots.run_styles([(r.label, r.design) for r in c.runs])
     dists = [(s, plots.load_distributions(r.path)) for s, r in zip(styles, c.runs)]
     plots.compare_cdf_plot(dists, out / "compare-cdf.png")
-    plots.compare_bars_plot(styles, bars(c.runs), out / "compare-p95.png", "delivery time p95 (s)")
+    plots.compare_bars_plot(styles, bars(c.runs), out / "compare-p95.png", "delivery time p95 (s)", c.paired)
     d = Doc()
     d.h(1, "meshsim compare")
-    d.h(2, "Key metrics (mean ± 95 % confidence half-width over replications)")
+    d.h(2, "Key metrics and costs (mean over replications of each replication's figure ± 95 % t half-width)")
     d.table(c.header, c.rows)
     for note in c.notes:
         d.p(note)
@@ -662,6 +789,12 @@ def compare_doc(c: Comparison, out: Path, ccdf: bool = False) -> Doc:
     if c.differences:
         header, rows = c.difference_table()
         d.table(header, rows)
+        if c.multiplicity_note:
+            d.p(c.multiplicity_note)
+    if any(_names(r, "delivery_time_s_by_link_class") for r in c.runs):
+        d.h(2, "Delivery time by link class (bottleneck access rate; mean ± 95 % t half-width over replications)")
+        for r in c.runs:
+            link_class_section(d, r, level=3)
     d.img("compare-cdf.png", "delivery-time CDFs")
     if ccdf:
         plots.compare_cdf_plot(dists, out / "compare-ccdf.png", ccdf=True)
@@ -687,4 +820,6 @@ def comparison_text(c: Comparison) -> str:
         if c.differences:
             header, rows = c.difference_table()
             lines.extend(_text_table(header, rows))
+            if c.multiplicity_note:
+                lines.append(c.multiplicity_note)
     return "\n".join(lines)

@@ -43,7 +43,7 @@ from simulations.engine.recorder import BINS_PER_DECADE, LINK_CLASSES, LOW_DECAD
 from simulations.results import ReplicationResult
 from simulations.scenario.model import DesignKind, Scenario
 from simulations.stats import interval
-from simulations.topology import Topology
+from simulations.topology import Org, Topology
 from simulations.workload import PRIORITIES
 
 PERCENTILES = (50, 95, 99)
@@ -135,6 +135,12 @@ def costs(r: ReplicationResult, scenario: Scenario, topology: Topology) -> dict[
             "link_gb": link}
 
 
+def member_time(o: Org, duration: float) -> float:
+    """How long an organisation was a member during the run (joins to leaves, within scenario.duration): its
+    utilisation is over that time, so an organisation that joins half-way is not counted idle before it."""
+    return max(1.0, min(o.leaves, duration) - o.joins)
+
+
 def _jain(xs: list[float]) -> float | None:
     xs = [x for x in xs if x > 0]
     if not xs:
@@ -152,7 +158,7 @@ def replication_summary(r: ReplicationResult, scenario: Scenario, topology: Topo
                         "down_bytes": round(r.total_down[o.index], 3),
                         "peak_up_Bps": round(max(r.up[o.index]) / scenario.output.timeseries_bin, 3),
                         "peak_down_Bps": round(max(r.down[o.index]) / scenario.output.timeseries_bin, 3),
-                        "upload_utilisation": round(r.total_up[o.index] / (o.up * scenario.duration), 9)}
+                        "upload_utilisation": round(r.total_up[o.index] / (o.up * member_time(o, scenario.duration)), 9)}
                for o in orgs}
     hub_bin = scenario.output.hub_bin
     hub_total = [a + b for a, b in zip(r.hub_in, r.hub_out)]

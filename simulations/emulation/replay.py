@@ -248,7 +248,10 @@ def write_emulation_outputs(out_dir: Path, em: Emulation) -> None:
     modalities = [m.name for m in scenario.workload.modalities]
     priorities = ["stat", "urgent", "routine"]
     span = scenario.duration + scenario.engine.drain
-    rec = Recorder(len(modalities), 0.0, 1.0, True, [], None)
+    # the emulated links' bottleneck rates (sender up, recipient down), as world.py gives the model: they class
+    # each transfer's link for delivery_time_s_by_link_class
+    fair = [[min(a.up, b.down) for b in topology.orgs] for a in topology.orgs]
+    rec = Recorder(len(modalities), 0.0, 1.0, True, [], fair)
     meter = Meter(len(topology.orgs), span, scenario.output.timeseries_bin, scenario.output.hub_bin, 0.0, span)
     by_study: dict[int, Study] = {}
     for p, at, size in zip(em.planned, em.arrivals, em.sizes):
@@ -285,7 +288,8 @@ def write_emulation_outputs(out_dir: Path, em: Emulation) -> None:
                        "latency": "not emulated (no netem qdisc); veth or loopback round trips",
                        "link_rates": "group rates x [emulation] bandwidth_scale"
                                      + (" (tc tbf; model uses TCP goodput 1448/1514 of it)" if em.shaping == "netns"
-                                        else " (uplinks only, the node's upload_mb_per_s; downlinks unshaped)")}})
+                                        else " (uplinks only, the node's upload_mb_per_s; downlinks unshaped)")}},
+        delivery_by_org=rec.delivery_by_org, delivery_by_link=rec.delivery_by_link)
     write_outputs(out_dir, scenario, topology, [result])
     (out_dir / "emulated-trace.json").write_text(json.dumps(
         {"arrivals_s": em.arrivals, "bytes": em.sizes,

@@ -168,6 +168,11 @@ class MeshNode:
         t.attempts += 1
         t.control += wire_sizes.manifest_bytes(t.study.images, t.study.image_bytes)
         r = world.orgs[t.recipient]
+        if r.left:  # the study waited at a down sender while its recipient left: one cause, one reason
+            self.outbox.forget(key)
+            del self.pending[key]
+            self.mesh._fail(t, now, "recipient left")
+            return
         if r.revoked:
             self.outbox.failed(key, now, "wrong-organisation: recipient's certificate is revoked", permanent=True)
             return

@@ -425,6 +425,7 @@ class Mesh:
         recipient of and every announce of its own not yet delivered fails ("recipient left" / "sender left"),
         and so do other nodes' announces to it still waiting in their Outboxes. Fetches elsewhere of studies it
         sent continue from the other holders (co-recipients, the hub in hybrid), as after a revocation."""
+        self.world.orgs[org].left = True
         self.revoked(org, now, "left")
         for node in self.nodes:
             for key, t in list(node.pending.items()):
@@ -437,6 +438,7 @@ class Mesh:
         """org becomes a member: its node starts (unless a failure holds it down now)."""
         o = self.world.orgs[org]
         o.revoked = False
+        o.left = False
         if o.online:
             self.nodes[org].come_up(now)
 

@@ -21,7 +21,7 @@ from simulations.topology import Topology
 
 
 class OrgState:
-    __slots__ = ("index", "code", "up_link", "down_link", "latency", "online", "revoked", "corrupt", "drop")
+    __slots__ = ("index", "code", "up_link", "down_link", "latency", "online", "revoked", "left", "corrupt", "drop")
 
     def __init__(self, index: int, code: str, up: Link, down: Link, latency: float) -> None:
         self.index = index
@@ -31,6 +31,7 @@ class OrgState:
         self.latency = latency
         self.online = True
         self.revoked = False  # its certificate is revoked and every node has the new roster
+        self.left = False  # revoked because it left (or has not joined yet): failures say "left"
         self.corrupt = 0.0  # probability that a block it serves is corrupt (attacker)
         self.drop = 0.0  # probability that it never answers a block request (attacker)
 

@@ -51,6 +51,8 @@ from simulations.scenario.model import (
 
 MAX_ORGS = 5000
 SHARE_TOLERANCE = 1e-6
+#: the largest value of a daily or weekly profile (relative weights: bounded so their sum cannot overflow)
+MAX_PROFILE = 1e6
 FLAT_DAY = (1.0,) * 24
 FLAT_WEEK = (1.0,) * 7
 
@@ -285,8 +287,8 @@ def _count(t: Table) -> Count:
 
 def _workload(t: Table, known: _Names) -> Workload:
     per_year = t.number("studies_per_year", lo=0.0, hi=1e10)
-    daily = t.numbers("daily_profile", 24, FLAT_DAY)
-    weekly = t.numbers("weekly_profile", 7, FLAT_WEEK)
+    daily = t.numbers("daily_profile", 24, FLAT_DAY, hi=MAX_PROFILE)
+    weekly = t.numbers("weekly_profile", 7, FLAT_WEEK, hi=MAX_PROFILE)
     priority = _priority(t, "priority", required=True)
     assert priority is not None
     modalities = []
@@ -320,7 +322,7 @@ def _referral(t: Table, known: _Names, modalities: tuple[str, ...]) -> Referral:
                  partners=t.integer("partners", 1, 1, MAX_ORGS), copies=t.integer("copies", 1, 1, 64),
                  priority=_priority(t, "priority", required=False), modalities=None,
                  targets=parts if len(parts) > 1 or isinstance(t.values.get("to"), list) else (),
-                 daily_profile=t.numbers("daily_profile", 24) if t.has("daily_profile") else None)
+                 daily_profile=t.numbers("daily_profile", 24, hi=MAX_PROFILE) if t.has("daily_profile") else None)
     if t.has("modalities"):
         shares = _shares(t, "modalities", modalities)
         total = sum(s for _, s in shares)
@@ -522,7 +524,13 @@ def _fault(t: Table, known: _Names, hub_code: str, horizon: float) -> Fault:
         targets = t.names("targets")
         for i, name in enumerate(targets):
             if not (kind is FaultKind.LINK_DEGRADATION and name in (hub_code, "hub")):
-                known.members(name, f"{t.key('targets')}[{i}]")
+                codes = known.members(name, f"{t.key('targets')}[{i}]")
+                windows = [known.codes[c].membership(c) for c in codes]
+                if not any(j < start + length and start < lv for j, lv in windows):
+                    j, lv = windows[0]
+                    raise t.error(f"targets[{i}]", f"{name} is not a member at any time of this fault "
+                                  f"({_seconds(start)} to {_seconds(start + length)}; joins {_seconds(j)}, leaves "
+                                  + ("never" if math.isinf(lv) else _seconds(lv)) + "), so it would do nothing")
     d = defaults(Fault)
     factor = t.number("factor", d["factor"], 0.0, 1.0) if kind is FaultKind.LINK_DEGRADATION else 1.0
     if kind is FaultKind.LINK_DEGRADATION and factor <= 0:

@@ -73,3 +73,27 @@ def test_the_researchers_guide_states_the_bounds_the_emulation_test_asserts() ->
         text = f"median {r(*bound.median)}" + ("" if bound.p90 is None else f", p90 {r(*bound.p90)}")
         assert rows.get(name, "").startswith(text), (name, text, rows.get(name))
     assert "CI asserts these bounds" in guide
+
+
+def test_an_emulation_summary_keeps_per_org_and_link_class_delivery(tmp_path: Path) -> None:
+    """Review 1 M1: the emulation's summary.json said n = 0 for every organisation and link class although
+    transfers were delivered. Built from a synthetic measured list (no real nodes)."""
+    from simulations.emulation.replay import Emulation, Measured, write_emulation_outputs
+
+    s = load_scenario(resolve_scenario_path("five-trusts"))
+    planned = planning.plan(s)[:12]
+    arrivals = [p.at for p in planned]
+    sizes = [float(p.images * 2_000_000) for p in planned]
+    measured = [Measured(p.index, r, p.at, announced=p.at + 0.5, delivered=p.at + 3.0 + i)
+                for i, p in enumerate(planned) for r in p.recipients]
+    emulated = planning.emulated_scenario(s, "limiter", max(arrivals) + 1.0)
+    write_emulation_outputs(tmp_path, Emulation(emulated, planned, arrivals, sizes, measured, "limiter", "test", 1.0))
+    import json
+
+    rep = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))["replications"][0]
+    delivered = rep["delivery_time_s"]["all"]["n"]
+    assert delivered == len(measured)
+    assert sum(v["n"] for v in rep["delivery_time_s_by_org"].values()) == delivered
+    assert sum(v["n"] for v in rep["delivery_time_s_by_link_class"].values()) == delivered
+    for r in {r for p in planned for r in p.recipients}:
+        assert rep["delivery_time_s_by_org"][r]["n"] == sum(1 for m in measured if m.recipient == r)

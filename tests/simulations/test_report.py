@@ -93,7 +93,9 @@ def test_report_text_and_tables_agree_with_the_summary(runs: dict[str, Path]) ->
     assert isinstance(reps, list)
     faults = reps[0]["faults"]
     assert faults["affected_delivered"] > 1  # else the old text would have been right by chance
-    m = re.search(r"(\d+) outage\(s\) touched ([\d,]+) transfer\(s\); ([\d,]+) of those \(([\d.]+) %\) were "
+    # review 1 m12: the count is of transfer-outage incidences, and says so
+    m = re.search(r"(\d+) outage\(s\) touched transfers ([\d,]+) time\(s\) \(a transfer touched by two outages counts "
+                  r"twice\); ([\d,]+) of those \(([\d.]+) %\) were "
                   r"delivered; recovery time .* mean ([\d.e+,]+) s, max ([\d.e+,]+) s\.", text)
     assert m is not None, text
     assert int(m[1]) == faults["outages_touching_transfers"]
@@ -121,7 +123,8 @@ def test_faults_text_says_how_many_outages_the_summary_left_out() -> None:
               "affected_success_rate": 0.9, "recovery_s_mean": 12.0, "recovery_s_max": 40.0,
               "outages": [{}] * 500, "outages_left_out": 112}
     text = faults_text(faults)
-    assert "9,000 transfer(s); 8,100 of those (90 %) were delivered" in text
+    assert "transfers 9,000 time(s) (a transfer touched by two outages counts twice); 8,100 of those (90 %) were " \
+           "delivered" in text
     assert "lists 500 of them; 112 more were left out" in text
 
 
@@ -308,7 +311,7 @@ def test_small_samples_are_flagged_in_tables_and_plots(runs: dict[str, Path]) ->
     styles = plots.run_styles([(run.label, run.design)])
     fig = plots.compare_bars_figure(styles, bars([run]), "p95")
     notes = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes}
-    assert notes["stat"] == [f"n = {stat_n:.3g}\nstat\ntransfers"] and notes["routine"] == []
+    assert notes["stat"] == [f"n = {round(stat_n)}\nstat\ntransfers"] and notes["routine"] == []  # as the tables
     assert f"fewer than {SMALL_REPLICATIONS}" in fig.texts[0].get_text()  # the suptitle
     plt.close(fig)
     c = compare([runs["hub"], runs["mesh"]])
@@ -357,7 +360,10 @@ def test_report_shows_per_org_percentiles_and_costs_when_the_summary_has_them(ru
     """Keys the summary gains in issue 18: a run has them, and a run folder from before them still reports."""
     import shutil
 
-    assert "## Costs (mean ± 95 % half-width, GBP)" in _report(runs["mesh"])
+    costs = {r[0]: r[1] for r in _table(_report(runs["mesh"]), "## Costs")}
+    # review 1 m7: each row carries its own unit (a GB figure sat under a "GBP" heading)
+    assert costs == {"costs.transfer_gb": "GB", "costs.hub_stored_gb_months": "GB-months", "costs.transfer_cost": "GBP",
+                     "costs.storage_cost": "GBP", "costs.total_cost": "GBP"}
     run_dir = tmp_path / "with-costs"
     shutil.copytree(runs["mesh"], run_dir)
     summary = _summary(run_dir)
@@ -373,10 +379,6 @@ def test_report_shows_per_org_percentiles_and_costs_when_the_summary_has_them(ru
         del across[key]
     (run_dir / "summary.json").write_text(json.dumps(summary))
     assert "Costs" not in _report(run_dir)
-    orgs = {f"O{i:02d}": {"n": 100 + i, "p50": 1.0, "p95": float(i), "p99": 50.0} for i in range(25)}
-    orgs["SLOW"] = {"n": 3, "p50": 9.0, "p95": 99.0, "p99": 99.5}
-    reps[0]["delivery_time_s_by_org"] = orgs
-    reps[0]["delivery_time_s_by_link_class"] = {"<100Mbit/s": {"n": 40, "p50": 2.0, "p95": 8.0, "p99": 9.0}}
     reps[0]["costs"] = {"currency": "GBP", "total_cost": 12.5}
     across = summary["across_replications"]
     assert isinstance(across, dict)
@@ -384,10 +386,160 @@ def test_report_shows_per_org_percentiles_and_costs_when_the_summary_has_them(ru
     across["costs.link_gb.RGT.up"] = {"mean": 1.0, "ci95": None, "min": 1.0, "max": 1.0, "n": 2}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     text = _report(run_dir)
+    assert "## Costs (mean ± 95 % half-width over replications)" in text
+    assert _table(text, "## Costs") == [["costs.total_cost", "GBP", "12.5 ± 1.5"]]  # not every link's bytes
+
+
+# ------------------------------------------------------------------------------------- review 1 (FIX1) findings
+
+
+def _cell(p50: float, p95: float, p99: float, n: float) -> dict[str, dict[str, object]]:
+    return {q: {"mean": v, "ci95": v / 10, "min": v, "max": v, "n": 3, "observations": n}
+            for q, v in (("p50", p50), ("p95", p95), ("p99", p99))}
+
+
+def test_per_org_tables_use_intervals_across_replications_and_rank_only_large_samples(runs: dict[str, Path],
+                                                                                       tmp_path: Path) -> None:
+    """Review 1 M3: the per-org table showed replication 0's point values, ranked by a noisy p95 that picked
+    organisations with a handful of transfers. Now: mean ± half-width over replications, ranked by mean p95 among
+    those with at least SMALL_SAMPLE transfers per replication; the others are named, not ranked."""
+    import shutil
+
+    run_dir = tmp_path / "orgs"
+    shutil.copytree(runs["mesh"], run_dir)
+    summary = _summary(run_dir)
+    across = summary["across_replications"]
+    assert isinstance(across, dict)
+    for key in [k for k in across if k.startswith(("delivery_time_s_by_org", "delivery_time_s_by_link_class"))]:
+        del across[key]
+    cells: dict[str, dict[str, dict[str, object]]] = {
+        f"O{i:02d}": _cell(1.0, float(i), 50.0, 100 + i) for i in range(25)}
+    cells["SLOW"] = _cell(9.0, 99.0, 99.5, 3)  # the slowest, but from 3 transfers per replication
+    for org, leaves in cells.items():
+        for q, cell in leaves.items():
+            across[f"delivery_time_s_by_org.{org}.{q}"] = cell
+    for q, cell in _cell(2.0, 8.0, 9.0, 40).items():
+        across[f"delivery_time_s_by_link_class.<100Mbit/s.{q}"] = cell
+    reps = summary["replications"]
+    assert isinstance(reps, list)
+    reps[0]["delivery_time_s_by_org"] = {"SLOW": {"n": 3, "p50": 1.0, "p95": 1000.0, "p99": 1000.0}}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    text = _report(run_dir)
     by_org = _table(text, "## Delivery time by recipient organisation")
-    assert [r[0] for r in by_org[:3]] == ["SLOW", "O24", "O23"] and len(by_org) == 20
-    assert by_org[0][-1] == "(n = 3 transfers (org SLOW))" and by_org[1][-1] == ""
-    assert "The 20 slowest by p95 of 26" in text
-    assert _table(text, "## Delivery time by link class")[0][:4] == ["<100Mbit/s", "40", "2", "8"]
-    assert "## Costs (mean ± 95 % half-width, GBP)" in text
-    assert _table(text, "## Costs") == [["costs.total_cost", "12.5 ± 1.5"]]  # not every link's bytes
+    assert [r[0] for r in by_org[:3]] == ["O24", "O23", "O22"] and len(by_org) == 20
+    assert by_org[0][1:6] == ["124", "3", "1 ± 0.1", "24 ± 2.4", "50 ± 5"]
+    assert "SLOW" not in [r[0] for r in by_org]
+    assert f"1 org(s) with fewer than {SMALL_SAMPLE} transfers per replication, not ranked" in text
+    assert "The 20 slowest by mean p95 of the 25" in text
+    assert _table(text, "## Delivery time by link class")[0][:6] == ["<100Mbit/s", "40", "3", "2 ± 0.2", "8 ± 0.8",
+                                                                      "9 ± 0.9"]
+
+
+def test_report_and_compare_say_which_estimator_and_small_samples_get_no_star(runs: dict[str, Path]) -> None:
+    """Review 1 M2 + m10: key metrics (mean of per-replication percentiles) and the pooled table printed two
+    different stat p95s without saying which is which; compare marked `*` on percentiles from ~5 transfers; ~40
+    tests with no word on false positives."""
+    text = _report(runs["hub"])
+    assert "## Key metrics (mean over replications of each replication's figure ± 95 % t half-width)" in text
+    assert "differs from the pooled percentile" in text
+    assert "Pooled percentiles: the percentile of all transfers of all 2 replication(s) in one histogram" in text
+    c = compare([runs["hub"], runs["mesh"]])
+    label = "delivery_time_s.by_priority.stat.p95"
+    hub = load_run(runs["hub"])
+    n = observations(hub, label)
+    assert n is not None and n < SMALL_SAMPLE
+    got = next(x for x in c.differences if x.metric == label)
+    assert got.small_sample and not got.significant and got.cell().endswith("(small sample)")
+    big = next(x for x in c.differences if x.metric == "delivery_time_s.all.p50")
+    assert not big.small_sample and big.significant
+    tested = sum(1 for x in c.differences if not x.small_sample and x.half_width is not None)
+    assert c.multiplicity_note.startswith(f"{tested} difference(s) tested at 95 %: expect about {0.05 * tested:.1f}")
+    assert f"{100 * (1 - 0.05 / tested):.4g} %" in c.multiplicity_note
+    out = comparison_text(c)
+    assert out.splitlines()[-1] == c.multiplicity_note and "Key metrics: Each figure is the mean" in out
+
+
+def test_paired_matches_a_hand_computed_pair() -> None:
+    """Review 1 m8: an expectation not computed by the function under test. Differences 2 and 3: mean 2.5, sd
+    0.7071, t(0.975, 1) = 12.7062, half-width 12.7062 * 0.7071 / sqrt(2) = 6.3531."""
+    iv = paired([1.0, 2.0], [3.0, 5.0])
+    assert iv is not None and iv.mean == pytest.approx(2.5) and iv.half_width == pytest.approx(6.3531, abs=1e-3)
+
+
+def test_compare_has_cost_rows_with_paired_differences_and_link_class_tables(runs: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
+    """Review 1 M4: compare showed no costs and no per-link-class delivery."""
+    c = compare([runs["mesh"], runs["hub"]], out=tmp_path / "cmp")
+    mesh, hub = load_run(runs["mesh"]), load_run(runs["hub"])
+    rows = {r[0]: r for r in c.rows}
+    for label in ("costs.transfer_gb", "costs.hub_stored_gb_months", "costs.transfer_cost", "costs.storage_cost",
+                  "costs.total_cost"):
+        assert label in rows, label
+    for key in ("total_cost", "transfer_gb"):
+        reps_a, reps_b = _summary(runs["mesh"])["replications"], _summary(runs["hub"])["replications"]
+        assert isinstance(reps_a, list) and isinstance(reps_b, list)
+        a = [float(r["costs"][key]) for r in reps_a]
+        b = [float(r["costs"][key]) for r in reps_b]
+        got = next(x for x in c.differences if x.metric == f"costs.{key}")
+        assert got.paired and got.n == 2 and got.mean == pytest.approx(
+            statistics_mean([y - x for x, y in zip(a, b)]), abs=1e-5)
+    assert got.mean > 0  # every study crosses the hub's link twice: more GB over access links than the mesh
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "costs.transfer_gb in GB, costs.hub_stored_gb_months in GB-months, the *_cost rows in GBP" in md
+    for run in (mesh, hub):
+        assert f"### Delivery time by link class: {run.label}" in md
+        assert _table(md, f"### Delivery time by link class: {run.label}")
+
+
+def statistics_mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def test_aggregated_runs_carry_a_note_beside_delivery_percentiles(runs: dict[str, Path], aggregated: Path) -> None:
+    """Review 1 M5: a run whose blocks aggregate the node's 1 MiB blocks printed delivery percentiles (and compare
+    starred them) with no caveat."""
+    note = "come from scheduler blocks aggregated to 4 MiB (the node sends 1 MiB blocks): see docs/researchers.md " \
+           "section 3"
+    text = _report(aggregated)
+    key = text[text.index("## Key metrics"):text.index("## Delivery time")]
+    assert note in key
+    pooled = text[text.index("## Delivery time"):text.index("## Load over time")]
+    assert note in pooled
+    assert note not in _report(runs["mesh"])
+    c = compare([runs["mesh"], aggregated])
+    assert any(note in n for n in c.notes)
+    assert not any("scheduler blocks aggregated" in n for n in compare([runs["mesh"], runs["hub"]]).notes)
+
+
+def test_pairing_says_common_random_numbers_and_when_workloads_differ(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Review 1 m5: "paired" was declared on seeds alone, and said the runs saw the same studies even when the
+    scenarios' workloads differed."""
+    c = compare([runs["hub"], runs["mesh"]])
+    assert c.paired and "common random numbers (the same seeds)" in c.pairing_note
+    assert "may differ" not in c.pairing_note
+    other = _run(tmp_path / "more-studies", "--set", "workload.studies_per_year=80000")
+    c = compare([runs["mesh"], other])
+    assert c.paired and "differ in workload, so their workloads may differ" in c.pairing_note
+
+
+def test_p95_bars_have_plain_tick_labels_and_point_to_the_paired_intervals(runs: dict[str, Path]) -> None:
+    """Review 1 m6: "6x10^1" tick labels on the log axis, "n = 4.67" where the tables say 5, and in a paired
+    comparison nothing said the (much narrower) paired intervals are in the table."""
+    loaded = [load_run(runs[d]) for d in DESIGNS]
+    styles = plots.run_styles([(r.label, r.design) for r in loaded])
+    fig = plots.compare_bars_figure(styles, bars(loaded), "p95", paired=True)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels() + fig.axes[0].get_yticklabels(minor=True)
+              if t.get_text()]  # the axes share y: the first panel carries the labels
+    assert labels, "no y tick labels"
+    for ax in fig.axes:
+        for text in labels:
+            float(text)  # a plain number ("60", "0.5"), not mathtext like "$\\mathdefault{6\\times10^{1}}$"
+        for t in ax.texts:
+            m = re.match(r"n = (\S+)", t.get_text())
+            assert m is None or m[1].isdigit(), t.get_text()
+    assert "paired differences" in fig.texts[0].get_text() and "in the table" in fig.texts[0].get_text()
+    plt.close(fig)
+    fig = plots.compare_bars_figure(styles, bars(loaded), "p95")
+    assert "paired" not in fig.texts[0].get_text()
+    plt.close(fig)

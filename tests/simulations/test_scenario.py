@@ -57,6 +57,7 @@ def _edit(old: str, new: str, text: str = FIVE) -> str:
     ('kind = "mesh"', 'kind = "star"', "design.kind", "not one of hub, mesh, hybrid"),
     ('stat = 0.03', 'stat = 0.93', "workload.priority", "not 1"),
     ('daily_profile = [1, 1, 1,', 'daily_profile = [1, 1,', "workload.daily_profile", "expected 24 numbers"),
+    ('daily_profile = [1, 1, 1,', 'daily_profile = [1e308, 1e308, 1,', "workload.daily_profile", "at most 1000000"),
     ('images = { median = 2, sigma = 0.4, min = 1, max = 6 }', 'images = { median = 2, sigma = 0.4, min = 9, max = 6 }',
      "workload.modalities[2].images.min", "larger than max"),
     ('name = "tele"\nkind = "teleradiology"', 'name = "tele"\nkind = "radiology"', "groups[2].kind", "not one of"),

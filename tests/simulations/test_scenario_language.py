@@ -241,6 +241,9 @@ def test_a_rule_profile_changes_no_other_study() -> None:
     ("[" + ", ".join(["0"] * 24) + "]", "at least one value must be positive"),
     ("[" + ", ".join(["-1"] + ["1"] * 23) + "]", "not negative"),
     ('"nights"', "expected a list of 24 numbers"),
+    # review 1 m1: each finite, but the sum overflowed to inf and the run crashed with an IndexError
+    ("[" + ", ".join(["1e308"] * 24) + "]", "at most 1000000"),
+    ("[" + ", ".join(["1e7"] + ["1"] * 23) + "]", "at most 1000000"),
 ])
 def test_a_bad_rule_profile_is_refused(profile: str, problem: str) -> None:
     _refused(_edit('to = "tele"\nshare = 0.25', f'to = "tele"\nshare = 0.25\ndaily_profile = {profile}'),
@@ -336,7 +339,9 @@ def test_a_referral_to_an_absent_partner_goes_to_another_member() -> None:
     assert moved > 10
 
 
-def test_adding_a_leave_changes_no_other_organisations_draws() -> None:
+def test_adding_a_leave_changes_no_other_organisations_outages() -> None:
+    """Only the fault timeline (outages of the others); studies are checked by
+    test_a_referral_to_an_absent_partner_goes_to_another_member (review 1 m8: the old name claimed every draw)."""
     from simulations.timeline import Timeline
     from simulations.topology import build_topology
 
@@ -374,6 +379,8 @@ def test_joining_and_leaving_keep_outputs_byte_identical() -> None:
     s = parse_scenario(_with_override('code = "RAJ"\njoins = "1d"\nleaves = "4d"'))
     a, b = run_slice(s, 0, 0), run_slice(s, 0, 0)
     assert a.rows == b.rows and a.counters == b.counters
+    # review 1 m8: the per-org and per-link-class histograms too (hash seeds and processes: the slow test)
+    assert a.delivery_by_org == b.delivery_by_org and a.delivery_by_link == b.delivery_by_link and a.delivery_by_org
 
 
 def test_the_new_keys_can_be_set_from_the_command_line() -> None:
@@ -438,3 +445,69 @@ def test_the_emulated_scenario_drops_overrides_and_memberships() -> None:
     assert apply(s, [("groups[2].joins", REMOVE), ("groups[2].nothing", REMOVE)]).groups[2].joins == 0
     with pytest.raises(ScenarioError, match=r"groups\[9\] does not exist"):
         apply(s, [("groups[9].joins", REMOVE)])
+
+
+def _fault_on(target: str, start: str, length: str) -> str:
+    return (_tele_window("2d", "5d") + f'\n[[faults]]\nkind = "node-failure"\ntargets = ["{target}"]\n'
+            f'start = "{start}"\nduration = "{length}"\n')
+
+
+@pytest.mark.parametrize("target", ["TRAD1", "tele"])
+def test_a_fault_on_an_organisation_outside_its_membership_is_refused(target: str) -> None:
+    """Review 1 m9: a node failure of TRAD1 at 1 d with joins = "2d" was accepted silently (and did nothing)."""
+    _refused(_fault_on(target, "1d", "12h"), "faults[0].targets[0]", "not a member", "joins 172800 s")
+    _refused(_fault_on(target, "5d", "12h"), "faults[0].targets[0]", "not a member")
+    for start, length in (("1d", "2d"), ("3d", "1h"), ("4d", "3d")):  # overlapping the membership: kept
+        s = parse_scenario(_fault_on(target, start, length), "five-trusts.toml")
+        assert s.faults[-1].targets == (target,)
+
+
+@pytest.mark.parametrize("design", ["mesh", "hybrid"])
+def test_a_leave_reapplied_at_a_slice_start_changes_no_record(design: str) -> None:
+    """Review 1 m9: every slice starting after an organisation left re-applies the leave (revocation, hurry of
+    every node) at its start. It must be idempotent: 1 and 2 slices give the same records and histograms (the
+    counters up to float summation order, as slices add their sums)."""
+    import dataclasses
+
+    from simulations.commands.common import resolve_scenario_path
+    from simulations.runner import simulate
+    from simulations.scenario import load_scenario
+    from simulations.scenario.overrides import apply, parse_assignment
+
+    base = load_scenario(resolve_scenario_path("five-trusts"))
+
+    def sliced(k: int) -> object:
+        s = apply(base, [parse_assignment(a) for a in (
+            "scenario.duration=3d", "scenario.warmup=0s", "scenario.replications=1", "workload.studies_per_year=40000",
+            "output.records=csv", "output.record_fraction=1", f"design.kind={design}",
+            'groups[0].overrides=[{code = "RAJ", leaves = "1d"}]', f"engine.time_slices={k}",
+            "engine.slice_overlap=6h")])
+        (r,) = simulate(s, [0], jobs=1)
+        return r
+
+    a, b = sliced(1), sliced(2)
+    key = (lambda r: (r.arrival, r.recipient, r.sender))
+    rows_a, rows_b = sorted(a.rows, key=key), sorted(b.rows, key=key)  # type: ignore[attr-defined]
+    assert len(rows_a) > 100 and rows_a == rows_b
+    raj = base.org_codes.index("RAJ")
+    assert any(r.recipient == raj and r.arrival < 86400 for r in rows_a)  # RAJ took part before it left
+    assert not any(r.recipient == raj and r.arrival > 86400 + 1 for r in rows_a)
+    assert a.delivery == b.delivery and a.delivery_by_org == b.delivery_by_org  # type: ignore[attr-defined]
+    assert a.delivery_by_link == b.delivery_by_link  # type: ignore[attr-defined]
+    for f in dataclasses.fields(a.counters):  # type: ignore[attr-defined]
+        x, y = getattr(a.counters, f.name), getattr(b.counters, f.name)  # type: ignore[attr-defined]
+        assert x == pytest.approx(y, rel=1e-12), f.name
+
+
+def test_a_study_deferred_at_a_down_sender_to_a_recipient_that_left_fails_with_left() -> None:
+    """Review 1 m9: the sender (down when the study arrived) announces after coming back up, to a recipient that
+    left meanwhile: the outbox's "wrong-organisation: recipient's certificate is revoked" split one cause in two."""
+    from simulations.engine.state import Status
+    from simulations.engine.slice import run_slice
+    from tests.simulations.helpers import TRIO, TRIO_DEFAULTS, studies
+
+    text = TRIO.format(**{**TRIO_DEFAULTS, "extra": '[[faults]]\nkind = "node-failure"\ntargets = "AAA"\n'
+                                                   'start = "5s"\nduration = "10min"\n'})
+    text = text.replace("weight = 0\n", 'weight = 0\nleaves = "60s"\n', 1)
+    rows = run_slice(parse_scenario(text, "trio"), 0, 0, trace=studies([(10.0, 0, [1], 10e6)])).rows
+    assert rows[0].status == Status.FAILED and rows[0].reason == "recipient left", rows[0]

@@ -244,3 +244,18 @@ def test_a_percentile_missing_in_some_replications_is_averaged_over_the_others()
     assert "delivery_time_s_by_org.NVC01.p50" not in out
     n = out["delivery_time_s_by_org.NVC01.n"]
     assert isinstance(n, dict) and n["mean"] == 0 and n["n"] == 3
+
+
+def test_upload_utilisation_counts_only_the_time_an_organisation_is_a_member() -> None:
+    """Review 1 m11: an organisation that joins half-way showed half its utilisation (its absence counted as idle),
+    which also lowered fairness.jain_upload_utilisation."""
+    sc = _five_trusts("groups[2].joins=1d", "scenario.replications=1")
+    topology = build_topology(sc)
+    (r,) = simulate(sc, [0], jobs=1)
+    orgs = replication_summary(r, sc, topology)["organisations"]
+    assert isinstance(orgs, dict)
+    for o in topology.orgs:
+        member = sc.duration - (86400.0 if o.group == "tele" else 0.0)
+        got = orgs[o.code]["upload_utilisation"]
+        assert got == pytest.approx(r.total_up[o.index] / (o.up * member), rel=1e-6, abs=1e-9), o.code
+    assert any(o.group == "tele" and r.total_up[o.index] > 0 for o in topology.orgs)
