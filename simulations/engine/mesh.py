@@ -234,7 +234,7 @@ class MeshNode:
             # only if something else happens before it ends (materialise), which then replays it.
             f.direct, f.direct_at = True, now
             self.direct = f
-            request = Request(self.mesh.world.orgs[s.sender].code, s.manifest_id, tuple(s.cids[i] for i in order))
+            request = Request(self.mesh.world.orgs[s.sender].code, s.manifest_id, s.cids)  # order is [0]
             mesh.issue(self, self.sender_of(s), request, now)
             return
         self._add_to_scheduler(f, now)
