@@ -198,6 +198,17 @@ class MeshNode:
                 self.rank[sender] = len(self.rank)
         return sched
 
+    def sched_to_ask(self, sender: str) -> FetchScheduler:
+        """The same scheduler (created as sched() creates it, in the same order), for a caller that only asks it
+        about a peer and may drop that peer (peer_lost): neither can give an idle scheduler work, so it is not
+        marked busy."""
+        sched = self.busy.get(sender)
+        if sched is None:
+            sched = self.scheds.for_sender(sender)
+            if sender not in self.rank:
+                self.rank[sender] = len(self.rank)
+        return sched
+
     def sender_of(self, s: Study) -> str:
         return self.mesh.world.orgs[s.sender].code
 

@@ -349,7 +349,7 @@ class Mesh:
         st: RequestState = flow.data
         self._detach(st, flow)
         node = st.node
-        sched = node.sched(st.sender)
+        sched = node.sched_to_ask(st.sender)  # a direct fetch's sender's scheduler stays idle: nothing to pump
         peer = st.request.peer
         if (st.sender, peer) not in node.refs and sched.in_flight_count(peer) == 0 and sched.window(peer) is not None:
             sched.peer_lost(peer, now)
