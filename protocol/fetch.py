@@ -424,6 +424,12 @@ class FetchScheduler:
         """Every block in flight and the peer it is in flight to."""
         return dict(self._in_flight)
 
+    def idle(self) -> bool:
+        """Nothing to do until a manifest is added: no manifests, no requests outstanding, no undrained
+        events. `next_requests` then issues nothing and changes nothing (a driver with many schedulers may
+        skip idle ones)."""
+        return not self._manifests and not self._requests and not self._events
+
     def in_flight_count(self, peer: str) -> int:
         p = self._peers.get(peer)
         return 0 if p is None else len(p.in_flight)

@@ -26,7 +26,12 @@ class EventQueue:
         heapq.heappush(self._heap, (when, self._seq, callback, arg))
 
     def after(self, delay: float, callback: Callback, arg: Any = None) -> None:
-        self.at(self.now + delay, callback, arg)
+        now = self.now
+        when = now + delay
+        if when < now:
+            when = now
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, callback, arg))
 
     def next_time(self) -> float:
         return self._heap[0][0] if self._heap else float("inf")

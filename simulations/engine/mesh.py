@@ -124,6 +124,10 @@ class MeshNode:
         #: one node per org here, named by its code unless a caller names it (the node-vs-sim test does)
         self.name = self.code
         self.scheds: FetchSchedulers = mesh.new_schedulers()
+        #: the schedulers that may have work (not idle when last pumped), and each sender's place in the
+        #: order the node created its schedulers (pump visits them in that order, as it would all of them)
+        self.busy: dict[str, FetchScheduler] = {}
+        self.rank: dict[str, int] = {}
         self.fetches: dict[CID, Fetch] = {}
         #: (sender org, scheduler peer) -> active fetches of that sender's manifests the peer is registered for
         self.refs: dict[tuple[str, str], int] = {}
@@ -190,8 +194,25 @@ class MeshNode:
 
     # -- fetching (recipient side) --------------------------------------------------------
     def sched(self, sender: str) -> FetchScheduler:
-        """The scheduler of this sender org's manifests (the node's rule: protocol.fetch_schedulers)."""
-        return self.scheds.for_sender(sender)
+        """The scheduler of this sender org's manifests (the node's rule: protocol.fetch_schedulers); every
+        call through here may give it work, so it is pumped until it is idle again."""
+        sched = self.busy.get(sender)
+        if sched is None:
+            sched = self.busy[sender] = self.scheds.for_sender(sender)
+            if sender not in self.rank:
+                self.rank[sender] = len(self.rank)
+        return sched
+
+    def sched_to_ask(self, sender: str) -> FetchScheduler:
+        """The same scheduler (created as sched() creates it, in the same order), for a caller that only asks it
+        about a peer and may drop that peer (peer_lost): neither can give an idle scheduler work, so it is not
+        marked busy."""
+        sched = self.busy.get(sender)
+        if sched is None:
+            sched = self.scheds.for_sender(sender)
+            if sender not in self.rank:
+                self.rank[sender] = len(self.rank)
+        return sched
 
     def sender_of(self, s: Study) -> str:
         return self.mesh.world.orgs[s.sender].code
@@ -229,7 +250,7 @@ class MeshNode:
             # only if something else happens before it ends (materialise), which then replays it.
             f.direct, f.direct_at = True, now
             self.direct = f
-            request = Request(self.mesh.world.orgs[s.sender].code, s.manifest_id, tuple(s.cids[i] for i in order))
+            request = Request(self.mesh.world.orgs[s.sender].code, s.manifest_id, s.cids)  # order is [0]
             mesh.issue(self, self.sender_of(s), request, now)
             return
         self._add_to_scheduler(f, now)
@@ -362,13 +383,26 @@ class MeshNode:
 
     def pump(self, now: float) -> None:
         """What meshnode's fetcher loop does on every wake: issue next requests, handle events."""
+        busy = self.busy
+        if not busy:
+            return
+        # Only schedulers that may have work: an idle one (FetchScheduler.idle) issues nothing and changes
+        # nothing, so skipping it is exact; the others in the order the node iterates them (creation).
+        if len(busy) == 1:
+            todo = list(busy.items())
+        else:
+            rank = self.rank
+            todo = sorted(busy.items(), key=lambda item: rank[item[0]])
         mesh = self.mesh
-        for sender, sched in self.scheds.items():
+        for sender, sched in todo:
             for request in sched.next_requests(now):
                 mesh.issue(self, sender, request, now)
             events = sched.events()
             if events:
                 self._events(sender, sched, events, now)
+        for sender, sched in todo:
+            if sched.idle() and busy.get(sender) is sched:
+                del busy[sender]
 
     def _events(self, sender: str, sched: FetchScheduler, events: Sequence[object], now: float) -> None:
         mesh = self.mesh
@@ -438,6 +472,7 @@ class MeshNode:
     def come_up(self, now: float) -> None:
         """A restarted node resumes every unfinished fetch from the blocks verified on disk."""
         self.scheds = self.mesh.new_schedulers()
+        self.busy, self.rank = {}, {}
         self.discovery = self.mesh.new_discovery()
         for manifest_id, f in self.fetches.items():
             f.transfer.state = advance(Side.RECIPIENT, f.transfer.state, ManifestEvent.FETCH_STARTED)  # resumed

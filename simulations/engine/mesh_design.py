@@ -152,9 +152,11 @@ class Mesh:
     def completed(self, f: Fetch, now: float) -> None:
         t = f.transfer
         s = f.study
-        for holder in [s.sender, *s.held, *([HUB] if f.hub_added else [])]:
+        can_serve = self.can_serve
+        can_serve[s.sender].pop(f, None)
+        for holder in s.held:  # fellow recipients (org indices, never the hub)
             if holder >= 0:
-                self.can_serve[holder].pop(f, None)
+                can_serve[holder].pop(f, None)
         if self.ha is not None:
             self.ha.fetched(f, now)
         done = now + (s.nbytes / self.verify_rate if self.verify_rate > 0 else 0.0)
@@ -256,10 +258,15 @@ class Mesh:
         else:
             sizes = [study.sizes[int.from_bytes(cid.digest[9:13], "big")] for cid in cids]
         st.sizes = sizes
-        total = sum(sizes)
         ipb = study.images / study.nbytes if study is not None and study.nbytes > 0 else 0.0
-        marks = list(itertools.accumulate(sizes))
-        st.marks = list(range(len(cids)))
+        if len(sizes) == 1:
+            total = sizes[0]
+            marks = [total]
+            st.marks = [0]
+        else:
+            total = sum(sizes)
+            marks = list(itertools.accumulate(sizes))
+            st.marks = list(range(len(cids)))
         if (fetch is not None and study is not None and self.scale > 1 and fetch.transfer.first_image_at < 0
                 and int.from_bytes(cids[0].digest[9:13], "big") == 0 and study.image_bytes < sizes[0]):
             # An aggregated block stands for many of the node's 1 MiB blocks, each verified on arrival: the
@@ -354,7 +361,7 @@ class Mesh:
         st: RequestState = flow.data
         self._detach(st, flow)
         node = st.node
-        sched = node.sched(st.sender)
+        sched = node.sched_to_ask(st.sender)  # a direct fetch's sender's scheduler stays idle: nothing to pump
         peer = st.request.peer
         if (st.sender, peer) not in node.refs and sched.in_flight_count(peer) == 0 and sched.window(peer) is not None:
             sched.peer_lost(peer, now)

@@ -55,6 +55,7 @@ def manifest_bytes(images: int, image_bytes: float) -> int:
     return ANNOUNCE_BASE + images * per_instance
 
 
+@functools.lru_cache(maxsize=4096)
 def have_exchange(images: int, image_bytes: float) -> int:
     blocks = images * real_blocks(image_bytes)
     return HAVE_REQUEST + HAVE_REPLY_BASE + math.ceil(blocks / 8)

@@ -679,6 +679,15 @@ class FetchMachine(RuleBasedStateMachine):
             assert p.stalled == bool(unheld)
 
     @invariant()
+    def an_idle_scheduler_has_nothing_to_do(self) -> None:
+        """idle() lets a driver skip next_requests (the simulator does): it must then issue nothing, even much
+        later (no request left to expire), and have no event to report."""
+        if not hasattr(self, "s") or not self.s.idle():
+            return
+        assert self.s.next_requests(self.now + 1e6) == []
+        assert self.s.events() == [] and self.s.in_flight() == {} and self.s.idle()
+
+    @invariant()
     def banned_peers_get_nothing(self) -> None:
         if not hasattr(self, "s"):
             return
@@ -707,3 +716,26 @@ TestFetchMachine = FetchMachine.TestCase
 TestFetchMachine.settings = settings(
     max_examples=250, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+def test_idle_only_without_manifests_requests_or_events() -> None:
+    s = scheduler(request_timeout=10.0)
+    assert s.idle()
+    s.add_manifest(mid(1), wanted([1, 2]), ROUTINE, have=(), now=0.0)
+    assert not s.idle()  # a manifest to fetch
+    s.peer_available("A", mid(1), [cid(1), cid(2)])
+    requests = s.next_requests(0.0)
+    assert cids_of(requests) == [cid(1), cid(2)]
+    s.block_received("A", cid(1), True, 1.0)
+    s.remove_manifest(mid(1))
+    assert not s.idle()  # cid(2) is still outstanding at A: its timeout must still run
+    s.block_received("A", cid(2), True, 2.0)  # a late answer for a removed manifest
+    assert s.idle()
+    s.add_manifest(mid(2), wanted([4]), ROUTINE, have=[cid(4)], now=3.0)  # complete at once
+    s.remove_manifest(mid(2))
+    assert not s.idle()  # nothing to fetch, but its ManifestCompleted is not drained yet
+    assert s.events() == [ManifestCompleted(mid(2))]
+    assert s.idle()
+    assert s.next_requests(100.0) == [] and s.events() == []
+    s.block_received("A", cid(3), False, 101.0)  # a bad block with no manifest still strikes (and may ban)
+    assert not s.idle() or s.strikes("A") < s.max_strikes
