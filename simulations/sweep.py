@@ -70,15 +70,22 @@ class ClusterSpec:
 
 
 def parse_vary(texts: list[str]) -> list[tuple[str, list[object]]]:
-    out = []
+    """--vary KEY=V1,V2,...: a key given twice (the last assignment would win while points.csv showed both
+    columns) and a value given twice within a key (the same point run twice) are refused."""
+    out: list[tuple[str, list[object]]] = []
     for text in texts:
         if "=" not in text:
             raise ScenarioError(f"--vary {text!r}: expected KEY=V1,V2,...")
-        key, values = text.split("=", 1)
+        key, values = (x.strip() for x in text.split("=", 1))
+        if any(k == key for k, _ in out):
+            raise ScenarioError(f"--vary {key}: given twice (give every value in one --vary {key}=V1,V2,...)")
         items = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
         if not items:
             raise ScenarioError(f"--vary {text!r}: no values")
-        out.append((key.strip(), items))
+        for i, item in enumerate(items):
+            if item in items[:i]:
+                raise ScenarioError(f"--vary {key}: value {_cell(item)} given twice")
+        out.append((key, items))
     return out
 
 
@@ -308,28 +315,66 @@ def _replication_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("r*") if p.is_dir() and p.name[1:].isdigit())
 
 
+def _verified_files(folder: Path) -> dict[str, str]:
+    """The file hashes of `folder`'s manifest.json, each file (summary.json included) checked against its
+    SHA-256; a ScenarioError naming the first file that is missing or differs."""
+    files = _files_in(folder / outputs.MANIFEST)
+    if outputs.SUMMARY not in files:
+        raise ScenarioError(f"{folder / outputs.MANIFEST}: does not list {outputs.SUMMARY}")
+    for name, digest in sorted(files.items()):
+        if "/" in name or "\\" in name or name.startswith(".") or name in (outputs.MANIFEST, "scenario.toml"):
+            raise ScenarioError(f"{folder / outputs.MANIFEST}: unexpected file name {name!r}")
+        try:
+            data = (folder / name).read_bytes()
+        except OSError as exc:
+            raise ScenarioError(f"{folder / name}: listed in {folder / outputs.MANIFEST} but cannot be read "
+                                f"({exc.strerror})") from None
+        if outputs.sha256_bytes(data) != digest:
+            raise ScenarioError(f"{folder / name}: differs from the SHA-256 in {folder / outputs.MANIFEST} "
+                                f"(changed after the run?)")
+    return files
+
+
+def _check_scenario(folder: Path, scenario: Scenario, toml: Path) -> None:
+    scen = _read_json(folder / outputs.MANIFEST).get("scenario")
+    if not isinstance(scen, dict) or scen.get("sha256") != outputs.scenario_hash(scenario):
+        raise ScenarioError(f"{folder}: ran a different scenario than {toml} (stale folder from another sweep "
+                            f"or an earlier preparation? remove it and run it again)")
+
+
 def _check_point(folder: Path, scenario: Scenario) -> list[str]:
-    """The runs of this point that are missing (as "pNNN/rK"); raises on runs of a different scenario."""
+    """The runs of this point that are missing (as "pNNN/rK"); raises on runs of a different scenario, on
+    files that differ from their manifest's hashes and on replication folders the scenario does not have."""
     reps = scenario.replications
-    if _replication_dirs(folder):
+    toml = folder / "scenario.toml"
+    dirs = _replication_dirs(folder)
+    if dirs:
+        extra = [d.name for d in dirs if int(d.name[1:]) >= reps]
+        if extra:
+            raise ScenarioError(f"{folder}: replication folder(s) {', '.join(extra)} beyond the scenario's "
+                                f"{reps} replication(s) (left from an earlier sweep? remove them)")
         missing = []
         for k in range(reps):
             rd = folder / f"r{k}"
             if not (rd / outputs.MANIFEST).exists() or not (rd / outputs.SUMMARY).exists():
                 missing.append(f"{folder.name}/r{k}")
                 continue
-            scen = _read_json(rd / outputs.MANIFEST).get("scenario")
-            if not isinstance(scen, dict) or scen.get("sha256") != outputs.scenario_hash(scenario):
-                raise ScenarioError(f"{rd}: ran a different scenario than {folder / 'scenario.toml'} (stale "
-                                    f"folder from another sweep? remove it and run it again)")
+            _check_scenario(rd, scenario, toml)
+            _verified_files(rd)
             got = [s.get("replication") for s in _replications_in(rd / outputs.SUMMARY)]
             if got != [k]:
                 raise ScenarioError(f"{rd}: holds replication(s) {got}, expected [{k}]")
         return missing
     if not (folder / outputs.SUMMARY).exists() or not (folder / outputs.MANIFEST).exists():
         return [f"{folder.name}/r{k}" for k in range(reps)]
-    have = {s.get("replication") for s in _replications_in(folder / outputs.SUMMARY)}
-    return [f"{folder.name}/r{k}" for k in range(reps) if k not in have]
+    # A point folder written directly (a Dask sweep, or an earlier collect): the same checks as for rK/.
+    _check_scenario(folder, scenario, toml)
+    _verified_files(folder)
+    got = [s.get("replication") for s in _replications_in(folder / outputs.SUMMARY)]
+    if any(k not in range(reps) for k in got) or len(set(got)) != len(got):
+        raise ScenarioError(f"{folder / outputs.SUMMARY}: holds replication(s) {got}, expected some of "
+                            f"{list(range(reps))}")
+    return [f"{folder.name}/r{k}" for k in range(reps) if k not in got]
 
 
 def gather(folder: Path, scenario: Scenario) -> None:
@@ -343,14 +388,13 @@ def gather(folder: Path, scenario: Scenario) -> None:
         rd = folder / f"r{k}"
         man = _read_json(rd / outputs.MANIFEST)
         manifests.append(man)
+        files = _verified_files(rd)  # summary.json included: its replications are what the point reports
         per_rep.extend(_replications_in(rd / outputs.SUMMARY))
-        for name, digest in sorted(_files_in(rd / outputs.MANIFEST).items()):
+        for name, digest in sorted(files.items()):
             if name == outputs.SUMMARY:
                 continue
-            if "/" in name or name.startswith(".") or name in (outputs.MANIFEST, "scenario.toml"):
-                raise ScenarioError(f"{rd / outputs.MANIFEST}: unexpected file name {name!r}")
             data = (rd / name).read_bytes()
-            if outputs.sha256_bytes(data) != digest:
+            if outputs.sha256_bytes(data) != digest:  # changed since _check_point: refuse, write nothing more
                 raise ScenarioError(f"{rd / name}: differs from the SHA-256 in {rd / outputs.MANIFEST} "
                                     f"(changed after the run?)")
             target = folder / name
@@ -389,16 +433,31 @@ def collect(out_dir: Path) -> list[list[str]]:
     names = {row[0] for row in body}
     scenarios: dict[str, Scenario] = {}
     missing: list[str] = []
+    rows_by_name = {row[0]: row for row in body}
+    twins: list[tuple[list[str], str]] = []
     for row in body:
+        if len(row) != len(header_in):
+            raise ScenarioError(f"{out_dir}/points.csv: row {row[0] if row else '?'} has {len(row)} cells, "
+                                f"expected {len(header_in)}")
         twin = row[note][len(SAME_AS):] if note is not None and row[note].startswith(SAME_AS) else None
         if twin is not None:
             if twin not in names:
                 raise ScenarioError(f"{out_dir}/points.csv: {row[0]} is the same as {twin!r}, which is no point")
+            twins.append((row, twin))
             continue
         folder = out_dir / row[0]
         scenario = load_scenario(folder / "scenario.toml")
         scenarios[row[0]] = scenario
         missing.extend(_check_point(folder, scenario))
+    for row, twin in twins:  # re-derived, not trusted: both mesh, equal apart from hub.* values
+        other = rows_by_name[twin]
+        differ = [header_in[i] for i in range(1, len(header_in))
+                  if i != note and row[i] != other[i] and not header_in[i].startswith(HUB_ONLY_PREFIX)]
+        if twin not in scenarios or scenarios[twin].design.kind is not DesignKind.MESH or differ:
+            why = (f"which differs in {', '.join(differ)}" if differ else
+                   f"which is not a run mesh point")
+            raise ScenarioError(f"{out_dir}/points.csv: {row[0]} is marked the same as {twin}, {why} (only mesh "
+                                f"points that differ in hub.* values are the same; prepare the sweep again)")
     if missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise ScenarioError(f"{out_dir}: {len(missing)} run(s) missing: {shown} (run them, e.g. the lines of "
