@@ -42,6 +42,10 @@ from simulations.workload import PRIORITIES
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
+# What a run writes per replication: files of these patterns that a new run's manifest does not list are an
+# earlier run's, removed when a run is written into the same folder (plots would otherwise mix them in).
+REPLICATION_PATTERNS = ("transfers-r*", "timeseries-r*", "hub-r*", "images-r*", "distributions-r*")
+SENSITIVITY = "sensitivity.json"  # simulations/sensitivity.py's cache (imports this module, not the reverse)
 
 
 def package_version() -> str:
@@ -270,6 +274,34 @@ def manifest(scenario: Scenario, topology: Topology, settings: dict[str, object]
     }
 
 
+def begin(out_dir: Path) -> None:
+    """Before a run is written into `out_dir`: its manifest.json goes first (a folder with one is complete,
+    which it is not while files are replaced)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+
+
+def remove_stale(out_dir: Path, scenario: Scenario, keep: set[str]) -> list[str]:
+    """Remove an earlier run's files from `out_dir`: per-replication files the new run does not write (`keep`
+    are the names it wrote) and a sensitivity.json of another scenario. Returns the names removed."""
+    gone = []
+    for pattern in REPLICATION_PATTERNS:
+        for path in sorted(out_dir.glob(pattern)):
+            if path.is_file() and path.name not in keep:
+                path.unlink()
+                gone.append(path.name)
+    cache = out_dir / SENSITIVITY
+    if cache.is_file():
+        try:
+            same = json.loads(cache.read_text(encoding="utf-8")).get("scenario_sha256") == scenario_hash(scenario)
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if not same:
+            cache.unlink()
+            gone.append(cache.name)
+    return gone
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -312,7 +344,7 @@ def build(scenario: Scenario, topology: Topology, results: list[ReplicationResul
     transfers: dict[int, pa.Table] = {}
     timeseries: dict[int, pa.Table] = {}
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        begin(out_dir)
 
     def put(name: str, data: bytes, hashed: bool = True) -> None:
         if hashed:
@@ -348,14 +380,17 @@ def build(scenario: Scenario, topology: Topology, results: list[ReplicationResul
     settings = results[0].settings if results else {}
     man = manifest(scenario, topology, settings, [r.replication for r in results], hashes)
     put("scenario.toml", scenario.source.encode("utf-8"), hashed=False)
+    if out_dir is not None:
+        remove_stale(out_dir, scenario, set(hashes))
     put(MANIFEST, json_bytes(man), hashed=False)  # last: a folder with a manifest.json is complete
     return RunData(scenario, summary, man, files, transfers, timeseries, results)
 
 
 def write(out_dir: Path, data: RunData) -> None:
     """The files of an in-memory `build` in a folder (manifest.json last: a folder with one is complete)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    begin(out_dir)
     for name, content in data.files.items():
         if name != MANIFEST:
             (out_dir / name).write_bytes(content)
+    remove_stale(out_dir, data.scenario, set(data.files))
     (out_dir / MANIFEST).write_bytes(data.files[MANIFEST])

@@ -384,6 +384,7 @@ def gather(folder: Path, scenario: Scenario) -> None:
     per_rep: list[dict[str, object]] = []
     hashes: dict[str, str] = {}
     manifests = []
+    outputs.begin(folder)
     for k in range(scenario.replications):
         rd = folder / f"r{k}"
         man = _read_json(rd / outputs.MANIFEST)
@@ -416,6 +417,7 @@ def gather(folder: Path, scenario: Scenario) -> None:
                            hashes, source)
     (folder / outputs.SUMMARY).write_bytes(summary_bytes)
     (folder / "scenario.toml").write_text(scenario.source, encoding="utf-8")
+    outputs.remove_stale(folder, scenario, set(hashes))
     outputs.write_json(folder / outputs.MANIFEST, man)
 
 

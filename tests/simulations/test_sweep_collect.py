@@ -63,6 +63,7 @@ def test_collect_rebuilds_a_stale_summary_and_refuses_tampered_or_foreign_runs(
     stale["replications"] = stale["replications"][:1]
     (out / "p000" / "summary.json").write_text(json.dumps(stale))
     (out / "p000" / "distributions-r1.json").unlink()
+    (out / "p000" / "distributions-r2.json").write_text("{}")  # an earlier 3-replication run's (review 2 M2)
     assert main(["collect", str(out)]) == 0
     assert files(out / "p000") == good
     # A file changed after its run: refused, naming it.
@@ -108,7 +109,7 @@ def test_report_and_compare_refuse_a_folder_without_data(tmp_path: Path, capsys:
     (tmp_path / "run" / "distributions-r0.json").unlink()
     capsys.readouterr()
     assert main(["report", str(tmp_path / "run")]) == 1
-    assert "no distributions-r*.json, nothing to plot" in capsys.readouterr().err
+    assert "distributions-r0.json: listed in" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "run"), str(tmp_path / "run"), "--out", str(tmp_path / "cmp")]) == 1
     assert "nothing to plot" in capsys.readouterr().err
 
