@@ -15,6 +15,7 @@ the same scenario and seed give byte-identical files.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -248,6 +249,21 @@ def provenance() -> dict[str, object]:
         return {"git_commit": "unknown", "git_dirty": "unknown"}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"git_commit": commit.strip(), "git_dirty": "unknown" if status is None else bool(status.strip())}
+
+
+@functools.cache
+def source_hash() -> str:
+    """SHA-256 over the Python source of the packages a run's results depend on (simulations/ and protocol/:
+    each file's path relative to its package's parent and its bytes, in path order). Unlike the git commit it
+    also tells an uncommitted change and an installed copy apart; computed once per process."""
+    import protocol  # the node's decisions the simulator imports
+
+    h = hashlib.sha256()
+    for package in (Path(__file__).resolve().parent, Path(protocol.__file__).resolve().parent):
+        for path in sorted(package.rglob("*.py")):
+            h.update(str(path.relative_to(package.parent)).encode("utf-8") + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def manifest(scenario: Scenario, topology: Topology, settings: dict[str, object], replications: list[int],
