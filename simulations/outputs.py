@@ -251,6 +251,13 @@ def provenance() -> dict[str, object]:
     return {"git_commit": commit.strip(), "git_dirty": "unknown" if status is None else bool(status.strip())}
 
 
+def code_identity() -> dict[str, object]:
+    """What tells the code of one process from another's: the package version, the git commit and dirty state
+    (`provenance`) and the SHA-256 of the simulator's and protocol's source (`source_hash`). A sweep compares
+    every Dask worker's with its own before trusting the worker's results."""
+    return {"package_version": package_version(), **provenance(), "source_sha256": source_hash()}
+
+
 @functools.cache
 def source_hash() -> str:
     """SHA-256 over the Python source of the packages a run's results depend on (simulations/ and protocol/:
@@ -269,7 +276,7 @@ def source_hash() -> str:
 def manifest(scenario: Scenario, topology: Topology, settings: dict[str, object], replications: list[int],
              files: dict[str, str], source: dict[str, object] | None = None) -> dict[str, object]:
     return {
-        "provenance": provenance() if source is None else source,
+        "provenance": {**provenance(), "source_sha256": source_hash()} if source is None else source,
         "format": "meshsim-run/1",
         "scenario": {"name": scenario.name, "sha256": scenario_hash(scenario), "design": scenario.design.kind.value,
                      "duration_s": scenario.duration, "warmup_s": scenario.warmup, "drain_s": scenario.engine.drain,

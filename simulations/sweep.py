@@ -192,9 +192,45 @@ def _probe(address: str, timeout: float) -> None:
                                 # has to do
 
 
-def _replication(scenario: Scenario, replication: int) -> ReplicationResult:
-    """One Dask task: one replication of one point, every time slice in this worker process."""
-    return simulate(scenario, [replication], 1, None, scenario.output.records != "none")[0]
+def _worker_name() -> str:
+    try:
+        return str(_module("distributed").get_worker().address)
+    except ValueError:  # not in a worker (a test calling the task directly)
+        return "this process"
+
+
+def _replication(scenario: Scenario, replication: int) -> tuple[ReplicationResult, str, dict[str, object]]:
+    """One Dask task: one replication of one point, every time slice in this worker process; with the
+    worker's address and the identity of the code it ran (outputs.code_identity), checked by the sweep."""
+    result = simulate(scenario, [replication], 1, None, scenario.output.records != "none")[0]
+    return result, _worker_name(), outputs.code_identity()
+
+
+def check_code(worker: str, theirs: object, ours: dict[str, object]) -> None:
+    """Refuse a worker whose code differs from this process's (another version, commit, dirty state or source):
+    its results would be recorded under this checkout's provenance."""
+    if theirs != ours:
+        differ = sorted(k for k in ours if not isinstance(theirs, dict) or theirs.get(k) != ours[k])
+        got = {k: theirs.get(k) for k in differ} if isinstance(theirs, dict) else theirs
+        raise ScenarioError(f"Dask worker {worker} runs other code than this sweep ({', '.join(differ)}: "
+                            f"{got} there, {({k: ours[k] for k in differ})} here); start the workers from this "
+                            f"checkout or install this version on them")
+
+
+def check_workers(client: Any, timeout: float, where: str) -> int:
+    """At least one running worker within `timeout` s (else a ScenarioError), each running this process's
+    code (`check_code`). Returns how many there are."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ScenarioError(f"{where}: no running Dask worker within {timeout:g} s ({exc}); start workers "
+                            f"(`dask worker ADDRESS`) or give more time with --scheduler-timeout") from None
+    ours = outputs.code_identity()
+    theirs = client.run(outputs.code_identity)
+    for worker, identity in sorted(theirs.items()):
+        check_code(str(worker), identity, ours)
+    log.info("%s: %d Dask worker(s), running this code (%s)", where, len(theirs), ours.get("source_sha256"))
+    return len(theirs)
 
 
 @contextlib.contextmanager
@@ -212,6 +248,7 @@ def client_for(spec: ClusterSpec, tasks: int) -> Iterator[Any]:
             raise ScenarioError(f"--scheduler {spec.scheduler}: no Dask scheduler answered within "
                                 f"{spec.scheduler_timeout:g} s ({exc})") from None
         with client:
+            check_workers(client, spec.scheduler_timeout, f"--scheduler {spec.scheduler}")
             yield client
         return
     if spec.jobqueue is not None:
@@ -237,6 +274,7 @@ def client_for(spec: ClusterSpec, tasks: int) -> Iterator[Any]:
     with LocalCluster(n_workers=max(1, min(spec.jobs or default_jobs(), tasks)), threads_per_worker=1,
                       processes=True, dashboard_address=None, memory_limit=0,
                       silence_logs=logging.WARNING) as cluster, Client(cluster, set_as_default=False) as client:
+        check_workers(client, max(spec.scheduler_timeout, 60.0), "local Dask cluster")
         yield client
 
 
@@ -245,14 +283,19 @@ def runs(pts: list[Point]) -> int:
     return sum(p.scenario.replications for p in pts if p.same_as is None)
 
 
-def run_all(pts: list[Point], out_dir: Path, client: Any, progress: ProgressHook | None) -> None:
+def run_all(pts: list[Point], out_dir: Path, client: Any, progress: ProgressHook | None,
+            stall: float | None = DEFAULT_SCHEDULER_TIMEOUT) -> None:
     """Every (point, replication) as one task on `client`'s cluster, gathered as they finish; a point's
-    folder is written (by runner.write_outputs, as `meshsim run` writes it) once its replications are in."""
-    as_completed = _module("distributed").as_completed
+    folder is written (by runner.write_outputs, as `meshsim run` writes it) once its replications are in.
+    Each result's code identity is checked against this process's (`check_code`). When nothing finishes
+    for `stall` seconds and the cluster has no worker left, the sweep stops naming the unfinished runs
+    (None: wait for workers however long, as batch jobs may queue)."""
+    dist = _module("distributed")
     todo = [p for p in pts if p.same_as is None]
     total = runs(pts)
     if total == 0:
         return
+    ours = outputs.code_identity()
     by_name = {p.name: p for p in todo}
     futures = []
     which: dict[str, tuple[str, int]] = {}
@@ -264,25 +307,41 @@ def run_all(pts: list[Point], out_dir: Path, client: Any, progress: ProgressHook
     done: dict[str, dict[int, ReplicationResult]] = {p.name: {} for p in todo}
     if progress is not None:
         progress(0.0)
-    for finished, fut in enumerate(as_completed(futures, loop=client.loop), start=1):
-        name, k = which[fut.key]
+    pending = list(futures)
+    finished = 0
+    while pending:
         try:
-            result: ReplicationResult = fut.result()
-        except ScenarioError:
-            raise
-        except Exception as exc:  # a task boundary: name the run that failed on the cluster
-            raise ScenarioError(f"{out_dir / name}: replication {k} failed on the cluster: "
-                                f"{type(exc).__name__}: {exc}") from exc
-        fut.release()
-        done[name][k] = result
-        if progress is not None:
-            progress(finished / total)
-        p = by_name[name]
-        if len(done[name]) == p.scenario.replications:
-            results = [done[name][i] for i in range(p.scenario.replications)]
-            write_outputs(out_dir / name, p.scenario, build_topology(p.scenario), results)
-            del done[name]
-            log.info("sweep point %s: %d replication(s) in, written to %s", name, len(results), out_dir / name)
+            with client.as_current():  # distributed.wait uses the current client (ours is not the default)
+                ready, rest = dist.wait(pending, timeout=stall, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            if client.scheduler_info(n_workers=-1).get("workers"):
+                continue  # workers are busy with long tasks: keep waiting
+            unfinished = sorted(f"{which[f.key][0]}/r{which[f.key][1]}" for f in pending)
+            raise ScenarioError(f"{out_dir}: no Dask worker left and nothing finished for {stall:g} s; "
+                                f"{len(unfinished)} run(s) unfinished: {', '.join(unfinished[:20])}") from None
+        pending = list(rest)
+        for fut in sorted(ready, key=lambda f: which[f.key]):
+            name, k = which[fut.key]
+            try:
+                result, worker, identity = fut.result()
+            except ScenarioError:
+                raise
+            except Exception as exc:  # a task boundary: name the run that failed on the cluster
+                raise ScenarioError(f"{out_dir / name}: replication {k} failed on the cluster: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+            check_code(worker, identity, ours)
+            fut.release()
+            done[name][k] = result
+            finished += 1
+            if progress is not None:
+                progress(finished / total)
+            p = by_name[name]
+            if len(done[name]) == p.scenario.replications:
+                results = [done[name][i] for i in range(p.scenario.replications)]
+                write_outputs(out_dir / name, p.scenario, build_topology(p.scenario), results)
+                del done[name]
+                log.info("sweep point %s: %d replication(s) in, written to %s", name, len(results),
+                         out_dir / name)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

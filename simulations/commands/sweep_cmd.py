@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     bar = ProgressBar(f"sweep: {total} run(s) of {len(pts)} point(s)", enabled=not args.no_progress and not args.json)
     with sweep.client_for(spec, total) as client:  # an unreachable cluster fails here, before anything is written
         pts = sweep.prepare(base, vary, args.out)
-        sweep.run_all(pts, args.out, client, lambda f: bar.update(round(f * total), total))
+        sweep.run_all(pts, args.out, client, lambda f: bar.update(round(f * total), total),
+                      stall=None if args.jobqueue is not None else args.scheduler_timeout)
     return _table(args, sweep.collect(args.out))
 
 
