@@ -78,13 +78,19 @@ def _concat(tables: dict[int, pa.Table]) -> pa.Table:
 
 
 def resolve(scenario: ScenarioLike) -> Scenario:
-    """A Scenario; a path to a TOML file; the name of a bundled scenario; or TOML text itself."""
+    """A Scenario; a path to a TOML file; the name of a bundled scenario; or TOML text itself (text with a
+    newline, or a line with `=` that is no file). An existing file wins over a bundled name of the same
+    name; a directory (a saved run folder, say) never does."""
     if isinstance(scenario, Scenario):
         return scenario
     if isinstance(scenario, Path):
         return load_scenario(scenario)
     if isinstance(scenario, str):
-        if "\n" in scenario or "[" in scenario:
+        if "\n" in scenario:
+            return parse_scenario(scenario, "scenario text")
+        if Path(scenario).is_file():  # an existing file wins (a path like runs[2]/s.toml included)
+            return load_scenario(Path(scenario))
+        if "=" in scenario:  # one line of TOML (`key = value`)
             return parse_scenario(scenario, "scenario text")
         return load_scenario(resolve_scenario_path(scenario))
     raise ScenarioError(f"scenario: expected a Scenario, a path, a bundled name or TOML text, not "

@@ -15,6 +15,7 @@ the same scenario and seed give byte-identical files.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -42,6 +43,10 @@ from simulations.workload import PRIORITIES
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
+# What a run writes per replication: files of these patterns that a new run's manifest does not list are an
+# earlier run's, removed when a run is written into the same folder (plots would otherwise mix them in).
+REPLICATION_PATTERNS = ("transfers-r*", "timeseries-r*", "hub-r*", "images-r*", "distributions-r*")
+SENSITIVITY = "sensitivity.json"  # simulations/sensitivity.py's cache (imports this module, not the reverse)
 
 
 def package_version() -> str:
@@ -246,10 +251,32 @@ def provenance() -> dict[str, object]:
     return {"git_commit": commit.strip(), "git_dirty": "unknown" if status is None else bool(status.strip())}
 
 
+def code_identity() -> dict[str, object]:
+    """What tells the code of one process from another's: the package version, the git commit and dirty state
+    (`provenance`) and the SHA-256 of the simulator's and protocol's source (`source_hash`). A sweep compares
+    every Dask worker's with its own before trusting the worker's results."""
+    return {"package_version": package_version(), **provenance(), "source_sha256": source_hash()}
+
+
+@functools.cache
+def source_hash() -> str:
+    """SHA-256 over the Python source of the packages a run's results depend on (simulations/ and protocol/:
+    each file's path relative to its package's parent and its bytes, in path order). Unlike the git commit it
+    also tells an uncommitted change and an installed copy apart; computed once per process."""
+    import protocol  # the node's decisions the simulator imports
+
+    h = hashlib.sha256()
+    for package in (Path(__file__).resolve().parent, Path(protocol.__file__).resolve().parent):
+        for path in sorted(package.rglob("*.py")):
+            h.update(str(path.relative_to(package.parent)).encode("utf-8") + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def manifest(scenario: Scenario, topology: Topology, settings: dict[str, object], replications: list[int],
              files: dict[str, str], source: dict[str, object] | None = None) -> dict[str, object]:
     return {
-        "provenance": provenance() if source is None else source,
+        "provenance": {**provenance(), "source_sha256": source_hash()} if source is None else source,
         "format": "meshsim-run/1",
         "scenario": {"name": scenario.name, "sha256": scenario_hash(scenario), "design": scenario.design.kind.value,
                      "duration_s": scenario.duration, "warmup_s": scenario.warmup, "drain_s": scenario.engine.drain,
@@ -268,6 +295,34 @@ def manifest(scenario: Scenario, topology: Topology, settings: dict[str, object]
         "design_settings": settings,
         "files": files,
     }
+
+
+def begin(out_dir: Path) -> None:
+    """Before a run is written into `out_dir`: its manifest.json goes first (a folder with one is complete,
+    which it is not while files are replaced)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+
+
+def remove_stale(out_dir: Path, scenario: Scenario, keep: set[str]) -> list[str]:
+    """Remove an earlier run's files from `out_dir`: per-replication files the new run does not write (`keep`
+    are the names it wrote) and a sensitivity.json of another scenario. Returns the names removed."""
+    gone = []
+    for pattern in REPLICATION_PATTERNS:
+        for path in sorted(out_dir.glob(pattern)):
+            if path.is_file() and path.name not in keep:
+                path.unlink()
+                gone.append(path.name)
+    cache = out_dir / SENSITIVITY
+    if cache.is_file():
+        try:
+            same = json.loads(cache.read_text(encoding="utf-8")).get("scenario_sha256") == scenario_hash(scenario)
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if not same:
+            cache.unlink()
+            gone.append(cache.name)
+    return gone
 
 
 def sha256_file(path: Path) -> str:
@@ -312,7 +367,7 @@ def build(scenario: Scenario, topology: Topology, results: list[ReplicationResul
     transfers: dict[int, pa.Table] = {}
     timeseries: dict[int, pa.Table] = {}
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        begin(out_dir)
 
     def put(name: str, data: bytes, hashed: bool = True) -> None:
         if hashed:
@@ -348,14 +403,17 @@ def build(scenario: Scenario, topology: Topology, results: list[ReplicationResul
     settings = results[0].settings if results else {}
     man = manifest(scenario, topology, settings, [r.replication for r in results], hashes)
     put("scenario.toml", scenario.source.encode("utf-8"), hashed=False)
+    if out_dir is not None:
+        remove_stale(out_dir, scenario, set(hashes))
     put(MANIFEST, json_bytes(man), hashed=False)  # last: a folder with a manifest.json is complete
     return RunData(scenario, summary, man, files, transfers, timeseries, results)
 
 
 def write(out_dir: Path, data: RunData) -> None:
     """The files of an in-memory `build` in a folder (manifest.json last: a folder with one is complete)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    begin(out_dir)
     for name, content in data.files.items():
         if name != MANIFEST:
             (out_dir / name).write_bytes(content)
+    remove_stale(out_dir, data.scenario, set(data.files))
     (out_dir / MANIFEST).write_bytes(data.files[MANIFEST])

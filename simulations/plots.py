@@ -94,14 +94,29 @@ class Distributions:
         return sorted({m for _, m in self.delivery})
 
 
+def _listed(run_dir: Path, prefix: str) -> list[Path]:
+    """The run's files named `prefix`*.json that its manifest.json lists (an earlier run's left in the folder
+    are not this run's); every such file when there is no readable manifest."""
+    try:
+        files = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        files = None
+    if not isinstance(files, dict):
+        return sorted(run_dir.glob(prefix + "*.json"))
+    return sorted(run_dir / n for n in files if isinstance(n, str) and n.startswith(prefix) and n.endswith(".json")
+                  and "/" not in n)
+
+
 def load_distributions(run_dir: Path) -> Distributions:
     delivery: dict[tuple[str, str], list[int]] = {}
     first: dict[tuple[str, str], list[int]] = {}
-    found = sorted(run_dir.glob("distributions-r*.json"))
+    found = _listed(run_dir, "distributions-r")
     if not found:  # plotting nothing would give empty figures and exit 0
         raise ScenarioError(f"{run_dir}: no distributions-r*.json, nothing to plot (a sweep point run as job-array "
                             f"commands has its data in rK/ folders: run `meshsim collect` on the sweep folder first)")
     for path in found:
+        if not path.is_file():
+            raise ScenarioError(f"{path}: listed in {run_dir / 'manifest.json'} but missing, nothing to plot")
         data = json.loads(path.read_text(encoding="utf-8"))
         for key, table in (("delivery_time_s", delivery), ("time_to_first_image_s", first)):
             for entry in data[key]:

@@ -313,8 +313,9 @@ def write_report(out: Path, runs: Sequence[DesignRun], sens: Sequence[sensitivit
                 [[k] + [cell(cs[c]) for c in COST_KEYS] for k, cs in costs.items()])
     else:
         data["costs"] = None
-        d.p("Not computed: these runs' summaries have no `costs` (issue 18's per-design costs in the summary "
-            "are not in this build); nothing is estimated in their place.")
+        lacking = [r.design for r in runs if any(not isinstance(x.get("costs"), dict) for x in r.replications)]
+        d.p(f"Not computed: the summary of {', '.join(lacking) or 'a run'} has no `costs` (a run folder written "
+            "before summaries had them: rerun it); nothing is estimated in their place.")
 
     data["sensitivity"] = [sensitivity.as_json(s) for s in sens]
     d.h(2, "Hub sensitivity")

@@ -70,15 +70,22 @@ class ClusterSpec:
 
 
 def parse_vary(texts: list[str]) -> list[tuple[str, list[object]]]:
-    out = []
+    """--vary KEY=V1,V2,...: a key given twice (the last assignment would win while points.csv showed both
+    columns) and a value given twice within a key (the same point run twice) are refused."""
+    out: list[tuple[str, list[object]]] = []
     for text in texts:
         if "=" not in text:
             raise ScenarioError(f"--vary {text!r}: expected KEY=V1,V2,...")
-        key, values = text.split("=", 1)
+        key, values = (x.strip() for x in text.split("=", 1))
+        if any(k == key for k, _ in out):
+            raise ScenarioError(f"--vary {key}: given twice (give every value in one --vary {key}=V1,V2,...)")
         items = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
         if not items:
             raise ScenarioError(f"--vary {text!r}: no values")
-        out.append((key.strip(), items))
+        for i, item in enumerate(items):
+            if item in items[:i]:
+                raise ScenarioError(f"--vary {key}: value {_cell(item)} given twice")
+        out.append((key, items))
     return out
 
 
@@ -185,9 +192,45 @@ def _probe(address: str, timeout: float) -> None:
                                 # has to do
 
 
-def _replication(scenario: Scenario, replication: int) -> ReplicationResult:
-    """One Dask task: one replication of one point, every time slice in this worker process."""
-    return simulate(scenario, [replication], 1, None, scenario.output.records != "none")[0]
+def _worker_name() -> str:
+    try:
+        return str(_module("distributed").get_worker().address)
+    except ValueError:  # not in a worker (a test calling the task directly)
+        return "this process"
+
+
+def _replication(scenario: Scenario, replication: int) -> tuple[ReplicationResult, str, dict[str, object]]:
+    """One Dask task: one replication of one point, every time slice in this worker process; with the
+    worker's address and the identity of the code it ran (outputs.code_identity), checked by the sweep."""
+    result = simulate(scenario, [replication], 1, None, scenario.output.records != "none")[0]
+    return result, _worker_name(), outputs.code_identity()
+
+
+def check_code(worker: str, theirs: object, ours: dict[str, object]) -> None:
+    """Refuse a worker whose code differs from this process's (another version, commit, dirty state or source):
+    its results would be recorded under this checkout's provenance."""
+    if theirs != ours:
+        differ = sorted(k for k in ours if not isinstance(theirs, dict) or theirs.get(k) != ours[k])
+        got = {k: theirs.get(k) for k in differ} if isinstance(theirs, dict) else theirs
+        raise ScenarioError(f"Dask worker {worker} runs other code than this sweep ({', '.join(differ)}: "
+                            f"{got} there, {({k: ours[k] for k in differ})} here); start the workers from this "
+                            f"checkout or install this version on them")
+
+
+def check_workers(client: Any, timeout: float, where: str) -> int:
+    """At least one running worker within `timeout` s (else a ScenarioError), each running this process's
+    code (`check_code`). Returns how many there are."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ScenarioError(f"{where}: no running Dask worker within {timeout:g} s ({exc}); start workers "
+                            f"(`dask worker ADDRESS`) or give more time with --scheduler-timeout") from None
+    ours = outputs.code_identity()
+    theirs = client.run(outputs.code_identity)
+    for worker, identity in sorted(theirs.items()):
+        check_code(str(worker), identity, ours)
+    log.info("%s: %d Dask worker(s), running this code (%s)", where, len(theirs), ours.get("source_sha256"))
+    return len(theirs)
 
 
 @contextlib.contextmanager
@@ -205,6 +248,7 @@ def client_for(spec: ClusterSpec, tasks: int) -> Iterator[Any]:
             raise ScenarioError(f"--scheduler {spec.scheduler}: no Dask scheduler answered within "
                                 f"{spec.scheduler_timeout:g} s ({exc})") from None
         with client:
+            check_workers(client, spec.scheduler_timeout, f"--scheduler {spec.scheduler}")
             yield client
         return
     if spec.jobqueue is not None:
@@ -230,6 +274,7 @@ def client_for(spec: ClusterSpec, tasks: int) -> Iterator[Any]:
     with LocalCluster(n_workers=max(1, min(spec.jobs or default_jobs(), tasks)), threads_per_worker=1,
                       processes=True, dashboard_address=None, memory_limit=0,
                       silence_logs=logging.WARNING) as cluster, Client(cluster, set_as_default=False) as client:
+        check_workers(client, max(spec.scheduler_timeout, 60.0), "local Dask cluster")
         yield client
 
 
@@ -238,14 +283,19 @@ def runs(pts: list[Point]) -> int:
     return sum(p.scenario.replications for p in pts if p.same_as is None)
 
 
-def run_all(pts: list[Point], out_dir: Path, client: Any, progress: ProgressHook | None) -> None:
+def run_all(pts: list[Point], out_dir: Path, client: Any, progress: ProgressHook | None,
+            stall: float | None = DEFAULT_SCHEDULER_TIMEOUT) -> None:
     """Every (point, replication) as one task on `client`'s cluster, gathered as they finish; a point's
-    folder is written (by runner.write_outputs, as `meshsim run` writes it) once its replications are in."""
-    as_completed = _module("distributed").as_completed
+    folder is written (by runner.write_outputs, as `meshsim run` writes it) once its replications are in.
+    Each result's code identity is checked against this process's (`check_code`). When nothing finishes
+    for `stall` seconds and the cluster has no worker left, the sweep stops naming the unfinished runs
+    (None: wait for workers however long, as batch jobs may queue)."""
+    dist = _module("distributed")
     todo = [p for p in pts if p.same_as is None]
     total = runs(pts)
     if total == 0:
         return
+    ours = outputs.code_identity()
     by_name = {p.name: p for p in todo}
     futures = []
     which: dict[str, tuple[str, int]] = {}
@@ -257,25 +307,41 @@ def run_all(pts: list[Point], out_dir: Path, client: Any, progress: ProgressHook
     done: dict[str, dict[int, ReplicationResult]] = {p.name: {} for p in todo}
     if progress is not None:
         progress(0.0)
-    for finished, fut in enumerate(as_completed(futures, loop=client.loop), start=1):
-        name, k = which[fut.key]
+    pending = list(futures)
+    finished = 0
+    while pending:
         try:
-            result: ReplicationResult = fut.result()
-        except ScenarioError:
-            raise
-        except Exception as exc:  # a task boundary: name the run that failed on the cluster
-            raise ScenarioError(f"{out_dir / name}: replication {k} failed on the cluster: "
-                                f"{type(exc).__name__}: {exc}") from exc
-        fut.release()
-        done[name][k] = result
-        if progress is not None:
-            progress(finished / total)
-        p = by_name[name]
-        if len(done[name]) == p.scenario.replications:
-            results = [done[name][i] for i in range(p.scenario.replications)]
-            write_outputs(out_dir / name, p.scenario, build_topology(p.scenario), results)
-            del done[name]
-            log.info("sweep point %s: %d replication(s) in, written to %s", name, len(results), out_dir / name)
+            with client.as_current():  # distributed.wait uses the current client (ours is not the default)
+                ready, rest = dist.wait(pending, timeout=stall, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            if client.scheduler_info(n_workers=-1).get("workers"):
+                continue  # workers are busy with long tasks: keep waiting
+            unfinished = sorted(f"{which[f.key][0]}/r{which[f.key][1]}" for f in pending)
+            raise ScenarioError(f"{out_dir}: no Dask worker left and nothing finished for {stall:g} s; "
+                                f"{len(unfinished)} run(s) unfinished: {', '.join(unfinished[:20])}") from None
+        pending = list(rest)
+        for fut in sorted(ready, key=lambda f: which[f.key]):
+            name, k = which[fut.key]
+            try:
+                result, worker, identity = fut.result()
+            except ScenarioError:
+                raise
+            except Exception as exc:  # a task boundary: name the run that failed on the cluster
+                raise ScenarioError(f"{out_dir / name}: replication {k} failed on the cluster: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+            check_code(worker, identity, ours)
+            fut.release()
+            done[name][k] = result
+            finished += 1
+            if progress is not None:
+                progress(finished / total)
+            p = by_name[name]
+            if len(done[name]) == p.scenario.replications:
+                results = [done[name][i] for i in range(p.scenario.replications)]
+                write_outputs(out_dir / name, p.scenario, build_topology(p.scenario), results)
+                del done[name]
+                log.info("sweep point %s: %d replication(s) in, written to %s", name, len(results),
+                         out_dir / name)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -308,28 +374,66 @@ def _replication_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("r*") if p.is_dir() and p.name[1:].isdigit())
 
 
+def _verified_files(folder: Path) -> dict[str, str]:
+    """The file hashes of `folder`'s manifest.json, each file (summary.json included) checked against its
+    SHA-256; a ScenarioError naming the first file that is missing or differs."""
+    files = _files_in(folder / outputs.MANIFEST)
+    if outputs.SUMMARY not in files:
+        raise ScenarioError(f"{folder / outputs.MANIFEST}: does not list {outputs.SUMMARY}")
+    for name, digest in sorted(files.items()):
+        if "/" in name or "\\" in name or name.startswith(".") or name in (outputs.MANIFEST, "scenario.toml"):
+            raise ScenarioError(f"{folder / outputs.MANIFEST}: unexpected file name {name!r}")
+        try:
+            data = (folder / name).read_bytes()
+        except OSError as exc:
+            raise ScenarioError(f"{folder / name}: listed in {folder / outputs.MANIFEST} but cannot be read "
+                                f"({exc.strerror})") from None
+        if outputs.sha256_bytes(data) != digest:
+            raise ScenarioError(f"{folder / name}: differs from the SHA-256 in {folder / outputs.MANIFEST} "
+                                f"(changed after the run?)")
+    return files
+
+
+def _check_scenario(folder: Path, scenario: Scenario, toml: Path) -> None:
+    scen = _read_json(folder / outputs.MANIFEST).get("scenario")
+    if not isinstance(scen, dict) or scen.get("sha256") != outputs.scenario_hash(scenario):
+        raise ScenarioError(f"{folder}: ran a different scenario than {toml} (stale folder from another sweep "
+                            f"or an earlier preparation? remove it and run it again)")
+
+
 def _check_point(folder: Path, scenario: Scenario) -> list[str]:
-    """The runs of this point that are missing (as "pNNN/rK"); raises on runs of a different scenario."""
+    """The runs of this point that are missing (as "pNNN/rK"); raises on runs of a different scenario, on
+    files that differ from their manifest's hashes and on replication folders the scenario does not have."""
     reps = scenario.replications
-    if _replication_dirs(folder):
+    toml = folder / "scenario.toml"
+    dirs = _replication_dirs(folder)
+    if dirs:
+        extra = [d.name for d in dirs if int(d.name[1:]) >= reps]
+        if extra:
+            raise ScenarioError(f"{folder}: replication folder(s) {', '.join(extra)} beyond the scenario's "
+                                f"{reps} replication(s) (left from an earlier sweep? remove them)")
         missing = []
         for k in range(reps):
             rd = folder / f"r{k}"
             if not (rd / outputs.MANIFEST).exists() or not (rd / outputs.SUMMARY).exists():
                 missing.append(f"{folder.name}/r{k}")
                 continue
-            scen = _read_json(rd / outputs.MANIFEST).get("scenario")
-            if not isinstance(scen, dict) or scen.get("sha256") != outputs.scenario_hash(scenario):
-                raise ScenarioError(f"{rd}: ran a different scenario than {folder / 'scenario.toml'} (stale "
-                                    f"folder from another sweep? remove it and run it again)")
+            _check_scenario(rd, scenario, toml)
+            _verified_files(rd)
             got = [s.get("replication") for s in _replications_in(rd / outputs.SUMMARY)]
             if got != [k]:
                 raise ScenarioError(f"{rd}: holds replication(s) {got}, expected [{k}]")
         return missing
     if not (folder / outputs.SUMMARY).exists() or not (folder / outputs.MANIFEST).exists():
         return [f"{folder.name}/r{k}" for k in range(reps)]
-    have = {s.get("replication") for s in _replications_in(folder / outputs.SUMMARY)}
-    return [f"{folder.name}/r{k}" for k in range(reps) if k not in have]
+    # A point folder written directly (a Dask sweep, or an earlier collect): the same checks as for rK/.
+    _check_scenario(folder, scenario, toml)
+    _verified_files(folder)
+    got = [s.get("replication") for s in _replications_in(folder / outputs.SUMMARY)]
+    if any(k not in range(reps) for k in got) or len(set(got)) != len(got):
+        raise ScenarioError(f"{folder / outputs.SUMMARY}: holds replication(s) {got}, expected some of "
+                            f"{list(range(reps))}")
+    return [f"{folder.name}/r{k}" for k in range(reps) if k not in got]
 
 
 def gather(folder: Path, scenario: Scenario) -> None:
@@ -339,18 +443,18 @@ def gather(folder: Path, scenario: Scenario) -> None:
     per_rep: list[dict[str, object]] = []
     hashes: dict[str, str] = {}
     manifests = []
+    outputs.begin(folder)
     for k in range(scenario.replications):
         rd = folder / f"r{k}"
         man = _read_json(rd / outputs.MANIFEST)
         manifests.append(man)
+        files = _verified_files(rd)  # summary.json included: its replications are what the point reports
         per_rep.extend(_replications_in(rd / outputs.SUMMARY))
-        for name, digest in sorted(_files_in(rd / outputs.MANIFEST).items()):
+        for name, digest in sorted(files.items()):
             if name == outputs.SUMMARY:
                 continue
-            if "/" in name or name.startswith(".") or name in (outputs.MANIFEST, "scenario.toml"):
-                raise ScenarioError(f"{rd / outputs.MANIFEST}: unexpected file name {name!r}")
             data = (rd / name).read_bytes()
-            if outputs.sha256_bytes(data) != digest:
+            if outputs.sha256_bytes(data) != digest:  # changed since _check_point: refuse, write nothing more
                 raise ScenarioError(f"{rd / name}: differs from the SHA-256 in {rd / outputs.MANIFEST} "
                                     f"(changed after the run?)")
             target = folder / name
@@ -372,6 +476,7 @@ def gather(folder: Path, scenario: Scenario) -> None:
                            hashes, source)
     (folder / outputs.SUMMARY).write_bytes(summary_bytes)
     (folder / "scenario.toml").write_text(scenario.source, encoding="utf-8")
+    outputs.remove_stale(folder, scenario, set(hashes))
     outputs.write_json(folder / outputs.MANIFEST, man)
 
 
@@ -389,16 +494,31 @@ def collect(out_dir: Path) -> list[list[str]]:
     names = {row[0] for row in body}
     scenarios: dict[str, Scenario] = {}
     missing: list[str] = []
+    rows_by_name = {row[0]: row for row in body}
+    twins: list[tuple[list[str], str]] = []
     for row in body:
+        if len(row) != len(header_in):
+            raise ScenarioError(f"{out_dir}/points.csv: row {row[0] if row else '?'} has {len(row)} cells, "
+                                f"expected {len(header_in)}")
         twin = row[note][len(SAME_AS):] if note is not None and row[note].startswith(SAME_AS) else None
         if twin is not None:
             if twin not in names:
                 raise ScenarioError(f"{out_dir}/points.csv: {row[0]} is the same as {twin!r}, which is no point")
+            twins.append((row, twin))
             continue
         folder = out_dir / row[0]
         scenario = load_scenario(folder / "scenario.toml")
         scenarios[row[0]] = scenario
         missing.extend(_check_point(folder, scenario))
+    for row, twin in twins:  # re-derived, not trusted: both mesh, equal apart from hub.* values
+        other = rows_by_name[twin]
+        differ = [header_in[i] for i in range(1, len(header_in))
+                  if i != note and row[i] != other[i] and not header_in[i].startswith(HUB_ONLY_PREFIX)]
+        if twin not in scenarios or scenarios[twin].design.kind is not DesignKind.MESH or differ:
+            why = (f"which differs in {', '.join(differ)}" if differ else
+                   f"which is not a run mesh point")
+            raise ScenarioError(f"{out_dir}/points.csv: {row[0]} is marked the same as {twin}, {why} (only mesh "
+                                f"points that differ in hub.* values are the same; prepare the sweep again)")
     if missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise ScenarioError(f"{out_dir}: {len(missing)} run(s) missing: {shown} (run them, e.g. the lines of "

@@ -14,13 +14,16 @@ BUNDLED = Path(__file__).resolve().parent.parent / "scenarios"
 
 
 def resolve_scenario_path(text: str) -> Path:
-    """A path, or the name of a bundled scenario (`five-trusts`, `nhs-england.toml`)."""
+    """A path, or the name of a bundled scenario (`five-trusts`, `nhs-england.toml`). An existing file wins
+    over a bundled name; a directory never does (a run folder saved as `five-trusts` is not the scenario)."""
     path = Path(text)
-    if path.exists():
+    if path.is_file():
         return path
     for candidate in (BUNDLED / text, BUNDLED / f"{text}.toml", BUNDLED / path.name):
-        if candidate.exists():
+        if candidate.is_file():
             return candidate
+    if path.is_dir():
+        raise ScenarioError(f"{text}: is a directory, not a scenario file")
     raise ScenarioError(f"{text}: no such scenario file (bundled ones: "
                         f"{', '.join(sorted(p.stem for p in BUNDLED.glob('*.toml')))})")
 

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                    help="simulated time of each run (default: the scenario's), e.g. 28d")
     p.add_argument("--replications", type=int, default=None, metavar="N",
                    help="replications per design (default: the scenario's)")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core)")
-    sensitivity.add_args(p)
+    p.add_argument("--jobs", type=sensitivity.jobs_arg, default=None, help="worker processes (default: every core)")
+    sensitivity.add_args(p, jobs=False)  # the study has its own --jobs
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from common.cli.output import EXIT_OK, emit
 from common.cli.progress import ProgressBar
 from simulations import sweep
+from simulations.sensitivity import jobs_arg
 from simulations.commands.common import add_scenario_args, load
 from simulations.summary import KEY_METRICS
 
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="values to sweep, e.g. --vary design.kind=hub,mesh,hybrid (repeat for a grid)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--jobs", type=jobs_arg, default=None,
                    help="worker processes of the local cluster (default: every core); with --jobqueue, the most "
                         "batch jobs to start")
     where = p.add_mutually_exclusive_group()
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                             "cluster; its workers need this package")
     where.add_argument("--jobqueue", choices=sorted(sweep.JOBQUEUE_COMMANDS), default=None,
                        help="start Dask workers as Slurm/PBS jobs (dask-jobqueue), one per task at most")
-    p.add_argument("--scheduler-timeout", type=float, default=sweep.DEFAULT_SCHEDULER_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--scheduler-timeout", type=seconds_arg, default=sweep.DEFAULT_SCHEDULER_TIMEOUT, metavar="SECONDS",
                    help="give up on --scheduler after this long (default %(default)g s)")
     p.add_argument("--jobqueue-option", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to dask_jobqueue.SLURMCluster/PBSCluster, e.g. cores=1 memory=4GB "
@@ -41,6 +43,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     c.add_argument("out", type=Path)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=run_collect)
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse type for --scheduler-timeout: a finite number of seconds above 0 (nan, inf and negative
+    values would remove or break the bound the option exists for)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     bar = ProgressBar(f"sweep: {total} run(s) of {len(pts)} point(s)", enabled=not args.no_progress and not args.json)
     with sweep.client_for(spec, total) as client:  # an unreachable cluster fails here, before anything is written
         pts = sweep.prepare(base, vary, args.out)
-        sweep.run_all(pts, args.out, client, lambda f: bar.update(round(f * total), total))
+        sweep.run_all(pts, args.out, client, lambda f: bar.update(round(f * total), total),
+                      stall=None if args.jobqueue is not None else args.scheduler_timeout)
     return _table(args, sweep.collect(args.out))
 
 

@@ -14,6 +14,7 @@ import pytest
 
 import simulations
 from simulations import outputs
+from simulations.api import resolve
 from simulations.cli import main
 from simulations.scenario import ScenarioError
 
@@ -130,3 +131,20 @@ def test_manifest_records_this_checkout() -> None:
         assert prov["git_commit"] == head.stdout.strip() and isinstance(prov["git_dirty"], bool)
     else:
         assert prov["git_commit"] == "unknown"
+
+
+def test_a_folder_named_like_a_bundled_scenario_does_not_shadow_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review 2 m5: a saved run folder `five-trusts` in the cwd is not the scenario; an existing file wins; a path
+    with "[" is a path, not TOML text."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "five-trusts").mkdir()
+    assert resolve("five-trusts").name == "five-trusts"
+    bundled = (Path(simulations.__file__).parent / "scenarios" / "five-trusts.toml").read_text()
+    (tmp_path / "runs[2]").mkdir()
+    (tmp_path / "runs[2]" / "s.toml").write_text(bundled.replace('name = "five-trusts"', 'name = "mine"'))
+    assert resolve("runs[2]/s.toml").name == "mine"
+    (tmp_path / "five-trusts.toml").write_text(bundled.replace('name = "five-trusts"', 'name = "local"'))
+    assert resolve("five-trusts.toml").name == "local"  # an existing file wins
+    with pytest.raises(ScenarioError, match="is a directory"):
+        resolve("runs[2]")

@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import simulations
 from simulations.cli import main
 
 SMALL = ["--set", "scenario.duration=1d", "--set", "scenario.replications=2"]
@@ -139,3 +144,81 @@ def test_jobqueue_slurm_starts_workers_as_batch_jobs(tmp_path: Path, monkeypatch
             time.sleep(0.1)
         else:
             pytest.fail(f"process group {pgid} of a batch job still runs after the sweep")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _dask_process(args: list[str], tmp_path: Path, name: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    """A real `dask scheduler` / `dask worker` process, killed (its whole process group) whatever happens."""
+    log = (tmp_path / f"{name}.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _scheduler(tmp_path: Path) -> tuple[str, contextlib.AbstractContextManager[None]]:
+    port = _free_port()
+    return f"tcp://127.0.0.1:{port}", _dask_process(
+        ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        tmp_path, "scheduler")
+
+
+def _wait_listening(address: str) -> None:
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no scheduler at {address} within 60 s")
+
+
+@pytest.mark.slow
+def test_a_scheduler_without_workers_fails_clearly_within_the_timeout(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """review 2 M4: a real scheduler with no worker: a clear error after --scheduler-timeout, nothing written."""
+    address, scheduler = _scheduler(tmp_path)
+    out = tmp_path / "sweep"
+    with scheduler:
+        _wait_listening(address)
+        assert main(["sweep", "five-trusts", *SMALL, *VARY, "--out", str(out), "--scheduler", address,
+                     "--scheduler-timeout", "3", "--no-progress"]) == 1
+    assert f"--scheduler {address}: no running Dask worker within 3 s" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_worker_running_other_code_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """review 2 M5: a real worker importing a copy of the code with one engine file changed (as a worker with
+    another checkout would): the sweep refuses it, naming the worker, and writes no point."""
+    here = Path(simulations.__file__).resolve().parent.parent
+    copy = tmp_path / "other-checkout"
+    for package in ("simulations", "protocol", "common"):
+        shutil.copytree(here / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "simulations" / "engine" / "__init__.py").open("a") as fh:
+        fh.write("# a local change on the worker's machine\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(copy)}
+    address, scheduler = _scheduler(tmp_path)
+    out = tmp_path / "sweep"
+    with scheduler:
+        _wait_listening(address)
+        worker = _dask_process(["distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "1",
+                                "--no-dashboard", "--host", "127.0.0.1"], tmp_path, "worker", env)
+        with worker:
+            assert main(["sweep", "five-trusts", *SMALL, *VARY, "--out", str(out), "--scheduler", address,
+                         "--scheduler-timeout", "60", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Dask worker tcp://127.0.0.1:" in err and "runs other code than this sweep" in err
+    assert "source_sha256" in err
+    assert not out.exists()
