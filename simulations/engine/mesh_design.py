@@ -241,6 +241,8 @@ class Mesh:
         node = st.node
         if not world.orgs[node.org].online:
             return
+        if self.ha is not None and st.fetch is not None and self.ha.stopped(st.fetch):
+            return  # asked by an [ha] node that failed during the round trip (its fetch is stopped)
         if not world.reachable(st.peer, node.org):
             node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
             node.lost_peer(st.peer, now)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,9 @@ FAILED_AT_START = SiblingView(False, 0, 0.0, 0.0, 0, 1, 0.0)
 NO_ORG = -2  # a flow's src/dst the meter counts nowhere (a copy over a site's LAN)
 MAX_ROUNDS = 100_000  # bound on HAVE rounds simulated for one takeover decision
 SWEEP_EVERY = 4096  # studies held whole between two sweeps of the finished ones
+#: the node's block (meshnode.dicom.blocks.DEFAULT_CHUNK_SIZE; not imported: meshnode.dicom loads pydicom;
+#: tests/simulations/test_org_nodes.py checks they are equal): what a sibling's HAVE counts
+NODE_BLOCK = 1 << 20
 
 
 class OrgNodes:
@@ -207,7 +211,7 @@ class OrgNodes:
         if watcher is None:
             return  # every node down: the next MEMBER_UP starts the watch again
         priority = PRIORITY_BY_RANK[s.priority]
-        total = len(s.cids)
+        total = node_blocks(s.nbytes, math.ceil)  # the node's block count, whatever design.granularity
         at = 0.0
         for n in range(1, MAX_ROUNDS + 1):
             at = n * self.interval
@@ -233,9 +237,11 @@ class OrgNodes:
             self._watch(t, waiting.failed, FAILED_AT_START, waiting.fetch, now)
             return
         del self.waiting[key]
-        old = waiting.fetch
-        if old is not None:
-            t.wasted += sum(s.sizes[i] for i, d in enumerate(old.done) if d)  # lost to the sibling
+        if waiting.fetch is not None:
+            # the failed node's verified blocks are lost to the sibling: they crossed the org's link once, as
+            # wasted, no longer as from_* (the transfer's one fetch had them all: from_* is the delivering one's)
+            t.wasted += t.from_sender + t.from_peers + t.from_hub
+            t.from_sender = t.from_peers = t.from_hub = 0.0
         self.takeovers += 1
         self.fetcher[key] = watcher
         started = t.fetch_started
@@ -292,27 +298,38 @@ class OrgNodes:
         for mid, f in list(node.fetches.items()):
             if self.fetcher.get((org, mid)) != k:
                 continue
-            self._suspend(f, now)
+            held = node_blocks(self._suspend(f, now), math.floor)
             # the watcher has asked k every `interval` since the announce: its last round before the failure
             # saw what k held then (taken as what k holds now); the first failed round is the next one
             t = f.transfer
             since = t.announced_at if t.announced_at >= 0 else t.fetch_started
             last = since + math.floor((now - since) / self.interval) * self.interval
             view = observe(None, reachable=True, held=0, now=since - last)
-            view = observe(view, reachable=True, held=sum(f.done), now=0.0)
+            view = observe(view, reachable=True, held=held, now=0.0)
             self._watch(t, k, view, f, last)
+        node.pump(now)  # (once every fetch of k is stopped: none of them is asked for again meanwhile)
 
-    def _suspend(self, f: Fetch, now: float) -> None:
+    def stopped(self, f: Fetch) -> bool:
+        """Whether f is the fetch of a failed node, stopped until a takeover or its node's return."""
+        s = f.study
+        w = self.waiting.get((f.node.org, s.manifest_id)) if s.manifest_id is not None else None
+        return w is not None and w.fetch is f
+
+    def _suspend(self, f: Fetch, now: float) -> float:
+        """Stop f (its node failed); returns the bytes its node had received of the study (verified blocks,
+        and the part of blocks in flight: in node-sized blocks, those were verified too)."""
         node = f.node
         mesh = self.mesh
         s = f.study
         assert s.manifest_id is not None
         if node.direct is f:
             node.materialise()
+        received = sum(s.sizes[i] for i, d in enumerate(f.done) if d)
         sched = node.sched(node.sender_of(s))
         for flow, st in list(node.inbound.items()):
             if st.fetch is f:
                 mesh.abort_request(st, flow)
+                received += max(0.0, flow.moved - st.received)
                 sched.request_failed(st.request.peer, list(st.request.cids), now)
         sched.remove_manifest(s.manifest_id)
         node.discovery.remove(s.manifest_id)
@@ -322,7 +339,7 @@ class OrgNodes:
             if holder >= 0:
                 mesh.can_serve[holder].pop(f, None)
         s.held.pop(node.org, None)  # its blocks are on the failed node
-        node.pump(now)
+        return received
 
     def _member_up(self, org: int, k: int, now: float) -> None:
         mesh = self.mesh
@@ -356,6 +373,13 @@ class OrgNodes:
                 del signed[sid]
                 continue
             self._copy_all(org, s, now)
+
+
+def node_blocks(nbytes: float, rounding: Callable[[float], int]) -> int:
+    """Bytes as the node's HAVE counts them (in NODE_BLOCKs), so the watcher's decision does not change with
+    design.granularity (the scheduler's blocks); `rounding` math.ceil for a study's total, math.floor for
+    what a node holds."""
+    return int(rounding(nbytes / NODE_BLOCK))
 
 
 @functools.lru_cache(maxsize=1 << 14)
