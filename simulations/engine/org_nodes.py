@@ -15,7 +15,8 @@ when all are), and the node's decisions about them:
   signer); siblings copy it when protocol.replication.copies(mode, priority) says so, as flows over the
   site's LAN (links = shared: no access-link bytes) or over the organisation's uplink and the sibling's own
   downlink (links = separate: counted on the organisation's links). While the signer is down, the study is
-  served only if a sibling holds a whole copy.
+  served only if a sibling holds a whole copy, and its announces not yet delivered wait for the signer (a
+  sibling does not announce for it: docs/operators.md).
 - Recipients' copies: once a study is fetched, the other nodes up copy it by the same rule (bytes, and a
   holder for fellow recipients while the fetcher is down).
 
@@ -103,6 +104,10 @@ class OrgNodes:
         #: the study behind each holders entry, and how many entries were added since the last sweep
         self._held_study: dict[tuple[int, int], Study] = {}
         self._added = 0
+        #: (org, study id) -> the node that signed it (its announces are that node's: held while it is down)
+        self.signer: dict[tuple[int, int], int] = {}
+        #: (org, node) -> announces held while that node, their signer, is down (released when it is back)
+        self.held_announces: dict[tuple[int, int], list[Transfer]] = {}
         self.copying: dict[tuple[int, int, int], Flow] = {}  # (org, study id, node) -> copy flow
         self.copy_bytes = 0.0
         self.takeovers = 0
@@ -133,8 +138,20 @@ class OrgNodes:
         if k is None:
             return
         self._hold(org, s, k)
+        self.signer[(org, s.id)] = k
         self.signed[org][s.id] = s
         self._copy_all(org, s, now)
+
+    def hold_announce(self, t: Transfer) -> bool:
+        """True if t's announce must wait: its signer is down. The node's announces are the signing node's own
+        durable deliveries; a sibling does not announce for it (docs/operators.md, High availability), they
+        resume when the signer is back (_member_up)."""
+        s = t.study
+        k = self.signer.get((s.sender, s.id)) if s.sender in self.names else None
+        if k is None or self.up[s.sender][k]:
+            return False
+        self.held_announces.setdefault((s.sender, k), []).append(t)
+        return True
 
     def _hold(self, org: int, s: Study, k: int) -> None:
         """Node k of org holds the whole of `s` (it signed or fetched it); what is of no more use is forgotten
@@ -149,6 +166,7 @@ class OrgNodes:
                         (key[0], key[1], j) in self.copying for j in range(len(self.names[key[0]]))):
                     del self._held_study[key]
                     self.holders.pop(key, None)
+                    self.signer.pop(key, None)
                     self.signed[key[0]].pop(key[1], None)
 
     def _copy_all(self, org: int, s: Study, now: float) -> None:
@@ -366,6 +384,9 @@ class OrgNodes:
                 node.start_fetch(t, now)
             elif w.watcher is None or not self.up[org][w.watcher]:
                 self._watch(t, w.failed, FAILED_AT_START, w.fetch, now)
+        for t in self.held_announces.pop((org, k), []):
+            if not t.resolved:
+                node.announce(t, now)  # the signer is back: its announces resume (the Outbox's retries)
         signed = self.signed[org]
         for sid in list(signed):
             s = signed[sid]
