@@ -477,7 +477,8 @@ class Mesh:
     def _fallback_check(self, f: Fetch, now: float) -> None:
         f.fallback_armed = False
         node = f.node
-        if f.study.manifest_id not in node.fetches or f.hub_added:
+        mid = f.study.manifest_id
+        if mid is None or node.fetches.get(mid) is not f or f.hub_added:  # (not: a sibling's since a takeover)
             return
         if now - f.last_progress >= self.fallback_after - 1e-9:
             f.hub_added = True

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from simulations.engine.mesh_design import Mesh
 
 #: what the watcher has seen of a sibling whose first round failed, at the start of the watch (time 0 of it)
-FAILED_AT_START = SiblingView(False, 0, 0.0, 0.0, 0, 1, 0.0)
+FAILED_AT_START = observe(None, reachable=False, held=0, now=0.0)
 NO_ORG = -2  # a flow's src/dst the meter counts nowhere (a copy over a site's LAN)
 MAX_ROUNDS = 100_000  # bound on HAVE rounds simulated for one takeover decision
 SWEEP_EVERY = 4096  # studies held whole between two sweeps of the finished ones

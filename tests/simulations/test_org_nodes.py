@@ -48,6 +48,9 @@ def _ha(orgs: str, **keys: str) -> str:
     (_ha('"acute"') + _fault("RGT", "1h", "1h", 2), "faults[0].node", "RGT runs 2 node(s)"),
     (_ha('"RGT"') + _fault("acute", "1h", "1h", 1), "faults[0].node", "RJ1 runs 1 node(s)"),
     (_fault("RGT", "1h", "1h", 1), "faults[0].node", "RGT runs 1 node(s)"),
+    (_fault("RGT", "1h", "1h", 0), "faults[0].node", "RGT runs 1 node(s) ([ha]): drop `node`"),
+    (_ha('"RGT"') + _fault("RJ1", "1h", "1h", 0), "faults[0].node", "RJ1 runs 1 node(s)"),
+    (_ha('"acute"', takeover_seconds='"1.5s"'), "ha.takeover_seconds", "whole seconds"),
     (_ha('"acute"') + _fault("RGT", "1h", "1h", -1), "faults[0].node", "outside 0..15"),
     (_ha('"acute"') + '[[faults]]\nkind = "partition"\ntargets = "RGT"\nstart = "1h"\nduration = "1h"\nnode = 0\n',
      "faults[0].node", "only a node-failure"),
@@ -312,3 +315,14 @@ def test_the_simulators_node_block_is_the_nodes() -> None:
     from simulations.engine.org_nodes import NODE_BLOCK
 
     assert NODE_BLOCK == DEFAULT_CHUNK_SIZE
+
+
+def test_a_stopped_fetchs_fallback_timer_does_not_count_a_fallback_for_the_siblings() -> None:
+    """Hybrid: BBB's fetching node fails at 40 s and its sibling takes over; the failed node's hub-fallback
+    timer found the sibling's fetch under the same manifest and counted a fallback that never happened
+    (review 3, m1)."""
+    trace = studies([(10.0, A, [B], 2000e6)], priority=2)
+    r = run_slice(trio(extra=_ha('"BBB"') + _fault("BBB", "40s", "20min", 1), a_up="100Mbit/s", design="hybrid"),
+                  0, 0, trace=trace)
+    assert r.engine["ha_takeovers"] == 1
+    assert r.attack["fallbacks"] == 0 and r.rows[0].from_hub == 0
