@@ -23,7 +23,9 @@ when all are), and the node's decisions about them:
 Not modelled (docs/researchers.md, section 2): after a takeover, the sibling's fetch runs over the
 organisation's one access link also with links = separate; a node that comes back from a failure of the
 whole organisation resumes the fetches of every node; the first-ranked node back before a takeover at the
-announce fetches at once (the sender's announce retry or the siblings' manifest copy reach it).
+announce fetches at once (the sender's announce retry or the siblings' manifest copy reach it); a fetcher that
+is up but stalled or slow is never taken over (the node's siblings would fetch it a second time: review 3, M2);
+a failed HAVE round costs no time (the node's may wait ASK_TIMEOUT).
 """
 
 from __future__ import annotations
