@@ -18,6 +18,10 @@ from protocol.config_reader import Table
 from protocol.replication import ReplicationScope
 
 
+#: the range of `[replication] takeover_seconds` (whole seconds; the simulator's [ha] takeover_seconds too)
+TAKEOVER_SECONDS_RANGE = (1, 86400)
+
+
 @dataclass(frozen=True)
 class ReplicationConfig:
     mode: ReplicationScope = ReplicationScope.ALL
@@ -29,7 +33,7 @@ def parse_replication(root: Table) -> ReplicationConfig:
     t = root.table("replication")
     config = ReplicationConfig(
         mode=ReplicationScope(t.text("mode", d.mode.value, choices=tuple(m.value for m in ReplicationScope))),
-        takeover_seconds=t.integer("takeover_seconds", d.takeover_seconds, 1, 86400),
+        takeover_seconds=t.integer("takeover_seconds", d.takeover_seconds, *TAKEOVER_SECONDS_RANGE),
     )
     t.finish()
     return config

@@ -151,6 +151,8 @@ class MeshNode:
         s = t.study
         assert s.manifest_id is not None
         world = self.mesh.world
+        if self.mesh.ha is not None and self.mesh.ha.hold_announce(t):
+            return  # its [ha] signer is down: announced when it is back (org_nodes)
         if world.reachable(self.org, t.recipient):
             # A first attempt that succeeds: Outbox.add, due, succeeded, remove leave it as it was.
             t.attempts += 1
@@ -168,6 +170,10 @@ class MeshNode:
         if t is None or t.resolved:
             self.outbox.forget(key)
             self.pending.pop(key, None)
+            return
+        if self.mesh.ha is not None and self.mesh.ha.hold_announce(t):
+            self.outbox.forget(key)  # its [ha] signer is down: announced when it is back (org_nodes)
+            del self.pending[key]
             return
         t.attempts += 1
         t.control += wire_sizes.manifest_bytes(t.study.images, t.study.image_bytes)

@@ -243,6 +243,8 @@ class Mesh:
         node = st.node
         if not world.orgs[node.org].online:
             return
+        if self.ha is not None and st.fetch is not None and self.ha.stopped(st.fetch):
+            return  # asked by an [ha] node that failed during the round trip (its fetch is stopped)
         if not world.reachable(st.peer, node.org):
             node.sched(st.sender).request_failed(st.request.peer, list(st.request.cids), now)
             node.lost_peer(st.peer, now)
@@ -482,7 +484,8 @@ class Mesh:
     def _fallback_check(self, f: Fetch, now: float) -> None:
         f.fallback_armed = False
         node = f.node
-        if f.study.manifest_id not in node.fetches or f.hub_added:
+        mid = f.study.manifest_id
+        if mid is None or node.fetches.get(mid) is not f or f.hub_added:  # (not: a sibling's since a takeover)
             return
         if now - f.last_progress >= self.fallback_after - 1e-9:
             f.hub_added = True

@@ -15,14 +15,17 @@ when all are), and the node's decisions about them:
   signer); siblings copy it when protocol.replication.copies(mode, priority) says so, as flows over the
   site's LAN (links = shared: no access-link bytes) or over the organisation's uplink and the sibling's own
   downlink (links = separate: counted on the organisation's links). While the signer is down, the study is
-  served only if a sibling holds a whole copy.
+  served only if a sibling holds a whole copy, and its announces not yet delivered wait for the signer (a
+  sibling does not announce for it: docs/operators.md).
 - Recipients' copies: once a study is fetched, the other nodes up copy it by the same rule (bytes, and a
   holder for fellow recipients while the fetcher is down).
 
 Not modelled (docs/researchers.md, section 2): after a takeover, the sibling's fetch runs over the
 organisation's one access link also with links = separate; a node that comes back from a failure of the
 whole organisation resumes the fetches of every node; the first-ranked node back before a takeover at the
-announce fetches at once (the sender's announce retry or the siblings' manifest copy reach it).
+announce fetches at once (the sender's announce retry or the siblings' manifest copy reach it); a fetcher that
+is up but stalled or slow is never taken over (the node's siblings would fetch it a second time: review 3, M2);
+a failed HAVE round costs no time (the node's may wait ASK_TIMEOUT).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,10 +56,13 @@ if TYPE_CHECKING:
     from simulations.engine.mesh_design import Mesh
 
 #: what the watcher has seen of a sibling whose first round failed, at the start of the watch (time 0 of it)
-FAILED_AT_START = SiblingView(False, 0, 0.0, 0.0, 0, 1, 0.0)
+FAILED_AT_START = observe(None, reachable=False, held=0, now=0.0)
 NO_ORG = -2  # a flow's src/dst the meter counts nowhere (a copy over a site's LAN)
 MAX_ROUNDS = 100_000  # bound on HAVE rounds simulated for one takeover decision
 SWEEP_EVERY = 4096  # studies held whole between two sweeps of the finished ones
+#: the node's block (meshnode.dicom.blocks.DEFAULT_CHUNK_SIZE; not imported: meshnode.dicom loads pydicom;
+#: tests/simulations/test_org_nodes.py checks they are equal): what a sibling's HAVE counts
+NODE_BLOCK = 1 << 20
 
 
 class OrgNodes:
@@ -99,6 +106,10 @@ class OrgNodes:
         #: the study behind each holders entry, and how many entries were added since the last sweep
         self._held_study: dict[tuple[int, int], Study] = {}
         self._added = 0
+        #: (org, study id) -> the node that signed it (its announces are that node's: held while it is down)
+        self.signer: dict[tuple[int, int], int] = {}
+        #: (org, node) -> announces held while that node, their signer, is down (released when it is back)
+        self.held_announces: dict[tuple[int, int], list[Transfer]] = {}
         self.copying: dict[tuple[int, int, int], Flow] = {}  # (org, study id, node) -> copy flow
         self.copy_bytes = 0.0
         self.takeovers = 0
@@ -129,8 +140,20 @@ class OrgNodes:
         if k is None:
             return
         self._hold(org, s, k)
+        self.signer[(org, s.id)] = k
         self.signed[org][s.id] = s
         self._copy_all(org, s, now)
+
+    def hold_announce(self, t: Transfer) -> bool:
+        """True if t's announce must wait: its signer is down. The node's announces are the signing node's own
+        durable deliveries; a sibling does not announce for it (docs/operators.md, High availability), they
+        resume when the signer is back (_member_up)."""
+        s = t.study
+        k = self.signer.get((s.sender, s.id)) if s.sender in self.names else None
+        if k is None or self.up[s.sender][k]:
+            return False
+        self.held_announces.setdefault((s.sender, k), []).append(t)
+        return True
 
     def _hold(self, org: int, s: Study, k: int) -> None:
         """Node k of org holds the whole of `s` (it signed or fetched it); what is of no more use is forgotten
@@ -145,6 +168,7 @@ class OrgNodes:
                         (key[0], key[1], j) in self.copying for j in range(len(self.names[key[0]]))):
                     del self._held_study[key]
                     self.holders.pop(key, None)
+                    self.signer.pop(key, None)
                     self.signed[key[0]].pop(key[1], None)
 
     def _copy_all(self, org: int, s: Study, now: float) -> None:
@@ -207,7 +231,7 @@ class OrgNodes:
         if watcher is None:
             return  # every node down: the next MEMBER_UP starts the watch again
         priority = PRIORITY_BY_RANK[s.priority]
-        total = len(s.cids)
+        total = node_blocks(s.nbytes, math.ceil)  # the node's block count, whatever design.granularity
         at = 0.0
         for n in range(1, MAX_ROUNDS + 1):
             at = n * self.interval
@@ -233,9 +257,11 @@ class OrgNodes:
             self._watch(t, waiting.failed, FAILED_AT_START, waiting.fetch, now)
             return
         del self.waiting[key]
-        old = waiting.fetch
-        if old is not None:
-            t.wasted += sum(s.sizes[i] for i, d in enumerate(old.done) if d)  # lost to the sibling
+        if waiting.fetch is not None:
+            # the failed node's verified blocks are lost to the sibling: they crossed the org's link once, as
+            # wasted, no longer as from_* (the transfer's one fetch had them all: from_* is the delivering one's)
+            t.wasted += t.from_sender + t.from_peers + t.from_hub
+            t.from_sender = t.from_peers = t.from_hub = 0.0
         self.takeovers += 1
         self.fetcher[key] = watcher
         started = t.fetch_started
@@ -292,27 +318,38 @@ class OrgNodes:
         for mid, f in list(node.fetches.items()):
             if self.fetcher.get((org, mid)) != k:
                 continue
-            self._suspend(f, now)
+            held = node_blocks(self._suspend(f, now), math.floor)
             # the watcher has asked k every `interval` since the announce: its last round before the failure
             # saw what k held then (taken as what k holds now); the first failed round is the next one
             t = f.transfer
             since = t.announced_at if t.announced_at >= 0 else t.fetch_started
             last = since + math.floor((now - since) / self.interval) * self.interval
             view = observe(None, reachable=True, held=0, now=since - last)
-            view = observe(view, reachable=True, held=sum(f.done), now=0.0)
+            view = observe(view, reachable=True, held=held, now=0.0)
             self._watch(t, k, view, f, last)
+        node.pump(now)  # (once every fetch of k is stopped: none of them is asked for again meanwhile)
 
-    def _suspend(self, f: Fetch, now: float) -> None:
+    def stopped(self, f: Fetch) -> bool:
+        """Whether f is the fetch of a failed node, stopped until a takeover or its node's return."""
+        s = f.study
+        w = self.waiting.get((f.node.org, s.manifest_id)) if s.manifest_id is not None else None
+        return w is not None and w.fetch is f
+
+    def _suspend(self, f: Fetch, now: float) -> float:
+        """Stop f (its node failed); returns the bytes its node had received of the study (verified blocks,
+        and the part of blocks in flight: in node-sized blocks, those were verified too)."""
         node = f.node
         mesh = self.mesh
         s = f.study
         assert s.manifest_id is not None
         if node.direct is f:
             node.materialise()
+        received = sum(s.sizes[i] for i, d in enumerate(f.done) if d)
         sched = node.sched(node.sender_of(s))
         for flow, st in list(node.inbound.items()):
             if st.fetch is f:
                 mesh.abort_request(st, flow)
+                received += max(0.0, flow.moved - st.received)
                 sched.request_failed(st.request.peer, list(st.request.cids), now)
         sched.remove_manifest(s.manifest_id)
         node.discovery.remove(s.manifest_id)
@@ -322,7 +359,7 @@ class OrgNodes:
             if holder >= 0:
                 mesh.can_serve[holder].pop(f, None)
         s.held.pop(node.org, None)  # its blocks are on the failed node
-        node.pump(now)
+        return received
 
     def _member_up(self, org: int, k: int, now: float) -> None:
         mesh = self.mesh
@@ -349,6 +386,9 @@ class OrgNodes:
                 node.start_fetch(t, now)
             elif w.watcher is None or not self.up[org][w.watcher]:
                 self._watch(t, w.failed, FAILED_AT_START, w.fetch, now)
+        for t in self.held_announces.pop((org, k), []):
+            if not t.resolved:
+                node.announce(t, now)  # the signer is back: its announces resume (the Outbox's retries)
         signed = self.signed[org]
         for sid in list(signed):
             s = signed[sid]
@@ -356,6 +396,13 @@ class OrgNodes:
                 del signed[sid]
                 continue
             self._copy_all(org, s, now)
+
+
+def node_blocks(nbytes: float, rounding: Callable[[float], int]) -> int:
+    """Bytes as the node's HAVE counts them (in NODE_BLOCKs), so the watcher's decision does not change with
+    design.granularity (the scheduler's blocks); `rounding` math.ceil for a study's total, math.floor for
+    what a node holds."""
+    return int(rounding(nbytes / NODE_BLOCK))
 
 
 @functools.lru_cache(maxsize=1 << 14)

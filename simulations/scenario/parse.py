@@ -12,7 +12,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from meshnode.node.replication_config import ReplicationConfig
+from meshnode.node.replication_config import TAKEOVER_SECONDS_RANGE, ReplicationConfig
 from protocol.backoff import MAX_JITTER, Backoff
 from protocol.config_reader import MISSING, Table, defaults, read
 from protocol.delivery_policy import DeliveryPolicy
@@ -481,8 +481,11 @@ def _ha(t: Table, known: _Names) -> HighAvailability:
         lan_rate=t.rate("lan_rate", d["lan_rate"]))
     if t.values and not orgs:
         raise ConfigError(f"{t.key('orgs')}: name the organisations (groups or codes) that run several nodes")
-    if not 1 <= ha.takeover_seconds <= 86400:
+    low, high = TAKEOVER_SECONDS_RANGE
+    if not low <= ha.takeover_seconds <= high:
         raise ConfigError(f"{t.key('takeover_seconds')}: between 1 s and a day (the node's range)")
+    if ha.takeover_seconds != int(ha.takeover_seconds):
+        raise ConfigError(f"{t.key('takeover_seconds')}: whole seconds (the node's setting is an integer)")
     if ha.lan_rate <= 0:
         raise ConfigError(f"{t.key('lan_rate')}: must be positive")
     t.finish()
@@ -496,6 +499,9 @@ def _check_node_faults(faults: tuple[Fault, ...], ha: HighAvailability, known: _
             continue
         for name in f.targets:
             for code in known.members(name, f"faults[{i}].targets"):
+                if ha.nodes_of(code) == 1:
+                    raise ConfigError(f"faults[{i}].node: {code} runs 1 node(s) ([ha]): drop `node`, or list "
+                                      f"{code} in ha.orgs")
                 if f.node >= ha.nodes_of(code):
                     raise ConfigError(f"faults[{i}].node: {code} runs {ha.nodes_of(code)} node(s) ([ha]); "
                                       f"nodes are numbered from 0")
