@@ -58,6 +58,7 @@ class Study:
         count CIDs, so a study of small instances has about twice as many blocks as its bytes / 1 MiB."""
         tag = self.id.to_bytes(8, "big", signed=True) + (b"b" if self.bogus else b"s")
         self.manifest_id = CID(tag + b"\xff\xff\xff\xff" + _PAD)
+        self.per_image = 0
         if node_blocks and self.images > 0 and self.nbytes > 0:
             one = instance_blocks(self.nbytes / self.images)
             self.per_image = len(one)
