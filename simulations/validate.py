@@ -112,7 +112,7 @@ P90_MIN_N = 5
 #: two-core CI machine. "all" (every transfer of every case) is reported, not bounded: it mixes the cases.
 BOUNDS: dict[str, Bound] = {
     "single": Bound((-0.15, 0.15)),
-    # the model in the node's own blocks (+9 % to +16 % on three emulated medians); before, +63 % to +76 %
+    # the model in the node's own blocks: +6 % and +11 % measured (+9..+16 % on earlier medians); before +63..+76 %
     "multi-3": Bound((-0.15, 0.30)),
     "multi-2": Bound((-0.15, 0.15)),
     "contention": Bound((-0.30, 0.30), (-0.20, 0.20)),
