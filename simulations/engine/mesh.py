@@ -233,7 +233,7 @@ class MeshNode:
         if n == 1:
             order, first = [0], 1
         else:
-            first = min(n, max(1, math.ceil(s.image_bytes / s.sizes[0])))
+            first = s.per_image or min(n, max(1, math.ceil(s.image_bytes / s.sizes[0])))
             # the node's order (protocol.fetch_order): the k-th of n recipient orgs starts k/n of the way
             # through the rest (one node per org here, named by its org code)
             rest = list(range(first, n))

@@ -118,7 +118,9 @@ class Mesh:
             self.nodes[s.sender].deferred.append(s)
             return
         s.shared_at = now
-        s.split(world.scenario.design.granularity)
+        # at the node's block size, the node's own blocks (per instance: header, then 1 MiB pixel chunks): the
+        # scheduler counts blocks, not bytes, so its first request covers what the node's covers
+        s.split(world.scenario.design.granularity, node_blocks=self.scale == 1.0)
         if world.orgs[s.sender].revoked:
             for t in s.transfers:
                 self._fail(t, now, "sender revoked")
@@ -349,7 +351,12 @@ class Mesh:
         t = f.transfer
         if t.first_image_at < 0 and b < f.first_blocks and all(f.done[:f.first_blocks]):
             t.first_image_at = at
-        if self.world.scenario.engine.per_image_events and s.image_bytes > 0:
+        if self.world.scenario.engine.per_image_events and s.per_image:
+            per = s.per_image
+            k = b // per
+            if all(f.done[k * per:(k + 1) * per]):
+                self.world.meter.image_done(at)
+        elif self.world.scenario.engine.per_image_events and s.image_bytes > 0:
             bs = s.sizes[0]
             first = int(b * bs // s.image_bytes)
             last = min(s.images - 1, int(((b + 1) * bs - 1e-6) // s.image_bytes))

@@ -7,6 +7,7 @@ from enum import IntEnum
 from protocol.access import Share
 from protocol.cid import CID
 from protocol.lifecycle import ManifestState
+from simulations.engine.wire_sizes import instance_blocks
 
 
 class Status(IntEnum):
@@ -22,7 +23,7 @@ _BLOCK0 = bytes(4) + _PAD
 class Study:
     __slots__ = ("id", "time", "sender", "recipients", "modality", "priority", "images", "nbytes", "image_bytes",
                  "transfers", "manifest_id", "cids", "sizes", "held", "recorded", "bogus", "hub_stored",
-                 "shared_at", "access", "state")
+                 "shared_at", "access", "state", "per_image")
 
     def __init__(self, sid: int, time: float, sender: int, recipients: list[int], modality: int, priority: int,
                  images: int, nbytes: float, image_bytes: float, recorded: bool, bogus: bool = False) -> None:
@@ -46,11 +47,24 @@ class Study:
         self.shared_at = time
         self.access: Share | None = None  # its manifest as protocol.access sees it (mesh.study_share)
         self.state: ManifestState | None = None  # the sender's view of its manifest (protocol.lifecycle)
+        #: blocks per instance when split into the node's own blocks (split(node_blocks=True)); 0: byte blocks
+        self.per_image = 0
 
-    def split(self, granularity: float) -> None:
-        """Scheduler blocks of at most `granularity` bytes and their CIDs (derived from the study id)."""
+    def split(self, granularity: float, node_blocks: bool = False) -> None:
+        """Scheduler blocks of at most `granularity` bytes and their CIDs (derived from the study id).
+
+        `node_blocks`: the node's own blocks instead (meshnode.dicom.blocks): per instance, its header, then
+        its pixel data in 1 MiB chunks (wire_sizes.instance_blocks). The scheduler's windows and requests
+        count CIDs, so a study of small instances has about twice as many blocks as its bytes / 1 MiB."""
         tag = self.id.to_bytes(8, "big", signed=True) + (b"b" if self.bogus else b"s")
         self.manifest_id = CID(tag + b"\xff\xff\xff\xff" + _PAD)
+        self.per_image = 0
+        if node_blocks and self.images > 0 and self.nbytes > 0:
+            one = instance_blocks(self.nbytes / self.images)
+            self.per_image = len(one)
+            self.sizes = one * self.images
+            self.cids = tuple(CID(tag + i.to_bytes(4, "big") + _PAD) for i in range(len(self.sizes)))
+            return
         if self.nbytes <= granularity:
             self.sizes = (self.nbytes,)
             self.cids = (CID(tag + _BLOCK0),)

@@ -61,8 +61,9 @@ def test_validate_cases_model_within_the_documented_bounds(tmp_path: Path,
         assert bound.median[0] <= c["median"]["error"] <= bound.median[1], (name, c)
         if bound.p90 is not None and c["n"] >= P90_MIN_N:
             assert c["p90"] is not None and bound.p90[0] <= c["p90"]["error"] <= bound.p90[1], (name, c)
-    # the known gap is the one documented: the real co-recipients fetched from each other, the model did not
-    assert all(t["from_peers_emulated"] > 0 and t["from_peers_modelled"] == 0 for t in cases["multi-3"]["transfers"])
+    # multi-source, real and modelled: the co-recipients fetched part of the study from each other (the node asks
+    # the sender for 32 of its 48 blocks at once, the rest later from whoever holds them; so does the model)
+    assert all(t["from_peers_emulated"] > 0 and t["from_peers_modelled"] > 0 for t in cases["multi-3"]["transfers"])
     assert result["within"]
 
 

@@ -168,17 +168,21 @@ def sim_world(extra: str = "") -> World:
 
 def sim_decisions(manifest: Manifest, peer_ids: dict[str, str], extra: str = "") -> tuple[
         dict[str, list[tuple[str, list[int]]]], dict[tuple[str, str], list[int] | None], Study, RecordingMesh]:
-    """The same study for the simulator: as many blocks as the manifest lists, the first instance's
-    blocks first (its image size), announced to the same three orgs at time 0."""
+    """The same study for the simulator: split into the node's own blocks (its granularity is the node's), as
+    many per instance as the manifest lists (a header block, then pixel blocks), the first instance's first,
+    announced to the same three orgs at time 0."""
     world = sim_world(extra)
     mesh = RecordingMesh(world)
     for org, peer_id in peer_ids.items():
         mesh.nodes[world.code_index[org]].name = peer_id  # the same nodes: the node hashes its peer ID
     n, first = len(manifest.block_order()), len(manifest.instances[0].blocks)
     granularity = world.scenario.design.granularity
+    assert all(len(e.blocks) == first for e in manifest.instances) and n == first * len(manifest.instances)
+    instance = wire_sizes.HEADER_BYTES + (first - 1) * granularity  # the node's split: header + (first-1) chunks
     study = Study(1, 0.0, world.code_index[SENDER], [world.code_index[o] for o in sorted(RECIPIENTS)], 0, 2,
-                  len(manifest.instances), n * granularity, first * granularity, True)
+                  len(manifest.instances), len(manifest.instances) * instance, instance, True)
     mesh.arrive(study, 0.0)
+    assert len(study.cids) == n and study.per_image == first
     q = world.queue
     while len(q):
         q.pop_and_run()

@@ -4,6 +4,8 @@ which holders are relayed, so it takes most blocks from a direct holder; a relay
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from simulations.engine.slice import run_slice
@@ -78,5 +80,10 @@ def test_five_trusts_nat_delivers_everything_the_relayed_transfers_a_little_late
     direct, _ = runs["five-trusts"]
     behind_nat, relayed = runs["five-trusts-nat"]
     assert relayed and direct.keys() == behind_nat.keys()
-    assert all(behind_nat[k] > direct[k] for k in relayed)
+    # A study to one recipient only waits for the relay. One to several recipients may not: a relayed sender's
+    # smaller window moves blocks to the fellow recipients (multi-source), which can end a few % sooner.
+    recipients = Counter(study for study, _ in direct)
+    single = {k for k in relayed if recipients[k[0]] == 1}
+    assert single and all(behind_nat[k] > direct[k] for k in single)
+    assert all(behind_nat[k] > 0.95 * direct[k] for k in relayed - single)
     assert all(behind_nat[k] == pytest.approx(direct[k]) for k in direct.keys() - relayed)
