@@ -27,6 +27,13 @@ class ReplicationScope(str, enum.Enum):
     NOTHING = "nothing"
 
 
+#: node.toml [replication]'s defaults and the range of takeover_seconds (whole seconds), shared by the node's
+#: config reader (meshnode/node/replication_config.py) and meshsim's [ha] (simulations/scenario/parse.py)
+DEFAULT_SCOPE = ReplicationScope.ALL
+DEFAULT_TAKEOVER_SECONDS = 30
+TAKEOVER_SECONDS_RANGE = (1, 86400)
+
+
 #: Priorities the urgent scope copies.
 URGENT_PRIORITIES = frozenset({Priority.STAT, Priority.URGENT})
 

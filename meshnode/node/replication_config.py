@@ -15,17 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocol.config_reader import Table
-from protocol.replication import ReplicationScope
-
-
-#: the range of `[replication] takeover_seconds` (whole seconds; the simulator's [ha] takeover_seconds too)
-TAKEOVER_SECONDS_RANGE = (1, 86400)
+from protocol.replication import DEFAULT_SCOPE, DEFAULT_TAKEOVER_SECONDS, TAKEOVER_SECONDS_RANGE, ReplicationScope
 
 
 @dataclass(frozen=True)
 class ReplicationConfig:
-    mode: ReplicationScope = ReplicationScope.ALL
-    takeover_seconds: int = 30
+    mode: ReplicationScope = DEFAULT_SCOPE
+    takeover_seconds: int = DEFAULT_TAKEOVER_SECONDS
 
 
 def parse_replication(root: Table) -> ReplicationConfig:

@@ -153,7 +153,7 @@ class HighAvailability:
     org_nodes.py). Each listed organisation runs `nodes` nodes that fail independently (each with the
     organisation's availability); the organisation is down only when all are. Which node fetches a study, and
     when a sibling takes over, is protocol.org_fetch's decision; what siblings copy, protocol.replication's.
-    Defaults are the node's (meshnode/node/replication_config.py)."""
+    Defaults are the node's (protocol.replication: DEFAULT_SCOPE, DEFAULT_TAKEOVER_SECONDS)."""
 
     orgs: tuple[str, ...] = ()  # organisation codes (groups expanded)
     nodes: int = 2

@@ -12,14 +12,13 @@ import dataclasses
 import math
 from pathlib import Path
 
-from meshnode.node.replication_config import TAKEOVER_SECONDS_RANGE, ReplicationConfig
 from protocol.backoff import MAX_JITTER, Backoff
 from protocol.config_reader import MISSING, Table, defaults, read
 from protocol.delivery_policy import DeliveryPolicy
 from protocol.errors import ConfigError, LocalProtocolError, MeshError
 from protocol.fetch_settings import FetchSettings
 from protocol.manifest import Priority
-from protocol.replication import ReplicationScope
+from protocol.replication import DEFAULT_SCOPE, DEFAULT_TAKEOVER_SECONDS, TAKEOVER_SECONDS_RANGE, ReplicationScope
 from protocol.schema import check_org_code
 from simulations.scenario.errors import ScenarioError
 from simulations.scenario.model import (
@@ -467,7 +466,6 @@ MAX_HA_NODES = 16
 
 def _ha(t: Table, known: _Names) -> HighAvailability:
     """[ha]: organisations (groups or codes) running several nodes, and how (defaults: the node's own)."""
-    node = ReplicationConfig()
     names = t.names("orgs", ())
     orgs = tuple(dict.fromkeys(c for i, name in enumerate(names)
                                for c in known.members(name, f"{t.key('orgs')}[{i}]")))
@@ -475,8 +473,8 @@ def _ha(t: Table, known: _Names) -> HighAvailability:
     ha = HighAvailability(
         orgs=orgs,
         nodes=t.integer("nodes", d["nodes"], 1, MAX_HA_NODES),
-        replication=ReplicationScope(t.text("replication", node.mode.value, tuple(m.value for m in ReplicationScope))),
-        takeover_seconds=t.duration("takeover_seconds", float(node.takeover_seconds)),
+        replication=ReplicationScope(t.text("replication", DEFAULT_SCOPE.value, tuple(m.value for m in ReplicationScope))),
+        takeover_seconds=t.duration("takeover_seconds", float(DEFAULT_TAKEOVER_SECONDS)),
         links=HALinks(t.text("links", HALinks.SHARED.value, tuple(k.value for k in HALinks))),
         lan_rate=t.rate("lan_rate", d["lan_rate"]))
     if t.values and not orgs:
