@@ -100,11 +100,10 @@ class _Text:
 
     def close(self) -> bytes:
         self.fh.flush()
+        self.fh.detach()  # before the gzip stream closes: detaching flushes into it
         if self.gz is not None:
             self.gz.close()
-        data = self.raw.getvalue()
-        self.fh.detach()
-        return data
+        return self.raw.getvalue()
 
 
 def _sorted_rows(r: ReplicationResult) -> list[Record]:

@@ -148,3 +148,18 @@ def test_a_folder_named_like_a_bundled_scenario_does_not_shadow_it(
     assert resolve("five-trusts.toml").name == "local"  # an existing file wins
     with pytest.raises(ScenarioError, match="is a directory"):
         resolve("runs[2]")
+
+
+def test_gzip_records_decompress_to_the_csv_records(tmp_path: Path) -> None:
+    """records = "csv.gz" (nhs-england's) wrote nothing: closing the in-memory gzip stream before detaching its
+    text wrapper raised "I/O operation on closed file" at the end of every such run."""
+    import gzip
+
+    plain = simulations.run("five-trusts", SMALL, jobs=1)
+    packed = simulations.run("five-trusts", {**SMALL, "output.records": "csv.gz"}, jobs=1)
+    for k in (0, 1):
+        data = packed.files[f"transfers-r{k}.csv.gz"]
+        assert data[:2] == b"\x1f\x8b"
+        assert gzip.decompress(data) == plain.files[f"transfers-r{k}.csv"]
+    again = simulations.run("five-trusts", {**SMALL, "output.records": "csv.gz"}, jobs=1)
+    assert again.files["transfers-r0.csv.gz"] == packed.files["transfers-r0.csv.gz"]  # no date in the header
