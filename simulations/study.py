@@ -263,6 +263,16 @@ def write_report(out: Path, runs: Sequence[DesignRun], sens: Sequence[sensitivit
         [f"hub ingress / egress to carry {peak:g} images/s at these image sizes", "-",
          f"{gbit(fig.hub_ingress_for(peak))} / {gbit(fig.hub_egress_for(peak))}"]])
 
+    # time to first image is reported only from designs whose scheduler blocks do not aggregate the node's 1 MiB
+    # blocks (docs/researchers.md section 3); REPORT's rule, read from each design's run folder
+    from simulations.report import aggregation_note, first_image_note, load_run  # late: report imports plots
+
+    folders = {r.design: load_run(r.run_dir) for r in runs}
+    not_reported = {r.design: first_image_note(folders[r.design]) for r in runs}
+
+    def hidden(path: tuple[str, ...], design: str) -> str | None:
+        return not_reported[design] if path[0] == "time_to_first_image_s" else None
+
     metrics: dict[str, dict[str, object]] = {}
     rows = []
     for path in METRICS:
@@ -270,11 +280,15 @@ def write_report(out: Path, runs: Sequence[DesignRun], sens: Sequence[sensitivit
         cells = {r.design: _interval(list(r.values(path).values())) for r in runs}
         if all(c is None for c in cells.values()):
             continue
-        metrics[label] = {k: _json(v) for k, v in cells.items()}
-        rows.append([label] + [cell(cells[r.design]) for r in runs])
+        metrics[label] = {k: (None if hidden(path, k) else _json(v)) for k, v in cells.items()}
+        rows.append([label] + [hidden(path, r.design) or cell(cells[r.design]) for r in runs])
     data["metrics"] = metrics
     d.h(2, "Key metrics per design (mean ± 95 % t half-width over replications)")
     d.table(["metric"] + [r.design for r in runs], rows)
+    for r in runs:
+        note = aggregation_note(folders[r.design])
+        if note is not None:
+            d.p(note[0].upper() + note[1:] + ".")
 
     diffs: dict[str, dict[str, object]] = {}
     others = [r for r in runs if r is not reference]
@@ -289,6 +303,8 @@ def write_report(out: Path, runs: Sequence[DesignRun], sens: Sequence[sensitivit
             label = ".".join(path)
             ref = reference.values(path)
             for r in others:
+                if hidden(path, reference.design) or hidden(path, r.design):
+                    continue  # a first-image figure of an aggregating design is not reported, nor its difference
                 mine = r.values(path)
                 common = sorted(set(ref) & set(mine))
                 if not common:

@@ -188,3 +188,23 @@ def test_study_report_matches_the_runs_and_pairs_them(tmp_path: Path, capsys: py
     costs = _table(priced_report.read_text(), "## Costs per design")
     assert costs[0][:2] == ["design", "transfer (GB)"] and costs[0][-1] == "total (GBP)"
     assert costs[1][:2] == ["hub", "11.5 ± 6.353"] and costs[2][:3] == ["mesh", "10.5 ± 6.353", "0 ± 0"]
+
+
+def test_study_reports_no_first_image_figure_of_a_design_that_aggregates_blocks(tmp_path: Path) -> None:
+    """The study of nhs-england (1 GiB blocks) printed the mesh's and hybrid's time to first image, which
+    docs/researchers.md section 3 says is not reported from aggregating runs (it printed 0.0275 s)."""
+    out = tmp_path / "study"
+    assert main(["study", "five-trusts", "--set", "design.granularity=4MiB", "--designs", "hub,mesh",
+                 "--duration", "1d", "--replications", "2", "--jobs", "1", "--no-sensitivity", "--no-progress",
+                 "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    rows = {r[0]: r[1:] for r in _table(text, "## Key metrics per design")[1:]}
+    hub, mesh = rows["time_to_first_image_s.all.p50"]
+    assert re.fullmatch(r"[\d.]+ ± [\d.e+-]+", hub)  # the hub has no scheduler blocks: reported
+    assert mesh.startswith("not reported: blocks aggregated to 4 MiB")
+    assert re.match(r"[\d.]+", rows["delivery_time_s.all.p50"][1])
+    assert "(mesh) come from scheduler blocks aggregated to 4 MiB" in text
+    diffs = [r[0] for r in _table(text, "## Differences from the hub")[1:]]
+    assert "delivery_time_s.all.p50" in diffs and not [m for m in diffs if m.startswith("time_to_first_image")]
+    data = json.loads((out / "study.json").read_text())
+    assert data["metrics"]["time_to_first_image_s.all.p50"]["mesh"] is None
